@@ -1,0 +1,11 @@
+//! bpm's adapters: implementations of the ports.
+//!
+//! - [`memory`]: the in-memory store, output store and event bus (tests, embedding).
+//! - [`clock`]: the system clock and a manual clock for tests.
+//! - [`ids`]: UUID v7 ids.
+//! - [`fake`]: a scriptable spawner that runs no OS process, for engine tests.
+
+pub mod clock;
+pub mod fake;
+pub mod ids;
+pub mod memory;

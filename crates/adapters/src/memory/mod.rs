@@ -1,0 +1,9 @@
+//! In-memory adapters: for tests and for embedding bpm where nothing must outlive the process.
+
+mod events;
+mod output;
+mod store;
+
+pub use events::BroadcastBus;
+pub use output::{DEFAULT_OUTPUT_CAP, InMemoryOutput};
+pub use store::InMemoryStore;

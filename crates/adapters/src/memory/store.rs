@@ -1,0 +1,78 @@
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{PoisonError, RwLock};
+
+use async_trait::async_trait;
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
+use bpm_ports::{ProcessStore, StoreError};
+
+/// Records in a map behind a lock. Every operation is atomic; listings scan
+/// in id order and return copies.
+#[derive(Debug, Default)]
+pub struct InMemoryStore {
+    records: RwLock<BTreeMap<ProcessId, ProcessRecord>>,
+}
+
+impl InMemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        InMemoryStore::default()
+    }
+}
+
+#[async_trait]
+impl ProcessStore for InMemoryStore {
+    async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
+        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        if records.contains_key(&record.id()) {
+            return Err(StoreError::AlreadyExists(record.id()));
+        }
+        records.insert(record.id(), record.clone());
+        Ok(())
+    }
+
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
+        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        records.get(&id).cloned().ok_or(StoreError::NotFound(id))
+    }
+
+    async fn update(
+        &self,
+        record: &ProcessRecord,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        let stored = records
+            .get_mut(&record.id())
+            .ok_or(StoreError::NotFound(record.id()))?;
+        if stored.version() != expected_version {
+            return Err(StoreError::Conflict {
+                id: record.id(),
+                expected: expected_version,
+                actual: stored.version(),
+            });
+        }
+        *stored = record.clone();
+        Ok(())
+    }
+
+    async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
+        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        records
+            .remove(&id)
+            .map(|_| ())
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
+        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        let start = filter.after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(records
+            .range((start, Bound::Unbounded))
+            .map(|(_, r)| r)
+            .filter(|r| filter.matches(r))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+}

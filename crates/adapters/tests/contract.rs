@@ -1,0 +1,71 @@
+//! The in-memory adapters and the scripted spawner against the shared contract suites.
+
+use std::sync::Arc;
+
+use bpm_adapters::clock::SystemClock;
+use bpm_adapters::fake::ScriptedSpawner;
+use bpm_adapters::memory::{InMemoryOutput, InMemoryStore};
+use bpm_ports::contract::output::CONTRACT_CAP;
+use bpm_ports::contract::spawner::SpawnerHarness;
+use bpm_ports::{OutputStore, ProcessSpawner, ProcessStore};
+
+mod memory_store {
+    use super::*;
+    bpm_ports::store_contract_tests!(Arc::new(InMemoryStore::new()) as Arc<dyn ProcessStore>);
+}
+
+mod memory_output {
+    use super::*;
+    bpm_ports::output_contract_tests!(
+        Arc::new(InMemoryOutput::new(CONTRACT_CAP)) as Arc<dyn OutputStore>
+    );
+}
+
+struct FakeHarness {
+    spawner: Arc<ScriptedSpawner>,
+    output: Arc<InMemoryOutput>,
+}
+
+impl FakeHarness {
+    fn new() -> Arc<dyn SpawnerHarness> {
+        let output = Arc::new(InMemoryOutput::default());
+        let spawner = Arc::new(ScriptedSpawner::new(
+            Arc::new(SystemClock::new()),
+            output.clone(),
+        ));
+        Arc::new(FakeHarness { spawner, output })
+    }
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(ToString::to_string).collect()
+}
+
+impl SpawnerHarness for FakeHarness {
+    fn spawner(&self) -> Arc<dyn ProcessSpawner> {
+        self.spawner.clone()
+    }
+    fn output(&self) -> Arc<dyn OutputStore> {
+        self.output.clone()
+    }
+    fn exit_with(&self, code: i32) -> Vec<String> {
+        words(&["fake", &format!("exit={code}")])
+    }
+    fn sleep(&self, secs: u32) -> Vec<String> {
+        words(&["fake", &format!("after={secs}s")])
+    }
+    fn ignore_term_and_sleep(&self, secs: u32) -> Vec<String> {
+        words(&["fake", "ignore-term", &format!("after={secs}s")])
+    }
+    fn print(&self, out: &str, err: &str) -> Vec<String> {
+        words(&["fake", &format!("stdout={out}"), &format!("stderr={err}")])
+    }
+    fn missing_program(&self) -> Vec<String> {
+        words(&["bpm-no-such-program"])
+    }
+}
+
+mod scripted_spawner {
+    use super::*;
+    bpm_ports::spawner_contract_tests!(FakeHarness::new());
+}

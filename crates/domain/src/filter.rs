@@ -1,0 +1,56 @@
+//! Which records a listing wants.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    GroupName, LabelKey, LabelValue, NodeId, ProcessId, ProcessKind, ProcessRecord, SessionId,
+    StateName,
+};
+
+/// A filter over records. Every set field must match; an empty filter matches all.
+/// Listings are ordered by id, which (for v7 ids) is creation order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListFilter {
+    /// Only these states (any of them).
+    pub states: Vec<StateName>,
+    /// Only this session.
+    pub session: Option<SessionId>,
+    /// Only children of this parent.
+    pub parent: Option<ProcessId>,
+    /// Only this node.
+    pub node: Option<NodeId>,
+    /// Only this group.
+    pub group: Option<GroupName>,
+    /// Only this kind.
+    pub kind: Option<ProcessKind>,
+    /// Only records carrying every one of these labels.
+    pub labels: Vec<(LabelKey, LabelValue)>,
+    /// Only records with an id greater than this (for paging).
+    pub after: Option<ProcessId>,
+    /// At most this many records.
+    pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    /// Whether `record` passes every condition but `after` and `limit`.
+    pub fn matches(&self, record: &ProcessRecord) -> bool {
+        (self.states.is_empty() || self.states.contains(&record.state()))
+            && self
+                .session
+                .as_ref()
+                .is_none_or(|s| record.session() == Some(s))
+            && self.parent.is_none_or(|p| record.parent() == Some(p))
+            && self.node.as_ref().is_none_or(|n| record.node() == n)
+            && self
+                .group
+                .as_ref()
+                .is_none_or(|g| record.group() == Some(g))
+            && self.kind.is_none_or(|k| record.spec().kind == k)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| record.spec().labels.get(k) == Some(v))
+            && self.after.is_none_or(|a| record.id() > a)
+    }
+}

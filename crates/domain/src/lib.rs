@@ -1,0 +1,34 @@
+//! bpm's domain: the types of a background process manager, its lifecycle
+//! rules, and the supervisor core that decides what should happen.
+//!
+//! Everything here is pure: no async, no I/O, no clock. Time comes in as a
+//! [`Timestamp`] argument, and decisions go out as [`Effect`] values that a
+//! driver carries out. That is what lets every rule be property-tested and
+//! simulated without a process or a clock.
+#![warn(missing_docs)]
+
+mod event;
+mod filter;
+mod id;
+mod lifecycle;
+mod names;
+mod record;
+mod spec;
+pub mod supervisor;
+mod time;
+
+pub use event::{Event, EventKind};
+pub use filter::ListFilter;
+pub use id::{ProcessId, ProcessIdError};
+pub use lifecycle::{ExitStatus, Lifecycle, StateName, StopCause};
+pub use names::{GroupName, LabelKey, LabelValue, NameError, NodeId, ProcessName, SessionId};
+pub use record::{
+    Applied, Attempt, InvalidTransition, MAX_ATTEMPTS_KEPT, MAX_PROGRESS_MESSAGE, Percent,
+    PercentError, ProcessRecord, Progress, Transition, TransitionKind, estimate_eta,
+};
+pub use spec::{
+    Backoff, Command, LogPattern, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RestartMode,
+    RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, metadata_from_json,
+};
+pub use supervisor::{CoreError, Effect, Input, Limits, Supervisor, Timer, TimerKind};
+pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

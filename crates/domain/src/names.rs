@@ -1,0 +1,185 @@
+//! Validated names: once one of these exists, it is known to be well formed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A name, label or other text value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: {why}")]
+pub struct NameError {
+    /// What kind of value it was ("process name", "label key", ...).
+    pub what: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// Why it was refused.
+    pub why: &'static str,
+}
+
+fn check(
+    what: &'static str,
+    value: &str,
+    max: usize,
+    allowed: fn(char) -> bool,
+    allowed_text: &'static str,
+) -> Result<(), NameError> {
+    let fail = |why| {
+        Err(NameError {
+            what,
+            value: value.to_owned(),
+            why,
+        })
+    };
+    if value.is_empty() {
+        return fail("it is empty");
+    }
+    if value.chars().count() > max {
+        return fail(match max {
+            63 => "it is longer than 63 characters",
+            128 => "it is longer than 128 characters",
+            _ => "it is longer than 1024 characters",
+        });
+    }
+    if !value.chars().all(allowed) {
+        return fail(allowed_text);
+    }
+    if value.trim() != value {
+        return fail("it starts or ends with white space");
+    }
+    Ok(())
+}
+
+fn identifier_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@')
+}
+
+fn printable(c: char) -> bool {
+    !c.is_control()
+}
+
+macro_rules! validated_name {
+    ($(#[$doc:meta])* $ty:ident, $what:literal, $max:literal, $allowed:expr, $allowed_text:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $ty(String);
+
+        impl $ty {
+            #[doc = concat!("Validates `value` as a ", $what, ".")]
+            ///
+            /// # Errors
+            /// [`NameError`] naming the value and the rule it breaks.
+            pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
+                let value = value.into();
+                check($what, &value, $max, $allowed, $allowed_text)?;
+                Ok($ty(value))
+            }
+
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::new(s)
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $ty::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+validated_name!(
+    /// A human name for a process: 1 to 128 printable characters.
+    ProcessName, "process name", 128, printable, "it contains a control character"
+);
+validated_name!(
+    /// A session: the agent conversation or terminal that owns a set of processes.
+    SessionId, "session", 128, identifier_char,
+    "only letters, digits and - _ . : / @ are allowed"
+);
+validated_name!(
+    /// A node: one machine or daemon that runs processes. Records carry it from creation.
+    NodeId, "node", 128, identifier_char,
+    "only letters, digits and - _ . : / @ are allowed"
+);
+validated_name!(
+    /// A concurrency group: processes in one group share the group's limit.
+    GroupName, "group", 128, identifier_char,
+    "only letters, digits and - _ . : / @ are allowed"
+);
+validated_name!(
+    /// A label key: 1 to 63 characters of letters, digits and - _ . : / @.
+    LabelKey, "label key", 63, identifier_char,
+    "only letters, digits and - _ . : / @ are allowed"
+);
+validated_name!(
+    /// A label value: 1 to 1024 printable characters.
+    LabelValue, "label value", 1024, printable, "it contains a control character"
+);
+
+impl NodeId {
+    /// The node name used when none is configured.
+    pub fn local() -> Self {
+        NodeId("local".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_accept_well_formed_values() {
+        assert_eq!(
+            ProcessName::new("dev server: web").unwrap().as_str(),
+            "dev server: web"
+        );
+        assert!(ProcessName::new("测试 ✓").is_ok());
+        assert!(SessionId::new("agent-7/conv@host").is_ok());
+        assert!(LabelKey::new("app.kubernetes.io/name").is_ok());
+    }
+
+    #[test]
+    fn names_refuse_with_a_reason() {
+        let e = ProcessName::new("").unwrap_err();
+        assert_eq!(e.to_string(), "invalid process name \"\": it is empty");
+        let e = SessionId::new("has space").unwrap_err();
+        assert!(e.to_string().contains("only letters"), "{e}");
+        let e = LabelKey::new("k".repeat(64)).unwrap_err();
+        assert!(e.to_string().contains("63"), "{e}");
+        let e = ProcessName::new("a\nb").unwrap_err();
+        assert!(e.to_string().contains("control"), "{e}");
+        let e = ProcessName::new(" padded").unwrap_err();
+        assert!(e.to_string().contains("white space"), "{e}");
+        assert!(LabelValue::new("v".repeat(1025)).is_err());
+        assert!(ProcessName::new("n".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn deserialization_validates() {
+        assert!(serde_json::from_str::<GroupName>("\"builds\"").is_ok());
+        let err = serde_json::from_str::<GroupName>("\"bad group\"").unwrap_err();
+        assert!(err.to_string().contains("invalid group"), "{err}");
+    }
+}

@@ -1,0 +1,1038 @@
+//! A process record and the transitions that move it through its lifecycle.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ExitStatus, GroupName, Lifecycle, NodeId, ProcessId, ProcessSpec, SessionId, StateName,
+    StopCause, Timestamp,
+};
+
+/// A percentage from 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Percent(u8);
+
+/// A progress value outside 0..=100.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid progress {0}: it must be a whole number from 0 to 100")]
+pub struct PercentError(pub String);
+
+impl Percent {
+    /// Validates `value`.
+    ///
+    /// # Errors
+    /// [`PercentError`] if `value` exceeds 100.
+    pub fn new(value: u8) -> Result<Self, PercentError> {
+        if value > 100 {
+            return Err(PercentError(value.to_string()));
+        }
+        Ok(Percent(value))
+    }
+
+    /// Validates any number, as it may come from JSON or a command line.
+    ///
+    /// # Errors
+    /// [`PercentError`] unless `value` is a whole number from 0 to 100.
+    pub fn from_f64(value: f64) -> Result<Self, PercentError> {
+        if value.fract() != 0.0 || !(0.0..=100.0).contains(&value) {
+            return Err(PercentError(value.to_string()));
+        }
+        // In range and whole: the cast is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Ok(Percent(value as u8))
+    }
+
+    /// The value.
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Percent::from_f64(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reported progress, with an estimate of when the work ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// How far along, 0 to 100.
+    pub percent: Percent,
+    /// What it is doing.
+    pub message: Option<String>,
+    /// When this was reported.
+    pub updated_at: Timestamp,
+    /// The expected end, extrapolated from progress so far.
+    pub eta: Option<Timestamp>,
+}
+
+/// The longest progress message kept; longer ones are cut.
+pub const MAX_PROGRESS_MESSAGE: usize = 1024;
+
+/// Derives the expected end from the progress made since `started_at`:
+/// if `percent` took `elapsed`, the rest takes `elapsed * (100 - percent) / percent`.
+pub fn estimate_eta(started_at: Timestamp, percent: Percent, now: Timestamp) -> Option<Timestamp> {
+    let p = u64::from(percent.get());
+    if p == 0 {
+        return None;
+    }
+    if p == 100 {
+        return Some(now);
+    }
+    let elapsed = now.as_millis().saturating_sub(started_at.as_millis());
+    let remaining = elapsed.saturating_mul(100 - p) / p;
+    Some(Timestamp::from_millis(
+        now.as_millis().saturating_add(remaining),
+    ))
+}
+
+/// One finished attempt of a record that was restarted automatically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When the attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub ended_at: Timestamp,
+    /// How it ended.
+    pub exit: ExitStatus,
+}
+
+/// How many past attempts a record keeps; older ones are dropped (the count stays in `restarts`).
+pub const MAX_ATTEMPTS_KEPT: usize = 32;
+
+/// One piece of bpm's bookkeeping: a spec, where it runs, and where it is in its lifecycle.
+///
+/// Fields are private so that only transitions change a record: node, session
+/// and parent never change after creation, and every change bumps `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    id: ProcessId,
+    node: NodeId,
+    spec: ProcessSpec,
+    #[serde(flatten)]
+    lifecycle: Lifecycle,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    progress: Option<Progress>,
+    result: Option<serde_json::Value>,
+    restarts: u32,
+    attempts: Vec<Attempt>,
+    restarted_from: Option<ProcessId>,
+    version: u64,
+}
+
+/// An input to a record's lifecycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// pending → starting: a slot was given to it.
+    Start,
+    /// starting → running (or stopping learns its pid): the OS process exists.
+    Spawned {
+        /// Its process id.
+        pid: u32,
+    },
+    /// starting → failed: the OS process could not be created.
+    SpawnFailed {
+        /// Why.
+        error: String,
+    },
+    /// The OS process exited; the final state follows from how and why.
+    Exited {
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// running/paused → pending: it exited and its restart policy starts it again later.
+    Requeue {
+        /// How this attempt ended.
+        status: ExitStatus,
+        /// When the next attempt may start.
+        not_before: Timestamp,
+    },
+    /// Begin stopping (a pending or tracked record ends at once).
+    Stop {
+        /// Why.
+        cause: StopCause,
+    },
+    /// stopping → stopping with KILL sent: the grace period ran out.
+    Escalate,
+    /// running → paused.
+    Pause,
+    /// paused → running.
+    Resume,
+    /// The timeout ran out: stop it, to end `timed_out`.
+    TimeOut,
+    /// Its readiness check passed.
+    Ready,
+    /// New progress.
+    Progress {
+        /// How far along.
+        percent: Percent,
+        /// What it is doing.
+        message: Option<String>,
+    },
+    /// A tracked operation finished successfully.
+    Complete {
+        /// What it produced.
+        result: Option<serde_json::Value>,
+    },
+    /// A tracked operation or a queued record failed.
+    Fail {
+        /// Why.
+        error: String,
+    },
+    /// bpm lost track of it.
+    Lose {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The kind of a [`Transition`], for error messages and tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum TransitionKind {
+    Start,
+    Spawned,
+    SpawnFailed,
+    Exited,
+    Requeue,
+    Stop,
+    Escalate,
+    Pause,
+    Resume,
+    TimeOut,
+    Ready,
+    Progress,
+    Complete,
+    Fail,
+    Lose,
+}
+
+impl TransitionKind {
+    /// A verb phrase for messages: "cannot {verb} a completed process".
+    pub const fn verb(self) -> &'static str {
+        match self {
+            TransitionKind::Start => "start",
+            TransitionKind::Spawned => "record a spawn for",
+            TransitionKind::SpawnFailed => "record a failed spawn for",
+            TransitionKind::Exited => "record an exit for",
+            TransitionKind::Requeue => "requeue",
+            TransitionKind::Stop => "stop",
+            TransitionKind::Escalate => "kill",
+            TransitionKind::Pause => "pause",
+            TransitionKind::Resume => "resume",
+            TransitionKind::TimeOut => "time out",
+            TransitionKind::Ready => "mark ready",
+            TransitionKind::Progress => "report progress on",
+            TransitionKind::Complete => "complete",
+            TransitionKind::Fail => "fail",
+            TransitionKind::Lose => "mark lost",
+        }
+    }
+}
+
+impl Transition {
+    /// The kind.
+    pub const fn kind(&self) -> TransitionKind {
+        match self {
+            Transition::Start => TransitionKind::Start,
+            Transition::Spawned { .. } => TransitionKind::Spawned,
+            Transition::SpawnFailed { .. } => TransitionKind::SpawnFailed,
+            Transition::Exited { .. } => TransitionKind::Exited,
+            Transition::Requeue { .. } => TransitionKind::Requeue,
+            Transition::Stop { .. } => TransitionKind::Stop,
+            Transition::Escalate => TransitionKind::Escalate,
+            Transition::Pause => TransitionKind::Pause,
+            Transition::Resume => TransitionKind::Resume,
+            Transition::TimeOut => TransitionKind::TimeOut,
+            Transition::Ready => TransitionKind::Ready,
+            Transition::Progress { .. } => TransitionKind::Progress,
+            Transition::Complete { .. } => TransitionKind::Complete,
+            Transition::Fail { .. } => TransitionKind::Fail,
+            Transition::Lose { .. } => TransitionKind::Lose,
+        }
+    }
+}
+
+/// A transition that is not allowed from the record's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidTransition {
+    /// The state the record is in.
+    pub from: StateName,
+    /// What was attempted.
+    pub attempted: TransitionKind,
+    /// Whether the record is a tracked operation (no OS process).
+    pub tracked: bool,
+}
+
+impl fmt::Display for InvalidTransition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.tracked {
+            "tracked operation"
+        } else {
+            "process"
+        };
+        write!(
+            f,
+            "invalid transition: cannot {} a {} {what} (attempted {:?} from state {})",
+            self.attempted.verb(),
+            self.from,
+            self.attempted,
+            self.from,
+        )?;
+        if self.tracked
+            && matches!(
+                self.attempted,
+                TransitionKind::Pause | TransitionKind::Resume | TransitionKind::Spawned
+            )
+        {
+            f.write_str(": it has no OS process")?;
+        }
+        if !self.tracked
+            && matches!(
+                self.attempted,
+                TransitionKind::Complete | TransitionKind::Fail
+            )
+            && !self.from.is_terminal()
+        {
+            f.write_str(": a process's outcome is its exit status")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a legal transition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The record changed (its version went up).
+    Changed,
+    /// Nothing changed, harmlessly: completing, failing or stopping a finished
+    /// record, stopping a record that is already stopping, marking a ready record ready.
+    NoOp,
+}
+
+impl ProcessRecord {
+    /// A new record for `spec` on `node`: pending, or running at once for a
+    /// tracked operation. The spec must have been validated.
+    pub fn new(id: ProcessId, node: NodeId, spec: ProcessSpec, now: Timestamp) -> Self {
+        let lifecycle = if spec.is_tracked() {
+            Lifecycle::Running {
+                started_at: now,
+                pid: None,
+                ready_at: Some(now),
+            }
+        } else {
+            Lifecycle::Pending {
+                queued_at: now,
+                not_before: spec.delay.map(|d| now.saturating_add(d.as_duration())),
+            }
+        };
+        ProcessRecord {
+            id,
+            node,
+            spec,
+            lifecycle,
+            created_at: now,
+            updated_at: now,
+            progress: None,
+            result: None,
+            restarts: 0,
+            attempts: Vec::new(),
+            restarted_from: None,
+            version: 1,
+        }
+    }
+
+    /// A new record that repeats `previous`'s spec: a manual restart.
+    pub fn restart_of(previous: &ProcessRecord, id: ProcessId, now: Timestamp) -> Self {
+        let mut spec = previous.spec.clone();
+        // The new record must not wait for its own predecessor's dependencies twice,
+        // nor for the delay again: it is started on purpose.
+        spec.delay = None;
+        let mut record = ProcessRecord::new(id, previous.node.clone(), spec, now);
+        record.restarted_from = Some(previous.id);
+        record
+    }
+
+    /// The id.
+    pub const fn id(&self) -> ProcessId {
+        self.id
+    }
+    /// The node it runs on.
+    pub const fn node(&self) -> &NodeId {
+        &self.node
+    }
+    /// The spec.
+    pub const fn spec(&self) -> &ProcessSpec {
+        &self.spec
+    }
+    /// The session.
+    pub const fn session(&self) -> Option<&SessionId> {
+        self.spec.session.as_ref()
+    }
+    /// The parent.
+    pub const fn parent(&self) -> Option<ProcessId> {
+        self.spec.parent
+    }
+    /// The concurrency group.
+    pub const fn group(&self) -> Option<&GroupName> {
+        self.spec.group.as_ref()
+    }
+    /// The lifecycle state with its data.
+    pub const fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+    /// The state's name.
+    pub const fn state(&self) -> StateName {
+        self.lifecycle.name()
+    }
+    /// Whether the record is final.
+    pub const fn is_terminal(&self) -> bool {
+        self.lifecycle.is_terminal()
+    }
+    /// Whether this is a tracked operation.
+    pub fn is_tracked(&self) -> bool {
+        self.spec.is_tracked()
+    }
+    /// The OS process id, while there is a process.
+    pub const fn pid(&self) -> Option<u32> {
+        self.lifecycle.pid()
+    }
+    /// When it was created.
+    pub const fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+    /// When it last changed.
+    pub const fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+    /// Its progress, if reported.
+    pub const fn progress(&self) -> Option<&Progress> {
+        self.progress.as_ref()
+    }
+    /// The result a tracked operation completed with.
+    pub const fn result(&self) -> Option<&serde_json::Value> {
+        self.result.as_ref()
+    }
+    /// How many automatic restarts it has had.
+    pub const fn restarts(&self) -> u32 {
+        self.restarts
+    }
+    /// Past attempts (the newest [`MAX_ATTEMPTS_KEPT`]).
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.attempts
+    }
+    /// The record this one is a manual restart of.
+    pub const fn restarted_from(&self) -> Option<ProcessId> {
+        self.restarted_from
+    }
+    /// The optimistic-concurrency version: 1 at creation, +1 on every change.
+    pub const fn version(&self) -> u64 {
+        self.version
+    }
+    /// How long it has run (to `now`, or to its end).
+    pub fn runtime(&self, now: Timestamp) -> Option<std::time::Duration> {
+        let start = self.lifecycle.started_at()?;
+        Some(
+            self.lifecycle
+                .ended_at()
+                .unwrap_or(now)
+                .saturating_since(start),
+        )
+    }
+
+    /// Applies `transition` at `now`.
+    ///
+    /// On success the record is changed in place (and its version bumped) or
+    /// left alone for a harmless no-op; on error it is untouched.
+    ///
+    /// # Errors
+    /// [`InvalidTransition`] naming the current state and the attempted
+    /// transition when the lifecycle does not allow it.
+    pub fn apply(
+        &mut self,
+        transition: Transition,
+        now: Timestamp,
+    ) -> Result<Applied, InvalidTransition> {
+        let invalid = InvalidTransition {
+            from: self.state(),
+            attempted: transition.kind(),
+            tracked: self.is_tracked(),
+        };
+        let tracked = self.is_tracked();
+        let next = match (&self.lifecycle, transition) {
+            // Finished records: repeating an end is harmless, anything else is refused.
+            (
+                l,
+                Transition::Complete { .. }
+                | Transition::Fail { .. }
+                | Transition::Stop { .. }
+                | Transition::Lose { .. }
+                | Transition::Exited { .. },
+            ) if l.is_terminal() => return Ok(Applied::NoOp),
+            (l, _) if l.is_terminal() => return Err(invalid),
+
+            (Lifecycle::Pending { queued_at, .. }, Transition::Start) if !tracked => {
+                Lifecycle::Starting {
+                    queued_at: *queued_at,
+                    starting_at: now,
+                }
+            }
+            (Lifecycle::Pending { .. }, Transition::Stop { cause }) => Lifecycle::Cancelled {
+                started_at: None,
+                ended_at: now,
+                exit: None,
+                reason: cause.to_string(),
+            },
+            (Lifecycle::Pending { .. }, Transition::Fail { error }) => Lifecycle::Failed {
+                started_at: None,
+                ended_at: now,
+                exit: None,
+                error,
+            },
+
+            (Lifecycle::Starting { .. }, Transition::Spawned { pid }) => Lifecycle::Running {
+                started_at: now,
+                pid: Some(pid),
+                ready_at: None,
+            },
+            (Lifecycle::Starting { .. }, Transition::SpawnFailed { error }) => Lifecycle::Failed {
+                started_at: None,
+                ended_at: now,
+                exit: None,
+                error,
+            },
+            (Lifecycle::Starting { .. }, Transition::Exited { status }) => {
+                self.exit_state(Some(now), status, now)
+            }
+            (Lifecycle::Starting { .. }, Transition::Stop { cause }) => Lifecycle::Stopping {
+                started_at: None,
+                pid: None,
+                requested_at: now,
+                cause,
+                killed: false,
+            },
+            (Lifecycle::Starting { .. }, Transition::TimeOut) => Lifecycle::Stopping {
+                started_at: None,
+                pid: None,
+                requested_at: now,
+                cause: StopCause::Timeout,
+                killed: false,
+            },
+
+            (
+                Lifecycle::Running {
+                    started_at,
+                    pid,
+                    ready_at,
+                },
+                t,
+            ) => match t {
+                Transition::Exited { status } if !tracked => {
+                    self.exit_state(Some(*started_at), status, now)
+                }
+                Transition::Requeue { status, not_before } if !tracked => {
+                    self.push_attempt(Some(*started_at), status, now);
+                    Lifecycle::Pending {
+                        queued_at: now,
+                        not_before: Some(not_before),
+                    }
+                }
+                Transition::Pause if !tracked => Lifecycle::Paused {
+                    started_at: *started_at,
+                    pid: *pid,
+                    ready_at: *ready_at,
+                    paused_at: now,
+                },
+                Transition::Stop { cause } if tracked => Lifecycle::Cancelled {
+                    started_at: Some(*started_at),
+                    ended_at: now,
+                    exit: None,
+                    reason: cause.to_string(),
+                },
+                Transition::TimeOut if tracked => Lifecycle::TimedOut {
+                    started_at: Some(*started_at),
+                    ended_at: now,
+                    exit: None,
+                },
+                Transition::Stop { cause } => Lifecycle::Stopping {
+                    started_at: Some(*started_at),
+                    pid: *pid,
+                    requested_at: now,
+                    cause,
+                    killed: false,
+                },
+                Transition::TimeOut => Lifecycle::Stopping {
+                    started_at: Some(*started_at),
+                    pid: *pid,
+                    requested_at: now,
+                    cause: StopCause::Timeout,
+                    killed: false,
+                },
+                Transition::Ready if ready_at.is_some() => return Ok(Applied::NoOp),
+                Transition::Ready if !tracked => Lifecycle::Running {
+                    started_at: *started_at,
+                    pid: *pid,
+                    ready_at: Some(now),
+                },
+                Transition::Progress { percent, message } => {
+                    self.set_progress(*started_at, percent, message, now);
+                    self.lifecycle.clone()
+                }
+                Transition::Complete { result } if tracked => {
+                    self.result = result;
+                    Lifecycle::Completed {
+                        started_at: *started_at,
+                        ended_at: now,
+                        exit: None,
+                    }
+                }
+                Transition::Fail { error } if tracked => Lifecycle::Failed {
+                    started_at: Some(*started_at),
+                    ended_at: now,
+                    exit: None,
+                    error,
+                },
+                Transition::Lose { reason } => Lifecycle::Lost {
+                    started_at: Some(*started_at),
+                    ended_at: now,
+                    reason,
+                },
+                _ => return Err(invalid),
+            },
+
+            (
+                Lifecycle::Paused {
+                    started_at,
+                    pid,
+                    ready_at,
+                    ..
+                },
+                t,
+            ) => match t {
+                Transition::Resume => Lifecycle::Running {
+                    started_at: *started_at,
+                    pid: *pid,
+                    ready_at: *ready_at,
+                },
+                Transition::Exited { status } => self.exit_state(Some(*started_at), status, now),
+                Transition::Requeue { status, not_before } => {
+                    self.push_attempt(Some(*started_at), status, now);
+                    Lifecycle::Pending {
+                        queued_at: now,
+                        not_before: Some(not_before),
+                    }
+                }
+                Transition::Stop { cause } => Lifecycle::Stopping {
+                    started_at: Some(*started_at),
+                    pid: *pid,
+                    requested_at: now,
+                    cause,
+                    killed: false,
+                },
+                Transition::TimeOut => Lifecycle::Stopping {
+                    started_at: Some(*started_at),
+                    pid: *pid,
+                    requested_at: now,
+                    cause: StopCause::Timeout,
+                    killed: false,
+                },
+                Transition::Ready if ready_at.is_some() => return Ok(Applied::NoOp),
+                Transition::Ready => Lifecycle::Paused {
+                    started_at: *started_at,
+                    pid: *pid,
+                    ready_at: Some(now),
+                    paused_at: now,
+                },
+                Transition::Progress { percent, message } => {
+                    self.set_progress(*started_at, percent, message, now);
+                    self.lifecycle.clone()
+                }
+                Transition::Lose { reason } => Lifecycle::Lost {
+                    started_at: Some(*started_at),
+                    ended_at: now,
+                    reason,
+                },
+                _ => return Err(invalid),
+            },
+
+            (
+                Lifecycle::Stopping {
+                    started_at,
+                    pid,
+                    requested_at,
+                    cause,
+                    killed,
+                },
+                t,
+            ) => match t {
+                Transition::Stop { .. } | Transition::TimeOut => return Ok(Applied::NoOp),
+                Transition::Spawned { pid: new_pid } if pid.is_none() => Lifecycle::Stopping {
+                    started_at: Some(now),
+                    pid: Some(new_pid),
+                    requested_at: *requested_at,
+                    cause: cause.clone(),
+                    killed: *killed,
+                },
+                Transition::SpawnFailed { .. } if pid.is_none() => Lifecycle::Cancelled {
+                    started_at: None,
+                    ended_at: now,
+                    exit: None,
+                    reason: cause.to_string(),
+                },
+                Transition::Escalate if *killed => return Ok(Applied::NoOp),
+                Transition::Escalate => Lifecycle::Stopping {
+                    started_at: *started_at,
+                    pid: *pid,
+                    requested_at: *requested_at,
+                    cause: cause.clone(),
+                    killed: true,
+                },
+                Transition::Exited { status } => {
+                    let started_at = started_at.or(Some(now));
+                    let exit = Some(status);
+                    match cause {
+                        StopCause::Timeout => Lifecycle::TimedOut {
+                            started_at,
+                            ended_at: now,
+                            exit,
+                        },
+                        StopCause::NotReady { .. } => Lifecycle::Failed {
+                            started_at,
+                            ended_at: now,
+                            exit,
+                            error: cause.to_string(),
+                        },
+                        StopCause::Requested
+                        | StopCause::Cascade { .. }
+                        | StopCause::Replaced { .. } => Lifecycle::Cancelled {
+                            started_at,
+                            ended_at: now,
+                            exit,
+                            reason: cause.to_string(),
+                        },
+                    }
+                }
+                Transition::Progress { percent, message } => {
+                    if let Some(s) = started_at {
+                        self.set_progress(*s, percent, message, now);
+                    }
+                    self.lifecycle.clone()
+                }
+                Transition::Lose { reason } => Lifecycle::Lost {
+                    started_at: *started_at,
+                    ended_at: now,
+                    reason,
+                },
+                _ => return Err(invalid),
+            },
+
+            (
+                Lifecycle::Pending { .. } | Lifecycle::Starting { .. },
+                Transition::Lose { reason },
+            ) => Lifecycle::Lost {
+                started_at: None,
+                ended_at: now,
+                reason,
+            },
+            _ => return Err(invalid),
+        };
+        self.lifecycle = next;
+        self.updated_at = now;
+        self.version += 1;
+        if self.lifecycle.is_terminal() {
+            if let Some(p) = &mut self.progress {
+                p.eta = None;
+            }
+        }
+        Ok(Applied::Changed)
+    }
+
+    fn exit_state(
+        &self,
+        started_at: Option<Timestamp>,
+        status: ExitStatus,
+        now: Timestamp,
+    ) -> Lifecycle {
+        if status.success() {
+            Lifecycle::Completed {
+                started_at: started_at.unwrap_or(now),
+                ended_at: now,
+                exit: Some(status),
+            }
+        } else {
+            Lifecycle::Failed {
+                started_at,
+                ended_at: now,
+                exit: Some(status),
+                error: status.to_string(),
+            }
+        }
+    }
+
+    fn push_attempt(&mut self, started_at: Option<Timestamp>, exit: ExitStatus, now: Timestamp) {
+        self.restarts = self.restarts.saturating_add(1);
+        if self.attempts.len() == MAX_ATTEMPTS_KEPT {
+            self.attempts.remove(0);
+        }
+        self.attempts.push(Attempt {
+            started_at,
+            ended_at: now,
+            exit,
+        });
+    }
+
+    fn set_progress(
+        &mut self,
+        started_at: Timestamp,
+        percent: Percent,
+        message: Option<String>,
+        now: Timestamp,
+    ) {
+        let message = message.map(|mut m| {
+            if m.len() > MAX_PROGRESS_MESSAGE {
+                let mut cut = MAX_PROGRESS_MESSAGE;
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+            }
+            m
+        });
+        self.progress = Some(Progress {
+            percent,
+            message,
+            updated_at: now,
+            eta: estimate_eta(started_at, percent, now),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ProcessName, ProcessSpec};
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn record(spec: ProcessSpec) -> ProcessRecord {
+        ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(1)),
+            NodeId::local(),
+            spec,
+            t(1000),
+        )
+    }
+
+    #[test]
+    fn a_process_runs_and_completes() {
+        let mut r = record(ProcessSpec::argv(["true"]));
+        assert_eq!(r.state(), StateName::Pending);
+        assert_eq!(r.apply(Transition::Start, t(1001)), Ok(Applied::Changed));
+        assert_eq!(
+            r.apply(Transition::Spawned { pid: 7 }, t(1002)),
+            Ok(Applied::Changed)
+        );
+        assert_eq!(r.pid(), Some(7));
+        r.apply(
+            Transition::Exited {
+                status: ExitStatus::Code(0),
+            },
+            t(1500),
+        )
+        .unwrap();
+        assert_eq!(r.state(), StateName::Completed);
+        assert_eq!(r.lifecycle().ended_at(), Some(t(1500)));
+        assert_eq!(r.lifecycle().exit(), Some(ExitStatus::Code(0)));
+        assert_eq!(r.version(), 4);
+        assert_eq!(
+            r.runtime(t(9999)),
+            Some(std::time::Duration::from_millis(498))
+        );
+    }
+
+    #[test]
+    fn a_nonzero_exit_fails_with_the_status_as_error() {
+        let mut r = record(ProcessSpec::argv(["false"]));
+        r.apply(Transition::Start, t(1)).unwrap();
+        r.apply(Transition::Spawned { pid: 7 }, t(2)).unwrap();
+        r.apply(
+            Transition::Exited {
+                status: ExitStatus::Signal(9),
+            },
+            t(3),
+        )
+        .unwrap();
+        assert_eq!(r.state(), StateName::Failed);
+        assert_eq!(r.lifecycle().error().as_deref(), Some("killed by signal 9"));
+    }
+
+    #[test]
+    fn illegal_transitions_name_state_and_attempt() {
+        let mut r = record(ProcessSpec::argv(["true"]));
+        let err = r.apply(Transition::Pause, t(2)).unwrap_err();
+        assert_eq!(err.from, StateName::Pending);
+        assert_eq!(err.attempted, TransitionKind::Pause);
+        assert!(
+            err.to_string().contains("cannot pause a pending process"),
+            "{err}"
+        );
+        assert_eq!(
+            r.version(),
+            1,
+            "a refused transition leaves the record alone"
+        );
+    }
+
+    #[test]
+    fn finishing_twice_is_a_no_op() {
+        let mut r = record(ProcessSpec::tracked(ProcessName::new("migrate").unwrap()));
+        assert_eq!(r.state(), StateName::Running);
+        r.apply(
+            Transition::Complete {
+                result: Some(serde_json::json!({"rows": 3})),
+            },
+            t(5),
+        )
+        .unwrap();
+        let before = r.clone();
+        assert_eq!(
+            r.apply(Transition::Complete { result: None }, t(6)),
+            Ok(Applied::NoOp)
+        );
+        assert_eq!(
+            r.apply(Transition::Fail { error: "x".into() }, t(7)),
+            Ok(Applied::NoOp)
+        );
+        assert_eq!(r, before);
+        assert_eq!(r.result(), Some(&serde_json::json!({"rows": 3})));
+        let err = r.apply(Transition::Pause, t(8)).unwrap_err();
+        assert!(err.to_string().contains("completed"), "{err}");
+    }
+
+    #[test]
+    fn tracked_operations_cannot_be_paused_and_processes_cannot_be_completed() {
+        let mut op = record(ProcessSpec::tracked(ProcessName::new("m").unwrap()));
+        let err = op.apply(Transition::Pause, t(2)).unwrap_err();
+        assert!(err.to_string().ends_with("it has no OS process"), "{err}");
+        let mut p = record(ProcessSpec::argv(["sleep", "1"]));
+        p.apply(Transition::Start, t(1)).unwrap();
+        p.apply(Transition::Spawned { pid: 3 }, t(2)).unwrap();
+        let err = p
+            .apply(Transition::Complete { result: None }, t(3))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("outcome is its exit status"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stop_cause_decides_the_end() {
+        for (cause, end) in [
+            (StopCause::Requested, StateName::Cancelled),
+            (StopCause::Timeout, StateName::TimedOut),
+            (
+                StopCause::NotReady {
+                    after: crate::Span::from_secs(3),
+                },
+                StateName::Failed,
+            ),
+        ] {
+            let mut r = record(ProcessSpec::argv(["sleep", "1"]));
+            r.apply(Transition::Start, t(1)).unwrap();
+            r.apply(Transition::Spawned { pid: 3 }, t(2)).unwrap();
+            r.apply(Transition::Stop { cause }, t(3)).unwrap();
+            assert_eq!(
+                r.apply(
+                    Transition::Stop {
+                        cause: StopCause::Requested
+                    },
+                    t(4)
+                ),
+                Ok(Applied::NoOp)
+            );
+            r.apply(Transition::Escalate, t(5)).unwrap();
+            assert_eq!(r.apply(Transition::Escalate, t(6)), Ok(Applied::NoOp));
+            r.apply(
+                Transition::Exited {
+                    status: ExitStatus::Signal(9),
+                },
+                t(7),
+            )
+            .unwrap();
+            assert_eq!(r.state(), end);
+            assert_eq!(r.lifecycle().exit(), Some(ExitStatus::Signal(9)));
+        }
+    }
+
+    #[test]
+    fn progress_derives_an_eta() {
+        let mut r = record(ProcessSpec::tracked(ProcessName::new("m").unwrap()));
+        let p = Percent::new(25).unwrap();
+        r.apply(
+            Transition::Progress {
+                percent: p,
+                message: Some("a".repeat(5000)),
+            },
+            t(2000),
+        )
+        .unwrap();
+        let progress = r.progress().unwrap();
+        // 25% took 1 s, so 75% more takes 3 s.
+        assert_eq!(progress.eta, Some(t(5000)));
+        assert_eq!(
+            progress.message.as_ref().unwrap().len(),
+            MAX_PROGRESS_MESSAGE
+        );
+        assert!(Percent::new(101).is_err());
+        assert!(Percent::from_f64(50.5).is_err());
+        assert_eq!(estimate_eta(t(0), Percent::new(0).unwrap(), t(10)), None);
+    }
+
+    #[test]
+    fn requeue_keeps_each_attempt() {
+        let mut r = record(ProcessSpec::argv(["false"]));
+        for i in 0..40u64 {
+            r.apply(Transition::Start, t(10 * i)).unwrap();
+            r.apply(Transition::Spawned { pid: 3 }, t(10 * i + 1))
+                .unwrap();
+            r.apply(
+                Transition::Requeue {
+                    status: ExitStatus::Code(1),
+                    not_before: t(10 * i + 5),
+                },
+                t(10 * i + 2),
+            )
+            .unwrap();
+        }
+        assert_eq!(r.restarts(), 40);
+        assert_eq!(r.attempts().len(), MAX_ATTEMPTS_KEPT);
+        assert_eq!(r.state(), StateName::Pending);
+    }
+
+    #[test]
+    fn record_round_trips_through_json() {
+        let mut r = record(ProcessSpec::argv(["sleep", "1"]));
+        r.apply(Transition::Start, t(1)).unwrap();
+        r.apply(Transition::Spawned { pid: 3 }, t(2)).unwrap();
+        r.apply(
+            Transition::Stop {
+                cause: StopCause::Cascade { parent: r.id() },
+            },
+            t(3),
+        )
+        .unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["state"], "stopping");
+        assert_eq!(v["pid"], 3);
+        let back: ProcessRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,636 @@
+//! What to run and how to supervise it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{GroupName, LabelKey, LabelValue, ProcessId, ProcessName, SessionId, Span};
+
+/// What a process runs: an argument vector, or one string given to `sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Program and arguments, run without a shell.
+    Argv(Vec<String>),
+    /// A shell command line, run as `sh -c LINE`.
+    Shell(String),
+}
+
+impl Command {
+    /// The argument vector to execute (`["sh", "-c", line]` for a shell line).
+    pub fn to_argv(&self) -> Vec<String> {
+        match self {
+            Command::Argv(argv) => argv.clone(),
+            Command::Shell(line) => vec!["sh".into(), "-c".into(), line.clone()],
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Argv(argv) => f.write_str(&argv.join(" ")),
+            Command::Shell(line) => f.write_str(line),
+        }
+    }
+}
+
+/// What kind of work a process is, for filtering and display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessKind {
+    /// An AI agent's session.
+    AgentSession,
+    /// A test suite.
+    TestSuite,
+    /// A build.
+    Build,
+    /// A long-running server.
+    Server,
+    /// An analysis job.
+    Analysis,
+    /// Anything else.
+    #[default]
+    Custom,
+}
+
+impl FromStr for ProcessKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.replace('-', "_"))).map_err(|_| {
+            format!(
+                "invalid kind {s:?}: expected agent_session, test_suite, build, server, analysis or custom"
+            )
+        })
+    }
+}
+
+/// A POSIX signal bpm can send, with its Linux number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Signal {
+    /// SIGHUP (1).
+    Hup,
+    /// SIGINT (2).
+    Int,
+    /// SIGQUIT (3).
+    Quit,
+    /// SIGKILL (9).
+    Kill,
+    /// SIGUSR1 (10).
+    Usr1,
+    /// SIGUSR2 (12).
+    Usr2,
+    /// SIGTERM (15).
+    Term,
+    /// SIGCONT (18).
+    Cont,
+    /// SIGSTOP (19).
+    Stop,
+}
+
+impl Signal {
+    /// The signal number on Linux.
+    pub const fn number(self) -> i32 {
+        match self {
+            Signal::Hup => 1,
+            Signal::Int => 2,
+            Signal::Quit => 3,
+            Signal::Kill => 9,
+            Signal::Usr1 => 10,
+            Signal::Usr2 => 12,
+            Signal::Term => 15,
+            Signal::Cont => 18,
+            Signal::Stop => 19,
+        }
+    }
+}
+
+impl FromStr for Signal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.trim().to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| {
+            format!("invalid signal {s:?}: expected TERM, INT, HUP, QUIT, KILL, USR1 or USR2")
+        })
+    }
+}
+
+/// How a process is stopped: `signal` to its process group, then KILL after `grace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StopPolicy {
+    /// The first signal (TERM by default).
+    pub signal: Signal,
+    /// How long to wait after it before KILL (5 s by default).
+    pub grace: Span,
+}
+
+impl Default for StopPolicy {
+    fn default() -> Self {
+        StopPolicy {
+            signal: Signal::Term,
+            grace: Span::from_secs(5),
+        }
+    }
+}
+
+/// When an exited process is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartMode {
+    /// Never (the default).
+    #[default]
+    Never,
+    /// Only after a non-zero exit or a death by signal.
+    OnFailure,
+    /// After every exit.
+    Always,
+}
+
+impl FromStr for RestartMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never" => Ok(RestartMode::Never),
+            "on-failure" | "on_failure" => Ok(RestartMode::OnFailure),
+            "always" => Ok(RestartMode::Always),
+            _ => Err(format!(
+                "invalid restart policy {s:?}: expected never, on-failure or always"
+            )),
+        }
+    }
+}
+
+/// Exponential backoff between automatic restarts: `initial * factor^n`, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Backoff {
+    /// The delay before the first restart.
+    pub initial: Span,
+    /// The growth factor per restart (at least 1).
+    pub factor: f64,
+    /// The longest delay.
+    pub max: Span,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Span::from_millis(500),
+            factor: 2.0,
+            max: Span::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before restart number `restart` (0 for the first).
+    pub fn delay(&self, restart: u32) -> Duration {
+        let exp = i32::try_from(restart.min(64)).unwrap_or(64);
+        let secs = self.initial.as_duration().as_secs_f64() * self.factor.powi(exp);
+        let max = self.max.as_duration();
+        if !secs.is_finite() || secs >= max.as_secs_f64() {
+            max
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+}
+
+/// The restart policy: a mode, a retry budget, and the backoff between tries.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub mode: RestartMode,
+    /// How many automatic restarts at most; `None` for no limit.
+    pub max_restarts: Option<u32>,
+    /// The delay between restarts.
+    pub backoff: Backoff,
+}
+
+/// A regular expression that a line of output must match, validated when built.
+#[derive(Debug, Clone)]
+pub struct LogPattern(regex::Regex);
+
+impl LogPattern {
+    /// Compiles `pattern`.
+    ///
+    /// # Errors
+    /// A message naming the pattern and the regex error.
+    pub fn new(pattern: &str) -> Result<Self, SpecError> {
+        regex::Regex::new(pattern)
+            .map(LogPattern)
+            .map_err(|e| SpecError::InvalidPattern {
+                pattern: pattern.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The pattern's source text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Whether `line` matches.
+    pub fn is_match(&self, line: &str) -> bool {
+        self.0.is_match(line)
+    }
+}
+
+impl PartialEq for LogPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Serialize for LogPattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for LogPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        LogPattern::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How bpm knows a started process is ready for use.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum ReadinessCheck {
+    /// Ready as soon as it runs.
+    #[default]
+    None,
+    /// Ready when a line of output matches.
+    LogPattern {
+        /// The pattern.
+        pattern: LogPattern,
+    },
+    /// Ready when a TCP port on the loopback accepts connections.
+    Port {
+        /// The port.
+        port: u16,
+    },
+}
+
+/// A readiness check and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Readiness {
+    /// The check.
+    pub check: ReadinessCheck,
+    /// A process not ready this long after it started is stopped and fails.
+    pub timeout: Option<Span>,
+}
+
+/// What the child's standard input is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdinMode {
+    /// Closed (reads see end of file).
+    #[default]
+    Closed,
+    /// A pipe bpm keeps open, so input can be sent to the running process.
+    Pipe,
+}
+
+/// A spec was refused before anything was created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// The argument vector is empty, or its program is an empty string.
+    #[error("missing command: the argument vector is empty")]
+    EmptyArgv,
+    /// The shell command line is empty.
+    #[error("missing command: the shell command line is empty")]
+    EmptyShell,
+    /// A command argument contains a NUL byte, which the OS cannot pass.
+    #[error("invalid command: argument {0} contains a NUL byte")]
+    NulInArgument(usize),
+    /// An environment variable name is empty or contains `=` or NUL.
+    #[error(
+        "invalid environment variable name {0:?}: it must be non-empty and contain no '=' or NUL"
+    )]
+    InvalidEnvName(String),
+    /// An environment variable value contains NUL.
+    #[error("invalid environment variable {0:?}: its value contains a NUL byte")]
+    InvalidEnvValue(String),
+    /// A log pattern is not a valid regular expression.
+    #[error("invalid regex {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// The regex engine's message.
+        reason: String,
+    },
+    /// Metadata must be a JSON object.
+    #[error("invalid metadata: it must be a JSON object, not {0}")]
+    MetadataNotObject(&'static str),
+    /// The backoff factor must be a finite number of at least 1.
+    #[error("invalid backoff factor {0}: it must be a finite number of at least 1")]
+    InvalidBackoffFactor(String),
+    /// The backoff's initial delay exceeds its maximum.
+    #[error("invalid backoff: the initial delay {initial} exceeds the maximum {max}")]
+    BackoffInitialExceedsMax {
+        /// The initial delay.
+        initial: Span,
+        /// The maximum.
+        max: Span,
+    },
+    /// A readiness port of 0 cannot be connected to.
+    #[error("invalid readiness port 0")]
+    InvalidPort,
+    /// Too many dependencies.
+    #[error("too many dependencies: {0} (at most 256)")]
+    TooManyDependencies(usize),
+    /// The same dependency is named twice.
+    #[error("dependency {0} is named twice")]
+    DuplicateDependency(ProcessId),
+    /// A tracked operation has no process, so a setting that only applies to one was given.
+    #[error("a tracked operation has no command, so it cannot have {0}")]
+    NotForTracked(&'static str),
+}
+
+/// Everything needed to run (or track) one piece of work.
+///
+/// `command: None` makes a *tracked operation*: work the caller does itself
+/// (a migration, an agent's own long step), reported through progress,
+/// complete and fail.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSpec {
+    /// What to run; `None` for a tracked operation.
+    pub command: Option<Command>,
+    /// A human name.
+    pub name: Option<ProcessName>,
+    /// What kind of work it is.
+    pub kind: ProcessKind,
+    /// The working directory; the manager's own when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Environment overrides, added to the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// Standard input.
+    pub stdin: StdinMode,
+    /// The session that owns it.
+    pub session: Option<SessionId>,
+    /// The parent in a hierarchy.
+    pub parent: Option<ProcessId>,
+    /// The concurrency group.
+    pub group: Option<GroupName>,
+    /// Higher starts first among queued processes; ties go in submission order.
+    pub priority: i32,
+    /// Processes that must have completed before this one starts.
+    pub dependencies: Vec<ProcessId>,
+    /// Wait this long after submission before starting.
+    pub delay: Option<Span>,
+    /// Stop the process (and record `timed_out`) once it has run this long.
+    pub timeout: Option<Span>,
+    /// How to stop it.
+    pub stop: StopPolicy,
+    /// Whether to restart it when it exits.
+    pub restart: RestartPolicy,
+    /// When it counts as ready.
+    pub readiness: Readiness,
+    /// Labels, for filtering.
+    pub labels: BTreeMap<LabelKey, LabelValue>,
+    /// Free-form JSON object.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ProcessSpec {
+    /// A spec that runs `argv` with every other setting at its default.
+    pub fn argv<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ProcessSpec {
+            command: Some(Command::Argv(argv.into_iter().map(Into::into).collect())),
+            ..ProcessSpec::default()
+        }
+    }
+
+    /// A spec that runs `line` through `sh -c`.
+    pub fn shell(line: impl Into<String>) -> Self {
+        ProcessSpec {
+            command: Some(Command::Shell(line.into())),
+            ..ProcessSpec::default()
+        }
+    }
+
+    /// A tracked operation: no command, reported by the caller.
+    pub fn tracked(name: ProcessName) -> Self {
+        ProcessSpec {
+            name: Some(name),
+            ..ProcessSpec::default()
+        }
+    }
+
+    /// Whether this is a tracked operation (no OS process).
+    pub fn is_tracked(&self) -> bool {
+        self.command.is_none()
+    }
+
+    /// Checks what the field types cannot: a usable command, a valid environment,
+    /// a sane backoff, distinct dependencies.
+    ///
+    /// # Errors
+    /// The first [`SpecError`] found.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match &self.command {
+            Some(Command::Argv(argv)) => {
+                if argv.first().is_none_or(String::is_empty) {
+                    return Err(SpecError::EmptyArgv);
+                }
+                if let Some(i) = argv.iter().position(|a| a.contains('\0')) {
+                    return Err(SpecError::NulInArgument(i));
+                }
+            }
+            Some(Command::Shell(line)) => {
+                if line.trim().is_empty() {
+                    return Err(SpecError::EmptyShell);
+                }
+                if line.contains('\0') {
+                    return Err(SpecError::NulInArgument(2));
+                }
+            }
+            None => {
+                if !self.env.is_empty() {
+                    return Err(SpecError::NotForTracked("an environment"));
+                }
+                if self.readiness.check != ReadinessCheck::None {
+                    return Err(SpecError::NotForTracked("a readiness check"));
+                }
+                if self.restart.mode != RestartMode::Never {
+                    return Err(SpecError::NotForTracked("a restart policy"));
+                }
+            }
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(SpecError::InvalidEnvName(k.clone()));
+            }
+            if v.contains('\0') {
+                return Err(SpecError::InvalidEnvValue(k.clone()));
+            }
+        }
+        let b = &self.restart.backoff;
+        if !b.factor.is_finite() || b.factor < 1.0 {
+            return Err(SpecError::InvalidBackoffFactor(b.factor.to_string()));
+        }
+        if b.initial > b.max {
+            return Err(SpecError::BackoffInitialExceedsMax {
+                initial: b.initial,
+                max: b.max,
+            });
+        }
+        if self.readiness.check == (ReadinessCheck::Port { port: 0 }) {
+            return Err(SpecError::InvalidPort);
+        }
+        if self.dependencies.len() > 256 {
+            return Err(SpecError::TooManyDependencies(self.dependencies.len()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &self.dependencies {
+            if !seen.insert(*d) {
+                return Err(SpecError::DuplicateDependency(*d));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns a JSON value into metadata, refusing anything but an object.
+///
+/// # Errors
+/// [`SpecError::MetadataNotObject`] naming the JSON type given.
+pub fn metadata_from_json(
+    value: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, SpecError> {
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        serde_json::Value::Null => Err(SpecError::MetadataNotObject("null")),
+        serde_json::Value::Bool(_) => Err(SpecError::MetadataNotObject("a boolean")),
+        serde_json::Value::Number(_) => Err(SpecError::MetadataNotObject("a number")),
+        serde_json::Value::String(_) => Err(SpecError::MetadataNotObject("a string")),
+        serde_json::Value::Array(_) => Err(SpecError::MetadataNotObject("an array")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        assert_eq!(
+            ProcessSpec::argv(Vec::<String>::new()).validate(),
+            Err(SpecError::EmptyArgv)
+        );
+        assert_eq!(
+            ProcessSpec::shell("  ").validate(),
+            Err(SpecError::EmptyShell)
+        );
+        assert_eq!(
+            ProcessSpec::argv(["echo", "a\0b"]).validate(),
+            Err(SpecError::NulInArgument(1))
+        );
+        let mut s = ProcessSpec::argv(["true"]);
+        s.env.insert("A=B".into(), "x".into());
+        assert!(s.validate().unwrap_err().to_string().contains("\"A=B\""));
+        let mut s = ProcessSpec::argv(["true"]);
+        s.restart.backoff.factor = 0.5;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::InvalidBackoffFactor(_))
+        ));
+        let mut s = ProcessSpec::argv(["true"]);
+        s.restart.backoff.initial = Span::from_secs(10);
+        s.restart.backoff.max = Span::from_secs(1);
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::BackoffInitialExceedsMax { .. })
+        ));
+        let mut s = ProcessSpec::argv(["true"]);
+        let d = ProcessId::from_uuid(uuid::Uuid::nil());
+        s.dependencies = vec![d, d];
+        assert_eq!(s.validate(), Err(SpecError::DuplicateDependency(d)));
+        let mut s = ProcessSpec::tracked(ProcessName::new("migrate").unwrap());
+        s.restart.mode = RestartMode::Always;
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::NotForTracked("a restart policy"))
+        );
+        assert!(ProcessSpec::argv(["true"]).validate().is_ok());
+    }
+
+    #[test]
+    fn bad_regex_is_named() {
+        let err = LogPattern::new("listening on (").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid regex \"listening on (\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0), Duration::from_millis(500));
+        assert_eq!(b.delay(1), Duration::from_secs(1));
+        assert_eq!(b.delay(3), Duration::from_secs(4));
+        assert_eq!(b.delay(20), Duration::from_secs(60));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn enums_parse_from_cli_words() {
+        assert_eq!(
+            "test-suite".parse::<ProcessKind>(),
+            Ok(ProcessKind::TestSuite)
+        );
+        assert!(
+            "daemon"
+                .parse::<ProcessKind>()
+                .unwrap_err()
+                .contains("\"daemon\"")
+        );
+        assert_eq!("sigint".parse::<Signal>(), Ok(Signal::Int));
+        assert_eq!(
+            "on-failure".parse::<RestartMode>(),
+            Ok(RestartMode::OnFailure)
+        );
+        assert!("sometimes".parse::<RestartMode>().is_err());
+        assert!(
+            metadata_from_json(serde_json::json!([1]))
+                .unwrap_err()
+                .to_string()
+                .contains("an array")
+        );
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let mut s = ProcessSpec::shell("echo hi");
+        s.readiness.check = ReadinessCheck::LogPattern {
+            pattern: LogPattern::new("ready").unwrap(),
+        };
+        s.labels.insert(
+            LabelKey::new("team").unwrap(),
+            LabelValue::new("core").unwrap(),
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        let back: ProcessSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(Command::Shell("x".into()).to_argv(), ["sh", "-c", "x"]);
+    }
+}

@@ -1,0 +1,391 @@
+//! Time as the domain sees it: instants handed in by the caller, never read from a clock.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An instant, in milliseconds since the Unix epoch (UTC).
+///
+/// The domain never reads the time itself: every transition receives `now` from
+/// the caller (in production the clock port, in tests a manual clock), which is
+/// what makes the rules deterministic. Serialized as RFC 3339 (`2026-11-22T07:55:40.123Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// An instant `millis` milliseconds after the Unix epoch.
+    pub const fn from_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This instant plus `d`, saturating at the far future.
+    #[must_use]
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// The time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn saturating_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+// Howard Hinnant's civil-from-days algorithm: the proleptic Gregorian calendar
+// without a date crate, so the domain stays dependency-light.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0 % 1000;
+        let secs = self.0 / 1000;
+        let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
+        let rem = secs % 86_400;
+        let (y, mo, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60
+        )
+    }
+}
+
+/// The text was not an RFC 3339 UTC timestamp of the form `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid timestamp {0:?}: expected YYYY-MM-DDTHH:MM:SS[.mmm]Z")]
+pub struct TimestampError(String);
+
+impl FromStr for Timestamp {
+    type Err = TimestampError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || TimestampError(s.to_owned());
+        let body = s.strip_suffix('Z').ok_or_else(err)?;
+        let (date, time) = body.split_once('T').ok_or_else(err)?;
+        let mut date_parts = date.splitn(3, '-');
+        let num = |it: &mut std::str::SplitN<'_, char>| -> Result<u32, TimestampError> {
+            it.next().and_then(|p| p.parse().ok()).ok_or_else(err)
+        };
+        let (y, mo, d) = (
+            num(&mut date_parts)?,
+            num(&mut date_parts)?,
+            num(&mut date_parts)?,
+        );
+        let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+        let mut time_parts = hms.splitn(3, ':');
+        let (h, mi, sec) = (
+            num(&mut time_parts)?,
+            num(&mut time_parts)?,
+            num(&mut time_parts)?,
+        );
+        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+            return Err(err());
+        }
+        if y < 1970
+            || frac.is_empty()
+            || frac.len() > 9
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(err());
+        }
+        let ms: u64 = format!("{frac:0<3}")[..3].parse().map_err(|_| err())?;
+        let days = u64::try_from(days_from_civil(i64::from(y), mo, d)).map_err(|_| err())?;
+        let secs = days * 86_400 + u64::from(h) * 3600 + u64::from(mi) * 60 + u64::from(sec);
+        Ok(Timestamp(secs * 1000 + ms))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A validated, non-negative length of time, written as `250ms`, `5s`, `1.5s`,
+/// `2m`, `1h30m` or `1d`; a bare number means seconds.
+///
+/// ```
+/// use bpm_domain::Span;
+/// let s: Span = "1m30s".parse().unwrap();
+/// assert_eq!(s.as_duration().as_secs(), 90);
+/// assert!("ten seconds".parse::<Span>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Span(Duration);
+
+/// The longest span bpm accepts: 365 days. Longer values are almost always a unit mistake.
+pub const MAX_SPAN: Duration = Duration::from_secs(365 * 86_400);
+
+/// A duration could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpanError {
+    /// The text is not a number followed by a unit (`ms`, `s`, `m`, `h`, `d`).
+    #[error("invalid duration {0:?}: expected e.g. 250ms, 5s, 1.5s, 2m, 1h30m")]
+    Syntax(String),
+    /// The duration exceeds [`MAX_SPAN`].
+    #[error("duration {0:?} is longer than the 365 days bpm accepts")]
+    TooLong(String),
+}
+
+impl Span {
+    /// A span of `d`; errors if longer than [`MAX_SPAN`].
+    ///
+    /// # Errors
+    /// [`SpanError::TooLong`] if `d` exceeds [`MAX_SPAN`].
+    pub fn new(d: Duration) -> Result<Self, SpanError> {
+        if d > MAX_SPAN {
+            return Err(SpanError::TooLong(format!("{}ms", d.as_millis())));
+        }
+        Ok(Span(d))
+    }
+
+    /// A span of whole milliseconds, clamped to [`MAX_SPAN`].
+    pub fn from_millis(ms: u64) -> Self {
+        Span(Duration::from_millis(ms).min(MAX_SPAN))
+    }
+
+    /// A span of whole seconds, clamped to [`MAX_SPAN`].
+    pub fn from_secs(secs: u64) -> Self {
+        Span(Duration::from_secs(secs).min(MAX_SPAN))
+    }
+
+    /// The span as a standard duration.
+    pub const fn as_duration(self) -> Duration {
+        self.0
+    }
+
+    /// Whole milliseconds.
+    pub fn as_millis(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl FromStr for Span {
+    type Err = SpanError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || SpanError::Syntax(s.to_owned());
+        let text = s.trim();
+        if text.is_empty() {
+            return Err(syntax());
+        }
+        // Exact decimal arithmetic in nanoseconds: "6702670469ms" must not become
+        // 6702670.469000001 s through a float.
+        let mut total_ns: u128 = 0;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let num_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            let number = &rest[..num_len];
+            rest = &rest[num_len..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let scale_ns: u128 = match &rest[..unit_len] {
+                // A bare number means seconds, and only alone.
+                "" if num_len == text.len() => 1_000_000_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                "d" => 86_400_000_000_000,
+                _ => return Err(syntax()),
+            };
+            rest = &rest[unit_len..];
+            let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+            if whole.is_empty() && frac.is_empty() || frac.contains('.') || whole.len() > 20 {
+                return Err(syntax());
+            }
+            let whole: u128 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().map_err(|_| syntax())?
+            };
+            let frac_digits = &frac[..frac.len().min(18)];
+            let frac_value: u128 = if frac_digits.is_empty() {
+                0
+            } else {
+                frac_digits.parse().map_err(|_| syntax())?
+            };
+            let frac_ns =
+                frac_value * scale_ns / 10u128.pow(u32::try_from(frac_digits.len()).unwrap_or(0));
+            total_ns = total_ns
+                .saturating_add(whole.saturating_mul(scale_ns))
+                .saturating_add(frac_ns);
+        }
+        if total_ns > MAX_SPAN.as_nanos() {
+            return Err(SpanError::TooLong(s.to_owned()));
+        }
+        let secs = u64::try_from(total_ns / 1_000_000_000).map_err(|_| syntax())?;
+        let nanos = u32::try_from(total_ns % 1_000_000_000).map_err(|_| syntax())?;
+        Ok(Span(Duration::new(secs, nanos)))
+    }
+}
+
+fn span_from_secs_f64(secs: f64, original: &str) -> Result<Span, SpanError> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(SpanError::Syntax(original.to_owned()));
+    }
+    if secs > MAX_SPAN.as_secs_f64() {
+        return Err(SpanError::TooLong(original.to_owned()));
+    }
+    Ok(Span(Duration::from_secs_f64(secs)))
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else if ms % 3_600_000 == 0 && ms > 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => span_from_secs_f64(n, &n.to_string()).map_err(serde::de::Error::custom),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn timestamps_format_as_rfc3339() {
+        assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000Z");
+        let t = Timestamp::from_millis(1_795_334_140_123);
+        assert_eq!(t.to_string(), "2026-11-22T07:55:40.123Z");
+        assert_eq!("2026-11-22T07:55:40.123Z".parse::<Timestamp>().unwrap(), t);
+        assert_eq!(
+            "2026-11-22T07:55:40Z".parse::<Timestamp>().unwrap(),
+            Timestamp::from_millis(1_795_334_140_000)
+        );
+    }
+
+    #[test]
+    fn bad_timestamps_are_refused_with_the_text() {
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T25:00:00Z",
+            "x",
+        ] {
+            let err = bad.parse::<Timestamp>().unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn spans_parse_units_and_compounds() {
+        let cases = [
+            ("250ms", 250),
+            ("5s", 5000),
+            ("1.5s", 1500),
+            ("2m", 120_000),
+            ("1h30m", 5_400_000),
+            ("1d", 86_400_000),
+            ("7", 7000),
+            ("0", 0),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(text.parse::<Span>().unwrap().as_millis(), ms, "{text}");
+        }
+        for bad in ["", "5 parsecs", "-1s", "s", "1x", "ms5", "400d"] {
+            assert!(bad.parse::<Span>().is_err(), "{bad} parsed");
+        }
+        assert!(matches!("400d".parse::<Span>(), Err(SpanError::TooLong(_))));
+    }
+
+    #[test]
+    fn spans_deserialize_from_numbers_and_text() {
+        let s: Span = serde_json::from_str("2.5").unwrap();
+        assert_eq!(s.as_millis(), 2500);
+        let s: Span = serde_json::from_str("\"1m\"").unwrap();
+        assert_eq!(s.as_millis(), 60_000);
+        assert!(serde_json::from_str::<Span>("\"soon\"").is_err());
+        assert_eq!(
+            serde_json::to_string(&Span::from_millis(1500)).unwrap(),
+            "\"1500ms\""
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn timestamp_display_round_trips(ms in 0u64..4_102_444_800_000) {
+            let t = Timestamp::from_millis(ms);
+            prop_assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
+        }
+
+        #[test]
+        fn span_display_round_trips(ms in 0u64..MAX_SPAN.as_millis() as u64) {
+            let s = Span::from_millis(ms);
+            prop_assert_eq!(s.to_string().parse::<Span>().unwrap(), s);
+        }
+    }
+}

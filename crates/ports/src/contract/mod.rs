@@ -1,0 +1,93 @@
+//! Contract suites: one set of cases that every adapter of a port must pass.
+//!
+//! Each case is a `pub async fn` taking the adapter under test; the macros
+//! stamp one named `#[tokio::test]` per case, so a failure names the case and
+//! the adapter. The calling crate needs `tokio` (with `macros` and `rt-multi-thread`).
+//!
+//! ```ignore
+//! bpm_ports::store_contract_tests!(bpm_adapters::memory::InMemoryStore::new());
+//! ```
+
+pub mod output;
+pub mod spawner;
+pub mod store;
+
+/// Stamps one test per case of a suite. Internal to the suite macros.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __contract_stamp {
+    ($suite:ident, $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let subject = $make;
+                $crate::contract::$suite::$case(subject).await;
+            }
+        )*
+    };
+}
+
+/// One test per case of the store contract; `$make` is an expression giving
+/// an `Arc<dyn ProcessStore>` (it may use `.await`), evaluated once per test
+/// for a fresh, empty store.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(store, $make;
+            create_then_get,
+            create_existing_is_already_exists,
+            get_missing_is_not_found,
+            update_with_expected_version,
+            update_with_stale_version_conflicts,
+            racing_writers_exactly_one_wins,
+            update_missing_is_not_found,
+            delete_removes,
+            delete_missing_is_not_found,
+            list_filters_by_every_field,
+            list_orders_by_id_and_pages,
+            list_returns_copies,
+            large_metadata_and_non_ascii_text,
+            ten_thousand_records,
+        );
+    };
+}
+
+/// One test per case of the output-store contract; `$make` gives an
+/// `Arc<dyn OutputStore>` whose cap per process is
+/// [`output::CONTRACT_CAP`](crate::contract::output::CONTRACT_CAP) bytes.
+#[macro_export]
+macro_rules! output_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(output, $make;
+            append_then_read,
+            cursor_reads_only_what_is_new,
+            reading_consumes_nothing,
+            streams_are_selected_and_ordered,
+            tail_returns_last_lines,
+            max_bytes_truncates_and_resumes,
+            non_utf8_bytes_are_kept,
+            cap_drops_oldest_and_reports_skipped,
+            unknown_process_reads_empty,
+            remove_forgets,
+        );
+    };
+}
+
+/// One test per case of the spawner contract; `$make` gives an
+/// `Arc<dyn SpawnerHarness>` with a fresh spawner.
+#[macro_export]
+macro_rules! spawner_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(spawner, $make;
+            reports_exit_codes,
+            reports_death_by_signal,
+            kill_ends_what_ignores_term,
+            missing_program_is_program_not_found,
+            missing_cwd_is_cwd_not_found,
+            signal_after_exit_is_ok,
+            captures_both_streams,
+            concurrent_spawns_get_distinct_pids,
+            input_to_unknown_process_is_refused,
+        );
+    };
+}

@@ -1,0 +1,212 @@
+//! The spawner contract: what every [`ProcessSpawner`] must do.
+//!
+//! A spawner runs programs, so each adapter supplies a [`SpawnerHarness`]
+//! that says how to express the behaviours the cases need (exit with a code,
+//! sleep, ignore TERM, print) in programs it can run.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::{ExitStatus, NodeId, ProcessId, ReadinessCheck, Signal, StdinMode};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{OutputQuery, OutputStore, ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest};
+
+/// How an adapter's tests give the contract a spawner and programs to run.
+pub trait SpawnerHarness: Send + Sync + 'static {
+    /// The spawner under test (fresh for each case).
+    fn spawner(&self) -> Arc<dyn ProcessSpawner>;
+    /// Where the spawner captures output.
+    fn output(&self) -> Arc<dyn OutputStore>;
+    /// A program that exits with `code` at once.
+    fn exit_with(&self, code: i32) -> Vec<String>;
+    /// A program that runs for `secs` seconds, dying on TERM.
+    fn sleep(&self, secs: u32) -> Vec<String>;
+    /// A program that ignores TERM and runs for `secs` seconds.
+    fn ignore_term_and_sleep(&self, secs: u32) -> Vec<String>;
+    /// A program that writes `out` to stdout, then `err` to stderr, then exits 0.
+    fn print(&self, out: &str, err: &str) -> Vec<String>;
+    /// A program name that does not exist.
+    fn missing_program(&self) -> Vec<String>;
+}
+
+fn request(argv: Vec<String>) -> SpawnRequest {
+    SpawnRequest {
+        id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
+        node: NodeId::local(),
+        session: None,
+        argv,
+        cwd: None,
+        env: std::collections::BTreeMap::new(),
+        stdin: StdinMode::Closed,
+        readiness: ReadinessCheck::None,
+        idle_after: None,
+    }
+}
+
+async fn exit_of(notices: &mut UnboundedReceiver<ProcessNotice>, id: ProcessId) -> ExitStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let notice = tokio::time::timeout_at(deadline, notices.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no exit notice for {id} within 20 s"))
+            .expect("notice stream open");
+        if let ProcessNotice::Exited { id: got, status } = notice {
+            if got == id {
+                return status;
+            }
+        }
+    }
+}
+
+fn notices(spawner: &Arc<dyn ProcessSpawner>) -> UnboundedReceiver<ProcessNotice> {
+    spawner
+        .notices()
+        .expect("the first call to notices() returns the stream")
+}
+
+/// Exit codes are reported exactly, 0 included.
+pub async fn reports_exit_codes(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    assert!(
+        spawner.notices().is_none(),
+        "notices() must hand out its stream once"
+    );
+    for code in [0, 3, 255] {
+        let req = request(h.exit_with(code));
+        let id = req.id;
+        spawner.spawn(req).await.expect("spawn");
+        assert_eq!(exit_of(&mut rx, id).await, ExitStatus::Code(code));
+    }
+}
+
+/// A process killed by a signal is reported with the signal, not a code.
+pub async fn reports_death_by_signal(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let req = request(h.sleep(30));
+    let id = req.id;
+    let pid = spawner.spawn(req).await.expect("spawn").pid;
+    spawner.signal(id, pid, Signal::Term).await.expect("signal");
+    assert_eq!(exit_of(&mut rx, id).await, ExitStatus::Signal(15));
+}
+
+/// A process that ignores TERM survives it, and KILL ends it.
+pub async fn kill_ends_what_ignores_term(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let req = request(h.ignore_term_and_sleep(30));
+    let id = req.id;
+    let pid = spawner.spawn(req).await.expect("spawn").pid;
+    // Give the program time to install its handler before TERM arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    spawner.signal(id, pid, Signal::Term).await.expect("signal");
+    let early = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert!(
+        early.is_err(),
+        "a TERM-ignoring process exited on TERM: {early:?}"
+    );
+    spawner.signal(id, pid, Signal::Kill).await.expect("signal");
+    assert_eq!(exit_of(&mut rx, id).await, ExitStatus::Signal(9));
+}
+
+/// A program that does not exist is refused as such.
+pub async fn missing_program_is_program_not_found(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let argv = h.missing_program();
+    let err = spawner
+        .spawn(request(argv.clone()))
+        .await
+        .expect_err("must not spawn");
+    assert_eq!(err, SpawnError::ProgramNotFound(argv[0].clone()));
+}
+
+/// A working directory that does not exist is refused as such.
+pub async fn missing_cwd_is_cwd_not_found(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut req = request(h.exit_with(0));
+    let cwd = PathBuf::from("/nonexistent/bpm-contract-dir");
+    req.cwd = Some(cwd.clone());
+    assert_eq!(spawner.spawn(req).await, Err(SpawnError::CwdNotFound(cwd)));
+}
+
+/// Signalling a process that has exited is not an error.
+pub async fn signal_after_exit_is_ok(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let req = request(h.exit_with(0));
+    let id = req.id;
+    let pid = spawner.spawn(req).await.expect("spawn").pid;
+    exit_of(&mut rx, id).await;
+    spawner
+        .signal(id, pid, Signal::Term)
+        .await
+        .expect("signal after exit");
+    spawner
+        .signal(id, pid, Signal::Kill)
+        .await
+        .expect("signal after exit");
+}
+
+/// Both streams are captured, each to its own stream, before the exit is reported.
+pub async fn captures_both_streams(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let req = request(h.print("to stdout", "to stderr"));
+    let id = req.id;
+    spawner.spawn(req).await.expect("spawn");
+    assert_eq!(exit_of(&mut rx, id).await, ExitStatus::Code(0));
+    let out = h.output();
+    let read = |stream| OutputQuery {
+        stream,
+        ..OutputQuery::default()
+    };
+    let stdout = out
+        .read(id, &read(crate::StreamSelect::Stdout))
+        .await
+        .expect("read");
+    let stderr = out
+        .read(id, &read(crate::StreamSelect::Stderr))
+        .await
+        .expect("read");
+    assert_eq!(stdout.text().trim_end(), "to stdout");
+    assert_eq!(stderr.text().trim_end(), "to stderr");
+}
+
+/// Processes started together get distinct pids and each its own exit.
+pub async fn concurrent_spawns_get_distinct_pids(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let mut ids = BTreeSet::new();
+    let mut pids = BTreeSet::new();
+    for code in 0..10 {
+        let req = request(h.exit_with(code));
+        ids.insert(req.id);
+        pids.insert(spawner.spawn(req).await.expect("spawn").pid);
+    }
+    assert_eq!(pids.len(), 10);
+    let mut exited = BTreeSet::new();
+    while exited.len() < 10 {
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("exits")
+            .expect("open");
+        if let ProcessNotice::Exited { id, .. } = n {
+            assert!(ids.contains(&id), "exit of an unknown id {id}");
+            assert!(exited.insert(id), "two exits for {id}");
+        }
+    }
+}
+
+/// Input to a process the spawner does not run is refused with its id.
+pub async fn input_to_unknown_process_is_refused(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let id = ProcessId::from_uuid(uuid::Uuid::from_u128(12345));
+    assert_eq!(
+        spawner.write_input(id, b"x".to_vec()).await,
+        Err(SpawnError::NoSuchProcess(id))
+    );
+}

@@ -1,0 +1,383 @@
+//! The store contract: what every [`ProcessStore`] must do.
+
+use std::sync::Arc;
+
+use bpm_domain::{
+    GroupName, LabelKey, LabelValue, ListFilter, NodeId, ProcessId, ProcessKind, ProcessName,
+    ProcessRecord, ProcessSpec, SessionId, StateName, Timestamp, Transition,
+};
+
+use crate::{ProcessStore, StoreError};
+
+fn id(n: u128) -> ProcessId {
+    ProcessId::from_uuid(uuid::Uuid::from_u128(n))
+}
+
+/// A record numbered `n` whose fields vary with `n`, so filters have something to tell apart:
+/// session `s{n%3}`, node `n{n%2}`, group `g{n%4}`, label `tier={n%5}`, parent 1 for n%6==0,
+/// kind build for even n, and state running for n%7==0 (pending otherwise).
+pub fn sample(n: u128) -> ProcessRecord {
+    let mut spec = ProcessSpec::argv(["sleep", "1"]);
+    spec.name = Some(ProcessName::new(format!("job {n}")).expect("valid name"));
+    spec.session = Some(SessionId::new(format!("s{}", n % 3)).expect("valid session"));
+    spec.group = Some(GroupName::new(format!("g{}", n % 4)).expect("valid group"));
+    spec.labels.insert(
+        LabelKey::new("tier").expect("valid key"),
+        LabelValue::new((n % 5).to_string()).expect("valid value"),
+    );
+    spec.kind = if n % 2 == 0 {
+        ProcessKind::Build
+    } else {
+        ProcessKind::Custom
+    };
+    if n % 6 == 0 {
+        spec.parent = Some(id(1));
+    }
+    let node = NodeId::new(format!("n{}", n % 2)).expect("valid node");
+    let t = Timestamp::from_millis(1_000_000 + u64::try_from(n).unwrap_or(0));
+    let mut r = ProcessRecord::new(id(n), node, spec, t);
+    if n % 7 == 0 {
+        r.apply(Transition::Start, t).expect("start");
+        r.apply(Transition::Spawned { pid: 100 }, t)
+            .expect("spawned");
+    }
+    r
+}
+
+async fn advance(store: &Arc<dyn ProcessStore>, r: &mut ProcessRecord, t: Transition) {
+    let expected = r.version();
+    r.apply(t, Timestamp::from_millis(2_000_000))
+        .expect("legal transition");
+    store.update(r, expected).await.expect("update");
+}
+
+/// A created record reads back equal.
+pub async fn create_then_get(store: Arc<dyn ProcessStore>) {
+    let r = sample(7);
+    store.create(&r).await.expect("create");
+    assert_eq!(store.get(r.id()).await.expect("get"), r);
+}
+
+/// Creating an id twice is refused and keeps the first.
+pub async fn create_existing_is_already_exists(store: Arc<dyn ProcessStore>) {
+    let r = sample(1);
+    store.create(&r).await.expect("create");
+    let mut other = sample(1);
+    other
+        .apply(
+            Transition::Fail { error: "x".into() },
+            Timestamp::from_millis(5),
+        )
+        .expect("fail");
+    assert_eq!(
+        store.create(&other).await,
+        Err(StoreError::AlreadyExists(r.id()))
+    );
+    assert_eq!(store.get(r.id()).await.expect("get"), r);
+}
+
+/// An unknown id is not found.
+pub async fn get_missing_is_not_found(store: Arc<dyn ProcessStore>) {
+    assert_eq!(store.get(id(42)).await, Err(StoreError::NotFound(id(42))));
+}
+
+/// Compare-and-set with the stored version succeeds.
+pub async fn update_with_expected_version(store: Arc<dyn ProcessStore>) {
+    let mut r = sample(2);
+    store.create(&r).await.expect("create");
+    advance(&store, &mut r, Transition::Start).await;
+    advance(&store, &mut r, Transition::Spawned { pid: 9 }).await;
+    let got = store.get(r.id()).await.expect("get");
+    assert_eq!(got.state(), StateName::Running);
+    assert_eq!(got.version(), 3);
+    assert_eq!(got, r);
+}
+
+/// A stale version is a conflict naming both versions, and nothing changes.
+pub async fn update_with_stale_version_conflicts(store: Arc<dyn ProcessStore>) {
+    let mut r = sample(2);
+    store.create(&r).await.expect("create");
+    advance(&store, &mut r, Transition::Start).await;
+    let stored = r.clone();
+    let mut stale = r.clone();
+    stale
+        .apply(Transition::Spawned { pid: 1 }, Timestamp::from_millis(9))
+        .expect("spawned");
+    let err = store
+        .update(&stale, 1)
+        .await
+        .expect_err("stale write must fail");
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            id: r.id(),
+            expected: 1,
+            actual: 2
+        }
+    );
+    assert_eq!(store.get(r.id()).await.expect("get"), stored);
+}
+
+/// Of two writers racing from one version, exactly one wins.
+pub async fn racing_writers_exactly_one_wins(store: Arc<dyn ProcessStore>) {
+    for round in 0..20u128 {
+        let r = sample(1000 + round);
+        store.create(&r).await.expect("create");
+        let v = r.version();
+        let mut a = r.clone();
+        a.apply(
+            Transition::Lose {
+                reason: "writer a".into(),
+            },
+            Timestamp::from_millis(1),
+        )
+        .expect("lose");
+        let mut b = r.clone();
+        b.apply(
+            Transition::Lose {
+                reason: "writer b".into(),
+            },
+            Timestamp::from_millis(1),
+        )
+        .expect("lose");
+        let (s1, s2) = (store.clone(), store.clone());
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(async move { s1.update(&a, v).await.map(|()| a) }),
+            tokio::spawn(async move { s2.update(&b, v).await.map(|()| b) }),
+        );
+        let results = [ra.expect("task"), rb.expect("task")];
+        let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let loser = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("one loser");
+        assert_eq!(
+            loser,
+            &StoreError::Conflict {
+                id: r.id(),
+                expected: v,
+                actual: v + 1
+            }
+        );
+        assert_eq!(&store.get(r.id()).await.expect("get"), winners[0]);
+    }
+}
+
+/// Updating an unknown id is not found.
+pub async fn update_missing_is_not_found(store: Arc<dyn ProcessStore>) {
+    let r = sample(3);
+    assert_eq!(store.update(&r, 1).await, Err(StoreError::NotFound(r.id())));
+}
+
+/// A deleted record is gone from get and list.
+pub async fn delete_removes(store: Arc<dyn ProcessStore>) {
+    let r = sample(3);
+    store.create(&r).await.expect("create");
+    store.create(&sample(4)).await.expect("create");
+    store.delete(r.id()).await.expect("delete");
+    assert_eq!(store.get(r.id()).await, Err(StoreError::NotFound(r.id())));
+    let all = store.list(&ListFilter::default()).await.expect("list");
+    assert_eq!(
+        all.iter().map(ProcessRecord::id).collect::<Vec<_>>(),
+        [id(4)]
+    );
+}
+
+/// Deleting an unknown id is not found.
+pub async fn delete_missing_is_not_found(store: Arc<dyn ProcessStore>) {
+    assert_eq!(store.delete(id(5)).await, Err(StoreError::NotFound(id(5))));
+}
+
+/// Every filter field selects exactly the matching records, in id order.
+pub async fn list_filters_by_every_field(store: Arc<dyn ProcessStore>) {
+    let all: Vec<_> = (1..=60).map(sample).collect();
+    for r in &all {
+        store.create(r).await.expect("create");
+    }
+    let expect = |pred: &dyn Fn(&ProcessRecord) -> bool| -> Vec<ProcessId> {
+        all.iter()
+            .filter(|r| pred(r))
+            .map(ProcessRecord::id)
+            .collect()
+    };
+    let ids = |v: Vec<ProcessRecord>| v.iter().map(ProcessRecord::id).collect::<Vec<_>>();
+    let s1 = SessionId::new("s1").expect("valid");
+    let f = ListFilter {
+        session: Some(s1.clone()),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.session() == Some(&s1))
+    );
+    let f = ListFilter {
+        states: vec![StateName::Running],
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.state() == StateName::Running)
+    );
+    let f = ListFilter {
+        states: vec![StateName::Running, StateName::Pending],
+        ..ListFilter::default()
+    };
+    assert_eq!(ids(store.list(&f).await.expect("list")).len(), 60);
+    let f = ListFilter {
+        parent: Some(id(1)),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.parent() == Some(id(1)))
+    );
+    let n1 = NodeId::new("n1").expect("valid");
+    let f = ListFilter {
+        node: Some(n1.clone()),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.node() == &n1)
+    );
+    let g2 = GroupName::new("g2").expect("valid");
+    let f = ListFilter {
+        group: Some(g2.clone()),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.group() == Some(&g2))
+    );
+    let f = ListFilter {
+        kind: Some(ProcessKind::Build),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.spec().kind == ProcessKind::Build)
+    );
+    let (k, v) = (
+        LabelKey::new("tier").expect("valid"),
+        LabelValue::new("3").expect("valid"),
+    );
+    let f = ListFilter {
+        labels: vec![(k.clone(), v.clone())],
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.spec().labels.get(&k) == Some(&v))
+    );
+    let f = ListFilter {
+        session: Some(s1.clone()),
+        group: Some(g2.clone()),
+        states: vec![StateName::Pending],
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.session() == Some(&s1)
+            && r.group() == Some(&g2)
+            && r.state() == StateName::Pending)
+    );
+    let f = ListFilter {
+        session: Some(SessionId::new("nobody").expect("valid")),
+        ..ListFilter::default()
+    };
+    assert!(store.list(&f).await.expect("list").is_empty());
+}
+
+/// Listings are ordered by id and page with `after` and `limit`, whatever the insertion order.
+pub async fn list_orders_by_id_and_pages(store: Arc<dyn ProcessStore>) {
+    for n in [5u128, 1, 9, 3, 7, 2, 8, 4, 6] {
+        store.create(&sample(n)).await.expect("create");
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&ListFilter {
+                after,
+                limit: Some(4),
+                ..ListFilter::default()
+            })
+            .await
+            .expect("list");
+        assert!(page.len() <= 4);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(ProcessRecord::id);
+        seen.extend(page.iter().map(ProcessRecord::id));
+    }
+    assert_eq!(seen, (1..=9).map(id).collect::<Vec<_>>());
+    let f = ListFilter {
+        limit: Some(0),
+        ..ListFilter::default()
+    };
+    assert!(store.list(&f).await.expect("list").is_empty());
+}
+
+/// What a listing returns is a copy: changing it changes nothing stored.
+pub async fn list_returns_copies(store: Arc<dyn ProcessStore>) {
+    store.create(&sample(1)).await.expect("create");
+    let mut listed = store.list(&ListFilter::default()).await.expect("list");
+    listed[0]
+        .apply(Transition::Start, Timestamp::from_millis(1))
+        .expect("start");
+    let mut got = store.get(id(1)).await.expect("get");
+    got.apply(
+        Transition::Fail { error: "x".into() },
+        Timestamp::from_millis(1),
+    )
+    .expect("fail");
+    assert_eq!(store.get(id(1)).await.expect("get"), sample(1));
+}
+
+/// A record with 1 MiB of metadata and text in many scripts round-trips exactly.
+pub async fn large_metadata_and_non_ascii_text(store: Arc<dyn ProcessStore>) {
+    let mut spec = ProcessSpec::shell("echo 'héllo wörld — 你好 — 🚀'");
+    spec.name = Some(ProcessName::new("データ移行 ✓ Ωmega").expect("valid"));
+    spec.metadata.insert(
+        "blob".into(),
+        serde_json::Value::String("ä".repeat(512 * 1024)),
+    );
+    spec.metadata.insert(
+        "nested".into(),
+        serde_json::json!({"ключ": ["значение", 1, null, true]}),
+    );
+    let r = ProcessRecord::new(id(77), NodeId::local(), spec, Timestamp::from_millis(1));
+    store.create(&r).await.expect("create");
+    assert_eq!(store.get(r.id()).await.expect("get"), r);
+    let listed = store.list(&ListFilter::default()).await.expect("list");
+    assert_eq!(listed, vec![r]);
+}
+
+/// Ten thousand records are all kept, listed in order, and filtered.
+pub async fn ten_thousand_records(store: Arc<dyn ProcessStore>) {
+    for n in 1..=10_000u128 {
+        store.create(&sample(n)).await.expect("create");
+    }
+    let all = store.list(&ListFilter::default()).await.expect("list");
+    assert_eq!(all.len(), 10_000);
+    assert!(all.windows(2).all(|w| w[0].id() < w[1].id()));
+    let mut r = store.get(id(5000)).await.expect("get");
+    let expected = r.version();
+    r.apply(
+        Transition::Lose {
+            reason: "test".into(),
+        },
+        Timestamp::from_millis(3),
+    )
+    .expect("lose");
+    store.update(&r, expected).await.expect("update");
+    let f = ListFilter {
+        states: vec![StateName::Lost],
+        ..ListFilter::default()
+    };
+    assert_eq!(store.list(&f).await.expect("list"), vec![r]);
+    let exited = store.get(id(7)).await.expect("get");
+    assert_eq!(exited.pid(), Some(100));
+}

@@ -1,0 +1,34 @@
+//! bpm's ports: the async traits the core needs (clock, ids, persistence,
+//! output, process spawning, events) and [`ProcessManager`], the API that every
+//! front end (library, CLI, daemon, MCP) uses.
+//!
+//! Every method documents the errors it MUST return; the contract suites in
+//! [`contract`] (feature `contract`) check that each adapter does.
+#![warn(missing_docs)]
+
+mod clock;
+mod events;
+mod ids;
+mod manager;
+mod output;
+mod spawner;
+mod store;
+
+#[cfg(feature = "contract")]
+pub mod contract;
+
+pub use clock::Clock;
+pub use events::{EventBus, EventBusError};
+pub use ids::IdGenerator;
+pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
+pub use output::{
+    Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
+};
+pub use spawner::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
+pub use store::{ProcessStore, StoreError};
+
+#[cfg(any(test, feature = "mocks"))]
+pub use {
+    clock::MockClock, events::MockEventBus, ids::MockIdGenerator, manager::MockProcessManager,
+    output::MockOutputStore, spawner::MockProcessSpawner, store::MockProcessStore,
+};

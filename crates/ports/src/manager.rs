@@ -1,0 +1,230 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bpm_domain::{
+    CoreError, Event, InvalidTransition, ListFilter, Percent, ProcessId, ProcessRecord,
+    ProcessSpec, Span, SpecError, StateName,
+};
+use tokio::sync::broadcast;
+
+use crate::{OutputChunk, OutputError, OutputQuery, SpawnError, StoreError};
+
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StopOptions {
+    /// KILL at once instead of the stop policy's signal and grace period.
+    pub force: bool,
+    /// Override the policy's grace period.
+    pub grace: Option<Span>,
+}
+
+/// The answer to complete or fail: the record, and whether the call changed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The record after the call.
+    pub record: ProcessRecord,
+    /// `true` when it had already finished, so the call changed nothing.
+    pub no_op: bool,
+}
+
+/// What went wrong with a [`ProcessManager`] call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// No record has this id.
+    #[error("no process with id {0}")]
+    NotFound(ProcessId),
+    /// The spec was refused; nothing was created.
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    /// The record's lifecycle does not allow the call; nothing changed.
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+    /// The supervisor refused (unknown dependency or parent, hierarchy limits,
+    /// another node's record, removing a live record); nothing changed.
+    #[error(transparent)]
+    Refused(CoreError),
+    /// `wait` ran out of time; the record is still live.
+    #[error("timed out waiting for process {id}: it is still {state}")]
+    WaitTimeout {
+        /// The record.
+        id: ProcessId,
+        /// Its state when the wait ended.
+        state: StateName,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The output store failed.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The spawner failed (sending input).
+    #[error(transparent)]
+    Spawner(#[from] SpawnError),
+    /// The manager has shut down.
+    #[error("the process manager has shut down")]
+    ShutDown,
+}
+
+impl From<CoreError> for ManagerError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::NotFound(id) => ManagerError::NotFound(id),
+            CoreError::InvalidSpec(s) => ManagerError::InvalidSpec(s),
+            CoreError::InvalidTransition(t) => ManagerError::InvalidTransition(t),
+            other => ManagerError::Refused(other),
+        }
+    }
+}
+
+/// The API every front end uses: the library, the daemon, the CLI (through
+/// the daemon) and the MCP server. An embedded engine and a daemon client
+/// both implement it, so a front end works the same against either.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ProcessManager: Send + Sync + 'static {
+    /// Accepts `spec` and returns its record (pending, or further along if a
+    /// slot was free). A spec without a command is tracked as with [`ProcessManager::track`].
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::InvalidSpec`] if the spec is invalid.
+    /// - MUST return [`ManagerError::Refused`] for an unknown dependency or
+    ///   parent, a parent that is stopping or finished, or a hierarchy limit.
+    /// - MUST return [`ManagerError::Store`] if the record could not be stored.
+    async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError>;
+
+    /// Creates a tracked operation (running at once) for work the caller does
+    /// itself; report on it with progress, complete and fail.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::InvalidSpec`] if the spec has a command or is otherwise invalid.
+    /// - MUST return [`ManagerError::Refused`] as for [`ProcessManager::start`].
+    async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError>;
+
+    /// The record with `id`.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] if there is none.
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError>;
+
+    /// Records matching `filter`, ordered by id.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::Store`] if the store fails.
+    async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>, ManagerError>;
+
+    /// Records progress (and derives an ETA).
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::InvalidTransition`] for a record that is pending or finished.
+    async fn progress(
+        &self,
+        id: ProcessId,
+        percent: Percent,
+        message: Option<String>,
+    ) -> Result<ProcessRecord, ManagerError>;
+
+    /// Completes a tracked operation. Completing a finished record is a no-op (`no_op: true`).
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::InvalidTransition`] for a live record with a
+    ///   process (its outcome is its exit status) or a pending one.
+    async fn complete(
+        &self,
+        id: ProcessId,
+        result: Option<serde_json::Value>,
+    ) -> Result<Completion, ManagerError>;
+
+    /// Fails a tracked operation (or a pending record). Failing a finished record is a no-op.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::InvalidTransition`] for a live record with a process.
+    async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError>;
+
+    /// Stops the record and its descendants (TERM, the grace period, then KILL)
+    /// and returns once they have all ended, with the record's final state.
+    /// Stopping a finished record returns it unchanged.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    async fn stop(
+        &self,
+        id: ProcessId,
+        options: StopOptions,
+    ) -> Result<ProcessRecord, ManagerError>;
+
+    /// Stops every unfinished record at hierarchy depth `level` (roots are 0)
+    /// with their descendants, and returns once they have ended.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::Store`] if the store fails.
+    async fn stop_level(
+        &self,
+        level: usize,
+        options: StopOptions,
+    ) -> Result<Vec<ProcessRecord>, ManagerError>;
+
+    /// Pauses a running process (SIGSTOP to its tree). Its timeout keeps counting.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::InvalidTransition`] unless it is running with a process.
+    async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError>;
+
+    /// Resumes a paused process.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::InvalidTransition`] unless it is paused.
+    async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError>;
+
+    /// Starts a new record with the same spec, `restarted_from` pointing to
+    /// `id`; a live `id` is stopped first and the new one starts after it ended.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::Refused`] if the parent cannot take it.
+    async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError>;
+
+    /// Waits until the record has finished and returns it.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::WaitTimeout`] if `timeout` passes first.
+    async fn wait(
+        &self,
+        id: ProcessId,
+        timeout: Option<Duration>,
+    ) -> Result<ProcessRecord, ManagerError>;
+
+    /// Reads the record's output; reading never consumes it for other readers.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::Output`] if the output store fails.
+    async fn read_output(
+        &self,
+        id: ProcessId,
+        query: OutputQuery,
+    ) -> Result<OutputChunk, ManagerError>;
+
+    /// Writes to the standard input of a running process started with a stdin pipe.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::Spawner`] if it is not running or its stdin is not a pipe.
+    async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError>;
+
+    /// Deletes a finished record and its output.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::Refused`] if it has not finished.
+    async fn remove(&self, id: ProcessId) -> Result<(), ManagerError>;
+
+    /// Every event from now on.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}

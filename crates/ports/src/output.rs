@@ -1,0 +1,164 @@
+use async_trait::async_trait;
+use bpm_domain::ProcessId;
+use serde::{Deserialize, Serialize};
+
+/// One of a process's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Which streams a read wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamSelect {
+    /// Standard output only.
+    Stdout,
+    /// Standard error only.
+    Stderr,
+    /// Both, in the order they were written.
+    #[default]
+    Both,
+}
+
+impl StreamSelect {
+    /// Whether `stream` is selected.
+    pub fn includes(self, stream: Stream) -> bool {
+        matches!(
+            (self, stream),
+            (StreamSelect::Both, _)
+                | (StreamSelect::Stdout, Stream::Stdout)
+                | (StreamSelect::Stderr, Stream::Stderr)
+        )
+    }
+}
+
+/// A position in a process's combined output: the number of bytes written to
+/// both streams before it. Cursors stay valid for every reader: reading never
+/// consumes output.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Cursor(pub u64);
+
+/// What to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputQuery {
+    /// Which streams.
+    pub stream: StreamSelect,
+    /// Where to start; `None` starts at the oldest output kept.
+    pub cursor: Option<Cursor>,
+    /// At most this many bytes of data in the answer.
+    pub max_bytes: usize,
+}
+
+impl Default for OutputQuery {
+    fn default() -> Self {
+        OutputQuery {
+            stream: StreamSelect::Both,
+            cursor: None,
+            max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A run of bytes one stream wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputPiece {
+    /// Which stream.
+    pub stream: Stream,
+    /// Its position in the combined output.
+    pub offset: u64,
+    /// The bytes, exactly as written (not necessarily UTF-8).
+    pub data: Vec<u8>,
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// The pieces, in the order written.
+    pub pieces: Vec<OutputPiece>,
+    /// Where the next read should start to see only what is new.
+    pub next: Cursor,
+    /// Bytes between the requested cursor and the oldest output kept, dropped
+    /// by rotation before they could be read.
+    pub skipped: u64,
+    /// Whether more output was there than `max_bytes` allowed.
+    pub truncated: bool,
+}
+
+impl OutputChunk {
+    /// The data of every piece, concatenated.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.pieces
+            .iter()
+            .flat_map(|p| p.data.iter().copied())
+            .collect()
+    }
+
+    /// The data as text, with invalid UTF-8 replaced (for display only).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+}
+
+/// The output store refused or failed an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutputError {
+    /// The backend cannot be reached.
+    #[error("output store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend refused the write (disk full, permission denied).
+    #[error("output write refused: {0}")]
+    Refused(String),
+}
+
+/// Where the output of processes is kept, capped per process: when a process
+/// has written more than the cap, the oldest output is dropped and readers are
+/// told how much.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait OutputStore: Send + Sync + 'static {
+    /// Appends `data` from `stream` of process `id`; returns the cursor after it.
+    ///
+    /// # Errors
+    /// - MUST return [`OutputError::Refused`] when the write cannot be made; what was kept before stays readable.
+    /// - MUST return [`OutputError::Unavailable`] if the backend cannot be reached.
+    async fn append(
+        &self,
+        id: ProcessId,
+        stream: Stream,
+        data: &[u8],
+    ) -> Result<Cursor, OutputError>;
+
+    /// Output from `query.cursor` on. A process that wrote nothing reads as empty,
+    /// with `next` at 0. A cursor past the end reads as empty with `next` unchanged.
+    ///
+    /// # Errors
+    /// - MUST return [`OutputError::Unavailable`] if the backend cannot be reached.
+    async fn read(&self, id: ProcessId, query: &OutputQuery) -> Result<OutputChunk, OutputError>;
+
+    /// The last `lines` lines of the selected streams (a final line without a
+    /// newline counts); `next` is the end of the output.
+    ///
+    /// # Errors
+    /// - MUST return [`OutputError::Unavailable`] if the backend cannot be reached.
+    async fn tail(
+        &self,
+        id: ProcessId,
+        stream: StreamSelect,
+        lines: usize,
+    ) -> Result<OutputChunk, OutputError>;
+
+    /// Forgets the output of `id`. Removing output that does not exist is not an error.
+    ///
+    /// # Errors
+    /// - MUST return [`OutputError::Unavailable`] if the backend cannot be reached.
+    async fn remove(&self, id: ProcessId) -> Result<(), OutputError>;
+}

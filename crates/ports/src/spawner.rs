@@ -1,0 +1,143 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bpm_domain::{
+    ExitStatus, NodeId, ProcessId, ProcessRecord, ReadinessCheck, SessionId, Signal, Span,
+    StdinMode,
+};
+use tokio::sync::mpsc;
+
+/// Everything a spawner needs to start one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpawnRequest {
+    /// The record.
+    pub id: ProcessId,
+    /// Its node (given to the child as `BPM_NODE`).
+    pub node: NodeId,
+    /// Its session (given to the child as `BPM_SESSION`).
+    pub session: Option<SessionId>,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// Environment overrides.
+    pub env: BTreeMap<String, String>,
+    /// Standard input.
+    pub stdin: StdinMode,
+    /// The readiness check the spawner watches for.
+    pub readiness: ReadinessCheck,
+    /// Report [`ProcessNotice::Idle`] after this long without output.
+    pub idle_after: Option<Span>,
+}
+
+impl SpawnRequest {
+    /// The request for a record in `starting`. `None` for a tracked operation.
+    pub fn for_record(record: &ProcessRecord) -> Option<Self> {
+        let spec = record.spec();
+        Some(SpawnRequest {
+            id: record.id(),
+            node: record.node().clone(),
+            session: spec.session.clone(),
+            argv: spec.command.as_ref()?.to_argv(),
+            cwd: spec.cwd.clone(),
+            env: spec.env.clone(),
+            stdin: spec.stdin,
+            readiness: spec.readiness.check.clone(),
+            idle_after: None,
+        })
+    }
+}
+
+/// A process that was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// Its pid, which is also its process group id.
+    pub pid: u32,
+}
+
+/// Something a spawner observed about a process it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessNotice {
+    /// It exited (and was reaped).
+    Exited {
+        /// The record.
+        id: ProcessId,
+        /// How.
+        status: ExitStatus,
+    },
+    /// Its readiness check passed.
+    Ready {
+        /// The record.
+        id: ProcessId,
+    },
+    /// It wrote nothing for its idle period.
+    Idle {
+        /// The record.
+        id: ProcessId,
+    },
+}
+
+/// A spawner could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The program does not exist.
+    #[error("program not found: {0:?}")]
+    ProgramNotFound(String),
+    /// The program exists but may not be executed.
+    #[error("permission denied: cannot execute {0:?}")]
+    PermissionDenied(String),
+    /// The working directory does not exist.
+    #[error("working directory not found: {0:?}")]
+    CwdNotFound(PathBuf),
+    /// The request cannot be carried out as given.
+    #[error("invalid spawn request: {0}")]
+    Invalid(String),
+    /// No process of this spawner has this id (or it has exited).
+    #[error("no running process with id {0}")]
+    NoSuchProcess(ProcessId),
+    /// The operating system refused.
+    #[error("OS error: {0}")]
+    Os(String),
+}
+
+/// Starts and controls OS processes, each in its own process group.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ProcessSpawner: Send + Sync + 'static {
+    /// Starts the process. Its exit is reported later as [`ProcessNotice::Exited`].
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::ProgramNotFound`] if the program does not exist.
+    /// - MUST return [`SpawnError::PermissionDenied`] if it may not be executed.
+    /// - MUST return [`SpawnError::CwdNotFound`] if the working directory does not exist.
+    /// - MUST return [`SpawnError::Invalid`] for a request it cannot carry out (empty argv).
+    /// - MUST return [`SpawnError::Os`] for any other refusal.
+    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError>;
+
+    /// Sends `signal` to the whole process tree of `id` (led by `pid`).
+    /// Signalling a process that has already exited is not an error, and a
+    /// recycled pid is never signalled.
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::Os`] if the OS refuses.
+    async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError>;
+
+    /// Writes `data` to the process's standard input.
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::NoSuchProcess`] if `id` is not running here.
+    /// - MUST return [`SpawnError::Invalid`] if its standard input is not a pipe.
+    async fn write_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), SpawnError>;
+
+    /// Takes over a process a previous manager started (after a restart).
+    /// Returns `false` if it cannot be supervised again (gone, or not ours).
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::Os`] if the OS refuses.
+    async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError>;
+
+    /// The stream of notices. The first call returns it; later calls return `None`.
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>>;
+}
