@@ -354,6 +354,9 @@ pub enum SpecError {
     /// The same dependency is named twice.
     #[error("dependency {0} is named twice")]
     DuplicateDependency(ProcessId),
+    /// A tracked operation was asked for with a command.
+    #[error("a tracked operation has no command: use start to run one")]
+    TrackedWithCommand,
     /// A tracked operation has no process, so a setting that only applies to one was given.
     #[error("a tracked operation has no command, so it cannot have {0}")]
     NotForTracked(&'static str),

@@ -453,15 +453,17 @@ impl Supervisor {
             }
         }
         for &id in &ids {
-            let (state, live_depth) = {
+            let (state, live_depth, tracked) = {
                 let e = &self.entries[&id];
-                (e.record.state(), e.depth)
+                (e.record.state(), e.depth, e.record.is_tracked())
             };
             if !state.is_terminal() && live_depth > 0 {
                 *self.live_per_level.entry(live_depth).or_default() += 1;
             }
-            if state.is_active() {
+            if state.is_active() && !tracked {
                 self.add_active(id);
+            }
+            if state.is_active() {
                 self.rearm_live_timers(id, now);
             } else if state.is_terminal() {
                 self.arm_retention(id);
@@ -1056,13 +1058,15 @@ impl Supervisor {
         }
         let after = entry.record.state();
         let depth = entry.depth;
+        // Tracked operations are the caller's own work: they hold no slot.
+        let slotted = !entry.record.is_tracked();
         self.dirty.entry(id).or_insert(entry.persisted);
         if before == StateName::Pending && after != StateName::Pending {
             self.ready.remove(id);
         }
-        if !before.is_active() && after.is_active() {
+        if slotted && !before.is_active() && after.is_active() {
             self.add_active(id);
-        } else if before.is_active() && !after.is_active() {
+        } else if slotted && before.is_active() && !after.is_active() {
             self.remove_active(id);
         }
         use crate::TransitionKind as K;

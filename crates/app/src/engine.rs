@@ -1,0 +1,560 @@
+//! The engine: a small async loop that owns the domain's [`Supervisor`], feeds
+//! it inputs (API calls, process notices, timers) and carries out its effects
+//! through the ports. It implements [`ProcessManager`].
+//!
+//! One task owns the core, so inputs are handled one at a time in arrival
+//! order; everything slow a caller waits for (wait, stop) happens outside it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bpm_domain::{
+    Effect, Event, EventKind, Input, Limits, ListFilter, NodeId, Percent, ProcessId, ProcessRecord,
+    ProcessSpec, SpecError, Supervisor, Timer, Timestamp,
+};
+use bpm_ports::{
+    Clock, Completion, EventBus, IdGenerator, ManagerError, OutputChunk, OutputQuery, OutputStore,
+    ProcessManager, ProcessNotice, ProcessSpawner, ProcessStore, SpawnRequest, StopOptions,
+    StoreError, StreamSelect,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+/// How many lines of output an exit event carries.
+const EXIT_TAIL_LINES: usize = 20;
+/// How long `stop` waits past the grace period for a process tree to end.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
+/// How often records the store refused are written again.
+const STORE_RETRY: Duration = Duration::from_millis(500);
+
+/// The adapters the engine works through.
+#[derive(Clone)]
+pub struct Ports {
+    /// Where records live.
+    pub store: Arc<dyn ProcessStore>,
+    /// Where output lives.
+    pub output: Arc<dyn OutputStore>,
+    /// Where events go.
+    pub events: Arc<dyn EventBus>,
+    /// What runs processes.
+    pub spawner: Arc<dyn ProcessSpawner>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// New ids.
+    pub ids: Arc<dyn IdGenerator>,
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EngineConfig {
+    /// This node's name; records it creates carry it.
+    pub node: Option<NodeId>,
+    /// The supervisor's limits.
+    pub limits: Limits,
+}
+
+type Reply = oneshot::Sender<Result<Vec<ProcessRecord>, ManagerError>>;
+
+enum Msg {
+    Input(Input, Reply),
+    Timer(Timer),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The embedded process manager. Cheap to clone; all clones drive one loop.
+#[derive(Clone)]
+pub struct Engine {
+    ports: Ports,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Engine {
+    /// Starts the engine: takes back this node's records from the store,
+    /// re-attaches the processes that still run (the rest become `lost`), and
+    /// starts the loop on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`ManagerError::Store`] if the store cannot be read;
+    /// [`ManagerError::ShutDown`] if the spawner's notices were already taken.
+    pub async fn start(ports: Ports, config: EngineConfig) -> Result<Engine, ManagerError> {
+        let node = config.node.unwrap_or_else(NodeId::local);
+        let notices = ports.spawner.notices().ok_or(ManagerError::ShutDown)?;
+        let records = ports
+            .store
+            .list(&ListFilter {
+                node: Some(node.clone()),
+                ..ListFilter::default()
+            })
+            .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut driver = Driver {
+            core: Supervisor::new(node, config.limits),
+            ports: ports.clone(),
+            tx: tx.clone(),
+            timers: HashMap::new(),
+            unsaved: HashMap::new(),
+        };
+        let live: Vec<_> = records
+            .iter()
+            .filter(|r| r.state().is_active() && !r.is_tracked())
+            .map(|r| (r.id(), r.pid()))
+            .collect();
+        let effects = driver.core.restore(records, ports.clock.now());
+        driver.execute(effects).await?;
+        for (id, pid) in live {
+            let reattached = match pid {
+                Some(pid) => ports.spawner.reattach(id, pid).await.unwrap_or(false),
+                None => false,
+            };
+            if !reattached {
+                let reason = match pid {
+                    Some(pid) => format!("bpm restarted and could not re-attach to pid {pid}"),
+                    None => "bpm restarted while the process was being started".to_owned(),
+                };
+                let _ = driver.step(Input::Lost { id, reason }).await;
+            }
+        }
+        tokio::spawn(driver.run(rx, notices));
+        Ok(Engine { ports, tx })
+    }
+
+    /// Stops the loop. Processes keep running; a new engine re-attaches them.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    async fn call(&self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Input(input, reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        answer.await.map_err(|_| ManagerError::ShutDown)?
+    }
+
+    /// Sends `input` and returns `id`'s record after it.
+    async fn call_for(
+        &self,
+        id: ProcessId,
+        input: Input,
+    ) -> Result<(ProcessRecord, bool), ManagerError> {
+        let changed = self.call(input).await?;
+        match changed.into_iter().find(|r| r.id() == id) {
+            Some(r) => Ok((r, true)),
+            None => Ok((self.get(id).await?, false)),
+        }
+    }
+
+    /// Waits until every id in `ids` has ended, or until `deadline`.
+    async fn wait_all(
+        &self,
+        mut events: broadcast::Receiver<Event>,
+        ids: &[ProcessId],
+        deadline: Option<Timestamp>,
+    ) -> Result<(), ManagerError> {
+        let mut open: HashSet<ProcessId> = ids.iter().copied().collect();
+        loop {
+            // Re-read the store whenever events may have been missed.
+            let mut still = HashSet::new();
+            for id in &open {
+                if !self.ports.store.get(*id).await?.is_terminal() {
+                    still.insert(*id);
+                }
+            }
+            open = still;
+            loop {
+                if open.is_empty() {
+                    return Ok(());
+                }
+                let next = async {
+                    match deadline {
+                        Some(at) => tokio::select! {
+                            e = events.recv() => Some(e),
+                            () = self.ports.clock.sleep_until(at) => None,
+                        },
+                        None => Some(events.recv().await),
+                    }
+                };
+                match next.await {
+                    None => {
+                        let id = *open.iter().next().expect("non-empty");
+                        let state = self.get(id).await?.state();
+                        return Err(ManagerError::WaitTimeout { id, state });
+                    }
+                    Some(Ok(e)) if e.state.is_terminal() => {
+                        open.remove(&e.id);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Some(Err(broadcast::error::RecvError::Closed)) => {
+                        return Err(ManagerError::ShutDown);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop_and_wait(
+        &self,
+        input: Input,
+        grace: Duration,
+        root: Option<ProcessId>,
+    ) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let events = self.ports.events.subscribe();
+        if let Some(id) = root {
+            self.get(id).await?;
+        }
+        let changed = self.call(input).await?;
+        let ids: Vec<_> = changed
+            .iter()
+            .filter(|r| !r.is_terminal())
+            .map(ProcessRecord::id)
+            .collect();
+        let deadline = self.ports.clock.now().saturating_add(grace + STOP_MARGIN);
+        match self.wait_all(events, &ids, Some(deadline)).await {
+            Ok(()) | Err(ManagerError::WaitTimeout { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut out = Vec::with_capacity(changed.len());
+        for r in changed {
+            out.push(self.get(r.id()).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ProcessManager for Engine {
+    async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        let id = self.ports.ids.next_id();
+        Ok(self.call_for(id, Input::Submit { id, spec }).await?.0)
+    }
+
+    async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        if spec.command.is_some() {
+            return Err(SpecError::TrackedWithCommand.into());
+        }
+        self.start(spec).await
+    }
+
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.ports.store.get(id).await.map_err(|e| match e {
+            StoreError::NotFound(id) => ManagerError::NotFound(id),
+            other => other.into(),
+        })
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>, ManagerError> {
+        Ok(self.ports.store.list(&filter).await?)
+    }
+
+    async fn progress(
+        &self,
+        id: ProcessId,
+        percent: Percent,
+        message: Option<String>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        Ok(self
+            .call_for(
+                id,
+                Input::Progress {
+                    id,
+                    percent,
+                    message,
+                },
+            )
+            .await?
+            .0)
+    }
+
+    async fn complete(
+        &self,
+        id: ProcessId,
+        result: Option<serde_json::Value>,
+    ) -> Result<Completion, ManagerError> {
+        let (record, changed) = self.call_for(id, Input::Complete { id, result }).await?;
+        Ok(Completion {
+            record,
+            no_op: !changed,
+        })
+    }
+
+    async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
+        let (record, changed) = self.call_for(id, Input::Fail { id, error }).await?;
+        Ok(Completion {
+            record,
+            no_op: !changed,
+        })
+    }
+
+    async fn stop(
+        &self,
+        id: ProcessId,
+        options: StopOptions,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let grace = options
+            .grace
+            .unwrap_or(self.get(id).await?.spec().stop.grace)
+            .as_duration();
+        let input = Input::Stop {
+            id,
+            force: options.force,
+            grace: options.grace,
+        };
+        self.stop_and_wait(input, grace, Some(id)).await?;
+        self.get(id).await
+    }
+
+    async fn stop_level(
+        &self,
+        level: usize,
+        options: StopOptions,
+    ) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let grace = options
+            .grace
+            .map_or(Duration::from_secs(5), bpm_domain::Span::as_duration);
+        self.stop_and_wait(
+            Input::StopLevel {
+                level,
+                force: options.force,
+            },
+            grace,
+            None,
+        )
+        .await
+    }
+
+    async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        Ok(self.call_for(id, Input::Pause { id }).await?.0)
+    }
+
+    async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        Ok(self.call_for(id, Input::Resume { id }).await?.0)
+    }
+
+    async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        let new_id = self.ports.ids.next_id();
+        Ok(self
+            .call_for(new_id, Input::Restart { id, new_id })
+            .await?
+            .0)
+    }
+
+    async fn wait(
+        &self,
+        id: ProcessId,
+        timeout: Option<Duration>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let events = self.ports.events.subscribe();
+        self.get(id).await?;
+        let deadline = timeout.map(|t| self.ports.clock.now().saturating_add(t));
+        self.wait_all(events, &[id], deadline).await?;
+        self.get(id).await
+    }
+
+    async fn read_output(
+        &self,
+        id: ProcessId,
+        query: OutputQuery,
+    ) -> Result<OutputChunk, ManagerError> {
+        self.get(id).await?;
+        Ok(self.ports.output.read(id, &query).await?)
+    }
+
+    async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
+        self.get(id).await?;
+        Ok(self.ports.spawner.write_input(id, data).await?)
+    }
+
+    async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
+        self.call(Input::Remove { id }).await.map(|_| ())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.ports.events.subscribe()
+    }
+}
+
+/// The loop's state: the core, the ports, and the armed timers.
+struct Driver {
+    core: Supervisor,
+    ports: Ports,
+    tx: mpsc::UnboundedSender<Msg>,
+    timers: HashMap<Timer, AbortHandle>,
+    /// Records the store refused for now, with the version it holds: written
+    /// again (newest first) until it takes them, so a flaky store delays
+    /// persistence without stopping supervision.
+    unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut notices: mpsc::UnboundedReceiver<ProcessNotice>,
+    ) {
+        let mut notices_open = true;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Input(input, reply)) => {
+                        let result = self.step(input).await;
+                        let _ = reply.send(result);
+                    }
+                    Some(Msg::Timer(timer)) => {
+                        self.timers.remove(&timer);
+                        let _ = self.step(Input::TimerFired(timer)).await;
+                    }
+                    Some(Msg::Shutdown(done)) => {
+                        let _ = done.send(());
+                        break;
+                    }
+                    None => break,
+                },
+                notice = notices.recv(), if notices_open => match notice {
+                    Some(notice) => {
+                        let input = match notice {
+                            ProcessNotice::Exited { id, status } => Input::Exited { id, status },
+                            ProcessNotice::Ready { id } => Input::Ready { id },
+                            ProcessNotice::Idle { id } => Input::Idle { id },
+                        };
+                        if let Err(e) = self.step(input).await {
+                            tracing::debug!(error = %e, "process notice ignored");
+                        }
+                    }
+                    None => notices_open = false,
+                },
+                () = tokio::time::sleep(STORE_RETRY), if !self.unsaved.is_empty() => self.flush().await,
+            }
+        }
+        for (_, timer) in self.timers.drain() {
+            timer.abort();
+        }
+    }
+
+    /// Handles one input and carries out everything that follows from it;
+    /// returns the records it changed.
+    async fn step(&mut self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let effects = self.core.handle(input, self.ports.clock.now())?;
+        self.execute(effects).await
+    }
+
+    async fn execute(&mut self, effects: Vec<Effect>) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let mut changed: Vec<ProcessRecord> = Vec::new();
+        let mut queue = VecDeque::from([effects]);
+        while let Some(batch) = queue.pop_front() {
+            for effect in batch {
+                match effect {
+                    Effect::Persist {
+                        record,
+                        expected_version,
+                    } => {
+                        let id = record.id();
+                        // A record still waiting for the store keeps the version the store holds.
+                        let expected = self
+                            .unsaved
+                            .remove(&id)
+                            .map_or(expected_version, |(v, _)| v);
+                        self.persist(expected, (*record).clone()).await;
+                        changed.retain(|r| r.id() != id);
+                        changed.push(*record);
+                    }
+                    Effect::Delete { id } => {
+                        if let Err(e) = self.ports.store.delete(id).await {
+                            tracing::warn!(%id, error = %e, "could not delete a record");
+                        }
+                        if let Err(e) = self.ports.output.remove(id).await {
+                            tracing::warn!(%id, error = %e, "could not delete output");
+                        }
+                    }
+                    Effect::Spawn { record } => {
+                        let id = record.id();
+                        let input = match SpawnRequest::for_record(&record) {
+                            Some(request) => match self.ports.spawner.spawn(request).await {
+                                Ok(spawned) => Input::Spawned {
+                                    id,
+                                    pid: spawned.pid,
+                                },
+                                Err(e) => Input::SpawnFailed {
+                                    id,
+                                    error: e.to_string(),
+                                },
+                            },
+                            None => Input::SpawnFailed {
+                                id,
+                                error: "nothing to spawn".into(),
+                            },
+                        };
+                        match self.core.handle(input, self.ports.clock.now()) {
+                            Ok(more) => queue.push_back(more),
+                            Err(e) => tracing::warn!(%id, error = %e, "spawn result refused"),
+                        }
+                    }
+                    Effect::Signal { id, pid, signal } => {
+                        if let Err(e) = self.ports.spawner.signal(id, pid, signal).await {
+                            tracing::warn!(%id, pid, ?signal, error = %e, "could not signal");
+                        }
+                    }
+                    Effect::ArmTimer { timer, at } => {
+                        let (clock, tx) = (self.ports.clock.clone(), self.tx.clone());
+                        let task = tokio::spawn(async move {
+                            clock.sleep_until(at).await;
+                            let _ = tx.send(Msg::Timer(timer));
+                        });
+                        if let Some(old) = self.timers.insert(timer, task.abort_handle()) {
+                            old.abort();
+                        }
+                    }
+                    Effect::CancelTimer { timer } => {
+                        if let Some(old) = self.timers.remove(&timer) {
+                            old.abort();
+                        }
+                    }
+                    Effect::Publish(mut event) => {
+                        if matches!(event.kind, EventKind::Exited)
+                            || event.state.is_terminal() && event.exit.is_some()
+                        {
+                            if let Ok(tail) = self
+                                .ports
+                                .output
+                                .tail(event.id, StreamSelect::Both, EXIT_TAIL_LINES)
+                                .await
+                            {
+                                event.output_tail = Some(tail.text());
+                            }
+                        }
+                        if let Err(e) = self.ports.events.publish(*event).await {
+                            tracing::warn!(error = %e, "could not publish an event");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn persist(&mut self, expected: Option<u64>, record: ProcessRecord) {
+        let written = match expected {
+            None => self.ports.store.create(&record).await,
+            Some(v) => self.ports.store.update(&record, v).await,
+        };
+        match written {
+            Ok(()) => {}
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => {
+                tracing::error!(id = %record.id(), error = %e, "store refused a record; will retry");
+                self.unsaved.insert(record.id(), (expected, record));
+            }
+            Err(e) => tracing::error!(id = %record.id(), error = %e, "record not persisted"),
+        }
+    }
+
+    async fn flush(&mut self) {
+        for (_, (expected, record)) in std::mem::take(&mut self.unsaved) {
+            self.persist(expected, record).await;
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! bpm's application layer: the engine that drives the domain's supervisor
+//! core through the ports, and the wiring that picks adapters.
+
+pub mod engine;
+pub mod wiring;
+
+pub use engine::{Engine, EngineConfig, Ports};
