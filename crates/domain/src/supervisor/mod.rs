@@ -872,14 +872,7 @@ impl Supervisor {
             return Ok(());
         }
         let already_stopping = record.state() == StateName::Stopping;
-        let children: Vec<_> = self
-            .children
-            .get(&id)
-            .map(|c| c.iter().copied().collect())
-            .unwrap_or_default();
-        for child in children {
-            self.stop(child, StopCause::Cascade { parent: id }, force, grace, now)?;
-        }
+        self.cascade(id, force, grace, now)?;
         let record = &self.entries[&id].record;
         let was_paused = record.state() == StateName::Paused;
         let policy = record.spec().stop;
@@ -922,6 +915,15 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Stops the unfinished children of `id` (and theirs) because `id` is being stopped.
+    fn cascade(&mut self, id: ProcessId, force: bool, grace: Option<Span>, now: Timestamp) -> Result<(), CoreError> {
+        let children: Vec<_> = self.children.get(&id).map(|c| c.iter().copied().collect()).unwrap_or_default();
+        for child in children {
+            self.stop(child, StopCause::Cascade { parent: id }, force, grace, now)?;
+        }
+        Ok(())
+    }
+
     fn escalate(&mut self, id: ProcessId, now: Timestamp) -> Result<(), CoreError> {
         if self.transition(id, Transition::Escalate, now)? == Applied::Changed {
             if let Some(pid) = self.entries[&id].record.pid() {
@@ -960,7 +962,8 @@ impl Supervisor {
             }
             TimerKind::Timeout if !state.is_terminal() && state != StateName::Stopping => {
                 if tracked {
-                    self.transition(id, Transition::TimeOut, now).map(|_| ())
+                    self.cascade(id, false, None, now)
+                        .and_then(|()| self.transition(id, Transition::TimeOut, now).map(|_| ()))
                 } else {
                     self.stop(id, StopCause::Timeout, false, None, now)
                 }
@@ -1253,7 +1256,7 @@ impl Supervisor {
         let active: Vec<_> = self
             .entries
             .values()
-            .filter(|e| e.record.state().is_active())
+            .filter(|e| e.record.state().is_active() && !e.record.is_tracked())
             .collect();
         if active.len() != self.active_total {
             return Err(format!(

@@ -1,0 +1,401 @@
+//! Deterministic simulation of the supervisor core: thousands of random
+//! interleavings of submits, spawn results, exits, stops, pauses, restarts,
+//! progress reports and timer firings on a simulated clock, with the world's
+//! invariants checked after every step.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bpm_domain::{
+    CoreError, Effect, ExitStatus, GroupName, Input, Limits, NodeId, Percent, ProcessId, ProcessName, ProcessRecord,
+    ProcessSpec, RestartMode, Signal, Span, StateName, Supervisor, Timer, Timestamp,
+};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Submit {
+    group: u8,
+    priority: i32,
+    parent: Option<usize>,
+    deps: Vec<usize>,
+    delay_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    restart: u8,
+    ignores_term: bool,
+    tracked: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(Submit),
+    ResolveSpawn { pick: usize, ok: bool },
+    Exit { pick: usize, code: i32 },
+    DeliverSignalExit { pick: usize },
+    Stop { pick: usize, force: bool },
+    StopLevel { level: usize },
+    Pause { pick: usize },
+    Resume { pick: usize },
+    Restart { pick: usize },
+    Progress { pick: usize, percent: u8 },
+    Complete { pick: usize },
+    Fail { pick: usize },
+    Remove { pick: usize },
+    Advance { ms: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let submit = (
+        0u8..4,
+        0i32..3,
+        prop::option::weighted(0.3, 0usize..64),
+        prop::collection::vec(0usize..64, 0..2),
+        prop::option::weighted(0.2, 1u64..5_000),
+        prop::option::weighted(0.3, 100u64..20_000),
+        0u8..3,
+        prop::bool::weighted(0.3),
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(|(group, priority, parent, deps, delay_ms, timeout_ms, restart, ignores_term, tracked)| {
+            Op::Submit(Submit { group, priority, parent, deps, delay_ms, timeout_ms, restart, ignores_term, tracked })
+        });
+    let pick = 0usize..64;
+    prop_oneof![
+        5 => submit,
+        6 => (pick.clone(), prop::bool::weighted(0.9)).prop_map(|(pick, ok)| Op::ResolveSpawn { pick, ok }),
+        4 => (pick.clone(), 0i32..3).prop_map(|(pick, code)| Op::Exit { pick, code }),
+        4 => pick.clone().prop_map(|pick| Op::DeliverSignalExit { pick }),
+        3 => (pick.clone(), prop::bool::weighted(0.2)).prop_map(|(pick, force)| Op::Stop { pick, force }),
+        1 => (0usize..3).prop_map(|level| Op::StopLevel { level }),
+        2 => pick.clone().prop_map(|pick| Op::Pause { pick }),
+        2 => pick.clone().prop_map(|pick| Op::Resume { pick }),
+        1 => pick.clone().prop_map(|pick| Op::Restart { pick }),
+        1 => (pick.clone(), 0u8..=100).prop_map(|(pick, percent)| Op::Progress { pick, percent }),
+        1 => pick.clone().prop_map(|pick| Op::Complete { pick }),
+        1 => pick.clone().prop_map(|pick| Op::Fail { pick }),
+        1 => pick.clone().prop_map(|pick| Op::Remove { pick }),
+        5 => (1u64..8_000).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+/// The world around the core: a store, OS processes, timers and a clock, all simulated.
+struct World {
+    core: Supervisor,
+    now: Timestamp,
+    store: BTreeMap<ProcessId, ProcessRecord>,
+    ids: Vec<ProcessId>,
+    next_id: u128,
+    next_pid: u32,
+    /// Records whose spawn was asked for and not yet answered.
+    spawning: Vec<ProcessId>,
+    /// Live simulated processes: id → (pid, ignores TERM).
+    alive: HashMap<ProcessId, (u32, bool)>,
+    ignores_term: HashSet<ProcessId>,
+    /// Exits caused by signals, not yet delivered.
+    dying: Vec<(ProcessId, ExitStatus)>,
+    timers: BTreeMap<Timer, Timestamp>,
+    ended: HashSet<ProcessId>,
+}
+
+fn limits() -> Limits {
+    let mut l = Limits {
+        max_running: 4,
+        max_depth: 3,
+        max_per_level: 6,
+        retention: Some(Span::from_secs(30)),
+        ..Limits::default()
+    };
+    l.group_limits.insert(GroupName::new("g1").expect("valid"), 2);
+    l.group_limits.insert(GroupName::new("g2").expect("valid"), 1);
+    l.default_group_limit = Some(3);
+    l
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            core: Supervisor::new(NodeId::local(), limits()),
+            now: Timestamp::from_millis(1_000_000),
+            store: BTreeMap::new(),
+            ids: Vec::new(),
+            next_id: 1,
+            next_pid: 100,
+            spawning: Vec::new(),
+            alive: HashMap::new(),
+            ignores_term: HashSet::new(),
+            dying: Vec::new(),
+            timers: BTreeMap::new(),
+            ended: HashSet::new(),
+        }
+    }
+
+    fn pick(&self, i: usize) -> Option<ProcessId> {
+        (!self.ids.is_empty()).then(|| self.ids[i % self.ids.len()])
+    }
+
+    fn fresh_id(&mut self) -> ProcessId {
+        let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next_id));
+        self.next_id += 1;
+        id
+    }
+
+    fn input(&mut self, input: Input) -> Result<(), CoreError> {
+        let store_before = self.store.clone();
+        match self.core.handle(input, self.now) {
+            Ok(effects) => {
+                self.carry_out(effects);
+                Ok(())
+            }
+            Err(e) => {
+                assert_eq!(self.store, store_before, "a refused input must change nothing");
+                Err(e)
+            }
+        }
+    }
+
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Persist { record, expected_version } => {
+                    let stored = self.store.get(&record.id()).map(ProcessRecord::version);
+                    assert_eq!(stored, expected_version, "compare-and-set against what the store holds");
+                    assert!(record.version() > stored.unwrap_or(0), "versions only grow");
+                    self.store.insert(record.id(), *record);
+                }
+                Effect::Delete { id } => {
+                    let gone = self.store.remove(&id).expect("deletes a stored record");
+                    assert!(gone.is_terminal(), "only finished records are deleted");
+                }
+                Effect::Spawn { record } => {
+                    assert_eq!(record.state(), StateName::Starting);
+                    assert!(!self.alive.contains_key(&record.id()), "a live process is never spawned twice");
+                    self.spawning.push(record.id());
+                }
+                Effect::Signal { id, pid, signal } => {
+                    let Some(&(live_pid, ignores)) = self.alive.get(&id) else { continue };
+                    assert_eq!(pid, live_pid, "signals go to the record's own process");
+                    let dies = match signal {
+                        Signal::Kill => Some(ExitStatus::Signal(9)),
+                        Signal::Term if !ignores => Some(ExitStatus::Signal(15)),
+                        _ => None,
+                    };
+                    if let Some(status) = dies {
+                        if !self.dying.iter().any(|(d, _)| *d == id) {
+                            self.dying.push((id, status));
+                        }
+                    }
+                }
+                Effect::ArmTimer { timer, at } => {
+                    self.timers.insert(timer, at);
+                }
+                Effect::CancelTimer { timer } => {
+                    self.timers.remove(&timer);
+                }
+                Effect::Publish(event) => {
+                    assert!(self.store.contains_key(&event.id) || event.state.is_terminal(), "events follow writes");
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        let _ = match op {
+            Op::Submit(s) => {
+                let id = self.fresh_id();
+                let mut spec = if s.tracked {
+                    ProcessSpec::tracked(ProcessName::new("op").expect("valid"))
+                } else {
+                    ProcessSpec::argv(["work"])
+                };
+                spec.group = match s.group {
+                    1 => Some(GroupName::new("g1").expect("valid")),
+                    2 => Some(GroupName::new("g2").expect("valid")),
+                    3 => Some(GroupName::new("g3").expect("valid")),
+                    _ => None,
+                };
+                spec.priority = s.priority;
+                spec.parent = s.parent.and_then(|p| self.pick(p));
+                spec.dependencies = s.deps.iter().filter_map(|d| self.pick(*d)).collect();
+                spec.dependencies.sort();
+                spec.dependencies.dedup();
+                spec.delay = s.delay_ms.map(Span::from_millis);
+                spec.timeout = s.timeout_ms.map(Span::from_millis);
+                if !s.tracked {
+                    spec.restart.mode = [RestartMode::Never, RestartMode::OnFailure, RestartMode::Always][usize::from(s.restart)];
+                    spec.restart.max_restarts = Some(2);
+                }
+                if s.ignores_term {
+                    self.ignores_term.insert(id);
+                }
+                let r = self.input(Input::Submit { id, spec });
+                if r.is_ok() {
+                    self.ids.push(id);
+                }
+                r
+            }
+            Op::ResolveSpawn { pick, ok } => {
+                if self.spawning.is_empty() {
+                    return;
+                }
+                let id = self.spawning.remove(pick % self.spawning.len());
+                if ok {
+                    let pid = self.next_pid;
+                    self.next_pid += 1;
+                    self.alive.insert(id, (pid, self.ignores_term.contains(&id)));
+                    self.input(Input::Spawned { id, pid })
+                } else {
+                    self.input(Input::SpawnFailed { id, error: "exec failed".into() })
+                }
+            }
+            Op::Exit { pick, code } => {
+                let mut live: Vec<_> = self.alive.keys().copied().collect();
+                live.sort();
+                if live.is_empty() {
+                    return;
+                }
+                let id = live[pick % live.len()];
+                self.alive.remove(&id);
+                self.dying.retain(|(d, _)| *d != id);
+                self.input(Input::Exited { id, status: ExitStatus::Code(code) })
+            }
+            Op::DeliverSignalExit { pick } => {
+                if self.dying.is_empty() {
+                    return;
+                }
+                let (id, status) = self.dying.remove(pick % self.dying.len());
+                self.alive.remove(&id);
+                self.input(Input::Exited { id, status })
+            }
+            Op::Stop { pick, force } => match self.pick(pick) {
+                Some(id) => self.input(Input::Stop { id, force, grace: None }),
+                None => return,
+            },
+            Op::StopLevel { level } => self.input(Input::StopLevel { level, force: false }),
+            Op::Pause { pick } => match self.pick(pick) {
+                Some(id) => self.input(Input::Pause { id }),
+                None => return,
+            },
+            Op::Resume { pick } => match self.pick(pick) {
+                Some(id) => self.input(Input::Resume { id }),
+                None => return,
+            },
+            Op::Restart { pick } => {
+                let Some(id) = self.pick(pick) else { return };
+                let new_id = self.fresh_id();
+                let r = self.input(Input::Restart { id, new_id });
+                if r.is_ok() {
+                    self.ids.push(new_id);
+                    if self.ignores_term.contains(&id) {
+                        self.ignores_term.insert(new_id);
+                    }
+                }
+                r
+            }
+            Op::Progress { pick, percent } => match self.pick(pick) {
+                Some(id) => self.input(Input::Progress { id, percent: Percent::new(percent).expect("valid"), message: None }),
+                None => return,
+            },
+            Op::Complete { pick } => match self.pick(pick) {
+                Some(id) => self.input(Input::Complete { id, result: None }),
+                None => return,
+            },
+            Op::Fail { pick } => match self.pick(pick) {
+                Some(id) => self.input(Input::Fail { id, error: "caller says no".into() }),
+                None => return,
+            },
+            Op::Remove { pick } => match self.pick(pick) {
+                Some(id) => self.input(Input::Remove { id }),
+                None => return,
+            },
+            Op::Advance { ms } => {
+                self.now = Timestamp::from_millis(self.now.as_millis() + ms);
+                loop {
+                    let due = self.timers.iter().filter(|(_, at)| **at <= self.now).min_by_key(|(t, at)| (**at, **t)).map(|(t, _)| *t);
+                    let Some(timer) = due else { break };
+                    self.timers.remove(&timer);
+                    self.input(Input::TimerFired(timer)).expect("timers never error");
+                }
+                Ok(())
+            }
+        };
+    }
+
+    fn check(&mut self) {
+        self.core.check_invariants().unwrap_or_else(|e| panic!("core invariant: {e}"));
+        // The store and the core agree, record for record.
+        let core: BTreeMap<_, _> = self.core.records().map(|r| (r.id(), r.clone())).collect();
+        assert_eq!(core.len(), self.store.len(), "the store holds what the core knows");
+        for (id, r) in &core {
+            assert_eq!(self.store.get(id), Some(r), "store and core disagree on {id}");
+        }
+        // Limits, counted from the store.
+        let active: Vec<_> = self.store.values().filter(|r| r.state().is_active() && !r.is_tracked()).collect();
+        assert!(active.len() <= 4, "{} active over the overall limit", active.len());
+        for (g, limit) in [("g1", 2), ("g2", 1), ("g3", 3)] {
+            let n = active.iter().filter(|r| r.group().is_some_and(|x| x.as_str() == g)).count();
+            assert!(n <= limit, "group {g} has {n} active over {limit}");
+        }
+        for r in self.store.values() {
+            if r.is_terminal() {
+                // A finished record has its end and its outcome.
+                assert!(r.lifecycle().ended_at().is_some());
+                assert!(r.state() == StateName::Completed || r.lifecycle().error().is_some());
+                // No OS process runs for it.
+                assert!(!self.alive.contains_key(&r.id()), "{} is {} yet its process runs", r.id(), r.state());
+                self.ended.insert(r.id());
+            }
+        }
+        // A terminal record never runs again (a manual restart makes a new record).
+        for id in &self.ended {
+            if let Some(r) = self.store.get(id) {
+                assert!(r.is_terminal(), "{id} left its final state for {}", r.state());
+            }
+        }
+        // Every live process belongs to a record that is running, paused or stopping.
+        for id in self.alive.keys() {
+            let state = self.store.get(id).map(ProcessRecord::state);
+            assert!(
+                matches!(state, Some(StateName::Running | StateName::Paused | StateName::Stopping)),
+                "a process runs for a record in {state:?}"
+            );
+        }
+        // No child outlives a stopped parent.
+        for r in self.store.values() {
+            let Some(parent) = r.parent().and_then(|p| self.store.get(&p)) else { continue };
+            if matches!(parent.state(), StateName::Cancelled | StateName::TimedOut | StateName::Stopping) {
+                assert!(
+                    r.is_terminal() || r.state() == StateName::Stopping,
+                    "child {} is {} while its parent is {}",
+                    r.id(),
+                    r.state(),
+                    parent.state()
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, max_shrink_iters: 2000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_under_random_interleavings(ops in prop::collection::vec(op(), 1..160)) {
+        let mut world = World::new();
+        for op in ops {
+            world.apply(op);
+            world.check();
+        }
+        // Drain the world: deliver every exit and fire every timer; nothing may stay stuck.
+        for _ in 0..200 {
+            while !world.spawning.is_empty() {
+                world.apply(Op::ResolveSpawn { pick: 0, ok: true });
+                world.check();
+            }
+            let live: Vec<_> = world.alive.keys().copied().collect();
+            for _ in live {
+                world.apply(Op::Exit { pick: 0, code: 0 });
+                world.check();
+            }
+            world.apply(Op::Advance { ms: 60_000 });
+            world.check();
+        }
+    }
+}
