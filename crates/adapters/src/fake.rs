@@ -67,11 +67,17 @@ fn parse(argv: &[String]) -> Result<Script, SpawnError> {
     Ok(s)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Running,
+    Paused,
+    Exited,
+}
+
 #[derive(Debug)]
 struct FakeProcess {
     pid: u32,
-    alive: bool,
-    paused: bool,
+    run: Run,
     ignore_term: bool,
     stdin: StdinMode,
     echo_input: bool,
@@ -117,12 +123,15 @@ impl ScriptedSpawner {
 
     /// Whether `id` is running (and not paused).
     pub fn is_running(&self, id: ProcessId) -> bool {
-        self.lock().get(&id).is_some_and(|p| p.alive && !p.paused)
+        self.lock().get(&id).is_some_and(|p| p.run == Run::Running)
     }
 
     /// How many fake processes are alive.
     pub fn alive(&self) -> usize {
-        self.lock().values().filter(|p| p.alive).count()
+        self.lock()
+            .values()
+            .filter(|p| p.run != Run::Exited)
+            .count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, FakeProcess>> {
@@ -140,8 +149,8 @@ fn finish(
 ) -> bool {
     let mut map = processes.lock().unwrap_or_else(PoisonError::into_inner);
     match map.get_mut(&id) {
-        Some(p) if p.alive => {
-            p.alive = false;
+        Some(p) if p.run != Run::Exited => {
+            p.run = Run::Exited;
             let _ = tx.send(ProcessNotice::Exited { id, status });
             true
         }
@@ -153,10 +162,10 @@ fn finish(
 impl ProcessSpawner for ScriptedSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
         let script = parse(&request.argv)?;
-        if let Some(cwd) = &request.cwd {
-            if !cwd.is_dir() {
-                return Err(SpawnError::CwdNotFound(cwd.clone()));
-            }
+        if let Some(cwd) = &request.cwd
+            && !cwd.is_dir()
+        {
+            return Err(SpawnError::CwdNotFound(cwd.clone()));
         }
         let id = request.id;
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
@@ -176,8 +185,7 @@ impl ProcessSpawner for ScriptedSpawner {
             id,
             FakeProcess {
                 pid,
-                alive: true,
-                paused: false,
+                run: Run::Running,
                 ignore_term: script.ignore_term,
                 stdin: request.stdin,
                 echo_input: script.echo_input,
@@ -196,7 +204,7 @@ impl ProcessSpawner for ScriptedSpawner {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .get(&id)
-                    .is_some_and(|p| p.alive);
+                    .is_some_and(|p| p.run != Run::Exited);
                 if alive {
                     let _ = tx.send(ProcessNotice::Ready { id });
                 }
@@ -222,16 +230,16 @@ impl ProcessSpawner for ScriptedSpawner {
                 return Ok(());
             };
             p.signals.push(signal);
-            if !p.alive {
+            if p.run == Run::Exited {
                 return Ok(());
             }
             match signal {
                 Signal::Stop => {
-                    p.paused = true;
+                    p.run = Run::Paused;
                     false
                 }
                 Signal::Cont => {
-                    p.paused = false;
+                    p.run = Run::Running;
                     false
                 }
                 Signal::Kill => true,
@@ -255,7 +263,7 @@ impl ProcessSpawner for ScriptedSpawner {
             let map = self.lock();
             let p = map
                 .get(&id)
-                .filter(|p| p.alive)
+                .filter(|p| p.run != Run::Exited)
                 .ok_or(SpawnError::NoSuchProcess(id))?;
             if p.stdin != StdinMode::Pipe {
                 return Err(SpawnError::Invalid(format!(
@@ -277,7 +285,7 @@ impl ProcessSpawner for ScriptedSpawner {
         Ok(self
             .lock()
             .get(&id)
-            .is_some_and(|p| p.alive && p.pid == pid))
+            .is_some_and(|p| p.run != Run::Exited && p.pid == pid))
     }
 
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>> {

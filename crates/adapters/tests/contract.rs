@@ -27,7 +27,7 @@ struct FakeHarness {
 }
 
 impl FakeHarness {
-    fn new() -> Arc<dyn SpawnerHarness> {
+    fn harness() -> Arc<dyn SpawnerHarness> {
         let output = Arc::new(InMemoryOutput::default());
         let spawner = Arc::new(ScriptedSpawner::new(
             Arc::new(SystemClock::new()),
@@ -67,5 +67,5 @@ impl SpawnerHarness for FakeHarness {
 
 mod scripted_spawner {
     use super::*;
-    bpm_ports::spawner_contract_tests!(FakeHarness::new());
+    bpm_ports::spawner_contract_tests!(FakeHarness::harness());
 }

@@ -58,7 +58,7 @@ pub struct EngineConfig {
 type Reply = oneshot::Sender<Result<Vec<ProcessRecord>, ManagerError>>;
 
 enum Msg {
-    Input(Input, Reply),
+    Input(Box<Input>, Reply),
     Timer(Timer),
     Shutdown(oneshot::Sender<()>),
 }
@@ -131,7 +131,7 @@ impl Engine {
     async fn call(&self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Input(input, reply))
+            .send(Msg::Input(Box::new(input), reply))
             .map_err(|_| ManagerError::ShutDown)?;
         answer.await.map_err(|_| ManagerError::ShutDown)?
     }
@@ -402,7 +402,7 @@ impl Driver {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Input(input, reply)) => {
-                        let result = self.step(input).await;
+                        let result = self.step(*input).await;
                         let _ = reply.send(result);
                     }
                     Some(Msg::Timer(timer)) => {
@@ -515,17 +515,15 @@ impl Driver {
                         }
                     }
                     Effect::Publish(mut event) => {
-                        if matches!(event.kind, EventKind::Exited)
-                            || event.state.is_terminal() && event.exit.is_some()
-                        {
-                            if let Ok(tail) = self
+                        if (matches!(event.kind, EventKind::Exited)
+                            || event.state.is_terminal() && event.exit.is_some())
+                            && let Ok(tail) = self
                                 .ports
                                 .output
                                 .tail(event.id, StreamSelect::Both, EXIT_TAIL_LINES)
                                 .await
-                            {
-                                event.output_tail = Some(tail.text());
-                            }
+                        {
+                            event.output_tail = Some(tail.text());
                         }
                         if let Err(e) = self.ports.events.publish(*event).await {
                             tracing::warn!(error = %e, "could not publish an event");

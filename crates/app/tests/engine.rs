@@ -1,6 +1,9 @@
 //! The engine through the `ProcessManager` API, scenario by scenario, on the
 //! in-memory adapters, the scripted spawner and a manual clock.
 
+// Scenario tests name their processes a, b, c...
+#![allow(clippy::many_single_char_names)]
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,8 +137,16 @@ async fn a_process_runs_and_completes_with_its_events() {
         }
         kinds.push(e.kind);
     }
-    use EventKind::*;
-    assert_eq!(kinds, [Submitted, Started, Ready, Exited, Completed]);
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Submitted,
+            EventKind::Started,
+            EventKind::Ready,
+            EventKind::Exited,
+            EventKind::Completed
+        ]
+    );
 }
 
 impl Harness {
@@ -176,12 +187,12 @@ async fn queueing_respects_overall_and_group_limits_then_priority_and_fifo() {
         max_running: 3,
         ..Limits::default()
     };
-    let g = GroupName::new("builds").expect("valid");
-    limits.group_limits.insert(g.clone(), 2);
+    let group = GroupName::new("builds").expect("valid");
+    limits.group_limits.insert(group.clone(), 2);
     let h = harness(limits).await;
     let in_group = |priority: i32| {
         let mut s = fake(&["forever"]);
-        s.group = Some(g.clone());
+        s.group = Some(group.clone());
         s.priority = priority;
         s
     };
@@ -454,7 +465,7 @@ async fn always_restarts_even_after_success_and_a_stop_ends_it() {
             h.engine.get(r.id()).await.expect("r").restarts() == round
         })
         .await;
-        h.advance(Duration::from_secs(60)).await;
+        h.advance(Duration::from_mins(1)).await;
         h.until_state(r.id(), StateName::Running).await;
     }
     let end = h

@@ -177,6 +177,15 @@ mod tests {
     }
 
     #[test]
+    fn names_display_and_parse() {
+        let g: GroupName = "builds".parse().unwrap();
+        assert_eq!(g.to_string(), "builds");
+        assert_eq!(g.as_ref(), "builds");
+        assert_eq!(NodeId::local().as_str(), "local");
+        assert_eq!(serde_json::to_string(&g).unwrap(), "\"builds\"");
+    }
+
+    #[test]
     fn deserialization_validates() {
         assert!(serde_json::from_str::<GroupName>("\"builds\"").is_ok());
         let err = serde_json::from_str::<GroupName>("\"bad group\"").unwrap_err();

@@ -488,26 +488,23 @@ impl ProcessRecord {
                 exit: None,
                 reason: cause.to_string(),
             },
-            (Lifecycle::Pending { .. }, Transition::Fail { error }) => Lifecycle::Failed {
-                started_at: None,
-                ended_at: now,
-                exit: None,
-                error,
-            },
+            (Lifecycle::Pending { .. }, Transition::Fail { error })
+            | (Lifecycle::Starting { .. }, Transition::SpawnFailed { error }) => {
+                Lifecycle::Failed {
+                    started_at: None,
+                    ended_at: now,
+                    exit: None,
+                    error,
+                }
+            }
 
             (Lifecycle::Starting { .. }, Transition::Spawned { pid }) => Lifecycle::Running {
                 started_at: now,
                 pid: Some(pid),
                 ready_at: None,
             },
-            (Lifecycle::Starting { .. }, Transition::SpawnFailed { error }) => Lifecycle::Failed {
-                started_at: None,
-                ended_at: now,
-                exit: None,
-                error,
-            },
             (Lifecycle::Starting { .. }, Transition::Exited { status }) => {
-                self.exit_state(Some(now), status, now)
+                Self::exit_state(Some(now), status, now)
             }
             (Lifecycle::Starting { .. }, Transition::Stop { cause }) => Lifecycle::Stopping {
                 started_at: None,
@@ -533,7 +530,7 @@ impl ProcessRecord {
                 t,
             ) => match t {
                 Transition::Exited { status } if !tracked => {
-                    self.exit_state(Some(*started_at), status, now)
+                    Self::exit_state(Some(*started_at), status, now)
                 }
                 Transition::Requeue { status, not_before } if !tracked => {
                     self.push_attempt(Some(*started_at), status, now);
@@ -619,7 +616,7 @@ impl ProcessRecord {
                     pid: *pid,
                     ready_at: *ready_at,
                 },
-                Transition::Exited { status } => self.exit_state(Some(*started_at), status, now),
+                Transition::Exited { status } => Self::exit_state(Some(*started_at), status, now),
                 Transition::Requeue { status, not_before } => {
                     self.push_attempt(Some(*started_at), status, now);
                     Lifecycle::Pending {
@@ -744,20 +741,15 @@ impl ProcessRecord {
         self.lifecycle = next;
         self.updated_at = now;
         self.version += 1;
-        if self.lifecycle.is_terminal() {
-            if let Some(p) = &mut self.progress {
-                p.eta = None;
-            }
+        if self.lifecycle.is_terminal()
+            && let Some(p) = &mut self.progress
+        {
+            p.eta = None;
         }
         Ok(Applied::Changed)
     }
 
-    fn exit_state(
-        &self,
-        started_at: Option<Timestamp>,
-        status: ExitStatus,
-        now: Timestamp,
-    ) -> Lifecycle {
+    fn exit_state(started_at: Option<Timestamp>, status: ExitStatus, now: Timestamp) -> Lifecycle {
         if status.success() {
             Lifecycle::Completed {
                 started_at: started_at.unwrap_or(now),

@@ -591,8 +591,8 @@ mod tests {
         assert_eq!(b.delay(0), Duration::from_millis(500));
         assert_eq!(b.delay(1), Duration::from_secs(1));
         assert_eq!(b.delay(3), Duration::from_secs(4));
-        assert_eq!(b.delay(20), Duration::from_secs(60));
-        assert_eq!(b.delay(u32::MAX), Duration::from_secs(60));
+        assert_eq!(b.delay(20), Duration::from_mins(1));
+        assert_eq!(b.delay(u32::MAX), Duration::from_mins(1));
     }
 
     #[test]
@@ -618,6 +618,82 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("an array")
+        );
+    }
+
+    #[test]
+    fn signals_have_linux_numbers_and_names() {
+        let all = [
+            (Signal::Hup, 1),
+            (Signal::Int, 2),
+            (Signal::Quit, 3),
+            (Signal::Kill, 9),
+            (Signal::Usr1, 10),
+            (Signal::Usr2, 12),
+            (Signal::Term, 15),
+            (Signal::Cont, 18),
+            (Signal::Stop, 19),
+        ];
+        for (sig, n) in all {
+            assert_eq!(sig.number(), n);
+            let name = serde_json::to_value(sig).unwrap();
+            assert_eq!(name.as_str().unwrap().parse::<Signal>(), Ok(sig));
+        }
+        assert!("SIGWHAT".parse::<Signal>().unwrap_err().contains("SIGWHAT"));
+    }
+
+    #[test]
+    fn commands_and_patterns_display() {
+        assert_eq!(
+            Command::Argv(vec!["ls".into(), "-l".into()]).to_string(),
+            "ls -l"
+        );
+        assert_eq!(
+            Command::Shell("echo hi | wc".into()).to_string(),
+            "echo hi | wc"
+        );
+        let p = LogPattern::new("^ready on :(\\d+)$").unwrap();
+        assert!(p.is_match("ready on :8080"));
+        assert!(!p.is_match("not ready"));
+        assert_eq!(p.as_str(), "^ready on :(\\d+)$");
+        for (v, what) in [
+            (serde_json::json!(null), "null"),
+            (serde_json::json!(true), "a boolean"),
+            (serde_json::json!(1), "a number"),
+            (serde_json::json!("x"), "a string"),
+        ] {
+            assert_eq!(
+                metadata_from_json(v),
+                Err(SpecError::MetadataNotObject(what))
+            );
+        }
+        assert!(metadata_from_json(serde_json::json!({"a": 1})).is_ok());
+        let mut s = ProcessSpec::argv(["x"]);
+        s.readiness.check = ReadinessCheck::Port { port: 0 };
+        assert_eq!(s.validate(), Err(SpecError::InvalidPort));
+        s.readiness.check = ReadinessCheck::None;
+        s.dependencies = (0..300)
+            .map(|n| ProcessId::from_uuid(uuid::Uuid::from_u128(n)))
+            .collect();
+        assert_eq!(s.validate(), Err(SpecError::TooManyDependencies(300)));
+        let mut s = ProcessSpec::argv(["x"]);
+        s.env.insert("K".into(), "a\0b".into());
+        assert_eq!(s.validate(), Err(SpecError::InvalidEnvValue("K".into())));
+        let mut t = ProcessSpec::tracked(ProcessName::new("t").unwrap());
+        t.env.insert("K".into(), "v".into());
+        assert_eq!(
+            t.validate(),
+            Err(SpecError::NotForTracked("an environment"))
+        );
+        let mut t = ProcessSpec::tracked(ProcessName::new("t").unwrap());
+        t.readiness.check = ReadinessCheck::Port { port: 1 };
+        assert_eq!(
+            t.validate(),
+            Err(SpecError::NotForTracked("a readiness check"))
+        );
+        assert_eq!(
+            ProcessSpec::shell("a\0").validate(),
+            Err(SpecError::NulInArgument(2))
         );
     }
 

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bpm_domain::{
-    CoreError, Effect, ExitStatus, GroupName, Input, Limits, NodeId, Percent, ProcessId, ProcessName, ProcessRecord,
-    ProcessSpec, RestartMode, Signal, Span, StateName, Supervisor, Timer, Timestamp,
+    CoreError, Effect, ExitStatus, GroupName, Input, Limits, NodeId, Percent, ProcessId,
+    ProcessName, ProcessRecord, ProcessSpec, RestartMode, Signal, Span, StateName, Supervisor,
+    Timer, Timestamp,
 };
 use proptest::prelude::*;
 
@@ -54,9 +55,31 @@ fn op() -> impl Strategy<Value = Op> {
         prop::bool::weighted(0.3),
         prop::bool::weighted(0.15),
     )
-        .prop_map(|(group, priority, parent, deps, delay_ms, timeout_ms, restart, ignores_term, tracked)| {
-            Op::Submit(Submit { group, priority, parent, deps, delay_ms, timeout_ms, restart, ignores_term, tracked })
-        });
+        .prop_map(
+            |(
+                group,
+                priority,
+                parent,
+                deps,
+                delay_ms,
+                timeout_ms,
+                restart,
+                ignores_term,
+                tracked,
+            )| {
+                Op::Submit(Submit {
+                    group,
+                    priority,
+                    parent,
+                    deps,
+                    delay_ms,
+                    timeout_ms,
+                    restart,
+                    ignores_term,
+                    tracked,
+                })
+            },
+        );
     let pick = 0usize..64;
     prop_oneof![
         5 => submit,
@@ -103,8 +126,10 @@ fn limits() -> Limits {
         retention: Some(Span::from_secs(30)),
         ..Limits::default()
     };
-    l.group_limits.insert(GroupName::new("g1").expect("valid"), 2);
-    l.group_limits.insert(GroupName::new("g2").expect("valid"), 1);
+    l.group_limits
+        .insert(GroupName::new("g1").expect("valid"), 2);
+    l.group_limits
+        .insert(GroupName::new("g2").expect("valid"), 1);
     l.default_group_limit = Some(3);
     l
 }
@@ -145,7 +170,10 @@ impl World {
                 Ok(())
             }
             Err(e) => {
-                assert_eq!(self.store, store_before, "a refused input must change nothing");
+                assert_eq!(
+                    self.store, store_before,
+                    "a refused input must change nothing"
+                );
                 Err(e)
             }
         }
@@ -154,9 +182,15 @@ impl World {
     fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Persist { record, expected_version } => {
+                Effect::Persist {
+                    record,
+                    expected_version,
+                } => {
                     let stored = self.store.get(&record.id()).map(ProcessRecord::version);
-                    assert_eq!(stored, expected_version, "compare-and-set against what the store holds");
+                    assert_eq!(
+                        stored, expected_version,
+                        "compare-and-set against what the store holds"
+                    );
                     assert!(record.version() > stored.unwrap_or(0), "versions only grow");
                     self.store.insert(record.id(), *record);
                 }
@@ -166,21 +200,26 @@ impl World {
                 }
                 Effect::Spawn { record } => {
                     assert_eq!(record.state(), StateName::Starting);
-                    assert!(!self.alive.contains_key(&record.id()), "a live process is never spawned twice");
+                    assert!(
+                        !self.alive.contains_key(&record.id()),
+                        "a live process is never spawned twice"
+                    );
                     self.spawning.push(record.id());
                 }
                 Effect::Signal { id, pid, signal } => {
-                    let Some(&(live_pid, ignores)) = self.alive.get(&id) else { continue };
+                    let Some(&(live_pid, ignores)) = self.alive.get(&id) else {
+                        continue;
+                    };
                     assert_eq!(pid, live_pid, "signals go to the record's own process");
                     let dies = match signal {
                         Signal::Kill => Some(ExitStatus::Signal(9)),
                         Signal::Term if !ignores => Some(ExitStatus::Signal(15)),
                         _ => None,
                     };
-                    if let Some(status) = dies {
-                        if !self.dying.iter().any(|(d, _)| *d == id) {
-                            self.dying.push((id, status));
-                        }
+                    if let Some(status) = dies
+                        && !self.dying.iter().any(|(d, _)| *d == id)
+                    {
+                        self.dying.push((id, status));
                     }
                 }
                 Effect::ArmTimer { timer, at } => {
@@ -190,7 +229,10 @@ impl World {
                     self.timers.remove(&timer);
                 }
                 Effect::Publish(event) => {
-                    assert!(self.store.contains_key(&event.id) || event.state.is_terminal(), "events follow writes");
+                    assert!(
+                        self.store.contains_key(&event.id) || event.state.is_terminal(),
+                        "events follow writes"
+                    );
                 }
             }
         }
@@ -219,7 +261,11 @@ impl World {
                 spec.delay = s.delay_ms.map(Span::from_millis);
                 spec.timeout = s.timeout_ms.map(Span::from_millis);
                 if !s.tracked {
-                    spec.restart.mode = [RestartMode::Never, RestartMode::OnFailure, RestartMode::Always][usize::from(s.restart)];
+                    spec.restart.mode = [
+                        RestartMode::Never,
+                        RestartMode::OnFailure,
+                        RestartMode::Always,
+                    ][usize::from(s.restart)];
                     spec.restart.max_restarts = Some(2);
                 }
                 if s.ignores_term {
@@ -239,10 +285,14 @@ impl World {
                 if ok {
                     let pid = self.next_pid;
                     self.next_pid += 1;
-                    self.alive.insert(id, (pid, self.ignores_term.contains(&id)));
+                    self.alive
+                        .insert(id, (pid, self.ignores_term.contains(&id)));
                     self.input(Input::Spawned { id, pid })
                 } else {
-                    self.input(Input::SpawnFailed { id, error: "exec failed".into() })
+                    self.input(Input::SpawnFailed {
+                        id,
+                        error: "exec failed".into(),
+                    })
                 }
             }
             Op::Exit { pick, code } => {
@@ -254,7 +304,10 @@ impl World {
                 let id = live[pick % live.len()];
                 self.alive.remove(&id);
                 self.dying.retain(|(d, _)| *d != id);
-                self.input(Input::Exited { id, status: ExitStatus::Code(code) })
+                self.input(Input::Exited {
+                    id,
+                    status: ExitStatus::Code(code),
+                })
             }
             Op::DeliverSignalExit { pick } => {
                 if self.dying.is_empty() {
@@ -265,10 +318,17 @@ impl World {
                 self.input(Input::Exited { id, status })
             }
             Op::Stop { pick, force } => match self.pick(pick) {
-                Some(id) => self.input(Input::Stop { id, force, grace: None }),
+                Some(id) => self.input(Input::Stop {
+                    id,
+                    force,
+                    grace: None,
+                }),
                 None => return,
             },
-            Op::StopLevel { level } => self.input(Input::StopLevel { level, force: false }),
+            Op::StopLevel { level } => self.input(Input::StopLevel {
+                level,
+                force: false,
+            }),
             Op::Pause { pick } => match self.pick(pick) {
                 Some(id) => self.input(Input::Pause { id }),
                 None => return,
@@ -290,7 +350,11 @@ impl World {
                 r
             }
             Op::Progress { pick, percent } => match self.pick(pick) {
-                Some(id) => self.input(Input::Progress { id, percent: Percent::new(percent).expect("valid"), message: None }),
+                Some(id) => self.input(Input::Progress {
+                    id,
+                    percent: Percent::new(percent).expect("valid"),
+                    message: None,
+                }),
                 None => return,
             },
             Op::Complete { pick } => match self.pick(pick) {
@@ -298,7 +362,10 @@ impl World {
                 None => return,
             },
             Op::Fail { pick } => match self.pick(pick) {
-                Some(id) => self.input(Input::Fail { id, error: "caller says no".into() }),
+                Some(id) => self.input(Input::Fail {
+                    id,
+                    error: "caller says no".into(),
+                }),
                 None => return,
             },
             Op::Remove { pick } => match self.pick(pick) {
@@ -308,10 +375,16 @@ impl World {
             Op::Advance { ms } => {
                 self.now = Timestamp::from_millis(self.now.as_millis() + ms);
                 loop {
-                    let due = self.timers.iter().filter(|(_, at)| **at <= self.now).min_by_key(|(t, at)| (**at, **t)).map(|(t, _)| *t);
+                    let due = self
+                        .timers
+                        .iter()
+                        .filter(|(_, at)| **at <= self.now)
+                        .min_by_key(|(t, at)| (**at, **t))
+                        .map(|(t, _)| *t);
                     let Some(timer) = due else { break };
                     self.timers.remove(&timer);
-                    self.input(Input::TimerFired(timer)).expect("timers never error");
+                    self.input(Input::TimerFired(timer))
+                        .expect("timers never error");
                 }
                 Ok(())
             }
@@ -319,18 +392,39 @@ impl World {
     }
 
     fn check(&mut self) {
-        self.core.check_invariants().unwrap_or_else(|e| panic!("core invariant: {e}"));
+        self.core
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("core invariant: {e}"));
         // The store and the core agree, record for record.
         let core: BTreeMap<_, _> = self.core.records().map(|r| (r.id(), r.clone())).collect();
-        assert_eq!(core.len(), self.store.len(), "the store holds what the core knows");
+        assert_eq!(
+            core.len(),
+            self.store.len(),
+            "the store holds what the core knows"
+        );
         for (id, r) in &core {
-            assert_eq!(self.store.get(id), Some(r), "store and core disagree on {id}");
+            assert_eq!(
+                self.store.get(id),
+                Some(r),
+                "store and core disagree on {id}"
+            );
         }
         // Limits, counted from the store.
-        let active: Vec<_> = self.store.values().filter(|r| r.state().is_active() && !r.is_tracked()).collect();
-        assert!(active.len() <= 4, "{} active over the overall limit", active.len());
+        let active: Vec<_> = self
+            .store
+            .values()
+            .filter(|r| r.state().is_active() && !r.is_tracked())
+            .collect();
+        assert!(
+            active.len() <= 4,
+            "{} active over the overall limit",
+            active.len()
+        );
         for (g, limit) in [("g1", 2), ("g2", 1), ("g3", 3)] {
-            let n = active.iter().filter(|r| r.group().is_some_and(|x| x.as_str() == g)).count();
+            let n = active
+                .iter()
+                .filter(|r| r.group().is_some_and(|x| x.as_str() == g))
+                .count();
             assert!(n <= limit, "group {g} has {n} active over {limit}");
         }
         for r in self.store.values() {
@@ -339,28 +433,45 @@ impl World {
                 assert!(r.lifecycle().ended_at().is_some());
                 assert!(r.state() == StateName::Completed || r.lifecycle().error().is_some());
                 // No OS process runs for it.
-                assert!(!self.alive.contains_key(&r.id()), "{} is {} yet its process runs", r.id(), r.state());
+                assert!(
+                    !self.alive.contains_key(&r.id()),
+                    "{} is {} yet its process runs",
+                    r.id(),
+                    r.state()
+                );
                 self.ended.insert(r.id());
             }
         }
         // A terminal record never runs again (a manual restart makes a new record).
         for id in &self.ended {
             if let Some(r) = self.store.get(id) {
-                assert!(r.is_terminal(), "{id} left its final state for {}", r.state());
+                assert!(
+                    r.is_terminal(),
+                    "{id} left its final state for {}",
+                    r.state()
+                );
             }
         }
         // Every live process belongs to a record that is running, paused or stopping.
         for id in self.alive.keys() {
             let state = self.store.get(id).map(ProcessRecord::state);
             assert!(
-                matches!(state, Some(StateName::Running | StateName::Paused | StateName::Stopping)),
+                matches!(
+                    state,
+                    Some(StateName::Running | StateName::Paused | StateName::Stopping)
+                ),
                 "a process runs for a record in {state:?}"
             );
         }
         // No child outlives a stopped parent.
         for r in self.store.values() {
-            let Some(parent) = r.parent().and_then(|p| self.store.get(&p)) else { continue };
-            if matches!(parent.state(), StateName::Cancelled | StateName::TimedOut | StateName::Stopping) {
+            let Some(parent) = r.parent().and_then(|p| self.store.get(&p)) else {
+                continue;
+            };
+            if matches!(
+                parent.state(),
+                StateName::Cancelled | StateName::TimedOut | StateName::Stopping
+            ) {
                 assert!(
                     r.is_terminal() || r.state() == StateName::Stopping,
                     "child {} is {} while its parent is {}",

@@ -41,7 +41,7 @@ pub enum ManagerError {
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),
     /// The supervisor refused (unknown dependency or parent, hierarchy limits,
-    /// another node's record, removing a live record); nothing changed.
+    /// removing a live record); nothing changed.
     #[error(transparent)]
     Refused(CoreError),
     /// `wait` ran out of time; the record is still live.

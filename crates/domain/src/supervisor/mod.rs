@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Applied, Event, EventKind, ExitStatus, GroupName, InvalidTransition, Lifecycle, NodeId,
     Percent, ProcessId, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Signal, Span,
-    SpecError, StateName, StopCause, Timestamp, Transition,
+    SpecError, StateName, StopCause, Timestamp, Transition, TransitionKind,
 };
 use queue::ReadyQueue;
 
@@ -138,6 +138,8 @@ pub enum Effect {
 }
 
 /// An input to the core.
+// A submit carries a whole spec; inputs are moved once into `handle`, so boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// Accept a new record.
@@ -303,14 +305,6 @@ pub enum CoreError {
         level: usize,
         /// The limit.
         max: usize,
-    },
-    /// The record belongs to another node; only that node's supervisor acts on it.
-    #[error("process {id} runs on node {node}, not on this one")]
-    OtherNode {
-        /// The record.
-        id: ProcessId,
-        /// Its node.
-        node: NodeId,
     },
     /// Only finished records can be removed.
     #[error("process {id} is {state}: only finished processes can be removed (stop it first)")]
@@ -637,16 +631,12 @@ impl Supervisor {
         }
     }
 
-    /// The record, if it is this node's.
+    /// The record (the core holds only its own node's records).
     fn own(&self, id: ProcessId) -> Result<&ProcessRecord, CoreError> {
-        let record = &self.entries.get(&id).ok_or(CoreError::NotFound(id))?.record;
-        if record.node() != &self.node {
-            return Err(CoreError::OtherNode {
-                id,
-                node: record.node().clone(),
-            });
-        }
-        Ok(record)
+        self.entries
+            .get(&id)
+            .map(|e| &e.record)
+            .ok_or(CoreError::NotFound(id))
     }
 
     fn depth_of(&self, parent: Option<ProcessId>) -> usize {
@@ -724,10 +714,10 @@ impl Supervisor {
             Some(old) => ProcessRecord::restart_of(&self.entries[&old].record, id, now),
             None => ProcessRecord::new(id, self.node.clone(), spec, now),
         };
-        if let Some(old) = replaces {
-            if !self.entries[&old].record.is_terminal() {
-                blockers.must_end.insert(old);
-            }
+        if let Some(old) = replaces
+            && !self.entries[&old].record.is_terminal()
+        {
+            blockers.must_end.insert(old);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -916,8 +906,18 @@ impl Supervisor {
     }
 
     /// Stops the unfinished children of `id` (and theirs) because `id` is being stopped.
-    fn cascade(&mut self, id: ProcessId, force: bool, grace: Option<Span>, now: Timestamp) -> Result<(), CoreError> {
-        let children: Vec<_> = self.children.get(&id).map(|c| c.iter().copied().collect()).unwrap_or_default();
+    fn cascade(
+        &mut self,
+        id: ProcessId,
+        force: bool,
+        grace: Option<Span>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let children: Vec<_> = self
+            .children
+            .get(&id)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
         for child in children {
             self.stop(child, StopCause::Cascade { parent: id }, force, grace, now)?;
         }
@@ -939,7 +939,7 @@ impl Supervisor {
             return;
         };
         let record = &entry.record;
-        if timer.attempt != record.restarts() || record.node() != &self.node {
+        if timer.attempt != record.restarts() {
             return;
         }
         let id = timer.id;
@@ -994,13 +994,13 @@ impl Supervisor {
             return;
         }
         for dep in &entry.record.spec().dependencies {
-            if let Some(d) = self.entries.get(dep).map(|e| &e.record) {
-                if d.is_terminal() && d.state() != StateName::Completed {
-                    let error =
-                        format!("dependency {dep} ended {} instead of completing", d.state());
-                    let _ = self.transition(id, Transition::Fail { error }, now);
-                    return;
-                }
+            if let Some(d) = self.entries.get(dep).map(|e| &e.record)
+                && d.is_terminal()
+                && d.state() != StateName::Completed
+            {
+                let error = format!("dependency {dep} ended {} instead of completing", d.state());
+                let _ = self.transition(id, Transition::Fail { error }, now);
+                return;
             }
         }
         if !entry.blockers.must_complete.is_empty() || !entry.blockers.must_end.is_empty() {
@@ -1010,12 +1010,11 @@ impl Supervisor {
             not_before: Some(at),
             ..
         } = entry.record.lifecycle()
+            && *at > now
         {
-            if *at > now {
-                let at = *at;
-                self.arm(id, TimerKind::NotBefore, at);
-                return;
-            }
+            let at = *at;
+            self.arm(id, TimerKind::NotBefore, at);
+            return;
         }
         let (group, priority, seq) = (
             entry.record.group().cloned(),
@@ -1072,18 +1071,19 @@ impl Supervisor {
         } else if slotted && before.is_active() && !after.is_active() {
             self.remove_active(id);
         }
-        use crate::TransitionKind as K;
         let mut events = Vec::with_capacity(2);
         match kind {
-            K::Spawned if after == StateName::Running => events.push(EventKind::Started),
-            K::Exited | K::Requeue => events.push(EventKind::Exited),
-            K::Pause => events.push(EventKind::Paused),
-            K::Resume => events.push(EventKind::Resumed),
-            K::Ready => events.push(EventKind::Ready),
-            K::Progress => events.push(EventKind::Progress),
+            TransitionKind::Spawned if after == StateName::Running => {
+                events.push(EventKind::Started);
+            }
+            TransitionKind::Exited | TransitionKind::Requeue => events.push(EventKind::Exited),
+            TransitionKind::Pause => events.push(EventKind::Paused),
+            TransitionKind::Resume => events.push(EventKind::Resumed),
+            TransitionKind::Ready => events.push(EventKind::Ready),
+            TransitionKind::Progress => events.push(EventKind::Progress),
             _ => {}
         }
-        if kind == K::Requeue {
+        if kind == TransitionKind::Requeue {
             events.push(EventKind::Restarted);
         }
         if after == StateName::Stopping && before != StateName::Stopping {
@@ -1096,10 +1096,10 @@ impl Supervisor {
             self.publish(id, e, now);
         }
         if after.is_terminal() && !before.is_terminal() {
-            if depth > 0 {
-                if let Some(n) = self.live_per_level.get_mut(&depth) {
-                    *n = n.saturating_sub(1);
-                }
+            if depth > 0
+                && let Some(n) = self.live_per_level.get_mut(&depth)
+            {
+                *n = n.saturating_sub(1);
             }
             for kind in [
                 TimerKind::Timeout,
@@ -1144,12 +1144,12 @@ impl Supervisor {
 
     fn remove_active(&mut self, id: ProcessId) {
         self.active_total = self.active_total.saturating_sub(1);
-        if let Some(g) = self.entries[&id].record.group() {
-            if let Some(n) = self.active_by_group.get_mut(g) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.active_by_group.remove(g);
-                }
+        if let Some(g) = self.entries[&id].record.group()
+            && let Some(n) = self.active_by_group.get_mut(g)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.active_by_group.remove(g);
             }
         }
     }
@@ -1187,10 +1187,10 @@ impl Supervisor {
 
     fn forget(&mut self, id: ProcessId) {
         if let Some(entry) = self.entries.remove(&id) {
-            if let Some(p) = entry.record.parent() {
-                if let Some(c) = self.children.get_mut(&p) {
-                    c.remove(&id);
-                }
+            if let Some(p) = entry.record.parent()
+                && let Some(c) = self.children.get_mut(&p)
+            {
+                c.remove(&id);
             }
             self.children.remove(&id);
             self.dirty.remove(&id);
@@ -1278,10 +1278,10 @@ impl Supervisor {
             }
         }
         for (g, n) in &per_group {
-            if let Some(limit) = self.limits.group_limit(Some(g)) {
-                if *n > limit {
-                    return Err(format!("group {g} has {n} active, over its limit {limit}"));
-                }
+            if let Some(limit) = self.limits.group_limit(Some(g))
+                && *n > limit
+            {
+                return Err(format!("group {g} has {n} active, over its limit {limit}"));
             }
             if self.active_by_group.get(*g).copied().unwrap_or(0) != *n {
                 return Err(format!("group {g} count disagrees"));

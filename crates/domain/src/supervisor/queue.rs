@@ -82,16 +82,13 @@ mod tests {
         q.push(id(3), None, 5, 3);
         q.push(id(4), g("a"), 5, 0);
         assert_eq!(q.best(|_| true), Some(id(4)));
-        assert_eq!(q.best(|g| g != g_ref("a").as_ref()), Some(id(2)));
+        let a = g("a");
+        assert_eq!(q.best(|x| x != a.as_ref()), Some(id(2)));
         assert!(q.remove(id(4)));
         assert!(!q.remove(id(4)));
         assert_eq!(q.best(|_| true), Some(id(2)));
         assert_eq!(q.best(|_| false), None);
         assert_eq!(q.len(), 3);
         assert!(q.contains(id(1)));
-    }
-
-    fn g_ref(s: &str) -> Option<GroupName> {
-        Some(GroupName::new(s).unwrap())
     }
 }

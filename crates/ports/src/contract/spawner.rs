@@ -53,10 +53,10 @@ async fn exit_of(notices: &mut UnboundedReceiver<ProcessNotice>, id: ProcessId) 
             .await
             .unwrap_or_else(|_| panic!("no exit notice for {id} within 20 s"))
             .expect("notice stream open");
-        if let ProcessNotice::Exited { id: got, status } = notice {
-            if got == id {
-                return status;
-            }
+        if let ProcessNotice::Exited { id: got, status } = notice
+            && got == id
+        {
+            return status;
         }
     }
 }

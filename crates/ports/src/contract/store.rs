@@ -25,18 +25,18 @@ pub fn sample(n: u128) -> ProcessRecord {
         LabelKey::new("tier").expect("valid key"),
         LabelValue::new((n % 5).to_string()).expect("valid value"),
     );
-    spec.kind = if n % 2 == 0 {
+    spec.kind = if n.is_multiple_of(2) {
         ProcessKind::Build
     } else {
         ProcessKind::Custom
     };
-    if n % 6 == 0 {
+    if n.is_multiple_of(6) {
         spec.parent = Some(id(1));
     }
     let node = NodeId::new(format!("n{}", n % 2)).expect("valid node");
     let t = Timestamp::from_millis(1_000_000 + u64::try_from(n).unwrap_or(0));
     let mut r = ProcessRecord::new(id(n), node, spec, t);
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         r.apply(Transition::Start, t).expect("start");
         r.apply(Transition::Spawned { pid: 100 }, t)
             .expect("spawned");

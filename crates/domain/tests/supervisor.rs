@@ -1,0 +1,528 @@
+//! The supervisor core, input by input: restore after a restart, losses,
+//! idleness, removal, readiness, and the effects each produces.
+
+use bpm_domain::{
+    CoreError, Effect, EventKind, ExitStatus, Input, Limits, ListFilter, NodeId, ProcessId,
+    ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, Span, StateName, StopCause,
+    Supervisor, Timer, TimerKind, Timestamp, Transition,
+};
+
+fn id(n: u128) -> ProcessId {
+    ProcessId::from_uuid(uuid::Uuid::from_u128(n))
+}
+
+fn t(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn armed(effects: &[Effect]) -> Vec<(Timer, Timestamp)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ArmTimer { timer, at } => Some((*timer, *at)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(effects: &[Effect]) -> Vec<(ProcessId, EventKind)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish(ev) => Some((ev.id, ev.kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn running(n: u128, spec: ProcessSpec, started: u64) -> ProcessRecord {
+    let mut r = ProcessRecord::new(id(n), NodeId::local(), spec, t(started));
+    r.apply(Transition::Start, t(started)).expect("start");
+    r.apply(
+        Transition::Spawned {
+            pid: 4000 + u32::try_from(n).expect("small"),
+        },
+        t(started),
+    )
+    .expect("spawned");
+    r
+}
+
+fn core(limits: Limits) -> Supervisor {
+    Supervisor::new(NodeId::local(), limits)
+}
+
+#[test]
+fn restore_takes_back_records_rearms_timers_and_resumes_the_queue() {
+    let mut timed = ProcessSpec::argv(["serve"]);
+    timed.timeout = Some(Span::from_secs(100));
+    let live = running(1, timed, 1_000);
+    let mut stopping = running(2, ProcessSpec::argv(["x"]), 1_000);
+    stopping
+        .apply(
+            Transition::Stop {
+                cause: StopCause::Requested,
+            },
+            t(2_000),
+        )
+        .expect("stop");
+    let mut done = running(3, ProcessSpec::argv(["x"]), 1_000);
+    done.apply(
+        Transition::Exited {
+            status: ExitStatus::Code(0),
+        },
+        t(3_000),
+    )
+    .expect("exit");
+    let mut child_spec = ProcessSpec::argv(["child"]);
+    child_spec.parent = Some(id(1));
+    let child = ProcessRecord::new(id(4), NodeId::local(), child_spec, t(1_500));
+    let mut waits = ProcessSpec::argv(["after"]);
+    waits.dependencies = vec![id(1)];
+    let waiting = ProcessRecord::new(id(5), NodeId::local(), waits, t(1_600));
+    let foreign = ProcessRecord::new(
+        id(6),
+        NodeId::new("other").expect("node"),
+        ProcessSpec::argv(["x"]),
+        t(1),
+    );
+
+    let limits = Limits {
+        max_running: 3,
+        retention: Some(Span::from_secs(60)),
+        ..Limits::default()
+    };
+    let mut c = core(limits);
+    let effects = c.restore(
+        vec![waiting, child, done, stopping, live, foreign],
+        t(10_000),
+    );
+    assert!(
+        c.get(id(6)).is_none(),
+        "another node's record is not ours to supervise"
+    );
+    assert_eq!(c.depth(id(4)), Some(1));
+    assert_eq!(c.node(), &NodeId::local());
+    assert_eq!(c.limits().max_running, 3);
+    let timers = armed(&effects);
+    let timer = |n, kind| Timer {
+        id: id(n),
+        kind,
+        attempt: 0,
+    };
+    assert!(
+        timers.contains(&(timer(1, TimerKind::Timeout), t(101_000))),
+        "timeout counts from the start: {timers:?}"
+    );
+    assert!(
+        timers.contains(&(timer(2, TimerKind::Grace), t(15_000))),
+        "a stop in progress gets a new grace period"
+    );
+    assert!(timers.contains(&(timer(3, TimerKind::Retention), t(63_000))));
+    // Two slots were held (running, stopping); the child starts in the third; the dependant waits.
+    let spawned: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Spawn { record } => Some(record.id()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spawned, [id(4)]);
+    assert_eq!(c.active(), 3);
+    assert_eq!(
+        c.get(id(5)).map(ProcessRecord::state),
+        Some(StateName::Pending)
+    );
+    c.check_invariants().expect("consistent");
+    // The dependency completes: the dependant becomes ready (no slot yet).
+    c.handle(
+        Input::Exited {
+            id: id(1),
+            status: ExitStatus::Code(0),
+        },
+        t(11_000),
+    )
+    .expect("exit");
+    assert_eq!(
+        c.get(id(5)).map(ProcessRecord::state),
+        Some(StateName::Starting)
+    );
+}
+
+#[test]
+fn losses_name_their_reason_and_free_slots() {
+    let mut c = core(Limits {
+        max_running: 1,
+        ..Limits::default()
+    });
+    c.handle(
+        Input::Submit {
+            id: id(1),
+            spec: ProcessSpec::argv(["a"]),
+        },
+        t(1),
+    )
+    .expect("submit");
+    c.handle(Input::Spawned { id: id(1), pid: 10 }, t(2))
+        .expect("spawned");
+    c.handle(
+        Input::Submit {
+            id: id(2),
+            spec: ProcessSpec::argv(["b"]),
+        },
+        t(3),
+    )
+    .expect("submit");
+    let effects = c
+        .handle(
+            Input::Lost {
+                id: id(1),
+                reason: "pid 10 vanished".into(),
+            },
+            t(4),
+        )
+        .expect("lost");
+    assert_eq!(
+        c.get(id(1)).and_then(|r| r.lifecycle().error()).as_deref(),
+        Some("pid 10 vanished")
+    );
+    assert!(events(&effects).contains(&(id(1), EventKind::Lost)));
+    assert_eq!(
+        c.get(id(2)).map(ProcessRecord::state),
+        Some(StateName::Starting),
+        "the slot went on"
+    );
+    c.handle(
+        Input::NodeLost {
+            node: NodeId::local(),
+        },
+        t(5),
+    )
+    .expect("node lost");
+    let r = c.get(id(2)).expect("record");
+    assert_eq!(r.state(), StateName::Lost);
+    assert_eq!(
+        r.lifecycle().error().as_deref(),
+        Some("node local was lost")
+    );
+    assert_eq!(c.active(), 0);
+    c.check_invariants().expect("consistent");
+}
+
+#[test]
+fn idleness_is_an_event_without_a_change() {
+    let mut c = core(Limits::default());
+    c.handle(
+        Input::Submit {
+            id: id(1),
+            spec: ProcessSpec::argv(["agent"]),
+        },
+        t(1),
+    )
+    .expect("submit");
+    c.handle(Input::Spawned { id: id(1), pid: 10 }, t(2))
+        .expect("spawned");
+    let version = c.get(id(1)).expect("record").version();
+    let effects = c.handle(Input::Idle { id: id(1) }, t(3)).expect("idle");
+    assert_eq!(events(&effects), [(id(1), EventKind::Idle)]);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Persist { .. })));
+    assert_eq!(c.get(id(1)).expect("record").version(), version);
+    assert_eq!(
+        c.handle(Input::Idle { id: id(9) }, t(3)),
+        Err(CoreError::NotFound(id(9)))
+    );
+}
+
+#[test]
+fn readiness_cancels_its_timer_and_is_announced_once() {
+    let mut spec = ProcessSpec::argv(["serve"]);
+    spec.readiness.check = ReadinessCheck::Port { port: 8080 };
+    spec.readiness.timeout = Some(Span::from_secs(5));
+    let mut c = core(Limits::default());
+    c.handle(Input::Submit { id: id(1), spec }, t(1))
+        .expect("submit");
+    let effects = c
+        .handle(Input::Spawned { id: id(1), pid: 10 }, t(2))
+        .expect("spawned");
+    assert!(
+        armed(&effects)
+            .iter()
+            .any(|(tm, at)| tm.kind == TimerKind::Readiness && *at == t(5_002))
+    );
+    let effects = c.handle(Input::Ready { id: id(1) }, t(3)).expect("ready");
+    assert_eq!(events(&effects), [(id(1), EventKind::Ready)]);
+    assert!(
+        effects.iter().any(
+            |e| matches!(e, Effect::CancelTimer { timer } if timer.kind == TimerKind::Readiness)
+        )
+    );
+    let again = c
+        .handle(Input::Ready { id: id(1) }, t(4))
+        .expect("ready again");
+    assert!(
+        again.is_empty(),
+        "a second readiness changes nothing: {again:?}"
+    );
+    // A stale readiness timer is ignored.
+    let stale = c.handle(
+        Input::TimerFired(Timer {
+            id: id(1),
+            kind: TimerKind::Readiness,
+            attempt: 0,
+        }),
+        t(6_000),
+    );
+    assert_eq!(stale.expect("ignored"), []);
+    assert_eq!(c.get(id(1)).expect("record").state(), StateName::Running);
+}
+
+#[test]
+fn remove_deletes_only_finished_records() {
+    let mut c = core(Limits::default());
+    c.handle(
+        Input::Submit {
+            id: id(1),
+            spec: ProcessSpec::argv(["a"]),
+        },
+        t(1),
+    )
+    .expect("submit");
+    assert_eq!(
+        c.handle(Input::Remove { id: id(1) }, t(2)),
+        Err(CoreError::NotFinished {
+            id: id(1),
+            state: StateName::Starting
+        })
+    );
+    c.handle(
+        Input::SpawnFailed {
+            id: id(1),
+            error: "no such file".into(),
+        },
+        t(3),
+    )
+    .expect("failed");
+    let effects = c.handle(Input::Remove { id: id(1) }, t(4)).expect("remove");
+    assert!(effects.contains(&Effect::Delete { id: id(1) }));
+    assert!(c.get(id(1)).is_none());
+    assert_eq!(
+        c.handle(Input::Remove { id: id(1) }, t(5)),
+        Err(CoreError::NotFound(id(1)))
+    );
+}
+
+#[test]
+fn a_refused_input_produces_no_effect() {
+    let mut c = core(Limits::default());
+    let op = ProcessSpec::tracked(ProcessName::new("op").expect("name"));
+    c.handle(
+        Input::Submit {
+            id: id(1),
+            spec: op.clone(),
+        },
+        t(1),
+    )
+    .expect("submit");
+    assert_eq!(
+        c.handle(
+            Input::Submit {
+                id: id(1),
+                spec: op
+            },
+            t(1)
+        ),
+        Err(CoreError::AlreadyExists(id(1)))
+    );
+    let err = c
+        .handle(Input::Pause { id: id(1) }, t(2))
+        .expect_err("no process");
+    assert!(err.to_string().ends_with("it has no OS process"), "{err}");
+    let mut selfish = ProcessSpec::argv(["a"]);
+    selfish.dependencies = vec![id(2)];
+    assert_eq!(
+        c.handle(
+            Input::Submit {
+                id: id(2),
+                spec: selfish
+            },
+            t(1)
+        ),
+        Err(CoreError::SelfDependency(id(2)))
+    );
+    assert_eq!(c.records().count(), 1);
+    c.check_invariants().expect("consistent");
+}
+
+#[test]
+fn stop_of_a_starting_process_signals_once_its_pid_is_known() {
+    let mut c = core(Limits::default());
+    c.handle(
+        Input::Submit {
+            id: id(1),
+            spec: ProcessSpec::argv(["a"]),
+        },
+        t(1),
+    )
+    .expect("submit");
+    let effects = c
+        .handle(
+            Input::Stop {
+                id: id(1),
+                force: false,
+                grace: Some(Span::from_secs(2)),
+            },
+            t(2),
+        )
+        .expect("stop");
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Signal { .. })),
+        "no pid yet"
+    );
+    let effects = c
+        .handle(Input::Spawned { id: id(1), pid: 77 }, t(3))
+        .expect("spawned");
+    assert!(effects.contains(&Effect::Signal {
+        id: id(1),
+        pid: 77,
+        signal: bpm_domain::Signal::Term
+    }));
+    let effects = c
+        .handle(
+            Input::Exited {
+                id: id(1),
+                status: ExitStatus::Signal(15),
+            },
+            t(4),
+        )
+        .expect("exit");
+    assert!(events(&effects).contains(&(id(1), EventKind::Cancelled)));
+    // A forced stop while starting sends KILL when the pid arrives.
+    c.handle(
+        Input::Submit {
+            id: id(2),
+            spec: ProcessSpec::argv(["b"]),
+        },
+        t(5),
+    )
+    .expect("submit");
+    c.handle(
+        Input::Stop {
+            id: id(2),
+            force: true,
+            grace: None,
+        },
+        t(6),
+    )
+    .expect("stop");
+    let effects = c
+        .handle(Input::Spawned { id: id(2), pid: 78 }, t(7))
+        .expect("spawned");
+    assert!(effects.contains(&Effect::Signal {
+        id: id(2),
+        pid: 78,
+        signal: bpm_domain::Signal::Kill
+    }));
+    // A failed spawn of a stopping record ends it cancelled.
+    c.handle(
+        Input::Submit {
+            id: id(3),
+            spec: ProcessSpec::argv(["c"]),
+        },
+        t(8),
+    )
+    .expect("submit");
+    c.handle(
+        Input::Stop {
+            id: id(3),
+            force: false,
+            grace: None,
+        },
+        t(9),
+    )
+    .expect("stop");
+    c.handle(
+        Input::SpawnFailed {
+            id: id(3),
+            error: "gone".into(),
+        },
+        t(10),
+    )
+    .expect("failed spawn");
+    assert_eq!(c.get(id(3)).expect("record").state(), StateName::Cancelled);
+}
+
+#[test]
+fn list_filters_match_every_field() {
+    let mut spec = ProcessSpec::argv(["a"]);
+    spec.session = Some("s1".parse().expect("session"));
+    spec.group = Some("g".parse().expect("group"));
+    spec.kind = bpm_domain::ProcessKind::Build;
+    spec.parent = Some(id(9));
+    spec.labels
+        .insert("team".parse().expect("key"), "core".parse().expect("value"));
+    let r = ProcessRecord::new(id(5), NodeId::local(), spec, t(1));
+    assert!(ListFilter::default().matches(&r));
+    let f = |f: ListFilter| f.matches(&r);
+    assert!(f(ListFilter {
+        states: vec![StateName::Pending],
+        ..Default::default()
+    }));
+    assert!(!f(ListFilter {
+        states: vec![StateName::Running],
+        ..Default::default()
+    }));
+    assert!(f(ListFilter {
+        session: Some("s1".parse().expect("s")),
+        ..Default::default()
+    }));
+    assert!(!f(ListFilter {
+        session: Some("s2".parse().expect("s")),
+        ..Default::default()
+    }));
+    assert!(f(ListFilter {
+        parent: Some(id(9)),
+        ..Default::default()
+    }));
+    assert!(!f(ListFilter {
+        parent: Some(id(8)),
+        ..Default::default()
+    }));
+    assert!(f(ListFilter {
+        node: Some(NodeId::local()),
+        ..Default::default()
+    }));
+    assert!(!f(ListFilter {
+        node: Some("n2".parse().expect("n")),
+        ..Default::default()
+    }));
+    assert!(f(ListFilter {
+        group: Some("g".parse().expect("g")),
+        ..Default::default()
+    }));
+    assert!(f(ListFilter {
+        kind: Some(bpm_domain::ProcessKind::Build),
+        ..Default::default()
+    }));
+    assert!(!f(ListFilter {
+        kind: Some(bpm_domain::ProcessKind::Server),
+        ..Default::default()
+    }));
+    let label = ("team".parse().expect("k"), "core".parse().expect("v"));
+    assert!(f(ListFilter {
+        labels: vec![label],
+        ..Default::default()
+    }));
+    let wrong = ("team".parse().expect("k"), "ops".parse().expect("v"));
+    assert!(!f(ListFilter {
+        labels: vec![wrong],
+        ..Default::default()
+    }));
+    assert!(f(ListFilter {
+        after: Some(id(4)),
+        ..Default::default()
+    }));
+    assert!(!f(ListFilter {
+        after: Some(id(5)),
+        ..Default::default()
+    }));
+}

@@ -1,0 +1,233 @@
+//! The architecture's invariants, checked: the domain stays pure, and the
+//! layers depend only downwards.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+
+use bpm_tests::workspace_root;
+use serde_json::Value;
+
+/// Crates the domain must never reach, directly or through another crate:
+/// async runtimes, async traits, Redis, OS and I/O crates.
+const FORBIDDEN_IN_DOMAIN: &[&str] = &[
+    "tokio",
+    "async-trait",
+    "futures",
+    "futures-core",
+    "futures-util",
+    "async-std",
+    "smol",
+    "mio",
+    "redis",
+    "nix",
+    "rustix",
+    "libc",
+    "socket2",
+    "hyper",
+    "reqwest",
+    "rmcp",
+    "tracing",
+];
+
+/// The only direct dependencies the domain may have: pure data and text crates.
+const ALLOWED_DIRECT_IN_DOMAIN: &[&str] = &["regex", "serde", "serde_json", "thiserror", "uuid"];
+
+struct Graph {
+    /// package id → (name, normal dependency ids)
+    nodes: HashMap<String, (String, Vec<String>)>,
+    by_name: HashMap<String, String>,
+}
+
+fn metadata() -> Graph {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let names: HashMap<String, String> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id").to_owned(),
+                p["name"].as_str().expect("name").to_owned(),
+            )
+        })
+        .collect();
+    let mut nodes = HashMap::new();
+    for node in meta["resolve"]["nodes"].as_array().expect("resolve") {
+        let id = node["id"].as_str().expect("id").to_owned();
+        let deps = node["deps"]
+            .as_array()
+            .expect("deps")
+            .iter()
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .expect("kinds")
+                    .iter()
+                    .any(|k| k["kind"].is_null())
+            })
+            .map(|d| d["pkg"].as_str().expect("pkg").to_owned())
+            .collect();
+        nodes.insert(id.clone(), (names[&id].clone(), deps));
+    }
+    let by_name = names
+        .iter()
+        .map(|(id, name)| (name.clone(), id.clone()))
+        .collect();
+    Graph { nodes, by_name }
+}
+
+impl Graph {
+    fn direct(&self, package: &str) -> BTreeSet<String> {
+        let id = &self.by_name[package];
+        self.nodes[id]
+            .1
+            .iter()
+            .map(|d| self.nodes[d].0.clone())
+            .collect()
+    }
+
+    /// Every package reachable through normal dependencies, with the workspace's unified features.
+    fn transitive(&self, package: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![self.by_name[package].clone()];
+        while let Some(id) = stack.pop() {
+            for dep in &self.nodes[&id].1 {
+                if seen.insert(self.nodes[dep].0.clone()) {
+                    stack.push(dep.clone());
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// What building `bpm-domain` alone compiles in, with the features it asks for
+/// (cargo metadata would unify features with the rest of the workspace).
+fn domain_build_closure() -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "-p",
+            "bpm-domain",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_domain_depends_on_no_async_or_io_crate() {
+    let graph = metadata();
+    let reached = domain_build_closure();
+    assert!(
+        reached.contains("serde"),
+        "the closure was read: {reached:?}"
+    );
+    let bad: Vec<_> = FORBIDDEN_IN_DOMAIN
+        .iter()
+        .filter(|c| reached.contains(**c))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "bpm-domain reaches {bad:?}; the domain must stay pure"
+    );
+    let direct = graph.direct("bpm-domain");
+    let extra: Vec<_> = direct
+        .iter()
+        .filter(|d| !ALLOWED_DIRECT_IN_DOMAIN.contains(&d.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "bpm-domain gained dependencies {extra:?}; if one is pure, add it to ALLOWED_DIRECT_IN_DOMAIN with a reason"
+    );
+}
+
+#[test]
+fn layers_depend_only_downwards() {
+    let graph = metadata();
+    let ours = |p: &str| -> BTreeSet<String> {
+        graph
+            .direct(p)
+            .into_iter()
+            .filter(|d| d.starts_with("bpm"))
+            .collect()
+    };
+    assert!(
+        ours("bpm-domain").is_empty(),
+        "domain depends on no other layer"
+    );
+    assert_eq!(ours("bpm-ports"), BTreeSet::from(["bpm-domain".to_owned()]));
+    assert_eq!(
+        ours("bpm-adapters"),
+        BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()])
+    );
+    assert!(
+        !graph.transitive("bpm-ports").contains("redis"),
+        "ports know no adapter's backend"
+    );
+}
+
+#[test]
+fn the_domain_source_does_no_io_and_reads_no_clock() {
+    let dir = workspace_root().join("crates/domain/src");
+    let forbidden = [
+        "std::fs",
+        "std::net",
+        "std::process",
+        "std::thread",
+        "std::io::",
+        "SystemTime::now",
+        "Instant::now",
+        "tokio",
+        "async fn",
+        ".await",
+    ];
+    let mut stack = vec![dir];
+    let mut checked = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                for word in forbidden {
+                    assert!(
+                        !text.contains(word),
+                        "{} uses {word}: the domain must stay pure",
+                        path.display()
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "found only {checked} domain source files");
+}
