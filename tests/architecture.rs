@@ -125,7 +125,6 @@ fn domain_build_closure() -> BTreeSet<String> {
             "normal",
             "--prefix",
             "none",
-            "--offline",
         ])
         .current_dir(workspace_root())
         .output()
