@@ -506,20 +506,12 @@ impl ProcessRecord {
             (Lifecycle::Starting { .. }, Transition::Exited { status }) => {
                 Self::exit_state(Some(now), status, now)
             }
-            (Lifecycle::Starting { .. }, Transition::Stop { cause }) => Lifecycle::Stopping {
-                started_at: None,
-                pid: None,
-                requested_at: now,
-                cause,
-                killed: false,
-            },
-            (Lifecycle::Starting { .. }, Transition::TimeOut) => Lifecycle::Stopping {
-                started_at: None,
-                pid: None,
-                requested_at: now,
-                cause: StopCause::Timeout,
-                killed: false,
-            },
+            (Lifecycle::Starting { .. }, Transition::Stop { cause }) => {
+                Self::begin_stop(None, None, cause, now)
+            }
+            (Lifecycle::Starting { .. }, Transition::TimeOut) => {
+                Self::begin_stop(None, None, StopCause::Timeout, now)
+            }
 
             (
                 Lifecycle::Running {
@@ -556,20 +548,10 @@ impl ProcessRecord {
                     ended_at: now,
                     exit: None,
                 },
-                Transition::Stop { cause } => Lifecycle::Stopping {
-                    started_at: Some(*started_at),
-                    pid: *pid,
-                    requested_at: now,
-                    cause,
-                    killed: false,
-                },
-                Transition::TimeOut => Lifecycle::Stopping {
-                    started_at: Some(*started_at),
-                    pid: *pid,
-                    requested_at: now,
-                    cause: StopCause::Timeout,
-                    killed: false,
-                },
+                Transition::Stop { cause } => Self::begin_stop(Some(*started_at), *pid, cause, now),
+                Transition::TimeOut => {
+                    Self::begin_stop(Some(*started_at), *pid, StopCause::Timeout, now)
+                }
                 Transition::Ready if ready_at.is_some() => return Ok(Applied::NoOp),
                 Transition::Ready if !tracked => Lifecycle::Running {
                     started_at: *started_at,
@@ -624,20 +606,10 @@ impl ProcessRecord {
                         not_before: Some(not_before),
                     }
                 }
-                Transition::Stop { cause } => Lifecycle::Stopping {
-                    started_at: Some(*started_at),
-                    pid: *pid,
-                    requested_at: now,
-                    cause,
-                    killed: false,
-                },
-                Transition::TimeOut => Lifecycle::Stopping {
-                    started_at: Some(*started_at),
-                    pid: *pid,
-                    requested_at: now,
-                    cause: StopCause::Timeout,
-                    killed: false,
-                },
+                Transition::Stop { cause } => Self::begin_stop(Some(*started_at), *pid, cause, now),
+                Transition::TimeOut => {
+                    Self::begin_stop(Some(*started_at), *pid, StopCause::Timeout, now)
+                }
                 Transition::Ready if ready_at.is_some() => return Ok(Applied::NoOp),
                 Transition::Ready => Lifecycle::Paused {
                     started_at: *started_at,
@@ -763,6 +735,21 @@ impl ProcessRecord {
                 exit: Some(status),
                 error: status.to_string(),
             }
+        }
+    }
+
+    fn begin_stop(
+        started_at: Option<Timestamp>,
+        pid: Option<u32>,
+        cause: StopCause,
+        now: Timestamp,
+    ) -> Lifecycle {
+        Lifecycle::Stopping {
+            started_at,
+            pid,
+            requested_at: now,
+            cause,
+            killed: false,
         }
     }
 
