@@ -1,11 +1,16 @@
 //! bpm's adapters: implementations of the ports.
 //!
+//! - [`fs`]: output in capped files.
 //! - [`memory`]: the in-memory store, output store and event bus (tests, embedding).
 //! - [`clock`]: the system clock and a manual clock for tests.
 //! - [`ids`]: UUID v7 ids.
+//! - [`os`]: the OS spawner: real processes, their trees, their output.
 //! - [`fake`]: a scriptable spawner that runs no OS process, for engine tests.
 
 pub mod clock;
 pub mod fake;
+pub mod fs;
 pub mod ids;
 pub mod memory;
+pub mod os;
+mod tail;

@@ -69,3 +69,46 @@ mod scripted_spawner {
     use super::*;
     bpm_ports::spawner_contract_tests!(FakeHarness::harness());
 }
+
+mod file_output {
+    use super::*;
+    use bpm_adapters::fs::FileOutput;
+
+    fn store() -> Arc<dyn OutputStore> {
+        // Each test gets its own folder; the OS cleans the temporary directory.
+        let dir =
+            std::env::temp_dir().join(format!("bpm-output-contract-{}", uuid::Uuid::now_v7()));
+        Arc::new(FileOutput::new(dir, CONTRACT_CAP).expect("output folder"))
+    }
+
+    bpm_ports::output_contract_tests!(store());
+
+    #[tokio::test]
+    async fn output_survives_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("bpm-output-reopen-{}", uuid::Uuid::now_v7()));
+        let id = bpm_domain::ProcessId::from_uuid(uuid::Uuid::from_u128(7));
+        let first = FileOutput::new(&dir, 1 << 20).expect("folder");
+        first
+            .append(id, bpm_ports::Stream::Stdout, b"before ")
+            .await
+            .expect("append");
+        first
+            .append(id, bpm_ports::Stream::Stderr, b"restart\n")
+            .await
+            .expect("append");
+        drop(first);
+        let second = FileOutput::new(&dir, 1 << 20).expect("folder");
+        let chunk = second
+            .read(id, &bpm_ports::OutputQuery::default())
+            .await
+            .expect("read");
+        assert_eq!(chunk.text(), "before restart\n");
+        assert_eq!(chunk.pieces.len(), 2);
+        let end = second
+            .append(id, bpm_ports::Stream::Stdout, b"after")
+            .await
+            .expect("append");
+        assert_eq!(end.0, 20);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -402,6 +402,9 @@ pub struct ProcessSpec {
     pub restart: RestartPolicy,
     /// When it counts as ready.
     pub readiness: Readiness,
+    /// Announce an `idle` event after this long without output (for agents
+    /// that must know when a session waits for input).
+    pub idle_after: Option<Span>,
     /// Labels, for filtering.
     pub labels: BTreeMap<LabelKey, LabelValue>,
     /// Free-form JSON object.
@@ -471,6 +474,9 @@ impl ProcessSpec {
                 }
                 if self.readiness.check != ReadinessCheck::None {
                     return Err(SpecError::NotForTracked("a readiness check"));
+                }
+                if self.idle_after.is_some() {
+                    return Err(SpecError::NotForTracked("an idle period"));
                 }
                 if self.restart.mode != RestartMode::Never {
                     return Err(SpecError::NotForTracked("a restart policy"));

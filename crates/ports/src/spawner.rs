@@ -44,7 +44,7 @@ impl SpawnRequest {
             env: spec.env.clone(),
             stdin: spec.stdin,
             readiness: spec.readiness.check.clone(),
-            idle_after: None,
+            idle_after: spec.idle_after,
         })
     }
 }

@@ -98,41 +98,12 @@ impl Log {
             next: Cursor(self.end),
             ..OutputChunk::default()
         };
-        if lines == 0 {
-            return chunk;
-        }
         let selected: Vec<&OutputPiece> = self
             .pieces
             .iter()
             .filter(|p| select.includes(p.stream))
             .collect();
-        // Walk back counting newlines; a newline that ends the output closes the last line.
-        let mut cut: Option<(usize, usize)> = None;
-        let mut seen = 0;
-        let mut last_byte = true;
-        'outer: for (pi, piece) in selected.iter().enumerate().rev() {
-            for (bi, &b) in piece.data.iter().enumerate().rev() {
-                if b == b'\n' && !last_byte {
-                    seen += 1;
-                    if seen == lines {
-                        cut = Some((pi, bi + 1));
-                        break 'outer;
-                    }
-                }
-                last_byte = false;
-            }
-        }
-        let (first_piece, first_byte) = cut.unwrap_or((0, 0));
-        for (pi, piece) in selected.iter().enumerate().skip(first_piece) {
-            let skip = if pi == first_piece { first_byte } else { 0 };
-            if skip < piece.data.len() {
-                chunk.pieces.push(OutputPiece {
-                    stream: piece.stream,
-                    offset: piece.offset + skip as u64,
-                    data: piece.data[skip..].to_vec(),
-                });
-            }
-        }
+        chunk.pieces = crate::tail::last_lines(&selected, lines).0;
         chunk
     }
 }

@@ -1,0 +1,5 @@
+//! Filesystem adapters: no server needed.
+
+mod output;
+
+pub use output::FileOutput;

@@ -1,0 +1,375 @@
+//! Output in capped files, one folder per process.
+//!
+//! A process's combined output is kept as segments: `<start>.data` holds the
+//! raw bytes from logical offset `start` on, and `<start>.idx` says which
+//! stream wrote which run (5 bytes a run: the stream, then the length, little
+//! endian; consecutive writes of one stream extend one run). A segment holds at
+//! most half the cap; when the kept output passes the cap, the oldest segment
+//! is deleted, so between half the cap and the whole cap is always kept and
+//! the loss is reported to readers as `skipped`. Bytes are stored exactly as
+//! written.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use bpm_domain::ProcessId;
+use bpm_ports::{
+    Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
+};
+
+const RUN_BYTES: u64 = 5;
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    stream: Stream,
+    /// Offset within the segment.
+    at: u64,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    start: u64,
+    runs: Vec<Run>,
+}
+
+impl Segment {
+    fn len(&self) -> u64 {
+        self.runs.last().map_or(0, |r| r.at + r.len)
+    }
+}
+
+/// What is known of one process's output: its segments, oldest first.
+#[derive(Debug, Default)]
+struct Log {
+    segments: Vec<Segment>,
+    end: u64,
+}
+
+impl Log {
+    fn kept_start(&self) -> u64 {
+        self.segments.first().map_or(self.end, |s| s.start)
+    }
+}
+
+/// Output kept in capped files under a folder.
+pub struct FileOutput {
+    root: PathBuf,
+    cap: u64,
+    logs: Mutex<HashMap<ProcessId, Arc<Mutex<Log>>>>,
+}
+
+impl FileOutput {
+    /// A store under `root` keeping at most `cap` bytes per process.
+    ///
+    /// # Errors
+    /// The folder cannot be created.
+    pub fn new(root: impl Into<PathBuf>, cap: u64) -> io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        Ok(FileOutput {
+            root,
+            cap: cap.max(2),
+            logs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn dir(&self, id: ProcessId) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    fn log(&self, id: ProcessId) -> io::Result<Arc<Mutex<Log>>> {
+        let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(log) = logs.get(&id) {
+            return Ok(log.clone());
+        }
+        let log = Arc::new(Mutex::new(load(&self.dir(id))?));
+        logs.insert(id, log.clone());
+        Ok(log)
+    }
+}
+
+fn seg_path(dir: &Path, start: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{start:016x}.{ext}"))
+}
+
+fn stream_byte(s: Stream) -> u8 {
+    match s {
+        Stream::Stdout => 1,
+        Stream::Stderr => 2,
+    }
+}
+
+/// Reads a process's segments back from disk (after a restart).
+fn load(dir: &Path) -> io::Result<Log> {
+    let mut starts: Vec<u64> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_suffix(".idx")?, 16).ok()
+            })
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    starts.sort_unstable();
+    let mut log = Log::default();
+    for start in starts {
+        let idx = fs::read(seg_path(dir, start, "idx"))?;
+        let data_len = fs::metadata(seg_path(dir, start, "data")).map_or(0, |m| m.len());
+        let mut runs = Vec::new();
+        let mut at = 0;
+        for entry in idx.chunks_exact(5) {
+            let stream = if entry[0] == 2 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            let len = u64::from(u32::from_le_bytes([entry[1], entry[2], entry[3], entry[4]]));
+            // A run the data file does not fully hold (a crash between the two writes) is cut to what is there.
+            let len = len.min(data_len.saturating_sub(at));
+            if len > 0 {
+                runs.push(Run { stream, at, len });
+            }
+            at += len;
+        }
+        let segment = Segment { start, runs };
+        log.end = start + segment.len();
+        log.segments.push(segment);
+    }
+    Ok(log)
+}
+
+fn append_to(
+    dir: &Path,
+    log: &mut Log,
+    cap: u64,
+    stream: Stream,
+    mut data: &[u8],
+) -> io::Result<()> {
+    let segment_max = (cap / 2).max(1);
+    fs::create_dir_all(dir)?;
+    let len = data.len() as u64;
+    if len > segment_max {
+        // Only the newest part can be kept: the rest counts as dropped.
+        let drop = usize::try_from(len - segment_max).unwrap_or(usize::MAX);
+        data = &data[drop..];
+        log.end += len - segment_max;
+        log.segments.push(Segment {
+            start: log.end,
+            runs: Vec::new(),
+        });
+    }
+    let needs_new = log
+        .segments
+        .last()
+        .is_none_or(|s| s.start + s.len() != log.end || s.len() + data.len() as u64 > segment_max);
+    if needs_new {
+        log.segments.push(Segment {
+            start: log.end,
+            runs: Vec::new(),
+        });
+    }
+    let segment = log.segments.last_mut().expect("a segment");
+    let mut file =
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(seg_path(dir, segment.start, "data"))?;
+    file.write_all(data)?;
+    let idx_path = seg_path(dir, segment.start, "idx");
+    let n = data.len() as u64;
+    match segment.runs.last_mut() {
+        // Extending the last run keeps the index small; its length must fit the 4 bytes.
+        Some(run) if run.stream == stream && run.len + n <= u64::from(u32::MAX) => {
+            run.len += n;
+            let idx = OpenOptions::new().write(true).open(&idx_path)?;
+            let pos = (segment.runs.len() as u64 - 1) * RUN_BYTES + 1;
+            idx.write_all_at(
+                &u32::try_from(segment.runs.last().map_or(0, |r| r.len))
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes(),
+                pos,
+            )?;
+        }
+        _ => {
+            let at = segment.len();
+            segment.runs.push(Run { stream, at, len: n });
+            let mut idx = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&idx_path)?;
+            let mut entry = [0u8; 5];
+            entry[0] = stream_byte(stream);
+            entry[1..].copy_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+            idx.write_all(&entry)?;
+        }
+    }
+    log.end += n;
+    while log.end - log.kept_start() > cap && log.segments.len() > 1 {
+        let old = log.segments.remove(0);
+        let _ = fs::remove_file(seg_path(dir, old.start, "data"));
+        let _ = fs::remove_file(seg_path(dir, old.start, "idx"));
+    }
+    Ok(())
+}
+
+fn read_range(file: &mut File, at: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.seek(SeekFrom::Start(at))?;
+    file.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn read_from(dir: &Path, log: &Log, query: &OutputQuery) -> io::Result<OutputChunk> {
+    let requested = query.cursor.map_or(log.kept_start(), |c| c.0);
+    if requested >= log.end {
+        return Ok(OutputChunk {
+            next: Cursor(requested.max(log.end)),
+            ..OutputChunk::default()
+        });
+    }
+    let from = requested.max(log.kept_start());
+    let mut chunk = OutputChunk {
+        skipped: from - requested,
+        next: Cursor(log.end),
+        ..OutputChunk::default()
+    };
+    let mut budget = query.max_bytes as u64;
+    for segment in &log.segments {
+        if segment.start + segment.len() <= from {
+            continue;
+        }
+        let mut file = None;
+        for run in &segment.runs {
+            let run_start = segment.start + run.at;
+            if run_start + run.len <= from || !query.stream.includes(run.stream) {
+                continue;
+            }
+            let skip = from.saturating_sub(run_start);
+            let want = run.len - skip;
+            let take = want.min(budget);
+            if take > 0 {
+                let f = match &mut file {
+                    Some(f) => f,
+                    None => file.insert(File::open(seg_path(dir, segment.start, "data"))?),
+                };
+                let data = read_range(
+                    f,
+                    run.at + skip,
+                    usize::try_from(take).unwrap_or(usize::MAX),
+                )?;
+                chunk.pieces.push(OutputPiece {
+                    stream: run.stream,
+                    offset: run_start + skip,
+                    data,
+                });
+            }
+            budget -= take;
+            if take < want {
+                chunk.next = Cursor(run_start + skip + take);
+                chunk.truncated = true;
+                return Ok(chunk);
+            }
+        }
+    }
+    Ok(chunk)
+}
+
+fn tail_of(dir: &Path, log: &Log, select: StreamSelect, lines: usize) -> io::Result<OutputChunk> {
+    // Read a window from the end, doubling it until it holds enough lines.
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = log.end.saturating_sub(window).max(log.kept_start());
+        let q = OutputQuery {
+            stream: select,
+            cursor: Some(Cursor(start)),
+            max_bytes: usize::MAX,
+        };
+        let chunk = read_from(dir, log, &q)?;
+        let pieces: Vec<&OutputPiece> = chunk.pieces.iter().collect();
+        let (tail, found) = crate::tail::last_lines(&pieces, lines);
+        if found || start == log.kept_start() {
+            return Ok(OutputChunk {
+                pieces: tail,
+                next: Cursor(log.end),
+                ..OutputChunk::default()
+            });
+        }
+        window *= 4;
+    }
+}
+
+fn refused(id: ProcessId, e: &io::Error) -> OutputError {
+    OutputError::Refused(format!("output of {id}: {e}"))
+}
+
+#[async_trait]
+impl OutputStore for FileOutput {
+    async fn append(
+        &self,
+        id: ProcessId,
+        stream: Stream,
+        data: &[u8],
+    ) -> Result<Cursor, OutputError> {
+        let log = self.log(id).map_err(|e| refused(id, &e))?;
+        let (dir, cap, data) = (self.dir(id), self.cap, data.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+            append_to(&dir, &mut log, cap, stream, &data).map_err(|e| refused(id, &e))?;
+            Ok(Cursor(log.end))
+        })
+        .await
+        .map_err(|e| OutputError::Unavailable(e.to_string()))?
+    }
+
+    async fn read(&self, id: ProcessId, query: &OutputQuery) -> Result<OutputChunk, OutputError> {
+        let log = self
+            .log(id)
+            .map_err(|e| OutputError::Unavailable(format!("output of {id}: {e}")))?;
+        let (dir, query) = (self.dir(id), query.clone());
+        tokio::task::spawn_blocking(move || {
+            let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+            read_from(&dir, &log, &query)
+                .map_err(|e| OutputError::Unavailable(format!("output of {id}: {e}")))
+        })
+        .await
+        .map_err(|e| OutputError::Unavailable(e.to_string()))?
+    }
+
+    async fn tail(
+        &self,
+        id: ProcessId,
+        stream: StreamSelect,
+        lines: usize,
+    ) -> Result<OutputChunk, OutputError> {
+        let log = self
+            .log(id)
+            .map_err(|e| OutputError::Unavailable(format!("output of {id}: {e}")))?;
+        let dir = self.dir(id);
+        tokio::task::spawn_blocking(move || {
+            let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+            tail_of(&dir, &log, stream, lines)
+                .map_err(|e| OutputError::Unavailable(format!("output of {id}: {e}")))
+        })
+        .await
+        .map_err(|e| OutputError::Unavailable(e.to_string()))?
+    }
+
+    async fn remove(&self, id: ProcessId) -> Result<(), OutputError> {
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        match fs::remove_dir_all(self.dir(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(refused(id, &e)),
+        }
+    }
+}

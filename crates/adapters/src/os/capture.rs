@@ -1,0 +1,167 @@
+//! Output capture, readiness and idleness of one process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bpm_domain::{LogPattern, ProcessId};
+use bpm_ports::{OutputStore, ProcessNotice, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// The longest partial line kept while looking for a readiness pattern.
+const MAX_LINE: usize = 64 * 1024;
+
+/// What the capture of one process shares: where notices go, the readiness
+/// pattern, and the time of the last output.
+#[derive(Clone)]
+pub(crate) struct Watcher {
+    id: ProcessId,
+    tx: mpsc::UnboundedSender<ProcessNotice>,
+    pattern: Option<LogPattern>,
+    ready: Arc<AtomicBool>,
+    activity: Arc<watch::Sender<Instant>>,
+}
+
+impl Watcher {
+    pub(crate) fn new(
+        id: ProcessId,
+        tx: mpsc::UnboundedSender<ProcessNotice>,
+        pattern: Option<LogPattern>,
+    ) -> Self {
+        Watcher {
+            id,
+            tx,
+            pattern,
+            ready: Arc::new(AtomicBool::new(false)),
+            activity: Arc::new(watch::Sender::new(Instant::now())),
+        }
+    }
+
+    fn ready(&self) {
+        if !self.ready.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.send(ProcessNotice::Ready { id: self.id });
+        }
+    }
+}
+
+/// Copies one stream into the output store until it closes, watching lines
+/// for the readiness pattern.
+pub(crate) async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    stream: Stream,
+    output: Arc<dyn OutputStore>,
+    watcher: Watcher,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line = Vec::new();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let data = &buf[..n];
+        if let Err(e) = output.append(watcher.id, stream, data).await {
+            tracing::warn!(id = %watcher.id, error = %e, "output not kept");
+        }
+        watcher.activity.send_replace(Instant::now());
+        if let Some(pattern) = &watcher.pattern {
+            if !watcher.ready.load(Ordering::SeqCst) && scan_lines(&mut line, data, pattern) {
+                watcher.ready();
+            }
+        }
+    }
+    // A last line without a newline counts too.
+    if let Some(pattern) = &watcher.pattern {
+        if !line.is_empty() && pattern.is_match(&String::from_utf8_lossy(&line)) {
+            watcher.ready();
+        }
+    }
+}
+
+/// Appends `data` to the partial `line` and tests every completed line.
+fn scan_lines(line: &mut Vec<u8>, data: &[u8], pattern: &LogPattern) -> bool {
+    let mut found = false;
+    for chunk in data.split_inclusive(|b| *b == b'\n') {
+        if line.len() < MAX_LINE {
+            line.extend_from_slice(&chunk[..chunk.len().min(MAX_LINE - line.len())]);
+        }
+        if chunk.ends_with(b"\n") {
+            found |= pattern.is_match(String::from_utf8_lossy(line).trim_end_matches(['\n', '\r']));
+            line.clear();
+        }
+    }
+    // A partial line that already matches need not wait for its newline.
+    found || (!line.is_empty() && pattern.is_match(&String::from_utf8_lossy(line)))
+}
+
+/// Reports readiness once a TCP connection to the port on the loopback succeeds.
+pub(crate) async fn wait_for_port(
+    port: u16,
+    every: Duration,
+    watcher: Watcher,
+    mut exited: watch::Receiver<bool>,
+) {
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            watcher.ready();
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = exited.wait_for(|e| *e) => return,
+        }
+    }
+}
+
+/// Reports idleness each time the process writes nothing for `idle`.
+pub(crate) async fn watch_idle(
+    idle: Duration,
+    watcher: Watcher,
+    mut exited: watch::Receiver<bool>,
+) {
+    let mut activity = watcher.activity.subscribe();
+    let mut announced = false;
+    loop {
+        let last = *activity.borrow_and_update();
+        let quiet = async {
+            if announced {
+                // Quiet until the process writes again.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        };
+        tokio::select! {
+            () = quiet => {
+                let _ = watcher.tx.send(ProcessNotice::Idle { id: watcher.id });
+                announced = true;
+            }
+            r = activity.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                announced = false;
+            }
+            _ = exited.wait_for(|e| *e) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_matched_across_reads() {
+        let p = LogPattern::new("^listening on \\d+$").expect("regex");
+        let mut line = Vec::new();
+        assert!(!scan_lines(&mut line, b"booting\nlisten", &p));
+        assert!(!scan_lines(&mut line, b"ing on ", &p));
+        assert!(scan_lines(&mut line, b"8080\r\nmore", &p));
+        assert_eq!(line, b"more");
+    }
+}

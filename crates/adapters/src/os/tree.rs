@@ -1,0 +1,137 @@
+//! Finding and signalling every process of a record's tree, including those
+//! that left its process group (`setsid`, double fork).
+//!
+//! Every child bpm starts carries `BPM_PROCESS_ID=<id>` in its environment,
+//! and descendants inherit it. A stop therefore signals the process group,
+//! then every process whose environment carries the mark or whose parent
+//! chain leads to the leader. Each is signalled through a pidfd opened after
+//! checking its start time, so a recycled pid is never signalled.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+
+use rustix::process::{Pid, PidfdFlags, Signal as OsSignal, pidfd_open, pidfd_send_signal};
+
+/// The environment mark every process bpm starts carries.
+pub(crate) const MARK: &str = "BPM_PROCESS_ID";
+
+/// One process seen in /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
+    /// Start time in clock ticks since boot: with the pid, the process's identity.
+    pub(crate) start: u64,
+    pub(crate) state: char,
+}
+
+/// Parses `/proc/PID/stat`. The command name may hold spaces and parentheses,
+/// so fields are counted from the last `)`.
+pub(crate) fn stat(pid: u32) -> Option<Seen> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(Seen {
+        pid,
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+fn carries_mark(pid: u32, needle: &[u8]) -> bool {
+    fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle))
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every live process of the tree of record `id`: marked with the record's id,
+/// or descended from `leader` (given only while the leader is unreaped, so
+/// its pid cannot have been reused). Zombies are left out.
+pub(crate) fn members(id: &str, leader: Option<u32>) -> Vec<Seen> {
+    let needle = format!("{MARK}={id}").into_bytes();
+    let own = std::process::id();
+    let seen: HashMap<u32, Seen> = all_pids()
+        .into_iter()
+        .filter_map(stat)
+        .map(|s| (s.pid, s))
+        .collect();
+    let mut members: HashSet<u32> = seen
+        .values()
+        .filter(|s| {
+            s.pid != own
+                && s.state != 'Z'
+                && (Some(s.pid) == leader || carries_mark(s.pid, &needle))
+        })
+        .map(|s| s.pid)
+        .collect();
+    // Descendants that cleared their environment still have the leader as an ancestor.
+    loop {
+        let before = members.len();
+        for s in seen.values() {
+            if s.state != 'Z' && s.pid != own && members.contains(&s.ppid) {
+                members.insert(s.pid);
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    members
+        .into_iter()
+        .filter_map(|p| seen.get(&p).copied())
+        .collect()
+}
+
+/// Signals one process, only if it is still the one seen (same start time).
+pub(crate) fn signal_seen(process: Seen, signal: i32) {
+    let Some(pid) = Pid::from_raw(i32::try_from(process.pid).unwrap_or(0)) else {
+        return;
+    };
+    let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) else {
+        return;
+    };
+    // The pidfd pins the process; if the pid was recycled since the scan, the start time differs.
+    if stat(process.pid).is_some_and(|now| now.start == process.start) {
+        if let Some(sig) = os_signal(signal) {
+            let _ = pidfd_send_signal(&fd, sig);
+        }
+    }
+}
+
+/// The OS signal for a signal number bpm sends.
+pub(crate) fn os_signal(n: i32) -> Option<OsSignal> {
+    Some(match n {
+        1 => OsSignal::HUP,
+        2 => OsSignal::INT,
+        3 => OsSignal::QUIT,
+        9 => OsSignal::KILL,
+        10 => OsSignal::USR1,
+        12 => OsSignal::USR2,
+        15 => OsSignal::TERM,
+        18 => OsSignal::CONT,
+        19 => OsSignal::STOP,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_stat() {
+        let me = stat(std::process::id()).expect("own stat");
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.start > 0);
+        assert!(matches!(me.state, 'R' | 'S'));
+    }
+}
