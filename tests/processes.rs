@@ -294,7 +294,8 @@ async fn a_cursor_reads_everything_once_while_output_grows() {
         }
         tokio::time::sleep(Duration::from_millis(7)).await;
     }
-    let expected: String = (1..=60).map(|i| format!("line {i}\n")).collect();
+    let expected: Vec<String> = (1..=60).map(|i| format!("line {i}")).collect();
+    let expected = expected.join("\n") + "\n";
     assert_eq!(String::from_utf8(seen).expect("utf-8"), expected);
 }
 
@@ -549,7 +550,7 @@ async fn a_thousand_processes_leak_no_descriptor_and_leave_no_zombie() {
             }
             for id in ids {
                 let r = bpm
-                    .wait(id, Some(Duration::from_secs(60)))
+                    .wait(id, Some(Duration::from_mins(1)))
                     .await
                     .expect("ends");
                 assert_eq!(r.state(), StateName::Completed);
@@ -568,4 +569,33 @@ async fn a_thousand_processes_leak_no_descriptor_and_leave_no_zombie() {
         open_fds()
     );
     assert_eq!(zombie_children(), zombies, "zombie children");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_leads_its_own_session_and_group_with_default_signals() {
+    let (bpm, _dir) = engine().await;
+    let r = bpm
+        .start(ProcessSpec::argv(["sleep", "30"]))
+        .await
+        .expect("start");
+    let pid = r.pid().expect("pid");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split_whitespace()
+        .collect();
+    // Fields after the name: state, ppid, pgrp, session.
+    assert_eq!(fields[2], pid.to_string(), "process group");
+    assert_eq!(fields[3], pid.to_string(), "session");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let ignored = status
+        .lines()
+        .find(|l| l.starts_with("SigIgn:"))
+        .expect("SigIgn");
+    let mask =
+        u64::from_str_radix(ignored.split_whitespace().nth(1).expect("mask"), 16).expect("hex");
+    // Signals 1 to 31 (SIGPIPE above all, which Rust programs ignore) are back to their defaults.
+    assert_eq!(mask & 0x7fff_ffff, 0, "ignored standard signals: {mask:#x}");
+    bpm.stop(r.id(), StopOptions::default())
+        .await
+        .expect("stop");
 }

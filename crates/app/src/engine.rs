@@ -515,8 +515,7 @@ impl Driver {
                         }
                     }
                     Effect::Publish(mut event) => {
-                        if (matches!(event.kind, EventKind::Exited)
-                            || event.state.is_terminal() && event.exit.is_some())
+                        if event.kind == EventKind::Exited
                             && let Ok(tail) = self
                                 .ports
                                 .output

@@ -26,11 +26,12 @@ impl ProcessId {
         &self.0
     }
 
-    /// The first eight hex digits, as shown in tables.
+    /// The last eight hex digits, as shown in tables. A v7 id begins with its
+    /// creation time, so ids made together share their first digits; the last
+    /// ones are random.
     pub fn short(&self) -> String {
-        let mut s = self.0.simple().to_string();
-        s.truncate(8);
-        s
+        let s = self.0.simple().to_string();
+        s[s.len() - 8..].to_owned()
     }
 }
 
@@ -64,7 +65,7 @@ mod tests {
         let text = "0190f5b2-7c1e-7a3b-9c4d-1234567890ab";
         let id: ProcessId = text.parse().unwrap();
         assert_eq!(id.to_string(), text);
-        assert_eq!(id.short(), "0190f5b2");
+        assert_eq!(id.short(), "567890ab");
         let err = "nope".parse::<ProcessId>().unwrap_err();
         assert!(err.to_string().contains("\"nope\""));
     }

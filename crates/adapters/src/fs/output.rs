@@ -83,6 +83,23 @@ impl FileOutput {
         self.root.join(id.to_string())
     }
 
+    /// The log of a process that has written something; `None` (and nothing
+    /// cached) for one that has not, so reads of silent processes stay cheap.
+    fn existing_log(&self, id: ProcessId) -> io::Result<Option<Arc<Mutex<Log>>>> {
+        if let Some(log) = self
+            .logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(Some(log.clone()));
+        }
+        if !self.dir(id).exists() {
+            return Ok(None);
+        }
+        self.log(id).map(Some)
+    }
+
     fn log(&self, id: ProcessId) -> io::Result<Arc<Mutex<Log>>> {
         let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(log) = logs.get(&id) {
@@ -186,7 +203,7 @@ fn append_to(
     let n = data.len() as u64;
     match segment.runs.last_mut() {
         // Extending the last run keeps the index small; its length must fit the 4 bytes.
-        Some(run) if run.stream == stream && run.len + n <= u64::from(u32::MAX) => {
+        Some(run) if run.stream == stream && u32::try_from(run.len + n).is_ok() => {
             run.len += n;
             let idx = OpenOptions::new().write(true).open(&idx_path)?;
             let pos = (segment.runs.len() as u64 - 1) * RUN_BYTES + 1;
@@ -305,6 +322,10 @@ fn tail_of(dir: &Path, log: &Log, select: StreamSelect, lines: usize) -> io::Res
     }
 }
 
+fn unavailable(id: ProcessId, e: &io::Error) -> OutputError {
+    OutputError::Unavailable(format!("output of {id}: {e}"))
+}
+
 fn refused(id: ProcessId, e: &io::Error) -> OutputError {
     OutputError::Refused(format!("output of {id}: {e}"))
 }
@@ -329,9 +350,12 @@ impl OutputStore for FileOutput {
     }
 
     async fn read(&self, id: ProcessId, query: &OutputQuery) -> Result<OutputChunk, OutputError> {
-        let log = self
-            .log(id)
-            .map_err(|e| OutputError::Unavailable(format!("output of {id}: {e}")))?;
+        let Some(log) = self.existing_log(id).map_err(|e| unavailable(id, &e))? else {
+            return Ok(OutputChunk {
+                next: query.cursor.unwrap_or_default(),
+                ..OutputChunk::default()
+            });
+        };
         let (dir, query) = (self.dir(id), query.clone());
         tokio::task::spawn_blocking(move || {
             let log = log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -348,9 +372,9 @@ impl OutputStore for FileOutput {
         stream: StreamSelect,
         lines: usize,
     ) -> Result<OutputChunk, OutputError> {
-        let log = self
-            .log(id)
-            .map_err(|e| OutputError::Unavailable(format!("output of {id}: {e}")))?;
+        let Some(log) = self.existing_log(id).map_err(|e| unavailable(id, &e))? else {
+            return Ok(OutputChunk::default());
+        };
         let dir = self.dir(id);
         tokio::task::spawn_blocking(move || {
             let log = log.lock().unwrap_or_else(PoisonError::into_inner);

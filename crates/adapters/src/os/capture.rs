@@ -66,17 +66,19 @@ pub(crate) async fn pump(
             tracing::warn!(id = %watcher.id, error = %e, "output not kept");
         }
         watcher.activity.send_replace(Instant::now());
-        if let Some(pattern) = &watcher.pattern {
-            if !watcher.ready.load(Ordering::SeqCst) && scan_lines(&mut line, data, pattern) {
-                watcher.ready();
-            }
+        if let Some(pattern) = &watcher.pattern
+            && !watcher.ready.load(Ordering::SeqCst)
+            && scan_lines(&mut line, data, pattern)
+        {
+            watcher.ready();
         }
     }
     // A last line without a newline counts too.
-    if let Some(pattern) = &watcher.pattern {
-        if !line.is_empty() && pattern.is_match(&String::from_utf8_lossy(&line)) {
-            watcher.ready();
-        }
+    if let Some(pattern) = &watcher.pattern
+        && !line.is_empty()
+        && pattern.is_match(&String::from_utf8_lossy(&line))
+    {
+        watcher.ready();
     }
 }
 

@@ -4,12 +4,12 @@
 //! descendant (see [`tree`]).
 
 mod capture;
+mod spawn;
 mod tree;
 
 use std::collections::HashMap;
-use std::io;
-use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
+use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,9 +18,10 @@ use bpm_domain::{ExitStatus, ProcessId, ReadinessCheck, Signal, StdinMode};
 use bpm_ports::{
     OutputStore, ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned, Stream,
 };
-use rustix::process::{Pid, kill_process_group};
+use rustix::process::{Pid, WaitId, WaitIdOptions, WaitIdStatus, kill_process_group, waitid};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{ChildStdin, Command};
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
 /// The environment variable that carries a process's own record id.
@@ -56,7 +57,7 @@ struct Live {
     reaped: bool,
     /// Whether a terminating signal was sent: then the whole tree must end with the leader.
     stopping: bool,
-    stdin: Option<Arc<tokio::sync::Mutex<ChildStdin>>>,
+    stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
 }
 
 type LiveMap = Arc<Mutex<HashMap<ProcessId, Live>>>;
@@ -93,19 +94,11 @@ fn lock(live: &LiveMap) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Live>> {
     live.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn spawn_error(e: &io::Error, program: &str) -> SpawnError {
-    match e.kind() {
-        io::ErrorKind::NotFound => SpawnError::ProgramNotFound(program.to_owned()),
-        io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied(program.to_owned()),
-        _ => SpawnError::Os(format!("cannot start {program:?}: {e}")),
-    }
-}
-
-fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => ExitStatus::Code(code),
-        (None, Some(sig)) => ExitStatus::Signal(sig),
-        (None, None) => ExitStatus::Code(-1),
+fn exit_status(status: &WaitIdStatus) -> ExitStatus {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) if status.exited() => ExitStatus::Code(code),
+        (_, Some(sig)) => ExitStatus::Signal(sig),
+        _ => ExitStatus::Code(-1),
     }
 }
 
@@ -123,48 +116,58 @@ impl ProcessSpawner for OsSpawner {
             .argv
             .first()
             .ok_or_else(|| SpawnError::Invalid("empty argument vector".into()))?;
-        if let Some(cwd) = &request.cwd {
-            if !cwd.is_dir() {
-                return Err(SpawnError::CwdNotFound(cwd.clone()));
-            }
+        if let Some(cwd) = &request.cwd
+            && !cwd.is_dir()
+        {
+            return Err(SpawnError::CwdNotFound(cwd.clone()));
         }
-        let mut cmd = Command::new(program);
-        cmd.args(&request.argv[1..])
-            .envs(&request.env)
-            .env(tree::MARK, request.id.to_string())
-            .env("BPM_NODE", request.node.as_str())
-            .stdin(match request.stdin {
-                StdinMode::Closed => Stdio::null(),
-                StdinMode::Pipe => Stdio::piped(),
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !request.env.contains_key(k.to_string_lossy().as_ref()))
+            .filter(|(k, _)| !matches!(k.to_str(), Some(tree::MARK | "BPM_NODE" | "BPM_SESSION")))
+            .collect();
+        env.extend(request.env.iter().map(|(k, v)| (k.into(), v.into())));
+        env.push((tree::MARK.into(), request.id.to_string().into()));
+        env.push(("BPM_NODE".into(), request.node.as_str().into()));
         if let Some(session) = &request.session {
-            cmd.env("BPM_SESSION", session.as_str());
+            env.push(("BPM_SESSION".into(), session.as_str().into()));
         }
-        if let Some(cwd) = &request.cwd {
-            cmd.current_dir(cwd);
-        }
-        // SAFETY: the closure runs in the forked child before exec; setsid is a
-        // single async-signal-safe system call and touches no memory of the parent.
-        #[allow(unsafe_code)]
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::setsid()
-                    .map(|_| ())
-                    .map_err(io::Error::from)
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| spawn_error(&e, program))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| SpawnError::Os("the child exited before its pid was read".into()))?;
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        let resolved = spawn::resolve(program, path_var.as_ref()).map_err(|e| match e {
+            spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
+            spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),
+        })?;
+        let child = spawn::spawn(
+            &resolved,
+            &request.argv,
+            &env,
+            request.cwd.as_deref(),
+            request.stdin == StdinMode::Pipe,
+        )
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SpawnError::ProgramNotFound(program.clone()),
+            std::io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied(program.clone()),
+            std::io::ErrorKind::InvalidInput => SpawnError::Invalid(e.to_string()),
+            _ => SpawnError::Os(format!("cannot start {program:?}: {e}")),
+        })?;
+        let pid = child.pid;
         let id = request.id;
-        let stdin = child
-            .stdin
-            .take()
-            .map(|s| Arc::new(tokio::sync::Mutex::new(s)));
+        let os = |e: std::io::Error| SpawnError::Os(format!("cannot watch process {pid}: {e}"));
+        let stdin = match child.stdin {
+            Some(fd) => Some(Arc::new(tokio::sync::Mutex::new(
+                pipe::Sender::from_owned_fd(fd).map_err(os)?,
+            ))),
+            None => None,
+        };
+        let stdout = pipe::Receiver::from_owned_fd(child.stdout).map_err(os)?;
+        let stderr = pipe::Receiver::from_owned_fd(child.stderr).map_err(os)?;
+        // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
+        #[allow(unsafe_code)]
+        let pidfd =
+            unsafe { AsyncFd::register_with_interest(child.pidfd, tokio::io::Interest::READABLE) }
+                .map_err(|e| SpawnError::Os(format!("cannot watch process {pid}: {e}")))?;
         lock(&self.live).insert(
             id,
             Live {
@@ -184,23 +187,20 @@ impl ProcessSpawner for OsSpawner {
                 _ => None,
             },
         );
-        let mut pumps = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(capture::pump(
-                out,
+        let pumps = [
+            tokio::spawn(capture::pump(
+                stdout,
                 Stream::Stdout,
                 self.output.clone(),
                 watcher.clone(),
-            )));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(capture::pump(
-                err,
+            )),
+            tokio::spawn(capture::pump(
+                stderr,
                 Stream::Stderr,
                 self.output.clone(),
                 watcher.clone(),
-            )));
-        }
+            )),
+        ];
         if let ReadinessCheck::Port { port } = request.readiness {
             tokio::spawn(capture::wait_for_port(
                 port,
@@ -219,22 +219,12 @@ impl ProcessSpawner for OsSpawner {
 
         let (live, tx, config) = (self.live.clone(), self.tx.clone(), self.config.clone());
         tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => exit_status(status),
-                Err(e) => {
-                    tracing::error!(%id, pid, error = %e, "waiting for a child failed");
-                    ExitStatus::Code(-1)
-                }
-            };
+            let status = reap(&pidfd, &live, id).await;
             let _ = exited_tx.send(true);
-            let stopping = {
-                let mut map = lock(&live);
-                map.get_mut(&id).map(|l| {
-                    l.reaped = true;
-                    l.stdin = None;
-                    l.stopping
-                })
-            };
+            let stopping = lock(&live).get_mut(&id).map(|l| {
+                l.stdin = None;
+                l.stopping
+            });
             if stopping == Some(true) {
                 end_rest_of_tree(id, config.tree_grace).await;
             }
@@ -324,6 +314,38 @@ impl ProcessSpawner for OsSpawner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
+    }
+}
+
+/// Waits for the process behind `pidfd` to exit and reaps it. Reaping happens
+/// under the lock that `signal` takes, so the group is never signalled by a
+/// pid that was freed.
+async fn reap(pidfd: &AsyncFd<std::os::fd::OwnedFd>, live: &LiveMap, id: ProcessId) -> ExitStatus {
+    loop {
+        let mut ready = match pidfd.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot wait for a process");
+                return ExitStatus::Code(-1);
+            }
+        };
+        let mut map = lock(live);
+        match waitid(
+            WaitId::PidFd(pidfd.get_ref().as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(status)) => {
+                if let Some(l) = map.get_mut(&id) {
+                    l.reaped = true;
+                }
+                return exit_status(&status);
+            }
+            Ok(None) => ready.clear_ready(),
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot reap a process");
+                return ExitStatus::Code(-1);
+            }
+        }
     }
 }
 

@@ -100,10 +100,10 @@ pub(crate) fn signal_seen(process: Seen, signal: i32) {
         return;
     };
     // The pidfd pins the process; if the pid was recycled since the scan, the start time differs.
-    if stat(process.pid).is_some_and(|now| now.start == process.start) {
-        if let Some(sig) = os_signal(signal) {
-            let _ = pidfd_send_signal(&fd, sig);
-        }
+    if stat(process.pid).is_some_and(|now| now.start == process.start)
+        && let Some(sig) = os_signal(signal)
+    {
+        let _ = pidfd_send_signal(&fd, sig);
     }
 }
 
