@@ -214,15 +214,7 @@ async fn pause_and_resume_the_whole_tree() {
             .all(|p| matches!(proc_state(*p), Some('S' | 'R')))
     })
     .await;
-    bpm.stop(
-        r.id(),
-        StopOptions {
-            force: true,
-            grace: None,
-        },
-    )
-    .await
-    .expect("stop");
+    bpm.stop(r.id(), StopOptions::force()).await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,24 +368,8 @@ async fn readiness_by_log_pattern_and_by_port() {
         }
     })
     .await;
-    bpm.stop(
-        r.id(),
-        StopOptions {
-            force: true,
-            grace: None,
-        },
-    )
-    .await
-    .expect("stop");
-    bpm.stop(
-        p.id(),
-        StopOptions {
-            force: true,
-            grace: None,
-        },
-    )
-    .await
-    .expect("stop");
+    bpm.stop(r.id(), StopOptions::force()).await.expect("stop");
+    bpm.stop(p.id(), StopOptions::force()).await.expect("stop");
 }
 
 async fn until_async<F, Fut>(mut check: F)
@@ -428,15 +404,7 @@ async fn idleness_is_announced_when_output_stops() {
     .await
     .expect("an idle event");
     assert_eq!(idle.state, StateName::Running);
-    bpm.stop(
-        r.id(),
-        StopOptions {
-            force: true,
-            grace: None,
-        },
-    )
-    .await
-    .expect("stop");
+    bpm.stop(r.id(), StopOptions::force()).await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

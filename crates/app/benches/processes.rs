@@ -228,15 +228,7 @@ async fn memory(dir: &std::path::Path, n: usize) -> (u64, u64) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = own_memory_kib();
     for id in ids {
-        bpm.stop(
-            id,
-            StopOptions {
-                force: true,
-                grace: None,
-            },
-        )
-        .await
-        .expect("stop");
+        bpm.stop(id, StopOptions::force()).await.expect("stop");
     }
     (
         after.0.saturating_sub(before.0),

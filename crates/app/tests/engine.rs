@@ -334,13 +334,7 @@ async fn a_forced_stop_kills_at_once() {
         .expect("start");
     let end = h
         .engine
-        .stop(
-            r.id(),
-            StopOptions {
-                force: true,
-                grace: None,
-            },
-        )
+        .stop(r.id(), StopOptions::force())
         .await
         .expect("stop");
     assert_eq!(end.state(), StateName::Cancelled);
@@ -940,4 +934,30 @@ fn futures_lite<T>(f: impl Future<Output = T>) -> T {
         std::task::Poll::Ready(v) => v,
         std::task::Poll::Pending => panic!("the in-memory store does not wait"),
     }
+}
+
+#[tokio::test]
+async fn the_last_lines_can_be_read_within_a_byte_cap() {
+    let h = harness(Limits::default()).await;
+    let r = h
+        .engine
+        .start(fake(&["stdout=one", "stdout=two", "stderr=three"]))
+        .await
+        .expect("start");
+    h.until_state(r.id(), StateName::Completed).await;
+    let q = |lines, max_bytes| OutputQuery {
+        tail_lines: Some(lines),
+        max_bytes,
+        ..OutputQuery::default()
+    };
+    let last2 = h
+        .engine
+        .read_output(r.id(), q(2, 1 << 20))
+        .await
+        .expect("tail");
+    assert_eq!(last2.text(), "two\nthree\n");
+    assert!(!last2.truncated);
+    let capped = h.engine.read_output(r.id(), q(2, 7)).await.expect("tail");
+    assert_eq!(capped.text(), "\nthree\n", "the newest bytes are kept");
+    assert!(capped.truncated);
 }

@@ -18,6 +18,16 @@ pub struct StopOptions {
     pub grace: Option<Span>,
 }
 
+impl StopOptions {
+    /// KILL at once.
+    pub fn force() -> Self {
+        StopOptions {
+            force: true,
+            grace: None,
+        }
+    }
+}
+
 /// The answer to complete or fail: the record, and whether the call changed it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {

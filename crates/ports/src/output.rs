@@ -55,6 +55,8 @@ pub struct OutputQuery {
     pub cursor: Option<Cursor>,
     /// At most this many bytes of data in the answer.
     pub max_bytes: usize,
+    /// Instead of reading from the cursor, the last this many lines (at most `max_bytes`, the newest kept).
+    pub tail_lines: Option<usize>,
 }
 
 impl Default for OutputQuery {
@@ -63,6 +65,7 @@ impl Default for OutputQuery {
             stream: StreamSelect::Both,
             cursor: None,
             max_bytes: 1 << 20,
+            tail_lines: None,
         }
     }
 }

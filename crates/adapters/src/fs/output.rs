@@ -299,7 +299,7 @@ fn read_from(dir: &Path, log: &Log, query: &OutputQuery) -> io::Result<OutputChu
 }
 
 fn tail_of(dir: &Path, log: &Log, select: StreamSelect, lines: usize) -> io::Result<OutputChunk> {
-    // Read a window from the end, doubling it until it holds enough lines.
+    // Read a window from the end, growing it until it holds enough lines.
     let mut window: u64 = 64 * 1024;
     loop {
         let start = log.end.saturating_sub(window).max(log.kept_start());
@@ -307,6 +307,7 @@ fn tail_of(dir: &Path, log: &Log, select: StreamSelect, lines: usize) -> io::Res
             stream: select,
             cursor: Some(Cursor(start)),
             max_bytes: usize::MAX,
+            tail_lines: None,
         };
         let chunk = read_from(dir, log, &q)?;
         let pieces: Vec<&OutputPiece> = chunk.pieces.iter().collect();
