@@ -112,3 +112,42 @@ mod file_output {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+mod fs_store {
+    use super::*;
+    use bpm_adapters::fs::FsStore;
+    use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
+    use bpm_ports::StoreError;
+
+    /// A store that owns its temporary folder, so the folder goes when the test ends.
+    struct InTempDir(FsStore, tempfile::TempDir);
+
+    #[async_trait::async_trait]
+    impl ProcessStore for InTempDir {
+        async fn create(&self, r: &ProcessRecord) -> Result<(), StoreError> {
+            self.0.create(r).await
+        }
+        async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
+            self.0.get(id).await
+        }
+        async fn update(&self, r: &ProcessRecord, v: u64) -> Result<(), StoreError> {
+            self.0.update(r, v).await
+        }
+        async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
+            self.0.delete(id).await
+        }
+        async fn list(&self, f: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
+            self.0.list(f).await
+        }
+        async fn expire(&self, before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
+            self.0.expire(before).await
+        }
+    }
+
+    fn store() -> Arc<dyn ProcessStore> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Arc::new(InTempDir(FsStore::open(dir.path()).expect("store"), dir))
+    }
+
+    bpm_ports::store_contract_tests!(store());
+}

@@ -1,5 +1,7 @@
 //! Filesystem adapters: no server needed.
 
 mod output;
+mod store;
 
 pub use output::FileOutput;
+pub use store::FsStore;
