@@ -1,6 +1,11 @@
-//! Helpers shared by bpm's end-to-end tests.
+//! Helpers shared by bpm's end-to-end tests and benchmarks.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -8,4 +13,136 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ sits in the workspace root")
         .to_path_buf()
+}
+
+/// A `redis-server` of the tests' own, without persistence, on a free loopback
+/// port. A watchdog shell ends it when the test process ends, however it ends.
+pub struct RedisServer {
+    port: u16,
+    pid: Mutex<u32>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl RedisServer {
+    /// Starts a server. Panics with what to do when `redis-server` is missing:
+    /// Redis tests never skip silently.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let server = RedisServer {
+            port,
+            pid: Mutex::new(0),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&self) {
+        let found = Command::new("sh")
+            .args(["-c", "command -v redis-server"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "redis-server is not installed: install it (apt-get install redis-server) or set REDIS_URL to a Redis to test against"
+        );
+        let script = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --protected-mode no --loglevel warning >/dev/null 2>&1 & r=$!; \
+             echo $r; while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; kill -9 $r 2>/dev/null",
+            port = self.port,
+            parent = std::process::id()
+        );
+        let mut watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the redis-server watchdog");
+        let mut line = String::new();
+        BufReader::new(watchdog.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("redis pid");
+        *self.pid.lock().unwrap_or_else(PoisonError::into_inner) =
+            line.trim().parse().expect("a pid");
+        // The watchdog reaps itself when it ends; nothing waits for it here.
+        std::mem::forget(watchdog);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !answers_ping(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        *self.pid.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Kills the server (its data goes with it: there is no persistence).
+    pub fn kill(&self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while answers_ping(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&self) {
+        self.launch();
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: it keeps its data but answers nothing meanwhile.
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let _ = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status();
+    }
+}
+
+/// The Redis to test against: `REDIS_URL` if set, else one server started for this test binary.
+pub fn redis_url() -> String {
+    static SHARED: OnceLock<RedisServer> = OnceLock::new();
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return url;
+    }
+    SHARED.get_or_init(RedisServer::start).url()
+}
+
+/// A key prefix no other test uses, so tests share one server without meeting.
+pub fn unique_prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

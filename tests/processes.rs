@@ -567,3 +567,52 @@ async fn each_process_leads_its_own_session_and_group_with_default_signals() {
         .await
         .expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_filesystem_store_records_and_output_survive_a_new_engine() {
+    use bpm::wiring::{StoreChoice, engine_on, open_stores};
+    let home = tempfile::tempdir().expect("home");
+    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20)
+        .await
+        .expect("stores");
+    let bpm = engine_on(store, output, EngineConfig::default())
+        .await
+        .expect("engine");
+    let done = finish(&bpm, sh("echo kept on disk; exit 3")).await;
+    let op = bpm
+        .track(ProcessSpec::tracked("migration".parse().expect("name")))
+        .await
+        .expect("track");
+    let live = bpm
+        .start(ProcessSpec::argv(["sleep", "30"]))
+        .await
+        .expect("start");
+    bpm.shutdown().await;
+    drop(bpm);
+    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20)
+        .await
+        .expect("reopen");
+    let bpm = engine_on(store, output, EngineConfig::default())
+        .await
+        .expect("engine");
+    let again = bpm.get(done.id()).await.expect("record kept");
+    assert_eq!(again, done);
+    assert_eq!(again.lifecycle().exit(), Some(ExitStatus::Code(3)));
+    let text = bpm
+        .read_output(done.id(), OutputQuery::default())
+        .await
+        .expect("output")
+        .text();
+    assert_eq!(text, "kept on disk\n");
+    assert_eq!(
+        bpm.get(op.id()).await.expect("op").state(),
+        StateName::Running
+    );
+    // No supervisor held on to the sleep, so its record says so rather than lying.
+    let lost = bpm.get(live.id()).await.expect("record");
+    assert_eq!(lost.state(), StateName::Lost);
+    let pid = live.pid().expect("pid");
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+}

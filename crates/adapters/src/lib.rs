@@ -1,6 +1,7 @@
 //! bpm's adapters: implementations of the ports.
 //!
 //! - [`fs`]: output in capped files.
+//! - [`redis`]: records and output in Redis, shared by many nodes.
 //! - [`memory`]: the in-memory store, output store and event bus (tests, embedding).
 //! - [`clock`]: the system clock and a manual clock for tests.
 //! - [`ids`]: UUID v7 ids.
@@ -13,4 +14,6 @@ pub mod fs;
 pub mod ids;
 pub mod memory;
 pub mod os;
+pub mod redis;
+mod segments;
 mod tail;

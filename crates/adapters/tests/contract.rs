@@ -120,7 +120,7 @@ mod fs_store {
     use bpm_ports::StoreError;
 
     /// A store that owns its temporary folder, so the folder goes when the test ends.
-    struct InTempDir(FsStore, tempfile::TempDir);
+    struct InTempDir(FsStore, #[allow(dead_code)] tempfile::TempDir);
 
     #[async_trait::async_trait]
     impl ProcessStore for InTempDir {

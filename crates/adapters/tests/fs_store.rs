@@ -3,7 +3,9 @@
 //! processes, and clear errors that leave it readable.
 
 use bpm_adapters::fs::FsStore;
-use bpm_domain::{ListFilter, NodeId, ProcessId, ProcessRecord, ProcessSpec, StateName, Timestamp, Transition};
+use bpm_domain::{
+    ListFilter, NodeId, ProcessId, ProcessRecord, ProcessSpec, StateName, Timestamp, Transition,
+};
 use bpm_ports::{ProcessStore, StoreError};
 
 fn record(n: u128) -> ProcessRecord {
@@ -21,7 +23,8 @@ async fn records_survive_a_reopen() {
     let store = FsStore::open(dir.path()).expect("open");
     let mut r = record(1);
     store.create(&r).await.expect("create");
-    r.apply(Transition::Start, Timestamp::from_millis(2)).expect("start");
+    r.apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
     store.update(&r, 1).await.expect("update");
     drop(store);
     let again = FsStore::open(dir.path()).expect("reopen");
@@ -39,17 +42,30 @@ async fn corrupt_and_half_written_files_are_quarantined_not_fatal() {
     let victim = dir.path().join(format!("{}.json", record(2).id()));
     let full = std::fs::read(&victim).expect("read");
     std::fs::write(&victim, &full[..full.len() / 2]).expect("truncate");
-    std::fs::write(dir.path().join(format!("{}.tmp", record(3).id())), b"{\"half").expect("tmp");
+    std::fs::write(
+        dir.path().join(format!("{}.tmp", record(3).id())),
+        b"{\"half",
+    )
+    .expect("tmp");
     std::fs::write(dir.path().join("garbage.json"), b"not json").expect("garbage");
     let store = FsStore::open(dir.path()).expect("a corrupt file never stops the store");
-    let ids: Vec<_> = store.list(&ListFilter::default()).await.expect("list").iter().map(ProcessRecord::id).collect();
+    let ids: Vec<_> = store
+        .list(&ListFilter::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(ProcessRecord::id)
+        .collect();
     assert_eq!(ids, [record(1).id()], "the rest is kept");
     let quarantined: Vec<_> = std::fs::read_dir(dir.path().join("quarantine"))
         .expect("quarantine")
         .map(|e| e.expect("entry").file_name().into_string().expect("name"))
         .collect();
     assert_eq!(quarantined.len(), 2, "{quarantined:?}");
-    assert!(!dir.path().join(format!("{}.tmp", record(3).id())).exists(), "unfinished writes are cleared");
+    assert!(
+        !dir.path().join(format!("{}.tmp", record(3).id())).exists(),
+        "unfinished writes are cleared"
+    );
     // The quarantined id can be written again.
     store.create(&record(2)).await.expect("create again");
 }
@@ -58,18 +74,37 @@ async fn corrupt_and_half_written_files_are_quarantined_not_fatal() {
 async fn a_second_writer_is_refused_and_readers_see_whole_records() {
     let dir = tempfile::tempdir().expect("dir");
     let writer = FsStore::open(dir.path()).expect("open");
-    let err = FsStore::open(dir.path()).err().expect("a second writer must be refused");
-    assert!(err.to_string().contains("another process is writing to this store"), "{err}");
+    let err = FsStore::open(dir.path())
+        .err()
+        .expect("a second writer must be refused");
+    assert!(
+        err.to_string()
+            .contains("another process is writing to this store"),
+        "{err}"
+    );
     let reader = FsStore::open_read_only(dir.path()).expect("reader");
     let mut r = record(5);
     writer.create(&r).await.expect("create");
     assert_eq!(reader.get(r.id()).await.expect("get"), r);
-    r.apply(Transition::Start, Timestamp::from_millis(2)).expect("start");
+    r.apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
     writer.update(&r, 1).await.expect("update");
-    let listed = reader.list(&ListFilter { states: vec![StateName::Starting], ..ListFilter::default() }).await.expect("list");
+    let listed = reader
+        .list(&ListFilter {
+            states: vec![StateName::Starting],
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list");
     assert_eq!(listed, vec![r.clone()]);
-    assert!(matches!(reader.create(&record(6)).await, Err(StoreError::Refused(_))));
-    assert_eq!(reader.get(record(9).id()).await, Err(StoreError::NotFound(record(9).id())));
+    assert!(matches!(
+        reader.create(&record(6)).await,
+        Err(StoreError::Refused(_))
+    ));
+    assert_eq!(
+        reader.get(record(9).id()).await,
+        Err(StoreError::NotFound(record(9).id()))
+    );
     drop(writer);
     FsStore::open(dir.path()).expect("the lock goes with its writer");
 }
@@ -84,8 +119,22 @@ async fn a_failing_disk_gives_a_clear_error_and_the_store_stays_readable() {
     // Pull the folder from under the store (as a lost mount or a full disk would).
     std::fs::rename(&store_dir, dir.path().join("moved")).expect("move");
     std::fs::write(&store_dir, b"not a folder").expect("block the path");
-    let err = store.create(&record(2)).await.expect_err("the write must fail");
-    assert!(matches!(&err, StoreError::Refused(msg) if msg.contains(&record(2).id().to_string())), "{err}");
+    let err = store
+        .create(&record(2))
+        .await
+        .expect_err("the write must fail");
+    assert!(
+        matches!(&err, StoreError::Refused(msg) if msg.contains(&record(2).id().to_string())),
+        "{err}"
+    );
     assert_eq!(store.get(r.id()).await.expect("still readable"), r);
-    assert_eq!(store.list(&ListFilter::default()).await.expect("list").len(), 1, "nothing half-added");
+    assert_eq!(
+        store
+            .list(&ListFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        1,
+        "nothing half-added"
+    );
 }

@@ -421,6 +421,7 @@ impl Driver {
         mut notices: mpsc::UnboundedReceiver<ProcessNotice>,
     ) {
         let mut notices_open = true;
+        let mut finished = None;
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -433,7 +434,7 @@ impl Driver {
                         let _ = self.step(Input::TimerFired(timer)).await;
                     }
                     Some(Msg::Shutdown(done)) => {
-                        let _ = done.send(());
+                        finished = Some(done);
                         break;
                     }
                     None => break,
@@ -456,6 +457,11 @@ impl Driver {
         }
         for (_, timer) in self.timers.drain() {
             timer.abort();
+        }
+        // Release the ports (and the store's lock) before saying the loop is gone.
+        drop(self);
+        if let Some(done) = finished {
+            let _ = done.send(());
         }
     }
 

@@ -48,6 +48,18 @@ pub async fn os_engine(
             bpm_ports::OutputError::Refused(format!("{}: {e}", output_dir.display()))
         })?,
     );
+    engine_on(store, output, config).await
+}
+
+/// An engine that runs real OS processes on the given stores.
+///
+/// # Errors
+/// As [`Engine::start`].
+pub async fn engine_on(
+    store: Arc<dyn ProcessStore>,
+    output: Arc<dyn OutputStore>,
+    config: EngineConfig,
+) -> Result<Engine, ManagerError> {
     let ports = Ports {
         store,
         output: output.clone(),
@@ -62,4 +74,74 @@ pub async fn os_engine(
 /// An in-memory store, for [`os_engine`] until a persistent store is chosen.
 pub fn memory_store() -> Arc<dyn ProcessStore> {
     Arc::new(InMemoryStore::new())
+}
+
+/// Where records and output live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// In memory: gone when the process ends (tests, embedding).
+    Memory,
+    /// Files under the state directory (the default: no server needed).
+    Filesystem,
+    /// A Redis shared by many nodes, at this URL (`redis://` or `rediss://`).
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "memory" => Ok(StoreChoice::Memory),
+            "fs" | "filesystem" => Ok(StoreChoice::Filesystem),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Ok(StoreChoice::Redis(url.to_owned()))
+            }
+            other => Err(format!(
+                "invalid store {other:?}: expected fs, memory, or a redis:// or rediss:// URL"
+            )),
+        }
+    }
+}
+
+/// The state directory: `BPM_HOME`, else `$XDG_STATE_HOME/bpm`, else `~/.local/state/bpm`.
+pub fn state_dir() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("BPM_HOME") {
+        return home.into();
+    }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return std::path::PathBuf::from(xdg).join("bpm");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    std::path::PathBuf::from(home).join(".local/state/bpm")
+}
+
+/// Opens the record store and the output store for `choice`: files go under
+/// `home` (`records/`, `output/`); Redis keys under `bpm:{prefix}:`.
+///
+/// # Errors
+/// What the chosen store says when it cannot be opened.
+pub async fn open_stores(
+    choice: &StoreChoice,
+    home: &Path,
+    prefix: &str,
+    output_cap: u64,
+) -> Result<(Arc<dyn ProcessStore>, Arc<dyn OutputStore>), ManagerError> {
+    Ok(match choice {
+        StoreChoice::Memory => (
+            Arc::new(InMemoryStore::new()),
+            Arc::new(InMemoryOutput::new(output_cap)),
+        ),
+        StoreChoice::Filesystem => {
+            let store = bpm_adapters::fs::FsStore::open(home.join("records"))?;
+            let output_dir = home.join("output");
+            let output = FileOutput::new(&output_dir, output_cap).map_err(|e| {
+                bpm_ports::OutputError::Refused(format!("{}: {e}", output_dir.display()))
+            })?;
+            (Arc::new(store), Arc::new(output))
+        }
+        StoreChoice::Redis(url) => (
+            Arc::new(bpm_adapters::redis::RedisStore::connect(url, prefix).await?),
+            Arc::new(bpm_adapters::redis::RedisOutput::connect(url, prefix, output_cap).await?),
+        ),
+    })
 }

@@ -16,52 +16,20 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::segments::{
+    RUN_BYTES, Run, Segment, SegmentedLog, parse_runs, plan_read, stream_byte, tail_windows,
+};
 use async_trait::async_trait;
 use bpm_domain::ProcessId;
 use bpm_ports::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
 };
 
-const RUN_BYTES: u64 = 5;
-
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    stream: Stream,
-    /// Offset within the segment.
-    at: u64,
-    len: u64,
-}
-
-#[derive(Debug)]
-struct Segment {
-    start: u64,
-    runs: Vec<Run>,
-}
-
-impl Segment {
-    fn len(&self) -> u64 {
-        self.runs.last().map_or(0, |r| r.at + r.len)
-    }
-}
-
-/// What is known of one process's output: its segments, oldest first.
-#[derive(Debug, Default)]
-struct Log {
-    segments: Vec<Segment>,
-    end: u64,
-}
-
-impl Log {
-    fn kept_start(&self) -> u64 {
-        self.segments.first().map_or(self.end, |s| s.start)
-    }
-}
-
 /// Output kept in capped files under a folder.
 pub struct FileOutput {
     root: PathBuf,
     cap: u64,
-    logs: Mutex<HashMap<ProcessId, Arc<Mutex<Log>>>>,
+    logs: Mutex<HashMap<ProcessId, Arc<Mutex<SegmentedLog>>>>,
 }
 
 impl FileOutput {
@@ -85,7 +53,7 @@ impl FileOutput {
 
     /// The log of a process that has written something; `None` (and nothing
     /// cached) for one that has not, so reads of silent processes stay cheap.
-    fn existing_log(&self, id: ProcessId) -> io::Result<Option<Arc<Mutex<Log>>>> {
+    fn existing_log(&self, id: ProcessId) -> io::Result<Option<Arc<Mutex<SegmentedLog>>>> {
         if let Some(log) = self
             .logs
             .lock()
@@ -100,7 +68,7 @@ impl FileOutput {
         self.log(id).map(Some)
     }
 
-    fn log(&self, id: ProcessId) -> io::Result<Arc<Mutex<Log>>> {
+    fn log(&self, id: ProcessId) -> io::Result<Arc<Mutex<SegmentedLog>>> {
         let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(log) = logs.get(&id) {
             return Ok(log.clone());
@@ -115,15 +83,8 @@ fn seg_path(dir: &Path, start: u64, ext: &str) -> PathBuf {
     dir.join(format!("{start:016x}.{ext}"))
 }
 
-fn stream_byte(s: Stream) -> u8 {
-    match s {
-        Stream::Stdout => 1,
-        Stream::Stderr => 2,
-    }
-}
-
 /// Reads a process's segments back from disk (after a restart).
-fn load(dir: &Path) -> io::Result<Log> {
+fn load(dir: &Path) -> io::Result<SegmentedLog> {
     let mut starts: Vec<u64> = match fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| {
@@ -135,26 +96,11 @@ fn load(dir: &Path) -> io::Result<Log> {
         Err(e) => return Err(e),
     };
     starts.sort_unstable();
-    let mut log = Log::default();
+    let mut log = SegmentedLog::default();
     for start in starts {
         let idx = fs::read(seg_path(dir, start, "idx"))?;
         let data_len = fs::metadata(seg_path(dir, start, "data")).map_or(0, |m| m.len());
-        let mut runs = Vec::new();
-        let mut at = 0;
-        for entry in idx.chunks_exact(5) {
-            let stream = if entry[0] == 2 {
-                Stream::Stderr
-            } else {
-                Stream::Stdout
-            };
-            let len = u64::from(u32::from_le_bytes([entry[1], entry[2], entry[3], entry[4]]));
-            // A run the data file does not fully hold (a crash between the two writes) is cut to what is there.
-            let len = len.min(data_len.saturating_sub(at));
-            if len > 0 {
-                runs.push(Run { stream, at, len });
-            }
-            at += len;
-        }
+        let runs = parse_runs(&idx, data_len);
         let segment = Segment { start, runs };
         log.end = start + segment.len();
         log.segments.push(segment);
@@ -164,7 +110,7 @@ fn load(dir: &Path) -> io::Result<Log> {
 
 fn append_to(
     dir: &Path,
-    log: &mut Log,
+    log: &mut SegmentedLog,
     cap: u64,
     stream: Stream,
     mut data: &[u8],
@@ -236,73 +182,44 @@ fn append_to(
     Ok(())
 }
 
-fn read_range(file: &mut File, at: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    file.seek(SeekFrom::Start(at))?;
-    file.read_exact(&mut buf)?;
-    Ok(buf)
-}
-
-fn read_from(dir: &Path, log: &Log, query: &OutputQuery) -> io::Result<OutputChunk> {
-    let requested = query.cursor.map_or(log.kept_start(), |c| c.0);
-    if requested >= log.end {
-        return Ok(OutputChunk {
-            next: Cursor(requested.max(log.end)),
-            ..OutputChunk::default()
+fn read_from(dir: &Path, log: &SegmentedLog, query: &OutputQuery) -> io::Result<OutputChunk> {
+    let plan = plan_read(log, query);
+    let mut pieces = Vec::with_capacity(plan.fetches.len());
+    let mut open: Option<(u64, File)> = None;
+    for f in &plan.fetches {
+        let file = match &mut open {
+            Some((start, file)) if *start == f.segment => file,
+            _ => {
+                &mut open
+                    .insert((f.segment, File::open(seg_path(dir, f.segment, "data"))?))
+                    .1
+            }
+        };
+        let mut data = vec![0u8; usize::try_from(f.len).unwrap_or(usize::MAX)];
+        file.seek(SeekFrom::Start(f.at))?;
+        file.read_exact(&mut data)?;
+        pieces.push(OutputPiece {
+            stream: f.stream,
+            offset: f.offset,
+            data,
         });
     }
-    let from = requested.max(log.kept_start());
-    let mut chunk = OutputChunk {
-        skipped: from - requested,
-        next: Cursor(log.end),
-        ..OutputChunk::default()
-    };
-    let mut budget = query.max_bytes as u64;
-    for segment in &log.segments {
-        if segment.start + segment.len() <= from {
-            continue;
-        }
-        let mut file = None;
-        for run in &segment.runs {
-            let run_start = segment.start + run.at;
-            if run_start + run.len <= from || !query.stream.includes(run.stream) {
-                continue;
-            }
-            let skip = from.saturating_sub(run_start);
-            let want = run.len - skip;
-            let take = want.min(budget);
-            if take > 0 {
-                let f = match &mut file {
-                    Some(f) => f,
-                    None => file.insert(File::open(seg_path(dir, segment.start, "data"))?),
-                };
-                let data = read_range(
-                    f,
-                    run.at + skip,
-                    usize::try_from(take).unwrap_or(usize::MAX),
-                )?;
-                chunk.pieces.push(OutputPiece {
-                    stream: run.stream,
-                    offset: run_start + skip,
-                    data,
-                });
-            }
-            budget -= take;
-            if take < want {
-                chunk.next = Cursor(run_start + skip + take);
-                chunk.truncated = true;
-                return Ok(chunk);
-            }
-        }
-    }
-    Ok(chunk)
+    Ok(OutputChunk {
+        pieces,
+        next: plan.next,
+        skipped: plan.skipped,
+        truncated: plan.truncated,
+    })
 }
 
-fn tail_of(dir: &Path, log: &Log, select: StreamSelect, lines: usize) -> io::Result<OutputChunk> {
-    // Read a window from the end, growing it until it holds enough lines.
-    let mut window: u64 = 64 * 1024;
-    loop {
-        let start = log.end.saturating_sub(window).max(log.kept_start());
+fn tail_of(
+    dir: &Path,
+    log: &SegmentedLog,
+    select: StreamSelect,
+    lines: usize,
+) -> io::Result<OutputChunk> {
+    let mut tail = Vec::new();
+    for start in tail_windows(log) {
         let q = OutputQuery {
             stream: select,
             cursor: Some(Cursor(start)),
@@ -311,16 +228,17 @@ fn tail_of(dir: &Path, log: &Log, select: StreamSelect, lines: usize) -> io::Res
         };
         let chunk = read_from(dir, log, &q)?;
         let pieces: Vec<&OutputPiece> = chunk.pieces.iter().collect();
-        let (tail, found) = crate::tail::last_lines(&pieces, lines);
-        if found || start == log.kept_start() {
-            return Ok(OutputChunk {
-                pieces: tail,
-                next: Cursor(log.end),
-                ..OutputChunk::default()
-            });
+        let (last, found) = crate::tail::last_lines(&pieces, lines);
+        tail = last;
+        if found {
+            break;
         }
-        window *= 4;
     }
+    Ok(OutputChunk {
+        pieces: tail,
+        next: Cursor(log.end),
+        ..OutputChunk::default()
+    })
 }
 
 fn unavailable(id: ProcessId, e: &io::Error) -> OutputError {

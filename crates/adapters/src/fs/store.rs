@@ -56,24 +56,39 @@ fn record_path(dir: &Path, id: ProcessId) -> PathBuf {
 
 /// Reads every record file; unreadable ones are moved to `quarantine` (when
 /// given) with a warning, never dropped silently and never fatal.
-fn load_all(dir: &Path, quarantine: Option<&Path>) -> Result<BTreeMap<ProcessId, ProcessRecord>, StoreError> {
+fn load_all(
+    dir: &Path,
+    quarantine: Option<&Path>,
+) -> Result<BTreeMap<ProcessId, ProcessRecord>, StoreError> {
     let mut records = BTreeMap::new();
     let entries = fs::read_dir(dir).map_err(|e| unavailable(dir, &e))?;
     for entry in entries {
         let path = entry.map_err(|e| unavailable(dir, &e))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if name.ends_with(".tmp") {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "tmp") {
             // A write that never reached its rename: the record's previous version stands.
             if quarantine.is_some() {
                 let _ = fs::remove_file(&path);
             }
             continue;
         }
-        let Some(stem) = name.strip_suffix(".json") else { continue };
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
         let parsed = fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<ProcessRecord>(&bytes).map_err(|e| e.to_string()))
-            .and_then(|r| if r.id().to_string() == stem { Ok(r) } else { Err(format!("it holds record {}", r.id())) });
+            .and_then(|bytes| {
+                serde_json::from_slice::<ProcessRecord>(&bytes).map_err(|e| e.to_string())
+            })
+            .and_then(|r| {
+                if r.id().to_string() == stem {
+                    Ok(r)
+                } else {
+                    Err(format!("it holds record {}", r.id()))
+                }
+            });
         match parsed {
             Ok(record) => {
                 records.insert(record.id(), record);
@@ -84,7 +99,9 @@ fn load_all(dir: &Path, quarantine: Option<&Path>) -> Result<BTreeMap<ProcessId,
                     tracing::warn!(file = %path.display(), moved_to = %to.display(), reason = %why, "corrupt record quarantined");
                     let _ = fs::rename(&path, &to);
                 }
-                None => tracing::warn!(file = %path.display(), reason = %why, "unreadable record skipped"),
+                None => {
+                    tracing::warn!(file = %path.display(), reason = %why, "unreadable record skipped");
+                }
             },
         }
     }
@@ -99,9 +116,14 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 fn write_atomically(dir: &Path, record: &ProcessRecord) -> Result<(), StoreError> {
     let path = record_path(dir, record.id());
     let tmp = dir.join(format!("{}.tmp", record.id()));
-    let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
+    let bytes = serde_json::to_vec(record)
+        .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
     let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
@@ -124,14 +146,26 @@ impl FsStore {
         let quarantine = dir.join("quarantine");
         fs::create_dir_all(&quarantine).map_err(|e| refused(&quarantine, &e))?;
         let lock_path = dir.join(".writer.lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| refused(&lock_path, &e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| refused(&lock_path, &e))?;
         flock(&lock, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            StoreError::Refused(format!("{}: another process is writing to this store", dir.display()))
+            StoreError::Refused(format!(
+                "{}: another process is writing to this store",
+                dir.display()
+            ))
         })?;
         let cache = load_all(&dir, Some(&quarantine))?;
         Ok(FsStore {
             dir,
-            mode: Mode::Writer { cache: Arc::new(RwLock::new(cache)), _lock: lock, writing: tokio::sync::Mutex::new(()) },
+            mode: Mode::Writer {
+                cache: Arc::new(RwLock::new(cache)),
+                _lock: lock,
+                writing: tokio::sync::Mutex::new(()),
+            },
         })
     }
 
@@ -142,7 +176,10 @@ impl FsStore {
     pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         fs::read_dir(&dir).map_err(|e| unavailable(&dir, &e))?;
-        Ok(FsStore { dir, mode: Mode::Reader })
+        Ok(FsStore {
+            dir,
+            mode: Mode::Reader,
+        })
     }
 
     /// The folder.
@@ -155,7 +192,9 @@ impl FsStore {
         f: impl FnOnce(PathBuf) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || f(dir)).await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(dir))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     fn read_only() -> StoreError {
@@ -163,7 +202,10 @@ impl FsStore {
     }
 }
 
-fn list_from(records: &BTreeMap<ProcessId, ProcessRecord>, filter: &ListFilter) -> Vec<ProcessRecord> {
+fn list_from(
+    records: &BTreeMap<ProcessId, ProcessRecord>,
+    filter: &ListFilter,
+) -> Vec<ProcessRecord> {
     let start = filter.after.map_or(Bound::Unbounded, Bound::Excluded);
     records
         .range((start, Bound::Unbounded))
@@ -177,27 +219,44 @@ fn list_from(records: &BTreeMap<ProcessId, ProcessRecord>, filter: &ListFilter) 
 #[async_trait]
 impl ProcessStore for FsStore {
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else { return Err(Self::read_only()) };
+        let Mode::Writer { cache, writing, .. } = &self.mode else {
+            return Err(Self::read_only());
+        };
         let _turn = writing.lock().await;
-        if cache.read().unwrap_or_else(PoisonError::into_inner).contains_key(&record.id()) {
+        if cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&record.id())
+        {
             return Err(StoreError::AlreadyExists(record.id()));
         }
         let r = record.clone();
         self.blocking(move |dir| write_atomically(&dir, &r)).await?;
-        cache.write().unwrap_or_else(PoisonError::into_inner).insert(record.id(), record.clone());
+        cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(record.id(), record.clone());
         Ok(())
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
         match &self.mode {
-            Mode::Writer { cache, .. } => cache.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned().ok_or(StoreError::NotFound(id)),
+            Mode::Writer { cache, .. } => cache
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+                .cloned()
+                .ok_or(StoreError::NotFound(id)),
             Mode::Reader => {
                 self.blocking(move |dir| {
                     let path = record_path(&dir, id);
                     match fs::read(&path) {
-                        Ok(bytes) => serde_json::from_slice(&bytes)
-                            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display()))),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(id)),
+                        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                            StoreError::Unavailable(format!("{}: {e}", path.display()))
+                        }),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            Err(StoreError::NotFound(id))
+                        }
                         Err(e) => Err(unavailable(&path, &e)),
                     }
                 })
@@ -206,8 +265,14 @@ impl ProcessStore for FsStore {
         }
     }
 
-    async fn update(&self, record: &ProcessRecord, expected_version: u64) -> Result<(), StoreError> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else { return Err(Self::read_only()) };
+    async fn update(
+        &self,
+        record: &ProcessRecord,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        let Mode::Writer { cache, writing, .. } = &self.mode else {
+            return Err(Self::read_only());
+        };
         let _turn = writing.lock().await;
         let actual = cache
             .read()
@@ -216,18 +281,31 @@ impl ProcessStore for FsStore {
             .map(ProcessRecord::version)
             .ok_or(StoreError::NotFound(record.id()))?;
         if actual != expected_version {
-            return Err(StoreError::Conflict { id: record.id(), expected: expected_version, actual });
+            return Err(StoreError::Conflict {
+                id: record.id(),
+                expected: expected_version,
+                actual,
+            });
         }
         let r = record.clone();
         self.blocking(move |dir| write_atomically(&dir, &r)).await?;
-        cache.write().unwrap_or_else(PoisonError::into_inner).insert(record.id(), record.clone());
+        cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(record.id(), record.clone());
         Ok(())
     }
 
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else { return Err(Self::read_only()) };
+        let Mode::Writer { cache, writing, .. } = &self.mode else {
+            return Err(Self::read_only());
+        };
         let _turn = writing.lock().await;
-        if !cache.read().unwrap_or_else(PoisonError::into_inner).contains_key(&id) {
+        if !cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+        {
             return Err(StoreError::NotFound(id));
         }
         self.blocking(move |dir| {
@@ -236,16 +314,23 @@ impl ProcessStore for FsStore {
             sync_dir(&dir).map_err(|e| refused(&dir, &e))
         })
         .await?;
-        cache.write().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
         Ok(())
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
         match &self.mode {
-            Mode::Writer { cache, .. } => Ok(list_from(&cache.read().unwrap_or_else(PoisonError::into_inner), filter)),
+            Mode::Writer { cache, .. } => Ok(list_from(
+                &cache.read().unwrap_or_else(PoisonError::into_inner),
+                filter,
+            )),
             Mode::Reader => {
                 let filter = filter.clone();
-                self.blocking(move |dir| Ok(list_from(&load_all(&dir, None)?, &filter))).await
+                self.blocking(move |dir| Ok(list_from(&load_all(&dir, None)?, &filter)))
+                    .await
             }
         }
     }

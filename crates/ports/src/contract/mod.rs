@@ -44,6 +44,7 @@ macro_rules! store_contract_tests {
             delete_removes,
             delete_missing_is_not_found,
             list_filters_by_every_field,
+            filters_follow_updates,
             list_orders_by_id_and_pages,
             list_returns_copies,
             large_metadata_and_non_ascii_text,

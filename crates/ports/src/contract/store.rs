@@ -289,6 +289,81 @@ pub async fn list_filters_by_every_field(store: Arc<dyn ProcessStore>) {
     assert!(store.list(&f).await.expect("list").is_empty());
 }
 
+/// Filters follow a record as it changes: it leaves its old state's listing and joins the new one.
+pub async fn filters_follow_updates(store: Arc<dyn ProcessStore>) {
+    let mut r = sample(1);
+    store.create(&r).await.expect("create");
+    let in_state = |s: StateName| ListFilter {
+        states: vec![s],
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        store
+            .list(&in_state(StateName::Pending))
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    advance(&store, &mut r, Transition::Start).await;
+    advance(&store, &mut r, Transition::Spawned { pid: 9 }).await;
+    assert!(
+        store
+            .list(&in_state(StateName::Pending))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list(&in_state(StateName::Starting))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list(&in_state(StateName::Running))
+            .await
+            .expect("list"),
+        vec![r.clone()]
+    );
+    advance(
+        &store,
+        &mut r,
+        Transition::Exited {
+            status: bpm_domain::ExitStatus::Code(0),
+        },
+    )
+    .await;
+    assert_eq!(
+        store
+            .list(&in_state(StateName::Completed))
+            .await
+            .expect("list"),
+        vec![r.clone()]
+    );
+    store.delete(r.id()).await.expect("delete");
+    assert!(
+        store
+            .list(&in_state(StateName::Completed))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let s1 = SessionId::new("s1").expect("valid");
+    assert!(
+        store
+            .list(&ListFilter {
+                session: Some(s1),
+                ..ListFilter::default()
+            })
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
 /// Listings are ordered by id and page with `after` and `limit`, whatever the insertion order.
 pub async fn list_orders_by_id_and_pages(store: Arc<dyn ProcessStore>) {
     for n in [5u128, 1, 9, 3, 7, 2, 8, 4, 6] {
@@ -358,21 +433,57 @@ pub async fn large_metadata_and_non_ascii_text(store: Arc<dyn ProcessStore>) {
 /// Retention deletes exactly the finished records that ended before the limit.
 pub async fn retention_expires_only_old_finished_records(store: Arc<dyn ProcessStore>) {
     let mut old_done = sample(1);
-    old_done.apply(Transition::Fail { error: "x".into() }, Timestamp::from_millis(100)).expect("fail");
+    old_done
+        .apply(
+            Transition::Fail { error: "x".into() },
+            Timestamp::from_millis(100),
+        )
+        .expect("fail");
     let mut new_done = sample(2);
-    new_done.apply(Transition::Lose { reason: "y".into() }, Timestamp::from_millis(300)).expect("lose");
+    new_done
+        .apply(
+            Transition::Lose { reason: "y".into() },
+            Timestamp::from_millis(300),
+        )
+        .expect("lose");
     let old_live = sample(3);
     let mut edge = sample(4);
-    edge.apply(Transition::Fail { error: "z".into() }, Timestamp::from_millis(200)).expect("fail");
+    edge.apply(
+        Transition::Fail { error: "z".into() },
+        Timestamp::from_millis(200),
+    )
+    .expect("fail");
     for r in [&old_done, &new_done, &old_live, &edge] {
         store.create(r).await.expect("create");
     }
-    let gone = store.expire(Timestamp::from_millis(200)).await.expect("expire");
-    assert_eq!(gone, vec![old_done.id()], "ended strictly before the limit, and finished");
-    assert_eq!(store.get(old_done.id()).await, Err(StoreError::NotFound(old_done.id())));
-    let left: Vec<_> = store.list(&ListFilter::default()).await.expect("list").iter().map(ProcessRecord::id).collect();
+    let gone = store
+        .expire(Timestamp::from_millis(200))
+        .await
+        .expect("expire");
+    assert_eq!(
+        gone,
+        vec![old_done.id()],
+        "ended strictly before the limit, and finished"
+    );
+    assert_eq!(
+        store.get(old_done.id()).await,
+        Err(StoreError::NotFound(old_done.id()))
+    );
+    let left: Vec<_> = store
+        .list(&ListFilter::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(ProcessRecord::id)
+        .collect();
     assert_eq!(left, [new_done.id(), old_live.id(), edge.id()]);
-    assert!(store.expire(Timestamp::from_millis(200)).await.expect("expire again").is_empty());
+    assert!(
+        store
+            .expire(Timestamp::from_millis(200))
+            .await
+            .expect("expire again")
+            .is_empty()
+    );
 }
 
 /// Ten thousand records are all kept, listed in order, and filtered.

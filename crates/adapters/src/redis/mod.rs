@@ -1,0 +1,48 @@
+//! Redis adapters: records and output shared by many nodes.
+//!
+//! Every key of a deployment starts with `bpm:{PREFIX}:`; the braces make
+//! `PREFIX` the hash tag, so all keys one operation touches live in one Redis
+//! Cluster slot, and several deployments can share one Redis under different
+//! prefixes. Connections go through a reconnecting `ConnectionManager` with
+//! bounded timeouts: with Redis down, calls fail as "unavailable" within a few
+//! seconds, and work again by themselves once it is back. AUTH, ACL users and
+//! TLS (`rediss://`) come from the URL.
+
+mod output;
+mod store;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use output::RedisOutput;
+pub use store::RedisStore;
+
+/// How long one command may take, and how long a connection attempt may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens a reconnecting connection to `url`.
+pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, String> {
+    if url.starts_with("rediss://") {
+        // rustls needs a process-wide crypto provider; installing one twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(TIMEOUT))
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    tokio::time::timeout(
+        TIMEOUT * 3,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| format!("no answer from Redis within {}s", (TIMEOUT * 3).as_secs()))?
+    .map_err(|e| format!("cannot connect to Redis: {e}"))
+}
+
+/// The key prefix of a deployment, with its hash tag.
+pub(crate) fn base(prefix: &str) -> String {
+    format!("bpm:{{{prefix}}}:")
+}

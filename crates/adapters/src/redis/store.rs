@@ -1,0 +1,344 @@
+//! Records in Redis: a hash per record (version, JSON, the index keys it is
+//! in), a sorted set of all ids in id order, sets per filterable field, and a
+//! sorted set of end times for retention. Every write is one Lua script that
+//! checks the version and moves the record between index sets atomically, so
+//! the indexes never disagree with the records. Each change is published on a
+//! channel (to wake listeners) and appended to a capped stream (durable).
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
+use bpm_ports::{ProcessStore, StoreError};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+const PUT: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[1] == 'create' then
+  if cur then return {'exists'} end
+else
+  if not cur then return {'missing'} end
+  if cur ~= ARGV[2] then return {'conflict', cur} end
+  local old = redis.call('HGET', KEYS[1], 'ix')
+  if old then for k in string.gmatch(old, '[^\n]+') do redis.call('SREM', k, ARGV[5]) end end
+end
+local ix = {}
+for i = 5, #KEYS do redis.call('SADD', KEYS[i], ARGV[5]); ix[#ix + 1] = KEYS[i] end
+redis.call('HSET', KEYS[1], 'v', ARGV[3], 'j', ARGV[4], 'ix', table.concat(ix, '\n'))
+redis.call('ZADD', KEYS[2], 0, ARGV[5])
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5]) else redis.call('ZREM', KEYS[3], ARGV[5]) end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', '*', 'id', ARGV[5], 'version', ARGV[3], 'state', ARGV[8])
+redis.call('PUBLISH', ARGV[7], ARGV[5] .. ' ' .. ARGV[3] .. ' ' .. ARGV[8])
+return {'ok'}
+";
+
+const DELETE: &str = r"
+local deleted = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. 'r:' .. id
+  local ix = redis.call('HGET', key, 'ix')
+  if ix then
+    for k in string.gmatch(ix, '[^\n]+') do redis.call('SREM', k, id) end
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'id', id, 'version', '0', 'state', 'deleted')
+    redis.call('PUBLISH', ARGV[2], id .. ' 0 deleted')
+    deleted[#deleted + 1] = id
+  end
+end
+return deleted
+";
+
+/// Records in Redis.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    base: String,
+    put: Script,
+    delete: Script,
+}
+
+fn unavailable(e: &redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {e}"))
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://`, `rediss://`, with user and password if
+    /// needed) for the deployment named `prefix`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if Redis cannot be reached or the URL is invalid.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let conn = super::connect(url).await.map_err(StoreError::Unavailable)?;
+        Ok(RedisStore {
+            conn,
+            base: super::base(prefix),
+            put: Script::new(PUT),
+            delete: Script::new(DELETE),
+        })
+    }
+
+    /// The pub/sub channel that carries `ID VERSION STATE` for every change.
+    pub fn changes_channel(&self) -> String {
+        format!("{}changes", self.base)
+    }
+
+    /// The capped stream of changes (fields `id`, `version`, `state`).
+    pub fn events_stream(&self) -> String {
+        format!("{}events", self.base)
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.base)
+    }
+
+    fn record_key(&self, id: ProcessId) -> String {
+        self.key(&format!("r:{id}"))
+    }
+
+    /// The index sets a record belongs to.
+    fn index_keys(&self, r: &ProcessRecord) -> Vec<String> {
+        let mut keys = vec![
+            self.key(&format!("ix:state:{}", r.state())),
+            self.key(&format!("ix:node:{}", r.node())),
+            self.key(&format!("ix:kind:{}", kind_name(r))),
+        ];
+        if let Some(s) = r.session() {
+            keys.push(self.key(&format!("ix:session:{s}")));
+        }
+        if let Some(p) = r.parent() {
+            keys.push(self.key(&format!("ix:parent:{p}")));
+        }
+        if let Some(g) = r.group() {
+            keys.push(self.key(&format!("ix:group:{g}")));
+        }
+        for (k, v) in &r.spec().labels {
+            keys.push(self.key(&format!("ix:label:{k}={v}")));
+        }
+        keys
+    }
+
+    async fn put(&self, record: &ProcessRecord, expected: Option<u64>) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
+        let mut inv = self.put.prepare_invoke();
+        inv.key(self.record_key(record.id()))
+            .key(self.key("all"))
+            .key(self.key("ended"))
+            .key(self.events_stream());
+        for k in self.index_keys(record) {
+            inv.key(k);
+        }
+        inv.arg(if expected.is_some() {
+            "update"
+        } else {
+            "create"
+        })
+        .arg(expected.unwrap_or(0))
+        .arg(record.version())
+        .arg(json)
+        .arg(record.id().to_string())
+        .arg(
+            record
+                .lifecycle()
+                .ended_at()
+                .map_or(String::new(), |t| t.as_millis().to_string()),
+        )
+        .arg(self.changes_channel())
+        .arg(record.state().as_str());
+        let mut conn = self.conn.clone();
+        let answer: Vec<String> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("exists") => Err(StoreError::AlreadyExists(record.id())),
+            Some("missing") => Err(StoreError::NotFound(record.id())),
+            Some("conflict") => Err(StoreError::Conflict {
+                id: record.id(),
+                expected: expected.unwrap_or(0),
+                actual: answer.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
+            }),
+            other => Err(StoreError::Unavailable(format!(
+                "Redis: unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    async fn fetch(&self, ids: &[String]) -> Result<Vec<ProcessRecord>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut conn = self.conn.clone();
+        for batch in ids.chunks(500) {
+            let mut pipe = redis::pipe();
+            for id in batch {
+                pipe.hget(format!("{}r:{id}", self.base), "j");
+            }
+            let jsons: Vec<Option<String>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            for json in jsons.into_iter().flatten() {
+                let r: ProcessRecord = serde_json::from_str(&json).map_err(|e| {
+                    StoreError::Unavailable(format!("Redis holds an unreadable record: {e}"))
+                })?;
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut inv = self.delete.prepare_invoke();
+        inv.key(self.key("all"))
+            .key(self.key("ended"))
+            .key(self.events_stream());
+        inv.arg(&self.base).arg(self.changes_channel());
+        for id in ids {
+            inv.arg(id);
+        }
+        let mut conn = self.conn.clone();
+        inv.invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+}
+
+fn kind_name(r: &ProcessRecord) -> String {
+    serde_json::to_value(r.spec().kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ProcessStore for RedisStore {
+    async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
+        self.put(record, None).await
+    }
+
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn
+            .hget(self.record_key(id), "j")
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let json = json.ok_or(StoreError::NotFound(id))?;
+        serde_json::from_str(&json).map_err(|e| {
+            StoreError::Unavailable(format!("Redis holds an unreadable record {id}: {e}"))
+        })
+    }
+
+    async fn update(
+        &self,
+        record: &ProcessRecord,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        self.put(record, Some(expected_version)).await
+    }
+
+    async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
+        let gone = self.delete_ids(&[id.to_string()]).await?;
+        if gone.is_empty() {
+            Err(StoreError::NotFound(id))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut sets = Vec::new();
+        if let Some(s) = &filter.session {
+            sets.push(self.key(&format!("ix:session:{s}")));
+        }
+        if let Some(p) = filter.parent {
+            sets.push(self.key(&format!("ix:parent:{p}")));
+        }
+        if let Some(n) = &filter.node {
+            sets.push(self.key(&format!("ix:node:{n}")));
+        }
+        if let Some(g) = &filter.group {
+            sets.push(self.key(&format!("ix:group:{g}")));
+        }
+        if let Some(k) = filter.kind {
+            let name = serde_json::to_value(k)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            sets.push(self.key(&format!("ix:kind:{name}")));
+        }
+        for (k, v) in &filter.labels {
+            sets.push(self.key(&format!("ix:label:{k}={v}")));
+        }
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let ids: Vec<String> = if sets.is_empty() && filter.states.is_empty() {
+            // Everything, in id order, paged by the server.
+            let from = filter.after.map_or("-".to_owned(), |a| format!("({a}"));
+            let count = isize::try_from(limit).unwrap_or(isize::MAX);
+            redis::cmd("ZRANGEBYLEX")
+                .arg(self.key("all"))
+                .arg(from)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(if count == isize::MAX { -1 } else { count })
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable(&e))?
+        } else {
+            let mut candidates: Option<BTreeSet<String>> = None;
+            if !sets.is_empty() {
+                let found: BTreeSet<String> =
+                    conn.sinter(&sets).await.map_err(|e| unavailable(&e))?;
+                candidates = Some(found);
+            }
+            if !filter.states.is_empty() {
+                let keys: Vec<String> = filter
+                    .states
+                    .iter()
+                    .map(|s| self.key(&format!("ix:state:{s}")))
+                    .collect();
+                let in_states: BTreeSet<String> =
+                    conn.sunion(&keys).await.map_err(|e| unavailable(&e))?;
+                candidates = Some(match candidates {
+                    Some(c) => c.intersection(&in_states).cloned().collect(),
+                    None => in_states,
+                });
+            }
+            let after = filter.after.map(|a| a.to_string());
+            candidates
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|id| after.as_ref().is_none_or(|a| id > a))
+                .take(limit)
+                .collect()
+        };
+        let mut records = self.fetch(&ids).await?;
+        // The indexes are exact; checking again costs little and guards against a foreign writer.
+        records.retain(|r| filter.matches(r));
+        Ok(records)
+    }
+
+    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
+        let mut conn = self.conn.clone();
+        let due: Vec<String> = conn
+            .zrangebyscore(
+                self.key("ended"),
+                "-inf",
+                format!("({}", ended_before.as_millis()),
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut gone: Vec<ProcessId> = self
+            .delete_ids(&due)
+            .await?
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        gone.sort_unstable();
+        Ok(gone)
+    }
+}

@@ -1,0 +1,169 @@
+//! Store figures: transitions per second and the time to list 10,000 records
+//! for each store; for Redis, beside `redis-benchmark -t set` against the same
+//! server in the same run; for the filesystem, the cost of one transition at
+//! 100 and at 10,000 records. Prints figures; asserts nothing.
+//!
+//! Run: `cargo bench -p bpm-tests --bench stores`
+
+// Figures for printing: float conversions of counts lose nothing that matters here.
+#![allow(clippy::cast_precision_loss)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bpm_adapters::fs::FsStore;
+use bpm_adapters::memory::InMemoryStore;
+use bpm_adapters::redis::RedisStore;
+use bpm_domain::{
+    ListFilter, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp, Transition,
+};
+use bpm_ports::ProcessStore;
+use bpm_tests::RedisServer;
+
+fn record(n: u128) -> ProcessRecord {
+    let mut spec = ProcessSpec::argv(["cargo", "test"]);
+    spec.session = Some(format!("s{}", n % 10).parse().expect("session"));
+    ProcessRecord::new(
+        ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+        NodeId::local(),
+        spec,
+        Timestamp::from_millis(1),
+    )
+}
+
+async fn fill(store: &Arc<dyn ProcessStore>, from: u128, count: u128) {
+    for n in from..from + count {
+        store.create(&record(n)).await.expect("create");
+    }
+}
+
+/// Per-transition time: progress reports on one record (a version check and a write each).
+async fn transitions(store: &Arc<dyn ProcessStore>, id_n: u128, count: u32) -> Duration {
+    let mut r = store.get(record(id_n).id()).await.expect("get");
+    r.apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
+    store.update(&r, r.version() - 1).await.expect("update");
+    r.apply(Transition::Spawned { pid: 1 }, Timestamp::from_millis(3))
+        .expect("spawned");
+    store.update(&r, r.version() - 1).await.expect("update");
+    let t = Instant::now();
+    for i in 0..count {
+        let pct = bpm_domain::Percent::new(u8::try_from(i % 100).expect("small")).expect("pct");
+        r.apply(
+            Transition::Progress {
+                percent: pct,
+                message: None,
+            },
+            Timestamp::from_millis(10 + u64::from(i)),
+        )
+        .expect("progress");
+        store.update(&r, r.version() - 1).await.expect("update");
+    }
+    t.elapsed() / count
+}
+
+async fn list_time(store: &Arc<dyn ProcessStore>) -> Duration {
+    let t = Instant::now();
+    let all = store.list(&ListFilter::default()).await.expect("list");
+    let took = t.elapsed();
+    assert_eq!(all.len(), 10_000);
+    took
+}
+
+fn redis_benchmark(port: u16, clients: u32) -> Option<f64> {
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "set",
+            "-n",
+            "100000",
+            "-q",
+            "-c",
+            &clients.to_string(),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("SET:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+}
+
+fn per_sec(d: Duration) -> f64 {
+    1.0 / d.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("stores: one transition = a compare-and-set write of one record; 2,000 in a row");
+    let dir = tempfile::tempdir().expect("dir");
+
+    let memory: Arc<dyn ProcessStore> = Arc::new(InMemoryStore::new());
+    fill(&memory, 1, 10_000).await;
+    let t = transitions(&memory, 5, 2_000).await;
+    let l = list_time(&memory).await;
+    println!(
+        "memory:      {:>9.0} transitions/s ({:>7.1} µs each), list 10,000 in {:.1} ms",
+        per_sec(t),
+        t.as_secs_f64() * 1e6,
+        l.as_secs_f64() * 1e3
+    );
+
+    let fs: Arc<dyn ProcessStore> =
+        Arc::new(FsStore::open(dir.path().join("records")).expect("open"));
+    fill(&fs, 1, 100).await;
+    let at_100 = transitions(&fs, 5, 2_000).await;
+    fill(&fs, 101, 9_900).await;
+    let at_10k = transitions(&fs, 6, 2_000).await;
+    let l = list_time(&fs).await;
+    println!(
+        "filesystem:  {:>9.0} transitions/s ({:>7.1} µs each at 100 records, {:.1} µs at 10,000: ratio {:.2}, target <= 1.2), list 10,000 in {:.1} ms",
+        per_sec(at_10k),
+        at_100.as_secs_f64() * 1e6,
+        at_10k.as_secs_f64() * 1e6,
+        at_10k.as_secs_f64() / at_100.as_secs_f64(),
+        l.as_secs_f64() * 1e3
+    );
+    drop(fs);
+    let reopen = Instant::now();
+    let reopened = FsStore::open(dir.path().join("records")).expect("reopen");
+    println!(
+        "filesystem:  reopening 10,000 records took {:.0} ms",
+        reopen.elapsed().as_secs_f64() * 1e3
+    );
+    drop(reopened);
+
+    let server = RedisServer::start();
+    let port: u16 = server
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let redis: Arc<dyn ProcessStore> = Arc::new(
+        RedisStore::connect(&server.url(), "bench")
+            .await
+            .expect("connect"),
+    );
+    fill(&redis, 1, 10_000).await;
+    let t = transitions(&redis, 5, 2_000).await;
+    let l = list_time(&redis).await;
+    println!(
+        "redis:       {:>9.0} transitions/s ({:>7.1} µs each), list 10,000 in {:.1} ms",
+        per_sec(t),
+        t.as_secs_f64() * 1e6,
+        l.as_secs_f64() * 1e3
+    );
+    for clients in [1, 50] {
+        if let Some(sets) = redis_benchmark(port, clients) {
+            println!(
+                "redis:       redis-benchmark -t set -c {clients} on the same server: {sets:.0} SET/s; bpm's sequential transitions are {:.2}x that",
+                per_sec(t) / sets
+            );
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The Redis store and output store against the shared contract suites, on a
+//! real `redis-server` started by the tests, plus what Redis adds: change
+//! notifications, and behaviour while Redis is down.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+
+use bpm_adapters::redis::{RedisOutput, RedisStore};
+use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, StateName, Timestamp, Transition};
+use bpm_ports::contract::output::CONTRACT_CAP;
+use bpm_ports::{OutputStore, ProcessStore, StoreError};
+use bpm_tests::{RedisServer, redis_url, unique_prefix};
+
+async fn store() -> Arc<dyn ProcessStore> {
+    Arc::new(
+        RedisStore::connect(&redis_url(), &unique_prefix())
+            .await
+            .expect("connect to the test Redis"),
+    )
+}
+
+async fn output() -> Arc<dyn OutputStore> {
+    Arc::new(
+        RedisOutput::connect(&redis_url(), &unique_prefix(), CONTRACT_CAP)
+            .await
+            .expect("connect"),
+    )
+}
+
+mod redis_store {
+    use super::*;
+    bpm_ports::store_contract_tests!(store().await);
+}
+
+mod redis_output {
+    use super::*;
+    bpm_ports::output_contract_tests!(output().await);
+}
+
+fn record(n: u128) -> ProcessRecord {
+    ProcessRecord::new(
+        ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+        NodeId::local(),
+        ProcessSpec::argv(["sleep", "1"]),
+        Timestamp::from_millis(1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_published_and_streamed() {
+    let url = redis_url();
+    let store = RedisStore::connect(&url, &unique_prefix())
+        .await
+        .expect("connect");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub connection");
+    pubsub
+        .subscribe(store.changes_channel())
+        .await
+        .expect("subscribe");
+    let mut messages = pubsub.into_on_message();
+    let mut r = record(1);
+    store.create(&r).await.expect("create");
+    r.apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
+    store.update(&r, 1).await.expect("update");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a message")
+            .expect("open");
+        got.push(m.get_payload::<String>().expect("text"));
+    }
+    assert_eq!(
+        got,
+        [
+            format!("{} 1 pending", r.id()),
+            format!("{} 2 starting", r.id())
+        ]
+    );
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let len: usize = redis::cmd("XLEN")
+        .arg(store.events_stream())
+        .query_async(&mut conn)
+        .await
+        .expect("xlen");
+    assert_eq!(len, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_frozen_calls_fail_in_bounded_time_and_recover_with_the_data() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "frozen")
+        .await
+        .expect("connect");
+    let r = record(7);
+    store.create(&r).await.expect("create");
+    server.freeze(true);
+    let t = Instant::now();
+    let err = store.get(r.id()).await.expect_err("Redis is not answering");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        err.to_string().starts_with("store unavailable: Redis"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    let mut changed = r.clone();
+    changed
+        .apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
+    assert!(matches!(
+        store.update(&changed, 1).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    server.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let back = loop {
+        match store.get(r.id()).await {
+            Ok(got) => break got,
+            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The refused update may or may not have reached Redis before the freeze; either way the record is whole.
+    assert!(back == r || back == changed, "{back:?}");
+    if back == r {
+        store
+            .update(&changed, 1)
+            .await
+            .expect("update after recovery");
+    }
+    assert_eq!(
+        store.get(r.id()).await.expect("get").state(),
+        StateName::Starting
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_the_store_reconnects_by_itself() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "restart")
+        .await
+        .expect("connect");
+    store.create(&record(1)).await.expect("create");
+    server.kill();
+    assert!(matches!(
+        store.get(record(1).id()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The new server has no data (no persistence): the store answers again, with not-found.
+        match store.get(record(1).id()).await {
+            Err(StoreError::NotFound(_)) => break,
+            other => assert!(Instant::now() < deadline, "never reconnected: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.create(&record(2)).await.expect("writes work again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_url_or_an_absent_server_is_a_clear_error() {
+    let err = RedisStore::connect("http://nope", "x")
+        .await
+        .err()
+        .expect("bad scheme");
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let t = Instant::now();
+    let err = RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "x")
+        .await
+        .err()
+        .expect("nobody listens");
+    assert!(
+        err.to_string().contains("cannot connect to Redis")
+            || err.to_string().contains("no answer"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+}
