@@ -194,3 +194,32 @@ async fn a_bad_url_or_an_absent_server_is_a_clear_error() {
     );
     assert!(t.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_acl_users_come_from_the_url() {
+    let server =
+        RedisServer::start_with("--requirepass hunter2 --user agent on '>s3cret' '~*' '&*' '+@all'");
+    let port = server.url().rsplit(':').next().expect("port").to_owned();
+    let ok = RedisStore::connect(&format!("redis://:hunter2@127.0.0.1:{port}"), "auth")
+        .await
+        .expect("password");
+    ok.create(&record(1)).await.expect("write with AUTH");
+    let user = RedisStore::connect(&format!("redis://agent:s3cret@127.0.0.1:{port}"), "auth")
+        .await
+        .expect("ACL user");
+    assert_eq!(
+        user.get(record(1).id()).await.expect("read as an ACL user"),
+        record(1)
+    );
+    let refused =
+        RedisStore::connect(&format!("redis://agent:wrong@127.0.0.1:{port}"), "auth").await;
+    let err = refused.err().expect("a wrong password is refused");
+    assert!(err.to_string().contains("cannot connect to Redis"), "{err}");
+    // Without credentials, the first command is refused, as unavailable, not as missing data.
+    if let Ok(anon) = RedisStore::connect(&server.url(), "auth").await {
+        assert!(matches!(
+            anon.get(record(1).id()).await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+}
