@@ -197,8 +197,9 @@ async fn a_bad_url_or_an_absent_server_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_and_acl_users_come_from_the_url() {
-    let server =
-        RedisServer::start_with("--requirepass hunter2 --user agent on '>s3cret' '~*' '&*' '+@all'");
+    let server = RedisServer::start_with(
+        "--requirepass hunter2 --user agent on '>s3cret' '~*' '&*' '+@all'",
+    );
     let port = server.url().rsplit(':').next().expect("port").to_owned();
     let ok = RedisStore::connect(&format!("redis://:hunter2@127.0.0.1:{port}"), "auth")
         .await

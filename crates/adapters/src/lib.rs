@@ -1,5 +1,6 @@
 //! bpm's adapters: implementations of the ports.
 //!
+//! - [`control`]: the control socket: the daemon's server and the client.
 //! - [`fs`]: output in capped files.
 //! - [`redis`]: records and output in Redis, shared by many nodes.
 //! - [`memory`]: the in-memory store, output store and event bus (tests, embedding).
@@ -9,6 +10,7 @@
 //! - [`fake`]: a scriptable spawner that runs no OS process, for engine tests.
 
 pub mod clock;
+pub mod control;
 pub mod fake;
 pub mod fs;
 pub mod ids;

@@ -1,6 +1,9 @@
 //! bpm's application layer: the engine that drives the domain's supervisor
 //! core through the ports, and the wiring that picks adapters.
 
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod wiring;
 

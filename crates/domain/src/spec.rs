@@ -409,6 +409,9 @@ pub struct ProcessSpec {
     pub labels: BTreeMap<LabelKey, LabelValue>,
     /// Free-form JSON object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// A shell command the daemon runs when the process ends (the record as
+    /// JSON on its stdin; `BPM_PROCESS_ID`, `BPM_STATE`, `BPM_EXIT_CODE` set).
+    pub on_exit: Option<String>,
 }
 
 impl ProcessSpec {

@@ -74,6 +74,18 @@ pub enum ManagerError {
     /// The manager has shut down.
     #[error("the process manager has shut down")]
     ShutDown,
+    /// A remote manager (the daemon) refused the call; `kind` is the wire
+    /// name of the error (`invalid_spec`, `refused`, ...), `message` its text.
+    #[error("{message}")]
+    Remote {
+        /// The error's kind, as the protocol names it.
+        kind: String,
+        /// What the manager said.
+        message: String,
+    },
+    /// The remote manager cannot be reached or broke the protocol.
+    #[error("{0}")]
+    Connection(String),
 }
 
 impl From<CoreError> for ManagerError {

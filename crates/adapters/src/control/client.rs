@@ -1,0 +1,311 @@
+//! The client's side of the control socket: a `ProcessManager` backed by a daemon.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bpm_domain::{Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec};
+use bpm_ports::{Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, StopOptions};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{broadcast, oneshot};
+
+use super::read_line;
+use super::wire::{
+    Call, DaemonStatus, Hello, PROTOCOL_VERSION, Reply, Request, ServerLine, WireError,
+};
+
+/// The longest line the client accepts from a daemon (listings of many records are long).
+const MAX_ANSWER_BYTES: usize = 512 << 20;
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, WireError>>>>;
+
+struct Inner {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Arc<Pending>,
+    next: AtomicU64,
+    events: broadcast::Sender<Event>,
+    subscribed: AtomicBool,
+}
+
+/// A connection to a bpm daemon. Cheap to clone; calls may run concurrently.
+#[derive(Clone)]
+pub struct DaemonClient {
+    inner: Arc<Inner>,
+}
+
+fn lost(e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Connection(format!("lost the connection to the bpm daemon: {e}"))
+}
+
+impl DaemonClient {
+    /// Connects to the daemon listening on `socket` and checks that it speaks this protocol.
+    ///
+    /// # Errors
+    /// [`ManagerError::Connection`] if nothing listens there, or it does not answer the handshake;
+    /// [`ManagerError::Remote`] with kind `version_mismatch` if it speaks another protocol.
+    pub async fn connect(socket: &Path, software: &str) -> Result<Self, ManagerError> {
+        let stream = UnixStream::connect(socket).await.map_err(|e| {
+            ManagerError::Connection(format!(
+                "cannot reach the bpm daemon at {}: {e}",
+                socket.display()
+            ))
+        })?;
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut hello = serde_json::to_vec(&Hello {
+            protocol: PROTOCOL_VERSION,
+            software: software.to_owned(),
+        })
+        .map_err(lost)?;
+        hello.push(b'\n');
+        write.write_all(&hello).await.map_err(lost)?;
+        let line = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_line(&mut reader, MAX_ANSWER_BYTES),
+        )
+        .await
+        .map_err(|_| {
+            ManagerError::Connection(
+                "the bpm daemon did not answer the handshake within 5 s".into(),
+            )
+        })?
+        .map_err(lost)?
+        .ok_or_else(|| lost("closed during the handshake"))?;
+        if serde_json::from_slice::<Hello>(&line).is_err() {
+            if let Ok(ServerLine::Answer { error: Some(e), .. }) =
+                serde_json::from_slice::<ServerLine>(&line)
+            {
+                return Err(e.into());
+            }
+            return Err(lost("the handshake answer is not bpm's protocol"));
+        }
+        let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
+        let (events, _) = broadcast::channel(4096);
+        let (p, ev) = (pending.clone(), events.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = read_line(&mut reader, MAX_ANSWER_BYTES).await {
+                match serde_json::from_slice::<ServerLine>(&line) {
+                    Ok(ServerLine::Answer { id, ok, error }) => {
+                        let result = match (ok, error) {
+                            (Some(reply), _) => Ok(reply),
+                            (None, Some(e)) => Err(e),
+                            (None, None) => Err(WireError::new(
+                                "bad_request",
+                                "an answer with neither ok nor error",
+                            )),
+                        };
+                        if let Some(tx) =
+                            p.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
+                        {
+                            let _ = tx.send(result);
+                        }
+                    }
+                    Ok(ServerLine::Event { event }) => {
+                        let _ = ev.send(*event);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable line from the daemon"),
+                }
+            }
+            // Dropping the senders tells every waiting call the connection is gone.
+            p.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        });
+        Ok(DaemonClient {
+            inner: Arc::new(Inner {
+                writer: tokio::sync::Mutex::new(write),
+                pending,
+                next: AtomicU64::new(1),
+                events,
+                subscribed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    async fn call(&self, request: Request) -> Result<Reply, ManagerError> {
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        let mut line = serde_json::to_vec(&Call { id, request }).map_err(lost)?;
+        line.push(b'\n');
+        self.inner
+            .writer
+            .lock()
+            .await
+            .write_all(&line)
+            .await
+            .map_err(lost)?;
+        rx.await
+            .map_err(|_| lost("the daemon closed the connection"))?
+            .map_err(ManagerError::from)
+    }
+
+    async fn record(&self, request: Request) -> Result<ProcessRecord, ManagerError> {
+        match self.call(request).await? {
+            Reply::Record(r) => Ok(*r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn records(&self, request: Request) -> Result<Vec<ProcessRecord>, ManagerError> {
+        match self.call(request).await? {
+            Reply::Records(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn completion(&self, request: Request) -> Result<Completion, ManagerError> {
+        match self.call(request).await? {
+            Reply::Completion { record, no_op } => Ok(Completion {
+                record: *record,
+                no_op,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn done(&self, request: Request) -> Result<(), ManagerError> {
+        match self.call(request).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The daemon's pid, version, store and counts.
+    ///
+    /// # Errors
+    /// As any call: the connection, or the daemon's own error.
+    pub async fn status(&self) -> Result<DaemonStatus, ManagerError> {
+        match self.call(Request::Status).await? {
+            Reply::Status(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Stops the daemon; with `kill_all`, its processes first.
+    ///
+    /// # Errors
+    /// As any call.
+    pub async fn shutdown(&self, kill_all: bool) -> Result<(), ManagerError> {
+        self.done(Request::Shutdown { kill_all }).await
+    }
+}
+
+fn unexpected(reply: &Reply) -> ManagerError {
+    ManagerError::Connection(format!("the daemon answered with an unexpected {reply:?}"))
+}
+
+#[async_trait]
+impl ProcessManager for DaemonClient {
+    async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Start { spec }).await
+    }
+    async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Track { spec }).await
+    }
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Get { id }).await
+    }
+    async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>, ManagerError> {
+        self.records(Request::List { filter }).await
+    }
+    async fn progress(
+        &self,
+        id: ProcessId,
+        percent: Percent,
+        message: Option<String>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Progress {
+            id,
+            percent,
+            message,
+        })
+        .await
+    }
+    async fn complete(
+        &self,
+        id: ProcessId,
+        result: Option<serde_json::Value>,
+    ) -> Result<Completion, ManagerError> {
+        self.completion(Request::Complete { id, result }).await
+    }
+    async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
+        self.completion(Request::Fail { id, error }).await
+    }
+    async fn stop(
+        &self,
+        id: ProcessId,
+        options: StopOptions,
+    ) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Stop {
+            id,
+            force: options.force,
+            grace: options.grace,
+        })
+        .await
+    }
+    async fn stop_level(
+        &self,
+        level: usize,
+        options: StopOptions,
+    ) -> Result<Vec<ProcessRecord>, ManagerError> {
+        self.records(Request::StopLevel {
+            level,
+            force: options.force,
+            grace: options.grace,
+        })
+        .await
+    }
+    async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Pause { id }).await
+    }
+    async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Resume { id }).await
+    }
+    async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.record(Request::Restart { id }).await
+    }
+    async fn wait(
+        &self,
+        id: ProcessId,
+        timeout: Option<Duration>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        self.record(Request::Wait { id, timeout_ms }).await
+    }
+    async fn read_output(
+        &self,
+        id: ProcessId,
+        query: OutputQuery,
+    ) -> Result<OutputChunk, ManagerError> {
+        match self.call(Request::ReadOutput { id, query }).await? {
+            Reply::Output(chunk) => Ok(chunk),
+            other => Err(unexpected(&other)),
+        }
+    }
+    async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
+        self.done(Request::SendInput { id, data }).await
+    }
+    async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
+        self.done(Request::Remove { id }).await
+    }
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        let rx = self.inner.events.subscribe();
+        if !self.inner.subscribed.swap(true, Ordering::SeqCst) {
+            let client = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.done(Request::Subscribe).await {
+                    tracing::warn!(error = %e, "could not subscribe to the daemon's events");
+                }
+            });
+        }
+        rx
+    }
+}

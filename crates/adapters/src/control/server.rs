@@ -1,0 +1,288 @@
+//! The daemon's side of the control socket.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::ListFilter;
+use bpm_ports::{ManagerError, ProcessManager, StopOptions};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{Mutex, mpsc};
+
+use super::wire::{
+    Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
+    WireError,
+};
+use super::{LineError, read_line};
+
+/// What the daemon reports about itself in `status`.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// The software and version.
+    pub software: String,
+    /// The store's description.
+    pub store: String,
+    /// The node.
+    pub node: String,
+    /// The state directory.
+    pub home: String,
+}
+
+type Writer = Arc<Mutex<OwnedWriteHalf>>;
+
+async fn send(writer: &Writer, line: &impl serde::Serialize) -> bool {
+    let Ok(mut bytes) = serde_json::to_vec(line) else {
+        return false;
+    };
+    bytes.push(b'\n');
+    writer.lock().await.write_all(&bytes).await.is_ok()
+}
+
+async fn answer(writer: &Writer, id: u64, result: Result<Reply, WireError>) -> bool {
+    let line = match result {
+        Ok(reply) => ServerLine::Answer {
+            id,
+            ok: Some(reply),
+            error: None,
+        },
+        Err(error) => ServerLine::Answer {
+            id,
+            ok: None,
+            error: Some(error),
+        },
+    };
+    send(writer, &line).await
+}
+
+/// Serves the control protocol on `listener` until the process ends. Only
+/// peers running as this process's user are served. A `shutdown` call sends
+/// `kill_all` on `shutdown`.
+pub async fn serve(
+    listener: UnixListener,
+    manager: Arc<dyn ProcessManager>,
+    info: ServerInfo,
+    shutdown: mpsc::UnboundedSender<bool>,
+) {
+    let own_uid = rustix::process::getuid();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let same_user =
+            rustix::net::sockopt::socket_peercred(&stream).is_ok_and(|cred| cred.uid == own_uid);
+        if !same_user {
+            tracing::warn!("refused a control connection from another user");
+            continue;
+        }
+        let (manager, info, shutdown) = (manager.clone(), info.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let (read, write) = stream.into_split();
+            connection(
+                BufReader::new(read),
+                Arc::new(Mutex::new(write)),
+                manager,
+                info,
+                shutdown,
+            )
+            .await;
+        });
+    }
+}
+
+async fn connection(
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: Writer,
+    manager: Arc<dyn ProcessManager>,
+    info: ServerInfo,
+    shutdown: mpsc::UnboundedSender<bool>,
+) {
+    let hello = match read_line(&mut reader, MAX_REQUEST_BYTES).await {
+        Ok(Some(line)) => serde_json::from_slice::<Hello>(&line).ok(),
+        _ => return,
+    };
+    match hello {
+        Some(h) if h.protocol == PROTOCOL_VERSION => {
+            if !send(
+                &writer,
+                &Hello {
+                    protocol: PROTOCOL_VERSION,
+                    software: info.software.clone(),
+                },
+            )
+            .await
+            {
+                return;
+            }
+        }
+        other => {
+            let theirs = other.map_or("no hello".to_owned(), |h| {
+                format!("protocol {} ({})", h.protocol, h.software)
+            });
+            let msg = format!(
+                "protocol mismatch: the daemon ({}) speaks protocol {PROTOCOL_VERSION}, the client sent {theirs}",
+                info.software
+            );
+            answer(&writer, 0, Err(WireError::new("version_mismatch", msg))).await;
+            return;
+        }
+    }
+    loop {
+        let line = match read_line(&mut reader, MAX_REQUEST_BYTES).await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(LineError::Io(_)) => return,
+            Err(LineError::TooLarge) => {
+                let msg = format!("message too large: the limit is {MAX_REQUEST_BYTES} bytes");
+                answer(&writer, 0, Err(WireError::new("too_large", msg))).await;
+                return;
+            }
+            Err(LineError::Truncated) => {
+                answer(
+                    &writer,
+                    0,
+                    Err(WireError::new(
+                        "bad_request",
+                        "truncated message: the connection closed mid-line",
+                    )),
+                )
+                .await;
+                return;
+            }
+        };
+        let call: Call = match serde_json::from_slice(&line) {
+            Ok(call) => call,
+            Err(e) => {
+                let id = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id")?.as_u64())
+                    .unwrap_or(0);
+                answer(
+                    &writer,
+                    id,
+                    Err(WireError::new(
+                        "bad_request",
+                        format!("malformed request: {e}"),
+                    )),
+                )
+                .await;
+                continue;
+            }
+        };
+        let (manager, info, shutdown, writer) = (
+            manager.clone(),
+            info.clone(),
+            shutdown.clone(),
+            writer.clone(),
+        );
+        tokio::spawn(async move {
+            let id = call.id;
+            let result = dispatch(call.request, &manager, &info, &shutdown, &writer).await;
+            answer(&writer, id, result.map_err(|e| WireError::from(&e))).await;
+        });
+    }
+}
+
+async fn dispatch(
+    request: Request,
+    m: &Arc<dyn ProcessManager>,
+    info: &ServerInfo,
+    shutdown: &mpsc::UnboundedSender<bool>,
+    writer: &Writer,
+) -> Result<Reply, ManagerError> {
+    let record = |r| Reply::Record(Box::new(r));
+    Ok(match request {
+        Request::Start { spec } => record(m.start(spec).await?),
+        Request::Track { spec } => record(m.track(spec).await?),
+        Request::Get { id } => record(m.get(id).await?),
+        Request::List { filter } => Reply::Records(m.list(filter).await?),
+        Request::Progress {
+            id,
+            percent,
+            message,
+        } => record(m.progress(id, percent, message).await?),
+        Request::Complete { id, result } => {
+            let c = m.complete(id, result).await?;
+            Reply::Completion {
+                record: Box::new(c.record),
+                no_op: c.no_op,
+            }
+        }
+        Request::Fail { id, error } => {
+            let c = m.fail(id, error).await?;
+            Reply::Completion {
+                record: Box::new(c.record),
+                no_op: c.no_op,
+            }
+        }
+        Request::Stop { id, force, grace } => {
+            record(m.stop(id, StopOptions { force, grace }).await?)
+        }
+        Request::StopLevel {
+            level,
+            force,
+            grace,
+        } => Reply::Records(m.stop_level(level, StopOptions { force, grace }).await?),
+        Request::Pause { id } => record(m.pause(id).await?),
+        Request::Resume { id } => record(m.resume(id).await?),
+        Request::Restart { id } => record(m.restart(id).await?),
+        Request::Wait { id, timeout_ms } => {
+            record(m.wait(id, timeout_ms.map(Duration::from_millis)).await?)
+        }
+        Request::ReadOutput { id, query } => Reply::Output(m.read_output(id, query).await?),
+        Request::SendInput { id, data } => {
+            m.send_input(id, data).await?;
+            Reply::Done
+        }
+        Request::Remove { id } => {
+            m.remove(id).await?;
+            Reply::Done
+        }
+        Request::Subscribe => {
+            let mut events = m.subscribe();
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(event) => {
+                            if !send(
+                                &writer,
+                                &ServerLine::Event {
+                                    event: Box::new(event),
+                                },
+                            )
+                            .await
+                            {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+            Reply::Done
+        }
+        Request::Status => {
+            let mut counts = BTreeMap::new();
+            for r in m.list(ListFilter::default()).await? {
+                *counts.entry(r.state().to_string()).or_insert(0) += 1;
+            }
+            Reply::Status(DaemonStatus {
+                pid: std::process::id(),
+                version: info.software.clone(),
+                store: info.store.clone(),
+                node: info.node.clone(),
+                home: info.home.clone(),
+                counts,
+            })
+        }
+        Request::Shutdown { kill_all } => {
+            if kill_all {
+                m.stop_level(0, StopOptions::default()).await?;
+            }
+            let _ = shutdown.send(kill_all);
+            Reply::Done
+        }
+    })
+}

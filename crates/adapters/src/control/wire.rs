@@ -1,0 +1,244 @@
+//! The control protocol, version 1: newline-delimited JSON over a Unix socket.
+//!
+//! 1. The client sends `{"protocol":1,"software":"bpm 0.1.0"}`; the daemon
+//!    answers with its own, or with an error of kind `version_mismatch` and
+//!    closes the connection.
+//! 2. Each request is `{"id":N,"method":"start","params":{...}}`; each answer
+//!    is `{"id":N,"ok":{...}}` or `{"id":N,"error":{"kind":...,"message":...}}`.
+//!    Answers may come out of order (a `wait` can take long); ids match them.
+//! 3. After `{"id":N,"method":"subscribe"}`, the daemon also sends
+//!    `{"event":{...}}` lines for every event, until the connection closes.
+//!
+//! A request line may hold at most [`MAX_REQUEST_BYTES`]; a longer one is
+//! answered with `too_large` and the connection is closed. A line that is not
+//! a request is answered with `bad_request` (id 0 when none could be read).
+
+use bpm_domain::{
+    Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Span, StateName,
+};
+use bpm_ports::{ManagerError, OutputChunk, OutputQuery};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The longest request line the daemon reads.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// The first line each side sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version.
+    pub protocol: u32,
+    /// The software and its version.
+    pub software: String,
+}
+
+/// A call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Request {
+    Start {
+        spec: ProcessSpec,
+    },
+    Track {
+        spec: ProcessSpec,
+    },
+    Get {
+        id: ProcessId,
+    },
+    List {
+        filter: ListFilter,
+    },
+    Progress {
+        id: ProcessId,
+        percent: Percent,
+        message: Option<String>,
+    },
+    Complete {
+        id: ProcessId,
+        result: Option<serde_json::Value>,
+    },
+    Fail {
+        id: ProcessId,
+        error: String,
+    },
+    Stop {
+        id: ProcessId,
+        force: bool,
+        grace: Option<Span>,
+    },
+    StopLevel {
+        level: usize,
+        force: bool,
+        grace: Option<Span>,
+    },
+    Pause {
+        id: ProcessId,
+    },
+    Resume {
+        id: ProcessId,
+    },
+    Restart {
+        id: ProcessId,
+    },
+    Wait {
+        id: ProcessId,
+        timeout_ms: Option<u64>,
+    },
+    ReadOutput {
+        id: ProcessId,
+        query: OutputQuery,
+    },
+    SendInput {
+        id: ProcessId,
+        data: Vec<u8>,
+    },
+    Remove {
+        id: ProcessId,
+    },
+    Subscribe,
+    Status,
+    Shutdown {
+        kill_all: bool,
+    },
+}
+
+/// A request with its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// Chosen by the client; echoed in the answer.
+    pub id: u64,
+    /// The call.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// What the daemon says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Its process id.
+    pub pid: u32,
+    /// Its software version.
+    pub version: String,
+    /// The store it uses (`fs`, `memory`, or the Redis URL without credentials).
+    pub store: String,
+    /// Its node.
+    pub node: String,
+    /// Its state directory.
+    pub home: String,
+    /// Records per state.
+    pub counts: std::collections::BTreeMap<String, usize>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Reply {
+    Record(Box<ProcessRecord>),
+    Records(Vec<ProcessRecord>),
+    Completion {
+        record: Box<ProcessRecord>,
+        no_op: bool,
+    },
+    Output(OutputChunk),
+    Status(DaemonStatus),
+    Done,
+}
+
+/// A failed call, as the wire carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// `not_found`, `invalid_spec`, `invalid_transition`, `refused`,
+    /// `wait_timeout`, `store`, `output`, `spawner`, `shut_down`,
+    /// `bad_request`, `too_large`, `version_mismatch`, `forbidden`.
+    pub kind: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The record concerned, for `not_found` and `wait_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ProcessId>,
+    /// Its state, for `wait_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateName>,
+}
+
+impl WireError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        WireError {
+            kind: kind.to_owned(),
+            message: message.into(),
+            id: None,
+            state: None,
+        }
+    }
+}
+
+impl From<&ManagerError> for WireError {
+    fn from(e: &ManagerError) -> Self {
+        let message = e.to_string();
+        let kind = match e {
+            ManagerError::NotFound(id) => {
+                return WireError {
+                    id: Some(*id),
+                    ..WireError::new("not_found", message)
+                };
+            }
+            ManagerError::WaitTimeout { id, state } => {
+                return WireError {
+                    id: Some(*id),
+                    state: Some(*state),
+                    ..WireError::new("wait_timeout", message)
+                };
+            }
+            ManagerError::InvalidSpec(_) => "invalid_spec",
+            ManagerError::InvalidTransition(_) => "invalid_transition",
+            ManagerError::Refused(_) => "refused",
+            ManagerError::Store(_) => "store",
+            ManagerError::Output(_) => "output",
+            ManagerError::Spawner(_) => "spawner",
+            ManagerError::ShutDown => "shut_down",
+            ManagerError::Remote { kind, .. } => kind.as_str(),
+            _ => "internal",
+        };
+        WireError::new(kind, message)
+    }
+}
+
+impl From<WireError> for ManagerError {
+    fn from(e: WireError) -> Self {
+        match (e.kind.as_str(), e.id, e.state) {
+            ("not_found", Some(id), _) => ManagerError::NotFound(id),
+            ("wait_timeout", Some(id), Some(state)) => ManagerError::WaitTimeout { id, state },
+            ("shut_down", ..) => ManagerError::ShutDown,
+            _ => ManagerError::Remote {
+                kind: e.kind,
+                message: e.message,
+            },
+        }
+    }
+}
+
+/// One line from the daemon after the hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerLine {
+    /// The answer to call `id`.
+    Answer {
+        /// The call's id.
+        id: u64,
+        /// Success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ok: Option<Reply>,
+        /// Failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<WireError>,
+    },
+    /// An event, after a subscribe.
+    Event {
+        /// The event.
+        event: Box<Event>,
+    },
+}

@@ -1,0 +1,912 @@
+//! What each command does.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bpm_adapters::control::DaemonClient;
+use bpm_domain::{
+    Command as Cmd, ListFilter, LogPattern, Percent, ProcessId, ProcessKind, ProcessName,
+    ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode, Timestamp,
+    metadata_from_json,
+};
+use bpm_ports::{
+    Cursor, ManagerError, OutputQuery, ProcessManager, StopOptions, Stream, StreamSelect,
+};
+use clap::CommandFactory;
+
+use super::resolve::resolve;
+use super::{Cli, Command, DaemonAction, DaemonArgs, LogsArgs, PsArgs, RunArgs, StopArgs, table};
+use crate::daemon::{self, Home};
+use crate::wiring::{StoreChoice, state_dir};
+
+/// A command failed: what to print, and the exit code.
+#[derive(Debug)]
+pub(super) struct CliError {
+    code: u8,
+    message: String,
+}
+
+impl CliError {
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
+        CliError {
+            code: 4,
+            message: message.into(),
+        }
+    }
+    pub(super) fn not_found(message: impl Into<String>) -> Self {
+        CliError {
+            code: 3,
+            message: message.into(),
+        }
+    }
+    fn failed(message: impl Into<String>) -> Self {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ManagerError> for CliError {
+    fn from(e: ManagerError) -> Self {
+        let code = match &e {
+            ManagerError::NotFound(_) => 3,
+            ManagerError::InvalidSpec(_)
+            | ManagerError::InvalidTransition(_)
+            | ManagerError::Refused(_) => 4,
+            ManagerError::WaitTimeout { .. } => 124,
+            ManagerError::Connection(_) | ManagerError::ShutDown => 5,
+            ManagerError::Remote { kind, .. } => match kind.as_str() {
+                "not_found" => 3,
+                "invalid_spec" | "invalid_transition" | "refused" | "bad_request" => 4,
+                "wait_timeout" => 124,
+                "version_mismatch" => 5,
+                _ => 1,
+            },
+            _ => 1,
+        };
+        CliError {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+type Outcome = Result<ExitCode, CliError>;
+
+fn color_on(stream_is_tty: bool) -> bool {
+    stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+fn span(text: &str, what: &str) -> Result<Span, CliError> {
+    text.parse()
+        .map_err(|e| CliError::invalid(format!("{what}: {e}")))
+}
+
+fn secs(value: f64, what: &str) -> Result<Span, CliError> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(CliError::invalid(format!(
+            "{what}: invalid duration {value}: expected a number of seconds"
+        )));
+    }
+    span(&value.to_string(), what)
+}
+
+fn key_value(text: &str, what: &str) -> Result<(String, String), CliError> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| CliError::invalid(format!("invalid {what} {text:?}: expected K=V")))
+}
+
+/// Runs one parsed command line.
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    let home = Home::new(cli.home.clone().unwrap_or_else(state_dir));
+    let result = match cli.command {
+        Command::Daemon(args) => daemon_command(&home, args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        other => match daemon::connect_or_start(&home).await {
+            Ok(client) => command(&client, other).await,
+            Err(e) => Err(CliError::from(e)),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let color = color_on(std::io::stderr().is_terminal());
+            let prefix = if color { "\x1b[31mbpm:\x1b[0m" } else { "bpm:" };
+            eprintln!("{prefix} {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
+    match args.action {
+        None => {
+            let store = args
+                .store
+                .map(|s| s.parse::<StoreChoice>())
+                .transpose()
+                .map_err(CliError::invalid)?;
+            daemon::run(home, store)
+                .await
+                .map_err(|e| CliError::failed(format!("{e:#}")))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(DaemonAction::Status) => {
+            let client = DaemonClient::connect(&home.socket(), daemon::SOFTWARE)
+                .await
+                .map_err(CliError::from)?;
+            let s = client.status().await?;
+            println!(
+                "pid      {}\nversion  {}\nstore    {}\nnode     {}\nhome     {}",
+                s.pid, s.version, s.store, s.node, s.home
+            );
+            let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!(
+                "records  {}",
+                if counts.is_empty() {
+                    "none".into()
+                } else {
+                    counts.join(", ")
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(DaemonAction::Stop { kill_all }) => {
+            let client = DaemonClient::connect(&home.socket(), daemon::SOFTWARE)
+                .await
+                .map_err(CliError::from)?;
+            let pid = client.status().await?.pid;
+            client.shutdown(kill_all).await?;
+            // Return once it is gone.
+            for _ in 0..200 {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn command(m: &DaemonClient, command: Command) -> Outcome {
+    match command {
+        Command::Run(args) => run(m, *args).await,
+        Command::Ps(args) => ps(m, args).await,
+        Command::Show { id, json: as_json } => {
+            let r = m.get(resolve(m, &id).await?).await?;
+            if as_json {
+                println!("{}", json(&r));
+            } else {
+                show(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs(args) => logs(m, args).await,
+        Command::Stop(args) => stop(m, args).await,
+        Command::Pause { id } => {
+            let r = m.pause(resolve(m, &id).await?).await?;
+            println!("{} {}", r.id(), r.state());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { id } => {
+            let r = m.resume(resolve(m, &id).await?).await?;
+            println!("{} {}", r.id(), r.state());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restart { id } => {
+            let r = m.restart(resolve(m, &id).await?).await?;
+            println!("{}", r.id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait { ids, timeout } => wait(m, &ids, timeout).await,
+        Command::Rm { ids } => {
+            for text in ids {
+                m.remove(resolve(m, &text).await?).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Clean { state, older_than } => clean(m, &state, older_than.as_deref()).await,
+        Command::Events { .. } => events(m).await,
+        Command::Track {
+            name,
+            session,
+            parent,
+            metadata,
+        } => {
+            let mut spec = ProcessSpec::tracked(
+                ProcessName::new(name).map_err(|e| CliError::invalid(e.to_string()))?,
+            );
+            spec.session = session
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?;
+            if let Some(p) = parent {
+                spec.parent = Some(resolve(m, &p).await?);
+            }
+            if let Some(text) = metadata {
+                spec.metadata = parse_metadata(&text)?;
+            }
+            println!("{}", m.track(spec).await?.id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Progress {
+            id,
+            percent,
+            message,
+        } => {
+            let pct = Percent::from_f64(percent).map_err(|e| CliError::invalid(e.to_string()))?;
+            m.progress(resolve(m, &id).await?, pct, message).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Complete { id, result } => {
+            let result = result
+                .map(|r| {
+                    serde_json::from_str(&r)
+                        .map_err(|e| CliError::invalid(format!("invalid --result JSON: {e}")))
+                })
+                .transpose()?;
+            let c = m.complete(resolve(m, &id).await?, result).await?;
+            if c.no_op {
+                eprintln!(
+                    "bpm: {} had already ended {}; nothing changed",
+                    c.record.id(),
+                    c.record.state()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fail { id, message } => {
+            let c = m.fail(resolve(m, &id).await?, message).await?;
+            if c.no_op {
+                eprintln!(
+                    "bpm: {} had already ended {}; nothing changed",
+                    c.record.id(),
+                    c.record.state()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon(_) | Command::Completions { .. } => {
+            unreachable!("handled before connecting")
+        }
+    }
+}
+
+fn parse_metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| CliError::invalid(format!("invalid --metadata JSON: {e}")))?;
+    metadata_from_json(value).map_err(|e| CliError::invalid(e.to_string()))
+}
+
+async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError> {
+    let bad = |e: &dyn std::fmt::Display| CliError::invalid(e.to_string());
+    let mut spec = if a.shell {
+        ProcessSpec::shell(a.command.join(" "))
+    } else {
+        ProcessSpec::argv(a.command)
+    };
+    if let Some(Cmd::Argv(argv)) = &spec.command
+        && argv.first().is_none_or(String::is_empty)
+    {
+        return Err(CliError::invalid("missing command: give it after --"));
+    }
+    spec.name = a
+        .name
+        .map(ProcessName::new)
+        .transpose()
+        .map_err(|e| bad(&e))?;
+    if let Some(k) = a.kind {
+        spec.kind = k.parse::<ProcessKind>().map_err(|e| bad(&e))?;
+    }
+    spec.group = a
+        .group
+        .map(|g| g.parse())
+        .transpose()
+        .map_err(|e: bpm_domain::NameError| bad(&e))?;
+    spec.session = a
+        .session
+        .map(|g| g.parse())
+        .transpose()
+        .map_err(|e: bpm_domain::NameError| bad(&e))?;
+    if let Some(p) = a.parent {
+        spec.parent = Some(resolve(m, &p).await?);
+    }
+    if let Some(cwd) = a.cwd {
+        let abs = if cwd.is_absolute() {
+            cwd
+        } else {
+            std::env::current_dir().map_err(|e| bad(&e))?.join(cwd)
+        };
+        if !abs.is_dir() {
+            return Err(CliError::invalid(format!(
+                "working directory not found: {}",
+                abs.display()
+            )));
+        }
+        spec.cwd = Some(abs);
+    } else {
+        spec.cwd = std::env::current_dir().ok();
+    }
+    for kv in a.env {
+        let (k, v) = key_value(&kv, "--env")?;
+        spec.env.insert(k, v);
+    }
+    spec.timeout = a.timeout.map(|t| span(&t, "--timeout")).transpose()?;
+    if let Some(g) = a.grace {
+        spec.stop.grace = span(&g, "--grace")?;
+    }
+    if let Some(r) = a.restart {
+        spec.restart.mode = r.parse::<RestartMode>().map_err(|e| bad(&e))?;
+    }
+    spec.restart.max_restarts = a.max_restarts;
+    for after in a.after {
+        spec.dependencies.push(resolve(m, &after).await?);
+    }
+    spec.priority = a.priority.unwrap_or(0);
+    spec.delay = a.delay.map(|d| span(&d, "--delay")).transpose()?;
+    if let Some(p) = a.ready_pattern {
+        spec.readiness.check = ReadinessCheck::LogPattern {
+            pattern: LogPattern::new(&p).map_err(|e| bad(&e))?,
+        };
+    }
+    if let Some(port) = a.ready_port {
+        spec.readiness.check = ReadinessCheck::Port { port };
+    }
+    spec.readiness.timeout = a
+        .ready_timeout
+        .map(|t| span(&t, "--ready-timeout"))
+        .transpose()?;
+    spec.idle_after = a.idle_after.map(|t| span(&t, "--idle-after")).transpose()?;
+    for kv in a.label {
+        let (k, v) = key_value(&kv, "--label")?;
+        spec.labels.insert(
+            k.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
+            v.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
+        );
+    }
+    if let Some(text) = a.metadata {
+        spec.metadata = parse_metadata(&text)?;
+    }
+    if a.stdin {
+        spec.stdin = StdinMode::Pipe;
+    }
+    spec.on_exit = a.on_exit;
+    Ok(spec)
+}
+
+async fn run(m: &DaemonClient, args: RunArgs) -> Outcome {
+    let (wait_for_it, as_json) = (args.wait, args.json);
+    let spec = spec_from(m, args).await?;
+    let record = m.start(spec).await?;
+    if as_json {
+        println!("{}", json(&record));
+    } else if !wait_for_it {
+        println!("{}", record.id());
+    }
+    if !wait_for_it {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(m, record.id(), Cursor(0), StreamSelect::Both).await?;
+    let end = m.wait(record.id(), None).await?;
+    Ok(exit_code_of(&end))
+}
+
+/// The process's own exit code, as a shell shows it (128+n for a signal); 1 when there is none.
+fn exit_code_of(r: &ProcessRecord) -> ExitCode {
+    match r.lifecycle().exit() {
+        Some(e) => ExitCode::from(u8::try_from(e.shell_code()).unwrap_or(1)),
+        None if r.state() == StateName::Completed => ExitCode::SUCCESS,
+        None => ExitCode::from(1),
+    }
+}
+
+/// Copies output to our stdout and stderr from `cursor` until the process ends.
+async fn follow(
+    m: &DaemonClient,
+    id: ProcessId,
+    mut cursor: Cursor,
+    stream: StreamSelect,
+) -> Result<(), CliError> {
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    loop {
+        let finished = m.get(id).await?.is_terminal();
+        let chunk = m
+            .read_output(
+                id,
+                OutputQuery {
+                    stream,
+                    cursor: Some(cursor),
+                    max_bytes: 1 << 20,
+                    tail_lines: None,
+                },
+            )
+            .await?;
+        if chunk.skipped > 0 {
+            let _ = writeln!(err, "bpm: [{} bytes dropped by rotation]", chunk.skipped);
+        }
+        for piece in &chunk.pieces {
+            let _ = match piece.stream {
+                Stream::Stdout => out.write_all(&piece.data),
+                Stream::Stderr => err.write_all(&piece.data),
+            };
+        }
+        let _ = out.flush();
+        cursor = chunk.next;
+        if chunk.truncated {
+            continue;
+        }
+        if finished {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn filter_from(m: &DaemonClient, args: &PsArgs) -> Result<ListFilter, CliError> {
+    let mut filter = ListFilter::default();
+    for s in &args.state {
+        filter.states.push(s.parse().map_err(CliError::invalid)?);
+    }
+    if filter.states.is_empty() && !args.all {
+        filter.states = vec![
+            StateName::Pending,
+            StateName::Starting,
+            StateName::Running,
+            StateName::Paused,
+            StateName::Stopping,
+        ];
+    }
+    filter.session = args
+        .session
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?;
+    filter.node = args
+        .node
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?;
+    if let Some(p) = &args.parent {
+        filter.parent = Some(resolve(m, p).await?);
+    }
+    for kv in &args.label {
+        let (k, v) = key_value(kv, "--label")?;
+        filter.labels.push((
+            k.parse()
+                .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?,
+            v.parse()
+                .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?,
+        ));
+    }
+    filter.kind = args
+        .kind
+        .as_deref()
+        .map(str::parse::<ProcessKind>)
+        .transpose()
+        .map_err(CliError::invalid)?;
+    Ok(filter)
+}
+
+async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
+    let filter = filter_from(m, &a).await?;
+    let mut records = m.list(filter).await?;
+    if let Some(level) = a.level {
+        let all = m.list(ListFilter::default()).await?;
+        let depths = table::depths(&all);
+        records.retain(|r| depths.get(&r.id()) == Some(&level));
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records.iter().map(record_json).collect::<Vec<_>>())
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let color = color_on(std::io::stdout().is_terminal());
+    println!("{}", table::header());
+    let now = now();
+    let rows = if a.tree {
+        table::tree(&records, now, color)
+    } else {
+        records
+            .iter()
+            .map(|r| table::row(r, now, "", color))
+            .collect()
+    };
+    for line in rows {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A record as `ps --json` and `show --json` print it: the record, plus the flat fields scripts want.
+fn record_json(r: &ProcessRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        let spec = r.spec();
+        let l = r.lifecycle();
+        obj.insert("name".into(), serde_json::json!(spec.name));
+        obj.insert("kind".into(), serde_json::json!(spec.kind));
+        obj.insert("session".into(), serde_json::json!(spec.session));
+        obj.insert("parent".into(), serde_json::json!(spec.parent));
+        obj.insert("group".into(), serde_json::json!(spec.group));
+        obj.insert("labels".into(), serde_json::json!(spec.labels));
+        obj.insert("metadata".into(), serde_json::json!(spec.metadata));
+        obj.insert("pid".into(), serde_json::json!(r.pid()));
+        obj.insert(
+            "exit_code".into(),
+            serde_json::json!(l.exit().and_then(bpm_domain::ExitStatus::code)),
+        );
+        obj.insert(
+            "signal".into(),
+            serde_json::json!(l.exit().and_then(bpm_domain::ExitStatus::signal)),
+        );
+        obj.insert("started_at".into(), serde_json::json!(l.started_at()));
+        obj.insert("ended_at".into(), serde_json::json!(l.ended_at()));
+        obj.insert("error".into(), serde_json::json!(l.error()));
+    }
+    v
+}
+
+fn show(r: &ProcessRecord) {
+    let l = r.lifecycle();
+    let spec = r.spec();
+    let field = |k: &str, v: String| println!("{k:<14}{v}");
+    field("id", r.id().to_string());
+    field(
+        "name",
+        spec.name.as_ref().map_or("-".into(), ToString::to_string),
+    );
+    field("state", r.state().to_string());
+    field(
+        "command",
+        spec.command
+            .as_ref()
+            .map_or("(tracked operation)".into(), ToString::to_string),
+    );
+    field(
+        "kind",
+        serde_json::to_value(spec.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    );
+    field("pid", r.pid().map_or("-".into(), |p| p.to_string()));
+    if let Some(e) = l.exit() {
+        field("exit", e.to_string());
+    }
+    if let Some(e) = l.error() {
+        field("error", e);
+    }
+    if let Some(p) = r.progress() {
+        field(
+            "progress",
+            format!(
+                "{}% {}",
+                p.percent.get(),
+                p.message.clone().unwrap_or_default()
+            ),
+        );
+    }
+    field(
+        "session",
+        r.session().map_or("-".into(), ToString::to_string),
+    );
+    field("node", r.node().to_string());
+    field("parent", r.parent().map_or("-".into(), |p| p.to_string()));
+    field("group", r.group().map_or("-".into(), ToString::to_string));
+    field("created", r.created_at().to_string());
+    if let Some(t) = l.started_at() {
+        field("started", t.to_string());
+    }
+    if let Some(t) = l.ended_at() {
+        field("ended", t.to_string());
+    }
+    if r.restarts() > 0 {
+        field("restarts", r.restarts().to_string());
+    }
+    if let Some(from) = r.restarted_from() {
+        field("restarted from", from.to_string());
+    }
+}
+
+async fn logs(m: &DaemonClient, a: LogsArgs) -> Outcome {
+    let id = resolve(m, &a.id).await?;
+    let stream = match a.stream.as_str() {
+        "stdout" => StreamSelect::Stdout,
+        "stderr" => StreamSelect::Stderr,
+        "both" => StreamSelect::Both,
+        other => {
+            return Err(CliError::invalid(format!(
+                "invalid --stream {other:?}: expected stdout, stderr or both"
+            )));
+        }
+    };
+    let start = if let Some(n) = a.lines {
+        let chunk = m
+            .read_output(
+                id,
+                OutputQuery {
+                    stream,
+                    cursor: None,
+                    max_bytes: 16 << 20,
+                    tail_lines: Some(n),
+                },
+            )
+            .await?;
+        let mut out = std::io::stdout();
+        for piece in &chunk.pieces {
+            let _ = out.write_all(&piece.data);
+        }
+        let _ = out.flush();
+        chunk.next
+    } else {
+        Cursor(a.since.unwrap_or(0))
+    };
+    if a.follow {
+        follow(m, id, start, stream).await?;
+    } else if a.lines.is_none() {
+        let mut cursor = start;
+        let mut out = std::io::stdout();
+        loop {
+            let chunk = m
+                .read_output(
+                    id,
+                    OutputQuery {
+                        stream,
+                        cursor: Some(cursor),
+                        max_bytes: 1 << 20,
+                        tail_lines: None,
+                    },
+                )
+                .await?;
+            for piece in &chunk.pieces {
+                let _ = out.write_all(&piece.data);
+            }
+            cursor = chunk.next;
+            if !chunk.truncated {
+                break;
+            }
+        }
+        let _ = out.flush();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop(m: &DaemonClient, a: StopArgs) -> Outcome {
+    let options = StopOptions {
+        force: a.force,
+        grace: a.grace.map(|g| secs(g, "--grace")).transpose()?,
+    };
+    if let Some(level) = a.level {
+        for r in m.stop_level(level, options).await? {
+            println!("{} {}", r.id(), r.state());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let live = vec![
+        StateName::Pending,
+        StateName::Starting,
+        StateName::Running,
+        StateName::Paused,
+        StateName::Stopping,
+    ];
+    let mut ids = Vec::new();
+    if a.all || a.session.is_some() {
+        let session = a
+            .session
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?;
+        ids.extend(
+            m.list(ListFilter {
+                states: live.clone(),
+                session,
+                ..ListFilter::default()
+            })
+            .await?
+            .iter()
+            .map(ProcessRecord::id),
+        );
+    }
+    for text in &a.ids {
+        ids.push(resolve(m, text).await?);
+    }
+    if ids.is_empty() && !a.all && a.session.is_none() {
+        ids.push(pick(m, live).await?);
+    }
+    let mut tasks = Vec::new();
+    for id in ids {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move { m.stop(id, options).await }));
+    }
+    for t in tasks {
+        let r = t.await.map_err(|e| CliError::failed(e.to_string()))??;
+        println!("{} {}", r.id(), r.state());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Offers the live processes on a terminal and reads a choice.
+async fn pick(m: &DaemonClient, live: Vec<StateName>) -> Result<ProcessId, CliError> {
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(CliError::invalid(
+            "no process given: name one (bpm stop ID), or use --all or --session",
+        ));
+    }
+    let records = m
+        .list(ListFilter {
+            states: live,
+            ..ListFilter::default()
+        })
+        .await?;
+    if records.is_empty() {
+        return Err(CliError::not_found("no process is running"));
+    }
+    let now = now();
+    eprintln!("    {}", table::header());
+    for (i, r) in records.iter().enumerate() {
+        eprintln!("{:>3} {}", i + 1, table::row(r, now, "", color_on(true)));
+    }
+    eprint!("stop which? [1-{}] ", records.len());
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let n: usize = line
+        .trim()
+        .parse()
+        .map_err(|_| CliError::invalid(format!("not a number from the list: {:?}", line.trim())))?;
+    records
+        .get(n.wrapping_sub(1))
+        .map(ProcessRecord::id)
+        .ok_or_else(|| CliError::invalid(format!("{n} is not in the list")))
+}
+
+async fn wait(m: &DaemonClient, texts: &[String], timeout: Option<f64>) -> Outcome {
+    let timeout = timeout
+        .map(|t| secs(t, "--timeout"))
+        .transpose()?
+        .map(Span::as_duration);
+    let mut ids = Vec::new();
+    for t in texts {
+        ids.push(resolve(m, t).await?);
+    }
+    let bar = ids.len() == 1 && std::io::stderr().is_terminal();
+    let mut last = None;
+    for id in &ids {
+        let waiting = m.wait(*id, timeout);
+        let r = if bar {
+            with_progress_bar(m, *id, waiting).await
+        } else {
+            waiting.await
+        };
+        match r {
+            Ok(r) => last = Some(r),
+            Err(ManagerError::WaitTimeout { id, state }) => {
+                return Err(CliError {
+                    code: 124,
+                    message: format!("timed out waiting for {id}: it is still {state}"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(match (ids.len(), last) {
+        (1, Some(r)) => exit_code_of(&r),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// Draws the record's progress on stderr while `waiting` runs.
+async fn with_progress_bar(
+    m: &DaemonClient,
+    id: ProcessId,
+    waiting: impl std::future::Future<Output = Result<ProcessRecord, ManagerError>>,
+) -> Result<ProcessRecord, ManagerError> {
+    let draw = async {
+        loop {
+            if let Ok(r) = m.get(id).await
+                && let Some(p) = r.progress()
+            {
+                let done = usize::from(p.percent.get()) / 5;
+                let eta = p
+                    .eta
+                    .map(|e| format!(" eta {}", table::short_duration(e.saturating_since(now()))))
+                    .unwrap_or_default();
+                eprint!(
+                    "\r[{}{}] {:>3}% {}{eta}\x1b[K",
+                    "#".repeat(done),
+                    ".".repeat(20 - done),
+                    p.percent.get(),
+                    p.message.clone().unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let result = tokio::select! {
+        r = waiting => r,
+        () = draw => unreachable!("the drawing loop never ends"),
+    };
+    eprint!("\r\x1b[K");
+    result
+}
+
+async fn clean(m: &DaemonClient, states: &[String], older_than: Option<&str>) -> Outcome {
+    let mut filter = ListFilter::default();
+    for s in states {
+        let state: StateName = s.parse().map_err(CliError::invalid)?;
+        if !state.is_terminal() {
+            return Err(CliError::invalid(format!(
+                "--state {state}: only finished records can be cleaned"
+            )));
+        }
+        filter.states.push(state);
+    }
+    if filter.states.is_empty() {
+        filter.states = StateName::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+    }
+    let cutoff = older_than
+        .map(|t| span(t, "--older-than"))
+        .transpose()?
+        .map(|s| Timestamp::from_millis(now().as_millis().saturating_sub(s.as_millis())));
+    let mut removed = 0;
+    for r in m.list(filter).await? {
+        if cutoff.is_some_and(|c| r.lifecycle().ended_at().is_some_and(|e| e > c)) {
+            continue;
+        }
+        m.remove(r.id()).await?;
+        removed += 1;
+    }
+    eprintln!("removed {removed} finished record(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(m: &DaemonClient) -> Outcome {
+    let mut rx = m.subscribe();
+    let mut out = std::io::stdout();
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
+                let _ = out.flush();
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                eprintln!("bpm: {n} events missed");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                return Err(CliError {
+                    code: 5,
+                    message: "the daemon closed the connection".into(),
+                });
+            }
+        }
+    }
+}

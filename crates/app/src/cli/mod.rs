@@ -1,0 +1,342 @@
+//! The `bpm` command line. Every command but `daemon` talks to the per-user
+//! daemon through the control socket, starting it when none answers.
+//!
+//! Exit codes: 0 success; 1 failure; 2 usage; 3 unknown id; 4 invalid input
+//! (ambiguous id, invalid spec, refused, illegal transition); 5 the daemon
+//! cannot be reached; 124 `wait` timed out. `wait ID` and `run --wait` exit
+//! with the process's own code (128+n when a signal ended it).
+
+mod commands;
+mod resolve;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use commands::dispatch;
+
+/// bpm: run, watch and stop background processes.
+#[derive(Debug, Parser)]
+#[command(name = "bpm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The state directory (default: $`XDG_STATE_HOME/bpm`, else ~/.local/state/bpm).
+    #[arg(long, global = true, env = "BPM_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a process in the background; prints its id.
+    Run(Box<RunArgs>),
+    /// List processes.
+    Ps(PsArgs),
+    /// Show one process.
+    Show {
+        /// Id (full, unique prefix or short form) or unique name.
+        id: String,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a process's output.
+    Logs(LogsArgs),
+    /// Stop processes (and their descendants); returns when they are gone.
+    Stop(StopArgs),
+    /// Pause a process (SIGSTOP to its tree).
+    Pause {
+        /// Id or name.
+        id: String,
+    },
+    /// Resume a paused process.
+    Resume {
+        /// Id or name.
+        id: String,
+    },
+    /// Start a new record with the same spec; prints the new id.
+    Restart {
+        /// Id or name.
+        id: String,
+    },
+    /// Wait for processes to end.
+    Wait {
+        /// Ids or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Give up after this many seconds (exit 124).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+    },
+    /// Remove finished records and their output.
+    Rm {
+        /// Ids or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove finished records in bulk.
+    Clean {
+        /// Only records in this state (repeatable).
+        #[arg(long)]
+        state: Vec<String>,
+        /// Only records that ended longer ago than this (e.g. 1h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+    },
+    /// Print events as JSON lines.
+    Events {
+        /// Keep following (the default; accepted for symmetry with logs).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Track work you do yourself; prints its id.
+    Track {
+        /// A name for it.
+        name: String,
+        /// Its session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Its parent.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Metadata (a JSON object).
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+    },
+    /// Report progress on a tracked operation (or a process reporting about itself).
+    Progress {
+        /// Id or name (a child finds its own in `BPM_PROCESS_ID`).
+        id: String,
+        /// 0 to 100.
+        percent: f64,
+        /// What it is doing.
+        message: Option<String>,
+    },
+    /// Complete a tracked operation.
+    Complete {
+        /// Id or name.
+        id: String,
+        /// Its result (JSON).
+        #[arg(long, value_name = "JSON")]
+        result: Option<String>,
+    },
+    /// Fail a tracked operation.
+    Fail {
+        /// Id or name.
+        id: String,
+        /// Why.
+        message: String,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Run or manage the daemon.
+    Daemon(DaemonArgs),
+}
+
+/// `bpm run`: one flag per option, as the command line has them.
+#[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct RunArgs {
+    /// A name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `agent_session`, `test_suite`, build, server, analysis or custom.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Concurrency group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Session.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Parent process (id or name).
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// Environment variable K=V (repeatable).
+    #[arg(long, value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Stop it (`timed_out`) after this long, e.g. 30s, 5m.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Grace period between TERM and KILL.
+    #[arg(long)]
+    pub grace: Option<String>,
+    /// never, on-failure or always.
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// How many automatic restarts at most.
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// Start only after this process completed (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub after: Vec<String>,
+    /// Higher starts first.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Wait this long before starting.
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// Ready when a line of output matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub ready_pattern: Option<String>,
+    /// Ready when this loopback TCP port accepts connections.
+    #[arg(long, value_name = "PORT")]
+    pub ready_port: Option<u16>,
+    /// Fail if not ready within this long.
+    #[arg(long)]
+    pub ready_timeout: Option<String>,
+    /// Announce idleness after this long without output.
+    #[arg(long)]
+    pub idle_after: Option<String>,
+    /// Label K=V (repeatable).
+    #[arg(long, value_name = "K=V")]
+    pub label: Vec<String>,
+    /// Metadata (a JSON object).
+    #[arg(long, value_name = "JSON")]
+    pub metadata: Option<String>,
+    /// Keep stdin open as a pipe for sending input.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Run one string through `sh -c`.
+    #[arg(long)]
+    pub shell: bool,
+    /// A command to run when it ends (the record as JSON on stdin).
+    #[arg(long, value_name = "CMD")]
+    pub on_exit: Option<String>,
+    /// Follow the output and exit with the process's own exit code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the whole record as JSON instead of the id.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `bpm ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Include finished records.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only this state (repeatable).
+    #[arg(long)]
+    pub state: Vec<String>,
+    /// Only this session.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Only this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only children of this process.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Only this label K=V (repeatable).
+    #[arg(long, value_name = "K=V")]
+    pub label: Vec<String>,
+    /// Only this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Draw parents and children.
+    #[arg(long)]
+    pub tree: bool,
+    /// Only this hierarchy depth (roots are 0).
+    #[arg(long)]
+    pub level: Option<usize>,
+    /// Print an array of records as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bpm logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Id or name.
+    pub id: String,
+    /// Follow until the process ends.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    pub lines: Option<usize>,
+    /// stdout, stderr or both.
+    #[arg(long, default_value = "both")]
+    pub stream: String,
+    /// Start at this cursor (printed by --json reads as `next`).
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<u64>,
+}
+
+/// `bpm stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Ids or names (none: pick from a list, on a terminal).
+    pub ids: Vec<String>,
+    /// KILL at once.
+    #[arg(long)]
+    pub force: bool,
+    /// Grace period in seconds between TERM and KILL.
+    #[arg(long, value_name = "SECS")]
+    pub grace: Option<f64>,
+    /// Every live process of this session.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Every live process.
+    #[arg(long)]
+    pub all: bool,
+    /// Every live process at this hierarchy depth.
+    #[arg(long)]
+    pub level: Option<usize>,
+}
+
+/// `bpm daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// What to do (nothing: run in the foreground).
+    #[command(subcommand)]
+    pub action: Option<DaemonAction>,
+    /// The store: fs, memory or a redis:// URL (overrides config.toml).
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
+/// `bpm daemon ACTION`.
+#[derive(Debug, Subcommand)]
+pub enum DaemonAction {
+    /// Print its pid, version, store and counts.
+    Status,
+    /// Stop it; processes keep running unless --kill-all.
+    Stop {
+        /// Stop every process first.
+        #[arg(long)]
+        kill_all: bool,
+    },
+}
+
+/// Runs the command line; returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bpm: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}

@@ -1,0 +1,156 @@
+//! The `ps` table and tree, fitted to 80 columns.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bpm_domain::{ProcessId, ProcessRecord, StateName, Timestamp};
+
+/// `12s`, `4m5s`, `3h2m`, `2d4h`.
+pub(super) fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+    s.push('…');
+    s
+}
+
+fn paint(state: StateName, text: &str, color: bool) -> String {
+    if !color {
+        return text.to_owned();
+    }
+    let code = match state {
+        StateName::Running => "32",
+        StateName::Completed => "2",
+        StateName::Failed | StateName::Lost | StateName::TimedOut => "31",
+        StateName::Paused | StateName::Stopping | StateName::Pending | StateName::Starting => "33",
+        StateName::Cancelled => "35",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// The table header.
+pub(super) fn header() -> String {
+    format!(
+        "{:<8} {:<18} {:<9} {:>7} {:>4} {:>7} {}",
+        "ID", "NAME", "STATE", "PID", "PROG", "TIME", "SESSION"
+    )
+}
+
+/// One row; `indent` prefixes the name (for trees).
+pub(super) fn row(r: &ProcessRecord, now: Timestamp, indent: &str, color: bool) -> String {
+    let name = format!(
+        "{indent}{}",
+        r.spec().name.as_ref().map_or_else(
+            || r.spec()
+                .command
+                .as_ref()
+                .map_or("-".into(), ToString::to_string),
+            std::string::ToString::to_string
+        )
+    );
+    let state = r.state();
+    let pid = r.pid().map_or("-".into(), |p| p.to_string());
+    let progress = r
+        .progress()
+        .map_or("-".into(), |p| format!("{}%", p.percent.get()));
+    let time = match r
+        .progress()
+        .and_then(|p| p.eta)
+        .filter(|_| !r.is_terminal())
+    {
+        Some(eta) => format!("~{}", short_duration(eta.saturating_since(now))),
+        None => r.runtime(now).map_or("-".into(), short_duration),
+    };
+    let session = r.session().map_or("-".into(), ToString::to_string);
+    format!(
+        "{:<8} {:<18} {} {:>7} {:>4} {:>7} {}",
+        r.id().short(),
+        cut(&name, 18),
+        paint(state, &format!("{:<9}", cut(state.as_str(), 9)), color),
+        cut(&pid, 7),
+        progress,
+        cut(&time, 7),
+        cut(&session, 21)
+    )
+}
+
+/// Depth of each record in its hierarchy (roots are 0), from parent links.
+pub(super) fn depths(records: &[ProcessRecord]) -> HashMap<ProcessId, usize> {
+    let parents: HashMap<ProcessId, Option<ProcessId>> =
+        records.iter().map(|r| (r.id(), r.parent())).collect();
+    records
+        .iter()
+        .map(|r| {
+            let mut depth = 0;
+            let mut cur = r.parent();
+            while let Some(p) = cur {
+                depth += 1;
+                if depth > 64 {
+                    break;
+                }
+                cur = parents.get(&p).copied().flatten();
+            }
+            (r.id(), depth)
+        })
+        .collect()
+}
+
+struct TreeDrawer<'a> {
+    children: HashMap<ProcessId, Vec<&'a ProcessRecord>>,
+    now: Timestamp,
+    color: bool,
+    out: Vec<String>,
+}
+
+impl<'a> TreeDrawer<'a> {
+    fn walk(&mut self, r: &'a ProcessRecord, prefix: &str, last: bool, top: bool) {
+        let branch = match (top, last) {
+            (true, _) => String::new(),
+            (false, true) => format!("{prefix}└─ "),
+            (false, false) => format!("{prefix}├─ "),
+        };
+        self.out.push(row(r, self.now, &branch, self.color));
+        let next = match (top, last) {
+            (true, _) => String::new(),
+            (false, true) => format!("{prefix}   "),
+            (false, false) => format!("{prefix}│  "),
+        };
+        let kids = self.children.get(&r.id()).cloned().unwrap_or_default();
+        for (i, k) in kids.iter().enumerate() {
+            self.walk(k, &next, i + 1 == kids.len(), false);
+        }
+    }
+}
+
+/// Rows drawn as a tree: each root, then its children indented under it.
+pub(super) fn tree(records: &[ProcessRecord], now: Timestamp, color: bool) -> Vec<String> {
+    let ids: std::collections::HashSet<ProcessId> = records.iter().map(ProcessRecord::id).collect();
+    let mut drawer = TreeDrawer {
+        children: HashMap::new(),
+        now,
+        color,
+        out: Vec::new(),
+    };
+    let mut roots = Vec::new();
+    for r in records {
+        match r.parent().filter(|p| ids.contains(p)) {
+            Some(p) => drawer.children.entry(p).or_default().push(r),
+            None => roots.push(r),
+        }
+    }
+    for r in roots {
+        drawer.walk(r, "", true, true);
+    }
+    drawer.out
+}

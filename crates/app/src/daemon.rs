@@ -1,0 +1,279 @@
+//! The per-user daemon: one per state directory, serving the control socket.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use bpm_adapters::control::{DaemonClient, ServerInfo, serve};
+use bpm_domain::EventKind;
+use bpm_ports::{ManagerError, ProcessManager};
+use rustix::fs::{FlockOperation, flock};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::wiring::{StoreChoice, engine_on, open_stores};
+use crate::{Engine, EngineConfig};
+
+/// The software name and version every handshake carries.
+pub const SOFTWARE: &str = concat!("bpm ", env!("CARGO_PKG_VERSION"));
+
+/// The files of a state directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// The state directory.
+    pub dir: PathBuf,
+}
+
+impl Home {
+    /// The state directory at `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Home { dir }
+    }
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("bpm.sock")
+    }
+    /// The daemon's pid file.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("daemon.pid")
+    }
+    /// The daemon's log.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+    fn lock(&self) -> PathBuf {
+        self.dir.join("daemon.lock")
+    }
+
+    /// Creates the directory, readable by its owner only.
+    ///
+    /// # Errors
+    /// The directory cannot be made or restricted.
+    pub fn prepare(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to its owner", self.dir.display()))
+    }
+}
+
+fn describe(choice: &StoreChoice) -> String {
+    match choice {
+        StoreChoice::Memory => "memory".into(),
+        StoreChoice::Filesystem => "fs".into(),
+        // Never show a password.
+        StoreChoice::Redis(url) => match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+            }
+            _ => url.clone(),
+        },
+    }
+}
+
+/// Runs the daemon in the foreground until `bpm daemon stop`, SIGTERM or SIGINT.
+/// Processes keep running when it stops.
+///
+/// # Errors
+/// Another daemon holds this state directory, the configuration is invalid,
+/// or the store or the socket cannot be opened.
+pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()> {
+    home.prepare()?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.lock())?;
+    if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let pid = fs::read_to_string(home.pid_file()).unwrap_or_default();
+        return Err(anyhow!(
+            "a bpm daemon already runs for {} (pid {})",
+            home.dir.display(),
+            pid.trim()
+        ));
+    }
+    let config = Config::load(&home.dir).map_err(|e| anyhow!(e))?;
+    let choice = store_override.unwrap_or_else(|| config.store_choice());
+    let prefix = config.redis_prefix.clone().unwrap_or_else(|| "bpm".into());
+    let cap = config
+        .output_cap
+        .unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP);
+    let (store, output) = open_stores(&choice, &home.dir, &prefix, cap)
+        .await
+        .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
+    let node = config
+        .node
+        .clone()
+        .unwrap_or_else(bpm_domain::NodeId::local);
+    let engine = engine_on(
+        store,
+        output,
+        EngineConfig {
+            node: Some(node.clone()),
+            limits: config.limits.clone(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
+
+    let socket = home.socket();
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+    write_pid(&home.pid_file())?;
+    tracing::info!(pid = std::process::id(), home = %home.dir.display(), store = %describe(&choice), "bpm daemon started");
+
+    if let Some(cmd) = config.on_exit.clone() {
+        tokio::spawn(run_hooks(engine.clone(), Some(cmd)));
+    } else {
+        tokio::spawn(run_hooks(engine.clone(), None));
+    }
+    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
+    let info = ServerInfo {
+        software: SOFTWARE.into(),
+        store: describe(&choice),
+        node: node.to_string(),
+        home: home.dir.display().to_string(),
+    };
+    let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
+    tokio::spawn(serve(listener, manager, info, stop_tx));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = stop_rx.recv() => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    // Let the answer to `daemon stop` reach its caller.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    engine.shutdown().await;
+    let _ = fs::remove_file(&socket);
+    let _ = fs::remove_file(home.pid_file());
+    tracing::info!("bpm daemon stopped");
+    drop(lock);
+    Ok(())
+}
+
+fn write_pid(path: &Path) -> Result<()> {
+    let tmp = path.with_extension("pid.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    writeln!(f, "{}", std::process::id())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Runs each ended process's `on_exit` hook (its own, else the configured one)
+/// with the record as JSON on stdin and its id, state and exit code in the environment.
+async fn run_hooks(engine: Engine, default_hook: Option<String>) {
+    let mut events = engine.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if !matches!(
+            event.kind,
+            EventKind::Completed
+                | EventKind::Failed
+                | EventKind::TimedOut
+                | EventKind::Cancelled
+                | EventKind::Lost
+        ) {
+            continue;
+        }
+        let Ok(record) = engine.get(event.id).await else {
+            continue;
+        };
+        let Some(hook) = record
+            .spec()
+            .on_exit
+            .clone()
+            .or_else(|| default_hook.clone())
+        else {
+            continue;
+        };
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        let code = record
+            .lifecycle()
+            .exit()
+            .map(|e| e.shell_code().to_string())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let child = tokio::process::Command::new("sh")
+                .args(["-c", &hook])
+                .env("BPM_PROCESS_ID", record.id().to_string())
+                .env("BPM_STATE", record.state().as_str())
+                .env("BPM_EXIT_CODE", code)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            match child {
+                Ok(mut child) => {
+                    if let Some(mut stdin) = child.stdin.take() {
+                        use tokio::io::AsyncWriteExt;
+                        let _ = stdin.write_all(&json).await;
+                    }
+                    let _ = child.wait().await;
+                }
+                Err(e) => tracing::warn!(error = %e, "on_exit hook could not start"),
+            }
+        });
+    }
+}
+
+/// Connects to the daemon of `home`, starting one in the background when none
+/// answers. Two callers racing end up with one daemon: the second to start
+/// finds the lock taken and exits, and both connect to the first.
+///
+/// # Errors
+/// [`ManagerError::Connection`] if no daemon answers within 10 s of starting one.
+pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError> {
+    if let Ok(client) = DaemonClient::connect(&home.socket(), SOFTWARE).await {
+        return Ok(client);
+    }
+    home.prepare()
+        .map_err(|e| ManagerError::Connection(e.to_string()))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.log())
+        .map_err(|e| ManagerError::Connection(format!("{}: {e}", home.log().display())))?;
+    let exe = std::env::current_exe().map_err(|e| ManagerError::Connection(e.to_string()))?;
+    // Not waited for: the daemon outlives this command (a racing loser exits at once
+    // and is reaped by init once this command ends).
+    let _daemon = std::process::Command::new(exe)
+        .arg("daemon")
+        .env("BPM_HOME", &home.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| ManagerError::Connection(e.to_string()))?,
+        )
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| ManagerError::Connection(format!("cannot start the bpm daemon: {e}")))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(client) = DaemonClient::connect(&home.socket(), SOFTWARE).await {
+            return Ok(client);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ManagerError::Connection(format!(
+                "the bpm daemon did not start within 10 s; see {}",
+                home.log().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
