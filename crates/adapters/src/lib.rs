@@ -3,6 +3,7 @@
 //! - [`control`]: the control socket: the daemon's server and the client.
 //! - [`fs`]: output in capped files.
 //! - [`redis`]: records and output in Redis, shared by many nodes.
+//! - [`keeper`]: the per-node keeper that runs processes for the daemon, and its client.
 //! - [`memory`]: the in-memory store, output store and event bus (tests, embedding).
 //! - [`clock`]: the system clock and a manual clock for tests.
 //! - [`ids`]: UUID v7 ids.
@@ -14,6 +15,7 @@ pub mod control;
 pub mod fake;
 pub mod fs;
 pub mod ids;
+pub mod keeper;
 pub mod memory;
 pub mod os;
 pub mod redis;

@@ -17,7 +17,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::wiring::{StoreChoice, engine_on, open_stores};
+use crate::wiring::{StoreChoice, open_stores};
 use crate::{Engine, EngineConfig};
 
 /// The software name and version every handshake carries.
@@ -104,16 +104,25 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let cap = config
         .output_cap
         .unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP);
-    let (store, output) = open_stores(&choice, &home.dir, &prefix, cap)
+    let (store, _) = open_stores(&choice, &home.dir, &prefix, cap)
         .await
         .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
+    let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
+    let spawner = crate::keeper::connect_or_start(home, &choice).await?;
     let node = config
         .node
         .clone()
         .unwrap_or_else(bpm_domain::NodeId::local);
-    let engine = engine_on(
+    let ports = crate::Ports {
         store,
         output,
+        events: Arc::new(bpm_adapters::memory::BroadcastBus::default()),
+        spawner: Arc::new(spawner),
+        clock: Arc::new(bpm_adapters::clock::SystemClock::new()),
+        ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
+    };
+    let engine = Engine::start(
+        ports,
         EngineConfig {
             node: Some(node.clone()),
             limits: config.limits.clone(),

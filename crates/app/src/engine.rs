@@ -445,6 +445,7 @@ impl Driver {
                             ProcessNotice::Exited { id, status } => Input::Exited { id, status },
                             ProcessNotice::Ready { id } => Input::Ready { id },
                             ProcessNotice::Idle { id } => Input::Idle { id },
+                            ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
                         };
                         if let Err(e) = self.step(input).await {
                             tracing::debug!(error = %e, "process notice ignored");

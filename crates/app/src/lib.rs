@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod keeper;
 pub mod wiring;
 
 pub use engine::{Engine, EngineConfig, Ports};

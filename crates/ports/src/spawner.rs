@@ -6,10 +6,11 @@ use bpm_domain::{
     ExitStatus, NodeId, ProcessId, ProcessRecord, ReadinessCheck, SessionId, Signal, Span,
     StdinMode,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// Everything a spawner needs to start one process.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     /// The record.
     pub id: ProcessId,
@@ -50,14 +51,15 @@ impl SpawnRequest {
 }
 
 /// A process that was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spawned {
     /// Its pid, which is also its process group id.
     pub pid: u32,
 }
 
 /// Something a spawner observed about a process it started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProcessNotice {
     /// It exited (and was reaped).
     Exited {
@@ -76,10 +78,18 @@ pub enum ProcessNotice {
         /// The record.
         id: ProcessId,
     },
+    /// The spawner can no longer watch it (its supervisor died), so its end will not be known.
+    Lost {
+        /// The record.
+        id: ProcessId,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A spawner could not do what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SpawnError {
     /// The program does not exist.

@@ -29,6 +29,8 @@ use bpm_ports::{
 pub struct FileOutput {
     root: PathBuf,
     cap: u64,
+    /// Another process writes: read from disk every time, cache nothing.
+    reader: bool,
     logs: Mutex<HashMap<ProcessId, Arc<Mutex<SegmentedLog>>>>,
 }
 
@@ -43,8 +45,20 @@ impl FileOutput {
         Ok(FileOutput {
             root,
             cap: cap.max(2),
+            reader: false,
             logs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A store that reads output another process (bpm's keeper) writes under
+    /// `root`: every read goes to the files. It can remove output, not append.
+    ///
+    /// # Errors
+    /// The folder cannot be created.
+    pub fn reader(root: impl Into<PathBuf>, cap: u64) -> io::Result<Self> {
+        let mut store = FileOutput::new(root, cap)?;
+        store.reader = true;
+        Ok(store)
     }
 
     fn dir(&self, id: ProcessId) -> PathBuf {
@@ -54,6 +68,14 @@ impl FileOutput {
     /// The log of a process that has written something; `None` (and nothing
     /// cached) for one that has not, so reads of silent processes stay cheap.
     fn existing_log(&self, id: ProcessId) -> io::Result<Option<Arc<Mutex<SegmentedLog>>>> {
+        if self.reader {
+            let dir = self.dir(id);
+            return if dir.exists() {
+                Ok(Some(Arc::new(Mutex::new(load(&dir)?))))
+            } else {
+                Ok(None)
+            };
+        }
         if let Some(log) = self
             .logs
             .lock()
@@ -257,6 +279,11 @@ impl OutputStore for FileOutput {
         stream: Stream,
         data: &[u8],
     ) -> Result<Cursor, OutputError> {
+        if self.reader {
+            return Err(OutputError::Refused(format!(
+                "output of {id}: this store only reads what another process writes"
+            )));
+        }
         let log = self.log(id).map_err(|e| refused(id, &e))?;
         let (dir, cap, data) = (self.dir(id), self.cap, data.to_vec());
         tokio::task::spawn_blocking(move || {

@@ -88,6 +88,11 @@ impl OsSpawner {
     pub fn running(&self) -> usize {
         lock(&self.live).len()
     }
+
+    /// Whether this spawner runs process `id` (with leader `pid`) and has not yet reported its exit.
+    pub fn holds(&self, id: ProcessId, pid: u32) -> bool {
+        lock(&self.live).get(&id).is_some_and(|l| l.pid == pid)
+    }
 }
 
 fn lock(live: &LiveMap) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Live>> {

@@ -115,6 +115,13 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
     let home = Home::new(cli.home.clone().unwrap_or_else(state_dir));
     let result = match cli.command {
         Command::Daemon(args) => daemon_command(&home, args).await,
+        Command::Keeper { store } => match store.map(|s| s.parse::<StoreChoice>()).transpose() {
+            Ok(choice) => crate::keeper::run(&home, choice)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| CliError::failed(format!("{e:#}"))),
+            Err(e) => Err(CliError::invalid(e)),
+        },
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -284,7 +291,7 @@ async fn command(m: &DaemonClient, command: Command) -> Outcome {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Daemon(_) | Command::Completions { .. } => {
+        Command::Daemon(_) | Command::Completions { .. } | Command::Keeper { .. } => {
             unreachable!("handled before connecting")
         }
     }

@@ -138,6 +138,13 @@ pub enum Command {
     },
     /// Run or manage the daemon.
     Daemon(DaemonArgs),
+    /// The keeper: the parent of every process on this node (started by the daemon).
+    #[command(hide = true)]
+    Keeper {
+        /// The store whose output the keeper writes (a redis:// URL; files otherwise).
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 /// `bpm run`: one flag per option, as the command line has them.

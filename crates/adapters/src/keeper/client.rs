@@ -1,0 +1,214 @@
+//! The daemon's side: a `ProcessSpawner` whose processes the keeper runs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use bpm_domain::{ProcessId, Signal};
+use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Answer, KeeperLine, Op, Request};
+use crate::control::read_line;
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Answer, SpawnError>>>>;
+
+struct Shared {
+    pending: Pending,
+    /// Processes started or re-attached through this connection whose exit has not arrived.
+    watched: Mutex<HashSet<ProcessId>>,
+    /// Processes whose exit arrived (and is queued for the engine).
+    exited: Mutex<HashSet<ProcessId>>,
+}
+
+/// Spawns through the node's keeper process.
+pub struct KeeperSpawner {
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    shared: Arc<Shared>,
+    next: AtomicU64,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
+}
+
+fn gone() -> SpawnError {
+    SpawnError::Os("bpm's keeper process is gone".into())
+}
+
+impl KeeperSpawner {
+    /// Connects to the keeper listening on `socket`.
+    ///
+    /// # Errors
+    /// The socket does not answer.
+    pub async fn connect(socket: &Path) -> std::io::Result<Self> {
+        let stream = UnixStream::connect(socket).await?;
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashSet::new()),
+            exited: Mutex::new(HashSet::new()),
+        });
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(read);
+            while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
+                match serde_json::from_slice::<KeeperLine>(&line) {
+                    Ok(KeeperLine::Reply { id, ok, err }) => {
+                        let result = match (ok, err) {
+                            (Some(a), _) => Ok(a),
+                            (None, Some(e)) => Err(e),
+                            (None, None) => {
+                                Err(SpawnError::Os("the keeper answered with nothing".into()))
+                            }
+                        };
+                        if let Some(waiter) = sh
+                            .pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&id)
+                        {
+                            let _ = waiter.send(result);
+                        }
+                    }
+                    Ok(KeeperLine::Notice { seq, notice }) => {
+                        if let ProcessNotice::Exited { id, .. } = &notice {
+                            sh.watched
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove(id);
+                            sh.exited
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(*id);
+                        }
+                        let _ = tx.send(notice);
+                        let _ = ack_tx.send(seq);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable line from the keeper"),
+                }
+            }
+            // The keeper is gone: nobody will learn how its processes end.
+            sh.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+            let orphans: Vec<ProcessId> = sh
+                .watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain()
+                .collect();
+            for id in orphans {
+                let _ = tx.send(ProcessNotice::Lost {
+                    id,
+                    reason: "bpm's keeper process died; the process's end cannot be known".into(),
+                });
+            }
+        });
+        let writer = Arc::new(tokio::sync::Mutex::new(write));
+        // Acknowledge each notice once it is queued for the engine, so the keeper can let it go.
+        let w = writer.clone();
+        tokio::spawn(async move {
+            while let Some(seq) = ack_rx.recv().await {
+                let Ok(mut line) = serde_json::to_vec(&Request {
+                    id: 0,
+                    op: Op::Ack(seq),
+                }) else {
+                    continue;
+                };
+                line.push(b'\n');
+                if w.lock().await.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(KeeperSpawner {
+            writer,
+            shared,
+            next: AtomicU64::new(1),
+            rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    async fn call(&self, op: Op) -> Result<Answer, SpawnError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        let mut line =
+            serde_json::to_vec(&Request { id, op }).map_err(|e| SpawnError::Os(e.to_string()))?;
+        line.push(b'\n');
+        self.writer
+            .lock()
+            .await
+            .write_all(&line)
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+#[async_trait]
+impl ProcessSpawner for KeeperSpawner {
+    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
+        let id = request.id;
+        match self.call(Op::Spawn(Box::new(request))).await? {
+            Answer::Spawned(s) => {
+                self.shared
+                    .watched
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id);
+                Ok(s)
+            }
+            other => Err(SpawnError::Os(format!("the keeper answered {other:?}"))),
+        }
+    }
+
+    async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
+        self.call(Op::Signal { id, pid, signal }).await.map(|_| ())
+    }
+
+    async fn write_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), SpawnError> {
+        self.call(Op::WriteInput { id, data }).await.map(|_| ())
+    }
+
+    async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
+        if self
+            .shared
+            .exited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id)
+        {
+            // Its exit is already queued for the engine.
+            return Ok(true);
+        }
+        match self.call(Op::Reattach { id, pid }).await? {
+            Answer::Held(true) => {
+                self.shared
+                    .watched
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>> {
+        self.rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}

@@ -1,0 +1,71 @@
+//! The keeper: one small process per node that is the parent of every process
+//! bpm runs. It holds their pipes, captures their output, reaps them and keeps
+//! each exit until a daemon has taken it, so the daemon can crash, be killed
+//! or be upgraded while processes run, and a new daemon adopts them with their
+//! real exit codes.
+//!
+//! The daemon talks to it through [`KeeperSpawner`], a `ProcessSpawner`; the
+//! keeper side is [`serve_keeper`]. Protocol: newline-delimited JSON on
+//! `keeper.sock` (mode 0600, same user only). The daemon sends
+//! `{"id":N,"op":{...}}`; the keeper answers `{"id":N,"ok":...}` or
+//! `{"id":N,"err":...}` and pushes `{"seq":S,"notice":{...}}`; the daemon
+//! acknowledges each with `{"id":0,"op":{"ack":S}}`. Unacknowledged notices
+//! are sent again to the next daemon that connects.
+
+mod client;
+mod server;
+
+pub use client::KeeperSpawner;
+pub use server::serve_keeper;
+
+use bpm_domain::{ProcessId, Signal};
+use bpm_ports::{ProcessNotice, SpawnError, SpawnRequest, Spawned};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    Spawn(Box<SpawnRequest>),
+    Signal {
+        id: ProcessId,
+        pid: u32,
+        signal: Signal,
+    },
+    WriteInput {
+        id: ProcessId,
+        data: Vec<u8>,
+    },
+    Reattach {
+        id: ProcessId,
+        pid: u32,
+    },
+    Ack(u64),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    id: u64,
+    op: Op,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Answer {
+    Spawned(Spawned),
+    Done,
+    Held(bool),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum KeeperLine {
+    Notice {
+        seq: u64,
+        notice: ProcessNotice,
+    },
+    Reply {
+        id: u64,
+        ok: Option<Answer>,
+        err: Option<SpawnError>,
+    },
+}

@@ -1,0 +1,156 @@
+//! The keeper's side.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bpm_ports::{ProcessNotice, ProcessSpawner};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::net::unix::OwnedWriteHalf;
+
+use super::{Answer, KeeperLine, Op, Request};
+use crate::control::read_line;
+use crate::os::OsSpawner;
+
+type Writer = Arc<tokio::sync::Mutex<Option<OwnedWriteHalf>>>;
+
+struct State {
+    unacked: BTreeMap<u64, ProcessNotice>,
+    next_seq: u64,
+}
+
+async fn send(writer: &Writer, line: &KeeperLine) -> bool {
+    let Ok(mut bytes) = serde_json::to_vec(line) else {
+        return false;
+    };
+    bytes.push(b'\n');
+    let mut guard = writer.lock().await;
+    match guard.as_mut() {
+        Some(w) => w.write_all(&bytes).await.is_ok(),
+        None => false,
+    }
+}
+
+/// Runs the keeper on `listener` with `spawner` until it has been idle for
+/// `idle_exit`: no daemon connected, no process running, no exit waiting to be taken.
+pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_exit: Duration) {
+    let mut notices = spawner
+        .notices()
+        .expect("the keeper owns its spawner's notices");
+    let state = Arc::new(Mutex::new(State {
+        unacked: BTreeMap::new(),
+        next_seq: 1,
+    }));
+    // The connected daemon's writer; a newer connection replaces an older one.
+    let writer: Writer = Arc::new(tokio::sync::Mutex::new(None));
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (st, w) = (state.clone(), writer.clone());
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            let seq = {
+                let mut s = st.lock().unwrap_or_else(PoisonError::into_inner);
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                s.unacked.insert(seq, notice.clone());
+                seq
+            };
+            send(&w, &KeeperLine::Notice { seq, notice }).await;
+        }
+    });
+    let own_uid = rustix::process::getuid();
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a.ok(),
+            () = tokio::time::sleep(Duration::from_millis(500)) => None,
+        };
+        let busy = connected.load(std::sync::atomic::Ordering::SeqCst) > 0
+            || spawner.running() > 0
+            || !state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unacked
+                .is_empty();
+        if busy {
+            idle_since = tokio::time::Instant::now();
+        } else if idle_since.elapsed() >= idle_exit {
+            tracing::info!("keeper idle: no daemon, no process, no exit to hand over; exiting");
+            return;
+        }
+        let Some((stream, _)) = accepted else {
+            continue;
+        };
+        if !rustix::net::sockopt::socket_peercred(&stream).is_ok_and(|c| c.uid == own_uid) {
+            tracing::warn!("keeper refused a connection from another user");
+            continue;
+        }
+        let (read, write) = stream.into_split();
+        *writer.lock().await = Some(write);
+        // Everything not yet taken goes to the new daemon first.
+        let pending: Vec<(u64, ProcessNotice)> = state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unacked
+            .iter()
+            .map(|(s, n)| (*s, n.clone()))
+            .collect();
+        for (seq, notice) in pending {
+            send(&writer, &KeeperLine::Notice { seq, notice }).await;
+        }
+        let (spawner, state, writer, connected) = (
+            spawner.clone(),
+            state.clone(),
+            writer.clone(),
+            connected.clone(),
+        );
+        connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(read);
+            while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
+                let Ok(request) = serde_json::from_slice::<Request>(&line) else {
+                    tracing::warn!("keeper: unreadable request");
+                    continue;
+                };
+                let (spawner, state, writer) = (spawner.clone(), state.clone(), writer.clone());
+                tokio::spawn(async move {
+                    let result = match request.op {
+                        Op::Spawn(req) => spawner.spawn(*req).await.map(Answer::Spawned),
+                        Op::Signal { id, pid, signal } => {
+                            spawner.signal(id, pid, signal).await.map(|()| Answer::Done)
+                        }
+                        Op::WriteInput { id, data } => {
+                            spawner.write_input(id, data).await.map(|()| Answer::Done)
+                        }
+                        Op::Reattach { id, pid } => {
+                            let waiting = state.lock().unwrap_or_else(PoisonError::into_inner).unacked.values().any(|n| matches!(n, ProcessNotice::Exited { id: e, .. } if *e == id));
+                            Ok(Answer::Held(waiting || spawner.holds(id, pid)))
+                        }
+                        Op::Ack(seq) => {
+                            state
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .unacked
+                                .remove(&seq);
+                            return;
+                        }
+                    };
+                    let line = match result {
+                        Ok(a) => KeeperLine::Reply {
+                            id: request.id,
+                            ok: Some(a),
+                            err: None,
+                        },
+                        Err(e) => KeeperLine::Reply {
+                            id: request.id,
+                            ok: None,
+                            err: Some(e),
+                        },
+                    };
+                    send(&writer, &line).await;
+                });
+            }
+            connected.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+}

@@ -1,0 +1,132 @@
+//! The keeper process (`bpm keeper`, started by the daemon): the parent of
+//! every process bpm runs on this node. See `bpm_adapters::keeper`.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use bpm_adapters::keeper::{KeeperSpawner, serve_keeper};
+use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
+use bpm_ports::OutputStore;
+use rustix::fs::{FlockOperation, flock};
+use tokio::net::UnixListener;
+
+use crate::config::Config;
+use crate::daemon::Home;
+use crate::wiring::StoreChoice;
+
+/// How long a keeper with nothing to do waits before it exits.
+const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// The output store the keeper writes and the daemon reads, for a store choice.
+pub(crate) async fn output_for(
+    choice: &StoreChoice,
+    home: &Home,
+    prefix: &str,
+    cap: u64,
+    writer: bool,
+) -> Result<Arc<dyn OutputStore>> {
+    Ok(match choice {
+        StoreChoice::Redis(url) => Arc::new(
+            bpm_adapters::redis::RedisOutput::connect(url, prefix, cap)
+                .await
+                .map_err(|e| anyhow!("{e}"))?,
+        ),
+        // Output always lives in files when a daemon runs: the keeper writes, the daemon reads.
+        StoreChoice::Filesystem | StoreChoice::Memory => {
+            let dir = home.dir.join("output");
+            let store = if writer {
+                bpm_adapters::fs::FileOutput::new(&dir, cap)
+            } else {
+                bpm_adapters::fs::FileOutput::reader(&dir, cap)
+            };
+            Arc::new(store.with_context(|| format!("cannot open {}", dir.display()))?)
+        }
+    })
+}
+
+/// Runs the keeper until it has been idle (no daemon, no process, no exit to hand over).
+///
+/// # Errors
+/// Another keeper runs for this state directory, or its socket cannot be opened.
+pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
+    home.prepare()?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.dir.join("keeper.lock"))?;
+    if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(anyhow!(
+            "a bpm keeper already runs for {}",
+            home.dir.display()
+        ));
+    }
+    let config = Config::load(&home.dir).map_err(|e| anyhow!(e))?;
+    let choice = store.unwrap_or_else(|| config.store_choice());
+    let prefix = config.redis_prefix.clone().unwrap_or_else(|| "bpm".into());
+    let cap = config
+        .output_cap
+        .unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP);
+    let output = output_for(&choice, home, &prefix, cap, true).await?;
+    let spawner = Arc::new(OsSpawner::new(output, OsSpawnerConfig::default()));
+    let socket = keeper_socket(home);
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+    tracing::info!(pid = std::process::id(), "bpm keeper started");
+    serve_keeper(listener, spawner, IDLE_EXIT).await;
+    let _ = fs::remove_file(&socket);
+    drop(lock);
+    Ok(())
+}
+
+/// The keeper's socket.
+pub fn keeper_socket(home: &Home) -> std::path::PathBuf {
+    home.dir.join("keeper.sock")
+}
+
+/// Connects to the keeper of `home`, starting it when none answers.
+///
+/// # Errors
+/// No keeper answers within 10 s of starting one.
+pub async fn connect_or_start(home: &Home, store: &StoreChoice) -> Result<KeeperSpawner> {
+    let socket = keeper_socket(home);
+    if let Ok(k) = KeeperSpawner::connect(&socket).await {
+        return Ok(k);
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.dir.join("keeper.log"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("keeper")
+        .env("BPM_HOME", &home.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    if let StoreChoice::Redis(url) = store {
+        cmd.args(["--store", url]);
+    }
+    let mut child = cmd.spawn().context("cannot start bpm's keeper")?;
+    // The keeper outlives this daemon; while the daemon lives, it reaps the keeper if it ends.
+    std::thread::spawn(move || child.wait());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(k) = KeeperSpawner::connect(&socket).await {
+            return Ok(k);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "bpm's keeper did not start within 10 s; see {}",
+                home.dir.join("keeper.log").display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
