@@ -200,7 +200,7 @@ async fn command(m: &DaemonClient, command: Command) -> Outcome {
         Command::Show { id, json: as_json } => {
             let r = m.get(resolve(m, &id).await?).await?;
             if as_json {
-                println!("{}", json(&r));
+                println!("{}", json(&record_json(&r)));
             } else {
                 show(&r);
             }
@@ -404,7 +404,7 @@ async fn run(m: &DaemonClient, args: RunArgs) -> Outcome {
     let spec = spec_from(m, args).await?;
     let record = m.start(spec).await?;
     if as_json {
-        println!("{}", json(&record));
+        println!("{}", json(&record_json(&record)));
     } else if !wait_for_it {
         println!("{}", record.id());
     }

@@ -1,0 +1,633 @@
+//! The real `bpm` binary in a temporary `BPM_HOME`: every command, its JSON,
+//! its errors and exit codes; the daemon's auto-start race, permissions and
+//! protocol robustness; and surviving `kill -9` of the daemon.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Bpm {
+    home: tempfile::TempDir,
+}
+
+impl Bpm {
+    fn new() -> Self {
+        Bpm {
+            home: tempfile::tempdir().expect("home"),
+        }
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bpm"));
+        c.args(args)
+            .env("BPM_HOME", self.home())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("bpm runs")
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "bpm {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// Runs and expects the exit code; returns stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "bpm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).expect("utf-8")
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("JSON")
+    }
+
+    fn daemon_pid(&self) -> u32 {
+        std::fs::read_to_string(self.home().join("daemon.pid"))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    fn state(&self, id: &str) -> String {
+        self.json(&["show", id, "--json"])["state"]
+            .as_str()
+            .expect("state")
+            .to_owned()
+    }
+
+    fn until_state(&self, id: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.state(id) != state {
+            assert!(Instant::now() < deadline, "{id} never became {state}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bpm {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["daemon", "stop", "--kill-all"]).output();
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap_or(0)..].starts_with(") Z"))
+}
+
+#[test]
+fn run_ps_show_logs_wait_stop_and_rm() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&[
+        "run",
+        "--name",
+        "web",
+        "--label",
+        "team=core",
+        "--session",
+        "s1",
+        "--",
+        "sh",
+        "-c",
+        "echo hello; sleep 0.1; echo oops >&2; sleep 30",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 36, "run prints the id alone: {id:?}");
+    bpm.until_state(id, "running");
+    let table = bpm.ok(&["ps"]);
+    assert!(
+        table.lines().next().expect("header").starts_with("ID"),
+        "{table}"
+    );
+    assert!(
+        table.contains("web") && table.contains("running") && table.contains("s1"),
+        "{table}"
+    );
+    assert!(
+        table.lines().all(|l| l.chars().count() <= 80),
+        "fits 80 columns:\n{table}"
+    );
+    let listed = bpm.json(&["ps", "--json", "--label", "team=core"]);
+    let rec = &listed.as_array().expect("array")[0];
+    for field in [
+        "id",
+        "name",
+        "kind",
+        "state",
+        "pid",
+        "exit_code",
+        "signal",
+        "session",
+        "node",
+        "parent",
+        "group",
+        "progress",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "error",
+        "restarted_from",
+        "labels",
+        "metadata",
+    ] {
+        assert!(rec.get(field).is_some(), "ps --json lacks {field}: {rec}");
+    }
+    assert_eq!(rec["state"], "running");
+    assert!(
+        bpm.json(&["ps", "--json", "--session", "other"])
+            .as_array()
+            .expect("array")
+            .is_empty()
+    );
+    let short = &id[id.len() - 8..];
+    assert!(bpm.ok(&["show", short]).contains("state         running"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bpm.ok(&["logs", "web"]).contains("oops") {
+        assert!(Instant::now() < deadline, "output never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bpm.ok(&["logs", "web", "--stream", "stdout"]), "hello\n");
+    assert_eq!(bpm.ok(&["logs", "web", "-n", "1"]), "oops\n");
+    assert_eq!(bpm.ok(&["logs", "web", "--since", "6"]), "oops\n");
+    let stopped = bpm.ok(&["stop", "web"]);
+    assert!(stopped.contains("cancelled"), "{stopped}");
+    assert!(
+        bpm.ok(&["ps"]).lines().count() == 1,
+        "only the header once nothing runs"
+    );
+    assert!(bpm.ok(&["ps", "--all"]).contains("cancelled"));
+    bpm.ok(&["rm", "web"]);
+    bpm.fails(&["show", id], 3);
+}
+
+#[test]
+fn wait_exits_with_the_process_code_and_124_on_timeout() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&["run", "--", "sh", "-c", "exit 3"]);
+    let out = bpm.run(&["wait", id.trim()]);
+    assert_eq!(out.status.code(), Some(3));
+    let sleeper = bpm.ok(&["run", "--", "sleep", "30"]);
+    let err = bpm.fails(&["wait", sleeper.trim(), "--timeout", "0.3"], 124);
+    assert!(err.contains("timed out"), "{err}");
+    let out = bpm
+        .cmd(&[
+            "run",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; exit 9",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(9));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-err\n");
+    let killed = bpm
+        .cmd(&["run", "--wait", "--shell", "--", "kill -9 $$"])
+        .output()
+        .expect("run");
+    assert_eq!(killed.status.code(), Some(137));
+}
+
+#[test]
+fn options_reach_the_record() {
+    let bpm = Bpm::new();
+    let dir = bpm.home().join("work");
+    std::fs::create_dir(&dir).expect("dir");
+    let id = bpm.ok(&[
+        "run",
+        "--name",
+        "build",
+        "--kind",
+        "build",
+        "--group",
+        "g1",
+        "--cwd",
+        dir.to_str().expect("utf-8"),
+        "--env",
+        "GREETING=hi",
+        "--timeout",
+        "1m",
+        "--grace",
+        "2s",
+        "--restart",
+        "on-failure",
+        "--max-restarts",
+        "2",
+        "--priority",
+        "5",
+        "--metadata",
+        "{\"ticket\": 42}",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING from $(pwd)",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&id).expect("--json prints the record");
+    let id = r["id"].as_str().expect("id").to_owned();
+    bpm.ok(&["wait", &id]);
+    let text = bpm.ok(&["logs", &id]);
+    assert_eq!(text, format!("hi from {}\n", dir.display()));
+    let spec = &bpm.json(&["show", &id, "--json"])["spec"];
+    assert_eq!(spec["kind"], "build");
+    assert_eq!(spec["group"], "g1");
+    assert_eq!(spec["timeout"], "1m");
+    assert_eq!(spec["stop"]["grace"], "2s");
+    assert_eq!(spec["restart"]["mode"], "on_failure");
+    assert_eq!(spec["priority"], 5);
+    assert_eq!(spec["metadata"]["ticket"], 42);
+    // --after: the second starts only when the first completed.
+    let first = bpm.ok(&["run", "--", "sleep", "0.5"]);
+    let second = bpm.ok(&["run", "--after", first.trim(), "--", "true"]);
+    assert_eq!(bpm.state(second.trim()), "pending");
+    bpm.ok(&["wait", second.trim()]);
+    // --delay and --ready-pattern.
+    let delayed = bpm.ok(&["run", "--delay", "30s", "--", "true"]);
+    assert_eq!(bpm.state(delayed.trim()), "pending");
+    let ready = bpm.ok(&[
+        "run",
+        "--ready-pattern",
+        "^up$",
+        "--",
+        "sh",
+        "-c",
+        "echo up; sleep 30",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bpm.json(&["show", ready.trim(), "--json"])["ready_at"].is_null() {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pause_resume_restart_and_hierarchies() {
+    let bpm = Bpm::new();
+    let parent = bpm.ok(&["run", "--name", "parent", "--", "sleep", "30"]);
+    let child = bpm.ok(&[
+        "run", "--parent", "parent", "--name", "child", "--", "sleep", "30",
+    ]);
+    bpm.until_state(child.trim(), "running");
+    assert!(bpm.ok(&["pause", "child"]).contains("paused"));
+    assert!(bpm.ok(&["resume", "child"]).contains("running"));
+    let tree = bpm.ok(&["ps", "--tree"]);
+    assert!(tree.contains("└─ child"), "{tree}");
+    let level1 = bpm.json(&["ps", "--json", "--level", "1"]);
+    assert_eq!(level1.as_array().expect("array").len(), 1);
+    let new = bpm.ok(&["restart", "child"]);
+    let new = new.trim();
+    bpm.until_state(new, "running");
+    assert_eq!(
+        bpm.json(&["show", new, "--json"])["restarted_from"],
+        child.trim()
+    );
+    bpm.ok(&["stop", "--level", "0"]);
+    assert_eq!(bpm.state(parent.trim()), "cancelled");
+    assert_eq!(
+        bpm.state(new),
+        "cancelled",
+        "stopping a parent stops its children"
+    );
+}
+
+#[test]
+fn tracked_operations_from_the_command_line() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&["track", "migrate db", "--session", "s9"]);
+    let id = id.trim();
+    bpm.ok(&["progress", id, "40", "copying"]);
+    let r = bpm.json(&["show", id, "--json"]);
+    assert_eq!(r["progress"]["percent"], 40);
+    bpm.ok(&["complete", id, "--result", "{\"rows\": 7}"]);
+    let r = bpm.json(&["show", id, "--json"]);
+    assert_eq!(r["state"], "completed");
+    assert_eq!(r["result"]["rows"], 7);
+    let again = bpm.run(&["complete", id]);
+    assert!(again.status.success(), "completing twice is harmless");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing changed"));
+    let other = bpm.ok(&["track", "other"]);
+    bpm.ok(&["fail", other.trim(), "disk full"]);
+    assert_eq!(
+        bpm.json(&["show", other.trim(), "--json"])["error"],
+        "disk full"
+    );
+    // A child reports about itself through BPM_PROCESS_ID.
+    let script = format!(
+        "{} progress \"$BPM_PROCESS_ID\" 70 halfway && echo ok",
+        env!("CARGO_BIN_EXE_bpm")
+    );
+    let child = bpm.ok(&["run", "--wait", "--shell", "--", &script]);
+    assert_eq!(child, "ok\n");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_exit_codes() {
+    let bpm = Bpm::new();
+    let err = bpm.fails(&["show", "nothing-like-this"], 3);
+    assert!(
+        err.contains("no process matches \"nothing-like-this\""),
+        "{err}"
+    );
+    bpm.ok(&["run", "--name", "a", "--", "true"]);
+    bpm.ok(&["run", "--name", "b", "--", "true"]);
+    let err = bpm.fails(&["show", "01"], 4);
+    assert!(
+        err.contains("is ambiguous") && err.lines().count() >= 3,
+        "{err}"
+    );
+    let err = bpm.fails(&["run", "--timeout", "ten seconds", "--", "true"], 4);
+    assert!(err.contains("invalid duration \"ten seconds\""), "{err}");
+    let err = bpm.fails(&["run", "--cwd", "/no/such/dir", "--", "true"], 4);
+    assert!(
+        err.contains("working directory not found: /no/such/dir"),
+        "{err}"
+    );
+    let err = bpm.fails(&["run", "--ready-pattern", "(", "--", "true"], 4);
+    assert!(err.contains("invalid regex"), "{err}");
+    bpm.fails(&["run"], 2);
+    let err = bpm.fails(&["run", "--", ""], 4);
+    assert!(err.contains("missing command"), "{err}");
+    let err = bpm.fails(&["stop"], 4);
+    assert!(err.contains("no process given"), "{err}");
+    let err = bpm.fails(&["progress", "a", "150"], 4);
+    assert!(err.contains("invalid progress 150"), "{err}");
+    let err = bpm.fails(&["pause", "a"], 4);
+    assert!(err.contains("cannot pause a completed process"), "{err}");
+}
+
+#[test]
+fn the_daemon_starts_once_under_a_race_and_guards_its_socket() {
+    let bpm = Bpm::new();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            bpm.cmd(&["ps"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for r in racers {
+        let out = r.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pid = bpm.daemon_pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let daemons: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|p: &u32| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+            cmd.ends_with(b"daemon\0")
+                && env
+                    .split(|b| *b == 0)
+                    .any(|v| v == format!("BPM_HOME={}", bpm.home().display()).as_bytes())
+                && alive(*p)
+        })
+        .collect();
+    assert_eq!(daemons, vec![pid], "exactly one daemon");
+    let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(bpm.home()), 0o700);
+    assert_eq!(mode(&bpm.home().join("bpm.sock")), 0o600);
+    let status = bpm.ok(&["daemon", "status"]);
+    assert!(
+        status.contains(&format!("pid      {pid}")) && status.contains("store    fs"),
+        "{status}"
+    );
+}
+
+fn raw(
+    socket: &Path,
+) -> (
+    std::os::unix::net::UnixStream,
+    BufReader<std::os::unix::net::UnixStream>,
+) {
+    let s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let r = BufReader::new(s.try_clone().expect("clone"));
+    (s, r)
+}
+
+#[test]
+fn malformed_oversized_and_mismatched_messages_get_errors_not_crashes() {
+    let bpm = Bpm::new();
+    bpm.ok(&["ps"]);
+    let socket: PathBuf = bpm.home().join("bpm.sock");
+    let mut line = String::new();
+    let (mut s, mut r) = raw(&socket);
+    s.write_all(b"{\"protocol\":99,\"software\":\"future\"}\n")
+        .expect("write");
+    r.read_line(&mut line).expect("read");
+    assert!(
+        line.contains("version_mismatch") && line.contains("protocol 99"),
+        "{line}"
+    );
+    let (mut s, mut r) = raw(&socket);
+    s.write_all(b"{\"protocol\":1,\"software\":\"test\"}\n")
+        .expect("write");
+    line.clear();
+    r.read_line(&mut line).expect("hello");
+    s.write_all(b"{this is not json}\n").expect("write");
+    line.clear();
+    r.read_line(&mut line).expect("read");
+    assert!(line.contains("bad_request"), "{line}");
+    s.write_all(b"{\"id\":7,\"method\":\"fly\"}\n")
+        .expect("write");
+    line.clear();
+    r.read_line(&mut line).expect("read");
+    assert!(
+        line.contains("\"id\":7") && line.contains("bad_request"),
+        "{line}"
+    );
+    // The daemon stops reading past the limit and closes; the rest of the write may fail.
+    let _ = s.write_all(&vec![b'x'; 2 << 20]);
+    let _ = s.write_all(b"\n");
+    line.clear();
+    r.read_line(&mut line).expect("read");
+    assert!(line.contains("too_large"), "{line}");
+    let (mut s, _) = raw(&socket);
+    s.write_all(b"{\"protocol\":1,\"software\":\"test\"}\n{\"id\":1,\"meth")
+        .expect("write");
+    drop(s);
+    // The daemon is still there and answers.
+    assert!(bpm.ok(&["daemon", "status"]).contains("pid"));
+}
+
+#[test]
+fn processes_survive_kill_9_of_the_daemon_and_keep_their_exit_codes() {
+    let bpm = Bpm::new();
+    bpm.ok(&[
+        "run",
+        "--name",
+        "ends",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; echo done; exit 5",
+    ]);
+    let lives = bpm.ok(&[
+        "run",
+        "--name",
+        "lives",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.1; done",
+    ]);
+    bpm.until_state(lives.trim(), "running");
+    let pid = bpm.daemon_pid();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the daemon survived kill -9");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // Any command starts a new daemon, which adopts what runs and learns what ended.
+    let ended = bpm.json(&["show", "ends", "--json"]);
+    assert_eq!(ended["state"], "failed");
+    assert_eq!(
+        ended["exit_code"], 5,
+        "the real exit code of a process that ended while no daemon watched"
+    );
+    assert_ne!(bpm.daemon_pid(), pid);
+    assert_eq!(bpm.state(lives.trim()), "running");
+    let before = bpm.ok(&["logs", "lives"]).lines().count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bpm.ok(&["logs", "lives"]).lines().count() > before,
+        "its output is still captured"
+    );
+    assert!(bpm.ok(&["pause", "lives"]).contains("paused"));
+    assert!(bpm.ok(&["resume", "lives"]).contains("running"));
+    assert!(bpm.ok(&["stop", "lives"]).contains("cancelled"));
+    assert_eq!(bpm.ok(&["logs", "ends"]), "done\n");
+}
+
+#[test]
+fn daemon_stop_leaves_processes_for_the_next_daemon_and_kill_all_stops_them() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&["run", "--", "sleep", "30"]);
+    bpm.until_state(id.trim(), "running");
+    let pid: u32 = bpm.json(&["show", id.trim(), "--json"])["pid"]
+        .as_u64()
+        .expect("pid")
+        .try_into()
+        .expect("u32");
+    bpm.ok(&["daemon", "stop"]);
+    assert!(alive(pid), "the process outlives the daemon");
+    assert_eq!(
+        bpm.state(id.trim()),
+        "running",
+        "adopted by the next daemon"
+    );
+    bpm.ok(&["daemon", "stop", "--kill-all"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "--kill-all left it running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fifty_concurrent_runs_are_all_recorded() {
+    let bpm = Bpm::new();
+    bpm.ok(&["ps"]);
+    let runs: Vec<_> = (0..50)
+        .map(|i| {
+            bpm.cmd(&["run", "--name", &format!("job{i}"), "--", "true"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for r in runs {
+        let out = r.wait_with_output().expect("wait");
+        assert!(out.status.success());
+        ids.insert(
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 50);
+    let all = bpm.json(&["ps", "--all", "--json"]);
+    assert_eq!(all.as_array().expect("array").len(), 50);
+}
+
+#[test]
+fn hooks_clean_and_completions() {
+    let bpm = Bpm::new();
+    let marker = bpm.home().join("hook.out");
+    let hook = format!(
+        "cat > {}.json; echo \"$BPM_STATE $BPM_EXIT_CODE\" > {}",
+        marker.display(),
+        marker.display()
+    );
+    let id = bpm.ok(&["run", "--on-exit", &hook, "--", "sh", "-c", "exit 4"]);
+    bpm.run(&["wait", id.trim()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("marker"),
+        "failed 4\n"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.json", marker.display())).expect("json"))
+            .expect("record");
+    assert_eq!(record["id"], id.trim());
+    bpm.ok(&["run", "--", "true"]);
+    std::thread::sleep(Duration::from_millis(300));
+    bpm.ok(&["clean", "--state", "failed"]);
+    let left = bpm.json(&["ps", "--all", "--json"]);
+    assert!(
+        left.as_array()
+            .expect("array")
+            .iter()
+            .all(|r| r["state"] != "failed")
+    );
+    bpm.fails(&["clean", "--state", "running"], 4);
+    let script = bpm.ok(&["completions", "bash"]);
+    assert!(script.contains("_bpm()"), "a bash completion script");
+}
