@@ -3,12 +3,17 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BPM_LOG")
-                .unwrap_or_else(|_| "warn,bpm=info".into()),
-        )
-        .init();
+    // Only the long-running daemon and keeper log (to stderr, which they send to
+    // their log files); a command prints its own results and errors, and starts faster without a logger.
+    let args: Vec<String> = std::env::args().take(2).collect();
+    if matches!(args.get(1).map(String::as_str), Some("daemon" | "keeper")) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("BPM_LOG")
+                    .unwrap_or_else(|_| "warn,bpm=info".into()),
+            )
+            .init();
+    }
     bpm::cli::main()
 }

@@ -631,3 +631,41 @@ fn hooks_clean_and_completions() {
     let script = bpm.ok(&["completions", "bash"]);
     assert!(script.contains("_bpm()"), "a bash completion script");
 }
+
+#[test]
+fn events_print_as_json_lines_and_follow() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&["run", "--", "true"]);
+    bpm.ok(&["wait", id.trim()]);
+    let past = bpm.ok(&["events"]);
+    let kinds: Vec<String> = past
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .filter(|e| e["id"] == id.trim())
+        .map(|e| e["kind"].as_str().expect("kind").to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["submitted", "started", "ready", "exited", "completed"]
+    );
+    let mut follower = bpm
+        .cmd(&["events", "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("follow");
+    let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    for _ in 0..5 {
+        lines.next().expect("the past first").expect("line");
+    }
+    let next = bpm.ok(&["run", "--", "true"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = lines.next().expect("a new event").expect("line");
+        if line.contains(next.trim()) {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+}

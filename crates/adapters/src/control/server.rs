@@ -31,6 +31,10 @@ pub struct ServerInfo {
 }
 
 type Writer = Arc<Mutex<OwnedWriteHalf>>;
+type Recent = Arc<std::sync::Mutex<std::collections::VecDeque<bpm_domain::Event>>>;
+
+/// How many past events `recent_events` returns at most.
+const RECENT_EVENTS: usize = 1000;
 
 async fn send(writer: &Writer, line: &impl serde::Serialize) -> bool {
     let Ok(mut bytes) = serde_json::to_vec(line) else {
@@ -66,6 +70,23 @@ pub async fn serve(
     shutdown: mpsc::UnboundedSender<bool>,
 ) {
     let own_uid = rustix::process::getuid();
+    let recent: Recent = Arc::default();
+    let (r, mut events) = (recent.clone(), manager.subscribe());
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    let mut r = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if r.len() == RECENT_EVENTS {
+                        r.pop_front();
+                    }
+                    r.push_back(e);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -76,7 +97,12 @@ pub async fn serve(
             tracing::warn!("refused a control connection from another user");
             continue;
         }
-        let (manager, info, shutdown) = (manager.clone(), info.clone(), shutdown.clone());
+        let (manager, info, shutdown, recent) = (
+            manager.clone(),
+            info.clone(),
+            shutdown.clone(),
+            recent.clone(),
+        );
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
             connection(
@@ -85,6 +111,7 @@ pub async fn serve(
                 manager,
                 info,
                 shutdown,
+                recent,
             )
             .await;
         });
@@ -97,6 +124,7 @@ async fn connection(
     manager: Arc<dyn ProcessManager>,
     info: ServerInfo,
     shutdown: mpsc::UnboundedSender<bool>,
+    recent: Recent,
 ) {
     let hello = match read_line(&mut reader, MAX_REQUEST_BYTES).await {
         Ok(Some(line)) => serde_json::from_slice::<Hello>(&line).ok(),
@@ -169,14 +197,25 @@ async fn connection(
                 continue;
             }
         };
-        let (manager, info, shutdown, writer) = (
+        let (manager, info, shutdown, writer, recent) = (
             manager.clone(),
             info.clone(),
             shutdown.clone(),
             writer.clone(),
+            recent.clone(),
         );
         tokio::spawn(async move {
             let id = call.id;
+            if matches!(call.request, Request::RecentEvents) {
+                let events = recent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .cloned()
+                    .collect();
+                answer(&writer, id, Ok(Reply::Events(events))).await;
+                return;
+            }
             let result = dispatch(call.request, &manager, &info, &shutdown, &writer).await;
             answer(&writer, id, result.map_err(|e| WireError::from(&e))).await;
         });
@@ -263,6 +302,7 @@ async fn dispatch(
             });
             Reply::Done
         }
+        Request::RecentEvents => Reply::Events(Vec::new()),
         Request::Status => {
             let mut counts = BTreeMap::new();
             for r in m.list(ListFilter::default()).await? {

@@ -98,6 +98,7 @@ pub enum Request {
         id: ProcessId,
     },
     Subscribe,
+    RecentEvents,
     Status,
     Shutdown {
         kill_all: bool,
@@ -144,6 +145,7 @@ pub enum Reply {
     },
     Output(OutputChunk),
     Status(DaemonStatus),
+    Events(Vec<Event>),
     Done,
 }
 

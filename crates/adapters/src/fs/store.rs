@@ -112,8 +112,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `record` whole or not at all.
-fn write_atomically(dir: &Path, record: &ProcessRecord) -> Result<(), StoreError> {
+/// Writes `record` whole or not at all. The data always reaches the disk
+/// before the rename; the folder is flushed too when the name is new (a
+/// create), so a created record cannot vanish. An update renames over an
+/// existing name: after a power cut the file holds the old or the new
+/// version, whole either way.
+fn write_atomically(dir: &Path, record: &ProcessRecord, new_name: bool) -> Result<(), StoreError> {
     let path = record_path(dir, record.id());
     let tmp = dir.join(format!("{}.tmp", record.id()));
     let bytes = serde_json::to_vec(record)
@@ -125,9 +129,9 @@ fn write_atomically(dir: &Path, record: &ProcessRecord) -> Result<(), StoreError
             .truncate(true)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        f.sync_data()?;
         fs::rename(&tmp, &path)?;
-        sync_dir(dir)
+        if new_name { sync_dir(dir) } else { Ok(()) }
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -231,7 +235,8 @@ impl ProcessStore for FsStore {
             return Err(StoreError::AlreadyExists(record.id()));
         }
         let r = record.clone();
-        self.blocking(move |dir| write_atomically(&dir, &r)).await?;
+        self.blocking(move |dir| write_atomically(&dir, &r, true))
+            .await?;
         cache
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -288,7 +293,8 @@ impl ProcessStore for FsStore {
             });
         }
         let r = record.clone();
-        self.blocking(move |dir| write_atomically(&dir, &r)).await?;
+        self.blocking(move |dir| write_atomically(&dir, &r, false))
+            .await?;
         cache
             .write()
             .unwrap_or_else(PoisonError::into_inner)

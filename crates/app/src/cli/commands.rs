@@ -231,7 +231,7 @@ async fn command(m: &DaemonClient, command: Command) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Command::Clean { state, older_than } => clean(m, &state, older_than.as_deref()).await,
-        Command::Events { .. } => events(m).await,
+        Command::Events { follow } => events(m, follow).await,
         Command::Track {
             name,
             session,
@@ -896,12 +896,25 @@ async fn clean(m: &DaemonClient, states: &[String], older_than: Option<&str>) ->
     Ok(ExitCode::SUCCESS)
 }
 
-async fn events(m: &DaemonClient) -> Outcome {
-    let mut rx = m.subscribe();
+async fn events(m: &DaemonClient, follow: bool) -> Outcome {
+    // Subscribe before reading the past, so nothing falls between the two.
+    let mut rx = follow.then(|| m.subscribe());
     let mut out = std::io::stdout();
+    let mut seen = std::collections::HashSet::new();
+    for event in m.recent_events().await? {
+        seen.insert((event.id, event.version, event.kind));
+        let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
+    }
+    let _ = out.flush();
+    let Some(rx) = rx.as_mut() else {
+        return Ok(ExitCode::SUCCESS);
+    };
     loop {
         match rx.recv().await {
             Ok(event) => {
+                if seen.remove(&(event.id, event.version, event.kind)) {
+                    continue;
+                }
                 let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
                 let _ = out.flush();
             }

@@ -87,9 +87,9 @@ pub enum Command {
         #[arg(long, value_name = "DURATION")]
         older_than: Option<String>,
     },
-    /// Print events as JSON lines.
+    /// Print recent events (up to 1,000) as JSON lines.
     Events {
-        /// Keep following (the default; accepted for symmetry with logs).
+        /// Then keep printing new ones as they happen.
         #[arg(short, long)]
         follow: bool,
     },

@@ -1,0 +1,201 @@
+//! The `bpm` command and its daemon, beside baselines measured in the same
+//! run. Prints figures; asserts nothing.
+//!
+//! Run: `cargo bench -p bpm --bench cli`
+
+// Figures for printing: float conversions of counts lose nothing that matters here.
+#![allow(clippy::cast_precision_loss)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BPM: &str = env!("CARGO_BIN_EXE_bpm");
+
+fn bpm(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(BPM)
+        .args(args)
+        .env("BPM_HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bpm");
+    assert!(
+        out.status.success(),
+        "bpm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn home(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("home");
+    std::fs::write(dir.path().join("config.toml"), config).expect("config");
+    bpm(dir.path(), &["ps"]);
+    dir
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn round_trips(home: &Path, n: usize) -> Duration {
+    median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                bpm(home, &["run", "--", "sleep", "1"]);
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn setsid_baseline(n: usize) -> Duration {
+    median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let s = Command::new("setsid")
+                    .args(["-f", "sleep", "1"])
+                    .status()
+                    .expect("setsid");
+                assert!(s.success());
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The daemon's and the keeper's pids for a home.
+fn own_pids(home: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|p: &u32| {
+            let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            (cmd.ends_with(b"daemon\0") || cmd.ends_with(b"keeper\0"))
+                && env
+                    .split(|b| *b == 0)
+                    .any(|v| v == format!("BPM_HOME={}", home.display()).as_bytes())
+        })
+        .collect()
+}
+
+fn memory_with(n: usize) -> (u64, usize) {
+    let dir = home(&format!("[limits]\nmax_running = {n}\n"));
+    for _ in 0..n {
+        bpm(dir.path(), &["run", "--", "sleep", "600"]);
+    }
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while bpm(dir.path(), &["ps", "--state", "running", "--json"])
+        .matches("\"id\"")
+        .count()
+        < n
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pids = own_pids(dir.path());
+    let total = pids.iter().map(|p| pss_kib(*p)).sum();
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+    (total, pids.len())
+}
+
+fn main() {
+    println!("the bpm command and its daemon (fs store, keeper)");
+    let dir = home("");
+    let n = 200;
+    let ours = round_trips(dir.path(), n);
+    let base = setsid_baseline(n);
+    println!(
+        "bpm run round trip (median of {n}): {:.2} ms; setsid -f sleep 1: {:.2} ms; ratio {:.2} (target <= 2)",
+        ours.as_secs_f64() * 1e3,
+        base.as_secs_f64() * 1e3,
+        ours.as_secs_f64() / base.as_secs_f64()
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+
+    // 10,000 records: tracked operations, completed at once, through the client library.
+    let big = home("");
+    let t = Instant::now();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            use bpm_ports::ProcessManager;
+            let client =
+                bpm_adapters::control::DaemonClient::connect(&big.path().join("bpm.sock"), "bench")
+                    .await
+                    .expect("connect");
+            for i in 0..10_000 {
+                let spec =
+                    bpm_domain::ProcessSpec::tracked(format!("op{i}").parse().expect("name"));
+                let r = client.track(spec).await.expect("track");
+                client.complete(r.id(), None).await.expect("complete");
+            }
+        });
+    println!(
+        "  (filled 10,000 records in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let at_10k = round_trips(big.path(), n);
+    println!(
+        "bpm run round trip with 10,000 records: {:.2} ms; ratio to 0 records {:.2} (target <= 1.2)",
+        at_10k.as_secs_f64() * 1e3,
+        at_10k.as_secs_f64() / ours.as_secs_f64()
+    );
+    let t = Instant::now();
+    let listed = bpm(big.path(), &["ps", "--all", "--json"]);
+    println!(
+        "bpm ps --all --json with {} records: {:.0} ms",
+        listed.matches("\"id\":").count(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    bpm(big.path(), &["daemon", "stop", "--kill-all"]);
+
+    let par = home("[limits]\nmax_running = 2\n");
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..500 {
+        ids.push(bpm(par.path(), &["run", "--", "true"]).trim().to_owned());
+    }
+    let mut args = vec!["wait"];
+    args.extend(ids.iter().map(String::as_str));
+    bpm(par.path(), &args);
+    let ours = t.elapsed();
+    let t = Instant::now();
+    Command::new("sh")
+        .args(["-c", "seq 500 | xargs -P2 -n1 true"])
+        .status()
+        .expect("xargs");
+    let xargs = t.elapsed();
+    println!(
+        "500 x true through bpm's queue at parallelism 2 (bpm run each, one bpm wait): {:.2} s; xargs -P2: {:.2} s; ratio {:.1} (target <= 1.3)",
+        ours.as_secs_f64(),
+        xargs.as_secs_f64(),
+        ours.as_secs_f64() / xargs.as_secs_f64()
+    );
+    bpm(par.path(), &["daemon", "stop", "--kill-all"]);
+
+    for n in [200, 1000] {
+        let (kib, procs) = memory_with(n);
+        println!(
+            "memory of bpm's own processes ({procs}: daemon and keeper) with {n} running sleeps: {:.1} MiB PSS{}",
+            kib as f64 / 1024.0,
+            if n == 200 { " (target <= 20 MiB)" } else { "" }
+        );
+    }
+}
