@@ -2,6 +2,9 @@
 //! its errors and exit codes; the daemon's auto-start race, permissions and
 //! protocol robustness; and surviving `kill -9` of the daemon.
 
+// Scenario tests name their processes a, b, c...
+#![allow(clippy::many_single_char_names)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -668,4 +671,91 @@ fn events_print_as_json_lines_and_follow() {
     }
     let _ = follower.kill();
     let _ = follower.wait();
+}
+
+#[test]
+fn filters_and_the_ways_to_stop() {
+    let bpm = Bpm::new();
+    let a = bpm.ok(&[
+        "run",
+        "--kind",
+        "server",
+        "--session",
+        "agent-1",
+        "--name",
+        "a",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let b = bpm.ok(&[
+        "run",
+        "--kind",
+        "build",
+        "--session",
+        "agent-1",
+        "--parent",
+        "a",
+        "--name",
+        "b",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let c = bpm.ok(&[
+        "run",
+        "--session",
+        "agent-2",
+        "--name",
+        "c",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; sleep 30",
+    ]);
+    for id in [&a, &b, &c] {
+        bpm.until_state(id.trim(), "running");
+    }
+    let ids = |args: &[&str]| -> Vec<String> {
+        bpm.json(args)
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&["ps", "--json", "--kind", "server"]), ["a"]);
+    assert_eq!(ids(&["ps", "--json", "--parent", "a"]), ["b"]);
+    assert_eq!(ids(&["ps", "--json", "--node", "local"]).len(), 3);
+    assert_eq!(
+        ids(&["ps", "--json", "--state", "running", "--session", "agent-1"]),
+        ["a", "b"]
+    );
+    let out = bpm.ok(&["stop", "--session", "agent-1"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(ids(&["ps", "--json"]) == ["c"]);
+    // c ignores TERM: a short grace ends it with KILL; --force would not wait at all.
+    let t = Instant::now();
+    assert!(
+        bpm.ok(&["stop", "c", "--grace", "0.3"])
+            .contains("cancelled")
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(bpm.json(&["show", "c", "--json"])["signal"], 9);
+    let d = bpm.ok(&["run", "--", "sh", "-c", "trap '' TERM; sleep 30"]);
+    bpm.until_state(d.trim(), "running");
+    bpm.ok(&["stop", "--force", d.trim()]);
+    assert_eq!(bpm.json(&["show", d.trim(), "--json"])["signal"], 9);
+    // logs -f follows to the end.
+    let e = bpm.ok(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo $i; sleep 0.1; done",
+    ]);
+    assert_eq!(bpm.ok(&["logs", "-f", e.trim()]), "1\n2\n3\n");
+    bpm.ok(&["run", "--name", "f", "--", "sleep", "30"]);
+    bpm.ok(&["stop", "--all"]);
+    assert!(ids(&["ps", "--json"]).is_empty());
 }
