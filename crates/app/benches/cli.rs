@@ -190,6 +190,33 @@ fn main() {
     );
     bpm(par.path(), &["daemon", "stop", "--kill-all"]);
 
+    // The same, submitting four at a time (xargs -P4 bpm run), then one wait for all.
+    let par = home("[limits]\nmax_running = 2\n");
+    let t = Instant::now();
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("seq 500 | xargs -P4 -I{{}} {BPM} run -- true"),
+        ])
+        .env("BPM_HOME", par.path())
+        .output()
+        .expect("xargs bpm run");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 500);
+    let mut args = vec!["wait"];
+    args.extend(ids.iter().map(String::as_str));
+    bpm(par.path(), &args);
+    let ours = t.elapsed();
+    println!(
+        "the same, submitted four at a time (xargs -P4 bpm run): {:.2} s; ratio {:.1} to xargs -P2 true",
+        ours.as_secs_f64(),
+        ours.as_secs_f64() / xargs.as_secs_f64()
+    );
+    bpm(par.path(), &["daemon", "stop", "--kill-all"]);
+
     for n in [200, 1000] {
         let (kib, procs) = memory_with(n);
         println!(

@@ -759,3 +759,62 @@ fn filters_and_the_ways_to_stop() {
     bpm.ok(&["stop", "--all"]);
     assert!(ids(&["ps", "--json"]).is_empty());
 }
+
+/// Runs `bpm ARGS` on a pseudo-terminal (util-linux `script`), feeding `input`.
+fn on_a_terminal(bpm: &Bpm, args: &str, input: &str) -> String {
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_bpm"));
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("BPM_HOME", bpm.home())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input");
+    let out = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_stop_offers_a_list_and_wait_draws_progress() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&["run", "--name", "victim", "--", "sleep", "30"]);
+    bpm.until_state(id.trim(), "running");
+    let screen = on_a_terminal(&bpm, "stop", "1\n");
+    assert!(
+        screen.contains("victim") && screen.contains("stop which? [1-1]"),
+        "{screen}"
+    );
+    assert_eq!(bpm.state(id.trim()), "cancelled");
+    let op = bpm.ok(&["track", "job"]);
+    let op = op.trim().to_owned();
+    let reporter = {
+        let home = bpm.home().to_path_buf();
+        let op = op.clone();
+        std::thread::spawn(move || {
+            let run = |args: &[&str]| {
+                Command::new(env!("CARGO_BIN_EXE_bpm"))
+                    .args(args)
+                    .env("BPM_HOME", &home)
+                    .output()
+                    .expect("bpm");
+            };
+            std::thread::sleep(Duration::from_millis(400));
+            run(&["progress", &op, "50", "halfway"]);
+            std::thread::sleep(Duration::from_millis(700));
+            run(&["complete", &op]);
+        })
+    };
+    let screen = on_a_terminal(&bpm, &format!("wait {op}"), "");
+    reporter.join().expect("reporter");
+    assert!(
+        screen.contains("[##########..........]  50% halfway"),
+        "{screen:?}"
+    );
+}

@@ -201,6 +201,23 @@ impl FsStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
+    /// Writes `record` to disk, then to the cache (only once it is on disk).
+    async fn write_and_cache(
+        &self,
+        cache: &RwLock<BTreeMap<ProcessId, ProcessRecord>>,
+        record: &ProcessRecord,
+        new_name: bool,
+    ) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.blocking(move |dir| write_atomically(&dir, &r, new_name))
+            .await?;
+        cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(record.id(), record.clone());
+        Ok(())
+    }
+
     fn read_only() -> StoreError {
         StoreError::Refused("this store was opened read-only".into())
     }
@@ -234,14 +251,7 @@ impl ProcessStore for FsStore {
         {
             return Err(StoreError::AlreadyExists(record.id()));
         }
-        let r = record.clone();
-        self.blocking(move |dir| write_atomically(&dir, &r, true))
-            .await?;
-        cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(record.id(), record.clone());
-        Ok(())
+        self.write_and_cache(cache, record, true).await
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
@@ -292,14 +302,7 @@ impl ProcessStore for FsStore {
                 actual,
             });
         }
-        let r = record.clone();
-        self.blocking(move |dir| write_atomically(&dir, &r, false))
-            .await?;
-        cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(record.id(), record.clone());
-        Ok(())
+        self.write_and_cache(cache, record, false).await
     }
 
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {

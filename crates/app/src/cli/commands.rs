@@ -411,7 +411,7 @@ async fn run(m: &DaemonClient, args: RunArgs) -> Outcome {
     if !wait_for_it {
         return Ok(ExitCode::SUCCESS);
     }
-    follow(m, record.id(), Cursor(0), StreamSelect::Both).await?;
+    copy_output(m, record.id(), Cursor(0), StreamSelect::Both, true, true).await?;
     let end = m.wait(record.id(), None).await?;
     Ok(exit_code_of(&end))
 }
@@ -425,35 +425,34 @@ fn exit_code_of(r: &ProcessRecord) -> ExitCode {
     }
 }
 
-/// Copies output to our stdout and stderr from `cursor` until the process ends.
-async fn follow(
+/// Copies output from `cursor` on: to stdout (and stderr, when `split`), until
+/// the process ends when `follow`, else until what is there now is printed.
+async fn copy_output(
     m: &DaemonClient,
     id: ProcessId,
     mut cursor: Cursor,
     stream: StreamSelect,
+    follow: bool,
+    split: bool,
 ) -> Result<(), CliError> {
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     loop {
-        let finished = m.get(id).await?.is_terminal();
-        let chunk = m
-            .read_output(
-                id,
-                OutputQuery {
-                    stream,
-                    cursor: Some(cursor),
-                    max_bytes: 1 << 20,
-                    tail_lines: None,
-                },
-            )
-            .await?;
+        let finished = !follow || m.get(id).await?.is_terminal();
+        let query = OutputQuery {
+            stream,
+            cursor: Some(cursor),
+            max_bytes: 1 << 20,
+            tail_lines: None,
+        };
+        let chunk = m.read_output(id, query).await?;
         if chunk.skipped > 0 {
             let _ = writeln!(err, "bpm: [{} bytes dropped by rotation]", chunk.skipped);
         }
         for piece in &chunk.pieces {
             let _ = match piece.stream {
-                Stream::Stdout => out.write_all(&piece.data),
-                Stream::Stderr => err.write_all(&piece.data),
+                Stream::Stderr if split => err.write_all(&piece.data),
+                _ => out.write_all(&piece.data),
             };
         }
         let _ = out.flush();
@@ -672,32 +671,8 @@ async fn logs(m: &DaemonClient, a: LogsArgs) -> Outcome {
     } else {
         Cursor(a.since.unwrap_or(0))
     };
-    if a.follow {
-        follow(m, id, start, stream).await?;
-    } else if a.lines.is_none() {
-        let mut cursor = start;
-        let mut out = std::io::stdout();
-        loop {
-            let chunk = m
-                .read_output(
-                    id,
-                    OutputQuery {
-                        stream,
-                        cursor: Some(cursor),
-                        max_bytes: 1 << 20,
-                        tail_lines: None,
-                    },
-                )
-                .await?;
-            for piece in &chunk.pieces {
-                let _ = out.write_all(&piece.data);
-            }
-            cursor = chunk.next;
-            if !chunk.truncated {
-                break;
-            }
-        }
-        let _ = out.flush();
+    if a.follow || a.lines.is_none() {
+        copy_output(m, id, start, stream, a.follow, false).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
