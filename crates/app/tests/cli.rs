@@ -265,6 +265,26 @@ fn options_reach_the_record() {
     assert_eq!(spec["restart"]["mode"], "on_failure");
     assert_eq!(spec["priority"], 5);
     assert_eq!(spec["metadata"]["ticket"], 42);
+    // The caller's environment reaches the process, unless --clean-env.
+    let out = bpm
+        .cmd(&["run", "--wait", "--shell", "--", "echo \"[$CALLER_ONLY]\""])
+        .env("CALLER_ONLY", "from the shell")
+        .output()
+        .expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[from the shell]\n");
+    let out = bpm
+        .cmd(&[
+            "run",
+            "--wait",
+            "--clean-env",
+            "--shell",
+            "--",
+            "echo \"[$CALLER_ONLY]\"",
+        ])
+        .env("CALLER_ONLY", "x")
+        .output()
+        .expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n");
     // --after: the second starts only when the first completed.
     let first = bpm.ok(&["run", "--", "sleep", "0.5"]);
     let second = bpm.ok(&["run", "--after", first.trim(), "--", "true"]);

@@ -169,9 +169,12 @@ pub struct RunArgs {
     /// Working directory.
     #[arg(long)]
     pub cwd: Option<PathBuf>,
-    /// Environment variable K=V (repeatable).
+    /// Environment variable K=V (repeatable), added to this shell's environment.
     #[arg(long, value_name = "K=V")]
     pub env: Vec<String>,
+    /// Start from the daemon's environment instead of this shell's.
+    #[arg(long)]
+    pub clean_env: bool,
     /// Stop it (`timed_out`) after this long, e.g. 30s, 5m.
     #[arg(long)]
     pub timeout: Option<String>,
