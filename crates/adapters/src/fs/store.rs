@@ -1,10 +1,10 @@
 //! Records as one JSON file each, written atomically.
 //!
-//! A write goes to a temporary file, is flushed to disk, renamed over the
-//! record's file, and the folder is flushed too: a record is either wholly
-//! there or not at all, and one transition costs one small file whatever the
-//! number of records (rewriting one state file per change is the known
-//! failure of peers). One process writes a store at a time: opening it for
+//! A write goes to a temporary file, is flushed to disk and renamed over the
+//! record's file (the folder is flushed too when a record is created or
+//! deleted): a record is either wholly there or not at all, and one
+//! transition costs one small file whatever the number of records (rewriting
+//! one state file per change is the known failure of peers). One process writes a store at a time: opening it for
 //! writing takes an exclusive lock, and a second writer is refused. Readers in
 //! other processes open it read-only and see whole records only.
 
