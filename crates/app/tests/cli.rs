@@ -425,21 +425,27 @@ fn the_daemon_starts_once_under_a_race_and_guards_its_socket() {
         );
     }
     let pid = bpm.daemon_pid();
-    std::thread::sleep(Duration::from_millis(300));
-    let daemons: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|p: &u32| {
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
-            cmd.ends_with(b"daemon\0")
-                && env
-                    .split(|b| *b == 0)
-                    .any(|v| v == format!("BPM_HOME={}", bpm.home().display()).as_bytes())
-                && alive(*p)
-        })
-        .collect();
-    assert_eq!(daemons, vec![pid], "exactly one daemon");
+    // A racer that lost the lock exits on its own; wait until only the winner is left.
+    let daemons = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|p: &u32| {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+                cmd.ends_with(b"daemon\0")
+                    && env
+                        .split(|b| *b == 0)
+                        .any(|v| v == format!("BPM_HOME={}", bpm.home().display()).as_bytes())
+                    && alive(*p)
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemons().len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(daemons(), vec![pid], "exactly one daemon");
     let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode(bpm.home()), 0o700);
     assert_eq!(mode(&bpm.home().join("bpm.sock")), 0o600);
@@ -540,8 +546,16 @@ fn processes_survive_kill_9_of_the_daemon_and_keep_their_exit_codes() {
         assert!(Instant::now() < deadline, "the daemon survived kill -9");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    // Any command starts a new daemon, which adopts what runs and learns what ended.
+    // Any command starts a new daemon, which adopts what runs and learns what
+    // ended (the first process ends about a second after the kill).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bpm.json(&["show", "ends", "--json"])["state"] == "running" {
+        assert!(
+            Instant::now() < deadline,
+            "the exit never reached the new daemon"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let ended = bpm.json(&["show", "ends", "--json"]);
     assert_eq!(ended["state"], "failed");
     assert_eq!(
