@@ -126,14 +126,6 @@ impl ScriptedSpawner {
         self.lock().get(&id).is_some_and(|p| p.run == Run::Running)
     }
 
-    /// How many fake processes are alive.
-    pub fn alive(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|p| p.run != Run::Exited)
-            .count()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessId, FakeProcess>> {
         self.processes
             .lock()

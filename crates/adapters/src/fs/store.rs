@@ -186,11 +186,6 @@ impl FsStore {
         })
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(PathBuf) -> Result<T, StoreError> + Send + 'static,

@@ -271,30 +271,28 @@ async fn command(m: &DaemonClient, command: Command) -> Outcome {
                 })
                 .transpose()?;
             let c = m.complete(resolve(m, &id).await?, result).await?;
-            if c.no_op {
-                eprintln!(
-                    "bpm: {} had already ended {}; nothing changed",
-                    c.record.id(),
-                    c.record.state()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(report_completion(&c))
         }
         Command::Fail { id, message } => {
             let c = m.fail(resolve(m, &id).await?, message).await?;
-            if c.no_op {
-                eprintln!(
-                    "bpm: {} had already ended {}; nothing changed",
-                    c.record.id(),
-                    c.record.state()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(report_completion(&c))
         }
         Command::Daemon(_) | Command::Completions { .. } | Command::Keeper { .. } => {
             unreachable!("handled before connecting")
         }
     }
+}
+
+/// Completing or failing a finished record changes nothing; say so on stderr.
+fn report_completion(c: &bpm_ports::Completion) -> ExitCode {
+    if c.no_op {
+        eprintln!(
+            "bpm: {} had already ended {}; nothing changed",
+            c.record.id(),
+            c.record.state()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn parse_metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
