@@ -8,6 +8,8 @@
 //! - [`clock`]: the system clock and a manual clock for tests.
 //! - [`ids`]: UUID v7 ids.
 //! - [`os`]: the OS spawner: real processes, their trees, their output.
+//! - [`mcp`]: the MCP server that lets AI agents use bpm as tools.
+//! - [`view`]: a record as front ends show it in JSON.
 //! - [`fake`]: a scriptable spawner that runs no OS process, for engine tests.
 
 pub mod clock;
@@ -16,8 +18,10 @@ pub mod fake;
 pub mod fs;
 pub mod ids;
 pub mod keeper;
+pub mod mcp;
 pub mod memory;
 pub mod os;
 pub mod redis;
 mod segments;
 mod tail;
+pub mod view;

@@ -16,6 +16,13 @@
 //!
 //! [limits.group_limits]
 //! tests = 2
+//!
+//! [mcp]                    # bpm mcp (see `crate::mcp::McpConfig`)
+//! allow_commands = ["npm test", "cargo"]
+//! allow_dirs = ["/home/me/src"]
+//! read_only = false
+//! redact_env = true
+//! max_output_bytes = 65536
 //! ```
 
 use std::path::Path;
@@ -41,6 +48,8 @@ pub struct Config {
     pub on_exit: Option<String>,
     /// Supervision limits.
     pub limits: Limits,
+    /// What `bpm mcp` lets agents do.
+    pub mcp: crate::mcp::McpConfig,
 }
 
 impl Config {

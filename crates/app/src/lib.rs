@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod keeper;
+pub mod mcp;
 pub mod wiring;
 
 pub use engine::{Engine, EngineConfig, Ports};

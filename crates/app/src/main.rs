@@ -3,10 +3,14 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Only the long-running daemon and keeper log (to stderr, which they send to
-    // their log files); a command prints its own results and errors, and starts faster without a logger.
+    // Only the long-running daemon, keeper and MCP server log (to stderr: the
+    // daemon and keeper send it to their log files, and MCP keeps stdout for
+    // the protocol); a command prints its own results and errors, and starts faster without a logger.
     let args: Vec<String> = std::env::args().take(2).collect();
-    if matches!(args.get(1).map(String::as_str), Some("daemon" | "keeper")) {
+    if matches!(
+        args.get(1).map(String::as_str),
+        Some("daemon" | "keeper" | "mcp")
+    ) {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(

@@ -11,6 +11,7 @@ mod events;
 mod ids;
 mod manager;
 mod output;
+mod resolve;
 mod spawner;
 mod store;
 
@@ -24,6 +25,7 @@ pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
 pub use output::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
 };
+pub use resolve::{ResolveError, resolve_id};
 pub use spawner::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
 pub use store::{ProcessStore, StoreError};
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bpm_adapters::control::DaemonClient;
+use bpm_adapters::view::record_json;
 use bpm_domain::{
     Command as Cmd, ListFilter, LogPattern, Percent, ProcessId, ProcessKind, ProcessName,
     ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode, Timestamp,
@@ -122,6 +123,23 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 .map_err(|e| CliError::failed(format!("{e:#}"))),
             Err(e) => Err(CliError::invalid(e)),
         },
+        Command::Mcp {
+            read_only,
+            allow_command,
+            allow_dir,
+            show_env,
+        } => {
+            let flags = crate::mcp::McpFlags {
+                read_only,
+                allow_commands: allow_command,
+                allow_dirs: allow_dir,
+                show_env,
+            };
+            crate::mcp::run(&home, flags)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| CliError::failed(format!("{e:#}")))
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -277,7 +295,10 @@ async fn command(m: &DaemonClient, command: Command) -> Outcome {
             let c = m.fail(resolve(m, &id).await?, message).await?;
             Ok(report_completion(&c))
         }
-        Command::Daemon(_) | Command::Completions { .. } | Command::Keeper { .. } => {
+        Command::Daemon(_)
+        | Command::Completions { .. }
+        | Command::Keeper { .. }
+        | Command::Mcp { .. } => {
             unreachable!("handled before connecting")
         }
     }
@@ -550,35 +571,6 @@ async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A record as `ps --json` and `show --json` print it: the record, plus the flat fields scripts want.
-fn record_json(r: &ProcessRecord) -> serde_json::Value {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
-    if let Some(obj) = v.as_object_mut() {
-        let spec = r.spec();
-        let l = r.lifecycle();
-        obj.insert("name".into(), serde_json::json!(spec.name));
-        obj.insert("kind".into(), serde_json::json!(spec.kind));
-        obj.insert("session".into(), serde_json::json!(spec.session));
-        obj.insert("parent".into(), serde_json::json!(spec.parent));
-        obj.insert("group".into(), serde_json::json!(spec.group));
-        obj.insert("labels".into(), serde_json::json!(spec.labels));
-        obj.insert("metadata".into(), serde_json::json!(spec.metadata));
-        obj.insert("pid".into(), serde_json::json!(r.pid()));
-        obj.insert(
-            "exit_code".into(),
-            serde_json::json!(l.exit().and_then(bpm_domain::ExitStatus::code)),
-        );
-        obj.insert(
-            "signal".into(),
-            serde_json::json!(l.exit().and_then(bpm_domain::ExitStatus::signal)),
-        );
-        obj.insert("started_at".into(), serde_json::json!(l.started_at()));
-        obj.insert("ended_at".into(), serde_json::json!(l.ended_at()));
-        obj.insert("error".into(), serde_json::json!(l.error()));
-    }
-    v
 }
 
 fn show(r: &ProcessRecord) {

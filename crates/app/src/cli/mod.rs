@@ -138,6 +138,21 @@ pub enum Command {
     },
     /// Run or manage the daemon.
     Daemon(DaemonArgs),
+    /// Serve MCP on stdin/stdout, so AI agents use bpm as tools (see README).
+    Mcp {
+        /// Refuse every tool that changes anything (start, stop, input, ...).
+        #[arg(long)]
+        read_only: bool,
+        /// Only start commands beginning with this prefix (repeatable; adds to config).
+        #[arg(long, value_name = "PREFIX")]
+        allow_command: Vec<String>,
+        /// Only start processes in this directory or below (repeatable; adds to config).
+        #[arg(long, value_name = "DIR")]
+        allow_dir: Vec<PathBuf>,
+        /// Show environment values to the agent instead of redacting them.
+        #[arg(long)]
+        show_env: bool,
+    },
     /// The keeper: the parent of every process on this node (started by the daemon).
     #[command(hide = true)]
     Keeper {

@@ -1,0 +1,292 @@
+//! `bpm mcp`: an MCP server (on rmcp) that lets AI agents start, watch, wait
+//! for and stop background processes as tools, and read them as resources.
+//!
+//! The server holds no process itself: it drives a [`ProcessManager`] (the
+//! daemon's client in `bpm mcp`, an embedded engine in tests), so processes
+//! outlive the agent's session and every agent sees the same processes. What
+//! it keeps per client is its read cursors (`get_process_output` without a
+//! cursor returns what is new to *this* client) and its resource subscriptions.
+
+mod inputs;
+mod policy;
+mod resources;
+mod schemas;
+mod tools;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bpm_domain::ProcessId;
+use bpm_ports::{Cursor, ProcessManager, StreamSelect};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+};
+use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
+
+pub use policy::Policy;
+
+/// What a started process gets when the agent does not say: the server's
+/// working directory and environment, as a shell would pass them on.
+#[derive(Debug, Clone, Default)]
+pub struct StartDefaults {
+    /// The working directory.
+    pub cwd: PathBuf,
+    /// The environment.
+    pub env: BTreeMap<String, String>,
+}
+
+impl StartDefaults {
+    /// This process's working directory and environment (bpm's own
+    /// `BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE` left out).
+    pub fn inherited() -> Self {
+        StartDefaults {
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            env: std::env::vars()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE")
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The MCP server for one client connection.
+#[derive(Clone)]
+pub struct McpServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: Arc<dyn ProcessManager>,
+    policy: Policy,
+    defaults: StartDefaults,
+    software: String,
+    /// Where this client's cursorless reads go on, per process and stream.
+    cursors: Mutex<HashMap<(ProcessId, StreamSelect), Cursor>>,
+    /// Processes whose resources this client subscribed to (legacy `resources/subscribe`).
+    subscribed: Mutex<HashSet<ProcessId>>,
+    /// The task forwarding changes to subscribers, once the first subscription arrives.
+    forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .forwarder
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl McpServer {
+    /// A server driving `manager` under `policy`; `software` names bpm and its version.
+    pub fn new(
+        manager: Arc<dyn ProcessManager>,
+        policy: Policy,
+        defaults: StartDefaults,
+        software: impl Into<String>,
+    ) -> Self {
+        McpServer {
+            inner: Arc::new(Inner {
+                manager,
+                policy,
+                defaults,
+                software: software.into(),
+                cursors: Mutex::new(HashMap::new()),
+                subscribed: Mutex::new(HashSet::new()),
+                forwarder: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The tools this server offers (without the changing ones when read-only).
+    pub fn tools(&self) -> Vec<Tool> {
+        schemas::TOOLS
+            .iter()
+            .filter(|t| !(self.inner.policy.read_only && t.mutating))
+            .map(|t| t.tool.clone())
+            .collect()
+    }
+
+    fn manager(&self) -> &dyn ProcessManager {
+        self.inner.manager.as_ref()
+    }
+
+    fn start_forwarder(&self, peer: Peer<RoleServer>) {
+        let mut slot = self
+            .inner
+            .forwarder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return;
+        }
+        let mut events = self.inner.manager.subscribe();
+        let weak = Arc::downgrade(&self.inner);
+        *slot = Some(tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                let wanted = inner
+                    .subscribed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&event.id);
+                drop(inner);
+                if wanted {
+                    for uri in resources::uris_of(event.id) {
+                        let param = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
+                        if peer.notify_resource_updated(param).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_server_info(Implementation::new("bpm", self.inner.software.clone()))
+        .with_instructions(
+            "bpm runs background processes that outlive this session. Start with \
+             start_background_process, then wait_for_process (until exit, ready, pattern or idle) \
+             instead of sleeping, read output with get_process_output (cursorless reads return \
+             only what is new), and stop_background_process to end a process and all its children.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()).with_ttl_ms(0))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools().into_iter().find(|t| t.name == name)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        let result = match self.call(&name, args, &context).await {
+            Ok(Reply { structured, text }) => {
+                let mut r = CallToolResult::structured(structured);
+                if let Some(text) = text {
+                    r.content = vec![ContentBlock::text(text)];
+                }
+                r
+            }
+            Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+        };
+        Ok(result.into())
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        resources::list(self, request.and_then(|r| r.cursor)).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(resources::templates()).with_ttl_ms(0))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        resources::read(self, &request.uri).await.map(Into::into)
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let id = resources::parse_uri(&request.uri)?.0;
+        self.inner
+            .subscribed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+        self.start_forwarder(context.peer);
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let id = resources::parse_uri(&request.uri)?.0;
+        self.inner
+            .subscribed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        resources::listen(self, context).await
+    }
+}
+
+/// A tool's answer: the structured result, and the text block when it is not the same JSON.
+struct Reply {
+    structured: serde_json::Value,
+    text: Option<String>,
+}
+
+impl Reply {
+    fn json(structured: serde_json::Value) -> Self {
+        Reply {
+            structured,
+            text: None,
+        }
+    }
+}

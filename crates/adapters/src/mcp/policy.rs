@@ -1,0 +1,237 @@
+//! What an MCP client may do: which commands may start and where, whether it
+//! may change anything at all, and what it may see of environments.
+
+use std::path::{Path, PathBuf};
+
+use bpm_domain::{Command, ProcessRecord};
+
+/// The safety settings of one `bpm mcp` server.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// When not empty, a command may start only if its command line starts
+    /// with one of these prefixes, ending at a word boundary (`"npm test"`
+    /// allows `npm test -- --watch`, not `npm testx`).
+    pub allow_commands: Vec<String>,
+    /// When not empty, a process may start only in one of these directories
+    /// or below them.
+    pub allow_dirs: Vec<PathBuf>,
+    /// No start, stop, pause, resume, restart, input or tracked operations:
+    /// only reading.
+    pub read_only: bool,
+    /// Replace environment values in every record shown, and the values of
+    /// secret-looking variables in output text, with `[redacted]`.
+    pub redact_env: bool,
+    /// The most output bytes one answer carries.
+    pub max_output_bytes: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allow_commands: Vec::new(),
+            allow_dirs: Vec::new(),
+            read_only: false,
+            redact_env: true,
+            max_output_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Characters with which one shell line can run more than the command it starts with.
+const SHELL_OPERATORS: &[char] = &[';', '&', '|', '`', '$', '<', '>', '\n', '(', ')'];
+
+impl Policy {
+    /// Whether `command` may start.
+    ///
+    /// # Errors
+    /// A message naming the command and the rule it broke.
+    pub fn check_command(&self, command: &Command) -> Result<(), String> {
+        if self.allow_commands.is_empty() {
+            return Ok(());
+        }
+        let line = match command {
+            Command::Argv(argv) => argv.join(" "),
+            Command::Shell(line) => {
+                if let Some(op) = line.chars().find(|c| SHELL_OPERATORS.contains(c)) {
+                    return Err(format!(
+                        "command {line:?} is refused: it contains the shell operator {op:?}, which the command allowlist cannot vet; give argv instead"
+                    ));
+                }
+                line.trim().to_owned()
+            }
+        };
+        let allowed = self.allow_commands.iter().any(|prefix| {
+            let prefix = prefix.trim();
+            line.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "command {line:?} is not allowed: this server only starts commands beginning with {}",
+                self.allow_commands
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    }
+
+    /// Whether a process may start in `dir` (already absolute).
+    ///
+    /// # Errors
+    /// A message naming the directory.
+    pub fn check_dir(&self, dir: &Path) -> Result<(), String> {
+        if self.allow_dirs.is_empty() {
+            return Ok(());
+        }
+        let real = dir
+            .canonicalize()
+            .map_err(|e| format!("working directory {}: {e}", dir.display()))?;
+        let allowed = self.allow_dirs.iter().any(|allowed| {
+            allowed
+                .canonicalize()
+                .is_ok_and(|allowed| real.starts_with(allowed))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "working directory {} is not allowed: this server only starts processes under {}",
+                real.display(),
+                self.allow_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    }
+
+    /// The values to hide in `record`'s output text: those of its environment
+    /// variables whose names look secret (token, secret, password, key,
+    /// credential, auth), six characters or longer.
+    pub fn secrets_of(&self, record: &ProcessRecord) -> Vec<String> {
+        if !self.redact_env {
+            return Vec::new();
+        }
+        let mut secrets: Vec<String> = record
+            .spec()
+            .env
+            .iter()
+            .filter(|(k, v)| looks_secret(k) && v.len() >= 6)
+            .map(|(_, v)| v.clone())
+            .collect();
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
+    }
+}
+
+fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+        "PRIVATE",
+    ]
+    .iter()
+    .any(|word| upper.contains(word))
+}
+
+/// `text` with every one of `secrets` replaced by `[redacted]`.
+pub(super) fn redact_text(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), crate::view::REDACTED);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow(prefixes: &[&str]) -> Policy {
+        Policy {
+            allow_commands: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn prefixes_end_at_a_word_boundary() {
+        let p = allow(&["npm test", "cargo"]);
+        let argv = |a: &[&str]| Command::Argv(a.iter().map(|s| (*s).to_owned()).collect());
+        assert!(p.check_command(&argv(&["npm", "test", "--", "-w"])).is_ok());
+        assert!(p.check_command(&argv(&["cargo"])).is_ok());
+        let err = p
+            .check_command(&argv(&["npm", "testx"]))
+            .expect_err("testx");
+        assert!(
+            err.contains("npm testx") && err.contains("\"npm test\""),
+            "{err}"
+        );
+        assert!(p.check_command(&argv(&["rm", "-rf", "/"])).is_err());
+        assert!(
+            p.check_command(&Command::Shell("cargo build".into()))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn shell_lines_that_chain_commands_are_refused_under_an_allowlist() {
+        let p = allow(&["cargo"]);
+        for line in [
+            "cargo build; rm -rf ~",
+            "cargo $(rm x)",
+            "cargo build && curl x",
+            "cargo > /etc/x",
+        ] {
+            let err = p
+                .check_command(&Command::Shell(line.into()))
+                .expect_err(line);
+            assert!(err.contains("shell operator"), "{err}");
+        }
+        assert!(
+            Policy::default()
+                .check_command(&Command::Shell("a; b".into()))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn directories_must_be_under_an_allowed_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let inside = dir.path().join("a");
+        std::fs::create_dir(&inside).expect("mkdir");
+        let p = Policy {
+            allow_dirs: vec![dir.path().to_path_buf()],
+            ..Policy::default()
+        };
+        assert!(p.check_dir(&inside).is_ok());
+        assert!(p.check_dir(&inside.join("..")).is_ok());
+        let err = p.check_dir(Path::new("/")).expect_err("root");
+        assert!(err.contains("not allowed"), "{err}");
+        assert!(p.check_dir(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn secret_values_are_replaced_longest_first() {
+        let secrets = vec!["abcdef123".to_owned(), "abcdef".to_owned()];
+        assert_eq!(
+            redact_text("x abcdef123 y abcdef", &secrets),
+            "x [redacted] y [redacted]"
+        );
+        assert!(looks_secret("GITHUB_TOKEN") && looks_secret("api_key") && !looks_secret("HOME"));
+    }
+}

@@ -1,0 +1,806 @@
+//! What each tool does. A failure is a message for the agent (the tool result
+//! has `isError: true`), never a protocol error.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use bpm_domain::{
+    ListFilter, LogPattern, Percent, ProcessId, ProcessKind, ProcessName, ProcessRecord,
+    ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode,
+};
+use bpm_ports::{
+    Cursor, ManagerError, OutputChunk, OutputQuery, ResolveError, StopOptions, StreamSelect,
+    resolve_id,
+};
+use regex::Regex;
+use rmcp::RoleServer;
+use rmcp::model::ProgressNotificationParam;
+use rmcp::service::RequestContext;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::inputs::{
+    CompleteArgs, FailArgs, IdArgs, InputArgs, KindArg, ListArgs, OutputArgs, ProgressArgs,
+    RestartArg, StartArgs, StateArg, StopArgs, StreamArg, TrackArgs, UntilArg, WaitArgs,
+};
+use super::policy::redact_text;
+use super::{McpServer, Reply, schemas};
+use crate::view::{record_json, record_json_redacted};
+
+type ToolResult = Result<Reply, String>;
+
+const DEFAULT_OUTPUT_BYTES: usize = 16 * 1024;
+const TAIL_LINES: usize = 20;
+const TAIL_BYTES: usize = 4 * 1024;
+const DEFAULT_WAIT: Duration = Duration::from_mins(1);
+const MAX_WAIT: Duration = Duration::from_hours(1);
+const DEFAULT_LIST: usize = 100;
+const MAX_LIST: usize = 500;
+
+fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, String> {
+    serde_json::from_value(args).map_err(|e| format!("invalid arguments for {tool}: {e}"))
+}
+
+#[allow(clippy::needless_pass_by_value)] // shaped for map_err
+fn manager_error(e: ManagerError) -> String {
+    e.to_string()
+}
+
+fn seconds(value: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("invalid {what} {value}: expected a non-negative number of seconds"))
+}
+
+fn span(value: f64, what: &str) -> Result<Span, String> {
+    Span::new(seconds(value, what)?).map_err(|e| format!("invalid {what} {value}: {e}"))
+}
+
+fn kind_of(k: KindArg) -> ProcessKind {
+    match k {
+        KindArg::AgentSession => ProcessKind::AgentSession,
+        KindArg::TestSuite => ProcessKind::TestSuite,
+        KindArg::Build => ProcessKind::Build,
+        KindArg::Server => ProcessKind::Server,
+        KindArg::Analysis => ProcessKind::Analysis,
+        KindArg::Custom => ProcessKind::Custom,
+    }
+}
+
+fn state_of(s: StateArg) -> StateName {
+    match s {
+        StateArg::Pending => StateName::Pending,
+        StateArg::Starting => StateName::Starting,
+        StateArg::Running => StateName::Running,
+        StateArg::Paused => StateName::Paused,
+        StateArg::Stopping => StateName::Stopping,
+        StateArg::Completed => StateName::Completed,
+        StateArg::Failed => StateName::Failed,
+        StateArg::TimedOut => StateName::TimedOut,
+        StateArg::Cancelled => StateName::Cancelled,
+        StateArg::Lost => StateName::Lost,
+    }
+}
+
+fn select_of(s: StreamArg) -> StreamSelect {
+    match s {
+        StreamArg::Stdout => StreamSelect::Stdout,
+        StreamArg::Stderr => StreamSelect::Stderr,
+        StreamArg::Both => StreamSelect::Both,
+    }
+}
+
+/// `text` cut to its last `max` bytes (at a character boundary).
+fn last_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+impl McpServer {
+    pub(super) async fn call(
+        &self,
+        name: &str,
+        args: Value,
+        ctx: &RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let Some(info) = schemas::TOOLS.iter().find(|t| t.tool.name == name) else {
+            return Err(format!("unknown tool {name:?}"));
+        };
+        if info.mutating && self.inner.policy.read_only {
+            return Err(format!(
+                "{name} is disabled: this bpm mcp server is read-only (it may list, read and wait, not start, stop or send input)"
+            ));
+        }
+        match name {
+            "start_background_process" => self.start(parse(name, args)?).await,
+            "get_background_process_status" => {
+                let a: IdArgs = parse(name, args)?;
+                let r = self.manager().get(self.id(&a.process_id).await?).await;
+                Ok(Reply::json(self.view(&r.map_err(manager_error)?)))
+            }
+            "list_background_processes" => self.list(parse(name, args)?).await,
+            "get_process_output" => self.output(parse(name, args)?).await,
+            "wait_for_process" => self.wait(parse(name, args)?, ctx).await,
+            "stop_background_process" => self.stop(parse(name, args)?).await,
+            "pause_background_process" => {
+                let a: IdArgs = parse(name, args)?;
+                let r = self.manager().pause(self.id(&a.process_id).await?).await;
+                Ok(Reply::json(self.view(&r.map_err(manager_error)?)))
+            }
+            "resume_background_process" => {
+                let a: IdArgs = parse(name, args)?;
+                let r = self.manager().resume(self.id(&a.process_id).await?).await;
+                Ok(Reply::json(self.view(&r.map_err(manager_error)?)))
+            }
+            "restart_background_process" => {
+                let a: IdArgs = parse(name, args)?;
+                let r = self.manager().restart(self.id(&a.process_id).await?).await;
+                Ok(Reply::json(self.view(&r.map_err(manager_error)?)))
+            }
+            "send_process_input" => self.input(parse(name, args)?).await,
+            "track_operation" => self.track(parse(name, args)?).await,
+            "update_operation_progress" => {
+                let a: ProgressArgs = parse(name, args)?;
+                let percent = Percent::from_f64(a.progress)
+                    .map_err(|e| format!("invalid progress {}: {e}", a.progress))?;
+                let id = self.id(&a.process_id).await?;
+                let r = self.manager().progress(id, percent, a.message).await;
+                Ok(Reply::json(self.view(&r.map_err(manager_error)?)))
+            }
+            "complete_operation" => {
+                let a: CompleteArgs = parse(name, args)?;
+                let id = self.id(&a.process_id).await?;
+                let c = self
+                    .manager()
+                    .complete(id, a.result)
+                    .await
+                    .map_err(manager_error)?;
+                Ok(Reply::json(
+                    json!({ "process": self.view(&c.record), "no_op": c.no_op }),
+                ))
+            }
+            "fail_operation" => {
+                let a: FailArgs = parse(name, args)?;
+                let id = self.id(&a.process_id).await?;
+                let c = self
+                    .manager()
+                    .fail(id, a.error)
+                    .await
+                    .map_err(manager_error)?;
+                Ok(Reply::json(
+                    json!({ "process": self.view(&c.record), "no_op": c.no_op }),
+                ))
+            }
+            other => Err(format!("unknown tool {other:?}")),
+        }
+    }
+
+    async fn id(&self, text: &str) -> Result<ProcessId, String> {
+        resolve_id(self.manager(), text).await.map_err(|e| match e {
+            ResolveError::NotFound(text) => {
+                format!("unknown process id {text:?}: no process has this id, prefix or name")
+            }
+            other => other.to_string(),
+        })
+    }
+
+    fn view(&self, record: &ProcessRecord) -> Value {
+        if self.inner.policy.redact_env {
+            record_json_redacted(record)
+        } else {
+            record_json(record)
+        }
+    }
+
+    /// The last lines of a process's output, redacted, for answers that end a wait or a stop.
+    async fn tail(&self, record: &ProcessRecord) -> String {
+        let query = OutputQuery {
+            stream: StreamSelect::Both,
+            cursor: None,
+            max_bytes: TAIL_BYTES,
+            tail_lines: Some(TAIL_LINES),
+        };
+        match self.manager().read_output(record.id(), query).await {
+            Ok(chunk) => redact_text(&chunk.text(), &self.inner.policy.secrets_of(record)),
+            Err(e) => format!("(output unavailable: {e})"),
+        }
+    }
+
+    async fn start(&self, a: StartArgs) -> ToolResult {
+        let policy = &self.inner.policy;
+        let mut spec = match (a.command, a.argv) {
+            (Some(_), Some(_)) => return Err("give either command or argv, not both".into()),
+            (None, None) => {
+                return Err("missing command: give command (a shell line) or argv".into());
+            }
+            (Some(line), None) => {
+                if line.trim().is_empty() {
+                    return Err("missing command: command is empty".into());
+                }
+                ProcessSpec::shell(line)
+            }
+            (None, Some(argv)) => {
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    return Err("missing command: argv is empty".into());
+                }
+                ProcessSpec::argv(argv)
+            }
+        };
+        if let Some(command) = &spec.command {
+            policy.check_command(command)?;
+        }
+        let defaults = &self.inner.defaults;
+        let cwd = match a.cwd {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                if dir.is_absolute() {
+                    dir
+                } else {
+                    defaults.cwd.join(dir)
+                }
+            }
+            None => defaults.cwd.clone(),
+        };
+        if !cwd.is_dir() {
+            return Err(format!("working directory not found: {}", cwd.display()));
+        }
+        policy.check_dir(&cwd)?;
+        spec.cwd = Some(cwd);
+        spec.env.clone_from(&defaults.env);
+        spec.env.extend(a.env.unwrap_or_default());
+        spec.name = a
+            .name
+            .map(ProcessName::new)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        if let Some(k) = a.kind {
+            spec.kind = kind_of(k);
+        }
+        spec.session = a
+            .session
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| e.to_string())?;
+        if let Some(p) = a.parent {
+            spec.parent = Some(self.id(&p).await?);
+        }
+        spec.group = a
+            .group
+            .map(|g| g.parse())
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| e.to_string())?;
+        spec.timeout = a
+            .timeout_secs
+            .map(|t| span(t, "timeout_secs"))
+            .transpose()?;
+        if let Some(g) = a.grace_secs {
+            spec.stop.grace = span(g, "grace_secs")?;
+        }
+        if let Some(p) = a.ready_pattern {
+            let pattern = LogPattern::new(&p).map_err(|e| format!("invalid ready_pattern: {e}"))?;
+            spec.readiness.check = ReadinessCheck::LogPattern { pattern };
+        }
+        if let Some(port) = a.ready_port {
+            spec.readiness.check = ReadinessCheck::Port { port };
+        }
+        if let Some(r) = a.restart {
+            spec.restart.mode = match r {
+                RestartArg::Never => RestartMode::Never,
+                RestartArg::OnFailure => RestartMode::OnFailure,
+                RestartArg::Always => RestartMode::Always,
+            };
+        }
+        spec.restart.max_restarts = a.max_restarts;
+        if a.stdin == Some(true) {
+            spec.stdin = StdinMode::Pipe;
+        }
+        for (k, v) in a.labels.unwrap_or_default() {
+            let key = k
+                .parse()
+                .map_err(|e: bpm_domain::NameError| e.to_string())?;
+            let value = v
+                .parse()
+                .map_err(|e: bpm_domain::NameError| e.to_string())?;
+            spec.labels.insert(key, value);
+        }
+        spec.metadata = a.metadata.unwrap_or_default();
+        let record = self.manager().start(spec).await.map_err(manager_error)?;
+        Ok(Reply::json(self.view(&record)))
+    }
+
+    async fn list(&self, a: ListArgs) -> ToolResult {
+        let mut filter = ListFilter::default();
+        if let Some(s) = a.state {
+            filter.states.push(state_of(s));
+        }
+        filter.session = a
+            .session
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| e.to_string())?;
+        filter.kind = a.kind.map(kind_of);
+        if let Some(label) = a.label {
+            let (k, v) = label
+                .split_once('=')
+                .ok_or_else(|| format!("invalid label {label:?}: expected KEY=VALUE"))?;
+            filter.labels.push((
+                k.parse()
+                    .map_err(|e: bpm_domain::NameError| e.to_string())?,
+                v.parse()
+                    .map_err(|e: bpm_domain::NameError| e.to_string())?,
+            ));
+        }
+        if let Some(p) = a.parent {
+            filter.parent = Some(self.id(&p).await?);
+        }
+        let limit = a.limit.unwrap_or(DEFAULT_LIST);
+        if limit == 0 || limit > MAX_LIST {
+            return Err(format!("invalid limit {limit}: expected 1 to {MAX_LIST}"));
+        }
+        let mut records = self.manager().list(filter).await.map_err(manager_error)?;
+        let more = records.len() > limit;
+        // Newest first: ids are time-ordered.
+        records.reverse();
+        records.truncate(limit);
+        let mut text = String::new();
+        if records.is_empty() {
+            text.push_str("no processes match\n");
+        }
+        for r in &records {
+            let status = match r.lifecycle().exit() {
+                Some(exit) => format!("{} ({exit})", r.state()),
+                None => r.state().to_string(),
+            };
+            let progress = r
+                .progress()
+                .map(|p| format!(" {}%", p.percent.get()))
+                .unwrap_or_default();
+            let command = r
+                .spec()
+                .command
+                .as_ref()
+                .map_or_else(|| "(tracked)".to_owned(), ToString::to_string);
+            let _ = writeln!(
+                text,
+                "{}  {:<16} {:<20} pid {:<8} {}{}",
+                r.id(),
+                r.spec().name.as_ref().map_or("-", |n| n.as_str()),
+                status,
+                r.pid().map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                last_bytes(&command, 60),
+                progress
+            );
+        }
+        if more {
+            let _ = writeln!(text, "(more match; raise limit or filter)");
+        }
+        let views: Vec<Value> = records.iter().map(|r| self.view(r)).collect();
+        Ok(Reply {
+            structured: json!({ "processes": views, "count": records.len(), "more": more }),
+            text: Some(text),
+        })
+    }
+
+    async fn output(&self, a: OutputArgs) -> ToolResult {
+        let id = self.id(&a.process_id).await?;
+        let record = self.manager().get(id).await.map_err(manager_error)?;
+        let cap = self.inner.policy.max_output_bytes;
+        let max_bytes = a.max_bytes.unwrap_or(DEFAULT_OUTPUT_BYTES.min(cap));
+        if max_bytes == 0 {
+            return Err("invalid max_bytes 0: expected at least 1".into());
+        }
+        let max_bytes = max_bytes.min(cap);
+        let grep = a
+            .grep
+            .as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| format!("invalid grep regex: {e}"))?;
+        let stream = select_of(a.stream);
+        let key = (id, stream);
+        let remembered = self
+            .inner
+            .cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied();
+        let start = if a.tail_lines.is_some() {
+            None
+        } else {
+            Some(a.cursor.map_or(remembered.unwrap_or(Cursor(0)), Cursor))
+        };
+        let query = OutputQuery {
+            stream,
+            cursor: start,
+            max_bytes,
+            tail_lines: a.tail_lines,
+        };
+        let chunk = self
+            .manager()
+            .read_output(id, query)
+            .await
+            .map_err(manager_error)?;
+        {
+            let mut cursors = self
+                .inner
+                .cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let seen = cursors.entry(key).or_insert(chunk.next);
+            *seen = (*seen).max(chunk.next);
+        }
+        let from = start.unwrap_or_else(|| {
+            chunk
+                .pieces
+                .first()
+                .map_or(chunk.next, |p| Cursor(p.offset))
+        });
+        Ok(Reply::json(self.output_view(
+            &record,
+            &chunk,
+            from,
+            grep.as_ref(),
+        )))
+    }
+
+    fn output_view(
+        &self,
+        record: &ProcessRecord,
+        chunk: &OutputChunk,
+        from: Cursor,
+        grep: Option<&Regex>,
+    ) -> Value {
+        let bytes: usize = chunk.pieces.iter().map(|p| p.data.len()).sum();
+        let raw = redact_text(&chunk.text(), &self.inner.policy.secrets_of(record));
+        let (text, matched) = match grep {
+            Some(re) => {
+                let lines: Vec<&str> = raw.lines().filter(|l| re.is_match(l)).collect();
+                let mut t = lines.join("\n");
+                if !lines.is_empty() {
+                    t.push('\n');
+                }
+                (t, Some(lines.len()))
+            }
+            None => (raw, None),
+        };
+        let mut notices = Vec::new();
+        if chunk.skipped > 0 {
+            notices.push(format!(
+                "{} bytes before this were dropped by rotation (the output cap) before they could be read",
+                chunk.skipped
+            ));
+        }
+        if chunk.truncated {
+            notices.push(format!(
+                "[truncated] more output waits: read again (without a cursor, or from cursor {})",
+                chunk.next.0
+            ));
+        }
+        json!({
+            "process_id": record.id(),
+            "state": record.state(),
+            "text": text,
+            "cursor": from.0,
+            "next_cursor": chunk.next.0,
+            "bytes": bytes,
+            "skipped_bytes": chunk.skipped,
+            "truncated": chunk.truncated,
+            "matched_lines": matched,
+            "notice": if notices.is_empty() { None } else { Some(notices.join("; ")) },
+        })
+    }
+
+    async fn stop(&self, a: StopArgs) -> ToolResult {
+        let id = self.id(&a.process_id).await?;
+        let options = StopOptions {
+            force: a.force.unwrap_or(false),
+            grace: a.grace_secs.map(|g| span(g, "grace_secs")).transpose()?,
+        };
+        let record = self
+            .manager()
+            .stop(id, options)
+            .await
+            .map_err(manager_error)?;
+        let exit = record.lifecycle().exit();
+        Ok(Reply::json(json!({
+            "process": self.view(&record),
+            "exit_code": exit.and_then(bpm_domain::ExitStatus::code),
+            "signal": exit.and_then(bpm_domain::ExitStatus::signal),
+            "output_tail": self.tail(&record).await,
+        })))
+    }
+
+    async fn input(&self, a: InputArgs) -> ToolResult {
+        let id = self.id(&a.process_id).await?;
+        let mut data = a.text.into_bytes();
+        if a.newline.unwrap_or(true) {
+            data.push(b'\n');
+        }
+        let n = data.len();
+        self.manager()
+            .send_input(id, data)
+            .await
+            .map_err(manager_error)?;
+        Ok(Reply::json(json!({ "process_id": id, "bytes_written": n })))
+    }
+
+    async fn track(&self, a: TrackArgs) -> ToolResult {
+        let name = ProcessName::new(a.name).map_err(|e| e.to_string())?;
+        let mut spec = ProcessSpec::tracked(name);
+        spec.session = a
+            .session
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| e.to_string())?;
+        if let Some(k) = a.kind {
+            spec.kind = kind_of(k);
+        }
+        if let Some(p) = a.parent {
+            spec.parent = Some(self.id(&p).await?);
+        }
+        spec.metadata = a.metadata.unwrap_or_default();
+        let record = self.manager().track(spec).await.map_err(manager_error)?;
+        Ok(Reply::json(self.view(&record)))
+    }
+
+    async fn wait(&self, a: WaitArgs, ctx: &RequestContext<RoleServer>) -> ToolResult {
+        let id = self.id(&a.process_id).await?;
+        let timeout = a
+            .timeout_secs
+            .map(|t| seconds(t, "timeout_secs"))
+            .transpose()?
+            .unwrap_or(DEFAULT_WAIT);
+        if timeout > MAX_WAIT {
+            return Err(format!(
+                "invalid timeout_secs {}: at most {} seconds",
+                timeout.as_secs_f64(),
+                MAX_WAIT.as_secs()
+            ));
+        }
+        let mut watch = match a.until {
+            UntilArg::Pattern => {
+                let text = a
+                    .pattern
+                    .ok_or("until: pattern needs a pattern (a regular expression)")?;
+                Watch::Pattern(PatternScan::new(
+                    Regex::new(&text).map_err(|e| format!("invalid pattern regex: {e}"))?,
+                ))
+            }
+            UntilArg::Idle => Watch::Idle(IdleWatch::new(
+                a.idle_secs
+                    .map(|s| seconds(s, "idle_secs"))
+                    .transpose()?
+                    .unwrap_or(Duration::from_secs(5)),
+            )),
+            UntilArg::Exit => Watch::Exit,
+            UntilArg::Ready => Watch::Ready,
+        };
+        let until = match a.until {
+            UntilArg::Exit => "exit",
+            UntilArg::Ready => "ready",
+            UntilArg::Pattern => "pattern",
+            UntilArg::Idle => "idle",
+        };
+        let mut events = self.inner.manager.subscribe();
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let token = ctx.meta.get_progress_token();
+        let mut last_progress: Option<Instant> = None;
+        let poll = if matches!(watch, Watch::Pattern(_) | Watch::Idle(_)) {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(500)
+        };
+        let (record, met, reason) = loop {
+            let record = self.manager().get(id).await.map_err(manager_error)?;
+            if let Some((met, reason)) = self.check(&mut watch, &record).await? {
+                break (record, met, reason);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let reason = format!(
+                    "timed out after {:.1} s; the process is still {}",
+                    timeout.as_secs_f64(),
+                    record.state()
+                );
+                break (record, false, reason);
+            }
+            if let Some(token) = &token
+                && last_progress.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                last_progress = Some(now);
+                let elapsed = now.duration_since(started).as_secs_f64();
+                let mut message = format!(
+                    "waiting for {until}: {} after {elapsed:.0} s",
+                    record.state()
+                );
+                if let Some(p) = record.progress() {
+                    let _ = write!(message, ", {}%", p.percent.get());
+                    if let Some(m) = &p.message {
+                        let _ = write!(message, " {m}");
+                    }
+                }
+                let param = ProgressNotificationParam::new(token.clone(), elapsed)
+                    .with_total(timeout.as_secs_f64())
+                    .with_message(message);
+                let _ = ctx.peer.notify_progress(param).await;
+            }
+            let wake = deadline.min(now + poll);
+            tokio::select! {
+                () = ctx.ct.cancelled() => return Err("the wait was cancelled".into()),
+                () = tokio::time::sleep_until(wake.into()) => {}
+                event = events.recv() => match event {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => events = self.inner.manager.subscribe(),
+                },
+            }
+        };
+        let exit = record.lifecycle().exit();
+        Ok(Reply::json(json!({
+            "process_id": id,
+            "until": until,
+            "condition_met": met,
+            "reason": reason,
+            "state": record.state(),
+            "exit_code": exit.and_then(bpm_domain::ExitStatus::code),
+            "signal": exit.and_then(bpm_domain::ExitStatus::signal),
+            "error": record.lifecycle().error(),
+            "waited_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "output_tail": self.tail(&record).await,
+        })))
+    }
+
+    /// Whether the wait is over: `Some((met, reason))`.
+    async fn check(
+        &self,
+        watch: &mut Watch,
+        record: &ProcessRecord,
+    ) -> Result<Option<(bool, String)>, String> {
+        let ended = record.is_terminal();
+        let ended_reason = || format!("the process ended ({}) first", record.state());
+        Ok(match watch {
+            Watch::Exit => ended.then(|| (true, format!("the process ended: {}", record.state()))),
+            Watch::Ready => {
+                if record.lifecycle().ready_at().is_some() {
+                    Some((true, "the process is ready".to_owned()))
+                } else {
+                    ended.then(|| (false, ended_reason()))
+                }
+            }
+            Watch::Pattern(scan) => {
+                let chunk = self.read_from(record.id(), scan.cursor).await?;
+                scan.cursor = chunk.next;
+                if let Some(line) = scan.feed(&chunk.text()) {
+                    let line = redact_text(&line, &self.inner.policy.secrets_of(record));
+                    Some((true, format!("output matched: {}", last_bytes(&line, 500))))
+                } else if ended && !chunk.truncated {
+                    Some((false, ended_reason()))
+                } else {
+                    None
+                }
+            }
+            Watch::Idle(idle) => {
+                let chunk = self.read_from(record.id(), idle.cursor).await?;
+                if chunk.next != idle.cursor {
+                    idle.cursor = chunk.next;
+                    idle.since = Instant::now();
+                }
+                if ended {
+                    Some((false, ended_reason()))
+                } else if idle.since.elapsed() >= idle.quiet {
+                    Some((
+                        true,
+                        format!("no output for {:.1} s", idle.quiet.as_secs_f64()),
+                    ))
+                } else {
+                    None
+                }
+            }
+        })
+    }
+
+    async fn read_from(&self, id: ProcessId, cursor: Cursor) -> Result<OutputChunk, String> {
+        let query = OutputQuery {
+            stream: StreamSelect::Both,
+            cursor: Some(cursor),
+            max_bytes: 1 << 20,
+            tail_lines: None,
+        };
+        self.manager()
+            .read_output(id, query)
+            .await
+            .map_err(manager_error)
+    }
+}
+
+enum Watch {
+    Exit,
+    Ready,
+    Pattern(PatternScan),
+    Idle(IdleWatch),
+}
+
+/// Looks for a line matching a pattern in output that arrives in pieces.
+struct PatternScan {
+    re: Regex,
+    cursor: Cursor,
+    /// The unfinished last line so far.
+    partial: String,
+}
+
+impl PatternScan {
+    fn new(re: Regex) -> Self {
+        PatternScan {
+            re,
+            cursor: Cursor(0),
+            partial: String::new(),
+        }
+    }
+
+    /// Feeds new text; returns the first matching line. The unfinished last
+    /// line is tried too (a prompt may never end its line).
+    fn feed(&mut self, text: &str) -> Option<String> {
+        self.partial.push_str(text);
+        let mut rest = std::mem::take(&mut self.partial);
+        while let Some(nl) = rest.find('\n') {
+            let line: String = rest.drain(..=nl).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if self.re.is_match(line) {
+                return Some(line.to_owned());
+            }
+        }
+        if !rest.is_empty() && self.re.is_match(&rest) {
+            return Some(rest);
+        }
+        self.partial = rest;
+        None
+    }
+}
+
+struct IdleWatch {
+    quiet: Duration,
+    cursor: Cursor,
+    since: Instant,
+}
+
+impl IdleWatch {
+    fn new(quiet: Duration) -> Self {
+        IdleWatch {
+            quiet,
+            cursor: Cursor(0),
+            since: Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pattern_is_found_across_pieces_and_in_an_unfinished_line() {
+        let mut scan = PatternScan::new(Regex::new("^listening on \\d+$").expect("re"));
+        assert_eq!(scan.feed("boot\nlisten"), None);
+        assert_eq!(
+            scan.feed("ing on 80\nmore\n").as_deref(),
+            Some("listening on 80")
+        );
+        let mut prompt = PatternScan::new(Regex::new("> $").expect("re"));
+        assert_eq!(prompt.feed("welcome\n> ").as_deref(), Some("> "));
+    }
+
+    #[test]
+    fn last_bytes_cuts_at_a_character_boundary() {
+        assert_eq!(last_bytes("héllo", 4), "llo");
+        assert_eq!(last_bytes("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,271 @@
+"""Drives `bpm mcp` with the official Python MCP client (pinned in
+requirements.txt), the way an agent would.
+
+    python3 tests/mcp/scenario.py BPM_BINARY BPM_HOME
+
+Run by crates/app/tests/mcp_client.rs; exits non-zero (with the failed
+check's message) when anything is not as it should be.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+import warnings
+
+from mcp import Client, StdioServerParameters
+
+# resources/subscribe is deprecated from 2026-07-28 on; this scenario speaks 2025-11-25 on purpose.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+BPM, HOME = sys.argv[1], sys.argv[2]
+SESSION = "scenario-" + uuid.uuid4().hex[:8]
+EXPECTED_TOOLS = {
+    "start_background_process",
+    "get_background_process_status",
+    "list_background_processes",
+    "get_process_output",
+    "wait_for_process",
+    "stop_background_process",
+    "pause_background_process",
+    "resume_background_process",
+    "restart_background_process",
+    "send_process_input",
+    "track_operation",
+    "update_operation_progress",
+    "complete_operation",
+    "fail_operation",
+}
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def server(*args):
+    env = {"BPM_HOME": HOME, "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return StdioServerParameters(command=BPM, args=["mcp", *args], env=env)
+
+
+def structured(result, tool):
+    check(not result.is_error, f"{tool} failed: {result.content}")
+    data = result.structured_content
+    check(isinstance(data, dict), f"{tool}: no structuredContent: {result}")
+    text = result.content[0].text
+    if tool != "list_background_processes":
+        check(json.loads(text) == data, f"{tool}: the text block is not the structured JSON")
+    return data
+
+
+async def call(client, tool, args, **kw):
+    return structured(await client.call_tool(tool, args, **kw), tool)
+
+
+async def error_of(client, tool, args):
+    result = await client.call_tool(tool, args)
+    check(result.is_error, f"{tool}({args}) should fail, got {result.structured_content}")
+    return result.content[0].text
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def mcp_server_pids():
+    """The `bpm mcp` processes serving this BPM_HOME."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 2 and argv[1] == b"mcp" and b"BPM_HOME=" + HOME.encode() in env:
+            pids.append(int(entry))
+    return pids
+
+
+async def scenario():
+    updates = []
+
+    async def on_message(message):
+        params = getattr(getattr(message, "root", message), "params", None)
+        uri = getattr(params, "uri", None)
+        if uri is not None:
+            updates.append(str(uri))
+
+    async with Client(server(), mode="legacy", message_handler=on_message) as client:
+        # 1. Initialize and list tools.
+        check(client.protocol_version == "2025-11-25", f"negotiated {client.protocol_version}")
+        tools = await client.list_tools()
+        names = {t.name for t in tools.tools}
+        check(names == EXPECTED_TOOLS, f"tools: {sorted(names ^ EXPECTED_TOOLS)} differ")
+        for t in tools.tools:
+            check(t.output_schema and t.input_schema.get("type") == "object", f"{t.name} schemas")
+        print("1. initialized and listed", len(names), "tools")
+
+        # 2. A small server that prints a ready line (and has a child), waited for by readiness.
+        web = await call(client, "start_background_process", {
+            "command": 'sleep 1000 & echo "child $!"; sleep 0.3; echo "listening on 127.0.0.1"; '
+                       'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.1; done',
+            "name": "web-" + SESSION,
+            "kind": "server",
+            "session": SESSION,
+            "labels": {"role": "web"},
+            "ready_pattern": "^listening on",
+        })
+        check(web["state"] in ("pending", "starting", "running"), f"web: {web['state']}")
+        progress = []
+
+        async def on_progress(value, total, message):
+            progress.append((value, total, message))
+
+        ready = await call(client, "wait_for_process",
+                           {"process_id": web["id"], "until": "ready", "timeout_secs": 20})
+        check(ready["condition_met"] and ready["state"] == "running", f"not ready: {ready}")
+        print("2. the server is ready:", ready["reason"])
+
+        # 3. Incremental reads: the second returns only what is new.
+        first = await call(client, "get_process_output", {"process_id": web["id"]})
+        check("listening on" in first["text"] and first["cursor"] == 0, f"first read: {first}")
+        child_pid = int(first["text"].split("child ")[1].split()[0])
+        await asyncio.sleep(0.5)
+        second = await call(client, "get_process_output", {"process_id": web["id"]})
+        check(second["cursor"] == first["next_cursor"], "the second read starts where the first ended")
+        check("listening on" not in second["text"] and "tick" in second["text"], f"second: {second['text']!r}")
+        last_tick = max(int(line.split()[1]) for line in first["text"].splitlines() if line.startswith("tick"))
+        first_new = int(second["text"].split()[1])
+        check(first_new == last_tick + 1, f"second read starts at tick {first_new}, after tick {last_tick}")
+        again = await call(client, "get_process_output", {"process_id": web["id"], "cursor": 0, "max_bytes": 10})
+        check(again["truncated"] and again["notice"] and again["text"] == first["text"][:10], "cursor reads re-read")
+        grep = await call(client, "get_process_output", {"process_id": web["id"], "cursor": 0, "grep": "^listening"})
+        check(grep["text"] == "listening on 127.0.0.1\n" and grep["matched_lines"] == 1, f"grep: {grep}")
+        print("3. read", first["bytes"], "then", second["bytes"], "new bytes")
+
+        # 4. A failing command: its own exit code, with progress notifications while waiting.
+        bad = await call(client, "start_background_process", {
+            "argv": ["sh", "-c", "echo oops >&2; sleep 1.5; exit 3"],
+            "session": SESSION,
+            "kind": "test_suite",
+        })
+        done = await call(client, "wait_for_process",
+                          {"process_id": bad["id"], "until": "exit", "timeout_secs": 20},
+                          progress_callback=on_progress)
+        check(done["condition_met"] and done["exit_code"] == 3 and done["state"] == "failed", f"failing: {done}")
+        check("oops" in done["output_tail"], f"tail: {done['output_tail']!r}")
+        check(progress and progress[0][1] == 20, f"progress notifications: {progress}")
+        print("4. the failing command ended", done["state"], "with exit code", done["exit_code"],
+              "after", len(progress), "progress notifications")
+
+        # 5. Stop the server: it and its child are gone when the call returns.
+        status = await call(client, "get_background_process_status", {"process_id": web["id"]})
+        pid = status["pid"]
+        check(alive(pid) and alive(child_pid), "the server and its child run")
+        stopped = await call(client, "stop_background_process", {"process_id": web["id"]})
+        check(stopped["process"]["state"] == "cancelled", f"stopped: {stopped['process']['state']}")
+        check("tick" in stopped["output_tail"], "the stop answer carries the output's tail")
+        check(not alive(pid) and not alive(child_pid), f"survivors: {pid} {child_pid}")
+        again = await call(client, "stop_background_process", {"process_id": web["id"]})
+        check(again["process"]["state"] == "cancelled", "stopping twice is harmless")
+        print("5. stopped the server; pids", pid, child_pid, "are gone")
+
+        # 6. Lists with filters.
+        listing = await call(client, "list_background_processes", {"session": SESSION})
+        check(listing["count"] == 2, f"session list: {listing['count']}")
+        failed = await call(client, "list_background_processes", {"session": SESSION, "state": "failed"})
+        check([p["id"] for p in failed["processes"]] == [bad["id"]], "state filter")
+        labelled = await call(client, "list_background_processes", {"label": "role=web", "limit": 5})
+        check(web["id"] in [p["id"] for p in labelled["processes"]], "label filter")
+        kinds = await call(client, "list_background_processes", {"session": SESSION, "kind": "test_suite"})
+        check([p["id"] for p in kinds["processes"]] == [bad["id"]], "kind filter")
+        print("6. lists filtered by session, state, label and kind")
+
+        # 7. Bad arguments are tool errors naming what was wrong.
+        message = await error_of(client, "get_background_process_status", {"process_id": "no-such-process"})
+        check("no-such-process" in message, message)
+        message = await error_of(client, "start_background_process", {"cwd": "/"})
+        check("missing command" in message, message)
+        message = await error_of(client, "wait_for_process", {"process_id": bad["id"], "until": "pattern", "pattern": "("})
+        check("invalid pattern regex" in message, message)
+        message = await error_of(client, "start_background_process", {"command": "true", "timeout": 3})
+        check("unknown field `timeout`" in message, message)
+        message = await error_of(client, "start_background_process", {"command": "true", "cwd": "/no/such/dir"})
+        check("/no/such/dir" in message, message)
+        message = await error_of(client, "pause_background_process", {"process_id": bad["id"]})
+        check("failed" in message, message)
+        print("7. bad arguments answered with isError")
+
+        # Resources: the record and its output, and a notification when it changes.
+        sleeper = await call(client, "start_background_process", {
+            "argv": ["sleep", "300"], "session": SESSION, "name": "sleeper-" + SESSION})
+        uri = f"bpm://process/{sleeper['id']}"
+        resources = await client.list_resources()
+        check(uri in [str(r.uri) for r in resources.resources], "the sleeper is a resource")
+        read = await client.read_resource(uri)
+        check(json.loads(read.contents[0].text)["id"] == sleeper["id"], "resource read")
+        out = await client.read_resource(f"bpm://process/{web['id']}/output")
+        check("listening on" in out.contents[0].text, "output resource")
+        await client.subscribe_resource(uri)
+        await call(client, "pause_background_process", {"process_id": sleeper["id"]})
+        await call(client, "resume_background_process", {"process_id": sleeper["id"]})
+        for _ in range(100):
+            if uri in updates:
+                break
+            await asyncio.sleep(0.05)
+        check(uri in updates, f"no resources/updated for {uri}: {updates}")
+        print("   resources: listed, read, and", updates.count(uri), "update notifications")
+
+    # 8. Kill the MCP server: the processes are still there for the next one.
+    pids_before = mcp_server_pids()
+    check(pids_before == [], f"the first server is still running: {pids_before}")
+    async with Client(server(), mode="legacy") as client:
+        pids = mcp_server_pids()
+        check(len(pids) == 1, f"bpm mcp servers: {pids}")
+        os.kill(pids[0], signal.SIGKILL)
+    async with Client(server(), mode="legacy") as client:
+        listing = await call(client, "list_background_processes", {"session": SESSION})
+        by_id = {p["id"]: p for p in listing["processes"]}
+        check(by_id[sleeper["id"]]["state"] == "running" and alive(by_id[sleeper["id"]]["pid"]),
+              "the sleeper survived the MCP server")
+        check(by_id[bad["id"]]["exit_code"] == 3, "finished records are kept")
+        fresh = await call(client, "get_process_output", {"process_id": bad["id"]})
+        check("oops" in fresh["text"], "a new client session reads from the start")
+        await call(client, "stop_background_process", {"process_id": sleeper["id"], "force": True})
+        print("8. after kill -9 of bpm mcp, a new server sees", listing["count"], "processes")
+
+
+async def modern():
+    """The stateless revision (2026-07-28, no initialize) and its subscriptions."""
+    async with Client(server("--read-only"), mode="auto") as client:
+        check(client.protocol_version == "2026-07-28", f"auto negotiated {client.protocol_version}")
+        names = {t.name for t in (await client.list_tools()).tools}
+        check("start_background_process" not in names and "get_process_output" in names,
+              f"read-only tools: {sorted(names)}")
+        message = await error_of(client, "start_background_process", {"command": "true"})
+        check("read-only" in message, message)
+        listing = await call(client, "list_background_processes", {"session": SESSION})
+        check(listing["count"] == 3, f"modern list: {listing['count']}")
+    print("9. the 2026-07-28 revision works without initialize; read-only refuses start")
+
+
+async def main():
+    started = time.monotonic()
+    await scenario()
+    await modern()
+    print(f"scenario passed in {time.monotonic() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
