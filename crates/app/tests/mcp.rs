@@ -1,0 +1,644 @@
+//! The MCP tool handlers through rmcp's own client, over an in-memory pipe,
+//! on an embedded engine running real processes: per-session cursors, waits,
+//! input, tracked operations, progress notifications, resources and the
+//! safety policy. (`mcp_client.rs` drives the real binary with Python's client.)
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bpm::EngineConfig;
+use bpm::wiring::{engine_on, memory_store};
+use bpm_adapters::mcp::{McpServer, Policy, StartDefaults};
+use bpm_adapters::memory::InMemoryOutput;
+use rmcp::model::{
+    CallToolRequestParams, ClientRequest, ProgressNotificationParam, ReadResourceRequestParams,
+    Request, ResourceUpdatedNotificationParam, ServerResult, SubscribeRequestParams,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+#[derive(Default, Clone)]
+struct Seen {
+    progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    updated: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for Seen {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().expect("lock").push(params);
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.updated.lock().expect("lock").push(params.uri);
+    }
+}
+
+type Client = RunningService<RoleClient, Seen>;
+
+struct World {
+    manager: Arc<dyn bpm_ports::ProcessManager>,
+    dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let engine = engine_on(
+        memory_store(),
+        Arc::new(InMemoryOutput::default()),
+        EngineConfig::default(),
+    )
+    .await
+    .expect("engine");
+    World {
+        manager: Arc::new(engine),
+        dir: tempfile::tempdir().expect("dir"),
+    }
+}
+
+impl World {
+    async fn client(&self, policy: Policy) -> (Client, Seen) {
+        let defaults = StartDefaults {
+            cwd: self.dir.path().to_path_buf(),
+            env: BTreeMap::from([("PATH".to_owned(), std::env::var("PATH").unwrap_or_default())]),
+        };
+        let server = McpServer::new(self.manager.clone(), policy, defaults, "test");
+        let (server_side, client_side) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            if let Ok(running) = server.serve(server_side).await {
+                let _ = running.waiting().await;
+            }
+        });
+        let seen = Seen::default();
+        let client = seen.clone().serve(client_side).await.expect("handshake");
+        (client, seen)
+    }
+}
+
+fn params(tool: &'static str, args: &Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool).with_arguments(args.as_object().expect("object").clone())
+}
+
+/// Calls a tool that must succeed; returns its structured content, checking the text block.
+async fn ok(client: &Client, tool: &'static str, args: Value) -> Value {
+    let r = client.call_tool(params(tool, &args)).await.expect("call");
+    assert_ne!(r.is_error, Some(true), "{tool} {args}: {:?}", r.content);
+    let structured = r.structured_content.clone().expect("structured content");
+    if tool != "list_background_processes" {
+        let text = r.content[0].as_text().expect("text").text.clone();
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).expect("json"),
+            structured
+        );
+    }
+    structured
+}
+
+/// Calls a tool that must fail as a tool error (never a protocol error); returns its message.
+async fn tool_error(client: &Client, tool: &'static str, args: Value) -> String {
+    let r = client
+        .call_tool(params(tool, &args))
+        .await
+        .expect("a tool error is a result, not a protocol error");
+    assert_eq!(r.is_error, Some(true), "{tool} {args} should fail: {r:?}");
+    r.content[0].as_text().expect("text").text.clone()
+}
+
+fn sh(line: &str) -> Value {
+    json!({ "command": line })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_session_has_its_own_read_cursor() {
+    let w = world().await;
+    let (a, _) = w.client(Policy::default()).await;
+    let (b, _) = w.client(Policy::default()).await;
+    let p = ok(
+        &a,
+        "start_background_process",
+        sh("echo one; sleep 0.3; echo two; sleep 30"),
+    )
+    .await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    ok(
+        &a,
+        "wait_for_process",
+        json!({"process_id": id, "until": "pattern", "pattern": "^two$", "timeout_secs": 10}),
+    )
+    .await;
+    let first = ok(&a, "get_process_output", json!({"process_id": id})).await;
+    assert_eq!(first["text"], "one\ntwo\n");
+    let again = ok(&a, "get_process_output", json!({"process_id": id})).await;
+    assert_eq!(again["text"], "", "nothing new for a");
+    assert_eq!(again["cursor"], first["next_cursor"]);
+    // b has read nothing yet: it sees everything, and reading consumed nothing.
+    let other = ok(&b, "get_process_output", json!({"process_id": id})).await;
+    assert_eq!(other["text"], "one\ntwo\n");
+    // Reading from a cursor re-reads without moving a's place back.
+    let from = ok(
+        &a,
+        "get_process_output",
+        json!({"process_id": id, "cursor": 4}),
+    )
+    .await;
+    assert_eq!(from["text"], "two\n");
+    let tail = ok(
+        &a,
+        "get_process_output",
+        json!({"process_id": id, "tail_lines": 1}),
+    )
+    .await;
+    assert_eq!(tail["text"], "two\n");
+    let cut = ok(
+        &b,
+        "get_process_output",
+        json!({"process_id": id, "cursor": 0, "max_bytes": 2}),
+    )
+    .await;
+    assert_eq!(
+        (cut["text"].as_str(), cut["truncated"].as_bool()),
+        (Some("on"), Some(true))
+    );
+    assert!(
+        cut["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("truncated")),
+        "{cut}"
+    );
+    let stopped = ok(
+        &a,
+        "stop_background_process",
+        json!({"process_id": id, "force": true}),
+    )
+    .await;
+    assert_eq!(stopped["process"]["state"], "cancelled");
+    assert_eq!(stopped["signal"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_end_on_exit_pattern_idle_or_timeout() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    let p = ok(
+        &c,
+        "start_background_process",
+        json!({"argv": ["sh", "-c", "echo start; sleep 0.4; echo done; exit 7"]}),
+    )
+    .await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    let exit = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": id, "timeout_secs": 10}),
+    )
+    .await;
+    assert_eq!(
+        (exit["condition_met"].as_bool(), exit["exit_code"].as_i64()),
+        (Some(true), Some(7))
+    );
+    assert_eq!(exit["state"], "failed");
+    assert_eq!(exit["output_tail"], "start\ndone\n");
+
+    let quiet = ok(&c, "start_background_process", sh("echo hi; sleep 30")).await;
+    let qid = quiet["id"].as_str().expect("id").to_owned();
+    let idle = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": qid, "until": "idle", "idle_secs": 0.3, "timeout_secs": 10}),
+    )
+    .await;
+    assert_eq!(idle["condition_met"], true, "{idle}");
+    let timeout = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": qid, "until": "pattern", "pattern": "never", "timeout_secs": 0.3}),
+    )
+    .await;
+    assert_eq!(
+        (
+            timeout["condition_met"].as_bool(),
+            timeout["state"].as_str()
+        ),
+        (Some(false), Some("running"))
+    );
+    assert!(
+        timeout["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("timed out")),
+        "{timeout}"
+    );
+    let ready = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": qid, "until": "ready", "timeout_secs": 5}),
+    )
+    .await;
+    assert_eq!(
+        ready["condition_met"], true,
+        "without a readiness check a running process is ready"
+    );
+    ok(&c, "stop_background_process", json!({"process_id": qid})).await;
+    let ended = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": qid, "until": "pattern", "pattern": "never", "timeout_secs": 5}),
+    )
+    .await;
+    assert_eq!(ended["condition_met"], false);
+    assert!(
+        ended["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ended")),
+        "{ended}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_sends_progress_notifications_for_a_progress_token() {
+    let w = world().await;
+    let (c, seen) = w.client(Policy::default()).await;
+    let p = ok(&c, "start_background_process", sh("sleep 2.2")).await;
+    let request = ClientRequest::CallToolRequest(Request::new(params(
+        "wait_for_process",
+        &json!({"process_id": p["id"], "timeout_secs": 10}),
+    )));
+    let handle = c
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .expect("sent");
+    let token = handle.progress_token.clone();
+    let ServerResult::CallToolResult(result) = handle.await_response().await.expect("answer")
+    else {
+        panic!("not a tool result");
+    };
+    assert_eq!(
+        result.structured_content.expect("structured")["condition_met"],
+        true
+    );
+    let progress = seen.progress.lock().expect("lock").clone();
+    assert!(progress.len() >= 2, "{progress:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p.progress_token == token && p.total == Some(10.0))
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0].progress < w[1].progress),
+        "increasing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_tracked_operations_and_restart() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    let cat = ok(
+        &c,
+        "start_background_process",
+        json!({"argv": ["cat"], "stdin": true, "name": "echoer"}),
+    )
+    .await;
+    let sent = ok(
+        &c,
+        "send_process_input",
+        json!({"process_id": "echoer", "text": "hello"}),
+    )
+    .await;
+    assert_eq!(sent["bytes_written"], 6);
+    let heard = ok(&c, "wait_for_process", json!({"process_id": "echoer", "until": "pattern", "pattern": "^hello$", "timeout_secs": 10})).await;
+    assert_eq!(heard["condition_met"], true, "{heard}");
+    let paused = ok(
+        &c,
+        "pause_background_process",
+        json!({"process_id": cat["id"]}),
+    )
+    .await;
+    assert_eq!(paused["state"], "paused");
+    let resumed = ok(
+        &c,
+        "resume_background_process",
+        json!({"process_id": cat["id"]}),
+    )
+    .await;
+    assert_eq!(resumed["state"], "running");
+    let again = ok(
+        &c,
+        "restart_background_process",
+        json!({"process_id": cat["id"]}),
+    )
+    .await;
+    assert_eq!(again["restarted_from"], cat["id"]);
+    assert_ne!(again["id"], cat["id"]);
+    let old = ok(
+        &c,
+        "get_background_process_status",
+        json!({"process_id": cat["id"]}),
+    )
+    .await;
+    assert_eq!(old["state"], "cancelled");
+    ok(
+        &c,
+        "stop_background_process",
+        json!({"process_id": again["id"]}),
+    )
+    .await;
+
+    let op = ok(
+        &c,
+        "track_operation",
+        json!({"name": "migrate db", "metadata": {"tables": 10}}),
+    )
+    .await;
+    assert_eq!(
+        (op["state"].as_str(), op["pid"].as_u64()),
+        (Some("running"), None)
+    );
+    let at = ok(
+        &c,
+        "update_operation_progress",
+        json!({"process_id": op["id"], "progress": 40, "message": "table 4"}),
+    )
+    .await;
+    assert_eq!(at["progress"]["percent"], 40);
+    let done = ok(
+        &c,
+        "complete_operation",
+        json!({"process_id": op["id"], "result": {"rows": 12}}),
+    )
+    .await;
+    assert_eq!(
+        (done["process"]["state"].as_str(), done["no_op"].as_bool()),
+        (Some("completed"), Some(false))
+    );
+    let twice = ok(
+        &c,
+        "fail_operation",
+        json!({"process_id": op["id"], "error": "late"}),
+    )
+    .await;
+    assert_eq!(
+        (twice["process"]["state"].as_str(), twice["no_op"].as_bool()),
+        (Some("completed"), Some(true))
+    );
+    let msg = tool_error(
+        &c,
+        "update_operation_progress",
+        json!({"process_id": op["id"], "progress": 140}),
+    )
+    .await;
+    assert!(msg.contains("140"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_calls_are_tool_errors_that_name_the_problem() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    for (tool, args, needle) in [
+        ("no_such_tool", json!({}), "unknown tool"),
+        (
+            "get_background_process_status",
+            json!({}),
+            "missing field `process_id`",
+        ),
+        (
+            "get_background_process_status",
+            json!({"process_id": "ghost"}),
+            "ghost",
+        ),
+        (
+            "get_background_process_status",
+            json!({"process_id": 5}),
+            "invalid type",
+        ),
+        ("start_background_process", json!({}), "missing command"),
+        (
+            "start_background_process",
+            json!({"command": "x", "argv": ["x"]}),
+            "not both",
+        ),
+        (
+            "start_background_process",
+            json!({"argv": []}),
+            "argv is empty",
+        ),
+        (
+            "start_background_process",
+            json!({"command": "x", "ready_pattern": "("}),
+            "invalid ready_pattern",
+        ),
+        (
+            "start_background_process",
+            json!({"command": "x", "kind": "daemon"}),
+            "unknown variant `daemon`",
+        ),
+        (
+            "start_background_process",
+            json!({"command": "x", "timeout_secs": -1}),
+            "timeout_secs",
+        ),
+        (
+            "start_background_process",
+            json!({"command": "x", "parent": "nobody"}),
+            "nobody",
+        ),
+        (
+            "list_background_processes",
+            json!({"label": "novalue"}),
+            "KEY=VALUE",
+        ),
+        (
+            "list_background_processes",
+            json!({"limit": 0}),
+            "invalid limit",
+        ),
+        (
+            "get_process_output",
+            json!({"process_id": "x", "grep": "["}),
+            "x",
+        ),
+        (
+            "wait_for_process",
+            json!({"process_id": "x", "until": "later"}),
+            "unknown variant `later`",
+        ),
+    ] {
+        let msg = tool_error(&c, tool, args.clone()).await;
+        assert!(
+            msg.contains(needle),
+            "{tool} {args}: {msg:?} lacks {needle:?}"
+        );
+    }
+    let p = ok(&c, "start_background_process", sh("true")).await;
+    let msg = tool_error(
+        &c,
+        "get_process_output",
+        json!({"process_id": p["id"], "grep": "["}),
+    )
+    .await;
+    assert!(msg.contains("invalid grep regex"), "{msg}");
+    let msg = tool_error(
+        &c,
+        "wait_for_process",
+        json!({"process_id": p["id"], "until": "pattern"}),
+    )
+    .await;
+    assert!(msg.contains("needs a pattern"), "{msg}");
+    let msg = tool_error(
+        &c,
+        "send_process_input",
+        json!({"process_id": p["id"], "text": "x"}),
+    )
+    .await;
+    assert!(!msg.is_empty());
+    // The server is still there.
+    ok(&c, "list_background_processes", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_limits_commands_directories_changes_and_what_is_shown() {
+    let w = world().await;
+    let inside = w.dir.path().join("work");
+    std::fs::create_dir(&inside).expect("mkdir");
+    let strict = Policy {
+        allow_commands: vec!["echo".into()],
+        allow_dirs: vec![inside.clone()],
+        ..Policy::default()
+    };
+    let (c, _) = w.client(strict).await;
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"argv": ["rm", "-rf", "x"], "cwd": inside}),
+    )
+    .await;
+    assert!(
+        msg.contains("not allowed") && msg.contains("rm -rf x"),
+        "{msg}"
+    );
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"command": "echo a; rm x", "cwd": inside}),
+    )
+    .await;
+    assert!(msg.contains("shell operator"), "{msg}");
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"argv": ["echo", "a"], "cwd": "/"}),
+    )
+    .await;
+    assert!(msg.contains("working directory / is not allowed"), "{msg}");
+    let p = ok(&c, "start_background_process", json!({"argv": ["echo", "$API_TOKEN"], "cwd": "work", "env": {"API_TOKEN": "s3cr3t-value", "PLAIN": "visible"}})).await;
+    assert_eq!(p["spec"]["env"]["API_TOKEN"], "[redacted]");
+    assert_eq!(p["spec"]["env"]["PLAIN"], "[redacted]");
+    let sh_printer = ok(&c, "start_background_process", json!({"argv": ["echo", "token s3cr3t-value"], "cwd": "work", "env": {"API_TOKEN": "s3cr3t-value"}})).await;
+    let out = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": sh_printer["id"], "timeout_secs": 10}),
+    )
+    .await;
+    assert_eq!(out["output_tail"], "token [redacted]\n");
+    let read = ok(
+        &c,
+        "get_process_output",
+        json!({"process_id": sh_printer["id"]}),
+    )
+    .await;
+    assert_eq!(read["text"], "token [redacted]\n");
+
+    let (ro, _) = w
+        .client(Policy {
+            read_only: true,
+            ..Policy::default()
+        })
+        .await;
+    let tools = ro.list_all_tools().await.expect("tools");
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(
+        names,
+        [
+            "get_background_process_status",
+            "list_background_processes",
+            "get_process_output",
+            "wait_for_process"
+        ]
+    );
+    let msg = tool_error(
+        &ro,
+        "stop_background_process",
+        json!({"process_id": p["id"]}),
+    )
+    .await;
+    assert!(msg.contains("read-only"), "{msg}");
+    ok(
+        &ro,
+        "get_background_process_status",
+        json!({"process_id": p["id"]}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_are_resources_with_update_notifications() {
+    let w = world().await;
+    let (c, seen) = w.client(Policy::default()).await;
+    let p = ok(
+        &c,
+        "start_background_process",
+        sh("echo resource-out; sleep 30"),
+    )
+    .await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    ok(&c, "wait_for_process", json!({"process_id": id, "until": "pattern", "pattern": "resource-out", "timeout_secs": 10})).await;
+    let listed = c.list_all_resources().await.expect("resources");
+    let uris: Vec<&str> = listed.iter().map(|r| r.uri.as_str()).collect();
+    let record_uri = format!("bpm://process/{id}");
+    let output_uri = format!("{record_uri}/output");
+    assert!(
+        uris.contains(&record_uri.as_str()) && uris.contains(&output_uri.as_str()),
+        "{uris:?}"
+    );
+    let templates = c.list_all_resource_templates().await.expect("templates");
+    assert_eq!(templates.len(), 2);
+    let record = c
+        .read_resource(ReadResourceRequestParams::new(record_uri.clone()))
+        .await
+        .expect("read");
+    let text = serde_json::to_value(&record.contents[0]).expect("json")["text"].clone();
+    let view: Value = serde_json::from_str(text.as_str().expect("text")).expect("record json");
+    assert_eq!(view["id"], id);
+    let output = c
+        .read_resource(ReadResourceRequestParams::new(output_uri.clone()))
+        .await
+        .expect("read");
+    let text = serde_json::to_value(&output.contents[0]).expect("json")["text"].clone();
+    assert_eq!(text, "resource-out\n");
+    assert!(
+        c.read_resource(ReadResourceRequestParams::new("bpm://process/nope"))
+            .await
+            .is_err()
+    );
+
+    #[allow(deprecated)]
+    c.subscribe(SubscribeRequestParams::new(record_uri.clone()))
+        .await
+        .expect("subscribe");
+    ok(&c, "stop_background_process", json!({"process_id": id})).await;
+    for _ in 0..100 {
+        if seen.updated.lock().expect("lock").contains(&record_uri) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.updated.lock().expect("lock").contains(&record_uri));
+}
