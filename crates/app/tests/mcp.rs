@@ -337,13 +337,21 @@ async fn input_tracked_operations_and_restart() {
     .await;
     assert_eq!(again["restarted_from"], cat["id"]);
     assert_ne!(again["id"], cat["id"]);
+    // The old one is stopped first; the restart does not wait for that.
     let old = ok(
         &c,
-        "get_background_process_status",
-        json!({"process_id": cat["id"]}),
+        "wait_for_process",
+        json!({"process_id": cat["id"], "timeout_secs": 10}),
     )
     .await;
     assert_eq!(old["state"], "cancelled");
+    let new = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": again["id"], "until": "ready", "timeout_secs": 10}),
+    )
+    .await;
+    assert_eq!(new["state"], "running");
     ok(
         &c,
         "stop_background_process",
