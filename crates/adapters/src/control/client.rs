@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +28,9 @@ struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Arc<Pending>,
     next: AtomicU64,
-    events: broadcast::Sender<Event>,
+    /// Made on the first `subscribe`: a channel of 4,096 events costs a
+    /// command that never subscribes a noticeable part of its start.
+    events: Arc<OnceLock<broadcast::Sender<Event>>>,
     subscribed: AtomicBool,
 }
 
@@ -85,7 +87,7 @@ impl DaemonClient {
             return Err(lost("the handshake answer is not bpm's protocol"));
         }
         let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
-        let (events, _) = broadcast::channel(4096);
+        let events: Arc<OnceLock<broadcast::Sender<Event>>> = Arc::new(OnceLock::new());
         let (p, ev) = (pending.clone(), events.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = read_line(&mut reader, MAX_ANSWER_BYTES).await {
@@ -106,7 +108,9 @@ impl DaemonClient {
                         }
                     }
                     Ok(ServerLine::Event { event }) => {
-                        let _ = ev.send(*event);
+                        if let Some(tx) = ev.get() {
+                            let _ = tx.send(*event);
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable line from the daemon"),
                 }
@@ -308,7 +312,11 @@ impl ProcessManager for DaemonClient {
         self.done(Request::Remove { id }).await
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
-        let rx = self.inner.events.subscribe();
+        let rx = self
+            .inner
+            .events
+            .get_or_init(|| broadcast::channel(4096).0)
+            .subscribe();
         if !self.inner.subscribed.swap(true, Ordering::SeqCst) {
             let client = self.clone();
             tokio::spawn(async move {

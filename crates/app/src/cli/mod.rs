@@ -352,11 +352,21 @@ pub enum DaemonAction {
 /// Runs the command line; returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The long-running servers get worker threads; a command does one thing
+    // and starts faster on the thread it has.
+    let mut builder = if matches!(
+        cli.command,
+        Command::Daemon(DaemonArgs { action: None, .. })
+            | Command::Keeper { .. }
+            | Command::Mcp { .. }
+    ) {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bpm: cannot start: {e}");
