@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -19,7 +20,7 @@ import warnings
 from mcp import Client, StdioServerParameters
 
 # resources/subscribe is deprecated from 2026-07-28 on; this scenario speaks 2025-11-25 on purpose.
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="resources/subscribe")
 
 BPM, HOME = sys.argv[1], sys.argv[2]
 SESSION = "scenario-" + uuid.uuid4().hex[:8]
@@ -242,8 +243,15 @@ async def scenario():
         check(by_id[bad["id"]]["exit_code"] == 3, "finished records are kept")
         fresh = await call(client, "get_process_output", {"process_id": bad["id"]})
         check("oops" in fresh["text"], "a new client session reads from the start")
-        await call(client, "stop_background_process", {"process_id": sleeper["id"], "force": True})
         print("8. after kill -9 of bpm mcp, a new server sees", listing["count"], "processes")
+
+        # The daemon restarts under a running MCP server: it reconnects, and the process was adopted.
+        env = {**os.environ, "BPM_HOME": HOME}
+        subprocess.run([BPM, "daemon", "stop"], env=env, check=True, capture_output=True)
+        status = await call(client, "get_background_process_status", {"process_id": sleeper["id"]})
+        check(status["state"] == "running" and alive(status["pid"]), f"after a daemon restart: {status}")
+        await call(client, "stop_background_process", {"process_id": sleeper["id"], "force": True})
+        print("   the server reconnected to a new daemon, which adopted the sleeper")
 
 
 async def modern():

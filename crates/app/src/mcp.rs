@@ -4,9 +4,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use async_trait::async_trait;
+use bpm_adapters::control::DaemonClient;
 use bpm_adapters::mcp::{McpServer, Policy, StartDefaults};
+use bpm_domain::{Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec};
+use bpm_ports::{Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, StopOptions};
 use rmcp::ServiceExt as _;
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
 use crate::daemon::{self, Home, SOFTWARE};
 
@@ -72,9 +77,9 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
 pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
     let policy = policy(&config.mcp, flags);
-    let client = daemon::connect_or_start(home).await?;
+    let manager = ReconnectingManager(Reconnecting::connect(home.clone()).await?);
     let server = McpServer::new(
-        Arc::new(client),
+        Arc::new(manager),
         policy,
         StartDefaults::inherited(),
         SOFTWARE.trim_start_matches("bpm "),
@@ -85,4 +90,230 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
         .context("the MCP handshake failed")?;
     running.waiting().await.context("the MCP session failed")?;
     Ok(())
+}
+
+/// The daemon's client, reconnecting (and starting a daemon) when the daemon
+/// went away, so a long-lived `bpm mcp` outlives a daemon restart or upgrade.
+/// Calls that are safe to repeat (reads, waits, stop, pause, resume, remove)
+/// are retried once on the new connection; the others report the lost
+/// connection, since the old daemon may have carried them out.
+pub struct Reconnecting {
+    home: Home,
+    client: tokio::sync::RwLock<(u64, DaemonClient)>,
+    events: broadcast::Sender<Event>,
+    forwarding: std::sync::atomic::AtomicBool,
+}
+
+impl Reconnecting {
+    /// Connects to (or starts) the daemon of `home`.
+    ///
+    /// # Errors
+    /// As [`daemon::connect_or_start`].
+    pub async fn connect(home: Home) -> Result<Arc<Self>, ManagerError> {
+        let client = daemon::connect_or_start(&home).await?;
+        Ok(Arc::new(Reconnecting {
+            home,
+            client: tokio::sync::RwLock::new((0, client)),
+            events: broadcast::channel(1024).0,
+            forwarding: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    async fn current(&self) -> (u64, DaemonClient) {
+        self.client.read().await.clone()
+    }
+
+    /// Replaces connection `generation` (unless another caller already did).
+    async fn reconnect(&self, generation: u64) -> Result<DaemonClient, ManagerError> {
+        let mut slot = self.client.write().await;
+        if slot.0 == generation {
+            let fresh = daemon::connect_or_start(&self.home).await?;
+            tracing::info!("reconnected to the bpm daemon");
+            *slot = (generation + 1, fresh);
+        }
+        Ok(slot.1.clone())
+    }
+
+    /// Runs `call`, and once more on a new connection if the daemon went away.
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, ManagerError>
+    where
+        F: Fn(DaemonClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ManagerError>>,
+    {
+        let (generation, client) = self.current().await;
+        match call(client).await {
+            Err(ManagerError::Connection(_)) => call(self.reconnect(generation).await?).await,
+            other => other,
+        }
+    }
+
+    /// Runs `call` once; a lost connection is replaced for the next call and reported.
+    async fn once<T, F, Fut>(&self, call: F) -> Result<T, ManagerError>
+    where
+        F: FnOnce(DaemonClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ManagerError>>,
+    {
+        let (generation, client) = self.current().await;
+        match call(client).await {
+            Err(ManagerError::Connection(e)) => {
+                let _ = self.reconnect(generation).await;
+                Err(ManagerError::Connection(format!(
+                    "{e}; reconnected, but the daemon may have carried out the call: check before repeating it"
+                )))
+            }
+            other => other,
+        }
+    }
+
+    /// Forwards the current connection's events to subscribers, moving to each new connection.
+    fn forward(self: &Arc<Self>) {
+        if self
+            .forwarding
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                let (generation, client) = me.current().await;
+                let mut rx = client.subscribe();
+                let tx = me.events.clone();
+                drop(me);
+                loop {
+                    match rx.recv().await {
+                        Ok(event) => {
+                            let _ = tx.send(event);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+                let Some(me) = weak.upgrade() else { return };
+                if me.reconnect(generation).await.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+}
+
+/// [`Reconnecting`] behind an `Arc`, as the MCP server holds its manager.
+#[derive(Clone)]
+pub struct ReconnectingManager(pub Arc<Reconnecting>);
+
+#[async_trait]
+impl ProcessManager for ReconnectingManager {
+    async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        self.0.once(|c| async move { c.start(spec).await }).await
+    }
+    async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        self.0.once(|c| async move { c.track(spec).await }).await
+    }
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.0.retried(|c| async move { c.get(id).await }).await
+    }
+    async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>, ManagerError> {
+        self.0
+            .retried(|c| {
+                let f = filter.clone();
+                async move { c.list(f).await }
+            })
+            .await
+    }
+    async fn progress(
+        &self,
+        id: ProcessId,
+        percent: Percent,
+        message: Option<String>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        self.0
+            .retried(|c| {
+                let m = message.clone();
+                async move { c.progress(id, percent, m).await }
+            })
+            .await
+    }
+    async fn complete(
+        &self,
+        id: ProcessId,
+        result: Option<serde_json::Value>,
+    ) -> Result<Completion, ManagerError> {
+        self.0
+            .retried(|c| {
+                let r = result.clone();
+                async move { c.complete(id, r).await }
+            })
+            .await
+    }
+    async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
+        self.0
+            .retried(|c| {
+                let e = error.clone();
+                async move { c.fail(id, e).await }
+            })
+            .await
+    }
+    async fn stop(
+        &self,
+        id: ProcessId,
+        options: StopOptions,
+    ) -> Result<ProcessRecord, ManagerError> {
+        self.0
+            .retried(|c| async move { c.stop(id, options).await })
+            .await
+    }
+    async fn stop_level(
+        &self,
+        level: usize,
+        options: StopOptions,
+    ) -> Result<Vec<ProcessRecord>, ManagerError> {
+        self.0
+            .retried(|c| async move { c.stop_level(level, options).await })
+            .await
+    }
+    async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.0.retried(|c| async move { c.pause(id).await }).await
+    }
+    async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.0.retried(|c| async move { c.resume(id).await }).await
+    }
+    async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.0.once(|c| async move { c.restart(id).await }).await
+    }
+    async fn wait(
+        &self,
+        id: ProcessId,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        self.0
+            .retried(|c| async move { c.wait(id, timeout).await })
+            .await
+    }
+    async fn read_output(
+        &self,
+        id: ProcessId,
+        query: OutputQuery,
+    ) -> Result<OutputChunk, ManagerError> {
+        self.0
+            .retried(|c| {
+                let q = query.clone();
+                async move { c.read_output(id, q).await }
+            })
+            .await
+    }
+    async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
+        self.0
+            .once(|c| async move { c.send_input(id, data).await })
+            .await
+    }
+    async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
+        self.0.retried(|c| async move { c.remove(id).await }).await
+    }
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        let rx = self.0.events.subscribe();
+        self.0.forward();
+        rx
+    }
 }

@@ -463,6 +463,11 @@ async fn bad_calls_are_tool_errors_that_name_the_problem() {
             "KEY=VALUE",
         ),
         (
+            "get_process_output",
+            json!({"process_id": "x", "cursor": 0, "tail_lines": 3}),
+            "not both",
+        ),
+        (
             "list_background_processes",
             json!({"limit": 0}),
             "invalid limit",

@@ -390,6 +390,9 @@ impl McpServer {
     }
 
     async fn output(&self, a: OutputArgs) -> ToolResult {
+        if a.cursor.is_some() && a.tail_lines.is_some() {
+            return Err("give cursor or tail_lines, not both".into());
+        }
         let id = self.id(&a.process_id).await?;
         let record = self.manager().get(id).await.map_err(manager_error)?;
         let cap = self.inner.policy.max_output_bytes;
