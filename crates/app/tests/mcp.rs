@@ -504,13 +504,23 @@ async fn bad_calls_are_tool_errors_that_name_the_problem() {
     )
     .await;
     assert!(msg.contains("needs a pattern"), "{msg}");
+    ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": p["id"], "timeout_secs": 10}),
+    )
+    .await;
     let msg = tool_error(
         &c,
         "send_process_input",
         json!({"process_id": p["id"], "text": "x"}),
     )
     .await;
-    assert!(!msg.is_empty());
+    let id = p["id"].as_str().expect("id");
+    assert!(
+        msg.contains("no running process") && msg.contains(id),
+        "{msg}"
+    );
     // The server is still there.
     ok(&c, "list_background_processes", json!({})).await;
 }

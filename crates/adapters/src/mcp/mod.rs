@@ -121,6 +121,13 @@ impl McpServer {
         self.inner.manager.as_ref()
     }
 
+    fn subscribed(&self) -> std::sync::MutexGuard<'_, HashSet<ProcessId>> {
+        self.inner
+            .subscribed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn start_forwarder(&self, peer: Peer<RoleServer>) {
         let mut slot = self
             .inner
@@ -240,11 +247,7 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let id = resources::parse_uri(&request.uri)?.0;
-        self.inner
-            .subscribed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id);
+        self.subscribed().insert(id);
         self.start_forwarder(context.peer);
         Ok(())
     }
@@ -256,11 +259,7 @@ impl ServerHandler for McpServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let id = resources::parse_uri(&request.uri)?.0;
-        self.inner
-            .subscribed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.subscribed().remove(&id);
         Ok(())
     }
 

@@ -3,12 +3,13 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use bpm_domain::{
-    ListFilter, LogPattern, Percent, ProcessId, ProcessKind, ProcessName, ProcessRecord,
-    ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode,
+    ListFilter, LogPattern, Percent, ProcessId, ProcessName, ProcessRecord, ProcessSpec,
+    ReadinessCheck, Span, StdinMode,
 };
 use bpm_ports::{
     Cursor, ManagerError, OutputChunk, OutputQuery, ResolveError, StopOptions, StreamSelect,
@@ -18,13 +19,14 @@ use regex::Regex;
 use rmcp::RoleServer;
 use rmcp::model::ProgressNotificationParam;
 use rmcp::service::RequestContext;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::inputs::{
-    CompleteArgs, FailArgs, IdArgs, InputArgs, KindArg, ListArgs, OutputArgs, ProgressArgs,
-    RestartArg, StartArgs, StateArg, StopArgs, StreamArg, TrackArgs, UntilArg, WaitArgs,
+    CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs, StartArgs,
+    StopArgs, StreamArg, TrackArgs, UntilArg, WaitArgs,
 };
 use super::policy::redact_text;
 use super::{McpServer, Reply, schemas};
@@ -58,29 +60,12 @@ fn span(value: f64, what: &str) -> Result<Span, String> {
     Span::new(seconds(value, what)?).map_err(|e| format!("invalid {what} {value}: {e}"))
 }
 
-fn kind_of(k: KindArg) -> ProcessKind {
-    match k {
-        KindArg::AgentSession => ProcessKind::AgentSession,
-        KindArg::TestSuite => ProcessKind::TestSuite,
-        KindArg::Build => ProcessKind::Build,
-        KindArg::Server => ProcessKind::Server,
-        KindArg::Analysis => ProcessKind::Analysis,
-        KindArg::Custom => ProcessKind::Custom,
-    }
-}
-
-fn state_of(s: StateArg) -> StateName {
-    match s {
-        StateArg::Pending => StateName::Pending,
-        StateArg::Starting => StateName::Starting,
-        StateArg::Running => StateName::Running,
-        StateArg::Paused => StateName::Paused,
-        StateArg::Stopping => StateName::Stopping,
-        StateArg::Completed => StateName::Completed,
-        StateArg::Failed => StateName::Failed,
-        StateArg::TimedOut => StateName::TimedOut,
-        StateArg::Cancelled => StateName::Cancelled,
-        StateArg::Lost => StateName::Lost,
+/// The domain value an argument names: the argument enums mirror the domain's
+/// (for their JSON schemas) and spell every variant as the domain parses it.
+fn named<A: Serialize, B: FromStr<Err = String>>(arg: A) -> Result<B, String> {
+    match serde_json::to_value(arg) {
+        Ok(Value::String(name)) => name.parse(),
+        other => Err(format!("not a name: {other:?}")),
     }
 }
 
@@ -262,7 +247,7 @@ impl McpServer {
             .transpose()
             .map_err(|e| e.to_string())?;
         if let Some(k) = a.kind {
-            spec.kind = kind_of(k);
+            spec.kind = named(k)?;
         }
         spec.session = a
             .session
@@ -292,11 +277,7 @@ impl McpServer {
             spec.readiness.check = ReadinessCheck::Port { port };
         }
         if let Some(r) = a.restart {
-            spec.restart.mode = match r {
-                RestartArg::Never => RestartMode::Never,
-                RestartArg::OnFailure => RestartMode::OnFailure,
-                RestartArg::Always => RestartMode::Always,
-            };
+            spec.restart.mode = named(r)?;
         }
         spec.restart.max_restarts = a.max_restarts;
         if a.stdin == Some(true) {
@@ -319,14 +300,14 @@ impl McpServer {
     async fn list(&self, a: ListArgs) -> ToolResult {
         let mut filter = ListFilter::default();
         if let Some(s) = a.state {
-            filter.states.push(state_of(s));
+            filter.states.push(named(s)?);
         }
         filter.session = a
             .session
             .map(|s| s.parse())
             .transpose()
             .map_err(|e: bpm_domain::NameError| e.to_string())?;
-        filter.kind = a.kind.map(kind_of);
+        filter.kind = a.kind.map(named).transpose()?;
         if let Some(label) = a.label {
             let (k, v) = label
                 .split_once('=')
@@ -545,7 +526,7 @@ impl McpServer {
             .transpose()
             .map_err(|e: bpm_domain::NameError| e.to_string())?;
         if let Some(k) = a.kind {
-            spec.kind = kind_of(k);
+            spec.kind = named(k)?;
         }
         if let Some(p) = a.parent {
             spec.parent = Some(self.id(&p).await?);
@@ -637,14 +618,23 @@ impl McpServer {
                     .with_message(message);
                 let _ = ctx.peer.notify_progress(param).await;
             }
-            let wake = deadline.min(now + poll);
-            tokio::select! {
-                () = ctx.ct.cancelled() => return Err("the wait was cancelled".into()),
-                () = tokio::time::sleep_until(wake.into()) => {}
-                event = events.recv() => match event {
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => events = self.inner.manager.subscribe(),
-                },
+            // Wake for this process's events (others' do not change the
+            // answer), for the next poll, or at the deadline.
+            let wake = tokio::time::sleep_until(deadline.min(now + poll).into());
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = ctx.ct.cancelled() => return Err("the wait was cancelled".into()),
+                    () = &mut wake => break,
+                    event = events.recv() => match event {
+                        Ok(e) if e.id != id => {}
+                        Ok(_) | Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => {
+                            events = self.inner.manager.subscribe();
+                            break;
+                        }
+                    },
+                }
             }
         };
         let exit = record.lifecycle().exit();
@@ -799,6 +789,36 @@ mod tests {
         );
         let mut prompt = PatternScan::new(Regex::new("> $").expect("re"));
         assert_eq!(prompt.feed("welcome\n> ").as_deref(), Some("> "));
+    }
+
+    #[test]
+    fn every_argument_enum_names_its_domain_twin() {
+        use super::super::inputs::{KindArg, RestartArg, StateArg};
+        use bpm_domain::{ProcessKind, RestartMode, StateName};
+        for state in StateName::ALL {
+            let arg: StateArg = serde_json::from_value(json!(state.as_str())).expect("mirrored");
+            assert_eq!(named::<_, StateName>(arg), Ok(state));
+        }
+        for kind in [
+            "agent_session",
+            "test_suite",
+            "build",
+            "server",
+            "analysis",
+            "custom",
+        ] {
+            let arg: KindArg = serde_json::from_value(json!(kind)).expect("mirrored");
+            let domain: ProcessKind = kind.parse().expect("a kind");
+            assert_eq!(named::<_, ProcessKind>(arg), Ok(domain));
+        }
+        for (text, mode) in [
+            ("never", RestartMode::Never),
+            ("on-failure", RestartMode::OnFailure),
+            ("always", RestartMode::Always),
+        ] {
+            let arg: RestartArg = serde_json::from_value(json!(text)).expect("mirrored");
+            assert_eq!(named::<_, RestartMode>(arg), Ok(mode));
+        }
     }
 
     #[test]
