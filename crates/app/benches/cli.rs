@@ -39,16 +39,21 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn round_trips(home: &Path, n: usize) -> Duration {
+/// The median time of `n` runs of `bpm ARGS`.
+fn timed(home: &Path, args: &[&str], n: usize) -> Duration {
     median(
         (0..n)
             .map(|_| {
                 let t = Instant::now();
-                bpm(home, &["run", "--", "sleep", "1"]);
+                bpm(home, args);
                 t.elapsed()
             })
             .collect(),
     )
+}
+
+fn round_trips(home: &Path, n: usize) -> Duration {
+    timed(home, &["run", "--", "sleep", "1"], n)
 }
 
 fn setsid_baseline(n: usize) -> Duration {
@@ -92,10 +97,14 @@ fn own_pids(home: &Path) -> Vec<u32> {
         .collect()
 }
 
-fn memory_with(n: usize) -> (u64, usize) {
-    let dir = home(&format!("[limits]\nmax_running = {n}\n"));
+/// PSS of the daemon and keeper with `n` running sleeps, started with `bpm run FLAGS`.
+fn memory_with(n: usize, flags: &str) -> (u64, usize) {
+    let dir = home(&format!("[limits]\nmax_running = {}\n", n.max(1)));
+    let mut args: Vec<&str> = vec!["run"];
+    args.extend(flags.split_whitespace());
+    args.extend(["--", "sleep", "600"]);
     for _ in 0..n {
-        bpm(dir.path(), &["run", "--", "sleep", "600"]);
+        bpm(dir.path(), &args);
     }
     let deadline = Instant::now() + Duration::from_mins(1);
     while bpm(dir.path(), &["ps", "--state", "running", "--json"])
@@ -124,6 +133,13 @@ fn main() {
         ours.as_secs_f64() * 1e3,
         base.as_secs_f64() * 1e3,
         ours.as_secs_f64() / base.as_secs_f64()
+    );
+    let version = timed(dir.path(), &["--version"], n);
+    let ps = timed(dir.path(), &["ps"], n);
+    println!(
+        "  where it goes: bpm --version (no daemon) {:.2} ms; bpm ps (connect, handshake, an empty list) {:.2} ms",
+        version.as_secs_f64() * 1e3,
+        ps.as_secs_f64() * 1e3
     );
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 
@@ -217,12 +233,21 @@ fn main() {
     );
     bpm(par.path(), &["daemon", "stop", "--kill-all"]);
 
-    for n in [200, 1000] {
-        let (kib, procs) = memory_with(n);
+    for (n, flags) in [(0, ""), (200, ""), (200, "--clean-env"), (1000, "")] {
+        let (kib, procs) = memory_with(n, flags);
         println!(
-            "memory of bpm's own processes ({procs}: daemon and keeper) with {n} running sleeps: {:.1} MiB PSS{}",
+            "memory of bpm's own processes ({procs}: daemon and keeper) with {n} running sleeps{}: {:.1} MiB PSS{}",
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" (bpm run {flags})")
+            },
             kib as f64 / 1024.0,
-            if n == 200 { " (target <= 20 MiB)" } else { "" }
+            if n == 200 && flags.is_empty() {
+                " (target <= 20 MiB)"
+            } else {
+                ""
+            }
         );
     }
 }
