@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -378,8 +379,10 @@ pub struct ProcessSpec {
     pub kind: ProcessKind,
     /// The working directory; the manager's own when `None`.
     pub cwd: Option<PathBuf>,
-    /// Environment overrides, added to the inherited environment.
-    pub env: BTreeMap<String, String>,
+    /// Environment overrides, added to the inherited environment. Shared
+    /// (copy on write with `Arc::make_mut`): a record is cloned into several
+    /// places, and processes started from one shell carry the same one.
+    pub env: Arc<BTreeMap<String, String>>,
     /// Standard input.
     pub stdin: StdinMode,
     /// The session that owns it.
@@ -486,7 +489,7 @@ impl ProcessSpec {
                 }
             }
         }
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(SpecError::InvalidEnvName(k.clone()));
             }
@@ -556,7 +559,7 @@ mod tests {
             Err(SpecError::NulInArgument(1))
         );
         let mut s = ProcessSpec::argv(["true"]);
-        s.env.insert("A=B".into(), "x".into());
+        Arc::make_mut(&mut s.env).insert("A=B".into(), "x".into());
         assert!(s.validate().unwrap_err().to_string().contains("\"A=B\""));
         let mut s = ProcessSpec::argv(["true"]);
         s.restart.backoff.factor = 0.5;
@@ -686,10 +689,10 @@ mod tests {
             .collect();
         assert_eq!(s.validate(), Err(SpecError::TooManyDependencies(300)));
         let mut s = ProcessSpec::argv(["x"]);
-        s.env.insert("K".into(), "a\0b".into());
+        Arc::make_mut(&mut s.env).insert("K".into(), "a\0b".into());
         assert_eq!(s.validate(), Err(SpecError::InvalidEnvValue("K".into())));
         let mut t = ProcessSpec::tracked(ProcessName::new("t").unwrap());
-        t.env.insert("K".into(), "v".into());
+        Arc::make_mut(&mut t.env).insert("K".into(), "v".into());
         assert_eq!(
             t.validate(),
             Err(SpecError::NotForTracked("an environment"))

@@ -526,3 +526,40 @@ fn list_filters_match_every_field() {
         ..Default::default()
     }));
 }
+
+#[test]
+fn equal_environments_are_kept_once() {
+    let mut c = core(Limits::default());
+    let env: std::collections::BTreeMap<String, String> =
+        [("PATH".to_owned(), "/bin".to_owned())].into();
+    let persisted = |effects: Vec<Effect>| -> ProcessRecord {
+        effects
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Persist { record, .. } => Some(*record),
+                _ => None,
+            })
+            .expect("a write")
+    };
+    let mut records = Vec::new();
+    for (n, value) in [(1, "/bin"), (2, "/bin"), (3, "/usr/bin")] {
+        let mut spec = ProcessSpec::argv(["x"]);
+        let mut e = env.clone();
+        e.insert("PATH".into(), value.into());
+        spec.env = std::sync::Arc::new(e);
+        let effects = c
+            .handle(Input::Submit { id: id(n), spec }, t(1_000))
+            .expect("submit");
+        records.push(persisted(effects));
+    }
+    let envs: Vec<_> = records.iter().map(|r| r.spec().env.clone()).collect();
+    assert!(
+        std::sync::Arc::ptr_eq(&envs[0], &envs[1]),
+        "equal: one copy"
+    );
+    assert!(
+        !std::sync::Arc::ptr_eq(&envs[1], &envs[2]),
+        "different: its own"
+    );
+    assert_eq!(envs[2]["PATH"], "/usr/bin");
+}

@@ -23,7 +23,7 @@ pub struct SpawnRequest {
     /// Working directory.
     pub cwd: Option<PathBuf>,
     /// Environment overrides.
-    pub env: BTreeMap<String, String>,
+    pub env: std::sync::Arc<BTreeMap<String, String>>,
     /// Standard input.
     pub stdin: StdinMode,
     /// The readiness check the spawner watches for.

@@ -239,8 +239,9 @@ impl McpServer {
         }
         policy.check_dir(&cwd)?;
         spec.cwd = Some(cwd);
-        spec.env.clone_from(&defaults.env);
-        spec.env.extend(a.env.unwrap_or_default());
+        let mut env = defaults.env.clone();
+        env.extend(a.env.unwrap_or_default());
+        spec.env = std::sync::Arc::new(env);
         spec.name = a
             .name
             .map(ProcessName::new)

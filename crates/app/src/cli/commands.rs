@@ -374,13 +374,17 @@ async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError
     // The process runs in the caller's environment, as if started from this
     // shell, not in the daemon's; --env adds to it or overrides it.
     if !a.clean_env {
-        spec.env = std::env::vars()
-            .filter(|(k, _)| !matches!(k.as_str(), "BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE"))
-            .collect();
+        spec.env = std::sync::Arc::new(
+            std::env::vars()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE")
+                })
+                .collect(),
+        );
     }
     for kv in a.env {
         let (k, v) = key_value(&kv, "--env")?;
-        spec.env.insert(k, v);
+        std::sync::Arc::make_mut(&mut spec.env).insert(k, v);
     }
     spec.timeout = a.timeout.map(|t| span(&t, "--timeout")).transpose()?;
     if let Some(g) = a.grace {

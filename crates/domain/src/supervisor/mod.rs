@@ -13,6 +13,7 @@
 mod queue;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -353,6 +354,9 @@ pub struct Supervisor {
     /// Records changed by the current step, with the version to expect.
     dirty: BTreeMap<ProcessId, Option<u64>>,
     out: Vec<Effect>,
+    /// The environment of the last submission: an equal one is shared with
+    /// it instead of kept again (processes from one shell carry the same).
+    last_env: Option<Arc<BTreeMap<String, String>>>,
 }
 
 impl Supervisor {
@@ -369,6 +373,7 @@ impl Supervisor {
             active_by_group: HashMap::new(),
             live_per_level: HashMap::new(),
             next_seq: 0,
+            last_env: None,
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -656,11 +661,16 @@ impl Supervisor {
     fn submit(
         &mut self,
         id: ProcessId,
-        spec: ProcessSpec,
+        mut spec: ProcessSpec,
         replaces: Option<ProcessId>,
         now: Timestamp,
     ) -> Result<(), CoreError> {
         spec.validate()?;
+        match &self.last_env {
+            // Arc's equality checks the pointer first, then the maps.
+            Some(last) if *last == spec.env => spec.env = Arc::clone(last),
+            _ => self.last_env = Some(Arc::clone(&spec.env)),
+        }
         if self.entries.contains_key(&id) {
             return Err(CoreError::AlreadyExists(id));
         }

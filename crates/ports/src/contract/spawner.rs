@@ -39,7 +39,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         session: None,
         argv,
         cwd: None,
-        env: std::collections::BTreeMap::new(),
+        env: std::sync::Arc::default(),
         stdin: StdinMode::Closed,
         readiness: ReadinessCheck::None,
         idle_after: None,
