@@ -46,6 +46,9 @@ impl Watcher {
     }
 }
 
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
 /// Copies one stream into the output store until it closes, watching lines
 /// for the readiness pattern.
 pub(crate) async fn pump(
@@ -54,13 +57,18 @@ pub(crate) async fn pump(
     output: Arc<dyn OutputStore>,
     watcher: Watcher,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while the process is quiet (most are, and a keeper holds two
+    // buffers per process), doubled up to 64 KiB while reads fill it.
+    let mut buf = vec![0u8; MIN_READ];
     let mut line = Vec::new();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if n == buf.len() && buf.len() < MAX_READ {
+            buf.resize(buf.len() * 2, 0);
+        }
         let data = &buf[..n];
         if let Err(e) = output.append(watcher.id, stream, data).await {
             tracing::warn!(id = %watcher.id, error = %e, "output not kept");
