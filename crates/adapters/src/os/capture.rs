@@ -47,18 +47,19 @@ impl Watcher {
 }
 
 const MIN_READ: usize = 4 * 1024;
-const MAX_READ: usize = 64 * 1024;
+const PIPE_DEFAULT: usize = 64 * 1024;
+const MAX_READ: usize = 1024 * 1024;
 
 /// Copies one stream into the output store until it closes, watching lines
 /// for the readiness pattern.
 pub(crate) async fn pump(
-    mut from: impl AsyncRead + Unpin,
+    mut from: impl AsyncRead + Unpin + std::os::fd::AsFd,
     stream: Stream,
     output: Arc<dyn OutputStore>,
     watcher: Watcher,
 ) {
     // Small while the process is quiet (most are, and a keeper holds two
-    // buffers per process), doubled up to 64 KiB while reads fill it.
+    // buffers per process), doubled up to 1 MiB while reads fill it.
     let mut buf = vec![0u8; MIN_READ];
     let mut line = Vec::new();
     loop {
@@ -67,6 +68,12 @@ pub(crate) async fn pump(
             Ok(n) => n,
         };
         if n == buf.len() && buf.len() < MAX_READ {
+            if buf.len() == PIPE_DEFAULT {
+                // A heavy writer: a larger pipe lets each read (and each
+                // append) carry more. Only writers this busy get one, so
+                // the user's pipe memory quota is not spent on quiet ones.
+                let _ = rustix::pipe::fcntl_setpipe_size(&from, MAX_READ);
+            }
             buf.resize(buf.len() * 2, 0);
         }
         let data = &buf[..n];
