@@ -133,6 +133,12 @@ mod fs_store {
         async fn update(&self, r: &ProcessRecord, v: u64) -> Result<(), StoreError> {
             self.0.update(r, v).await
         }
+        async fn update_unflushed(&self, r: &ProcessRecord, v: u64) -> Result<(), StoreError> {
+            self.0.update_unflushed(r, v).await
+        }
+        async fn write_batch(&self, w: &[bpm_ports::StoreWrite]) -> Vec<Result<(), StoreError>> {
+            self.0.write_batch(w).await
+        }
         async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
             self.0.delete(id).await
         }

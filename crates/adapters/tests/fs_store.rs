@@ -138,3 +138,61 @@ async fn a_failing_disk_gives_a_clear_error_and_the_store_stays_readable() {
         "nothing half-added"
     );
 }
+
+#[tokio::test]
+async fn unflushed_versions_survive_a_reopen_and_a_torn_one_falls_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let live_file = |r: &ProcessRecord| dir.path().join(format!("{}.live", r.id()));
+    let mut a = record(1);
+    let mut b = record(2);
+    let mut c = record(3);
+    {
+        let store = FsStore::open(dir.path()).expect("open");
+        for r in [&mut a, &mut b, &mut c] {
+            store.create(r).await.expect("create");
+            r.apply(Transition::Start, Timestamp::from_millis(2))
+                .expect("start");
+            store.update(r, 1).await.expect("flushed update");
+            r.apply(Transition::Spawned { pid: 40 }, Timestamp::from_millis(3))
+                .expect("spawned");
+            store
+                .update_unflushed(r, 2)
+                .await
+                .expect("unflushed update");
+        }
+        // A flushed write after an unflushed one takes its place.
+        c.apply(Transition::Pause, Timestamp::from_millis(4))
+            .expect("pause");
+        store.update(&c, 3).await.expect("flushed update");
+        assert!(
+            !live_file(&c).exists(),
+            "the stale unflushed version is gone"
+        );
+        let reader = FsStore::open_read_only(dir.path()).expect("reader");
+        assert_eq!(reader.get(a.id()).await.expect("get"), a);
+        assert_eq!(reader.get(c.id()).await.expect("get"), c);
+    }
+    // A power cut tore b's unflushed version: its flushed one stands.
+    std::fs::write(live_file(&b), b"{\"id\":").expect("tear");
+    let store = FsStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.get(a.id()).await.expect("a"),
+        a,
+        "kept across a crash"
+    );
+    let got = store.get(b.id()).await.expect("b");
+    assert_eq!(
+        (got.state(), got.version()),
+        (StateName::Starting, 2),
+        "the flushed version"
+    );
+    assert!(!live_file(&b).exists(), "the torn file is cleared");
+    assert_eq!(store.get(c.id()).await.expect("c"), c);
+    // The store goes on from the version it holds.
+    let mut b2 = got;
+    b2.apply(Transition::Spawned { pid: 41 }, Timestamp::from_millis(5))
+        .expect("spawned");
+    store.update_unflushed(&b2, 2).await.expect("update");
+    store.delete(b2.id()).await.expect("delete");
+    assert!(!live_file(&b2).exists(), "a delete removes both files");
+}

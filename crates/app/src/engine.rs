@@ -17,7 +17,7 @@ use bpm_domain::{
 use bpm_ports::{
     Clock, Completion, EventBus, IdGenerator, ManagerError, OutputChunk, OutputQuery, OutputStore,
     ProcessManager, ProcessNotice, ProcessSpawner, ProcessStore, SpawnRequest, StopOptions,
-    StoreError, StreamSelect,
+    StoreError, StoreWrite, StreamSelect,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -56,9 +56,14 @@ pub struct EngineConfig {
 }
 
 type Reply = oneshot::Sender<Result<Vec<ProcessRecord>, ManagerError>>;
+/// Whether each input was accepted, and the records they changed together.
+type ManyReply = oneshot::Sender<Result<Accepted, ManagerError>>;
+type Accepted = (Vec<Result<(), ManagerError>>, Vec<ProcessRecord>);
 
 enum Msg {
     Input(Box<Input>, Reply),
+    /// Inputs handled together: their writes go to the store as one batch.
+    Many(Vec<Input>, ManyReply),
     Timer(Timer),
     Shutdown(oneshot::Sender<()>),
 }
@@ -232,6 +237,34 @@ impl ProcessManager for Engine {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         let id = self.ports.ids.next_id();
         Ok(self.call_for(id, Input::Submit { id, spec }).await?.0)
+    }
+
+    async fn start_many(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
+        let inputs = ids
+            .iter()
+            .zip(specs)
+            .map(|(&id, spec)| Input::Submit { id, spec })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Many(inputs, reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        let (accepted, changed) = answer.await.map_err(|_| ManagerError::ShutDown)??;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, accepted) in ids.into_iter().zip(accepted) {
+            out.push(match accepted {
+                Err(e) => Err(e),
+                Ok(()) => match changed.iter().rev().find(|r| r.id() == id) {
+                    Some(r) => Ok(r.clone()),
+                    None => self.get(id).await,
+                },
+            });
+        }
+        Ok(out)
     }
 
     async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
@@ -429,6 +462,10 @@ impl Driver {
                         let result = self.step(*input).await;
                         let _ = reply.send(result);
                     }
+                    Some(Msg::Many(inputs, reply)) => {
+                        let result = self.step_many(inputs).await;
+                        let _ = reply.send(result);
+                    }
                     Some(Msg::Timer(timer)) => {
                         self.timers.remove(&timer);
                         let _ = self.step(Input::TimerFired(timer)).await;
@@ -473,25 +510,61 @@ impl Driver {
         self.execute(effects).await
     }
 
+    /// Handles several inputs as one step: each is decided in turn, then all
+    /// their writes go to the store as one batch, then the rest of their
+    /// effects are carried out in order.
+    async fn step_many(&mut self, inputs: Vec<Input>) -> Result<Accepted, ManagerError> {
+        let now = self.ports.clock.now();
+        let mut accepted = Vec::with_capacity(inputs.len());
+        let (mut writes, mut rest) = (Vec::new(), Vec::new());
+        for input in inputs {
+            match self.core.handle(input, now) {
+                Ok(effects) => {
+                    accepted.push(Ok(()));
+                    for e in effects {
+                        if matches!(e, Effect::Persist { .. }) {
+                            writes.push(e);
+                        } else {
+                            rest.push(e);
+                        }
+                    }
+                }
+                Err(e) => accepted.push(Err(e.into())),
+            }
+        }
+        writes.extend(rest);
+        Ok((accepted, self.execute(writes).await?))
+    }
+
     async fn execute(&mut self, effects: Vec<Effect>) -> Result<Vec<ProcessRecord>, ManagerError> {
         let mut changed: Vec<ProcessRecord> = Vec::new();
         let mut queue = VecDeque::from([effects]);
+        // Consecutive writes go to the store together, before any other effect.
+        let mut writes: Vec<StoreWrite> = Vec::new();
         while let Some(batch) = queue.pop_front() {
             for effect in batch {
+                if !matches!(effect, Effect::Persist { .. }) {
+                    self.write_all(&mut writes).await;
+                }
                 match effect {
                     Effect::Persist {
                         record,
                         expected_version,
+                        durable,
                     } => {
                         let id = record.id();
                         // A record still waiting for the store keeps the version the store holds.
-                        let expected = self
-                            .unsaved
-                            .remove(&id)
-                            .map_or(expected_version, |(v, _)| v);
-                        self.persist(expected, (*record).clone()).await;
+                        let (expected, durable) = match self.unsaved.remove(&id) {
+                            Some((v, _)) => (v, true),
+                            None => (expected_version, durable),
+                        };
                         changed.retain(|r| r.id() != id);
-                        changed.push(*record);
+                        changed.push((*record).clone());
+                        writes.push(StoreWrite {
+                            record: *record,
+                            expected_version: expected,
+                            durable,
+                        });
                     }
                     Effect::Delete { id } => {
                         if let Err(e) = self.ports.store.delete(id).await {
@@ -560,28 +633,47 @@ impl Driver {
                     }
                 }
             }
+            self.write_all(&mut writes).await;
         }
         Ok(changed)
     }
 
-    async fn persist(&mut self, expected: Option<u64>, record: ProcessRecord) {
-        let written = match expected {
-            None => self.ports.store.create(&record).await,
-            Some(v) => self.ports.store.update(&record, v).await,
-        };
-        match written {
-            Ok(()) => {}
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => {
-                tracing::error!(id = %record.id(), error = %e, "store refused a record; will retry");
-                self.unsaved.insert(record.id(), (expected, record));
+    /// Writes `writes` as one batch; records the store refused for now wait
+    /// in `unsaved` (with the version the store holds) to be written again.
+    async fn write_all(&mut self, writes: &mut Vec<StoreWrite>) {
+        if writes.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(writes);
+        let results = self.ports.store.write_batch(&batch).await;
+        for (w, result) in batch.into_iter().zip(results) {
+            let id = w.record.id();
+            match result {
+                Ok(()) => {}
+                // A later write of a record whose earlier write waits fails too: it waits with it.
+                Err(_) if self.unsaved.contains_key(&id) => {
+                    if let Some(waiting) = self.unsaved.get_mut(&id) {
+                        waiting.1 = w.record;
+                    }
+                }
+                Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => {
+                    tracing::error!(%id, error = %e, "store refused a record; will retry");
+                    self.unsaved.insert(id, (w.expected_version, w.record));
+                }
+                Err(e) => tracing::error!(%id, error = %e, "record not persisted"),
             }
-            Err(e) => tracing::error!(id = %record.id(), error = %e, "record not persisted"),
         }
     }
 
     async fn flush(&mut self) {
-        for (_, (expected, record)) in std::mem::take(&mut self.unsaved) {
-            self.persist(expected, record).await;
-        }
+        let mut writes = std::mem::take(&mut self.unsaved)
+            .into_values()
+            .map(|(expected_version, record)| StoreWrite {
+                record,
+                expected_version,
+                durable: true,
+            })
+            .collect();
+        self.write_all(&mut writes).await;
     }
 }

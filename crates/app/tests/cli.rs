@@ -852,3 +852,82 @@ fn on_a_terminal_stop_offers_a_list_and_wait_draws_progress() {
         "{screen:?}"
     );
 }
+
+#[test]
+fn run_from_a_file_starts_one_process_per_line_in_one_request() {
+    let bpm = Bpm::new();
+    let file = bpm.home().join("jobs.txt");
+    std::fs::write(&file, "one\n\n'two words' three\n").expect("file");
+    let out = bpm.ok(&[
+        "run",
+        "--from",
+        file.to_str().expect("utf-8"),
+        "--group",
+        "batch",
+        "--",
+        "echo",
+    ]);
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 2, "blank lines are skipped: {out}");
+    for id in &ids {
+        bpm.until_state(id, "completed");
+    }
+    assert_eq!(bpm.ok(&["logs", ids[0]]), "one\n");
+    assert_eq!(bpm.ok(&["logs", ids[1]]), "two words three\n");
+    let shown = bpm.json(&["show", ids[1], "--json"]);
+    assert_eq!(shown["group"], "batch", "the options apply to every line");
+
+    // From stdin, through the shell, as JSON.
+    let mut child = bpm
+        .cmd(&["run", "--from", "-", "--shell", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"exit 0\nexit 7\n").expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: Vec<String> = records
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    bpm.until_state(&ids[0], "completed");
+    bpm.until_state(&ids[1], "failed");
+    assert_eq!(bpm.json(&["show", &ids[1], "--json"])["exit_code"], 7);
+
+    // Bad lines are refused before anything starts.
+    let before = bpm
+        .json(&["ps", "--all", "--json"])
+        .as_array()
+        .expect("array")
+        .len();
+    std::fs::write(&file, "fine\necho 'open\n").expect("file");
+    let err = bpm.fails(
+        &["run", "--from", file.to_str().expect("utf-8"), "--", "echo"],
+        4,
+    );
+    assert!(
+        err.contains("jobs.txt:2: unterminated single quote"),
+        "{err}"
+    );
+    std::fs::write(&file, "\n \n").expect("file");
+    let err = bpm.fails(&["run", "--from", file.to_str().expect("utf-8")], 4);
+    assert!(err.contains("no commands"), "{err}");
+    let err = bpm.fails(&["run", "--from", "/nonexistent/jobs.txt"], 4);
+    assert!(err.contains("cannot read /nonexistent/jobs.txt"), "{err}");
+    bpm.fails(&["run", "--from", "-", "--wait", "--", "true"], 2);
+    let after = bpm
+        .json(&["ps", "--all", "--json"])
+        .as_array()
+        .expect("array")
+        .len();
+    assert_eq!(before, after, "nothing was started");
+}

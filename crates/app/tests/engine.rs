@@ -884,16 +884,19 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
     let failures = Arc::new(AtomicUsize::new(0));
     let (r1, r2, r3, r4) = (real.clone(), real.clone(), real.clone(), failures.clone());
     store.expect_list().returning(|_| Ok(Vec::new()));
-    // The store is down for the first three writes.
-    store.expect_create().returning(move |r| {
-        if r4.fetch_add(1, Ordering::SeqCst) < 3 {
-            return Err(StoreError::Unavailable("injected".into()));
-        }
-        futures_lite(r1.create(r))
+    // The store is down for the first three creations.
+    store.expect_write_batch().returning(move |writes| {
+        writes
+            .iter()
+            .map(|w| match w.expected_version {
+                None if r4.fetch_add(1, Ordering::SeqCst) < 3 => {
+                    Err(StoreError::Unavailable("injected".into()))
+                }
+                None => futures_lite(r1.create(&w.record)),
+                Some(v) => futures_lite(r2.update(&w.record, v)),
+            })
+            .collect()
     });
-    store
-        .expect_update()
-        .returning(move |r, v| futures_lite(r2.update(r, v)));
     store
         .expect_get()
         .returning(move |id| futures_lite(r3.get(id)));
@@ -960,4 +963,55 @@ async fn the_last_lines_can_be_read_within_a_byte_cap() {
     let capped = h.engine.read_output(r.id(), q(2, 7)).await.expect("tail");
     assert_eq!(capped.text(), "\nthree\n", "the newest bytes are kept");
     assert!(capped.truncated);
+}
+
+#[tokio::test]
+async fn many_starts_are_one_step_with_one_result_each() {
+    let h = harness(Limits {
+        max_running: 1,
+        ..Limits::default()
+    })
+    .await;
+    let mut unknown_dependency = fake(&["forever"]);
+    unknown_dependency.dependencies = vec![ProcessId::from_uuid(uuid::Uuid::from_u128(77))];
+    let results = h
+        .engine
+        .start_many(vec![
+            fake(&["forever"]),
+            unknown_dependency,
+            fake(&["forever"]),
+            fake(&["forever"]),
+        ])
+        .await
+        .expect("the engine answers");
+    assert_eq!(results.len(), 4);
+    assert!(
+        matches!(&results[1], Err(e @ ManagerError::Refused(_)) if e.to_string().contains("dependency")),
+        "{:?}",
+        results[1]
+    );
+    let started: Vec<ProcessRecord> = results.into_iter().filter_map(Result::ok).collect();
+    let states: Vec<StateName> = started.iter().map(ProcessRecord::state).collect();
+    assert_eq!(
+        states,
+        [StateName::Running, StateName::Pending, StateName::Pending],
+        "one slot: the first runs, the others queue in order"
+    );
+    for r in &started {
+        assert_eq!(
+            &h.ports.store.get(r.id()).await.expect("stored"),
+            r,
+            "each answer is what the store holds"
+        );
+    }
+    // The queue moves on as usual.
+    h.spawner.exit(started[0].id(), ExitStatus::Code(0));
+    h.until_state(started[1].id(), StateName::Running).await;
+    assert!(
+        h.engine
+            .start_many(Vec::new())
+            .await
+            .expect("empty")
+            .is_empty()
+    );
 }

@@ -185,8 +185,17 @@ impl World {
                 Effect::Persist {
                     record,
                     expected_version,
+                    durable,
                 } => {
-                    let stored = self.store.get(&record.id()).map(ProcessRecord::version);
+                    let before = self.store.get(&record.id());
+                    let between_active_states = before.is_some_and(|b| b.state().is_active())
+                        && record.state().is_active()
+                        && !record.is_tracked();
+                    assert_eq!(
+                        durable, !between_active_states,
+                        "only changes between active states of a process may stay unflushed"
+                    );
+                    let stored = before.map(ProcessRecord::version);
                     assert_eq!(
                         stored, expected_version,
                         "compare-and-set against what the store holds"

@@ -563,3 +563,89 @@ fn equal_environments_are_kept_once() {
     );
     assert_eq!(envs[2]["PATH"], "/usr/bin");
 }
+
+#[test]
+fn only_changes_between_active_states_may_skip_the_flush() {
+    let mut c = core(Limits {
+        max_running: 1,
+        ..Limits::default()
+    });
+    let writes = |effects: &[Effect]| -> Vec<(ProcessId, StateName, bool)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Persist {
+                    record, durable, ..
+                } => Some((record.id(), record.state(), *durable)),
+                _ => None,
+            })
+            .collect()
+    };
+    let submit = |c: &mut Supervisor, n: u128| {
+        c.handle(
+            Input::Submit {
+                id: id(n),
+                spec: ProcessSpec::argv(["x"]),
+            },
+            t(1_000),
+        )
+        .expect("submit")
+    };
+    // Created in `starting`: durable. The second waits in `pending`: durable.
+    assert_eq!(
+        writes(&submit(&mut c, 1)),
+        [(id(1), StateName::Starting, true)]
+    );
+    assert_eq!(
+        writes(&submit(&mut c, 2)),
+        [(id(2), StateName::Pending, true)]
+    );
+    // The pid: starting -> running may stay in the OS's cache.
+    let spawned = c
+        .handle(Input::Spawned { id: id(1), pid: 41 }, t(1_001))
+        .expect("spawned");
+    assert_eq!(writes(&spawned), [(id(1), StateName::Running, false)]);
+    let paused = c
+        .handle(Input::Pause { id: id(1) }, t(1_002))
+        .expect("pause");
+    assert_eq!(writes(&paused), [(id(1), StateName::Paused, false)]);
+    // The end is durable, and so is the next record leaving `pending`.
+    let ended = c
+        .handle(
+            Input::Exited {
+                id: id(1),
+                status: ExitStatus::Code(0),
+            },
+            t(1_003),
+        )
+        .expect("exit");
+    let mut w = writes(&ended);
+    w.sort();
+    assert_eq!(
+        w,
+        [
+            (id(1), StateName::Completed, true),
+            (id(2), StateName::Starting, true)
+        ]
+    );
+    // A tracked operation's reports are always durable.
+    c.handle(
+        Input::Submit {
+            id: id(3),
+            spec: ProcessSpec::tracked(ProcessName::new("op").expect("name")),
+        },
+        t(1_004),
+    )
+    .expect("track");
+    let progress = c
+        .handle(
+            Input::Progress {
+                id: id(3),
+                percent: bpm_domain::Percent::new(50).expect("valid"),
+                message: None,
+            },
+            t(1_005),
+        )
+        .expect("progress");
+    assert!(writes(&progress).iter().all(|w| w.2));
+}

@@ -27,7 +27,7 @@ pub use output::{
 };
 pub use resolve::{ResolveError, resolve_id};
 pub use spawner::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
-pub use store::{ProcessStore, StoreError};
+pub use store::{ProcessStore, StoreError, StoreWrite};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use {

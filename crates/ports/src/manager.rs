@@ -115,6 +115,26 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// - MUST return [`ManagerError::Store`] if the record could not be stored.
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError>;
 
+    /// Accepts many specs at once, in order, as [`start`](Self::start) would
+    /// one by one, and returns one result per spec: a refused spec does not
+    /// stop the others. An implementation may write the new records together
+    /// (one flush for all), which is the point of calling it.
+    ///
+    /// # Errors
+    /// - Per spec, the errors of [`start`](Self::start).
+    /// - MUST return [`ManagerError::Connection`] or [`ManagerError::ShutDown`]
+    ///   (as a whole) if the manager cannot be reached.
+    async fn start_many(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            out.push(self.start(spec).await);
+        }
+        Ok(out)
+    }
+
     /// Creates a tracked operation (running at once) for work the caller does
     /// itself; report on it with progress, complete and fail.
     ///

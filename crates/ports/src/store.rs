@@ -29,6 +29,18 @@ pub enum StoreError {
     Refused(String),
 }
 
+/// One write of [`ProcessStore::write_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreWrite {
+    /// The record as it is now.
+    pub record: ProcessRecord,
+    /// `None` to create it; else compare-and-set against this version.
+    pub expected_version: Option<u64>,
+    /// `false` for an update that may stay unflushed (see
+    /// [`ProcessStore::update_unflushed`]); creations are always flushed.
+    pub durable: bool,
+}
+
 /// Where process records live.
 ///
 /// Every operation is atomic: a record is either written whole or not at all.
@@ -60,6 +72,42 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// - MUST return [`StoreError::Unavailable`] if the backend cannot be reached.
     async fn update(&self, record: &ProcessRecord, expected_version: u64)
     -> Result<(), StoreError>;
+
+    /// [`update`](Self::update) without waiting for the disk, for changes
+    /// the domain marks as not durable: the write survives a crash of the
+    /// writer, but a crash of the machine may undo it (the store then holds
+    /// the newest version written by `create` or `update`, whole). Stores
+    /// that have no separate flush step keep the default, a plain `update`.
+    ///
+    /// # Errors
+    /// The same as [`update`](Self::update).
+    async fn update_unflushed(
+        &self,
+        record: &ProcessRecord,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        self.update(record, expected_version).await
+    }
+
+    /// Carries out `writes` in order, as `create`, `update` and
+    /// `update_unflushed` would one by one, and returns one result per write.
+    /// A store may flush them together (one wait for the disk for all of
+    /// them), which is the point of calling it; each write is still atomic,
+    /// and none is reported written before it is on disk (unless unflushed).
+    ///
+    /// # Errors
+    /// Per write, the errors of the operation it stands for.
+    async fn write_batch(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(match (w.expected_version, w.durable) {
+                (None, _) => self.create(&w.record).await,
+                (Some(v), true) => self.update(&w.record, v).await,
+                (Some(v), false) => self.update_unflushed(&w.record, v).await,
+            });
+        }
+        out
+    }
 
     /// Removes the record.
     ///

@@ -16,7 +16,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::read_line;
 use super::wire::{
-    Call, DaemonStatus, Hello, PROTOCOL_VERSION, Reply, Request, ServerLine, WireError,
+    Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
+    Started, WireError,
 };
 
 /// The longest line the client accepts from a daemon (listings of many records are long).
@@ -221,6 +222,37 @@ fn unexpected(reply: &Reply) -> ManagerError {
 impl ProcessManager for DaemonClient {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         self.record(Request::Start { spec }).await
+    }
+    async fn start_many(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        // Requests of up to half the daemon's line limit each.
+        let mut chunks: Vec<Vec<ProcessSpec>> = Vec::new();
+        let mut size = 0;
+        for spec in specs {
+            let len = serde_json::to_vec(&spec).map_or(0, |b| b.len()) + 1;
+            if chunks.is_empty() || size + len > MAX_REQUEST_BYTES / 2 {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            chunks.last_mut().expect("a chunk").push(spec);
+        }
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let n = chunk.len();
+            match self.call(Request::StartMany { specs: chunk }).await? {
+                Reply::Started(started) if started.len() == n => {
+                    out.extend(started.into_iter().map(|s| match s {
+                        Started::Record(r) => Ok(*r),
+                        Started::Error(e) => Err(e.into()),
+                    }));
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(out)
     }
     async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         self.record(Request::Track { spec }).await

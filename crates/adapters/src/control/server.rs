@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::wire::{
     Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
-    WireError,
+    Started, WireError,
 };
 use super::{LineError, read_line};
 
@@ -232,6 +232,16 @@ async fn dispatch(
     let record = |r| Reply::Record(Box::new(r));
     Ok(match request {
         Request::Start { spec } => record(m.start(spec).await?),
+        Request::StartMany { specs } => Reply::Started(
+            m.start_many(specs)
+                .await?
+                .into_iter()
+                .map(|r| match r {
+                    Ok(r) => Started::Record(Box::new(r)),
+                    Err(e) => Started::Error(WireError::from(&e)),
+                })
+                .collect(),
+        ),
         Request::Track { spec } => record(m.track(spec).await?),
         Request::Get { id } => record(m.get(id).await?),
         Request::List { filter } => Reply::Records(m.list(filter).await?),

@@ -6,6 +6,9 @@
 //! 2. Each request is `{"id":N,"method":"start","params":{...}}`; each answer
 //!    is `{"id":N,"ok":{...}}` or `{"id":N,"error":{"kind":...,"message":...}}`.
 //!    Answers may come out of order (a `wait` can take long); ids match them.
+//!    `start_many` (`{"specs":[...]}`) starts several processes in one step
+//!    (their records are written together) and answers `{"started":[...]}`,
+//!    one `{"record":{...}}` or `{"error":{...}}` per spec, in order.
 //! 3. After `{"id":N,"method":"subscribe"}`, the daemon also sends
 //!    `{"event":{...}}` lines for every event, until the connection closes.
 //!
@@ -40,6 +43,9 @@ pub struct Hello {
 pub enum Request {
     Start {
         spec: ProcessSpec,
+    },
+    StartMany {
+        specs: Vec<ProcessSpec>,
     },
     Track {
         spec: ProcessSpec,
@@ -138,6 +144,7 @@ pub struct DaemonStatus {
 #[allow(missing_docs)]
 pub enum Reply {
     Record(Box<ProcessRecord>),
+    Started(Vec<Started>),
     Records(Vec<ProcessRecord>),
     Completion {
         record: Box<ProcessRecord>,
@@ -147,6 +154,15 @@ pub enum Reply {
     Status(DaemonStatus),
     Events(Vec<Event>),
     Done,
+}
+
+/// One spec's outcome in a `start_many` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Started {
+    Record(Box<ProcessRecord>),
+    Error(WireError),
 }
 
 /// A failed call, as the wire carries it.

@@ -1,14 +1,18 @@
 //! Records as one JSON file each, written atomically.
 //!
 //! A write goes to a temporary file, is flushed to disk and renamed over the
-//! record's file (the folder is flushed too when a record is created or
-//! deleted): a record is either wholly there or not at all, and one
-//! transition costs one small file whatever the number of records (rewriting
-//! one state file per change is the known failure of peers). One process writes a store at a time: opening it for
+//! record's file `ID.json` (the folder is flushed too when a record is
+//! created or deleted): a record is either wholly there or not at all, and
+//! one transition costs one small file whatever the number of records
+//! (rewriting one state file per change is the known failure of peers).
+//! An unflushed update (a change the domain need not make durable) goes to
+//! `ID.live` the same way but without the flush; it is read when it is
+//! whole and newer than `ID.json`, and the next flushed write removes it, so
+//! a power cut that tears it leaves the flushed version standing. One process writes a store at a time: opening it for
 //! writing takes an exclusive lock, and a second writer is refused. Readers in
 //! other processes open it read-only and see whole records only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Bound;
@@ -17,7 +21,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
-use bpm_ports::{ProcessStore, StoreError};
+use bpm_ports::{ProcessStore, StoreError, StoreWrite};
 use rustix::fs::{FlockOperation, flock};
 
 /// A store of records under a folder.
@@ -54,13 +58,39 @@ fn record_path(dir: &Path, id: ProcessId) -> PathBuf {
     dir.join(format!("{id}.json"))
 }
 
+fn live_path(dir: &Path, id: ProcessId) -> PathBuf {
+    dir.join(format!("{id}.live"))
+}
+
+/// Reads one record file, checking that it holds the record its name says.
+fn read_record(path: &Path, stem: &str) -> Result<ProcessRecord, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let r: ProcessRecord = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if r.id().to_string() == stem {
+        Ok(r)
+    } else {
+        Err(format!("it holds record {}", r.id()))
+    }
+}
+
+/// Removes `path` if it exists.
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Reads every record file; unreadable ones are moved to `quarantine` (when
-/// given) with a warning, never dropped silently and never fatal.
+/// given) with a warning, never dropped silently and never fatal. An
+/// unflushed version (`ID.live`) replaces its record when it is whole and
+/// newer; otherwise it is a leftover, removed by the writer.
 fn load_all(
     dir: &Path,
     quarantine: Option<&Path>,
 ) -> Result<BTreeMap<ProcessId, ProcessRecord>, StoreError> {
     let mut records = BTreeMap::new();
+    let mut live = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| unavailable(dir, &e))?;
     for entry in entries {
         let path = entry.map_err(|e| unavailable(dir, &e))?.path();
@@ -74,22 +104,14 @@ fn load_all(
             }
             continue;
         }
+        if let Some(stem) = name.strip_suffix(".live") {
+            live.push((path.clone(), stem.to_owned()));
+            continue;
+        }
         let Some(stem) = name.strip_suffix(".json") else {
             continue;
         };
-        let parsed = fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                serde_json::from_slice::<ProcessRecord>(&bytes).map_err(|e| e.to_string())
-            })
-            .and_then(|r| {
-                if r.id().to_string() == stem {
-                    Ok(r)
-                } else {
-                    Err(format!("it holds record {}", r.id()))
-                }
-            });
-        match parsed {
+        match read_record(&path, stem) {
             Ok(record) => {
                 records.insert(record.id(), record);
             }
@@ -103,6 +125,22 @@ fn load_all(
                     tracing::warn!(file = %path.display(), reason = %why, "unreadable record skipped");
                 }
             },
+        }
+    }
+    for (path, stem) in live {
+        let newer = read_record(&path, &stem).ok().filter(|r| {
+            records
+                .get(&r.id())
+                .is_some_and(|flushed| flushed.version() < r.version())
+        });
+        match newer {
+            Some(r) => {
+                records.insert(r.id(), r);
+            }
+            None if quarantine.is_some() => {
+                let _ = fs::remove_file(&path);
+            }
+            None => {}
         }
     }
     Ok(records)
@@ -131,12 +169,106 @@ fn write_atomically(dir: &Path, record: &ProcessRecord, new_name: bool) -> Resul
         f.write_all(&bytes)?;
         f.sync_data()?;
         fs::rename(&tmp, &path)?;
-        if new_name { sync_dir(dir) } else { Ok(()) }
+        if new_name {
+            sync_dir(dir)
+        } else {
+            // The flushed version is now the newest: an unflushed one is stale.
+            remove_if_there(&live_path(dir, record.id()))
+        }
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
         refused(&path, &e)
     })
+}
+
+/// Writes `record` whole to `ID.live` without flushing it: a crash of this
+/// process keeps it, a power cut may leave it torn or missing, and then the
+/// flushed `ID.json` stands.
+fn write_unflushed(dir: &Path, record: &ProcessRecord) -> Result<(), StoreError> {
+    let path = live_path(dir, record.id());
+    let tmp = dir.join(format!("{}.tmp", record.id()));
+    let bytes = serde_json::to_vec(record)
+        .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
+    let write = || -> io::Result<()> {
+        fs::write(&tmp, &bytes)?;
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        refused(&path, &e)
+    })
+}
+
+/// One record of a flushed group: its final version, and whether its name is new.
+struct GroupItem {
+    record: ProcessRecord,
+    new_name: bool,
+}
+
+/// Writes several records whole, with one wait for the disk for the group:
+/// every temporary file is written, then each is flushed (on a journalling
+/// filesystem the first flush commits them all, so the rest are quick), then
+/// each is renamed into place, then the folder is flushed once if any name
+/// is new. Returns one result per item.
+fn write_group(dir: &Path, items: &[GroupItem]) -> Vec<Result<(), StoreError>> {
+    let mut files: Vec<Result<File, StoreError>> = items
+        .iter()
+        .map(|item| {
+            let id = item.record.id();
+            let tmp = dir.join(format!("{id}.tmp"));
+            let bytes = serde_json::to_vec(&item.record)
+                .map_err(|e| StoreError::Refused(format!("record {id}: {e}")))?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| refused(&record_path(dir, id), &e))?;
+            f.write_all(&bytes)
+                .map_err(|e| refused(&record_path(dir, id), &e))?;
+            Ok(f)
+        })
+        .collect();
+    for (item, file) in items.iter().zip(files.iter_mut()) {
+        if let Ok(f) = file
+            && let Err(e) = f.sync_data()
+        {
+            *file = Err(refused(&record_path(dir, item.record.id()), &e));
+        }
+    }
+    let mut results: Vec<Result<(), StoreError>> = items
+        .iter()
+        .zip(files)
+        .map(|(item, file)| {
+            let id = item.record.id();
+            let (tmp, path) = (dir.join(format!("{id}.tmp")), record_path(dir, id));
+            let renamed =
+                file.and_then(|_| fs::rename(&tmp, &path).map_err(|e| refused(&path, &e)));
+            if renamed.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            renamed
+        })
+        .collect();
+    if items.iter().any(|i| i.new_name)
+        && let Err(e) = sync_dir(dir)
+    {
+        for (item, result) in items.iter().zip(results.iter_mut()) {
+            if item.new_name && result.is_ok() {
+                *result = Err(refused(dir, &e));
+            }
+        }
+    }
+    for (item, result) in items.iter().zip(results.iter_mut()) {
+        if !item.new_name && result.is_ok() {
+            let live = live_path(dir, item.record.id());
+            if let Err(e) = remove_if_there(&live) {
+                *result = Err(refused(&live, &e));
+            }
+        }
+    }
+    results
 }
 
 impl FsStore {
@@ -218,6 +350,29 @@ impl FsStore {
     }
 }
 
+/// Compare-and-set: `record`'s stored version must be `expected`.
+fn check_version(
+    cache: &RwLock<BTreeMap<ProcessId, ProcessRecord>>,
+    record: &ProcessRecord,
+    expected: u64,
+) -> Result<(), StoreError> {
+    let actual = cache
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&record.id())
+        .map(ProcessRecord::version)
+        .ok_or(StoreError::NotFound(record.id()))?;
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            id: record.id(),
+            expected,
+            actual,
+        })
+    }
+}
+
 fn list_from(
     records: &BTreeMap<ProcessId, ProcessRecord>,
     filter: &ListFilter,
@@ -260,15 +415,19 @@ impl ProcessStore for FsStore {
             Mode::Reader => {
                 self.blocking(move |dir| {
                     let path = record_path(&dir, id);
-                    match fs::read(&path) {
+                    let flushed: ProcessRecord = match fs::read(&path) {
                         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                             StoreError::Unavailable(format!("{}: {e}", path.display()))
-                        }),
+                        })?,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                            Err(StoreError::NotFound(id))
+                            return Err(StoreError::NotFound(id));
                         }
-                        Err(e) => Err(unavailable(&path, &e)),
-                    }
+                        Err(e) => return Err(unavailable(&path, &e)),
+                    };
+                    let live = read_record(&live_path(&dir, id), &id.to_string()).ok();
+                    Ok(live
+                        .filter(|r| r.version() > flushed.version())
+                        .unwrap_or(flushed))
                 })
                 .await
             }
@@ -284,20 +443,115 @@ impl ProcessStore for FsStore {
             return Err(Self::read_only());
         };
         let _turn = writing.lock().await;
-        let actual = cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&record.id())
-            .map(ProcessRecord::version)
-            .ok_or(StoreError::NotFound(record.id()))?;
-        if actual != expected_version {
-            return Err(StoreError::Conflict {
-                id: record.id(),
-                expected: expected_version,
-                actual,
-            });
-        }
+        check_version(cache, record, expected_version)?;
         self.write_and_cache(cache, record, false).await
+    }
+
+    async fn update_unflushed(
+        &self,
+        record: &ProcessRecord,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        let Mode::Writer { cache, writing, .. } = &self.mode else {
+            return Err(Self::read_only());
+        };
+        let _turn = writing.lock().await;
+        check_version(cache, record, expected_version)?;
+        // No flush, so no blocking wait worth a thread: a small write and a rename.
+        write_unflushed(&self.dir, record)?;
+        cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(record.id(), record.clone());
+        Ok(())
+    }
+
+    async fn write_batch(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
+        let Mode::Writer { cache, writing, .. } = &self.mode else {
+            return writes.iter().map(|_| Err(Self::read_only())).collect();
+        };
+        let _turn = writing.lock().await;
+        // Check each write against the store as the earlier ones leave it.
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
+        let mut after: HashMap<ProcessId, u64> = HashMap::new();
+        // Per record: its final version, whether it needs a flush, whether it is new, and its writes.
+        let mut plan: BTreeMap<ProcessId, (usize, bool, bool, Vec<usize>)> = BTreeMap::new();
+        {
+            let cached = cache.read().unwrap_or_else(PoisonError::into_inner);
+            for (i, w) in writes.iter().enumerate() {
+                let id = w.record.id();
+                let current = after
+                    .get(&id)
+                    .copied()
+                    .or_else(|| cached.get(&id).map(ProcessRecord::version));
+                let checked = match (w.expected_version, current) {
+                    (None, Some(_)) => Err(StoreError::AlreadyExists(id)),
+                    (Some(_), None) => Err(StoreError::NotFound(id)),
+                    (Some(expected), Some(actual)) if expected != actual => {
+                        Err(StoreError::Conflict {
+                            id,
+                            expected,
+                            actual,
+                        })
+                    }
+                    _ => Ok(()),
+                };
+                if checked.is_ok() {
+                    after.insert(id, w.record.version());
+                    let created = w.expected_version.is_none();
+                    let entry = plan.entry(id).or_insert((i, false, false, Vec::new()));
+                    entry.0 = i;
+                    entry.1 |= w.durable || created;
+                    entry.2 |= created;
+                    entry.3.push(i);
+                }
+                results.push(checked);
+            }
+        }
+        let mut group = Vec::new();
+        let mut group_writes = Vec::new();
+        for (last, flush, created, indices) in plan.into_values() {
+            let record = &writes[last].record;
+            if flush {
+                group.push(GroupItem {
+                    record: record.clone(),
+                    new_name: created,
+                });
+                group_writes.push(indices);
+            } else {
+                let written = write_unflushed(&self.dir, record);
+                if written.is_ok() {
+                    cache
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(record.id(), record.clone());
+                }
+                for i in indices {
+                    results[i].clone_from(&written);
+                }
+            }
+        }
+        if group.is_empty() {
+            return results;
+        }
+        let records: Vec<ProcessRecord> = group.iter().map(|g| g.record.clone()).collect();
+        let written = match self
+            .blocking(move |dir| Ok(write_group(&dir, &group)))
+            .await
+        {
+            Ok(written) => written,
+            Err(e) => vec![Err(e); records.len()],
+        };
+        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
+        for ((record, result), indices) in records.into_iter().zip(written).zip(group_writes) {
+            if result.is_ok() {
+                cached.insert(record.id(), record);
+            }
+            for i in indices {
+                results[i].clone_from(&result);
+            }
+        }
+        results
     }
 
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
@@ -313,6 +567,8 @@ impl ProcessStore for FsStore {
             return Err(StoreError::NotFound(id));
         }
         self.blocking(move |dir| {
+            let live = live_path(&dir, id);
+            remove_if_there(&live).map_err(|e| refused(&live, &e))?;
             let path = record_path(&dir, id);
             fs::remove_file(&path).map_err(|e| refused(&path, &e))?;
             sync_dir(&dir).map_err(|e| refused(&dir, &e))

@@ -1,6 +1,7 @@
 //! What each command does.
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -429,7 +430,10 @@ async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError
     Ok(spec)
 }
 
-async fn run(m: &DaemonClient, args: RunArgs) -> Outcome {
+async fn run(m: &DaemonClient, mut args: RunArgs) -> Outcome {
+    if let Some(from) = args.from.take() {
+        return run_many(m, args, &from).await;
+    }
     let (wait_for_it, as_json) = (args.wait, args.json);
     let spec = spec_from(m, args).await?;
     let record = m.start(spec).await?;
@@ -444,6 +448,135 @@ async fn run(m: &DaemonClient, args: RunArgs) -> Outcome {
     copy_output(m, record.id(), Cursor(0), StreamSelect::Both, true, true).await?;
     let end = m.wait(record.id(), None).await?;
     Ok(exit_code_of(&end))
+}
+
+/// `bpm run --from FILE`: one process per line, all submitted in one request.
+async fn run_many(m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
+    let text = if from == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::invalid(format!("cannot read stdin: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(from)
+            .map_err(|e| CliError::invalid(format!("cannot read {}: {e}", from.display())))?
+    };
+    let (prefix, shell, as_json) = (std::mem::take(&mut args.command), args.shell, args.json);
+    let mut lines = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let command = if shell {
+            let mut words = prefix.clone();
+            words.push(line.to_owned());
+            words
+        } else {
+            let words = split_words(line)
+                .map_err(|e| CliError::invalid(format!("{}:{}: {e}", from.display(), n + 1)))?;
+            prefix.iter().cloned().chain(words).collect()
+        };
+        lines.push((n + 1, command));
+    }
+    if lines.is_empty() {
+        return Err(CliError::invalid(format!(
+            "{}: no commands (one per line)",
+            from.display()
+        )));
+    }
+    // Every line shares the options; only the command differs.
+    args.command = lines[0].1.clone();
+    let template = spec_from(m, args).await?;
+    let specs = lines
+        .iter()
+        .map(|(_, command)| {
+            let mut spec = template.clone();
+            spec.command = Some(if shell {
+                Cmd::Shell(command.join(" "))
+            } else {
+                Cmd::Argv(command.clone())
+            });
+            spec
+        })
+        .collect();
+    let results = m.start_many(specs).await?;
+    let mut failed = Vec::new();
+    let mut started = Vec::new();
+    for ((n, _), result) in lines.iter().zip(results) {
+        match result {
+            Ok(record) if as_json => started.push(record_json(&record)),
+            Ok(record) => println!("{}", record.id()),
+            Err(e) => {
+                eprintln!("bpm: {}:{n}: {e}", from.display());
+                failed.push(CliError::from(e));
+            }
+        }
+    }
+    if as_json {
+        println!("{}", json(&serde_json::Value::Array(started)));
+    }
+    match failed.into_iter().next() {
+        None => Ok(ExitCode::SUCCESS),
+        Some(first) => Err(CliError {
+            code: first.code,
+            message: format!("some lines were not started (the first: {})", first.message),
+        }),
+    }
+}
+
+/// Splits a line into words as a POSIX shell would, without expanding
+/// anything: blanks separate words, quotes group them, a backslash escapes.
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("a backslash ends the line".into()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if let Some(w) = word {
+        words.push(w);
+    }
+    Ok(words)
 }
 
 /// The process's own exit code, as a shell shows it (128+n for a signal); 1 when there is none.
@@ -904,5 +1037,35 @@ async fn events(m: &DaemonClient, follow: bool) -> Outcome {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_words;
+
+    #[test]
+    fn words_split_as_a_shell_would_without_expansion() {
+        let ok = |line: &str| split_words(line).expect("valid");
+        assert_eq!(ok("  a  b\tc "), ["a", "b", "c"]);
+        assert_eq!(
+            ok(r#"echo 'one two' "three $HOME" four\ five"#),
+            ["echo", "one two", "three $HOME", "four five"]
+        );
+        assert_eq!(ok(r#"a"b"'c' "" x"#), ["abc", "", "x"]);
+        assert_eq!(ok(r#""q\"uote\\ \n""#), [r#"q"uote\ \n"#]);
+        assert!(ok("").is_empty());
+        assert_eq!(
+            split_words("echo 'open").expect_err("unterminated"),
+            "unterminated single quote"
+        );
+        assert_eq!(
+            split_words("echo \"open").expect_err("unterminated"),
+            "unterminated double quote"
+        );
+        assert_eq!(
+            split_words("echo \\").expect_err("dangling"),
+            "a backslash ends the line"
+        );
     }
 }

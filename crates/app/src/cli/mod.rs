@@ -244,8 +244,14 @@ pub struct RunArgs {
     /// Print the whole record as JSON instead of the id.
     #[arg(long)]
     pub json: bool,
+    /// Start one process per line of FILE (`-` for stdin), in one request:
+    /// the line's words (quoted as in a shell, never expanded) follow CMD,
+    /// or are the command when no CMD is given; with --shell the line runs
+    /// through `sh -c`. Prints one id per line.
+    #[arg(long, value_name = "FILE", conflicts_with = "wait")]
+    pub from: Option<PathBuf>,
     /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "from", value_name = "CMD")]
     pub command: Vec<String>,
 }
 

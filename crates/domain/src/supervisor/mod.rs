@@ -102,6 +102,14 @@ pub enum Effect {
         record: Box<ProcessRecord>,
         /// The version the store holds, if any.
         expected_version: Option<u64>,
+        /// Whether the write must reach the disk before the effects after it.
+        /// Only a change between active states of a spawned process (a pid,
+        /// a pause, a progress report, a stop under way) may stay in the
+        /// OS's cache: a crash of bpm keeps it, and a crash of the machine
+        /// ends the process too, so the record ends `lost` whichever of its
+        /// active versions survives. Creations, leaving `pending` (a record
+        /// is never started twice), ends and tracked operations are durable.
+        durable: bool,
     },
     /// Delete a finished record (and its output).
     Delete {
@@ -323,6 +331,8 @@ struct Entry {
     record: ProcessRecord,
     /// The version the store holds (None until created).
     persisted: Option<u64>,
+    /// Whether the version the store holds is in an active state.
+    persisted_active: bool,
     /// Submission order, for FIFO among equal priorities.
     seq: u64,
     depth: usize,
@@ -429,6 +439,7 @@ impl Supervisor {
         for record in records {
             let id = record.id();
             let persisted = Some(record.version());
+            let persisted_active = record.state().is_active();
             let seq = self.next_seq;
             self.next_seq += 1;
             self.entries.insert(
@@ -436,6 +447,7 @@ impl Supervisor {
                 Entry {
                     record,
                     persisted,
+                    persisted_active,
                     seq,
                     depth: 0,
                     blockers: Blockers::default(),
@@ -744,6 +756,7 @@ impl Supervisor {
             Entry {
                 record,
                 persisted: None,
+                persisted_active: false,
                 seq,
                 depth,
                 blockers: blockers.clone(),
@@ -1242,10 +1255,17 @@ impl Supervisor {
         let mut effects = Vec::with_capacity(self.dirty.len() + self.out.len());
         for (id, expected) in std::mem::take(&mut self.dirty) {
             if let Some(entry) = self.entries.get_mut(&id) {
+                let active = entry.record.state().is_active();
+                let durable = !(expected.is_some()
+                    && entry.persisted_active
+                    && active
+                    && !entry.record.is_tracked());
                 entry.persisted = Some(entry.record.version());
+                entry.persisted_active = active;
                 effects.push(Effect::Persist {
                     record: Box::new(entry.record.clone()),
                     expected_version: expected,
+                    durable,
                 });
             }
         }

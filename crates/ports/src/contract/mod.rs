@@ -38,6 +38,8 @@ macro_rules! store_contract_tests {
             create_existing_is_already_exists,
             get_missing_is_not_found,
             update_with_expected_version,
+            unflushed_update_is_an_update,
+            batch_writes_report_one_by_one,
             update_with_stale_version_conflicts,
             racing_writers_exactly_one_wins,
             update_missing_is_not_found,

@@ -7,7 +7,7 @@ use bpm_domain::{
     ProcessRecord, ProcessSpec, SessionId, StateName, Timestamp, Transition,
 };
 
-use crate::{ProcessStore, StoreError};
+use crate::{ProcessStore, StoreError, StoreWrite};
 
 fn id(n: u128) -> ProcessId {
     ProcessId::from_uuid(uuid::Uuid::from_u128(n))
@@ -91,6 +91,97 @@ pub async fn update_with_expected_version(store: Arc<dyn ProcessStore>) {
     assert_eq!(got.state(), StateName::Running);
     assert_eq!(got.version(), 3);
     assert_eq!(got, r);
+}
+
+/// An unflushed update obeys compare-and-set like `update`, is read back at
+/// once, and later updates (of either kind) build on it.
+pub async fn unflushed_update_is_an_update(store: Arc<dyn ProcessStore>) {
+    let mut r = sample(3);
+    store.create(&r).await.expect("create");
+    advance(&store, &mut r, Transition::Start).await;
+    let mut next = r.clone();
+    next.apply(Transition::Spawned { pid: 7 }, Timestamp::from_millis(9))
+        .expect("spawned");
+    let stale = store
+        .update_unflushed(&next, 1)
+        .await
+        .expect_err("stale version");
+    assert_eq!(
+        stale,
+        StoreError::Conflict {
+            id: r.id(),
+            expected: 1,
+            actual: 2
+        }
+    );
+    store
+        .update_unflushed(&next, 2)
+        .await
+        .expect("unflushed update");
+    assert_eq!(store.get(r.id()).await.expect("get"), next);
+    let listed = store.list(&ListFilter::default()).await.expect("list");
+    assert_eq!(listed.iter().find(|x| x.id() == r.id()), Some(&next));
+    let mut r = next;
+    advance(&store, &mut r, Transition::Pause).await;
+    let missing = sample(4);
+    assert_eq!(
+        store.update_unflushed(&missing, 1).await,
+        Err(StoreError::NotFound(missing.id()))
+    );
+    store.delete(r.id()).await.expect("delete");
+    assert_eq!(store.get(r.id()).await, Err(StoreError::NotFound(r.id())));
+}
+
+/// A batch of writes: each is carried out in order and reported on its own;
+/// a refused one leaves the others (and its record) as they were.
+pub async fn batch_writes_report_one_by_one(store: Arc<dyn ProcessStore>) {
+    let existing = sample(5);
+    store.create(&existing).await.expect("create");
+    let (a, b) = (sample(6), sample(7));
+    let mut a2 = a.clone();
+    a2.apply(Transition::Start, Timestamp::from_millis(9))
+        .expect("start");
+    let mut a3 = a2.clone();
+    a3.apply(Transition::Spawned { pid: 3 }, Timestamp::from_millis(9))
+        .expect("spawned");
+    let mut stale = existing.clone();
+    stale
+        .apply(Transition::Start, Timestamp::from_millis(9))
+        .expect("start");
+    let w = |record: &ProcessRecord, expected_version, durable| StoreWrite {
+        record: record.clone(),
+        expected_version,
+        durable,
+    };
+    let results = store
+        .write_batch(&[
+            w(&a, None, true),
+            w(&b, None, true),
+            w(&existing, None, true),
+            w(&a2, Some(1), true),
+            w(&stale, Some(7), true),
+            w(&a3, Some(2), false),
+        ])
+        .await;
+    assert_eq!(
+        results,
+        [
+            Ok(()),
+            Ok(()),
+            Err(StoreError::AlreadyExists(existing.id())),
+            Ok(()),
+            Err(StoreError::Conflict {
+                id: existing.id(),
+                expected: 7,
+                actual: 1
+            }),
+            Ok(()),
+        ]
+    );
+    assert_eq!(store.get(a.id()).await.expect("a"), a3);
+    assert_eq!(store.get(b.id()).await.expect("b"), b);
+    assert_eq!(store.get(existing.id()).await.expect("kept"), existing);
+    assert!(store.write_batch(&[]).await.is_empty());
 }
 
 /// A stale version is a conflict naming both versions, and nothing changes.
