@@ -39,6 +39,8 @@ async fn corrupt_and_half_written_files_are_quarantined_not_fatal() {
         store.create(&record(1)).await.expect("create");
         store.create(&record(2)).await.expect("create");
     }
+    // A clean reopen leaves the journal empty: nothing can restore a file now.
+    drop(FsStore::open(dir.path()).expect("reopen"));
     let victim = dir.path().join(format!("{}.json", record(2).id()));
     let full = std::fs::read(&victim).expect("read");
     std::fs::write(&victim, &full[..full.len() / 2]).expect("truncate");
@@ -195,4 +197,74 @@ async fn unflushed_versions_survive_a_reopen_and_a_torn_one_falls_back() {
     store.update_unflushed(&b2, 2).await.expect("update");
     store.delete(b2.id()).await.expect("delete");
     assert!(!live_file(&b2).exists(), "a delete removes both files");
+}
+
+#[tokio::test]
+async fn the_journal_restores_what_a_power_cut_kept_from_the_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |r: &ProcessRecord| dir.path().join(format!("{}.json", r.id()));
+    let (mut a, b, c, last) = (record(1), record(2), record(3), record(4));
+    let store = FsStore::open(dir.path()).expect("open");
+    for r in [&a, &b, &c] {
+        store.create(r).await.expect("create");
+    }
+    let old_a = std::fs::read(file(&a)).expect("a's file");
+    a.apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
+    store.update(&a, 1).await.expect("update");
+    let b_file = std::fs::read(file(&b)).expect("b's file");
+    store.delete(b.id()).await.expect("delete");
+    let written = store
+        .write_batch(&[bpm_ports::StoreWrite {
+            record: last.clone(),
+            expected_version: None,
+            durable: true,
+        }])
+        .await;
+    assert_eq!(written, [Ok(())]);
+    drop(store);
+    // The power cut: the newest record's file never reached the disk, a's
+    // update was lost, c's file was torn, and b's file came back.
+    std::fs::remove_file(file(&last)).expect("lose a file");
+    std::fs::write(file(&a), old_a).expect("lose an update");
+    std::fs::write(file(&c), b"{\"id\":").expect("tear a file");
+    std::fs::write(file(&b), b_file).expect("undo a deletion");
+    let store = FsStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.get(last.id()).await.expect("restored"), last);
+    assert_eq!(store.get(a.id()).await.expect("a"), a);
+    assert_eq!(store.get(c.id()).await.expect("restored"), c);
+    assert_eq!(
+        store.get(b.id()).await,
+        Err(StoreError::NotFound(b.id())),
+        "the deletion stands"
+    );
+    assert!(!file(&b).exists());
+    assert_eq!(
+        std::fs::read(file(&last)).expect("rewritten"),
+        serde_json::to_vec(&last).expect("json"),
+        "the restored record is on disk again"
+    );
+    store.create(&record(50)).await.expect("the store goes on");
+}
+
+#[tokio::test]
+async fn records_outlive_many_turns_of_a_small_journal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open_with_journal(dir.path(), 20_000).expect("open");
+    let mut all = Vec::new();
+    for n in 1..=120 {
+        let mut r = record(n);
+        store.create(&r).await.expect("create");
+        r.apply(Transition::Start, Timestamp::from_millis(2))
+            .expect("start");
+        store.update(&r, 1).await.expect("update");
+        all.push(r);
+    }
+    for r in &all[..10] {
+        store.delete(r.id()).await.expect("delete");
+    }
+    drop(store);
+    let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
+    let listed = store.list(&ListFilter::default()).await.expect("list");
+    assert_eq!(listed, all[10..]);
 }

@@ -1,5 +1,6 @@
 //! Filesystem adapters: no server needed.
 
+mod journal;
 mod output;
 mod store;
 

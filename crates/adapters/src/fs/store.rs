@@ -1,10 +1,13 @@
-//! Records as one JSON file each, written atomically.
+//! Records as one JSON file each, written atomically, behind a journal.
 //!
-//! A write goes to a temporary file, is flushed to disk and renamed over the
-//! record's file `ID.json` (the folder is flushed too when a record is
-//! created or deleted): a record is either wholly there or not at all, and
-//! one transition costs one small file whatever the number of records
-//! (rewriting one state file per change is the known failure of peers).
+//! A durable write (a creation, an update, a deletion, or a batch of them)
+//! is appended to the journal and flushed there, one flush for the batch
+//! (see `journal.rs`); then each record's file `ID.json` is written through
+//! a temporary file and a rename, without waiting for the disk. A record is
+//! either wholly there or not at all, and one transition costs one small
+//! file whatever the number of records (rewriting one state file per change
+//! is the known failure of peers). Opening the store replays the journal
+//! over the files, so what a power cut kept from reaching them is restored.
 //! An unflushed update (a change the domain need not make durable) goes to
 //! `ID.live` the same way but without the flush; it is read when it is
 //! whole and newer than `ID.json`, and the next flushed write removes it, so
@@ -17,12 +20,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
 use bpm_ports::{ProcessStore, StoreError, StoreWrite};
 use rustix::fs::{FlockOperation, flock};
+
+use super::journal::{self, CommitError, Journal, Op};
 
 /// A store of records under a folder.
 pub struct FsStore {
@@ -34,6 +39,7 @@ enum Mode {
     /// The writer: records cached in memory, the lock file held.
     Writer {
         cache: Arc<RwLock<BTreeMap<ProcessId, ProcessRecord>>>,
+        journal: Arc<Mutex<Journal>>,
         _lock: File,
         /// One write at a time, so the version check and the write are one step.
         writing: tokio::sync::Mutex<()>,
@@ -146,47 +152,21 @@ fn load_all(
     Ok(records)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Writes `record` whole or not at all. The data always reaches the disk
-/// before the rename; the folder is flushed too when the name is new (a
-/// create), so a created record cannot vanish. An update renames over an
-/// existing name: after a power cut the file holds the old or the new
-/// version, whole either way.
-fn write_atomically(dir: &Path, record: &ProcessRecord, new_name: bool) -> Result<(), StoreError> {
-    let path = record_path(dir, record.id());
-    let tmp = dir.join(format!("{}.tmp", record.id()));
-    let bytes = serde_json::to_vec(record)
-        .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_data()?;
-        fs::rename(&tmp, &path)?;
-        if new_name {
-            sync_dir(dir)
-        } else {
-            // The flushed version is now the newest: an unflushed one is stale.
-            remove_if_there(&live_path(dir, record.id()))
-        }
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        refused(&path, &e)
-    })
 }
 
 /// Writes `record` whole to `ID.live` without flushing it: a crash of this
 /// process keeps it, a power cut may leave it torn or missing, and then the
 /// flushed `ID.json` stands.
 fn write_unflushed(dir: &Path, record: &ProcessRecord) -> Result<(), StoreError> {
-    let path = live_path(dir, record.id());
+    write_file(dir, record, &live_path(dir, record.id()))
+}
+
+/// Writes `record` whole to `path` (through a temporary file and a rename)
+/// without waiting for the disk.
+fn write_file(dir: &Path, record: &ProcessRecord, path: &Path) -> Result<(), StoreError> {
+    let path = path.to_path_buf();
     let tmp = dir.join(format!("{}.tmp", record.id()));
     let bytes = serde_json::to_vec(record)
         .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
@@ -271,6 +251,94 @@ fn write_group(dir: &Path, items: &[GroupItem]) -> Vec<Result<(), StoreError>> {
     results
 }
 
+/// Makes `items` durable with one journal flush, then writes their files
+/// without waiting for the disk. A group too large for the journal is
+/// written the direct way. Returns one result per item.
+fn write_durably(
+    dir: &Path,
+    journal: &Mutex<Journal>,
+    items: &[GroupItem],
+) -> Vec<Result<(), StoreError>> {
+    let ops: Vec<Op> = items
+        .iter()
+        .map(|i| Op::Put(Box::new(i.record.clone())))
+        .collect();
+    let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
+    match journal.commit(&ops) {
+        Ok(()) => {}
+        Err(CommitError::TooLarge) => return write_group(dir, items),
+        Err(CommitError::Io(e)) => {
+            let at = journal.path();
+            return items.iter().map(|_| Err(refused(&at, &e))).collect();
+        }
+    }
+    drop(journal);
+    items
+        .iter()
+        .map(|item| {
+            let id = item.record.id();
+            write_file(dir, &item.record, &record_path(dir, id))?;
+            if item.new_name {
+                Ok(())
+            } else {
+                let live = live_path(dir, id);
+                remove_if_there(&live).map_err(|e| refused(&live, &e))
+            }
+        })
+        .collect()
+}
+
+/// Replays the journal over the records loaded from their files (the newer
+/// version of each record wins; deletions apply), makes the result durable,
+/// and starts the journal afresh.
+fn replay(
+    dir: &Path,
+    records: &mut BTreeMap<ProcessId, ProcessRecord>,
+    capacity: u64,
+) -> Result<Journal, StoreError> {
+    let (ops, newest) = journal::recover(dir).map_err(|e| unavailable(dir, &e))?;
+    let mut put = BTreeMap::new();
+    let mut gone = Vec::new();
+    for op in ops {
+        match op {
+            Op::Put(r) => {
+                if records
+                    .get(&r.id())
+                    .is_none_or(|have| have.version() < r.version())
+                {
+                    records.insert(r.id(), (*r).clone());
+                    put.insert(r.id(), *r);
+                }
+            }
+            Op::Delete(id) => {
+                records.remove(&id);
+                put.remove(&id);
+                gone.push(id);
+            }
+        }
+    }
+    if !put.is_empty() {
+        tracing::warn!(records = put.len(), "restored records from the journal");
+    }
+    let items: Vec<GroupItem> = put
+        .into_values()
+        .map(|record| GroupItem {
+            record,
+            new_name: true,
+        })
+        .collect();
+    if let Some(Err(e)) = write_group(dir, &items).into_iter().find(Result::is_err) {
+        return Err(e);
+    }
+    for id in gone {
+        for path in [live_path(dir, id), record_path(dir, id)] {
+            remove_if_there(&path).map_err(|e| refused(&path, &e))?;
+        }
+    }
+    sync_dir(dir).map_err(|e| refused(dir, &e))?;
+    Journal::start(dir, capacity, newest).map_err(|e| refused(dir, &e))
+}
+
 impl FsStore {
     /// Opens (creating it if needed) the store in `dir` for writing.
     ///
@@ -278,6 +346,18 @@ impl FsStore {
     /// [`StoreError::Refused`] if the folder cannot be made or another process
     /// writes to it; [`StoreError::Unavailable`] if it cannot be read.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with_journal(dir, journal::DEFAULT_CAPACITY)
+    }
+
+    /// [`open`](Self::open) with each of the journal's two files
+    /// `journal_bytes` long (2 MiB by default).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with_journal(
+        dir: impl Into<PathBuf>,
+        journal_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let dir = dir.into();
         let quarantine = dir.join("quarantine");
         fs::create_dir_all(&quarantine).map_err(|e| refused(&quarantine, &e))?;
@@ -294,11 +374,13 @@ impl FsStore {
                 dir.display()
             ))
         })?;
-        let cache = load_all(&dir, Some(&quarantine))?;
+        let mut cache = load_all(&dir, Some(&quarantine))?;
+        let journal = replay(&dir, &mut cache, journal_bytes)?;
         Ok(FsStore {
             dir,
             mode: Mode::Writer {
                 cache: Arc::new(RwLock::new(cache)),
+                journal: Arc::new(Mutex::new(journal)),
                 _lock: lock,
                 writing: tokio::sync::Mutex::new(()),
             },
@@ -341,12 +423,21 @@ impl FsStore {
     async fn write_and_cache(
         &self,
         cache: &RwLock<BTreeMap<ProcessId, ProcessRecord>>,
+        journal: &Arc<Mutex<Journal>>,
         record: &ProcessRecord,
         new_name: bool,
     ) -> Result<(), StoreError> {
-        let r = record.clone();
-        self.blocking(move |dir| write_atomically(&dir, &r, new_name))
-            .await?;
+        let item = GroupItem {
+            record: record.clone(),
+            new_name,
+        };
+        let journal = journal.clone();
+        self.blocking(move |dir| {
+            write_durably(&dir, &journal, std::slice::from_ref(&item))
+                .pop()
+                .unwrap_or(Ok(()))
+        })
+        .await?;
         cache
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -399,7 +490,13 @@ fn list_from(
 #[async_trait]
 impl ProcessStore for FsStore {
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else {
+        let Mode::Writer {
+            cache,
+            journal,
+            writing,
+            ..
+        } = &self.mode
+        else {
             return Err(Self::read_only());
         };
         let _turn = writing.lock().await;
@@ -410,7 +507,7 @@ impl ProcessStore for FsStore {
         {
             return Err(StoreError::AlreadyExists(record.id()));
         }
-        self.write_and_cache(cache, record, true).await
+        self.write_and_cache(cache, journal, record, true).await
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
@@ -448,12 +545,18 @@ impl ProcessStore for FsStore {
         record: &ProcessRecord,
         expected_version: u64,
     ) -> Result<(), StoreError> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else {
+        let Mode::Writer {
+            cache,
+            journal,
+            writing,
+            ..
+        } = &self.mode
+        else {
             return Err(Self::read_only());
         };
         let _turn = writing.lock().await;
         check_version(cache, record, expected_version)?;
-        self.write_and_cache(cache, record, false).await
+        self.write_and_cache(cache, journal, record, false).await
     }
 
     async fn update_unflushed(
@@ -476,7 +579,13 @@ impl ProcessStore for FsStore {
     }
 
     async fn write_batch(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else {
+        let Mode::Writer {
+            cache,
+            journal,
+            writing,
+            ..
+        } = &self.mode
+        else {
             return writes.iter().map(|_| Err(Self::read_only())).collect();
         };
         let _turn = writing.lock().await;
@@ -545,7 +654,10 @@ impl ProcessStore for FsStore {
         }
         let records: Vec<ProcessRecord> = group.iter().map(|g| g.record.clone()).collect();
         let written = match self
-            .blocking(move |dir| Ok(write_group(&dir, &group)))
+            .blocking({
+                let journal = journal.clone();
+                move |dir| Ok(write_durably(&dir, &journal, &group))
+            })
             .await
         {
             Ok(written) => written,
@@ -564,7 +676,13 @@ impl ProcessStore for FsStore {
     }
 
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else {
+        let Mode::Writer {
+            cache,
+            journal,
+            writing,
+            ..
+        } = &self.mode
+        else {
             return Err(Self::read_only());
         };
         let _turn = writing.lock().await;
@@ -575,12 +693,19 @@ impl ProcessStore for FsStore {
         {
             return Err(StoreError::NotFound(id));
         }
+        let journal = journal.clone();
         self.blocking(move |dir| {
+            // The deletion is durable once journalled; the files go after.
+            let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
+            journal.commit(&[Op::Delete(id)]).map_err(|e| match e {
+                CommitError::Io(e) => refused(&journal.path(), &e),
+                CommitError::TooLarge => StoreError::Refused("the journal is too small".into()),
+            })?;
+            drop(journal);
             let live = live_path(&dir, id);
             remove_if_there(&live).map_err(|e| refused(&live, &e))?;
             let path = record_path(&dir, id);
-            fs::remove_file(&path).map_err(|e| refused(&path, &e))?;
-            sync_dir(&dir).map_err(|e| refused(&dir, &e))
+            remove_if_there(&path).map_err(|e| refused(&path, &e))
         })
         .await?;
         cache

@@ -1,0 +1,331 @@
+//! The filesystem store's journal: durable writes reach the disk here first,
+//! as one append and one flush for a whole group of records, and the records'
+//! own files are then written without waiting for the disk.
+//!
+//! Two preallocated files, `journal.0` and `journal.1`, take turns. Each
+//! starts with a header (a magic and a generation); each entry carries the
+//! generation, its length and a checksum, so replay stops at the first entry
+//! that is torn or left from an earlier turn. Overwriting preallocated blocks
+//! and flushing them costs one device flush, where creating a record's file
+//! and flushing it (and its folder) costs two filesystem commits.
+//!
+//! When the active file is full the other takes over under a new generation,
+//! and a background thread flushes the record files the full one covered,
+//! then invalidates it. Opening the store replays both (older generation
+//! first) over what the record files hold, keeping the newer version of each
+//! record, makes the result durable, and starts a fresh generation.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use bpm_domain::{ProcessId, ProcessRecord};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"bpmjrnl1";
+/// The header: the magic, then the generation (0: nothing to replay).
+const HEADER_LEN: usize = 16;
+const HEADER: u64 = HEADER_LEN as u64;
+/// An entry's head: generation, payload length, payload checksum.
+const ENTRY_HEAD: usize = 20;
+/// Each of the two files, unless the store is opened with another size.
+pub(super) const DEFAULT_CAPACITY: u64 = 2 << 20;
+
+/// One journalled change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Op {
+    /// The record's new version.
+    Put(Box<ProcessRecord>),
+    /// The record is gone.
+    Delete(ProcessId),
+}
+
+impl Op {
+    fn id(&self) -> ProcessId {
+        match self {
+            Op::Put(r) => r.id(),
+            Op::Delete(id) => *id,
+        }
+    }
+}
+
+/// What `commit` could not do.
+#[derive(Debug)]
+pub(super) enum CommitError {
+    /// The group does not fit in an empty journal file: write it another way.
+    TooLarge,
+    /// The journal could not be written or flushed.
+    Io(io::Error),
+}
+
+/// FNV-1a, 64 bits: enough to tell a whole entry from a torn one.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("journal.{n}"))
+}
+
+fn write_header(file: &File, generation: u64) -> io::Result<()> {
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&generation.to_le_bytes());
+    file.write_all_at(&header, 0)?;
+    file.sync_data()
+}
+
+/// The generation and the entries of one journal file (none if it is
+/// missing, invalidated or not a journal).
+fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Op>)> {
+    let bytes = match std::fs::read(path(dir, n)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Ok((0, Vec::new()));
+    }
+    let generation = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let mut ops = Vec::new();
+    let mut at = HEADER_LEN;
+    while generation != 0 && at + ENTRY_HEAD <= bytes.len() {
+        let head = &bytes[at..at + ENTRY_HEAD];
+        let entry_gen = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
+        let sum = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
+        let start = at + ENTRY_HEAD;
+        if entry_gen != generation || len == 0 || start + len > bytes.len() {
+            break;
+        }
+        let payload = &bytes[start..start + len];
+        if checksum(payload) != sum {
+            break;
+        }
+        match serde_json::from_slice::<Op>(payload) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+        at = start + len;
+    }
+    Ok((generation, ops))
+}
+
+/// Everything both journal files still hold, oldest generation first, and
+/// the newest generation seen.
+pub(super) fn recover(dir: &Path) -> io::Result<(Vec<Op>, u64)> {
+    let mut both = [read(dir, 0)?, read(dir, 1)?];
+    both.sort_by_key(|(generation, _)| *generation);
+    let newest = both[1].0;
+    Ok((both.into_iter().flat_map(|(_, ops)| ops).collect(), newest))
+}
+
+/// The writer's side: appends groups of changes to the active file.
+pub(super) struct Journal {
+    dir: PathBuf,
+    files: [File; 2],
+    generation: u64,
+    active: usize,
+    head: u64,
+    capacity: u64,
+    /// Records changed under the active generation: their files must be on
+    /// disk before this generation's entries may be dropped.
+    touched: BTreeSet<ProcessId>,
+    /// The thread flushing the previous generation's files.
+    retiring: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Journal {
+    /// Starts a fresh generation after `newest`: both files exist at full
+    /// size, the first is active and empty, the second holds nothing to
+    /// replay. Call it once whatever was replayed is on disk.
+    pub(super) fn start(dir: &Path, capacity: u64, newest: u64) -> io::Result<Journal> {
+        let capacity = capacity.max(HEADER + 4096);
+        let open = |n: usize| -> io::Result<File> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path(dir, n))?;
+            // Real zeros, not a hole: writing into a hole allocates blocks,
+            // and flushing that costs a filesystem commit.
+            let len = file.metadata()?.len();
+            if len < capacity {
+                let zeros = vec![0u8; usize::try_from(capacity - len).unwrap_or(0)];
+                file.write_all_at(&zeros, len)?;
+            }
+            Ok(file)
+        };
+        let files = [open(0)?, open(1)?];
+        write_header(&files[1], 0)?;
+        let generation = newest + 1;
+        write_header(&files[0], generation)?;
+        crate::fs::store::sync_dir(dir)?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            files,
+            generation,
+            active: 0,
+            head: HEADER,
+            capacity,
+            touched: BTreeSet::new(),
+            retiring: None,
+        })
+    }
+
+    /// Appends `ops` as one write and flushes it: once this returns, they
+    /// survive a power cut.
+    pub(super) fn commit(&mut self, ops: &[Op]) -> Result<(), CommitError> {
+        let payloads = ops
+            .iter()
+            .map(|op| {
+                let payload = serde_json::to_vec(op)
+                    .map_err(|e| CommitError::Io(io::Error::other(e.to_string())))?;
+                u32::try_from(payload.len()).map_err(|_| CommitError::TooLarge)?;
+                Ok(payload)
+            })
+            .collect::<Result<Vec<_>, CommitError>>()?;
+        let size: u64 = payloads.iter().map(|p| (ENTRY_HEAD + p.len()) as u64).sum();
+        if size > self.capacity - HEADER {
+            return Err(CommitError::TooLarge);
+        }
+        if self.head + size > self.capacity {
+            self.switch().map_err(CommitError::Io)?;
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        for payload in &payloads {
+            let len = u32::try_from(payload.len()).map_err(|_| CommitError::TooLarge)?;
+            buf.extend_from_slice(&self.generation.to_le_bytes());
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&checksum(payload).to_le_bytes());
+            buf.extend_from_slice(payload);
+        }
+        let file = &self.files[self.active];
+        file.write_all_at(&buf, self.head)
+            .and_then(|()| file.sync_data())
+            .map_err(CommitError::Io)?;
+        self.head += size;
+        self.touched.extend(ops.iter().map(Op::id));
+        Ok(())
+    }
+
+    /// Hands over to the other file under the next generation, and flushes
+    /// the full one's record files in the background before invalidating it.
+    fn switch(&mut self) -> io::Result<()> {
+        if let Some(previous) = self.retiring.take() {
+            previous
+                .join()
+                .map_err(|_| io::Error::other("the journal's flusher panicked"))??;
+        }
+        let full = self.active;
+        let next = 1 - full;
+        self.generation += 1;
+        write_header(&self.files[next], self.generation)?;
+        self.active = next;
+        self.head = HEADER;
+        let ids = std::mem::take(&mut self.touched);
+        let file = self.files[full].try_clone()?;
+        let dir = self.dir.clone();
+        self.retiring = Some(std::thread::spawn(move || {
+            for id in ids {
+                match File::open(dir.join(format!("{id}.json"))) {
+                    Ok(f) => f.sync_data()?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            crate::fs::store::sync_dir(&dir)?;
+            write_header(&file, 0)
+        }));
+        Ok(())
+    }
+
+    /// Where the journal lives, for error messages.
+    pub(super) fn path(&self) -> PathBuf {
+        path(&self.dir, self.active)
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Some(previous) = self.retiring.take() {
+            let _ = previous.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpm_domain::{NodeId, ProcessSpec, Timestamp};
+
+    fn record(n: u128) -> ProcessRecord {
+        ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+            NodeId::local(),
+            ProcessSpec::argv(["true"]),
+            Timestamp::from_millis(1),
+        )
+    }
+
+    fn ids(ops: &[Op]) -> Vec<u128> {
+        ops.iter().map(|o| o.id().as_uuid().as_u128()).collect()
+    }
+
+    #[test]
+    fn entries_replay_in_order_and_a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
+        j.commit(&[Op::Put(Box::new(record(1))), Op::Put(Box::new(record(2)))])
+            .expect("commit");
+        j.commit(&[Op::Delete(record(1).id())]).expect("commit");
+        let (ops, newest) = recover(dir.path()).expect("recover");
+        assert_eq!((ids(&ops), newest), (vec![1, 2, 1], 1));
+        assert!(matches!(ops[2], Op::Delete(_)));
+        // A torn entry after the last whole one: its head, half its payload.
+        let at = j.head;
+        let mut torn = Vec::new();
+        torn.extend_from_slice(&1u64.to_le_bytes());
+        torn.extend_from_slice(&100u32.to_le_bytes());
+        torn.extend_from_slice(&7u64.to_le_bytes());
+        torn.extend_from_slice(b"{\"put\":");
+        j.files[0].write_all_at(&torn, at).expect("tear");
+        assert_eq!(ids(&recover(dir.path()).expect("recover").0), [1, 2, 1]);
+    }
+
+    #[test]
+    fn a_full_file_hands_over_and_is_invalidated_once_flushed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut j = Journal::start(dir.path(), 20_000, 4).expect("start");
+        assert_eq!(j.generation, 5);
+        let mut n = 0;
+        while j.active == 0 {
+            n += 1;
+            j.commit(&[Op::Put(Box::new(record(n)))]).expect("commit");
+        }
+        assert_eq!(j.generation, 6);
+        if let Some(t) = j.retiring.take() {
+            t.join().expect("joined").expect("flushed");
+        }
+        let (ops, newest) = recover(dir.path()).expect("recover");
+        assert_eq!(newest, 6);
+        assert_eq!(ids(&ops), [n], "only the new generation's entries are left");
+        let big = ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(999)),
+            NodeId::local(),
+            ProcessSpec::argv(vec!["x".repeat(30_000)]),
+            Timestamp::from_millis(1),
+        );
+        assert!(matches!(
+            j.commit(&[Op::Put(Box::new(big))]),
+            Err(CommitError::TooLarge)
+        ));
+    }
+}
