@@ -1,6 +1,7 @@
-//! The filesystem store's journal: durable writes reach the disk here first,
-//! as one append and one flush for a whole group of records, and the records'
-//! own files are then written without waiting for the disk.
+//! The filesystem store's journal: every write lands here first, as one
+//! append for a whole group of records, flushed when the write must be
+//! durable; the records' own files are written later, in bulk, without
+//! waiting for the disk.
 //!
 //! Two preallocated files, `journal.0` and `journal.1`, take turns. Each
 //! starts with a header (a magic and a generation); each entry carries the
@@ -9,13 +10,12 @@
 //! and flushing them costs one device flush, where creating a record's file
 //! and flushing it (and its folder) costs two filesystem commits.
 //!
-//! When the active file is full the other takes over under a new generation,
-//! and a background thread flushes the record files the full one covered,
-//! then invalidates it. Opening the store replays both (older generation
+//! When the active file is full, the record files are brought up to date,
+//! the other file takes over under a new generation, and a background thread
+//! flushes the filesystem, then invalidates the full file. Opening the store replays both (older generation
 //! first) over what the record files hold, keeping the newer version of each
 //! record, makes the result durable, and starts a fresh generation.
 
-use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -45,7 +45,7 @@ pub(super) enum Op {
 }
 
 impl Op {
-    fn id(&self) -> ProcessId {
+    pub(super) fn id(&self) -> ProcessId {
         match self {
             Op::Put(r) => r.id(),
             Op::Delete(id) => *id,
@@ -134,9 +134,6 @@ pub(super) struct Journal {
     active: usize,
     head: u64,
     capacity: u64,
-    /// Records changed under the active generation: their files must be on
-    /// disk before this generation's entries may be dropped.
-    touched: BTreeSet<ProcessId>,
     /// The thread flushing the previous generation's files.
     retiring: Option<JoinHandle<io::Result<()>>>,
 }
@@ -175,14 +172,22 @@ impl Journal {
             active: 0,
             head: HEADER,
             capacity,
-            touched: BTreeSet::new(),
             retiring: None,
         })
     }
 
-    /// Appends `ops` as one write and flushes it: once this returns, they
-    /// survive a power cut.
-    pub(super) fn commit(&mut self, ops: &[Op]) -> Result<(), CommitError> {
+    /// Appends `ops` as one write. With `flush`, they survive a power cut
+    /// once this returns; without, they survive a crash of this process (and
+    /// reach the disk with the next flushed append, which flushes the whole
+    /// file). When the active file is full, `before_switch` runs first: it
+    /// must write every record changed so far to its file, which the
+    /// background flush then makes durable.
+    pub(super) fn commit(
+        &mut self,
+        ops: &[Op],
+        flush: bool,
+        before_switch: impl FnOnce() -> io::Result<()>,
+    ) -> Result<(), CommitError> {
         let payloads = ops
             .iter()
             .map(|op| {
@@ -197,6 +202,7 @@ impl Journal {
             return Err(CommitError::TooLarge);
         }
         if self.head + size > self.capacity {
+            before_switch().map_err(CommitError::Io)?;
             self.switch().map_err(CommitError::Io)?;
         }
         let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -209,15 +215,14 @@ impl Journal {
         }
         let file = &self.files[self.active];
         file.write_all_at(&buf, self.head)
-            .and_then(|()| file.sync_data())
+            .and_then(|()| if flush { file.sync_data() } else { Ok(()) })
             .map_err(CommitError::Io)?;
         self.head += size;
-        self.touched.extend(ops.iter().map(Op::id));
         Ok(())
     }
 
     /// Hands over to the other file under the next generation, and flushes
-    /// the full one's record files in the background before invalidating it.
+    /// the filesystem in the background before invalidating the full one.
     fn switch(&mut self) -> io::Result<()> {
         if let Some(previous) = self.retiring.take() {
             previous
@@ -230,18 +235,12 @@ impl Journal {
         write_header(&self.files[next], self.generation)?;
         self.active = next;
         self.head = HEADER;
-        let ids = std::mem::take(&mut self.touched);
         let file = self.files[full].try_clone()?;
         let dir = self.dir.clone();
+        // The record files were brought up to date before the switch; one
+        // flush of the filesystem puts them (and their names) on disk.
         self.retiring = Some(std::thread::spawn(move || {
-            for id in ids {
-                match File::open(dir.join(format!("{id}.json"))) {
-                    Ok(f) => f.sync_data()?,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            crate::fs::store::sync_dir(&dir)?;
+            crate::fs::store::sync_filesystem(&dir)?;
             write_header(&file, 0)
         }));
         Ok(())
@@ -283,9 +282,14 @@ mod tests {
     fn entries_replay_in_order_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().expect("dir");
         let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
-        j.commit(&[Op::Put(Box::new(record(1))), Op::Put(Box::new(record(2)))])
+        j.commit(
+            &[Op::Put(Box::new(record(1))), Op::Put(Box::new(record(2)))],
+            true,
+            || Ok(()),
+        )
+        .expect("commit");
+        j.commit(&[Op::Delete(record(1).id())], false, || Ok(()))
             .expect("commit");
-        j.commit(&[Op::Delete(record(1).id())]).expect("commit");
         let (ops, newest) = recover(dir.path()).expect("recover");
         assert_eq!((ids(&ops), newest), (vec![1, 2, 1], 1));
         assert!(matches!(ops[2], Op::Delete(_)));
@@ -308,7 +312,8 @@ mod tests {
         let mut n = 0;
         while j.active == 0 {
             n += 1;
-            j.commit(&[Op::Put(Box::new(record(n)))]).expect("commit");
+            j.commit(&[Op::Put(Box::new(record(n)))], true, || Ok(()))
+                .expect("commit");
         }
         assert_eq!(j.generation, 6);
         if let Some(t) = j.retiring.take() {
@@ -324,7 +329,7 @@ mod tests {
             Timestamp::from_millis(1),
         );
         assert!(matches!(
-            j.commit(&[Op::Put(Box::new(big))]),
+            j.commit(&[Op::Put(Box::new(big))], true, || Ok(())),
             Err(CommitError::TooLarge)
         ));
     }

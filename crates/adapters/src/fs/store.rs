@@ -1,26 +1,29 @@
-//! Records as one JSON file each, written atomically, behind a journal.
+//! Records as one JSON file each, behind a journal.
 //!
-//! A durable write (a creation, an update, a deletion, or a batch of them)
-//! is appended to the journal and flushed there, one flush for the batch
-//! (see `journal.rs`); then each record's file `ID.json` is written through
-//! a temporary file and a rename, without waiting for the disk. A record is
-//! either wholly there or not at all, and one transition costs one small
-//! file whatever the number of records (rewriting one state file per change
-//! is the known failure of peers). Opening the store replays the journal
-//! over the files, so what a power cut kept from reaching them is restored.
-//! An unflushed update (a change the domain need not make durable) goes to
-//! `ID.live` the same way but without the flush; it is read when it is
-//! whole and newer than `ID.json`, and the next flushed write removes it, so
-//! a power cut that tears it leaves the flushed version standing. One process writes a store at a time: opening it for
-//! writing takes an exclusive lock, and a second writer is refused. Readers in
-//! other processes open it read-only and see whole records only.
+//! Every write (a creation, an update, a deletion, or a batch of them) is
+//! first appended to the journal (see `journal.rs`): one append for the
+//! batch, flushed when the write must be durable, so a durable write costs
+//! one flush whatever it holds, and an unflushed update (a change the domain
+//! need not make durable) costs none. Each record's file `ID.json` is then
+//! written whole, through a temporary file and a rename, in bulk: at most a
+//! second after a change, before the journal turns over, and when the store
+//! closes. Opening the store replays the journal over the files, so what a
+//! crash or a power cut kept from them is restored. One process writes a
+//! store at a time: opening it for writing takes an exclusive lock, and a
+//! second writer is refused. Readers in other processes open it read-only
+//! and see whole records, as of the last time the files were written.
+//!
+//! Rewriting one state file per change is the known failure of peers; here
+//! a change costs one journal entry and, later, one small file, whatever the
+//! number of records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
@@ -28,6 +31,10 @@ use bpm_ports::{ProcessStore, StoreError, StoreWrite};
 use rustix::fs::{FlockOperation, flock};
 
 use super::journal::{self, CommitError, Journal, Op};
+
+/// How long a changed record's file may lag behind the journal while the
+/// store is busy.
+const WRITE_FILES_EVERY: Duration = Duration::from_secs(1);
 
 /// A store of records under a folder.
 pub struct FsStore {
@@ -39,13 +46,24 @@ enum Mode {
     /// The writer: records cached in memory, the lock file held.
     Writer {
         cache: Arc<RwLock<BTreeMap<ProcessId, ProcessRecord>>>,
-        journal: Arc<Mutex<Journal>>,
+        disk: Arc<Mutex<Disk>>,
         _lock: File,
         /// One write at a time, so the version check and the write are one step.
         writing: tokio::sync::Mutex<()>,
     },
     /// A reader in another process: every call reads the files.
     Reader,
+}
+
+/// The writer's side of the disk: the journal, and the records whose files
+/// are behind it.
+struct Disk {
+    journal: Journal,
+    /// The folder's device and inode at open: writes stop if it is replaced.
+    folder: (u64, u64),
+    /// Each changed record's newest version, or `None` once deleted.
+    behind: BTreeMap<ProcessId, Option<ProcessRecord>>,
+    files_written: Instant,
 }
 
 fn io_err(path: &Path, e: &io::Error) -> String {
@@ -62,10 +80,6 @@ fn unavailable(path: &Path, e: &io::Error) -> StoreError {
 
 fn record_path(dir: &Path, id: ProcessId) -> PathBuf {
     dir.join(format!("{id}.json"))
-}
-
-fn live_path(dir: &Path, id: ProcessId) -> PathBuf {
-    dir.join(format!("{id}.live"))
 }
 
 /// Reads one record file, checking that it holds the record its name says.
@@ -88,15 +102,12 @@ fn remove_if_there(path: &Path) -> io::Result<()> {
 }
 
 /// Reads every record file; unreadable ones are moved to `quarantine` (when
-/// given) with a warning, never dropped silently and never fatal. An
-/// unflushed version (`ID.live`) replaces its record when it is whole and
-/// newer; otherwise it is a leftover, removed by the writer.
+/// given) with a warning, never dropped silently and never fatal.
 fn load_all(
     dir: &Path,
     quarantine: Option<&Path>,
 ) -> Result<BTreeMap<ProcessId, ProcessRecord>, StoreError> {
     let mut records = BTreeMap::new();
-    let mut live = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| unavailable(dir, &e))?;
     for entry in entries {
         let path = entry.map_err(|e| unavailable(dir, &e))?.path();
@@ -108,10 +119,6 @@ fn load_all(
             if quarantine.is_some() {
                 let _ = fs::remove_file(&path);
             }
-            continue;
-        }
-        if let Some(stem) = name.strip_suffix(".live") {
-            live.push((path.clone(), stem.to_owned()));
             continue;
         }
         let Some(stem) = name.strip_suffix(".json") else {
@@ -133,172 +140,156 @@ fn load_all(
             },
         }
     }
-    for (path, stem) in live {
-        let newer = read_record(&path, &stem).ok().filter(|r| {
-            records
-                .get(&r.id())
-                .is_some_and(|flushed| flushed.version() < r.version())
-        });
-        match newer {
-            Some(r) => {
-                records.insert(r.id(), r);
-            }
-            None if quarantine.is_some() => {
-                let _ = fs::remove_file(&path);
-            }
-            None => {}
-        }
-    }
     Ok(records)
+}
+
+fn folder_identity(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir)?;
+    if meta.is_dir() {
+        Ok((meta.dev(), meta.ino()))
+    } else {
+        Err(io::Error::other("not a folder"))
+    }
 }
 
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `record` whole to `ID.live` without flushing it: a crash of this
-/// process keeps it, a power cut may leave it torn or missing, and then the
-/// flushed `ID.json` stands.
-fn write_unflushed(dir: &Path, record: &ProcessRecord) -> Result<(), StoreError> {
-    write_file(dir, record, &live_path(dir, record.id()))
+/// Flushes everything written on the store's filesystem.
+pub(super) fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    rustix::fs::syncfs(File::open(dir)?).map_err(io::Error::from)
 }
 
-/// Writes `record` whole to `path` (through a temporary file and a rename)
-/// without waiting for the disk.
-fn write_file(dir: &Path, record: &ProcessRecord, path: &Path) -> Result<(), StoreError> {
-    let path = path.to_path_buf();
+/// Writes `record` whole to its file (through a temporary file and a
+/// rename) without waiting for the disk.
+fn write_file(dir: &Path, record: &ProcessRecord) -> io::Result<()> {
+    let path = record_path(dir, record.id());
     let tmp = dir.join(format!("{}.tmp", record.id()));
-    let bytes = serde_json::to_vec(record)
-        .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
+    let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
     let write = || -> io::Result<()> {
-        fs::write(&tmp, &bytes)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
         fs::rename(&tmp, &path)
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-        refused(&path, &e)
     })
 }
 
-/// One record of a flushed group: its final version, and whether its name is new.
-struct GroupItem {
-    record: ProcessRecord,
-    new_name: bool,
-}
-
-/// Writes several records whole, with one wait for the disk for the group:
-/// every temporary file is written, then each is flushed (on a journalling
-/// filesystem the first flush commits them all, so the rest are quick), then
-/// each is renamed into place, then the folder is flushed once if any name
-/// is new. Returns one result per item.
-fn write_group(dir: &Path, items: &[GroupItem]) -> Vec<Result<(), StoreError>> {
-    let mut files: Vec<Result<File, StoreError>> = items
-        .iter()
-        .map(|item| {
-            let id = item.record.id();
-            let tmp = dir.join(format!("{id}.tmp"));
-            let bytes = serde_json::to_vec(&item.record)
-                .map_err(|e| StoreError::Refused(format!("record {id}: {e}")))?;
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| refused(&record_path(dir, id), &e))?;
-            f.write_all(&bytes)
-                .map_err(|e| refused(&record_path(dir, id), &e))?;
-            Ok(f)
-        })
-        .collect();
-    for (item, file) in items.iter().zip(files.iter_mut()) {
-        if let Ok(f) = file
-            && let Err(e) = f.sync_data()
-        {
-            *file = Err(refused(&record_path(dir, item.record.id()), &e));
-        }
-    }
-    let mut results: Vec<Result<(), StoreError>> = items
-        .iter()
-        .zip(files)
-        .map(|(item, file)| {
-            let id = item.record.id();
-            let (tmp, path) = (dir.join(format!("{id}.tmp")), record_path(dir, id));
-            let renamed =
-                file.and_then(|_| fs::rename(&tmp, &path).map_err(|e| refused(&path, &e)));
-            if renamed.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            renamed
-        })
-        .collect();
-    if items.iter().any(|i| i.new_name)
-        && let Err(e) = sync_dir(dir)
-    {
-        for (item, result) in items.iter().zip(results.iter_mut()) {
-            if item.new_name && result.is_ok() {
-                *result = Err(refused(dir, &e));
-            }
-        }
-    }
-    for (item, result) in items.iter().zip(results.iter_mut()) {
-        if !item.new_name && result.is_ok() {
-            let live = live_path(dir, item.record.id());
-            if let Err(e) = remove_if_there(&live) {
-                *result = Err(refused(&live, &e));
-            }
-        }
-    }
-    results
-}
-
-/// Makes `items` durable with one journal flush, then writes their files
-/// without waiting for the disk. A group too large for the journal is
-/// written the direct way. Returns one result per item.
-fn write_durably(
+/// Brings the files of the records in `behind` up to date (without waiting
+/// for the disk); a record that could not be written stays behind.
+fn write_files(
     dir: &Path,
-    journal: &Mutex<Journal>,
-    items: &[GroupItem],
-) -> Vec<Result<(), StoreError>> {
-    let ops: Vec<Op> = items
-        .iter()
-        .map(|i| Op::Put(Box::new(i.record.clone())))
-        .collect();
-    let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
-    match journal.commit(&ops) {
-        Ok(()) => {}
-        Err(CommitError::TooLarge) => return write_group(dir, items),
-        Err(CommitError::Io(e)) => {
-            let at = journal.path();
-            return items.iter().map(|_| Err(refused(&at, &e))).collect();
+    behind: &mut BTreeMap<ProcessId, Option<ProcessRecord>>,
+    written: &mut Instant,
+) -> io::Result<()> {
+    let mut first_error = None;
+    for (id, version) in std::mem::take(behind) {
+        let done = match &version {
+            Some(record) => write_file(dir, record),
+            None => remove_if_there(&record_path(dir, id)),
+        };
+        if let Err(e) = done {
+            behind.insert(id, version);
+            first_error.get_or_insert(e);
         }
     }
-    drop(journal);
-    items
-        .iter()
-        .map(|item| {
-            let id = item.record.id();
-            write_file(dir, &item.record, &record_path(dir, id))?;
-            if item.new_name {
-                Ok(())
-            } else {
-                let live = live_path(dir, id);
-                remove_if_there(&live).map_err(|e| refused(&live, &e))
+    *written = Instant::now();
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Writes `record` whole and durably without the journal (for a record too
+/// large for it): temporary file, flush, rename, folder flush.
+fn write_durably(dir: &Path, record: &ProcessRecord) -> io::Result<()> {
+    let path = record_path(dir, record.id());
+    let tmp = dir.join(format!("{}.tmp", record.id()));
+    let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_data()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(dir)
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+impl Disk {
+    /// Journals `ops` (flushed when `flush`), then notes their records as
+    /// behind; writes the files when they have lagged for a while.
+    fn commit(&mut self, dir: &Path, ops: Vec<Op>, flush: bool) -> Result<(), StoreError> {
+        // The journal's open file would go on taking writes in a folder
+        // that was moved away (or under a mount that is gone).
+        if folder_identity(dir).ok() != Some(self.folder) {
+            let what = ops
+                .first()
+                .map(|op| op.id().to_string())
+                .unwrap_or_default();
+            return Err(StoreError::Refused(format!(
+                "record {what}: {}: the store's folder was moved, replaced or unmounted",
+                dir.display()
+            )));
+        }
+        let Disk {
+            journal,
+            behind,
+            files_written,
+            ..
+        } = self;
+        match journal.commit(&ops, flush, || write_files(dir, behind, files_written)) {
+            Ok(()) => {}
+            Err(CommitError::TooLarge) => {
+                for op in ops {
+                    let id = op.id();
+                    let path = record_path(dir, id);
+                    match op {
+                        Op::Put(record) => write_durably(dir, &record),
+                        Op::Delete(_) => remove_if_there(&path).and_then(|()| sync_dir(dir)),
+                    }
+                    .map_err(|e| refused(&path, &e))?;
+                    behind.remove(&id);
+                }
+                return Ok(());
             }
-        })
-        .collect()
+            Err(CommitError::Io(e)) => return Err(refused(&journal.path(), &e)),
+        }
+        for op in ops {
+            match op {
+                Op::Put(record) => behind.insert(record.id(), Some(*record)),
+                Op::Delete(id) => behind.insert(id, None),
+            };
+        }
+        if files_written.elapsed() >= WRITE_FILES_EVERY
+            && let Err(e) = write_files(dir, behind, files_written)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
+        }
+        Ok(())
+    }
 }
 
 /// Replays the journal over the records loaded from their files (the newer
-/// version of each record wins; deletions apply), makes the result durable,
-/// and starts the journal afresh.
+/// version of each record wins; deletions apply), brings the files up to
+/// date, flushes them, and starts the journal afresh.
 fn replay(
     dir: &Path,
     records: &mut BTreeMap<ProcessId, ProcessRecord>,
     capacity: u64,
 ) -> Result<Journal, StoreError> {
     let (ops, newest) = journal::recover(dir).map_err(|e| unavailable(dir, &e))?;
-    let mut put = BTreeMap::new();
-    let mut gone = Vec::new();
+    let mut behind = BTreeMap::new();
     for op in ops {
         match op {
             Op::Put(r) => {
@@ -307,35 +298,27 @@ fn replay(
                     .is_none_or(|have| have.version() < r.version())
                 {
                     records.insert(r.id(), (*r).clone());
-                    put.insert(r.id(), *r);
+                    behind.insert(r.id(), Some(*r));
                 }
             }
             Op::Delete(id) => {
                 records.remove(&id);
-                put.remove(&id);
-                gone.push(id);
+                behind.insert(id, None);
             }
         }
     }
-    if !put.is_empty() {
-        tracing::warn!(records = put.len(), "restored records from the journal");
+    let restored = behind.values().filter(|v| v.is_some()).count();
+    if restored > 0 {
+        tracing::info!(
+            records = restored,
+            "brought record files up to date from the journal"
+        );
     }
-    let items: Vec<GroupItem> = put
-        .into_values()
-        .map(|record| GroupItem {
-            record,
-            new_name: true,
-        })
-        .collect();
-    if let Some(Err(e)) = write_group(dir, &items).into_iter().find(Result::is_err) {
-        return Err(e);
-    }
-    for id in gone {
-        for path in [live_path(dir, id), record_path(dir, id)] {
-            remove_if_there(&path).map_err(|e| refused(&path, &e))?;
-        }
-    }
-    sync_dir(dir).map_err(|e| refused(dir, &e))?;
+    let mut written = Instant::now();
+    write_files(dir, &mut behind, &mut written).map_err(|e| refused(dir, &e))?;
+    // Whatever the files hold (some written before the last stop, never
+    // flushed) must be on disk before the journal is emptied.
+    sync_filesystem(dir).map_err(|e| refused(dir, &e))?;
     Journal::start(dir, capacity, newest).map_err(|e| refused(dir, &e))
 }
 
@@ -376,11 +359,17 @@ impl FsStore {
         })?;
         let mut cache = load_all(&dir, Some(&quarantine))?;
         let journal = replay(&dir, &mut cache, journal_bytes)?;
+        let folder = folder_identity(&dir).map_err(|e| unavailable(&dir, &e))?;
         Ok(FsStore {
             dir,
             mode: Mode::Writer {
                 cache: Arc::new(RwLock::new(cache)),
-                journal: Arc::new(Mutex::new(journal)),
+                disk: Arc::new(Mutex::new(Disk {
+                    journal,
+                    folder,
+                    behind: BTreeMap::new(),
+                    files_written: Instant::now(),
+                })),
                 _lock: lock,
                 writing: tokio::sync::Mutex::new(()),
             },
@@ -419,57 +408,100 @@ impl FsStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
-    /// Writes `record` to disk, then to the cache (only once it is on disk).
-    async fn write_and_cache(
+    /// Journals `ops` (flushed when `flush`) off the async threads.
+    async fn commit(
         &self,
-        cache: &RwLock<BTreeMap<ProcessId, ProcessRecord>>,
-        journal: &Arc<Mutex<Journal>>,
-        record: &ProcessRecord,
-        new_name: bool,
+        disk: &Arc<Mutex<Disk>>,
+        ops: Vec<Op>,
+        flush: bool,
     ) -> Result<(), StoreError> {
-        let item = GroupItem {
-            record: record.clone(),
-            new_name,
-        };
-        let journal = journal.clone();
+        let disk = disk.clone();
         self.blocking(move |dir| {
-            write_durably(&dir, &journal, std::slice::from_ref(&item))
-                .pop()
-                .unwrap_or(Ok(()))
+            disk.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .commit(&dir, ops, flush)
         })
-        .await?;
+        .await
+    }
+
+    fn read_only() -> StoreError {
+        StoreError::Refused("this store was opened read-only".into())
+    }
+
+    /// A write of `record` under compare-and-set, durable when `flush`.
+    async fn put(
+        &self,
+        record: &ProcessRecord,
+        expected: Option<u64>,
+        flush: bool,
+    ) -> Result<(), StoreError> {
+        let Mode::Writer {
+            cache,
+            disk,
+            writing,
+            ..
+        } = &self.mode
+        else {
+            return Err(Self::read_only());
+        };
+        let _turn = writing.lock().await;
+        check_version(cache, record, expected)?;
+        self.commit(disk, vec![Op::Put(Box::new(record.clone()))], flush)
+            .await?;
         cache
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(record.id(), record.clone());
         Ok(())
     }
+}
 
-    fn read_only() -> StoreError {
-        StoreError::Refused("this store was opened read-only".into())
+impl Drop for FsStore {
+    fn drop(&mut self) {
+        if let Mode::Writer { disk, .. } = &self.mode {
+            let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
+            let Disk {
+                behind,
+                files_written,
+                ..
+            } = &mut *disk;
+            if let Err(e) = write_files(&self.dir, behind, files_written) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "record files left behind the journal");
+            }
+        }
     }
 }
 
-/// Compare-and-set: `record`'s stored version must be `expected`.
+/// Compare-and-set: `record`'s stored version must be `expected` (`None`:
+/// it must not exist yet).
 fn check_version(
     cache: &RwLock<BTreeMap<ProcessId, ProcessRecord>>,
     record: &ProcessRecord,
-    expected: u64,
+    expected: Option<u64>,
 ) -> Result<(), StoreError> {
+    let id = record.id();
     let actual = cache
         .read()
         .unwrap_or_else(PoisonError::into_inner)
-        .get(&record.id())
-        .map(ProcessRecord::version)
-        .ok_or(StoreError::NotFound(record.id()))?;
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict {
-            id: record.id(),
+        .get(&id)
+        .map(ProcessRecord::version);
+    version_check(id, expected, actual)
+}
+
+fn version_check(
+    id: ProcessId,
+    expected: Option<u64>,
+    actual: Option<u64>,
+) -> Result<(), StoreError> {
+    match (expected, actual) {
+        (None, Some(_)) => Err(StoreError::AlreadyExists(id)),
+        (Some(_), None) => Err(StoreError::NotFound(id)),
+        (Some(expected), Some(actual)) if expected != actual => Err(StoreError::Conflict {
+            id,
             expected,
             actual,
-        })
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -490,24 +522,7 @@ fn list_from(
 #[async_trait]
 impl ProcessStore for FsStore {
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
-        let Mode::Writer {
-            cache,
-            journal,
-            writing,
-            ..
-        } = &self.mode
-        else {
-            return Err(Self::read_only());
-        };
-        let _turn = writing.lock().await;
-        if cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&record.id())
-        {
-            return Err(StoreError::AlreadyExists(record.id()));
-        }
-        self.write_and_cache(cache, journal, record, true).await
+        self.put(record, None, true).await
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
@@ -521,19 +536,15 @@ impl ProcessStore for FsStore {
             Mode::Reader => {
                 self.blocking(move |dir| {
                     let path = record_path(&dir, id);
-                    let flushed: ProcessRecord = match fs::read(&path) {
+                    match fs::read(&path) {
                         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                             StoreError::Unavailable(format!("{}: {e}", path.display()))
-                        })?,
+                        }),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                            return Err(StoreError::NotFound(id));
+                            Err(StoreError::NotFound(id))
                         }
-                        Err(e) => return Err(unavailable(&path, &e)),
-                    };
-                    let live = read_record(&live_path(&dir, id), &id.to_string()).ok();
-                    Ok(live
-                        .filter(|r| r.version() > flushed.version())
-                        .unwrap_or(flushed))
+                        Err(e) => Err(unavailable(&path, &e)),
+                    }
                 })
                 .await
             }
@@ -545,18 +556,7 @@ impl ProcessStore for FsStore {
         record: &ProcessRecord,
         expected_version: u64,
     ) -> Result<(), StoreError> {
-        let Mode::Writer {
-            cache,
-            journal,
-            writing,
-            ..
-        } = &self.mode
-        else {
-            return Err(Self::read_only());
-        };
-        let _turn = writing.lock().await;
-        check_version(cache, record, expected_version)?;
-        self.write_and_cache(cache, journal, record, false).await
+        self.put(record, Some(expected_version), true).await
     }
 
     async fn update_unflushed(
@@ -564,24 +564,13 @@ impl ProcessStore for FsStore {
         record: &ProcessRecord,
         expected_version: u64,
     ) -> Result<(), StoreError> {
-        let Mode::Writer { cache, writing, .. } = &self.mode else {
-            return Err(Self::read_only());
-        };
-        let _turn = writing.lock().await;
-        check_version(cache, record, expected_version)?;
-        // No flush, so no blocking wait worth a thread: a small write and a rename.
-        write_unflushed(&self.dir, record)?;
-        cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(record.id(), record.clone());
-        Ok(())
+        self.put(record, Some(expected_version), false).await
     }
 
     async fn write_batch(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
         let Mode::Writer {
             cache,
-            journal,
+            disk,
             writing,
             ..
         } = &self.mode
@@ -589,87 +578,44 @@ impl ProcessStore for FsStore {
             return writes.iter().map(|_| Err(Self::read_only())).collect();
         };
         let _turn = writing.lock().await;
-        // Check each write against the store as the earlier ones leave it.
+        // Check each write against the store as the earlier ones leave it;
+        // the accepted ones go to the journal as one append.
         let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
-        let mut after: HashMap<ProcessId, u64> = HashMap::new();
-        // Per record: its final version, whether it needs a flush, whether it is new, and its writes.
-        let mut plan: BTreeMap<ProcessId, (usize, bool, bool, Vec<usize>)> = BTreeMap::new();
+        let mut after: BTreeMap<ProcessId, u64> = BTreeMap::new();
+        let mut accepted = Vec::new();
+        let mut flush = false;
         {
             let cached = cache.read().unwrap_or_else(PoisonError::into_inner);
             for (i, w) in writes.iter().enumerate() {
                 let id = w.record.id();
-                let current = after
+                let actual = after
                     .get(&id)
                     .copied()
                     .or_else(|| cached.get(&id).map(ProcessRecord::version));
-                let checked = match (w.expected_version, current) {
-                    (None, Some(_)) => Err(StoreError::AlreadyExists(id)),
-                    (Some(_), None) => Err(StoreError::NotFound(id)),
-                    (Some(expected), Some(actual)) if expected != actual => {
-                        Err(StoreError::Conflict {
-                            id,
-                            expected,
-                            actual,
-                        })
-                    }
-                    _ => Ok(()),
-                };
+                let checked = version_check(id, w.expected_version, actual);
                 if checked.is_ok() {
                     after.insert(id, w.record.version());
-                    let created = w.expected_version.is_none();
-                    let entry = plan.entry(id).or_insert((i, false, false, Vec::new()));
-                    entry.0 = i;
-                    entry.1 |= w.durable || created;
-                    entry.2 |= created;
-                    entry.3.push(i);
+                    flush |= w.durable || w.expected_version.is_none();
+                    accepted.push(i);
                 }
                 results.push(checked);
             }
         }
-        let mut group = Vec::new();
-        let mut group_writes = Vec::new();
-        for (last, flush, created, indices) in plan.into_values() {
-            let record = &writes[last].record;
-            if flush {
-                group.push(GroupItem {
-                    record: record.clone(),
-                    new_name: created,
-                });
-                group_writes.push(indices);
-            } else {
-                let written = write_unflushed(&self.dir, record);
-                if written.is_ok() {
-                    cache
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(record.id(), record.clone());
-                }
-                for i in indices {
-                    results[i].clone_from(&written);
-                }
-            }
-        }
-        if group.is_empty() {
+        if accepted.is_empty() {
             return results;
         }
-        let records: Vec<ProcessRecord> = group.iter().map(|g| g.record.clone()).collect();
-        let written = match self
-            .blocking({
-                let journal = journal.clone();
-                move |dir| Ok(write_durably(&dir, &journal, &group))
-            })
-            .await
-        {
-            Ok(written) => written,
-            Err(e) => vec![Err(e); records.len()],
-        };
+        let ops = accepted
+            .iter()
+            .map(|&i| Op::Put(Box::new(writes[i].record.clone())))
+            .collect();
+        let committed = self.commit(disk, ops, flush).await;
         let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
-        for ((record, result), indices) in records.into_iter().zip(written).zip(group_writes) {
-            if result.is_ok() {
-                cached.insert(record.id(), record);
-            }
-            for i in indices {
-                results[i].clone_from(&result);
+        for i in accepted {
+            match &committed {
+                Ok(()) => {
+                    cached.insert(writes[i].record.id(), writes[i].record.clone());
+                }
+                Err(e) => results[i] = Err(e.clone()),
             }
         }
         results
@@ -678,7 +624,7 @@ impl ProcessStore for FsStore {
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
         let Mode::Writer {
             cache,
-            journal,
+            disk,
             writing,
             ..
         } = &self.mode
@@ -693,21 +639,7 @@ impl ProcessStore for FsStore {
         {
             return Err(StoreError::NotFound(id));
         }
-        let journal = journal.clone();
-        self.blocking(move |dir| {
-            // The deletion is durable once journalled; the files go after.
-            let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
-            journal.commit(&[Op::Delete(id)]).map_err(|e| match e {
-                CommitError::Io(e) => refused(&journal.path(), &e),
-                CommitError::TooLarge => StoreError::Refused("the journal is too small".into()),
-            })?;
-            drop(journal);
-            let live = live_path(&dir, id);
-            remove_if_there(&live).map_err(|e| refused(&live, &e))?;
-            let path = record_path(&dir, id);
-            remove_if_there(&path).map_err(|e| refused(&path, &e))
-        })
-        .await?;
+        self.commit(disk, vec![Op::Delete(id)], true).await?;
         cache
             .write()
             .unwrap_or_else(PoisonError::into_inner)
