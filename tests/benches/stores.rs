@@ -116,8 +116,12 @@ async fn main() {
     let fs: Arc<dyn ProcessStore> =
         Arc::new(FsStore::open(dir.path().join("records")).expect("open"));
     fill(&fs, 1, 100).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let at_100 = transitions(&fs, 5, 2_000).await;
     fill(&fs, 101, 9_900).await;
+    // Let the burst settle (record files follow the journal within a second;
+    // a turned-over journal is flushed in the background), as at 100.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let at_10k = transitions(&fs, 6, 2_000).await;
     let l = list_time(&fs).await;
     println!(
