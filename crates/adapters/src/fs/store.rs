@@ -289,6 +289,7 @@ fn replay(
     capacity: u64,
 ) -> Result<Journal, StoreError> {
     let (ops, newest) = journal::recover(dir).map_err(|e| unavailable(dir, &e))?;
+    let replayed = !ops.is_empty();
     let mut behind = BTreeMap::new();
     for op in ops {
         match op {
@@ -317,8 +318,11 @@ fn replay(
     let mut written = Instant::now();
     write_files(dir, &mut behind, &mut written).map_err(|e| refused(dir, &e))?;
     // Whatever the files hold (some written before the last stop, never
-    // flushed) must be on disk before the journal is emptied.
-    sync_filesystem(dir).map_err(|e| refused(dir, &e))?;
+    // flushed) must be on disk before the journal is emptied. An empty
+    // journal means everything was flushed already.
+    if replayed {
+        sync_filesystem(dir).map_err(|e| refused(dir, &e))?;
+    }
     Journal::start(dir, capacity, newest).map_err(|e| refused(dir, &e))
 }
 
