@@ -25,29 +25,9 @@ const MAX_ANSWER_BYTES: usize = 512 << 20;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, WireError>>>>;
 
-/// Why a connection can take no more calls.
-#[derive(Debug, Clone)]
-enum Closed {
-    /// The daemon refused the handshake (e.g. another protocol version).
-    Refused(WireError),
-    /// The connection failed or ended.
-    Lost(String),
-}
-
-impl Closed {
-    fn error(&self) -> ManagerError {
-        match self {
-            Closed::Refused(e) => e.clone().into(),
-            Closed::Lost(why) => ManagerError::Connection(why.clone()),
-        }
-    }
-}
-
 struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Arc<Pending>,
-    /// Set (before the pending calls are dropped) once the connection is over.
-    closed: Arc<OnceLock<Closed>>,
     next: AtomicU64,
     /// Made on the first `subscribe`: a channel of 4,096 events costs a
     /// command that never subscribes a noticeable part of its start.
@@ -66,17 +46,11 @@ fn lost(e: impl std::fmt::Display) -> ManagerError {
 }
 
 impl DaemonClient {
-    /// Connects to the daemon listening on `socket` and sends the handshake.
-    /// Calls may follow at once: the daemon's answer to the handshake is
-    /// checked as it arrives (saving a round trip on every command), and a
-    /// refused or missing one fails every call with its reason.
+    /// Connects to the daemon listening on `socket` and checks that it speaks this protocol.
     ///
     /// # Errors
-    /// [`ManagerError::Connection`] if nothing listens there. Calls then
-    /// fail with [`ManagerError::Connection`] if the daemon does not answer
-    /// the handshake (within 5 s) or not in this protocol, and with
-    /// [`ManagerError::Remote`] of kind `version_mismatch` if it speaks
-    /// another version.
+    /// [`ManagerError::Connection`] if nothing listens there, or it does not answer the handshake;
+    /// [`ManagerError::Remote`] with kind `version_mismatch` if it speaks another protocol.
     pub async fn connect(socket: &Path, software: &str) -> Result<Self, ManagerError> {
         let stream = UnixStream::connect(socket).await.map_err(|e| {
             ManagerError::Connection(format!(
@@ -93,20 +67,55 @@ impl DaemonClient {
         .map_err(lost)?;
         hello.push(b'\n');
         write.write_all(&hello).await.map_err(lost)?;
+        let line = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_line(&mut reader, MAX_ANSWER_BYTES),
+        )
+        .await
+        .map_err(|_| {
+            ManagerError::Connection(
+                "the bpm daemon did not answer the handshake within 5 s".into(),
+            )
+        })?
+        .map_err(lost)?
+        .ok_or_else(|| lost("closed during the handshake"))?;
+        if serde_json::from_slice::<Hello>(&line).is_err() {
+            if let Ok(ServerLine::Answer { error: Some(e), .. }) =
+                serde_json::from_slice::<ServerLine>(&line)
+            {
+                return Err(e.into());
+            }
+            return Err(lost("the handshake answer is not bpm's protocol"));
+        }
         let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
         let events: Arc<OnceLock<broadcast::Sender<Event>>> = Arc::new(OnceLock::new());
-        let closed: Arc<OnceLock<Closed>> = Arc::new(OnceLock::new());
-        let (p, ev, c) = (pending.clone(), events.clone(), closed.clone());
+        let (p, ev) = (pending.clone(), events.clone());
         tokio::spawn(async move {
-            let end = if let Err(why) = handshake(&mut reader).await {
-                why
-            } else {
-                read_answers(&mut reader, &p, &ev).await;
-                Closed::Lost(
-                    "lost the connection to the bpm daemon: it closed the connection".into(),
-                )
-            };
-            let _ = c.set(end);
+            while let Ok(Some(line)) = read_line(&mut reader, MAX_ANSWER_BYTES).await {
+                match serde_json::from_slice::<ServerLine>(&line) {
+                    Ok(ServerLine::Answer { id, ok, error }) => {
+                        let result = match (ok, error) {
+                            (Some(reply), _) => Ok(reply),
+                            (None, Some(e)) => Err(e),
+                            (None, None) => Err(WireError::new(
+                                "bad_request",
+                                "an answer with neither ok nor error",
+                            )),
+                        };
+                        if let Some(tx) =
+                            p.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
+                        {
+                            let _ = tx.send(result);
+                        }
+                    }
+                    Ok(ServerLine::Event { event }) => {
+                        if let Some(tx) = ev.get() {
+                            let _ = tx.send(*event);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable line from the daemon"),
+                }
+            }
             // Dropping the senders tells every waiting call the connection is gone.
             p.lock().unwrap_or_else(PoisonError::into_inner).clear();
         });
@@ -114,7 +123,6 @@ impl DaemonClient {
             inner: Arc::new(Inner {
                 writer: tokio::sync::Mutex::new(write),
                 pending,
-                closed,
                 next: AtomicU64::new(1),
                 events,
                 subscribed: AtomicBool::new(false),
@@ -130,16 +138,6 @@ impl DaemonClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
-        // The reader marks the connection closed before it drops the pending
-        // calls, so a call registered after that sees the mark here.
-        if let Some(closed) = self.inner.closed.get() {
-            self.inner
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-            return Err(closed.error());
-        }
         let mut line = serde_json::to_vec(&Call { id, request }).map_err(lost)?;
         line.push(b'\n');
         self.inner
@@ -149,14 +147,9 @@ impl DaemonClient {
             .write_all(&line)
             .await
             .map_err(lost)?;
-        match rx.await {
-            Ok(answer) => answer.map_err(ManagerError::from),
-            Err(_) => Err(self
-                .inner
-                .closed
-                .get()
-                .map_or_else(|| lost("the daemon closed the connection"), Closed::error)),
-        }
+        rx.await
+            .map_err(|_| lost("the daemon closed the connection"))?
+            .map_err(ManagerError::from)
     }
 
     async fn record(&self, request: Request) -> Result<ProcessRecord, ManagerError> {
@@ -365,59 +358,5 @@ impl ProcessManager for DaemonClient {
             });
         }
         rx
-    }
-}
-
-/// Reads the daemon's answer to the handshake.
-async fn handshake(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<(), Closed> {
-    let lost = |why: &str| Closed::Lost(format!("lost the connection to the bpm daemon: {why}"));
-    let line = tokio::time::timeout(Duration::from_secs(5), read_line(reader, MAX_ANSWER_BYTES))
-        .await
-        .map_err(|_| Closed::Lost("the bpm daemon did not answer the handshake within 5 s".into()))?
-        .map_err(|e| lost(&e.to_string()))?
-        .ok_or_else(|| lost("closed during the handshake"))?;
-    if serde_json::from_slice::<Hello>(&line).is_ok() {
-        return Ok(());
-    }
-    if let Ok(ServerLine::Answer { error: Some(e), .. }) =
-        serde_json::from_slice::<ServerLine>(&line)
-    {
-        return Err(Closed::Refused(e));
-    }
-    Err(lost("the handshake answer is not bpm's protocol"))
-}
-
-/// Hands each answer to its call and each event to the subscribers, until the connection ends.
-async fn read_answers(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    pending: &Pending,
-    events: &OnceLock<broadcast::Sender<Event>>,
-) {
-    while let Ok(Some(line)) = read_line(reader, MAX_ANSWER_BYTES).await {
-        match serde_json::from_slice::<ServerLine>(&line) {
-            Ok(ServerLine::Answer { id, ok, error }) => {
-                let result = match (ok, error) {
-                    (Some(reply), _) => Ok(reply),
-                    (None, Some(e)) => Err(e),
-                    (None, None) => Err(WireError::new(
-                        "bad_request",
-                        "an answer with neither ok nor error",
-                    )),
-                };
-                if let Some(tx) = pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&id)
-                {
-                    let _ = tx.send(result);
-                }
-            }
-            Ok(ServerLine::Event { event }) => {
-                if let Some(tx) = events.get() {
-                    let _ = tx.send(*event);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "unreadable line from the daemon"),
-        }
     }
 }
