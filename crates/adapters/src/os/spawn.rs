@@ -49,10 +49,15 @@ pub(crate) fn resolve(program: &str, path: Option<&OsString>) -> Result<PathBuf,
     let default_path = OsString::from("/usr/local/bin:/usr/bin:/bin");
     for dir in std::env::split_paths(path.unwrap_or(&default_path)) {
         let candidate = dir.join(program);
-        if executable(&candidate) {
-            return Ok(candidate);
+        // One stat per folder: most of them do not hold the program.
+        if let Ok(m) = candidate.metadata()
+            && m.is_file()
+        {
+            if m.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+            seen_unexecutable = true;
         }
-        seen_unexecutable |= candidate.is_file();
     }
     Err(if seen_unexecutable {
         Unrunnable::NotExecutable
