@@ -220,6 +220,13 @@ async fn the_journal_restores_what_a_power_cut_kept_from_the_files() {
     );
     assert!(!file(&b).exists());
     assert_eq!(
+        std::fs::read_dir(dir.path().join("quarantine"))
+            .expect("quarantine")
+            .count(),
+        0,
+        "a file torn by the crash is restored from the journal, not quarantined"
+    );
+    assert_eq!(
         std::fs::read(file(&last)).expect("rewritten"),
         serde_json::to_vec(&last).expect("json"),
         "the restored record is on disk again"
@@ -247,4 +254,93 @@ async fn records_outlive_many_turns_of_a_small_journal() {
     let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
     let listed = store.list(&ListFilter::default()).await.expect("list");
     assert_eq!(listed, all[10..]);
+}
+
+/// Files are rewritten in place: a shorter version must not keep the longer
+/// one's tail, and a reader in another process must never see a record half
+/// written, however often the writer rewrites it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_rewritten_in_place_read_whole_beside_a_busy_writer() {
+    use bpm_domain::Percent;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |r: &ProcessRecord| dir.path().join(format!("{}.json", r.id()));
+    let mut r = record(7);
+    r.apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
+    r.apply(Transition::Spawned { pid: 9 }, Timestamp::from_millis(3))
+        .expect("spawned");
+    let progress = |r: &mut ProcessRecord, n: u8, message: String| {
+        r.apply(
+            Transition::Progress {
+                percent: Percent::new(n).expect("percent"),
+                message: Some(message),
+            },
+            Timestamp::from_millis(4 + u64::from(n)),
+        )
+        .expect("progress");
+    };
+    {
+        let store = FsStore::open(dir.path()).expect("open");
+        store.create(&r).await.expect("create");
+        let version = r.version();
+        progress(&mut r, 1, "x".repeat(5_000));
+        store.update(&r, version).await.expect("long");
+    }
+    let long = std::fs::metadata(file(&r)).expect("file").len();
+    let store = FsStore::open(dir.path()).expect("reopen");
+    let version = r.version();
+    progress(&mut r, 2, "short".into());
+    store.update(&r, version).await.expect("short");
+    drop(store);
+    assert_eq!(
+        std::fs::metadata(file(&r)).expect("file").len(),
+        long,
+        "rewritten in place, padded to the old length"
+    );
+    let reader = FsStore::open_read_only(dir.path()).expect("reader");
+    assert_eq!(reader.get(r.id()).await.expect("whole"), r);
+
+    // A writer rewriting the file as fast as it can (a small journal turns
+    // over every few updates, and each turn writes the files), and a reader
+    // beside it.
+    let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
+    let (writer_record, stop) = (
+        r.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let writing = {
+        let stop = stop.clone();
+        let mut r = writer_record;
+        tokio::spawn(async move {
+            let mut n = 3u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let version = r.version();
+                let message = if n.is_multiple_of(2) {
+                    "y".repeat(3_000)
+                } else {
+                    "z".into()
+                };
+                progress(&mut r, n % 100, message);
+                store.update_unflushed(&r, version).await.expect("update");
+                n = n.wrapping_add(1);
+                tokio::task::yield_now().await;
+            }
+            store
+        })
+    };
+    let reader = FsStore::open_read_only(dir.path()).expect("reader");
+    for _ in 0..2_000 {
+        let seen = reader.get(r.id()).await.expect("a whole record every time");
+        assert_eq!(seen.id(), r.id());
+        assert_eq!(
+            reader
+                .list(&ListFilter::default())
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(writing.await.expect("writer"));
 }
