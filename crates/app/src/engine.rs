@@ -4,6 +4,11 @@
 //!
 //! One task owns the core, so inputs are handled one at a time in arrival
 //! order; everything slow a caller waits for (wait, stop) happens outside it.
+//! A spawn, too, runs beside the loop: the spawner may wait for the child's
+//! `exec`, and meanwhile other processes' exits and starts go on. Its result
+//! comes back to the loop as an input; notices about a process whose spawn
+//! is still under way are held until that result has been handled, and a
+//! caller that submitted the process is answered once it has.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -65,7 +70,29 @@ enum Msg {
     /// Inputs handled together: their writes go to the store as one batch.
     Many(Vec<Input>, ManyReply),
     Timer(Timer),
+    /// How a spawn under way ended (`Spawned` or `SpawnFailed`).
+    SpawnEnded(Box<Input>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A caller's answer, held until the spawns of the records it submitted have ended.
+struct Parked {
+    waiting: HashSet<ProcessId>,
+    changed: Vec<ProcessRecord>,
+    answer: Answer,
+}
+
+enum Answer {
+    One(Reply),
+    Many(Vec<Result<(), ManagerError>>, ManyReply),
+}
+
+/// Keeps the newest version of each record in `changed`, in order of last change.
+fn merge_changed(changed: &mut Vec<ProcessRecord>, newer: Vec<ProcessRecord>) {
+    for r in newer {
+        changed.retain(|c| c.id() != r.id());
+        changed.push(r);
+    }
 }
 
 /// The embedded process manager. Cheap to clone; all clones drive one loop.
@@ -100,6 +127,8 @@ impl Engine {
             tx: tx.clone(),
             timers: HashMap::new(),
             unsaved: HashMap::new(),
+            spawning: HashMap::new(),
+            parked: Vec::new(),
         };
         let live: Vec<_> = records
             .iter()
@@ -120,6 +149,12 @@ impl Engine {
                 };
                 let _ = driver.step(Input::Lost { id, reason }).await;
             }
+        }
+        // Answer nothing until the restored queue's first spawns have ended.
+        let mut rx = rx;
+        while !driver.spawning.is_empty() {
+            let Some(msg) = rx.recv().await else { break };
+            driver.on_msg(msg, &mut None).await;
         }
         tokio::spawn(driver.run(rx, notices));
         Ok(Engine { ports, tx })
@@ -445,6 +480,11 @@ struct Driver {
     /// again (newest first) until it takes them, so a flaky store delays
     /// persistence without stopping supervision.
     unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
+    /// Records whose spawn is under way, with the notices about them that
+    /// arrived meanwhile (handled once the spawn's result has been).
+    spawning: HashMap<ProcessId, Vec<ProcessNotice>>,
+    /// Answers waiting for spawns under way.
+    parked: Vec<Parked>,
 }
 
 impl Driver {
@@ -458,36 +498,15 @@ impl Driver {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Input(input, reply)) => {
-                        let result = self.step(*input).await;
-                        let _ = reply.send(result);
-                    }
-                    Some(Msg::Many(inputs, reply)) => {
-                        let result = self.step_many(inputs).await;
-                        let _ = reply.send(result);
-                    }
-                    Some(Msg::Timer(timer)) => {
-                        self.timers.remove(&timer);
-                        let _ = self.step(Input::TimerFired(timer)).await;
-                    }
-                    Some(Msg::Shutdown(done)) => {
-                        finished = Some(done);
-                        break;
+                    Some(msg) => {
+                        if !self.on_msg(msg, &mut finished).await {
+                            break;
+                        }
                     }
                     None => break,
                 },
                 notice = notices.recv(), if notices_open => match notice {
-                    Some(notice) => {
-                        let input = match notice {
-                            ProcessNotice::Exited { id, status } => Input::Exited { id, status },
-                            ProcessNotice::Ready { id } => Input::Ready { id },
-                            ProcessNotice::Idle { id } => Input::Idle { id },
-                            ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
-                        };
-                        if let Err(e) = self.step(input).await {
-                            tracing::debug!(error = %e, "process notice ignored");
-                        }
-                    }
+                    Some(notice) => self.notice(notice).await,
                     None => notices_open = false,
                 },
                 () = tokio::time::sleep(STORE_RETRY), if !self.unsaved.is_empty() => self.flush().await,
@@ -500,6 +519,151 @@ impl Driver {
         drop(self);
         if let Some(done) = finished {
             let _ = done.send(());
+        }
+    }
+
+    /// Handles one message; false when the loop should end (after a
+    /// shutdown, once no spawn is under way).
+    async fn on_msg(&mut self, msg: Msg, finished: &mut Option<oneshot::Sender<()>>) -> bool {
+        match msg {
+            Msg::Input(input, reply) => {
+                // A submitted record's answer waits for its spawn.
+                let submitted = match &*input {
+                    Input::Submit { id, .. } => Some(*id),
+                    Input::Restart { new_id, .. } => Some(*new_id),
+                    _ => None,
+                };
+                match self.step(*input).await {
+                    Ok(changed) => self.answer(submitted, changed, Answer::One(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Msg::Many(inputs, reply) => {
+                let submitted: Vec<_> = inputs
+                    .iter()
+                    .filter_map(|i| match i {
+                        Input::Submit { id, .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                match self.step_many(inputs).await {
+                    Ok((accepted, changed)) => {
+                        self.answer(submitted, changed, Answer::Many(accepted, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Msg::Timer(timer) => {
+                self.timers.remove(&timer);
+                let _ = self.step(Input::TimerFired(timer)).await;
+            }
+            Msg::SpawnEnded(input) => {
+                self.spawn_ended(*input).await;
+                if finished.is_some() && self.spawning.is_empty() {
+                    return false;
+                }
+            }
+            Msg::Shutdown(done) => {
+                // Spawns under way end first, so their records are not left starting.
+                *finished = Some(done);
+                if self.spawning.is_empty() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Handles a notice from the spawner, or holds it while the process's
+    /// spawn is under way (an exit can overtake the spawn's own answer).
+    async fn notice(&mut self, notice: ProcessNotice) {
+        let id = match &notice {
+            ProcessNotice::Exited { id, .. }
+            | ProcessNotice::Ready { id }
+            | ProcessNotice::Idle { id }
+            | ProcessNotice::Lost { id, .. } => *id,
+        };
+        if let Some(held) = self.spawning.get_mut(&id) {
+            held.push(notice);
+            return;
+        }
+        let input = match notice {
+            ProcessNotice::Exited { id, status } => Input::Exited { id, status },
+            ProcessNotice::Ready { id } => Input::Ready { id },
+            ProcessNotice::Idle { id } => Input::Idle { id },
+            ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
+        };
+        if let Err(e) = self.step(input).await {
+            tracing::debug!(error = %e, "process notice ignored");
+        }
+    }
+
+    /// Handles a spawn's result, answers the callers that waited for it, then
+    /// the notices held meanwhile.
+    async fn spawn_ended(&mut self, input: Input) {
+        let (Input::Spawned { id, .. } | Input::SpawnFailed { id, .. }) = input else {
+            return;
+        };
+        let held = self.spawning.remove(&id).unwrap_or_default();
+        let changed = match self.core.handle(input, self.ports.clock.now()) {
+            Ok(effects) => self.execute(effects).await.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "spawn result refused");
+                Vec::new()
+            }
+        };
+        let mut i = 0;
+        while i < self.parked.len() {
+            let parked = &mut self.parked[i];
+            if parked.waiting.remove(&id) {
+                merge_changed(&mut parked.changed, changed.clone());
+            }
+            if parked.waiting.is_empty() {
+                let done = self.parked.swap_remove(i);
+                Self::send(done.changed, done.answer);
+            } else {
+                i += 1;
+            }
+        }
+        for notice in held {
+            self.notice(notice).await;
+        }
+    }
+
+    /// Answers a caller now, or once the spawns of `submitted` have ended.
+    fn answer(
+        &mut self,
+        submitted: impl IntoIterator<Item = ProcessId>,
+        changed: Vec<ProcessRecord>,
+        answer: Answer,
+    ) {
+        let waiting: HashSet<ProcessId> = submitted
+            .into_iter()
+            .filter(|id| self.spawning.contains_key(id))
+            .collect();
+        if waiting.is_empty() {
+            Self::send(changed, answer);
+        } else {
+            self.parked.push(Parked {
+                waiting,
+                changed,
+                answer,
+            });
+        }
+    }
+
+    fn send(changed: Vec<ProcessRecord>, answer: Answer) {
+        match answer {
+            Answer::One(reply) => {
+                let _ = reply.send(Ok(changed));
+            }
+            Answer::Many(accepted, reply) => {
+                let _ = reply.send(Ok((accepted, changed)));
+            }
         }
     }
 
@@ -576,8 +740,21 @@ impl Driver {
                     }
                     Effect::Spawn { record } => {
                         let id = record.id();
-                        let input = match SpawnRequest::for_record(&record) {
-                            Some(request) => match self.ports.spawner.spawn(request).await {
+                        let Some(request) = SpawnRequest::for_record(&record) else {
+                            let input = Input::SpawnFailed {
+                                id,
+                                error: "nothing to spawn".into(),
+                            };
+                            match self.core.handle(input, self.ports.clock.now()) {
+                                Ok(more) => queue.push_back(more),
+                                Err(e) => tracing::warn!(%id, error = %e, "spawn result refused"),
+                            }
+                            continue;
+                        };
+                        self.spawning.entry(id).or_default();
+                        let (spawner, tx) = (self.ports.spawner.clone(), self.tx.clone());
+                        tokio::spawn(async move {
+                            let input = match spawner.spawn(request).await {
                                 Ok(spawned) => Input::Spawned {
                                     id,
                                     pid: spawned.pid,
@@ -586,16 +763,9 @@ impl Driver {
                                     id,
                                     error: e.to_string(),
                                 },
-                            },
-                            None => Input::SpawnFailed {
-                                id,
-                                error: "nothing to spawn".into(),
-                            },
-                        };
-                        match self.core.handle(input, self.ports.clock.now()) {
-                            Ok(more) => queue.push_back(more),
-                            Err(e) => tracing::warn!(%id, error = %e, "spawn result refused"),
-                        }
+                            };
+                            let _ = tx.send(Msg::SpawnEnded(Box::new(input)));
+                        });
                     }
                     Effect::Signal { id, pid, signal } => {
                         if let Err(e) = self.ports.spawner.signal(id, pid, signal).await {

@@ -18,7 +18,10 @@ use bpm_domain::{
     ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Signal, Span, StateName,
     StdinMode, Timestamp,
 };
-use bpm_ports::{ManagerError, OutputQuery, ProcessManager, ProcessStore, StopOptions, StoreError};
+use bpm_ports::{
+    ManagerError, OutputQuery, ProcessManager, ProcessSpawner as _, ProcessStore, StopOptions,
+    StoreError,
+};
 
 struct Harness {
     engine: Engine,
@@ -1014,4 +1017,139 @@ async fn many_starts_are_one_step_with_one_result_each() {
             .expect("empty")
             .is_empty()
     );
+}
+
+/// A spawner whose spawns of `stdout=gated` scripts answer only once the
+/// process's exit has reached the engine and the test opens the gate: the
+/// exit overtakes the spawn's own answer, as it can with a real keeper.
+struct GatedSpawner {
+    inner: Arc<ScriptedSpawner>,
+    gate: tokio::sync::Semaphore,
+    exited: Arc<std::sync::Mutex<std::collections::HashSet<ProcessId>>>,
+    forwarded: Arc<tokio::sync::Notify>,
+    notices:
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<bpm_ports::ProcessNotice>>>,
+}
+
+impl GatedSpawner {
+    fn new(inner: Arc<ScriptedSpawner>) -> Self {
+        let mut from = inner.notices().expect("notices");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let exited = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let forwarded = Arc::new(tokio::sync::Notify::new());
+        let (seen, told) = (exited.clone(), forwarded.clone());
+        tokio::spawn(async move {
+            while let Some(notice) = from.recv().await {
+                let exit = match &notice {
+                    bpm_ports::ProcessNotice::Exited { id, .. } => Some(*id),
+                    _ => None,
+                };
+                let _ = tx.send(notice);
+                if let Some(id) = exit {
+                    seen.lock().expect("lock").insert(id);
+                    told.notify_waiters();
+                }
+            }
+        });
+        GatedSpawner {
+            inner,
+            gate: tokio::sync::Semaphore::new(0),
+            exited,
+            forwarded,
+            notices: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl bpm_ports::ProcessSpawner for GatedSpawner {
+    async fn spawn(
+        &self,
+        request: bpm_ports::SpawnRequest,
+    ) -> Result<bpm_ports::Spawned, bpm_ports::SpawnError> {
+        let (id, gated) = (request.id, request.argv.iter().any(|a| a == "stdout=gated"));
+        let spawned = self.inner.spawn(request).await?;
+        if gated {
+            loop {
+                let told = self.forwarded.notified();
+                if self.exited.lock().expect("lock").contains(&id) {
+                    break;
+                }
+                told.await;
+            }
+            self.gate.acquire().await.expect("gate").forget();
+        }
+        Ok(spawned)
+    }
+    async fn signal(
+        &self,
+        id: ProcessId,
+        pid: u32,
+        s: Signal,
+    ) -> Result<(), bpm_ports::SpawnError> {
+        self.inner.signal(id, pid, s).await
+    }
+    async fn write_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), bpm_ports::SpawnError> {
+        self.inner.write_input(id, data).await
+    }
+    async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, bpm_ports::SpawnError> {
+        self.inner.reattach(id, pid).await
+    }
+    fn notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<bpm_ports::ProcessNotice>> {
+        self.notices.lock().expect("lock").take()
+    }
+}
+
+#[tokio::test]
+async fn a_slow_spawn_holds_up_neither_other_processes_nor_its_own_exit() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let (mut ports, scripted) = ports_with(&clock, Arc::new(InMemoryStore::new()));
+    let gated = Arc::new(GatedSpawner::new(scripted));
+    ports.spawner = gated.clone();
+    let engine = Engine::start(
+        ports,
+        EngineConfig {
+            node: None,
+            limits: Limits::default(),
+        },
+    )
+    .await
+    .expect("engine");
+    let slow = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.start(fake(&["stdout=gated", "exit=3"])).await })
+    };
+    // While that spawn waits, other processes start and end.
+    let quick = engine.start(fake(&["exit=0"])).await.expect("start");
+    let ended = engine
+        .wait(quick.id(), Some(Duration::from_secs(5)))
+        .await
+        .expect("the quick one ends while the slow spawn is under way");
+    assert_eq!(ended.state(), StateName::Completed);
+    let starting = engine
+        .list(bpm_domain::ListFilter {
+            states: vec![StateName::Starting],
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(starting.len(), 1, "the slow one is still starting");
+    assert!(
+        !slow.is_finished(),
+        "its caller still waits for the spawn's answer"
+    );
+    gated.gate.add_permits(1);
+    let answered = slow.await.expect("task").expect("start");
+    assert_eq!(
+        (answered.state(), answered.pid().is_some()),
+        (StateName::Running, true),
+        "the caller is answered with the spawned record"
+    );
+    // The exit that overtook the spawn's answer was held, not lost.
+    let done = engine
+        .wait(answered.id(), Some(Duration::from_secs(5)))
+        .await
+        .expect("wait");
+    assert_eq!(done.state(), StateName::Failed);
+    assert_eq!(done.lifecycle().exit(), Some(ExitStatus::Code(3)));
 }
