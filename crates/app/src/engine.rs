@@ -87,6 +87,32 @@ enum Answer {
     Many(Vec<Result<(), ManagerError>>, ManyReply),
 }
 
+/// Brings a spawn's result back to the loop; if the spawn panics instead,
+/// it reports a failure, so no record stays `starting` and no caller waits
+/// for ever.
+struct SpawnReport {
+    id: ProcessId,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
+}
+
+impl SpawnReport {
+    fn send(&mut self, input: Input) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::SpawnEnded(Box::new(input)));
+        }
+    }
+}
+
+impl Drop for SpawnReport {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.send(Input::SpawnFailed {
+            id,
+            error: "the spawner failed unexpectedly".into(),
+        });
+    }
+}
+
 /// Keeps the newest version of each record in `changed`, in order of last change.
 fn merge_changed(changed: &mut Vec<ProcessRecord>, newer: Vec<ProcessRecord>) {
     for r in newer {
@@ -752,7 +778,11 @@ impl Driver {
                             continue;
                         };
                         self.spawning.entry(id).or_default();
-                        let (spawner, tx) = (self.ports.spawner.clone(), self.tx.clone());
+                        let spawner = self.ports.spawner.clone();
+                        let mut report = SpawnReport {
+                            id,
+                            tx: Some(self.tx.clone()),
+                        };
                         tokio::spawn(async move {
                             let input = match spawner.spawn(request).await {
                                 Ok(spawned) => Input::Spawned {
@@ -764,7 +794,7 @@ impl Driver {
                                     error: e.to_string(),
                                 },
                             };
-                            let _ = tx.send(Msg::SpawnEnded(Box::new(input)));
+                            report.send(input);
                         });
                     }
                     Effect::Signal { id, pid, signal } => {

@@ -1022,6 +1022,7 @@ async fn many_starts_are_one_step_with_one_result_each() {
 /// A spawner whose spawns of `stdout=gated` scripts answer only once the
 /// process's exit has reached the engine and the test opens the gate: the
 /// exit overtakes the spawn's own answer, as it can with a real keeper.
+/// A `stdout=panic` script makes it panic.
 struct GatedSpawner {
     inner: Arc<ScriptedSpawner>,
     gate: tokio::sync::Semaphore,
@@ -1067,6 +1068,10 @@ impl bpm_ports::ProcessSpawner for GatedSpawner {
         &self,
         request: bpm_ports::SpawnRequest,
     ) -> Result<bpm_ports::Spawned, bpm_ports::SpawnError> {
+        assert!(
+            !request.argv.iter().any(|a| a == "stdout=panic"),
+            "a spawner bug"
+        );
         let (id, gated) = (request.id, request.argv.iter().any(|a| a == "stdout=gated"));
         let spawned = self.inner.spawn(request).await?;
         if gated {
@@ -1152,4 +1157,39 @@ async fn a_slow_spawn_holds_up_neither_other_processes_nor_its_own_exit() {
         .expect("wait");
     assert_eq!(done.state(), StateName::Failed);
     assert_eq!(done.lifecycle().exit(), Some(ExitStatus::Code(3)));
+}
+
+#[tokio::test]
+async fn a_spawner_that_panics_fails_the_record_instead_of_leaving_it_starting() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let (mut ports, scripted) = ports_with(&clock, Arc::new(InMemoryStore::new()));
+    ports.spawner = Arc::new(GatedSpawner::new(scripted));
+    let engine = Engine::start(
+        ports,
+        EngineConfig {
+            node: None,
+            limits: Limits::default(),
+        },
+    )
+    .await
+    .expect("engine");
+    let r = engine
+        .start(fake(&["stdout=panic"]))
+        .await
+        .expect("the caller is answered");
+    assert_eq!(r.state(), StateName::Failed);
+    assert_eq!(
+        r.lifecycle().error().as_deref(),
+        Some("the spawner failed unexpectedly")
+    );
+    let next = engine.start(fake(&["exit=0"])).await.expect("start");
+    assert_eq!(
+        engine
+            .wait(next.id(), Some(Duration::from_secs(5)))
+            .await
+            .expect("wait")
+            .state(),
+        StateName::Completed,
+        "the engine goes on"
+    );
 }
