@@ -1105,8 +1105,8 @@ impl bpm_ports::ProcessSpawner for GatedSpawner {
     }
 }
 
-#[tokio::test]
-async fn a_slow_spawn_holds_up_neither_other_processes_nor_its_own_exit() {
+/// An engine on the in-memory adapters whose spawner is a [`GatedSpawner`].
+async fn gated_engine() -> (Engine, Arc<GatedSpawner>) {
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
     let (mut ports, scripted) = ports_with(&clock, Arc::new(InMemoryStore::new()));
     let gated = Arc::new(GatedSpawner::new(scripted));
@@ -1120,6 +1120,12 @@ async fn a_slow_spawn_holds_up_neither_other_processes_nor_its_own_exit() {
     )
     .await
     .expect("engine");
+    (engine, gated)
+}
+
+#[tokio::test]
+async fn a_slow_spawn_holds_up_neither_other_processes_nor_its_own_exit() {
+    let (engine, gated) = gated_engine().await;
     let slow = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.start(fake(&["stdout=gated", "exit=3"])).await })
@@ -1161,18 +1167,7 @@ async fn a_slow_spawn_holds_up_neither_other_processes_nor_its_own_exit() {
 
 #[tokio::test]
 async fn a_spawner_that_panics_fails_the_record_instead_of_leaving_it_starting() {
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
-    let (mut ports, scripted) = ports_with(&clock, Arc::new(InMemoryStore::new()));
-    ports.spawner = Arc::new(GatedSpawner::new(scripted));
-    let engine = Engine::start(
-        ports,
-        EngineConfig {
-            node: None,
-            limits: Limits::default(),
-        },
-    )
-    .await
-    .expect("engine");
+    let (engine, _gated) = gated_engine().await;
     let r = engine
         .start(fake(&["stdout=panic"]))
         .await
