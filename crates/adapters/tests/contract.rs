@@ -139,6 +139,15 @@ mod fs_store {
         async fn write_batch(&self, w: &[bpm_ports::StoreWrite]) -> Vec<Result<(), StoreError>> {
             self.0.write_batch(w).await
         }
+        async fn write_batch_unsynced(
+            &self,
+            w: &[bpm_ports::StoreWrite],
+        ) -> Vec<Result<(), StoreError>> {
+            self.0.write_batch_unsynced(w).await
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            self.0.sync().await
+        }
         async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
             self.0.delete(id).await
         }

@@ -155,6 +155,7 @@ impl Engine {
             unsaved: HashMap::new(),
             spawning: HashMap::new(),
             parked: Vec::new(),
+            sync_owed: false,
         };
         let live: Vec<_> = records
             .iter()
@@ -511,6 +512,9 @@ struct Driver {
     spawning: HashMap<ProcessId, Vec<ProcessNotice>>,
     /// Answers waiting for spawns under way.
     parked: Vec<Parked>,
+    /// Whether durable writes were made that the store has not yet been
+    /// asked to put on disk.
+    sync_owed: bool,
 }
 
 impl Driver {
@@ -731,6 +735,9 @@ impl Driver {
         let mut queue = VecDeque::from([effects]);
         // Consecutive writes go to the store together, before any other effect.
         let mut writes: Vec<StoreWrite> = Vec::new();
+        // Events wait until the step's durable writes are on disk; spawns
+        // and signals go ahead while the disk flushes.
+        let mut announce: Vec<Event> = Vec::new();
         while let Some(batch) = queue.pop_front() {
             for effect in batch {
                 if !matches!(effect, Effect::Persist { .. }) {
@@ -757,6 +764,7 @@ impl Driver {
                         });
                     }
                     Effect::Delete { id } => {
+                        self.sync().await;
                         if let Err(e) = self.ports.store.delete(id).await {
                             tracing::warn!(%id, error = %e, "could not delete a record");
                         }
@@ -817,25 +825,36 @@ impl Driver {
                             old.abort();
                         }
                     }
-                    Effect::Publish(mut event) => {
-                        if event.kind == EventKind::Exited
-                            && let Ok(tail) = self
-                                .ports
-                                .output
-                                .tail(event.id, StreamSelect::Both, EXIT_TAIL_LINES)
-                                .await
-                        {
-                            event.output_tail = Some(tail.text());
-                        }
-                        if let Err(e) = self.ports.events.publish(*event).await {
-                            tracing::warn!(error = %e, "could not publish an event");
-                        }
-                    }
+                    Effect::Publish(event) => announce.push(*event),
                 }
             }
             self.write_all(&mut writes).await;
         }
+        self.sync().await;
+        for mut event in announce {
+            if event.kind == EventKind::Exited
+                && let Ok(tail) = self
+                    .ports
+                    .output
+                    .tail(event.id, StreamSelect::Both, EXIT_TAIL_LINES)
+                    .await
+            {
+                event.output_tail = Some(tail.text());
+            }
+            if let Err(e) = self.ports.events.publish(event).await {
+                tracing::warn!(error = %e, "could not publish an event");
+            }
+        }
         Ok(changed)
+    }
+
+    /// Waits until the durable writes made so far are on disk.
+    async fn sync(&mut self) {
+        if std::mem::take(&mut self.sync_owed)
+            && let Err(e) = self.ports.store.sync().await
+        {
+            tracing::error!(error = %e, "records were written but not flushed: they may not survive a power cut");
+        }
     }
 
     /// Writes `writes` as one batch; records the store refused for now wait
@@ -845,7 +864,11 @@ impl Driver {
             return;
         }
         let batch = std::mem::take(writes);
-        let results = self.ports.store.write_batch(&batch).await;
+        // The disk's flush is waited for later (`sync`), so that a spawn can go ahead meanwhile.
+        self.sync_owed |= batch
+            .iter()
+            .any(|w| w.durable || w.expected_version.is_none());
+        let results = self.ports.store.write_batch_unsynced(&batch).await;
         for (w, result) in batch.into_iter().zip(results) {
             let id = w.record.id();
             match result {
@@ -875,5 +898,6 @@ impl Driver {
             })
             .collect();
         self.write_all(&mut writes).await;
+        self.sync().await;
     }
 }

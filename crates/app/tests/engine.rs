@@ -888,18 +888,21 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
     let (r1, r2, r3, r4) = (real.clone(), real.clone(), real.clone(), failures.clone());
     store.expect_list().returning(|_| Ok(Vec::new()));
     // The store is down for the first three creations.
-    store.expect_write_batch().returning(move |writes| {
-        writes
-            .iter()
-            .map(|w| match w.expected_version {
-                None if r4.fetch_add(1, Ordering::SeqCst) < 3 => {
-                    Err(StoreError::Unavailable("injected".into()))
-                }
-                None => futures_lite(r1.create(&w.record)),
-                Some(v) => futures_lite(r2.update(&w.record, v)),
-            })
-            .collect()
-    });
+    store.expect_sync().returning(|| Ok(()));
+    store
+        .expect_write_batch_unsynced()
+        .returning(move |writes| {
+            writes
+                .iter()
+                .map(|w| match w.expected_version {
+                    None if r4.fetch_add(1, Ordering::SeqCst) < 3 => {
+                        Err(StoreError::Unavailable("injected".into()))
+                    }
+                    None => futures_lite(r1.create(&w.record)),
+                    Some(v) => futures_lite(r2.update(&w.record, v)),
+                })
+                .collect()
+        });
     store
         .expect_get()
         .returning(move |id| futures_lite(r3.get(id)));

@@ -109,6 +109,31 @@ pub trait ProcessStore: Send + Sync + 'static {
         out
     }
 
+    /// [`write_batch`](Self::write_batch) without waiting for the disk:
+    /// each accepted write is in the store at once (readers see it, and it
+    /// survives a crash of the writer), and the durable ones are on disk once
+    /// the next [`sync`](Self::sync) returns. For a caller with work to do
+    /// meanwhile that a crash of the machine would undo anyway (starting a
+    /// process). Stores with no separate flush step keep the default, a plain
+    /// `write_batch`.
+    ///
+    /// # Errors
+    /// Per write, the errors of the operation it stands for.
+    async fn write_batch_unsynced(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
+        self.write_batch(writes).await
+    }
+
+    /// Returns once every write accepted so far is on disk. Stores whose
+    /// writes are on disk when accepted keep the default, which does nothing.
+    ///
+    /// # Errors
+    /// - MUST return [`StoreError::Refused`] if the flush failed: the writes
+    ///   stay readable, but may not survive a power cut.
+    /// - MUST return [`StoreError::Unavailable`] if the backend cannot be reached.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Removes the record.
     ///
     /// # Errors

@@ -136,6 +136,8 @@ pub(super) struct Journal {
     capacity: u64,
     /// The thread flushing the previous generation's files.
     retiring: Option<JoinHandle<io::Result<()>>>,
+    /// Whether the active file holds appends not yet flushed.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -173,6 +175,7 @@ impl Journal {
             head: HEADER,
             capacity,
             retiring: None,
+            unsynced: false,
         })
     }
 
@@ -218,12 +221,27 @@ impl Journal {
             .and_then(|()| if flush { file.sync_data() } else { Ok(()) })
             .map_err(CommitError::Io)?;
         self.head += size;
+        self.unsynced = !flush;
+        Ok(())
+    }
+
+    /// Flushes what the active file holds, if anything is unflushed: every
+    /// append so far is then on disk (a full file was flushed when it was
+    /// handed over).
+    pub(super) fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.files[self.active].sync_data()?;
+            self.unsynced = false;
+        }
         Ok(())
     }
 
     /// Hands over to the other file under the next generation, and flushes
     /// the filesystem in the background before invalidating the full one.
     fn switch(&mut self) -> io::Result<()> {
+        // Unflushed appends in the full file must not wait for the
+        // background flush: a `sync` after the switch flushes only the new file.
+        self.sync()?;
         let full = self.active;
         let next = 1 - full;
         if let Some(previous) = self.retiring.take() {

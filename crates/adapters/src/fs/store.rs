@@ -493,6 +493,62 @@ impl FsStore {
         .await
     }
 
+    /// Writes `writes` as one journal append, flushed when `sync` and any
+    /// of them must be durable.
+    async fn batch(&self, writes: &[StoreWrite], sync: bool) -> Vec<Result<(), StoreError>> {
+        let Mode::Writer {
+            cache,
+            disk,
+            writing,
+            ..
+        } = &self.mode
+        else {
+            return writes.iter().map(|_| Err(Self::read_only())).collect();
+        };
+        let _turn = writing.lock().await;
+        // Check each write against the store as the earlier ones leave it;
+        // the accepted ones go to the journal as one append.
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
+        let mut after: BTreeMap<ProcessId, u64> = BTreeMap::new();
+        let mut accepted = Vec::new();
+        let mut flush = false;
+        {
+            let cached = cache.read().unwrap_or_else(PoisonError::into_inner);
+            for (i, w) in writes.iter().enumerate() {
+                let id = w.record.id();
+                let actual = after
+                    .get(&id)
+                    .copied()
+                    .or_else(|| cached.get(&id).map(ProcessRecord::version));
+                let checked = version_check(id, w.expected_version, actual);
+                if checked.is_ok() {
+                    after.insert(id, w.record.version());
+                    flush |= sync && (w.durable || w.expected_version.is_none());
+                    accepted.push(i);
+                }
+                results.push(checked);
+            }
+        }
+        if accepted.is_empty() {
+            return results;
+        }
+        let ops = accepted
+            .iter()
+            .map(|&i| Op::Put(Box::new(writes[i].record.clone())))
+            .collect();
+        let committed = self.commit(disk, ops, flush).await;
+        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
+        for i in accepted {
+            match &committed {
+                Ok(()) => {
+                    cached.insert(writes[i].record.id(), writes[i].record.clone());
+                }
+                Err(e) => results[i] = Err(e.clone()),
+            }
+        }
+        results
+    }
+
     fn read_only() -> StoreError {
         StoreError::Refused("this store was opened read-only".into())
     }
@@ -634,57 +690,24 @@ impl ProcessStore for FsStore {
     }
 
     async fn write_batch(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
-        let Mode::Writer {
-            cache,
-            disk,
-            writing,
-            ..
-        } = &self.mode
-        else {
-            return writes.iter().map(|_| Err(Self::read_only())).collect();
+        self.batch(writes, true).await
+    }
+
+    async fn write_batch_unsynced(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
+        self.batch(writes, false).await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let Mode::Writer { disk, .. } = &self.mode else {
+            return Ok(());
         };
-        let _turn = writing.lock().await;
-        // Check each write against the store as the earlier ones leave it;
-        // the accepted ones go to the journal as one append.
-        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
-        let mut after: BTreeMap<ProcessId, u64> = BTreeMap::new();
-        let mut accepted = Vec::new();
-        let mut flush = false;
-        {
-            let cached = cache.read().unwrap_or_else(PoisonError::into_inner);
-            for (i, w) in writes.iter().enumerate() {
-                let id = w.record.id();
-                let actual = after
-                    .get(&id)
-                    .copied()
-                    .or_else(|| cached.get(&id).map(ProcessRecord::version));
-                let checked = version_check(id, w.expected_version, actual);
-                if checked.is_ok() {
-                    after.insert(id, w.record.version());
-                    flush |= w.durable || w.expected_version.is_none();
-                    accepted.push(i);
-                }
-                results.push(checked);
-            }
-        }
-        if accepted.is_empty() {
-            return results;
-        }
-        let ops = accepted
-            .iter()
-            .map(|&i| Op::Put(Box::new(writes[i].record.clone())))
-            .collect();
-        let committed = self.commit(disk, ops, flush).await;
-        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
-        for i in accepted {
-            match &committed {
-                Ok(()) => {
-                    cached.insert(writes[i].record.id(), writes[i].record.clone());
-                }
-                Err(e) => results[i] = Err(e.clone()),
-            }
-        }
-        results
+        let disk = disk.clone();
+        self.blocking(move |_| {
+            let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
+            let Disk { journal, .. } = &mut *disk;
+            journal.sync().map_err(|e| refused(&journal.path(), &e))
+        })
+        .await
     }
 
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {

@@ -102,8 +102,11 @@ pub enum Effect {
         record: Box<ProcessRecord>,
         /// The version the store holds, if any.
         expected_version: Option<u64>,
-        /// Whether the write must reach the disk before the effects after it.
-        /// Only a change between active states of a spawned process (a pid,
+        /// Whether the write must reach the disk before anything after it
+        /// is announced (an event) or answered. A spawn or a signal may go
+        /// ahead while the disk flushes: the store already holds the write,
+        /// a crash of bpm keeps it, and a crash of the machine ends the
+        /// process too. Only a change between active states of a spawned process (a pid,
         /// a pause, a progress report, a stop under way) may stay in the
         /// OS's cache: a crash of bpm keeps it, and a crash of the machine
         /// ends the process too, so the record ends `lost` whichever of its

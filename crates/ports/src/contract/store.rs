@@ -184,6 +184,38 @@ pub async fn batch_writes_report_one_by_one(store: Arc<dyn ProcessStore>) {
     assert!(store.write_batch(&[]).await.is_empty());
 }
 
+/// An unsynced batch is checked and reported as `write_batch` is, its
+/// writes are visible at once, and `sync` then succeeds (with nothing owed
+/// too).
+pub async fn unsynced_batch_is_visible_at_once_and_syncs(store: Arc<dyn ProcessStore>) {
+    store.sync().await.expect("nothing to sync");
+    let (a, existing) = (sample(8), sample(9));
+    store.create(&existing).await.expect("create");
+    let mut a2 = a.clone();
+    a2.apply(Transition::Start, Timestamp::from_millis(9))
+        .expect("start");
+    let w = |record: &ProcessRecord, expected_version| StoreWrite {
+        record: record.clone(),
+        expected_version,
+        durable: true,
+    };
+    let results = store
+        .write_batch_unsynced(&[w(&a, None), w(&a2, Some(1)), w(&existing, None)])
+        .await;
+    assert_eq!(
+        results,
+        [
+            Ok(()),
+            Ok(()),
+            Err(StoreError::AlreadyExists(existing.id()))
+        ]
+    );
+    assert_eq!(store.get(a.id()).await.expect("visible before sync"), a2);
+    store.sync().await.expect("sync");
+    assert_eq!(store.get(a.id()).await.expect("after sync"), a2);
+    assert!(store.write_batch_unsynced(&[]).await.is_empty());
+}
+
 /// A stale version is a conflict naming both versions, and nothing changes.
 pub async fn update_with_stale_version_conflicts(store: Arc<dyn ProcessStore>) {
     let mut r = sample(2);
