@@ -621,6 +621,7 @@ impl Driver {
             held.push(notice);
             return;
         }
+        let exit = matches!(notice, ProcessNotice::Exited { .. });
         let input = match notice {
             ProcessNotice::Exited { id, status } => Input::Exited { id, status },
             ProcessNotice::Ready { id } => Input::Ready { id },
@@ -629,6 +630,10 @@ impl Driver {
         };
         if let Err(e) = self.step(input).await {
             tracing::debug!(error = %e, "process notice ignored");
+        }
+        // The step's writes are on disk (or, refused, retried from `unsaved`).
+        if exit {
+            self.ports.spawner.exit_recorded(id);
         }
     }
 

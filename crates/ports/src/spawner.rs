@@ -150,4 +150,13 @@ pub trait ProcessSpawner: Send + Sync + 'static {
 
     /// The stream of notices. The first call returns it; later calls return `None`.
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>>;
+
+    /// Says that the exit of `id` has been recorded (durably): a spawner
+    /// that keeps exits for a manager that may crash (the keeper) may now
+    /// forget it. Until then it hands the exit again to the next manager
+    /// that connects. Spawners that keep nothing keep the default, which
+    /// does nothing.
+    fn exit_recorded(&self, id: ProcessId) {
+        let _ = id;
+    }
 }

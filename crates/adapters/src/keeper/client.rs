@@ -24,11 +24,17 @@ struct Shared {
     watched: Mutex<HashSet<ProcessId>>,
     /// Processes whose exit arrived (and is queued for the engine).
     exited: Mutex<HashSet<ProcessId>>,
+    /// The keeper's sequence number of each exit not yet recorded by the
+    /// engine: acknowledged only once it is, so that an exit the daemon
+    /// dies holding goes to the next daemon.
+    unrecorded: Mutex<HashMap<ProcessId, u64>>,
 }
 
 /// Spawns through the node's keeper process.
 pub struct KeeperSpawner {
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// Acknowledgements for the keeper, sent in order by one task.
+    acks: mpsc::UnboundedSender<u64>,
     shared: Arc<Shared>,
     next: AtomicU64,
     rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
@@ -51,8 +57,10 @@ impl KeeperSpawner {
             pending: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashSet::new()),
             exited: Mutex::new(HashSet::new()),
+            unrecorded: Mutex::new(HashMap::new()),
         });
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
+        let ack_tx2 = ack_tx.clone();
         let sh = shared.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(read);
@@ -76,7 +84,12 @@ impl KeeperSpawner {
                         }
                     }
                     Ok(KeeperLine::Notice { seq, notice }) => {
+                        let exit = matches!(notice, ProcessNotice::Exited { .. });
                         if let ProcessNotice::Exited { id, .. } = &notice {
+                            sh.unrecorded
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(*id, seq);
                             sh.watched
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
@@ -87,7 +100,9 @@ impl KeeperSpawner {
                                 .insert(*id);
                         }
                         let _ = tx.send(notice);
-                        let _ = ack_tx.send(seq);
+                        if !exit {
+                            let _ = ack_tx.send(seq);
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable line from the keeper"),
                 }
@@ -111,7 +126,8 @@ impl KeeperSpawner {
             }
         });
         let writer = Arc::new(tokio::sync::Mutex::new(write));
-        // Acknowledge each notice once it is queued for the engine, so the keeper can let it go.
+        // Acknowledge each notice once it is queued for the engine (an exit
+        // once the engine has recorded it), so the keeper can let it go.
         let w = writer.clone();
         tokio::spawn(async move {
             while let Some(seq) = ack_rx.recv().await {
@@ -129,6 +145,7 @@ impl KeeperSpawner {
         });
         Ok(KeeperSpawner {
             writer,
+            acks: ack_tx2,
             shared,
             next: AtomicU64::new(1),
             rx: Mutex::new(Some(rx)),
@@ -202,6 +219,18 @@ impl ProcessSpawner for KeeperSpawner {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    fn exit_recorded(&self, id: ProcessId) {
+        let seq = self
+            .shared
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(seq) = seq {
+            let _ = self.acks.send(seq);
         }
     }
 

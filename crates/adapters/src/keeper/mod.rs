@@ -1,6 +1,6 @@
 //! The keeper: one small process per node that is the parent of every process
 //! bpm runs. It holds their pipes, captures their output, reaps them and keeps
-//! each exit until a daemon has taken it, so the daemon can crash, be killed
+//! each exit until a daemon has recorded it, so the daemon can crash, be killed
 //! or be upgraded while processes run, and a new daemon adopts them with their
 //! real exit codes.
 //!
@@ -9,8 +9,9 @@
 //! `keeper.sock` (mode 0600, same user only). The daemon sends
 //! `{"id":N,"op":{...}}`; the keeper answers `{"id":N,"ok":...}` or
 //! `{"id":N,"err":...}` and pushes `{"seq":S,"notice":{...}}`; the daemon
-//! acknowledges each with `{"id":0,"op":{"ack":S}}`. Unacknowledged notices
-//! are sent again to the next daemon that connects.
+//! acknowledges each with `{"id":0,"op":{"ack":S}}`, an exit only once its
+//! engine has recorded it. Unacknowledged notices are sent again to the next
+//! daemon that connects.
 
 mod client;
 mod server;
