@@ -346,7 +346,8 @@ async fn files_rewritten_in_place_read_whole_beside_a_busy_writer() {
 }
 
 /// Unsynced writes are journalled at once (a crash of the writer keeps
-/// them), and `sync` flushes them, across the journal's turns too.
+/// them), shown once flushed, and `sync` flushes them, across the
+/// journal's turns too.
 #[tokio::test]
 async fn unsynced_writes_survive_a_reopen_and_sync_across_turns() {
     let dir = tempfile::tempdir().expect("dir");
@@ -363,6 +364,13 @@ async fn unsynced_writes_survive_a_reopen_and_sync_across_turns() {
                 }])
                 .await;
             assert_eq!(written, [Ok(())]);
+            if n == 1 {
+                assert_eq!(
+                    store.get(r.id()).await,
+                    Err(StoreError::NotFound(r.id())),
+                    "not shown before it is on disk"
+                );
+            }
             all.push(r);
             if n % 7 == 0 {
                 store.sync().await.expect("sync");

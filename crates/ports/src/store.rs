@@ -109,13 +109,14 @@ pub trait ProcessStore: Send + Sync + 'static {
         out
     }
 
-    /// [`write_batch`](Self::write_batch) without waiting for the disk:
-    /// each accepted write is in the store at once (readers see it, and it
-    /// survives a crash of the writer), and the durable ones are on disk once
-    /// the next [`sync`](Self::sync) returns. For a caller with work to do
-    /// meanwhile that a crash of the machine would undo anyway (starting a
-    /// process). Stores with no separate flush step keep the default, a plain
-    /// `write_batch`.
+    /// [`write_batch`](Self::write_batch) without waiting for the disk: each
+    /// accepted write is in the store at once (later compare-and-set writes
+    /// see it, and it survives a crash of the writer), and the durable ones
+    /// are on disk once the next [`sync`](Self::sync) returns. Readers may
+    /// see a durable one only from then on, so nobody learns of a change a
+    /// power cut could undo. For a caller with work to do meanwhile that a
+    /// crash of the machine would undo anyway (starting a process). Stores
+    /// with no separate flush step keep the default, a plain `write_batch`.
     ///
     /// # Errors
     /// Per write, the errors of the operation it stands for.

@@ -48,6 +48,10 @@ enum Mode {
     /// The writer: records cached in memory, the lock file held.
     Writer {
         cache: Arc<RwLock<BTreeMap<ProcessId, ProcessRecord>>>,
+        /// Durable versions journalled by `write_batch_unsynced` and not yet
+        /// flushed: compare-and-set sees them, readers only once `sync` (or
+        /// any flushed write) has put them on disk.
+        unsynced: Mutex<BTreeMap<ProcessId, ProcessRecord>>,
         disk: Arc<Mutex<Disk>>,
         _lock: File,
         /// One write at a time, so the version check and the write are one step.
@@ -433,6 +437,7 @@ impl FsStore {
             dir,
             mode: Mode::Writer {
                 cache: Arc::new(RwLock::new(cache)),
+                unsynced: Mutex::new(BTreeMap::new()),
                 disk: Arc::new(Mutex::new(Disk {
                     journal,
                     folder,
@@ -498,6 +503,7 @@ impl FsStore {
     async fn batch(&self, writes: &[StoreWrite], sync: bool) -> Vec<Result<(), StoreError>> {
         let Mode::Writer {
             cache,
+            unsynced,
             disk,
             writing,
             ..
@@ -514,11 +520,13 @@ impl FsStore {
         let mut flush = false;
         {
             let cached = cache.read().unwrap_or_else(PoisonError::into_inner);
+            let pending = unsynced.lock().unwrap_or_else(PoisonError::into_inner);
             for (i, w) in writes.iter().enumerate() {
                 let id = w.record.id();
                 let actual = after
                     .get(&id)
                     .copied()
+                    .or_else(|| pending.get(&id).map(ProcessRecord::version))
                     .or_else(|| cached.get(&id).map(ProcessRecord::version));
                 let checked = version_check(id, w.expected_version, actual);
                 if checked.is_ok() {
@@ -538,10 +546,22 @@ impl FsStore {
             .collect();
         let committed = self.commit(disk, ops, flush).await;
         let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+        if flush && committed.is_ok() {
+            // The flush put every earlier append on disk too.
+            cached.append(&mut pending);
+        }
         for i in accepted {
+            let w = &writes[i];
             match &committed {
                 Ok(()) => {
-                    cached.insert(writes[i].record.id(), writes[i].record.clone());
+                    let id = w.record.id();
+                    let durable = w.durable || w.expected_version.is_none();
+                    if (!sync && durable) || pending.contains_key(&id) {
+                        pending.insert(id, w.record.clone());
+                    } else {
+                        cached.insert(id, w.record.clone());
+                    }
                 }
                 Err(e) => results[i] = Err(e.clone()),
             }
@@ -562,6 +582,7 @@ impl FsStore {
     ) -> Result<(), StoreError> {
         let Mode::Writer {
             cache,
+            unsynced,
             disk,
             writing,
             ..
@@ -570,13 +591,19 @@ impl FsStore {
             return Err(Self::read_only());
         };
         let _turn = writing.lock().await;
-        check_version(cache, record, expected)?;
+        check_version(cache, unsynced, record, expected)?;
         self.commit(disk, vec![Op::Put(Box::new(record.clone()))], flush)
             .await?;
-        cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(record.id(), record.clone());
+        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+        if flush {
+            cached.append(&mut pending);
+        }
+        if let Some(waiting) = pending.get_mut(&record.id()) {
+            *waiting = record.clone();
+        } else {
+            cached.insert(record.id(), record.clone());
+        }
         Ok(())
     }
 }
@@ -601,15 +628,23 @@ impl Drop for FsStore {
 /// it must not exist yet).
 fn check_version(
     cache: &RwLock<BTreeMap<ProcessId, ProcessRecord>>,
+    unsynced: &Mutex<BTreeMap<ProcessId, ProcessRecord>>,
     record: &ProcessRecord,
     expected: Option<u64>,
 ) -> Result<(), StoreError> {
     let id = record.id();
-    let actual = cache
-        .read()
+    let actual = unsynced
+        .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get(&id)
-        .map(ProcessRecord::version);
+        .map(ProcessRecord::version)
+        .or_else(|| {
+            cache
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+                .map(ProcessRecord::version)
+        });
     version_check(id, expected, actual)
 }
 
@@ -698,21 +733,42 @@ impl ProcessStore for FsStore {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        let Mode::Writer { disk, .. } = &self.mode else {
+        let Mode::Writer {
+            cache,
+            unsynced,
+            disk,
+            writing,
+            ..
+        } = &self.mode
+        else {
             return Ok(());
         };
+        let _turn = writing.lock().await;
+        if unsynced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+        {
+            return Ok(());
+        }
         let disk = disk.clone();
         self.blocking(move |_| {
             let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
             let Disk { journal, .. } = &mut *disk;
             journal.sync().map_err(|e| refused(&journal.path(), &e))
         })
-        .await
+        .await?;
+        cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(&mut unsynced.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok(())
     }
 
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
         let Mode::Writer {
             cache,
+            unsynced,
             disk,
             writing,
             ..
@@ -721,18 +777,21 @@ impl ProcessStore for FsStore {
             return Err(Self::read_only());
         };
         let _turn = writing.lock().await;
-        if !cache
-            .read()
+        let known = unsynced
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(&id)
-        {
+            || cache
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(&id);
+        if !known {
             return Err(StoreError::NotFound(id));
         }
         self.commit(disk, vec![Op::Delete(id)], true).await?;
-        cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
+        cached.append(&mut unsynced.lock().unwrap_or_else(PoisonError::into_inner));
+        cached.remove(&id);
         Ok(())
     }
 

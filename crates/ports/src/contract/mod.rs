@@ -40,7 +40,7 @@ macro_rules! store_contract_tests {
             update_with_expected_version,
             unflushed_update_is_an_update,
             batch_writes_report_one_by_one,
-            unsynced_batch_is_visible_at_once_and_syncs,
+            unsynced_batch_is_checked_at_once_and_read_after_sync,
             update_with_stale_version_conflicts,
             racing_writers_exactly_one_wins,
             update_missing_is_not_found,

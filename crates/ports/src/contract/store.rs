@@ -184,23 +184,30 @@ pub async fn batch_writes_report_one_by_one(store: Arc<dyn ProcessStore>) {
     assert!(store.write_batch(&[]).await.is_empty());
 }
 
-/// An unsynced batch is checked and reported as `write_batch` is, its
-/// writes are visible at once, and `sync` then succeeds (with nothing owed
-/// too).
-pub async fn unsynced_batch_is_visible_at_once_and_syncs(store: Arc<dyn ProcessStore>) {
+/// An unsynced batch is checked and reported as `write_batch` is; later
+/// writes see it at once, and readers see it once `sync` has returned
+/// (`sync` with nothing owed succeeds too).
+pub async fn unsynced_batch_is_checked_at_once_and_read_after_sync(store: Arc<dyn ProcessStore>) {
     store.sync().await.expect("nothing to sync");
     let (a, existing) = (sample(8), sample(9));
     store.create(&existing).await.expect("create");
     let mut a2 = a.clone();
     a2.apply(Transition::Start, Timestamp::from_millis(9))
         .expect("start");
-    let w = |record: &ProcessRecord, expected_version| StoreWrite {
+    let mut a3 = a2.clone();
+    a3.apply(Transition::Spawned { pid: 4 }, Timestamp::from_millis(9))
+        .expect("spawned");
+    let w = |record: &ProcessRecord, expected_version, durable| StoreWrite {
         record: record.clone(),
         expected_version,
-        durable: true,
+        durable,
     };
     let results = store
-        .write_batch_unsynced(&[w(&a, None), w(&a2, Some(1)), w(&existing, None)])
+        .write_batch_unsynced(&[
+            w(&a, None, true),
+            w(&a2, Some(1), true),
+            w(&existing, None, true),
+        ])
         .await;
     assert_eq!(
         results,
@@ -210,9 +217,18 @@ pub async fn unsynced_batch_is_visible_at_once_and_syncs(store: Arc<dyn ProcessS
             Err(StoreError::AlreadyExists(existing.id()))
         ]
     );
-    assert_eq!(store.get(a.id()).await.expect("visible before sync"), a2);
+    // Compare-and-set sees the unsynced version, before any sync.
+    assert_eq!(
+        store.write_batch_unsynced(&[w(&a3, Some(2), false)]).await,
+        [Ok(())]
+    );
+    assert_eq!(
+        store.write_batch_unsynced(&[w(&a, None, true)]).await,
+        [Err(StoreError::AlreadyExists(a.id()))]
+    );
     store.sync().await.expect("sync");
-    assert_eq!(store.get(a.id()).await.expect("after sync"), a2);
+    assert_eq!(store.get(a.id()).await.expect("after sync"), a3);
+    assert_eq!(store.get(existing.id()).await.expect("kept"), existing);
     assert!(store.write_batch_unsynced(&[]).await.is_empty());
 }
 
