@@ -72,6 +72,27 @@ async fn corrupt_and_half_written_files_are_quarantined_not_fatal() {
     store.create(&record(2)).await.expect("create again");
 }
 
+/// A closed writer's lock can stay taken for a moment: a child that another
+/// thread is spawning holds a copy of the lock's descriptor until its `exec`.
+/// Here a second open file description plays that child, letting go after
+/// 100 ms; opening the store waits for it instead of refusing.
+#[test]
+fn a_lock_released_moments_later_is_waited_for() {
+    let dir = tempfile::tempdir().expect("dir");
+    drop(FsStore::open(dir.path()).expect("open"));
+    let lingering = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(".writer.lock"))
+        .expect("lock file");
+    rustix::fs::flock(&lingering, rustix::fs::FlockOperation::LockExclusive).expect("hold");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(lingering);
+    });
+    FsStore::open(dir.path()).expect("the lock is released while open waits");
+    release.join().expect("release");
+}
+
 #[tokio::test]
 async fn a_second_writer_is_refused_and_readers_see_whole_records() {
     let dir = tempfile::tempdir().expect("dir");

@@ -411,7 +411,7 @@ impl FsStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| refused(&lock_path, &e))?;
-        flock(&lock, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        take_lock(&lock).map_err(|_| {
             StoreError::Refused(format!(
                 "{}: another process is writing to this store",
                 dir.display()
@@ -620,6 +620,26 @@ impl Drop for FsStore {
             if let Err(e) = write_files(&self.dir, behind, files_written) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "record files left behind the journal");
             }
+        }
+    }
+}
+
+/// How long `open` waits for a lock that is about to be released.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Takes the writer's lock, waiting up to [`LOCK_PATIENCE`] while it is held.
+/// A lock can outlive its writer for a moment: a child being spawned by
+/// another thread holds a copy of every descriptor, the lock's among them,
+/// until its `exec` closes them, so a store closed and at once reopened in
+/// one process could find its own old lock still taken.
+fn take_lock(lock: &File) -> rustix::io::Result<()> {
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        match flock(lock, FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
         }
     }
 }
