@@ -46,19 +46,21 @@ pub struct FsStore {
 
 enum Mode {
     /// The writer: records cached in memory, the lock file held.
-    Writer {
-        cache: Arc<RwLock<BTreeMap<ProcessId, ProcessRecord>>>,
-        /// Durable versions journalled by `write_batch_unsynced` and not yet
-        /// flushed: compare-and-set sees them, readers only once `sync` (or
-        /// any flushed write) has put them on disk.
-        unsynced: Mutex<BTreeMap<ProcessId, ProcessRecord>>,
-        disk: Arc<Mutex<Disk>>,
-        _lock: File,
-        /// One write at a time, so the version check and the write are one step.
-        writing: tokio::sync::Mutex<()>,
-    },
+    Writer(Writer),
     /// A reader in another process: every call reads the files.
     Reader,
+}
+
+struct Writer {
+    cache: Arc<RwLock<BTreeMap<ProcessId, ProcessRecord>>>,
+    /// Durable versions journalled by `write_batch_unsynced` and not yet
+    /// flushed: compare-and-set sees them, readers only once `sync` (or any
+    /// flushed write) has put them on disk.
+    unsynced: Mutex<BTreeMap<ProcessId, ProcessRecord>>,
+    disk: Arc<Mutex<Disk>>,
+    _lock: File,
+    /// One write at a time, so the version check and the write are one step.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// The writer's side of the disk: the journal, and the records whose files
@@ -435,7 +437,7 @@ impl FsStore {
         let folder = folder_identity(&dir).map_err(|e| unavailable(&dir, &e))?;
         Ok(FsStore {
             dir,
-            mode: Mode::Writer {
+            mode: Mode::Writer(Writer {
                 cache: Arc::new(RwLock::new(cache)),
                 unsynced: Mutex::new(BTreeMap::new()),
                 disk: Arc::new(Mutex::new(Disk {
@@ -446,7 +448,7 @@ impl FsStore {
                 })),
                 _lock: lock,
                 writing: tokio::sync::Mutex::new(()),
-            },
+            }),
         })
     }
 
@@ -501,17 +503,10 @@ impl FsStore {
     /// Writes `writes` as one journal append, flushed when `sync` and any
     /// of them must be durable.
     async fn batch(&self, writes: &[StoreWrite], sync: bool) -> Vec<Result<(), StoreError>> {
-        let Mode::Writer {
-            cache,
-            unsynced,
-            disk,
-            writing,
-            ..
-        } = &self.mode
-        else {
+        let Some(writer) = self.writer() else {
             return writes.iter().map(|_| Err(Self::read_only())).collect();
         };
-        let _turn = writing.lock().await;
+        let _turn = writer.writing.lock().await;
         // Check each write against the store as the earlier ones leave it;
         // the accepted ones go to the journal as one append.
         let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
@@ -519,8 +514,11 @@ impl FsStore {
         let mut accepted = Vec::new();
         let mut flush = false;
         {
-            let cached = cache.read().unwrap_or_else(PoisonError::into_inner);
-            let pending = unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+            let cached = writer.cache.read().unwrap_or_else(PoisonError::into_inner);
+            let pending = writer
+                .unsynced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for (i, w) in writes.iter().enumerate() {
                 let id = w.record.id();
                 let actual = after
@@ -544,9 +542,12 @@ impl FsStore {
             .iter()
             .map(|&i| Op::Put(Box::new(writes[i].record.clone())))
             .collect();
-        let committed = self.commit(disk, ops, flush).await;
-        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
-        let mut pending = unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+        let committed = self.commit(&writer.disk, ops, flush).await;
+        let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = writer
+            .unsynced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if flush && committed.is_ok() {
             // The flush put every earlier append on disk too.
             show(&mut cached, &mut pending);
@@ -569,6 +570,13 @@ impl FsStore {
         results
     }
 
+    fn writer(&self) -> Option<&Writer> {
+        match &self.mode {
+            Mode::Writer(writer) => Some(writer),
+            Mode::Reader => None,
+        }
+    }
+
     fn read_only() -> StoreError {
         StoreError::Refused("this store was opened read-only".into())
     }
@@ -580,22 +588,18 @@ impl FsStore {
         expected: Option<u64>,
         flush: bool,
     ) -> Result<(), StoreError> {
-        let Mode::Writer {
-            cache,
-            unsynced,
-            disk,
-            writing,
-            ..
-        } = &self.mode
-        else {
+        let Some(writer) = self.writer() else {
             return Err(Self::read_only());
         };
-        let _turn = writing.lock().await;
-        check_version(cache, unsynced, record, expected)?;
-        self.commit(disk, vec![Op::Put(Box::new(record.clone()))], flush)
+        let _turn = writer.writing.lock().await;
+        check_version(&writer.cache, &writer.unsynced, record, expected)?;
+        self.commit(&writer.disk, vec![Op::Put(Box::new(record.clone()))], flush)
             .await?;
-        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
-        let mut pending = unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = writer
+            .unsynced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if flush {
             show(&mut cached, &mut pending);
         }
@@ -610,7 +614,7 @@ impl FsStore {
 
 impl Drop for FsStore {
     fn drop(&mut self) {
-        if let Mode::Writer { disk, .. } = &self.mode {
+        if let Some(Writer { disk, .. }) = self.writer() {
             let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
             let Disk {
                 behind,
@@ -720,7 +724,7 @@ impl ProcessStore for FsStore {
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
         match &self.mode {
-            Mode::Writer { cache, .. } => cache
+            Mode::Writer(Writer { cache, .. }) => cache
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&id)
@@ -766,25 +770,19 @@ impl ProcessStore for FsStore {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        let Mode::Writer {
-            cache,
-            unsynced,
-            disk,
-            writing,
-            ..
-        } = &self.mode
-        else {
+        let Some(writer) = self.writer() else {
             return Ok(());
         };
-        let _turn = writing.lock().await;
-        if unsynced
+        let _turn = writer.writing.lock().await;
+        if writer
+            .unsynced
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_empty()
         {
             return Ok(());
         }
-        let disk = disk.clone();
+        let disk = writer.disk.clone();
         self.blocking(move |_| {
             let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
             let Disk { journal, .. } = &mut *disk;
@@ -792,40 +790,42 @@ impl ProcessStore for FsStore {
         })
         .await?;
         show(
-            &mut cache.write().unwrap_or_else(PoisonError::into_inner),
-            &mut unsynced.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut writer.cache.write().unwrap_or_else(PoisonError::into_inner),
+            &mut writer
+                .unsynced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         );
         Ok(())
     }
 
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
-        let Mode::Writer {
-            cache,
-            unsynced,
-            disk,
-            writing,
-            ..
-        } = &self.mode
-        else {
+        let Some(writer) = self.writer() else {
             return Err(Self::read_only());
         };
-        let _turn = writing.lock().await;
-        let known = unsynced
+        let _turn = writer.writing.lock().await;
+        let known = writer
+            .unsynced
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(&id)
-            || cache
+            || writer
+                .cache
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains_key(&id);
         if !known {
             return Err(StoreError::NotFound(id));
         }
-        self.commit(disk, vec![Op::Delete(id)], true).await?;
-        let mut cached = cache.write().unwrap_or_else(PoisonError::into_inner);
+        self.commit(&writer.disk, vec![Op::Delete(id)], true)
+            .await?;
+        let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
         show(
             &mut cached,
-            &mut unsynced.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut writer
+                .unsynced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         );
         cached.remove(&id);
         Ok(())
@@ -833,7 +833,7 @@ impl ProcessStore for FsStore {
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
         match &self.mode {
-            Mode::Writer { cache, .. } => Ok(list_from(
+            Mode::Writer(Writer { cache, .. }) => Ok(list_from(
                 &cache.read().unwrap_or_else(PoisonError::into_inner),
                 filter,
             )),
