@@ -19,6 +19,11 @@
 # relocation model. Set BPM_DYNAMIC=1 (or BPM_PIE=1) to link dynamically;
 # the script does so by itself where the C library's static archives are
 # missing (Fedora ships them apart, as glibc-static).
+#
+# One difference a static binary brings: host names (a redis:// URL's host)
+# are looked up with what the C library has built in, /etc/hosts and DNS;
+# name-service plugins such as mdns or sss may not load. Build with
+# BPM_DYNAMIC=1 where a store's host is only known through one of them.
 rustc=$1
 shift
 
