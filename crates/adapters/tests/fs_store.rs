@@ -406,3 +406,59 @@ async fn unsynced_writes_survive_a_reopen_and_sync_across_turns() {
     let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
     assert_eq!(store.list(&ListFilter::default()).await.expect("list"), all);
 }
+
+/// Syncs run beside writes (the engine flushes while it goes on): every
+/// version is shown once a sync that began after it ends, none is lost
+/// across the journal's turns, and a reopen finds the newest of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_beside_writes_lose_and_hide_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Arc::new(FsStore::open_with_journal(dir.path(), 20_000).expect("open"));
+    let done = Arc::new(AtomicBool::new(false));
+    let (s, d) = (store.clone(), done.clone());
+    let flusher = tokio::spawn(async move {
+        let mut syncs = 0;
+        while !d.load(Ordering::SeqCst) {
+            s.sync().await.expect("sync");
+            syncs += 1;
+            tokio::task::yield_now().await;
+        }
+        syncs
+    });
+    let mut all = Vec::new();
+    for n in 1..=150 {
+        let created = record(n);
+        let mut started = created.clone();
+        started
+            .apply(Transition::Start, Timestamp::from_millis(2))
+            .expect("start");
+        let mut running = started.clone();
+        running
+            .apply(Transition::Spawned { pid: 7 }, Timestamp::from_millis(3))
+            .expect("spawned");
+        let write = |record: &ProcessRecord, expected_version, durable| bpm_ports::StoreWrite {
+            record: record.clone(),
+            expected_version,
+            durable,
+        };
+        let steps = [
+            [write(&created, None, true)],
+            [write(&started, Some(1), true)],
+            [write(&running, Some(2), false)],
+        ];
+        for batch in steps {
+            assert_eq!(store.write_batch_unsynced(&batch).await, [Ok(())]);
+            tokio::task::yield_now().await;
+        }
+        all.push(running);
+    }
+    done.store(true, Ordering::SeqCst);
+    assert!(flusher.await.expect("flusher") > 0);
+    store.sync().await.expect("a last sync");
+    assert_eq!(store.list(&ListFilter::default()).await.expect("list"), all);
+    drop(store);
+    let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
+    assert_eq!(store.list(&ListFilter::default()).await.expect("list"), all);
+}

@@ -112,8 +112,8 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// [`write_batch`](Self::write_batch) without waiting for the disk: each
     /// accepted write is in the store at once (later compare-and-set writes
     /// see it, and it survives a crash of the writer), and the durable ones
-    /// are on disk once the next [`sync`](Self::sync) returns. Readers may
-    /// see a durable one only from then on, so nobody learns of a change a
+    /// are on disk once a [`sync`](Self::sync) called after it returns.
+    /// Readers may see a durable one only from then on, so nobody learns of a change a
     /// power cut could undo. For a caller with work to do meanwhile that a
     /// crash of the machine would undo anyway (starting a process). Stores
     /// with no separate flush step keep the default, a plain `write_batch`.
@@ -124,8 +124,10 @@ pub trait ProcessStore: Send + Sync + 'static {
         self.write_batch(writes).await
     }
 
-    /// Returns once every write accepted so far is on disk. Stores whose
-    /// writes are on disk when accepted keep the default, which does nothing.
+    /// Returns once every write accepted before the call is on disk. Writes
+    /// may go on while it waits for the disk; those made meanwhile are left
+    /// for the next sync. Stores whose writes are on disk when accepted keep
+    /// the default, which does nothing.
     ///
     /// # Errors
     /// - MUST return [`StoreError::Refused`] if the flush failed: the writes

@@ -236,6 +236,26 @@ impl Journal {
         Ok(())
     }
 
+    /// For a flush made without holding the journal: the active file, if it
+    /// holds unflushed appends, which are then counted as flushed. Flushing
+    /// it puts every append made so far on disk (appends made since the last
+    /// switch live in it; earlier ones were flushed by the switch). If that
+    /// flush fails, call [`flush_failed`](Self::flush_failed).
+    pub(super) fn unflushed(&mut self) -> io::Result<Option<File>> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let file = self.files[self.active].try_clone()?;
+        self.unsynced = false;
+        Ok(Some(file))
+    }
+
+    /// A flush of the file [`unflushed`](Self::unflushed) gave failed: its
+    /// appends are unflushed again.
+    pub(super) fn flush_failed(&mut self) {
+        self.unsynced = true;
+    }
+
     /// Hands over to the other file under the next generation, and flushes
     /// the filesystem in the background before invalidating the full one.
     fn switch(&mut self) -> io::Result<()> {
