@@ -9,6 +9,11 @@
 //! comes back to the loop as an input; notices about a process whose spawn
 //! is still under way are held until that result has been handled, and a
 //! caller that submitted the process is answered once it has.
+//!
+//! The store's flushes run beside the loop too, one at a time. What must
+//! follow a durable write (events, answers, telling the spawner an exit is
+//! recorded) waits, in order, for the flush that covers it; spawns, signals
+//! and the next inputs do not.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -72,7 +77,44 @@ enum Msg {
     Timer(Timer),
     /// How a spawn under way ended (`Spawned` or `SpawnFailed`).
     SpawnEnded(Box<Input>),
+    /// Sync number N of the store ended.
+    Synced(u64, Result<(), StoreError>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What waits until the writes made before it are on disk.
+enum AfterSync {
+    /// Events to publish.
+    Announce(Vec<Event>),
+    /// A caller's answer (once the spawns of the records it submitted have ended).
+    Send(Vec<ProcessRecord>, Answer),
+    /// The spawner may let go of this exit.
+    ExitRecorded(ProcessId),
+}
+
+/// The store's syncs, which run beside the loop one at a time, and the work
+/// waiting for them.
+#[derive(Default)]
+struct Syncs {
+    /// Whether durable writes were made since the last sync started.
+    owed: bool,
+    /// How many syncs were started; the last one may still be running.
+    started: u64,
+    running: bool,
+    /// Work and the number of the sync it waits for, in the order it came.
+    waiting: VecDeque<(u64, AfterSync)>,
+}
+
+impl Syncs {
+    /// How many syncs have ended.
+    fn ended(&self) -> u64 {
+        self.started - u64::from(self.running)
+    }
+
+    /// Whether nothing is running or waiting.
+    fn idle(&self) -> bool {
+        !self.running && !self.owed && self.waiting.is_empty()
+    }
 }
 
 /// A caller's answer, held until the spawns of the records it submitted have ended.
@@ -155,7 +197,7 @@ impl Engine {
             unsaved: HashMap::new(),
             spawning: HashMap::new(),
             parked: Vec::new(),
-            sync_owed: false,
+            syncs: Syncs::default(),
         };
         let live: Vec<_> = records
             .iter()
@@ -177,9 +219,10 @@ impl Engine {
                 let _ = driver.step(Input::Lost { id, reason }).await;
             }
         }
-        // Answer nothing until the restored queue's first spawns have ended.
+        // Answer nothing until the restored queue's first spawns have ended
+        // and what was written is on disk.
         let mut rx = rx;
-        while !driver.spawning.is_empty() {
+        while !driver.spawning.is_empty() || !driver.syncs.idle() {
             let Some(msg) = rx.recv().await else { break };
             driver.on_msg(msg, &mut None).await;
         }
@@ -512,9 +555,7 @@ struct Driver {
     spawning: HashMap<ProcessId, Vec<ProcessNotice>>,
     /// Answers waiting for spawns under way.
     parked: Vec<Parked>,
-    /// Whether durable writes were made that the store has not yet been
-    /// asked to put on disk.
-    sync_owed: bool,
+    syncs: Syncs,
 }
 
 impl Driver {
@@ -564,7 +605,7 @@ impl Driver {
                     _ => None,
                 };
                 match self.step(*input).await {
-                    Ok(changed) => self.answer(submitted, changed, Answer::One(reply)),
+                    Ok(changed) => self.answer(submitted, changed, Answer::One(reply)).await,
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -580,7 +621,8 @@ impl Driver {
                     .collect();
                 match self.step_many(inputs).await {
                     Ok((accepted, changed)) => {
-                        self.answer(submitted, changed, Answer::Many(accepted, reply));
+                        self.answer(submitted, changed, Answer::Many(accepted, reply))
+                            .await;
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -591,21 +633,16 @@ impl Driver {
                 self.timers.remove(&timer);
                 let _ = self.step(Input::TimerFired(timer)).await;
             }
-            Msg::SpawnEnded(input) => {
-                self.spawn_ended(*input).await;
-                if finished.is_some() && self.spawning.is_empty() {
-                    return false;
-                }
-            }
+            Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
+            Msg::Synced(n, result) => self.synced(n, result).await,
             Msg::Shutdown(done) => {
-                // Spawns under way end first, so their records are not left starting.
+                // Spawns under way end first, so their records are not left
+                // starting, and the work waiting for a sync is done.
                 *finished = Some(done);
-                if self.spawning.is_empty() {
-                    return false;
-                }
+                self.kick_sync();
             }
         }
-        true
+        !(finished.is_some() && self.spawning.is_empty() && self.syncs.idle())
     }
 
     /// Handles a notice from the spawner, or holds it while the process's
@@ -631,9 +668,9 @@ impl Driver {
         if let Err(e) = self.step(input).await {
             tracing::debug!(error = %e, "process notice ignored");
         }
-        // The step's writes are on disk (or, refused, retried from `unsaved`).
+        // Once the step's writes are on disk (or, refused, retried from `unsaved`).
         if exit {
-            self.ports.spawner.exit_recorded(id);
+            self.after_sync(AfterSync::ExitRecorded(id)).await;
         }
     }
 
@@ -659,7 +696,8 @@ impl Driver {
             }
             if parked.waiting.is_empty() {
                 let done = self.parked.swap_remove(i);
-                Self::send(done.changed, done.answer);
+                self.after_sync(AfterSync::Send(done.changed, done.answer))
+                    .await;
             } else {
                 i += 1;
             }
@@ -669,8 +707,9 @@ impl Driver {
         }
     }
 
-    /// Answers a caller now, or once the spawns of `submitted` have ended.
-    fn answer(
+    /// Answers a caller once what was written is on disk and the spawns of
+    /// `submitted` have ended.
+    async fn answer(
         &mut self,
         submitted: impl IntoIterator<Item = ProcessId>,
         changed: Vec<ProcessRecord>,
@@ -681,7 +720,7 @@ impl Driver {
             .filter(|id| self.spawning.contains_key(id))
             .collect();
         if waiting.is_empty() {
-            Self::send(changed, answer);
+            self.after_sync(AfterSync::Send(changed, answer)).await;
         } else {
             self.parked.push(Parked {
                 waiting,
@@ -769,7 +808,7 @@ impl Driver {
                         });
                     }
                     Effect::Delete { id } => {
-                        self.sync().await;
+                        self.sync_now().await;
                         if let Err(e) = self.ports.store.delete(id).await {
                             tracing::warn!(%id, error = %e, "could not delete a record");
                         }
@@ -835,8 +874,71 @@ impl Driver {
             }
             self.write_all(&mut writes).await;
         }
-        self.sync().await;
-        for mut event in announce {
+        if announce.is_empty() {
+            self.kick_sync();
+        } else {
+            self.after_sync(AfterSync::Announce(announce)).await;
+        }
+        Ok(changed)
+    }
+
+    /// Does `work` once every write made so far is on disk, after the work
+    /// that waits already.
+    async fn after_sync(&mut self, work: AfterSync) {
+        self.kick_sync();
+        let syncs = &mut self.syncs;
+        let needs = syncs.started + u64::from(syncs.owed);
+        if syncs.waiting.is_empty() && needs <= syncs.ended() {
+            self.perform(work).await;
+        } else {
+            syncs.waiting.push_back((needs, work));
+        }
+    }
+
+    /// Starts a sync of the store if durable writes wait for one and none runs.
+    fn kick_sync(&mut self) {
+        let syncs = &mut self.syncs;
+        if !syncs.owed || syncs.running {
+            return;
+        }
+        syncs.owed = false;
+        syncs.running = true;
+        syncs.started += 1;
+        let (n, store, tx) = (syncs.started, self.ports.store.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = store.sync().await;
+            let _ = tx.send(Msg::Synced(n, result));
+        });
+    }
+
+    /// Sync number `n` ended: does the work that waited for it.
+    async fn synced(&mut self, n: u64, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "records were written but not flushed: they may not survive a power cut");
+        }
+        if n == self.syncs.started {
+            self.syncs.running = false;
+        }
+        self.kick_sync();
+        while let Some((needs, _)) = self.syncs.waiting.front()
+            && *needs <= self.syncs.ended()
+        {
+            if let Some((_, work)) = self.syncs.waiting.pop_front() {
+                self.perform(work).await;
+            }
+        }
+    }
+
+    async fn perform(&mut self, work: AfterSync) {
+        match work {
+            AfterSync::Announce(events) => self.announce(events).await,
+            AfterSync::Send(changed, answer) => Self::send(changed, answer),
+            AfterSync::ExitRecorded(id) => self.ports.spawner.exit_recorded(id),
+        }
+    }
+
+    async fn announce(&self, events: Vec<Event>) {
+        for mut event in events {
             if event.kind == EventKind::Exited
                 && let Ok(tail) = self
                     .ports
@@ -850,14 +952,11 @@ impl Driver {
                 tracing::warn!(error = %e, "could not publish an event");
             }
         }
-        Ok(changed)
     }
 
-    /// Waits until the durable writes made so far are on disk.
-    async fn sync(&mut self) {
-        if std::mem::take(&mut self.sync_owed)
-            && let Err(e) = self.ports.store.sync().await
-        {
+    /// Waits until every write made so far is on disk.
+    async fn sync_now(&mut self) {
+        if let Err(e) = self.ports.store.sync().await {
             tracing::error!(error = %e, "records were written but not flushed: they may not survive a power cut");
         }
     }
@@ -869,8 +968,8 @@ impl Driver {
             return;
         }
         let batch = std::mem::take(writes);
-        // The disk's flush is waited for later (`sync`), so that a spawn can go ahead meanwhile.
-        self.sync_owed |= batch
+        // The disk's flush is waited for beside the loop (`after_sync`).
+        self.syncs.owed |= batch
             .iter()
             .any(|w| w.durable || w.expected_version.is_none());
         let results = self.ports.store.write_batch_unsynced(&batch).await;
@@ -903,6 +1002,6 @@ impl Driver {
             })
             .collect();
         self.write_all(&mut writes).await;
-        self.sync().await;
+        self.kick_sync();
     }
 }

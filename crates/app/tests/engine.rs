@@ -1191,3 +1191,134 @@ async fn a_spawner_that_panics_fails_the_record_instead_of_leaving_it_starting()
         "the engine goes on"
     );
 }
+
+/// A store whose flushes wait until the test lets them through, like a slow disk.
+struct SlowDisk {
+    inner: InMemoryStore,
+    flushes: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl ProcessStore for SlowDisk {
+    async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
+        self.inner.create(record).await
+    }
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn update(&self, record: &ProcessRecord, expected: u64) -> Result<(), StoreError> {
+        self.inner.update(record, expected).await
+    }
+    async fn update_unflushed(
+        &self,
+        record: &ProcessRecord,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.update_unflushed(record, expected).await
+    }
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.flushes.acquire().await.expect("open").forget();
+        Ok(())
+    }
+    async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn list(
+        &self,
+        filter: &bpm_domain::ListFilter,
+    ) -> Result<Vec<ProcessRecord>, StoreError> {
+        self.inner.list(filter).await
+    }
+    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
+        self.inner.expire(ended_before).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_holds_back_answers_and_events_but_not_the_next_start() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1)));
+    let (mut ports, spawner) = ports_with(&clock, Arc::new(InMemoryStore::new()));
+    let disk = Arc::new(SlowDisk {
+        inner: InMemoryStore::new(),
+        flushes: tokio::sync::Semaphore::new(0),
+    });
+    ports.store = disk.clone();
+    let limits = Limits {
+        max_running: 1,
+        ..Limits::default()
+    };
+    let engine = Engine::start(ports, EngineConfig { node: None, limits })
+        .await
+        .expect("engine");
+    let mut events = engine.subscribe();
+    let records = || async {
+        disk.inner
+            .list(&bpm_domain::ListFilter::default())
+            .await
+            .expect("list")
+    };
+    let e1 = engine.clone();
+    let first = tokio::spawn(async move { e1.start(fake(&["after=1s"])).await });
+    eventually("the first is written", || async {
+        records().await.len() == 1
+    })
+    .await;
+    let e2 = engine.clone();
+    let second = tokio::spawn(async move { e2.start(fake(&["forever"])).await });
+    eventually("the second is written", || async {
+        records().await.len() == 2
+    })
+    .await;
+    let (a, b) = {
+        let all = records().await;
+        (all[0].id(), all[1].id())
+    };
+    assert_eq!(
+        disk.inner.get(b).await.expect("b").state(),
+        StateName::Pending
+    );
+    // The first starts while its creation is still being flushed.
+    eventually("the first runs", || async { spawner.is_running(a) }).await;
+    clock.advance(Duration::from_secs(1));
+    // Its exit is recorded and the second started, still before any flush ended.
+    eventually("the second runs", || async { spawner.is_running(b) }).await;
+    assert_eq!(
+        disk.inner.get(a).await.expect("a").state(),
+        StateName::Completed
+    );
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "no answer before the disk"
+    );
+    assert!(events.try_recv().is_err(), "no event before the disk");
+    disk.flushes.add_permits(1_000);
+    let a_answer = first.await.expect("task").expect("start");
+    assert_eq!(a_answer.id(), a);
+    assert_eq!(second.await.expect("task").expect("start").id(), b);
+    let mut seen = Vec::new();
+    while !seen.contains(&(b, EventKind::Started)) {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event")
+            .expect("event");
+        seen.push((e.id, e.kind));
+    }
+    let of = |id| -> Vec<EventKind> {
+        seen.iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, k)| *k)
+            .collect()
+    };
+    assert_eq!(
+        of(a),
+        [
+            EventKind::Submitted,
+            EventKind::Started,
+            EventKind::Ready,
+            EventKind::Exited,
+            EventKind::Completed
+        ],
+        "in order, once on disk"
+    );
+    assert_eq!(of(b), [EventKind::Submitted, EventKind::Started]);
+}
