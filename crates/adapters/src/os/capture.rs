@@ -22,6 +22,8 @@ pub(crate) struct Watcher {
     pattern: Option<LogPattern>,
     ready: Arc<AtomicBool>,
     activity: Arc<watch::Sender<Instant>>,
+    /// How many pumps are writing what they read to the output store.
+    copying: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Watcher {
@@ -36,7 +38,18 @@ impl Watcher {
             pattern,
             ready: Arc::new(AtomicBool::new(false)),
             activity: Arc::new(watch::Sender::new(Instant::now())),
+            copying: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
+    }
+
+    /// Changes whenever a pump has copied something.
+    pub(crate) fn activity(&self) -> watch::Receiver<Instant> {
+        self.activity.subscribe()
+    }
+
+    /// Whether a pump is in the middle of writing to the output store.
+    pub(crate) fn copying(&self) -> bool {
+        self.copying.load(Ordering::SeqCst) > 0
     }
 
     fn ready(&self) {
@@ -77,9 +90,11 @@ pub(crate) async fn pump(
             buf.resize(buf.len() * 2, 0);
         }
         let data = &buf[..n];
+        watcher.copying.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = output.append(watcher.id, stream, data).await {
             tracing::warn!(id = %watcher.id, error = %e, "output not kept");
         }
+        watcher.copying.fetch_sub(1, Ordering::SeqCst);
         watcher.activity.send_replace(Instant::now());
         if let Some(pattern) = &watcher.pattern
             && !watcher.ready.load(Ordering::SeqCst)

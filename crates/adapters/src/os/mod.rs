@@ -50,6 +50,9 @@ impl Default for OsSpawnerConfig {
     }
 }
 
+/// How long, at most, an exit waits for pipes that are still being copied.
+const DRAIN_BUSY: Duration = Duration::from_secs(5);
+
 struct Live {
     pid: u32,
     /// Set once the leader has been reaped: its pid may then be reused, so
@@ -223,6 +226,8 @@ impl ProcessSpawner for OsSpawner {
         }
 
         let (live, tx, config) = (self.live.clone(), self.tx.clone(), self.config.clone());
+        let mut activity = watcher.activity();
+        let copier = watcher.clone();
         tokio::spawn(async move {
             let status = reap(&pidfd, &live, id).await;
             let _ = exited_tx.send(true);
@@ -233,9 +238,23 @@ impl ProcessSpawner for OsSpawner {
             if stopping == Some(true) {
                 end_rest_of_tree(id, config.tree_grace).await;
             }
-            // Let the pipes drain so the output is complete when the exit is announced.
-            for pump in pumps {
-                let _ = tokio::time::timeout(config.drain, pump).await;
+            // Let the pipes drain so the output is complete when the exit
+            // is announced: while they are still copying (a slow disk under
+            // the output files), for up to DRAIN_BUSY; a quiet pipe that
+            // stays open (a descendant holds it) for `drain`.
+            let busy_until = tokio::time::Instant::now() + DRAIN_BUSY;
+            for mut pump in pumps {
+                loop {
+                    match tokio::time::timeout(config.drain, &mut pump).await {
+                        Err(_)
+                            if (copier.copying() || activity.has_changed().unwrap_or(false))
+                                && tokio::time::Instant::now() < busy_until =>
+                        {
+                            activity.borrow_and_update();
+                        }
+                        _ => break,
+                    }
+                }
             }
             lock(&live).remove(&id);
             let _ = tx.send(ProcessNotice::Exited { id, status });
