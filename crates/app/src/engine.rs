@@ -77,8 +77,8 @@ enum Msg {
     Timer(Timer),
     /// How a spawn under way ended (`Spawned` or `SpawnFailed`).
     SpawnEnded(Box<Input>),
-    /// Sync number N of the store ended.
-    Synced(u64, Result<(), StoreError>),
+    /// The store's sync under way ended.
+    Synced(Result<(), StoreError>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -634,7 +634,7 @@ impl Driver {
                 let _ = self.step(Input::TimerFired(timer)).await;
             }
             Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
-            Msg::Synced(n, result) => self.synced(n, result).await,
+            Msg::Synced(result) => self.synced(result).await,
             Msg::Shutdown(done) => {
                 // Spawns under way end first, so their records are not left
                 // starting, and the work waiting for a sync is done.
@@ -808,7 +808,7 @@ impl Driver {
                         });
                     }
                     Effect::Delete { id } => {
-                        self.sync_now().await;
+                        // Earlier writes need no flush first: their own sync covers them.
                         if let Err(e) = self.ports.store.delete(id).await {
                             tracing::warn!(%id, error = %e, "could not delete a record");
                         }
@@ -904,21 +904,19 @@ impl Driver {
         syncs.owed = false;
         syncs.running = true;
         syncs.started += 1;
-        let (n, store, tx) = (syncs.started, self.ports.store.clone(), self.tx.clone());
+        let (store, tx) = (self.ports.store.clone(), self.tx.clone());
         tokio::spawn(async move {
             let result = store.sync().await;
-            let _ = tx.send(Msg::Synced(n, result));
+            let _ = tx.send(Msg::Synced(result));
         });
     }
 
-    /// Sync number `n` ended: does the work that waited for it.
-    async fn synced(&mut self, n: u64, result: Result<(), StoreError>) {
+    /// The sync under way ended: does the work that waited for it.
+    async fn synced(&mut self, result: Result<(), StoreError>) {
         if let Err(e) = result {
             tracing::error!(error = %e, "records were written but not flushed: they may not survive a power cut");
         }
-        if n == self.syncs.started {
-            self.syncs.running = false;
-        }
+        self.syncs.running = false;
         self.kick_sync();
         while let Some((needs, _)) = self.syncs.waiting.front()
             && *needs <= self.syncs.ended()
@@ -951,13 +949,6 @@ impl Driver {
             if let Err(e) = self.ports.events.publish(event).await {
                 tracing::warn!(error = %e, "could not publish an event");
             }
-        }
-    }
-
-    /// Waits until every write made so far is on disk.
-    async fn sync_now(&mut self) {
-        if let Err(e) = self.ports.store.sync().await {
-            tracing::error!(error = %e, "records were written but not flushed: they may not survive a power cut");
         }
     }
 
