@@ -6,7 +6,9 @@
 //! endian; consecutive writes of one stream extend one run). A segment holds at
 //! most half the cap; when the kept output passes the cap, the oldest segment
 //! is deleted, so between half the cap and the whole cap is always kept and
-//! the loss is reported to readers as `skipped`. Bytes are stored exactly as
+//! the loss is reported to readers as `skipped`. One write larger than a
+//! segment keeps only its newest half cap, and drops all older output with
+//! its front, so what is kept never has a gap. Bytes are stored exactly as
 //! written.
 
 use std::collections::HashMap;
@@ -141,14 +143,16 @@ fn append_to(
     fs::create_dir_all(dir)?;
     let len = data.len() as u64;
     if len > segment_max {
-        // Only the newest part can be kept: the rest counts as dropped.
+        // Only the newest part fits a segment. Its front is dropped, so
+        // everything older goes too: what is kept must be the newest output,
+        // with no gap that readers would not be told about.
         let drop = usize::try_from(len - segment_max).unwrap_or(usize::MAX);
         data = &data[drop..];
         log.end += len - segment_max;
-        log.segments.push(Segment {
-            start: log.end,
-            runs: Vec::new(),
-        });
+        for old in log.segments.drain(..) {
+            let _ = fs::remove_file(seg_path(dir, old.start, "data"));
+            let _ = fs::remove_file(seg_path(dir, old.start, "idx"));
+        }
     }
     let needs_new = log
         .segments

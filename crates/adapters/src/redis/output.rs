@@ -18,16 +18,20 @@ local base, stream, data, cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local segmax = math.max(math.floor(cap / 2), 1)
 local len = #data
 local e = tonumber(redis.call('GET', KEYS[2]) or '0')
-local fresh = false
 if len > segmax then
+  -- Only the newest part fits a segment; its front is dropped, so all older
+  -- output goes too, and what is kept has no gap.
   data = string.sub(data, len - segmax + 1)
   e = e + (len - segmax)
   len = segmax
-  fresh = true
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    redis.call('DEL', base .. 'd:' .. old, base .. 'i:' .. old)
+  end
+  redis.call('DEL', KEYS[1])
 end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1)
 local start, seglen = nil, 0
-if #last > 0 and not fresh then
+if #last > 0 then
   start = tonumber(last[1])
   seglen = redis.call('STRLEN', base .. 'd:' .. last[1])
 end

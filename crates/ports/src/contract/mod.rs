@@ -72,6 +72,7 @@ macro_rules! output_contract_tests {
             max_bytes_truncates_and_resumes,
             non_utf8_bytes_are_kept,
             cap_drops_oldest_and_reports_skipped,
+            kept_output_is_always_the_newest_without_gaps,
             unknown_process_reads_empty,
             remove_forgets,
         );

@@ -265,6 +265,77 @@ pub async fn cap_drops_oldest_and_reports_skipped(store: Arc<dyn OutputStore>) {
     assert_eq!(t.text(), "last\n");
 }
 
+/// Whatever the sizes of the writes, what is kept is the newest output, with
+/// no gap: one write larger than the store's segments must not leave older
+/// bytes kept behind newer ones that were dropped.
+pub async fn kept_output_is_always_the_newest_without_gaps(store: Arc<dyn OutputStore>) {
+    let cap = usize::try_from(CONTRACT_CAP).expect("a small cap");
+    let sizes = [
+        700,
+        cap / 2 + 52,
+        30,
+        cap + 904,
+        1,
+        cap / 2,
+        cap / 2 + 1,
+        cap,
+        cap + 1,
+        13,
+        3 * cap,
+        cap / 2 - 1,
+    ];
+    let mut written: Vec<u8> = Vec::new();
+    for (n, size) in sizes.into_iter().enumerate() {
+        // Every byte tells where it was written, so a gap cannot pass for a suffix.
+        let data: Vec<u8> = (0..size)
+            .map(|i| b'a' + u8::try_from((written.len() + i) % 26).expect("< 26"))
+            .collect();
+        let stream = if n % 3 == 2 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        let end = store.append(id(1), stream, &data).await.expect("append");
+        written.extend_from_slice(&data);
+        let total = written.len() as u64;
+        assert_eq!(end, Cursor(total), "after write {n} of {size} bytes");
+        let chunk = store
+            .read(
+                id(1),
+                &OutputQuery {
+                    cursor: Some(Cursor(0)),
+                    max_bytes: 1 << 20,
+                    ..OutputQuery::default()
+                },
+            )
+            .await
+            .expect("read");
+        let kept = chunk.bytes();
+        assert_eq!(
+            chunk.skipped + kept.len() as u64,
+            total,
+            "after write {n} of {size} bytes: skipped {} + kept {} must be every byte",
+            chunk.skipped,
+            kept.len()
+        );
+        assert!(
+            kept.len() <= cap,
+            "after write {n}: kept {} over the cap",
+            kept.len()
+        );
+        assert!(
+            kept.len() >= (cap / 2).min(written.len()),
+            "after write {n}: kept only {} bytes",
+            kept.len()
+        );
+        assert!(
+            written.ends_with(&kept),
+            "after write {n} of {size} bytes: the kept bytes are not the newest"
+        );
+        assert_eq!(chunk.next, Cursor(total));
+    }
+}
+
 /// A process that wrote nothing reads as empty, at cursor 0.
 pub async fn unknown_process_reads_empty(store: Arc<dyn OutputStore>) {
     let chunk = store.read(id(9), &query(None)).await.expect("read");
