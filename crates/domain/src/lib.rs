@@ -24,7 +24,7 @@ pub use lifecycle::{ExitStatus, Lifecycle, StateName, StopCause};
 pub use names::{GroupName, LabelKey, LabelValue, NameError, NodeId, ProcessName, SessionId};
 pub use record::{
     Applied, Attempt, InvalidTransition, MAX_ATTEMPTS_KEPT, MAX_PROGRESS_MESSAGE, Percent,
-    PercentError, ProcessRecord, Progress, Transition, TransitionKind, estimate_eta,
+    PercentError, ProcessRecord, Progress, RecordUpdate, Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
     Backoff, Command, LogPattern, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RestartMode,

@@ -1,6 +1,7 @@
 //! A process record and the transitions that move it through its lifecycle.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -111,7 +112,8 @@ pub const MAX_ATTEMPTS_KEPT: usize = 32;
 pub struct ProcessRecord {
     id: ProcessId,
     node: NodeId,
-    spec: ProcessSpec,
+    /// Shared by the record's versions: it never changes after creation.
+    spec: Arc<ProcessSpec>,
     #[serde(flatten)]
     lifecycle: Lifecycle,
     created_at: Timestamp,
@@ -122,6 +124,33 @@ pub struct ProcessRecord {
     attempts: Vec<Attempt>,
     restarted_from: Option<ProcessId>,
     version: u64,
+}
+
+/// A version of a record without its spec, which never changes after the
+/// record is created: what a store that keeps each record's spec once
+/// writes for its later versions. It serializes as the record does, less
+/// the `spec` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordUpdate {
+    id: ProcessId,
+    node: NodeId,
+    #[serde(flatten)]
+    lifecycle: Lifecycle,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    progress: Option<Progress>,
+    result: Option<serde_json::Value>,
+    restarts: u32,
+    attempts: Vec<Attempt>,
+    restarted_from: Option<ProcessId>,
+    version: u64,
+}
+
+impl RecordUpdate {
+    /// The record's id.
+    pub const fn id(&self) -> ProcessId {
+        self.id
+    }
 }
 
 /// An input to a record's lifecycle.
@@ -334,7 +363,7 @@ impl ProcessRecord {
         ProcessRecord {
             id,
             node,
-            spec,
+            spec: Arc::new(spec),
             lifecycle,
             created_at: now,
             updated_at: now,
@@ -349,13 +378,49 @@ impl ProcessRecord {
 
     /// A new record that repeats `previous`'s spec: a manual restart.
     pub fn restart_of(previous: &ProcessRecord, id: ProcessId, now: Timestamp) -> Self {
-        let mut spec = previous.spec.clone();
+        let mut spec = ProcessSpec::clone(&previous.spec);
         // The new record must not wait for its own predecessor's dependencies twice,
         // nor for the delay again: it is started on purpose.
         spec.delay = None;
         let mut record = ProcessRecord::new(id, previous.node.clone(), spec, now);
         record.restarted_from = Some(previous.id);
         record
+    }
+
+    /// This version without its spec.
+    pub fn update(&self) -> RecordUpdate {
+        RecordUpdate {
+            id: self.id,
+            node: self.node.clone(),
+            lifecycle: self.lifecycle.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            progress: self.progress.clone(),
+            result: self.result.clone(),
+            restarts: self.restarts,
+            attempts: self.attempts.clone(),
+            restarted_from: self.restarted_from,
+            version: self.version,
+        }
+    }
+
+    /// The version `update` describes, with this record's spec; `None` if
+    /// `update` is another record's.
+    pub fn updated(&self, update: RecordUpdate) -> Option<ProcessRecord> {
+        (update.id == self.id).then(|| ProcessRecord {
+            id: update.id,
+            node: update.node,
+            spec: self.spec.clone(),
+            lifecycle: update.lifecycle,
+            created_at: update.created_at,
+            updated_at: update.updated_at,
+            progress: update.progress,
+            result: update.result,
+            restarts: update.restarts,
+            attempts: update.attempts,
+            restarted_from: update.restarted_from,
+            version: update.version,
+        })
     }
 
     /// The id.
@@ -367,19 +432,19 @@ impl ProcessRecord {
         &self.node
     }
     /// The spec.
-    pub const fn spec(&self) -> &ProcessSpec {
+    pub fn spec(&self) -> &ProcessSpec {
         &self.spec
     }
     /// The session.
-    pub const fn session(&self) -> Option<&SessionId> {
+    pub fn session(&self) -> Option<&SessionId> {
         self.spec.session.as_ref()
     }
     /// The parent.
-    pub const fn parent(&self) -> Option<ProcessId> {
+    pub fn parent(&self) -> Option<ProcessId> {
         self.spec.parent
     }
     /// The concurrency group.
-    pub const fn group(&self) -> Option<&GroupName> {
+    pub fn group(&self) -> Option<&GroupName> {
         self.spec.group.as_ref()
     }
     /// The lifecycle state with its data.
@@ -807,6 +872,41 @@ mod tests {
             spec,
             t(1000),
         )
+    }
+
+    #[test]
+    fn an_update_restores_the_version_it_was_taken_from() {
+        let mut spec = ProcessSpec::argv(["sleep", "1"]);
+        spec.name = Some(ProcessName::new("sleeper").unwrap());
+        let first = record(spec);
+        let mut later = first.clone();
+        later.apply(Transition::Start, t(1001)).unwrap();
+        later
+            .apply(Transition::Spawned { pid: 9 }, t(1002))
+            .unwrap();
+        let json = serde_json::to_value(later.update()).unwrap();
+        assert!(
+            json.get("spec").is_none(),
+            "an update must not carry the spec"
+        );
+        assert_eq!(
+            json["state"],
+            serde_json::to_value(&later).unwrap()["state"]
+        );
+        let update: RecordUpdate = serde_json::from_value(json).unwrap();
+        assert_eq!(update.id(), later.id());
+        assert_eq!(first.updated(update.clone()), Some(later));
+        let other = ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(2)),
+            NodeId::local(),
+            ProcessSpec::argv(["true"]),
+            t(1000),
+        );
+        assert_eq!(
+            other.updated(update),
+            None,
+            "an update applies to its own record only"
+        );
     }
 
     #[test]
