@@ -6,7 +6,13 @@
 //! Two preallocated files, `journal.0` and `journal.1`, take turns. Each
 //! starts with a header (a magic and a generation); each entry carries the
 //! generation, its length and a checksum, so replay stops at the first entry
-//! that is torn or left from an earlier turn. Overwriting preallocated blocks
+//! that is torn or left from an earlier turn. A record's first entry in a
+//! file holds it whole; its later entries in that file leave out its spec
+//! (which never changes, and holds the process's whole environment, most of
+//! a record's size), and replay takes the spec from the version before.
+//! Since a file handed over is replaced by the record files before it is
+//! invalidated, every record the live file updates has its whole version
+//! there, or in its own file. Overwriting preallocated blocks
 //! and flushing them costs one device flush, where creating a record's file
 //! and flushing it (and its folder) costs two filesystem commits.
 //!
@@ -16,13 +22,14 @@
 //! first) over what the record files hold, keeping the newer version of each
 //! record, makes the result durable, and starts a fresh generation.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use bpm_domain::{ProcessId, ProcessRecord};
+use bpm_domain::{ProcessId, ProcessRecord, RecordUpdate};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"bpmjrnl1";
@@ -34,9 +41,8 @@ const ENTRY_HEAD: usize = 20;
 /// Each of the two files, unless the store is opened with another size.
 pub(super) const DEFAULT_CAPACITY: u64 = 2 << 20;
 
-/// One journalled change.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// One change to journal.
+#[derive(Debug, Clone)]
 pub(super) enum Op {
     /// The record's new version.
     Put(Box<ProcessRecord>),
@@ -49,6 +55,39 @@ impl Op {
         match self {
             Op::Put(r) => r.id(),
             Op::Delete(id) => *id,
+        }
+    }
+}
+
+/// How a change is written: the first version of a record in a journal
+/// file whole, later ones in the same file without the spec, which never
+/// changes (a record's spec holds its whole environment, most of its size).
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Written<'a> {
+    Put(&'a ProcessRecord),
+    Update(Box<RecordUpdate>),
+    Delete(ProcessId),
+}
+
+/// One change as read back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Entry {
+    /// The record's new version.
+    Put(Box<ProcessRecord>),
+    /// A new version of a record put earlier in the same journal file.
+    Update(Box<RecordUpdate>),
+    /// The record is gone.
+    Delete(ProcessId),
+}
+
+impl Entry {
+    pub(super) fn id(&self) -> ProcessId {
+        match self {
+            Entry::Put(r) => r.id(),
+            Entry::Update(u) => u.id(),
+            Entry::Delete(id) => *id,
         }
     }
 }
@@ -83,7 +122,7 @@ fn write_header(file: &File, generation: u64) -> io::Result<()> {
 
 /// The generation and the entries of one journal file (none if it is
 /// missing, invalidated or not a journal).
-fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Op>)> {
+fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>)> {
     let bytes = match std::fs::read(path(dir, n)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new())),
@@ -108,7 +147,7 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Op>)> {
         if checksum(payload) != sum {
             break;
         }
-        match serde_json::from_slice::<Op>(payload) {
+        match serde_json::from_slice::<Entry>(payload) {
             Ok(op) => ops.push(op),
             Err(_) => break,
         }
@@ -119,11 +158,60 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Op>)> {
 
 /// Everything both journal files still hold, oldest generation first, and
 /// the newest generation seen.
-pub(super) fn recover(dir: &Path) -> io::Result<(Vec<Op>, u64)> {
+pub(super) fn recover(dir: &Path) -> io::Result<(Vec<Entry>, u64)> {
     let mut both = [read(dir, 0)?, read(dir, 1)?];
     both.sort_by_key(|(generation, _)| *generation);
     let newest = both[1].0;
     Ok((both.into_iter().flat_map(|(_, ops)| ops).collect(), newest))
+}
+
+/// A group of changes serialized for the active journal file.
+pub(super) struct Entries {
+    payloads: Vec<Vec<u8>>,
+    /// The bytes they take in the journal, with their heads.
+    size: u64,
+    /// The records they put whole (true) or delete (false), in order.
+    touched: Vec<(ProcessId, bool)>,
+    /// The generation they were encoded for.
+    generation: u64,
+}
+
+/// Serializes `ops` for a journal file of `generation` in which the
+/// records `put_here` were put whole. An entry too large for the journal's
+/// length field makes the group too large for any journal file.
+fn encode(ops: &[Op], put_here: &HashSet<ProcessId>, generation: u64) -> io::Result<Entries> {
+    let mut touched: Vec<(ProcessId, bool)> = Vec::with_capacity(ops.len());
+    let mut payloads = Vec::with_capacity(ops.len());
+    for op in ops {
+        let id = op.id();
+        let written = match op {
+            Op::Put(record) => {
+                let earlier = touched.iter().rev().find(|(t, _)| *t == id).map(|t| t.1);
+                if earlier.unwrap_or_else(|| put_here.contains(&id)) {
+                    Written::Update(Box::new(record.update()))
+                } else {
+                    touched.push((id, true));
+                    Written::Put(record)
+                }
+            }
+            Op::Delete(id) => {
+                touched.push((*id, false));
+                Written::Delete(*id)
+            }
+        };
+        payloads.push(serde_json::to_vec(&written).map_err(|e| io::Error::other(e.to_string()))?);
+    }
+    let size = if payloads.iter().all(|p| u32::try_from(p.len()).is_ok()) {
+        payloads.iter().map(|p| (ENTRY_HEAD + p.len()) as u64).sum()
+    } else {
+        u64::MAX
+    };
+    Ok(Entries {
+        payloads,
+        size,
+        touched,
+        generation,
+    })
 }
 
 /// The writer's side: appends groups of changes to the active file.
@@ -138,6 +226,9 @@ pub(super) struct Journal {
     retiring: Option<JoinHandle<io::Result<()>>>,
     /// Whether the active file holds appends not yet flushed.
     unsynced: bool,
+    /// The records put whole in the active file: their later versions in
+    /// it are written without their spec.
+    put_here: HashSet<ProcessId>,
 }
 
 impl Journal {
@@ -176,40 +267,57 @@ impl Journal {
             capacity,
             retiring: None,
             unsynced: false,
+            put_here: HashSet::new(),
         })
     }
 
+    /// Serializes `ops` for the active file.
+    pub(super) fn encode(&self, ops: &[Op]) -> io::Result<Entries> {
+        encode(ops, &self.put_here, self.generation)
+    }
+
+    /// Whether `entries` fit in the active file, so appending them hands
+    /// no file over.
+    pub(super) fn fits(&self, entries: &Entries) -> bool {
+        self.head.saturating_add(entries.size) <= self.capacity
+    }
+
     /// Appends `ops` as one write. With `flush`, they survive a power cut
-    /// once this returns; without, they survive a crash of this process (and
-    /// reach the disk with the next flushed append, which flushes the whole
-    /// file). When the active file is full, `before_switch` runs first: it
-    /// must write every record changed so far to its file, which the
-    /// background flush then makes durable.
+    /// once this returns; without, they survive a crash of this process
+    /// (and reach the disk with the next flushed append, which flushes the
+    /// whole file). When the active file is full, `before_switch` runs
+    /// first: it must write every record changed so far to its file, which
+    /// the background flush then makes durable.
     pub(super) fn commit(
         &mut self,
         ops: &[Op],
         flush: bool,
         before_switch: impl FnOnce() -> io::Result<()>,
     ) -> Result<(), CommitError> {
-        let payloads = ops
-            .iter()
-            .map(|op| {
-                let payload = serde_json::to_vec(op)
-                    .map_err(|e| CommitError::Io(io::Error::other(e.to_string())))?;
-                u32::try_from(payload.len()).map_err(|_| CommitError::TooLarge)?;
-                Ok(payload)
-            })
-            .collect::<Result<Vec<_>, CommitError>>()?;
-        let size: u64 = payloads.iter().map(|p| (ENTRY_HEAD + p.len()) as u64).sum();
-        if size > self.capacity - HEADER {
+        let entries = self.encode(ops).map_err(CommitError::Io)?;
+        if self.fits(&entries) {
+            return self.append(&entries, flush);
+        }
+        // In a fresh file every record is put whole.
+        let fresh = encode(ops, &HashSet::new(), self.generation).map_err(CommitError::Io)?;
+        if fresh.size > self.capacity - HEADER {
             return Err(CommitError::TooLarge);
         }
-        if self.head + size > self.capacity {
-            before_switch().map_err(CommitError::Io)?;
-            self.switch().map_err(CommitError::Io)?;
+        before_switch().map_err(CommitError::Io)?;
+        self.switch().map_err(CommitError::Io)?;
+        let entries = self.encode(ops).map_err(CommitError::Io)?;
+        self.append(&entries, flush)
+    }
+
+    /// Appends `entries`, encoded for the active file, which they must fit.
+    pub(super) fn append(&mut self, entries: &Entries, flush: bool) -> Result<(), CommitError> {
+        if entries.generation != self.generation || !self.fits(entries) {
+            return Err(CommitError::Io(io::Error::other(
+                "journal entries were encoded for another file, or do not fit",
+            )));
         }
-        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        for payload in &payloads {
+        let mut buf = Vec::with_capacity(usize::try_from(entries.size).unwrap_or(0));
+        for payload in &entries.payloads {
             let len = u32::try_from(payload.len()).map_err(|_| CommitError::TooLarge)?;
             buf.extend_from_slice(&self.generation.to_le_bytes());
             buf.extend_from_slice(&len.to_le_bytes());
@@ -220,8 +328,15 @@ impl Journal {
         file.write_all_at(&buf, self.head)
             .and_then(|()| if flush { file.sync_data() } else { Ok(()) })
             .map_err(CommitError::Io)?;
-        self.head += size;
+        self.head += entries.size;
         self.unsynced = !flush;
+        for &(id, put) in &entries.touched {
+            if put {
+                self.put_here.insert(id);
+            } else {
+                self.put_here.remove(&id);
+            }
+        }
         Ok(())
     }
 
@@ -276,6 +391,7 @@ impl Journal {
         write_header(&self.files[next], self.generation)?;
         self.active = next;
         self.head = HEADER;
+        self.put_here.clear();
         let file = self.files[full].try_clone()?;
         let dir = self.dir.clone();
         // The record files were brought up to date before the switch; one
@@ -315,8 +431,8 @@ mod tests {
         )
     }
 
-    fn ids(ops: &[Op]) -> Vec<u128> {
-        ops.iter().map(|o| o.id().as_uuid().as_u128()).collect()
+    fn ids(entries: &[Entry]) -> Vec<u128> {
+        entries.iter().map(|e| e.id().as_uuid().as_u128()).collect()
     }
 
     #[test]
@@ -333,7 +449,7 @@ mod tests {
             .expect("commit");
         let (ops, newest) = recover(dir.path()).expect("recover");
         assert_eq!((ids(&ops), newest), (vec![1, 2, 1], 1));
-        assert!(matches!(ops[2], Op::Delete(_)));
+        assert!(matches!(ops[2], Entry::Delete(_)));
         // A torn entry after the last whole one: its head, half its payload.
         let at = j.head;
         let mut torn = Vec::new();
@@ -373,5 +489,91 @@ mod tests {
             j.commit(&[Op::Put(Box::new(big))], true, || Ok(())),
             Err(CommitError::TooLarge)
         ));
+    }
+
+    /// A record with a large environment, moved one step on.
+    fn versions(n: u128) -> [ProcessRecord; 3] {
+        let mut spec = ProcessSpec::argv(["true"]);
+        spec.env = std::sync::Arc::new(
+            (0..50)
+                .map(|i| (format!("VARIABLE_{i}"), "value ".repeat(5)))
+                .collect(),
+        );
+        let first = ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+            NodeId::local(),
+            spec,
+            Timestamp::from_millis(1),
+        );
+        let mut second = first.clone();
+        second
+            .apply(bpm_domain::Transition::Start, Timestamp::from_millis(2))
+            .expect("start");
+        let mut third = second.clone();
+        third
+            .apply(
+                bpm_domain::Transition::Spawned { pid: 42 },
+                Timestamp::from_millis(3),
+            )
+            .expect("spawned");
+        [first, second, third]
+    }
+
+    #[test]
+    fn later_versions_in_one_file_leave_the_spec_out_and_a_new_file_starts_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
+        let [first, second, third] = versions(1);
+        j.commit(&[Op::Put(Box::new(first.clone()))], false, || Ok(()))
+            .expect("commit");
+        let whole = j.head;
+        // Two versions in one group: the second is written as an update too.
+        j.commit(
+            &[
+                Op::Put(Box::new(second.clone())),
+                Op::Put(Box::new(third.clone())),
+            ],
+            false,
+            || Ok(()),
+        )
+        .expect("commit");
+        assert!(
+            (j.head - whole) * 2 < whole,
+            "two updates took {} bytes, the whole record {whole}",
+            j.head - whole
+        );
+        let (entries, _) = recover(dir.path()).expect("recover");
+        let [Entry::Put(put), Entry::Update(u2), Entry::Update(u3)] = &entries[..] else {
+            panic!("expected a put and two updates, got {entries:?}");
+        };
+        assert_eq!(**put, first);
+        assert_eq!(put.updated((**u2).clone()), Some(second));
+        assert_eq!(put.updated((**u3).clone()), Some(third.clone()));
+        // Deleted, then put again: whole.
+        j.commit(
+            &[Op::Delete(first.id()), Op::Put(Box::new(third.clone()))],
+            false,
+            || Ok(()),
+        )
+        .expect("commit");
+        let (entries, _) = recover(dir.path()).expect("recover");
+        assert!(matches!(entries[3..], [Entry::Delete(_), Entry::Put(_)]));
+        // Once the file is handed over, the next version is whole again.
+        let mut n = 100;
+        while j.active == 0 {
+            n += 1;
+            j.commit(&[Op::Put(Box::new(versions(n)[0].clone()))], false, || {
+                Ok(())
+            })
+            .expect("commit");
+        }
+        j.commit(&[Op::Put(Box::new(third.clone()))], false, || Ok(()))
+            .expect("commit");
+        let (entries, _) = recover(dir.path()).expect("recover");
+        let last = entries.last().expect("an entry");
+        assert!(
+            matches!(last, Entry::Put(r) if **r == third),
+            "got {last:?}"
+        );
     }
 }

@@ -32,7 +32,7 @@ use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
 use bpm_ports::{ProcessStore, StoreError, StoreWrite};
 use rustix::fs::{FlockOperation, flock};
 
-use super::journal::{self, CommitError, Journal, Op};
+use super::journal::{self, CommitError, Entry, Journal, Op};
 
 /// How long a changed record's file may lag behind the journal while the
 /// store is busy.
@@ -332,21 +332,55 @@ fn write_durably(dir: &Path, record: &ProcessRecord) -> io::Result<()> {
 }
 
 impl Disk {
+    /// The journal's open file would go on taking writes in a folder that
+    /// was moved away (or under a mount that is gone): refuses them.
+    fn check_folder(&self, dir: &Path, ops: &[Op]) -> Result<(), StoreError> {
+        if folder_identity(dir).ok() == Some(self.folder) {
+            return Ok(());
+        }
+        let what = ops
+            .first()
+            .map(|op| op.id().to_string())
+            .unwrap_or_default();
+        Err(StoreError::Refused(format!(
+            "record {what}: {}: the store's folder was moved, replaced or unmounted",
+            dir.display()
+        )))
+    }
+
+    /// Journals `ops` without a flush if that is a short write to the page
+    /// cache: no record files are due and no journal file is handed over.
+    /// Otherwise gives `ops` back untouched, for [`Disk::commit`].
+    fn quick_commit(
+        &mut self,
+        dir: &Path,
+        ops: Vec<Op>,
+    ) -> Result<Result<(), StoreError>, Vec<Op>> {
+        if self.files_written.elapsed() >= WRITE_FILES_EVERY {
+            return Err(ops);
+        }
+        if let Err(e) = self.check_folder(dir, &ops) {
+            return Ok(Err(e));
+        }
+        let entries = match self.journal.encode(&ops) {
+            Ok(entries) if self.journal.fits(&entries) => entries,
+            Ok(_) => return Err(ops),
+            Err(e) => return Ok(Err(refused(&self.journal.path(), &e))),
+        };
+        match self.journal.append(&entries, false) {
+            Ok(()) => {}
+            Err(CommitError::Io(e)) => return Ok(Err(refused(&self.journal.path(), &e))),
+            // It fits, so it is not too large.
+            Err(CommitError::TooLarge) => return Err(ops),
+        }
+        self.note(ops);
+        Ok(Ok(()))
+    }
+
     /// Journals `ops` (flushed when `flush`), then notes their records as
     /// behind; writes the files when they have lagged for a while.
     fn commit(&mut self, dir: &Path, ops: Vec<Op>, flush: bool) -> Result<(), StoreError> {
-        // The journal's open file would go on taking writes in a folder
-        // that was moved away (or under a mount that is gone).
-        if folder_identity(dir).ok() != Some(self.folder) {
-            let what = ops
-                .first()
-                .map(|op| op.id().to_string())
-                .unwrap_or_default();
-            return Err(StoreError::Refused(format!(
-                "record {what}: {}: the store's folder was moved, replaced or unmounted",
-                dir.display()
-            )));
-        }
+        self.check_folder(dir, &ops)?;
         let Disk {
             journal,
             behind,
@@ -370,18 +404,23 @@ impl Disk {
             }
             Err(CommitError::Io(e)) => return Err(refused(&journal.path(), &e)),
         }
-        for op in ops {
-            match op {
-                Op::Put(record) => behind.insert(record.id(), Some(*record)),
-                Op::Delete(id) => behind.insert(id, None),
-            };
-        }
-        if files_written.elapsed() >= WRITE_FILES_EVERY
-            && let Err(e) = write_files(dir, behind, files_written)
+        self.note(ops);
+        if self.files_written.elapsed() >= WRITE_FILES_EVERY
+            && let Err(e) = write_files(dir, &mut self.behind, &mut self.files_written)
         {
             tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
         }
         Ok(())
+    }
+
+    /// Notes the records of journalled `ops` as behind their files.
+    fn note(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            match op {
+                Op::Put(record) => self.behind.insert(record.id(), Some(*record)),
+                Op::Delete(id) => self.behind.insert(id, None),
+            };
+        }
     }
 }
 
@@ -391,26 +430,36 @@ impl Disk {
 fn replay(
     dir: &Path,
     records: &mut BTreeMap<ProcessId, ProcessRecord>,
-    (ops, newest): (Vec<Op>, u64),
+    (entries, newest): (Vec<Entry>, u64),
     capacity: u64,
 ) -> Result<Journal, StoreError> {
-    let replayed = !ops.is_empty();
+    let replayed = !entries.is_empty();
     let mut behind = BTreeMap::new();
-    for op in ops {
-        match op {
-            Op::Put(r) => {
-                if records
-                    .get(&r.id())
-                    .is_none_or(|have| have.version() < r.version())
-                {
-                    records.insert(r.id(), (*r).clone());
-                    behind.insert(r.id(), Some(*r));
-                }
+    for entry in entries {
+        let record = match entry {
+            Entry::Put(r) => *r,
+            // The spec comes from the version put earlier in the same file
+            // (or a newer one in the record's file: the spec never changes).
+            Entry::Update(u) => {
+                let id = u.id();
+                let Some(record) = records.get(&id).and_then(|have| have.updated(*u)) else {
+                    tracing::warn!(%id, "journal update of a record it never put: skipped");
+                    continue;
+                };
+                record
             }
-            Op::Delete(id) => {
+            Entry::Delete(id) => {
                 records.remove(&id);
                 behind.insert(id, None);
+                continue;
             }
+        };
+        if records
+            .get(&record.id())
+            .is_none_or(|have| have.version() < record.version())
+        {
+            records.insert(record.id(), record.clone());
+            behind.insert(record.id(), Some(record));
         }
     }
     let restored = behind.values().filter(|v| v.is_some()).count();
@@ -470,8 +519,8 @@ impl FsStore {
         let journalled = recovered
             .0
             .iter()
-            .filter(|op| matches!(op, Op::Put(_)))
-            .map(Op::id)
+            .filter(|entry| matches!(entry, Entry::Put(_)))
+            .map(Entry::id)
             .collect();
         let mut cache = load_all(
             &dir,
@@ -532,13 +581,29 @@ impl FsStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
-    /// Journals `ops` (flushed when `flush`) off the async threads.
+    /// Journals `ops` (flushed when `flush`). A quick append is made here;
+    /// one that waits for the disk, writes record files or hands a journal
+    /// file over is made off the async threads.
     async fn commit(
         &self,
         disk: &Arc<Mutex<Disk>>,
         ops: Vec<Op>,
         flush: bool,
     ) -> Result<(), StoreError> {
+        let ops = if flush {
+            ops
+        } else {
+            // Handing a write of a few kilobytes to another thread and back
+            // costs more than the write.
+            match disk
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .quick_commit(&self.dir, ops)
+            {
+                Ok(done) => return done,
+                Err(ops) => ops,
+            }
+        };
         let disk = disk.clone();
         self.blocking(move |dir| {
             disk.lock()
