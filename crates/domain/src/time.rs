@@ -66,8 +66,47 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`: how every timestamp of years 0 to 9999 is written.
+const TEXT_LEN: usize = 24;
+
+impl Timestamp {
+    /// The text of a timestamp of years 0 to 9999, written without the
+    /// formatting machinery (records carry several, and are written often).
+    fn text(self) -> Option<[u8; TEXT_LEN]> {
+        let days = i64::try_from(self.0 / 1000 / 86_400).ok()?;
+        let (y, mo, d) = civil_from_days(days);
+        let y = u64::try_from(y).ok().filter(|y| *y <= 9999)?;
+        let rem = (self.0 / 1000) % 86_400;
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+                n /= 10;
+            }
+        };
+        put(0, 4, y);
+        put(5, 2, u64::from(mo));
+        put(8, 2, u64::from(d));
+        put(11, 2, rem / 3600);
+        put(14, 2, (rem / 60) % 60);
+        put(17, 2, rem % 60);
+        put(20, 3, self.0 % 1000);
+        Some(out)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.text() {
+            Some(text) => f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?),
+            None => self.write_any_year(f),
+        }
+    }
+}
+
+impl Timestamp {
+    /// The general form, for any year.
+    fn write_any_year(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0 % 1000;
         let secs = self.0 / 1000;
         let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
@@ -130,7 +169,12 @@ impl FromStr for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.text() {
+            Some(text) => {
+                s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
+            }
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -380,6 +424,21 @@ mod tests {
         fn timestamp_display_round_trips(ms in 0u64..4_102_444_800_000) {
             let t = Timestamp::from_millis(ms);
             prop_assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
+        }
+
+        #[test]
+        fn the_quick_text_is_the_general_form(ms in 0u64..400_000_000_000_000) {
+            struct General(Timestamp);
+            impl fmt::Display for General {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    self.0.write_any_year(f)
+                }
+            }
+            let t = Timestamp::from_millis(ms);
+            let general = General(t).to_string();
+            prop_assert_eq!(t.to_string(), general.clone());
+            prop_assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{general}\""));
+            prop_assert_eq!(t.text().is_some(), ms < 253_402_300_800_000, "years 0 to 9999 only");
         }
 
         #[test]
