@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bpm_domain::ProcessId;
 
-use crate::{Cursor, OutputQuery, OutputStore, Stream, StreamSelect};
+use crate::{Cursor, OutputChunk, OutputQuery, OutputStore, Stream, StreamSelect};
 
 /// The per-process cap, in bytes, that the store under test must be built with.
 pub const CONTRACT_CAP: u64 = 4096;
@@ -18,6 +18,21 @@ fn query(cursor: Option<u64>) -> OutputQuery {
         cursor: cursor.map(Cursor),
         ..OutputQuery::default()
     }
+}
+
+/// A read of everything kept, from offset 0, so what rotation dropped is skipped.
+async fn read_everything(store: &dyn OutputStore, process: ProcessId) -> OutputChunk {
+    store
+        .read(
+            process,
+            &OutputQuery {
+                cursor: Some(Cursor(0)),
+                max_bytes: 1 << 20,
+                ..OutputQuery::default()
+            },
+        )
+        .await
+        .expect("read")
 }
 
 /// What was appended reads back, with the cursor at its end.
@@ -234,17 +249,7 @@ pub async fn cap_drops_oldest_and_reports_skipped(store: Arc<dyn OutputStore>) {
         .await
         .expect("append");
     let total = 100 * 100 + 5;
-    let chunk = store
-        .read(
-            id(1),
-            &OutputQuery {
-                cursor: Some(Cursor(0)),
-                max_bytes: 1 << 20,
-                ..OutputQuery::default()
-            },
-        )
-        .await
-        .expect("read");
+    let chunk = read_everything(&*store, id(1)).await;
     let kept = chunk.bytes().len() as u64;
     assert!(
         kept <= CONTRACT_CAP,
@@ -299,17 +304,7 @@ pub async fn kept_output_is_always_the_newest_without_gaps(store: Arc<dyn Output
         written.extend_from_slice(&data);
         let total = written.len() as u64;
         assert_eq!(end, Cursor(total), "after write {n} of {size} bytes");
-        let chunk = store
-            .read(
-                id(1),
-                &OutputQuery {
-                    cursor: Some(Cursor(0)),
-                    max_bytes: 1 << 20,
-                    ..OutputQuery::default()
-                },
-            )
-            .await
-            .expect("read");
+        let chunk = read_everything(&*store, id(1)).await;
         let kept = chunk.bytes();
         assert_eq!(
             chunk.skipped + kept.len() as u64,
