@@ -434,6 +434,46 @@ async fn input_reaches_the_process_and_it_knows_its_own_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marks_a_process_gets_are_bpm_s_even_where_its_spec_sets_them() {
+    let (bpm, _dir) = engine().await;
+    // `env` itself (a shell would merge duplicates) lists every entry, so a
+    // second variable of the same name would show.
+    let mut spec = ProcessSpec::argv(["env"]);
+    let env = std::sync::Arc::make_mut(&mut spec.env);
+    env.insert("BPM_PROCESS_ID".into(), "someone-else".into());
+    env.insert("BPM_NODE".into(), "elsewhere".into());
+    env.insert("KEPT".into(), "yes".into());
+    let r = bpm.start(spec).await.expect("start");
+    let end = bpm
+        .wait(r.id(), Some(Duration::from_secs(10)))
+        .await
+        .expect("ends");
+    assert_eq!(end.state(), StateName::Completed);
+    let text = bpm
+        .read_output(r.id(), OutputQuery::default())
+        .await
+        .expect("read")
+        .text();
+    let mut seen: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["BPM_PROCESS_ID=", "BPM_NODE=", "KEPT="]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [
+            format!("BPM_NODE={}", r.node()),
+            format!("BPM_PROCESS_ID={}", r.id()),
+            "KEPT=yes".to_string()
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_processes_run_at_most_four_at_a_time_in_their_group() {
     let mut limits = Limits::default();
     let group = GroupName::new("suite").expect("group");

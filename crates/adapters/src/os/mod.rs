@@ -8,8 +8,9 @@ mod spawn;
 mod tree;
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsString};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,9 +66,35 @@ struct Live {
 
 type LiveMap = Arc<Mutex<HashMap<ProcessId, Live>>>;
 
+/// This process's own environment, read once: every process gets it under
+/// the variables its request sets.
+struct BaseEnv {
+    /// Each variable's name (for the request's overrides) and `NAME=value`.
+    vars: Vec<(String, CString)>,
+    path: Option<OsString>,
+}
+
+impl BaseEnv {
+    fn read() -> Self {
+        let mut path = None;
+        let vars = std::env::vars_os()
+            .filter(|(k, _)| !matches!(k.to_str(), Some(tree::MARK | "BPM_NODE" | "BPM_SESSION")))
+            .filter_map(|(k, v)| {
+                if k == "PATH" {
+                    path = Some(v.clone());
+                }
+                let kv = spawn::variable(k.as_bytes(), v.as_bytes()).ok()?;
+                Some((k.to_string_lossy().into_owned(), kv))
+            })
+            .collect();
+        BaseEnv { vars, path }
+    }
+}
+
 /// Spawns and controls real OS processes.
 pub struct OsSpawner {
     output: Arc<dyn OutputStore>,
+    base_env: BaseEnv,
     live: LiveMap,
     tx: mpsc::UnboundedSender<ProcessNotice>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
@@ -80,6 +107,7 @@ impl OsSpawner {
         let (tx, rx) = mpsc::unbounded_channel();
         OsSpawner {
             output,
+            base_env: BaseEnv::read(),
             live: Arc::new(Mutex::new(HashMap::new())),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -129,20 +157,34 @@ impl ProcessSpawner for OsSpawner {
         {
             return Err(SpawnError::CwdNotFound(cwd.clone()));
         }
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| !request.env.contains_key(k.to_string_lossy().as_ref()))
-            .filter(|(k, _)| !matches!(k.to_str(), Some(tree::MARK | "BPM_NODE" | "BPM_SESSION")))
-            .collect();
-        env.extend(request.env.iter().map(|(k, v)| (k.into(), v.into())));
-        env.push((tree::MARK.into(), request.id.to_string().into()));
-        env.push(("BPM_NODE".into(), request.node.as_str().into()));
-        if let Some(session) = &request.session {
-            env.push(("BPM_SESSION".into(), session.as_str().into()));
+        let nul = |_| SpawnError::Invalid("a NUL byte in an environment variable".into());
+        // bpm's own marks win over the request's variables of the same name:
+        // stops find a tree by its mark, and a child learns its id from it.
+        let ours = |k: &str| {
+            k == tree::MARK || k == "BPM_NODE" || (k == "BPM_SESSION" && request.session.is_some())
+        };
+        let mut own = Vec::with_capacity(request.env.len() + 3);
+        for (k, v) in request.env.iter().filter(|(k, _)| !ours(k)) {
+            own.push(spawn::variable(k.as_bytes(), v.as_bytes()).map_err(nul)?);
         }
-        let path_var = env
+        let id_text = request.id.to_string();
+        own.push(spawn::variable(tree::MARK.as_bytes(), id_text.as_bytes()).map_err(nul)?);
+        own.push(spawn::variable(b"BPM_NODE", request.node.as_str().as_bytes()).map_err(nul)?);
+        if let Some(session) = &request.session {
+            own.push(spawn::variable(b"BPM_SESSION", session.as_str().as_bytes()).map_err(nul)?);
+        }
+        let mut env: Vec<&CStr> = self
+            .base_env
+            .vars
             .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone());
+            .filter(|(k, _)| !request.env.contains_key(k.as_str()))
+            .map(|(_, kv)| kv.as_c_str())
+            .collect();
+        env.extend(own.iter().map(CString::as_c_str));
+        let path_var = match request.env.get("PATH") {
+            Some(p) => Some(OsString::from(p)),
+            None => self.base_env.path.clone(),
+        };
         let resolved = spawn::resolve(program, path_var.as_ref()).map_err(|e| match e {
             spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
             spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),

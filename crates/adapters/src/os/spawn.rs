@@ -6,10 +6,10 @@
 //! fraction of the `fork` that std's `pre_exec` hook (the only stable way to
 //! call `setsid` through `std::process`) would force on a large parent.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -100,11 +100,21 @@ impl Drop for SpawnSetup {
     }
 }
 
-/// Starts `program` with `argv` (argv\[0\] included) and exactly the environment `env`.
+/// A variable as `execve` takes it: `NAME=value`.
+pub(crate) fn variable(name: &[u8], value: &[u8]) -> io::Result<CString> {
+    let mut kv = Vec::with_capacity(name.len() + value.len() + 1);
+    kv.extend_from_slice(name);
+    kv.push(b'=');
+    kv.extend_from_slice(value);
+    cstring(kv)
+}
+
+/// Starts `program` with `argv` (argv\[0\] included) and exactly the
+/// environment `env` (`NAME=value` strings).
 pub(crate) fn spawn(
     program: &Path,
     argv: &[String],
-    env: &[(OsString, OsString)],
+    env: &[&CStr],
     cwd: Option<&Path>,
     stdin_pipe: bool,
 ) -> io::Result<Child> {
@@ -113,21 +123,12 @@ pub(crate) fn spawn(
         .iter()
         .map(|a| cstring(a.clone().into_bytes()))
         .collect::<io::Result<_>>()?;
-    let vars: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = k.clone().into_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            cstring(kv)
-        })
-        .collect::<io::Result<_>>()?;
     let cwd = cwd
         .map(|c| cstring(c.as_os_str().as_bytes().to_vec()))
         .transpose()?;
     let mut arg_ptrs: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr().cast_mut()).collect();
     arg_ptrs.push(std::ptr::null_mut());
-    let mut env_ptrs: Vec<*mut libc::c_char> = vars.iter().map(|v| v.as_ptr().cast_mut()).collect();
+    let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|v| v.as_ptr().cast_mut()).collect();
     env_ptrs.push(std::ptr::null_mut());
 
     // The parent keeps one end of each pipe; close-on-exec keeps every end out of other children.
