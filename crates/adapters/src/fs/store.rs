@@ -5,8 +5,9 @@
 //! batch, flushed when the write must be durable, so a durable write costs
 //! one flush whatever it holds, and an unflushed update (a change the domain
 //! need not make durable) costs none. Each record's file `ID.json` is then
-//! written whole, in place, in bulk: at most a second after a change, before
-//! the journal turns over, and when the store closes. Opening the store
+//! written whole, in place: once files have lagged a second, a few with each
+//! later write (so no write waits for a burst's worth of them), all of them
+//! before the journal turns over, and when the store closes. Opening the store
 //! replays the journal over the files, so what a crash or a power cut kept
 //! from them (or tore in them) is restored. One process writes a store at a
 //! time: opening it for writing takes an exclusive lock, and a second writer
@@ -37,6 +38,11 @@ use super::journal::{self, CommitError, Entry, Journal, Op};
 /// How long a changed record's file may lag behind the journal while the
 /// store is busy.
 const WRITE_FILES_EVERY: Duration = Duration::from_secs(1);
+
+/// How many record files one write brings up to date once they are due: a
+/// burst of changes is caught up over several writes, so none of them
+/// waits for hundreds of files.
+const FILES_PER_WRITE: usize = 32;
 
 /// A store of records under a folder.
 pub struct FsStore {
@@ -294,18 +300,36 @@ fn write_files(
     behind: &mut BTreeMap<ProcessId, Option<ProcessRecord>>,
     written: &mut Instant,
 ) -> io::Result<()> {
+    write_some_files(dir, behind, written, usize::MAX)
+}
+
+/// Brings the files of up to `most` records in `behind` up to date; once
+/// none is left behind, notes the time in `written`.
+fn write_some_files(
+    dir: &Path,
+    behind: &mut BTreeMap<ProcessId, Option<ProcessRecord>>,
+    written: &mut Instant,
+    most: usize,
+) -> io::Result<()> {
     let mut first_error = None;
-    for (id, version) in std::mem::take(behind) {
+    let mut failed = Vec::new();
+    for _ in 0..most {
+        let Some((id, version)) = behind.pop_first() else {
+            break;
+        };
         let done = match &version {
             Some(record) => write_file(dir, record),
             None => remove_if_there(&record_path(dir, id)),
         };
         if let Err(e) = done {
-            behind.insert(id, version);
+            failed.push((id, version));
             first_error.get_or_insert(e);
         }
     }
-    *written = Instant::now();
+    if behind.is_empty() {
+        *written = Instant::now();
+    }
+    behind.extend(failed);
     first_error.map_or(Ok(()), Err)
 }
 
@@ -406,7 +430,12 @@ impl Disk {
         }
         self.note(ops);
         if self.files_written.elapsed() >= WRITE_FILES_EVERY
-            && let Err(e) = write_files(dir, &mut self.behind, &mut self.files_written)
+            && let Err(e) = write_some_files(
+                dir,
+                &mut self.behind,
+                &mut self.files_written,
+                FILES_PER_WRITE,
+            )
         {
             tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
         }
@@ -1049,5 +1078,33 @@ mod tests {
         assert!(pending.records.is_empty());
         // With nothing waiting, an unflushed update is seen at once.
         assert_eq!(pending.update(created.clone()), Some(created));
+    }
+
+    #[test]
+    fn files_due_are_caught_up_a_few_per_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut behind = BTreeMap::new();
+        for n in 0..70u128 {
+            let id = ProcessId::from_uuid(uuid::Uuid::from_u128(n + 1));
+            let record = ProcessRecord::new(
+                id,
+                NodeId::local(),
+                ProcessSpec::argv(["true"]),
+                Timestamp::from_millis(1),
+            );
+            behind.insert(id, Some(record));
+        }
+        let due = Instant::now()
+            .checked_sub(WRITE_FILES_EVERY)
+            .expect("an earlier instant");
+        let mut written = due;
+        let files = || std::fs::read_dir(dir.path()).expect("dir").count();
+        write_some_files(dir.path(), &mut behind, &mut written, FILES_PER_WRITE).expect("write");
+        assert_eq!((files(), behind.len()), (32, 38));
+        assert_eq!(written, due, "still behind, so still due");
+        write_some_files(dir.path(), &mut behind, &mut written, FILES_PER_WRITE).expect("write");
+        write_some_files(dir.path(), &mut behind, &mut written, FILES_PER_WRITE).expect("write");
+        assert_eq!((files(), behind.len()), (70, 0));
+        assert!(written > due, "caught up: the next lag starts now");
     }
 }
