@@ -484,7 +484,7 @@ fn malformed_oversized_and_mismatched_messages_get_errors_not_crashes() {
         "{line}"
     );
     let (mut s, mut r) = raw(&socket);
-    s.write_all(b"{\"protocol\":1,\"software\":\"test\"}\n")
+    s.write_all(b"{\"protocol\":2,\"software\":\"test\"}\n")
         .expect("write");
     line.clear();
     r.read_line(&mut line).expect("hello");
@@ -507,7 +507,7 @@ fn malformed_oversized_and_mismatched_messages_get_errors_not_crashes() {
     r.read_line(&mut line).expect("read");
     assert!(line.contains("too_large"), "{line}");
     let (mut s, _) = raw(&socket);
-    s.write_all(b"{\"protocol\":1,\"software\":\"test\"}\n{\"id\":1,\"meth")
+    s.write_all(b"{\"protocol\":2,\"software\":\"test\"}\n{\"id\":1,\"meth")
         .expect("write");
     drop(s);
     // The daemon is still there and answers.
@@ -851,6 +851,46 @@ fn on_a_terminal_stop_offers_a_list_and_wait_draws_progress() {
         screen.contains("[##########..........]  50% halfway"),
         "{screen:?}"
     );
+}
+
+#[test]
+fn a_batch_keeps_the_callers_environment_and_its_own_variables() {
+    let bpm = Bpm::new();
+    let mut child = bpm
+        .cmd(&[
+            "run",
+            "--from",
+            "-",
+            "--env",
+            "GREETING=hi",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .env("CALLER", "from-the-caller")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"'echo 1 $GREETING $CALLER'\n'echo 2 $GREETING $CALLER'\n")
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let out = String::from_utf8(out.stdout).expect("utf-8");
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 2, "{out}");
+    for (n, id) in ids.iter().enumerate() {
+        bpm.until_state(id, "completed");
+        assert_eq!(
+            bpm.ok(&["logs", id]),
+            format!("{} hi from-the-caller\n", n + 1)
+        );
+    }
 }
 
 #[test]

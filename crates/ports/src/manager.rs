@@ -135,6 +135,24 @@ pub trait ProcessManager: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// As [`start_many`](Self::start_many), answering only the new records'
+    /// ids: for a caller that needs no more, over a connection where whole
+    /// records would cost more than the work itself.
+    ///
+    /// # Errors
+    /// As [`start_many`](Self::start_many).
+    async fn start_many_ids(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessId, ManagerError>>, ManagerError> {
+        Ok(self
+            .start_many(specs)
+            .await?
+            .into_iter()
+            .map(|r| r.map(|r| r.id()))
+            .collect())
+    }
+
     /// Creates a tracked operation (running at once) for work the caller does
     /// itself; report on it with progress, complete and fail.
     ///

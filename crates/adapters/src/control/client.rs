@@ -1,6 +1,6 @@
 //! The client's side of the control socket: a `ProcessManager` backed by a daemon.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -214,6 +214,59 @@ impl DaemonClient {
     }
 }
 
+impl DaemonClient {
+    /// Sends `specs` as `start_many` requests of up to half the daemon's
+    /// line limit each. Variables every spec shares (as the command line's
+    /// batches do) travel once per request, not once per spec.
+    async fn submit_many(
+        &self,
+        mut specs: Vec<ProcessSpec>,
+        brief: bool,
+    ) -> Result<Vec<Started>, ManagerError> {
+        let shared = specs.first().map(|s| s.env.clone()).filter(|first| {
+            !first.is_empty()
+                && specs
+                    .iter()
+                    .all(|s| Arc::ptr_eq(&s.env, first) || s.env == *first)
+        });
+        if shared.is_some() {
+            let none = Arc::new(BTreeMap::new());
+            for spec in &mut specs {
+                spec.env = none.clone();
+            }
+        }
+        let mut chunks: Vec<(Vec<ProcessSpec>, usize)> = Vec::new();
+        let env_bytes = shared
+            .as_ref()
+            .map_or(0, |e| serde_json::to_vec(e).map_or(0, |b| b.len()));
+        let room = (MAX_REQUEST_BYTES / 2).saturating_sub(env_bytes);
+        for spec in specs {
+            let len = serde_json::to_vec(&spec).map_or(0, |b| b.len()) + 1;
+            match chunks.last_mut() {
+                Some((chunk, size)) if *size + len <= room => {
+                    chunk.push(spec);
+                    *size += len;
+                }
+                _ => chunks.push((vec![spec], len)),
+            }
+        }
+        let mut out = Vec::new();
+        for (chunk, _) in chunks {
+            let n = chunk.len();
+            let request = Request::StartMany {
+                specs: chunk,
+                env: shared.clone(),
+                brief,
+            };
+            match self.call(request).await? {
+                Reply::Started(started) if started.len() == n => out.extend(started),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn unexpected(reply: &Reply) -> ManagerError {
     ManagerError::Connection(format!("the daemon answered with an unexpected {reply:?}"))
 }
@@ -227,32 +280,31 @@ impl ProcessManager for DaemonClient {
         &self,
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
-        // Requests of up to half the daemon's line limit each.
-        let mut chunks: Vec<Vec<ProcessSpec>> = Vec::new();
-        let mut size = 0;
-        for spec in specs {
-            let len = serde_json::to_vec(&spec).map_or(0, |b| b.len()) + 1;
-            if chunks.is_empty() || size + len > MAX_REQUEST_BYTES / 2 {
-                chunks.push(Vec::new());
-                size = 0;
-            }
-            size += len;
-            chunks.last_mut().expect("a chunk").push(spec);
-        }
-        let mut out = Vec::new();
-        for chunk in chunks {
-            let n = chunk.len();
-            match self.call(Request::StartMany { specs: chunk }).await? {
-                Reply::Started(started) if started.len() == n => {
-                    out.extend(started.into_iter().map(|s| match s {
-                        Started::Record(r) => Ok(*r),
-                        Started::Error(e) => Err(e.into()),
-                    }));
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-        Ok(out)
+        let started = self.submit_many(specs, false).await?;
+        Ok(started
+            .into_iter()
+            .map(|s| match s {
+                Started::Record(r) => Ok(*r),
+                Started::Id(_) => Err(ManagerError::Connection(
+                    "the daemon answered an id where a record was asked for".into(),
+                )),
+                Started::Error(e) => Err(e.into()),
+            })
+            .collect())
+    }
+    async fn start_many_ids(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessId, ManagerError>>, ManagerError> {
+        let started = self.submit_many(specs, true).await?;
+        Ok(started
+            .into_iter()
+            .map(|s| match s {
+                Started::Record(r) => Ok(r.id()),
+                Started::Id(id) => Ok(id),
+                Started::Error(e) => Err(e.into()),
+            })
+            .collect())
     }
     async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         self.record(Request::Track { spec }).await

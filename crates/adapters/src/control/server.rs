@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::ListFilter;
+use bpm_domain::{ListFilter, ProcessSpec};
 use bpm_ports::{ManagerError, ProcessManager, StopOptions};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -35,6 +35,19 @@ type Recent = Arc<std::sync::Mutex<std::collections::VecDeque<bpm_domain::Event>
 
 /// How many past events `recent_events` returns at most.
 const RECENT_EVENTS: usize = 1000;
+
+/// `spec` with the batch's `shared` variables under its own. Specs without
+/// variables of their own share the batch's map.
+fn with_env(mut spec: ProcessSpec, shared: &Arc<BTreeMap<String, String>>) -> ProcessSpec {
+    if spec.env.is_empty() {
+        spec.env = shared.clone();
+    } else {
+        let mut env = (**shared).clone();
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        spec.env = Arc::new(env);
+    }
+    spec
+}
 
 async fn send(writer: &Writer, line: &impl serde::Serialize) -> bool {
     let Ok(mut bytes) = serde_json::to_vec(line) else {
@@ -232,16 +245,28 @@ async fn dispatch(
     let record = |r| Reply::Record(Box::new(r));
     Ok(match request {
         Request::Start { spec } => record(m.start(spec).await?),
-        Request::StartMany { specs } => Reply::Started(
-            m.start_many(specs)
-                .await?
-                .into_iter()
-                .map(|r| match r {
-                    Ok(r) => Started::Record(Box::new(r)),
-                    Err(e) => Started::Error(WireError::from(&e)),
-                })
-                .collect(),
-        ),
+        Request::StartMany { specs, env, brief } => {
+            let specs = match env {
+                Some(shared) => specs.into_iter().map(|s| with_env(s, &shared)).collect(),
+                None => specs,
+            };
+            let started = m.start_many(specs).await?.into_iter();
+            Reply::Started(if brief {
+                started
+                    .map(|r| match r {
+                        Ok(r) => Started::Id(r.id()),
+                        Err(e) => Started::Error(WireError::from(&e)),
+                    })
+                    .collect()
+            } else {
+                started
+                    .map(|r| match r {
+                        Ok(r) => Started::Record(Box::new(r)),
+                        Err(e) => Started::Error(WireError::from(&e)),
+                    })
+                    .collect()
+            })
+        }
         Request::Track { spec } => record(m.track(spec).await?),
         Request::Get { id } => record(m.get(id).await?),
         Request::List { filter } => Reply::Records(m.list(filter).await?),

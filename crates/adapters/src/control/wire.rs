@@ -1,6 +1,6 @@
-//! The control protocol, version 1: newline-delimited JSON over a Unix socket.
+//! The control protocol, version 2: newline-delimited JSON over a Unix socket.
 //!
-//! 1. The client sends `{"protocol":1,"software":"bpm 0.1.0"}`; the daemon
+//! 1. The client sends `{"protocol":2,"software":"bpm 0.1.0"}`; the daemon
 //!    answers with its own, or with an error of kind `version_mismatch` and
 //!    closes the connection.
 //! 2. Each request is `{"id":N,"method":"start","params":{...}}`; each answer
@@ -8,7 +8,13 @@
 //!    Answers may come out of order (a `wait` can take long); ids match them.
 //!    `start_many` (`{"specs":[...]}`) starts several processes in one step
 //!    (their records are written together) and answers `{"started":[...]}`,
-//!    one `{"record":{...}}` or `{"error":{...}}` per spec, in order.
+//!    one `{"record":{...}}` or `{"error":{...}}` per spec, in order. Two
+//!    optional parameters keep a large batch small on the wire: `env`, a
+//!    map of variables every spec gets under its own `env` (a spec's own
+//!    value of a variable wins), and `brief: true`, which answers
+//!    `{"id":...}` in place of each `{"record":{...}}`. (Version 2 added
+//!    them; version 1 clients are refused at the handshake, since a daemon
+//!    that ignored `env` would start processes without their variables.)
 //! 3. After `{"id":N,"method":"subscribe"}`, the daemon also sends
 //!    `{"event":{...}}` lines for every event, until the connection closes.
 //!
@@ -21,9 +27,11 @@ use bpm_domain::{
 };
 use bpm_ports::{ManagerError, OutputChunk, OutputQuery};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The longest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
@@ -46,6 +54,12 @@ pub enum Request {
     },
     StartMany {
         specs: Vec<ProcessSpec>,
+        /// Variables every spec gets under its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<Arc<BTreeMap<String, String>>>,
+        /// Answer ids, not records.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        brief: bool,
     },
     Track {
         spec: ProcessSpec,
@@ -162,6 +176,7 @@ pub enum Reply {
 #[allow(missing_docs)]
 pub enum Started {
     Record(Box<ProcessRecord>),
+    Id(ProcessId),
     Error(WireError),
 }
 

@@ -500,21 +500,33 @@ async fn run_many(m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
             spec
         })
         .collect();
-    let results = m.start_many(specs).await?;
     let mut failed = Vec::new();
-    let mut started = Vec::new();
-    for ((n, _), result) in lines.iter().zip(results) {
-        match result {
-            Ok(record) if as_json => started.push(record_json(&record)),
-            Ok(record) => println!("{}", record.id()),
-            Err(e) => {
-                eprintln!("bpm: {}:{n}: {e}", from.display());
-                failed.push(CliError::from(e));
+    let mut refused = |n: usize, e: ManagerError| {
+        eprintln!("bpm: {}:{n}: {e}", from.display());
+        failed.push(CliError::from(e));
+    };
+    if as_json {
+        let mut started = Vec::new();
+        for ((n, _), result) in lines.iter().zip(m.start_many(specs).await?) {
+            match result {
+                Ok(record) => started.push(record_json(&record)),
+                Err(e) => refused(*n, e),
             }
         }
-    }
-    if as_json {
         println!("{}", json(&serde_json::Value::Array(started)));
+    } else {
+        // Only the ids are printed, so only the ids are asked for.
+        let mut out = String::new();
+        for ((n, _), result) in lines.iter().zip(m.start_many_ids(specs).await?) {
+            match result {
+                Ok(id) => {
+                    out.push_str(&id.to_string());
+                    out.push('\n');
+                }
+                Err(e) => refused(*n, e),
+            }
+        }
+        print!("{out}");
     }
     match failed.into_iter().next() {
         None => Ok(ExitCode::SUCCESS),
