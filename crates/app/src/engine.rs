@@ -260,7 +260,7 @@ impl Engine {
     }
 
     /// Waits until every id in `ids` has ended, or until `deadline`.
-    async fn wait_all(
+    async fn wait_until_ended(
         &self,
         mut events: broadcast::Receiver<Event>,
         ids: &[ProcessId],
@@ -325,7 +325,7 @@ impl Engine {
             .map(ProcessRecord::id)
             .collect();
         let deadline = self.ports.clock.now().saturating_add(grace + STOP_MARGIN);
-        match self.wait_all(events, &ids, Some(deadline)).await {
+        match self.wait_until_ended(events, &ids, Some(deadline)).await {
             Ok(()) | Err(ManagerError::WaitTimeout { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -490,8 +490,21 @@ impl ProcessManager for Engine {
         let events = self.ports.events.subscribe();
         self.get(id).await?;
         let deadline = timeout.map(|t| self.ports.clock.now().saturating_add(t));
-        self.wait_all(events, &[id], deadline).await?;
+        self.wait_until_ended(events, &[id], deadline).await?;
         self.get(id).await
+    }
+
+    async fn wait_many(
+        &self,
+        ids: &[ProcessId],
+        timeout: Option<Duration>,
+    ) -> Result<(), ManagerError> {
+        let events = self.ports.events.subscribe();
+        for id in ids {
+            self.get(*id).await?;
+        }
+        let deadline = timeout.map(|t| self.ports.clock.now().saturating_add(t));
+        self.wait_until_ended(events, ids, deadline).await
     }
 
     async fn read_output(

@@ -196,6 +196,20 @@ fn wait_exits_with_the_process_code_and_124_on_timeout() {
     let sleeper = bpm.ok(&["run", "--", "sleep", "30"]);
     let err = bpm.fails(&["wait", sleeper.trim(), "--timeout", "0.3"], 124);
     assert!(err.contains("timed out"), "{err}");
+    // Several ids: done once all have ended, whatever their codes; the
+    // timeout bounds the whole wait and names one still running.
+    let short = bpm.ok(&["run", "--", "sleep", "0.3"]);
+    bpm.ok(&["wait", id.trim(), short.trim()]);
+    assert_eq!(
+        bpm.json(&["show", short.trim(), "--json"])["state"],
+        "completed"
+    );
+    let err = bpm.fails(
+        &["wait", id.trim(), sleeper.trim(), "--timeout", "0.3"],
+        124,
+    );
+    assert!(err.contains(sleeper.trim()), "{err}");
+    bpm.fails(&["wait", id.trim(), "no-such-process"], 3);
     let out = bpm
         .cmd(&[
             "run",

@@ -700,6 +700,47 @@ async fn wait_times_out_on_the_clock() {
 }
 
 #[tokio::test]
+async fn waiting_for_many_ends_when_the_last_ends_or_on_the_clock() {
+    let h = harness(Limits::default()).await;
+    let quick = h.engine.start(fake(&["exit=3"])).await.expect("start");
+    let later = h.engine.start(fake(&["after=1s"])).await.expect("start");
+    let stuck = h.engine.start(fake(&["forever"])).await.expect("start");
+    let unknown = ProcessId::from_uuid(uuid::Uuid::from_u128(42));
+    let err = h
+        .engine
+        .wait_many(&[quick.id(), unknown], None)
+        .await
+        .expect_err("unknown");
+    assert!(
+        matches!(err, ManagerError::NotFound(id) if id == unknown),
+        "{err}"
+    );
+
+    let engine = h.engine.clone();
+    let ids = [quick.id(), later.id()];
+    let waiting = tokio::spawn(async move { engine.wait_many(&ids, None).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "one of them still runs");
+    h.advance(Duration::from_secs(1)).await;
+    waiting.await.expect("joined").expect("both ended");
+    let ended = h.engine.get(later.id()).await.expect("get");
+    assert_eq!(ended.state(), StateName::Completed);
+
+    // The timeout bounds the whole wait, and names the record still running.
+    let engine = h.engine.clone();
+    let ids = [quick.id(), stuck.id()];
+    let waiting =
+        tokio::spawn(async move { engine.wait_many(&ids, Some(Duration::from_secs(2))).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.advance(Duration::from_secs(2)).await;
+    let err = waiting.await.expect("joined").expect_err("timeout");
+    assert!(
+        matches!(err, ManagerError::WaitTimeout { id, state: StateName::Running } if id == stuck.id()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn output_is_readable_and_input_reaches_the_process() {
     let h = harness(Limits::default()).await;
     let mut spec = fake(&["forever", "echo-input", "stdout=hello"]);

@@ -260,6 +260,27 @@ pub trait ProcessManager: Send + Sync + 'static {
         timeout: Option<Duration>,
     ) -> Result<ProcessRecord, ManagerError>;
 
+    /// Waits until every record in `ids` has finished; `timeout` bounds the
+    /// whole wait. For a caller that needs no records back: one call where
+    /// [`wait`](Self::wait) would take one per id.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::WaitTimeout`], naming a record still
+    ///   unfinished, if `timeout` passes first.
+    async fn wait_many(
+        &self,
+        ids: &[ProcessId],
+        timeout: Option<Duration>,
+    ) -> Result<(), ManagerError> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        for id in ids {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            self.wait(*id, left).await?;
+        }
+        Ok(())
+    }
+
     /// Reads the record's output; reading never consumes it for other readers.
     ///
     /// # Errors

@@ -214,6 +214,9 @@ impl DaemonClient {
     }
 }
 
+/// The most ids in one `wait_many` request (about 400 KB of JSON).
+const WAIT_MANY_IDS: usize = 10_000;
+
 impl DaemonClient {
     /// Sends `specs` as `start_many` requests of up to half the daemon's
     /// line limit each. Variables every spec shares (as the command line's
@@ -378,6 +381,26 @@ impl ProcessManager for DaemonClient {
     ) -> Result<ProcessRecord, ManagerError> {
         let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         self.record(Request::Wait { id, timeout_ms }).await
+    }
+    async fn wait_many(
+        &self,
+        ids: &[ProcessId],
+        timeout: Option<Duration>,
+    ) -> Result<(), ManagerError> {
+        // Requests well under the daemon's line limit; the deadline covers them all.
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        for chunk in ids.chunks(WAIT_MANY_IDS) {
+            let timeout_ms = deadline.map(|d| {
+                let left = d.saturating_duration_since(tokio::time::Instant::now());
+                u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+            });
+            self.done(Request::WaitMany {
+                ids: chunk.to_vec(),
+                timeout_ms,
+            })
+            .await?;
+        }
+        Ok(())
     }
     async fn read_output(
         &self,

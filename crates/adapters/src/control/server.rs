@@ -303,6 +303,11 @@ async fn dispatch(
         Request::Wait { id, timeout_ms } => {
             record(m.wait(id, timeout_ms.map(Duration::from_millis)).await?)
         }
+        Request::WaitMany { ids, timeout_ms } => {
+            m.wait_many(&ids, timeout_ms.map(Duration::from_millis))
+                .await?;
+            Reply::Done
+        }
         Request::ReadOutput { id, query } => Reply::Output(m.read_output(id, query).await?),
         Request::SendInput { id, data } => {
             m.send_input(id, data).await?;

@@ -15,6 +15,8 @@
 //!    `{"id":...}` in place of each `{"record":{...}}`. (Version 2 added
 //!    them; version 1 clients are refused at the handshake, since a daemon
 //!    that ignored `env` would start processes without their variables.)
+//!    `wait_many` (`{"ids":[...],"timeout_ms":N}`) answers `"done"` once
+//!    every one of the records has finished.
 //! 3. After `{"id":N,"method":"subscribe"}`, the daemon also sends
 //!    `{"event":{...}}` lines for every event, until the connection closes.
 //!
@@ -104,6 +106,10 @@ pub enum Request {
     },
     Wait {
         id: ProcessId,
+        timeout_ms: Option<u64>,
+    },
+    WaitMany {
+        ids: Vec<ProcessId>,
         timeout_ms: Option<u64>,
     },
     ReadOutput {

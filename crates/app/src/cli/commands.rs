@@ -923,30 +923,25 @@ async fn wait(m: &DaemonClient, texts: &[String], timeout: Option<f64>) -> Outco
     for t in texts {
         ids.push(resolve(m, t).await?);
     }
-    let bar = ids.len() == 1 && std::io::stderr().is_terminal();
-    let mut last = None;
-    for id in &ids {
-        let waiting = m.wait(*id, timeout);
-        let r = if bar {
-            with_progress_bar(m, *id, waiting).await
+    let timed_out = |e: ManagerError| match e {
+        ManagerError::WaitTimeout { id, state } => CliError {
+            code: 124,
+            message: format!("timed out waiting for {id}: it is still {state}"),
+        },
+        e => e.into(),
+    };
+    if let [id] = ids[..] {
+        let waiting = m.wait(id, timeout);
+        let r = if std::io::stderr().is_terminal() {
+            with_progress_bar(m, id, waiting).await
         } else {
             waiting.await
         };
-        match r {
-            Ok(r) => last = Some(r),
-            Err(ManagerError::WaitTimeout { id, state }) => {
-                return Err(CliError {
-                    code: 124,
-                    message: format!("timed out waiting for {id}: it is still {state}"),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
+        return r.map(|r| exit_code_of(&r)).map_err(timed_out);
     }
-    Ok(match (ids.len(), last) {
-        (1, Some(r)) => exit_code_of(&r),
-        _ => ExitCode::SUCCESS,
-    })
+    // Several: one call for all of them, which need not send records back.
+    m.wait_many(&ids, timeout).await.map_err(timed_out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Draws the record's progress on stderr while `waiting` runs.

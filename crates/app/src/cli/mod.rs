@@ -67,12 +67,12 @@ pub enum Command {
         /// Id or name.
         id: String,
     },
-    /// Wait for processes to end.
+    /// Wait for processes to end (with one id, exit with its exit code).
     Wait {
         /// Ids or names.
         #[arg(required = true)]
         ids: Vec<String>,
-        /// Give up after this many seconds (exit 124).
+        /// Give up after this many seconds in all (exit 124).
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
     },
