@@ -761,9 +761,12 @@ impl Driver {
         self.execute(effects).await
     }
 
-    /// Handles several inputs as one step: each is decided in turn, then all
-    /// their writes go to the store as one batch, then the rest of their
-    /// effects are carried out in order.
+    /// Handles several inputs as one step: each is decided in turn, then
+    /// their writes go to the store in two batches, then the rest of their
+    /// effects are carried out in order. The first batch holds the records
+    /// the step starts, whose spawns follow it at once; the second, the
+    /// records left waiting, so a large batch does not hold up the first
+    /// processes while it is written.
     async fn step_many(&mut self, inputs: Vec<Input>) -> Result<Accepted, ManagerError> {
         let now = self.ports.clock.now();
         let mut accepted = Vec::with_capacity(inputs.len());
@@ -783,8 +786,23 @@ impl Driver {
                 Err(e) => accepted.push(Err(e.into())),
             }
         }
-        writes.extend(rest);
-        Ok((accepted, self.execute(writes).await?))
+        let starting: HashSet<ProcessId> = rest
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Spawn { record } => Some(record.id()),
+                _ => None,
+            })
+            .collect();
+        let (mut effects, later): (Vec<_>, Vec<_>) = writes.into_iter().partition(
+            |e| matches!(e, Effect::Persist { record, .. } if starting.contains(&record.id())),
+        );
+        let (spawns, others): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Spawn { .. }));
+        effects.extend(spawns);
+        effects.extend(later);
+        effects.extend(others);
+        Ok((accepted, self.execute(effects).await?))
     }
 
     async fn execute(&mut self, effects: Vec<Effect>) -> Result<Vec<ProcessRecord>, ManagerError> {

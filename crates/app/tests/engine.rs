@@ -14,13 +14,13 @@ use bpm_adapters::fake::ScriptedSpawner;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
 use bpm_domain::{
-    CoreError, EventKind, ExitStatus, GroupName, Limits, LogPattern, Percent, ProcessId,
-    ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Signal, Span, StateName,
-    StdinMode, Timestamp,
+    CoreError, EventKind, ExitStatus, GroupName, Limits, ListFilter, LogPattern, Percent,
+    ProcessId, ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Signal, Span,
+    StateName, StdinMode, Timestamp,
 };
 use bpm_ports::{
     ManagerError, OutputQuery, ProcessManager, ProcessSpawner as _, ProcessStore, StopOptions,
-    StoreError,
+    StoreError, StoreWrite,
 };
 
 struct Harness {
@@ -1010,6 +1010,79 @@ async fn the_last_lines_can_be_read_within_a_byte_cap() {
     let capped = h.engine.read_output(r.id(), q(2, 7)).await.expect("tail");
     assert_eq!(capped.text(), "\nthree\n", "the newest bytes are kept");
     assert!(capped.truncated);
+}
+
+/// A store that notes the states in each batch written, around an in-memory store.
+struct NotingStore {
+    inner: InMemoryStore,
+    batches: std::sync::Mutex<Vec<Vec<StateName>>>,
+}
+
+#[async_trait::async_trait]
+impl ProcessStore for NotingStore {
+    async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
+        self.inner.create(record).await
+    }
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn update(&self, record: &ProcessRecord, expected: u64) -> Result<(), StoreError> {
+        self.inner.update(record, expected).await
+    }
+    async fn update_unflushed(
+        &self,
+        record: &ProcessRecord,
+        expected: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.update_unflushed(record, expected).await
+    }
+    async fn write_batch_unsynced(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
+        self.batches
+            .lock()
+            .expect("lock")
+            .push(writes.iter().map(|w| w.record.state()).collect());
+        self.inner.write_batch_unsynced(writes).await
+    }
+    async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
+        self.inner.list(filter).await
+    }
+    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
+        self.inner.expire(ended_before).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_writes_the_records_it_starts_first_and_the_waiting_ones_after() {
+    use StateName::{Pending, Starting};
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let (mut ports, _) = ports_with(&clock, Arc::new(InMemoryStore::new()));
+    let store = Arc::new(NotingStore {
+        inner: InMemoryStore::new(),
+        batches: std::sync::Mutex::default(),
+    });
+    ports.store = store.clone();
+    let limits = Limits {
+        max_running: 2,
+        ..Limits::default()
+    };
+    let engine = Engine::start(ports, EngineConfig { node: None, limits })
+        .await
+        .expect("engine starts");
+    store.batches.lock().expect("lock").clear();
+    let results = engine
+        .start_many((0..5).map(|_| fake(&["forever"])).collect())
+        .await
+        .expect("started");
+    assert!(results.iter().all(Result::is_ok));
+    let batches = store.batches.lock().expect("lock").clone();
+    assert_eq!(
+        batches[..2],
+        [vec![Starting, Starting], vec![Pending, Pending, Pending]],
+        "the two it starts, then the three left waiting"
+    );
 }
 
 #[tokio::test]
