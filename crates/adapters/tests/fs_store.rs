@@ -6,7 +6,7 @@ use bpm_adapters::fs::FsStore;
 use bpm_domain::{
     ListFilter, NodeId, ProcessId, ProcessRecord, ProcessSpec, StateName, Timestamp, Transition,
 };
-use bpm_ports::{ProcessStore, StoreError};
+use bpm_ports::{ProcessStore, StoreError, StoreWrite};
 
 fn record(n: u128) -> ProcessRecord {
     ProcessRecord::new(
@@ -275,6 +275,37 @@ async fn records_outlive_many_turns_of_a_small_journal() {
     let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
     let listed = store.list(&ListFilter::default()).await.expect("list");
     assert_eq!(listed, all[10..]);
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_a_journal_file_is_written_in_parts_that_fit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open_with_journal(dir.path(), 20_000).expect("open");
+    // About 60 KB in all: three journal files' worth, and one record that no
+    // journal file can hold.
+    let mut records: Vec<ProcessRecord> = (1..=200).map(record).collect();
+    records[100] = ProcessRecord::new(
+        ProcessId::from_uuid(uuid::Uuid::from_u128(1000)),
+        NodeId::local(),
+        ProcessSpec::argv(vec!["x".repeat(30_000)]),
+        Timestamp::from_millis(1),
+    );
+    let writes: Vec<StoreWrite> = records
+        .iter()
+        .map(|r| StoreWrite {
+            record: r.clone(),
+            expected_version: None,
+            durable: true,
+        })
+        .collect();
+    let results = store.write_batch(&writes).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    drop(store);
+    let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
+    let mut listed = store.list(&ListFilter::default()).await.expect("list");
+    listed.sort_by_key(ProcessRecord::id);
+    records.sort_by_key(ProcessRecord::id);
+    assert_eq!(listed, records);
 }
 
 /// Files are rewritten in place: a shorter version must not keep the longer

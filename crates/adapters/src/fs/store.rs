@@ -405,30 +405,7 @@ impl Disk {
     /// behind; writes the files when they have lagged for a while.
     fn commit(&mut self, dir: &Path, ops: Vec<Op>, flush: bool) -> Result<(), StoreError> {
         self.check_folder(dir, &ops)?;
-        let Disk {
-            journal,
-            behind,
-            files_written,
-            ..
-        } = self;
-        match journal.commit(&ops, flush, || write_files(dir, behind, files_written)) {
-            Ok(()) => {}
-            Err(CommitError::TooLarge) => {
-                for op in ops {
-                    let id = op.id();
-                    let path = record_path(dir, id);
-                    match op {
-                        Op::Put(record) => write_durably(dir, &record),
-                        Op::Delete(_) => remove_if_there(&path).and_then(|()| sync_dir(dir)),
-                    }
-                    .map_err(|e| refused(&path, &e))?;
-                    behind.remove(&id);
-                }
-                return Ok(());
-            }
-            Err(CommitError::Io(e)) => return Err(refused(&journal.path(), &e)),
-        }
-        self.note(ops);
+        self.journal_ops(dir, ops, flush)?;
         if self.files_written.elapsed() >= WRITE_FILES_EVERY
             && let Err(e) = write_some_files(
                 dir,
@@ -440,6 +417,45 @@ impl Disk {
             tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
         }
         Ok(())
+    }
+
+    /// Journals `ops` as one append if one journal file can hold them. A
+    /// batch too large for that goes in halves, each journalled whole (so
+    /// a crash may keep the first and not the second, as it may keep some
+    /// of the records written one by one below); one record too large for
+    /// the journal is written to its own file durably.
+    fn journal_ops(&mut self, dir: &Path, mut ops: Vec<Op>, flush: bool) -> Result<(), StoreError> {
+        let Disk {
+            journal,
+            behind,
+            files_written,
+            ..
+        } = self;
+        match journal.commit(&ops, flush, || write_files(dir, behind, files_written)) {
+            Ok(()) => {
+                self.note(ops);
+                Ok(())
+            }
+            Err(CommitError::TooLarge) if ops.len() > 1 => {
+                let second = ops.split_off(ops.len() / 2);
+                self.journal_ops(dir, ops, flush)?;
+                self.journal_ops(dir, second, flush)
+            }
+            Err(CommitError::TooLarge) => {
+                for op in ops {
+                    let id = op.id();
+                    let path = record_path(dir, id);
+                    match op {
+                        Op::Put(record) => write_durably(dir, &record),
+                        Op::Delete(_) => remove_if_there(&path).and_then(|()| sync_dir(dir)),
+                    }
+                    .map_err(|e| refused(&path, &e))?;
+                    behind.remove(&id);
+                }
+                Ok(())
+            }
+            Err(CommitError::Io(e)) => Err(refused(&journal.path(), &e)),
+        }
     }
 
     /// Notes the records of journalled `ops` as behind their files.
