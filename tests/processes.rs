@@ -443,12 +443,8 @@ async fn the_marks_a_process_gets_are_bpm_s_even_where_its_spec_sets_them() {
     env.insert("BPM_PROCESS_ID".into(), "someone-else".into());
     env.insert("BPM_NODE".into(), "elsewhere".into());
     env.insert("KEPT".into(), "yes".into());
-    let r = bpm.start(spec).await.expect("start");
-    let end = bpm
-        .wait(r.id(), Some(Duration::from_secs(10)))
-        .await
-        .expect("ends");
-    assert_eq!(end.state(), StateName::Completed);
+    let r = finish(&bpm, spec).await;
+    assert_eq!(r.state(), StateName::Completed);
     let text = bpm
         .read_output(r.id(), OutputQuery::default())
         .await

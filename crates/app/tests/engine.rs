@@ -1012,65 +1012,11 @@ async fn the_last_lines_can_be_read_within_a_byte_cap() {
     assert!(capped.truncated);
 }
 
-/// A store that notes the states in each batch written, around an in-memory store.
-struct NotingStore {
-    inner: InMemoryStore,
-    batches: std::sync::Mutex<Vec<Vec<StateName>>>,
-}
-
-#[async_trait::async_trait]
-impl ProcessStore for NotingStore {
-    async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
-        self.inner.create(record).await
-    }
-    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn update(&self, record: &ProcessRecord, expected: u64) -> Result<(), StoreError> {
-        self.inner.update(record, expected).await
-    }
-    async fn update_unflushed(
-        &self,
-        record: &ProcessRecord,
-        expected: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.update_unflushed(record, expected).await
-    }
-    async fn write_batch_unsynced(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
-        self.batches
-            .lock()
-            .expect("lock")
-            .push(writes.iter().map(|w| w.record.state()).collect());
-        self.inner.write_batch_unsynced(writes).await
-    }
-    async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
-        self.inner.delete(id).await
-    }
-    async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
-        self.inner.list(filter).await
-    }
-    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
-        self.inner.expire(ended_before).await
-    }
-}
-
 #[tokio::test]
 async fn a_batch_writes_the_records_it_starts_first_and_the_waiting_ones_after() {
     use StateName::{Pending, Starting};
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
-    let (mut ports, _) = ports_with(&clock, Arc::new(InMemoryStore::new()));
-    let store = Arc::new(NotingStore {
-        inner: InMemoryStore::new(),
-        batches: std::sync::Mutex::default(),
-    });
-    ports.store = store.clone();
-    let limits = Limits {
-        max_running: 2,
-        ..Limits::default()
-    };
-    let engine = Engine::start(ports, EngineConfig { node: None, limits })
-        .await
-        .expect("engine starts");
+    let store = Arc::new(TestDisk::new(false));
+    let (engine, _, _) = engine_on(&store, 2).await;
     store.batches.lock().expect("lock").clear();
     let results = engine
         .start_many((0..5).map(|_| fake(&["forever"])).collect())
@@ -1306,14 +1252,48 @@ async fn a_spawner_that_panics_fails_the_record_instead_of_leaving_it_starting()
     );
 }
 
-/// A store whose flushes wait until the test lets them through, like a slow disk.
-struct SlowDisk {
+/// An in-memory store that notes the states in each batch written and,
+/// when `slow`, lets each flush through only when the test does (a slow disk).
+struct TestDisk {
     inner: InMemoryStore,
-    flushes: tokio::sync::Semaphore,
+    batches: std::sync::Mutex<Vec<Vec<StateName>>>,
+    flushes: Option<tokio::sync::Semaphore>,
+}
+
+impl TestDisk {
+    fn new(slow: bool) -> Self {
+        TestDisk {
+            inner: InMemoryStore::new(),
+            batches: std::sync::Mutex::default(),
+            flushes: slow.then(|| tokio::sync::Semaphore::new(0)),
+        }
+    }
+
+    fn let_flush(&self, n: usize) {
+        self.flushes.as_ref().expect("a slow disk").add_permits(n);
+    }
+}
+
+/// An engine with `max_running` slots on `disk`, its spawner and its clock.
+async fn engine_on(
+    disk: &Arc<TestDisk>,
+    max_running: usize,
+) -> (Engine, Arc<ScriptedSpawner>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1)));
+    let (mut ports, spawner) = ports_with(&clock, Arc::new(InMemoryStore::new()));
+    ports.store = disk.clone();
+    let limits = Limits {
+        max_running,
+        ..Limits::default()
+    };
+    let engine = Engine::start(ports, EngineConfig { node: None, limits })
+        .await
+        .expect("engine starts");
+    (engine, spawner, clock)
 }
 
 #[async_trait::async_trait]
-impl ProcessStore for SlowDisk {
+impl ProcessStore for TestDisk {
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
         self.inner.create(record).await
     }
@@ -1330,17 +1310,23 @@ impl ProcessStore for SlowDisk {
     ) -> Result<(), StoreError> {
         self.inner.update_unflushed(record, expected).await
     }
+    async fn write_batch_unsynced(&self, writes: &[StoreWrite]) -> Vec<Result<(), StoreError>> {
+        self.batches
+            .lock()
+            .expect("lock")
+            .push(writes.iter().map(|w| w.record.state()).collect());
+        self.inner.write_batch_unsynced(writes).await
+    }
     async fn sync(&self) -> Result<(), StoreError> {
-        self.flushes.acquire().await.expect("open").forget();
+        if let Some(flushes) = &self.flushes {
+            flushes.acquire().await.expect("open").forget();
+        }
         Ok(())
     }
     async fn delete(&self, id: ProcessId) -> Result<(), StoreError> {
         self.inner.delete(id).await
     }
-    async fn list(
-        &self,
-        filter: &bpm_domain::ListFilter,
-    ) -> Result<Vec<ProcessRecord>, StoreError> {
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
         self.inner.list(filter).await
     }
     async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
@@ -1350,20 +1336,8 @@ impl ProcessStore for SlowDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_disk_holds_back_answers_and_events_but_not_the_next_start() {
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1)));
-    let (mut ports, spawner) = ports_with(&clock, Arc::new(InMemoryStore::new()));
-    let disk = Arc::new(SlowDisk {
-        inner: InMemoryStore::new(),
-        flushes: tokio::sync::Semaphore::new(0),
-    });
-    ports.store = disk.clone();
-    let limits = Limits {
-        max_running: 1,
-        ..Limits::default()
-    };
-    let engine = Engine::start(ports, EngineConfig { node: None, limits })
-        .await
-        .expect("engine");
+    let disk = Arc::new(TestDisk::new(true));
+    let (engine, spawner, clock) = engine_on(&disk, 1).await;
     let mut events = engine.subscribe();
     let records = || async {
         disk.inner
@@ -1405,7 +1379,7 @@ async fn a_slow_disk_holds_back_answers_and_events_but_not_the_next_start() {
         "no answer before the disk"
     );
     assert!(events.try_recv().is_err(), "no event before the disk");
-    disk.flushes.add_permits(1_000);
+    disk.let_flush(1_000);
     let a_answer = first.await.expect("task").expect("start");
     assert_eq!(a_answer.id(), a);
     assert_eq!(second.await.expect("task").expect("start").id(), b);
