@@ -278,6 +278,36 @@ async fn records_outlive_many_turns_of_a_small_journal() {
 }
 
 #[tokio::test]
+async fn record_files_follow_the_journal_beside_the_writes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("open");
+    let file = |r: &ProcessRecord| dir.path().join(format!("{}.json", r.id()));
+    let first = record(1);
+    store.create(&first).await.expect("create");
+    assert!(!file(&first).exists(), "a record's file follows later");
+    // Once files have lagged a second, the next write starts their catch-up.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let second = record(2);
+    store.create(&second).await.expect("create");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let on_disk = |r: &ProcessRecord| {
+            std::fs::read(file(r))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ProcessRecord>(&b).ok())
+        };
+        if on_disk(&first).as_ref() == Some(&first) && on_disk(&second).as_ref() == Some(&second) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record files were not written within 5 s of the write"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_batch_larger_than_a_journal_file_is_written_in_parts_that_fit() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open_with_journal(dir.path(), 20_000).expect("open");
@@ -305,6 +335,85 @@ async fn a_batch_larger_than_a_journal_file_is_written_in_parts_that_fit() {
     let mut listed = store.list(&ListFilter::default()).await.expect("list");
     listed.sort_by_key(ProcessRecord::id);
     records.sort_by_key(ProcessRecord::id);
+    assert_eq!(listed, records);
+}
+
+/// Record files are caught up beside the writes while journal files turn
+/// over: the files of records left alone for a while reach their newest
+/// versions without a turn or a close, and a reopen finds every record's
+/// newest version whatever interleaved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_caught_up_beside_turning_journals_keep_every_newest_version() {
+    use bpm_domain::Percent;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("dir");
+    // About 1.7 s of this test's writes fill one journal file.
+    let store = FsStore::open_with_journal(dir.path(), 200_000).expect("open");
+    let mut records: Vec<ProcessRecord> = (1..=100)
+        .map(|n| {
+            let mut r = record(n);
+            r.apply(Transition::Start, Timestamp::from_millis(2))
+                .expect("start");
+            r.apply(Transition::Spawned { pid: 9 }, Timestamp::from_millis(3))
+                .expect("spawned");
+            r
+        })
+        .collect();
+    for r in &records {
+        store.create(r).await.expect("create");
+    }
+    let mut round: u64 = 0;
+    // All of them move on for 1.5 s, then only the first ten for 1.5 s more.
+    for (busy, how_long) in [(100, 1500), (10, 1500)] {
+        let until = Instant::now() + Duration::from_millis(how_long);
+        while Instant::now() < until {
+            round += 1;
+            let start = usize::try_from(round * 5).expect("index") % busy;
+            let writes: Vec<StoreWrite> = records[start..(start + 5).min(busy)]
+                .iter_mut()
+                .map(|r| {
+                    let expected = r.version();
+                    let percent = u8::try_from(round % 100).expect("percent");
+                    r.apply(
+                        Transition::Progress {
+                            percent: Percent::new(percent).expect("percent"),
+                            message: Some(format!("round {round}")),
+                        },
+                        Timestamp::from_millis(4 + round),
+                    )
+                    .expect("progress");
+                    StoreWrite {
+                        record: r.clone(),
+                        expected_version: Some(expected),
+                        durable: round.is_multiple_of(3),
+                    }
+                })
+                .collect();
+            let results = store.write_batch_unsynced(&writes).await;
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            if round.is_multiple_of(3) {
+                store.sync().await.expect("sync");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let on_disk = |r: &ProcessRecord| {
+        std::fs::read(dir.path().join(format!("{}.json", r.id())))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ProcessRecord>(&b).ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while records[10..].iter().any(|r| on_disk(r).as_ref() != Some(r)) {
+        assert!(
+            Instant::now() < deadline,
+            "the files of records left alone did not reach their newest versions"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(store);
+    let store = FsStore::open_with_journal(dir.path(), 200_000).expect("reopen");
+    let mut listed = store.list(&ListFilter::default()).await.expect("list");
+    listed.sort_by_key(ProcessRecord::id);
     assert_eq!(listed, records);
 }
 

@@ -5,9 +5,12 @@
 //! batch, flushed when the write must be durable, so a durable write costs
 //! one flush whatever it holds, and an unflushed update (a change the domain
 //! need not make durable) costs none. Each record's file `ID.json` is then
-//! written whole, in place: once files have lagged a second, a few with each
-//! later write (so no write waits for a burst's worth of them), all of them
-//! before the journal turns over, and when the store closes. Opening the store
+//! written whole, in place: once files have lagged a second, by a thread of
+//! the blocking pool beside the writes (which wait for none of it), all of
+//! them before the journal turns over, and when the store closes. A lock
+//! taken before the journal's by a write that may turn it over, and held
+//! while files are written, makes sure a file taken from those behind is on
+//! disk before the journal file that holds its record is let go. Opening the store
 //! replays the journal over the files, so what a crash or a power cut kept
 //! from them (or tore in them) is restored. One process writes a store at a
 //! time: opening it for writing takes an exclusive lock, and a second writer
@@ -39,10 +42,9 @@ use super::journal::{self, CommitError, Entry, Journal, Op};
 /// store is busy.
 const WRITE_FILES_EVERY: Duration = Duration::from_secs(1);
 
-/// How many record files one write brings up to date once they are due: a
-/// burst of changes is caught up over several writes, so none of them
-/// waits for hundreds of files.
-const FILES_PER_WRITE: usize = 32;
+/// How many record files the catch-up writes between two looks at the
+/// journal: a commit that hands a journal file over waits for these at most.
+const FILES_PER_BATCH: usize = 64;
 
 /// A store of records under a folder.
 pub struct FsStore {
@@ -64,6 +66,12 @@ struct Writer {
     /// flushed write) has put them on disk.
     unsynced: Mutex<Unsynced>,
     disk: Arc<Mutex<Disk>>,
+    /// Held while record files are written, and taken before `disk` by a
+    /// commit that may hand a journal file over: a file taken out of
+    /// `behind` is on disk before the journal that holds it is let go.
+    files: Arc<Mutex<()>>,
+    /// Whether a catch-up of record files runs beside the writes.
+    catching_up: Arc<std::sync::atomic::AtomicBool>,
     _lock: File,
     /// One write at a time, so the version check and the write are one step.
     writing: tokio::sync::Mutex<()>,
@@ -300,36 +308,18 @@ fn write_files(
     behind: &mut BTreeMap<ProcessId, Option<ProcessRecord>>,
     written: &mut Instant,
 ) -> io::Result<()> {
-    write_some_files(dir, behind, written, usize::MAX)
-}
-
-/// Brings the files of up to `most` records in `behind` up to date; once
-/// none is left behind, notes the time in `written`.
-fn write_some_files(
-    dir: &Path,
-    behind: &mut BTreeMap<ProcessId, Option<ProcessRecord>>,
-    written: &mut Instant,
-    most: usize,
-) -> io::Result<()> {
     let mut first_error = None;
-    let mut failed = Vec::new();
-    for _ in 0..most {
-        let Some((id, version)) = behind.pop_first() else {
-            break;
-        };
+    for (id, version) in std::mem::take(behind) {
         let done = match &version {
             Some(record) => write_file(dir, record),
             None => remove_if_there(&record_path(dir, id)),
         };
         if let Err(e) = done {
-            failed.push((id, version));
+            behind.insert(id, version);
             first_error.get_or_insert(e);
         }
     }
-    if behind.is_empty() {
-        *written = Instant::now();
-    }
-    behind.extend(failed);
+    *written = Instant::now();
     first_error.map_or(Ok(()), Err)
 }
 
@@ -373,16 +363,13 @@ impl Disk {
     }
 
     /// Journals `ops` without a flush if that is a short write to the page
-    /// cache: no record files are due and no journal file is handed over.
-    /// Otherwise gives `ops` back untouched, for [`Disk::commit`].
+    /// cache: no journal file is handed over. Otherwise gives `ops` back
+    /// untouched, for [`Disk::commit`].
     fn quick_commit(
         &mut self,
         dir: &Path,
         ops: Vec<Op>,
     ) -> Result<Result<(), StoreError>, Vec<Op>> {
-        if self.files_written.elapsed() >= WRITE_FILES_EVERY {
-            return Err(ops);
-        }
         if let Err(e) = self.check_folder(dir, &ops) {
             return Ok(Err(e));
         }
@@ -402,21 +389,16 @@ impl Disk {
     }
 
     /// Journals `ops` (flushed when `flush`), then notes their records as
-    /// behind; writes the files when they have lagged for a while.
+    /// behind. The caller holds the files lock: a journal file may be
+    /// handed over.
     fn commit(&mut self, dir: &Path, ops: Vec<Op>, flush: bool) -> Result<(), StoreError> {
         self.check_folder(dir, &ops)?;
-        self.journal_ops(dir, ops, flush)?;
-        if self.files_written.elapsed() >= WRITE_FILES_EVERY
-            && let Err(e) = write_some_files(
-                dir,
-                &mut self.behind,
-                &mut self.files_written,
-                FILES_PER_WRITE,
-            )
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
-        }
-        Ok(())
+        self.journal_ops(dir, ops, flush)
+    }
+
+    /// Whether record files have lagged long enough to be caught up.
+    fn files_due(&self) -> bool {
+        !self.behind.is_empty() && self.files_written.elapsed() >= WRITE_FILES_EVERY
     }
 
     /// Journals `ops` as one append if one journal file can hold them. A
@@ -587,6 +569,8 @@ impl FsStore {
                     behind: BTreeMap::new(),
                     files_written: Instant::now(),
                 })),
+                files: Arc::default(),
+                catching_up: Arc::default(),
                 _lock: lock,
                 writing: tokio::sync::Mutex::new(()),
                 flushing: tokio::sync::Mutex::new(()),
@@ -629,33 +613,99 @@ impl FsStore {
     /// Journals `ops` (flushed when `flush`). A quick append is made here;
     /// one that waits for the disk, writes record files or hands a journal
     /// file over is made off the async threads.
-    async fn commit(
-        &self,
-        disk: &Arc<Mutex<Disk>>,
-        ops: Vec<Op>,
-        flush: bool,
-    ) -> Result<(), StoreError> {
+    async fn commit(&self, writer: &Writer, ops: Vec<Op>, flush: bool) -> Result<(), StoreError> {
         let ops = if flush {
             ops
         } else {
             // Handing a write of a few kilobytes to another thread and back
             // costs more than the write.
-            match disk
+            let done = writer
+                .disk
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .quick_commit(&self.dir, ops)
-            {
-                Ok(done) => return done,
+                .quick_commit(&self.dir, ops);
+            match done {
+                Ok(done) => {
+                    self.catch_up_files(writer);
+                    return done;
+                }
                 Err(ops) => ops,
             }
         };
-        let disk = disk.clone();
-        self.blocking(move |dir| {
+        let (disk, files) = (writer.disk.clone(), writer.files.clone());
+        let done = self
+            .blocking(move |dir| {
+                let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
+                disk.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .commit(&dir, ops, flush)
+            })
+            .await;
+        self.catch_up_files(writer);
+        done
+    }
+
+    /// Once record files have lagged a second, brings them up to date on a
+    /// thread of the blocking pool, beside the writes (which go on: they
+    /// need the disk lock only between batches of files).
+    fn catch_up_files(&self, writer: &Writer) {
+        use std::sync::atomic::Ordering;
+        if !writer
+            .disk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .files_due()
+            || writer.catching_up.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (disk, files, busy) = (
+            writer.disk.clone(),
+            writer.files.clone(),
+            writer.catching_up.clone(),
+        );
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            // The records behind now, not those that fall behind meanwhile:
+            // their changes gather for the next round, one file each.
+            let mut left = disk
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .behind
+                .len();
+            while left > 0 {
+                // Taken batch by batch, so a journal file handed over waits for one batch at most.
+                let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut batch = {
+                    let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
+                    let take = left.min(FILES_PER_BATCH);
+                    let rest = match disk.behind.keys().nth(take) {
+                        Some(&first_left) => disk.behind.split_off(&first_left),
+                        None => BTreeMap::new(),
+                    };
+                    std::mem::replace(&mut disk.behind, rest)
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                left = left.saturating_sub(batch.len());
+                let mut written = Instant::now();
+                let result = write_files(&dir, &mut batch, &mut written);
+                // What could not be written waits again, unless a newer version did meanwhile.
+                let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
+                for (id, version) in batch {
+                    disk.behind.entry(id).or_insert(version);
+                }
+                if let Err(e) = result {
+                    tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
+                    break;
+                }
+            }
             disk.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .commit(&dir, ops, flush)
-        })
-        .await
+                .files_written = Instant::now();
+            busy.store(false, Ordering::Release);
+        });
     }
 
     /// Writes `writes` as one journal append, flushed when `sync` and any
@@ -700,7 +750,7 @@ impl FsStore {
             .iter()
             .map(|&i| Op::Put(Box::new(writes[i].record.clone())))
             .collect();
-        let committed = self.commit(&writer.disk, ops, flush).await;
+        let committed = self.commit(writer, ops, flush).await;
         let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
         let mut pending = writer
             .unsynced
@@ -753,7 +803,7 @@ impl FsStore {
         };
         let _turn = writer.writing.lock().await;
         check_version(&writer.cache, &writer.unsynced, record, expected)?;
-        self.commit(&writer.disk, vec![Op::Put(Box::new(record.clone()))], flush)
+        self.commit(writer, vec![Op::Put(Box::new(record.clone()))], flush)
             .await?;
         let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
         let mut pending = writer
@@ -772,7 +822,8 @@ impl FsStore {
 
 impl Drop for FsStore {
     fn drop(&mut self) {
-        if let Some(Writer { disk, .. }) = self.writer() {
+        if let Some(Writer { disk, files, .. }) = self.writer() {
+            let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
             let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
             let Disk {
                 behind,
@@ -1006,8 +1057,7 @@ impl ProcessStore for FsStore {
         if !known {
             return Err(StoreError::NotFound(id));
         }
-        self.commit(&writer.disk, vec![Op::Delete(id)], true)
-            .await?;
+        self.commit(writer, vec![Op::Delete(id)], true).await?;
         let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
         show(
             &mut cached,
@@ -1094,33 +1144,5 @@ mod tests {
         assert!(pending.records.is_empty());
         // With nothing waiting, an unflushed update is seen at once.
         assert_eq!(pending.update(created.clone()), Some(created));
-    }
-
-    #[test]
-    fn files_due_are_caught_up_a_few_per_write() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut behind = BTreeMap::new();
-        for n in 0..70u128 {
-            let id = ProcessId::from_uuid(uuid::Uuid::from_u128(n + 1));
-            let record = ProcessRecord::new(
-                id,
-                NodeId::local(),
-                ProcessSpec::argv(["true"]),
-                Timestamp::from_millis(1),
-            );
-            behind.insert(id, Some(record));
-        }
-        let due = Instant::now()
-            .checked_sub(WRITE_FILES_EVERY)
-            .expect("an earlier instant");
-        let mut written = due;
-        let files = || std::fs::read_dir(dir.path()).expect("dir").count();
-        write_some_files(dir.path(), &mut behind, &mut written, FILES_PER_WRITE).expect("write");
-        assert_eq!((files(), behind.len()), (32, 38));
-        assert_eq!(written, due, "still behind, so still due");
-        write_some_files(dir.path(), &mut behind, &mut written, FILES_PER_WRITE).expect("write");
-        write_some_files(dir.path(), &mut behind, &mut written, FILES_PER_WRITE).expect("write");
-        assert_eq!((files(), behind.len()), (70, 0));
-        assert!(written > due, "caught up: the next lag starts now");
     }
 }
