@@ -1,15 +1,48 @@
 //! The keeper keeps each exit until the daemon has recorded it: a daemon
 //! that dies holding an exit it has not recorded leaves it to the next one.
+//! It says which protocol it speaks first, and a daemon refuses one it does
+//! not speak, since a keeper outlives the daemon (and the bpm) that started it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_adapters::keeper::{KeeperSpawner, serve_keeper};
+use bpm_adapters::keeper::{KEEPER_PROTOCOL, KeeperSpawner, serve_keeper};
 use bpm_adapters::memory::InMemoryOutput;
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
 use bpm_domain::{ExitStatus, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp};
 use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnRequest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A real keeper serving on a socket in `dir`.
+fn keeper_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let socket = dir.join("keeper.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    let spawner = Arc::new(OsSpawner::new(
+        Arc::new(InMemoryOutput::default()),
+        OsSpawnerConfig::default(),
+    ));
+    tokio::spawn(serve_keeper(listener, spawner, Duration::from_mins(1)));
+    socket
+}
+
+/// A listener that plays a keeper: it writes `first` (if any) to each
+/// connection and then stays silent.
+fn impostor(dir: &std::path::Path, first: Option<&'static str>) -> std::path::PathBuf {
+    let socket = dir.join("impostor.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if let Some(line) = first {
+                stream.write_all(line.as_bytes()).await.expect("write");
+            }
+            held.push(stream);
+        }
+    });
+    socket
+}
 
 async fn next_exit(
     notices: &mut UnboundedReceiver<ProcessNotice>,
@@ -26,13 +59,7 @@ async fn next_exit(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exit_goes_to_the_next_daemon_until_one_records_it() {
     let dir = tempfile::tempdir().expect("dir");
-    let socket = dir.path().join("keeper.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-    let spawner = Arc::new(OsSpawner::new(
-        Arc::new(InMemoryOutput::default()),
-        OsSpawnerConfig::default(),
-    ));
-    tokio::spawn(serve_keeper(listener, spawner, Duration::from_mins(1)));
+    let socket = keeper_in(dir.path());
 
     // The first daemon starts a process and learns of its exit, then dies
     // before recording it.
@@ -72,4 +99,115 @@ async fn an_exit_goes_to_the_next_daemon_until_one_records_it() {
         None,
         "a recorded exit is not handed over again"
     );
+}
+
+#[tokio::test]
+async fn a_keeper_says_first_which_protocol_it_speaks() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let keeper = KeeperSpawner::connect(&socket).await.expect("connect");
+    let hello = keeper.keeper();
+    assert_eq!(hello.protocol, KEEPER_PROTOCOL);
+    assert_eq!(hello.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        hello.pid,
+        std::process::id(),
+        "the keeper runs in this test"
+    );
+}
+
+#[tokio::test]
+async fn a_keeper_of_another_protocol_is_refused_with_both_versions_and_what_to_do() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = impostor(
+        dir.path(),
+        Some("{\"hello\":{\"protocol\":99,\"version\":\"9.9.9\",\"pid\":4242}}\n"),
+    );
+    let Err(e) = KeeperSpawner::connect(&socket).await else {
+        panic!("a keeper of protocol 99 was accepted");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+    let text = e.to_string();
+    for part in [
+        "pid 4242",
+        "bpm 9.9.9",
+        "keeper protocol 99",
+        &format!("speaks {KEEPER_PROTOCOL}"),
+        "kill 4242",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_keeper_that_says_no_hello_is_taken_for_an_older_one() {
+    let pid = std::process::id().to_string();
+    // Silent: an older keeper with nothing to hand over.
+    let dir = tempfile::tempdir().expect("dir");
+    let silent = impostor(dir.path(), None);
+    let Err(e) = KeeperSpawner::connect_within(&silent, Duration::from_millis(200)).await else {
+        panic!("a silent keeper was accepted");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+    assert!(e.to_string().contains("older bpm"), "{e}");
+    assert!(e.to_string().contains(&format!("kill {pid}")), "{e}");
+    // Speaking first without a hello: an older keeper handing over an exit.
+    let dir = tempfile::tempdir().expect("dir");
+    let notice = impostor(
+        dir.path(),
+        Some(
+            "{\"seq\":1,\"notice\":{\"ready\":{\"id\":\"0190a5a6-0000-7000-8000-000000000001\"}}}\n",
+        ),
+    );
+    let Err(e) = KeeperSpawner::connect_within(&notice, Duration::from_mins(1)).await else {
+        panic!("a keeper without a hello was accepted");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+    assert!(e.to_string().contains("older bpm"), "{e}");
+}
+
+#[tokio::test]
+async fn a_request_the_keeper_cannot_read_is_answered_with_an_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let stream = UnixStream::connect(&socket).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the keeper answers")
+            .expect("read")
+            .expect("a line")
+    };
+    let hello = next().await;
+    assert!(hello.starts_with("{\"hello\":"), "{hello}");
+
+    write
+        .write_all(b"{\"id\":7,\"op\":{\"frobnicate\":{}}}\n")
+        .await
+        .expect("write");
+    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    assert_eq!(reply["id"], 7);
+    let error = reply["err"]["invalid"]
+        .as_str()
+        .expect("an invalid-request error");
+    assert!(error.contains("frobnicate"), "{error}");
+    assert!(
+        error.contains(&format!("protocol {KEEPER_PROTOCOL}")),
+        "{error}"
+    );
+
+    // The connection goes on: a request it can read is answered.
+    let id = ProcessId::from_uuid(uuid::Uuid::now_v7());
+    write
+        .write_all(
+            format!("{{\"id\":8,\"op\":{{\"reattach\":{{\"id\":\"{id}\",\"pid\":1}}}}}}\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    assert_eq!(reply["id"], 8);
+    assert_eq!(reply["ok"]["held"], false);
 }

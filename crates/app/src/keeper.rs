@@ -85,6 +85,24 @@ pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
     Ok(())
 }
 
+/// Connects to the keeper on `socket`: `None` when none answers there.
+async fn connect(socket: &std::path::Path) -> Result<Option<KeeperSpawner>> {
+    match KeeperSpawner::connect(socket).await {
+        Ok(k) => {
+            let hello = k.keeper();
+            tracing::info!(
+                pid = hello.pid,
+                version = %hello.version,
+                protocol = hello.protocol,
+                "connected to bpm's keeper"
+            );
+            Ok(Some(k))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Err(anyhow!(e)),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The keeper's socket.
 pub fn keeper_socket(home: &Home) -> std::path::PathBuf {
     home.dir.join("keeper.sock")
@@ -93,10 +111,11 @@ pub fn keeper_socket(home: &Home) -> std::path::PathBuf {
 /// Connects to the keeper of `home`, starting it when none answers.
 ///
 /// # Errors
-/// No keeper answers within 10 s of starting one.
+/// No keeper answers within 10 s of starting one, or the keeper that
+/// answers speaks another protocol (one from another bpm version).
 pub async fn connect_or_start(home: &Home, store: &StoreChoice) -> Result<KeeperSpawner> {
     let socket = keeper_socket(home);
-    if let Ok(k) = KeeperSpawner::connect(&socket).await {
+    if let Some(k) = connect(&socket).await? {
         return Ok(k);
     }
     let log = OpenOptions::new()
@@ -118,7 +137,7 @@ pub async fn connect_or_start(home: &Home, store: &StoreChoice) -> Result<Keeper
     std::thread::spawn(move || child.wait());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(k) = KeeperSpawner::connect(&socket).await {
+        if let Some(k) = connect(&socket).await? {
             return Ok(k);
         }
         if tokio::time::Instant::now() >= deadline {

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bpm_domain::{ProcessId, Signal};
@@ -13,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Answer, KeeperLine, Op, Request};
+use super::{Answer, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request};
 use crate::control::read_line;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Answer, SpawnError>>>>;
@@ -30,8 +31,12 @@ struct Shared {
     unrecorded: Mutex<HashMap<ProcessId, u64>>,
 }
 
+/// How long a keeper may take to say which protocol it speaks.
+const HELLO_WITHIN: Duration = Duration::from_secs(5);
+
 /// Spawns through the node's keeper process.
 pub struct KeeperSpawner {
+    keeper: KeeperHello,
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     /// Acknowledgements for the keeper, sent in order by one task.
     acks: mpsc::UnboundedSender<u64>,
@@ -48,10 +53,25 @@ impl KeeperSpawner {
     /// Connects to the keeper listening on `socket`.
     ///
     /// # Errors
-    /// The socket does not answer.
+    /// The socket does not answer; or, with [`std::io::ErrorKind::Unsupported`]
+    /// and a message naming the keeper's pid and what to do, the keeper
+    /// speaks another protocol or does not say which within 5 s (a keeper
+    /// from an older bpm).
     pub async fn connect(socket: &Path) -> std::io::Result<Self> {
+        Self::connect_within(socket, HELLO_WITHIN).await
+    }
+
+    /// [`connect`](Self::connect), waiting `within` for the keeper's hello.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_within(socket: &Path, within: Duration) -> std::io::Result<Self> {
         let stream = UnixStream::connect(socket).await?;
+        let peer = rustix::net::sockopt::socket_peercred(&stream)
+            .map_or_else(|_| "?".to_string(), |c| c.pid.as_raw_nonzero().to_string());
         let (read, write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let keeper = hello(&mut reader, within, &peer).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
@@ -63,7 +83,6 @@ impl KeeperSpawner {
         let ack_tx2 = ack_tx.clone();
         let sh = shared.clone();
         tokio::spawn(async move {
-            let mut reader = BufReader::new(read);
             while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
                 match serde_json::from_slice::<KeeperLine>(&line) {
                     Ok(KeeperLine::Reply { id, ok, err }) => {
@@ -104,6 +123,7 @@ impl KeeperSpawner {
                             let _ = ack_tx.send(seq);
                         }
                     }
+                    Ok(KeeperLine::Hello { .. }) => {}
                     Err(e) => tracing::warn!(error = %e, "unreadable line from the keeper"),
                 }
             }
@@ -144,12 +164,18 @@ impl KeeperSpawner {
             }
         });
         Ok(KeeperSpawner {
+            keeper,
             writer,
             acks: ack_tx2,
             shared,
             next: AtomicU64::new(1),
             rx: Mutex::new(Some(rx)),
         })
+    }
+
+    /// What the keeper said when this daemon connected: its protocol, bpm version and pid.
+    pub fn keeper(&self) -> &KeeperHello {
+        &self.keeper
     }
 
     async fn call(&self, op: Op) -> Result<Answer, SpawnError> {
@@ -239,5 +265,54 @@ impl ProcessSpawner for KeeperSpawner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
+    }
+}
+
+/// Reads the keeper's hello and checks its protocol.
+async fn hello(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    within: Duration,
+    peer: &str,
+) -> std::io::Result<KeeperHello> {
+    use std::io::{Error, ErrorKind};
+    let older = || {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "bpm's keeper (pid {peer}) did not say which protocol it speaks: it is from \
+                 an older bpm. It still runs its processes; it exits on its own 10 s after the \
+                 last one ends and no daemon is connected. To start over now, kill it \
+                 (kill {peer}): its processes keep running, but bpm loses track of them"
+            ),
+        )
+    };
+    let line = match tokio::time::timeout(within, read_line(reader, 1 << 16)).await {
+        Err(_) => return Err(older()),
+        Ok(Err(e)) => return Err(Error::new(ErrorKind::InvalidData, e.to_string())),
+        Ok(Ok(None)) => {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "bpm's keeper closed the connection before saying hello",
+            ));
+        }
+        Ok(Ok(Some(line))) => line,
+    };
+    match serde_json::from_slice::<KeeperLine>(&line) {
+        Ok(KeeperLine::Hello { hello }) if hello.protocol == KEEPER_PROTOCOL => Ok(hello),
+        Ok(KeeperLine::Hello { hello }) => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "bpm's keeper (pid {}, bpm {}) speaks keeper protocol {}; this bpm ({}) speaks \
+                 {KEEPER_PROTOCOL}. It still runs its processes; it exits on its own 10 s after \
+                 the last one ends and no daemon is connected. To start over now, kill it \
+                 (kill {}): its processes keep running, but bpm loses track of them",
+                hello.pid,
+                hello.version,
+                hello.protocol,
+                env!("CARGO_PKG_VERSION"),
+                hello.pid
+            ),
+        )),
+        _ => Err(older()),
     }
 }

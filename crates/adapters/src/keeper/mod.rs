@@ -6,12 +6,16 @@
 //!
 //! The daemon talks to it through [`KeeperSpawner`], a `ProcessSpawner`; the
 //! keeper side is [`serve_keeper`]. Protocol: newline-delimited JSON on
-//! `keeper.sock` (mode 0600, same user only). The daemon sends
-//! `{"id":N,"op":{...}}`; the keeper answers `{"id":N,"ok":...}` or
-//! `{"id":N,"err":...}` and pushes `{"seq":S,"notice":{...}}`; the daemon
-//! acknowledges each with `{"id":0,"op":{"ack":S}}`, an exit only once its
-//! engine has recorded it. Unacknowledged notices are sent again to the next
-//! daemon that connects.
+//! `keeper.sock` (mode 0600, same user only). The keeper speaks first:
+//! `{"hello":{"protocol":P,"version":"...","pid":N}}`, since a keeper
+//! outlives the daemon that started it and an upgraded daemon may meet an
+//! older one; the daemon refuses a protocol it does not speak, naming both.
+//! Then the daemon sends `{"id":N,"op":{...}}`; the keeper answers
+//! `{"id":N,"ok":...}` or `{"id":N,"err":...}` (a request it cannot read but
+//! whose id it can gets an `invalid` error) and pushes
+//! `{"seq":S,"notice":{...}}`; the daemon acknowledges each with
+//! `{"id":0,"op":{"ack":S}}`, an exit only once its engine has recorded it.
+//! Unacknowledged notices are sent again to the next daemon that connects.
 
 mod client;
 mod server;
@@ -22,6 +26,30 @@ pub use server::serve_keeper;
 use bpm_domain::{ProcessId, Signal};
 use bpm_ports::{ProcessNotice, SpawnError, SpawnRequest, Spawned};
 use serde::{Deserialize, Serialize};
+
+/// The keeper protocol this build speaks (see the module's documentation).
+pub const KEEPER_PROTOCOL: u32 = 1;
+
+/// What a keeper says first to a daemon that connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeeperHello {
+    /// The keeper protocol it speaks.
+    pub protocol: u32,
+    /// The bpm version it runs.
+    pub version: String,
+    /// Its pid.
+    pub pid: u32,
+}
+
+impl KeeperHello {
+    fn ours() -> Self {
+        KeeperHello {
+            protocol: KEEPER_PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+        }
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,6 +88,9 @@ enum Answer {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 enum KeeperLine {
+    Hello {
+        hello: KeeperHello,
+    },
     Notice {
         seq: u64,
         notice: ProcessNotice,

@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bpm_ports::{ProcessNotice, ProcessSpawner};
+use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::{Answer, KeeperLine, Op, Request};
+use super::{Answer, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request};
 use crate::control::read_line;
 use crate::os::OsSpawner;
 
@@ -29,6 +29,28 @@ async fn send(writer: &Writer, line: &KeeperLine) -> bool {
     match guard.as_mut() {
         Some(w) => w.write_all(&bytes).await.is_ok(),
         None => false,
+    }
+}
+
+/// Answers a request the keeper cannot read with an error, when it can
+/// find the request's id, so that the daemon that sent it is not left waiting.
+async fn refuse(writer: &Writer, line: &[u8], error: &serde_json::Error) {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    match serde_json::from_slice::<Id>(line) {
+        Ok(Id { id }) if id != 0 => {
+            let reply = KeeperLine::Reply {
+                id,
+                ok: None,
+                err: Some(SpawnError::Invalid(format!(
+                    "the keeper (protocol {KEEPER_PROTOCOL}) cannot read this request: {error}"
+                ))),
+            };
+            send(writer, &reply).await;
+        }
+        _ => tracing::warn!(%error, "keeper: unreadable request"),
     }
 }
 
@@ -87,6 +109,13 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
         }
         let (read, write) = stream.into_split();
         *writer.lock().await = Some(write);
+        send(
+            &writer,
+            &KeeperLine::Hello {
+                hello: KeeperHello::ours(),
+            },
+        )
+        .await;
         // Everything not yet taken goes to the new daemon first.
         let pending: Vec<(u64, ProcessNotice)> = state
             .lock()
@@ -108,9 +137,12 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
         tokio::spawn(async move {
             let mut reader = BufReader::new(read);
             while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
-                let Ok(request) = serde_json::from_slice::<Request>(&line) else {
-                    tracing::warn!("keeper: unreadable request");
-                    continue;
+                let request = match serde_json::from_slice::<Request>(&line) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        refuse(&writer, &line, &e).await;
+                        continue;
+                    }
                 };
                 let (spawner, state, writer) = (spawner.clone(), state.clone(), writer.clone());
                 tokio::spawn(async move {
