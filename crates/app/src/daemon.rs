@@ -245,7 +245,8 @@ async fn run_hooks(engine: Engine, default_hook: Option<String>) {
 /// finds the lock taken and exits, and both connect to the first.
 ///
 /// # Errors
-/// [`ManagerError::Connection`] if no daemon answers within 10 s of starting one.
+/// [`ManagerError::Connection`] if the daemon it starts fails (with the
+/// daemon's own error), or if no daemon answers within 10 s of starting one.
 pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError> {
     if let Ok(client) = DaemonClient::connect(&home.socket(), SOFTWARE).await {
         return Ok(client);
@@ -258,24 +259,58 @@ pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError>
         .open(home.log())
         .map_err(|e| ManagerError::Connection(format!("{}: {e}", home.log().display())))?;
     let exe = std::env::current_exe().map_err(|e| ManagerError::Connection(e.to_string()))?;
-    // Not waited for: the daemon outlives this command (a racing loser exits at once
-    // and is reaped by init once this command ends).
-    let _daemon = std::process::Command::new(exe)
-        .arg("daemon")
-        .env("BPM_HOME", &home.dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map_err(|e| ManagerError::Connection(e.to_string()))?,
-        )
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| ManagerError::Connection(format!("cannot start the bpm daemon: {e}")))?;
+    let logged = log.metadata().map_or(0, |m| m.len());
+    // The daemon outlives this command; it is only watched for an early
+    // failure, which is reported with the daemon's own words.
+    let mut daemon = Some(
+        std::process::Command::new(exe)
+            .arg("daemon")
+            .env("BPM_HOME", &home.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| ManagerError::Connection(e.to_string()))?,
+            )
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| ManagerError::Connection(format!("cannot start the bpm daemon: {e}")))?,
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(client) = DaemonClient::connect(&home.socket(), SOFTWARE).await {
             return Ok(client);
+        }
+        if let Some(child) = daemon.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            daemon = None;
+            if !status.success() {
+                let said = fs::read(home.log())
+                    .ok()
+                    .and_then(|all| all.get(usize::try_from(logged).ok()?..).map(<[u8]>::to_vec))
+                    .map(|new| String::from_utf8_lossy(&new).trim().to_string())
+                    .unwrap_or_default();
+                // A racing loser: another daemon is starting, so wait for it.
+                if !said.contains("already runs") {
+                    // Its error is the last thing it wrote, from "bpm: " on (it may span lines).
+                    let said = match said.rfind("bpm: ") {
+                        Some(at) if at == 0 || said[..at].ends_with('\n') => &said[at..],
+                        _ => said.lines().last().unwrap_or_default(),
+                    };
+                    return Err(ManagerError::Connection(if said.is_empty() {
+                        format!(
+                            "the bpm daemon could not start ({status}); see {}",
+                            home.log().display()
+                        )
+                    } else {
+                        format!(
+                            "the bpm daemon could not start: {}",
+                            said.strip_prefix("bpm: ").unwrap_or(said)
+                        )
+                    }));
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ManagerError::Connection(format!(

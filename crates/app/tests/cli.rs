@@ -419,6 +419,46 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
 }
 
 #[test]
+fn a_daemon_that_cannot_start_says_why_in_the_command_that_started_it() {
+    let bpm = Bpm::new();
+    std::fs::write(
+        bpm.home().join("config.toml"),
+        "[limits]\nmax_running = [\n",
+    )
+    .expect("config");
+    let err = bpm.fails(&["ps"], 5);
+    assert!(
+        err.contains("the bpm daemon could not start")
+            && err.contains("config.toml")
+            && err.contains("TOML parse error at line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_keeper_left_by_another_bpm_is_refused_with_what_to_do() {
+    let bpm = Bpm::new();
+    std::fs::set_permissions(bpm.home(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // A keeper of another protocol that still runs (it holds the socket).
+    let listener =
+        std::os::unix::net::UnixListener::bind(bpm.home().join("keeper.sock")).expect("bind");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream
+                .write_all(b"{\"hello\":{\"protocol\":99,\"version\":\"9.9.9\",\"pid\":4242}}\n");
+            held.push(stream);
+        }
+    });
+    let err = bpm.fails(&["ps"], 5);
+    assert!(
+        err.contains("keeper (pid 4242, bpm 9.9.9) speaks keeper protocol 99")
+            && err.contains("kill 4242"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_daemon_starts_once_under_a_race_and_guards_its_socket() {
     let bpm = Bpm::new();
     let racers: Vec<_> = (0..4)
