@@ -107,15 +107,19 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
             tracing::warn!("keeper refused a connection from another user");
             continue;
         }
-        let (read, write) = stream.into_split();
+        let (read, mut write) = stream.into_split();
+        // The hello goes out before the connection is shared, so that no
+        // notice can come before it.
+        let Ok(mut hello) = serde_json::to_vec(&KeeperLine::Hello {
+            hello: KeeperHello::ours(),
+        }) else {
+            continue;
+        };
+        hello.push(b'\n');
+        if write.write_all(&hello).await.is_err() {
+            continue;
+        }
         *writer.lock().await = Some(write);
-        send(
-            &writer,
-            &KeeperLine::Hello {
-                hello: KeeperHello::ours(),
-            },
-        )
-        .await;
         // Everything not yet taken goes to the new daemon first.
         let pending: Vec<(u64, ProcessNotice)> = state
             .lock()
