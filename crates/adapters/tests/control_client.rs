@@ -106,6 +106,7 @@ fn batch_daemon(socket: &Path) -> Seen {
         store: "memory".into(),
         node: "local".into(),
         home: "/nowhere".into(),
+        keeper: None,
     };
     let (stop, _) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(bpm_adapters::control::serve(

@@ -109,6 +109,11 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
     let spawner = crate::keeper::connect_or_start(home, &choice).await?;
+    let keeper = spawner.keeper();
+    let keeper = format!(
+        "pid {} (bpm {}, keeper protocol {})",
+        keeper.pid, keeper.version, keeper.protocol
+    );
     let node = config
         .node
         .clone()
@@ -150,6 +155,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         store: describe(&choice),
         node: node.to_string(),
         home: home.dir.display().to_string(),
+        keeper: Some(keeper),
     };
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, manager, info, stop_tx));

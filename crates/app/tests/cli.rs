@@ -508,6 +508,28 @@ fn the_daemon_starts_once_under_a_race_and_guards_its_socket() {
         status.contains(&format!("pid      {pid}")) && status.contains("store    fs"),
         "{status}"
     );
+    // The keeper it names is the one running for this home.
+    let keeper = status
+        .lines()
+        .find_map(|l| l.strip_prefix("keeper   pid "))
+        .and_then(|l| l.split(' ').next()?.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no keeper line: {status}"));
+    let cmd = std::fs::read(format!("/proc/{keeper}/cmdline")).unwrap_or_default();
+    let env = std::fs::read(format!("/proc/{keeper}/environ")).unwrap_or_default();
+    assert!(
+        cmd.ends_with(b"keeper\0")
+            && env
+                .split(|b| *b == 0)
+                .any(|v| v == format!("BPM_HOME={}", bpm.home().display()).as_bytes()),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "(bpm {}, keeper protocol 1)",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{status}"
+    );
 }
 
 fn raw(

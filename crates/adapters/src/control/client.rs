@@ -189,7 +189,7 @@ impl DaemonClient {
     /// As any call: the connection, or the daemon's own error.
     pub async fn status(&self) -> Result<DaemonStatus, ManagerError> {
         match self.call(Request::Status).await? {
-            Reply::Status(s) => Ok(s),
+            Reply::Status(s) => Ok(*s),
             other => Err(unexpected(&other)),
         }
     }

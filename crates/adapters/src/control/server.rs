@@ -28,6 +28,8 @@ pub struct ServerInfo {
     pub node: String,
     /// The state directory.
     pub home: String,
+    /// The keeper it talks to (pid, version, protocol), when it has one.
+    pub keeper: Option<String>,
 }
 
 type Writer = Arc<Mutex<OwnedWriteHalf>>;
@@ -348,14 +350,15 @@ async fn dispatch(
             for r in m.list(ListFilter::default()).await? {
                 *counts.entry(r.state().to_string()).or_insert(0) += 1;
             }
-            Reply::Status(DaemonStatus {
+            Reply::Status(Box::new(DaemonStatus {
                 pid: std::process::id(),
                 version: info.software.clone(),
                 store: info.store.clone(),
                 node: info.node.clone(),
                 home: info.home.clone(),
+                keeper: info.keeper.clone(),
                 counts,
-            })
+            }))
         }
         Request::Shutdown { kill_all } => {
             if kill_all {

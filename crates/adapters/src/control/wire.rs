@@ -154,6 +154,10 @@ pub struct DaemonStatus {
     pub node: String,
     /// Its state directory.
     pub home: String,
+    /// The keeper it talks to: its pid, bpm version and keeper protocol
+    /// (absent from daemons before this field).
+    #[serde(default)]
+    pub keeper: Option<String>,
     /// Records per state.
     pub counts: std::collections::BTreeMap<String, usize>,
 }
@@ -171,7 +175,7 @@ pub enum Reply {
         no_op: bool,
     },
     Output(OutputChunk),
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     Events(Vec<Event>),
     Done,
 }

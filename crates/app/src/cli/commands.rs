@@ -183,6 +183,9 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
                 "pid      {}\nversion  {}\nstore    {}\nnode     {}\nhome     {}",
                 s.pid, s.version, s.store, s.node, s.home
             );
+            if let Some(keeper) = &s.keeper {
+                println!("keeper   {keeper}");
+            }
             let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!(
                 "records  {}",
