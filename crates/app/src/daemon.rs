@@ -246,6 +246,36 @@ async fn run_hooks(engine: Engine, default_hook: Option<String>) {
     }
 }
 
+/// Why a daemon that exited with `status` could not start, from what it
+/// wrote to its log after `logged` bytes: its error is the last thing it
+/// wrote, from "bpm: " on (it may span lines). `None` for a racing loser,
+/// which found another daemon starting.
+fn start_failure(home: &Home, logged: u64, status: std::process::ExitStatus) -> Option<String> {
+    let said = fs::read(home.log())
+        .ok()
+        .and_then(|all| all.get(usize::try_from(logged).ok()?..).map(<[u8]>::to_vec))
+        .map(|new| String::from_utf8_lossy(&new).trim().to_string())
+        .unwrap_or_default();
+    if said.contains("already runs") {
+        return None;
+    }
+    let said = match said.rfind("bpm: ") {
+        Some(at) if at == 0 || said[..at].ends_with('\n') => &said[at..],
+        _ => said.lines().last().unwrap_or_default(),
+    };
+    Some(if said.is_empty() {
+        format!(
+            "the bpm daemon could not start ({status}); see {}",
+            home.log().display()
+        )
+    } else {
+        format!(
+            "the bpm daemon could not start: {}",
+            said.strip_prefix("bpm: ").unwrap_or(said)
+        )
+    })
+}
+
 /// Connects to the daemon of `home`, starting one in the background when none
 /// answers. Two callers racing end up with one daemon: the second to start
 /// finds the lock taken and exits, and both connect to the first.
@@ -291,31 +321,10 @@ pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError>
             && let Ok(Some(status)) = child.try_wait()
         {
             daemon = None;
-            if !status.success() {
-                let said = fs::read(home.log())
-                    .ok()
-                    .and_then(|all| all.get(usize::try_from(logged).ok()?..).map(<[u8]>::to_vec))
-                    .map(|new| String::from_utf8_lossy(&new).trim().to_string())
-                    .unwrap_or_default();
-                // A racing loser: another daemon is starting, so wait for it.
-                if !said.contains("already runs") {
-                    // Its error is the last thing it wrote, from "bpm: " on (it may span lines).
-                    let said = match said.rfind("bpm: ") {
-                        Some(at) if at == 0 || said[..at].ends_with('\n') => &said[at..],
-                        _ => said.lines().last().unwrap_or_default(),
-                    };
-                    return Err(ManagerError::Connection(if said.is_empty() {
-                        format!(
-                            "the bpm daemon could not start ({status}); see {}",
-                            home.log().display()
-                        )
-                    } else {
-                        format!(
-                            "the bpm daemon could not start: {}",
-                            said.strip_prefix("bpm: ").unwrap_or(said)
-                        )
-                    }));
-                }
+            if !status.success()
+                && let Some(error) = start_failure(home, logged, status)
+            {
+                return Err(ManagerError::Connection(error));
             }
         }
         if tokio::time::Instant::now() >= deadline {

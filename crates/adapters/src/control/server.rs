@@ -252,22 +252,17 @@ async fn dispatch(
                 Some(shared) => specs.into_iter().map(|s| with_env(s, &shared)).collect(),
                 None => specs,
             };
-            let started = m.start_many(specs).await?.into_iter();
-            Reply::Started(if brief {
-                started
+            Reply::Started(
+                m.start_many(specs)
+                    .await?
+                    .into_iter()
                     .map(|r| match r {
-                        Ok(r) => Started::Id(r.id()),
-                        Err(e) => Started::Error(WireError::from(&e)),
-                    })
-                    .collect()
-            } else {
-                started
-                    .map(|r| match r {
+                        Ok(r) if brief => Started::Id(r.id()),
                         Ok(r) => Started::Record(Box::new(r)),
                         Err(e) => Started::Error(WireError::from(&e)),
                     })
-                    .collect()
-            })
+                    .collect(),
+            )
         }
         Request::Track { spec } => record(m.track(spec).await?),
         Request::Get { id } => record(m.get(id).await?),

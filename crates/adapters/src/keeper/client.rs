@@ -275,15 +275,23 @@ async fn hello(
     peer: &str,
 ) -> std::io::Result<KeeperHello> {
     use std::io::{Error, ErrorKind};
-    let older = || {
+    let refuse = |who: String, pid: &str| {
         Error::new(
             ErrorKind::Unsupported,
             format!(
-                "bpm's keeper (pid {peer}) did not say which protocol it speaks: it is from \
-                 an older bpm. It still runs its processes; it exits on its own 10 s after the \
-                 last one ends and no daemon is connected. To start over now, kill it \
-                 (kill {peer}): its processes keep running, but bpm loses track of them"
+                "{who}. It still runs its processes; it exits on its own 10 s after the last \
+                 one ends and no daemon is connected. To start over now, kill it (kill {pid}): \
+                 its processes keep running, but bpm loses track of them"
             ),
+        )
+    };
+    let older = || {
+        refuse(
+            format!(
+                "bpm's keeper (pid {peer}) did not say which protocol it speaks: it is from an \
+                 older bpm"
+            ),
+            peer,
         )
     };
     let line = match tokio::time::timeout(within, read_line(reader, 1 << 16)).await {
@@ -299,19 +307,16 @@ async fn hello(
     };
     match serde_json::from_slice::<KeeperLine>(&line) {
         Ok(KeeperLine::Hello { hello }) if hello.protocol == KEEPER_PROTOCOL => Ok(hello),
-        Ok(KeeperLine::Hello { hello }) => Err(Error::new(
-            ErrorKind::Unsupported,
+        Ok(KeeperLine::Hello { hello }) => Err(refuse(
             format!(
                 "bpm's keeper (pid {}, bpm {}) speaks keeper protocol {}; this bpm ({}) speaks \
-                 {KEEPER_PROTOCOL}. It still runs its processes; it exits on its own 10 s after \
-                 the last one ends and no daemon is connected. To start over now, kill it \
-                 (kill {}): its processes keep running, but bpm loses track of them",
+                 {KEEPER_PROTOCOL}",
                 hello.pid,
                 hello.version,
                 hello.protocol,
                 env!("CARGO_PKG_VERSION"),
-                hello.pid
             ),
+            &hello.pid.to_string(),
         )),
         _ => Err(older()),
     }
