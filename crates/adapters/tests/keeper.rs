@@ -10,7 +10,8 @@ use bpm_adapters::keeper::{KEEPER_PROTOCOL, KeeperSpawner, serve_keeper};
 use bpm_adapters::memory::InMemoryOutput;
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
 use bpm_domain::{ExitStatus, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp};
-use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnRequest};
+use bpm_ports::contract::spawner::SpawnerHarness;
+use bpm_ports::{OutputStore, ProcessNotice, ProcessSpawner, SpawnRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -25,6 +26,62 @@ fn keeper_in(dir: &std::path::Path) -> std::path::PathBuf {
     ));
     tokio::spawn(serve_keeper(listener, spawner, Duration::from_mins(1)));
     socket
+}
+
+/// The keeper's spawner, as a daemon uses it, against the spawner contract:
+/// each case gets its own keeper in its own directory.
+struct KeeperHarness {
+    spawner: Arc<KeeperSpawner>,
+    output: Arc<InMemoryOutput>,
+    _dir: tempfile::TempDir,
+}
+
+async fn keeper_harness() -> Arc<dyn SpawnerHarness> {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("keeper.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    let output = Arc::new(InMemoryOutput::default());
+    let os = Arc::new(OsSpawner::new(output.clone(), OsSpawnerConfig::default()));
+    tokio::spawn(serve_keeper(listener, os, Duration::from_mins(1)));
+    let spawner = Arc::new(KeeperSpawner::connect(&socket).await.expect("connect"));
+    Arc::new(KeeperHarness {
+        spawner,
+        output,
+        _dir: dir,
+    })
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(ToString::to_string).collect()
+}
+
+impl SpawnerHarness for KeeperHarness {
+    fn spawner(&self) -> Arc<dyn ProcessSpawner> {
+        self.spawner.clone()
+    }
+    fn output(&self) -> Arc<dyn OutputStore> {
+        self.output.clone()
+    }
+    fn exit_with(&self, code: i32) -> Vec<String> {
+        words(&["sh", "-c", &format!("exit {code}")])
+    }
+    fn sleep(&self, secs: u32) -> Vec<String> {
+        words(&["sleep", &secs.to_string()])
+    }
+    fn ignore_term_and_sleep(&self, secs: u32) -> Vec<String> {
+        words(&["sh", "-c", &format!("trap '' TERM; sleep {secs} & wait")])
+    }
+    fn print(&self, out: &str, err: &str) -> Vec<String> {
+        words(&["sh", "-c", "echo \"$1\"; echo \"$2\" >&2", "sh", out, err])
+    }
+    fn missing_program(&self) -> Vec<String> {
+        words(&["bpm-no-such-program-xyz"])
+    }
+}
+
+mod keeper_spawner {
+    use super::*;
+    bpm_ports::spawner_contract_tests!(keeper_harness().await);
 }
 
 /// A listener that plays a keeper: it writes `first` (if any) to each
@@ -210,4 +267,113 @@ async fn a_request_the_keeper_cannot_read_is_answered_with_an_error() {
     let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
     assert_eq!(reply["id"], 8);
     assert_eq!(reply["ok"]["held"], false);
+}
+
+fn request_for(argv: &[&str]) -> SpawnRequest {
+    let record = ProcessRecord::new(
+        ProcessId::from_uuid(uuid::Uuid::now_v7()),
+        NodeId::local(),
+        ProcessSpec::argv(argv.iter().copied()),
+        Timestamp::from_millis(1),
+    );
+    SpawnRequest::for_record(&record).expect("a command")
+}
+
+async fn next_notice(notices: &mut UnboundedReceiver<ProcessNotice>) -> Option<ProcessNotice> {
+    tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_handed_over_by_a_daemon_that_is_gone_are_not_made() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let first = KeeperSpawner::connect(&socket).await.expect("connect");
+    let a = request_for(&["sleep", "30"]);
+    let a_id = a.id;
+    let a_pid = first.spawn(a).await.expect("spawn").pid;
+    let next = request_for(&["sleep", "30"]);
+    assert!(first.hand_over(vec![next]).await.expect("hand over"));
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let second = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = second.notices().expect("notices");
+    assert!(second.reattach(a_id, a_pid).await.expect("reattach"));
+    second
+        .signal(a_id, a_pid, bpm_domain::Signal::Term)
+        .await
+        .expect("signal");
+    assert_eq!(
+        next_notice(&mut notices).await,
+        Some(ProcessNotice::Exited {
+            id: a_id,
+            status: ExitStatus::Signal(15)
+        }),
+        "the exit starts nothing: the daemon that handed the record over is gone"
+    );
+    assert_eq!(
+        second.withdraw().await.expect("withdraw"),
+        Vec::<ProcessId>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_an_exit_goes_to_the_next_daemon_which_cannot_start_it_twice() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let first = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = first.notices().expect("notices");
+    let a = request_for(&["sleep", "30"]);
+    let a_id = a.id;
+    let a_pid = first.spawn(a).await.expect("spawn").pid;
+    let next = request_for(&["sh", "-c", "exit 3"]);
+    let next_id = next.id;
+    assert!(
+        first
+            .hand_over(vec![next.clone()])
+            .await
+            .expect("hand over")
+    );
+    first
+        .signal(a_id, a_pid, bpm_domain::Signal::Term)
+        .await
+        .expect("signal");
+    let Some(ProcessNotice::HandedOver {
+        id,
+        next: started_id,
+        started: Ok(pid),
+        ..
+    }) = next_notice(&mut notices).await
+    else {
+        panic!("the exit did not start the record handed over");
+    };
+    assert_eq!((id, started_id), (a_id, next_id));
+    assert!(matches!(
+        next_notice(&mut notices).await,
+        Some(ProcessNotice::Exited { id, status: ExitStatus::Code(3) }) if id == next_id
+    ));
+    // The daemon dies before it records either.
+    drop((first, notices));
+
+    let second = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = second.notices().expect("notices");
+    assert!(
+        matches!(
+            next_notice(&mut notices).await,
+            Some(ProcessNotice::HandedOver { id, next, started: Ok(p), .. })
+                if id == a_id && next == next_id && p == pid
+        ),
+        "the report is handed to the next daemon"
+    );
+    // A daemon that saw the record pending asks for it: it gets the process
+    // that ran, whose exit follows, and nothing is started again.
+    assert_eq!(second.spawn(next).await.expect("spawn").pid, pid);
+    assert!(matches!(
+        next_notice(&mut notices).await,
+        Some(ProcessNotice::Exited { id, status: ExitStatus::Code(3) }) if id == next_id
+    ));
+    assert_eq!(next_notice(&mut notices).await, None, "started once only");
 }

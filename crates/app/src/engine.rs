@@ -10,6 +10,13 @@
 //! is still under way are held until that result has been handled, and a
 //! caller that submitted the process is answered once it has.
 //!
+//! While every slot is taken, the loop hands the spawner the next records
+//! to start ([`Supervisor::hand_over`]): the spawner starts one the moment a
+//! process ends and reports both at once, so the next process does not wait
+//! for the loop. Before an input that could cancel a record handed over (a
+//! stop, a restart, a completion or a failure), the loop takes them back and
+//! hears of every start the spawner made from them first.
+//!
 //! The store's flushes run beside the loop too, one at a time. What must
 //! follow a durable write (events, answers, telling the spawner an exit is
 //! recorded) waits, in order, for the flush that covers it; spawns, signals
@@ -38,6 +45,11 @@ const EXIT_TAIL_LINES: usize = 20;
 const STOP_MARGIN: Duration = Duration::from_secs(30);
 /// How often records the store refused are written again.
 const STORE_RETRY: Duration = Duration::from_millis(500);
+/// How many records, at most, the spawner holds to start on exits.
+const HAND_OVER_AHEAD: usize = 8;
+/// How long the loop waits for the reports of starts the spawner made from
+/// records it took back, before it goes on without them.
+const HANDOVER_REPORTS: Duration = Duration::from_secs(5);
 
 /// The adapters the engine works through.
 #[derive(Clone)]
@@ -196,6 +208,9 @@ impl Engine {
             timers: HashMap::new(),
             unsaved: HashMap::new(),
             spawning: HashMap::new(),
+            behind: HashSet::new(),
+            deferred: VecDeque::new(),
+            hands_over: ports.spawner.hands_over(),
             parked: Vec::new(),
             syncs: Syncs::default(),
         };
@@ -221,12 +236,14 @@ impl Engine {
         }
         // Answer nothing until the restored queue's first spawns have ended
         // and what was written is on disk.
-        let mut rx = rx;
+        let mut inbox = Inbox { msgs: rx, notices };
         while !driver.spawning.is_empty() || !driver.syncs.idle() {
-            let Some(msg) = rx.recv().await else { break };
-            driver.on_msg(msg, &mut None).await;
+            let Some(msg) = inbox.msgs.recv().await else {
+                break;
+            };
+            driver.on_msg(msg, &mut None, &mut inbox).await;
         }
-        tokio::spawn(driver.run(rx, notices));
+        tokio::spawn(driver.run(inbox));
         Ok(Engine { ports, tx })
     }
 
@@ -553,6 +570,12 @@ impl ProcessManager for Engine {
     }
 }
 
+/// What the loop receives: messages from callers, timers and tasks, and the spawner's notices.
+struct Inbox {
+    msgs: mpsc::UnboundedReceiver<Msg>,
+    notices: mpsc::UnboundedReceiver<ProcessNotice>,
+}
+
 /// The loop's state: the core, the ports, and the armed timers.
 struct Driver {
     core: Supervisor,
@@ -566,30 +589,43 @@ struct Driver {
     /// Records whose spawn is under way, with the notices about them that
     /// arrived meanwhile (handled once the spawn's result has been).
     spawning: HashMap<ProcessId, Vec<ProcessNotice>>,
+    /// Records in `spawning` only because the report of their start on an
+    /// exit is held there (behind the exited process's own spawn).
+    behind: HashSet<ProcessId>,
+    /// Messages that came while the loop waited for the spawner's reports;
+    /// handled before any newer one.
+    deferred: VecDeque<Msg>,
+    /// Whether the spawner takes records to start on exits.
+    hands_over: bool,
     /// Answers waiting for spawns under way.
     parked: Vec<Parked>,
     syncs: Syncs,
 }
 
 impl Driver {
-    async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Msg>,
-        mut notices: mpsc::UnboundedReceiver<ProcessNotice>,
-    ) {
+    async fn run(mut self, mut inbox: Inbox) {
         let mut notices_open = true;
         let mut finished = None;
         loop {
+            if finished.is_none() {
+                self.hand_over().await;
+            }
+            if let Some(msg) = self.deferred.pop_front() {
+                if !self.on_msg(msg, &mut finished, &mut inbox).await {
+                    break;
+                }
+                continue;
+            }
             tokio::select! {
-                msg = rx.recv() => match msg {
+                msg = inbox.msgs.recv() => match msg {
                     Some(msg) => {
-                        if !self.on_msg(msg, &mut finished).await {
+                        if !self.on_msg(msg, &mut finished, &mut inbox).await {
                             break;
                         }
                     }
                     None => break,
                 },
-                notice = notices.recv(), if notices_open => match notice {
+                notice = inbox.notices.recv(), if notices_open => match notice {
                     Some(notice) => self.notice(notice).await,
                     None => notices_open = false,
                 },
@@ -608,7 +644,21 @@ impl Driver {
 
     /// Handles one message; false when the loop should end (after a
     /// shutdown, once no spawn is under way).
-    async fn on_msg(&mut self, msg: Msg, finished: &mut Option<oneshot::Sender<()>>) -> bool {
+    async fn on_msg(
+        &mut self,
+        msg: Msg,
+        finished: &mut Option<oneshot::Sender<()>>,
+        inbox: &mut Inbox,
+    ) -> bool {
+        let cancels = match &msg {
+            Msg::Input(input, _) => may_cancel(input),
+            Msg::Many(inputs, _) => inputs.iter().any(may_cancel),
+            Msg::Shutdown(_) => true,
+            _ => false,
+        };
+        if cancels {
+            self.take_back(inbox).await;
+        }
         match msg {
             Msg::Input(input, reply) => {
                 // A submitted record's answer waits for its spawn.
@@ -661,29 +711,140 @@ impl Driver {
     /// Handles a notice from the spawner, or holds it while the process's
     /// spawn is under way (an exit can overtake the spawn's own answer).
     async fn notice(&mut self, notice: ProcessNotice) {
-        let id = match &notice {
-            ProcessNotice::Exited { id, .. }
-            | ProcessNotice::Ready { id }
-            | ProcessNotice::Idle { id }
-            | ProcessNotice::Lost { id, .. } => *id,
-        };
-        if let Some(held) = self.spawning.get_mut(&id) {
-            held.push(notice);
+        let mut queue = VecDeque::from([notice]);
+        while let Some(notice) = queue.pop_front() {
+            let id = match &notice {
+                ProcessNotice::Exited { id, .. }
+                | ProcessNotice::HandedOver { id, .. }
+                | ProcessNotice::Ready { id }
+                | ProcessNotice::Idle { id }
+                | ProcessNotice::Lost { id, .. } => *id,
+            };
+            if self.spawning.contains_key(&id) {
+                // A process started in its place waits with it: its own
+                // notices must not come before its start.
+                if let ProcessNotice::HandedOver { next, .. } = &notice
+                    && !self.spawning.contains_key(next)
+                {
+                    self.behind.insert(*next);
+                    self.spawning.insert(*next, Vec::new());
+                }
+                if let Some(held) = self.spawning.get_mut(&id) {
+                    held.push(notice);
+                }
+                continue;
+            }
+            let exit = matches!(
+                notice,
+                ProcessNotice::Exited { .. } | ProcessNotice::HandedOver { .. }
+            );
+            let mut released = None;
+            let input = match notice {
+                ProcessNotice::Exited { id, status } => Input::Exited { id, status },
+                ProcessNotice::HandedOver {
+                    id,
+                    status,
+                    next,
+                    started,
+                } => {
+                    if self.behind.remove(&next) {
+                        released = self.spawning.remove(&next);
+                    }
+                    Input::HandedOver {
+                        id,
+                        status,
+                        next,
+                        started,
+                    }
+                }
+                ProcessNotice::Ready { id } => Input::Ready { id },
+                ProcessNotice::Idle { id } => Input::Idle { id },
+                ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
+            };
+            if let Err(e) = self.step(input).await {
+                tracing::debug!(error = %e, "process notice ignored");
+            }
+            // Once the step's writes are on disk (or, refused, retried from `unsaved`).
+            if exit {
+                self.after_sync(AfterSync::ExitRecorded(id)).await;
+            }
+            queue.extend(released.unwrap_or_default());
+        }
+    }
+
+    /// Hands the spawner the next records to start on exits, if every slot is taken.
+    async fn hand_over(&mut self) {
+        if !self.hands_over {
             return;
         }
-        let exit = matches!(notice, ProcessNotice::Exited { .. });
-        let input = match notice {
-            ProcessNotice::Exited { id, status } => Input::Exited { id, status },
-            ProcessNotice::Ready { id } => Input::Ready { id },
-            ProcessNotice::Idle { id } => Input::Idle { id },
-            ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
-        };
-        if let Err(e) = self.step(input).await {
-            tracing::debug!(error = %e, "process notice ignored");
+        let added = self.core.hand_over(HAND_OVER_AHEAD);
+        self.send_handed(added).await;
+    }
+
+    /// Gives the spawner the records the core just handed over.
+    async fn send_handed(&mut self, added: Vec<ProcessId>) {
+        if added.is_empty() {
+            return;
         }
-        // Once the step's writes are on disk (or, refused, retried from `unsaved`).
-        if exit {
-            self.after_sync(AfterSync::ExitRecorded(id)).await;
+        let requests: Vec<_> = added
+            .iter()
+            .filter_map(|id| self.core.get(*id).and_then(SpawnRequest::for_record))
+            .collect();
+        match self.ports.spawner.hand_over(requests).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.hands_over = false;
+                self.core.withdraw(&added);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand records over to the spawner");
+                self.core.withdraw(&added);
+            }
+        }
+    }
+
+    /// Takes back the records handed to the spawner, then handles the
+    /// reports of those it started already: afterwards none is outstanding.
+    /// Messages that come meanwhile wait in `deferred`; spawn results are
+    /// handled, since a report may be held behind one.
+    async fn take_back(&mut self, inbox: &mut Inbox) {
+        let handed: Vec<_> = self.core.handed_over().collect();
+        if handed.is_empty() {
+            return;
+        }
+        match self.ports.spawner.withdraw().await {
+            Ok(back) => self.core.withdraw(&back),
+            Err(e) => {
+                // The spawner is gone or cut off; it starts nothing more.
+                tracing::warn!(error = %e, "could not take records back from the spawner");
+                self.core.withdraw(&handed);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + HANDOVER_REPORTS;
+        while self.core.handed_over().next().is_some() {
+            let waited = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    n = inbox.notices.recv() => n.map(Ok),
+                    m = inbox.msgs.recv() => m.map(Err),
+                }
+            })
+            .await;
+            match waited {
+                Ok(Some(Ok(notice))) => self.notice(notice).await,
+                Ok(Some(Err(msg))) => match msg {
+                    Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
+                    Msg::Synced(result) => self.synced(result).await,
+                    other => self.deferred.push_back(other),
+                },
+                _ => {
+                    let left: Vec<_> = self.core.handed_over().collect();
+                    tracing::warn!(
+                        ?left,
+                        "the spawner did not report starts it made; going on without them"
+                    );
+                    self.core.withdraw(&left);
+                }
+            }
         }
     }
 
@@ -766,7 +927,9 @@ impl Driver {
     /// effects are carried out in order. The first batch holds the records
     /// the step starts, whose spawns follow it at once; the second, the
     /// records left waiting, so a large batch does not hold up the first
-    /// processes while it is written.
+    /// processes while it is written. The records handed to the spawner to
+    /// start on exits are written in the first batch and handed over before
+    /// the second.
     async fn step_many(&mut self, inputs: Vec<Input>) -> Result<Accepted, ManagerError> {
         let now = self.ports.clock.now();
         let mut accepted = Vec::with_capacity(inputs.len());
@@ -786,23 +949,39 @@ impl Driver {
                 Err(e) => accepted.push(Err(e.into())),
             }
         }
-        let starting: HashSet<ProcessId> = rest
+        // The records to start next on exits go with the first batch too, so
+        // that the spawner can go on with them while the rest is written.
+        let handed = if self.hands_over {
+            self.core.hand_over(HAND_OVER_AHEAD)
+        } else {
+            Vec::new()
+        };
+        let first: HashSet<ProcessId> = rest
             .iter()
             .filter_map(|e| match e {
                 Effect::Spawn { record } => Some(record.id()),
                 _ => None,
             })
+            .chain(handed.iter().copied())
             .collect();
         let (mut effects, later): (Vec<_>, Vec<_>) = writes.into_iter().partition(
-            |e| matches!(e, Effect::Persist { record, .. } if starting.contains(&record.id())),
+            |e| matches!(e, Effect::Persist { record, .. } if first.contains(&record.id())),
         );
         let (spawns, others): (Vec<_>, Vec<_>) = rest
             .into_iter()
             .partition(|e| matches!(e, Effect::Spawn { .. }));
         effects.extend(spawns);
-        effects.extend(later);
-        effects.extend(others);
-        Ok((accepted, self.execute(effects).await?))
+        let mut changed = self.execute(effects).await?;
+        self.send_handed(handed).await;
+        if !later.is_empty() {
+            // Let the spawns just started send their requests before the
+            // loop writes the records left waiting, which may take a while.
+            tokio::task::yield_now().await;
+        }
+        let mut rest = later;
+        rest.extend(others);
+        merge_changed(&mut changed, self.execute(rest).await?);
+        Ok((accepted, changed))
     }
 
     async fn execute(&mut self, effects: Vec<Effect>) -> Result<Vec<ProcessRecord>, ManagerError> {
@@ -1026,4 +1205,16 @@ impl Driver {
         self.write_all(&mut writes).await;
         self.kick_sync();
     }
+}
+
+/// Whether `input` may take a record out of `pending` other than by starting it.
+fn may_cancel(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::Stop { .. }
+            | Input::StopLevel { .. }
+            | Input::Restart { .. }
+            | Input::Complete { .. }
+            | Input::Fail { .. }
+    )
 }

@@ -525,8 +525,9 @@ fn the_daemon_starts_once_under_a_race_and_guards_its_socket() {
     );
     assert!(
         status.contains(&format!(
-            "(bpm {}, keeper protocol 1)",
-            env!("CARGO_PKG_VERSION")
+            "(bpm {}, keeper protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            bpm_adapters::keeper::KEEPER_PROTOCOL
         )),
         "{status}"
     );

@@ -1410,3 +1410,119 @@ async fn a_slow_disk_holds_back_answers_and_events_but_not_the_next_start() {
     );
     assert_eq!(of(b), [EventKind::Submitted, EventKind::Started]);
 }
+
+/// An engine on real processes (the OS spawner), which hands records over.
+async fn os_engine(max_running: usize) -> Engine {
+    let clock = Arc::new(bpm_adapters::clock::SystemClock::new());
+    let output = Arc::new(InMemoryOutput::default());
+    let spawner = Arc::new(bpm_adapters::os::OsSpawner::new(
+        output.clone(),
+        bpm_adapters::os::OsSpawnerConfig::default(),
+    ));
+    let ports = Ports {
+        store: Arc::new(InMemoryStore::new()),
+        output,
+        events: Arc::new(BroadcastBus::default()),
+        spawner,
+        clock,
+        ids: Arc::new(UuidV7Ids::new()),
+    };
+    let limits = Limits {
+        max_running,
+        ..Limits::default()
+    };
+    Engine::start(ports, EngineConfig { node: None, limits })
+        .await
+        .expect("engine starts")
+}
+
+fn sh(script: &str) -> ProcessSpec {
+    ProcessSpec::argv(["sh", "-c", script])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_started_on_exits_keep_the_limit_their_order_and_their_exit_codes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (live, log) = (dir.path().join("live"), dir.path().join("log"));
+    std::fs::create_dir(&live).expect("dir");
+    let engine = os_engine(2).await;
+    // Each process marks itself live, logs how many are, then unmarks itself
+    // before it exits: the count can never pass the limit.
+    let script = format!(
+        "touch {live}/$BPM_PROCESS_ID; echo \"$1 $(ls {live} | wc -l)\" >> {log}; \
+         rm {live}/$BPM_PROCESS_ID; exit $(($1 % 4))",
+        live = live.display(),
+        log = log.display()
+    );
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let spec = ProcessSpec::argv(["sh", "-c", &script, "sh", &n.to_string()]);
+        ids.push(engine.start(spec).await.expect("start").id());
+    }
+    engine.wait_many(&ids, None).await.expect("wait");
+    for (n, id) in ids.iter().enumerate() {
+        let r = engine.get(*id).await.expect("record");
+        let code = i32::try_from(n % 4).expect("small");
+        assert_eq!(
+            r.lifecycle().exit(),
+            Some(ExitStatus::Code(code)),
+            "record {n}: {r:?}"
+        );
+        let want = if code == 0 {
+            StateName::Completed
+        } else {
+            StateName::Failed
+        };
+        assert_eq!(r.state(), want);
+    }
+    let lines = std::fs::read_to_string(&log).expect("log");
+    let seen: Vec<(usize, usize)> = lines
+        .lines()
+        .map(|l| {
+            let (n, live) = l.split_once(' ').expect("two fields");
+            (n.parse().expect("n"), live.trim().parse().expect("count"))
+        })
+        .collect();
+    assert_eq!(seen.len(), 40);
+    assert!(
+        seen.iter().all(|(_, live)| *live <= 2),
+        "more than 2 ran at once: {seen:?}"
+    );
+    // Equal priorities start in submission order: none starts before one
+    // submitted two places earlier (two lanes may swap neighbours).
+    for (i, (n, _)) in seen.iter().enumerate() {
+        assert!(*n + 2 >= i, "{n} started {i}th: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_handed_over_and_then_stopped_never_runs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let marker = dir.path().join("ran");
+    let engine = os_engine(1).await;
+    let first = engine.start(sh("sleep 0.5")).await.expect("start");
+    let queued = engine
+        .start(sh(&format!("touch {}", marker.display())))
+        .await
+        .expect("start");
+    assert_eq!(queued.state(), StateName::Pending);
+    // Give the loop time to hand it to the spawner.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = engine
+        .stop(queued.id(), StopOptions::default())
+        .await
+        .expect("stop");
+    assert_eq!(stopped.state(), StateName::Cancelled);
+    let first = engine.wait(first.id(), None).await.expect("wait");
+    assert_eq!(first.state(), StateName::Completed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!marker.exists(), "a cancelled record ran");
+    assert_eq!(
+        engine.get(queued.id()).await.expect("record").state(),
+        StateName::Cancelled
+    );
+    // The queue goes on: the next record starts when the slot frees.
+    let next = engine.start(sh("exit 0")).await.expect("start");
+    let next = engine.wait(next.id(), None).await.expect("wait");
+    assert_eq!(next.state(), StateName::Completed);
+}

@@ -3,7 +3,7 @@
 //! progress reports and timer firings on a simulated clock, with the world's
 //! invariants checked after every step.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bpm_domain::{
     CoreError, Effect, ExitStatus, GroupName, Input, Limits, NodeId, Percent, ProcessId,
@@ -28,19 +28,55 @@ struct Submit {
 #[derive(Debug, Clone)]
 enum Op {
     Submit(Submit),
-    ResolveSpawn { pick: usize, ok: bool },
-    Exit { pick: usize, code: i32 },
-    DeliverSignalExit { pick: usize },
-    Stop { pick: usize, force: bool },
-    StopLevel { level: usize },
-    Pause { pick: usize },
-    Resume { pick: usize },
-    Restart { pick: usize },
-    Progress { pick: usize, percent: u8 },
-    Complete { pick: usize },
-    Fail { pick: usize },
-    Remove { pick: usize },
-    Advance { ms: u64 },
+    ResolveSpawn {
+        pick: usize,
+        ok: bool,
+    },
+    Exit {
+        pick: usize,
+        code: i32,
+    },
+    DeliverSignalExit {
+        pick: usize,
+    },
+    Stop {
+        pick: usize,
+        force: bool,
+    },
+    StopLevel {
+        level: usize,
+    },
+    Pause {
+        pick: usize,
+    },
+    Resume {
+        pick: usize,
+    },
+    Restart {
+        pick: usize,
+    },
+    Progress {
+        pick: usize,
+        percent: u8,
+    },
+    Complete {
+        pick: usize,
+    },
+    Fail {
+        pick: usize,
+    },
+    Remove {
+        pick: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+    /// The driver hands the next records to the spawner.
+    HandOver,
+    /// A report of a start the spawner made on an exit reaches the core.
+    DeliverHandover {
+        pick: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -96,6 +132,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => pick.clone().prop_map(|pick| Op::Fail { pick }),
         1 => pick.clone().prop_map(|pick| Op::Remove { pick }),
         5 => (1u64..8_000).prop_map(|ms| Op::Advance { ms }),
+        3 => Just(Op::HandOver),
+        3 => pick.clone().prop_map(|pick| Op::DeliverHandover { pick }),
     ]
 }
 
@@ -116,6 +154,10 @@ struct World {
     dying: Vec<(ProcessId, ExitStatus)>,
     timers: BTreeMap<Timer, Timestamp>,
     ended: HashSet<ProcessId>,
+    /// Records the spawner holds to start on exits, in order.
+    queued: VecDeque<ProcessId>,
+    /// Reports of starts made on exits, not yet delivered to the core.
+    handovers: Vec<Input>,
 }
 
 fn limits() -> Limits {
@@ -149,6 +191,8 @@ impl World {
             dying: Vec::new(),
             timers: BTreeMap::new(),
             ended: HashSet::new(),
+            queued: VecDeque::new(),
+            handovers: Vec::new(),
         }
     }
 
@@ -209,11 +253,15 @@ impl World {
                 }
                 Effect::Spawn { record } => {
                     assert_eq!(record.state(), StateName::Starting);
+                    let id = record.id();
+                    // The spawner drops a queued record it is asked to start,
+                    // and answers for one it started on an exit with that process.
+                    self.queued.retain(|q| *q != id);
                     assert!(
-                        !self.alive.contains_key(&record.id()),
+                        !self.alive.contains_key(&id) || self.reported_later(id),
                         "a live process is never spawned twice"
                     );
-                    self.spawning.push(record.id());
+                    self.spawning.push(id);
                 }
                 Effect::Signal { id, pid, signal } => {
                     let Some(&(live_pid, ignores)) = self.alive.get(&id) else {
@@ -247,7 +295,66 @@ impl World {
         }
     }
 
+    /// Whether `id` was started on an exit and the core has not heard yet.
+    fn reported_later(&self, id: ProcessId) -> bool {
+        self.handovers
+            .iter()
+            .any(|h| matches!(h, Input::HandedOver { next, started: Ok(_), .. } if *next == id))
+    }
+
+    /// A process exited: the spawner starts the next queued record in its
+    /// place if the process hands over its slot, and reports both later.
+    fn exit(&mut self, id: ProcessId, status: ExitStatus) -> Result<(), CoreError> {
+        let hands_over = self
+            .store
+            .get(&id)
+            .is_some_and(|r| !r.is_tracked() && r.spec().restart.mode == RestartMode::Never);
+        match self.queued.pop_front().filter(|_| hands_over) {
+            Some(next) => {
+                let started = if self.next_pid.is_multiple_of(7) {
+                    Err("exec failed".to_owned())
+                } else {
+                    let pid = self.next_pid;
+                    self.alive
+                        .insert(next, (pid, self.ignores_term.contains(&next)));
+                    Ok(pid)
+                };
+                self.next_pid += 1;
+                self.handovers.push(Input::HandedOver {
+                    id,
+                    status,
+                    next,
+                    started,
+                });
+                Ok(())
+            }
+            None => self.input(Input::Exited { id, status }),
+        }
+    }
+
+    /// What the driver does before a stop, a restart, a completion or a
+    /// failure: takes the queued records back, then lets the core hear of
+    /// every start the spawner made.
+    fn withdraw(&mut self) {
+        let back: Vec<_> = self.queued.drain(..).collect();
+        self.core.withdraw(&back);
+        while !self.handovers.is_empty() {
+            let h = self.handovers.remove(0);
+            let _ = self.input(h);
+        }
+    }
+
     fn apply(&mut self, op: Op) {
+        if matches!(
+            op,
+            Op::Stop { .. }
+                | Op::StopLevel { .. }
+                | Op::Restart { .. }
+                | Op::Complete { .. }
+                | Op::Fail { .. }
+        ) {
+            self.withdraw();
+        }
         let _ = match op {
             Op::Submit(s) => {
                 let id = self.fresh_id();
@@ -291,7 +398,10 @@ impl World {
                     return;
                 }
                 let id = self.spawning.remove(pick % self.spawning.len());
-                if ok {
+                if let Some(&(pid, _)) = self.alive.get(&id) {
+                    // Started on an exit meanwhile: the spawner answers with that process.
+                    self.input(Input::Spawned { id, pid })
+                } else if ok {
                     let pid = self.next_pid;
                     self.next_pid += 1;
                     self.alive
@@ -305,7 +415,14 @@ impl World {
                 }
             }
             Op::Exit { pick, code } => {
-                let mut live: Vec<_> = self.alive.keys().copied().collect();
+                // The driver holds the exit of a process whose spawn it is
+                // still answering until that answer is in (as the engine does).
+                let mut live: Vec<_> = self
+                    .alive
+                    .keys()
+                    .copied()
+                    .filter(|id| !self.spawning.contains(id))
+                    .collect();
                 live.sort();
                 if live.is_empty() {
                     return;
@@ -313,18 +430,21 @@ impl World {
                 let id = live[pick % live.len()];
                 self.alive.remove(&id);
                 self.dying.retain(|(d, _)| *d != id);
-                self.input(Input::Exited {
-                    id,
-                    status: ExitStatus::Code(code),
-                })
+                self.exit(id, ExitStatus::Code(code))
             }
             Op::DeliverSignalExit { pick } => {
                 if self.dying.is_empty() {
                     return;
                 }
-                let (id, status) = self.dying.remove(pick % self.dying.len());
-                self.alive.remove(&id);
-                self.input(Input::Exited { id, status })
+                let (id, status) = self.dying[pick % self.dying.len()];
+                if self.spawning.contains(&id) {
+                    return;
+                }
+                self.dying.retain(|(d, _)| *d != id);
+                if self.alive.remove(&id).is_none() {
+                    return;
+                }
+                self.exit(id, status)
             }
             Op::Stop { pick, force } => match self.pick(pick) {
                 Some(id) => self.input(Input::Stop {
@@ -397,6 +517,29 @@ impl World {
                 }
                 Ok(())
             }
+            Op::HandOver => {
+                let added = self.core.hand_over(3);
+                for id in &added {
+                    let r = &self.store[id];
+                    assert_eq!(
+                        r.state(),
+                        StateName::Pending,
+                        "only pending records are handed over"
+                    );
+                    assert!(r.parent().is_none(), "only roots are handed over");
+                }
+                self.queued.extend(added);
+                Ok(())
+            }
+            Op::DeliverHandover { pick } => {
+                if self.handovers.is_empty() {
+                    return;
+                }
+                // Reports come in the order the spawner made them.
+                let _ = pick;
+                let h = self.handovers.remove(0);
+                self.input(h)
+            }
         };
     }
 
@@ -461,8 +604,23 @@ impl World {
                 );
             }
         }
-        // Every live process belongs to a record that is running, paused or stopping.
+        // Processes that run, counted from the OS: within the limits too.
+        assert!(self.alive.len() <= 4, "{} processes run", self.alive.len());
+        for (g, limit) in [("g1", 2), ("g2", 1), ("g3", 3)] {
+            let n = self
+                .alive
+                .keys()
+                .filter(|id| self.store[*id].group().is_some_and(|x| x.as_str() == g))
+                .count();
+            assert!(n <= limit, "group {g} runs {n} processes over {limit}");
+        }
+        // Every live process belongs to a record that is running, paused or
+        // stopping, or was started on an exit the core has not heard of.
         for id in self.alive.keys() {
+            // Or whose spawn, asked for by the core too, the spawner is answering.
+            if self.reported_later(*id) || self.spawning.contains(id) {
+                continue;
+            }
             let state = self.store.get(id).map(ProcessRecord::state);
             assert!(
                 matches!(
@@ -505,6 +663,10 @@ proptest! {
         }
         // Drain the world: deliver every exit and fire every timer; nothing may stay stuck.
         for _ in 0..200 {
+            while !world.handovers.is_empty() {
+                world.apply(Op::DeliverHandover { pick: 0 });
+                world.check();
+            }
             while !world.spawning.is_empty() {
                 world.apply(Op::ResolveSpawn { pick: 0, ok: true });
                 world.check();

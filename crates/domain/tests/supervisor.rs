@@ -649,3 +649,199 @@ fn only_changes_between_active_states_may_skip_the_flush() {
         .expect("progress");
     assert!(writes(&progress).iter().all(|w| w.2));
 }
+
+fn spawns(effects: &[Effect]) -> Vec<ProcessId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Spawn { record } => Some(record.id()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn records_handed_over_start_on_exits_in_order_and_first() {
+    let mut core = core(Limits {
+        max_running: 2,
+        ..Limits::default()
+    });
+    for n in 1..=5 {
+        let spec = ProcessSpec::argv(["work"]);
+        core.handle(
+            Input::Submit { id: id(n), spec },
+            t(u64::try_from(n).expect("small")),
+        )
+        .expect("submit");
+    }
+    for n in 1..=2 {
+        let pid = 100 + u32::try_from(n).expect("small");
+        core.handle(Input::Spawned { id: id(n), pid }, t(10))
+            .expect("spawned");
+    }
+    // Nothing is handed over while a slot is free, and at most `max`.
+    assert_eq!(core.hand_over(2), vec![id(3), id(4)]);
+    assert_eq!(core.hand_over(2), Vec::<ProcessId>::new());
+    // An exit with a start in its place: the next record takes the slot at
+    // once, with its pid, and nothing else is spawned.
+    let effects = core
+        .handle(
+            Input::HandedOver {
+                id: id(1),
+                status: ExitStatus::Code(0),
+                next: id(3),
+                started: Ok(203),
+            },
+            t(20),
+        )
+        .expect("handed over");
+    assert!(spawns(&effects).is_empty());
+    assert_eq!(
+        core.get(id(1)).map(ProcessRecord::state),
+        Some(StateName::Completed)
+    );
+    let third = core.get(id(3)).expect("known");
+    assert_eq!(
+        (third.state(), third.pid()),
+        (StateName::Running, Some(203))
+    );
+    assert_eq!(core.handed_over().collect::<Vec<_>>(), vec![id(4)]);
+    // A record submitted later with a higher priority goes after those handed over.
+    let mut urgent = ProcessSpec::argv(["urgent"]);
+    urgent.priority = 9;
+    core.handle(
+        Input::Submit {
+            id: id(6),
+            spec: urgent,
+        },
+        t(30),
+    )
+    .expect("submit");
+    assert_eq!(core.hand_over(2), vec![id(6)]);
+    // An exit the spawner did not hand over (its process was not started to):
+    // the core starts the first record handed over itself.
+    let effects = core
+        .handle(
+            Input::Exited {
+                id: id(2),
+                status: ExitStatus::Code(0),
+            },
+            t(40),
+        )
+        .expect("exit");
+    assert_eq!(spawns(&effects), vec![id(4)]);
+    // Withdrawn records go back to the queue's own order.
+    core.withdraw(&[id(6)]);
+    assert_eq!(core.handed_over().count(), 0);
+    // A start that failed fails its record, and frees the slot for the best one.
+    let effects = core
+        .handle(
+            Input::HandedOver {
+                id: id(3),
+                status: ExitStatus::Code(0),
+                next: id(5),
+                started: Err("exec failed".into()),
+            },
+            t(50),
+        )
+        .expect("handed over");
+    assert_eq!(
+        core.get(id(5)).map(ProcessRecord::state),
+        Some(StateName::Failed)
+    );
+    assert_eq!(spawns(&effects), vec![id(6)]);
+    // A start reported for a record that has ended is killed.
+    let effects = core
+        .handle(
+            Input::HandedOver {
+                id: id(6),
+                status: ExitStatus::Code(0),
+                next: id(5),
+                started: Ok(205),
+            },
+            t(60),
+        )
+        .expect("handed over");
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Signal { id: i, pid: 205, signal: bpm_domain::Signal::Kill } if *i == id(5)
+    )));
+}
+
+#[test]
+fn only_roots_whose_group_has_room_are_handed_over() {
+    let mut limits = Limits {
+        max_running: 2,
+        ..Limits::default()
+    };
+    let g = bpm_domain::GroupName::new("g").expect("valid");
+    limits.group_limits.insert(g.clone(), 2);
+    let mut core = core(limits);
+    let grouped = || {
+        let mut s = ProcessSpec::argv(["work"]);
+        s.group = Some(g.clone());
+        s
+    };
+    core.handle(
+        Input::Submit {
+            id: id(1),
+            spec: grouped(),
+        },
+        t(1),
+    )
+    .expect("submit");
+    core.handle(
+        Input::Submit {
+            id: id(2),
+            spec: ProcessSpec::argv(["x"]),
+        },
+        t(2),
+    )
+    .expect("submit");
+    // Ready behind them: two of group g (room for one more), then a child.
+    core.handle(
+        Input::Submit {
+            id: id(3),
+            spec: grouped(),
+        },
+        t(3),
+    )
+    .expect("submit");
+    core.handle(
+        Input::Submit {
+            id: id(4),
+            spec: grouped(),
+        },
+        t(4),
+    )
+    .expect("submit");
+    assert_eq!(core.hand_over(4), vec![id(3)]);
+    let mut core2 = self::core(Limits {
+        max_running: 1,
+        ..Limits::default()
+    });
+    core2
+        .handle(
+            Input::Submit {
+                id: id(1),
+                spec: ProcessSpec::argv(["p"]),
+            },
+            t(1),
+        )
+        .expect("submit");
+    let mut child = ProcessSpec::argv(["c"]);
+    child.parent = Some(id(1));
+    core2
+        .handle(
+            Input::Submit {
+                id: id(2),
+                spec: child,
+            },
+            t(2),
+        )
+        .expect("submit");
+    assert!(
+        core2.hand_over(4).is_empty(),
+        "a child is never handed over"
+    );
+}

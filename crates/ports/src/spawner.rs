@@ -3,8 +3,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bpm_domain::{
-    ExitStatus, NodeId, ProcessId, ProcessRecord, ReadinessCheck, SessionId, Signal, Span,
-    StdinMode,
+    ExitStatus, NodeId, ProcessId, ProcessRecord, ReadinessCheck, RestartMode, SessionId, Signal,
+    Span, StdinMode,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -30,6 +30,11 @@ pub struct SpawnRequest {
     pub readiness: ReadinessCheck,
     /// Report [`ProcessNotice::Idle`] after this long without output.
     pub idle_after: Option<Span>,
+    /// Whether its exit frees its slot for good (it is never restarted), so
+    /// that the spawner may start the next record handed over in its place
+    /// ([`ProcessSpawner::hand_over`]).
+    #[serde(default)]
+    pub hands_over: bool,
 }
 
 impl SpawnRequest {
@@ -46,6 +51,7 @@ impl SpawnRequest {
             stdin: spec.stdin,
             readiness: spec.readiness.check.clone(),
             idle_after: spec.idle_after,
+            hands_over: spec.restart.mode == RestartMode::Never,
         })
     }
 }
@@ -67,6 +73,18 @@ pub enum ProcessNotice {
         id: ProcessId,
         /// How.
         status: ExitStatus,
+    },
+    /// It exited, and the spawner started the next record handed over in
+    /// its place ([`ProcessSpawner::hand_over`]): the manager takes both at once.
+    HandedOver {
+        /// The record whose process exited.
+        id: ProcessId,
+        /// How.
+        status: ExitStatus,
+        /// The record started in its place.
+        next: ProcessId,
+        /// Its pid, or why it could not be started.
+        started: Result<u32, String>,
     },
     /// Its readiness check passed.
     Ready {
@@ -150,6 +168,39 @@ pub trait ProcessSpawner: Send + Sync + 'static {
 
     /// The stream of notices. The first call returns it; later calls return `None`.
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>>;
+
+    /// Whether this spawner takes requests to start on exits
+    /// ([`hand_over`](Self::hand_over)). The default says no.
+    fn hands_over(&self) -> bool {
+        false
+    }
+
+    /// Queues `requests`, after those queued already: on each exit of a
+    /// process started with `hands_over`, the spawner starts the first one
+    /// still queued at once and reports [`ProcessNotice::HandedOver`]
+    /// instead of `Exited`. A queued request that [`spawn`](Self::spawn) is
+    /// asked for leaves the queue; `spawn` of a record this spawner already
+    /// runs answers with that process instead of starting another. Returns
+    /// `false` if the spawner does not do this (the default): it then
+    /// queues nothing.
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::Os`] if the requests cannot be handed to it.
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<bool, SpawnError> {
+        let _ = requests;
+        Ok(false)
+    }
+
+    /// Takes back every queued request and returns their ids: those will
+    /// not be started. A request handed over and not returned was started
+    /// (or failed to), and its report is delivered or on its way.
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::Os`] if the spawner cannot be reached; the
+    ///   queue is then unknown.
+    async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
+        Ok(Vec::new())
+    }
 
     /// Says that the exit of `id` has been recorded (durably): a spawner
     /// that keeps exits for a manager that may crash (the keeper) may now

@@ -103,8 +103,24 @@ impl KeeperSpawner {
                         }
                     }
                     Ok(KeeperLine::Notice { seq, notice }) => {
-                        let exit = matches!(notice, ProcessNotice::Exited { .. });
-                        if let ProcessNotice::Exited { id, .. } = &notice {
+                        let exit = matches!(
+                            notice,
+                            ProcessNotice::Exited { .. } | ProcessNotice::HandedOver { .. }
+                        );
+                        if let ProcessNotice::HandedOver {
+                            next,
+                            started: Ok(_),
+                            ..
+                        } = &notice
+                        {
+                            sh.watched
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(*next);
+                        }
+                        if let ProcessNotice::Exited { id, .. }
+                        | ProcessNotice::HandedOver { id, .. } = &notice
+                        {
                             sh.unrecorded
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
@@ -178,6 +194,19 @@ impl KeeperSpawner {
         &self.keeper
     }
 
+    /// Sends `op` with id 0, which the keeper does not answer.
+    async fn send(&self, op: Op) -> Result<(), SpawnError> {
+        let mut line = serde_json::to_vec(&Request { id: 0, op })
+            .map_err(|e| SpawnError::Os(e.to_string()))?;
+        line.push(b'\n');
+        self.writer
+            .lock()
+            .await
+            .write_all(&line)
+            .await
+            .map_err(|_| gone())
+    }
+
     async fn call(&self, op: Op) -> Result<Answer, SpawnError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -245,6 +274,23 @@ impl ProcessSpawner for KeeperSpawner {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    fn hands_over(&self) -> bool {
+        true
+    }
+
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<bool, SpawnError> {
+        // Not answered: the loop goes on at once, and the connection keeps
+        // it ahead of every later request.
+        self.send(Op::HandOver(requests)).await.map(|()| true)
+    }
+
+    async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
+        match self.call(Op::Withdraw).await? {
+            Answer::Withdrawn(ids) => Ok(ids),
+            other => Err(SpawnError::Os(format!("the keeper answered {other:?}"))),
         }
     }
 

@@ -15,7 +15,14 @@
 //! whose id it can gets an `invalid` error) and pushes
 //! `{"seq":S,"notice":{...}}`; the daemon acknowledges each with
 //! `{"id":0,"op":{"ack":S}}`, an exit only once its engine has recorded it.
-//! Unacknowledged notices are sent again to the next daemon that connects.
+//! A request with id 0 gets no answer. Unacknowledged notices are sent again
+//! to the next daemon that connects. `{"hand_over":[request...]}` (sent with
+//! id 0) queues starts that the keeper makes by itself, one on each exit of
+//! a process that hands over its slot, reporting `handed_over` instead of
+//! `exited`; `"withdraw"` takes the queue back and answers with the ids it
+//! held. A spawn of a record the keeper started already is answered with
+//! that process. The queue belongs to the connection that
+//! filled it: a new connection, or the end of this one, empties it.
 
 mod client;
 mod server;
@@ -28,7 +35,7 @@ use bpm_ports::{ProcessNotice, SpawnError, SpawnRequest, Spawned};
 use serde::{Deserialize, Serialize};
 
 /// The keeper protocol this build speaks (see the module's documentation).
-pub const KEEPER_PROTOCOL: u32 = 1;
+pub const KEEPER_PROTOCOL: u32 = 2;
 
 /// What a keeper says first to a daemon that connects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +76,8 @@ enum Op {
         pid: u32,
     },
     Ack(u64),
+    HandOver(Vec<SpawnRequest>),
+    Withdraw,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,6 +92,7 @@ enum Answer {
     Spawned(Spawned),
     Done,
     Held(bool),
+    Withdrawn(Vec<ProcessId>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

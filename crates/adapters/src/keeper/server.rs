@@ -67,6 +67,8 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
     // The connected daemon's writer; a newer connection replaces an older one.
     let writer: Writer = Arc::new(tokio::sync::Mutex::new(None));
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Which connection is the newest: starts handed over belong to it.
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (st, w) = (state.clone(), writer.clone());
     tokio::spawn(async move {
         while let Some(notice) = notices.recv().await {
@@ -120,6 +122,15 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
             continue;
         }
         *writer.lock().await = Some(write);
+        // Starts handed over by an earlier daemon are not this one's to make.
+        let dropped = spawner.take_back();
+        if !dropped.is_empty() {
+            tracing::info!(
+                count = dropped.len(),
+                "keeper: a new daemon connected; dropped the starts handed over by the last one"
+            );
+        }
+        let this = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         // Everything not yet taken goes to the new daemon first.
         let pending: Vec<(u64, ProcessNotice)> = state
             .lock()
@@ -131,11 +142,12 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
         for (seq, notice) in pending {
             send(&writer, &KeeperLine::Notice { seq, notice }).await;
         }
-        let (spawner, state, writer, connected) = (
+        let (spawner, state, writer, connected, generation) = (
             spawner.clone(),
             state.clone(),
             writer.clone(),
             connected.clone(),
+            generation.clone(),
         );
         connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
@@ -148,10 +160,49 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                         continue;
                     }
                 };
+                // The queue of starts changes here, in the order the requests
+                // came: a spawn or a withdrawal that follows a hand-over sees it.
+                let request = match request.op {
+                    Op::HandOver(requests) => {
+                        spawner.queue_starts(requests);
+                        continue;
+                    }
+                    Op::Withdraw => {
+                        let reply = KeeperLine::Reply {
+                            id: request.id,
+                            ok: Some(Answer::Withdrawn(spawner.take_back())),
+                            err: None,
+                        };
+                        send(&writer, &reply).await;
+                        continue;
+                    }
+                    _ => request,
+                };
                 let (spawner, state, writer) = (spawner.clone(), state.clone(), writer.clone());
                 tokio::spawn(async move {
                     let result = match request.op {
-                        Op::Spawn(req) => spawner.spawn(*req).await.map(Answer::Spawned),
+                        Op::Spawn(req) => {
+                            // Started on an exit, and that report not yet taken
+                            // (a daemon restarted in between): answer with it.
+                            let started = state
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .unacked
+                                .values()
+                                .find_map(|n| match n {
+                                    ProcessNotice::HandedOver {
+                                        next,
+                                        started: Ok(pid),
+                                        ..
+                                    } if *next == req.id => Some(*pid),
+                                    _ => None,
+                                });
+                            match started {
+                                Some(pid) => Ok(Answer::Spawned(bpm_ports::Spawned { pid })),
+                                None => spawner.spawn(*req).await.map(Answer::Spawned),
+                            }
+                        }
+                        Op::HandOver(_) | Op::Withdraw => return,
                         Op::Signal { id, pid, signal } => {
                             spawner.signal(id, pid, signal).await.map(|()| Answer::Done)
                         }
@@ -159,7 +210,12 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                             spawner.write_input(id, data).await.map(|()| Answer::Done)
                         }
                         Op::Reattach { id, pid } => {
-                            let waiting = state.lock().unwrap_or_else(PoisonError::into_inner).unacked.values().any(|n| matches!(n, ProcessNotice::Exited { id: e, .. } if *e == id));
+                            let waiting = state
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .unacked
+                                .values()
+                                .any(|n| matches!(n, ProcessNotice::Exited { id: e, .. } | ProcessNotice::HandedOver { id: e, .. } if *e == id));
                             Ok(Answer::Held(waiting || spawner.holds(id, pid)))
                         }
                         Op::Ack(seq) => {
@@ -171,6 +227,13 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                             return;
                         }
                     };
+                    // Id 0 asks for no answer (the daemon does not wait for it).
+                    if request.id == 0 {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "keeper: a request without an answer failed");
+                        }
+                        return;
+                    }
                     let line = match result {
                         Ok(a) => KeeperLine::Reply {
                             id: request.id,
@@ -185,6 +248,10 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                     };
                     send(&writer, &line).await;
                 });
+            }
+            // A daemon that is gone starts nothing more.
+            if generation.load(std::sync::atomic::Ordering::SeqCst) == this {
+                spawner.take_back();
             }
             connected.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });

@@ -7,7 +7,7 @@ mod capture;
 mod spawn;
 mod tree;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -61,6 +61,8 @@ struct Live {
     reaped: bool,
     /// Whether a terminating signal was sent: then the whole tree must end with the leader.
     stopping: bool,
+    /// Whether its exit starts the next request handed over.
+    hands_over: bool,
     stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
 }
 
@@ -93,11 +95,18 @@ impl BaseEnv {
 
 /// Spawns and controls real OS processes.
 pub struct OsSpawner {
+    inner: Arc<Inner>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
+}
+
+/// What the spawner's own tasks share with it.
+struct Inner {
     output: Arc<dyn OutputStore>,
     base_env: BaseEnv,
     live: LiveMap,
+    /// Requests to start, in order, one on each exit of a process that hands over.
+    queue: Mutex<VecDeque<SpawnRequest>>,
     tx: mpsc::UnboundedSender<ProcessNotice>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
     config: OsSpawnerConfig,
 }
 
@@ -106,48 +115,48 @@ impl OsSpawner {
     pub fn new(output: Arc<dyn OutputStore>, config: OsSpawnerConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         OsSpawner {
-            output,
-            base_env: BaseEnv::read(),
-            live: Arc::new(Mutex::new(HashMap::new())),
-            tx,
+            inner: Arc::new(Inner {
+                output,
+                base_env: BaseEnv::read(),
+                live: Arc::new(Mutex::new(HashMap::new())),
+                queue: Mutex::new(VecDeque::new()),
+                tx,
+                config,
+            }),
             rx: Mutex::new(Some(rx)),
-            config,
         }
     }
 
     /// How many processes this spawner started are still running.
     pub fn running(&self) -> usize {
-        lock(&self.live).len()
+        lock(&self.inner.live).len()
     }
 
     /// Whether this spawner runs process `id` (with leader `pid`) and has not yet reported its exit.
     pub fn holds(&self, id: ProcessId, pid: u32) -> bool {
-        lock(&self.live).get(&id).is_some_and(|l| l.pid == pid)
+        lock(&self.inner.live)
+            .get(&id)
+            .is_some_and(|l| l.pid == pid)
+    }
+
+    /// Queues requests to start on exits (see [`ProcessSpawner::hand_over`]).
+    pub fn queue_starts(&self, requests: Vec<SpawnRequest>) {
+        self.inner.queue().extend(requests);
+    }
+
+    /// Takes back every request handed over and not yet started.
+    pub fn take_back(&self) -> Vec<ProcessId> {
+        self.inner.queue().drain(..).map(|r| r.id).collect()
     }
 }
 
-fn lock(live: &LiveMap) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Live>> {
-    live.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn exit_status(status: &WaitIdStatus) -> ExitStatus {
-    match (status.exit_status(), status.terminating_signal()) {
-        (Some(code), _) if status.exited() => ExitStatus::Code(code),
-        (_, Some(sig)) => ExitStatus::Signal(sig),
-        _ => ExitStatus::Code(-1),
-    }
-}
-
-fn is_terminating(signal: Signal) -> bool {
-    matches!(
-        signal,
-        Signal::Term | Signal::Kill | Signal::Int | Signal::Hup | Signal::Quit
-    )
-}
-
-#[async_trait]
-impl ProcessSpawner for OsSpawner {
-    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
+impl Inner {
+    /// Starts `request`'s process, or answers with the one that runs for its record already.
+    fn start(self: &Arc<Self>, request: &SpawnRequest) -> Result<Spawned, SpawnError> {
+        self.queue().retain(|q| q.id != request.id);
+        if let Some(live) = lock(&self.live).get(&request.id) {
+            return Ok(Spawned { pid: live.pid });
+        }
         let program = request
             .argv
             .first()
@@ -224,6 +233,7 @@ impl ProcessSpawner for OsSpawner {
                 pid,
                 reaped: false,
                 stopping: false,
+                hands_over: request.hands_over,
                 stdin,
             },
         );
@@ -267,7 +277,7 @@ impl ProcessSpawner for OsSpawner {
             ));
         }
 
-        let (live, tx, config) = (self.live.clone(), self.tx.clone(), self.config.clone());
+        let (inner, live, config) = (self.clone(), self.live.clone(), self.config.clone());
         let mut activity = watcher.activity();
         let copier = watcher.clone();
         tokio::spawn(async move {
@@ -298,15 +308,68 @@ impl ProcessSpawner for OsSpawner {
                     }
                 }
             }
-            lock(&live).remove(&id);
-            let _ = tx.send(ProcessNotice::Exited { id, status });
+            let hands_over = lock(&live).remove(&id).is_some_and(|l| l.hands_over);
+            // The next request handed over starts in its place, before the
+            // manager hears of the exit.
+            let next = if hands_over {
+                inner.queue().pop_front()
+            } else {
+                None
+            };
+            let notice = match next {
+                Some(request) => {
+                    let next = request.id;
+                    let started = inner
+                        .start(&request)
+                        .map(|s| s.pid)
+                        .map_err(|e| e.to_string());
+                    ProcessNotice::HandedOver {
+                        id,
+                        status,
+                        next,
+                        started,
+                    }
+                }
+                None => ProcessNotice::Exited { id, status },
+            };
+            let _ = inner.tx.send(notice);
         });
         Ok(Spawned { pid })
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<SpawnRequest>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock(live: &LiveMap) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Live>> {
+    live.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn exit_status(status: &WaitIdStatus) -> ExitStatus {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) if status.exited() => ExitStatus::Code(code),
+        (_, Some(sig)) => ExitStatus::Signal(sig),
+        _ => ExitStatus::Code(-1),
+    }
+}
+
+fn is_terminating(signal: Signal) -> bool {
+    matches!(
+        signal,
+        Signal::Term | Signal::Kill | Signal::Int | Signal::Hup | Signal::Quit
+    )
+}
+
+#[async_trait]
+impl ProcessSpawner for OsSpawner {
+    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
+        self.inner.start(&request)
+    }
+
     async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
         let group_alive = {
-            let mut map = lock(&self.live);
+            let mut map = lock(&self.inner.live);
             match map.get_mut(&id) {
                 Some(live) if live.pid == pid => {
                     if is_terminating(signal) {
@@ -350,7 +413,7 @@ impl ProcessSpawner for OsSpawner {
 
     async fn write_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), SpawnError> {
         let stdin = {
-            let map = lock(&self.live);
+            let map = lock(&self.inner.live);
             let live = map
                 .get(&id)
                 .filter(|l| !l.reaped)
@@ -373,6 +436,19 @@ impl ProcessSpawner for OsSpawner {
         // exit status cannot be collected here; the per-process supervisor that
         // makes this possible comes with the daemon.
         Ok(false)
+    }
+
+    fn hands_over(&self) -> bool {
+        true
+    }
+
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<bool, SpawnError> {
+        self.queue_starts(requests);
+        Ok(true)
+    }
+
+    async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
+        Ok(self.take_back())
     }
 
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>> {

@@ -12,7 +12,7 @@
 
 mod queue;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -189,6 +189,20 @@ pub enum Input {
         /// How.
         status: ExitStatus,
     },
+    /// The OS process of `id` exited, and the spawner at once started `next`
+    /// in its place, as [`Supervisor::handovers`] allowed. `next` takes the
+    /// slot `id` frees. The start is taken even when the exit is refused: a
+    /// process that runs must be known.
+    HandedOver {
+        /// The record whose process exited.
+        id: ProcessId,
+        /// How it exited.
+        status: ExitStatus,
+        /// The record the spawner started next.
+        next: ProcessId,
+        /// Its pid, or why it could not be started.
+        started: Result<u32, String>,
+    },
     /// Stop `id` and, first, all its descendants.
     Stop {
         /// The record.
@@ -364,6 +378,8 @@ pub struct Supervisor {
     active_by_group: HashMap<GroupName, usize>,
     live_per_level: HashMap<usize, usize>,
     next_seq: u64,
+    /// Records handed to the spawner to start on exits ([`Supervisor::hand_over`]), in order.
+    handed: VecDeque<ProcessId>,
     /// Records changed by the current step, with the version to expect.
     dirty: BTreeMap<ProcessId, Option<u64>>,
     out: Vec<Effect>,
@@ -386,6 +402,7 @@ impl Supervisor {
             active_by_group: HashMap::new(),
             live_per_level: HashMap::new(),
             next_seq: 0,
+            handed: VecDeque::new(),
             last_env: None,
             dirty: BTreeMap::new(),
             out: Vec::new(),
@@ -420,6 +437,72 @@ impl Supervisor {
     /// How many pending records could start as soon as a slot frees.
     pub fn ready_len(&self) -> usize {
         self.ready.len()
+    }
+
+    /// Hands the spawner the records to start next, best first, up to `max`
+    /// outstanding, and returns the ones added: the spawner starts them by
+    /// itself, in this order, one on each exit of a process it started with
+    /// `hands_over` (whose exit frees its slot), and reports
+    /// [`Input::HandedOver`]. That takes the daemon out of the path from one
+    /// process's end to the next one's start.
+    ///
+    /// Records are handed over only while every slot is taken; the list
+    /// stops at the first record that is not a root (a parent's stop may
+    /// cancel its children at any time) or whose group would have no room.
+    /// While any are outstanding, the core itself starts only the first of
+    /// them when a slot frees, so the spawner and the core agree on the
+    /// order; a record that becomes ready meanwhile (even with a higher
+    /// priority) waits until they are taken.
+    ///
+    /// The driver must take outstanding records back ([`withdraw`](Self::withdraw))
+    /// before it feeds a stop, a restart, a completion or a failure, and must
+    /// feed the spawner's reports of those it started first: those are the
+    /// only inputs that take a root out of `pending` other than starting it.
+    pub fn hand_over(&mut self, max: usize) -> Vec<ProcessId> {
+        let mut added = Vec::new();
+        if self.active_total != self.limits.max_running || self.handed.len() >= max {
+            return added;
+        }
+        let mut taken: HashMap<&GroupName, usize> = HashMap::new();
+        for id in &self.handed {
+            if let Some(g) = self.entries.get(id).and_then(|e| e.record.group()) {
+                *taken.entry(g).or_default() += 1;
+            }
+        }
+        let outstanding = self.handed.len();
+        let candidates = self.ready.ordered(max + outstanding);
+        let fresh = candidates
+            .into_iter()
+            .filter(|id| !self.handed.contains(id))
+            .take(max - outstanding);
+        for id in fresh {
+            let record = &self.entries[&id].record;
+            if record.parent().is_some() || record.is_tracked() {
+                break;
+            }
+            if let Some(g) = record.group()
+                && let Some(limit) = self.limits.group_limit(Some(g))
+            {
+                let n = taken.entry(g).or_default();
+                if self.active_by_group.get(g).copied().unwrap_or(0) + *n >= limit {
+                    break;
+                }
+                *n += 1;
+            }
+            added.push(id);
+        }
+        self.handed.extend(added.iter().copied());
+        added
+    }
+
+    /// The records handed over and not yet reported started, in order.
+    pub fn handed_over(&self) -> impl Iterator<Item = ProcessId> + '_ {
+        self.handed.iter().copied()
+    }
+
+    /// The spawner gave back these handed-over records (it will not start them).
+    pub fn withdraw(&mut self, ids: &[ProcessId]) {
+        self.handed.retain(|id| !ids.contains(id));
     }
 
     /// A record's depth in its hierarchy (roots are 0).
@@ -542,6 +625,19 @@ impl Supervisor {
                 Ok(())
             }
             Input::Exited { id, status } => self.exited(id, status, now),
+            Input::HandedOver {
+                id,
+                status,
+                next,
+                started,
+            } => {
+                let exit = self.exited(id, status, now);
+                self.take_over(next, started, now);
+                match exit {
+                    Err(e) if self.dirty.is_empty() && self.out.is_empty() => Err(e),
+                    _ => Ok(()),
+                }
+            }
             Input::Stop { id, force, grace } => {
                 self.own(id)?;
                 self.stop(id, StopCause::Requested, force, grace, now)
@@ -874,6 +970,36 @@ impl Supervisor {
         Ok(())
     }
 
+    /// `id` was started by the spawner in the slot of a process that ended.
+    fn take_over(&mut self, id: ProcessId, started: Result<u32, String>, now: Timestamp) {
+        let Some(entry) = self.entries.get(&id) else {
+            // Unknown here: a process must not run that no record stands for.
+            if let Ok(pid) = started {
+                self.signal(id, pid, Signal::Kill);
+            }
+            return;
+        };
+        match (entry.record.state(), started) {
+            (StateName::Pending, started) => {
+                if self.transition(id, Transition::Start, now).is_err() {
+                    return;
+                }
+                let _ = match started {
+                    Ok(pid) => self.spawned(id, pid, now),
+                    Err(error) => self
+                        .transition(id, Transition::SpawnFailed { error }, now)
+                        .map(|_| ()),
+                };
+            }
+            // Ended before the start was heard of (the driver withdraws the
+            // spawner's starts before a stop, so this is a lost race): end it.
+            (state, Ok(pid)) if state.is_terminal() => self.signal(id, pid, Signal::Kill),
+            // Started by the core too (the spawner answers that spawn with
+            // this process): the spawn's own result counts.
+            _ => {}
+        }
+    }
+
     /// Stops `id` and its unfinished descendants (children first).
     fn stop(
         &mut self,
@@ -1055,13 +1181,19 @@ impl Supervisor {
         while self.active_total < self.limits.max_running {
             let limits = &self.limits;
             let active = &self.active_by_group;
-            let Some(id) = self.ready.best(|g| match limits.group_limit(g) {
-                None => true,
-                Some(limit) => g.and_then(|g| active.get(g)).copied().unwrap_or(0) < limit,
-            }) else {
+            // Records handed to the spawner go first, in their order.
+            let next = match self.handed.front() {
+                Some(&id) => Some(id),
+                None => self.ready.best(|g| match limits.group_limit(g) {
+                    None => true,
+                    Some(limit) => g.and_then(|g| active.get(g)).copied().unwrap_or(0) < limit,
+                }),
+            };
+            let Some(id) = next else {
                 break;
             };
             self.ready.remove(id);
+            self.handed.retain(|h| *h != id);
             if self.transition(id, Transition::Start, now).is_ok() {
                 let record = Box::new(self.entries[&id].record.clone());
                 self.out.push(Effect::Spawn { record });
@@ -1091,6 +1223,7 @@ impl Supervisor {
         self.dirty.entry(id).or_insert(entry.persisted);
         if before == StateName::Pending && after != StateName::Pending {
             self.ready.remove(id);
+            self.handed.retain(|h| *h != id);
         }
         if slotted && !before.is_active() && after.is_active() {
             self.add_active(id);
@@ -1318,6 +1451,17 @@ impl Supervisor {
             }
             if self.active_by_group.get(*g).copied().unwrap_or(0) != *n {
                 return Err(format!("group {g} count disagrees"));
+            }
+        }
+        for (i, id) in self.handed.iter().enumerate() {
+            let Some(e) = self.entries.get(id) else {
+                return Err(format!("{id} is handed over but unknown"));
+            };
+            if e.record.state() != StateName::Pending || !self.ready.contains(*id) {
+                return Err(format!("{id} is handed over but {}", e.record.state()));
+            }
+            if e.record.parent().is_some() || self.handed.iter().skip(i + 1).any(|h| h == id) {
+                return Err(format!("{id} is handed over twice or is not a root"));
             }
         }
         for e in self.entries.values() {

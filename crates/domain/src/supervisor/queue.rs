@@ -51,6 +51,18 @@ impl ReadyQueue {
         self.keys.len()
     }
 
+    /// The first `n` records in the order `best` would pick them if every
+    /// group had room.
+    pub(crate) fn ordered(&self, n: usize) -> Vec<ProcessId> {
+        let mut keys: Vec<&QueueKey> = self
+            .groups
+            .values()
+            .flat_map(|set| set.iter().take(n))
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().take(n).map(|(_, _, id)| *id).collect()
+    }
+
     /// The best record among groups that `has_room` admits.
     pub(crate) fn best(
         &self,
@@ -82,6 +94,8 @@ mod tests {
         q.push(id(3), None, 5, 3);
         q.push(id(4), g("a"), 5, 0);
         assert_eq!(q.best(|_| true), Some(id(4)));
+        assert_eq!(q.ordered(3), vec![id(4), id(2), id(3)]);
+        assert_eq!(q.ordered(9), vec![id(4), id(2), id(3), id(1)]);
         let a = g("a");
         assert_eq!(q.best(|x| x != a.as_ref()), Some(id(2)));
         assert!(q.remove(id(4)));

@@ -94,6 +94,8 @@ macro_rules! spawner_contract_tests {
             captures_both_streams,
             concurrent_spawns_get_distinct_pids,
             input_to_unknown_process_is_refused,
+            handed_over_requests_start_on_exits_in_order,
+            only_processes_that_hand_over_start_the_next,
         );
     };
 }

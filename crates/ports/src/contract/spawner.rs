@@ -43,6 +43,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         stdin: StdinMode::Closed,
         readiness: ReadinessCheck::None,
         idle_after: None,
+        hands_over: true,
     }
 }
 
@@ -209,4 +210,128 @@ pub async fn input_to_unknown_process_is_refused(h: Arc<dyn SpawnerHarness>) {
         spawner.write_input(id, b"x".to_vec()).await,
         Err(SpawnError::NoSuchProcess(id))
     );
+}
+
+/// The next notice about `id`: its exit, or its exit with a start in its place.
+async fn end_of(notices: &mut UnboundedReceiver<ProcessNotice>, id: ProcessId) -> ProcessNotice {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let notice = tokio::time::timeout_at(deadline, notices.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no exit notice for {id} within 20 s"))
+            .expect("notice stream open");
+        match &notice {
+            ProcessNotice::Exited { id: got, .. } | ProcessNotice::HandedOver { id: got, .. }
+                if *got == id =>
+            {
+                return notice;
+            }
+            _ => {}
+        }
+    }
+}
+
+// The processes of this case are named a, b, c... in the order they run.
+#[allow(clippy::many_single_char_names)]
+/// Requests handed over start one on each exit of a process that hands
+/// over, in order, each reported with the exit it followed; a spawn of one
+/// that runs already answers with its process; what is left can be taken back.
+pub async fn handed_over_requests_start_on_exits_in_order(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let first = request(h.sleep(30));
+    let (a, a_pid) = (first.id, spawner.spawn(first).await.expect("spawn").pid);
+    let (b, c, d) = (
+        request(h.sleep(30)),
+        request(h.exit_with(4)),
+        request(h.exit_with(0)),
+    );
+    let (b_id, c_id, d_id) = (b.id, c.id, d.id);
+    let takes = spawner.hands_over();
+    assert_eq!(
+        spawner.hand_over(vec![b, c]).await.expect("hand over"),
+        takes,
+        "hand_over says what hands_over says"
+    );
+    if !takes {
+        // A spawner that does not do this queues nothing, and its exits are plain.
+        assert_eq!(
+            spawner.withdraw().await.expect("withdraw"),
+            Vec::<ProcessId>::new()
+        );
+        spawner
+            .signal(a, a_pid, Signal::Term)
+            .await
+            .expect("signal");
+        assert_eq!(exit_of(&mut rx, a).await, ExitStatus::Signal(15));
+        return;
+    }
+    spawner
+        .signal(a, a_pid, Signal::Term)
+        .await
+        .expect("signal");
+    let ProcessNotice::HandedOver {
+        status,
+        next,
+        started,
+        ..
+    } = end_of(&mut rx, a).await
+    else {
+        panic!("the exit of {a} started nothing in its place");
+    };
+    assert_eq!((status, next), (ExitStatus::Signal(15), b_id));
+    let b_pid = started.expect("the first request handed over started");
+    // Asked to spawn what it runs already, it answers with that process.
+    let mut again = request(h.sleep(30));
+    again.id = b_id;
+    assert_eq!(spawner.spawn(again).await.expect("spawn").pid, b_pid);
+    spawner
+        .signal(b_id, b_pid, Signal::Term)
+        .await
+        .expect("signal");
+    let ProcessNotice::HandedOver { next, started, .. } = end_of(&mut rx, b_id).await else {
+        panic!("the exit of {b_id} started nothing in its place");
+    };
+    assert_eq!(next, c_id);
+    assert!(started.is_ok(), "{started:?}");
+    // The queue is empty now: the last one's exit is plain.
+    assert_eq!(exit_of(&mut rx, c_id).await, ExitStatus::Code(4));
+    // What was not started yet is taken back, and then not started.
+    assert!(spawner.hand_over(vec![d]).await.expect("hand over"));
+    assert_eq!(spawner.withdraw().await.expect("withdraw"), vec![d_id]);
+    let e = request(h.exit_with(0));
+    let e_id = e.id;
+    spawner.spawn(e).await.expect("spawn");
+    assert_eq!(exit_of(&mut rx, e_id).await, ExitStatus::Code(0));
+}
+
+/// A process that does not hand over (it may be restarted) starts nothing
+/// when it exits, and a request that is spawned leaves the queue.
+pub async fn only_processes_that_hand_over_start_the_next(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let mut keeps = request(h.exit_with(0));
+    keeps.hands_over = false;
+    let keeps_id = keeps.id;
+    let (b, c) = (request(h.sleep(30)), request(h.exit_with(0)));
+    let (b_id, c_id) = (b.id, c.id);
+    if !spawner
+        .hand_over(vec![b.clone(), c])
+        .await
+        .expect("hand over")
+    {
+        return;
+    }
+    spawner.spawn(keeps).await.expect("spawn");
+    assert_eq!(exit_of(&mut rx, keeps_id).await, ExitStatus::Code(0));
+    let b_pid = spawner.spawn(b).await.expect("spawn").pid;
+    assert_eq!(spawner.withdraw().await.expect("withdraw"), vec![c_id]);
+    spawner
+        .signal(b_id, b_pid, Signal::Term)
+        .await
+        .expect("signal");
+    assert!(matches!(
+        end_of(&mut rx, b_id).await,
+        ProcessNotice::Exited { .. }
+    ));
 }
