@@ -20,7 +20,9 @@
 //! The store's flushes run beside the loop too, one at a time. What must
 //! follow a durable write (events, answers, telling the spawner an exit is
 //! recorded) waits, in order, for the flush that covers it; spawns, signals
-//! and the next inputs do not.
+//! and the next inputs do not. Under a stream of changes a flush starts at
+//! least `SYNC_SPACING` after the one before, so that each covers several,
+//! unless a caller's answer waits for it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -45,6 +47,10 @@ const EXIT_TAIL_LINES: usize = 20;
 const STOP_MARGIN: Duration = Duration::from_secs(30);
 /// How often records the store refused are written again.
 const STORE_RETRY: Duration = Duration::from_millis(500);
+/// The least time from the start of one sync of the store to the start of
+/// the next: under a stream of changes, each sync then covers several. A
+/// sync after a quiet spell starts at once.
+const SYNC_SPACING: Duration = Duration::from_millis(3);
 /// How many records, at most, the spawner holds to start on exits.
 const HAND_OVER_AHEAD: usize = 8;
 /// How long the loop waits for the reports of starts the spawner made from
@@ -113,6 +119,12 @@ struct Syncs {
     /// How many syncs were started; the last one may still be running.
     started: u64,
     running: bool,
+    /// When the last sync started (or is due to start).
+    last_start: Option<tokio::time::Instant>,
+    /// Whether a caller's answer waits for the next sync: it starts at once.
+    urgent: bool,
+    /// Cuts short the wait of a sync that is spaced from the last one.
+    hurry: Arc<tokio::sync::Notify>,
     /// Work and the number of the sync it waits for, in the order it came.
     waiting: VecDeque<(u64, AfterSync)>,
 }
@@ -896,6 +908,8 @@ impl Driver {
         if waiting.is_empty() {
             self.after_sync(AfterSync::Send(changed, answer)).await;
         } else {
+            // The sync it will wait for runs while the spawns do.
+            self.hurry_sync();
             self.parked.push(Parked {
                 waiting,
                 changed,
@@ -1095,13 +1109,25 @@ impl Driver {
     /// Does `work` once every write made so far is on disk, after the work
     /// that waits already.
     async fn after_sync(&mut self, work: AfterSync) {
-        self.kick_sync();
         let syncs = &mut self.syncs;
         let needs = syncs.started + u64::from(syncs.owed);
-        if syncs.waiting.is_empty() && needs <= syncs.ended() {
-            self.perform(work).await;
+        let waits = !syncs.waiting.is_empty() || needs > syncs.ended();
+        if waits && matches!(work, AfterSync::Send(..)) {
+            self.hurry_sync();
+        }
+        self.kick_sync();
+        if waits {
+            self.syncs.waiting.push_back((needs, work));
         } else {
-            syncs.waiting.push_back((needs, work));
+            self.perform(work).await;
+        }
+    }
+
+    /// A caller waits for the next sync: it is not spaced from the last one.
+    fn hurry_sync(&mut self) {
+        self.syncs.urgent = true;
+        if self.syncs.running {
+            self.syncs.hurry.notify_one();
         }
     }
 
@@ -1114,8 +1140,25 @@ impl Driver {
         syncs.owed = false;
         syncs.running = true;
         syncs.started += 1;
-        let (store, tx) = (self.ports.store.clone(), self.tx.clone());
+        let now = tokio::time::Instant::now();
+        let urgent = std::mem::take(&mut syncs.urgent);
+        let at = match syncs.last_start {
+            Some(last) if !urgent => (last + SYNC_SPACING).max(now),
+            _ => now,
+        };
+        syncs.last_start = Some(at);
+        let (store, tx, hurry) = (
+            self.ports.store.clone(),
+            self.tx.clone(),
+            syncs.hurry.clone(),
+        );
         tokio::spawn(async move {
+            if at > tokio::time::Instant::now() {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = hurry.notified() => {}
+                }
+            }
             let result = store.sync().await;
             let _ = tx.send(Msg::Synced(result));
         });
