@@ -1048,3 +1048,67 @@ fn run_from_a_file_starts_one_process_per_line_in_one_request() {
         .len();
     assert_eq!(before, after, "nothing was started");
 }
+
+#[test]
+fn a_queue_runs_through_the_keeper_in_order_and_a_stopped_record_never_runs() {
+    let bpm = Bpm::new();
+    std::fs::write(
+        bpm.home().join("config.toml"),
+        "[limits]\nmax_running = 1\n",
+    )
+    .expect("config");
+    let marker = bpm.home().join("ran");
+    let first = bpm.ok(&["run", "--", "sleep", "1"]).trim().to_owned();
+    bpm.until_state(&first, "running");
+    // Queued behind it: one that must never run, then twenty quick ones
+    // whose exit codes and order must survive the keeper starting them.
+    let never = bpm
+        .ok(&[
+            "run",
+            "--shell",
+            "--",
+            &format!("touch {}", marker.display()),
+        ])
+        .trim()
+        .to_owned();
+    let log = bpm.home().join("order");
+    let mut child = bpm
+        .cmd(&["run", "--from", "-", "--shell"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bpm run --from");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        for n in 0..20 {
+            writeln!(stdin, "echo {n} >> {}; exit {}", log.display(), n % 3).expect("write");
+        }
+    }
+    let out = child.wait_with_output().expect("run --from");
+    assert!(out.status.success());
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 20);
+    assert_eq!(bpm.state(&never), "pending");
+    bpm.ok(&["stop", &never]);
+    assert_eq!(bpm.state(&never), "cancelled");
+    let mut args = vec!["wait", first.as_str()];
+    args.extend(ids.iter().map(String::as_str));
+    bpm.ok(&args);
+    assert!(!marker.exists(), "a stopped record ran");
+    let order: Vec<String> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let expected: Vec<String> = (0..20).map(|n| n.to_string()).collect();
+    assert_eq!(order, expected, "one at a time, in submission order");
+    for (n, id) in ids.iter().enumerate() {
+        let record = bpm.json(&["show", id, "--json"]);
+        assert_eq!(record["exit_code"], n % 3, "{record}");
+    }
+}

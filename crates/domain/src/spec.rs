@@ -392,6 +392,8 @@ pub struct ProcessSpec {
     /// The concurrency group.
     pub group: Option<GroupName>,
     /// Higher starts first among queued processes; ties go in submission order.
+    /// The few already handed to the spawner to start next (while every slot
+    /// is taken) go before a record queued later.
     pub priority: i32,
     /// Processes that must have completed before this one starts.
     pub dependencies: Vec<ProcessId>,

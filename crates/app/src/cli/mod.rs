@@ -210,7 +210,7 @@ pub struct RunArgs {
     /// Start only after this process completed (repeatable).
     #[arg(long, value_name = "ID")]
     pub after: Vec<String>,
-    /// Higher starts first.
+    /// Higher starts first (after the few already handed to the keeper to start next).
     #[arg(long, allow_hyphen_values = true)]
     pub priority: Option<i32>,
     /// Wait this long before starting.
