@@ -11,7 +11,7 @@ use bpm_adapters::memory::InMemoryOutput;
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
 use bpm_domain::{ExitStatus, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp};
 use bpm_ports::contract::spawner::SpawnerHarness;
-use bpm_ports::{OutputStore, ProcessNotice, ProcessSpawner, SpawnRequest};
+use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -30,11 +30,7 @@ fn keeper_in(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// The keeper's spawner, as a daemon uses it, against the spawner contract:
 /// each case gets its own keeper in its own directory.
-struct KeeperHarness {
-    spawner: Arc<KeeperSpawner>,
-    output: Arc<InMemoryOutput>,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
 async fn keeper_harness() -> Arc<dyn SpawnerHarness> {
     let dir = tempfile::tempdir().expect("dir");
@@ -44,39 +40,11 @@ async fn keeper_harness() -> Arc<dyn SpawnerHarness> {
     let os = Arc::new(OsSpawner::new(output.clone(), OsSpawnerConfig::default()));
     tokio::spawn(serve_keeper(listener, os, Duration::from_mins(1)));
     let spawner = Arc::new(KeeperSpawner::connect(&socket).await.expect("connect"));
-    Arc::new(KeeperHarness {
+    Arc::new(common::ShHarness {
         spawner,
         output,
-        _dir: dir,
+        keep: Some(Box::new(dir)),
     })
-}
-
-fn words(w: &[&str]) -> Vec<String> {
-    w.iter().map(ToString::to_string).collect()
-}
-
-impl SpawnerHarness for KeeperHarness {
-    fn spawner(&self) -> Arc<dyn ProcessSpawner> {
-        self.spawner.clone()
-    }
-    fn output(&self) -> Arc<dyn OutputStore> {
-        self.output.clone()
-    }
-    fn exit_with(&self, code: i32) -> Vec<String> {
-        words(&["sh", "-c", &format!("exit {code}")])
-    }
-    fn sleep(&self, secs: u32) -> Vec<String> {
-        words(&["sleep", &secs.to_string()])
-    }
-    fn ignore_term_and_sleep(&self, secs: u32) -> Vec<String> {
-        words(&["sh", "-c", &format!("trap '' TERM; sleep {secs} & wait")])
-    }
-    fn print(&self, out: &str, err: &str) -> Vec<String> {
-        words(&["sh", "-c", "echo \"$1\"; echo \"$2\" >&2", "sh", out, err])
-    }
-    fn missing_program(&self) -> Vec<String> {
-        words(&["bpm-no-such-program-xyz"])
-    }
 }
 
 mod keeper_spawner {

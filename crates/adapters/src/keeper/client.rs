@@ -196,8 +196,11 @@ impl KeeperSpawner {
 
     /// Sends `op` with id 0, which the keeper does not answer.
     async fn send(&self, op: Op) -> Result<(), SpawnError> {
-        let mut line = serde_json::to_vec(&Request { id: 0, op })
-            .map_err(|e| SpawnError::Os(e.to_string()))?;
+        self.write(&Request { id: 0, op }).await
+    }
+
+    async fn write(&self, request: &Request) -> Result<(), SpawnError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| SpawnError::Os(e.to_string()))?;
         line.push(b'\n');
         self.writer
             .lock()
@@ -215,15 +218,7 @@ impl KeeperSpawner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
-        let mut line =
-            serde_json::to_vec(&Request { id, op }).map_err(|e| SpawnError::Os(e.to_string()))?;
-        line.push(b'\n');
-        self.writer
-            .lock()
-            .await
-            .write_all(&line)
-            .await
-            .map_err(|_| gone())?;
+        self.write(&Request { id, op }).await?;
         rx.await.map_err(|_| gone())?
     }
 }

@@ -47,18 +47,11 @@ fn request(argv: Vec<String>) -> SpawnRequest {
     }
 }
 
+/// How `id` exited, which must be a plain exit (nothing started in its place).
 async fn exit_of(notices: &mut UnboundedReceiver<ProcessNotice>, id: ProcessId) -> ExitStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let notice = tokio::time::timeout_at(deadline, notices.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no exit notice for {id} within 20 s"))
-            .expect("notice stream open");
-        if let ProcessNotice::Exited { id: got, status } = notice
-            && got == id
-        {
-            return status;
-        }
+    match end_of(notices, id).await {
+        ProcessNotice::Exited { status, .. } => status,
+        other => panic!("{id} ended with {other:?}, not a plain exit"),
     }
 }
 
