@@ -404,6 +404,25 @@ impl ProcessRecord {
         }
     }
 
+    /// The version `update` describes, with `spec` (what a store that keeps
+    /// the spec apart reads back).
+    pub fn from_update(spec: Arc<ProcessSpec>, update: RecordUpdate) -> ProcessRecord {
+        ProcessRecord {
+            id: update.id,
+            node: update.node,
+            spec,
+            lifecycle: update.lifecycle,
+            created_at: update.created_at,
+            updated_at: update.updated_at,
+            progress: update.progress,
+            result: update.result,
+            restarts: update.restarts,
+            attempts: update.attempts,
+            restarted_from: update.restarted_from,
+            version: update.version,
+        }
+    }
+
     /// The version `update` describes, with this record's spec; `None` if
     /// `update` is another record's.
     pub fn updated(&self, update: RecordUpdate) -> Option<ProcessRecord> {

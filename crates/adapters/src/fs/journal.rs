@@ -10,6 +10,9 @@
 //! file holds it whole; its later entries in that file leave out its spec
 //! (which never changes, and holds the process's whole environment, most of
 //! a record's size), and replay takes the spec from the version before.
+//! An environment is written once per file (`env`, under a number) and
+//! the records that share it name it (`put_shared`): a batch of processes
+//! from one shell carries one environment, which may be most of each record.
 //! Since a file handed over is replaced by the record files before it is
 //! invalidated, every record the live file updates has its whole version
 //! there, or in its own file. Overwriting preallocated blocks
@@ -22,14 +25,15 @@
 //! first) over what the record files hold, keeping the newer version of each
 //! record, makes the result durable, and starts a fresh generation.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bpm_domain::{ProcessId, ProcessRecord, RecordUpdate};
+use bpm_domain::{ProcessId, ProcessRecord, ProcessSpec, RecordUpdate};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"bpmjrnl1";
@@ -68,11 +72,47 @@ enum Written<'a> {
     Put(&'a ProcessRecord),
     Update(Box<RecordUpdate>),
     Delete(ProcessId),
+    /// An environment that records put later in this file name by `key`.
+    Env {
+        key: u64,
+        env: &'a BTreeMap<String, String>,
+    },
+    /// A record put whole, its spec's environment given by `env`.
+    PutShared {
+        env: u64,
+        spec: Box<ProcessSpec>,
+        record: Box<RecordUpdate>,
+    },
 }
 
-/// One change as read back.
-#[derive(Debug, Clone, Deserialize)]
+/// What a journal file holds, as read back: environments are resolved
+/// into the records that name them before replay sees them.
+#[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
+enum Read {
+    Put(Box<ProcessRecord>),
+    Update(Box<RecordUpdate>),
+    Delete(ProcessId),
+    Env {
+        key: u64,
+        env: BTreeMap<String, String>,
+    },
+    PutShared {
+        env: u64,
+        spec: Box<ProcessSpec>,
+        record: Box<RecordUpdate>,
+    },
+}
+
+/// The environments a journal file holds: by the address of the shared
+/// map (kept alive here, so the address stays its own) to the key.
+type Envs = HashMap<usize, (u64, Arc<BTreeMap<String, String>>)>;
+
+/// An environment smaller than this is written with its record.
+const SHARED_ENV_MIN: usize = 4;
+
+/// One change as read back.
+#[derive(Debug, Clone)]
 pub(super) enum Entry {
     /// The record's new version.
     Put(Box<ProcessRecord>),
@@ -133,6 +173,7 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>)> {
     }
     let generation = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let mut ops = Vec::new();
+    let mut envs: HashMap<u64, Arc<BTreeMap<String, String>>> = HashMap::new();
     let mut at = HEADER_LEN;
     while generation != 0 && at + ENTRY_HEAD <= bytes.len() {
         let head = &bytes[at..at + ENTRY_HEAD];
@@ -147,10 +188,31 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>)> {
         if checksum(payload) != sum {
             break;
         }
-        match serde_json::from_slice::<Entry>(payload) {
-            Ok(op) => ops.push(op),
+        let op = match serde_json::from_slice::<Read>(payload) {
+            Ok(Read::Put(r)) => Entry::Put(r),
+            Ok(Read::Update(u)) => Entry::Update(u),
+            Ok(Read::Delete(id)) => Entry::Delete(id),
+            Ok(Read::Env { key, env }) => {
+                envs.insert(key, Arc::new(env));
+                at = start + len;
+                continue;
+            }
+            Ok(Read::PutShared {
+                env,
+                mut spec,
+                record,
+            }) => {
+                // An environment it does not hold: read no further, as for a torn entry.
+                let Some(env) = envs.get(&env) else { break };
+                spec.env = Arc::clone(env);
+                Entry::Put(Box::new(ProcessRecord::from_update(
+                    Arc::new(*spec),
+                    *record,
+                )))
+            }
             Err(_) => break,
-        }
+        };
+        ops.push(op);
         at = start + len;
     }
     Ok((generation, ops))
@@ -174,15 +236,56 @@ pub(super) struct Entries {
     touched: Vec<(ProcessId, bool)>,
     /// The generation they were encoded for.
     generation: u64,
+    /// The environments they write, for the file's table once appended.
+    envs: Envs,
 }
 
 /// Serializes `ops` for a journal file of `generation` in which the
 /// records `put_here` were put whole. An entry too large for the journal's
 /// length field makes the group too large for any journal file.
-fn encode(ops: &[Op], put_here: &HashSet<ProcessId>, generation: u64) -> io::Result<Entries> {
+fn encode(
+    ops: &[Op],
+    put_here: &HashSet<ProcessId>,
+    envs_here: &Envs,
+    generation: u64,
+) -> io::Result<Entries> {
     let mut touched: Vec<(ProcessId, bool)> = Vec::with_capacity(ops.len());
     let mut payloads = Vec::with_capacity(ops.len());
+    let mut envs = Envs::new();
+    let to_json =
+        |w: &Written<'_>| serde_json::to_vec(w).map_err(|e| io::Error::other(e.to_string()));
     for op in ops {
+        // A record put whole whose environment is worth sharing names it,
+        // written first if this file does not hold it yet.
+        if let Op::Put(record) = op
+            && record.spec().env.len() >= SHARED_ENV_MIN
+            && !touched
+                .iter()
+                .rev()
+                .find(|(t, _)| *t == record.id())
+                .map_or_else(|| put_here.contains(&record.id()), |t| t.1)
+        {
+            let env = &record.spec().env;
+            let address = Arc::as_ptr(env) as usize;
+            let known = envs_here.get(&address).or_else(|| envs.get(&address));
+            let key = if let Some((key, _)) = known {
+                *key
+            } else {
+                let key = (envs_here.len() + envs.len()) as u64;
+                payloads.push(to_json(&Written::Env { key, env })?);
+                envs.insert(address, (key, Arc::clone(env)));
+                key
+            };
+            let mut spec = record.spec().clone();
+            spec.env = Arc::default();
+            touched.push((record.id(), true));
+            payloads.push(to_json(&Written::PutShared {
+                env: key,
+                spec: Box::new(spec),
+                record: Box::new(record.update()),
+            })?);
+            continue;
+        }
         let id = op.id();
         let written = match op {
             Op::Put(record) => {
@@ -199,7 +302,7 @@ fn encode(ops: &[Op], put_here: &HashSet<ProcessId>, generation: u64) -> io::Res
                 Written::Delete(*id)
             }
         };
-        payloads.push(serde_json::to_vec(&written).map_err(|e| io::Error::other(e.to_string()))?);
+        payloads.push(to_json(&written)?);
     }
     let size = if payloads.iter().all(|p| u32::try_from(p.len()).is_ok()) {
         payloads.iter().map(|p| (ENTRY_HEAD + p.len()) as u64).sum()
@@ -211,6 +314,7 @@ fn encode(ops: &[Op], put_here: &HashSet<ProcessId>, generation: u64) -> io::Res
         size,
         touched,
         generation,
+        envs,
     })
 }
 
@@ -229,6 +333,8 @@ pub(super) struct Journal {
     /// The records put whole in the active file: their later versions in
     /// it are written without their spec.
     put_here: HashSet<ProcessId>,
+    /// The environments the active file holds.
+    envs_here: Envs,
 }
 
 impl Journal {
@@ -268,12 +374,13 @@ impl Journal {
             retiring: None,
             unsynced: false,
             put_here: HashSet::new(),
+            envs_here: Envs::new(),
         })
     }
 
     /// Serializes `ops` for the active file.
     pub(super) fn encode(&self, ops: &[Op]) -> io::Result<Entries> {
-        encode(ops, &self.put_here, self.generation)
+        encode(ops, &self.put_here, &self.envs_here, self.generation)
     }
 
     /// Whether `entries` fit in the active file, so appending them hands
@@ -299,7 +406,8 @@ impl Journal {
             return self.append(&entries, flush);
         }
         // In a fresh file every record is put whole.
-        let fresh = encode(ops, &HashSet::new(), self.generation).map_err(CommitError::Io)?;
+        let fresh =
+            encode(ops, &HashSet::new(), &Envs::new(), self.generation).map_err(CommitError::Io)?;
         if fresh.size > self.capacity - HEADER {
             return Err(CommitError::TooLarge);
         }
@@ -330,6 +438,8 @@ impl Journal {
             .map_err(CommitError::Io)?;
         self.head += entries.size;
         self.unsynced = !flush;
+        self.envs_here
+            .extend(entries.envs.iter().map(|(a, e)| (*a, e.clone())));
         for &(id, put) in &entries.touched {
             if put {
                 self.put_here.insert(id);
@@ -392,6 +502,7 @@ impl Journal {
         self.active = next;
         self.head = HEADER;
         self.put_here.clear();
+        self.envs_here.clear();
         let file = self.files[full].try_clone()?;
         let dir = self.dir.clone();
         // The record files were brought up to date before the switch; one
@@ -575,5 +686,71 @@ mod tests {
             matches!(last, Entry::Put(r) if **r == third),
             "got {last:?}"
         );
+    }
+
+    // The records are a, b and c.
+    #[allow(clippy::many_single_char_names)]
+    #[test]
+    fn records_sharing_an_environment_write_it_once_per_file_and_read_it_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
+        let [a, ..] = versions(1);
+        let shared = Arc::clone(&a.spec().env);
+        let with_env = |n: u128| {
+            let mut spec = ProcessSpec::argv(["true"]);
+            spec.env = Arc::clone(&shared);
+            ProcessRecord::new(
+                ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+                NodeId::local(),
+                spec,
+                Timestamp::from_millis(1),
+            )
+        };
+        let (b, c) = (with_env(2), with_env(3));
+        j.commit(
+            &[Op::Put(Box::new(a.clone())), Op::Put(Box::new(b.clone()))],
+            false,
+            || Ok(()),
+        )
+        .expect("commit");
+        j.commit(&[Op::Put(Box::new(c.clone()))], false, || Ok(()))
+            .expect("commit");
+        let bytes = std::fs::read(path(dir.path(), 0)).expect("read");
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(
+            text.matches("VARIABLE_7").count(),
+            1,
+            "the environment is written once"
+        );
+        let (entries, _) = recover(dir.path()).expect("recover");
+        let puts: Vec<&ProcessRecord> = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Put(r) => &**r,
+                other => panic!("expected puts, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(puts, [&a, &b, &c]);
+        assert!(
+            Arc::ptr_eq(&puts[0].spec().env, &puts[2].spec().env),
+            "read back shared"
+        );
+        // A file that names an environment it does not hold is read up to there.
+        let mut torn = Vec::new();
+        let mut spec = a.spec().clone();
+        spec.env = Arc::default();
+        let payload = serde_json::to_vec(&Written::PutShared {
+            env: 9,
+            spec: Box::new(spec),
+            record: Box::new(a.update()),
+        })
+        .expect("json");
+        let payload = &payload[..];
+        torn.extend_from_slice(&1u64.to_le_bytes());
+        torn.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_le_bytes());
+        torn.extend_from_slice(&checksum(payload).to_le_bytes());
+        torn.extend_from_slice(payload);
+        j.files[0].write_all_at(&torn, j.head).expect("write");
+        assert_eq!(recover(dir.path()).expect("recover").0.len(), 3);
     }
 }
