@@ -426,20 +426,7 @@ impl ProcessRecord {
     /// The version `update` describes, with this record's spec; `None` if
     /// `update` is another record's.
     pub fn updated(&self, update: RecordUpdate) -> Option<ProcessRecord> {
-        (update.id == self.id).then(|| ProcessRecord {
-            id: update.id,
-            node: update.node,
-            spec: self.spec.clone(),
-            lifecycle: update.lifecycle,
-            created_at: update.created_at,
-            updated_at: update.updated_at,
-            progress: update.progress,
-            result: update.result,
-            restarts: update.restarts,
-            attempts: update.attempts,
-            restarted_from: update.restarted_from,
-            version: update.version,
-        })
+        (update.id == self.id).then(|| ProcessRecord::from_update(self.spec.clone(), update))
     }
 
     /// The id.
