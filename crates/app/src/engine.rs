@@ -222,7 +222,6 @@ impl Engine {
             spawning: HashMap::new(),
             behind: HashSet::new(),
             deferred: VecDeque::new(),
-            hands_over: ports.spawner.hands_over(),
             parked: Vec::new(),
             syncs: Syncs::default(),
         };
@@ -607,8 +606,6 @@ struct Driver {
     /// Messages that came while the loop waited for the spawner's reports;
     /// handled before any newer one.
     deferred: VecDeque<Msg>,
-    /// Whether the spawner takes records to start on exits.
-    hands_over: bool,
     /// Answers waiting for spawns under way.
     parked: Vec<Parked>,
     syncs: Syncs,
@@ -663,8 +660,8 @@ impl Driver {
         inbox: &mut Inbox,
     ) -> bool {
         let cancels = match &msg {
-            Msg::Input(input, _) => may_cancel(input),
-            Msg::Many(inputs, _) => inputs.iter().any(may_cancel),
+            Msg::Input(input, _) => input.may_cancel(),
+            Msg::Many(inputs, _) => inputs.iter().any(Input::may_cancel),
             Msg::Shutdown(_) => true,
             _ => false,
         };
@@ -786,11 +783,17 @@ impl Driver {
 
     /// Hands the spawner the next records to start on exits, if every slot is taken.
     async fn hand_over(&mut self) {
-        if !self.hands_over {
-            return;
-        }
-        let added = self.core.hand_over(HAND_OVER_AHEAD);
+        let added = self.next_handed();
         self.send_handed(added).await;
+    }
+
+    /// The records the core hands over now (none if the spawner takes none).
+    fn next_handed(&mut self) -> Vec<ProcessId> {
+        if self.ports.spawner.hands_over() {
+            self.core.hand_over(HAND_OVER_AHEAD)
+        } else {
+            Vec::new()
+        }
     }
 
     /// Gives the spawner the records the core just handed over.
@@ -802,16 +805,9 @@ impl Driver {
             .iter()
             .filter_map(|id| self.core.get(*id).and_then(SpawnRequest::for_record))
             .collect();
-        match self.ports.spawner.hand_over(requests).await {
-            Ok(true) => {}
-            Ok(false) => {
-                self.hands_over = false;
-                self.core.withdraw(&added);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not hand records over to the spawner");
-                self.core.withdraw(&added);
-            }
+        if let Err(e) = self.ports.spawner.hand_over(requests).await {
+            tracing::warn!(error = %e, "could not hand records over to the spawner");
+            self.core.withdraw(&added);
         }
     }
 
@@ -965,11 +961,7 @@ impl Driver {
         }
         // The records to start next on exits go with the first batch too, so
         // that the spawner can go on with them while the rest is written.
-        let handed = if self.hands_over {
-            self.core.hand_over(HAND_OVER_AHEAD)
-        } else {
-            Vec::new()
-        };
+        let handed = self.next_handed();
         let first: HashSet<ProcessId> = rest
             .iter()
             .filter_map(|e| match e {
@@ -1248,16 +1240,4 @@ impl Driver {
         self.write_all(&mut writes).await;
         self.kick_sync();
     }
-}
-
-/// Whether `input` may take a record out of `pending` other than by starting it.
-fn may_cancel(input: &Input) -> bool {
-    matches!(
-        input,
-        Input::Stop { .. }
-            | Input::StopLevel { .. }
-            | Input::Restart { .. }
-            | Input::Complete { .. }
-            | Input::Fail { .. }
-    )
 }

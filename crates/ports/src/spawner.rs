@@ -180,15 +180,15 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     /// still queued at once and reports [`ProcessNotice::HandedOver`]
     /// instead of `Exited`. A queued request that [`spawn`](Self::spawn) is
     /// asked for leaves the queue; `spawn` of a record this spawner already
-    /// runs answers with that process instead of starting another. Returns
-    /// `false` if the spawner does not do this (the default): it then
-    /// queues nothing.
+    /// runs answers with that process instead of starting another. A
+    /// spawner whose [`hands_over`](Self::hands_over) says no queues
+    /// nothing (the default).
     ///
     /// # Errors
     /// - MUST return [`SpawnError::Os`] if the requests cannot be handed to it.
-    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<bool, SpawnError> {
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
         let _ = requests;
-        Ok(false)
+        Ok(())
     }
 
     /// Takes back every queued request and returns their ids: those will

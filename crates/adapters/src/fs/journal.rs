@@ -255,54 +255,45 @@ fn encode(
     let to_json =
         |w: &Written<'_>| serde_json::to_vec(w).map_err(|e| io::Error::other(e.to_string()));
     for op in ops {
-        // A record put whole whose environment is worth sharing names it,
-        // written first if this file does not hold it yet.
-        if let Op::Put(record) = op
-            && record.spec().env.len() >= SHARED_ENV_MIN
-            && !touched
-                .iter()
-                .rev()
-                .find(|(t, _)| *t == record.id())
-                .map_or_else(|| put_here.contains(&record.id()), |t| t.1)
-        {
-            let env = &record.spec().env;
-            let address = Arc::as_ptr(env) as usize;
-            let known = envs_here.get(&address).or_else(|| envs.get(&address));
-            let key = if let Some((key, _)) = known {
-                *key
-            } else {
-                let key = (envs_here.len() + envs.len()) as u64;
-                payloads.push(to_json(&Written::Env { key, env })?);
-                envs.insert(address, (key, Arc::clone(env)));
-                key
-            };
-            let mut spec = record.spec().clone();
-            spec.env = Arc::default();
-            touched.push((record.id(), true));
-            payloads.push(to_json(&Written::PutShared {
-                env: key,
-                spec: Box::new(spec),
-                record: Box::new(record.update()),
-            })?);
-            continue;
-        }
-        let id = op.id();
-        let written = match op {
-            Op::Put(record) => {
-                let earlier = touched.iter().rev().find(|(t, _)| *t == id).map(|t| t.1);
-                if earlier.unwrap_or_else(|| put_here.contains(&id)) {
-                    Written::Update(Box::new(record.update()))
-                } else {
-                    touched.push((id, true));
-                    Written::Put(record)
-                }
-            }
+        let record = match op {
             Op::Delete(id) => {
                 touched.push((*id, false));
-                Written::Delete(*id)
+                payloads.push(to_json(&Written::Delete(*id))?);
+                continue;
             }
+            Op::Put(record) => record,
         };
-        payloads.push(to_json(&written)?);
+        let id = record.id();
+        let earlier = touched.iter().rev().find(|(t, _)| *t == id).map(|t| t.1);
+        if earlier.unwrap_or_else(|| put_here.contains(&id)) {
+            payloads.push(to_json(&Written::Update(Box::new(record.update())))?);
+            continue;
+        }
+        touched.push((id, true));
+        let env = &record.spec().env;
+        if env.len() < SHARED_ENV_MIN {
+            payloads.push(to_json(&Written::Put(record))?);
+            continue;
+        }
+        // Put whole, naming its environment, written first if this file
+        // does not hold it yet.
+        let address = Arc::as_ptr(env) as usize;
+        let known = envs_here.get(&address).or_else(|| envs.get(&address));
+        let key = if let Some((key, _)) = known {
+            *key
+        } else {
+            let key = (envs_here.len() + envs.len()) as u64;
+            payloads.push(to_json(&Written::Env { key, env })?);
+            envs.insert(address, (key, Arc::clone(env)));
+            key
+        };
+        let mut spec = record.spec().clone();
+        spec.env = Arc::default();
+        payloads.push(to_json(&Written::PutShared {
+            env: key,
+            spec: Box::new(spec),
+            record: Box::new(record.update()),
+        })?);
     }
     let size = if payloads.iter().all(|p| u32::try_from(p.len()).is_ok()) {
         payloads.iter().map(|p| (ENTRY_HEAD + p.len()) as u64).sum()

@@ -276,10 +276,10 @@ impl ProcessSpawner for KeeperSpawner {
         true
     }
 
-    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<bool, SpawnError> {
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
         // Not answered: the loop goes on at once, and the connection keeps
         // it ahead of every later request.
-        self.send(Op::HandOver(requests)).await.map(|()| true)
+        self.send(Op::HandOver(requests)).await
     }
 
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {

@@ -442,9 +442,9 @@ impl ProcessSpawner for OsSpawner {
         true
     }
 
-    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<bool, SpawnError> {
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
         self.queue_starts(requests);
-        Ok(true)
+        Ok(())
     }
 
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {

@@ -190,7 +190,7 @@ pub enum Input {
         status: ExitStatus,
     },
     /// The OS process of `id` exited, and the spawner at once started `next`
-    /// in its place, as [`Supervisor::handovers`] allowed. `next` takes the
+    /// in its place, as [`Supervisor::hand_over`] allowed. `next` takes the
     /// slot `id` frees. The start is taken even when the exit is refused: a
     /// process that runs must be known.
     HandedOver {
@@ -281,6 +281,22 @@ pub enum Input {
         /// The record.
         id: ProcessId,
     },
+}
+
+impl Input {
+    /// Whether this input may take a record out of `pending` other than by
+    /// starting it (a stop, a restart, a completion or a failure): records
+    /// handed to the spawner must be taken back first.
+    pub fn may_cancel(&self) -> bool {
+        matches!(
+            self,
+            Input::Stop { .. }
+                | Input::StopLevel { .. }
+                | Input::Restart { .. }
+                | Input::Complete { .. }
+                | Input::Fail { .. }
+        )
+    }
 }
 
 /// The core refused an input; nothing changed.
@@ -455,9 +471,8 @@ impl Supervisor {
     /// priority) waits until they are taken.
     ///
     /// The driver must take outstanding records back ([`withdraw`](Self::withdraw))
-    /// before it feeds a stop, a restart, a completion or a failure, and must
-    /// feed the spawner's reports of those it started first: those are the
-    /// only inputs that take a root out of `pending` other than starting it.
+    /// before it feeds an input that [`Input::may_cancel`] names, and must
+    /// feed the spawner's reports of those it started first.
     pub fn hand_over(&mut self, max: usize) -> Vec<ProcessId> {
         let mut added = Vec::new();
         if self.active_total != self.limits.max_running || self.handed.len() >= max {

@@ -240,13 +240,8 @@ pub async fn handed_over_requests_start_on_exits_in_order(h: Arc<dyn SpawnerHarn
         request(h.exit_with(0)),
     );
     let (b_id, c_id, d_id) = (b.id, c.id, d.id);
-    let takes = spawner.hands_over();
-    assert_eq!(
-        spawner.hand_over(vec![b, c]).await.expect("hand over"),
-        takes,
-        "hand_over says what hands_over says"
-    );
-    if !takes {
+    spawner.hand_over(vec![b, c]).await.expect("hand over");
+    if !spawner.hands_over() {
         // A spawner that does not do this queues nothing, and its exits are plain.
         assert_eq!(
             spawner.withdraw().await.expect("withdraw"),
@@ -290,7 +285,7 @@ pub async fn handed_over_requests_start_on_exits_in_order(h: Arc<dyn SpawnerHarn
     // The queue is empty now: the last one's exit is plain.
     assert_eq!(exit_of(&mut rx, c_id).await, ExitStatus::Code(4));
     // What was not started yet is taken back, and then not started.
-    assert!(spawner.hand_over(vec![d]).await.expect("hand over"));
+    spawner.hand_over(vec![d]).await.expect("hand over");
     assert_eq!(spawner.withdraw().await.expect("withdraw"), vec![d_id]);
     let e = request(h.exit_with(0));
     let e_id = e.id;
@@ -308,13 +303,13 @@ pub async fn only_processes_that_hand_over_start_the_next(h: Arc<dyn SpawnerHarn
     let keeps_id = keeps.id;
     let (b, c) = (request(h.sleep(30)), request(h.exit_with(0)));
     let (b_id, c_id) = (b.id, c.id);
-    if !spawner
-        .hand_over(vec![b.clone(), c])
-        .await
-        .expect("hand over")
-    {
+    if !spawner.hands_over() {
         return;
     }
+    spawner
+        .hand_over(vec![b.clone(), c])
+        .await
+        .expect("hand over");
     spawner.spawn(keeps).await.expect("spawn");
     assert_eq!(exit_of(&mut rx, keeps_id).await, ExitStatus::Code(0));
     let b_pid = spawner.spawn(b).await.expect("spawn").pid;
