@@ -343,3 +343,117 @@ async fn a_start_on_an_exit_goes_to_the_next_daemon_which_cannot_start_it_twice(
     ));
     assert_eq!(next_notice(&mut notices).await, None, "started once only");
 }
+
+/// Collects how each of `ids` ended (its own exit status, whether plain or
+/// handing over), waiting up to 10 s.
+async fn statuses(
+    notices: &mut UnboundedReceiver<ProcessNotice>,
+    ids: &[ProcessId],
+) -> std::collections::HashMap<ProcessId, ExitStatus> {
+    let mut seen = std::collections::HashMap::new();
+    while ids.iter().any(|id| !seen.contains_key(id)) {
+        match tokio::time::timeout(Duration::from_secs(10), notices.recv()).await {
+            Ok(Some(
+                ProcessNotice::Exited { id, status } | ProcessNotice::HandedOver { id, status, .. },
+            )) => {
+                seen.insert(id, status);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("not every process ended within 10 s: {seen:?}"),
+        }
+    }
+    seen
+}
+
+/// Environments cross the connection once each, named by slot: more of
+/// them than the keeper has slots still reach each its own process, as do
+/// equal ones in new maps and those of starts handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_gets_its_own_environment_past_the_keepers_slots() {
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let daemon = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = daemon.notices().expect("notices");
+    let env = |n: i32| Arc::new(BTreeMap::from([("N".to_owned(), n.to_string())]));
+    let maps: Vec<_> = (1..=20).map(env).collect();
+    // Each map once, then an early one again (its slot given to another
+    // since), an equal one in a new map, and the latest one again.
+    let mut expected = Vec::new();
+    for map in maps.iter().chain([&maps[0], &env(5), &maps[19]]) {
+        let request = common::sh_request("exit \"$N\"", map);
+        let id = request.id;
+        daemon.spawn(request).await.expect("spawn");
+        expected.push((id, ExitStatus::Code(map["N"].parse().expect("number"))));
+    }
+    let ids: Vec<ProcessId> = expected.iter().map(|(id, _)| *id).collect();
+    let seen = statuses(&mut notices, &ids).await;
+    for (id, status) in &expected {
+        assert_eq!(seen[id], *status, "process {id}");
+    }
+
+    // Handed over: two sharing one map, one with a map of its own.
+    let first = common::sh_request("sleep 0.3; exit \"$N\"", &env(50));
+    let shared = env(60);
+    let queued = [
+        common::sh_request("exit \"$N\"", &shared),
+        common::sh_request("exit \"$N\"", &env(61)),
+        common::sh_request("exit \"$N\"", &shared),
+    ];
+    let ids: Vec<ProcessId> = std::iter::once(first.id)
+        .chain(queued.iter().map(|r| r.id))
+        .collect();
+    daemon.spawn(first).await.expect("spawn");
+    daemon
+        .hand_over(queued.into_iter().collect())
+        .await
+        .expect("hand over");
+    let seen = statuses(&mut notices, &ids).await;
+    let codes: Vec<ExitStatus> = ids.iter().map(|id| seen[id]).collect();
+    assert_eq!(
+        codes,
+        [50, 60, 61, 60].map(ExitStatus::Code),
+        "each start handed over ran with its own environment"
+    );
+}
+
+/// A start that names an environment slot the connection never defined is
+/// refused with an error saying so, and the connection goes on.
+#[tokio::test]
+async fn a_start_naming_an_undefined_environment_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let stream = UnixStream::connect(&socket).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the keeper answers")
+            .expect("read")
+            .expect("a line")
+    };
+    next().await;
+    let request = serde_json::to_value(request_for(&["true"])).expect("JSON");
+    let line = serde_json::json!({"id": 3, "op": {"spawn": {"env": 5, "request": request}}});
+    write
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("write");
+    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    assert_eq!(reply["id"], 3);
+    let error = reply["err"]["invalid"].as_str().expect("an invalid error");
+    assert!(
+        error.contains("environment slot 5 was not defined"),
+        "{error}"
+    );
+    // Defined, the same start runs.
+    let define = serde_json::json!({"id": 0, "op": {"env": {"slot": 5, "vars": {"A": "1"}}}});
+    write
+        .write_all(format!("{define}\n{line}\n").as_bytes())
+        .await
+        .expect("write");
+    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    assert_eq!(reply["id"], 3);
+    assert!(reply["ok"]["spawned"]["pid"].as_u64().is_some(), "{reply}");
+}

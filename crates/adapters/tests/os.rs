@@ -92,3 +92,61 @@ async fn an_exit_waits_for_output_still_being_copied_to_a_slow_store() {
         "all of it, when the exit is told"
     );
 }
+
+/// A process gets the manager's environment under its request's, except
+/// that bpm's marks win: its own id and node always, its record's session
+/// when it has one. The program is looked up in the request's `PATH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_gets_its_requests_environment_with_bpms_marks_winning() {
+    use std::collections::BTreeMap;
+    let output: Arc<dyn OutputStore> = Arc::new(InMemoryOutput::default());
+    let spawner = OsSpawner::new(output.clone(), OsSpawnerConfig::default());
+    let mut notices = spawner.notices().expect("notices");
+    let script = r#"printf '%s|%s|%s|%s|%s' "$A" "$BPM_SESSION" "$BPM_NODE" "$BPM_PROCESS_ID" "${HOME:+home}""#;
+    let shared = Arc::new(BTreeMap::from([
+        ("A".to_owned(), "a1".to_owned()),
+        ("BPM_NODE".to_owned(), "not-the-node".to_owned()),
+        ("BPM_PROCESS_ID".to_owned(), "not-the-id".to_owned()),
+        ("BPM_SESSION".to_owned(), "from-the-env".to_owned()),
+    ]));
+    let node = bpm_domain::NodeId::local();
+    // Twice with one map (the second composed from the first's), with and
+    // without a session of the record's own.
+    for session in [Some("s1"), None, Some("s2")] {
+        let mut request = common::sh_request(script, &shared);
+        request.session = session.map(|s| bpm_domain::SessionId::new(s).expect("session"));
+        let id = request.id;
+        spawner.spawn(request).await.expect("spawn");
+        assert_eq!(
+            common::stdout_at_exit(&mut notices, &output, id).await,
+            format!(
+                "a1|{}|{}|{id}|{}",
+                session.unwrap_or("from-the-env"),
+                node.as_str(),
+                if std::env::var_os("HOME").is_some() {
+                    "home"
+                } else {
+                    ""
+                }
+            )
+        );
+    }
+    let other = Arc::new(BTreeMap::from([("A".to_owned(), "a2".to_owned())]));
+    let request = common::sh_request(script, &other);
+    let id = request.id;
+    spawner.spawn(request).await.expect("spawn");
+    assert!(
+        common::stdout_at_exit(&mut notices, &output, id)
+            .await
+            .starts_with("a2||"),
+        "another map, another environment"
+    );
+    let nowhere = Arc::new(BTreeMap::from([(
+        "PATH".to_owned(),
+        "/nonexistent-bpm-path".to_owned(),
+    )]));
+    assert!(matches!(
+        spawner.spawn(common::sh_request("true", &nowhere)).await,
+        Err(bpm_ports::SpawnError::ProgramNotFound(p)) if p == "sh"
+    ));
+}

@@ -1,6 +1,6 @@
 //! The daemon's side: a `ProcessSpawner` whose processes the keeper runs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Answer, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request};
+use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
 use crate::control::read_line;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Answer, SpawnError>>>>;
@@ -31,6 +31,81 @@ struct Shared {
     unrecorded: Mutex<HashMap<ProcessId, u64>>,
 }
 
+/// The environments this connection has defined in the keeper's slots.
+#[derive(Default)]
+struct EnvSlots {
+    /// Each slot's environment, and when it was last named.
+    slots: Vec<(Arc<BTreeMap<String, String>>, u64)>,
+    uses: u64,
+}
+
+impl EnvSlots {
+    /// `request` with its environment named by a slot; when the keeper does
+    /// not hold that environment yet, the line that defines it is appended
+    /// to `lines` (which go out before the start).
+    fn start(
+        &mut self,
+        mut request: SpawnRequest,
+        lines: &mut Vec<u8>,
+    ) -> Result<Start, SpawnError> {
+        if request.env.is_empty() {
+            return Ok(Start { env: None, request });
+        }
+        self.uses += 1;
+        // The same map first (the records of one submission share theirs), then an equal one.
+        let known = self
+            .slots
+            .iter()
+            .position(|(e, _)| Arc::ptr_eq(e, &request.env))
+            .or_else(|| self.slots.iter().position(|(e, _)| **e == *request.env));
+        let index = match known {
+            Some(i) => i,
+            None if self.slots.len() < ENV_SLOTS as usize => {
+                self.slots.push((request.env.clone(), 0));
+                self.slots.len() - 1
+            }
+            None => self
+                .slots
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, used))| *used)
+                .map_or(0, |(i, _)| i),
+        };
+        let slot = u32::try_from(index).unwrap_or(0);
+        if known.is_none() {
+            encode(
+                lines,
+                &Request {
+                    id: 0,
+                    op: Op::Env {
+                        slot,
+                        vars: request.env.clone(),
+                    },
+                },
+            )?;
+        }
+        self.slots[index] = (std::mem::take(&mut request.env), self.uses);
+        Ok(Start {
+            env: Some(slot),
+            request,
+        })
+    }
+}
+
+/// What goes to the keeper: an operation, or starts (which name their environments first).
+enum Out {
+    Op(Op),
+    Spawn(SpawnRequest),
+    HandOver(Vec<SpawnRequest>),
+}
+
+/// Appends `request` to `lines` as one line.
+fn encode(lines: &mut Vec<u8>, request: &Request) -> Result<(), SpawnError> {
+    serde_json::to_writer(&mut *lines, request).map_err(|e| SpawnError::Os(e.to_string()))?;
+    lines.push(b'\n');
+    Ok(())
+}
+
 /// How long a keeper may take to say which protocol it speaks.
 const HELLO_WITHIN: Duration = Duration::from_secs(5);
 
@@ -41,6 +116,8 @@ pub struct KeeperSpawner {
     /// Acknowledgements for the keeper, sent in order by one task.
     acks: mpsc::UnboundedSender<u64>,
     shared: Arc<Shared>,
+    /// Used only with `writer` held, so that slots are defined in the order lines go out.
+    envs: Mutex<EnvSlots>,
     next: AtomicU64,
     rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
 }
@@ -184,6 +261,7 @@ impl KeeperSpawner {
             writer,
             acks: ack_tx2,
             shared,
+            envs: Mutex::new(EnvSlots::default()),
             next: AtomicU64::new(1),
             rx: Mutex::new(Some(rx)),
         })
@@ -194,23 +272,38 @@ impl KeeperSpawner {
         &self.keeper
     }
 
-    /// Sends `op` with id 0, which the keeper does not answer.
-    async fn send(&self, op: Op) -> Result<(), SpawnError> {
-        self.write(&Request { id: 0, op }).await
+    /// Sends `out` with id 0, which the keeper does not answer.
+    async fn send(&self, out: Out) -> Result<(), SpawnError> {
+        self.write(0, out).await
     }
 
-    async fn write(&self, request: &Request) -> Result<(), SpawnError> {
-        let mut line = serde_json::to_vec(request).map_err(|e| SpawnError::Os(e.to_string()))?;
-        line.push(b'\n');
-        self.writer
-            .lock()
-            .await
-            .write_all(&line)
-            .await
-            .map_err(|_| gone())
+    async fn write(&self, id: u64, out: Out) -> Result<(), SpawnError> {
+        let mut writer = self.writer.lock().await;
+        let mut lines = Vec::new();
+        let op = {
+            let mut envs = self.envs.lock().unwrap_or_else(PoisonError::into_inner);
+            let named = match out {
+                Out::Op(op) => Ok(op),
+                Out::Spawn(request) => envs
+                    .start(request, &mut lines)
+                    .map(|start| Op::Spawn(Box::new(start))),
+                Out::HandOver(requests) => requests
+                    .into_iter()
+                    .map(|r| envs.start(r, &mut lines))
+                    .collect::<Result<_, _>>()
+                    .map(Op::HandOver),
+            };
+            named.and_then(|op| encode(&mut lines, &Request { id, op }))
+        };
+        if let Err(e) = op {
+            // Slots may have been counted as defined by lines that never went out.
+            *self.envs.lock().unwrap_or_else(PoisonError::into_inner) = EnvSlots::default();
+            return Err(e);
+        }
+        writer.write_all(&lines).await.map_err(|_| gone())
     }
 
-    async fn call(&self, op: Op) -> Result<Answer, SpawnError> {
+    async fn call(&self, out: Out) -> Result<Answer, SpawnError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -218,7 +311,7 @@ impl KeeperSpawner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
-        self.write(&Request { id, op }).await?;
+        self.write(id, out).await?;
         rx.await.map_err(|_| gone())?
     }
 }
@@ -227,7 +320,7 @@ impl KeeperSpawner {
 impl ProcessSpawner for KeeperSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
         let id = request.id;
-        match self.call(Op::Spawn(Box::new(request))).await? {
+        match self.call(Out::Spawn(request)).await? {
             Answer::Spawned(s) => {
                 self.shared
                     .watched
@@ -241,11 +334,15 @@ impl ProcessSpawner for KeeperSpawner {
     }
 
     async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
-        self.call(Op::Signal { id, pid, signal }).await.map(|_| ())
+        self.call(Out::Op(Op::Signal { id, pid, signal }))
+            .await
+            .map(|_| ())
     }
 
     async fn write_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), SpawnError> {
-        self.call(Op::WriteInput { id, data }).await.map(|_| ())
+        self.call(Out::Op(Op::WriteInput { id, data }))
+            .await
+            .map(|_| ())
     }
 
     async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
@@ -259,7 +356,7 @@ impl ProcessSpawner for KeeperSpawner {
             // Its exit is already queued for the engine.
             return Ok(true);
         }
-        match self.call(Op::Reattach { id, pid }).await? {
+        match self.call(Out::Op(Op::Reattach { id, pid })).await? {
             Answer::Held(true) => {
                 self.shared
                     .watched
@@ -279,11 +376,11 @@ impl ProcessSpawner for KeeperSpawner {
     async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
         // Not answered: the loop goes on at once, and the connection keeps
         // it ahead of every later request.
-        self.send(Op::HandOver(requests)).await
+        self.send(Out::HandOver(requests)).await
     }
 
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
-        match self.call(Op::Withdraw).await? {
+        match self.call(Out::Op(Op::Withdraw)).await? {
             Answer::Withdrawn(ids) => Ok(ids),
             other => Err(SpawnError::Os(format!("the keeper answered {other:?}"))),
         }

@@ -23,6 +23,12 @@
 //! held. A spawn of a record the keeper started already is answered with
 //! that process. The queue belongs to the connection that
 //! filled it: a new connection, or the end of this one, empties it.
+//!
+//! Starts (`spawn`, `hand_over`) name their environment by a slot number:
+//! `{"env":{"slot":N,"vars":{...}}}` (id 0) defines slot N for the requests
+//! that follow on the connection, so an environment that hundreds of
+//! records share crosses the socket, is parsed and is turned into `execve`'s
+//! strings once, not once per process. Slots belong to the connection too.
 
 mod client;
 mod server;
@@ -30,12 +36,18 @@ mod server;
 pub use client::KeeperSpawner;
 pub use server::serve_keeper;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use bpm_domain::{ProcessId, Signal};
 use bpm_ports::{ProcessNotice, SpawnError, SpawnRequest, Spawned};
 use serde::{Deserialize, Serialize};
 
 /// The keeper protocol this build speaks (see the module's documentation).
-pub const KEEPER_PROTOCOL: u32 = 2;
+pub const KEEPER_PROTOCOL: u32 = 3;
+
+/// How many environment slots a connection may define.
+const ENV_SLOTS: u32 = 16;
 
 /// What a keeper says first to a daemon that connects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +73,7 @@ impl KeeperHello {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Op {
-    Spawn(Box<SpawnRequest>),
+    Spawn(Box<Start>),
     Signal {
         id: ProcessId,
         pid: u32,
@@ -76,8 +88,22 @@ enum Op {
         pid: u32,
     },
     Ack(u64),
-    HandOver(Vec<SpawnRequest>),
+    HandOver(Vec<Start>),
     Withdraw,
+    /// Defines environment slot `slot` for the starts that follow.
+    Env {
+        slot: u32,
+        vars: Arc<BTreeMap<String, String>>,
+    },
+}
+
+/// A request to start a process on the wire: its environment, when it has
+/// one, is the slot `env` names and not the request's own (sent empty).
+#[derive(Debug, Serialize, Deserialize)]
+struct Start {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    env: Option<u32>,
+    request: SpawnRequest,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The keeper's side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::{Answer, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request};
+use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
 use crate::control::read_line;
 use crate::os::OsSpawner;
 
@@ -52,6 +52,21 @@ async fn refuse(writer: &Writer, line: &[u8], error: &serde_json::Error) {
         }
         _ => tracing::warn!(%error, "keeper: unreadable request"),
     }
+}
+
+/// The environments a connection has defined, by slot.
+type EnvTable = HashMap<u32, Arc<BTreeMap<String, String>>>;
+
+/// Gives `start`'s request the environment its slot names.
+fn resolve(envs: &EnvTable, start: &mut Start) -> Result<(), SpawnError> {
+    if let Some(slot) = start.env.take() {
+        start.request.env = envs.get(&slot).cloned().ok_or_else(|| {
+            SpawnError::Invalid(format!(
+                "environment slot {slot} was not defined on this connection"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs the keeper on `listener` with `spawner` until it has been idle for
@@ -152,6 +167,7 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
         connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let mut reader = BufReader::new(read);
+            let mut envs = EnvTable::new();
             while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
                 let request = match serde_json::from_slice::<Request>(&line) {
                     Ok(request) => request,
@@ -160,13 +176,46 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                         continue;
                     }
                 };
-                // The queue of starts changes here, in the order the requests
-                // came: a spawn or a withdrawal that follows a hand-over sees it.
+                // The queue of starts and the environment slots change here,
+                // in the order the requests came: a spawn or a withdrawal that
+                // follows a hand-over sees it, a start sees the slots defined before it.
                 let request = match request.op {
-                    Op::HandOver(requests) => {
+                    Op::Env { slot, vars } => {
+                        if slot < ENV_SLOTS {
+                            envs.insert(slot, vars);
+                        } else {
+                            tracing::warn!(slot, "keeper: an environment slot out of range");
+                        }
+                        continue;
+                    }
+                    Op::HandOver(starts) => {
+                        let mut requests = Vec::with_capacity(starts.len());
+                        for mut start in starts {
+                            match resolve(&envs, &mut start) {
+                                Ok(()) => requests.push(start.request),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "keeper: a start handed over is refused");
+                                }
+                            }
+                        }
                         spawner.queue_starts(requests);
                         continue;
                     }
+                    Op::Spawn(mut start) => match resolve(&envs, &mut start) {
+                        Ok(()) => Request {
+                            id: request.id,
+                            op: Op::Spawn(start),
+                        },
+                        Err(e) => {
+                            let reply = KeeperLine::Reply {
+                                id: request.id,
+                                ok: None,
+                                err: Some(e),
+                            };
+                            send(&writer, &reply).await;
+                            continue;
+                        }
+                    },
                     Op::Withdraw => {
                         let reply = KeeperLine::Reply {
                             id: request.id,
@@ -181,7 +230,8 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                 let (spawner, state, writer) = (spawner.clone(), state.clone(), writer.clone());
                 tokio::spawn(async move {
                     let result = match request.op {
-                        Op::Spawn(req) => {
+                        Op::Spawn(start) => {
+                            let req = start.request;
                             // Started on an exit, and that report not yet taken
                             // (a daemon restarted in between): answer with it.
                             let started = state
@@ -199,10 +249,10 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                                 });
                             match started {
                                 Some(pid) => Ok(Answer::Spawned(bpm_ports::Spawned { pid })),
-                                None => spawner.spawn(*req).await.map(Answer::Spawned),
+                                None => spawner.spawn(req).await.map(Answer::Spawned),
                             }
                         }
-                        Op::HandOver(_) | Op::Withdraw => return,
+                        Op::HandOver(_) | Op::Withdraw | Op::Env { .. } => return,
                         Op::Signal { id, pid, signal } => {
                             spawner.signal(id, pid, signal).await.map(|()| Answer::Done)
                         }

@@ -7,7 +7,7 @@ mod capture;
 mod spawn;
 mod tree;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{CStr, CString, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -93,6 +93,56 @@ impl BaseEnv {
     }
 }
 
+/// A request's environment over the base one, as `execve` takes it.
+struct Composed {
+    /// `NAME=value`: the base variables the request does not set, then the
+    /// request's own but bpm's marks.
+    vars: Vec<CString>,
+    /// Where in `vars` the request's `BPM_SESSION` is (it yields to the record's session).
+    session_var: Option<usize>,
+    path: Option<OsString>,
+}
+
+impl Composed {
+    fn new(base: &BaseEnv, env: &BTreeMap<String, String>) -> Result<Self, SpawnError> {
+        let mut vars: Vec<CString> = base
+            .vars
+            .iter()
+            .filter(|(k, _)| !env.contains_key(k.as_str()))
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        let mut session_var = None;
+        // bpm's own marks win over the request's variables of the same name:
+        // stops find a tree by its mark, and a child learns its id from it.
+        for (k, v) in env
+            .iter()
+            .filter(|(k, _)| *k != tree::MARK && *k != "BPM_NODE")
+        {
+            if k == "BPM_SESSION" {
+                session_var = Some(vars.len());
+            }
+            vars.push(spawn::variable(k.as_bytes(), v.as_bytes()).map_err(|_| {
+                SpawnError::Invalid(format!("a NUL byte in environment variable {k}"))
+            })?);
+        }
+        let path = match env.get("PATH") {
+            Some(p) => Some(OsString::from(p)),
+            None => base.path.clone(),
+        };
+        Ok(Composed {
+            vars,
+            session_var,
+            path,
+        })
+    }
+}
+
+/// A request's environment, shared by the records started together.
+type Env = Arc<BTreeMap<String, String>>;
+
+/// How many composed environments the spawner keeps.
+const COMPOSED_KEPT: usize = 8;
+
 /// Spawns and controls real OS processes.
 pub struct OsSpawner {
     inner: Arc<Inner>,
@@ -103,6 +153,9 @@ pub struct OsSpawner {
 struct Inner {
     output: Arc<dyn OutputStore>,
     base_env: BaseEnv,
+    /// The environments of the latest requests, composed: the records of
+    /// one submission share one map, which is composed once.
+    composed: Mutex<Vec<(Env, Arc<Composed>)>>,
     live: LiveMap,
     /// Requests to start, in order, one on each exit of a process that hands over.
     queue: Mutex<VecDeque<SpawnRequest>>,
@@ -118,6 +171,7 @@ impl OsSpawner {
             inner: Arc::new(Inner {
                 output,
                 base_env: BaseEnv::read(),
+                composed: Mutex::new(Vec::new()),
                 live: Arc::new(Mutex::new(HashMap::new())),
                 queue: Mutex::new(VecDeque::new()),
                 tx,
@@ -166,35 +220,28 @@ impl Inner {
         {
             return Err(SpawnError::CwdNotFound(cwd.clone()));
         }
+        let composed = self.composed(&request.env)?;
         let nul = |_| SpawnError::Invalid("a NUL byte in an environment variable".into());
-        // bpm's own marks win over the request's variables of the same name:
-        // stops find a tree by its mark, and a child learns its id from it.
-        let ours = |k: &str| {
-            k == tree::MARK || k == "BPM_NODE" || (k == "BPM_SESSION" && request.session.is_some())
-        };
-        let mut own = Vec::with_capacity(request.env.len() + 3);
-        for (k, v) in request.env.iter().filter(|(k, _)| !ours(k)) {
-            own.push(spawn::variable(k.as_bytes(), v.as_bytes()).map_err(nul)?);
-        }
         let id_text = request.id.to_string();
+        let mut own = Vec::with_capacity(3);
         own.push(spawn::variable(tree::MARK.as_bytes(), id_text.as_bytes()).map_err(nul)?);
         own.push(spawn::variable(b"BPM_NODE", request.node.as_str().as_bytes()).map_err(nul)?);
         if let Some(session) = &request.session {
             own.push(spawn::variable(b"BPM_SESSION", session.as_str().as_bytes()).map_err(nul)?);
         }
-        let mut env: Vec<&CStr> = self
-            .base_env
-            .vars
-            .iter()
-            .filter(|(k, _)| !request.env.contains_key(k.as_str()))
-            .map(|(_, kv)| kv.as_c_str())
-            .collect();
+        let skip = request.session.as_ref().and(composed.session_var);
+        let mut env: Vec<&CStr> = Vec::with_capacity(composed.vars.len() + own.len());
+        env.extend(
+            composed
+                .vars
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != skip)
+                .map(|(_, kv)| kv.as_c_str()),
+        );
         env.extend(own.iter().map(CString::as_c_str));
-        let path_var = match request.env.get("PATH") {
-            Some(p) => Some(OsString::from(p)),
-            None => self.base_env.path.clone(),
-        };
-        let resolved = spawn::resolve(program, path_var.as_ref()).map_err(|e| match e {
+        let path_var = composed.path.as_ref();
+        let resolved = spawn::resolve(program, path_var).map_err(|e| match e {
             spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
             spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),
         })?;
@@ -335,6 +382,20 @@ impl Inner {
             let _ = inner.tx.send(notice);
         });
         Ok(Spawned { pid })
+    }
+
+    /// `env` composed over the base environment, from the cache when it was lately.
+    fn composed(&self, env: &Env) -> Result<Arc<Composed>, SpawnError> {
+        let mut cache = self.composed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, c)) = cache.iter().find(|(e, _)| Arc::ptr_eq(e, env)) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Composed::new(&self.base_env, env)?);
+        if cache.len() == COMPOSED_KEPT {
+            cache.remove(0);
+        }
+        cache.push((env.clone(), c.clone()));
+        Ok(c)
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<SpawnRequest>> {

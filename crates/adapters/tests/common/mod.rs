@@ -42,3 +42,56 @@ impl SpawnerHarness for ShHarness {
         words(&["bpm-no-such-program-xyz"])
     }
 }
+
+/// A request for `sh -c script` with the environment `env` (shared as given).
+#[allow(dead_code)]
+pub(crate) fn sh_request(
+    script: &str,
+    env: &Arc<std::collections::BTreeMap<String, String>>,
+) -> bpm_ports::SpawnRequest {
+    bpm_ports::SpawnRequest {
+        id: bpm_domain::ProcessId::from_uuid(uuid::Uuid::now_v7()),
+        node: bpm_domain::NodeId::local(),
+        session: None,
+        argv: words(&["sh", "-c", script]),
+        cwd: None,
+        env: env.clone(),
+        stdin: bpm_domain::StdinMode::Closed,
+        readiness: bpm_domain::ReadinessCheck::None,
+        idle_after: None,
+        hands_over: true,
+    }
+}
+
+/// Waits (up to 10 s) for the end of `id` on `notices`, as a plain exit or
+/// as the exit that started the next record handed over; returns its stdout.
+#[allow(dead_code)]
+pub(crate) async fn stdout_at_exit(
+    notices: &mut tokio::sync::mpsc::UnboundedReceiver<bpm_ports::ProcessNotice>,
+    output: &Arc<dyn OutputStore>,
+    id: bpm_domain::ProcessId,
+) -> String {
+    use bpm_ports::ProcessNotice;
+    loop {
+        let notice = tokio::time::timeout(std::time::Duration::from_secs(10), notices.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no exit of {id} within 10 s"))
+            .expect("notices");
+        if let ProcessNotice::Exited { id: e, .. } | ProcessNotice::HandedOver { id: e, .. } =
+            notice
+            && e == id
+        {
+            break;
+        }
+    }
+    let chunk = output
+        .read(id, &bpm_ports::OutputQuery::default())
+        .await
+        .expect("output");
+    chunk
+        .pieces
+        .iter()
+        .filter(|p| p.stream == bpm_ports::Stream::Stdout)
+        .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+        .collect()
+}
