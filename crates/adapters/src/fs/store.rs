@@ -5,9 +5,10 @@
 //! batch, flushed when the write must be durable, so a durable write costs
 //! one flush whatever it holds, and an unflushed update (a change the domain
 //! need not make durable) costs none. Each record's file `ID.json` is then
-//! written whole, in place: once files have lagged a second, by a thread of
-//! the blocking pool beside the writes (which wait for none of it), all of
-//! them before the journal turns over, and when the store closes. A lock
+//! written whole, in place, by the store's own thread beside the writes
+//! (which wait for none of it): once files have lagged a second and the
+//! writes have paused (see [`QUIET`]), all of them before the journal
+//! turns over, and when the store closes. A lock
 //! taken before the journal's by a write that may turn it over, and held
 //! while files are written, makes sure a file taken from those behind is on
 //! disk before the journal file that holds its record is let go. Opening the store
@@ -28,7 +29,7 @@ use std::io::{self, Write};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -38,9 +39,18 @@ use rustix::fs::{FlockOperation, flock};
 
 use super::journal::{self, CommitError, Entry, Journal, Op};
 
-/// How long a changed record's file may lag behind the journal while the
-/// store is busy.
+/// How long a changed record's file lags behind the journal at least.
 const WRITE_FILES_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the writes must have paused before lagging files are written.
+/// Creating files is the costliest thing the store does (on ext4 without a
+/// journal, each new file scans past every inode freed in the last seconds),
+/// so it waits for a lull rather than competing for the CPU with the
+/// processes whose starts and exits are being recorded.
+const QUIET: Duration = Duration::from_millis(50);
+
+/// How long files may lag while the writes never pause.
+const WRITE_FILES_AT_LATEST: Duration = Duration::from_secs(10);
 
 /// How many record files the catch-up writes between two looks at the
 /// journal: a commit that hands a journal file over waits for these at most.
@@ -70,8 +80,9 @@ struct Writer {
     /// commit that may hand a journal file over: a file taken out of
     /// `behind` is on disk before the journal that holds it is let go.
     files: Arc<Mutex<()>>,
-    /// Whether a catch-up of record files runs beside the writes.
-    catching_up: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the thread that writes record files (it waits on `disk`).
+    wake: Arc<Condvar>,
+    files_thread: Option<std::thread::JoinHandle<()>>,
     _lock: File,
     /// One write at a time, so the version check and the write are one step.
     writing: tokio::sync::Mutex<()>,
@@ -133,6 +144,11 @@ struct Disk {
     /// Each changed record's newest version, or `None` once deleted.
     behind: BTreeMap<ProcessId, Option<ProcessRecord>>,
     files_written: Instant,
+    last_write: Instant,
+    /// Set when the store closes: the files thread ends.
+    closing: bool,
+    /// Whether the files thread waits for records to fall behind (and must be woken).
+    files_idle: bool,
 }
 
 fn io_err(path: &Path, e: &io::Error) -> String {
@@ -396,9 +412,13 @@ impl Disk {
         self.journal_ops(dir, ops, flush)
     }
 
-    /// Whether record files have lagged long enough to be caught up.
-    fn files_due(&self) -> bool {
-        !self.behind.is_empty() && self.files_written.elapsed() >= WRITE_FILES_EVERY
+    /// When the record files behind are to be written, if any are.
+    fn files_due(&self) -> Option<Instant> {
+        if self.behind.is_empty() {
+            return None;
+        }
+        let soonest = (self.files_written + WRITE_FILES_EVERY).max(self.last_write + QUIET);
+        Some(soonest.min(self.files_written + WRITE_FILES_AT_LATEST))
     }
 
     /// Journals `ops` as one append if one journal file can hold them. A
@@ -442,6 +462,7 @@ impl Disk {
 
     /// Notes the records of journalled `ops` as behind their files.
     fn note(&mut self, ops: Vec<Op>) {
+        self.last_write = Instant::now();
         for op in ops {
             match op {
                 Op::Put(record) => self.behind.insert(record.id(), Some(*record)),
@@ -507,6 +528,73 @@ fn replay(
     Journal::start(dir, capacity, newest).map_err(|e| refused(dir, &e))
 }
 
+/// The files thread: writes the record files behind the journal when
+/// [`Disk::files_due`] says, until the store closes.
+fn keep_files(dir: &Path, disk: &Mutex<Disk>, files: &Mutex<()>, wake: &Condvar) {
+    let mut d = disk.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        if d.closing {
+            return;
+        }
+        let now = Instant::now();
+        d = match d.files_due() {
+            None => {
+                d.files_idle = true;
+                let mut d = wake.wait(d).unwrap_or_else(PoisonError::into_inner);
+                d.files_idle = false;
+                d
+            }
+            Some(at) if at > now => {
+                wake.wait_timeout(d, at - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            Some(_) => {
+                drop(d);
+                catch_up(dir, disk, files);
+                disk.lock().unwrap_or_else(PoisonError::into_inner)
+            }
+        };
+    }
+}
+
+/// Writes the files of the records behind now (not of those that fall
+/// behind meanwhile: their changes gather for the next round, one file
+/// each), batch by batch, so that a journal file handed over waits for one
+/// batch at most.
+fn catch_up(dir: &Path, disk: &Mutex<Disk>, files: &Mutex<()>) {
+    let lock = || disk.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut left = lock().behind.len();
+    while left > 0 {
+        let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = {
+            let mut disk = lock();
+            let take = left.min(FILES_PER_BATCH);
+            let rest = match disk.behind.keys().nth(take) {
+                Some(&first_left) => disk.behind.split_off(&first_left),
+                None => BTreeMap::new(),
+            };
+            std::mem::replace(&mut disk.behind, rest)
+        };
+        if batch.is_empty() {
+            break;
+        }
+        left = left.saturating_sub(batch.len());
+        let mut written = Instant::now();
+        let result = write_files(dir, &mut batch, &mut written);
+        // What could not be written waits again, unless a newer version did meanwhile.
+        let mut disk = lock();
+        for (id, version) in batch {
+            disk.behind.entry(id).or_insert(version);
+        }
+        if let Err(e) = result {
+            tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
+            break;
+        }
+    }
+    lock().files_written = Instant::now();
+}
+
 impl FsStore {
     /// Opens (creating it if needed) the store in `dir` for writing.
     ///
@@ -558,19 +646,32 @@ impl FsStore {
         )?;
         let journal = replay(&dir, &mut cache, recovered, journal_bytes)?;
         let folder = folder_identity(&dir).map_err(|e| unavailable(&dir, &e))?;
+        let disk = Arc::new(Mutex::new(Disk {
+            journal,
+            folder,
+            behind: BTreeMap::new(),
+            files_written: Instant::now(),
+            last_write: Instant::now(),
+            closing: false,
+            files_idle: false,
+        }));
+        let (files, wake) = (Arc::new(Mutex::new(())), Arc::new(Condvar::new()));
+        let files_thread = {
+            let (at, disk, files, wake) = (dir.clone(), disk.clone(), files.clone(), wake.clone());
+            std::thread::Builder::new()
+                .name("bpm-record-files".into())
+                .spawn(move || keep_files(&at, &disk, &files, &wake))
+                .map_err(|e| refused(&dir, &e))?
+        };
         Ok(FsStore {
             dir,
             mode: Mode::Writer(Writer {
                 cache: Arc::new(RwLock::new(cache)),
                 unsynced: Mutex::new(Unsynced::default()),
-                disk: Arc::new(Mutex::new(Disk {
-                    journal,
-                    folder,
-                    behind: BTreeMap::new(),
-                    files_written: Instant::now(),
-                })),
-                files: Arc::default(),
-                catching_up: Arc::default(),
+                disk,
+                files,
+                wake,
+                files_thread: Some(files_thread),
                 _lock: lock,
                 writing: tokio::sync::Mutex::new(()),
                 flushing: tokio::sync::Mutex::new(()),
@@ -626,7 +727,7 @@ impl FsStore {
                 .quick_commit(&self.dir, ops);
             match done {
                 Ok(done) => {
-                    self.catch_up_files(writer);
+                    Self::files_behind(writer);
                     return done;
                 }
                 Err(ops) => ops,
@@ -641,71 +742,16 @@ impl FsStore {
                     .commit(&dir, ops, flush)
             })
             .await;
-        self.catch_up_files(writer);
+        Self::files_behind(writer);
         done
     }
 
-    /// Once record files have lagged a second, brings them up to date on a
-    /// thread of the blocking pool, beside the writes (which go on: they
-    /// need the disk lock only between batches of files).
-    fn catch_up_files(&self, writer: &Writer) {
-        use std::sync::atomic::Ordering;
-        if !writer
-            .disk
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .files_due()
-            || writer.catching_up.swap(true, Ordering::AcqRel)
-        {
-            return;
+    /// Wakes the files thread if it waits for files to fall behind and some have.
+    fn files_behind(writer: &Writer) {
+        let disk = writer.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        if disk.files_idle && !disk.behind.is_empty() {
+            writer.wake.notify_one();
         }
-        let (disk, files, busy) = (
-            writer.disk.clone(),
-            writer.files.clone(),
-            writer.catching_up.clone(),
-        );
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            // The records behind now, not those that fall behind meanwhile:
-            // their changes gather for the next round, one file each.
-            let mut left = disk
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .behind
-                .len();
-            while left > 0 {
-                // Taken batch by batch, so a journal file handed over waits for one batch at most.
-                let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut batch = {
-                    let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
-                    let take = left.min(FILES_PER_BATCH);
-                    let rest = match disk.behind.keys().nth(take) {
-                        Some(&first_left) => disk.behind.split_off(&first_left),
-                        None => BTreeMap::new(),
-                    };
-                    std::mem::replace(&mut disk.behind, rest)
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                left = left.saturating_sub(batch.len());
-                let mut written = Instant::now();
-                let result = write_files(&dir, &mut batch, &mut written);
-                // What could not be written waits again, unless a newer version did meanwhile.
-                let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
-                for (id, version) in batch {
-                    disk.behind.entry(id).or_insert(version);
-                }
-                if let Err(e) = result {
-                    tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
-                    break;
-                }
-            }
-            disk.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .files_written = Instant::now();
-            busy.store(false, Ordering::Release);
-        });
     }
 
     /// Writes `writes` as one journal append, flushed when `sync` and any
@@ -822,7 +868,19 @@ impl FsStore {
 
 impl Drop for FsStore {
     fn drop(&mut self) {
-        if let Some(Writer { disk, files, .. }) = self.writer() {
+        if let Mode::Writer(Writer {
+            disk,
+            files,
+            wake,
+            files_thread,
+            ..
+        }) = &mut self.mode
+        {
+            disk.lock().unwrap_or_else(PoisonError::into_inner).closing = true;
+            wake.notify_one();
+            if let Some(thread) = files_thread.take() {
+                let _ = thread.join();
+            }
             let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
             let mut disk = disk.lock().unwrap_or_else(PoisonError::into_inner);
             let Disk {
