@@ -3,7 +3,7 @@
 //! front end (library, CLI, daemon, MCP) uses.
 //!
 //! Every method documents the errors it MUST return; the contract suites in
-//! [`contract`] (feature `contract`) check that each adapter does.
+//! the `contract` module (feature `contract`) check that each adapter does.
 #![warn(missing_docs)]
 
 mod clock;

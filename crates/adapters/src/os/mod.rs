@@ -1,7 +1,7 @@
 //! The OS spawner: real processes, each in its own session and process group,
 //! with both output streams captured, exits noticed by the kernel (tokio's
 //! child reaping) rather than a polling loop, and stops that reach every
-//! descendant (see [`tree`]).
+//! descendant (see the `tree` module).
 
 mod capture;
 mod spawn;
