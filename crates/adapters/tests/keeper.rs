@@ -191,28 +191,50 @@ async fn a_keeper_that_says_no_hello_is_taken_for_an_older_one() {
     assert!(e.to_string().contains("older bpm"), "{e}");
 }
 
-#[tokio::test]
-async fn a_request_the_keeper_cannot_read_is_answered_with_an_error() {
-    let dir = tempfile::tempdir().expect("dir");
-    let socket = keeper_in(dir.path());
-    let stream = UnixStream::connect(&socket).await.expect("connect");
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+/// A daemon's connection to a keeper spoken by hand, one JSON line at a time.
+struct RawDaemon {
+    write: tokio::net::unix::OwnedWriteHalf,
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+}
+
+impl RawDaemon {
+    async fn connect(socket: &std::path::Path) -> Self {
+        let stream = UnixStream::connect(socket).await.expect("connect");
+        let (read, write) = stream.into_split();
+        RawDaemon {
+            write,
+            lines: BufReader::new(read).lines(),
+        }
+    }
+
+    /// The keeper's next line (within 10 s).
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
             .await
             .expect("the keeper answers")
             .expect("read")
             .expect("a line")
-    };
-    let hello = next().await;
+    }
+
+    /// The keeper's next line, as JSON.
+    async fn reply(&mut self) -> serde_json::Value {
+        serde_json::from_str(&self.next().await).expect("JSON")
+    }
+
+    async fn send(&mut self, lines: &str) {
+        self.write.write_all(lines.as_bytes()).await.expect("write");
+    }
+}
+
+#[tokio::test]
+async fn a_request_the_keeper_cannot_read_is_answered_with_an_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut daemon = RawDaemon::connect(&keeper_in(dir.path())).await;
+    let hello = daemon.next().await;
     assert!(hello.starts_with("{\"hello\":"), "{hello}");
 
-    write
-        .write_all(b"{\"id\":7,\"op\":{\"frobnicate\":{}}}\n")
-        .await
-        .expect("write");
-    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    daemon.send("{\"id\":7,\"op\":{\"frobnicate\":{}}}\n").await;
+    let reply = daemon.reply().await;
     assert_eq!(reply["id"], 7);
     let error = reply["err"]["invalid"]
         .as_str()
@@ -225,14 +247,12 @@ async fn a_request_the_keeper_cannot_read_is_answered_with_an_error() {
 
     // The connection goes on: a request it can read is answered.
     let id = ProcessId::from_uuid(uuid::Uuid::now_v7());
-    write
-        .write_all(
-            format!("{{\"id\":8,\"op\":{{\"reattach\":{{\"id\":\"{id}\",\"pid\":1}}}}}}\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
-    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    daemon
+        .send(&format!(
+            "{{\"id\":8,\"op\":{{\"reattach\":{{\"id\":\"{id}\",\"pid\":1}}}}}}\n"
+        ))
+        .await;
+    let reply = daemon.reply().await;
     assert_eq!(reply["id"], 8);
     assert_eq!(reply["ok"]["held"], false);
 }
@@ -422,25 +442,12 @@ async fn each_process_gets_its_own_environment_past_the_keepers_slots() {
 #[tokio::test]
 async fn a_start_naming_an_undefined_environment_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
-    let socket = keeper_in(dir.path());
-    let stream = UnixStream::connect(&socket).await.expect("connect");
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("the keeper answers")
-            .expect("read")
-            .expect("a line")
-    };
-    next().await;
+    let mut daemon = RawDaemon::connect(&keeper_in(dir.path())).await;
+    daemon.next().await;
     let request = serde_json::to_value(request_for(&["true"])).expect("JSON");
     let line = serde_json::json!({"id": 3, "op": {"spawn": {"env": 5, "request": request}}});
-    write
-        .write_all(format!("{line}\n").as_bytes())
-        .await
-        .expect("write");
-    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    daemon.send(&format!("{line}\n")).await;
+    let reply = daemon.reply().await;
     assert_eq!(reply["id"], 3);
     let error = reply["err"]["invalid"].as_str().expect("an invalid error");
     assert!(
@@ -449,11 +456,8 @@ async fn a_start_naming_an_undefined_environment_is_refused() {
     );
     // Defined, the same start runs.
     let define = serde_json::json!({"id": 0, "op": {"env": {"slot": 5, "vars": {"A": "1"}}}});
-    write
-        .write_all(format!("{define}\n{line}\n").as_bytes())
-        .await
-        .expect("write");
-    let reply: serde_json::Value = serde_json::from_str(&next().await).expect("JSON");
+    daemon.send(&format!("{define}\n{line}\n")).await;
+    let reply = daemon.reply().await;
     assert_eq!(reply["id"], 3);
     assert!(reply["ok"]["spawned"]["pid"].as_u64().is_some(), "{reply}");
 }
