@@ -19,8 +19,8 @@ use bpm_domain::{
     StateName, StdinMode, Timestamp,
 };
 use bpm_ports::{
-    ManagerError, OutputQuery, ProcessManager, ProcessSpawner as _, ProcessStore, StopOptions,
-    StoreError, StoreWrite,
+    ManagerError, OutputQuery, ProcessManager, ProcessNotice, ProcessSpawner, ProcessStore,
+    SpawnError, SpawnRequest, StopOptions, StoreError, StoreWrite,
 };
 
 struct Harness {
@@ -1413,17 +1413,67 @@ async fn a_slow_disk_holds_back_answers_and_events_but_not_the_next_start() {
 
 /// An engine on real processes (the OS spawner), which hands records over.
 async fn os_engine(max_running: usize) -> Engine {
+    os_engine_with(max_running).await.0
+}
+
+/// The OS spawner, noting which records the engine hands over and takes back.
+struct Watched {
+    os: bpm_adapters::os::OsSpawner,
+    handed: std::sync::Mutex<Vec<ProcessId>>,
+    withdrawn: std::sync::Mutex<Vec<ProcessId>>,
+}
+
+#[async_trait::async_trait]
+impl ProcessSpawner for Watched {
+    async fn spawn(&self, request: SpawnRequest) -> Result<bpm_ports::Spawned, SpawnError> {
+        self.os.spawn(request).await
+    }
+    async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
+        self.os.signal(id, pid, signal).await
+    }
+    async fn write_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), SpawnError> {
+        self.os.write_input(id, data).await
+    }
+    async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
+        self.os.reattach(id, pid).await
+    }
+    fn notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ProcessNotice>> {
+        self.os.notices()
+    }
+    fn hands_over(&self) -> bool {
+        self.os.hands_over()
+    }
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
+        self.handed
+            .lock()
+            .expect("lock")
+            .extend(requests.iter().map(|r| r.id));
+        self.os.hand_over(requests).await
+    }
+    async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
+        let ids = self.os.withdraw().await?;
+        self.withdrawn.lock().expect("lock").extend(&ids);
+        Ok(ids)
+    }
+}
+
+/// [`os_engine`], with the spawner it runs on.
+async fn os_engine_with(max_running: usize) -> (Engine, Arc<Watched>) {
     let clock = Arc::new(bpm_adapters::clock::SystemClock::new());
     let output = Arc::new(InMemoryOutput::default());
-    let spawner = Arc::new(bpm_adapters::os::OsSpawner::new(
-        output.clone(),
-        bpm_adapters::os::OsSpawnerConfig::default(),
-    ));
+    let spawner = Arc::new(Watched {
+        os: bpm_adapters::os::OsSpawner::new(
+            output.clone(),
+            bpm_adapters::os::OsSpawnerConfig::default(),
+        ),
+        handed: std::sync::Mutex::default(),
+        withdrawn: std::sync::Mutex::default(),
+    });
     let ports = Ports {
         store: Arc::new(InMemoryStore::new()),
         output,
         events: Arc::new(BroadcastBus::default()),
-        spawner,
+        spawner: spawner.clone(),
         clock,
         ids: Arc::new(UuidV7Ids::new()),
     };
@@ -1431,9 +1481,10 @@ async fn os_engine(max_running: usize) -> Engine {
         max_running,
         ..Limits::default()
     };
-    Engine::start(ports, EngineConfig { node: None, limits })
+    let engine = Engine::start(ports, EngineConfig { node: None, limits })
         .await
-        .expect("engine starts")
+        .expect("engine starts");
+    (engine, spawner)
 }
 
 fn sh(script: &str) -> ProcessSpec {
@@ -1499,20 +1550,30 @@ async fn records_started_on_exits_keep_the_limit_their_order_and_their_exit_code
 async fn a_record_handed_over_and_then_stopped_never_runs() {
     let dir = tempfile::tempdir().expect("dir");
     let marker = dir.path().join("ran");
-    let engine = os_engine(1).await;
+    let (engine, spawner) = os_engine_with(1).await;
     let first = engine.start(sh("sleep 0.5")).await.expect("start");
     let queued = engine
         .start(sh(&format!("touch {}", marker.display())))
         .await
         .expect("start");
     assert_eq!(queued.state(), StateName::Pending);
-    // Give the loop time to hand it to the spawner.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the queued record is handed to the spawner", || async {
+        spawner.handed.lock().expect("lock").contains(&queued.id())
+    })
+    .await;
     let stopped = engine
         .stop(queued.id(), StopOptions::default())
         .await
         .expect("stop");
     assert_eq!(stopped.state(), StateName::Cancelled);
+    assert!(
+        spawner
+            .withdrawn
+            .lock()
+            .expect("lock")
+            .contains(&queued.id()),
+        "the stop took the record back from the spawner"
+    );
     let first = engine.wait(first.id(), None).await.expect("wait");
     assert_eq!(first.state(), StateName::Completed);
     tokio::time::sleep(Duration::from_millis(300)).await;
