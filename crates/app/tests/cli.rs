@@ -166,6 +166,14 @@ fn run_ps_show_logs_wait_stop_and_rm() {
             .expect("array")
             .is_empty()
     );
+    // A reader that stops early (`| head -1`) is not a failure.
+    let mut early = bpm
+        .cmd(&["ps", "--all", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(early.stdout.take());
+    assert!(early.wait().expect("wait").success());
     let short = &id[id.len() - 8..];
     assert!(bpm.ok(&["show", short]).contains("state         running"));
     let deadline = Instant::now() + Duration::from_secs(10);

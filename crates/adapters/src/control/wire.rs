@@ -265,7 +265,7 @@ impl From<WireError> for ManagerError {
 }
 
 /// One line from the daemon after the hello.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ServerLine {
     /// The answer to call `id`.
@@ -284,4 +284,77 @@ pub enum ServerLine {
         /// The event.
         event: Box<Event>,
     },
+}
+
+impl<'de> Deserialize<'de> for ServerLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Read as a plain struct, field by field as the line streams in:
+        // `untagged` would first copy the whole line into an intermediate
+        // tree (for a list of 10,000 records, hundreds of megabytes).
+        #[derive(Deserialize)]
+        struct Fields {
+            id: Option<u64>,
+            ok: Option<Reply>,
+            error: Option<WireError>,
+            event: Option<Box<Event>>,
+        }
+        let f = Fields::deserialize(d)?;
+        match (f.id, f.event) {
+            (Some(id), None) => Ok(ServerLine::Answer {
+                id,
+                ok: f.ok,
+                error: f.error,
+            }),
+            (None, Some(event)) => Ok(ServerLine::Event { event }),
+            _ => Err(serde::de::Error::custom(
+                "a line from the daemon is either an answer (with an id) or an event",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_from_the_daemon_read_as_answers_or_events() {
+        let answer: ServerLine = serde_json::from_str(r#"{"id":4,"ok":"done"}"#).expect("answer");
+        assert_eq!(
+            answer,
+            ServerLine::Answer {
+                id: 4,
+                ok: Some(Reply::Done),
+                error: None
+            }
+        );
+        let failed: ServerLine =
+            serde_json::from_str(r#"{"id":5,"error":{"kind":"refused","message":"no"}}"#)
+                .expect("error");
+        assert_eq!(
+            failed,
+            ServerLine::Answer {
+                id: 5,
+                ok: None,
+                error: Some(WireError::new("refused", "no"))
+            }
+        );
+        // What the daemon writes reads back the same.
+        for line in [answer, failed] {
+            let text = serde_json::to_string(&line).expect("JSON");
+            assert_eq!(
+                serde_json::from_str::<ServerLine>(&text).expect("again"),
+                line
+            );
+        }
+        for bad in [r#"{"ok":"done"}"#, "{}", r#"{"id":"x"}"#] {
+            let e = serde_json::from_str::<ServerLine>(bad).expect_err(bad);
+            assert!(!e.to_string().is_empty(), "{bad}");
+        }
+        let e = serde_json::from_str::<ServerLine>("{}").expect_err("neither");
+        assert!(
+            e.to_string().contains("an answer (with an id) or an event"),
+            "{e}"
+        );
+    }
 }

@@ -701,11 +701,7 @@ async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
         records.retain(|r| depths.get(&r.id()) == Some(&level));
     }
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&records.iter().map(record_json).collect::<Vec<_>>())
-                .unwrap_or_default()
-        );
+        print_records(&records)?;
         return Ok(ExitCode::SUCCESS);
     }
     let color = color_on(std::io::stdout().is_terminal());
@@ -723,6 +719,30 @@ async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `records` as one JSON array, each record made JSON as it is
+/// written (10,000 records make tens of megabytes of text).
+fn print_records(records: &[ProcessRecord]) -> Result<(), CliError> {
+    use std::io::Write as _;
+    struct Each<'a>(&'a [ProcessRecord]);
+    impl serde::Serialize for Each<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(record_json))
+        }
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match serde_json::to_writer_pretty(&mut out, &Each(records))
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush())
+    {
+        // A reader that has seen enough (`| head`) is not a failure.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::failed(format!("cannot write the list: {e}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn show(r: &ProcessRecord) {
