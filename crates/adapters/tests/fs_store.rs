@@ -609,3 +609,47 @@ async fn syncs_beside_writes_lose_and_hide_nothing() {
     let store = FsStore::open_with_journal(dir.path(), 20_000).expect("reopen");
     assert_eq!(store.list(&ListFilter::default()).await.expect("list"), all);
 }
+
+/// Records read back with equal environments share one map, and are
+/// otherwise the records written.
+#[tokio::test]
+async fn records_read_back_share_equal_environments() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("dir");
+    let with_env = |n: u128, value: &str| {
+        let mut spec = ProcessSpec::argv(["sleep", "1"]);
+        spec.env = Arc::new(BTreeMap::from([
+            ("HOME".to_owned(), "/home/a".to_owned()),
+            ("PATH".to_owned(), value.to_owned()),
+        ]));
+        ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+            NodeId::local(),
+            spec,
+            Timestamp::from_millis(1),
+        )
+    };
+    // Each record built apart, so no two share a map when written.
+    let written = vec![
+        with_env(1, "/bin"),
+        with_env(2, "/bin"),
+        with_env(3, "/usr/bin"),
+        with_env(4, "/bin"),
+    ];
+    for files_too in [false, true] {
+        let store = FsStore::open(dir.path()).expect("open");
+        if !files_too {
+            for r in &written {
+                store.create(r).await.expect("create");
+            }
+        }
+        drop(store);
+        let store = FsStore::open(dir.path()).expect("reopen");
+        let read = store.list(&ListFilter::default()).await.expect("list");
+        assert_eq!(read, written);
+        let env = |i: usize| &read[i].spec().env;
+        assert!(Arc::ptr_eq(env(0), env(1)) && Arc::ptr_eq(env(0), env(3)));
+        assert!(!Arc::ptr_eq(env(0), env(2)));
+    }
+}
