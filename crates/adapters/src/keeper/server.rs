@@ -269,11 +269,19 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                             Ok(Answer::Held(waiting || spawner.holds(id, pid)))
                         }
                         Op::Ack(seq) => {
-                            state
+                            let acked = state
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .unacked
                                 .remove(&seq);
+                            // An exit recorded: the spawner may forget how that process started.
+                            if let Some(
+                                ProcessNotice::Exited { id, .. }
+                                | ProcessNotice::HandedOver { id, .. },
+                            ) = acked
+                            {
+                                spawner.exit_recorded(id);
+                            }
                             return;
                         }
                     };

@@ -159,6 +159,13 @@ struct Inner {
     live: LiveMap,
     /// Requests to start, in order, one on each exit of a process that hands over.
     queue: Mutex<VecDeque<SpawnRequest>>,
+    /// Held for the whole of a start, so that two starts of one record (a
+    /// manager's, and one on an exit) cannot both miss the other.
+    starting: Mutex<()>,
+    /// Records started on an exit whose own exit the manager has not yet
+    /// recorded, with their pids: the manager may not have heard of the
+    /// start yet and ask for it again, even after the process has ended.
+    started_on_exit: Mutex<HashMap<ProcessId, u32>>,
     tx: mpsc::UnboundedSender<ProcessNotice>,
     config: OsSpawnerConfig,
 }
@@ -174,6 +181,8 @@ impl OsSpawner {
                 composed: Mutex::new(Vec::new()),
                 live: Arc::new(Mutex::new(HashMap::new())),
                 queue: Mutex::new(VecDeque::new()),
+                starting: Mutex::new(()),
+                started_on_exit: Mutex::new(HashMap::new()),
                 tx,
                 config,
             }),
@@ -207,9 +216,37 @@ impl OsSpawner {
 impl Inner {
     /// Starts `request`'s process, or answers with the one that runs for its record already.
     fn start(self: &Arc<Self>, request: &SpawnRequest) -> Result<Spawned, SpawnError> {
+        let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        self.start_alone(request)
+    }
+
+    /// Starts the first request handed over, if there is one: its id, and its pid or why not.
+    fn start_next(self: &Arc<Self>) -> Option<(ProcessId, Result<u32, String>)> {
+        let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        let request = self.queue().pop_front()?;
+        let started = self.start_alone(&request).map(|s| s.pid);
+        if let Ok(pid) = started {
+            self.started_on_exit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(request.id, pid);
+        }
+        Some((request.id, started.map_err(|e| e.to_string())))
+    }
+
+    /// [`start`](Self::start), with `starting` held.
+    fn start_alone(self: &Arc<Self>, request: &SpawnRequest) -> Result<Spawned, SpawnError> {
         self.queue().retain(|q| q.id != request.id);
         if let Some(live) = lock(&self.live).get(&request.id) {
             return Ok(Spawned { pid: live.pid });
+        }
+        if let Some(&pid) = self
+            .started_on_exit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&request.id)
+        {
+            return Ok(Spawned { pid });
         }
         let program = request
             .argv
@@ -358,25 +395,14 @@ impl Inner {
             let hands_over = lock(&live).remove(&id).is_some_and(|l| l.hands_over);
             // The next request handed over starts in its place, before the
             // manager hears of the exit.
-            let next = if hands_over {
-                inner.queue().pop_front()
-            } else {
-                None
-            };
+            let next = if hands_over { inner.start_next() } else { None };
             let notice = match next {
-                Some(request) => {
-                    let next = request.id;
-                    let started = inner
-                        .start(&request)
-                        .map(|s| s.pid)
-                        .map_err(|e| e.to_string());
-                    ProcessNotice::HandedOver {
-                        id,
-                        status,
-                        next,
-                        started,
-                    }
-                }
+                Some((next, started)) => ProcessNotice::HandedOver {
+                    id,
+                    status,
+                    next,
+                    started,
+                },
                 None => ProcessNotice::Exited { id, status },
             };
             let _ = inner.tx.send(notice);
@@ -510,6 +536,14 @@ impl ProcessSpawner for OsSpawner {
 
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
         Ok(self.take_back())
+    }
+
+    fn exit_recorded(&self, id: ProcessId) {
+        self.inner
+            .started_on_exit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>> {

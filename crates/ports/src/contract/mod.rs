@@ -96,6 +96,7 @@ macro_rules! spawner_contract_tests {
             input_to_unknown_process_is_refused,
             handed_over_requests_start_on_exits_in_order,
             only_processes_that_hand_over_start_the_next,
+            a_start_on_an_exit_is_not_made_twice,
         );
     };
 }

@@ -323,3 +323,38 @@ pub async fn only_processes_that_hand_over_start_the_next(h: Arc<dyn SpawnerHarn
         ProcessNotice::Exited { .. }
     ));
 }
+
+/// A request started on an exit may have run and ended before the manager
+/// hears of the start: until the manager has recorded its exit, a spawn of
+/// it answers with the process that ran, and runs nothing again.
+pub async fn a_start_on_an_exit_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    if !spawner.hands_over() {
+        return;
+    }
+    let mut rx = notices(&spawner);
+    let first = request(h.sleep(30));
+    let (a, a_pid) = (first.id, spawner.spawn(first).await.expect("spawn").pid);
+    let next = request(h.exit_with(3));
+    let next_id = next.id;
+    spawner
+        .hand_over(vec![next.clone()])
+        .await
+        .expect("hand over");
+    spawner
+        .signal(a, a_pid, Signal::Term)
+        .await
+        .expect("signal");
+    let ProcessNotice::HandedOver { started, .. } = end_of(&mut rx, a).await else {
+        panic!("the exit of {a} started nothing in its place");
+    };
+    let pid = started.expect("started");
+    assert_eq!(exit_of(&mut rx, next_id).await, ExitStatus::Code(3));
+    // The manager, not yet aware of the start, asks for it.
+    assert_eq!(spawner.spawn(next).await.expect("spawn").pid, pid);
+    match tokio::time::timeout(Duration::from_millis(500), end_of(&mut rx, next_id)).await {
+        Err(_) => {}
+        Ok(again) => panic!("{next_id} ran again: {again:?}"),
+    }
+    spawner.exit_recorded(next_id);
+}
