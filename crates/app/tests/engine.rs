@@ -1282,14 +1282,18 @@ async fn engine_on(
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1)));
     let (mut ports, spawner) = ports_with(&clock, Arc::new(InMemoryStore::new()));
     ports.store = disk.clone();
+    (engine_with_slots(ports, max_running).await, spawner, clock)
+}
+
+/// An engine on `ports` with `max_running` slots.
+async fn engine_with_slots(ports: Ports, max_running: usize) -> Engine {
     let limits = Limits {
         max_running,
         ..Limits::default()
     };
-    let engine = Engine::start(ports, EngineConfig { node: None, limits })
+    Engine::start(ports, EngineConfig { node: None, limits })
         .await
-        .expect("engine starts");
-    (engine, spawner, clock)
+        .expect("engine starts")
 }
 
 #[async_trait::async_trait]
@@ -1477,14 +1481,7 @@ async fn os_engine_with(max_running: usize) -> (Engine, Arc<Watched>) {
         clock,
         ids: Arc::new(UuidV7Ids::new()),
     };
-    let limits = Limits {
-        max_running,
-        ..Limits::default()
-    };
-    let engine = Engine::start(ports, EngineConfig { node: None, limits })
-        .await
-        .expect("engine starts");
-    (engine, spawner)
+    (engine_with_slots(ports, max_running).await, spawner)
 }
 
 fn sh(script: &str) -> ProcessSpec {

@@ -180,7 +180,9 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     /// still queued at once and reports [`ProcessNotice::HandedOver`]
     /// instead of `Exited`. A queued request that [`spawn`](Self::spawn) is
     /// asked for leaves the queue; `spawn` of a record this spawner already
-    /// runs answers with that process instead of starting another. A
+    /// runs answers with that process instead of starting another, and so
+    /// does `spawn` of one it started on an exit, even ended, until
+    /// [`exit_recorded`](Self::exit_recorded) is called for it. A
     /// spawner whose [`hands_over`](Self::hands_over) says no queues
     /// nothing (the default).
     ///
@@ -205,8 +207,9 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     /// Says that the exit of `id` has been recorded (durably): a spawner
     /// that keeps exits for a manager that may crash (the keeper) may now
     /// forget it. Until then it hands the exit again to the next manager
-    /// that connects. Spawners that keep nothing keep the default, which
-    /// does nothing.
+    /// that connects. A spawner that starts requests on exits forgets then
+    /// that it started `id` (see [`hand_over`](Self::hand_over)). Spawners
+    /// that keep nothing keep the default, which does nothing.
     fn exit_recorded(&self, id: ProcessId) {
         let _ = id;
     }

@@ -230,28 +230,11 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                 let (spawner, state, writer) = (spawner.clone(), state.clone(), writer.clone());
                 tokio::spawn(async move {
                     let result = match request.op {
-                        Op::Spawn(start) => {
-                            let req = start.request;
-                            // Started on an exit, and that report not yet taken
-                            // (a daemon restarted in between): answer with it.
-                            let started = state
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .unacked
-                                .values()
-                                .find_map(|n| match n {
-                                    ProcessNotice::HandedOver {
-                                        next,
-                                        started: Ok(pid),
-                                        ..
-                                    } if *next == req.id => Some(*pid),
-                                    _ => None,
-                                });
-                            match started {
-                                Some(pid) => Ok(Answer::Spawned(bpm_ports::Spawned { pid })),
-                                None => spawner.spawn(req).await.map(Answer::Spawned),
-                            }
-                        }
+                        // A record started on an exit, even one already ended,
+                        // is answered with that process until the daemon has
+                        // acknowledged its exit (a daemon restarted in between
+                        // may ask): the spawner keeps it until `exit_recorded`.
+                        Op::Spawn(start) => spawner.spawn(start.request).await.map(Answer::Spawned),
                         Op::HandOver(_) | Op::Withdraw | Op::Env { .. } => return,
                         Op::Signal { id, pid, signal } => {
                             spawner.signal(id, pid, signal).await.map(|()| Answer::Done)

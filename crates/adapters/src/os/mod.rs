@@ -277,8 +277,7 @@ impl Inner {
                 .map(|(_, kv)| kv.as_c_str()),
         );
         env.extend(own.iter().map(CString::as_c_str));
-        let path_var = composed.path.as_ref();
-        let resolved = spawn::resolve(program, path_var).map_err(|e| match e {
+        let resolved = spawn::resolve(program, composed.path.as_ref()).map_err(|e| match e {
             spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
             spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),
         })?;
