@@ -9,7 +9,9 @@
 //! - [`ids`]: UUID v7 ids.
 //! - [`os`]: the OS spawner: real processes, their trees, their output.
 //! - [`mcp`]: the MCP server that lets AI agents use bpm as tools.
+//! - [`web`]: `bpm web`, the live dashboard for people (axum, server-sent events).
 //! - [`view`]: a record as front ends show it in JSON.
+//! - [`os::ProcSampler`]: what process trees use (CPU, memory, ports), from /proc.
 //! - [`fake`]: a scriptable spawner that runs no OS process, for engine tests.
 
 pub mod clock;
@@ -25,3 +27,4 @@ pub mod redis;
 mod segments;
 mod tail;
 pub mod view;
+pub mod web;

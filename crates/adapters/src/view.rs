@@ -53,3 +53,16 @@ pub fn record_json_redacted(r: &ProcessRecord) -> Value {
     }
     v
 }
+
+/// Adds what the record's process tree uses (`cpu_percent`, `rss_bytes`,
+/// `listening_ports`) to its JSON; each is `null` when nothing of it runs.
+pub fn add_usage(v: &mut Value, usage: Option<&bpm_ports::ResourceUsage>) {
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("cpu_percent".into(), json!(usage.map(|u| u.cpu_percent)));
+        obj.insert("rss_bytes".into(), json!(usage.map(|u| u.rss_bytes)));
+        obj.insert(
+            "listening_ports".into(),
+            json!(usage.map(|u| &u.listening_ports)),
+        );
+    }
+}

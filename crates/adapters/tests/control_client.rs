@@ -107,6 +107,8 @@ fn batch_daemon(socket: &Path) -> Seen {
         node: "local".into(),
         home: "/nowhere".into(),
         keeper: None,
+        started_at: None,
+        limits: None,
     };
     let (stop, _) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(bpm_adapters::control::serve(

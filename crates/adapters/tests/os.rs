@@ -24,6 +24,13 @@ mod os_spawner {
     bpm_ports::spawner_contract_tests!(harness());
 }
 
+mod proc_sampler {
+    use super::*;
+    bpm_ports::usage_contract_tests!(
+        Arc::new(bpm_adapters::os::ProcSampler::new()) as Arc<dyn bpm_ports::ResourceSampler>
+    );
+}
+
 /// Output behind a slow disk: each append takes longer than the spawner's drain wait.
 struct SlowOutput(InMemoryOutput);
 

@@ -199,21 +199,13 @@ fn own_memory_kib() -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
-async fn memory(dir: &std::path::Path, n: usize) -> (u64, u64) {
-    let bpm = engine(
-        Limits {
-            max_running: n,
-            ..Limits::default()
-        },
-        dir,
-    )
-    .await;
-    let before = own_memory_kib();
-    let mut ids = Vec::with_capacity(n);
+/// Starts `n` long `sleep`s and returns once every one has started.
+async fn start_sleeps(bpm: &Engine, n: usize) -> Vec<bpm_domain::ProcessId> {
     let mut events = bpm.subscribe();
+    let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         ids.push(
-            bpm.start(ProcessSpec::argv(["sleep", "120"]))
+            bpm.start(ProcessSpec::argv(["sleep", "300"]))
                 .await
                 .expect("start")
                 .id(),
@@ -225,6 +217,20 @@ async fn memory(dir: &std::path::Path, n: usize) -> (u64, u64) {
             started += 1;
         }
     }
+    ids
+}
+
+async fn memory(dir: &std::path::Path, n: usize) -> (u64, u64) {
+    let bpm = engine(
+        Limits {
+            max_running: n,
+            ..Limits::default()
+        },
+        dir,
+    )
+    .await;
+    let before = own_memory_kib();
+    let ids = start_sleeps(&bpm, n).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = own_memory_kib();
     for id in ids {
@@ -234,6 +240,71 @@ async fn memory(dir: &std::path::Path, n: usize) -> (u64, u64) {
         after.0.saturating_sub(before.0),
         after.1.saturating_sub(before.1),
     )
+}
+
+/// CPU time this process's live threads have used, in nanoseconds (the
+/// scheduler's own count: clock ticks are too coarse for a fraction of a
+/// millisecond).
+fn own_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task").map_or(0, |tasks| {
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    })
+}
+
+/// CPU milliseconds per call of `call`, over `n` calls spaced `gap` apart.
+async fn cpu_ms_per_call<F, Fut>(n: u32, gap: Duration, mut call: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let before = own_cpu_ns();
+    for _ in 0..n {
+        call().await;
+        tokio::time::sleep(gap).await;
+    }
+    own_cpu_ns().saturating_sub(before) as f64 / 1e6 / f64::from(n)
+}
+
+/// CPU milliseconds of `n` idle gaps alone: what the runtime costs meanwhile.
+async fn idle_ms(n: u32, gap: Duration) -> f64 {
+    cpu_ms_per_call(n, gap, || async {}).await
+}
+
+/// The cost of sampling what `n` running trees use, against listing them.
+async fn sampling(dir: &std::path::Path, n: usize) -> (f64, f64, usize) {
+    let bpm = engine(
+        Limits {
+            max_running: n,
+            ..Limits::default()
+        },
+        dir,
+    )
+    .await;
+    let ids = start_sleeps(&bpm, n).await;
+    let gap = Duration::from_millis(50);
+    let rounds = 100;
+    let sampled = bpm.resource_usage().await.expect("usage").len();
+    let usage = cpu_ms_per_call(rounds, gap, || async {
+        bpm.resource_usage().await.expect("usage");
+    })
+    .await;
+    let list = cpu_ms_per_call(rounds, gap, || async {
+        bpm.list(bpm_domain::ListFilter::default())
+            .await
+            .expect("list");
+    })
+    .await;
+    // Each figure is net of what the waits between calls cost by themselves.
+    let idle = idle_ms(rounds, gap).await;
+    let (usage, list) = ((usage - idle).max(0.0), (list - idle).max(0.0));
+    for id in ids {
+        bpm.stop(id, StopOptions::force()).await.expect("stop");
+    }
+    (usage, list, sampled)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +347,19 @@ async fn main() {
         println!(
             "  bpm {s_ours:.0} MiB/s, redirect to a file {s_direct:.0} MiB/s, ratio {:.2} (target >= 0.7)",
             s_ours / s_direct
+        );
+    }
+    if only.is_empty() || only == "sampling" {
+        let n = 200;
+        let (usage, list, sampled) = sampling(dir.path(), n).await;
+        println!("resource usage of {n} running `sleep` trees ({sampled} sampled), CPU per call:");
+        println!(
+            "  sample {usage:.2} ms = {:.2}% of one core at one sample every 2 s (target <= 1%)",
+            usage / 2000.0 * 100.0
+        );
+        println!(
+            "  list of the same records {list:.2} ms (baseline); ratio {:.1}",
+            usage / list.max(0.01)
         );
     }
     if only.is_empty() || only == "memory" {

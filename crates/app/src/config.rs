@@ -23,6 +23,11 @@
 //! read_only = false
 //! redact_env = true
 //! max_output_bytes = 65536
+//!
+//! [web]                    # bpm web (see `crate::web::WebSettings`)
+//! listen = "127.0.0.1:8787"
+//! read_only = false
+//! show_env = false
 //! ```
 
 use std::path::Path;
@@ -50,6 +55,8 @@ pub struct Config {
     pub limits: Limits,
     /// What `bpm mcp` lets agents do.
     pub mcp: crate::mcp::McpConfig,
+    /// How `bpm web` serves the dashboard.
+    pub web: crate::web::WebSettings,
 }
 
 impl Config {

@@ -125,6 +125,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         spawner: Arc::new(spawner),
         clock: Arc::new(bpm_adapters::clock::SystemClock::new()),
         ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
+        usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
     };
     let engine = Engine::start(
         ports,
@@ -156,6 +157,10 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         node: node.to_string(),
         home: home.dir.display().to_string(),
         keeper: Some(keeper),
+        started_at: Some(bpm_ports::Clock::now(
+            &bpm_adapters::clock::SystemClock::new(),
+        )),
+        limits: Some(config.limits.clone()),
     };
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, manager, info, stop_tx));

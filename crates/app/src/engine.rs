@@ -35,8 +35,8 @@ use bpm_domain::{
 };
 use bpm_ports::{
     Clock, Completion, EventBus, IdGenerator, ManagerError, OutputChunk, OutputQuery, OutputStore,
-    ProcessManager, ProcessNotice, ProcessSpawner, ProcessStore, SpawnRequest, StopOptions,
-    StoreError, StoreWrite, StreamSelect,
+    ProcessManager, ProcessNotice, ProcessSpawner, ProcessStore, ResourceSampler, ResourceUsage,
+    SampleTarget, SpawnRequest, StopOptions, StoreError, StoreWrite, StreamSelect,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -72,6 +72,8 @@ pub struct Ports {
     pub clock: Arc<dyn Clock>,
     /// New ids.
     pub ids: Arc<dyn IdGenerator>,
+    /// What running process trees use.
+    pub usage: Arc<dyn ResourceSampler>,
 }
 
 /// The engine's settings.
@@ -191,6 +193,7 @@ fn merge_changed(changed: &mut Vec<ProcessRecord>, newer: Vec<ProcessRecord>) {
 #[derive(Clone)]
 pub struct Engine {
     ports: Ports,
+    node: NodeId,
     tx: mpsc::UnboundedSender<Msg>,
 }
 
@@ -214,7 +217,7 @@ impl Engine {
             .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
-            core: Supervisor::new(node, config.limits),
+            core: Supervisor::new(node.clone(), config.limits),
             ports: ports.clone(),
             tx: tx.clone(),
             timers: HashMap::new(),
@@ -255,7 +258,7 @@ impl Engine {
             driver.on_msg(msg, &mut None, &mut inbox).await;
         }
         tokio::spawn(driver.run(inbox));
-        Ok(Engine { ports, tx })
+        Ok(Engine { ports, node, tx })
     }
 
     /// Stops the loop. Processes keep running; a new engine re-attaches them.
@@ -574,6 +577,20 @@ impl ProcessManager for Engine {
 
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
         self.call(Input::Remove { id }).await.map(|_| ())
+    }
+
+    async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError> {
+        let live = self
+            .list(ListFilter {
+                node: Some(self.node.clone()),
+                ..ListFilter::holding_slots()
+            })
+            .await?;
+        let targets = live
+            .iter()
+            .filter_map(|r| r.pid().map(|pid| SampleTarget { id: r.id(), pid }))
+            .collect();
+        Ok(self.ports.usage.sample(targets).await)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod engine;
 pub mod keeper;
 pub mod mcp;
+pub mod web;
 pub mod wiring;
 
 pub use engine::{Engine, EngineConfig, Ports};

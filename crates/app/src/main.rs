@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().take(2).collect();
     if matches!(
         args.get(1).map(String::as_str),
-        Some("daemon" | "keeper" | "mcp")
+        Some("daemon" | "keeper" | "mcp" | "web")
     ) {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use bpm_adapters::control::DaemonClient;
 use bpm_adapters::mcp::{McpServer, Policy, StartDefaults};
 use bpm_domain::{Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec};
-use bpm_ports::{Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, StopOptions};
+use bpm_ports::{
+    Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
+};
 use rmcp::ServiceExt as _;
 use serde::Deserialize;
 use tokio::sync::broadcast;
@@ -119,6 +121,23 @@ impl Reconnecting {
         }))
     }
 
+    /// The daemon's status, on a new connection if the daemon went away.
+    ///
+    /// # Errors
+    /// As [`DaemonClient::status`].
+    pub async fn status(&self) -> Result<bpm_adapters::control::wire::DaemonStatus, ManagerError> {
+        self.retried(|c| async move { c.status().await }).await
+    }
+
+    /// The daemon's recent events, on a new connection if the daemon went away.
+    ///
+    /// # Errors
+    /// As [`DaemonClient::recent_events`].
+    pub async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
+        self.retried(|c| async move { c.recent_events().await })
+            .await
+    }
+
     async fn current(&self) -> (u64, DaemonClient) {
         self.client.read().await.clone()
     }
@@ -165,34 +184,43 @@ impl Reconnecting {
         }
     }
 
-    /// Forwards the current connection's events to subscribers, moving to each new connection.
+    /// Forwards the daemon's events to subscribers while there are any, on
+    /// a connection of its own: once the last subscriber has gone, the next
+    /// event closes that connection, so the daemon sends nothing to a
+    /// `bpm web` with no page open. A daemon restart moves it to the next daemon.
     fn forward(self: &Arc<Self>) {
-        if self
-            .forwarding
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.forwarding.swap(true, SeqCst) {
             return;
         }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(me) = weak.upgrade() else { return };
-                let (generation, client) = me.current().await;
-                let mut rx = client.subscribe();
-                let tx = me.events.clone();
+                let (tx, connected) = (me.events.clone(), daemon::connect_or_start(&me.home).await);
                 drop(me);
+                let Ok(client) = connected else {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                };
+                let mut rx = client.subscribe();
                 loop {
                     match rx.recv().await {
                         Ok(event) => {
-                            let _ = tx.send(event);
+                            if tx.send(event).is_ok() {
+                                continue;
+                            }
+                            // No one listens. Stop, unless a subscriber came
+                            // meanwhile and found the flag still set.
+                            let Some(me) = weak.upgrade() else { return };
+                            me.forwarding.store(false, SeqCst);
+                            if me.events.receiver_count() == 0 || me.forwarding.swap(true, SeqCst) {
+                                return;
+                            }
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
-                }
-                let Some(me) = weak.upgrade() else { return };
-                if me.reconnect(generation).await.is_err() {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
         });
@@ -310,6 +338,11 @@ impl ProcessManager for ReconnectingManager {
     }
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
         self.0.retried(|c| async move { c.remove(id).await }).await
+    }
+    async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError> {
+        self.0
+            .retried(|c| async move { c.resource_usage().await })
+            .await
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self.0.events.subscribe();

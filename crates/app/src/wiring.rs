@@ -7,7 +7,7 @@ use bpm_adapters::clock::SystemClock;
 use bpm_adapters::fs::FileOutput;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, DEFAULT_OUTPUT_CAP, InMemoryOutput, InMemoryStore};
-use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
+use bpm_adapters::os::{OsSpawner, OsSpawnerConfig, ProcSampler};
 use bpm_ports::{ManagerError, OutputStore, ProcessStore};
 
 use crate::{Engine, EngineConfig, Ports};
@@ -47,6 +47,7 @@ pub async fn engine_on(
         spawner: Arc::new(OsSpawner::new(output, OsSpawnerConfig::default())),
         clock: Arc::new(SystemClock::new()),
         ids: Arc::new(UuidV7Ids::new()),
+        usage: Arc::new(ProcSampler::new()),
     };
     Engine::start(ports, config).await
 }

@@ -43,6 +43,7 @@ fn ports_with(
         spawner: spawner.clone(),
         clock: clock.clone(),
         ids: Arc::new(UuidV7Ids::new()),
+        usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
     };
     (ports, spawner)
 }
@@ -1480,6 +1481,7 @@ async fn os_engine_with(max_running: usize) -> (Engine, Arc<Watched>) {
         spawner: spawner.clone(),
         clock,
         ids: Arc::new(UuidV7Ids::new()),
+        usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
     };
     (engine_with_slots(ports, max_running).await, spawner)
 }

@@ -665,3 +665,58 @@ async fn processes_are_resources_with_update_notifications() {
     }
     assert!(seen.updated.lock().expect("lock").contains(&record_uri));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_what_a_running_tree_uses() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    let listen = "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\ntime.sleep(60)";
+    ok(
+        &c,
+        "start_background_process",
+        json!({"argv": ["python3", "-c", listen], "name": "dev-server"}),
+    )
+    .await;
+    let waited = ok(&c, "wait_for_process", json!({"process_id": "dev-server", "until": "pattern", "pattern": "^[0-9]+$", "timeout_secs": 20})).await;
+    assert_eq!(waited["condition_met"], true, "{waited}");
+    let output = ok(
+        &c,
+        "get_process_output",
+        json!({"process_id": "dev-server"}),
+    )
+    .await;
+    let port: u16 = output["text"]
+        .as_str()
+        .expect("output text")
+        .trim()
+        .parse()
+        .expect("the port");
+    let status = ok(
+        &c,
+        "get_background_process_status",
+        json!({"process_id": "dev-server"}),
+    )
+    .await;
+    assert_eq!(status["listening_ports"], json!([port]), "{status}");
+    assert!(
+        status["rss_bytes"].as_u64().unwrap_or(0) > 1 << 20,
+        "{status}"
+    );
+    assert!(status["cpu_percent"].is_number(), "{status}");
+    ok(
+        &c,
+        "stop_background_process",
+        json!({"process_id": "dev-server"}),
+    )
+    .await;
+    let ended = ok(
+        &c,
+        "get_background_process_status",
+        json!({"process_id": "dev-server"}),
+    )
+    .await;
+    assert!(
+        ended["rss_bytes"].is_null() && ended["listening_ports"].is_null(),
+        "{ended}"
+    );
+}

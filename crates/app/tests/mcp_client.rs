@@ -6,65 +6,27 @@
 //! test makes a virtualenv in `target/mcp-venv` and installs the pinned client
 //! with pip once. It fails, never skips, when neither works.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::process::Command;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn has_client(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import mcp, sys; from importlib.metadata import version; sys.exit(version('mcp') != '2.3.0')"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use support::workspace_root;
 
 /// A Python with the pinned MCP client.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("BPM_MCP_PYTHON") {
-        let p = PathBuf::from(p);
-        assert!(
-            has_client(&p),
-            "BPM_MCP_PYTHON={} lacks mcp==2.3.0: pip install -r tests/mcp/requirements.txt",
-            p.display()
-        );
-        return p;
-    }
-    let root = workspace_root();
-    let venv = root.join("target/mcp-venv");
-    let python = venv.join("bin/python");
-    if has_client(&python) {
-        return python;
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 runs (the MCP client test needs Python 3.10 or later)");
-    assert!(made.success(), "python3 -m venv {} failed", venv.display());
-    let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "-r"])
-        .arg(root.join("tests/mcp/requirements.txt"))
-        .status()
-        .expect("pip runs");
-    assert!(
-        installed.success() && has_client(&python),
-        "could not install the pinned MCP client into {}",
-        venv.display()
-    );
-    python
+fn python() -> std::path::PathBuf {
+    support::python(
+        "BPM_MCP_PYTHON",
+        "mcp-venv",
+        "tests/mcp/requirements.txt",
+        "import mcp, sys; from importlib.metadata import version; sys.exit(version('mcp') != '2.3.0')",
+    )
 }
 
 #[test]
 fn the_python_mcp_client_runs_the_agent_scenario() {
     let python = python();
     let home = tempfile::tempdir().expect("home");
-    let bpm = env!("CARGO_BIN_EXE_bpm");
+    let bpm = support::BPM;
     let out = Command::new(&python)
         .arg(workspace_root().join("tests/mcp/scenario.py"))
         .arg(bpm)

@@ -33,6 +33,17 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
+    /// The records that hold a slot: starting, running, paused or stopping.
+    pub fn holding_slots() -> Self {
+        ListFilter {
+            states: StateName::ALL
+                .into_iter()
+                .filter(|s| s.is_active())
+                .collect(),
+            ..ListFilter::default()
+        }
+    }
+
     /// Whether `record` passes every condition but `after` and `limit`.
     pub fn matches(&self, record: &ProcessRecord) -> bool {
         (self.states.is_empty() || self.states.contains(&record.state()))

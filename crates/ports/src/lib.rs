@@ -1,5 +1,5 @@
 //! bpm's ports: the async traits the core needs (clock, ids, persistence,
-//! output, process spawning, events) and [`ProcessManager`], the API that every
+//! output, process spawning, events, resource usage) and [`ProcessManager`], the API that every
 //! front end (library, CLI, daemon, MCP) uses.
 //!
 //! Every method documents the errors it MUST return; the contract suites in
@@ -14,6 +14,7 @@ mod output;
 mod resolve;
 mod spawner;
 mod store;
+mod usage;
 
 #[cfg(feature = "contract")]
 pub mod contract;
@@ -28,9 +29,11 @@ pub use output::{
 pub use resolve::{ResolveError, resolve_id};
 pub use spawner::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
 pub use store::{ProcessStore, StoreError, StoreWrite};
+pub use usage::{ResourceSampler, ResourceUsage, SampleTarget};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use {
     clock::MockClock, events::MockEventBus, ids::MockIdGenerator, manager::MockProcessManager,
     output::MockOutputStore, spawner::MockProcessSpawner, store::MockProcessStore,
+    usage::MockResourceSampler,
 };

@@ -7,7 +7,7 @@ use bpm_domain::{
 };
 use tokio::sync::broadcast;
 
-use crate::{OutputChunk, OutputError, OutputQuery, SpawnError, StoreError};
+use crate::{OutputChunk, OutputError, OutputQuery, ResourceUsage, SpawnError, StoreError};
 
 /// How to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -305,6 +305,17 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// - MUST return [`ManagerError::NotFound`] for an unknown id.
     /// - MUST return [`ManagerError::Refused`] if it has not finished.
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError>;
+
+    /// What the process trees of the running records of this manager's node
+    /// use now (CPU, resident memory, listening ports), one entry per record
+    /// whose tree still has a live process. Sampling is done on request:
+    /// nothing is measured while no one asks.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::Store`] if the records cannot be listed.
+    /// - MUST return [`ManagerError::Connection`] or [`ManagerError::ShutDown`]
+    ///   if the manager cannot be reached.
+    async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError>;
 
     /// Every event from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;

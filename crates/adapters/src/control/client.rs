@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bpm_domain::{Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec};
-use bpm_ports::{Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, StopOptions};
+use bpm_ports::{
+    Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
+};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
@@ -417,6 +419,12 @@ impl ProcessManager for DaemonClient {
     }
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
         self.done(Request::Remove { id }).await
+    }
+    async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError> {
+        match self.call(Request::Usage).await? {
+            Reply::Usage(u) => Ok(u),
+            other => Err(unexpected(&other)),
+        }
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self

@@ -30,6 +30,10 @@ pub struct ServerInfo {
     pub home: String,
     /// The keeper it talks to (pid, version, protocol), when it has one.
     pub keeper: Option<String>,
+    /// When it started.
+    pub started_at: Option<bpm_domain::Timestamp>,
+    /// Its supervision limits.
+    pub limits: Option<bpm_domain::Limits>,
 }
 
 type Writer = Arc<Mutex<OwnedWriteHalf>>;
@@ -141,6 +145,10 @@ async fn connection(
     shutdown: mpsc::UnboundedSender<bool>,
     recent: Recent,
 ) {
+    // Dropped when this reader returns: a subscription ends with the
+    // connection's reading side, not only when a send fails, so a client
+    // that closes its side is not sent events for ever.
+    let (_reading, reader_open) = tokio::sync::watch::channel(());
     let hello = match read_line(&mut reader, MAX_REQUEST_BYTES).await {
         Ok(Some(line)) => serde_json::from_slice::<Hello>(&line).ok(),
         _ => return,
@@ -212,12 +220,13 @@ async fn connection(
                 continue;
             }
         };
-        let (manager, info, shutdown, writer, recent) = (
+        let (manager, info, shutdown, writer, recent, open) = (
             manager.clone(),
             info.clone(),
             shutdown.clone(),
             writer.clone(),
             recent.clone(),
+            reader_open.clone(),
         );
         tokio::spawn(async move {
             let id = call.id;
@@ -231,7 +240,7 @@ async fn connection(
                 answer(&writer, id, Ok(Reply::Events(events))).await;
                 return;
             }
-            let result = dispatch(call.request, &manager, &info, &shutdown, &writer).await;
+            let result = dispatch(call.request, &manager, &info, &shutdown, &writer, open).await;
             answer(&writer, id, result.map_err(|e| WireError::from(&e))).await;
         });
     }
@@ -243,6 +252,7 @@ async fn dispatch(
     info: &ServerInfo,
     shutdown: &mpsc::UnboundedSender<bool>,
     writer: &Writer,
+    mut reader_open: tokio::sync::watch::Receiver<()>,
 ) -> Result<Reply, ManagerError> {
     let record = |r| Reply::Record(Box::new(r));
     Ok(match request {
@@ -319,7 +329,11 @@ async fn dispatch(
             let writer = writer.clone();
             tokio::spawn(async move {
                 loop {
-                    match events.recv().await {
+                    let received = tokio::select! {
+                        r = events.recv() => r,
+                        _ = reader_open.changed() => return,
+                    };
+                    match received {
                         Ok(event) => {
                             if !send(
                                 &writer,
@@ -353,8 +367,11 @@ async fn dispatch(
                 home: info.home.clone(),
                 keeper: info.keeper.clone(),
                 counts,
+                started_at: info.started_at,
+                limits: info.limits.clone(),
             }))
         }
+        Request::Usage => Reply::Usage(m.resource_usage().await?),
         Request::Shutdown { kill_all } => {
             if kill_all {
                 m.stop_level(0, StopOptions::default()).await?;

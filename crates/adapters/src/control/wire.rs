@@ -17,6 +17,8 @@
 //!    that ignored `env` would start processes without their variables.)
 //!    `wait_many` (`{"ids":[...],"timeout_ms":N}`) answers `"done"` once
 //!    every one of the records has finished.
+//!    `usage` answers `{"usage":[...]}`: what the trees of running records
+//!    use (a daemon before it answers `bad_request`).
 //! 3. After `{"id":N,"method":"subscribe"}`, the daemon also sends
 //!    `{"event":{...}}` lines for every event, until the connection closes.
 //!
@@ -25,9 +27,10 @@
 //! a request is answered with `bad_request` (id 0 when none could be read).
 
 use bpm_domain::{
-    Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Span, StateName,
+    Event, Limits, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Span, StateName,
+    Timestamp,
 };
-use bpm_ports::{ManagerError, OutputChunk, OutputQuery};
+use bpm_ports::{ManagerError, OutputChunk, OutputQuery, ResourceUsage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -126,6 +129,8 @@ pub enum Request {
     Subscribe,
     RecentEvents,
     Status,
+    /// What running process trees use (`resource_usage`).
+    Usage,
     Shutdown {
         kill_all: bool,
     },
@@ -142,7 +147,7 @@ pub struct Call {
 }
 
 /// What the daemon says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     /// Its process id.
     pub pid: u32,
@@ -160,6 +165,13 @@ pub struct DaemonStatus {
     pub keeper: Option<String>,
     /// Records per state.
     pub counts: std::collections::BTreeMap<String, usize>,
+    /// When the daemon started (absent from daemons before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// Its supervision limits, for showing slots in use (absent from daemons
+    /// before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// A successful answer.
@@ -177,6 +189,7 @@ pub enum Reply {
     Output(OutputChunk),
     Status(Box<DaemonStatus>),
     Events(Vec<Event>),
+    Usage(Vec<ResourceUsage>),
     Done,
 }
 

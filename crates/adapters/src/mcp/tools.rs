@@ -109,7 +109,15 @@ impl McpServer {
             "get_background_process_status" => {
                 let a: IdArgs = parse(name, args)?;
                 let r = self.manager().get(self.id(&a.process_id).await?).await;
-                Ok(Reply::json(self.view(&r.map_err(manager_error)?)))
+                let r = r.map_err(manager_error)?;
+                let mut v = self.view(&r);
+                let usage = if r.state().is_active() {
+                    self.manager().resource_usage().await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                crate::view::add_usage(&mut v, usage.iter().find(|u| u.id == r.id()));
+                Ok(Reply::json(v))
             }
             "list_background_processes" => self.list(parse(name, args)?).await,
             "get_process_output" => self.output(parse(name, args)?).await,

@@ -4,8 +4,10 @@
 //! descendant (see the `tree` module).
 
 mod capture;
+mod listening;
 mod spawn;
 mod tree;
+mod usage;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{CStr, CString, OsString};
@@ -24,6 +26,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
+
+pub use usage::ProcSampler;
 
 /// The environment variable that carries a process's own record id.
 pub const PROCESS_ID_ENV: &str = tree::MARK;

@@ -75,13 +75,13 @@ impl From<ManagerError> for CliError {
     }
 }
 
-type Outcome = Result<ExitCode, CliError>;
+pub(super) type Outcome = Result<ExitCode, CliError>;
 
-fn color_on(stream_is_tty: bool) -> bool {
+pub(super) fn color_on(stream_is_tty: bool) -> bool {
     stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -137,6 +137,21 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 show_env,
             };
             crate::mcp::run(&home, flags)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| CliError::failed(format!("{e:#}")))
+        }
+        Command::Web {
+            listen,
+            read_only,
+            open,
+        } => {
+            let flags = crate::web::WebFlags {
+                listen,
+                read_only,
+                open,
+            };
+            crate::web::run(&home, flags)
                 .await
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| CliError::failed(format!("{e:#}")))
@@ -221,10 +236,14 @@ async fn command(m: &DaemonClient, command: Command) -> Outcome {
         Command::Ps(args) => ps(m, args).await,
         Command::Show { id, json: as_json } => {
             let r = m.get(resolve(m, &id).await?).await?;
+            let usage = usage_of(m, std::slice::from_ref(&r)).await;
+            let usage = usage.get(&r.id());
             if as_json {
-                println!("{}", json(&record_json(&r)));
+                let mut v = record_json(&r);
+                bpm_adapters::view::add_usage(&mut v, usage);
+                println!("{}", json(&v));
             } else {
-                show(&r);
+                show(&r, usage);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -299,10 +318,15 @@ async fn command(m: &DaemonClient, command: Command) -> Outcome {
             let c = m.fail(resolve(m, &id).await?, message).await?;
             Ok(report_completion(&c))
         }
+        Command::Top {
+            interval,
+            iterations,
+        } => super::top::top(m, interval, iterations).await,
         Command::Daemon(_)
         | Command::Completions { .. }
         | Command::Keeper { .. }
-        | Command::Mcp { .. } => {
+        | Command::Mcp { .. }
+        | Command::Web { .. } => {
             unreachable!("handled before connecting")
         }
     }
@@ -705,20 +729,36 @@ async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     let color = color_on(std::io::stdout().is_terminal());
+    let usage = usage_of(m, &records).await;
     println!("{}", table::header());
     let now = now();
     let rows = if a.tree {
-        table::tree(&records, now, color)
+        table::tree(&records, &usage, now, color)
     } else {
         records
             .iter()
-            .map(|r| table::row(r, now, "", color))
+            .map(|r| table::row(r, usage.get(&r.id()), now, "", color))
             .collect()
     };
     for line in rows {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the running trees among `records` use; empty when none runs or
+/// the daemon cannot say (a daemon from before `usage`).
+async fn usage_of(m: &DaemonClient, records: &[ProcessRecord]) -> table::Usage {
+    if !records
+        .iter()
+        .any(|r| r.state().is_active() && r.pid().is_some())
+    {
+        return table::Usage::new();
+    }
+    m.resource_usage()
+        .await
+        .map(|all| all.into_iter().map(|u| (u.id, u)).collect())
+        .unwrap_or_default()
 }
 
 /// Prints `records` as one JSON array, each record made JSON as it is
@@ -745,7 +785,7 @@ fn print_records(records: &[ProcessRecord]) -> Result<(), CliError> {
     }
 }
 
-fn show(r: &ProcessRecord) {
+fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
     let l = r.lifecycle();
     let spec = r.spec();
     let field = |k: &str, v: String| println!("{k:<14}{v}");
@@ -769,6 +809,22 @@ fn show(r: &ProcessRecord) {
             .unwrap_or_default(),
     );
     field("pid", r.pid().map_or("-".into(), |p| p.to_string()));
+    if let Some(u) = usage {
+        field(
+            "usage",
+            format!(
+                "CPU {}, memory {} ({} process{})",
+                table::cpu(u.cpu_percent),
+                table::memory(u.rss_bytes),
+                u.processes,
+                if u.processes == 1 { "" } else { "es" }
+            ),
+        );
+        if !u.listening_ports.is_empty() {
+            let ports: Vec<String> = u.listening_ports.iter().map(u16::to_string).collect();
+            field("ports", ports.join(", "));
+        }
+    }
     if let Some(e) = l.exit() {
         field("exit", e.to_string());
     }
@@ -920,7 +976,11 @@ async fn pick(m: &DaemonClient, live: Vec<StateName>) -> Result<ProcessId, CliEr
     let now = now();
     eprintln!("    {}", table::header());
     for (i, r) in records.iter().enumerate() {
-        eprintln!("{:>3} {}", i + 1, table::row(r, now, "", color_on(true)));
+        eprintln!(
+            "{:>3} {}",
+            i + 1,
+            table::row(r, None, now, "", color_on(true))
+        );
     }
     eprint!("stop which? [1-{}] ", records.len());
     let mut line = String::new();

@@ -9,6 +9,7 @@
 mod commands;
 mod resolve;
 mod table;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,6 +157,27 @@ pub enum Command {
         /// Show environment values to the agent instead of redacting them.
         #[arg(long)]
         show_env: bool,
+    },
+    /// Serve the live dashboard on a local web page; prints its URL (with the token).
+    Web {
+        /// Listen on ADDR:PORT (default 127.0.0.1 and a free port).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// Show, never change: hide and refuse every action.
+        #[arg(long)]
+        read_only: bool,
+        /// Open the page in a browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
+    /// A live view of running processes: CPU, memory and ports of each tree.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+        interval: f64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(short = 'n', long, value_name = "N")]
+        iterations: Option<u64>,
     },
     /// The keeper: the parent of every process on this node (started by the daemon).
     #[command(hide = true)]
@@ -369,7 +391,7 @@ pub fn main() -> ExitCode {
     // processes). What waits for the disk goes to the blocking pool. The
     // MCP server, which can embed the whole manager, keeps worker threads;
     // a command does one thing and starts faster on the thread it has.
-    let mut builder = if matches!(cli.command, Command::Mcp { .. }) {
+    let mut builder = if matches!(cli.command, Command::Mcp { .. } | Command::Web { .. }) {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(2);
         b

@@ -4,6 +4,32 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bpm_domain::{ProcessId, ProcessRecord, StateName, Timestamp};
+use bpm_ports::ResourceUsage;
+
+/// What running trees use, by record (empty when the daemon cannot say).
+pub(super) type Usage = HashMap<ProcessId, ResourceUsage>;
+
+/// `512K`, `38M`, `1.2G`.
+pub(super) fn memory(bytes: u64) -> String {
+    const K: u64 = 1 << 10;
+    const M: u64 = 1 << 20;
+    const G: u64 = 1 << 30;
+    #[allow(clippy::cast_precision_loss)]
+    match bytes {
+        0..M => format!("{}K", bytes / K),
+        M..G => format!("{}M", bytes / M),
+        _ => format!("{:.1}G", bytes as f64 / G as f64),
+    }
+}
+
+/// `12%`, `105%`, `0.4%` (a tenth shown below 10).
+pub(super) fn cpu(percent: f64) -> String {
+    if percent < 9.95 {
+        format!("{percent:.1}%")
+    } else {
+        format!("{percent:.0}%")
+    }
+}
 
 /// `12s`, `4m5s`, `3h2m`, `2d4h`.
 pub(super) fn short_duration(d: Duration) -> String {
@@ -42,13 +68,19 @@ fn paint(state: StateName, text: &str, color: bool) -> String {
 /// The table header.
 pub(super) fn header() -> String {
     format!(
-        "{:<8} {:<18} {:<9} {:>7} {:>4} {:>7} {}",
-        "ID", "NAME", "STATE", "PID", "PROG", "TIME", "SESSION"
+        "{:<8} {:<16} {:<9} {:>7} {:>5} {:>5} {:>4} {:>7} {}",
+        "ID", "NAME", "STATE", "PID", "CPU", "MEM", "PROG", "TIME", "SESSION"
     )
 }
 
 /// One row; `indent` prefixes the name (for trees).
-pub(super) fn row(r: &ProcessRecord, now: Timestamp, indent: &str, color: bool) -> String {
+pub(super) fn row(
+    r: &ProcessRecord,
+    usage: Option<&ResourceUsage>,
+    now: Timestamp,
+    indent: &str,
+    color: bool,
+) -> String {
     let name = format!(
         "{indent}{}",
         r.spec().name.as_ref().map_or_else(
@@ -73,15 +105,20 @@ pub(super) fn row(r: &ProcessRecord, now: Timestamp, indent: &str, color: bool) 
         None => r.runtime(now).map_or("-".into(), short_duration),
     };
     let session = r.session().map_or("-".into(), ToString::to_string);
+    let (cpu, mem) = usage.map_or(("-".into(), "-".into()), |u| {
+        (self::cpu(u.cpu_percent), memory(u.rss_bytes))
+    });
     format!(
-        "{:<8} {:<18} {} {:>7} {:>4} {:>7} {}",
+        "{:<8} {:<16} {} {:>7} {:>5} {:>5} {:>4} {:>7} {}",
         r.id().short(),
-        cut(&name, 18),
+        cut(&name, 16),
         paint(state, &format!("{:<9}", cut(state.as_str(), 9)), color),
         cut(&pid, 7),
+        cpu,
+        mem,
         progress,
         cut(&time, 7),
-        cut(&session, 21)
+        cut(&session, 10)
     )
 }
 
@@ -108,6 +145,7 @@ pub(super) fn depths(records: &[ProcessRecord]) -> HashMap<ProcessId, usize> {
 
 struct TreeDrawer<'a> {
     children: HashMap<ProcessId, Vec<&'a ProcessRecord>>,
+    usage: &'a Usage,
     now: Timestamp,
     color: bool,
     out: Vec<String>,
@@ -120,7 +158,13 @@ impl<'a> TreeDrawer<'a> {
             (false, true) => format!("{prefix}└─ "),
             (false, false) => format!("{prefix}├─ "),
         };
-        self.out.push(row(r, self.now, &branch, self.color));
+        self.out.push(row(
+            r,
+            self.usage.get(&r.id()),
+            self.now,
+            &branch,
+            self.color,
+        ));
         let next = match (top, last) {
             (true, _) => String::new(),
             (false, true) => format!("{prefix}   "),
@@ -134,10 +178,16 @@ impl<'a> TreeDrawer<'a> {
 }
 
 /// Rows drawn as a tree: each root, then its children indented under it.
-pub(super) fn tree(records: &[ProcessRecord], now: Timestamp, color: bool) -> Vec<String> {
+pub(super) fn tree<'a>(
+    records: &'a [ProcessRecord],
+    usage: &'a Usage,
+    now: Timestamp,
+    color: bool,
+) -> Vec<String> {
     let ids: std::collections::HashSet<ProcessId> = records.iter().map(ProcessRecord::id).collect();
     let mut drawer = TreeDrawer {
         children: HashMap::new(),
+        usage,
         now,
         color,
         out: Vec::new(),

@@ -11,6 +11,7 @@
 pub mod output;
 pub mod spawner;
 pub mod store;
+pub mod usage;
 
 /// Stamps one test per case of a suite. Internal to the suite macros.
 #[doc(hidden)]
@@ -97,6 +98,21 @@ macro_rules! spawner_contract_tests {
             handed_over_requests_start_on_exits_in_order,
             only_processes_that_hand_over_start_the_next,
             a_start_on_an_exit_is_not_made_twice,
+        );
+    };
+}
+
+/// One test per case of the resource-sampler contract; `$make` gives an
+/// `Arc<dyn ResourceSampler>`.
+#[macro_export]
+macro_rules! usage_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(usage, $make;
+            ended_and_unknown_trees_are_left_out,
+            answers_follow_the_targets,
+            a_childs_memory_counts_toward_its_tree,
+            a_childs_cpu_counts_toward_its_tree,
+            a_listeners_port_is_found,
         );
     };
 }

@@ -1,0 +1,136 @@
+//! `bpm web`: the dashboard, served from the daemon (started when needed)
+//! through a client that reconnects when the daemon restarts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use bpm_adapters::control::wire::DaemonStatus;
+use bpm_adapters::web::{self, DaemonView, WebConfig};
+use bpm_domain::Event;
+use bpm_ports::ManagerError;
+use serde::Deserialize;
+
+use crate::daemon::Home;
+use crate::mcp::{Reconnecting, ReconnectingManager};
+
+/// The `[web]` section of `config.toml`; every key optional.
+///
+/// ```toml
+/// [web]
+/// listen = "127.0.0.1:8787"   # default: 127.0.0.1 and a free port
+/// read_only = false           # true: show, never change
+/// show_env = false            # true: show environment values in the detail pane
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// Where to listen.
+    pub listen: Option<SocketAddr>,
+    /// Refuse every action.
+    pub read_only: bool,
+    /// Show environment values.
+    pub show_env: bool,
+}
+
+/// What `bpm web`'s flags add to the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct WebFlags {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--open`: open a browser on the page.
+    pub open: bool,
+}
+
+/// How often an open page gets resource usage.
+const USAGE_EVERY: Duration = Duration::from_secs(2);
+
+#[async_trait]
+impl DaemonView for ReconnectingManager {
+    async fn status(&self) -> Result<DaemonStatus, ManagerError> {
+        self.0.status().await
+    }
+    async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
+        self.0.recent_events().await
+    }
+}
+
+/// This process's environment as a start form's base, without bpm's own
+/// marks, and without variables that are not UTF-8 (the form cannot show them).
+fn inherited_env() -> std::collections::BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| !matches!(k.as_str(), "BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE"))
+        .collect()
+}
+
+/// Serves the page until interrupted; prints its URL (with the token) first.
+///
+/// # Errors
+/// When the configuration is invalid, no daemon can be reached, the token
+/// cannot be kept, or the address cannot be listened on.
+pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
+    let listen = flags
+        .listen
+        .or(config.web.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let manager = ReconnectingManager(Reconnecting::connect(home.clone()).await?);
+    let token = web::auth::load_or_create_token(&home.dir).with_context(|| {
+        format!(
+            "cannot keep the page's token in {}",
+            home.dir.join(web::auth::TOKEN_FILE).display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    let read_only = flags.read_only || config.web.read_only;
+    let url = format!("http://{local}/?token={token}");
+    if !web::is_loopback(&local) {
+        eprintln!(
+            "bpm web: warning: listening on {local}, which other machines may reach; the token is still required, but it crosses the network unencrypted (prefer 127.0.0.1 and an SSH tunnel: ssh -L {port}:127.0.0.1:{port} HOST)",
+            port = local.port()
+        );
+    }
+    println!("{url}");
+    eprintln!(
+        "bpm web: serving the dashboard{} on {local}; Ctrl-C stops it",
+        if read_only { " (read-only)" } else { "" }
+    );
+    if flags.open {
+        open_browser(&url);
+    }
+    let settings = WebConfig {
+        token,
+        read_only,
+        show_env: config.web.show_env,
+        usage_every: USAGE_EVERY,
+        cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+        env: inherited_env(),
+    };
+    let manager = Arc::new(manager);
+    let served = web::serve(listener, manager.clone(), manager, settings);
+    tokio::select! {
+        r = served => r.context("the web server failed")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+fn open_browser(url: &str) {
+    match std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(_) => {}
+        Err(e) => eprintln!("bpm web: cannot open a browser (xdg-open: {e}); open the URL above"),
+    }
+}
