@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# bpm's whole test suite, with what it needs installed first: the command
+# README.md gives and .ci/run calls. On a fresh Debian or Ubuntu machine it
+# installs redis-server, chromium and chromium-driver with apt-get when they
+# are missing (through sudo when not root), makes the Python virtualenvs
+# for the MCP client and the browser test under target/, and then runs
+# `cargo test --workspace` (arguments are passed on to it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust (rustup); rust-toolchain.toml pins the version" >&2
+  exit 1
+fi
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (apt-get)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+redis-server --version
+/usr/bin/chromium --version 2>/dev/null || true
+
+# Each Python test client lives in its own virtualenv under target/, pinned.
+venv() {
+  local dir="target/$1" requirements="$2"
+  [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  echo "$PWD/$dir/bin/python"
+}
+echo "== Python test clients (pip)"
+BPM_MCP_PYTHON="$(venv mcp-venv tests/mcp/requirements.txt)"
+BPM_WEB_PYTHON="$(venv web-venv tests/web/requirements.txt)"
+export BPM_MCP_PYTHON BPM_WEB_PYTHON
+"$BPM_WEB_PYTHON" -c "import selenium; print('selenium', selenium.__version__)"
+
+echo "== cargo test --workspace"
+exec cargo test --workspace "$@"
