@@ -275,6 +275,20 @@ def scenario(d):
         body.send_keys("/")
         assert d.switch_to.active_element.get_attribute("id") == "search"
 
+    @check("the page follows the system's dark or light preference")
+    def _():
+        def background():
+            rgb = d.execute_script("return getComputedStyle(document.body).backgroundColor")
+            r, g, b = [int(x) for x in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]]
+            return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+        for scheme, dark in [("dark", True), ("light", False)]:
+            d.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                              {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            lum = background()
+            assert (lum < 0.3) == dark, f"{scheme}: background luminance {lum:.2f}"
+            if dark:
+                d.save_screenshot(os.path.join(SHOTS, "dark.png"))
+
     @check("the page fits a phone-width screen")
     def _():
         d.set_window_size(390, 844)

@@ -288,7 +288,10 @@ fn the_live_stream_brings_each_change_and_usage() {
     let mut lines = BufReader::new(s).lines();
     // The stream is open once its first usage sample has come.
     for line in lines.by_ref() {
-        if line.expect("a line").starts_with("event: usage") {
+        if line
+            .expect("a line before the read timeout")
+            .starts_with("event: usage")
+        {
             break;
         }
     }
@@ -401,9 +404,14 @@ fn with_no_page_open_the_server_follows_nothing() {
         .expect("send");
         s.set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
-        let mut lines = BufReader::new(s).lines();
+        let mut lines = BufReader::new(s).lines().map_while(Result::ok);
+        // Subscribed once the first usage sample has come.
+        assert!(
+            lines.any(|l| l.starts_with("event: usage")),
+            "a first sample"
+        );
         web.bpm(&["run", "--", "true"]);
-        let saw = lines.any(|l| l.is_ok_and(|l| l.starts_with("event: change")));
+        let saw = lines.any(|l| l.starts_with("event: change"));
         assert!(saw, "a page gets events");
         assert!(
             sockets(web.pid()) >= idle + 2,
@@ -434,4 +442,33 @@ fn with_no_page_open_the_server_follows_nothing() {
     panic!(
         "the web server holds {now} sockets with no page open, against {idle} before: {mine:#?}"
     );
+}
+
+#[test]
+fn listening_beyond_loopback_warns_and_still_needs_the_token() {
+    let home = tempfile::tempdir().expect("home");
+    let mut child = std::process::Command::new(support::BPM)
+        .args(["web", "--listen", "0.0.0.0:0"])
+        .env("BPM_HOME", home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bpm web");
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut url)
+        .expect("a URL");
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("ended");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(url.contains("?token="), "{url}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("0.0.0.0"),
+        "{stderr}"
+    );
+    let _ = std::process::Command::new(support::BPM)
+        .args(["daemon", "stop", "--kill-all"])
+        .env("BPM_HOME", home.path())
+        .output();
 }
