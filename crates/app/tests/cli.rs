@@ -408,6 +408,8 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     );
     let err = bpm.fails(&["run", "--timeout", "ten seconds", "--", "true"], 4);
     assert!(err.contains("invalid duration \"ten seconds\""), "{err}");
+    let err = bpm.fails(&["run", "--timeout", "0s", "--", "true"], 4);
+    assert!(err.contains("invalid timeout 0"), "{err}");
     let err = bpm.fails(&["run", "--cwd", "/no/such/dir", "--", "true"], 4);
     assert!(
         err.contains("working directory not found: /no/such/dir"),

@@ -349,6 +349,11 @@ pub enum SpecError {
     /// A readiness port of 0 cannot be connected to.
     #[error("invalid readiness port 0")]
     InvalidPort,
+    /// A timeout of zero would stop the process as it starts.
+    #[error(
+        "invalid timeout 0: the process would be stopped as it starts (leave the timeout out for none)"
+    )]
+    ZeroTimeout,
     /// Too many dependencies.
     #[error("too many dependencies: {0} (at most 256)")]
     TooManyDependencies(usize),
@@ -512,6 +517,9 @@ impl ProcessSpec {
         if self.readiness.check == (ReadinessCheck::Port { port: 0 }) {
             return Err(SpecError::InvalidPort);
         }
+        if self.timeout.is_some_and(|t| t.as_duration().is_zero()) {
+            return Err(SpecError::ZeroTimeout);
+        }
         if self.dependencies.len() > 256 {
             return Err(SpecError::TooManyDependencies(self.dependencies.len()));
         }
@@ -560,6 +568,11 @@ mod tests {
             ProcessSpec::argv(["echo", "a\0b"]).validate(),
             Err(SpecError::NulInArgument(1))
         );
+        let mut s = ProcessSpec::argv(["true"]);
+        s.timeout = Some(Span::from_millis(0));
+        assert_eq!(s.validate(), Err(SpecError::ZeroTimeout));
+        s.timeout = Some(Span::from_millis(1));
+        assert_eq!(s.validate(), Ok(()));
         let mut s = ProcessSpec::argv(["true"]);
         Arc::make_mut(&mut s.env).insert("A=B".into(), "x".into());
         assert!(s.validate().unwrap_err().to_string().contains("\"A=B\""));
