@@ -5,8 +5,8 @@
 //! One sample is one scan of /proc, whatever the number of trees: every
 //! process's `stat`, the environment of those not already placed by their
 //! parent chain (once in each process's life), and the open files of tree
-//! members only when this user has a listening TCP socket at all (see
-//! `listening`). CPU time is summed with each member's reaped
+//! members only when one of this user's listening TCP sockets (see
+//! `listening`) is new since the last scan or its holder has gone. CPU time is summed with each member's reaped
 //! children (`cutime`, `cstime`), so a child that ended between two samples
 //! still counts toward the tree that ran it.
 
@@ -154,23 +154,54 @@ struct Totals {
     leader_start: Option<u64>,
 }
 
-fn scan(targets: &[SampleTarget], marks: &mut Marks) -> Vec<Option<Totals>> {
-    let procs = all_procs();
-    let owner = members(&procs, targets, marks);
-    let mut totals: Vec<Option<Totals>> = vec![None; targets.len()];
-    // Only this user's listening sockets can be held by its processes: with
-    // none, no member's open files need reading.
-    let own = rustix::process::getuid().as_raw();
-    let listening: HashMap<u64, u16> = if owner.is_empty() {
-        HashMap::new()
-    } else {
-        listeners()
-            .into_iter()
-            .filter(|(_, l)| l.uid == own)
-            .map(|(inode, l)| (inode, l.port))
-            .collect()
-    };
+/// Which member holds each of this user's listening sockets (`None`: no
+/// member), by socket inode, as last found.
+type Holders = HashMap<u64, Option<u32>>;
+
+/// What the process-wide caches remember between samples.
+#[derive(Debug, Default)]
+struct Memory {
+    marks: Marks,
+    holders: Holders,
+}
+
+/// Finds which members hold this user's listening sockets. Members' open
+/// files are read only when a socket appeared that no earlier scan
+/// placed, or its holder has gone: listeners are few and long-lived, and
+/// reading every member's open files is most of a scan's cost.
+fn place_listeners(
+    listening: &HashMap<u64, u16>,
+    owner: &HashMap<u32, usize>,
+    holders: &mut Holders,
+) {
+    holders.retain(|inode, _| listening.contains_key(inode));
+    let stale = listening.keys().any(|inode| match holders.get(inode) {
+        None => true,
+        Some(Some(pid)) => !owner.contains_key(pid),
+        Some(None) => false,
+    });
+    if !stale {
+        return;
+    }
+    let mut found: HashMap<u64, u32> = HashMap::new();
     let mut held = Vec::new();
+    for &pid in owner.keys() {
+        held.clear();
+        sockets_of(pid, &mut held);
+        for inode in held.iter().filter(|i| listening.contains_key(i)) {
+            found.insert(*inode, pid);
+        }
+    }
+    *holders = listening
+        .keys()
+        .map(|inode| (*inode, found.get(inode).copied()))
+        .collect();
+}
+
+fn scan(targets: &[SampleTarget], memory: &mut Memory) -> Vec<Option<Totals>> {
+    let procs = all_procs();
+    let owner = members(&procs, targets, &mut memory.marks);
+    let mut totals: Vec<Option<Totals>> = vec![None; targets.len()];
     for p in &procs {
         let Some(&i) = owner.get(&p.pid) else {
             continue;
@@ -182,11 +213,24 @@ fn scan(targets: &[SampleTarget], marks: &mut Marks) -> Vec<Option<Totals>> {
         if p.pid == targets[i].pid {
             t.leader_start = Some(p.start);
         }
-        if !listening.is_empty() {
-            held.clear();
-            sockets_of(p.pid, &mut held);
-            t.ports
-                .extend(held.iter().filter_map(|inode| listening.get(inode)));
+    }
+    if owner.is_empty() {
+        return totals;
+    }
+    // Only this user's listening sockets can be held by its processes.
+    let own = rustix::process::getuid().as_raw();
+    let listening: HashMap<u64, u16> = listeners()
+        .into_iter()
+        .filter(|(_, l)| l.uid == own)
+        .map(|(inode, l)| (inode, l.port))
+        .collect();
+    place_listeners(&listening, &owner, &mut memory.holders);
+    for (inode, holder) in &memory.holders {
+        let tree = holder.and_then(|pid| owner.get(&pid));
+        if let (Some(&i), Some(port)) = (tree, listening.get(inode))
+            && let Some(t) = totals[i].as_mut()
+        {
+            t.ports.push(*port);
         }
     }
     for t in totals.iter_mut().flatten() {
@@ -224,7 +268,7 @@ struct Inner {
     hz: f64,
     page: u64,
     previous: Mutex<HashMap<ProcessId, Previous>>,
-    marks: Mutex<Marks>,
+    memory: Mutex<Memory>,
 }
 
 impl Default for ProcSampler {
@@ -240,7 +284,7 @@ impl ProcSampler {
             hz: f64::from(u32::try_from(rustix::param::clock_ticks_per_second()).unwrap_or(100)),
             page: u64::try_from(rustix::param::page_size()).unwrap_or(4096),
             previous: Mutex::new(HashMap::new()),
-            marks: Mutex::new(HashMap::new()),
+            memory: Mutex::new(Memory::default()),
         }))
     }
 }
@@ -297,7 +341,7 @@ impl Inner {
         let totals = scan(
             targets,
             &mut self
-                .marks
+                .memory
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );

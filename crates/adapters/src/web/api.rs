@@ -299,13 +299,7 @@ fn spec_of(s: &Shared, form: &StartForm) -> Result<ProcessSpec, ApiError> {
         .transpose()
         .map_err(|e: bpm_domain::NameError| bad(format!("group: {e}")))?;
     if let Some(t) = set(&form.timeout) {
-        let span = Span::from_str(t).map_err(|e| bad(format!("timeout: {e}")))?;
-        if span.as_duration().is_zero() {
-            return Err(bad(
-                "timeout: must be longer than 0 (leave it blank for none)",
-            ));
-        }
-        spec.timeout = Some(span);
+        spec.timeout = Some(Span::from_str(t).map_err(|e| bad(format!("timeout: {e}")))?);
     }
     if let Some(r) = set(&form.restart) {
         spec.restart.mode = RestartMode::from_str(r).map_err(|e| bad(format!("restart: {e}")))?;

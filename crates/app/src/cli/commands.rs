@@ -718,7 +718,21 @@ async fn filter_from(m: &DaemonClient, args: &PsArgs) -> Result<ListFilter, CliE
 
 async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
     let filter = filter_from(m, &a).await?;
-    let mut records = m.list(filter).await?;
+    // The table's usage is asked for beside the list (one connection
+    // carries both), so its /proc scan adds to the wait only what it
+    // takes beyond the list.
+    let (listed, usage) = if a.json {
+        (m.list(filter).await, Ok(Vec::new()))
+    } else {
+        tokio::join!(m.list(filter), m.resource_usage())
+    };
+    let mut records = listed?;
+    // A daemon from before `usage` cannot say: the table shows dashes.
+    let usage: table::Usage = usage
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
     if let Some(level) = a.level {
         let all = m.list(ListFilter::default()).await?;
         let depths = table::depths(&all);
@@ -729,7 +743,6 @@ async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     let color = color_on(std::io::stdout().is_terminal());
-    let usage = usage_of(m, &records).await;
     println!("{}", table::header());
     let now = now();
     let rows = if a.tree {

@@ -146,10 +146,15 @@ pub async fn a_childs_cpu_counts_toward_its_tree(sampler: Arc<dyn ResourceSample
     assert!(i.cpu_percent < 5.0, "a sleeping tree is idle: {i:?}");
 }
 
-/// A port that a descendant listens on is listed.
+/// A port that a descendant listens on is listed, also when it starts
+/// listening after the tree was first sampled.
 pub async fn a_listeners_port_is_found(sampler: Arc<dyn ResourceSampler>) {
     let mut tree = Tree::start(
-        "python3 -c 'import socket, time\ns = socket.socket()\ns.bind((\"127.0.0.1\", 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\ntime.sleep(30)' & wait",
+        "sleep 0.3; python3 -c 'import socket, time\ns = socket.socket()\ns.bind((\"127.0.0.1\", 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\ntime.sleep(30)' & wait",
+    );
+    assert!(
+        one(&sampler, &tree).await.listening_ports.is_empty(),
+        "not listening yet"
     );
     let port: u16 = tree.first_line().parse().expect("the port");
     let u = until(&sampler, &tree, "the listening port", |u| {
