@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::TcpStream;
+use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
@@ -211,18 +210,8 @@ fn output_is_read_from_cursors_followed_live_and_downloaded() {
         "for i in 1 2 3; do echo out-$i; echo err-$i >&2; sleep 0.3; done",
     ]);
     // Follow from the start: every line arrives, then `end` with the final state.
-    let mut s = TcpStream::connect(("127.0.0.1", web.port)).expect("connect");
-    write!(
-        s,
-        "GET /api/processes/{id}/output/live?cursor=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\n\r\n",
-        web.cookie()
-    )
-    .expect("send");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
     let mut text = String::new();
-    for line in BufReader::new(s).lines() {
-        let line = line.expect("a line");
+    for line in web.stream(&format!("/api/processes/{id}/output/live?cursor=0")) {
         text.push_str(&line);
         text.push('\n');
         if line.starts_with("event: end") {
@@ -276,25 +265,7 @@ fn output_is_read_from_cursors_followed_live_and_downloaded() {
 #[test]
 fn the_live_stream_brings_each_change_and_usage() {
     let web = Web::start(&[]);
-    let mut s = TcpStream::connect(("127.0.0.1", web.port)).expect("connect");
-    write!(
-        s,
-        "GET /api/live HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\n\r\n",
-        web.cookie()
-    )
-    .expect("send");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut lines = BufReader::new(s).lines();
-    // The stream is open once its first usage sample has come.
-    for line in lines.by_ref() {
-        if line
-            .expect("a line before the read timeout")
-            .starts_with("event: usage")
-        {
-            break;
-        }
-    }
+    let lines = web.live();
     let id = web.bpm(&[
         "run",
         "--name",
@@ -309,7 +280,6 @@ fn the_live_stream_brings_each_change_and_usage() {
     ]);
     let (mut started, mut ports) = (false, false);
     for line in lines {
-        let line = line.expect("a line");
         let Some(data) = line.strip_prefix("data: ") else {
             continue;
         };
@@ -395,21 +365,7 @@ fn with_no_page_open_the_server_follows_nothing() {
     web.bpm(&["run", "--", "true"]);
     let idle = sockets(web.pid());
     {
-        let mut s = TcpStream::connect(("127.0.0.1", web.port)).expect("connect");
-        write!(
-            s,
-            "GET /api/live HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\n\r\n",
-            web.cookie()
-        )
-        .expect("send");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let mut lines = BufReader::new(s).lines().map_while(Result::ok);
-        // Subscribed once the first usage sample has come.
-        assert!(
-            lines.any(|l| l.starts_with("event: usage")),
-            "a first sample"
-        );
+        let mut lines = web.live();
         web.bpm(&["run", "--", "true"]);
         let saw = lines.any(|l| l.starts_with("event: change"));
         assert!(saw, "a page gets events");

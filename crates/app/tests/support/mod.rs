@@ -174,6 +174,31 @@ impl Web {
         Response::parse(&raw)
     }
 
+    /// The lines of the server-sent-event stream at `path`, as they come;
+    /// the iterator ends when 20 s pass without one.
+    pub fn stream(&self, path: &str) -> impl Iterator<Item = String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\n\r\n",
+            self.cookie()
+        )
+        .expect("send");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        BufReader::new(s).lines().map_while(Result::ok)
+    }
+
+    /// The live stream, once subscribed (its first usage sample has come).
+    pub fn live(&self) -> impl Iterator<Item = String> {
+        let mut lines = self.stream("/api/live");
+        assert!(
+            lines.any(|l| l.starts_with("event: usage")),
+            "the live stream's first sample"
+        );
+        lines
+    }
+
     /// A GET with the cookie.
     pub fn get(&self, path: &str) -> Response {
         self.request("GET", path, &[("Cookie", &self.cookie())], "")
