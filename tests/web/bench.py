@@ -5,9 +5,11 @@ none. Run by `cargo bench -p bpm --bench web`; prints figures, asserts nothing.
 """
 
 import json
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 sys.argv = sys.argv[:1] + sys.argv[1:4] + ["/tmp"]
@@ -37,7 +39,37 @@ def exit_to_badge(d):
         subprocess.run([b.BPM, "wait", rid], env=b.ENV, check=True, capture_output=True)
         returned = time.time() * 1000
         wait.append(returned - int(b.bpm("logs", rid)) / 1e6)
+    print("  rounds, page:", " ".join(f"{x:.0f}" for x in badge), "| wait:", " ".join(f"{x:.0f}" for x in wait))
     return statistics.median(badge), statistics.median(wait)
+
+
+def exit_to_event():
+    """The same trip to a plain HTTP client reading the event stream: what
+    the server adds, without a browser."""
+    port = int(b.BASE.rsplit(":", 1)[1])
+    token = b.URL.split("token=", 1)[1]
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.sendall(f"GET /api/live HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: bpm_web_{port}={token}\r\n\r\n".encode())
+    seen = {}
+
+    def read():
+        for line in conn.makefile("r"):
+            if line.startswith('data: {"event"'):
+                event = json.loads(line[6:])["event"]
+                if event["state"] == "completed":
+                    seen.setdefault(event["id"], time.time() * 1000)
+
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(2.5)
+    out = []
+    for _ in range(ROUNDS):
+        rid = b.bpm("run", "--shell", "--", "sleep 0.4; date +%s%N")
+        deadline = time.monotonic() + 10
+        while rid not in seen and time.monotonic() < deadline:
+            time.sleep(0.002)
+        out.append(seen[rid] - int(b.bpm("logs", rid)) / 1e6)
+    conn.close()
+    return statistics.median(out)
 
 
 def load(d, n):
@@ -59,11 +91,20 @@ def main():
         b.bpm("run", "--from", "-", "--", stdin=lines)
         b.bpm("wait", *[r["id"] for r in json.loads(b.bpm("ps", "--all", "--json"))])
         full, rows = load(d, 5)
+        # One redraw of the whole table, as each batch of events causes.
+        redraw = d.execute_script("""
+            const t = performance.now();
+            for (let i = 0; i < 50; i++) { window.bpm.order = []; render(); }
+            return (performance.now() - t) / 50;
+        """)
         print("page load, navigation to a drawn table, median of 5:")
         print(f"  {rows} records: {full:.0f} ms; {base_rows} records: {base:.0f} ms (baseline); ratio {full / max(base, 1):.1f}")
+        print(f"  one redraw of the {rows}-row table (order rebuilt): {redraw:.1f} ms (a frame is 16.7 ms)")
         badge, wait = exit_to_badge(d)
         print(f"process exit -> badge changed in the page, median of {ROUNDS}:")
         print(f"  page {badge:.0f} ms; `bpm wait` returning {wait:.0f} ms (baseline); ratio {badge / max(wait, 1):.2f}")
+        raw = exit_to_event()
+        print(f"  the same event at a plain HTTP client reading the stream: {raw:.1f} ms")
     finally:
         d.quit()
 

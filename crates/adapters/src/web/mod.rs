@@ -143,7 +143,14 @@ pub async fn serve(
     daemon: Arc<dyn DaemonView>,
     config: WebConfig,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
     let port = listener.local_addr()?.port();
+    // Events are small writes in quick succession (a start is three or
+    // four): with Nagle's algorithm each waited for the browser's delayed
+    // acknowledgement of the one before, up to 200 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(manager, daemon, config, port)).await
 }
 
