@@ -199,6 +199,18 @@ fn own_memory_kib() -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
+/// An engine with room for `n` processes at once.
+async fn engine_for(n: usize, dir: &std::path::Path) -> Engine {
+    engine(
+        Limits {
+            max_running: n,
+            ..Limits::default()
+        },
+        dir,
+    )
+    .await
+}
+
 /// Starts `n` long `sleep`s and returns once every one has started.
 async fn start_sleeps(bpm: &Engine, n: usize) -> Vec<bpm_domain::ProcessId> {
     let mut events = bpm.subscribe();
@@ -221,14 +233,7 @@ async fn start_sleeps(bpm: &Engine, n: usize) -> Vec<bpm_domain::ProcessId> {
 }
 
 async fn memory(dir: &std::path::Path, n: usize) -> (u64, u64) {
-    let bpm = engine(
-        Limits {
-            max_running: n,
-            ..Limits::default()
-        },
-        dir,
-    )
-    .await;
+    let bpm = engine_for(n, dir).await;
     let before = own_memory_kib();
     let ids = start_sleeps(&bpm, n).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -276,14 +281,7 @@ async fn idle_ms(n: u32, gap: Duration) -> f64 {
 
 /// The cost of sampling what `n` running trees use, against listing them.
 async fn sampling(dir: &std::path::Path, n: usize) -> (f64, f64, usize) {
-    let bpm = engine(
-        Limits {
-            max_running: n,
-            ..Limits::default()
-        },
-        dir,
-    )
-    .await;
+    let bpm = engine_for(n, dir).await;
     let ids = start_sleeps(&bpm, n).await;
     let gap = Duration::from_millis(50);
     let rounds = 100;
