@@ -158,7 +158,46 @@ fn memory_with(n: usize, flags: &str) -> (u64, usize) {
     (total, pids.len())
 }
 
+/// `bpm ps` (the table, which samples resource usage beside the list)
+/// with 200 running shell trees, against `ps --json` (no sampling).
+fn ps_with_running_trees() {
+    let n = 200;
+    let dir = home("[limits]\nmax_running = 250\n");
+    let lines: String = (0..n).map(|_| "sleep 300\n").collect();
+    let mut child = Command::new(BPM)
+        .args(["run", "--from", "-", "--shell"])
+        .env("BPM_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("bpm run");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), lines.as_bytes())
+        .expect("write");
+    drop(child.stdin.take());
+    child.wait().expect("submitted");
+    while bpm(dir.path(), &["ps", "--state", "running", "--json"])
+        .matches("\"pid\"")
+        .count()
+        < n
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = timed(dir.path(), &["ps"], 40);
+    let json = timed(dir.path(), &["ps", "--json"], 40);
+    println!(
+        "bpm ps with {n} running shell trees (median of 40): table with CPU and MEM {:.1} ms; --json (no sampling) {:.1} ms; ratio {:.2}",
+        table.as_secs_f64() * 1e3,
+        json.as_secs_f64() * 1e3,
+        table.as_secs_f64() / json.as_secs_f64()
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 fn main() {
+    if std::env::var("BPM_BENCH").as_deref() == Ok("ps") {
+        ps_with_running_trees();
+        return;
+    }
     println!("the bpm command and its daemon (fs store, keeper)");
     let dir = home("");
     let n = 200;
@@ -307,4 +346,5 @@ fn main() {
             }
         );
     }
+    ps_with_running_trees();
 }
