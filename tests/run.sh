@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bpm's whole test suite, with what it needs installed first: the command
 # README.md gives and .ci/run calls. On a fresh Debian or Ubuntu machine it
-# installs redis-server, chromium and chromium-driver with apt-get when they
-# are missing (through sudo when not root), makes the Python virtualenvs
+# installs what is missing with apt-get (through sudo when not root): a C
+# toolchain, CA certificates, redis-server, chromium, chromium-driver and
+# python3-venv; makes the Python virtualenvs
 # for the MCP client and the browser test under target/, and then runs
 # `cargo test --workspace` (arguments are passed on to it).
 set -euo pipefail
@@ -14,10 +15,14 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 missing=()
+# A C compiler and linker (cargo links with cc; ring builds C), and the
+# certificates pip needs to reach PyPI: a minimal Debian has neither.
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
-python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (apt-get)"
   SUDO=""
