@@ -133,17 +133,25 @@ pub(super) async fn output(
                 let _ = send(&tx, "end", &json!({ "state": state })).await;
                 return;
             }
+            // Read again after a while, or at once when this record ends;
+            // other records' events do not wake it, and its state is asked
+            // for only if events were missed.
             let wait = tokio::time::sleep(READ_AGAIN);
-            tokio::select! {
-                event = events.recv() => {
-                    if let Ok(e) = event && e.id == id && e.state.is_terminal() {
-                        finished = true;
-                    }
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(e) if e.id == id && e.state.is_terminal() => finished = true,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            finished = s.manager.get(id).await.is_ok_and(|r| r.state().is_terminal());
+                        }
+                        Err(broadcast::error::RecvError::Closed) => (&mut wait).await,
+                    },
+                    () = &mut wait => {}
+                    () = tx.closed() => return,
                 }
-                () = wait => {
-                    finished = finished || s.manager.get(id).await.is_ok_and(|r| r.state().is_terminal());
-                }
-                () = tx.closed() => return,
+                break;
             }
         }
     });
