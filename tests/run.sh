@@ -47,4 +47,16 @@ export BPM_MCP_PYTHON BPM_WEB_PYTHON
 "$BPM_WEB_PYTHON" -c "import selenium; print('selenium', selenium.__version__)"
 
 echo "== cargo test --workspace"
-exec cargo test --workspace "$@"
+# Tests clean up after themselves: they get a temporary folder of their own,
+# and whatever they leave in it fails the run.
+tmp="$(mktemp -d /tmp/bpm-tests.XXXXXX)"
+status=0
+TMPDIR="$tmp" cargo test --workspace "$@" || status=$?
+left="$(find "$tmp" -mindepth 1 -maxdepth 1 | head -20)"
+rm -rf "$tmp"
+if [ "$status" = 0 ] && [ -n "$left" ]; then
+  echo "tests passed but left these behind in TMPDIR:"
+  echo "$left"
+  exit 1
+fi
+exit "$status"

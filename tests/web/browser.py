@@ -48,16 +48,26 @@ def check(name):
 
 
 def browser():
+    """A headless Chromium whose profile folder goes when it quits."""
+    profile = tempfile.TemporaryDirectory(prefix="bpm-web-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for arg in [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-dev-shm-usage", "--window-size=1280,720",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='bpm-web-chromium-')}",
+        f"--user-data-dir={profile.name}",
     ]:
         options.add_argument(arg)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    quit_driver = driver.quit
+
+    def quit_and_clean():
+        quit_driver()
+        profile.cleanup()
+
+    driver.quit = quit_and_clean
+    return driver
 
 
 def wait(d, what, cond, timeout=10.0, seen=None):

@@ -12,6 +12,7 @@
 //! - [`web`]: `bpm web`, the live dashboard for people (axum, server-sent events).
 //! - [`view`]: a record as front ends show it in JSON.
 //! - [`os::ProcSampler`]: what process trees use (CPU, memory, ports), from /proc.
+//! - [`private`]: files and folders only their owner can read.
 //! - [`fake`]: a scriptable spawner that runs no OS process, for engine tests.
 
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod keeper;
 pub mod mcp;
 pub mod memory;
 pub mod os;
+pub mod private;
 pub mod redis;
 mod segments;
 mod tail;

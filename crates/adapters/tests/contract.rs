@@ -73,21 +73,55 @@ mod scripted_spawner {
 mod file_output {
     use super::*;
     use bpm_adapters::fs::FileOutput;
+    use bpm_domain::ProcessId;
+    use bpm_ports::{Cursor, OutputChunk, OutputError, OutputQuery, Stream, StreamSelect};
+
+    /// A file output store in a folder of its own, removed with the store.
+    struct InTempDir {
+        store: FileOutput,
+        _dir: tempfile::TempDir,
+    }
+
+    #[async_trait::async_trait]
+    impl OutputStore for InTempDir {
+        async fn append(
+            &self,
+            id: ProcessId,
+            stream: Stream,
+            data: &[u8],
+        ) -> Result<Cursor, OutputError> {
+            self.store.append(id, stream, data).await
+        }
+        async fn read(&self, id: ProcessId, query: &OutputQuery) -> Result<OutputChunk, OutputError> {
+            self.store.read(id, query).await
+        }
+        async fn tail(
+            &self,
+            id: ProcessId,
+            stream: StreamSelect,
+            lines: usize,
+        ) -> Result<OutputChunk, OutputError> {
+            self.store.tail(id, stream, lines).await
+        }
+        async fn remove(&self, id: ProcessId) -> Result<(), OutputError> {
+            self.store.remove(id).await
+        }
+    }
 
     fn store() -> Arc<dyn OutputStore> {
-        // Each test gets its own folder; the OS cleans the temporary directory.
-        let dir =
-            std::env::temp_dir().join(format!("bpm-output-contract-{}", uuid::Uuid::now_v7()));
-        Arc::new(FileOutput::new(dir, CONTRACT_CAP).expect("output folder"))
+        let dir = tempfile::tempdir().expect("output folder");
+        let store = FileOutput::new(dir.path(), CONTRACT_CAP).expect("output folder");
+        Arc::new(InTempDir { store, _dir: dir })
     }
 
     bpm_ports::output_contract_tests!(store());
 
     #[tokio::test]
     async fn output_survives_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("bpm-output-reopen-{}", uuid::Uuid::now_v7()));
+        let temp = tempfile::tempdir().expect("folder");
+        let dir = temp.path();
         let id = bpm_domain::ProcessId::from_uuid(uuid::Uuid::from_u128(7));
-        let first = FileOutput::new(&dir, 1 << 20).expect("folder");
+        let first = FileOutput::new(dir, 1 << 20).expect("folder");
         first
             .append(id, bpm_ports::Stream::Stdout, b"before ")
             .await
@@ -97,7 +131,7 @@ mod file_output {
             .await
             .expect("append");
         drop(first);
-        let second = FileOutput::new(&dir, 1 << 20).expect("folder");
+        let second = FileOutput::new(dir, 1 << 20).expect("folder");
         let chunk = second
             .read(id, &bpm_ports::OutputQuery::default())
             .await
@@ -109,7 +143,6 @@ mod file_output {
             .await
             .expect("append");
         assert_eq!(end.0, 20);
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

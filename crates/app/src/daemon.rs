@@ -1,6 +1,6 @@
 //! The per-user daemon: one per state directory, serving the control socket.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -54,10 +54,11 @@ impl Home {
     /// Creates the directory, readable by its owner only.
     ///
     /// # Errors
-    /// The directory cannot be made or restricted.
+    /// The directory cannot be made or restricted, or another user owns it.
     pub fn prepare(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir)
+        bpm_adapters::private::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        bpm_adapters::private::check_owner(&self.dir)?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict {} to its owner", self.dir.display()))
     }
@@ -85,7 +86,7 @@ fn describe(choice: &StoreChoice) -> String {
 /// or the store or the socket cannot be opened.
 pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()> {
     home.prepare()?;
-    let lock = OpenOptions::new()
+    let lock = bpm_adapters::private::options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -184,7 +185,11 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
 
 fn write_pid(path: &Path) -> Result<()> {
     let tmp = path.with_extension("pid.tmp");
-    let mut f = fs::File::create(&tmp)?;
+    let mut f = bpm_adapters::private::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     writeln!(f, "{}", std::process::id())?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;
@@ -294,7 +299,7 @@ pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError>
     }
     home.prepare()
         .map_err(|e| ManagerError::Connection(e.to_string()))?;
-    let log = OpenOptions::new()
+    let log = bpm_adapters::private::options()
         .create(true)
         .append(true)
         .open(home.log())

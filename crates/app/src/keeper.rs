@@ -1,7 +1,7 @@
 //! The keeper process (`bpm keeper`, started by the daemon): the parent of
 //! every process bpm runs on this node. See `bpm_adapters::keeper`.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ pub(crate) async fn output_for(
 /// Another keeper runs for this state directory, or its socket cannot be opened.
 pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
     home.prepare()?;
-    let lock = OpenOptions::new()
+    let lock = bpm_adapters::private::options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -118,7 +118,7 @@ pub async fn connect_or_start(home: &Home, store: &StoreChoice) -> Result<Keeper
     if let Some(k) = connect(&socket).await? {
         return Ok(k);
     }
-    let log = OpenOptions::new()
+    let log = bpm_adapters::private::options()
         .create(true)
         .append(true)
         .open(home.dir.join("keeper.log"))?;

@@ -1122,3 +1122,55 @@ fn a_queue_runs_through_the_keeper_in_order_and_a_stopped_record_never_runs() {
         assert_eq!(record["exit_code"], n % 3, "{record}");
     }
 }
+
+/// Every file bpm writes under its state directory is `0600` and every
+/// folder `0700`: records hold the caller's whole environment.
+#[test]
+fn everything_in_the_state_directory_is_private_to_its_owner() {
+    let bpm = Bpm::new();
+    bpm.ok(&["run", "--wait", "--", "sh", "-c", "echo out; echo err >&2"]);
+    let mut seen = 0;
+    let mut todo = vec![bpm.home().to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{}", path.display());
+                todo.push(path);
+            } else {
+                assert_eq!(mode, 0o600, "{}", path.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 8, "only {seen} files under {}", bpm.home().display());
+}
+
+/// A state directory that another user owns is refused, as ssh refuses a
+/// key file others can change, with what to do.
+#[test]
+fn a_state_directory_owned_by_another_user_is_refused() {
+    let bpm = Bpm::new();
+    let foreign = if rustix::process::geteuid().is_root() {
+        let dir = bpm.home().join("theirs");
+        std::fs::create_dir(&dir).expect("mkdir");
+        rustix::fs::chown(&dir, Some(rustix::fs::Uid::from_raw(65534)), None).expect("chown");
+        dir
+    } else {
+        PathBuf::from("/")
+    };
+    let out = bpm
+        .cmd(&["run", "--", "true"])
+        .env("BPM_HOME", &foreign)
+        .output()
+        .expect("bpm runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("belongs to user") && err.contains("BPM_HOME"),
+        "{err}"
+    );
+    assert!(!foreign.join("bpm.sock").exists());
+}

@@ -26,7 +26,7 @@
 //! record, makes the result durable, and starts a fresh generation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -335,7 +335,7 @@ impl Journal {
     pub(super) fn start(dir: &Path, capacity: u64, newest: u64) -> io::Result<Journal> {
         let capacity = capacity.max(HEADER + 4096);
         let open = |n: usize| -> io::Result<File> {
-            let file = OpenOptions::new()
+            let file = crate::private::options()
                 .read(true)
                 .write(true)
                 .create(true)

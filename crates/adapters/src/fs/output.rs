@@ -12,7 +12,7 @@
 //! written.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ impl FileOutput {
     /// The folder cannot be created.
     pub fn new(root: impl Into<PathBuf>, cap: u64) -> io::Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root)?;
+        crate::private::create_dir_all(&root)?;
         Ok(FileOutput {
             root,
             cap: cap.max(2),
@@ -140,7 +140,7 @@ fn append_to(
     mut data: &[u8],
 ) -> io::Result<()> {
     let segment_max = (cap / 2).max(1);
-    fs::create_dir_all(dir)?;
+    crate::private::create_dir_all(dir)?;
     let len = data.len() as u64;
     if len > segment_max {
         // Only the newest part fits a segment. Its front is dropped, so
@@ -166,7 +166,7 @@ fn append_to(
     }
     let segment = log.segments.last_mut().expect("a segment");
     let mut file =
-        OpenOptions::new()
+        crate::private::options()
             .create(true)
             .append(true)
             .open(seg_path(dir, segment.start, "data"))?;
@@ -177,7 +177,7 @@ fn append_to(
         // Extending the last run keeps the index small; its length must fit the 4 bytes.
         Some(run) if run.stream == stream && u32::try_from(run.len + n).is_ok() => {
             run.len += n;
-            let idx = OpenOptions::new().write(true).open(&idx_path)?;
+            let idx = crate::private::options().write(true).open(&idx_path)?;
             let pos = (segment.runs.len() as u64 - 1) * RUN_BYTES + 1;
             idx.write_all_at(
                 &u32::try_from(segment.runs.last().map_or(0, |r| r.len))
@@ -189,7 +189,7 @@ fn append_to(
         _ => {
             let at = segment.len();
             segment.runs.push(Run { stream, at, len: n });
-            let mut idx = OpenOptions::new()
+            let mut idx = crate::private::options()
                 .create(true)
                 .append(true)
                 .open(&idx_path)?;

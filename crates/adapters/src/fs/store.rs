@@ -24,7 +24,7 @@
 //! number of records.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
@@ -308,7 +308,7 @@ pub(super) fn sync_filesystem(dir: &Path) -> io::Result<()> {
 /// other processes retry a read that catches a write half done.
 fn write_file(dir: &Path, record: &ProcessRecord) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
-    let file = OpenOptions::new()
+    let file = crate::private::options()
         .write(true)
         .create(true)
         .truncate(false)
@@ -349,7 +349,7 @@ fn write_durably(dir: &Path, record: &ProcessRecord) -> io::Result<()> {
     let tmp = dir.join(format!("{}.tmp", record.id()));
     let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
     let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
+        let mut f = crate::private::options()
             .write(true)
             .create(true)
             .truncate(true)
@@ -645,9 +645,9 @@ impl FsStore {
     ) -> Result<Self, StoreError> {
         let dir = dir.into();
         let quarantine = dir.join("quarantine");
-        fs::create_dir_all(&quarantine).map_err(|e| refused(&quarantine, &e))?;
+        crate::private::create_dir_all(&quarantine).map_err(|e| refused(&quarantine, &e))?;
         let lock_path = dir.join(".writer.lock");
-        let lock = OpenOptions::new()
+        let lock = crate::private::options()
             .create(true)
             .truncate(false)
             .write(true)
