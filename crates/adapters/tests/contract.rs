@@ -92,7 +92,11 @@ mod file_output {
         ) -> Result<Cursor, OutputError> {
             self.store.append(id, stream, data).await
         }
-        async fn read(&self, id: ProcessId, query: &OutputQuery) -> Result<OutputChunk, OutputError> {
+        async fn read(
+            &self,
+            id: ProcessId,
+            query: &OutputQuery,
+        ) -> Result<OutputChunk, OutputError> {
             self.store.read(id, query).await
         }
         async fn tail(

@@ -59,15 +59,6 @@ impl DaemonView for ReconnectingManager {
     }
 }
 
-/// This process's environment as a start form's base, without bpm's own
-/// marks, and without variables that are not UTF-8 (the form cannot show them).
-fn inherited_env() -> std::collections::BTreeMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| !matches!(k.as_str(), "BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE"))
-        .collect()
-}
-
 /// Serves the page until interrupted; prints its URL (with the token) first.
 ///
 /// # Errors
@@ -106,13 +97,20 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
     if flags.open {
         open_browser(&url);
     }
+    let (env, left_out) = bpm_adapters::os::inherited_env();
+    if !left_out.is_empty() {
+        eprintln!(
+            "bpm: warning: the start form leaves out environment variables that are not UTF-8: {}",
+            left_out.join(", ")
+        );
+    }
     let settings = WebConfig {
         token,
         read_only,
         show_env: config.web.show_env,
         usage_every: USAGE_EVERY,
         cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
-        env: inherited_env(),
+        env,
     };
     let manager = Arc::new(manager);
     let served = web::serve(listener, manager.clone(), manager, settings);

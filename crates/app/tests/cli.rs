@@ -1145,7 +1145,11 @@ fn everything_in_the_state_directory_is_private_to_its_owner() {
             }
         }
     }
-    assert!(seen >= 8, "only {seen} files under {}", bpm.home().display());
+    assert!(
+        seen >= 8,
+        "only {seen} files under {}",
+        bpm.home().display()
+    );
 }
 
 /// A state directory that another user owns is refused, as ssh refuses a
@@ -1173,4 +1177,109 @@ fn a_state_directory_owned_by_another_user_is_refused() {
         "{err}"
     );
     assert!(!foreign.join("bpm.sock").exists());
+}
+
+/// Environments and paths are bytes on Unix. A caller whose environment
+/// holds a variable that is not UTF-8, or who stands in a folder whose name
+/// is not, gets a warning or a clear error, never a panic.
+#[test]
+fn non_utf8_environment_and_working_directory_get_words_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bpm = Bpm::new();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = bpm
+        .cmd(&["run", "--", "sh", "-c", "echo \"$PLAIN\""])
+        .env("BPM_TEST_ODD", odd)
+        .env("PLAIN", "kept")
+        .output()
+        .expect("bpm runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("left out environment variables that are not UTF-8: BPM_TEST_ODD"),
+        "{err}"
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    bpm.ok(&["wait", &id]);
+    let logs = bpm.ok(&["logs", &id]);
+    assert_eq!(logs, "kept\n");
+
+    let folder = bpm.home().join(odd);
+    std::fs::create_dir(&folder).expect("mkdir");
+    let out = bpm
+        .cmd(&["run", "--", "true"])
+        .current_dir(&folder)
+        .output()
+        .expect("bpm runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("is not valid UTF-8"), "{err}");
+    // The same from MCP: the server starts and says why a start is refused.
+    let out = bpm
+        .cmd(&["mcp"])
+        .env("BPM_TEST_ODD", odd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bpm mcp runs");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A request over the socket's 1 MiB limit is refused before it is sent,
+/// with the limit and what to do; nothing is created.
+#[test]
+fn a_request_over_the_limit_names_it_and_creates_nothing() {
+    let bpm = Bpm::new();
+    // One argument may hold at most 128 KiB: twelve of 100 KiB each.
+    let vars: Vec<String> = (0..12)
+        .map(|i| format!("BIG{i}={}", "x".repeat(100 << 10)))
+        .collect();
+    let mut args: Vec<&str> = vec!["run"];
+    for v in &vars {
+        args.extend(["--env", v.as_str()]);
+    }
+    args.extend(["--", "true"]);
+    let err = bpm.fails(&args, 4);
+    assert!(
+        err.contains("over the daemon's limit of 1048576 bytes")
+            && err.contains("nothing was started"),
+        "{err}"
+    );
+    // A batch far over the limit is split into requests that fit.
+    let pad = "y".repeat(600);
+    let lines = (0..2000).fold(String::new(), |mut all, i| {
+        all.push_str("echo ");
+        all.push_str(&i.to_string());
+        all.push(' ');
+        all.push_str(&pad);
+        all.push('\n');
+        all
+    });
+    let mut child = bpm
+        .cmd(&["run", "--shell", "--from", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2000);
+    assert_eq!(
+        bpm.ok(&["ps", "--all", "--json"]).matches("\"id\"").count(),
+        2000
+    );
 }

@@ -354,6 +354,11 @@ pub enum SpecError {
         "invalid timeout 0: the process would be stopped as it starts (leave the timeout out for none)"
     )]
     ZeroTimeout,
+    /// The working directory is not UTF-8 text, which records keep paths as.
+    #[error(
+        "the working directory {0:?} is not valid UTF-8: bpm keeps paths as text; give a working directory whose name is UTF-8"
+    )]
+    CwdNotUtf8(String),
     /// Too many dependencies.
     #[error("too many dependencies: {0} (at most 256)")]
     TooManyDependencies(usize),
@@ -520,6 +525,11 @@ impl ProcessSpec {
         if self.timeout.is_some_and(|t| t.as_duration().is_zero()) {
             return Err(SpecError::ZeroTimeout);
         }
+        if let Some(cwd) = &self.cwd
+            && cwd.to_str().is_none()
+        {
+            return Err(SpecError::CwdNotUtf8(cwd.to_string_lossy().into_owned()));
+        }
         if self.dependencies.len() > 256 {
             return Err(SpecError::TooManyDependencies(self.dependencies.len()));
         }
@@ -573,6 +583,15 @@ mod tests {
         assert_eq!(s.validate(), Err(SpecError::ZeroTimeout));
         s.timeout = Some(Span::from_millis(1));
         assert_eq!(s.validate(), Ok(()));
+        {
+            use std::os::unix::ffi::OsStrExt as _;
+            let mut s = ProcessSpec::argv(["true"]);
+            s.cwd = Some(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9").into());
+            assert_eq!(
+                s.validate(),
+                Err(SpecError::CwdNotUtf8("/tmp/caf\u{fffd}".into()))
+            );
+        }
         let mut s = ProcessSpec::argv(["true"]);
         Arc::make_mut(&mut s.env).insert("A=B".into(), "x".into());
         assert!(s.validate().unwrap_err().to_string().contains("\"A=B\""));

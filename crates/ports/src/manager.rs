@@ -83,6 +83,19 @@ pub enum ManagerError {
         /// What the manager said.
         message: String,
     },
+    /// The request is larger than a remote manager takes in one message;
+    /// nothing was sent.
+    #[error(
+        "the request is {bytes} bytes, over the daemon's limit of {limit} bytes per request; \
+         nothing was started: start fewer processes per request, or keep large values \
+         (a big environment) in a file the process reads"
+    )]
+    TooLarge {
+        /// The request's size, encoded.
+        bytes: usize,
+        /// The most the remote manager takes.
+        limit: usize,
+    },
     /// The remote manager cannot be reached or broke the protocol.
     #[error("{0}")]
     Connection(String),

@@ -140,8 +140,20 @@ impl DaemonClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
-        let mut line = serde_json::to_vec(&Call { id, request }).map_err(lost)?;
+        let mut line = serde_json::to_vec(&Call { id, request })
+            .map_err(|e| ManagerError::Connection(format!("cannot encode the request: {e}")))?;
         line.push(b'\n');
+        if line.len() > MAX_REQUEST_BYTES {
+            self.inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            return Err(ManagerError::TooLarge {
+                bytes: line.len(),
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
         self.inner
             .writer
             .lock()
@@ -279,6 +291,9 @@ fn unexpected(reply: &Reply) -> ManagerError {
 #[async_trait]
 impl ProcessManager for DaemonClient {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        // As the engine would, and before a spec that cannot be encoded
+        // (a path that is not UTF-8) fails as a broken request.
+        spec.validate()?;
         self.record(Request::Start { spec }).await
     }
     async fn start_many(

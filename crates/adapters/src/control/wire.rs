@@ -256,6 +256,7 @@ impl From<&ManagerError> for WireError {
             ManagerError::Output(_) => "output",
             ManagerError::Spawner(_) => "spawner",
             ManagerError::ShutDown => "shut_down",
+            ManagerError::TooLarge { .. } => "too_large",
             ManagerError::Remote { kind, .. } => kind.as_str(),
             _ => "internal",
         };

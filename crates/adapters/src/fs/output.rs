@@ -165,11 +165,10 @@ fn append_to(
         });
     }
     let segment = log.segments.last_mut().expect("a segment");
-    let mut file =
-        crate::private::options()
-            .create(true)
-            .append(true)
-            .open(seg_path(dir, segment.start, "data"))?;
+    let mut file = crate::private::options()
+        .create(true)
+        .append(true)
+        .open(seg_path(dir, segment.start, "data"))?;
     file.write_all(data)?;
     let idx_path = seg_path(dir, segment.start, "idx");
     let n = data.len() as u64;

@@ -42,15 +42,16 @@ pub struct StartDefaults {
 
 impl StartDefaults {
     /// This process's working directory and environment (bpm's own
-    /// `BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE` left out).
+    /// `BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE` left out, and variables
+    /// that are not UTF-8, which it names in a warning on the log).
     pub fn inherited() -> Self {
+        let (env, left_out) = crate::os::inherited_env();
+        if !left_out.is_empty() {
+            tracing::warn!(variables = %left_out.join(", "), "left out environment variables that are not UTF-8");
+        }
         StartDefaults {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            env: std::env::vars()
-                .filter(|(k, _)| {
-                    !matches!(k.as_str(), "BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE")
-                })
-                .collect(),
+            env,
         }
     }
 }

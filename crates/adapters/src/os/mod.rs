@@ -610,3 +610,26 @@ async fn end_rest_of_tree(id: ProcessId, grace: Duration) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// This process's environment as the base of a process it starts for its
+/// caller, as a shell would pass it on, without bpm's own marks
+/// (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`).
+///
+/// Records keep the environment as text, so variables whose name or value
+/// is not UTF-8 are left out: their names (shown lossily) come second, for
+/// the caller to say so.
+#[must_use]
+pub fn inherited_env() -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+    let mut env = std::collections::BTreeMap::new();
+    let mut left_out = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        match (k.to_str(), v.into_string()) {
+            (Some("BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE"), _) => {}
+            (Some(k), Ok(v)) => {
+                env.insert(k.to_string(), v);
+            }
+            _ => left_out.push(k.to_string_lossy().into_owned()),
+        }
+    }
+    (env, left_out)
+}

@@ -36,6 +36,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
             ManagerError::InvalidTransition(_) | ManagerError::Refused(_) => StatusCode::CONFLICT,
             ManagerError::Connection(_) | ManagerError::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
+            ManagerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ManagerError::Remote { kind, .. } => match kind.as_str() {
                 "not_found" => StatusCode::NOT_FOUND,
                 "invalid_spec" => StatusCode::BAD_REQUEST,

@@ -56,7 +56,8 @@ impl From<ManagerError> for CliError {
             ManagerError::NotFound(_) => 3,
             ManagerError::InvalidSpec(_)
             | ManagerError::InvalidTransition(_)
-            | ManagerError::Refused(_) => 4,
+            | ManagerError::Refused(_)
+            | ManagerError::TooLarge { .. } => 4,
             ManagerError::WaitTimeout { .. } => 124,
             ManagerError::Connection(_) | ManagerError::ShutDown => 5,
             ManagerError::Remote { kind, .. } => match kind.as_str() {
@@ -402,13 +403,14 @@ async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError
     // The process runs in the caller's environment, as if started from this
     // shell, not in the daemon's; --env adds to it or overrides it.
     if !a.clean_env {
-        spec.env = std::sync::Arc::new(
-            std::env::vars()
-                .filter(|(k, _)| {
-                    !matches!(k.as_str(), "BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE")
-                })
-                .collect(),
-        );
+        let (env, left_out) = bpm_adapters::os::inherited_env();
+        if !left_out.is_empty() {
+            eprintln!(
+                "bpm: warning: left out environment variables that are not UTF-8: {}",
+                left_out.join(", ")
+            );
+        }
+        spec.env = std::sync::Arc::new(env);
     }
     for kv in a.env {
         let (k, v) = key_value(&kv, "--env")?;
@@ -454,6 +456,7 @@ async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError
         spec.stdin = StdinMode::Pipe;
     }
     spec.on_exit = a.on_exit;
+    spec.validate().map_err(|e| bad(&e))?;
     Ok(spec)
 }
 
