@@ -138,8 +138,15 @@ impl Reconnecting {
             .await
     }
 
+    /// The connection to use, a new one if the daemon closed the last (it
+    /// closes idle ones): no call had been sent on it, so even a call that is
+    /// not safe to repeat can go.
     async fn current(&self) -> (u64, DaemonClient) {
-        self.client.read().await.clone()
+        let (generation, client) = self.client.read().await.clone();
+        if client.is_closed() && self.reconnect(generation).await.is_ok() {
+            return self.client.read().await.clone();
+        }
+        (generation, client)
     }
 
     /// Replaces connection `generation` (unless another caller already did).

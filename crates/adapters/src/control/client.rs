@@ -35,6 +35,9 @@ struct Inner {
     /// command that never subscribes a noticeable part of its start.
     events: Arc<OnceLock<broadcast::Sender<Event>>>,
     subscribed: AtomicBool,
+    /// Set once the daemon has closed the connection (it closes one that
+    /// stays idle): a call not yet sent can then go to a new one safely.
+    closed: Arc<AtomicBool>,
 }
 
 /// A connection to a bpm daemon. Cheap to clone; calls may run concurrently.
@@ -91,7 +94,8 @@ impl DaemonClient {
         }
         let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
         let events: Arc<OnceLock<broadcast::Sender<Event>>> = Arc::new(OnceLock::new());
-        let (p, ev) = (pending.clone(), events.clone());
+        let closed = Arc::new(AtomicBool::new(false));
+        let (p, ev, c) = (pending.clone(), events.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = read_line(&mut reader, MAX_ANSWER_BYTES).await {
                 match serde_json::from_slice::<ServerLine>(&line) {
@@ -119,6 +123,7 @@ impl DaemonClient {
                 }
             }
             // Dropping the senders tells every waiting call the connection is gone.
+            c.store(true, Ordering::SeqCst);
             p.lock().unwrap_or_else(PoisonError::into_inner).clear();
         });
         Ok(DaemonClient {
@@ -128,8 +133,15 @@ impl DaemonClient {
                 next: AtomicU64::new(1),
                 events,
                 subscribed: AtomicBool::new(false),
+                closed,
             }),
         })
+    }
+
+    /// Whether the daemon has closed this connection: nothing sent on it
+    /// from now on reaches the daemon.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
     }
 
     async fn call(&self, request: Request) -> Result<Reply, ManagerError> {

@@ -7,7 +7,7 @@ mod server;
 pub mod wire;
 
 pub use client::DaemonClient;
-pub use server::{ServerInfo, serve};
+pub use server::{ConnectionLimits, ServerInfo, serve, serve_with};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 

@@ -79,6 +79,29 @@ async fn answer(writer: &Writer, id: u64, result: Result<Reply, WireError>) -> b
     send(writer, &line).await
 }
 
+/// How many connections the daemon holds, and how long it keeps one that
+/// says nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// The most connections open at once; the next is told so and closed.
+    pub max_connections: usize,
+    /// How long a new connection may take to say hello.
+    pub hello_within: Duration,
+    /// How long a connection with nothing under way (no request being
+    /// answered, no subscription) may stay silent before it is closed.
+    pub idle_after: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            hello_within: Duration::from_secs(10),
+            idle_after: Duration::from_mins(10),
+        }
+    }
+}
+
 /// Serves the control protocol on `listener` until the process ends. Only
 /// peers running as this process's user are served. A `shutdown` call sends
 /// `kill_all` on `shutdown`.
@@ -88,6 +111,25 @@ pub async fn serve(
     info: ServerInfo,
     shutdown: mpsc::UnboundedSender<bool>,
 ) {
+    serve_with(
+        listener,
+        manager,
+        info,
+        shutdown,
+        ConnectionLimits::default(),
+    )
+    .await;
+}
+
+/// [`serve`] with connection limits other than the defaults.
+pub async fn serve_with(
+    listener: UnixListener,
+    manager: Arc<dyn ProcessManager>,
+    info: ServerInfo,
+    shutdown: mpsc::UnboundedSender<bool>,
+    limits: ConnectionLimits,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let own_uid = rustix::process::getuid();
     let recent: Recent = Arc::default();
     let (r, mut events) = (recent.clone(), manager.subscribe());
@@ -116,6 +158,14 @@ pub async fn serve(
             tracing::warn!("refused a control connection from another user");
             continue;
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "refused a control connection: too many open"
+            );
+            tokio::spawn(refuse_busy(stream, limits.max_connections));
+            continue;
+        };
         let (manager, info, shutdown, recent) = (
             manager.clone(),
             info.clone(),
@@ -127,30 +177,99 @@ pub async fn serve(
             connection(
                 BufReader::new(read),
                 Arc::new(Mutex::new(write)),
-                manager,
-                info,
-                shutdown,
-                recent,
+                Shared {
+                    manager,
+                    info,
+                    shutdown,
+                    recent,
+                },
+                limits,
             )
             .await;
+            drop(slot);
         });
+    }
+}
+
+/// Tells a connection over the limit why it is closed, in place of the hello.
+async fn refuse_busy(stream: tokio::net::UnixStream, limit: usize) {
+    let (_read, write) = stream.into_split();
+    let msg = format!(
+        "the bpm daemon holds {limit} connections already, its limit; close some (each bpm mcp, bpm web and following command holds one) and try again"
+    );
+    answer(
+        &Arc::new(Mutex::new(write)),
+        0,
+        Err(WireError::new("busy", msg)),
+    )
+    .await;
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    manager: Arc<dyn ProcessManager>,
+    info: ServerInfo,
+    shutdown: mpsc::UnboundedSender<bool>,
+    recent: Recent,
+}
+
+/// Counts a connection's calls under way while it lives.
+struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Busy {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The next line of a connection, or `None` once it has said nothing for
+/// `idle_after` with no call under way.
+async fn next_line(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    busy: &std::sync::atomic::AtomicUsize,
+    idle_after: Duration,
+) -> Option<Result<Option<Vec<u8>>, LineError>> {
+    loop {
+        match tokio::time::timeout(idle_after, read_line(reader, MAX_REQUEST_BYTES)).await {
+            Ok(line) => return Some(line),
+            // Clients send whole lines, so a silent one is between lines.
+            Err(_) if busy.load(std::sync::atomic::Ordering::SeqCst) > 0 => {}
+            Err(_) => return None,
+        }
     }
 }
 
 async fn connection(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: Writer,
-    manager: Arc<dyn ProcessManager>,
-    info: ServerInfo,
-    shutdown: mpsc::UnboundedSender<bool>,
-    recent: Recent,
+    shared: Shared,
+    limits: ConnectionLimits,
 ) {
+    let Shared {
+        manager,
+        info,
+        shutdown,
+        recent,
+    } = shared;
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Dropped when this reader returns: a subscription ends with the
     // connection's reading side, not only when a send fails, so a client
     // that closes its side is not sent events for ever.
     let (_reading, reader_open) = tokio::sync::watch::channel(());
-    let hello = match read_line(&mut reader, MAX_REQUEST_BYTES).await {
-        Ok(Some(line)) => serde_json::from_slice::<Hello>(&line).ok(),
+    let hello = match tokio::time::timeout(
+        limits.hello_within,
+        read_line(&mut reader, MAX_REQUEST_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(Some(line))) => serde_json::from_slice::<Hello>(&line).ok(),
         _ => return,
     };
     match hello {
@@ -180,7 +299,14 @@ async fn connection(
         }
     }
     loop {
-        let line = match read_line(&mut reader, MAX_REQUEST_BYTES).await {
+        let Some(line) = next_line(&mut reader, &busy, limits.idle_after).await else {
+            tracing::debug!(
+                "closed a control connection idle for {:?}",
+                limits.idle_after
+            );
+            return;
+        };
+        let line = match line {
             Ok(Some(line)) => line,
             Ok(None) | Err(LineError::Io(_)) => return,
             Err(LineError::TooLarge) => {
@@ -228,7 +354,10 @@ async fn connection(
             recent.clone(),
             reader_open.clone(),
         );
+        let under_way = Busy::new(&busy);
+        let count = busy.clone();
         tokio::spawn(async move {
+            let _under_way = under_way;
             let id = call.id;
             if matches!(call.request, Request::RecentEvents) {
                 let events = recent
@@ -240,7 +369,14 @@ async fn connection(
                 answer(&writer, id, Ok(Reply::Events(events))).await;
                 return;
             }
-            let result = dispatch(call.request, &manager, &info, &shutdown, &writer, open).await;
+            let result = dispatch(
+                call.request,
+                &manager,
+                &info,
+                &shutdown,
+                (&writer, open, &count),
+            )
+            .await;
             answer(&writer, id, result.map_err(|e| WireError::from(&e))).await;
         });
     }
@@ -251,8 +387,11 @@ async fn dispatch(
     m: &Arc<dyn ProcessManager>,
     info: &ServerInfo,
     shutdown: &mpsc::UnboundedSender<bool>,
-    writer: &Writer,
-    mut reader_open: tokio::sync::watch::Receiver<()>,
+    (writer, mut reader_open, busy): (
+        &Writer,
+        tokio::sync::watch::Receiver<()>,
+        &Arc<std::sync::atomic::AtomicUsize>,
+    ),
 ) -> Result<Reply, ManagerError> {
     let record = |r| Reply::Record(Box::new(r));
     Ok(match request {
@@ -327,7 +466,10 @@ async fn dispatch(
         Request::Subscribe => {
             let mut events = m.subscribe();
             let writer = writer.clone();
+            // A subscribed connection is not idle, however silent.
+            let under_way = Busy::new(busy);
             tokio::spawn(async move {
+                let _under_way = under_way;
                 loop {
                     let received = tokio::select! {
                         r = events.recv() => r,

@@ -25,6 +25,14 @@
 //! A request line may hold at most [`MAX_REQUEST_BYTES`]; a longer one is
 //! answered with `too_large` and the connection is closed. A line that is not
 //! a request is answered with `bad_request` (id 0 when none could be read).
+//! The client refuses to send a line over the limit, naming it.
+//!
+//! The daemon holds at most 1,024 connections; the next one gets a `busy`
+//! error in place of the hello. It closes a connection that has not said
+//! hello within 10 s, and one that has said nothing for 10 minutes while it
+//! has no request under way and no subscription (see
+//! [`ConnectionLimits`](super::ConnectionLimits)); a client that finds its
+//! connection closed before it sends can send on a new one.
 
 use bpm_domain::{
     Event, Limits, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Span, StateName,
