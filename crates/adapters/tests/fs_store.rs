@@ -653,3 +653,130 @@ async fn records_read_back_share_equal_environments() {
         assert!(!Arc::ptr_eq(env(0), env(2)));
     }
 }
+
+/// A folder where a record's file goes is moved to the quarantine, beside an
+/// earlier one of the same name, and the store opens with every other
+/// record. The folder's record comes back if the journal still holds it;
+/// otherwise it is gone with its file, as a corrupt one is, and can be
+/// written again.
+#[tokio::test]
+async fn a_folder_in_place_of_a_record_file_is_quarantined_and_the_store_opens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("open");
+    store.create(&record(1)).await.expect("create");
+    store.create(&record(2)).await.expect("create");
+    drop(store);
+    for _ in 0..2 {
+        let file = dir.path().join(format!("{}.json", record(2).id()));
+        let _ = std::fs::remove_file(&file);
+        std::fs::create_dir(&file).expect("mkdir");
+        std::fs::write(file.join("inside"), b"x").expect("inside");
+        std::fs::create_dir(dir.path().join("stray.json")).expect("mkdir");
+        let store = FsStore::open(dir.path()).expect("a folder never stops the store");
+        let ids: Vec<_> = store
+            .list(&ListFilter::default())
+            .await
+            .expect("list")
+            .iter()
+            .map(ProcessRecord::id)
+            .collect();
+        assert!(ids.contains(&record(1).id()), "{ids:?}");
+        if !ids.contains(&record(2).id()) {
+            store.create(&record(2)).await.expect("written again");
+        }
+        drop(store);
+    }
+    let quarantined = std::fs::read_dir(dir.path().join("quarantine"))
+        .expect("quarantine")
+        .count();
+    assert_eq!(quarantined, 4, "both folders, twice each");
+}
+
+/// Where `id` is first written in the journal files of `dir`: the file and
+/// the offset of its text.
+fn in_journal(dir: &std::path::Path, id: ProcessId) -> (std::path::PathBuf, usize) {
+    let needle = id.to_string();
+    for n in 0..2 {
+        let path = dir.join(format!("journal.{n}"));
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        if let Some(at) = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+        {
+            return (path, at);
+        }
+    }
+    panic!("{id} is in no journal file");
+}
+
+/// Damage in the middle of the journal (bytes changed in one entry, the
+/// length of another wiped) costs only the records those entries held:
+/// every entry after them is replayed, the loss is named, and a copy of
+/// the damaged file is kept.
+#[tokio::test]
+async fn damage_inside_the_journal_costs_only_its_own_records_and_is_reported() {
+    let dir = tempfile::tempdir().expect("dir");
+    let records: Vec<ProcessRecord> = (1..=40).map(record).collect();
+    let store = FsStore::open(dir.path()).expect("open");
+    for r in &records {
+        store.create(r).await.expect("create");
+    }
+    drop(store);
+    // As if the power went before any record's file reached the disk.
+    for r in &records {
+        std::fs::remove_file(dir.path().join(format!("{}.json", r.id()))).expect("lose a file");
+    }
+    let (file, at) = in_journal(dir.path(), records[9].id());
+    let mut bytes = std::fs::read(&file).expect("journal");
+    bytes[at + 60..at + 70].copy_from_slice(b"##########");
+    // `{"put":{"id":"` precedes the id; the entry's 20-byte head precedes that.
+    let (_, at) = in_journal(dir.path(), records[19].id());
+    bytes[at - 14 - 20 + 8..at - 14 - 20 + 12].copy_from_slice(&[0; 4]);
+    std::fs::write(&file, &bytes).expect("damage");
+
+    let store = FsStore::open(dir.path()).expect("damage never stops the store");
+    let mut ids: Vec<ProcessId> = store
+        .list(&ListFilter::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(ProcessRecord::id)
+        .collect();
+    ids.sort();
+    let expected: Vec<ProcessId> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 9 && *i != 19)
+        .map(|(_, r)| r.id())
+        .collect();
+    assert_eq!(ids, expected, "all but the two damaged records");
+    let warnings = store.recovery_warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].contains(&format!("records lost: {}", records[9].id())),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[1].contains("could not be read")
+            && warnings[1].contains(&records[19].id().to_string()),
+        "{warnings:#?}"
+    );
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
+        .expect("quarantine")
+        .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].ends_with(".damaged"), "{kept:?}");
+    drop(store);
+    // The next opening finds nothing wrong.
+    let store = FsStore::open(dir.path()).expect("reopen");
+    assert!(store.recovery_warnings().is_empty());
+    assert_eq!(
+        store
+            .list(&ListFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        38
+    );
+}

@@ -108,6 +108,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let (store, _) = open_stores(&choice, &home.dir, &prefix, cap)
         .await
         .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
+    let warnings = Arc::new(std::sync::Mutex::new(store.recovery_warnings()));
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
     let spawner = crate::keeper::connect_or_start(home, &choice).await?;
     let keeper = spawner.keeper();
@@ -162,6 +163,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
             &bpm_adapters::clock::SystemClock::new(),
         )),
         limits: Some(config.limits.clone()),
+        warnings,
     };
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, manager, info, stop_tx));

@@ -1283,3 +1283,34 @@ fn a_request_over_the_limit_names_it_and_creates_nothing() {
         2000
     );
 }
+
+/// A daemon that finds its journal damaged says so in its log and in
+/// `bpm daemon status`, naming the records concerned, and starts anyway.
+#[test]
+fn a_damaged_journal_is_reported_at_start_and_in_the_status() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&["run", "--", "true"]).trim().to_string();
+    bpm.ok(&["wait", &id]);
+    bpm.ok(&["daemon", "stop"]);
+    let records = bpm.home().join("records");
+    let damaged = (0..2).find_map(|n| {
+        let path = records.join(format!("journal.{n}"));
+        let mut bytes = std::fs::read(&path).ok()?;
+        let at = bytes.windows(id.len()).position(|w| w == id.as_bytes())?;
+        bytes[at + 40..at + 50].copy_from_slice(b"##########");
+        std::fs::write(&path, bytes).expect("damage");
+        Some(path)
+    });
+    assert!(damaged.is_some(), "the record is in no journal file");
+    bpm.ok(&["ps", "--all"]);
+    let status = bpm.ok(&["daemon", "status"]);
+    assert!(
+        status.contains("warning  the journal") && status.contains(&id),
+        "{status}"
+    );
+    let log = std::fs::read_to_string(bpm.home().join("daemon.log")).expect("log");
+    assert!(
+        log.contains("ERROR") && log.contains("was damaged"),
+        "{log}"
+    );
+}

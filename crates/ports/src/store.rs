@@ -47,6 +47,14 @@ pub struct StoreWrite {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait ProcessStore: Send + Sync + 'static {
+    /// What the store found wrong when it opened and could not repair
+    /// silently (a damaged journal, with the records it cost), one line
+    /// each, for the daemon to report at start and in its status. Empty
+    /// when all was well.
+    fn recovery_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Stores a new record.
     ///
     /// # Errors

@@ -34,6 +34,10 @@ pub struct ServerInfo {
     pub started_at: Option<bpm_domain::Timestamp>,
     /// Its supervision limits.
     pub limits: Option<bpm_domain::Limits>,
+    /// What went wrong that its operator must know (a damaged journal at
+    /// start, a keeper that died), newest last; shared, so the daemon can
+    /// add to it while it serves.
+    pub warnings: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 type Writer = Arc<Mutex<OwnedWriteHalf>>;
@@ -511,6 +515,11 @@ async fn dispatch(
                 counts,
                 started_at: info.started_at,
                 limits: info.limits.clone(),
+                warnings: info
+                    .warnings
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
             }))
         }
         Request::Usage => Reply::Usage(m.resource_usage().await?),

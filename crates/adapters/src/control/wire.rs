@@ -180,6 +180,10 @@ pub struct DaemonStatus {
     /// before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// What went wrong that its operator must know (a damaged journal at
+    /// start, a keeper that died), newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A successful answer.

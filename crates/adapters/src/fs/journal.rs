@@ -5,8 +5,12 @@
 //!
 //! Two preallocated files, `journal.0` and `journal.1`, take turns. Each
 //! starts with a header (a magic and a generation); each entry carries the
-//! generation, its length and a checksum, so replay stops at the first entry
-//! that is torn or left from an earlier turn. A record's first entry in a
+//! generation, its length and a checksum, so replay knows an entry that is
+//! torn or left from an earlier turn. Since a file is written in order, an
+//! unreadable entry followed by a whole one of the same turn is damage, not
+//! the end: replay goes on from that next entry, and the store reports the
+//! stretch it skipped and the records it named (see `Damage`), keeping a
+//! copy of the file in the quarantine folder. A record's first entry in a
 //! file holds it whole; its later entries in that file leave out its spec
 //! (which never changes, and holds the process's whole environment, most of
 //! a record's size), and replay takes the spec from the version before.
@@ -162,69 +166,163 @@ fn write_header(file: &File, generation: u64) -> io::Result<()> {
 
 /// The generation and the entries of one journal file (none if it is
 /// missing, invalidated or not a journal).
-fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>)> {
-    let bytes = match std::fs::read(path(dir, n)) {
+/// A stretch of a journal file that could not be read, between entries that could.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Damage {
+    /// The file (`journal.0` or `journal.1`).
+    pub file: PathBuf,
+    /// Where the stretch starts and how long it is, in bytes.
+    pub at: usize,
+    /// Its length.
+    pub len: usize,
+    /// The ids of records it names (as far as they can be read), whose
+    /// change it held.
+    pub ids: Vec<ProcessId>,
+}
+
+/// The entry of `generation` at `at`, if a whole one is there: its payload
+/// and where the next begins.
+fn entry_at(bytes: &[u8], at: usize, generation: u64) -> Option<(&[u8], usize)> {
+    let head = bytes.get(at..at + ENTRY_HEAD)?;
+    let entry_gen = u64::from_le_bytes(head[..8].try_into().ok()?);
+    let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
+    let sum = u64::from_le_bytes(head[12..20].try_into().ok()?);
+    let start = at + ENTRY_HEAD;
+    if entry_gen != generation || len == 0 {
+        return None;
+    }
+    let payload = bytes.get(start..start.checked_add(len)?)?;
+    (checksum(payload) == sum).then_some((payload, start + len))
+}
+
+/// The first whole entry of `generation` after `from`: a file is written in
+/// order, so one found past an entry that could not be read means that
+/// entry was damaged (a torn or lost block, bytes changed), not the end.
+fn next_entry(bytes: &[u8], from: usize, generation: u64) -> Option<usize> {
+    let mark = generation.to_le_bytes();
+    (from..bytes.len().saturating_sub(ENTRY_HEAD))
+        .filter(|&at| bytes[at..at + 8] == mark)
+        .find(|&at| entry_at(bytes, at, generation).is_some())
+}
+
+/// The record ids written in `bytes` (36-character UUIDs).
+fn ids_in(bytes: &[u8]) -> Vec<ProcessId> {
+    let mut ids = Vec::new();
+    for window in bytes.windows(36) {
+        if window[8] == b'-'
+            && window[13] == b'-'
+            && let Ok(text) = std::str::from_utf8(window)
+            && let Ok(id) = text.parse::<ProcessId>()
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// What journal file `n` holds: its generation, its entries in order, and
+/// the stretches between them that could not be read.
+fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
+    let file = path(dir, n);
+    let bytes = match std::fs::read(&file) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new(), Vec::new())),
         Err(e) => return Err(e),
     };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return Ok((0, Vec::new()));
+        return Ok((0, Vec::new(), Vec::new()));
     }
     let generation = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let mut ops = Vec::new();
+    let mut damage = Vec::new();
     let mut envs: HashMap<u64, Arc<BTreeMap<String, String>>> = HashMap::new();
     let mut at = HEADER_LEN;
     while generation != 0 && at + ENTRY_HEAD <= bytes.len() {
-        let head = &bytes[at..at + ENTRY_HEAD];
-        let entry_gen = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
-        let sum = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
-        let start = at + ENTRY_HEAD;
-        if entry_gen != generation || len == 0 || start + len > bytes.len() {
-            break;
-        }
-        let payload = &bytes[start..start + len];
-        if checksum(payload) != sum {
-            break;
-        }
+        let Some((payload, next)) = entry_at(&bytes, at, generation) else {
+            // The end of this turn's entries, unless a whole one follows.
+            let Some(resume) = next_entry(&bytes, at + 1, generation) else {
+                break;
+            };
+            damage.push(Damage {
+                file: file.clone(),
+                at,
+                len: resume - at,
+                ids: ids_in(&bytes[at..resume]),
+            });
+            at = resume;
+            continue;
+        };
         let op = match serde_json::from_slice::<Read>(payload) {
-            Ok(Read::Put(r)) => Entry::Put(r),
-            Ok(Read::Update(u)) => Entry::Update(u),
-            Ok(Read::Delete(id)) => Entry::Delete(id),
+            Ok(Read::Put(r)) => Some(Entry::Put(r)),
+            Ok(Read::Update(u)) => Some(Entry::Update(u)),
+            Ok(Read::Delete(id)) => Some(Entry::Delete(id)),
             Ok(Read::Env { key, env }) => {
                 envs.insert(key, Arc::new(env));
-                at = start + len;
-                continue;
+                None
             }
             Ok(Read::PutShared {
                 env,
                 mut spec,
                 record,
             }) => {
-                // An environment it does not hold: read no further, as for a torn entry.
-                let Some(env) = envs.get(&env) else { break };
-                spec.env = Arc::clone(env);
-                Entry::Put(Box::new(ProcessRecord::from_update(
-                    Arc::new(*spec),
-                    *record,
-                )))
+                if let Some(env) = envs.get(&env) {
+                    spec.env = Arc::clone(env);
+                    Some(Entry::Put(Box::new(ProcessRecord::from_update(
+                        Arc::new(*spec),
+                        *record,
+                    ))))
+                } else {
+                    // Its environment was in a damaged stretch.
+                    damage.push(Damage {
+                        file: file.clone(),
+                        at,
+                        len: next - at,
+                        ids: vec![record.id()],
+                    });
+                    None
+                }
             }
-            Err(_) => break,
+            Err(_) => {
+                damage.push(Damage {
+                    file: file.clone(),
+                    at,
+                    len: next - at,
+                    ids: ids_in(payload),
+                });
+                None
+            }
         };
-        ops.push(op);
-        at = start + len;
+        ops.extend(op);
+        at = next;
     }
-    Ok((generation, ops))
+    Ok((generation, ops, damage))
 }
 
-/// Everything both journal files still hold, oldest generation first, and
-/// the newest generation seen.
-pub(super) fn recover(dir: &Path) -> io::Result<(Vec<Entry>, u64)> {
+/// What both journal files still hold: their entries, oldest generation
+/// first, the newest generation seen, and the stretches that could not be read.
+pub(super) struct Recovered {
+    pub entries: Vec<Entry>,
+    pub newest: u64,
+    pub damage: Vec<Damage>,
+}
+
+/// Reads both journal files (see [`Recovered`]).
+pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     let mut both = [read(dir, 0)?, read(dir, 1)?];
-    both.sort_by_key(|(generation, _)| *generation);
+    both.sort_by_key(|(generation, ..)| *generation);
     let newest = both[1].0;
-    Ok((both.into_iter().flat_map(|(_, ops)| ops).collect(), newest))
+    let mut damage = Vec::new();
+    let mut entries = Vec::new();
+    for (_, ops, hurt) in both {
+        entries.extend(ops);
+        damage.extend(hurt);
+    }
+    Ok(Recovered {
+        entries,
+        newest,
+        damage,
+    })
 }
 
 /// A group of changes serialized for the active journal file.
@@ -549,7 +647,11 @@ mod tests {
         .expect("commit");
         j.commit(&[Op::Delete(record(1).id())], false, || Ok(()))
             .expect("commit");
-        let (ops, newest) = recover(dir.path()).expect("recover");
+        let Recovered {
+            entries: ops,
+            newest,
+            ..
+        } = recover(dir.path()).expect("recover");
         assert_eq!((ids(&ops), newest), (vec![1, 2, 1], 1));
         assert!(matches!(ops[2], Entry::Delete(_)));
         // A torn entry after the last whole one: its head, half its payload.
@@ -560,7 +662,10 @@ mod tests {
         torn.extend_from_slice(&7u64.to_le_bytes());
         torn.extend_from_slice(b"{\"put\":");
         j.files[0].write_all_at(&torn, at).expect("tear");
-        assert_eq!(ids(&recover(dir.path()).expect("recover").0), [1, 2, 1]);
+        assert_eq!(
+            ids(&recover(dir.path()).expect("recover").entries),
+            [1, 2, 1]
+        );
     }
 
     #[test]
@@ -578,7 +683,11 @@ mod tests {
         if let Some(t) = j.retiring.take() {
             t.join().expect("joined").expect("flushed");
         }
-        let (ops, newest) = recover(dir.path()).expect("recover");
+        let Recovered {
+            entries: ops,
+            newest,
+            ..
+        } = recover(dir.path()).expect("recover");
         assert_eq!(newest, 6);
         assert_eq!(ids(&ops), [n], "only the new generation's entries are left");
         let big = ProcessRecord::new(
@@ -644,7 +753,7 @@ mod tests {
             "two updates took {} bytes, the whole record {whole}",
             j.head - whole
         );
-        let (entries, _) = recover(dir.path()).expect("recover");
+        let entries = recover(dir.path()).expect("recover").entries;
         let [Entry::Put(put), Entry::Update(u2), Entry::Update(u3)] = &entries[..] else {
             panic!("expected a put and two updates, got {entries:?}");
         };
@@ -658,7 +767,7 @@ mod tests {
             || Ok(()),
         )
         .expect("commit");
-        let (entries, _) = recover(dir.path()).expect("recover");
+        let entries = recover(dir.path()).expect("recover").entries;
         assert!(matches!(entries[3..], [Entry::Delete(_), Entry::Put(_)]));
         // Once the file is handed over, the next version is whole again.
         let mut n = 100;
@@ -671,7 +780,7 @@ mod tests {
         }
         j.commit(&[Op::Put(Box::new(third.clone()))], false, || Ok(()))
             .expect("commit");
-        let (entries, _) = recover(dir.path()).expect("recover");
+        let entries = recover(dir.path()).expect("recover").entries;
         let last = entries.last().expect("an entry");
         assert!(
             matches!(last, Entry::Put(r) if **r == third),
@@ -713,7 +822,7 @@ mod tests {
             1,
             "the environment is written once"
         );
-        let (entries, _) = recover(dir.path()).expect("recover");
+        let entries = recover(dir.path()).expect("recover").entries;
         let puts: Vec<&ProcessRecord> = entries
             .iter()
             .map(|e| match e {
@@ -742,6 +851,6 @@ mod tests {
         torn.extend_from_slice(&checksum(payload).to_le_bytes());
         torn.extend_from_slice(payload);
         j.files[0].write_all_at(&torn, j.head).expect("write");
-        assert_eq!(recover(dir.path()).expect("recover").0.len(), 3);
+        assert_eq!(recover(dir.path()).expect("recover").entries.len(), 3);
     }
 }

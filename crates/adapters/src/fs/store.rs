@@ -67,7 +67,7 @@ pub struct FsStore {
 
 enum Mode {
     /// The writer: records cached in memory, the lock file held.
-    Writer(Writer),
+    Writer(Box<Writer>),
     /// A reader in another process: every call reads the files.
     Reader,
 }
@@ -86,6 +86,8 @@ struct Writer {
     /// Wakes the thread that writes record files (it waits on `disk`).
     wake: Arc<Condvar>,
     files_thread: Option<std::thread::JoinHandle<()>>,
+    /// What opening found damaged in the journal, and what it cost.
+    warnings: Vec<String>,
     _lock: File,
     /// One write at a time, so the version check and the write are one step.
     writing: tokio::sync::Mutex<()>,
@@ -232,10 +234,23 @@ fn load_all(
     let mut records = BTreeMap::new();
     let entries = fs::read_dir(dir).map_err(|e| unavailable(dir, &e))?;
     for entry in entries {
-        let path = entry.map_err(|e| unavailable(dir, &e))?.path();
+        let entry = entry.map_err(|e| unavailable(dir, &e))?;
+        let path = entry.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
+        if path.extension().is_some_and(|e| e == "json")
+            && !entry.file_type().is_ok_and(|t| t.is_file())
+            && let Loading::Writer { quarantine, .. } = loading
+        {
+            // A folder (or anything but a file) where a record's file goes
+            // would stop every write of that record: out of the way with it,
+            // and the journal, if it holds the record, writes the file anew.
+            let to = unused(&quarantine.join(name));
+            tracing::warn!(path = %path.display(), moved_to = %to.display(), "not a file where a record's file goes: quarantined");
+            fs::rename(&path, &to).map_err(|e| unavailable(&path, &e))?;
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "tmp") {
             // A write that never reached its rename (temporary files are
             // used for records too large for the journal): the record's
@@ -264,7 +279,7 @@ fn load_all(
                 tracing::info!(file = %path.display(), reason = %why, "record file torn by a crash; the journal restores it");
             }
             (Err(why), Loading::Writer { quarantine, .. }) => {
-                let to = quarantine.join(name);
+                let to = unused(&quarantine.join(name));
                 tracing::warn!(file = %path.display(), moved_to = %to.display(), reason = %why, "corrupt record quarantined");
                 let _ = fs::rename(&path, &to);
             }
@@ -274,6 +289,76 @@ fn load_all(
         }
     }
     Ok(records)
+}
+
+/// Copies each journal file with damage to the quarantine folder before the
+/// replay starts it afresh, for whoever looks into it.
+fn keep_damaged(dir: &Path, quarantine: &Path, damage: &[journal::Damage]) {
+    let mut copied = HashSet::new();
+    for d in damage {
+        if !copied.insert(d.file.clone()) {
+            continue;
+        }
+        let name = d.file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let to = unused(&quarantine.join(format!("{}.damaged", name.unwrap_or_default())));
+        if let Err(e) = fs::copy(&d.file, &to) {
+            tracing::warn!(file = %d.file.display(), dir = %dir.display(), error = %e, "could not keep a copy of a damaged journal");
+        }
+    }
+}
+
+/// One line on a damaged stretch of the journal: where, how long, and which
+/// records it cost (gone, or back at an earlier version).
+fn describe_damage(
+    d: &journal::Damage,
+    records: &BTreeMap<ProcessId, ProcessRecord>,
+    quarantine: &Path,
+) -> String {
+    use std::fmt::Write as _;
+    let (kept, lost): (Vec<ProcessId>, Vec<ProcessId>) =
+        d.ids.iter().partition(|id| records.contains_key(id));
+    let list = |ids: &[ProcessId]| {
+        ids.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut line = format!(
+        "the journal {} was damaged: {} bytes at offset {} could not be read and were skipped \
+         (every entry after them was recovered; a copy is in {})",
+        d.file.display(),
+        d.len,
+        d.at,
+        quarantine.display()
+    );
+    if !lost.is_empty() {
+        let _ = write!(line, "; records lost: {}", list(&lost));
+    }
+    if !kept.is_empty() {
+        let _ = write!(
+            line,
+            "; records that may have lost their latest change: {}",
+            list(&kept)
+        );
+    }
+    if d.ids.is_empty() {
+        line.push_str("; no record id could be read in them");
+    }
+    line
+}
+
+/// `path`, or `path` with the first of `.1`, `.2`, ... that names nothing,
+/// so a quarantined file never replaces an earlier one.
+fn unused(path: &Path) -> PathBuf {
+    let mut n = 0u32;
+    let mut candidate = path.to_path_buf();
+    while fs::symlink_metadata(&candidate).is_ok() && n < 10_000 {
+        n += 1;
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        candidate = PathBuf::from(name);
+    }
+    candidate
 }
 
 fn folder_identity(dir: &Path) -> io::Result<(u64, u64)> {
@@ -660,6 +745,9 @@ impl FsStore {
             ))
         })?;
         let recovered = journal::recover(&dir).map_err(|e| unavailable(&dir, &e))?;
+        let damage = recovered.damage;
+        keep_damaged(&dir, &quarantine, &damage);
+        let recovered = (recovered.entries, recovered.newest);
         let journalled = recovered
             .0
             .iter()
@@ -674,6 +762,13 @@ impl FsStore {
             },
         )?;
         let journal = replay(&dir, &mut cache, recovered, journal_bytes)?;
+        let warnings = damage
+            .iter()
+            .map(|d| describe_damage(d, &cache, &quarantine))
+            .collect::<Vec<_>>();
+        for warning in &warnings {
+            tracing::error!("{warning}");
+        }
         share_environments(&mut cache);
         let folder = folder_identity(&dir).map_err(|e| unavailable(&dir, &e))?;
         let disk = Arc::new(Mutex::new(Disk {
@@ -695,7 +790,7 @@ impl FsStore {
         };
         Ok(FsStore {
             dir,
-            mode: Mode::Writer(Writer {
+            mode: Mode::Writer(Box::new(Writer {
                 cache: Arc::new(RwLock::new(cache)),
                 unsynced: Mutex::new(Unsynced::default()),
                 disk,
@@ -705,7 +800,8 @@ impl FsStore {
                 _lock: lock,
                 writing: tokio::sync::Mutex::new(()),
                 flushing: tokio::sync::Mutex::new(()),
-            }),
+                warnings,
+            })),
         })
     }
 
@@ -898,14 +994,14 @@ impl FsStore {
 
 impl Drop for FsStore {
     fn drop(&mut self) {
-        if let Mode::Writer(Writer {
-            disk,
-            files,
-            wake,
-            files_thread,
-            ..
-        }) = &mut self.mode
-        {
+        if let Mode::Writer(writer) = &mut self.mode {
+            let Writer {
+                disk,
+                files,
+                wake,
+                files_thread,
+                ..
+            } = &mut **writer;
             disk.lock().unwrap_or_else(PoisonError::into_inner).closing = true;
             wake.notify_one();
             if let Some(thread) = files_thread.take() {
@@ -1027,13 +1123,21 @@ fn list_from(
 
 #[async_trait]
 impl ProcessStore for FsStore {
+    fn recovery_warnings(&self) -> Vec<String> {
+        match &self.mode {
+            Mode::Writer(w) => w.warnings.clone(),
+            Mode::Reader => Vec::new(),
+        }
+    }
+
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
         self.put(record, None, true).await
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
         match &self.mode {
-            Mode::Writer(Writer { cache, .. }) => cache
+            Mode::Writer(w) => w
+                .cache
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&id)
@@ -1160,8 +1264,8 @@ impl ProcessStore for FsStore {
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
         match &self.mode {
-            Mode::Writer(Writer { cache, .. }) => Ok(list_from(
-                &cache.read().unwrap_or_else(PoisonError::into_inner),
+            Mode::Writer(w) => Ok(list_from(
+                &w.cache.read().unwrap_or_else(PoisonError::into_inner),
                 filter,
             )),
             Mode::Reader => {

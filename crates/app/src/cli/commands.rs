@@ -211,6 +211,9 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
                     counts.join(", ")
                 }
             );
+            for warning in &s.warnings {
+                println!("warning  {warning}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(DaemonAction::Stop { kill_all }) => {
