@@ -106,7 +106,7 @@ fn batch_daemon(socket: &Path) -> Seen {
         store: "memory".into(),
         node: "local".into(),
         home: "/nowhere".into(),
-        keeper: None,
+        keeper: std::sync::Arc::default(),
         started_at: None,
         limits: None,
         warnings: std::sync::Arc::default(),

@@ -110,12 +110,13 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
     let warnings = Arc::new(std::sync::Mutex::new(store.recovery_warnings()));
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
-    let spawner = crate::keeper::connect_or_start(home, &choice).await?;
-    let keeper = spawner.keeper();
-    let keeper = format!(
+    let first = crate::keeper::connect_or_start(home, &choice).await?;
+    let hello = first.keeper();
+    let keeper = Arc::new(std::sync::Mutex::new(Some(format!(
         "pid {} (bpm {}, keeper protocol {})",
-        keeper.pid, keeper.version, keeper.protocol
-    );
+        hello.pid, hello.version, hello.protocol
+    ))));
+    let spawner = lasting_keeper(first, home, &choice, &keeper, &warnings);
     let node = config
         .node
         .clone()
@@ -124,7 +125,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         store,
         output,
         events: Arc::new(bpm_adapters::memory::BroadcastBus::default()),
-        spawner: Arc::new(spawner),
+        spawner,
         clock: Arc::new(bpm_adapters::clock::SystemClock::new()),
         ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
@@ -158,7 +159,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         store: describe(&choice),
         node: node.to_string(),
         home: home.dir.display().to_string(),
-        keeper: Some(keeper),
+        keeper,
         started_at: Some(bpm_ports::Clock::now(
             &bpm_adapters::clock::SystemClock::new(),
         )),
@@ -183,6 +184,36 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     tracing::info!("bpm daemon stopped");
     drop(lock);
     Ok(())
+}
+
+/// The keeper, started anew whenever it dies; each change is logged and
+/// shown by `bpm daemon status` (the keeper line and a warning).
+fn lasting_keeper(
+    first: bpm_adapters::keeper::KeeperSpawner,
+    home: &Home,
+    choice: &StoreChoice,
+    keeper: &Arc<std::sync::Mutex<Option<String>>>,
+    warnings: &Arc<std::sync::Mutex<Vec<String>>>,
+) -> Arc<bpm_adapters::keeper::LastingKeeper> {
+    let (h, c) = (home.clone(), choice.clone());
+    let start: bpm_adapters::keeper::StartKeeper = Arc::new(move || {
+        let (home, choice) = (h.clone(), c.clone());
+        Box::pin(async move {
+            crate::keeper::connect_or_start(&home, &choice)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    });
+    let (k, w) = (keeper.clone(), warnings.clone());
+    let report: bpm_adapters::keeper::KeeperReport = Arc::new(move |described, line| {
+        if let Some(d) = described {
+            *k.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(d);
+        }
+        w.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(line);
+    });
+    bpm_adapters::keeper::LastingKeeper::new(first, start, crate::keeper::start_log(home), report)
 }
 
 fn write_pid(path: &Path) -> Result<()> {

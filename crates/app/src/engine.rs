@@ -737,6 +737,11 @@ impl Driver {
     /// Handles a notice from the spawner, or holds it while the process's
     /// spawn is under way (an exit can overtake the spawn's own answer).
     async fn notice(&mut self, notice: ProcessNotice) {
+        if let ProcessNotice::Withdrawn { ids } = &notice {
+            // Back in the queue, they start on the next free slot.
+            self.core.withdraw(ids);
+            return;
+        }
         let mut queue = VecDeque::from([notice]);
         while let Some(notice) = queue.pop_front() {
             let id = match &notice {
@@ -745,6 +750,7 @@ impl Driver {
                 | ProcessNotice::Ready { id }
                 | ProcessNotice::Idle { id }
                 | ProcessNotice::Lost { id, .. } => *id,
+                ProcessNotice::Withdrawn { .. } => continue,
             };
             if self.spawning.contains_key(&id) {
                 // A process started in its place waits with it: its own
@@ -786,6 +792,7 @@ impl Driver {
                 ProcessNotice::Ready { id } => Input::Ready { id },
                 ProcessNotice::Idle { id } => Input::Idle { id },
                 ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
+                ProcessNotice::Withdrawn { .. } => continue,
             };
             if let Err(e) = self.step(input).await {
                 tracing::debug!(error = %e, "process notice ignored");

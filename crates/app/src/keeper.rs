@@ -72,7 +72,13 @@ pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
         .output_cap
         .unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP);
     let output = output_for(&choice, home, &prefix, cap, true).await?;
-    let spawner = Arc::new(OsSpawner::new(output, OsSpawnerConfig::default()));
+    let spawner = Arc::new(OsSpawner::new(
+        output,
+        OsSpawnerConfig {
+            start_log: Some(start_log(home)),
+            ..OsSpawnerConfig::default()
+        },
+    ));
     let socket = keeper_socket(home);
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
@@ -101,6 +107,13 @@ async fn connect(socket: &std::path::Path) -> Result<Option<KeeperSpawner>> {
         Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Err(anyhow!(e)),
         Err(_) => Ok(None),
     }
+}
+
+/// The keeper's start log: the id of every record it starts, noted just
+/// before the start, so that a daemon outliving the keeper knows which
+/// starts it may have made (see `bpm_adapters::keeper::LastingKeeper`).
+pub fn start_log(home: &Home) -> std::path::PathBuf {
+    home.dir.join("keeper.starts")
 }
 
 /// The keeper's socket.

@@ -1314,3 +1314,119 @@ fn a_damaged_journal_is_reported_at_start_and_in_the_status() {
         "{log}"
     );
 }
+
+/// The pid of the keeper `bpm daemon status` names.
+fn keeper_pid(bpm: &Bpm) -> u32 {
+    let status = bpm.ok(&["daemon", "status"]);
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("keeper   pid "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no keeper line: {status}"))
+}
+
+/// kill -9 of the keeper: a new keeper takes over at once, new runs work,
+/// every process still running stays running and under control (stop
+/// reaches it), queued starts go on, and a process that ends meanwhile is
+/// reported with an honest "exit code unknown". The status and the log say
+/// what happened.
+#[test]
+fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control() {
+    let bpm = Bpm::new();
+    std::fs::write(
+        bpm.home().join("config.toml"),
+        "[limits]\nmax_running = 3\n",
+    )
+    .expect("config");
+    let lives = bpm.ok(&["run", "--name", "lives", "--", "sleep", "30"]);
+    let ends = bpm.ok(&["run", "--name", "ends", "--shell", "--", "sleep 1; exit 3"]);
+    let held = bpm.ok(&["run", "--name", "held", "--", "sleep", "30"]);
+    // Queued behind the three: some are handed to the keeper to start on exits.
+    let runs = bpm.home().join("runs.log");
+    let line = format!("echo \"$BPM_PROCESS_ID\" >> '{}'", runs.display());
+    let queued: Vec<String> = (0..4)
+        .map(|i| {
+            bpm.ok(&["run", "--name", &format!("q{i}"), "--shell", "--", &line])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    for id in [&lives, &ends, &held] {
+        bpm.until_state(id.trim(), "running");
+    }
+    let pid = bpm.json(&["show", "lives", "--json"])["pid"]
+        .as_u64()
+        .expect("pid");
+    let keeper = keeper_pid(&bpm);
+    Command::new("kill")
+        .args(["-9", &keeper.to_string()])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(keeper) {
+        assert!(Instant::now() < deadline, "the keeper survived kill -9");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let out = bpm.run(&["run", "--wait", "--", "sh", "-c", "echo hi"]);
+    assert!(
+        out.status.success(),
+        "a run after the keeper died: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let status = bpm.ok(&["daemon", "status"]);
+    assert_ne!(keeper_pid(&bpm), keeper, "{status}");
+    assert!(
+        status.contains(&format!("warning  bpm's keeper (pid {keeper}) died")),
+        "{status}"
+    );
+    let log = std::fs::read_to_string(bpm.home().join("daemon.log")).expect("log");
+    assert!(log.contains("bpm's keeper died"), "{log}");
+    // Still running, with its pid, and under control.
+    let shown = bpm.json(&["show", "lives", "--json"]);
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert_eq!(shown["pid"].as_u64(), Some(pid));
+    // The one that ends meanwhile: an honest unknown, not a made-up code.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bpm.state(ends.trim()) == "running" {
+        assert!(Instant::now() < deadline, "its end was never noticed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended = bpm.json(&["show", "ends", "--json"]);
+    assert_eq!(ended["state"], "lost", "{ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exit code is unknown")),
+        "{ended}"
+    );
+    // Its slot freed, the queue goes on, each once.
+    bpm.ok(&["wait", &queued[0], &queued[1], &queued[2], &queued[3]]);
+    let mut ran: Vec<String> = std::fs::read_to_string(&runs)
+        .expect("runs")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ran.sort();
+    let mut expected = queued.clone();
+    expected.sort();
+    assert_eq!(ran, expected, "each queued record ran exactly once");
+    for id in &queued {
+        assert_eq!(bpm.state(id), "completed");
+    }
+    assert!(bpm.ok(&["stop", "lives"]).contains("cancelled"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(u32::try_from(pid).expect("pid")) {
+        assert!(
+            Instant::now() < deadline,
+            "stop did not reach the adopted process"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bpm.ok(&["stop", "held"]);
+}

@@ -41,7 +41,7 @@ async fn daemon(socket: &std::path::Path, limits: ConnectionLimits) -> Arc<Scrip
         store: "memory".into(),
         node: "local".into(),
         home: "/nowhere".into(),
-        keeper: None,
+        keeper: std::sync::Arc::default(),
         started_at: None,
         limits: None,
         warnings: std::sync::Arc::default(),

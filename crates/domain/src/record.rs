@@ -763,6 +763,23 @@ impl ProcessRecord {
                     }
                     self.lifecycle.clone()
                 }
+                // Asked to stop, and gone: stopped, though how it ended
+                // (its exit code) is unknown.
+                Transition::Lose { reason }
+                    if matches!(
+                        cause,
+                        StopCause::Requested
+                            | StopCause::Cascade { .. }
+                            | StopCause::Replaced { .. }
+                    ) =>
+                {
+                    Lifecycle::Cancelled {
+                        started_at: *started_at,
+                        ended_at: now,
+                        exit: None,
+                        reason: format!("{cause}; {reason}"),
+                    }
+                }
                 Transition::Lose { reason } => Lifecycle::Lost {
                     started_at: *started_at,
                     ended_at: now,

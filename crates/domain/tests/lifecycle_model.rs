@@ -128,6 +128,11 @@ fn step(m: &Model, op: &Op) -> (Expect, Model) {
         return (e, n);
     }
     let expect = match (m.state, op, m.tracked) {
+        // Asked to stop and gone: stopped, with its exit code unknown.
+        (Stopping, Op::Lose, _) if m.cause == Some(Cause::Requested) => {
+            end(&mut n, Cancelled);
+            Expect::Changed
+        }
         (_, Op::Lose, _) => {
             end(&mut n, Lost);
             Expect::Changed

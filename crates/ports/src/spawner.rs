@@ -103,6 +103,13 @@ pub enum ProcessNotice {
         /// Why.
         reason: String,
     },
+    /// Records handed over ([`ProcessSpawner::hand_over`]) that the spawner
+    /// gives back unstarted, as [`ProcessSpawner::withdraw`] would (the
+    /// process that held them died): the manager starts them itself.
+    Withdrawn {
+        /// The records.
+        ids: Vec<ProcessId>,
+    },
 }
 
 /// A spawner could not do what was asked.

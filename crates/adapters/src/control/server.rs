@@ -28,8 +28,9 @@ pub struct ServerInfo {
     pub node: String,
     /// The state directory.
     pub home: String,
-    /// The keeper it talks to (pid, version, protocol), when it has one.
-    pub keeper: Option<String>,
+    /// The keeper it talks to (pid, version, protocol), when it has one;
+    /// shared, since a new keeper takes over when one dies.
+    pub keeper: Arc<std::sync::Mutex<Option<String>>>,
     /// When it started.
     pub started_at: Option<bpm_domain::Timestamp>,
     /// Its supervision limits.
@@ -511,7 +512,11 @@ async fn dispatch(
                 store: info.store.clone(),
                 node: info.node.clone(),
                 home: info.home.clone(),
-                keeper: info.keeper.clone(),
+                keeper: info
+                    .keeper
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
                 counts,
                 started_at: info.started_at,
                 limits: info.limits.clone(),

@@ -21,8 +21,14 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Answer, SpawnError>>>>;
 
 struct Shared {
     pending: Pending,
-    /// Processes started or re-attached through this connection whose exit has not arrived.
-    watched: Mutex<HashSet<ProcessId>>,
+    /// Processes started or re-attached through this connection whose exit
+    /// has not arrived, with their pids.
+    watched: Mutex<HashMap<ProcessId, u32>>,
+    /// Whether the end of the connection reports every watched process
+    /// lost (else [`KeeperSpawner::orphans`] tells who takes them over).
+    lose_on_death: std::sync::atomic::AtomicBool,
+    /// Set once the keeper has closed the connection (it died).
+    closed: std::sync::atomic::AtomicBool,
     /// Processes whose exit arrived (and is queued for the engine).
     exited: Mutex<HashSet<ProcessId>>,
     /// The keeper's sequence number of each exit not yet recorded by the
@@ -152,7 +158,9 @@ impl KeeperSpawner {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
-            watched: Mutex::new(HashSet::new()),
+            watched: Mutex::new(HashMap::new()),
+            lose_on_death: std::sync::atomic::AtomicBool::new(true),
+            closed: std::sync::atomic::AtomicBool::new(false),
             exited: Mutex::new(HashSet::new()),
             unrecorded: Mutex::new(HashMap::new()),
         });
@@ -186,14 +194,20 @@ impl KeeperSpawner {
                         );
                         if let ProcessNotice::HandedOver {
                             next,
-                            started: Ok(_),
+                            started: Ok(pid),
                             ..
                         } = &notice
                         {
                             sh.watched
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
-                                .insert(*next);
+                                .insert(*next, *pid);
+                        }
+                        if let ProcessNotice::Lost { id, .. } = &notice {
+                            sh.watched
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove(id);
                         }
                         if let ProcessNotice::Exited { id, .. }
                         | ProcessNotice::HandedOver { id, .. } = &notice
@@ -221,15 +235,20 @@ impl KeeperSpawner {
                 }
             }
             // The keeper is gone: nobody will learn how its processes end.
+            sh.closed.store(true, Ordering::SeqCst);
             sh.pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clear();
+            if !sh.lose_on_death.load(Ordering::SeqCst) {
+                return;
+            }
             let orphans: Vec<ProcessId> = sh
                 .watched
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .drain()
+                .map(|(id, _)| id)
                 .collect();
             for id in orphans {
                 let _ = tx.send(ProcessNotice::Lost {
@@ -265,6 +284,28 @@ impl KeeperSpawner {
             next: AtomicU64::new(1),
             rx: Mutex::new(Some(rx)),
         })
+    }
+
+    /// Leaves the processes of a keeper that dies to the caller, who finds
+    /// them in [`orphans`](Self::orphans), instead of reporting them lost.
+    pub fn keep_orphans(&self) {
+        self.shared.lose_on_death.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the keeper has closed the connection (it died or exited).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// The processes started or re-attached through this connection whose
+    /// end it has not reported, with their pids; taken, so asked once.
+    pub fn orphans(&self) -> Vec<(ProcessId, u32)> {
+        self.shared
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect()
     }
 
     /// What the keeper said when this daemon connected: its protocol, bpm version and pid.
@@ -326,7 +367,7 @@ impl ProcessSpawner for KeeperSpawner {
                     .watched
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id);
+                    .insert(id, s.pid);
                 Ok(s)
             }
             other => Err(SpawnError::Os(format!("the keeper answered {other:?}"))),
@@ -362,7 +403,7 @@ impl ProcessSpawner for KeeperSpawner {
                     .watched
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id);
+                    .insert(id, pid);
                 Ok(true)
             }
             _ => Ok(false),

@@ -31,9 +31,11 @@
 //! strings once, not once per process. Slots belong to the connection too.
 
 mod client;
+mod lasting;
 mod server;
 
 pub use client::KeeperSpawner;
+pub use lasting::{KeeperReport, LastingKeeper, StartKeeper};
 pub use server::serve_keeper;
 
 use std::collections::BTreeMap;

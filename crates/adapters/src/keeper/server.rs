@@ -248,8 +248,9 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .unacked
                                 .values()
-                                .any(|n| matches!(n, ProcessNotice::Exited { id: e, .. } | ProcessNotice::HandedOver { id: e, .. } if *e == id));
-                            Ok(Answer::Held(waiting || spawner.holds(id, pid)))
+                                .any(|n| matches!(n, ProcessNotice::Exited { id: e, .. } | ProcessNotice::HandedOver { id: e, .. } | ProcessNotice::Lost { id: e, .. } if *e == id));
+                            // A process of a keeper that died is adopted.
+                            Ok(Answer::Held(waiting || spawner.adopt(id, pid)))
                         }
                         Op::Ack(seq) => {
                             let acked = state

@@ -43,6 +43,11 @@ pub struct OsSpawnerConfig {
     /// After an exit, how long to wait for the output pipes to drain (they
     /// stay open while a surviving descendant holds them).
     pub drain: Duration,
+    /// A file to which the id of every record is appended just before its
+    /// process starts (see [`read_start_log`]); emptied whenever nothing
+    /// runs. The keeper keeps one, so that whoever outlives it knows which
+    /// records it may have started.
+    pub start_log: Option<std::path::PathBuf>,
 }
 
 impl Default for OsSpawnerConfig {
@@ -51,6 +56,7 @@ impl Default for OsSpawnerConfig {
             port_poll: Duration::from_millis(100),
             tree_grace: Duration::from_secs(1),
             drain: Duration::from_millis(200),
+            start_log: None,
         }
     }
 }
@@ -65,9 +71,22 @@ struct Live {
     reaped: bool,
     /// Whether a terminating signal was sent: then the whole tree must end with the leader.
     stopping: bool,
-    /// Whether its exit starts the next request handed over.
-    hands_over: bool,
+    /// How it came to this spawner.
+    origin: Origin,
     stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
+}
+
+/// How a live process came to the spawner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Started here.
+    Started,
+    /// Started here, and its exit starts the next request handed over.
+    HandsOver,
+    /// Started by another keeper, which died: not this one's child, so its
+    /// exit status cannot be collected, and its group is never signalled by
+    /// pid (the leader may be reaped elsewhere at any time).
+    Adopted,
 }
 
 type LiveMap = Arc<Mutex<HashMap<ProcessId, Live>>>;
@@ -172,12 +191,22 @@ struct Inner {
     started_on_exit: Mutex<HashMap<ProcessId, u32>>,
     tx: mpsc::UnboundedSender<ProcessNotice>,
     config: OsSpawnerConfig,
+    /// The open start log, if the configuration names one.
+    start_log: Option<std::fs::File>,
 }
 
 impl OsSpawner {
     /// A spawner capturing output into `output`.
     pub fn new(output: Arc<dyn OutputStore>, config: OsSpawnerConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let start_log = config.start_log.as_ref().and_then(|path| {
+            crate::private::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .inspect_err(|e| tracing::error!(path = %path.display(), error = %e, "cannot open the start log"))
+                .ok()
+        });
         OsSpawner {
             inner: Arc::new(Inner {
                 output,
@@ -189,6 +218,7 @@ impl OsSpawner {
                 started_on_exit: Mutex::new(HashMap::new()),
                 tx,
                 config,
+                start_log,
             }),
             rx: Mutex::new(Some(rx)),
         }
@@ -204,6 +234,69 @@ impl OsSpawner {
         lock(&self.inner.live)
             .get(&id)
             .is_some_and(|l| l.pid == pid)
+    }
+
+    /// Takes over watching process `pid` of record `id`, started by another
+    /// keeper that died: its end is noticed by pidfd, and `signal` reaches
+    /// its tree through the record's mark. It is not this spawner's child,
+    /// so its exit status is unknown: its end is reported as
+    /// [`ProcessNotice::Lost`], saying so. `false` if no process `pid` that
+    /// carries the record's mark is alive.
+    pub fn adopt(&self, id: ProcessId, pid: u32) -> bool {
+        if self.holds(id, pid) {
+            return true;
+        }
+        let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            return false;
+        };
+        // The pidfd first: it pins the process the checks below look at.
+        let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        else {
+            return false;
+        };
+        let mark = format!("{}={id}", tree::MARK);
+        if !tree::carries_mark(pid, mark.as_bytes())
+            || tree::stat(pid).is_none_or(|s| s.state == 'Z')
+        {
+            return false;
+        }
+        // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
+        #[allow(unsafe_code)]
+        let Ok(pidfd) =
+            (unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) })
+        else {
+            return false;
+        };
+        lock(&self.inner.live).insert(
+            id,
+            Live {
+                pid,
+                reaped: false,
+                stopping: false,
+                origin: Origin::Adopted,
+                stdin: None,
+            },
+        );
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _ = pidfd.readable().await;
+            let stopping = lock(&inner.live).get_mut(&id).is_some_and(|l| {
+                l.reaped = true;
+                l.stopping
+            });
+            if stopping {
+                end_rest_of_tree(id, inner.config.tree_grace).await;
+            }
+            lock(&inner.live).remove(&id);
+            inner.forget_starts();
+            let _ = inner.tx.send(ProcessNotice::Lost {
+                id,
+                reason: format!(
+                    "process {pid} ended after the bpm keeper that started it died, so its exit code is unknown"
+                ),
+            });
+        });
+        true
     }
 
     /// Queues requests to start on exits (see [`ProcessSpawner::hand_over`]).
@@ -285,6 +378,13 @@ impl Inner {
             spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
             spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),
         })?;
+        if let Some(log) = &self.start_log {
+            // Before the start: a record missing from the log never started here.
+            let line = format!("{id_text}\n");
+            std::io::Write::write_all(&mut &*log, line.as_bytes()).map_err(|e| {
+                SpawnError::Os(format!("cannot note the start in the start log: {e}"))
+            })?;
+        }
         let child = spawn::spawn(
             &resolved,
             &request.argv,
@@ -320,7 +420,11 @@ impl Inner {
                 pid,
                 reaped: false,
                 stopping: false,
-                hands_over: request.hands_over,
+                origin: if request.hands_over {
+                    Origin::HandsOver
+                } else {
+                    Origin::Started
+                },
                 stdin,
             },
         );
@@ -395,7 +499,8 @@ impl Inner {
                     }
                 }
             }
-            let hands_over = lock(&live).remove(&id).is_some_and(|l| l.hands_over);
+            let hands_over = lock(&live).remove(&id).is_some_and(|l| l.origin == Origin::HandsOver);
+            inner.forget_starts();
             // The next request handed over starts in its place, before the
             // manager hears of the exit.
             let next = if hands_over { inner.start_next() } else { None };
@@ -411,6 +516,16 @@ impl Inner {
             let _ = inner.tx.send(notice);
         });
         Ok(Spawned { pid })
+    }
+
+    /// Empties the start log when nothing runs and nothing waits to start:
+    /// then no record in it can still be running or about to start.
+    fn forget_starts(&self) {
+        let Some(log) = &self.start_log else { return };
+        let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        if lock(&self.live).is_empty() && self.queue().is_empty() {
+            let _ = log.set_len(0);
+        }
     }
 
     /// `env` composed over the base environment, from the cache when it was lately.
@@ -465,7 +580,7 @@ impl ProcessSpawner for OsSpawner {
                     if is_terminating(signal) {
                         live.stopping = true;
                     }
-                    !live.reaped
+                    !live.reaped && live.origin != Origin::Adopted
                 }
                 // Not ours, or already gone: signalling an ended process is not an error.
                 _ => return Ok(()),
@@ -521,11 +636,10 @@ impl ProcessSpawner for OsSpawner {
             .map_err(|e| SpawnError::Os(format!("cannot write to the stdin of {id}: {e}")))
     }
 
-    async fn reattach(&self, _id: ProcessId, _pid: u32) -> Result<bool, SpawnError> {
-        // A process started by an earlier manager is not this one's child, so its
-        // exit status cannot be collected here; the per-process supervisor that
-        // makes this possible comes with the daemon.
-        Ok(false)
+    async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
+        // A process started by an earlier manager is not this one's child:
+        // watched by pidfd, its exit status unknown.
+        Ok(self.adopt(id, pid))
     }
 
     fn hands_over(&self) -> bool {
@@ -609,6 +723,31 @@ async fn end_rest_of_tree(id: ProcessId, grace: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The records whose start a spawner noted in the start log at `path` (see
+/// [`OsSpawnerConfig::start_log`]): each may have started, and no record
+/// outside it started since the log was last emptied. A missing log reads
+/// as empty.
+///
+/// # Errors
+/// The log exists but cannot be read.
+pub fn read_start_log(
+    path: &std::path::Path,
+) -> std::io::Result<std::collections::HashSet<ProcessId>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(std::collections::HashSet::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every live process that carries the mark of one of `ids`, by record: the
+/// process whose parent does not carry the same mark (the leader of the
+/// tree), and its pid.
+#[must_use]
+pub fn find_marked(ids: &[ProcessId]) -> HashMap<ProcessId, u32> {
+    tree::find_leaders(&ids.iter().copied().collect())
 }
 
 /// This process's environment as the base of a process it starts for its

@@ -39,7 +39,7 @@ pub(crate) fn stat(pid: u32) -> Option<Seen> {
     })
 }
 
-fn carries_mark(pid: u32, needle: &[u8]) -> bool {
+pub(crate) fn carries_mark(pid: u32, needle: &[u8]) -> bool {
     fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle))
 }
@@ -89,6 +89,41 @@ pub(crate) fn members(id: &str, leader: Option<u32>) -> Vec<Seen> {
         .into_iter()
         .filter_map(|p| seen.get(&p).copied())
         .collect()
+}
+
+/// For each of `ids`, the live process that leads its tree: of the processes
+/// that carry the record's mark, the one started first (a descendant starts
+/// after its ancestor).
+pub(crate) fn find_leaders(
+    ids: &HashSet<bpm_domain::ProcessId>,
+) -> HashMap<bpm_domain::ProcessId, u32> {
+    let own = std::process::id();
+    let mut leaders: HashMap<bpm_domain::ProcessId, Seen> = HashMap::new();
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    let prefix = format!("{MARK}=");
+    for seen in all_pids().into_iter().filter_map(stat) {
+        if seen.pid == own || seen.state == 'Z' {
+            continue;
+        }
+        let Ok(env) = fs::read(format!("/proc/{}/environ", seen.pid)) else {
+            continue;
+        };
+        let Some(id) = env
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .filter(|id| ids.contains(id))
+        else {
+            continue;
+        };
+        let earlier = leaders.get(&id).is_some_and(|l| l.start <= seen.start);
+        if !earlier {
+            leaders.insert(id, seen);
+        }
+    }
+    leaders.into_iter().map(|(id, s)| (id, s.pid)).collect()
 }
 
 /// Signals one process, only if it is still the one seen (same start time).

@@ -1,0 +1,362 @@
+//! A keeper connection that outlives the keeper: when the keeper dies (kill
+//! -9, a crash), [`LastingKeeper`] starts a new one and hands it every
+//! process the old one ran, so that no record says `lost` while its process
+//! runs, and new starts work again within moments.
+//!
+//! What happens to each record the dead keeper held:
+//! - a process still running is adopted by the new keeper (by pid, checked
+//!   against its `BPM_PROCESS_ID` mark): it stays `running`, `stop` reaches
+//!   its whole tree, and its end is noticed by pidfd. It is no longer the
+//!   keeper's child, so its exit code is unknown: its end is reported as
+//!   `lost`, saying so;
+//! - a process that ended while no keeper watched it is reported `lost`,
+//!   with the same reason;
+//! - records handed over and not yet started go back to the manager
+//!   ([`ProcessNotice::Withdrawn`]), which starts them itself. Whether the
+//!   dead keeper started one is read from its start log, in which every
+//!   start is noted before it is made: a record missing from it never
+//!   started, so starting it now cannot start it twice. One in it is
+//!   answered with the process the dead keeper started (or reported lost if
+//!   that has ended), not started again;
+//! - a start under way when the keeper died is answered the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bpm_domain::{ProcessId, Signal};
+use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
+use tokio::sync::{mpsc, watch};
+
+use super::KeeperSpawner;
+
+/// Starts a keeper (or connects to one that runs) and connects to it.
+pub type StartKeeper = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<KeeperSpawner, String>> + Send>> + Send + Sync,
+>;
+
+/// Told what happened, for the daemon's status and log: the new keeper's
+/// description when one took over, and a line on what the change cost.
+pub type KeeperReport = Arc<dyn Fn(Option<String>, String) + Send + Sync>;
+
+/// How long a call waits for a new keeper before it fails.
+const RESTART_WITHIN: Duration = Duration::from_secs(10);
+
+/// The reason given for a process whose end no keeper could see.
+fn unknown_end(pid: u32) -> String {
+    format!(
+        "process {pid} ended after the bpm keeper that started it died, so its exit code is unknown"
+    )
+}
+
+/// A [`ProcessSpawner`] over the node's keeper that starts a new keeper
+/// when the one it talks to dies (see the module's documentation).
+pub struct LastingKeeper {
+    current: std::sync::RwLock<Arc<KeeperSpawner>>,
+    /// Counts keepers; a call that found its keeper dead waits for the next.
+    generation: watch::Receiver<u64>,
+    /// Records handed over to the current keeper and not reported started.
+    handed: Arc<Mutex<HashSet<ProcessId>>>,
+    /// Records whose `spawn` the current keeper has not answered.
+    spawning: Mutex<HashSet<ProcessId>>,
+    /// The dead keeper's start log (read before a new keeper empties it).
+    start_log: PathBuf,
+    /// Records the dead keeper may have started, with the pid found running
+    /// under each mark (none if it ended): answered by `spawn` as started.
+    maybe_started: Mutex<HashMap<ProcessId, Option<u32>>>,
+    tx: mpsc::UnboundedSender<ProcessNotice>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
+}
+
+impl LastingKeeper {
+    /// Talks to `first` and, whenever the keeper dies, starts another with
+    /// `start`, reading the dead one's `start_log`; each change is told to `report`.
+    pub fn new(
+        first: KeeperSpawner,
+        start: StartKeeper,
+        start_log: PathBuf,
+        report: KeeperReport,
+    ) -> Arc<Self> {
+        first.keep_orphans();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (generation_tx, generation) = watch::channel(0);
+        let keeper = Arc::new(LastingKeeper {
+            current: std::sync::RwLock::new(Arc::new(first)),
+            generation,
+            handed: Arc::default(),
+            spawning: Mutex::default(),
+            start_log,
+            maybe_started: Mutex::default(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+        });
+        let weak = Arc::downgrade(&keeper);
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                let inner = me.current();
+                let Some(mut notices) = inner.notices() else {
+                    return;
+                };
+                drop(me);
+                while let Some(notice) = notices.recv().await {
+                    let Some(me) = weak.upgrade() else { return };
+                    me.forward(notice);
+                }
+                let Some(me) = weak.upgrade() else { return };
+                me.take_over(&inner, &start, &report).await;
+                generation_tx.send_modify(|g| *g += 1);
+            }
+        });
+        keeper
+    }
+
+    fn current(&self) -> Arc<KeeperSpawner> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn forward(&self, notice: ProcessNotice) {
+        if let ProcessNotice::HandedOver { next, .. } = &notice {
+            self.handed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(next);
+        }
+        let _ = self.tx.send(notice);
+    }
+
+    /// The keeper behind `dead` died: starts another, hands it the dead
+    /// one's processes, and settles the records it held.
+    async fn take_over(&self, dead: &KeeperSpawner, start: &StartKeeper, report: &KeeperReport) {
+        let was = dead.keeper().pid;
+        tracing::error!(pid = was, "bpm's keeper died; starting a new one");
+        let orphans = dead.orphans();
+        let handed: Vec<ProcessId> = self
+            .handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
+        // Read before a new keeper starts, and empties it.
+        let started = crate::os::read_start_log(&self.start_log).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the dead keeper's start log");
+            HashSet::new()
+        });
+        // Starts the dead keeper may have made without saying so.
+        let unreported: Vec<ProcessId> = self
+            .spawning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .chain(&handed)
+            .filter(|id| started.contains(id))
+            .copied()
+            .collect();
+        let running = crate::os::find_marked(&unreported);
+        let mut delay = Duration::from_millis(50);
+        let fresh = loop {
+            match start().await {
+                Ok(k) => break k,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a new keeper; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        fresh.keep_orphans();
+        let hello = fresh.keeper().clone();
+        let (mut adopted, mut ended) = (0, 0);
+        for (id, pid) in orphans {
+            if fresh.reattach(id, pid).await.unwrap_or(false) {
+                adopted += 1;
+            } else {
+                ended += 1;
+                let _ = self.tx.send(ProcessNotice::Lost {
+                    id,
+                    reason: unknown_end(pid),
+                });
+            }
+        }
+        {
+            let mut maybe = self
+                .maybe_started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for id in unreported {
+                maybe.insert(id, running.get(&id).copied());
+            }
+        }
+        let withdrawn = handed.len();
+        if !handed.is_empty() {
+            let _ = self.tx.send(ProcessNotice::Withdrawn { ids: handed });
+        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        let line = format!(
+            "bpm's keeper (pid {was}) died; keeper pid {} took over: {adopted} running processes adopted, \
+             {ended} had ended meanwhile (their exit codes are unknown), {withdrawn} queued starts taken back",
+            hello.pid
+        );
+        tracing::warn!("{line}");
+        report(
+            Some(format!(
+                "pid {} (bpm {}, keeper protocol {})",
+                hello.pid, hello.version, hello.protocol
+            )),
+            line,
+        );
+    }
+
+    /// The keeper to talk to: the current one, or, if it has died, the next
+    /// (waiting for it up to [`RESTART_WITHIN`]).
+    async fn keeper(&self) -> Result<Arc<KeeperSpawner>, SpawnError> {
+        let current = self.current();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let mut generation = self.generation.clone();
+        let seen = *generation.borrow_and_update();
+        let next = tokio::time::timeout(RESTART_WITHIN, async {
+            while *generation.borrow_and_update() == seen {
+                if generation.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if next.is_err() {
+            return Err(SpawnError::Os(format!(
+                "bpm's keeper died and no new one answered within {} s",
+                RESTART_WITHIN.as_secs()
+            )));
+        }
+        Ok(self.current())
+    }
+
+    /// What the dead keeper did with `id`, if it may have started it: the
+    /// process it started (adopted by the new keeper), or, if that has
+    /// ended, its start with a report of its unknown end.
+    async fn started_before(&self, id: ProcessId) -> Option<Result<Spawned, SpawnError>> {
+        let found = self
+            .maybe_started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)?;
+        Some(match found {
+            Some(pid) => {
+                let keeper = match self.keeper().await {
+                    Ok(k) => k,
+                    Err(e) => return Some(Err(e)),
+                };
+                if !keeper.reattach(id, pid).await.unwrap_or(false) {
+                    let _ = self.tx.send(ProcessNotice::Lost {
+                        id,
+                        reason: unknown_end(pid),
+                    });
+                }
+                Ok(Spawned { pid })
+            }
+            None => Err(SpawnError::Os(
+                "bpm's keeper died just as it started this process, which has ended since: \
+                 bpm cannot know how it ended, and does not start it again"
+                    .into(),
+            )),
+        })
+    }
+}
+
+#[async_trait]
+impl ProcessSpawner for LastingKeeper {
+    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
+        let id = request.id;
+        if let Some(answer) = self.started_before(id).await {
+            return answer;
+        }
+        let keeper = self.keeper().await?;
+        self.spawning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+        let answer = keeper.spawn(request.clone()).await;
+        let died = answer.is_err() && keeper.is_closed();
+        if died {
+            // The keeper died during the start: once the next has taken
+            // over, the dead one's start log tells whether it was made.
+            let next = self.keeper().await;
+            self.spawning
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            if let Some(answer) = self.started_before(id).await {
+                return answer;
+            }
+            return next?.spawn(request).await;
+        }
+        self.spawning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        answer
+    }
+
+    async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
+        self.keeper().await?.signal(id, pid, signal).await
+    }
+
+    async fn write_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), SpawnError> {
+        self.keeper().await?.write_input(id, data).await
+    }
+
+    async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
+        self.keeper().await?.reattach(id, pid).await
+    }
+
+    fn hands_over(&self) -> bool {
+        true
+    }
+
+    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
+        let keeper = self.keeper().await?;
+        let ids: Vec<ProcessId> = requests.iter().map(|r| r.id).collect();
+        // Noted first: the report of a start can come before the call returns.
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(ids.iter().copied());
+        let sent = keeper.hand_over(requests).await;
+        if sent.is_err() && !keeper.is_closed() {
+            let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+            for id in &ids {
+                handed.remove(id);
+            }
+        }
+        sent
+    }
+
+    async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
+        let back = self.keeper().await?.withdraw().await?;
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in &back {
+            handed.remove(id);
+        }
+        Ok(back)
+    }
+
+    fn exit_recorded(&self, id: ProcessId) {
+        self.current().exit_recorded(id);
+    }
+
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>> {
+        self.rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
