@@ -216,9 +216,14 @@ impl RawDaemon {
             .expect("a line")
     }
 
-    /// The keeper's next line, as JSON.
+    /// The keeper's next line but the pipes it hands over, as JSON.
     async fn reply(&mut self) -> serde_json::Value {
-        serde_json::from_str(&self.next().await).expect("JSON")
+        loop {
+            let line: serde_json::Value = serde_json::from_str(&self.next().await).expect("JSON");
+            if line.get("pipes").is_none() {
+                return line;
+            }
+        }
     }
 
     async fn send(&mut self, lines: &str) {

@@ -85,6 +85,7 @@ fn describe(choice: &StoreChoice) -> String {
 /// Another daemon holds this state directory, the configuration is invalid,
 /// or the store or the socket cannot be opened.
 pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()> {
+    bpm_adapters::os::raise_open_files_limit();
     home.prepare()?;
     let lock = bpm_adapters::private::options()
         .create(true)

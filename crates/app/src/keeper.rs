@@ -53,6 +53,7 @@ pub(crate) async fn output_for(
 /// # Errors
 /// Another keeper runs for this state directory, or its socket cannot be opened.
 pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
+    bpm_adapters::os::raise_open_files_limit();
     home.prepare()?;
     let lock = bpm_adapters::private::options()
         .create(true)

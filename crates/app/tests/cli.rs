@@ -1338,7 +1338,15 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
         "[limits]\nmax_running = 3\n",
     )
     .expect("config");
-    let lives = bpm.ok(&["run", "--name", "lives", "--", "sleep", "30"]);
+    // It writes all along: its pipes must outlive the keeper, or it dies of SIGPIPE.
+    let lives = bpm.ok(&[
+        "run",
+        "--name",
+        "lives",
+        "--shell",
+        "--",
+        "while true; do echo tick; sleep 0.05; done",
+    ]);
     let ends = bpm.ok(&["run", "--name", "ends", "--shell", "--", "sleep 1; exit 3"]);
     let held = bpm.ok(&["run", "--name", "held", "--", "sleep", "30"]);
     // Queued behind the three: some are handed to the keeper to start on exits.
@@ -1387,10 +1395,16 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
     );
     let log = std::fs::read_to_string(bpm.home().join("daemon.log")).expect("log");
     assert!(log.contains("bpm's keeper died"), "{log}");
-    // Still running, with its pid, and under control.
+    // Still running, with its pid, its output still captured, and under control.
     let shown = bpm.json(&["show", "lives", "--json"]);
     assert_eq!(shown["state"], "running", "{shown}");
     assert_eq!(shown["pid"].as_u64(), Some(pid));
+    let before = bpm.ok(&["logs", "lives"]).lines().count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bpm.ok(&["logs", "lives"]).lines().count() > before + 3,
+        "its output is no longer captured"
+    );
     // The one that ends meanwhile: an honest unknown, not a made-up code.
     let deadline = Instant::now() + Duration::from_secs(10);
     while bpm.state(ends.trim()) == "running" {
@@ -1429,4 +1443,45 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
         std::thread::sleep(Duration::from_millis(20));
     }
     bpm.ok(&["stop", "held"]);
+}
+
+/// A daemon that restarted (kill -9) gets the pipes of the processes the
+/// keeper runs, so they also outlive a keeper killed afterwards.
+#[test]
+fn pipes_reach_a_restarted_daemon_and_outlive_the_keeper_after_it() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&[
+        "run",
+        "--shell",
+        "--",
+        "while true; do echo tick; sleep 0.05; done",
+    ]);
+    let id = id.trim();
+    bpm.until_state(id, "running");
+    let daemon = bpm.daemon_pid();
+    Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .expect("kill");
+    while alive(daemon) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(bpm.state(id), "running");
+    let keeper = keeper_pid(&bpm);
+    Command::new("kill")
+        .args(["-9", &keeper.to_string()])
+        .status()
+        .expect("kill");
+    while alive(keeper) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(bpm.state(id), "running", "it died with the keeper");
+    let before = bpm.ok(&["logs", id]).lines().count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bpm.ok(&["logs", id]).lines().count() > before + 3,
+        "its output is no longer captured"
+    );
+    assert!(bpm.ok(&["stop", id]).contains("cancelled"));
 }

@@ -1,6 +1,7 @@
 //! The daemon's side: a `ProcessSpawner` whose processes the keeper runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +15,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
+use super::fds::{self, FdReader};
 use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
 use crate::control::read_line;
 
@@ -29,6 +31,9 @@ struct Shared {
     lose_on_death: std::sync::atomic::AtomicBool,
     /// Set once the keeper has closed the connection (it died).
     closed: std::sync::atomic::AtomicBool,
+    /// The reading ends of the output pipes of the watched processes, held
+    /// so that the pipes outlive the keeper (see the module's documentation).
+    pipes: Mutex<HashMap<ProcessId, [OwnedFd; 2]>>,
     /// Processes whose exit arrived (and is queued for the engine).
     exited: Mutex<HashSet<ProcessId>>,
     /// The keeper's sequence number of each exit not yet recorded by the
@@ -153,6 +158,7 @@ impl KeeperSpawner {
         let peer = rustix::net::sockopt::socket_peercred(&stream)
             .map_or_else(|_| "?".to_string(), |c| c.pid.as_raw_nonzero().to_string());
         let (read, write) = stream.into_split();
+        let (read, received) = FdReader::new(read);
         let mut reader = BufReader::new(read);
         let keeper = hello(&mut reader, within, &peer).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -161,6 +167,7 @@ impl KeeperSpawner {
             watched: Mutex::new(HashMap::new()),
             lose_on_death: std::sync::atomic::AtomicBool::new(true),
             closed: std::sync::atomic::AtomicBool::new(false),
+            pipes: Mutex::new(HashMap::new()),
             exited: Mutex::new(HashSet::new()),
             unrecorded: Mutex::new(HashMap::new()),
         });
@@ -203,6 +210,15 @@ impl KeeperSpawner {
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .insert(*next, *pid);
                         }
+                        if let ProcessNotice::Exited { id, .. }
+                        | ProcessNotice::HandedOver { id, .. }
+                        | ProcessNotice::Lost { id, .. } = &notice
+                        {
+                            sh.pipes
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove(id);
+                        }
                         if let ProcessNotice::Lost { id, .. } = &notice {
                             sh.watched
                                 .lock()
@@ -228,6 +244,18 @@ impl KeeperSpawner {
                         let _ = tx.send(notice);
                         if !exit {
                             let _ = ack_tx.send(seq);
+                        }
+                    }
+                    Ok(KeeperLine::Pipes { pipes: id }) => {
+                        let ends = fds::take(&received, 2)
+                            .and_then(|fds| <[OwnedFd; 2]>::try_from(fds).ok());
+                        if let Some(ends) = ends {
+                            sh.pipes
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(id, ends);
+                        } else {
+                            tracing::warn!(%id, "the keeper said it sent pipes, but none came");
                         }
                     }
                     Ok(KeeperLine::Hello { .. }) => {}
@@ -298,14 +326,77 @@ impl KeeperSpawner {
     }
 
     /// The processes started or re-attached through this connection whose
-    /// end it has not reported, with their pids; taken, so asked once.
-    pub fn orphans(&self) -> Vec<(ProcessId, u32)> {
+    /// end it has not reported, with their pids and the reading ends of
+    /// their output pipes; taken, so asked once.
+    pub fn orphans(&self) -> Vec<(ProcessId, u32, Option<[OwnedFd; 2]>)> {
+        let mut pipes = self
+            .shared
+            .pipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.shared
             .watched
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
+            .map(|(id, pid)| (id, pid, pipes.remove(&id)))
             .collect()
+    }
+
+    /// Asks the keeper to take over process `pid` of record `id` from a
+    /// keeper that died, going on copying its output from `pipes`: whether
+    /// it now watches it (`false` if that process has ended).
+    ///
+    /// # Errors
+    /// The keeper is gone.
+    pub async fn adopt(
+        &self,
+        id: ProcessId,
+        pid: u32,
+        pipes: Option<[OwnedFd; 2]>,
+    ) -> Result<bool, SpawnError> {
+        let call = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(call, tx);
+        let mut line = Vec::new();
+        encode(
+            &mut line,
+            &Request {
+                id: call,
+                op: Op::Adopt {
+                    id,
+                    pid,
+                    pipes: pipes.is_some(),
+                },
+            },
+        )?;
+        let borrowed: Vec<_> = pipes.iter().flatten().map(AsFd::as_fd).collect();
+        {
+            let mut writer = self.writer.lock().await;
+            fds::send_with_fds(&mut writer, &line, &borrowed)
+                .await
+                .map_err(|_| gone())?;
+        }
+        let held = matches!(rx.await.map_err(|_| gone())??, Answer::Held(true));
+        if held {
+            self.shared
+                .watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, pid);
+            if let Some(ends) = pipes {
+                self.shared
+                    .pipes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, ends);
+            }
+        }
+        Ok(held)
     }
 
     /// What the keeper said when this daemon connected: its protocol, bpm version and pid.
@@ -449,7 +540,7 @@ impl ProcessSpawner for KeeperSpawner {
 
 /// Reads the keeper's hello and checks its protocol.
 async fn hello(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    reader: &mut BufReader<FdReader>,
     within: Duration,
     peer: &str,
 ) -> std::io::Result<KeeperHello> {

@@ -174,8 +174,8 @@ impl LastingKeeper {
         fresh.keep_orphans();
         let hello = fresh.keeper().clone();
         let (mut adopted, mut ended) = (0, 0);
-        for (id, pid) in orphans {
-            if fresh.reattach(id, pid).await.unwrap_or(false) {
+        for (id, pid, pipes) in orphans {
+            if fresh.adopt(id, pid, pipes).await.unwrap_or(false) {
                 adopted += 1;
             } else {
                 ended += 1;

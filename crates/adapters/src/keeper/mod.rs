@@ -24,6 +24,15 @@
 //! that process. The queue belongs to the connection that
 //! filled it: a new connection, or the end of this one, empties it.
 //!
+//! The output pipes outlive the keeper: for every process it runs, the
+//! keeper sends the daemon copies of the reading ends of its stdout and
+//! stderr (`{"pipes":ID}`, the two descriptors attached with `SCM_RIGHTS`)
+//! before it reports the start, and for every running process when a
+//! daemon connects. A process whose keeper dies therefore never meets a
+//! broken pipe; the daemon hands the pipes to the next keeper with
+//! `{"adopt":{"id":ID,"pid":P,"pipes":true}}` (the descriptors attached),
+//! which goes on copying the output and watches the process by pidfd.
+//!
 //! Starts (`spawn`, `hand_over`) name their environment by a slot number:
 //! `{"env":{"slot":N,"vars":{...}}}` (id 0) defines slot N for the requests
 //! that follow on the connection, so an environment that hundreds of
@@ -31,6 +40,7 @@
 //! strings once, not once per process. Slots belong to the connection too.
 
 mod client;
+mod fds;
 mod lasting;
 mod server;
 
@@ -46,7 +56,7 @@ use bpm_ports::{ProcessNotice, SpawnError, SpawnRequest, Spawned};
 use serde::{Deserialize, Serialize};
 
 /// The keeper protocol this build speaks (see the module's documentation).
-pub const KEEPER_PROTOCOL: u32 = 3;
+pub const KEEPER_PROTOCOL: u32 = 4;
 
 /// How many environment slots a connection may define.
 const ENV_SLOTS: u32 = 16;
@@ -88,6 +98,13 @@ enum Op {
     Reattach {
         id: ProcessId,
         pid: u32,
+    },
+    /// Take over process `pid` of record `id` from a keeper that died; with
+    /// `pipes`, the line carries the reading ends of its stdout and stderr.
+    Adopt {
+        id: ProcessId,
+        pid: u32,
+        pipes: bool,
     },
     Ack(u64),
     HandOver(Vec<Start>),
@@ -132,6 +149,11 @@ enum KeeperLine {
     Notice {
         seq: u64,
         notice: ProcessNotice,
+    },
+    /// The line carries the reading ends of the stdout and stderr pipes of
+    /// record `pipes`'s process.
+    Pipes {
+        pipes: ProcessId,
     },
     Reply {
         id: u64,

@@ -4,11 +4,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use std::os::fd::{AsFd, OwnedFd};
+
+use bpm_domain::ProcessId;
 use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
 
+use super::fds::{self, FdReader};
 use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
 use crate::control::read_line;
 use crate::os::OsSpawner;
@@ -30,6 +34,38 @@ async fn send(writer: &Writer, line: &KeeperLine) -> bool {
         Some(w) => w.write_all(&bytes).await.is_ok(),
         None => false,
     }
+}
+
+/// Sends the connected daemon the reading ends of the output pipes of
+/// record `id`'s process, if it runs, so that they outlive this keeper.
+async fn send_pipes(writer: &Writer, spawner: &OsSpawner, id: ProcessId) -> bool {
+    let Some(pipes) = spawner.pipes(id) else {
+        return true;
+    };
+    let Ok(mut line) = serde_json::to_vec(&KeeperLine::Pipes { pipes: id }) else {
+        return false;
+    };
+    line.push(b'\n');
+    let ends = [pipes[0].as_fd(), pipes[1].as_fd()];
+    let mut guard = writer.lock().await;
+    match guard.as_mut() {
+        Some(w) => fds::send_with_fds(w, &line, &ends).await.is_ok(),
+        None => false,
+    }
+}
+
+/// Whether an exit or loss of record `id` waits for the daemon to take it.
+fn end_waiting(state: &Mutex<State>, id: ProcessId) -> bool {
+    state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .unacked
+        .values()
+        .any(|n| {
+            matches!(n, ProcessNotice::Exited { id: e, .. }
+                | ProcessNotice::HandedOver { id: e, .. }
+                | ProcessNotice::Lost { id: e, .. } if *e == id)
+        })
 }
 
 /// Answers a request the keeper cannot read with an error, when it can
@@ -84,9 +120,17 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Which connection is the newest: starts handed over belong to it.
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (st, w) = (state.clone(), writer.clone());
+    let (st, w, sp) = (state.clone(), writer.clone(), spawner.clone());
     tokio::spawn(async move {
         while let Some(notice) = notices.recv().await {
+            if let ProcessNotice::HandedOver {
+                next,
+                started: Ok(_),
+                ..
+            } = &notice
+            {
+                send_pipes(&w, &sp, *next).await;
+            }
             let seq = {
                 let mut s = st.lock().unwrap_or_else(PoisonError::into_inner);
                 let seq = s.next_seq;
@@ -146,7 +190,11 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
             );
         }
         let this = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        // Everything not yet taken goes to the new daemon first.
+        // The daemon holds the pipes of every running process, then takes
+        // everything not yet taken.
+        for (id, _) in spawner.all_pipes() {
+            send_pipes(&writer, &spawner, id).await;
+        }
         let pending: Vec<(u64, ProcessNotice)> = state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -166,6 +214,7 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
         );
         connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
+            let (read, received) = FdReader::new(read);
             let mut reader = BufReader::new(read);
             let mut envs = EnvTable::new();
             while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
@@ -225,6 +274,22 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                         send(&writer, &reply).await;
                         continue;
                     }
+                    // Its descriptors come with this line: taken here, in order.
+                    Op::Adopt { id, pid, pipes } => {
+                        let ends = if pipes {
+                            fds::take(&received, 2).and_then(|f| <[OwnedFd; 2]>::try_from(f).ok())
+                        } else {
+                            None
+                        };
+                        let held = end_waiting(&state, id) || spawner.adopt_with(id, pid, ends);
+                        let reply = KeeperLine::Reply {
+                            id: request.id,
+                            ok: Some(Answer::Held(held)),
+                            err: None,
+                        };
+                        send(&writer, &reply).await;
+                        continue;
+                    }
                     _ => request,
                 };
                 let (spawner, state, writer) = (spawner.clone(), state.clone(), writer.clone());
@@ -234,8 +299,18 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                         // is answered with that process until the daemon has
                         // acknowledged its exit (a daemon restarted in between
                         // may ask): the spawner keeps it until `exit_recorded`.
-                        Op::Spawn(start) => spawner.spawn(start.request).await.map(Answer::Spawned),
-                        Op::HandOver(_) | Op::Withdraw | Op::Env { .. } => return,
+                        Op::Spawn(start) => {
+                            let id = start.request.id;
+                            let spawned = spawner.spawn(start.request).await;
+                            // The daemon holds the pipes before it hears of the start.
+                            if spawned.is_ok() {
+                                send_pipes(&writer, &spawner, id).await;
+                            }
+                            spawned.map(Answer::Spawned)
+                        }
+                        Op::HandOver(_) | Op::Withdraw | Op::Env { .. } | Op::Adopt { .. } => {
+                            return;
+                        }
                         Op::Signal { id, pid, signal } => {
                             spawner.signal(id, pid, signal).await.map(|()| Answer::Done)
                         }
@@ -243,14 +318,10 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
                             spawner.write_input(id, data).await.map(|()| Answer::Done)
                         }
                         Op::Reattach { id, pid } => {
-                            let waiting = state
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .unacked
-                                .values()
-                                .any(|n| matches!(n, ProcessNotice::Exited { id: e, .. } | ProcessNotice::HandedOver { id: e, .. } | ProcessNotice::Lost { id: e, .. } if *e == id));
                             // A process of a keeper that died is adopted.
-                            Ok(Answer::Held(waiting || spawner.adopt(id, pid)))
+                            Ok(Answer::Held(
+                                end_waiting(&state, id) || spawner.adopt(id, pid),
+                            ))
                         }
                         Op::Ack(seq) => {
                             let acked = state

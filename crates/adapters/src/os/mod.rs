@@ -74,7 +74,13 @@ struct Live {
     /// How it came to this spawner.
     origin: Origin,
     stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
+    /// Copies of the reading ends of its stdout and stderr pipes, for a
+    /// daemon to hold (see [`OsSpawner::pipes`]).
+    pipes: Option<Pipes>,
 }
+
+/// The reading ends of a process's stdout and stderr pipes.
+pub type Pipes = Arc<[std::os::fd::OwnedFd; 2]>;
 
 /// How a live process came to the spawner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +249,17 @@ impl OsSpawner {
     /// [`ProcessNotice::Lost`], saying so. `false` if no process `pid` that
     /// carries the record's mark is alive.
     pub fn adopt(&self, id: ProcessId, pid: u32) -> bool {
+        self.adopt_with(id, pid, None)
+    }
+
+    /// [`adopt`](Self::adopt), going on copying its output from `pipes`
+    /// (the reading ends of its stdout and stderr, which a daemon kept).
+    pub fn adopt_with(
+        &self,
+        id: ProcessId,
+        pid: u32,
+        pipes: Option<[std::os::fd::OwnedFd; 2]>,
+    ) -> bool {
         if self.holds(id, pid) {
             return true;
         }
@@ -267,6 +284,20 @@ impl OsSpawner {
         else {
             return false;
         };
+        let watcher = capture::Watcher::new(id, self.inner.tx.clone(), None);
+        let (kept, pumps) = match pipes.map(|[out, err]| -> std::io::Result<_> {
+            let kept: Pipes = Arc::new([out.try_clone()?, err.try_clone()?]);
+            let out = pipe::Receiver::from_owned_fd(out)?;
+            let err = pipe::Receiver::from_owned_fd(err)?;
+            Ok((kept, self.inner.pumps(out, err, &watcher)))
+        }) {
+            Some(Ok((kept, pumps))) => (Some(kept), Some(pumps)),
+            Some(Err(e)) => {
+                tracing::warn!(%id, error = %e, "cannot go on copying an adopted process's output");
+                (None, None)
+            }
+            None => (None, None),
+        };
         lock(&self.inner.live).insert(
             id,
             Live {
@@ -275,9 +306,11 @@ impl OsSpawner {
                 stopping: false,
                 origin: Origin::Adopted,
                 stdin: None,
+                pipes: kept,
             },
         );
         let inner = self.inner.clone();
+        let mut activity = watcher.activity();
         tokio::spawn(async move {
             let _ = pidfd.readable().await;
             let stopping = lock(&inner.live).get_mut(&id).is_some_and(|l| {
@@ -286,6 +319,9 @@ impl OsSpawner {
             });
             if stopping {
                 end_rest_of_tree(id, inner.config.tree_grace).await;
+            }
+            if let Some(pumps) = pumps {
+                drain(pumps, inner.config.drain, &watcher, &mut activity).await;
             }
             lock(&inner.live).remove(&id);
             inner.forget_starts();
@@ -297,6 +333,21 @@ impl OsSpawner {
             });
         });
         true
+    }
+
+    /// The reading ends of the output pipes of process `id`, while it runs:
+    /// a daemon holds a copy, so that the pipes outlive this spawner's
+    /// process (a keeper killed) and a new keeper can go on reading them.
+    pub fn pipes(&self, id: ProcessId) -> Option<Pipes> {
+        lock(&self.inner.live).get(&id)?.pipes.clone()
+    }
+
+    /// [`pipes`](Self::pipes) of every process that runs.
+    pub fn all_pipes(&self) -> Vec<(ProcessId, Pipes)> {
+        lock(&self.inner.live)
+            .iter()
+            .filter_map(|(id, l)| Some((*id, l.pipes.clone()?)))
+            .collect()
     }
 
     /// Queues requests to start on exits (see [`ProcessSpawner::hand_over`]).
@@ -407,6 +458,10 @@ impl Inner {
             ))),
             None => None,
         };
+        let pipes = Arc::new([
+            child.stdout.try_clone().map_err(os)?,
+            child.stderr.try_clone().map_err(os)?,
+        ]);
         let stdout = pipe::Receiver::from_owned_fd(child.stdout).map_err(os)?;
         let stderr = pipe::Receiver::from_owned_fd(child.stderr).map_err(os)?;
         // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
@@ -426,6 +481,7 @@ impl Inner {
                     Origin::Started
                 },
                 stdin,
+                pipes: Some(pipes),
             },
         );
 
@@ -438,20 +494,7 @@ impl Inner {
                 _ => None,
             },
         );
-        let pumps = [
-            tokio::spawn(capture::pump(
-                stdout,
-                Stream::Stdout,
-                self.output.clone(),
-                watcher.clone(),
-            )),
-            tokio::spawn(capture::pump(
-                stderr,
-                Stream::Stderr,
-                self.output.clone(),
-                watcher.clone(),
-            )),
-        ];
+        let pumps = self.pumps(stdout, stderr, &watcher);
         if let ReadinessCheck::Port { port } = request.readiness {
             tokio::spawn(capture::wait_for_port(
                 port,
@@ -481,25 +524,10 @@ impl Inner {
             if stopping == Some(true) {
                 end_rest_of_tree(id, config.tree_grace).await;
             }
-            // Let the pipes drain so the output is complete when the exit
-            // is announced: while they are still copying (a slow disk under
-            // the output files), for up to DRAIN_BUSY; a quiet pipe that
-            // stays open (a descendant holds it) for `drain`.
-            let busy_until = tokio::time::Instant::now() + DRAIN_BUSY;
-            for mut pump in pumps {
-                loop {
-                    match tokio::time::timeout(config.drain, &mut pump).await {
-                        Err(_)
-                            if (copier.copying() || activity.has_changed().unwrap_or(false))
-                                && tokio::time::Instant::now() < busy_until =>
-                        {
-                            activity.borrow_and_update();
-                        }
-                        _ => break,
-                    }
-                }
-            }
-            let hands_over = lock(&live).remove(&id).is_some_and(|l| l.origin == Origin::HandsOver);
+            drain(pumps, config.drain, &copier, &mut activity).await;
+            let hands_over = lock(&live)
+                .remove(&id)
+                .is_some_and(|l| l.origin == Origin::HandsOver);
             inner.forget_starts();
             // The next request handed over starts in its place, before the
             // manager hears of the exit.
@@ -516,6 +544,29 @@ impl Inner {
             let _ = inner.tx.send(notice);
         });
         Ok(Spawned { pid })
+    }
+
+    /// Copies `stdout` and `stderr` into the output store, one task each.
+    fn pumps(
+        &self,
+        stdout: pipe::Receiver,
+        stderr: pipe::Receiver,
+        watcher: &capture::Watcher,
+    ) -> [tokio::task::JoinHandle<()>; 2] {
+        [
+            tokio::spawn(capture::pump(
+                stdout,
+                Stream::Stdout,
+                self.output.clone(),
+                watcher.clone(),
+            )),
+            tokio::spawn(capture::pump(
+                stderr,
+                Stream::Stderr,
+                self.output.clone(),
+                watcher.clone(),
+            )),
+        ]
     }
 
     /// Empties the start log when nothing runs and nothing waits to start:
@@ -703,6 +754,32 @@ async fn reap(pidfd: &AsyncFd<std::os::fd::OwnedFd>, live: &LiveMap, id: Process
     }
 }
 
+/// Lets a process's pipes drain after its exit, so its output is complete
+/// when the exit is announced: while they are still copying (a slow disk
+/// under the output files), for up to [`DRAIN_BUSY`]; a quiet pipe that
+/// stays open (a descendant holds it) for `quiet`.
+async fn drain(
+    pumps: [tokio::task::JoinHandle<()>; 2],
+    quiet: Duration,
+    copier: &capture::Watcher,
+    activity: &mut watch::Receiver<tokio::time::Instant>,
+) {
+    let busy_until = tokio::time::Instant::now() + DRAIN_BUSY;
+    for mut pump in pumps {
+        loop {
+            match tokio::time::timeout(quiet, &mut pump).await {
+                Err(_)
+                    if (copier.copying() || activity.has_changed().unwrap_or(false))
+                        && tokio::time::Instant::now() < busy_until =>
+                {
+                    activity.borrow_and_update();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
 /// After a stopped leader exits, gives the rest of its tree `grace` to end, then kills it.
 async fn end_rest_of_tree(id: ProcessId, grace: Duration) {
     let id_text = id.to_string();
@@ -771,4 +848,25 @@ pub fn inherited_env() -> (std::collections::BTreeMap<String, String>, Vec<Strin
         }
     }
     (env, left_out)
+}
+
+/// Raises this process's limit of open files to its hard limit (at most
+/// 65,536): a keeper holds about five descriptors per process it runs, and a
+/// daemon two (the pipes that outlive the keeper), so the common soft limit
+/// of 1,024 would cap them at a few hundred processes. The processes a
+/// keeper starts inherit the raised soft limit, as they do in containers.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let want = limit.maximum.map_or(65_536, |max| max.min(65_536));
+    if limit.current.is_some_and(|c| c >= want) {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(want),
+        maximum: limit.maximum,
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!(error = %e, "cannot raise the limit of open files");
+    }
 }
