@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use bpm_adapters::keeper::{KeeperSpawner, serve_keeper};
+use bpm_adapters::keeper::{KeeperSpawner, serve_keeper_keeping};
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
 use bpm_ports::OutputStore;
 use rustix::fs::{FlockOperation, flock};
@@ -48,7 +48,9 @@ pub(crate) async fn output_for(
     })
 }
 
-/// Runs the keeper until it has been idle (no daemon, no process, no exit to hand over).
+/// Runs the keeper until it has been idle (no daemon, no process) for 10 s
+/// (`BPM_KEEPER_IDLE_MS` overrides it); ends no daemon took are kept in
+/// `keeper.exits` for the next keeper.
 ///
 /// # Errors
 /// Another keeper runs for this state directory, or its socket cannot be opened.
@@ -86,7 +88,12 @@ pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
     tracing::info!(pid = std::process::id(), "bpm keeper started");
-    serve_keeper(listener, spawner, IDLE_EXIT).await;
+    // Tests wait less.
+    let idle = std::env::var("BPM_KEEPER_IDLE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(IDLE_EXIT, Duration::from_millis);
+    serve_keeper_keeping(listener, spawner, idle, Some(home.dir.join("keeper.exits"))).await;
     let _ = fs::remove_file(&socket);
     drop(lock);
     Ok(())

@@ -1485,3 +1485,96 @@ fn pipes_reach_a_restarted_daemon_and_outlive_the_keeper_after_it() {
     );
     assert!(bpm.ok(&["stop", id]).contains("cancelled"));
 }
+
+/// A keeper left with an exit no daemon took, and nothing running, does not
+/// wait for ever: it writes the exit down and leaves, and the next daemon
+/// still learns the real exit code.
+#[test]
+fn a_keeper_without_a_daemon_keeps_the_exits_and_leaves() {
+    let bpm = Bpm::new();
+    let run = |args: &[&str]| {
+        let out = bpm
+            .cmd(args)
+            .env("BPM_KEEPER_IDLE_MS", "300")
+            .output()
+            .expect("bpm runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let id = run(&["run", "--", "sh", "-c", "sleep 0.5; exit 7"]);
+    let id = id.trim();
+    let keeper = keeper_pid(&bpm);
+    run(&["daemon", "stop"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(keeper) {
+        assert!(Instant::now() < deadline, "the keeper never left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kept = std::fs::read_to_string(bpm.home().join("keeper.exits")).expect("kept exits");
+    assert!(kept.contains(id), "{kept}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bpm.state(id) == "running" {
+        assert!(Instant::now() < deadline, "the kept exit never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shown = bpm.json(&["show", id, "--json"]);
+    assert_eq!(shown["state"], "failed", "{shown}");
+    assert_eq!(shown["exit_code"], 7, "{shown}");
+}
+
+/// kill -9 of the daemon and the keeper together: the next daemon tells the
+/// truth about every record (running only while its process runs, and an
+/// end it could not see says so), and what still runs stays under control.
+#[test]
+fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
+    let bpm = Bpm::new();
+    let quiet = bpm.ok(&["run", "--name", "quiet", "--", "sleep", "30"]);
+    let ends = bpm.ok(&[
+        "run",
+        "--name",
+        "ends",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.5; exit 4",
+    ]);
+    let (quiet, ends) = (quiet.trim(), ends.trim());
+    bpm.until_state(quiet, "running");
+    bpm.until_state(ends, "running");
+    let pid = bpm.json(&["show", quiet, "--json"])["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("pid");
+    let (daemon, keeper) = (bpm.daemon_pid(), keeper_pid(&bpm));
+    Command::new("kill")
+        .args(["-9", &daemon.to_string(), &keeper.to_string()])
+        .status()
+        .expect("kill");
+    while alive(daemon) || alive(keeper) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bpm.state(ends) == "running" {
+        assert!(Instant::now() < deadline, "its end was never noticed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended = bpm.json(&["show", ends, "--json"]);
+    assert_eq!(ended["state"], "lost", "{ended}");
+    assert!(
+        ended["exit_code"].is_null(),
+        "no made-up exit code: {ended}"
+    );
+    assert_eq!(bpm.state(quiet), "running");
+    assert!(alive(pid));
+    assert!(bpm.ok(&["stop", quiet]).contains("cancelled"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "stop did not reach it");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -16,7 +16,9 @@
 //! `{"seq":S,"notice":{...}}`; the daemon acknowledges each with
 //! `{"id":0,"op":{"ack":S}}`, an exit only once its engine has recorded it.
 //! A request with id 0 gets no answer. Unacknowledged notices are sent again
-//! to the next daemon that connects. `{"hand_over":[request...]}` (sent with
+//! to the next daemon that connects; a keeper that has nothing running and
+//! no daemon for a while writes them to a file and exits, and the next
+//! keeper reads them back (`serve_keeper_keeping`). `{"hand_over":[request...]}` (sent with
 //! id 0) queues starts that the keeper makes by itself, one on each exit of
 //! a process that hands over its slot, reporting `handed_over` instead of
 //! `exited`; `"withdraw"` takes the queue back and answers with the ids it
@@ -46,7 +48,7 @@ mod server;
 
 pub use client::KeeperSpawner;
 pub use lasting::{KeeperReport, LastingKeeper, StartKeeper};
-pub use server::serve_keeper;
+pub use server::{serve_keeper, serve_keeper_keeping};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use bpm_domain::ProcessId;
 use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError};
@@ -108,12 +109,80 @@ fn resolve(envs: &EnvTable, start: &mut Start) -> Result<(), SpawnError> {
 /// Runs the keeper on `listener` with `spawner` until it has been idle for
 /// `idle_exit`: no daemon connected, no process running, no exit waiting to be taken.
 pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_exit: Duration) {
+    serve_keeper_keeping(listener, spawner, idle_exit, None).await;
+}
+
+/// Reads the ends that an earlier keeper left in `file` (see [`serve_keeper_keeping`]).
+fn load_kept(file: &Path) -> Vec<ProcessNotice> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| match serde_json::from_str(line) {
+            Ok(notice) => Some(notice),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %file.display(), "keeper: an unreadable kept exit");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Writes the ends no daemon took to `file` (or removes it when there are none).
+fn keep(file: &Path, unacked: &BTreeMap<u64, ProcessNotice>) {
+    if unacked.is_empty() {
+        let _ = std::fs::remove_file(file);
+        return;
+    }
+    let mut text = String::new();
+    for notice in unacked.values() {
+        if let Ok(line) = serde_json::to_string(notice) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let tmp = file.with_extension("tmp");
+    let written = crate::private::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, file));
+    match written {
+        Ok(()) => tracing::info!(
+            count = unacked.len(),
+            file = %file.display(),
+            "keeper: kept the ends no daemon took, for the next keeper"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, file = %file.display(), "keeper: cannot keep the ends no daemon took");
+        }
+    }
+}
+
+/// [`serve_keeper`], keeping what no daemon took in `kept`: a keeper with
+/// nothing running and no daemon for `idle_exit` writes the ends (exits,
+/// losses) it still holds there and exits, rather than waiting for ever;
+/// the next keeper reads them back first and hands them to its daemon, so
+/// a process's real exit code survives a daemon that stays away.
+pub async fn serve_keeper_keeping(
+    listener: UnixListener,
+    spawner: Arc<OsSpawner>,
+    idle_exit: Duration,
+    kept: Option<PathBuf>,
+) {
     let mut notices = spawner
         .notices()
         .expect("the keeper owns its spawner's notices");
+    let earlier = kept.as_deref().map(load_kept).unwrap_or_default();
+    let next_seq = earlier.len() as u64 + 1;
     let state = Arc::new(Mutex::new(State {
-        unacked: BTreeMap::new(),
-        next_seq: 1,
+        unacked: (1..).zip(earlier).collect(),
+        next_seq,
     }));
     // The connected daemon's writer; a newer connection replaces an older one.
     let writer: Writer = Arc::new(tokio::sync::Mutex::new(None));
@@ -148,17 +217,24 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
             a = listener.accept() => a.ok(),
             () = tokio::time::sleep(Duration::from_millis(500)) => None,
         };
+        let waiting = !state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unacked
+            .is_empty();
         let busy = connected.load(std::sync::atomic::Ordering::SeqCst) > 0
             || spawner.running() > 0
-            || !state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .unacked
-                .is_empty();
+            || (waiting && kept.is_none());
         if busy {
             idle_since = tokio::time::Instant::now();
         } else if idle_since.elapsed() >= idle_exit {
-            tracing::info!("keeper idle: no daemon, no process, no exit to hand over; exiting");
+            if let Some(file) = &kept {
+                keep(
+                    file,
+                    &state.lock().unwrap_or_else(PoisonError::into_inner).unacked,
+                );
+            }
+            tracing::info!("keeper idle: no daemon, no process; exiting");
             return;
         }
         let Some((stream, _)) = accepted else {
