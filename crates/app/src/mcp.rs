@@ -25,6 +25,8 @@ use crate::daemon::{self, Home, SOFTWARE};
 /// allow_dirs = ["/home/me/src"]           # only in these directories or below
 /// read_only = false                       # true: list, read and wait only
 /// redact_env = true                       # hide environment values in what agents see
+/// redact_vars = ["DATABASE_URL", "STRIPE_*"]  # more secret variables (a trailing * matches any end)
+/// redact_min_len = 4                      # the shortest secret value hidden in output text
 /// max_output_bytes = 65536                # the most output one answer carries
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -38,6 +40,10 @@ pub struct McpConfig {
     pub read_only: bool,
     /// Hide environment values (`true` unless set to `false`).
     pub redact_env: Option<bool>,
+    /// More secret variables, by name (see `Policy::is_secret`).
+    pub redact_vars: Vec<String>,
+    /// The shortest secret value hidden in output text.
+    pub redact_min_len: Option<usize>,
     /// The most output bytes one answer carries.
     pub max_output_bytes: Option<usize>,
 }
@@ -62,8 +68,12 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
         allow_dirs: config.allow_dirs.clone(),
         read_only: config.read_only || flags.read_only,
         redact_env: config.redact_env.unwrap_or(true) && !flags.show_env,
+        redact_vars: config.redact_vars.clone(),
         ..Policy::default()
     };
+    if let Some(min) = config.redact_min_len {
+        p.redact_min_len = min.max(1);
+    }
     if let Some(max) = config.max_output_bytes {
         p.max_output_bytes = max.max(1);
     }

@@ -28,7 +28,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 
-pub use policy::Policy;
+pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, SECRET_WORDS};
 
 /// What a started process gets when the agent does not say: the server's
 /// working directory and environment, as a shell would pass them on.

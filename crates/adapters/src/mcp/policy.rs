@@ -19,8 +19,15 @@ pub struct Policy {
     /// only reading.
     pub read_only: bool,
     /// Replace environment values in every record shown, and the values of
-    /// secret-looking variables in output text, with `[redacted]`.
+    /// secret variables in output text, with `[redacted]` (see
+    /// [`secrets_of`](Self::secrets_of) for exactly which).
     pub redact_env: bool,
+    /// More variables whose values are secret, by name (case-insensitive;
+    /// a trailing `*` matches any end: `"DATABASE_URL"`, `"STRIPE_*"`).
+    pub redact_vars: Vec<String>,
+    /// The shortest value hidden in output text (at least 1): a shorter
+    /// value of a secret variable would hide ordinary words and digits.
+    pub redact_min_len: usize,
     /// The most output bytes one answer carries.
     pub max_output_bytes: usize,
 }
@@ -32,10 +39,32 @@ impl Default for Policy {
             allow_dirs: Vec::new(),
             read_only: false,
             redact_env: true,
+            redact_vars: Vec::new(),
+            redact_min_len: DEFAULT_REDACT_MIN_LEN,
             max_output_bytes: 64 * 1024,
         }
     }
 }
+
+/// The shortest value hidden in output text unless configured otherwise.
+pub const DEFAULT_REDACT_MIN_LEN: usize = 4;
+
+/// The words that make a variable's name secret, wherever they appear in it
+/// (case-insensitive).
+pub const SECRET_WORDS: &[&str] = &[
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "KEY",
+    "CREDENTIAL",
+    "AUTH",
+    "PRIVATE",
+    "COOKIE",
+    "DSN",
+    "DATABASE_URL",
+];
 
 /// Characters with which one shell line can run more than the command it starts with.
 const SHELL_OPERATORS: &[char] = &[';', '&', '|', '`', '$', '<', '>', '\n', '(', ')'];
@@ -110,40 +139,43 @@ impl Policy {
         }
     }
 
-    /// The values to hide in `record`'s output text: those of its environment
-    /// variables whose names look secret (token, secret, password, key,
-    /// credential, auth), six characters or longer.
+    /// The values to hide in `record`'s output text, longest first. With
+    /// `redact_env` on, a variable is secret when its name contains one of
+    /// [`SECRET_WORDS`] (so `GITHUB_TOKEN`, `AWS_SECRET_ACCESS_KEY`,
+    /// `PGPASSWORD`, `OLDPWD`...) or matches one of `redact_vars`; every
+    /// occurrence of a secret variable's value that is at least
+    /// `redact_min_len` characters long is replaced in output text. Records
+    /// shown hide every variable's value, secret or not.
     pub fn secrets_of(&self, record: &ProcessRecord) -> Vec<String> {
         if !self.redact_env {
             return Vec::new();
         }
+        let min = self.redact_min_len.max(1);
         let mut secrets: Vec<String> = record
             .spec()
             .env
             .iter()
-            .filter(|(k, v)| looks_secret(k) && v.len() >= 6)
+            .filter(|(k, v)| v.chars().count() >= min && self.is_secret(k))
             .map(|(_, v)| v.clone())
             .collect();
         // Longest first, so a secret containing another is replaced whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
         secrets
     }
-}
 
-fn looks_secret(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    [
-        "TOKEN",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "KEY",
-        "CREDENTIAL",
-        "AUTH",
-        "PRIVATE",
-    ]
-    .iter()
-    .any(|word| upper.contains(word))
+    /// Whether variable `name`'s value is secret (see [`secrets_of`](Self::secrets_of)).
+    pub fn is_secret(&self, name: &str) -> bool {
+        let upper = name.to_ascii_uppercase();
+        SECRET_WORDS.iter().any(|word| upper.contains(word))
+            || self.redact_vars.iter().any(|pattern| {
+                let pattern = pattern.to_ascii_uppercase();
+                match pattern.strip_suffix('*') {
+                    Some(prefix) => upper.starts_with(prefix),
+                    None => upper == pattern,
+                }
+            })
+    }
 }
 
 /// `text` with every one of `secrets` replaced by `[redacted]`.
@@ -232,6 +264,46 @@ mod tests {
             redact_text("x abcdef123 y abcdef", &secrets),
             "x [redacted] y [redacted]"
         );
-        assert!(looks_secret("GITHUB_TOKEN") && looks_secret("api_key") && !looks_secret("HOME"));
+        let p = Policy {
+            redact_vars: vec!["DATABASE_HOST".into(), "stripe_*".into()],
+            ..Policy::default()
+        };
+        assert!(p.is_secret("GITHUB_TOKEN") && p.is_secret("api_key") && !p.is_secret("HOME"));
+        assert!(
+            p.is_secret("database_host")
+                && p.is_secret("STRIPE_LIVE")
+                && !p.is_secret("DATABASE_HOSTS")
+        );
+    }
+
+    #[test]
+    fn short_secrets_and_configured_names_are_hidden_and_the_rule_is_the_documented_one() {
+        let mut spec = bpm_domain::ProcessSpec::argv(["true"]);
+        let env = std::sync::Arc::make_mut(&mut spec.env);
+        for (k, v) in [
+            ("API_TOKEN", "abcde"),
+            ("DB_PASSWORD", "pw1"),
+            ("DATABASE_HOST", "db.internal"),
+            ("EDITOR", "vim-editor"),
+        ] {
+            env.insert(k.into(), v.into());
+        }
+        let record = ProcessRecord::new(
+            bpm_domain::ProcessId::from_uuid(uuid::Uuid::from_u128(1)),
+            bpm_domain::NodeId::local(),
+            spec,
+            bpm_domain::Timestamp::from_millis(1),
+        );
+        let mut p = Policy::default();
+        assert_eq!(
+            p.secrets_of(&record),
+            ["abcde"],
+            "5 characters are hidden, 3 are not"
+        );
+        p.redact_vars = vec!["DATABASE_HOST".into()];
+        p.redact_min_len = 3;
+        assert_eq!(p.secrets_of(&record), ["db.internal", "abcde", "pw1"]);
+        p.redact_env = false;
+        assert!(p.secrets_of(&record).is_empty());
     }
 }
