@@ -242,6 +242,21 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
         let Some((payload, next)) = entry_at(&bytes, at, generation) else {
             // The end of this turn's entries, unless a whole one follows.
             let Some(resume) = next_entry(&bytes, at + 1, generation) else {
+                // An entry of this turn was begun here: a write cut short
+                // by a crash, or damage. Either way, say what it held.
+                if bytes[at..at + 8] == generation.to_le_bytes() {
+                    let len =
+                        u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes"));
+                    let end = (at + ENTRY_HEAD)
+                        .saturating_add(len as usize)
+                        .min(bytes.len());
+                    damage.push(Damage {
+                        file: file.clone(),
+                        at,
+                        len: end - at,
+                        ids: ids_in(&bytes[at..end]),
+                    });
+                }
                 break;
             };
             damage.push(Damage {
