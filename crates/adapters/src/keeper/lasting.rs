@@ -53,6 +53,17 @@ fn unknown_end(pid: u32) -> String {
     )
 }
 
+/// What became of a start a dead keeper may have made.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    /// Its process runs, with this pid.
+    Running(u32),
+    /// It started with this pid and has ended.
+    Ended(u32),
+    /// The start was under way; no process of it runs now.
+    Unknown,
+}
+
 /// A [`ProcessSpawner`] over the node's keeper that starts a new keeper
 /// when the one it talks to dies (see the module's documentation).
 pub struct LastingKeeper {
@@ -65,9 +76,9 @@ pub struct LastingKeeper {
     spawning: Mutex<HashSet<ProcessId>>,
     /// The dead keeper's start log (read before a new keeper empties it).
     start_log: PathBuf,
-    /// Records the dead keeper may have started, with the pid found running
-    /// under each mark (none if it ended): answered by `spawn` as started.
-    maybe_started: Mutex<HashMap<ProcessId, Option<u32>>>,
+    /// Records the dead keeper may have started, and what became of each:
+    /// answered by `spawn` as started.
+    maybe_started: Mutex<HashMap<ProcessId, Found>>,
     tx: mpsc::UnboundedSender<ProcessNotice>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
 }
@@ -147,7 +158,7 @@ impl LastingKeeper {
         // Read before a new keeper starts, and empties it.
         let started = crate::os::read_start_log(&self.start_log).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the dead keeper's start log");
-            HashSet::new()
+            HashMap::new()
         });
         // Starts the dead keeper may have made without saying so.
         let unreported: Vec<ProcessId> = self
@@ -156,7 +167,7 @@ impl LastingKeeper {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .chain(&handed)
-            .filter(|id| started.contains(id))
+            .filter(|id| started.contains_key(id))
             .copied()
             .collect();
         let running = crate::os::find_marked(&unreported);
@@ -191,7 +202,12 @@ impl LastingKeeper {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for id in unreported {
-                maybe.insert(id, running.get(&id).copied());
+                let found = match (running.get(&id), started.get(&id).copied().flatten()) {
+                    (Some(pid), _) => Found::Running(*pid),
+                    (None, Some(pid)) => Found::Ended(pid),
+                    (None, None) => Found::Unknown,
+                };
+                maybe.insert(id, found);
             }
         }
         let withdrawn = handed.len();
@@ -250,7 +266,7 @@ impl LastingKeeper {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id)?;
         Some(match found {
-            Some(pid) => {
+            Found::Running(pid) => {
                 let keeper = match self.keeper().await {
                     Ok(k) => k,
                     Err(e) => return Some(Err(e)),
@@ -263,7 +279,15 @@ impl LastingKeeper {
                 }
                 Ok(Spawned { pid })
             }
-            None => Err(SpawnError::Os(
+            // It ran: started, with its end reported as unknown.
+            Found::Ended(pid) => {
+                let _ = self.tx.send(ProcessNotice::Lost {
+                    id,
+                    reason: unknown_end(pid),
+                });
+                Ok(Spawned { pid })
+            }
+            Found::Unknown => Err(SpawnError::Os(
                 "bpm's keeper died just as it started this process, which has ended since: \
                  bpm cannot know how it ended, and does not start it again"
                     .into(),

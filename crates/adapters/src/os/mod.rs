@@ -451,6 +451,10 @@ impl Inner {
         })?;
         let pid = child.pid;
         let id = request.id;
+        if let Some(log) = &self.start_log {
+            // After it: its pid, for whoever must report its end.
+            let _ = std::io::Write::write_all(&mut &*log, format!("{id_text} {pid}\n").as_bytes());
+        }
         let os = |e: std::io::Error| SpawnError::Os(format!("cannot watch process {pid}: {e}"));
         let stdin = match child.stdin {
             Some(fd) => Some(Arc::new(tokio::sync::Mutex::new(
@@ -803,20 +807,31 @@ async fn end_rest_of_tree(id: ProcessId, grace: Duration) {
 }
 
 /// The records whose start a spawner noted in the start log at `path` (see
-/// [`OsSpawnerConfig::start_log`]): each may have started, and no record
-/// outside it started since the log was last emptied. A missing log reads
-/// as empty.
+/// [`OsSpawnerConfig::start_log`]), each with the pid it started, when the
+/// start got that far: each may have started, and no record outside it
+/// started since the log was last emptied. A missing log reads as empty.
 ///
 /// # Errors
 /// The log exists but cannot be read.
-pub fn read_start_log(
-    path: &std::path::Path,
-) -> std::io::Result<std::collections::HashSet<ProcessId>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(std::collections::HashSet::new()),
-        Err(e) => Err(e),
+pub fn read_start_log(path: &std::path::Path) -> std::io::Result<HashMap<ProcessId, Option<u32>>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e),
+    };
+    let mut started = HashMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(id) = words.next().and_then(|w| w.parse().ok()) else {
+            continue;
+        };
+        let pid = words.next().and_then(|w| w.parse().ok());
+        let known = started.entry(id).or_insert(None);
+        if pid.is_some() {
+            *known = pid;
+        }
     }
+    Ok(started)
 }
 
 /// Every live process that carries the mark of one of `ids`, by record: the
