@@ -233,27 +233,26 @@ impl LastingKeeper {
     /// The keeper to talk to: the current one, or, if it has died, the next
     /// (waiting for it up to [`RESTART_WITHIN`]).
     async fn keeper(&self) -> Result<Arc<KeeperSpawner>, SpawnError> {
-        let current = self.current();
-        if !current.is_closed() {
-            return Ok(current);
-        }
         let mut generation = self.generation.clone();
-        let seen = *generation.borrow_and_update();
-        let next = tokio::time::timeout(RESTART_WITHIN, async {
-            while *generation.borrow_and_update() == seen {
-                if generation.changed().await.is_err() {
-                    return;
+        let deadline = tokio::time::Instant::now() + RESTART_WITHIN;
+        loop {
+            // Marked seen before the look: a keeper put in place after it
+            // wakes the wait below.
+            generation.borrow_and_update();
+            let current = self.current();
+            if !current.is_closed() {
+                return Ok(current);
+            }
+            match tokio::time::timeout_at(deadline, generation.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(SpawnError::Os(format!(
+                        "bpm's keeper died and no new one answered within {} s",
+                        RESTART_WITHIN.as_secs()
+                    )));
                 }
             }
-        })
-        .await;
-        if next.is_err() {
-            return Err(SpawnError::Os(format!(
-                "bpm's keeper died and no new one answered within {} s",
-                RESTART_WITHIN.as_secs()
-            )));
         }
-        Ok(self.current())
     }
 
     /// What the dead keeper did with `id`, if it may have started it: the
@@ -300,10 +299,12 @@ impl LastingKeeper {
 impl ProcessSpawner for LastingKeeper {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
         let id = request.id;
+        // The keeper first: if it is being replaced, the dead one's starts
+        // are known only once the new one has taken over.
+        let keeper = self.keeper().await?;
         if let Some(answer) = self.started_before(id).await {
             return answer;
         }
-        let keeper = self.keeper().await?;
         self.spawning
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
