@@ -644,11 +644,21 @@ async fn on_the_filesystem_store_records_and_output_survive_a_new_engine() {
         bpm.get(op.id()).await.expect("op").state(),
         StateName::Running
     );
-    // No supervisor held on to the sleep, so its record says so rather than lying.
-    let lost = bpm.get(live.id()).await.expect("record");
-    assert_eq!(lost.state(), StateName::Lost);
+    // The sleep still runs: the new engine's spawner adopts it (by pidfd,
+    // checked against its mark), and a stop reaches it.
+    let adopted = bpm.get(live.id()).await.expect("record");
+    assert_eq!(adopted.state(), StateName::Running);
+    assert_eq!(adopted.pid(), live.pid());
+    let stopped = bpm
+        .stop(live.id(), bpm_ports::StopOptions::default())
+        .await
+        .expect("stop");
+    assert_eq!(stopped.state(), StateName::Cancelled, "{stopped:?}");
     let pid = live.pid().expect("pid");
-    let _ = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z")),
+        "the adopted process still runs"
+    );
 }

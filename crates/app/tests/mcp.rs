@@ -720,3 +720,106 @@ async fn status_tells_what_a_running_tree_uses() {
         "{ended}"
     );
 }
+
+/// Fuzzing the tool inputs (proptest's values, `PROPTEST_CASES` of them, 64
+/// by default): any arguments to any tool get a result or a tool error,
+/// never a protocol error or a dead server. The policy lets only `echo` and
+/// `true` start, in a temporary folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_tool_arguments_get_a_result_or_a_tool_error() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let w = world().await;
+    let policy = Policy {
+        allow_commands: vec!["echo".into(), "true".into()],
+        allow_dirs: vec![w.dir.path().to_path_buf()],
+        ..Policy::default()
+    };
+    let (client, _) = w.client(policy).await;
+    let tools = [
+        "start_background_process",
+        "list_background_processes",
+        "get_background_process_status",
+        "get_process_output",
+        "stop_background_process",
+        "pause_background_process",
+        "resume_background_process",
+        "restart_background_process",
+        "send_process_input",
+        "wait_for_process",
+        "track_operation",
+        "update_operation_progress",
+        "complete_operation",
+        "fail_operation",
+        "no_such_tool",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| json!(f)),
+        "[ -~]{0,40}".prop_map(Value::from),
+        "echo [a-z]{0,8}".prop_map(Value::from),
+    ];
+    let value = leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let key = prop_oneof![
+        Just("command"),
+        Just("argv"),
+        Just("process_id"),
+        Just("name"),
+        Just("cwd"),
+        Just("env"),
+        Just("timeout_secs"),
+        Just("grace_secs"),
+        Just("stream"),
+        Just("lines"),
+        Just("cursor"),
+        Just("max_bytes"),
+        Just("data"),
+        Just("progress"),
+        Just("message"),
+        Just("result"),
+        Just("error"),
+        Just("state"),
+        Just("labels"),
+        Just("restart"),
+        Just("ready_pattern"),
+        Just("ready_port"),
+        Just("session"),
+        Just("group"),
+        Just("force"),
+    ];
+    let args = proptest::collection::btree_map(key, value, 0..6);
+    let call = (0..tools.len(), args);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
+    let mut runner = TestRunner::deterministic();
+    for _ in 0..cases {
+        let (tool, args) = call.new_tree(&mut runner).expect("a case").current();
+        let args: serde_json::Map<String, Value> =
+            args.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let request = CallToolRequestParams::new(tools[tool]).with_arguments(args.clone());
+        match tokio::time::timeout(Duration::from_secs(5), client.call_tool(request)).await {
+            Ok(Ok(_)) => {}
+            // An unknown tool is refused by the protocol, as it should be.
+            Ok(Err(_)) if tools[tool] == "no_such_tool" => {}
+            Ok(Err(e)) => panic!("{} {args:?}: a protocol error: {e}", tools[tool]),
+            // A wait may wait as long as it was told.
+            Err(elapsed) => assert!(
+                tools[tool] == "wait_for_process",
+                "{} {args:?}: no answer ({elapsed})",
+                tools[tool]
+            ),
+        }
+    }
+    ok(&client, "list_background_processes", json!({})).await;
+}
