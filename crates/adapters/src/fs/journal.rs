@@ -195,15 +195,6 @@ fn entry_at(bytes: &[u8], at: usize, generation: u64) -> Option<(&[u8], usize)> 
     (checksum(payload) == sum).then_some((payload, start + len))
 }
 
-/// Whether a whole entry (its length and checksum right), of whatever
-/// generation, is at `at`.
-fn whole_at(bytes: &[u8], at: usize) -> bool {
-    bytes
-        .get(at..at + 8)
-        .and_then(|g| <[u8; 8]>::try_from(g).ok())
-        .is_some_and(|g| entry_at(bytes, at, u64::from_le_bytes(g)).is_some())
-}
-
 /// The first whole entry of `generation` after `from`: a file is written in
 /// order, so one found past an entry that could not be read means that
 /// entry was damaged (a torn or lost block, bytes changed), not the end.
@@ -251,16 +242,9 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
         let Some((payload, next)) = entry_at(&bytes, at, generation) else {
             // The end of this turn's entries, unless a whole one follows.
             let Some(resume) = next_entry(&bytes, at + 1, generation) else {
-                // An entry of this turn was begun here (a write cut short
-                // by a crash, or damage), or a whole one whose generation
-                // this file can never have held (later than its own, or of
-                // the other file's turns: its head was damaged). Either
-                // way, say what it held.
-                let head_gen = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-                let foreign = head_gen != 0
-                    && (head_gen > generation || head_gen % 2 != generation % 2)
-                    && whole_at(&bytes, at);
-                if head_gen == generation || foreign {
+                // An entry of this turn was begun here: a write cut short
+                // by a crash, or damage. Either way, say what it held.
+                if bytes[at..at + 8] == generation.to_le_bytes() {
                     let len =
                         u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes"));
                     let end = (at + ENTRY_HEAD)
