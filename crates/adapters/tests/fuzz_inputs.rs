@@ -123,7 +123,10 @@ async fn keeper_survives(lines: &[u8]) -> Result<(), String> {
     let listener = UnixListener::bind(&socket).expect("bind");
     let spawner = Arc::new(OsSpawner::new(
         Arc::new(InMemoryOutput::default()),
-        OsSpawnerConfig::default(),
+        OsSpawnerConfig {
+            share_pipes: true,
+            ..OsSpawnerConfig::default()
+        },
     ));
     tokio::spawn(serve_keeper(listener, spawner, Duration::from_mins(1)));
     let stream = UnixStream::connect(&socket)

@@ -22,10 +22,19 @@ fn keeper_in(dir: &std::path::Path) -> std::path::PathBuf {
     let listener = UnixListener::bind(&socket).expect("bind");
     let spawner = Arc::new(OsSpawner::new(
         Arc::new(InMemoryOutput::default()),
-        OsSpawnerConfig::default(),
+        as_the_keeper(),
     ));
     tokio::spawn(serve_keeper(listener, spawner, Duration::from_mins(1)));
     socket
+}
+
+/// The spawner's settings as `bpm keeper` has them: it shares each
+/// process's pipes with the daemon.
+fn as_the_keeper() -> OsSpawnerConfig {
+    OsSpawnerConfig {
+        share_pipes: true,
+        ..OsSpawnerConfig::default()
+    }
 }
 
 /// The keeper's spawner, as a daemon uses it, against the spawner contract:
@@ -37,7 +46,7 @@ async fn keeper_harness() -> Arc<dyn SpawnerHarness> {
     let socket = dir.path().join("keeper.sock");
     let listener = UnixListener::bind(&socket).expect("bind");
     let output = Arc::new(InMemoryOutput::default());
-    let os = Arc::new(OsSpawner::new(output.clone(), OsSpawnerConfig::default()));
+    let os = Arc::new(OsSpawner::new(output.clone(), as_the_keeper()));
     tokio::spawn(serve_keeper(listener, os, Duration::from_mins(1)));
     let spawner = Arc::new(KeeperSpawner::connect(&socket).await.expect("connect"));
     Arc::new(common::ShHarness {

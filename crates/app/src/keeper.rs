@@ -79,6 +79,7 @@ pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
         output,
         OsSpawnerConfig {
             start_log: Some(start_log(home)),
+            share_pipes: true,
             ..OsSpawnerConfig::default()
         },
     ));

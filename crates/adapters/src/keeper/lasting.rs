@@ -33,6 +33,7 @@ use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned
 use tokio::sync::{mpsc, watch};
 
 use super::KeeperSpawner;
+use crate::os::unknown_end;
 
 /// Starts a keeper (or connects to one that runs) and connects to it.
 pub type StartKeeper = Arc<
@@ -45,13 +46,6 @@ pub type KeeperReport = Arc<dyn Fn(Option<String>, String) + Send + Sync>;
 
 /// How long a call waits for a new keeper before it fails.
 const RESTART_WITHIN: Duration = Duration::from_secs(10);
-
-/// The reason given for a process whose end no keeper could see.
-fn unknown_end(pid: u32) -> String {
-    format!(
-        "process {pid} ended after the bpm keeper that started it died, so its exit code is unknown"
-    )
-}
 
 /// What became of a start a dead keeper may have made.
 #[derive(Debug, Clone, Copy)]

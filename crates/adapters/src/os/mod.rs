@@ -48,6 +48,11 @@ pub struct OsSpawnerConfig {
     /// runs. The keeper keeps one, so that whoever outlives it knows which
     /// records it may have started.
     pub start_log: Option<std::path::PathBuf>,
+    /// Keep a copy of the reading ends of each process's output pipes, for
+    /// a daemon to hold (see [`OsSpawner::pipes`]). The keeper does; an
+    /// embedded engine, which no other process outlives, need not pay two
+    /// descriptors per process for it.
+    pub share_pipes: bool,
 }
 
 impl Default for OsSpawnerConfig {
@@ -57,6 +62,7 @@ impl Default for OsSpawnerConfig {
             tree_grace: Duration::from_secs(1),
             drain: Duration::from_millis(200),
             start_log: None,
+            share_pipes: false,
         }
     }
 }
@@ -285,13 +291,18 @@ impl OsSpawner {
             return false;
         };
         let watcher = capture::Watcher::new(id, self.inner.tx.clone(), None);
+        let share = self.inner.config.share_pipes;
         let (kept, pumps) = match pipes.map(|[out, err]| -> std::io::Result<_> {
-            let kept: Pipes = Arc::new([out.try_clone()?, err.try_clone()?]);
+            let kept: Option<Pipes> = if share {
+                Some(Arc::new([out.try_clone()?, err.try_clone()?]))
+            } else {
+                None
+            };
             let out = pipe::Receiver::from_owned_fd(out)?;
             let err = pipe::Receiver::from_owned_fd(err)?;
             Ok((kept, self.inner.pumps(out, err, &watcher)))
         }) {
-            Some(Ok((kept, pumps))) => (Some(kept), Some(pumps)),
+            Some(Ok((kept, pumps))) => (kept, Some(pumps)),
             Some(Err(e)) => {
                 tracing::warn!(%id, error = %e, "cannot go on copying an adopted process's output");
                 (None, None)
@@ -327,9 +338,7 @@ impl OsSpawner {
             inner.forget_starts();
             let _ = inner.tx.send(ProcessNotice::Lost {
                 id,
-                reason: format!(
-                    "process {pid} ended after the bpm keeper that started it died, so its exit code is unknown"
-                ),
+                reason: unknown_end(pid),
             });
         });
         true
@@ -462,10 +471,14 @@ impl Inner {
             ))),
             None => None,
         };
-        let pipes = Arc::new([
-            child.stdout.try_clone().map_err(os)?,
-            child.stderr.try_clone().map_err(os)?,
-        ]);
+        let pipes = if self.config.share_pipes {
+            Some(Arc::new([
+                child.stdout.try_clone().map_err(os)?,
+                child.stderr.try_clone().map_err(os)?,
+            ]))
+        } else {
+            None
+        };
         let stdout = pipe::Receiver::from_owned_fd(child.stdout).map_err(os)?;
         let stderr = pipe::Receiver::from_owned_fd(child.stderr).map_err(os)?;
         // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
@@ -485,7 +498,7 @@ impl Inner {
                     Origin::Started
                 },
                 stdin,
-                pipes: Some(pipes),
+                pipes,
             },
         );
 
@@ -804,6 +817,15 @@ async fn end_rest_of_tree(id: ProcessId, grace: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Why a record is lost whose process `pid` ended with no keeper as its
+/// parent (the one that started it died): its exit code cannot be known.
+#[must_use]
+pub fn unknown_end(pid: u32) -> String {
+    format!(
+        "process {pid} ended after the bpm keeper that started it died, so its exit code is unknown"
+    )
 }
 
 /// The records whose start a spawner noted in the start log at `path` (see
