@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bpm_adapters::redis::{RedisOutput, RedisStore};
 use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, StateName, Timestamp, Transition};
 use bpm_ports::contract::output::CONTRACT_CAP;
-use bpm_ports::{OutputStore, ProcessStore, StoreError};
+use bpm_ports::{Cursor, OutputQuery, OutputStore, ProcessStore, StoreError, Stream, StreamSelect};
 use bpm_tests::{RedisServer, redis_url, unique_prefix};
 
 async fn store() -> Arc<dyn ProcessStore> {
@@ -223,4 +223,84 @@ async fn passwords_and_acl_users_come_from_the_url() {
             Err(StoreError::Unavailable(_))
         ));
     }
+}
+
+/// Output written while Redis does not answer is held in memory, in order,
+/// without making the writer wait for Redis, and replayed once it answers;
+/// what a process holds past its cap is counted as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_written_while_redis_is_out_of_reach_is_held_and_replayed_in_order() {
+    let server = RedisServer::start();
+    let big = RedisOutput::connect(&server.url(), "held", 1 << 20)
+        .await
+        .expect("connect");
+    let small = RedisOutput::connect(&server.url(), "held-small", 64)
+        .await
+        .expect("connect");
+    let (a, b) = (
+        ProcessId::from_uuid(uuid::Uuid::from_u128(1)),
+        ProcessId::from_uuid(uuid::Uuid::from_u128(2)),
+    );
+    big.append(a, Stream::Stdout, b"before\n")
+        .await
+        .expect("append");
+    server.freeze(true);
+    let mut expected = b"before\n".to_vec();
+    let t = Instant::now();
+    for i in 0..200 {
+        let (stream, line) = if i % 3 == 0 {
+            (Stream::Stderr, format!("err {i}\n"))
+        } else {
+            (Stream::Stdout, format!("out {i}\n"))
+        };
+        big.append(a, stream, line.as_bytes())
+            .await
+            .expect("held, not refused");
+        small
+            .append(b, stream, line.as_bytes())
+            .await
+            .expect("held, not refused");
+        expected.extend_from_slice(line.as_bytes());
+    }
+    // Only the first append waited for Redis's timeout; the rest were held at once.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(big.held_bytes() > 1000, "{}", big.held_bytes());
+    server.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while big.held_bytes() + small.held_bytes() > 0 {
+        assert!(Instant::now() < deadline, "never replayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = OutputQuery {
+        cursor: Some(Cursor(0)),
+        max_bytes: usize::MAX,
+        ..OutputQuery::default()
+    };
+    let read = big.read(a, &all).await.expect("read");
+    assert_eq!(read.bytes(), expected);
+    assert_eq!(read.dropped, 0);
+    let stderr = big
+        .read(
+            a,
+            &OutputQuery {
+                stream: StreamSelect::Stderr,
+                ..all.clone()
+            },
+        )
+        .await
+        .expect("read");
+    assert!(
+        stderr.text().starts_with("err 0\nerr 3\n"),
+        "{}",
+        stderr.text()
+    );
+    // The small one held no more than its cap: the rest is counted.
+    let read = small.read(b, &all).await.expect("read");
+    assert!(read.bytes().len() <= 64, "{}", read.text());
+    assert!(read.text().ends_with("out 199\n"), "{}", read.text());
+    assert_eq!(
+        read.dropped + read.bytes().len() as u64 + read.skipped,
+        expected.len() as u64 - 7,
+        "every byte is kept, or counted"
+    );
 }

@@ -27,6 +27,7 @@ pub mod os;
 pub mod private;
 pub mod redis;
 mod segments;
+pub mod space;
 mod tail;
 pub mod view;
 pub mod web;

@@ -33,6 +33,10 @@ impl Segment {
 pub(crate) struct SegmentedLog {
     pub(crate) segments: Vec<Segment>,
     pub(crate) end: u64,
+    /// Bytes that could not be stored, and so were dropped.
+    pub(crate) dropped: u64,
+    /// Whether `dropped` is newer than what the store holds.
+    pub(crate) dropped_unsaved: bool,
 }
 
 impl SegmentedLog {

@@ -371,6 +371,8 @@ impl Engine {
 #[async_trait]
 impl ProcessManager for Engine {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        // A full disk costs new work, never the records of work taken.
+        self.ports.store.room(1)?;
         let id = self.ports.ids.next_id();
         Ok(self.call_for(id, Input::Submit { id, spec }).await?.0)
     }
@@ -379,6 +381,7 @@ impl ProcessManager for Engine {
         &self,
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        self.ports.store.room(specs.len())?;
         let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
         let inputs = ids
             .iter()

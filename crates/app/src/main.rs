@@ -12,7 +12,10 @@ fn main() -> ExitCode {
         Some("daemon" | "keeper" | "mcp" | "web")
     ) {
         tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
+            .with_writer(|| LogWriter)
+            // Its own complaint about a failed write goes through eprintln!,
+            // which panics the task that logged when stderr cannot be written.
+            .log_internal_errors(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("BPM_LOG")
@@ -21,4 +24,21 @@ fn main() -> ExitCode {
             .init();
     }
     bpm::cli::main()
+}
+
+/// Stderr for the logger, where a failed write (the daemon's or keeper's log
+/// file on a full disk) drops the line: logging must never stop the task that
+/// logs, and a keeper that stopped copying output would block the processes
+/// writing it.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -1578,3 +1578,158 @@ fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A `Bpm` whose state directory is a tmpfs of `size` (`8m`), mounted for
+/// the test (it needs root, as CI has: it fails, never skips, without it).
+/// The daemon is stopped with every process before the disk is unmounted.
+struct SmallDisk {
+    bpm: Bpm,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> Self {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the disk-full tests mount a small tmpfs as BPM_HOME: run them as root (CI does)"
+        );
+        let bpm = Bpm::new();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(bpm.home())
+            .status()
+            .expect("mount runs");
+        assert!(mounted.success(), "mount -t tmpfs failed");
+        SmallDisk { bpm }
+    }
+
+    /// The bytes `logs` says were dropped, from its stderr.
+    fn dropped(&self, id: &str) -> (String, u64) {
+        let out = self.bpm.run(&["logs", id]);
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let dropped = err
+            .split("bpm: [")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), dropped)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = self.bpm.cmd(&["daemon", "stop", "--kill-all"]).output();
+        // The keeper leaves by itself 10 s after its last process: a lazy
+        // unmount lets the test end now and the disk go with it.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.bpm.home())
+            .status();
+    }
+}
+
+/// A process whose output fills the disk runs to its own end, with its exit
+/// code, and its newest output is kept; what could not be kept is counted,
+/// not silently lost; new work is refused with a message that names the
+/// device and path, and nothing of it is created; reads go on; and once
+/// space returns, new work is taken again by the same daemon.
+#[test]
+fn a_full_disk_costs_new_work_never_running_processes_and_bpm_recovers_by_itself() {
+    let disk = SmallDisk::new("8m");
+    let bpm = &disk.bpm;
+    assert_eq!(bpm.ok(&["run", "--wait", "--", "echo", "hi"]), "hi\n");
+    let daemon = bpm.daemon_pid();
+    let go = tempfile::tempdir().expect("tmp");
+    let go_file = go.path().join("go");
+    // 20 MB of output once the disk is nearly full: before, the keeper
+    // died of its own log and the writer of SIGPIPE (141), or blocked.
+    let heavy = bpm.ok(&[
+        "run",
+        "--name",
+        "heavy",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; head -c 20000000 /dev/zero | tr '\\0' x; echo; echo done; exit 3",
+            go_file.display()
+        ),
+    ]);
+    // Someone else fills the disk, leaving less than bpm keeps free for new work.
+    let free = rustix::fs::statvfs(bpm.home()).expect("statvfs");
+    let room = free.f_bavail * free.f_frsize;
+    let filler = bpm.home().join("filler");
+    std::fs::write(
+        &filler,
+        vec![0u8; usize::try_from(room - (512 << 10)).expect("size")],
+    )
+    .expect("filler");
+    std::fs::write(&go_file, "").expect("go");
+    let out = bpm.run(&["wait", heavy.trim(), "--timeout", "60"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let (text, dropped) = disk.dropped("heavy");
+    assert!(dropped > 10_000_000, "{dropped} bytes counted as dropped");
+    assert!(
+        text.ends_with("x\ndone\n"),
+        "{}",
+        &text[text.len().saturating_sub(80)..]
+    );
+
+    let records = |bpm: &Bpm| {
+        bpm.json(&["ps", "--all", "--json"])
+            .as_array()
+            .expect("a list")
+            .len()
+    };
+    assert_eq!(records(bpm), 2);
+    let err = bpm.fails(&["run", "--", "true"], 1);
+    assert!(
+        err.contains("no space left on tmpfs")
+            && err.contains(&bpm.home().display().to_string())
+            && err.contains("free some space"),
+        "{err}"
+    );
+    let batch = go.path().join("batch.txt");
+    let lines = "echo one\n".repeat(50);
+    std::fs::write(&batch, lines).expect("batch file");
+    let err = bpm.fails(&["run", "--from", batch.to_str().expect("utf-8")], 1);
+    assert!(err.contains("50 new records"), "{err}");
+    assert_eq!(records(bpm), 2, "nothing of the refused work was created");
+    assert_eq!(bpm.state("heavy"), "failed");
+
+    // Space returns: the same daemon takes new work again.
+    std::fs::remove_file(&filler).expect("rm filler");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = bpm.run(&["run", "--wait", "--", "echo", "back"]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "back\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "new work still refused: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(bpm.daemon_pid(), daemon);
+}
+
+/// On a disk too small for its journal, the daemon does not start half way
+/// and leave an empty log: the command says what is needed.
+#[test]
+fn a_disk_too_small_for_the_journal_is_named_with_what_it_needs() {
+    let disk = SmallDisk::new("2m");
+    let err = disk.bpm.fails(&["ps"], 5);
+    assert!(
+        err.contains("could not start")
+            && err.contains("no space left on tmpfs")
+            && err.contains("needed for bpm's journal")
+            && err.contains("BPM_HOME"),
+        "{err}"
+    );
+}

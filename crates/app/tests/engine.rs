@@ -929,6 +929,7 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
     let failures = Arc::new(AtomicUsize::new(0));
     let (r1, r2, r3, r4) = (real.clone(), real.clone(), real.clone(), failures.clone());
     store.expect_list().returning(|_| Ok(Vec::new()));
+    store.expect_room().returning(|_| Ok(()));
     // The store is down for the first three creations.
     store.expect_sync().returning(|| Ok(()));
     store

@@ -89,10 +89,18 @@ pub struct OutputChunk {
     /// Where the next read should start to see only what is new.
     pub next: Cursor,
     /// Bytes between the requested cursor and the oldest output kept, dropped
-    /// by rotation before they could be read.
+    /// before they could be read: by rotation past the cap, or to make room
+    /// on a full disk (those are in `dropped` too).
     pub skipped: u64,
     /// Whether more output was there than `max_bytes` allowed.
     pub truncated: bool,
+    /// Bytes of the process's output lost, over its whole life, because bpm
+    /// could not store them (its disk full, its store out of reach): dropped
+    /// as they came (these take no offsets), or older output deleted early
+    /// to make room for newer (a read from before it also counts that in
+    /// `skipped`).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 impl OutputChunk {
@@ -131,7 +139,11 @@ pub trait OutputStore: Send + Sync + 'static {
     /// Appends `data` from `stream` of process `id`; returns the cursor after it.
     ///
     /// # Errors
-    /// - MUST return [`OutputError::Refused`] when the write cannot be made; what was kept before stays readable.
+    /// - MUST return [`OutputError::Refused`] when the write cannot be made;
+    ///   then `data` is dropped whole, what was kept before stays readable,
+    ///   and reads count the bytes in [`OutputChunk::dropped`]. A store may
+    ///   first delete the process's oldest output to make room for the
+    ///   newest, counting that in `dropped` too, and then succeed.
     /// - MUST return [`OutputError::Unavailable`] if the backend cannot be reached.
     async fn append(
         &self,

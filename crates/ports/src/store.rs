@@ -47,6 +47,18 @@ pub struct StoreWrite {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait ProcessStore: Send + Sync + 'static {
+    /// Whether the store takes `records` new records now. New work is
+    /// refused while it does not; the records it holds go on being written.
+    ///
+    /// # Errors
+    /// MUST return [`StoreError::Refused`], naming the device and the path
+    /// and what they lack, when the store has no room for them (a full
+    /// disk).
+    fn room(&self, records: usize) -> Result<(), StoreError> {
+        let _ = records;
+        Ok(())
+    }
+
     /// What the store found wrong when it opened and could not repair
     /// silently (a damaged journal, with the records it cost), one line
     /// each, for the daemon to report at start and in its status. Empty

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -120,7 +120,10 @@ fn load(dir: &Path) -> io::Result<SegmentedLog> {
         Err(e) => return Err(e),
     };
     starts.sort_unstable();
-    let mut log = SegmentedLog::default();
+    let mut log = SegmentedLog {
+        dropped: read_dropped(dir),
+        ..SegmentedLog::default()
+    };
     for start in starts {
         let idx = fs::read(seg_path(dir, start, "idx"))?;
         let data_len = fs::metadata(seg_path(dir, start, "data")).map_or(0, |m| m.len());
@@ -132,7 +135,93 @@ fn load(dir: &Path) -> io::Result<SegmentedLog> {
     Ok(log)
 }
 
+/// The file that counts dropped bytes: 8 bytes, little endian, made with
+/// the folder so that a later count overwrites space the disk already gave.
+const DROPPED: &str = "dropped";
+
+fn read_dropped(dir: &Path) -> u64 {
+    fs::read(dir.join(DROPPED))
+        .ok()
+        .and_then(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+        .map_or(0, u64::from_le_bytes)
+}
+
+fn write_dropped(dir: &Path, dropped: u64) -> io::Result<()> {
+    let file = crate::private::options()
+        .create(true)
+        .write(true)
+        .open(dir.join(DROPPED))?;
+    file.write_all_at(&dropped.to_le_bytes(), 0)
+}
+
+/// Appends `data`. On a full disk, this process's oldest output is deleted,
+/// segment by segment, to make room for its newest; when even that cannot
+/// make room, `data` is dropped whole. Either way the bytes lost are counted
+/// in `log.dropped`, and what is kept stays whole.
 fn append_to(
+    dir: &Path,
+    log: &mut SegmentedLog,
+    cap: u64,
+    stream: Stream,
+    data: &[u8],
+) -> io::Result<()> {
+    // Only a log with nothing kept may lack its folder (and its count).
+    let fresh = log.segments.is_empty() && !dir.exists();
+    let mut result = crate::private::create_dir_all(dir).and_then(|()| {
+        if fresh {
+            write_dropped(dir, log.dropped)?;
+        }
+        write_whole(dir, log, cap, stream, data)
+    });
+    while let Err(e) = &result
+        && crate::space::is_full(e)
+        && !log.segments.is_empty()
+    {
+        let old = log.segments.remove(0);
+        let _ = fs::remove_file(seg_path(dir, old.start, "data"));
+        let _ = fs::remove_file(seg_path(dir, old.start, "idx"));
+        log.dropped += old.len();
+        log.dropped_unsaved = true;
+        result = write_whole(dir, log, cap, stream, data);
+    }
+    // Nothing older is left to give way: the newest part that fits is kept.
+    let mut lost = data.len() as u64;
+    if let Err(e) = &result
+        && crate::space::is_full(e)
+        && let Ok(space) = crate::space::space(dir)
+    {
+        let fits = usize::try_from(space.free.saturating_sub(FULL_MARGIN)).unwrap_or(usize::MAX);
+        if fits > 0 && fits < data.len() && log.segments.is_empty() {
+            // The front is dropped but keeps its offsets: the tail starts
+            // a segment of its own where it was written.
+            let front = data.len() - fits;
+            log.end += front as u64;
+            result = write_whole(dir, log, cap, stream, &data[front..]);
+            if result.is_ok() {
+                log.dropped += front as u64;
+                log.dropped_unsaved = true;
+                lost = 0;
+            } else {
+                log.end -= front as u64;
+            }
+        }
+    }
+    if let Err(e) = result {
+        log.dropped += lost;
+        log.dropped_unsaved = write_dropped(dir, log.dropped).is_err();
+        return Err(e);
+    }
+    if log.dropped_unsaved {
+        log.dropped_unsaved = write_dropped(dir, log.dropped).is_err();
+    }
+    Ok(())
+}
+
+/// What a write on a full disk leaves free, for the small writes after it
+/// (the last lines, which say most).
+const FULL_MARGIN: u64 = 64 << 10;
+
+fn write_whole(
     dir: &Path,
     log: &mut SegmentedLog,
     cap: u64,
@@ -140,7 +229,6 @@ fn append_to(
     mut data: &[u8],
 ) -> io::Result<()> {
     let segment_max = (cap / 2).max(1);
-    crate::private::create_dir_all(dir)?;
     let len = data.len() as u64;
     if len > segment_max {
         // Only the newest part fits a segment. Its front is dropped, so
@@ -154,49 +242,63 @@ fn append_to(
             let _ = fs::remove_file(seg_path(dir, old.start, "idx"));
         }
     }
-    let needs_new = log
+    let n = data.len() as u64;
+    let fits_last = log
         .segments
         .last()
-        .is_none_or(|s| s.start + s.len() != log.end || s.len() + data.len() as u64 > segment_max);
-    if needs_new {
+        .is_some_and(|s| s.start + s.len() == log.end && s.len() + n <= segment_max);
+    let (start, at, runs) = match log.segments.last() {
+        Some(s) if fits_last => (s.start, s.len(), s.runs.as_slice()),
+        _ => (log.end, 0, &[][..]),
+    };
+    // Nothing in the log changes until both files hold the write; a failed
+    // write is cut off again, so a half-written one is never read.
+    let data_path = seg_path(dir, start, "data");
+    let file = crate::private::options()
+        .create(true)
+        .write(true)
+        .open(&data_path)?;
+    let idx_path = seg_path(dir, start, "idx");
+    let extends = runs
+        .last()
+        .is_some_and(|r| r.stream == stream && u32::try_from(r.len + n).is_ok());
+    let written = file.write_all_at(data, at).and_then(|()| {
+        let idx = crate::private::options()
+            .create(true)
+            .write(true)
+            .open(&idx_path)?;
+        let (entry, pos) = if let Some(run) = runs.last().filter(|_| extends) {
+            let mut entry = vec![0u8; 4];
+            entry.copy_from_slice(&u32::try_from(run.len + n).unwrap_or(u32::MAX).to_le_bytes());
+            (entry, (runs.len() as u64 - 1) * RUN_BYTES + 1)
+        } else {
+            let mut entry = vec![stream_byte(stream)];
+            entry.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+            (entry, runs.len() as u64 * RUN_BYTES)
+        };
+        idx.write_all_at(&entry, pos).inspect_err(|_| {
+            let _ = idx.set_len(runs.len() as u64 * RUN_BYTES);
+        })
+    });
+    if let Err(e) = written {
+        if at == 0 {
+            let _ = fs::remove_file(&data_path);
+            let _ = fs::remove_file(&idx_path);
+        } else {
+            let _ = file.set_len(at);
+        }
+        return Err(e);
+    }
+    if !fits_last {
         log.segments.push(Segment {
-            start: log.end,
+            start,
             runs: Vec::new(),
         });
     }
-    let segment = log.segments.last_mut().expect("a segment");
-    let mut file = crate::private::options()
-        .create(true)
-        .append(true)
-        .open(seg_path(dir, segment.start, "data"))?;
-    file.write_all(data)?;
-    let idx_path = seg_path(dir, segment.start, "idx");
-    let n = data.len() as u64;
+    let segment = log.segments.last_mut().expect("the segment just written");
     match segment.runs.last_mut() {
-        // Extending the last run keeps the index small; its length must fit the 4 bytes.
-        Some(run) if run.stream == stream && u32::try_from(run.len + n).is_ok() => {
-            run.len += n;
-            let idx = crate::private::options().write(true).open(&idx_path)?;
-            let pos = (segment.runs.len() as u64 - 1) * RUN_BYTES + 1;
-            idx.write_all_at(
-                &u32::try_from(segment.runs.last().map_or(0, |r| r.len))
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
-                pos,
-            )?;
-        }
-        _ => {
-            let at = segment.len();
-            segment.runs.push(Run { stream, at, len: n });
-            let mut idx = crate::private::options()
-                .create(true)
-                .append(true)
-                .open(&idx_path)?;
-            let mut entry = [0u8; 5];
-            entry[0] = stream_byte(stream);
-            entry[1..].copy_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
-            idx.write_all(&entry)?;
-        }
+        Some(run) if extends => run.len += n,
+        _ => segment.runs.push(Run { stream, at, len: n }),
     }
     log.end += n;
     while log.end - log.kept_start() > cap && log.segments.len() > 1 {
@@ -234,6 +336,7 @@ fn read_from(dir: &Path, log: &SegmentedLog, query: &OutputQuery) -> io::Result<
         next: plan.next,
         skipped: plan.skipped,
         truncated: plan.truncated,
+        dropped: log.dropped,
     })
 }
 
@@ -262,6 +365,7 @@ fn tail_of(
     Ok(OutputChunk {
         pieces: tail,
         next: Cursor(log.end),
+        dropped: log.dropped,
         ..OutputChunk::default()
     })
 }

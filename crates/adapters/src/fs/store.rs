@@ -154,6 +154,9 @@ struct Disk {
     closing: bool,
     /// Whether the files thread waits for records to fall behind (and must be woken).
     files_idle: bool,
+    /// Whether the last round of record files failed for want of space:
+    /// new records are refused until one succeeds.
+    files_full: bool,
 }
 
 fn io_err(path: &Path, e: &io::Error) -> String {
@@ -393,16 +396,23 @@ pub(super) fn sync_filesystem(dir: &Path) -> io::Result<()> {
 /// other processes retry a read that catches a write half done.
 fn write_file(dir: &Path, record: &ProcessRecord) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+    let path = record_path(dir, record.id());
     let file = crate::private::options()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(record_path(dir, record.id()))?;
+        .open(&path)?;
     let before = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
     if bytes.len() < before {
         bytes.resize(before, b' ');
     }
-    file.write_all_at(&bytes, 0)
+    file.write_all_at(&bytes, 0).inspect_err(|_| {
+        // A file begun on a full disk is not left empty: the journal
+        // still holds the record, until the file can be written whole.
+        if before == 0 {
+            let _ = fs::remove_file(&path);
+        }
+    })
 }
 
 /// Brings the files of the records in `behind` up to date (without waiting
@@ -703,10 +713,37 @@ fn catch_up(dir: &Path, disk: &Mutex<Disk>, files: &Mutex<()>) {
         }
         if let Err(e) = result {
             tracing::warn!(dir = %dir.display(), error = %e, "record files lag behind the journal");
+            disk.files_full = crate::space::is_full(&e);
             break;
         }
+        disk.files_full = false;
     }
     lock().files_written = Instant::now();
+}
+
+/// The room a new record is taken to need: its file (mostly its
+/// environment, a few KiB), written again as it changes.
+const RECORD_ROOM: u64 = 8 << 10;
+
+/// Refuses to open where the journal cannot be laid out with room to spare:
+/// a journal left half laid out, with no room for its log, is a daemon that
+/// fails with nothing to say why.
+fn check_room_to_open(dir: &Path, journal_bytes: u64) -> Result<(), StoreError> {
+    let there: u64 = (0..2)
+        .map(|n| {
+            fs::metadata(dir.join(format!("journal.{n}"))).map_or(0, |m| m.len().min(journal_bytes))
+        })
+        .sum();
+    let needed = (2 * journal_bytes).saturating_sub(there) + crate::space::RESERVE;
+    match crate::space::short_of(
+        dir,
+        needed,
+        "bpm's journal and new records",
+        "free some space there, or set BPM_HOME to a folder on a larger disk",
+    ) {
+        Some(short) => Err(StoreError::Refused(short)),
+        None => Ok(()),
+    }
 }
 
 impl FsStore {
@@ -761,6 +798,7 @@ impl FsStore {
                 journalled: &journalled,
             },
         )?;
+        check_room_to_open(&dir, journal_bytes)?;
         let journal = replay(&dir, &mut cache, recovered, journal_bytes)?;
         let warnings = damage
             .iter()
@@ -779,6 +817,7 @@ impl FsStore {
             last_write: Instant::now(),
             closing: false,
             files_idle: false,
+            files_full: false,
         }));
         let (files, wake) = (Arc::new(Mutex::new(())), Arc::new(Condvar::new()));
         let files_thread = {
@@ -1123,6 +1162,38 @@ fn list_from(
 
 #[async_trait]
 impl ProcessStore for FsStore {
+    fn room(&self, records: usize) -> Result<(), StoreError> {
+        let Some(writer) = self.writer() else {
+            return Ok(());
+        };
+        let needed =
+            crate::space::RESERVE.saturating_add((records as u64).saturating_mul(RECORD_ROOM));
+        let what = match records {
+            1 => "a new record".to_string(),
+            n => format!("{n} new records"),
+        };
+        if let Some(short) =
+            crate::space::short_of(&self.dir, needed, &what, crate::space::FREE_SOME)
+        {
+            return Err(StoreError::Refused(short));
+        }
+        if writer
+            .disk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .files_full
+        {
+            let device = crate::space::space(&self.dir)
+                .map_or_else(|_| self.dir.display().to_string(), |s| s.device);
+            return Err(StoreError::Refused(format!(
+                "no space left on {device} ({}): the files of records bpm holds cannot be written; {}",
+                self.dir.display(),
+                crate::space::FREE_SOME
+            )));
+        }
+        Ok(())
+    }
+
     fn recovery_warnings(&self) -> Vec<String> {
         match &self.mode {
             Mode::Writer(w) => w.warnings.clone(),

@@ -113,6 +113,7 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
         "next_cursor": { "type": "integer", "description": "Where the next read starts to see only what is new." },
         "bytes": { "type": "integer", "description": "Bytes of output read." },
         "skipped_bytes": { "type": "integer", "description": "Output dropped by rotation before it could be read." },
+        "dropped_bytes": { "type": "integer", "description": "Output the process wrote that bpm could not store (a full disk, its store out of reach), over the process's life." },
         "truncated": { "type": "boolean", "description": "More output waits at next_cursor than max_bytes allowed." },
         "matched_lines": nullable("integer"),
         "notice": nullable("string")
@@ -158,7 +159,7 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
             json!({
                 "type": "object",
                 "properties": output_fields,
-                "required": ["process_id", "state", "text", "cursor", "next_cursor", "bytes", "skipped_bytes", "truncated"]
+                "required": ["process_id", "state", "text", "cursor", "next_cursor", "bytes", "skipped_bytes", "dropped_bytes", "truncated"]
             }),
             false,
         ),

@@ -468,8 +468,14 @@ impl McpServer {
         let mut notices = Vec::new();
         if chunk.skipped > 0 {
             notices.push(format!(
-                "{} bytes before this were dropped by rotation (the output cap) before they could be read",
+                "{} bytes before this were dropped before they could be read (by the output cap, or to make room on a full disk)",
                 chunk.skipped
+            ));
+        }
+        if chunk.dropped > 0 {
+            notices.push(format!(
+                "{} bytes of this process's output were dropped because bpm could not store them (a full disk, or its store out of reach)",
+                chunk.dropped
             ));
         }
         if chunk.truncated {
@@ -486,6 +492,7 @@ impl McpServer {
             "next_cursor": chunk.next.0,
             "bytes": bytes,
             "skipped_bytes": chunk.skipped,
+            "dropped_bytes": chunk.dropped,
             "truncated": chunk.truncated,
             "matched_lines": matched,
             "notice": if notices.is_empty() { None } else { Some(notices.join("; ")) },

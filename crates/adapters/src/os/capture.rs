@@ -75,6 +75,9 @@ pub(crate) async fn pump(
     // buffers per process), doubled up to 1 MiB while reads fill it.
     let mut buf = vec![0u8; MIN_READ];
     let mut line = Vec::new();
+    // Bytes dropped since the store last took a write: one warning when it
+    // starts refusing, one when it takes writes again, not one per read.
+    let mut dropping: Option<u64> = None;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -91,8 +94,18 @@ pub(crate) async fn pump(
         }
         let data = &buf[..n];
         watcher.copying.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = output.append(watcher.id, stream, data).await {
-            tracing::warn!(id = %watcher.id, error = %e, "output not kept");
+        match output.append(watcher.id, stream, data).await {
+            Ok(_) => {
+                if let Some(bytes) = dropping.take() {
+                    tracing::warn!(id = %watcher.id, ?stream, bytes, "output kept again, after dropping what could not be kept");
+                }
+            }
+            Err(e) => {
+                if dropping.is_none() {
+                    tracing::warn!(id = %watcher.id, ?stream, error = %e, "output dropped until it can be kept again");
+                }
+                *dropping.get_or_insert(0) += n as u64;
+            }
         }
         watcher.copying.fetch_sub(1, Ordering::SeqCst);
         watcher.activity.send_replace(Instant::now());

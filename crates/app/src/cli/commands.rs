@@ -478,7 +478,7 @@ async fn run(m: &DaemonClient, mut args: RunArgs) -> Outcome {
     if !wait_for_it {
         return Ok(ExitCode::SUCCESS);
     }
-    copy_output(m, record.id(), Cursor(0), StreamSelect::Both, true, true).await?;
+    copy_output(m, record.id(), Cursor(0), StreamSelect::Both, true, true, 0).await?;
     let end = m.wait(record.id(), None).await?;
     Ok(exit_code_of(&end))
 }
@@ -633,8 +633,21 @@ fn exit_code_of(r: &ProcessRecord) -> ExitCode {
     }
 }
 
+/// Says on stderr how many bytes bpm had to drop, once each time the count
+/// grows past `told`.
+fn tell_dropped(told: &mut u64, dropped: u64) {
+    if dropped > *told {
+        let _ = writeln!(
+            std::io::stderr(),
+            "bpm: [{dropped} bytes of output were dropped: bpm could not store them (a full disk, or its store out of reach)]"
+        );
+        *told = dropped;
+    }
+}
+
 /// Copies output from `cursor` on: to stdout (and stderr, when `split`), until
 /// the process ends when `follow`, else until what is there now is printed.
+/// Drops past `told` bytes are reported.
 async fn copy_output(
     m: &DaemonClient,
     id: ProcessId,
@@ -642,6 +655,7 @@ async fn copy_output(
     stream: StreamSelect,
     follow: bool,
     split: bool,
+    mut told: u64,
 ) -> Result<(), CliError> {
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
@@ -655,8 +669,13 @@ async fn copy_output(
         };
         let chunk = m.read_output(id, query).await?;
         if chunk.skipped > 0 {
-            let _ = writeln!(err, "bpm: [{} bytes dropped by rotation]", chunk.skipped);
+            let _ = writeln!(
+                err,
+                "bpm: [{} bytes skipped: dropped before they could be read]",
+                chunk.skipped
+            );
         }
+        tell_dropped(&mut told, chunk.dropped);
         for piece in &chunk.pieces {
             let _ = match piece.stream {
                 Stream::Stderr if split => err.write_all(&piece.data),
@@ -894,6 +913,7 @@ async fn logs(m: &DaemonClient, a: LogsArgs) -> Outcome {
             )));
         }
     };
+    let mut told = 0;
     let start = if let Some(n) = a.lines {
         let chunk = m
             .read_output(
@@ -911,12 +931,13 @@ async fn logs(m: &DaemonClient, a: LogsArgs) -> Outcome {
             let _ = out.write_all(&piece.data);
         }
         let _ = out.flush();
+        tell_dropped(&mut told, chunk.dropped);
         chunk.next
     } else {
         Cursor(a.since.unwrap_or(0))
     };
     if a.follow || a.lines.is_none() {
-        copy_output(m, id, start, stream, a.follow, false).await?;
+        copy_output(m, id, start, stream, a.follow, false, told).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
