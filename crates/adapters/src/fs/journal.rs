@@ -40,7 +40,10 @@ use std::thread::JoinHandle;
 use bpm_domain::{ProcessId, ProcessRecord, ProcessSpec, RecordUpdate};
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 8] = b"bpmjrnl1";
+/// Version 2: an entry's checksum covers its generation too.
+const MAGIC: &[u8; 8] = b"bpmjrnl2";
+/// Version 1 (read only): an entry's checksum covers its payload alone.
+const MAGIC_V1: &[u8; 8] = b"bpmjrnl1";
 /// The header: the magic, then the generation (0: nothing to replay).
 const HEADER_LEN: usize = 16;
 const HEADER: u64 = HEADER_LEN as u64;
@@ -147,9 +150,20 @@ pub(super) enum CommitError {
 
 /// FNV-1a, 64 bits: enough to tell a whole entry from a torn one.
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+    fnv(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+fn fnv(from: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(from, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// An entry's checksum: its generation, then its payload. A stale entry of
+/// an earlier turn fails it, so a damaged generation field cannot hide a
+/// whole entry of this turn (it would read as the end of the file).
+fn entry_sum(generation: u64, payload: &[u8]) -> u64 {
+    fnv(checksum(&generation.to_le_bytes()), payload)
 }
 
 fn path(dir: &Path, n: usize) -> PathBuf {
@@ -181,28 +195,34 @@ pub(super) struct Damage {
 }
 
 /// The entry of `generation` at `at`, if a whole one is there: its payload
-/// and where the next begins.
-fn entry_at(bytes: &[u8], at: usize, generation: u64) -> Option<(&[u8], usize)> {
+/// and where the next begins. In a version 2 file the checksum says which
+/// generation wrote it, so the generation field itself is not trusted.
+fn entry_at(bytes: &[u8], at: usize, generation: u64, v1: bool) -> Option<(&[u8], usize)> {
     let head = bytes.get(at..at + ENTRY_HEAD)?;
     let entry_gen = u64::from_le_bytes(head[..8].try_into().ok()?);
     let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
     let sum = u64::from_le_bytes(head[12..20].try_into().ok()?);
     let start = at + ENTRY_HEAD;
-    if entry_gen != generation || len == 0 {
+    if (v1 && entry_gen != generation) || len == 0 {
         return None;
     }
     let payload = bytes.get(start..start.checked_add(len)?)?;
-    (checksum(payload) == sum).then_some((payload, start + len))
+    let expected = if v1 {
+        checksum(payload)
+    } else {
+        entry_sum(generation, payload)
+    };
+    (expected == sum).then_some((payload, start + len))
 }
 
 /// The first whole entry of `generation` after `from`: a file is written in
 /// order, so one found past an entry that could not be read means that
 /// entry was damaged (a torn or lost block, bytes changed), not the end.
-fn next_entry(bytes: &[u8], from: usize, generation: u64) -> Option<usize> {
+fn next_entry(bytes: &[u8], from: usize, generation: u64, v1: bool) -> Option<usize> {
     let mark = generation.to_le_bytes();
     (from..bytes.len().saturating_sub(ENTRY_HEAD))
         .filter(|&at| bytes[at..at + 8] == mark)
-        .find(|&at| entry_at(bytes, at, generation).is_some())
+        .find(|&at| entry_at(bytes, at, generation, v1).is_some())
 }
 
 /// The record ids written in `bytes` (36-character UUIDs).
@@ -230,18 +250,19 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new(), Vec::new())),
         Err(e) => return Err(e),
     };
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+    if bytes.len() < HEADER_LEN || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
         return Ok((0, Vec::new(), Vec::new()));
     }
+    let v1 = &bytes[..8] == MAGIC_V1;
     let generation = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let mut ops = Vec::new();
     let mut damage = Vec::new();
     let mut envs: HashMap<u64, Arc<BTreeMap<String, String>>> = HashMap::new();
     let mut at = HEADER_LEN;
     while generation != 0 && at + ENTRY_HEAD <= bytes.len() {
-        let Some((payload, next)) = entry_at(&bytes, at, generation) else {
+        let Some((payload, next)) = entry_at(&bytes, at, generation, v1) else {
             // The end of this turn's entries, unless a whole one follows.
-            let Some(resume) = next_entry(&bytes, at + 1, generation) else {
+            let Some(resume) = next_entry(&bytes, at + 1, generation, v1) else {
                 // An entry of this turn was begun here: a write cut short
                 // by a crash, or damage. Either way, say what it held.
                 if bytes[at..at + 8] == generation.to_le_bytes() {
@@ -533,7 +554,7 @@ impl Journal {
             let len = u32::try_from(payload.len()).map_err(|_| CommitError::TooLarge)?;
             buf.extend_from_slice(&self.generation.to_le_bytes());
             buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&checksum(payload).to_le_bytes());
+            buf.extend_from_slice(&entry_sum(self.generation, payload).to_le_bytes());
             buf.extend_from_slice(payload);
         }
         let file = &self.files[self.active];
@@ -648,6 +669,39 @@ mod tests {
 
     fn ids(entries: &[Entry]) -> Vec<u128> {
         entries.iter().map(|e| e.id().as_uuid().as_u128()).collect()
+    }
+
+    /// Found by fuzzing: one flipped bit in the generation field of the last
+    /// entry made it read as the end of the turn, losing it in silence.
+    #[test]
+    fn a_damaged_generation_field_loses_no_entry() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
+        j.commit(&[Op::Put(Box::new(record(1)))], true, || Ok(()))
+            .expect("commit");
+        let last = j.head;
+        j.commit(&[Op::Put(Box::new(record(2)))], true, || Ok(()))
+            .expect("commit");
+        for bit in [0u8, 3, 7] {
+            let mut byte = [0u8];
+            j.files[0].read_exact_at(&mut byte, last).expect("read");
+            j.files[0]
+                .write_all_at(&[byte[0] ^ (1 << bit)], last)
+                .expect("flip");
+            let got = recover(dir.path()).expect("recover");
+            assert_eq!(ids(&got.entries), [1, 2], "bit {bit}");
+            assert!(got.damage.is_empty());
+            j.files[0].write_all_at(&byte, last).expect("mend");
+        }
+        // A stale entry of an earlier turn is still not read as this one's.
+        let mut stale = Vec::new();
+        let payload = br#"{"delete":"00000000-0000-0000-0000-000000000001"}"#;
+        stale.extend_from_slice(&7u64.to_le_bytes());
+        stale.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_le_bytes());
+        stale.extend_from_slice(&entry_sum(7, payload).to_le_bytes());
+        stale.extend_from_slice(payload);
+        j.files[0].write_all_at(&stale, j.head).expect("stale");
+        assert_eq!(ids(&recover(dir.path()).expect("recover").entries), [1, 2]);
     }
 
     #[test]
@@ -863,7 +917,7 @@ mod tests {
         let payload = &payload[..];
         torn.extend_from_slice(&1u64.to_le_bytes());
         torn.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_le_bytes());
-        torn.extend_from_slice(&checksum(payload).to_le_bytes());
+        torn.extend_from_slice(&entry_sum(1, payload).to_le_bytes());
         torn.extend_from_slice(payload);
         j.files[0].write_all_at(&torn, j.head).expect("write");
         assert_eq!(recover(dir.path()).expect("recover").entries.len(), 3);
