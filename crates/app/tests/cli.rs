@@ -1542,13 +1542,28 @@ fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
         "-c",
         "sleep 0.5; exit 4",
     ]);
-    let (quiet, ends) = (quiet.trim(), ends.trim());
+    // Writes a line every 20 ms for 6 s: before, the first line after the
+    // kill ended it with SIGPIPE, since no bpm process held its pipe.
+    let writes = bpm.ok(&[
+        "run",
+        "--name",
+        "writes",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 300 ]; do echo tick $i; i=$((i+1)); sleep 0.02; done",
+    ]);
+    let (quiet, ends, writes) = (quiet.trim(), ends.trim(), writes.trim());
     bpm.until_state(quiet, "running");
     bpm.until_state(ends, "running");
-    let pid = bpm.json(&["show", quiet, "--json"])["pid"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .expect("pid");
+    bpm.until_state(writes, "running");
+    let pid_of = |id: &str| {
+        bpm.json(&["show", id, "--json"])["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .expect("pid")
+    };
+    let (pid, writer) = (pid_of(quiet), pid_of(writes));
     let (daemon, keeper) = (bpm.daemon_pid(), keeper_pid(&bpm));
     Command::new("kill")
         .args(["-9", &daemon.to_string(), &keeper.to_string()])
@@ -1571,6 +1586,27 @@ fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
     );
     assert_eq!(bpm.state(quiet), "running");
     assert!(alive(pid));
+    assert!(alive(writer), "the writer died with bpm");
+    // The new keeper reads its pipe on: every line reaches its log, those
+    // written while no bpm process ran included.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(writer) {
+        assert!(Instant::now() < deadline, "the writer never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let expected: String = (0..300)
+        .map(|i| format!("tick {i}\n"))
+        .collect::<Vec<_>>()
+        .concat();
+    loop {
+        let logs = bpm.ok(&["logs", writes]);
+        if logs == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs: {logs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(bpm.ok(&["stop", quiet]).contains("cancelled"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) {

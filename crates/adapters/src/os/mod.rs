@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{CStr, CString, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,6 +66,34 @@ impl Default for OsSpawnerConfig {
             share_pipes: false,
         }
     }
+}
+
+/// The reading ends of `pid`'s output pipes that it holds itself (see
+/// [`spawn::HELD_PIPE_FDS`]), opened again through `/proc`; `None` unless
+/// both are there and are two different pipes.
+fn held_pipes(pid: u32) -> Option<[std::os::fd::OwnedFd; 2]> {
+    let open = |fd: i32| -> Option<(String, std::os::fd::OwnedFd)> {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let target = std::fs::read_link(&path)
+            .ok()?
+            .into_os_string()
+            .into_string()
+            .ok()?;
+        if !target.starts_with("pipe:[") {
+            return None;
+        }
+        // Non-blocking: opening a pipe with no writer left must not wait for one.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .ok()?;
+        Some((target, file.into()))
+    };
+    let [out, err] = spawn::HELD_PIPE_FDS;
+    let (out_pipe, out) = open(out)?;
+    let (err_pipe, err) = open(err)?;
+    (out_pipe != err_pipe).then_some([out, err])
 }
 
 /// How long, at most, an exit waits for pipes that are still being copied.
@@ -292,6 +321,9 @@ impl OsSpawner {
         };
         let watcher = capture::Watcher::new(id, self.inner.tx.clone(), None);
         let share = self.inner.config.share_pipes;
+        // No bpm process kept its pipes (the daemon and keeper died
+        // together): the process holds copies of its own.
+        let pipes = pipes.or_else(|| held_pipes(pid));
         let (kept, pumps) = match pipes.map(|[out, err]| -> std::io::Result<_> {
             let kept: Option<Pipes> = if share {
                 Some(Arc::new([out.try_clone()?, err.try_clone()?]))

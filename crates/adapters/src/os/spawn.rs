@@ -109,6 +109,12 @@ pub(crate) fn variable(name: &[u8], value: &[u8]) -> io::Result<CString> {
     cstring(kv)
 }
 
+/// Where a process holds copies of the reading ends of its own stdout and
+/// stderr pipes: while it lives, no writer of its output dies of SIGPIPE
+/// because bpm's processes died (a writer blocks once the pipe is full,
+/// until a new keeper opens these through `/proc` and reads on).
+pub(crate) const HELD_PIPE_FDS: [i32; 2] = [253, 254];
+
 /// Starts `program` with `argv` (argv\[0\] included) and exactly the
 /// environment `env` (`NAME=value` strings).
 pub(crate) fn spawn(
@@ -180,6 +186,13 @@ pub(crate) fn spawn(
             err_w.as_raw_fd(),
             2,
         ))?;
+        for (fd, held) in [&out_r, &err_r].into_iter().zip(HELD_PIPE_FDS) {
+            check(libc::posix_spawn_file_actions_adddup2(
+                actions,
+                fd.as_raw_fd(),
+                held,
+            ))?;
+        }
         if let Some(dir) = &cwd {
             check(libc::posix_spawn_file_actions_addchdir_np(
                 actions,
