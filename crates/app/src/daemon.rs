@@ -214,7 +214,20 @@ fn lasting_keeper(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(line);
     });
-    bpm_adapters::keeper::LastingKeeper::new(first, start, crate::keeper::start_log(home), report)
+    // A keeper's death makes its processes this daemon's children, so their
+    // exit codes can still be learnt.
+    let reaper = bpm_adapters::os::Subreaper::start()
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot become a child subreaper: after a keeper's death, exit codes will be unknown");
+        })
+        .ok();
+    bpm_adapters::keeper::LastingKeeper::new(
+        first,
+        start,
+        crate::keeper::start_log(home),
+        report,
+        reaper,
+    )
 }
 
 fn write_pid(path: &Path) -> Result<()> {

@@ -1328,8 +1328,8 @@ fn keeper_pid(bpm: &Bpm) -> u32 {
 /// kill -9 of the keeper: a new keeper takes over at once, new runs work,
 /// every process still running stays running and under control (stop
 /// reaches it), queued starts go on, and a process that ends meanwhile is
-/// reported with an honest "exit code unknown". The status and the log say
-/// what happened.
+/// reported with its real exit code: the daemon, a child subreaper,
+/// inherited it. The status and the log say what happened.
 #[test]
 fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control() {
     let bpm = Bpm::new();
@@ -1405,19 +1405,19 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
         bpm.ok(&["logs", "lives"]).lines().count() > before + 3,
         "its output is no longer captured"
     );
-    // The one that ends meanwhile: an honest unknown, not a made-up code.
+    // The one that ends meanwhile: its own exit code, which the daemon
+    // reaped once the dead keeper's children became its own.
     let deadline = Instant::now() + Duration::from_secs(10);
     while bpm.state(ends.trim()) == "running" {
         assert!(Instant::now() < deadline, "its end was never noticed");
         std::thread::sleep(Duration::from_millis(50));
     }
     let ended = bpm.json(&["show", "ends", "--json"]);
-    assert_eq!(ended["state"], "lost", "{ended}");
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["exit_code"], 3, "{ended}");
     assert!(
-        ended["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("exit code is unknown")),
-        "{ended}"
+        status.contains("exit codes come from the daemon"),
+        "{status}"
     );
     // Its slot freed, the queue goes on, each once.
     bpm.ok(&["wait", &queued[0], &queued[1], &queued[2], &queued[3]]);

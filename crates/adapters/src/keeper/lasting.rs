@@ -7,10 +7,12 @@
 //! - a process still running is adopted by the new keeper (by pid, checked
 //!   against its `BPM_PROCESS_ID` mark): it stays `running`, `stop` reaches
 //!   its whole tree, and its end is noticed by pidfd. It is no longer the
-//!   keeper's child, so its exit code is unknown: its end is reported as
-//!   `lost`, saying so;
-//! - a process that ended while no keeper watched it is reported `lost`,
-//!   with the same reason;
+//!   keeper's child: when the daemon is a child subreaper (see
+//!   [`Subreaper`]) and was the dead keeper's parent, the process became
+//!   the daemon's child, and its real exit status is reported; otherwise
+//!   its end is reported as `lost`, with its exit code unknown;
+//! - a process that ended while no keeper watched it is reported the same
+//!   way: with the status the daemon reaped, or `lost`;
 //! - records handed over and not yet started go back to the manager
 //!   ([`ProcessNotice::Withdrawn`]), which starts them itself. Whether the
 //!   dead keeper started one is read from its start log, in which every
@@ -33,7 +35,10 @@ use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned
 use tokio::sync::{mpsc, watch};
 
 use super::KeeperSpawner;
-use crate::os::unknown_end;
+use crate::os::{Subreaper, unknown_end};
+
+/// How long an end waits for the daemon to reap the process.
+const REAPED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Starts a keeper (or connects to one that runs) and connects to it.
 pub type StartKeeper = Arc<
@@ -75,16 +80,23 @@ pub struct LastingKeeper {
     maybe_started: Mutex<HashMap<ProcessId, Found>>,
     tx: mpsc::UnboundedSender<ProcessNotice>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
+    /// The daemon's reaper, when it is a subreaper.
+    reaper: Option<Arc<Subreaper>>,
+    /// Processes a dead keeper left that became the daemon's children.
+    inherited: Mutex<HashMap<ProcessId, u32>>,
 }
 
 impl LastingKeeper {
     /// Talks to `first` and, whenever the keeper dies, starts another with
-    /// `start`, reading the dead one's `start_log`; each change is told to `report`.
+    /// `start`, reading the dead one's `start_log`; each change is told to
+    /// `report`. With `reaper`, the exit statuses of a dead keeper's
+    /// processes are learnt from it.
     pub fn new(
         first: KeeperSpawner,
         start: StartKeeper,
         start_log: PathBuf,
         report: KeeperReport,
+        reaper: Option<Arc<Subreaper>>,
     ) -> Arc<Self> {
         first.keep_orphans();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -98,6 +110,8 @@ impl LastingKeeper {
             maybe_started: Mutex::default(),
             tx,
             rx: Mutex::new(Some(rx)),
+            reaper,
+            inherited: Mutex::default(),
         });
         let weak = Arc::downgrade(&keeper);
         tokio::spawn(async move {
@@ -134,7 +148,49 @@ impl LastingKeeper {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(next);
         }
+        if let ProcessNotice::Lost { id, .. } = &notice
+            && let Some(pid) = self
+                .inherited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id)
+        {
+            self.report_end(*id, pid);
+            return;
+        }
         let _ = self.tx.send(notice);
+    }
+
+    /// Reports the end of `id`'s process `pid`, which no keeper reaped:
+    /// with the status the daemon reaped, if it became the daemon's child,
+    /// else as lost, its exit code unknown.
+    fn report_end(&self, id: ProcessId, pid: u32) {
+        let (tx, reaper) = (self.tx.clone(), self.reaper.clone());
+        tokio::spawn(async move {
+            let status = match reaper {
+                Some(r) => r.status_of(pid, REAPED_WITHIN).await,
+                None => None,
+            };
+            let _ = tx.send(match status {
+                Some(status) => ProcessNotice::Exited { id, status },
+                None => ProcessNotice::Lost {
+                    id,
+                    reason: unknown_end(pid),
+                },
+            });
+        });
+    }
+
+    /// Notes that `pid` (of `id`) may now be the daemon's child.
+    fn inherit(&self, id: ProcessId, pid: u32) -> bool {
+        let ours = self.reaper.is_some() && Subreaper::is_child(pid);
+        if ours {
+            self.inherited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, pid);
+        }
+        ours
     }
 
     /// The keeper behind `dead` died: starts another, hands it the dead
@@ -180,14 +236,17 @@ impl LastingKeeper {
         let hello = fresh.keeper().clone();
         let (mut adopted, mut ended) = (0, 0);
         for (id, pid, pipes) in orphans {
+            // Before the adoption, whose end may be reported at once.
+            self.inherit(id, pid);
             if fresh.adopt(id, pid, pipes).await.unwrap_or(false) {
                 adopted += 1;
             } else {
                 ended += 1;
-                let _ = self.tx.send(ProcessNotice::Lost {
-                    id,
-                    reason: unknown_end(pid),
-                });
+                self.inherited
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                self.report_end(id, pid);
             }
         }
         {
@@ -211,8 +270,13 @@ impl LastingKeeper {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         let line = format!(
             "bpm's keeper (pid {was}) died; keeper pid {} took over: {adopted} running processes adopted, \
-             {ended} had ended meanwhile (their exit codes are unknown), {withdrawn} queued starts taken back",
-            hello.pid
+             {ended} had ended meanwhile, {withdrawn} queued starts taken back; {}",
+            hello.pid,
+            if self.reaper.is_some() {
+                "exit codes come from the daemon, which inherited the processes"
+            } else {
+                "their exit codes are unknown"
+            }
         );
         tracing::warn!("{line}");
         report(
@@ -264,20 +328,19 @@ impl LastingKeeper {
                     Ok(k) => k,
                     Err(e) => return Some(Err(e)),
                 };
+                self.inherit(id, pid);
                 if !keeper.reattach(id, pid).await.unwrap_or(false) {
-                    let _ = self.tx.send(ProcessNotice::Lost {
-                        id,
-                        reason: unknown_end(pid),
-                    });
+                    self.inherited
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
+                    self.report_end(id, pid);
                 }
                 Ok(Spawned { pid })
             }
-            // It ran: started, with its end reported as unknown.
+            // It ran: started, with its end as the daemon reaped it, or unknown.
             Found::Ended(pid) => {
-                let _ = self.tx.send(ProcessNotice::Lost {
-                    id,
-                    reason: unknown_end(pid),
-                });
+                self.report_end(id, pid);
                 Ok(Spawned { pid })
             }
             Found::Unknown => Err(SpawnError::Os(

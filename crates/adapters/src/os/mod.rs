@@ -6,6 +6,7 @@
 mod capture;
 mod listening;
 mod spawn;
+mod subreaper;
 mod tree;
 mod usage;
 
@@ -28,6 +29,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
+pub use subreaper::Subreaper;
 pub use usage::ProcSampler;
 
 /// The environment variable that carries a process's own record id.

@@ -1,0 +1,135 @@
+//! The daemon as a child subreaper: when bpm's keeper dies, the processes
+//! it was the parent of become the daemon's children rather than init's, so
+//! their exit codes can still be learnt. The daemon reaps every child of
+//! its that has ended (the keeper's own waiter and a hook's `wait` then
+//! find it gone, which they take as an end) and keeps each status a while
+//! for [`Subreaper::status_of`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bpm_domain::ExitStatus;
+use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+use tokio::sync::Notify;
+
+use super::{exit_status, tree};
+
+/// How long a status is kept for someone to ask for it.
+const KEPT_FOR: Duration = Duration::from_mins(2);
+/// How often children are looked at besides `SIGCHLD`.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// Exit statuses of this process's children that ended (see the module's
+/// documentation).
+pub struct Subreaper {
+    statuses: Mutex<HashMap<u32, (ExitStatus, Instant)>>,
+    reaped: Notify,
+}
+
+impl Subreaper {
+    /// Makes this process a child subreaper and starts reaping its ended
+    /// children (in a task of the current runtime).
+    ///
+    /// # Errors
+    /// The kernel refused `PR_SET_CHILD_SUBREAPER`.
+    pub fn start() -> std::io::Result<Arc<Self>> {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+        let me = Arc::new(Subreaper {
+            statuses: Mutex::default(),
+            reaped: Notify::new(),
+        });
+        let weak = Arc::downgrade(&me);
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                me.reap_ended();
+                drop(me);
+                match &mut sigchld {
+                    Some(s) => {
+                        let _ = tokio::time::timeout(EVERY, s.recv()).await;
+                    }
+                    None => tokio::time::sleep(EVERY).await,
+                }
+            }
+        });
+        Ok(me)
+    }
+
+    /// Reaps every child that has ended, keeping its status.
+    fn reap_ended(&self) {
+        let now = Instant::now();
+        let mut reaped = false;
+        for pid in children() {
+            if tree::stat(pid).is_none_or(|s| s.state != 'Z') {
+                continue;
+            }
+            let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+                continue;
+            };
+            if let Ok(Some(status)) = waitid(
+                WaitId::Pid(raw),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
+                self.statuses
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(pid, (exit_status(&status), now));
+                reaped = true;
+            }
+        }
+        self.statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, (_, at)| now.duration_since(*at) < KEPT_FOR);
+        if reaped {
+            self.reaped.notify_waiters();
+        }
+    }
+
+    /// How `pid` ended, if it was a child of this process that it reaped
+    /// (waiting up to `within` for it to be reaped); taken, so asked once.
+    pub async fn status_of(&self, pid: u32, within: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let reaped = self.reaped.notified();
+            if let Some((status, _)) = self
+                .statuses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&pid)
+            {
+                return Some(status);
+            }
+            if tokio::time::timeout_at(deadline, reaped).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Whether `pid` is a child of this process now (and so will be reaped here).
+    pub fn is_child(pid: u32) -> bool {
+        tree::stat(pid).is_some_and(|s| s.ppid == std::process::id())
+    }
+}
+
+/// This process's children, from every thread's list.
+fn children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
