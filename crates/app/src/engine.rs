@@ -95,7 +95,8 @@ enum Msg {
     /// Inputs handled together: their writes go to the store as one batch.
     Many(Vec<Input>, ManyReply),
     Timer(Timer),
-    /// How a spawn under way ended (`Spawned` or `SpawnFailed`).
+    /// How a spawn under way ended (`Spawned`, `SpawnFailed`, or `Lost` when
+    /// the spawner cannot know).
     SpawnEnded(Box<Input>),
     /// The store's sync under way ended.
     Synced(Result<(), StoreError>),
@@ -886,7 +887,9 @@ impl Driver {
     /// Handles a spawn's result, answers the callers that waited for it, then
     /// the notices held meanwhile.
     async fn spawn_ended(&mut self, input: Input) {
-        let (Input::Spawned { id, .. } | Input::SpawnFailed { id, .. }) = input else {
+        let (Input::Spawned { id, .. } | Input::SpawnFailed { id, .. } | Input::Lost { id, .. }) =
+            input
+        else {
             return;
         };
         let held = self.spawning.remove(&id).unwrap_or_default();
@@ -1084,6 +1087,9 @@ impl Driver {
                                     id,
                                     pid: spawned.pid,
                                 },
+                                Err(bpm_ports::SpawnError::Unknown(reason)) => {
+                                    Input::Lost { id, reason }
+                                }
                                 Err(e) => Input::SpawnFailed {
                                     id,
                                     error: e.to_string(),

@@ -1137,6 +1137,11 @@ impl bpm_ports::ProcessSpawner for GatedSpawner {
             !request.argv.iter().any(|a| a == "stdout=panic"),
             "a spawner bug"
         );
+        if request.argv.iter().any(|a| a == "stdout=unknown") {
+            return Err(bpm_ports::SpawnError::Unknown(
+                "the spawner died as it started this".into(),
+            ));
+        }
         let (id, gated) = (request.id, request.argv.iter().any(|a| a == "stdout=gated"));
         let spawned = self.inner.spawn(request).await?;
         if gated {
@@ -1242,6 +1247,35 @@ async fn a_spawner_that_panics_fails_the_record_instead_of_leaving_it_starting()
         r.lifecycle().error().as_deref(),
         Some("the spawner failed unexpectedly")
     );
+    let next = engine.start(fake(&["exit=0"])).await.expect("start");
+    assert_eq!(
+        engine
+            .wait(next.id(), Some(Duration::from_secs(5)))
+            .await
+            .expect("wait")
+            .state(),
+        StateName::Completed,
+        "the engine goes on"
+    );
+}
+
+#[tokio::test]
+async fn a_start_the_spawner_cannot_vouch_for_is_lost_and_its_slot_freed() {
+    let (engine, _gated) = gated_engine().await;
+    let r = engine
+        .start(fake(&["stdout=unknown"]))
+        .await
+        .expect("the caller is answered");
+    assert_eq!(
+        r.state(),
+        StateName::Lost,
+        "neither failed nor started again"
+    );
+    assert_eq!(
+        r.lifecycle().error().as_deref(),
+        Some("the spawner died as it started this")
+    );
+    assert_eq!(r.lifecycle().exit(), None);
     let next = engine.start(fake(&["exit=0"])).await.expect("start");
     assert_eq!(
         engine

@@ -135,6 +135,11 @@ pub enum SpawnError {
     /// The operating system refused.
     #[error("OS error: {0}")]
     Os(String),
+    /// Whether the process started cannot be known (whoever started it died
+    /// during the start, and no process of it runs now). The manager records
+    /// it as lost, for this reason, and never starts it again.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 /// Starts and controls OS processes, each in its own process group.
@@ -148,6 +153,8 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     /// - MUST return [`SpawnError::PermissionDenied`] if it may not be executed.
     /// - MUST return [`SpawnError::CwdNotFound`] if the working directory does not exist.
     /// - MUST return [`SpawnError::Invalid`] for a request it cannot carry out (empty argv).
+    /// - MUST return [`SpawnError::Unknown`] if it cannot know whether the
+    ///   process started, which then never runs a second time through it.
     /// - MUST return [`SpawnError::Os`] for any other refusal.
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError>;
 

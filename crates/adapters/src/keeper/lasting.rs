@@ -20,7 +20,10 @@
 //!   started, so starting it now cannot start it twice. One in it is
 //!   answered with the process the dead keeper started (or reported lost if
 //!   that has ended), not started again;
-//! - a start under way when the keeper died is answered the same way.
+//! - a start under way when the keeper died is answered the same way; if
+//!   the start log names it without a pid and no process of it runs, it may
+//!   have run and ended unseen: it is reported lost
+//!   ([`SpawnError::Unknown`]), never started again.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -343,9 +346,9 @@ impl LastingKeeper {
                 self.report_end(id, pid);
                 Ok(Spawned { pid })
             }
-            Found::Unknown => Err(SpawnError::Os(
-                "bpm's keeper died just as it started this process, which has ended since: \
-                 bpm cannot know how it ended, and does not start it again"
+            Found::Unknown => Err(SpawnError::Unknown(
+                "bpm's keeper died while starting this process, and no process of it runs now: \
+                 it may have run, its exit code is unknown, and bpm does not start it again"
                     .into(),
             )),
         })
