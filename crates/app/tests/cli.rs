@@ -1588,20 +1588,34 @@ fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
     assert!(alive(pid));
     assert!(alive(writer), "the writer died with bpm");
     // The new keeper reads its pipe on: every line reaches its log, those
-    // written while no bpm process ran included.
+    // written while no bpm process ran included, but for the one read the
+    // dead keeper may have taken from the pipe and not yet stored (under a
+    // heavy load, a line or a few: see ARCHITECTURE.md).
     let deadline = Instant::now() + Duration::from_secs(15);
     while alive(writer) {
         assert!(Instant::now() < deadline, "the writer never ended");
         std::thread::sleep(Duration::from_millis(50));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let expected: String = (0..300)
-        .map(|i| format!("tick {i}\n"))
-        .collect::<Vec<_>>()
-        .concat();
     loop {
         let logs = bpm.ok(&["logs", writes]);
-        if logs == expected {
+        let ticks: Vec<usize> = logs
+            .lines()
+            .map(|l| {
+                l.strip_prefix("tick ")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("a line that was never written: {l:?}"))
+            })
+            .collect();
+        // In order, none twice, and at most one run missing.
+        assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{logs}");
+        let gaps = ticks.windows(2).filter(|w| w[1] != w[0] + 1).count()
+            + usize::from(ticks.first().is_some_and(|t| *t != 0));
+        assert!(
+            gaps <= 1,
+            "more than the one read in flight is missing: {logs}"
+        );
+        if ticks.last() == Some(&299) {
             break;
         }
         assert!(Instant::now() < deadline, "logs: {logs}");
