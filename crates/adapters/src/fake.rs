@@ -40,12 +40,13 @@ struct Script {
     echo_input: bool,
 }
 
-fn parse(argv: &[String]) -> Result<Script, SpawnError> {
+fn parse(argv: &[bpm_domain::OsText]) -> Result<Script, SpawnError> {
+    let argv: Vec<String> = argv.iter().map(ToString::to_string).collect();
     let program = argv
         .first()
         .ok_or_else(|| SpawnError::Invalid("empty argument vector".into()))?;
     if program != "fake" {
-        return Err(SpawnError::ProgramNotFound(program.clone()));
+        return Err(SpawnError::ProgramNotFound(program.into()));
     }
     let mut s = Script::default();
     let bad = |arg: &str| SpawnError::Invalid(format!("fake: unknown directive {arg:?}"));

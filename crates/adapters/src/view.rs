@@ -42,14 +42,21 @@ pub const REDACTED: &str = "[redacted]";
 /// [`record_json`] with every environment value replaced by [`REDACTED`].
 pub fn record_json_redacted(r: &ProcessRecord) -> Value {
     let mut v = record_json(r);
-    if let Some(env) = v
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("env"))
-        .and_then(Value::as_object_mut)
-    {
-        for value in env.values_mut() {
-            *value = Value::String(REDACTED.into());
+    match v.get_mut("spec").and_then(|s| s.get_mut("env")) {
+        Some(Value::Object(env)) => {
+            for value in env.values_mut() {
+                *value = Value::String(REDACTED.into());
+            }
         }
+        // A name that is not UTF-8 makes it a list of [name, value] pairs.
+        Some(Value::Array(pairs)) => {
+            for pair in pairs {
+                if let Some(value) = pair.get_mut(1) {
+                    *value = Value::String(REDACTED.into());
+                }
+            }
+        }
+        _ => {}
     }
     v
 }
@@ -64,5 +71,35 @@ pub fn add_usage(v: &mut Value, usage: Option<&bpm_ports::ResourceUsage>) {
             "listening_ports".into(),
             json!(usage.map(|u| &u.listening_ports)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpm_domain::{NodeId, OsText, ProcessId, ProcessSpec, Timestamp};
+
+    #[test]
+    fn every_value_is_redacted_whatever_the_names() {
+        for name in [
+            OsText::from("TOKEN"),
+            OsText::from_bytes(b"T\xffK".to_vec()),
+        ] {
+            let mut spec = ProcessSpec::argv(["x"]);
+            std::sync::Arc::make_mut(&mut spec.env)
+                .insert(name, OsText::from_bytes(b"s3cret\xfe".to_vec()));
+            let r = ProcessRecord::new(
+                ProcessId::from_uuid(uuid::Uuid::from_u128(1)),
+                NodeId::local(),
+                spec,
+                Timestamp::from_millis(1),
+            );
+            let shown = record_json_redacted(&r).to_string();
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("733363726574"),
+                "{shown}"
+            );
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
     }
 }

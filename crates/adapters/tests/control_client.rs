@@ -131,13 +131,7 @@ async fn a_batch_sends_shared_variables_once_and_may_answer_ids_alone() {
     let client = DaemonClient::connect(&socket, "test")
         .await
         .expect("connect");
-    let env = std::sync::Arc::new(
-        [
-            ("A".to_string(), "1".to_string()),
-            ("B".to_string(), "2".to_string()),
-        ]
-        .into(),
-    );
+    let env = std::sync::Arc::new([("A".into(), "1".into()), ("B".into(), "2".into())].into());
     let specs: Vec<ProcessSpec> = (0..3)
         .map(|n| {
             let mut spec = ProcessSpec::argv(["echo", &n.to_string()]);
@@ -162,7 +156,12 @@ async fn a_batch_sends_shared_variables_once_and_may_answer_ids_alone() {
     let records = client.start_many(different.clone()).await.expect("started");
     let records: Vec<_> = records.into_iter().map(|r| r.expect("record")).collect();
     assert_eq!(
-        records[1].spec().env.get("B").map(String::as_str),
+        records[1]
+            .spec()
+            .env
+            .get(&"B".into())
+            .map(ToString::to_string)
+            .as_deref(),
         Some("own")
     );
     assert_eq!(*seen.lock().expect("lock"), different);
@@ -206,7 +205,7 @@ async fn a_spec_s_own_variables_win_over_the_batch_s() {
         seen[n]
             .env
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
     let pair = |k: &str, v: &str| (k.to_string(), v.to_string());

@@ -620,8 +620,8 @@ async fn records_read_back_share_equal_environments() {
     let with_env = |n: u128, value: &str| {
         let mut spec = ProcessSpec::argv(["sleep", "1"]);
         spec.env = Arc::new(BTreeMap::from([
-            ("HOME".to_owned(), "/home/a".to_owned()),
-            ("PATH".to_owned(), value.to_owned()),
+            ("HOME".into(), "/home/a".into()),
+            ("PATH".into(), value.into()),
         ]));
         ProcessRecord::new(
             ProcessId::from_uuid(uuid::Uuid::from_u128(n)),

@@ -409,7 +409,7 @@ async fn each_process_gets_its_own_environment_past_the_keepers_slots() {
     let socket = keeper_in(dir.path());
     let daemon = KeeperSpawner::connect(&socket).await.expect("connect");
     let mut notices = daemon.notices().expect("notices");
-    let env = |n: i32| Arc::new(BTreeMap::from([("N".to_owned(), n.to_string())]));
+    let env = |n: i32| Arc::new(BTreeMap::from([("N".into(), n.to_string().into())]));
     let maps: Vec<_> = (1..=20).map(env).collect();
     // Each map once, then an early one again (its slot given to another
     // since), an equal one in a new map, and the latest one again.
@@ -418,7 +418,10 @@ async fn each_process_gets_its_own_environment_past_the_keepers_slots() {
         let request = common::sh_request("exit \"$N\"", map);
         let id = request.id;
         daemon.spawn(request).await.expect("spawn");
-        expected.push((id, ExitStatus::Code(map["N"].parse().expect("number"))));
+        expected.push((
+            id,
+            ExitStatus::Code(map[&"N".into()].to_string().parse().expect("number")),
+        ));
     }
     let ids: Vec<ProcessId> = expected.iter().map(|(id, _)| *id).collect();
     let seen = statuses(&mut notices, &ids).await;

@@ -100,6 +100,66 @@ async fn an_exit_waits_for_output_still_being_copied_to_a_slow_store() {
     );
 }
 
+/// Arguments, variables (names and values) and the working directory that
+/// are not UTF-8 reach the process byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_utf8_reach_the_process_exactly() {
+    use bpm_domain::OsText;
+    use std::os::unix::ffi::OsStrExt as _;
+    let output: Arc<dyn OutputStore> = Arc::new(InMemoryOutput::default());
+    let spawner = OsSpawner::new(output.clone(), OsSpawnerConfig::default());
+    let mut notices = spawner.notices().expect("notices");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&odd).expect("a folder whose name is not UTF-8");
+    // The process prints its argument, a variable, and its working directory.
+    let env = Arc::new(bpm_domain::Environment::from([
+        ("V".into(), OsText::from_bytes(b"val\xfe".to_vec())),
+        (OsText::from_bytes(b"W_\xff".to_vec()), "w".into()),
+    ]));
+    let mut request = common::sh_request(r#"printf '%s|%s|' "$1" "$V"; pwd | tr -d '\n'"#, &env);
+    request.argv.push("sh".into());
+    request.argv.push(OsText::from_bytes(b"arg\xc3".to_vec()));
+    request.cwd = Some(odd.clone());
+    let id = request.id;
+    spawner.spawn(request).await.expect("spawn");
+    let mut want = b"arg\xc3|val\xfe|".to_vec();
+    want.extend_from_slice(odd.as_os_str().as_bytes());
+    // Read as a string (lossy, for the message), then compare the bytes.
+    let lossy = common::stdout_at_exit(&mut notices, &output, id).await;
+    assert_eq!(lossy, String::from_utf8_lossy(&want));
+    let chunk = output
+        .read(id, &bpm_ports::OutputQuery::default())
+        .await
+        .expect("output");
+    let got: Vec<u8> = chunk
+        .pieces
+        .iter()
+        .filter(|p| p.stream == bpm_ports::Stream::Stdout)
+        .flat_map(|p| p.data.iter().copied())
+        .collect();
+    assert_eq!(got, want);
+    // sh drops a variable whose name is not UTF-8 (nor a name it could
+    // use): `env` shows that it came.
+    let mut request = common::sh_request("", &env);
+    request.argv = vec!["env".into()];
+    let id = request.id;
+    spawner.spawn(request).await.expect("spawn");
+    let shown = common::stdout_at_exit(&mut notices, &output, id).await;
+    assert!(shown.contains("W_\u{fffd}=w\n"), "{shown}");
+    let chunk = output
+        .read(id, &bpm_ports::OutputQuery::default())
+        .await
+        .expect("output");
+    assert!(
+        chunk
+            .pieces
+            .iter()
+            .any(|p| p.data.windows(6).any(|w| w == b"W_\xff=w\n")),
+        "{shown}"
+    );
+}
+
 /// A process gets the manager's environment under its request's, except
 /// that bpm's marks win: its own id and node always, its record's session
 /// when it has one. The program is looked up in the request's `PATH`.
@@ -111,10 +171,10 @@ async fn a_process_gets_its_requests_environment_with_bpms_marks_winning() {
     let mut notices = spawner.notices().expect("notices");
     let script = r#"printf '%s|%s|%s|%s|%s' "$A" "$BPM_SESSION" "$BPM_NODE" "$BPM_PROCESS_ID" "${HOME:+home}""#;
     let shared = Arc::new(BTreeMap::from([
-        ("A".to_owned(), "a1".to_owned()),
-        ("BPM_NODE".to_owned(), "not-the-node".to_owned()),
-        ("BPM_PROCESS_ID".to_owned(), "not-the-id".to_owned()),
-        ("BPM_SESSION".to_owned(), "from-the-env".to_owned()),
+        ("A".into(), "a1".into()),
+        ("BPM_NODE".into(), "not-the-node".into()),
+        ("BPM_PROCESS_ID".into(), "not-the-id".into()),
+        ("BPM_SESSION".into(), "from-the-env".into()),
     ]));
     let node = bpm_domain::NodeId::local();
     // Twice with one map (the second composed from the first's), with and
@@ -138,7 +198,7 @@ async fn a_process_gets_its_requests_environment_with_bpms_marks_winning() {
             )
         );
     }
-    let other = Arc::new(BTreeMap::from([("A".to_owned(), "a2".to_owned())]));
+    let other = Arc::new(BTreeMap::from([("A".into(), "a2".into())]));
     let request = common::sh_request(script, &other);
     let id = request.id;
     spawner.spawn(request).await.expect("spawn");
@@ -149,8 +209,8 @@ async fn a_process_gets_its_requests_environment_with_bpms_marks_winning() {
         "another map, another environment"
     );
     let nowhere = Arc::new(BTreeMap::from([(
-        "PATH".to_owned(),
-        "/nonexistent-bpm-path".to_owned(),
+        "PATH".into(),
+        "/nonexistent-bpm-path".into(),
     )]));
     assert!(matches!(
         spawner.spawn(common::sh_request("true", &nowhere)).await,

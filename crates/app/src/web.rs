@@ -97,13 +97,7 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
     if flags.open {
         open_browser(&url);
     }
-    let (env, left_out) = bpm_adapters::os::inherited_env();
-    if !left_out.is_empty() {
-        eprintln!(
-            "bpm: warning: the start form leaves out environment variables that are not UTF-8: {}",
-            left_out.join(", ")
-        );
-    }
+    let env = bpm_adapters::os::inherited_env();
     let settings = WebConfig {
         token,
         read_only,

@@ -1179,45 +1179,83 @@ fn a_state_directory_owned_by_another_user_is_refused() {
     assert!(!foreign.join("bpm.sock").exists());
 }
 
-/// Environments and paths are bytes on Unix. A caller whose environment
-/// holds a variable that is not UTF-8, or who stands in a folder whose name
-/// is not, gets a warning or a clear error, never a panic.
+/// Environments, arguments and paths are bytes on Unix, and bpm carries
+/// them as such end to end: from the caller's shell, its `--env` and its
+/// `--from` file, through the daemon, its journal (across a restart) and
+/// the keeper, to the process, byte for byte.
 #[test]
-fn non_utf8_environment_and_working_directory_get_words_not_a_panic() {
+fn arguments_environment_and_working_directory_reach_the_process_byte_for_byte() {
+    use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt as _;
     let bpm = Bpm::new();
-    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
-    let out = bpm
-        .cmd(&["run", "--", "sh", "-c", "echo \"$PLAIN\""])
-        .env("BPM_TEST_ODD", odd)
-        .env("PLAIN", "kept")
-        .output()
-        .expect("bpm runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(
-        err.contains("left out environment variables that are not UTF-8: BPM_TEST_ODD"),
-        "{err}"
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    bpm.ok(&["wait", &id]);
-    let logs = bpm.ok(&["logs", &id]);
-    assert_eq!(logs, "kept\n");
-
-    let folder = bpm.home().join(odd);
+    let folder = bpm.home().join(OsStr::from_bytes(b"caf\xe9"));
     std::fs::create_dir(&folder).expect("mkdir");
+    let script = r#"printf '%s|%s|%s|' "$1" "$INHERITED" "$GIVEN"; pwd"#;
     let out = bpm
-        .cmd(&["run", "--", "true"])
+        .cmd(&["run", "--env"])
+        .arg(OsStr::from_bytes(b"GIVEN=g\xfe"))
+        .args(["--", "sh", "-c", script, "sh"])
+        .arg(OsStr::from_bytes(b"a\xc3"))
+        .env("INHERITED", OsStr::from_bytes(b"i\xff"))
+        .env(OsStr::from_bytes(b"ODD_\xfd"), "o")
         .current_dir(&folder)
         .output()
         .expect("bpm runs");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(err.contains("is not valid UTF-8"), "{err}");
-    // The same from MCP: the server starts and says why a start is refused.
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "no warning: nothing is left out: {err}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut want = b"a\xc3|i\xff|g\xfe|".to_vec();
+    want.extend_from_slice(folder.as_os_str().as_bytes());
+    want.push(b'\n');
+    bpm.ok(&["wait", &id]);
+    assert_eq!(bpm.state(&id), "completed");
+    let logs = bpm.cmd(&["logs", &id]).output().expect("logs");
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(logs.stdout, want);
+    // A variable whose name is not UTF-8 (sh would drop it: `env` shows it).
+    let out = bpm
+        .cmd(&["run", "--wait", "--", "env"])
+        .env(OsStr::from_bytes(b"ODD_\xfd"), OsStr::from_bytes(b"o\xfc"))
+        .output()
+        .expect("bpm runs");
+    assert!(
+        out.stdout.windows(9).any(|w| w == b"ODD_\xfd=o\xfc\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // In JSON, text that is not UTF-8 is its bytes in hex; the rest is as it was.
+    let shown = bpm.json(&["show", &id, "--json"]);
+    assert_eq!(
+        shown["spec"]["command"]["argv"][4],
+        serde_json::json!({"hex": "61c3"})
+    );
+    assert_eq!(shown["spec"]["command"]["argv"][0], "sh");
+    // The same after a restart, read back from the journal.
+    bpm.ok(&["daemon", "stop"]);
+    assert_eq!(bpm.json(&["show", &id, "--json"])["spec"], shown["spec"]);
+    // A --from line that is not UTF-8 is split into words as bytes, or
+    // handed to sh whole with --shell.
+    let list = bpm.home().join("list");
+    std::fs::write(&list, b"printf %s 'x\xe9 y'\n").expect("write");
+    let ids = bpm.ok(&["run", "--from", list.to_str().expect("path")]);
+    let id = ids.trim();
+    bpm.ok(&["wait", id]);
+    let logs = bpm.cmd(&["logs", id]).output().expect("logs");
+    assert_eq!(logs.stdout, b"x\xe9 y");
+    std::fs::write(&list, b"printf '%s|' caf\xe9 | tr '|' '!'\n").expect("write");
+    let ids = bpm.ok(&["run", "--shell", "--from", list.to_str().expect("path")]);
+    let id = ids.trim();
+    bpm.ok(&["wait", id]);
+    let logs = bpm.cmd(&["logs", id]).output().expect("logs");
+    assert_eq!(logs.stdout, b"caf\xe9!");
+    // MCP starts in such an environment too.
     let out = bpm
         .cmd(&["mcp"])
-        .env("BPM_TEST_ODD", odd)
+        .env("BPM_TEST_ODD", OsStr::from_bytes(b"caf\xe9"))
         .stdin(Stdio::null())
         .output()
         .expect("bpm mcp runs");

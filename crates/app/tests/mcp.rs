@@ -68,7 +68,10 @@ impl World {
     async fn client(&self, policy: Policy) -> (Client, Seen) {
         let defaults = StartDefaults {
             cwd: self.dir.path().to_path_buf(),
-            env: BTreeMap::from([("PATH".to_owned(), std::env::var("PATH").unwrap_or_default())]),
+            env: BTreeMap::from([(
+                "PATH".into(),
+                std::env::var("PATH").unwrap_or_default().into(),
+            )]),
         };
         let server = McpServer::new(self.manager.clone(), policy, defaults, "test");
         let (server_side, client_side) = tokio::io::duplex(1 << 16);

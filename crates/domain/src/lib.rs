@@ -12,6 +12,7 @@ mod filter;
 mod id;
 mod lifecycle;
 mod names;
+mod os_text;
 mod record;
 mod spec;
 pub mod supervisor;
@@ -22,13 +23,14 @@ pub use filter::ListFilter;
 pub use id::{ProcessId, ProcessIdError};
 pub use lifecycle::{ExitStatus, Lifecycle, StateName, StopCause};
 pub use names::{GroupName, LabelKey, LabelValue, NameError, NodeId, ProcessName, SessionId};
+pub use os_text::{OsText, env_serde, path_serde};
 pub use record::{
     Applied, Attempt, InvalidTransition, MAX_ATTEMPTS_KEPT, MAX_PROGRESS_MESSAGE, Percent,
     PercentError, ProcessRecord, Progress, RecordUpdate, Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
-    Backoff, Command, LogPattern, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RestartMode,
-    RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, metadata_from_json,
+    Backoff, Command, Environment, LogPattern, ProcessKind, ProcessSpec, Readiness, ReadinessCheck,
+    RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

@@ -9,21 +9,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{GroupName, LabelKey, LabelValue, ProcessId, ProcessName, SessionId, Span};
+use crate::os_text::{env_serde, path_serde};
+use crate::{GroupName, LabelKey, LabelValue, OsText, ProcessId, ProcessName, SessionId, Span};
+
+/// Environment variables, by name: bytes on Unix (see [`OsText`]).
+pub type Environment = BTreeMap<OsText, OsText>;
 
 /// What a process runs: an argument vector, or one string given to `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Program and arguments, run without a shell.
-    Argv(Vec<String>),
+    Argv(Vec<OsText>),
     /// A shell command line, run as `sh -c LINE`.
-    Shell(String),
+    Shell(OsText),
 }
 
 impl Command {
     /// The argument vector to execute (`["sh", "-c", line]` for a shell line).
-    pub fn to_argv(&self) -> Vec<String> {
+    pub fn to_argv(&self) -> Vec<OsText> {
         match self {
             Command::Argv(argv) => argv.clone(),
             Command::Shell(line) => vec!["sh".into(), "-c".into(), line.clone()],
@@ -31,11 +35,21 @@ impl Command {
     }
 }
 
+/// The arguments joined by spaces, or the shell line; bytes that are not
+/// UTF-8 shown as `\xNN`.
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Argv(argv) => f.write_str(&argv.join(" ")),
-            Command::Shell(line) => f.write_str(line),
+            Command::Argv(argv) => {
+                for (i, a) in argv.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                Ok(())
+            }
+            Command::Shell(line) => write!(f, "{line}"),
         }
     }
 }
@@ -320,10 +334,10 @@ pub enum SpecError {
     #[error(
         "invalid environment variable name {0:?}: it must be non-empty and contain no '=' or NUL"
     )]
-    InvalidEnvName(String),
+    InvalidEnvName(OsText),
     /// An environment variable value contains NUL.
     #[error("invalid environment variable {0:?}: its value contains a NUL byte")]
-    InvalidEnvValue(String),
+    InvalidEnvValue(OsText),
     /// A log pattern is not a valid regular expression.
     #[error("invalid regex {pattern:?}: {reason}")]
     InvalidPattern {
@@ -354,11 +368,6 @@ pub enum SpecError {
         "invalid timeout 0: the process would be stopped as it starts (leave the timeout out for none)"
     )]
     ZeroTimeout,
-    /// The working directory is not UTF-8 text, which records keep paths as.
-    #[error(
-        "the working directory {0:?} is not valid UTF-8: bpm keeps paths as text; give a working directory whose name is UTF-8"
-    )]
-    CwdNotUtf8(String),
     /// Too many dependencies.
     #[error("too many dependencies: {0} (at most 256)")]
     TooManyDependencies(usize),
@@ -388,11 +397,13 @@ pub struct ProcessSpec {
     /// What kind of work it is.
     pub kind: ProcessKind,
     /// The working directory; the manager's own when `None`.
+    #[serde(with = "path_serde")]
     pub cwd: Option<PathBuf>,
     /// Environment overrides, added to the inherited environment. Shared
     /// (copy on write with `Arc::make_mut`): a record is cloned into several
     /// places, and processes started from one shell carry the same one.
-    pub env: Arc<BTreeMap<String, String>>,
+    #[serde(with = "env_serde")]
+    pub env: Arc<Environment>,
     /// Standard input.
     pub stdin: StdinMode,
     /// The session that owns it.
@@ -434,7 +445,7 @@ impl ProcessSpec {
     pub fn argv<I, S>(argv: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<OsText>,
     {
         ProcessSpec {
             command: Some(Command::Argv(argv.into_iter().map(Into::into).collect())),
@@ -443,7 +454,7 @@ impl ProcessSpec {
     }
 
     /// A spec that runs `line` through `sh -c`.
-    pub fn shell(line: impl Into<String>) -> Self {
+    pub fn shell(line: impl Into<OsText>) -> Self {
         ProcessSpec {
             command: Some(Command::Shell(line.into())),
             ..ProcessSpec::default()
@@ -471,18 +482,18 @@ impl ProcessSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         match &self.command {
             Some(Command::Argv(argv)) => {
-                if argv.first().is_none_or(String::is_empty) {
+                if argv.first().is_none_or(OsText::is_empty) {
                     return Err(SpecError::EmptyArgv);
                 }
-                if let Some(i) = argv.iter().position(|a| a.contains('\0')) {
+                if let Some(i) = argv.iter().position(|a| a.contains_byte(0)) {
                     return Err(SpecError::NulInArgument(i));
                 }
             }
             Some(Command::Shell(line)) => {
-                if line.trim().is_empty() {
+                if line.is_blank() {
                     return Err(SpecError::EmptyShell);
                 }
-                if line.contains('\0') {
+                if line.contains_byte(0) {
                     return Err(SpecError::NulInArgument(2));
                 }
             }
@@ -502,10 +513,10 @@ impl ProcessSpec {
             }
         }
         for (k, v) in self.env.iter() {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
+            if k.is_empty() || k.contains_byte(b'=') || k.contains_byte(0) {
                 return Err(SpecError::InvalidEnvName(k.clone()));
             }
-            if v.contains('\0') {
+            if v.contains_byte(0) {
                 return Err(SpecError::InvalidEnvValue(k.clone()));
             }
         }
@@ -524,11 +535,6 @@ impl ProcessSpec {
         }
         if self.timeout.is_some_and(|t| t.as_duration().is_zero()) {
             return Err(SpecError::ZeroTimeout);
-        }
-        if let Some(cwd) = &self.cwd
-            && cwd.to_str().is_none()
-        {
-            return Err(SpecError::CwdNotUtf8(cwd.to_string_lossy().into_owned()));
         }
         if self.dependencies.len() > 256 {
             return Err(SpecError::TooManyDependencies(self.dependencies.len()));
@@ -584,12 +590,23 @@ mod tests {
         s.timeout = Some(Span::from_millis(1));
         assert_eq!(s.validate(), Ok(()));
         {
+            // Bytes that are not UTF-8 are valid, and kept exactly.
             use std::os::unix::ffi::OsStrExt as _;
-            let mut s = ProcessSpec::argv(["true"]);
+            let mut s = ProcessSpec::argv([OsText::from_bytes(b"caf\xe9".to_vec())]);
             s.cwd = Some(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9").into());
+            Arc::make_mut(&mut s.env).insert(
+                OsText::from_bytes(b"K\xff".to_vec()),
+                OsText::from_bytes(b"v\xfe".to_vec()),
+            );
+            assert_eq!(s.validate(), Ok(()));
+            let back: ProcessSpec =
+                serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+            Arc::make_mut(&mut s.env)
+                .insert(OsText::from_bytes(b"\xff=".to_vec()), OsText::default());
             assert_eq!(
-                s.validate(),
-                Err(SpecError::CwdNotUtf8("/tmp/caf\u{fffd}".into()))
+                s.validate().unwrap_err().to_string(),
+                r#"invalid environment variable name "\xff=": it must be non-empty and contain no '=' or NUL"#
             );
         }
         let mut s = ProcessSpec::argv(["true"]);

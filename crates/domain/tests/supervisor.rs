@@ -530,8 +530,8 @@ fn list_filters_match_every_field() {
 #[test]
 fn equal_environments_are_kept_once() {
     let mut c = core(Limits::default());
-    let env: std::collections::BTreeMap<String, String> =
-        [("PATH".to_owned(), "/bin".to_owned())].into();
+    let env: bpm_domain::Environment = [("PATH".into(), "/bin".into())].into();
+
     let persisted = |effects: Vec<Effect>| -> ProcessRecord {
         effects
             .into_iter()
@@ -561,7 +561,7 @@ fn equal_environments_are_kept_once() {
         !std::sync::Arc::ptr_eq(&envs[1], &envs[2]),
         "different: its own"
     );
-    assert_eq!(envs[2]["PATH"], "/usr/bin");
+    assert_eq!(envs[2][&bpm_domain::OsText::from("PATH")], "/usr/bin");
 }
 
 #[test]

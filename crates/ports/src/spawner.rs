@@ -1,10 +1,9 @@
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bpm_domain::{
-    ExitStatus, NodeId, ProcessId, ProcessRecord, ReadinessCheck, RestartMode, SessionId, Signal,
-    Span, StdinMode,
+    Environment, ExitStatus, NodeId, OsText, ProcessId, ProcessRecord, ReadinessCheck, RestartMode,
+    SessionId, Signal, Span, StdinMode,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -18,12 +17,14 @@ pub struct SpawnRequest {
     pub node: NodeId,
     /// Its session (given to the child as `BPM_SESSION`).
     pub session: Option<SessionId>,
-    /// Program and arguments.
-    pub argv: Vec<String>,
+    /// Program and arguments, as bytes.
+    pub argv: Vec<OsText>,
     /// Working directory.
+    #[serde(with = "bpm_domain::path_serde")]
     pub cwd: Option<PathBuf>,
     /// Environment overrides.
-    pub env: std::sync::Arc<BTreeMap<String, String>>,
+    #[serde(with = "bpm_domain::env_serde")]
+    pub env: std::sync::Arc<Environment>,
     /// Standard input.
     pub stdin: StdinMode,
     /// The readiness check the spawner watches for.
@@ -119,10 +120,10 @@ pub enum ProcessNotice {
 pub enum SpawnError {
     /// The program does not exist.
     #[error("program not found: {0:?}")]
-    ProgramNotFound(String),
+    ProgramNotFound(OsText),
     /// The program exists but may not be executed.
     #[error("permission denied: cannot execute {0:?}")]
-    PermissionDenied(String),
+    PermissionDenied(OsText),
     /// The working directory does not exist.
     #[error("working directory not found: {0:?}")]
     CwdNotFound(PathBuf),

@@ -49,7 +49,7 @@ const RECENT_EVENTS: usize = 1000;
 
 /// `spec` with the batch's `shared` variables under its own. Specs without
 /// variables of their own share the batch's map.
-fn with_env(mut spec: ProcessSpec, shared: &Arc<BTreeMap<String, String>>) -> ProcessSpec {
+fn with_env(mut spec: ProcessSpec, shared: &Arc<bpm_domain::Environment>) -> ProcessSpec {
     if spec.env.is_empty() {
         spec.env = shared.clone();
     } else {

@@ -40,7 +40,6 @@ use bpm_domain::{
 };
 use bpm_ports::{ManagerError, OutputChunk, OutputQuery, ResourceUsage};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The protocol version this build speaks.
@@ -68,8 +67,12 @@ pub enum Request {
     StartMany {
         specs: Vec<ProcessSpec>,
         /// Variables every spec gets under its own.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        env: Option<Arc<BTreeMap<String, String>>>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "bpm_domain::env_serde::option"
+        )]
+        env: Option<Arc<bpm_domain::Environment>>,
         /// Answer ids, not records.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         brief: bool,

@@ -29,7 +29,7 @@
 //! first) over what the record files hold, keeping the newer version of each
 //! record, makes the result durable, and starts a fresh generation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bpm_domain::{ProcessId, ProcessRecord, ProcessSpec, RecordUpdate};
+use bpm_domain::{Environment, ProcessId, ProcessRecord, ProcessSpec, RecordUpdate};
 use serde::{Deserialize, Serialize};
 
 /// Version 2: an entry's checksum covers its generation too.
@@ -82,7 +82,8 @@ enum Written<'a> {
     /// An environment that records put later in this file name by `key`.
     Env {
         key: u64,
-        env: &'a BTreeMap<String, String>,
+        #[serde(serialize_with = "bpm_domain::env_serde::serialize")]
+        env: &'a Arc<Environment>,
     },
     /// A record put whole, its spec's environment given by `env`.
     PutShared {
@@ -102,7 +103,8 @@ enum Read {
     Delete(ProcessId),
     Env {
         key: u64,
-        env: BTreeMap<String, String>,
+        #[serde(with = "bpm_domain::env_serde")]
+        env: Arc<Environment>,
     },
     PutShared {
         env: u64,
@@ -113,7 +115,7 @@ enum Read {
 
 /// The environments a journal file holds: by the address of the shared
 /// map (kept alive here, so the address stays its own) to the key.
-type Envs = HashMap<usize, (u64, Arc<BTreeMap<String, String>>)>;
+type Envs = HashMap<usize, (u64, Arc<Environment>)>;
 
 /// An environment smaller than this is written with its record.
 const SHARED_ENV_MIN: usize = 4;
@@ -257,7 +259,7 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
     let generation = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let mut ops = Vec::new();
     let mut damage = Vec::new();
-    let mut envs: HashMap<u64, Arc<BTreeMap<String, String>>> = HashMap::new();
+    let mut envs: HashMap<u64, Arc<Environment>> = HashMap::new();
     let mut at = HEADER_LEN;
     while generation != 0 && at + ENTRY_HEAD <= bytes.len() {
         let Some((payload, next)) = entry_at(&bytes, at, generation, v1) else {
@@ -294,7 +296,7 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
             Ok(Read::Update(u)) => Some(Entry::Update(u)),
             Ok(Read::Delete(id)) => Some(Entry::Delete(id)),
             Ok(Read::Env { key, env }) => {
-                envs.insert(key, Arc::new(env));
+                envs.insert(key, env);
                 None
             }
             Ok(Read::PutShared {
@@ -776,7 +778,7 @@ mod tests {
         let mut spec = ProcessSpec::argv(["true"]);
         spec.env = std::sync::Arc::new(
             (0..50)
-                .map(|i| (format!("VARIABLE_{i}"), "value ".repeat(5)))
+                .map(|i| (format!("VARIABLE_{i}").into(), "value ".repeat(5).into()))
                 .collect(),
         );
         let first = ProcessRecord::new(

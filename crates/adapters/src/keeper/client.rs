@@ -1,6 +1,6 @@
 //! The daemon's side: a `ProcessSpawner` whose processes the keeper runs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ struct Shared {
 #[derive(Default)]
 struct EnvSlots {
     /// Each slot's environment, and when it was last named.
-    slots: Vec<(Arc<BTreeMap<String, String>>, u64)>,
+    slots: Vec<(Arc<bpm_domain::Environment>, u64)>,
     uses: u64,
 }
 

@@ -50,7 +50,6 @@ pub use client::KeeperSpawner;
 pub use lasting::{KeeperReport, LastingKeeper, StartKeeper};
 pub use server::{serve_keeper, serve_keeper_keeping};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bpm_domain::{ProcessId, Signal};
@@ -114,7 +113,8 @@ enum Op {
     /// Defines environment slot `slot` for the starts that follow.
     Env {
         slot: u32,
-        vars: Arc<BTreeMap<String, String>>,
+        #[serde(with = "bpm_domain::env_serde")]
+        vars: Arc<bpm_domain::Environment>,
     },
 }
 

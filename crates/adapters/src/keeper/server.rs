@@ -92,7 +92,7 @@ async fn refuse(writer: &Writer, line: &[u8], error: &serde_json::Error) {
 }
 
 /// The environments a connection has defined, by slot.
-type EnvTable = HashMap<u32, Arc<BTreeMap<String, String>>>;
+type EnvTable = HashMap<u32, Arc<bpm_domain::Environment>>;
 
 /// Gives `start`'s request the environment its slot names.
 fn resolve(envs: &EnvTable, start: &mut Start) -> Result<(), SpawnError> {

@@ -13,7 +13,7 @@ mod resources;
 mod schemas;
 mod tools;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -37,21 +37,16 @@ pub struct StartDefaults {
     /// The working directory.
     pub cwd: PathBuf,
     /// The environment.
-    pub env: BTreeMap<String, String>,
+    pub env: bpm_domain::Environment,
 }
 
 impl StartDefaults {
-    /// This process's working directory and environment (bpm's own
-    /// `BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE` left out, and variables
-    /// that are not UTF-8, which it names in a warning on the log).
+    /// This process's working directory and environment, byte for byte
+    /// (bpm's own `BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE` left out).
     pub fn inherited() -> Self {
-        let (env, left_out) = crate::os::inherited_env();
-        if !left_out.is_empty() {
-            tracing::warn!(variables = %left_out.join(", "), "left out environment variables that are not UTF-8");
-        }
         StartDefaults {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            env,
+            env: crate::os::inherited_env(),
         }
     }
 }

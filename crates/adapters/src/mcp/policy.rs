@@ -78,9 +78,20 @@ impl Policy {
         if self.allow_commands.is_empty() {
             return Ok(());
         }
+        let not_utf8 = || {
+            format!(
+                "command {:?} is refused: it is not UTF-8, which the command allowlist cannot vet",
+                command.to_string()
+            )
+        };
         let line = match command {
-            Command::Argv(argv) => argv.join(" "),
+            Command::Argv(argv) => argv
+                .iter()
+                .map(|a| a.to_str().ok_or_else(not_utf8))
+                .collect::<Result<Vec<_>, _>>()?
+                .join(" "),
             Command::Shell(line) => {
+                let line = line.to_str().ok_or_else(not_utf8)?;
                 if let Some(op) = line.chars().find(|c| SHELL_OPERATORS.contains(c)) {
                     return Err(format!(
                         "command {line:?} is refused: it contains the shell operator {op:?}, which the command allowlist cannot vet; give argv instead"
@@ -155,8 +166,9 @@ impl Policy {
             .spec()
             .env
             .iter()
+            .map(|(k, v)| (k.to_string_lossy(), v.to_string_lossy()))
             .filter(|(k, v)| v.chars().count() >= min && self.is_secret(k))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.into_owned())
             .collect();
         // Longest first, so a secret containing another is replaced whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -203,7 +215,7 @@ mod tests {
     #[test]
     fn prefixes_end_at_a_word_boundary() {
         let p = allow(&["npm test", "cargo"]);
-        let argv = |a: &[&str]| Command::Argv(a.iter().map(|s| (*s).to_owned()).collect());
+        let argv = |a: &[&str]| Command::Argv(a.iter().map(|s| (*s).into()).collect());
         assert!(p.check_command(&argv(&["npm", "test", "--", "-w"])).is_ok());
         assert!(p.check_command(&argv(&["cargo"])).is_ok());
         let err = p

@@ -248,7 +248,12 @@ impl McpServer {
         policy.check_dir(&cwd)?;
         spec.cwd = Some(cwd);
         let mut env = defaults.env.clone();
-        env.extend(a.env.unwrap_or_default());
+        env.extend(
+            a.env
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into())),
+        );
         spec.env = std::sync::Arc::new(env);
         spec.name = a
             .name

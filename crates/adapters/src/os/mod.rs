@@ -10,7 +10,7 @@ mod subreaper;
 mod tree;
 mod usage;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bpm_domain::{ExitStatus, ProcessId, ReadinessCheck, Signal, StdinMode};
+use bpm_domain::{Environment, ExitStatus, OsText, ProcessId, ReadinessCheck, Signal, StdinMode};
 use bpm_ports::{
     OutputStore, ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned, Stream,
 };
@@ -138,7 +138,7 @@ type LiveMap = Arc<Mutex<HashMap<ProcessId, Live>>>;
 /// the variables its request sets.
 struct BaseEnv {
     /// Each variable's name (for the request's overrides) and `NAME=value`.
-    vars: Vec<(String, CString)>,
+    vars: Vec<(OsText, CString)>,
     path: Option<OsString>,
 }
 
@@ -152,7 +152,7 @@ impl BaseEnv {
                     path = Some(v.clone());
                 }
                 let kv = spawn::variable(k.as_bytes(), v.as_bytes()).ok()?;
-                Some((k.to_string_lossy().into_owned(), kv))
+                Some((OsText::from(k), kv))
             })
             .collect();
         BaseEnv { vars, path }
@@ -170,29 +170,28 @@ struct Composed {
 }
 
 impl Composed {
-    fn new(base: &BaseEnv, env: &BTreeMap<String, String>) -> Result<Self, SpawnError> {
+    fn new(base: &BaseEnv, env: &Environment) -> Result<Self, SpawnError> {
         let mut vars: Vec<CString> = base
             .vars
             .iter()
-            .filter(|(k, _)| !env.contains_key(k.as_str()))
+            .filter(|(k, _)| !env.contains_key(k))
             .map(|(_, kv)| kv.clone())
             .collect();
         let mut session_var = None;
         // bpm's own marks win over the request's variables of the same name:
         // stops find a tree by its mark, and a child learns its id from it.
-        for (k, v) in env
-            .iter()
-            .filter(|(k, _)| *k != tree::MARK && *k != "BPM_NODE")
-        {
-            if k == "BPM_SESSION" {
+        for (k, v) in env.iter().filter(|(k, _)| {
+            !matches!(k.as_bytes(), b"BPM_NODE") && k.as_bytes() != tree::MARK.as_bytes()
+        }) {
+            if k.as_bytes() == b"BPM_SESSION" {
                 session_var = Some(vars.len());
             }
             vars.push(spawn::variable(k.as_bytes(), v.as_bytes()).map_err(|_| {
                 SpawnError::Invalid(format!("a NUL byte in environment variable {k}"))
             })?);
         }
-        let path = match env.get("PATH") {
-            Some(p) => Some(OsString::from(p)),
+        let path = match env.get(&OsText::from("PATH")) {
+            Some(p) => Some(OsString::from(p.clone())),
             None => base.path.clone(),
         };
         Ok(Composed {
@@ -204,7 +203,7 @@ impl Composed {
 }
 
 /// A request's environment, shared by the records started together.
-type Env = Arc<BTreeMap<String, String>>;
+type Env = Arc<Environment>;
 
 /// How many composed environments the spawner keeps.
 const COMPOSED_KEPT: usize = 8;
@@ -468,10 +467,11 @@ impl Inner {
                 .map(|(_, kv)| kv.as_c_str()),
         );
         env.extend(own.iter().map(CString::as_c_str));
-        let resolved = spawn::resolve(program, composed.path.as_ref()).map_err(|e| match e {
-            spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
-            spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),
-        })?;
+        let resolved =
+            spawn::resolve(program.as_os_str(), composed.path.as_ref()).map_err(|e| match e {
+                spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
+                spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),
+            })?;
         if let Some(log) = &self.start_log {
             // Before the start: a record missing from the log never started here.
             let line = format!("{id_text}\n");
@@ -899,26 +899,19 @@ pub fn find_marked(ids: &[ProcessId]) -> HashMap<ProcessId, u32> {
 }
 
 /// This process's environment as the base of a process it starts for its
-/// caller, as a shell would pass it on, without bpm's own marks
-/// (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`).
-///
-/// Records keep the environment as text, so variables whose name or value
-/// is not UTF-8 are left out: their names (shown lossily) come second, for
-/// the caller to say so.
+/// caller, as a shell would pass it on, byte for byte, without bpm's own
+/// marks (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`).
 #[must_use]
-pub fn inherited_env() -> (std::collections::BTreeMap<String, String>, Vec<String>) {
-    let mut env = std::collections::BTreeMap::new();
-    let mut left_out = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        match (k.to_str(), v.into_string()) {
-            (Some("BPM_PROCESS_ID" | "BPM_SESSION" | "BPM_NODE"), _) => {}
-            (Some(k), Ok(v)) => {
-                env.insert(k.to_string(), v);
-            }
-            _ => left_out.push(k.to_string_lossy().into_owned()),
-        }
-    }
-    (env, left_out)
+pub fn inherited_env() -> Environment {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_bytes(),
+                b"BPM_PROCESS_ID" | b"BPM_SESSION" | b"BPM_NODE"
+            )
+        })
+        .map(|(k, v)| (OsText::from(k), OsText::from(v)))
+        .collect()
 }
 
 /// Raises this process's limit of open files to its hard limit (at most

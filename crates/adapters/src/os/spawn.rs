@@ -6,7 +6,7 @@
 //! fraction of the `fork` that std's `pre_exec` hook (the only stable way to
 //! call `setsid` through `std::process`) would force on a large parent.
 
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -32,12 +32,12 @@ pub(crate) enum Unrunnable {
 }
 
 /// Finds `program` the way a shell does: as given if it has a slash, else in `path`.
-pub(crate) fn resolve(program: &str, path: Option<&OsString>) -> Result<PathBuf, Unrunnable> {
+pub(crate) fn resolve(program: &OsStr, path: Option<&OsString>) -> Result<PathBuf, Unrunnable> {
     let executable = |p: &Path| {
         p.metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    if program.contains('/') {
+    if program.as_bytes().contains(&b'/') {
         let p = PathBuf::from(program);
         return match p.metadata() {
             Ok(_) if executable(&p) => Ok(p),
@@ -119,7 +119,7 @@ pub(crate) const HELD_PIPE_FDS: [i32; 2] = [253, 254];
 /// environment `env` (`NAME=value` strings).
 pub(crate) fn spawn(
     program: &Path,
-    argv: &[String],
+    argv: &[bpm_domain::OsText],
     env: &[&CStr],
     cwd: Option<&Path>,
     stdin_pipe: bool,
@@ -127,7 +127,7 @@ pub(crate) fn spawn(
     let path = cstring(program.as_os_str().as_bytes().to_vec())?;
     let args: Vec<CString> = argv
         .iter()
-        .map(|a| cstring(a.clone().into_bytes()))
+        .map(|a| cstring(a.as_bytes().to_vec()))
         .collect::<io::Result<_>>()?;
     let cwd = cwd
         .map(|c| cstring(c.as_os_str().as_bytes().to_vec()))

@@ -1,6 +1,5 @@
 //! The page's JSON API: reads, the start form, and the actions on a record.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr as _;
 
@@ -60,8 +59,10 @@ pub(super) fn parse_id(text: &str) -> Result<ProcessId, ApiError> {
 /// The command as a person would type it.
 fn command_line(r: &ProcessRecord) -> String {
     match &r.spec().command {
-        Some(bpm_domain::Command::Shell(line)) => line.clone(),
-        Some(bpm_domain::Command::Argv(argv)) => shell_words::join(argv),
+        Some(bpm_domain::Command::Shell(line)) => line.to_string(),
+        Some(bpm_domain::Command::Argv(argv)) => {
+            shell_words::join(argv.iter().map(ToString::to_string))
+        }
         None => String::new(),
     }
 }
@@ -276,7 +277,7 @@ fn spec_of(s: &Shared, form: &StartForm) -> Result<ProcessSpec, ApiError> {
         return Err(bad(format!("cwd: no such directory: {}", cwd.display())));
     }
     spec.cwd = Some(cwd);
-    let mut env: BTreeMap<String, String> = s.config.env.clone();
+    let mut env = s.config.env.clone();
     for (n, line) in form.env.lines().enumerate() {
         let Some(line) = set(line) else { continue };
         let (k, v) = line
@@ -288,7 +289,7 @@ fn spec_of(s: &Shared, form: &StartForm) -> Result<ProcessSpec, ApiError> {
                     n + 1
                 ))
             })?;
-        env.insert(k.to_owned(), v.to_owned());
+        env.insert(k.into(), v.into());
     }
     spec.env = std::sync::Arc::new(env);
     spec.name = set(&form.name)

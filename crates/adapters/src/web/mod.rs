@@ -26,7 +26,6 @@ use axum::http::{HeaderValue, header};
 use axum::routing::{get, post};
 use bpm_domain::Event;
 use bpm_ports::{ManagerError, ProcessManager};
-use std::collections::BTreeMap;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::control::wire::DaemonStatus;
@@ -61,7 +60,7 @@ pub struct WebConfig {
     /// The working directory a process started from the page gets unless the form names one.
     pub cwd: PathBuf,
     /// The environment it starts from (the form's variables go on top).
-    pub env: BTreeMap<String, String>,
+    pub env: bpm_domain::Environment,
 }
 
 struct WebState {

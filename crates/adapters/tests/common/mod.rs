@@ -47,13 +47,13 @@ impl SpawnerHarness for ShHarness {
 #[allow(dead_code)]
 pub(crate) fn sh_request(
     script: &str,
-    env: &Arc<std::collections::BTreeMap<String, String>>,
+    env: &Arc<bpm_domain::Environment>,
 ) -> bpm_ports::SpawnRequest {
     bpm_ports::SpawnRequest {
         id: bpm_domain::ProcessId::from_uuid(uuid::Uuid::now_v7()),
         node: bpm_domain::NodeId::local(),
         session: None,
-        argv: words(&["sh", "-c", script]),
+        argv: ["sh", "-c", script].map(Into::into).to_vec(),
         cwd: None,
         env: env.clone(),
         stdin: bpm_domain::StdinMode::Closed,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bpm_adapters::control::DaemonClient;
 use bpm_adapters::view::record_json;
 use bpm_domain::{
-    Command as Cmd, ListFilter, LogPattern, Percent, ProcessId, ProcessKind, ProcessName,
+    Command as Cmd, ListFilter, LogPattern, OsText, Percent, ProcessId, ProcessKind, ProcessName,
     ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode, Timestamp,
     metadata_from_json,
 };
@@ -105,6 +105,22 @@ fn secs(value: f64, what: &str) -> Result<Span, CliError> {
         )));
     }
     span(&value.to_string(), what)
+}
+
+/// `--env K=V` as bytes: a name, then anything.
+fn env_var(text: &std::ffi::OsStr) -> Result<(OsText, OsText), CliError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = text.as_bytes();
+    match bytes.iter().position(|b| *b == b'=') {
+        Some(at) => Ok((
+            OsText::from_bytes(&bytes[..at]),
+            OsText::from_bytes(&bytes[at + 1..]),
+        )),
+        None => Err(CliError::invalid(format!(
+            "invalid --env {:?}: expected K=V",
+            OsText::from(text)
+        ))),
+    }
 }
 
 fn key_value(text: &str, what: &str) -> Result<(String, String), CliError> {
@@ -357,12 +373,12 @@ fn parse_metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Valu
 async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError> {
     let bad = |e: &dyn std::fmt::Display| CliError::invalid(e.to_string());
     let mut spec = if a.shell {
-        ProcessSpec::shell(a.command.join(" "))
+        ProcessSpec::shell(shell_line(a.command.into_iter().map(OsText::from)))
     } else {
         ProcessSpec::argv(a.command)
     };
     if let Some(Cmd::Argv(argv)) = &spec.command
-        && argv.first().is_none_or(String::is_empty)
+        && argv.first().is_none_or(OsText::is_empty)
     {
         return Err(CliError::invalid("missing command: give it after --"));
     }
@@ -406,17 +422,10 @@ async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError
     // The process runs in the caller's environment, as if started from this
     // shell, not in the daemon's; --env adds to it or overrides it.
     if !a.clean_env {
-        let (env, left_out) = bpm_adapters::os::inherited_env();
-        if !left_out.is_empty() {
-            eprintln!(
-                "bpm: warning: left out environment variables that are not UTF-8: {}",
-                left_out.join(", ")
-            );
-        }
-        spec.env = std::sync::Arc::new(env);
+        spec.env = std::sync::Arc::new(bpm_adapters::os::inherited_env());
     }
     for kv in a.env {
-        let (k, v) = key_value(&kv, "--env")?;
+        let (k, v) = env_var(&kv)?;
         std::sync::Arc::make_mut(&mut spec.env).insert(k, v);
     }
     spec.timeout = a.timeout.map(|t| span(&t, "--timeout")).transpose()?;
@@ -485,30 +494,40 @@ async fn run(m: &DaemonClient, mut args: RunArgs) -> Outcome {
 
 /// `bpm run --from FILE`: one process per line, all submitted in one request.
 async fn run_many(m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
+    // Bytes, not text: a line may name a file whose name is not UTF-8.
     let text = if from == Path::new("-") {
-        let mut text = String::new();
+        let mut text = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut text)
             .map_err(|e| CliError::invalid(format!("cannot read stdin: {e}")))?;
         text
     } else {
-        std::fs::read_to_string(from)
+        std::fs::read(from)
             .map_err(|e| CliError::invalid(format!("cannot read {}: {e}", from.display())))?
     };
-    let (prefix, shell, as_json) = (std::mem::take(&mut args.command), args.shell, args.json);
+    let (shell, as_json) = (args.shell, args.json);
+    let prefix: Vec<OsText> = std::mem::take(&mut args.command)
+        .into_iter()
+        .map(OsText::from)
+        .collect();
     let mut lines = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+    for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let command = if shell {
             let mut words = prefix.clone();
-            words.push(line.to_owned());
+            words.push(OsText::from_bytes(line));
             words
         } else {
             let words = split_words(line)
                 .map_err(|e| CliError::invalid(format!("{}:{}: {e}", from.display(), n + 1)))?;
-            prefix.iter().cloned().chain(words).collect()
+            prefix
+                .iter()
+                .cloned()
+                .chain(words.into_iter().map(OsText::from_bytes))
+                .collect()
         };
         lines.push((n + 1, command));
     }
@@ -519,14 +538,14 @@ async fn run_many(m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
         )));
     }
     // Every line shares the options; only the command differs.
-    args.command = lines[0].1.clone();
+    args.command = lines[0].1.iter().cloned().map(Into::into).collect();
     let template = spec_from(m, args).await?;
     let specs = lines
         .iter()
         .map(|(_, command)| {
             let mut spec = template.clone();
             spec.command = Some(if shell {
-                Cmd::Shell(command.join(" "))
+                Cmd::Shell(shell_line(command.iter().cloned()))
             } else {
                 Cmd::Argv(command.clone())
             });
@@ -570,38 +589,52 @@ async fn run_many(m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
     }
 }
 
+/// The words of a `--shell` command joined by spaces, as one line for `sh -c`.
+fn shell_line(words: impl Iterator<Item = OsText>) -> OsText {
+    let mut line = Vec::new();
+    for (i, w) in words.enumerate() {
+        if i > 0 {
+            line.push(b' ');
+        }
+        line.extend_from_slice(w.as_bytes());
+    }
+    OsText::from_bytes(line)
+}
+
 /// Splits a line into words as a POSIX shell would, without expanding
 /// anything: blanks separate words, quotes group them, a backslash escapes.
-fn split_words(line: &str) -> Result<Vec<String>, String> {
+/// It works on bytes: every byte it looks for is ASCII, which no byte of a
+/// multi-byte UTF-8 character is, so a line need not be UTF-8.
+fn split_words(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
+    let mut word: Option<Vec<u8>> = None;
+    let mut bytes = line.iter().copied();
+    while let Some(c) = bytes.next() {
         match c {
-            ' ' | '\t' => {
+            b' ' | b'\t' => {
                 if let Some(w) = word.take() {
                     words.push(w);
                 }
             }
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
+            b'\'' => {
+                let w = word.get_or_insert_with(Vec::new);
                 loop {
-                    match chars.next() {
-                        Some('\'') => break,
+                    match bytes.next() {
+                        Some(b'\'') => break,
                         Some(c) => w.push(c),
                         None => return Err("unterminated single quote".into()),
                     }
                 }
             }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
+            b'"' => {
+                let w = word.get_or_insert_with(Vec::new);
                 loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                    match bytes.next() {
+                        Some(b'"') => break,
+                        Some(b'\\') => match bytes.next() {
+                            Some(c @ (b'"' | b'\\' | b'$' | b'`')) => w.push(c),
                             Some(c) => {
-                                w.push('\\');
+                                w.push(b'\\');
                                 w.push(c);
                             }
                             None => return Err("unterminated double quote".into()),
@@ -611,11 +644,11 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
                     }
                 }
             }
-            '\\' => match chars.next() {
-                Some(c) => word.get_or_insert_with(String::new).push(c),
+            b'\\' => match bytes.next() {
+                Some(c) => word.get_or_insert_with(Vec::new).push(c),
                 None => return Err("a backslash ends the line".into()),
             },
-            c => word.get_or_insert_with(String::new).push(c),
+            c => word.get_or_insert_with(Vec::new).push(c),
         }
     }
     if let Some(w) = word {
@@ -1176,7 +1209,13 @@ mod tests {
 
     #[test]
     fn words_split_as_a_shell_would_without_expansion() {
-        let ok = |line: &str| split_words(line).expect("valid");
+        let ok = |line: &str| -> Vec<String> {
+            split_words(line.as_bytes())
+                .expect("valid")
+                .into_iter()
+                .map(|w| String::from_utf8(w).expect("UTF-8 in, UTF-8 out"))
+                .collect()
+        };
         assert_eq!(ok("  a  b\tc "), ["a", "b", "c"]);
         assert_eq!(
             ok(r#"echo 'one two' "three $HOME" four\ five"#),
@@ -1186,15 +1225,15 @@ mod tests {
         assert_eq!(ok(r#""q\"uote\\ \n""#), [r#"q"uote\ \n"#]);
         assert!(ok("").is_empty());
         assert_eq!(
-            split_words("echo 'open").expect_err("unterminated"),
+            split_words(b"echo 'open").expect_err("unterminated"),
             "unterminated single quote"
         );
         assert_eq!(
-            split_words("echo \"open").expect_err("unterminated"),
+            split_words(b"echo \"open").expect_err("unterminated"),
             "unterminated double quote"
         );
         assert_eq!(
-            split_words("echo \\").expect_err("dangling"),
+            split_words(b"echo \\").expect_err("dangling"),
             "a backslash ends the line"
         );
     }

@@ -213,7 +213,7 @@ pub struct RunArgs {
     pub cwd: Option<PathBuf>,
     /// Environment variable K=V (repeatable), added to this shell's environment.
     #[arg(long, value_name = "K=V")]
-    pub env: Vec<String>,
+    pub env: Vec<std::ffi::OsString>,
     /// Start from the daemon's environment instead of this shell's.
     #[arg(long)]
     pub clean_env: bool,
@@ -279,7 +279,7 @@ pub struct RunArgs {
     pub from: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required_unless_present = "from", value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// List processes.

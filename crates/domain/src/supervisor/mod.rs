@@ -401,7 +401,7 @@ pub struct Supervisor {
     out: Vec<Effect>,
     /// The environment of the last submission: an equal one is shared with
     /// it instead of kept again (processes from one shell carry the same).
-    last_env: Option<Arc<BTreeMap<String, String>>>,
+    last_env: Option<Arc<crate::Environment>>,
 }
 
 impl Supervisor {

@@ -37,7 +37,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
         node: NodeId::local(),
         session: None,
-        argv,
+        argv: argv.into_iter().map(Into::into).collect(),
         cwd: None,
         env: std::sync::Arc::default(),
         stdin: StdinMode::Closed,
@@ -115,7 +115,7 @@ pub async fn missing_program_is_program_not_found(h: Arc<dyn SpawnerHarness>) {
         .spawn(request(argv.clone()))
         .await
         .expect_err("must not spawn");
-    assert_eq!(err, SpawnError::ProgramNotFound(argv[0].clone()));
+    assert_eq!(err, SpawnError::ProgramNotFound(argv[0].clone().into()));
 }
 
 /// A working directory that does not exist is refused as such.
