@@ -753,6 +753,7 @@ impl Driver {
                 | ProcessNotice::HandedOver { id, .. }
                 | ProcessNotice::Ready { id }
                 | ProcessNotice::Idle { id }
+                | ProcessNotice::Adopted { id, .. }
                 | ProcessNotice::Lost { id, .. } => *id,
                 ProcessNotice::Withdrawn { .. } => continue,
             };
@@ -796,6 +797,7 @@ impl Driver {
                 ProcessNotice::Ready { id } => Input::Ready { id },
                 ProcessNotice::Idle { id } => Input::Idle { id },
                 ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
+                ProcessNotice::Adopted { id, pid } => Input::Adopted { id, pid },
                 ProcessNotice::Withdrawn { .. } => continue,
             };
             if let Err(e) = self.step(input).await {

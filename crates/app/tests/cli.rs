@@ -1564,6 +1564,75 @@ fn a_keeper_without_a_daemon_keeps_the_exits_and_leaves() {
     assert_eq!(shown["exit_code"], 7, "{shown}");
 }
 
+/// A record handed over to the keeper, which the keeper started just
+/// before it was killed (so it never said so), is adopted by the next
+/// keeper: it runs, and is never given back to the queue to run twice.
+/// (`tests/campaigns/keeper_kill.py` found such a task run twice.) The
+/// start the dead keeper made is stood in for by a process carrying the
+/// record's mark, with its line in the start log.
+#[test]
+fn a_handed_record_the_dead_keeper_started_is_adopted_not_run_twice() {
+    let bpm = Bpm::new();
+    std::fs::write(
+        bpm.home().join("config.toml"),
+        "[limits]\nmax_running = 1\n",
+    )
+    .expect("config");
+    let busy = bpm.ok(&["run", "--", "sleep", "30"]);
+    let busy = busy.trim();
+    bpm.until_state(busy, "running");
+    let ran = bpm.home().join("ran");
+    let queued = bpm.ok(&[
+        "run",
+        "--shell",
+        "--",
+        &format!("echo ran >> '{}'; sleep 30", ran.display()),
+    ]);
+    let queued = queued.trim();
+    // Every slot is taken: the engine hands it to the keeper at once,
+    // before it answers the next request.
+    assert_eq!(bpm.state(queued), "pending");
+    let mut stand_in = Command::new("sleep")
+        .arg("30")
+        .env("BPM_PROCESS_ID", queued)
+        .spawn()
+        .expect("sleep");
+    {
+        use std::io::Write as _;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(bpm.home().join("keeper.starts"))
+            .expect("the keeper's start log");
+        write!(log, "{queued}\n{queued} {}\n", stand_in.id()).expect("write");
+    }
+    let keeper = keeper_pid(&bpm);
+    Command::new("kill")
+        .args(["-9", &keeper.to_string()])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = bpm.json(&["show", queued, "--json"]);
+        if shown["state"] == "running" {
+            assert_eq!(shown["pid"], stand_in.id(), "{shown}");
+            break;
+        }
+        assert_eq!(shown["state"], "pending", "{shown}");
+        assert!(Instant::now() < deadline, "never adopted: {shown}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its slot freed, the busy one's end starts nothing twice.
+    bpm.ok(&["stop", busy]);
+    bpm.until_state(busy, "cancelled");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!ran.exists(), "the record ran a second time");
+    assert_eq!(bpm.state(queued), "running");
+    // And it stays under control: stop reaches the process.
+    bpm.ok(&["stop", queued]);
+    let status = stand_in.wait().expect("wait");
+    assert!(status.code().is_none(), "ended by a signal: {status}");
+}
+
 /// kill -9 of the daemon and the keeper together: the next daemon tells the
 /// truth about every record (running only while its process runs, and an
 /// end it could not see says so), and what still runs stays under control.

@@ -845,3 +845,68 @@ fn only_roots_whose_group_has_room_are_handed_over() {
         "a child is never handed over"
     );
 }
+
+/// A record handed over that a dead spawner started, and the next one
+/// found running, is adopted: it runs with its pid in a slot of its own,
+/// is no longer handed over, and is never spawned again.
+#[test]
+fn a_handed_record_a_dead_spawner_started_is_adopted_not_started_again() {
+    let mut core = core(Limits {
+        max_running: 1,
+        ..Limits::default()
+    });
+    for n in 1..=3 {
+        let spec = ProcessSpec::argv(["work"]);
+        core.handle(
+            Input::Submit { id: id(n), spec },
+            t(u64::try_from(n).expect("small")),
+        )
+        .expect("submit");
+    }
+    core.handle(
+        Input::Spawned {
+            id: id(1),
+            pid: 101,
+        },
+        t(10),
+    )
+    .expect("spawned");
+    assert_eq!(core.hand_over(2), vec![id(2), id(3)]);
+    // The spawner died: the one that took over gives back id(3), which
+    // never started, and found id(2) running.
+    core.withdraw(&[id(3)]);
+    let effects = core
+        .handle(
+            Input::Adopted {
+                id: id(2),
+                pid: 202,
+            },
+            t(20),
+        )
+        .expect("adopted");
+    assert!(
+        spawns(&effects).is_empty(),
+        "nothing is spawned: {effects:?}"
+    );
+    assert!(
+        events(&effects).contains(&(id(2), EventKind::Started)),
+        "{effects:?}"
+    );
+    let second = core.get(id(2)).expect("known");
+    assert_eq!(
+        (second.state(), second.pid()),
+        (StateName::Running, Some(202))
+    );
+    assert_eq!(core.handed_over().count(), 0);
+    // When the first ends, the slot goes to id(3), never to id(2) again.
+    let effects = core
+        .handle(
+            Input::Exited {
+                id: id(1),
+                status: ExitStatus::Code(0),
+            },
+            t(30),
+        )
+        .expect("exited");
+    assert!(spawns(&effects).iter().all(|s| *s != id(2)), "{effects:?}");
+}

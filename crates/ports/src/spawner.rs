@@ -104,6 +104,16 @@ pub enum ProcessNotice {
         /// Why.
         reason: String,
     },
+    /// A record handed over ([`ProcessSpawner::hand_over`]) that the
+    /// process holding it started before it died (so it could not report
+    /// it): the spawner that took over found it and watches it; it runs
+    /// with `pid`, and its end is reported as any other's.
+    Adopted {
+        /// The record.
+        id: ProcessId,
+        /// Its pid.
+        pid: u32,
+    },
     /// Records handed over ([`ProcessSpawner::hand_over`]) that the spawner
     /// gives back unstarted, as [`ProcessSpawner::withdraw`] would (the
     /// process that held them died): the manager starts them itself.

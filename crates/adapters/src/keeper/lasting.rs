@@ -13,17 +13,19 @@
 //!   its end is reported as `lost`, with its exit code unknown;
 //! - a process that ended while no keeper watched it is reported the same
 //!   way: with the status the daemon reaped, or `lost`;
-//! - records handed over and not yet started go back to the manager
-//!   ([`ProcessNotice::Withdrawn`]), which starts them itself. Whether the
-//!   dead keeper started one is read from its start log, in which every
-//!   start is noted before it is made: a record missing from it never
-//!   started, so starting it now cannot start it twice. One in it is
-//!   answered with the process the dead keeper started (or reported lost if
-//!   that has ended), not started again;
-//! - a start under way when the keeper died is answered the same way; if
-//!   the start log names it without a pid and no process of it runs, it may
-//!   have run and ended unseen: it is reported lost
-//!   ([`SpawnError::Unknown`]), never started again.
+//! - whether the dead keeper started a record is read from its start log,
+//!   in which every start is noted before it is made: a record missing from
+//!   it never started, so starting it now cannot start it twice;
+//! - records handed over that it never started go back to the manager
+//!   ([`ProcessNotice::Withdrawn`]), which starts them itself (or hands
+//!   them over again). One it did start is reported
+//!   [`ProcessNotice::Adopted`] with its process, whose end is then reported
+//!   as above: it is never given back, so never started again;
+//! - a start under way (`spawn`) is answered with the process the dead
+//!   keeper started, if it did;
+//! - a start in the log with no pid and no process running now may have
+//!   run and ended unseen: it is reported lost (by `spawn`, as
+//!   [`SpawnError::Unknown`]), never started again.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -51,6 +53,11 @@ pub type StartKeeper = Arc<
 /// Told what happened, for the daemon's status and log: the new keeper's
 /// description when one took over, and a line on what the change cost.
 pub type KeeperReport = Arc<dyn Fn(Option<String>, String) + Send + Sync>;
+
+/// Why a start the dead keeper noted, with no pid and no process running
+/// now, is recorded lost.
+const UNKNOWN_START: &str = "bpm's keeper died while starting this process, and no process of it runs now: \
+     it may have run, its exit code is unknown, and bpm does not start it again";
 
 /// How long a call waits for a new keeper before it fails.
 const RESTART_WITHIN: Duration = Duration::from_secs(10);
@@ -213,17 +220,26 @@ impl LastingKeeper {
             tracing::error!(error = %e, "cannot read the dead keeper's start log");
             HashMap::new()
         });
-        // Starts the dead keeper may have made without saying so.
+        // Starts the dead keeper may have made without saying so: those the
+        // engine asked for with `spawn` are answered through it; those
+        // handed over are reported adopted (or lost) below, never given back.
         let unreported: Vec<ProcessId> = self
             .spawning
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .chain(&handed)
             .filter(|id| started.contains_key(id))
             .copied()
             .collect();
-        let running = crate::os::find_marked(&unreported);
+        let (started_handed, handed): (Vec<ProcessId>, Vec<ProcessId>) =
+            handed.into_iter().partition(|id| started.contains_key(id));
+        let running = crate::os::find_marked(
+            &unreported
+                .iter()
+                .chain(&started_handed)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
         let mut delay = Duration::from_millis(50);
         let fresh = loop {
             match start().await {
@@ -250,6 +266,36 @@ impl LastingKeeper {
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&id);
                 self.report_end(id, pid);
+            }
+        }
+        for id in started_handed {
+            let found = match (running.get(&id), started.get(&id).copied().flatten()) {
+                (Some(pid), _) => Some((*pid, true)),
+                (None, Some(pid)) => Some((pid, false)),
+                (None, None) => None,
+            };
+            match found {
+                Some((pid, runs)) => {
+                    // Reported before its end can be.
+                    let _ = self.tx.send(ProcessNotice::Adopted { id, pid });
+                    self.inherit(id, pid);
+                    if runs && fresh.adopt(id, pid, None).await.unwrap_or(false) {
+                        adopted += 1;
+                    } else {
+                        ended += 1;
+                        self.inherited
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&id);
+                        self.report_end(id, pid);
+                    }
+                }
+                None => {
+                    let _ = self.tx.send(ProcessNotice::Lost {
+                        id,
+                        reason: UNKNOWN_START.into(),
+                    });
+                }
             }
         }
         {
@@ -346,11 +392,7 @@ impl LastingKeeper {
                 self.report_end(id, pid);
                 Ok(Spawned { pid })
             }
-            Found::Unknown => Err(SpawnError::Unknown(
-                "bpm's keeper died while starting this process, and no process of it runs now: \
-                 it may have run, its exit code is unknown, and bpm does not start it again"
-                    .into(),
-            )),
+            Found::Unknown => Err(SpawnError::Unknown(UNKNOWN_START.into())),
         })
     }
 }

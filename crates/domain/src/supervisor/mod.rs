@@ -203,6 +203,15 @@ pub enum Input {
         /// Its pid, or why it could not be started.
         started: Result<u32, String>,
     },
+    /// A record handed over ([`Supervisor::hand_over`]) was started by a
+    /// spawner that died before it could say so; the one that took over
+    /// found its process. It runs with `pid` and takes a slot of its own.
+    Adopted {
+        /// The record.
+        id: ProcessId,
+        /// Its pid.
+        pid: u32,
+    },
     /// Stop `id` and, first, all its descendants.
     Stop {
         /// The record.
@@ -652,6 +661,11 @@ impl Supervisor {
                     Err(e) if self.dirty.is_empty() && self.out.is_empty() => Err(e),
                     _ => Ok(()),
                 }
+            }
+            Input::Adopted { id, pid } => {
+                self.own(id)?;
+                self.take_over(id, Ok(pid), now);
+                Ok(())
             }
             Input::Stop { id, force, grace } => {
                 self.own(id)?;
