@@ -187,10 +187,74 @@ fn layers_depend_only_downwards() {
         ours("bpm-adapters"),
         BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()])
     );
+    assert_eq!(
+        ours("bpm-engine"),
+        BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()]),
+        "the engine drives the core through the ports and knows no adapter"
+    );
+    assert!(
+        !graph.transitive("bpm-engine").contains("redis"),
+        "the engine knows no adapter's backend"
+    );
     assert!(
         !graph.transitive("bpm-ports").contains("redis"),
         "ports know no adapter's backend"
     );
+}
+
+/// The Rust sources under `dir`, with their text.
+fn sources(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                out.push((path, text));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_app_holds_no_lifecycle_rule() {
+    // The core and its inputs are the engine's; lists of states or event
+    // kinds are the domain's (`StateName::LIVE`, `EventKind::ends_record`).
+    let forbidden = [
+        "Supervisor",
+        "Input::",
+        "Effect::",
+        "Lifecycle::",
+        "Transition::",
+        "EventKind::",
+        ".apply(",
+        "StateName::Pending",
+        "StateName::Starting",
+        "StateName::Stopping",
+    ];
+    let files = sources(&workspace_root().join("crates/app/src"));
+    assert!(
+        files.len() >= 10,
+        "found only {} app source files",
+        files.len()
+    );
+    for (path, text) in files {
+        // The one place a state is mapped to something: its colour in a table.
+        if path.ends_with("cli/table.rs") {
+            continue;
+        }
+        for word in forbidden {
+            assert!(
+                !text.contains(word),
+                "{} uses {word}: rules belong in bpm-domain, their driver in bpm-engine",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]
@@ -208,25 +272,16 @@ fn the_domain_source_does_no_io_and_reads_no_clock() {
         "async fn",
         ".await",
     ];
-    let mut stack = vec![dir];
-    let mut checked = 0;
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).expect("read source");
-                for word in forbidden {
-                    assert!(
-                        !text.contains(word),
-                        "{} uses {word}: the domain must stay pure",
-                        path.display()
-                    );
-                }
-                checked += 1;
-            }
+    let files = sources(&dir);
+    for (path, text) in &files {
+        for word in forbidden {
+            assert!(
+                !text.contains(word),
+                "{} uses {word}: the domain must stay pure",
+                path.display()
+            );
         }
     }
+    let checked = files.len();
     assert!(checked >= 10, "found only {checked} domain source files");
 }

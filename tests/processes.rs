@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bpm::wiring::{memory_store, os_engine};
-use bpm::{Engine, EngineConfig};
 use bpm_domain::{
     EventKind, ExitStatus, GroupName, Limits, LogPattern, ProcessSpec, ReadinessCheck, Span,
     StateName, StdinMode,
 };
+use bpm_engine::{Engine, EngineConfig};
 use bpm_ports::{Cursor, OutputQuery, ProcessManager, StopOptions, Stream, StreamSelect};
 use tempfile::TempDir;
 

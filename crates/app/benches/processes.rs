@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bpm::wiring::{memory_store, os_engine};
-use bpm::{Engine, EngineConfig};
 use bpm_domain::{EventKind, Limits, ProcessSpec, StateName};
+use bpm_engine::{Engine, EngineConfig};
 use bpm_ports::{OutputQuery, ProcessManager, StopOptions};
 
 fn now_ns() -> u128 {

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use bpm::EngineConfig;
 use bpm::wiring::{memory_store, os_engine};
 use bpm_domain::{
     GroupName, Limits, LogPattern, Percent, ProcessName, ProcessSpec, ReadinessCheck,
 };
+use bpm_engine::EngineConfig;
 use bpm_ports::{OutputQuery, ProcessManager, StopOptions};
 
 #[tokio::main]

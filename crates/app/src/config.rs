@@ -13,6 +13,7 @@
 //! max_depth = 10           # hierarchy depth
 //! max_per_level = 20       # unfinished processes per hierarchy level
 //! retention = "7d"         # finished records are forgotten after this long
+//! hand_over_ahead = 8      # queued records the keeper holds to start on exits
 //!
 //! [limits.group_limits]
 //! tests = 2

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use bpm_adapters::control::{DaemonClient, ServerInfo, serve};
-use bpm_domain::EventKind;
 use bpm_ports::{ManagerError, ProcessManager};
 use rustix::fs::{FlockOperation, flock};
 use tokio::net::UnixListener;
@@ -18,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::wiring::{StoreChoice, open_stores};
-use crate::{Engine, EngineConfig};
+use bpm_engine::{Engine, EngineConfig};
 
 /// The software name and version every handshake carries.
 pub const SOFTWARE: &str = concat!("bpm ", env!("CARGO_PKG_VERSION"));
@@ -122,7 +121,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .node
         .clone()
         .unwrap_or_else(bpm_domain::NodeId::local);
-    let ports = crate::Ports {
+    let ports = bpm_engine::Ports {
         store,
         output,
         events: Arc::new(bpm_adapters::memory::BroadcastBus::default()),
@@ -253,14 +252,7 @@ async fn run_hooks(engine: Engine, default_hook: Option<String>) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        if !matches!(
-            event.kind,
-            EventKind::Completed
-                | EventKind::Failed
-                | EventKind::TimedOut
-                | EventKind::Cancelled
-                | EventKind::Lost
-        ) {
+        if !event.kind.ends_record() {
             continue;
         }
         let Ok(record) = engine.get(event.id).await else {

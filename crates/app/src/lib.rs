@@ -1,13 +1,11 @@
-//! bpm's application layer: the engine that drives the domain's supervisor
-//! core through the ports, and the wiring that picks adapters.
+//! bpm's application layer: the configuration, the wiring that picks
+//! adapters and starts an engine, and the front ends' entry points (the
+//! command line, the daemon, the keeper, MCP and the web page).
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod engine;
 pub mod keeper;
 pub mod mcp;
 pub mod web;
 pub mod wiring;
-
-pub use engine::{Engine, EngineConfig, Ports};

@@ -10,7 +10,7 @@ use bpm_adapters::memory::{BroadcastBus, DEFAULT_OUTPUT_CAP, InMemoryOutput, InM
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig, ProcSampler};
 use bpm_ports::{ManagerError, OutputStore, ProcessStore};
 
-use crate::{Engine, EngineConfig, Ports};
+use bpm_engine::{Engine, EngineConfig, Ports};
 
 /// An engine that runs real OS processes, keeping their output in capped
 /// files under `output_dir` and records in `store`.

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm::{Engine, EngineConfig, Ports};
 use bpm_adapters::clock::ManualClock;
 use bpm_adapters::control::{ConnectionLimits, DaemonClient, ServerInfo, serve_with};
 use bpm_adapters::fake::ScriptedSpawner;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
 use bpm_domain::{ExitStatus, Limits, ProcessSpec, Timestamp};
+use bpm_engine::{Engine, EngineConfig, Ports};
 use bpm_ports::{ManagerError, ProcessManager};
 use tokio::net::UnixListener;
 

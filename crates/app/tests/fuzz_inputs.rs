@@ -8,13 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm::{Engine, EngineConfig, Ports};
 use bpm_adapters::clock::ManualClock;
 use bpm_adapters::control::{ServerInfo, serve};
 use bpm_adapters::fake::ScriptedSpawner;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
 use bpm_domain::{Limits, Timestamp};
+use bpm_engine::{Engine, EngineConfig, Ports};
 use proptest::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};

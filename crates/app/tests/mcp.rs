@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bpm::EngineConfig;
 use bpm::wiring::{engine_on, memory_store};
 use bpm_adapters::mcp::{McpServer, Policy, StartDefaults};
 use bpm_adapters::memory::InMemoryOutput;
+use bpm_engine::EngineConfig;
 use rmcp::model::{
     CallToolRequestParams, ClientRequest, ProgressNotificationParam, ReadResourceRequestParams,
     Request, ResourceUpdatedNotificationParam, ServerResult, SubscribeRequestParams,

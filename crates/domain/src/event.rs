@@ -44,6 +44,18 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Whether the event says its record ended (reached a final state).
+    pub const fn ends_record(self) -> bool {
+        matches!(
+            self,
+            EventKind::Completed
+                | EventKind::Failed
+                | EventKind::TimedOut
+                | EventKind::Cancelled
+                | EventKind::Lost
+        )
+    }
+
     /// The event announcing a final state.
     pub const fn for_terminal(state: StateName) -> Option<EventKind> {
         match state {

@@ -44,6 +44,25 @@ impl ListFilter {
         }
     }
 
+    /// The records not yet finished (pending or holding a slot).
+    pub fn live() -> Self {
+        ListFilter {
+            states: StateName::LIVE.to_vec(),
+            ..ListFilter::default()
+        }
+    }
+
+    /// The finished records.
+    pub fn finished() -> Self {
+        ListFilter {
+            states: StateName::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect(),
+            ..ListFilter::default()
+        }
+    }
+
     /// Whether `record` passes every condition but `after` and `limit`.
     pub fn matches(&self, record: &ProcessRecord) -> bool {
         (self.states.is_empty() || self.states.contains(&record.state()))

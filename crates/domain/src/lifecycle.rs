@@ -250,6 +250,16 @@ impl StateName {
         StateName::Lost,
     ];
 
+    /// Every state that is not final: the records still under way, which
+    /// listings show by default.
+    pub const LIVE: [StateName; 5] = [
+        StateName::Pending,
+        StateName::Starting,
+        StateName::Running,
+        StateName::Paused,
+        StateName::Stopping,
+    ];
+
     /// Whether the state is final.
     pub const fn is_terminal(self) -> bool {
         matches!(

@@ -166,6 +166,7 @@ fn limits() -> Limits {
         max_depth: 3,
         max_per_level: 6,
         retention: Some(Span::from_secs(30)),
+        hand_over_ahead: 3,
         ..Limits::default()
     };
     l.group_limits
@@ -457,6 +458,7 @@ impl World {
             Op::StopLevel { level } => self.input(Input::StopLevel {
                 level,
                 force: false,
+                grace: None,
             }),
             Op::Pause { pick } => match self.pick(pick) {
                 Some(id) => self.input(Input::Pause { id }),
@@ -518,7 +520,7 @@ impl World {
                 Ok(())
             }
             Op::HandOver => {
-                let added = self.core.hand_over(3);
+                let added = self.core.hand_over();
                 for id in &added {
                     let r = &self.store[id];
                     assert_eq!(

@@ -3,7 +3,7 @@
 
 use bpm_domain::{
     CoreError, Effect, EventKind, ExitStatus, Input, Limits, ListFilter, NodeId, ProcessId,
-    ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, Span, StateName, StopCause,
+    ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, Span, SpecError, StateName, StopCause,
     Supervisor, Timer, TimerKind, Timestamp, Transition,
 };
 
@@ -664,6 +664,7 @@ fn spawns(effects: &[Effect]) -> Vec<ProcessId> {
 fn records_handed_over_start_on_exits_in_order_and_first() {
     let mut core = core(Limits {
         max_running: 2,
+        hand_over_ahead: 2,
         ..Limits::default()
     });
     for n in 1..=5 {
@@ -680,8 +681,8 @@ fn records_handed_over_start_on_exits_in_order_and_first() {
             .expect("spawned");
     }
     // Nothing is handed over while a slot is free, and at most `max`.
-    assert_eq!(core.hand_over(2), vec![id(3), id(4)]);
-    assert_eq!(core.hand_over(2), Vec::<ProcessId>::new());
+    assert_eq!(core.hand_over(), vec![id(3), id(4)]);
+    assert_eq!(core.hand_over(), Vec::<ProcessId>::new());
     // An exit with a start in its place: the next record takes the slot at
     // once, with its pid, and nothing else is spawned.
     let effects = core
@@ -717,7 +718,7 @@ fn records_handed_over_start_on_exits_in_order_and_first() {
         t(30),
     )
     .expect("submit");
-    assert_eq!(core.hand_over(2), vec![id(6)]);
+    assert_eq!(core.hand_over(), vec![id(6)]);
     // An exit the spawner did not hand over (its process was not started to):
     // the core starts the first record handed over itself.
     let effects = core
@@ -772,6 +773,7 @@ fn records_handed_over_start_on_exits_in_order_and_first() {
 fn only_roots_whose_group_has_room_are_handed_over() {
     let mut limits = Limits {
         max_running: 2,
+        hand_over_ahead: 4,
         ..Limits::default()
     };
     let g = bpm_domain::GroupName::new("g").expect("valid");
@@ -815,9 +817,10 @@ fn only_roots_whose_group_has_room_are_handed_over() {
         t(4),
     )
     .expect("submit");
-    assert_eq!(core.hand_over(4), vec![id(3)]);
+    assert_eq!(core.hand_over(), vec![id(3)]);
     let mut core2 = self::core(Limits {
         max_running: 1,
+        hand_over_ahead: 4,
         ..Limits::default()
     });
     core2
@@ -840,10 +843,7 @@ fn only_roots_whose_group_has_room_are_handed_over() {
             t(2),
         )
         .expect("submit");
-    assert!(
-        core2.hand_over(4).is_empty(),
-        "a child is never handed over"
-    );
+    assert!(core2.hand_over().is_empty(), "a child is never handed over");
 }
 
 /// A record handed over that a dead spawner started, and the next one
@@ -853,6 +853,7 @@ fn only_roots_whose_group_has_room_are_handed_over() {
 fn a_handed_record_a_dead_spawner_started_is_adopted_not_started_again() {
     let mut core = core(Limits {
         max_running: 1,
+        hand_over_ahead: 2,
         ..Limits::default()
     });
     for n in 1..=3 {
@@ -871,7 +872,7 @@ fn a_handed_record_a_dead_spawner_started_is_adopted_not_started_again() {
         t(10),
     )
     .expect("spawned");
-    assert_eq!(core.hand_over(2), vec![id(2), id(3)]);
+    assert_eq!(core.hand_over(), vec![id(2), id(3)]);
     // The spawner died: the one that took over gives back id(3), which
     // never started, and found id(2) running.
     core.withdraw(&[id(3)]);
@@ -909,4 +910,77 @@ fn a_handed_record_a_dead_spawner_started_is_adopted_not_started_again() {
         )
         .expect("exited");
     assert!(spawns(&effects).iter().all(|s| *s != id(2)), "{effects:?}");
+}
+
+#[test]
+fn live_states_and_ending_events_agree_with_the_lifecycle() {
+    for state in StateName::ALL {
+        assert_eq!(
+            StateName::LIVE.contains(&state),
+            !state.is_terminal(),
+            "{state}"
+        );
+        if let Some(kind) = EventKind::for_terminal(state) {
+            assert!(kind.ends_record(), "{kind:?}");
+        }
+    }
+    assert_eq!(
+        ListFilter::live().states.len() + ListFilter::finished().states.len(),
+        StateName::ALL.len()
+    );
+}
+
+#[test]
+fn stop_level_arms_the_kill_after_the_grace_it_is_given() {
+    let mut core = core(Limits::default());
+    core.handle(
+        Input::Submit {
+            id: id(1),
+            spec: ProcessSpec::argv(["work"]),
+        },
+        t(0),
+    )
+    .expect("submit");
+    core.handle(
+        Input::Spawned {
+            id: id(1),
+            pid: 101,
+        },
+        t(1),
+    )
+    .expect("spawned");
+    let effects = core
+        .handle(
+            Input::StopLevel {
+                level: 0,
+                force: false,
+                grace: Some(Span::from_secs(2)),
+            },
+            t(10),
+        )
+        .expect("stop level");
+    let armed: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ArmTimer { at, .. } => Some(*at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(armed, [t(2_010)]);
+}
+
+#[test]
+fn a_tracked_operation_is_refused_a_command() {
+    let mut core = core(Limits::default());
+    let err = core
+        .handle(
+            Input::Track {
+                id: id(1),
+                spec: ProcessSpec::argv(["work"]),
+            },
+            t(0),
+        )
+        .expect_err("refused");
+    assert_eq!(err, CoreError::InvalidSpec(SpecError::TrackedWithCommand));
+    assert!(core.get(id(1)).is_none(), "nothing half-created");
 }

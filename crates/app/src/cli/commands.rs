@@ -733,13 +733,7 @@ async fn filter_from(m: &DaemonClient, args: &PsArgs) -> Result<ListFilter, CliE
         filter.states.push(s.parse().map_err(CliError::invalid)?);
     }
     if filter.states.is_empty() && !args.all {
-        filter.states = vec![
-            StateName::Pending,
-            StateName::Starting,
-            StateName::Running,
-            StateName::Paused,
-            StateName::Stopping,
-        ];
+        filter.states = StateName::LIVE.to_vec();
     }
     filter.session = args
         .session
@@ -986,13 +980,7 @@ async fn stop(m: &DaemonClient, a: StopArgs) -> Outcome {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let live = vec![
-        StateName::Pending,
-        StateName::Starting,
-        StateName::Running,
-        StateName::Paused,
-        StateName::Stopping,
-    ];
+    let live = StateName::LIVE.to_vec();
     let mut ids = Vec::new();
     if a.all || a.session.is_some() {
         let session = a
@@ -1147,10 +1135,7 @@ async fn clean(m: &DaemonClient, states: &[String], older_than: Option<&str>) ->
         filter.states.push(state);
     }
     if filter.states.is_empty() {
-        filter.states = StateName::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal())
-            .collect();
+        filter.states = ListFilter::finished().states;
     }
     let cutoff = older_than
         .map(|t| span(t, "--older-than"))

@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_per_level: usize,
     /// How long finished records are kept; `None` keeps them until removed.
     pub retention: Option<Span>,
+    /// How many queued records, at most, the spawner holds to start the
+    /// moment a process ends ([`Supervisor::hand_over`]). Default 8.
+    pub hand_over_ahead: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +54,7 @@ impl Default for Limits {
             max_depth: 10,
             max_per_level: 20,
             retention: None,
+            hand_over_ahead: 8,
         }
     }
 }
@@ -161,6 +165,15 @@ pub enum Input {
         /// What to run (a tracked operation when it has no command).
         spec: ProcessSpec,
     },
+    /// Accept a new tracked operation: a record with no command, which the
+    /// caller drives with progress, completion and failure. A spec with a
+    /// command is refused ([`SpecError::TrackedWithCommand`]).
+    Track {
+        /// Its id (from the id port).
+        id: ProcessId,
+        /// What it is; no command.
+        spec: ProcessSpec,
+    },
     /// Make a new record with `id`'s spec; stop `id` first if it is still live.
     Restart {
         /// The record to repeat.
@@ -227,6 +240,8 @@ pub enum Input {
         level: usize,
         /// KILL at once.
         force: bool,
+        /// Override each record's grace period.
+        grace: Option<Span>,
     },
     /// Pause `id` (SIGSTOP to its tree).
     Pause {
@@ -464,8 +479,8 @@ impl Supervisor {
         self.ready.len()
     }
 
-    /// Hands the spawner the records to start next, best first, up to `max`
-    /// outstanding, and returns the ones added: the spawner starts them by
+    /// Hands the spawner the records to start next, best first, up to
+    /// [`Limits::hand_over_ahead`] outstanding, and returns the ones added: the spawner starts them by
     /// itself, in this order, one on each exit of a process it started with
     /// `hands_over` (whose exit frees its slot), and reports
     /// [`Input::HandedOver`]. That takes the daemon out of the path from one
@@ -482,7 +497,8 @@ impl Supervisor {
     /// The driver must take outstanding records back ([`withdraw`](Self::withdraw))
     /// before it feeds an input that [`Input::may_cancel`] names, and must
     /// feed the spawner's reports of those it started first.
-    pub fn hand_over(&mut self, max: usize) -> Vec<ProcessId> {
+    pub fn hand_over(&mut self) -> Vec<ProcessId> {
+        let max = self.limits.hand_over_ahead;
         let mut added = Vec::new();
         if self.active_total != self.limits.max_running || self.handed.len() >= max {
             return added;
@@ -641,6 +657,12 @@ impl Supervisor {
     fn dispatch(&mut self, input: Input, now: Timestamp) -> Result<(), CoreError> {
         match input {
             Input::Submit { id, spec } => self.submit(id, spec, None, now),
+            Input::Track { id, spec } => {
+                if spec.command.is_some() {
+                    return Err(SpecError::TrackedWithCommand.into());
+                }
+                self.submit(id, spec, None, now)
+            }
             Input::Restart { id, new_id } => self.restart(id, new_id, now),
             Input::Spawned { id, pid } => self.spawned(id, pid, now),
             Input::SpawnFailed { id, error } => {
@@ -671,7 +693,11 @@ impl Supervisor {
                 self.own(id)?;
                 self.stop(id, StopCause::Requested, force, grace, now)
             }
-            Input::StopLevel { level, force } => {
+            Input::StopLevel {
+                level,
+                force,
+                grace,
+            } => {
                 let mut at_level: Vec<_> = self
                     .entries
                     .values()
@@ -680,7 +706,7 @@ impl Supervisor {
                     .collect();
                 at_level.sort_unstable();
                 for id in at_level {
-                    self.stop(id, StopCause::Requested, force, None, now)?;
+                    self.stop(id, StopCause::Requested, force, grace, now)?;
                 }
                 Ok(())
             }

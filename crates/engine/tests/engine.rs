@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm::{Engine, EngineConfig, Ports};
 use bpm_adapters::clock::ManualClock;
 use bpm_adapters::fake::ScriptedSpawner;
 use bpm_adapters::ids::UuidV7Ids;
@@ -18,6 +17,7 @@ use bpm_domain::{
     ProcessId, ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Signal, Span,
     StateName, StdinMode, Timestamp,
 };
+use bpm_engine::{Engine, EngineConfig, Ports};
 use bpm_ports::{
     ManagerError, OutputQuery, ProcessManager, ProcessNotice, ProcessSpawner, ProcessStore,
     SpawnError, SpawnRequest, StopOptions, StoreError, StoreWrite,
@@ -418,6 +418,65 @@ async fn stop_level_stops_a_whole_level_and_below() {
         StateName::Running,
         "level 0 untouched"
     );
+}
+
+#[tokio::test]
+async fn stop_level_applies_the_grace_it_is_given() {
+    let h = harness(Limits::default()).await;
+    let root = h.engine.start(fake(&["forever"])).await.expect("start");
+    let mut s = fake(&["forever", "ignore-term"]);
+    s.parent = Some(root.id());
+    let kid = h.engine.start(s).await.expect("start");
+    let engine = h.engine.clone();
+    let stopping = tokio::spawn(async move {
+        engine
+            .stop_level(
+                1,
+                StopOptions {
+                    force: false,
+                    grace: Some(Span::from_secs(1)),
+                },
+            )
+            .await
+    });
+    h.until_state(kid.id(), StateName::Stopping).await;
+    assert_eq!(h.spawner.signals(kid.id()), [Signal::Term]);
+    // The policy's grace is 5 s; the one given, 1 s, is the one that counts.
+    h.advance(Duration::from_millis(999)).await;
+    assert_eq!(h.state(kid.id()).await, StateName::Stopping);
+    h.advance(Duration::from_millis(1)).await;
+    let stopped = stopping.await.expect("joined").expect("stop level");
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0].state(), StateName::Cancelled);
+    assert_eq!(h.spawner.signals(kid.id()), [Signal::Term, Signal::Kill]);
+}
+
+#[tokio::test]
+async fn a_tracked_operation_with_a_command_is_refused_by_the_core() {
+    let h = harness(Limits::default()).await;
+    let err = h
+        .engine
+        .track(fake(&["forever"]))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            ManagerError::InvalidSpec(bpm_domain::SpecError::TrackedWithCommand)
+        ),
+        "{err}"
+    );
+    assert!(
+        h.engine
+            .list(ListFilter::default())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let mut spec = fake(&["x"]);
+    spec.command = None;
+    let op = h.engine.track(spec).await.expect("tracked");
+    assert!(op.is_tracked());
 }
 
 #[tokio::test]

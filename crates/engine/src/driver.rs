@@ -1,0 +1,394 @@
+//! The loop: it takes one message at a time (a caller's input, a timer, a
+//! spawn's result, a store's sync, a notice from the spawner), hands it to the
+//! core, and answers the caller once what it changed is durable.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bpm_domain::{Effect, Input, ProcessId, ProcessRecord, Supervisor, Timer};
+use bpm_ports::{ManagerError, ProcessNotice};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::durability::{AfterSync, STORE_RETRY, Syncs};
+use crate::{Accepted, ManyReply, Msg, Ports, Reply};
+
+/// What the loop receives: messages from callers, timers and tasks, and the spawner's notices.
+pub(crate) struct Inbox {
+    pub(crate) msgs: mpsc::UnboundedReceiver<Msg>,
+    pub(crate) notices: mpsc::UnboundedReceiver<ProcessNotice>,
+}
+
+/// The loop's state: the core, the ports, and the armed timers.
+pub(crate) struct Driver {
+    pub(crate) core: Supervisor,
+    pub(crate) ports: Ports,
+    pub(crate) tx: mpsc::UnboundedSender<Msg>,
+    pub(crate) timers: HashMap<Timer, AbortHandle>,
+    /// Records the store refused for now, with the version it holds: written
+    /// again (newest first) until it takes them, so a flaky store delays
+    /// persistence without stopping supervision.
+    pub(crate) unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
+    /// Records whose spawn is under way, with the notices about them that
+    /// arrived meanwhile (handled once the spawn's result has been).
+    pub(crate) spawning: HashMap<ProcessId, Vec<ProcessNotice>>,
+    /// Records in `spawning` only because the report of their start on an
+    /// exit is held there (behind the exited process's own spawn).
+    pub(crate) behind: HashSet<ProcessId>,
+    /// Messages that came while the loop waited for the spawner's reports;
+    /// handled before any newer one.
+    pub(crate) deferred: VecDeque<Msg>,
+    /// Answers waiting for spawns under way.
+    pub(crate) parked: Vec<Parked>,
+    pub(crate) syncs: Syncs,
+}
+
+/// A caller's answer, held until the spawns of the records it submitted have ended.
+pub(crate) struct Parked {
+    waiting: HashSet<ProcessId>,
+    changed: Vec<ProcessRecord>,
+    answer: Answer,
+}
+
+pub(crate) enum Answer {
+    One(Reply),
+    Many(Vec<Result<(), ManagerError>>, ManyReply),
+}
+
+/// Keeps the newest version of each record in `changed`, in order of last change.
+pub(crate) fn merge_changed(changed: &mut Vec<ProcessRecord>, newer: Vec<ProcessRecord>) {
+    for r in newer {
+        changed.retain(|c| c.id() != r.id());
+        changed.push(r);
+    }
+}
+
+impl Driver {
+    pub(crate) fn new(core: Supervisor, ports: Ports, tx: mpsc::UnboundedSender<Msg>) -> Driver {
+        Driver {
+            core,
+            ports,
+            tx,
+            timers: HashMap::new(),
+            unsaved: HashMap::new(),
+            spawning: HashMap::new(),
+            behind: HashSet::new(),
+            deferred: VecDeque::new(),
+            parked: Vec::new(),
+            syncs: Syncs::default(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut inbox: Inbox) {
+        let mut notices_open = true;
+        let mut finished = None;
+        loop {
+            if finished.is_none() {
+                self.hand_over().await;
+            }
+            if let Some(msg) = self.deferred.pop_front() {
+                if !self.on_msg(msg, &mut finished, &mut inbox).await {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                msg = inbox.msgs.recv() => match msg {
+                    Some(msg) => {
+                        if !self.on_msg(msg, &mut finished, &mut inbox).await {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                notice = inbox.notices.recv(), if notices_open => match notice {
+                    Some(notice) => self.notice(notice).await,
+                    None => notices_open = false,
+                },
+                () = tokio::time::sleep(STORE_RETRY), if !self.unsaved.is_empty() => self.flush().await,
+            }
+        }
+        for (_, timer) in self.timers.drain() {
+            timer.abort();
+        }
+        // Release the ports (and the store's lock) before saying the loop is gone.
+        drop(self);
+        if let Some(done) = finished {
+            let _ = done.send(());
+        }
+    }
+
+    /// Handles one message; false when the loop should end (after a
+    /// shutdown, once no spawn is under way).
+    pub(crate) async fn on_msg(
+        &mut self,
+        msg: Msg,
+        finished: &mut Option<oneshot::Sender<()>>,
+        inbox: &mut Inbox,
+    ) -> bool {
+        let cancels = match &msg {
+            Msg::Input(input, _) => input.may_cancel(),
+            Msg::Many(inputs, _) => inputs.iter().any(Input::may_cancel),
+            Msg::Shutdown(_) => true,
+            _ => false,
+        };
+        if cancels {
+            self.take_back(inbox).await;
+        }
+        match msg {
+            Msg::Input(input, reply) => {
+                // A submitted record's answer waits for its spawn.
+                let submitted = match &*input {
+                    Input::Submit { id, .. } => Some(*id),
+                    Input::Restart { new_id, .. } => Some(*new_id),
+                    _ => None,
+                };
+                match self.step(*input).await {
+                    Ok(changed) => self.answer(submitted, changed, Answer::One(reply)).await,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Msg::Many(inputs, reply) => {
+                let submitted: Vec<_> = inputs
+                    .iter()
+                    .filter_map(|i| match i {
+                        Input::Submit { id, .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                match self.step_many(inputs).await {
+                    Ok((accepted, changed)) => {
+                        self.answer(submitted, changed, Answer::Many(accepted, reply))
+                            .await;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Msg::Timer(timer) => {
+                self.timers.remove(&timer);
+                let _ = self.step(Input::TimerFired(timer)).await;
+            }
+            Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
+            Msg::Synced(result) => self.synced(result).await,
+            Msg::Shutdown(done) => {
+                // Spawns under way end first, so their records are not left
+                // starting, and the work waiting for a sync is done.
+                *finished = Some(done);
+                self.kick_sync();
+            }
+        }
+        !(finished.is_some() && self.spawning.is_empty() && self.syncs.idle())
+    }
+
+    /// Handles a notice from the spawner, or holds it while the process's
+    /// spawn is under way (an exit can overtake the spawn's own answer).
+    pub(crate) async fn notice(&mut self, notice: ProcessNotice) {
+        if let ProcessNotice::Withdrawn { ids } = &notice {
+            // Back in the queue, they start on the next free slot.
+            self.core.withdraw(ids);
+            return;
+        }
+        let mut queue = VecDeque::from([notice]);
+        while let Some(notice) = queue.pop_front() {
+            let id = match &notice {
+                ProcessNotice::Exited { id, .. }
+                | ProcessNotice::HandedOver { id, .. }
+                | ProcessNotice::Ready { id }
+                | ProcessNotice::Idle { id }
+                | ProcessNotice::Adopted { id, .. }
+                | ProcessNotice::Lost { id, .. } => *id,
+                ProcessNotice::Withdrawn { .. } => continue,
+            };
+            if self.spawning.contains_key(&id) {
+                // A process started in its place waits with it: its own
+                // notices must not come before its start.
+                if let ProcessNotice::HandedOver { next, .. } = &notice
+                    && !self.spawning.contains_key(next)
+                {
+                    self.behind.insert(*next);
+                    self.spawning.insert(*next, Vec::new());
+                }
+                if let Some(held) = self.spawning.get_mut(&id) {
+                    held.push(notice);
+                }
+                continue;
+            }
+            let exit = matches!(
+                notice,
+                ProcessNotice::Exited { .. } | ProcessNotice::HandedOver { .. }
+            );
+            let mut released = None;
+            let input = match notice {
+                ProcessNotice::Exited { id, status } => Input::Exited { id, status },
+                ProcessNotice::HandedOver {
+                    id,
+                    status,
+                    next,
+                    started,
+                } => {
+                    if self.behind.remove(&next) {
+                        released = self.spawning.remove(&next);
+                    }
+                    Input::HandedOver {
+                        id,
+                        status,
+                        next,
+                        started,
+                    }
+                }
+                ProcessNotice::Ready { id } => Input::Ready { id },
+                ProcessNotice::Idle { id } => Input::Idle { id },
+                ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
+                ProcessNotice::Adopted { id, pid } => Input::Adopted { id, pid },
+                ProcessNotice::Withdrawn { .. } => continue,
+            };
+            if let Err(e) = self.step(input).await {
+                tracing::debug!(error = %e, "process notice ignored");
+            }
+            // Once the step's writes are on disk (or, refused, retried from `unsaved`).
+            if exit {
+                self.after_sync(AfterSync::ExitRecorded(id)).await;
+            }
+            queue.extend(released.unwrap_or_default());
+        }
+    }
+
+    /// Handles a spawn's result, answers the callers that waited for it, then
+    /// the notices held meanwhile.
+    pub(crate) async fn spawn_ended(&mut self, input: Input) {
+        let (Input::Spawned { id, .. } | Input::SpawnFailed { id, .. } | Input::Lost { id, .. }) =
+            input
+        else {
+            return;
+        };
+        let held = self.spawning.remove(&id).unwrap_or_default();
+        let changed = match self.core.handle(input, self.ports.clock.now()) {
+            Ok(effects) => self.execute(effects).await.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "spawn result refused");
+                Vec::new()
+            }
+        };
+        let mut i = 0;
+        while i < self.parked.len() {
+            let parked = &mut self.parked[i];
+            if parked.waiting.remove(&id) {
+                merge_changed(&mut parked.changed, changed.clone());
+            }
+            if parked.waiting.is_empty() {
+                let done = self.parked.swap_remove(i);
+                self.after_sync(AfterSync::Send(done.changed, done.answer))
+                    .await;
+            } else {
+                i += 1;
+            }
+        }
+        for notice in held {
+            self.notice(notice).await;
+        }
+    }
+
+    /// Answers a caller once what was written is on disk and the spawns of
+    /// `submitted` have ended.
+    pub(crate) async fn answer(
+        &mut self,
+        submitted: impl IntoIterator<Item = ProcessId>,
+        changed: Vec<ProcessRecord>,
+        answer: Answer,
+    ) {
+        let waiting: HashSet<ProcessId> = submitted
+            .into_iter()
+            .filter(|id| self.spawning.contains_key(id))
+            .collect();
+        if waiting.is_empty() {
+            self.after_sync(AfterSync::Send(changed, answer)).await;
+        } else {
+            // The sync it will wait for runs while the spawns do.
+            self.hurry_sync();
+            self.parked.push(Parked {
+                waiting,
+                changed,
+                answer,
+            });
+        }
+    }
+
+    pub(crate) fn send(changed: Vec<ProcessRecord>, answer: Answer) {
+        match answer {
+            Answer::One(reply) => {
+                let _ = reply.send(Ok(changed));
+            }
+            Answer::Many(accepted, reply) => {
+                let _ = reply.send(Ok((accepted, changed)));
+            }
+        }
+    }
+
+    /// Handles one input and carries out everything that follows from it;
+    /// returns the records it changed.
+    pub(crate) async fn step(&mut self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let effects = self.core.handle(input, self.ports.clock.now())?;
+        self.execute(effects).await
+    }
+
+    /// Handles several inputs as one step: each is decided in turn, then
+    /// their writes go to the store in two batches, then the rest of their
+    /// effects are carried out in order. The first batch holds the records
+    /// the step starts, whose spawns follow it at once; the second, the
+    /// records left waiting, so a large batch does not hold up the first
+    /// processes while it is written. The records handed to the spawner to
+    /// start on exits are written in the first batch and handed over before
+    /// the second.
+    pub(crate) async fn step_many(&mut self, inputs: Vec<Input>) -> Result<Accepted, ManagerError> {
+        let now = self.ports.clock.now();
+        let mut accepted = Vec::with_capacity(inputs.len());
+        let (mut writes, mut rest) = (Vec::new(), Vec::new());
+        for input in inputs {
+            match self.core.handle(input, now) {
+                Ok(effects) => {
+                    accepted.push(Ok(()));
+                    for e in effects {
+                        if matches!(e, Effect::Persist { .. }) {
+                            writes.push(e);
+                        } else {
+                            rest.push(e);
+                        }
+                    }
+                }
+                Err(e) => accepted.push(Err(e.into())),
+            }
+        }
+        // The records to start next on exits go with the first batch too, so
+        // that the spawner can go on with them while the rest is written.
+        let handed = self.next_handed();
+        let first: HashSet<ProcessId> = rest
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Spawn { record } => Some(record.id()),
+                _ => None,
+            })
+            .chain(handed.iter().copied())
+            .collect();
+        let (mut effects, later): (Vec<_>, Vec<_>) = writes.into_iter().partition(
+            |e| matches!(e, Effect::Persist { record, .. } if first.contains(&record.id())),
+        );
+        let (spawns, others): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Spawn { .. }));
+        effects.extend(spawns);
+        let mut changed = self.execute(effects).await?;
+        self.send_handed(handed).await;
+        if !later.is_empty() {
+            // Let the spawns just started send their requests before the
+            // loop writes the records left waiting, which may take a while.
+            tokio::task::yield_now().await;
+        }
+        let mut rest = later;
+        rest.extend(others);
+        merge_changed(&mut changed, self.execute(rest).await?);
+        Ok((accepted, changed))
+    }
+}

@@ -1,0 +1,214 @@
+//! Durability: the store's writes and syncs, and the work that must wait
+//! until what came before it is on disk.
+//!
+//! The store's syncs run beside the loop, one at a time. What must follow a
+//! durable write (events, answers, telling the spawner an exit is recorded)
+//! waits, in order, for the sync that covers it; spawns, signals and the next
+//! inputs do not. Under a stream of changes a sync starts at least
+//! `SYNC_SPACING` after the one before, so that each covers several, unless
+//! a caller's answer waits for it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::{Event, EventKind, ProcessId, ProcessRecord};
+use bpm_ports::{StoreError, StoreWrite, StreamSelect};
+
+use crate::Msg;
+use crate::driver::{Answer, Driver};
+
+/// How many lines of output an exit event carries.
+const EXIT_TAIL_LINES: usize = 20;
+/// How often records the store refused are written again.
+pub(crate) const STORE_RETRY: Duration = Duration::from_millis(500);
+/// The least time from the start of one sync of the store to the start of
+/// the next: under a stream of changes, each sync then covers several. A
+/// sync after a quiet spell starts at once.
+const SYNC_SPACING: Duration = Duration::from_millis(3);
+
+/// What waits until the writes made before it are on disk.
+pub(crate) enum AfterSync {
+    /// Events to publish.
+    Announce(Vec<Event>),
+    /// A caller's answer (once the spawns of the records it submitted have ended).
+    Send(Vec<ProcessRecord>, Answer),
+    /// The spawner may let go of this exit.
+    ExitRecorded(ProcessId),
+}
+
+/// The store's syncs, which run beside the loop one at a time, and the work
+/// waiting for them.
+#[derive(Default)]
+pub(crate) struct Syncs {
+    /// Whether durable writes were made since the last sync started.
+    owed: bool,
+    /// How many syncs were started; the last one may still be running.
+    started: u64,
+    running: bool,
+    /// When the last sync started (or is due to start).
+    last_start: Option<tokio::time::Instant>,
+    /// Whether a caller's answer waits for the next sync: it starts at once.
+    urgent: bool,
+    /// Cuts short the wait of a sync that is spaced from the last one.
+    hurry: Arc<tokio::sync::Notify>,
+    /// Work and the number of the sync it waits for, in the order it came.
+    waiting: VecDeque<(u64, AfterSync)>,
+}
+
+impl Syncs {
+    /// How many syncs have ended.
+    pub(crate) fn ended(&self) -> u64 {
+        self.started - u64::from(self.running)
+    }
+
+    /// Whether nothing is running or waiting.
+    pub(crate) fn idle(&self) -> bool {
+        !self.running && !self.owed && self.waiting.is_empty()
+    }
+}
+
+impl Driver {
+    /// Does `work` once every write made so far is on disk, after the work
+    /// that waits already.
+    pub(crate) async fn after_sync(&mut self, work: AfterSync) {
+        let syncs = &mut self.syncs;
+        let needs = syncs.started + u64::from(syncs.owed);
+        let waits = !syncs.waiting.is_empty() || needs > syncs.ended();
+        if waits && matches!(work, AfterSync::Send(..)) {
+            self.hurry_sync();
+        }
+        self.kick_sync();
+        if waits {
+            self.syncs.waiting.push_back((needs, work));
+        } else {
+            self.perform(work).await;
+        }
+    }
+
+    /// A caller waits for the next sync: it is not spaced from the last one.
+    pub(crate) fn hurry_sync(&mut self) {
+        self.syncs.urgent = true;
+        if self.syncs.running {
+            self.syncs.hurry.notify_one();
+        }
+    }
+
+    /// Starts a sync of the store if durable writes wait for one and none runs.
+    pub(crate) fn kick_sync(&mut self) {
+        let syncs = &mut self.syncs;
+        if !syncs.owed || syncs.running {
+            return;
+        }
+        syncs.owed = false;
+        syncs.running = true;
+        syncs.started += 1;
+        let now = tokio::time::Instant::now();
+        let urgent = std::mem::take(&mut syncs.urgent);
+        let at = match syncs.last_start {
+            Some(last) if !urgent => (last + SYNC_SPACING).max(now),
+            _ => now,
+        };
+        syncs.last_start = Some(at);
+        let (store, tx, hurry) = (
+            self.ports.store.clone(),
+            self.tx.clone(),
+            syncs.hurry.clone(),
+        );
+        tokio::spawn(async move {
+            if at > tokio::time::Instant::now() {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = hurry.notified() => {}
+                }
+            }
+            let result = store.sync().await;
+            let _ = tx.send(Msg::Synced(result));
+        });
+    }
+
+    /// The sync under way ended: does the work that waited for it.
+    pub(crate) async fn synced(&mut self, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "records were written but not flushed: they may not survive a power cut");
+        }
+        self.syncs.running = false;
+        self.kick_sync();
+        while let Some((needs, _)) = self.syncs.waiting.front()
+            && *needs <= self.syncs.ended()
+        {
+            if let Some((_, work)) = self.syncs.waiting.pop_front() {
+                self.perform(work).await;
+            }
+        }
+    }
+
+    pub(crate) async fn perform(&mut self, work: AfterSync) {
+        match work {
+            AfterSync::Announce(events) => self.announce(events).await,
+            AfterSync::Send(changed, answer) => Self::send(changed, answer),
+            AfterSync::ExitRecorded(id) => self.ports.spawner.exit_recorded(id),
+        }
+    }
+
+    pub(crate) async fn announce(&self, events: Vec<Event>) {
+        for mut event in events {
+            if event.kind == EventKind::Exited
+                && let Ok(tail) = self
+                    .ports
+                    .output
+                    .tail(event.id, StreamSelect::Both, EXIT_TAIL_LINES)
+                    .await
+            {
+                event.output_tail = Some(tail.text());
+            }
+            if let Err(e) = self.ports.events.publish(event).await {
+                tracing::warn!(error = %e, "could not publish an event");
+            }
+        }
+    }
+
+    /// Writes `writes` as one batch; records the store refused for now wait
+    /// in `unsaved` (with the version the store holds) to be written again.
+    pub(crate) async fn write_all(&mut self, writes: &mut Vec<StoreWrite>) {
+        if writes.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(writes);
+        // The disk's flush is waited for beside the loop (`after_sync`).
+        self.syncs.owed |= batch
+            .iter()
+            .any(|w| w.durable || w.expected_version.is_none());
+        let results = self.ports.store.write_batch_unsynced(&batch).await;
+        for (w, result) in batch.into_iter().zip(results) {
+            let id = w.record.id();
+            match result {
+                Ok(()) => {}
+                // A later write of a record whose earlier write waits fails too: it waits with it.
+                Err(_) if self.unsaved.contains_key(&id) => {
+                    if let Some(waiting) = self.unsaved.get_mut(&id) {
+                        waiting.1 = w.record;
+                    }
+                }
+                Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => {
+                    tracing::error!(%id, error = %e, "store refused a record; will retry");
+                    self.unsaved.insert(id, (w.expected_version, w.record));
+                }
+                Err(e) => tracing::error!(%id, error = %e, "record not persisted"),
+            }
+        }
+    }
+
+    pub(crate) async fn flush(&mut self) {
+        let mut writes = std::mem::take(&mut self.unsaved)
+            .into_values()
+            .map(|(expected_version, record)| StoreWrite {
+                record,
+                expected_version,
+                durable: true,
+            })
+            .collect();
+        self.write_all(&mut writes).await;
+        self.kick_sync();
+    }
+}

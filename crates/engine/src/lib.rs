@@ -1,0 +1,177 @@
+//! bpm's engine: the driver of the domain's supervisor core. It owns the
+//! [`Supervisor`](bpm_domain::Supervisor), feeds it inputs (API calls,
+//! process notices, timers) and carries out its effects through the ports.
+//! [`Engine`] implements [`ProcessManager`](bpm_ports::ProcessManager).
+//!
+//! One task owns the core, so inputs are handled one at a time in arrival
+//! order; everything slow a caller waits for (wait, stop) happens outside it.
+//! The files split the work by job:
+//! - `driver`: the loop, and the answers to callers;
+//! - `effects`: carrying out the core's effects through the ports;
+//! - `durability`: writes to the store, its syncs, and what waits for them;
+//! - `handover`: the spawner's side, the records it starts on exits;
+//! - `manager`: the `ProcessManager` API over the loop.
+//!
+//! A spawn runs beside the loop: the spawner may wait for the child's
+//! `exec`, and meanwhile other processes' exits and starts go on. Its result
+//! comes back to the loop as an input; notices about a process whose spawn
+//! is still under way are held until that result has been handled, and a
+//! caller that submitted the process is answered once it has.
+
+use std::sync::Arc;
+
+use bpm_domain::{Input, Limits, ListFilter, NodeId, ProcessId, ProcessRecord, Supervisor, Timer};
+use bpm_ports::{
+    Clock, EventBus, IdGenerator, ManagerError, OutputStore, ProcessManager, ProcessSpawner,
+    ProcessStore, ResourceSampler, StoreError,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::driver::{Driver, Inbox};
+
+mod driver;
+mod durability;
+mod effects;
+mod handover;
+mod manager;
+
+/// The adapters the engine works through.
+#[derive(Clone)]
+pub struct Ports {
+    /// Where records live.
+    pub store: Arc<dyn ProcessStore>,
+    /// Where output lives.
+    pub output: Arc<dyn OutputStore>,
+    /// Where events go.
+    pub events: Arc<dyn EventBus>,
+    /// What runs processes.
+    pub spawner: Arc<dyn ProcessSpawner>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// New ids.
+    pub ids: Arc<dyn IdGenerator>,
+    /// What running process trees use.
+    pub usage: Arc<dyn ResourceSampler>,
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EngineConfig {
+    /// This node's name; records it creates carry it.
+    pub node: Option<NodeId>,
+    /// The supervisor's limits.
+    pub limits: Limits,
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Vec<ProcessRecord>, ManagerError>>;
+/// Whether each input was accepted, and the records they changed together.
+pub(crate) type ManyReply = oneshot::Sender<Result<Accepted, ManagerError>>;
+pub(crate) type Accepted = (Vec<Result<(), ManagerError>>, Vec<ProcessRecord>);
+
+pub(crate) enum Msg {
+    Input(Box<Input>, Reply),
+    /// Inputs handled together: their writes go to the store as one batch.
+    Many(Vec<Input>, ManyReply),
+    Timer(Timer),
+    /// How a spawn under way ended (`Spawned`, `SpawnFailed`, or `Lost` when
+    /// the spawner cannot know).
+    SpawnEnded(Box<Input>),
+    /// The store's sync under way ended.
+    Synced(Result<(), StoreError>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The embedded process manager. Cheap to clone; all clones drive one loop.
+#[derive(Clone)]
+pub struct Engine {
+    ports: Ports,
+    node: NodeId,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Engine {
+    /// Starts the engine: takes back this node's records from the store,
+    /// re-attaches the processes that still run (the rest become `lost`), and
+    /// starts the loop on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`ManagerError::Store`] if the store cannot be read;
+    /// [`ManagerError::ShutDown`] if the spawner's notices were already taken.
+    pub async fn start(ports: Ports, config: EngineConfig) -> Result<Engine, ManagerError> {
+        let node = config.node.unwrap_or_else(NodeId::local);
+        let notices = ports.spawner.notices().ok_or(ManagerError::ShutDown)?;
+        let records = ports
+            .store
+            .list(&ListFilter {
+                node: Some(node.clone()),
+                ..ListFilter::default()
+            })
+            .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut driver = Driver::new(
+            Supervisor::new(node.clone(), config.limits),
+            ports.clone(),
+            tx.clone(),
+        );
+        let live: Vec<_> = records
+            .iter()
+            .filter(|r| r.state().is_active() && !r.is_tracked())
+            .map(|r| (r.id(), r.pid()))
+            .collect();
+        let effects = driver.core.restore(records, ports.clock.now());
+        driver.execute(effects).await?;
+        for (id, pid) in live {
+            let reattached = match pid {
+                Some(pid) => ports.spawner.reattach(id, pid).await.unwrap_or(false),
+                None => false,
+            };
+            if !reattached {
+                let reason = match pid {
+                    Some(pid) => format!("bpm restarted and could not re-attach to pid {pid}"),
+                    None => "bpm restarted while the process was being started".to_owned(),
+                };
+                let _ = driver.step(Input::Lost { id, reason }).await;
+            }
+        }
+        // Answer nothing until the restored queue's first spawns have ended
+        // and what was written is on disk.
+        let mut inbox = Inbox { msgs: rx, notices };
+        while !driver.spawning.is_empty() || !driver.syncs.idle() {
+            let Some(msg) = inbox.msgs.recv().await else {
+                break;
+            };
+            driver.on_msg(msg, &mut None, &mut inbox).await;
+        }
+        tokio::spawn(driver.run(inbox));
+        Ok(Engine { ports, node, tx })
+    }
+
+    /// Stops the loop. Processes keep running; a new engine re-attaches them.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    pub(crate) async fn call(&self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Input(Box::new(input), reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        answer.await.map_err(|_| ManagerError::ShutDown)?
+    }
+
+    /// Sends `input` and returns `id`'s record after it.
+    pub(crate) async fn call_for(
+        &self,
+        id: ProcessId,
+        input: Input,
+    ) -> Result<(ProcessRecord, bool), ManagerError> {
+        let changed = self.call(input).await?;
+        match changed.into_iter().find(|r| r.id() == id) {
+            Some(r) => Ok((r, true)),
+            None => Ok((self.get(id).await?, false)),
+        }
+    }
+}

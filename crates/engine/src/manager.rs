@@ -1,0 +1,340 @@
+//! The `ProcessManager` API: each call becomes an input to the loop, or a
+//! read of the store; waits and stops are watched from outside the loop.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bpm_domain::{
+    Event, Input, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Timestamp,
+};
+use bpm_ports::{
+    Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage,
+    SampleTarget, StopOptions, StoreError,
+};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::{Engine, Msg};
+
+/// How long `stop` waits past the grace period for a process tree to end.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
+
+impl Engine {
+    /// Waits until every id in `ids` has ended, or until `deadline`.
+    async fn wait_until_ended(
+        &self,
+        mut events: broadcast::Receiver<Event>,
+        ids: &[ProcessId],
+        deadline: Option<Timestamp>,
+    ) -> Result<(), ManagerError> {
+        let mut open: HashSet<ProcessId> = ids.iter().copied().collect();
+        loop {
+            // Re-read the store whenever events may have been missed.
+            let mut still = HashSet::new();
+            for id in &open {
+                if !self.ports.store.get(*id).await?.is_terminal() {
+                    still.insert(*id);
+                }
+            }
+            open = still;
+            loop {
+                if open.is_empty() {
+                    return Ok(());
+                }
+                let next = async {
+                    match deadline {
+                        Some(at) => tokio::select! {
+                            e = events.recv() => Some(e),
+                            () = self.ports.clock.sleep_until(at) => None,
+                        },
+                        None => Some(events.recv().await),
+                    }
+                };
+                match next.await {
+                    None => {
+                        let id = *open.iter().next().expect("non-empty");
+                        let state = self.get(id).await?.state();
+                        return Err(ManagerError::WaitTimeout { id, state });
+                    }
+                    Some(Ok(e)) if e.state.is_terminal() => {
+                        open.remove(&e.id);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Some(Err(broadcast::error::RecvError::Closed)) => {
+                        return Err(ManagerError::ShutDown);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop_and_wait(
+        &self,
+        input: Input,
+        grace: Duration,
+        root: Option<ProcessId>,
+    ) -> Result<Vec<ProcessRecord>, ManagerError> {
+        let events = self.ports.events.subscribe();
+        if let Some(id) = root {
+            self.get(id).await?;
+        }
+        let changed = self.call(input).await?;
+        let ids: Vec<_> = changed
+            .iter()
+            .filter(|r| !r.is_terminal())
+            .map(ProcessRecord::id)
+            .collect();
+        let deadline = self.ports.clock.now().saturating_add(grace + STOP_MARGIN);
+        match self.wait_until_ended(events, &ids, Some(deadline)).await {
+            Ok(()) | Err(ManagerError::WaitTimeout { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut out = Vec::with_capacity(changed.len());
+        for r in changed {
+            out.push(self.get(r.id()).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ProcessManager for Engine {
+    async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        // A full disk costs new work, never the records of work taken.
+        self.ports.store.room(1)?;
+        let id = self.ports.ids.next_id();
+        Ok(self.call_for(id, Input::Submit { id, spec }).await?.0)
+    }
+
+    async fn start_many(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        self.ports.store.room(specs.len())?;
+        let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
+        let inputs = ids
+            .iter()
+            .zip(specs)
+            .map(|(&id, spec)| Input::Submit { id, spec })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Many(inputs, reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        let (accepted, changed) = answer.await.map_err(|_| ManagerError::ShutDown)??;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, accepted) in ids.into_iter().zip(accepted) {
+            out.push(match accepted {
+                Err(e) => Err(e),
+                Ok(()) => match changed.iter().rev().find(|r| r.id() == id) {
+                    Some(r) => Ok(r.clone()),
+                    None => self.get(id).await,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        self.ports.store.room(1)?;
+        let id = self.ports.ids.next_id();
+        Ok(self.call_for(id, Input::Track { id, spec }).await?.0)
+    }
+
+    async fn get(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        self.ports.store.get(id).await.map_err(|e| match e {
+            StoreError::NotFound(id) => ManagerError::NotFound(id),
+            other => other.into(),
+        })
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>, ManagerError> {
+        Ok(self.ports.store.list(&filter).await?)
+    }
+
+    async fn progress(
+        &self,
+        id: ProcessId,
+        percent: Percent,
+        message: Option<String>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        Ok(self
+            .call_for(
+                id,
+                Input::Progress {
+                    id,
+                    percent,
+                    message,
+                },
+            )
+            .await?
+            .0)
+    }
+
+    async fn complete(
+        &self,
+        id: ProcessId,
+        result: Option<serde_json::Value>,
+    ) -> Result<Completion, ManagerError> {
+        let (record, changed) = self.call_for(id, Input::Complete { id, result }).await?;
+        Ok(Completion {
+            record,
+            no_op: !changed,
+        })
+    }
+
+    async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
+        let (record, changed) = self.call_for(id, Input::Fail { id, error }).await?;
+        Ok(Completion {
+            record,
+            no_op: !changed,
+        })
+    }
+
+    async fn stop(
+        &self,
+        id: ProcessId,
+        options: StopOptions,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let grace = options
+            .grace
+            .unwrap_or(self.get(id).await?.spec().stop.grace)
+            .as_duration();
+        let input = Input::Stop {
+            id,
+            force: options.force,
+            grace: options.grace,
+        };
+        self.stop_and_wait(input, grace, Some(id)).await?;
+        self.get(id).await
+    }
+
+    async fn stop_level(
+        &self,
+        level: usize,
+        options: StopOptions,
+    ) -> Result<Vec<ProcessRecord>, ManagerError> {
+        // How long to watch for the trees to end: the longest grace among them.
+        let grace = match options.grace {
+            Some(g) => g.as_duration(),
+            None => self
+                .list(ListFilter::live())
+                .await?
+                .iter()
+                .map(|r| r.spec().stop.grace.as_duration())
+                .max()
+                .unwrap_or_default(),
+        };
+        self.stop_and_wait(
+            Input::StopLevel {
+                level,
+                force: options.force,
+                grace: options.grace,
+            },
+            grace,
+            None,
+        )
+        .await
+    }
+
+    async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        Ok(self.call_for(id, Input::Pause { id }).await?.0)
+    }
+
+    async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        Ok(self.call_for(id, Input::Resume { id }).await?.0)
+    }
+
+    async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
+        let new_id = self.ports.ids.next_id();
+        Ok(self
+            .call_for(new_id, Input::Restart { id, new_id })
+            .await?
+            .0)
+    }
+
+    async fn wait(
+        &self,
+        id: ProcessId,
+        timeout: Option<Duration>,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let events = self.ports.events.subscribe();
+        self.get(id).await?;
+        let deadline = timeout.map(|t| self.ports.clock.now().saturating_add(t));
+        self.wait_until_ended(events, &[id], deadline).await?;
+        self.get(id).await
+    }
+
+    async fn wait_many(
+        &self,
+        ids: &[ProcessId],
+        timeout: Option<Duration>,
+    ) -> Result<(), ManagerError> {
+        let events = self.ports.events.subscribe();
+        for id in ids {
+            self.get(*id).await?;
+        }
+        let deadline = timeout.map(|t| self.ports.clock.now().saturating_add(t));
+        self.wait_until_ended(events, ids, deadline).await
+    }
+
+    async fn read_output(
+        &self,
+        id: ProcessId,
+        query: OutputQuery,
+    ) -> Result<OutputChunk, ManagerError> {
+        self.get(id).await?;
+        let Some(lines) = query.tail_lines else {
+            return Ok(self.ports.output.read(id, &query).await?);
+        };
+        let mut tail = self.ports.output.tail(id, query.stream, lines).await?;
+        // Keep the newest bytes when the lines exceed the byte cap.
+        let mut budget = query.max_bytes;
+        let mut kept = Vec::new();
+        for mut piece in tail.pieces.into_iter().rev() {
+            if budget == 0 {
+                tail.truncated = true;
+                break;
+            }
+            if piece.data.len() > budget {
+                let cut = piece.data.len() - budget;
+                piece.data.drain(..cut);
+                piece.offset += cut as u64;
+                tail.truncated = true;
+            }
+            budget -= piece.data.len();
+            kept.push(piece);
+        }
+        kept.reverse();
+        tail.pieces = kept;
+        Ok(tail)
+    }
+
+    async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
+        self.get(id).await?;
+        Ok(self.ports.spawner.write_input(id, data).await?)
+    }
+
+    async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
+        self.call(Input::Remove { id }).await.map(|_| ())
+    }
+
+    async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError> {
+        let live = self
+            .list(ListFilter {
+                node: Some(self.node.clone()),
+                ..ListFilter::holding_slots()
+            })
+            .await?;
+        let targets = live
+            .iter()
+            .filter_map(|r| r.pid().map(|pid| SampleTarget { id: r.id(), pid }))
+            .collect();
+        Ok(self.ports.usage.sample(targets).await)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.ports.events.subscribe()
+    }
+}
