@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! store = "fs"             # fs | memory | redis://[user:password@]host:port[/db] | rediss://...
-//! node = "local"           # this node's name; records carry it
+//! node = "builder-1"       # this node's name (default: the hostname); records carry it
 //! redis_prefix = "bpm"     # keys live under bpm:{PREFIX}:
 //! output_cap = 67108864    # bytes of output kept per process
 //! on_exit = "notify-send done"  # a command run when any process ends (record as JSON on stdin)
@@ -31,6 +31,7 @@
 //! show_env = false
 //! ```
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use bpm_domain::{Limits, NodeId};
@@ -91,6 +92,72 @@ impl Config {
     }
 }
 
+/// The file in a state directory that remembers the node name it was last
+/// run as, so that a home keeps its records' node when nothing names one.
+const NODE_FILE: &str = "node";
+
+/// This node's name, from the first of: `BPM_NODE` (`env`), config `node`,
+/// the name `home` was last run as, and the machine's `hostname`. A home
+/// used before node names were remembered (it holds records or output) ran
+/// as `local`, and keeps that name. The name is remembered in `home`.
+///
+/// # Errors
+/// A message naming the source of an invalid name and how to set one.
+pub fn node_name(
+    home: &Path,
+    config: Option<&NodeId>,
+    env: Option<&OsStr>,
+    hostname: &str,
+) -> Result<NodeId, String> {
+    let remembered = home.join(NODE_FILE);
+    let name = if let Some(raw) = env {
+        let text = raw
+            .to_str()
+            .ok_or_else(|| format!("BPM_NODE={}: a node name must be text", raw.display()))?;
+        NodeId::new(text).map_err(|e| format!("BPM_NODE: {e}"))?
+    } else if let Some(name) = config {
+        name.clone()
+    } else if let Ok(text) = std::fs::read_to_string(&remembered) {
+        NodeId::new(text.trim()).map_err(|e| {
+            format!(
+                "{}: {e}; remove the file or set `node` in config.toml",
+                remembered.display()
+            )
+        })?
+    } else if home.join("records").exists() || home.join("output").exists() {
+        NodeId::local()
+    } else {
+        NodeId::new(hostname).map_err(|e| {
+            format!(
+                "the hostname is not a valid node name ({e}); set `node` in {} or BPM_NODE",
+                home.join("config.toml").display()
+            )
+        })?
+    };
+    let known = std::fs::read_to_string(&remembered).ok();
+    if known.as_deref().map(str::trim) != Some(name.as_str()) {
+        // Only a convenience: a home that cannot remember still runs, as named.
+        let written = bpm_adapters::private::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&remembered)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{name}\n").as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(path = %remembered.display(), error = %e, "cannot remember the node name");
+        }
+    }
+    Ok(name)
+}
+
+/// The machine's hostname.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +189,48 @@ mod tests {
             Config::load(dir.path())
                 .expect_err("bad store")
                 .contains("invalid store")
+        );
+    }
+
+    #[test]
+    fn the_node_is_named_by_env_then_config_then_the_home_then_the_hostname() {
+        let dir = tempfile::tempdir().expect("dir");
+        let home = dir.path();
+        let configured = NodeId::new("from-config").expect("valid");
+        let name = |config, env: Option<&str>| {
+            node_name(home, config, env.map(OsStr::new), "box-7.example")
+        };
+        // A new home takes the hostname, and remembers it.
+        assert_eq!(name(None, None).expect("valid").as_str(), "box-7.example");
+        assert_eq!(
+            std::fs::read_to_string(home.join(NODE_FILE)).expect("remembered"),
+            "box-7.example\n"
+        );
+        assert_eq!(
+            name(Some(&configured), Some("from-env"))
+                .expect("valid")
+                .as_str(),
+            "from-env"
+        );
+        assert_eq!(
+            name(Some(&configured), None).expect("valid").as_str(),
+            "from-config"
+        );
+        // The last name run with stays when nothing names one.
+        assert_eq!(name(None, None).expect("valid").as_str(), "from-config");
+        let err = name(None, Some("no spaces")).expect_err("invalid");
+        assert!(err.starts_with("BPM_NODE: "), "{err}");
+        // A home from before names were remembered ran as `local`.
+        let old = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(old.path().join("records")).expect("records");
+        let node = node_name(old.path(), None, None, "box-7").expect("valid");
+        assert_eq!(node, NodeId::local());
+        // A hostname that is no valid name says how to set one.
+        let fresh = tempfile::tempdir().expect("dir");
+        let err = node_name(fresh.path(), None, None, "bad host").expect_err("invalid");
+        assert!(
+            err.contains("BPM_NODE") && err.contains("config.toml"),
+            "{err}"
         );
     }
 }

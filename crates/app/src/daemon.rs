@@ -100,6 +100,13 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         ));
     }
     let config = Config::load(&home.dir).map_err(|e| anyhow!(e))?;
+    let node = crate::config::node_name(
+        &home.dir,
+        config.node.as_ref(),
+        std::env::var_os("BPM_NODE").as_deref(),
+        &crate::config::hostname(),
+    )
+    .map_err(|e| anyhow!(e))?;
     let choice = store_override.unwrap_or_else(|| config.store_choice());
     let prefix = config.redis_prefix.clone().unwrap_or_else(|| "bpm".into());
     let cap = config
@@ -117,10 +124,6 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         hello.pid, hello.version, hello.protocol
     ))));
     let spawner = lasting_keeper(first, home, &choice, &keeper, &warnings);
-    let node = config
-        .node
-        .clone()
-        .unwrap_or_else(bpm_domain::NodeId::local);
     let ports = bpm_engine::Ports {
         store,
         output,

@@ -443,6 +443,27 @@ fn a_daemon_that_cannot_start_says_why_in_the_command_that_started_it() {
             && err.contains("TOML parse error at line 2"),
         "{err}"
     );
+    // A node name that is no valid name is named with the variable it came from.
+    let bpm = Bpm::new();
+    let out = bpm
+        .cmd(&["ps"])
+        .env("BPM_NODE", "two words")
+        .output()
+        .expect("bpm runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("BPM_NODE") && err.contains("two words"),
+        "{err}"
+    );
+    let out = bpm
+        .cmd(&["ps"])
+        .env("BPM_NODE", "builder-2")
+        .output()
+        .expect("bpm runs");
+    assert!(out.status.success(), "{out:?}");
+    let status = bpm.ok(&["daemon", "status"]);
+    assert!(status.contains("node     builder-2"), "{status}");
 }
 
 #[test]
@@ -847,7 +868,17 @@ fn filters_and_the_ways_to_stop() {
     };
     assert_eq!(ids(&["ps", "--json", "--kind", "server"]), ["a"]);
     assert_eq!(ids(&["ps", "--json", "--parent", "a"]), ["b"]);
-    assert_eq!(ids(&["ps", "--json", "--node", "local"]).len(), 3);
+    // The node is the machine's hostname unless one is named.
+    let status = bpm.ok(&["daemon", "status"]);
+    let node = status
+        .lines()
+        .find_map(|l| l.strip_prefix("node "))
+        .expect("status names the node")
+        .trim();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(node, hostname.trim(), "{status}");
+    assert_eq!(ids(&["ps", "--json", "--node", node]).len(), 3);
+    assert!(ids(&["ps", "--json", "--node", "elsewhere"]).is_empty());
     assert_eq!(
         ids(&["ps", "--json", "--state", "running", "--session", "agent-1"]),
         ["a", "b"]
