@@ -83,6 +83,8 @@ struct FakeProcess {
     stdin: StdinMode,
     echo_input: bool,
     signals: Vec<Signal>,
+    /// The manager recorded its exit: a spawn of its record starts anew.
+    recorded: bool,
 }
 
 /// The scriptable spawner. See the module documentation for the script.
@@ -161,6 +163,13 @@ impl ProcessSpawner for ScriptedSpawner {
             return Err(SpawnError::CwdNotFound(cwd.clone()));
         }
         let id = request.id;
+        // Asked again for a record it started (the manager restarted before
+        // it heard), it answers with that process.
+        if let Some(p) = self.lock().get(&id)
+            && !p.recorded
+        {
+            return Ok(Spawned { pid: p.pid });
+        }
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
         for line in &script.stdout {
             let _ = self
@@ -183,6 +192,7 @@ impl ProcessSpawner for ScriptedSpawner {
                 stdin: request.stdin,
                 echo_input: script.echo_input,
                 signals: Vec::new(),
+                recorded: false,
             },
         );
         let start = self.clock.now();
@@ -272,6 +282,12 @@ impl ProcessSpawner for ScriptedSpawner {
                 .map_err(|e| SpawnError::Os(e.to_string()))?;
         }
         Ok(())
+    }
+
+    fn exit_recorded(&self, id: ProcessId) {
+        if let Some(p) = self.lock().get_mut(&id) {
+            p.recorded = true;
+        }
     }
 
     async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_adapters::keeper::{KEEPER_PROTOCOL, KeeperSpawner, serve_keeper};
+use bpm_adapters::keeper::{KEEPER_PROTOCOL, KeeperSpawner, serve_keeper, serve_keeper_keeping};
 use bpm_adapters::memory::InMemoryOutput;
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
 use bpm_domain::{ExitStatus, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp};
@@ -477,4 +477,50 @@ async fn a_start_naming_an_undefined_environment_is_refused() {
     let reply = daemon.reply().await;
     assert_eq!(reply["id"], 3);
     assert!(reply["ok"]["spawned"]["pid"].as_u64().is_some(), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_end_makes_the_next_keeper_answer_a_spawn_with_the_process_that_ran() {
+    let dir = tempfile::tempdir().expect("dir");
+    let kept = dir.path().join("keeper.exits");
+    let ran = dir.path().join("ran");
+    let serve = |name: &str| {
+        let socket = dir.path().join(name);
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let spawner = Arc::new(OsSpawner::new(
+            Arc::new(InMemoryOutput::default()),
+            as_the_keeper(),
+        ));
+        let task = tokio::spawn(serve_keeper_keeping(
+            listener,
+            spawner.clone(),
+            Duration::from_millis(300),
+            Some(kept.clone()),
+        ));
+        (socket, spawner, task)
+    };
+    // The keeper starts a process for a daemon that died before it heard
+    // of the start, or of its end; left alone, it keeps the end and leaves.
+    let (_, spawner, first_keeper) = serve("first.sock");
+    let request = request_for(&["sh", "-c", &format!("echo x >> {}; exit 5", ran.display())]);
+    let id = request.id;
+    let pid = spawner.spawn(request.clone()).await.expect("spawn").pid;
+    drop(spawner);
+    tokio::time::timeout(Duration::from_secs(10), first_keeper)
+        .await
+        .expect("the idle keeper leaves")
+        .expect("joined");
+    assert!(kept.exists(), "the end was kept");
+    // The next daemon, finding the record still starting, asks again: the
+    // next keeper answers with the process that ran, then hands its end.
+    let (socket, _, _second_keeper) = serve("second.sock");
+    let daemon = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = daemon.notices().expect("notices");
+    assert_eq!(daemon.spawn(request).await.expect("spawn").pid, pid);
+    assert_eq!(
+        next_exit(&mut notices).await,
+        Some((id, ExitStatus::Code(5)))
+    );
+    assert_eq!(next_exit(&mut notices).await, None, "it ran once");
+    assert_eq!(std::fs::read_to_string(&ran).expect("ran"), "x\n");
 }

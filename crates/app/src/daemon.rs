@@ -117,13 +117,22 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
     let warnings = Arc::new(std::sync::Mutex::new(store.recovery_warnings()));
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
-    let first = crate::keeper::connect_or_start(home, &choice).await?;
+    let (first, inherited) = crate::keeper::connect_or_start_noting(home, &choice).await?;
     let hello = first.keeper();
     let keeper = Arc::new(std::sync::Mutex::new(Some(format!(
         "pid {} (bpm {}, keeper protocol {})",
         hello.pid, hello.version, hello.protocol
     ))));
     let spawner = lasting_keeper(first, home, &choice, &keeper, &warnings);
+    if let Some(starts) = inherited.filter(|s| !s.is_empty()) {
+        // The last keeper died with the last daemon: what it may have
+        // started is answered from its log, never started again.
+        tracing::warn!(
+            records = starts.len(),
+            "bpm's keeper was gone; a new one started, and the records its start log names are settled from it"
+        );
+        spawner.inherit_starts(&starts);
+    }
     let ports = bpm_engine::Ports {
         store,
         output,

@@ -1,6 +1,7 @@
 //! The keeper process (`bpm keeper`, started by the daemon): the parent of
 //! every process bpm runs on this node. See `bpm_adapters::keeper`.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use bpm_adapters::keeper::{KeeperSpawner, serve_keeper_keeping};
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig};
+use bpm_domain::ProcessId;
 use bpm_ports::OutputStore;
 use rustix::fs::{FlockOperation, flock};
 use tokio::net::UnixListener;
@@ -136,10 +138,31 @@ pub fn keeper_socket(home: &Home) -> std::path::PathBuf {
 /// No keeper answers within 10 s of starting one, or the keeper that
 /// answers speaks another protocol (one from another bpm version).
 pub async fn connect_or_start(home: &Home, store: &StoreChoice) -> Result<KeeperSpawner> {
+    Ok(connect_or_start_noting(home, store).await?.0)
+}
+
+/// [`connect_or_start`], and, when no keeper answered and a new one was
+/// started, the records the last keeper's start log names (read before the
+/// new keeper could empty it): they may have started, and must not start
+/// again.
+///
+/// # Errors
+/// As [`connect_or_start`].
+pub async fn connect_or_start_noting(
+    home: &Home,
+    store: &StoreChoice,
+) -> Result<(KeeperSpawner, Option<HashMap<ProcessId, Option<u32>>>)> {
     let socket = keeper_socket(home);
     if let Some(k) = connect(&socket).await? {
-        return Ok(k);
+        return Ok((k, None));
     }
+    let starts = match bpm_adapters::os::read_start_log(&start_log(home)) {
+        Ok(starts) => starts,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the last keeper's start log");
+            HashMap::new()
+        }
+    };
     let log = bpm_adapters::private::options()
         .create(true)
         .append(true)
@@ -160,7 +183,7 @@ pub async fn connect_or_start(home: &Home, store: &StoreChoice) -> Result<Keeper
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(k) = connect(&socket).await? {
-            return Ok(k);
+            return Ok((k, Some(starts)));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(anyhow!(

@@ -264,6 +264,11 @@ impl World {
                     );
                     self.spawning.push(id);
                 }
+                Effect::Reattach { .. } => {
+                    unreachable!(
+                        "only a restore re-attaches; the simulation never restarts the core"
+                    )
+                }
                 Effect::Signal { id, pid, signal } => {
                     let Some(&(live_pid, ignores)) = self.alive.get(&id) else {
                         continue;

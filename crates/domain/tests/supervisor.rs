@@ -984,3 +984,76 @@ fn a_tracked_operation_is_refused_a_command() {
     assert_eq!(err, CoreError::InvalidSpec(SpecError::TrackedWithCommand));
     assert!(core.get(id(1)).is_none(), "nothing half-created");
 }
+
+#[test]
+fn a_restore_reattaches_live_processes_and_asks_again_for_spawns_under_way() {
+    let mut first = core(Limits::default());
+    let mut records = std::collections::HashMap::new();
+    let mut keep = |effects: Vec<Effect>| {
+        for e in effects {
+            if let Effect::Persist { record, .. } = e {
+                records.insert(record.id(), *record);
+            }
+        }
+    };
+    for n in 1..=2 {
+        keep(
+            first
+                .handle(
+                    Input::Submit {
+                        id: id(n),
+                        spec: ProcessSpec::argv(["work"]),
+                    },
+                    t(0),
+                )
+                .expect("submit"),
+        );
+    }
+    keep(
+        first
+            .handle(
+                Input::Spawned {
+                    id: id(1),
+                    pid: 101,
+                },
+                t(1),
+            )
+            .expect("spawned"),
+    );
+    // id(2)'s spawn was under way when the manager died.
+    let mut second = core(Limits::default());
+    let effects = second.restore(records.into_values().collect(), t(10));
+    assert!(effects.contains(&Effect::Reattach {
+        id: id(1),
+        pid: 101
+    }));
+    let respawned: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Spawn { record } => Some(record.id()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(respawned, [id(2)], "asked again, not lost");
+    assert_eq!(
+        second.get(id(2)).expect("known").state(),
+        StateName::Starting
+    );
+    // A process that cannot be taken over again is lost, and says why.
+    second
+        .handle(
+            Input::ReattachFailed {
+                id: id(1),
+                pid: 101,
+            },
+            t(11),
+        )
+        .expect("failed");
+    let lost = second.get(id(1)).expect("known");
+    assert_eq!(lost.state(), StateName::Lost);
+    assert!(
+        lost.lifecycle()
+            .error()
+            .is_some_and(|e| e.contains("could not re-attach to pid 101"))
+    );
+}

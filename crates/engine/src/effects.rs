@@ -118,6 +118,24 @@ impl Driver {
                             report.send(input);
                         });
                     }
+                    Effect::Reattach { id, pid } => {
+                        let held = match self.ports.spawner.reattach(id, pid).await {
+                            Ok(held) => held,
+                            Err(e) => {
+                                tracing::warn!(%id, pid, error = %e, "could not re-attach");
+                                false
+                            }
+                        };
+                        if !held {
+                            let input = Input::ReattachFailed { id, pid };
+                            match self.core.handle(input, self.ports.clock.now()) {
+                                Ok(more) => queue.push_back(more),
+                                Err(e) => {
+                                    tracing::warn!(%id, error = %e, "re-attach result refused");
+                                }
+                            }
+                        }
+                    }
                     Effect::Signal { id, pid, signal } => {
                         if let Err(e) = self.ports.spawner.signal(id, pid, signal).await {
                             tracing::warn!(%id, pid, ?signal, error = %e, "could not signal");

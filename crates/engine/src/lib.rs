@@ -91,8 +91,9 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine: takes back this node's records from the store,
-    /// re-attaches the processes that still run (the rest become `lost`), and
-    /// starts the loop on the current tokio runtime.
+    /// carries out what the core decides of them (processes re-attached,
+    /// spawns under way asked again, the rest `lost`), and starts the loop
+    /// on the current tokio runtime.
     ///
     /// # Errors
     /// [`ManagerError::Store`] if the store cannot be read;
@@ -113,26 +114,8 @@ impl Engine {
             ports.clone(),
             tx.clone(),
         );
-        let live: Vec<_> = records
-            .iter()
-            .filter(|r| r.state().is_active() && !r.is_tracked())
-            .map(|r| (r.id(), r.pid()))
-            .collect();
         let effects = driver.core.restore(records, ports.clock.now());
         driver.execute(effects).await?;
-        for (id, pid) in live {
-            let reattached = match pid {
-                Some(pid) => ports.spawner.reattach(id, pid).await.unwrap_or(false),
-                None => false,
-            };
-            if !reattached {
-                let reason = match pid {
-                    Some(pid) => format!("bpm restarted and could not re-attach to pid {pid}"),
-                    None => "bpm restarted while the process was being started".to_owned(),
-                };
-                let _ = driver.step(Input::Lost { id, reason }).await;
-            }
-        }
         // Answer nothing until the restored queue's first spawns have ended
         // and what was written is on disk.
         let mut inbox = Inbox { msgs: rx, notices };

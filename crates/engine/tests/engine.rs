@@ -978,6 +978,70 @@ async fn a_new_engine_takes_back_the_store_and_marks_what_it_cannot_reattach_los
     );
 }
 
+/// A record the store holds as `starting`, as a daemon killed during its
+/// spawn leaves it, and that record's spawn request.
+async fn starting_in(store: &InMemoryStore, spec: ProcessSpec) -> (ProcessRecord, SpawnRequest) {
+    let mut core = bpm_domain::Supervisor::new(bpm_domain::NodeId::local(), Limits::default());
+    let id = ProcessId::from_uuid(uuid_from(7));
+    let effects = core
+        .handle(
+            bpm_domain::Input::Submit { id, spec },
+            Timestamp::from_millis(1),
+        )
+        .expect("submit");
+    let record = effects
+        .into_iter()
+        .find_map(|e| match e {
+            bpm_domain::Effect::Persist { record, .. } => Some(*record),
+            _ => None,
+        })
+        .expect("written");
+    assert_eq!(record.state(), StateName::Starting);
+    let written = store
+        .write_batch(&[StoreWrite {
+            record: record.clone(),
+            expected_version: None,
+            durable: true,
+        }])
+        .await;
+    assert!(written.iter().all(Result::is_ok));
+    let request = SpawnRequest::for_record(&record).expect("a command");
+    (record, request)
+}
+
+#[tokio::test]
+async fn a_spawn_cut_short_by_a_restart_is_asked_again_and_answered_with_its_process() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let store = Arc::new(InMemoryStore::new());
+    let (record, request) = starting_in(&store, fake(&["forever"])).await;
+    let (ports, spawner) = ports_with(&clock, store.clone());
+    // The spawner started it; the manager died before it heard.
+    let pid = spawner.spawn(request).await.expect("started").pid;
+    let engine = Engine::start(ports, EngineConfig::default())
+        .await
+        .expect("engine");
+    let r = engine.get(record.id()).await.expect("record");
+    assert_eq!(r.state(), StateName::Running, "not lost: its process runs");
+    assert_eq!(r.pid(), Some(pid), "the process it had, not a second one");
+    spawner.exit(record.id(), ExitStatus::Code(4));
+    let done = engine.wait(record.id(), None).await.expect("wait");
+    assert_eq!(done.lifecycle().exit(), Some(ExitStatus::Code(4)));
+}
+
+#[tokio::test]
+async fn a_spawn_cut_short_before_it_reached_the_spawner_runs_once() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let store = Arc::new(InMemoryStore::new());
+    let (record, _) = starting_in(&store, fake(&["exit=2"])).await;
+    let (ports, _spawner) = ports_with(&clock, store.clone());
+    let engine = Engine::start(ports, EngineConfig::default())
+        .await
+        .expect("engine");
+    let done = engine.wait(record.id(), None).await.expect("wait");
+    assert_eq!(done.state(), StateName::Failed);
+    assert_eq!(done.lifecycle().exit(), Some(ExitStatus::Code(2)));
+}
+
 #[tokio::test]
 async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervision() {
     use std::sync::atomic::{AtomicUsize, Ordering};

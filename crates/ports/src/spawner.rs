@@ -158,6 +158,10 @@ pub enum SpawnError {
 #[async_trait]
 pub trait ProcessSpawner: Send + Sync + 'static {
     /// Starts the process. Its exit is reported later as [`ProcessNotice::Exited`].
+    /// Asked again for a record it started whose exit the manager has not
+    /// recorded ([`exit_recorded`](Self::exit_recorded)), it answers with
+    /// that process, running or ended, and starts nothing: a manager that
+    /// restarted before it heard of a start asks again.
     ///
     /// # Errors
     /// - MUST return [`SpawnError::ProgramNotFound`] if the program does not exist.

@@ -73,6 +73,16 @@ enum Found {
     Unknown,
 }
 
+/// What became of a start a dead keeper noted: `running` is the pid of a
+/// process carrying its mark now, `logged` the pid its log gave.
+fn found(running: Option<u32>, logged: Option<u32>) -> Found {
+    match (running, logged) {
+        (Some(pid), _) => Found::Running(pid),
+        (None, Some(pid)) => Found::Ended(pid),
+        (None, None) => Found::Unknown,
+    }
+}
+
 /// A [`ProcessSpawner`] over the node's keeper that starts a new keeper
 /// when the one it talks to dies (see the module's documentation).
 pub struct LastingKeeper {
@@ -203,6 +213,53 @@ impl LastingKeeper {
         ours
     }
 
+    /// A daemon that starts with a new keeper, the last one having died
+    /// with it, inherits the dead keeper's `started` records (its start log,
+    /// read before the new keeper started): a spawn or hand-over of one is
+    /// answered with what became of it, as after a keeper's death while the
+    /// daemon runs. Call before the first spawn.
+    pub fn inherit_starts(&self, started: &HashMap<ProcessId, Option<u32>>) {
+        let ids: Vec<ProcessId> = started.keys().copied().collect();
+        let running = crate::os::find_marked(&ids);
+        let mut maybe = self
+            .maybe_started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (id, pid) in started {
+            maybe.insert(*id, found(running.get(id).copied(), *pid));
+        }
+    }
+
+    /// Reports what became of `id`, handed over and started by a dead
+    /// keeper: adopted with its process (which `keeper` takes over if it
+    /// runs, else its end is reported), or lost if it left no pid. Returns
+    /// whether `keeper` took the process over.
+    async fn settle_handed(&self, keeper: &KeeperSpawner, id: ProcessId, found: Found) -> bool {
+        let (pid, runs) = match found {
+            Found::Running(pid) => (pid, true),
+            Found::Ended(pid) => (pid, false),
+            Found::Unknown => {
+                let _ = self.tx.send(ProcessNotice::Lost {
+                    id,
+                    reason: UNKNOWN_START.into(),
+                });
+                return false;
+            }
+        };
+        // Reported before its end can be.
+        let _ = self.tx.send(ProcessNotice::Adopted { id, pid });
+        self.inherit(id, pid);
+        if runs && keeper.adopt(id, pid, None).await.unwrap_or(false) {
+            return true;
+        }
+        self.inherited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        self.report_end(id, pid);
+        false
+    }
+
     /// The keeper behind `dead` died: starts another, hands it the dead
     /// one's processes, and settles the records it held.
     async fn take_over(&self, dead: &KeeperSpawner, start: &StartKeeper, report: &KeeperReport) {
@@ -269,33 +326,14 @@ impl LastingKeeper {
             }
         }
         for id in started_handed {
-            let found = match (running.get(&id), started.get(&id).copied().flatten()) {
-                (Some(pid), _) => Some((*pid, true)),
-                (None, Some(pid)) => Some((pid, false)),
-                (None, None) => None,
-            };
-            match found {
-                Some((pid, runs)) => {
-                    // Reported before its end can be.
-                    let _ = self.tx.send(ProcessNotice::Adopted { id, pid });
-                    self.inherit(id, pid);
-                    if runs && fresh.adopt(id, pid, None).await.unwrap_or(false) {
-                        adopted += 1;
-                    } else {
-                        ended += 1;
-                        self.inherited
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&id);
-                        self.report_end(id, pid);
-                    }
-                }
-                None => {
-                    let _ = self.tx.send(ProcessNotice::Lost {
-                        id,
-                        reason: UNKNOWN_START.into(),
-                    });
-                }
+            let found = found(
+                running.get(&id).copied(),
+                started.get(&id).copied().flatten(),
+            );
+            if self.settle_handed(&fresh, id, found).await {
+                adopted += 1;
+            } else if !matches!(found, Found::Unknown) {
+                ended += 1;
             }
         }
         {
@@ -304,11 +342,10 @@ impl LastingKeeper {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             for id in unreported {
-                let found = match (running.get(&id), started.get(&id).copied().flatten()) {
-                    (Some(pid), _) => Found::Running(*pid),
-                    (None, Some(pid)) => Found::Ended(pid),
-                    (None, None) => Found::Unknown,
-                };
+                let found = found(
+                    running.get(&id).copied(),
+                    started.get(&id).copied().flatten(),
+                );
                 maybe.insert(id, found);
             }
         }
@@ -451,6 +488,31 @@ impl ProcessSpawner for LastingKeeper {
 
     async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
         let keeper = self.keeper().await?;
+        // One a dead keeper started is settled here, never handed over again.
+        let (requests, inherited): (Vec<_>, Vec<_>) = {
+            let mut maybe = self
+                .maybe_started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut inherited = Vec::new();
+            let requests = requests
+                .into_iter()
+                .filter(|r| match maybe.remove(&r.id) {
+                    Some(found) => {
+                        inherited.push((r.id, found));
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            (requests, inherited)
+        };
+        for (id, found) in inherited {
+            self.settle_handed(&keeper, id, found).await;
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
         let ids: Vec<ProcessId> = requests.iter().map(|r| r.id).collect();
         // Noted first: the report of a start can come before the call returns.
         self.handed

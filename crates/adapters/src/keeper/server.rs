@@ -112,31 +112,75 @@ pub async fn serve_keeper(listener: UnixListener, spawner: Arc<OsSpawner>, idle_
     serve_keeper_keeping(listener, spawner, idle_exit, None).await;
 }
 
-/// Reads the ends that an earlier keeper left in `file` (see [`serve_keeper_keeping`]).
-fn load_kept(file: &Path) -> Vec<ProcessNotice> {
+/// An end no daemon took, as a keeper keeps it for the next: with the pid
+/// of the process that ended, so that the next keeper answers a spawn of
+/// its record with that process rather than running it again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptEnd {
+    notice: ProcessNotice,
+    #[serde(default)]
+    pid: Option<u32>,
+}
+
+/// Reads the ends that an earlier keeper left in `file` (see
+/// [`serve_keeper_keeping`]), and tells `spawner` which records they
+/// started. A line of an older keeper holds the notice alone.
+fn load_kept(file: &Path, spawner: &OsSpawner) -> Vec<ProcessNotice> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return Vec::new();
     };
-    text.lines()
-        .filter_map(|line| match serde_json::from_str(line) {
-            Ok(notice) => Some(notice),
+    let mut ends = Vec::new();
+    for line in text.lines() {
+        let kept = serde_json::from_str::<KeptEnd>(line).or_else(|_| {
+            serde_json::from_str::<ProcessNotice>(line).map(|notice| KeptEnd { notice, pid: None })
+        });
+        let kept = match kept {
+            Ok(kept) => kept,
             Err(e) => {
                 tracing::warn!(error = %e, file = %file.display(), "keeper: an unreadable kept exit");
-                None
+                continue;
             }
-        })
-        .collect()
+        };
+        match &kept.notice {
+            ProcessNotice::Exited { id, .. } | ProcessNotice::HandedOver { id, .. } => {
+                if let Some(pid) = kept.pid {
+                    spawner.started_before(*id, pid);
+                }
+            }
+            _ => {}
+        }
+        if let ProcessNotice::HandedOver {
+            next,
+            started: Ok(pid),
+            ..
+        } = &kept.notice
+        {
+            spawner.started_before(*next, *pid);
+        }
+        ends.push(kept.notice);
+    }
+    ends
 }
 
 /// Writes the ends no daemon took to `file` (or removes it when there are none).
-fn keep(file: &Path, unacked: &BTreeMap<u64, ProcessNotice>) {
+fn keep(file: &Path, unacked: &BTreeMap<u64, ProcessNotice>, spawner: &OsSpawner) {
     if unacked.is_empty() {
         let _ = std::fs::remove_file(file);
         return;
     }
     let mut text = String::new();
     for notice in unacked.values() {
-        if let Ok(line) = serde_json::to_string(notice) {
+        let pid = match notice {
+            ProcessNotice::Exited { id, .. } | ProcessNotice::HandedOver { id, .. } => {
+                spawner.unrecorded(*id)
+            }
+            _ => None,
+        };
+        let kept = KeptEnd {
+            notice: notice.clone(),
+            pid,
+        };
+        if let Ok(line) = serde_json::to_string(&kept) {
             text.push_str(&line);
             text.push('\n');
         }
@@ -178,7 +222,10 @@ pub async fn serve_keeper_keeping(
     let mut notices = spawner
         .notices()
         .expect("the keeper owns its spawner's notices");
-    let earlier = kept.as_deref().map(load_kept).unwrap_or_default();
+    let earlier = kept
+        .as_deref()
+        .map(|file| load_kept(file, &spawner))
+        .unwrap_or_default();
     let next_seq = earlier.len() as u64 + 1;
     let state = Arc::new(Mutex::new(State {
         unacked: (1..).zip(earlier).collect(),
@@ -232,6 +279,7 @@ pub async fn serve_keeper_keeping(
                 keep(
                     file,
                     &state.lock().unwrap_or_else(PoisonError::into_inner).unacked,
+                    &spawner,
                 );
             }
             tracing::info!("keeper idle: no daemon, no process; exiting");

@@ -227,10 +227,11 @@ struct Inner {
     /// Held for the whole of a start, so that two starts of one record (a
     /// manager's, and one on an exit) cannot both miss the other.
     starting: Mutex<()>,
-    /// Records started on an exit whose own exit the manager has not yet
-    /// recorded, with their pids: the manager may not have heard of the
-    /// start yet and ask for it again, even after the process has ended.
-    started_on_exit: Mutex<HashMap<ProcessId, u32>>,
+    /// Records started whose exit the manager has not yet recorded, with
+    /// their pids: the manager may not have heard of the start (it was made
+    /// on an exit, or the manager restarted before the answer came) and ask
+    /// for it again, even after the process has ended.
+    unrecorded: Mutex<HashMap<ProcessId, u32>>,
     tx: mpsc::UnboundedSender<ProcessNotice>,
     config: OsSpawnerConfig,
     /// The open start log, if the configuration names one.
@@ -257,7 +258,7 @@ impl OsSpawner {
                 live: Arc::new(Mutex::new(HashMap::new())),
                 queue: Mutex::new(VecDeque::new()),
                 starting: Mutex::new(()),
-                started_on_exit: Mutex::new(HashMap::new()),
+                unrecorded: Mutex::new(HashMap::new()),
                 tx,
                 config,
                 start_log,
@@ -397,6 +398,28 @@ impl OsSpawner {
         self.inner.queue().extend(requests);
     }
 
+    /// The pid of `id`'s process, if this spawner started it and its exit
+    /// has not been recorded.
+    pub fn unrecorded(&self, id: ProcessId) -> Option<u32> {
+        self.inner
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+    }
+
+    /// Notes that `id` was started with `pid` (by an earlier keeper) and
+    /// its exit is not recorded: a spawn of it is answered with that
+    /// process until [`exit_recorded`](ProcessSpawner::exit_recorded).
+    pub fn started_before(&self, id: ProcessId, pid: u32) {
+        self.inner
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, pid);
+    }
+
     /// Takes back every request handed over and not yet started.
     pub fn take_back(&self) -> Vec<ProcessId> {
         self.inner.queue().drain(..).map(|r| r.id).collect()
@@ -404,10 +427,16 @@ impl OsSpawner {
 }
 
 impl Inner {
-    /// Starts `request`'s process, or answers with the one that runs for its record already.
+    /// Starts `request`'s process, or answers with the one started for its
+    /// record already (running, or ended with its exit not yet recorded).
     fn start(self: &Arc<Self>, request: &SpawnRequest) -> Result<Spawned, SpawnError> {
         let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
-        self.start_alone(request)
+        let spawned = self.start_alone(request)?;
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(request.id, spawned.pid);
+        Ok(spawned)
     }
 
     /// Starts the first request handed over, if there is one: its id, and its pid or why not.
@@ -416,7 +445,7 @@ impl Inner {
         let request = self.queue().pop_front()?;
         let started = self.start_alone(&request).map(|s| s.pid);
         if let Ok(pid) = started {
-            self.started_on_exit
+            self.unrecorded
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(request.id, pid);
@@ -431,7 +460,7 @@ impl Inner {
             return Ok(Spawned { pid: live.pid });
         }
         if let Some(&pid) = self
-            .started_on_exit
+            .unrecorded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&request.id)
@@ -759,7 +788,7 @@ impl ProcessSpawner for OsSpawner {
 
     fn exit_recorded(&self, id: ProcessId) {
         self.inner
-            .started_on_exit
+            .unrecorded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);

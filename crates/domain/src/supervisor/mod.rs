@@ -124,9 +124,19 @@ pub enum Effect {
         id: ProcessId,
     },
     /// Start the record's OS process, then report `Spawned` or `SpawnFailed`.
+    /// After a restart, a record whose spawn was under way is spawned again:
+    /// the spawner answers with the process it started for it, if it did.
     Spawn {
-        /// The record (in `starting`).
+        /// The record (in `starting`, or `stopping` when a stop came first).
         record: Box<ProcessRecord>,
+    },
+    /// After a restart, take over the record's process again; if the
+    /// spawner cannot, report [`Input::ReattachFailed`].
+    Reattach {
+        /// The record.
+        id: ProcessId,
+        /// Its process.
+        pid: u32,
     },
     /// Send a signal to the record's whole process tree.
     Signal {
@@ -294,6 +304,14 @@ pub enum Input {
         id: ProcessId,
         /// Why.
         reason: String,
+    },
+    /// After a restart, the process of `id` could not be taken over again
+    /// ([`Effect::Reattach`]): it is gone, or is no longer the record's.
+    ReattachFailed {
+        /// The record.
+        id: ProcessId,
+        /// The process that was not found.
+        pid: u32,
     },
     /// Every unfinished record of `node` is lost.
     NodeLost {
@@ -554,8 +572,11 @@ impl Supervisor {
     ///
     /// Records of other nodes are ignored. Pending records are queued again,
     /// finished ones kept (with retention), and live ones counted against the
-    /// limits with their timers re-armed: the driver then re-attaches them or
-    /// reports them [`Input::Lost`].
+    /// limits with their timers re-armed. A live record's process is taken
+    /// over again ([`Effect::Reattach`]; [`Input::ReattachFailed`] makes it
+    /// lost); one whose spawn was under way is spawned again
+    /// ([`Effect::Spawn`]), which a spawner that started it answers with
+    /// that process.
     pub fn restore(&mut self, records: Vec<ProcessRecord>, now: Timestamp) -> Vec<Effect> {
         let mut records: Vec<_> = records
             .into_iter()
@@ -599,6 +620,18 @@ impl Supervisor {
             }
             if state.is_active() && !tracked {
                 self.add_active(id);
+            }
+            if state.is_active() && !tracked {
+                // Its process is taken over again, or, if its spawn was under
+                // way, spawned again: a spawner that started it answers with
+                // that process, so it is never started twice.
+                let record = &self.entries[&id].record;
+                match record.pid() {
+                    Some(pid) => self.out.push(Effect::Reattach { id, pid }),
+                    None => self.out.push(Effect::Spawn {
+                        record: Box::new(record.clone()),
+                    }),
+                }
             }
             if state.is_active() {
                 self.rearm_live_timers(id, now);
@@ -766,6 +799,12 @@ impl Supervisor {
             }
             Input::Lost { id, reason } => {
                 self.own(id)?;
+                self.transition(id, Transition::Lose { reason }, now)?;
+                Ok(())
+            }
+            Input::ReattachFailed { id, pid } => {
+                self.own(id)?;
+                let reason = format!("bpm restarted and could not re-attach to pid {pid}");
                 self.transition(id, Transition::Lose { reason }, now)?;
                 Ok(())
             }

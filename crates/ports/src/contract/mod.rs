@@ -98,6 +98,7 @@ macro_rules! spawner_contract_tests {
             handed_over_requests_start_on_exits_in_order,
             only_processes_that_hand_over_start_the_next,
             a_start_on_an_exit_is_not_made_twice,
+            a_start_asked_again_is_not_made_twice,
         );
     };
 }

@@ -358,3 +358,39 @@ pub async fn a_start_on_an_exit_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
     }
     spawner.exit_recorded(next_id);
 }
+
+/// A manager that restarted before it heard of a start asks for it again:
+/// until it has recorded the exit, the spawner answers with the process it
+/// started, running or ended, and runs nothing a second time.
+pub async fn a_start_asked_again_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    let long = request(h.sleep(30));
+    let long_id = long.id;
+    let pid = spawner.spawn(long.clone()).await.expect("spawn").pid;
+    assert_eq!(
+        spawner.spawn(long).await.expect("again").pid,
+        pid,
+        "while it runs"
+    );
+    let short = request(h.exit_with(3));
+    let short_id = short.id;
+    let short_pid = spawner.spawn(short.clone()).await.expect("spawn").pid;
+    assert_eq!(exit_of(&mut rx, short_id).await, ExitStatus::Code(3));
+    assert_eq!(
+        spawner.spawn(short).await.expect("again").pid,
+        short_pid,
+        "after it ended, before its exit is recorded"
+    );
+    match tokio::time::timeout(Duration::from_millis(500), end_of(&mut rx, short_id)).await {
+        Err(_) => {}
+        Ok(again) => panic!("{short_id} ran again: {again:?}"),
+    }
+    spawner.exit_recorded(short_id);
+    spawner
+        .signal(long_id, pid, Signal::Kill)
+        .await
+        .expect("signal");
+    assert_eq!(exit_of(&mut rx, long_id).await, ExitStatus::Signal(9));
+    spawner.exit_recorded(long_id);
+}
