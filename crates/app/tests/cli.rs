@@ -5,6 +5,7 @@
 // Scenario tests name their processes a, b, c...
 #![allow(clippy::many_single_char_names)]
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -682,6 +683,90 @@ fn processes_survive_kill_9_of_the_daemon_and_keep_their_exit_codes() {
     assert!(bpm.ok(&["resume", "lives"]).contains("running"));
     assert!(bpm.ok(&["stop", "lives"]).contains("cancelled"));
     assert_eq!(bpm.ok(&["logs", "ends"]), "done\n");
+}
+
+#[test]
+fn a_request_cut_by_the_daemons_death_is_taken_up_by_the_next_and_nothing_runs_twice() {
+    let bpm = Bpm::new();
+    std::fs::write(
+        bpm.home().join("config.toml"),
+        "[limits]\nmax_running = 4\n",
+    )
+    .expect("config");
+    let ran = bpm.home().join("ran.log");
+    let mut all_printed = std::collections::BTreeSet::new();
+    // Wherever each kill lands (before, inside or after the request), the
+    // ids printed are exactly the records made, each ran once, and the
+    // command succeeds.
+    for (round, delay_ms) in [0_u64, 4, 12].into_iter().enumerate() {
+        bpm.ok(&["ps"]);
+        let daemon = bpm.daemon_pid();
+        let mut lines = String::new();
+        for i in 0..300 {
+            let _ = writeln!(
+                lines,
+                "echo \"$BPM_PROCESS_ID\" >> '{}'; exit {}",
+                ran.display(),
+                i % 3
+            );
+        }
+        let mut child = bpm
+            .cmd(&["run", "--shell", "--from", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bpm runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(lines.as_bytes())
+            .expect("write");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &daemon.to_string()])
+            .status();
+        let out = child.wait_with_output().expect("bpm ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "round {round}: {stderr}");
+        let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(printed.len(), 300, "round {round}: {stderr}");
+        all_printed.extend(printed);
+    }
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let records = loop {
+        let records = bpm.json(&["ps", "--all", "--json"]);
+        let list = records.as_array().expect("array").clone();
+        let live = list
+            .iter()
+            .filter(|r| !["completed", "failed"].contains(&r["state"].as_str().unwrap_or("")))
+            .count();
+        if live == 0 || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let made: std::collections::BTreeSet<String> = records
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(made, all_printed, "the ids printed are the records made");
+    for r in &records {
+        assert!(
+            ["completed", "failed"].contains(&r["state"].as_str().unwrap_or("")),
+            "{r}"
+        );
+    }
+    let log = std::fs::read_to_string(&ran).expect("ran");
+    let mut seen = std::collections::HashSet::new();
+    for id in log.lines() {
+        assert!(seen.insert(id), "{id} ran twice");
+    }
+    assert_eq!(seen.len(), 900);
 }
 
 #[test]

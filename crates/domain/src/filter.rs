@@ -26,6 +26,9 @@ pub struct ListFilter {
     pub kind: Option<ProcessKind>,
     /// Only records carrying every one of these labels.
     pub labels: Vec<(LabelKey, LabelValue)>,
+    /// Only records submitted by this client request ([`crate::RequestRef`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<uuid::Uuid>,
     /// Only records with an id greater than this (for paging).
     pub after: Option<ProcessId>,
     /// At most this many records.
@@ -81,6 +84,9 @@ impl ListFilter {
                 .labels
                 .iter()
                 .all(|(k, v)| record.spec().labels.get(k) == Some(v))
+            && self
+                .request
+                .is_none_or(|r| record.spec().request.is_some_and(|q| q.id == r))
             && self.after.is_none_or(|a| record.id() > a)
     }
 }

@@ -30,7 +30,8 @@ pub use record::{
 };
 pub use spec::{
     Backoff, Command, Environment, LogPattern, ProcessKind, ProcessSpec, Readiness, ReadinessCheck,
-    RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, metadata_from_json,
+    RequestRef, RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopPolicy,
+    metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

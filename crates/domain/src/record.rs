@@ -382,6 +382,8 @@ impl ProcessRecord {
         // The new record must not wait for its own predecessor's dependencies twice,
         // nor for the delay again: it is started on purpose.
         spec.delay = None;
+        // It answers no client's request.
+        spec.request = None;
         let mut record = ProcessRecord::new(id, previous.node.clone(), spec, now);
         record.restarted_from = Some(previous.id);
         record

@@ -438,6 +438,22 @@ pub struct ProcessSpec {
     /// A shell command the daemon runs when the process ends (the record as
     /// JSON on its stdin; `BPM_PROCESS_ID`, `BPM_STATE`, `BPM_EXIT_CODE` set).
     pub on_exit: Option<String>,
+    /// The client's request that submitted it, and its place in that
+    /// request: a client whose connection broke asks which of its
+    /// request's records exist ([`ListFilter::request`](crate::ListFilter::request)),
+    /// and submits only the rest again. A restart's record has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestRef>,
+}
+
+/// Where a record came from: the client's request id (chosen by the
+/// client, unique to the request) and the record's index in the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestRef {
+    /// The request.
+    pub id: uuid::Uuid,
+    /// The record's place in it, from 0.
+    pub index: u32,
 }
 
 impl ProcessSpec {

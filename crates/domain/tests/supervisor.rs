@@ -1057,3 +1057,42 @@ fn a_restore_reattaches_live_processes_and_asks_again_for_spawns_under_way() {
             .is_some_and(|e| e.contains("could not re-attach to pid 101"))
     );
 }
+
+#[test]
+fn a_request_finds_its_records_and_a_restart_belongs_to_none() {
+    let request = uuid::Uuid::from_u128(9);
+    let mut core = core(Limits::default());
+    for n in 1..=2 {
+        let mut spec = ProcessSpec::argv(["work"]);
+        spec.request = Some(bpm_domain::RequestRef {
+            id: request,
+            index: u32::try_from(n).expect("small"),
+        });
+        core.handle(Input::Submit { id: id(n), spec }, t(0))
+            .expect("submit");
+    }
+    core.handle(
+        Input::Submit {
+            id: id(3),
+            spec: ProcessSpec::argv(["other"]),
+        },
+        t(0),
+    )
+    .expect("submit");
+    core.handle(
+        Input::Restart {
+            id: id(1),
+            new_id: id(4),
+        },
+        t(1),
+    )
+    .expect("restart");
+    let filter = ListFilter {
+        request: Some(request),
+        ..ListFilter::default()
+    };
+    let found: Vec<_> = (1..=4)
+        .filter(|n| core.get(id(*n)).is_some_and(|r| filter.matches(r)))
+        .collect();
+    assert_eq!(found, [1, 2]);
+}

@@ -394,8 +394,18 @@ impl OsSpawner {
     }
 
     /// Queues requests to start on exits (see [`ProcessSpawner::hand_over`]).
+    /// A record this spawner started already, whose exit is not recorded,
+    /// is left out: a manager that restarted hands it over before it reads
+    /// the report of that start, which is on its way, and starting it on an
+    /// exit after its end is recorded would run it twice.
     pub fn queue_starts(&self, requests: Vec<SpawnRequest>) {
-        self.inner.queue().extend(requests);
+        let fresh: Vec<SpawnRequest> = requests
+            .into_iter()
+            .filter(|r| {
+                self.unrecorded(r.id).is_none() && !lock(&self.inner.live).contains_key(&r.id)
+            })
+            .collect();
+        self.inner.queue().extend(fresh);
     }
 
     /// The pid of `id`'s process, if this spawner started it and its exit

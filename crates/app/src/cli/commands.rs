@@ -9,8 +9,8 @@ use bpm_adapters::control::DaemonClient;
 use bpm_adapters::view::record_json;
 use bpm_domain::{
     Command as Cmd, ListFilter, LogPattern, OsText, Percent, ProcessId, ProcessKind, ProcessName,
-    ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode, Timestamp,
-    metadata_from_json,
+    ProcessRecord, ProcessSpec, ReadinessCheck, RequestRef, RestartMode, Span, StateName,
+    StdinMode, Timestamp, metadata_from_json,
 };
 use bpm_ports::{
     Cursor, ManagerError, OutputQuery, ProcessManager, StopOptions, Stream, StreamSelect,
@@ -178,7 +178,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         other => match daemon::connect_or_start(&home).await {
-            Ok(client) => command(&client, other).await,
+            Ok(client) => command(&home, &client, other).await,
             Err(e) => Err(CliError::from(e)),
         },
     };
@@ -250,9 +250,9 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
     }
 }
 
-async fn command(m: &DaemonClient, command: Command) -> Outcome {
+async fn command(home: &Home, m: &DaemonClient, command: Command) -> Outcome {
     match command {
-        Command::Run(args) => run(m, *args).await,
+        Command::Run(args) => run(home, m, *args).await,
         Command::Ps(args) => ps(m, args).await,
         Command::Show { id, json: as_json } => {
             let r = m.get(resolve(m, &id).await?).await?;
@@ -472,13 +472,23 @@ async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError
     Ok(spec)
 }
 
-async fn run(m: &DaemonClient, mut args: RunArgs) -> Outcome {
+async fn run(home: &Home, m: &DaemonClient, mut args: RunArgs) -> Outcome {
     if let Some(from) = args.from.take() {
-        return run_many(m, args, &from).await;
+        return run_many(home, m, args, &from).await;
     }
     let (wait_for_it, as_json) = (args.wait, args.json);
     let spec = spec_from(m, args).await?;
-    let record = m.start(spec).await?;
+    let (again, mut results) = submit(home, m, vec![spec], Answer::One).await?;
+    let m = again.as_ref().unwrap_or(m);
+    let record = match results.pop() {
+        Some(Ok(Submitted::Record(record))) => *record,
+        Some(Err(e)) => return Err(e.into()),
+        _ => {
+            return Err(CliError::failed(
+                "the daemon gave no answer for the process",
+            ));
+        }
+    };
     if as_json {
         println!("{}", json(&record_json(&record)));
     } else if !wait_for_it {
@@ -492,8 +502,139 @@ async fn run(m: &DaemonClient, mut args: RunArgs) -> Outcome {
     Ok(exit_code_of(&end))
 }
 
+/// How many times a request is taken up again with a new daemon after the
+/// connection broke during it.
+const RESUBMITS: usize = 3;
+
+/// What a request's answer holds for each process.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// One record (`run`).
+    One,
+    /// Records (`run --from --json`).
+    Records,
+    /// Ids only (`run --from`).
+    Ids,
+}
+
+/// One process a request created.
+enum Submitted {
+    Record(Box<ProcessRecord>),
+    Id(ProcessId),
+}
+
+/// Submits `specs` as one request that a daemon's death cannot leave half
+/// known: each spec carries the request's id and its place in it. If the
+/// connection breaks during the request (the daemon died), a new daemon is
+/// asked which of them exist, and only the rest are submitted again, up to
+/// [`RESUBMITS`] times: each process is created once, and every one is
+/// answered. Returns the new client, if one took over, and each spec's result.
+async fn submit(
+    home: &Home,
+    m: &DaemonClient,
+    specs: Vec<ProcessSpec>,
+    answer: Answer,
+) -> Result<(Option<DaemonClient>, Vec<Result<Submitted, ManagerError>>), CliError> {
+    let request = uuid::Uuid::now_v7();
+    let specs: Vec<ProcessSpec> = specs
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut spec)| {
+            spec.request = Some(RequestRef {
+                id: request,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+            });
+            spec
+        })
+        .collect();
+    let mut results: Vec<Option<Result<Submitted, ManagerError>>> =
+        specs.iter().map(|_| None).collect();
+    let mut again: Option<DaemonClient> = None;
+    let mut broken = 0;
+    loop {
+        let m = again.as_ref().unwrap_or(m);
+        let outcome = submit_once(m, &specs, &mut results, request, answer, broken > 0).await;
+        match outcome {
+            Ok(()) => break,
+            Err(ManagerError::Connection(why)) if broken < RESUBMITS => {
+                broken += 1;
+                eprintln!(
+                    "bpm: {why}; asking the next daemon which of this request's processes exist"
+                );
+                again = Some(daemon::connect_or_start(home).await?);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(ManagerError::ShutDown)))
+        .collect();
+    Ok((again, results))
+}
+
+/// One try of [`submit`]: after a broken connection (`ask`), first learns
+/// which of the request's processes exist; then submits the others.
+async fn submit_once(
+    m: &DaemonClient,
+    specs: &[ProcessSpec],
+    results: &mut [Option<Result<Submitted, ManagerError>>],
+    request: uuid::Uuid,
+    answer: Answer,
+    ask: bool,
+) -> Result<(), ManagerError> {
+    if ask {
+        let filter = ListFilter {
+            request: Some(request),
+            ..ListFilter::default()
+        };
+        for record in m.list(filter).await? {
+            let Some(index) = record.spec().request.map(|r| r.index as usize) else {
+                continue;
+            };
+            if let Some(slot @ None) = results.get_mut(index) {
+                *slot = Some(Ok(match answer {
+                    Answer::Ids => Submitted::Id(record.id()),
+                    Answer::One | Answer::Records => Submitted::Record(Box::new(record)),
+                }));
+            }
+        }
+    }
+    let todo: Vec<usize> = (0..specs.len()).filter(|&i| results[i].is_none()).collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let batch: Vec<ProcessSpec> = todo.iter().map(|&i| specs[i].clone()).collect();
+    let answered: Vec<Result<Submitted, ManagerError>> = match answer {
+        Answer::One => {
+            let spec = batch.into_iter().next().expect("one spec");
+            vec![m.start(spec).await.map(|r| Submitted::Record(Box::new(r)))]
+        }
+        Answer::Records => m
+            .start_many(batch)
+            .await?
+            .into_iter()
+            .map(|r| r.map(|r| Submitted::Record(Box::new(r))))
+            .collect(),
+        Answer::Ids => m
+            .start_many_ids(batch)
+            .await?
+            .into_iter()
+            .map(|r| r.map(Submitted::Id))
+            .collect(),
+    };
+    // A broken connection on a single start is the request's, not the process's.
+    if let [Err(ManagerError::Connection(why))] = answered.as_slice() {
+        return Err(ManagerError::Connection(why.clone()));
+    }
+    for (i, result) in todo.into_iter().zip(answered) {
+        results[i] = Some(result);
+    }
+    Ok(())
+}
+
 /// `bpm run --from FILE`: one process per line, all submitted in one request.
-async fn run_many(m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
+async fn run_many(home: &Home, m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
     // Bytes, not text: a line may name a file whose name is not UTF-8.
     let text = if from == Path::new("-") {
         let mut text = Vec::new();
@@ -557,27 +698,28 @@ async fn run_many(m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
         eprintln!("bpm: {}:{n}: {e}", from.display());
         failed.push(CliError::from(e));
     };
-    if as_json {
-        let mut started = Vec::new();
-        for ((n, _), result) in lines.iter().zip(m.start_many(specs).await?) {
-            match result {
-                Ok(record) => started.push(record_json(&record)),
-                Err(e) => refused(*n, e),
+    let answer = if as_json {
+        Answer::Records
+    } else {
+        Answer::Ids
+    };
+    let (_, results) = submit(home, m, specs, answer).await?;
+    let mut started = Vec::new();
+    // Only the ids are printed without --json, so only the ids are asked for.
+    let mut out = String::new();
+    for ((n, _), result) in lines.iter().zip(results) {
+        match result {
+            Ok(Submitted::Record(record)) => started.push(record_json(&record)),
+            Ok(Submitted::Id(id)) => {
+                out.push_str(&id.to_string());
+                out.push('\n');
             }
+            Err(e) => refused(*n, e),
         }
+    }
+    if as_json {
         println!("{}", json(&serde_json::Value::Array(started)));
     } else {
-        // Only the ids are printed, so only the ids are asked for.
-        let mut out = String::new();
-        for ((n, _), result) in lines.iter().zip(m.start_many_ids(specs).await?) {
-            match result {
-                Ok(id) => {
-                    out.push_str(&id.to_string());
-                    out.push('\n');
-                }
-                Err(e) => refused(*n, e),
-            }
-        }
         print!("{out}");
     }
     match failed.into_iter().next() {

@@ -99,6 +99,7 @@ macro_rules! spawner_contract_tests {
             only_processes_that_hand_over_start_the_next,
             a_start_on_an_exit_is_not_made_twice,
             a_start_asked_again_is_not_made_twice,
+            a_start_handed_over_again_is_not_made_twice,
         );
     };
 }

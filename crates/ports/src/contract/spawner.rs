@@ -394,3 +394,46 @@ pub async fn a_start_asked_again_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
     assert_eq!(exit_of(&mut rx, long_id).await, ExitStatus::Signal(9));
     spawner.exit_recorded(long_id);
 }
+
+/// A manager that restarted hands over again a record the spawner started
+/// on an exit before it reads that report: the spawner leaves it out, so
+/// that once its exit is recorded no later exit starts it a second time.
+pub async fn a_start_handed_over_again_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    if !spawner.hands_over() {
+        return;
+    }
+    let mut rx = notices(&spawner);
+    let first = request(h.sleep(30));
+    let (a, a_pid) = (first.id, spawner.spawn(first).await.expect("spawn").pid);
+    let next = request(h.exit_with(3));
+    let next_id = next.id;
+    spawner
+        .hand_over(vec![next.clone()])
+        .await
+        .expect("hand over");
+    spawner
+        .signal(a, a_pid, Signal::Kill)
+        .await
+        .expect("signal");
+    let ProcessNotice::HandedOver { started, .. } = end_of(&mut rx, a).await else {
+        panic!("the exit of {a} started nothing in its place");
+    };
+    started.expect("started");
+    assert_eq!(exit_of(&mut rx, next_id).await, ExitStatus::Code(3));
+    // The new manager hands it over again, then records its exit.
+    spawner.hand_over(vec![next]).await.expect("hand over");
+    spawner.exit_recorded(next_id);
+    spawner.exit_recorded(a);
+    let second = request(h.sleep(30));
+    let (b, b_pid) = (second.id, spawner.spawn(second).await.expect("spawn").pid);
+    spawner
+        .signal(b, b_pid, Signal::Kill)
+        .await
+        .expect("signal");
+    match end_of(&mut rx, b).await {
+        ProcessNotice::Exited { .. } => {}
+        other => panic!("the exit of {b} started {next_id} again: {other:?}"),
+    }
+    spawner.exit_recorded(b);
+}
