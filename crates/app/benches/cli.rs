@@ -143,9 +143,13 @@ fn memory_with(n: usize, flags: &str) -> (u64, usize) {
         bpm(dir.path(), &args);
     }
     let deadline = Instant::now() + Duration::from_mins(1);
-    while bpm(dir.path(), &["ps", "--state", "running", "--json"])
-        .matches("\"id\"")
-        .count()
+    while serde_json::from_str::<serde_json::Value>(&bpm(
+        dir.path(),
+        &["ps", "--state", "running", "--json"],
+    ))
+    .ok()
+    .and_then(|v| v.as_array().map(Vec::len))
+    .unwrap_or(0)
         < n
         && Instant::now() < deadline
     {
