@@ -264,7 +264,10 @@ fn main() {
     let listed = bpm(big.path(), &["ps", "--all", "--json"]);
     println!(
         "bpm ps --all --json with {} records: {:.0} ms",
-        listed.matches("\"id\":").count(),
+        serde_json::from_str::<serde_json::Value>(&listed)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0),
         t.elapsed().as_secs_f64() * 1e3
     );
     bpm(big.path(), &["daemon", "stop", "--kill-all"]);
