@@ -1,7 +1,7 @@
 //! bpm's engine: the driver of the domain's supervisor core. It owns the
-//! [`Supervisor`](bpm_domain::Supervisor), feeds it inputs (API calls,
+//! [`Supervisor`], feeds it inputs (API calls,
 //! process notices, timers) and carries out its effects through the ports.
-//! [`Engine`] implements [`ProcessManager`](bpm_ports::ProcessManager).
+//! [`Engine`] implements [`ProcessManager`].
 //!
 //! One task owns the core, so inputs are handled one at a time in arrival
 //! order; everything slow a caller waits for (wait, stop) happens outside it.
