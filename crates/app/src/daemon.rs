@@ -337,9 +337,16 @@ fn start_failure(home: &Home, logged: u64, status: std::process::ExitStatus) -> 
     })
 }
 
+/// How long a daemon that lost the race for the lock waits for the winner
+/// to answer before it tries again: the winner may have been a daemon that
+/// was dying (killed in a system call, it held the lock a little longer).
+const RACE_LOST_RETRY: Duration = Duration::from_millis(300);
+
 /// Connects to the daemon of `home`, starting one in the background when none
 /// answers. Two callers racing end up with one daemon: the second to start
-/// finds the lock taken and exits, and both connect to the first.
+/// finds the lock taken and exits, and both connect to the first. If no
+/// daemon answers after a lost race (the lock's holder was dying), it
+/// starts one again.
 ///
 /// # Errors
 /// [`ManagerError::Connection`] if the daemon it starts fails (with the
@@ -350,43 +357,31 @@ pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError>
     }
     home.prepare()
         .map_err(|e| ManagerError::Connection(e.to_string()))?;
-    let log = bpm_adapters::private::options()
-        .create(true)
-        .append(true)
-        .open(home.log())
-        .map_err(|e| ManagerError::Connection(format!("{}: {e}", home.log().display())))?;
-    let exe = std::env::current_exe().map_err(|e| ManagerError::Connection(e.to_string()))?;
-    let logged = log.metadata().map_or(0, |m| m.len());
-    // The daemon outlives this command; it is only watched for an early
-    // failure, which is reported with the daemon's own words.
-    let mut daemon = Some(
-        std::process::Command::new(exe)
-            .arg("daemon")
-            .env("BPM_HOME", &home.dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| ManagerError::Connection(e.to_string()))?,
-            )
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| ManagerError::Connection(format!("cannot start the bpm daemon: {e}")))?,
-    );
+    let first = start_daemon(home)?;
+    let mut logged = first.1;
+    let mut daemon = Some(first);
+    let mut lost_race: Option<tokio::time::Instant> = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(client) = DaemonClient::connect(&home.socket(), SOFTWARE).await {
             return Ok(client);
         }
-        if let Some(child) = daemon.as_mut()
+        if let Some((child, _)) = daemon.as_mut()
             && let Ok(Some(status)) = child.try_wait()
         {
             daemon = None;
-            if !status.success()
-                && let Some(error) = start_failure(home, logged, status)
-            {
-                return Err(ManagerError::Connection(error));
+            if !status.success() {
+                match start_failure(home, logged, status) {
+                    Some(error) => return Err(ManagerError::Connection(error)),
+                    None => lost_race = Some(tokio::time::Instant::now()),
+                }
             }
+        }
+        if daemon.is_none() && lost_race.is_some_and(|at| at.elapsed() >= RACE_LOST_RETRY) {
+            lost_race = None;
+            let (child, at) = start_daemon(home)?;
+            logged = at;
+            daemon = Some((child, at));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ManagerError::Connection(format!(
@@ -396,4 +391,31 @@ pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError>
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts `bpm daemon` for `home` in the background, its output appended
+/// to the daemon's log; returns it and the log's length before it.
+fn start_daemon(home: &Home) -> Result<(std::process::Child, u64), ManagerError> {
+    let log = bpm_adapters::private::options()
+        .create(true)
+        .append(true)
+        .open(home.log())
+        .map_err(|e| ManagerError::Connection(format!("{}: {e}", home.log().display())))?;
+    let exe = std::env::current_exe().map_err(|e| ManagerError::Connection(e.to_string()))?;
+    let logged = log.metadata().map_or(0, |m| m.len());
+    // The daemon outlives this command; it is only watched for an early
+    // failure, which is reported with the daemon's own words.
+    let child = std::process::Command::new(exe)
+        .arg("daemon")
+        .env("BPM_HOME", &home.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| ManagerError::Connection(e.to_string()))?,
+        )
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| ManagerError::Connection(format!("cannot start the bpm daemon: {e}")))?;
+    Ok((child, logged))
 }
