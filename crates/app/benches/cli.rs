@@ -117,6 +117,24 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The resident memory of `home`'s daemon, in KiB.
+fn daemon_rss_kib(home: &Path) -> u64 {
+    let pid = std::fs::read_to_string(home.join("daemon.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0);
+    rss_kib(pid)
+}
+
 /// The daemon's and the keeper's pids for a home.
 fn own_pids(home: &Path) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -227,6 +245,8 @@ fn main() {
 
     // 10,000 records: tracked operations, completed at once, through the client library.
     let big = home("");
+    bpm(big.path(), &["ps"]);
+    let empty_rss = daemon_rss_kib(big.path());
     let t = Instant::now();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -254,6 +274,9 @@ fn main() {
         "  (filled 10,000 records in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
+    // What a retained finished record costs the daemon (and, below, after
+    // a restart, which reads them all back from the store).
+    let filled_rss = daemon_rss_kib(big.path());
     let at_10k = round_trips(big.path(), n);
     println!(
         "bpm run round trip with 10,000 records: {:.2} ms; ratio to 0 records {:.2} (target <= 1.2)",
@@ -262,13 +285,31 @@ fn main() {
     );
     let t = Instant::now();
     let listed = bpm(big.path(), &["ps", "--all", "--json"]);
+    let count = serde_json::from_str::<serde_json::Value>(&listed)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0);
     println!(
-        "bpm ps --all --json with {} records: {:.0} ms",
-        serde_json::from_str::<serde_json::Value>(&listed)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            .unwrap_or(0),
+        "bpm ps --all --json with {count} records: {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
+    );
+    bpm(big.path(), &["daemon", "stop"]);
+    bpm(big.path(), &["ps"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let restarted_rss = daemon_rss_kib(big.path());
+    #[allow(clippy::cast_precision_loss)]
+    let per = |rss: u64, records: usize| {
+        rss.saturating_sub(empty_rss) as f64 * 1024.0 / records.max(1) as f64
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "daemon RSS with 10,000 finished records: {:.1} MiB ({:.0} bytes per record over an empty daemon's {:.1} MiB); after a restart, with {count}: {:.1} MiB ({:.0} bytes per record) (target <= 1024)",
+        mib(filled_rss),
+        per(filled_rss, 10_000),
+        mib(empty_rss),
+        mib(restarted_rss),
+        per(restarted_rss, count)
     );
     bpm(big.path(), &["daemon", "stop", "--kill-all"]);
 
