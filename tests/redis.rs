@@ -304,3 +304,63 @@ async fn output_written_while_redis_is_out_of_reach_is_held_and_replayed_in_orde
         "every byte is kept, or counted"
     );
 }
+
+/// With Redis out of reach, a start is refused by name and leaves nothing
+/// behind: nothing is acknowledged from the daemon's memory alone. When
+/// Redis answers again, starts work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
+    use bpm_adapters::clock::ManualClock;
+    use bpm_adapters::fake::ScriptedSpawner;
+    use bpm_adapters::memory::{BroadcastBus, InMemoryOutput};
+    use bpm_ports::{ManagerError, ProcessManager};
+
+    let server = RedisServer::start();
+    let store = Arc::new(
+        RedisStore::connect(&server.url(), "refused")
+            .await
+            .expect("connect"),
+    );
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let output = Arc::new(InMemoryOutput::default());
+    let ports = bpm_engine::Ports {
+        store: store.clone(),
+        output: output.clone(),
+        events: Arc::new(BroadcastBus::default()),
+        spawner: Arc::new(ScriptedSpawner::new(clock.clone(), output)),
+        clock,
+        ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
+        usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
+    };
+    let engine = bpm_engine::Engine::start(ports, bpm_engine::EngineConfig::default())
+        .await
+        .expect("engine");
+    let spec = || ProcessSpec::argv(["fake", "forever"]);
+    let first = engine.start(spec()).await.expect("start");
+    server.freeze(true);
+    let err = engine.start(spec()).await.expect_err("refused");
+    assert!(
+        matches!(&err, ManagerError::Store(StoreError::Unavailable(m)) if m.contains("Redis does not answer")),
+        "{err}"
+    );
+    let err = engine
+        .start_many(vec![spec(), spec()])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, ManagerError::Store(StoreError::Unavailable(_))),
+        "{err}"
+    );
+    server.freeze(false);
+    let listed = store
+        .list(&bpm_domain::ListFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.iter().map(ProcessRecord::id).collect::<Vec<_>>(),
+        [first.id()],
+        "nothing was made while Redis was out of reach"
+    );
+    engine.start(spec()).await.expect("starts again");
+    engine.shutdown().await;
+}

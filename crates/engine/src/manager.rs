@@ -101,8 +101,10 @@ impl Engine {
 #[async_trait]
 impl ProcessManager for Engine {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
-        // A full disk costs new work, never the records of work taken.
+        // A full disk, or a store that does not answer, costs new work,
+        // never the records of work taken; nothing is acknowledged from memory.
         self.ports.store.room(1)?;
+        self.ports.store.reachable().await?;
         let id = self.ports.ids.next_id();
         Ok(self.call_for(id, Input::Submit { id, spec }).await?.0)
     }
@@ -112,6 +114,7 @@ impl ProcessManager for Engine {
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
         self.ports.store.room(specs.len())?;
+        self.ports.store.reachable().await?;
         let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
         let inputs = ids
             .iter()
@@ -138,6 +141,7 @@ impl ProcessManager for Engine {
 
     async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         self.ports.store.room(1)?;
+        self.ports.store.reachable().await?;
         let id = self.ports.ids.next_id();
         Ok(self.call_for(id, Input::Track { id, spec }).await?.0)
     }

@@ -1053,6 +1053,7 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
     let (r1, r2, r3, r4) = (real.clone(), real.clone(), real.clone(), failures.clone());
     store.expect_list().returning(|_| Ok(Vec::new()));
     store.expect_room().returning(|_| Ok(()));
+    store.expect_reachable().returning(|| Ok(()));
     // The store is down for the first three creations.
     store.expect_sync().returning(|| Ok(()));
     store

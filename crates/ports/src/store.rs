@@ -59,6 +59,17 @@ pub trait ProcessStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether the store answers now. New work is refused while it does
+    /// not, so that nothing is acknowledged that lives in memory alone; a
+    /// store on this machine always answers.
+    ///
+    /// # Errors
+    /// MUST return [`StoreError::Unavailable`], naming the store, when it
+    /// does not answer within its timeout.
+    async fn reachable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// What the store found wrong when it opened and could not repair
     /// silently (a damaged journal, with the records it cost), one line
     /// each, for the daemon to report at start and in its status. Empty

@@ -215,6 +215,19 @@ fn kind_name(r: &ProcessRecord) -> String {
 
 #[async_trait]
 impl ProcessStore for RedisStore {
+    async fn reachable(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "Redis does not answer ({e}): nothing was started; records already taken are written again when it does"
+                ))
+            })
+    }
+
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
         self.put(record, None).await
     }
