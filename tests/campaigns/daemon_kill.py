@@ -33,22 +33,12 @@ import sys
 import tempfile
 import time
 
-BPM = os.environ.get("BPM", "target/release/bpm")
+from common import BPM, bpm, marked
+
 CLIENTS = 10
 PER_CLIENT = 50
 COUNTS = ["double runs", "acknowledged and lost", "lost though it ran", "wrong",
           "created unacknowledged", "orphans beyond reach"]
-
-
-def bpm(home, *args, check=True):
-    out = subprocess.run(
-        [BPM, *args],
-        env={**os.environ, "BPM_HOME": home, "NO_COLOR": "1"},
-        capture_output=True, text=True, timeout=60,
-    )
-    if check and out.returncode != 0:
-        raise RuntimeError(f"bpm {' '.join(args)}: {out.returncode} {out.stderr}")
-    return out.stdout
 
 
 def daemon_pid(home):
@@ -56,27 +46,6 @@ def daemon_pid(home):
         if line.startswith("pid"):
             return int(line.split()[1])
     raise RuntimeError("no daemon pid")
-
-
-def marked(ids):
-    """Pids of live processes that carry one of the records' marks."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            continue
-        for var in env:
-            if var.startswith(b"BPM_PROCESS_ID=") and var[15:].decode(errors="replace") in ids:
-                found.append(int(entry))
-    return found
 
 
 def trial(n):

@@ -31,23 +31,10 @@ import sys
 import tempfile
 import time
 
-BPM = os.environ.get("BPM", "target/release/bpm")
+from common import BPM, bpm, marked
+
 TASKS = 120
 WRITERS = 4
-
-
-def bpm(home, *args, stdin=None, check=True):
-    out = subprocess.run(
-        [BPM, *args],
-        env={**os.environ, "BPM_HOME": home, "NO_COLOR": "1"},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if check and out.returncode != 0:
-        raise RuntimeError(f"bpm {' '.join(args)}: {out.returncode} {out.stderr}")
-    return out.stdout
 
 
 def keeper_pid(home):
@@ -55,27 +42,6 @@ def keeper_pid(home):
         if line.startswith("keeper"):
             return int(line.split()[2])
     raise RuntimeError("no keeper")
-
-
-def marked(ids):
-    """Pids of live processes that carry one of the records' marks."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            continue
-        for var in env:
-            if var.startswith(b"BPM_PROCESS_ID=") and var[15:].decode(errors="replace") in ids:
-                found.append(int(entry))
-    return found
 
 
 def trial(n):

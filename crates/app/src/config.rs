@@ -110,6 +110,7 @@ pub fn node_name(
     hostname: &str,
 ) -> Result<NodeId, String> {
     let remembered = home.join(NODE_FILE);
+    let known = std::fs::read_to_string(&remembered).ok();
     let name = if let Some(raw) = env {
         let text = raw
             .to_str()
@@ -117,7 +118,7 @@ pub fn node_name(
         NodeId::new(text).map_err(|e| format!("BPM_NODE: {e}"))?
     } else if let Some(name) = config {
         name.clone()
-    } else if let Ok(text) = std::fs::read_to_string(&remembered) {
+    } else if let Some(text) = &known {
         NodeId::new(text.trim()).map_err(|e| {
             format!(
                 "{}: {e}; remove the file or set `node` in config.toml",
@@ -134,7 +135,6 @@ pub fn node_name(
             )
         })?
     };
-    let known = std::fs::read_to_string(&remembered).ok();
     if known.as_deref().map(str::trim) != Some(name.as_str()) {
         // Only a convenience: a home that cannot remember still runs, as named.
         let written = bpm_adapters::private::options()

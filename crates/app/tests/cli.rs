@@ -36,6 +36,25 @@ impl Bpm {
         c
     }
 
+    /// Starts `bpm ARGS` with `input` on its standard input (then closed),
+    /// and its output captured.
+    fn feed(&self, args: &[&str], input: &[u8]) -> std::process::Child {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bpm runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write");
+        child
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("bpm runs")
     }
@@ -715,19 +734,7 @@ fn a_request_cut_by_the_daemons_death_is_taken_up_by_the_next_and_nothing_runs_t
                 i % 3
             );
         }
-        let mut child = bpm
-            .cmd(&["run", "--shell", "--from", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("bpm runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(lines.as_bytes())
-            .expect("write");
+        let child = bpm.feed(&["run", "--shell", "--from", "-"], lines.as_bytes());
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = std::process::Command::new("kill")
             .args(["-9", &daemon.to_string()])
@@ -1422,19 +1429,10 @@ fn a_request_over_the_limit_names_it_and_creates_nothing() {
         all.push('\n');
         all
     });
-    let mut child = bpm
-        .cmd(&["run", "--shell", "--from", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = bpm
+        .feed(&["run", "--shell", "--from", "-"], lines.as_bytes())
+        .wait_with_output()
+        .expect("wait");
     assert!(
         out.status.success(),
         "{}",

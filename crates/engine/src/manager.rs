@@ -20,6 +20,24 @@ use crate::{Engine, Msg};
 const STOP_MARGIN: Duration = Duration::from_secs(30);
 
 impl Engine {
+    /// Whether the store takes `records` new records now. A full disk, or a
+    /// store that does not answer, costs new work, never the records of
+    /// work taken: nothing is acknowledged from memory alone.
+    async fn takes_new_work(&self, records: usize) -> Result<(), ManagerError> {
+        self.ports.store.room(records)?;
+        Ok(self.ports.store.reachable().await?)
+    }
+
+    /// Makes one record with a new id through the input `make` builds.
+    async fn create(
+        &self,
+        make: impl FnOnce(ProcessId) -> Input,
+    ) -> Result<ProcessRecord, ManagerError> {
+        self.takes_new_work(1).await?;
+        let id = self.ports.ids.next_id();
+        Ok(self.call_for(id, make(id)).await?.0)
+    }
+
     /// Waits until every id in `ids` has ended, or until `deadline`.
     async fn wait_until_ended(
         &self,
@@ -101,20 +119,14 @@ impl Engine {
 #[async_trait]
 impl ProcessManager for Engine {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
-        // A full disk, or a store that does not answer, costs new work,
-        // never the records of work taken; nothing is acknowledged from memory.
-        self.ports.store.room(1)?;
-        self.ports.store.reachable().await?;
-        let id = self.ports.ids.next_id();
-        Ok(self.call_for(id, Input::Submit { id, spec }).await?.0)
+        self.create(|id| Input::Submit { id, spec }).await
     }
 
     async fn start_many(
         &self,
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
-        self.ports.store.room(specs.len())?;
-        self.ports.store.reachable().await?;
+        self.takes_new_work(specs.len()).await?;
         let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
         let inputs = ids
             .iter()
@@ -140,10 +152,7 @@ impl ProcessManager for Engine {
     }
 
     async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
-        self.ports.store.room(1)?;
-        self.ports.store.reachable().await?;
-        let id = self.ports.ids.next_id();
-        Ok(self.call_for(id, Input::Track { id, spec }).await?.0)
+        self.create(|id| Input::Track { id, spec }).await
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {

@@ -333,10 +333,25 @@ pub async fn a_start_on_an_exit_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
         return;
     }
     let mut rx = notices(&spawner);
+    let (_, next, pid) = started_on_an_exit(&*h, &spawner, &mut rx).await;
+    let next_id = next.id;
+    // The manager, not yet aware of the start, asks for it.
+    assert_eq!(spawner.spawn(next).await.expect("spawn").pid, pid);
+    runs_no_more(&mut rx, next_id).await;
+    spawner.exit_recorded(next_id);
+}
+
+/// Starts a process, hands over one that exits with 3 at once, and ends the
+/// first: returns the first's id, the request started in its place, and
+/// that start's pid, once it has ended too.
+async fn started_on_an_exit(
+    h: &dyn SpawnerHarness,
+    spawner: &Arc<dyn ProcessSpawner>,
+    rx: &mut UnboundedReceiver<ProcessNotice>,
+) -> (ProcessId, SpawnRequest, u32) {
     let first = request(h.sleep(30));
     let (a, a_pid) = (first.id, spawner.spawn(first).await.expect("spawn").pid);
     let next = request(h.exit_with(3));
-    let next_id = next.id;
     spawner
         .hand_over(vec![next.clone()])
         .await
@@ -345,18 +360,20 @@ pub async fn a_start_on_an_exit_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
         .signal(a, a_pid, Signal::Term)
         .await
         .expect("signal");
-    let ProcessNotice::HandedOver { started, .. } = end_of(&mut rx, a).await else {
+    let ProcessNotice::HandedOver { started, .. } = end_of(rx, a).await else {
         panic!("the exit of {a} started nothing in its place");
     };
     let pid = started.expect("started");
-    assert_eq!(exit_of(&mut rx, next_id).await, ExitStatus::Code(3));
-    // The manager, not yet aware of the start, asks for it.
-    assert_eq!(spawner.spawn(next).await.expect("spawn").pid, pid);
-    match tokio::time::timeout(Duration::from_millis(500), end_of(&mut rx, next_id)).await {
+    assert_eq!(exit_of(rx, next.id).await, ExitStatus::Code(3));
+    (a, next, pid)
+}
+
+/// Checks that `id` reports no second end within half a second.
+async fn runs_no_more(rx: &mut UnboundedReceiver<ProcessNotice>, id: ProcessId) {
+    match tokio::time::timeout(Duration::from_millis(500), end_of(rx, id)).await {
         Err(_) => {}
-        Ok(again) => panic!("{next_id} ran again: {again:?}"),
+        Ok(again) => panic!("{id} ran again: {again:?}"),
     }
-    spawner.exit_recorded(next_id);
 }
 
 /// A manager that restarted before it heard of a start asks for it again:
@@ -382,10 +399,7 @@ pub async fn a_start_asked_again_is_not_made_twice(h: Arc<dyn SpawnerHarness>) {
         short_pid,
         "after it ended, before its exit is recorded"
     );
-    match tokio::time::timeout(Duration::from_millis(500), end_of(&mut rx, short_id)).await {
-        Err(_) => {}
-        Ok(again) => panic!("{short_id} ran again: {again:?}"),
-    }
+    runs_no_more(&mut rx, short_id).await;
     spawner.exit_recorded(short_id);
     spawner
         .signal(long_id, pid, Signal::Kill)
@@ -404,23 +418,8 @@ pub async fn a_start_handed_over_again_is_not_made_twice(h: Arc<dyn SpawnerHarne
         return;
     }
     let mut rx = notices(&spawner);
-    let first = request(h.sleep(30));
-    let (a, a_pid) = (first.id, spawner.spawn(first).await.expect("spawn").pid);
-    let next = request(h.exit_with(3));
+    let (a, next, _) = started_on_an_exit(&*h, &spawner, &mut rx).await;
     let next_id = next.id;
-    spawner
-        .hand_over(vec![next.clone()])
-        .await
-        .expect("hand over");
-    spawner
-        .signal(a, a_pid, Signal::Kill)
-        .await
-        .expect("signal");
-    let ProcessNotice::HandedOver { started, .. } = end_of(&mut rx, a).await else {
-        panic!("the exit of {a} started nothing in its place");
-    };
-    started.expect("started");
-    assert_eq!(exit_of(&mut rx, next_id).await, ExitStatus::Code(3));
     // The new manager hands it over again, then records its exit.
     spawner.hand_over(vec![next]).await.expect("hand over");
     spawner.exit_recorded(next_id);
