@@ -75,7 +75,7 @@ async fn daemon_survives(lines: &[u8]) -> Result<(), String> {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read).lines();
         write
-            .write_all(b"{\"protocol\":2,\"software\":\"fuzz\"}\n")
+            .write_all(b"{\"protocol\":3,\"software\":\"fuzz\"}\n")
             .await
             .map_err(|e| e.to_string())?;
         let _hello = reader.next_line().await.map_err(|e| e.to_string())?;

@@ -288,7 +288,7 @@ impl Transition {
 }
 
 /// A transition that is not allowed from the record's current state.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub struct InvalidTransition {
     /// The state the record is in.
     pub from: StateName,

@@ -1,5 +1,6 @@
 //! What to run and how to supervise it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -318,7 +319,11 @@ pub enum StdinMode {
 }
 
 /// A spec was refused before anything was created.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// It crosses the control socket as it is (`{"kind": ..., "detail": ...}`),
+/// so a client gets the variant an embedded caller gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SpecError {
     /// The argument vector is empty, or its program is an empty string.
@@ -348,7 +353,7 @@ pub enum SpecError {
     },
     /// Metadata must be a JSON object.
     #[error("invalid metadata: it must be a JSON object, not {0}")]
-    MetadataNotObject(&'static str),
+    MetadataNotObject(Cow<'static, str>),
     /// The backoff factor must be a finite number of at least 1.
     #[error("invalid backoff factor {0}: it must be a finite number of at least 1")]
     InvalidBackoffFactor(String),
@@ -379,7 +384,7 @@ pub enum SpecError {
     TrackedWithCommand,
     /// A tracked operation has no process, so a setting that only applies to one was given.
     #[error("a tracked operation has no command, so it cannot have {0}")]
-    NotForTracked(&'static str),
+    NotForTracked(Cow<'static, str>),
 }
 
 /// Everything needed to run (or track) one piece of work.
@@ -515,16 +520,16 @@ impl ProcessSpec {
             }
             None => {
                 if !self.env.is_empty() {
-                    return Err(SpecError::NotForTracked("an environment"));
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("an environment")));
                 }
                 if self.readiness.check != ReadinessCheck::None {
-                    return Err(SpecError::NotForTracked("a readiness check"));
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("a readiness check")));
                 }
                 if self.idle_after.is_some() {
-                    return Err(SpecError::NotForTracked("an idle period"));
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("an idle period")));
                 }
                 if self.restart.mode != RestartMode::Never {
-                    return Err(SpecError::NotForTracked("a restart policy"));
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("a restart policy")));
                 }
             }
         }
@@ -574,11 +579,15 @@ pub fn metadata_from_json(
 ) -> Result<serde_json::Map<String, serde_json::Value>, SpecError> {
     match value {
         serde_json::Value::Object(map) => Ok(map),
-        serde_json::Value::Null => Err(SpecError::MetadataNotObject("null")),
-        serde_json::Value::Bool(_) => Err(SpecError::MetadataNotObject("a boolean")),
-        serde_json::Value::Number(_) => Err(SpecError::MetadataNotObject("a number")),
-        serde_json::Value::String(_) => Err(SpecError::MetadataNotObject("a string")),
-        serde_json::Value::Array(_) => Err(SpecError::MetadataNotObject("an array")),
+        serde_json::Value::Null => Err(SpecError::MetadataNotObject(Cow::Borrowed("null"))),
+        serde_json::Value::Bool(_) => Err(SpecError::MetadataNotObject(Cow::Borrowed("a boolean"))),
+        serde_json::Value::Number(_) => {
+            Err(SpecError::MetadataNotObject(Cow::Borrowed("a number")))
+        }
+        serde_json::Value::String(_) => {
+            Err(SpecError::MetadataNotObject(Cow::Borrowed("a string")))
+        }
+        serde_json::Value::Array(_) => Err(SpecError::MetadataNotObject(Cow::Borrowed("an array"))),
     }
 }
 
@@ -649,7 +658,7 @@ mod tests {
         s.restart.mode = RestartMode::Always;
         assert_eq!(
             s.validate(),
-            Err(SpecError::NotForTracked("a restart policy"))
+            Err(SpecError::NotForTracked(Cow::Borrowed("a restart policy")))
         );
         assert!(ProcessSpec::argv(["true"]).validate().is_ok());
     }
@@ -743,7 +752,7 @@ mod tests {
         ] {
             assert_eq!(
                 metadata_from_json(v),
-                Err(SpecError::MetadataNotObject(what))
+                Err(SpecError::MetadataNotObject(Cow::Borrowed(what)))
             );
         }
         assert!(metadata_from_json(serde_json::json!({"a": 1})).is_ok());
@@ -762,13 +771,13 @@ mod tests {
         Arc::make_mut(&mut t.env).insert("K".into(), "v".into());
         assert_eq!(
             t.validate(),
-            Err(SpecError::NotForTracked("an environment"))
+            Err(SpecError::NotForTracked(Cow::Borrowed("an environment")))
         );
         let mut t = ProcessSpec::tracked(ProcessName::new("t").unwrap());
         t.readiness.check = ReadinessCheck::Port { port: 1 };
         assert_eq!(
             t.validate(),
-            Err(SpecError::NotForTracked("a readiness check"))
+            Err(SpecError::NotForTracked(Cow::Borrowed("a readiness check")))
         );
         assert_eq!(
             ProcessSpec::shell("a\0").validate(),

@@ -5,6 +5,7 @@ use bpm_domain::{
     CoreError, Event, InvalidTransition, ListFilter, Percent, ProcessId, ProcessRecord,
     ProcessSpec, Span, SpecError, StateName,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{OutputChunk, OutputError, OutputQuery, ResourceUsage, SpawnError, StoreError};
@@ -38,7 +39,12 @@ pub struct Completion {
 }
 
 /// What went wrong with a [`ProcessManager`] call.
-#[derive(Debug, thiserror::Error)]
+///
+/// Every variant crosses a connection as it is, so a remote caller gets the
+/// variant an embedded one gets. As JSON it is `{"kind": "not_found",
+/// "detail": ...}`: the variant's name, and its data.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ManagerError {
     /// No record has this id.
@@ -74,15 +80,10 @@ pub enum ManagerError {
     /// The manager has shut down.
     #[error("the process manager has shut down")]
     ShutDown,
-    /// A remote manager (the daemon) refused the call; `kind` is the wire
-    /// name of the error (`invalid_spec`, `refused`, ...), `message` its text.
-    #[error("{message}")]
-    Remote {
-        /// The error's kind, as the protocol names it.
-        kind: String,
-        /// What the manager said.
-        message: String,
-    },
+    /// A remote manager could not read the request (a client's fault, or
+    /// another version's); nothing was done.
+    #[error("the daemon could not read the request: {0}")]
+    BadRequest(String),
     /// The request is larger than a remote manager takes in one message;
     /// nothing was sent.
     #[error(
@@ -96,7 +97,9 @@ pub enum ManagerError {
         /// The most the remote manager takes.
         limit: usize,
     },
-    /// The remote manager cannot be reached or broke the protocol.
+    /// The remote manager cannot be reached, refused the connection (it
+    /// speaks another protocol version, or holds too many connections), or
+    /// broke the protocol.
     #[error("{0}")]
     Connection(String),
 }

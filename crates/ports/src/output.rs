@@ -119,7 +119,8 @@ impl OutputChunk {
 }
 
 /// The output store refused or failed an operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum OutputError {
     /// The backend cannot be reached.

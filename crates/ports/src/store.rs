@@ -2,7 +2,8 @@ use async_trait::async_trait;
 use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
 
 /// A store refused or failed an operation. The meanings are the same on every store.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StoreError {
     /// No record has this id.

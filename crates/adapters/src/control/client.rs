@@ -55,7 +55,7 @@ impl DaemonClient {
     ///
     /// # Errors
     /// [`ManagerError::Connection`] if nothing listens there, or it does not answer the handshake;
-    /// [`ManagerError::Remote`] with kind `version_mismatch` if it speaks another protocol.
+    /// also [`ManagerError::Connection`], naming both versions, if it speaks another protocol.
     pub async fn connect(socket: &Path, software: &str) -> Result<Self, ManagerError> {
         let stream = UnixStream::connect(socket).await.map_err(|e| {
             ManagerError::Connection(format!(
@@ -103,10 +103,9 @@ impl DaemonClient {
                         let result = match (ok, error) {
                             (Some(reply), _) => Ok(reply),
                             (None, Some(e)) => Err(e),
-                            (None, None) => Err(WireError::new(
-                                "bad_request",
-                                "an answer with neither ok nor error",
-                            )),
+                            (None, None) => Err(WireError::from(ManagerError::Connection(
+                                "the daemon answered with neither ok nor error".into(),
+                            ))),
                         };
                         if let Some(tx) =
                             p.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)

@@ -205,7 +205,7 @@ async fn refuse_busy(stream: tokio::net::UnixStream, limit: usize) {
     answer(
         &Arc::new(Mutex::new(write)),
         0,
-        Err(WireError::new("busy", msg)),
+        Err(ManagerError::Connection(msg).into()),
     )
     .await;
 }
@@ -299,7 +299,7 @@ async fn connection(
                 "protocol mismatch: the daemon ({}) speaks protocol {PROTOCOL_VERSION}, the client sent {theirs}",
                 info.software
             );
-            answer(&writer, 0, Err(WireError::new("version_mismatch", msg))).await;
+            answer(&writer, 0, Err(ManagerError::Connection(msg).into())).await;
             return;
         }
     }
@@ -316,17 +316,17 @@ async fn connection(
             Ok(None) | Err(LineError::Io(_)) => return,
             Err(LineError::TooLarge) => {
                 let msg = format!("message too large: the limit is {MAX_REQUEST_BYTES} bytes");
-                answer(&writer, 0, Err(WireError::new("too_large", msg))).await;
+                answer(&writer, 0, Err(ManagerError::BadRequest(msg).into())).await;
                 return;
             }
             Err(LineError::Truncated) => {
                 answer(
                     &writer,
                     0,
-                    Err(WireError::new(
-                        "bad_request",
-                        "truncated message: the connection closed mid-line",
-                    )),
+                    Err(ManagerError::BadRequest(
+                        "truncated message: the connection closed mid-line".into(),
+                    )
+                    .into()),
                 )
                 .await;
                 return;
@@ -342,10 +342,7 @@ async fn connection(
                 answer(
                     &writer,
                     id,
-                    Err(WireError::new(
-                        "bad_request",
-                        format!("malformed request: {e}"),
-                    )),
+                    Err(ManagerError::BadRequest(format!("malformed request: {e}")).into()),
                 )
                 .await;
                 continue;
@@ -382,7 +379,7 @@ async fn connection(
                 (&writer, open, &count),
             )
             .await;
-            answer(&writer, id, result.map_err(|e| WireError::from(&e))).await;
+            answer(&writer, id, result.map_err(WireError::from)).await;
         });
     }
 }
@@ -413,7 +410,7 @@ async fn dispatch(
                     .map(|r| match r {
                         Ok(r) if brief => Started::Id(r.id()),
                         Ok(r) => Started::Record(Box::new(r)),
-                        Err(e) => Started::Error(WireError::from(&e)),
+                        Err(e) => Started::Error(WireError::from(e)),
                     })
                     .collect(),
             )

@@ -1,10 +1,12 @@
-//! The control protocol, version 2: newline-delimited JSON over a Unix socket.
+//! The control protocol, version 3: newline-delimited JSON over a Unix socket.
 //!
-//! 1. The client sends `{"protocol":2,"software":"bpm 0.1.0"}`; the daemon
-//!    answers with its own, or with an error of kind `version_mismatch` and
-//!    closes the connection.
+//! 1. The client sends `{"protocol":3,"software":"bpm 0.1.0"}`; the daemon
+//!    answers with its own, or with an error of kind `connection` naming both
+//!    versions, and closes the connection.
 //! 2. Each request is `{"id":N,"method":"start","params":{...}}`; each answer
-//!    is `{"id":N,"ok":{...}}` or `{"id":N,"error":{"kind":...,"message":...}}`.
+//!    is `{"id":N,"ok":{...}}` or `{"id":N,"error":{"kind":...,"detail":...,"message":...}}`:
+//!    the [`ManagerError`] the daemon's manager returned, as its kind and data
+//!    (version 3; version 2 sent a kind and a message only), and its text.
 //!    Answers may come out of order (a `wait` can take long); ids match them.
 //!    `start_many` (`{"specs":[...]}`) starts several processes in one step
 //!    (their records are written together) and answers `{"started":[...]}`,
@@ -23,27 +25,26 @@
 //!    `{"event":{...}}` lines for every event, until the connection closes.
 //!
 //! A request line may hold at most [`MAX_REQUEST_BYTES`]; a longer one is
-//! answered with `too_large` and the connection is closed. A line that is not
+//! answered with `bad_request` and the connection is closed. A line that is not
 //! a request is answered with `bad_request` (id 0 when none could be read).
 //! The client refuses to send a line over the limit, naming it.
 //!
-//! The daemon holds at most 1,024 connections; the next one gets a `busy`
-//! error in place of the hello. It closes a connection that has not said
+//! The daemon holds at most 1,024 connections; the next one gets a
+//! `connection` error saying so in place of the hello. It closes a connection that has not said
 //! hello within 10 s, and one that has said nothing for 10 minutes while it
 //! has no request under way and no subscription (see
 //! [`ConnectionLimits`](super::ConnectionLimits)); a client that finds its
 //! connection closed before it sends can send on a new one.
 
 use bpm_domain::{
-    Event, Limits, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Span, StateName,
-    Timestamp,
+    Event, Limits, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Span, Timestamp,
 };
 use bpm_ports::{ManagerError, OutputChunk, OutputQuery, ResourceUsage};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The longest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
@@ -218,78 +219,68 @@ pub enum Started {
     Error(WireError),
 }
 
-/// A failed call, as the wire carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A failed call, as the wire carries it: the typed error, flattened
+/// (`"kind"`, and `"detail"` where the variant has data), and its text for
+/// people (`"message"`). A client reads back the very [`ManagerError`] the
+/// daemon's manager returned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WireError {
-    /// `not_found`, `invalid_spec`, `invalid_transition`, `refused`,
-    /// `wait_timeout`, `store`, `output`, `spawner`, `shut_down`,
-    /// `bad_request`, `too_large`, `version_mismatch`, `forbidden`.
-    pub kind: String,
+    /// The error.
+    #[serde(flatten)]
+    pub error: ManagerError,
     /// What went wrong, for people.
     pub message: String,
-    /// The record concerned, for `not_found` and `wait_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<ProcessId>,
-    /// Its state, for `wait_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<StateName>,
 }
 
-impl WireError {
-    /// An error of `kind` saying `message`.
-    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+impl From<ManagerError> for WireError {
+    fn from(error: ManagerError) -> Self {
         WireError {
-            kind: kind.to_owned(),
-            message: message.into(),
-            id: None,
-            state: None,
+            message: error.to_string(),
+            error,
         }
     }
 }
 
 impl From<&ManagerError> for WireError {
-    fn from(e: &ManagerError) -> Self {
-        let message = e.to_string();
-        let kind = match e {
-            ManagerError::NotFound(id) => {
-                return WireError {
-                    id: Some(*id),
-                    ..WireError::new("not_found", message)
-                };
-            }
-            ManagerError::WaitTimeout { id, state } => {
-                return WireError {
-                    id: Some(*id),
-                    state: Some(*state),
-                    ..WireError::new("wait_timeout", message)
-                };
-            }
-            ManagerError::InvalidSpec(_) => "invalid_spec",
-            ManagerError::InvalidTransition(_) => "invalid_transition",
-            ManagerError::Refused(_) => "refused",
-            ManagerError::Store(_) => "store",
-            ManagerError::Output(_) => "output",
-            ManagerError::Spawner(_) => "spawner",
-            ManagerError::ShutDown => "shut_down",
-            ManagerError::TooLarge { .. } => "too_large",
-            ManagerError::Remote { kind, .. } => kind.as_str(),
-            _ => "internal",
-        };
-        WireError::new(kind, message)
+    fn from(error: &ManagerError) -> Self {
+        WireError::from(error.clone())
     }
 }
 
 impl From<WireError> for ManagerError {
     fn from(e: WireError) -> Self {
-        match (e.kind.as_str(), e.id, e.state) {
-            ("not_found", Some(id), _) => ManagerError::NotFound(id),
-            ("wait_timeout", Some(id), Some(state)) => ManagerError::WaitTimeout { id, state },
-            ("shut_down", ..) => ManagerError::ShutDown,
-            _ => ManagerError::Remote {
-                kind: e.kind,
-                message: e.message,
-            },
+        e.error
+    }
+}
+
+impl<'de> Deserialize<'de> for WireError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // An error this build does not know (a daemon of another version, or
+        // not bpm) still reads: as a broken protocol, with the peer's words.
+        #[derive(Deserialize)]
+        struct Fields {
+            kind: String,
+            #[serde(default)]
+            detail: Option<serde_json::Value>,
+            #[serde(default)]
+            message: String,
         }
+        let f = Fields::deserialize(d)?;
+        let mut typed = serde_json::Map::new();
+        typed.insert("kind".into(), serde_json::Value::String(f.kind.clone()));
+        if let Some(detail) = f.detail {
+            typed.insert("detail".into(), detail);
+        }
+        let error = serde_json::from_value(serde_json::Value::Object(typed)).unwrap_or_else(|_| {
+            ManagerError::Connection(format!(
+                "the daemon answered an error this client does not know ({}): {}",
+                f.kind, f.message
+            ))
+        });
+        Ok(WireError {
+            error,
+            message: f.message,
+        })
     }
 }
 
@@ -358,14 +349,17 @@ mod tests {
             }
         );
         let failed: ServerLine =
-            serde_json::from_str(r#"{"id":5,"error":{"kind":"refused","message":"no"}}"#)
+            serde_json::from_str(r#"{"id":5,"error":{"kind":"shut_down","message":"gone"}}"#)
                 .expect("error");
         assert_eq!(
             failed,
             ServerLine::Answer {
                 id: 5,
                 ok: None,
-                error: Some(WireError::new("refused", "no"))
+                error: Some(WireError {
+                    error: ManagerError::ShutDown,
+                    message: "gone".into()
+                })
             }
         );
         // What the daemon writes reads back the same.
@@ -384,6 +378,66 @@ mod tests {
         assert!(
             e.to_string().contains("an answer (with an id) or an event"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn every_error_crosses_the_wire_as_the_variant_it_is() {
+        use bpm_domain::{
+            CoreError, InvalidTransition, OsText, SpecError, StateName, TransitionKind,
+        };
+        use bpm_ports::{OutputError, SpawnError, StoreError};
+        let id = ProcessId::from_uuid(uuid::Uuid::from_u128(7));
+        let errors = [
+            ManagerError::NotFound(id),
+            ManagerError::InvalidSpec(SpecError::EmptyArgv),
+            ManagerError::InvalidSpec(SpecError::NotForTracked("an environment".into())),
+            ManagerError::InvalidSpec(SpecError::InvalidPattern {
+                pattern: "(".into(),
+                reason: "unclosed group".into(),
+            }),
+            ManagerError::InvalidTransition(InvalidTransition {
+                from: StateName::Pending,
+                attempted: TransitionKind::Pause,
+                tracked: false,
+            }),
+            ManagerError::Refused(CoreError::ParentNotLive {
+                parent: id,
+                state: StateName::Stopping,
+            }),
+            ManagerError::Refused(CoreError::InvalidSpec(SpecError::ZeroTimeout)),
+            ManagerError::WaitTimeout {
+                id,
+                state: StateName::Running,
+            },
+            ManagerError::Store(StoreError::Conflict {
+                id,
+                expected: 3,
+                actual: 4,
+            }),
+            ManagerError::Output(OutputError::Unavailable("redis: refused".into())),
+            ManagerError::Spawner(SpawnError::ProgramNotFound(OsText::from("nope"))),
+            ManagerError::ShutDown,
+            ManagerError::BadRequest("malformed request".into()),
+            ManagerError::TooLarge {
+                bytes: 10,
+                limit: 5,
+            },
+            ManagerError::Connection("busy".into()),
+        ];
+        for error in errors {
+            let text = serde_json::to_string(&WireError::from(&error)).expect("JSON");
+            let back: WireError = serde_json::from_str(&text).expect(&text);
+            assert_eq!(back.error, error, "{text}");
+            assert_eq!(back.message, error.to_string(), "{text}");
+        }
+        // A daemon of another version, refusing the hello with a kind this
+        // build has no variant for: the client still says what it said.
+        let old = r#"{"kind":"version_mismatch","message":"protocol mismatch: 2 and 3"}"#;
+        let back: WireError = serde_json::from_str(old).expect("old");
+        assert!(
+            matches!(&back.error, ManagerError::Connection(m) if m.contains("version_mismatch") && m.contains("protocol mismatch: 2 and 3")),
+            "{back:?}"
         );
     }
 }

@@ -32,16 +32,10 @@ impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         let status = match &e {
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ManagerError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
+            ManagerError::InvalidSpec(_) | ManagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ManagerError::InvalidTransition(_) | ManagerError::Refused(_) => StatusCode::CONFLICT,
             ManagerError::Connection(_) | ManagerError::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ManagerError::Remote { kind, .. } => match kind.as_str() {
-                "not_found" => StatusCode::NOT_FOUND,
-                "invalid_spec" => StatusCode::BAD_REQUEST,
-                "invalid_transition" | "refused" => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())

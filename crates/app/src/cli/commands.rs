@@ -57,16 +57,10 @@ impl From<ManagerError> for CliError {
             ManagerError::InvalidSpec(_)
             | ManagerError::InvalidTransition(_)
             | ManagerError::Refused(_)
-            | ManagerError::TooLarge { .. } => 4,
+            | ManagerError::TooLarge { .. }
+            | ManagerError::BadRequest(_) => 4,
             ManagerError::WaitTimeout { .. } => 124,
             ManagerError::Connection(_) | ManagerError::ShutDown => 5,
-            ManagerError::Remote { kind, .. } => match kind.as_str() {
-                "not_found" => 3,
-                "invalid_spec" | "invalid_transition" | "refused" | "bad_request" => 4,
-                "wait_timeout" => 124,
-                "version_mismatch" => 5,
-                _ => 1,
-            },
             _ => 1,
         };
         CliError {
