@@ -35,6 +35,10 @@ struct Inner {
     /// command that never subscribes a noticeable part of its start.
     events: Arc<OnceLock<broadcast::Sender<Event>>>,
     subscribed: AtomicBool,
+    /// Set by `subscribe` until its request is written: the next line
+    /// written, whoever writes it, is that request, so no call made after
+    /// `subscribe` reaches the daemon before it (and no event is missed).
+    subscribe_unsent: AtomicBool,
     /// Set once the daemon has closed the connection (it closes one that
     /// stays idle): a call not yet sent can then go to a new one safely.
     closed: Arc<AtomicBool>,
@@ -132,6 +136,7 @@ impl DaemonClient {
                 next: AtomicU64::new(1),
                 events,
                 subscribed: AtomicBool::new(false),
+                subscribe_unsent: AtomicBool::new(false),
                 closed,
             }),
         })
@@ -165,16 +170,27 @@ impl DaemonClient {
                 limit: MAX_REQUEST_BYTES,
             });
         }
-        self.inner
-            .writer
-            .lock()
-            .await
-            .write_all(&line)
-            .await
-            .map_err(lost)?;
+        self.write(&line).await?;
         rx.await
             .map_err(|_| lost("the daemon closed the connection"))?
             .map_err(ManagerError::from)
+    }
+
+    /// Writes `line`, after the subscription if one is waiting to be sent.
+    async fn write(&self, line: &[u8]) -> Result<(), ManagerError> {
+        let mut writer = self.inner.writer.lock().await;
+        if self.inner.subscribe_unsent.swap(false, Ordering::SeqCst) {
+            // Its answer (`done`) has no one waiting, and is dropped.
+            let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+            let mut subscribe = serde_json::to_vec(&Call {
+                id,
+                request: Request::Subscribe,
+            })
+            .map_err(|e| ManagerError::Connection(format!("cannot encode the request: {e}")))?;
+            subscribe.push(b'\n');
+            writer.write_all(&subscribe).await.map_err(lost)?;
+        }
+        writer.write_all(line).await.map_err(lost)
     }
 
     async fn record(&self, request: Request) -> Result<ProcessRecord, ManagerError> {
@@ -459,9 +475,11 @@ impl ProcessManager for DaemonClient {
             .get_or_init(|| broadcast::channel(4096).0)
             .subscribe();
         if !self.inner.subscribed.swap(true, Ordering::SeqCst) {
+            self.inner.subscribe_unsent.store(true, Ordering::SeqCst);
+            // Sent now, or by the next call if that comes first.
             let client = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = client.done(Request::Subscribe).await {
+                if let Err(e) = client.write(&[]).await {
                     tracing::warn!(error = %e, "could not subscribe to the daemon's events");
                 }
             });

@@ -348,16 +348,21 @@ async fn connection(
                 continue;
             }
         };
-        let (manager, info, shutdown, writer, recent, open) = (
+        if matches!(call.request, Request::Subscribe) {
+            // Before the next line is read: every event of a call made after
+            // the subscription reaches this connection.
+            forward_events(manager.subscribe(), &writer, reader_open.clone(), &busy);
+            answer(&writer, call.id, Ok(Reply::Done)).await;
+            continue;
+        }
+        let (manager, info, shutdown, writer, recent) = (
             manager.clone(),
             info.clone(),
             shutdown.clone(),
             writer.clone(),
             recent.clone(),
-            reader_open.clone(),
         );
         let under_way = Busy::new(&busy);
-        let count = busy.clone();
         tokio::spawn(async move {
             let _under_way = under_way;
             let id = call.id;
@@ -371,17 +376,43 @@ async fn connection(
                 answer(&writer, id, Ok(Reply::Events(events))).await;
                 return;
             }
-            let result = dispatch(
-                call.request,
-                &manager,
-                &info,
-                &shutdown,
-                (&writer, open, &count),
-            )
-            .await;
+            let result = dispatch(call.request, &manager, &info, &shutdown).await;
             answer(&writer, id, result.map_err(WireError::from)).await;
         });
     }
+}
+
+/// Sends every event from `events` on the connection until it closes.
+fn forward_events(
+    mut events: tokio::sync::broadcast::Receiver<bpm_domain::Event>,
+    writer: &Writer,
+    mut reader_open: tokio::sync::watch::Receiver<()>,
+    busy: &Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let writer = writer.clone();
+    // A subscribed connection is not idle, however silent.
+    let under_way = Busy::new(busy);
+    tokio::spawn(async move {
+        let _under_way = under_way;
+        loop {
+            let received = tokio::select! {
+                r = events.recv() => r,
+                _ = reader_open.changed() => return,
+            };
+            match received {
+                Ok(event) => {
+                    let line = ServerLine::Event {
+                        event: Box::new(event),
+                    };
+                    if !send(&writer, &line).await {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 async fn dispatch(
@@ -389,11 +420,6 @@ async fn dispatch(
     m: &Arc<dyn ProcessManager>,
     info: &ServerInfo,
     shutdown: &mpsc::UnboundedSender<bool>,
-    (writer, mut reader_open, busy): (
-        &Writer,
-        tokio::sync::watch::Receiver<()>,
-        &Arc<std::sync::atomic::AtomicUsize>,
-    ),
 ) -> Result<Reply, ManagerError> {
     let record = |r| Reply::Record(Box::new(r));
     Ok(match request {
@@ -465,39 +491,8 @@ async fn dispatch(
             m.remove(id).await?;
             Reply::Done
         }
-        Request::Subscribe => {
-            let mut events = m.subscribe();
-            let writer = writer.clone();
-            // A subscribed connection is not idle, however silent.
-            let under_way = Busy::new(busy);
-            tokio::spawn(async move {
-                let _under_way = under_way;
-                loop {
-                    let received = tokio::select! {
-                        r = events.recv() => r,
-                        _ = reader_open.changed() => return,
-                    };
-                    match received {
-                        Ok(event) => {
-                            if !send(
-                                &writer,
-                                &ServerLine::Event {
-                                    event: Box::new(event),
-                                },
-                            )
-                            .await
-                            {
-                                return;
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            });
-            Reply::Done
-        }
-        Request::RecentEvents => Reply::Events(Vec::new()),
+        // Both are answered before dispatch, in the connection's loop.
+        Request::RecentEvents | Request::Subscribe => Reply::Done,
         Request::Status => {
             let mut counts = BTreeMap::new();
             for r in m.list(ListFilter::default()).await? {

@@ -8,6 +8,7 @@
 //! bpm_ports::store_contract_tests!(bpm_adapters::memory::InMemoryStore::new());
 //! ```
 
+pub mod manager;
 pub mod output;
 pub mod spawner;
 pub mod store;
@@ -54,6 +55,33 @@ macro_rules! store_contract_tests {
             large_metadata_and_non_ascii_text,
             retention_expires_only_old_finished_records,
             ten_thousand_records,
+        );
+    };
+}
+
+/// One test per case of the manager contract; `$make` is an expression
+/// giving a fresh [`manager::Subject`] (it may use `.await`) with no records.
+#[macro_export]
+macro_rules! manager_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(manager, $make;
+            a_start_is_listed_and_ends_with_its_own_exit_code,
+            every_call_on_an_unknown_id_is_not_found,
+            an_invalid_spec_is_refused_by_name_and_creates_nothing,
+            an_unknown_dependency_or_parent_is_refused,
+            a_batch_answers_each_spec_in_order,
+            a_requests_records_are_found_by_its_id,
+            a_wait_that_runs_out_of_time_says_what_is_still_live,
+            a_stop_ends_the_whole_tree_before_it_returns,
+            stopping_a_level_stops_every_record_on_it,
+            pause_and_resume_refuse_the_wrong_moves,
+            output_reads_the_same_twice,
+            input_reaches_a_process_with_a_pipe,
+            a_tracked_operation_ends_once,
+            remove_refuses_a_live_record,
+            a_restart_is_a_new_record_that_points_back,
+            a_subscriber_sees_a_process_from_start_to_end,
+            resource_usage_lists_running_trees,
         );
     };
 }
