@@ -258,6 +258,28 @@ fn the_app_holds_no_lifecycle_rule() {
 }
 
 #[test]
+fn front_ends_run_on_the_port_not_on_a_client() {
+    // The CLI's commands, the MCP server and the page take a
+    // `ProcessManager`; which one (a daemon's client) is wiring's choice.
+    let root = workspace_root();
+    let mut files = sources(&root.join("crates/app/src/cli"));
+    files.extend(sources(&root.join("crates/adapters/src/mcp")));
+    files.extend(sources(&root.join("crates/adapters/src/web")));
+    assert!(
+        files.len() >= 10,
+        "found only {} front-end files",
+        files.len()
+    );
+    for (path, text) in files {
+        assert!(
+            !text.contains("DaemonClient"),
+            "{} names DaemonClient: front ends take the ProcessManager port",
+            path.display()
+        );
+    }
+}
+
+#[test]
 fn the_domain_source_does_no_io_and_reads_no_clock() {
     let dir = workspace_root().join("crates/domain/src");
     let forbidden = [

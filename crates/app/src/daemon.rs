@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use bpm_adapters::control::wire::DaemonStatus;
 use bpm_adapters::control::{DaemonClient, ServerInfo, serve};
 use bpm_ports::{ManagerError, ProcessManager};
 use rustix::fs::{FlockOperation, flock};
@@ -341,6 +342,35 @@ fn start_failure(home: &Home, logged: u64, status: std::process::ExitStatus) -> 
 /// to answer before it tries again: the winner may have been a daemon that
 /// was dying (killed in a system call, it held the lock a little longer).
 const RACE_LOST_RETRY: Duration = Duration::from_millis(300);
+
+/// The status of the daemon of `home`.
+///
+/// # Errors
+/// [`ManagerError::Connection`] if none answers.
+pub async fn status(home: &Home) -> Result<DaemonStatus, ManagerError> {
+    DaemonClient::connect(&home.socket(), SOFTWARE)
+        .await?
+        .status()
+        .await
+}
+
+/// Stops the daemon of `home` (with `kill_all`, its processes first), and
+/// returns once it is gone (or after 5 s).
+///
+/// # Errors
+/// [`ManagerError::Connection`] if none answers.
+pub async fn stop(home: &Home, kill_all: bool) -> Result<(), ManagerError> {
+    let client = DaemonClient::connect(&home.socket(), SOFTWARE).await?;
+    let pid = client.status().await?.pid;
+    client.shutdown(kill_all).await?;
+    for _ in 0..200 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
 
 /// Connects to the daemon of `home`, starting one in the background when none
 /// answers. Two callers racing end up with one daemon: the second to start

@@ -139,15 +139,6 @@ impl Reconnecting {
         self.retried(|c| async move { c.status().await }).await
     }
 
-    /// The daemon's recent events, on a new connection if the daemon went away.
-    ///
-    /// # Errors
-    /// As [`DaemonClient::recent_events`].
-    pub async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
-        self.retried(|c| async move { c.recent_events().await })
-            .await
-    }
-
     /// The connection to use, a new one if the daemon closed the last (it
     /// closes idle ones): no call had been sent on it, so even a call that is
     /// not safe to repeat can go.
@@ -365,5 +356,10 @@ impl ProcessManager for ReconnectingManager {
         let rx = self.0.events.subscribe();
         self.0.forward();
         rx
+    }
+    async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
+        self.0
+            .retried(|c| async move { c.recent_events().await })
+            .await
     }
 }

@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use bpm_adapters::control::wire::DaemonStatus;
 use bpm_adapters::web::{self, DaemonView, WebConfig};
-use bpm_domain::Event;
 use bpm_ports::ManagerError;
 use serde::Deserialize;
 
@@ -53,9 +52,6 @@ const USAGE_EVERY: Duration = Duration::from_secs(2);
 impl DaemonView for ReconnectingManager {
     async fn status(&self) -> Result<DaemonStatus, ManagerError> {
         self.0.status().await
-    }
-    async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
-        self.0.recent_events().await
     }
 }
 

@@ -1,6 +1,6 @@
 //! The manager contract, on a client of a real daemon over its socket: the
 //! `bpm` binary, with its own home, filesystem store and keeper. The same
-//! cases run on the embedded engine (crates/engine/tests/manager_contract.rs),
+//! cases run on the embedded engine (`crates/engine/tests/manager_contract.rs`),
 //! so a front end gets the same answers and error variants from either.
 
 use std::process::{Command, Stdio};

@@ -350,4 +350,8 @@ impl ProcessManager for Engine {
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.ports.events.subscribe()
     }
+
+    async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
+        Ok(self.ports.events.recent())
+    }
 }

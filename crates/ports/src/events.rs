@@ -25,4 +25,10 @@ pub trait EventBus: Send + Sync + 'static {
     /// lag and miss events (it is told so by `RecvError::Lagged`); it must
     /// then re-read the records it cares about from the store.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+
+    /// The latest events published, oldest first: at most the bus's
+    /// history (the in-process bus keeps 1,000). A caller that subscribes
+    /// first and then reads these sees the past and the future with no gap
+    /// (dropping what it sees twice).
+    fn recent(&self) -> Vec<Event>;
 }

@@ -335,4 +335,13 @@ pub trait ProcessManager: Send + Sync + 'static {
 
     /// Every event from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+
+    /// The latest events (at most 1,000), oldest first. Subscribe first,
+    /// then read these, to see the past and the future with no gap (an
+    /// event may then come twice: the same id, version and kind).
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::Connection`] or [`ManagerError::ShutDown`]
+    ///   if the manager cannot be reached.
+    async fn recent_events(&self) -> Result<Vec<Event>, ManagerError>;
 }

@@ -235,17 +235,6 @@ impl DaemonClient {
         }
     }
 
-    /// The daemon's most recent events (up to 1,000), oldest first.
-    ///
-    /// # Errors
-    /// As any call.
-    pub async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
-        match self.call(Request::RecentEvents).await? {
-            Reply::Events(e) => Ok(e),
-            other => Err(unexpected(&other)),
-        }
-    }
-
     /// Stops the daemon; with `kill_all`, its processes first.
     ///
     /// # Errors
@@ -485,5 +474,11 @@ impl ProcessManager for DaemonClient {
             });
         }
         rx
+    }
+    async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
+        match self.call(Request::RecentEvents).await? {
+            Reply::Events(e) => Ok(e),
+            other => Err(unexpected(&other)),
+        }
     }
 }

@@ -42,10 +42,6 @@ pub struct ServerInfo {
 }
 
 type Writer = Arc<Mutex<OwnedWriteHalf>>;
-type Recent = Arc<std::sync::Mutex<std::collections::VecDeque<bpm_domain::Event>>>;
-
-/// How many past events `recent_events` returns at most.
-const RECENT_EVENTS: usize = 1000;
 
 /// `spec` with the batch's `shared` variables under its own. Specs without
 /// variables of their own share the batch's map.
@@ -136,23 +132,6 @@ pub async fn serve_with(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let own_uid = rustix::process::getuid();
-    let recent: Recent = Arc::default();
-    let (r, mut events) = (recent.clone(), manager.subscribe());
-    tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    let mut r = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if r.len() == RECENT_EVENTS {
-                        r.pop_front();
-                    }
-                    r.push_back(e);
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -171,12 +150,7 @@ pub async fn serve_with(
             tokio::spawn(refuse_busy(stream, limits.max_connections));
             continue;
         };
-        let (manager, info, shutdown, recent) = (
-            manager.clone(),
-            info.clone(),
-            shutdown.clone(),
-            recent.clone(),
-        );
+        let (manager, info, shutdown) = (manager.clone(), info.clone(), shutdown.clone());
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
             connection(
@@ -186,7 +160,6 @@ pub async fn serve_with(
                     manager,
                     info,
                     shutdown,
-                    recent,
                 },
                 limits,
             )
@@ -215,7 +188,6 @@ struct Shared {
     manager: Arc<dyn ProcessManager>,
     info: ServerInfo,
     shutdown: mpsc::UnboundedSender<bool>,
-    recent: Recent,
 }
 
 /// Counts a connection's calls under way while it lives.
@@ -261,7 +233,6 @@ async fn connection(
         manager,
         info,
         shutdown,
-        recent,
     } = shared;
     let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Dropped when this reader returns: a subscription ends with the
@@ -355,27 +326,16 @@ async fn connection(
             answer(&writer, call.id, Ok(Reply::Done)).await;
             continue;
         }
-        let (manager, info, shutdown, writer, recent) = (
+        let (manager, info, shutdown, writer) = (
             manager.clone(),
             info.clone(),
             shutdown.clone(),
             writer.clone(),
-            recent.clone(),
         );
         let under_way = Busy::new(&busy);
         tokio::spawn(async move {
             let _under_way = under_way;
             let id = call.id;
-            if matches!(call.request, Request::RecentEvents) {
-                let events = recent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .iter()
-                    .cloned()
-                    .collect();
-                answer(&writer, id, Ok(Reply::Events(events))).await;
-                return;
-            }
             let result = dispatch(call.request, &manager, &info, &shutdown).await;
             answer(&writer, id, result.map_err(WireError::from)).await;
         });
@@ -491,8 +451,9 @@ async fn dispatch(
             m.remove(id).await?;
             Reply::Done
         }
-        // Both are answered before dispatch, in the connection's loop.
-        Request::RecentEvents | Request::Subscribe => Reply::Done,
+        Request::RecentEvents => Reply::Events(m.recent_events().await?),
+        // Answered before dispatch, in the connection's loop.
+        Request::Subscribe => Reply::Done,
         Request::Status => {
             let mut counts = BTreeMap::new();
             for r in m.list(ListFilter::default()).await? {

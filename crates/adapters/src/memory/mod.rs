@@ -4,6 +4,6 @@ mod events;
 mod output;
 mod store;
 
-pub use events::BroadcastBus;
+pub use events::{BroadcastBus, RECENT_EVENTS};
 pub use output::{DEFAULT_OUTPUT_CAP, InMemoryOutput};
 pub use store::InMemoryStore;

@@ -107,7 +107,7 @@ pub(super) async fn detail(
     let id = parse_id(&id)?;
     let record = s.manager.get(id).await?;
     let events: Vec<_> = s
-        .daemon
+        .manager
         .recent_events()
         .await
         .unwrap_or_default()

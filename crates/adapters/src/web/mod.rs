@@ -24,14 +24,13 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::routing::{get, post};
-use bpm_domain::Event;
 use bpm_ports::{ManagerError, ProcessManager};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::control::wire::DaemonStatus;
 
 /// What the daemon says about itself, beyond [`ProcessManager`]: for the
-/// page's top strip and a record's timeline.
+/// page's top strip.
 #[async_trait]
 pub trait DaemonView: Send + Sync + 'static {
     /// The daemon's version, store, node, start time, limits and counts.
@@ -39,11 +38,6 @@ pub trait DaemonView: Send + Sync + 'static {
     /// # Errors
     /// When the daemon cannot be reached.
     async fn status(&self) -> Result<DaemonStatus, ManagerError>;
-    /// The daemon's recent events (up to 1,000), oldest first.
-    ///
-    /// # Errors
-    /// When the daemon cannot be reached.
-    async fn recent_events(&self) -> Result<Vec<Event>, ManagerError>;
 }
 
 /// How the page is served.

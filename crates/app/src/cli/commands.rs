@@ -3,22 +3,22 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_adapters::control::DaemonClient;
 use bpm_adapters::view::record_json;
 use bpm_domain::{
     Command as Cmd, ListFilter, LogPattern, OsText, Percent, ProcessId, ProcessKind, ProcessName,
     ProcessRecord, ProcessSpec, ReadinessCheck, RequestRef, RestartMode, Span, StateName,
     StdinMode, Timestamp, metadata_from_json,
 };
-use bpm_ports::{
-    Cursor, ManagerError, OutputQuery, ProcessManager, StopOptions, Stream, StreamSelect,
-};
+use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
 use clap::CommandFactory;
 
 use super::resolve::resolve;
-use super::{Cli, Command, DaemonAction, DaemonArgs, LogsArgs, PsArgs, RunArgs, StopArgs, table};
+use super::{
+    Cli, Command, DaemonAction, DaemonArgs, LogsArgs, Manager, PsArgs, RunArgs, StopArgs, table,
+};
 use crate::daemon::{self, Home};
 use crate::wiring::{StoreChoice, state_dir};
 
@@ -172,7 +172,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         other => match daemon::connect_or_start(&home).await {
-            Ok(client) => command(&home, &client, other).await,
+            Ok(client) => command(&home, &(Arc::new(client) as Manager), other).await,
             Err(e) => Err(CliError::from(e)),
         },
     };
@@ -201,10 +201,7 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Some(DaemonAction::Status) => {
-            let client = DaemonClient::connect(&home.socket(), daemon::SOFTWARE)
-                .await
-                .map_err(CliError::from)?;
-            let s = client.status().await?;
+            let s = daemon::status(home).await?;
             println!(
                 "pid      {}\nversion  {}\nstore    {}\nnode     {}\nhome     {}",
                 s.pid, s.version, s.store, s.node, s.home
@@ -227,24 +224,13 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Some(DaemonAction::Stop { kill_all }) => {
-            let client = DaemonClient::connect(&home.socket(), daemon::SOFTWARE)
-                .await
-                .map_err(CliError::from)?;
-            let pid = client.status().await?.pid;
-            client.shutdown(kill_all).await?;
-            // Return once it is gone.
-            for _ in 0..200 {
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            daemon::stop(home, kill_all).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn command(home: &Home, m: &DaemonClient, command: Command) -> Outcome {
+async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
     match command {
         Command::Run(args) => run(home, m, *args).await,
         Command::Ps(args) => ps(m, args).await,
@@ -364,7 +350,7 @@ fn parse_metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Valu
     metadata_from_json(value).map_err(|e| CliError::invalid(e.to_string()))
 }
 
-async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError> {
+async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     let bad = |e: &dyn std::fmt::Display| CliError::invalid(e.to_string());
     let mut spec = if a.shell {
         ProcessSpec::shell(shell_line(a.command.into_iter().map(OsText::from)))
@@ -466,7 +452,7 @@ async fn spec_from(m: &DaemonClient, a: RunArgs) -> Result<ProcessSpec, CliError
     Ok(spec)
 }
 
-async fn run(home: &Home, m: &DaemonClient, mut args: RunArgs) -> Outcome {
+async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
     if let Some(from) = args.from.take() {
         return run_many(home, m, args, &from).await;
     }
@@ -525,10 +511,10 @@ enum Submitted {
 /// answered. Returns the new client, if one took over, and each spec's result.
 async fn submit(
     home: &Home,
-    m: &DaemonClient,
+    m: &Manager,
     specs: Vec<ProcessSpec>,
     answer: Answer,
-) -> Result<(Option<DaemonClient>, Vec<Result<Submitted, ManagerError>>), CliError> {
+) -> Result<(Option<Manager>, Vec<Result<Submitted, ManagerError>>), CliError> {
     let request = uuid::Uuid::now_v7();
     let specs: Vec<ProcessSpec> = specs
         .into_iter()
@@ -543,7 +529,7 @@ async fn submit(
         .collect();
     let mut results: Vec<Option<Result<Submitted, ManagerError>>> =
         specs.iter().map(|_| None).collect();
-    let mut again: Option<DaemonClient> = None;
+    let mut again: Option<Manager> = None;
     let mut broken = 0;
     loop {
         let m = again.as_ref().unwrap_or(m);
@@ -555,7 +541,7 @@ async fn submit(
                 eprintln!(
                     "bpm: {why}; asking the next daemon which of this request's processes exist"
                 );
-                again = Some(daemon::connect_or_start(home).await?);
+                again = Some(Arc::new(daemon::connect_or_start(home).await?));
             }
             Err(e) => return Err(e.into()),
         }
@@ -570,7 +556,7 @@ async fn submit(
 /// One try of [`submit`]: after a broken connection (`ask`), first learns
 /// which of the request's processes exist; then submits the others.
 async fn submit_once(
-    m: &DaemonClient,
+    m: &Manager,
     specs: &[ProcessSpec],
     results: &mut [Option<Result<Submitted, ManagerError>>],
     request: uuid::Uuid,
@@ -628,7 +614,7 @@ async fn submit_once(
 }
 
 /// `bpm run --from FILE`: one process per line, all submitted in one request.
-async fn run_many(home: &Home, m: &DaemonClient, mut args: RunArgs, from: &Path) -> Outcome {
+async fn run_many(home: &Home, m: &Manager, mut args: RunArgs, from: &Path) -> Outcome {
     // Bytes, not text: a line may name a file whose name is not UTF-8.
     let text = if from == Path::new("-") {
         let mut text = Vec::new();
@@ -818,7 +804,7 @@ fn tell_dropped(told: &mut u64, dropped: u64) {
 /// the process ends when `follow`, else until what is there now is printed.
 /// Drops past `told` bytes are reported.
 async fn copy_output(
-    m: &DaemonClient,
+    m: &Manager,
     id: ProcessId,
     mut cursor: Cursor,
     stream: StreamSelect,
@@ -863,7 +849,7 @@ async fn copy_output(
     }
 }
 
-async fn filter_from(m: &DaemonClient, args: &PsArgs) -> Result<ListFilter, CliError> {
+async fn filter_from(m: &Manager, args: &PsArgs) -> Result<ListFilter, CliError> {
     let mut filter = ListFilter::default();
     for s in &args.state {
         filter.states.push(s.parse().map_err(CliError::invalid)?);
@@ -904,7 +890,7 @@ async fn filter_from(m: &DaemonClient, args: &PsArgs) -> Result<ListFilter, CliE
     Ok(filter)
 }
 
-async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
+async fn ps(m: &Manager, a: PsArgs) -> Outcome {
     let filter = filter_from(m, &a).await?;
     // The table's usage is asked for beside the list (one connection
     // carries both), so its /proc scan adds to the wait only what it
@@ -949,7 +935,7 @@ async fn ps(m: &DaemonClient, a: PsArgs) -> Outcome {
 
 /// What the running trees among `records` use; empty when none runs or
 /// the daemon cannot say (a daemon from before `usage`).
-async fn usage_of(m: &DaemonClient, records: &[ProcessRecord]) -> table::Usage {
+async fn usage_of(m: &Manager, records: &[ProcessRecord]) -> table::Usage {
     if !records
         .iter()
         .any(|r| r.state().is_active() && r.pid().is_some())
@@ -1064,7 +1050,7 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
     }
 }
 
-async fn logs(m: &DaemonClient, a: LogsArgs) -> Outcome {
+async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
     let id = resolve(m, &a.id).await?;
     let stream = match a.stream.as_str() {
         "stdout" => StreamSelect::Stdout,
@@ -1105,7 +1091,7 @@ async fn logs(m: &DaemonClient, a: LogsArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stop(m: &DaemonClient, a: StopArgs) -> Outcome {
+async fn stop(m: &Manager, a: StopArgs) -> Outcome {
     let options = StopOptions {
         force: a.force,
         grace: a.grace.map(|g| secs(g, "--grace")).transpose()?,
@@ -1155,7 +1141,7 @@ async fn stop(m: &DaemonClient, a: StopArgs) -> Outcome {
 }
 
 /// Offers the live processes on a terminal and reads a choice.
-async fn pick(m: &DaemonClient, live: Vec<StateName>) -> Result<ProcessId, CliError> {
+async fn pick(m: &Manager, live: Vec<StateName>) -> Result<ProcessId, CliError> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return Err(CliError::invalid(
             "no process given: name one (bpm stop ID), or use --all or --session",
@@ -1194,7 +1180,7 @@ async fn pick(m: &DaemonClient, live: Vec<StateName>) -> Result<ProcessId, CliEr
         .ok_or_else(|| CliError::invalid(format!("{n} is not in the list")))
 }
 
-async fn wait(m: &DaemonClient, texts: &[String], timeout: Option<f64>) -> Outcome {
+async fn wait(m: &Manager, texts: &[String], timeout: Option<f64>) -> Outcome {
     let timeout = timeout
         .map(|t| secs(t, "--timeout"))
         .transpose()?
@@ -1226,7 +1212,7 @@ async fn wait(m: &DaemonClient, texts: &[String], timeout: Option<f64>) -> Outco
 
 /// Draws the record's progress on stderr while `waiting` runs.
 async fn with_progress_bar(
-    m: &DaemonClient,
+    m: &Manager,
     id: ProcessId,
     waiting: impl std::future::Future<Output = Result<ProcessRecord, ManagerError>>,
 ) -> Result<ProcessRecord, ManagerError> {
@@ -1259,7 +1245,7 @@ async fn with_progress_bar(
     result
 }
 
-async fn clean(m: &DaemonClient, states: &[String], older_than: Option<&str>) -> Outcome {
+async fn clean(m: &Manager, states: &[String], older_than: Option<&str>) -> Outcome {
     let mut filter = ListFilter::default();
     for s in states {
         let state: StateName = s.parse().map_err(CliError::invalid)?;
@@ -1289,7 +1275,7 @@ async fn clean(m: &DaemonClient, states: &[String], older_than: Option<&str>) ->
     Ok(ExitCode::SUCCESS)
 }
 
-async fn events(m: &DaemonClient, follow: bool) -> Outcome {
+async fn events(m: &Manager, follow: bool) -> Outcome {
     // Subscribe before reading the past, so nothing falls between the two.
     let mut rx = follow.then(|| m.subscribe());
     let mut out = std::io::stdout();

@@ -18,6 +18,10 @@ use clap::{Args, Parser, Subcommand};
 
 pub use commands::dispatch;
 
+/// What every command runs on: the port, never a concrete client, so a
+/// command works the same on any manager (the daemon's client today).
+type Manager = std::sync::Arc<dyn bpm_ports::ProcessManager>;
+
 /// bpm: run, watch and stop background processes.
 #[derive(Debug, Parser)]
 #[command(name = "bpm", version, about, propagate_version = true)]

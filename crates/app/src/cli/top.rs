@@ -4,9 +4,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bpm_adapters::control::DaemonClient;
 use bpm_domain::ListFilter;
-use bpm_ports::ProcessManager;
 
 use super::commands::{CliError, Outcome, color_on, now};
 use super::table;
@@ -19,7 +17,9 @@ fn line(cells: [&str; 8]) -> String {
 }
 
 /// One screen: a summary line, then one row per running tree, busiest first.
-async fn screen(m: &DaemonClient) -> Result<Vec<String>, CliError> {
+use super::Manager;
+
+async fn screen(m: &Manager) -> Result<Vec<String>, CliError> {
     let records = m.list(ListFilter::holding_slots()).await?;
     let mut usage = if records.iter().any(|r| r.pid().is_some()) {
         m.resource_usage().await?
@@ -69,7 +69,7 @@ async fn screen(m: &DaemonClient) -> Result<Vec<String>, CliError> {
 }
 
 /// Refreshes every `interval` seconds until interrupted, or `iterations` times.
-pub(super) async fn top(m: &DaemonClient, interval: f64, iterations: Option<u64>) -> Outcome {
+pub(super) async fn top(m: &Manager, interval: f64, iterations: Option<u64>) -> Outcome {
     let every = Duration::try_from_secs_f64(interval)
         .ok()
         .filter(|d| *d >= Duration::from_millis(100))

@@ -80,8 +80,8 @@ fn exit_code(r: &ProcessRecord) -> Option<i32> {
 
 /// A started record reads back by id and in the list, and ends with its
 /// command's own exit code.
-pub async fn a_start_is_listed_and_ends_with_its_own_exit_code(s: Subject) {
-    let m = &s.manager;
+pub async fn a_start_is_listed_and_ends_with_its_own_exit_code(subject: Subject) {
+    let m = &subject.manager;
     let r = m.start(sh("exit 3")).await.expect("start");
     assert_eq!(m.get(r.id()).await.expect("get").id(), r.id());
     let listed = m.list(ListFilter::default()).await.expect("list");
@@ -99,8 +99,8 @@ pub async fn a_start_is_listed_and_ends_with_its_own_exit_code(s: Subject) {
 }
 
 /// Every call on an id no record has is `NotFound`, naming the id.
-pub async fn every_call_on_an_unknown_id_is_not_found(s: Subject) {
-    let m = &s.manager;
+pub async fn every_call_on_an_unknown_id_is_not_found(subject: Subject) {
+    let m = &subject.manager;
     let id = unknown();
     let not_found = |what: &str, e: ManagerError| {
         assert!(
@@ -153,8 +153,8 @@ pub async fn every_call_on_an_unknown_id_is_not_found(s: Subject) {
 }
 
 /// An invalid spec is `InvalidSpec`, says what is wrong, and creates nothing.
-pub async fn an_invalid_spec_is_refused_by_name_and_creates_nothing(s: Subject) {
-    let m = &s.manager;
+pub async fn an_invalid_spec_is_refused_by_name_and_creates_nothing(subject: Subject) {
+    let m = &subject.manager;
     let e = m
         .start(ProcessSpec::argv(Vec::<String>::new()))
         .await
@@ -188,8 +188,8 @@ pub async fn an_invalid_spec_is_refused_by_name_and_creates_nothing(s: Subject) 
 }
 
 /// An unknown dependency or parent is `Refused`, naming it, and creates nothing.
-pub async fn an_unknown_dependency_or_parent_is_refused(s: Subject) {
-    let m = &s.manager;
+pub async fn an_unknown_dependency_or_parent_is_refused(subject: Subject) {
+    let m = &subject.manager;
     let missing = unknown();
     let mut spec = sh("true");
     spec.dependencies = vec![missing];
@@ -215,8 +215,8 @@ pub async fn an_unknown_dependency_or_parent_is_refused(s: Subject) {
 
 /// A batch answers one result per spec, in order; a refused spec does not
 /// stop the others.
-pub async fn a_batch_answers_each_spec_in_order(s: Subject) {
-    let m = &s.manager;
+pub async fn a_batch_answers_each_spec_in_order(subject: Subject) {
+    let m = &subject.manager;
     let specs = vec![
         sh("exit 0"),
         ProcessSpec::argv(Vec::<String>::new()),
@@ -239,8 +239,8 @@ pub async fn a_batch_answers_each_spec_in_order(s: Subject) {
 }
 
 /// The records a request made are found by its id, whichever way they came.
-pub async fn a_requests_records_are_found_by_its_id(s: Subject) {
-    let m = &s.manager;
+pub async fn a_requests_records_are_found_by_its_id(subject: Subject) {
+    let m = &subject.manager;
     let request = uuid::Uuid::now_v7();
     let tagged = |line: &str, index| {
         let mut spec = sh(line);
@@ -272,8 +272,8 @@ pub async fn a_requests_records_are_found_by_its_id(s: Subject) {
 
 /// `wait` gives up at its timeout with `WaitTimeout`, naming the live
 /// record and its state; `wait_many` names one still unfinished.
-pub async fn a_wait_that_runs_out_of_time_says_what_is_still_live(s: Subject) {
-    let m = &s.manager;
+pub async fn a_wait_that_runs_out_of_time_says_what_is_still_live(subject: Subject) {
+    let m = &subject.manager;
     let r = running(m, sh("sleep 30")).await;
     let done = m.start(sh("true")).await.expect("start");
     ended(m, done.id()).await;
@@ -301,8 +301,8 @@ pub async fn a_wait_that_runs_out_of_time_says_what_is_still_live(s: Subject) {
 
 /// `stop` returns once the whole tree is gone, with the final state; a
 /// finished record is returned unchanged.
-pub async fn a_stop_ends_the_whole_tree_before_it_returns(s: Subject) {
-    let m = &s.manager;
+pub async fn a_stop_ends_the_whole_tree_before_it_returns(subject: Subject) {
+    let m = &subject.manager;
     let mut spec = sh("trap '' TERM; sleep 30 & sleep 30 & wait");
     spec.stop.grace = bpm_domain::Span::from_millis(200);
     let r = running(m, spec).await;
@@ -321,8 +321,8 @@ pub async fn a_stop_ends_the_whole_tree_before_it_returns(s: Subject) {
 
 /// `stop_level` stops every live record at a depth, with its descendants,
 /// and answers them all, ended.
-pub async fn stopping_a_level_stops_every_record_on_it(s: Subject) {
-    let m = &s.manager;
+pub async fn stopping_a_level_stops_every_record_on_it(subject: Subject) {
+    let m = &subject.manager;
     let a = running(m, sh("sleep 30")).await;
     let b = running(m, sh("sleep 30")).await;
     let mut child = sh("sleep 30");
@@ -348,8 +348,8 @@ pub async fn stopping_a_level_stops_every_record_on_it(s: Subject) {
 
 /// Pause and resume move a running process and refuse the wrong moves as
 /// `InvalidTransition`.
-pub async fn pause_and_resume_refuse_the_wrong_moves(s: Subject) {
-    let m = &s.manager;
+pub async fn pause_and_resume_refuse_the_wrong_moves(subject: Subject) {
+    let m = &subject.manager;
     let r = running(m, sh("sleep 30")).await;
     let e = m.resume(r.id()).await.expect_err("resume a running one");
     assert!(
@@ -372,8 +372,8 @@ pub async fn pause_and_resume_refuse_the_wrong_moves(s: Subject) {
 }
 
 /// Output is read from any cursor, and reading consumes nothing.
-pub async fn output_reads_the_same_twice(s: Subject) {
-    let m = &s.manager;
+pub async fn output_reads_the_same_twice(subject: Subject) {
+    let m = &subject.manager;
     let r = m
         .start(sh("printf 'one\\ntwo\\n'; printf 'err\\n' >&2"))
         .await
@@ -419,8 +419,8 @@ pub async fn output_reads_the_same_twice(s: Subject) {
 
 /// Input reaches a process started with a pipe; input to a finished one is
 /// a `Spawner` error.
-pub async fn input_reaches_a_process_with_a_pipe(s: Subject) {
-    let m = &s.manager;
+pub async fn input_reaches_a_process_with_a_pipe(subject: Subject) {
+    let m = &subject.manager;
     let mut spec = sh("head -n 1");
     spec.stdin = StdinMode::Pipe;
     let r = running(m, spec).await;
@@ -447,8 +447,8 @@ pub async fn input_reaches_a_process_with_a_pipe(s: Subject) {
 
 /// A tracked operation reports progress and ends once; a second end is a
 /// no-op, and a process's outcome cannot be set by hand.
-pub async fn a_tracked_operation_ends_once(s: Subject) {
-    let m = &s.manager;
+pub async fn a_tracked_operation_ends_once(subject: Subject) {
+    let m = &subject.manager;
     let op = m
         .track(ProcessSpec::tracked(
             ProcessName::new("migration").expect("name"),
@@ -486,8 +486,8 @@ pub async fn a_tracked_operation_ends_once(s: Subject) {
 }
 
 /// `remove` refuses a live record and deletes a finished one.
-pub async fn remove_refuses_a_live_record(s: Subject) {
-    let m = &s.manager;
+pub async fn remove_refuses_a_live_record(subject: Subject) {
+    let m = &subject.manager;
     let r = running(m, sh("sleep 30")).await;
     let e = m.remove(r.id()).await.expect_err("live");
     assert!(
@@ -504,8 +504,8 @@ pub async fn remove_refuses_a_live_record(s: Subject) {
 
 /// `restart` makes a new record that points back; it starts once the old
 /// one has ended.
-pub async fn a_restart_is_a_new_record_that_points_back(s: Subject) {
-    let m = &s.manager;
+pub async fn a_restart_is_a_new_record_that_points_back(subject: Subject) {
+    let m = &subject.manager;
     let old = running(m, sh("sleep 30")).await;
     let new = m.restart(old.id()).await.expect("restart");
     assert_ne!(new.id(), old.id());
@@ -524,8 +524,8 @@ pub async fn a_restart_is_a_new_record_that_points_back(s: Subject) {
 
 /// A subscriber sees every event of a record started after it subscribed,
 /// from creation to its end.
-pub async fn a_subscriber_sees_a_process_from_start_to_end(s: Subject) {
-    let m = &s.manager;
+pub async fn a_subscriber_sees_a_process_from_start_to_end(subject: Subject) {
+    let m = &subject.manager;
     let mut events = m.subscribe();
     let r = m.start(sh("exit 0")).await.expect("start");
     let mut kinds = Vec::new();
@@ -544,9 +544,37 @@ pub async fn a_subscriber_sees_a_process_from_start_to_end(s: Subject) {
     assert!(kinds.contains(&EventKind::Started), "{kinds:?}");
 }
 
+/// The latest events hold a finished record's past, in order; with a
+/// subscription taken first, nothing falls between the two.
+pub async fn recent_events_hold_the_past_in_order(subject: Subject) {
+    let m = &subject.manager;
+    let r = m.start(sh("exit 0")).await.expect("start");
+    ended(m, r.id()).await;
+    let mut live = m.subscribe();
+    let kinds: Vec<EventKind> = m
+        .recent_events()
+        .await
+        .expect("recent")
+        .into_iter()
+        .filter(|e| e.id == r.id())
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.first(), Some(&EventKind::Submitted), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&EventKind::Completed), "{kinds:?}");
+    let started = kinds.iter().position(|k| *k == EventKind::Started);
+    assert!(started.is_some_and(|i| i > 0), "{kinds:?}");
+    let next = m.start(sh("exit 0")).await.expect("start");
+    let first = tokio::time::timeout(LONG, live.recv())
+        .await
+        .expect("an event in time")
+        .expect("an event");
+    assert_eq!((first.id, first.kind), (next.id(), EventKind::Submitted));
+    ended(m, next.id()).await;
+}
+
 /// The usage of a running tree is listed under its record.
-pub async fn resource_usage_lists_running_trees(s: Subject) {
-    let m = &s.manager;
+pub async fn resource_usage_lists_running_trees(subject: Subject) {
+    let m = &subject.manager;
     let r = running(m, sh("sleep 30")).await;
     let deadline = Instant::now() + LONG;
     loop {

@@ -81,6 +81,7 @@ macro_rules! manager_contract_tests {
             remove_refuses_a_live_record,
             a_restart_is_a_new_record_that_points_back,
             a_subscriber_sees_a_process_from_start_to_end,
+            recent_events_hold_the_past_in_order,
             resource_usage_lists_running_trees,
         );
     };
