@@ -2,6 +2,10 @@
 //! interleavings of submits, spawn results, exits, stops, pauses, restarts,
 //! progress reports and timer firings on a simulated clock, with the world's
 //! invariants checked after every step.
+//!
+//! The spawner's notices (exits, and starts made on exits) come in the order
+//! it sent them, but a spawn's answer travels its own way: a process can
+//! exit, and be reported so, before the core hears that it started.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -28,9 +32,16 @@ struct Submit {
 #[derive(Debug, Clone)]
 enum Op {
     Submit(Submit),
+    /// The spawner carries out a spawn; its answer is delivered at once
+    /// (`now`) or later, in any order with the notices.
     ResolveSpawn {
         pick: usize,
         ok: bool,
+        now: bool,
+    },
+    /// A spawn's answer that was held back reaches the core.
+    DeliverResult {
+        pick: usize,
     },
     Exit {
         pick: usize,
@@ -73,10 +84,8 @@ enum Op {
     },
     /// The driver hands the next records to the spawner.
     HandOver,
-    /// A report of a start the spawner made on an exit reaches the core.
-    DeliverHandover {
-        pick: usize,
-    },
+    /// The spawner's oldest notice not yet delivered reaches the core.
+    DeliverNotice,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -119,7 +128,8 @@ fn op() -> impl Strategy<Value = Op> {
     let pick = 0usize..64;
     prop_oneof![
         5 => submit,
-        6 => (pick.clone(), prop::bool::weighted(0.9)).prop_map(|(pick, ok)| Op::ResolveSpawn { pick, ok }),
+        6 => (pick.clone(), prop::bool::weighted(0.9), prop::bool::weighted(0.5)).prop_map(|(pick, ok, now)| Op::ResolveSpawn { pick, ok, now }),
+        3 => pick.clone().prop_map(|pick| Op::DeliverResult { pick }),
         4 => (pick.clone(), 0i32..3).prop_map(|(pick, code)| Op::Exit { pick, code }),
         4 => pick.clone().prop_map(|pick| Op::DeliverSignalExit { pick }),
         3 => (pick.clone(), prop::bool::weighted(0.2)).prop_map(|(pick, force)| Op::Stop { pick, force }),
@@ -133,7 +143,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => pick.clone().prop_map(|pick| Op::Remove { pick }),
         5 => (1u64..8_000).prop_map(|ms| Op::Advance { ms }),
         3 => Just(Op::HandOver),
-        3 => pick.clone().prop_map(|pick| Op::DeliverHandover { pick }),
+        5 => Just(Op::DeliverNotice),
     ]
 }
 
@@ -145,8 +155,16 @@ struct World {
     ids: Vec<ProcessId>,
     next_id: u128,
     next_pid: u32,
-    /// Records whose spawn was asked for and not yet answered.
+    /// Records whose spawn was asked for and not yet carried out.
     spawning: Vec<ProcessId>,
+    /// Spawns carried out whose answer has not reached the core.
+    results: Vec<Input>,
+    /// Processes the spawner started whose exit the core has not recorded
+    /// (`Effect::ExitRecorded`): it answers a spawn of one with its pid.
+    started: HashMap<ProcessId, u32>,
+    /// Records started on exits whose start the core has not taken yet.
+    reported: HashSet<ProcessId>,
+
     /// Live simulated processes: id → (pid, ignores TERM).
     alive: HashMap<ProcessId, (u32, bool)>,
     ignores_term: HashSet<ProcessId>,
@@ -156,8 +174,9 @@ struct World {
     ended: HashSet<ProcessId>,
     /// Records the spawner holds to start on exits, in order.
     queued: VecDeque<ProcessId>,
-    /// Reports of starts made on exits, not yet delivered to the core.
-    handovers: Vec<Input>,
+    /// The spawner's notices (exits, starts made on exits), in the order
+    /// it sent them, not yet delivered to the core.
+    notices: VecDeque<Input>,
 }
 
 fn limits() -> Limits {
@@ -187,13 +206,16 @@ impl World {
             next_id: 1,
             next_pid: 100,
             spawning: Vec::new(),
+            results: Vec::new(),
+            started: HashMap::new(),
+            reported: HashSet::new(),
             alive: HashMap::new(),
             ignores_term: HashSet::new(),
             dying: Vec::new(),
             timers: BTreeMap::new(),
             ended: HashSet::new(),
             queued: VecDeque::new(),
-            handovers: Vec::new(),
+            notices: VecDeque::new(),
         }
     }
 
@@ -246,6 +268,29 @@ impl World {
                         "compare-and-set against what the store holds"
                     );
                     assert!(record.version() > stored.unwrap_or(0), "versions only grow");
+                    // Whatever order the notices came in, an exit is handled
+                    // as it happened: after the start, so under the restart policy.
+                    if let Some(status) = record.lifecycle().exit()
+                        && matches!(record.state(), StateName::Completed | StateName::Failed)
+                        && !record.is_tracked()
+                    {
+                        let policy = record.spec().restart;
+                        let wants = match policy.mode {
+                            RestartMode::Never => false,
+                            RestartMode::OnFailure => !status.success(),
+                            RestartMode::Always => true,
+                        };
+                        assert!(
+                            !wants || policy.max_restarts.is_some_and(|m| record.restarts() >= m),
+                            "{} ended {} on an exit its restart policy restarts",
+                            record.id(),
+                            record.state()
+                        );
+                    }
+                    // The core has taken the start (or ended the record).
+                    if record.pid().is_some() || record.is_terminal() {
+                        self.reported.remove(&record.id());
+                    }
                     self.store.insert(record.id(), *record);
                 }
                 Effect::Delete { id } => {
@@ -259,7 +304,7 @@ impl World {
                     // and answers for one it started on an exit with that process.
                     self.queued.retain(|q| *q != id);
                     assert!(
-                        !self.alive.contains_key(&id) || self.reported_later(id),
+                        !self.alive.contains_key(&id) || self.reported.contains(&id),
                         "a live process is never spawned twice"
                     );
                     self.spawning.push(id);
@@ -297,20 +342,20 @@ impl World {
                         "events follow writes"
                     );
                 }
+                Effect::ExitRecorded { id } => {
+                    assert!(
+                        !self.alive.contains_key(&id),
+                        "an exit is recorded only once the process has ended"
+                    );
+                    self.started.remove(&id);
+                }
             }
         }
     }
 
-    /// Whether `id` was started on an exit and the core has not heard yet.
-    fn reported_later(&self, id: ProcessId) -> bool {
-        self.handovers
-            .iter()
-            .any(|h| matches!(h, Input::HandedOver { next, started: Ok(_), .. } if *next == id))
-    }
-
     /// A process exited: the spawner starts the next queued record in its
     /// place if the process hands over its slot, and reports both later.
-    fn exit(&mut self, id: ProcessId, status: ExitStatus) -> Result<(), CoreError> {
+    fn exit(&mut self, id: ProcessId, status: ExitStatus) {
         let hands_over = self
             .store
             .get(&id)
@@ -323,31 +368,43 @@ impl World {
                     let pid = self.next_pid;
                     self.alive
                         .insert(next, (pid, self.ignores_term.contains(&next)));
+                    self.started.insert(next, pid);
+                    self.reported.insert(next);
                     Ok(pid)
                 };
                 self.next_pid += 1;
-                self.handovers.push(Input::HandedOver {
+                self.notices.push_back(Input::HandedOver {
                     id,
                     status,
                     next,
                     started,
                 });
-                Ok(())
             }
-            None => self.input(Input::Exited { id, status }),
+            None => self.notices.push_back(Input::Exited { id, status }),
+        }
+    }
+
+    /// Delivers every notice and spawn answer still on its way.
+    fn deliver_all(&mut self) {
+        while !self.notices.is_empty() || !self.results.is_empty() {
+            while let Some(n) = self.notices.pop_front() {
+                let _ = self.input(n);
+            }
+            while !self.results.is_empty() {
+                let r = self.results.remove(0);
+                let _ = self.input(r);
+            }
         }
     }
 
     /// What the driver does before a stop, a restart, a completion or a
     /// failure: takes the queued records back, then lets the core hear of
-    /// every start the spawner made.
+    /// every start the spawner made (and the spawn answers a report may be
+    /// held behind).
     fn withdraw(&mut self) {
         let back: Vec<_> = self.queued.drain(..).collect();
         self.core.withdraw(&back);
-        while !self.handovers.is_empty() {
-            let h = self.handovers.remove(0);
-            let _ = self.input(h);
-        }
+        self.deliver_all();
     }
 
     fn apply(&mut self, op: Op) {
@@ -399,36 +456,44 @@ impl World {
                 }
                 r
             }
-            Op::ResolveSpawn { pick, ok } => {
+            Op::ResolveSpawn { pick, ok, now } => {
                 if self.spawning.is_empty() {
                     return;
                 }
                 let id = self.spawning.remove(pick % self.spawning.len());
-                if let Some(&(pid, _)) = self.alive.get(&id) {
-                    // Started on an exit meanwhile: the spawner answers with that process.
-                    self.input(Input::Spawned { id, pid })
+                let answer = if let Some(&pid) = self.started.get(&id) {
+                    // Started already (on an exit): the spawner answers with that process.
+                    Input::Spawned { id, pid }
                 } else if ok {
                     let pid = self.next_pid;
                     self.next_pid += 1;
                     self.alive
                         .insert(id, (pid, self.ignores_term.contains(&id)));
-                    self.input(Input::Spawned { id, pid })
+                    self.started.insert(id, pid);
+                    Input::Spawned { id, pid }
                 } else {
-                    self.input(Input::SpawnFailed {
+                    Input::SpawnFailed {
                         id,
                         error: "exec failed".into(),
-                    })
+                    }
+                };
+                if now {
+                    self.input(answer)
+                } else {
+                    self.results.push(answer);
+                    Ok(())
                 }
             }
+            Op::DeliverResult { pick } => {
+                if self.results.is_empty() {
+                    return;
+                }
+                let answer = self.results.remove(pick % self.results.len());
+                self.input(answer)
+            }
             Op::Exit { pick, code } => {
-                // The driver holds the exit of a process whose spawn it is
-                // still answering until that answer is in (as the engine does).
-                let mut live: Vec<_> = self
-                    .alive
-                    .keys()
-                    .copied()
-                    .filter(|id| !self.spawning.contains(id))
-                    .collect();
+                // Any process may end, whether or not the core has heard of its start.
+                let mut live: Vec<_> = self.alive.keys().copied().collect();
                 live.sort();
                 if live.is_empty() {
                     return;
@@ -436,21 +501,20 @@ impl World {
                 let id = live[pick % live.len()];
                 self.alive.remove(&id);
                 self.dying.retain(|(d, _)| *d != id);
-                self.exit(id, ExitStatus::Code(code))
+                self.exit(id, ExitStatus::Code(code));
+                Ok(())
             }
             Op::DeliverSignalExit { pick } => {
                 if self.dying.is_empty() {
                     return;
                 }
                 let (id, status) = self.dying[pick % self.dying.len()];
-                if self.spawning.contains(&id) {
-                    return;
-                }
                 self.dying.retain(|(d, _)| *d != id);
                 if self.alive.remove(&id).is_none() {
                     return;
                 }
-                self.exit(id, status)
+                self.exit(id, status);
+                Ok(())
             }
             Op::Stop { pick, force } => match self.pick(pick) {
                 Some(id) => self.input(Input::Stop {
@@ -538,15 +602,11 @@ impl World {
                 self.queued.extend(added);
                 Ok(())
             }
-            Op::DeliverHandover { pick } => {
-                if self.handovers.is_empty() {
-                    return;
-                }
-                // Reports come in the order the spawner made them.
-                let _ = pick;
-                let h = self.handovers.remove(0);
-                self.input(h)
-            }
+            Op::DeliverNotice => match self.notices.pop_front() {
+                // Notices come in the order the spawner sent them.
+                Some(n) => self.input(n),
+                None => return,
+            },
         };
     }
 
@@ -624,8 +684,12 @@ impl World {
         // Every live process belongs to a record that is running, paused or
         // stopping, or was started on an exit the core has not heard of.
         for id in self.alive.keys() {
-            // Or whose spawn, asked for by the core too, the spawner is answering.
-            if self.reported_later(*id) || self.spawning.contains(id) {
+            // Or whose spawn's answer is on its way.
+            let answering = self
+                .results
+                .iter()
+                .any(|r| matches!(r, Input::Spawned { id: x, .. } if x == id));
+            if self.reported.contains(id) || answering {
                 continue;
             }
             let state = self.store.get(id).map(ProcessRecord::state);
@@ -668,14 +732,23 @@ proptest! {
             world.apply(op);
             world.check();
         }
-        // Drain the world: deliver every exit and fire every timer; nothing may stay stuck.
+        // Drain the world: deliver every answer and exit and fire every
+        // timer; nothing may stay stuck, and no exit may be lost.
         for _ in 0..200 {
-            while !world.handovers.is_empty() {
-                world.apply(Op::DeliverHandover { pick: 0 });
-                world.check();
+            // The callers end their tracked operations too.
+            let tracked: Vec<_> = world
+                .store
+                .values()
+                .filter(|r| r.is_tracked() && !r.is_terminal())
+                .map(ProcessRecord::id)
+                .collect();
+            for id in tracked {
+                let _ = world.input(Input::Complete { id, result: None });
             }
+            world.deliver_all();
+            world.check();
             while !world.spawning.is_empty() {
-                world.apply(Op::ResolveSpawn { pick: 0, ok: true });
+                world.apply(Op::ResolveSpawn { pick: 0, ok: true, now: true });
                 world.check();
             }
             let live: Vec<_> = world.alive.keys().copied().collect();
@@ -683,8 +756,18 @@ proptest! {
                 world.apply(Op::Exit { pick: 0, code: 0 });
                 world.check();
             }
+            world.deliver_all();
             world.apply(Op::Advance { ms: 60_000 });
             world.check();
+        }
+        assert!(world.alive.is_empty(), "processes still run: {:?}", world.alive);
+        for r in world.store.values() {
+            assert!(
+                r.is_terminal(),
+                "{} is still {} with nothing left to happen",
+                r.id(),
+                r.state()
+            );
         }
     }
 }

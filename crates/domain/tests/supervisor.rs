@@ -751,7 +751,7 @@ fn records_handed_over_start_on_exits_in_order_and_first() {
         Some(StateName::Failed)
     );
     assert_eq!(spawns(&effects), vec![id(6)]);
-    // A start reported for a record that has ended is killed.
+    // A report that overtakes the answer to 6's own spawn waits for it.
     let effects = core
         .handle(
             Input::HandedOver {
@@ -763,10 +763,31 @@ fn records_handed_over_start_on_exits_in_order_and_first() {
             t(60),
         )
         .expect("handed over");
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(
+        core.get(id(6)).map(ProcessRecord::state),
+        Some(StateName::Starting)
+    );
+    // Then 6 runs and ends as it happened, and a start reported for a
+    // record that has ended is killed.
+    let effects = core
+        .handle(
+            Input::Spawned {
+                id: id(6),
+                pid: 206,
+            },
+            t(61),
+        )
+        .expect("spawned");
+    assert_eq!(
+        core.get(id(6)).map(ProcessRecord::state),
+        Some(StateName::Completed)
+    );
     assert!(effects.iter().any(|e| matches!(
         e,
         Effect::Signal { id: i, pid: 205, signal: bpm_domain::Signal::Kill } if *i == id(5)
     )));
+    assert!(effects.contains(&Effect::ExitRecorded { id: id(6) }));
 }
 
 #[test]
@@ -1095,4 +1116,56 @@ fn a_request_finds_its_records_and_a_restart_belongs_to_none() {
         .filter(|n| core.get(id(*n)).is_some_and(|r| filter.matches(r)))
         .collect();
     assert_eq!(found, [1, 2]);
+}
+
+#[test]
+fn an_exit_that_overtakes_its_spawns_answer_is_handled_after_it() {
+    let mut core = core(Limits::default());
+    let mut spec = ProcessSpec::argv(["flaky"]);
+    spec.restart.mode = bpm_domain::RestartMode::Always;
+    spec.restart.max_restarts = Some(1);
+    let effects = core
+        .handle(Input::Submit { id: id(1), spec }, t(0))
+        .expect("submit");
+    assert_eq!(spawns(&effects), vec![id(1)]);
+    assert!(core.spawn_under_way(id(1)));
+    // The process ran and exited before the spawn's answer came: the exit,
+    // and a readiness report, wait for it.
+    for notice in [
+        Input::Ready { id: id(1) },
+        Input::Exited {
+            id: id(1),
+            status: ExitStatus::Code(1),
+        },
+    ] {
+        let effects = core.handle(notice, t(5)).expect("held");
+        assert!(effects.is_empty(), "{effects:?}");
+    }
+    assert_eq!(
+        core.get(id(1)).map(ProcessRecord::state),
+        Some(StateName::Starting)
+    );
+    // The answer comes: the start, then the exit, under the restart policy.
+    let effects = core
+        .handle(Input::Spawned { id: id(1), pid: 11 }, t(6))
+        .expect("spawned");
+    assert!(!core.spawn_under_way(id(1)));
+    assert_eq!(core.spawns_under_way(), 0);
+    let kinds: Vec<EventKind> = events(&effects).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(kinds.first(), Some(&EventKind::Started), "{kinds:?}");
+    assert!(kinds.contains(&EventKind::Exited), "{kinds:?}");
+    let r = core.get(id(1)).expect("known");
+    assert_eq!((r.state(), r.restarts()), (StateName::Pending, 1));
+    assert!(effects.contains(&Effect::ExitRecorded { id: id(1) }));
+    // A notice about a record whose start is known is handled at once.
+    let effects = core
+        .handle(
+            Input::Exited {
+                id: id(9),
+                status: ExitStatus::Code(0),
+            },
+            t(7),
+        )
+        .expect("an unknown record's exit changes nothing");
+    assert_eq!(effects, vec![Effect::ExitRecorded { id: id(9) }]);
 }

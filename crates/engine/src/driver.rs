@@ -28,12 +28,6 @@ pub(crate) struct Driver {
     /// again (newest first) until it takes them, so a flaky store delays
     /// persistence without stopping supervision.
     pub(crate) unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
-    /// Records whose spawn is under way, with the notices about them that
-    /// arrived meanwhile (handled once the spawn's result has been).
-    pub(crate) spawning: HashMap<ProcessId, Vec<ProcessNotice>>,
-    /// Records in `spawning` only because the report of their start on an
-    /// exit is held there (behind the exited process's own spawn).
-    pub(crate) behind: HashSet<ProcessId>,
     /// Messages that came while the loop waited for the spawner's reports;
     /// handled before any newer one.
     pub(crate) deferred: VecDeque<Msg>,
@@ -70,8 +64,6 @@ impl Driver {
             tx,
             timers: HashMap::new(),
             unsaved: HashMap::new(),
-            spawning: HashMap::new(),
-            behind: HashSet::new(),
             deferred: VecDeque::new(),
             parked: Vec::new(),
             syncs: Syncs::default(),
@@ -180,91 +172,48 @@ impl Driver {
                 self.kick_sync();
             }
         }
-        !(finished.is_some() && self.spawning.is_empty() && self.syncs.idle())
+        !(finished.is_some() && self.core.spawns_under_way() == 0 && self.syncs.idle())
     }
 
-    /// Handles a notice from the spawner, or holds it while the process's
-    /// spawn is under way (an exit can overtake the spawn's own answer).
+    /// Hands a notice from the spawner to the core, as it comes: the core
+    /// takes notices in any order (an exit can overtake its spawn's answer).
     pub(crate) async fn notice(&mut self, notice: ProcessNotice) {
-        if let ProcessNotice::Withdrawn { ids } = &notice {
-            // Back in the queue, they start on the next free slot.
-            self.core.withdraw(ids);
-            return;
-        }
-        let mut queue = VecDeque::from([notice]);
-        while let Some(notice) = queue.pop_front() {
-            let id = match &notice {
-                ProcessNotice::Exited { id, .. }
-                | ProcessNotice::HandedOver { id, .. }
-                | ProcessNotice::Ready { id }
-                | ProcessNotice::Idle { id }
-                | ProcessNotice::Adopted { id, .. }
-                | ProcessNotice::Lost { id, .. } => *id,
-                ProcessNotice::Withdrawn { .. } => continue,
-            };
-            if self.spawning.contains_key(&id) {
-                // A process started in its place waits with it: its own
-                // notices must not come before its start.
-                if let ProcessNotice::HandedOver { next, .. } = &notice
-                    && !self.spawning.contains_key(next)
-                {
-                    self.behind.insert(*next);
-                    self.spawning.insert(*next, Vec::new());
-                }
-                if let Some(held) = self.spawning.get_mut(&id) {
-                    held.push(notice);
-                }
-                continue;
+        let input = match notice {
+            ProcessNotice::Withdrawn { ids } => {
+                // Back in the queue, they start on the next free slot.
+                self.core.withdraw(&ids);
+                return;
             }
-            let exit = matches!(
-                notice,
-                ProcessNotice::Exited { .. } | ProcessNotice::HandedOver { .. }
-            );
-            let mut released = None;
-            let input = match notice {
-                ProcessNotice::Exited { id, status } => Input::Exited { id, status },
-                ProcessNotice::HandedOver {
-                    id,
-                    status,
-                    next,
-                    started,
-                } => {
-                    if self.behind.remove(&next) {
-                        released = self.spawning.remove(&next);
-                    }
-                    Input::HandedOver {
-                        id,
-                        status,
-                        next,
-                        started,
-                    }
-                }
-                ProcessNotice::Ready { id } => Input::Ready { id },
-                ProcessNotice::Idle { id } => Input::Idle { id },
-                ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
-                ProcessNotice::Adopted { id, pid } => Input::Adopted { id, pid },
-                ProcessNotice::Withdrawn { .. } => continue,
-            };
-            if let Err(e) = self.step(input).await {
-                tracing::debug!(error = %e, "process notice ignored");
-            }
-            // Once the step's writes are on disk (or, refused, retried from `unsaved`).
-            if exit {
-                self.after_sync(AfterSync::ExitRecorded(id)).await;
-            }
-            queue.extend(released.unwrap_or_default());
+            ProcessNotice::Exited { id, status } => Input::Exited { id, status },
+            ProcessNotice::HandedOver {
+                id,
+                status,
+                next,
+                started,
+            } => Input::HandedOver {
+                id,
+                status,
+                next,
+                started,
+            },
+            ProcessNotice::Ready { id } => Input::Ready { id },
+            ProcessNotice::Idle { id } => Input::Idle { id },
+            ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
+            ProcessNotice::Adopted { id, pid } => Input::Adopted { id, pid },
+        };
+        if let Err(e) = self.step(input).await {
+            tracing::debug!(error = %e, "process notice ignored");
         }
     }
 
-    /// Handles a spawn's result, answers the callers that waited for it, then
-    /// the notices held meanwhile.
+    /// Handles a spawn's answer, then answers the callers that waited for it.
     pub(crate) async fn spawn_ended(&mut self, input: Input) {
-        let (Input::Spawned { id, .. } | Input::SpawnFailed { id, .. } | Input::Lost { id, .. }) =
-            input
+        let (Input::Spawned { id, .. }
+        | Input::SpawnFailed { id, .. }
+        | Input::SpawnLost { id, .. }) = input
         else {
             return;
         };
-        let held = self.spawning.remove(&id).unwrap_or_default();
         let changed = match self.core.handle(input, self.ports.clock.now()) {
             Ok(effects) => self.execute(effects).await.unwrap_or_default(),
             Err(e) => {
@@ -286,9 +235,6 @@ impl Driver {
                 i += 1;
             }
         }
-        for notice in held {
-            self.notice(notice).await;
-        }
     }
 
     /// Answers a caller once what was written is on disk and the spawns of
@@ -301,7 +247,7 @@ impl Driver {
     ) {
         let waiting: HashSet<ProcessId> = submitted
             .into_iter()
-            .filter(|id| self.spawning.contains_key(id))
+            .filter(|id| self.core.spawn_under_way(*id))
             .collect();
         if waiting.is_empty() {
             self.after_sync(AfterSync::Send(changed, answer)).await;

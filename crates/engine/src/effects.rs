@@ -48,6 +48,7 @@ impl Driver {
         // Events wait until the step's durable writes are on disk; spawns
         // and signals go ahead while the disk flushes.
         let mut announce: Vec<Event> = Vec::new();
+        let mut exits: Vec<ProcessId> = Vec::new();
         while let Some(batch) = queue.pop_front() {
             for effect in batch {
                 if !matches!(effect, Effect::Persist { .. }) {
@@ -95,7 +96,6 @@ impl Driver {
                             }
                             continue;
                         };
-                        self.spawning.entry(id).or_default();
                         let spawner = self.ports.spawner.clone();
                         let mut report = SpawnReport {
                             id,
@@ -108,7 +108,7 @@ impl Driver {
                                     pid: spawned.pid,
                                 },
                                 Err(bpm_ports::SpawnError::Unknown(reason)) => {
-                                    Input::Lost { id, reason }
+                                    Input::SpawnLost { id, reason }
                                 }
                                 Err(e) => Input::SpawnFailed {
                                     id,
@@ -157,6 +157,7 @@ impl Driver {
                         }
                     }
                     Effect::Publish(event) => announce.push(*event),
+                    Effect::ExitRecorded { id } => exits.push(id),
                 }
             }
             self.write_all(&mut writes).await;
@@ -165,6 +166,10 @@ impl Driver {
             self.kick_sync();
         } else {
             self.after_sync(AfterSync::Announce(announce)).await;
+        }
+        // Once the exits' writes are on disk (or, refused, retried from `unsaved`).
+        for id in exits {
+            self.after_sync(AfterSync::ExitRecorded(id)).await;
         }
         Ok(changed)
     }

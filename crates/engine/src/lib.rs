@@ -119,7 +119,7 @@ impl Engine {
         // Answer nothing until the restored queue's first spawns have ended
         // and what was written is on disk.
         let mut inbox = Inbox { msgs: rx, notices };
-        while !driver.spawning.is_empty() || !driver.syncs.idle() {
+        while driver.core.spawns_under_way() > 0 || !driver.syncs.idle() {
             let Some(msg) = inbox.msgs.recv().await else {
                 break;
             };

@@ -10,6 +10,7 @@
 //! The core supervises the records of its own node only. Every record carries
 //! its node, and records of other nodes are never started or signalled here.
 
+mod order;
 mod queue;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -161,6 +162,13 @@ pub enum Effect {
     },
     /// Tell subscribers.
     Publish(Box<Event>),
+    /// The exit of `id`'s process is recorded by this step's writes: once
+    /// they are durable, tell the spawner, which may then forget the process
+    /// (until then it answers a second spawn of `id` with it).
+    ExitRecorded {
+        /// The record.
+        id: ProcessId,
+    },
 }
 
 /// An input to the core.
@@ -204,6 +212,15 @@ pub enum Input {
         id: ProcessId,
         /// Why, as the OS said.
         error: String,
+    },
+    /// Whether the OS process of `id` was created cannot be known (whoever
+    /// started it died during the start, and none of it runs now): the
+    /// spawn's result, as [`Input::Lost`] is a notice's.
+    SpawnLost {
+        /// The record.
+        id: ProcessId,
+        /// Why.
+        reason: String,
     },
     /// The OS process of `id` exited.
     Exited {
@@ -439,6 +456,8 @@ pub struct Supervisor {
     next_seq: u64,
     /// Records handed to the spawner to start on exits ([`Supervisor::hand_over`]), in order.
     handed: VecDeque<ProcessId>,
+    /// Notices in any order: see `order.rs`.
+    order: order::Order,
     /// Records changed by the current step, with the version to expect.
     dirty: BTreeMap<ProcessId, Option<u64>>,
     out: Vec<Effect>,
@@ -462,6 +481,7 @@ impl Supervisor {
             live_per_level: HashMap::new(),
             next_seq: 0,
             handed: VecDeque::new(),
+            order: order::Order::default(),
             last_env: None,
             dirty: BTreeMap::new(),
             out: Vec::new(),
@@ -627,11 +647,12 @@ impl Supervisor {
                 // way, spawned again: a spawner that started it answers with
                 // that process, so it is never started twice.
                 let record = &self.entries[&id].record;
-                match record.pid() {
-                    Some(pid) => self.out.push(Effect::Reattach { id, pid }),
-                    None => self.out.push(Effect::Spawn {
-                        record: Box::new(record.clone()),
-                    }),
+                if let Some(pid) = record.pid() {
+                    self.out.push(Effect::Reattach { id, pid });
+                } else {
+                    let record = Box::new(record.clone());
+                    self.out.push(Effect::Spawn { record });
+                    self.order.spawn_asked(id);
                 }
             }
             if state.is_active() {
@@ -689,6 +710,10 @@ impl Supervisor {
     }
 
     fn dispatch(&mut self, input: Input, now: Timestamp) -> Result<(), CoreError> {
+        // A notice about a record whose start is not known yet waits for it.
+        let Some(input) = self.hold_early(input) else {
+            return Ok(());
+        };
         match input {
             Input::Submit { id, spec } => self.submit(id, spec, None, now),
             Input::Track { id, spec } => {
@@ -698,11 +723,8 @@ impl Supervisor {
                 self.submit(id, spec, None, now)
             }
             Input::Restart { id, new_id } => self.restart(id, new_id, now),
-            Input::Spawned { id, pid } => self.spawned(id, pid, now),
-            Input::SpawnFailed { id, error } => {
-                self.own(id)?;
-                self.transition(id, Transition::SpawnFailed { error }, now)?;
-                Ok(())
+            Input::Spawned { .. } | Input::SpawnFailed { .. } | Input::SpawnLost { .. } => {
+                self.spawn_result(input, now)
             }
             Input::Exited { id, status } => self.exited(id, status, now),
             Input::HandedOver {
@@ -711,8 +733,10 @@ impl Supervisor {
                 next,
                 started,
             } => {
+                self.start_heard(next);
                 let exit = self.exited(id, status, now);
                 self.take_over(next, started, now);
+                self.release(next, now);
                 match exit {
                     Err(e) if self.dirty.is_empty() && self.out.is_empty() => Err(e),
                     _ => Ok(()),
@@ -1041,7 +1065,12 @@ impl Supervisor {
         status: ExitStatus,
         now: Timestamp,
     ) -> Result<(), CoreError> {
-        let record = self.own(id)?;
+        let Some(record) = self.get(id).filter(|r| !r.is_terminal()) else {
+            // Unknown here, or ended already (lost, say): nothing to record,
+            // but the spawner may forget the process.
+            self.out.push(Effect::ExitRecorded { id });
+            return Ok(());
+        };
         let state = record.state();
         if matches!(state, StateName::Running | StateName::Paused) {
             let policy = record.spec().restart;
@@ -1058,10 +1087,12 @@ impl Supervisor {
                 self.cancel_timer(id, TimerKind::Readiness);
                 self.transition(id, Transition::Requeue { status, not_before }, now)?;
                 self.place(id, now);
+                self.out.push(Effect::ExitRecorded { id });
                 return Ok(());
             }
         }
         self.transition(id, Transition::Exited { status }, now)?;
+        self.out.push(Effect::ExitRecorded { id });
         Ok(())
     }
 
@@ -1292,6 +1323,7 @@ impl Supervisor {
             if self.transition(id, Transition::Start, now).is_ok() {
                 let record = Box::new(self.entries[&id].record.clone());
                 self.out.push(Effect::Spawn { record });
+                self.order.spawn_asked(id);
             }
         }
     }
