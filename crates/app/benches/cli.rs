@@ -1,7 +1,8 @@
 //! The `bpm` command and its daemon, beside baselines measured in the same
 //! run. Prints figures; asserts nothing.
 //!
-//! Run: `cargo bench -p bpm --bench cli`
+//! Run: `cargo bench -p bpm --bench cli` (`BPM_BENCH=memory` for only what
+//! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees)
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]
@@ -215,10 +216,77 @@ fn ps_with_running_trees() {
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 }
 
+/// 10,000 records: tracked operations, completed at once, through the client library.
+fn fill_tracked(home: &Path) {
+    let t = Instant::now();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            use bpm_ports::ProcessManager;
+            let client =
+                bpm_adapters::control::DaemonClient::connect(&home.join("bpm.sock"), "bench")
+                    .await
+                    .expect("connect");
+            for i in 0..10_000 {
+                let spec =
+                    bpm_domain::ProcessSpec::tracked(format!("op{i}").parse().expect("name"));
+                let r = client.track(spec).await.expect("track");
+                client.complete(r.id(), None).await.expect("complete");
+            }
+        });
+    // Let the burst of 20,000 writes settle (the record files follow the
+    // journal within a second, and a turned-over journal is flushed in the
+    // background): the figure is about living with 10,000 records, not about
+    // the aftermath of writing them.
+    std::thread::sleep(Duration::from_secs(3));
+    println!(
+        "  (filled 10,000 records in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Prints what the records of `home` cost its daemon, over `empty_rss`
+/// (KiB): now (`filled_rss`), and after a restart, which reads them all
+/// back from the store.
+fn report_memory(home: &Path, empty_rss: u64, filled_rss: u64, count: usize) {
+    bpm(home, &["daemon", "stop"]);
+    bpm(home, &["ps"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let restarted_rss = daemon_rss_kib(home);
+    #[allow(clippy::cast_precision_loss)]
+    let per = |rss: u64, records: usize| {
+        rss.saturating_sub(empty_rss) as f64 * 1024.0 / records.max(1) as f64
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "daemon RSS with 10,000 finished records: {:.1} MiB ({:.0} bytes per record over an empty daemon's {:.1} MiB); after a restart, with {count}: {:.1} MiB ({:.0} bytes per record) (target <= 1024)",
+        mib(filled_rss),
+        per(filled_rss, 10_000),
+        mib(empty_rss),
+        mib(restarted_rss),
+        per(restarted_rss, count)
+    );
+}
+
+/// `BPM_BENCH=memory`: only what retained records cost the daemon.
+fn memory_alone() {
+    let big = home("");
+    bpm(big.path(), &["ps"]);
+    let empty_rss = daemon_rss_kib(big.path());
+    fill_tracked(big.path());
+    let filled_rss = daemon_rss_kib(big.path());
+    report_memory(big.path(), empty_rss, filled_rss, 10_000);
+    bpm(big.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 fn main() {
-    if std::env::var("BPM_BENCH").as_deref() == Ok("ps") {
-        ps_with_running_trees();
-        return;
+    match std::env::var("BPM_BENCH").as_deref() {
+        Ok("ps") => return ps_with_running_trees(),
+        Ok("memory") => return memory_alone(),
+        _ => {}
     }
     println!("the bpm command and its daemon (fs store, keeper)");
     let dir = home("");
@@ -247,33 +315,7 @@ fn main() {
     let big = home("");
     bpm(big.path(), &["ps"]);
     let empty_rss = daemon_rss_kib(big.path());
-    let t = Instant::now();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            use bpm_ports::ProcessManager;
-            let client =
-                bpm_adapters::control::DaemonClient::connect(&big.path().join("bpm.sock"), "bench")
-                    .await
-                    .expect("connect");
-            for i in 0..10_000 {
-                let spec =
-                    bpm_domain::ProcessSpec::tracked(format!("op{i}").parse().expect("name"));
-                let r = client.track(spec).await.expect("track");
-                client.complete(r.id(), None).await.expect("complete");
-            }
-        });
-    // Let the burst of 20,000 writes settle (the record files follow the
-    // journal within a second, and a turned-over journal is flushed in the
-    // background): the figure is about living with 10,000 records, not about
-    // the aftermath of writing them.
-    std::thread::sleep(Duration::from_secs(3));
-    println!(
-        "  (filled 10,000 records in {:.1} s)",
-        t.elapsed().as_secs_f64()
-    );
+    fill_tracked(big.path());
     // What a retained finished record costs the daemon (and, below, after
     // a restart, which reads them all back from the store).
     let filled_rss = daemon_rss_kib(big.path());
@@ -293,24 +335,7 @@ fn main() {
         "bpm ps --all --json with {count} records: {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    bpm(big.path(), &["daemon", "stop"]);
-    bpm(big.path(), &["ps"]);
-    std::thread::sleep(Duration::from_secs(1));
-    let restarted_rss = daemon_rss_kib(big.path());
-    #[allow(clippy::cast_precision_loss)]
-    let per = |rss: u64, records: usize| {
-        rss.saturating_sub(empty_rss) as f64 * 1024.0 / records.max(1) as f64
-    };
-    #[allow(clippy::cast_precision_loss)]
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    println!(
-        "daemon RSS with 10,000 finished records: {:.1} MiB ({:.0} bytes per record over an empty daemon's {:.1} MiB); after a restart, with {count}: {:.1} MiB ({:.0} bytes per record) (target <= 1024)",
-        mib(filled_rss),
-        per(filled_rss, 10_000),
-        mib(empty_rss),
-        mib(restarted_rss),
-        per(restarted_rss, count)
-    );
+    report_memory(big.path(), empty_rss, filled_rss, count);
     bpm(big.path(), &["daemon", "stop", "--kill-all"]);
 
     let par = home("[limits]\nmax_running = 2\n");

@@ -4,12 +4,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use bpm_domain::{Effect, Input, ProcessId, ProcessRecord, Supervisor, Timer};
+use bpm_domain::{Effect, Input, ProcessId, ProcessRecord, Supervisor};
 use bpm_ports::{ManagerError, ProcessNotice};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
 
 use crate::durability::{AfterSync, STORE_RETRY, Syncs};
+use crate::timers::{Timers, Wake};
 use crate::{Accepted, ManyReply, Msg, Ports, Reply};
 
 /// What the loop receives: messages from callers, timers and tasks, and the spawner's notices.
@@ -23,7 +23,7 @@ pub(crate) struct Driver {
     pub(crate) core: Supervisor,
     pub(crate) ports: Ports,
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
-    pub(crate) timers: HashMap<Timer, AbortHandle>,
+    pub(crate) timers: Timers,
     /// Records the store refused for now, with the version it holds: written
     /// again (newest first) until it takes them, so a flaky store delays
     /// persistence without stopping supervision.
@@ -62,7 +62,7 @@ impl Driver {
             core,
             ports,
             tx,
-            timers: HashMap::new(),
+            timers: Timers::default(),
             unsaved: HashMap::new(),
             deferred: VecDeque::new(),
             parked: Vec::new(),
@@ -73,6 +73,7 @@ impl Driver {
     pub(crate) async fn run(mut self, mut inbox: Inbox) {
         let mut notices_open = true;
         let mut finished = None;
+        let mut wake = Wake::default();
         loop {
             if finished.is_none() {
                 self.hand_over().await;
@@ -83,7 +84,9 @@ impl Driver {
                 }
                 continue;
             }
+            wake.set(self.timers.next(), &self.ports.clock);
             tokio::select! {
+                () = wake.until() => self.fire_due().await,
                 msg = inbox.msgs.recv() => match msg {
                     Some(msg) => {
                         if !self.on_msg(msg, &mut finished, &mut inbox).await {
@@ -98,9 +101,6 @@ impl Driver {
                 },
                 () = tokio::time::sleep(STORE_RETRY), if !self.unsaved.is_empty() => self.flush().await,
             }
-        }
-        for (_, timer) in self.timers.drain() {
-            timer.abort();
         }
         // Release the ports (and the store's lock) before saying the loop is gone.
         drop(self);
@@ -159,10 +159,6 @@ impl Driver {
                     }
                 }
             }
-            Msg::Timer(timer) => {
-                self.timers.remove(&timer);
-                let _ = self.step(Input::TimerFired(timer)).await;
-            }
             Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
             Msg::Synced(result) => self.synced(result).await,
             Msg::Shutdown(done) => {
@@ -173,6 +169,13 @@ impl Driver {
             }
         }
         !(finished.is_some() && self.core.spawns_under_way() == 0 && self.syncs.idle())
+    }
+
+    /// Fires every timer that is due.
+    async fn fire_due(&mut self) {
+        for timer in self.timers.due(self.ports.clock.now()) {
+            let _ = self.step(Input::TimerFired(timer)).await;
+        }
     }
 
     /// Hands a notice from the spawner to the core, as it comes: the core

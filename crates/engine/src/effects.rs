@@ -141,21 +141,8 @@ impl Driver {
                             tracing::warn!(%id, pid, ?signal, error = %e, "could not signal");
                         }
                     }
-                    Effect::ArmTimer { timer, at } => {
-                        let (clock, tx) = (self.ports.clock.clone(), self.tx.clone());
-                        let task = tokio::spawn(async move {
-                            clock.sleep_until(at).await;
-                            let _ = tx.send(Msg::Timer(timer));
-                        });
-                        if let Some(old) = self.timers.insert(timer, task.abort_handle()) {
-                            old.abort();
-                        }
-                    }
-                    Effect::CancelTimer { timer } => {
-                        if let Some(old) = self.timers.remove(&timer) {
-                            old.abort();
-                        }
-                    }
+                    Effect::ArmTimer { timer, at } => self.timers.arm(timer, at),
+                    Effect::CancelTimer { timer } => self.timers.cancel(timer),
                     Effect::Publish(event) => announce.push(*event),
                     Effect::ExitRecorded { id } => exits.push(id),
                 }

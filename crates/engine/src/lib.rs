@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use bpm_domain::{Input, Limits, ListFilter, NodeId, ProcessId, ProcessRecord, Supervisor, Timer};
+use bpm_domain::{Input, Limits, ListFilter, NodeId, ProcessId, ProcessRecord, Supervisor};
 use bpm_ports::{
     Clock, EventBus, IdGenerator, ManagerError, OutputStore, ProcessManager, ProcessSpawner,
     ProcessStore, ResourceSampler, StoreError,
@@ -34,6 +34,7 @@ mod durability;
 mod effects;
 mod handover;
 mod manager;
+mod timers;
 
 /// The adapters the engine works through.
 #[derive(Clone)]
@@ -72,7 +73,6 @@ pub(crate) enum Msg {
     Input(Box<Input>, Reply),
     /// Inputs handled together: their writes go to the store as one batch.
     Many(Vec<Input>, ManyReply),
-    Timer(Timer),
     /// How a spawn under way ended (`Spawned`, `SpawnFailed`, or `Lost` when
     /// the spawner cannot know).
     SpawnEnded(Box<Input>),
