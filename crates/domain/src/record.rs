@@ -345,6 +345,14 @@ pub enum Applied {
 }
 
 impl ProcessRecord {
+    /// Takes the place of version `stored`, which the store holds though
+    /// this record did not come from it (another writer, or an earlier
+    /// write that went through though its answer was lost): the version
+    /// becomes greater than `stored`, so the next write replaces it.
+    pub fn rebase(&mut self, stored: u64) {
+        self.version = self.version.max(stored.saturating_add(1));
+    }
+
     /// A new record for `spec` on `node`: pending, or running at once for a
     /// tracked operation. The spec must have been validated.
     pub fn new(id: ProcessId, node: NodeId, spec: ProcessSpec, now: Timestamp) -> Self {

@@ -86,6 +86,11 @@ enum Op {
     HandOver,
     /// The spawner's oldest notice not yet delivered reaches the core.
     DeliverNotice,
+    /// Another writer stores its own version of a record, or deletes it.
+    ForeignWrite {
+        pick: usize,
+        delete: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -144,6 +149,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (1u64..8_000).prop_map(|ms| Op::Advance { ms }),
         3 => Just(Op::HandOver),
         5 => Just(Op::DeliverNotice),
+        1 => (pick.clone(), prop::bool::weighted(0.3)).prop_map(|(pick, delete)| Op::ForeignWrite { pick, delete }),
     ]
 }
 
@@ -164,6 +170,13 @@ struct World {
     started: HashMap<ProcessId, u32>,
     /// Records started on exits whose start the core has not taken yet.
     reported: HashSet<ProcessId>,
+    /// Records another writer changed or deleted, until the core writes
+    /// its own view over them.
+    foreign: HashSet<ProcessId>,
+    /// Writes the store refused, for the core to reconcile.
+    conflicts: Vec<ProcessId>,
+    /// Records whose last write the store refused, until one is taken.
+    refused: HashSet<ProcessId>,
 
     /// Live simulated processes: id → (pid, ignores TERM).
     alive: HashMap<ProcessId, (u32, bool)>,
@@ -209,6 +222,9 @@ impl World {
             results: Vec::new(),
             started: HashMap::new(),
             reported: HashSet::new(),
+            foreign: HashSet::new(),
+            conflicts: Vec::new(),
+            refused: HashSet::new(),
             alive: HashMap::new(),
             ignores_term: HashSet::new(),
             dying: Vec::new(),
@@ -234,6 +250,12 @@ impl World {
         match self.core.handle(input, self.now) {
             Ok(effects) => {
                 self.carry_out(effects);
+                // The driver hands the core what the store refused.
+                while let Some(id) = self.conflicts.pop() {
+                    let stored = self.store.get(&id).map(ProcessRecord::version);
+                    self.input(Input::StoreConflict { id, stored })
+                        .expect("a record the core wrote is its to reconcile");
+                }
                 Ok(())
             }
             Err(e) => {
@@ -255,18 +277,28 @@ impl World {
                     durable,
                 } => {
                     let before = self.store.get(&record.id());
+                    let stored = before.map(ProcessRecord::version);
+                    if stored != expected_version {
+                        // Compare-and-set fails: another writer came between.
+                        assert!(
+                            self.foreign.contains(&record.id()),
+                            "compare-and-set against what the store holds"
+                        );
+                        self.conflicts.push(record.id());
+                        self.refused.insert(record.id());
+                        continue;
+                    }
+                    self.refused.remove(&record.id());
                     let between_active_states = before.is_some_and(|b| b.state().is_active())
                         && record.state().is_active()
                         && !record.is_tracked();
-                    assert_eq!(
-                        durable, !between_active_states,
-                        "only changes between active states of a process may stay unflushed"
-                    );
-                    let stored = before.map(ProcessRecord::version);
-                    assert_eq!(
-                        stored, expected_version,
-                        "compare-and-set against what the store holds"
-                    );
+                    // After a conflict the core flushes (always safe).
+                    if !self.foreign.remove(&record.id()) {
+                        assert_eq!(
+                            durable, !between_active_states,
+                            "only changes between active states of a process may stay unflushed"
+                        );
+                    }
                     assert!(record.version() > stored.unwrap_or(0), "versions only grow");
                     // Whatever order the notices came in, an exit is handled
                     // as it happened: after the start, so under the restart policy.
@@ -294,8 +326,14 @@ impl World {
                     self.store.insert(record.id(), *record);
                 }
                 Effect::Delete { id } => {
-                    let gone = self.store.remove(&id).expect("deletes a stored record");
-                    assert!(gone.is_terminal(), "only finished records are deleted");
+                    let gone = self.store.remove(&id);
+                    assert!(
+                        gone.as_ref().is_some_and(ProcessRecord::is_terminal)
+                            || self.foreign.remove(&id),
+                        "only finished records are deleted"
+                    );
+                    self.foreign.remove(&id);
+                    self.refused.remove(&id);
                 }
                 Effect::Spawn { record } => {
                     assert_eq!(record.state(), StateName::Starting);
@@ -338,7 +376,9 @@ impl World {
                 }
                 Effect::Publish(event) => {
                     assert!(
-                        self.store.contains_key(&event.id) || event.state.is_terminal(),
+                        self.store.contains_key(&event.id)
+                            || event.state.is_terminal()
+                            || self.foreign.contains(&event.id),
                         "events follow writes"
                     );
                 }
@@ -591,7 +631,10 @@ impl World {
             Op::HandOver => {
                 let added = self.core.hand_over();
                 for id in &added {
-                    let r = &self.store[id];
+                    let r = self
+                        .core
+                        .get(*id)
+                        .expect("the core hands over its own records");
                     assert_eq!(
                         r.state(),
                         StateName::Pending,
@@ -602,6 +645,21 @@ impl World {
                 self.queued.extend(added);
                 Ok(())
             }
+            Op::ForeignWrite { pick, delete } => {
+                let Some(id) = self.pick(pick) else { return };
+                if delete {
+                    if self.store.remove(&id).is_none() {
+                        return;
+                    }
+                } else if let Some(r) = self.store.get_mut(&id) {
+                    let theirs = r.version() + 1;
+                    r.rebase(theirs);
+                } else {
+                    return;
+                }
+                self.foreign.insert(id);
+                Ok(())
+            }
             Op::DeliverNotice => match self.notices.pop_front() {
                 // Notices come in the order the spawner sent them.
                 Some(n) => self.input(n),
@@ -610,24 +668,47 @@ impl World {
         };
     }
 
+    fn view(&self) -> BTreeMap<ProcessId, ProcessRecord> {
+        let mut view = self.store.clone();
+        for id in &self.foreign {
+            match self.core.get(*id) {
+                Some(r) => view.insert(*id, r.clone()),
+                None => view.remove(id),
+            };
+        }
+        view
+    }
+
     fn check(&mut self) {
         self.core
             .check_invariants()
             .unwrap_or_else(|e| panic!("core invariant: {e}"));
         // The store and the core agree, record for record.
+        // (Except where another writer came between, until the core writes again.)
         let core: BTreeMap<_, _> = self.core.records().map(|r| (r.id(), r.clone())).collect();
-        assert_eq!(
-            core.len(),
-            self.store.len(),
-            "the store holds what the core knows"
-        );
         for (id, r) in &core {
-            assert_eq!(
-                self.store.get(id),
-                Some(r),
-                "store and core disagree on {id}"
+            if !self.foreign.contains(id) {
+                assert_eq!(
+                    self.store.get(id),
+                    Some(r),
+                    "store and core disagree on {id}"
+                );
+            }
+        }
+        for id in self.store.keys() {
+            assert!(
+                core.contains_key(id),
+                "the store holds {id}, unknown to the core"
             );
         }
+        assert!(
+            self.refused.is_empty(),
+            "writes the store refused were never made good: {:?}",
+            self.refused
+        );
+        // What follows reads the world's records: the store's, or, where
+        // another writer came between, the core's until it writes again.
+        let view = self.view();
         // Limits, counted from the store.
         let active: Vec<_> = self
             .store
@@ -646,7 +727,7 @@ impl World {
                 .count();
             assert!(n <= limit, "group {g} has {n} active over {limit}");
         }
-        for r in self.store.values() {
+        for r in view.values() {
             if r.is_terminal() {
                 // A finished record has its end and its outcome.
                 assert!(r.lifecycle().ended_at().is_some());
@@ -663,7 +744,7 @@ impl World {
         }
         // A terminal record never runs again (a manual restart makes a new record).
         for id in &self.ended {
-            if let Some(r) = self.store.get(id) {
+            if let Some(r) = view.get(id) {
                 assert!(
                     r.is_terminal(),
                     "{id} left its final state for {}",
@@ -677,7 +758,12 @@ impl World {
             let n = self
                 .alive
                 .keys()
-                .filter(|id| self.store[*id].group().is_some_and(|x| x.as_str() == g))
+                .filter(|id| {
+                    self.core
+                        .get(**id)
+                        .and_then(ProcessRecord::group)
+                        .is_some_and(|x| x.as_str() == g)
+                })
                 .count();
             assert!(n <= limit, "group {g} runs {n} processes over {limit}");
         }
@@ -692,7 +778,7 @@ impl World {
             if self.reported.contains(id) || answering {
                 continue;
             }
-            let state = self.store.get(id).map(ProcessRecord::state);
+            let state = view.get(id).map(ProcessRecord::state);
             assert!(
                 matches!(
                     state,
@@ -702,8 +788,8 @@ impl World {
             );
         }
         // No child outlives a stopped parent.
-        for r in self.store.values() {
-            let Some(parent) = r.parent().and_then(|p| self.store.get(&p)) else {
+        for r in view.values() {
+            let Some(parent) = r.parent().and_then(|p| view.get(&p)) else {
                 continue;
             };
             if matches!(
@@ -737,7 +823,7 @@ proptest! {
         for _ in 0..200 {
             // The callers end their tracked operations too.
             let tracked: Vec<_> = world
-                .store
+                .view()
                 .values()
                 .filter(|r| r.is_tracked() && !r.is_terminal())
                 .map(ProcessRecord::id)
@@ -761,7 +847,7 @@ proptest! {
             world.check();
         }
         assert!(world.alive.is_empty(), "processes still run: {:?}", world.alive);
-        for r in world.store.values() {
+        for r in world.view().values() {
             assert!(
                 r.is_terminal(),
                 "{} is still {} with nothing left to happen",

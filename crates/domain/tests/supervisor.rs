@@ -1169,3 +1169,83 @@ fn an_exit_that_overtakes_its_spawns_answer_is_handled_after_it() {
         .expect("an unknown record's exit changes nothing");
     assert_eq!(effects, vec![Effect::ExitRecorded { id: id(9) }]);
 }
+
+#[test]
+fn a_store_conflict_is_reconciled_with_the_owners_view() {
+    let mut core = core(Limits::default());
+    let op = ProcessSpec::tracked(ProcessName::new("op").expect("name"));
+    core.handle(
+        Input::Track {
+            id: id(1),
+            spec: op,
+        },
+        t(0),
+    )
+    .expect("track");
+    let mine = core.get(id(1)).expect("known").clone();
+    // Another writer stored version 7: the core writes its own view over
+    // it, with a version above.
+    let effects = core
+        .handle(
+            Input::StoreConflict {
+                id: id(1),
+                stored: Some(7),
+            },
+            t(1),
+        )
+        .expect("reconciled");
+    let [
+        Effect::Persist {
+            record,
+            expected_version,
+            durable,
+        },
+    ] = effects.as_slice()
+    else {
+        panic!("one write: {effects:?}");
+    };
+    assert_eq!((*expected_version, *durable), (Some(7), true));
+    assert_eq!(record.version(), 8);
+    assert_eq!(record.state(), mine.state());
+    // The next change builds on it.
+    let effects = core
+        .handle(
+            Input::Complete {
+                id: id(1),
+                result: None,
+            },
+            t(2),
+        )
+        .expect("complete");
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Persist { record, expected_version: Some(8), .. } if record.version() == 9
+    )));
+    // The store lost it: it is created again, finished as it is.
+    let effects = core
+        .handle(
+            Input::StoreConflict {
+                id: id(1),
+                stored: None,
+            },
+            t(3),
+        )
+        .expect("reconciled");
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::Persist { record, expected_version: None, durable: true }]
+            if record.state() == StateName::Completed
+    ));
+    // A record the core does not hold is not its to reconcile.
+    let refused = core.handle(
+        Input::StoreConflict {
+            id: id(2),
+            stored: Some(1),
+        },
+        t(4),
+    );
+    assert!(
+        matches!(refused, Err(CoreError::NotFound(_))),
+        "{refused:?}"
+    );
+}

@@ -160,6 +160,7 @@ impl Driver {
                 }
             }
             Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
+            Msg::Conflicted(id) => self.reconcile(id).await,
             Msg::Synced(result) => self.synced(result).await,
             Msg::Shutdown(done) => {
                 // Spawns under way end first, so their records are not left

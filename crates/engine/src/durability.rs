@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::{Event, EventKind, ProcessId, ProcessRecord};
+use bpm_domain::{Event, EventKind, Input, ProcessId, ProcessRecord};
 use bpm_ports::{StoreError, StoreWrite, StreamSelect};
 
 use crate::Msg;
@@ -194,8 +194,33 @@ impl Driver {
                     tracing::error!(%id, error = %e, "store refused a record; will retry");
                     self.unsaved.insert(id, (w.expected_version, w.record));
                 }
-                Err(e) => tracing::error!(%id, error = %e, "record not persisted"),
+                // Another version is stored (or none): the core reconciles.
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "the store holds another version; reconciling");
+                    let _ = self.tx.send(Msg::Conflicted(id));
+                }
             }
+        }
+    }
+
+    /// Tells the core which version of `id` the store holds, after it
+    /// refused a write; asks again later if the store does not answer.
+    pub(crate) async fn reconcile(&mut self, id: ProcessId) {
+        let stored = match self.ports.store.get(id).await {
+            Ok(record) => Some(record.version()),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "cannot read the stored version; asking again");
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(STORE_RETRY).await;
+                    let _ = tx.send(Msg::Conflicted(id));
+                });
+                return;
+            }
+        };
+        if let Err(e) = self.step(Input::StoreConflict { id, stored }).await {
+            tracing::debug!(%id, error = %e, "conflict of a record no longer held");
         }
     }
 

@@ -73,9 +73,11 @@ pub(crate) enum Msg {
     Input(Box<Input>, Reply),
     /// Inputs handled together: their writes go to the store as one batch.
     Many(Vec<Input>, ManyReply),
-    /// How a spawn under way ended (`Spawned`, `SpawnFailed`, or `Lost` when
-    /// the spawner cannot know).
+    /// How a spawn under way ended (`Spawned`, `SpawnFailed`, or `SpawnLost`
+    /// when the spawner cannot know).
     SpawnEnded(Box<Input>),
+    /// The store refused a write of this record: it holds another version.
+    Conflicted(ProcessId),
     /// The store's sync under way ended.
     Synced(Result<(), StoreError>),
     Shutdown(oneshot::Sender<()>),

@@ -1756,3 +1756,51 @@ async fn a_record_handed_over_and_then_stopped_never_runs() {
     let next = engine.wait(next.id(), None).await.expect("wait");
     assert_eq!(next.state(), StateName::Completed);
 }
+
+#[tokio::test]
+async fn a_store_conflict_is_reconciled_not_dropped() {
+    let h = harness(Limits::default()).await;
+    let store = h.ports.store.clone();
+    let op = h
+        .engine
+        .track(ProcessSpec::tracked("migration".parse().expect("name")))
+        .await
+        .expect("track");
+    let id = op.id();
+    // Another writer changes the record behind the engine's back.
+    let mut theirs = store.get(id).await.expect("stored");
+    let before = theirs.version();
+    theirs
+        .apply(
+            bpm_domain::Transition::Progress {
+                percent: bpm_domain::Percent::new(10).expect("percent"),
+                message: Some("someone else".into()),
+            },
+            h.clock_now(),
+        )
+        .expect("progress");
+    store.update(&theirs, before).await.expect("their write");
+    // The engine's next write meets their version: it writes its own view
+    // over it instead of dropping it.
+    h.engine
+        .progress(id, bpm_domain::Percent::new(50).expect("percent"), None)
+        .await
+        .expect("progress");
+    eventually("the engine's progress is stored over theirs", || async {
+        store.get(id).await.is_ok_and(|r| {
+            r.version() > theirs.version() && r.progress().map(|p| p.percent.get()) == Some(50)
+        })
+    })
+    .await;
+    // Someone deletes it from the store: the engine's next write creates it again.
+    store.delete(id).await.expect("their delete");
+    let done = h.engine.complete(id, None).await.expect("complete");
+    assert_eq!(done.record.state(), StateName::Completed);
+    eventually("the completed record is stored again", || async {
+        store
+            .get(id)
+            .await
+            .is_ok_and(|r| r.state() == StateName::Completed)
+    })
+    .await;
+}

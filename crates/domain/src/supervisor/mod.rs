@@ -12,6 +12,7 @@
 
 mod order;
 mod queue;
+mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -339,6 +340,15 @@ pub enum Input {
     Remove {
         /// The record.
         id: ProcessId,
+    },
+    /// The store refused a write of `id` because it holds another version
+    /// (`stored`), or none (`None`). The core reconciles
+    /// ([`Supervisor`]'s rule in `reconcile.rs`); a conflict is never dropped.
+    StoreConflict {
+        /// The record.
+        id: ProcessId,
+        /// The version the store holds, if any.
+        stored: Option<u64>,
     },
 }
 
@@ -852,6 +862,7 @@ impl Supervisor {
                 }
                 Ok(())
             }
+            Input::StoreConflict { id, stored } => self.store_conflict(id, stored),
             Input::Remove { id } => {
                 let record = self.own(id)?;
                 if !record.is_terminal() {
