@@ -18,7 +18,7 @@ import urllib.parse
 
 from PIL import Image
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -76,6 +76,22 @@ def wait(d, what, cond, timeout=10.0, seen=None):
     except TimeoutException:
         now = f" (seen: {seen()})" if seen else ""
         raise AssertionError(f"timed out after {timeout}s waiting for {what}{now}") from None
+
+
+def click(d, what, css):
+    """Clicks what `css` finds, found again if the page re-rendered it
+    between the finding and the click (rows and a record's buttons are
+    drawn again as its live updates come)."""
+    def attempt():
+        try:
+            found = d.find_elements(By.CSS_SELECTOR, css)
+            if not found:
+                return False
+            found[0].click()
+            return True
+        except StaleElementReferenceException:
+            return False
+    wait(d, what, attempt)
 
 
 def row(d, rid):
@@ -162,7 +178,7 @@ def scenario(d):
 
     @check("its output appears live in the tail")
     def _():
-        row(d, ids["talker"]).click()
+        click(d, "the talker's row", f'#rows tr[data-id="{ids["talker"]}"]')
         out = d.find_element(By.ID, "out")
         wait(d, "the first lines", lambda: "line-3" in out.text)
         seen = out.text.count("line-")
@@ -195,13 +211,12 @@ def scenario(d):
         wait(d, "the tree's row", lambda: state_of(d, ids["tree"]) == "running")
         wait(d, "both children", lambda: os.path.exists(pids) and len(open(pids).read().split()) == 2)
         children = [int(p) for p in open(pids).read().split()]
-        row(d, ids["tree"]).click()
-        stop = wait(d, "the stop button", lambda: d.find_element(By.CSS_SELECTOR, '#d-actions button[data-action="stop"]'))
-        stop.click()
+        click(d, "the tree's row", f'#rows tr[data-id="{ids["tree"]}"]')
+        click(d, "the stop button", '#d-actions button[data-action="stop"]')
         confirm(d, "no")
         time.sleep(0.3)
         assert state_of(d, ids["tree"]) == "running", "No must leave it running"
-        d.find_element(By.CSS_SELECTOR, '#d-actions button[data-action="force"]').click()
+        click(d, "the force button", '#d-actions button[data-action="force"]')
         confirm(d, "yes")
         wait(d, "the badge to change", lambda: state_of(d, ids["tree"]) == "cancelled")
         badge = d.execute_script(
