@@ -307,3 +307,113 @@ fn the_domain_source_does_no_io_and_reads_no_clock() {
     let checked = files.len();
     assert!(checked >= 10, "found only {checked} domain source files");
 }
+
+/// A source file's module path within its crate: `cli/commands.rs` is
+/// `["cli", "commands"]`, `cli/mod.rs` is `["cli"]`, `lib.rs` is `[]`.
+fn module_of(src: &std::path::Path, file: &std::path::Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).expect("under src");
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts
+}
+
+/// The modules a file names through `crate::` or `super::` paths (the first
+/// segments that are modules), less its own ancestors and descendants: a
+/// parent declares its children, and they may use what it holds.
+fn modules_named(
+    me: &[String],
+    text: &str,
+    modules: &BTreeSet<Vec<String>>,
+) -> BTreeSet<Vec<String>> {
+    let mut named = BTreeSet::new();
+    let parent = me[..me.len().saturating_sub(1)].to_vec();
+    for (prefix, base) in [("crate::", Vec::new()), ("super::", parent)] {
+        for (at, _) in text.match_indices(prefix) {
+            let rest = &text[at + prefix.len()..];
+            // `prefix{a, b::c}` names each of a and b; `prefix a::b` names a::b.
+            let items: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for item in items {
+                let mut path = base.clone();
+                for segment in item.split("::") {
+                    let word: String = segment
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let mut longer = path.clone();
+                    longer.push(word);
+                    if !modules.contains(&longer) {
+                        break;
+                    }
+                    path = longer;
+                }
+                let related = path.starts_with(me) || me.starts_with(&path);
+                if !related {
+                    named.insert(path);
+                }
+            }
+        }
+    }
+    named
+}
+
+#[test]
+fn no_two_source_files_of_a_crate_need_each_other() {
+    // A cycle between files is one idea split in two, or a third one
+    // hiding in both; either way neither can be read alone.
+    let root = workspace_root();
+    let mut cycles = BTreeSet::new();
+    for krate in ["domain", "ports", "adapters", "engine", "app"] {
+        let src = root.join("crates").join(krate).join("src");
+        let files = sources(&src);
+        let modules: BTreeSet<Vec<String>> =
+            files.iter().map(|(p, _)| module_of(&src, p)).collect();
+        let graph: HashMap<Vec<String>, BTreeSet<Vec<String>>> = files
+            .iter()
+            .map(|(p, text)| {
+                let me = module_of(&src, p);
+                let named = modules_named(&me, text, &modules);
+                (me, named)
+            })
+            .collect();
+        for (from, tos) in &graph {
+            for to in tos {
+                // A path back from `to` to `from` closes a cycle.
+                let mut seen = BTreeSet::new();
+                let mut stack = vec![to.clone()];
+                while let Some(m) = stack.pop() {
+                    if &m == from {
+                        let mut pair = [from.join("/"), to.join("/")];
+                        pair.sort();
+                        cycles.insert(format!("crates/{krate}: {} and {}", pair[0], pair[1]));
+                        break;
+                    }
+                    if seen.insert(m.clone()) {
+                        stack.extend(graph.get(&m).into_iter().flatten().cloned());
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "source files that need each other (through crate:: or super:: paths):\n{}",
+        cycles.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}

@@ -18,21 +18,22 @@
 //! [limits.group_limits]
 //! tests = 2
 //!
-//! [mcp]                    # bpm mcp (see `crate::mcp::McpConfig`)
+//! [mcp]                    # bpm mcp (see `McpConfig`)
 //! allow_commands = ["npm test", "cargo"]
 //! allow_dirs = ["/home/me/src"]
 //! read_only = false
 //! redact_env = true
 //! max_output_bytes = 65536
 //!
-//! [web]                    # bpm web (see `crate::web::WebSettings`)
+//! [web]                    # bpm web (see `WebSettings`)
 //! listen = "127.0.0.1:8787"
 //! read_only = false
 //! show_env = false
 //! ```
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use bpm_domain::{Limits, NodeId};
 use serde::Deserialize;
@@ -56,9 +57,9 @@ pub struct Config {
     /// Supervision limits.
     pub limits: Limits,
     /// What `bpm mcp` lets agents do.
-    pub mcp: crate::mcp::McpConfig,
+    pub mcp: McpConfig,
     /// How `bpm web` serves the dashboard.
-    pub web: crate::web::WebSettings,
+    pub web: WebSettings,
 }
 
 impl Config {
@@ -233,4 +234,54 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// The `[mcp]` section of `config.toml`; every key optional.
+///
+/// ```toml
+/// [mcp]
+/// allow_commands = ["npm test", "cargo"]  # only commands starting with these (word boundary)
+/// allow_dirs = ["/home/me/src"]           # only in these directories or below
+/// read_only = false                       # true: list, read and wait only
+/// redact_env = true                       # hide environment values in what agents see
+/// redact_vars = ["DATABASE_URL", "STRIPE_*"]  # more secret variables (a trailing * matches any end)
+/// redact_min_len = 4                      # the shortest secret value hidden in output text
+/// max_output_bytes = 65536                # the most output one answer carries
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Allowed command prefixes; empty allows every command.
+    pub allow_commands: Vec<String>,
+    /// Allowed working directories; empty allows every directory.
+    pub allow_dirs: Vec<PathBuf>,
+    /// Refuse every tool that changes anything.
+    pub read_only: bool,
+    /// Hide environment values (`true` unless set to `false`).
+    pub redact_env: Option<bool>,
+    /// More secret variables, by name (see `Policy::is_secret`).
+    pub redact_vars: Vec<String>,
+    /// The shortest secret value hidden in output text.
+    pub redact_min_len: Option<usize>,
+    /// The most output bytes one answer carries.
+    pub max_output_bytes: Option<usize>,
+}
+
+/// The `[web]` section of `config.toml`; every key optional.
+///
+/// ```toml
+/// [web]
+/// listen = "127.0.0.1:8787"   # default: 127.0.0.1 and a free port
+/// read_only = false           # true: show, never change
+/// show_env = false            # true: show environment values in the detail pane
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// Where to listen.
+    pub listen: Option<SocketAddr>,
+    /// Refuse every action.
+    pub read_only: bool,
+    /// Show environment values.
+    pub show_env: bool,
 }

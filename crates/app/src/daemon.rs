@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,52 +17,12 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+pub use crate::home::Home;
 use crate::wiring::{StoreChoice, open_stores};
 use bpm_engine::{Engine, EngineConfig};
 
 /// The software name and version every handshake carries.
 pub const SOFTWARE: &str = concat!("bpm ", env!("CARGO_PKG_VERSION"));
-
-/// The files of a state directory.
-#[derive(Debug, Clone)]
-pub struct Home {
-    /// The state directory.
-    pub dir: PathBuf,
-}
-
-impl Home {
-    /// The state directory at `dir`.
-    pub fn new(dir: PathBuf) -> Self {
-        Home { dir }
-    }
-    /// The control socket.
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("bpm.sock")
-    }
-    /// The daemon's pid file.
-    pub fn pid_file(&self) -> PathBuf {
-        self.dir.join("daemon.pid")
-    }
-    /// The daemon's log.
-    pub fn log(&self) -> PathBuf {
-        self.dir.join("daemon.log")
-    }
-    fn lock(&self) -> PathBuf {
-        self.dir.join("daemon.lock")
-    }
-
-    /// Creates the directory, readable by its owner only.
-    ///
-    /// # Errors
-    /// The directory cannot be made or restricted, or another user owns it.
-    pub fn prepare(&self) -> Result<()> {
-        bpm_adapters::private::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        bpm_adapters::private::check_owner(&self.dir)?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict {} to its owner", self.dir.display()))
-    }
-}
 
 fn describe(choice: &StoreChoice) -> String {
     match choice {

@@ -17,7 +17,7 @@ use rustix::fs::{FlockOperation, flock};
 use tokio::net::UnixListener;
 
 use crate::config::Config;
-use crate::daemon::Home;
+use crate::home::Home;
 use crate::wiring::StoreChoice;
 
 /// How long a keeper with nothing to do waits before it exits.

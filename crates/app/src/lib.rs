@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod home;
 pub mod keeper;
 pub mod mcp;
 pub mod web;

@@ -12,41 +12,11 @@ use bpm_ports::{
     Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
 };
 use rmcp::ServiceExt as _;
-use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use crate::daemon::{self, Home, SOFTWARE};
-
-/// The `[mcp]` section of `config.toml`; every key optional.
-///
-/// ```toml
-/// [mcp]
-/// allow_commands = ["npm test", "cargo"]  # only commands starting with these (word boundary)
-/// allow_dirs = ["/home/me/src"]           # only in these directories or below
-/// read_only = false                       # true: list, read and wait only
-/// redact_env = true                       # hide environment values in what agents see
-/// redact_vars = ["DATABASE_URL", "STRIPE_*"]  # more secret variables (a trailing * matches any end)
-/// redact_min_len = 4                      # the shortest secret value hidden in output text
-/// max_output_bytes = 65536                # the most output one answer carries
-/// ```
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct McpConfig {
-    /// Allowed command prefixes; empty allows every command.
-    pub allow_commands: Vec<String>,
-    /// Allowed working directories; empty allows every directory.
-    pub allow_dirs: Vec<PathBuf>,
-    /// Refuse every tool that changes anything.
-    pub read_only: bool,
-    /// Hide environment values (`true` unless set to `false`).
-    pub redact_env: Option<bool>,
-    /// More secret variables, by name (see `Policy::is_secret`).
-    pub redact_vars: Vec<String>,
-    /// The shortest secret value hidden in output text.
-    pub redact_min_len: Option<usize>,
-    /// The most output bytes one answer carries.
-    pub max_output_bytes: Option<usize>,
-}
+use crate::config::McpConfig;
+use crate::daemon::{self, SOFTWARE};
+use crate::home::Home;
 
 /// What `bpm mcp`'s flags add to the configuration.
 #[derive(Debug, Clone, Default)]

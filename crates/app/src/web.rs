@@ -10,29 +10,9 @@ use async_trait::async_trait;
 use bpm_adapters::control::wire::DaemonStatus;
 use bpm_adapters::web::{self, DaemonView, WebConfig};
 use bpm_ports::ManagerError;
-use serde::Deserialize;
 
-use crate::daemon::Home;
+use crate::home::Home;
 use crate::mcp::{Reconnecting, ReconnectingManager};
-
-/// The `[web]` section of `config.toml`; every key optional.
-///
-/// ```toml
-/// [web]
-/// listen = "127.0.0.1:8787"   # default: 127.0.0.1 and a free port
-/// read_only = false           # true: show, never change
-/// show_env = false            # true: show environment values in the detail pane
-/// ```
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebSettings {
-    /// Where to listen.
-    pub listen: Option<SocketAddr>,
-    /// Refuse every action.
-    pub read_only: bool,
-    /// Show environment values.
-    pub show_env: bool,
-}
 
 /// What `bpm web`'s flags add to the configuration.
 #[derive(Debug, Clone, Default)]

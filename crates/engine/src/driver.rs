@@ -8,9 +8,9 @@ use bpm_domain::{Effect, Input, ProcessId, ProcessRecord, Supervisor};
 use bpm_ports::{ManagerError, ProcessNotice};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::durability::{AfterSync, STORE_RETRY, Syncs};
+use crate::syncs::{AfterSync, Answer, STORE_RETRY, Syncs};
 use crate::timers::{Timers, Wake};
-use crate::{Accepted, ManyReply, Msg, Ports, Reply};
+use crate::{Accepted, Msg, Ports};
 
 /// What the loop receives: messages from callers, timers and tasks, and the spawner's notices.
 pub(crate) struct Inbox {
@@ -41,11 +41,6 @@ pub(crate) struct Parked {
     waiting: HashSet<ProcessId>,
     changed: Vec<ProcessRecord>,
     answer: Answer,
-}
-
-pub(crate) enum Answer {
-    One(Reply),
-    Many(Vec<Result<(), ManagerError>>, ManyReply),
 }
 
 /// Keeps the newest version of each record in `changed`, in order of last change.
@@ -263,17 +258,6 @@ impl Driver {
                 changed,
                 answer,
             });
-        }
-    }
-
-    pub(crate) fn send(changed: Vec<ProcessRecord>, answer: Answer) {
-        match answer {
-            Answer::One(reply) => {
-                let _ = reply.send(Ok(changed));
-            }
-            Answer::Many(accepted, reply) => {
-                let _ = reply.send(Ok((accepted, changed)));
-            }
         }
     }
 

@@ -8,65 +8,21 @@
 //! `SYNC_SPACING` after the one before, so that each covers several, unless
 //! a caller's answer waits for it.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::{Event, EventKind, Input, ProcessId, ProcessRecord};
+use bpm_domain::{Event, EventKind, Input, ProcessId};
 use bpm_ports::{StoreError, StoreWrite, StreamSelect};
 
 use crate::Msg;
-use crate::driver::{Answer, Driver};
+use crate::driver::Driver;
+use crate::syncs::{AfterSync, STORE_RETRY};
 
 /// How many lines of output an exit event carries.
 const EXIT_TAIL_LINES: usize = 20;
-/// How often records the store refused are written again.
-pub(crate) const STORE_RETRY: Duration = Duration::from_millis(500);
 /// The least time from the start of one sync of the store to the start of
 /// the next: under a stream of changes, each sync then covers several. A
 /// sync after a quiet spell starts at once.
 const SYNC_SPACING: Duration = Duration::from_millis(3);
-
-/// What waits until the writes made before it are on disk.
-pub(crate) enum AfterSync {
-    /// Events to publish.
-    Announce(Vec<Event>),
-    /// A caller's answer (once the spawns of the records it submitted have ended).
-    Send(Vec<ProcessRecord>, Answer),
-    /// The spawner may let go of this exit.
-    ExitRecorded(ProcessId),
-}
-
-/// The store's syncs, which run beside the loop one at a time, and the work
-/// waiting for them.
-#[derive(Default)]
-pub(crate) struct Syncs {
-    /// Whether durable writes were made since the last sync started.
-    owed: bool,
-    /// How many syncs were started; the last one may still be running.
-    started: u64,
-    running: bool,
-    /// When the last sync started (or is due to start).
-    last_start: Option<tokio::time::Instant>,
-    /// Whether a caller's answer waits for the next sync: it starts at once.
-    urgent: bool,
-    /// Cuts short the wait of a sync that is spaced from the last one.
-    hurry: Arc<tokio::sync::Notify>,
-    /// Work and the number of the sync it waits for, in the order it came.
-    waiting: VecDeque<(u64, AfterSync)>,
-}
-
-impl Syncs {
-    /// How many syncs have ended.
-    pub(crate) fn ended(&self) -> u64 {
-        self.started - u64::from(self.running)
-    }
-
-    /// Whether nothing is running or waiting.
-    pub(crate) fn idle(&self) -> bool {
-        !self.running && !self.owed && self.waiting.is_empty()
-    }
-}
 
 impl Driver {
     /// Does `work` once every write made so far is on disk, after the work
@@ -146,7 +102,7 @@ impl Driver {
     pub(crate) async fn perform(&mut self, work: AfterSync) {
         match work {
             AfterSync::Announce(events) => self.announce(events).await,
-            AfterSync::Send(changed, answer) => Self::send(changed, answer),
+            AfterSync::Send(changed, answer) => answer.send(changed),
             AfterSync::ExitRecorded(id) => self.ports.spawner.exit_recorded(id),
         }
     }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::Msg;
 use crate::driver::Driver;
-use crate::durability::AfterSync;
+use crate::syncs::AfterSync;
 
 /// Brings a spawn's result back to the loop; if the spawn panics instead,
 /// it reports a failure, so no record stays `starting` and no caller waits

@@ -34,6 +34,7 @@ mod durability;
 mod effects;
 mod handover;
 mod manager;
+mod syncs;
 mod timers;
 
 /// The adapters the engine works through.

@@ -490,7 +490,7 @@ impl Journal {
         write_header(&files[1], 0)?;
         let generation = newest + 1;
         write_header(&files[0], generation)?;
-        crate::fs::store::sync_dir(dir)?;
+        super::sync_dir(dir)?;
         Ok(Journal {
             dir: dir.to_path_buf(),
             files,
@@ -620,7 +620,7 @@ impl Journal {
             // The file about to be reused must hold nothing the disk lacks:
             // if its background flush failed, flush again here.
             if !matches!(previous.join(), Ok(Ok(()))) {
-                crate::fs::store::sync_filesystem(&self.dir)?;
+                super::sync_filesystem(&self.dir)?;
                 write_header(&self.files[next], 0)?;
             }
         }
@@ -635,7 +635,7 @@ impl Journal {
         // The record files were brought up to date before the switch; one
         // flush of the filesystem puts them (and their names) on disk.
         self.retiring = Some(std::thread::spawn(move || {
-            crate::fs::store::sync_filesystem(&dir)?;
+            super::sync_filesystem(&dir)?;
             write_header(&file, 0)
         }));
         Ok(())

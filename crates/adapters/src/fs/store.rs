@@ -38,6 +38,7 @@ use bpm_ports::{ProcessStore, StoreError, StoreWrite};
 use rustix::fs::{FlockOperation, flock};
 
 use super::journal::{self, CommitError, Entry, Journal, Op};
+use super::{sync_dir, sync_filesystem};
 
 /// How long a changed record's file lags behind the journal at least.
 const WRITE_FILES_EVERY: Duration = Duration::from_secs(1);
@@ -372,15 +373,6 @@ fn folder_identity(dir: &Path) -> io::Result<(u64, u64)> {
     } else {
         Err(io::Error::other("not a folder"))
     }
-}
-
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Flushes everything written on the store's filesystem.
-pub(super) fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    rustix::fs::syncfs(File::open(dir)?).map_err(io::Error::from)
 }
 
 /// Writes `record` whole to its file without waiting for the disk: in place,

@@ -15,73 +15,15 @@ use bpm_domain::{
 use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
 use clap::CommandFactory;
 
+use super::error::{CliError, Outcome};
 use super::resolve::resolve;
+use super::table::{color_on, now};
 use super::{
     Cli, Command, DaemonAction, DaemonArgs, LogsArgs, Manager, PsArgs, RunArgs, StopArgs, table,
 };
-use crate::daemon::{self, Home};
+use crate::daemon;
+use crate::home::Home;
 use crate::wiring::{StoreChoice, state_dir};
-
-/// A command failed: what to print, and the exit code.
-#[derive(Debug)]
-pub(super) struct CliError {
-    code: u8,
-    message: String,
-}
-
-impl CliError {
-    pub(super) fn invalid(message: impl Into<String>) -> Self {
-        CliError {
-            code: 4,
-            message: message.into(),
-        }
-    }
-    pub(super) fn not_found(message: impl Into<String>) -> Self {
-        CliError {
-            code: 3,
-            message: message.into(),
-        }
-    }
-    fn failed(message: impl Into<String>) -> Self {
-        CliError {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<ManagerError> for CliError {
-    fn from(e: ManagerError) -> Self {
-        let code = match &e {
-            ManagerError::NotFound(_) => 3,
-            ManagerError::InvalidSpec(_)
-            | ManagerError::InvalidTransition(_)
-            | ManagerError::Refused(_)
-            | ManagerError::TooLarge { .. }
-            | ManagerError::BadRequest(_) => 4,
-            ManagerError::WaitTimeout { .. } => 124,
-            ManagerError::Connection(_) | ManagerError::ShutDown => 5,
-            _ => 1,
-        };
-        CliError {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-pub(super) type Outcome = Result<ExitCode, CliError>;
-
-pub(super) fn color_on(stream_is_tty: bool) -> bool {
-    stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-pub(super) fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
-}
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()

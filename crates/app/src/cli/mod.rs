@@ -7,6 +7,7 @@
 //! with the process's own code (128+n when a signal ended it).
 
 mod commands;
+mod error;
 mod resolve;
 mod table;
 mod top;

@@ -3,7 +3,7 @@
 use bpm_domain::ProcessId;
 use bpm_ports::{ResolveError, resolve_id};
 
-use super::commands::CliError;
+use super::error::CliError;
 
 /// Resolves `text` to one process id.
 pub(super) async fn resolve(m: &super::Manager, text: &str) -> Result<ProcessId, CliError> {

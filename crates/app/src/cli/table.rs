@@ -6,6 +6,19 @@ use std::time::Duration;
 use bpm_domain::{ProcessId, ProcessRecord, StateName, Timestamp};
 use bpm_ports::ResourceUsage;
 
+/// Whether to colour what goes to a stream: a terminal, unless `NO_COLOR` is set.
+pub(super) fn color_on(stream_is_tty: bool) -> bool {
+    stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The wall clock, for the ages a table shows.
+pub(super) fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
 /// What running trees use, by record (empty when the daemon cannot say).
 pub(super) type Usage = HashMap<ProcessId, ResourceUsage>;
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use bpm_domain::ListFilter;
 
-use super::commands::{CliError, Outcome, color_on, now};
+use super::error::{CliError, Outcome};
 use super::table;
+use super::table::{color_on, now};
 
 fn line(cells: [&str; 8]) -> String {
     format!(

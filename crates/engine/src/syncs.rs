@@ -1,0 +1,75 @@
+//! What waits for the disk: the store's syncs, and the work (events, a
+//! caller's answer, an exit's acknowledgement) that waits for one.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::{Event, ProcessId, ProcessRecord};
+use bpm_ports::ManagerError;
+
+use crate::{ManyReply, Reply};
+
+/// How often records the store refused are written again.
+pub(crate) const STORE_RETRY: Duration = Duration::from_millis(500);
+
+/// A caller waiting for its answer.
+pub(crate) enum Answer {
+    One(Reply),
+    Many(Vec<Result<(), ManagerError>>, ManyReply),
+}
+
+impl Answer {
+    /// Answers the caller with the records its call changed.
+    pub(crate) fn send(self, changed: Vec<ProcessRecord>) {
+        match self {
+            Answer::One(reply) => {
+                let _ = reply.send(Ok(changed));
+            }
+            Answer::Many(accepted, reply) => {
+                let _ = reply.send(Ok((accepted, changed)));
+            }
+        }
+    }
+}
+
+/// What waits until the writes made before it are on disk.
+pub(crate) enum AfterSync {
+    /// Events to publish.
+    Announce(Vec<Event>),
+    /// A caller's answer (once the spawns of the records it submitted have ended).
+    Send(Vec<ProcessRecord>, Answer),
+    /// The spawner may let go of this exit.
+    ExitRecorded(ProcessId),
+}
+
+/// The store's syncs, which run beside the loop one at a time, and the work
+/// waiting for them.
+#[derive(Default)]
+pub(crate) struct Syncs {
+    /// Whether durable writes were made since the last sync started.
+    pub(crate) owed: bool,
+    /// How many syncs were started; the last one may still be running.
+    pub(crate) started: u64,
+    pub(crate) running: bool,
+    /// When the last sync started (or is due to start).
+    pub(crate) last_start: Option<tokio::time::Instant>,
+    /// Whether a caller's answer waits for the next sync: it starts at once.
+    pub(crate) urgent: bool,
+    /// Cuts short the wait of a sync that is spaced from the last one.
+    pub(crate) hurry: Arc<tokio::sync::Notify>,
+    /// Work and the number of the sync it waits for, in the order it came.
+    pub(crate) waiting: VecDeque<(u64, AfterSync)>,
+}
+
+impl Syncs {
+    /// How many syncs have ended.
+    pub(crate) fn ended(&self) -> u64 {
+        self.started - u64::from(self.running)
+    }
+
+    /// Whether nothing is running or waiting.
+    pub(crate) fn idle(&self) -> bool {
+        !self.running && !self.owed && self.waiting.is_empty()
+    }
+}
