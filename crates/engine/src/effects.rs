@@ -36,128 +36,161 @@ impl Drop for SpawnReport {
     }
 }
 
+/// What carrying out one step's effects gathers on the way.
+#[derive(Default)]
+struct Carried {
+    /// The records the step changed, newest version of each, in order.
+    changed: Vec<ProcessRecord>,
+    /// Consecutive writes, which go to the store together.
+    writes: Vec<StoreWrite>,
+    /// Events, which wait until the step's durable writes are on disk.
+    announce: Vec<Event>,
+    /// Exits recorded by the step's writes.
+    exits: Vec<ProcessId>,
+}
+
 impl Driver {
+    /// Carries out a step's effects, in order, and those of the inputs they
+    /// lead to (a spawn with nothing to spawn, a failed re-attach); returns
+    /// the records they changed. Writes go ahead of everything after them;
+    /// spawns and signals do not wait for the disk, events do.
     pub(crate) async fn execute(
         &mut self,
         effects: Vec<Effect>,
     ) -> Result<Vec<ProcessRecord>, ManagerError> {
-        let mut changed: Vec<ProcessRecord> = Vec::new();
+        let mut step = Carried::default();
         let mut queue = VecDeque::from([effects]);
-        // Consecutive writes go to the store together, before any other effect.
-        let mut writes: Vec<StoreWrite> = Vec::new();
-        // Events wait until the step's durable writes are on disk; spawns
-        // and signals go ahead while the disk flushes.
-        let mut announce: Vec<Event> = Vec::new();
-        let mut exits: Vec<ProcessId> = Vec::new();
         while let Some(batch) = queue.pop_front() {
             for effect in batch {
                 if !matches!(effect, Effect::Persist { .. }) {
-                    self.write_all(&mut writes).await;
+                    self.write_all(&mut step.writes).await;
                 }
-                match effect {
-                    Effect::Persist {
-                        record,
-                        expected_version,
-                        durable,
-                    } => {
-                        let id = record.id();
-                        // A record still waiting for the store keeps the version the store holds.
-                        let (expected, durable) = match self.unsaved.remove(&id) {
-                            Some((v, _)) => (v, true),
-                            None => (expected_version, durable),
-                        };
-                        changed.retain(|r| r.id() != id);
-                        changed.push((*record).clone());
-                        writes.push(StoreWrite {
-                            record: *record,
-                            expected_version: expected,
-                            durable,
-                        });
-                    }
-                    Effect::Delete { id } => {
-                        // Earlier writes need no flush first: their own sync covers them.
-                        if let Err(e) = self.ports.store.delete(id).await {
-                            tracing::warn!(%id, error = %e, "could not delete a record");
-                        }
-                        if let Err(e) = self.ports.output.remove(id).await {
-                            tracing::warn!(%id, error = %e, "could not delete output");
-                        }
-                    }
-                    Effect::Spawn { record } => {
-                        let id = record.id();
-                        let Some(request) = SpawnRequest::for_record(&record) else {
-                            let input = Input::SpawnFailed {
-                                id,
-                                error: "nothing to spawn".into(),
-                            };
-                            match self.core.handle(input, self.ports.clock.now()) {
-                                Ok(more) => queue.push_back(more),
-                                Err(e) => tracing::warn!(%id, error = %e, "spawn result refused"),
-                            }
-                            continue;
-                        };
-                        let spawner = self.ports.spawner.clone();
-                        let mut report = SpawnReport {
-                            id,
-                            tx: Some(self.tx.clone()),
-                        };
-                        tokio::spawn(async move {
-                            let input = match spawner.spawn(request).await {
-                                Ok(spawned) => Input::Spawned {
-                                    id,
-                                    pid: spawned.pid,
-                                },
-                                Err(bpm_ports::SpawnError::Unknown(reason)) => {
-                                    Input::SpawnLost { id, reason }
-                                }
-                                Err(e) => Input::SpawnFailed {
-                                    id,
-                                    error: e.to_string(),
-                                },
-                            };
-                            report.send(input);
-                        });
-                    }
-                    Effect::Reattach { id, pid } => {
-                        let held = match self.ports.spawner.reattach(id, pid).await {
-                            Ok(held) => held,
-                            Err(e) => {
-                                tracing::warn!(%id, pid, error = %e, "could not re-attach");
-                                false
-                            }
-                        };
-                        if !held {
-                            let input = Input::ReattachFailed { id, pid };
-                            match self.core.handle(input, self.ports.clock.now()) {
-                                Ok(more) => queue.push_back(more),
-                                Err(e) => {
-                                    tracing::warn!(%id, error = %e, "re-attach result refused");
-                                }
-                            }
-                        }
-                    }
-                    Effect::Signal { id, pid, signal } => {
-                        if let Err(e) = self.ports.spawner.signal(id, pid, signal).await {
-                            tracing::warn!(%id, pid, ?signal, error = %e, "could not signal");
-                        }
-                    }
-                    Effect::ArmTimer { timer, at } => self.timers.arm(timer, at),
-                    Effect::CancelTimer { timer } => self.timers.cancel(timer),
-                    Effect::Publish(event) => announce.push(*event),
-                    Effect::ExitRecorded { id } => exits.push(id),
-                }
+                let more = self.carry_out(effect, &mut step).await;
+                queue.extend(more);
             }
-            self.write_all(&mut writes).await;
+            self.write_all(&mut step.writes).await;
         }
-        if announce.is_empty() {
+        if step.announce.is_empty() {
             self.kick_sync();
         } else {
-            self.after_sync(AfterSync::Announce(announce)).await;
+            self.after_sync(AfterSync::Announce(step.announce)).await;
         }
         // Once the exits' writes are on disk (or, refused, retried from `unsaved`).
-        for id in exits {
+        for id in step.exits {
             self.after_sync(AfterSync::ExitRecorded(id)).await;
         }
-        Ok(changed)
+        Ok(step.changed)
+    }
+
+    /// Carries out one effect; returns the effects of an input it led to.
+    async fn carry_out(&mut self, effect: Effect, step: &mut Carried) -> Option<Vec<Effect>> {
+        match effect {
+            Effect::Persist {
+                record,
+                expected_version,
+                durable,
+            } => self.persist(*record, expected_version, durable, step),
+            Effect::Delete { id } => self.delete(id).await,
+            Effect::Spawn { record } => return self.spawn(&record),
+            Effect::Reattach { id, pid } => return self.reattach(id, pid).await,
+            Effect::Signal { id, pid, signal } => {
+                if let Err(e) = self.ports.spawner.signal(id, pid, signal).await {
+                    tracing::warn!(%id, pid, ?signal, error = %e, "could not signal");
+                }
+            }
+            Effect::ArmTimer { timer, at } => self.timers.arm(timer, at),
+            Effect::CancelTimer { timer } => self.timers.cancel(timer),
+            Effect::Publish(event) => step.announce.push(*event),
+            Effect::ExitRecorded { id } => step.exits.push(id),
+        }
+        None
+    }
+
+    fn persist(
+        &mut self,
+        record: ProcessRecord,
+        expected_version: Option<u64>,
+        durable: bool,
+        step: &mut Carried,
+    ) {
+        let id = record.id();
+        // A record still waiting for the store keeps the version the store holds.
+        let (expected, durable) = match self.unsaved.remove(&id) {
+            Some((v, _)) => (v, true),
+            None => (expected_version, durable),
+        };
+        step.changed.retain(|r| r.id() != id);
+        step.changed.push(record.clone());
+        step.writes.push(StoreWrite {
+            record,
+            expected_version: expected,
+            durable,
+        });
+    }
+
+    async fn delete(&self, id: ProcessId) {
+        // Earlier writes need no flush first: their own sync covers them.
+        if let Err(e) = self.ports.store.delete(id).await {
+            tracing::warn!(%id, error = %e, "could not delete a record");
+        }
+        if let Err(e) = self.ports.output.remove(id).await {
+            tracing::warn!(%id, error = %e, "could not delete output");
+        }
+    }
+
+    /// Starts the spawn beside the loop; its answer comes back as a message.
+    fn spawn(&mut self, record: &ProcessRecord) -> Option<Vec<Effect>> {
+        let id = record.id();
+        let Some(request) = SpawnRequest::for_record(record) else {
+            let error = "nothing to spawn".into();
+            return self.follow(Input::SpawnFailed { id, error });
+        };
+        let spawner = self.ports.spawner.clone();
+        let mut report = SpawnReport {
+            id,
+            tx: Some(self.tx.clone()),
+        };
+        tokio::spawn(async move {
+            let input = match spawner.spawn(request).await {
+                Ok(spawned) => Input::Spawned {
+                    id,
+                    pid: spawned.pid,
+                },
+                Err(bpm_ports::SpawnError::Unknown(reason)) => Input::SpawnLost { id, reason },
+                Err(e) => Input::SpawnFailed {
+                    id,
+                    error: e.to_string(),
+                },
+            };
+            report.send(input);
+        });
+        None
+    }
+
+    async fn reattach(&mut self, id: ProcessId, pid: u32) -> Option<Vec<Effect>> {
+        let held = self
+            .ports
+            .spawner
+            .reattach(id, pid)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(%id, pid, error = %e, "could not re-attach");
+                false
+            });
+        if held {
+            return None;
+        }
+        self.follow(Input::ReattachFailed { id, pid })
+    }
+
+    /// The effects of an input an effect led to.
+    fn follow(&mut self, input: Input) -> Option<Vec<Effect>> {
+        match self.core.handle(input, self.ports.clock.now()) {
+            Ok(more) => Some(more),
+            Err(e) => {
+                tracing::warn!(error = %e, "the core refused what an effect led to");
+                None
+            }
+        }
     }
 }
