@@ -1,6 +1,7 @@
 //! The keeper's side.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use bpm_domain::ProcessId;
 use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
 
 use super::fds::{self, FdReader};
 use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
@@ -208,6 +210,17 @@ fn keep(file: &Path, unacked: &BTreeMap<u64, ProcessNotice>, spawner: &OsSpawner
     }
 }
 
+/// What every connection of one keeper shares.
+struct Keeper {
+    spawner: Arc<OsSpawner>,
+    state: Arc<Mutex<State>>,
+    /// The connected daemon's writer; a newer connection replaces an older one.
+    writer: Writer,
+    connected: AtomicUsize,
+    /// Which connection is the newest: starts handed over belong to it.
+    generation: AtomicU64,
+}
+
 /// [`serve_keeper`], keeping what no daemon took in `kept`: a keeper with
 /// nothing running and no daemon for `idle_exit` writes the ends (exits,
 /// losses) it still holds there and exits, rather than waiting for ever;
@@ -219,7 +232,7 @@ pub async fn serve_keeper_keeping(
     idle_exit: Duration,
     kept: Option<PathBuf>,
 ) {
-    let mut notices = spawner
+    let notices = spawner
         .notices()
         .expect("the keeper owns its spawner's notices");
     let earlier = kept
@@ -227,36 +240,17 @@ pub async fn serve_keeper_keeping(
         .map(|file| load_kept(file, &spawner))
         .unwrap_or_default();
     let next_seq = earlier.len() as u64 + 1;
-    let state = Arc::new(Mutex::new(State {
-        unacked: (1..).zip(earlier).collect(),
-        next_seq,
-    }));
-    // The connected daemon's writer; a newer connection replaces an older one.
-    let writer: Writer = Arc::new(tokio::sync::Mutex::new(None));
-    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // Which connection is the newest: starts handed over belong to it.
-    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (st, w, sp) = (state.clone(), writer.clone(), spawner.clone());
-    tokio::spawn(async move {
-        while let Some(notice) = notices.recv().await {
-            if let ProcessNotice::HandedOver {
-                next,
-                started: Ok(_),
-                ..
-            } = &notice
-            {
-                send_pipes(&w, &sp, *next).await;
-            }
-            let seq = {
-                let mut s = st.lock().unwrap_or_else(PoisonError::into_inner);
-                let seq = s.next_seq;
-                s.next_seq += 1;
-                s.unacked.insert(seq, notice.clone());
-                seq
-            };
-            send(&w, &KeeperLine::Notice { seq, notice }).await;
-        }
+    let keeper = Arc::new(Keeper {
+        spawner,
+        state: Arc::new(Mutex::new(State {
+            unacked: (1..).zip(earlier).collect(),
+            next_seq,
+        })),
+        writer: Arc::new(tokio::sync::Mutex::new(None)),
+        connected: AtomicUsize::new(0),
+        generation: AtomicU64::new(0),
     });
+    tokio::spawn(forward_notices(keeper.clone(), notices));
     let own_uid = rustix::process::getuid();
     let mut idle_since = tokio::time::Instant::now();
     loop {
@@ -264,23 +258,12 @@ pub async fn serve_keeper_keeping(
             a = listener.accept() => a.ok(),
             () = tokio::time::sleep(Duration::from_millis(500)) => None,
         };
-        let waiting = !state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .unacked
-            .is_empty();
-        let busy = connected.load(std::sync::atomic::Ordering::SeqCst) > 0
-            || spawner.running() > 0
-            || (waiting && kept.is_none());
-        if busy {
+        if keeper.busy(kept.is_none()) {
             idle_since = tokio::time::Instant::now();
         } else if idle_since.elapsed() >= idle_exit {
             if let Some(file) = &kept {
-                keep(
-                    file,
-                    &state.lock().unwrap_or_else(PoisonError::into_inner).unacked,
-                    &spawner,
-                );
+                let state = keeper.state.lock().unwrap_or_else(PoisonError::into_inner);
+                keep(file, &state.unacked, &keeper.spawner);
             }
             tracing::info!("keeper idle: no daemon, no process; exiting");
             return;
@@ -292,34 +275,83 @@ pub async fn serve_keeper_keeping(
             tracing::warn!("keeper refused a connection from another user");
             continue;
         }
-        let (read, mut write) = stream.into_split();
-        // The hello goes out before the connection is shared, so that no
-        // notice can come before it.
-        let Ok(mut hello) = serde_json::to_vec(&KeeperLine::Hello {
-            hello: KeeperHello::ours(),
-        }) else {
+        let (read, write) = stream.into_split();
+        let Some(this) = keeper.greet(write).await else {
             continue;
         };
-        hello.push(b'\n');
-        if write.write_all(&hello).await.is_err() {
-            continue;
+        keeper.connected.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(keeper.clone().serve(read, this));
+    }
+}
+
+/// Numbers each notice of the spawner, keeps it until the daemon
+/// acknowledges it, and sends it (after the pipes of a start it reports).
+async fn forward_notices(keeper: Arc<Keeper>, mut notices: mpsc::UnboundedReceiver<ProcessNotice>) {
+    while let Some(notice) = notices.recv().await {
+        if let ProcessNotice::HandedOver {
+            next,
+            started: Ok(_),
+            ..
+        } = &notice
+        {
+            send_pipes(&keeper.writer, &keeper.spawner, *next).await;
         }
-        *writer.lock().await = Some(write);
+        let seq = {
+            let mut s = keeper.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.unacked.insert(seq, notice.clone());
+            seq
+        };
+        send(&keeper.writer, &KeeperLine::Notice { seq, notice }).await;
+    }
+}
+
+impl Keeper {
+    /// Whether the keeper has work: a daemon, a process, or (when it
+    /// cannot keep them in a file) ends no daemon took.
+    fn busy(&self, cannot_keep: bool) -> bool {
+        let waiting = !self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unacked
+            .is_empty();
+        self.connected.load(Ordering::SeqCst) > 0
+            || self.spawner.running() > 0
+            || (waiting && cannot_keep)
+    }
+
+    /// Says hello on a new connection and makes it the daemon's: drops the
+    /// starts the last daemon handed over, sends the pipes of every running
+    /// process, then every notice not yet acknowledged. Returns the
+    /// connection's generation.
+    async fn greet(&self, mut write: OwnedWriteHalf) -> Option<u64> {
+        // The hello goes out before the connection is shared, so that no
+        // notice can come before it.
+        let mut hello = serde_json::to_vec(&KeeperLine::Hello {
+            hello: KeeperHello::ours(),
+        })
+        .ok()?;
+        hello.push(b'\n');
+        write.write_all(&hello).await.ok()?;
+        *self.writer.lock().await = Some(write);
         // Starts handed over by an earlier daemon are not this one's to make.
-        let dropped = spawner.take_back();
+        let dropped = self.spawner.take_back();
         if !dropped.is_empty() {
             tracing::info!(
                 count = dropped.len(),
                 "keeper: a new daemon connected; dropped the starts handed over by the last one"
             );
         }
-        let this = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let this = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         // The daemon holds the pipes of every running process, then takes
         // everything not yet taken.
-        for (id, _) in spawner.all_pipes() {
-            send_pipes(&writer, &spawner, id).await;
+        for (id, _) in self.spawner.all_pipes() {
+            send_pipes(&self.writer, &self.spawner, id).await;
         }
-        let pending: Vec<(u64, ProcessNotice)> = state
+        let pending: Vec<(u64, ProcessNotice)> = self
+            .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .unacked
@@ -327,170 +359,169 @@ pub async fn serve_keeper_keeping(
             .map(|(s, n)| (*s, n.clone()))
             .collect();
         for (seq, notice) in pending {
-            send(&writer, &KeeperLine::Notice { seq, notice }).await;
+            send(&self.writer, &KeeperLine::Notice { seq, notice }).await;
         }
-        let (spawner, state, writer, connected, generation) = (
-            spawner.clone(),
-            state.clone(),
-            writer.clone(),
-            connected.clone(),
-            generation.clone(),
-        );
-        connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        tokio::spawn(async move {
-            let (read, received) = FdReader::new(read);
-            let mut reader = BufReader::new(read);
-            let mut envs = EnvTable::new();
-            while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
-                let request = match serde_json::from_slice::<Request>(&line) {
-                    Ok(request) => request,
-                    Err(e) => {
-                        refuse(&writer, &line, &e).await;
-                        continue;
-                    }
-                };
-                // The queue of starts and the environment slots change here,
-                // in the order the requests came: a spawn or a withdrawal that
-                // follows a hand-over sees it, a start sees the slots defined before it.
-                let request = match request.op {
-                    Op::Env { slot, vars } => {
-                        if slot < ENV_SLOTS {
-                            envs.insert(slot, vars);
-                        } else {
-                            tracing::warn!(slot, "keeper: an environment slot out of range");
-                        }
-                        continue;
-                    }
-                    Op::HandOver(starts) => {
-                        let mut requests = Vec::with_capacity(starts.len());
-                        for mut start in starts {
-                            match resolve(&envs, &mut start) {
-                                Ok(()) => requests.push(start.request),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "keeper: a start handed over is refused");
-                                }
-                            }
-                        }
-                        spawner.queue_starts(requests);
-                        continue;
-                    }
-                    Op::Spawn(mut start) => match resolve(&envs, &mut start) {
-                        Ok(()) => Request {
-                            id: request.id,
-                            op: Op::Spawn(start),
-                        },
+        Some(this)
+    }
+
+    /// Reads a daemon's requests until it goes; connection `this`.
+    async fn serve(self: Arc<Self>, read: OwnedReadHalf, this: u64) {
+        let (read, received) = FdReader::new(read);
+        let mut reader = BufReader::new(read);
+        let mut envs = EnvTable::new();
+        while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
+            let request = match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => request,
+                Err(e) => {
+                    refuse(&self.writer, &line, &e).await;
+                    continue;
+                }
+            };
+            if let Some(request) = self.in_order(request, &mut envs, &received).await {
+                tokio::spawn(self.clone().run(request));
+            }
+        }
+        // A daemon that is gone starts nothing more.
+        if self.generation.load(Ordering::SeqCst) == this {
+            self.spawner.take_back();
+        }
+        self.connected.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Handles what must happen in the order the requests came (the queue
+    /// of starts, the environment slots, the descriptors that came with a
+    /// line): a spawn or a withdrawal that follows a hand-over sees it, a
+    /// start sees the slots defined before it. Returns a request to carry
+    /// out beside the others.
+    async fn in_order(
+        &self,
+        request: Request,
+        envs: &mut EnvTable,
+        received: &fds::Received,
+    ) -> Option<Request> {
+        let answer = match request.op {
+            Op::Env { slot, vars } => {
+                if slot < ENV_SLOTS {
+                    envs.insert(slot, vars);
+                } else {
+                    tracing::warn!(slot, "keeper: an environment slot out of range");
+                }
+                return None;
+            }
+            Op::HandOver(starts) => {
+                let requests = starts
+                    .into_iter()
+                    .filter_map(|mut start| match resolve(envs, &mut start) {
+                        Ok(()) => Some(start.request),
                         Err(e) => {
-                            let reply = KeeperLine::Reply {
-                                id: request.id,
-                                ok: None,
-                                err: Some(e),
-                            };
-                            send(&writer, &reply).await;
-                            continue;
-                        }
-                    },
-                    Op::Withdraw => {
-                        let reply = KeeperLine::Reply {
-                            id: request.id,
-                            ok: Some(Answer::Withdrawn(spawner.take_back())),
-                            err: None,
-                        };
-                        send(&writer, &reply).await;
-                        continue;
-                    }
-                    // Its descriptors come with this line: taken here, in order.
-                    Op::Adopt { id, pid, pipes } => {
-                        let ends = if pipes {
-                            fds::take(&received, 2).and_then(|f| <[OwnedFd; 2]>::try_from(f).ok())
-                        } else {
+                            tracing::warn!(error = %e, "keeper: a start handed over is refused");
                             None
-                        };
-                        let held = end_waiting(&state, id) || spawner.adopt_with(id, pid, ends);
-                        let reply = KeeperLine::Reply {
-                            id: request.id,
-                            ok: Some(Answer::Held(held)),
-                            err: None,
-                        };
-                        send(&writer, &reply).await;
-                        continue;
-                    }
-                    _ => request,
-                };
-                let (spawner, state, writer) = (spawner.clone(), state.clone(), writer.clone());
-                tokio::spawn(async move {
-                    let result = match request.op {
-                        // A record started on an exit, even one already ended,
-                        // is answered with that process until the daemon has
-                        // acknowledged its exit (a daemon restarted in between
-                        // may ask): the spawner keeps it until `exit_recorded`.
-                        Op::Spawn(start) => {
-                            let id = start.request.id;
-                            let spawned = spawner.spawn(start.request).await;
-                            // The daemon holds the pipes before it hears of the start.
-                            if spawned.is_ok() {
-                                send_pipes(&writer, &spawner, id).await;
-                            }
-                            spawned.map(Answer::Spawned)
                         }
-                        Op::HandOver(_) | Op::Withdraw | Op::Env { .. } | Op::Adopt { .. } => {
-                            return;
-                        }
-                        Op::Signal { id, pid, signal } => {
-                            spawner.signal(id, pid, signal).await.map(|()| Answer::Done)
-                        }
-                        Op::WriteInput { id, data } => {
-                            spawner.write_input(id, data).await.map(|()| Answer::Done)
-                        }
-                        Op::Reattach { id, pid } => {
-                            // A process of a keeper that died is adopted.
-                            Ok(Answer::Held(
-                                end_waiting(&state, id) || spawner.adopt(id, pid),
-                            ))
-                        }
-                        Op::Ack(seq) => {
-                            let acked = state
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .unacked
-                                .remove(&seq);
-                            // An exit recorded: the spawner may forget how that process started.
-                            if let Some(
-                                ProcessNotice::Exited { id, .. }
-                                | ProcessNotice::HandedOver { id, .. },
-                            ) = acked
-                            {
-                                spawner.exit_recorded(id);
-                            }
-                            return;
-                        }
-                    };
-                    // Id 0 asks for no answer (the daemon does not wait for it).
-                    if request.id == 0 {
-                        if let Err(e) = result {
-                            tracing::warn!(error = %e, "keeper: a request without an answer failed");
-                        }
-                        return;
-                    }
-                    let line = match result {
-                        Ok(a) => KeeperLine::Reply {
-                            id: request.id,
-                            ok: Some(a),
-                            err: None,
-                        },
-                        Err(e) => KeeperLine::Reply {
-                            id: request.id,
-                            ok: None,
-                            err: Some(e),
-                        },
-                    };
-                    send(&writer, &line).await;
-                });
+                    })
+                    .collect();
+                self.spawner.queue_starts(requests);
+                return None;
             }
-            // A daemon that is gone starts nothing more.
-            if generation.load(std::sync::atomic::Ordering::SeqCst) == this {
-                spawner.take_back();
+            Op::Spawn(mut start) => match resolve(envs, &mut start) {
+                Ok(()) => {
+                    return Some(Request {
+                        id: request.id,
+                        op: Op::Spawn(start),
+                    });
+                }
+                Err(e) => Err(e),
+            },
+            Op::Withdraw => Ok(Answer::Withdrawn(self.spawner.take_back())),
+            // Its descriptors come with this line: taken here, in order.
+            Op::Adopt { id, pid, pipes } => {
+                let ends = pipes
+                    .then(|| fds::take(received, 2).and_then(|f| <[OwnedFd; 2]>::try_from(f).ok()))
+                    .flatten();
+                let held = end_waiting(&self.state, id) || self.spawner.adopt_with(id, pid, ends);
+                Ok(Answer::Held(held))
             }
-            connected.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        });
+            op => {
+                return Some(Request { id: request.id, op });
+            }
+        };
+        send(&self.writer, &reply(request.id, answer)).await;
+        None
+    }
+
+    /// Carries out a request beside the others, and answers it.
+    async fn run(self: Arc<Self>, request: Request) {
+        let result = match request.op {
+            // A record started on an exit, even one already ended, is
+            // answered with that process until the daemon has acknowledged
+            // its exit (a daemon restarted in between may ask): the spawner
+            // keeps it until `exit_recorded`.
+            Op::Spawn(start) => {
+                let id = start.request.id;
+                let spawned = self.spawner.spawn(start.request).await;
+                // The daemon holds the pipes before it hears of the start.
+                if spawned.is_ok() {
+                    send_pipes(&self.writer, &self.spawner, id).await;
+                }
+                spawned.map(Answer::Spawned)
+            }
+            Op::Signal { id, pid, signal } => self
+                .spawner
+                .signal(id, pid, signal)
+                .await
+                .map(|()| Answer::Done),
+            Op::WriteInput { id, data } => self
+                .spawner
+                .write_input(id, data)
+                .await
+                .map(|()| Answer::Done),
+            // A process of a keeper that died is adopted.
+            Op::Reattach { id, pid } => Ok(Answer::Held(
+                end_waiting(&self.state, id) || self.spawner.adopt(id, pid),
+            )),
+            Op::Ack(seq) => {
+                self.acknowledged(seq);
+                return;
+            }
+            Op::HandOver(_) | Op::Withdraw | Op::Env { .. } | Op::Adopt { .. } => return,
+        };
+        // Id 0 asks for no answer (the daemon does not wait for it).
+        if request.id == 0 {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "keeper: a request without an answer failed");
+            }
+            return;
+        }
+        send(&self.writer, &reply(request.id, result)).await;
+    }
+
+    /// The daemon took notice `seq`; an exit it recorded lets the spawner
+    /// forget how that process started.
+    fn acknowledged(&self, seq: u64) {
+        let acked = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unacked
+            .remove(&seq);
+        if let Some(ProcessNotice::Exited { id, .. } | ProcessNotice::HandedOver { id, .. }) = acked
+        {
+            self.spawner.exit_recorded(id);
+        }
+    }
+}
+
+/// The answer to request `id`.
+fn reply(id: u64, result: Result<Answer, SpawnError>) -> KeeperLine {
+    match result {
+        Ok(a) => KeeperLine::Reply {
+            id,
+            ok: Some(a),
+            err: None,
+        },
+        Err(e) => KeeperLine::Reply {
+            id,
+            ok: None,
+            err: Some(e),
+        },
     }
 }
