@@ -42,6 +42,126 @@ struct Shared {
     unrecorded: Mutex<HashMap<ProcessId, u64>>,
 }
 
+type Notices = mpsc::UnboundedSender<ProcessNotice>;
+
+/// Reads the keeper's lines until it goes: answers to their callers,
+/// notices to the engine (acknowledged at once, but for exits, which wait
+/// until the engine has recorded them), pipes to hold.
+async fn read_keeper(
+    mut reader: BufReader<FdReader>,
+    received: fds::Received,
+    shared: Arc<Shared>,
+    tx: Notices,
+    acks: mpsc::UnboundedSender<u64>,
+) {
+    while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
+        match serde_json::from_slice::<KeeperLine>(&line) {
+            Ok(KeeperLine::Reply { id, ok, err }) => shared.answered(id, ok, err),
+            Ok(KeeperLine::Notice { seq, notice }) => {
+                let exit = shared.noticed(seq, &notice);
+                let _ = tx.send(notice);
+                if !exit {
+                    let _ = acks.send(seq);
+                }
+            }
+            Ok(KeeperLine::Pipes { pipes: id }) => {
+                let ends = fds::take(&received, 2).and_then(|f| <[OwnedFd; 2]>::try_from(f).ok());
+                if let Some(ends) = ends {
+                    lock(&shared.pipes).insert(id, ends);
+                } else {
+                    tracing::warn!(%id, "the keeper said it sent pipes, but none came");
+                }
+            }
+            Ok(KeeperLine::Hello { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "unreadable line from the keeper"),
+        }
+    }
+    shared.keeper_gone(&tx);
+}
+
+/// Acknowledges each notice once it is queued for the engine (an exit once
+/// the engine has recorded it), so the keeper can let it go.
+async fn send_acks(
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    mut acks: mpsc::UnboundedReceiver<u64>,
+) {
+    while let Some(seq) = acks.recv().await {
+        let Ok(mut line) = serde_json::to_vec(&Request {
+            id: 0,
+            op: Op::Ack(seq),
+        }) else {
+            continue;
+        };
+        line.push(b'\n');
+        if writer.lock().await.write_all(&line).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The keeper answered call `id`.
+    fn answered(&self, id: u64, ok: Option<Answer>, err: Option<SpawnError>) {
+        let result = match (ok, err) {
+            (Some(a), _) => Ok(a),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(SpawnError::Os("the keeper answered with nothing".into())),
+        };
+        if let Some(waiter) = lock(&self.pending).remove(&id) {
+            let _ = waiter.send(result);
+        }
+    }
+
+    /// Keeps track of what notice `seq` says; returns whether it is an exit
+    /// (acknowledged only once the engine has recorded it).
+    fn noticed(&self, seq: u64, notice: &ProcessNotice) -> bool {
+        if let ProcessNotice::HandedOver {
+            next,
+            started: Ok(pid),
+            ..
+        } = notice
+        {
+            lock(&self.watched).insert(*next, *pid);
+        }
+        match notice {
+            ProcessNotice::Exited { id, .. } | ProcessNotice::HandedOver { id, .. } => {
+                lock(&self.pipes).remove(id);
+                lock(&self.unrecorded).insert(*id, seq);
+                lock(&self.watched).remove(id);
+                lock(&self.exited).insert(*id);
+                true
+            }
+            ProcessNotice::Lost { id, .. } => {
+                lock(&self.pipes).remove(id);
+                lock(&self.watched).remove(id);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The keeper is gone: nobody will learn how its processes end, so
+    /// they are reported lost (unless they are left to whoever takes over).
+    fn keeper_gone(&self, tx: &Notices) {
+        self.closed.store(true, Ordering::SeqCst);
+        lock(&self.pending).clear();
+        if !self.lose_on_death.load(Ordering::SeqCst) {
+            return;
+        }
+        let orphans: Vec<ProcessId> = lock(&self.watched).drain().map(|(id, _)| id).collect();
+        for id in orphans {
+            let _ = tx.send(ProcessNotice::Lost {
+                id,
+                reason: "bpm's keeper process died; the process's end cannot be known".into(),
+            });
+        }
+    }
+}
+
 /// The environments this connection has defined in the keeper's slots.
 #[derive(Default)]
 struct EnvSlots {
@@ -171,142 +291,20 @@ impl KeeperSpawner {
             exited: Mutex::new(HashSet::new()),
             unrecorded: Mutex::new(HashMap::new()),
         });
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
-        let ack_tx2 = ack_tx.clone();
-        let sh = shared.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
-                match serde_json::from_slice::<KeeperLine>(&line) {
-                    Ok(KeeperLine::Reply { id, ok, err }) => {
-                        let result = match (ok, err) {
-                            (Some(a), _) => Ok(a),
-                            (None, Some(e)) => Err(e),
-                            (None, None) => {
-                                Err(SpawnError::Os("the keeper answered with nothing".into()))
-                            }
-                        };
-                        if let Some(waiter) = sh
-                            .pending
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&id)
-                        {
-                            let _ = waiter.send(result);
-                        }
-                    }
-                    Ok(KeeperLine::Notice { seq, notice }) => {
-                        let exit = matches!(
-                            notice,
-                            ProcessNotice::Exited { .. } | ProcessNotice::HandedOver { .. }
-                        );
-                        if let ProcessNotice::HandedOver {
-                            next,
-                            started: Ok(pid),
-                            ..
-                        } = &notice
-                        {
-                            sh.watched
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(*next, *pid);
-                        }
-                        if let ProcessNotice::Exited { id, .. }
-                        | ProcessNotice::HandedOver { id, .. }
-                        | ProcessNotice::Lost { id, .. } = &notice
-                        {
-                            sh.pipes
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .remove(id);
-                        }
-                        if let ProcessNotice::Lost { id, .. } = &notice {
-                            sh.watched
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .remove(id);
-                        }
-                        if let ProcessNotice::Exited { id, .. }
-                        | ProcessNotice::HandedOver { id, .. } = &notice
-                        {
-                            sh.unrecorded
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(*id, seq);
-                            sh.watched
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .remove(id);
-                            sh.exited
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(*id);
-                        }
-                        let _ = tx.send(notice);
-                        if !exit {
-                            let _ = ack_tx.send(seq);
-                        }
-                    }
-                    Ok(KeeperLine::Pipes { pipes: id }) => {
-                        let ends = fds::take(&received, 2)
-                            .and_then(|fds| <[OwnedFd; 2]>::try_from(fds).ok());
-                        if let Some(ends) = ends {
-                            sh.pipes
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(id, ends);
-                        } else {
-                            tracing::warn!(%id, "the keeper said it sent pipes, but none came");
-                        }
-                    }
-                    Ok(KeeperLine::Hello { .. }) => {}
-                    Err(e) => tracing::warn!(error = %e, "unreadable line from the keeper"),
-                }
-            }
-            // The keeper is gone: nobody will learn how its processes end.
-            sh.closed.store(true, Ordering::SeqCst);
-            sh.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
-            if !sh.lose_on_death.load(Ordering::SeqCst) {
-                return;
-            }
-            let orphans: Vec<ProcessId> = sh
-                .watched
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drain()
-                .map(|(id, _)| id)
-                .collect();
-            for id in orphans {
-                let _ = tx.send(ProcessNotice::Lost {
-                    id,
-                    reason: "bpm's keeper process died; the process's end cannot be known".into(),
-                });
-            }
-        });
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<u64>();
+        tokio::spawn(read_keeper(
+            reader,
+            received,
+            shared.clone(),
+            tx,
+            ack_tx.clone(),
+        ));
         let writer = Arc::new(tokio::sync::Mutex::new(write));
-        // Acknowledge each notice once it is queued for the engine (an exit
-        // once the engine has recorded it), so the keeper can let it go.
-        let w = writer.clone();
-        tokio::spawn(async move {
-            while let Some(seq) = ack_rx.recv().await {
-                let Ok(mut line) = serde_json::to_vec(&Request {
-                    id: 0,
-                    op: Op::Ack(seq),
-                }) else {
-                    continue;
-                };
-                line.push(b'\n');
-                if w.lock().await.write_all(&line).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(send_acks(writer.clone(), ack_rx));
         Ok(KeeperSpawner {
             keeper,
             writer,
-            acks: ack_tx2,
+            acks: ack_tx,
             shared,
             envs: Mutex::new(EnvSlots::default()),
             next: AtomicU64::new(1),
