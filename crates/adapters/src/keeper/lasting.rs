@@ -39,7 +39,7 @@ use bpm_domain::{ProcessId, Signal};
 use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
 use tokio::sync::{mpsc, watch};
 
-use super::KeeperSpawner;
+use super::{KeeperHello, KeeperSpawner};
 use crate::os::{Subreaper, unknown_end};
 
 /// How long an end waits for the daemon to reap the process.
@@ -75,6 +75,21 @@ enum Found {
 
 /// What became of a start a dead keeper noted: `running` is the pid of a
 /// process carrying its mark now, `logged` the pid its log gave.
+/// Starts a keeper, trying again (backing off up to 2 s) until one starts.
+async fn start_keeper(start: &StartKeeper) -> KeeperSpawner {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match start().await {
+            Ok(k) => return k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a new keeper; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 fn found(running: Option<u32>, logged: Option<u32>) -> Found {
     match (running, logged) {
         (Some(pid), _) => Found::Running(pid),
@@ -297,34 +312,10 @@ impl LastingKeeper {
                 .copied()
                 .collect::<Vec<_>>(),
         );
-        let mut delay = Duration::from_millis(50);
-        let fresh = loop {
-            match start().await {
-                Ok(k) => break k,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start a new keeper; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        };
+        let fresh = start_keeper(start).await;
         fresh.keep_orphans();
         let hello = fresh.keeper().clone();
-        let (mut adopted, mut ended) = (0, 0);
-        for (id, pid, pipes) in orphans {
-            // Before the adoption, whose end may be reported at once.
-            self.inherit(id, pid);
-            if fresh.adopt(id, pid, pipes).await.unwrap_or(false) {
-                adopted += 1;
-            } else {
-                ended += 1;
-                self.inherited
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&id);
-                self.report_end(id, pid);
-            }
-        }
+        let (mut adopted, mut ended) = self.adopt_orphans(&fresh, orphans).await;
         for id in started_handed {
             let found = found(
                 running.get(&id).copied(),
@@ -354,6 +345,42 @@ impl LastingKeeper {
             let _ = self.tx.send(ProcessNotice::Withdrawn { ids: handed });
         }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        self.report_take_over(was, &hello, (adopted, ended, withdrawn), report);
+    }
+
+    /// Hands the dead keeper's running processes to `fresh`; returns how
+    /// many it adopted and how many had ended meanwhile (reported so).
+    async fn adopt_orphans(
+        &self,
+        fresh: &KeeperSpawner,
+        orphans: Vec<(ProcessId, u32, Option<[std::os::fd::OwnedFd; 2]>)>,
+    ) -> (usize, usize) {
+        let (mut adopted, mut ended) = (0, 0);
+        for (id, pid, pipes) in orphans {
+            // Before the adoption, whose end may be reported at once.
+            self.inherit(id, pid);
+            if fresh.adopt(id, pid, pipes).await.unwrap_or(false) {
+                adopted += 1;
+            } else {
+                ended += 1;
+                self.inherited
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                self.report_end(id, pid);
+            }
+        }
+        (adopted, ended)
+    }
+
+    /// Says, in the log and to the daemon's status, what a take-over did.
+    fn report_take_over(
+        &self,
+        was: u32,
+        hello: &KeeperHello,
+        (adopted, ended, withdrawn): (usize, usize, usize),
+        report: &KeeperReport,
+    ) {
         let line = format!(
             "bpm's keeper (pid {was}) died; keeper pid {} took over: {adopted} running processes adopted, \
              {ended} had ended meanwhile, {withdrawn} queued starts taken back; {}",
