@@ -466,17 +466,32 @@ impl Inner {
     /// [`start`](Self::start), with `starting` held.
     fn start_alone(self: &Arc<Self>, request: &SpawnRequest) -> Result<Spawned, SpawnError> {
         self.queue().retain(|q| q.id != request.id);
-        if let Some(live) = lock(&self.live).get(&request.id) {
-            return Ok(Spawned { pid: live.pid });
-        }
-        if let Some(&pid) = self
-            .unrecorded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&request.id)
-        {
+        if let Some(pid) = self.started_already(request.id) {
             return Ok(Spawned { pid });
         }
+        let child = self.launch(request)?;
+        let pid = child.pid;
+        let (stdout, stderr, pidfd) = self.hold(request, child)?;
+        self.watch(request, pid, stdout, stderr, pidfd);
+        Ok(Spawned { pid })
+    }
+
+    /// The process this spawner started for `id` and whose exit the
+    /// manager has not recorded, if any: a second spawn is answered with it.
+    fn started_already(&self, id: ProcessId) -> Option<u32> {
+        if let Some(live) = lock(&self.live).get(&id) {
+            return Some(live.pid);
+        }
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied()
+    }
+
+    /// Starts the process, in a new session, noted in the start log before
+    /// and after (with its pid).
+    fn launch(&self, request: &SpawnRequest) -> Result<spawn::Child, SpawnError> {
         let program = request
             .argv
             .first()
@@ -487,37 +502,24 @@ impl Inner {
             return Err(SpawnError::CwdNotFound(cwd.clone()));
         }
         let composed = self.composed(&request.env)?;
-        let nul = |_| SpawnError::Invalid("a NUL byte in an environment variable".into());
-        let id_text = request.id.to_string();
-        let mut own = Vec::with_capacity(3);
-        own.push(spawn::variable(tree::MARK.as_bytes(), id_text.as_bytes()).map_err(nul)?);
-        own.push(spawn::variable(b"BPM_NODE", request.node.as_str().as_bytes()).map_err(nul)?);
-        if let Some(session) = &request.session {
-            own.push(spawn::variable(b"BPM_SESSION", session.as_str().as_bytes()).map_err(nul)?);
-        }
+        let own = own_variables(request)?;
         let skip = request.session.as_ref().and(composed.session_var);
-        let mut env: Vec<&CStr> = Vec::with_capacity(composed.vars.len() + own.len());
-        env.extend(
-            composed
-                .vars
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| Some(*i) != skip)
-                .map(|(_, kv)| kv.as_c_str()),
-        );
-        env.extend(own.iter().map(CString::as_c_str));
+        let env: Vec<&CStr> = composed
+            .vars
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, kv)| kv.as_c_str())
+            .chain(own.iter().map(CString::as_c_str))
+            .collect();
         let resolved =
             spawn::resolve(program.as_os_str(), composed.path.as_ref()).map_err(|e| match e {
                 spawn::Unrunnable::NotFound => SpawnError::ProgramNotFound(program.clone()),
                 spawn::Unrunnable::NotExecutable => SpawnError::PermissionDenied(program.clone()),
             })?;
-        if let Some(log) = &self.start_log {
-            // Before the start: a record missing from the log never started here.
-            let line = format!("{id_text}\n");
-            std::io::Write::write_all(&mut &*log, line.as_bytes()).map_err(|e| {
-                SpawnError::Os(format!("cannot note the start in the start log: {e}"))
-            })?;
-        }
+        // Before the start: a record missing from the log never started here.
+        self.note_start(&format!("{}\n", request.id))
+            .map_err(|e| SpawnError::Os(format!("cannot note the start in the start log: {e}")))?;
         let child = spawn::spawn(
             &resolved,
             &request.argv,
@@ -531,12 +533,34 @@ impl Inner {
             std::io::ErrorKind::InvalidInput => SpawnError::Invalid(e.to_string()),
             _ => SpawnError::Os(format!("cannot start {program:?}: {e}")),
         })?;
-        let pid = child.pid;
-        let id = request.id;
-        if let Some(log) = &self.start_log {
-            // After it: its pid, for whoever must report its end.
-            let _ = std::io::Write::write_all(&mut &*log, format!("{id_text} {pid}\n").as_bytes());
+        // After it: its pid, for whoever must report its end.
+        let _ = self.note_start(&format!("{} {}\n", request.id, child.pid));
+        Ok(child)
+    }
+
+    /// Appends `line` to the start log, if this spawner keeps one.
+    fn note_start(&self, line: &str) -> std::io::Result<()> {
+        match &self.start_log {
+            Some(log) => std::io::Write::write_all(&mut &*log, line.as_bytes()),
+            None => Ok(()),
         }
+    }
+
+    /// Holds the started `child` among the live processes; returns what is
+    /// left to watch: its output pipes and its pidfd.
+    fn hold(
+        &self,
+        request: &SpawnRequest,
+        child: spawn::Child,
+    ) -> Result<
+        (
+            pipe::Receiver,
+            pipe::Receiver,
+            AsyncFd<std::os::fd::OwnedFd>,
+        ),
+        SpawnError,
+    > {
+        let pid = child.pid;
         let os = |e: std::io::Error| SpawnError::Os(format!("cannot watch process {pid}: {e}"));
         let stdin = match child.stdin {
             Some(fd) => Some(Arc::new(tokio::sync::Mutex::new(
@@ -559,81 +583,95 @@ impl Inner {
         let pidfd =
             unsafe { AsyncFd::register_with_interest(child.pidfd, tokio::io::Interest::READABLE) }
                 .map_err(|e| SpawnError::Os(format!("cannot watch process {pid}: {e}")))?;
-        lock(&self.live).insert(
-            id,
-            Live {
-                pid,
-                reaped: false,
-                stopping: false,
-                origin: if request.hands_over {
-                    Origin::HandsOver
-                } else {
-                    Origin::Started
-                },
-                stdin,
-                pipes,
-            },
-        );
+        let origin = if request.hands_over {
+            Origin::HandsOver
+        } else {
+            Origin::Started
+        };
+        let live = Live {
+            pid,
+            reaped: false,
+            stopping: false,
+            origin,
+            stdin,
+            pipes,
+        };
+        lock(&self.live).insert(request.id, live);
+        Ok((stdout, stderr, pidfd))
+    }
 
+    /// Copies the process's output, watches its readiness and idleness,
+    /// and reports its end (starting the next record handed over first).
+    fn watch(
+        self: &Arc<Self>,
+        request: &SpawnRequest,
+        pid: u32,
+        stdout: pipe::Receiver,
+        stderr: pipe::Receiver,
+        pidfd: AsyncFd<std::os::fd::OwnedFd>,
+    ) {
+        let id = request.id;
         let (exited_tx, exited_rx) = watch::channel(false);
-        let watcher = capture::Watcher::new(
-            id,
-            self.tx.clone(),
-            match &request.readiness {
-                ReadinessCheck::LogPattern { pattern } => Some(pattern.clone()),
-                _ => None,
-            },
-        );
+        let pattern = match &request.readiness {
+            ReadinessCheck::LogPattern { pattern } => Some(pattern.clone()),
+            _ => None,
+        };
+        let watcher = capture::Watcher::new(id, self.tx.clone(), pattern);
         let pumps = self.pumps(stdout, stderr, &watcher);
         if let ReadinessCheck::Port { port } = request.readiness {
-            tokio::spawn(capture::wait_for_port(
-                port,
-                self.config.port_poll,
-                watcher.clone(),
-                exited_rx.clone(),
-            ));
+            let (poll, rx) = (self.config.port_poll, exited_rx.clone());
+            tokio::spawn(capture::wait_for_port(port, poll, watcher.clone(), rx));
         }
         if let Some(idle) = request.idle_after {
-            tokio::spawn(capture::watch_idle(
-                idle.as_duration(),
-                watcher.clone(),
-                exited_rx,
-            ));
+            let idle = idle.as_duration();
+            tokio::spawn(capture::watch_idle(idle, watcher.clone(), exited_rx));
         }
-
-        let (inner, live, config) = (self.clone(), self.live.clone(), self.config.clone());
-        let mut activity = watcher.activity();
-        let copier = watcher.clone();
+        let inner = self.clone();
+        // Output from the start on counts as activity while the end drains.
+        let activity = watcher.activity();
         tokio::spawn(async move {
-            let status = reap(&pidfd, &live, id).await;
+            let status = reap(&pidfd, &inner.live, id).await;
             let _ = exited_tx.send(true);
-            let stopping = lock(&live).get_mut(&id).map(|l| {
-                l.stdin = None;
-                l.stopping
-            });
-            if stopping == Some(true) {
-                end_rest_of_tree(id, config.tree_grace).await;
-            }
-            drain(pumps, config.drain, &copier, &mut activity).await;
-            let hands_over = lock(&live)
-                .remove(&id)
-                .is_some_and(|l| l.origin == Origin::HandsOver);
-            inner.forget_starts();
-            // The next request handed over starts in its place, before the
-            // manager hears of the exit.
-            let next = if hands_over { inner.start_next() } else { None };
-            let notice = match next {
-                Some((next, started)) => ProcessNotice::HandedOver {
-                    id,
-                    status,
-                    next,
-                    started,
-                },
-                None => ProcessNotice::Exited { id, status },
-            };
-            let _ = inner.tx.send(notice);
+            let output = (pumps, watcher, activity);
+            inner.ended(id, pid, status, output).await;
         });
-        Ok(Spawned { pid })
+    }
+
+    /// The process of `id` ended with `status`: ends the rest of its tree if
+    /// it was being stopped, drains its output, and reports the end.
+    async fn ended(
+        self: &Arc<Self>,
+        id: ProcessId,
+        pid: u32,
+        status: ExitStatus,
+        (pumps, watcher, mut activity): Output,
+    ) {
+        let stopping = lock(&self.live).get_mut(&id).map(|l| {
+            l.stdin = None;
+            l.stopping
+        });
+        if stopping == Some(true) {
+            end_rest_of_tree(id, self.config.tree_grace).await;
+        }
+        drain(pumps, self.config.drain, &watcher, &mut activity).await;
+        let hands_over = lock(&self.live)
+            .remove(&id)
+            .is_some_and(|l| l.origin == Origin::HandsOver);
+        tracing::trace!(%id, pid, "process ended");
+        self.forget_starts();
+        // The next request handed over starts in its place, before the
+        // manager hears of the exit.
+        let next = if hands_over { self.start_next() } else { None };
+        let notice = match next {
+            Some((next, started)) => ProcessNotice::HandedOver {
+                id,
+                status,
+                next,
+                started,
+            },
+            None => ProcessNotice::Exited { id, status },
+        };
+        let _ = self.tx.send(notice);
     }
 
     /// Copies `stdout` and `stderr` into the output store, one task each.
@@ -810,6 +848,26 @@ impl ProcessSpawner for OsSpawner {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
     }
+}
+
+/// A process's output: the tasks copying it, their watcher, and its activity.
+type Output = (
+    [tokio::task::JoinHandle<()>; 2],
+    capture::Watcher,
+    watch::Receiver<tokio::time::Instant>,
+);
+
+/// bpm's own variables for the process: its record's mark, node and session.
+fn own_variables(request: &SpawnRequest) -> Result<Vec<CString>, SpawnError> {
+    let nul = |_| SpawnError::Invalid("a NUL byte in an environment variable".into());
+    let id_text = request.id.to_string();
+    let mut own = Vec::with_capacity(3);
+    own.push(spawn::variable(tree::MARK.as_bytes(), id_text.as_bytes()).map_err(nul)?);
+    own.push(spawn::variable(b"BPM_NODE", request.node.as_str().as_bytes()).map_err(nul)?);
+    if let Some(session) = &request.session {
+        own.push(spawn::variable(b"BPM_SESSION", session.as_str().as_bytes()).map_err(nul)?);
+    }
+    Ok(own)
 }
 
 /// Waits for the process behind `pidfd` to exit and reaps it. Reaping happens

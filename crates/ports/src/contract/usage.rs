@@ -95,7 +95,16 @@ pub async fn ended_and_unknown_trees_are_left_out(sampler: Arc<dyn ResourceSampl
     assert_eq!(live.id, tree.id);
     assert!(live.processes >= 1, "{live:?}");
     tree.kill();
-    let gone = sampler.sample(vec![tree.target()]).await;
+    // KILL reaches every member at once, but a member other than the
+    // leader (which `kill` reaped) may take a moment to be torn down.
+    let mut gone = sampler.sample(vec![tree.target()]).await;
+    for _ in 0..50 {
+        if gone.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gone = sampler.sample(vec![tree.target()]).await;
+    }
     assert!(gone.is_empty(), "a killed tree reads as absent: {gone:?}");
     let never = SampleTarget {
         id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
