@@ -115,6 +115,96 @@ pub(crate) fn variable(name: &[u8], value: &[u8]) -> io::Result<CString> {
 /// until a new keeper opens these through `/proc` and reads on).
 pub(crate) const HELD_PIPE_FDS: [i32; 2] = [253, 254];
 
+/// What the child's descriptors are: stdin (`stdin`, a pipe's reading end,
+/// or /dev/null), stdout and stderr (`out`), the copies of the output
+/// pipes' reading ends it holds ([`HELD_PIPE_FDS`]), and its directory.
+///
+/// # Safety
+/// `actions` is initialised, and every descriptor named stays open until
+/// the spawn returns.
+#[allow(unsafe_code)]
+unsafe fn add_file_actions(
+    actions: *mut libc::posix_spawn_file_actions_t,
+    stdin: Option<&OwnedFd>,
+    out: [&OwnedFd; 2],
+    held: [&OwnedFd; 2],
+    cwd: Option<&CStr>,
+) -> io::Result<()> {
+    // SAFETY: as the caller promises; the path strings outlive the calls.
+    unsafe {
+        match stdin {
+            Some(read) => check(libc::posix_spawn_file_actions_adddup2(
+                actions,
+                read.as_raw_fd(),
+                0,
+            ))?,
+            None => check(libc::posix_spawn_file_actions_addopen(
+                actions,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?,
+        }
+        for (fd, target) in out.into_iter().zip([1, 2]) {
+            check(libc::posix_spawn_file_actions_adddup2(
+                actions,
+                fd.as_raw_fd(),
+                target,
+            ))?;
+        }
+        for (fd, target) in held.into_iter().zip(HELD_PIPE_FDS) {
+            check(libc::posix_spawn_file_actions_adddup2(
+                actions,
+                fd.as_raw_fd(),
+                target,
+            ))?;
+        }
+        if let Some(dir) = cwd {
+            check(libc::posix_spawn_file_actions_addchdir_np(
+                actions,
+                dir.as_ptr(),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// The child starts in a new session, with no signal blocked and every
+/// signal's disposition at its default (the manager ignores or handles
+/// some, SIGPIPE above all).
+///
+/// # Safety
+/// `attrs` is initialised.
+#[allow(unsafe_code)]
+unsafe fn set_attributes(attrs: *mut libc::posix_spawnattr_t) -> io::Result<()> {
+    // SAFETY: as the caller promises; the signal sets live on this stack
+    // until the calls that read them return.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut empty);
+        check(libc::posix_spawnattr_setsigmask(attrs, &raw const empty))?;
+        let mut defaults: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut defaults);
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaddset(&raw mut defaults, sig);
+            }
+        }
+        check(libc::posix_spawnattr_setsigdefault(
+            attrs,
+            &raw const defaults,
+        ))?;
+        // The three flags are small positive constants; libc declares them with mixed widths.
+        #[allow(clippy::cast_possible_truncation)]
+        let flags = libc::POSIX_SPAWN_SETSID
+            | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
+            | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;
+        check(libc::posix_spawnattr_setflags(attrs, flags))?;
+    }
+    Ok(())
+}
+
 /// Starts `program` with `argv` (argv\[0\] included) and exactly the
 /// environment `env` (`NAME=value` strings).
 pub(crate) fn spawn(
@@ -145,7 +235,6 @@ pub(crate) fn spawn(
     } else {
         None
     };
-    let dev_null = c"/dev/null";
 
     let mut pid: libc::pid_t = 0;
     // SAFETY: every pointer handed to libc outlives the call (the CStrings and
@@ -161,71 +250,20 @@ pub(crate) fn spawn(
         };
         check(libc::posix_spawn_file_actions_init(&raw mut setup.actions))?;
         check(libc::posix_spawnattr_init(&raw mut setup.attrs))?;
-        let actions = &raw mut setup.actions;
-        match &stdin {
-            Some((read, _)) => check(libc::posix_spawn_file_actions_adddup2(
-                actions,
-                read.as_raw_fd(),
-                0,
-            ))?,
-            None => check(libc::posix_spawn_file_actions_addopen(
-                actions,
-                0,
-                dev_null.as_ptr(),
-                libc::O_RDONLY,
-                0,
-            ))?,
-        }
-        check(libc::posix_spawn_file_actions_adddup2(
-            actions,
-            out_w.as_raw_fd(),
-            1,
-        ))?;
-        check(libc::posix_spawn_file_actions_adddup2(
-            actions,
-            err_w.as_raw_fd(),
-            2,
-        ))?;
-        for (fd, held) in [&out_r, &err_r].into_iter().zip(HELD_PIPE_FDS) {
-            check(libc::posix_spawn_file_actions_adddup2(
-                actions,
-                fd.as_raw_fd(),
-                held,
-            ))?;
-        }
-        if let Some(dir) = &cwd {
-            check(libc::posix_spawn_file_actions_addchdir_np(
-                actions,
-                dir.as_ptr(),
-            ))?;
-        }
-        let attrs = &raw mut setup.attrs;
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut empty);
-        check(libc::posix_spawnattr_setsigmask(attrs, &raw const empty))?;
-        // Default dispositions for every signal the manager may ignore or handle (SIGPIPE above all).
-        let mut defaults: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut defaults);
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaddset(&raw mut defaults, sig);
-            }
-        }
-        check(libc::posix_spawnattr_setsigdefault(
-            attrs,
-            &raw const defaults,
-        ))?;
-        // The three flags are small positive constants; libc declares them with mixed widths.
-        #[allow(clippy::cast_possible_truncation)]
-        let flags = libc::POSIX_SPAWN_SETSID
-            | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
-            | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;
-        check(libc::posix_spawnattr_setflags(attrs, flags))?;
+        let stdin_read = stdin.as_ref().map(|(read, _)| read);
+        add_file_actions(
+            &raw mut setup.actions,
+            stdin_read,
+            [&out_w, &err_w],
+            [&out_r, &err_r],
+            cwd.as_deref(),
+        )?;
+        set_attributes(&raw mut setup.attrs)?;
         libc::posix_spawn(
             &raw mut pid,
             path.as_ptr(),
-            actions,
-            attrs,
+            &raw const setup.actions,
+            &raw const setup.attrs,
             arg_ptrs.as_ptr(),
             env_ptrs.as_ptr(),
         )
