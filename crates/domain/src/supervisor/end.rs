@@ -1,0 +1,167 @@
+//! Ends: exits (under the restart policy), stops with their cascade and
+//! escalation, what waited for an end, and forgetting a record.
+
+use super::{CoreError, Effect, Supervisor, TimerKind};
+use crate::{
+    Applied, ExitStatus, ProcessId, RestartMode, Signal, Span, StateName, StopCause, Timestamp,
+    Transition,
+};
+
+impl Supervisor {
+    pub(super) fn exited(
+        &mut self,
+        id: ProcessId,
+        status: ExitStatus,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let Some(record) = self.get(id).filter(|r| !r.is_terminal()) else {
+            // Unknown here, or ended already (lost, say): nothing to record,
+            // but the spawner may forget the process.
+            self.out.push(Effect::ExitRecorded { id });
+            return Ok(());
+        };
+        let state = record.state();
+        if matches!(state, StateName::Running | StateName::Paused) {
+            let policy = record.spec().restart;
+            let wants = match policy.mode {
+                RestartMode::Never => false,
+                RestartMode::OnFailure => !status.success(),
+                RestartMode::Always => true,
+            };
+            let budget = policy.max_restarts.is_none_or(|m| record.restarts() < m);
+            if wants && budget {
+                let delay = policy.backoff.delay(record.restarts());
+                let not_before = now.saturating_add(delay);
+                self.cancel_timer(id, TimerKind::Timeout);
+                self.cancel_timer(id, TimerKind::Readiness);
+                self.transition(id, Transition::Requeue { status, not_before }, now)?;
+                self.place(id, now);
+                self.out.push(Effect::ExitRecorded { id });
+                return Ok(());
+            }
+        }
+        self.transition(id, Transition::Exited { status }, now)?;
+        self.out.push(Effect::ExitRecorded { id });
+        Ok(())
+    }
+
+    /// Stops `id` and its unfinished descendants (children first).
+    pub(super) fn stop(
+        &mut self,
+        id: ProcessId,
+        cause: StopCause,
+        force: bool,
+        grace: Option<Span>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let record = &self.entries.get(&id).ok_or(CoreError::NotFound(id))?.record;
+        if record.is_terminal() {
+            return Ok(());
+        }
+        let already_stopping = record.state() == StateName::Stopping;
+        self.cascade(id, force, grace, now)?;
+        let record = &self.entries[&id].record;
+        let was_paused = record.state() == StateName::Paused;
+        let policy = record.spec().stop;
+        if already_stopping {
+            // Stop is idempotent; a forced stop still escalates.
+            if force {
+                self.escalate(id, now)?;
+            }
+            return Ok(());
+        }
+        let pending = record.state() == StateName::Pending;
+        self.transition(id, Transition::Stop { cause }, now)?;
+        if pending {
+            return Ok(());
+        }
+        let Some(pid) = self.entries[&id].record.pid() else {
+            if self.entries[&id].record.state() == StateName::Stopping {
+                // Spawn under way: the signal goes out when it reports its pid.
+                if force {
+                    self.transition(id, Transition::Escalate, now)?;
+                }
+            }
+            return Ok(());
+        };
+        if force {
+            self.escalate(id, now)?;
+        } else {
+            self.signal(id, pid, policy.signal);
+            if was_paused {
+                // A stopped process cannot act on TERM until it is continued.
+                self.signal(id, pid, Signal::Cont);
+            }
+            let grace = grace.unwrap_or(policy.grace);
+            self.arm(
+                id,
+                TimerKind::Grace,
+                now.saturating_add(grace.as_duration()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the unfinished children of `id` (and theirs) because `id` is being stopped.
+    pub(super) fn cascade(
+        &mut self,
+        id: ProcessId,
+        force: bool,
+        grace: Option<Span>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let children: Vec<_> = self
+            .children
+            .get(&id)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
+        for child in children {
+            self.stop(child, StopCause::Cascade { parent: id }, force, grace, now)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn escalate(&mut self, id: ProcessId, now: Timestamp) -> Result<(), CoreError> {
+        if self.transition(id, Transition::Escalate, now)? == Applied::Changed {
+            if let Some(pid) = self.entries[&id].record.pid() {
+                self.signal(id, pid, Signal::Kill);
+            }
+            self.cancel_timer(id, TimerKind::Grace);
+        }
+        Ok(())
+    }
+
+    /// A record ended: unblock (or fail) the records waiting for it.
+    pub(super) fn release_waiters(&mut self, id: ProcessId, end: StateName, now: Timestamp) {
+        let Some(waiting) = self.waiters.remove(&id) else {
+            return;
+        };
+        for w in waiting {
+            let Some(entry) = self.entries.get_mut(&w) else {
+                continue;
+            };
+            entry.blockers.must_end.remove(&id);
+            let was_dependency = entry.blockers.must_complete.remove(&id);
+            if was_dependency && end != StateName::Completed {
+                let error = format!("dependency {id} ended {end} instead of completing");
+                let _ = self.transition(w, Transition::Fail { error }, now);
+                continue;
+            }
+            self.place(w, now);
+        }
+    }
+
+    pub(super) fn forget(&mut self, id: ProcessId) {
+        if let Some(entry) = self.entries.remove(&id) {
+            if let Some(p) = entry.record.parent()
+                && let Some(c) = self.children.get_mut(&p)
+            {
+                c.remove(&id);
+            }
+            self.children.remove(&id);
+            self.dirty.remove(&id);
+            self.cancel_timer(id, TimerKind::Retention);
+            self.out.push(Effect::Delete { id });
+        }
+    }
+}

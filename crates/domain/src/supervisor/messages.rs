@@ -1,0 +1,366 @@
+//! What goes into the core and what comes out: inputs, effects, timers,
+//! and the errors of a refused input.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Event, ExitStatus, InvalidTransition, NodeId, Percent, ProcessId, ProcessRecord, ProcessSpec,
+    Signal, Span, SpecError, StateName, Timestamp,
+};
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// A delayed start or a restart backoff ends.
+    NotBefore,
+    /// The process's timeout runs out.
+    Timeout,
+    /// The grace period after the stop signal ends: KILL.
+    Grace,
+    /// The readiness timeout runs out.
+    Readiness,
+    /// A finished record's retention ends.
+    Retention,
+}
+
+/// A timer the driver arms. Arming the same timer again replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timer {
+    /// The record.
+    pub id: ProcessId,
+    /// What for.
+    pub kind: TimerKind,
+    /// The record's attempt (its restart count) when armed: a timer of an earlier attempt is stale.
+    pub attempt: u32,
+}
+
+/// Something the driver must carry out, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Write the record: create it when `expected_version` is `None`, else
+    /// compare-and-set against that version.
+    Persist {
+        /// The record as it is now.
+        record: Box<ProcessRecord>,
+        /// The version the store holds, if any.
+        expected_version: Option<u64>,
+        /// Whether the write must reach the disk before anything after it
+        /// is announced (an event) or answered. A spawn or a signal may go
+        /// ahead while the disk flushes: the store already holds the write,
+        /// a crash of bpm keeps it, and a crash of the machine ends the
+        /// process too. Only a change between active states of a spawned process (a pid,
+        /// a pause, a progress report, a stop under way) may stay in the
+        /// OS's cache: a crash of bpm keeps it, and a crash of the machine
+        /// ends the process too, so the record ends `lost` whichever of its
+        /// active versions survives. Creations, leaving `pending` (a record
+        /// is never started twice), ends and tracked operations are durable.
+        durable: bool,
+    },
+    /// Delete a finished record (and its output).
+    Delete {
+        /// The record.
+        id: ProcessId,
+    },
+    /// Start the record's OS process, then report `Spawned` or `SpawnFailed`.
+    /// After a restart, a record whose spawn was under way is spawned again:
+    /// the spawner answers with the process it started for it, if it did.
+    Spawn {
+        /// The record (in `starting`, or `stopping` when a stop came first).
+        record: Box<ProcessRecord>,
+    },
+    /// After a restart, take over the record's process again; if the
+    /// spawner cannot, report [`Input::ReattachFailed`](crate::Input::ReattachFailed).
+    Reattach {
+        /// The record.
+        id: ProcessId,
+        /// Its process.
+        pid: u32,
+    },
+    /// Send a signal to the record's whole process tree.
+    Signal {
+        /// The record.
+        id: ProcessId,
+        /// Its process group leader.
+        pid: u32,
+        /// The signal.
+        signal: Signal,
+    },
+    /// Report `TimerFired` at `at`.
+    ArmTimer {
+        /// Which.
+        timer: Timer,
+        /// When.
+        at: Timestamp,
+    },
+    /// Forget a timer; a stale one that fires anyway is ignored.
+    CancelTimer {
+        /// Which.
+        timer: Timer,
+    },
+    /// Tell subscribers.
+    Publish(Box<Event>),
+    /// The exit of `id`'s process is recorded by this step's writes: once
+    /// they are durable, tell the spawner, which may then forget the process
+    /// (until then it answers a second spawn of `id` with it).
+    ExitRecorded {
+        /// The record.
+        id: ProcessId,
+    },
+}
+
+/// An input to the core.
+// A submit carries a whole spec; inputs are moved once into `handle`, so boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Accept a new record.
+    Submit {
+        /// Its id (from the id port).
+        id: ProcessId,
+        /// What to run (a tracked operation when it has no command).
+        spec: ProcessSpec,
+    },
+    /// Accept a new tracked operation: a record with no command, which the
+    /// caller drives with progress, completion and failure. A spec with a
+    /// command is refused ([`SpecError::TrackedWithCommand`]).
+    Track {
+        /// Its id (from the id port).
+        id: ProcessId,
+        /// What it is; no command.
+        spec: ProcessSpec,
+    },
+    /// Make a new record with `id`'s spec; stop `id` first if it is still live.
+    Restart {
+        /// The record to repeat.
+        id: ProcessId,
+        /// The new record's id.
+        new_id: ProcessId,
+    },
+    /// The OS process of `id` exists.
+    Spawned {
+        /// The record.
+        id: ProcessId,
+        /// Its pid.
+        pid: u32,
+    },
+    /// The OS process of `id` could not be created.
+    SpawnFailed {
+        /// The record.
+        id: ProcessId,
+        /// Why, as the OS said.
+        error: String,
+    },
+    /// Whether the OS process of `id` was created cannot be known (whoever
+    /// started it died during the start, and none of it runs now): the
+    /// spawn's result, as [`Input::Lost`](crate::Input::Lost) is a notice's.
+    SpawnLost {
+        /// The record.
+        id: ProcessId,
+        /// Why.
+        reason: String,
+    },
+    /// The OS process of `id` exited.
+    Exited {
+        /// The record.
+        id: ProcessId,
+        /// How.
+        status: ExitStatus,
+    },
+    /// The OS process of `id` exited, and the spawner at once started `next`
+    /// in its place, as [`Supervisor::hand_over`](crate::Supervisor::hand_over) allowed. `next` takes the
+    /// slot `id` frees. The start is taken even when the exit is refused: a
+    /// process that runs must be known.
+    HandedOver {
+        /// The record whose process exited.
+        id: ProcessId,
+        /// How it exited.
+        status: ExitStatus,
+        /// The record the spawner started next.
+        next: ProcessId,
+        /// Its pid, or why it could not be started.
+        started: Result<u32, String>,
+    },
+    /// A record handed over ([`Supervisor::hand_over`](crate::Supervisor::hand_over)) was started by a
+    /// spawner that died before it could say so; the one that took over
+    /// found its process. It runs with `pid` and takes a slot of its own.
+    Adopted {
+        /// The record.
+        id: ProcessId,
+        /// Its pid.
+        pid: u32,
+    },
+    /// Stop `id` and, first, all its descendants.
+    Stop {
+        /// The record.
+        id: ProcessId,
+        /// KILL at once instead of the policy's signal and grace.
+        force: bool,
+        /// Override the policy's grace period.
+        grace: Option<Span>,
+    },
+    /// Stop every unfinished record at hierarchy depth `level` (roots are 0), with their descendants.
+    StopLevel {
+        /// The depth.
+        level: usize,
+        /// KILL at once.
+        force: bool,
+        /// Override each record's grace period.
+        grace: Option<Span>,
+    },
+    /// Pause `id` (SIGSTOP to its tree).
+    Pause {
+        /// The record.
+        id: ProcessId,
+    },
+    /// Resume `id` (SIGCONT to its tree).
+    Resume {
+        /// The record.
+        id: ProcessId,
+    },
+    /// Progress reported for `id`.
+    Progress {
+        /// The record.
+        id: ProcessId,
+        /// How far.
+        percent: Percent,
+        /// What it is doing.
+        message: Option<String>,
+    },
+    /// A tracked operation finished.
+    Complete {
+        /// The record.
+        id: ProcessId,
+        /// Its result.
+        result: Option<serde_json::Value>,
+    },
+    /// A tracked operation failed.
+    Fail {
+        /// The record.
+        id: ProcessId,
+        /// Why.
+        error: String,
+    },
+    /// A readiness check passed.
+    Ready {
+        /// The record.
+        id: ProcessId,
+    },
+    /// The process wrote nothing for its idle period.
+    Idle {
+        /// The record.
+        id: ProcessId,
+    },
+    /// A timer fired.
+    TimerFired(Timer),
+    /// bpm cannot know what became of `id` (for example it could not be re-attached).
+    Lost {
+        /// The record.
+        id: ProcessId,
+        /// Why.
+        reason: String,
+    },
+    /// After a restart, the process of `id` could not be taken over again
+    /// ([`Effect::Reattach`]): it is gone, or is no longer the record's.
+    ReattachFailed {
+        /// The record.
+        id: ProcessId,
+        /// The process that was not found.
+        pid: u32,
+    },
+    /// Every unfinished record of `node` is lost.
+    NodeLost {
+        /// The node.
+        node: NodeId,
+    },
+    /// Delete a finished record.
+    Remove {
+        /// The record.
+        id: ProcessId,
+    },
+    /// The store refused a write of `id` because it holds another version
+    /// (`stored`), or none (`None`). The core reconciles
+    /// ([`Supervisor`](crate::Supervisor)'s rule in `reconcile.rs`); a conflict is never dropped.
+    StoreConflict {
+        /// The record.
+        id: ProcessId,
+        /// The version the store holds, if any.
+        stored: Option<u64>,
+    },
+}
+
+impl Input {
+    /// Whether this input may take a record out of `pending` other than by
+    /// starting it (a stop, a restart, a completion or a failure): records
+    /// handed to the spawner must be taken back first.
+    pub fn may_cancel(&self) -> bool {
+        matches!(
+            self,
+            Input::Stop { .. }
+                | Input::StopLevel { .. }
+                | Input::Restart { .. }
+                | Input::Complete { .. }
+                | Input::Fail { .. }
+        )
+    }
+}
+
+/// The core refused an input; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CoreError {
+    /// No record has this id.
+    #[error("no process with id {0}")]
+    NotFound(ProcessId),
+    /// A record with this id exists already.
+    #[error("a process with id {0} exists already")]
+    AlreadyExists(ProcessId),
+    /// The spec is invalid.
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    /// The lifecycle does not allow it.
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+    /// A dependency names no known record.
+    #[error("unknown dependency {0}: no such process")]
+    UnknownDependency(ProcessId),
+    /// A record cannot depend on itself.
+    #[error("process {0} cannot depend on itself")]
+    SelfDependency(ProcessId),
+    /// The parent names no known record.
+    #[error("unknown parent {0}: no such process")]
+    ParentNotFound(ProcessId),
+    /// The parent is stopping or finished, so it cannot take children.
+    #[error("parent {parent} is {state}, so it cannot take new children")]
+    ParentNotLive {
+        /// The parent.
+        parent: ProcessId,
+        /// Its state.
+        state: StateName,
+    },
+    /// The hierarchy would be too deep.
+    #[error("hierarchy too deep: depth {depth} exceeds the limit of {max}")]
+    DepthLimit {
+        /// The depth the record would have.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The hierarchy level is full.
+    #[error("hierarchy level {level} is full: it holds {max} unfinished processes, the limit")]
+    LevelFull {
+        /// The level.
+        level: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Only finished records can be removed.
+    #[error("process {id} is {state}: only finished processes can be removed (stop it first)")]
+    NotFinished {
+        /// The record.
+        id: ProcessId,
+        /// Its state.
+        state: StateName,
+    },
+}

@@ -1,0 +1,136 @@
+//! Taking back the store's records after a restart, with their timers.
+
+use std::collections::BTreeSet;
+
+use super::{Blockers, Effect, Entry, Supervisor, TimerKind};
+use crate::{Lifecycle, ProcessId, ProcessRecord, StateName, Timestamp};
+
+impl Supervisor {
+    /// Takes back records from the store after a restart of the manager.
+    ///
+    /// Records of other nodes are ignored. Pending records are queued again,
+    /// finished ones kept (with retention), and live ones counted against the
+    /// limits with their timers re-armed. A live record's process is taken
+    /// over again ([`Effect::Reattach`]; [`Input::ReattachFailed`](crate::Input::ReattachFailed) makes it
+    /// lost); one whose spawn was under way is spawned again
+    /// ([`Effect::Spawn`]), which a spawner that started it answers with
+    /// that process.
+    pub fn restore(&mut self, records: Vec<ProcessRecord>, now: Timestamp) -> Vec<Effect> {
+        let mut records: Vec<_> = records
+            .into_iter()
+            .filter(|r| r.node() == &self.node)
+            .collect();
+        records.sort_by_key(|r| (r.created_at(), r.id()));
+        for record in records {
+            let id = record.id();
+            let persisted = Some(record.version());
+            let persisted_active = record.state().is_active();
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.entries.insert(
+                id,
+                Entry {
+                    record,
+                    persisted,
+                    persisted_active,
+                    seq,
+                    depth: 0,
+                    blockers: Blockers::default(),
+                },
+            );
+        }
+        let ids: Vec<_> = self.entries.keys().copied().collect();
+        for &id in &ids {
+            let depth = self.depth_of(self.entries[&id].record.parent());
+            let entry = self.entries.get_mut(&id).expect("just inserted");
+            entry.depth = depth;
+            if let Some(p) = entry.record.parent() {
+                self.children.entry(p).or_default().insert(id);
+            }
+        }
+        for &id in &ids {
+            let (state, live_depth, tracked) = {
+                let e = &self.entries[&id];
+                (e.record.state(), e.depth, e.record.is_tracked())
+            };
+            if !state.is_terminal() && live_depth > 0 {
+                *self.live_per_level.entry(live_depth).or_default() += 1;
+            }
+            if state.is_active() && !tracked {
+                self.add_active(id);
+            }
+            if state.is_active() && !tracked {
+                // Its process is taken over again, or, if its spawn was under
+                // way, spawned again: a spawner that started it answers with
+                // that process, so it is never started twice.
+                let record = &self.entries[&id].record;
+                if let Some(pid) = record.pid() {
+                    self.out.push(Effect::Reattach { id, pid });
+                } else {
+                    let record = Box::new(record.clone());
+                    self.out.push(Effect::Spawn { record });
+                    self.order.spawn_asked(id);
+                }
+            }
+            if state.is_active() {
+                self.rearm_live_timers(id, now);
+            } else if state.is_terminal() {
+                self.arm_retention(id);
+            }
+        }
+        for &id in &ids {
+            if self.entries[&id].record.state() == StateName::Pending {
+                let unfinished: BTreeSet<_> = self.entries[&id]
+                    .record
+                    .spec()
+                    .dependencies
+                    .iter()
+                    .copied()
+                    .filter(|d| self.entries.get(d).is_some_and(|e| !e.record.is_terminal()))
+                    .collect();
+                for d in &unfinished {
+                    self.waiters.entry(*d).or_default().insert(id);
+                }
+                self.entries
+                    .get_mut(&id)
+                    .expect("known")
+                    .blockers
+                    .must_complete = unfinished;
+                self.place(id, now);
+            }
+        }
+        self.schedule(now);
+        self.finish_step()
+    }
+
+    pub(super) fn rearm_live_timers(&mut self, id: ProcessId, now: Timestamp) {
+        let record = &self.entries[&id].record;
+        let spec = record.spec();
+        match record.lifecycle() {
+            Lifecycle::Running { started_at, .. } | Lifecycle::Paused { started_at, .. } => {
+                if let Some(t) = spec.timeout {
+                    let at = started_at.saturating_add(t.as_duration());
+                    self.arm(id, TimerKind::Timeout, at);
+                }
+            }
+            Lifecycle::Stopping { killed: false, .. } => {
+                let at = now.saturating_add(spec.stop.grace.as_duration());
+                self.arm(id, TimerKind::Grace, at);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn arm_retention(&mut self, id: ProcessId) {
+        if let (Some(keep), Some(end)) = (
+            self.limits.retention,
+            self.entries[&id].record.lifecycle().ended_at(),
+        ) {
+            self.arm(
+                id,
+                TimerKind::Retention,
+                end.saturating_add(keep.as_duration()),
+            );
+        }
+    }
+}
