@@ -334,6 +334,22 @@ impl fmt::Display for InvalidTransition {
     }
 }
 
+/// Where a transition leads, before it is applied.
+enum Next {
+    To(Lifecycle),
+    NoOp,
+    Invalid,
+}
+
+/// A stopping record's state, taken out of its lifecycle.
+struct Stop {
+    started_at: Option<Timestamp>,
+    pid: Option<u32>,
+    requested_at: Timestamp,
+    cause: StopCause,
+    killed: bool,
+}
+
 /// What a legal transition did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -544,269 +560,53 @@ impl ProcessRecord {
             attempted: transition.kind(),
             tracked: self.is_tracked(),
         };
-        let tracked = self.is_tracked();
-        let next = match (&self.lifecycle, transition) {
-            // Finished records: repeating an end is harmless, anything else is refused.
-            (
-                l,
-                Transition::Complete { .. }
-                | Transition::Fail { .. }
-                | Transition::Stop { .. }
-                | Transition::Lose { .. }
-                | Transition::Exited { .. },
-            ) if l.is_terminal() => return Ok(Applied::NoOp),
-            (l, _) if l.is_terminal() => return Err(invalid),
-
-            (Lifecycle::Pending { queued_at, .. }, Transition::Start) if !tracked => {
-                Lifecycle::Starting {
-                    queued_at: *queued_at,
-                    starting_at: now,
-                }
+        let next = match &self.lifecycle {
+            l if l.is_terminal() => Self::after_the_end(&transition),
+            Lifecycle::Pending { queued_at, .. } => {
+                let queued_at = *queued_at;
+                self.leave_pending(queued_at, transition, now)
             }
-            (Lifecycle::Pending { .. }, Transition::Stop { cause }) => Lifecycle::Cancelled {
-                started_at: None,
-                ended_at: now,
-                exit: None,
-                reason: cause.to_string(),
-            },
-            (Lifecycle::Pending { .. }, Transition::Fail { error })
-            | (Lifecycle::Starting { .. }, Transition::SpawnFailed { error }) => {
-                Lifecycle::Failed {
-                    started_at: None,
-                    ended_at: now,
-                    exit: None,
-                    error,
-                }
+            Lifecycle::Starting { .. } => Self::leave_starting(transition, now),
+            Lifecycle::Running {
+                started_at,
+                pid,
+                ready_at,
+            } => {
+                let (started_at, pid, ready_at) = (*started_at, *pid, *ready_at);
+                self.leave_running(started_at, pid, ready_at, transition, now)
             }
-
-            (Lifecycle::Starting { .. }, Transition::Spawned { pid }) => Lifecycle::Running {
-                started_at: now,
-                pid: Some(pid),
-                ready_at: None,
-            },
-            (Lifecycle::Starting { .. }, Transition::Exited { status }) => {
-                Self::exit_state(Some(now), status, now)
+            Lifecycle::Paused {
+                started_at,
+                pid,
+                ready_at,
+                ..
+            } => {
+                let (started_at, pid, ready_at) = (*started_at, *pid, *ready_at);
+                self.leave_paused(started_at, pid, ready_at, transition, now)
             }
-            (Lifecycle::Starting { .. }, Transition::Stop { cause }) => {
-                Self::begin_stop(None, None, cause, now)
-            }
-            (Lifecycle::Starting { .. }, Transition::TimeOut) => {
-                Self::begin_stop(None, None, StopCause::Timeout, now)
-            }
-
-            (
-                Lifecycle::Running {
-                    started_at,
-                    pid,
-                    ready_at,
-                },
-                t,
-            ) => match t {
-                Transition::Exited { status } if !tracked => {
-                    Self::exit_state(Some(*started_at), status, now)
-                }
-                Transition::Requeue { status, not_before } if !tracked => {
-                    self.push_attempt(Some(*started_at), status, now);
-                    Lifecycle::Pending {
-                        queued_at: now,
-                        not_before: Some(not_before),
-                    }
-                }
-                Transition::Pause if !tracked => Lifecycle::Paused {
+            Lifecycle::Stopping {
+                started_at,
+                pid,
+                requested_at,
+                cause,
+                killed,
+            } => {
+                let stop = Stop {
                     started_at: *started_at,
                     pid: *pid,
-                    ready_at: *ready_at,
-                    paused_at: now,
-                },
-                Transition::Stop { cause } if tracked => Lifecycle::Cancelled {
-                    started_at: Some(*started_at),
-                    ended_at: now,
-                    exit: None,
-                    reason: cause.to_string(),
-                },
-                Transition::TimeOut if tracked => Lifecycle::TimedOut {
-                    started_at: Some(*started_at),
-                    ended_at: now,
-                    exit: None,
-                },
-                Transition::Stop { cause } => Self::begin_stop(Some(*started_at), *pid, cause, now),
-                Transition::TimeOut => {
-                    Self::begin_stop(Some(*started_at), *pid, StopCause::Timeout, now)
-                }
-                Transition::Ready if ready_at.is_some() => return Ok(Applied::NoOp),
-                Transition::Ready if !tracked => Lifecycle::Running {
-                    started_at: *started_at,
-                    pid: *pid,
-                    ready_at: Some(now),
-                },
-                Transition::Progress { percent, message } => {
-                    self.set_progress(*started_at, percent, message, now);
-                    self.lifecycle.clone()
-                }
-                Transition::Complete { result } if tracked => {
-                    self.result = result;
-                    Lifecycle::Completed {
-                        started_at: *started_at,
-                        ended_at: now,
-                        exit: None,
-                    }
-                }
-                Transition::Fail { error } if tracked => Lifecycle::Failed {
-                    started_at: Some(*started_at),
-                    ended_at: now,
-                    exit: None,
-                    error,
-                },
-                Transition::Lose { reason } => Lifecycle::Lost {
-                    started_at: Some(*started_at),
-                    ended_at: now,
-                    reason,
-                },
-                _ => return Err(invalid),
-            },
-
-            (
-                Lifecycle::Paused {
-                    started_at,
-                    pid,
-                    ready_at,
-                    ..
-                },
-                t,
-            ) => match t {
-                Transition::Resume => Lifecycle::Running {
-                    started_at: *started_at,
-                    pid: *pid,
-                    ready_at: *ready_at,
-                },
-                Transition::Exited { status } => Self::exit_state(Some(*started_at), status, now),
-                Transition::Requeue { status, not_before } => {
-                    self.push_attempt(Some(*started_at), status, now);
-                    Lifecycle::Pending {
-                        queued_at: now,
-                        not_before: Some(not_before),
-                    }
-                }
-                Transition::Stop { cause } => Self::begin_stop(Some(*started_at), *pid, cause, now),
-                Transition::TimeOut => {
-                    Self::begin_stop(Some(*started_at), *pid, StopCause::Timeout, now)
-                }
-                Transition::Ready if ready_at.is_some() => return Ok(Applied::NoOp),
-                Transition::Ready => Lifecycle::Paused {
-                    started_at: *started_at,
-                    pid: *pid,
-                    ready_at: Some(now),
-                    paused_at: now,
-                },
-                Transition::Progress { percent, message } => {
-                    self.set_progress(*started_at, percent, message, now);
-                    self.lifecycle.clone()
-                }
-                Transition::Lose { reason } => Lifecycle::Lost {
-                    started_at: Some(*started_at),
-                    ended_at: now,
-                    reason,
-                },
-                _ => return Err(invalid),
-            },
-
-            (
-                Lifecycle::Stopping {
-                    started_at,
-                    pid,
-                    requested_at,
-                    cause,
-                    killed,
-                },
-                t,
-            ) => match t {
-                Transition::Stop { .. } | Transition::TimeOut => return Ok(Applied::NoOp),
-                Transition::Spawned { pid: new_pid } if pid.is_none() => Lifecycle::Stopping {
-                    started_at: Some(now),
-                    pid: Some(new_pid),
                     requested_at: *requested_at,
                     cause: cause.clone(),
                     killed: *killed,
-                },
-                Transition::SpawnFailed { .. } if pid.is_none() => Lifecycle::Cancelled {
-                    started_at: None,
-                    ended_at: now,
-                    exit: None,
-                    reason: cause.to_string(),
-                },
-                Transition::Escalate if *killed => return Ok(Applied::NoOp),
-                Transition::Escalate => Lifecycle::Stopping {
-                    started_at: *started_at,
-                    pid: *pid,
-                    requested_at: *requested_at,
-                    cause: cause.clone(),
-                    killed: true,
-                },
-                Transition::Exited { status } => {
-                    let started_at = started_at.or(Some(now));
-                    let exit = Some(status);
-                    match cause {
-                        StopCause::Timeout => Lifecycle::TimedOut {
-                            started_at,
-                            ended_at: now,
-                            exit,
-                        },
-                        StopCause::NotReady { .. } => Lifecycle::Failed {
-                            started_at,
-                            ended_at: now,
-                            exit,
-                            error: cause.to_string(),
-                        },
-                        StopCause::Requested
-                        | StopCause::Cascade { .. }
-                        | StopCause::Replaced { .. } => Lifecycle::Cancelled {
-                            started_at,
-                            ended_at: now,
-                            exit,
-                            reason: cause.to_string(),
-                        },
-                    }
-                }
-                Transition::Progress { percent, message } => {
-                    if let Some(s) = started_at {
-                        self.set_progress(*s, percent, message, now);
-                    }
-                    self.lifecycle.clone()
-                }
-                // Asked to stop, and gone: stopped, though how it ended
-                // (its exit code) is unknown.
-                Transition::Lose { reason }
-                    if matches!(
-                        cause,
-                        StopCause::Requested
-                            | StopCause::Cascade { .. }
-                            | StopCause::Replaced { .. }
-                    ) =>
-                {
-                    Lifecycle::Cancelled {
-                        started_at: *started_at,
-                        ended_at: now,
-                        exit: None,
-                        reason: format!("{cause}; {reason}"),
-                    }
-                }
-                Transition::Lose { reason } => Lifecycle::Lost {
-                    started_at: *started_at,
-                    ended_at: now,
-                    reason,
-                },
-                _ => return Err(invalid),
-            },
-
-            (
-                Lifecycle::Pending { .. } | Lifecycle::Starting { .. },
-                Transition::Lose { reason },
-            ) => Lifecycle::Lost {
-                started_at: None,
-                ended_at: now,
-                reason,
-            },
-            _ => return Err(invalid),
+                };
+                self.leave_stopping(stop, transition, now)
+            }
+            // The end states, which the first arm takes.
+            _ => Next::Invalid,
+        };
+        let next = match next {
+            Next::To(next) => next,
+            Next::NoOp => return Ok(Applied::NoOp),
+            Next::Invalid => return Err(invalid),
         };
         self.lifecycle = next;
         self.updated_at = now;
@@ -817,6 +617,280 @@ impl ProcessRecord {
             p.eta = None;
         }
         Ok(Applied::Changed)
+    }
+
+    /// A finished record: repeating an end is harmless, anything else is refused.
+    fn after_the_end(t: &Transition) -> Next {
+        match t {
+            Transition::Complete { .. }
+            | Transition::Fail { .. }
+            | Transition::Stop { .. }
+            | Transition::Lose { .. }
+            | Transition::Exited { .. } => Next::NoOp,
+            _ => Next::Invalid,
+        }
+    }
+
+    fn leave_pending(&self, queued_at: Timestamp, t: Transition, now: Timestamp) -> Next {
+        Next::To(match t {
+            Transition::Start if !self.is_tracked() => Lifecycle::Starting {
+                queued_at,
+                starting_at: now,
+            },
+            Transition::Stop { cause } => Lifecycle::Cancelled {
+                started_at: None,
+                ended_at: now,
+                exit: None,
+                reason: cause.to_string(),
+            },
+            Transition::Fail { error } => Lifecycle::Failed {
+                started_at: None,
+                ended_at: now,
+                exit: None,
+                error,
+            },
+            Transition::Lose { reason } => Lifecycle::Lost {
+                started_at: None,
+                ended_at: now,
+                reason,
+            },
+            _ => return Next::Invalid,
+        })
+    }
+
+    fn leave_starting(t: Transition, now: Timestamp) -> Next {
+        Next::To(match t {
+            Transition::SpawnFailed { error } => Lifecycle::Failed {
+                started_at: None,
+                ended_at: now,
+                exit: None,
+                error,
+            },
+            Transition::Spawned { pid } => Lifecycle::Running {
+                started_at: now,
+                pid: Some(pid),
+                ready_at: None,
+            },
+            Transition::Exited { status } => Self::exit_state(Some(now), status, now),
+            Transition::Stop { cause } => Self::begin_stop(None, None, cause, now),
+            Transition::TimeOut => Self::begin_stop(None, None, StopCause::Timeout, now),
+            Transition::Lose { reason } => Lifecycle::Lost {
+                started_at: None,
+                ended_at: now,
+                reason,
+            },
+            _ => return Next::Invalid,
+        })
+    }
+
+    fn leave_running(
+        &mut self,
+        started_at: Timestamp,
+        pid: Option<u32>,
+        ready_at: Option<Timestamp>,
+        t: Transition,
+        now: Timestamp,
+    ) -> Next {
+        let tracked = self.is_tracked();
+        Next::To(match t {
+            Transition::Exited { status } if !tracked => {
+                Self::exit_state(Some(started_at), status, now)
+            }
+            Transition::Requeue { status, not_before } if !tracked => {
+                self.push_attempt(Some(started_at), status, now);
+                Lifecycle::Pending {
+                    queued_at: now,
+                    not_before: Some(not_before),
+                }
+            }
+            Transition::Pause if !tracked => Lifecycle::Paused {
+                started_at,
+                pid,
+                ready_at,
+                paused_at: now,
+            },
+            Transition::Stop { cause } if tracked => Lifecycle::Cancelled {
+                started_at: Some(started_at),
+                ended_at: now,
+                exit: None,
+                reason: cause.to_string(),
+            },
+            Transition::TimeOut if tracked => Lifecycle::TimedOut {
+                started_at: Some(started_at),
+                ended_at: now,
+                exit: None,
+            },
+            Transition::Stop { cause } => Self::begin_stop(Some(started_at), pid, cause, now),
+            Transition::TimeOut => Self::begin_stop(Some(started_at), pid, StopCause::Timeout, now),
+            Transition::Ready if ready_at.is_some() => return Next::NoOp,
+            Transition::Ready if !tracked => Lifecycle::Running {
+                started_at,
+                pid,
+                ready_at: Some(now),
+            },
+            Transition::Progress { percent, message } => {
+                self.set_progress(started_at, percent, message, now);
+                self.lifecycle.clone()
+            }
+            Transition::Complete { result } if tracked => {
+                self.result = result;
+                Lifecycle::Completed {
+                    started_at,
+                    ended_at: now,
+                    exit: None,
+                }
+            }
+            Transition::Fail { error } if tracked => Lifecycle::Failed {
+                started_at: Some(started_at),
+                ended_at: now,
+                exit: None,
+                error,
+            },
+            Transition::Lose { reason } => Lifecycle::Lost {
+                started_at: Some(started_at),
+                ended_at: now,
+                reason,
+            },
+            _ => return Next::Invalid,
+        })
+    }
+
+    fn leave_paused(
+        &mut self,
+        started_at: Timestamp,
+        pid: Option<u32>,
+        ready_at: Option<Timestamp>,
+        t: Transition,
+        now: Timestamp,
+    ) -> Next {
+        Next::To(match t {
+            Transition::Resume => Lifecycle::Running {
+                started_at,
+                pid,
+                ready_at,
+            },
+            Transition::Exited { status } => Self::exit_state(Some(started_at), status, now),
+            Transition::Requeue { status, not_before } => {
+                self.push_attempt(Some(started_at), status, now);
+                Lifecycle::Pending {
+                    queued_at: now,
+                    not_before: Some(not_before),
+                }
+            }
+            Transition::Stop { cause } => Self::begin_stop(Some(started_at), pid, cause, now),
+            Transition::TimeOut => Self::begin_stop(Some(started_at), pid, StopCause::Timeout, now),
+            Transition::Ready if ready_at.is_some() => return Next::NoOp,
+            Transition::Ready => Lifecycle::Paused {
+                started_at,
+                pid,
+                ready_at: Some(now),
+                paused_at: now,
+            },
+            Transition::Progress { percent, message } => {
+                self.set_progress(started_at, percent, message, now);
+                self.lifecycle.clone()
+            }
+            Transition::Lose { reason } => Lifecycle::Lost {
+                started_at: Some(started_at),
+                ended_at: now,
+                reason,
+            },
+            _ => return Next::Invalid,
+        })
+    }
+
+    fn leave_stopping(&mut self, stop: Stop, t: Transition, now: Timestamp) -> Next {
+        let Stop {
+            started_at,
+            pid,
+            requested_at,
+            cause,
+            killed,
+        } = stop;
+        Next::To(match t {
+            Transition::Stop { .. } | Transition::TimeOut => return Next::NoOp,
+            Transition::Spawned { pid: new_pid } if pid.is_none() => Lifecycle::Stopping {
+                started_at: Some(now),
+                pid: Some(new_pid),
+                requested_at,
+                cause,
+                killed,
+            },
+            Transition::SpawnFailed { .. } if pid.is_none() => Lifecycle::Cancelled {
+                started_at: None,
+                ended_at: now,
+                exit: None,
+                reason: cause.to_string(),
+            },
+            Transition::Escalate if killed => return Next::NoOp,
+            Transition::Escalate => Lifecycle::Stopping {
+                started_at,
+                pid,
+                requested_at,
+                cause,
+                killed: true,
+            },
+            Transition::Exited { status } => {
+                Self::stopped(started_at.or(Some(now)), Some(status), &cause, now)
+            }
+            Transition::Progress { percent, message } => {
+                if let Some(s) = started_at {
+                    self.set_progress(s, percent, message, now);
+                }
+                self.lifecycle.clone()
+            }
+            // Asked to stop, and gone: stopped, though how it ended
+            // (its exit code) is unknown.
+            Transition::Lose { reason }
+                if matches!(
+                    cause,
+                    StopCause::Requested | StopCause::Cascade { .. } | StopCause::Replaced { .. }
+                ) =>
+            {
+                Lifecycle::Cancelled {
+                    started_at,
+                    ended_at: now,
+                    exit: None,
+                    reason: format!("{cause}; {reason}"),
+                }
+            }
+            Transition::Lose { reason } => Lifecycle::Lost {
+                started_at,
+                ended_at: now,
+                reason,
+            },
+            _ => return Next::Invalid,
+        })
+    }
+
+    /// How a stopped process ended, by the cause of its stop.
+    fn stopped(
+        started_at: Option<Timestamp>,
+        exit: Option<ExitStatus>,
+        cause: &StopCause,
+        now: Timestamp,
+    ) -> Lifecycle {
+        match cause {
+            StopCause::Timeout => Lifecycle::TimedOut {
+                started_at,
+                ended_at: now,
+                exit,
+            },
+            StopCause::NotReady { .. } => Lifecycle::Failed {
+                started_at,
+                ended_at: now,
+                exit,
+                error: cause.to_string(),
+            },
+            StopCause::Requested | StopCause::Cascade { .. } | StopCause::Replaced { .. } => {
+                Lifecycle::Cancelled {
+                    started_at,
+                    ended_at: now,
+                    exit,
+                    reason: cause.to_string(),
+                }
+            }
+        }
     }
 
     fn exit_state(started_at: Option<Timestamp>, status: ExitStatus, now: Timestamp) -> Lifecycle {
