@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -63,7 +64,9 @@ macro_rules! validated_name {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
-        pub struct $ty(String);
+        // Shared, not copied, by every clone: a record's versions, events and
+        // the store's copy hold one text.
+        pub struct $ty(Arc<str>);
 
         impl $ty {
             #[doc = concat!("Validates `value` as a ", $what, ".")]
@@ -73,7 +76,7 @@ macro_rules! validated_name {
             pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
                 let value = value.into();
                 check($what, &value, $max, $allowed, $allowed_text)?;
-                Ok($ty(value))
+                Ok($ty(Arc::from(value)))
             }
 
             /// The text.
@@ -141,7 +144,7 @@ validated_name!(
 impl NodeId {
     /// The node name used when none is configured.
     pub fn local() -> Self {
-        NodeId("local".to_owned())
+        NodeId(Arc::from("local"))
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use bpm_domain::{ProcessId, ProcessRecord};
 use bpm_ports::StoreError;
 
+use super::Records;
 use super::files::{read_record, read_record_beside_writer, write_files};
 use super::journal::{self, Entry, Journal};
 use super::{refused, sync_filesystem, unavailable};
@@ -31,10 +32,7 @@ pub(super) enum Loading<'a> {
 
 /// Reads every record file; unreadable ones are never dropped silently and
 /// never fatal (see [`Loading`]).
-pub(super) fn load_all(
-    dir: &Path,
-    loading: &Loading,
-) -> Result<BTreeMap<ProcessId, ProcessRecord>, StoreError> {
+pub(super) fn load_all(dir: &Path, loading: &Loading) -> Result<Records, StoreError> {
     let mut records = BTreeMap::new();
     let entries = fs::read_dir(dir).map_err(|e| unavailable(dir, &e))?;
     for entry in entries {
@@ -73,7 +71,7 @@ pub(super) fn load_all(
         };
         match (read, loading) {
             (Ok(record), _) => {
-                records.insert(record.id(), record);
+                records.insert(record.id(), Box::new(record));
             }
             (Err(why), Loading::Writer { journalled, .. })
                 if stem
@@ -113,11 +111,7 @@ pub(super) fn keep_damaged(dir: &Path, quarantine: &Path, damage: &[journal::Dam
 
 /// One line on a damaged stretch of the journal: where, how long, and which
 /// records it cost (gone, or back at an earlier version).
-pub(super) fn describe_damage(
-    d: &journal::Damage,
-    records: &BTreeMap<ProcessId, ProcessRecord>,
-    quarantine: &Path,
-) -> String {
+pub(super) fn describe_damage(d: &journal::Damage, records: &Records, quarantine: &Path) -> String {
     use std::fmt::Write as _;
     let (kept, lost): (Vec<ProcessId>, Vec<ProcessId>) =
         d.ids.iter().partition(|id| records.contains_key(id));
@@ -180,7 +174,7 @@ pub(super) fn folder_identity(dir: &Path) -> io::Result<(u64, u64)> {
 /// date, flushes them, and starts the journal afresh.
 pub(super) fn replay(
     dir: &Path,
-    records: &mut BTreeMap<ProcessId, ProcessRecord>,
+    records: &mut Records,
     (entries, newest): (Vec<Entry>, u64),
     capacity: u64,
 ) -> Result<Journal, StoreError> {
@@ -209,7 +203,7 @@ pub(super) fn replay(
             .get(&record.id())
             .is_none_or(|have| have.version() < record.version())
         {
-            records.insert(record.id(), record.clone());
+            records.insert(record.id(), Box::new(record.clone()));
             behind.insert(record.id(), Some(record));
         }
     }
@@ -236,7 +230,7 @@ pub(super) fn replay(
 /// the records of one caller usually carry the same environment: for 10,000
 /// records from one shell, 13 MB less of live heap in a daemon just started
 /// (77 MB against 90, measured after giving freed memory back).
-pub(super) fn share_environments(records: &mut BTreeMap<ProcessId, ProcessRecord>) {
+pub(super) fn share_environments(records: &mut Records) {
     let mut seen: HashSet<Arc<bpm_domain::Environment>> = HashSet::new();
     for record in records.values_mut() {
         let env = &record.spec().env;
@@ -248,7 +242,7 @@ pub(super) fn share_environments(records: &mut BTreeMap<ProcessId, ProcessRecord
             Some(shared) => {
                 let mut spec = record.spec().clone();
                 spec.env = Arc::clone(shared);
-                *record = ProcessRecord::from_update(Arc::new(spec), record.update());
+                **record = ProcessRecord::from_update(Arc::new(spec), record.update());
             }
             None => {
                 seen.insert(Arc::clone(env));

@@ -60,7 +60,9 @@ struct Blockers {
 pub struct Supervisor {
     node: NodeId,
     limits: Limits,
-    entries: HashMap<ProcessId, Entry>,
+    /// Boxed: a table of 10,000 records is mostly empty slots, and a slot
+    /// holds a pointer, not a whole entry.
+    entries: HashMap<ProcessId, Box<Entry>>,
     ready: ReadyQueue,
     /// record → records waiting for it to end.
     waiters: HashMap<ProcessId, BTreeSet<ProcessId>>,

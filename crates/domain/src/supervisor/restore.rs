@@ -29,14 +29,14 @@ impl Supervisor {
             self.next_seq += 1;
             self.entries.insert(
                 id,
-                Entry {
+                Box::new(Entry {
                     record,
                     persisted,
                     persisted_active,
                     seq,
                     depth: 0,
                     blockers: Blockers::default(),
-                },
+                }),
             );
         }
         let ids: Vec<_> = self.entries.keys().copied().collect();

@@ -93,14 +93,14 @@ impl Supervisor {
         let timeout = record.spec().timeout;
         self.entries.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 record,
                 persisted: None,
                 persisted_active: false,
                 seq,
                 depth,
                 blockers: blockers.clone(),
-            },
+            }),
         );
         for waited in blockers.must_complete.iter().chain(&blockers.must_end) {
             self.waiters.entry(*waited).or_default().insert(id);
