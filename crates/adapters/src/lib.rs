@@ -26,6 +26,7 @@ pub mod memory;
 pub mod os;
 pub mod private;
 pub mod redis;
+mod rpc;
 mod segments;
 pub mod space;
 mod tail;

@@ -1,9 +1,9 @@
 //! The client's side of the control socket: a `ProcessManager` backed by a daemon.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,23 +14,23 @@ use bpm_ports::{
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
-use super::read_line;
 use super::wire::{
     Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
     Started, WireError,
 };
+use crate::rpc::{encode_line, first_line, read_line, write_line};
 
 /// The longest line the client accepts from a daemon (listings of many records are long).
 const MAX_ANSWER_BYTES: usize = 512 << 20;
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, WireError>>>>;
+/// The calls waiting for the daemon's answers.
+type Calls = crate::rpc::Calls<Result<Reply, WireError>>;
 
 struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    pending: Arc<Pending>,
-    next: AtomicU64,
+    calls: Arc<Calls>,
     /// Made on the first `subscribe`: a channel of 4,096 events costs a
     /// command that never subscribes a noticeable part of its start.
     events: Arc<OnceLock<broadcast::Sender<Event>>>,
@@ -69,25 +69,16 @@ impl DaemonClient {
         })?;
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
-        let mut hello = serde_json::to_vec(&Hello {
+        let hello = Hello {
             protocol: PROTOCOL_VERSION,
             software: software.to_owned(),
-        })
-        .map_err(lost)?;
-        hello.push(b'\n');
-        write.write_all(&hello).await.map_err(lost)?;
-        let line = tokio::time::timeout(
-            Duration::from_secs(5),
-            read_line(&mut reader, MAX_ANSWER_BYTES),
-        )
-        .await
-        .map_err(|_| {
-            ManagerError::Connection(
-                "the bpm daemon did not answer the handshake within 5 s".into(),
-            )
-        })?
-        .map_err(lost)?
-        .ok_or_else(|| lost("closed during the handshake"))?;
+        };
+        write_line(&mut write, &hello).await.map_err(lost)?;
+        let line = first_line(&mut reader, Duration::from_secs(5), MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| {
+                ManagerError::Connection(format!("the bpm daemon did not say hello: {e}"))
+            })?;
         if serde_json::from_slice::<Hello>(&line).is_err() {
             if let Ok(ServerLine::Answer { error: Some(e), .. }) =
                 serde_json::from_slice::<ServerLine>(&line)
@@ -96,10 +87,10 @@ impl DaemonClient {
             }
             return Err(lost("the handshake answer is not bpm's protocol"));
         }
-        let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
+        let calls = Arc::new(Calls::new(1));
         let events: Arc<OnceLock<broadcast::Sender<Event>>> = Arc::new(OnceLock::new());
         let closed = Arc::new(AtomicBool::new(false));
-        let (p, ev, c) = (pending.clone(), events.clone(), closed.clone());
+        let (p, ev, c) = (calls.clone(), events.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = read_line(&mut reader, MAX_ANSWER_BYTES).await {
                 match serde_json::from_slice::<ServerLine>(&line) {
@@ -111,11 +102,7 @@ impl DaemonClient {
                                 "the daemon answered with neither ok nor error".into(),
                             ))),
                         };
-                        if let Some(tx) =
-                            p.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
-                        {
-                            let _ = tx.send(result);
-                        }
+                        p.answer(id, result);
                     }
                     Ok(ServerLine::Event { event }) => {
                         if let Some(tx) = ev.get() {
@@ -125,15 +112,14 @@ impl DaemonClient {
                     Err(e) => tracing::warn!(error = %e, "unreadable line from the daemon"),
                 }
             }
-            // Dropping the senders tells every waiting call the connection is gone.
+            // Every waiting call learns the connection is gone.
             c.store(true, Ordering::SeqCst);
-            p.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            p.close();
         });
         Ok(DaemonClient {
             inner: Arc::new(Inner {
                 writer: tokio::sync::Mutex::new(write),
-                pending,
-                next: AtomicU64::new(1),
+                calls,
                 events,
                 subscribed: AtomicBool::new(false),
                 subscribe_unsent: AtomicBool::new(false),
@@ -149,22 +135,11 @@ impl DaemonClient {
     }
 
     async fn call(&self, request: Request) -> Result<Reply, ManagerError> {
-        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
-        let mut line = serde_json::to_vec(&Call { id, request })
+        let (id, rx) = self.inner.calls.open();
+        let line = encode_line(&Call { id, request })
             .map_err(|e| ManagerError::Connection(format!("cannot encode the request: {e}")))?;
-        line.push(b'\n');
         if line.len() > MAX_REQUEST_BYTES {
-            self.inner
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
+            self.inner.calls.cancel(id);
             return Err(ManagerError::TooLarge {
                 bytes: line.len(),
                 limit: MAX_REQUEST_BYTES,
@@ -181,14 +156,12 @@ impl DaemonClient {
         let mut writer = self.inner.writer.lock().await;
         if self.inner.subscribe_unsent.swap(false, Ordering::SeqCst) {
             // Its answer (`done`) has no one waiting, and is dropped.
-            let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-            let mut subscribe = serde_json::to_vec(&Call {
+            let (id, _) = self.inner.calls.open();
+            let subscribe = Call {
                 id,
                 request: Request::Subscribe,
-            })
-            .map_err(|e| ManagerError::Connection(format!("cannot encode the request: {e}")))?;
-            subscribe.push(b'\n');
-            writer.write_all(&subscribe).await.map_err(lost)?;
+            };
+            write_line(&mut *writer, &subscribe).await.map_err(lost)?;
         }
         writer.write_all(line).await.map_err(lost)
     }

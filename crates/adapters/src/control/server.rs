@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bpm_domain::{ListFilter, ProcessSpec};
 use bpm_ports::{ManagerError, ProcessManager, StopOptions};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Mutex, mpsc};
@@ -15,7 +15,7 @@ use super::wire::{
     Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
     Started, WireError,
 };
-use super::{LineError, read_line};
+use crate::rpc::{LineError, read_line, write_line};
 
 /// What the daemon reports about itself in `status`.
 #[derive(Debug, Clone)]
@@ -57,11 +57,7 @@ fn with_env(mut spec: ProcessSpec, shared: &Arc<bpm_domain::Environment>) -> Pro
 }
 
 async fn send(writer: &Writer, line: &impl serde::Serialize) -> bool {
-    let Ok(mut bytes) = serde_json::to_vec(line) else {
-        return false;
-    };
-    bytes.push(b'\n');
-    writer.lock().await.write_all(&bytes).await.is_ok()
+    write_line(&mut *writer.lock().await, line).await.is_ok()
 }
 
 async fn answer(writer: &Writer, id: u64, result: Result<Reply, WireError>) -> bool {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,16 +13,17 @@ use bpm_ports::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::fds::{self, FdReader};
 use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
-use crate::control::read_line;
+use crate::rpc::{read_line, write_line};
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Answer, SpawnError>>>>;
+/// The calls waiting for the keeper's answers.
+type Calls = crate::rpc::Calls<Result<Answer, SpawnError>>;
 
 struct Shared {
-    pending: Pending,
+    calls: Calls,
     /// Processes started or re-attached through this connection whose exit
     /// has not arrived, with their pids.
     watched: Mutex<HashMap<ProcessId, u32>>,
@@ -86,14 +87,11 @@ async fn send_acks(
     mut acks: mpsc::UnboundedReceiver<u64>,
 ) {
     while let Some(seq) = acks.recv().await {
-        let Ok(mut line) = serde_json::to_vec(&Request {
+        let ack = Request {
             id: 0,
             op: Op::Ack(seq),
-        }) else {
-            continue;
         };
-        line.push(b'\n');
-        if writer.lock().await.write_all(&line).await.is_err() {
+        if write_line(&mut *writer.lock().await, &ack).await.is_err() {
             return;
         }
     }
@@ -111,9 +109,7 @@ impl Shared {
             (None, Some(e)) => Err(e),
             (None, None) => Err(SpawnError::Os("the keeper answered with nothing".into())),
         };
-        if let Some(waiter) = lock(&self.pending).remove(&id) {
-            let _ = waiter.send(result);
-        }
+        self.calls.answer(id, result);
     }
 
     /// Keeps track of what notice `seq` says; returns whether it is an exit
@@ -148,7 +144,7 @@ impl Shared {
     /// they are reported lost (unless they are left to whoever takes over).
     fn keeper_gone(&self, tx: &Notices) {
         self.closed.store(true, Ordering::SeqCst);
-        lock(&self.pending).clear();
+        self.calls.close();
         if !self.lose_on_death.load(Ordering::SeqCst) {
             return;
         }
@@ -249,7 +245,6 @@ pub struct KeeperSpawner {
     shared: Arc<Shared>,
     /// Used only with `writer` held, so that slots are defined in the order lines go out.
     envs: Mutex<EnvSlots>,
-    next: AtomicU64,
     rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
 }
 
@@ -283,7 +278,7 @@ impl KeeperSpawner {
         let keeper = hello(&mut reader, within, &peer).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            calls: Calls::new(1),
             watched: Mutex::new(HashMap::new()),
             lose_on_death: std::sync::atomic::AtomicBool::new(true),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -307,7 +302,6 @@ impl KeeperSpawner {
             acks: ack_tx,
             shared,
             envs: Mutex::new(EnvSlots::default()),
-            next: AtomicU64::new(1),
             rx: Mutex::new(Some(rx)),
         })
     }
@@ -353,13 +347,7 @@ impl KeeperSpawner {
         pid: u32,
         pipes: Option<[OwnedFd; 2]>,
     ) -> Result<bool, SpawnError> {
-        let call = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(call, tx);
+        let (call, rx) = self.shared.calls.open();
         let mut line = Vec::new();
         encode(
             &mut line,
@@ -434,13 +422,7 @@ impl KeeperSpawner {
     }
 
     async fn call(&self, out: Out) -> Result<Answer, SpawnError> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
+        let (id, rx) = self.shared.calls.open();
         self.write(id, out).await?;
         rx.await.map_err(|_| gone())?
     }

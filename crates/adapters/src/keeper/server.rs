@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::fds::{self, FdReader};
 use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
-use crate::control::read_line;
 use crate::os::OsSpawner;
+use crate::rpc::{encode_line, read_line, write_line};
 
 type Writer = Arc<tokio::sync::Mutex<Option<OwnedWriteHalf>>>;
 
@@ -28,13 +28,8 @@ struct State {
 }
 
 async fn send(writer: &Writer, line: &KeeperLine) -> bool {
-    let Ok(mut bytes) = serde_json::to_vec(line) else {
-        return false;
-    };
-    bytes.push(b'\n');
-    let mut guard = writer.lock().await;
-    match guard.as_mut() {
-        Some(w) => w.write_all(&bytes).await.is_ok(),
+    match writer.lock().await.as_mut() {
+        Some(w) => write_line(w, line).await.is_ok(),
         None => false,
     }
 }
@@ -45,10 +40,9 @@ async fn send_pipes(writer: &Writer, spawner: &OsSpawner, id: ProcessId) -> bool
     let Some(pipes) = spawner.pipes(id) else {
         return true;
     };
-    let Ok(mut line) = serde_json::to_vec(&KeeperLine::Pipes { pipes: id }) else {
+    let Ok(line) = encode_line(&KeeperLine::Pipes { pipes: id }) else {
         return false;
     };
-    line.push(b'\n');
     let ends = [pipes[0].as_fd(), pipes[1].as_fd()];
     let mut guard = writer.lock().await;
     match guard.as_mut() {
