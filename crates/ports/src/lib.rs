@@ -11,6 +11,7 @@ mod events;
 mod ids;
 mod manager;
 mod output;
+pub mod request;
 mod resolve;
 mod spawner;
 mod store;

@@ -9,9 +9,10 @@ use std::time::Duration;
 use bpm_adapters::view::record_json;
 use bpm_domain::{
     Command as Cmd, ListFilter, LogPattern, OsText, Percent, ProcessId, ProcessKind, ProcessName,
-    ProcessRecord, ProcessSpec, ReadinessCheck, RequestRef, RestartMode, Span, StateName,
-    StdinMode, Timestamp, metadata_from_json,
+    ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode, Timestamp,
+    metadata_from_json,
 };
+use bpm_ports::request::{self, Answer, Submitted};
 use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
 use clap::CommandFactory;
 
@@ -400,8 +401,9 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
     }
     let (wait_for_it, as_json) = (args.wait, args.json);
     let spec = spec_from(m, args).await?;
-    let (again, mut results) = submit(home, m, vec![spec], Answer::One).await?;
-    let m = again.as_ref().unwrap_or(m);
+    // The manager that answered: a new daemon's, if the first died meanwhile.
+    let (m, mut results) = submit(home, m, vec![spec], Answer::One).await?;
+    let m = &m;
     let record = match results.pop() {
         Some(Ok(Submitted::Record(record))) => *record,
         Some(Err(e)) => return Err(e.into()),
@@ -424,135 +426,23 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
     Ok(exit_code_of(&end))
 }
 
-/// How many times a request is taken up again with a new daemon after the
-/// connection broke during it.
-const RESUBMITS: usize = 3;
-
-/// What a request's answer holds for each process.
-#[derive(Clone, Copy, PartialEq)]
-enum Answer {
-    /// One record (`run`).
-    One,
-    /// Records (`run --from --json`).
-    Records,
-    /// Ids only (`run --from`).
-    Ids,
-}
-
-/// One process a request created.
-enum Submitted {
-    Record(Box<ProcessRecord>),
-    Id(ProcessId),
-}
-
-/// Submits `specs` as one request that a daemon's death cannot leave half
-/// known: each spec carries the request's id and its place in it. If the
-/// connection breaks during the request (the daemon died), a new daemon is
-/// asked which of them exist, and only the rest are submitted again, up to
-/// [`RESUBMITS`] times: each process is created once, and every one is
-/// answered. Returns the new client, if one took over, and each spec's result.
+/// Submits `specs` as one request a daemon's death cannot leave half known
+/// (`bpm_ports::request`): after a broken connection, the next daemon (one
+/// is started if none answers) is asked which of them exist, and only the
+/// rest are submitted again.
 async fn submit(
     home: &Home,
     m: &Manager,
     specs: Vec<ProcessSpec>,
     answer: Answer,
-) -> Result<(Option<Manager>, Vec<Result<Submitted, ManagerError>>), CliError> {
-    let request = uuid::Uuid::now_v7();
-    let specs: Vec<ProcessSpec> = specs
-        .into_iter()
-        .enumerate()
-        .map(|(index, mut spec)| {
-            spec.request = Some(RequestRef {
-                id: request,
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-            });
-            spec
-        })
-        .collect();
-    let mut results: Vec<Option<Result<Submitted, ManagerError>>> =
-        specs.iter().map(|_| None).collect();
-    let mut again: Option<Manager> = None;
-    let mut broken = 0;
-    loop {
-        let m = again.as_ref().unwrap_or(m);
-        let outcome = submit_once(m, &specs, &mut results, request, answer, broken > 0).await;
-        match outcome {
-            Ok(()) => break,
-            Err(ManagerError::Connection(why)) if broken < RESUBMITS => {
-                broken += 1;
-                eprintln!(
-                    "bpm: {why}; asking the next daemon which of this request's processes exist"
-                );
-                again = Some(Arc::new(daemon::connect_or_start(home).await?));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let results = results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(ManagerError::ShutDown)))
-        .collect();
-    Ok((again, results))
-}
-
-/// One try of [`submit`]: after a broken connection (`ask`), first learns
-/// which of the request's processes exist; then submits the others.
-async fn submit_once(
-    m: &Manager,
-    specs: &[ProcessSpec],
-    results: &mut [Option<Result<Submitted, ManagerError>>],
-    request: uuid::Uuid,
-    answer: Answer,
-    ask: bool,
-) -> Result<(), ManagerError> {
-    if ask {
-        let filter = ListFilter {
-            request: Some(request),
-            ..ListFilter::default()
-        };
-        for record in m.list(filter).await? {
-            let Some(index) = record.spec().request.map(|r| r.index as usize) else {
-                continue;
-            };
-            if let Some(slot @ None) = results.get_mut(index) {
-                *slot = Some(Ok(match answer {
-                    Answer::Ids => Submitted::Id(record.id()),
-                    Answer::One | Answer::Records => Submitted::Record(Box::new(record)),
-                }));
-            }
-        }
-    }
-    let todo: Vec<usize> = (0..specs.len()).filter(|&i| results[i].is_none()).collect();
-    if todo.is_empty() {
-        return Ok(());
-    }
-    let batch: Vec<ProcessSpec> = todo.iter().map(|&i| specs[i].clone()).collect();
-    let answered: Vec<Result<Submitted, ManagerError>> = match answer {
-        Answer::One => {
-            let spec = batch.into_iter().next().expect("one spec");
-            vec![m.start(spec).await.map(|r| Submitted::Record(Box::new(r)))]
-        }
-        Answer::Records => m
-            .start_many(batch)
-            .await?
-            .into_iter()
-            .map(|r| r.map(|r| Submitted::Record(Box::new(r))))
-            .collect(),
-        Answer::Ids => m
-            .start_many_ids(batch)
-            .await?
-            .into_iter()
-            .map(|r| r.map(Submitted::Id))
-            .collect(),
+) -> Result<(Manager, Vec<Result<Submitted, ManagerError>>), CliError> {
+    let reconnect = |why: String| async move {
+        eprintln!("bpm: {why}; asking the next daemon which of this request's processes exist");
+        let next: Manager = Arc::new(daemon::connect_or_start(home).await?);
+        Ok(next)
     };
-    // A broken connection on a single start is the request's, not the process's.
-    if let [Err(ManagerError::Connection(why))] = answered.as_slice() {
-        return Err(ManagerError::Connection(why.clone()));
-    }
-    for (i, result) in todo.into_iter().zip(answered) {
-        results[i] = Some(result);
-    }
-    Ok(())
+    let request = uuid::Uuid::now_v7();
+    Ok(request::submit(m.clone(), reconnect, request, specs, answer).await?)
 }
 
 /// `bpm run --from FILE`: one process per line, all submitted in one request.
