@@ -15,7 +15,7 @@ use super::wire::{
     Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
     Started, WireError,
 };
-use crate::rpc::{LineError, read_line, write_line};
+use crate::rpc::{LineError, first_line, read_line, write_line};
 
 /// What the daemon reports about itself in `status`.
 #[derive(Debug, Clone)]
@@ -235,40 +235,8 @@ async fn connection(
     // connection's reading side, not only when a send fails, so a client
     // that closes its side is not sent events for ever.
     let (_reading, reader_open) = tokio::sync::watch::channel(());
-    let hello = match tokio::time::timeout(
-        limits.hello_within,
-        read_line(&mut reader, MAX_REQUEST_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(Some(line))) => serde_json::from_slice::<Hello>(&line).ok(),
-        _ => return,
-    };
-    match hello {
-        Some(h) if h.protocol == PROTOCOL_VERSION => {
-            if !send(
-                &writer,
-                &Hello {
-                    protocol: PROTOCOL_VERSION,
-                    software: info.software.clone(),
-                },
-            )
-            .await
-            {
-                return;
-            }
-        }
-        other => {
-            let theirs = other.map_or("no hello".to_owned(), |h| {
-                format!("protocol {} ({})", h.protocol, h.software)
-            });
-            let msg = format!(
-                "protocol mismatch: the daemon ({}) speaks protocol {PROTOCOL_VERSION}, the client sent {theirs}",
-                info.software
-            );
-            answer(&writer, 0, Err(ManagerError::Connection(msg).into())).await;
-            return;
-        }
+    if !greet(&mut reader, &writer, &info, limits.hello_within).await {
+        return;
     }
     loop {
         let Some(line) = next_line(&mut reader, &busy, limits.idle_after).await else {
@@ -278,42 +246,11 @@ async fn connection(
             );
             return;
         };
-        let line = match line {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(LineError::Io(_)) => return,
-            Err(LineError::TooLarge) => {
-                let msg = format!("message too large: the limit is {MAX_REQUEST_BYTES} bytes");
-                answer(&writer, 0, Err(ManagerError::BadRequest(msg).into())).await;
-                return;
-            }
-            Err(LineError::Truncated) => {
-                answer(
-                    &writer,
-                    0,
-                    Err(ManagerError::BadRequest(
-                        "truncated message: the connection closed mid-line".into(),
-                    )
-                    .into()),
-                )
-                .await;
-                return;
-            }
+        let Some(call) = read_call(line, &writer).await else {
+            return;
         };
-        let call: Call = match serde_json::from_slice(&line) {
-            Ok(call) => call,
-            Err(e) => {
-                let id = serde_json::from_slice::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("id")?.as_u64())
-                    .unwrap_or(0);
-                answer(
-                    &writer,
-                    id,
-                    Err(ManagerError::BadRequest(format!("malformed request: {e}")).into()),
-                )
-                .await;
-                continue;
-            }
+        let Some(call) = call else {
+            continue;
         };
         if matches!(call.request, Request::Subscribe) {
             // Before the next line is read: every event of a call made after
@@ -335,6 +272,74 @@ async fn connection(
             let result = dispatch(call.request, &manager, &info, &shutdown).await;
             answer(&writer, id, result.map_err(WireError::from)).await;
         });
+    }
+}
+
+/// Reads the client's hello within `within` and answers with the daemon's,
+/// or with an error naming both protocols; false when the connection ends.
+async fn greet(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: &Writer,
+    info: &ServerInfo,
+    within: Duration,
+) -> bool {
+    let Ok(line) = first_line(reader, within, MAX_REQUEST_BYTES).await else {
+        return false;
+    };
+    match serde_json::from_slice::<Hello>(&line).ok() {
+        Some(h) if h.protocol == PROTOCOL_VERSION => {
+            let ours = Hello {
+                protocol: PROTOCOL_VERSION,
+                software: info.software.clone(),
+            };
+            send(writer, &ours).await
+        }
+        other => {
+            let theirs = other.map_or("no hello".to_owned(), |h| {
+                format!("protocol {} ({})", h.protocol, h.software)
+            });
+            let msg = format!(
+                "protocol mismatch: the daemon ({}) speaks protocol {PROTOCOL_VERSION}, the client sent {theirs}",
+                info.software
+            );
+            answer(writer, 0, Err(ManagerError::Connection(msg).into())).await;
+            false
+        }
+    }
+}
+
+/// The call a line holds: `None` when the connection ends (after saying
+/// why, for a line too large or cut short), `Some(None)` for a line that is
+/// not a call (answered with `bad_request`, under its id if it has one).
+async fn read_call(
+    line: Result<Option<Vec<u8>>, LineError>,
+    writer: &Writer,
+) -> Option<Option<Call>> {
+    let refuse = |message: String| Err(ManagerError::BadRequest(message).into());
+    let line = match line {
+        Ok(Some(line)) => line,
+        Ok(None) | Err(LineError::Io(_)) => return None,
+        Err(LineError::TooLarge) => {
+            let msg = format!("message too large: the limit is {MAX_REQUEST_BYTES} bytes");
+            answer(writer, 0, refuse(msg)).await;
+            return None;
+        }
+        Err(LineError::Truncated) => {
+            let msg = "truncated message: the connection closed mid-line".to_owned();
+            answer(writer, 0, refuse(msg)).await;
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Call>(&line) {
+        Ok(call) => Some(Some(call)),
+        Err(e) => {
+            let id = serde_json::from_slice::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v.get("id")?.as_u64())
+                .unwrap_or(0);
+            answer(writer, id, refuse(format!("malformed request: {e}"))).await;
+            Some(None)
+        }
     }
 }
 
