@@ -62,6 +62,22 @@ async fn transitions(store: &Arc<dyn ProcessStore>, id_n: u128, count: u32) -> D
     t.elapsed() / count
 }
 
+/// Per-creation time: `count` new records, one write each.
+async fn creations(store: &Arc<dyn ProcessStore>, from: u128, count: u32) -> Duration {
+    let t = Instant::now();
+    fill(store, from, u128::from(count)).await;
+    t.elapsed() / count
+}
+
+/// Per-call time of the check the engine makes before each start.
+async fn checks(store: &Arc<dyn ProcessStore>, count: u32) -> Duration {
+    let t = Instant::now();
+    for _ in 0..count {
+        store.reachable().await.expect("reachable");
+    }
+    t.elapsed() / count
+}
+
 async fn list_time(store: &Arc<dyn ProcessStore>) -> Duration {
     let t = Instant::now();
     let all = store.list(&ListFilter::default()).await.expect("list");
@@ -161,6 +177,16 @@ async fn main() {
         per_sec(t),
         t.as_secs_f64() * 1e6,
         l.as_secs_f64() * 1e3
+    );
+    // A start asks whether the store answers (a PING on Redis) before it
+    // writes the new record: what that adds to the start's own write.
+    let check = checks(&redis, 2_000).await;
+    let create = creations(&redis, 100_000, 2_000).await;
+    println!(
+        "redis:       the check before a start (PING) {:.1} µs; a creation {:.1} µs; the check adds {:.0}% to the creation",
+        check.as_secs_f64() * 1e6,
+        create.as_secs_f64() * 1e6,
+        check.as_secs_f64() / create.as_secs_f64() * 100.0
     );
     for clients in [1, 50] {
         if let Some(sets) = redis_benchmark(port, clients) {
