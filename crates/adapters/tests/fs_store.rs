@@ -610,8 +610,8 @@ async fn syncs_beside_writes_lose_and_hide_nothing() {
     assert_eq!(store.list(&ListFilter::default()).await.expect("list"), all);
 }
 
-/// Records read back with equal environments share one map, and are
-/// otherwise the records written.
+/// Records read back with equal environments share one map, those of one
+/// node its name, and are otherwise the records written.
 #[tokio::test]
 async fn records_read_back_share_equal_environments() {
     use std::collections::BTreeMap;
@@ -651,6 +651,7 @@ async fn records_read_back_share_equal_environments() {
         let env = |i: usize| &read[i].spec().env;
         assert!(Arc::ptr_eq(env(0), env(1)) && Arc::ptr_eq(env(0), env(3)));
         assert!(!Arc::ptr_eq(env(0), env(2)));
+        assert!(read.iter().all(|r| r.node().shares_text(read[0].node())));
     }
 }
 

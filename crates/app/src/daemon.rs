@@ -112,6 +112,9 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     )
     .await
     .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
+    // Reading every record back left freed memory behind (files, the
+    // journal, copies shared away): give it back before serving.
+    bpm_adapters::os::release_free_memory();
 
     let socket = home.socket();
     let _ = fs::remove_file(&socket);

@@ -83,6 +83,11 @@ macro_rules! validated_name {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Whether the two hold one shared text (not only equal ones).
+            pub fn shares_text(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
+            }
         }
 
         impl fmt::Display for $ty {

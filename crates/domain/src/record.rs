@@ -108,8 +108,17 @@ pub const MAX_ATTEMPTS_KEPT: usize = 32;
 ///
 /// Fields are private so that only transitions change a record: node, session
 /// and parent never change after creation, and every change bumps `version`.
+///
+/// A record is a shared handle: a clone (the store's cache, an event, an
+/// answer) costs a pointer, and a change copies the fields only while
+/// another clone still holds them. A daemon keeps one copy of each
+/// finished record, wherever it is held.
+#[derive(Clone, PartialEq)]
+pub struct ProcessRecord(Arc<Record>);
+
+/// A record's fields, behind its handle; it serializes as the record does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProcessRecord {
+struct Record {
     id: ProcessId,
     node: NodeId,
     /// Shared by the record's versions: it never changes after creation.
@@ -118,12 +127,31 @@ pub struct ProcessRecord {
     lifecycle: Lifecycle,
     created_at: Timestamp,
     updated_at: Timestamp,
-    progress: Option<Progress>,
-    result: Option<serde_json::Value>,
+    /// Boxed, as is `result`: most records never have one.
+    progress: Option<Box<Progress>>,
+    result: Option<Box<serde_json::Value>>,
     restarts: u32,
     attempts: Vec<Attempt>,
     restarted_from: Option<ProcessId>,
     version: u64,
+}
+
+impl fmt::Debug for ProcessRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl Serialize for ProcessRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcessRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Record::deserialize(deserializer).map(|fields| ProcessRecord(Arc::new(fields)))
+    }
 }
 
 /// A version of a record without its spec, which never changes after the
@@ -366,7 +394,19 @@ impl ProcessRecord {
     /// write that went through though its answer was lost): the version
     /// becomes greater than `stored`, so the next write replaces it.
     pub fn rebase(&mut self, stored: u64) {
-        self.version = self.version.max(stored.saturating_add(1));
+        let version = self.0.version.max(stored.saturating_add(1));
+        if version != self.0.version {
+            Arc::make_mut(&mut self.0).version = version;
+        }
+    }
+
+    /// Takes `node`'s text for its node name when the two are equal (and
+    /// changes nothing else): a store that reads many records back calls it
+    /// so that they hold their node's name once.
+    pub fn share_node(&mut self, node: &NodeId) {
+        if self.0.node == *node && !self.0.node.shares_text(node) {
+            Arc::make_mut(&mut self.0).node = node.clone();
+        }
     }
 
     /// A new record for `spec` on `node`: pending, or running at once for a
@@ -384,7 +424,7 @@ impl ProcessRecord {
                 not_before: spec.delay.map(|d| now.saturating_add(d.as_duration())),
             }
         };
-        ProcessRecord {
+        ProcessRecord(Arc::new(Record {
             id,
             node,
             spec: Arc::new(spec),
@@ -397,145 +437,146 @@ impl ProcessRecord {
             attempts: Vec::new(),
             restarted_from: None,
             version: 1,
-        }
+        }))
     }
 
     /// A new record that repeats `previous`'s spec: a manual restart.
     pub fn restart_of(previous: &ProcessRecord, id: ProcessId, now: Timestamp) -> Self {
-        let mut spec = ProcessSpec::clone(&previous.spec);
+        let mut spec = ProcessSpec::clone(&previous.0.spec);
         // The new record must not wait for its own predecessor's dependencies twice,
         // nor for the delay again: it is started on purpose.
         spec.delay = None;
         // It answers no client's request.
         spec.request = None;
-        let mut record = ProcessRecord::new(id, previous.node.clone(), spec, now);
-        record.restarted_from = Some(previous.id);
+        let mut record = ProcessRecord::new(id, previous.0.node.clone(), spec, now);
+        Arc::make_mut(&mut record.0).restarted_from = Some(previous.0.id);
         record
     }
 
     /// This version without its spec.
     pub fn update(&self) -> RecordUpdate {
         RecordUpdate {
-            id: self.id,
-            node: self.node.clone(),
-            lifecycle: self.lifecycle.clone(),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            progress: self.progress.clone(),
-            result: self.result.clone(),
-            restarts: self.restarts,
-            attempts: self.attempts.clone(),
-            restarted_from: self.restarted_from,
-            version: self.version,
+            id: self.0.id,
+            node: self.0.node.clone(),
+            lifecycle: self.0.lifecycle.clone(),
+            created_at: self.0.created_at,
+            updated_at: self.0.updated_at,
+            progress: self.0.progress.as_deref().cloned(),
+            result: self.0.result.as_deref().cloned(),
+            restarts: self.0.restarts,
+            attempts: self.0.attempts.clone(),
+            restarted_from: self.0.restarted_from,
+            version: self.0.version,
         }
     }
 
     /// The version `update` describes, with `spec` (what a store that keeps
     /// the spec apart reads back).
     pub fn from_update(spec: Arc<ProcessSpec>, update: RecordUpdate) -> ProcessRecord {
-        ProcessRecord {
+        ProcessRecord(Arc::new(Record {
             id: update.id,
             node: update.node,
             spec,
             lifecycle: update.lifecycle,
             created_at: update.created_at,
             updated_at: update.updated_at,
-            progress: update.progress,
-            result: update.result,
+            progress: update.progress.map(Box::new),
+            result: update.result.map(Box::new),
             restarts: update.restarts,
             attempts: update.attempts,
             restarted_from: update.restarted_from,
             version: update.version,
-        }
+        }))
     }
 
     /// The version `update` describes, with this record's spec; `None` if
     /// `update` is another record's.
     pub fn updated(&self, update: RecordUpdate) -> Option<ProcessRecord> {
-        (update.id == self.id).then(|| ProcessRecord::from_update(self.spec.clone(), update))
+        (update.id == self.0.id).then(|| ProcessRecord::from_update(self.0.spec.clone(), update))
     }
 
     /// The id.
-    pub const fn id(&self) -> ProcessId {
-        self.id
+    pub fn id(&self) -> ProcessId {
+        self.0.id
     }
     /// The node it runs on.
-    pub const fn node(&self) -> &NodeId {
-        &self.node
+    pub fn node(&self) -> &NodeId {
+        &self.0.node
     }
     /// The spec.
     pub fn spec(&self) -> &ProcessSpec {
-        &self.spec
+        &self.0.spec
     }
     /// The session.
     pub fn session(&self) -> Option<&SessionId> {
-        self.spec.session.as_ref()
+        self.0.spec.session.as_ref()
     }
     /// The parent.
     pub fn parent(&self) -> Option<ProcessId> {
-        self.spec.parent
+        self.0.spec.parent
     }
     /// The concurrency group.
     pub fn group(&self) -> Option<&GroupName> {
-        self.spec.group.as_ref()
+        self.0.spec.group.as_ref()
     }
     /// The lifecycle state with its data.
-    pub const fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.0.lifecycle
     }
     /// The state's name.
-    pub const fn state(&self) -> StateName {
-        self.lifecycle.name()
+    pub fn state(&self) -> StateName {
+        self.0.lifecycle.name()
     }
     /// Whether the record is final.
-    pub const fn is_terminal(&self) -> bool {
-        self.lifecycle.is_terminal()
+    pub fn is_terminal(&self) -> bool {
+        self.0.lifecycle.is_terminal()
     }
     /// Whether this is a tracked operation.
     pub fn is_tracked(&self) -> bool {
-        self.spec.is_tracked()
+        self.0.spec.is_tracked()
     }
     /// The OS process id, while there is a process.
-    pub const fn pid(&self) -> Option<u32> {
-        self.lifecycle.pid()
+    pub fn pid(&self) -> Option<u32> {
+        self.0.lifecycle.pid()
     }
     /// When it was created.
-    pub const fn created_at(&self) -> Timestamp {
-        self.created_at
+    pub fn created_at(&self) -> Timestamp {
+        self.0.created_at
     }
     /// When it last changed.
-    pub const fn updated_at(&self) -> Timestamp {
-        self.updated_at
+    pub fn updated_at(&self) -> Timestamp {
+        self.0.updated_at
     }
     /// Its progress, if reported.
-    pub const fn progress(&self) -> Option<&Progress> {
-        self.progress.as_ref()
+    pub fn progress(&self) -> Option<&Progress> {
+        self.0.progress.as_deref()
     }
     /// The result a tracked operation completed with.
-    pub const fn result(&self) -> Option<&serde_json::Value> {
-        self.result.as_ref()
+    pub fn result(&self) -> Option<&serde_json::Value> {
+        self.0.result.as_deref()
     }
     /// How many automatic restarts it has had.
-    pub const fn restarts(&self) -> u32 {
-        self.restarts
+    pub fn restarts(&self) -> u32 {
+        self.0.restarts
     }
     /// Past attempts (the newest [`MAX_ATTEMPTS_KEPT`]).
     pub fn attempts(&self) -> &[Attempt] {
-        &self.attempts
+        &self.0.attempts
     }
     /// The record this one is a manual restart of.
-    pub const fn restarted_from(&self) -> Option<ProcessId> {
-        self.restarted_from
+    pub fn restarted_from(&self) -> Option<ProcessId> {
+        self.0.restarted_from
     }
     /// The optimistic-concurrency version: 1 at creation, +1 on every change.
-    pub const fn version(&self) -> u64 {
-        self.version
+    pub fn version(&self) -> u64 {
+        self.0.version
     }
     /// How long it has run (to `now`, or to its end).
     pub fn runtime(&self, now: Timestamp) -> Option<std::time::Duration> {
-        let start = self.lifecycle.started_at()?;
+        let start = self.0.lifecycle.started_at()?;
         Some(
-            self.lifecycle
+            self.0
+                .lifecycle
                 .ended_at()
                 .unwrap_or(now)
                 .saturating_since(start),
@@ -551,6 +592,24 @@ impl ProcessRecord {
     /// [`InvalidTransition`] naming the current state and the attempted
     /// transition when the lifecycle does not allow it.
     pub fn apply(
+        &mut self,
+        transition: Transition,
+        now: Timestamp,
+    ) -> Result<Applied, InvalidTransition> {
+        Arc::make_mut(&mut self.0).apply(transition, now)
+    }
+}
+
+impl Record {
+    fn is_tracked(&self) -> bool {
+        self.spec.is_tracked()
+    }
+
+    const fn state(&self) -> StateName {
+        self.lifecycle.name()
+    }
+
+    fn apply(
         &mut self,
         transition: Transition,
         now: Timestamp,
@@ -733,7 +792,7 @@ impl ProcessRecord {
                 self.lifecycle.clone()
             }
             Transition::Complete { result } if tracked => {
-                self.result = result;
+                self.result = result.map(Box::new);
                 Lifecycle::Completed {
                     started_at,
                     ended_at: now,
@@ -954,12 +1013,12 @@ impl ProcessRecord {
             }
             m
         });
-        self.progress = Some(Progress {
+        self.progress = Some(Box::new(Progress {
             percent,
             message,
             updated_at: now,
             eta: estimate_eta(started_at, percent, now),
-        });
+        }));
     }
 }
 

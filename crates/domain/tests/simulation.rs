@@ -323,7 +323,7 @@ impl World {
                     if record.pid().is_some() || record.is_terminal() {
                         self.reported.remove(&record.id());
                     }
-                    self.store.insert(record.id(), *record);
+                    self.store.insert(record.id(), record);
                 }
                 Effect::Delete { id } => {
                     let gone = self.store.remove(&id);

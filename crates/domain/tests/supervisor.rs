@@ -536,7 +536,7 @@ fn equal_environments_are_kept_once() {
         effects
             .into_iter()
             .find_map(|e| match e {
-                Effect::Persist { record, .. } => Some(*record),
+                Effect::Persist { record, .. } => Some(record),
                 _ => None,
             })
             .expect("a write")
@@ -1013,7 +1013,7 @@ fn a_restore_reattaches_live_processes_and_asks_again_for_spawns_under_way() {
     let mut keep = |effects: Vec<Effect>| {
         for e in effects {
             if let Effect::Persist { record, .. } = e {
-                records.insert(record.id(), *record);
+                records.insert(record.id(), record);
             }
         }
     };

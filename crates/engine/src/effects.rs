@@ -89,7 +89,7 @@ impl Driver {
                 record,
                 expected_version,
                 durable,
-            } => self.persist(*record, expected_version, durable, step),
+            } => self.persist(record, expected_version, durable, step),
             Effect::Delete { id } => self.delete(id).await,
             Effect::Spawn { record } => return self.spawn(&record),
             Effect::Reattach { id, pid } => return self.reattach(id, pid).await,

@@ -992,7 +992,7 @@ async fn starting_in(store: &InMemoryStore, spec: ProcessSpec) -> (ProcessRecord
     let record = effects
         .into_iter()
         .find_map(|e| match e {
-            bpm_domain::Effect::Persist { record, .. } => Some(*record),
+            bpm_domain::Effect::Persist { record, .. } => Some(record),
             _ => None,
         })
         .expect("written");

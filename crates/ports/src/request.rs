@@ -32,7 +32,7 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     /// Its record.
-    Record(Box<ProcessRecord>),
+    Record(ProcessRecord),
     /// Its id.
     Id(ProcessId),
 }
@@ -118,7 +118,7 @@ async fn submit_once(
             if let Some(slot @ None) = results.get_mut(index) {
                 *slot = Some(Ok(match answer {
                     Answer::Ids => Submitted::Id(record.id()),
-                    Answer::One | Answer::Records => Submitted::Record(Box::new(record)),
+                    Answer::One | Answer::Records => Submitted::Record(record),
                 }));
             }
         }
@@ -131,13 +131,13 @@ async fn submit_once(
     let answered: Vec<Result<Submitted, ManagerError>> = match answer {
         Answer::One => {
             let spec = batch.into_iter().next().expect("one spec");
-            vec![m.start(spec).await.map(|r| Submitted::Record(Box::new(r)))]
+            vec![m.start(spec).await.map(Submitted::Record)]
         }
         Answer::Records => m
             .start_many(batch)
             .await?
             .into_iter()
-            .map(|r| r.map(|r| Submitted::Record(Box::new(r))))
+            .map(|r| r.map(Submitted::Record))
             .collect(),
         Answer::Ids => m
             .start_many_ids(batch)

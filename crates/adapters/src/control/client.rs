@@ -168,7 +168,7 @@ impl DaemonClient {
 
     async fn record(&self, request: Request) -> Result<ProcessRecord, ManagerError> {
         match self.call(request).await? {
-            Reply::Record(r) => Ok(*r),
+            Reply::Record(r) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }
@@ -182,10 +182,7 @@ impl DaemonClient {
 
     async fn completion(&self, request: Request) -> Result<Completion, ManagerError> {
         match self.call(request).await? {
-            Reply::Completion { record, no_op } => Ok(Completion {
-                record: *record,
-                no_op,
-            }),
+            Reply::Completion { record, no_op } => Ok(Completion { record, no_op }),
             other => Err(unexpected(&other)),
         }
     }
@@ -293,7 +290,7 @@ impl ProcessManager for DaemonClient {
         Ok(started
             .into_iter()
             .map(|s| match s {
-                Started::Record(r) => Ok(*r),
+                Started::Record(r) => Ok(r),
                 Started::Id(_) => Err(ManagerError::Connection(
                     "the daemon answered an id where a record was asked for".into(),
                 )),

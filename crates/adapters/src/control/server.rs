@@ -382,7 +382,7 @@ async fn dispatch(
     info: &ServerInfo,
     shutdown: &mpsc::UnboundedSender<bool>,
 ) -> Result<Reply, ManagerError> {
-    let record = |r| Reply::Record(Box::new(r));
+    let record = |r| Reply::Record(r);
     Ok(match request {
         Request::Start { spec } => record(m.start(spec).await?),
         Request::StartMany { specs, env, brief } => {
@@ -396,7 +396,7 @@ async fn dispatch(
                     .into_iter()
                     .map(|r| match r {
                         Ok(r) if brief => Started::Id(r.id()),
-                        Ok(r) => Started::Record(Box::new(r)),
+                        Ok(r) => Started::Record(r),
                         Err(e) => Started::Error(WireError::from(e)),
                     })
                     .collect(),
@@ -413,14 +413,14 @@ async fn dispatch(
         Request::Complete { id, result } => {
             let c = m.complete(id, result).await?;
             Reply::Completion {
-                record: Box::new(c.record),
+                record: c.record,
                 no_op: c.no_op,
             }
         }
         Request::Fail { id, error } => {
             let c = m.fail(id, error).await?;
             Reply::Completion {
-                record: Box::new(c.record),
+                record: c.record,
                 no_op: c.no_op,
             }
         }

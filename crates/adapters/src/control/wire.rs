@@ -195,13 +195,10 @@ pub struct DaemonStatus {
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum Reply {
-    Record(Box<ProcessRecord>),
+    Record(ProcessRecord),
     Started(Vec<Started>),
     Records(Vec<ProcessRecord>),
-    Completion {
-        record: Box<ProcessRecord>,
-        no_op: bool,
-    },
+    Completion { record: ProcessRecord, no_op: bool },
     Output(OutputChunk),
     Status(Box<DaemonStatus>),
     Events(Vec<Event>),
@@ -214,7 +211,7 @@ pub enum Reply {
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum Started {
-    Record(Box<ProcessRecord>),
+    Record(ProcessRecord),
     Id(ProcessId),
     Error(WireError),
 }

@@ -167,7 +167,7 @@ impl Disk {
         self.last_write = Instant::now();
         for op in ops {
             match op {
-                Op::Put(record) => self.behind.insert(record.id(), Some(*record)),
+                Op::Put(record) => self.behind.insert(record.id(), Some(record)),
                 Op::Delete(id) => self.behind.insert(id, None),
             };
         }

@@ -56,7 +56,7 @@ pub(super) const DEFAULT_CAPACITY: u64 = 2 << 20;
 #[derive(Debug, Clone)]
 pub(super) enum Op {
     /// The record's new version.
-    Put(Box<ProcessRecord>),
+    Put(ProcessRecord),
     /// The record is gone.
     Delete(ProcessId),
 }
@@ -98,7 +98,7 @@ enum Written<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Read {
-    Put(Box<ProcessRecord>),
+    Put(ProcessRecord),
     Update(Box<RecordUpdate>),
     Delete(ProcessId),
     Env {
@@ -124,7 +124,7 @@ const SHARED_ENV_MIN: usize = 4;
 #[derive(Debug, Clone)]
 pub(super) enum Entry {
     /// The record's new version.
-    Put(Box<ProcessRecord>),
+    Put(ProcessRecord),
     /// A new version of a record put earlier in the same journal file.
     Update(Box<RecordUpdate>),
     /// The record is gone.
@@ -306,10 +306,10 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
             }) => {
                 if let Some(env) = envs.get(&env) {
                     spec.env = Arc::clone(env);
-                    Some(Entry::Put(Box::new(ProcessRecord::from_update(
+                    Some(Entry::Put(ProcessRecord::from_update(
                         Arc::new(*spec),
                         *record,
-                    ))))
+                    )))
                 } else {
                     // Its environment was in a damaged stretch.
                     damage.push(Damage {
@@ -679,10 +679,10 @@ mod tests {
     fn a_damaged_generation_field_loses_no_entry() {
         let dir = tempfile::tempdir().expect("dir");
         let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
-        j.commit(&[Op::Put(Box::new(record(1)))], true, || Ok(()))
+        j.commit(&[Op::Put(record(1))], true, || Ok(()))
             .expect("commit");
         let last = j.head;
-        j.commit(&[Op::Put(Box::new(record(2)))], true, || Ok(()))
+        j.commit(&[Op::Put(record(2))], true, || Ok(()))
             .expect("commit");
         for bit in [0u8, 3, 7] {
             let mut byte = [0u8];
@@ -710,12 +710,8 @@ mod tests {
     fn entries_replay_in_order_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().expect("dir");
         let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
-        j.commit(
-            &[Op::Put(Box::new(record(1))), Op::Put(Box::new(record(2)))],
-            true,
-            || Ok(()),
-        )
-        .expect("commit");
+        j.commit(&[Op::Put(record(1)), Op::Put(record(2))], true, || Ok(()))
+            .expect("commit");
         j.commit(&[Op::Delete(record(1).id())], false, || Ok(()))
             .expect("commit");
         let Recovered {
@@ -747,7 +743,7 @@ mod tests {
         let mut n = 0;
         while j.active == 0 {
             n += 1;
-            j.commit(&[Op::Put(Box::new(record(n)))], true, || Ok(()))
+            j.commit(&[Op::Put(record(n))], true, || Ok(()))
                 .expect("commit");
         }
         assert_eq!(j.generation, 6);
@@ -768,7 +764,7 @@ mod tests {
             Timestamp::from_millis(1),
         );
         assert!(matches!(
-            j.commit(&[Op::Put(Box::new(big))], true, || Ok(())),
+            j.commit(&[Op::Put(big)], true, || Ok(())),
             Err(CommitError::TooLarge)
         ));
     }
@@ -806,15 +802,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut j = Journal::start(dir.path(), 1 << 16, 0).expect("start");
         let [first, second, third] = versions(1);
-        j.commit(&[Op::Put(Box::new(first.clone()))], false, || Ok(()))
+        j.commit(&[Op::Put(first.clone())], false, || Ok(()))
             .expect("commit");
         let whole = j.head;
         // Two versions in one group: the second is written as an update too.
         j.commit(
-            &[
-                Op::Put(Box::new(second.clone())),
-                Op::Put(Box::new(third.clone())),
-            ],
+            &[Op::Put(second.clone()), Op::Put(third.clone())],
             false,
             || Ok(()),
         )
@@ -828,12 +821,12 @@ mod tests {
         let [Entry::Put(put), Entry::Update(u2), Entry::Update(u3)] = &entries[..] else {
             panic!("expected a put and two updates, got {entries:?}");
         };
-        assert_eq!(**put, first);
+        assert_eq!(*put, first);
         assert_eq!(put.updated((**u2).clone()), Some(second));
         assert_eq!(put.updated((**u3).clone()), Some(third.clone()));
         // Deleted, then put again: whole.
         j.commit(
-            &[Op::Delete(first.id()), Op::Put(Box::new(third.clone()))],
+            &[Op::Delete(first.id()), Op::Put(third.clone())],
             false,
             || Ok(()),
         )
@@ -844,19 +837,14 @@ mod tests {
         let mut n = 100;
         while j.active == 0 {
             n += 1;
-            j.commit(&[Op::Put(Box::new(versions(n)[0].clone()))], false, || {
-                Ok(())
-            })
-            .expect("commit");
+            j.commit(&[Op::Put(versions(n)[0].clone())], false, || Ok(()))
+                .expect("commit");
         }
-        j.commit(&[Op::Put(Box::new(third.clone()))], false, || Ok(()))
+        j.commit(&[Op::Put(third.clone())], false, || Ok(()))
             .expect("commit");
         let entries = recover(dir.path()).expect("recover").entries;
         let last = entries.last().expect("an entry");
-        assert!(
-            matches!(last, Entry::Put(r) if **r == third),
-            "got {last:?}"
-        );
+        assert!(matches!(last, Entry::Put(r) if *r == third), "got {last:?}");
     }
 
     // The records are a, b and c.
@@ -878,13 +866,9 @@ mod tests {
             )
         };
         let (b, c) = (with_env(2), with_env(3));
-        j.commit(
-            &[Op::Put(Box::new(a.clone())), Op::Put(Box::new(b.clone()))],
-            false,
-            || Ok(()),
-        )
-        .expect("commit");
-        j.commit(&[Op::Put(Box::new(c.clone()))], false, || Ok(()))
+        j.commit(&[Op::Put(a.clone()), Op::Put(b.clone())], false, || Ok(()))
+            .expect("commit");
+        j.commit(&[Op::Put(c.clone())], false, || Ok(()))
             .expect("commit");
         let bytes = std::fs::read(path(dir.path(), 0)).expect("read");
         let text = String::from_utf8_lossy(&bytes);
@@ -897,7 +881,7 @@ mod tests {
         let puts: Vec<&ProcessRecord> = entries
             .iter()
             .map(|e| match e {
-                Entry::Put(r) => &**r,
+                Entry::Put(r) => r,
                 other => panic!("expected puts, got {other:?}"),
             })
             .collect();

@@ -19,7 +19,7 @@ use bpm_ports::StoreError;
 
 /// Records by id, each in its own allocation: a B-tree filled in id order
 /// is half empty, and its empty slots then hold pointers, not records.
-type Records = std::collections::BTreeMap<ProcessId, Box<ProcessRecord>>;
+type Records = std::collections::BTreeMap<ProcessId, ProcessRecord>;
 
 /// Flushes a folder's entries (names made, renamed or removed in it).
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -40,8 +40,8 @@ use super::disk::{Disk, keep_files};
 use super::files::{read_record_beside_writer, record_path, write_files};
 use super::journal::{self, Entry, Op};
 use super::load::{
-    Loading, RECORD_ROOM, check_room_to_open, describe_damage, folder_identity, keep_damaged,
-    load_all, replay, share_environments,
+    Loading, RECORD_ROOM, Sharing, check_room_to_open, describe_damage, folder_identity,
+    keep_damaged, load_all, replay,
 };
 use super::{refused, unavailable};
 
@@ -171,15 +171,17 @@ impl FsStore {
             .filter(|entry| matches!(entry, Entry::Put(_)))
             .map(Entry::id)
             .collect();
+        let mut sharing = Sharing::default();
         let mut cache = load_all(
             &dir,
             &Loading::Writer {
                 quarantine: &quarantine,
                 journalled: &journalled,
             },
+            &mut sharing,
         )?;
         check_room_to_open(&dir, journal_bytes)?;
-        let journal = replay(&dir, &mut cache, recovered, journal_bytes)?;
+        let journal = replay(&dir, &mut cache, recovered, journal_bytes, &mut sharing)?;
         let warnings = damage
             .iter()
             .map(|d| describe_damage(d, &cache, &quarantine))
@@ -187,7 +189,6 @@ impl FsStore {
         for warning in &warnings {
             tracing::error!("{warning}");
         }
-        share_environments(&mut cache);
         let folder = folder_identity(&dir).map_err(|e| unavailable(&dir, &e))?;
         let disk = Arc::new(Mutex::new(Disk {
             journal,
@@ -324,7 +325,7 @@ impl FsStore {
                     .get(&id)
                     .copied()
                     .or_else(|| pending.newest(id).map(ProcessRecord::version))
-                    .or_else(|| cached.get(&id).map(|r| r.version()));
+                    .or_else(|| cached.get(&id).map(ProcessRecord::version));
                 let checked = version_check(id, w.expected_version, actual);
                 if checked.is_ok() {
                     after.insert(id, w.record.version());
@@ -339,7 +340,7 @@ impl FsStore {
         }
         let ops = accepted
             .iter()
-            .map(|&i| Op::Put(Box::new(writes[i].record.clone())))
+            .map(|&i| Op::Put(writes[i].record.clone()))
             .collect();
         let committed = self.commit(writer, ops, flush).await;
         let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
@@ -362,7 +363,7 @@ impl FsStore {
                         pending.appends = append;
                         pending.durable(w.record.clone(), append);
                     } else if let Some(visible) = pending.update(w.record.clone()) {
-                        cached.insert(id, Box::new(visible));
+                        cached.insert(id, visible);
                     }
                 }
                 Err(e) => results[i] = Err(e.clone()),
@@ -394,7 +395,7 @@ impl FsStore {
         };
         let _turn = writer.writing.lock().await;
         check_version(&writer.cache, &writer.unsynced, record, expected)?;
-        self.commit(writer, vec![Op::Put(Box::new(record.clone()))], flush)
+        self.commit(writer, vec![Op::Put(record.clone())], flush)
             .await?;
         let mut cached = writer.cache.write().unwrap_or_else(PoisonError::into_inner);
         let mut pending = writer
@@ -405,7 +406,7 @@ impl FsStore {
             show(&mut cached, &mut pending);
         }
         if let Some(visible) = pending.update(record.clone()) {
-            cached.insert(record.id(), Box::new(visible));
+            cached.insert(record.id(), visible);
         }
         Ok(())
     }
@@ -475,7 +476,7 @@ fn show_flushed(cache: &mut Records, pending: &mut Unsynced, appends: u64) {
     pending.records.retain(|id, versions| {
         let flushed = versions.partition_point(|(_, at)| *at <= appends);
         if let Some((record, _)) = versions.drain(..flushed).next_back() {
-            cache.insert(*id, Box::new(record));
+            cache.insert(*id, record);
         }
         !versions.is_empty()
     });
@@ -500,7 +501,7 @@ fn check_version(
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&id)
-                .map(|r| r.version())
+                .map(ProcessRecord::version)
         });
     version_check(id, expected, actual)
 }
@@ -526,7 +527,7 @@ fn list_from(records: &Records, filter: &ListFilter) -> Vec<ProcessRecord> {
     let start = filter.after.map_or(Bound::Unbounded, Bound::Excluded);
     records
         .range((start, Bound::Unbounded))
-        .map(|(_, r)| r.as_ref())
+        .map(|(_, r)| r)
         .filter(|r| filter.matches(r))
         .take(filter.limit.unwrap_or(usize::MAX))
         .cloned()
@@ -585,7 +586,7 @@ impl ProcessStore for FsStore {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&id)
-                .map(|r| (**r).clone())
+                .cloned()
                 .ok_or(StoreError::NotFound(id)),
             Mode::Reader => {
                 self.blocking(move |dir| {
@@ -714,8 +715,11 @@ impl ProcessStore for FsStore {
             )),
             Mode::Reader => {
                 let filter = filter.clone();
-                self.blocking(move |dir| Ok(list_from(&load_all(&dir, &Loading::Reader)?, &filter)))
-                    .await
+                self.blocking(move |dir| {
+                    let records = load_all(&dir, &Loading::Reader, &mut Sharing::default())?;
+                    Ok(list_from(&records, &filter))
+                })
+                .await
             }
         }
     }
@@ -766,7 +770,7 @@ mod tests {
         pending.durable(starting.clone(), 2);
         show_flushed(&mut cache, &mut pending, 1);
         assert_eq!(
-            cache.get(&id).map(AsRef::as_ref),
+            cache.get(&id),
             Some(&created),
             "the flushed creation is seen"
         );
@@ -774,9 +778,9 @@ mod tests {
         // An unflushed update waits with the durable version before it.
         assert_eq!(pending.update(running.clone()), None);
         show_flushed(&mut cache, &mut pending, 1);
-        assert_eq!(cache.get(&id).map(AsRef::as_ref), Some(&created));
+        assert_eq!(cache.get(&id), Some(&created));
         show_flushed(&mut cache, &mut pending, 2);
-        assert_eq!(cache.get(&id).map(AsRef::as_ref), Some(&running));
+        assert_eq!(cache.get(&id), Some(&running));
         assert!(pending.records.is_empty());
         // With nothing waiting, an unflushed update is seen at once.
         assert_eq!(pending.update(created.clone()), Some(created));

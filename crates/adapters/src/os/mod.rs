@@ -4,6 +4,7 @@
 //! descendant (see the `tree` module).
 
 mod capture;
+mod heap;
 mod listening;
 mod spawn;
 mod subreaper;
@@ -29,6 +30,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
+pub use heap::release_free_memory;
 pub use subreaper::Subreaper;
 pub use usage::ProcSampler;
 

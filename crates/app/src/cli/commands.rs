@@ -405,7 +405,7 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
     let (m, mut results) = submit(home, m, vec![spec], Answer::One).await?;
     let m = &m;
     let record = match results.pop() {
-        Some(Ok(Submitted::Record(record))) => *record,
+        Some(Ok(Submitted::Record(record))) => record,
         Some(Err(e)) => return Err(e.into()),
         _ => {
             return Err(CliError::failed(

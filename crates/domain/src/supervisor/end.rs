@@ -140,8 +140,7 @@ impl Supervisor {
             let Some(entry) = self.entries.get_mut(&w) else {
                 continue;
             };
-            entry.blockers.must_end.remove(&id);
-            let was_dependency = entry.blockers.must_complete.remove(&id);
+            let was_dependency = entry.unblock(id);
             if was_dependency && end != StateName::Completed {
                 let error = format!("dependency {id} ended {end} instead of completing");
                 let _ = self.transition(w, Transition::Fail { error }, now);

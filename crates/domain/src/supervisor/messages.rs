@@ -42,7 +42,7 @@ pub enum Effect {
     /// compare-and-set against that version.
     Persist {
         /// The record as it is now.
-        record: Box<ProcessRecord>,
+        record: ProcessRecord,
         /// The version the store holds, if any.
         expected_version: Option<u64>,
         /// Whether the write must reach the disk before anything after it
@@ -67,7 +67,7 @@ pub enum Effect {
     /// the spawner answers with the process it started for it, if it did.
     Spawn {
         /// The record (in `starting`, or `stopping` when a stop came first).
-        record: Box<ProcessRecord>,
+        record: ProcessRecord,
     },
     /// After a restart, take over the record's process again; if the
     /// spawner cannot, report [`Input::ReattachFailed`](crate::Input::ReattachFailed).

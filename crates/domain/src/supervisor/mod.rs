@@ -45,14 +45,42 @@ struct Entry {
     seq: u64,
     depth: usize,
     /// Unfinished records this one waits for: dependencies (must complete) and,
-    /// after a manual restart, the record it replaces (must end).
-    blockers: Blockers,
+    /// after a manual restart, the record it replaces (must end). `None`
+    /// when it waits for none, as almost every record does.
+    blockers: Option<Box<Blockers>>,
 }
 
 #[derive(Debug, Default, Clone)]
 struct Blockers {
     must_complete: BTreeSet<ProcessId>,
     must_end: BTreeSet<ProcessId>,
+}
+
+impl Blockers {
+    /// What an entry keeps: nothing when it waits for no record.
+    fn kept(self) -> Option<Box<Blockers>> {
+        (!self.must_complete.is_empty() || !self.must_end.is_empty()).then(|| Box::new(self))
+    }
+}
+
+impl Entry {
+    /// Whether it still waits for another record.
+    const fn is_blocked(&self) -> bool {
+        self.blockers.is_some()
+    }
+
+    /// `ended` no longer blocks it; true if `ended` was a dependency.
+    fn unblock(&mut self, ended: ProcessId) -> bool {
+        let Some(blockers) = self.blockers.as_deref_mut() else {
+            return false;
+        };
+        blockers.must_end.remove(&ended);
+        let was_dependency = blockers.must_complete.remove(&ended);
+        if blockers.must_complete.is_empty() && blockers.must_end.is_empty() {
+            self.blockers = None;
+        }
+        was_dependency
+    }
 }
 
 /// The sans-I/O supervisor for one node.
@@ -458,7 +486,7 @@ impl Supervisor {
                 entry.persisted = Some(entry.record.version());
                 entry.persisted_active = active;
                 effects.push(Effect::Persist {
-                    record: Box::new(entry.record.clone()),
+                    record: entry.record.clone(),
                     expected_version: expected,
                     durable,
                 });

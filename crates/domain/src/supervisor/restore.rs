@@ -35,7 +35,7 @@ impl Supervisor {
                     persisted_active,
                     seq,
                     depth: 0,
-                    blockers: Blockers::default(),
+                    blockers: None,
                 }),
             );
         }
@@ -67,7 +67,7 @@ impl Supervisor {
                 if let Some(pid) = record.pid() {
                     self.out.push(Effect::Reattach { id, pid });
                 } else {
-                    let record = Box::new(record.clone());
+                    let record = record.clone();
                     self.out.push(Effect::Spawn { record });
                     self.order.spawn_asked(id);
                 }
@@ -91,11 +91,11 @@ impl Supervisor {
                 for d in &unfinished {
                     self.waiters.entry(*d).or_default().insert(id);
                 }
-                self.entries
-                    .get_mut(&id)
-                    .expect("known")
-                    .blockers
-                    .must_complete = unfinished;
+                self.entries.get_mut(&id).expect("known").blockers = Blockers {
+                    must_complete: unfinished,
+                    must_end: BTreeSet::new(),
+                }
+                .kept();
                 self.place(id, now);
             }
         }

@@ -99,7 +99,7 @@ impl Supervisor {
                 persisted_active: false,
                 seq,
                 depth,
-                blockers: blockers.clone(),
+                blockers: blockers.clone().kept(),
             }),
         );
         for waited in blockers.must_complete.iter().chain(&blockers.must_end) {
@@ -203,7 +203,7 @@ impl Supervisor {
                 return;
             }
         }
-        if !entry.blockers.must_complete.is_empty() || !entry.blockers.must_end.is_empty() {
+        if entry.is_blocked() {
             return;
         }
         if let Lifecycle::Pending {
@@ -243,7 +243,7 @@ impl Supervisor {
             self.ready.remove(id);
             self.handed.retain(|h| *h != id);
             if self.transition(id, Transition::Start, now).is_ok() {
-                let record = Box::new(self.entries[&id].record.clone());
+                let record = self.entries[&id].record.clone();
                 self.out.push(Effect::Spawn { record });
                 self.order.spawn_asked(id);
             }
