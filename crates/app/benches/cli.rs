@@ -118,22 +118,34 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A figure in KiB from `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }
 
-/// The resident memory of `home`'s daemon, in KiB.
-fn daemon_rss_kib(home: &Path) -> u64 {
+/// The daemon's resident memory, in KiB: all of it, and the part that is
+/// pages of files (its own code, shared with every bpm process), which
+/// grows with the code a daemon has run rather than with its records.
+#[derive(Clone, Copy)]
+struct Resident {
+    all: u64,
+    files: u64,
+}
+
+fn daemon_resident(home: &Path) -> Resident {
     let pid = std::fs::read_to_string(home.join("daemon.pid"))
         .ok()
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or(0);
-    rss_kib(pid)
+    Resident {
+        all: status_kib(pid, "VmRSS:"),
+        files: status_kib(pid, "RssFile:"),
+    }
 }
 
 /// The daemon's and the keeper's pids for a home.
@@ -216,8 +228,9 @@ fn ps_with_running_trees() {
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 }
 
-/// 10,000 records: tracked operations, completed at once, through the client library.
-fn fill_tracked(home: &Path) {
+/// 10,000 records: tracked operations, completed at once, through the
+/// client library; `round` numbers their names.
+fn fill_tracked(home: &Path, round: usize) {
     let t = Instant::now();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -229,7 +242,7 @@ fn fill_tracked(home: &Path) {
                 bpm_adapters::control::DaemonClient::connect(&home.join("bpm.sock"), "bench")
                     .await
                     .expect("connect");
-            for i in 0..10_000 {
+            for i in round * 10_000..(round + 1) * 10_000 {
                 let spec =
                     bpm_domain::ProcessSpec::tracked(format!("op{i}").parse().expect("name"));
                 let r = client.track(spec).await.expect("track");
@@ -247,38 +260,56 @@ fn fill_tracked(home: &Path) {
     );
 }
 
-/// Prints what the records of `home` cost its daemon, over `empty_rss`
-/// (KiB): now (`filled_rss`), and after a restart, which reads them all
-/// back from the store.
-fn report_memory(home: &Path, empty_rss: u64, filled_rss: u64, count: usize) {
+/// Prints what the records of `home` cost its daemon, over an empty
+/// daemon's memory: now (`filled`, with 10,000), and after a restart, which
+/// reads them all back from the store.
+fn report_memory(home: &Path, empty: Resident, filled: Resident, count: usize) {
     bpm(home, &["daemon", "stop"]);
     bpm(home, &["ps"]);
     std::thread::sleep(Duration::from_secs(1));
-    let restarted_rss = daemon_rss_kib(home);
+    let restarted = daemon_resident(home);
     #[allow(clippy::cast_precision_loss)]
-    let per = |rss: u64, records: usize| {
-        rss.saturating_sub(empty_rss) as f64 * 1024.0 / records.max(1) as f64
+    let per = |kib: u64, over: u64, records: usize| {
+        kib.saturating_sub(over) as f64 * 1024.0 / records.max(1) as f64
     };
     #[allow(clippy::cast_precision_loss)]
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "daemon RSS with 10,000 finished records: {:.1} MiB ({:.0} bytes per record over an empty daemon's {:.1} MiB); after a restart, with {count}: {:.1} MiB ({:.0} bytes per record) (target <= 1024)",
-        mib(filled_rss),
-        per(filled_rss, 10_000),
-        mib(empty_rss),
-        mib(restarted_rss),
-        per(restarted_rss, count)
+        mib(filled.all),
+        per(filled.all, empty.all, 10_000),
+        mib(empty.all),
+        mib(restarted.all),
+        per(restarted.all, empty.all, count)
+    );
+    let anonymous = |r: Resident| r.all.saturating_sub(r.files);
+    println!(
+        "  the same without the pages of bpm's code (shared with every bpm process, and more of it run after a restart): {:.0} and {:.0} bytes per record",
+        per(anonymous(filled), anonymous(empty), 10_000),
+        per(anonymous(restarted), anonymous(empty), count)
     );
 }
 
-/// `BPM_BENCH=memory`: only what retained records cost the daemon.
+/// `BPM_BENCH=memory`: only what retained records cost the daemon, and
+/// what each one past the first 10,000 adds (by then the daemon's bounded
+/// buffers, such as its ring of recent events, are full).
 fn memory_alone() {
     let big = home("");
     bpm(big.path(), &["ps"]);
-    let empty_rss = daemon_rss_kib(big.path());
-    fill_tracked(big.path());
-    let filled_rss = daemon_rss_kib(big.path());
-    report_memory(big.path(), empty_rss, filled_rss, 10_000);
+    let empty = daemon_resident(big.path());
+    fill_tracked(big.path(), 0);
+    let filled = daemon_resident(big.path());
+    fill_tracked(big.path(), 1);
+    let twice = daemon_resident(big.path());
+    #[allow(clippy::cast_precision_loss)]
+    let (further, twice_mib) = (
+        twice.all.saturating_sub(filled.all) as f64 * 1024.0 / 10_000.0,
+        twice.all as f64 / 1024.0,
+    );
+    println!(
+        "  each record from 10,000 to 20,000 added {further:.0} bytes ({twice_mib:.1} MiB with 20,000)"
+    );
+    report_memory(big.path(), empty, filled, 20_000);
     bpm(big.path(), &["daemon", "stop", "--kill-all"]);
 }
 
@@ -314,11 +345,11 @@ fn main() {
     // 10,000 records: tracked operations, completed at once, through the client library.
     let big = home("");
     bpm(big.path(), &["ps"]);
-    let empty_rss = daemon_rss_kib(big.path());
-    fill_tracked(big.path());
+    let empty = daemon_resident(big.path());
+    fill_tracked(big.path(), 0);
     // What a retained finished record costs the daemon (and, below, after
     // a restart, which reads them all back from the store).
-    let filled_rss = daemon_rss_kib(big.path());
+    let filled = daemon_resident(big.path());
     let at_10k = round_trips(big.path(), n);
     println!(
         "bpm run round trip with 10,000 records: {:.2} ms; ratio to 0 records {:.2} (target <= 1.2)",
@@ -335,7 +366,7 @@ fn main() {
         "bpm ps --all --json with {count} records: {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    report_memory(big.path(), empty_rss, filled_rss, count);
+    report_memory(big.path(), empty, filled, count);
     bpm(big.path(), &["daemon", "stop", "--kill-all"]);
 
     let par = home("[limits]\nmax_running = 2\n");
