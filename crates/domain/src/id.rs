@@ -58,6 +58,12 @@ impl FromStr for ProcessId {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_id_is_its_uuid() {
+        let uuid = Uuid::from_u128(7);
+        assert_eq!(ProcessId::from_uuid(uuid).as_uuid(), &uuid);
+    }
     use super::*;
 
     #[test]

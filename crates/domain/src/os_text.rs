@@ -398,6 +398,8 @@ pub mod env_serde {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     #[test]
     fn utf8_is_a_plain_string_and_other_bytes_are_hex() {
@@ -450,5 +452,65 @@ mod tests {
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(json, r#"[["A",{"hex":"ff"}],[{"hex":"42fe"},"v"]]"#);
         assert_eq!(serde_json::from_str::<E>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn the_views_of_the_bytes_agree() {
+        let raw = OsText::from_bytes(b"a\xffb".to_vec());
+        assert_eq!(raw.as_bytes(), b"a\xffb");
+        assert_eq!(raw.to_string_lossy(), "a\u{fffd}b");
+        assert_eq!(raw.as_os_str().as_bytes(), b"a\xffb");
+        assert_eq!(raw.as_path(), Path::new(raw.as_os_str()));
+        assert_eq!(raw.clone().into_bytes(), b"a\xffb".to_vec());
+        assert_eq!(raw.to_str(), None);
+        let text = String::from("/tmp/x");
+        for t in [
+            OsText::from(&text),
+            OsText::from(text.clone()),
+            OsText::from(OsString::from(&text)),
+            OsText::from(OsStr::new(&text)),
+            OsText::from(PathBuf::from(&text)),
+        ] {
+            assert_eq!(t, *"/tmp/x");
+            assert_eq!(t, "/tmp/x");
+            assert_eq!("/tmp/x", t);
+            assert!(!t.is_empty() && !t.is_blank() && t.contains_byte(b'x'));
+        }
+    }
+
+    #[test]
+    fn a_repeated_hex_field_is_refused_by_name() {
+        let e = serde_json::from_str::<OsText>(r#"{"hex":"00","hex":"01"}"#).unwrap_err();
+        assert!(e.to_string().contains("duplicate field `hex`"), "{e}");
+    }
+
+    #[test]
+    fn environments_read_back_with_none_share_one_map_and_a_bad_one_is_named() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct E(#[serde(with = "env_serde")] Arc<BTreeMap<OsText, OsText>>);
+        let a: E = serde_json::from_str("{}").unwrap();
+        let b: E = serde_json::from_str("[]").unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "one empty map for all");
+        let full: E = serde_json::from_str(r#"{"A":"1"}"#).unwrap();
+        assert_eq!(full.0.get(&OsText::from("A")), Some(&OsText::from("1")));
+        let e = serde_json::from_str::<E>("7").unwrap_err().to_string();
+        assert!(e.contains("an object of variables"), "{e}");
+    }
+
+    #[test]
+    fn an_optional_environment_reads_back_as_written() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct O(#[serde(with = "env_serde::option")] Option<Arc<BTreeMap<OsText, OsText>>>);
+        for o in [
+            O(None),
+            O(Some(Arc::new(BTreeMap::from([(
+                OsText::from_bytes(b"N\xfe".to_vec()),
+                OsText::from("v"),
+            )])))),
+        ] {
+            let json = serde_json::to_string(&o).unwrap();
+            assert_eq!(serde_json::from_str::<O>(&json).unwrap(), o);
+        }
+        assert_eq!(serde_json::to_string(&O(None)).unwrap(), "null");
     }
 }

@@ -1024,6 +1024,54 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_copy_is_the_same_record_until_one_changes() {
+        let first = record(ProcessSpec::argv(["true"]));
+        let mut second = first.clone();
+        assert_eq!(format!("{first:?}"), format!("{second:?}"));
+        second
+            .apply(Transition::Start, t(1001))
+            .expect("a pending record starts");
+        assert_eq!(first.state(), StateName::Pending);
+        assert_eq!(second.state(), StateName::Starting);
+        assert_eq!((first.version(), second.version()), (1, 2));
+        assert_eq!(second.updated_at(), t(1001));
+        let again = ProcessRecord::restart_of(
+            &second,
+            ProcessId::from_uuid(uuid::Uuid::from_u128(2)),
+            t(1002),
+        );
+        assert_eq!(again.restarted_from(), Some(second.id()));
+        assert_eq!(again.state(), StateName::Pending);
+    }
+
+    #[test]
+    fn a_record_takes_its_node_name_from_another_only_when_equal() {
+        let mut r = record(ProcessSpec::argv(["true"]));
+        let same = NodeId::local();
+        assert!(!r.node().shares_text(&same));
+        r.share_node(&same);
+        assert!(r.node().shares_text(&same));
+        let other = NodeId::new("elsewhere").expect("a node name");
+        r.share_node(&other);
+        assert_eq!(r.node(), &same);
+        assert_eq!(r.version(), 1, "sharing a name is no change");
+    }
+
+    #[test]
+    fn progress_read_back_must_be_a_whole_percent() {
+        assert_eq!(
+            serde_json::from_str::<Percent>("40").expect("whole").get(),
+            40
+        );
+        for bad in ["40.5", "101", "-1"] {
+            let e = serde_json::from_str::<Percent>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.trim_start_matches('-')), "{bad}: {e}");
+        }
+    }
+
     use super::*;
     use crate::{ProcessName, ProcessSpec};
 

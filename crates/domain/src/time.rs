@@ -360,6 +360,37 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_span_over_the_limit_is_refused_by_value() {
+        assert_eq!(
+            Span::new(Duration::from_secs(90))
+                .expect("short")
+                .to_string(),
+            "90s"
+        );
+        let e = Span::new(MAX_SPAN + Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, SpanError::TooLong(_)), "{e}");
+        assert_eq!(
+            Span::new(Duration::from_hours(2))
+                .expect("two hours")
+                .to_string(),
+            "2h"
+        );
+    }
+
+    #[test]
+    fn a_span_given_as_seconds_must_be_finite_and_in_range() {
+        assert_eq!(
+            serde_json::from_str::<Span>("1.5")
+                .expect("seconds")
+                .as_millis(),
+            1500
+        );
+        for bad in ["-1", "1e30"] {
+            assert!(serde_json::from_str::<Span>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn timestamps_format_as_rfc3339() {
         assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000Z");
         let t = Timestamp::from_millis(1_795_334_140_123);

@@ -949,6 +949,13 @@ fn live_states_and_ending_events_agree_with_the_lifecycle() {
         ListFilter::live().states.len() + ListFilter::finished().states.len(),
         StateName::ALL.len()
     );
+    let holding = ListFilter::holding_slots().states;
+    assert!(
+        holding
+            .iter()
+            .all(|s| s.is_active() && StateName::LIVE.contains(s))
+    );
+    assert!(!holding.contains(&StateName::Pending));
 }
 
 #[test]
