@@ -119,7 +119,7 @@ impl Driver {
             _ => false,
         };
         if cancels {
-            self.take_back(inbox).await;
+            self.withdraw_handed(inbox).await;
         }
         match msg {
             Msg::Input(input, reply) => {

@@ -3,7 +3,7 @@
 //! one the moment a process ends and reports both at once, so the next
 //! process does not wait for the loop. Before an input that could cancel a
 //! record handed over (a stop, a restart, a completion or a failure), the
-//! loop takes them back and hears of every start the spawner made from them
+//! loop withdraws them and hears of every start the spawner made from them
 //! first.
 //!
 //! [`Supervisor::hand_over`]: bpm_domain::Supervisor::hand_over
@@ -55,7 +55,7 @@ impl Driver {
     /// reports of those it started already: afterwards none is outstanding.
     /// Messages that come meanwhile wait in `deferred`; spawn results are
     /// handled, since a report may be held behind one.
-    pub(crate) async fn take_back(&mut self, inbox: &mut Inbox) {
+    pub(crate) async fn withdraw_handed(&mut self, inbox: &mut Inbox) {
         let handed: Vec<_> = self.core.handed_over().collect();
         if handed.is_empty() {
             return;

@@ -331,7 +331,7 @@ impl Keeper {
         write.write_all(&hello).await.ok()?;
         *self.writer.lock().await = Some(write);
         // Starts handed over by an earlier daemon are not this one's to make.
-        let dropped = self.spawner.take_back();
+        let dropped = self.spawner.withdraw_handed();
         if !dropped.is_empty() {
             tracing::info!(
                 count = dropped.len(),
@@ -377,7 +377,7 @@ impl Keeper {
         }
         // A daemon that is gone starts nothing more.
         if self.generation.load(Ordering::SeqCst) == this {
-            self.spawner.take_back();
+            self.spawner.withdraw_handed();
         }
         self.connected.fetch_sub(1, Ordering::SeqCst);
     }
@@ -413,7 +413,7 @@ impl Keeper {
                         }
                     })
                     .collect();
-                self.spawner.queue_starts(requests);
+                self.spawner.accept_handed(requests);
                 return None;
             }
             Op::Spawn(mut start) => match resolve(envs, &mut start) {
@@ -425,7 +425,7 @@ impl Keeper {
                 }
                 Err(e) => Err(e),
             },
-            Op::Withdraw => Ok(Answer::Withdrawn(self.spawner.take_back())),
+            Op::Withdraw => Ok(Answer::Withdrawn(self.spawner.withdraw_handed())),
             // Its descriptors come with this line: taken here, in order.
             Op::Adopt { id, pid, pipes } => {
                 let ends = pipes

@@ -225,7 +225,7 @@ struct Inner {
     composed: Mutex<Vec<(Env, Arc<Composed>)>>,
     live: LiveMap,
     /// Requests to start, in order, one on each exit of a process that hands over.
-    queue: Mutex<VecDeque<SpawnRequest>>,
+    handed: Mutex<VecDeque<SpawnRequest>>,
     /// Held for the whole of a start, so that two starts of one record (a
     /// manager's, and one on an exit) cannot both miss the other.
     starting: Mutex<()>,
@@ -258,7 +258,7 @@ impl OsSpawner {
                 base_env: BaseEnv::read(),
                 composed: Mutex::new(Vec::new()),
                 live: Arc::new(Mutex::new(HashMap::new())),
-                queue: Mutex::new(VecDeque::new()),
+                handed: Mutex::new(VecDeque::new()),
                 starting: Mutex::new(()),
                 unrecorded: Mutex::new(HashMap::new()),
                 tx,
@@ -400,14 +400,14 @@ impl OsSpawner {
     /// is left out: a manager that restarted hands it over before it reads
     /// the report of that start, which is on its way, and starting it on an
     /// exit after its end is recorded would run it twice.
-    pub fn queue_starts(&self, requests: Vec<SpawnRequest>) {
+    pub fn accept_handed(&self, requests: Vec<SpawnRequest>) {
         let fresh: Vec<SpawnRequest> = requests
             .into_iter()
             .filter(|r| {
                 self.unrecorded(r.id).is_none() && !lock(&self.inner.live).contains_key(&r.id)
             })
             .collect();
-        self.inner.queue().extend(fresh);
+        self.inner.handed().extend(fresh);
     }
 
     /// The pid of `id`'s process, if this spawner started it and its exit
@@ -433,8 +433,8 @@ impl OsSpawner {
     }
 
     /// Takes back every request handed over and not yet started.
-    pub fn take_back(&self) -> Vec<ProcessId> {
-        self.inner.queue().drain(..).map(|r| r.id).collect()
+    pub fn withdraw_handed(&self) -> Vec<ProcessId> {
+        self.inner.handed().drain(..).map(|r| r.id).collect()
     }
 }
 
@@ -452,9 +452,9 @@ impl Inner {
     }
 
     /// Starts the first request handed over, if there is one: its id, and its pid or why not.
-    fn start_next(self: &Arc<Self>) -> Option<(ProcessId, Result<u32, String>)> {
+    fn start_handed(self: &Arc<Self>) -> Option<(ProcessId, Result<u32, String>)> {
         let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
-        let request = self.queue().pop_front()?;
+        let request = self.handed().pop_front()?;
         let started = self.start_alone(&request).map(|s| s.pid);
         if let Ok(pid) = started {
             self.unrecorded
@@ -467,7 +467,7 @@ impl Inner {
 
     /// [`start`](Self::start), with `starting` held.
     fn start_alone(self: &Arc<Self>, request: &SpawnRequest) -> Result<Spawned, SpawnError> {
-        self.queue().retain(|q| q.id != request.id);
+        self.handed().retain(|q| q.id != request.id);
         if let Some(pid) = self.started_already(request.id) {
             return Ok(Spawned { pid });
         }
@@ -663,7 +663,11 @@ impl Inner {
         self.forget_starts();
         // The next request handed over starts in its place, before the
         // manager hears of the exit.
-        let next = if hands_over { self.start_next() } else { None };
+        let next = if hands_over {
+            self.start_handed()
+        } else {
+            None
+        };
         let notice = match next {
             Some((next, started)) => ProcessNotice::HandedOver {
                 id,
@@ -704,7 +708,7 @@ impl Inner {
     fn forget_starts(&self) {
         let Some(log) = &self.start_log else { return };
         let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
-        if lock(&self.live).is_empty() && self.queue().is_empty() {
+        if lock(&self.live).is_empty() && self.handed().is_empty() {
             let _ = log.set_len(0);
         }
     }
@@ -723,8 +727,8 @@ impl Inner {
         Ok(c)
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<SpawnRequest>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    fn handed(&self) -> std::sync::MutexGuard<'_, VecDeque<SpawnRequest>> {
+        self.handed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -828,12 +832,12 @@ impl ProcessSpawner for OsSpawner {
     }
 
     async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
-        self.queue_starts(requests);
+        self.accept_handed(requests);
         Ok(())
     }
 
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
-        Ok(self.take_back())
+        Ok(self.withdraw_handed())
     }
 
     fn exit_recorded(&self, id: ProcessId) {
