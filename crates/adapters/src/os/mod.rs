@@ -72,6 +72,21 @@ impl Default for OsSpawnerConfig {
     }
 }
 
+/// A pidfd of process `pid`, if it is alive (not a zombie) and carries
+/// record `id`'s mark: the process to adopt. The pidfd is opened first, so
+/// it pins the process the checks look at.
+fn marked_pidfd(id: ProcessId, pid: u32) -> Option<AsyncFd<std::os::fd::OwnedFd>> {
+    let raw = i32::try_from(pid).ok().and_then(Pid::from_raw)?;
+    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+    let mark = format!("{}={id}", tree::MARK);
+    if !tree::carries_mark(pid, mark.as_bytes()) || tree::stat(pid).is_none_or(|s| s.state == 'Z') {
+        return None;
+    }
+    // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
+    #[allow(unsafe_code)]
+    (unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }).ok()
+}
+
 /// The reading ends of `pid`'s output pipes that it holds itself (see
 /// [`spawn::HELD_PIPE_FDS`]), opened again through `/proc`; `None` unless
 /// both are there and are two different pipes.
@@ -302,49 +317,11 @@ impl OsSpawner {
         if self.holds(id, pid) {
             return true;
         }
-        let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-            return false;
-        };
-        // The pidfd first: it pins the process the checks below look at.
-        let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-        else {
-            return false;
-        };
-        let mark = format!("{}={id}", tree::MARK);
-        if !tree::carries_mark(pid, mark.as_bytes())
-            || tree::stat(pid).is_none_or(|s| s.state == 'Z')
-        {
-            return false;
-        }
-        // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
-        #[allow(unsafe_code)]
-        let Ok(pidfd) =
-            (unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) })
-        else {
+        let Some(pidfd) = marked_pidfd(id, pid) else {
             return false;
         };
         let watcher = capture::Watcher::new(id, self.inner.tx.clone(), None);
-        let share = self.inner.config.share_pipes;
-        // No bpm process kept its pipes (the daemon and keeper died
-        // together): the process holds copies of its own.
-        let pipes = pipes.or_else(|| held_pipes(pid));
-        let (kept, pumps) = match pipes.map(|[out, err]| -> std::io::Result<_> {
-            let kept: Option<Pipes> = if share {
-                Some(Arc::new([out.try_clone()?, err.try_clone()?]))
-            } else {
-                None
-            };
-            let out = pipe::Receiver::from_owned_fd(out)?;
-            let err = pipe::Receiver::from_owned_fd(err)?;
-            Ok((kept, self.inner.pumps(out, err, &watcher)))
-        }) {
-            Some(Ok((kept, pumps))) => (kept, Some(pumps)),
-            Some(Err(e)) => {
-                tracing::warn!(%id, error = %e, "cannot go on copying an adopted process's output");
-                (None, None)
-            }
-            None => (None, None),
-        };
+        let (kept, pumps) = self.resume_output(id, pid, pipes, &watcher);
         lock(&self.inner.live).insert(
             id,
             Live {
@@ -378,6 +355,38 @@ impl OsSpawner {
             });
         });
         true
+    }
+
+    /// Goes on copying an adopted process's output from `pipes`, or from the
+    /// copies the process holds of its own when no bpm process kept them
+    /// (the daemon and keeper died together): the pipes this spawner keeps
+    /// for the next one, and the pumps. Neither if there are none.
+    fn resume_output(
+        &self,
+        id: ProcessId,
+        pid: u32,
+        pipes: Option<[std::os::fd::OwnedFd; 2]>,
+        watcher: &capture::Watcher,
+    ) -> (Option<Pipes>, Option<[tokio::task::JoinHandle<()>; 2]>) {
+        let share = self.inner.config.share_pipes;
+        let resumed = pipes.or_else(|| held_pipes(pid)).map(|[out, err]| {
+            let kept: Option<Pipes> = if share {
+                Some(Arc::new([out.try_clone()?, err.try_clone()?]))
+            } else {
+                None
+            };
+            let out = pipe::Receiver::from_owned_fd(out)?;
+            let err = pipe::Receiver::from_owned_fd(err)?;
+            std::io::Result::Ok((kept, self.inner.pumps(out, err, watcher)))
+        });
+        match resumed {
+            Some(Ok((kept, pumps))) => (kept, Some(pumps)),
+            Some(Err(e)) => {
+                tracing::warn!(%id, error = %e, "cannot go on copying an adopted process's output");
+                (None, None)
+            }
+            None => (None, None),
+        }
     }
 
     /// The reading ends of the output pipes of process `id`, while it runs:
