@@ -7,6 +7,7 @@
 //! simulated without a process or a clock.
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod event;
 mod filter;
 mod id;
@@ -18,6 +19,7 @@ mod spec;
 pub mod supervisor;
 mod time;
 
+pub use cluster::{ClaimRefused, ClusterTiming, Lease, NodeState, TimingError};
 pub use event::{Event, EventKind};
 pub use filter::ListFilter;
 pub use id::{ProcessId, ProcessIdError};

@@ -1,0 +1,366 @@
+//! The rules of nodes that share one store: how long a node's lease lasts
+//! and how often it is renewed, what state a node is in from its lease's
+//! age, who may claim a node's name, which writes are fenced, and when a
+//! daemon must stop writing.
+//!
+//! The store (Redis) holds the leases and the epochs and applies these
+//! rules atomically; this module says what the numbers mean, so that they
+//! can be property-tested and simulated. Every time here is the store's
+//! clock, except [`ClusterTiming::may_write`], which a daemon asks of its
+//! own clock, measured from when it *sent* its last renewal that succeeded:
+//! a renewal's answer may come late, but never before it was sent.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, Span, Timestamp};
+
+/// The shortest lease a node may hold.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// A node's lease unless configured (`lease_ttl`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long a lost node's records wait for it unless configured (`lost_after`).
+pub const DEFAULT_LOST_AFTER: Duration = Duration::from_mins(5);
+/// The most a surviving node may take, past a lease's expiry, to notice it.
+pub const NOTICE_WITHIN: Duration = Duration::from_secs(1);
+
+/// The cluster's timing: the lease's length and how long a lost node's
+/// records wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterTiming {
+    lease_ttl: Span,
+    lost_after: Span,
+}
+
+/// A timing the cluster cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimingError {
+    /// The lease is shorter than [`MIN_LEASE_TTL`].
+    #[error("lease_ttl {0} is too short: it must be at least 2s")]
+    LeaseTooShort(Span),
+    /// `lost_after` is shorter than the lease.
+    #[error(
+        "lost_after {lost_after} is shorter than lease_ttl {lease_ttl}: a node must be given at least one lease to come back"
+    )]
+    LostTooSoon {
+        /// The lease.
+        lease_ttl: Span,
+        /// The wait.
+        lost_after: Span,
+    },
+}
+
+impl Default for ClusterTiming {
+    fn default() -> Self {
+        ClusterTiming {
+            lease_ttl: Span::new(DEFAULT_LEASE_TTL).expect("in range"),
+            lost_after: Span::new(DEFAULT_LOST_AFTER).expect("in range"),
+        }
+    }
+}
+
+impl ClusterTiming {
+    /// A timing with this lease and wait.
+    ///
+    /// # Errors
+    /// [`TimingError::LeaseTooShort`] under [`MIN_LEASE_TTL`];
+    /// [`TimingError::LostTooSoon`] if `lost_after` is shorter than the lease.
+    pub fn new(lease_ttl: Span, lost_after: Span) -> Result<Self, TimingError> {
+        if lease_ttl.as_duration() < MIN_LEASE_TTL {
+            return Err(TimingError::LeaseTooShort(lease_ttl));
+        }
+        if lost_after.as_duration() < lease_ttl.as_duration() {
+            return Err(TimingError::LostTooSoon {
+                lease_ttl,
+                lost_after,
+            });
+        }
+        Ok(ClusterTiming {
+            lease_ttl,
+            lost_after,
+        })
+    }
+
+    /// How long a lease lasts without renewal.
+    pub const fn lease_ttl(&self) -> Duration {
+        self.lease_ttl.as_duration()
+    }
+
+    /// How long a lost node's records wait for it before they are `lost`.
+    pub const fn lost_after(&self) -> Duration {
+        self.lost_after.as_duration()
+    }
+
+    /// How often a daemon renews its lease: three times a lease.
+    pub fn renew_every(&self) -> Duration {
+        self.lease_ttl() / 3
+    }
+
+    /// How often the other nodes look at the leases, so that an expiry is
+    /// noticed within [`NOTICE_WITHIN`] of it.
+    pub fn check_every(&self) -> Duration {
+        NOTICE_WITHIN.min(self.renew_every())
+    }
+
+    /// Whether a daemon may still write at `now`, its own clock, when the
+    /// last renewal that succeeded was sent at `sent`: not once a whole
+    /// lease has passed, since by then another daemon may have taken the
+    /// node with a newer epoch. Together with [`claim`], no two epochs of
+    /// one node write at once (given clocks that run at the same rate).
+    pub fn may_write(&self, sent: Timestamp, now: Timestamp) -> bool {
+        now.saturating_since(sent) < self.lease_ttl()
+    }
+
+    /// Whether a lost node's records are given up at `now`: they become
+    /// `lost` once its lease has been expired for `lost_after`.
+    pub fn gives_up(&self, lease: &Lease, now: Timestamp) -> bool {
+        !lease.left
+            && now.saturating_since(lease.renewed_at) > lease.ttl.as_duration() + self.lost_after()
+    }
+}
+
+/// Decides a daemon's claim of `node` at `now`, when the store holds `held`
+/// (its lease, if any) and `epoch` (the node's newest epoch): the epoch the
+/// claimant writes with from now on, or who holds the node.
+///
+/// # Errors
+/// [`ClaimRefused`] while the holder's lease is alive or suspect.
+pub fn claim(
+    node: &NodeId,
+    held: Option<&Lease>,
+    epoch: u64,
+    now: Timestamp,
+) -> Result<u64, ClaimRefused> {
+    match held {
+        Some(lease) if matches!(lease.state_at(now), NodeState::Alive | NodeState::Suspect) => {
+            Err(ClaimRefused {
+                node: node.clone(),
+                host: lease.host.clone(),
+                pid: lease.pid,
+                since: lease.since,
+                renewed_ms_ago: u64::try_from(now.saturating_since(lease.renewed_at).as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+        }
+        _ => Ok(epoch.saturating_add(1)),
+    }
+}
+
+/// Whether the store takes a write that `writer` (an epoch of a node) makes
+/// to that node's records, when the node's newest epoch is `current`: a
+/// fenced daemon's writes are refused.
+pub const fn accepts_write(current: u64, writer: u64) -> bool {
+    writer >= current
+}
+
+/// A node's lease, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The node.
+    pub node: NodeId,
+    /// The epoch its holder writes with.
+    pub epoch: u64,
+    /// The holder's machine.
+    pub host: String,
+    /// The holder's daemon.
+    pub pid: u32,
+    /// The holder's bpm version.
+    pub version: String,
+    /// When the holder took the node.
+    pub since: Timestamp,
+    /// When the lease was last renewed.
+    pub renewed_at: Timestamp,
+    /// How long it lasts from a renewal: its holder's `lease_ttl`, by which
+    /// every node judges it.
+    pub ttl: Span,
+    /// Whether the holder left the cluster on purpose.
+    pub left: bool,
+}
+
+impl Lease {
+    /// What state it says its node is in at `now` (the store's clock):
+    /// suspect once two of its holder's renewals are late, lost once it
+    /// expired.
+    pub fn state_at(&self, now: Timestamp) -> NodeState {
+        if self.left {
+            return NodeState::Left;
+        }
+        let age = now.saturating_since(self.renewed_at);
+        let ttl = self.ttl.as_duration();
+        if age > ttl {
+            NodeState::Lost
+        } else if age > 2 * (ttl / 3) {
+            NodeState::Suspect
+        } else {
+            NodeState::Alive
+        }
+    }
+}
+
+/// A node's state, from its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Renewed on time.
+    Alive,
+    /// Two renewals late, its lease not yet expired.
+    Suspect,
+    /// Its lease expired.
+    Lost,
+    /// Its daemon stopped and left the cluster.
+    Left,
+}
+
+impl NodeState {
+    /// The state's name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Alive => "alive",
+            NodeState::Suspect => "suspect",
+            NodeState::Lost => "lost",
+            NodeState::Left => "left",
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A claim of a node name another daemon holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error(
+    "node {node} is held by a daemon on {host} (pid {pid}) since {since}, its lease renewed {renewed_ms_ago} ms ago: stop that daemon, or give this one another node name (config `node`, or BPM_NODE)"
+)]
+pub struct ClaimRefused {
+    /// The node.
+    pub node: NodeId,
+    /// The holder's machine.
+    pub host: String,
+    /// The holder's daemon.
+    pub pid: u32,
+    /// When the holder took the node.
+    pub since: Timestamp,
+    /// How long ago the holder last renewed.
+    pub renewed_ms_ago: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lease(renewed_at: u64, ttl_ms: u64) -> Lease {
+        Lease {
+            node: NodeId::new("b").expect("node"),
+            epoch: 3,
+            host: "machine-b".into(),
+            pid: 42,
+            version: "0.1.0".into(),
+            since: Timestamp::from_millis(1_000),
+            renewed_at: Timestamp::from_millis(renewed_at),
+            ttl: Span::from_millis(ttl_ms),
+            left: false,
+        }
+    }
+
+    fn timing(ttl_ms: u64) -> ClusterTiming {
+        ClusterTiming::new(Span::from_millis(ttl_ms), Span::from_millis(ttl_ms * 3))
+            .expect("timing")
+    }
+
+    #[test]
+    fn a_lease_is_alive_then_suspect_then_lost_and_left_is_left() {
+        let l = lease(10_000, 9_000);
+        let at = |ms| l.state_at(Timestamp::from_millis(ms));
+        assert_eq!(at(10_000), NodeState::Alive);
+        assert_eq!(at(16_000), NodeState::Alive);
+        assert_eq!(at(16_001), NodeState::Suspect);
+        assert_eq!(at(19_000), NodeState::Suspect);
+        assert_eq!(at(19_001), NodeState::Lost);
+        let gone = Lease { left: true, ..l };
+        assert_eq!(
+            gone.state_at(Timestamp::from_millis(10_000)),
+            NodeState::Left
+        );
+        assert_eq!(NodeState::Suspect.to_string(), "suspect");
+    }
+
+    #[test]
+    fn the_timing_is_refused_by_name_when_too_short() {
+        let e = ClusterTiming::new(Span::from_millis(1_500), Span::from_secs(60)).unwrap_err();
+        assert!(e.to_string().contains("lease_ttl 1500ms"), "{e}");
+        let e = ClusterTiming::new(Span::from_secs(10), Span::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("lost_after 5s"), "{e}");
+        let d = ClusterTiming::default();
+        assert_eq!(d.lease_ttl(), DEFAULT_LEASE_TTL);
+        assert_eq!(d.lost_after(), DEFAULT_LOST_AFTER);
+        assert_eq!(d.check_every(), NOTICE_WITHIN);
+        assert_eq!(timing(2_000).check_every(), Duration::from_secs(2) / 3);
+    }
+
+    #[test]
+    fn a_claim_of_a_held_node_names_the_holder() {
+        let node = NodeId::new("b").expect("node");
+        let held = lease(10_000, 9_000);
+        let e = claim(&node, Some(&held), 3, Timestamp::from_millis(12_000)).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("machine-b") && text.contains("pid 42") && text.contains("2000 ms ago"),
+            "{text}"
+        );
+        assert_eq!(claim(&node, None, 0, Timestamp::EPOCH), Ok(1));
+        assert_eq!(
+            claim(&node, Some(&held), 3, Timestamp::from_millis(30_000)),
+            Ok(4)
+        );
+    }
+
+    #[test]
+    fn records_are_given_up_a_wait_after_the_expiry() {
+        let t = timing(9_000);
+        let l = lease(10_000, 9_000);
+        assert!(!t.gives_up(&l, Timestamp::from_millis(10_000 + 9_000 + 27_000)));
+        assert!(t.gives_up(&l, Timestamp::from_millis(10_000 + 9_000 + 27_001)));
+        let gone = Lease { left: true, ..l };
+        assert!(!t.gives_up(&gone, Timestamp::from_millis(u64::MAX / 2)));
+        assert!(accepts_write(3, 3) && accepts_write(3, 4) && !accepts_write(4, 3));
+    }
+
+    proptest! {
+        /// A node's state only moves forward with time: alive, suspect, lost.
+        #[test]
+        fn states_move_forward(ttl in 2_000u64..60_000, renewed in 0u64..1_000_000, a in 0u64..200_000, b in 0u64..200_000) {
+            let l = lease(renewed, ttl);
+            let (early, late) = (renewed + a.min(b), renewed + a.max(b));
+            let rank = |s: NodeState| s as u8;
+            prop_assert!(rank(l.state_at(Timestamp::from_millis(early))) <= rank(l.state_at(Timestamp::from_millis(late))));
+        }
+
+        /// While a daemon may write, no one may claim its node: the claim
+        /// needs its lease lost, which takes longer than the writing lasts.
+        /// The renewal was sent at or before the store stamped it.
+        #[test]
+        fn no_two_epochs_write_at_once(ttl in 2_000u64..60_000, sent in 0u64..1_000_000, stamped_after in 0u64..5_000, now_after in 0u64..200_000) {
+            let t = timing(ttl);
+            let l = lease(sent + stamped_after, ttl);
+            let now = Timestamp::from_millis(sent + now_after);
+            if t.may_write(Timestamp::from_millis(sent), now) {
+                prop_assert!(claim(&l.node, Some(&l), l.epoch, now).is_err());
+            }
+        }
+
+        /// A claim that is granted fences every older epoch.
+        #[test]
+        fn a_granted_claim_fences_the_old_epoch(epoch in 0u64..1_000, ttl in 2_000u64..60_000, renewed in 0u64..100_000, now in 0u64..400_000) {
+            let l = Lease { epoch, ..lease(renewed, ttl) };
+            if let Ok(new) = claim(&l.node, Some(&l), epoch, Timestamp::from_millis(now)) {
+                prop_assert!(new > epoch && accepts_write(new, new) && !accepts_write(new, epoch));
+            }
+        }
+    }
+}
