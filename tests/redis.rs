@@ -7,10 +7,12 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
-use bpm_adapters::redis::{RedisOutput, RedisStore};
+use bpm_adapters::redis::{RedisMembership, RedisOutput, RedisStore};
 use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, StateName, Timestamp, Transition};
 use bpm_ports::contract::output::CONTRACT_CAP;
-use bpm_ports::{Cursor, OutputQuery, OutputStore, ProcessStore, StoreError, Stream, StreamSelect};
+use bpm_ports::{
+    Cursor, Membership, OutputQuery, OutputStore, ProcessStore, StoreError, Stream, StreamSelect,
+};
 use bpm_tests::{RedisServer, redis_url, unique_prefix};
 
 async fn store() -> Arc<dyn ProcessStore> {
@@ -32,6 +34,19 @@ async fn output() -> Arc<dyn OutputStore> {
 mod redis_store {
     use super::*;
     bpm_ports::store_contract_tests!(store().await);
+}
+
+async fn membership() -> Arc<dyn Membership> {
+    Arc::new(
+        RedisMembership::connect(&redis_url(), &unique_prefix())
+            .await
+            .expect("connect"),
+    )
+}
+
+mod redis_membership {
+    use super::*;
+    bpm_ports::membership_contract_tests!(membership().await);
 }
 
 mod redis_output {

@@ -4,14 +4,21 @@ use std::sync::Arc;
 
 use bpm_adapters::clock::SystemClock;
 use bpm_adapters::fake::ScriptedSpawner;
-use bpm_adapters::memory::{InMemoryOutput, InMemoryStore};
+use bpm_adapters::memory::{InMemoryMembership, InMemoryOutput, InMemoryStore};
 use bpm_ports::contract::output::CONTRACT_CAP;
 use bpm_ports::contract::spawner::SpawnerHarness;
-use bpm_ports::{OutputStore, ProcessSpawner, ProcessStore};
+use bpm_ports::{Membership, OutputStore, ProcessSpawner, ProcessStore};
 
 mod memory_store {
     use super::*;
     bpm_ports::store_contract_tests!(Arc::new(InMemoryStore::new()) as Arc<dyn ProcessStore>);
+}
+
+mod memory_membership {
+    use super::*;
+    bpm_ports::membership_contract_tests!(Arc::new(InMemoryMembership::new(Arc::new(
+        SystemClock::new()
+    ))) as Arc<dyn Membership>);
 }
 
 mod memory_output {

@@ -10,6 +10,7 @@ mod clock;
 mod events;
 mod ids;
 mod manager;
+mod membership;
 mod output;
 pub mod request;
 mod resolve;
@@ -24,6 +25,7 @@ pub use clock::Clock;
 pub use events::{EventBus, EventBusError};
 pub use ids::IdGenerator;
 pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
+pub use membership::{Claimant, Membership, MembershipError, NodeView};
 pub use output::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
 };

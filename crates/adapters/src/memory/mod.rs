@@ -1,9 +1,11 @@
 //! In-memory adapters: for tests and for embedding bpm where nothing must outlive the process.
 
 mod events;
+mod membership;
 mod output;
 mod store;
 
 pub use events::{BroadcastBus, RECENT_EVENTS};
+pub use membership::InMemoryMembership;
 pub use output::{DEFAULT_OUTPUT_CAP, InMemoryOutput};
 pub use store::InMemoryStore;

@@ -8,6 +8,7 @@
 //! seconds, and work again by themselves once it is back. AUTH, ACL users and
 //! TLS (`rediss://`) come from the URL.
 
+mod membership;
 mod output;
 mod store;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use membership::RedisMembership;
 pub use output::RedisOutput;
 pub use store::RedisStore;
 

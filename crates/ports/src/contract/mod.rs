@@ -9,6 +9,7 @@
 //! ```
 
 pub mod manager;
+pub mod membership;
 pub mod output;
 pub mod spawner;
 pub mod store;
@@ -144,6 +145,23 @@ macro_rules! usage_contract_tests {
             a_childs_memory_counts_toward_its_tree,
             a_childs_cpu_counts_toward_its_tree,
             a_listeners_port_is_found,
+        );
+    };
+}
+
+/// One test per case of the membership contract; `$make` is an expression
+/// giving an `Arc<dyn Membership>` on real time (it may use `.await`),
+/// evaluated once per test for a fresh, empty membership.
+#[macro_export]
+macro_rules! membership_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(membership, $make;
+            join_gives_an_epoch_and_the_node_is_alive,
+            a_held_node_is_refused_naming_its_holder,
+            leaving_frees_the_name_and_the_next_join_fences_the_old_epoch,
+            renewing_a_node_never_joined_is_fenced,
+            a_lease_lives_by_renewals_and_expires_without_them,
+            racing_claims_exactly_one_wins,
         );
     };
 }

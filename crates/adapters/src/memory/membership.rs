@@ -1,0 +1,111 @@
+//! Leases on node names within one process: the domain's rules
+//! (`bpm_domain::cluster`) over a map, on the clock given.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use bpm_domain::cluster::claim;
+use bpm_domain::{Lease, NodeId, NodeState};
+use bpm_ports::{Claimant, Clock, Membership, MembershipError, NodeView};
+
+/// Leases within one process, for tests and for a single node.
+pub struct InMemoryMembership {
+    clock: Arc<dyn Clock>,
+    /// Per node: its newest epoch, and its lease.
+    nodes: Mutex<BTreeMap<NodeId, (u64, Lease)>>,
+}
+
+impl InMemoryMembership {
+    /// Leases judged by `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        InMemoryMembership {
+            clock,
+            nodes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Runs `change` on `epoch`'s lease of `node`, if it is the node's
+    /// newest and not left.
+    fn with_lease(
+        &self,
+        node: &NodeId,
+        epoch: u64,
+        change: impl FnOnce(&mut Lease) -> Result<(), MembershipError>,
+    ) -> Result<(), MembershipError> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        match nodes.get_mut(node) {
+            Some((newest, lease)) if *newest == epoch && !lease.left => change(lease),
+            held => Err(MembershipError::Fenced {
+                node: node.clone(),
+                epoch,
+                current: held.map_or(0, |(newest, _)| *newest),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Membership for InMemoryMembership {
+    async fn join(&self, claimant: &Claimant) -> Result<u64, MembershipError> {
+        let now = self.clock.now();
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = nodes.get(&claimant.node);
+        let epoch = claim(
+            &claimant.node,
+            held.map(|(_, lease)| lease),
+            held.map_or(0, |(newest, _)| *newest),
+            now,
+        )?;
+        let lease = Lease {
+            node: claimant.node.clone(),
+            epoch,
+            host: claimant.host.clone(),
+            pid: claimant.pid,
+            version: claimant.version.clone(),
+            since: now,
+            renewed_at: now,
+            ttl: claimant.ttl,
+            left: false,
+        };
+        nodes.insert(claimant.node.clone(), (epoch, lease));
+        Ok(epoch)
+    }
+
+    async fn renew(&self, node: &NodeId, epoch: u64) -> Result<(), MembershipError> {
+        let now = self.clock.now();
+        self.with_lease(node, epoch, |lease| {
+            if lease.state_at(now) == NodeState::Lost {
+                return Err(MembershipError::Expired {
+                    node: node.clone(),
+                    epoch,
+                });
+            }
+            lease.renewed_at = now;
+            Ok(())
+        })
+    }
+
+    async fn leave(&self, node: &NodeId, epoch: u64) -> Result<(), MembershipError> {
+        let now = self.clock.now();
+        self.with_lease(node, epoch, |lease| {
+            lease.left = true;
+            lease.renewed_at = now;
+            Ok(())
+        })
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeView>, MembershipError> {
+        let now = self.clock.now();
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(nodes
+            .values()
+            .map(|(_, lease)| NodeView {
+                state: lease.state_at(now),
+                lease_age_ms: u64::try_from(now.saturating_since(lease.renewed_at).as_millis())
+                    .unwrap_or(u64::MAX),
+                lease: lease.clone(),
+            })
+            .collect())
+    }
+}

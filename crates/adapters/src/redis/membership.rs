@@ -1,0 +1,214 @@
+//! Leases on node names in Redis: a hash per node (`node:NAME`: epoch,
+//! host, pid, version, since, renewed, ttl, left), a counter per node
+//! (`epoch:NAME`) that only grows, and the set of node names (`nodes`).
+//! Every call is one Lua script on Redis's own clock (`TIME`), so no two
+//! daemons decide from different clocks, and a claim is atomic: of two
+//! daemons claiming one node, exactly one gets it.
+
+use async_trait::async_trait;
+use bpm_domain::{ClaimRefused, Lease, NodeId, Span, Timestamp};
+use bpm_ports::{Claimant, Membership, MembershipError, NodeView};
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+/// The store's time in milliseconds, as the scripts below compute it.
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS: node hash, epoch counter, nodes set. ARGV: name, host, pid,
+/// version, ttl (ms). The lease blocks a claim while not left and renewed
+/// within its ttl (alive or suspect: `Lease::state_at`).
+const JOIN: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'left', 'renewed', 'ttl', 'host', 'pid', 'since')
+if cur[1] == '0' and (now - tonumber(cur[2])) <= tonumber(cur[3]) then
+  return {'held', cur[4], cur[5], cur[6], tostring(now - tonumber(cur[2]))}
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'host', ARGV[2], 'pid', ARGV[3], 'version', ARGV[4],
+  'since', now, 'renewed', now, 'ttl', ARGV[5], 'left', '0')
+redis.call('SADD', KEYS[3], ARGV[1])
+return {'ok', tostring(epoch)}
+";
+
+/// KEYS: node hash, epoch counter. ARGV: epoch, 'renew' or 'leave'.
+const TOUCH: &str = r"
+local current = redis.call('GET', KEYS[2]) or '0'
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'left', 'renewed', 'ttl')
+if cur[1] ~= ARGV[1] or current ~= ARGV[1] or cur[2] ~= '0' then return {'fenced', current} end
+if ARGV[2] == 'leave' then
+  redis.call('HSET', KEYS[1], 'left', '1', 'renewed', now)
+  return {'ok'}
+end
+if (now - tonumber(cur[3])) > tonumber(cur[4]) then return {'expired'} end
+redis.call('HSET', KEYS[1], 'renewed', now)
+return {'ok'}
+";
+
+/// KEYS: nodes set. ARGV: the key prefix. The time, then each node's name
+/// and fields.
+const NODES: &str = r"
+local out = {tostring(now)}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local f = redis.call('HMGET', ARGV[1] .. 'node:' .. name,
+    'epoch', 'host', 'pid', 'version', 'since', 'renewed', 'ttl', 'left')
+  out[#out + 1] = name
+  for i = 1, 8 do out[#out + 1] = f[i] or '' end
+end
+return out
+";
+
+/// Leases on node names in Redis.
+pub struct RedisMembership {
+    conn: ConnectionManager,
+    base: String,
+    join: Script,
+    touch: Script,
+    nodes: Script,
+}
+
+fn unavailable(e: &redis::RedisError) -> MembershipError {
+    MembershipError::Unavailable(format!("Redis: {e}"))
+}
+
+fn unexpected(answer: &[String]) -> MembershipError {
+    MembershipError::Unavailable(format!("Redis: unexpected answer {answer:?}"))
+}
+
+impl RedisMembership {
+    /// Connects to `url` for the deployment named `prefix` (the store's).
+    ///
+    /// # Errors
+    /// [`MembershipError::Unavailable`] if Redis cannot be reached or the URL is invalid.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, MembershipError> {
+        let conn = super::connect(url)
+            .await
+            .map_err(MembershipError::Unavailable)?;
+        Ok(RedisMembership {
+            conn,
+            base: super::base(prefix),
+            join: Script::new(&format!("{NOW}{JOIN}")),
+            touch: Script::new(&format!("{NOW}{TOUCH}")),
+            nodes: Script::new(&format!("{NOW}{NODES}")),
+        })
+    }
+
+    fn node_key(&self, node: &NodeId) -> String {
+        format!("{}node:{node}", self.base)
+    }
+
+    fn epoch_key(&self, node: &NodeId) -> String {
+        format!("{}epoch:{node}", self.base)
+    }
+
+    async fn touch(&self, node: &NodeId, epoch: u64, what: &str) -> Result<(), MembershipError> {
+        let mut conn = self.conn.clone();
+        let answer: Vec<String> = self
+            .touch
+            .key(self.node_key(node))
+            .key(self.epoch_key(node))
+            .arg(epoch)
+            .arg(what)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("expired") => Err(MembershipError::Expired {
+                node: node.clone(),
+                epoch,
+            }),
+            Some("fenced") => Err(MembershipError::Fenced {
+                node: node.clone(),
+                epoch,
+                current: answer.get(1).and_then(|c| c.parse().ok()).unwrap_or(0),
+            }),
+            _ => Err(unexpected(&answer)),
+        }
+    }
+}
+
+/// A node's lease from the script's fields (epoch, host, pid, version,
+/// since, renewed, ttl, left); `None` if they are not a lease's.
+fn lease_from(name: &str, f: &[String]) -> Option<Lease> {
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some(Lease {
+        node: NodeId::new(name).ok()?,
+        epoch: num(0)?,
+        host: f.get(1)?.clone(),
+        pid: u32::try_from(num(2)?).ok()?,
+        version: f.get(3)?.clone(),
+        since: Timestamp::from_millis(num(4)?),
+        renewed_at: Timestamp::from_millis(num(5)?),
+        ttl: Span::from_millis(num(6)?),
+        left: f.get(7)? == "1",
+    })
+}
+
+#[async_trait]
+impl Membership for RedisMembership {
+    async fn join(&self, claimant: &Claimant) -> Result<u64, MembershipError> {
+        let mut conn = self.conn.clone();
+        let answer: Vec<String> = self
+            .join
+            .key(self.node_key(&claimant.node))
+            .key(self.epoch_key(&claimant.node))
+            .key(format!("{}nodes", self.base))
+            .arg(claimant.node.as_str())
+            .arg(&claimant.host)
+            .arg(claimant.pid)
+            .arg(&claimant.version)
+            .arg(claimant.ttl.as_millis())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let field = |i: usize| answer.get(i).and_then(|v| v.parse::<u64>().ok());
+        match answer.first().map(String::as_str) {
+            Some("ok") => field(1).ok_or_else(|| unexpected(&answer)),
+            Some("held") => Err(MembershipError::Held(ClaimRefused {
+                node: claimant.node.clone(),
+                host: answer.get(1).cloned().unwrap_or_default(),
+                pid: field(2).and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                since: Timestamp::from_millis(field(3).unwrap_or(0)),
+                renewed_ms_ago: field(4).unwrap_or(0),
+            })),
+            _ => Err(unexpected(&answer)),
+        }
+    }
+
+    async fn renew(&self, node: &NodeId, epoch: u64) -> Result<(), MembershipError> {
+        self.touch(node, epoch, "renew").await
+    }
+
+    async fn leave(&self, node: &NodeId, epoch: u64) -> Result<(), MembershipError> {
+        self.touch(node, epoch, "leave").await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeView>, MembershipError> {
+        let mut conn = self.conn.clone();
+        let answer: Vec<String> = self
+            .nodes
+            .key(format!("{}nodes", self.base))
+            .arg(&self.base)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let Some(now) = answer.first().and_then(|t| t.parse().ok()) else {
+            return Err(unexpected(&answer));
+        };
+        let now = Timestamp::from_millis(now);
+        let mut nodes: Vec<NodeView> = answer[1..]
+            .chunks(9)
+            .filter_map(|c| lease_from(c.first()?, &c[1..]))
+            .map(|lease| NodeView {
+                state: lease.state_at(now),
+                lease_age_ms: u64::try_from(now.saturating_since(lease.renewed_at).as_millis())
+                    .unwrap_or(u64::MAX),
+                lease,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.lease.node.as_str().cmp(b.lease.node.as_str()));
+        Ok(nodes)
+    }
+}

@@ -1,0 +1,149 @@
+//! The membership contract: leases on node names, their epochs, and the
+//! errors each call MUST return. A subject is a fresh, empty membership
+//! whose clock is real time: one case waits for a 2 s lease to expire.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::{NodeId, NodeState, Span};
+
+use crate::{Claimant, Membership, MembershipError};
+
+/// A fresh, empty membership on real time.
+pub type Subject = Arc<dyn Membership>;
+
+fn claimant(node: &str, pid: u32) -> Claimant {
+    Claimant {
+        node: NodeId::new(node).expect("a node name"),
+        host: format!("host-of-{pid}"),
+        pid,
+        version: "test".into(),
+        ttl: Span::from_secs(2),
+    }
+}
+
+async fn state_of(m: &Subject, node: &str) -> NodeState {
+    let nodes = m.nodes().await.expect("nodes");
+    nodes
+        .iter()
+        .find(|n| n.lease.node.as_str() == node)
+        .unwrap_or_else(|| panic!("{node} is not listed: {nodes:?}"))
+        .state
+}
+
+/// A join gives an epoch, and the node is listed alive with its holder.
+pub async fn join_gives_an_epoch_and_the_node_is_alive(m: Subject) {
+    let epoch = m.join(&claimant("a", 10)).await.expect("join");
+    assert!(epoch >= 1);
+    let nodes = m.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let view = &nodes[0];
+    assert_eq!(view.state, NodeState::Alive);
+    assert_eq!(
+        (view.lease.epoch, view.lease.pid, view.lease.host.as_str()),
+        (epoch, 10, "host-of-10")
+    );
+    assert_eq!(view.lease.ttl, Span::from_secs(2));
+    assert!(view.lease_age_ms < 1_000, "{view:?}");
+}
+
+/// A second claim of a held node is refused, naming the holder.
+pub async fn a_held_node_is_refused_naming_its_holder(m: Subject) {
+    m.join(&claimant("a", 10)).await.expect("join");
+    let e = m.join(&claimant("a", 11)).await.unwrap_err();
+    match &e {
+        MembershipError::Held(held) => {
+            assert_eq!((held.host.as_str(), held.pid), ("host-of-10", 10));
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    assert!(e.to_string().contains("pid 10"), "{e}");
+    m.join(&claimant("b", 12))
+        .await
+        .expect("another node is free");
+}
+
+/// Leaving frees the name; the next join fences the old epoch.
+pub async fn leaving_frees_the_name_and_the_next_join_fences_the_old_epoch(m: Subject) {
+    let node = NodeId::new("a").expect("node");
+    let old = m.join(&claimant("a", 10)).await.expect("join");
+    m.leave(&node, old).await.expect("leave");
+    assert_eq!(state_of(&m, "a").await, NodeState::Left);
+    let new = m
+        .join(&claimant("a", 11))
+        .await
+        .expect("a left node is free");
+    assert!(new > old);
+    for result in [m.renew(&node, old).await, m.leave(&node, old).await] {
+        assert_eq!(
+            result,
+            Err(MembershipError::Fenced {
+                node: node.clone(),
+                epoch: old,
+                current: new
+            })
+        );
+    }
+    m.renew(&node, new).await.expect("the new epoch renews");
+    assert_eq!(state_of(&m, "a").await, NodeState::Alive);
+}
+
+/// A node that never joined has no lease to renew.
+pub async fn renewing_a_node_never_joined_is_fenced(m: Subject) {
+    let node = NodeId::new("ghost").expect("node");
+    assert_eq!(
+        m.renew(&node, 1).await,
+        Err(MembershipError::Fenced {
+            node,
+            epoch: 1,
+            current: 0
+        })
+    );
+}
+
+/// Renewals keep a lease alive; without them it expires, is `lost`, is
+/// taken over, and its renewal is refused as expired (then as fenced).
+pub async fn a_lease_lives_by_renewals_and_expires_without_them(m: Subject) {
+    let node = NodeId::new("a").expect("node");
+    let old = m.join(&claimant("a", 10)).await.expect("join");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        m.renew(&node, old).await.expect("renew");
+    }
+    assert_eq!(state_of(&m, "a").await, NodeState::Alive);
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    assert_eq!(state_of(&m, "a").await, NodeState::Lost);
+    assert_eq!(
+        m.renew(&node, old).await,
+        Err(MembershipError::Expired {
+            node: node.clone(),
+            epoch: old
+        })
+    );
+    let new = m
+        .join(&claimant("a", 11))
+        .await
+        .expect("a lost node is taken over");
+    assert!(new > old);
+    assert!(matches!(
+        m.renew(&node, old).await,
+        Err(MembershipError::Fenced { current, .. }) if current == new
+    ));
+}
+
+/// Of many daemons claiming one node at once, exactly one gets it.
+pub async fn racing_claims_exactly_one_wins(m: Subject) {
+    let claims = (0..8u32).map(|pid| {
+        let m = Arc::clone(&m);
+        tokio::spawn(async move { m.join(&claimant("contended", pid)).await })
+    });
+    let mut won = 0;
+    for claim in claims {
+        match claim.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(MembershipError::Held(_)) => {}
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(won, 1);
+}

@@ -1,0 +1,103 @@
+//! The nodes that share one store: each daemon holds a lease on its node's
+//! name and writes with that lease's fencing epoch (see
+//! [`bpm_domain::cluster`] for what the numbers mean).
+
+use async_trait::async_trait;
+use bpm_domain::{ClaimRefused, Lease, NodeId, NodeState, Span};
+use serde::{Deserialize, Serialize};
+
+/// Who claims a node: what the lease records of its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claimant {
+    /// The node.
+    pub node: NodeId,
+    /// The claiming daemon's machine.
+    pub host: String,
+    /// The claiming daemon.
+    pub pid: u32,
+    /// Its bpm version.
+    pub version: String,
+    /// Its lease's length (`lease_ttl`).
+    pub ttl: Span,
+}
+
+/// A node as the store sees it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its lease.
+    pub lease: Lease,
+    /// Its state at the store's time.
+    pub state: NodeState,
+    /// How long ago, by the store's clock, the lease was renewed.
+    pub lease_age_ms: u64,
+}
+
+/// Why a membership call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Another daemon holds the node.
+    #[error(transparent)]
+    Held(#[from] ClaimRefused),
+    /// A newer epoch took the node: this daemon must stop writing.
+    #[error(
+        "node {node} was taken over by a newer daemon (epoch {current}; this one holds {epoch}): this daemon stops writing"
+    )]
+    Fenced {
+        /// The node.
+        node: NodeId,
+        /// The epoch the caller holds.
+        epoch: u64,
+        /// The node's newest epoch (0 if it has no lease at all).
+        current: u64,
+    },
+    /// The lease expired before it was renewed: another daemon may take the
+    /// node at any moment, so this one stops writing and joins again.
+    #[error(
+        "the lease of node {node} (epoch {epoch}) expired before it was renewed: this daemon stops writing and joins again"
+    )]
+    Expired {
+        /// The node.
+        node: NodeId,
+        /// The epoch whose lease expired.
+        epoch: u64,
+    },
+    /// The store did not answer.
+    #[error("membership store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Leases on node names, in the store every node shares.
+#[async_trait]
+pub trait Membership: Send + Sync {
+    /// Claims `claimant.node` for this daemon: the new fencing epoch it
+    /// writes with. A node whose holder left, or whose lease expired, is
+    /// taken over with a newer epoch.
+    ///
+    /// # Errors
+    /// MUST return [`MembershipError::Held`] while another lease on the node
+    /// is alive or suspect, naming its holder;
+    /// [`MembershipError::Unavailable`] if the store does not answer.
+    async fn join(&self, claimant: &Claimant) -> Result<u64, MembershipError>;
+
+    /// Renews the lease `epoch` holds on `node`.
+    ///
+    /// # Errors
+    /// MUST return [`MembershipError::Fenced`] if `epoch` is not the node's
+    /// newest, or its lease was left; [`MembershipError::Expired`] if the
+    /// lease expired (the node's state is `lost`), even if no one took it;
+    /// [`MembershipError::Unavailable`] if the store does not answer.
+    async fn renew(&self, node: &NodeId, epoch: u64) -> Result<(), MembershipError>;
+
+    /// Leaves the cluster: the node is `left`, with no loss to notice.
+    ///
+    /// # Errors
+    /// MUST return [`MembershipError::Fenced`] if `epoch` is not the node's
+    /// newest; [`MembershipError::Unavailable`] if the store does not answer.
+    async fn leave(&self, node: &NodeId, epoch: u64) -> Result<(), MembershipError>;
+
+    /// Every node that ever joined, by name, with its state now.
+    ///
+    /// # Errors
+    /// MUST return [`MembershipError::Unavailable`] if the store does not answer.
+    async fn nodes(&self) -> Result<Vec<NodeView>, MembershipError>;
+}
