@@ -110,6 +110,7 @@ fn batch_daemon(socket: &Path) -> Seen {
         started_at: None,
         limits: None,
         warnings: std::sync::Arc::default(),
+        cluster: std::sync::Arc::default(),
     };
     let (stop, _) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(bpm_adapters::control::serve(

@@ -4,6 +4,8 @@
 //! store = "fs"             # fs | memory | redis://[user:password@]host:port[/db] | rediss://...
 //! node = "builder-1"       # this node's name (default: the hostname); records carry it
 //! redis_prefix = "bpm"     # keys live under bpm:{PREFIX}:
+//! lease_ttl = "10s"        # with a Redis store: this node's lease (at least 2s)
+//! lost_after = "5m"        # with a Redis store: how long a lost node's records wait for it
 //! output_cap = 67108864    # bytes of output kept per process
 //! on_exit = "notify-send done"  # a command run when any process ends (record as JSON on stdin)
 //!
@@ -35,7 +37,7 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use bpm_domain::{Limits, NodeId};
+use bpm_domain::{ClusterTiming, Limits, NodeId, Span};
 use serde::Deserialize;
 
 use crate::wiring::StoreChoice;
@@ -50,6 +52,10 @@ pub struct Config {
     pub node: Option<NodeId>,
     /// The Redis key prefix.
     pub redis_prefix: Option<String>,
+    /// This node's lease, with a Redis store.
+    pub lease_ttl: Option<Span>,
+    /// How long a lost node's records wait for it, with a Redis store.
+    pub lost_after: Option<Span>,
     /// Bytes of output kept per process.
     pub output_cap: Option<u64>,
     /// A command run when a process ends.
@@ -81,7 +87,25 @@ impl Config {
                 .parse::<StoreChoice>()
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
+        config
+            .cluster_timing()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
+    }
+
+    /// The cluster's timing: `lease_ttl` and `lost_after`, defaults for
+    /// those not set.
+    ///
+    /// # Errors
+    /// Why the two cannot work together (see [`ClusterTiming::new`]).
+    pub fn cluster_timing(&self) -> Result<ClusterTiming, bpm_domain::TimingError> {
+        let default = ClusterTiming::default();
+        let span = |d| Span::new(d).expect("a default is in range");
+        ClusterTiming::new(
+            self.lease_ttl.unwrap_or_else(|| span(default.lease_ttl())),
+            self.lost_after
+                .unwrap_or_else(|| span(default.lost_after())),
+        )
     }
 
     /// The store to use, `fs` unless configured.

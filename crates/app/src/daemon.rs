@@ -77,6 +77,14 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .await
         .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
     let warnings = Arc::new(std::sync::Mutex::new(store.recovery_warnings()));
+    // With a shared store, the node is claimed before its records are touched.
+    let cluster = Arc::new(std::sync::Mutex::new(None));
+    let shown = crate::cluster::Shown {
+        line: Arc::clone(&cluster),
+        warnings: Arc::clone(&warnings),
+    };
+    let timing = config.cluster_timing().map_err(|e| anyhow!(e))?;
+    let lease = crate::cluster::join(&choice, &prefix, &node, timing, shown).await?;
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
     let (first, inherited) = crate::keeper::connect_or_start_noting(home, &choice).await?;
     let hello = first.keeper();
@@ -141,6 +149,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         )),
         limits: Some(config.limits.clone()),
         warnings,
+        cluster,
     };
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, manager, info, stop_tx));
@@ -155,6 +164,9 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     // Let the answer to `daemon stop` reach its caller.
     tokio::time::sleep(Duration::from_millis(50)).await;
     engine.shutdown().await;
+    if let Some(lease) = lease {
+        lease.leave().await;
+    }
     let _ = fs::remove_file(&socket);
     let _ = fs::remove_file(home.pid_file());
     tracing::info!("bpm daemon stopped");

@@ -3,6 +3,7 @@
 //! command line, the daemon, the keeper, MCP and the web page).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod home;

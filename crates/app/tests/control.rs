@@ -45,6 +45,7 @@ async fn daemon(socket: &std::path::Path, limits: ConnectionLimits) -> Arc<Scrip
         started_at: None,
         limits: None,
         warnings: std::sync::Arc::default(),
+        cluster: std::sync::Arc::default(),
     };
     let listener = UnixListener::bind(socket).expect("bind");
     let (stop, _) = tokio::sync::mpsc::unbounded_channel();

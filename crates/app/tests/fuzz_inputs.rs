@@ -67,6 +67,7 @@ async fn daemon_survives(lines: &[u8]) -> Result<(), String> {
         started_at: None,
         limits: None,
         warnings: Arc::default(),
+        cluster: Arc::default(),
     };
     let (stop, _keep) = tokio::sync::mpsc::unbounded_channel();
     let listener = UnixListener::bind(&socket).map_err(|e| e.to_string())?;

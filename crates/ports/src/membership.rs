@@ -38,9 +38,9 @@ pub enum MembershipError {
     /// Another daemon holds the node.
     #[error(transparent)]
     Held(#[from] ClaimRefused),
-    /// A newer epoch took the node: this daemon must stop writing.
+    /// A newer epoch took the node (or its lease was left).
     #[error(
-        "node {node} was taken over by a newer daemon (epoch {current}; this one holds {epoch}): this daemon stops writing"
+        "node {node} was taken over by a newer daemon (epoch {current}; this one holds {epoch})"
     )]
     Fenced {
         /// The node.
@@ -51,9 +51,9 @@ pub enum MembershipError {
         current: u64,
     },
     /// The lease expired before it was renewed: another daemon may take the
-    /// node at any moment, so this one stops writing and joins again.
+    /// node at any moment; the holder joins again for a new epoch.
     #[error(
-        "the lease of node {node} (epoch {epoch}) expired before it was renewed: this daemon stops writing and joins again"
+        "the lease of node {node} (epoch {epoch}) expired before it was renewed: another daemon may take the node"
     )]
     Expired {
         /// The node.

@@ -39,6 +39,9 @@ pub struct ServerInfo {
     /// start, a keeper that died), newest last; shared, so the daemon can
     /// add to it while it serves.
     pub warnings: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its place in a cluster (its node's lease and epoch), when its store
+    /// is shared; shared, since the lease changes while it serves.
+    pub cluster: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 type Writer = Arc<Mutex<OwnedWriteHalf>>;
@@ -476,6 +479,11 @@ async fn dispatch(
                 limits: info.limits.clone(),
                 warnings: info
                     .warnings
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+                cluster: info
+                    .cluster
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone(),

@@ -188,6 +188,10 @@ pub struct DaemonStatus {
     /// start, a keeper that died), newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Its place in a cluster: its node's epoch and lease (absent with a
+    /// store of its own, and from daemons before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// A successful answer.

@@ -71,6 +71,10 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
     let home = Home::new(cli.home.clone().unwrap_or_else(state_dir));
     let result = match cli.command {
         Command::Daemon(args) => daemon_command(&home, args).await,
+        Command::Nodes { json } => crate::cluster::print_nodes(&home, json)
+            .await
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| CliError::failed(format!("{e:#}"))),
         Command::Keeper { store } => match store.map(|s| s.parse::<StoreChoice>()).transpose() {
             Ok(choice) => crate::keeper::run(&home, choice)
                 .await
@@ -151,6 +155,9 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
             );
             if let Some(keeper) = &s.keeper {
                 println!("keeper   {keeper}");
+            }
+            if let Some(cluster) = &s.cluster {
+                println!("cluster  {cluster}");
             }
             let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!(
@@ -268,6 +275,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         Command::Daemon(_)
         | Command::Completions { .. }
         | Command::Keeper { .. }
+        | Command::Nodes { .. }
         | Command::Mcp { .. }
         | Command::Web { .. } => {
             unreachable!("handled before connecting")

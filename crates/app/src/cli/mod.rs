@@ -148,6 +148,12 @@ pub enum Command {
     },
     /// Run or manage the daemon.
     Daemon(DaemonArgs),
+    /// List the nodes that share this home's Redis store, with their state.
+    Nodes {
+        /// Print the nodes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve MCP on stdin/stdout, so AI agents use bpm as tools (see README).
     Mcp {
         /// Refuse every tool that changes anything (start, stop, input, ...).

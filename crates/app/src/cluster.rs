@@ -1,0 +1,213 @@
+//! A daemon's membership of a cluster: with a Redis store it claims its
+//! node's name before it touches the node's records, renews the lease every
+//! third of `lease_ttl`, and leaves when it stops. `bpm daemon status` shows
+//! the lease; trouble goes to the log and the status's warnings.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use bpm_adapters::redis::RedisMembership;
+use bpm_domain::{ClusterTiming, NodeId, Span};
+use bpm_ports::{Claimant, Membership, MembershipError};
+
+use crate::wiring::StoreChoice;
+
+/// This daemon's lease on its node.
+pub struct NodeLease {
+    membership: Arc<dyn Membership>,
+    node: NodeId,
+    epoch: Arc<Mutex<u64>>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+/// What `bpm daemon status` shows of the lease, and where warnings go.
+#[derive(Clone)]
+pub struct Shown {
+    /// The status's cluster line.
+    pub line: Arc<Mutex<Option<String>>>,
+    /// The status's warnings.
+    pub warnings: Arc<Mutex<Vec<String>>>,
+}
+
+impl Shown {
+    fn set(&self, line: String) {
+        *self.line.lock().unwrap_or_else(PoisonError::into_inner) = Some(line);
+    }
+
+    fn warn(&self, warning: String) {
+        tracing::warn!("{warning}");
+        self.warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(warning);
+    }
+}
+
+/// The claimant this daemon is for `node`.
+fn claimant(node: &NodeId, timing: &ClusterTiming) -> Claimant {
+    Claimant {
+        node: node.clone(),
+        host: crate::config::hostname(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ttl: Span::new(timing.lease_ttl()).expect("a lease is in range"),
+    }
+}
+
+/// Claims `node` in the cluster when `choice` is a shared store (Redis),
+/// and keeps the lease renewed; `None` for a store of this node's own.
+///
+/// # Errors
+/// Another daemon holds the node (naming its host, pid and since when), or
+/// Redis does not answer.
+pub async fn join(
+    choice: &StoreChoice,
+    prefix: &str,
+    node: &NodeId,
+    timing: ClusterTiming,
+    shown: Shown,
+) -> Result<Option<NodeLease>> {
+    let StoreChoice::Redis(url) = choice else {
+        return Ok(None);
+    };
+    let membership: Arc<dyn Membership> = Arc::new(
+        RedisMembership::connect(url, prefix)
+            .await
+            .map_err(|e| anyhow!("cannot join the cluster: {e}"))?,
+    );
+    let epoch = membership
+        .join(&claimant(node, &timing))
+        .await
+        .map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
+    tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");
+    shown.set(describe(epoch, &timing, "renewed"));
+    let epoch = Arc::new(Mutex::new(epoch));
+    let renewing = tokio::spawn(renew(
+        Arc::clone(&membership),
+        node.clone(),
+        timing,
+        Arc::clone(&epoch),
+        shown,
+    ));
+    Ok(Some(NodeLease {
+        membership,
+        node: node.clone(),
+        epoch,
+        renewing,
+    }))
+}
+
+fn describe(epoch: u64, timing: &ClusterTiming, how: &str) -> String {
+    format!(
+        "epoch {epoch}, lease {} ({how})",
+        Span::new(timing.lease_ttl()).expect("a lease is in range")
+    )
+}
+
+/// Renews the lease every third of it. An expired lease is claimed again
+/// for a new epoch; a fenced one is claimed again once its holder is gone.
+async fn renew(
+    membership: Arc<dyn Membership>,
+    node: NodeId,
+    timing: ClusterTiming,
+    epoch: Arc<Mutex<u64>>,
+    shown: Shown,
+) {
+    let mut tick = tokio::time::interval(timing.renew_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let held = *epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        match membership.renew(&node, held).await {
+            Ok(()) => {
+                if failing_since.take().is_some() {
+                    tracing::info!(%node, epoch = held, "the lease is renewed again");
+                }
+                shown.set(describe(held, &timing, "renewed"));
+            }
+            Err(MembershipError::Unavailable(e)) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                shown.set(describe(
+                    held,
+                    &timing,
+                    &format!("not renewed for {} s: {e}", since.elapsed().as_secs()),
+                ));
+                tracing::warn!(%node, epoch = held, error = %e, "cannot renew the lease");
+            }
+            Err(lapsed @ (MembershipError::Expired { .. } | MembershipError::Fenced { .. })) => {
+                shown.warn(format!("{lapsed}; claiming the node again"));
+                match membership.join(&claimant(&node, &timing)).await {
+                    Ok(new) => {
+                        *epoch.lock().unwrap_or_else(PoisonError::into_inner) = new;
+                        failing_since = None;
+                        shown.set(describe(new, &timing, "renewed"));
+                        tracing::info!(%node, epoch = new, "claimed the node again");
+                    }
+                    Err(e) => {
+                        shown.set(describe(held, &timing, &format!("lapsed: {e}")));
+                    }
+                }
+            }
+            Err(MembershipError::Held(e)) => shown.warn(e.to_string()),
+        }
+    }
+}
+
+impl NodeLease {
+    /// Stops renewing and leaves the cluster: the node is `left`, and no
+    /// other node takes it for lost.
+    pub async fn leave(self) {
+        self.renewing.abort();
+        let epoch = *self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.membership.leave(&self.node, epoch).await {
+            Ok(()) => tracing::info!(node = %self.node, epoch, "left the cluster"),
+            Err(e) => tracing::warn!(node = %self.node, error = %e, "could not leave the cluster"),
+        }
+    }
+}
+
+/// `bpm nodes`: every node of the cluster `home`'s store is shared with.
+///
+/// # Errors
+/// The home's store is not shared (not Redis), or Redis does not answer.
+pub async fn print_nodes(home: &crate::home::Home, json: bool) -> Result<()> {
+    let config = crate::config::Config::load(&home.dir).map_err(|e| anyhow!(e))?;
+    let StoreChoice::Redis(url) = config.store_choice() else {
+        return Err(anyhow!(
+            "nodes share a Redis store, and this home's store is its own ({}): set store = \"redis://...\" in {}",
+            config.store.as_deref().unwrap_or("fs"),
+            home.dir.join("config.toml").display()
+        ));
+    };
+    let prefix = config.redis_prefix.clone().unwrap_or_else(|| "bpm".into());
+    let membership = RedisMembership::connect(&url, &prefix)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let nodes = membership.nodes().await.map_err(|e| anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:>10} {:>6}  {:<20} {:>8}  VERSION",
+        "NODE", "STATE", "LEASE AGE", "EPOCH", "HOST", "PID"
+    );
+    for n in &nodes {
+        #[allow(clippy::cast_precision_loss)]
+        let age = format!("{:.1}s", n.lease_age_ms as f64 / 1000.0);
+        println!(
+            "{:<20} {:<8} {:>10} {:>6}  {:<20} {:>8}  {}",
+            n.lease.node.as_str(),
+            n.state.as_str(),
+            age,
+            n.lease.epoch,
+            n.lease.host,
+            n.lease.pid,
+            n.lease.version
+        );
+    }
+    Ok(())
+}
