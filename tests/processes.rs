@@ -608,7 +608,7 @@ async fn each_process_leads_its_own_session_and_group_with_default_signals() {
 async fn on_the_filesystem_store_records_and_output_survive_a_new_engine() {
     use bpm::wiring::{StoreChoice, engine_on, open_stores};
     let home = tempfile::tempdir().expect("home");
-    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20)
+    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20, None)
         .await
         .expect("stores");
     let bpm = engine_on(store, output, EngineConfig::default())
@@ -625,7 +625,7 @@ async fn on_the_filesystem_store_records_and_output_survive_a_new_engine() {
         .expect("start");
     bpm.shutdown().await;
     drop(bpm);
-    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20)
+    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20, None)
         .await
         .expect("reopen");
     let bpm = engine_on(store, output, EngineConfig::default())

@@ -379,3 +379,61 @@ async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
     engine.start(spec()).await.expect("starts again");
     engine.shutdown().await;
 }
+
+/// A store fenced by its node's epoch writes while that epoch is the
+/// node's newest; once a newer daemon claims the node, its writes, deletes
+/// and its check before a start are refused by epoch, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writes_of_a_fenced_epoch_are_refused() {
+    use bpm_adapters::redis::{Fence, RedisMembership};
+    use bpm_ports::Claimant;
+    let prefix = unique_prefix();
+    let members = RedisMembership::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect");
+    let node = NodeId::new("fenced").expect("node");
+    let claimant = |pid| Claimant {
+        node: node.clone(),
+        host: "h".into(),
+        pid,
+        version: "test".into(),
+        ttl: bpm_domain::Span::from_secs(10),
+    };
+    let old = members.join(&claimant(1)).await.expect("join");
+    let fence = Fence::new(node.clone(), old);
+    let store = RedisStore::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect")
+        .fenced(fence.clone());
+    let mut r = record(1);
+    store.create(&r).await.expect("the newest epoch writes");
+    store.reachable().await.expect("and takes new work");
+
+    // Another daemon claims the node (the first left it, say, or its lease expired).
+    members.leave(&node, old).await.expect("leave");
+    let new = members.join(&claimant(2)).await.expect("claimed again");
+    let fenced = StoreError::Fenced {
+        node: node.clone(),
+        epoch: old,
+        current: new,
+    };
+    let before = r.clone();
+    r.apply(Transition::Start, Timestamp::from_millis(2))
+        .expect("start");
+    assert_eq!(
+        store.update(&r, before.version()).await,
+        Err(fenced.clone())
+    );
+    assert_eq!(store.delete(before.id()).await, Err(fenced.clone()));
+    assert_eq!(store.reachable().await, Err(fenced.clone()));
+    assert!(fenced.to_string().contains("epoch 2"), "{fenced}");
+    assert_eq!(store.get(before.id()).await.expect("kept"), before);
+
+    // The same store, once it writes with the new epoch, writes again.
+    fence.set(new);
+    store
+        .update(&r, before.version())
+        .await
+        .expect("the new epoch writes");
+    store.reachable().await.expect("and takes new work");
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
-use bpm_adapters::redis::RedisMembership;
+use bpm_adapters::redis::{Fence, RedisMembership};
 use bpm_domain::{ClusterTiming, NodeId, Span};
 use bpm_ports::{Claimant, Membership, MembershipError};
 
@@ -16,8 +16,7 @@ use crate::wiring::StoreChoice;
 /// This daemon's lease on its node.
 pub struct NodeLease {
     membership: Arc<dyn Membership>,
-    node: NodeId,
-    epoch: Arc<Mutex<u64>>,
+    fence: Fence,
     renewing: tokio::task::JoinHandle<()>,
 }
 
@@ -82,18 +81,11 @@ pub async fn join(
         .map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
     tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");
     shown.set(describe(epoch, &timing, "renewed"));
-    let epoch = Arc::new(Mutex::new(epoch));
-    let renewing = tokio::spawn(renew(
-        Arc::clone(&membership),
-        node.clone(),
-        timing,
-        Arc::clone(&epoch),
-        shown,
-    ));
+    let fence = Fence::new(node.clone(), epoch);
+    let renewing = tokio::spawn(renew(Arc::clone(&membership), timing, fence.clone(), shown));
     Ok(Some(NodeLease {
         membership,
-        node: node.clone(),
-        epoch,
+        fence,
         renewing,
     }))
 }
@@ -107,20 +99,17 @@ fn describe(epoch: u64, timing: &ClusterTiming, how: &str) -> String {
 
 /// Renews the lease every third of it. An expired lease is claimed again
 /// for a new epoch; a fenced one is claimed again once its holder is gone.
-async fn renew(
-    membership: Arc<dyn Membership>,
-    node: NodeId,
-    timing: ClusterTiming,
-    epoch: Arc<Mutex<u64>>,
-    shown: Shown,
-) {
+/// Meanwhile the store's writes carry the old epoch, which Redis refuses
+/// once another daemon has claimed the node.
+async fn renew(membership: Arc<dyn Membership>, timing: ClusterTiming, fence: Fence, shown: Shown) {
+    let node = fence.node().clone();
     let mut tick = tokio::time::interval(timing.renew_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut failing_since: Option<Instant> = None;
     loop {
         tick.tick().await;
-        let held = *epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = fence.epoch();
         match membership.renew(&node, held).await {
             Ok(()) => {
                 if failing_since.take().is_some() {
@@ -141,7 +130,7 @@ async fn renew(
                 shown.warn(format!("{lapsed}; claiming the node again"));
                 match membership.join(&claimant(&node, &timing)).await {
                     Ok(new) => {
-                        *epoch.lock().unwrap_or_else(PoisonError::into_inner) = new;
+                        fence.set(new);
                         failing_since = None;
                         shown.set(describe(new, &timing, "renewed"));
                         tracing::info!(%node, epoch = new, "claimed the node again");
@@ -157,14 +146,19 @@ async fn renew(
 }
 
 impl NodeLease {
+    /// The epoch this daemon's writes carry, for its store.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
     /// Stops renewing and leaves the cluster: the node is `left`, and no
     /// other node takes it for lost.
     pub async fn leave(self) {
         self.renewing.abort();
-        let epoch = *self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.membership.leave(&self.node, epoch).await {
-            Ok(()) => tracing::info!(node = %self.node, epoch, "left the cluster"),
-            Err(e) => tracing::warn!(node = %self.node, error = %e, "could not leave the cluster"),
+        let (node, epoch) = (self.fence.node(), self.fence.epoch());
+        match self.membership.leave(node, epoch).await {
+            Ok(()) => tracing::info!(%node, epoch, "left the cluster"),
+            Err(e) => tracing::warn!(%node, error = %e, "could not leave the cluster"),
         }
     }
 }

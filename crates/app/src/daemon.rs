@@ -73,11 +73,9 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let cap = config
         .output_cap
         .unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP);
-    let (store, _) = open_stores(&choice, &home.dir, &prefix, cap)
-        .await
-        .map_err(|e| anyhow!("cannot open the {} store: {e}", describe(&choice)))?;
-    let warnings = Arc::new(std::sync::Mutex::new(store.recovery_warnings()));
-    // With a shared store, the node is claimed before its records are touched.
+    // With a shared store, the node is claimed before its records are
+    // touched, and every write carries the claim's epoch.
+    let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
     let cluster = Arc::new(std::sync::Mutex::new(None));
     let shown = crate::cluster::Shown {
         line: Arc::clone(&cluster),
@@ -85,6 +83,20 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     };
     let timing = config.cluster_timing().map_err(|e| anyhow!(e))?;
     let lease = crate::cluster::join(&choice, &prefix, &node, timing, shown).await?;
+    let fence = lease.as_ref().map(crate::cluster::NodeLease::fence);
+    let (store, _) = match open_stores(&choice, &home.dir, &prefix, cap, fence).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            if let Some(lease) = lease {
+                lease.leave().await;
+            }
+            return Err(anyhow!("cannot open the {} store: {e}", describe(&choice)));
+        }
+    };
+    warnings
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend(store.recovery_warnings());
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
     let (first, inherited) = crate::keeper::connect_or_start_noting(home, &choice).await?;
     let hello = first.keeper();

@@ -106,6 +106,7 @@ pub async fn open_stores(
     home: &Path,
     prefix: &str,
     output_cap: u64,
+    fence: Option<bpm_adapters::redis::Fence>,
 ) -> Result<(Arc<dyn ProcessStore>, Arc<dyn OutputStore>), ManagerError> {
     Ok(match choice {
         StoreChoice::Memory => (
@@ -121,7 +122,13 @@ pub async fn open_stores(
             (Arc::new(store), Arc::new(output))
         }
         StoreChoice::Redis(url) => (
-            Arc::new(bpm_adapters::redis::RedisStore::connect(url, prefix).await?),
+            Arc::new({
+                let store = bpm_adapters::redis::RedisStore::connect(url, prefix).await?;
+                match fence {
+                    Some(fence) => store.fenced(fence),
+                    None => store,
+                }
+            }),
             Arc::new(bpm_adapters::redis::RedisOutput::connect(url, prefix, output_cap).await?),
         ),
     })

@@ -175,3 +175,51 @@ fn a_lease_too_short_is_refused_by_name() {
     let said = text(&out);
     assert!(said.contains("lease_ttl 1s is too short"), "{said}");
 }
+
+/// A daemon cut off long enough for its lease to expire (here: stopped
+/// with SIGSTOP) finds, when it runs again, that another daemon claimed its
+/// node: the cluster says so, and it takes no new work, refused by epoch.
+#[test]
+fn a_daemon_whose_node_was_claimed_meanwhile_is_fenced() {
+    let prefix = unique_prefix();
+    let a = Node::new("alpha", &prefix);
+    let watcher = Node::new("gamma", &prefix);
+    let twin = Node::new("alpha", &prefix);
+    for node in [&a, &watcher] {
+        let out = node.bpm(&["ps"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let pid = std::fs::read_to_string(a.home().join("daemon.pid")).expect("pid");
+    let pid = pid.trim().to_owned();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(&watcher.nodes(), "alpha") != "lost" {
+        if Instant::now() > deadline {
+            signal("-CONT");
+            panic!("alpha's lease never expired: {}", watcher.nodes());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let claimed = twin.bpm(&["ps"]);
+    signal("-CONT");
+    assert!(claimed.status.success(), "{}", text(&claimed));
+    assert_eq!(state_of(&watcher.nodes(), "alpha"), "alive");
+
+    let refused = a.bpm(&["run", "--", "true"]);
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains("node alpha was claimed by a newer daemon (epoch 2)"),
+        "{said}"
+    );
+    let out = twin.bpm(&["run", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -146,7 +146,11 @@ impl Driver {
                         waiting.1 = w.record;
                     }
                 }
-                Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => {
+                Err(
+                    e @ (StoreError::Unavailable(_)
+                    | StoreError::Refused(_)
+                    | StoreError::Fenced { .. }),
+                ) => {
                     tracing::error!(%id, error = %e, "store refused a record; will retry");
                     self.unsaved.insert(id, (w.expected_version, w.record));
                 }

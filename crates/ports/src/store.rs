@@ -28,6 +28,19 @@ pub enum StoreError {
     /// The backend refused the write (disk full, permission denied, a value too large).
     #[error("store write refused: {0}")]
     Refused(String),
+    /// A newer daemon claimed the writer's node: writes from the writer's
+    /// epoch are refused (a shared store only; nothing was changed).
+    #[error(
+        "node {node} was claimed by a newer daemon (epoch {current}): writes of this daemon's epoch {epoch} are refused until it claims the node again"
+    )]
+    Fenced {
+        /// The writer's node.
+        node: bpm_domain::NodeId,
+        /// The writer's epoch.
+        epoch: u64,
+        /// The node's newest epoch.
+        current: u64,
+    },
 }
 
 /// One write of [`ProcessStore::write_batch`].
@@ -66,7 +79,8 @@ pub trait ProcessStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// MUST return [`StoreError::Unavailable`], naming the store, when it
-    /// does not answer within its timeout.
+    /// does not answer within its timeout; a shared store MUST return
+    /// [`StoreError::Fenced`] once a newer daemon claimed the writer's node.
     async fn reachable(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -99,7 +99,7 @@ impl RedisMembership {
     }
 
     fn epoch_key(&self, node: &NodeId) -> String {
-        format!("{}epoch:{node}", self.base)
+        super::epoch_key(&self.base, node)
     }
 
     async fn touch(&self, node: &NodeId, epoch: u64, what: &str) -> Result<(), MembershipError> {

@@ -12,7 +12,11 @@ mod membership;
 mod output;
 mod store;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use bpm_domain::NodeId;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -47,4 +51,48 @@ pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, String> {
 /// The key prefix of a deployment, with its hash tag.
 pub(crate) fn base(prefix: &str) -> String {
     format!("bpm:{{{prefix}}}:")
+}
+
+/// The epoch a daemon writes with, for its node: shared by its lease, which
+/// changes it when the node is claimed again, and its store, which sends it
+/// with every write so that Redis refuses the writes of an older epoch.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    node: NodeId,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Fence {
+    /// `node` written with `epoch`.
+    pub fn new(node: NodeId, epoch: u64) -> Self {
+        Fence {
+            node,
+            epoch: Arc::new(AtomicU64::new(epoch)),
+        }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The epoch writes carry now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Writes carry `epoch` from now on (the node was claimed again).
+    pub fn set(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    /// The key of the node's newest epoch under `base`.
+    pub(crate) fn key(&self, base: &str) -> String {
+        epoch_key(base, &self.node)
+    }
+}
+
+/// The key of `node`'s newest epoch under `base`.
+pub(crate) fn epoch_key(base: &str, node: &NodeId) -> String {
+    format!("{base}epoch:{node}")
 }

@@ -13,7 +13,20 @@ use bpm_ports::{ProcessStore, StoreError};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+/// Refuses the write of a fenced epoch: ARGV[N] is the writer's node's
+/// epoch key ('' when the writer is not fenced), ARGV[N + 1] its epoch.
+const FENCED: &str = r"
+local function fenced(n)
+  if ARGV[n] == '' then return nil end
+  local current = tonumber(redis.call('GET', ARGV[n]) or '0')
+  if current > tonumber(ARGV[n + 1]) then return {'fenced', tostring(current)} end
+  return nil
+end
+";
+
 const PUT: &str = r"
+local refused = fenced(9)
+if refused then return refused end
 local cur = redis.call('HGET', KEYS[1], 'v')
 if ARGV[1] == 'create' then
   if cur then return {'exists'} end
@@ -34,8 +47,10 @@ return {'ok'}
 ";
 
 const DELETE: &str = r"
+local refused = fenced(3)
+if refused then return refused end
 local deleted = {}
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   local key = ARGV[1] .. 'r:' .. id
   local ix = redis.call('HGET', key, 'ix')
@@ -58,6 +73,7 @@ pub struct RedisStore {
     base: String,
     put: Script,
     delete: Script,
+    fence: Option<super::Fence>,
 }
 
 fn unavailable(e: &redis::RedisError) -> StoreError {
@@ -75,9 +91,37 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             base: super::base(prefix),
-            put: Script::new(PUT),
-            delete: Script::new(DELETE),
+            put: Script::new(&format!("{FENCED}{PUT}")),
+            delete: Script::new(&format!("{FENCED}{DELETE}")),
+            fence: None,
         })
+    }
+
+    /// This store's writes carry `fence`'s epoch, and Redis refuses them
+    /// ([`StoreError::Fenced`]) once a newer daemon has claimed the node.
+    #[must_use]
+    pub fn fenced(mut self, fence: super::Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The fence's two script arguments: the epoch key and the epoch, or
+    /// nothing to check.
+    fn fence_args(&self) -> (String, u64) {
+        self.fence
+            .as_ref()
+            .map_or((String::new(), 0), |f| (f.key(&self.base), f.epoch()))
+    }
+
+    fn fenced_error(&self, epoch: u64, current: Option<&String>) -> StoreError {
+        StoreError::Fenced {
+            node: self
+                .fence
+                .as_ref()
+                .map_or_else(bpm_domain::NodeId::local, |f| f.node().clone()),
+            epoch,
+            current: current.and_then(|c| c.parse().ok()).unwrap_or(0),
+        }
     }
 
     /// The pub/sub channel that carries `ID VERSION STATE` for every change.
@@ -148,6 +192,8 @@ impl RedisStore {
         )
         .arg(self.changes_channel())
         .arg(record.state().as_str());
+        let (fence_key, epoch) = self.fence_args();
+        inv.arg(fence_key).arg(epoch);
         let mut conn = self.conn.clone();
         let answer: Vec<String> = inv
             .invoke_async(&mut conn)
@@ -155,6 +201,7 @@ impl RedisStore {
             .map_err(|e| unavailable(&e))?;
         match answer.first().map(String::as_str) {
             Some("ok") => Ok(()),
+            Some("fenced") => Err(self.fenced_error(epoch, answer.get(1))),
             Some("exists") => Err(StoreError::AlreadyExists(record.id())),
             Some("missing") => Err(StoreError::NotFound(record.id())),
             Some("conflict") => Err(StoreError::Conflict {
@@ -195,14 +242,23 @@ impl RedisStore {
         inv.key(self.key("all"))
             .key(self.key("ended"))
             .key(self.events_stream());
-        inv.arg(&self.base).arg(self.changes_channel());
+        let (fence_key, epoch) = self.fence_args();
+        inv.arg(&self.base)
+            .arg(self.changes_channel())
+            .arg(fence_key)
+            .arg(epoch);
         for id in ids {
             inv.arg(id);
         }
         let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn)
+        let answer: Vec<String> = inv
+            .invoke_async(&mut conn)
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| unavailable(&e))?;
+        if answer.first().map(String::as_str) == Some("fenced") {
+            return Err(self.fenced_error(epoch, answer.get(1)));
+        }
+        Ok(answer)
     }
 }
 
@@ -217,15 +273,27 @@ fn kind_name(r: &ProcessRecord) -> String {
 impl ProcessStore for RedisStore {
     async fn reachable(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "Redis does not answer ({e}): nothing was started; records already taken are written again when it does"
-                ))
-            })
+        let down = |e: redis::RedisError| {
+            StoreError::Unavailable(format!(
+                "Redis does not answer ({e}): nothing was started; records already taken are written again when it does"
+            ))
+        };
+        // One round trip either way: a fenced daemon takes no new work.
+        let Some(fence) = &self.fence else {
+            return redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(down);
+        };
+        let current: Option<u64> = conn.get(fence.key(&self.base)).await.map_err(down)?;
+        let epoch = fence.epoch();
+        match current {
+            Some(current) if current > epoch => {
+                Err(self.fenced_error(epoch, Some(&current.to_string())))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
