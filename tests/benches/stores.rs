@@ -188,6 +188,30 @@ async fn main() {
         create.as_secs_f64() * 1e6,
         check.as_secs_f64() / create.as_secs_f64() * 100.0
     );
+    // A daemon in a cluster writes fenced by its node's epoch: the scripts
+    // read the node's newest epoch first, and the check is a GET of it.
+    let fence = bpm_adapters::redis::Fence::new(bpm_domain::NodeId::local(), 1);
+    let fenced: Arc<dyn ProcessStore> = Arc::new(
+        RedisStore::connect(&server.url(), "bench")
+            .await
+            .expect("connect")
+            .fenced(fence),
+    );
+    for round in 0..2 {
+        // Each run of transitions takes a pending record of its own.
+        let plain = transitions(&redis, 7 + round * 2, 2_000).await;
+        let by_epoch = transitions(&fenced, 8 + round * 2, 2_000).await;
+        let plain_check = checks(&redis, 2_000).await;
+        let epoch_check = checks(&fenced, 2_000).await;
+        println!(
+            "redis:       fenced by epoch: a transition {:.1} µs against {:.1} µs unfenced (ratio {:.2}); the check {:.1} µs (GET of the epoch) against {:.1} µs (PING)",
+            by_epoch.as_secs_f64() * 1e6,
+            plain.as_secs_f64() * 1e6,
+            by_epoch.as_secs_f64() / plain.as_secs_f64(),
+            epoch_check.as_secs_f64() * 1e6,
+            plain_check.as_secs_f64() * 1e6
+        );
+    }
     for clients in [1, 50] {
         if let Some(sets) = redis_benchmark(port, clients) {
             println!(
