@@ -398,6 +398,7 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
         pid,
         version: "test".into(),
         ttl: bpm_domain::Span::from_secs(10),
+        slots: 2,
     };
     let old = members.join(&claimant(1)).await.expect("join");
     let fence = Fence::new(node.clone(), old);

@@ -43,14 +43,15 @@ impl Shown {
     }
 }
 
-/// The claimant this daemon is for `node`.
-fn claimant(node: &NodeId, timing: &ClusterTiming) -> Claimant {
+/// The claimant this daemon is for `node`, which runs `slots` processes at once.
+fn claimant(node: &NodeId, timing: &ClusterTiming, slots: usize) -> Claimant {
     Claimant {
         node: node.clone(),
         host: crate::config::hostname(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
         ttl: Span::new(timing.lease_ttl()).expect("a lease is in range"),
+        slots: u32::try_from(slots).unwrap_or(u32::MAX),
     }
 }
 
@@ -65,24 +66,32 @@ pub async fn join(
     prefix: &str,
     node: &NodeId,
     timing: ClusterTiming,
+    slots: usize,
     shown: Shown,
 ) -> Result<Option<NodeLease>> {
     let StoreChoice::Redis(url) = choice else {
         return Ok(None);
     };
+    let who = claimant(node, &timing, slots);
     let membership: Arc<dyn Membership> = Arc::new(
         RedisMembership::connect(url, prefix)
             .await
             .map_err(|e| anyhow!("cannot join the cluster: {e}"))?,
     );
     let epoch = membership
-        .join(&claimant(node, &timing))
+        .join(&who)
         .await
         .map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
     tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");
     shown.set(describe(epoch, &timing, "renewed"));
     let fence = Fence::new(node.clone(), epoch);
-    let renewing = tokio::spawn(renew(Arc::clone(&membership), timing, fence.clone(), shown));
+    let renewing = tokio::spawn(renew(
+        Arc::clone(&membership),
+        timing,
+        fence.clone(),
+        who,
+        shown,
+    ));
     Ok(Some(NodeLease {
         membership,
         fence,
@@ -101,7 +110,13 @@ fn describe(epoch: u64, timing: &ClusterTiming, how: &str) -> String {
 /// for a new epoch; a fenced one is claimed again once its holder is gone.
 /// Meanwhile the store's writes carry the old epoch, which Redis refuses
 /// once another daemon has claimed the node.
-async fn renew(membership: Arc<dyn Membership>, timing: ClusterTiming, fence: Fence, shown: Shown) {
+async fn renew(
+    membership: Arc<dyn Membership>,
+    timing: ClusterTiming,
+    fence: Fence,
+    who: Claimant,
+    shown: Shown,
+) {
     let node = fence.node().clone();
     let mut tick = tokio::time::interval(timing.renew_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -128,7 +143,7 @@ async fn renew(membership: Arc<dyn Membership>, timing: ClusterTiming, fence: Fe
             }
             Err(lapsed @ (MembershipError::Expired { .. } | MembershipError::Fenced { .. })) => {
                 shown.warn(format!("{lapsed}; claiming the node again"));
-                match membership.join(&claimant(&node, &timing)).await {
+                match membership.join(&who).await {
                     Ok(new) => {
                         fence.set(new);
                         failing_since = None;
@@ -163,7 +178,8 @@ impl NodeLease {
     }
 }
 
-/// `bpm nodes`: every node of the cluster `home`'s store is shared with.
+/// `bpm nodes`: every node of the cluster `home`'s store is shared with,
+/// with its slots in use and free and its records by state.
 ///
 /// # Errors
 /// The home's store is not shared (not Redis), or Redis does not answer.
@@ -180,27 +196,63 @@ pub async fn print_nodes(home: &crate::home::Home, json: bool) -> Result<()> {
     let membership = RedisMembership::connect(&url, &prefix)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    let nodes = membership.nodes().await.map_err(|e| anyhow!("{e}"))?;
+    let store = bpm_adapters::redis::RedisStore::connect(&url, &prefix)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut rows = Vec::new();
+    for view in membership.nodes().await.map_err(|e| anyhow!("{e}"))? {
+        let counts = store
+            .counts_on(&view.lease.node)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let in_use: usize = counts
+            .iter()
+            .filter(|(state, _)| state.is_active())
+            .map(|(_, n)| n)
+            .sum();
+        rows.push((view, in_use, counts));
+    }
     if json {
+        let nodes: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(view, in_use, counts)| {
+                let mut v = serde_json::to_value(view).unwrap_or_default();
+                v["slots_in_use"] = (*in_use).into();
+                v["slots_free"] = (view.lease.slots as usize).saturating_sub(*in_use).into();
+                v["records"] = counts
+                    .iter()
+                    .map(|(state, n)| (state.to_string(), serde_json::Value::from(*n)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                v
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:>10} {:>6}  {:<20} {:>8}  VERSION",
-        "NODE", "STATE", "LEASE AGE", "EPOCH", "HOST", "PID"
+        "{:<20} {:<8} {:>9} {:>6}  {:<16} {:>8} {:<8} {:>7}  RECORDS",
+        "NODE", "STATE", "LEASE AGE", "EPOCH", "HOST", "PID", "VERSION", "SLOTS"
     );
-    for n in &nodes {
+    for (n, in_use, counts) in &rows {
         #[allow(clippy::cast_precision_loss)]
         let age = format!("{:.1}s", n.lease_age_ms as f64 / 1000.0);
+        let records: Vec<String> = counts.iter().map(|(s, c)| format!("{s} {c}")).collect();
         println!(
-            "{:<20} {:<8} {:>10} {:>6}  {:<20} {:>8}  {}",
+            "{:<20} {:<8} {:>9} {:>6}  {:<16} {:>8} {:<8} {:>7}  {}",
             n.lease.node.as_str(),
             n.state.as_str(),
             age,
             n.lease.epoch,
             n.lease.host,
             n.lease.pid,
-            n.lease.version
+            n.lease.version,
+            format!("{in_use}/{}", n.lease.slots),
+            if records.is_empty() {
+                "none".to_owned()
+            } else {
+                records.join(", ")
+            }
         );
     }
     Ok(())

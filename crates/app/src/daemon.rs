@@ -82,7 +82,8 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         warnings: Arc::clone(&warnings),
     };
     let timing = config.cluster_timing().map_err(|e| anyhow!(e))?;
-    let lease = crate::cluster::join(&choice, &prefix, &node, timing, shown).await?;
+    let slots = config.limits.max_running;
+    let lease = crate::cluster::join(&choice, &prefix, &node, timing, slots, shown).await?;
     let fence = lease.as_ref().map(crate::cluster::NodeLease::fence);
     let (store, _) = match open_stores(&choice, &home.dir, &prefix, cap, fence).await {
         Ok(opened) => opened,

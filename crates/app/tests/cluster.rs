@@ -133,6 +133,34 @@ fn a_node_name_is_held_by_one_daemon_listed_by_all_and_left_on_stop() {
     let status = text(&a.bpm(&["daemon", "status"]));
     assert!(status.contains("cluster  epoch "), "{status}");
 
+    // Each node's slots and records by state, as every node sees them.
+    let out = b.bpm(&["run", "--", "sleep", "30"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = b.bpm(&["run", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = b.bpm(&["wait", String::from_utf8_lossy(&out.stdout).trim()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let nodes = a.nodes();
+    let beta = nodes
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["lease"]["node"] == "beta"))
+        .expect("beta");
+    assert_eq!(beta["lease"]["slots"], 10, "{beta}");
+    assert_eq!(beta["slots_in_use"], 1, "{beta}");
+    assert_eq!(beta["slots_free"], 9, "{beta}");
+    assert_eq!(
+        beta["records"],
+        serde_json::json!({"running": 1, "completed": 1})
+    );
+    let table = text(&a.bpm(&["nodes"]));
+    assert!(
+        table.lines().any(|l| l.starts_with("beta ")
+            && l.contains(" alive ")
+            && l.contains(" 1/10 ")
+            && l.contains("running 1, completed 1")),
+        "{table}"
+    );
+
     // Renewals keep alpha alive past its 2 s lease.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(state_of(&b.nodes(), "alpha"), "alive");

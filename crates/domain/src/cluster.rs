@@ -175,6 +175,9 @@ pub struct Lease {
     /// How long it lasts from a renewal: its holder's `lease_ttl`, by which
     /// every node judges it.
     pub ttl: Span,
+    /// How many processes its node runs at once (its `max_running`).
+    #[serde(default)]
+    pub slots: u32,
     /// Whether the holder left the cluster on purpose.
     pub left: bool,
 }
@@ -264,6 +267,7 @@ mod tests {
             since: Timestamp::from_millis(1_000),
             renewed_at: Timestamp::from_millis(renewed_at),
             ttl: Span::from_millis(ttl_ms),
+            slots: 4,
             left: false,
         }
     }

@@ -19,6 +19,8 @@ pub struct Claimant {
     pub version: String,
     /// Its lease's length (`lease_ttl`).
     pub ttl: Span,
+    /// How many processes the node runs at once (`max_running`).
+    pub slots: u32,
 }
 
 /// A node as the store sees it now.

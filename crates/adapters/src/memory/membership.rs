@@ -66,6 +66,7 @@ impl Membership for InMemoryMembership {
             since: now,
             renewed_at: now,
             ttl: claimant.ttl,
+            slots: claimant.slots,
             left: false,
         };
         nodes.insert(claimant.node.clone(), (epoch, lease));

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord, StateName, Timestamp};
 use bpm_ports::{ProcessStore, StoreError};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -122,6 +122,34 @@ impl RedisStore {
             epoch,
             current: current.and_then(|c| c.parse().ok()).unwrap_or(0),
         }
+    }
+
+    /// How many of `node`'s records are in each state (states with none
+    /// left out), from the index sets: no record is read.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if Redis does not answer.
+    pub async fn counts_on(
+        &self,
+        node: &bpm_domain::NodeId,
+    ) -> Result<std::collections::BTreeMap<StateName, usize>, StoreError> {
+        let mut pipe = redis::pipe();
+        for state in StateName::ALL {
+            pipe.cmd("SINTERCARD")
+                .arg(2)
+                .arg(self.key(&format!("ix:node:{node}")))
+                .arg(self.key(&format!("ix:state:{state}")));
+        }
+        let mut conn = self.conn.clone();
+        let counts: Vec<usize> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(StateName::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect())
     }
 
     /// The pub/sub channel that carries `ID VERSION STATE` for every change.

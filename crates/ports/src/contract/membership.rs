@@ -19,6 +19,7 @@ fn claimant(node: &str, pid: u32) -> Claimant {
         pid,
         version: "test".into(),
         ttl: Span::from_secs(2),
+        slots: 3,
     }
 }
 
@@ -44,6 +45,7 @@ pub async fn join_gives_an_epoch_and_the_node_is_alive(m: Subject) {
         (epoch, 10, "host-of-10")
     );
     assert_eq!(view.lease.ttl, Span::from_secs(2));
+    assert_eq!(view.lease.slots, 3);
     assert!(view.lease_age_ms < 1_000, "{view:?}");
 }
 
