@@ -157,3 +157,129 @@ pub fn unique_prefix() -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A TCP proxy on a free loopback port in front of `target` (a loopback
+/// address), which a test can cut: while cut, it closes every connection
+/// it carries and every new one at once, as a partition would; healed, it
+/// carries traffic again. It stops when dropped.
+pub struct CutProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped on every cut, so the pumps of older connections end.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutProxy {
+    /// Starts carrying connections to `target`.
+    pub fn start(target: std::net::SocketAddr) -> CutProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        assert!(
+            target.ip().is_loopback(),
+            "a test proxy only reaches loopback"
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let proxy = CutProxy {
+            port,
+            cut: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (cut, generation, stop) = (
+            Arc::clone(&proxy.cut),
+            Arc::clone(&proxy.generation),
+            Arc::clone(&proxy.stop),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                            drop(client);
+                            continue;
+                        }
+                        let Ok(server) =
+                            TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                        else {
+                            continue;
+                        };
+                        let born = generation.load(std::sync::atomic::Ordering::SeqCst);
+                        for (from, to) in [
+                            (client.try_clone(), server.try_clone()),
+                            (server.try_clone(), client.try_clone()),
+                        ] {
+                            if let (Ok(from), Ok(to)) = (from, to) {
+                                let (generation, stop) =
+                                    (Arc::clone(&generation), Arc::clone(&stop));
+                                std::thread::spawn(move || {
+                                    pump(from, to, born, &generation, &stop);
+                                });
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        proxy
+    }
+
+    /// The proxy's URL, for a Redis behind it.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones (`true`), or heals (`false`).
+    pub fn cut(&self, cut: bool) {
+        use std::sync::atomic::Ordering;
+        self.cut.store(cut, Ordering::SeqCst);
+        if cut {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut(true);
+    }
+}
+
+/// Copies `from` to `to` until either closes or the proxy cuts this
+/// connection's generation.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    born: u64,
+    generation: &std::sync::atomic::AtomicU64,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if generation.load(Ordering::SeqCst) != born || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}

@@ -3,21 +3,26 @@
 //! third of `lease_ttl`, and leaves when it stops. `bpm daemon status` shows
 //! the lease; trouble goes to the log and the status's warnings.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use bpm_adapters::redis::{Fence, RedisMembership};
 use bpm_domain::{ClusterTiming, NodeId, Span};
+use bpm_engine::Engine;
 use bpm_ports::{Claimant, Membership, MembershipError};
 
 use crate::wiring::StoreChoice;
 
-/// This daemon's lease on its node.
+/// This daemon's lease on its node, and its part in sweeping lost nodes.
 pub struct NodeLease {
     membership: Arc<dyn Membership>,
     fence: Fence,
+    timing: ClusterTiming,
+    /// The engine, once it runs: a node claimed again reconciles through it.
+    engine: Arc<OnceLock<Engine>>,
     renewing: tokio::task::JoinHandle<()>,
+    sweeping: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What `bpm daemon status` shows of the lease, and where warnings go.
@@ -78,24 +83,33 @@ pub async fn join(
             .await
             .map_err(|e| anyhow!("cannot join the cluster: {e}"))?,
     );
+    let sent = Instant::now();
     let epoch = membership
         .join(&who)
         .await
         .map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
     tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");
     shown.set(describe(epoch, &timing, "renewed"));
-    let fence = Fence::new(node.clone(), epoch);
-    let renewing = tokio::spawn(renew(
-        Arc::clone(&membership),
-        timing,
-        fence.clone(),
-        who,
-        shown,
-    ));
+    let fence = Fence::with_lease(node.clone(), epoch, timing, sent);
+    let engine = Arc::new(OnceLock::new());
+    let renewing = tokio::spawn(
+        Renewal {
+            membership: Arc::clone(&membership),
+            timing,
+            fence: fence.clone(),
+            who,
+            shown,
+            engine: Arc::clone(&engine),
+        }
+        .run(),
+    );
     Ok(Some(NodeLease {
         membership,
         fence,
+        timing,
+        engine,
         renewing,
+        sweeping: None,
     }))
 }
 
@@ -106,57 +120,108 @@ fn describe(epoch: u64, timing: &ClusterTiming, how: &str) -> String {
     )
 }
 
-/// Renews the lease every third of it. An expired lease is claimed again
-/// for a new epoch; a fenced one is claimed again once its holder is gone.
-/// Meanwhile the store's writes carry the old epoch, which Redis refuses
-/// once another daemon has claimed the node.
-async fn renew(
+/// The task that keeps the lease.
+struct Renewal {
     membership: Arc<dyn Membership>,
     timing: ClusterTiming,
     fence: Fence,
     who: Claimant,
     shown: Shown,
-) {
-    let node = fence.node().clone();
-    let mut tick = tokio::time::interval(timing.renew_every());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut failing_since: Option<Instant> = None;
-    loop {
+    engine: Arc<OnceLock<Engine>>,
+}
+
+impl Renewal {
+    /// Renews the lease every third of it. Once a whole lease has passed
+    /// since the last renewal that succeeded was sent, the store writes
+    /// nothing (the fence says so); an expired or fenced lease is claimed
+    /// again, for a new epoch, once no other daemon holds the node, and
+    /// the engine reconciles its records before it writes again.
+    async fn run(self) {
+        let node = self.fence.node().clone();
+        let mut tick = tokio::time::interval(self.timing.renew_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        let held = fence.epoch();
-        match membership.renew(&node, held).await {
-            Ok(()) => {
-                if failing_since.take().is_some() {
-                    tracing::info!(%node, epoch = held, "the lease is renewed again");
+        let mut failing_since: Option<Instant> = None;
+        let mut lapsed_said = false;
+        loop {
+            tick.tick().await;
+            let held = self.fence.epoch();
+            let sent = Instant::now();
+            match self.membership.renew(&node, held).await {
+                Ok(()) => {
+                    self.fence.renewed(sent);
+                    if failing_since.take().is_some() {
+                        tracing::info!(%node, epoch = held, "the lease is renewed again");
+                    }
+                    lapsed_said = false;
+                    self.shown.set(describe(held, &self.timing, "renewed"));
                 }
-                shown.set(describe(held, &timing, "renewed"));
-            }
-            Err(MembershipError::Unavailable(e)) => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                shown.set(describe(
-                    held,
-                    &timing,
-                    &format!("not renewed for {} s: {e}", since.elapsed().as_secs()),
-                ));
-                tracing::warn!(%node, epoch = held, error = %e, "cannot renew the lease");
-            }
-            Err(lapsed @ (MembershipError::Expired { .. } | MembershipError::Fenced { .. })) => {
-                shown.warn(format!("{lapsed}; claiming the node again"));
-                match membership.join(&who).await {
-                    Ok(new) => {
-                        fence.set(new);
+                Err(MembershipError::Unavailable(e)) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let how = if self.fence.may_write() {
+                        format!("not renewed for {} s: {e}", since.elapsed().as_secs())
+                    } else {
+                        format!(
+                            "lapsed: not renewed for {} s, so this daemon writes nothing until it holds the node again: {e}",
+                            since.elapsed().as_secs()
+                        )
+                    };
+                    self.shown.set(describe(held, &self.timing, &how));
+                    if !self.fence.may_write() && !lapsed_said {
+                        lapsed_said = true;
+                        self.shown.warn(format!(
+                            "the lease of node {node} (epoch {held}) was not renewed for a whole lease_ttl: this daemon writes nothing until it holds the node again"
+                        ));
+                    }
+                    tracing::warn!(%node, epoch = held, error = %e, "cannot renew the lease");
+                }
+                Err(
+                    lapsed @ (MembershipError::Expired { .. } | MembershipError::Fenced { .. }),
+                ) => {
+                    self.shown
+                        .warn(format!("{lapsed}; claiming the node again"));
+                    if self.claim_again(held).await {
                         failing_since = None;
-                        shown.set(describe(new, &timing, "renewed"));
-                        tracing::info!(%node, epoch = new, "claimed the node again");
-                    }
-                    Err(e) => {
-                        shown.set(describe(held, &timing, &format!("lapsed: {e}")));
+                        lapsed_said = false;
                     }
                 }
+                Err(MembershipError::Held(e)) => self.shown.warn(e.to_string()),
             }
-            Err(MembershipError::Held(e)) => shown.warn(e.to_string()),
         }
+    }
+
+    /// Claims the node again after its lease lapsed; the new epoch is
+    /// written with only once the engine has reconciled its records.
+    async fn claim_again(&self, held: u64) -> bool {
+        let node = self.fence.node().clone();
+        let sent = Instant::now();
+        let new = match self.membership.join(&self.who).await {
+            Ok(new) => new,
+            Err(e) => {
+                self.shown
+                    .set(describe(held, &self.timing, &format!("lapsed: {e}")));
+                return false;
+            }
+        };
+        let fence = self.fence.clone();
+        let open = move || {
+            fence.set(new);
+            fence.renewed(sent);
+        };
+        match self.engine.get() {
+            Some(engine) => {
+                if let Err(e) = engine.rejoin(Box::new(open)).await {
+                    self.shown.warn(format!(
+                        "claimed node {node} again (epoch {new}) but could not reconcile its records: {e}; trying again"
+                    ));
+                    return false;
+                }
+            }
+            None => open(),
+        }
+        self.shown.set(describe(new, &self.timing, "renewed"));
+        tracing::info!(%node, epoch = new, "claimed the node again and reconciled its records");
+        true
     }
 }
 
@@ -166,10 +231,22 @@ impl NodeLease {
         self.fence.clone()
     }
 
+    /// Hands the lease the running engine: a node claimed again reconciles
+    /// its records through it, and this daemon now sweeps the nodes that
+    /// stop renewing their leases.
+    pub fn attach(&mut self, engine: &Engine) {
+        let _ = self.engine.set(engine.clone());
+        let sweeper = engine.sweeper(Arc::clone(&self.membership), self.timing);
+        self.sweeping = Some(tokio::spawn(sweeper.run()));
+    }
+
     /// Stops renewing and leaves the cluster: the node is `left`, and no
     /// other node takes it for lost.
     pub async fn leave(self) {
         self.renewing.abort();
+        if let Some(sweeping) = self.sweeping {
+            sweeping.abort();
+        }
         let (node, epoch) = (self.fence.node(), self.fence.epoch());
         match self.membership.leave(node, epoch).await {
             Ok(()) => tracing::info!(%node, epoch, "left the cluster"),

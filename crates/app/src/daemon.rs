@@ -83,7 +83,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     };
     let timing = config.cluster_timing().map_err(|e| anyhow!(e))?;
     let slots = config.limits.max_running;
-    let lease = crate::cluster::join(&choice, &prefix, &node, timing, slots, shown).await?;
+    let mut lease = crate::cluster::join(&choice, &prefix, &node, timing, slots, shown).await?;
     let fence = lease.as_ref().map(crate::cluster::NodeLease::fence);
     let (store, _) = match open_stores(&choice, &home.dir, &prefix, cap, fence).await {
         Ok(opened) => opened,
@@ -133,6 +133,9 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     )
     .await
     .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
+    if let Some(lease) = &mut lease {
+        lease.attach(&engine);
+    }
     // Reading every record back left freed memory behind (files, the
     // journal, copies shared away): give it back before serving.
     bpm_adapters::os::release_free_memory();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bpm_tests::{redis_url, unique_prefix};
+use bpm_tests::{CutProxy, redis_url, unique_prefix};
 
 /// A node: a state directory whose config points at the shared Redis.
 struct Node {
@@ -15,16 +15,55 @@ struct Node {
 
 impl Node {
     fn new(name: &str, prefix: &str) -> Node {
+        Node::with(name, prefix, "")
+    }
+
+    /// A node whose config.toml also holds `more`.
+    fn with(name: &str, prefix: &str, more: &str) -> Node {
+        Node::at(&redis_url(), name, prefix, more)
+    }
+
+    /// A node that reaches Redis at `url`.
+    fn at(url: &str, name: &str, prefix: &str, more: &str) -> Node {
         let home = tempfile::tempdir().expect("home");
         std::fs::write(
             home.path().join("config.toml"),
             format!(
-                "store = \"{}\"\nredis_prefix = \"{prefix}\"\nnode = \"{name}\"\nlease_ttl = \"2s\"\n",
-                redis_url()
+                "store = \"{url}\"\nredis_prefix = \"{prefix}\"\nnode = \"{name}\"\nlease_ttl = \"2s\"\n{more}"
             ),
         )
         .expect("config");
         Node { home }
+    }
+
+    /// Output of a command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.bpm(args);
+        assert!(out.status.success(), "bpm {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A record as `bpm show --json` gives it.
+    fn show(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["show", id, "--json"])).expect("JSON")
+    }
+
+    /// The daemon's log.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The pids of the daemon and of the keeper `bpm daemon status` names.
+    fn daemon_and_keeper(&self) -> (String, String) {
+        let daemon = std::fs::read_to_string(self.home().join("daemon.pid")).expect("pid");
+        let status = self.ok(&["daemon", "status"]);
+        let keeper = status
+            .lines()
+            .find_map(|l| l.strip_prefix("keeper   pid "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no keeper line: {status}"))
+            .to_owned();
+        (daemon.trim().to_owned(), keeper)
     }
 
     fn home(&self) -> &Path {
@@ -250,4 +289,234 @@ fn a_daemon_whose_node_was_claimed_meanwhile_is_fenced() {
     );
     let out = twin.bpm(&["run", "--", "true"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+fn state(record: &serde_json::Value) -> &str {
+    record["state"].as_str().unwrap_or_default()
+}
+
+/// Polls `what` on `node`'s view of record `id` until it holds, for at
+/// most `within`; returns the record and when it first held.
+fn until(
+    node: &Node,
+    id: &str,
+    within: Duration,
+    what: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Instant) {
+    let deadline = Instant::now() + within;
+    loop {
+        let record = node.show(id);
+        if what(&record) {
+            return (record, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never held within {within:?}: {record}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// kill -9 of node beta's daemon, keeper and processes together: alpha and
+/// gamma mark its live records `unreachable` within about a lease, one of
+/// them alone (the reason names it, and only one log says it swept), and
+/// after `lost_after` the records are `lost` and the one waiting to start
+/// there `failed`. A record that had ended stays as it was.
+#[test]
+fn a_dead_nodes_records_are_unreachable_then_lost_each_sweep_made_by_one_node() {
+    let prefix = unique_prefix();
+    let more = "lost_after = \"6s\"\n";
+    let a = Node::with("alpha", &prefix, more);
+    let b = Node::with("beta", &prefix, more);
+    let c = Node::with("gamma", &prefix, more);
+    for node in [&a, &c] {
+        node.ok(&["ps"]);
+    }
+    let running = b.ok(&["run", "--", "sleep", "300"]);
+    let waiting = b.ok(&["run", "--after", &running, "--", "true"]);
+    let done = b.ok(&["run", "--", "true"]);
+    b.ok(&["wait", &done]);
+    let (record, _) = until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let pid = record["pid"].as_u64().expect("a pid").to_string();
+    assert_eq!(state(&a.show(&waiting)), "pending");
+
+    let (daemon, keeper) = b.daemon_and_keeper();
+    let killed = Command::new("kill")
+        .args(["-9", &daemon, &keeper, &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let at = Instant::now();
+
+    // Unreachable, seen from either survivor, with who marked it and why.
+    let (record, seen) = until(&c, &running, Duration::from_secs(10), |r| {
+        state(r) == "unreachable"
+    });
+    let noticed = seen.duration_since(at);
+    let reason = record["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.contains("node beta stopped renewing its lease")
+            && (reason.contains("by node alpha") || reason.contains("by node gamma")),
+        "{record}"
+    );
+    assert_eq!(a.show(&running)["state"], "unreachable");
+    assert_eq!(state(&a.show(&waiting)), "pending", "a queued record waits");
+    assert_eq!(state(&a.show(&done)), "completed");
+    let table = a.ok(&["ps", "--node", "beta"]);
+    assert!(table.contains("unreachable"), "{table}");
+
+    // Lost after lost_after; the record waiting to start there failed.
+    let (record, _) = until(&a, &running, Duration::from_secs(15), |r| {
+        state(r) == "lost"
+    });
+    let reason = record["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("did not come back within lost_after 6s"),
+        "{record}"
+    );
+    let failed = a.show(&waiting);
+    assert_eq!(state(&failed), "failed", "{failed}");
+    assert_eq!(state(&a.show(&done)), "completed");
+
+    // Each sweep was made by exactly one node.
+    let logs = [a.log(), c.log()];
+    for sweep in ["sweep=\"unreach\"", "sweep=\"give_up\""] {
+        let made: usize = logs
+            .iter()
+            .map(|l| {
+                l.lines()
+                    .filter(|l| l.contains("swept a node") && l.contains(sweep))
+                    .count()
+            })
+            .sum();
+        assert_eq!(made, 1, "{sweep}: {logs:?}");
+    }
+    eprintln!("unreachable noticed {noticed:?} after the kill (lease_ttl 2s)");
+    assert!(
+        noticed < Duration::from_secs(6),
+        "noticed only after {noticed:?}"
+    );
+}
+
+/// A partition: node beta's only way to Redis is a proxy the test cuts for
+/// longer than a lease. Beta writes nothing meanwhile and says so; alpha
+/// marks beta's records `unreachable`. When the cut heals, beta claims its
+/// node again with a new epoch, and its records come back with their real
+/// states: the one still running is running, with its pid, and the one
+/// that ended during the cut has its own exit code.
+#[test]
+fn a_partitioned_nodes_records_come_back_with_their_real_states() {
+    let prefix = unique_prefix();
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("the test Redis is on a loopback address");
+    let proxy = CutProxy::start(target);
+    let more = "lost_after = \"60s\"\n";
+    let a = Node::with("alpha", &prefix, more);
+    let b = Node::at(&proxy.redis_url(), "beta", &prefix, more);
+    a.ok(&["ps"]);
+    let running = b.ok(&["run", "--", "sleep", "300"]);
+    let ends = b.ok(&["run", "--shell", "--", "sleep 4; exit 7"]);
+    let (before, _) = until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    until(&a, &ends, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let epoch_before = b.ok(&["daemon", "status"]);
+
+    proxy.cut(true);
+    let (marked, _) = until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "unreachable"
+    });
+    assert!(
+        marked["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("by node alpha")),
+        "{marked}"
+    );
+    until(&a, &ends, Duration::from_secs(10), |r| {
+        state(r) == "unreachable"
+    });
+    // A listing that spans nodes names each row's node.
+    let local = a.ok(&["run", "--", "sleep", "300"]);
+    let table = a.ok(&["ps"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.ends_with(" NODE")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" unreachable ") && l.ends_with(" beta")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" running ") && l.ends_with(" alpha")),
+        "{table}"
+    );
+    a.ok(&["stop", &local]);
+    // Beta takes no new work, and its status says why.
+    let refused = b.bpm(&["run", "--", "true"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = b.ok(&["daemon", "status"]);
+        if status.contains("writes nothing until it holds the node again") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    proxy.cut(false);
+    let (back, _) = until(&a, &running, Duration::from_secs(15), |r| {
+        state(r) == "running"
+    });
+    assert_eq!(back["pid"], before["pid"], "the same process: {back}");
+    let (ended, _) = until(&a, &ends, Duration::from_secs(15), |r| state(r) == "failed");
+    assert_eq!(ended["exit"]["code"], 7, "{ended}");
+    let status = b.ok(&["daemon", "status"]);
+    assert_ne!(status, epoch_before);
+    assert!(status.contains("epoch 2"), "a new epoch: {status}");
+    let out = b.ok(&["run", "--", "true"]);
+    b.ok(&["wait", &out]);
+    b.ok(&["stop", &running]);
+}
+
+/// kill -9 of node beta's daemon alone (its keeper and processes live on):
+/// alpha marks beta's running record `unreachable`; the next daemon on beta
+/// takes it back, running with the same process.
+#[test]
+fn a_restarted_daemon_takes_its_unreachable_records_back() {
+    let prefix = unique_prefix();
+    let more = "lost_after = \"60s\"\n";
+    let a = Node::with("alpha", &prefix, more);
+    let b = Node::with("beta", &prefix, more);
+    a.ok(&["ps"]);
+    let running = b.ok(&["run", "--", "sleep", "300"]);
+    let (before, _) = until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let (daemon, _) = b.daemon_and_keeper();
+    let killed = Command::new("kill")
+        .args(["-9", &daemon])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "unreachable"
+    });
+    b.ok(&["ps"]);
+    let (back, _) = until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    assert_eq!(back["pid"], before["pid"], "{back}");
+    b.ok(&["stop", &running]);
+    assert_eq!(state(&a.show(&running)), "cancelled");
 }

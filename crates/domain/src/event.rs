@@ -41,6 +41,10 @@ pub enum EventKind {
     Restarted,
     /// It is being stopped.
     Stopping,
+    /// Its node stopped renewing its lease; it may still run there.
+    Unreachable,
+    /// Its node is back, and so is its state.
+    Reachable,
 }
 
 impl EventKind {

@@ -19,7 +19,7 @@ mod spec;
 pub mod supervisor;
 mod time;
 
-pub use cluster::{ClaimRefused, ClusterTiming, Lease, NodeState, TimingError};
+pub use cluster::{ClaimRefused, ClusterTiming, Lease, NodeState, Sweep, TimingError};
 pub use event::{Event, EventKind};
 pub use filter::ListFilter;
 pub use id::{ProcessId, ProcessIdError};

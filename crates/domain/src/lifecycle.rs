@@ -106,6 +106,8 @@ impl fmt::Display for StopCause {
 ///                       running, paused, starting ──stop/timeout──▶ stopping ──exit──▶
 ///                                              cancelled | timed_out | failed
 /// any live state ──node lost──▶ lost;  running/paused ──exit + restart policy──▶ pending
+/// starting, running, paused, stopping ──its node's lease expired──▶ unreachable
+/// unreachable ──its node is back──▶ the state it was in;  ──lost_after──▶ lost
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -198,6 +200,17 @@ pub enum Lifecycle {
         /// Why.
         reason: String,
     },
+    /// Its node stopped renewing its lease: another node marked it so.
+    /// Not final: when its node comes back it returns to the state it was
+    /// in (or to how it ended meanwhile); after `lost_after` it is `lost`.
+    Unreachable {
+        /// The state it was in when its node was lost.
+        was: Box<Lifecycle>,
+        /// When it was marked.
+        since: Timestamp,
+        /// Which node was lost, and when it last renewed its lease.
+        reason: String,
+    },
     /// bpm lost track of it (its node died, or it could not be re-attached).
     Lost {
         /// When it started, if it did.
@@ -223,6 +236,8 @@ pub enum StateName {
     Paused,
     /// See [`Lifecycle::Stopping`].
     Stopping,
+    /// See [`Lifecycle::Unreachable`].
+    Unreachable,
     /// See [`Lifecycle::Completed`].
     Completed,
     /// See [`Lifecycle::Failed`].
@@ -237,12 +252,13 @@ pub enum StateName {
 
 impl StateName {
     /// Every state, in lifecycle order.
-    pub const ALL: [StateName; 10] = [
+    pub const ALL: [StateName; 11] = [
         StateName::Pending,
         StateName::Starting,
         StateName::Running,
         StateName::Paused,
         StateName::Stopping,
+        StateName::Unreachable,
         StateName::Completed,
         StateName::Failed,
         StateName::TimedOut,
@@ -252,12 +268,13 @@ impl StateName {
 
     /// Every state that is not final: the records still under way, which
     /// listings show by default.
-    pub const LIVE: [StateName; 5] = [
+    pub const LIVE: [StateName; 6] = [
         StateName::Pending,
         StateName::Starting,
         StateName::Running,
         StateName::Paused,
         StateName::Stopping,
+        StateName::Unreachable,
     ];
 
     /// Whether the state is final.
@@ -273,6 +290,8 @@ impl StateName {
     }
 
     /// Whether the record holds (or is about to hold) an execution slot.
+    /// An `unreachable` record does not: its node is lost, and with it the
+    /// node's slots.
     pub const fn is_active(self) -> bool {
         matches!(
             self,
@@ -288,6 +307,7 @@ impl StateName {
             StateName::Running => "running",
             StateName::Paused => "paused",
             StateName::Stopping => "stopping",
+            StateName::Unreachable => "unreachable",
             StateName::Completed => "completed",
             StateName::Failed => "failed",
             StateName::TimedOut => "timed_out",
@@ -313,7 +333,7 @@ impl FromStr for StateName {
             .ok_or_else(|| {
                 format!(
                     "invalid state {s:?}: expected one of pending, starting, running, paused, \
-                     stopping, completed, failed, timed_out, cancelled, lost"
+                     stopping, unreachable, completed, failed, timed_out, cancelled, lost"
                 )
             })
     }
@@ -328,6 +348,7 @@ impl Lifecycle {
             Lifecycle::Running { .. } => StateName::Running,
             Lifecycle::Paused { .. } => StateName::Paused,
             Lifecycle::Stopping { .. } => StateName::Stopping,
+            Lifecycle::Unreachable { .. } => StateName::Unreachable,
             Lifecycle::Completed { .. } => StateName::Completed,
             Lifecycle::Failed { .. } => StateName::Failed,
             Lifecycle::TimedOut { .. } => StateName::TimedOut,
@@ -341,19 +362,22 @@ impl Lifecycle {
         self.name().is_terminal()
     }
 
-    /// The OS process id, while there is a process.
-    pub const fn pid(&self) -> Option<u32> {
+    /// The OS process id, while there is a process (on an unreachable
+    /// node: the one it had).
+    pub fn pid(&self) -> Option<u32> {
         match self {
             Lifecycle::Running { pid, .. }
             | Lifecycle::Paused { pid, .. }
             | Lifecycle::Stopping { pid, .. } => *pid,
+            Lifecycle::Unreachable { was, .. } => was.pid(),
             _ => None,
         }
     }
 
     /// When the current (or last) attempt started running.
-    pub const fn started_at(&self) -> Option<Timestamp> {
+    pub fn started_at(&self) -> Option<Timestamp> {
         match self {
+            Lifecycle::Unreachable { was, .. } => was.started_at(),
             Lifecycle::Pending { .. } | Lifecycle::Starting { .. } => None,
             Lifecycle::Running { started_at, .. }
             | Lifecycle::Paused { started_at, .. }
@@ -393,18 +417,19 @@ impl Lifecycle {
     pub fn error(&self) -> Option<String> {
         match self {
             Lifecycle::Failed { error, .. } => Some(error.clone()),
-            Lifecycle::Cancelled { reason, .. } | Lifecycle::Lost { reason, .. } => {
-                Some(reason.clone())
-            }
+            Lifecycle::Cancelled { reason, .. }
+            | Lifecycle::Lost { reason, .. }
+            | Lifecycle::Unreachable { reason, .. } => Some(reason.clone()),
             Lifecycle::TimedOut { .. } => Some("timed out".to_owned()),
             _ => None,
         }
     }
 
     /// When the record became ready, while it runs.
-    pub const fn ready_at(&self) -> Option<Timestamp> {
+    pub fn ready_at(&self) -> Option<Timestamp> {
         match self {
             Lifecycle::Running { ready_at, .. } | Lifecycle::Paused { ready_at, .. } => *ready_at,
+            Lifecycle::Unreachable { was, .. } => was.ready_at(),
             _ => None,
         }
     }

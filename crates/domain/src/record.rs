@@ -245,6 +245,14 @@ pub enum Transition {
         /// Why.
         reason: String,
     },
+    /// starting/running/paused/stopping → unreachable: its node's lease
+    /// expired (see [`crate::cluster::sweep`]).
+    Unreach {
+        /// Which node, and when it last renewed.
+        reason: String,
+    },
+    /// unreachable → the state it was in: its node is back.
+    Reach,
 }
 
 /// The kind of a [`Transition`], for error messages and tables.
@@ -267,6 +275,8 @@ pub enum TransitionKind {
     Complete,
     Fail,
     Lose,
+    Unreach,
+    Reach,
 }
 
 impl TransitionKind {
@@ -288,6 +298,8 @@ impl TransitionKind {
             TransitionKind::Complete => "complete",
             TransitionKind::Fail => "fail",
             TransitionKind::Lose => "mark lost",
+            TransitionKind::Unreach => "mark unreachable",
+            TransitionKind::Reach => "bring back",
         }
     }
 }
@@ -311,6 +323,8 @@ impl Transition {
             Transition::Complete { .. } => TransitionKind::Complete,
             Transition::Fail { .. } => TransitionKind::Fail,
             Transition::Lose { .. } => TransitionKind::Lose,
+            Transition::Unreach { .. } => TransitionKind::Unreach,
+            Transition::Reach => TransitionKind::Reach,
         }
     }
 }
@@ -333,9 +347,14 @@ impl fmt::Display for InvalidTransition {
         } else {
             "process"
         };
+        let article = if self.from == StateName::Unreachable {
+            "an"
+        } else {
+            "a"
+        };
         write!(
             f,
-            "invalid transition: cannot {} a {} {what} (attempted {:?} from state {})",
+            "invalid transition: cannot {} {article} {} {what} (attempted {:?} from state {})",
             self.attempted.verb(),
             self.from,
             self.attempted,
@@ -357,6 +376,9 @@ impl fmt::Display for InvalidTransition {
             && !self.from.is_terminal()
         {
             f.write_str(": a process's outcome is its exit status")?;
+        }
+        if self.from == StateName::Unreachable {
+            f.write_str(": its node is lost, and it stays as it is until the node comes back or it is given up as lost")?;
         }
         Ok(())
     }
@@ -619,7 +641,59 @@ impl Record {
             attempted: transition.kind(),
             tracked: self.is_tracked(),
         };
-        let next = match &self.lifecycle {
+        let next = match (&self.lifecycle, transition) {
+            (Lifecycle::Unreachable { was, .. }, t) => Self::leave_unreachable(was, t, now),
+            (l, Transition::Unreach { reason }) => Self::unreach(l, reason, now),
+            (_, Transition::Reach) => Next::NoOp,
+            (_, transition) => self.next(transition, now),
+        };
+        let next = match next {
+            Next::To(next) => next,
+            Next::NoOp => return Ok(Applied::NoOp),
+            Next::Invalid => return Err(invalid),
+        };
+        self.lifecycle = next;
+        self.updated_at = now;
+        self.version += 1;
+        if self.lifecycle.is_terminal()
+            && let Some(p) = &mut self.progress
+        {
+            p.eta = None;
+        }
+        Ok(Applied::Changed)
+    }
+
+    /// Where a record on an unreachable node goes: back to the state it
+    /// was in when its node returns, `lost` when it is given up. Nothing
+    /// else reaches it until then.
+    fn leave_unreachable(was: &Lifecycle, t: Transition, now: Timestamp) -> Next {
+        match t {
+            Transition::Reach => Next::To(was.clone()),
+            Transition::Unreach { .. } => Next::NoOp,
+            Transition::Lose { reason } => Next::To(Lifecycle::Lost {
+                started_at: was.started_at(),
+                ended_at: now,
+                reason,
+            }),
+            _ => Next::Invalid,
+        }
+    }
+
+    /// A record whose node was lost: unreachable if it was under way (a
+    /// final or pending record stays as it is).
+    fn unreach(l: &Lifecycle, reason: String, now: Timestamp) -> Next {
+        if l.is_terminal() || l.name() == StateName::Pending {
+            return Next::NoOp;
+        }
+        Next::To(Lifecycle::Unreachable {
+            was: Box::new(l.clone()),
+            since: now,
+            reason,
+        })
+    }
+
+    fn next(&mut self, transition: Transition, now: Timestamp) -> Next {
+        match &self.lifecycle {
             l if l.is_terminal() => Self::after_the_end(&transition),
             Lifecycle::Pending { queued_at, .. } => {
                 let queued_at = *queued_at;
@@ -659,23 +733,10 @@ impl Record {
                 };
                 self.leave_stopping(stop, transition, now)
             }
-            // The end states, which the first arm takes.
+            // The end states, which the first arm takes, and unreachable,
+            // which `apply` takes.
             _ => Next::Invalid,
-        };
-        let next = match next {
-            Next::To(next) => next,
-            Next::NoOp => return Ok(Applied::NoOp),
-            Next::Invalid => return Err(invalid),
-        };
-        self.lifecycle = next;
-        self.updated_at = now;
-        self.version += 1;
-        if self.lifecycle.is_terminal()
-            && let Some(p) = &mut self.progress
-        {
-            p.eta = None;
         }
-        Ok(Applied::Changed)
     }
 
     /// A finished record: repeating an end is harmless, anything else is refused.

@@ -39,6 +39,8 @@ struct Model {
     restarts: u32,
     last: Option<Expect>,
     version: u64,
+    /// While unreachable: the state it was in.
+    away: Option<StateName>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,8 @@ enum Op {
     Complete,
     Fail,
     Lose,
+    Unreach,
+    Reach,
 }
 
 impl Op {
@@ -100,6 +104,10 @@ impl Op {
             Op::Lose => Transition::Lose {
                 reason: "node gone".into(),
             },
+            Op::Unreach => Transition::Unreach {
+                reason: "node b stopped renewing its lease".into(),
+            },
+            Op::Reach => Transition::Reach,
         }
     }
 }
@@ -122,12 +130,36 @@ fn step(m: &Model, op: &Op) -> (Expect, Model) {
     };
     if m.state.is_terminal() {
         let e = match op {
-            Op::Complete | Op::Fail | Op::Stop(_) | Op::Lose | Op::Exited(_) => Expect::NoOp,
+            Op::Complete
+            | Op::Fail
+            | Op::Stop(_)
+            | Op::Lose
+            | Op::Exited(_)
+            | Op::Unreach
+            | Op::Reach => Expect::NoOp,
             _ => Expect::Refused,
         };
         return (e, n);
     }
     let expect = match (m.state, op, m.tracked) {
+        // Its node lost: nothing but the node's return or the loss moves it.
+        (Unreachable, Op::Reach, _) => {
+            n.state = m.away.expect("unreachable remembers its state");
+            n.away = None;
+            Expect::Changed
+        }
+        (Unreachable, Op::Lose, _) => {
+            end(&mut n, Lost);
+            n.away = None;
+            Expect::Changed
+        }
+        (Unreachable | Pending, Op::Unreach, _) | (_, Op::Reach, _) => Expect::NoOp,
+        (Unreachable, _, _) => Expect::Refused,
+        (_, Op::Unreach, _) => {
+            n.away = Some(m.state);
+            n.state = Unreachable;
+            Expect::Changed
+        }
         // Asked to stop and gone: stopped, with its exit code unknown.
         (Stopping, Op::Lose, _) if m.cause == Some(Cause::Requested) => {
             end(&mut n, Cancelled);
@@ -298,6 +330,7 @@ impl ReferenceStateMachine for Reference {
                 restarts: 0,
                 last: None,
                 version: 1,
+                away: None,
             })
             .boxed()
     }
@@ -328,6 +361,8 @@ impl ReferenceStateMachine for Reference {
             1 => Just(Op::Complete),
             1 => Just(Op::Fail),
             1 => Just(Op::Lose),
+            1 => Just(Op::Unreach),
+            1 => Just(Op::Reach),
         ]
         .boxed()
     }

@@ -115,7 +115,7 @@ impl Driver {
         let cancels = match &msg {
             Msg::Input(input, _) => input.may_cancel(),
             Msg::Many(inputs, _) => inputs.iter().any(Input::may_cancel),
-            Msg::Shutdown(_) => true,
+            Msg::Shutdown(_) | Msg::Rejoin(..) => true,
             _ => false,
         };
         if cancels {
@@ -157,6 +157,11 @@ impl Driver {
             Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
             Msg::Conflicted(id) => self.reconcile(id).await,
             Msg::Synced(result) => self.synced(result).await,
+            Msg::Rejoin(rejoin, reply) => {
+                (rejoin.open)();
+                let stored = rejoin.stored;
+                let _ = reply.send(self.step(Input::Rejoined { stored }).await.map(|_| ()));
+            }
             Msg::Shutdown(done) => {
                 // Spawns under way end first, so their records are not left
                 // starting, and the work waiting for a sync is done.

@@ -146,11 +146,13 @@ impl Driver {
                         waiting.1 = w.record;
                     }
                 }
-                Err(
-                    e @ (StoreError::Unavailable(_)
-                    | StoreError::Refused(_)
-                    | StoreError::Fenced { .. }),
-                ) => {
+                // Its node's lease is not held: the lease's task says so
+                // once, and the record waits until the node is held again.
+                Err(StoreError::Fenced { .. } | StoreError::Lapsed { .. }) => {
+                    tracing::debug!(%id, "not written while the node is not held; will retry");
+                    self.unsaved.insert(id, (w.expected_version, w.record));
+                }
+                Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => {
                     tracing::error!(%id, error = %e, "store refused a record; will retry");
                     self.unsaved.insert(id, (w.expected_version, w.record));
                 }

@@ -20,7 +20,9 @@
 
 use std::sync::Arc;
 
-use bpm_domain::{Input, Limits, ListFilter, NodeId, ProcessId, ProcessRecord, Supervisor};
+use bpm_domain::{
+    Input, Limits, ListFilter, NodeId, ProcessId, ProcessRecord, StateName, Supervisor,
+};
 use bpm_ports::{
     Clock, EventBus, IdGenerator, ManagerError, OutputStore, ProcessManager, ProcessSpawner,
     ProcessStore, ResourceSampler, StoreError,
@@ -34,8 +36,11 @@ mod durability;
 mod effects;
 mod handover;
 mod manager;
+mod sweeper;
 mod syncs;
 mod timers;
+
+pub use sweeper::{SweepError, Sweeper, Swept};
 
 /// The adapters the engine works through.
 #[derive(Clone)]
@@ -81,7 +86,18 @@ pub(crate) enum Msg {
     Conflicted(ProcessId),
     /// The store's sync under way ended.
     Synced(Result<(), StoreError>),
+    /// This node holds its name again after its lease lapsed: the store's
+    /// version and state of each of its records, and what lets its writes
+    /// through again (called before the core reconciles, in the same turn
+    /// of the loop, so no write waiting from before goes first).
+    Rejoin(Rejoin, oneshot::Sender<Result<(), ManagerError>>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What [`Engine::rejoin`] hands the loop.
+pub(crate) struct Rejoin {
+    pub(crate) stored: Vec<(ProcessId, u64, StateName)>,
+    pub(crate) open: Box<dyn FnOnce() + Send + Sync>,
 }
 
 /// The embedded process manager. Cheap to clone; all clones drive one loop.
@@ -130,6 +146,54 @@ impl Engine {
         }
         tokio::spawn(driver.run(inbox));
         Ok(Engine { ports, node, tx })
+    }
+
+    /// Reconciles this node's records after it claimed its name again
+    /// (its lease had lapsed, so it wrote nothing meanwhile, and another
+    /// node may have marked them `unreachable` or given them up): reads
+    /// what the store holds of them, then, in one turn of the loop, calls
+    /// `open` (which lets the store's writes through with the new epoch)
+    /// and hands the core [`Input::Rejoined`]. Records it wrote meanwhile
+    /// are written again over the store's version; records given up stay
+    /// `lost`, and their processes are killed.
+    ///
+    /// # Errors
+    /// [`ManagerError::Store`] if the store cannot be read (`open` is not
+    /// called; ask again); [`ManagerError::ShutDown`] if the loop stopped.
+    pub async fn rejoin(&self, open: Box<dyn FnOnce() + Send + Sync>) -> Result<(), ManagerError> {
+        let stored = self
+            .ports
+            .store
+            .list(&ListFilter {
+                node: Some(self.node.clone()),
+                ..ListFilter::default()
+            })
+            .await?
+            .iter()
+            .map(|r| (r.id(), r.version(), r.state()))
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Rejoin(Rejoin { stored, open }, reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        answer.await.map_err(|_| ManagerError::ShutDown)?
+    }
+
+    /// A sweeper of the nodes that stop renewing their leases, for this
+    /// engine's node, on its store, event bus and clock.
+    pub fn sweeper(
+        &self,
+        membership: Arc<dyn bpm_ports::Membership>,
+        timing: bpm_domain::ClusterTiming,
+    ) -> Sweeper {
+        Sweeper::new(
+            membership,
+            Arc::clone(&self.ports.store),
+            Arc::clone(&self.ports.events),
+            Arc::clone(&self.ports.clock),
+            self.node.clone(),
+            timing,
+        )
     }
 
     /// Stops the loop. Processes keep running; a new engine re-attaches them.

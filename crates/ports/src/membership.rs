@@ -3,7 +3,9 @@
 //! [`bpm_domain::cluster`] for what the numbers mean).
 
 use async_trait::async_trait;
-use bpm_domain::{ClaimRefused, Lease, NodeId, NodeState, Span};
+use std::time::Duration;
+
+use bpm_domain::{ClaimRefused, Lease, NodeId, NodeState, Span, Sweep};
 use serde::{Deserialize, Serialize};
 
 /// Who claims a node: what the lease records of its holder.
@@ -102,4 +104,36 @@ pub trait Membership: Send + Sync {
     /// # Errors
     /// MUST return [`MembershipError::Unavailable`] if the store does not answer.
     async fn nodes(&self) -> Result<Vec<NodeView>, MembershipError>;
+
+    /// Claims `sweep` of `node`'s lapsed lease `epoch` for the node `by`:
+    /// `true` for exactly one claimant, which then applies the sweep to the
+    /// node's records ([`bpm_domain::cluster::sweep`]) and finishes it.
+    /// It is claimed only while `epoch` is still the node's newest, its
+    /// lease not left, and the sweep due by the store's clock
+    /// ([`ClusterTiming::sweep_due`](bpm_domain::ClusterTiming::sweep_due),
+    /// with `lost_after`). A claim not finished within `hold` (its claimant
+    /// died) may be claimed again.
+    ///
+    /// # Errors
+    /// MUST return [`MembershipError::Unavailable`] if the store does not answer.
+    async fn claim_sweep(
+        &self,
+        node: &NodeId,
+        epoch: u64,
+        sweep: Sweep,
+        by: &NodeId,
+        lost_after: Duration,
+        hold: Duration,
+    ) -> Result<bool, MembershipError>;
+
+    /// Marks `sweep` of `node`'s lease `epoch` done: no one claims it again.
+    ///
+    /// # Errors
+    /// MUST return [`MembershipError::Unavailable`] if the store does not answer.
+    async fn finish_sweep(
+        &self,
+        node: &NodeId,
+        epoch: u64,
+        sweep: Sweep,
+    ) -> Result<(), MembershipError>;
 }

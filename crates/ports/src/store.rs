@@ -41,6 +41,19 @@ pub enum StoreError {
         /// The node's newest epoch.
         current: u64,
     },
+    /// The writer's lease lapsed: it could not renew it for a whole
+    /// `lease_ttl`, so another daemon may hold its node. It writes nothing
+    /// until it renews or claims the node again (a shared store only;
+    /// nothing was changed).
+    #[error(
+        "the lease of node {node} (epoch {epoch}) was not renewed for a whole lease_ttl: this daemon writes nothing until it holds the node again"
+    )]
+    Lapsed {
+        /// The writer's node.
+        node: bpm_domain::NodeId,
+        /// The writer's epoch.
+        epoch: u64,
+    },
 }
 
 /// One write of [`ProcessStore::write_batch`].
@@ -80,7 +93,8 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// # Errors
     /// MUST return [`StoreError::Unavailable`], naming the store, when it
     /// does not answer within its timeout; a shared store MUST return
-    /// [`StoreError::Fenced`] once a newer daemon claimed the writer's node.
+    /// [`StoreError::Fenced`] once a newer daemon claimed the writer's node;
+    /// [`StoreError::Lapsed`] while the writer's lease is lapsed.
     async fn reachable(&self) -> Result<(), StoreError> {
         Ok(())
     }

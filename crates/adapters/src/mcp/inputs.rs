@@ -66,6 +66,7 @@ pub(super) enum StateArg {
     TimedOut,
     Cancelled,
     Lost,
+    Unreachable,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -130,7 +130,7 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
         tool(
             "get_background_process_status",
             "Get a process's status",
-            "Returns the process's record: state (pending, starting, running, paused, stopping, completed, failed, timed_out, cancelled, lost), pid, exit code or signal, progress, timestamps, error; and, while it runs, what its whole process tree uses: cpu_percent (of one core), rss_bytes, and listening_ports (the TCP ports it listens on: for a dev server, the port to open).",
+            "Returns the process's record: state (pending, starting, running, paused, stopping, unreachable (its node stopped answering), completed, failed, timed_out, cancelled, lost), pid, exit code or signal, progress, timestamps, error; and, while it runs, what its whole process tree uses: cpu_percent (of one core), rss_bytes, and listening_ports (the TCP ports it listens on: for a dev server, the port to open).",
             schema_for_input::<IdArgs>(),
             record(),
             false,

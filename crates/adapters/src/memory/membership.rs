@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use bpm_domain::cluster::claim;
-use bpm_domain::{Lease, NodeId, NodeState};
+use std::time::Duration;
+
+use bpm_domain::{Lease, NodeId, NodeState, Sweep, Timestamp};
 use bpm_ports::{Claimant, Clock, Membership, MembershipError, NodeView};
 
 /// Leases within one process, for tests and for a single node.
@@ -14,6 +16,8 @@ pub struct InMemoryMembership {
     clock: Arc<dyn Clock>,
     /// Per node: its newest epoch, and its lease.
     nodes: Mutex<BTreeMap<NodeId, (u64, Lease)>>,
+    /// Sweeps claimed: until when the claim holds (`None`: finished).
+    sweeps: Mutex<BTreeMap<(NodeId, u64, Sweep), Option<Timestamp>>>,
 }
 
 impl InMemoryMembership {
@@ -22,6 +26,7 @@ impl InMemoryMembership {
         InMemoryMembership {
             clock,
             nodes: Mutex::new(BTreeMap::new()),
+            sweeps: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -108,5 +113,53 @@ impl Membership for InMemoryMembership {
                 lease: lease.clone(),
             })
             .collect())
+    }
+
+    async fn claim_sweep(
+        &self,
+        node: &NodeId,
+        epoch: u64,
+        sweep: Sweep,
+        _by: &NodeId,
+        lost_after: Duration,
+        hold: Duration,
+    ) -> Result<bool, MembershipError> {
+        let now = self.clock.now();
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((newest, lease)) = nodes.get(node) else {
+            return Ok(false);
+        };
+        // Due as `ClusterTiming::sweep_due` says, with the claimant's wait.
+        let expiry = lease.renewed_at.saturating_add(lease.ttl.as_duration());
+        let due = match sweep {
+            Sweep::Unreach => expiry,
+            Sweep::GiveUp => expiry.saturating_add(lost_after),
+        };
+        if *newest != epoch || lease.epoch != epoch || lease.left || now <= due {
+            return Ok(false);
+        }
+        let mut sweeps = self.sweeps.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (node.clone(), epoch, sweep);
+        match sweeps.get(&key) {
+            Some(None) => Ok(false),
+            Some(Some(until)) if *until > now => Ok(false),
+            _ => {
+                sweeps.insert(key, Some(now.saturating_add(hold)));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn finish_sweep(
+        &self,
+        node: &NodeId,
+        epoch: u64,
+        sweep: Sweep,
+    ) -> Result<(), MembershipError> {
+        self.sweeps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((node.clone(), epoch, sweep), None);
+        Ok(())
     }
 }

@@ -6,7 +6,9 @@
 //! daemons claiming one node, exactly one gets it.
 
 use async_trait::async_trait;
-use bpm_domain::{ClaimRefused, Lease, NodeId, Span, Timestamp};
+use std::time::Duration;
+
+use bpm_domain::{ClaimRefused, Lease, NodeId, Span, Sweep, Timestamp};
 use bpm_ports::{Claimant, Membership, MembershipError, NodeView};
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -59,6 +61,26 @@ end
 return out
 ";
 
+/// KEYS: node hash, epoch counter, the sweep's key. ARGV: epoch, sweep
+/// (`unreach` or `give_up`), claimant, `lost_after` (ms), hold (ms). The
+/// sweep is due once the lease expired (`give_up`: `lost_after` later),
+/// as `ClusterTiming::sweep_due` says; the claim is the sweep's key, set
+/// only if absent.
+const CLAIM_SWEEP: &str = r"
+local current = redis.call('GET', KEYS[2]) or '0'
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'left', 'renewed', 'ttl')
+if current ~= ARGV[1] or cur[1] ~= ARGV[1] or cur[2] ~= '0' then return 0 end
+local over = (now - tonumber(cur[3])) - tonumber(cur[4])
+if ARGV[2] == 'give_up' then over = over - tonumber(ARGV[4]) end
+if over <= 0 then return 0 end
+if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[5]) then return 1 end
+return 0
+";
+
+/// How long a finished sweep is remembered: far longer than any
+/// `lost_after`, after which the node's epoch has long moved on.
+const SWEEP_DONE_MS: u64 = 30 * 24 * 3_600 * 1_000;
+
 /// Leases on node names in Redis.
 pub struct RedisMembership {
     conn: ConnectionManager,
@@ -66,6 +88,7 @@ pub struct RedisMembership {
     join: Script,
     touch: Script,
     nodes: Script,
+    claim_sweep: Script,
 }
 
 fn unavailable(e: &redis::RedisError) -> MembershipError {
@@ -91,7 +114,12 @@ impl RedisMembership {
             join: Script::new(&format!("{NOW}{JOIN}")),
             touch: Script::new(&format!("{NOW}{TOUCH}")),
             nodes: Script::new(&format!("{NOW}{NODES}")),
+            claim_sweep: Script::new(&format!("{NOW}{CLAIM_SWEEP}")),
         })
+    }
+
+    fn sweep_key(&self, node: &NodeId, epoch: u64, sweep: Sweep) -> String {
+        format!("{}sweep:{}:{node}:{epoch}", self.base, sweep.as_str())
     }
 
     fn node_key(&self, node: &NodeId) -> String {
@@ -212,5 +240,48 @@ impl Membership for RedisMembership {
             .collect();
         nodes.sort_by(|a, b| a.lease.node.as_str().cmp(b.lease.node.as_str()));
         Ok(nodes)
+    }
+
+    async fn claim_sweep(
+        &self,
+        node: &NodeId,
+        epoch: u64,
+        sweep: Sweep,
+        by: &NodeId,
+        lost_after: Duration,
+        hold: Duration,
+    ) -> Result<bool, MembershipError> {
+        let mut conn = self.conn.clone();
+        let won: i64 = self
+            .claim_sweep
+            .key(self.node_key(node))
+            .key(self.epoch_key(node))
+            .key(self.sweep_key(node, epoch, sweep))
+            .arg(epoch)
+            .arg(sweep.as_str())
+            .arg(by.as_str())
+            .arg(u64::try_from(lost_after.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(won == 1)
+    }
+
+    async fn finish_sweep(
+        &self,
+        node: &NodeId,
+        epoch: u64,
+        sweep: Sweep,
+    ) -> Result<(), MembershipError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.sweep_key(node, epoch, sweep))
+            .arg("done")
+            .arg("PX")
+            .arg(SWEEP_DONE_MS)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 }

@@ -14,9 +14,9 @@ mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bpm_domain::NodeId;
+use bpm_domain::{ClusterTiming, NodeId, Timestamp};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -56,10 +56,24 @@ pub(crate) fn base(prefix: &str) -> String {
 /// The epoch a daemon writes with, for its node: shared by its lease, which
 /// changes it when the node is claimed again, and its store, which sends it
 /// with every write so that Redis refuses the writes of an older epoch.
+///
+/// A fence made [`with_lease`](Fence::with_lease) also stops its store
+/// writing, without asking Redis, once a whole lease has passed since the
+/// last renewal that succeeded was sent ([`ClusterTiming::may_write`]):
+/// by then another daemon may hold the node.
 #[derive(Debug, Clone)]
 pub struct Fence {
     node: NodeId,
     epoch: Arc<AtomicU64>,
+    lease: Option<FenceLease>,
+}
+
+#[derive(Debug, Clone)]
+struct FenceLease {
+    timing: ClusterTiming,
+    start: Instant,
+    /// When the last renewal that succeeded was sent, in ms since `start`.
+    sent: Arc<AtomicU64>,
 }
 
 impl Fence {
@@ -68,7 +82,44 @@ impl Fence {
         Fence {
             node,
             epoch: Arc::new(AtomicU64::new(epoch)),
+            lease: None,
         }
+    }
+
+    /// `node` written with `epoch` while its lease under `timing` holds,
+    /// taken (or last renewed) by a call sent at `sent`.
+    pub fn with_lease(node: NodeId, epoch: u64, timing: ClusterTiming, sent: Instant) -> Self {
+        let fence = Fence {
+            lease: Some(FenceLease {
+                timing,
+                start: sent,
+                sent: Arc::new(AtomicU64::new(0)),
+            }),
+            ..Fence::new(node, epoch)
+        };
+        fence.renewed(sent);
+        fence
+    }
+
+    /// The lease was renewed (or claimed again) by a call sent at `sent`.
+    pub fn renewed(&self, sent: Instant) {
+        if let Some(l) = &self.lease {
+            let ms = u64::try_from(sent.saturating_duration_since(l.start).as_millis())
+                .unwrap_or(u64::MAX);
+            l.sent.fetch_max(ms, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the daemon may write now: always without a lease; with one,
+    /// until a whole lease has passed since the last renewal was sent.
+    pub fn may_write(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            l.timing.may_write(
+                Timestamp::from_millis(l.sent.load(Ordering::SeqCst)),
+                Timestamp::from_millis(ms(l.start.elapsed())),
+            )
+        })
     }
 
     /// The node.

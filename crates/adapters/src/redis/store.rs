@@ -113,6 +113,17 @@ impl RedisStore {
             .map_or((String::new(), 0), |f| (f.key(&self.base), f.epoch()))
     }
 
+    /// Refuses a write at once while the fence's lease is lapsed.
+    fn check_lease(&self) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(f) if !f.may_write() => Err(StoreError::Lapsed {
+                node: f.node().clone(),
+                epoch: f.epoch(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn fenced_error(&self, epoch: u64, current: Option<&String>) -> StoreError {
         StoreError::Fenced {
             node: self
@@ -193,6 +204,7 @@ impl RedisStore {
     }
 
     async fn put(&self, record: &ProcessRecord, expected: Option<u64>) -> Result<(), StoreError> {
+        self.check_lease()?;
         let json = serde_json::to_string(record)
             .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
         let mut inv = self.put.prepare_invoke();
@@ -266,6 +278,7 @@ impl RedisStore {
     }
 
     async fn delete_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        self.check_lease()?;
         let mut inv = self.delete.prepare_invoke();
         inv.key(self.key("all"))
             .key(self.key("ended"))
@@ -306,7 +319,8 @@ impl ProcessStore for RedisStore {
                 "Redis does not answer ({e}): nothing was started; records already taken are written again when it does"
             ))
         };
-        // One round trip either way: a fenced daemon takes no new work.
+        // One round trip either way: a fenced daemon takes no new work, nor
+        // one whose lease lapsed (asked second: fenced says more).
         let Some(fence) = &self.fence else {
             return redis::cmd("PING")
                 .query_async::<String>(&mut conn)
@@ -320,7 +334,7 @@ impl ProcessStore for RedisStore {
             Some(current) if current > epoch => {
                 Err(self.fenced_error(epoch, Some(&current.to_string())))
             }
-            _ => Ok(()),
+            _ => self.check_lease(),
         }
     }
 

@@ -757,14 +757,15 @@ async fn ps(m: &Manager, a: PsArgs) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     let color = color_on(std::io::stdout().is_terminal());
-    println!("{}", table::header());
+    let cols = table::Columns::for_records(&records);
+    println!("{}", table::header(cols));
     let now = now();
     let rows = if a.tree {
-        table::tree(&records, &usage, now, color)
+        table::tree(&records, &usage, now, color, cols)
     } else {
         records
             .iter()
-            .map(|r| table::row(r, usage.get(&r.id()), now, "", color))
+            .map(|r| table::row(r, usage.get(&r.id()), now, "", color, cols))
             .collect()
     };
     for line in rows {
@@ -997,12 +998,13 @@ async fn pick(m: &Manager, live: Vec<StateName>) -> Result<ProcessId, CliError> 
         return Err(CliError::not_found("no process is running"));
     }
     let now = now();
-    eprintln!("    {}", table::header());
+    let cols = table::Columns::for_records(&records);
+    eprintln!("    {}", table::header(cols));
     for (i, r) in records.iter().enumerate() {
         eprintln!(
             "{:>3} {}",
             i + 1,
-            table::row(r, None, now, "", color_on(true))
+            table::row(r, None, now, "", color_on(true), cols)
         );
     }
     eprint!("stop which? [1-{}] ", records.len());

@@ -73,17 +73,55 @@ fn paint(state: StateName, text: &str, color: bool) -> String {
         StateName::Completed => "2",
         StateName::Failed | StateName::Lost | StateName::TimedOut => "31",
         StateName::Paused | StateName::Stopping | StateName::Pending | StateName::Starting => "33",
-        StateName::Cancelled => "35",
+        StateName::Cancelled | StateName::Unreachable => "35",
     };
     format!("\x1b[{code}m{text}\x1b[0m")
 }
 
+/// Which columns a listing needs, and how wide its state is: a table of
+/// one node's records fits 80 columns, so the NODE column appears only
+/// when the records come from more than one node, and STATE widens only
+/// for `unreachable`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Columns {
+    state: usize,
+    node: bool,
+}
+
+impl Columns {
+    /// The columns `records` need.
+    pub(super) fn for_records(records: &[ProcessRecord]) -> Self {
+        let state = records
+            .iter()
+            .map(|r| r.state().as_str().len())
+            .fold(9, usize::max);
+        let node = records
+            .first()
+            .is_some_and(|first| records.iter().any(|r| r.node() != first.node()));
+        Columns { state, node }
+    }
+}
+
 /// The table header.
-pub(super) fn header() -> String {
-    format!(
-        "{:<8} {:<16} {:<9} {:>7} {:>5} {:>5} {:>4} {:>7} {}",
-        "ID", "NAME", "STATE", "PID", "CPU", "MEM", "PROG", "TIME", "SESSION"
-    )
+pub(super) fn header(cols: Columns) -> String {
+    let line = format!(
+        "{:<8} {:<16} {:<w$} {:>7} {:>5} {:>5} {:>4} {:>7} {:<10}",
+        "ID",
+        "NAME",
+        "STATE",
+        "PID",
+        "CPU",
+        "MEM",
+        "PROG",
+        "TIME",
+        "SESSION",
+        w = cols.state
+    );
+    if cols.node {
+        format!("{line} NODE")
+    } else {
+        line.trim_end().to_string()
+    }
 }
 
 /// One row; `indent` prefixes the name (for trees).
@@ -93,6 +131,7 @@ pub(super) fn row(
     now: Timestamp,
     indent: &str,
     color: bool,
+    cols: Columns,
 ) -> String {
     let name = format!(
         "{indent}{}",
@@ -121,18 +160,27 @@ pub(super) fn row(
     let (cpu, mem) = usage.map_or(("-".into(), "-".into()), |u| {
         (self::cpu(u.cpu_percent), memory(u.rss_bytes))
     });
-    format!(
-        "{:<8} {:<16} {} {:>7} {:>5} {:>5} {:>4} {:>7} {}",
+    let line = format!(
+        "{:<8} {:<16} {} {:>7} {:>5} {:>5} {:>4} {:>7} {:<10}",
         r.id().short(),
         cut(&name, 16),
-        paint(state, &format!("{:<9}", cut(state.as_str(), 9)), color),
+        paint(
+            state,
+            &format!("{:<w$}", state.as_str(), w = cols.state),
+            color
+        ),
         cut(&pid, 7),
         cpu,
         mem,
         progress,
         cut(&time, 7),
-        cut(&session, 10)
-    )
+        cut(&session, 10),
+    );
+    if cols.node {
+        format!("{line} {}", r.node())
+    } else {
+        line.trim_end().to_string()
+    }
 }
 
 /// Depth of each record in its hierarchy (roots are 0), from parent links.
@@ -161,6 +209,7 @@ struct TreeDrawer<'a> {
     usage: &'a Usage,
     now: Timestamp,
     color: bool,
+    cols: Columns,
     out: Vec<String>,
 }
 
@@ -177,6 +226,7 @@ impl<'a> TreeDrawer<'a> {
             self.now,
             &branch,
             self.color,
+            self.cols,
         ));
         let next = match (top, last) {
             (true, _) => String::new(),
@@ -196,6 +246,7 @@ pub(super) fn tree<'a>(
     usage: &'a Usage,
     now: Timestamp,
     color: bool,
+    cols: Columns,
 ) -> Vec<String> {
     let ids: std::collections::HashSet<ProcessId> = records.iter().map(ProcessRecord::id).collect();
     let mut drawer = TreeDrawer {
@@ -203,6 +254,7 @@ pub(super) fn tree<'a>(
         usage,
         now,
         color,
+        cols,
         out: Vec::new(),
     };
     let mut roots = Vec::new();

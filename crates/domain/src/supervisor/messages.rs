@@ -287,6 +287,15 @@ pub enum Input {
         /// The version the store holds, if any.
         stored: Option<u64>,
     },
+    /// This node claimed its name again after its lease lapsed (a
+    /// partition, a stall): `stored` is what the shared store holds of its
+    /// records now, as id, version and state. Another node may have marked
+    /// them `unreachable`, or given them up as `lost`; the core reconciles
+    /// ([`Supervisor`](crate::Supervisor)'s rule in `reconcile.rs`).
+    Rejoined {
+        /// The store's version and state of each of this node's records.
+        stored: Vec<(ProcessId, u64, StateName)>,
+    },
 }
 
 impl Input {
@@ -301,6 +310,7 @@ impl Input {
                 | Input::Restart { .. }
                 | Input::Complete { .. }
                 | Input::Fail { .. }
+                | Input::Rejoined { .. }
         )
     }
 }

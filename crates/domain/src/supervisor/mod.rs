@@ -335,6 +335,10 @@ impl Supervisor {
                 Ok(())
             }
             Input::StoreConflict { id, stored } => self.store_conflict(id, stored),
+            Input::Rejoined { stored } => {
+                self.rejoined(&stored, now);
+                Ok(())
+            }
             Input::Remove { id } => {
                 let record = self.own(id)?;
                 if !record.is_terminal() {
@@ -410,6 +414,8 @@ impl Supervisor {
             TransitionKind::Resume => events.push(EventKind::Resumed),
             TransitionKind::Ready => events.push(EventKind::Ready),
             TransitionKind::Progress => events.push(EventKind::Progress),
+            TransitionKind::Unreach => events.push(EventKind::Unreachable),
+            TransitionKind::Reach => events.push(EventKind::Reachable),
             _ => {}
         }
         if kind == TransitionKind::Requeue {

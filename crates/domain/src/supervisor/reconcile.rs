@@ -8,9 +8,19 @@
 //! is never lost. Only the owner writes a record (other nodes send it
 //! commands), so a conflict means a write whose answer was lost (a timeout
 //! after Redis took it), or a writer that should not be there.
+//!
+//! The one exception is a node's loss. While a node's lease is lapsed,
+//! another node marks its records `unreachable`, and after `lost_after`
+//! gives them up as `lost`. When the node claims its name again
+//! ([`Input::Rejoined`](crate::Input::Rejoined)), its view wins over
+//! `unreachable`: every record the store holds otherwise is written again.
+//! A record given up is final for everyone who saw it end, so the node
+//! ends it too: its process tree is killed and the record stays `lost`.
 
-use super::{CoreError, Supervisor};
-use crate::ProcessId;
+use std::collections::HashMap;
+
+use super::{CoreError, Effect, Supervisor};
+use crate::{ProcessId, Signal, StateName, Timestamp, Transition};
 
 impl Supervisor {
     pub(super) fn store_conflict(
@@ -33,5 +43,42 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    pub(super) fn rejoined(&mut self, stored: &[(ProcessId, u64, StateName)], now: Timestamp) {
+        let stored: HashMap<_, _> = stored.iter().map(|(id, v, s)| (*id, (*v, *s))).collect();
+        let ids: Vec<ProcessId> = self.entries.keys().copied().collect();
+        for id in ids {
+            let entry = &self.entries[&id];
+            let ours = (entry.persisted, entry.record.state());
+            let theirs = stored.get(&id).copied();
+            if theirs.is_some_and(|(_, s)| s == StateName::Lost) && !ours.1.is_terminal() {
+                self.give_up(id, now);
+            }
+            let ours = (
+                self.entries[&id].persisted,
+                self.entries[&id].record.state(),
+            );
+            if theirs != ours.0.map(|v| (v, ours.1)) {
+                // Rebased above the stored version and written again.
+                let _ = self.store_conflict(id, theirs.map(|(v, _)| v));
+            }
+        }
+    }
+
+    /// Ends a record the cluster gave up while its node was away.
+    fn give_up(&mut self, id: ProcessId, now: Timestamp) {
+        if let Some(pid) = self.entries[&id].record.pid() {
+            self.out.push(Effect::Signal {
+                id,
+                pid,
+                signal: Signal::Kill,
+            });
+        }
+        let reason = format!(
+            "given up by the cluster while node {} was away; its process was killed when the node came back",
+            self.node
+        );
+        let _ = self.transition(id, Transition::Lose { reason }, now);
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::{Blockers, Effect, Entry, Supervisor, TimerKind};
-use crate::{Lifecycle, ProcessId, ProcessRecord, StateName, Timestamp};
+use crate::{EventKind, Lifecycle, ProcessId, ProcessRecord, StateName, Timestamp, Transition};
 
 impl Supervisor {
     /// Takes back records from the store after a restart of the manager.
@@ -21,9 +21,17 @@ impl Supervisor {
             .filter(|r| r.node() == &self.node)
             .collect();
         records.sort_by_key(|r| (r.created_at(), r.id()));
-        for record in records {
+        let mut back = Vec::new();
+        for mut record in records {
             let id = record.id();
             let persisted = Some(record.version());
+            // Marked unreachable while this node was away: it is back, and
+            // the record is in the state it was in, to be checked below.
+            if record.state() == StateName::Unreachable
+                && record.apply(Transition::Reach, now).is_ok()
+            {
+                back.push((id, persisted));
+            }
             let persisted_active = record.state().is_active();
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -38,6 +46,10 @@ impl Supervisor {
                     blockers: None,
                 }),
             );
+        }
+        for (id, persisted) in back {
+            self.dirty.insert(id, persisted);
+            self.publish(id, EventKind::Reachable, now);
         }
         let ids: Vec<_> = self.entries.keys().copied().collect();
         for &id in &ids {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::{NodeId, NodeState, Span};
+use bpm_domain::{NodeId, NodeState, Span, Sweep};
 
 use crate::{Claimant, Membership, MembershipError};
 
@@ -131,6 +131,89 @@ pub async fn a_lease_lives_by_renewals_and_expires_without_them(m: Subject) {
         m.renew(&node, old).await,
         Err(MembershipError::Fenced { current, .. }) if current == new
     ));
+}
+
+/// A lapsed lease's sweeps: not while the node is alive; then exactly one
+/// of many racing claimants; not again once finished; again by another if
+/// its claimant never finished; the give-up only after `lost_after`; and
+/// never for an epoch the node has moved past.
+pub async fn a_lapsed_lease_is_swept_by_exactly_one_node(m: Subject) {
+    let b = NodeId::new("b").expect("node");
+    let (a, c) = (
+        NodeId::new("a").expect("node"),
+        NodeId::new("c").expect("node"),
+    );
+    let long = Duration::from_mins(1);
+    let epoch = m.join(&claimant("b", 20)).await.expect("join");
+    let claim = |m: Subject, sweep, by: NodeId, lost_after, hold| {
+        let b = b.clone();
+        async move {
+            m.claim_sweep(&b, epoch, sweep, &by, lost_after, hold)
+                .await
+                .expect("claim")
+        }
+    };
+    assert!(
+        !claim(Arc::clone(&m), Sweep::Unreach, a.clone(), long, long).await,
+        "alive"
+    );
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let racing = (0..8).map(|i| {
+        let m = Arc::clone(&m);
+        let by = NodeId::new(format!("n{i}")).expect("node");
+        tokio::spawn(async move {
+            m.claim_sweep(
+                &NodeId::new("b").expect("node"),
+                epoch,
+                Sweep::Unreach,
+                &by,
+                Duration::from_mins(1),
+                Duration::from_mins(1),
+            )
+            .await
+            .expect("claim")
+        })
+    });
+    let mut won = 0;
+    for r in racing {
+        won += usize::from(r.await.expect("task"));
+    }
+    assert_eq!(won, 1, "exactly one sweeps");
+    m.finish_sweep(&b, epoch, Sweep::Unreach)
+        .await
+        .expect("finish");
+    assert!(!claim(Arc::clone(&m), Sweep::Unreach, a.clone(), long, long).await);
+    // The give-up waits for lost_after; a claimant that never finishes
+    // lets another take it once its hold is over.
+    assert!(!claim(Arc::clone(&m), Sweep::GiveUp, a.clone(), long, long).await);
+    let short = Duration::from_millis(1);
+    assert!(
+        claim(
+            Arc::clone(&m),
+            Sweep::GiveUp,
+            a.clone(),
+            short,
+            Duration::from_millis(300)
+        )
+        .await
+    );
+    assert!(!claim(Arc::clone(&m), Sweep::GiveUp, c.clone(), short, long).await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(claim(Arc::clone(&m), Sweep::GiveUp, c.clone(), short, long).await);
+    // The node is back with a newer epoch: its old lease is swept no more.
+    let new = m.join(&claimant("b", 21)).await.expect("back");
+    assert!(new > epoch);
+    let racing = m
+        .claim_sweep(&b, epoch, Sweep::Unreach, &c, short, long)
+        .await
+        .expect("claim");
+    assert!(!racing);
+    assert!(
+        !m.claim_sweep(&b, new, Sweep::Unreach, &c, short, long)
+            .await
+            .expect("claim"),
+        "alive again"
+    );
 }
 
 /// Of many daemons claiming one node at once, exactly one gets it.

@@ -161,6 +161,7 @@ macro_rules! membership_contract_tests {
             leaving_frees_the_name_and_the_next_join_fences_the_old_epoch,
             renewing_a_node_never_joined_is_fenced,
             a_lease_lives_by_renewals_and_expires_without_them,
+            a_lapsed_lease_is_swept_by_exactly_one_node,
             racing_claims_exactly_one_wins,
         );
     };

@@ -3,7 +3,7 @@
 // and only the cells that changed are written.
 "use strict";
 
-const LIVE = ["pending", "starting", "running", "paused", "stopping"];
+const LIVE = ["pending", "starting", "running", "paused", "stopping", "unreachable"];
 const SLOT = ["starting", "running", "paused", "stopping"];
 const STATES = LIVE.concat(["completed", "failed", "timed_out", "cancelled", "lost"]);
 const SCROLLBACK = 5000;

@@ -1,0 +1,202 @@
+//! The sweep of lost nodes. Every daemon on a shared store looks at the
+//! leases about once a second; when a node's lease has lapsed, each asks the
+//! store for that sweep ([`Membership::claim_sweep`]), which grants it to
+//! exactly one, and that one applies the domain's rule
+//! ([`cluster::sweep_record`]) to the lost node's records: `unreachable`
+//! first, then, after `lost_after`, `lost` (or `failed` for a record that
+//! was waiting to start there). Writes are compare-and-set: a record that
+//! changed meanwhile is read again and the rule applied again.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::cluster::{self, Lease};
+use bpm_domain::{ClusterTiming, ListFilter, NodeId, StateName, Sweep};
+use bpm_ports::{Clock, EventBus, Membership, MembershipError, ProcessStore, StoreError};
+
+/// How often a record that changed under a sweep is read again.
+const ATTEMPTS: usize = 3;
+
+/// One sweep carried out by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The lost node.
+    pub node: NodeId,
+    /// Its lapsed epoch.
+    pub epoch: u64,
+    /// Which sweep.
+    pub sweep: Sweep,
+    /// How many of its records it changed.
+    pub records: usize,
+}
+
+/// Why a look at the leases stopped short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepError {
+    /// The leases could not be read or claimed.
+    Membership(MembershipError),
+    /// The records could not be read or written.
+    Store(StoreError),
+}
+
+impl fmt::Display for SweepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SweepError::Membership(e) => write!(f, "{e}"),
+            SweepError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SweepError {}
+
+impl From<MembershipError> for SweepError {
+    fn from(e: MembershipError) -> Self {
+        SweepError::Membership(e)
+    }
+}
+
+impl From<StoreError> for SweepError {
+    fn from(e: StoreError) -> Self {
+        SweepError::Store(e)
+    }
+}
+
+/// Sweeps the nodes that stopped renewing their leases.
+pub struct Sweeper {
+    membership: Arc<dyn Membership>,
+    store: Arc<dyn ProcessStore>,
+    events: Arc<dyn EventBus>,
+    clock: Arc<dyn Clock>,
+    node: NodeId,
+    timing: ClusterTiming,
+}
+
+impl Sweeper {
+    /// A sweeper for node `node` (this daemon's), under `timing`; what it
+    /// changes is announced on `events`.
+    pub fn new(
+        membership: Arc<dyn Membership>,
+        store: Arc<dyn ProcessStore>,
+        events: Arc<dyn EventBus>,
+        clock: Arc<dyn Clock>,
+        node: NodeId,
+        timing: ClusterTiming,
+    ) -> Self {
+        Sweeper {
+            membership,
+            store,
+            events,
+            clock,
+            node,
+            timing,
+        }
+    }
+
+    /// Looks at every other node's lease once, and carries out each sweep
+    /// that is due and that this node wins.
+    ///
+    /// # Errors
+    /// The store does not answer; sweeps carried out before stay done, and
+    /// one cut short is claimed again once its hold is over.
+    pub async fn look(&self) -> Result<Vec<Swept>, SweepError> {
+        let mut done = Vec::new();
+        for view in self.membership.nodes().await? {
+            let lease = view.lease;
+            if lease.node == self.node {
+                continue;
+            }
+            // The store's clock, as the lease's age says it.
+            let now = lease
+                .renewed_at
+                .saturating_add(Duration::from_millis(view.lease_age_ms));
+            let Some(sweep) = self.timing.sweep_due(&lease, now) else {
+                continue;
+            };
+            let won = self
+                .membership
+                .claim_sweep(
+                    &lease.node,
+                    lease.epoch,
+                    sweep,
+                    &self.node,
+                    self.timing.lost_after(),
+                    self.timing.lease_ttl(),
+                )
+                .await?;
+            if !won {
+                continue;
+            }
+            let records = self.apply(sweep, &lease).await?;
+            self.membership
+                .finish_sweep(&lease.node, lease.epoch, sweep)
+                .await?;
+            tracing::warn!(
+                node = %lease.node, epoch = lease.epoch, sweep = sweep.as_str(), records,
+                "swept a node that stopped renewing its lease"
+            );
+            done.push(Swept {
+                node: lease.node,
+                epoch: lease.epoch,
+                sweep,
+                records,
+            });
+        }
+        Ok(done)
+    }
+
+    /// Looks at the leases every [`ClusterTiming::check_every`], for ever.
+    pub async fn run(self) {
+        let mut tick = tokio::time::interval(self.timing.check_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.look().await {
+                tracing::debug!(error = %e, "could not look at the other nodes' leases");
+            }
+        }
+    }
+
+    /// Applies `sweep` to every record of `lease`'s node still under way;
+    /// returns how many it changed.
+    async fn apply(&self, sweep: Sweep, lease: &Lease) -> Result<usize, SweepError> {
+        let filter = ListFilter {
+            node: Some(lease.node.clone()),
+            states: StateName::LIVE.to_vec(),
+            ..ListFilter::default()
+        };
+        let mut changed = 0;
+        for record in self.store.list(&filter).await? {
+            let mut current = record;
+            for _ in 0..ATTEMPTS {
+                let mut next = current.clone();
+                let Some(event) = cluster::sweep_record(
+                    sweep,
+                    lease,
+                    &self.node,
+                    &self.timing,
+                    &mut next,
+                    self.clock.now(),
+                ) else {
+                    break;
+                };
+                match self.store.update(&next, current.version()).await {
+                    Ok(()) => {
+                        changed += 1;
+                        if let Err(e) = self.events.publish(event).await {
+                            tracing::debug!(error = %e, "could not announce a sweep");
+                        }
+                        break;
+                    }
+                    Err(StoreError::Conflict { .. }) => {
+                        current = self.store.get(current.id()).await?;
+                    }
+                    Err(StoreError::NotFound(_)) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
