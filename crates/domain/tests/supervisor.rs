@@ -1256,3 +1256,72 @@ fn a_store_conflict_is_reconciled_with_the_owners_view() {
         "{refused:?}"
     );
 }
+
+/// A record whose creation the store never took is forgotten: no write, no
+/// event, its slot or its place in the queue given back, and a record that
+/// runs already is kept.
+#[test]
+fn a_record_the_store_never_took_is_forgotten_unless_it_started() {
+    let mut core = Supervisor::new(
+        NodeId::local(),
+        Limits {
+            max_running: 1,
+            ..Limits::default()
+        },
+    );
+    let submit = |core: &mut Supervisor, n| {
+        core.handle(
+            Input::Submit {
+                id: id(n),
+                spec: ProcessSpec::argv(["work"]),
+            },
+            t(1),
+        )
+        .expect("submit")
+    };
+    let first = submit(&mut core, 1);
+    assert!(first.iter().any(|e| matches!(e, Effect::Spawn { .. })));
+    submit(&mut core, 2);
+    assert_eq!((core.active(), core.ready_len()), (1, 1));
+
+    // The queued one: its place is given back.
+    let effects = core
+        .handle(Input::Unstored { id: id(2) }, t(2))
+        .expect("forgotten");
+    assert!(effects.contains(&Effect::Delete { id: id(2) }));
+    assert!(
+        effects
+            .iter()
+            .all(|e| matches!(e, Effect::Delete { .. } | Effect::CancelTimer { .. })),
+        "{effects:?}"
+    );
+    assert!(core.get(id(2)).is_none());
+    assert_eq!(core.ready_len(), 0);
+
+    // The one whose spawn was asked for: its slot is given back.
+    let effects = core
+        .handle(Input::Unstored { id: id(1) }, t(3))
+        .expect("forgotten");
+    assert!(events(&effects).is_empty(), "{effects:?}");
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Persist { .. } | Effect::Spawn { .. })),
+        "{effects:?}"
+    );
+    assert_eq!(core.active(), 0);
+    core.check_invariants().expect("consistent");
+
+    // A record that runs is kept.
+    submit(&mut core, 3);
+    core.handle(Input::Spawned { id: id(3), pid: 9 }, t(4))
+        .expect("spawned");
+    let effects = core
+        .handle(Input::Unstored { id: id(3) }, t(5))
+        .expect("kept");
+    assert!(effects.is_empty());
+    assert_eq!(
+        core.get(id(3)).map(ProcessRecord::state),
+        Some(StateName::Running)
+    );
+}

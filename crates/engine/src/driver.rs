@@ -8,7 +8,7 @@ use bpm_domain::{Effect, Input, ProcessId, ProcessRecord, Supervisor};
 use bpm_ports::{ManagerError, ProcessNotice};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::syncs::{AfterSync, Answer, STORE_RETRY, Syncs};
+use crate::syncs::{AfterSync, Answer, STORE_RETRY, Syncs, unstored};
 use crate::timers::{Timers, Wake};
 use crate::{Accepted, Msg, Ports};
 
@@ -28,6 +28,9 @@ pub(crate) struct Driver {
     /// again (newest first) until it takes them, so a flaky store delays
     /// persistence without stopping supervision.
     pub(crate) unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
+    /// Records the store never took that the core forgot in this step:
+    /// nothing of them is announced.
+    pub(crate) dropped: HashSet<ProcessId>,
     /// Messages that came while the loop waited for the spawner's reports;
     /// handled before any newer one.
     pub(crate) deferred: VecDeque<Msg>,
@@ -59,6 +62,7 @@ impl Driver {
             tx,
             timers: Timers::default(),
             unsaved: HashMap::new(),
+            dropped: HashSet::new(),
             deferred: VecDeque::new(),
             parked: Vec::new(),
             syncs: Syncs::default(),
@@ -130,22 +134,46 @@ impl Driver {
                     _ => None,
                 };
                 match self.step(*input).await {
-                    Ok(changed) => self.answer(submitted, changed, Answer::One(reply)).await,
+                    Ok(changed) => {
+                        if self.drop_unstored(submitted).await.is_empty() {
+                            self.answer(submitted, changed, Answer::One(reply)).await;
+                        } else {
+                            let _ = reply.send(Err(unstored()));
+                        }
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
                 }
             }
             Msg::Many(inputs, reply) => {
-                let submitted: Vec<_> = inputs
+                let each: Vec<Option<ProcessId>> = inputs
                     .iter()
-                    .filter_map(|i| match i {
+                    .map(|i| match i {
                         Input::Submit { id, .. } => Some(*id),
                         _ => None,
                     })
                     .collect();
                 match self.step_many(inputs).await {
-                    Ok((accepted, changed)) => {
+                    Ok((mut accepted, mut changed)) => {
+                        // Only the records the core took: a spec it refused
+                        // keeps its own error.
+                        let taken = each
+                            .iter()
+                            .zip(&accepted)
+                            .filter_map(|(id, result)| id.filter(|_| result.is_ok()));
+                        let dropped = self.drop_unstored(taken.collect::<Vec<_>>()).await;
+                        for (result, id) in accepted.iter_mut().zip(&each) {
+                            if id.is_some_and(|id| dropped.contains(&id)) {
+                                *result = Err(unstored());
+                            }
+                        }
+                        changed.retain(|r| !dropped.contains(&r.id()));
+                        let submitted: Vec<_> = each
+                            .into_iter()
+                            .flatten()
+                            .filter(|id| !dropped.contains(id))
+                            .collect();
                         self.answer(submitted, changed, Answer::Many(accepted, reply))
                             .await;
                     }

@@ -25,6 +25,34 @@ const EXIT_TAIL_LINES: usize = 20;
 const SYNC_SPACING: Duration = Duration::from_millis(3);
 
 impl Driver {
+    /// Whether `id` was created in the core but the store never took it.
+    pub(crate) fn creation_unstored(&self, id: ProcessId) -> bool {
+        matches!(self.unsaved.get(&id), Some((None, _)))
+    }
+
+    /// Of the records just submitted, those the store did not take (or
+    /// that the core forgot already for that reason, at their spawn): the
+    /// core forgets them, so their callers are told nothing was started,
+    /// never acknowledged from memory alone.
+    pub(crate) async fn drop_unstored(
+        &mut self,
+        submitted: impl IntoIterator<Item = ProcessId>,
+    ) -> Vec<ProcessId> {
+        let mut dropped = Vec::new();
+        for id in submitted {
+            if self.creation_unstored(id)
+                && let Err(e) = self.step(Input::Unstored { id }).await
+            {
+                tracing::debug!(%id, error = %e, "an unstored record was already gone");
+            }
+            if self.core.get(id).is_none() {
+                tracing::warn!(%id, "the store did not take a new record; it was not started");
+                dropped.push(id);
+            }
+        }
+        dropped
+    }
+
     /// Does `work` once every write made so far is on disk, after the work
     /// that waits already.
     pub(crate) async fn after_sync(&mut self, work: AfterSync) {

@@ -70,6 +70,10 @@ impl Driver {
             }
             self.write_all(&mut step.writes).await;
         }
+        // Nothing is announced of a record the store never took.
+        let dropped = std::mem::take(&mut self.dropped);
+        step.announce
+            .retain(|e| !dropped.contains(&e.id) && !self.creation_unstored(e.id));
         if step.announce.is_empty() {
             self.kick_sync();
         } else {
@@ -128,7 +132,13 @@ impl Driver {
         });
     }
 
-    async fn delete(&self, id: ProcessId) {
+    async fn delete(&mut self, id: ProcessId) {
+        // A record the store never took has nothing there to delete.
+        if self.creation_unstored(id) {
+            self.unsaved.remove(&id);
+            self.dropped.insert(id);
+            return;
+        }
         // Earlier writes need no flush first: their own sync covers them.
         if let Err(e) = self.ports.store.delete(id).await {
             tracing::warn!(%id, error = %e, "could not delete a record");
@@ -141,6 +151,10 @@ impl Driver {
     /// Starts the spawn beside the loop; its answer comes back as a message.
     fn spawn(&mut self, record: &ProcessRecord) -> Option<Vec<Effect>> {
         let id = record.id();
+        // Nothing is started that the store does not know.
+        if self.creation_unstored(id) {
+            return self.follow(Input::Unstored { id });
+        }
         let Some(request) = SpawnRequest::for_record(record) else {
             let error = "nothing to spawn".into();
             return self.follow(Input::SpawnFailed { id, error });

@@ -37,7 +37,13 @@ impl Driver {
     }
 
     /// Gives the spawner the records the core just handed over.
-    pub(crate) async fn send_handed(&mut self, added: Vec<ProcessId>) {
+    pub(crate) async fn send_handed(&mut self, mut added: Vec<ProcessId>) {
+        // Nothing is started that the store does not know.
+        let (unstored, known): (Vec<_>, Vec<_>) = added
+            .into_iter()
+            .partition(|id| self.creation_unstored(*id));
+        self.core.withdraw(&unstored);
+        added = known;
         if added.is_empty() {
             return;
         }

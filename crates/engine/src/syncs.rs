@@ -13,6 +13,13 @@ use crate::{ManyReply, Reply};
 /// How often records the store refused are written again.
 pub(crate) const STORE_RETRY: Duration = Duration::from_millis(500);
 
+/// The answer to a caller whose new record the store did not take.
+pub(crate) fn unstored() -> ManagerError {
+    ManagerError::Store(bpm_ports::StoreError::Unavailable(
+        "the store stopped answering as the record was created: nothing was started; try again once it answers".into(),
+    ))
+}
+
 /// A caller waiting for its answer.
 pub(crate) enum Answer {
     One(Reply),

@@ -1054,7 +1054,9 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
     store.expect_list().returning(|_| Ok(Vec::new()));
     store.expect_room().returning(|_| Ok(()));
     store.expect_reachable().returning(|| Ok(()));
-    // The store is down for the first three creations.
+    // The store is down for the first three updates, after it took the
+    // creation (a creation it does not take is refused: see
+    // a_record_the_store_did_not_take_is_never_started_nor_acknowledged).
     store.expect_sync().returning(|| Ok(()));
     store
         .expect_write_batch_unsynced()
@@ -1062,10 +1064,10 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
             writes
                 .iter()
                 .map(|w| match w.expected_version {
-                    None if r4.fetch_add(1, Ordering::SeqCst) < 3 => {
+                    None => futures_lite(r1.create(&w.record)),
+                    Some(_) if r4.fetch_add(1, Ordering::SeqCst) < 3 => {
                         Err(StoreError::Unavailable("injected".into()))
                     }
-                    None => futures_lite(r1.create(&w.record)),
                     Some(v) => futures_lite(r2.update(&w.record, v)),
                 })
                 .collect()
@@ -1083,14 +1085,13 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
         .expect("supervision goes on while the store is down");
     assert_eq!(r.state(), StateName::Running);
     assert!(spawner.is_running(r.id()));
-    eventually("the record reaches the store", || async {
-        real.get(r.id()).await.is_ok()
+    eventually("the newest version reaches the store", || async {
+        real.get(r.id()).await.is_ok_and(|s| s == r)
     })
     .await;
-    assert_eq!(
-        real.get(r.id()).await.expect("stored"),
-        r,
-        "the newest version was written"
+    assert!(
+        failures.load(Ordering::SeqCst) >= 3,
+        "the refused writes were written again"
     );
     spawner.exit(r.id(), ExitStatus::Code(0));
     eventually("later writes go through", || async {
@@ -1416,6 +1417,9 @@ struct TestDisk {
     inner: InMemoryStore,
     batches: std::sync::Mutex<Vec<Vec<StateName>>>,
     flushes: Option<tokio::sync::Semaphore>,
+    /// While set, the store answers the check before new work but takes
+    /// no creation: it stopped answering in between.
+    refuse_creations: std::sync::atomic::AtomicBool,
 }
 
 impl TestDisk {
@@ -1424,6 +1428,7 @@ impl TestDisk {
             inner: InMemoryStore::new(),
             batches: std::sync::Mutex::default(),
             flushes: slow.then(|| tokio::sync::Semaphore::new(0)),
+            refuse_creations: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1477,6 +1482,23 @@ impl ProcessStore for TestDisk {
             .lock()
             .expect("lock")
             .push(writes.iter().map(|w| w.record.state()).collect());
+        if self
+            .refuse_creations
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let mut out = Vec::new();
+            for w in writes {
+                out.push(if w.expected_version.is_none() {
+                    Err(StoreError::Unavailable("the test's store is gone".into()))
+                } else {
+                    self.inner
+                        .write_batch_unsynced(std::slice::from_ref(w))
+                        .await
+                        .remove(0)
+                });
+            }
+            return out;
+        }
         self.inner.write_batch_unsynced(writes).await
     }
     async fn sync(&self) -> Result<(), StoreError> {
@@ -1803,4 +1825,69 @@ async fn a_store_conflict_is_reconciled_not_dropped() {
             .is_ok_and(|r| r.state() == StateName::Completed)
     })
     .await;
+}
+
+/// The store answers the check before new work, then does not take the
+/// record: the caller is told nothing was started, nothing runs, no event
+/// says otherwise, and the queue and slots are as before, alone or in a
+/// batch, with a free slot or queued behind a busy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_store_did_not_take_is_never_started_nor_acknowledged() {
+    let disk = Arc::new(TestDisk::new(false));
+    let (engine, spawner, _clock) = engine_on(&disk, 1).await;
+    let refuse = |on: bool| {
+        disk.refuse_creations
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    };
+    let is_gone = |e: &ManagerError| matches!(e, ManagerError::Store(StoreError::Unavailable(m)) if m.contains("nothing was started"));
+    let mut events = engine.subscribe();
+
+    // A free slot: it would have been spawned at once.
+    refuse(true);
+    let e = engine.start(fake(&["forever"])).await.unwrap_err();
+    assert!(is_gone(&e), "{e}");
+    assert!(
+        engine
+            .list(ListFilter::default())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = events.try_recv();
+    assert!(seen.is_err(), "no event for it: {seen:?}");
+
+    // Queued behind a busy slot, and in a batch.
+    refuse(false);
+    let busy = engine.start(fake(&["forever"])).await.expect("start");
+    eventually("it runs", || async { spawner.is_running(busy.id()) }).await;
+    refuse(true);
+    let e = engine.start(fake(&["exit=0"])).await.unwrap_err();
+    assert!(is_gone(&e), "{e}");
+    let batch = engine
+        .start_many(vec![fake(&["exit=0"]), fake(&["exit=0"])])
+        .await
+        .expect("answered");
+    assert!(
+        batch.iter().all(|r| r.as_ref().is_err_and(is_gone)),
+        "{batch:?}"
+    );
+    refuse(false);
+    let next = engine.start(fake(&["exit=0"])).await.expect("start");
+    assert_eq!(next.state(), StateName::Pending);
+    engine
+        .stop(busy.id(), StopOptions::default())
+        .await
+        .expect("stop");
+    let done = engine
+        .wait(next.id(), Some(Duration::from_secs(5)))
+        .await
+        .expect("wait");
+    assert_eq!(done.state(), StateName::Completed);
+    let stored = disk.inner.list(&ListFilter::default()).await.expect("list");
+    let mut ids: Vec<_> = stored.iter().map(ProcessRecord::id).collect();
+    ids.sort();
+    let mut expected = vec![busy.id(), next.id()];
+    expected.sort();
+    assert_eq!(ids, expected, "only what was acknowledged is stored");
 }

@@ -296,6 +296,14 @@ pub enum Input {
         /// The store's version and state of each of this node's records.
         stored: Vec<(ProcessId, u64, StateName)>,
     },
+    /// The store did not take the creation of `id` (it stopped answering
+    /// after the check before new work): the record is forgotten as if it
+    /// had never been submitted, so nothing is acknowledged, or started,
+    /// from memory alone. A record that already left `starting` is kept.
+    Unstored {
+        /// The record.
+        id: ProcessId,
+    },
 }
 
 impl Input {

@@ -339,6 +339,7 @@ impl Supervisor {
                 self.rejoined(&stored, now);
                 Ok(())
             }
+            Input::Unstored { id } => self.unstored(id, now),
             Input::Remove { id } => {
                 let record = self.own(id)?;
                 if !record.is_terminal() {

@@ -32,6 +32,11 @@ impl Order {
         self.spawning.insert(id);
     }
 
+    /// The core will not hear of `id`'s spawn: it was never made.
+    pub(super) fn spawn_dropped(&mut self, id: ProcessId) {
+        self.spawning.remove(&id);
+    }
+
     fn waits_for_start(&self, id: ProcessId) -> bool {
         self.spawning.contains(&id) || self.reported.contains(&id)
     }

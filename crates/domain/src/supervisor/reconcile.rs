@@ -22,6 +22,10 @@ use std::collections::HashMap;
 use super::{CoreError, Effect, Supervisor};
 use crate::{ProcessId, Signal, StateName, Timestamp, Transition};
 
+/// Why a record the store never took is forgotten (seen only by the rules
+/// that follow its end within the step, such as a dependent's failure).
+const UNSTORED: &str = "the store did not take the record when it was created: nothing was started";
+
 impl Supervisor {
     pub(super) fn store_conflict(
         &mut self,
@@ -64,6 +68,31 @@ impl Supervisor {
                 let _ = self.store_conflict(id, theirs.map(|(v, _)| v));
             }
         }
+    }
+
+    /// Forgets a record whose creation the store never took, unless it
+    /// started already: no event, no write, its slot and place in the
+    /// queue given back.
+    pub(super) fn unstored(&mut self, id: ProcessId, now: Timestamp) -> Result<(), CoreError> {
+        let state = self.own(id)?.state();
+        let t = match state {
+            StateName::Pending => Transition::Fail {
+                error: UNSTORED.into(),
+            },
+            StateName::Starting => Transition::SpawnFailed {
+                error: UNSTORED.into(),
+            },
+            _ => return Ok(()),
+        };
+        self.order.spawn_dropped(id);
+        self.transition(id, t, now)?;
+        self.out.retain(|e| match e {
+            Effect::Publish(event) => event.id != id,
+            Effect::ArmTimer { timer, .. } => timer.id != id,
+            _ => true,
+        });
+        self.forget(id);
+        Ok(())
     }
 
     /// Ends a record the cluster gave up while its node was away.
