@@ -118,7 +118,9 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let ports = bpm_engine::Ports {
         store,
         output,
-        events: Arc::new(bpm_adapters::memory::BroadcastBus::default()),
+        events: crate::wiring::open_events(&choice, &prefix, &node)
+            .await
+            .map_err(|e| anyhow!("cannot open the events of {}: {e}", describe(&choice)))?,
         spawner,
         clock: Arc::new(bpm_adapters::clock::SystemClock::new()),
         ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
@@ -135,6 +137,12 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
     if let Some(lease) = &mut lease {
         lease.attach(&engine);
+    }
+    if let Some(bus) = crate::wiring::open_commands(&choice, &prefix, &node)
+        .await
+        .map_err(|e| anyhow!("cannot open the commands of {}: {e}", describe(&choice)))?
+    {
+        engine.forward_through(bus);
     }
     // Reading every record back left freed memory behind (files, the
     // journal, copies shared away): give it back before serving.

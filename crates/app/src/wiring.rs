@@ -8,7 +8,8 @@ use bpm_adapters::fs::FileOutput;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, DEFAULT_OUTPUT_CAP, InMemoryOutput, InMemoryStore};
 use bpm_adapters::os::{OsSpawner, OsSpawnerConfig, ProcSampler};
-use bpm_ports::{ManagerError, OutputStore, ProcessStore};
+use bpm_domain::NodeId;
+use bpm_ports::{CommandBus, EventBus, EventBusError, ManagerError, OutputStore, ProcessStore};
 
 use bpm_engine::{Engine, EngineConfig, Ports};
 
@@ -131,5 +132,43 @@ pub async fn open_stores(
             }),
             Arc::new(bpm_adapters::redis::RedisOutput::connect(url, prefix, output_cap).await?),
         ),
+    })
+}
+
+/// The event bus for a daemon on `choice`: on Redis, one every node shares
+/// (`bpm_adapters::redis::RedisEvents`), so a subscriber here hears every
+/// node's records; otherwise one within the daemon.
+///
+/// # Errors
+/// [`EventBusError::Unavailable`] if Redis cannot be reached.
+pub async fn open_events(
+    choice: &StoreChoice,
+    prefix: &str,
+    node: &NodeId,
+) -> Result<Arc<dyn EventBus>, EventBusError> {
+    Ok(match choice {
+        StoreChoice::Redis(url) => {
+            Arc::new(bpm_adapters::redis::RedisEvents::connect(url, prefix, node.clone()).await?)
+        }
+        StoreChoice::Memory | StoreChoice::Filesystem => Arc::new(BroadcastBus::default()),
+    })
+}
+
+/// The bus that carries calls about other nodes' records to their owners:
+/// on Redis, one stream per node (`bpm_adapters::redis::RedisCommands`);
+/// none on a store of one node's own.
+///
+/// # Errors
+/// [`ManagerError::Connection`] if Redis cannot be reached.
+pub async fn open_commands(
+    choice: &StoreChoice,
+    prefix: &str,
+    node: &NodeId,
+) -> Result<Option<Arc<dyn CommandBus>>, ManagerError> {
+    Ok(match choice {
+        StoreChoice::Redis(url) => Some(Arc::new(
+            bpm_adapters::redis::RedisCommands::connect(url, prefix, node.clone()).await?,
+        )),
+        StoreChoice::Memory | StoreChoice::Filesystem => None,
     })
 }

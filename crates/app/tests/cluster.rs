@@ -520,3 +520,162 @@ fn a_restarted_daemon_takes_its_unreachable_records_back() {
     b.ok(&["stop", &running]);
     assert_eq!(state(&a.show(&running)), "cancelled");
 }
+
+/// Live pids of processes whose environment carries `BPM_PROCESS_ID=id`.
+fn marked(id: &str) -> Vec<u32> {
+    let mark = format!("BPM_PROCESS_ID={id}");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|p: &u32| {
+            let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            !zombie && env.split(|b| *b == 0).any(|v| v == mark.as_bytes())
+        })
+        .collect()
+}
+
+/// Any process from any node: from alpha, a process on beta is paused,
+/// resumed, read and waited for (its own exit code, woken by beta's event
+/// through Redis), a TERM-ignoring tree on gamma is stopped with nothing
+/// left of it, and `bpm events` on alpha carries beta's events.
+#[test]
+fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
+    let prefix = unique_prefix();
+    let a = Node::new("alpha", &prefix);
+    let b = Node::new("beta", &prefix);
+    let c = Node::new("gamma", &prefix);
+    a.ok(&["ps"]);
+    let ticker = b.ok(&[
+        "run",
+        "--shell",
+        "--",
+        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    until(&a, &ticker, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+
+    // Pause and resume on beta, from alpha: the answer is the record after.
+    let paused = a.ok(&["pause", &ticker]);
+    assert!(paused.contains("paused"), "{paused}");
+    assert_eq!(state(&b.show(&ticker)), "paused");
+    a.ok(&["resume", &ticker]);
+    assert_eq!(state(&b.show(&ticker)), "running");
+
+    // Its output, read from alpha.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = a.ok(&["logs", &ticker]);
+        if logs.contains("tick 3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alpha reads: {logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A wait on alpha for a process on beta ends with its exit code.
+    let ends = b.ok(&["run", "--shell", "--", "sleep 1; exit 3"]);
+    let waited = a.bpm(&["wait", &ends]);
+    assert_eq!(waited.status.code(), Some(3), "{}", text(&waited));
+    let events = a.ok(&["events"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains(&ends) && l.contains("\"failed\"") && l.contains("\"beta\"")),
+        "alpha heard beta's end: {events}"
+    );
+
+    // A tree on gamma that ignores TERM, stopped from alpha: the answer
+    // comes once the whole tree is gone.
+    let tree = c.ok(&[
+        "run",
+        "--shell",
+        "--",
+        "trap '' TERM; (trap '' TERM; sleep 300) & sleep 300",
+    ]);
+    until(&a, &tree, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while marked(&tree).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(marked(&tree).len() >= 2, "the tree runs");
+    let stopped = a.bpm(&["stop", "--grace", "1", &tree]);
+    assert!(stopped.status.success(), "{}", text(&stopped));
+    assert_eq!(state(&a.show(&tree)), "cancelled");
+    assert_eq!(
+        marked(&tree),
+        Vec::<u32>::new(),
+        "nothing of the tree is left"
+    );
+
+    // A record no node has.
+    let missing = a.bpm(&["stop", "00000000-0000-7000-8000-000000000000"]);
+    assert!(!missing.status.success());
+
+    // Started from alpha on beta: beta's daemon makes and runs the record.
+    let placed = a.ok(&["run", "--node", "beta", "--", "sleep", "300"]);
+    let record = b.show(&placed);
+    assert_eq!(record["node"], "beta", "{record}");
+    assert_eq!(state(&record), "running", "{record}");
+    let pid = record["pid"].as_u64().expect("a pid");
+    assert!(marked(&placed).contains(&u32::try_from(pid).expect("pid")));
+    a.ok(&["stop", &placed]);
+    // A node that is not there, and a name that cannot be one.
+    let nowhere = a.bpm(&["run", "--node", "nobody", "--", "true"]);
+    assert!(!nowhere.status.success());
+    assert!(
+        text(&nowhere).contains("no node is named nobody: nothing was sent"),
+        "{}",
+        text(&nowhere)
+    );
+    let bad = a.bpm(&["run", "--node", "no such/node", "--", "true"]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("--node"), "{}", text(&bad));
+    a.ok(&["stop", &ticker]);
+    assert_eq!(state(&b.show(&ticker)), "cancelled");
+}
+
+/// A call about a record whose node is gone gives a clear error at once,
+/// naming the node and its lease's age; it never hangs.
+#[test]
+fn a_call_for_a_node_that_is_gone_is_refused_by_name() {
+    let prefix = unique_prefix();
+    let a = Node::with("alpha", &prefix, "lost_after = \"60s\"\n");
+    let b = Node::with("beta", &prefix, "lost_after = \"60s\"\n");
+    a.ok(&["ps"]);
+    let running = b.ok(&["run", "--", "sleep", "300"]);
+    until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let (daemon, _) = b.daemon_and_keeper();
+    let stopped = Command::new("kill")
+        .args(["-STOP", &daemon])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    // Once its lease lapsed, a call about its records is refused at once.
+    until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "unreachable"
+    });
+    let started = Instant::now();
+    let refused = a.bpm(&["pause", &running]);
+    let took = started.elapsed();
+    let _ = Command::new("kill").args(["-CONT", &daemon]).status();
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains("node beta did not answer the pause") && said.contains("lease was renewed"),
+        "{said}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "refused at once, took {took:?}"
+    );
+}

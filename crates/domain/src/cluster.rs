@@ -346,6 +346,13 @@ pub struct ClaimRefused {
     pub renewed_ms_ago: u64,
 }
 
+/// The node that must carry out a call about `record` made on node `here`:
+/// its owner, when that is another node (a node changes only its own
+/// records; the others' calls are sent to it), or `None`.
+pub fn owner_elsewhere<'a>(record: &'a ProcessRecord, here: &NodeId) -> Option<&'a NodeId> {
+    (record.node() != here).then(|| record.node())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

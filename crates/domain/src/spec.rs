@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::os_text::{env_serde, path_serde};
-use crate::{GroupName, LabelKey, LabelValue, OsText, ProcessId, ProcessName, SessionId, Span};
+use crate::{
+    GroupName, LabelKey, LabelValue, NodeId, OsText, ProcessId, ProcessName, SessionId, Span,
+};
 
 /// Environment variables, by name: bytes on Unix (see [`OsText`]).
 pub type Environment = BTreeMap<OsText, OsText>;
@@ -449,6 +451,11 @@ pub struct ProcessSpec {
     /// and submits only the rest again. A restart's record has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestRef>,
+    /// The node to run it on, when not the node it is submitted to: the
+    /// call is sent to that node's daemon, which makes the record. Only that
+    /// node's core takes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
 }
 
 /// Where a record came from: the client's request id (chosen by the

@@ -349,8 +349,37 @@ fn a_refused_input_produces_no_effect() {
         ),
         Err(CoreError::SelfDependency(id(2)))
     );
+    // A spec placed on another node is that node's core's to take.
+    let mut placed = ProcessSpec::argv(["a"]);
+    placed.node = Some(NodeId::new("beta").expect("name"));
+    let refused = c
+        .handle(
+            Input::Submit {
+                id: id(3),
+                spec: placed.clone(),
+            },
+            t(1),
+        )
+        .expect_err("another node's");
+    assert_eq!(
+        refused,
+        CoreError::OtherNode {
+            placed: NodeId::new("beta").expect("name"),
+            here: NodeId::local()
+        }
+    );
+    assert!(refused.to_string().contains("send it to beta"), "{refused}");
     assert_eq!(c.records().count(), 1);
     c.check_invariants().expect("consistent");
+    placed.node = Some(NodeId::local());
+    c.handle(
+        Input::Submit {
+            id: id(3),
+            spec: placed,
+        },
+        t(1),
+    )
+    .expect("placed here");
 }
 
 #[test]

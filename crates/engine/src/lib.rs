@@ -10,7 +10,10 @@
 //! - `effects`: carrying out the core's effects through the ports;
 //! - `durability`: writes to the store, its syncs, and what waits for them;
 //! - `handover`: the spawner's side, the records it starts on exits;
-//! - `manager`: the `ProcessManager` API over the loop.
+//! - `manager`: the `ProcessManager` API over the loop;
+//! - `routing`: calls about another node's records, sent to that node, and
+//!   the commands other nodes send here;
+//! - `sweeper`: the sweep of nodes that stopped renewing their leases.
 //!
 //! A spawn runs beside the loop: the spawner may wait for the child's
 //! `exec`, and meanwhile other processes' exits and starts go on. Its result
@@ -36,6 +39,7 @@ mod durability;
 mod effects;
 mod handover;
 mod manager;
+mod routing;
 mod sweeper;
 mod syncs;
 mod timers;
@@ -106,6 +110,9 @@ pub struct Engine {
     ports: Ports,
     node: NodeId,
     tx: mpsc::UnboundedSender<Msg>,
+    /// Where calls about other nodes' records go, once a cluster's daemon
+    /// sets it ([`Engine::forward_through`]).
+    commands: Arc<std::sync::OnceLock<Arc<dyn bpm_ports::CommandBus>>>,
 }
 
 impl Engine {
@@ -145,7 +152,12 @@ impl Engine {
             driver.on_msg(msg, &mut None, &mut inbox).await;
         }
         tokio::spawn(driver.run(inbox));
-        Ok(Engine { ports, node, tx })
+        Ok(Engine {
+            ports,
+            node,
+            tx,
+            commands: Arc::default(),
+        })
     }
 
     /// Reconciles this node's records after it claimed its name again

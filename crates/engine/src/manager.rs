@@ -9,8 +9,8 @@ use bpm_domain::{
     Event, Input, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Timestamp,
 };
 use bpm_ports::{
-    Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage,
-    SampleTarget, StopOptions, StoreError,
+    Answer, Command, Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager,
+    ResourceUsage, SampleTarget, StopOptions, StoreError,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -87,6 +87,36 @@ impl Engine {
         }
     }
 
+    /// Starts `specs`, all placed on this node, in one batch.
+    async fn start_many_here(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        self.takes_new_work(specs.len()).await?;
+        let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
+        let inputs = ids
+            .iter()
+            .zip(specs)
+            .map(|(&id, spec)| Input::Submit { id, spec })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Many(inputs, reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        let (accepted, changed) = answer.await.map_err(|_| ManagerError::ShutDown)??;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, accepted) in ids.into_iter().zip(accepted) {
+            out.push(match accepted {
+                Err(e) => Err(e),
+                Ok(()) => match changed.iter().rev().find(|r| r.id() == id) {
+                    Some(r) => Ok(r.clone()),
+                    None => self.get(id).await,
+                },
+            });
+        }
+        Ok(out)
+    }
+
     async fn stop_and_wait(
         &self,
         input: Input,
@@ -119,6 +149,9 @@ impl Engine {
 #[async_trait]
 impl ProcessManager for Engine {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        if let Some(node) = spec.node.clone().filter(|n| *n != self.node) {
+            return self.start_elsewhere(node, spec).await;
+        }
         self.create(|id| Input::Submit { id, spec }).await
     }
 
@@ -126,26 +159,32 @@ impl ProcessManager for Engine {
         &self,
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
-        self.takes_new_work(specs.len()).await?;
-        let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
-        let inputs = ids
-            .iter()
-            .zip(specs)
-            .map(|(&id, spec)| Input::Submit { id, spec })
-            .collect();
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Msg::Many(inputs, reply))
-            .map_err(|_| ManagerError::ShutDown)?;
-        let (accepted, changed) = answer.await.map_err(|_| ManagerError::ShutDown)??;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, accepted) in ids.into_iter().zip(accepted) {
-            out.push(match accepted {
-                Err(e) => Err(e),
-                Ok(()) => match changed.iter().rev().find(|r| r.id() == id) {
-                    Some(r) => Ok(r.clone()),
-                    None => self.get(id).await,
-                },
+        let elsewhere = |s: &ProcessSpec| s.node.as_ref().is_some_and(|n| *n != self.node);
+        if !specs.iter().any(elsewhere) {
+            return self.start_many_here(specs).await;
+        }
+        // The specs placed here go in one batch; the others to their
+        // nodes one by one; the answers in the specs' order.
+        let (mut here, mut places) = (Vec::new(), Vec::with_capacity(specs.len()));
+        for spec in specs {
+            if elsewhere(&spec) {
+                places.push(Some(spec));
+            } else {
+                here.push(spec);
+                places.push(None);
+            }
+        }
+        let mut local = if here.is_empty() {
+            Vec::new()
+        } else {
+            self.start_many_here(here).await?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(places.len());
+        for place in places {
+            out.push(match place {
+                Some(spec) => self.start(spec).await,
+                None => local.next().unwrap_or(Err(ManagerError::ShutDown)),
             });
         }
         Ok(out)
@@ -172,17 +211,24 @@ impl ProcessManager for Engine {
         percent: Percent,
         message: Option<String>,
     ) -> Result<ProcessRecord, ManagerError> {
-        Ok(self
+        let local = self
             .call_for(
                 id,
                 Input::Progress {
                     id,
                     percent,
-                    message,
+                    message: message.clone(),
                 },
             )
-            .await?
-            .0)
+            .await
+            .map(|(r, _)| r);
+        let command = || Command::Progress {
+            id,
+            percent,
+            message,
+        };
+        self.or_forward(id, local, command, Answer::into_record)
+            .await
     }
 
     async fn complete(
@@ -190,19 +236,41 @@ impl ProcessManager for Engine {
         id: ProcessId,
         result: Option<serde_json::Value>,
     ) -> Result<Completion, ManagerError> {
-        let (record, changed) = self.call_for(id, Input::Complete { id, result }).await?;
-        Ok(Completion {
-            record,
-            no_op: !changed,
-        })
+        let local = self
+            .call_for(
+                id,
+                Input::Complete {
+                    id,
+                    result: result.clone(),
+                },
+            )
+            .await
+            .map(|(record, changed)| Completion {
+                record,
+                no_op: !changed,
+            });
+        let command = || Command::Complete { id, result };
+        self.or_forward(id, local, command, Answer::into_completion)
+            .await
     }
 
     async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
-        let (record, changed) = self.call_for(id, Input::Fail { id, error }).await?;
-        Ok(Completion {
-            record,
-            no_op: !changed,
-        })
+        let local = self
+            .call_for(
+                id,
+                Input::Fail {
+                    id,
+                    error: error.clone(),
+                },
+            )
+            .await
+            .map(|(record, changed)| Completion {
+                record,
+                no_op: !changed,
+            });
+        let command = || Command::Fail { id, error };
+        self.or_forward(id, local, command, Answer::into_completion)
+            .await
     }
 
     async fn stop(
@@ -210,9 +278,20 @@ impl ProcessManager for Engine {
         id: ProcessId,
         options: StopOptions,
     ) -> Result<ProcessRecord, ManagerError> {
+        let record = self.get(id).await?;
+        if self.commands.get().is_some()
+            && bpm_domain::cluster::owner_elsewhere(&record, &self.node).is_some()
+        {
+            let command = Command::Stop {
+                id,
+                force: options.force,
+                grace: options.grace,
+            };
+            return self.forward(&record, command).await?.into_record();
+        }
         let grace = options
             .grace
-            .unwrap_or(self.get(id).await?.spec().stop.grace)
+            .unwrap_or(record.spec().stop.grace)
             .as_duration();
         let input = Input::Stop {
             id,
@@ -252,19 +331,28 @@ impl ProcessManager for Engine {
     }
 
     async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
-        Ok(self.call_for(id, Input::Pause { id }).await?.0)
+        let local = self.call_for(id, Input::Pause { id }).await.map(|(r, _)| r);
+        self.or_forward(id, local, || Command::Pause { id }, Answer::into_record)
+            .await
     }
 
     async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
-        Ok(self.call_for(id, Input::Resume { id }).await?.0)
+        let local = self
+            .call_for(id, Input::Resume { id })
+            .await
+            .map(|(r, _)| r);
+        self.or_forward(id, local, || Command::Resume { id }, Answer::into_record)
+            .await
     }
 
     async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
         let new_id = self.ports.ids.next_id();
-        Ok(self
+        let local = self
             .call_for(new_id, Input::Restart { id, new_id })
-            .await?
-            .0)
+            .await
+            .map(|(r, _)| r);
+        self.or_forward(id, local, || Command::Restart { id }, Answer::into_record)
+            .await
     }
 
     async fn wait(
@@ -325,12 +413,19 @@ impl ProcessManager for Engine {
     }
 
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
+        if let Some(record) = self.owned_elsewhere(id).await? {
+            self.forward(&record, Command::Input { id, data }).await?;
+            return Ok(());
+        }
         self.get(id).await?;
         Ok(self.ports.spawner.write_input(id, data).await?)
     }
 
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
-        self.call(Input::Remove { id }).await.map(|_| ())
+        let local = self.call(Input::Remove { id }).await.map(|_| ());
+        let done = |_: Answer| Ok(());
+        self.or_forward(id, local, || Command::Remove { id }, done)
+            .await
     }
 
     async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError> {

@@ -1,5 +1,6 @@
 //! bpm's ports: the async traits the core needs (clock, ids, persistence,
-//! output, process spawning, events, resource usage) and [`ProcessManager`], the API that every
+//! output, process spawning, events, resource usage, commands for other
+//! nodes) and [`ProcessManager`], the API that every
 //! front end (library, CLI, daemon, MCP) uses.
 //!
 //! Every method documents the errors it MUST return; the contract suites in
@@ -7,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod clock;
+mod commands;
 mod events;
 mod ids;
 mod manager;
@@ -22,6 +24,7 @@ mod usage;
 pub mod contract;
 
 pub use clock::Clock;
+pub use commands::{Answer, Command, CommandBus, Delivery, answer_within};
 pub use events::{EventBus, EventBusError};
 pub use ids::IdGenerator;
 pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
@@ -36,7 +39,7 @@ pub use usage::{ResourceSampler, ResourceUsage, SampleTarget};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use {
-    clock::MockClock, events::MockEventBus, ids::MockIdGenerator, manager::MockProcessManager,
-    output::MockOutputStore, spawner::MockProcessSpawner, store::MockProcessStore,
-    usage::MockResourceSampler,
+    clock::MockClock, commands::MockCommandBus, events::MockEventBus, ids::MockIdGenerator,
+    manager::MockProcessManager, output::MockOutputStore, spawner::MockProcessSpawner,
+    store::MockProcessStore, usage::MockResourceSampler,
 };

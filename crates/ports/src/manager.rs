@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bpm_domain::{
-    CoreError, Event, InvalidTransition, ListFilter, Percent, ProcessId, ProcessRecord,
+    CoreError, Event, InvalidTransition, ListFilter, NodeId, Percent, ProcessId, ProcessRecord,
     ProcessSpec, Span, SpecError, StateName,
 };
 use serde::{Deserialize, Serialize};
@@ -102,6 +102,30 @@ pub enum ManagerError {
     /// broke the protocol.
     #[error("{0}")]
     Connection(String),
+    /// The record belongs to another node, which did not take or answer
+    /// the call in time, or is not alive.
+    #[error(
+        "node {node} did not answer the {command} after {}: {detail} (its lease {})",
+        seconds(*waited_ms),
+        lease_age_ms.map_or_else(|| "is unknown".into(), |age| format!("was renewed {} ago", seconds(age)))
+    )]
+    NodeNotAnswering {
+        /// The node that owns the record.
+        node: NodeId,
+        /// Which call.
+        command: String,
+        /// How long the caller waited, in milliseconds.
+        waited_ms: u64,
+        /// How long ago its lease was renewed, if it has one.
+        lease_age_ms: Option<u64>,
+        /// What became of the call.
+        detail: String,
+    },
+}
+
+/// Milliseconds as seconds for people: `2.5 s`.
+fn seconds(ms: u64) -> String {
+    format!("{:.1} s", Duration::from_millis(ms).as_secs_f64())
 }
 
 impl From<CoreError> for ManagerError {

@@ -85,6 +85,9 @@ pub(super) struct StartArgs {
     pub(super) kind: Option<KindArg>,
     /// A session to group processes by (for example the agent's conversation).
     pub(super) session: Option<String>,
+    /// The node to run it on (see the nodes of a cluster with `bpm nodes`);
+    /// the server's own node by default.
+    pub(super) node: Option<String>,
     /// The id of a parent process: stopping the parent stops this one.
     pub(super) parent: Option<String>,
     /// A concurrency group (limits apply per group).

@@ -268,6 +268,11 @@ impl McpServer {
             .map(|s| s.parse())
             .transpose()
             .map_err(|e: bpm_domain::NameError| e.to_string())?;
+        spec.node = a
+            .node
+            .map(|n| n.parse())
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| format!("node: {e}"))?;
         if let Some(p) = a.parent {
             spec.parent = Some(self.id(&p).await?);
         }

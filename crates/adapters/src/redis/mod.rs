@@ -8,6 +8,8 @@
 //! seconds, and work again by themselves once it is back. AUTH, ACL users and
 //! TLS (`rediss://`) come from the URL.
 
+mod commands;
+mod events;
 mod membership;
 mod output;
 mod store;
@@ -20,6 +22,8 @@ use bpm_domain::{ClusterTiming, NodeId, Timestamp};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use commands::RedisCommands;
+pub use events::{QUEUED_EVENTS, RedisEvents};
 pub use membership::RedisMembership;
 pub use output::RedisOutput;
 pub use store::RedisStore;

@@ -326,6 +326,13 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         .map(|g| g.parse())
         .transpose()
         .map_err(|e: bpm_domain::NameError| bad(&e))?;
+    spec.node = a
+        .node
+        .map(|n| {
+            n.parse::<bpm_domain::NodeId>()
+                .map_err(|e| bad(&format!("--node {n:?}: {e}")))
+        })
+        .transpose()?;
     spec.session = a
         .session
         .map(|g| g.parse())

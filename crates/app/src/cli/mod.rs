@@ -216,6 +216,9 @@ pub struct RunArgs {
     /// Session.
     #[arg(long)]
     pub session: Option<String>,
+    /// Run it on this node (its daemon makes the record); this node by default.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Parent process (id or name).
     #[arg(long)]
     pub parent: Option<String>,

@@ -340,6 +340,14 @@ pub enum CoreError {
     /// The lifecycle does not allow it.
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),
+    /// The spec is placed on another node; only that node's core takes it.
+    #[error("the process is placed on node {placed}, and this is node {here}: send it to {placed}")]
+    OtherNode {
+        /// The node the spec names.
+        placed: NodeId,
+        /// This core's node.
+        here: NodeId,
+    },
     /// A dependency names no known record.
     #[error("unknown dependency {0}: no such process")]
     UnknownDependency(ProcessId),

@@ -18,6 +18,12 @@ impl Supervisor {
         now: Timestamp,
     ) -> Result<(), CoreError> {
         spec.validate()?;
+        if let Some(placed) = spec.node.as_ref().filter(|n| **n != self.node) {
+            return Err(CoreError::OtherNode {
+                placed: placed.clone(),
+                here: self.node.clone(),
+            });
+        }
         match &self.last_env {
             // Arc's equality checks the pointer first, then the maps.
             Some(last) if *last == spec.env => spec.env = Arc::clone(last),

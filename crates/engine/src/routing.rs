@@ -1,0 +1,176 @@
+//! Calls about another node's records. A node changes only its own records
+//! (`cluster::owner_elsewhere`), so a call the core answers with "no such
+//! record" is looked up in the shared store, and when another node owns the
+//! record it goes to that node as a [`Command`] through the
+//! [`CommandBus`]; its answer, or its error, is the call's. The other half:
+//! the commands other nodes send here, each carried out as a local call on
+//! a task of its own (a stop waits for its tree) and answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, cluster};
+use bpm_ports::{Answer, Command, CommandBus, ManagerError, ProcessManager, StopOptions};
+
+use crate::Engine;
+
+/// How long the command loop waits after the bus failed it.
+const RETRY: Duration = Duration::from_millis(500);
+
+impl Engine {
+    /// Sends calls about other nodes' records through `bus`, and carries
+    /// out the commands `bus` brings for this node, on a task of the
+    /// current tokio runtime. Set once; a second bus is ignored.
+    pub fn forward_through(&self, bus: Arc<dyn CommandBus>) {
+        if self.commands.set(Arc::clone(&bus)).is_ok() {
+            tokio::spawn(serve(self.clone(), bus));
+        }
+    }
+
+    /// `id`'s record when another node owns it and calls can be sent there.
+    pub(crate) async fn owned_elsewhere(
+        &self,
+        id: ProcessId,
+    ) -> Result<Option<ProcessRecord>, ManagerError> {
+        if self.commands.get().is_none() {
+            return Ok(None);
+        }
+        let record = self.get(id).await?;
+        Ok(cluster::owner_elsewhere(&record, &self.node)
+            .is_some()
+            .then_some(record))
+    }
+
+    /// Sends `command` to the node that owns `record`, and returns its answer.
+    pub(crate) async fn forward(
+        &self,
+        record: &ProcessRecord,
+        command: Command,
+    ) -> Result<Answer, ManagerError> {
+        let Some(bus) = self.commands.get() else {
+            return Err(ManagerError::NotFound(record.id()));
+        };
+        let within = bpm_ports::answer_within(&command, record.spec().stop.grace.as_duration());
+        bus.send(record.node(), command, within).await
+    }
+
+    /// `local`, the answer of this node's core; when that is "no such
+    /// record" and another node owns it, the answer of that node to
+    /// `command`, read by `take`.
+    pub(crate) async fn or_forward<T>(
+        &self,
+        id: ProcessId,
+        local: Result<T, ManagerError>,
+        command: impl FnOnce() -> Command,
+        take: fn(Answer) -> Result<T, ManagerError>,
+    ) -> Result<T, ManagerError> {
+        match local {
+            Err(ManagerError::NotFound(missing)) if missing == id => {
+                match self.owned_elsewhere(id).await? {
+                    Some(record) => take(self.forward(&record, command()).await?),
+                    None => Err(ManagerError::NotFound(id)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Starts `spec` on `node`, another node: sent to its daemon, which
+    /// makes the record.
+    pub(crate) async fn start_elsewhere(
+        &self,
+        node: NodeId,
+        spec: ProcessSpec,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let Some(bus) = self.commands.get() else {
+            return Err(ManagerError::NodeNotAnswering {
+                node,
+                command: "start".into(),
+                waited_ms: 0,
+                lease_age_ms: None,
+                detail: format!(
+                    "this daemon's store is not shared with other nodes, so only node {} runs processes here",
+                    self.node
+                ),
+            });
+        };
+        let command = Command::Start {
+            spec: Box::new(spec),
+        };
+        let within = bpm_ports::answer_within(&command, Duration::ZERO);
+        bus.send(&node, command, within).await?.into_record()
+    }
+
+    /// Carries out a command another node sent, as the local call.
+    async fn carry_out(&self, command: Command) -> Result<Answer, ManagerError> {
+        if let Some(id) = command.id()
+            && let Some(owner) = cluster::owner_elsewhere(&self.get(id).await?, &self.node)
+        {
+            // Never sent on again: a command goes to its owner only.
+            return Err(ManagerError::Connection(format!(
+                "process {id} belongs to node {owner}, not to node {}",
+                self.node
+            )));
+        }
+        let record = |record| Answer::Record { record };
+        let completion = |c: bpm_ports::Completion| Answer::Completion {
+            record: c.record,
+            no_op: c.no_op,
+        };
+        match command {
+            Command::Start { spec } if spec.node.as_ref() == Some(&self.node) => {
+                self.start(*spec).await.map(record)
+            }
+            Command::Start { .. } => Err(ManagerError::Connection(format!(
+                "a start placed on another node came to node {}",
+                self.node
+            ))),
+            Command::Stop { id, force, grace } => self
+                .stop(id, StopOptions { force, grace })
+                .await
+                .map(record),
+            Command::Pause { id } => self.pause(id).await.map(record),
+            Command::Resume { id } => self.resume(id).await.map(record),
+            Command::Restart { id } => self.restart(id).await.map(record),
+            Command::Input { id, data } => self.send_input(id, data).await.map(|()| Answer::Done),
+            Command::Progress {
+                id,
+                percent,
+                message,
+            } => self.progress(id, percent, message).await.map(record),
+            Command::Complete { id, result } => self.complete(id, result).await.map(completion),
+            Command::Fail { id, error } => self.fail(id, error).await.map(completion),
+            Command::Remove { id } => self.remove(id).await.map(|()| Answer::Done),
+        }
+    }
+}
+
+/// Takes this node's commands off the bus, each carried out on its own task.
+async fn serve(engine: Engine, bus: Arc<dyn CommandBus>) {
+    let mut failing = false;
+    loop {
+        match bus.receive().await {
+            Ok(Some(delivery)) => {
+                failing = false;
+                let (engine, bus) = (engine.clone(), Arc::clone(&bus));
+                tokio::spawn(async move {
+                    let name = delivery.command.name();
+                    let id = delivery.command.id().map(|id| id.to_string());
+                    let answer = engine.carry_out(delivery.command.clone()).await;
+                    if let Err(e) = bus.answer(&delivery, &answer).await {
+                        tracing::warn!(id = id.as_deref().unwrap_or("-"), command = name, error = %e, "a command from another node was carried out but not answered; its sender will be told it is unknown");
+                    }
+                });
+            }
+            Ok(None) => failing = false,
+            Err(ManagerError::ShutDown) => return,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read the commands other nodes send; will retry");
+                    failing = true;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Commands for the node that owns a record. A daemon changes only its own
+//! node's records; a call about another node's record (stop, pause, resume,
+//! restart, input, progress, complete, fail, remove) is sent to the owner as
+//! a [`Command`] through a [`CommandBus`], carried out there as a local call,
+//! and its answer comes back with the meaning of a local call: a `stop`
+//! answers once the whole tree is gone.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bpm_domain::{NodeId, Percent, ProcessId, ProcessRecord, ProcessSpec, Span};
+use serde::{Deserialize, Serialize};
+
+use crate::{Completion, ManagerError};
+
+/// A call about one record, for the node that owns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// `ProcessManager::start` of a spec placed on the node.
+    Start {
+        /// The spec; its `node` is the receiving node.
+        spec: Box<ProcessSpec>,
+    },
+    /// `ProcessManager::stop`.
+    Stop {
+        /// The record.
+        id: ProcessId,
+        /// KILL at once.
+        force: bool,
+        /// The grace period, if not the policy's.
+        grace: Option<Span>,
+    },
+    /// `ProcessManager::pause`.
+    Pause {
+        /// The record.
+        id: ProcessId,
+    },
+    /// `ProcessManager::resume`.
+    Resume {
+        /// The record.
+        id: ProcessId,
+    },
+    /// `ProcessManager::restart`.
+    Restart {
+        /// The record.
+        id: ProcessId,
+    },
+    /// `ProcessManager::send_input`.
+    Input {
+        /// The record.
+        id: ProcessId,
+        /// The bytes for its standard input.
+        data: Vec<u8>,
+    },
+    /// `ProcessManager::progress`.
+    Progress {
+        /// The record.
+        id: ProcessId,
+        /// How far along.
+        percent: Percent,
+        /// What it is doing.
+        message: Option<String>,
+    },
+    /// `ProcessManager::complete`.
+    Complete {
+        /// The record.
+        id: ProcessId,
+        /// Its result.
+        result: Option<serde_json::Value>,
+    },
+    /// `ProcessManager::fail`.
+    Fail {
+        /// The record.
+        id: ProcessId,
+        /// Why.
+        error: String,
+    },
+    /// `ProcessManager::remove`.
+    Remove {
+        /// The record.
+        id: ProcessId,
+    },
+}
+
+impl Command {
+    /// The record the command is about (none for a start).
+    pub fn id(&self) -> Option<ProcessId> {
+        match self {
+            Command::Start { .. } => None,
+            Command::Stop { id, .. }
+            | Command::Pause { id }
+            | Command::Resume { id }
+            | Command::Restart { id }
+            | Command::Input { id, .. }
+            | Command::Progress { id, .. }
+            | Command::Complete { id, .. }
+            | Command::Fail { id, .. }
+            | Command::Remove { id } => Some(*id),
+        }
+    }
+
+    /// The command's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Start { .. } => "start",
+            Command::Stop { .. } => "stop",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::Restart { .. } => "restart",
+            Command::Input { .. } => "input",
+            Command::Progress { .. } => "progress",
+            Command::Complete { .. } => "complete",
+            Command::Fail { .. } => "fail",
+            Command::Remove { .. } => "remove",
+        }
+    }
+}
+
+/// What a command did, as the local call answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// The record after the call (start, stop, pause, resume, progress;
+    /// restart's new record).
+    Record {
+        /// The record.
+        record: ProcessRecord,
+    },
+    /// Complete or fail: the record, and whether the call changed nothing.
+    Completion {
+        /// The record.
+        record: ProcessRecord,
+        /// The record had finished already.
+        no_op: bool,
+    },
+    /// Input sent, or the record removed.
+    Done,
+}
+
+impl Answer {
+    /// The record the answer carries.
+    ///
+    /// # Errors
+    /// [`ManagerError::Connection`] for an answer without one (the owner
+    /// answered another call than the one asked).
+    pub fn into_record(self) -> Result<ProcessRecord, ManagerError> {
+        match self {
+            Answer::Record { record } | Answer::Completion { record, .. } => Ok(record),
+            Answer::Done => Err(unexpected()),
+        }
+    }
+
+    /// The answer as complete or fail gives it.
+    ///
+    /// # Errors
+    /// As [`into_record`](Self::into_record).
+    pub fn into_completion(self) -> Result<Completion, ManagerError> {
+        match self {
+            Answer::Completion { record, no_op } => Ok(Completion { record, no_op }),
+            Answer::Record { record } => Ok(Completion {
+                record,
+                no_op: false,
+            }),
+            Answer::Done => Err(unexpected()),
+        }
+    }
+}
+
+fn unexpected() -> ManagerError {
+    ManagerError::Connection("the owning node answered without the record".into())
+}
+
+/// A command taken from this node's queue, to carry out and answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The command's own id, chosen by its sender: a command delivered
+    /// again (its first carrier died before it answered) has the same.
+    pub id: String,
+    /// The command.
+    pub command: Command,
+}
+
+/// Carries commands to the node that owns their record, and their answers
+/// back. Delivery is at least once; each command is carried out once
+/// (commands carry ids, and an answered command delivered again is
+/// answered again, not carried out again).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait CommandBus: Send + Sync + 'static {
+    /// Sends `command` to `node` and waits for its answer, at most `within`.
+    ///
+    /// # Errors
+    /// MUST return [`ManagerError::NodeNotAnswering`] when `node` is not
+    /// alive (unknown, lost or left: at once, without waiting) or gave no
+    /// answer within `within`; the error names the node and its lease's
+    /// age. MUST return the owner's own error when it answered with one,
+    /// and [`ManagerError::Connection`] when the bus cannot be reached.
+    async fn send(
+        &self,
+        node: &NodeId,
+        command: Command,
+        within: Duration,
+    ) -> Result<Answer, ManagerError>;
+
+    /// The next command for this node, waiting at most about a second:
+    /// `None` when none came. Commands a former daemon of this node took
+    /// but never answered come first.
+    ///
+    /// # Errors
+    /// MUST return [`ManagerError::Connection`] when the bus cannot be
+    /// reached.
+    async fn receive(&self) -> Result<Option<Delivery>, ManagerError>;
+
+    /// Answers `delivery` and takes it off this node's queue; an answer
+    /// sent again for the same command changes nothing.
+    ///
+    /// # Errors
+    /// MUST return [`ManagerError::Connection`] when the bus cannot be
+    /// reached (the command stays queued, and is delivered again).
+    async fn answer(
+        &self,
+        delivery: &Delivery,
+        answer: &Result<Answer, ManagerError>,
+    ) -> Result<(), ManagerError>;
+}
+
+/// How long a sender waits for `command`'s answer: a stop's grace and
+/// the time its tree may take to end, or a few seconds for the rest.
+pub fn answer_within(command: &Command, grace: Duration) -> Duration {
+    match command {
+        Command::Stop { force: true, .. } => Duration::from_secs(40),
+        Command::Stop { grace: g, .. } => {
+            g.map_or(grace, Span::as_duration) + Duration::from_secs(40)
+        }
+        _ => Duration::from_secs(10),
+    }
+}
