@@ -314,3 +314,76 @@ proptest! {
         prop_assert_eq!(r.state(), StateName::Lost);
     }
 }
+
+/// A record the cluster failed while it waited to start on a node that was
+/// away (found by the cluster simulation): if it still waits, it fails
+/// here too; if the node started it meanwhile, its process is killed and
+/// the record ends lost. Either way it never becomes live in the store again.
+#[test]
+fn a_record_failed_while_its_node_was_away_is_never_live_again() {
+    let mut core = Supervisor::new(
+        node("b"),
+        Limits {
+            max_running: 1,
+            ..Limits::default()
+        },
+    );
+    for n in 1..=3 {
+        core.handle(
+            Input::Submit {
+                id: id(n),
+                spec: ProcessSpec::argv(["work"]),
+            },
+            t(0),
+        )
+        .expect("submit");
+    }
+    core.handle(
+        Input::Spawned {
+            id: id(1),
+            pid: 101,
+        },
+        t(1),
+    )
+    .expect("spawned");
+    // Away: 1 exits and 2 starts in its slot; 3 still waits.
+    core.handle(
+        Input::Exited {
+            id: id(1),
+            status: bpm_domain::ExitStatus::Code(0),
+        },
+        t(2),
+    )
+    .expect("exit");
+    core.handle(
+        Input::Spawned {
+            id: id(2),
+            pid: 102,
+        },
+        t(3),
+    )
+    .expect("spawned");
+    let v = |core: &Supervisor, n| core.get(id(n)).expect("known").version();
+    let (v2, v3) = (v(&core, 2), v(&core, 3));
+    let effects = core
+        .handle(
+            Input::Rejoined {
+                stored: vec![
+                    (id(2), v2 + 5, StateName::Failed),
+                    (id(3), v3 + 5, StateName::Failed),
+                ],
+            },
+            t(20_000),
+        )
+        .expect("rejoined");
+    assert!(effects.contains(&Effect::Signal {
+        id: id(2),
+        pid: 102,
+        signal: Signal::Kill
+    }));
+    assert_eq!(core.get(id(2)).expect("known").state(), StateName::Lost);
+    assert_eq!(core.get(id(3)).expect("known").state(), StateName::Failed);
+    for (id, _, state) in persisted(&effects) {
+        assert!(state.is_terminal(), "{id} written {state}");
+    }
+}

@@ -56,8 +56,12 @@ impl Supervisor {
             let entry = &self.entries[&id];
             let ours = (entry.persisted, entry.record.state());
             let theirs = stored.get(&id).copied();
-            if theirs.is_some_and(|(_, s)| s == StateName::Lost) && !ours.1.is_terminal() {
-                self.give_up(id, now);
+            // Given up while this node was away (lost, or failed before
+            // it started): final for everyone who saw it, so here too.
+            if let Some((_, end)) = theirs.filter(|(_, s)| s.is_terminal())
+                && !ours.1.is_terminal()
+            {
+                self.give_up(id, end, now);
             }
             let ours = (
                 self.entries[&id].persisted,
@@ -96,7 +100,7 @@ impl Supervisor {
     }
 
     /// Ends a record the cluster gave up while its node was away.
-    fn give_up(&mut self, id: ProcessId, now: Timestamp) {
+    fn give_up(&mut self, id: ProcessId, end: StateName, now: Timestamp) {
         if let Some(pid) = self.entries[&id].record.pid() {
             self.out.push(Effect::Signal {
                 id,
@@ -108,6 +112,14 @@ impl Supervisor {
             "given up by the cluster while node {} was away; its process was killed when the node came back",
             self.node
         );
-        let _ = self.transition(id, Transition::Lose { reason }, now);
+        // A record failed before it started there fails here too, if it
+        // still waits; one that started meanwhile ran, and is lost.
+        let waiting = self.entries[&id].record.state() == StateName::Pending;
+        let t = if end == StateName::Failed && waiting {
+            Transition::Fail { error: reason }
+        } else {
+            Transition::Lose { reason }
+        };
+        let _ = self.transition(id, t, now);
     }
 }

@@ -1,0 +1,373 @@
+//! Several nodes in one deterministic simulation: three supervisors share
+//! one store and one membership, under the domain's cluster rules (claims,
+//! renewals, `may_write`, fencing by epoch, sweeps of lapsed leases, and
+//! the rejoin of a node that comes back), while proptest cuts nodes off,
+//! heals them, stalls time and ends processes in any order. After every
+//! step:
+//! - no record is written by two epochs of its node: once an epoch wrote
+//!   it, no older epoch writes it again;
+//! - no record is both lost in the store and running on its node, once
+//!   that node holds its name again;
+//! - a record the store holds finished (given up as lost, or ended) never
+//!   becomes live again there;
+//! - every node's core keeps its own invariants.
+
+use std::collections::{HashMap, HashSet};
+
+use bpm_domain::cluster::{Sweep, accepts_write, claim, sweep_record};
+use bpm_domain::{
+    ClusterTiming, Effect, ExitStatus, Input, Lease, Limits, NodeId, ProcessId, ProcessRecord,
+    ProcessSpec, Signal, Span, StateName, Supervisor, Timestamp,
+};
+use proptest::prelude::*;
+
+const NODES: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(usize),
+    Exit(usize, usize),
+    Cut(usize),
+    Heal(usize),
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..NODES).prop_map(Op::Submit),
+        3 => (0..NODES, 0..4usize).prop_map(|(n, k)| Op::Exit(n, k)),
+        1 => (0..NODES).prop_map(Op::Cut),
+        1 => (0..NODES).prop_map(Op::Heal),
+        3 => (100..4_000u64).prop_map(Op::Advance),
+    ]
+}
+
+struct Node {
+    name: NodeId,
+    core: Supervisor,
+    epoch: u64,
+    /// When its last renewal that succeeded was sent.
+    sent: Timestamp,
+    connected: bool,
+    /// The processes running on its machine.
+    running: HashMap<ProcessId, u32>,
+    /// Writes the store did not take yet (newest per record).
+    unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
+}
+
+struct World {
+    now: Timestamp,
+    timing: ClusterTiming,
+    nodes: Vec<Node>,
+    store: HashMap<ProcessId, ProcessRecord>,
+    leases: HashMap<NodeId, Lease>,
+    epochs: HashMap<NodeId, u64>,
+    /// The newest epoch of its own node that wrote each record.
+    written_by: HashMap<ProcessId, u64>,
+    swept: HashSet<(NodeId, u64, Sweep)>,
+    /// Records the store has held in a final state.
+    finished: HashSet<ProcessId>,
+    next: u128,
+    pid: u32,
+}
+
+impl World {
+    fn new() -> World {
+        let timing = ClusterTiming::new(Span::from_secs(2), Span::from_secs(6)).expect("timing");
+        let now = Timestamp::from_millis(1_000_000);
+        let mut world = World {
+            now,
+            timing,
+            nodes: Vec::new(),
+            store: HashMap::new(),
+            leases: HashMap::new(),
+            epochs: HashMap::new(),
+            written_by: HashMap::new(),
+            swept: HashSet::new(),
+            finished: HashSet::new(),
+            next: 1,
+            pid: 100,
+        };
+        for n in 0..NODES {
+            let name = NodeId::new(format!("n{n}")).expect("name");
+            let limits = Limits {
+                max_running: 3,
+                ..Limits::default()
+            };
+            world.nodes.push(Node {
+                name: name.clone(),
+                core: Supervisor::new(name, limits),
+                epoch: 0,
+                sent: now,
+                connected: true,
+                running: HashMap::new(),
+                unsaved: HashMap::new(),
+            });
+            world.claim(n);
+        }
+        world
+    }
+
+    fn lease_of(&self, n: usize) -> Option<&Lease> {
+        self.leases.get(&self.nodes[n].name)
+    }
+
+    /// Node `n` claims its name (it must be free): a new epoch.
+    fn claim(&mut self, n: usize) -> bool {
+        let name = self.nodes[n].name.clone();
+        let newest = self.epochs.get(&name).copied().unwrap_or(0);
+        let Ok(epoch) = claim(&name, self.leases.get(&name), newest, self.now) else {
+            return false;
+        };
+        self.epochs.insert(name.clone(), epoch);
+        self.leases.insert(
+            name.clone(),
+            Lease {
+                node: name,
+                epoch,
+                host: "sim".into(),
+                pid: 1,
+                version: "sim".into(),
+                since: self.now,
+                renewed_at: self.now,
+                ttl: Span::from_secs(2),
+                slots: 3,
+                left: false,
+            },
+        );
+        let node = &mut self.nodes[n];
+        node.epoch = epoch;
+        node.sent = self.now;
+        true
+    }
+
+    /// Whether node `n`'s writes reach the store now.
+    fn writes(&self, n: usize) -> bool {
+        let node = &self.nodes[n];
+        node.connected
+            && self.timing.may_write(node.sent, self.now)
+            && accepts_write(self.epochs[&node.name], node.epoch)
+    }
+
+    fn handle(&mut self, n: usize, input: Input) {
+        let now = self.now;
+        if let Ok(effects) = self.nodes[n].core.handle(input, now) {
+            self.carry_out(n, effects);
+        }
+    }
+
+    fn carry_out(&mut self, n: usize, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Persist {
+                    record,
+                    expected_version,
+                    ..
+                } => {
+                    let id = record.id();
+                    self.nodes[n].unsaved.insert(id, (expected_version, record));
+                    self.flush(n);
+                }
+                Effect::Spawn { record } => {
+                    self.pid += 1;
+                    let (id, pid) = (record.id(), self.pid);
+                    self.nodes[n].running.insert(id, pid);
+                    self.handle(n, Input::Spawned { id, pid });
+                }
+                Effect::Signal { id, signal, .. }
+                    if self.nodes[n].running.remove(&id).is_some() =>
+                {
+                    let status = ExitStatus::Signal(match signal {
+                        Signal::Kill => 9,
+                        _ => 15,
+                    });
+                    self.handle(n, Input::Exited { id, status });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes what node `n` holds unsaved, if it may write: compare-and-set,
+    /// a conflict reconciled by its core.
+    fn flush(&mut self, n: usize) {
+        if !self.writes(n) {
+            return;
+        }
+        let pending: Vec<_> = self.nodes[n].unsaved.drain().collect();
+        for (id, (expected, record)) in pending {
+            let stored = self.store.get(&id).map(ProcessRecord::version);
+            if stored != expected {
+                self.handle(n, Input::StoreConflict { id, stored });
+                continue;
+            }
+            let epoch = self.nodes[n].epoch;
+            let newest = self.written_by.entry(id).or_insert(epoch);
+            assert!(
+                epoch >= *newest,
+                "{id} written by epoch {epoch} after epoch {newest}"
+            );
+            *newest = epoch;
+            self.keep(record);
+        }
+    }
+
+    /// Renewals, claims again, rejoins and sweeps at `now`.
+    fn tick(&mut self) {
+        for n in 0..NODES {
+            if !self.nodes[n].connected {
+                continue;
+            }
+            let name = self.nodes[n].name.clone();
+            let held = self.lease_of(n).is_some_and(|l| {
+                l.epoch == self.nodes[n].epoch
+                    && l.renewed_at.saturating_add(l.ttl.as_duration()) >= self.now
+            });
+            if held {
+                self.leases.get_mut(&name).expect("lease").renewed_at = self.now;
+                self.nodes[n].sent = self.now;
+            } else if self.claim(n) {
+                let stored = self
+                    .store
+                    .values()
+                    .filter(|r| r.node() == &name)
+                    .map(|r| (r.id(), r.version(), r.state()))
+                    .collect();
+                // What waited from before the lapse is reconciled, not written.
+                self.nodes[n].unsaved.clear();
+                self.handle(n, Input::Rejoined { stored });
+            }
+            self.flush(n);
+        }
+        self.sweep();
+    }
+
+    fn sweep(&mut self) {
+        let leases: Vec<Lease> = self.leases.values().cloned().collect();
+        for lease in leases {
+            let Some(sweep) = self.timing.sweep_due(&lease, self.now) else {
+                continue;
+            };
+            let by = (0..NODES).find(|&n| self.nodes[n].name != lease.node && self.writes(n));
+            let Some(by) = by else { continue };
+            if !self.swept.insert((lease.node.clone(), lease.epoch, sweep)) {
+                continue;
+            }
+            let by_name = self.nodes[by].name.clone();
+            let records: Vec<ProcessRecord> = self.store.values().cloned().collect();
+            for mut record in records {
+                if sweep_record(sweep, &lease, &by_name, &self.timing, &mut record, self.now)
+                    .is_some()
+                {
+                    self.keep(record);
+                }
+            }
+        }
+    }
+
+    /// Puts `record` in the store: a final record stays final.
+    fn keep(&mut self, record: ProcessRecord) {
+        let id = record.id();
+        if self.finished.contains(&id) {
+            assert!(
+                record.is_terminal(),
+                "{id} was final in the store and is written {} again",
+                record.state()
+            );
+        }
+        if record.is_terminal() {
+            self.finished.insert(id);
+        }
+        self.store.insert(id, record);
+    }
+
+    fn check(&self) {
+        for (n, node) in self.nodes.iter().enumerate() {
+            node.core.check_invariants().expect("the core's invariants");
+            let holds = node.connected
+                && self
+                    .lease_of(n)
+                    .is_some_and(|l| l.epoch == node.epoch && self.writes(n));
+            if !holds {
+                continue;
+            }
+            for (id, record) in &self.store {
+                if record.node() == &node.name
+                    && record.state() == StateName::Lost
+                    && node.unsaved.is_empty()
+                {
+                    assert!(
+                        !node.running.contains_key(id),
+                        "{id} is lost in the store and runs on {}",
+                        node.name
+                    );
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        match *op {
+            Op::Submit(n) => {
+                let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
+                self.next += 1;
+                self.handle(
+                    n,
+                    Input::Submit {
+                        id,
+                        spec: ProcessSpec::argv(["work"]),
+                    },
+                );
+            }
+            Op::Exit(n, k) => {
+                let mut ids: Vec<ProcessId> = self.nodes[n].running.keys().copied().collect();
+                ids.sort();
+                if let Some(&id) = ids.get(k % ids.len().max(1)) {
+                    self.nodes[n].running.remove(&id);
+                    let code = i32::try_from(k).expect("small");
+                    self.handle(
+                        n,
+                        Input::Exited {
+                            id,
+                            status: ExitStatus::Code(code),
+                        },
+                    );
+                }
+            }
+            Op::Cut(n) => self.nodes[n].connected = false,
+            Op::Heal(n) => self.nodes[n].connected = true,
+            Op::Advance(ms) => {
+                // Renewals come every third of a lease while time passes.
+                let mut left = ms;
+                while left > 0 {
+                    let dt = left.min(600);
+                    self.now = self
+                        .now
+                        .saturating_add(std::time::Duration::from_millis(dt));
+                    left -= dt;
+                    self.tick();
+                }
+            }
+        }
+        self.check();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn no_record_is_written_by_two_epochs_nor_runs_while_lost(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        let mut world = World::new();
+        for op in &ops {
+            world.step(op);
+        }
+        // Everyone back, time enough to settle: the invariants still hold.
+        for n in 0..NODES {
+            world.step(&Op::Heal(n));
+        }
+        world.step(&Op::Advance(3_000));
+    }
+}
