@@ -578,6 +578,43 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Followed from alpha: new lines come as beta's process writes them.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_bpm"))
+        .args(["logs", "-f", &ticker])
+        .env("BPM_HOME", a.home())
+        .env_remove("BPM_NODE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("logs -f");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ticks = |line: &str| {
+        line.strip_prefix("tick ")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let first = ticks(&rx.recv_timeout(Duration::from_secs(10)).expect("a line"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut newest = first;
+    while newest <= first.map(|n| n + 5) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        newest = ticks(&rx.recv_timeout(left).expect("lines keep coming")).or(newest);
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
     // A wait on alpha for a process on beta ends with its exit code.
     let ends = b.ok(&["run", "--shell", "--", "sleep 1; exit 3"]);
     let waited = a.bpm(&["wait", &ends]);
