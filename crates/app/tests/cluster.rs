@@ -664,6 +664,37 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
     let pid = record["pid"].as_u64().expect("a pid");
     assert!(marked(&placed).contains(&u32::try_from(pid).expect("pid")));
     a.ok(&["stop", &placed]);
+    // A batch placed on gamma: one command, three records there.
+    let mut batch = Command::new(env!("CARGO_BIN_EXE_bpm"))
+        .args(["run", "--node", "gamma", "--from", "-", "--", "sh", "-c"])
+        .env("BPM_HOME", a.home())
+        .env_remove("BPM_NODE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run --from");
+    {
+        use std::io::Write as _;
+        let mut stdin = batch.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"'exit 0'\n'exit 1'\n'exit 2'\n")
+            .expect("write");
+    }
+    let out = batch.wait_with_output().expect("run --from");
+    assert!(out.status.success(), "{}", text(&out));
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for (code, id) in ids.iter().enumerate() {
+        let waited = a.bpm(&["wait", id]);
+        assert_eq!(
+            waited.status.code(),
+            Some(i32::try_from(code).expect("small"))
+        );
+        assert_eq!(c.show(id)["node"], "gamma");
+    }
     // A node that is not there, and a name that cannot be one.
     let nowhere = a.bpm(&["run", "--node", "nobody", "--", "true"]);
     assert!(!nowhere.status.success());

@@ -164,11 +164,15 @@ impl ProcessManager for Engine {
             return self.start_many_here(specs).await;
         }
         // The specs placed here go in one batch; the others to their
-        // nodes one by one; the answers in the specs' order.
-        let (mut here, mut places) = (Vec::new(), Vec::with_capacity(specs.len()));
+        // nodes, one batch each; the answers in the specs' order.
+        let mut here = Vec::new();
+        let mut there: std::collections::BTreeMap<bpm_domain::NodeId, Vec<ProcessSpec>> =
+            std::collections::BTreeMap::new();
+        let mut places = Vec::with_capacity(specs.len());
         for spec in specs {
-            if elsewhere(&spec) {
-                places.push(Some(spec));
+            if let Some(node) = spec.node.clone().filter(|n| *n != self.node) {
+                places.push(Some(node.clone()));
+                there.entry(node).or_default().push(spec);
             } else {
                 here.push(spec);
                 places.push(None);
@@ -180,12 +184,23 @@ impl ProcessManager for Engine {
             self.start_many_here(here).await?
         }
         .into_iter();
+        let mut remote = std::collections::BTreeMap::new();
+        for (node, specs) in there {
+            let count = specs.len();
+            let results = match self.start_many_elsewhere(node.clone(), specs).await {
+                Ok(results) => results,
+                // The node did not take the batch: each of its specs says so.
+                Err(e) => vec![Err(e); count],
+            };
+            remote.insert(node, results.into_iter());
+        }
         let mut out = Vec::with_capacity(places.len());
         for place in places {
-            out.push(match place {
-                Some(spec) => self.start(spec).await,
-                None => local.next().unwrap_or(Err(ManagerError::ShutDown)),
-            });
+            let next = match place {
+                Some(node) => remote.get_mut(&node).and_then(Iterator::next),
+                None => local.next(),
+            };
+            out.push(next.unwrap_or(Err(ManagerError::ShutDown)));
         }
         Ok(out)
     }

@@ -101,6 +101,34 @@ impl Engine {
         bus.send(&node, command, within).await?.into_record()
     }
 
+    /// Starts `specs`, all placed on `node`, another node: one command.
+    pub(crate) async fn start_many_elsewhere(
+        &self,
+        node: NodeId,
+        specs: Vec<ProcessSpec>,
+    ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        let Some(bus) = self.commands.get() else {
+            let count = specs.len();
+            let mut out = Vec::with_capacity(count);
+            for spec in specs {
+                out.push(self.start_elsewhere(node.clone(), spec).await);
+            }
+            return Ok(out);
+        };
+        let count = specs.len();
+        let command = Command::StartMany { specs };
+        let within = bpm_ports::answer_within(&command, Duration::ZERO);
+        let results = bus.send(&node, command, within).await?.into_records()?;
+        if results.len() == count {
+            Ok(results)
+        } else {
+            Err(ManagerError::Connection(format!(
+                "node {node} answered {} results for {count} specs",
+                results.len()
+            )))
+        }
+    }
+
     /// Carries out a command another node sent, as the local call.
     async fn carry_out(&self, command: Command) -> Result<Answer, ManagerError> {
         if let Some(id) = command.id()
@@ -121,10 +149,16 @@ impl Engine {
             Command::Start { spec } if spec.node.as_ref() == Some(&self.node) => {
                 self.start(*spec).await.map(record)
             }
-            Command::Start { .. } => Err(ManagerError::Connection(format!(
-                "a start placed on another node came to node {}",
-                self.node
-            ))),
+            Command::StartMany { specs }
+                if specs.iter().all(|s| s.node.as_ref() == Some(&self.node)) =>
+            {
+                self.start_many(specs)
+                    .await
+                    .map(|results| Answer::Records { results })
+            }
+            Command::Start { .. } | Command::StartMany { .. } => Err(ManagerError::Connection(
+                format!("a start placed on another node came to node {}", self.node),
+            )),
             Command::Stop { id, force, grace } => self
                 .stop(id, StopOptions { force, grace })
                 .await

@@ -22,6 +22,11 @@ pub enum Command {
         /// The spec; its `node` is the receiving node.
         spec: Box<ProcessSpec>,
     },
+    /// `ProcessManager::start_many` of specs all placed on the node.
+    StartMany {
+        /// The specs, in order.
+        specs: Vec<ProcessSpec>,
+    },
     /// `ProcessManager::stop`.
     Stop {
         /// The record.
@@ -87,7 +92,7 @@ impl Command {
     /// The record the command is about (none for a start).
     pub fn id(&self) -> Option<ProcessId> {
         match self {
-            Command::Start { .. } => None,
+            Command::Start { .. } | Command::StartMany { .. } => None,
             Command::Stop { id, .. }
             | Command::Pause { id }
             | Command::Resume { id }
@@ -104,6 +109,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Start { .. } => "start",
+            Command::StartMany { .. } => "start of a batch",
             Command::Stop { .. } => "stop",
             Command::Pause { .. } => "pause",
             Command::Resume { .. } => "resume",
@@ -136,6 +142,11 @@ pub enum Answer {
     },
     /// Input sent, or the record removed.
     Done,
+    /// A batch's answer: one result per spec, in order.
+    Records {
+        /// Each spec's record, or why it was refused.
+        results: Vec<Result<ProcessRecord, ManagerError>>,
+    },
 }
 
 impl Answer {
@@ -147,7 +158,18 @@ impl Answer {
     pub fn into_record(self) -> Result<ProcessRecord, ManagerError> {
         match self {
             Answer::Record { record } | Answer::Completion { record, .. } => Ok(record),
-            Answer::Done => Err(unexpected()),
+            Answer::Done | Answer::Records { .. } => Err(unexpected()),
+        }
+    }
+
+    /// A batch's results.
+    ///
+    /// # Errors
+    /// As [`into_record`](Self::into_record), for another answer.
+    pub fn into_records(self) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
+        match self {
+            Answer::Records { results } => Ok(results),
+            _ => Err(unexpected()),
         }
     }
 
@@ -162,7 +184,7 @@ impl Answer {
                 record,
                 no_op: false,
             }),
-            Answer::Done => Err(unexpected()),
+            Answer::Done | Answer::Records { .. } => Err(unexpected()),
         }
     }
 }
@@ -226,13 +248,15 @@ pub trait CommandBus: Send + Sync + 'static {
 }
 
 /// How long a sender waits for `command`'s answer: a stop's grace and
-/// the time its tree may take to end, or a few seconds for the rest.
+/// the time its tree may take to end, half a minute for a batch, or a few
+/// seconds for the rest.
 pub fn answer_within(command: &Command, grace: Duration) -> Duration {
     match command {
         Command::Stop { force: true, .. } => Duration::from_secs(40),
         Command::Stop { grace: g, .. } => {
             g.map_or(grace, Span::as_duration) + Duration::from_secs(40)
         }
+        Command::StartMany { .. } => Duration::from_secs(30),
         _ => Duration::from_secs(10),
     }
 }
