@@ -117,6 +117,24 @@ impl Engine {
         Ok(out)
     }
 
+    /// Completes or fails `id` (`input` here, `command` on its owner).
+    async fn finish(
+        &self,
+        id: ProcessId,
+        input: Input,
+        command: Command,
+    ) -> Result<Completion, ManagerError> {
+        let local = self
+            .call_for(id, input)
+            .await
+            .map(|(record, changed)| Completion {
+                record,
+                no_op: !changed,
+            });
+        self.or_forward(id, local, || command, Answer::into_completion)
+            .await
+    }
+
     async fn stop_and_wait(
         &self,
         input: Input,
@@ -251,41 +269,20 @@ impl ProcessManager for Engine {
         id: ProcessId,
         result: Option<serde_json::Value>,
     ) -> Result<Completion, ManagerError> {
-        let local = self
-            .call_for(
-                id,
-                Input::Complete {
-                    id,
-                    result: result.clone(),
-                },
-            )
-            .await
-            .map(|(record, changed)| Completion {
-                record,
-                no_op: !changed,
-            });
-        let command = || Command::Complete { id, result };
-        self.or_forward(id, local, command, Answer::into_completion)
+        let input = Input::Complete {
+            id,
+            result: result.clone(),
+        };
+        self.finish(id, input, Command::Complete { id, result })
             .await
     }
 
     async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
-        let local = self
-            .call_for(
-                id,
-                Input::Fail {
-                    id,
-                    error: error.clone(),
-                },
-            )
-            .await
-            .map(|(record, changed)| Completion {
-                record,
-                no_op: !changed,
-            });
-        let command = || Command::Fail { id, error };
-        self.or_forward(id, local, command, Answer::into_completion)
-            .await
+        let input = Input::Fail {
+            id,
+            error: error.clone(),
+        };
+        self.finish(id, input, Command::Fail { id, error }).await
     }
 
     async fn stop(
