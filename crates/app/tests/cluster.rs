@@ -852,3 +852,41 @@ fn a_redis_restart_under_three_nodes_loses_nothing_and_every_daemon_comes_back()
         n.ok(&["stop", id]);
     }
 }
+
+/// kill -9 of node beta's daemon alone, for longer than `lost_after`: its
+/// running record is given up as lost by alpha while its keeper still
+/// runs the process. The next daemon on beta kills that process, so the
+/// record runs nowhere; the record stays lost.
+#[test]
+fn a_daemon_back_after_its_records_were_given_up_kills_their_processes() {
+    let prefix = unique_prefix();
+    let more = "lost_after = \"4s\"\n";
+    let a = Node::with("alpha", &prefix, more);
+    let b = Node::with("beta", &prefix, more);
+    a.ok(&["ps"]);
+    let running = b.ok(&["run", "--", "sleep", "300"]);
+    until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let (daemon, _) = b.daemon_and_keeper();
+    let killed = Command::new("kill")
+        .args(["-9", &daemon])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    until(&a, &running, Duration::from_secs(20), |r| {
+        state(r) == "lost"
+    });
+    assert!(!marked(&running).is_empty(), "its keeper still runs it");
+    b.ok(&["ps"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marked(&running).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still runs: {:?}",
+            marked(&running)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state(&a.show(&running)), "lost");
+}

@@ -219,6 +219,10 @@ pub enum Lifecycle {
         ended_at: Timestamp,
         /// Why.
         reason: String,
+        /// The process it had when its node was given up by the cluster,
+        /// which that node kills when it comes back; none otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        given_up_pid: Option<u32>,
     },
 }
 
@@ -370,6 +374,15 @@ impl Lifecycle {
             | Lifecycle::Paused { pid, .. }
             | Lifecycle::Stopping { pid, .. } => *pid,
             Lifecycle::Unreachable { was, .. } => was.pid(),
+            _ => None,
+        }
+    }
+
+    /// The process a record given up by the cluster had, which its node
+    /// kills when it comes back (see [`Lifecycle::Lost`]).
+    pub fn given_up_pid(&self) -> Option<u32> {
+        match self {
+            Lifecycle::Lost { given_up_pid, .. } => *given_up_pid,
             _ => None,
         }
     }

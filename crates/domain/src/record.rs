@@ -674,6 +674,7 @@ impl Record {
                 started_at: was.started_at(),
                 ended_at: now,
                 reason,
+                given_up_pid: was.pid(),
             }),
             _ => Next::Invalid,
         }
@@ -773,6 +774,7 @@ impl Record {
                 started_at: None,
                 ended_at: now,
                 reason,
+                given_up_pid: None,
             },
             _ => return Next::Invalid,
         })
@@ -798,6 +800,7 @@ impl Record {
                 started_at: None,
                 ended_at: now,
                 reason,
+                given_up_pid: None,
             },
             _ => return Next::Invalid,
         })
@@ -870,6 +873,7 @@ impl Record {
                 started_at: Some(started_at),
                 ended_at: now,
                 reason,
+                given_up_pid: None,
             },
             _ => return Next::Invalid,
         })
@@ -914,6 +918,7 @@ impl Record {
                 started_at: Some(started_at),
                 ended_at: now,
                 reason,
+                given_up_pid: None,
             },
             _ => return Next::Invalid,
         })
@@ -978,6 +983,7 @@ impl Record {
                 started_at,
                 ended_at: now,
                 reason,
+                given_up_pid: None,
             },
             _ => return Next::Invalid,
         })

@@ -387,3 +387,55 @@ fn a_record_failed_while_its_node_was_away_is_never_live_again() {
         assert!(state.is_terminal(), "{id} written {state}");
     }
 }
+
+/// A record given up while its node was away keeps the pid it had; a
+/// daemon of that node that starts afresh kills that process (its keeper
+/// may still run it), and leaves the record lost. A record lost another
+/// way is not signalled.
+#[test]
+fn a_restart_kills_the_process_of_a_record_given_up_while_away() {
+    let mut given_up = on_b(1, StateName::Running);
+    given_up
+        .apply(
+            Transition::Unreach {
+                reason: "b went away".into(),
+            },
+            t(10_000),
+        )
+        .expect("unreach");
+    given_up
+        .apply(
+            Transition::Lose {
+                reason: "given up".into(),
+            },
+            t(20_000),
+        )
+        .expect("lose");
+    assert_eq!(given_up.lifecycle().given_up_pid(), Some(77));
+    assert_eq!(given_up.pid(), None, "no process is shown for it");
+    let mut lost_here = on_b(2, StateName::Running);
+    lost_here
+        .apply(
+            Transition::Lose {
+                reason: "could not re-attach".into(),
+            },
+            t(20_000),
+        )
+        .expect("lose");
+    assert_eq!(lost_here.lifecycle().given_up_pid(), None);
+    let mut core = Supervisor::new(node("b"), Limits::default());
+    let effects = core.restore(vec![given_up, lost_here], t(30_000));
+    let signals: Vec<_> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Signal { .. }))
+        .collect();
+    assert_eq!(
+        signals,
+        [&Effect::Signal {
+            id: id(1),
+            pid: 77,
+            signal: Signal::Kill
+        }]
+    );
+    assert_eq!(core.get(id(1)).expect("kept").state(), StateName::Lost);
+}

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 
 use super::{Blockers, Effect, Entry, Supervisor, TimerKind};
-use crate::{EventKind, Lifecycle, ProcessId, ProcessRecord, StateName, Timestamp, Transition};
+use crate::{
+    EventKind, Lifecycle, ProcessId, ProcessRecord, Signal, StateName, Timestamp, Transition,
+};
 
 impl Supervisor {
     /// Takes back records from the store after a restart of the manager.
@@ -53,6 +55,16 @@ impl Supervisor {
         }
         let ids: Vec<_> = self.entries.keys().copied().collect();
         for &id in &ids {
+            // Given up by the cluster while this node was away: a process
+            // of it that this node still runs is killed, so the record
+            // never runs in two places (one no longer running is left be).
+            if let Some(pid) = self.entries[&id].record.lifecycle().given_up_pid() {
+                self.out.push(Effect::Signal {
+                    id,
+                    pid,
+                    signal: Signal::Kill,
+                });
+            }
             let depth = self.depth_of(self.entries[&id].record.parent());
             let entry = self.entries.get_mut(&id).expect("just inserted");
             entry.depth = depth;
