@@ -172,7 +172,7 @@ async fn a_command_whose_daemon_died_is_never_carried_out_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_answered_twice_is_answered_once_and_leaves_nothing_queued() {
+async fn a_command_answered_twice_leaves_nothing_queued() {
     let prefix = unique_prefix();
     let _beta = join(&prefix, "beta").await;
     let a = bus(&prefix, "alpha").await;

@@ -131,6 +131,31 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Sends `sig` (as `kill` spells it: `-9`, `-STOP`) to `pids`.
+fn kill(sig: &str, pids: &[&str]) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .args(pids)
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pids:?}");
+}
+
+/// Alpha and beta, with `more` in their configs, and a `sleep 300` on
+/// beta that alpha sees running (its record as alpha shows it).
+fn beta_running(more: &str) -> (Node, Node, String, serde_json::Value) {
+    let prefix = unique_prefix();
+    let a = Node::with("alpha", &prefix, more);
+    let b = Node::with("beta", &prefix, more);
+    a.ok(&["ps"]);
+    let running = b.ok(&["run", "--", "sleep", "300"]);
+    let (record, _) = until(&a, &running, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    (a, b, running, record)
+}
+
 fn state_of(nodes: &serde_json::Value, name: &str) -> String {
     nodes
         .as_array()
@@ -258,14 +283,7 @@ fn a_daemon_whose_node_was_claimed_meanwhile_is_fenced() {
     }
     let pid = std::fs::read_to_string(a.home().join("daemon.pid")).expect("pid");
     let pid = pid.trim().to_owned();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    };
+    let signal = |sig: &str| kill(sig, &[&pid]);
     signal("-STOP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while state_of(&watcher.nodes(), "alpha") != "lost" {
@@ -343,11 +361,7 @@ fn a_dead_nodes_records_are_unreachable_then_lost_each_sweep_made_by_one_node() 
     assert_eq!(state(&a.show(&waiting)), "pending");
 
     let (daemon, keeper) = b.daemon_and_keeper();
-    let killed = Command::new("kill")
-        .args(["-9", &daemon, &keeper, &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill("-9", &[&daemon, &keeper, &pid]);
     let at = Instant::now();
 
     // Unreachable, seen from either survivor, with who marked it and why.
@@ -494,21 +508,9 @@ fn a_partitioned_nodes_records_come_back_with_their_real_states() {
 /// takes it back, running with the same process.
 #[test]
 fn a_restarted_daemon_takes_its_unreachable_records_back() {
-    let prefix = unique_prefix();
-    let more = "lost_after = \"60s\"\n";
-    let a = Node::with("alpha", &prefix, more);
-    let b = Node::with("beta", &prefix, more);
-    a.ok(&["ps"]);
-    let running = b.ok(&["run", "--", "sleep", "300"]);
-    let (before, _) = until(&a, &running, Duration::from_secs(10), |r| {
-        state(r) == "running"
-    });
+    let (a, b, running, before) = beta_running("lost_after = \"60s\"\n");
     let (daemon, _) = b.daemon_and_keeper();
-    let killed = Command::new("kill")
-        .args(["-9", &daemon])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill("-9", &[&daemon]);
     until(&a, &running, Duration::from_secs(10), |r| {
         state(r) == "unreachable"
     });
@@ -714,20 +716,9 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
 /// naming the node and its lease's age; it never hangs.
 #[test]
 fn a_call_for_a_node_that_is_gone_is_refused_by_name() {
-    let prefix = unique_prefix();
-    let a = Node::with("alpha", &prefix, "lost_after = \"60s\"\n");
-    let b = Node::with("beta", &prefix, "lost_after = \"60s\"\n");
-    a.ok(&["ps"]);
-    let running = b.ok(&["run", "--", "sleep", "300"]);
-    until(&a, &running, Duration::from_secs(10), |r| {
-        state(r) == "running"
-    });
+    let (a, b, running, _) = beta_running("lost_after = \"60s\"\n");
     let (daemon, _) = b.daemon_and_keeper();
-    let stopped = Command::new("kill")
-        .args(["-STOP", &daemon])
-        .status()
-        .expect("kill");
-    assert!(stopped.success());
+    kill("-STOP", &[&daemon]);
     // Once its lease lapsed, a call about its records is refused at once.
     until(&a, &running, Duration::from_secs(10), |r| {
         state(r) == "unreachable"
@@ -735,7 +726,7 @@ fn a_call_for_a_node_that_is_gone_is_refused_by_name() {
     let started = Instant::now();
     let refused = a.bpm(&["pause", &running]);
     let took = started.elapsed();
-    let _ = Command::new("kill").args(["-CONT", &daemon]).status();
+    kill("-CONT", &[&daemon]);
     assert!(!refused.status.success());
     let said = text(&refused);
     assert!(
@@ -859,21 +850,9 @@ fn a_redis_restart_under_three_nodes_loses_nothing_and_every_daemon_comes_back()
 /// record runs nowhere; the record stays lost.
 #[test]
 fn a_daemon_back_after_its_records_were_given_up_kills_their_processes() {
-    let prefix = unique_prefix();
-    let more = "lost_after = \"4s\"\n";
-    let a = Node::with("alpha", &prefix, more);
-    let b = Node::with("beta", &prefix, more);
-    a.ok(&["ps"]);
-    let running = b.ok(&["run", "--", "sleep", "300"]);
-    until(&a, &running, Duration::from_secs(10), |r| {
-        state(r) == "running"
-    });
+    let (a, b, running, _) = beta_running("lost_after = \"4s\"\n");
     let (daemon, _) = b.daemon_and_keeper();
-    let killed = Command::new("kill")
-        .args(["-9", &daemon])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill("-9", &[&daemon]);
     until(&a, &running, Duration::from_secs(20), |r| {
         state(r) == "lost"
     });

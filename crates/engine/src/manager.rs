@@ -291,9 +291,7 @@ impl ProcessManager for Engine {
         options: StopOptions,
     ) -> Result<ProcessRecord, ManagerError> {
         let record = self.get(id).await?;
-        if self.commands.get().is_some()
-            && bpm_domain::cluster::owner_elsewhere(&record, &self.node).is_some()
-        {
+        if self.sent_elsewhere(&record) {
             let command = Command::Stop {
                 id,
                 force: options.force,
@@ -425,11 +423,11 @@ impl ProcessManager for Engine {
     }
 
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
-        if let Some(record) = self.owned_elsewhere(id).await? {
+        let record = self.get(id).await?;
+        if self.sent_elsewhere(&record) {
             self.forward(&record, Command::Input { id, data }).await?;
             return Ok(());
         }
-        self.get(id).await?;
         Ok(self.ports.spawner.write_input(id, data).await?)
     }
 

@@ -27,18 +27,34 @@ impl Engine {
         }
     }
 
+    /// Whether calls about `record` go to another node: it owns the
+    /// record, and calls can be sent there.
+    pub(crate) fn sent_elsewhere(&self, record: &ProcessRecord) -> bool {
+        self.commands.get().is_some() && cluster::owner_elsewhere(record, &self.node).is_some()
+    }
+
     /// `id`'s record when another node owns it and calls can be sent there.
-    pub(crate) async fn owned_elsewhere(
-        &self,
-        id: ProcessId,
-    ) -> Result<Option<ProcessRecord>, ManagerError> {
+    async fn owned_elsewhere(&self, id: ProcessId) -> Result<Option<ProcessRecord>, ManagerError> {
         if self.commands.get().is_none() {
             return Ok(None);
         }
         let record = self.get(id).await?;
-        Ok(cluster::owner_elsewhere(&record, &self.node)
-            .is_some()
-            .then_some(record))
+        Ok(self.sent_elsewhere(&record).then_some(record))
+    }
+
+    /// Why a start placed on `node` cannot go there: this daemon's store is
+    /// not shared with other nodes.
+    fn not_shared(&self, node: NodeId, command: &str) -> ManagerError {
+        ManagerError::NodeNotAnswering {
+            node,
+            command: command.into(),
+            waited_ms: 0,
+            lease_age_ms: None,
+            detail: format!(
+                "this daemon's store is not shared with other nodes, so only node {} runs processes here",
+                self.node
+            ),
+        }
     }
 
     /// Sends `command` to the node that owns `record`, and returns its answer.
@@ -83,16 +99,7 @@ impl Engine {
         spec: ProcessSpec,
     ) -> Result<ProcessRecord, ManagerError> {
         let Some(bus) = self.commands.get() else {
-            return Err(ManagerError::NodeNotAnswering {
-                node,
-                command: "start".into(),
-                waited_ms: 0,
-                lease_age_ms: None,
-                detail: format!(
-                    "this daemon's store is not shared with other nodes, so only node {} runs processes here",
-                    self.node
-                ),
-            });
+            return Err(self.not_shared(node, "start"));
         };
         let command = Command::Start {
             spec: Box::new(spec),
@@ -108,12 +115,7 @@ impl Engine {
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
         let Some(bus) = self.commands.get() else {
-            let count = specs.len();
-            let mut out = Vec::with_capacity(count);
-            for spec in specs {
-                out.push(self.start_elsewhere(node.clone(), spec).await);
-            }
-            return Ok(out);
+            return Err(self.not_shared(node, "start of a batch"));
         };
         let count = specs.len();
         let command = Command::StartMany { specs };

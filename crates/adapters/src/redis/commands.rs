@@ -16,6 +16,7 @@
 //! it yet, and its error says which of the two happened.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -94,7 +95,7 @@ pub struct RedisCommands {
     /// Commands read and not yet answered, by command id.
     pending: Mutex<HashMap<String, Pending>>,
     /// Whether this node's own unanswered entries were read again yet.
-    caught_up: Mutex<bool>,
+    caught_up: AtomicBool,
 }
 
 fn connection(e: &redis::RedisError) -> ManagerError {
@@ -131,7 +132,7 @@ impl RedisCommands {
             answer_script: Script::new(ANSWER),
             withdraw: Script::new(WITHDRAW),
             pending: Mutex::new(HashMap::new()),
-            caught_up: Mutex::new(false),
+            caught_up: AtomicBool::new(false),
         };
         bus.make_group(&bus.node.clone()).await?;
         Ok(bus)
@@ -359,19 +360,13 @@ impl CommandBus for RedisCommands {
 
     async fn receive(&self) -> Result<Option<Delivery>, ManagerError> {
         let mut conn = self.conn.clone();
-        let from = if *self
-            .caught_up
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            ">"
-        } else {
-            "0"
-        };
+        // This node's unanswered entries first, then new ones, waiting.
+        let caught_up = self.caught_up.load(Ordering::Relaxed);
+        let from = if caught_up { ">" } else { "0" };
         let options = StreamReadOptions::default()
             .group(GROUP, self.node.as_str())
             .count(1);
-        let options = if from == ">" {
+        let options = if caught_up {
             options.block(BLOCK.as_millis().try_into().unwrap_or(1_000))
         } else {
             options
@@ -386,12 +381,7 @@ impl CommandBus for RedisCommands {
             .and_then(|r| r.keys.into_iter().next())
             .and_then(|k| k.ids.into_iter().next());
         let Some(entry) = entry else {
-            if from == "0" {
-                *self
-                    .caught_up
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = true;
-            }
+            self.caught_up.store(true, Ordering::Relaxed);
             return Ok(None);
         };
         let (Some(id), Some(reply), Some(body)) = (

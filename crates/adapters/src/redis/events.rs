@@ -30,7 +30,7 @@ use tokio::sync::{Notify, broadcast};
 use crate::memory::BroadcastBus;
 
 /// How many events wait for Redis before the oldest are dropped.
-pub const QUEUED_EVENTS: usize = 10_000;
+const QUEUED_EVENTS: usize = 10_000;
 /// How many entries the stream keeps (about; `MAXLEN ~`), as the store's.
 const STREAM_LEN: usize = 10_000;
 /// How long one `XREAD` waits for new entries, under the connection's

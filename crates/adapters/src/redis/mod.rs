@@ -23,7 +23,7 @@ use bpm_domain::{ClusterTiming, NodeId, Timestamp};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use commands::RedisCommands;
-pub use events::{QUEUED_EVENTS, RedisEvents};
+pub use events::RedisEvents;
 pub use membership::RedisMembership;
 pub use output::RedisOutput;
 pub use store::RedisStore;
