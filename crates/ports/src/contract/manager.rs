@@ -551,14 +551,23 @@ pub async fn recent_events_hold_the_past_in_order(subject: Subject) {
     let r = m.start(sh("exit 0")).await.expect("start");
     ended(m, r.id()).await;
     let mut live = m.subscribe();
-    let kinds: Vec<EventKind> = m
-        .recent_events()
-        .await
-        .expect("recent")
-        .into_iter()
-        .filter(|e| e.id == r.id())
-        .map(|e| e.kind)
-        .collect();
+    // The end is announced once its write is on disk, which may come just
+    // after `wait` saw the ended record in the store.
+    let deadline = Instant::now() + LONG;
+    let kinds = loop {
+        let kinds: Vec<EventKind> = m
+            .recent_events()
+            .await
+            .expect("recent")
+            .into_iter()
+            .filter(|e| e.id == r.id())
+            .map(|e| e.kind)
+            .collect();
+        if kinds.contains(&EventKind::Completed) || Instant::now() > deadline {
+            break kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(kinds.first(), Some(&EventKind::Submitted), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&EventKind::Completed), "{kinds:?}");
     let started = kinds.iter().position(|k| *k == EventKind::Started);
