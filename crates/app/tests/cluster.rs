@@ -202,7 +202,12 @@ fn a_node_name_is_held_by_one_daemon_listed_by_all_and_left_on_stop() {
     assert!(out.status.success(), "{}", text(&out));
     let out = b.bpm(&["run", "--", "true"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = b.bpm(&["wait", String::from_utf8_lossy(&out.stdout).trim()]);
+    let out = b.bpm(&[
+        "wait",
+        "--timeout",
+        "30",
+        String::from_utf8_lossy(&out.stdout).trim(),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let nodes = a.nodes();
     let beta = nodes
@@ -353,7 +358,7 @@ fn a_dead_nodes_records_are_unreachable_then_lost_each_sweep_made_by_one_node() 
     let running = b.ok(&["run", "--", "sleep", "300"]);
     let waiting = b.ok(&["run", "--after", &running, "--", "true"]);
     let done = b.ok(&["run", "--", "true"]);
-    b.ok(&["wait", &done]);
+    b.ok(&["wait", "--timeout", "30", &done]);
     let (record, _) = until(&a, &running, Duration::from_secs(10), |r| {
         state(r) == "running"
     });
@@ -499,7 +504,7 @@ fn a_partitioned_nodes_records_come_back_with_their_real_states() {
     assert_ne!(status, epoch_before);
     assert!(status.contains("epoch 2"), "a new epoch: {status}");
     let out = b.ok(&["run", "--", "true"]);
-    b.ok(&["wait", &out]);
+    b.ok(&["wait", "--timeout", "30", &out]);
     b.ok(&["stop", &running]);
 }
 
@@ -619,7 +624,7 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
 
     // A wait on alpha for a process on beta ends with its exit code.
     let ends = b.ok(&["run", "--shell", "--", "sleep 1; exit 3"]);
-    let waited = a.bpm(&["wait", &ends]);
+    let waited = a.bpm(&["wait", "--timeout", "30", &ends]);
     assert_eq!(waited.status.code(), Some(3), "{}", text(&waited));
     let events = a.ok(&["events"]);
     assert!(
@@ -690,7 +695,7 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
         .collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     for (code, id) in ids.iter().enumerate() {
-        let waited = a.bpm(&["wait", id]);
+        let waited = a.bpm(&["wait", "--timeout", "30", id]);
         assert_eq!(
             waited.status.code(),
             Some(i32::try_from(code).expect("small"))
@@ -837,7 +842,7 @@ fn a_redis_restart_under_three_nodes_loses_nothing_and_every_daemon_comes_back()
             assert!(Instant::now() < deadline, "no new work: {}", text(&out));
             std::thread::sleep(Duration::from_millis(200));
         };
-        n.ok(&["wait", &id]);
+        n.ok(&["wait", "--timeout", "30", &id]);
     }
     for (n, id) in nodes.iter().zip(&long) {
         n.ok(&["stop", id]);
@@ -868,4 +873,117 @@ fn a_daemon_back_after_its_records_were_given_up_kills_their_processes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(state(&a.show(&running)), "lost");
+}
+
+/// Dependencies and parents on other nodes: a record on alpha that waits
+/// for one on beta starts only once beta's completed (it checks a mark
+/// beta's process leaves last), and fails, naming it, when beta's failed;
+/// children on alpha and gamma of a parent on beta are stopped, with
+/// nothing of them left, when the parent is stopped from gamma; and
+/// alpha's daemon, killed meanwhile, learns at its restart what changed
+/// on beta while it was down.
+#[test]
+fn dependencies_and_parents_on_other_nodes_are_waited_for_and_stopped_with() {
+    let prefix = unique_prefix();
+    let a = Node::new("alpha", &prefix);
+    let b = Node::new("beta", &prefix);
+    let c = Node::new("gamma", &prefix);
+    a.ok(&["ps"]);
+    c.ok(&["ps"]);
+    let marks = tempfile::tempdir().expect("marks");
+    let done = marks.path().join("done");
+    let done = done.to_str().expect("utf-8");
+
+    // A dependency on beta that completes; alpha's record waits for it.
+    let dep = b.ok(&["run", "--shell", "--", &format!("sleep 2; touch {done}")]);
+    let next = a.ok(&[
+        "run",
+        "--after",
+        &dep,
+        "--shell",
+        "--",
+        &format!("test -f {done}"),
+    ]);
+    assert_eq!(state(&a.show(&next)), "pending");
+    let waited = a.bpm(&["wait", "--timeout", "20", &next]);
+    assert_eq!(waited.status.code(), Some(0), "{}", text(&waited));
+    assert_eq!(state(&a.show(&next)), "completed");
+
+    // One that fails: what waits for it fails, and says why.
+    let failing = b.ok(&["run", "--shell", "--", "sleep 1; exit 3"]);
+    let blocked = a.ok(&["run", "--after", &failing, "--", "true"]);
+    a.bpm(&["wait", "--timeout", "20", &blocked]);
+    let record = a.show(&blocked);
+    assert_eq!(state(&record), "failed", "{record}");
+    assert!(
+        record.to_string().contains(&failing),
+        "the reason names the dependency: {record}"
+    );
+
+    // A parent on beta with children on alpha and (placed from alpha) gamma.
+    let parent = b.ok(&["run", "--", "sleep", "300"]);
+    let here = a.ok(&["run", "--parent", &parent, "--", "sleep", "300"]);
+    let there = a.ok(&[
+        "run", "--node", "gamma", "--parent", &parent, "--", "sleep", "300",
+    ]);
+    for child in [&here, &there] {
+        until(&b, child, Duration::from_secs(10), |r| {
+            state(r) == "running"
+        });
+    }
+    assert_eq!(c.show(&there)["node"], "gamma");
+    c.ok(&["stop", &parent]);
+    for child in [&here, &there] {
+        let (record, _) = until(&c, child, Duration::from_secs(10), |r| {
+            state(r) == "cancelled"
+        });
+        assert!(
+            record
+                .to_string()
+                .contains(&format!("parent {parent} was stopped")),
+            "{record}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(marked(&here).is_empty() && marked(&there).is_empty()) {
+        assert!(Instant::now() < deadline, "children still run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Alpha's daemon dies while its records wait on beta's; beta's
+    // dependency completes and its parent is stopped meanwhile.
+    let dep = b.ok(&["run", "--", "sleep", "4"]);
+    let parent = b.ok(&["run", "--", "sleep", "300"]);
+    let waiting = a.ok(&["run", "--after", &dep, "--", "true"]);
+    let child = a.ok(&["run", "--parent", &parent, "--", "sleep", "300"]);
+    until(&a, &child, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let (daemon, _) = a.daemon_and_keeper();
+    kill("-9", &[&daemon]);
+    assert_eq!(
+        state(&b.show(&waiting)),
+        "pending",
+        "killed before the dependency ended"
+    );
+    b.ok(&["stop", &parent]);
+    until(&b, &dep, Duration::from_secs(10), |r| {
+        state(r) == "completed"
+    });
+    assert!(
+        !marked(&child).is_empty(),
+        "alpha's keeper still runs the child"
+    );
+    a.ok(&["ps"]);
+    until(&b, &child, Duration::from_secs(10), |r| {
+        state(r) == "cancelled"
+    });
+    until(&b, &waiting, Duration::from_secs(10), |r| {
+        state(r) == "completed"
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marked(&child).is_empty() {
+        assert!(Instant::now() < deadline, "the child still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

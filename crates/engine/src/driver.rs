@@ -189,6 +189,19 @@ impl Driver {
                 (rejoin.open)();
                 let stored = rejoin.stored;
                 let _ = reply.send(self.step(Input::Rejoined { stored }).await.map(|_| ()));
+                // Other nodes' records changed unseen while this node was cut off.
+                self.read_watched(self.core.watched());
+            }
+            Msg::Heard { id, version } => {
+                if self.core.watches(id, version) {
+                    self.read_watched(vec![id]);
+                }
+            }
+            Msg::ReadWatched => self.read_watched(self.core.watched()),
+            Msg::Seen(records) => {
+                if let Err(e) = self.step(Input::Foreign { records }).await {
+                    tracing::warn!(error = %e, "other nodes' records refused");
+                }
             }
             Msg::Shutdown(done) => {
                 // Spawns under way end first, so their records are not left
@@ -198,6 +211,13 @@ impl Driver {
             }
         }
         !(finished.is_some() && self.core.spawns_under_way() == 0 && self.syncs.idle())
+    }
+
+    /// Reads other nodes' records `ids` beside the loop, for the core.
+    fn read_watched(&self, ids: Vec<ProcessId>) {
+        let store = std::sync::Arc::clone(&self.ports.store);
+        let node = self.core.node().clone();
+        crate::foreign::read_again(store, node, ids, self.tx.clone());
     }
 
     /// Fires every timer that is due.

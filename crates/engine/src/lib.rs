@@ -13,6 +13,8 @@
 //! - `manager`: the `ProcessManager` API over the loop;
 //! - `routing`: calls about another node's records, sent to that node, and
 //!   the commands other nodes send here;
+//! - `foreign`: other nodes' records that records here name (dependencies,
+//!   parents), read for the core and read again on their events;
 //! - `sweeper`: the sweep of nodes that stopped renewing their leases.
 //!
 //! A spawn runs beside the loop: the spawner may wait for the child's
@@ -37,6 +39,7 @@ use crate::driver::{Driver, Inbox};
 mod driver;
 mod durability;
 mod effects;
+mod foreign;
 mod handover;
 mod manager;
 mod routing;
@@ -95,6 +98,16 @@ pub(crate) enum Msg {
     /// through again (called before the core reconciles, in the same turn
     /// of the loop, so no write waiting from before goes first).
     Rejoin(Rejoin, oneshot::Sender<Result<(), ManagerError>>),
+    /// Another node's record changed (its event): read it again if the
+    /// core watches it.
+    Heard {
+        id: ProcessId,
+        version: u64,
+    },
+    /// Other nodes' events may have been missed: read every watched record again.
+    ReadWatched,
+    /// Other nodes' records, as the store holds them, for the core.
+    Seen(Vec<ProcessRecord>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -134,6 +147,10 @@ impl Engine {
                 ..ListFilter::default()
             })
             .await?;
+        // The records of other nodes they name (dependencies, parents).
+        let named = Supervisor::named_elsewhere(&records);
+        let mut records = records;
+        records.extend(foreign::read_elsewhere(&*ports.store, &node, &named).await?);
         let (tx, rx) = mpsc::unbounded_channel();
         let mut driver = Driver::new(
             Supervisor::new(node.clone(), config.limits),
@@ -216,7 +233,23 @@ impl Engine {
         }
     }
 
+    /// Sends `input` to the loop; when the core does not know a record it
+    /// names that another node owns, reads that record for the core and
+    /// sends it again.
     pub(crate) async fn call(&self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
+        if !input.may_name_unknown() {
+            return self.call_once(input).await;
+        }
+        let mut reads = std::collections::HashMap::new();
+        loop {
+            match self.call_once(input.clone()).await {
+                Err(e) if !self.learn_named([&e], &mut reads).await?.is_empty() => {}
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) async fn call_once(&self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Msg::Input(Box::new(input), reply))

@@ -94,16 +94,15 @@ impl Engine {
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
         self.takes_new_work(specs.len()).await?;
         let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
-        let inputs = ids
+        let inputs: Vec<Input> = ids
             .iter()
             .zip(specs)
             .map(|(&id, spec)| Input::Submit { id, spec })
             .collect();
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Msg::Many(inputs, reply))
-            .map_err(|_| ManagerError::ShutDown)?;
-        let (accepted, changed) = answer.await.map_err(|_| ManagerError::ShutDown)??;
+        let again = self.kept_for_again(&inputs);
+        let (mut accepted, mut changed) = self.submit_batch(inputs).await?;
+        self.submit_again_named(again, &mut accepted, &mut changed)
+            .await?;
         let mut out = Vec::with_capacity(ids.len());
         for (id, accepted) in ids.into_iter().zip(accepted) {
             out.push(match accepted {
@@ -115,6 +114,18 @@ impl Engine {
             });
         }
         Ok(out)
+    }
+
+    /// Hands the loop `inputs`, submits all, to be handled together.
+    pub(crate) async fn submit_batch(
+        &self,
+        inputs: Vec<Input>,
+    ) -> Result<crate::Accepted, ManagerError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Many(inputs, reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        answer.await.map_err(|_| ManagerError::ShutDown)?
     }
 
     /// Completes or fails `id` (`input` here, `command` on its owner).

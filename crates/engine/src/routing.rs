@@ -20,10 +20,13 @@ const RETRY: Duration = Duration::from_millis(500);
 impl Engine {
     /// Sends calls about other nodes' records through `bus`, and carries
     /// out the commands `bus` brings for this node, on a task of the
-    /// current tokio runtime. Set once; a second bus is ignored.
+    /// current tokio runtime; other nodes' events from here on keep the
+    /// core's views of their records current (`foreign`). Set once; a
+    /// second bus is ignored.
     pub fn forward_through(&self, bus: Arc<dyn CommandBus>) {
         if self.commands.set(Arc::clone(&bus)).is_ok() {
             tokio::spawn(serve(self.clone(), bus));
+            self.listen_elsewhere();
         }
     }
 

@@ -296,6 +296,16 @@ pub enum Input {
         /// The store's version and state of each of this node's records.
         stored: Vec<(ProcessId, u64, StateName)>,
     },
+    /// Other nodes' records, as the shared store holds them: dependencies
+    /// or parents that records here name (read before a submit that names
+    /// them, and again when their events say they changed). The core keeps
+    /// a view of each, and acts on its side of the link: a dependency that
+    /// ends releases or fails what waits for it here, and a parent that is
+    /// stopped stops its children here. Records of this node are ignored.
+    Foreign {
+        /// The records, any order (a parent may come after its child).
+        records: Vec<ProcessRecord>,
+    },
     /// The store did not take the creation of `id` (it stopped answering
     /// after the check before new work): the record is forgotten as if it
     /// had never been submitted, so nothing is acknowledged, or started,
@@ -307,6 +317,18 @@ pub enum Input {
 }
 
 impl Input {
+    /// Whether this input may name a record the core does not know yet:
+    /// another node's, as a dependency or a parent.
+    pub fn may_name_unknown(&self) -> bool {
+        match self {
+            Input::Submit { spec, .. } | Input::Track { spec, .. } => {
+                spec.parent.is_some() || !spec.dependencies.is_empty()
+            }
+            Input::Restart { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Whether this input may take a record out of `pending` other than by
     /// starting it (a stop, a restart, a completion or a failure): records
     /// handed to the spawner must be taken back first.

@@ -8,9 +8,12 @@
 //! carries out its [`Effect`]s through the ports; nothing here waits or reads a clock.
 //!
 //! The core supervises the records of its own node only. Every record carries
-//! its node, and records of other nodes are never started or signalled here.
+//! its node, and records of other nodes are never started or signalled here;
+//! those its records name (dependencies, parents) it follows as views
+//! (`foreign.rs`).
 
 mod end;
+mod foreign;
 mod handover;
 mod limits;
 mod messages;
@@ -109,6 +112,8 @@ pub struct Supervisor {
     /// The environment of the last submission: an equal one is shared with
     /// it instead of kept again (processes from one shell carry the same).
     last_env: Option<Arc<crate::Environment>>,
+    /// Other nodes' records that records here name: see `foreign.rs`.
+    foreign: HashMap<ProcessId, foreign::Foreign>,
 }
 
 impl Supervisor {
@@ -128,6 +133,7 @@ impl Supervisor {
             handed: VecDeque::new(),
             order: order::Order::default(),
             last_env: None,
+            foreign: HashMap::new(),
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -340,6 +346,10 @@ impl Supervisor {
                 Ok(())
             }
             Input::Unstored { id } => self.unstored(id, now),
+            Input::Foreign { records } => {
+                self.foreign(records, now);
+                Ok(())
+            }
             Input::Remove { id } => {
                 let record = self.own(id)?;
                 if !record.is_terminal() {
@@ -371,7 +381,16 @@ impl Supervisor {
             if depth > self.limits.max_depth + 1 {
                 break;
             }
-            cursor = self.entries.get(&p).and_then(|e| e.record.parent());
+            cursor = match (self.entries.get(&p), self.foreign.get(&p)) {
+                (Some(e), _) => e.record.parent(),
+                // Another node's record: its depth as first seen, or,
+                // while that is worked out, its own parent.
+                (None, Some(view)) => match view.depth {
+                    Some(d) => return depth + d,
+                    None => view.record.parent(),
+                },
+                (None, None) => None,
+            };
         }
         depth
     }
@@ -566,9 +585,9 @@ impl Supervisor {
             if r.is_terminal() && r.lifecycle().ended_at().is_none() {
                 return Err(format!("{} is {} without an end time", r.id(), r.state()));
             }
-            if let Some(p) = r.parent().and_then(|p| self.entries.get(&p)) {
+            if let Some(p) = r.parent().and_then(|p| self.known(p)) {
                 let parent_stopped = matches!(
-                    p.record.state(),
+                    p.state(),
                     StateName::Cancelled | StateName::TimedOut | StateName::Stopping
                 );
                 let child_live = !r.is_terminal() && r.state() != StateName::Stopping;
@@ -577,8 +596,8 @@ impl Supervisor {
                         "child {} is {} while its parent {} is {}",
                         r.id(),
                         r.state(),
-                        p.record.id(),
-                        p.record.state()
+                        p.id(),
+                        p.state()
                     ));
                 }
             }

@@ -10,7 +10,9 @@ use crate::{
 impl Supervisor {
     /// Takes back records from the store after a restart of the manager.
     ///
-    /// Records of other nodes are ignored. Pending records are queued again,
+    /// Records of other nodes are kept as views of what records here name
+    /// ([`Supervisor::named_elsewhere`]): a dependency is waited for, and a
+    /// parent stopped meanwhile stops its children here. Pending records are queued again,
     /// finished ones kept (with retention), and live ones counted against the
     /// limits with their timers re-armed. A live record's process is taken
     /// over again ([`Effect::Reattach`]; [`Input::ReattachFailed`](crate::Input::ReattachFailed) makes it
@@ -18,10 +20,8 @@ impl Supervisor {
     /// ([`Effect::Spawn`]), which a spawner that started it answers with
     /// that process.
     pub fn restore(&mut self, records: Vec<ProcessRecord>, now: Timestamp) -> Vec<Effect> {
-        let mut records: Vec<_> = records
-            .into_iter()
-            .filter(|r| r.node() == &self.node)
-            .collect();
+        let (mut records, others): (Vec<_>, Vec<_>) =
+            records.into_iter().partition(|r| r.node() == &self.node);
         records.sort_by_key(|r| (r.created_at(), r.id()));
         let mut back = Vec::new();
         for mut record in records {
@@ -49,6 +49,7 @@ impl Supervisor {
                 }),
             );
         }
+        self.see(others);
         for (id, persisted) in back {
             self.dirty.insert(id, persisted);
             self.publish(id, EventKind::Reachable, now);
@@ -110,7 +111,7 @@ impl Supervisor {
                     .dependencies
                     .iter()
                     .copied()
-                    .filter(|d| self.entries.get(d).is_some_and(|e| !e.record.is_terminal()))
+                    .filter(|d| self.known(*d).is_some_and(|r| !r.is_terminal()))
                     .collect();
                 for d in &unfinished {
                     self.waiters.entry(*d).or_default().insert(id);
@@ -123,6 +124,7 @@ impl Supervisor {
                 self.place(id, now);
             }
         }
+        self.cascade_restored(now);
         self.schedule(now);
         self.finish_step()
     }

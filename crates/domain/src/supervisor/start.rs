@@ -37,11 +37,7 @@ impl Supervisor {
             if *dep == id {
                 return Err(CoreError::SelfDependency(id));
             }
-            let dep_record = &self
-                .entries
-                .get(dep)
-                .ok_or(CoreError::UnknownDependency(*dep))?
-                .record;
+            let dep_record = self.known(*dep).ok_or(CoreError::UnknownDependency(*dep))?;
             if !dep_record.is_terminal() {
                 blockers.must_complete.insert(*dep);
             }
@@ -49,11 +45,9 @@ impl Supervisor {
         let depth = match spec.parent {
             None => 0,
             Some(parent) => {
-                let p = &self
-                    .entries
-                    .get(&parent)
-                    .ok_or(CoreError::ParentNotFound(parent))?
-                    .record;
+                let p = self
+                    .known(parent)
+                    .ok_or(CoreError::ParentNotFound(parent))?;
                 if p.is_terminal() || p.state() == StateName::Stopping {
                     return Err(CoreError::ParentNotLive {
                         parent,
@@ -200,7 +194,7 @@ impl Supervisor {
             return;
         }
         for dep in &entry.record.spec().dependencies {
-            if let Some(d) = self.entries.get(dep).map(|e| &e.record)
+            if let Some(d) = self.known(*dep)
                 && d.is_terminal()
                 && d.state() != StateName::Completed
             {

@@ -3,8 +3,10 @@
 //! Each case is a `pub async fn` taking the adapter under test; the macros
 //! stamp one named `#[tokio::test]` per case, so a failure names the case and
 //! the adapter. The calling crate needs `tokio` (with `macros` and `rt-multi-thread`).
+//! For example, in a test file of the adapters' crate (a doc test here
+//! could not name the adapters, which depend on this crate):
 //!
-//! ```ignore
+//! ```text
 //! bpm_ports::store_contract_tests!(bpm_adapters::memory::InMemoryStore::new());
 //! ```
 
