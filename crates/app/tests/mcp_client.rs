@@ -52,3 +52,63 @@ fn the_python_mcp_client_runs_the_agent_scenario() {
     }
     println!("{stdout}");
 }
+
+/// `bpm mcp` on node alpha, over processes of node beta (two daemons on
+/// the test's own loopback `redis-server`): `tests/mcp/cluster_scenario.py`
+/// starts one there, lists and reads it, pauses, resumes, waits for and
+/// stops beta's processes, all through alpha's MCP server.
+#[test]
+fn the_python_mcp_client_controls_another_nodes_processes() {
+    let python = python();
+    let prefix = bpm_tests::unique_prefix();
+    let url = bpm_tests::redis_url();
+    let home = |name: &str| {
+        let home = tempfile::tempdir().expect("home");
+        std::fs::write(
+            home.path().join("config.toml"),
+            format!("store = \"{url}\"\nredis_prefix = \"{prefix}\"\nnode = \"{name}\"\nlease_ttl = \"2s\"\n"),
+        )
+        .expect("config");
+        home
+    };
+    let (alpha, beta) = (home("alpha"), home("beta"));
+    let bpm = support::BPM;
+    let stop_all = || {
+        for h in [&alpha, &beta] {
+            let _ = Command::new(bpm)
+                .args(["daemon", "stop", "--kill-all"])
+                .env("BPM_HOME", h.path())
+                .env_remove("BPM_NODE")
+                .output();
+        }
+    };
+    let started = Command::new(bpm)
+        .arg("ps")
+        .env("BPM_HOME", beta.path())
+        .env_remove("BPM_NODE")
+        .output()
+        .expect("bpm ps");
+    assert!(started.status.success(), "beta's daemon: {started:?}");
+    let out = Command::new(&python)
+        .arg(workspace_root().join("tests/mcp/cluster_scenario.py"))
+        .arg(bpm)
+        .arg(alpha.path())
+        .arg(beta.path())
+        .env_remove("BPM_NODE")
+        .output()
+        .expect("the scenario runs");
+    stop_all();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the MCP cluster scenario failed:\n{stdout}\n{stderr}"
+    );
+    for step in 1..=6 {
+        assert!(
+            stdout.contains(&format!("{step}. ")),
+            "step {step} did not run:\n{stdout}"
+        );
+    }
+    println!("{stdout}");
+}

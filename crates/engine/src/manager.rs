@@ -193,7 +193,8 @@ impl ProcessManager for Engine {
             return self.start_many_here(specs).await;
         }
         // The specs placed here go in one batch; the others to their
-        // nodes, one batch each; the answers in the specs' order.
+        // nodes, one batch each, all at once; the answers in the specs'
+        // order. A batch that fails answers each of its specs with why.
         let mut here = Vec::new();
         let mut there: std::collections::BTreeMap<bpm_domain::NodeId, Vec<ProcessSpec>> =
             std::collections::BTreeMap::new();
@@ -207,20 +208,26 @@ impl ProcessManager for Engine {
                 places.push(None);
             }
         }
-        let mut local = if here.is_empty() {
-            Vec::new()
-        } else {
-            self.start_many_here(here).await?
+        let mut sent = tokio::task::JoinSet::new();
+        for (node, specs) in there {
+            let engine = self.clone();
+            sent.spawn(async move {
+                let count = specs.len();
+                let results = engine.start_many_elsewhere(node.clone(), specs).await;
+                (node, results.unwrap_or_else(|e| vec![Err(e); count]))
+            });
+        }
+        let count = here.len();
+        let mut local = match count {
+            0 => Vec::new(),
+            _ => (self.start_many_here(here).await).unwrap_or_else(|e| vec![Err(e); count]),
         }
         .into_iter();
         let mut remote = std::collections::BTreeMap::new();
-        for (node, specs) in there {
-            let count = specs.len();
-            let results = match self.start_many_elsewhere(node.clone(), specs).await {
-                Ok(results) => results,
-                // The node did not take the batch: each of its specs says so.
-                Err(e) => vec![Err(e); count],
-            };
+        while let Some(joined) = sent.join_next().await {
+            let (node, results) = joined.map_err(|e| {
+                ManagerError::Connection(format!("a batch sent to another node was lost: {e}"))
+            })?;
             remote.insert(node, results.into_iter());
         }
         let mut out = Vec::with_capacity(places.len());
