@@ -9,15 +9,25 @@
 //! - no record is both lost in the store and running on its node, once
 //!   that node holds its name again;
 //! - a record the store holds finished (given up as lost, or ended) never
-//!   becomes live again there;
-//! - every node's core keeps its own invariants.
+//!   becomes live again there, nor ends otherwise;
+//! - every node's core keeps its own invariants;
+//! - no record starts before each of its dependencies completed, on its
+//!   own node or (as the store holds it) on another;
+//! - once everyone is back and the events were delivered, no record runs
+//!   whose parent on another node was stopped.
+//!
+//! Records may name records of other nodes (dependencies, parents): a node
+//! whose core does not know one reads it from the store and hands it over
+//! (`Input::Foreign`), and a write to the store is an event that every
+//! connected node whose core watches the record follows with a read; a
+//! node that was cut off reads its watched records again when it heals.
 
 use std::collections::{HashMap, HashSet};
 
 use bpm_domain::cluster::{Sweep, accepts_write, claim, sweep_record};
 use bpm_domain::{
-    ClusterTiming, Effect, ExitStatus, Input, Lease, Limits, NodeId, ProcessId, ProcessRecord,
-    ProcessSpec, Signal, Span, StateName, Supervisor, Timestamp,
+    ClusterTiming, CoreError, Effect, ExitStatus, Input, Lease, Limits, NodeId, ProcessId,
+    ProcessRecord, ProcessSpec, Signal, Span, StateName, Supervisor, Timestamp,
 };
 use proptest::prelude::*;
 
@@ -26,6 +36,12 @@ const NODES: usize = 3;
 #[derive(Debug, Clone)]
 enum Op {
     Submit(usize),
+    /// Node n submits a record that depends on the k-th record in the store.
+    SubmitAfter(usize, usize),
+    /// Node n submits a child of the k-th record in the store.
+    SubmitChild(usize, usize),
+    /// Node n stops the k-th of its live records.
+    Stop(usize, usize),
     Exit(usize, usize),
     Cut(usize),
     Heal(usize),
@@ -35,6 +51,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0..NODES).prop_map(Op::Submit),
+        2 => (0..NODES, 0..8usize).prop_map(|(n, k)| Op::SubmitAfter(n, k)),
+        2 => (0..NODES, 0..8usize).prop_map(|(n, k)| Op::SubmitChild(n, k)),
+        1 => (0..NODES, 0..4usize).prop_map(|(n, k)| Op::Stop(n, k)),
         3 => (0..NODES, 0..4usize).prop_map(|(n, k)| Op::Exit(n, k)),
         1 => (0..NODES).prop_map(Op::Cut),
         1 => (0..NODES).prop_map(Op::Heal),
@@ -69,6 +88,8 @@ struct World {
     finished: HashSet<ProcessId>,
     next: u128,
     pid: u32,
+    /// Store writes not yet heard by the other nodes: id and version.
+    events: Vec<(ProcessId, u64)>,
 }
 
 impl World {
@@ -87,6 +108,7 @@ impl World {
             finished: HashSet::new(),
             next: 1,
             pid: 100,
+            events: Vec::new(),
         };
         for n in 0..NODES {
             let name = NodeId::new(format!("n{n}")).expect("name");
@@ -169,6 +191,22 @@ impl World {
                     self.flush(n);
                 }
                 Effect::Spawn { record } => {
+                    for dep in &record.spec().dependencies {
+                        let state = match self.nodes[n].core.get(*dep) {
+                            Some(own) => own.state(),
+                            None => self
+                                .store
+                                .get(dep)
+                                .map_or(StateName::Lost, ProcessRecord::state),
+                        };
+                        assert_eq!(
+                            state,
+                            StateName::Completed,
+                            "{} starts on {} before its dependency {dep} completed",
+                            record.id(),
+                            self.nodes[n].name
+                        );
+                    }
                     self.pid += 1;
                     let (id, pid) = (record.id(), self.pid);
                     self.nodes[n].running.insert(id, pid);
@@ -269,16 +307,122 @@ impl World {
     fn keep(&mut self, record: ProcessRecord) {
         let id = record.id();
         if self.finished.contains(&id) {
-            assert!(
-                record.is_terminal(),
-                "{id} was final in the store and is written {} again",
+            let was = self.store[&id].state();
+            assert_eq!(
+                record.state(),
+                was,
+                "{id} was {was} in the store and is written {} again",
                 record.state()
             );
         }
         if record.is_terminal() {
             self.finished.insert(id);
         }
+        self.events.push((id, record.version()));
         self.store.insert(id, record);
+    }
+
+    /// The k-th record in the store (in id order), if any.
+    fn kth(&self, k: usize) -> Option<ProcessId> {
+        let mut ids: Vec<ProcessId> = self.store.keys().copied().collect();
+        ids.sort();
+        ids.get(k % ids.len().max(1)).copied()
+    }
+
+    /// `ids` and their ancestors as the store holds them, for node `n`
+    /// (its own records left out): what its engine would read.
+    fn read_for(&self, n: usize, ids: &[ProcessId]) -> Vec<ProcessRecord> {
+        let mut out: Vec<ProcessRecord> = Vec::new();
+        for &first in ids {
+            let mut next = Some(first);
+            while let Some(id) = next {
+                let Some(r) = self.store.get(&id) else { break };
+                if r.node() == &self.nodes[n].name || out.iter().any(|o| o.id() == id) {
+                    break;
+                }
+                next = r.parent();
+                out.push(r.clone());
+            }
+        }
+        out
+    }
+
+    /// Node `n` submits `spec`; when its core does not know a record the
+    /// spec names, it reads it from the store (if connected) and tries again.
+    fn submit_naming(&mut self, n: usize, spec: &ProcessSpec) {
+        let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
+        self.next += 1;
+        for _ in 0..3 {
+            let now = self.now;
+            match self.nodes[n].core.handle(
+                Input::Submit {
+                    id,
+                    spec: spec.clone(),
+                },
+                now,
+            ) {
+                Ok(effects) => return self.carry_out(n, effects),
+                Err(CoreError::UnknownDependency(x) | CoreError::ParentNotFound(x))
+                    if self.nodes[n].connected =>
+                {
+                    let records = self.read_for(n, &[x]);
+                    if records.is_empty() {
+                        return;
+                    }
+                    self.handle(n, Input::Foreign { records });
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Delivers the store's writes to every connected node whose core
+    /// watches the record, which reads it (and acts, which may write more).
+    fn deliver(&mut self) {
+        while !self.events.is_empty() {
+            let events = std::mem::take(&mut self.events);
+            for (id, version) in events {
+                for n in 0..NODES {
+                    if self.nodes[n].connected && self.nodes[n].core.watches(id, version) {
+                        let records = self.read_for(n, &[id]);
+                        self.handle(n, Input::Foreign { records });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Node `n` reads every record its core watches again.
+    fn read_watched(&mut self, n: usize) {
+        let watched = self.nodes[n].core.watched();
+        let records = self.read_for(n, &watched);
+        if !records.is_empty() {
+            self.handle(n, Input::Foreign { records });
+        }
+    }
+
+    /// Everyone back and settled: no record runs whose parent on another
+    /// node was stopped.
+    fn check_cascades(&self) {
+        for node in &self.nodes {
+            for record in node.core.records() {
+                let live = !record.is_terminal() && record.state() != StateName::Stopping;
+                let Some(parent) = record.parent().and_then(|p| self.store.get(&p)) else {
+                    continue;
+                };
+                if live && parent.node() != &node.name {
+                    assert!(
+                        !matches!(parent.state(), StateName::Cancelled | StateName::TimedOut),
+                        "{} is {} on {} while its parent {} is {}",
+                        record.id(),
+                        record.state(),
+                        node.name,
+                        parent.id(),
+                        parent.state()
+                    );
+                }
+            }
+        }
     }
 
     fn check(&self) {
@@ -334,8 +478,48 @@ impl World {
                     );
                 }
             }
+            Op::SubmitAfter(n, k) => {
+                if let Some(dep) = self.kth(k) {
+                    let mut spec = ProcessSpec::argv(["next"]);
+                    spec.dependencies = vec![dep];
+                    self.submit_naming(n, &spec);
+                }
+            }
+            Op::SubmitChild(n, k) => {
+                if let Some(parent) = self.kth(k) {
+                    let mut spec = ProcessSpec::argv(["child"]);
+                    spec.parent = Some(parent);
+                    self.submit_naming(n, &spec);
+                }
+            }
+            Op::Stop(n, k) => {
+                let mut live: Vec<ProcessId> = self.nodes[n]
+                    .core
+                    .records()
+                    .filter(|r| !r.is_terminal())
+                    .map(ProcessRecord::id)
+                    .collect();
+                live.sort();
+                if let Some(&id) = live.get(k % live.len().max(1)) {
+                    self.handle(
+                        n,
+                        Input::Stop {
+                            id,
+                            force: false,
+                            grace: None,
+                        },
+                    );
+                }
+            }
             Op::Cut(n) => self.nodes[n].connected = false,
-            Op::Heal(n) => self.nodes[n].connected = true,
+            Op::Heal(n) => {
+                let was_cut = !self.nodes[n].connected;
+                self.nodes[n].connected = true;
+                if was_cut {
+                    self.flush(n);
+                    self.read_watched(n);
+                }
+            }
             Op::Advance(ms) => {
                 // Renewals come every third of a lease while time passes.
                 let mut left = ms;
@@ -349,6 +533,7 @@ impl World {
                 }
             }
         }
+        self.deliver();
         self.check();
     }
 }
@@ -369,5 +554,6 @@ proptest! {
             world.step(&Op::Heal(n));
         }
         world.step(&Op::Advance(3_000));
+        world.check_cascades();
     }
 }

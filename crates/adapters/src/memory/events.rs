@@ -36,19 +36,21 @@ impl Default for BroadcastBus {
 #[async_trait]
 impl EventBus for BroadcastBus {
     async fn publish(&self, event: Event) -> Result<(), EventBusError> {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            if recent.len() == RECENT_EVENTS {
-                recent.pop_front();
-            }
-            recent.push_back(event.clone());
+        // Kept and sent under one lock, which `subscribe` takes too: a
+        // subscription made after `recent` shows an event never receives
+        // it, and one made before receives whatever `recent` lacked.
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
         }
+        recent.push_back(event.clone());
         // No subscriber is not an error: nobody is listening yet.
         let _ = self.tx.send(event);
         Ok(())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
+        let _recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         self.tx.subscribe()
     }
 

@@ -14,8 +14,11 @@
 //! gives them up as `lost`. When the node claims its name again
 //! ([`Input::Rejoined`](crate::Input::Rejoined)), its view wins over
 //! `unreachable`: every record the store holds otherwise is written again.
-//! A record given up is final for everyone who saw it end, so the node
-//! ends it too: its process tree is killed and the record stays `lost`.
+//! An end the store holds is final for everyone who saw it, so the node
+//! ends the record too: its process tree is killed, and the store keeps
+//! the end it holds (`lost`, or `failed` if it was still waiting), even
+//! when the record ran or ended here meanwhile: another node's dependent
+//! may have failed on it, and a caller's wait may have returned it.
 
 use std::collections::HashMap;
 
@@ -56,17 +59,24 @@ impl Supervisor {
             let entry = &self.entries[&id];
             let ours = (entry.persisted, entry.record.state());
             let theirs = stored.get(&id).copied();
-            // Given up while this node was away (lost, or failed before
-            // it started): final for everyone who saw it, so here too.
-            if let Some((_, end)) = theirs.filter(|(_, s)| s.is_terminal())
-                && !ours.1.is_terminal()
-            {
-                self.give_up(id, end, now);
+            if let Some((version, end)) = theirs.filter(|(_, s)| s.is_terminal()) {
+                // Ended in the store (given up while this node was away, or
+                // ended here before the cut): every node that saw the end
+                // may have acted on it (a dependent failed, a wait
+                // answered), so it stands. The node ends the record too,
+                // killing what still runs of it, and writes nothing.
+                if !ours.1.is_terminal() {
+                    self.give_up(id, end, now);
+                }
+                self.dirty.remove(&id);
+                self.out
+                    .retain(|e| !matches!(e, Effect::Publish(event) if event.id == id));
+                if let Some(entry) = self.entries.get_mut(&id) {
+                    entry.persisted = Some(version);
+                    entry.persisted_active = false;
+                }
+                continue;
             }
-            let ours = (
-                self.entries[&id].persisted,
-                self.entries[&id].record.state(),
-            );
             if theirs != ours.0.map(|v| (v, ours.1)) {
                 // Rebased above the stored version and written again.
                 let _ = self.store_conflict(id, theirs.map(|(v, _)| v));

@@ -544,13 +544,12 @@ pub async fn a_subscriber_sees_a_process_from_start_to_end(subject: Subject) {
     assert!(kinds.contains(&EventKind::Started), "{kinds:?}");
 }
 
-/// The latest events hold a finished record's past, in order; with a
-/// subscription taken first, nothing falls between the two.
+/// The latest events hold a finished record's past, in order; a
+/// subscription taken once they hold its end receives only what is new.
 pub async fn recent_events_hold_the_past_in_order(subject: Subject) {
     let m = &subject.manager;
     let r = m.start(sh("exit 0")).await.expect("start");
     ended(m, r.id()).await;
-    let mut live = m.subscribe();
     // The end is announced once its write is on disk, which may come just
     // after `wait` saw the ended record in the store.
     let deadline = Instant::now() + LONG;
@@ -572,6 +571,8 @@ pub async fn recent_events_hold_the_past_in_order(subject: Subject) {
     assert_eq!(kinds.last(), Some(&EventKind::Completed), "{kinds:?}");
     let started = kinds.iter().position(|k| *k == EventKind::Started);
     assert!(started.is_some_and(|i| i > 0), "{kinds:?}");
+    // Taken once the past holds the end: what comes next is new.
+    let mut live = m.subscribe();
     let next = m.start(sh("exit 0")).await.expect("start");
     let first = tokio::time::timeout(LONG, live.recv())
         .await
