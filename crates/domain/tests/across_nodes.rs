@@ -79,8 +79,14 @@ fn state(core: &Supervisor, n: u128) -> StateName {
 }
 
 fn seen(core: &mut Supervisor, records: Vec<ProcessRecord>, at: u64) -> Vec<Effect> {
-    core.handle(Input::Foreign { records }, t(at))
-        .expect("views are always taken")
+    core.handle(
+        Input::Foreign {
+            records,
+            gone: Vec::new(),
+        },
+        t(at),
+    )
+    .expect("views are always taken")
 }
 
 #[test]
@@ -376,4 +382,48 @@ proptest! {
             core.check_invariants().map_err(TestCaseError::fail)?;
         }
     }
+}
+
+#[test]
+fn a_dependency_gone_from_the_store_fails_what_waits_for_it() {
+    // At a restart: a record waits for one the store no longer holds.
+    let waiting = ProcessRecord::new(id(10), node("a"), after(&[1]), t(0));
+    let mut core = core_a();
+    let effects = core.restore(vec![waiting], t(500));
+    assert!(!spawns(&effects, id(10)), "it waits until the driver says");
+    assert_eq!(state(&core, 10), StateName::Pending);
+    core.handle(
+        Input::Foreign {
+            records: Vec::new(),
+            gone: vec![id(1)],
+        },
+        t(501),
+    )
+    .expect("taken");
+    let record = core.get(id(10)).expect("known");
+    assert_eq!(record.state(), StateName::Failed);
+    let error = record.lifecycle().error().expect("a reason");
+    assert!(error.contains("gone from the store"), "{error}");
+
+    // While it runs: a watched dependency removed unseen.
+    seen(&mut core, vec![on_b(2, None, &running())], 600);
+    core.handle(
+        Input::Submit {
+            id: id(11),
+            spec: after(&[2]),
+        },
+        t(601),
+    )
+    .expect("accepted");
+    core.handle(
+        Input::Foreign {
+            records: Vec::new(),
+            gone: vec![id(2)],
+        },
+        t(700),
+    )
+    .expect("taken");
+    assert_eq!(state(&core, 11), StateName::Failed);
+    assert!(core.watched().is_empty());
+    core.check_invariants().expect("consistent");
 }

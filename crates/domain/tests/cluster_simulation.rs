@@ -369,7 +369,13 @@ impl World {
                     if records.is_empty() {
                         return;
                     }
-                    self.handle(n, Input::Foreign { records });
+                    self.handle(
+                        n,
+                        Input::Foreign {
+                            records,
+                            gone: Vec::new(),
+                        },
+                    );
                 }
                 Err(_) => return,
             }
@@ -385,7 +391,13 @@ impl World {
                 for n in 0..NODES {
                     if self.nodes[n].connected && self.nodes[n].core.watches(id, version) {
                         let records = self.read_for(n, &[id]);
-                        self.handle(n, Input::Foreign { records });
+                        self.handle(
+                            n,
+                            Input::Foreign {
+                                records,
+                                gone: Vec::new(),
+                            },
+                        );
                     }
                 }
             }
@@ -397,7 +409,13 @@ impl World {
         let watched = self.nodes[n].core.watched();
         let records = self.read_for(n, &watched);
         if !records.is_empty() {
-            self.handle(n, Input::Foreign { records });
+            self.handle(
+                n,
+                Input::Foreign {
+                    records,
+                    gone: Vec::new(),
+                },
+            );
         }
     }
 

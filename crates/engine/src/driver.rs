@@ -198,8 +198,8 @@ impl Driver {
                 }
             }
             Msg::ReadWatched => self.read_watched(self.core.watched()),
-            Msg::Seen(records) => {
-                if let Err(e) = self.step(Input::Foreign { records }).await {
+            Msg::Seen { records, gone } => {
+                if let Err(e) = self.step(Input::Foreign { records, gone }).await {
                     tracing::warn!(error = %e, "other nodes' records refused");
                 }
             }

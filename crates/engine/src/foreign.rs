@@ -145,7 +145,8 @@ impl Engine {
             .filter(|id| ids.contains(id))
             .collect();
         if !records.is_empty() {
-            self.call_once(Input::Foreign { records }).await?;
+            let gone = Vec::new();
+            self.call_once(Input::Foreign { records, gone }).await?;
         }
         Ok(found)
     }
@@ -196,8 +197,9 @@ pub(crate) fn read_again(
         while !tx.is_closed() {
             match read_elsewhere(&*store, &node, &ids).await {
                 Ok(records) => {
-                    if !records.is_empty() {
-                        let _ = tx.send(Msg::Seen(records));
+                    let gone = missing(&ids, &records);
+                    if !records.is_empty() || !gone.is_empty() {
+                        let _ = tx.send(Msg::Seen { records, gone });
                     }
                     return;
                 }
@@ -211,4 +213,12 @@ pub(crate) fn read_again(
             }
         }
     });
+}
+
+/// Of `ids`, those not among `read`: the store no longer holds them.
+pub(crate) fn missing(ids: &[ProcessId], read: &[ProcessRecord]) -> Vec<ProcessId> {
+    ids.iter()
+        .copied()
+        .filter(|id| !read.iter().any(|r| r.id() == *id))
+        .collect()
 }

@@ -106,8 +106,12 @@ pub(crate) enum Msg {
     },
     /// Other nodes' events may have been missed: read every watched record again.
     ReadWatched,
-    /// Other nodes' records, as the store holds them, for the core.
-    Seen(Vec<ProcessRecord>),
+    /// Other nodes' records, as the store holds them, for the core, and
+    /// those it was asked for and no longer holds.
+    Seen {
+        records: Vec<ProcessRecord>,
+        gone: Vec<ProcessId>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -149,8 +153,10 @@ impl Engine {
             .await?;
         // The records of other nodes they name (dependencies, parents).
         let named = Supervisor::named_elsewhere(&records);
+        let elsewhere = foreign::read_elsewhere(&*ports.store, &node, &named).await?;
+        let gone = foreign::missing(&named, &elsewhere);
         let mut records = records;
-        records.extend(foreign::read_elsewhere(&*ports.store, &node, &named).await?);
+        records.extend(elsewhere);
         let (tx, rx) = mpsc::unbounded_channel();
         let mut driver = Driver::new(
             Supervisor::new(node.clone(), config.limits),
@@ -159,6 +165,10 @@ impl Engine {
         );
         let effects = driver.core.restore(records, ports.clock.now());
         driver.execute(effects).await?;
+        if !gone.is_empty() {
+            let records = Vec::new();
+            driver.step(Input::Foreign { records, gone }).await?;
+        }
         // Answer nothing until the restored queue's first spawns have ended
         // and what was written is on disk.
         let mut inbox = Inbox { msgs: rx, notices };

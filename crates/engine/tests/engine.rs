@@ -1891,3 +1891,62 @@ async fn a_record_the_store_did_not_take_is_never_started_nor_acknowledged() {
     expected.sort();
     assert_eq!(ids, expected, "only what was acknowledged is stored");
 }
+
+/// At its start the engine reads the other nodes' records that its
+/// records name: a record waiting for one that completed there starts, and
+/// one waiting for a record the store no longer holds fails and says why.
+#[tokio::test]
+async fn a_restart_reads_the_other_nodes_records_its_records_wait_for() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let store = Arc::new(InMemoryStore::new());
+    let here = bpm_domain::NodeId::new("a").expect("node");
+    let there = bpm_domain::NodeId::new("b").expect("node");
+    let now = bpm_ports::Clock::now(&*clock);
+    let mut done = ProcessRecord::new(fresh(1), there, fake(&["ok"]), now);
+    for step in [
+        bpm_domain::Transition::Start,
+        bpm_domain::Transition::Spawned { pid: 4242 },
+        bpm_domain::Transition::Exited {
+            status: ExitStatus::Code(0),
+        },
+    ] {
+        done.apply(step, now).expect("a step");
+    }
+    let waits_for = |n: u128, dep: ProcessId| {
+        let mut spec = fake(&["next"]);
+        spec.dependencies = vec![dep];
+        ProcessRecord::new(fresh(n), here.clone(), spec, now)
+    };
+    let released = waits_for(2, done.id());
+    let orphaned = waits_for(3, fresh(4));
+    let writes: Vec<StoreWrite> = [done, released.clone(), orphaned.clone()]
+        .into_iter()
+        .map(|record| StoreWrite {
+            record,
+            expected_version: None,
+            durable: true,
+        })
+        .collect();
+    assert!(store.write_batch(&writes).await.iter().all(Result::is_ok));
+    let (ports, _spawner) = ports_with(&clock, store);
+    let config = EngineConfig {
+        node: Some(here),
+        limits: Limits::default(),
+    };
+    let engine = Engine::start(ports, config).await.expect("engine starts");
+    let failed = engine.get(orphaned.id()).await.expect("kept");
+    assert_eq!(failed.state(), StateName::Failed);
+    let error = failed.lifecycle().error().expect("a reason");
+    assert!(error.contains("gone from the store"), "{error}");
+    let started = engine.get(released.id()).await.expect("kept");
+    assert_ne!(
+        started.state(),
+        StateName::Pending,
+        "{:?}",
+        started.lifecycle()
+    );
+}
+
+fn fresh(n: u128) -> ProcessId {
+    ProcessId::from_uuid(uuid::Uuid::from_u128(n))
+}

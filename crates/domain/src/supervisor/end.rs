@@ -133,6 +133,14 @@ impl Supervisor {
 
     /// A record ended: unblock (or fail) the records waiting for it.
     pub(super) fn release_waiters(&mut self, id: ProcessId, end: StateName, now: Timestamp) {
+        let failure = (end != StateName::Completed)
+            .then(|| format!("dependency {id} ended {end} instead of completing"));
+        self.unblock_waiters(id, failure.as_deref(), now);
+    }
+
+    /// Unblocks the records waiting for `id`; those that depend on it fail
+    /// with `failure`, when it did not complete.
+    pub(super) fn unblock_waiters(&mut self, id: ProcessId, failure: Option<&str>, now: Timestamp) {
         let Some(waiting) = self.waiters.remove(&id) else {
             return;
         };
@@ -141,8 +149,7 @@ impl Supervisor {
                 continue;
             };
             let was_dependency = entry.unblock(id);
-            if was_dependency && end != StateName::Completed {
-                let error = format!("dependency {id} ended {end} instead of completing");
+            if let Some(error) = failure.filter(|_| was_dependency).map(str::to_owned) {
                 let _ = self.transition(w, Transition::Fail { error }, now);
                 continue;
             }

@@ -84,10 +84,27 @@ impl Supervisor {
     /// Takes the store's versions of other nodes' records (this node's are
     /// ignored): new views are kept, newer versions replace older ones, and
     /// what changed is acted on.
-    pub(super) fn foreign(&mut self, records: Vec<ProcessRecord>, now: Timestamp) {
+    pub(super) fn foreign(
+        &mut self,
+        records: Vec<ProcessRecord>,
+        gone: &[ProcessId],
+        now: Timestamp,
+    ) {
         self.drop_unneeded_views();
         for (id, before, after) in self.see(records) {
             self.foreign_changed(id, before, after, now);
+        }
+        for &id in gone {
+            if self.entries.contains_key(&id) {
+                continue;
+            }
+            // Ended and removed unseen: whether it completed is not known,
+            // so what depends on it fails rather than starts on a guess.
+            self.foreign.remove(&id);
+            let failure = format!(
+                "dependency {id} is gone from the store (it ended and was removed), so whether it completed is not known"
+            );
+            self.unblock_waiters(id, Some(&failure), now);
         }
     }
 

@@ -305,6 +305,10 @@ pub enum Input {
     Foreign {
         /// The records, any order (a parent may come after its child).
         records: Vec<ProcessRecord>,
+        /// Records named here that the store no longer holds: they ended
+        /// and were removed unseen, so what depends on them fails (whether
+        /// they completed is not known).
+        gone: Vec<ProcessId>,
     },
     /// The store did not take the creation of `id` (it stopped answering
     /// after the check before new work): the record is forgotten as if it

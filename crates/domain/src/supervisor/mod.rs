@@ -346,8 +346,8 @@ impl Supervisor {
                 Ok(())
             }
             Input::Unstored { id } => self.unstored(id, now),
-            Input::Foreign { records } => {
-                self.foreign(records, now);
+            Input::Foreign { records, gone } => {
+                self.foreign(records, &gone, now);
                 Ok(())
             }
             Input::Remove { id } => {

@@ -12,7 +12,9 @@ impl Supervisor {
     ///
     /// Records of other nodes are kept as views of what records here name
     /// ([`Supervisor::named_elsewhere`]): a dependency is waited for, and a
-    /// parent stopped meanwhile stops its children here. Pending records are queued again,
+    /// parent stopped meanwhile stops its children here. A dependency found
+    /// nowhere is waited for until the driver reports it gone
+    /// ([`Input::Foreign`](crate::Input::Foreign)). Pending records are queued again,
     /// finished ones kept (with retention), and live ones counted against the
     /// limits with their timers re-armed. A live record's process is taken
     /// over again ([`Effect::Reattach`]; [`Input::ReattachFailed`](crate::Input::ReattachFailed) makes it
@@ -111,7 +113,10 @@ impl Supervisor {
                     .dependencies
                     .iter()
                     .copied()
-                    .filter(|d| self.known(*d).is_some_and(|r| !r.is_terminal()))
+                    // Not known: another node's record the store no longer
+                    // holds, which the driver reports (`Input::Foreign`'s
+                    // `gone`); it waits until then.
+                    .filter(|d| self.known(*d).is_none_or(|r| !r.is_terminal()))
                     .collect();
                 for d in &unfinished {
                     self.waiters.entry(*d).or_default().insert(id);
