@@ -3,23 +3,15 @@
 //! them, fails what depended on one that did not complete, and stops its
 //! children of a parent stopped on `b`.
 
+mod common;
+
+use common::{id, node, t};
+
 use bpm_domain::{
-    CoreError, Effect, ExitStatus, Input, Limits, NodeId, ProcessId, ProcessRecord, ProcessSpec,
-    Signal, StateName, StopCause, Supervisor, Timestamp, Transition,
+    CoreError, Effect, ExitStatus, Input, Limits, ProcessId, ProcessRecord, ProcessSpec, Signal,
+    StateName, StopCause, Supervisor, Transition,
 };
 use proptest::prelude::*;
-
-fn id(n: u128) -> ProcessId {
-    ProcessId::from_uuid(uuid::Uuid::from_u128(n))
-}
-
-fn t(ms: u64) -> Timestamp {
-    Timestamp::from_millis(ms)
-}
-
-fn node(name: &str) -> NodeId {
-    NodeId::new(name).expect("a node name")
-}
 
 /// Record `n` of node `b` (parent `parent`), taken through `steps`.
 fn on_b(n: u128, parent: Option<u128>, steps: &[Transition]) -> ProcessRecord {
@@ -78,6 +70,15 @@ fn state(core: &Supervisor, n: u128) -> StateName {
     core.get(id(n)).expect("known").state()
 }
 
+fn submit(
+    core: &mut Supervisor,
+    n: u128,
+    spec: ProcessSpec,
+    at: u64,
+) -> Result<Vec<Effect>, CoreError> {
+    core.handle(Input::Submit { id: id(n), spec }, t(at))
+}
+
 fn seen(core: &mut Supervisor, records: Vec<ProcessRecord>, at: u64) -> Vec<Effect> {
     core.handle(
         Input::Foreign {
@@ -92,25 +93,12 @@ fn seen(core: &mut Supervisor, records: Vec<ProcessRecord>, at: u64) -> Vec<Effe
 #[test]
 fn a_record_waits_for_another_nodes_dependency_and_starts_once_it_completed() {
     let mut core = core_a();
-    let refused = core.handle(
-        Input::Submit {
-            id: id(10),
-            spec: after(&[1]),
-        },
-        t(100),
-    );
+    let refused = submit(&mut core, 10, after(&[1]), 100);
     assert_eq!(refused, Err(CoreError::UnknownDependency(id(1))));
 
     seen(&mut core, vec![on_b(1, None, &running())], 100);
-    let effects = core
-        .handle(
-            Input::Submit {
-                id: id(10),
-                spec: after(&[1]),
-            },
-            t(101),
-        )
-        .expect("accepted once the dependency is seen");
+    let effects =
+        submit(&mut core, 10, after(&[1]), 101).expect("accepted once the dependency is seen");
     assert!(!spawns(&effects, id(10)));
     assert_eq!(state(&core, 10), StateName::Pending);
     assert!(core.watches(id(1), 99) && !core.watches(id(1), 2));
@@ -125,14 +113,7 @@ fn a_record_waits_for_another_nodes_dependency_and_starts_once_it_completed() {
 fn a_dependency_on_another_node_that_fails_fails_what_waits_for_it() {
     let mut core = core_a();
     seen(&mut core, vec![on_b(1, None, &running())], 100);
-    core.handle(
-        Input::Submit {
-            id: id(10),
-            spec: after(&[1]),
-        },
-        t(101),
-    )
-    .expect("accepted");
+    submit(&mut core, 10, after(&[1]), 101).expect("accepted");
     let effects = seen(&mut core, vec![on_b(1, None, &exited(3))], 200);
     assert!(!spawns(&effects, id(10)));
     let record = core.get(id(10)).expect("known");
@@ -152,24 +133,9 @@ fn a_dependency_that_ended_before_the_submit_is_judged_at_once() {
         vec![on_b(1, None, &exited(0)), on_b(2, None, &exited(1))],
         100,
     );
-    let ok = core
-        .handle(
-            Input::Submit {
-                id: id(10),
-                spec: after(&[1]),
-            },
-            t(101),
-        )
-        .expect("accepted");
+    let ok = submit(&mut core, 10, after(&[1]), 101).expect("accepted");
     assert!(spawns(&ok, id(10)));
-    core.handle(
-        Input::Submit {
-            id: id(11),
-            spec: after(&[2]),
-        },
-        t(102),
-    )
-    .expect("accepted");
+    submit(&mut core, 11, after(&[2]), 102).expect("accepted");
     assert_eq!(state(&core, 11), StateName::Failed);
 }
 
@@ -177,14 +143,7 @@ fn a_dependency_that_ended_before_the_submit_is_judged_at_once() {
 fn an_older_version_of_a_view_changes_nothing() {
     let mut core = core_a();
     seen(&mut core, vec![on_b(1, None, &running())], 100);
-    core.handle(
-        Input::Submit {
-            id: id(10),
-            spec: after(&[1]),
-        },
-        t(101),
-    )
-    .expect("accepted");
+    submit(&mut core, 10, after(&[1]), 101).expect("accepted");
     // The event of the exit, then a late read of the start.
     seen(&mut core, vec![on_b(1, None, &exited(2))], 200);
     let late = seen(&mut core, vec![on_b(1, None, &running())], 300);
@@ -201,14 +160,7 @@ fn a_child_of_another_nodes_parent_is_stopped_when_the_parent_is() {
         vec![on_b(2, Some(1), &running()), on_b(1, None, &running())],
         100,
     );
-    core.handle(
-        Input::Submit {
-            id: id(10),
-            spec: child_of(2),
-        },
-        t(101),
-    )
-    .expect("accepted");
+    submit(&mut core, 10, child_of(2), 101).expect("accepted");
     assert_eq!(core.depth(id(10)), Some(2));
     let pid = 900;
     core.handle(Input::Spawned { id: id(10), pid }, t(102))
@@ -242,13 +194,7 @@ fn a_parent_on_another_node_that_is_stopping_takes_no_children() {
     let mut core = core_a();
     seen(&mut core, vec![on_b(1, None, &stopping())], 100);
     assert_eq!(
-        core.handle(
-            Input::Submit {
-                id: id(10),
-                spec: child_of(1),
-            },
-            t(101),
-        ),
+        submit(&mut core, 10, child_of(1), 101),
         Err(CoreError::ParentNotLive {
             parent: id(1),
             state: StateName::Stopping
@@ -264,13 +210,7 @@ fn records_of_this_node_are_not_views() {
     seen(&mut core, vec![own], 100);
     assert!(core.watched().is_empty());
     assert_eq!(
-        core.handle(
-            Input::Submit {
-                id: id(10),
-                spec: after(&[1]),
-            },
-            t(101),
-        ),
+        submit(&mut core, 10, after(&[1]), 101),
         Err(CoreError::UnknownDependency(id(1)))
     );
 }
@@ -279,27 +219,14 @@ fn records_of_this_node_are_not_views() {
 fn a_view_is_dropped_once_its_record_ended_and_nothing_here_names_it() {
     let mut core = core_a();
     seen(&mut core, vec![on_b(1, None, &running())], 100);
-    core.handle(
-        Input::Submit {
-            id: id(10),
-            spec: after(&[1]),
-        },
-        t(101),
-    )
-    .expect("accepted");
+    submit(&mut core, 10, after(&[1]), 101).expect("accepted");
     assert_eq!(core.watched(), vec![id(1)]);
     seen(&mut core, vec![on_b(1, None, &exited(0))], 200);
     assert!(core.watched().is_empty(), "an ended record is not watched");
     // The next views drop it: a new submit naming it needs it read again.
     seen(&mut core, vec![on_b(5, None, &running())], 300);
     assert_eq!(
-        core.handle(
-            Input::Submit {
-                id: id(11),
-                spec: after(&[1]),
-            },
-            t(301),
-        ),
+        submit(&mut core, 11, after(&[1]), 301),
         Err(CoreError::UnknownDependency(id(1)))
     );
 }
@@ -407,14 +334,7 @@ fn a_dependency_gone_from_the_store_fails_what_waits_for_it() {
 
     // While it runs: a watched dependency removed unseen.
     seen(&mut core, vec![on_b(2, None, &running())], 600);
-    core.handle(
-        Input::Submit {
-            id: id(11),
-            spec: after(&[2]),
-        },
-        t(601),
-    )
-    .expect("accepted");
+    submit(&mut core, 11, after(&[2]), 601).expect("accepted");
     core.handle(
         Input::Foreign {
             records: Vec::new(),

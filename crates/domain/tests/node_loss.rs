@@ -2,26 +2,17 @@
 //! by a surviving node, given up after `lost_after`, brought back when the
 //! node restarts, and reconciled when it claims its name again.
 
+mod common;
+
+use common::{id, node, t};
+
 use bpm_domain::TransitionKind as K;
 use bpm_domain::cluster::{Sweep, sweep};
 use bpm_domain::{
-    ClusterTiming, Effect, EventKind, Input, Lease, Lifecycle, Limits, NodeId, ProcessId,
-    ProcessRecord, ProcessSpec, Signal, Span, StateName, StopCause, Supervisor, Timestamp,
-    Transition,
+    ClusterTiming, Effect, EventKind, Input, Lease, Lifecycle, Limits, ProcessId, ProcessRecord,
+    ProcessSpec, Signal, Span, StateName, StopCause, Supervisor, Transition,
 };
 use proptest::prelude::*;
-
-fn id(n: u128) -> ProcessId {
-    ProcessId::from_uuid(uuid::Uuid::from_u128(n))
-}
-
-fn t(ms: u64) -> Timestamp {
-    Timestamp::from_millis(ms)
-}
-
-fn node(name: &str) -> NodeId {
-    NodeId::new(name).expect("a node name")
-}
 
 fn lease(renewed_at: u64) -> Lease {
     Lease {
