@@ -69,7 +69,16 @@ async def scenario():
             check(time.monotonic() < deadline, f"no output from beta: {text!r}")
             await asyncio.sleep(0.2)
             text += (await call(client, "get_process_output", {"process_id": ticker["id"]}))["text"]
-        print("2. listed on node beta; read", len(text), "bytes of its output")
+        only_beta = await call(client, "list_background_processes", {"node": "beta"})
+        check(only_beta["count"] >= 1 and all(p["node"] == "beta" for p in only_beta["processes"]),
+              f"node filter: {only_beta}")
+        local = await call(client, "start_background_process", {"argv": ["sleep", "30"]})
+        only_alpha = await call(client, "list_background_processes", {"node": "alpha"})
+        check([p["id"] for p in only_alpha["processes"]] == [local["id"]], f"alpha's: {only_alpha}")
+        await call(client, "stop_background_process", {"process_id": local["id"], "force": True})
+        message = await error_of(client, "list_background_processes", {"node": "no such/node"})
+        check("node" in message, message)
+        print("2. listed on node beta (and by node); read", len(text), "bytes of its output")
 
         # 3. Paused and resumed on beta, through alpha.
         paused = await call(client, "pause_background_process", {"process_id": ticker["id"]})

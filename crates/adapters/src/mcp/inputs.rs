@@ -129,6 +129,8 @@ pub(super) struct ListArgs {
     pub(super) label: Option<String>,
     /// Only children of this process.
     pub(super) parent: Option<String>,
+    /// Only processes of this node (see the nodes of a cluster with `bpm nodes`).
+    pub(super) node: Option<String>,
     /// At most this many records, newest first (100 by default, 500 at most).
     pub(super) limit: Option<usize>,
 }

@@ -46,6 +46,13 @@ fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, String> {
     serde_json::from_value(args).map_err(|e| format!("invalid arguments for {tool}: {e}"))
 }
 
+/// A `node` argument: a node's name, or an error that says what is wrong with it.
+fn node_arg(node: Option<String>) -> Result<Option<bpm_domain::NodeId>, String> {
+    node.map(|n| n.parse())
+        .transpose()
+        .map_err(|e: bpm_domain::NameError| format!("node: {e}"))
+}
+
 #[allow(clippy::needless_pass_by_value)] // shaped for map_err
 fn manager_error(e: ManagerError) -> String {
     e.to_string()
@@ -268,11 +275,7 @@ impl McpServer {
             .map(|s| s.parse())
             .transpose()
             .map_err(|e: bpm_domain::NameError| e.to_string())?;
-        spec.node = a
-            .node
-            .map(|n| n.parse())
-            .transpose()
-            .map_err(|e: bpm_domain::NameError| format!("node: {e}"))?;
+        spec.node = node_arg(a.node)?;
         if let Some(p) = a.parent {
             spec.parent = Some(self.id(&p).await?);
         }
@@ -341,6 +344,7 @@ impl McpServer {
         if let Some(p) = a.parent {
             filter.parent = Some(self.id(&p).await?);
         }
+        filter.node = node_arg(a.node)?;
         let limit = a.limit.unwrap_or(DEFAULT_LIST);
         if limit == 0 || limit > MAX_LIST {
             return Err(format!("invalid limit {limit}: expected 1 to {MAX_LIST}"));
