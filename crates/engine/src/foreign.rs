@@ -63,7 +63,7 @@ const fn unknown_named(error: &ManagerError) -> Option<ProcessId> {
 
 impl Engine {
     /// Whether other nodes' records can be read here (the store is shared).
-    fn shared(&self) -> bool {
+    pub(crate) fn shared(&self) -> bool {
         self.commands.get().is_some()
     }
 

@@ -19,6 +19,13 @@ use crate::{Engine, Msg};
 /// How long `stop` waits past the grace period for a process tree to end.
 const STOP_MARGIN: Duration = Duration::from_secs(30);
 
+/// How long `stop` waits past their longest grace period for descendants
+/// on other nodes to end.
+const DESCENDANT_MARGIN: Duration = Duration::from_secs(5);
+
+/// How many descendants `stop` looks for, at most.
+const DESCENDANTS_WATCHED: usize = 10_000;
+
 impl Engine {
     /// Whether the store takes `records` new records now. A full disk, or a
     /// store that does not answer, costs new work, never the records of
@@ -126,6 +133,46 @@ impl Engine {
             .send(Msg::Many(inputs, reply))
             .map_err(|_| ManagerError::ShutDown)?;
         answer.await.map_err(|_| ManagerError::ShutDown)?
+    }
+
+    /// Waits until `id`'s unfinished descendants have ended, wherever they
+    /// run: those on other nodes are stopped by their nodes once they hear
+    /// that `id` is stopping. Bounded by the longest grace among them plus
+    /// a margin, so a descendant on a node that died meanwhile delays the
+    /// answer by that much at most.
+    async fn wait_for_descendants(
+        &self,
+        events: broadcast::Receiver<Event>,
+        id: ProcessId,
+    ) -> Result<(), ManagerError> {
+        let mut open = Vec::new();
+        let mut grace = Duration::ZERO;
+        let mut frontier = vec![id];
+        while let Some(parent) = frontier.pop() {
+            let filter = ListFilter {
+                parent: Some(parent),
+                ..ListFilter::default()
+            };
+            for child in self.list(filter).await? {
+                frontier.push(child.id());
+                if !child.is_terminal() {
+                    grace = grace.max(child.spec().stop.grace.as_duration());
+                    open.push(child.id());
+                }
+            }
+            if frontier.len() + open.len() > DESCENDANTS_WATCHED {
+                break;
+            }
+        }
+        let deadline = self
+            .ports
+            .clock
+            .now()
+            .saturating_add(grace + DESCENDANT_MARGIN);
+        match self.wait_until_ended(events, &open, Some(deadline)).await {
+            Ok(()) | Err(ManagerError::WaitTimeout { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Completes or fails `id` (`input` here, `command` on its owner).
@@ -326,7 +373,11 @@ impl ProcessManager for Engine {
             force: options.force,
             grace: options.grace,
         };
+        let elsewhere = self.shared().then(|| self.ports.events.subscribe());
         self.stop_and_wait(input, grace, Some(id)).await?;
+        if let Some(events) = elsewhere {
+            self.wait_for_descendants(events, id).await?;
+        }
         self.get(id).await
     }
 
