@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpm_adapters::redis::{RedisCommands, RedisEvents, RedisMembership};
-use bpm_domain::{Event, EventKind, NodeId, ProcessId, Span, StateName, Timestamp};
+use bpm_domain::{
+    Event, EventKind, NodeId, ProcessId, ProcessRecord, ProcessSpec, Span, StateName, Timestamp,
+};
 use bpm_ports::{Answer, Claimant, Command, CommandBus, EventBus, ManagerError, Membership};
 use bpm_tests::{redis_url, unique_prefix};
 
@@ -196,25 +198,14 @@ async fn a_command_answered_twice_leaves_nothing_queued() {
     assert_eq!(b.receive().await.expect("receive"), None);
 }
 
+/// Event `n` of node `on`: an exit, with version `n`.
 fn event(n: u64, on: &str) -> Event {
-    Event {
-        id: id(u128::from(n)),
-        kind: EventKind::Exited,
-        state: StateName::Completed,
-        at: Timestamp::from_millis(n),
-        name: None,
-        session: None,
-        node: node(on),
-        version: n,
-        started_at: None,
-        ended_at: None,
-        duration_ms: None,
-        exit: None,
-        error: None,
-        progress: None,
-        related: None,
-        output_tail: None,
-    }
+    let at = Timestamp::from_millis(n);
+    let record = ProcessRecord::new(id(u128::from(n)), node(on), ProcessSpec::argv(["x"]), at);
+    let mut event = Event::new(EventKind::Exited, &record, at);
+    event.state = StateName::Completed;
+    event.version = n;
+    event
 }
 
 /// Events of every node reach every node's subscribers, once each; a

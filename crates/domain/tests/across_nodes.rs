@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{id, node, t};
+use common::{id, node, spawned, submit, t};
 
 use bpm_domain::{
     CoreError, Effect, ExitStatus, Input, Limits, ProcessId, ProcessRecord, ProcessSpec, Signal,
@@ -68,15 +68,6 @@ fn spawns(effects: &[Effect], who: ProcessId) -> bool {
 
 fn state(core: &Supervisor, n: u128) -> StateName {
     core.get(id(n)).expect("known").state()
-}
-
-fn submit(
-    core: &mut Supervisor,
-    n: u128,
-    spec: ProcessSpec,
-    at: u64,
-) -> Result<Vec<Effect>, CoreError> {
-    core.handle(Input::Submit { id: id(n), spec }, t(at))
 }
 
 fn seen(core: &mut Supervisor, records: Vec<ProcessRecord>, at: u64) -> Vec<Effect> {
@@ -163,8 +154,7 @@ fn a_child_of_another_nodes_parent_is_stopped_when_the_parent_is() {
     submit(&mut core, 10, child_of(2), 101).expect("accepted");
     assert_eq!(core.depth(id(10)), Some(2));
     let pid = 900;
-    core.handle(Input::Spawned { id: id(10), pid }, t(102))
-        .expect("spawned");
+    spawned(&mut core, 10, pid, 102);
     assert_eq!(state(&core, 10), StateName::Running);
 
     let effects = seen(&mut core, vec![on_b(2, Some(1), &stopping())], 200);

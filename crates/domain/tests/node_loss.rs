@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{id, node, t};
+use common::{id, node, spawned, submit, t};
 
 use bpm_domain::TransitionKind as K;
 use bpm_domain::cluster::{Sweep, sweep};
@@ -215,22 +215,8 @@ fn persisted(effects: &[Effect]) -> Vec<(ProcessId, Option<u64>, StateName)> {
 fn a_node_that_claims_its_name_again_writes_its_view_and_ends_what_was_given_up() {
     let mut core = Supervisor::new(node("b"), Limits::default());
     for n in 1..=3 {
-        core.handle(
-            Input::Submit {
-                id: id(n),
-                spec: ProcessSpec::argv(["work"]),
-            },
-            t(0),
-        )
-        .expect("submit");
-        core.handle(
-            Input::Spawned {
-                id: id(n),
-                pid: 100 + u32::try_from(n).expect("small"),
-            },
-            t(1),
-        )
-        .expect("spawned");
+        submit(&mut core, n, ProcessSpec::argv(["work"]), 0).expect("submit");
+        spawned(&mut core, n, 100 + u32::try_from(n).expect("small"), 1);
     }
     let v = |n| core.get(id(n)).expect("known").version();
     let (v1, v2, v3) = (v(1), v(2), v(3));
@@ -324,23 +310,9 @@ fn a_record_failed_while_its_node_was_away_is_never_live_again() {
         },
     );
     for n in 1..=3 {
-        core.handle(
-            Input::Submit {
-                id: id(n),
-                spec: ProcessSpec::argv(["work"]),
-            },
-            t(0),
-        )
-        .expect("submit");
+        submit(&mut core, n, ProcessSpec::argv(["work"]), 0).expect("submit");
     }
-    core.handle(
-        Input::Spawned {
-            id: id(1),
-            pid: 101,
-        },
-        t(1),
-    )
-    .expect("spawned");
+    spawned(&mut core, 1, 101, 1);
     // Away: 1 exits and 2 starts in its slot; 3 still waits.
     core.handle(
         Input::Exited {
@@ -350,14 +322,7 @@ fn a_record_failed_while_its_node_was_away_is_never_live_again() {
         t(2),
     )
     .expect("exit");
-    core.handle(
-        Input::Spawned {
-            id: id(2),
-            pid: 102,
-        },
-        t(3),
-    )
-    .expect("spawned");
+    spawned(&mut core, 2, 102, 3);
     let v = |core: &Supervisor, n| core.get(id(n)).expect("known").version();
     let (v2, v3) = (v(&core, 2), v(&core, 3));
     let effects = core

@@ -247,7 +247,7 @@ impl Engine {
     /// names that another node owns, reads that record for the core and
     /// sends it again.
     pub(crate) async fn call(&self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
-        if !input.may_name_unknown() {
+        if !(self.shared() && input.may_name_unknown()) {
             return self.call_once(input).await;
         }
         let mut reads = std::collections::HashMap::new();

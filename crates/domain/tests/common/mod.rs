@@ -1,7 +1,7 @@
 //! Names the cluster tests share: ids, times and nodes from small numbers
 //! and strings.
 
-use bpm_domain::{NodeId, ProcessId, Timestamp};
+use bpm_domain::{CoreError, Effect, Input, NodeId, ProcessId, ProcessSpec, Supervisor, Timestamp};
 
 /// The id whose 128 bits are `n`.
 pub(crate) fn id(n: u128) -> ProcessId {
@@ -16,4 +16,20 @@ pub(crate) fn t(ms: u64) -> Timestamp {
 /// The node named `name`.
 pub(crate) fn node(name: &str) -> NodeId {
     NodeId::new(name).expect("a node name")
+}
+
+/// Submits `spec` as record `n` to `core` at `at` ms.
+pub(crate) fn submit(
+    core: &mut Supervisor,
+    n: u128,
+    spec: ProcessSpec,
+    at: u64,
+) -> Result<Vec<Effect>, CoreError> {
+    core.handle(Input::Submit { id: id(n), spec }, t(at))
+}
+
+/// Tells `core` that record `n`'s process started with `pid` at `at` ms.
+pub(crate) fn spawned(core: &mut Supervisor, n: u128, pid: u32, at: u64) {
+    core.handle(Input::Spawned { id: id(n), pid }, t(at))
+        .expect("spawned");
 }
