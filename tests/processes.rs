@@ -20,7 +20,11 @@ async fn engine_with(limits: Limits, output_cap: Option<u64>) -> (Engine, TempDi
         memory_store(),
         &dir.path().join("output"),
         output_cap,
-        EngineConfig { node: None, limits },
+        EngineConfig {
+            node: None,
+            limits,
+            ..EngineConfig::default()
+        },
     )
     .await
     .expect("engine");

@@ -49,6 +49,38 @@ mod redis_membership {
     bpm_ports::membership_contract_tests!(membership().await);
 }
 
+async fn claims() -> bpm_ports::contract::claims::Subject {
+    use bpm_adapters::redis::RedisClaims;
+    let prefix = unique_prefix();
+    let store = RedisStore::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect");
+    let claims = |name: &'static str| {
+        let prefix = prefix.clone();
+        async move {
+            let node = NodeId::new(name).expect("a node");
+            Arc::new(
+                RedisClaims::connect(&redis_url(), &prefix, node)
+                    .await
+                    .expect("connect"),
+            )
+        }
+    };
+    let (alpha, beta) = (claims("alpha").await, claims("beta").await);
+    bpm_ports::contract::claims::Subject {
+        store: Arc::new(store),
+        alpha: alpha.clone(),
+        beta: beta.clone(),
+        alpha_slots: alpha,
+        beta_slots: beta,
+    }
+}
+
+mod redis_claims {
+    use super::*;
+    bpm_ports::claims_contract_tests!(claims().await);
+}
+
 mod redis_output {
     use super::*;
     bpm_ports::output_contract_tests!(output().await);
@@ -399,6 +431,7 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
         version: "test".into(),
         ttl: bpm_domain::Span::from_secs(10),
         slots: 2,
+        labels: std::collections::BTreeMap::default(),
     };
     let old = members.join(&claimant(1)).await.expect("join");
     let fence = Fence::new(node.clone(), old);

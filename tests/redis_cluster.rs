@@ -33,6 +33,7 @@ async fn join(prefix: &str, name: &str) -> RedisMembership {
             version: "test".into(),
             ttl: Span::from_secs(30),
             slots: 2,
+            labels: std::collections::BTreeMap::default(),
         })
         .await
         .expect("join");

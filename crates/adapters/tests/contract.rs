@@ -14,6 +14,25 @@ mod memory_store {
     bpm_ports::store_contract_tests!(Arc::new(InMemoryStore::new()) as Arc<dyn ProcessStore>);
 }
 
+mod memory_claims {
+    use super::*;
+    use bpm_adapters::memory::InMemoryClaims;
+    use bpm_ports::contract::claims::Subject;
+    bpm_ports::claims_contract_tests!({
+        let store: Arc<dyn ProcessStore> = Arc::new(InMemoryStore::new());
+        let node = |n: &str| bpm_domain::NodeId::new(n).expect("a node");
+        let alpha = InMemoryClaims::new(Arc::clone(&store), node("alpha"));
+        let beta = alpha.for_node(node("beta"));
+        Subject {
+            store,
+            alpha: Arc::new(alpha.clone()),
+            beta: Arc::new(beta.clone()),
+            alpha_slots: Arc::new(alpha),
+            beta_slots: Arc::new(beta),
+        }
+    });
+}
+
 mod memory_membership {
     use super::*;
     bpm_ports::membership_contract_tests!(Arc::new(InMemoryMembership::new(Arc::new(

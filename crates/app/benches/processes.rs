@@ -40,7 +40,11 @@ async fn engine(limits: Limits, dir: &std::path::Path) -> Engine {
         memory_store(),
         &dir.join("output"),
         None,
-        EngineConfig { node: None, limits },
+        EngineConfig {
+            node: None,
+            limits,
+            ..EngineConfig::default()
+        },
     )
     .await
     .expect("engine")

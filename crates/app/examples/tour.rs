@@ -23,7 +23,11 @@ async fn main() -> anyhow::Result<()> {
         memory_store(),
         &dir.path().join("output"),
         None,
-        EngineConfig { node: None, limits },
+        EngineConfig {
+            node: None,
+            limits,
+            ..EngineConfig::default()
+        },
     )
     .await?;
 

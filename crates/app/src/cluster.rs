@@ -49,7 +49,12 @@ impl Shown {
 }
 
 /// The claimant this daemon is for `node`, which runs `slots` processes at once.
-fn claimant(node: &NodeId, timing: &ClusterTiming, slots: usize) -> Claimant {
+fn claimant(
+    node: &NodeId,
+    timing: &ClusterTiming,
+    slots: usize,
+    labels: &bpm_domain::placement::NodeLabels,
+) -> Claimant {
     Claimant {
         node: node.clone(),
         host: crate::config::hostname(),
@@ -57,6 +62,7 @@ fn claimant(node: &NodeId, timing: &ClusterTiming, slots: usize) -> Claimant {
         version: env!("CARGO_PKG_VERSION").into(),
         ttl: Span::new(timing.lease_ttl()).expect("a lease is in range"),
         slots: u32::try_from(slots).unwrap_or(u32::MAX),
+        labels: labels.clone(),
     }
 }
 
@@ -72,12 +78,13 @@ pub async fn join(
     node: &NodeId,
     timing: ClusterTiming,
     slots: usize,
+    labels: &bpm_domain::placement::NodeLabels,
     shown: Shown,
 ) -> Result<Option<NodeLease>> {
     let StoreChoice::Redis(url) = choice else {
         return Ok(None);
     };
-    let who = claimant(node, &timing, slots);
+    let who = claimant(node, &timing, slots, labels);
     let membership: Arc<dyn Membership> = Arc::new(
         RedisMembership::connect(url, prefix)
             .await
@@ -253,6 +260,35 @@ impl NodeLease {
             Err(e) => tracing::warn!(%node, error = %e, "could not leave the cluster"),
         }
     }
+}
+
+/// Why `record`, placed on any node, still waits for one, from the nodes
+/// of the cluster `home`'s store is shared with (`None` if it does not
+/// wait unplaced, or the nodes cannot be read: then `show` says nothing
+/// more).
+pub async fn why_waiting(
+    home: &crate::home::Home,
+    record: &bpm_domain::ProcessRecord,
+) -> Option<String> {
+    bpm_domain::placement::Queued::of(record)?;
+    let config = crate::config::Config::load(&home.dir).ok()?;
+    let StoreChoice::Redis(url) = config.store_choice() else {
+        return None;
+    };
+    let prefix = config.redis_prefix.clone().unwrap_or_else(|| "bpm".into());
+    let membership = RedisMembership::connect(&url, &prefix).await.ok()?;
+    let offers: Vec<bpm_domain::placement::Offer> = membership
+        .nodes()
+        .await
+        .ok()?
+        .into_iter()
+        .map(|view| bpm_domain::placement::Offer {
+            node: view.lease.node,
+            state: view.state,
+            labels: view.lease.labels,
+        })
+        .collect();
+    bpm_domain::placement::why_waiting(record, &offers)
 }
 
 /// `bpm nodes`: every node of the cluster `home`'s store is shared with,

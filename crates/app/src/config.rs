@@ -3,6 +3,8 @@
 //! ```toml
 //! store = "fs"             # fs | memory | redis://[user:password@]host:port[/db] | rediss://...
 //! node = "builder-1"       # this node's name (default: the hostname); records carry it
+//!                          # or, with labels for `--node any --node-label K=V`:
+//!                          # [node]  name = "builder-1"  labels = { gpu = "true" }
 //! redis_prefix = "bpm"     # keys live under bpm:{PREFIX}:
 //! lease_ttl = "10s"        # with a Redis store: this node's lease (at least 2s)
 //! lost_after = "5m"        # with a Redis store: how long a lost node's records wait for it
@@ -48,8 +50,8 @@ use crate::wiring::StoreChoice;
 pub struct Config {
     /// `fs`, `memory`, or a Redis URL.
     pub store: Option<String>,
-    /// This node's name.
-    pub node: Option<NodeId>,
+    /// This node's name, and the labels it carries.
+    pub node: Option<NodeSetting>,
     /// The Redis key prefix.
     pub redis_prefix: Option<String>,
     /// This node's lease, with a Redis store.
@@ -68,7 +70,46 @@ pub struct Config {
     pub web: WebSettings,
 }
 
+/// `node`: a name, or a table with a name and labels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a node name, or a [node] table with `name` and `labels` (a table of text values)"
+)]
+pub enum NodeSetting {
+    /// `node = "builder-1"`.
+    Name(NodeId),
+    /// `[node]` with `name` and `labels`.
+    Table(NodeTable),
+}
+
+/// The `[node]` table.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeTable {
+    /// This node's name.
+    pub name: Option<NodeId>,
+    /// The labels it carries, which `--node any --node-label K=V` requires.
+    pub labels: bpm_domain::placement::NodeLabels,
+}
+
 impl Config {
+    /// This node's name, if configured.
+    pub fn node_name(&self) -> Option<&NodeId> {
+        match self.node.as_ref()? {
+            NodeSetting::Name(n) => Some(n),
+            NodeSetting::Table(t) => t.name.as_ref(),
+        }
+    }
+
+    /// The labels this node carries (`[node] labels`).
+    pub fn node_labels(&self) -> bpm_domain::placement::NodeLabels {
+        match &self.node {
+            Some(NodeSetting::Table(t)) => t.labels.clone(),
+            _ => bpm_domain::placement::NodeLabels::new(),
+        }
+    }
+
     /// Reads `home/config.toml`; a missing file is the default configuration.
     ///
     /// # Errors
@@ -160,6 +201,13 @@ pub fn node_name(
             )
         })?
     };
+    if name.is_any() {
+        return Err(format!(
+            "the node name `{}` is reserved: it places a process on whichever node takes it (--node any); name this node otherwise (BPM_NODE or `node` in {})",
+            NodeId::ANY,
+            home.join("config.toml").display()
+        ));
+    }
     if known.as_deref().map(str::trim) != Some(name.as_str()) {
         // Only a convenience: a home that cannot remember still runs, as named.
         let written = bpm_adapters::private::options()
@@ -255,6 +303,35 @@ mod tests {
         let err = node_name(fresh.path(), None, None, "bad host").expect_err("invalid");
         assert!(
             err.contains("BPM_NODE") && err.contains("config.toml"),
+            "{err}"
+        );
+        // `any` is a placement, never a node's name.
+        let err = node_name(fresh.path(), None, Some(OsStr::new("any")), "box").expect_err("any");
+        assert!(
+            err.contains("reserved") && err.contains("--node any"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_node_is_a_name_or_a_table_with_labels() {
+        let config: Config = toml::from_str("node = \"b1\"\n").expect("a name");
+        assert_eq!(config.node_name().map(NodeId::as_str), Some("b1"));
+        assert!(config.node_labels().is_empty());
+        let config: Config = toml::from_str(
+            "[node]\nname = \"gpu-1\"\nlabels = { gpu = \"true\", os = \"linux\" }\n",
+        )
+        .expect("a table");
+        assert_eq!(config.node_name().map(NodeId::as_str), Some("gpu-1"));
+        let labels: Vec<String> = config
+            .node_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(labels, ["gpu=true", "os=linux"]);
+        let err = toml::from_str::<Config>("[node]\nlabels = { gpu = 1 }\n").expect_err("bad");
+        assert!(
+            err.to_string().contains("a node name, or a [node] table"),
             "{err}"
         );
     }

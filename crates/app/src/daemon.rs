@@ -63,7 +63,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let config = Config::load(&home.dir).map_err(|e| anyhow!(e))?;
     let node = crate::config::node_name(
         &home.dir,
-        config.node.as_ref(),
+        config.node_name(),
         std::env::var_os("BPM_NODE").as_deref(),
         &crate::config::hostname(),
     )
@@ -83,9 +83,11 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     };
     let timing = config.cluster_timing().map_err(|e| anyhow!(e))?;
     let slots = config.limits.max_running;
-    let mut lease = crate::cluster::join(&choice, &prefix, &node, timing, slots, shown).await?;
+    let labels = config.node_labels();
+    let mut lease =
+        crate::cluster::join(&choice, &prefix, &node, timing, slots, &labels, shown).await?;
     let fence = lease.as_ref().map(crate::cluster::NodeLease::fence);
-    let (store, _) = match open_stores(&choice, &home.dir, &prefix, cap, fence).await {
+    let (store, _) = match open_stores(&choice, &home.dir, &prefix, cap, fence.clone()).await {
         Ok(opened) => opened,
         Err(e) => {
             if let Some(lease) = lease {
@@ -115,6 +117,10 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         );
         spawner.inherit_starts(&starts);
     }
+    let (claims, slots) =
+        crate::wiring::open_claims(&choice, &prefix, &node, fence.clone(), &store)
+            .await
+            .map_err(|e| anyhow!("cannot open the queue of {}: {e}", describe(&choice)))?;
     let ports = bpm_engine::Ports {
         store,
         output,
@@ -131,18 +137,24 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         EngineConfig {
             node: Some(node.clone()),
             limits: config.limits.clone(),
+            slots: Some(slots),
         },
     )
     .await
     .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
-    if let Some(lease) = &mut lease {
-        lease.attach(&engine);
-    }
     if let Some(bus) = crate::wiring::open_commands(&choice, &prefix, &node)
         .await
         .map_err(|e| anyhow!("cannot open the commands of {}: {e}", describe(&choice)))?
     {
         engine.forward_through(bus);
+    }
+    if let Some(claims) = claims {
+        engine.claim_through(claims, labels);
+    }
+    // The sweeper gives a lost node's claims back, so it starts once the
+    // queue is set.
+    if let Some(lease) = &mut lease {
+        lease.attach(&engine);
     }
     // Reading every record back left freed memory behind (files, the
     // journal, copies shared away): give it back before serving.

@@ -39,8 +39,14 @@ pub async fn os_engine(
 pub async fn engine_on(
     store: Arc<dyn ProcessStore>,
     output: Arc<dyn OutputStore>,
-    config: EngineConfig,
+    mut config: EngineConfig,
 ) -> Result<Engine, ManagerError> {
+    if config.slots.is_none() {
+        // One engine on its own store: the cluster-wide limits are its own.
+        let node = config.node.clone().unwrap_or_else(NodeId::local);
+        let own = bpm_adapters::memory::InMemoryClaims::new(Arc::clone(&store), node);
+        config.slots = Some(Arc::new(own));
+    }
     let ports = Ports {
         store,
         output: output.clone(),
@@ -151,6 +157,44 @@ pub async fn open_events(
             Arc::new(bpm_adapters::redis::RedisEvents::connect(url, prefix, node.clone()).await?)
         }
         StoreChoice::Memory | StoreChoice::Filesystem => Arc::new(BroadcastBus::default()),
+    })
+}
+
+/// What a daemon schedules with across nodes: the queue of records placed
+/// on any node, claimed for `node` with `fence`'s epoch (none on a store
+/// of one node's own), and where cluster-wide slots are counted (on
+/// Redis, `bpm_adapters::redis::RedisClaims`; otherwise `store`, this
+/// node's alone).
+///
+/// # Errors
+/// [`ManagerError::Store`] if Redis cannot be reached.
+pub async fn open_claims(
+    choice: &StoreChoice,
+    prefix: &str,
+    node: &NodeId,
+    fence: Option<bpm_adapters::redis::Fence>,
+    store: &Arc<dyn ProcessStore>,
+) -> Result<
+    (
+        Option<Arc<dyn bpm_ports::ClaimQueue>>,
+        Arc<dyn bpm_ports::ClusterSlots>,
+    ),
+    ManagerError,
+> {
+    Ok(match choice {
+        StoreChoice::Redis(url) => {
+            let claims =
+                bpm_adapters::redis::RedisClaims::connect(url, prefix, node.clone()).await?;
+            let claims = Arc::new(match fence {
+                Some(fence) => claims.fenced(fence),
+                None => claims,
+            });
+            (Some(claims.clone()), claims)
+        }
+        StoreChoice::Memory | StoreChoice::Filesystem => {
+            let own = bpm_adapters::memory::InMemoryClaims::new(Arc::clone(store), node.clone());
+            (None, Arc::new(own))
+        }
     })
 }
 

@@ -32,6 +32,7 @@ async fn daemon(socket: &std::path::Path, limits: ConnectionLimits) -> Arc<Scrip
         EngineConfig {
             node: None,
             limits: Limits::default(),
+            ..EngineConfig::default()
         },
     )
     .await

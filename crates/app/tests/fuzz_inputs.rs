@@ -54,6 +54,7 @@ async fn daemon_survives(lines: &[u8]) -> Result<(), String> {
         EngineConfig {
             node: None,
             limits: Limits::default(),
+            ..EngineConfig::default()
         },
     )
     .await

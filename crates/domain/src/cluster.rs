@@ -10,6 +10,7 @@
 //! own clock, measured from when it *sent* its last renewal that succeeded:
 //! a renewal's answer may come late, but never before it was sent.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -274,6 +275,10 @@ pub struct Lease {
     pub slots: u32,
     /// Whether the holder left the cluster on purpose.
     pub left: bool,
+    /// The labels its node carries (`[node] labels`), which records placed
+    /// on any node may require.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: crate::placement::NodeLabels,
 }
 
 impl Lease {
@@ -370,6 +375,7 @@ mod tests {
             ttl: Span::from_millis(ttl_ms),
             slots: 4,
             left: false,
+            labels: BTreeMap::default(),
         }
     }
 

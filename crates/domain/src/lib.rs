@@ -14,6 +14,7 @@ mod id;
 mod lifecycle;
 mod names;
 mod os_text;
+pub mod placement;
 mod record;
 mod spec;
 pub mod supervisor;
@@ -31,9 +32,9 @@ pub use record::{
     PercentError, ProcessRecord, Progress, RecordUpdate, Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
-    Backoff, Command, Environment, LogPattern, ProcessKind, ProcessSpec, Readiness, ReadinessCheck,
-    RequestRef, RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopPolicy,
-    metadata_from_json,
+    Backoff, Command, Environment, LogPattern, Placement, ProcessKind, ProcessSpec, Readiness,
+    ReadinessCheck, RequestRef, RestartMode, RestartPolicy, Signal, SpecError, StdinMode,
+    StopPolicy, metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

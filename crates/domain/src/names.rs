@@ -151,6 +151,20 @@ impl NodeId {
     pub fn local() -> Self {
         NodeId(Arc::from("local"))
     }
+
+    /// The placement "any node": a record placed so waits, unplaced, until
+    /// a node claims it ([`crate::placement`]). No daemon may take this name.
+    pub fn any() -> Self {
+        NodeId(Arc::from(Self::ANY))
+    }
+
+    /// The text of [`NodeId::any`].
+    pub const ANY: &'static str = "any";
+
+    /// Whether this is the placement "any node" rather than a node's name.
+    pub fn is_any(&self) -> bool {
+        &*self.0 == Self::ANY
+    }
 }
 
 #[cfg(test)]

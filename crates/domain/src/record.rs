@@ -106,8 +106,11 @@ pub const MAX_ATTEMPTS_KEPT: usize = 32;
 
 /// One piece of bpm's bookkeeping: a spec, where it runs, and where it is in its lifecycle.
 ///
-/// Fields are private so that only transitions change a record: node, session
-/// and parent never change after creation, and every change bumps `version`.
+/// Fields are private so that only transitions change a record: session
+/// and parent never change after creation, nor does node, but once: a
+/// record placed on any node is created with the node `any`, and the node
+/// that claims it sets its own ([`ProcessRecord::placed_on`]). Every change
+/// bumps `version`.
 ///
 /// A record is a shared handle: a clone (the store's cache, an event, an
 /// answer) costs a pointer, and a change copies the fields only while
@@ -460,6 +463,21 @@ impl ProcessRecord {
             restarted_from: None,
             version: 1,
         }))
+    }
+
+    /// This record, unplaced (its node is [`NodeId::any`]) and still
+    /// pending, placed on `node`, which claimed it: the one change of a
+    /// record's node. `None` if it is placed already, or no longer pending.
+    pub fn placed_on(&self, node: &NodeId, now: Timestamp) -> Option<ProcessRecord> {
+        if !self.0.node.is_any() || node.is_any() || self.state() != StateName::Pending {
+            return None;
+        }
+        let mut placed = self.clone();
+        let fields = Arc::make_mut(&mut placed.0);
+        fields.node = node.clone();
+        fields.updated_at = now;
+        fields.version += 1;
+        Some(placed)
     }
 
     /// A new record that repeats `previous`'s spec: a manual restart.

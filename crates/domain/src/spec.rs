@@ -387,6 +387,9 @@ pub enum SpecError {
     /// A tracked operation has no process, so a setting that only applies to one was given.
     #[error("a tracked operation has no command, so it cannot have {0}")]
     NotForTracked(Cow<'static, str>),
+    /// Node labels restrict the choice of node, so they need `node` "any".
+    #[error("node labels choose among nodes: they need the placement `any` (--node any)")]
+    NodeLabelsWithoutAny,
 }
 
 /// Everything needed to run (or track) one piece of work.
@@ -453,9 +456,27 @@ pub struct ProcessSpec {
     pub request: Option<RequestRef>,
     /// The node to run it on, when not the node it is submitted to: the
     /// call is sent to that node's daemon, which makes the record. Only that
-    /// node's core takes it.
+    /// node's core takes it. [`NodeId::any`] queues it for the whole
+    /// cluster: the first node with room that carries `node_labels` claims it
+    /// ([`crate::placement`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeId>,
+    /// With `node` "any": only a node carrying every one of these labels
+    /// (its `[node] labels`) may take it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<LabelKey, LabelValue>,
+}
+
+/// Where a spec runs: the node it is submitted to, a named node, or the
+/// first node with room ([`NodeId::any`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement<'a> {
+    /// The node the spec is submitted to.
+    Here,
+    /// This node.
+    On(&'a NodeId),
+    /// Any node with room that carries the spec's `node_labels`.
+    Any,
 }
 
 /// Where a record came from: the client's request id (chosen by the
@@ -469,6 +490,15 @@ pub struct RequestRef {
 }
 
 impl ProcessSpec {
+    /// Where it runs.
+    pub fn placement(&self) -> Placement<'_> {
+        match &self.node {
+            None => Placement::Here,
+            Some(n) if n.is_any() => Placement::Any,
+            Some(n) => Placement::On(n),
+        }
+    }
+
     /// A spec that runs `argv` with every other setting at its default.
     pub fn argv<I, S>(argv: I) -> Self
     where
@@ -508,6 +538,9 @@ impl ProcessSpec {
     /// # Errors
     /// The first [`SpecError`] found.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if !self.node_labels.is_empty() && self.placement() != Placement::Any {
+            return Err(SpecError::NodeLabelsWithoutAny);
+        }
         match &self.command {
             Some(Command::Argv(argv)) => {
                 if argv.first().is_none_or(OsText::is_empty) {

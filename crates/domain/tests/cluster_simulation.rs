@@ -155,6 +155,7 @@ impl World {
                 ttl: Span::from_secs(2),
                 slots: 3,
                 left: false,
+                labels: std::collections::BTreeMap::default(),
             },
         );
         let node = &mut self.nodes[n];

@@ -26,6 +26,7 @@ fn lease(renewed_at: u64) -> Lease {
         ttl: Span::from_secs(2),
         slots: 4,
         left: false,
+        labels: std::collections::BTreeMap::default(),
     }
 }
 

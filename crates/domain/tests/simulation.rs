@@ -91,6 +91,12 @@ enum Op {
         pick: usize,
         delete: bool,
     },
+    /// The store answers an ask for a cluster-wide slot of group `g3`.
+    AnswerSlot {
+        pick: usize,
+    },
+    /// A record ended on another node: refused groups may ask again.
+    SlotsFreed,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -150,6 +156,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::HandOver),
         5 => Just(Op::DeliverNotice),
         1 => (pick.clone(), prop::bool::weighted(0.3)).prop_map(|(pick, delete)| Op::ForeignWrite { pick, delete }),
+        3 => pick.clone().prop_map(|pick| Op::AnswerSlot { pick }),
+        1 => Just(Op::SlotsFreed),
     ]
 }
 
@@ -190,6 +198,10 @@ struct World {
     /// The spawner's notices (exits, starts made on exits), in the order
     /// it sent them, not yet delivered to the core.
     notices: VecDeque<Input>,
+    /// Asks for a cluster-wide slot the store has not answered.
+    asks: Vec<ProcessId>,
+    /// Slots the store granted, counted while their records are pending.
+    grants: HashSet<ProcessId>,
 }
 
 fn limits() -> Limits {
@@ -206,8 +218,13 @@ fn limits() -> Limits {
     l.group_limits
         .insert(GroupName::new("g2").expect("valid"), 1);
     l.default_group_limit = Some(3);
+    l.cluster_groups
+        .insert(GroupName::new("g3").expect("valid"), CLUSTER_G3);
     l
 }
+
+/// Group `g3`'s cluster-wide limit.
+const CLUSTER_G3: usize = 2;
 
 impl World {
     fn new() -> Self {
@@ -232,6 +249,8 @@ impl World {
             ended: HashSet::new(),
             queued: VecDeque::new(),
             notices: VecDeque::new(),
+            asks: Vec::new(),
+            grants: HashSet::new(),
         }
     }
 
@@ -388,6 +407,11 @@ impl World {
                         "an exit is recorded only once the process has ended"
                     );
                     self.started.remove(&id);
+                }
+                Effect::TakeClusterSlot { id, group, limit } => {
+                    assert_eq!((group.as_str(), limit), ("g3", CLUSTER_G3));
+                    assert!(!self.asks.contains(&id), "one ask at a time");
+                    self.asks.push(id);
                 }
             }
         }
@@ -628,6 +652,32 @@ impl World {
                 }
                 Ok(())
             }
+            Op::AnswerSlot { pick } => {
+                if self.asks.is_empty() {
+                    return;
+                }
+                let id = self.asks.remove(pick % self.asks.len());
+                // The store's count: g3's records holding a slot, and the
+                // grants of records still pending.
+                let store = &self.store;
+                self.grants.retain(|g| {
+                    store
+                        .get(g)
+                        .is_some_and(|r| r.state() == StateName::Pending)
+                });
+                let holding = store
+                    .values()
+                    .filter(|r| {
+                        r.state().is_active() && r.group().is_some_and(|g| g.as_str() == "g3")
+                    })
+                    .count();
+                let granted = self.grants.contains(&id) || holding + self.grants.len() < CLUSTER_G3;
+                if granted {
+                    self.grants.insert(id);
+                }
+                self.input(Input::ClusterSlot { id, granted })
+            }
+            Op::SlotsFreed => self.input(Input::ClusterSlotsFreed),
             Op::HandOver => {
                 let added = self.core.hand_over();
                 for id in &added {
@@ -752,6 +802,20 @@ impl World {
                 );
             }
         }
+        // Never above the cluster-wide limit, in the store and on the OS.
+        let g3 = |id: &ProcessId| {
+            self.core
+                .get(*id)
+                .and_then(ProcessRecord::group)
+                .is_some_and(|x| x.as_str() == "g3")
+        };
+        let held = active
+            .iter()
+            .filter(|r| r.group().is_some_and(|g| g.as_str() == "g3"))
+            .count();
+        assert!(held <= CLUSTER_G3, "g3 holds {held} cluster-wide slots");
+        let running = self.alive.keys().filter(|id| g3(id)).count();
+        assert!(running <= CLUSTER_G3, "g3 runs {running} processes");
         // Processes that run, counted from the OS: within the limits too.
         assert!(self.alive.len() <= 4, "{} processes run", self.alive.len());
         for (g, limit) in [("g1", 2), ("g2", 1), ("g3", 3)] {
@@ -833,6 +897,10 @@ proptest! {
             }
             world.deliver_all();
             world.check();
+            while !world.asks.is_empty() {
+                world.apply(Op::AnswerSlot { pick: 0 });
+                world.check();
+            }
             while !world.spawning.is_empty() {
                 world.apply(Op::ResolveSpawn { pick: 0, ok: true, now: true });
                 world.check();

@@ -37,6 +37,8 @@ pub(crate) struct Driver {
     /// Answers waiting for spawns under way.
     pub(crate) parked: Vec<Parked>,
     pub(crate) syncs: Syncs,
+    /// Where cluster-wide slots are taken ([`crate::EngineConfig::slots`]).
+    pub(crate) slots: crate::SlotsCell,
 }
 
 /// A caller's answer, held until the spawns of the records it submitted have ended.
@@ -66,6 +68,7 @@ impl Driver {
             deferred: VecDeque::new(),
             parked: Vec::new(),
             syncs: Syncs::default(),
+            slots: crate::SlotsCell::default(),
         }
     }
 
@@ -198,6 +201,21 @@ impl Driver {
                 }
             }
             Msg::ReadWatched => self.read_watched(self.core.watched()),
+            Msg::Room(reply) => {
+                let _ = reply.send(self.core.room());
+            }
+            Msg::Slot { id, granted } => {
+                if let Err(e) = self.step(Input::ClusterSlot { id, granted }).await {
+                    tracing::debug!(%id, error = %e, "a cluster-wide slot's answer came for nothing");
+                }
+            }
+            Msg::SlotsFreed => {
+                if !self.core.limits().cluster_groups.is_empty()
+                    && let Err(e) = self.step(Input::ClusterSlotsFreed).await
+                {
+                    tracing::debug!(error = %e, "could not ask for cluster-wide slots again");
+                }
+            }
             Msg::Seen { records, gone } => {
                 if let Err(e) = self.step(Input::Foreign { records, gone }).await {
                     tracing::warn!(error = %e, "other nodes' records refused");

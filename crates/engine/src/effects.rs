@@ -106,8 +106,31 @@ impl Driver {
             Effect::CancelTimer { timer } => self.timers.cancel(timer),
             Effect::Publish(event) => step.announce.push(*event),
             Effect::ExitRecorded { id } => step.exits.push(id),
+            Effect::TakeClusterSlot { id, group, limit } => self.take_slot(id, group, limit),
         }
         None
+    }
+
+    /// Asks for one of `group`'s cluster-wide slots beside the loop; the
+    /// answer comes back as an input. A store that does not answer refuses
+    /// it, and the core asks again a second later.
+    fn take_slot(&self, id: ProcessId, group: bpm_domain::GroupName, limit: usize) {
+        let tx = self.tx.clone();
+        let Some(slots) = self.slots.get().cloned() else {
+            // Nothing counts across nodes here: this node's own limits hold.
+            let _ = tx.send(Msg::Slot { id, granted: true });
+            return;
+        };
+        tokio::spawn(async move {
+            let granted = match slots.take(id, &group, limit).await {
+                Ok(granted) => granted,
+                Err(e) => {
+                    tracing::warn!(%id, %group, error = %e, "cannot take a cluster-wide slot; asking again soon");
+                    false
+                }
+            };
+            let _ = tx.send(Msg::Slot { id, granted });
+        });
     }
 
     fn persist(

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bpm_domain::{CoreError, Input, ProcessId, ProcessRecord};
+use bpm_domain::{CoreError, EventKind, Input, ProcessId, ProcessRecord};
 use bpm_ports::{ManagerError, ProcessStore, StoreError};
 use tokio::sync::{broadcast, mpsc};
 
@@ -161,10 +161,19 @@ impl Engine {
         tokio::spawn(async move {
             loop {
                 let msg = match events.recv().await {
-                    Ok(e) if e.node != node => Msg::Heard {
-                        id: e.id,
-                        version: e.version,
-                    },
+                    Ok(e) if e.node != node => {
+                        // A record of another node left its slot: a
+                        // cluster-wide slot may be free.
+                        let freed = e.kind.ends_record()
+                            || matches!(e.kind, EventKind::Unreachable | EventKind::Restarted);
+                        if freed && tx.send(Msg::SlotsFreed).is_err() {
+                            return;
+                        }
+                        Msg::Heard {
+                            id: e.id,
+                            version: e.version,
+                        }
+                    }
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => Msg::ReadWatched,
                     Err(broadcast::error::RecvError::Closed) => return,

@@ -15,6 +15,7 @@
 //!   the commands other nodes send here;
 //! - `foreign`: other nodes' records that records here name (dependencies,
 //!   parents), read for the core and read again on their events;
+//! - `claims`: records placed on any node, queued and taken from the queue;
 //! - `sweeper`: the sweep of nodes that stopped renewing their leases.
 //!
 //! A spawn runs beside the loop: the spawner may wait for the child's
@@ -36,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{Driver, Inbox};
 
+mod claims;
 mod driver;
 mod durability;
 mod effects;
@@ -69,13 +71,20 @@ pub struct Ports {
 }
 
 /// The engine's settings.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Clone, Default)]
 pub struct EngineConfig {
     /// This node's name; records it creates carry it.
     pub node: Option<NodeId>,
     /// The supervisor's limits.
     pub limits: Limits,
+    /// Where the slots of `limits.cluster_groups` are counted: the store
+    /// every node shares. Without it, a group's cluster-wide limit is not
+    /// counted (only this node's limits hold).
+    pub slots: Option<Arc<dyn bpm_ports::ClusterSlots>>,
 }
+
+/// Where cluster-wide slots are taken, shared by the engine and its loop.
+pub(crate) type SlotsCell = Arc<std::sync::OnceLock<Arc<dyn bpm_ports::ClusterSlots>>>;
 
 pub(crate) type Reply = oneshot::Sender<Result<Vec<ProcessRecord>, ManagerError>>;
 /// Whether each input was accepted, and the records they changed together.
@@ -112,6 +121,15 @@ pub(crate) enum Msg {
         records: Vec<ProcessRecord>,
         gone: Vec<ProcessId>,
     },
+    /// What the core can take from the cluster's queue now.
+    Room(oneshot::Sender<bpm_domain::placement::Room>),
+    /// The store's answer to a record's ask for a cluster-wide slot.
+    Slot {
+        id: ProcessId,
+        granted: bool,
+    },
+    /// A record ended on another node: a cluster-wide slot may be free.
+    SlotsFreed,
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -130,6 +148,9 @@ pub struct Engine {
     /// Where calls about other nodes' records go, once a cluster's daemon
     /// sets it ([`Engine::forward_through`]).
     commands: Arc<std::sync::OnceLock<Arc<dyn bpm_ports::CommandBus>>>,
+    /// The queue of records placed on any node, once a cluster's daemon
+    /// sets it ([`Engine::claim_through`]).
+    claims: Arc<std::sync::OnceLock<Arc<dyn bpm_ports::ClaimQueue>>>,
 }
 
 impl Engine {
@@ -163,6 +184,11 @@ impl Engine {
             ports.clone(),
             tx.clone(),
         );
+        let slots = SlotsCell::default();
+        if let Some(given) = config.slots {
+            let _ = slots.set(given);
+        }
+        driver.slots = slots;
         let effects = driver.core.restore(records, ports.clock.now());
         driver.execute(effects).await?;
         if !gone.is_empty() {
@@ -184,6 +210,7 @@ impl Engine {
             node,
             tx,
             commands: Arc::default(),
+            claims: Arc::default(),
         })
     }
 
@@ -233,6 +260,7 @@ impl Engine {
             self.node.clone(),
             timing,
         )
+        .with_claims(self.claims.get().cloned())
     }
 
     /// Stops the loop. Processes keep running; a new engine re-attaches them.

@@ -30,7 +30,7 @@ impl Engine {
     /// Whether the store takes `records` new records now. A full disk, or a
     /// store that does not answer, costs new work, never the records of
     /// work taken: nothing is acknowledged from memory alone.
-    async fn takes_new_work(&self, records: usize) -> Result<(), ManagerError> {
+    pub(crate) async fn takes_new_work(&self, records: usize) -> Result<(), ManagerError> {
         self.ports.store.room(records)?;
         Ok(self.ports.store.reachable().await?)
     }
@@ -225,8 +225,13 @@ impl Engine {
 #[async_trait]
 impl ProcessManager for Engine {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
-        if let Some(node) = spec.node.clone().filter(|n| *n != self.node) {
-            return self.start_elsewhere(node, spec).await;
+        match spec.placement() {
+            bpm_domain::Placement::Any => return self.queue_any(spec).await,
+            bpm_domain::Placement::On(node) if *node != self.node => {
+                let node = node.clone();
+                return self.start_elsewhere(node, spec).await;
+            }
+            _ => {}
         }
         self.create(|id| Input::Submit { id, spec }).await
     }
@@ -240,19 +245,27 @@ impl ProcessManager for Engine {
             return self.start_many_here(specs).await;
         }
         // The specs placed here go in one batch; the others to their
-        // nodes, one batch each, all at once; the answers in the specs'
-        // order. A batch that fails answers each of its specs with why.
+        // nodes, one batch each, all at once, and those placed on any node
+        // to the cluster's queue; the answers in the specs' order. A batch
+        // that fails answers each of its specs with why.
         let mut here = Vec::new();
         let mut there: std::collections::BTreeMap<bpm_domain::NodeId, Vec<ProcessSpec>> =
             std::collections::BTreeMap::new();
         let mut places = Vec::with_capacity(specs.len());
         for spec in specs {
-            if let Some(node) = spec.node.clone().filter(|n| *n != self.node) {
-                places.push(Some(node.clone()));
-                there.entry(node).or_default().push(spec);
-            } else {
-                here.push(spec);
-                places.push(None);
+            match spec.node.clone().filter(|n| *n != self.node) {
+                Some(node) if node.is_any() => {
+                    places.push(None);
+                    here.push(spec);
+                }
+                Some(node) => {
+                    places.push(Some(node.clone()));
+                    there.entry(node).or_default().push(spec);
+                }
+                None => {
+                    here.push(spec);
+                    places.push(None);
+                }
             }
         }
         let mut sent = tokio::task::JoinSet::new();
@@ -264,12 +277,29 @@ impl ProcessManager for Engine {
                 (node, results.unwrap_or_else(|e| vec![Err(e); count]))
             });
         }
+        let (queued, here): (Vec<_>, Vec<_>) = here
+            .into_iter()
+            .enumerate()
+            .partition(|(_, s)| s.placement() == bpm_domain::Placement::Any);
         let count = here.len();
-        let mut local = match count {
+        let (at, here): (Vec<usize>, Vec<ProcessSpec>) = here.into_iter().unzip();
+        let mut local: Vec<Option<Result<ProcessRecord, ManagerError>>> = match count {
             0 => Vec::new(),
             _ => (self.start_many_here(here).await).unwrap_or_else(|e| vec![Err(e); count]),
         }
-        .into_iter();
+        .into_iter()
+        .map(Some)
+        .collect();
+        // Put each answer where its spec was among those kept here.
+        let mut mine: Vec<Option<Result<ProcessRecord, ManagerError>>> =
+            (0..at.len() + queued.len()).map(|_| None).collect();
+        for (i, result) in at.into_iter().zip(local.iter_mut()) {
+            mine[i] = result.take();
+        }
+        for (i, spec) in queued {
+            mine[i] = Some(self.queue_any(spec).await);
+        }
+        let mut local = mine.into_iter().flatten();
         let mut remote = std::collections::BTreeMap::new();
         while let Some(joined) = sent.join_next().await {
             let (node, results) = joined.map_err(|e| {
@@ -355,7 +385,11 @@ impl ProcessManager for Engine {
         id: ProcessId,
         options: StopOptions,
     ) -> Result<ProcessRecord, ManagerError> {
-        let record = self.get(id).await?;
+        let mut record = self.get(id).await?;
+        if record.node().is_any() {
+            // Waiting for a node: this one takes it, and stops it here.
+            record = self.take_unplaced(record).await?;
+        }
         if self.sent_elsewhere(&record) {
             let command = Command::Stop {
                 id,

@@ -47,7 +47,7 @@ impl Engine {
 
     /// Why a start placed on `node` cannot go there: this daemon's store is
     /// not shared with other nodes.
-    fn not_shared(&self, node: NodeId, command: &str) -> ManagerError {
+    pub(crate) fn not_shared(&self, node: NodeId, command: &str) -> ManagerError {
         ManagerError::NodeNotAnswering {
             node,
             command: command.into(),
@@ -69,6 +69,13 @@ impl Engine {
         let Some(bus) = self.commands.get() else {
             return Err(ManagerError::NotFound(record.id()));
         };
+        if record.node().is_any() {
+            return Err(ManagerError::Connection(format!(
+                "process {} waits for a node to take it: it has no node to send `{}` to yet (stop works on it)",
+                record.id(),
+                command.name()
+            )));
+        }
         let within = bpm_ports::answer_within(&command, record.spec().stop.grace.as_duration());
         bus.send(record.node(), command, within).await
     }

@@ -71,9 +71,19 @@ pub struct Sweeper {
     clock: Arc<dyn Clock>,
     node: NodeId,
     timing: ClusterTiming,
+    /// The queue of records placed on any node: a lost node's claims go back.
+    claims: Option<Arc<dyn bpm_ports::ClaimQueue>>,
 }
 
 impl Sweeper {
+    /// A lost node's claims of records placed on any node that it never
+    /// wrote go back to `claims`' queue when its records are swept.
+    #[must_use]
+    pub fn with_claims(mut self, claims: Option<Arc<dyn bpm_ports::ClaimQueue>>) -> Self {
+        self.claims = claims;
+        self
+    }
+
     /// A sweeper for node `node` (this daemon's), under `timing`; what it
     /// changes is announced on `events`.
     pub fn new(
@@ -91,6 +101,7 @@ impl Sweeper {
             clock,
             node,
             timing,
+            claims: None,
         }
     }
 
@@ -161,6 +172,12 @@ impl Sweeper {
     /// Applies `sweep` to every record of `lease`'s node still under way;
     /// returns how many it changed.
     async fn apply(&self, sweep: Sweep, lease: &Lease) -> Result<usize, SweepError> {
+        if let Some(claims) = &self.claims {
+            let back = claims.give_back(&lease.node).await?;
+            if back > 0 {
+                tracing::warn!(node = %lease.node, records = back, "records a lost node took but never placed are queued again");
+            }
+        }
         let filter = ListFilter {
             node: Some(lease.node.clone()),
             states: StateName::LIVE.to_vec(),

@@ -51,9 +51,16 @@ fn ports_with(
 async fn harness(limits: Limits) -> Harness {
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
     let (ports, spawner) = ports_with(&clock, Arc::new(InMemoryStore::new()));
-    let engine = Engine::start(ports.clone(), EngineConfig { node: None, limits })
-        .await
-        .expect("engine starts");
+    let engine = Engine::start(
+        ports.clone(),
+        EngineConfig {
+            node: None,
+            limits,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine starts");
     Harness {
         engine,
         clock,
@@ -942,6 +949,7 @@ async fn a_new_engine_takes_back_the_store_and_marks_what_it_cannot_reattach_los
         EngineConfig {
             node: None,
             limits: limits.clone(),
+            ..EngineConfig::default()
         },
     )
     .await
@@ -955,9 +963,16 @@ async fn a_new_engine_takes_back_the_store_and_marks_what_it_cannot_reattach_los
     first.shutdown().await;
     // A new engine with a new spawner: the old fake processes cannot be re-attached.
     let (ports, _spawner) = ports_with(&clock, store.clone());
-    let second = Engine::start(ports, EngineConfig { node: None, limits })
-        .await
-        .expect("engine");
+    let second = Engine::start(
+        ports,
+        EngineConfig {
+            node: None,
+            limits,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine");
     let lost = second.get(running.id()).await.expect("record");
     assert_eq!(lost.state(), StateName::Lost);
     assert!(
@@ -1311,6 +1326,7 @@ async fn gated_engine() -> (Engine, Arc<GatedSpawner>) {
         EngineConfig {
             node: None,
             limits: Limits::default(),
+            ..EngineConfig::default()
         },
     )
     .await
@@ -1454,9 +1470,16 @@ async fn engine_with_slots(ports: Ports, max_running: usize) -> Engine {
         max_running,
         ..Limits::default()
     };
-    Engine::start(ports, EngineConfig { node: None, limits })
-        .await
-        .expect("engine starts")
+    Engine::start(
+        ports,
+        EngineConfig {
+            node: None,
+            limits,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine starts")
 }
 
 #[async_trait::async_trait]
@@ -1932,6 +1955,7 @@ async fn a_restart_reads_the_other_nodes_records_its_records_wait_for() {
     let config = EngineConfig {
         node: Some(here),
         limits: Limits::default(),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(ports, config).await.expect("engine starts");
     let failed = engine.get(orphaned.id()).await.expect("kept");

@@ -25,6 +25,7 @@ async fn engine() -> Subject {
     let config = EngineConfig {
         node: None,
         limits: Limits::default(),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(ports, config).await.expect("engine starts");
     Subject::new(Arc::new(engine), ())

@@ -7,6 +7,7 @@
 //! the `contract` module (feature `contract`) check that each adapter does.
 #![warn(missing_docs)]
 
+mod claims;
 mod clock;
 mod commands;
 mod events;
@@ -23,6 +24,7 @@ mod usage;
 #[cfg(feature = "contract")]
 pub mod contract;
 
+pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots};
 pub use clock::Clock;
 pub use commands::{Answer, Command, CommandBus, Delivery, answer_within};
 pub use events::{EventBus, EventBusError};

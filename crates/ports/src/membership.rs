@@ -23,6 +23,9 @@ pub struct Claimant {
     pub ttl: Span,
     /// How many processes the node runs at once (`max_running`).
     pub slots: u32,
+    /// The labels the node carries (`[node] labels`).
+    #[serde(default)]
+    pub labels: bpm_domain::placement::NodeLabels,
 }
 
 /// A node as the store sees it now.

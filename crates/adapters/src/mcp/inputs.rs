@@ -86,7 +86,7 @@ pub(super) struct StartArgs {
     /// A session to group processes by (for example the agent's conversation).
     pub(super) session: Option<String>,
     /// The node to run it on (see the nodes of a cluster with `bpm nodes`);
-    /// the server's own node by default.
+    /// "any": the first node with room takes it; the server's own node by default.
     pub(super) node: Option<String>,
     /// The id of a parent process: stopping the parent stops this one.
     pub(super) parent: Option<String>,
@@ -107,6 +107,8 @@ pub(super) struct StartArgs {
     pub(super) stdin: Option<bool>,
     /// Labels, for filtering.
     pub(super) labels: Option<BTreeMap<String, String>>,
+    /// With `node` "any": only a node carrying all these labels (its `[node] labels`) may take it.
+    pub(super) node_labels: Option<BTreeMap<String, String>>,
     /// Free-form JSON kept with the record.
     pub(super) metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }

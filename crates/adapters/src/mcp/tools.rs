@@ -314,6 +314,15 @@ impl McpServer {
                 .map_err(|e: bpm_domain::NameError| e.to_string())?;
             spec.labels.insert(key, value);
         }
+        for (k, v) in a.node_labels.unwrap_or_default() {
+            let key = k
+                .parse()
+                .map_err(|e: bpm_domain::NameError| format!("node_labels: {e}"))?;
+            let value = v
+                .parse()
+                .map_err(|e: bpm_domain::NameError| format!("node_labels: {e}"))?;
+            spec.node_labels.insert(key, value);
+        }
         spec.metadata = a.metadata.unwrap_or_default();
         let record = self.manager().start(spec).await.map_err(manager_error)?;
         Ok(Reply::json(self.view(&record)))

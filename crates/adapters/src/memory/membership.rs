@@ -73,6 +73,7 @@ impl Membership for InMemoryMembership {
             ttl: claimant.ttl,
             slots: claimant.slots,
             left: false,
+            labels: claimant.labels.clone(),
         };
         nodes.insert(claimant.node.clone(), (epoch, lease));
         Ok(epoch)

@@ -1,5 +1,5 @@
 //! Leases on node names in Redis: a hash per node (`node:NAME`: epoch,
-//! host, pid, version, since, renewed, ttl, left, slots), a counter per node
+//! host, pid, version, since, renewed, ttl, left, slots, labels), a counter per node
 //! (`epoch:NAME`) that only grows, and the set of node names (`nodes`).
 //! Every call is one Lua script on Redis's own clock (`TIME`), so no two
 //! daemons decide from different clocks, and a claim is atomic: of two
@@ -20,7 +20,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
 /// KEYS: node hash, epoch counter, nodes set. ARGV: name, host, pid,
-/// version, ttl (ms), slots. The lease blocks a claim while not left and renewed
+/// version, ttl (ms), slots, labels (`key=value` lines). The lease blocks a claim while not left and renewed
 /// within its ttl (alive or suspect: `Lease::state_at`).
 const JOIN: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'left', 'renewed', 'ttl', 'host', 'pid', 'since')
@@ -29,7 +29,7 @@ if cur[1] == '0' and (now - tonumber(cur[2])) <= tonumber(cur[3]) then
 end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'host', ARGV[2], 'pid', ARGV[3], 'version', ARGV[4],
-  'since', now, 'renewed', now, 'ttl', ARGV[5], 'left', '0', 'slots', ARGV[6])
+  'since', now, 'renewed', now, 'ttl', ARGV[5], 'left', '0', 'slots', ARGV[6], 'labels', ARGV[7])
 redis.call('SADD', KEYS[3], ARGV[1])
 return {'ok', tostring(epoch)}
 ";
@@ -54,9 +54,9 @@ const NODES: &str = r"
 local out = {tostring(now)}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local f = redis.call('HMGET', ARGV[1] .. 'node:' .. name,
-    'epoch', 'host', 'pid', 'version', 'since', 'renewed', 'ttl', 'left', 'slots')
+    'epoch', 'host', 'pid', 'version', 'since', 'renewed', 'ttl', 'left', 'slots', 'labels')
   out[#out + 1] = name
-  for i = 1, 9 do out[#out + 1] = f[i] or '' end
+  for i = 1, 10 do out[#out + 1] = f[i] or '' end
 end
 return out
 ";
@@ -158,7 +158,7 @@ impl RedisMembership {
 }
 
 /// A node's lease from the script's fields (epoch, host, pid, version,
-/// since, renewed, ttl, left, slots); `None` if they are not a lease's.
+/// since, renewed, ttl, left, slots, labels); `None` if they are not a lease's.
 fn lease_from(name: &str, f: &[String]) -> Option<Lease> {
     let num = |i: usize| f.get(i)?.parse::<u64>().ok();
     Some(Lease {
@@ -172,7 +172,27 @@ fn lease_from(name: &str, f: &[String]) -> Option<Lease> {
         ttl: Span::from_millis(num(6)?),
         left: f.get(7)? == "1",
         slots: f.get(8).and_then(|s| s.parse().ok()).unwrap_or_default(),
+        labels: f.get(9).map(|l| labels_from(l)).unwrap_or_default(),
     })
+}
+
+/// Labels as the lease keeps them: `key=value` lines.
+fn labels_text(labels: &bpm_domain::placement::NodeLabels) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The labels of [`labels_text`]; a line that is not a label is skipped.
+fn labels_from(text: &str) -> bpm_domain::placement::NodeLabels {
+    text.lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once('=')?;
+            Some((k.parse().ok()?, v.parse().ok()?))
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -190,6 +210,7 @@ impl Membership for RedisMembership {
             .arg(&claimant.version)
             .arg(claimant.ttl.as_millis())
             .arg(claimant.slots)
+            .arg(labels_text(&claimant.labels))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -229,7 +250,7 @@ impl Membership for RedisMembership {
         };
         let now = Timestamp::from_millis(now);
         let mut nodes: Vec<NodeView> = answer[1..]
-            .chunks(10)
+            .chunks(11)
             .filter_map(|c| lease_from(c.first()?, &c[1..]))
             .map(|lease| NodeView {
                 state: lease.state_at(now),

@@ -8,6 +8,7 @@
 //! seconds, and work again by themselves once it is back. AUTH, ACL users and
 //! TLS (`rediss://`) come from the URL.
 
+mod claims;
 mod commands;
 mod events;
 mod membership;
@@ -22,6 +23,7 @@ use bpm_domain::{ClusterTiming, NodeId, Timestamp};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use claims::RedisClaims;
 pub use commands::RedisCommands;
 pub use events::RedisEvents;
 pub use membership::RedisMembership;

@@ -1,6 +1,9 @@
 //! Records in Redis: a hash per record (version, JSON, the index keys it is
 //! in), a sorted set of all ids in id order, sets per filterable field, and a
-//! sorted set of end times for retention. Every write is one Lua script that
+//! sorted set of end times for retention, and the queue of records placed on
+//! any node (`q:CLASS`, a sorted set per class of `placement::Queued`, the
+//! set of classes `qclasses`, and the claims under way `claims`; see
+//! `claims.rs`). Every write is one Lua script that
 //! checks the version and moves the record between index sets atomically, so
 //! the indexes never disagree with the records. Each change is published on a
 //! channel (to wake listeners) and appended to a capped stream (durable).
@@ -39,6 +42,20 @@ end
 local ix = {}
 for i = 5, #KEYS do redis.call('SADD', KEYS[i], ARGV[5]); ix[#ix + 1] = KEYS[i] end
 redis.call('HSET', KEYS[1], 'v', ARGV[3], 'j', ARGV[4], 'ix', table.concat(ix, '\n'))
+-- The queue of records placed on any node: a creation unplaced queues it
+-- in its class; the claimer's write (placed) ends its claim.
+local oldq = redis.call('HGET', KEYS[1], 'q')
+if ARGV[11] ~= '' then
+  if ARGV[1] == 'create' then
+    redis.call('ZADD', ARGV[13] .. 'q:' .. ARGV[11], ARGV[12], ARGV[5])
+    redis.call('SADD', ARGV[13] .. 'qclasses', ARGV[11])
+    redis.call('HSET', KEYS[1], 'q', ARGV[11])
+  end
+elseif oldq then
+  redis.call('ZREM', ARGV[13] .. 'q:' .. oldq, ARGV[5])
+  redis.call('HDEL', KEYS[1], 'q')
+  redis.call('HDEL', ARGV[13] .. 'claims', ARGV[5])
+end
 redis.call('ZADD', KEYS[2], 0, ARGV[5])
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5]) else redis.call('ZREM', KEYS[3], ARGV[5]) end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', '*', 'id', ARGV[5], 'version', ARGV[3], 'state', ARGV[8])
@@ -54,6 +71,11 @@ for i = 5, #ARGV do
   local id = ARGV[i]
   local key = ARGV[1] .. 'r:' .. id
   local ix = redis.call('HGET', key, 'ix')
+  local q = redis.call('HGET', key, 'q')
+  if q then
+    redis.call('ZREM', ARGV[1] .. 'q:' .. q, id)
+    redis.call('HDEL', ARGV[1] .. 'claims', id)
+  end
   if ix then
     for k in string.gmatch(ix, '[^\n]+') do redis.call('SREM', k, id) end
     redis.call('DEL', key)
@@ -234,6 +256,11 @@ impl RedisStore {
         .arg(record.state().as_str());
         let (fence_key, epoch) = self.fence_args();
         inv.arg(fence_key).arg(epoch);
+        match bpm_domain::placement::Queued::of(record) {
+            Some(q) => inv.arg(q.class).arg(q.score),
+            None => inv.arg("").arg(0),
+        };
+        inv.arg(&self.base);
         let mut conn = self.conn.clone();
         let answer: Vec<String> = inv
             .invoke_async(&mut conn)

@@ -188,12 +188,19 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             let r = m.get(resolve(m, &id).await?).await?;
             let usage = usage_of(m, std::slice::from_ref(&r)).await;
             let usage = usage.get(&r.id());
+            let waiting = crate::cluster::why_waiting(home, &r).await;
             if as_json {
                 let mut v = record_json(&r);
                 bpm_adapters::view::add_usage(&mut v, usage);
+                if let Some(why) = waiting {
+                    v["waiting"] = why.into();
+                }
                 println!("{}", json(&v));
             } else {
                 show(&r, usage);
+                if let Some(why) = waiting {
+                    println!("{:<14}{why}", "waiting");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -395,6 +402,13 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     for kv in a.label {
         let (k, v) = key_value(&kv, "--label")?;
         spec.labels.insert(
+            k.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
+            v.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
+        );
+    }
+    for kv in a.node_label {
+        let (k, v) = key_value(&kv, "--node-label")?;
+        spec.node_labels.insert(
             k.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
             v.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
         );

@@ -216,9 +216,14 @@ pub struct RunArgs {
     /// Session.
     #[arg(long)]
     pub session: Option<String>,
-    /// Run it on this node (its daemon makes the record); this node by default.
+    /// Run it on this node (its daemon makes the record); `any`: the first
+    /// node with room takes it; this node by default.
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// With `--node any`: only a node carrying this label K=V (its
+    /// `[node] labels`) may take it (repeatable).
+    #[arg(long, value_name = "K=V")]
+    pub node_label: Vec<String>,
     /// Parent process (id or name).
     #[arg(long)]
     pub parent: Option<String>,

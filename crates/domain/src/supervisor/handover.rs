@@ -45,7 +45,12 @@ impl Supervisor {
             .take(max - outstanding);
         for id in fresh {
             let record = &self.entries[&id].record;
-            if record.parent().is_some() || record.is_tracked() {
+            // A record of a group with a cluster-wide limit must ask the
+            // store for a slot first: the spawner cannot start it.
+            let capped = record
+                .group()
+                .is_some_and(|g| self.limits.cluster_groups.contains_key(g));
+            if record.parent().is_some() || record.is_tracked() || capped {
                 break;
             }
             if let Some(g) = record.group()

@@ -25,6 +25,11 @@ pub struct Limits {
     /// How many queued records, at most, the spawner holds to start the
     /// moment a process ends ([`Supervisor::hand_over`](crate::Supervisor::hand_over)). Default 8.
     pub hand_over_ahead: usize,
+    /// Slots per named group across every node that shares the store
+    /// (`[limits.cluster_groups]`): a record of such a group starts only
+    /// once the store grants it a slot ([`Effect::TakeClusterSlot`](crate::Effect::TakeClusterSlot)).
+    /// Every node should name the same limits. Per-node limits apply too.
+    pub cluster_groups: BTreeMap<GroupName, usize>,
 }
 
 impl Default for Limits {
@@ -37,6 +42,7 @@ impl Default for Limits {
             max_per_level: 20,
             retention: None,
             hand_over_ahead: 8,
+            cluster_groups: BTreeMap::new(),
         }
     }
 }

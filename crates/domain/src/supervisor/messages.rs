@@ -22,6 +22,8 @@ pub enum TimerKind {
     Readiness,
     /// A finished record's retention ends.
     Retention,
+    /// A record refused a cluster-wide slot asks again.
+    ClusterSlot,
 }
 
 /// A timer the driver arms. Arming the same timer again replaces it.
@@ -98,6 +100,21 @@ pub enum Effect {
         /// Which.
         timer: Timer,
     },
+    /// Ask the store for one of `group`'s cluster-wide slots for `id`,
+    /// which waits for it; report [`Input::ClusterSlot`]. The store counts
+    /// the group's records that hold a slot on any node (starting,
+    /// running, paused, stopping) and the slots granted whose records are
+    /// still pending, and grants one while they are fewer than `limit`. A
+    /// record's slot is free again once the store holds it in another
+    /// state: ended, unreachable, or queued again.
+    TakeClusterSlot {
+        /// The record.
+        id: ProcessId,
+        /// Its group.
+        group: crate::GroupName,
+        /// The group's limit across the cluster.
+        limit: usize,
+    },
     /// Tell subscribers.
     Publish(Box<Event>),
     /// The exit of `id`'s process is recorded by this step's writes: once
@@ -130,6 +147,35 @@ pub enum Input {
         /// What it is; no command.
         spec: ProcessSpec,
     },
+    /// This node claimed `record`, unplaced, from the cluster's queue
+    /// ([`crate::placement`]): it becomes this node's, as if submitted here,
+    /// and is written over the store's version with this node as its node.
+    Claimed {
+        /// The record as the store holds it (node `any`, pending).
+        record: ProcessRecord,
+    },
+    /// This node claimed `record`, unplaced, but cannot take it (the core
+    /// refused [`Input::Claimed`] with `reason`): it becomes this node's,
+    /// failed with the reason, rather than wait for ever.
+    ClaimRefused {
+        /// The record as the store holds it.
+        record: ProcessRecord,
+        /// Why it cannot run here.
+        reason: String,
+    },
+    /// The store's answer to [`Effect::TakeClusterSlot`]: whether `id`
+    /// has one of its group's cluster-wide slots. Refused, its group waits
+    /// until a slot may have freed ([`Input::ClusterSlotsFreed`], or a
+    /// second later).
+    ClusterSlot {
+        /// The record.
+        id: ProcessId,
+        /// Whether it was granted.
+        granted: bool,
+    },
+    /// A record ended somewhere in the cluster: groups refused a
+    /// cluster-wide slot ask again.
+    ClusterSlotsFreed,
     /// Make a new record with `id`'s spec; stop `id` first if it is still live.
     Restart {
         /// The record to repeat.
@@ -329,6 +375,9 @@ impl Input {
                 spec.parent.is_some() || !spec.dependencies.is_empty()
             }
             Input::Restart { .. } => true,
+            Input::Claimed { record } => {
+                record.parent().is_some() || !record.spec().dependencies.is_empty()
+            }
             _ => false,
         }
     }
@@ -374,6 +423,13 @@ pub enum CoreError {
         /// This core's node.
         here: NodeId,
     },
+    /// A spec placed on any node is queued for the cluster, never
+    /// submitted to one node's core.
+    #[error("a process placed on any node is queued for the cluster, not submitted to one node")]
+    PlacedOnAny,
+    /// A claimed record is not unplaced and pending.
+    #[error("process {0} is not waiting for a node: it was placed, or it ended")]
+    NotUnplaced(ProcessId),
     /// A dependency names no known record.
     #[error("unknown dependency {0}: no such process")]
     UnknownDependency(ProcessId),

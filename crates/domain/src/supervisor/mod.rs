@@ -30,6 +30,7 @@ pub use messages::{CoreError, Effect, Input, Timer, TimerKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::placement::Room;
 use crate::{
     Applied, Event, EventKind, GroupName, NodeId, ProcessId, ProcessRecord, Signal, SpecError,
     StateName, StopCause, Timestamp, Transition, TransitionKind,
@@ -114,6 +115,12 @@ pub struct Supervisor {
     last_env: Option<Arc<crate::Environment>>,
     /// Other nodes' records that records here name: see `foreign.rs`.
     foreign: HashMap<ProcessId, foreign::Foreign>,
+    /// Records that asked the store for a cluster-wide slot of their group
+    /// and wait for its answer: they hold a slot here meanwhile.
+    asking: BTreeMap<ProcessId, GroupName>,
+    /// Groups the store refused a cluster-wide slot, until one may have
+    /// freed: their records are not asked for meanwhile.
+    cluster_full: BTreeSet<GroupName>,
 }
 
 impl Supervisor {
@@ -134,6 +141,8 @@ impl Supervisor {
             order: order::Order::default(),
             last_env: None,
             foreign: HashMap::new(),
+            asking: BTreeMap::new(),
+            cluster_full: BTreeSet::new(),
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -167,6 +176,37 @@ impl Supervisor {
     /// How many pending records could start as soon as a slot frees.
     pub fn ready_len(&self) -> usize {
         self.ready.len()
+    }
+
+    /// What this node can take from the cluster's queue now: the slots
+    /// neither held nor waited for by a ready record, and the groups whose
+    /// limit is reached counting those that wait ready
+    /// ([`crate::placement::takes`]).
+    pub fn room(&self) -> Room {
+        let limits = &self.limits;
+        let used = self.active_total + self.asking.len() + self.ready.len();
+        let mut full_groups = self.cluster_full.clone();
+        let groups = limits
+            .group_limits
+            .keys()
+            .chain(self.active_by_group.keys())
+            .chain(self.ready.groups());
+        for g in groups {
+            if let Some(limit) = limits.group_limit(Some(g)) {
+                let count = self.active_by_group.get(g).copied().unwrap_or(0)
+                    + self.asking_in(g)
+                    + self.ready.len_of(Some(g));
+                if count >= limit {
+                    full_groups.insert(g.clone());
+                }
+            }
+        }
+        Room {
+            free: limits.max_running.saturating_sub(used),
+            full_groups,
+            others_full: limits.default_group_limit == Some(0),
+            limited_groups: limits.group_limits.keys().cloned().collect(),
+        }
     }
 
     /// A record's depth in its hierarchy (roots are 0).
@@ -211,6 +251,16 @@ impl Supervisor {
                 self.submit(id, spec, None, now)
             }
             Input::Restart { id, new_id } => self.restart(id, new_id, now),
+            Input::Claimed { record } => self.claimed(&record, now),
+            Input::ClusterSlot { id, granted } => {
+                self.cluster_slot(id, granted, now);
+                Ok(())
+            }
+            Input::ClusterSlotsFreed => {
+                self.cluster_full.clear();
+                Ok(())
+            }
+            Input::ClaimRefused { record, reason } => self.claim_refused(&record, &reason, now),
             Input::Spawned { .. } | Input::SpawnFailed { .. } | Input::SpawnLost { .. } => {
                 self.spawn_result(input, now)
             }
@@ -423,6 +473,10 @@ impl Supervisor {
             self.add_active(id);
         } else if slotted && before.is_active() && !after.is_active() {
             self.remove_active(id);
+            // Its cluster-wide slot frees as the store takes this version.
+            if let Some(g) = self.entries[&id].record.group() {
+                self.cluster_full.remove(g);
+            }
         }
         let mut events = Vec::with_capacity(2);
         match kind {

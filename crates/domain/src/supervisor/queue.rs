@@ -51,6 +51,16 @@ impl ReadyQueue {
         self.keys.len()
     }
 
+    /// How many wait in `group`.
+    pub(crate) fn len_of(&self, group: Option<&GroupName>) -> usize {
+        self.groups.get(&group.cloned()).map_or(0, BTreeSet::len)
+    }
+
+    /// The named groups with records waiting.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = &GroupName> {
+        self.groups.keys().flatten()
+    }
+
     /// The first `n` records in the order `best` would pick them if every
     /// group had room.
     pub(crate) fn ordered(&self, n: usize) -> Vec<ProcessId> {

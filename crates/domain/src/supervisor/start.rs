@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use super::{Blockers, CoreError, Effect, Entry, Supervisor, TimerKind};
 use crate::{
-    Event, EventKind, Lifecycle, ProcessId, ProcessRecord, ProcessSpec, ReadinessCheck, Signal,
-    StateName, StopCause, Timestamp, Transition,
+    Event, EventKind, GroupName, Lifecycle, Placement, ProcessId, ProcessRecord, ProcessSpec,
+    ReadinessCheck, Signal, StateName, StopCause, Timestamp, Transition,
 };
+
+/// How long a group refused a cluster-wide slot waits before it asks
+/// again, unless an end anywhere says a slot may have freed first.
+const CLUSTER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Supervisor {
     pub(super) fn submit(
@@ -18,11 +22,17 @@ impl Supervisor {
         now: Timestamp,
     ) -> Result<(), CoreError> {
         spec.validate()?;
-        if let Some(placed) = spec.node.as_ref().filter(|n| **n != self.node) {
-            return Err(CoreError::OtherNode {
-                placed: placed.clone(),
-                here: self.node.clone(),
-            });
+        match spec.placement() {
+            Placement::On(placed) if *placed != self.node => {
+                return Err(CoreError::OtherNode {
+                    placed: placed.clone(),
+                    here: self.node.clone(),
+                });
+            }
+            // Queued for the cluster, not submitted to a core; a restart of
+            // a record a node claimed stays on that node.
+            Placement::Any if replaces.is_none() => return Err(CoreError::PlacedOnAny),
+            _ => {}
         }
         match &self.last_env {
             // Arc's equality checks the pointer first, then the maps.
@@ -32,6 +42,83 @@ impl Supervisor {
         if self.entries.contains_key(&id) {
             return Err(CoreError::AlreadyExists(id));
         }
+        let record = match replaces {
+            Some(old) => ProcessRecord::restart_of(&self.entries[&old].record, id, now),
+            None => ProcessRecord::new(id, self.node.clone(), spec, now),
+        };
+        self.admit(record, None, replaces, now)?;
+        self.publish(id, EventKind::Submitted, now);
+        Ok(())
+    }
+
+    /// Takes `record`, unplaced, which this node claimed from the
+    /// cluster's queue: it becomes this node's, as if submitted here.
+    pub(super) fn claimed(
+        &mut self,
+        record: &ProcessRecord,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let id = record.id();
+        if self.entries.contains_key(&id) {
+            return Err(CoreError::AlreadyExists(id));
+        }
+        let placed = record
+            .placed_on(&self.node, now)
+            .ok_or(CoreError::NotUnplaced(id))?;
+        self.admit(placed, Some(record.version()), None, now)
+    }
+
+    /// Takes `record`, unplaced, which this node claimed but cannot run
+    /// (`reason`: its parent ended, a dependency is gone): it becomes this
+    /// node's, failed, so it does not wait for ever.
+    pub(super) fn claim_refused(
+        &mut self,
+        record: &ProcessRecord,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let id = record.id();
+        if self.entries.contains_key(&id) {
+            return Err(CoreError::AlreadyExists(id));
+        }
+        let placed = record
+            .placed_on(&self.node, now)
+            .ok_or(CoreError::NotUnplaced(id))?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.insert(
+            id,
+            Box::new(Entry {
+                record: placed,
+                persisted: Some(record.version()),
+                persisted_active: false,
+                seq,
+                depth: 0,
+                blockers: None,
+            }),
+        );
+        self.dirty.insert(id, Some(record.version()));
+        self.transition(
+            id,
+            Transition::Fail {
+                error: format!("node {} took it but cannot run it: {reason}", self.node),
+            },
+            now,
+        )?;
+        Ok(())
+    }
+
+    /// Takes a new record of this node (`persisted`: the version the store
+    /// holds of it, if any): checks what it names, indexes it, and places it.
+    fn admit(
+        &mut self,
+        record: ProcessRecord,
+        persisted: Option<u64>,
+        replaces: Option<ProcessId>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let id = record.id();
+        let spec = record.spec();
         let mut blockers = Blockers::default();
         for dep in &spec.dependencies {
             if *dep == id {
@@ -72,10 +159,6 @@ impl Supervisor {
                 depth
             }
         };
-        let record = match replaces {
-            Some(old) => ProcessRecord::restart_of(&self.entries[&old].record, id, now),
-            None => ProcessRecord::new(id, self.node.clone(), spec, now),
-        };
         if let Some(old) = replaces
             && !self.entries[&old].record.is_terminal()
         {
@@ -95,7 +178,7 @@ impl Supervisor {
             id,
             Box::new(Entry {
                 record,
-                persisted: None,
+                persisted,
                 persisted_active: false,
                 seq,
                 depth,
@@ -105,8 +188,7 @@ impl Supervisor {
         for waited in blockers.must_complete.iter().chain(&blockers.must_end) {
             self.waiters.entry(*waited).or_default().insert(id);
         }
-        self.dirty.insert(id, None);
-        self.publish(id, EventKind::Submitted, now);
+        self.dirty.insert(id, persisted);
         if tracked {
             if let Some(t) = timeout {
                 self.arm(id, TimerKind::Timeout, now.saturating_add(t.as_duration()));
@@ -224,17 +306,78 @@ impl Supervisor {
         self.ready.push(id, group, priority, seq);
     }
 
-    /// Starts ready records while there are slots.
+    /// How many records of `group` wait for the store's answer to a
+    /// cluster-wide slot.
+    pub(super) fn asking_in(&self, group: &GroupName) -> usize {
+        self.asking.values().filter(|g| *g == group).count()
+    }
+
+    /// `id`'s group and its cluster-wide limit, if it has one.
+    fn cluster_cap(&self, id: ProcessId) -> Option<(GroupName, usize)> {
+        let group = self.entries.get(&id)?.record.group()?;
+        let limit = self.limits.cluster_groups.get(group)?;
+        Some((group.clone(), *limit))
+    }
+
+    /// The store's answer to `id`'s ask for a cluster-wide slot: granted,
+    /// it starts (if still pending); refused, it waits in the queue again
+    /// and its group asks no more until a slot may have freed.
+    pub(super) fn cluster_slot(&mut self, id: ProcessId, granted: bool, now: Timestamp) {
+        let Some(group) = self.asking.remove(&id) else {
+            return;
+        };
+        // Stopped meanwhile: a slot granted to it is free again, as the
+        // store counts only records pending with a grant or holding a slot.
+        if self.entries.get(&id).map(|e| e.record.state()) != Some(StateName::Pending) {
+            return;
+        }
+        if granted {
+            self.start(id, now);
+        } else {
+            self.cluster_full.insert(group);
+            self.place(id, now);
+            self.arm(
+                id,
+                TimerKind::ClusterSlot,
+                now.saturating_add(CLUSTER_RETRY),
+            );
+        }
+    }
+
+    /// The `ClusterSlot` timer: `id`'s group may ask again.
+    pub(super) fn cluster_retry(&mut self, id: ProcessId) {
+        if let Some(g) = self.entries.get(&id).and_then(|e| e.record.group()) {
+            self.cluster_full.remove(g);
+        }
+    }
+
+    fn start(&mut self, id: ProcessId, now: Timestamp) {
+        if self.transition(id, Transition::Start, now).is_ok() {
+            let record = self.entries[&id].record.clone();
+            self.out.push(Effect::Spawn { record });
+            self.order.spawn_asked(id);
+        }
+    }
+
+    /// Starts ready records while there are slots; a record of a group
+    /// with a cluster-wide limit first asks the store for a slot.
     pub(super) fn schedule(&mut self, now: Timestamp) {
-        while self.active_total < self.limits.max_running {
+        while self.active_total + self.asking.len() < self.limits.max_running {
             let limits = &self.limits;
             let active = &self.active_by_group;
+            let (asking, full) = (&self.asking, &self.cluster_full);
             // Records handed to the spawner go first, in their order.
             let next = match self.handed.front() {
                 Some(&id) => Some(id),
-                None => self.ready.best(|g| match limits.group_limit(g) {
-                    None => true,
-                    Some(limit) => g.and_then(|g| active.get(g)).copied().unwrap_or(0) < limit,
+                None => self.ready.best(|g| {
+                    let Some(g) = g else { return true };
+                    if full.contains(g) {
+                        return false;
+                    }
+                    limits.group_limit(Some(g)).is_none_or(|limit| {
+                        let asked = asking.values().filter(|a| *a == g).count();
+                        active.get(g).copied().unwrap_or(0) + asked < limit
+                    })
                 }),
             };
             let Some(id) = next else {
@@ -242,11 +385,12 @@ impl Supervisor {
             };
             self.ready.remove(id);
             self.handed.retain(|h| *h != id);
-            if self.transition(id, Transition::Start, now).is_ok() {
-                let record = self.entries[&id].record.clone();
-                self.out.push(Effect::Spawn { record });
-                self.order.spawn_asked(id);
+            if let Some((group, limit)) = self.cluster_cap(id) {
+                self.asking.insert(id, group.clone());
+                self.out.push(Effect::TakeClusterSlot { id, group, limit });
+                continue;
             }
+            self.start(id, now);
         }
     }
 }

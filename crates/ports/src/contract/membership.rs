@@ -20,6 +20,11 @@ fn claimant(node: &str, pid: u32) -> Claimant {
         version: "test".into(),
         ttl: Span::from_secs(2),
         slots: 3,
+        labels: [(
+            bpm_domain::LabelKey::new("gpu").expect("a key"),
+            bpm_domain::LabelValue::new("true").expect("a value"),
+        )]
+        .into(),
     }
 }
 
@@ -46,6 +51,11 @@ pub async fn join_gives_an_epoch_and_the_node_is_alive(m: Subject) {
     );
     assert_eq!(view.lease.ttl, Span::from_secs(2));
     assert_eq!(view.lease.slots, 3);
+    assert_eq!(
+        view.lease.labels,
+        claimant("a", 1).labels,
+        "the labels the node carries"
+    );
     assert!(view.lease_age_ms < 1_000, "{view:?}");
 }
 

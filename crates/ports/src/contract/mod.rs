@@ -10,12 +10,32 @@
 //! bpm_ports::store_contract_tests!(bpm_adapters::memory::InMemoryStore::new());
 //! ```
 
+pub mod claims;
 pub mod manager;
 pub mod membership;
 pub mod output;
 pub mod spawner;
 pub mod store;
 pub mod usage;
+
+/// One test per case of the claim queue's contract; `$make` gives a
+/// [`claims::Subject`]: a fresh, empty store with the queues of nodes
+/// `alpha` and `beta` on it.
+#[macro_export]
+macro_rules! claims_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(claims, $make;
+            nothing_to_claim_is_none,
+            claims_in_priority_then_submission_order,
+            racing_claims_take_each_record_once,
+            labels_slots_and_groups_decide,
+            unwritten_claims_are_given_back,
+            one_record_is_claimed_by_id,
+            a_deleted_record_leaves_the_queue,
+            cluster_slots_count_every_node,
+        );
+    };
+}
 
 /// Stamps one test per case of a suite. Internal to the suite macros.
 #[doc(hidden)]

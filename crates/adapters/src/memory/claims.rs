@@ -1,0 +1,159 @@
+//! The claim queue and cluster-wide slots over any store, for one
+//! process: the unplaced records are the store's records whose node is
+//! `any`, a group's slots are counted from the store's records, and the
+//! claims and grants are maps shared by every node's queue made with
+//! [`InMemoryClaims::for_node`]. On a store of one node's own, the
+//! cluster-wide limits are that node's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use async_trait::async_trait;
+use bpm_domain::placement::{NodeLabels, Queued, Room, takes};
+use bpm_domain::{GroupName, ListFilter, NodeId, ProcessId, ProcessRecord, StateName};
+use bpm_ports::{ClaimQueue, ClaimedOne, ClusterSlots, ProcessStore, StoreError};
+
+/// A claim queue on a store shared within one process.
+#[derive(Clone)]
+pub struct InMemoryClaims {
+    store: Arc<dyn ProcessStore>,
+    node: NodeId,
+    /// Claimed, not yet written: record → claimer. One lock, so a claim is atomic.
+    claims: Arc<Mutex<HashMap<ProcessId, NodeId>>>,
+    /// Slots granted to records not yet started: record → group.
+    granted: Arc<Mutex<HashMap<ProcessId, GroupName>>>,
+}
+
+impl InMemoryClaims {
+    /// `node`'s queue of the unplaced records in `store`.
+    pub fn new(store: Arc<dyn ProcessStore>, node: NodeId) -> Self {
+        InMemoryClaims {
+            store,
+            node,
+            claims: Arc::default(),
+            granted: Arc::default(),
+        }
+    }
+
+    /// Another node's queue on the same store and claims.
+    #[must_use]
+    pub fn for_node(&self, node: NodeId) -> Self {
+        InMemoryClaims {
+            node,
+            ..self.clone()
+        }
+    }
+
+    async fn waiting(&self) -> Result<Vec<ProcessRecord>, StoreError> {
+        let filter = ListFilter {
+            node: Some(NodeId::any()),
+            states: vec![StateName::Pending],
+            ..ListFilter::default()
+        };
+        self.store.list(&filter).await
+    }
+}
+
+#[async_trait]
+impl ClaimQueue for InMemoryClaims {
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    async fn claim(
+        &self,
+        room: &Room,
+        labels: &NodeLabels,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        let mut claims = self.claims.lock().await;
+        let waiting = self.waiting().await?;
+        let best = waiting
+            .into_iter()
+            .filter(|r| !claims.contains_key(&r.id()) && takes(room, labels, r))
+            .min_by_key(Queued::order);
+        if let Some(r) = &best {
+            claims.insert(r.id(), self.node.clone());
+        }
+        Ok(best)
+    }
+
+    async fn claim_one(&self, id: ProcessId) -> Result<ClaimedOne, StoreError> {
+        let mut claims = self.claims.lock().await;
+        let record = match self.store.get(id).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound(_)) => return Ok(ClaimedOne::NotWaiting),
+            Err(e) => return Err(e),
+        };
+        if Queued::of(&record).is_none() {
+            return Ok(ClaimedOne::NotWaiting);
+        }
+        if let Some(node) = claims.get(&id) {
+            return Ok(ClaimedOne::ClaimedBy(node.clone()));
+        }
+        claims.insert(id, self.node.clone());
+        Ok(ClaimedOne::Taken(record))
+    }
+
+    async fn give_back(&self, node: &NodeId) -> Result<usize, StoreError> {
+        let mut claims = self.claims.lock().await;
+        let waiting: Vec<ProcessId> = self
+            .waiting()
+            .await?
+            .iter()
+            .map(ProcessRecord::id)
+            .collect();
+        let mut back = 0;
+        claims.retain(|id, claimer| {
+            let mine = claimer == node;
+            // Still unplaced: back in the queue; written: the claim is over.
+            back += usize::from(mine && waiting.contains(id));
+            !mine
+        });
+        Ok(back)
+    }
+}
+
+#[async_trait]
+impl ClusterSlots for InMemoryClaims {
+    async fn take(
+        &self,
+        id: ProcessId,
+        group: &GroupName,
+        limit: usize,
+    ) -> Result<bool, StoreError> {
+        let mut granted = self.granted.lock().await;
+        let holding = ListFilter {
+            group: Some(group.clone()),
+            states: StateName::ALL
+                .into_iter()
+                .filter(|s| s.is_active())
+                .collect(),
+            ..ListFilter::default()
+        };
+        let mut taken = self.store.list(&holding).await?.len();
+        let mut pending = Vec::new();
+        for (held, g) in granted.iter() {
+            if g == group {
+                match self.store.get(*held).await {
+                    Ok(r) if r.state() == StateName::Pending => pending.push(*held),
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        // A grant whose record left pending is over: it holds a slot in
+        // the store's count now, or none.
+        granted.retain(|held, g| g != group || pending.contains(held));
+        if pending.contains(&id) {
+            return Ok(true);
+        }
+        taken += pending.len();
+        if taken < limit {
+            granted.insert(id, group.clone());
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,213 @@
+//! Records placed on any node (`--node any`). A start placed so is written
+//! unplaced to the shared store, which queues it ([`ClaimQueue`]); this
+//! node's claimer takes records from that queue while its core has room
+//! ([`bpm_domain::Supervisor::room`]), and its core adopts each one
+//! ([`Input::Claimed`]). The claimer looks when a record is queued or one
+//! of this node's ends (their events), and once a second besides, for
+//! what a lost event or another node's new labels would hide.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::placement::{self, NodeLabels, Room};
+use bpm_domain::{Event, EventKind, Input, NodeId, ProcessRecord, ProcessSpec};
+use bpm_ports::{ClaimQueue, ClaimedOne, ManagerError, ProcessManager};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::{Engine, Msg};
+
+/// How often the claimer looks without an event.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a call on an unplaced record waits for the node that claimed
+/// it to write it, before saying so.
+const PLACED_WITHIN: Duration = Duration::from_secs(5);
+
+impl Engine {
+    /// Takes records placed on any node through `claims`, for this node
+    /// carrying `labels`, on a task of the current tokio runtime; starts
+    /// placed on any node are queued there. Set once; a second queue is
+    /// ignored.
+    pub fn claim_through(&self, claims: Arc<dyn ClaimQueue>, labels: NodeLabels) {
+        if self.claims.set(Arc::clone(&claims)).is_ok() {
+            tokio::spawn(claimer(self.clone(), claims, labels));
+        }
+    }
+
+    /// Queues `spec`, placed on any node: written unplaced, and announced.
+    pub(crate) async fn queue_any(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+        if self.claims.get().is_none() {
+            return Err(self.not_shared(NodeId::any(), "start placed on any node"));
+        }
+        self.takes_new_work(1).await?;
+        let now = self.ports.clock.now();
+        let record = placement::unplaced(self.ports.ids.next_id(), spec, now)?;
+        self.ports.store.create(&record).await?;
+        let event = Event::new(EventKind::Submitted, &record, now);
+        if let Err(e) = self.ports.events.publish(event).await {
+            tracing::warn!(id = %record.id(), error = %e, "a record placed on any node was queued, but its event was not sent; nodes find it within a second");
+        }
+        Ok(record)
+    }
+
+    /// `record`, unplaced, made this node's (to stop it here); or, when
+    /// another node claimed it first, as that node wrote it.
+    pub(crate) async fn take_unplaced(
+        &self,
+        record: ProcessRecord,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let id = record.id();
+        let Some(claims) = self.claims.get() else {
+            return Err(self.not_shared(NodeId::any(), "call on a process placed on any node"));
+        };
+        let deadline = self.ports.clock.now().saturating_add(PLACED_WITHIN);
+        let mut claimer = None;
+        loop {
+            match claims.claim_one(id).await? {
+                ClaimedOne::Taken(record) => {
+                    self.adopt(record).await?;
+                    return self.get(id).await;
+                }
+                ClaimedOne::ClaimedBy(node) => claimer = Some(node),
+                ClaimedOne::NotWaiting => {}
+            }
+            let now = self.get(id).await?;
+            if !now.node().is_any() {
+                return Ok(now);
+            }
+            if self.ports.clock.now() >= deadline {
+                let node =
+                    claimer.map_or_else(|| "another node".to_owned(), |n| format!("node {n}"));
+                return Err(ManagerError::Connection(format!(
+                    "process {id} was taken by {node}, which has not placed it within {}s; try again",
+                    PLACED_WITHIN.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Hands the core `record`, which this node claimed: it becomes this
+    /// node's; if the core cannot take it, it becomes this node's, failed
+    /// with why, so it does not wait for ever.
+    async fn adopt(&self, record: ProcessRecord) -> Result<(), ManagerError> {
+        let input = Input::Claimed {
+            record: record.clone(),
+        };
+        match self.call(input).await {
+            Ok(_) => Ok(()),
+            Err(ManagerError::Refused(e)) => {
+                let reason = e.to_string();
+                self.call_once(Input::ClaimRefused { record, reason })
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the core can take now.
+    async fn room(&self) -> Result<Room, ManagerError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Room(reply))
+            .map_err(|_| ManagerError::ShutDown)?;
+        answer.await.map_err(|_| ManagerError::ShutDown)
+    }
+
+    /// Claims records while the core has room and the queue has records
+    /// that fit; false once the loop is gone.
+    async fn claim_while_room(
+        &self,
+        claims: &dyn ClaimQueue,
+        labels: &NodeLabels,
+        failing: &mut bool,
+    ) -> bool {
+        loop {
+            let Ok(room) = self.room().await else {
+                return false;
+            };
+            if room.free == 0 {
+                return true;
+            }
+            let claimed = match claims.claim(&room, labels).await {
+                Ok(Some(record)) => record,
+                Ok(None) => return true,
+                Err(e) => {
+                    if !*failing {
+                        tracing::warn!(error = %e, "cannot take work queued for any node; will retry");
+                        *failing = true;
+                    }
+                    return true;
+                }
+            };
+            *failing = false;
+            let id = claimed.id();
+            match self.adopt(claimed).await {
+                Ok(()) => tracing::debug!(%id, "took a record placed on any node"),
+                Err(ManagerError::ShutDown) => return false,
+                // Not written: the claim goes back when this node's
+                // claims are given back (its next daemon, or its sweep).
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "took a record placed on any node but could not adopt it");
+                }
+            }
+        }
+    }
+}
+
+/// Whether `event` may let this node take more: a record was queued for
+/// any node, or one of this node's ended.
+fn worth_a_look(event: &Event, node: &NodeId) -> bool {
+    (event.node.is_any() && event.kind == EventKind::Submitted)
+        || (event.node == *node && event.kind.ends_record())
+}
+
+/// Takes records placed on any node while this node has room.
+async fn claimer(engine: Engine, claims: Arc<dyn ClaimQueue>, labels: NodeLabels) {
+    let mut events = engine.ports.events.subscribe();
+    let mut failing = false;
+    // What this node claimed and never wrote (its last daemon died in
+    // between) goes back first.
+    loop {
+        match claims.give_back(&engine.node).await {
+            Ok(0) => break,
+            Ok(n) => {
+                tracing::info!(
+                    records = n,
+                    "records this node took but never placed are queued again"
+                );
+                break;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot queue again what this node took before; will retry");
+                    failing = true;
+                }
+                tokio::time::sleep(LOOK_EVERY).await;
+            }
+        }
+    }
+    failing = false;
+    loop {
+        if !engine
+            .claim_while_room(&*claims, &labels, &mut failing)
+            .await
+        {
+            return;
+        }
+        let look = tokio::time::sleep(LOOK_EVERY);
+        tokio::pin!(look);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(e) if worth_a_look(&e, &engine.node) => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = &mut look => break,
+            }
+        }
+    }
+}
