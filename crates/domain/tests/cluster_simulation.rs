@@ -14,7 +14,13 @@
 //! - no record starts before each of its dependencies completed, on its
 //!   own node or (as the store holds it) on another;
 //! - once everyone is back and the events were delivered, no record runs
-//!   whose parent on another node was stopped.
+//!   whose parent on another node was stopped;
+//! - records placed on any node are claimed once each (a claim whose
+//!   placing write never came goes back when its node is swept), their
+//!   node is set once, and no record runs on two nodes at once;
+//! - a group's cluster-wide limit holds, but for records whose node was cut
+//!   off (their slots free as they become `unreachable`, by design);
+//! - once everyone is back, every record placed on any node was taken.
 //!
 //! Records may name records of other nodes (dependencies, parents): a node
 //! whose core does not know one reads it from the store and hands it over
@@ -25,13 +31,17 @@
 use std::collections::{HashMap, HashSet};
 
 use bpm_domain::cluster::{Sweep, accepts_write, claim, sweep_record};
+use bpm_domain::placement::{NodeLabels, Queued, takes, unplaced};
 use bpm_domain::{
-    ClusterTiming, CoreError, Effect, ExitStatus, Input, Lease, Limits, NodeId, ProcessId,
-    ProcessRecord, ProcessSpec, Signal, Span, StateName, Supervisor, Timestamp,
+    ClusterTiming, CoreError, Effect, ExitStatus, GroupName, Input, Lease, Limits, NodeId,
+    ProcessId, ProcessRecord, ProcessSpec, Signal, Span, StateName, Supervisor, Timestamp,
 };
 use proptest::prelude::*;
 
 const NODES: usize = 3;
+
+/// Group `agents`'s cluster-wide limit.
+const AGENTS: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -46,6 +56,14 @@ enum Op {
     Cut(usize),
     Heal(usize),
     Advance(u64),
+    /// Node n queues a record for any node (of group `agents` if true).
+    SubmitAny(usize, bool),
+    /// Node n claims what it has room for, and places it.
+    Claim(usize),
+    /// Node n claims a record and is cut off before it places it.
+    ClaimThenCut(usize),
+    /// A record ended elsewhere: node n's refused groups ask again.
+    SlotsFreed(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -58,6 +76,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..NODES).prop_map(Op::Cut),
         1 => (0..NODES).prop_map(Op::Heal),
         3 => (100..4_000u64).prop_map(Op::Advance),
+        3 => (0..NODES, prop::bool::weighted(0.7)).prop_map(|(n, a)| Op::SubmitAny(n, a)),
+        3 => (0..NODES).prop_map(Op::Claim),
+        1 => (0..NODES).prop_map(Op::ClaimThenCut),
+        1 => (0..NODES).prop_map(Op::SlotsFreed),
     ]
 }
 
@@ -72,6 +94,9 @@ struct Node {
     running: HashMap<ProcessId, u32>,
     /// Writes the store did not take yet (newest per record).
     unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
+    /// A claim of it was never placed: its claims go back before it
+    /// claims again.
+    gives_back: bool,
 }
 
 struct World {
@@ -90,6 +115,13 @@ struct World {
     pid: u32,
     /// Store writes not yet heard by the other nodes: id and version.
     events: Vec<(ProcessId, u64)>,
+    /// Claims of records placed on any node not yet placed: id → claimer.
+    claims: HashMap<ProcessId, usize>,
+    /// Cluster-wide slots granted to records still pending.
+    grants: HashSet<ProcessId>,
+    /// Records of `agents` the store has held `unreachable`: their slots
+    /// were freed while they may still run.
+    cut_off: HashSet<ProcessId>,
 }
 
 impl World {
@@ -109,13 +141,19 @@ impl World {
             next: 1,
             pid: 100,
             events: Vec::new(),
+            claims: HashMap::new(),
+            grants: HashSet::new(),
+            cut_off: HashSet::new(),
         };
         for n in 0..NODES {
             let name = NodeId::new(format!("n{n}")).expect("name");
-            let limits = Limits {
+            let mut limits = Limits {
                 max_running: 3,
                 ..Limits::default()
             };
+            limits
+                .cluster_groups
+                .insert(GroupName::new("agents").expect("a group"), AGENTS);
             world.nodes.push(Node {
                 name: name.clone(),
                 core: Supervisor::new(name, limits),
@@ -124,6 +162,7 @@ impl World {
                 connected: true,
                 running: HashMap::new(),
                 unsaved: HashMap::new(),
+                gives_back: false,
             });
             world.claim(n);
         }
@@ -213,6 +252,13 @@ impl World {
                     self.nodes[n].running.insert(id, pid);
                     self.handle(n, Input::Spawned { id, pid });
                 }
+                Effect::TakeClusterSlot { id, group, limit } => {
+                    assert_eq!((group.as_str(), limit), ("agents", AGENTS));
+                    // The store answers a node that reaches it; a node cut
+                    // off is refused, and asks again later.
+                    let granted = self.writes(n) && self.grant(id);
+                    self.handle(n, Input::ClusterSlot { id, granted });
+                }
                 Effect::Signal { id, signal, .. }
                     if self.nodes[n].running.remove(&id).is_some() =>
                 {
@@ -224,6 +270,89 @@ impl World {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The store's answer to an ask for one of `agents`'s slots: its
+    /// records holding one, and the grants of records still pending, are
+    /// fewer than the limit (a grant of `id` still pending stands).
+    fn grant(&mut self, id: ProcessId) -> bool {
+        let store = &self.store;
+        self.grants.retain(|g| {
+            store
+                .get(g)
+                .is_some_and(|r| r.state() == StateName::Pending)
+        });
+        let holding = store
+            .values()
+            .filter(|r| r.state().is_active() && is_agent(r))
+            .count();
+        let granted = self.grants.contains(&id) || holding + self.grants.len() < AGENTS;
+        if granted {
+            self.grants.insert(id);
+        }
+        granted
+    }
+
+    /// Node `n` takes the best record queued for any node that fits its
+    /// room, as the claim script does; `None` if none fits.
+    fn take(&mut self, n: usize) -> Option<ProcessRecord> {
+        let room = self.nodes[n].core.room();
+        let best = self
+            .store
+            .values()
+            .filter(|r| {
+                Queued::of(r).is_some()
+                    && !self.claims.contains_key(&r.id())
+                    && takes(&room, &NodeLabels::new(), r)
+            })
+            .min_by_key(|r| Queued::order(r))
+            .cloned()?;
+        self.claims.insert(best.id(), n);
+        Some(best)
+    }
+
+    /// Node `n` claims and places records while it has room: each is
+    /// written placed on it before its core takes it.
+    fn claim_all(&mut self, n: usize) {
+        if self.writes(n) && self.nodes[n].gives_back {
+            self.claims.retain(|_, claimer| *claimer != n);
+            self.nodes[n].gives_back = false;
+        }
+        while self.writes(n) {
+            let Some(record) = self.take(n) else { return };
+            let id = record.id();
+            let name = self.nodes[n].name.clone();
+            let placed = record.placed_on(&name, self.now).expect("queued");
+            assert_eq!(
+                self.store.get(&id).map(ProcessRecord::version),
+                Some(record.version()),
+                "only its claimer writes a queued record"
+            );
+            self.written_by.insert(id, self.nodes[n].epoch);
+            self.keep(placed.clone());
+            self.claims.remove(&id);
+            let now = self.now;
+            let taken = self.nodes[n].core.handle(
+                Input::Claimed {
+                    record: placed.clone(),
+                },
+                now,
+            );
+            let effects = match taken {
+                Ok(effects) => effects,
+                Err(e) => self.nodes[n]
+                    .core
+                    .handle(
+                        Input::ClaimRefused {
+                            record: placed,
+                            reason: e.to_string(),
+                        },
+                        now,
+                    )
+                    .expect("a refused claim fails here"),
+            };
+            self.carry_out(n, effects);
         }
     }
 
@@ -293,6 +422,11 @@ impl World {
                 continue;
             }
             let by_name = self.nodes[by].name.clone();
+            if sweep == Sweep::Unreach {
+                // The lost node's claims it never placed go back.
+                let lost = self.nodes.iter().position(|x| x.name == lease.node);
+                self.claims.retain(|_, claimer| Some(*claimer) != lost);
+            }
             let records: Vec<ProcessRecord> = self.store.values().cloned().collect();
             for mut record in records {
                 if sweep_record(sweep, &lease, &by_name, &self.timing, &mut record, self.now)
@@ -304,9 +438,18 @@ impl World {
         }
     }
 
-    /// Puts `record` in the store: a final record stays final.
+    /// Puts `record` in the store: a final record stays final, and a
+    /// record's node is set once.
     fn keep(&mut self, record: ProcessRecord) {
         let id = record.id();
+        if let Some(was) = self.store.get(&id).map(ProcessRecord::node)
+            && !was.is_any()
+        {
+            assert_eq!(record.node(), was, "{id} moved from node {was}");
+        }
+        if record.state() == StateName::Unreachable && is_agent(&record) {
+            self.cut_off.insert(id);
+        }
         if self.finished.contains(&id) {
             let was = self.store[&id].state();
             assert_eq!(
@@ -445,6 +588,28 @@ impl World {
     }
 
     fn check(&self) {
+        // No record runs on two nodes at once.
+        let mut seen = HashSet::new();
+        for node in &self.nodes {
+            for id in node.running.keys() {
+                assert!(seen.insert(*id), "{id} runs on two nodes");
+            }
+        }
+        // A cluster-wide limit holds, but for records whose node was cut off.
+        let excused = |id: &ProcessId| self.cut_off.contains(id);
+        let held = self
+            .store
+            .values()
+            .filter(|r| r.state().is_active() && is_agent(r) && !excused(&r.id()))
+            .count();
+        assert!(held <= AGENTS, "{held} agents hold a cluster-wide slot");
+        let running = self
+            .nodes
+            .iter()
+            .flat_map(|node| node.running.keys().map(move |id| (node, id)))
+            .filter(|(node, id)| node.core.get(**id).is_some_and(is_agent) && !excused(id))
+            .count();
+        assert!(running <= AGENTS, "{running} agents run");
         for (n, node) in self.nodes.iter().enumerate() {
             node.core.check_invariants().expect("the core's invariants");
             let holds = node.connected
@@ -530,6 +695,27 @@ impl World {
                     );
                 }
             }
+            Op::SubmitAny(n, agent) => {
+                if self.writes(n) {
+                    let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
+                    self.next += 1;
+                    let mut spec = ProcessSpec::argv(["anywhere"]);
+                    spec.node = Some(NodeId::any());
+                    if agent {
+                        spec.group = Some(GroupName::new("agents").expect("a group"));
+                    }
+                    let record = unplaced(id, spec, self.now).expect("a valid spec");
+                    self.keep(record);
+                }
+            }
+            Op::Claim(n) => self.claim_all(n),
+            Op::ClaimThenCut(n) => {
+                if self.writes(n) && self.take(n).is_some() {
+                    self.nodes[n].gives_back = true;
+                    self.nodes[n].connected = false;
+                }
+            }
+            Op::SlotsFreed(n) => self.handle(n, Input::ClusterSlotsFreed),
             Op::Cut(n) => self.nodes[n].connected = false,
             Op::Heal(n) => {
                 let was_cut = !self.nodes[n].connected;
@@ -557,12 +743,18 @@ impl World {
     }
 }
 
+/// Whether `record` is of group `agents`.
+fn is_agent(record: &ProcessRecord) -> bool {
+    record.group().is_some_and(|g| g.as_str() == "agents")
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn no_record_is_written_by_two_epochs_nor_runs_while_lost(
-        ops in proptest::collection::vec(op(), 1..80)
+        ops in proptest::collection::vec(op(), 1..80),
+        dead in proptest::option::of(0..NODES),
     ) {
         let mut world = World::new();
         for op in &ops {
@@ -574,5 +766,30 @@ proptest! {
         }
         world.step(&Op::Advance(3_000));
         world.check_cascades();
+        // Every node claims, runs and ends what it can: the queue drains,
+        // even if one node dies for good now (the claims it never placed
+        // go back when it is swept).
+        if let Some(dead) = dead {
+            world.step(&Op::ClaimThenCut(dead));
+            world.step(&Op::Cut(dead));
+        }
+        for _ in 0..40 {
+            for n in (0..NODES).filter(|n| Some(*n) != dead) {
+                world.step(&Op::Claim(n));
+                let running: Vec<usize> = (0..world.nodes[n].running.len()).collect();
+                for _ in running {
+                    world.step(&Op::Exit(n, 0));
+                }
+                world.step(&Op::SlotsFreed(n));
+            }
+            world.step(&Op::Advance(1_000));
+        }
+        let waiting: Vec<ProcessId> = world
+            .store
+            .values()
+            .filter(|r| Queued::of(r).is_some())
+            .map(ProcessRecord::id)
+            .collect();
+        prop_assert!(waiting.is_empty(), "records still queued for any node: {waiting:?}");
     }
 }

@@ -19,6 +19,11 @@ fn any(n: u128, shape: impl FnOnce(&mut ProcessSpec)) -> ProcessRecord {
     unplaced(id(n), spec, t(1)).expect("a valid spec")
 }
 
+/// Record `n` placed on any node, then placed on node `a` by its claim.
+fn claimed(n: u128, shape: impl FnOnce(&mut ProcessSpec)) -> ProcessRecord {
+    any(n, shape).placed_on(&node("a"), t(2)).expect("unplaced")
+}
+
 fn group(name: &str) -> GroupName {
     GroupName::new(name).expect("a group")
 }
@@ -66,7 +71,7 @@ fn room_counts_slots_held_and_waited_for_and_full_groups() {
 #[test]
 fn a_claimed_record_becomes_this_nodes_and_starts() {
     let mut a = core(Limits::default());
-    let queued = any(1, |s| s.priority = 3);
+    let queued = claimed(1, |s| s.priority = 3);
     let effects = a
         .handle(
             Input::Claimed {
@@ -109,17 +114,27 @@ fn a_claimed_record_becomes_this_nodes_and_starts() {
         ),
         "it was announced when queued"
     );
-    // A second claim of it, or of a placed record, is refused.
+    // A second claim of it, one placed elsewhere, or one not placed yet, is refused.
     assert_eq!(
         a.handle(Input::Claimed { record: queued }, t(6)),
         Err(CoreError::AlreadyExists(id(1)))
     );
-    let placed = any(2, |_| {})
+    let elsewhere = any(2, |_| {})
         .placed_on(&node("b"), t(2))
         .expect("unplaced");
     assert_eq!(
-        a.handle(Input::Claimed { record: placed }, t(6)),
-        Err(CoreError::NotUnplaced(id(2)))
+        a.handle(Input::Claimed { record: elsewhere }, t(6)),
+        Err(CoreError::NotClaimedHere(id(2)))
+    );
+    assert_eq!(
+        a.handle(
+            Input::Claimed {
+                record: any(3, |_| {})
+            },
+            t(6)
+        ),
+        Err(CoreError::NotClaimedHere(id(3))),
+        "placed on this node first"
     );
     a.check_invariants().expect("consistent");
 }
@@ -128,7 +143,7 @@ fn a_claimed_record_becomes_this_nodes_and_starts() {
 fn a_claimed_record_waits_for_its_dependencies_here() {
     let mut a = core(Limits::default());
     submit(&mut a, 1, ProcessSpec::argv(["first"]), 1).expect("submit");
-    let waits = any(2, |s| s.dependencies = vec![id(1)]);
+    let waits = claimed(2, |s| s.dependencies = vec![id(1)]);
     a.handle(Input::Claimed { record: waits }, t(2))
         .expect("claimed");
     assert_eq!(
@@ -136,7 +151,7 @@ fn a_claimed_record_waits_for_its_dependencies_here() {
         Some(StateName::Pending)
     );
     // A dependency the core does not know is refused, for the engine to read it.
-    let unknown = any(3, |s| s.dependencies = vec![id(9)]);
+    let unknown = claimed(3, |s| s.dependencies = vec![id(9)]);
     assert_eq!(
         a.handle(
             Input::Claimed {
@@ -169,7 +184,7 @@ fn a_claimed_record_waits_for_its_dependencies_here() {
     assert!(effects.iter().any(|e| matches!(
         e,
         Effect::Persist {
-            expected_version: Some(1),
+            expected_version: Some(2),
             ..
         }
     )));
@@ -184,7 +199,7 @@ fn a_core_takes_no_spec_placed_on_any_node_but_restarts_a_claimed_one_here() {
     assert_eq!(submit(&mut a, 1, spec, 1), Err(CoreError::PlacedOnAny));
     a.handle(
         Input::Claimed {
-            record: any(2, |_| {}),
+            record: claimed(2, |_| {}),
         },
         t(2),
     )

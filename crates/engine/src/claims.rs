@@ -65,7 +65,11 @@ impl Engine {
         loop {
             match claims.claim_one(id).await? {
                 ClaimedOne::Taken(record) => {
-                    self.adopt(record).await?;
+                    if let Err(e) = self.adopt(record).await {
+                        // Not placed: the claim goes back to the queue.
+                        let _ = claims.give_back(&self.node).await;
+                        return Err(e);
+                    }
                     return self.get(id).await;
                 }
                 ClaimedOne::ClaimedBy(node) => claimer = Some(node),
@@ -87,10 +91,28 @@ impl Engine {
         }
     }
 
-    /// Hands the core `record`, which this node claimed: it becomes this
-    /// node's; if the core cannot take it, it becomes this node's, failed
-    /// with why, so it does not wait for ever.
+    /// Places `record`, which this node claimed, on this node in the store
+    /// (nothing is done with it before the store holds it so: a claim
+    /// never written goes back to the queue, and another node may take
+    /// it), then hands it to the core: it becomes this node's; if the core
+    /// cannot take it, it becomes this node's, failed with why, so it does
+    /// not wait for ever.
     async fn adopt(&self, record: ProcessRecord) -> Result<(), ManagerError> {
+        let id = record.id();
+        let now = self.ports.clock.now();
+        let mut placed = record.placed_on(&self.node, now).ok_or_else(|| {
+            ManagerError::Connection(format!(
+                "process {id} was claimed but does not wait to be placed"
+            ))
+        })?;
+        if let Err(e) = self.ports.store.update(&placed, record.version()).await {
+            // An answer lost on its way may hide a write that was taken.
+            match self.ports.store.get(id).await {
+                Ok(stored) if stored.node() == &self.node => placed = stored,
+                _ => return Err(e.into()),
+            }
+        }
+        let record = placed;
         let input = Input::Claimed {
             record: record.clone(),
         };
@@ -122,7 +144,30 @@ impl Engine {
         claims: &dyn ClaimQueue,
         labels: &NodeLabels,
         failing: &mut bool,
+        owed: &mut bool,
     ) -> bool {
+        // Claims this node made and never placed go back before it claims
+        // again (another node may take them meanwhile: the placing write
+        // is a compare-and-set, so only one node ever places a record).
+        if *owed {
+            match claims.give_back(&self.node).await {
+                Ok(0) => *owed = false,
+                Ok(n) => {
+                    tracing::info!(
+                        records = n,
+                        "records this node took but never placed are queued again"
+                    );
+                    *owed = false;
+                }
+                Err(e) => {
+                    if !*failing {
+                        tracing::warn!(error = %e, "cannot queue again what this node took and never placed; will retry");
+                        *failing = true;
+                    }
+                    return true;
+                }
+            }
+        }
         loop {
             let Ok(room) = self.room().await else {
                 return false;
@@ -146,10 +191,12 @@ impl Engine {
             match self.adopt(claimed).await {
                 Ok(()) => tracing::debug!(%id, "took a record placed on any node"),
                 Err(ManagerError::ShutDown) => return false,
-                // Not written: the claim goes back when this node's
-                // claims are given back (its next daemon, or its sweep).
+                // Not placed: the claim goes back to the queue, now or at
+                // the next look (or by the sweep, if this node is lost).
                 Err(e) => {
-                    tracing::warn!(%id, error = %e, "took a record placed on any node but could not adopt it");
+                    tracing::warn!(%id, error = %e, "took a record placed on any node but could not place it here; it goes back to the queue");
+                    *owed = true;
+                    return true;
                 }
             }
         }
@@ -167,33 +214,14 @@ fn worth_a_look(event: &Event, node: &NodeId) -> bool {
 async fn claimer(engine: Engine, claims: Arc<dyn ClaimQueue>, labels: NodeLabels) {
     let mut events = engine.ports.events.subscribe();
     let mut failing = false;
-    // What this node claimed and never wrote (its last daemon died in
+    // What this node claimed and never placed (its last daemon died in
     // between) goes back first.
+    let mut owed = true;
     loop {
-        match claims.give_back(&engine.node).await {
-            Ok(0) => break,
-            Ok(n) => {
-                tracing::info!(
-                    records = n,
-                    "records this node took but never placed are queued again"
-                );
-                break;
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot queue again what this node took before; will retry");
-                    failing = true;
-                }
-                tokio::time::sleep(LOOK_EVERY).await;
-            }
-        }
-    }
-    failing = false;
-    loop {
-        if !engine
-            .claim_while_room(&*claims, &labels, &mut failing)
-            .await
-        {
+        let going = engine
+            .claim_while_room(&*claims, &labels, &mut failing, &mut owed)
+            .await;
+        if !going {
             return;
         }
         let look = tokio::time::sleep(LOOK_EVERY);

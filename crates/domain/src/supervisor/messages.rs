@@ -147,18 +147,19 @@ pub enum Input {
         /// What it is; no command.
         spec: ProcessSpec,
     },
-    /// This node claimed `record`, unplaced, from the cluster's queue
-    /// ([`crate::placement`]): it becomes this node's, as if submitted here,
-    /// and is written over the store's version with this node as its node.
+    /// This node claimed `record` from the cluster's queue
+    /// ([`crate::placement`]), and the store holds it placed on this node
+    /// ([`ProcessRecord::placed_on`], written before anything is done with
+    /// it): it becomes this node's, as if submitted here.
     Claimed {
-        /// The record as the store holds it (node `any`, pending).
+        /// The record as the store holds it (this node's, pending).
         record: ProcessRecord,
     },
-    /// This node claimed `record`, unplaced, but cannot take it (the core
+    /// This node claimed and placed `record`, but cannot take it (the core
     /// refused [`Input::Claimed`] with `reason`): it becomes this node's,
     /// failed with the reason, rather than wait for ever.
     ClaimRefused {
-        /// The record as the store holds it.
+        /// The record as the store holds it (this node's, pending).
         record: ProcessRecord,
         /// Why it cannot run here.
         reason: String,
@@ -427,9 +428,9 @@ pub enum CoreError {
     /// submitted to one node's core.
     #[error("a process placed on any node is queued for the cluster, not submitted to one node")]
     PlacedOnAny,
-    /// A claimed record is not unplaced and pending.
-    #[error("process {0} is not waiting for a node: it was placed, or it ended")]
-    NotUnplaced(ProcessId),
+    /// A claimed record is not pending and placed on this node.
+    #[error("process {0} is not a pending record placed on this node")]
+    NotClaimedHere(ProcessId),
     /// A dependency names no known record.
     #[error("unknown dependency {0}: no such process")]
     UnknownDependency(ProcessId),

@@ -51,45 +51,48 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Takes `record`, unplaced, which this node claimed from the
-    /// cluster's queue: it becomes this node's, as if submitted here.
+    /// Checks `record` is one this node claimed and placed on itself:
+    /// pending, of this node, not known yet.
+    fn check_claimed(&self, record: &ProcessRecord) -> Result<(), CoreError> {
+        let id = record.id();
+        if self.entries.contains_key(&id) {
+            return Err(CoreError::AlreadyExists(id));
+        }
+        if record.node() != &self.node || record.state() != StateName::Pending {
+            return Err(CoreError::NotClaimedHere(id));
+        }
+        Ok(())
+    }
+
+    /// Takes `record`, which this node claimed from the cluster's queue and
+    /// placed on itself in the store: it becomes this node's, as if
+    /// submitted here.
     pub(super) fn claimed(
         &mut self,
         record: &ProcessRecord,
         now: Timestamp,
     ) -> Result<(), CoreError> {
-        let id = record.id();
-        if self.entries.contains_key(&id) {
-            return Err(CoreError::AlreadyExists(id));
-        }
-        let placed = record
-            .placed_on(&self.node, now)
-            .ok_or(CoreError::NotUnplaced(id))?;
-        self.admit(placed, Some(record.version()), None, now)
+        self.check_claimed(record)?;
+        self.admit(record.clone(), Some(record.version()), None, now)
     }
 
-    /// Takes `record`, unplaced, which this node claimed but cannot run
-    /// (`reason`: its parent ended, a dependency is gone): it becomes this
-    /// node's, failed, so it does not wait for ever.
+    /// Takes `record`, which this node claimed and placed on itself but
+    /// cannot run (`reason`: its parent ended, a dependency is gone): it
+    /// becomes this node's, failed, so it does not wait for ever.
     pub(super) fn claim_refused(
         &mut self,
         record: &ProcessRecord,
         reason: &str,
         now: Timestamp,
     ) -> Result<(), CoreError> {
+        self.check_claimed(record)?;
         let id = record.id();
-        if self.entries.contains_key(&id) {
-            return Err(CoreError::AlreadyExists(id));
-        }
-        let placed = record
-            .placed_on(&self.node, now)
-            .ok_or(CoreError::NotUnplaced(id))?;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.entries.insert(
             id,
             Box::new(Entry {
-                record: placed,
+                record: record.clone(),
                 persisted: Some(record.version()),
                 persisted_active: false,
                 seq,
@@ -97,7 +100,6 @@ impl Supervisor {
                 blockers: None,
             }),
         );
-        self.dirty.insert(id, Some(record.version()));
         self.transition(
             id,
             Transition::Fail {
@@ -188,7 +190,10 @@ impl Supervisor {
         for waited in blockers.must_complete.iter().chain(&blockers.must_end) {
             self.waiters.entry(*waited).or_default().insert(id);
         }
-        self.dirty.insert(id, persisted);
+        // A new record is written; a claimed one is stored as it is.
+        if persisted.is_none() {
+            self.dirty.insert(id, None);
+        }
         if tracked {
             if let Some(t) = timeout {
                 self.arm(id, TimerKind::Timeout, now.saturating_add(t.as_duration()));
