@@ -143,26 +143,25 @@ impl Engine {
         &self,
         claims: &dyn ClaimQueue,
         labels: &NodeLabels,
-        failing: &mut bool,
-        owed: &mut bool,
+        state: &mut Claiming,
     ) -> bool {
         // Claims this node made and never placed go back before it claims
         // again (another node may take them meanwhile: the placing write
         // is a compare-and-set, so only one node ever places a record).
-        if *owed {
+        if state.owed {
             match claims.give_back(&self.node).await {
-                Ok(0) => *owed = false,
+                Ok(0) => state.owed = false,
                 Ok(n) => {
                     tracing::info!(
                         records = n,
                         "records this node took but never placed are queued again"
                     );
-                    *owed = false;
+                    state.owed = false;
                 }
                 Err(e) => {
-                    if !*failing {
+                    if !state.failing {
                         tracing::warn!(error = %e, "cannot queue again what this node took and never placed; will retry");
-                        *failing = true;
+                        state.failing = true;
                     }
                     return true;
                 }
@@ -177,16 +176,19 @@ impl Engine {
             }
             let claimed = match claims.claim(&room, labels).await {
                 Ok(Some(record)) => record,
-                Ok(None) => return true,
+                Ok(None) => {
+                    state.queued = false;
+                    return true;
+                }
                 Err(e) => {
-                    if !*failing {
+                    if !state.failing {
                         tracing::warn!(error = %e, "cannot take work queued for any node; will retry");
-                        *failing = true;
+                        state.failing = true;
                     }
                     return true;
                 }
             };
-            *failing = false;
+            state.failing = false;
             let id = claimed.id();
             match self.adopt(claimed).await {
                 Ok(()) => tracing::debug!(%id, "took a record placed on any node"),
@@ -195,7 +197,7 @@ impl Engine {
                 // the next look (or by the sweep, if this node is lost).
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "took a record placed on any node but could not place it here; it goes back to the queue");
-                    *owed = true;
+                    state.owed = true;
                     return true;
                 }
             }
@@ -203,24 +205,30 @@ impl Engine {
     }
 }
 
-/// Whether `event` may let this node take more: a record was queued for
-/// any node, or one of this node's ended.
-fn worth_a_look(event: &Event, node: &NodeId) -> bool {
-    (event.node.is_any() && event.kind == EventKind::Submitted)
-        || (event.node == *node && event.kind.ends_record())
+/// What the claimer knows between looks.
+struct Claiming {
+    /// The queue did not answer last time (said once, not at every look).
+    failing: bool,
+    /// Claims this node made and never placed are to go back first.
+    owed: bool,
+    /// The queue may hold records this node could take.
+    queued: bool,
 }
 
-/// Takes records placed on any node while this node has room.
+/// Takes records placed on any node while this node has room. It looks
+/// when a record is queued for any node, when one of its own ends while
+/// the queue may hold what it had no room for, and once a second.
 async fn claimer(engine: Engine, claims: Arc<dyn ClaimQueue>, labels: NodeLabels) {
     let mut events = engine.ports.events.subscribe();
-    let mut failing = false;
     // What this node claimed and never placed (its last daemon died in
     // between) goes back first.
-    let mut owed = true;
+    let mut state = Claiming {
+        failing: false,
+        owed: true,
+        queued: true,
+    };
     loop {
-        let going = engine
-            .claim_while_room(&*claims, &labels, &mut failing, &mut owed)
-            .await;
+        let going = engine.claim_while_room(&*claims, &labels, &mut state).await;
         if !going {
             return;
         }
@@ -229,12 +237,22 @@ async fn claimer(engine: Engine, claims: Arc<dyn ClaimQueue>, labels: NodeLabels
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Ok(e) if worth_a_look(&e, &engine.node) => break,
+                    Ok(e) if e.node.is_any() && e.kind == EventKind::Submitted => {
+                        state.queued = true;
+                        break;
+                    }
+                    Ok(e) if state.queued && e.node == engine.node && e.kind.ends_record() => break,
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        state.queued = true;
+                        break;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                () = &mut look => break,
+                () = &mut look => {
+                    state.queued = true;
+                    break;
+                }
             }
         }
     }

@@ -31,20 +31,21 @@ const PUT: &str = r"
 local refused = fenced(9)
 if refused then return refused end
 local cur = redis.call('HGET', KEYS[1], 'v')
+local oldq = nil
 if ARGV[1] == 'create' then
   if cur then return {'exists'} end
 else
   if not cur then return {'missing'} end
   if cur ~= ARGV[2] then return {'conflict', cur} end
-  local old = redis.call('HGET', KEYS[1], 'ix')
-  if old then for k in string.gmatch(old, '[^\n]+') do redis.call('SREM', k, ARGV[5]) end end
+  local old = redis.call('HMGET', KEYS[1], 'ix', 'q')
+  if old[1] then for k in string.gmatch(old[1], '[^\n]+') do redis.call('SREM', k, ARGV[5]) end end
+  oldq = old[2]
 end
 local ix = {}
 for i = 5, #KEYS do redis.call('SADD', KEYS[i], ARGV[5]); ix[#ix + 1] = KEYS[i] end
 redis.call('HSET', KEYS[1], 'v', ARGV[3], 'j', ARGV[4], 'ix', table.concat(ix, '\n'))
 -- The queue of records placed on any node: a creation unplaced queues it
 -- in its class; the claimer's write (placed) ends its claim.
-local oldq = redis.call('HGET', KEYS[1], 'q')
 if ARGV[11] ~= '' then
   if ARGV[1] == 'create' then
     redis.call('ZADD', ARGV[13] .. 'q:' .. ARGV[11], ARGV[12], ARGV[5])
