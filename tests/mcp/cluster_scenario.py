@@ -108,6 +108,24 @@ async def scenario():
         check("nobody" in message, message)
         print("6. a start on an unknown node is refused by name")
 
+        # 7. Placed on any node that carries side=b: only beta does, so
+        #    beta takes it; a label that is no label is refused by name.
+        anywhere = await call(client, "start_background_process", {
+            "command": "echo \"ran on $BPM_NODE\"",
+            "node": "any",
+            "node_labels": {"side": "b"},
+        })
+        check(anywhere["node"] in ("any", "beta"), f"placed: {anywhere['node']}")
+        done = await call(client, "wait_for_process",
+                          {"process_id": anywhere["id"], "until": "exit", "timeout_secs": 20})
+        check(done["state"] == "completed" and "ran on beta" in done["output_tail"], f"any: {done}")
+        status = await call(client, "get_background_process_status", {"process_id": anywhere["id"]})
+        check(status["node"] == "beta", f"taken by {status['node']}")
+        message = await error_of(client, "start_background_process",
+                                 {"command": "true", "node": "any", "node_labels": {"bad key": "x"}})
+        check("node_labels" in message, message)
+        print("7. placed on any node with side=b: beta took it and ran it")
+
 
 async def main():
     started = time.monotonic()

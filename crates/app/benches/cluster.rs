@@ -2,7 +2,10 @@
 //! a daemon with its own state directory: what a call about another node's
 //! process costs against the same call on its own node, how soon a lost
 //! node is noticed against `lease_ttl`, a batch spread over three nodes
-//! against the same on one, and Redis commands per started process.
+//! against the same on one, Redis commands per started process, and
+//! records placed on any node (`--node any`): their throughput over one,
+//! two and three nodes against the same records run on one node without
+//! the queue, and the Redis commands a claim costs.
 //! Prints figures; asserts nothing.
 //!
 //! Run: `cargo bench -p bpm --bench cluster`
@@ -29,11 +32,16 @@ struct Node {
 
 impl Node {
     fn new(url: &str, prefix: &str, name: &str) -> Node {
+        Node::with_slots(url, prefix, name, 10)
+    }
+
+    /// A node that runs `slots` processes at once.
+    fn with_slots(url: &str, prefix: &str, name: &str, slots: usize) -> Node {
         let home = tempfile::tempdir().expect("home");
         std::fs::write(
             home.path().join("config.toml"),
             format!(
-                "store = \"{url}\"\nredis_prefix = \"{prefix}\"\nnode = \"{name}\"\nlease_ttl = \"2s\"\nlost_after = \"60s\"\n[limits]\nmax_running = 10\n"
+                "store = \"{url}\"\nredis_prefix = \"{prefix}\"\nnode = \"{name}\"\nlease_ttl = \"2s\"\nlost_after = \"60s\"\n[limits]\nmax_running = {slots}\n"
             ),
         )
         .expect("config");
@@ -244,6 +252,48 @@ fn added(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTree
         .collect()
 }
 
+/// How many records each `--node any` run starts.
+const ANY: usize = 240;
+
+/// `ANY` records of `sleep 0.05` submitted on the first of `nodes` nodes
+/// (four slots each, a deployment of their own), placed on any node if
+/// `any`, until all ended; and the Redis commands by command while they
+/// ran, less those of an idle window as long.
+fn placed(url: &str, port: u16, nodes: usize, any: bool) -> (Duration, BTreeMap<String, u64>) {
+    let prefix = format!("any{}x{nodes}{any}", std::process::id());
+    let names = ["p1", "p2", "p3"];
+    let nodes: Vec<Node> = names[..nodes]
+        .iter()
+        .map(|n| Node::with_slots(url, &prefix, n, 4))
+        .collect();
+    let lines = "0.05\n".repeat(ANY);
+    let mut args = vec!["run"];
+    if any {
+        args.extend(["--node", "any"]);
+    }
+    args.extend(["--from", "-", "--", "sleep"]);
+    let before = redis_calls(port);
+    let t = Instant::now();
+    let ids = bpm_in(nodes[0].path(), &args, Some(&lines));
+    let mut wait = vec!["wait"];
+    wait.extend(ids.lines());
+    nodes[0].bpm(&wait);
+    let took = t.elapsed();
+    let busy = added(&before, &redis_calls(port));
+    let idle_start = redis_calls(port);
+    std::thread::sleep(took);
+    let idle = added(&idle_start, &redis_calls(port));
+    let calls = busy
+        .into_iter()
+        .filter(|(k, _)| k.as_str() != "info")
+        .map(|(k, v)| {
+            let quiet = idle.get(&k).copied().unwrap_or(0);
+            (k, v.saturating_sub(quiet))
+        })
+        .collect();
+    (took, calls)
+}
+
 fn main() {
     let redis = RedisServer::start();
     let url = redis.url();
@@ -313,6 +363,46 @@ fn main() {
         total(&idle)
     );
     println!("  by command, per process: {by_command}");
+
+    // Records placed on any node: throughput as nodes are added, against
+    // the same records on one node without the queue, and Redis commands.
+    let (local, local_calls) = placed(&url, port, 1, false);
+    let mut any_calls = BTreeMap::new();
+    let mut took = Vec::new();
+    for n in 1..=3 {
+        let (t, calls) = placed(&url, port, n, true);
+        if n == 1 {
+            any_calls = calls;
+        }
+        took.push(t);
+    }
+    let rate = |t: Duration| ANY as f64 / t.as_secs_f64();
+    println!(
+        "{ANY} x sleep 0.05, four slots a node, submitted on one node until all ended: on that node without --node any {:.2} s ({:.0}/s); --node any over 1 node {:.2} s ({:.0}/s, ratio {:.2}), 2 nodes {:.2} s ({:.0}/s, ratio {:.2}), 3 nodes {:.2} s ({:.0}/s, ratio {:.2})",
+        local.as_secs_f64(),
+        rate(local),
+        took[0].as_secs_f64(),
+        rate(took[0]),
+        took[0].as_secs_f64() / local.as_secs_f64(),
+        took[1].as_secs_f64(),
+        rate(took[1]),
+        took[1].as_secs_f64() / local.as_secs_f64(),
+        took[2].as_secs_f64(),
+        rate(took[2]),
+        took[2].as_secs_f64() / local.as_secs_f64(),
+    );
+    let per =
+        |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0) as f64 / ANY as f64;
+    let all = |m: &BTreeMap<String, u64>| m.values().sum::<u64>() as f64 / ANY as f64;
+    println!(
+        "Redis commands per record on one node (idle window subtracted): without --node any {:.1} ({:.1} scripts); with it {:.1} ({:.1} scripts): a claim and its placing cost {:.1} scripts more, {:.1} commands in all",
+        all(&local_calls),
+        per(&local_calls, "evalsha"),
+        all(&any_calls),
+        per(&any_calls, "evalsha"),
+        per(&any_calls, "evalsha") - per(&local_calls, "evalsha"),
+        all(&any_calls) - all(&local_calls),
+    );
 
     // Node loss: kill -9 of gamma's daemon, keeper and processes together.
     let id = gamma.bpm(&["run", "--", "sleep", "300"]);

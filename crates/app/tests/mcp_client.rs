@@ -62,16 +62,18 @@ fn the_python_mcp_client_controls_another_nodes_processes() {
     let python = python();
     let prefix = bpm_tests::unique_prefix();
     let url = bpm_tests::redis_url();
-    let home = |name: &str| {
+    // Beta carries a label, so a start placed on any node that needs it
+    // runs there.
+    let home = |name: &str, labels: &str| {
         let home = tempfile::tempdir().expect("home");
         std::fs::write(
             home.path().join("config.toml"),
-            format!("store = \"{url}\"\nredis_prefix = \"{prefix}\"\nnode = \"{name}\"\nlease_ttl = \"2s\"\n"),
+            format!("store = \"{url}\"\nredis_prefix = \"{prefix}\"\nlease_ttl = \"2s\"\n[node]\nname = \"{name}\"\nlabels = {{ {labels} }}\n"),
         )
         .expect("config");
         home
     };
-    let (alpha, beta) = (home("alpha"), home("beta"));
+    let (alpha, beta) = (home("alpha", ""), home("beta", "side = \"b\""));
     let bpm = support::BPM;
     let stop_all = || {
         for h in [&alpha, &beta] {
