@@ -344,15 +344,26 @@ pub async fn print_nodes(home: &crate::home::Home, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:>9} {:>6}  {:<16} {:>8} {:<8} {:>7}  RECORDS",
+        "{:<20} {:<8} {:>9} {:>6}  {:<16} {:>8} {:<8} {:>7}  RECORDS [LABELS]",
         "NODE", "STATE", "LEASE AGE", "EPOCH", "HOST", "PID", "VERSION", "SLOTS"
     );
     for (n, in_use, counts) in &rows {
         #[allow(clippy::cast_precision_loss)]
         let age = format!("{:.1}s", n.lease_age_ms as f64 / 1000.0);
         let records: Vec<String> = counts.iter().map(|(s, c)| format!("{s} {c}")).collect();
+        let labels: Vec<String> = n
+            .lease
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", labels.join(" "))
+        };
         println!(
-            "{:<20} {:<8} {:>9} {:>6}  {:<16} {:>8} {:<8} {:>7}  {}",
+            "{:<20} {:<8} {:>9} {:>6}  {:<16} {:>8} {:<8} {:>7}  {}{labels}",
             n.lease.node.as_str(),
             n.state.as_str(),
             age,

@@ -264,6 +264,13 @@ fn a_node_takes_only_what_its_labels_allow_and_a_waiting_record_says_why() {
     assert!(done.get("waiting").is_none(), "{done}");
     let nodes = alpha.ok(&["nodes", "--json"]);
     assert!(nodes.contains("\"gpu\": \"true\""), "{nodes}");
+    let table = alpha.ok(&["nodes"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("gpu-1 ") && l.ends_with(" [gpu=true]")),
+        "{table}"
+    );
 
     // Bad input is named.
     let out = alpha.bpm(&["run", "--node-label", "gpu=true", "--", "true"]);
