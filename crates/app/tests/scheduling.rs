@@ -245,6 +245,7 @@ fn a_node_takes_only_what_its_labels_allow_and_a_waiting_record_says_why() {
         ("cancelled", Some("alpha")),
         "{never}"
     );
+    assert!(never["started_at"].is_null(), "it never started: {never}");
 
     // A node with the label joins and takes it at once.
     let gpu_node = Node::labelled("gpu-1", &prefix, "{ gpu = \"true\" }", "");
@@ -280,6 +281,11 @@ fn a_node_takes_only_what_its_labels_allow_and_a_waiting_record_says_why() {
         "{}",
         text(&out)
     );
+    // A dependency that does not exist is refused at once, by id.
+    let missing = "01900000-0000-7000-8000-000000000009";
+    let out = alpha.bpm(&["run", "--node", "any", "--after", missing, "--", "true"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains(missing), "{}", text(&out));
 }
 
 /// The pids of processes that node `name` started (their `BPM_NODE`).

@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    GroupName, LabelKey, LabelValue, NodeId, NodeState, ProcessId, ProcessRecord, ProcessSpec,
-    SpecError, StateName, Timestamp,
+    CoreError, GroupName, LabelKey, LabelValue, NodeId, NodeState, ProcessId, ProcessRecord,
+    ProcessSpec, SpecError, StateName, Timestamp,
 };
 
 /// The labels a node carries, or a spec requires of its node.
@@ -85,6 +85,30 @@ pub fn unplaced(
         return Err(SpecError::NodeLabelsWithoutAny);
     }
     Ok(ProcessRecord::new(id, NodeId::any(), spec, now))
+}
+
+/// Why a spec placed on any node cannot be queued, from the states of the
+/// records it names as the store holds them (`None`: not there): a
+/// dependency or parent that does not exist, or a parent that ended or is
+/// being stopped, as a node's core would refuse it.
+///
+/// # Errors
+/// [`CoreError::UnknownDependency`], [`CoreError::ParentNotFound`] or
+/// [`CoreError::ParentNotLive`].
+pub fn check_named(
+    spec: &ProcessSpec,
+    state_of: impl Fn(ProcessId) -> Option<StateName>,
+) -> Result<(), CoreError> {
+    for dep in &spec.dependencies {
+        state_of(*dep).ok_or(CoreError::UnknownDependency(*dep))?;
+    }
+    if let Some(parent) = spec.parent {
+        let state = state_of(parent).ok_or(CoreError::ParentNotFound(parent))?;
+        if state.is_terminal() || state == StateName::Stopping {
+            return Err(CoreError::ParentNotLive { parent, state });
+        }
+    }
+    Ok(())
 }
 
 /// Where an unplaced record waits in the store's queue.
@@ -292,6 +316,39 @@ mod tests {
             Err(SpecError::NotForTracked(_))
         ));
         assert_eq!(any_spec().placement(), crate::Placement::Any);
+    }
+
+    #[test]
+    fn what_a_queued_spec_names_must_exist_and_a_parent_be_live() {
+        let states = |id: ProcessId| match id.as_uuid().as_u128() {
+            1 => Some(StateName::Completed),
+            2 => Some(StateName::Running),
+            3 => Some(StateName::Stopping),
+            _ => None,
+        };
+        let mut spec = any_spec();
+        spec.dependencies = vec![id(1), id(2)];
+        spec.parent = Some(id(2));
+        assert_eq!(check_named(&spec, states), Ok(()));
+        spec.dependencies.push(id(9));
+        assert_eq!(
+            check_named(&spec, states),
+            Err(CoreError::UnknownDependency(id(9)))
+        );
+        spec.dependencies.pop();
+        spec.parent = Some(id(8));
+        assert_eq!(
+            check_named(&spec, states),
+            Err(CoreError::ParentNotFound(id(8)))
+        );
+        spec.parent = Some(id(3));
+        assert_eq!(
+            check_named(&spec, states),
+            Err(CoreError::ParentNotLive {
+                parent: id(3),
+                state: StateName::Stopping
+            })
+        );
     }
 
     #[test]

@@ -396,3 +396,27 @@ fn a_record_stopped_while_it_asks_does_not_start_and_none_is_handed_over() {
     assert!(a.hand_over().is_empty());
     a.check_invariants().expect("consistent");
 }
+
+#[test]
+fn a_record_claimed_to_be_stopped_is_cancelled_and_never_starts() {
+    let mut a = core(Limits::default());
+    let effects = a
+        .handle(
+            Input::ClaimedToStop {
+                record: claimed(1, |_| {}),
+            },
+            t(3),
+        )
+        .expect("taken to stop");
+    assert!(spawns(&effects).is_empty(), "never started");
+    let r = a.get(id(1)).expect("this node's");
+    assert_eq!((r.state(), r.node()), (StateName::Cancelled, &node("a")));
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Persist {
+            expected_version: Some(2),
+            ..
+        }
+    )));
+    a.check_invariants().expect("consistent");
+}

@@ -40,6 +40,19 @@ impl Engine {
             return Err(self.not_shared(NodeId::any(), "start placed on any node"));
         }
         self.takes_new_work(1).await?;
+        // What it names must exist now, as a node's core would check.
+        let mut named = std::collections::HashMap::new();
+        for id in spec.dependencies.iter().chain(&spec.parent) {
+            match self.ports.store.get(*id).await {
+                Ok(r) => {
+                    named.insert(*id, r.state());
+                }
+                Err(bpm_ports::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        placement::check_named(&spec, |id| named.get(&id).copied())
+            .map_err(ManagerError::Refused)?;
         let now = self.ports.clock.now();
         let record = placement::unplaced(self.ports.ids.next_id(), spec, now)?;
         self.ports.store.create(&record).await?;
@@ -50,26 +63,32 @@ impl Engine {
         Ok(record)
     }
 
-    /// `record`, unplaced, made this node's (to stop it here); or, when
-    /// another node claimed it first, as that node wrote it.
-    pub(crate) async fn take_unplaced(
+    /// Stops `record`, unplaced: this node takes it and cancels it, never
+    /// started; or, when another node took it first, `record` as that node
+    /// wrote it, for the stop to go there.
+    pub(crate) async fn stop_unplaced(
         &self,
         record: ProcessRecord,
     ) -> Result<ProcessRecord, ManagerError> {
         let id = record.id();
         let Some(claims) = self.claims.get() else {
-            return Err(self.not_shared(NodeId::any(), "call on a process placed on any node"));
+            return Err(self.not_shared(NodeId::any(), "stop of a process placed on any node"));
         };
         let deadline = self.ports.clock.now().saturating_add(PLACED_WITHIN);
         let mut claimer = None;
         loop {
             match claims.claim_one(id).await? {
                 ClaimedOne::Taken(record) => {
-                    if let Err(e) = self.adopt(record).await {
-                        // Not placed: the claim goes back to the queue.
-                        let _ = claims.give_back(&self.node).await;
-                        return Err(e);
-                    }
+                    let placed = match self.place(record).await {
+                        Ok(placed) => placed,
+                        Err(e) => {
+                            // Not placed: the claim goes back to the queue.
+                            let _ = claims.give_back(&self.node).await;
+                            return Err(e);
+                        }
+                    };
+                    self.call_once(Input::ClaimedToStop { record: placed })
+                        .await?;
                     return self.get(id).await;
                 }
                 ClaimedOne::ClaimedBy(node) => claimer = Some(node),
@@ -91,28 +110,33 @@ impl Engine {
         }
     }
 
-    /// Places `record`, which this node claimed, on this node in the store
-    /// (nothing is done with it before the store holds it so: a claim
-    /// never written goes back to the queue, and another node may take
-    /// it), then hands it to the core: it becomes this node's; if the core
-    /// cannot take it, it becomes this node's, failed with why, so it does
-    /// not wait for ever.
-    async fn adopt(&self, record: ProcessRecord) -> Result<(), ManagerError> {
+    /// Writes `record`, which this node claimed, placed on this node
+    /// (compare-and-set over the queued version): nothing is done with a
+    /// claim before the store holds it so, and a claim never placed goes
+    /// back to the queue, for another node to take. Its placed version.
+    async fn place(&self, record: ProcessRecord) -> Result<ProcessRecord, ManagerError> {
         let id = record.id();
         let now = self.ports.clock.now();
-        let mut placed = record.placed_on(&self.node, now).ok_or_else(|| {
+        let placed = record.placed_on(&self.node, now).ok_or_else(|| {
             ManagerError::Connection(format!(
                 "process {id} was claimed but does not wait to be placed"
             ))
         })?;
-        if let Err(e) = self.ports.store.update(&placed, record.version()).await {
+        match self.ports.store.update(&placed, record.version()).await {
+            Ok(()) => Ok(placed),
             // An answer lost on its way may hide a write that was taken.
-            match self.ports.store.get(id).await {
-                Ok(stored) if stored.node() == &self.node => placed = stored,
-                _ => return Err(e.into()),
-            }
+            Err(e) => match self.ports.store.get(id).await {
+                Ok(stored) if stored.node() == &self.node => Ok(stored),
+                _ => Err(e.into()),
+            },
         }
-        let record = placed;
+    }
+
+    /// Places `record`, which this node claimed, on this node, then hands
+    /// it to the core: it becomes this node's; if the core cannot take it,
+    /// it becomes this node's, failed with why, so it does not wait for ever.
+    async fn adopt(&self, record: ProcessRecord) -> Result<(), ManagerError> {
+        let record = self.place(record).await?;
         let input = Input::Claimed {
             record: record.clone(),
         };

@@ -387,8 +387,11 @@ impl ProcessManager for Engine {
     ) -> Result<ProcessRecord, ManagerError> {
         let mut record = self.get(id).await?;
         if record.node().is_any() {
-            // Waiting for a node: this one takes it, and stops it here.
-            record = self.take_unplaced(record).await?;
+            // Waiting for a node: this one takes it and cancels it.
+            record = self.stop_unplaced(record).await?;
+            if record.is_terminal() {
+                return Ok(record);
+            }
         }
         if self.sent_elsewhere(&record) {
             let command = Command::Stop {

@@ -1974,3 +1974,83 @@ async fn a_restart_reads_the_other_nodes_records_its_records_wait_for() {
 fn fresh(n: u128) -> ProcessId {
     ProcessId::from_uuid(uuid::Uuid::from_u128(n))
 }
+
+/// A record placed on any node: queued unplaced, taken by this node's
+/// claimer (woken by its event), placed here and started; one whose
+/// labels no node carries waits and is cancelled where its stop came; one
+/// naming a record that does not exist is refused at once.
+#[tokio::test]
+async fn a_record_placed_on_any_node_is_taken_here_or_waits_and_is_stopped() {
+    let h = harness(Limits::default()).await;
+    let node = bpm_domain::NodeId::local();
+    let claims =
+        bpm_adapters::memory::InMemoryClaims::new(Arc::clone(&h.ports.store), node.clone());
+    h.engine
+        .claim_through(Arc::new(claims), bpm_domain::placement::NodeLabels::new());
+    let any = |shape: &dyn Fn(&mut ProcessSpec)| {
+        let mut spec = fake(&["forever"]);
+        spec.node = Some(bpm_domain::NodeId::any());
+        shape(&mut spec);
+        spec
+    };
+
+    let missing = ProcessId::from_uuid(uuid::Uuid::from_u128(9));
+    let refused = h
+        .engine
+        .start(any(&|s| s.dependencies = vec![missing]))
+        .await;
+    assert!(
+        matches!(refused, Err(ManagerError::Refused(CoreError::UnknownDependency(id))) if id == missing),
+        "{refused:?}"
+    );
+
+    let queued = h.engine.start(any(&|_| {})).await.expect("queued");
+    assert!(queued.node().is_any(), "unplaced when answered: {queued:?}");
+    let mut taken = queued.clone();
+    for _ in 0..200 {
+        taken = h.engine.get(queued.id()).await.expect("stored");
+        if taken.state() == StateName::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        (taken.node(), taken.state()),
+        (&node, StateName::Running),
+        "{taken:?}"
+    );
+
+    let gpu = h
+        .engine
+        .start(any(&|s| {
+            s.node_labels.insert(
+                bpm_domain::LabelKey::new("gpu").expect("key"),
+                bpm_domain::LabelValue::new("true").expect("value"),
+            );
+        }))
+        .await
+        .expect("queued");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        h.engine
+            .get(gpu.id())
+            .await
+            .expect("stored")
+            .node()
+            .is_any(),
+        "no node carries gpu=true"
+    );
+    let stopped = h
+        .engine
+        .stop(gpu.id(), StopOptions::default())
+        .await
+        .expect("stopped");
+    assert_eq!(
+        (stopped.node(), stopped.state()),
+        (&node, StateName::Cancelled)
+    );
+    assert!(
+        stopped.lifecycle().started_at().is_none(),
+        "it never ran: {stopped:?}"
+    );
+}

@@ -155,6 +155,13 @@ pub enum Input {
         /// The record as the store holds it (this node's, pending).
         record: ProcessRecord,
     },
+    /// This node claimed and placed `record` to stop it (a stop came while
+    /// it waited for a node): it becomes this node's, cancelled, never
+    /// started.
+    ClaimedToStop {
+        /// The record as the store holds it (this node's, pending).
+        record: ProcessRecord,
+    },
     /// This node claimed and placed `record`, but cannot take it (the core
     /// refused [`Input::Claimed`] with `reason`): it becomes this node's,
     /// failed with the reason, rather than wait for ever.

@@ -260,7 +260,16 @@ impl Supervisor {
                 self.cluster_full.clear();
                 Ok(())
             }
-            Input::ClaimRefused { record, reason } => self.claim_refused(&record, &reason, now),
+            Input::ClaimRefused { record, reason } => {
+                let error = format!("node {} took it but cannot run it: {reason}", self.node);
+                self.adopt_ended(&record, Transition::Fail { error }, now)
+            }
+            Input::ClaimedToStop { record } => {
+                let stop = Transition::Stop {
+                    cause: StopCause::Requested,
+                };
+                self.adopt_ended(&record, stop, now)
+            }
             Input::Spawned { .. } | Input::SpawnFailed { .. } | Input::SpawnLost { .. } => {
                 self.spawn_result(input, now)
             }

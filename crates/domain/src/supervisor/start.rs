@@ -76,13 +76,14 @@ impl Supervisor {
         self.admit(record.clone(), Some(record.version()), None, now)
     }
 
-    /// Takes `record`, which this node claimed and placed on itself but
-    /// cannot run (`reason`: its parent ended, a dependency is gone): it
-    /// becomes this node's, failed, so it does not wait for ever.
-    pub(super) fn claim_refused(
+    /// Takes `record`, which this node claimed and placed on itself, and
+    /// ends it at once with `end` (never started): failed, when it cannot
+    /// run here (its parent ended, a dependency is gone), or cancelled,
+    /// when a stop came while it waited for a node.
+    pub(super) fn adopt_ended(
         &mut self,
         record: &ProcessRecord,
-        reason: &str,
+        end: Transition,
         now: Timestamp,
     ) -> Result<(), CoreError> {
         self.check_claimed(record)?;
@@ -100,13 +101,7 @@ impl Supervisor {
                 blockers: None,
             }),
         );
-        self.transition(
-            id,
-            Transition::Fail {
-                error: format!("node {} took it but cannot run it: {reason}", self.node),
-            },
-            now,
-        )?;
+        self.transition(id, end, now)?;
         Ok(())
     }
 
