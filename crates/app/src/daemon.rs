@@ -117,10 +117,10 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         );
         spawner.inherit_starts(&starts);
     }
-    let (claims, slots) =
-        crate::wiring::open_claims(&choice, &prefix, &node, fence.clone(), &store)
-            .await
-            .map_err(|e| anyhow!("cannot open the queue of {}: {e}", describe(&choice)))?;
+    let (claims, slots) = crate::wiring::open_claims(&choice, &prefix, &node, fence.clone())
+        .await
+        .map_err(|e| anyhow!("cannot open the queue of {}: {e}", describe(&choice)))?
+        .unzip();
     let ports = bpm_engine::Ports {
         store,
         output,
@@ -137,7 +137,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         EngineConfig {
             node: Some(node.clone()),
             limits: config.limits.clone(),
-            slots: Some(slots),
+            slots,
         },
     )
     .await

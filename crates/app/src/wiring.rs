@@ -39,14 +39,8 @@ pub async fn os_engine(
 pub async fn engine_on(
     store: Arc<dyn ProcessStore>,
     output: Arc<dyn OutputStore>,
-    mut config: EngineConfig,
+    config: EngineConfig,
 ) -> Result<Engine, ManagerError> {
-    if config.slots.is_none() {
-        // One engine on its own store: the cluster-wide limits are its own.
-        let node = config.node.clone().unwrap_or_else(NodeId::local);
-        let own = bpm_adapters::memory::InMemoryClaims::new(Arc::clone(&store), node);
-        config.slots = Some(Arc::new(own));
-    }
     let ports = Ports {
         store,
         output: output.clone(),
@@ -160,11 +154,11 @@ pub async fn open_events(
     })
 }
 
-/// What a daemon schedules with across nodes: the queue of records placed
-/// on any node, claimed for `node` with `fence`'s epoch (none on a store
-/// of one node's own), and where cluster-wide slots are counted (on
-/// Redis, `bpm_adapters::redis::RedisClaims`; otherwise `store`, this
-/// node's alone).
+/// What a daemon schedules with across nodes (on Redis,
+/// `bpm_adapters::redis::RedisClaims`): the queue of records placed on any
+/// node, claimed for `node` with `fence`'s epoch, and where cluster-wide
+/// slots are counted. None on a store of one node's own: its core keeps a
+/// cluster-wide limit as its own.
 ///
 /// # Errors
 /// [`ManagerError::Store`] if Redis cannot be reached.
@@ -173,12 +167,11 @@ pub async fn open_claims(
     prefix: &str,
     node: &NodeId,
     fence: Option<bpm_adapters::redis::Fence>,
-    store: &Arc<dyn ProcessStore>,
 ) -> Result<
-    (
-        Option<Arc<dyn bpm_ports::ClaimQueue>>,
+    Option<(
+        Arc<dyn bpm_ports::ClaimQueue>,
         Arc<dyn bpm_ports::ClusterSlots>,
-    ),
+    )>,
     ManagerError,
 > {
     Ok(match choice {
@@ -189,12 +182,9 @@ pub async fn open_claims(
                 Some(fence) => claims.fenced(fence),
                 None => claims,
             });
-            (Some(claims.clone()), claims)
+            Some((claims.clone(), claims))
         }
-        StoreChoice::Memory | StoreChoice::Filesystem => {
-            let own = bpm_adapters::memory::InMemoryClaims::new(Arc::clone(store), node.clone());
-            (None, Arc::new(own))
-        }
+        StoreChoice::Memory | StoreChoice::Filesystem => None,
     })
 }
 

@@ -402,3 +402,43 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
     assert!(most_at_once(&marked) <= 6);
     eprintln!("after kill -9 of kappa: {ends:?}");
 }
+
+/// With a store of its own (files), a node's cluster-wide limit is its
+/// own: counted from its records, it holds as a group limit would.
+#[test]
+fn a_cluster_limit_on_a_node_of_its_own_holds_as_its_own() {
+    let home = tempfile::tempdir().expect("home");
+    std::fs::write(
+        home.path().join("config.toml"),
+        "node = \"solo\"\n[limits.cluster_groups]\nagents = 2\n",
+    )
+    .expect("config");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpm"))
+            .args(args)
+            .env("BPM_HOME", home.path())
+            .env_remove("BPM_NODE")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bpm runs");
+        assert!(out.status.success(), "bpm {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let marks = dir.path().join("marks");
+    let list = dir.path().join("list");
+    std::fs::write(&list, format!("{}\n", marking(&marks)).repeat(12)).expect("list");
+    let list = list.display().to_string();
+    let ids = run(&["run", "--group", "agents", "--shell", "--from", &list]);
+    let mut wait = vec!["wait", "--timeout", "60"];
+    wait.extend(ids.lines());
+    run(&wait);
+    let marked = read_marks(&marks);
+    assert_eq!(marked.len(), 12, "each ran");
+    let most = most_at_once(&marked);
+    assert!(most <= 2, "{most} ran at once");
+    let _ = std::process::Command::new(env!("CARGO_BIN_EXE_bpm"))
+        .args(["daemon", "stop", "--kill-all"])
+        .env("BPM_HOME", home.path())
+        .output();
+}

@@ -117,7 +117,8 @@ impl Driver {
     fn take_slot(&self, id: ProcessId, group: bpm_domain::GroupName, limit: usize) {
         let tx = self.tx.clone();
         let Some(slots) = self.slots.get().cloned() else {
-            // Nothing counts across nodes here: this node's own limits hold.
+            // No store shared with other nodes: the core kept the limit as
+            // this node's own.
             let _ = tx.send(Msg::Slot { id, granted: true });
             return;
         };

@@ -78,8 +78,8 @@ pub struct EngineConfig {
     /// The supervisor's limits.
     pub limits: Limits,
     /// Where the slots of `limits.cluster_groups` are counted: the store
-    /// every node shares. Without it, a group's cluster-wide limit is not
-    /// counted (only this node's limits hold).
+    /// every node shares. Without it, each is kept as this node's own
+    /// group limit.
     pub slots: Option<Arc<dyn bpm_ports::ClusterSlots>>,
 }
 

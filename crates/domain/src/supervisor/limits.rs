@@ -48,11 +48,19 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// How many of `group` this node runs at once: its own limit, and never
+    /// more than the group's cluster-wide limit (the cluster's count is never
+    /// below this node's, so a node of its own keeps it alone).
     pub(super) fn group_limit(&self, group: Option<&GroupName>) -> Option<usize> {
         let g = group?;
-        self.group_limits
+        let here = self
+            .group_limits
             .get(g)
             .copied()
-            .or(self.default_group_limit)
+            .or(self.default_group_limit);
+        match (here, self.cluster_groups.get(g).copied()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
