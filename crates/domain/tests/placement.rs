@@ -241,6 +241,12 @@ fn asks(effects: &[Effect]) -> Vec<bpm_domain::ProcessId> {
         .collect()
 }
 
+/// The store's answer to record `n`'s ask for a cluster-wide slot, at `at` ms.
+fn slot(core: &mut Supervisor, n: u128, granted: bool, at: u64) -> Vec<Effect> {
+    core.handle(Input::ClusterSlot { id: id(n), granted }, t(at))
+        .expect("an answer")
+}
+
 fn spawns(effects: &[Effect]) -> Vec<bpm_domain::ProcessId> {
     effects
         .iter()
@@ -265,25 +271,9 @@ fn a_group_with_a_cluster_limit_starts_only_with_a_slot_granted() {
     let asked = submit(&mut a, 2, agent_spec(), 2).expect("submit");
     assert_eq!(asks(&asked), [id(2)], "asks go out together");
     // Granted: it starts. Refused: it waits, its group asks no more.
-    let granted = a
-        .handle(
-            Input::ClusterSlot {
-                id: id(1),
-                granted: true,
-            },
-            t(3),
-        )
-        .expect("granted");
+    let granted = slot(&mut a, 1, true, 3);
     assert_eq!(spawns(&granted), [id(1)]);
-    let refused = a
-        .handle(
-            Input::ClusterSlot {
-                id: id(2),
-                granted: false,
-            },
-            t(4),
-        )
-        .expect("refused");
+    let refused = slot(&mut a, 2, false, 4);
     assert!(spawns(&refused).is_empty() && asks(&refused).is_empty());
     assert!(refused.iter().any(|e| matches!(e, Effect::ArmTimer { timer, .. } if timer.kind == bpm_domain::TimerKind::ClusterSlot)));
     assert!(
@@ -306,24 +296,9 @@ fn a_refused_group_asks_again_after_a_second_or_an_end_here() {
     let mut a = agents_capped(2);
     submit(&mut a, 1, agent_spec(), 1).expect("submit");
     submit(&mut a, 2, agent_spec(), 1).expect("submit");
-    a.handle(
-        Input::ClusterSlot {
-            id: id(1),
-            granted: true,
-        },
-        t(2),
-    )
-    .expect("granted");
+    slot(&mut a, 1, true, 2);
     spawned(&mut a, 1, 50, 3);
-    let refused = a
-        .handle(
-            Input::ClusterSlot {
-                id: id(2),
-                granted: false,
-            },
-            t(4),
-        )
-        .expect("refused");
+    let refused = slot(&mut a, 2, false, 4);
     let timer = refused
         .iter()
         .find_map(|e| match e {
@@ -338,14 +313,7 @@ fn a_refused_group_asks_again_after_a_second_or_an_end_here() {
         .handle(Input::TimerFired(timer.0), t(1_004))
         .expect("fired");
     assert_eq!(asks(&retried), [id(2)]);
-    a.handle(
-        Input::ClusterSlot {
-            id: id(2),
-            granted: false,
-        },
-        t(1_005),
-    )
-    .expect("refused again");
+    slot(&mut a, 2, false, 1_005);
     // The agent here ends: its slot frees as the store takes its end.
     let ended = a
         .handle(
@@ -381,15 +349,7 @@ fn a_record_stopped_while_it_asks_does_not_start_and_none_is_handed_over() {
         a.get(id(1)).map(ProcessRecord::state),
         Some(StateName::Cancelled)
     );
-    let late = a
-        .handle(
-            Input::ClusterSlot {
-                id: id(1),
-                granted: true,
-            },
-            t(3),
-        )
-        .expect("a late grant");
+    let late = slot(&mut a, 1, true, 3);
     assert!(spawns(&late).is_empty());
     // A capped record is never handed to the spawner to start on an exit.
     submit(&mut a, 2, ProcessSpec::argv(["x"]), 4).expect("submit");
