@@ -19,6 +19,9 @@ use crate::{Engine, Msg};
 /// How often the claimer looks without an event.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// How many records placed on any node one batch writes at once.
+const QUEUED_AT_ONCE: usize = 32;
+
 /// How long a call on an unplaced record waits for the node that claimed
 /// it to write it, before saying so.
 const PLACED_WITHIN: Duration = Duration::from_secs(5);
@@ -34,13 +37,55 @@ impl Engine {
         }
     }
 
-    /// Queues `spec`, placed on any node: written unplaced, and announced.
-    pub(crate) async fn queue_any(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
+    /// Queues `specs`, placed on any node: each written unplaced and
+    /// announced, up to [`QUEUED_AT_ONCE`] at a time (their order in the
+    /// queue is their ids', not the order the writes land in); an answer
+    /// per spec, in order.
+    pub(crate) async fn queue_any(
+        &self,
+        specs: Vec<ProcessSpec>,
+    ) -> Vec<Result<ProcessRecord, ManagerError>> {
+        let count = specs.len();
         if self.claims.get().is_none() {
-            return Err(self.not_shared(NodeId::any(), "start placed on any node"));
+            let refused = self.not_shared(NodeId::any(), "start placed on any node");
+            return vec![Err(refused); count];
         }
-        self.takes_new_work(1).await?;
-        // What it names must exist now, as a node's core would check.
+        if let Err(e) = self.takes_new_work(count).await {
+            return vec![Err(e); count];
+        }
+        let mut answers: Vec<Option<Result<ProcessRecord, ManagerError>>> =
+            (0..count).map(|_| None).collect();
+        let mut writing = tokio::task::JoinSet::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let record = match self.unplaced(spec).await {
+                Ok(record) => record,
+                Err(e) => {
+                    answers[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if writing.len() >= QUEUED_AT_ONCE
+                && let Some(Ok((at, answer))) = writing.join_next().await
+            {
+                answers[at] = Some(answer);
+            }
+            let engine = self.clone();
+            writing.spawn(async move { (i, engine.queue_one(record).await) });
+        }
+        while let Some(joined) = writing.join_next().await {
+            if let Ok((at, answer)) = joined {
+                answers[at] = Some(answer);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(ManagerError::ShutDown)))
+            .collect()
+    }
+
+    /// A new unplaced record for `spec`, if what it names exists now (as
+    /// a node's core would check).
+    async fn unplaced(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         let mut named = std::collections::HashMap::new();
         for id in spec.dependencies.iter().chain(&spec.parent) {
             match self.ports.store.get(*id).await {
@@ -54,9 +99,13 @@ impl Engine {
         placement::check_named(&spec, |id| named.get(&id).copied())
             .map_err(ManagerError::Refused)?;
         let now = self.ports.clock.now();
-        let record = placement::unplaced(self.ports.ids.next_id(), spec, now)?;
+        Ok(placement::unplaced(self.ports.ids.next_id(), spec, now)?)
+    }
+
+    /// Writes `record`, unplaced (the store queues it), and announces it.
+    async fn queue_one(&self, record: ProcessRecord) -> Result<ProcessRecord, ManagerError> {
         self.ports.store.create(&record).await?;
-        let event = Event::new(EventKind::Submitted, &record, now);
+        let event = Event::new(EventKind::Submitted, &record, record.created_at());
         if let Err(e) = self.ports.events.publish(event).await {
             tracing::warn!(id = %record.id(), error = %e, "a record placed on any node was queued, but its event was not sent; nodes find it within a second");
         }

@@ -226,7 +226,10 @@ impl Engine {
 impl ProcessManager for Engine {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         match spec.placement() {
-            bpm_domain::Placement::Any => return self.queue_any(spec).await,
+            bpm_domain::Placement::Any => {
+                let mut answers = self.queue_any(vec![spec]).await;
+                return answers.pop().unwrap_or(Err(ManagerError::ShutDown));
+            }
             bpm_domain::Placement::On(node) if *node != self.node => {
                 let node = node.clone();
                 return self.start_elsewhere(node, spec).await;
@@ -296,8 +299,9 @@ impl ProcessManager for Engine {
         for (i, result) in at.into_iter().zip(local.iter_mut()) {
             mine[i] = result.take();
         }
-        for (i, spec) in queued {
-            mine[i] = Some(self.queue_any(spec).await);
+        let (at, queued): (Vec<usize>, Vec<ProcessSpec>) = queued.into_iter().unzip();
+        for (i, answer) in at.into_iter().zip(self.queue_any(queued).await) {
+            mine[i] = Some(answer);
         }
         let mut local = mine.into_iter().flatten();
         let mut remote = std::collections::BTreeMap::new();
