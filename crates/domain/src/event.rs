@@ -60,6 +60,13 @@ impl EventKind {
         )
     }
 
+    /// Whether the event says its record left a slot for good or for now
+    /// (it ended, its node was lost, or it was queued again): a
+    /// cluster-wide slot of its group may be free.
+    pub const fn frees_slot(self) -> bool {
+        self.ends_record() || matches!(self, EventKind::Unreachable | EventKind::Restarted)
+    }
+
     /// The event announcing a final state.
     pub const fn for_terminal(state: StateName) -> Option<EventKind> {
         match state {

@@ -381,3 +381,23 @@ fn a_record_claimed_to_be_stopped_is_cancelled_and_never_starts() {
     )));
     a.check_invariants().expect("consistent");
 }
+
+#[test]
+fn an_end_a_cut_or_a_requeue_frees_a_cluster_wide_slot() {
+    use bpm_domain::EventKind;
+    for kind in [
+        EventKind::Completed,
+        EventKind::Lost,
+        EventKind::Unreachable,
+        EventKind::Restarted,
+    ] {
+        assert!(kind.frees_slot(), "{kind:?}");
+    }
+    for kind in [
+        EventKind::Started,
+        EventKind::Reachable,
+        EventKind::Stopping,
+    ] {
+        assert!(!kind.frees_slot(), "{kind:?}");
+    }
+}

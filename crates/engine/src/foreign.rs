@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bpm_domain::{CoreError, EventKind, Input, ProcessId, ProcessRecord};
+use bpm_domain::{CoreError, Input, ProcessId, ProcessRecord};
 use bpm_ports::{ManagerError, ProcessStore, StoreError};
 use tokio::sync::{broadcast, mpsc};
 
@@ -164,9 +164,7 @@ impl Engine {
                     Ok(e) if e.node != node => {
                         // A record of another node left its slot: a
                         // cluster-wide slot may be free.
-                        let freed = e.kind.ends_record()
-                            || matches!(e.kind, EventKind::Unreachable | EventKind::Restarted);
-                        if freed && tx.send(Msg::SlotsFreed).is_err() {
+                        if e.kind.frees_slot() && tx.send(Msg::SlotsFreed).is_err() {
                             return;
                         }
                         Msg::Heard {

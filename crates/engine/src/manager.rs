@@ -256,19 +256,13 @@ impl ProcessManager for Engine {
             std::collections::BTreeMap::new();
         let mut places = Vec::with_capacity(specs.len());
         for spec in specs {
-            match spec.node.clone().filter(|n| *n != self.node) {
-                Some(node) if node.is_any() => {
-                    places.push(None);
-                    here.push(spec);
-                }
-                Some(node) => {
-                    places.push(Some(node.clone()));
-                    there.entry(node).or_default().push(spec);
-                }
-                None => {
-                    here.push(spec);
-                    places.push(None);
-                }
+            // Those placed on any node go together too, to the queue.
+            if let Some(node) = spec.node.clone().filter(|n| *n != self.node) {
+                places.push(Some(node.clone()));
+                there.entry(node).or_default().push(spec);
+            } else {
+                here.push(spec);
+                places.push(None);
             }
         }
         let mut sent = tokio::task::JoinSet::new();
@@ -276,34 +270,20 @@ impl ProcessManager for Engine {
             let engine = self.clone();
             sent.spawn(async move {
                 let count = specs.len();
-                let results = engine.start_many_elsewhere(node.clone(), specs).await;
+                let results = if node.is_any() {
+                    Ok(engine.queue_any(specs).await)
+                } else {
+                    engine.start_many_elsewhere(node.clone(), specs).await
+                };
                 (node, results.unwrap_or_else(|e| vec![Err(e); count]))
             });
         }
-        let (queued, here): (Vec<_>, Vec<_>) = here
-            .into_iter()
-            .enumerate()
-            .partition(|(_, s)| s.placement() == bpm_domain::Placement::Any);
         let count = here.len();
-        let (at, here): (Vec<usize>, Vec<ProcessSpec>) = here.into_iter().unzip();
-        let mut local: Vec<Option<Result<ProcessRecord, ManagerError>>> = match count {
+        let mut local = match count {
             0 => Vec::new(),
             _ => (self.start_many_here(here).await).unwrap_or_else(|e| vec![Err(e); count]),
         }
-        .into_iter()
-        .map(Some)
-        .collect();
-        // Put each answer where its spec was among those kept here.
-        let mut mine: Vec<Option<Result<ProcessRecord, ManagerError>>> =
-            (0..at.len() + queued.len()).map(|_| None).collect();
-        for (i, result) in at.into_iter().zip(local.iter_mut()) {
-            mine[i] = result.take();
-        }
-        let (at, queued): (Vec<usize>, Vec<ProcessSpec>) = queued.into_iter().unzip();
-        for (i, answer) in at.into_iter().zip(self.queue_any(queued).await) {
-            mine[i] = Some(answer);
-        }
-        let mut local = mine.into_iter().flatten();
+        .into_iter();
         let mut remote = std::collections::BTreeMap::new();
         while let Some(joined) = sent.join_next().await {
             let (node, results) = joined.map_err(|e| {

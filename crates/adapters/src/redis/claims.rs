@@ -21,6 +21,8 @@ use bpm_ports::{ClaimQueue, ClaimedOne, StoreError};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+use super::store_unavailable as unavailable;
+
 /// Refuses the claim of a fenced epoch: ARGV[2] is the claimer's epoch
 /// key ('' when not fenced), ARGV[3] its epoch.
 const FENCED: &str = r"
@@ -150,10 +152,6 @@ pub struct RedisClaims {
     take_slot: Script,
 }
 
-fn unavailable(e: &redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("Redis: {e}"))
-}
-
 fn lines<'a>(items: impl Iterator<Item = &'a str>) -> String {
     items.collect::<Vec<_>>().join("\n")
 }
@@ -193,14 +191,7 @@ impl RedisClaims {
         script: &Script,
         rest: &[String],
     ) -> Result<Result<ProcessRecord, Vec<String>>, StoreError> {
-        if let Some(f) = &self.fence
-            && !f.may_write()
-        {
-            return Err(StoreError::Lapsed {
-                node: f.node().clone(),
-                epoch: f.epoch(),
-            });
-        }
+        super::check_lease(self.fence.as_ref())?;
         let (fence_key, epoch) = self
             .fence
             .as_ref()

@@ -54,6 +54,22 @@ pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, String> {
     .map_err(|e| format!("cannot connect to Redis: {e}"))
 }
 
+/// A store call Redis did not answer.
+pub(crate) fn store_unavailable(e: &redis::RedisError) -> bpm_ports::StoreError {
+    bpm_ports::StoreError::Unavailable(format!("Redis: {e}"))
+}
+
+/// Refuses a write (or a claim) at once while `fence`'s lease is lapsed.
+pub(crate) fn check_lease(fence: Option<&Fence>) -> Result<(), bpm_ports::StoreError> {
+    match fence {
+        Some(f) if !f.may_write() => Err(bpm_ports::StoreError::Lapsed {
+            node: f.node().clone(),
+            epoch: f.epoch(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The key prefix of a deployment, with its hash tag.
 pub(crate) fn base(prefix: &str) -> String {
     format!("bpm:{{{prefix}}}:")

@@ -16,6 +16,8 @@ use bpm_ports::{ProcessStore, StoreError};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+use super::store_unavailable as unavailable;
+
 /// Refuses the write of a fenced epoch: ARGV[N] is the writer's node's
 /// epoch key ('' when the writer is not fenced), ARGV[N + 1] its epoch.
 const FENCED: &str = r"
@@ -99,10 +101,6 @@ pub struct RedisStore {
     fence: Option<super::Fence>,
 }
 
-fn unavailable(e: &redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("Redis: {e}"))
-}
-
 impl RedisStore {
     /// Connects to `url` (`redis://`, `rediss://`, with user and password if
     /// needed) for the deployment named `prefix`.
@@ -138,13 +136,7 @@ impl RedisStore {
 
     /// Refuses a write at once while the fence's lease is lapsed.
     fn check_lease(&self) -> Result<(), StoreError> {
-        match &self.fence {
-            Some(f) if !f.may_write() => Err(StoreError::Lapsed {
-                node: f.node().clone(),
-                epoch: f.epoch(),
-            }),
-            _ => Ok(()),
-        }
+        super::check_lease(self.fence.as_ref())
     }
 
     fn fenced_error(&self, epoch: u64, current: Option<&String>) -> StoreError {
