@@ -26,6 +26,11 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_LOST_AFTER: Duration = Duration::from_mins(5);
 /// The most a surviving node may take, past a lease's expiry, to notice it.
 pub const NOTICE_WITHIN: Duration = Duration::from_secs(1);
+/// What the cluster waits for, past a lost node's lease and a failover
+/// record's stop grace, before it runs the record elsewhere: the time the
+/// fenced node may take to carry out its KILL, and the drift between its
+/// clock and the store's over one lease ([`ClusterTiming::failover_due`]).
+pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
 
 /// The cluster's timing: the lease's length and how long a lost node's
 /// records wait for it.
@@ -121,6 +126,42 @@ impl ClusterTiming {
             && now.saturating_since(lease.renewed_at) > lease.ttl.as_duration() + self.lost_after()
     }
 
+    /// Whether a daemon must fence itself at `now`, its own clock, when
+    /// the last renewal that succeeded was sent at `sent`: once it may no
+    /// longer write, it stops its failover records (TERM, then KILL after
+    /// their grace) and starts none until it holds its node again.
+    pub fn must_fence(&self, sent: Timestamp, now: Timestamp) -> bool {
+        !self.may_write(sent, now)
+    }
+
+    /// How long past its node's last renewal a failover record whose stop
+    /// grace is `grace` is run elsewhere: a whole lease, the grace and
+    /// [`FAILOVER_MARGIN`].
+    ///
+    /// Why this is safe: the node stopped renewing at `renewed_at` on the
+    /// store's clock; it sent that renewal at `sent` <= `renewed_at`, and
+    /// fences itself a lease later on its own clock (`must_fence`), so its
+    /// copy gets TERM by `sent + ttl` and KILL by `sent + ttl + grace`,
+    /// which is before `renewed_at + ttl + grace + margin` as long as the
+    /// two clocks drift apart by less than the margin over that time.
+    pub fn failover_after(lease: &Lease, grace: Span) -> Duration {
+        lease.ttl.as_duration() + grace.as_duration() + FAILOVER_MARGIN
+    }
+
+    /// Whether `record`, of `lease`'s node, is run elsewhere at `now` (the
+    /// store's clock): it asked for failover, has restarts left, has not
+    /// ended, and its node has been lost for longer than
+    /// [`ClusterTiming::failover_after`]. A node that left on purpose is
+    /// not lost.
+    pub fn failover_due(lease: &Lease, record: &ProcessRecord, now: Timestamp) -> bool {
+        fails_over(record)
+            && !lease.left
+            && record.node() == &lease.node
+            && !record.is_terminal()
+            && now.saturating_since(lease.renewed_at)
+                > Self::failover_after(lease, record.spec().stop.grace)
+    }
+
     /// Which sweep of `lease`'s node is due at `now` (the store's clock):
     /// none while the node is alive, suspect or left; then its records are
     /// marked unreachable; once it has been lost for `lost_after`, they are
@@ -203,7 +244,7 @@ pub fn sweep_record(
     record: &mut ProcessRecord,
     now: Timestamp,
 ) -> Option<Event> {
-    if record.node() != &lease.node {
+    if record.node() != &lease.node || (sweep_of == Sweep::GiveUp && fails_over(record)) {
         return None;
     }
     let transition = sweep(sweep_of, lease, by, timing, record.state())?;
@@ -214,6 +255,42 @@ pub fn sweep_record(
         }
         _ => None,
     }
+}
+
+/// Whether `record` is run elsewhere when its node is lost: it asked for
+/// failover and has restarts left. The sweeps never give it up; the
+/// failover ends it.
+pub fn fails_over(record: &ProcessRecord) -> bool {
+    let spec = record.spec();
+    spec.failover
+        && spec
+            .restart
+            .max_restarts
+            .is_none_or(|max| record.restarts() < max)
+}
+
+/// Fails `record` over at `now`, for node `by`, if it is due
+/// ([`ClusterTiming::failover_due`]): the record given up as `lost`,
+/// naming `new_id`, and its replacement `new_id`, unplaced
+/// ([`ProcessRecord::failover_of`]). The store writes both at once, and
+/// only while `lease`'s node is still lost at the same epoch.
+pub fn failover(
+    lease: &Lease,
+    by: &NodeId,
+    record: &ProcessRecord,
+    new_id: crate::ProcessId,
+    now: Timestamp,
+) -> Option<(ProcessRecord, ProcessRecord)> {
+    if !ClusterTiming::failover_due(lease, record, now) {
+        return None;
+    }
+    let mut old = record.clone();
+    let reason = format!(
+        "node {} stopped renewing its lease (last renewed at {}, lease {}); failed over to {new_id} by node {by}",
+        lease.node, lease.renewed_at, lease.ttl
+    );
+    old.apply(Transition::Lose { reason }, now).ok()?;
+    Some((old, ProcessRecord::failover_of(record, new_id, now)))
 }
 
 /// Decides a daemon's claim of `node` at `now`, when the store holds `held`

@@ -80,6 +80,11 @@ pub enum StopCause {
         /// The new record.
         by: ProcessId,
     },
+    /// Its node lost its lease, and it fails over: the node stops its
+    /// copy before another node may start one. Its exit queues it again
+    /// here, to start once the node holds its lease again (if the cluster
+    /// did not run it elsewhere meanwhile).
+    Fenced,
 }
 
 impl fmt::Display for StopCause {
@@ -90,6 +95,7 @@ impl fmt::Display for StopCause {
             StopCause::Cascade { parent } => write!(f, "parent {parent} was stopped"),
             StopCause::NotReady { after } => write!(f, "not ready within {after}"),
             StopCause::Replaced { by } => write!(f, "replaced by restart {by}"),
+            StopCause::Fenced => f.write_str("stopped because its node lost its lease (failover)"),
         }
     }
 }

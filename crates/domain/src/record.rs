@@ -493,6 +493,27 @@ impl ProcessRecord {
         record
     }
 
+    /// A new record that runs `previous` again on another node after
+    /// `previous`'s node was lost (failover): unplaced (any node carrying
+    /// its `node_labels` takes it), `restarted_from` `previous`, counting
+    /// one restart more, and not before the backoff of that restart.
+    pub fn failover_of(previous: &ProcessRecord, id: ProcessId, now: Timestamp) -> Self {
+        let mut spec = ProcessSpec::clone(&previous.0.spec);
+        spec.node = Some(NodeId::any());
+        spec.delay = None;
+        spec.request = None;
+        let not_before = now.saturating_add(spec.restart.backoff.delay(previous.0.restarts));
+        let mut record = ProcessRecord::new(id, NodeId::any(), spec, now);
+        let fields = Arc::make_mut(&mut record.0);
+        fields.restarted_from = Some(previous.0.id);
+        fields.restarts = previous.0.restarts.saturating_add(1);
+        fields.lifecycle = Lifecycle::Pending {
+            queued_at: now,
+            not_before: Some(not_before),
+        };
+        record
+    }
+
     /// This version without its spec.
     pub fn update(&self) -> RecordUpdate {
         RecordUpdate {
@@ -973,6 +994,13 @@ impl Record {
                 cause,
                 killed: true,
             },
+            Transition::Requeue { status, not_before } if cause == StopCause::Fenced => {
+                self.push_attempt(started_at, status, now);
+                Lifecycle::Pending {
+                    queued_at: now,
+                    not_before: Some(not_before),
+                }
+            }
             Transition::Exited { status } => {
                 Self::stopped(started_at.or(Some(now)), Some(status), &cause, now)
             }
@@ -987,7 +1015,10 @@ impl Record {
             Transition::Lose { reason }
                 if matches!(
                     cause,
-                    StopCause::Requested | StopCause::Cascade { .. } | StopCause::Replaced { .. }
+                    StopCause::Requested
+                        | StopCause::Cascade { .. }
+                        | StopCause::Replaced { .. }
+                        | StopCause::Fenced
                 ) =>
             {
                 Lifecycle::Cancelled {
@@ -1026,14 +1057,15 @@ impl Record {
                 exit,
                 error: cause.to_string(),
             },
-            StopCause::Requested | StopCause::Cascade { .. } | StopCause::Replaced { .. } => {
-                Lifecycle::Cancelled {
-                    started_at,
-                    ended_at: now,
-                    exit,
-                    reason: cause.to_string(),
-                }
-            }
+            StopCause::Requested
+            | StopCause::Cascade { .. }
+            | StopCause::Replaced { .. }
+            | StopCause::Fenced => Lifecycle::Cancelled {
+                started_at,
+                ended_at: now,
+                exit,
+                reason: cause.to_string(),
+            },
         }
     }
 

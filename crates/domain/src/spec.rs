@@ -390,6 +390,12 @@ pub enum SpecError {
     /// Node labels restrict the choice of node, so they need `node` "any".
     #[error("node labels choose among nodes: they need the placement `any` (--node any)")]
     NodeLabelsWithoutAny,
+    /// Failover runs the process again elsewhere, so it needs a restart
+    /// policy that runs it again.
+    #[error(
+        "failover starts the process again on another node, so it needs the restart policy on-failure or always (--restart on-failure)"
+    )]
+    FailoverWithoutRestart,
 }
 
 /// Everything needed to run (or track) one piece of work.
@@ -465,6 +471,13 @@ pub struct ProcessSpec {
     /// (its `[node] labels`) may take it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_labels: BTreeMap<LabelKey, LabelValue>,
+    /// When its node is lost, the cluster runs it again on another node
+    /// (one carrying `node_labels`), as a new record `restarted_from` this
+    /// one; its node stops it first when it loses its lease
+    /// ([`crate::cluster::ClusterTiming::failover_due`]). Needs a restart
+    /// policy that runs it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failover: bool,
 }
 
 /// Where a spec runs: the node it is submitted to, a named node, or the
@@ -540,6 +553,9 @@ impl ProcessSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         if !self.node_labels.is_empty() && self.placement() != Placement::Any {
             return Err(SpecError::NodeLabelsWithoutAny);
+        }
+        if self.failover && self.restart.mode == RestartMode::Never {
+            return Err(SpecError::FailoverWithoutRestart);
         }
         match &self.command {
             Some(Command::Argv(argv)) => {

@@ -3,8 +3,8 @@
 
 use super::{CoreError, Effect, Supervisor, TimerKind};
 use crate::{
-    Applied, ExitStatus, ProcessId, RestartMode, Signal, Span, StateName, StopCause, Timestamp,
-    Transition,
+    Applied, ExitStatus, Lifecycle, ProcessId, RestartMode, Signal, Span, StateName, StopCause,
+    Timestamp, Transition,
 };
 
 impl Supervisor {
@@ -21,6 +21,25 @@ impl Supervisor {
             return Ok(());
         };
         let state = record.state();
+        if matches!(
+            record.lifecycle(),
+            Lifecycle::Stopping {
+                cause: StopCause::Fenced,
+                ..
+            }
+        ) {
+            // Stopped by the fence: queued again here, held back until
+            // the node holds its lease again.
+            let requeue = Transition::Requeue {
+                status,
+                not_before: now,
+            };
+            self.transition(id, requeue, now)?;
+            self.cancel_timer(id, TimerKind::Grace);
+            self.place(id, now);
+            self.out.push(Effect::ExitRecorded { id });
+            return Ok(());
+        }
         if matches!(state, StateName::Running | StateName::Paused) {
             let policy = record.spec().restart;
             let wants = match policy.mode {

@@ -46,11 +46,13 @@ impl Supervisor {
         for id in fresh {
             let record = &self.entries[&id].record;
             // A record of a group with a cluster-wide limit must ask the
-            // store for a slot first: the spawner cannot start it.
+            // store for a slot first, and a failover record must not start
+            // while the node is fenced: the spawner cannot know either.
             let capped = record
                 .group()
                 .is_some_and(|g| self.limits.cluster_groups.contains_key(g));
-            if record.parent().is_some() || record.is_tracked() || capped {
+            let fenceable = record.spec().failover;
+            if record.parent().is_some() || record.is_tracked() || capped || fenceable {
                 break;
             }
             if let Some(g) = record.group()

@@ -322,6 +322,18 @@ pub enum Input {
         /// The process that was not found.
         pid: u32,
     },
+    /// Whether this node holds its lease ([`crate::cluster`]). When it no
+    /// longer does (`held: false`, a whole lease after its last renewal
+    /// that succeeded was sent), it fences itself: its failover records
+    /// are stopped (TERM, then KILL after their grace; each exit queues it
+    /// again here) and none starts until it holds its lease again (`held:
+    /// true`), since another node may run them after
+    /// [`crate::cluster::ClusterTiming::failover_after`]. Other records
+    /// run on.
+    Lease {
+        /// Whether the lease is held.
+        held: bool,
+    },
     /// Every unfinished record of `node` is lost.
     NodeLost {
         /// The node.

@@ -13,6 +13,7 @@
 //! (`foreign.rs`).
 
 mod end;
+mod fence;
 mod foreign;
 mod handover;
 mod limits;
@@ -121,6 +122,10 @@ pub struct Supervisor {
     /// Groups the store refused a cluster-wide slot, until one may have
     /// freed: their records are not asked for meanwhile.
     cluster_full: BTreeSet<GroupName>,
+    /// Whether this node lost its lease: see `fence.rs`.
+    fenced: bool,
+    /// Failover records ready to start, held back while the node is fenced.
+    held_back: BTreeSet<ProcessId>,
 }
 
 impl Supervisor {
@@ -143,6 +148,8 @@ impl Supervisor {
             foreign: HashMap::new(),
             asking: BTreeMap::new(),
             cluster_full: BTreeSet::new(),
+            fenced: false,
+            held_back: BTreeSet::new(),
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -378,6 +385,10 @@ impl Supervisor {
                 self.own(id)?;
                 let reason = format!("bpm restarted and could not re-attach to pid {pid}");
                 self.transition(id, Transition::Lose { reason }, now)?;
+                Ok(())
+            }
+            Input::Lease { held } => {
+                self.lease(held, now);
                 Ok(())
             }
             Input::NodeLost { node } => {

@@ -288,6 +288,10 @@ impl Supervisor {
         if entry.is_blocked() {
             return;
         }
+        if self.holds_back(id) {
+            return;
+        }
+        let entry = &self.entries[&id];
         if let Lifecycle::Pending {
             not_before: Some(at),
             ..
@@ -352,6 +356,9 @@ impl Supervisor {
     }
 
     fn start(&mut self, id: ProcessId, now: Timestamp) {
+        if self.holds_back(id) {
+            return;
+        }
         if self.transition(id, Transition::Start, now).is_ok() {
             let record = self.entries[&id].record.clone();
             self.out.push(Effect::Spawn { record });
