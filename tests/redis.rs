@@ -81,6 +81,26 @@ mod redis_claims {
     bpm_ports::claims_contract_tests!(claims().await);
 }
 
+mod redis_failover {
+    use super::*;
+    bpm_ports::failover_contract_tests!({
+        let prefix = unique_prefix();
+        let store = Arc::new(
+            RedisStore::connect(&redis_url(), &prefix)
+                .await
+                .expect("connect"),
+        );
+        let membership = RedisMembership::connect(&redis_url(), &prefix)
+            .await
+            .expect("connect");
+        bpm_ports::contract::failover::Subject {
+            membership: Arc::new(membership),
+            failover: store.clone(),
+            store,
+        }
+    });
+}
+
 mod redis_output {
     use super::*;
     bpm_ports::output_contract_tests!(output().await);

@@ -40,6 +40,21 @@ mod memory_membership {
     ))) as Arc<dyn Membership>);
 }
 
+mod memory_failover {
+    use super::*;
+    use bpm_adapters::memory::InMemoryFailover;
+    use bpm_ports::contract::failover::Subject;
+    bpm_ports::failover_contract_tests!({
+        let membership = Arc::new(InMemoryMembership::new(Arc::new(SystemClock::new())));
+        let store: Arc<dyn ProcessStore> = Arc::new(InMemoryStore::new());
+        Subject {
+            membership: membership.clone(),
+            failover: Arc::new(InMemoryFailover::new(membership, Arc::clone(&store))),
+            store,
+        }
+    });
+}
+
 mod memory_output {
     use super::*;
     bpm_ports::output_contract_tests!(

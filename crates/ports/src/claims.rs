@@ -85,3 +85,44 @@ pub trait ClusterSlots: Send + Sync {
         limit: usize,
     ) -> Result<bool, StoreError>;
 }
+
+/// What [`Failover::fail_over`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedOver {
+    /// The record is given up and its replacement queued.
+    Replaced,
+    /// The store holds another version of the record, or none: nothing
+    /// was written (read it again, and decide again).
+    Changed,
+    /// Its node is not lost at the lease's epoch any more (it renewed,
+    /// was claimed again, or left), or the failover is not due yet on the
+    /// store's clock: nothing was written.
+    NotLost,
+}
+
+/// Failover of a lost node's records ([`bpm_domain::cluster::failover`]):
+/// the record given up and its replacement written at once, and only while
+/// its node is still lost. A node that claims its name again takes a new
+/// epoch before it reads its records, so either it reads the record given
+/// up, or the failover finds its node back and writes nothing: never both
+/// copies live.
+#[async_trait]
+pub trait Failover: Send + Sync {
+    /// Writes `old` (given up, over the version `expected`) and creates
+    /// `replacement`, both or neither: only if `lease`'s node is still
+    /// lost at `lease.epoch` (not renewed since, not claimed again, not
+    /// left), and [`bpm_domain::ClusterTiming::failover_after`] `old`'s
+    /// grace has passed since its last renewal, by the store's clock.
+    ///
+    /// # Errors
+    /// MUST return [`StoreError::Unavailable`] when the store does not
+    /// answer, and [`StoreError::AlreadyExists`] when `replacement` exists
+    /// already; in both cases nothing is written.
+    async fn fail_over(
+        &self,
+        lease: &bpm_domain::Lease,
+        old: &ProcessRecord,
+        expected: u64,
+        replacement: &ProcessRecord,
+    ) -> Result<FailedOver, StoreError>;
+}

@@ -24,7 +24,7 @@ mod usage;
 #[cfg(feature = "contract")]
 pub mod contract;
 
-pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots};
+pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots, FailedOver, Failover};
 pub use clock::Clock;
 pub use commands::{Answer, Command, CommandBus, Delivery, answer_within};
 pub use events::{EventBus, EventBusError};

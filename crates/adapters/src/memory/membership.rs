@@ -8,8 +8,11 @@ use async_trait::async_trait;
 use bpm_domain::cluster::claim;
 use std::time::Duration;
 
-use bpm_domain::{Lease, NodeId, NodeState, Sweep, Timestamp};
-use bpm_ports::{Claimant, Clock, Membership, MembershipError, NodeView};
+use bpm_domain::{ClusterTiming, Lease, NodeId, NodeState, ProcessRecord, Sweep, Timestamp};
+use bpm_ports::{
+    Claimant, Clock, FailedOver, Failover, Membership, MembershipError, NodeView, ProcessStore,
+    StoreError,
+};
 
 /// Leases within one process, for tests and for a single node.
 pub struct InMemoryMembership {
@@ -162,5 +165,73 @@ impl Membership for InMemoryMembership {
             .unwrap_or_else(PoisonError::into_inner)
             .insert((node.clone(), epoch, sweep), None);
         Ok(())
+    }
+}
+
+impl InMemoryMembership {
+    /// Whether `lease`'s node is still lost at its epoch (not renewed,
+    /// claimed again, or left) and has been for `after` past its last
+    /// renewal, by this membership's clock.
+    fn lost_for(&self, lease: &Lease, after: Duration) -> bool {
+        let now = self.clock.now();
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        nodes.get(&lease.node).is_some_and(|(newest, held)| {
+            *newest == lease.epoch
+                && held.epoch == lease.epoch
+                && !held.left
+                && now.saturating_since(held.renewed_at) > after
+        })
+    }
+}
+
+/// Failover on the in-memory leases and a store shared within one process.
+/// One failover runs at a time; the check that the node is still lost and
+/// the two writes are not one step as in Redis, which suits tests and a
+/// single node, where no node is lost and claimed again meanwhile.
+pub struct InMemoryFailover {
+    membership: Arc<InMemoryMembership>,
+    store: Arc<dyn ProcessStore>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl InMemoryFailover {
+    /// Failover of `membership`'s lost nodes' records in `store`.
+    pub fn new(membership: Arc<InMemoryMembership>, store: Arc<dyn ProcessStore>) -> Self {
+        InMemoryFailover {
+            membership,
+            store,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Failover for InMemoryFailover {
+    async fn fail_over(
+        &self,
+        lease: &Lease,
+        old: &ProcessRecord,
+        expected: u64,
+        replacement: &ProcessRecord,
+    ) -> Result<FailedOver, StoreError> {
+        let _one = self.one_at_a_time.lock().await;
+        let after = ClusterTiming::failover_after(lease, old.spec().stop.grace);
+        if !self.membership.lost_for(lease, after) {
+            return Ok(FailedOver::NotLost);
+        }
+        match self.store.get(replacement.id()).await {
+            Ok(_) => return Err(StoreError::AlreadyExists(replacement.id())),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        match self.store.update(old, expected).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
+                return Ok(FailedOver::Changed);
+            }
+            Err(e) => return Err(e),
+        }
+        self.store.create(replacement).await?;
+        Ok(FailedOver::Replaced)
     }
 }

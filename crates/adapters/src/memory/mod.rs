@@ -8,6 +8,6 @@ mod store;
 
 pub use claims::InMemoryClaims;
 pub use events::{BroadcastBus, RECENT_EVENTS};
-pub use membership::InMemoryMembership;
+pub use membership::{InMemoryFailover, InMemoryMembership};
 pub use output::{DEFAULT_OUTPUT_CAP, InMemoryOutput};
 pub use store::InMemoryStore;

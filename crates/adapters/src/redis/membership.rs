@@ -123,7 +123,7 @@ impl RedisMembership {
     }
 
     fn node_key(&self, node: &NodeId) -> String {
-        format!("{}node:{node}", self.base)
+        super::node_key(&self.base, node)
     }
 
     fn epoch_key(&self, node: &NodeId) -> String {

@@ -165,6 +165,11 @@ impl Fence {
     }
 }
 
+/// The key of `node`'s lease under `base`.
+pub(crate) fn node_key(base: &str, node: &NodeId) -> String {
+    format!("{base}node:{node}")
+}
+
 /// The key of `node`'s newest epoch under `base`.
 pub(crate) fn epoch_key(base: &str, node: &NodeId) -> String {
     format!("{base}epoch:{node}")

@@ -11,63 +11,98 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
+use bpm_domain::{ClusterTiming, Lease};
 use bpm_domain::{ListFilter, ProcessId, ProcessRecord, StateName, Timestamp};
-use bpm_ports::{ProcessStore, StoreError};
+use bpm_ports::{FailedOver, Failover, ProcessStore, StoreError};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::store_unavailable as unavailable;
 
-/// Refuses the write of a fenced epoch: ARGV[N] is the writer's node's
-/// epoch key ('' when the writer is not fenced), ARGV[N + 1] its epoch.
+/// Refuses the write of a fenced epoch: A[N] is the writer's node's
+/// epoch key ('' when the writer is not fenced), A[N + 1] its epoch.
 const FENCED: &str = r"
-local function fenced(n)
-  if ARGV[n] == '' then return nil end
-  local current = tonumber(redis.call('GET', ARGV[n]) or '0')
-  if current > tonumber(ARGV[n + 1]) then return {'fenced', tostring(current)} end
+local function fenced(A, n)
+  if A[n] == '' then return nil end
+  local current = tonumber(redis.call('GET', A[n]) or '0')
+  if current > tonumber(A[n + 1]) then return {'fenced', tostring(current)} end
   return nil
 end
 ";
 
-const PUT: &str = r"
-local refused = fenced(9)
-if refused then return refused end
-local cur = redis.call('HGET', KEYS[1], 'v')
-local oldq = nil
-if ARGV[1] == 'create' then
-  if cur then return {'exists'} end
-else
-  if not cur then return {'missing'} end
-  if cur ~= ARGV[2] then return {'conflict', cur} end
-  local old = redis.call('HMGET', KEYS[1], 'ix', 'q')
-  if old[1] then for k in string.gmatch(old[1], '[^\n]+') do redis.call('SREM', k, ARGV[5]) end end
-  oldq = old[2]
-end
-local ix = {}
-for i = 5, #KEYS do redis.call('SADD', KEYS[i], ARGV[5]); ix[#ix + 1] = KEYS[i] end
-redis.call('HSET', KEYS[1], 'v', ARGV[3], 'j', ARGV[4], 'ix', table.concat(ix, '\n'))
--- The queue of records placed on any node: a creation unplaced queues it
--- in its class; the claimer's write (placed) ends its claim.
-if ARGV[11] ~= '' then
-  if ARGV[1] == 'create' then
-    redis.call('ZADD', ARGV[13] .. 'q:' .. ARGV[11], ARGV[12], ARGV[5])
-    redis.call('SADD', ARGV[13] .. 'qclasses', ARGV[11])
-    redis.call('HSET', KEYS[1], 'q', ARGV[11])
+/// One write of a record, as a function of its keys `K` (the record's
+/// hash, `all`, `ended`, the events stream, then its index sets) and
+/// arguments `A` (`RedisStore::put_call`).
+const PUT_FN: &str = r"
+local function put(K, A)
+  local refused = fenced(A, 9)
+  if refused then return refused end
+  local cur = redis.call('HGET', K[1], 'v')
+  local oldq = nil
+  if A[1] == 'create' then
+    if cur then return {'exists'} end
+  else
+    if not cur then return {'missing'} end
+    if cur ~= A[2] then return {'conflict', cur} end
+    local old = redis.call('HMGET', K[1], 'ix', 'q')
+    if old[1] then for k in string.gmatch(old[1], '[^\n]+') do redis.call('SREM', k, A[5]) end end
+    oldq = old[2]
   end
-elseif oldq then
-  redis.call('ZREM', ARGV[13] .. 'q:' .. oldq, ARGV[5])
-  redis.call('HDEL', KEYS[1], 'q')
-  redis.call('HDEL', ARGV[13] .. 'claims', ARGV[5])
+  local ix = {}
+  for i = 5, #K do redis.call('SADD', K[i], A[5]); ix[#ix + 1] = K[i] end
+  redis.call('HSET', K[1], 'v', A[3], 'j', A[4], 'ix', table.concat(ix, '\n'))
+  -- The queue of records placed on any node: a creation unplaced queues it
+  -- in its class; the claimer's write (placed) ends its claim.
+  if A[11] ~= '' then
+    if A[1] == 'create' then
+      redis.call('ZADD', A[13] .. 'q:' .. A[11], A[12], A[5])
+      redis.call('SADD', A[13] .. 'qclasses', A[11])
+      redis.call('HSET', K[1], 'q', A[11])
+    end
+  elseif oldq then
+    redis.call('ZREM', A[13] .. 'q:' .. oldq, A[5])
+    redis.call('HDEL', K[1], 'q')
+    redis.call('HDEL', A[13] .. 'claims', A[5])
+  end
+  redis.call('ZADD', K[2], 0, A[5])
+  if A[6] ~= '' then redis.call('ZADD', K[3], A[6], A[5]) else redis.call('ZREM', K[3], A[5]) end
+  redis.call('XADD', K[4], 'MAXLEN', '~', '10000', '*', 'id', A[5], 'version', A[3], 'state', A[8])
+  redis.call('PUBLISH', A[7], A[5] .. ' ' .. A[3] .. ' ' .. A[8])
+  return {'ok'}
 end
-redis.call('ZADD', KEYS[2], 0, ARGV[5])
-if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5]) else redis.call('ZREM', KEYS[3], ARGV[5]) end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', '*', 'id', ARGV[5], 'version', ARGV[3], 'state', ARGV[8])
-redis.call('PUBLISH', ARGV[7], ARGV[5] .. ' ' .. ARGV[3] .. ' ' .. ARGV[8])
-return {'ok'}
+";
+
+const PUT: &str = r"
+return put(KEYS, ARGV)
+";
+
+/// KEYS: the lost node's hash and epoch counter, then the two writes'
+/// keys. ARGV: its lapsed epoch, how long past its last renewal the
+/// failover is due (ms), how many keys the first write has, then the two
+/// writes' arguments (13 each). Both writes, or neither: only while the
+/// node is still lost at that epoch and the failover due, on Redis's clock,
+/// and the replacement does not exist yet.
+const FAILOVER: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local current = redis.call('GET', KEYS[2]) or '0'
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'left', 'renewed')
+if current ~= ARGV[1] or cur[1] ~= ARGV[1] or cur[2] ~= '0' then return {'held'} end
+if (now - tonumber(cur[3])) <= tonumber(ARGV[2]) then return {'held'} end
+local n = tonumber(ARGV[3])
+local k1, k2, a1, a2 = {}, {}, {}, {}
+for i = 3, 2 + n do k1[#k1 + 1] = KEYS[i] end
+for i = 3 + n, #KEYS do k2[#k2 + 1] = KEYS[i] end
+for i = 4, 16 do a1[#a1 + 1] = ARGV[i] end
+for i = 17, 29 do a2[#a2 + 1] = ARGV[i] end
+if redis.call('EXISTS', k2[1]) == 1 then return {'exists'} end
+local first = put(k1, a1)
+if first[1] ~= 'ok' then return first end
+return put(k2, a2)
 ";
 
 const DELETE: &str = r"
-local refused = fenced(3)
+local refused = fenced(ARGV, 3)
 if refused then return refused end
 local deleted = {}
 for i = 5, #ARGV do
@@ -97,6 +132,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     base: String,
     put: Script,
+    failover: Script,
     delete: Script,
     fence: Option<super::Fence>,
 }
@@ -112,7 +148,8 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             base: super::base(prefix),
-            put: Script::new(&format!("{FENCED}{PUT}")),
+            put: Script::new(&format!("{FENCED}{PUT_FN}{PUT}")),
+            failover: Script::new(&format!("{FENCED}{PUT_FN}{FAILOVER}")),
             delete: Script::new(&format!("{FENCED}{DELETE}")),
             fence: None,
         })
@@ -218,42 +255,64 @@ impl RedisStore {
         keys
     }
 
-    async fn put(&self, record: &ProcessRecord, expected: Option<u64>) -> Result<(), StoreError> {
-        self.check_lease()?;
+    /// The keys and arguments of one write of `record` (`PUT_FN`): a
+    /// creation, or an update of the version `expected`.
+    fn put_call(
+        &self,
+        record: &ProcessRecord,
+        expected: Option<u64>,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
         let json = serde_json::to_string(record)
             .map_err(|e| StoreError::Refused(format!("record {}: {e}", record.id())))?;
-        let mut inv = self.put.prepare_invoke();
-        inv.key(self.record_key(record.id()))
-            .key(self.key("all"))
-            .key(self.key("ended"))
-            .key(self.events_stream());
-        for k in self.index_keys(record) {
-            inv.key(k);
-        }
-        inv.arg(if expected.is_some() {
-            "update"
-        } else {
-            "create"
-        })
-        .arg(expected.unwrap_or(0))
-        .arg(record.version())
-        .arg(json)
-        .arg(record.id().to_string())
-        .arg(
+        let mut keys = vec![
+            self.record_key(record.id()),
+            self.key("all"),
+            self.key("ended"),
+            self.events_stream(),
+        ];
+        keys.extend(self.index_keys(record));
+        let (fence_key, epoch) = self.fence_args();
+        let (class, score) = bpm_domain::placement::Queued::of(record)
+            .map_or((String::new(), "0".to_owned()), |q| {
+                (q.class, q.score.to_string())
+            });
+        let args = vec![
+            if expected.is_some() {
+                "update"
+            } else {
+                "create"
+            }
+            .to_owned(),
+            expected.unwrap_or(0).to_string(),
+            record.version().to_string(),
+            json,
+            record.id().to_string(),
             record
                 .lifecycle()
                 .ended_at()
                 .map_or(String::new(), |t| t.as_millis().to_string()),
-        )
-        .arg(self.changes_channel())
-        .arg(record.state().as_str());
-        let (fence_key, epoch) = self.fence_args();
-        inv.arg(fence_key).arg(epoch);
-        match bpm_domain::placement::Queued::of(record) {
-            Some(q) => inv.arg(q.class).arg(q.score),
-            None => inv.arg("").arg(0),
-        };
-        inv.arg(&self.base);
+            self.changes_channel(),
+            record.state().as_str().to_owned(),
+            fence_key,
+            epoch.to_string(),
+            class,
+            score,
+            self.base.clone(),
+        ];
+        Ok((keys, args))
+    }
+
+    async fn put(&self, record: &ProcessRecord, expected: Option<u64>) -> Result<(), StoreError> {
+        self.check_lease()?;
+        let (keys, args) = self.put_call(record, expected)?;
+        let epoch = self.fence_args().1;
+        let mut inv = self.put.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
         let mut conn = self.conn.clone();
         let answer: Vec<String> = inv
             .invoke_async(&mut conn)
@@ -328,6 +387,49 @@ fn kind_name(r: &ProcessRecord) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+#[async_trait]
+impl Failover for RedisStore {
+    async fn fail_over(
+        &self,
+        lease: &Lease,
+        old: &ProcessRecord,
+        expected: u64,
+        replacement: &ProcessRecord,
+    ) -> Result<FailedOver, StoreError> {
+        self.check_lease()?;
+        let (old_keys, old_args) = self.put_call(old, Some(expected))?;
+        let (new_keys, new_args) = self.put_call(replacement, None)?;
+        let due = ClusterTiming::failover_after(lease, old.spec().stop.grace);
+        let mut inv = self.failover.prepare_invoke();
+        inv.key(super::node_key(&self.base, &lease.node))
+            .key(super::epoch_key(&self.base, &lease.node));
+        inv.arg(lease.epoch)
+            .arg(u64::try_from(due.as_millis()).unwrap_or(u64::MAX))
+            .arg(old_keys.len());
+        for k in old_keys.into_iter().chain(new_keys) {
+            inv.key(k);
+        }
+        for a in old_args.into_iter().chain(new_args) {
+            inv.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        let answer: Vec<String> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => Ok(FailedOver::Replaced),
+            Some("held") => Ok(FailedOver::NotLost),
+            Some("conflict" | "missing") => Ok(FailedOver::Changed),
+            Some("exists") => Err(StoreError::AlreadyExists(replacement.id())),
+            Some("fenced") => Err(self.fenced_error(self.fence_args().1, answer.get(1))),
+            other => Err(StoreError::Unavailable(format!(
+                "Redis: unexpected answer {other:?}"
+            ))),
+        }
+    }
 }
 
 #[async_trait]

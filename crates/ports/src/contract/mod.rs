@@ -11,6 +11,7 @@
 //! ```
 
 pub mod claims;
+pub mod failover;
 pub mod manager;
 pub mod membership;
 pub mod output;
@@ -33,6 +34,18 @@ macro_rules! claims_contract_tests {
             one_record_is_claimed_by_id,
             a_deleted_record_leaves_the_queue,
             cluster_slots_count_every_node,
+        );
+    };
+}
+
+/// One test per case of the failover contract; `$make` gives a
+/// [`failover::Subject`]: a fresh, empty store with leases and failover on
+/// it, on real time.
+#[macro_export]
+macro_rules! failover_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(failover, $make;
+            a_lost_nodes_record_is_replaced_once_and_only_while_lost,
         );
     };
 }
