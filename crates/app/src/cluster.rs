@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
-use bpm_adapters::redis::{Fence, RedisMembership};
+use bpm_adapters::redis::{Fence, RedisMembership, RedisStore};
 use bpm_domain::{ClusterTiming, NodeId, Span};
 use bpm_engine::Engine;
-use bpm_ports::{Claimant, Membership, MembershipError};
+use bpm_ports::{Claimant, Failover, Membership, MembershipError};
 
 use crate::wiring::StoreChoice;
 
@@ -22,7 +22,11 @@ pub struct NodeLease {
     /// The engine, once it runs: a node claimed again reconciles through it.
     engine: Arc<OnceLock<Engine>>,
     renewing: tokio::task::JoinHandle<()>,
+    fencing: tokio::task::JoinHandle<()>,
     sweeping: Option<tokio::task::JoinHandle<()>>,
+    /// Where lost nodes' failover records are run elsewhere: the store,
+    /// writing with this daemon's epoch.
+    failover: Arc<dyn Failover>,
 }
 
 /// What `bpm daemon status` shows of the lease, and where warnings go.
@@ -98,7 +102,14 @@ pub async fn join(
     tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");
     shown.set(describe(epoch, &timing, "renewed"));
     let fence = Fence::with_lease(node.clone(), epoch, timing, sent);
+    let failover: Arc<dyn Failover> = Arc::new(
+        RedisStore::connect(url, prefix)
+            .await
+            .map_err(|e| anyhow!("cannot join the cluster: {e}"))?
+            .fenced(fence.clone()),
+    );
     let engine = Arc::new(OnceLock::new());
+    let fencing = tokio::spawn(self_fence(fence.clone(), Arc::clone(&engine)));
     let renewing = tokio::spawn(
         Renewal {
             membership: Arc::clone(&membership),
@@ -116,8 +127,42 @@ pub async fn join(
         timing,
         engine,
         renewing,
+        fencing,
         sweeping: None,
+        failover,
     }))
+}
+
+/// How often a fenced daemon looks whether it holds its lease again.
+const FENCED_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Fences the engine's failover records the moment the daemon may no
+/// longer write (a whole lease after the last renewal that succeeded was
+/// sent, `ClusterTiming::must_fence`), and lifts the fence once it holds
+/// its lease again (renewed, or claimed again and reconciled).
+async fn self_fence(fence: Fence, engine: Arc<OnceLock<Engine>>) {
+    let mut fenced = false;
+    loop {
+        let held = fence.may_write();
+        if held == fenced
+            && let Some(engine) = engine.get()
+        {
+            if held {
+                tracing::info!(node = %fence.node(), "the lease is held again: failover records may start");
+            } else {
+                tracing::warn!(node = %fence.node(), "the lease was not renewed for a whole lease_ttl: stopping this node's failover records, which another node may now run");
+            }
+            if engine.lease(held).await.is_ok() {
+                fenced = !held;
+            }
+        }
+        match fence.lapses_at() {
+            Some(at) if held => {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            }
+            _ => tokio::time::sleep(FENCED_LOOK).await,
+        }
+    }
 }
 
 fn describe(epoch: u64, timing: &ClusterTiming, how: &str) -> String {
@@ -243,7 +288,11 @@ impl NodeLease {
     /// stop renewing their leases.
     pub fn attach(&mut self, engine: &Engine) {
         let _ = self.engine.set(engine.clone());
-        let sweeper = engine.sweeper(Arc::clone(&self.membership), self.timing);
+        let sweeper = engine.sweeper(
+            Arc::clone(&self.membership),
+            self.timing,
+            Arc::clone(&self.failover),
+        );
         self.sweeping = Some(tokio::spawn(sweeper.run()));
     }
 
@@ -251,6 +300,7 @@ impl NodeLease {
     /// other node takes it for lost.
     pub async fn leave(self) {
         self.renewing.abort();
+        self.fencing.abort();
         if let Some(sweeping) = self.sweeping {
             sweeping.abort();
         }

@@ -126,7 +126,7 @@ fn a_record_starting_when_the_node_is_fenced_is_stopped_once_it_has_a_pid() {
     a.handle(Input::Lease { held: false }, t(20))
         .expect("fence");
     assert_eq!(
-        a.get(id(1)).map(ProcessRecord::lifecycle).map(|l| l.name()),
+        a.get(id(1)).map(ProcessRecord::state),
         Some(StateName::Stopping)
     );
     let fx = a
@@ -280,7 +280,7 @@ proptest! {
         let record = running_on_b(1, spec);
         // The first moment of the node's own clock at which it fences,
         // and when its KILL goes out, seen on the store's clock.
-        let fence_at = (sent..).find(|ms| timing.must_fence(t(sent), t(*ms))).expect("fences");
+        let fence_at = (sent..=sent + ttl).find(|ms| timing.must_fence(t(sent), t(*ms))).expect("fences");
         let killed_at = fence_at + grace + slow_by;
         prop_assert!(failover(&l, &node("c"), &record, id(2), t(killed_at)).is_none());
     }

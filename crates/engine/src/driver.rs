@@ -191,7 +191,14 @@ impl Driver {
             Msg::Rejoin(rejoin, reply) => {
                 (rejoin.open)();
                 let stored = rejoin.stored;
-                let _ = reply.send(self.step(Input::Rejoined { stored }).await.map(|_| ()));
+                let rejoined = self.step(Input::Rejoined { stored }).await.map(|_| ());
+                // Held again: what the fence held back may start.
+                if rejoined.is_ok()
+                    && let Err(e) = self.step(Input::Lease { held: true }).await
+                {
+                    tracing::debug!(error = %e, "could not lift the fence");
+                }
+                let _ = reply.send(rejoined);
                 // Other nodes' records changed unseen while this node was cut off.
                 self.read_watched(self.core.watched());
             }

@@ -246,11 +246,13 @@ impl Engine {
     }
 
     /// A sweeper of the nodes that stop renewing their leases, for this
-    /// engine's node, on its store, event bus and clock.
+    /// engine's node, on its store, event bus and clock; it runs their
+    /// failover records elsewhere through `failover`.
     pub fn sweeper(
         &self,
         membership: Arc<dyn bpm_ports::Membership>,
         timing: bpm_domain::ClusterTiming,
+        failover: Arc<dyn bpm_ports::Failover>,
     ) -> Sweeper {
         Sweeper::new(
             membership,
@@ -261,6 +263,18 @@ impl Engine {
             timing,
         )
         .with_claims(self.claims.get().cloned())
+        .with_failover(failover, Arc::clone(&self.ports.ids))
+    }
+
+    /// Tells the core whether this node holds its lease: when it does not
+    /// (a whole lease after its last renewal that succeeded was sent), its
+    /// failover records are stopped and none starts until it does again
+    /// ([`Input::Lease`]).
+    ///
+    /// # Errors
+    /// [`ManagerError::ShutDown`] if the loop stopped.
+    pub async fn lease(&self, held: bool) -> Result<(), ManagerError> {
+        self.call_once(Input::Lease { held }).await.map(|_| ())
     }
 
     /// Stops the loop. Processes keep running; a new engine re-attaches them.

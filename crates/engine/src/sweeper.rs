@@ -12,8 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bpm_domain::cluster::{self, Lease};
-use bpm_domain::{ClusterTiming, ListFilter, NodeId, StateName, Sweep};
-use bpm_ports::{Clock, EventBus, Membership, MembershipError, ProcessStore, StoreError};
+use bpm_domain::{
+    ClusterTiming, Event, EventKind, ListFilter, NodeId, NodeState, StateName, Sweep, Timestamp,
+};
+use bpm_ports::{
+    Clock, EventBus, FailedOver, Failover, IdGenerator, Membership, MembershipError, ProcessStore,
+    StoreError,
+};
 
 /// How often a record that changed under a sweep is read again.
 const ATTEMPTS: usize = 3;
@@ -25,8 +30,8 @@ pub struct Swept {
     pub node: NodeId,
     /// Its lapsed epoch.
     pub epoch: u64,
-    /// Which sweep.
-    pub sweep: Sweep,
+    /// Which sweep; `None` for a failover.
+    pub sweep: Option<Sweep>,
     /// How many of its records it changed.
     pub records: usize,
 }
@@ -73,9 +78,19 @@ pub struct Sweeper {
     timing: ClusterTiming,
     /// The queue of records placed on any node: a lost node's claims go back.
     claims: Option<Arc<dyn bpm_ports::ClaimQueue>>,
+    /// The failover of lost nodes' records, and the ids of their replacements.
+    failover: Option<(Arc<dyn Failover>, Arc<dyn IdGenerator>)>,
 }
 
 impl Sweeper {
+    /// A lost node's failover records are run elsewhere through `failover`,
+    /// their replacements named by `ids`.
+    #[must_use]
+    pub fn with_failover(mut self, failover: Arc<dyn Failover>, ids: Arc<dyn IdGenerator>) -> Self {
+        self.failover = Some((failover, ids));
+        self
+    }
+
     /// A lost node's claims of records placed on any node that it never
     /// wrote go back to `claims`' queue when its records are swept.
     #[must_use]
@@ -102,6 +117,7 @@ impl Sweeper {
             node,
             timing,
             claims: None,
+            failover: None,
         }
     }
 
@@ -122,6 +138,21 @@ impl Sweeper {
             let now = lease
                 .renewed_at
                 .saturating_add(Duration::from_millis(view.lease_age_ms));
+            if lease.state_at(now) == NodeState::Lost {
+                let replaced = self.fail_over(&lease, now).await?;
+                if replaced > 0 {
+                    tracing::warn!(
+                        node = %lease.node, epoch = lease.epoch, records = replaced,
+                        "failed over records of a node that stopped renewing its lease"
+                    );
+                    done.push(Swept {
+                        node: lease.node.clone(),
+                        epoch: lease.epoch,
+                        sweep: None,
+                        records: replaced,
+                    });
+                }
+            }
             let Some(sweep) = self.timing.sweep_due(&lease, now) else {
                 continue;
             };
@@ -150,7 +181,7 @@ impl Sweeper {
             done.push(Swept {
                 node: lease.node,
                 epoch: lease.epoch,
-                sweep,
+                sweep: Some(sweep),
                 records,
             });
         }
@@ -167,6 +198,63 @@ impl Sweeper {
                 tracing::debug!(error = %e, "could not look at the other nodes' leases");
             }
         }
+    }
+
+    /// Runs elsewhere each failover record of `lease`'s lost node that is
+    /// due at `now` (the store's clock): the record is given up and its
+    /// replacement queued for any node, in one write of the store's, only
+    /// while the node is still lost. How many were replaced.
+    async fn fail_over(&self, lease: &Lease, now: Timestamp) -> Result<usize, SweepError> {
+        let Some((failover, ids)) = &self.failover else {
+            return Ok(0);
+        };
+        // Not before the earliest a record may be due (no grace).
+        let earliest = lease
+            .renewed_at
+            .saturating_add(lease.ttl.as_duration() + cluster::FAILOVER_MARGIN);
+        if now <= earliest {
+            return Ok(0);
+        }
+        let filter = ListFilter {
+            node: Some(lease.node.clone()),
+            states: StateName::LIVE.to_vec(),
+            ..ListFilter::default()
+        };
+        let mut replaced = 0;
+        for record in self.store.list(&filter).await? {
+            let mut current = record;
+            for _ in 0..ATTEMPTS {
+                let new_id = ids.next_id();
+                let Some((old, new)) = cluster::failover(lease, &self.node, &current, new_id, now)
+                else {
+                    break;
+                };
+                match failover
+                    .fail_over(lease, &old, current.version(), &new)
+                    .await?
+                {
+                    FailedOver::Replaced => {
+                        replaced += 1;
+                        let at = self.clock.now();
+                        let mut moved = Event::new(EventKind::Lost, &old, at);
+                        moved.related = Some(new_id);
+                        for event in [moved, Event::new(EventKind::Submitted, &new, at)] {
+                            if let Err(e) = self.events.publish(event).await {
+                                tracing::debug!(error = %e, "could not announce a failover");
+                            }
+                        }
+                        break;
+                    }
+                    FailedOver::Changed => match self.store.get(current.id()).await {
+                        Ok(again) => current = again,
+                        Err(StoreError::NotFound(_)) => break,
+                        Err(e) => return Err(e.into()),
+                    },
+                    FailedOver::NotLost => return Ok(replaced),
+                }
+            }
+        }
+        Ok(replaced)
     }
 
     /// Applies `sweep` to every record of `lease`'s node still under way;

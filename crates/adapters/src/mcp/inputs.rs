@@ -109,6 +109,10 @@ pub(super) struct StartArgs {
     pub(super) labels: Option<BTreeMap<String, String>>,
     /// With `node` "any": only a node carrying all these labels (its `[node] labels`) may take it.
     pub(super) node_labels: Option<BTreeMap<String, String>>,
+    /// When its node is lost, run it again on another node (one carrying
+    /// `node_labels`); its node stops it first. Needs `restart`
+    /// "on-failure" or "always", and nodes sharing a Redis store.
+    pub(super) failover: Option<bool>,
     /// Free-form JSON kept with the record.
     pub(super) metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }

@@ -323,6 +323,7 @@ impl McpServer {
                 .map_err(|e: bpm_domain::NameError| format!("node_labels: {e}"))?;
             spec.node_labels.insert(key, value);
         }
+        spec.failover = a.failover.unwrap_or(false);
         spec.metadata = a.metadata.unwrap_or_default();
         let record = self.manager().start(spec).await.map_err(manager_error)?;
         Ok(Reply::json(self.view(&record)))

@@ -144,6 +144,15 @@ impl Fence {
         })
     }
 
+    /// When the daemon stops writing unless it renews first (a lease
+    /// after the last renewal that succeeded was sent); `None` without a
+    /// lease.
+    pub fn lapses_at(&self) -> Option<Instant> {
+        self.lease.as_ref().map(|l| {
+            l.start + Duration::from_millis(l.sent.load(Ordering::SeqCst)) + l.timing.lease_ttl()
+        })
+    }
+
     /// The node.
     pub fn node(&self) -> &NodeId {
         &self.node

@@ -189,17 +189,25 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             let usage = usage_of(m, std::slice::from_ref(&r)).await;
             let usage = usage.get(&r.id());
             let waiting = crate::cluster::why_waiting(home, &r).await;
+            let earlier = earlier_runs(m, &r).await;
             if as_json {
                 let mut v = record_json(&r);
                 bpm_adapters::view::add_usage(&mut v, usage);
                 if let Some(why) = waiting {
                     v["waiting"] = why.into();
                 }
+                if !earlier.is_empty() {
+                    v["earlier_runs"] = earlier.iter().map(earlier_json).collect();
+                }
                 println!("{}", json(&v));
             } else {
                 show(&r, usage);
                 if let Some(why) = waiting {
                     println!("{:<14}{why}", "waiting");
+                }
+                for (i, e) in earlier.iter().enumerate() {
+                    let label = if i == 0 { "earlier runs" } else { "" };
+                    println!("{label:<14}{}", earlier_line(e));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -413,6 +421,7 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
             v.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
         );
     }
+    spec.failover = a.failover;
     if let Some(text) = a.metadata {
         spec.metadata = parse_metadata(&text)?;
     }
@@ -832,6 +841,50 @@ fn print_records(records: &[ProcessRecord]) -> Result<(), CliError> {
         }
         _ => Ok(()),
     }
+}
+
+/// How many earlier records `show` follows back through `restarted_from`.
+const EARLIER_SHOWN: usize = 32;
+
+/// The records `r` was restarted from (a restart, or a failover to
+/// another node), newest first, as far as the store still holds them.
+async fn earlier_runs(m: &Manager, r: &ProcessRecord) -> Vec<ProcessRecord> {
+    let mut out = Vec::new();
+    let mut next = r.restarted_from();
+    while let Some(id) = next.filter(|_| out.len() < EARLIER_SHOWN) {
+        let Ok(earlier) = m.get(id).await else { break };
+        next = earlier.restarted_from();
+        out.push(earlier);
+    }
+    out
+}
+
+/// One earlier record: where it ran, and how it ended.
+fn earlier_line(r: &ProcessRecord) -> String {
+    let l = r.lifecycle();
+    let mut parts = vec![format!("{} on node {}: {}", r.id(), r.node(), r.state())];
+    if let Some(t) = l.started_at() {
+        parts.push(format!("started {t}"));
+    }
+    if let Some(t) = l.ended_at() {
+        parts.push(format!("ended {t}"));
+    }
+    if r.restarts() > 0 {
+        parts.push(format!("restart count {}", r.restarts()));
+    }
+    parts.join(", ")
+}
+
+fn earlier_json(r: &ProcessRecord) -> serde_json::Value {
+    let l = r.lifecycle();
+    serde_json::json!({
+        "id": r.id().to_string(),
+        "node": r.node().to_string(),
+        "state": r.state().as_str(),
+        "started_at": l.started_at().map(|t| t.to_string()),
+        "ended_at": l.ended_at().map(|t| t.to_string()),
+        "restarts": r.restarts(),
+    })
 }
 
 fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {

@@ -224,6 +224,11 @@ pub struct RunArgs {
     /// `[node] labels`) may take it (repeatable).
     #[arg(long, value_name = "K=V")]
     pub node_label: Vec<String>,
+    /// When its node is lost, run it again on another node (one carrying
+    /// the --node-label labels); its node stops it first. Needs --restart
+    /// on-failure or always, and a shared (Redis) store.
+    #[arg(long)]
+    pub failover: bool,
     /// Parent process (id or name).
     #[arg(long)]
     pub parent: Option<String>,

@@ -34,7 +34,7 @@ impl Supervisor {
     }
 
     pub(super) fn lease(&mut self, held: bool, now: Timestamp) {
-        if held == !self.fenced {
+        if held != self.fenced {
             return;
         }
         self.fenced = !held;

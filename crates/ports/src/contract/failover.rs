@@ -32,7 +32,7 @@ fn claimant(node: &str) -> Claimant {
         version: "test".into(),
         ttl: Span::from_secs(2),
         slots: 4,
-        labels: Default::default(),
+        labels: std::collections::BTreeMap::default(),
     }
 }
 
