@@ -1,0 +1,224 @@
+//! Failover on real daemons that share the test's own `redis-server` (on
+//! loopback), each with its own state directory: a partitioned node stops
+//! its failover processes before another node starts them again, which the
+//! processes' own timestamps show; and when the partition heals, each runs
+//! once.
+
+#[path = "support/node.rs"]
+mod node;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bpm_tests::{CutProxy, redis_url, unique_prefix};
+use node::{Node, state, until};
+
+/// A server that notes, in `marks`, when it starts and when it stops (on
+/// TERM), with the node it runs on and its record: `start NS NODE ID`.
+fn server(marks: &Path) -> String {
+    format!(
+        "trap 'echo \"stop $(date +%s%N) $BPM_NODE $BPM_PROCESS_ID\" >> {m}; exit 0' TERM; \
+         echo \"start $(date +%s%N) $BPM_NODE $BPM_PROCESS_ID\" >> {m}; \
+         while true; do sleep 0.05; done",
+        m = marks.display()
+    )
+}
+
+/// One mark: what, when (ns), on which node, of which record.
+#[derive(Debug, Clone)]
+struct Mark {
+    what: String,
+    at: u128,
+    node: String,
+    id: String,
+}
+
+fn marks(path: &Path) -> Vec<Mark> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!(w.len(), 4, "a torn mark: {l:?}");
+            Mark {
+                what: w[0].to_owned(),
+                at: w[1].parse().expect("nanoseconds"),
+                node: w[2].to_owned(),
+                id: w[3].to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// How many copies of the server run at once, at most, from the marks
+/// (an id's stop ends its start).
+fn most_at_once(marks: &[Mark]) -> i32 {
+    let mut edges: Vec<(u128, i32)> = marks
+        .iter()
+        .map(|m| (m.at, if m.what == "start" { 1 } else { -1 }))
+        .collect();
+    edges.sort_unstable();
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most
+}
+
+/// A partition of node alpha, which runs two `--failover` servers: `quick`
+/// (grace 1 s) and `patient` (grace 30 s). Alpha stops both a lease after
+/// its last renewal; beta starts `quick` again, as a new record restarted
+/// from it, only after alpha's copy stopped (the processes' own
+/// timestamps), and not `patient`, whose failover is not due yet. When the
+/// partition heals, alpha gives `quick` up (it runs on beta) and starts
+/// `patient` again itself: one copy of each, all along.
+#[test]
+fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
+    let prefix = unique_prefix();
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("the test Redis is on a loopback address");
+    let proxy = CutProxy::start(target);
+    let more = "lost_after = \"120s\"\n";
+    let alpha = Node::at(&proxy.redis_url(), "alpha", &prefix, more);
+    let beta = Node::with("beta", &prefix, more);
+    beta.ok(&["ps"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("marks");
+    let line = server(&path);
+    let run = |name: &str, grace: &str| {
+        alpha.ok(&[
+            "run",
+            "--name",
+            name,
+            "--failover",
+            "--restart",
+            "always",
+            "--grace",
+            grace,
+            "--shell",
+            "--",
+            &line,
+        ])
+    };
+    let quick = run("quick", "1");
+    let patient = run("patient", "30");
+    for id in [&quick, &patient] {
+        until(&beta, id, Duration::from_secs(10), |r| {
+            state(r) == "running"
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while marks(&path).len() < 2 {
+        assert!(Instant::now() < deadline, "the servers never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let cut_at = Instant::now();
+    proxy.cut(true);
+    // Beta gives `quick` up and queues its replacement, which it takes.
+    let (given_up, _) = until(&beta, &quick, Duration::from_secs(20), |r| {
+        state(r) == "lost"
+    });
+    let moved_after = cut_at.elapsed();
+    let error = given_up["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("failed over to"), "{given_up}");
+    let replacement = error
+        .split("failed over to ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the replacement's id")
+        .to_owned();
+    let (moved, _) = until(&beta, &replacement, Duration::from_secs(15), |r| {
+        state(r) == "running"
+    });
+    assert_eq!(moved["node"], "beta", "{moved}");
+    assert_eq!(
+        moved["restarted_from"].as_str(),
+        Some(quick.as_str()),
+        "{moved}"
+    );
+    assert_eq!(moved["restarts"], 1, "{moved}");
+    let runs = &moved["earlier_runs"];
+    assert_eq!(runs[0]["node"], "alpha", "{moved}");
+    assert_eq!(runs[0]["state"], "lost", "{moved}");
+    let human = beta.ok(&["show", &replacement]);
+    assert!(
+        human.contains(&format!("earlier runs  {quick} on node alpha: lost")),
+        "{human}"
+    );
+    // Lease 2 s, grace 1 s, margin 2 s: not before 5 s after the last
+    // renewal, which came at most a third of a lease before the cut.
+    assert!(
+        moved_after >= Duration::from_millis(4_300),
+        "failed over after {moved_after:?}"
+    );
+
+    let seen = marks(&path);
+    let first = |what: &str, node: &str, id: &str| {
+        seen.iter()
+            .find(|m| m.what == what && m.node == node && m.id == id)
+            .map(|m| m.at)
+            .unwrap_or_else(|| panic!("no {what} of {id} on {node}: {seen:?}"))
+    };
+    let stopped = first("stop", "alpha", &quick);
+    let started = first("start", "beta", &replacement);
+    assert!(
+        stopped < started,
+        "alpha stopped its copy {} ms after beta started one",
+        (started - stopped) / 1_000_000
+    );
+    eprintln!(
+        "alpha's copy stopped {} ms before beta's started; failed over {moved_after:?} after the cut",
+        (started - stopped) / 1_000_000
+    );
+    // `patient` was fenced too (its own stop mark), and is not moved.
+    first("stop", "alpha", &patient);
+    assert_eq!(state(&beta.show(&patient)), "unreachable");
+
+    proxy.cut(false);
+    // Alpha is back: `patient` runs there again, `quick` stays on beta.
+    let (back, _) = until(&beta, &patient, Duration::from_secs(20), |r| {
+        state(r) == "running"
+    });
+    assert_eq!(back["node"], "alpha", "{back}");
+    let (quick_here, _) = until(&alpha, &quick, Duration::from_secs(20), |r| {
+        state(r) == "lost"
+    });
+    assert_eq!(quick_here["node"], "alpha", "{quick_here}");
+    // Past the time `patient` would have been due, had alpha stayed away.
+    let due = Duration::from_secs(2 + 30 + 2 + 1);
+    if let Some(rest) = due.checked_sub(cut_at.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    assert_eq!(state(&beta.show(&patient)), "running");
+    assert_eq!(state(&beta.show(&replacement)), "running");
+    let seen = marks(&path);
+    assert_eq!(most_at_once(&seen), 2, "one copy of each: {seen:?}");
+    let starts = |id: &str| {
+        seen.iter()
+            .filter(|m| m.what == "start" && m.id == id)
+            .count()
+    };
+    assert_eq!((starts(&quick), starts(&replacement)), (1, 1), "{seen:?}");
+    assert_eq!(starts(&patient), 2, "{seen:?}");
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&beta.ok(&["ps", "--all", "--json"])).expect("JSON");
+    let live: Vec<&serde_json::Value> = all.iter().filter(|r| state(r) == "running").collect();
+    assert_eq!(live.len(), 2, "{all:?}");
+    beta.ok(&["stop", &replacement]);
+    alpha.ok(&["stop", &patient]);
+}
+
+/// A `--failover` without a restart policy that runs it again is refused,
+/// naming what is missing.
+#[test]
+fn failover_without_a_restart_policy_is_refused() {
+    let alpha = Node::with("alpha", &unique_prefix(), "");
+    let out = alpha.bpm(&["run", "--failover", "--", "true"]);
+    assert!(!out.status.success());
+    let said = node::text(&out);
+    assert!(said.contains("--restart on-failure"), "{said}");
+}
