@@ -23,8 +23,13 @@ const LIMITS: &str = "[limits]\nmax_running = 4\n[limits.cluster_groups]\nagents
 /// The shell line each record runs: it notes its start and its end (in
 /// nanoseconds) in `marks`, 50 ms apart.
 fn marking(marks: &Path) -> String {
+    marking_for(marks, "0.05")
+}
+
+/// [`marking`], `secs` apart.
+fn marking_for(marks: &Path, secs: &str) -> String {
     format!(
-        "echo \"$BPM_PROCESS_ID start $(date +%s%N)\" >> {m}; sleep 0.05; echo \"$BPM_PROCESS_ID end $(date +%s%N)\" >> {m}",
+        "echo \"$BPM_PROCESS_ID start $(date +%s%N)\" >> {m}; sleep {secs}; echo \"$BPM_PROCESS_ID end $(date +%s%N)\" >> {m}",
         m = marks.display()
     )
 }
@@ -32,8 +37,19 @@ fn marking(marks: &Path) -> String {
 /// Submits `n` marking records from `node`, placed on any node, in group
 /// `agents` with label `batch=NAME`, plus `extra` options; their ids.
 fn submit(node: &Node, n: usize, marks: &Path, batch: &str, extra: &[&str]) -> Vec<String> {
+    submit_line(node, n, &marking(marks), marks, batch, extra)
+}
+
+/// [`submit`], each record running `line`.
+fn submit_line(
+    node: &Node,
+    n: usize,
+    line: &str,
+    marks: &Path,
+    batch: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let list = marks.with_extension("list");
-    let line = marking(marks);
     std::fs::write(&list, format!("{line}\n").repeat(n)).expect("list");
     let label = format!("batch={batch}");
     let list = list.display().to_string();
@@ -302,11 +318,13 @@ fn processes_of(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// kill -9 of one node of three (daemon, keeper and processes) while 300
-/// records placed on any node run: the others finish the queue, each
-/// record runs at most once, what ran on the dead node is `unreachable`
-/// and then `lost` (nothing moves without failover), and what it took but
-/// never started fails with it.
+/// kill -9 of one node of three (daemon, keeper and processes) while 20
+/// `--failover` records and 300 without, placed on any node, run: the
+/// others finish the queue, each record runs at most once, what ran on the
+/// dead node is `unreachable` and then `lost` (nothing moves without
+/// failover), and what it took but never started fails with it; each of
+/// its failover records is run again exactly once elsewhere, as a new
+/// record restarted from it.
 #[test]
 fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
     let prefix = unique_prefix();
@@ -321,14 +339,38 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
     let doomed = nodes[2].ok(&["run", "--", "sleep", "300"]);
     let dir = tempfile::tempdir().expect("dir");
     let marks = dir.path().join("marks");
-    let ids = submit(&nodes[0], 300, &marks, "kill", &[]);
-    // Kill kappa while the run is under way.
+    let failover = ["--failover", "--restart", "on-failure", "--grace", "1"];
+    // Interleaved in the queue, so that kappa runs both kinds; the
+    // failover records run for a second, so that kappa is killed while it
+    // runs some.
+    let (mut moving, mut ids) = (Vec::new(), Vec::new());
+    let long = marking_for(&marks, "1");
+    for _ in 0..10 {
+        moving.extend(submit_line(
+            &nodes[0], 2, &long, &marks, "killfo", &failover,
+        ));
+        ids.extend(submit(&nodes[0], 30, &marks, "kill", &[]));
+    }
+    // Kill kappa while the run is under way and it runs a failover record.
     let deadline = Instant::now() + Duration::from_mins(1);
+    let kappa_moves = || {
+        let running: Vec<serde_json::Value> = serde_json::from_str(&nodes[2].ok(&[
+            "ps",
+            "--json",
+            "--label",
+            "batch=killfo",
+            "--state",
+            "running",
+        ]))
+        .expect("JSON");
+        running.iter().any(|r| r["node"] == "kappa")
+    };
     while std::fs::read_to_string(&marks)
         .unwrap_or_default()
         .lines()
         .count()
         < 100
+        || !kappa_moves()
     {
         assert!(Instant::now() < deadline, "the run never got going");
         std::thread::sleep(Duration::from_millis(20));
@@ -346,6 +388,10 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos();
     let (_, _) = until(&nodes[0], &doomed, Duration::from_secs(10), |r| {
         state(r) == "unreachable"
     });
@@ -399,8 +445,73 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
         completed >= 200,
         "the survivors finished the queue: {ends:?}"
     );
-    assert!(most_at_once(&marked) <= 6);
     eprintln!("after kill -9 of kappa: {ends:?}");
+    failed_over_once(&nodes[0], &moving, &marks);
+    // What kappa ran ended when it was killed, with no end mark of its own.
+    let mut marked = read_marks(&marks);
+    for (starts, ends) in marked.values_mut() {
+        if ends.len() < starts.len() {
+            ends.push(killed_at);
+        }
+    }
+    let most = most_at_once(&marked);
+    assert!(most <= 6, "{most} ran at once");
+}
+
+/// Checks the `--failover` records `originals` (label `batch=killfo`) once
+/// they and their replacements end: each completed, or was lost on kappa
+/// and replaced by exactly one record, restarted from it, that completed
+/// on another node; and every process ran at most once.
+fn failed_over_once(node: &Node, originals: &[String], marks: &Path) {
+    let deadline = Instant::now() + Duration::from_mins(2);
+    let records: Vec<serde_json::Value> = loop {
+        let all: Vec<serde_json::Value> =
+            serde_json::from_str(&node.ok(&["ps", "--all", "--json", "--label", "batch=killfo"]))
+                .expect("JSON");
+        let live = all
+            .iter()
+            .filter(|r| !["completed", "failed", "lost", "cancelled"].contains(&state(r)))
+            .count();
+        if live == 0 && all.len() >= originals.len() {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "{live} still live: {all:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let dir_marks = read_marks(marks);
+    let original: BTreeSet<&str> = originals.iter().map(String::as_str).collect();
+    let mut replaced_by: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
+    for r in &records {
+        if let Some(from) = r["restarted_from"].as_str() {
+            replaced_by.entry(from.to_owned()).or_default().push(r);
+        }
+    }
+    let mut moved = 0;
+    for r in &records {
+        let id = r["id"].as_str().unwrap_or_default();
+        let starts = dir_marks.get(id).map_or(0, |m| m.0.len());
+        assert!(starts <= 1, "{id} started {starts} times");
+        if !original.contains(id) {
+            // A replacement: completed, elsewhere, once.
+            assert_eq!(state(r), "completed", "{r}");
+            assert_ne!(r["node"], "kappa", "{r}");
+            assert_eq!(starts, 1, "{r}");
+            continue;
+        }
+        match state(r) {
+            "completed" => assert!(!replaced_by.contains_key(id), "{r}"),
+            "lost" => {
+                assert_eq!(r["node"], "kappa", "{r}");
+                let next = replaced_by.get(id).map_or(0, Vec::len);
+                assert_eq!(next, 1, "{id} was replaced {next} times");
+                moved += 1;
+            }
+            other => panic!("{id} ended {other}: {r}"),
+        }
+    }
+    assert!(moved > 0, "kappa held failover records when it was killed");
+    assert_eq!(records.len(), originals.len() + moved);
+    eprintln!("{moved} failover records of kappa ran again elsewhere, once each");
 }
 
 /// With a store of its own (files), a node's cluster-wide limit is its
