@@ -524,3 +524,87 @@ async fn a_kept_end_makes_the_next_keeper_answer_a_spawn_with_the_process_that_r
     assert_eq!(next_exit(&mut notices).await, None, "it ran once");
     assert_eq!(std::fs::read_to_string(&ran).expect("ran"), "x\n");
 }
+
+/// A record running `sh -c LINE`, with failover (so a fence) or without.
+fn request(line: &str, failover: bool) -> SpawnRequest {
+    let mut spec = ProcessSpec::argv(["sh", "-c", line]);
+    if failover {
+        spec.restart.mode = bpm_domain::RestartMode::Always;
+        spec.failover = true;
+        spec.stop.grace = bpm_domain::Span::from_millis(300);
+    }
+    let record = ProcessRecord::new(
+        ProcessId::from_uuid(uuid::Uuid::now_v7()),
+        NodeId::local(),
+        spec,
+        Timestamp::from_millis(1),
+    );
+    SpawnRequest::for_record(&record).expect("a command")
+}
+
+/// The keeper fences a failover record's process itself when the daemon
+/// stops saying the lease holds (it died, or stalled): TERM, then KILL
+/// after its grace for one that ignores TERM. Other processes run on, and
+/// a lease said to hold in time fences nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keeper_fences_failover_processes_when_the_lease_is_not_held() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let daemon = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = daemon.notices().expect("notices");
+    let polite = request("sleep 300", true);
+    let stubborn = request("trap '' TERM; while true; do sleep 0.05; done", true);
+    let plain = request("sleep 300", false);
+    for r in [&polite, &stubborn, &plain] {
+        daemon.spawn(r.clone()).await.expect("spawn");
+    }
+    // Held in time, again and again: nothing is fenced.
+    for _ in 0..6 {
+        daemon
+            .hold_lease(Duration::from_millis(600))
+            .await
+            .expect("hold");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(
+        tokio::time::timeout(Duration::from_millis(200), notices.recv())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| match n {
+                ProcessNotice::Exited { id, .. } => Some(id),
+                _ => None,
+            }),
+        None,
+        "nothing ends while the lease is held"
+    );
+    // The daemon says no more: both failover processes end, the stubborn
+    // one by KILL after its grace; the other process runs on.
+    drop(daemon);
+    let next = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = next.notices().expect("notices");
+    let mut ended = std::collections::BTreeMap::new();
+    while ended.len() < 2 {
+        match next_exit(&mut notices).await {
+            Some((id, status)) => {
+                ended.insert(id, status);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        ended.get(&polite.id),
+        Some(&ExitStatus::Signal(15)),
+        "{ended:?}"
+    );
+    assert_eq!(
+        ended.get(&stubborn.id),
+        Some(&ExitStatus::Signal(9)),
+        "{ended:?}"
+    );
+    assert!(!ended.contains_key(&plain.id), "{ended:?}");
+    next.signal(plain.id, 0, bpm_domain::Signal::Kill)
+        .await
+        .expect("signal");
+    drop(notices);
+}

@@ -133,17 +133,32 @@ pub async fn join(
     }))
 }
 
-/// How often a fenced daemon looks whether it holds its lease again.
-const FENCED_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the fence looks whether the lease was renewed (or, fenced,
+/// whether it is held again).
+const FENCE_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Fences the engine's failover records the moment the daemon may no
 /// longer write (a whole lease after the last renewal that succeeded was
 /// sent, `ClusterTiming::must_fence`), and lifts the fence once it holds
-/// its lease again (renewed, or claimed again and reconciled).
+/// its lease again (renewed, or claimed again and reconciled). Each
+/// renewal is passed on to the keeper, which fences those records' processes
+/// itself if this daemon stops passing them on (it died or stalled).
 async fn self_fence(fence: Fence, engine: Arc<OnceLock<Engine>>) {
     let mut fenced = false;
+    let mut passed_on: Option<Instant> = None;
     loop {
         let held = fence.may_write();
+        if let (true, Some(engine), Some(at)) = (held, engine.get(), fence.lapses_at())
+            && passed_on != Some(at)
+        {
+            match engine
+                .hold_lease(at.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Ok(()) => passed_on = Some(at),
+                Err(e) => tracing::warn!(error = %e, "could not tell the keeper the lease holds"),
+            }
+        }
         if held == fenced
             && let Some(engine) = engine.get()
         {
@@ -156,12 +171,12 @@ async fn self_fence(fence: Fence, engine: Arc<OnceLock<Engine>>) {
                 fenced = !held;
             }
         }
-        match fence.lapses_at() {
-            Some(at) if held => {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-            }
-            _ => tokio::time::sleep(FENCED_LOOK).await,
-        }
+        let look = Instant::now() + FENCE_LOOK;
+        let wake = match fence.lapses_at() {
+            Some(at) if held => at.min(look),
+            _ => look,
+        };
+        tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
     }
 }
 

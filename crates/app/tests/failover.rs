@@ -160,8 +160,7 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
     let first = |what: &str, node: &str, id: &str| {
         seen.iter()
             .find(|m| m.what == what && m.node == node && m.id == id)
-            .map(|m| m.at)
-            .unwrap_or_else(|| panic!("no {what} of {id} on {node}: {seen:?}"))
+            .map_or_else(|| panic!("no {what} of {id} on {node}: {seen:?}"), |m| m.at)
     };
     let stopped = first("stop", "alpha", &quick);
     let started = first("start", "beta", &replacement);
@@ -210,6 +209,77 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
     assert_eq!(live.len(), 2, "{all:?}");
     beta.ok(&["stop", &replacement]);
     alpha.ok(&["stop", &patient]);
+}
+
+/// kill -9 of node alpha's daemon alone: its keeper, told of every
+/// renewal, hears of none and stops the `--failover` server itself, before
+/// beta runs it again; when alpha's next daemon starts, it leaves the
+/// record given up, and one copy runs.
+#[test]
+fn the_keeper_stops_a_failover_process_when_its_daemon_dies() {
+    let prefix = unique_prefix();
+    let more = "lost_after = \"120s\"\n";
+    let alpha = Node::with("alpha", &prefix, more);
+    let beta = Node::with("beta", &prefix, more);
+    beta.ok(&["ps"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("marks");
+    let line = server(&path);
+    let quick = alpha.ok(&[
+        "run",
+        "--failover",
+        "--restart",
+        "always",
+        "--grace",
+        "1",
+        "--shell",
+        "--",
+        &line,
+    ]);
+    until(&beta, &quick, Duration::from_secs(10), |r| {
+        state(r) == "running"
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while marks(&path).is_empty() {
+        assert!(Instant::now() < deadline, "the server never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (daemon, _keeper) = alpha.daemon_and_keeper();
+    node::kill("-9", &[&daemon]);
+
+    let (given_up, _) = until(&beta, &quick, Duration::from_secs(20), |r| {
+        state(r) == "lost"
+    });
+    let error = given_up["error"].as_str().unwrap_or_default().to_owned();
+    let replacement = error
+        .split("failed over to ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not failed over: {given_up}"))
+        .to_owned();
+    until(&beta, &replacement, Duration::from_secs(15), |r| {
+        state(r) == "running"
+    });
+    let seen = marks(&path);
+    let at = |what: &str, node: &str| {
+        seen.iter()
+            .find(|m| m.what == what && m.node == node)
+            .map_or_else(|| panic!("no {what} on {node}: {seen:?}"), |m| m.at)
+    };
+    assert!(at("stop", "alpha") < at("start", "beta"), "{seen:?}");
+
+    // Alpha's next daemon: the record stays given up, nothing restarts there.
+    alpha.ok(&["ps"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(state(&alpha.show(&quick)), "lost");
+    let seen = marks(&path);
+    assert_eq!(most_at_once(&seen), 1, "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|m| m.what == "start").count(),
+        2,
+        "{seen:?}"
+    );
+    beta.ok(&["stop", &replacement]);
 }
 
 /// A `--failover` without a restart policy that runs it again is refused,

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use bpm_domain::{
     Environment, ExitStatus, NodeId, OsText, ProcessId, ProcessRecord, ReadinessCheck, RestartMode,
-    SessionId, Signal, Span, StdinMode,
+    SessionId, Signal, Span, StdinMode, StopPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -36,6 +36,10 @@ pub struct SpawnRequest {
     /// ([`ProcessSpawner::hand_over`]).
     #[serde(default)]
     pub hands_over: bool,
+    /// A failover record's process: how the spawner stops it when the
+    /// node's lease lapses ([`ProcessSpawner::hold_lease`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<StopPolicy>,
 }
 
 impl SpawnRequest {
@@ -53,6 +57,7 @@ impl SpawnRequest {
             readiness: spec.readiness.check.clone(),
             idle_after: spec.idle_after,
             hands_over: spec.restart.mode == RestartMode::Never,
+            fence: spec.failover.then_some(spec.stop),
         })
     }
 }
@@ -231,6 +236,21 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     ///   queue is then unknown.
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
         Ok(Vec::new())
+    }
+
+    /// The node's lease is held for `within` more: unless this is called
+    /// again before then, the spawner stops every process whose request
+    /// has a `fence` (its signal, then KILL after its grace), as the
+    /// daemon's core would ([`bpm_domain::Input::Lease`]). So a daemon
+    /// that dies or stalls cannot leave a failover record running past the
+    /// time another node may start it. A spawner whose processes do not
+    /// outlive its daemon keeps the default, which does nothing.
+    ///
+    /// # Errors
+    /// MUST return [`SpawnError::Os`] if the spawner cannot be reached.
+    async fn hold_lease(&self, within: std::time::Duration) -> Result<(), SpawnError> {
+        let _ = within;
+        Ok(())
     }
 
     /// Says that the exit of `id` has been recorded (durably): a spawner

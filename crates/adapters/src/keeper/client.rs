@@ -491,6 +491,11 @@ impl ProcessSpawner for KeeperSpawner {
         self.send(Out::HandOver(requests)).await
     }
 
+    async fn hold_lease(&self, within: Duration) -> Result<(), SpawnError> {
+        let ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        self.send(Out::Op(Op::HoldLease { ms })).await
+    }
+
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
         match self.call(Out::Op(Op::Withdraw)).await? {
             Answer::Withdrawn(ids) => Ok(ids),

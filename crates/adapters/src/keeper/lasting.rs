@@ -556,6 +556,10 @@ impl ProcessSpawner for LastingKeeper {
         sent
     }
 
+    async fn hold_lease(&self, within: std::time::Duration) -> Result<(), SpawnError> {
+        self.keeper().await?.hold_lease(within).await
+    }
+
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
         let back = self.keeper().await?.withdraw().await?;
         let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);

@@ -22,7 +22,12 @@
 //! id 0) queues starts that the keeper makes by itself, one on each exit of
 //! a process that hands over its slot, reporting `handed_over` instead of
 //! `exited`; `"withdraw"` takes the queue back and answers with the ids it
-//! held. A spawn of a record the keeper started already is answered with
+//! held. `{"hold_lease":{"ms":N}}` (id 0, sent on every renewal of the
+//! node's lease) says the lease holds for N ms more: if no such line comes
+//! in time (the daemon died, stalled or was cut off), the keeper stops the
+//! processes whose start carried a `fence` itself, so that no failover
+//! record runs on past the time another node may start it (protocol 5).
+//! A spawn of a record the keeper started already is answered with
 //! that process. The queue belongs to the connection that
 //! filled it: a new connection, or the end of this one, empties it.
 //!
@@ -57,7 +62,7 @@ use bpm_ports::{ProcessNotice, SpawnError, SpawnRequest, Spawned};
 use serde::{Deserialize, Serialize};
 
 /// The keeper protocol this build speaks (see the module's documentation).
-pub const KEEPER_PROTOCOL: u32 = 4;
+pub const KEEPER_PROTOCOL: u32 = 5;
 
 /// How many environment slots a connection may define.
 const ENV_SLOTS: u32 = 16;
@@ -110,6 +115,11 @@ enum Op {
     Ack(u64),
     HandOver(Vec<Start>),
     Withdraw,
+    /// The node's lease is held for `ms` more: unless told again, the
+    /// keeper stops the processes started with a fence when it lapses.
+    HoldLease {
+        ms: u64,
+    },
     /// Defines environment slot `slot` for the starts that follow.
     Env {
         slot: u32,

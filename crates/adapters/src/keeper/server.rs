@@ -476,6 +476,11 @@ impl Keeper {
                 self.acknowledged(seq);
                 return;
             }
+            Op::HoldLease { ms } => self
+                .spawner
+                .hold_lease(Duration::from_millis(ms))
+                .await
+                .map(|()| Answer::Done),
             Op::HandOver(_) | Op::Withdraw | Op::Env { .. } | Op::Adopt { .. } => return,
         };
         // Id 0 asks for no answer (the daemon does not wait for it).

@@ -128,6 +128,8 @@ struct Live {
     /// How it came to this spawner.
     origin: Origin,
     stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
+    /// How it is stopped when the node's lease lapses (a failover record's).
+    fence: Option<bpm_domain::StopPolicy>,
     /// Copies of the reading ends of its stdout and stderr pipes, for a
     /// daemon to hold (see [`OsSpawner::pipes`]).
     pipes: Option<Pipes>,
@@ -253,6 +255,9 @@ struct Inner {
     config: OsSpawnerConfig,
     /// The open start log, if the configuration names one.
     start_log: Option<std::fs::File>,
+    /// Until when the node's lease is held ([`ProcessSpawner::hold_lease`]),
+    /// and whether a task waits for it.
+    lease: Mutex<(Option<tokio::time::Instant>, bool)>,
 }
 
 impl OsSpawner {
@@ -279,6 +284,7 @@ impl OsSpawner {
                 tx,
                 config,
                 start_log,
+                lease: Mutex::new((None, false)),
             }),
             rx: Mutex::new(Some(rx)),
         }
@@ -330,6 +336,7 @@ impl OsSpawner {
                 stopping: false,
                 origin: Origin::Adopted,
                 stdin: None,
+                fence: None,
                 pipes: kept,
             },
         );
@@ -557,6 +564,91 @@ impl Inner {
         }
     }
 
+    /// Sends `signal` to record `id`'s process group `pid` and to what left it.
+    async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
+        let group_alive = {
+            let mut map = lock(&self.live);
+            match map.get_mut(&id) {
+                Some(live) if live.pid == pid => {
+                    if is_terminating(signal) {
+                        live.stopping = true;
+                    }
+                    !live.reaped && live.origin != Origin::Adopted
+                }
+                // Not ours, or already gone: signalling an ended process is not an error.
+                _ => return Ok(()),
+            }
+        };
+        if group_alive {
+            // The unreaped leader keeps its group id reserved, so the group is still this tree's.
+            if let (Some(group), Some(sig)) = (
+                Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                tree::os_signal(signal.number()),
+            ) {
+                match kill_process_group(group, sig) {
+                    Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                    Err(e) => {
+                        return Err(SpawnError::Os(format!(
+                            "cannot signal process group {pid}: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        // Then everything that left the group.
+        let id_text = id.to_string();
+        let number = signal.number();
+        let leader = group_alive.then_some(pid);
+        tokio::task::spawn_blocking(move || {
+            for member in tree::members(&id_text, leader) {
+                tree::signal_seen(member, number);
+            }
+        })
+        .await
+        .map_err(|e| SpawnError::Os(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Waits for the node's lease to lapse; then stops every process with
+    /// a fence: its signal to the group now, KILL after its grace.
+    async fn watch_lease(self: Arc<Self>) {
+        loop {
+            let Some(until) = self.lease.lock().unwrap_or_else(PoisonError::into_inner).0 else {
+                break;
+            };
+            tokio::time::sleep_until(until).await;
+            let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+            if lease
+                .0
+                .is_some_and(|held| held > tokio::time::Instant::now())
+            {
+                continue;
+            }
+            *lease = (None, false);
+            drop(lease);
+            self.fence_all();
+            return;
+        }
+        self.lease.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
+    }
+
+    fn fence_all(self: &Arc<Self>) {
+        let fenced: Vec<(ProcessId, u32, bpm_domain::StopPolicy)> = lock(&self.live)
+            .iter()
+            .filter(|(_, l)| !l.reaped)
+            .filter_map(|(id, l)| l.fence.map(|f| (*id, l.pid, f)))
+            .collect();
+        for (id, pid, policy) in fenced {
+            tracing::warn!(%id, pid, "the node's lease lapsed: stopping a failover record's process, which another node may now run");
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let _ = inner.signal(id, pid, policy.signal).await;
+                tokio::time::sleep(policy.grace.as_duration()).await;
+                let _ = inner.signal(id, pid, Signal::Kill).await;
+            });
+        }
+    }
+
     /// Holds the started `child` among the live processes; returns what is
     /// left to watch: its output pipes and its pidfd.
     fn hold(
@@ -605,6 +697,7 @@ impl Inner {
             stopping: false,
             origin,
             stdin,
+            fence: request.fence,
             pipes,
         };
         lock(&self.live).insert(request.id, live);
@@ -767,46 +860,22 @@ impl ProcessSpawner for OsSpawner {
     }
 
     async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
-        let group_alive = {
-            let mut map = lock(&self.inner.live);
-            match map.get_mut(&id) {
-                Some(live) if live.pid == pid => {
-                    if is_terminating(signal) {
-                        live.stopping = true;
-                    }
-                    !live.reaped && live.origin != Origin::Adopted
-                }
-                // Not ours, or already gone: signalling an ended process is not an error.
-                _ => return Ok(()),
-            }
-        };
-        if group_alive {
-            // The unreaped leader keeps its group id reserved, so the group is still this tree's.
-            if let (Some(group), Some(sig)) = (
-                Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
-                tree::os_signal(signal.number()),
-            ) {
-                match kill_process_group(group, sig) {
-                    Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-                    Err(e) => {
-                        return Err(SpawnError::Os(format!(
-                            "cannot signal process group {pid}: {e}"
-                        )));
-                    }
-                }
-            }
+        self.inner.signal(id, pid, signal).await
+    }
+
+    async fn hold_lease(&self, within: Duration) -> Result<(), SpawnError> {
+        let until = tokio::time::Instant::now() + within;
+        let mut lease = self
+            .inner
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lease.0 = Some(lease.0.map_or(until, |held| held.max(until)));
+        if !lease.1 {
+            lease.1 = true;
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.watch_lease().await });
         }
-        // Then everything that left the group.
-        let id_text = id.to_string();
-        let number = signal.number();
-        let leader = group_alive.then_some(pid);
-        tokio::task::spawn_blocking(move || {
-            for member in tree::members(&id_text, leader) {
-                tree::signal_seen(member, number);
-            }
-        })
-        .await
-        .map_err(|e| SpawnError::Os(e.to_string()))?;
         Ok(())
     }
 

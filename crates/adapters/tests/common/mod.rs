@@ -60,6 +60,7 @@ pub(crate) fn sh_request(
         readiness: bpm_domain::ReadinessCheck::None,
         idle_after: None,
         hands_over: true,
+        fence: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         readiness: ReadinessCheck::None,
         idle_after: None,
         hands_over: true,
+        fence: None,
     }
 }
 
