@@ -20,7 +20,11 @@
 //!   node is set once, and no record runs on two nodes at once;
 //! - a group's cluster-wide limit holds, but for records whose node was cut
 //!   off (their slots free as they become `unreachable`, by design);
-//! - once everyone is back, every record placed on any node was taken.
+//! - once everyone is back, every record placed on any node was taken;
+//! - never two live attempts of one record: a `--failover` record and the
+//!   records that replace it (`restarted_from`) never run at once, though
+//!   a node cut off fences itself only on its own clock and the others
+//!   fail over on the store's.
 //!
 //! Records may name records of other nodes (dependencies, parents): a node
 //! whose core does not know one reads it from the store and hands it over
@@ -30,7 +34,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bpm_domain::cluster::{Sweep, accepts_write, claim, sweep_record};
+use bpm_domain::cluster::{Sweep, accepts_write, claim, failover, sweep_record};
 use bpm_domain::placement::{NodeLabels, Queued, takes, unplaced};
 use bpm_domain::{
     ClusterTiming, CoreError, Effect, ExitStatus, GroupName, Input, Lease, Limits, NodeId,
@@ -64,6 +68,9 @@ enum Op {
     ClaimThenCut(usize),
     /// A record ended elsewhere: node n's refused groups ask again.
     SlotsFreed(usize),
+    /// Node n submits a failover record (placed on any node if true) with
+    /// a stop grace of g seconds.
+    SubmitFailover(usize, bool, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -80,6 +87,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..NODES).prop_map(Op::Claim),
         1 => (0..NODES).prop_map(Op::ClaimThenCut),
         1 => (0..NODES).prop_map(Op::SlotsFreed),
+        2 => (0..NODES, prop::bool::ANY, 0..4u64).prop_map(|(n, a, g)| Op::SubmitFailover(n, a, g)),
     ]
 }
 
@@ -97,6 +105,10 @@ struct Node {
     /// A claim of it was never placed: its claims go back before it
     /// claims again.
     gives_back: bool,
+    /// Whether its core was told it no longer holds its lease.
+    fenced: bool,
+    /// Its armed timers: when each fires.
+    timers: Vec<(Timestamp, bpm_domain::Timer)>,
 }
 
 struct World {
@@ -163,6 +175,8 @@ impl World {
                 running: HashMap::new(),
                 unsaved: HashMap::new(),
                 gives_back: false,
+                fenced: false,
+                timers: Vec::new(),
             });
             world.claim(n);
         }
@@ -251,6 +265,10 @@ impl World {
                     let (id, pid) = (record.id(), self.pid);
                     self.nodes[n].running.insert(id, pid);
                     self.handle(n, Input::Spawned { id, pid });
+                }
+                Effect::ArmTimer { timer, at } => self.nodes[n].timers.push((at, timer)),
+                Effect::CancelTimer { timer } => {
+                    self.nodes[n].timers.retain(|(_, t)| *t != timer);
                 }
                 Effect::TakeClusterSlot { id, group, limit } => {
                     assert_eq!((group.as_str(), limit), ("agents", AGENTS));
@@ -407,7 +425,60 @@ impl World {
             }
             self.flush(n);
         }
+        // Timers fire on each node's own clock, cut off or not.
+        for n in 0..NODES {
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.nodes[n].timers)
+                .into_iter()
+                .partition(|(at, _)| *at <= now);
+            self.nodes[n].timers = later;
+            for (_, timer) in due {
+                self.handle(n, Input::TimerFired(timer));
+            }
+        }
+        // Each daemon fences itself on its own clock, cut off or not.
+        for n in 0..NODES {
+            let must = self.timing.must_fence(self.nodes[n].sent, self.now);
+            if must != self.nodes[n].fenced {
+                self.nodes[n].fenced = must;
+                self.handle(n, Input::Lease { held: !must });
+            }
+        }
         self.sweep();
+        self.fail_over();
+    }
+
+    /// A node that reaches the store runs lost nodes' due failover records
+    /// again: each given up and replaced in one write, only while its node
+    /// is still lost at that epoch.
+    fn fail_over(&mut self) {
+        let Some(by) = (0..NODES).find(|&n| self.writes(n)) else {
+            return;
+        };
+        let by_name = self.nodes[by].name.clone();
+        let leases: Vec<Lease> = self.leases.values().cloned().collect();
+        for lease in leases {
+            let lost = lease.state_at(self.now) == bpm_domain::NodeState::Lost
+                && self.epochs[&lease.node] == lease.epoch;
+            if !lost || lease.node == by_name {
+                continue;
+            }
+            let mut records: Vec<ProcessRecord> = self
+                .store
+                .values()
+                .filter(|r| r.node() == &lease.node)
+                .cloned()
+                .collect();
+            records.sort_by_key(ProcessRecord::id);
+            for record in records {
+                let new_id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
+                if let Some((old, new)) = failover(&lease, &by_name, &record, new_id, self.now) {
+                    self.next += 1;
+                    self.keep(old);
+                    self.keep(new);
+                }
+            }
+        }
     }
 
     fn sweep(&mut self) {
@@ -587,12 +658,28 @@ impl World {
         }
     }
 
+    /// The first record of `id`'s line of failovers.
+    fn first_of(&self, id: ProcessId) -> ProcessId {
+        let mut at = id;
+        while let Some(from) = self.store.get(&at).and_then(ProcessRecord::restarted_from) {
+            at = from;
+        }
+        at
+    }
+
     fn check(&self) {
-        // No record runs on two nodes at once.
+        // No record runs on two nodes at once, nor two attempts of one.
         let mut seen = HashSet::new();
+        let mut lines = HashMap::new();
         for node in &self.nodes {
             for id in node.running.keys() {
                 assert!(seen.insert(*id), "{id} runs on two nodes");
+                if let Some(other) = lines.insert(self.first_of(*id), (*id, &node.name)) {
+                    panic!(
+                        "two attempts run at once: {id} on {} and {} on {}",
+                        node.name, other.0, other.1
+                    );
+                }
             }
         }
         // A cluster-wide limit holds, but for records whose node was cut off.
@@ -716,6 +803,24 @@ impl World {
                 }
             }
             Op::SlotsFreed(n) => self.handle(n, Input::ClusterSlotsFreed),
+            Op::SubmitFailover(n, anywhere, grace) => {
+                let mut spec = ProcessSpec::argv(["server"]);
+                spec.restart.mode = bpm_domain::RestartMode::OnFailure;
+                spec.failover = true;
+                spec.stop.grace = Span::from_secs(grace);
+                let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
+                if anywhere {
+                    if self.writes(n) {
+                        self.next += 1;
+                        spec.node = Some(NodeId::any());
+                        let record = unplaced(id, spec, self.now).expect("a valid spec");
+                        self.keep(record);
+                    }
+                } else {
+                    self.next += 1;
+                    self.handle(n, Input::Submit { id, spec });
+                }
+            }
             Op::Cut(n) => self.nodes[n].connected = false,
             Op::Heal(n) => {
                 let was_cut = !self.nodes[n].connected;
