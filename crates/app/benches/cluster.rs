@@ -407,6 +407,19 @@ fn main() {
     // Node loss: kill -9 of gamma's daemon, keeper and processes together.
     let id = gamma.bpm(&["run", "--", "sleep", "300"]);
     until_state(&alpha, &id, "running");
+    let moving = gamma.bpm(&[
+        "run",
+        "--failover",
+        "--restart",
+        "always",
+        "--grace",
+        "1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    until_state(&alpha, &moving, "running");
+    let moving_pid = alpha.show(&moving)["pid"].to_string();
     let status = gamma.bpm(&["daemon", "status"]);
     let keeper = status
         .lines()
@@ -418,7 +431,7 @@ fn main() {
     let pid = alpha.show(&id)["pid"].to_string();
     let killed = Instant::now();
     let _ = Command::new("kill")
-        .args(["-9", daemon.trim(), &keeper, &pid])
+        .args(["-9", daemon.trim(), &keeper, &pid, &moving_pid])
         .status();
     let deadline = Instant::now() + Duration::from_secs(20);
     while alpha.show(&id)["state"] != "unreachable" && Instant::now() < deadline {
@@ -431,4 +444,33 @@ fn main() {
         LEASE_TTL.as_secs_f64(),
         noticed.as_secs_f64() / LEASE_TTL.as_secs_f64()
     );
+
+    // Failover: the --failover record of gamma runs again elsewhere.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replacement = loop {
+        let shown = alpha.show(&moving);
+        if let Some(to) = shown["error"]
+            .as_str()
+            .and_then(|e| e.split("failed over to ").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+        {
+            break to.to_owned();
+        }
+        assert!(Instant::now() < deadline, "never failed over: {shown}");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let given_up = killed.elapsed();
+    until_state(&alpha, &replacement, "running");
+    let moved = killed.elapsed();
+    let node = alpha.show(&replacement)["node"].clone();
+    let bound = LEASE_TTL + Duration::from_secs(1) + bpm_domain::cluster::FAILOVER_MARGIN;
+    println!(
+        "failover (gamma killed; its --failover record, grace 1 s, running again on {node}): given up and replaced after {:.2} s, running after {:.2} s; lease_ttl {:.0} s, ratio {:.2}; the wait it must not beat: lease_ttl + grace + margin = {:.0} s",
+        given_up.as_secs_f64(),
+        moved.as_secs_f64(),
+        LEASE_TTL.as_secs_f64(),
+        moved.as_secs_f64() / LEASE_TTL.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+    alpha.bpm(&["stop", &replacement]);
 }

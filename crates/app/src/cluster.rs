@@ -146,6 +146,7 @@ const FENCE_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
 async fn self_fence(fence: Fence, engine: Arc<OnceLock<Engine>>) {
     let mut fenced = false;
     let mut passed_on: Option<Instant> = None;
+    let mut keeper_said = false;
     loop {
         let held = fence.may_write();
         if let (true, Some(engine), Some(at)) = (held, engine.get(), fence.lapses_at())
@@ -155,8 +156,16 @@ async fn self_fence(fence: Fence, engine: Arc<OnceLock<Engine>>) {
                 .hold_lease(at.saturating_duration_since(Instant::now()))
                 .await
             {
-                Ok(()) => passed_on = Some(at),
-                Err(e) => tracing::warn!(error = %e, "could not tell the keeper the lease holds"),
+                Ok(()) => {
+                    passed_on = Some(at);
+                    keeper_said = false;
+                }
+                // The keeper fences by itself meanwhile: said once.
+                Err(e) if !keeper_said => {
+                    keeper_said = true;
+                    tracing::warn!(error = %e, "could not tell the keeper the lease holds; it will stop the failover processes if it is not told in time");
+                }
+                Err(_) => {}
             }
         }
         if held == fenced
