@@ -126,6 +126,19 @@ async def scenario():
         check("node_labels" in message, message)
         print("7. placed on any node with side=b: beta took it and ran it")
 
+        # 8. Failover: asked without a restart policy, refused by name; with
+        #    one, the record carries it.
+        message = await error_of(client, "start_background_process",
+                                 {"command": "sleep 30", "failover": True})
+        check("on-failure or always" in message, message)
+        moving = await call(client, "start_background_process", {
+            "command": "sleep 30", "failover": True, "restart": "always", "grace_secs": 1,
+        })
+        check(moving["spec"].get("failover") is True, f"failover: {moving['spec']}")
+        stopped = await call(client, "stop_background_process", {"process_id": moving["id"]})
+        check(stopped["process"]["state"] == "cancelled", f"stop: {stopped['process']['state']}")
+        print("8. a failover record is started, and one without a restart policy refused")
+
 
 async def main():
     started = time.monotonic()

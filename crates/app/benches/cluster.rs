@@ -465,7 +465,7 @@ fn main() {
     let node = alpha.show(&replacement)["node"].clone();
     let bound = LEASE_TTL + Duration::from_secs(1) + bpm_domain::cluster::FAILOVER_MARGIN;
     println!(
-        "failover (gamma killed; its --failover record, grace 1 s, running again on {node}): given up and replaced after {:.2} s, running after {:.2} s; lease_ttl {:.0} s, ratio {:.2}; the wait it must not beat: lease_ttl + grace + margin = {:.0} s",
+        "failover (gamma killed; its --failover record, grace 1 s, running again on {node}): given up and replaced {:.2} s after the kill, running {:.2} s after it; lease_ttl {:.0} s, ratio {:.2}; the cluster waits lease_ttl + grace + margin = {:.0} s from gamma's last renewal, which came up to a third of a lease before the kill",
         given_up.as_secs_f64(),
         moved.as_secs_f64(),
         LEASE_TTL.as_secs_f64(),
