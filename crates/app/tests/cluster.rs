@@ -8,7 +8,7 @@ mod node;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bpm_tests::{CutProxy, RedisServer, redis_url, unique_prefix};
+use bpm_tests::{RedisServer, unique_prefix};
 use node::{Node, beta_running, daemon_that_fails, kill, state, state_of, text, until};
 
 #[test]
@@ -245,11 +245,7 @@ fn a_dead_nodes_records_are_unreachable_then_lost_each_sweep_made_by_one_node() 
 #[test]
 fn a_partitioned_nodes_records_come_back_with_their_real_states() {
     let prefix = unique_prefix();
-    let target = redis_url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("the test Redis is on a loopback address");
-    let proxy = CutProxy::start(target);
+    let proxy = node::redis_proxy();
     let more = "lost_after = \"60s\"\n";
     let a = Node::with("alpha", &prefix, more);
     let b = Node::at(&proxy.redis_url(), "beta", &prefix, more);

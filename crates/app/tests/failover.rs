@@ -10,7 +10,7 @@ mod node;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bpm_tests::{CutProxy, redis_url, unique_prefix};
+use bpm_tests::unique_prefix;
 use node::{Node, state, until};
 
 /// A server that notes, in `marks`, when it starts and when it stops (on
@@ -22,6 +22,16 @@ fn server(marks: &Path) -> String {
          while true; do sleep 0.05; done",
         m = marks.display()
     )
+}
+
+/// The id of the record that replaced `given_up`, as its reason names it.
+fn replacement_of(given_up: &serde_json::Value) -> String {
+    given_up["error"]
+        .as_str()
+        .and_then(|e| e.split("failed over to ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not failed over: {given_up}"))
+        .to_owned()
 }
 
 /// One mark: what, when (ns), on which node, of which record.
@@ -76,11 +86,7 @@ fn most_at_once(marks: &[Mark]) -> i32 {
 #[test]
 fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
     let prefix = unique_prefix();
-    let target = redis_url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("the test Redis is on a loopback address");
-    let proxy = CutProxy::start(target);
+    let proxy = node::redis_proxy();
     let more = "lost_after = \"120s\"\n";
     let alpha = Node::at(&proxy.redis_url(), "alpha", &prefix, more);
     let beta = Node::with("beta", &prefix, more);
@@ -123,14 +129,7 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
         state(r) == "lost"
     });
     let moved_after = cut_at.elapsed();
-    let error = given_up["error"].as_str().unwrap_or_default().to_owned();
-    assert!(error.contains("failed over to"), "{given_up}");
-    let replacement = error
-        .split("failed over to ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .expect("the replacement's id")
-        .to_owned();
+    let replacement = replacement_of(&given_up);
     let (moved, _) = until(&beta, &replacement, Duration::from_secs(15), |r| {
         state(r) == "running"
     });
@@ -250,13 +249,7 @@ fn the_keeper_stops_a_failover_process_when_its_daemon_dies() {
     let (given_up, _) = until(&beta, &quick, Duration::from_secs(20), |r| {
         state(r) == "lost"
     });
-    let error = given_up["error"].as_str().unwrap_or_default().to_owned();
-    let replacement = error
-        .split("failed over to ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("not failed over: {given_up}"))
-        .to_owned();
+    let replacement = replacement_of(&given_up);
     until(&beta, &replacement, Duration::from_secs(15), |r| {
         state(r) == "running"
     });

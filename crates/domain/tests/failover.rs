@@ -136,19 +136,7 @@ fn a_record_starting_when_the_node_is_fenced_is_stopped_once_it_has_a_pid() {
 }
 
 fn lease(renewed_at: u64) -> Lease {
-    Lease {
-        node: node("b"),
-        epoch: 4,
-        host: "machine-b".into(),
-        pid: 42,
-        version: "0.1.0".into(),
-        since: t(1_000),
-        renewed_at: t(renewed_at),
-        ttl: Span::from_secs(2),
-        slots: 4,
-        left: false,
-        labels: std::collections::BTreeMap::default(),
-    }
+    common::lease_of_b(renewed_at)
 }
 
 /// Record `n` of node `b`, running.

@@ -302,11 +302,13 @@ impl RedisStore {
         Ok((keys, args))
     }
 
-    async fn put(&self, record: &ProcessRecord, expected: Option<u64>) -> Result<(), StoreError> {
-        self.check_lease()?;
-        let (keys, args) = self.put_call(record, expected)?;
-        let epoch = self.fence_args().1;
-        let mut inv = self.put.prepare_invoke();
+    /// Runs `inv` with `keys` and `args` after those it has; its answer.
+    async fn invoke(
+        &self,
+        mut inv: redis::ScriptInvocation<'_>,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<String>, StoreError> {
         for k in keys {
             inv.key(k);
         }
@@ -314,10 +316,16 @@ impl RedisStore {
             inv.arg(a);
         }
         let mut conn = self.conn.clone();
-        let answer: Vec<String> = inv
-            .invoke_async(&mut conn)
+        inv.invoke_async(&mut conn)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| unavailable(&e))
+    }
+
+    async fn put(&self, record: &ProcessRecord, expected: Option<u64>) -> Result<(), StoreError> {
+        self.check_lease()?;
+        let (keys, args) = self.put_call(record, expected)?;
+        let epoch = self.fence_args().1;
+        let answer = self.invoke(self.put.prepare_invoke(), keys, args).await?;
         match answer.first().map(String::as_str) {
             Some("ok") => Ok(()),
             Some("fenced") => Err(self.fenced_error(epoch, answer.get(1))),
@@ -399,7 +407,7 @@ impl Failover for RedisStore {
         replacement: &ProcessRecord,
     ) -> Result<FailedOver, StoreError> {
         self.check_lease()?;
-        let (old_keys, old_args) = self.put_call(old, Some(expected))?;
+        let (mut old_keys, mut old_args) = self.put_call(old, Some(expected))?;
         let (new_keys, new_args) = self.put_call(replacement, None)?;
         let due = ClusterTiming::failover_after(lease, old.spec().stop.grace);
         let mut inv = self.failover.prepare_invoke();
@@ -408,17 +416,9 @@ impl Failover for RedisStore {
         inv.arg(lease.epoch)
             .arg(u64::try_from(due.as_millis()).unwrap_or(u64::MAX))
             .arg(old_keys.len());
-        for k in old_keys.into_iter().chain(new_keys) {
-            inv.key(k);
-        }
-        for a in old_args.into_iter().chain(new_args) {
-            inv.arg(a);
-        }
-        let mut conn = self.conn.clone();
-        let answer: Vec<String> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        old_keys.extend(new_keys);
+        old_args.extend(new_args);
+        let answer = self.invoke(inv, old_keys, old_args).await?;
         match answer.first().map(String::as_str) {
             Some("ok") => Ok(FailedOver::Replaced),
             Some("held") => Ok(FailedOver::NotLost),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bpm_tests::{redis_url, unique_prefix};
+use bpm_tests::{CutProxy, redis_url, unique_prefix};
 
 /// A node: a state directory whose config points at the shared Redis.
 pub struct Node {
@@ -207,4 +207,14 @@ pub fn until(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A proxy to the test's Redis that the test can cut: a node configured
+/// with its URL (`Node::at`) is partitioned by `cut(true)`.
+pub fn redis_proxy() -> CutProxy {
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("the test Redis is on a loopback address");
+    CutProxy::start(target)
 }
