@@ -2054,3 +2054,112 @@ async fn a_record_placed_on_any_node_is_taken_here_or_waits_and_is_stopped() {
         "it never ran: {stopped:?}"
     );
 }
+
+/// The sweep of a lost node's failover record, on the in-memory adapters:
+/// nothing moves before a lease, its grace and the margin have passed
+/// since the node's last renewal; then the record is given up, its
+/// replacement queued and announced, and this node's claimer takes it and
+/// runs it (after the first restart's backoff). A second look replaces
+/// nothing more.
+#[tokio::test]
+async fn a_lost_nodes_failover_record_runs_here_once() {
+    use bpm_adapters::memory::{InMemoryClaims, InMemoryFailover, InMemoryMembership};
+    use bpm_ports::{Claimant, Clock, Membership};
+    let h = harness(Limits::default()).await;
+    let here = bpm_domain::NodeId::local();
+    let beta = bpm_domain::NodeId::new("beta").expect("a node");
+    h.engine.claim_through(
+        Arc::new(InMemoryClaims::new(
+            Arc::clone(&h.ports.store),
+            here.clone(),
+        )),
+        bpm_domain::placement::NodeLabels::new(),
+    );
+    let membership = Arc::new(InMemoryMembership::new(h.clock.clone()));
+    let claimant = |node: &bpm_domain::NodeId| Claimant {
+        node: node.clone(),
+        host: "host".into(),
+        pid: 1,
+        version: "test".into(),
+        ttl: Span::from_secs(2),
+        slots: 4,
+        labels: bpm_domain::placement::NodeLabels::new(),
+    };
+    membership.join(&claimant(&beta)).await.expect("beta joins");
+    let mut spec = fake(&["forever"]);
+    spec.restart.mode = RestartMode::Always;
+    spec.failover = true;
+    spec.stop.grace = Span::from_secs(1);
+    let mut on_beta = ProcessRecord::new(
+        ProcessId::from_uuid(uuid::Uuid::now_v7()),
+        beta.clone(),
+        spec,
+        h.clock.now(),
+    );
+    h.ports.store.create(&on_beta).await.expect("create");
+    let created = on_beta.version();
+    on_beta
+        .apply(bpm_domain::Transition::Start, h.clock.now())
+        .expect("start");
+    on_beta
+        .apply(bpm_domain::Transition::Spawned { pid: 77 }, h.clock.now())
+        .expect("spawned");
+    h.ports
+        .store
+        .update(&on_beta, created)
+        .await
+        .expect("update");
+    let timing =
+        bpm_domain::ClusterTiming::new(Span::from_secs(2), Span::from_secs(60)).expect("timing");
+    let failover = Arc::new(InMemoryFailover::new(
+        Arc::clone(&membership),
+        Arc::clone(&h.ports.store),
+    ));
+    let sweeper = h.engine.sweeper(membership.clone(), timing, failover);
+
+    // Lost (2 s) but not due (2 s + 1 s grace + 2 s margin): only unreachable.
+    h.advance(Duration::from_millis(4_900)).await;
+    let swept = sweeper.look().await.expect("look");
+    assert!(swept.iter().all(|s| s.sweep.is_some()), "{swept:?}");
+    assert_eq!(h.state(on_beta.id()).await, StateName::Unreachable);
+
+    h.advance(Duration::from_millis(200)).await;
+    let swept = sweeper.look().await.expect("look");
+    assert_eq!(
+        swept.iter().find(|s| s.sweep.is_none()).map(|s| s.records),
+        Some(1),
+        "{swept:?}"
+    );
+    let given_up = h.engine.get(on_beta.id()).await.expect("stored");
+    assert_eq!(given_up.state(), StateName::Lost);
+    let replacement = h
+        .engine
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|r| r.restarted_from() == Some(on_beta.id()))
+        .expect("a replacement");
+    assert_eq!(replacement.restarts(), 1);
+    assert!(
+        sweeper
+            .look()
+            .await
+            .expect("look")
+            .iter()
+            .all(|s| s.sweep.is_some())
+    );
+    // Taken here, and started once its backoff (0.5 s) has passed.
+    eventually("the replacement is placed here", || async {
+        h.engine
+            .get(replacement.id())
+            .await
+            .is_ok_and(|r| r.node() == &here)
+    })
+    .await;
+    h.advance(Duration::from_secs(1)).await;
+    let running = h.until_state(replacement.id(), StateName::Running).await;
+    assert_eq!(running.node(), &here);
+    let all = h.engine.list(ListFilter::default()).await.expect("list");
+    assert_eq!(all.len(), 2, "one replacement: {all:?}");
+}
