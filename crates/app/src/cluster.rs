@@ -10,7 +10,7 @@ use anyhow::{Result, anyhow};
 use bpm_adapters::redis::{Fence, RedisMembership, RedisStore};
 use bpm_domain::{ClusterTiming, NodeId, Span};
 use bpm_engine::Engine;
-use bpm_ports::{Claimant, Failover, Membership, MembershipError};
+use bpm_ports::{Claimant, Failover, Membership, MembershipError, ProcessSpawner};
 
 use crate::wiring::StoreChoice;
 
@@ -27,6 +27,8 @@ pub struct NodeLease {
     /// Where lost nodes' failover records are run elsewhere: the store,
     /// writing with this daemon's epoch.
     failover: Arc<dyn Failover>,
+    /// The keeper, told of every renewal.
+    keeper: Keeper,
 }
 
 /// What `bpm daemon status` shows of the lease, and where warnings go.
@@ -109,7 +111,12 @@ pub async fn join(
             .fenced(fence.clone()),
     );
     let engine = Arc::new(OnceLock::new());
-    let fencing = tokio::spawn(self_fence(fence.clone(), Arc::clone(&engine)));
+    let keeper: Keeper = Arc::new(OnceLock::new());
+    let fencing = tokio::spawn(self_fence(
+        fence.clone(),
+        Arc::clone(&engine),
+        Arc::clone(&keeper),
+    ));
     let renewing = tokio::spawn(
         Renewal {
             membership: Arc::clone(&membership),
@@ -130,12 +137,29 @@ pub async fn join(
         fencing,
         sweeping: None,
         failover,
+        keeper,
     }))
+}
+
+/// The spawner (the keeper) that holds this node's processes, once the
+/// daemon has one.
+type Keeper = Arc<OnceLock<Arc<dyn ProcessSpawner>>>;
+
+/// How long the keeper is to hold the processes with a fence, for a lease
+/// that lapses at `at`.
+fn keeper_holds(at: Instant) -> std::time::Duration {
+    at.saturating_duration_since(Instant::now()) + KEEPER_LAG
 }
 
 /// How often the fence looks whether the lease was renewed (or, fenced,
 /// whether it is held again).
 const FENCE_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long after the daemon's own fence the keeper fences by itself: so
+/// that a daemon alive to do it stops its processes first (and the keeper
+/// sends no second TERM), while the keeper's KILL still lands well inside
+/// `FAILOVER_MARGIN` (it is 2 s).
+const KEEPER_LAG: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Fences the engine's failover records the moment the daemon may no
 /// longer write (a whole lease after the last renewal that succeeded was
@@ -143,19 +167,16 @@ const FENCE_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
 /// its lease again (renewed, or claimed again and reconciled). Each
 /// renewal is passed on to the keeper, which fences those records' processes
 /// itself if this daemon stops passing them on (it died or stalled).
-async fn self_fence(fence: Fence, engine: Arc<OnceLock<Engine>>) {
+async fn self_fence(fence: Fence, engine: Arc<OnceLock<Engine>>, keeper: Keeper) {
     let mut fenced = false;
     let mut passed_on: Option<Instant> = None;
     let mut keeper_said = false;
     loop {
         let held = fence.may_write();
-        if let (true, Some(engine), Some(at)) = (held, engine.get(), fence.lapses_at())
+        if let (true, Some(keeper), Some(at)) = (held, keeper.get(), fence.lapses_at())
             && passed_on != Some(at)
         {
-            match engine
-                .hold_lease(at.saturating_duration_since(Instant::now()))
-                .await
-            {
+            match keeper.hold_lease(keeper_holds(at)).await {
                 Ok(()) => {
                     passed_on = Some(at);
                     keeper_said = false;
@@ -305,6 +326,24 @@ impl NodeLease {
     /// The epoch this daemon's writes carry, for its store.
     pub fn fence(&self) -> Fence {
         self.fence.clone()
+    }
+
+    /// Tells `keeper` the lease holds, before any process starts, and of
+    /// every renewal from now on: a keeper that is not told in time stops
+    /// the failover records' processes by itself
+    /// (`ProcessSpawner::hold_lease`).
+    ///
+    /// # Errors
+    /// The keeper cannot be reached.
+    pub async fn pass_renewals_to(&self, keeper: Arc<dyn ProcessSpawner>) -> Result<()> {
+        if let Some(at) = self.fence.lapses_at() {
+            keeper
+                .hold_lease(keeper_holds(at))
+                .await
+                .map_err(|e| anyhow!("cannot tell bpm's keeper the lease holds: {e}"))?;
+        }
+        let _ = self.keeper.set(keeper);
+        Ok(())
     }
 
     /// Hands the lease the running engine: a node claimed again reconciles

@@ -108,6 +108,11 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         hello.pid, hello.version, hello.protocol
     ))));
     let spawner = lasting_keeper(first, home, &choice, &keeper, &warnings);
+    // Before any process starts: the keeper fences the failover records'
+    // processes by itself unless told, in time, of each renewal.
+    if let Some(lease) = &lease {
+        lease.pass_renewals_to(spawner.clone()).await?;
+    }
     if let Some(starts) = inherited.filter(|s| !s.is_empty()) {
         // The last keeper died with the last daemon: what it may have
         // started is answered from its log, never started again.

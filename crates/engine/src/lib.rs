@@ -266,20 +266,6 @@ impl Engine {
         .with_failover(failover, Arc::clone(&self.ports.ids))
     }
 
-    /// Tells the spawner the node's lease holds for `within` more: if it
-    /// is not told again in time, it stops the failover records' processes
-    /// itself ([`bpm_ports::ProcessSpawner::hold_lease`]), even if this
-    /// daemon is dead by then.
-    ///
-    /// # Errors
-    /// The spawner cannot be reached.
-    pub async fn hold_lease(
-        &self,
-        within: std::time::Duration,
-    ) -> Result<(), bpm_ports::SpawnError> {
-        self.ports.spawner.hold_lease(within).await
-    }
-
     /// Tells the core whether this node holds its lease: when it does not
     /// (a whole lease after its last renewal that succeeded was sent), its
     /// failover records are stopped and none starts until it does again

@@ -632,17 +632,23 @@ impl Inner {
         self.lease.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
     }
 
+    /// Stops every process with a fence: its signal now (unless a stop
+    /// was already sent, by the daemon's own fence say: a second TERM may
+    /// cut a graceful shutdown short), and KILL after its grace if it is
+    /// still there.
     fn fence_all(self: &Arc<Self>) {
-        let fenced: Vec<(ProcessId, u32, bpm_domain::StopPolicy)> = lock(&self.live)
+        let fenced: Vec<(ProcessId, u32, bpm_domain::StopPolicy, bool)> = lock(&self.live)
             .iter()
             .filter(|(_, l)| !l.reaped)
-            .filter_map(|(id, l)| l.fence.map(|f| (*id, l.pid, f)))
+            .filter_map(|(id, l)| l.fence.map(|f| (*id, l.pid, f, l.stopping)))
             .collect();
-        for (id, pid, policy) in fenced {
+        for (id, pid, policy, stopping) in fenced {
             tracing::warn!(%id, pid, "the node's lease lapsed: stopping a failover record's process, which another node may now run");
             let inner = self.clone();
             tokio::spawn(async move {
-                let _ = inner.signal(id, pid, policy.signal).await;
+                if !stopping {
+                    let _ = inner.signal(id, pid, policy.signal).await;
+                }
                 tokio::time::sleep(policy.grace.as_duration()).await;
                 let _ = inner.signal(id, pid, Signal::Kill).await;
             });
