@@ -258,11 +258,18 @@ pub fn sweep_record(
 }
 
 /// Whether `record` is run elsewhere when its node is lost: it asked for
-/// failover and has restarts left. The sweeps never give it up; the
-/// failover ends it.
+/// failover, has restarts left, and was not being stopped (a stop asked
+/// for is honoured: it is given up as any record). The sweeps never give
+/// it up; the failover ends it.
 pub fn fails_over(record: &ProcessRecord) -> bool {
     let spec = record.spec();
+    let stopping = match record.lifecycle() {
+        crate::Lifecycle::Stopping { .. } => true,
+        crate::Lifecycle::Unreachable { was, .. } => was.name() == StateName::Stopping,
+        _ => false,
+    };
     spec.failover
+        && !stopping
         && spec
             .restart
             .max_restarts

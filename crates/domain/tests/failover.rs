@@ -210,6 +210,25 @@ fn nothing_fails_over_without_failover_restarts_left_or_from_a_node_that_left() 
 }
 
 #[test]
+fn a_record_being_stopped_is_not_failed_over_but_given_up() {
+    let l = lease(10_000);
+    let timing = ClusterTiming::new(Span::from_secs(2), Span::from_secs(2)).expect("timing");
+    let mut r = running_on_b(1, failover_spec());
+    r.apply(
+        Transition::Stop {
+            cause: StopCause::Requested,
+        },
+        t(3),
+    )
+    .expect("stop");
+    let late = t(1_000_000);
+    assert!(sweep_record(Sweep::Unreach, &l, &node("c"), &timing, &mut r, late).is_some());
+    assert!(failover(&l, &node("c"), &r, id(2), late).is_none());
+    assert!(sweep_record(Sweep::GiveUp, &l, &node("c"), &timing, &mut r, late).is_some());
+    assert!(r.is_terminal(), "{r:?}");
+}
+
+#[test]
 fn the_sweeps_never_give_up_a_record_that_fails_over() {
     let l = lease(10_000);
     let timing = ClusterTiming::new(Span::from_secs(2), Span::from_secs(2)).expect("timing");
