@@ -220,6 +220,17 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
 /// record given up, and one copy runs.
 #[test]
 fn the_keeper_stops_a_failover_process_when_its_daemon_dies() {
+    keeper_fences_when_the_daemon_dies(false);
+}
+
+/// The same after alpha's keeper was killed first: the keeper that adopts
+/// the server fences it too.
+#[test]
+fn a_keeper_that_adopted_a_failover_process_stops_it_when_its_daemon_dies() {
+    keeper_fences_when_the_daemon_dies(true);
+}
+
+fn keeper_fences_when_the_daemon_dies(keeper_dies_first: bool) {
     let prefix = unique_prefix();
     let more = "lost_after = \"120s\"\n";
     let alpha = Node::with("alpha", &prefix, more);
@@ -248,7 +259,17 @@ fn the_keeper_stops_a_failover_process_when_its_daemon_dies() {
         assert!(Instant::now() < deadline, "the server never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (daemon, _keeper) = alpha.daemon_and_keeper();
+    let (daemon, keeper) = alpha.daemon_and_keeper();
+    if keeper_dies_first {
+        node::kill("-9", &[&keeper]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alpha.daemon_and_keeper().1 == keeper {
+            assert!(Instant::now() < deadline, "no keeper took over");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The next renewal reaches the new keeper.
+        std::thread::sleep(Duration::from_secs(1));
+    }
     node::kill("-9", &[&daemon]);
 
     let (given_up, _) = until(&beta, &quick, Duration::from_secs(20), |r| {

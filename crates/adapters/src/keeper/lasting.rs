@@ -119,6 +119,9 @@ pub struct LastingKeeper {
     reaper: Option<Arc<Subreaper>>,
     /// Processes a dead keeper left that became the daemon's children.
     inherited: Mutex<HashMap<ProcessId, u32>>,
+    /// How the failover records' processes are fenced
+    /// ([`SpawnRequest::fence`]), passed on to the keeper that adopts them.
+    fences: Mutex<HashMap<ProcessId, bpm_domain::StopPolicy>>,
 }
 
 impl LastingKeeper {
@@ -141,6 +144,7 @@ impl LastingKeeper {
             generation,
             handed: Arc::default(),
             spawning: Mutex::default(),
+            fences: Mutex::default(),
             start_log,
             maybe_started: Mutex::default(),
             tx,
@@ -264,7 +268,7 @@ impl LastingKeeper {
         // Reported before its end can be.
         let _ = self.tx.send(ProcessNotice::Adopted { id, pid });
         self.inherit(id, pid);
-        if runs && keeper.adopt(id, pid, None).await.unwrap_or(false) {
+        if runs && keeper.adopt(id, pid, None, None).await.unwrap_or(false) {
             return true;
         }
         self.inherited
@@ -359,7 +363,13 @@ impl LastingKeeper {
         for (id, pid, pipes) in orphans {
             // Before the adoption, whose end may be reported at once.
             self.inherit(id, pid);
-            if fresh.adopt(id, pid, pipes).await.unwrap_or(false) {
+            let fence = self
+                .fences
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+                .copied();
+            if fresh.adopt(id, pid, pipes, fence).await.unwrap_or(false) {
                 adopted += 1;
             } else {
                 ended += 1;
@@ -475,6 +485,12 @@ impl ProcessSpawner for LastingKeeper {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id);
+        if let Some(fence) = request.fence {
+            self.fences
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, fence);
+        }
         let answer = keeper.spawn(request.clone()).await;
         let died = answer.is_err() && keeper.is_closed();
         if died {
@@ -570,6 +586,10 @@ impl ProcessSpawner for LastingKeeper {
     }
 
     fn exit_recorded(&self, id: ProcessId) {
+        self.fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
         self.current().exit_recorded(id);
     }
 

@@ -37,8 +37,10 @@
 //! before it reports the start, and for every running process when a
 //! daemon connects. A process whose keeper dies therefore never meets a
 //! broken pipe; the daemon hands the pipes to the next keeper with
-//! `{"adopt":{"id":ID,"pid":P,"pipes":true}}` (the descriptors attached),
-//! which goes on copying the output and watches the process by pidfd.
+//! `{"adopt":{"id":ID,"pid":P,"pipes":true}}` (the descriptors attached;
+//! with `"fence"` for a failover record's process, so that the new keeper
+//! fences it too), which goes on copying the output and watches the process
+//! by pidfd.
 //!
 //! Starts (`spawn`, `hand_over`) name their environment by a slot number:
 //! `{"env":{"slot":N,"vars":{...}}}` (id 0) defines slot N for the requests
@@ -111,6 +113,9 @@ enum Op {
         id: ProcessId,
         pid: u32,
         pipes: bool,
+        /// How it is fenced, if it is a failover record's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<bpm_domain::StopPolicy>,
     },
     Ack(u64),
     HandOver(Vec<Start>),

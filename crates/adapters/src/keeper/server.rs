@@ -427,11 +427,19 @@ impl Keeper {
             },
             Op::Withdraw => Ok(Answer::Withdrawn(self.spawner.withdraw_handed())),
             // Its descriptors come with this line: taken here, in order.
-            Op::Adopt { id, pid, pipes } => {
+            Op::Adopt {
+                id,
+                pid,
+                pipes,
+                fence,
+            } => {
                 let ends = pipes
                     .then(|| fds::take(received, 2).and_then(|f| <[OwnedFd; 2]>::try_from(f).ok()))
                     .flatten();
                 let held = end_waiting(&self.state, id) || self.spawner.adopt_with(id, pid, ends);
+                if let Some(fence) = fence.filter(|_| held) {
+                    self.spawner.fence(id, fence);
+                }
                 Ok(Answer::Held(held))
             }
             op => {

@@ -312,6 +312,15 @@ impl OsSpawner {
         self.adopt_with(id, pid, None)
     }
 
+    /// Record `id`'s process is a failover record's, stopped with `fence`
+    /// when the node's lease lapses ([`ProcessSpawner::hold_lease`]): for
+    /// a process adopted from a keeper that died.
+    pub fn fence(&self, id: ProcessId, fence: bpm_domain::StopPolicy) {
+        if let Some(live) = lock(&self.inner.live).get_mut(&id) {
+            live.fence = Some(fence);
+        }
+    }
+
     /// [`adopt`](Self::adopt), going on copying its output from `pipes`
     /// (the reading ends of its stdout and stderr, which a daemon kept).
     pub fn adopt_with(
