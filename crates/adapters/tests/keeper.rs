@@ -555,8 +555,9 @@ async fn the_keeper_fences_failover_processes_when_the_lease_is_not_held() {
     let polite = request("sleep 300", true);
     let stubborn = request("trap '' TERM; while true; do sleep 0.05; done", true);
     let plain = request("sleep 300", false);
+    let mut pids = Vec::new();
     for r in [&polite, &stubborn, &plain] {
-        daemon.spawn(r.clone()).await.expect("spawn");
+        pids.push(daemon.spawn(r.clone()).await.expect("spawn").pid);
     }
     // Held in time, again and again: nothing is fenced.
     for _ in 0..6 {
@@ -603,8 +604,12 @@ async fn the_keeper_fences_failover_processes_when_the_lease_is_not_held() {
         "{ended:?}"
     );
     assert!(!ended.contains_key(&plain.id), "{ended:?}");
-    next.signal(plain.id, 0, bpm_domain::Signal::Kill)
+    next.signal(plain.id, pids[2], bpm_domain::Signal::Kill)
         .await
         .expect("signal");
-    drop(notices);
+    assert_eq!(
+        next_exit(&mut notices).await,
+        Some((plain.id, ExitStatus::Signal(9))),
+        "the plain process is stopped by the test"
+    );
 }

@@ -27,6 +27,15 @@ fn server(marks: &Path) -> String {
     )
 }
 
+/// Starts the node's daemon again when dropped.
+struct Restart<'a>(&'a Node);
+
+impl Drop for Restart<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.bpm(&["ps"]);
+    }
+}
+
 /// The id of the record that replaced `given_up`, as its reason names it.
 fn replacement_of(given_up: &serde_json::Value) -> String {
     given_up["error"]
@@ -271,6 +280,9 @@ fn keeper_fences_when_the_daemon_dies(keeper_dies_first: bool) {
         std::thread::sleep(Duration::from_secs(1));
     }
     node::kill("-9", &[&daemon]);
+    // Whatever happens next, a daemon is running again when the nodes are
+    // dropped, so that their stop reaches alpha's processes.
+    let _restart = Restart(&alpha);
 
     let (given_up, _) = until(&beta, &quick, Duration::from_secs(20), |r| {
         state(r) == "lost"
