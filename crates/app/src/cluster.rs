@@ -148,18 +148,12 @@ type Keeper = Arc<OnceLock<Arc<dyn ProcessSpawner>>>;
 /// How long the keeper is to hold the processes with a fence, for a lease
 /// that lapses at `at`.
 fn keeper_holds(at: Instant) -> std::time::Duration {
-    at.saturating_duration_since(Instant::now()) + KEEPER_LAG
+    at.saturating_duration_since(Instant::now()) + bpm_domain::cluster::KEEPER_FENCE_LAG
 }
 
 /// How often the fence looks whether the lease was renewed (or, fenced,
 /// whether it is held again).
 const FENCE_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// How long after the daemon's own fence the keeper fences by itself: so
-/// that a daemon alive to do it stops its processes first (and the keeper
-/// sends no second TERM), while the keeper's KILL still lands well inside
-/// `FAILOVER_MARGIN` (it is 2 s).
-const KEEPER_LAG: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Fences the engine's failover records the moment the daemon may no
 /// longer write (a whole lease after the last renewal that succeeded was

@@ -31,6 +31,12 @@ pub const NOTICE_WITHIN: Duration = Duration::from_secs(1);
 /// fenced node may take to carry out its KILL, and the drift between its
 /// clock and the store's over one lease ([`ClusterTiming::failover_due`]).
 pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
+/// How long after its daemon would fence the keeper fences by itself, when
+/// no renewal was passed on to it (the daemon died or stalled): late enough
+/// that a live daemon stops its processes first (no second TERM), early
+/// enough that the keeper's KILL still comes before the failover (it is
+/// well inside [`FAILOVER_MARGIN`]).
+pub const KEEPER_FENCE_LAG: Duration = Duration::from_millis(500);
 
 /// The cluster's timing: the lease's length and how long a lost node's
 /// records wait for it.
@@ -145,7 +151,14 @@ impl ClusterTiming {
     /// which is before `renewed_at + ttl + grace + margin` as long as the
     /// two clocks drift apart by less than the margin over that time.
     pub fn failover_after(lease: &Lease, grace: Span) -> Duration {
-        lease.ttl.as_duration() + grace.as_duration() + FAILOVER_MARGIN
+        Self::earliest_failover(lease) + grace.as_duration()
+    }
+
+    /// How long past its node's last renewal the first of its failover
+    /// records may be run elsewhere (one with no grace): before that, no
+    /// record of the node need be looked at.
+    pub fn earliest_failover(lease: &Lease) -> Duration {
+        lease.ttl.as_duration() + FAILOVER_MARGIN
     }
 
     /// Whether `record`, of `lease`'s node, is run elsewhere at `now` (the

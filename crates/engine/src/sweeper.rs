@@ -208,10 +208,9 @@ impl Sweeper {
         let Some((failover, ids)) = &self.failover else {
             return Ok(0);
         };
-        // Not before the earliest a record may be due (no grace).
         let earliest = lease
             .renewed_at
-            .saturating_add(lease.ttl.as_duration() + cluster::FAILOVER_MARGIN);
+            .saturating_add(ClusterTiming::earliest_failover(lease));
         if now <= earliest {
             return Ok(0);
         }

@@ -21,11 +21,15 @@ impl Supervisor {
     /// Whether `id` must wait to start because the node is fenced: it is
     /// held back until the lease is held again.
     pub(super) fn holds_back(&mut self, id: ProcessId) -> bool {
+        // Every start asks: the record is looked up only while fenced.
+        if !self.fenced {
+            return false;
+        }
         let fails_over = self
             .entries
             .get(&id)
             .is_some_and(|e| e.record.spec().failover);
-        if self.fenced && fails_over {
+        if fails_over {
             self.ready.remove(id);
             self.held_back.insert(id);
             return true;
