@@ -1,7 +1,8 @@
 //! Store figures: transitions per second and the time to list 10,000 records
 //! for each store; for Redis, beside `redis-benchmark -t set` against the same
 //! server in the same run; for the filesystem, the cost of one transition at
-//! 100 and at 10,000 records. Prints figures; asserts nothing.
+//! 100 and at 10,000 records; for Redis, what a cluster-wide slot ask costs
+//! beside the check before a start. Prints figures; asserts nothing.
 //!
 //! Run: `cargo bench -p bpm-tests --bench stores`
 
@@ -13,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use bpm_adapters::fs::FsStore;
 use bpm_adapters::memory::InMemoryStore;
-use bpm_adapters::redis::RedisStore;
+use bpm_adapters::redis::{RedisClaims, RedisStore};
 use bpm_domain::{
-    ListFilter, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp, Transition,
+    GroupName, ListFilter, NodeId, ProcessId, ProcessName, ProcessRecord, ProcessSpec, StateName,
+    Timestamp, Transition,
 };
-use bpm_ports::ProcessStore;
+use bpm_ports::{ClusterSlots, ProcessStore};
 use bpm_tests::RedisServer;
 
 fn record(n: u128) -> ProcessRecord {
@@ -84,6 +86,66 @@ async fn list_time(store: &Arc<dyn ProcessStore>) -> Duration {
     let took = t.elapsed();
     assert_eq!(all.len(), 10_000);
     took
+}
+
+/// Per-ask time of a cluster-wide slot of group `agents` (limit 8), on a
+/// store holding `running` of its records running, 2 granted and pending,
+/// and `tracked` of its tracked operations running: the ask a record of a
+/// capped group makes before it starts (granted again while pending).
+/// `store` and `slots` share a prefix no other call uses.
+async fn slot_asks(
+    store: &Arc<dyn ProcessStore>,
+    slots: &RedisClaims,
+    from: u128,
+    running: u128,
+    tracked: u128,
+) -> Duration {
+    let agents = GroupName::new("agents").expect("group");
+    let node = NodeId::local();
+    let at = Timestamp::from_millis(1);
+    for n in from..from + running + 2 {
+        let mut spec = ProcessSpec::argv(["agent"]);
+        spec.group = Some(agents.clone());
+        let mut r = ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+            node.clone(),
+            spec,
+            at,
+        );
+        store.create(&r).await.expect("create");
+        if n < from + running {
+            r.apply(Transition::Start, at).expect("start");
+            store.update(&r, r.version() - 1).await.expect("update");
+        }
+    }
+    for n in from + running + 2..from + running + 2 + tracked {
+        let mut spec = ProcessSpec::tracked(ProcessName::new("op").expect("name"));
+        spec.group = Some(agents.clone());
+        let r = ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+            node.clone(),
+            spec,
+            at,
+        );
+        assert_eq!(r.state(), StateName::Running);
+        store.create(&r).await.expect("create");
+    }
+    let asking = [from + running, from + running + 1]
+        .map(|n| ProcessId::from_uuid(uuid::Uuid::from_u128(n)));
+    for id in asking {
+        // Refused by a store that counts tracked operations (as before
+        // they were left out): the ask reads the same keys.
+        let _ = slots.take(id, &agents, 8).await.expect("take");
+    }
+    let count: u32 = 2_000;
+    let t = Instant::now();
+    for i in 0..count {
+        slots
+            .take(asking[i as usize % 2], &agents, 8)
+            .await
+            .expect("take");
+    }
+    t.elapsed() / count
 }
 
 fn redis_benchmark(port: u16, clients: u32) -> Option<f64> {
@@ -212,6 +274,30 @@ async fn main() {
             plain_check.as_secs_f64() * 1e6
         );
     }
+    // A record of a group with a cluster-wide limit asks for a slot (one
+    // script) before it starts: beside the check, with the group's
+    // running records and tracked operations on the store.
+    let slots = RedisClaims::connect(&server.url(), "bench", NodeId::local())
+        .await
+        .expect("connect");
+    let few = slot_asks(&redis, &slots, 200_000, 5, 0).await;
+    let slots = RedisClaims::connect(&server.url(), "bench-tracked", NodeId::local())
+        .await
+        .expect("connect");
+    let in_tracked: Arc<dyn ProcessStore> = Arc::new(
+        RedisStore::connect(&server.url(), "bench-tracked")
+            .await
+            .expect("connect"),
+    );
+    let with_tracked = slot_asks(&in_tracked, &slots, 300_000, 5, 1_000).await;
+    let check = checks(&redis, 2_000).await;
+    println!(
+        "redis:       a cluster-wide slot ask {:.1} µs (ratio {:.2} to the check before a start), {:.1} µs with 1,000 tracked operations of the group running (ratio {:.2})",
+        few.as_secs_f64() * 1e6,
+        few.as_secs_f64() / check.as_secs_f64(),
+        with_tracked.as_secs_f64() * 1e6,
+        with_tracked.as_secs_f64() / check.as_secs_f64()
+    );
     for clients in [1, 50] {
         if let Some(sets) = redis_benchmark(port, clients) {
             println!(
