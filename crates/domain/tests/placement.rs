@@ -327,6 +327,41 @@ fn a_refused_group_asks_again_after_a_second_or_an_end_here() {
     assert_eq!(asks(&ended), [id(2)]);
 }
 
+/// Found by the simulation: the record refused was cancelled before its
+/// retry, and its group's mark outlived it, so the next record of the
+/// group waited for ever.
+#[test]
+fn a_refused_group_asks_again_even_when_the_record_refused_has_ended() {
+    let mut a = agents_capped(2);
+    submit(&mut a, 1, agent_spec(), 1).expect("submit");
+    let refused = slot(&mut a, 1, false, 2);
+    let (timer, at) = refused
+        .iter()
+        .find_map(|e| match e {
+            Effect::ArmTimer { timer, at } if timer.kind == bpm_domain::TimerKind::ClusterSlot => {
+                Some((*timer, *at))
+            }
+            _ => None,
+        })
+        .expect("a retry");
+    a.handle(
+        Input::Stop {
+            id: id(1),
+            force: false,
+            grace: None,
+        },
+        t(3),
+    )
+    .expect("stopped");
+    a.handle(Input::Remove { id: id(1) }, t(4))
+        .expect("removed");
+    let next = submit(&mut a, 2, agent_spec(), 5).expect("submit");
+    assert!(asks(&next).is_empty(), "the group still waits");
+    let retried = a.handle(Input::TimerFired(timer), at).expect("fired");
+    assert_eq!(asks(&retried), [id(2)], "the wait is over");
+    a.check_invariants().expect("consistent");
+}
+
 #[test]
 fn a_record_stopped_while_it_asks_does_not_start_and_none_is_handed_over() {
     let mut limits = Limits {

@@ -22,7 +22,8 @@ pub enum TimerKind {
     Readiness,
     /// A finished record's retention ends.
     Retention,
-    /// A record refused a cluster-wide slot asks again.
+    /// A group refused a cluster-wide slot (on this record's ask) may ask
+    /// again, whatever became of the record meanwhile.
     ClusterSlot,
 }
 

@@ -119,9 +119,12 @@ pub struct Supervisor {
     /// Records that asked the store for a cluster-wide slot of their group
     /// and wait for its answer: they hold a slot here meanwhile.
     asking: BTreeMap<ProcessId, GroupName>,
-    /// Groups the store refused a cluster-wide slot, until one may have
-    /// freed: their records are not asked for meanwhile.
-    cluster_full: BTreeSet<GroupName>,
+    /// Groups the store refused a cluster-wide slot, with when they may ask
+    /// again: their records are not asked for meanwhile. The mark lapses by
+    /// time, not by its record: the record refused may have ended, been
+    /// replaced or forgotten before its `ClusterSlot` timer fires, and the
+    /// group must not wait on it (the timer only wakes the core).
+    cluster_full: BTreeMap<GroupName, Timestamp>,
     /// Whether this node lost its lease: see `fence.rs`.
     fenced: bool,
     /// Failover records ready to start, held back while the node is fenced.
@@ -147,7 +150,7 @@ impl Supervisor {
             last_env: None,
             foreign: HashMap::new(),
             asking: BTreeMap::new(),
-            cluster_full: BTreeSet::new(),
+            cluster_full: BTreeMap::new(),
             fenced: false,
             held_back: BTreeSet::new(),
             dirty: BTreeMap::new(),
@@ -192,7 +195,7 @@ impl Supervisor {
     pub fn room(&self) -> Room {
         let limits = &self.limits;
         let used = self.active_total + self.asking.len() + self.ready.len();
-        let mut full_groups = self.cluster_full.clone();
+        let mut full_groups: BTreeSet<GroupName> = self.cluster_full.keys().cloned().collect();
         let groups = limits
             .group_limits
             .keys()

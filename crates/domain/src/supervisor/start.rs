@@ -338,20 +338,16 @@ impl Supervisor {
         if granted {
             self.start(id, now);
         } else {
-            self.cluster_full.insert(group);
+            self.cluster_full
+                .insert(group, now.saturating_add(CLUSTER_RETRY));
             self.place(id, now);
+            // Only a wake-up: the mark lapses at that time whatever became
+            // of `id` (see `schedule`).
             self.arm(
                 id,
                 TimerKind::ClusterSlot,
                 now.saturating_add(CLUSTER_RETRY),
             );
-        }
-    }
-
-    /// The `ClusterSlot` timer: `id`'s group may ask again.
-    pub(super) fn cluster_retry(&mut self, id: ProcessId) {
-        if let Some(g) = self.entries.get(&id).and_then(|e| e.record.group()) {
-            self.cluster_full.remove(g);
         }
     }
 
@@ -369,6 +365,8 @@ impl Supervisor {
     /// Starts ready records while there are slots; a record of a group
     /// with a cluster-wide limit first asks the store for a slot.
     pub(super) fn schedule(&mut self, now: Timestamp) {
+        // Groups refused a cluster-wide slot ask again once their wait is over.
+        self.cluster_full.retain(|_, until| now < *until);
         while self.active_total + self.asking.len() < self.limits.max_running {
             let limits = &self.limits;
             let active = &self.active_by_group;
@@ -378,7 +376,7 @@ impl Supervisor {
                 Some(&id) => Some(id),
                 None => self.ready.best(|g| {
                     let Some(g) = g else { return true };
-                    if full.contains(g) {
+                    if full.contains_key(g) {
                         return false;
                     }
                     limits.group_limit(Some(g)).is_none_or(|limit| {

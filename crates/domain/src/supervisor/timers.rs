@@ -48,10 +48,6 @@ impl Supervisor {
                 None,
                 now,
             ),
-            TimerKind::ClusterSlot if state == StateName::Pending => {
-                self.cluster_retry(id);
-                Ok(())
-            }
             TimerKind::Retention if state.is_terminal() && retention_due => {
                 self.forget(id);
                 Ok(())
