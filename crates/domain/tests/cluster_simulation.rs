@@ -130,7 +130,7 @@ struct World {
     /// Claims of records placed on any node not yet placed: id → claimer.
     claims: HashMap<ProcessId, usize>,
     /// Cluster-wide slots granted to records still pending.
-    grants: HashSet<ProcessId>,
+    grants: HashMap<ProcessId, u64>,
     /// Records of `agents` the store has held `unreachable`: their slots
     /// were freed while they may still run.
     cut_off: HashSet<ProcessId>,
@@ -154,7 +154,7 @@ impl World {
             pid: 100,
             events: Vec::new(),
             claims: HashMap::new(),
-            grants: HashSet::new(),
+            grants: HashMap::new(),
             cut_off: HashSet::new(),
         };
         for n in 0..NODES {
@@ -292,22 +292,23 @@ impl World {
     }
 
     /// The store's answer to an ask for one of `agents`'s slots: its
-    /// records holding one, and the grants of records still pending, are
-    /// fewer than the limit (a grant of `id` still pending stands).
+    /// records holding one, and the grants of records still pending at the
+    /// version they were granted at, are fewer than the limit (a grant of
+    /// `id` that still holds stands).
     fn grant(&mut self, id: ProcessId) -> bool {
         let store = &self.store;
-        self.grants.retain(|g| {
+        self.grants.retain(|g, v| {
             store
                 .get(g)
-                .is_some_and(|r| r.state() == StateName::Pending)
+                .is_some_and(|r| r.state() == StateName::Pending && r.version() == *v)
         });
         let holding = store
             .values()
             .filter(|r| r.state().is_active() && is_agent(r))
             .count();
-        let granted = self.grants.contains(&id) || holding + self.grants.len() < AGENTS;
-        if granted {
-            self.grants.insert(id);
+        let granted = self.grants.contains_key(&id) || holding + self.grants.len() < AGENTS;
+        if let Some(r) = store.get(&id).filter(|_| granted) {
+            self.grants.insert(id, r.version());
         }
         granted
     }

@@ -200,8 +200,9 @@ struct World {
     notices: VecDeque<Input>,
     /// Asks for a cluster-wide slot the store has not answered.
     asks: Vec<ProcessId>,
-    /// Slots the store granted, counted while their records are pending.
-    grants: HashSet<ProcessId>,
+    /// Slots the store granted, with their records' versions then: each
+    /// counts while its record is pending at that version.
+    grants: HashMap<ProcessId, u64>,
     /// Records of `g3` another writer changed while they held a slot: the
     /// store's count misses them while they run.
     miscounted: HashSet<ProcessId>,
@@ -253,7 +254,7 @@ impl World {
             queued: VecDeque::new(),
             notices: VecDeque::new(),
             asks: Vec::new(),
-            grants: HashSet::new(),
+            grants: HashMap::new(),
             miscounted: HashSet::new(),
         }
     }
@@ -661,23 +662,27 @@ impl World {
                     return;
                 }
                 let id = self.asks.remove(pick % self.asks.len());
-                // The store's count: g3's records holding a slot, and the
-                // grants of records still pending.
+                // The store's count: g3's records holding a slot (tracked
+                // operations hold none), and the grants of records still
+                // pending and unchanged since (not queued again after a run).
                 let store = &self.store;
-                self.grants.retain(|g| {
+                self.grants.retain(|g, v| {
                     store
                         .get(g)
-                        .is_some_and(|r| r.state() == StateName::Pending)
+                        .is_some_and(|r| r.state() == StateName::Pending && r.version() == *v)
                 });
                 let holding = store
                     .values()
                     .filter(|r| {
-                        r.state().is_active() && r.group().is_some_and(|g| g.as_str() == "g3")
+                        r.state().is_active()
+                            && !r.is_tracked()
+                            && r.group().is_some_and(|g| g.as_str() == "g3")
                     })
                     .count();
-                let granted = self.grants.contains(&id) || holding + self.grants.len() < CLUSTER_G3;
-                if granted {
-                    self.grants.insert(id);
+                let granted =
+                    self.grants.contains_key(&id) || holding + self.grants.len() < CLUSTER_G3;
+                if let Some(r) = store.get(&id).filter(|_| granted) {
+                    self.grants.insert(id, r.version());
                 }
                 self.input(Input::ClusterSlot { id, granted })
             }
@@ -704,7 +709,9 @@ impl World {
                 // The store counts cluster-wide slots: another writer that
                 // changes a record holding one miscounts it.
                 if self.store.get(&id).is_some_and(|r| {
-                    r.state().is_active() && r.group().is_some_and(|g| g.as_str() == "g3")
+                    r.state().is_active()
+                        && !r.is_tracked()
+                        && r.group().is_some_and(|g| g.as_str() == "g3")
                 }) {
                     self.miscounted.insert(id);
                 }

@@ -70,10 +70,14 @@ pub trait ClusterSlots: Send + Sync {
     /// Grants `id` one of `group`'s slots across the cluster if fewer than
     /// `limit` are taken. Taken are: the group's records the store holds
     /// in a state that holds a slot ([`bpm_domain::StateName::is_active`]),
-    /// on any node, and the records granted a slot that are still pending
-    /// (about to start). A record granted before and still pending is
-    /// granted again. A grant needs no release: the slot is free once the
-    /// store holds its record ended, unreachable, or queued again.
+    /// on any node, but for tracked operations (the caller's own work,
+    /// which holds no slot), and the records granted a slot that are still
+    /// pending at the version they had when granted (about to start). A
+    /// record granted before and still so is granted again. A grant needs
+    /// no release: it lapses once the store holds its record in another
+    /// version (started, the record is counted by its state; ended,
+    /// unreachable, or queued again after a run, it holds no slot and asks
+    /// anew).
     ///
     /// # Errors
     /// MUST return [`StoreError::Unavailable`] when the store does not

@@ -17,6 +17,10 @@ use bpm_domain::placement::{NodeLabels, Queued, Room, takes};
 use bpm_domain::{GroupName, ListFilter, NodeId, ProcessId, ProcessRecord, StateName};
 use bpm_ports::{ClaimQueue, ClaimedOne, ClusterSlots, ProcessStore, StoreError};
 
+/// A cluster-wide slot granted: the group, and the record's version then
+/// (`None` if the store did not hold it; such a grant holds no slot).
+type Grant = (GroupName, Option<u64>);
+
 /// A claim queue on a store shared within one process.
 #[derive(Clone)]
 pub struct InMemoryClaims {
@@ -24,8 +28,8 @@ pub struct InMemoryClaims {
     node: NodeId,
     /// Claimed, not yet written: record → claimer. One lock, so a claim is atomic.
     claims: Arc<Mutex<HashMap<ProcessId, NodeId>>>,
-    /// Slots granted to records not yet started: record → group.
-    granted: Arc<Mutex<HashMap<ProcessId, GroupName>>>,
+    /// Slots granted to records not yet started: record → its grant.
+    granted: Arc<Mutex<HashMap<ProcessId, Grant>>>,
 }
 
 impl InMemoryClaims {
@@ -134,26 +138,41 @@ impl ClusterSlots for InMemoryClaims {
                 .collect(),
             ..ListFilter::default()
         };
-        let mut taken = self.store.list(&holding).await?.len();
+        // Tracked operations hold no slot.
+        let mut taken = self
+            .store
+            .list(&holding)
+            .await?
+            .iter()
+            .filter(|r| !r.is_tracked())
+            .count();
+        // A grant holds while its record is pending at the version it was
+        // granted at: written since (started, stopped, queued again after
+        // a run), the store's count has it, or it holds no slot.
         let mut pending = Vec::new();
-        for (held, g) in granted.iter() {
+        for (held, (g, at)) in granted.iter() {
             if g == group {
                 match self.store.get(*held).await {
-                    Ok(r) if r.state() == StateName::Pending => pending.push(*held),
+                    Ok(r) if r.state() == StateName::Pending && Some(r.version()) == *at => {
+                        pending.push(*held);
+                    }
                     Ok(_) | Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
-        // A grant whose record left pending is over: it holds a slot in
-        // the store's count now, or none.
-        granted.retain(|held, g| g != group || pending.contains(held));
+        granted.retain(|held, (g, _)| g != group || pending.contains(held));
         if pending.contains(&id) {
             return Ok(true);
         }
         taken += pending.len();
         if taken < limit {
-            granted.insert(id, group.clone());
+            let at = match self.store.get(id).await {
+                Ok(r) => Some(r.version()),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            granted.insert(id, (group.clone(), at));
             return Ok(true);
         }
         Ok(false)

@@ -10,7 +10,8 @@
 //!
 //! Cluster-wide slots are counted in the same store: a group's records in
 //! a state that holds a slot, from the index sets, plus the grants of
-//! records not yet started (`cslots:GROUP`). So a lost node's slots free
+//! records not yet started (`cslots:GROUP`, each bound to its record's
+//! version). So a lost node's slots free
 //! as its records become `unreachable`, and a record that comes back is
 //! counted once, by its state.
 
@@ -110,22 +111,29 @@ end
 return back
 ";
 
-/// ARGV: base, id, group, limit, node, the states that hold a slot
-/// (lines). A group's slots taken: its records in those states (from the
-/// index sets, on every node) and its grants (`cslots:GROUP`, id → node)
-/// whose records are still pending; a grant whose record left pending is
-/// dropped, as the index counts it now, or it holds no slot.
+/// ARGV: base, id, group, limit, the states that hold a slot (lines). A
+/// group's slots taken: its records in those states (from the index sets,
+/// on every node) but tracked operations (`ix:tracked`), and its grants
+/// (`cslots:GROUP`, id → the record's version when granted) whose records
+/// are still pending at that version. A grant whose record was written
+/// since is dropped: started, the index counts it; stopped or queued
+/// again after a run, it holds no slot (queued again, it asks anew).
 const TAKE_SLOT: &str = r"
 local base, id, group = ARGV[1], ARGV[2], ARGV[3]
 local grants = base .. 'cslots:' .. group
 local taken = 0
-for state in string.gmatch(ARGV[6], '[^\n]+') do
-  taken = taken + redis.call('SINTERCARD', 2, base .. 'ix:group:' .. group, base .. 'ix:state:' .. state)
+local members = base .. 'ix:group:' .. group
+for state in string.gmatch(ARGV[5], '[^\n]+') do
+  local in_state = base .. 'ix:state:' .. state
+  taken = taken + redis.call('SINTERCARD', 2, members, in_state)
+    - redis.call('SINTERCARD', 3, members, in_state, base .. 'ix:tracked')
 end
 local mine = false
-local held = redis.call('HKEYS', grants)
-for _, other in ipairs(held) do
-  if redis.call('SISMEMBER', base .. 'ix:state:pending', other) == 1 then
+local held = redis.call('HGETALL', grants)
+for i = 1, #held, 2 do
+  local other, at = held[i], held[i + 1]
+  if redis.call('SISMEMBER', base .. 'ix:state:pending', other) == 1
+    and redis.call('HGET', base .. 'r:' .. other, 'v') == at then
     taken = taken + 1
     if other == id then mine = true end
   else
@@ -134,7 +142,8 @@ for _, other in ipairs(held) do
 end
 if mine then return 1 end
 if taken < tonumber(ARGV[4]) then
-  redis.call('HSET', grants, id, ARGV[5])
+  -- A record the store does not hold (yet) gets a grant that holds no slot.
+  redis.call('HSET', grants, id, redis.call('HGET', base .. 'r:' .. id, 'v') or '')
   return 1
 end
 return 0
@@ -312,7 +321,6 @@ impl bpm_ports::ClusterSlots for RedisClaims {
             .arg(id.to_string())
             .arg(group.as_str())
             .arg(limit)
-            .arg(self.node.as_str())
             .arg(holding)
             .invoke_async(&mut conn)
             .await

@@ -249,6 +249,11 @@ impl RedisStore {
         if let Some(g) = r.group() {
             keys.push(self.key(&format!("ix:group:{g}")));
         }
+        // Tracked operations hold no slot: the cluster-wide count
+        // (`RedisClaims`' `TAKE_SLOT`) leaves them out.
+        if r.is_tracked() {
+            keys.push(self.key("ix:tracked"));
+        }
         for (k, v) in &r.spec().labels {
             keys.push(self.key(&format!("ix:label:{k}={v}")));
         }

@@ -351,6 +351,68 @@ pub async fn cluster_slots_count_every_node(s: Subject) {
         s.alpha_slots.take(d.id(), &agents, 3).await.expect("take"),
         "an unreachable record holds no slot"
     );
+    // A tracked operation of the group (the caller's own work) holds none.
+    let mut op = ProcessSpec::tracked(bpm_domain::ProcessName::new("op").expect("a name"));
+    op.group = Some(agents.clone());
+    let node = NodeId::new("alpha").expect("a node");
+    let tracked = ProcessRecord::new(id(7), node, op, Timestamp::from_millis(1_000));
+    assert!(
+        tracked.state().is_active(),
+        "a tracked operation starts running"
+    );
+    s.store.create(&tracked).await.expect("create");
+    // b2, c and d hold grants: a fourth slot is free.
+    let fifth = agent(&s, 8, "beta").await;
+    assert!(
+        s.beta_slots
+            .take(fifth.id(), &agents, 4)
+            .await
+            .expect("take"),
+        "a tracked operation holds no slot"
+    );
+    // A grant lapses once its record is written again: a record granted,
+    // started and queued again after a run (pending once more) holds
+    // nothing until it asks anew.
+    let mut rerun = agent(&s, 9, "alpha").await;
+    assert!(
+        s.alpha_slots
+            .take(rerun.id(), &agents, 5)
+            .await
+            .expect("take")
+    );
+    let waiting = agent(&s, 10, "beta").await;
+    assert!(
+        !s.beta_slots
+            .take(waiting.id(), &agents, 5)
+            .await
+            .expect("take"),
+        "b2, c, d and the two just granted hold the five"
+    );
+    let requeue = Transition::Requeue {
+        status: ExitStatus::Code(1),
+        not_before: Timestamp::from_millis(3_000),
+    };
+    step(
+        &s,
+        &mut rerun,
+        &[Transition::Start, Transition::Spawned { pid: 9 }, requeue],
+    )
+    .await;
+    assert_eq!(rerun.state(), bpm_domain::StateName::Pending);
+    assert!(
+        s.beta_slots
+            .take(waiting.id(), &agents, 5)
+            .await
+            .expect("take"),
+        "a record queued again after its run holds no slot"
+    );
+    assert!(
+        !s.alpha_slots
+            .take(rerun.id(), &agents, 5)
+            .await
+            .expect("take"),
+        "it asks anew, and waits like any other"
+    );
     // Other groups are counted apart.
     let builds = GroupName::new("builds").expect("a group");
     assert!(s.beta_slots.take(id(99), &builds, 1).await.expect("take"));
