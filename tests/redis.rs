@@ -491,3 +491,84 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
         .expect("the new epoch writes");
     store.reachable().await.expect("and takes new work");
 }
+
+/// A cluster-wide slot granted to a record whose daemon died before it
+/// started the record (kill -9 between the grant and the start's write)
+/// lapses once the node's next daemon takes its epoch: otherwise, with the
+/// record asking no more (a record of higher priority asks first), the
+/// group would be refused for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_again() {
+    use bpm_adapters::redis::{Fence, RedisClaims};
+    use bpm_ports::{Claimant, ClusterSlots};
+    let prefix = unique_prefix();
+    let members = RedisMembership::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect");
+    let node = NodeId::new("alpha").expect("node");
+    let claimant = |pid| Claimant {
+        node: node.clone(),
+        host: "h".into(),
+        pid,
+        version: "test".into(),
+        ttl: bpm_domain::Span::from_secs(10),
+        slots: 2,
+        labels: std::collections::BTreeMap::default(),
+    };
+    let daemon = |epoch| {
+        let (prefix, node) = (prefix.clone(), node.clone());
+        async move {
+            RedisClaims::connect(&redis_url(), &prefix, node.clone())
+                .await
+                .expect("connect")
+                .fenced(Fence::new(node, epoch))
+        }
+    };
+    let store = RedisStore::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect");
+    let agents = bpm_domain::GroupName::new("agents").expect("group");
+    let [low, high] = [1u128, 2].map(|n| {
+        let mut spec = ProcessSpec::argv(["agent"]);
+        spec.group = Some(agents.clone());
+        ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+            node.clone(),
+            spec,
+            Timestamp::from_millis(1),
+        )
+    });
+    for r in [&low, &high] {
+        store.create(r).await.expect("create");
+    }
+
+    let first = members.join(&claimant(1)).await.expect("join");
+    let dying = daemon(first).await;
+    assert!(dying.take(low.id(), &agents, 1).await.expect("ask"));
+    assert!(
+        !dying.take(high.id(), &agents, 1).await.expect("ask"),
+        "the grant holds while its daemon does"
+    );
+    let other = RedisClaims::connect(&redis_url(), &prefix, NodeId::new("beta").expect("node"))
+        .await
+        .expect("connect");
+    assert!(
+        !other.take(high.id(), &agents, 1).await.expect("ask"),
+        "and on every node"
+    );
+
+    // The daemon is killed before it writes `low`'s start; the next one
+    // claims the node (its lease had lapsed, or the first left).
+    members.leave(&node, first).await.expect("leave");
+    let second = members.join(&claimant(2)).await.expect("claimed again");
+    let next = daemon(second).await;
+    assert!(
+        next.take(high.id(), &agents, 1).await.expect("ask"),
+        "the dead daemon's grant holds no slot"
+    );
+    assert!(
+        !next.take(low.id(), &agents, 1).await.expect("ask"),
+        "the record granted before asks anew, and the slot is taken"
+    );
+    assert!(next.take(high.id(), &agents, 1).await.expect("ask"));
+}

@@ -129,8 +129,9 @@ struct World {
     events: Vec<(ProcessId, u64)>,
     /// Claims of records placed on any node not yet placed: id → claimer.
     claims: HashMap<ProcessId, usize>,
-    /// Cluster-wide slots granted to records still pending.
-    grants: HashMap<ProcessId, u64>,
+    /// Cluster-wide slots granted to records still pending: each record's
+    /// version then, and the node and epoch that asked.
+    grants: HashMap<ProcessId, (u64, NodeId, u64)>,
     /// Records of `agents` the store has held `unreachable`: their slots
     /// were freed while they may still run.
     cut_off: HashSet<ProcessId>,
@@ -274,7 +275,7 @@ impl World {
                     assert_eq!((group.as_str(), limit), ("agents", AGENTS));
                     // The store answers a node that reaches it; a node cut
                     // off is refused, and asks again later.
-                    let granted = self.writes(n) && self.grant(id);
+                    let granted = self.writes(n) && self.grant(id, n);
                     self.handle(n, Input::ClusterSlot { id, granted });
                 }
                 Effect::Signal { id, signal, .. }
@@ -293,14 +294,15 @@ impl World {
 
     /// The store's answer to an ask for one of `agents`'s slots: its
     /// records holding one, and the grants of records still pending at the
-    /// version they were granted at, are fewer than the limit (a grant of
-    /// `id` that still holds stands).
-    fn grant(&mut self, id: ProcessId) -> bool {
-        let store = &self.store;
-        self.grants.retain(|g, v| {
-            store
-                .get(g)
-                .is_some_and(|r| r.state() == StateName::Pending && r.version() == *v)
+    /// version they were granted at by a daemon still at its epoch, are
+    /// fewer than the limit (a grant of `id` that still holds stands).
+    fn grant(&mut self, id: ProcessId, n: usize) -> bool {
+        let (store, epochs) = (&self.store, &self.epochs);
+        self.grants.retain(|g, (v, node, epoch)| {
+            epochs.get(node) == Some(epoch)
+                && store
+                    .get(g)
+                    .is_some_and(|r| r.state() == StateName::Pending && r.version() == *v)
         });
         let holding = store
             .values()
@@ -308,7 +310,9 @@ impl World {
             .count();
         let granted = self.grants.contains_key(&id) || holding + self.grants.len() < AGENTS;
         if let Some(r) = store.get(&id).filter(|_| granted) {
-            self.grants.insert(id, r.version());
+            let asker = &self.nodes[n];
+            self.grants
+                .insert(id, (r.version(), asker.name.clone(), asker.epoch));
         }
         granted
     }

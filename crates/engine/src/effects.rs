@@ -10,6 +10,11 @@ use crate::Msg;
 use crate::driver::Driver;
 use crate::syncs::AfterSync;
 
+/// The first wait before a cluster-wide slot ask the store did not answer
+/// is made again; it doubles up to [`SLOT_ASK_RETRY_MAX`].
+const SLOT_ASK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const SLOT_ASK_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Brings a spawn's result back to the loop; if the spawn panics instead,
 /// it reports a failure, so no record stays `starting` and no caller waits
 /// for ever.
@@ -123,12 +128,24 @@ impl Driver {
             return;
         };
         tokio::spawn(async move {
-            let granted = match slots.take(id, &group, limit).await {
-                Ok(granted) => granted,
-                Err(e) => {
-                    tracing::warn!(%id, %group, error = %e, "cannot take a cluster-wide slot; asking again soon");
-                    false
+            // An ask that got no answer may have been granted all the same,
+            // and a grant holds while its record waits at that version: the
+            // core gets this record's answer, never a refusal it did not
+            // get, or a record asking ahead of it could be refused for ever
+            // by this one's grant. The same ask again is granted again.
+            let mut wait = SLOT_ASK_RETRY;
+            let granted = loop {
+                match slots.take(id, &group, limit).await {
+                    Ok(granted) => break granted,
+                    Err(e) => {
+                        tracing::warn!(%id, %group, error = %e, "cannot take a cluster-wide slot; asking again soon");
+                    }
                 }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(SLOT_ASK_RETRY_MAX);
             };
             let _ = tx.send(Msg::Slot { id, granted });
         });

@@ -2163,3 +2163,78 @@ async fn a_lost_nodes_failover_record_runs_here_once() {
     let all = h.engine.list(ListFilter::default()).await.expect("list");
     assert_eq!(all.len(), 2, "one replacement: {all:?}");
 }
+
+/// A store that grants cluster-wide slots, but whose first answer is lost
+/// on the way back (the grant is made all the same).
+struct FirstAnswerLost {
+    slots: bpm_adapters::memory::InMemoryClaims,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl bpm_ports::ClusterSlots for FirstAnswerLost {
+    async fn take(
+        &self,
+        id: ProcessId,
+        group: &GroupName,
+        limit: usize,
+    ) -> Result<bool, StoreError> {
+        let granted = self.slots.take(id, group, limit).await?;
+        if self.lost.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the answer was lost".into()));
+        }
+        Ok(granted)
+    }
+}
+
+/// An ask for a cluster-wide slot that got no answer is asked again, not
+/// taken for a refusal: its grant, if made, holds while its record waits,
+/// and a record of higher priority asking first would be refused for ever.
+#[tokio::test]
+async fn a_cluster_slot_ask_without_an_answer_is_asked_again() {
+    let agents = GroupName::new("agents").expect("group");
+    let mut limits = Limits {
+        max_running: 4,
+        ..Limits::default()
+    };
+    limits.cluster_groups.insert(agents.clone(), 1);
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let store = Arc::new(InMemoryStore::new());
+    let (ports, spawner) = ports_with(&clock, store.clone());
+    let slots = FirstAnswerLost {
+        slots: bpm_adapters::memory::InMemoryClaims::new(store, bpm_domain::NodeId::local()),
+        lost: true.into(),
+    };
+    let engine = Engine::start(
+        ports.clone(),
+        EngineConfig {
+            node: None,
+            limits,
+            slots: Some(Arc::new(slots)),
+        },
+    )
+    .await
+    .expect("engine starts");
+    let h = Harness {
+        engine,
+        clock,
+        spawner,
+        ports,
+    };
+    let agent = |priority| {
+        let mut spec = fake(&["forever"]);
+        spec.group = Some(agents.clone());
+        spec.priority = priority;
+        spec
+    };
+    let first = h.engine.start(agent(0)).await.expect("queued");
+    let urgent = h.engine.start(agent(5)).await.expect("queued");
+    h.until_state(first.id(), StateName::Running).await;
+    assert_eq!(
+        h.state(urgent.id()).await,
+        StateName::Pending,
+        "one slot across the cluster"
+    );
+    h.spawner.exit(first.id(), ExitStatus::Code(0));
+    h.until_state(urgent.id(), StateName::Running).await;
+}

@@ -77,7 +77,8 @@ pub trait ClusterSlots: Send + Sync {
     /// no release: it lapses once the store holds its record in another
     /// version (started, the record is counted by its state; ended,
     /// unreachable, or queued again after a run, it holds no slot and asks
-    /// anew).
+    /// anew), and, on a store that fences daemons by epoch, once the daemon
+    /// that asked has restarted (its answer was lost with it).
     ///
     /// # Errors
     /// MUST return [`StoreError::Unavailable`] when the store does not

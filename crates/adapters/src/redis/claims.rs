@@ -111,13 +111,18 @@ end
 return back
 ";
 
-/// ARGV: base, id, group, limit, the states that hold a slot (lines). A
-/// group's slots taken: its records in those states (from the index sets,
-/// on every node) but tracked operations (`ix:tracked`), and its grants
-/// (`cslots:GROUP`, id → the record's version when granted) whose records
-/// are still pending at that version. A grant whose record was written
-/// since is dropped: started, the index counts it; stopped or queued
-/// again after a run, it holds no slot (queued again, it asks anew).
+/// ARGV: base, id, group, limit, the states that hold a slot (lines), the
+/// asking daemon's epoch key ('' when unfenced) and epoch. A group's slots
+/// taken: its records in those states (from the index sets, on every
+/// node) but tracked operations (`ix:tracked`), and its grants
+/// (`cslots:GROUP`, id → the record's version when granted, then the
+/// granting daemon's epoch key and epoch) whose records are still pending
+/// at that version and whose daemon still holds its node at that epoch. A
+/// grant whose record was written since is dropped: started, the index
+/// counts it; stopped or queued again after a run, it holds no slot
+/// (queued again, it asks anew). So is a grant of a daemon that has
+/// restarted since (it took a new epoch): the grant's answer died with
+/// the daemon that asked, and the record asks anew.
 const TAKE_SLOT: &str = r"
 local base, id, group = ARGV[1], ARGV[2], ARGV[3]
 local grants = base .. 'cslots:' .. group
@@ -128,12 +133,18 @@ for state in string.gmatch(ARGV[5], '[^\n]+') do
   taken = taken + redis.call('SINTERCARD', 2, members, in_state)
     - redis.call('SINTERCARD', 3, members, in_state, base .. 'ix:tracked')
 end
+local function holds(other, grant)
+  local at, key, epoch = string.match(grant, '^([^\n]*)\n([^\n]*)\n([^\n]*)$')
+  if not at then at, key, epoch = grant, '', '' end
+  return redis.call('SISMEMBER', base .. 'ix:state:pending', other) == 1
+    and redis.call('HGET', base .. 'r:' .. other, 'v') == at
+    and (key == '' or (redis.call('GET', key) or '0') == epoch)
+end
 local mine = false
 local held = redis.call('HGETALL', grants)
 for i = 1, #held, 2 do
-  local other, at = held[i], held[i + 1]
-  if redis.call('SISMEMBER', base .. 'ix:state:pending', other) == 1
-    and redis.call('HGET', base .. 'r:' .. other, 'v') == at then
+  local other = held[i]
+  if holds(other, held[i + 1]) then
     taken = taken + 1
     if other == id then mine = true end
   else
@@ -143,7 +154,8 @@ end
 if mine then return 1 end
 if taken < tonumber(ARGV[4]) then
   -- A record the store does not hold (yet) gets a grant that holds no slot.
-  redis.call('HSET', grants, id, redis.call('HGET', base .. 'r:' .. id, 'v') or '')
+  local at = redis.call('HGET', base .. 'r:' .. id, 'v') or ''
+  redis.call('HSET', grants, id, at .. '\n' .. ARGV[6] .. '\n' .. ARGV[7])
   return 1
 end
 return 0
@@ -314,6 +326,10 @@ impl bpm_ports::ClusterSlots for RedisClaims {
                 .filter(|s| s.is_active())
                 .map(bpm_domain::StateName::as_str),
         );
+        let (fence_key, epoch) = self
+            .fence
+            .as_ref()
+            .map_or((String::new(), 0), |f| (f.key(&self.base), f.epoch()));
         let mut conn = self.conn.clone();
         let granted: i64 = self
             .take_slot
@@ -322,6 +338,8 @@ impl bpm_ports::ClusterSlots for RedisClaims {
             .arg(group.as_str())
             .arg(limit)
             .arg(holding)
+            .arg(fence_key)
+            .arg(epoch)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;

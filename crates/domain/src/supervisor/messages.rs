@@ -107,7 +107,9 @@ pub enum Effect {
     /// running, paused, stopping) and the slots granted whose records are
     /// still pending, and grants one while they are fewer than `limit`. A
     /// record's slot is free again once the store holds it in another
-    /// state: ended, unreachable, or queued again.
+    /// state: ended, unreachable, or queued again. Report the store's
+    /// answer only: an ask it did not answer may have been granted, so it
+    /// is asked again until it is answered.
     TakeClusterSlot {
         /// The record.
         id: ProcessId,
