@@ -432,19 +432,9 @@ async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
     engine.shutdown().await;
 }
 
-/// A store fenced by its node's epoch writes while that epoch is the
-/// node's newest; once a newer daemon claims the node, its writes, deletes
-/// and its check before a start are refused by epoch, and nothing changes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writes_of_a_fenced_epoch_are_refused() {
-    use bpm_adapters::redis::{Fence, RedisMembership};
-    use bpm_ports::Claimant;
-    let prefix = unique_prefix();
-    let members = RedisMembership::connect(&redis_url(), &prefix)
-        .await
-        .expect("connect");
-    let node = NodeId::new("fenced").expect("node");
-    let claimant = |pid| Claimant {
+/// A daemon's claim of `node` (as process `pid`), for a lease of 10 s.
+fn claimant(node: &NodeId, pid: u32) -> bpm_ports::Claimant {
+    bpm_ports::Claimant {
         node: node.clone(),
         host: "h".into(),
         pid,
@@ -452,8 +442,21 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
         ttl: bpm_domain::Span::from_secs(10),
         slots: 2,
         labels: std::collections::BTreeMap::default(),
-    };
-    let old = members.join(&claimant(1)).await.expect("join");
+    }
+}
+
+/// A store fenced by its node's epoch writes while that epoch is the
+/// node's newest; once a newer daemon claims the node, its writes, deletes
+/// and its check before a start are refused by epoch, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writes_of_a_fenced_epoch_are_refused() {
+    use bpm_adapters::redis::{Fence, RedisMembership};
+    let prefix = unique_prefix();
+    let members = RedisMembership::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect");
+    let node = NodeId::new("fenced").expect("node");
+    let old = members.join(&claimant(&node, 1)).await.expect("join");
     let fence = Fence::new(node.clone(), old);
     let store = RedisStore::connect(&redis_url(), &prefix)
         .await
@@ -465,7 +468,10 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
 
     // Another daemon claims the node (the first left it, say, or its lease expired).
     members.leave(&node, old).await.expect("leave");
-    let new = members.join(&claimant(2)).await.expect("claimed again");
+    let new = members
+        .join(&claimant(&node, 2))
+        .await
+        .expect("claimed again");
     let fenced = StoreError::Fenced {
         node: node.clone(),
         epoch: old,
@@ -500,21 +506,12 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_again() {
     use bpm_adapters::redis::{Fence, RedisClaims};
-    use bpm_ports::{Claimant, ClusterSlots};
+    use bpm_ports::ClusterSlots;
     let prefix = unique_prefix();
     let members = RedisMembership::connect(&redis_url(), &prefix)
         .await
         .expect("connect");
     let node = NodeId::new("alpha").expect("node");
-    let claimant = |pid| Claimant {
-        node: node.clone(),
-        host: "h".into(),
-        pid,
-        version: "test".into(),
-        ttl: bpm_domain::Span::from_secs(10),
-        slots: 2,
-        labels: std::collections::BTreeMap::default(),
-    };
     let daemon = |epoch| {
         let (prefix, node) = (prefix.clone(), node.clone());
         async move {
@@ -542,7 +539,7 @@ async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_ag
         store.create(r).await.expect("create");
     }
 
-    let first = members.join(&claimant(1)).await.expect("join");
+    let first = members.join(&claimant(&node, 1)).await.expect("join");
     let dying = daemon(first).await;
     assert!(dying.take(low.id(), &agents, 1).await.expect("ask"));
     assert!(
@@ -560,7 +557,10 @@ async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_ag
     // The daemon is killed before it writes `low`'s start; the next one
     // claims the node (its lease had lapsed, or the first left).
     members.leave(&node, first).await.expect("leave");
-    let second = members.join(&claimant(2)).await.expect("claimed again");
+    let second = members
+        .join(&claimant(&node, 2))
+        .await
+        .expect("claimed again");
     let next = daemon(second).await;
     assert!(
         next.take(high.id(), &agents, 1).await.expect("ask"),

@@ -247,6 +247,16 @@ fn slot(core: &mut Supervisor, n: u128, granted: bool, at: u64) -> Vec<Effect> {
         .expect("an answer")
 }
 
+/// The timer a refused group's retry is armed with, and when it fires.
+fn retry(effects: &[Effect]) -> Option<(bpm_domain::Timer, bpm_domain::Timestamp)> {
+    effects.iter().find_map(|e| match e {
+        Effect::ArmTimer { timer, at } if timer.kind == bpm_domain::TimerKind::ClusterSlot => {
+            Some((*timer, *at))
+        }
+        _ => None,
+    })
+}
+
 fn spawns(effects: &[Effect]) -> Vec<bpm_domain::ProcessId> {
     effects
         .iter()
@@ -275,7 +285,7 @@ fn a_group_with_a_cluster_limit_starts_only_with_a_slot_granted() {
     assert_eq!(spawns(&granted), [id(1)]);
     let refused = slot(&mut a, 2, false, 4);
     assert!(spawns(&refused).is_empty() && asks(&refused).is_empty());
-    assert!(refused.iter().any(|e| matches!(e, Effect::ArmTimer { timer, .. } if timer.kind == bpm_domain::TimerKind::ClusterSlot)));
+    assert!(retry(&refused).is_some(), "it asks again later");
     assert!(
         a.room().full_groups.contains(&group("agents")),
         "a node claims no agent meanwhile"
@@ -299,15 +309,7 @@ fn a_refused_group_asks_again_after_a_second_or_an_end_here() {
     slot(&mut a, 1, true, 2);
     spawned(&mut a, 1, 50, 3);
     let refused = slot(&mut a, 2, false, 4);
-    let timer = refused
-        .iter()
-        .find_map(|e| match e {
-            Effect::ArmTimer { timer, at } if timer.kind == bpm_domain::TimerKind::ClusterSlot => {
-                Some((*timer, *at))
-            }
-            _ => None,
-        })
-        .expect("a retry");
+    let timer = retry(&refused).expect("a retry");
     assert_eq!(timer.1, t(1_004));
     let retried = a
         .handle(Input::TimerFired(timer.0), t(1_004))
@@ -335,15 +337,7 @@ fn a_refused_group_asks_again_even_when_the_record_refused_has_ended() {
     let mut a = agents_capped(2);
     submit(&mut a, 1, agent_spec(), 1).expect("submit");
     let refused = slot(&mut a, 1, false, 2);
-    let (timer, at) = refused
-        .iter()
-        .find_map(|e| match e {
-            Effect::ArmTimer { timer, at } if timer.kind == bpm_domain::TimerKind::ClusterSlot => {
-                Some((*timer, *at))
-            }
-            _ => None,
-        })
-        .expect("a retry");
+    let (timer, at) = retry(&refused).expect("a retry");
     a.handle(
         Input::Stop {
             id: id(1),
