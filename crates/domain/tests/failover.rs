@@ -294,7 +294,8 @@ proptest! {
         // The keeper's own KILL, when the daemon died, comes later but in
         // time too, with less of the margin left for a slow clock.
         let lag = u64::try_from(KEEPER_FENCE_LAG.as_millis()).expect("ms");
-        if slow_by + lag < 2_000 {
+        let margin = u64::try_from(FAILOVER_MARGIN.as_millis()).expect("ms");
+        if slow_by + lag < margin {
             prop_assert!(failover(&l, &node("c"), &record, id(2), t(killed_at + lag)).is_none());
         }
     }

@@ -122,7 +122,8 @@ return back
 /// counts it; stopped or queued again after a run, it holds no slot
 /// (queued again, it asks anew). So is a grant of a daemon that has
 /// restarted since (it took a new epoch): the grant's answer died with
-/// the daemon that asked, and the record asks anew.
+/// the daemon that asked, and the record asks anew. A grant of an older
+/// bpm (id → node) holds none.
 const TAKE_SLOT: &str = r"
 local base, id, group = ARGV[1], ARGV[2], ARGV[3]
 local grants = base .. 'cslots:' .. group
@@ -135,7 +136,8 @@ for state in string.gmatch(ARGV[5], '[^\n]+') do
 end
 local function holds(other, grant)
   local at, key, epoch = string.match(grant, '^([^\n]*)\n([^\n]*)\n([^\n]*)$')
-  if not at then at, key, epoch = grant, '', '' end
+  -- An older bpm's grant (it named the node) holds none: its record asks anew.
+  if not at then return false end
   return redis.call('SISMEMBER', base .. 'ix:state:pending', other) == 1
     and redis.call('HGET', base .. 'r:' .. other, 'v') == at
     and (key == '' or (redis.call('GET', key) or '0') == epoch)
