@@ -781,3 +781,80 @@ async fn damage_inside_the_journal_costs_only_its_own_records_and_is_reported() 
         38
     );
 }
+
+/// Damage to the head of a journal file (its header, and with it the
+/// beginning of the first entry) costs only the entries it overwrote:
+/// every entry that checks out is replayed, whatever the header says, and
+/// the damage is reported with the records it cost, with a copy kept.
+#[tokio::test]
+async fn a_damaged_journal_header_costs_only_the_entries_it_overwrote() {
+    for size in [8usize, 16, 64, 300] {
+        let dir = tempfile::tempdir().expect("dir");
+        let records: Vec<ProcessRecord> = (1..=40).map(record).collect();
+        let store = FsStore::open(dir.path()).expect("open");
+        for r in &records {
+            store.create(r).await.expect("create");
+        }
+        drop(store);
+        // Killed before any record's file reached the disk.
+        for r in &records {
+            std::fs::remove_file(dir.path().join(format!("{}.json", r.id()))).expect("lose a file");
+        }
+        let (file, _) = in_journal(dir.path(), records[0].id());
+        let mut bytes = std::fs::read(&file).expect("journal");
+        // An entry's head (20 bytes) and `{"put":{"id":"` precede its id.
+        let overwritten: Vec<(ProcessId, usize)> = records
+            .iter()
+            .map(|r| (r.id(), in_journal(dir.path(), r.id()).1))
+            .filter(|(_, at)| at - 14 - 20 < size)
+            .collect();
+        bytes[..size].fill(0xA5);
+        std::fs::write(&file, &bytes).expect("damage");
+
+        let store = FsStore::open(dir.path()).expect("damage never stops the store");
+        let mut ids: Vec<ProcessId> = store
+            .list(&ListFilter::default())
+            .await
+            .expect("list")
+            .iter()
+            .map(ProcessRecord::id)
+            .collect();
+        ids.sort();
+        let expected: Vec<ProcessId> = records
+            .iter()
+            .map(ProcessRecord::id)
+            .filter(|id| overwritten.iter().all(|(o, _)| o != id))
+            .collect();
+        assert_eq!(ids, expected, "{size} bytes: every entry that checks out");
+        assert_eq!(expected.len(), 40 - overwritten.len());
+        let warnings = store.recovery_warnings();
+        assert_eq!(warnings.len(), 1, "{size} bytes: {warnings:#?}");
+        assert!(
+            warnings[0].contains("journal.0") && warnings[0].contains("at offset 0"),
+            "{warnings:#?}"
+        );
+        let lost = warnings[0].split("records lost: ").nth(1).unwrap_or("");
+        // Those whose id itself was overwritten cannot be named.
+        for (id, _) in overwritten.iter().filter(|(_, at)| *at >= size) {
+            assert!(
+                lost.contains(&id.to_string()),
+                "{size} bytes: {warnings:#?}"
+            );
+        }
+        let kept = std::fs::read_dir(dir.path().join("quarantine"))
+            .expect("quarantine")
+            .count();
+        assert_eq!(kept, 1, "{size} bytes: a copy of the damaged file");
+        drop(store);
+        let store = FsStore::open(dir.path()).expect("reopen");
+        assert!(store.recovery_warnings().is_empty());
+        assert_eq!(
+            store
+                .list(&ListFilter::default())
+                .await
+                .expect("list")
+                .len(),
+            expected.len()
+        );
+    }
+}
