@@ -442,6 +442,8 @@ fn claimant(node: &NodeId, pid: u32) -> bpm_ports::Claimant {
         ttl: bpm_domain::Span::from_secs(10),
         slots: 2,
         labels: std::collections::BTreeMap::default(),
+        boot: String::new(),
+        replaces: None,
     }
 }
 

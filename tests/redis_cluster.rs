@@ -34,6 +34,8 @@ async fn join(prefix: &str, name: &str) -> RedisMembership {
             ttl: Span::from_secs(30),
             slots: 2,
             labels: std::collections::BTreeMap::default(),
+            boot: String::new(),
+            replaces: None,
         })
         .await
         .expect("join");

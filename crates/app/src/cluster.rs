@@ -69,7 +69,42 @@ fn claimant(
         ttl: Span::new(timing.lease_ttl()).expect("a lease is in range"),
         slots: u32::try_from(slots).unwrap_or(u32::MAX),
         labels: labels.clone(),
+        boot: bpm_adapters::os::boot_id(),
+        replaces: None,
     }
+}
+
+/// Claims the node for `who`. A holder that took it on this very boot of
+/// this machine, and whose daemon is gone (killed: its lease has not
+/// lapsed yet), is taken over at once; otherwise the refusal says which
+/// case applies.
+async fn claim(membership: &dyn Membership, who: &Claimant) -> Result<u64, MembershipError> {
+    let mut refused = match membership.join(who).await {
+        Err(MembershipError::Held(refused)) => refused,
+        other => return other,
+    };
+    let runs = refused.boot == who.boot && bpm_adapters::os::runs_bpm(refused.pid);
+    if bpm_domain::cluster::may_take_over(&refused, &who.boot, runs) {
+        let over = Claimant {
+            replaces: Some(refused.epoch),
+            ..who.clone()
+        };
+        let epoch = membership.join(&over).await?;
+        tracing::warn!(
+            node = %who.node,
+            dead_pid = refused.pid,
+            dead_epoch = refused.epoch,
+            epoch,
+            "took the node over from a daemon of this machine that is gone"
+        );
+        return Ok(epoch);
+    }
+    refused.holder = if refused.boot == who.boot && !who.boot.is_empty() {
+        bpm_domain::Holder::RunsHere
+    } else {
+        bpm_domain::Holder::Elsewhere
+    };
+    Err(MembershipError::Held(refused))
 }
 
 /// Claims `node` in the cluster when `choice` is a shared store (Redis),
@@ -97,8 +132,7 @@ pub async fn join(
             .map_err(|e| anyhow!("cannot join the cluster: {e}"))?,
     );
     let sent = Instant::now();
-    let epoch = membership
-        .join(&who)
+    let epoch = claim(membership.as_ref(), &who)
         .await
         .map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
     tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");
@@ -286,7 +320,7 @@ impl Renewal {
     async fn claim_again(&self, held: u64) -> bool {
         let node = self.fence.node().clone();
         let sent = Instant::now();
-        let new = match self.membership.join(&self.who).await {
+        let new = match claim(self.membership.as_ref(), &self.who).await {
             Ok(new) => new,
             Err(e) => {
                 self.shown

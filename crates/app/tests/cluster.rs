@@ -28,7 +28,9 @@ fn a_node_name_is_held_by_one_daemon_listed_by_all_and_left_on_stop() {
     let said = text(&out);
     let holder = std::fs::read_to_string(a.home().join("daemon.pid")).expect("pid");
     assert!(
-        said.contains("node alpha is held") && said.contains(&format!("pid {}", holder.trim())),
+        said.contains("node alpha is held")
+            && said.contains("still runs on this machine")
+            && said.contains(&format!("pid {}", holder.trim())),
         "{said}"
     );
 
@@ -795,4 +797,57 @@ fn dependencies_and_parents_on_other_nodes_are_waited_for_and_stopped_with() {
         assert!(Instant::now() < deadline, "the child still runs");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A daemon killed with kill -9 leaves its lease alive for a while; the
+/// next daemon of the same machine (same boot) sees the holder's pid gone
+/// and takes the node over at once with a newer epoch, instead of refusing
+/// every command until the lease lapses. The processes run on, adopted.
+#[test]
+fn a_killed_daemon_of_this_machine_is_taken_over_at_once() {
+    let prefix = unique_prefix();
+    let a = Node::new("solo", &prefix);
+    // A lease far longer than anything here waits: only a takeover lets the
+    // next command through.
+    let config_path = a.home().join("config.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    std::fs::write(
+        &config_path,
+        config.replace("lease_ttl = \"2s\"", "lease_ttl = \"60s\""),
+    )
+    .expect("config");
+    let id = a.ok(&["run", "--", "sleep", "300"]);
+    let id = id.trim();
+    let pid = a.show(id)["pid"].clone();
+    let (daemon, _) = a.daemon_and_keeper();
+    let epoch_before = a.nodes()[0]["lease"]["epoch"].as_u64().expect("epoch");
+    kill("-9", &[&daemon]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{daemon}/stat"))
+            .map_or(true, |s| s.contains(") Z ") || s.contains(") X "))
+    };
+    while !dead() {
+        assert!(Instant::now() < deadline, "{daemon} outlived kill -9");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let started = Instant::now();
+    let out = a.bpm(&["ps", "--json"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    println!("from a daemon's kill -9 to the next command answered: {took:?}");
+    let shown = a.show(id);
+    assert_eq!(state(&shown), "running", "{shown}");
+    assert_eq!(shown["pid"], pid, "the same process, adopted");
+    let lease = &a.nodes()[0]["lease"];
+    assert!(
+        lease["epoch"].as_u64().expect("epoch") > epoch_before,
+        "{lease}"
+    );
+    assert!(
+        a.log().contains("took the node over from a daemon of this machine that is gone"),
+        "{}",
+        a.log()
+    );
 }

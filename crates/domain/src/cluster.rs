@@ -313,9 +313,23 @@ pub fn failover(
     Some((old, ProcessRecord::failover_of(record, new_id, now)))
 }
 
+/// A claim that takes a node over from a holder whose daemon is known to
+/// be gone: it names the holder's epoch and the machine's boot it ran on
+/// (see [`may_take_over`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeOver<'a> {
+    /// The holder's epoch, as the refusal named it.
+    pub epoch: u64,
+    /// The claimant's boot id: the holder's must be the same.
+    pub boot: &'a str,
+}
+
 /// Decides a daemon's claim of `node` at `now`, when the store holds `held`
 /// (its lease, if any) and `epoch` (the node's newest epoch): the epoch the
-/// claimant writes with from now on, or who holds the node.
+/// claimant writes with from now on, or who holds the node. A claim that
+/// takes over (`over`) wins against a live lease only while that lease is
+/// still the epoch it names and was taken on the same boot of the same
+/// machine: the claimant looked, and that daemon is gone.
 ///
 /// # Errors
 /// [`ClaimRefused`] while the holder's lease is alive or suspect.
@@ -324,9 +338,15 @@ pub fn claim(
     held: Option<&Lease>,
     epoch: u64,
     now: Timestamp,
+    over: Option<TakeOver<'_>>,
 ) -> Result<u64, ClaimRefused> {
     match held {
-        Some(lease) if matches!(lease.state_at(now), NodeState::Alive | NodeState::Suspect) => {
+        Some(lease)
+            if matches!(lease.state_at(now), NodeState::Alive | NodeState::Suspect)
+                && !over.is_some_and(|o| {
+                    o.epoch == lease.epoch && !o.boot.is_empty() && o.boot == lease.boot
+                }) =>
+        {
             Err(ClaimRefused {
                 node: node.clone(),
                 host: lease.host.clone(),
@@ -334,10 +354,24 @@ pub fn claim(
                 since: lease.since,
                 renewed_ms_ago: u64::try_from(now.saturating_since(lease.renewed_at).as_millis())
                     .unwrap_or(u64::MAX),
+                epoch: lease.epoch,
+                boot: lease.boot.clone(),
+                ttl: lease.ttl,
+                holder: Holder::Unchecked,
             })
         }
         _ => Ok(epoch.saturating_add(1)),
     }
+}
+
+/// Whether a daemon on the boot `boot_here` of its machine may take a node
+/// over at once from the holder `refused` names: only when that holder ran
+/// on this same boot (the same machine, not restarted since), so the
+/// claimant can see its process, and no daemon runs as its pid any more
+/// (`holder_runs` false: the pid is gone, or another program has it).
+/// From another machine nothing can be seen, and the lease must lapse.
+pub fn may_take_over(refused: &ClaimRefused, boot_here: &str, holder_runs: bool) -> bool {
+    !boot_here.is_empty() && refused.boot == boot_here && !holder_runs
 }
 
 /// Whether the store takes a write that `writer` (an epoch of a node) makes
@@ -376,6 +410,11 @@ pub struct Lease {
     /// on any node may require.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: crate::placement::NodeLabels,
+    /// The kernel's boot id of the holder's machine when it took the node
+    /// (empty if unknown): a claimant on the same boot can see whether the
+    /// holder's daemon still runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot: String,
 }
 
 impl Lease {
@@ -430,11 +469,22 @@ impl fmt::Display for NodeState {
     }
 }
 
+/// What the refused claimant could see of the holder's daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Holder {
+    /// Not looked at.
+    #[default]
+    Unchecked,
+    /// It took the node on another machine (or another boot of this one):
+    /// whether it still runs cannot be seen from here.
+    Elsewhere,
+    /// It runs on this machine, as a daemon.
+    RunsHere,
+}
+
 /// A claim of a node name another daemon holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error(
-    "node {node} is held by a daemon on {host} (pid {pid}) since {since}, its lease renewed {renewed_ms_ago} ms ago: stop that daemon, or give this one another node name (config `node`, or BPM_NODE)"
-)]
 pub struct ClaimRefused {
     /// The node.
     pub node: NodeId,
@@ -446,6 +496,53 @@ pub struct ClaimRefused {
     pub since: Timestamp,
     /// How long ago the holder last renewed.
     pub renewed_ms_ago: u64,
+    /// The holder's epoch.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The holder's boot id (see [`Lease::boot`]).
+    #[serde(default)]
+    pub boot: String,
+    /// The holder's lease.
+    #[serde(default)]
+    pub ttl: Span,
+    /// What the claimant saw of the holder.
+    #[serde(default)]
+    pub holder: Holder,
+}
+
+impl fmt::Display for ClaimRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ClaimRefused {
+            node,
+            host,
+            pid,
+            since,
+            renewed_ms_ago,
+            ..
+        } = self;
+        let other_name = "give this one another node name (config `node`, or BPM_NODE)";
+        match self.holder {
+            Holder::Unchecked => write!(
+                f,
+                "node {node} is held by a daemon on {host} (pid {pid}) since {since}, its lease renewed {renewed_ms_ago} ms ago: stop that daemon, or {other_name}"
+            ),
+            Holder::RunsHere => write!(
+                f,
+                "node {node} is held by a daemon that still runs on this machine ({host}, pid {pid}) since {since}: stop that daemon, or {other_name}"
+            ),
+            Holder::Elsewhere => {
+                let left = self
+                    .ttl
+                    .as_duration()
+                    .saturating_sub(Duration::from_millis(*renewed_ms_ago));
+                write!(
+                    f,
+                    "node {node} is held by a daemon on another machine or an earlier boot ({host}, pid {pid}) since {since}, its lease renewed {renewed_ms_ago} ms ago: whether it still runs cannot be seen from here, so the node is free once its lease lapses (in {} ms, unless it renews); stop that daemon, or {other_name}",
+                    left.as_millis()
+                )
+            }
+        }
+    }
 }
 
 /// The node that must carry out a call about `record` made on node `here`:
@@ -473,6 +570,7 @@ mod tests {
             slots: 4,
             left: false,
             labels: BTreeMap::default(),
+            boot: "boot-1".into(),
         }
     }
 
@@ -515,17 +613,53 @@ mod tests {
     fn a_claim_of_a_held_node_names_the_holder() {
         let node = NodeId::new("b").expect("node");
         let held = lease(10_000, 9_000);
-        let e = claim(&node, Some(&held), 3, Timestamp::from_millis(12_000)).unwrap_err();
+        let e = claim(&node, Some(&held), 3, Timestamp::from_millis(12_000), None).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("machine-b") && text.contains("pid 42") && text.contains("2000 ms ago"),
             "{text}"
         );
-        assert_eq!(claim(&node, None, 0, Timestamp::EPOCH), Ok(1));
+        assert_eq!(claim(&node, None, 0, Timestamp::EPOCH, None), Ok(1));
         assert_eq!(
-            claim(&node, Some(&held), 3, Timestamp::from_millis(30_000)),
+            claim(&node, Some(&held), 3, Timestamp::from_millis(30_000), None),
             Ok(4)
         );
+    }
+
+    #[test]
+    fn a_live_lease_is_taken_over_only_from_a_gone_daemon_of_the_same_boot_and_epoch() {
+        let node = NodeId::new("b").expect("node");
+        let held = lease(10_000, 9_000);
+        let now = Timestamp::from_millis(12_000);
+        let refused = claim(&node, Some(&held), 3, now, None).unwrap_err();
+        assert_eq!((refused.epoch, refused.boot.as_str()), (3, "boot-1"));
+        assert!(may_take_over(&refused, "boot-1", false));
+        assert!(!may_take_over(&refused, "boot-1", true), "its daemon runs");
+        assert!(!may_take_over(&refused, "boot-2", false), "another boot");
+        assert!(!may_take_over(&refused, "", false), "a boot unknown");
+        let over = |epoch, boot| Some(TakeOver { epoch, boot });
+        assert_eq!(claim(&node, Some(&held), 3, now, over(3, "boot-1")), Ok(4));
+        assert!(
+            claim(&node, Some(&held), 3, now, over(2, "boot-1")).is_err(),
+            "the lease changed hands since it was looked at"
+        );
+        assert!(claim(&node, Some(&held), 3, now, over(3, "boot-2")).is_err());
+        let unknown = Lease {
+            boot: String::new(),
+            ..held
+        };
+        assert!(claim(&node, Some(&unknown), 3, now, over(3, "")).is_err());
+        for (holder, says) in [
+            (Holder::Elsewhere, "cannot be seen from here"),
+            (Holder::RunsHere, "still runs on this machine"),
+        ] {
+            let text = ClaimRefused {
+                holder,
+                ..refused.clone()
+            }
+            .to_string();
+            assert!(text.contains(says) && text.contains("pid 42"), "{text}");
+        }
     }
 
     #[test]
@@ -558,7 +692,7 @@ mod tests {
             let l = lease(sent + stamped_after, ttl);
             let now = Timestamp::from_millis(sent + now_after);
             if t.may_write(Timestamp::from_millis(sent), now) {
-                prop_assert!(claim(&l.node, Some(&l), l.epoch, now).is_err());
+                prop_assert!(claim(&l.node, Some(&l), l.epoch, now, None).is_err());
             }
         }
 
@@ -566,7 +700,7 @@ mod tests {
         #[test]
         fn a_granted_claim_fences_the_old_epoch(epoch in 0u64..1_000, ttl in 2_000u64..60_000, renewed in 0u64..100_000, now in 0u64..400_000) {
             let l = Lease { epoch, ..lease(renewed, ttl) };
-            if let Ok(new) = claim(&l.node, Some(&l), epoch, Timestamp::from_millis(now)) {
+            if let Ok(new) = claim(&l.node, Some(&l), epoch, Timestamp::from_millis(now), None) {
                 prop_assert!(new > epoch && accepts_write(new, new) && !accepts_write(new, epoch));
             }
         }

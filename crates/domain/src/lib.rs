@@ -20,7 +20,9 @@ mod spec;
 pub mod supervisor;
 mod time;
 
-pub use cluster::{ClaimRefused, ClusterTiming, Lease, NodeState, Sweep, TimingError};
+pub use cluster::{
+    ClaimRefused, ClusterTiming, Holder, Lease, NodeState, Sweep, TakeOver, TimingError,
+};
 pub use event::{Event, EventKind};
 pub use filter::ListFilter;
 pub use id::{ProcessId, ProcessIdError};

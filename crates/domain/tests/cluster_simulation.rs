@@ -192,7 +192,7 @@ impl World {
     fn claim(&mut self, n: usize) -> bool {
         let name = self.nodes[n].name.clone();
         let newest = self.epochs.get(&name).copied().unwrap_or(0);
-        let Ok(epoch) = claim(&name, self.leases.get(&name), newest, self.now) else {
+        let Ok(epoch) = claim(&name, self.leases.get(&name), newest, self.now, None) else {
             return false;
         };
         self.epochs.insert(name.clone(), epoch);
@@ -210,6 +210,7 @@ impl World {
                 slots: 3,
                 left: false,
                 labels: std::collections::BTreeMap::default(),
+                boot: String::new(),
             },
         );
         let node = &mut self.nodes[n];

@@ -2084,6 +2084,8 @@ async fn a_lost_nodes_failover_record_runs_here_once() {
         ttl: Span::from_secs(2),
         slots: 4,
         labels: bpm_domain::placement::NodeLabels::new(),
+        boot: String::new(),
+        replaces: None,
     };
     membership.join(&claimant(&beta)).await.expect("beta joins");
     let mut spec = fake(&["forever"]);

@@ -26,6 +26,15 @@ pub struct Claimant {
     /// The labels the node carries (`[node] labels`).
     #[serde(default)]
     pub labels: bpm_domain::placement::NodeLabels,
+    /// The kernel's boot id of the claiming daemon's machine (empty if
+    /// unknown), kept in the lease ([`bpm_domain::Lease::boot`]).
+    #[serde(default)]
+    pub boot: String,
+    /// The epoch of a holder this daemon saw is gone (same boot, its pid
+    /// no longer a daemon: [`bpm_domain::cluster::may_take_over`]): the
+    /// claim takes the node over from that epoch at once.
+    #[serde(default)]
+    pub replaces: Option<u64>,
 }
 
 /// A node as the store sees it now.
@@ -80,9 +89,14 @@ pub trait Membership: Send + Sync {
     /// writes with. A node whose holder left, or whose lease expired, is
     /// taken over with a newer epoch.
     ///
+    /// A claim that `replaces` the holder's epoch takes the node over while
+    /// that lease is alive too, when it is still that epoch's and was taken
+    /// with the claimant's `boot` ([`bpm_domain::cluster::claim`]).
+    ///
     /// # Errors
     /// MUST return [`MembershipError::Held`] while another lease on the node
-    /// is alive or suspect, naming its holder;
+    /// is alive or suspect (and not taken over as above), naming its holder,
+    /// its epoch and its boot;
     /// [`MembershipError::Unavailable`] if the store does not answer.
     async fn join(&self, claimant: &Claimant) -> Result<u64, MembershipError>;
 

@@ -64,6 +64,10 @@ impl Membership for InMemoryMembership {
             held.map(|(_, lease)| lease),
             held.map_or(0, |(newest, _)| *newest),
             now,
+            claimant.replaces.map(|epoch| bpm_domain::TakeOver {
+                epoch,
+                boot: &claimant.boot,
+            }),
         )?;
         let lease = Lease {
             node: claimant.node.clone(),
@@ -77,6 +81,7 @@ impl Membership for InMemoryMembership {
             slots: claimant.slots,
             left: false,
             labels: claimant.labels.clone(),
+            boot: claimant.boot.clone(),
         };
         nodes.insert(claimant.node.clone(), (epoch, lease));
         Ok(epoch)

@@ -1130,3 +1130,36 @@ pub fn raise_open_files_limit() {
         tracing::warn!(error = %e, "cannot raise the limit of open files");
     }
 }
+
+/// The kernel's id of this boot of the machine (empty if it cannot be
+/// read): two processes that see the same one run on the same machine,
+/// and it has not been restarted between them.
+#[must_use]
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether a bpm program runs as `pid` on this machine: the pid exists,
+/// is not a zombie waiting to be reaped, and its command name is bpm's (a
+/// pid the kernel gave to another program since does not count).
+#[must_use]
+pub fn runs_bpm(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, None | Some('Z' | 'X')) {
+        return false;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let name = comm.trim();
+    if name.is_empty() {
+        return false;
+    }
+    // A test binary or a renamed copy still names its executable bpm.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    name.starts_with("bpm") || exe.starts_with("bpm")
+}

@@ -20,16 +20,23 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
 /// KEYS: node hash, epoch counter, nodes set. ARGV: name, host, pid,
-/// version, ttl (ms), slots, labels (`key=value` lines). The lease blocks a claim while not left and renewed
-/// within its ttl (alive or suspect: `Lease::state_at`).
+/// version, ttl (ms), slots, labels (`key=value` lines), boot id, the
+/// epoch taken over ('' for none). The lease blocks a claim while not left
+/// and renewed within its ttl (alive or suspect: `Lease::state_at`),
+/// unless the claim takes over that very epoch, taken on the claimant's
+/// boot (`cluster::claim`).
 const JOIN: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'left', 'renewed', 'ttl', 'host', 'pid', 'since')
+local cur = redis.call('HMGET', KEYS[1], 'left', 'renewed', 'ttl', 'host', 'pid', 'since', 'epoch', 'boot')
 if cur[1] == '0' and (now - tonumber(cur[2])) <= tonumber(cur[3]) then
-  return {'held', cur[4], cur[5], cur[6], tostring(now - tonumber(cur[2]))}
+  local over = ARGV[9] ~= '' and ARGV[9] == cur[7] and ARGV[8] ~= '' and ARGV[8] == (cur[8] or '')
+  if not over then
+    return {'held', cur[4], cur[5], cur[6], tostring(now - tonumber(cur[2])), cur[7] or '0', cur[8] or '', cur[3]}
+  end
 end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'host', ARGV[2], 'pid', ARGV[3], 'version', ARGV[4],
-  'since', now, 'renewed', now, 'ttl', ARGV[5], 'left', '0', 'slots', ARGV[6], 'labels', ARGV[7])
+  'since', now, 'renewed', now, 'ttl', ARGV[5], 'left', '0', 'slots', ARGV[6], 'labels', ARGV[7],
+  'boot', ARGV[8])
 redis.call('SADD', KEYS[3], ARGV[1])
 return {'ok', tostring(epoch)}
 ";
@@ -54,9 +61,9 @@ const NODES: &str = r"
 local out = {tostring(now)}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local f = redis.call('HMGET', ARGV[1] .. 'node:' .. name,
-    'epoch', 'host', 'pid', 'version', 'since', 'renewed', 'ttl', 'left', 'slots', 'labels')
+    'epoch', 'host', 'pid', 'version', 'since', 'renewed', 'ttl', 'left', 'slots', 'labels', 'boot')
   out[#out + 1] = name
-  for i = 1, 10 do out[#out + 1] = f[i] or '' end
+  for i = 1, 11 do out[#out + 1] = f[i] or '' end
 end
 return out
 ";
@@ -158,7 +165,7 @@ impl RedisMembership {
 }
 
 /// A node's lease from the script's fields (epoch, host, pid, version,
-/// since, renewed, ttl, left, slots, labels); `None` if they are not a lease's.
+/// since, renewed, ttl, left, slots, labels, boot); `None` if they are not a lease's.
 fn lease_from(name: &str, f: &[String]) -> Option<Lease> {
     let num = |i: usize| f.get(i)?.parse::<u64>().ok();
     Some(Lease {
@@ -173,6 +180,7 @@ fn lease_from(name: &str, f: &[String]) -> Option<Lease> {
         left: f.get(7)? == "1",
         slots: f.get(8).and_then(|s| s.parse().ok()).unwrap_or_default(),
         labels: f.get(9).map(|l| labels_from(l)).unwrap_or_default(),
+        boot: f.get(10).cloned().unwrap_or_default(),
     })
 }
 
@@ -211,6 +219,8 @@ impl Membership for RedisMembership {
             .arg(claimant.ttl.as_millis())
             .arg(claimant.slots)
             .arg(labels_text(&claimant.labels))
+            .arg(&claimant.boot)
+            .arg(claimant.replaces.map(|e| e.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -223,6 +233,10 @@ impl Membership for RedisMembership {
                 pid: field(2).and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
                 since: Timestamp::from_millis(field(3).unwrap_or(0)),
                 renewed_ms_ago: field(4).unwrap_or(0),
+                epoch: field(5).unwrap_or(0),
+                boot: answer.get(6).cloned().unwrap_or_default(),
+                ttl: Span::from_millis(field(7).unwrap_or(0)),
+                holder: bpm_domain::Holder::Unchecked,
             })),
             _ => Err(unexpected(&answer)),
         }
@@ -250,7 +264,7 @@ impl Membership for RedisMembership {
         };
         let now = Timestamp::from_millis(now);
         let mut nodes: Vec<NodeView> = answer[1..]
-            .chunks(11)
+            .chunks(12)
             .filter_map(|c| lease_from(c.first()?, &c[1..]))
             .map(|lease| NodeView {
                 state: lease.state_at(now),

@@ -51,5 +51,6 @@ pub(crate) fn lease_of_b(renewed_at: u64) -> Lease {
         slots: 4,
         left: false,
         labels: std::collections::BTreeMap::default(),
+        boot: String::new(),
     }
 }

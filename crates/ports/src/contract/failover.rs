@@ -33,6 +33,8 @@ fn claimant(node: &str) -> Claimant {
         ttl: Span::from_secs(2),
         slots: 4,
         labels: std::collections::BTreeMap::default(),
+        boot: String::new(),
+        replaces: None,
     }
 }
 

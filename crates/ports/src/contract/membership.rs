@@ -25,6 +25,8 @@ fn claimant(node: &str, pid: u32) -> Claimant {
             bpm_domain::LabelValue::new("true").expect("a value"),
         )]
         .into(),
+        boot: format!("boot-of-{pid}"),
+        replaces: None,
     }
 }
 
@@ -73,6 +75,51 @@ pub async fn a_held_node_is_refused_naming_its_holder(m: Subject) {
     m.join(&claimant("b", 12))
         .await
         .expect("another node is free");
+}
+
+/// A daemon on the holder's own boot that saw the holder's daemon gone
+/// takes the node over at once, with a newer epoch that fences the old;
+/// a claim from another boot, or naming an epoch that no longer holds the
+/// node, is refused as any other.
+pub async fn a_gone_holder_on_the_same_boot_is_taken_over_at_once(m: Subject) {
+    let node = NodeId::new("a").expect("node");
+    let old = m.join(&claimant("a", 10)).await.expect("join");
+    let other_boot = Claimant {
+        replaces: Some(old),
+        ..claimant("a", 11)
+    };
+    match m.join(&other_boot).await {
+        Err(MembershipError::Held(held)) => {
+            assert_eq!((held.epoch, held.boot.as_str()), (old, "boot-of-10"));
+        }
+        other => panic!("expected Held from another boot, got {other:?}"),
+    }
+    let stale = Claimant {
+        boot: "boot-of-10".into(),
+        replaces: Some(old + 7),
+        ..claimant("a", 11)
+    };
+    assert!(
+        matches!(m.join(&stale).await, Err(MembershipError::Held(_))),
+        "an epoch that does not hold the node takes nothing over"
+    );
+    let same_boot = Claimant {
+        boot: "boot-of-10".into(),
+        replaces: Some(old),
+        ..claimant("a", 11)
+    };
+    let new = m.join(&same_boot).await.expect("taken over");
+    assert!(new > old);
+    assert!(matches!(
+        m.renew(&node, old).await,
+        Err(MembershipError::Fenced { .. })
+    ));
+    m.renew(&node, new).await.expect("the new holder renews");
+    let nodes = m.nodes().await.expect("nodes");
+    assert_eq!(
+        (nodes[0].lease.pid, nodes[0].lease.boot.as_str()),
+        (11, "boot-of-10")
+    );
 }
 
 /// Leaving frees the name; the next join fences the old epoch.

@@ -193,6 +193,7 @@ macro_rules! membership_contract_tests {
         $crate::__contract_stamp!(membership, $make;
             join_gives_an_epoch_and_the_node_is_alive,
             a_held_node_is_refused_naming_its_holder,
+            a_gone_holder_on_the_same_boot_is_taken_over_at_once,
             leaving_frees_the_name_and_the_next_join_fences_the_old_epoch,
             renewing_a_node_never_joined_is_fenced,
             a_lease_lives_by_renewals_and_expires_without_them,
