@@ -237,6 +237,55 @@ async fn after_redis_restarts_the_store_reconnects_by_itself() {
     store.create(&record(2)).await.expect("writes work again");
 }
 
+/// Redis restarted while no call was under way: the connections the store
+/// and the output hold are broken, and the first reads after it answers
+/// again are sent once more on fresh connections, so none of them fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_reads_after_redis_came_back_answer() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "reread")
+        .await
+        .expect("connect");
+    let output = RedisOutput::connect(&server.url(), "reread", 1 << 20)
+        .await
+        .expect("connect");
+    let id = record(1).id();
+    for round in 0..3 {
+        store.create(&record(1)).await.expect("create");
+        output
+            .append(id, Stream::Stdout, b"line\n")
+            .await
+            .expect("append");
+        assert_eq!(store.get(id).await.expect("get").id(), id);
+        server.kill();
+        server.restart();
+        // No persistence: the new server is empty, and says so.
+        assert_eq!(
+            store.get(id).await,
+            Err(StoreError::NotFound(id)),
+            "round {round}: get"
+        );
+        store
+            .list(&bpm_domain::ListFilter::default())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: list: {e}"));
+        output
+            .read(id, &OutputQuery::default())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: read: {e}"));
+        server.kill();
+        server.restart();
+        output
+            .read(id, &OutputQuery::default())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: read first: {e}"));
+        store
+            .list(&bpm_domain::ListFilter::default())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: list first: {e}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_or_an_absent_server_is_a_clear_error() {
     let err = RedisStore::connect("http://nope", "x")

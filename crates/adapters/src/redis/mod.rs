@@ -54,6 +54,32 @@ pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, String> {
     .map_err(|e| format!("cannot connect to Redis: {e}"))
 }
 
+/// Whether a call failed because its connection was found broken (Redis
+/// restarted since it was made), not because Redis is slow or refused it.
+pub(crate) fn broken(e: &redis::RedisError) -> bool {
+    !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error())
+}
+
+/// Sends a read (anything that changes nothing, so it is safe to send
+/// twice) on a clone of `$conn` as `$c`, and when that connection was found
+/// [`broken`], sends it once more on the connection the manager makes in
+/// its place: otherwise the first reads after Redis came back fail though
+/// Redis answers. A timeout is not retried.
+macro_rules! read {
+    ($conn:expr, |$c:ident| $query:expr) => {{
+        let mut $c = $conn.clone();
+        match $query.await {
+            Err(e) if crate::redis::broken(&e) => {
+                tracing::debug!(error = %e, "a read found its Redis connection broken: sent again");
+                let mut $c = $conn.clone();
+                $query.await
+            }
+            answer => answer,
+        }
+    }};
+}
+pub(crate) use read;
+
 /// A store call Redis did not answer.
 pub(crate) fn store_unavailable(e: &redis::RedisError) -> bpm_ports::StoreError {
     bpm_ports::StoreError::Unavailable(format!("Redis: {e}"))

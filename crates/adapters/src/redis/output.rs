@@ -235,14 +235,14 @@ impl RedisOutput {
 
     async fn load(&self, id: ProcessId) -> Result<SegmentedLog, OutputError> {
         let base = self.process(id);
-        let mut conn = self.out.conn.clone();
-        let (starts, end, dropped): (Vec<u64>, Option<u64>, Option<u64>) = redis::pipe()
+        let mut heads = redis::pipe();
+        heads
             .zrange(format!("{base}segs"), 0, -1)
             .get(format!("{base}end"))
-            .get(format!("{base}dropped"))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
+            .get(format!("{base}dropped"));
+        let (starts, end, dropped): (Vec<u64>, Option<u64>, Option<u64>) =
+            super::read!(self.out.conn, |c| heads.query_async(&mut c))
+                .map_err(|e| unavailable(&e))?;
         let mut log = SegmentedLog {
             segments: Vec::with_capacity(starts.len()),
             end: end.unwrap_or(0),
@@ -257,10 +257,9 @@ impl RedisOutput {
             pipe.get(format!("{base}i:{s}"))
                 .strlen(format!("{base}d:{s}"));
         }
-        let parts: Vec<redis::Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let parts: Vec<redis::Value> =
+            super::read!(self.out.conn, |c| pipe.query_async(&mut c))
+                .map_err(|e| unavailable(&e))?;
         for (i, start) in starts.iter().enumerate() {
             let idx: Vec<u8> = redis::from_redis_value(parts[2 * i].clone()).unwrap_or_default();
             let data_len: u64 = redis::from_redis_value(parts[2 * i + 1].clone()).unwrap_or(0);
@@ -289,12 +288,10 @@ impl RedisOutput {
                 end,
             );
         }
-        let mut conn = self.out.conn.clone();
         let datas: Vec<Vec<u8>> = if plan.fetches.is_empty() {
             Vec::new()
         } else {
-            pipe.query_async(&mut conn)
-                .await
+            super::read!(self.out.conn, |c| pipe.query_async(&mut c))
                 .map_err(|e| unavailable(&e))?
         };
         let pieces = plan

@@ -349,16 +349,14 @@ impl RedisStore {
 
     async fn fetch(&self, ids: &[String]) -> Result<Vec<ProcessRecord>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
-        let mut conn = self.conn.clone();
         for batch in ids.chunks(500) {
             let mut pipe = redis::pipe();
             for id in batch {
                 pipe.hget(format!("{}r:{id}", self.base), "j");
             }
-            let jsons: Vec<Option<String>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable(&e))?;
+            let jsons: Vec<Option<String>> =
+                super::read!(self.conn, |c| pipe.query_async(&mut c))
+                    .map_err(|e| unavailable(&e))?;
             for json in jsons.into_iter().flatten() {
                 let r: ProcessRecord = serde_json::from_str(&json).map_err(|e| {
                     StoreError::Unavailable(format!("Redis holds an unreadable record: {e}"))
@@ -470,10 +468,8 @@ impl ProcessStore for RedisStore {
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn
-            .hget(self.record_key(id), "j")
-            .await
+        let key = self.record_key(id);
+        let json: Option<String> = super::read!(self.conn, |c| c.hget(&key, "j"))
             .map_err(|e| unavailable(&e))?;
         let json = json.ok_or(StoreError::NotFound(id))?;
         serde_json::from_str(&json).map_err(|e| {
@@ -499,7 +495,6 @@ impl ProcessStore for RedisStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
-        let mut conn = self.conn.clone();
         let mut sets = Vec::new();
         if let Some(s) = &filter.session {
             sets.push(self.key(&format!("ix:session:{s}")));
@@ -528,21 +523,21 @@ impl ProcessStore for RedisStore {
             // Everything, in id order, paged by the server.
             let from = filter.after.map_or("-".to_owned(), |a| format!("({a}"));
             let count = isize::try_from(limit).unwrap_or(isize::MAX);
-            redis::cmd("ZRANGEBYLEX")
-                .arg(self.key("all"))
+            let mut cmd = redis::cmd("ZRANGEBYLEX");
+            cmd.arg(self.key("all"))
                 .arg(from)
                 .arg("+")
                 .arg("LIMIT")
                 .arg(0)
-                .arg(if count == isize::MAX { -1 } else { count })
-                .query_async(&mut conn)
-                .await
+                .arg(if count == isize::MAX { -1 } else { count });
+            super::read!(self.conn, |c| cmd.query_async(&mut c))
                 .map_err(|e| unavailable(&e))?
         } else {
             let mut candidates: Option<BTreeSet<String>> = None;
             if !sets.is_empty() {
                 let found: BTreeSet<String> =
-                    conn.sinter(&sets).await.map_err(|e| unavailable(&e))?;
+                    super::read!(self.conn, |c| c.sinter(&sets))
+                        .map_err(|e| unavailable(&e))?;
                 candidates = Some(found);
             }
             if !filter.states.is_empty() {
@@ -552,7 +547,8 @@ impl ProcessStore for RedisStore {
                     .map(|s| self.key(&format!("ix:state:{s}")))
                     .collect();
                 let in_states: BTreeSet<String> =
-                    conn.sunion(&keys).await.map_err(|e| unavailable(&e))?;
+                    super::read!(self.conn, |c| c.sunion(&keys))
+                        .map_err(|e| unavailable(&e))?;
                 candidates = Some(match candidates {
                     Some(c) => c.intersection(&in_states).cloned().collect(),
                     None => in_states,
