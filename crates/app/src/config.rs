@@ -131,6 +131,10 @@ impl Config {
         config
             .cluster_timing()
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .limits
+            .check()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -263,6 +267,51 @@ mod tests {
                 .expect_err("bad store")
                 .contains("invalid store")
         );
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused_by_key_with_the_reason() {
+        let dir = tempfile::tempdir().expect("dir");
+        for (text, key, why) in [
+            (
+                "[limits]\nmax_running = 0\n",
+                "limits.max_running = 0",
+                "queued for ever",
+            ),
+            (
+                "[limits.group_limits]\ntests = 0\n",
+                "limits.group_limits.tests = 0",
+                "queued for ever",
+            ),
+            (
+                "[limits]\ndefault_group_limit = 0\n",
+                "limits.default_group_limit = 0",
+                "queued for ever",
+            ),
+            (
+                "[limits]\nretention = \"0s\"\n",
+                "limits.retention = \"0s\"",
+                "before `wait`",
+            ),
+            (
+                "[limits]\nretention = \"500ms\"\n",
+                "limits.retention = \"500ms\"",
+                "at least 1s",
+            ),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).expect("write");
+            let err = Config::load(dir.path()).expect_err(text);
+            assert!(
+                err.contains("config.toml") && err.contains(key) && err.contains(why),
+                "{text}: {err}"
+            );
+        }
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[limits]\nmax_running = 1\nretention = \"1s\"\n",
+        )
+        .expect("write");
+        Config::load(dir.path()).expect("the least that works");
     }
 
     #[test]

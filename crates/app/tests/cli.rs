@@ -448,6 +448,59 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert!(err.contains("cannot pause a completed process"), "{err}");
 }
 
+/// Limits that would leave bpm unusable are refused by key, with the
+/// reason; a record that waits says what for.
+#[test]
+fn unworkable_limits_are_refused_and_a_waiting_record_says_what_it_waits_for() {
+    for (text, says) in [
+        ("[limits]\nmax_running = 0\n", "limits.max_running = 0"),
+        (
+            "[limits]\nretention = \"0s\"\n",
+            "limits.retention = \"0s\"",
+        ),
+    ] {
+        let bpm = Bpm::new();
+        std::fs::write(bpm.home().join("config.toml"), text).expect("config");
+        let err = bpm.fails(&["run", "--", "true"], 5);
+        assert!(err.contains(says) && err.contains("must be"), "{err}");
+    }
+    let bpm = Bpm::new();
+    std::fs::write(
+        bpm.home().join("config.toml"),
+        "[limits]\nmax_running = 1\n[limits.group_limits]\nbuild = 1\n",
+    )
+    .expect("config");
+    let first = bpm.ok(&["run", "--group", "build", "--", "sleep", "30"]);
+    let first = first.trim();
+    bpm.until_state(first, "running");
+    let second = bpm.ok(&["run", "--", "true"]);
+    let second = second.trim();
+    let after = bpm.ok(&["run", "--after", second, "--", "true"]);
+    let shown = bpm.json(&["show", second, "--json"]);
+    assert_eq!(shown["state"], "pending", "{shown}");
+    let waiting = shown["waiting"].as_str().unwrap_or_default();
+    assert!(
+        waiting.contains("a slot: 1 of limits.max_running = 1 are taken"),
+        "{shown}"
+    );
+    let text = bpm.ok(&["show", second]);
+    assert!(
+        text.contains("waiting") && text.contains("limits.max_running"),
+        "{text}"
+    );
+    let shown = bpm.json(&["show", after.trim(), "--json"]);
+    assert!(
+        shown["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("dependencies to complete") && w.contains(second)),
+        "{shown}"
+    );
+    bpm.ok(&["stop", first]);
+    bpm.ok(&["wait", "--timeout", "30", after.trim()]);
+    let shown = bpm.json(&["show", after.trim(), "--json"]);
+    assert!(shown.get("waiting").is_none(), "{shown}");
+}
+
 #[test]
 fn a_daemon_that_cannot_start_says_why_in_the_command_that_started_it() {
     let bpm = Bpm::new();

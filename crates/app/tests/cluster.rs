@@ -846,7 +846,8 @@ fn a_killed_daemon_of_this_machine_is_taken_over_at_once() {
         "{lease}"
     );
     assert!(
-        a.log().contains("took the node over from a daemon of this machine that is gone"),
+        a.log()
+            .contains("took the node over from a daemon of this machine that is gone"),
         "{}",
         a.log()
     );

@@ -38,5 +38,5 @@ pub use spec::{
     ReadinessCheck, RequestRef, RestartMode, RestartPolicy, Signal, SpecError, StdinMode,
     StopPolicy, metadata_from_json,
 };
-pub use supervisor::{CoreError, Effect, Input, Limits, Supervisor, Timer, TimerKind};
+pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

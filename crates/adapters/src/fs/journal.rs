@@ -237,9 +237,8 @@ fn newest_turn(bytes: &[u8]) -> Option<(u64, usize)> {
     while at + ENTRY_HEAD < bytes.len() {
         let generation = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         // A cheap look first: a generation, then a JSON object.
-        let plausible = generation != 0
-            && generation < 1 << 48
-            && bytes.get(at + ENTRY_HEAD) == Some(&b'{');
+        let plausible =
+            generation != 0 && generation < 1 << 48 && bytes.get(at + ENTRY_HEAD) == Some(&b'{');
         if let Some((_, next)) = plausible
             .then(|| entry_at(bytes, at, generation, false))
             .flatten()

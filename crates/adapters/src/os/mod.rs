@@ -1147,7 +1147,9 @@ pub fn boot_id() -> String {
 #[must_use]
 pub fn runs_bpm(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     if matches!(state, None | Some('Z' | 'X')) {
         return false;
     }

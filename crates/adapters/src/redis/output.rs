@@ -257,9 +257,8 @@ impl RedisOutput {
             pipe.get(format!("{base}i:{s}"))
                 .strlen(format!("{base}d:{s}"));
         }
-        let parts: Vec<redis::Value> =
-            super::read!(self.out.conn, |c| pipe.query_async(&mut c))
-                .map_err(|e| unavailable(&e))?;
+        let parts: Vec<redis::Value> = super::read!(self.out.conn, |c| pipe.query_async(&mut c))
+            .map_err(|e| unavailable(&e))?;
         for (i, start) in starts.iter().enumerate() {
             let idx: Vec<u8> = redis::from_redis_value(parts[2 * i].clone()).unwrap_or_default();
             let data_len: u64 = redis::from_redis_value(parts[2 * i + 1].clone()).unwrap_or(0);

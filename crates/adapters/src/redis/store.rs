@@ -354,9 +354,8 @@ impl RedisStore {
             for id in batch {
                 pipe.hget(format!("{}r:{id}", self.base), "j");
             }
-            let jsons: Vec<Option<String>> =
-                super::read!(self.conn, |c| pipe.query_async(&mut c))
-                    .map_err(|e| unavailable(&e))?;
+            let jsons: Vec<Option<String>> = super::read!(self.conn, |c| pipe.query_async(&mut c))
+                .map_err(|e| unavailable(&e))?;
             for json in jsons.into_iter().flatten() {
                 let r: ProcessRecord = serde_json::from_str(&json).map_err(|e| {
                     StoreError::Unavailable(format!("Redis holds an unreadable record: {e}"))
@@ -469,8 +468,8 @@ impl ProcessStore for RedisStore {
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
         let key = self.record_key(id);
-        let json: Option<String> = super::read!(self.conn, |c| c.hget(&key, "j"))
-            .map_err(|e| unavailable(&e))?;
+        let json: Option<String> =
+            super::read!(self.conn, |c| c.hget(&key, "j")).map_err(|e| unavailable(&e))?;
         let json = json.ok_or(StoreError::NotFound(id))?;
         serde_json::from_str(&json).map_err(|e| {
             StoreError::Unavailable(format!("Redis holds an unreadable record {id}: {e}"))
@@ -530,14 +529,12 @@ impl ProcessStore for RedisStore {
                 .arg("LIMIT")
                 .arg(0)
                 .arg(if count == isize::MAX { -1 } else { count });
-            super::read!(self.conn, |c| cmd.query_async(&mut c))
-                .map_err(|e| unavailable(&e))?
+            super::read!(self.conn, |c| cmd.query_async(&mut c)).map_err(|e| unavailable(&e))?
         } else {
             let mut candidates: Option<BTreeSet<String>> = None;
             if !sets.is_empty() {
                 let found: BTreeSet<String> =
-                    super::read!(self.conn, |c| c.sinter(&sets))
-                        .map_err(|e| unavailable(&e))?;
+                    super::read!(self.conn, |c| c.sinter(&sets)).map_err(|e| unavailable(&e))?;
                 candidates = Some(found);
             }
             if !filter.states.is_empty() {
@@ -547,8 +544,7 @@ impl ProcessStore for RedisStore {
                     .map(|s| self.key(&format!("ix:state:{s}")))
                     .collect();
                 let in_states: BTreeSet<String> =
-                    super::read!(self.conn, |c| c.sunion(&keys))
-                        .map_err(|e| unavailable(&e))?;
+                    super::read!(self.conn, |c| c.sunion(&keys)).map_err(|e| unavailable(&e))?;
                 candidates = Some(match candidates {
                     Some(c) => c.intersection(&in_states).cloned().collect(),
                     None => in_states,

@@ -180,6 +180,32 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
     }
 }
 
+/// What `record`, pending on its node, waits for: its dependencies, its
+/// delay or backoff, or a slot (by the limits in `home`'s config.toml);
+/// `None` when it is not pending or only its turn holds it.
+async fn why_pending(home: &Home, m: &Manager, record: &ProcessRecord) -> Option<String> {
+    if record.state() != StateName::Pending {
+        return None;
+    }
+    let limits = crate::config::Config::load(&home.dir).ok()?.limits;
+    let mut others = m
+        .list(ListFilter {
+            node: Some(record.node().clone()),
+            states: StateName::LIVE.to_vec(),
+            ..ListFilter::default()
+        })
+        .await
+        .ok()?;
+    for dependency in &record.spec().dependencies {
+        if !others.iter().any(|o| o.id() == *dependency)
+            && let Ok(d) = m.get(*dependency).await
+        {
+            others.push(d);
+        }
+    }
+    limits.why_pending(record, &others, now())
+}
+
 async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
     match command {
         Command::Run(args) => run(home, m, *args).await,
@@ -188,7 +214,10 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             let r = m.get(resolve(m, &id).await?).await?;
             let usage = usage_of(m, std::slice::from_ref(&r)).await;
             let usage = usage.get(&r.id());
-            let waiting = crate::cluster::why_waiting(home, &r).await;
+            let waiting = match crate::cluster::why_waiting(home, &r).await {
+                Some(why) => Some(why),
+                None => why_pending(home, m, &r).await,
+            };
             let earlier = earlier_runs(m, &r).await;
             if as_json {
                 let mut v = record_json(&r);

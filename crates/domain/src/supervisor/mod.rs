@@ -25,7 +25,7 @@ mod restore;
 mod start;
 mod timers;
 
-pub use limits::Limits;
+pub use limits::{Limits, LimitsError, MIN_RETENTION};
 pub use messages::{CoreError, Effect, Input, Timer, TimerKind};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
