@@ -157,10 +157,8 @@ fn finish(
 impl ProcessSpawner for ScriptedSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
         let script = parse(&request.argv)?;
-        if let Some(cwd) = &request.cwd
-            && !cwd.is_dir()
-        {
-            return Err(SpawnError::CwdNotFound(cwd.clone()));
+        if let Some(cwd) = &request.cwd {
+            crate::usable_cwd(cwd)?;
         }
         let id = request.id;
         // Asked again for a record it started (the manager restarted before

@@ -32,3 +32,18 @@ pub mod space;
 mod tail;
 pub mod view;
 pub mod web;
+
+/// Whether `cwd` can be a process's working directory (the spawners and
+/// the front ends ask the same question): it exists
+/// ([`SpawnError::CwdNotFound`](bpm_ports::SpawnError::CwdNotFound)) and is a directory
+/// ([`SpawnError::CwdNotADirectory`](bpm_ports::SpawnError::CwdNotADirectory)).
+///
+/// # Errors
+/// Either of those two, naming the path.
+pub fn usable_cwd(cwd: &std::path::Path) -> Result<(), bpm_ports::SpawnError> {
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(bpm_ports::SpawnError::CwdNotADirectory(cwd.to_path_buf())),
+        Err(_) => Err(bpm_ports::SpawnError::CwdNotFound(cwd.to_path_buf())),
+    }
+}

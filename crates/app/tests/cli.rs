@@ -435,6 +435,19 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
         err.contains("working directory not found: /no/such/dir"),
         "{err}"
     );
+    let file = bpm.home().join("a-file");
+    std::fs::write(&file, "").expect("file");
+    let err = bpm.fails(
+        &["run", "--cwd", file.to_str().expect("utf-8"), "--", "true"],
+        4,
+    );
+    assert!(
+        err.contains(&format!(
+            "working directory is not a directory: {}",
+            file.display()
+        )),
+        "{err}"
+    );
     let err = bpm.fails(&["run", "--ready-pattern", "(", "--", "true"], 4);
     assert!(err.contains("invalid regex"), "{err}");
     bpm.fails(&["run"], 2);

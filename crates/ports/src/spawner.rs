@@ -140,8 +140,11 @@ pub enum SpawnError {
     #[error("permission denied: cannot execute {0:?}")]
     PermissionDenied(OsText),
     /// The working directory does not exist.
-    #[error("working directory not found: {0:?}")]
+    #[error("working directory not found: {}", .0.display())]
     CwdNotFound(PathBuf),
+    /// The working directory is something else than a directory (a file).
+    #[error("working directory is not a directory: {}", .0.display())]
+    CwdNotADirectory(PathBuf),
     /// The request cannot be carried out as given.
     #[error("invalid spawn request: {0}")]
     Invalid(String),
@@ -171,7 +174,8 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     /// # Errors
     /// - MUST return [`SpawnError::ProgramNotFound`] if the program does not exist.
     /// - MUST return [`SpawnError::PermissionDenied`] if it may not be executed.
-    /// - MUST return [`SpawnError::CwdNotFound`] if the working directory does not exist.
+    /// - MUST return [`SpawnError::CwdNotFound`] if the working directory does not exist,
+    ///   and [`SpawnError::CwdNotADirectory`] if it is not a directory.
     /// - MUST return [`SpawnError::Invalid`] for a request it cannot carry out (empty argv).
     /// - MUST return [`SpawnError::Unknown`] if it cannot know whether the
     ///   process started, which then never runs a second time through it.

@@ -249,9 +249,7 @@ impl McpServer {
             }
             None => defaults.cwd.clone(),
         };
-        if !cwd.is_dir() {
-            return Err(format!("working directory not found: {}", cwd.display()));
-        }
+        crate::usable_cwd(&cwd).map_err(|e| e.to_string())?;
         policy.check_dir(&cwd)?;
         spec.cwd = Some(cwd);
         let mut env = defaults.env.clone();

@@ -523,10 +523,8 @@ impl Inner {
             .argv
             .first()
             .ok_or_else(|| SpawnError::Invalid("empty argument vector".into()))?;
-        if let Some(cwd) = &request.cwd
-            && !cwd.is_dir()
-        {
-            return Err(SpawnError::CwdNotFound(cwd.clone()));
+        if let Some(cwd) = &request.cwd {
+            crate::usable_cwd(cwd)?;
         }
         let composed = self.composed(&request.env)?;
         let own = own_variables(request)?;

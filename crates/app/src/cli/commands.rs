@@ -391,12 +391,7 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         } else {
             std::env::current_dir().map_err(|e| bad(&e))?.join(cwd)
         };
-        if !abs.is_dir() {
-            return Err(CliError::invalid(format!(
-                "working directory not found: {}",
-                abs.display()
-            )));
-        }
+        bpm_adapters::usable_cwd(&abs).map_err(|e| CliError::invalid(e.to_string()))?;
         spec.cwd = Some(abs);
     } else {
         spec.cwd = std::env::current_dir().ok();

@@ -126,6 +126,14 @@ pub async fn missing_cwd_is_cwd_not_found(h: Arc<dyn SpawnerHarness>) {
     let cwd = PathBuf::from("/nonexistent/bpm-contract-dir");
     req.cwd = Some(cwd.clone());
     assert_eq!(spawner.spawn(req).await, Err(SpawnError::CwdNotFound(cwd)));
+    // A file where the directory should be is named as such.
+    let file = std::env::current_exe().expect("this test's own file");
+    let mut req = request(h.exit_with(0));
+    req.cwd = Some(file.clone());
+    assert_eq!(
+        spawner.spawn(req).await,
+        Err(SpawnError::CwdNotADirectory(file))
+    );
 }
 
 /// Signalling a process that has exited is not an error.
