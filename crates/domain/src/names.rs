@@ -8,7 +8,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// A name, label or other text value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} {value:?}: {why}")]
 pub struct NameError {
     /// What kind of value it was ("process name", "label key", ...).
     pub what: &'static str,
@@ -16,6 +15,25 @@ pub struct NameError {
     pub value: String,
     /// Why it was refused.
     pub why: &'static str,
+}
+
+/// How much of a refused value its message quotes: a value of 10,000
+/// characters is named by its start and its length.
+const QUOTED: usize = 64;
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let NameError { what, value, why } = self;
+        let length = value.chars().count();
+        if length <= QUOTED {
+            return write!(f, "invalid {what} {value:?}: {why}");
+        }
+        let start: String = value.chars().take(QUOTED).collect();
+        write!(
+            f,
+            "invalid {what} {start:?}... ({length} characters in all): {why}"
+        )
+    }
 }
 
 fn check(
@@ -170,6 +188,21 @@ impl NodeId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_refused_value_is_quoted_by_its_start_and_length() {
+        let long = "w".repeat(10_000);
+        let text = ProcessName::new(long).expect_err("too long").to_string();
+        assert!(text.len() < 200, "{text}");
+        assert!(
+            text.contains(&format!("\"{}\"...", "w".repeat(64)))
+                && text.contains("10000 characters in all")
+                && text.contains("longer than"),
+            "{text}"
+        );
+        let short = ProcessName::new("").expect_err("empty").to_string();
+        assert_eq!(short, "invalid process name \"\": it is empty");
+    }
 
     #[test]
     fn names_accept_well_formed_values() {
