@@ -59,7 +59,7 @@ async fn connect(socket: &std::path::Path) -> Result<DaemonClient, ManagerError>
 }
 
 #[tokio::test]
-async fn connections_over_the_limit_are_told_so_and_a_closed_one_frees_its_place() {
+async fn connections_over_the_limit_are_told_so_while_every_one_is_busy() {
     let dir = tempfile::tempdir().expect("dir");
     let socket = dir.path().join("s");
     let limits = ConnectionLimits {
@@ -67,15 +67,17 @@ async fn connections_over_the_limit_are_told_so_and_a_closed_one_frees_its_place
         ..ConnectionLimits::default()
     };
     daemon(&socket, limits).await;
+    // Subscribed connections are busy, however silent.
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(connect(&socket).await.expect("within the limit"));
+        let client = connect(&socket).await.expect("within the limit");
+        let events = client.subscribe();
+        held.push((client, events));
     }
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let refused = connect(&socket).await.err().expect("over the limit");
     let said = refused.to_string();
     assert!(said.contains("holds 3 connections already"), "{said}");
-    // A silent connection that has not even said hello takes a place too,
-    // until it is dropped.
     held.pop();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let again = connect(&socket).await.expect("a place was freed");
@@ -83,6 +85,59 @@ async fn connections_over_the_limit_are_told_so_and_a_closed_one_frees_its_place
         .list(bpm_domain::ListFilter::default())
         .await
         .expect("it works");
+}
+
+/// Idle and silent connections cannot keep a real client out: a full
+/// daemon closes the one doing least (first one that never said hello,
+/// then the one silent longest), never one with a call under way or a
+/// subscription.
+#[tokio::test]
+async fn a_full_daemon_makes_room_by_closing_the_connection_doing_least() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("s");
+    let limits = ConnectionLimits {
+        max_connections: 8,
+        ..ConnectionLimits::default()
+    };
+    daemon(&socket, limits).await;
+    let subscribed = connect(&socket).await.expect("connect");
+    let _events = subscribed.subscribe();
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(connect(&socket).await.expect("connect"));
+    }
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(tokio::net::UnixStream::connect(&socket).await.expect("raw"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The silent ones made room among themselves: the greeted idle clients
+    // are still open.
+    assert!(
+        idle.iter().all(|c| !c.is_closed()),
+        "a greeted idle client was closed first"
+    );
+    let real = connect(&socket).await.expect("a real client gets in");
+    real.list(bpm_domain::ListFilter::default())
+        .await
+        .expect("and is answered");
+    // With no silent connection left to close, the idle clients go first.
+    drop(silent);
+    for _ in 0..12 {
+        let client = connect(&socket).await.expect("a real client gets in");
+        client
+            .list(bpm_domain::ListFilter::default())
+            .await
+            .expect("and is answered");
+    }
+    assert!(
+        !subscribed.is_closed(),
+        "the subscribed connection was closed"
+    );
+    subscribed
+        .list(bpm_domain::ListFilter::default())
+        .await
+        .expect("the subscribed client still works");
 }
 
 #[tokio::test]

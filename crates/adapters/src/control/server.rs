@@ -130,6 +130,7 @@ pub async fn serve_with(
     limits: ConnectionLimits,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let open = Arc::new(Open::default());
     let own_uid = rustix::process::getuid();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -141,15 +142,28 @@ pub async fn serve_with(
             tracing::warn!("refused a control connection from another user");
             continue;
         }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            // Full: a connection that does nothing makes room for this one,
+            // so that idle or silent clients cannot keep real ones out.
+            Err(_) if open.close_idlest() => {
+                tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
             tracing::warn!(
                 limit = limits.max_connections,
-                "refused a control connection: too many open"
+                "refused a control connection: too many open, each with a call under way"
             );
             tokio::spawn(refuse_busy(stream, limits.max_connections));
             continue;
         };
         let (manager, info, shutdown) = (manager.clone(), info.clone(), shutdown.clone());
+        let (state, registered) = open.register();
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
             connection(
@@ -161,10 +175,114 @@ pub async fn serve_with(
                     shutdown,
                 },
                 limits,
+                &state,
             )
             .await;
+            drop(registered);
             drop(slot);
         });
+    }
+}
+
+/// How long a new connection waits for the slot of one closed for it.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// One open connection, as the accepting loop sees it.
+#[derive(Default)]
+struct Conn {
+    /// Calls under way and subscriptions: a connection with any is never
+    /// closed to make room.
+    busy: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether it said hello.
+    greeted: std::sync::atomic::AtomicBool,
+    /// When it last sent a line, in ms since the server started.
+    last_line: std::sync::atomic::AtomicU64,
+    /// Told to close, to make room for a new connection.
+    close: tokio::sync::Notify,
+}
+
+/// The open connections, so that a full server can close the one that
+/// does least: one that never said hello first, then the one silent
+/// longest with nothing under way.
+#[derive(Default)]
+struct Open {
+    conns: std::sync::Mutex<BTreeMap<u64, Arc<Conn>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the first call.
+fn millis() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Conn {
+    /// It sent a line.
+    fn touched(&self) {
+        self.last_line
+            .store(millis(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Removes a connection from [`Open`] when its task ends.
+struct Registered {
+    open: Arc<Open>,
+    key: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl Open {
+    fn register(self: &Arc<Self>) -> (Arc<Conn>, Registered) {
+        let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn = Arc::new(Conn::default());
+        conn.touched();
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, conn.clone());
+        (
+            conn,
+            Registered {
+                open: self.clone(),
+                key,
+            },
+        )
+    }
+
+    /// Tells the connection doing least to close; false if every one has
+    /// a call under way or a subscription.
+    fn close_idlest(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let idlest = conns
+            .iter()
+            .filter(|(_, c)| c.busy.load(Relaxed) == 0)
+            .min_by_key(|(_, c)| (c.greeted.load(Relaxed), c.last_line.load(Relaxed)))
+            .map(|(key, c)| (*key, c.clone()));
+        let Some((key, conn)) = idlest else {
+            return false;
+        };
+        // Closed now as far as the count goes: two newcomers never pick one.
+        conns.remove(&key);
+        conn.close.notify_one();
+        tracing::debug!(
+            greeted = conn.greeted.load(Relaxed),
+            "closed an idle control connection to make room for a new one"
+        );
+        true
     }
 }
 
@@ -223,17 +341,31 @@ async fn next_line(
 }
 
 async fn connection(
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: Writer,
+    shared: Shared,
+    limits: ConnectionLimits,
+    state: &Conn,
+) {
+    tokio::select! {
+        () = serve_connection(reader, writer, shared, limits, state) => {}
+        () = state.close.notified() => {}
+    }
+}
+
+async fn serve_connection(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: Writer,
     shared: Shared,
     limits: ConnectionLimits,
+    state: &Conn,
 ) {
     let Shared {
         manager,
         info,
         shutdown,
     } = shared;
-    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let busy = state.busy.clone();
     // Dropped when this reader returns: a subscription ends with the
     // connection's reading side, not only when a send fails, so a client
     // that closes its side is not sent events for ever.
@@ -241,6 +373,9 @@ async fn connection(
     if !greet(&mut reader, &writer, &info, limits.hello_within).await {
         return;
     }
+    state
+        .greeted
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         let Some(line) = next_line(&mut reader, &busy, limits.idle_after).await else {
             tracing::debug!(
@@ -249,6 +384,7 @@ async fn connection(
             );
             return;
         };
+        state.touched();
         let Some(call) = read_call(line, &writer).await else {
             return;
         };
