@@ -271,15 +271,18 @@ pub fn sweep_record(
 }
 
 /// Whether `record` is run elsewhere when its node is lost: it asked for
-/// failover, has restarts left, and was not being stopped (a stop asked
-/// for is honoured: it is given up as any record). The sweeps never give
+/// failover, has restarts left, and was not being stopped on request (a
+/// stop asked for is honoured: it is given up as any record; a stop by
+/// its node's own fence is not a request). The sweeps never give
 /// it up; the failover ends it.
 pub fn fails_over(record: &ProcessRecord) -> bool {
     let spec = record.spec();
+    // A stop someone asked for is honoured; the node's own fence is the
+    // very start of a failover, whether or not the store heard of it.
+    let asked_to_stop = |l: &crate::Lifecycle| matches!(l, crate::Lifecycle::Stopping { cause, .. } if *cause != crate::StopCause::Fenced);
     let stopping = match record.lifecycle() {
-        crate::Lifecycle::Stopping { .. } => true,
-        crate::Lifecycle::Unreachable { was, .. } => was.name() == StateName::Stopping,
-        _ => false,
+        crate::Lifecycle::Unreachable { was, .. } => asked_to_stop(was),
+        other => asked_to_stop(other),
     };
     spec.failover
         && !stopping

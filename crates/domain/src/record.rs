@@ -1011,14 +1011,13 @@ impl Record {
                 self.lifecycle.clone()
             }
             // Asked to stop, and gone: stopped, though how it ended
-            // (its exit code) is unknown.
+            // (its exit code) is unknown. A fenced stop is no one's
+            // request: its record is given up as lost, as it would be had
+            // the fence's write not reached the store.
             Transition::Lose { reason }
                 if matches!(
                     cause,
-                    StopCause::Requested
-                        | StopCause::Cascade { .. }
-                        | StopCause::Replaced { .. }
-                        | StopCause::Fenced
+                    StopCause::Requested | StopCause::Cascade { .. } | StopCause::Replaced { .. }
                 ) =>
             {
                 Lifecycle::Cancelled {

@@ -242,6 +242,28 @@ fn the_sweeps_never_give_up_a_record_that_fails_over() {
     assert_eq!(old.state(), StateName::Lost);
 }
 
+/// A failover record given up ends `lost` whether the store held it
+/// running or already being stopped by its node's fence.
+#[test]
+fn a_record_failed_over_ends_lost_whether_or_not_its_fence_was_written() {
+    let l = lease(10_000);
+    let running = running_on_b(1, failover_spec());
+    let mut fenced = running.clone();
+    fenced
+        .apply(
+            Transition::Stop {
+                cause: StopCause::Fenced,
+            },
+            t(10),
+        )
+        .expect("fenced");
+    let late = t(1_000_000);
+    for r in [running, fenced] {
+        let (old, _) = failover(&l, &node("c"), &r, id(2), late).expect("due");
+        assert_eq!(old.state(), StateName::Lost, "{:?}", r.state());
+    }
+}
+
 #[test]
 fn a_fenced_stop_ends_cancelled_if_its_spawn_failed() {
     let mut r = ProcessRecord::new(id(1), node("a"), failover_spec(), t(0));
