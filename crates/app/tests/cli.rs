@@ -2071,6 +2071,55 @@ fn a_full_disk_costs_new_work_never_running_processes_and_bpm_recovers_by_itself
     assert_eq!(bpm.daemon_pid(), daemon);
 }
 
+/// A batch too large for one request, refused part way for lack of room:
+/// the records of the requests taken stand and are printed, and the lines
+/// not started are named, so a caller never has records it does not know
+/// of (before, it printed no id, though thousands of its records ran).
+#[test]
+fn a_batch_refused_part_way_prints_what_was_started_and_names_the_rest() {
+    let disk = SmallDisk::new("64m");
+    let bpm = &disk.bpm;
+    bpm.ok(&["ps"]);
+    let free = rustix::fs::statvfs(bpm.home()).expect("statvfs");
+    let room = free.f_bavail * free.f_frsize;
+    std::fs::write(
+        bpm.home().join("filler"),
+        vec![0u8; usize::try_from(room - (6 << 20)).expect("size")],
+    )
+    .expect("filler");
+    let go = tempfile::tempdir().expect("tmp");
+    let batch = go.path().join("batch.txt");
+    let line = format!("true {}\n", "x".repeat(2_000));
+    std::fs::write(&batch, line.repeat(6_000)).expect("batch file");
+    let out = bpm.run(&["run", "--from", batch.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let started = ids.len();
+    assert!(started > 0 && started < 6_000, "{started} started: {err}");
+    let names = format!("batch.txt:{}-6000: not started:", started + 1);
+    assert!(err.contains(&names), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} of 6000 lines were not started",
+            6_000 - started
+        )),
+        "{err}"
+    );
+    let records = bpm.json(&["ps", "--all", "--json"]);
+    let known: std::collections::BTreeSet<&str> = records
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(known.len(), started, "every record made was printed");
+    assert!(ids.iter().all(|id| known.contains(id.as_str())));
+}
+
 /// On a disk too small for its journal, the daemon does not start half way
 /// and leave an empty log: the command says what is needed.
 #[test]

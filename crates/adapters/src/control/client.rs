@@ -254,16 +254,31 @@ impl DaemonClient {
             }
         }
         let mut out = Vec::new();
-        for (chunk, _) in chunks {
+        let mut chunks = chunks.into_iter();
+        while let Some((chunk, _)) = chunks.next() {
             let n = chunk.len();
             let request = Request::StartMany {
                 specs: chunk,
                 env: shared.clone(),
                 brief,
             };
-            match self.call(request).await? {
-                Reply::Started(started) if started.len() == n => out.extend(started),
-                other => return Err(unexpected(&other)),
+            match self.call(request).await {
+                Ok(Reply::Started(started)) if started.len() == n => out.extend(started),
+                Ok(other) => return Err(unexpected(&other)),
+                // Nothing of the batch was made, or the connection broke
+                // (the caller asks the next daemon what exists).
+                Err(e) if out.is_empty() || matches!(e, ManagerError::Connection(_)) => {
+                    return Err(e);
+                }
+                // Refused after earlier requests of the batch were made:
+                // those stand (they may be running), and are answered; this
+                // request and the ones after it are answered as refused,
+                // and not sent.
+                Err(e) => {
+                    let refused = WireError::from(e);
+                    let left: usize = n + chunks.by_ref().map(|(c, _)| c.len()).sum::<usize>();
+                    out.extend((0..left).map(|_| Started::Error(refused.clone())));
+                }
             }
         }
         Ok(out)

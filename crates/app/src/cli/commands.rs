@@ -567,10 +567,12 @@ async fn run_many(home: &Home, m: &Manager, mut args: RunArgs, from: &Path) -> O
             spec
         })
         .collect();
-    let mut failed = Vec::new();
-    let mut refused = |n: usize, e: ManagerError| {
-        eprintln!("bpm: {}:{n}: {e}", from.display());
-        failed.push(CliError::from(e));
+    // Lines refused for the same reason one after another are named as
+    // one range (a batch refused part way names thousands of lines).
+    let mut failed: Vec<(usize, usize, ManagerError)> = Vec::new();
+    let mut refused = |n: usize, e: ManagerError| match failed.last_mut() {
+        Some((_, last, same)) if *same == e && *last + 1 == n => *last = n,
+        _ => failed.push((n, n, e)),
     };
     let answer = if as_json {
         Answer::Records
@@ -596,12 +598,28 @@ async fn run_many(home: &Home, m: &Manager, mut args: RunArgs, from: &Path) -> O
     } else {
         print!("{out}");
     }
+    let not_started: usize = failed.iter().map(|(a, b, _)| b - a + 1).sum();
+    for (first, last, e) in &failed {
+        let lines = if first == last {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        };
+        eprintln!("bpm: {}:{lines}: not started: {e}", from.display());
+    }
     match failed.into_iter().next() {
         None => Ok(ExitCode::SUCCESS),
-        Some(first) => Err(CliError {
-            code: first.code,
-            message: format!("some lines were not started (the first: {})", first.message),
-        }),
+        Some((.., e)) => {
+            let first = CliError::from(e);
+            Err(CliError {
+                code: first.code,
+                message: format!(
+                    "{not_started} of {} lines were not started (the first: {}); the ids printed are of those that were",
+                    lines.len(),
+                    first.message
+                ),
+            })
+        }
     }
 }
 
