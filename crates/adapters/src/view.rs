@@ -32,6 +32,9 @@ pub fn record_json(r: &ProcessRecord) -> Value {
         obj.insert("started_at".into(), json!(l.started_at()));
         obj.insert("ended_at".into(), json!(l.ended_at()));
         obj.insert("error".into(), json!(l.error()));
+        if !r.is_tracked() {
+            obj.insert("fence_token".into(), json!(r.fence_token()));
+        }
     }
     v
 }

@@ -322,6 +322,11 @@ impl ProcessManager for ReconnectingManager {
             .retried(|c| async move { c.resource_usage().await })
             .await
     }
+    async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError> {
+        self.0
+            .retried(|c| async move { c.check_fence(id, token).await })
+            .await
+    }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self.0.events.subscribe();
         self.0.forward();

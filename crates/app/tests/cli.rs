@@ -461,6 +461,44 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert!(err.contains("cannot pause a completed process"), "{err}");
 }
 
+/// Each attempt of a record gets its own fencing token in `BPM_FENCE`,
+/// one more than the last; `bpm fence check` (from the process or any
+/// child of it) passes while the token is the current attempt's, and
+/// fails, saying why, once the record ended or for another number.
+#[test]
+fn each_attempt_guards_its_writes_with_its_own_fencing_token() {
+    let bpm = Bpm::new();
+    let exe = env!("CARGO_BIN_EXE_bpm");
+    let line =
+        format!("sh -c '{exe} fence check; echo \"$BPM_FENCE $?\"'; [ \"$BPM_FENCE\" -ge 3 ]");
+    let id = bpm.ok(&[
+        "run",
+        "--restart",
+        "on-failure",
+        "--max-restarts",
+        "5",
+        "--shell",
+        "--",
+        &line,
+    ]);
+    let id = id.trim();
+    bpm.ok(&["wait", "--timeout", "60", id]);
+    assert_eq!(bpm.ok(&["logs", id]), "1 0\n2 0\n3 0\n");
+    let err = bpm.fails(&["fence", "check", "3", "--id", id], 1);
+    assert!(
+        err.contains("fence 3 is stale") && err.contains("has ended"),
+        "{err}"
+    );
+    let sleeper = bpm.ok(&["run", "--", "sleep", "30"]);
+    let sleeper = sleeper.trim();
+    bpm.until_state(sleeper, "running");
+    bpm.ok(&["fence", "check", "1", "--id", sleeper]);
+    let err = bpm.fails(&["fence", "check", "2", "--id", sleeper], 1);
+    assert!(err.contains("token 2 is stale"), "{err}");
+    let err = bpm.fails(&["fence", "check"], 2);
+    assert!(err.contains("no BPM_FENCE"), "{err}");
+}
+
 /// Limits that would leave bpm unusable are refused by key, with the
 /// reason; a record that waits says what for.
 #[test]

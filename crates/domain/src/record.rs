@@ -620,6 +620,51 @@ impl ProcessRecord {
     pub fn restarts(&self) -> u32 {
         self.0.restarts
     }
+
+    /// The fencing token of its current attempt (of its next, while it
+    /// waits): one more than its restarts. It grows with each attempt, and
+    /// a record failed over starts above every attempt of the record it
+    /// replaces ([`ProcessRecord::failover_of`] counts one restart more),
+    /// so a writer that keeps the greatest token it has seen refuses every
+    /// older attempt. Its process finds it in `BPM_FENCE`.
+    pub fn fence_token(&self) -> u64 {
+        u64::from(self.0.restarts) + 1
+    }
+
+    /// Whether `token` is still the token of this record's current
+    /// attempt: the record has not ended, is not cut off with its node,
+    /// is not being stopped by its node's fence, and has had no attempt
+    /// since.
+    ///
+    /// # Errors
+    /// Why the token is stale, for whoever guarded a write with it.
+    pub fn check_token(&self, token: u64) -> Result<(), String> {
+        let current = self.fence_token();
+        match &self.0.lifecycle {
+            l if l.name().is_terminal() => Err(format!(
+                "record {} has ended ({}): no attempt of it holds a token any more",
+                self.0.id,
+                l.name()
+            )),
+            Lifecycle::Unreachable { reason, .. } => Err(format!(
+                "record {} is cut off with its node ({reason})",
+                self.0.id
+            )),
+            Lifecycle::Stopping {
+                cause: StopCause::Fenced,
+                ..
+            } => Err(format!(
+                "record {} is being stopped: {}",
+                self.0.id,
+                StopCause::Fenced
+            )),
+            _ if token != current => Err(format!(
+                "token {token} is stale: record {} is at attempt {current}",
+                self.0.id
+            )),
+            _ => Ok(()),
+        }
+    }
     /// Past attempts (the newest [`MAX_ATTEMPTS_KEPT`]).
     pub fn attempts(&self) -> &[Attempt] {
         &self.0.attempts

@@ -542,6 +542,25 @@ impl ProcessManager for Engine {
         Ok(self.ports.usage.sample(targets).await)
     }
 
+    async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError> {
+        let record = self.get(id).await?;
+        if let Err(stale) = record.check_token(token) {
+            return Ok(Some(stale));
+        }
+        // Asked last, closest to the write it guards: the lease, on this
+        // node's own clock, and the node's newest epoch, in the store.
+        if record.node() == &self.node {
+            match self.ports.store.reachable().await {
+                Ok(()) => {}
+                Err(e @ (StoreError::Lapsed { .. } | StoreError::Fenced { .. })) => {
+                    return Ok(Some(format!("its node may not act: {e}")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.ports.events.subscribe()
     }

@@ -357,6 +357,25 @@ pub trait ProcessManager: Send + Sync + 'static {
     ///   if the manager cannot be reached.
     async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError>;
 
+    /// Whether `token` (a `BPM_FENCE`) is still the fencing token of record
+    /// `id`'s current attempt ([`ProcessRecord::check_token`]), asked by
+    /// its process, or any child of it, before a write that another
+    /// attempt's must never overlap: `None` while it is, or why it is
+    /// stale. The record is read from the store, not from a cache; for a
+    /// record of this manager's own node, a token is stale too once the
+    /// node's lease has lapsed or a newer daemon took the node
+    /// ([`ProcessStore::reachable`](crate::ProcessStore::reachable)), so a
+    /// process that ran on through a pause of its whole machine is told
+    /// at once.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] if no record has the id.
+    /// - MUST return [`ManagerError::Store`] if the store cannot be read
+    ///   (then nothing is known, and a guarded write must not go ahead).
+    /// - MUST return [`ManagerError::Connection`] or [`ManagerError::ShutDown`]
+    ///   if the manager cannot be reached.
+    async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError>;
+
     /// Every event from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 

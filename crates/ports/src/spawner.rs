@@ -40,6 +40,10 @@ pub struct SpawnRequest {
     /// node's lease lapses ([`ProcessSpawner::hold_lease`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<StopPolicy>,
+    /// The attempt's fencing token ([`ProcessRecord::fence_token`]), given
+    /// to the child as `BPM_FENCE` (0: none given).
+    #[serde(default)]
+    pub token: u64,
 }
 
 impl SpawnRequest {
@@ -58,6 +62,7 @@ impl SpawnRequest {
             idle_after: spec.idle_after,
             hands_over: spec.restart.mode == RestartMode::Never,
             fence: spec.failover.then_some(spec.stop),
+            token: record.fence_token(),
         })
     }
 }

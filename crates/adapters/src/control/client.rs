@@ -442,6 +442,12 @@ impl ProcessManager for DaemonClient {
             other => Err(unexpected(&other)),
         }
     }
+    async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError> {
+        match self.call(Request::CheckFence { id, token }).await? {
+            Reply::Fence { stale } => Ok(stale),
+            other => Err(unexpected(&other)),
+        }
+    }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self
             .inner

@@ -633,6 +633,9 @@ async fn dispatch(
             }))
         }
         Request::Usage => Reply::Usage(m.resource_usage().await?),
+        Request::CheckFence { id, token } => Reply::Fence {
+            stale: m.check_fence(id, token).await?,
+        },
         Request::Shutdown { kill_all } => {
             if kill_all {
                 m.stop_level(0, StopOptions::default()).await?;

@@ -143,6 +143,11 @@ pub enum Request {
     Status,
     /// What running process trees use (`resource_usage`).
     Usage,
+    /// Whether a fencing token is current (`check_fence`).
+    CheckFence {
+        id: ProcessId,
+        token: u64,
+    },
     Shutdown {
         kill_all: bool,
     },
@@ -202,11 +207,18 @@ pub enum Reply {
     Record(ProcessRecord),
     Started(Vec<Started>),
     Records(Vec<ProcessRecord>),
-    Completion { record: ProcessRecord, no_op: bool },
+    Completion {
+        record: ProcessRecord,
+        no_op: bool,
+    },
     Output(OutputChunk),
     Status(Box<DaemonStatus>),
     Events(Vec<Event>),
     Usage(Vec<ResourceUsage>),
+    /// A fencing token's check: why it is stale, or `None`.
+    Fence {
+        stale: Option<String>,
+    },
     Done,
 }
 

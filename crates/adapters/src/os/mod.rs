@@ -958,11 +958,15 @@ type Output = (
 fn own_variables(request: &SpawnRequest) -> Result<Vec<CString>, SpawnError> {
     let nul = |_| SpawnError::Invalid("a NUL byte in an environment variable".into());
     let id_text = request.id.to_string();
-    let mut own = Vec::with_capacity(3);
+    let mut own = Vec::with_capacity(4);
     own.push(spawn::variable(tree::MARK.as_bytes(), id_text.as_bytes()).map_err(nul)?);
     own.push(spawn::variable(b"BPM_NODE", request.node.as_str().as_bytes()).map_err(nul)?);
     if let Some(session) = &request.session {
         own.push(spawn::variable(b"BPM_SESSION", session.as_str().as_bytes()).map_err(nul)?);
+    }
+    if request.token > 0 {
+        let token = request.token.to_string();
+        own.push(spawn::variable(b"BPM_FENCE", token.as_bytes()).map_err(nul)?);
     }
     Ok(own)
 }
@@ -1094,14 +1098,14 @@ pub fn find_marked(ids: &[ProcessId]) -> HashMap<ProcessId, u32> {
 
 /// This process's environment as the base of a process it starts for its
 /// caller, as a shell would pass it on, byte for byte, without bpm's own
-/// marks (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`).
+/// marks (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`, `BPM_FENCE`).
 #[must_use]
 pub fn inherited_env() -> Environment {
     std::env::vars_os()
         .filter(|(k, _)| {
             !matches!(
                 k.as_bytes(),
-                b"BPM_PROCESS_ID" | b"BPM_SESSION" | b"BPM_NODE"
+                b"BPM_PROCESS_ID" | b"BPM_SESSION" | b"BPM_NODE" | b"BPM_FENCE"
             )
         })
         .map(|(k, v)| (OsText::from(k), OsText::from(v)))

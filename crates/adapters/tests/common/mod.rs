@@ -61,6 +61,7 @@ pub(crate) fn sh_request(
         idle_after: None,
         hands_over: true,
         fence: None,
+        token: 0,
     }
 }
 

@@ -20,7 +20,8 @@ use super::error::{CliError, Outcome};
 use super::resolve::resolve;
 use super::table::{color_on, now};
 use super::{
-    Cli, Command, DaemonAction, DaemonArgs, LogsArgs, Manager, PsArgs, RunArgs, StopArgs, table,
+    Cli, Command, DaemonAction, DaemonArgs, FenceAction, LogsArgs, Manager, PsArgs, RunArgs,
+    StopArgs, table,
 };
 use crate::daemon;
 use crate::home::Home;
@@ -180,6 +181,38 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
     }
 }
 
+/// `bpm fence check`: exit 0 while the token is current, 1 (saying why)
+/// once it is stale.
+async fn fence_check(m: &Manager, token: Option<u64>, id: Option<String>) -> Outcome {
+    let from_env = |name: &str| {
+        std::env::var(name).map_err(|_| CliError {
+            code: 2,
+            message: format!(
+                "no {name} in the environment: give it (bpm sets it for the processes it runs)"
+            ),
+        })
+    };
+    let token = match token {
+        Some(t) => t,
+        None => from_env("BPM_FENCE")?
+            .parse()
+            .map_err(|e| CliError::invalid(format!("BPM_FENCE: {e}")))?,
+    };
+    let id = match id {
+        Some(id) => resolve(m, &id).await?,
+        None => from_env("BPM_PROCESS_ID")?
+            .parse()
+            .map_err(|e| CliError::invalid(format!("BPM_PROCESS_ID: {e}")))?,
+    };
+    match m.check_fence(id, token).await? {
+        None => Ok(ExitCode::SUCCESS),
+        Some(why) => {
+            eprintln!("bpm: fence {token} is stale: {why}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// What `record`, pending on its node, waits for: its dependencies, its
 /// delay or backoff, or a slot (by the limits in `home`'s config.toml);
 /// `None` when it is not pending or only its turn holds it.
@@ -289,6 +322,9 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             println!("{}", m.track(spec).await?.id());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fence {
+            action: FenceAction::Check { token, id },
+        } => fence_check(m, token, id).await,
         Command::Progress {
             id,
             percent,

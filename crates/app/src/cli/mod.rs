@@ -141,6 +141,12 @@ pub enum Command {
         /// Why.
         message: String,
     },
+    /// Fencing tokens: whether a process is still its record's current attempt.
+    Fence {
+        /// What to do.
+        #[command(subcommand)]
+        action: FenceAction,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -380,6 +386,22 @@ pub struct StopArgs {
     /// Every live process at this hierarchy depth.
     #[arg(long)]
     pub level: Option<usize>,
+}
+
+/// `bpm fence ACTION`.
+#[derive(Debug, Subcommand)]
+pub enum FenceAction {
+    /// Exit 0 while TOKEN is still the token of the record's current
+    /// attempt; 1, saying why, once a newer attempt exists, the record
+    /// ended, or its node's lease lapsed. Guard a write with it:
+    /// `bpm fence check && write`.
+    Check {
+        /// The token (default: `BPM_FENCE`, which bpm gives every process).
+        token: Option<u64>,
+        /// The record (default: `BPM_PROCESS_ID`).
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 /// Run or manage the daemon.

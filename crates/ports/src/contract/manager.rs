@@ -600,3 +600,39 @@ pub async fn resource_usage_lists_running_trees(subject: Subject) {
     let usage = m.resource_usage().await.expect("usage");
     assert!(usage.iter().all(|u| u.id != r.id()), "{usage:?}");
 }
+
+/// A process's fencing token (`BPM_FENCE`) is current while its attempt
+/// runs, and stale for any other number and once the record ended; an
+/// unknown record is not found.
+pub async fn a_fencing_token_is_current_while_its_attempt_runs(subject: Subject) {
+    let m = &subject.manager;
+    let mut spec = sh("echo \"token $BPM_FENCE\"; exec sleep 30");
+    spec.stop.grace = bpm_domain::Span::from_millis(200);
+    let r = running(m, spec).await;
+    let deadline = Instant::now() + LONG;
+    loop {
+        let chunk = m
+            .read_output(r.id(), OutputQuery::default())
+            .await
+            .expect("read");
+        let text: Vec<u8> = chunk.pieces.into_iter().flat_map(|p| p.data).collect();
+        if text == b"token 1\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            String::from_utf8_lossy(&text)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(r.fence_token(), 1);
+    assert_eq!(m.check_fence(r.id(), 1).await, Ok(None));
+    let other = m.check_fence(r.id(), 2).await.expect("check");
+    assert!(other.is_some_and(|why| why.contains("stale")));
+    m.stop(r.id(), StopOptions::default()).await.expect("stop");
+    let ended = m.check_fence(r.id(), 1).await.expect("check");
+    assert!(ended.is_some_and(|why| why.contains("has ended")));
+    let id = unknown();
+    assert_eq!(m.check_fence(id, 1).await, Err(ManagerError::NotFound(id)));
+}

@@ -119,6 +119,7 @@ macro_rules! manager_contract_tests {
             a_subscriber_sees_a_process_from_start_to_end,
             recent_events_hold_the_past_in_order,
             resource_usage_lists_running_trees,
+            a_fencing_token_is_current_while_its_attempt_runs,
         );
     };
 }

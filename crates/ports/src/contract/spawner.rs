@@ -45,6 +45,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         idle_after: None,
         hands_over: true,
         fence: None,
+        token: 0,
     }
 }
 
