@@ -237,6 +237,76 @@ async fn after_redis_restarts_the_store_reconnects_by_itself() {
     store.create(&record(2)).await.expect("writes work again");
 }
 
+/// The documented key of a record's fencing token: field `fence` of
+/// `bpm:{PREFIX}:r:ID` holds the current attempt's token while it holds
+/// one, and 0 once the record ended, so a script of the user's refuses a
+/// stale writer at the moment of writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_script_refuses_a_stale_token_at_the_moment_of_writing() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "tokens")
+        .await
+        .expect("connect");
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    // As a user would write it: refuse unless the token is current.
+    let guarded = redis::Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+",
+    );
+    let mut r = record(1);
+    let key = format!("bpm:{{tokens}}:r:{}", r.id());
+    let write = async |conn: &mut redis::aio::MultiplexedConnection, token: u64| -> i64 {
+        guarded
+            .key(&key)
+            .key("writes")
+            .arg(token)
+            .arg(format!("from {token}"))
+            .invoke_async(conn)
+            .await
+            .expect("script")
+    };
+    store.create(&r).await.expect("create");
+    let mut v = 1;
+    for (transition, at) in [(Transition::Start, 2), (Transition::Spawned { pid: 7 }, 3)] {
+        r.apply(transition, Timestamp::from_millis(at))
+            .expect("apply");
+        store.update(&r, v).await.expect("update");
+        v = r.version();
+    }
+    assert_eq!(write(&mut conn, 1).await, 1, "the current attempt writes");
+    assert_eq!(write(&mut conn, 2).await, 0, "no such attempt");
+    r.apply(
+        Transition::Lose {
+            reason: "failed over".into(),
+        },
+        Timestamp::from_millis(4),
+    )
+    .expect("lose");
+    store.update(&r, v).await.expect("update");
+    assert_eq!(
+        write(&mut conn, 1).await,
+        0,
+        "a given-up record's writer is stale"
+    );
+    let replacement = ProcessRecord::failover_of(&r, record(2).id(), Timestamp::from_millis(5));
+    assert!(replacement.fence_token() > r.fence_token());
+    let writes: Vec<String> = redis::cmd("LRANGE")
+        .arg("writes")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("writes");
+    assert_eq!(writes, ["from 1"]);
+}
+
 /// Redis restarted while no call was under way: the connections the store
 /// and the output hold are broken, and the first reads after it answers
 /// again are sent once more on fresh connections, so none of them fails.

@@ -50,7 +50,7 @@ local function put(K, A)
   end
   local ix = {}
   for i = 5, #K do redis.call('SADD', K[i], A[5]); ix[#ix + 1] = K[i] end
-  redis.call('HSET', K[1], 'v', A[3], 'j', A[4], 'ix', table.concat(ix, '\n'))
+  redis.call('HSET', K[1], 'v', A[3], 'j', A[4], 'ix', table.concat(ix, '\n'), 'fence', A[14])
   -- The queue of records placed on any node: a creation unplaced queues it
   -- in its class; the claimer's write (placed) ends its claim.
   if A[11] ~= '' then
@@ -79,7 +79,7 @@ return put(KEYS, ARGV)
 /// KEYS: the lost node's hash and epoch counter, then the two writes'
 /// keys. ARGV: its lapsed epoch, how long past its last renewal the
 /// failover is due (ms), how many keys the first write has, then the two
-/// writes' arguments (13 each). Both writes, or neither: only while the
+/// writes' arguments (14 each). Both writes, or neither: only while the
 /// node is still lost at that epoch and the failover due, on Redis's clock,
 /// and the replacement does not exist yet.
 const FAILOVER: &str = r"
@@ -93,8 +93,8 @@ local n = tonumber(ARGV[3])
 local k1, k2, a1, a2 = {}, {}, {}, {}
 for i = 3, 2 + n do k1[#k1 + 1] = KEYS[i] end
 for i = 3 + n, #KEYS do k2[#k2 + 1] = KEYS[i] end
-for i = 4, 16 do a1[#a1 + 1] = ARGV[i] end
-for i = 17, 29 do a2[#a2 + 1] = ARGV[i] end
+for i = 4, 17 do a1[#a1 + 1] = ARGV[i] end
+for i = 18, 31 do a2[#a2 + 1] = ARGV[i] end
 if redis.call('EXISTS', k2[1]) == 1 then return {'exists'} end
 local first = put(k1, a1)
 if first[1] ~= 'ok' then return first end
@@ -303,6 +303,11 @@ impl RedisStore {
             class,
             score,
             self.base.clone(),
+            // The token of the record's current attempt while it holds one,
+            // for scripts that refuse a stale writer (0: none does).
+            record
+                .check_token(record.fence_token())
+                .map_or_else(|_| "0".to_owned(), |()| record.fence_token().to_string()),
         ];
         Ok((keys, args))
     }
