@@ -613,3 +613,51 @@ async fn the_keeper_fences_failover_processes_when_the_lease_is_not_held() {
         "the plain process is stopped by the test"
     );
 }
+
+/// The state letter of process `pid` (`S` sleeping, `T` stopped, ...).
+fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .expect("a state")
+}
+
+/// Renewals that come late stop the failover processes with SIGSTOP,
+/// before the lease can lapse, so none runs on through a pause that would
+/// make it stale; the next renewal continues them. Other processes are
+/// never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_renewals_stop_failover_processes_until_the_next() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = keeper_in(dir.path());
+    let daemon = KeeperSpawner::connect(&socket).await.expect("connect");
+    let mut notices = daemon.notices().expect("notices");
+    let failover = request("sleep 300", true);
+    let plain = request("sleep 300", false);
+    let f = daemon.spawn(failover.clone()).await.expect("spawn").pid;
+    let p = daemon.spawn(plain.clone()).await.expect("spawn").pid;
+    daemon
+        .hold_lease(Duration::from_millis(2_000))
+        .await
+        .expect("hold");
+    // Half the hold without news: late.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(proc_state(f), 'T', "the failover process is stopped");
+    assert_ne!(proc_state(p), 'T', "the plain process runs on");
+    daemon
+        .hold_lease(Duration::from_millis(2_000))
+        .await
+        .expect("hold");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_ne!(proc_state(f), 'T', "a renewal continues it");
+    for (r, pid) in [(&failover, f), (&plain, p)] {
+        daemon
+            .signal(r.id, pid, bpm_domain::Signal::Kill)
+            .await
+            .expect("signal");
+        assert_eq!(
+            next_exit(&mut notices).await.map(|(_, s)| s),
+            Some(ExitStatus::Signal(9))
+        );
+    }
+}

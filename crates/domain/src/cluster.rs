@@ -38,6 +38,22 @@ pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
 /// well inside [`FAILOVER_MARGIN`]).
 pub const KEEPER_FENCE_LAG: Duration = Duration::from_millis(500);
 
+/// How long a lease a keeper was told holds may go without news before
+/// the keeper stops its failover processes with SIGSTOP, until the next
+/// renewal continues them: half of it. Renewals come every third of a
+/// lease, so this is a renewal well overdue, and still long before the
+/// lease lapses; a process stopped this way cannot run on through a pause
+/// that would make it stale.
+pub fn late_after(hold: Duration) -> Duration {
+    hold / 2
+}
+
+/// How far past a lease's lapse a keeper may find itself when it looks
+/// before it takes the lapse for a pause of the whole machine (it slept
+/// through it): then another node may already run the record, and its
+/// processes are killed at once, with no grace.
+pub const OVERSLEPT: Duration = Duration::from_millis(100);
+
 /// The cluster's timing: the lease's length and how long a lost node's
 /// records wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -130,6 +130,9 @@ struct Live {
     stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
     /// How it is stopped when the node's lease lapses (a failover record's).
     fence: Option<bpm_domain::StopPolicy>,
+    /// Stopped with SIGSTOP because the lease's renewals are late: continued
+    /// by the next renewal, or with the signal that stops it.
+    frozen: bool,
     /// Copies of the reading ends of its stdout and stderr pipes, for a
     /// daemon to hold (see [`OsSpawner::pipes`]).
     pipes: Option<Pipes>,
@@ -255,9 +258,21 @@ struct Inner {
     config: OsSpawnerConfig,
     /// The open start log, if the configuration names one.
     start_log: Option<std::fs::File>,
-    /// Until when the node's lease is held ([`ProcessSpawner::hold_lease`]),
-    /// and whether a task waits for it.
-    lease: Mutex<(Option<tokio::time::Instant>, bool)>,
+    /// What the daemon said of the node's lease ([`ProcessSpawner::hold_lease`]).
+    lease: Mutex<LeaseHold>,
+}
+
+/// The node's lease as a keeper knows it.
+#[derive(Debug, Default)]
+struct LeaseHold {
+    /// When it lapses, unless a renewal is passed on before.
+    until: Option<std::time::Instant>,
+    /// When its renewals are late ([`bpm_domain::cluster::late_after`]).
+    late_at: Option<std::time::Instant>,
+    /// Whether a thread watches it.
+    watched: bool,
+    /// Whether the failover processes were stopped for lateness.
+    frozen: bool,
 }
 
 impl OsSpawner {
@@ -284,7 +299,7 @@ impl OsSpawner {
                 tx,
                 config,
                 start_log,
-                lease: Mutex::new((None, false)),
+                lease: Mutex::new(LeaseHold::default()),
             }),
             rx: Mutex::new(Some(rx)),
         }
@@ -346,6 +361,7 @@ impl OsSpawner {
                 origin: Origin::Adopted,
                 stdin: None,
                 fence: None,
+                frozen: false,
                 pipes: kept,
             },
         );
@@ -573,19 +589,86 @@ impl Inner {
 
     /// Sends `signal` to record `id`'s process group `pid` and to what left it.
     async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
-        let group_alive = {
+        let (group_alive, thaw) = {
             let mut map = lock(&self.live);
             match map.get_mut(&id) {
                 Some(live) if live.pid == pid => {
+                    // A process stopped for a late lease gets the signal
+                    // that ends it, then CONT, to act on it.
+                    let thaw = is_terminating(signal) && std::mem::take(&mut live.frozen);
                     if is_terminating(signal) {
                         live.stopping = true;
                     }
-                    !live.reaped && live.origin != Origin::Adopted
+                    (!live.reaped && live.origin != Origin::Adopted, thaw)
                 }
                 // Not ours, or already gone: signalling an ended process is not an error.
                 _ => return Ok(()),
             }
         };
+        let leader = group_alive.then_some(pid);
+        tokio::task::spawn_blocking(move || {
+            deliver(id, pid, leader, signal)?;
+            if thaw {
+                deliver(id, pid, leader, Signal::Cont)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| SpawnError::Os(e.to_string()))?
+    }
+
+    /// Stops (`Signal::Stop`) or continues (`Signal::Cont`) the failover
+    /// processes not being stopped already, for a late lease or its renewal.
+    fn freeze_fenced(&self, signal: Signal) {
+        let targets: Vec<(ProcessId, u32, Option<u32>)> = {
+            let mut map = lock(&self.live);
+            map.iter_mut()
+                .filter(|(_, l)| l.fence.is_some() && !l.reaped && !l.stopping)
+                .filter(|(_, l)| l.frozen != (signal == Signal::Stop))
+                .map(|(id, l)| {
+                    l.frozen = signal == Signal::Stop;
+                    (*id, l.pid, (l.origin != Origin::Adopted).then_some(l.pid))
+                })
+                .collect()
+        };
+        for (id, pid, leader) in targets {
+            if signal == Signal::Stop {
+                tracing::warn!(%id, pid, "the node's lease renewals are late: a failover record's process is stopped (SIGSTOP) until the next renewal");
+            }
+            if let Err(e) = deliver(id, pid, leader, signal) {
+                tracing::warn!(%id, pid, error = %e, "cannot signal a failover record's process");
+            }
+        }
+    }
+
+    /// Kills every failover process at once, with no grace: the keeper
+    /// found itself far past the lease's lapse (the machine was paused), so
+    /// another node may run them already.
+    fn kill_fenced_now(&self) {
+        let targets: Vec<(ProcessId, u32, Option<u32>)> = {
+            let mut map = lock(&self.live);
+            map.iter_mut()
+                .filter(|(_, l)| l.fence.is_some() && !l.reaped)
+                .map(|(id, l)| {
+                    l.stopping = true;
+                    l.frozen = false;
+                    (*id, l.pid, (l.origin != Origin::Adopted).then_some(l.pid))
+                })
+                .collect()
+        };
+        for (id, pid, leader) in targets {
+            tracing::warn!(%id, pid, "woke long past the node's lease: killing a failover record's process at once, which another node may run already");
+            let _ = deliver(id, pid, leader, Signal::Kill);
+        }
+    }
+}
+
+/// Sends `signal` to record `id`'s tree: its group while `leader` (its
+/// unreaped leader `pid`) keeps the group id reserved, then every process
+/// that left the group.
+fn deliver(id: ProcessId, pid: u32, leader: Option<u32>, signal: Signal) -> Result<(), SpawnError> {
+    {
+        let group_alive = leader.is_some();
         if group_alive {
             // The unreaped leader keeps its group id reserved, so the group is still this tree's.
             if let (Some(group), Some(sig)) = (
@@ -605,38 +688,54 @@ impl Inner {
         // Then everything that left the group.
         let id_text = id.to_string();
         let number = signal.number();
-        let leader = group_alive.then_some(pid);
-        tokio::task::spawn_blocking(move || {
-            for member in tree::members(&id_text, leader) {
-                tree::signal_seen(member, number);
-            }
-        })
-        .await
-        .map_err(|e| SpawnError::Os(e.to_string()))?;
+        for member in tree::members(&id_text, leader) {
+            tree::signal_seen(member, number);
+        }
         Ok(())
     }
+}
 
-    /// Waits for the node's lease to lapse; then stops every process with
-    /// a fence: its signal to the group now, KILL after its grace.
-    async fn watch_lease(self: Arc<Self>) {
+impl Inner {
+    /// Watches the node's lease on a thread of its own, so that it looks
+    /// at the clock the moment it runs again after a pause, before any
+    /// task of the runtime: when renewals are late, the failover processes
+    /// are stopped (SIGSTOP) until the next; when the lease lapses, they
+    /// are stopped for good, with their signal and KILL after their grace,
+    /// or with KILL at once when the keeper slept far past the lapse.
+    fn watch_lease(self: Arc<Self>, runtime: tokio::runtime::Handle) {
         loop {
-            let Some(until) = self.lease.lock().unwrap_or_else(PoisonError::into_inner).0 else {
-                break;
-            };
-            tokio::time::sleep_until(until).await;
+            let now = std::time::Instant::now();
             let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-            if lease
-                .0
-                .is_some_and(|held| held > tokio::time::Instant::now())
-            {
+            let Some(until) = lease.until else {
+                lease.watched = false;
+                return;
+            };
+            if until <= now {
+                *lease = LeaseHold::default();
+                drop(lease);
+                if now.duration_since(until) > bpm_domain::cluster::OVERSLEPT {
+                    self.kill_fenced_now();
+                } else {
+                    let _guard = runtime.enter();
+                    self.fence_all();
+                }
+                return;
+            }
+            let late_at = lease.late_at.unwrap_or(until);
+            if !lease.frozen && late_at <= now {
+                lease.frozen = true;
+                drop(lease);
+                self.freeze_fenced(Signal::Stop);
                 continue;
             }
-            *lease = (None, false);
+            let next = if lease.frozen {
+                until
+            } else {
+                late_at.min(until)
+            };
             drop(lease);
-            self.fence_all();
-            return;
+            std::thread::sleep(next.saturating_duration_since(now));
         }
-        self.lease.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
     }
 
     /// Stops every process with a fence: its signal now (unless a stop
@@ -711,6 +810,7 @@ impl Inner {
             origin,
             stdin,
             fence: request.fence,
+            frozen: false,
             pipes,
         };
         lock(&self.live).insert(request.id, live);
@@ -877,17 +977,30 @@ impl ProcessSpawner for OsSpawner {
     }
 
     async fn hold_lease(&self, within: Duration) -> Result<(), SpawnError> {
-        let until = tokio::time::Instant::now() + within;
-        let mut lease = self
-            .inner
-            .lease
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        lease.0 = Some(lease.0.map_or(until, |held| held.max(until)));
-        if !lease.1 {
-            lease.1 = true;
-            let inner = self.inner.clone();
-            tokio::spawn(async move { inner.watch_lease().await });
+        let now = std::time::Instant::now();
+        let until = now + within;
+        let thaw = {
+            let mut lease = self
+                .inner
+                .lease
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            lease.until = Some(lease.until.map_or(until, |held| held.max(until)));
+            lease.late_at = Some(now + bpm_domain::cluster::late_after(within));
+            if !lease.watched {
+                lease.watched = true;
+                let inner = self.inner.clone();
+                let runtime = tokio::runtime::Handle::current();
+                std::thread::Builder::new()
+                    .name("bpm-lease".into())
+                    .spawn(move || inner.watch_lease(runtime))
+                    .map_err(|e| SpawnError::Os(format!("cannot watch the lease: {e}")))?;
+            }
+            std::mem::take(&mut lease.frozen)
+        };
+        if thaw {
+            tracing::info!("the node's lease was renewed: failover processes continue");
+            self.inner.freeze_fenced(Signal::Cont);
         }
         Ok(())
     }
