@@ -693,6 +693,23 @@ async fn a_folder_in_place_of_a_record_file_is_quarantined_and_the_store_opens()
     assert_eq!(quarantined, 4, "both folders, twice each");
 }
 
+/// A store's folder holding 40 records created one by one, as if the
+/// writer died (or the power went) before any record's own file reached
+/// the disk: only the journal has them.
+async fn only_in_the_journal() -> (tempfile::TempDir, Vec<ProcessRecord>) {
+    let dir = tempfile::tempdir().expect("dir");
+    let records: Vec<ProcessRecord> = (1..=40).map(record).collect();
+    let store = FsStore::open(dir.path()).expect("open");
+    for r in &records {
+        store.create(r).await.expect("create");
+    }
+    drop(store);
+    for r in &records {
+        std::fs::remove_file(dir.path().join(format!("{}.json", r.id()))).expect("lose a file");
+    }
+    (dir, records)
+}
+
 /// Where `id` is first written in the journal files of `dir`: the file and
 /// the offset of its text.
 fn in_journal(dir: &std::path::Path, id: ProcessId) -> (std::path::PathBuf, usize) {
@@ -716,17 +733,7 @@ fn in_journal(dir: &std::path::Path, id: ProcessId) -> (std::path::PathBuf, usiz
 /// the damaged file is kept.
 #[tokio::test]
 async fn damage_inside_the_journal_costs_only_its_own_records_and_is_reported() {
-    let dir = tempfile::tempdir().expect("dir");
-    let records: Vec<ProcessRecord> = (1..=40).map(record).collect();
-    let store = FsStore::open(dir.path()).expect("open");
-    for r in &records {
-        store.create(r).await.expect("create");
-    }
-    drop(store);
-    // As if the power went before any record's file reached the disk.
-    for r in &records {
-        std::fs::remove_file(dir.path().join(format!("{}.json", r.id()))).expect("lose a file");
-    }
+    let (dir, records) = only_in_the_journal().await;
     let (file, at) = in_journal(dir.path(), records[9].id());
     let mut bytes = std::fs::read(&file).expect("journal");
     bytes[at + 60..at + 70].copy_from_slice(b"##########");
@@ -789,17 +796,7 @@ async fn damage_inside_the_journal_costs_only_its_own_records_and_is_reported() 
 #[tokio::test]
 async fn a_damaged_journal_header_costs_only_the_entries_it_overwrote() {
     for size in [8usize, 16, 64, 300] {
-        let dir = tempfile::tempdir().expect("dir");
-        let records: Vec<ProcessRecord> = (1..=40).map(record).collect();
-        let store = FsStore::open(dir.path()).expect("open");
-        for r in &records {
-            store.create(r).await.expect("create");
-        }
-        drop(store);
-        // Killed before any record's file reached the disk.
-        for r in &records {
-            std::fs::remove_file(dir.path().join(format!("{}.json", r.id()))).expect("lose a file");
-        }
+        let (dir, records) = only_in_the_journal().await;
         let (file, _) = in_journal(dir.path(), records[0].id());
         let mut bytes = std::fs::read(&file).expect("journal");
         // An entry's head (20 bytes) and `{"put":{"id":"` precede its id.

@@ -637,7 +637,7 @@ async fn late_renewals_stop_failover_processes_until_the_next() {
     let f = daemon.spawn(failover.clone()).await.expect("spawn").pid;
     let p = daemon.spawn(plain.clone()).await.expect("spawn").pid;
     daemon
-        .hold_lease(Duration::from_millis(2_000))
+        .hold_lease(Duration::from_secs(2))
         .await
         .expect("hold");
     // Half the hold without news: late.
@@ -645,7 +645,7 @@ async fn late_renewals_stop_failover_processes_until_the_next() {
     assert_eq!(proc_state(f), 'T', "the failover process is stopped");
     assert_ne!(proc_state(p), 'T', "the plain process runs on");
     daemon
-        .hold_lease(Duration::from_millis(2_000))
+        .hold_lease(Duration::from_secs(2))
         .await
         .expect("hold");
     tokio::time::sleep(Duration::from_millis(100)).await;

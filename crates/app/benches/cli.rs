@@ -2,7 +2,9 @@
 //! run. Prints figures; asserts nothing.
 //!
 //! Run: `cargo bench -p bpm --bench cli` (`BPM_BENCH=memory` for only what
-//! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees)
+//! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees,
+//! `BPM_BENCH=fence` for `bpm fence check`, `BPM_BENCH=takeover` for the
+//! next command after kill -9 of a daemon on Redis)
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]
@@ -313,10 +315,110 @@ fn memory_alone() {
     bpm(big.path(), &["daemon", "stop", "--kill-all"]);
 }
 
+/// The median of `samples`, in ms.
+fn median_ms(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// What `bpm fence check` costs a process that guards its writes with it,
+/// from bash inside a bpm process (as such a process pays), beside `true`
+/// started the same way (the cost of any command) in the same run,
+/// alternating; on the filesystem store, and on Redis.
+fn fence_checks() {
+    let redis = bpm_tests::RedisServer::start();
+    for (what, config) in [
+        ("fs store", String::new()),
+        (
+            "Redis store",
+            format!(
+                "store = \"{}\"\nredis_prefix = \"fence-bench\"\nnode = \"n1\"\n",
+                redis.url()
+            ),
+        ),
+    ] {
+        let dir = home(&config);
+        let n = 100;
+        let script = format!(
+            "for round in 1 2 3 4 5; do \
+               s=$EPOCHREALTIME; for i in $(seq {n}); do {BPM} fence check || exit 9; done; e=$EPOCHREALTIME; echo \"fence $s $e\"; \
+               s=$EPOCHREALTIME; for i in $(seq {n}); do /bin/true; done; e=$EPOCHREALTIME; echo \"true $s $e\"; \
+             done"
+        );
+        let id = bpm(dir.path(), &["run", "--", "bash", "-c", &script]);
+        let out = bpm(dir.path(), &["wait", "--timeout", "600", id.trim()]);
+        let _ = out;
+        let logs = bpm(dir.path(), &["logs", id.trim()]);
+        let (mut fence, mut base) = (Vec::new(), Vec::new());
+        for line in logs.lines() {
+            let w: Vec<&str> = line.split(' ').collect();
+            let (Some(s), Some(e)) = (
+                w.get(1).and_then(|v| v.parse::<f64>().ok()),
+                w.get(2).and_then(|v| v.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            let per = (e - s) * 1e3 / f64::from(n);
+            if w[0] == "fence" {
+                fence.push(per);
+            } else {
+                base.push(per);
+            }
+        }
+        assert_eq!(fence.len(), 5, "{logs}");
+        let (f, b) = (median_ms(&mut fence), median_ms(&mut base));
+        println!(
+            "bpm fence check from bash, {what} (median of 5 rounds of {n}): {f:.2} ms; /bin/true: {b:.2} ms; ratio {:.2}",
+            f / b
+        );
+        bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+    }
+}
+
+/// The time from kill -9 of a daemon on a Redis store to the next command
+/// answered (a new daemon takes the node over from its dead predecessor),
+/// beside the same command against a running daemon.
+fn takeover() {
+    let redis = bpm_tests::RedisServer::start();
+    let config = format!(
+        "store = \"{}\"\nredis_prefix = \"takeover-bench\"\nnode = \"n1\"\nlease_ttl = \"10s\"\n",
+        redis.url()
+    );
+    let dir = home(&config);
+    let (mut after_kill, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let t = Instant::now();
+        bpm(dir.path(), &["ps"]);
+        warm.push(t.elapsed().as_secs_f64() * 1e3);
+        let pid = std::fs::read_to_string(dir.path().join("daemon.pid")).expect("pid");
+        let pid = pid.trim();
+        Command::new("kill")
+            .args(["-9", pid])
+            .status()
+            .expect("kill");
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t = Instant::now();
+        bpm(dir.path(), &["ps"]);
+        after_kill.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "kill -9 of the daemon on Redis (lease 10 s) to the next bpm ps answered (median of 10): {:.1} ms; bpm ps to a running daemon: {:.1} ms",
+        median_ms(&mut after_kill),
+        median_ms(&mut warm)
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 fn main() {
     match std::env::var("BPM_BENCH").as_deref() {
         Ok("ps") => return ps_with_running_trees(),
         Ok("memory") => return memory_alone(),
+        Ok("fence") => return fence_checks(),
+        Ok("takeover") => return takeover(),
         _ => {}
     }
     println!("the bpm command and its daemon (fs store, keeper)");

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bpm_tests::unique_prefix;
-use node::{Node, state, until};
+use node::{Mark, Node, marks, replacement_of, state, until};
 
 /// A server that notes, in `marks`, when it starts and when it stops (on
 /// TERM), with the node it runs on and its record: `start NS NODE ID`.
@@ -34,42 +34,6 @@ impl Drop for Restart<'_> {
     fn drop(&mut self) {
         let _ = self.0.bpm(&["ps"]);
     }
-}
-
-/// The id of the record that replaced `given_up`, as its reason names it.
-fn replacement_of(given_up: &serde_json::Value) -> String {
-    given_up["error"]
-        .as_str()
-        .and_then(|e| e.split("failed over to ").nth(1))
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("not failed over: {given_up}"))
-        .to_owned()
-}
-
-/// One mark: what, when (ns), on which node, of which record.
-#[derive(Debug, Clone)]
-struct Mark {
-    what: String,
-    at: u128,
-    node: String,
-    id: String,
-}
-
-fn marks(path: &Path) -> Vec<Mark> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let w: Vec<&str> = l.split(' ').collect();
-            assert_eq!(w.len(), 4, "a torn mark: {l:?}");
-            Mark {
-                what: w[0].to_owned(),
-                at: w[1].parse().expect("nanoseconds"),
-                node: w[2].to_owned(),
-                id: w[3].to_owned(),
-            }
-        })
-        .collect()
 }
 
 /// How many copies of the server run at once, at most, from the marks

@@ -11,6 +11,9 @@
 //! `BPM_FREEZE_TRIALS=20 cargo test -p bpm --test freeze -- --nocapture`
 //! prints the window of each trial, its median and its worst.
 
+// Figures for printing: microseconds as f64 lose nothing that matters here.
+#![allow(clippy::cast_precision_loss)]
+
 #[path = "support/node.rs"]
 mod node;
 
@@ -19,33 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bpm_tests::unique_prefix;
-use node::{Node, state, text, until};
-
-/// One line a server wrote: its kind (`w` unguarded, `g` guarded), when
-/// (µs; for `g`, when its check began), its node and its record.
-#[derive(Debug, Clone)]
-struct Line {
-    kind: String,
-    at: u128,
-    node: String,
-    id: String,
-}
-
-fn lines(path: &Path) -> Vec<Line> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split(' ').collect();
-            (w.len() == 4).then(|| Line {
-                kind: w[0].to_owned(),
-                at: w[1].parse().unwrap_or(0),
-                node: w[2].to_owned(),
-                id: w[3].to_owned(),
-            })
-        })
-        .collect()
-}
+use node::{Mark, Node, marks, replacement_of, state, text, until};
 
 /// Bash's clock in µs, as the servers read it.
 fn now_us() -> u128 {
@@ -224,7 +201,7 @@ fn trial() -> Trial {
         leaders.push(record["pid"].to_string());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !lines(&path).iter().any(|l| l.kind == "g") {
+    while !marks(&path).iter().any(|l| l.what == "g") {
         assert!(Instant::now() < deadline, "the guarded server never wrote");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -235,17 +212,11 @@ fn trial() -> Trial {
     let mut replacements = Vec::new();
     for id in [&writer, &checker] {
         let (given_up, _) = until(&beta, id, Duration::from_secs(30), |r| state(r) == "lost");
-        let replacement = given_up["error"]
-            .as_str()
-            .and_then(|e| e.split("failed over to ").nth(1))
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or_else(|| panic!("not failed over: {given_up}"))
-            .to_owned();
-        replacements.push(replacement);
+        replacements.push(replacement_of(&given_up));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let seen = lines(&path);
+        let seen = marks(&path);
         if replacements.iter().all(|r| seen.iter().any(|l| &l.id == r)) {
             break;
         }
@@ -257,7 +228,7 @@ fn trial() -> Trial {
     freezer.thaw(&pids);
     std::thread::sleep(Duration::from_secs(3));
 
-    let seen = lines(&path);
+    let seen = marks(&path);
     let first_of = |id: &str| {
         seen.iter()
             .filter(|l| l.id == id)
@@ -269,7 +240,7 @@ fn trial() -> Trial {
     // Guarded: no check that began after the replacement's first write
     // passed.
     let replaced_at = first_of(&replacements[1]);
-    let late: Vec<&Line> = seen
+    let late: Vec<&Mark> = seen
         .iter()
         .filter(|l| l.id == checker && l.at >= replaced_at)
         .collect();
@@ -279,7 +250,7 @@ fn trial() -> Trial {
     );
     assert!(
         seen.iter()
-            .any(|l| l.kind == "g" && l.id == replacements[1] && l.node == "beta"),
+            .any(|l| l.what == "g" && l.id == replacements[1] && l.node == "beta"),
         "the replacement's guarded writes pass"
     );
     // Unguarded: the stale copy ends; how long after the thaw it wrote.

@@ -702,7 +702,7 @@ impl Inner {
     /// are stopped (SIGSTOP) until the next; when the lease lapses, they
     /// are stopped for good, with their signal and KILL after their grace,
     /// or with KILL at once when the keeper slept far past the lapse.
-    fn watch_lease(self: Arc<Self>, runtime: tokio::runtime::Handle) {
+    fn watch_lease(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         loop {
             let now = std::time::Instant::now();
             let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
@@ -993,7 +993,7 @@ impl ProcessSpawner for OsSpawner {
                 let runtime = tokio::runtime::Handle::current();
                 std::thread::Builder::new()
                     .name("bpm-lease".into())
-                    .spawn(move || inner.watch_lease(runtime))
+                    .spawn(move || inner.watch_lease(&runtime))
                     .map_err(|e| SpawnError::Os(format!("cannot watch the lease: {e}")))?;
             }
             std::mem::take(&mut lease.frozen)

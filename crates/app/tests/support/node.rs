@@ -218,3 +218,42 @@ pub fn redis_proxy() -> CutProxy {
         .expect("the test Redis is on a loopback address");
     CutProxy::start(target)
 }
+
+/// The id of the record that replaced `given_up` (failed over), as its
+/// reason names it.
+pub fn replacement_of(given_up: &serde_json::Value) -> String {
+    given_up["error"]
+        .as_str()
+        .and_then(|e| e.split("failed over to ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not failed over: {given_up}"))
+        .to_owned()
+}
+
+/// One line a test's server wrote: what, when (a number from bash's
+/// clock), on which node, of which record.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub what: String,
+    pub at: u128,
+    pub node: String,
+    pub id: String,
+}
+
+/// The marks in `path`, one per line: `WHAT AT NODE ID`.
+pub fn marks(path: &Path) -> Vec<Mark> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!(w.len(), 4, "a torn mark: {l:?}");
+            Mark {
+                what: w[0].to_owned(),
+                at: w[1].parse().expect("a time"),
+                node: w[2].to_owned(),
+                id: w[3].to_owned(),
+            }
+        })
+        .collect()
+}
