@@ -299,6 +299,12 @@ impl StateName {
         )
     }
 
+    /// Whether the record waits in its node's queue (`pending`): for a
+    /// slot, its dependencies, its delay or a restart's backoff.
+    pub const fn is_queued(self) -> bool {
+        matches!(self, StateName::Pending)
+    }
+
     /// Whether the record holds (or is about to hold) an execution slot.
     /// An `unreachable` record does not: its node is lost, and with it the
     /// node's slots.

@@ -217,7 +217,7 @@ async fn fence_check(m: &Manager, token: Option<u64>, id: Option<String>) -> Out
 /// delay or backoff, or a slot (by the limits in `home`'s config.toml);
 /// `None` when it is not pending or only its turn holds it.
 async fn why_pending(home: &Home, m: &Manager, record: &ProcessRecord) -> Option<String> {
-    if record.state() != StateName::Pending {
+    if !record.state().is_queued() {
         return None;
     }
     let limits = crate::config::Config::load(&home.dir).ok()?.limits;
