@@ -710,6 +710,19 @@ async fn only_in_the_journal() -> (tempfile::TempDir, Vec<ProcessRecord>) {
     (dir, records)
 }
 
+/// The ids of every record `store` holds, in order.
+async fn sorted_ids(store: &FsStore) -> Vec<ProcessId> {
+    let mut ids: Vec<ProcessId> = store
+        .list(&ListFilter::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(ProcessRecord::id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Where `id` is first written in the journal files of `dir`: the file and
 /// the offset of its text.
 fn in_journal(dir: &std::path::Path, id: ProcessId) -> (std::path::PathBuf, usize) {
@@ -743,14 +756,7 @@ async fn damage_inside_the_journal_costs_only_its_own_records_and_is_reported() 
     std::fs::write(&file, &bytes).expect("damage");
 
     let store = FsStore::open(dir.path()).expect("damage never stops the store");
-    let mut ids: Vec<ProcessId> = store
-        .list(&ListFilter::default())
-        .await
-        .expect("list")
-        .iter()
-        .map(ProcessRecord::id)
-        .collect();
-    ids.sort();
+    let ids = sorted_ids(&store).await;
     let expected: Vec<ProcessId> = records
         .iter()
         .enumerate()
@@ -809,14 +815,7 @@ async fn a_damaged_journal_header_costs_only_the_entries_it_overwrote() {
         std::fs::write(&file, &bytes).expect("damage");
 
         let store = FsStore::open(dir.path()).expect("damage never stops the store");
-        let mut ids: Vec<ProcessId> = store
-            .list(&ListFilter::default())
-            .await
-            .expect("list")
-            .iter()
-            .map(ProcessRecord::id)
-            .collect();
-        ids.sort();
+        let ids = sorted_ids(&store).await;
         let expected: Vec<ProcessId> = records
             .iter()
             .map(ProcessRecord::id)
