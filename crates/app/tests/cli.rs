@@ -461,6 +461,31 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert!(err.contains("cannot pause a completed process"), "{err}");
 }
 
+/// `wait --any` returns when the first of its records ends, printing its
+/// id, with its exit code; at once when one has ended already; 124 when
+/// none ends in time.
+#[test]
+fn wait_any_returns_with_the_first_that_ends() {
+    let bpm = Bpm::new();
+    let long = bpm.ok(&["run", "--", "sleep", "30"]);
+    let short = bpm.ok(&["run", "--", "sh", "-c", "sleep 0.3; exit 7"]);
+    let (long, short) = (long.trim(), short.trim());
+    let out = bpm.run(&["wait", "--any", long, short, "--timeout", "30"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), short);
+    assert_eq!(bpm.state(long), "running");
+    // One of them has ended already: at once.
+    let out = bpm.run(&["wait", "--any", long, short]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let other = bpm.ok(&["run", "--", "sleep", "30"]);
+    let err = bpm.fails(
+        &["wait", "--any", long, other.trim(), "--timeout", "0.3"],
+        124,
+    );
+    assert!(err.contains("none has ended"), "{err}");
+    bpm.ok(&["stop", long, other.trim()]);
+}
+
 /// Each attempt of a record gets its own fencing token in `BPM_FENCE`,
 /// one more than the last; `bpm fence check` (from the process or any
 /// child of it) passes while the token is the current attempt's, and

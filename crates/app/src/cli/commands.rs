@@ -291,7 +291,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             println!("{}", r.id());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Wait { ids, timeout } => wait(m, &ids, timeout).await,
+        Command::Wait { ids, timeout, any } => wait(m, &ids, timeout, any).await,
         Command::Rm { ids } => {
             for text in ids {
                 m.remove(resolve(m, &text).await?).await?;
@@ -1174,7 +1174,7 @@ async fn pick(m: &Manager, live: Vec<StateName>) -> Result<ProcessId, CliError> 
         .ok_or_else(|| CliError::invalid(format!("{n} is not in the list")))
 }
 
-async fn wait(m: &Manager, texts: &[String], timeout: Option<f64>) -> Outcome {
+async fn wait(m: &Manager, texts: &[String], timeout: Option<f64>, any: bool) -> Outcome {
     let timeout = timeout
         .map(|t| secs(t, "--timeout"))
         .transpose()?
@@ -1182,6 +1182,9 @@ async fn wait(m: &Manager, texts: &[String], timeout: Option<f64>) -> Outcome {
     let mut ids = Vec::new();
     for t in texts {
         ids.push(resolve(m, t).await?);
+    }
+    if any {
+        return wait_any(m, &ids, timeout).await;
     }
     let timed_out = |e: ManagerError| match e {
         ManagerError::WaitTimeout { id, state } => CliError {
@@ -1202,6 +1205,49 @@ async fn wait(m: &Manager, texts: &[String], timeout: Option<f64>) -> Outcome {
     // Several: one call for all of them, which need not send records back.
     m.wait_many(&ids, timeout).await.map_err(timed_out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bpm wait --any`: returns when the first of `ids` ends (at once if one
+/// has), printing its id, with its exit code. Woken by the records' events,
+/// never by polling: the subscription is made before the first look, so
+/// no end falls between a look and the wait.
+async fn wait_any(m: &Manager, ids: &[ProcessId], timeout: Option<Duration>) -> Outcome {
+    let mut events = m.subscribe();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        for id in ids {
+            let r = m.get(*id).await?;
+            if r.is_terminal() {
+                println!("{id}");
+                return Ok(exit_code_of(&r));
+            }
+        }
+        let next_end = async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.kind.ends_record() && ids.contains(&e.id) => return Ok(()),
+                    Ok(_) => {}
+                    // Events were missed: look again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Ok(()),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return Err(CliError::from(ManagerError::ShutDown));
+                    }
+                }
+            }
+        };
+        match deadline {
+            None => next_end.await?,
+            Some(at) => tokio::time::timeout_at(at, next_end)
+                .await
+                .map_err(|_| CliError {
+                    code: 124,
+                    message: format!(
+                        "timed out waiting for any of {} records: none has ended",
+                        ids.len()
+                    ),
+                })??,
+        }
+    }
 }
 
 /// Draws the record's progress on stderr while `waiting` runs.

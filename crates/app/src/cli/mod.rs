@@ -81,6 +81,10 @@ pub enum Command {
         /// Give up after this many seconds in all (exit 124).
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
+        /// Return when the first of them ends: print its id and exit with
+        /// its exit code.
+        #[arg(long)]
+        any: bool,
     },
     /// Remove finished records and their output.
     Rm {
