@@ -370,13 +370,22 @@ pub async fn status(home: &Home) -> Result<DaemonStatus, ManagerError> {
         .await
 }
 
-/// Stops the daemon of `home` (with `kill_all`, its processes first), and
-/// returns once it is gone (or after 5 s).
+/// Stops the daemon of `home` (with `kill_all`, its processes first, and
+/// a daemon started for the purpose when none runs), and returns once it
+/// is gone (or after 5 s).
 ///
 /// # Errors
-/// [`ManagerError::Connection`] if none answers.
+/// [`ManagerError::Connection`] if none answers (without `kill_all`), or
+/// none can be started.
 pub async fn stop(home: &Home, kill_all: bool) -> Result<(), ManagerError> {
-    let client = DaemonClient::connect(&home.socket(), SOFTWARE).await?;
+    // With --kill-all, no process of any record may be left behind: with
+    // no daemon running, one is started, which adopts what the keeper
+    // (or, with the keeper gone too, the processes' marks) still runs.
+    let client = if kill_all {
+        connect_or_start(home).await?
+    } else {
+        DaemonClient::connect(&home.socket(), SOFTWARE).await?
+    };
     let pid = client.status().await?.pid;
     client.shutdown(kill_all).await?;
     for _ in 0..200 {

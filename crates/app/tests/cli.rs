@@ -461,6 +461,63 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert!(err.contains("cannot pause a completed process"), "{err}");
 }
 
+/// `daemon stop --kill-all` with no daemon running starts one to do it:
+/// no process of any record is left behind, whether the keeper still runs
+/// them or died with the daemon.
+#[test]
+fn kill_all_needs_no_running_daemon() {
+    for keeper_too in [false, true] {
+        let bpm = Bpm::new();
+        let a = bpm.ok(&["run", "--", "sleep", "300"]);
+        let b = bpm.ok(&["run", "--", "sh", "-c", "sleep 300 & wait"]);
+        let mut pids = Vec::new();
+        for id in [a.trim(), b.trim()] {
+            bpm.until_state(id, "running");
+            pids.push(
+                bpm.json(&["show", id, "--json"])["pid"]
+                    .as_u64()
+                    .expect("pid"),
+            );
+        }
+        let status = bpm.ok(&["daemon", "status"]);
+        let keeper = status
+            .lines()
+            .find_map(|l| l.strip_prefix("keeper   pid "))
+            .and_then(|l| l.split(' ').next())
+            .expect("a keeper")
+            .to_owned();
+        let mut victims = vec![bpm.daemon_pid().to_string()];
+        if keeper_too {
+            victims.push(keeper);
+        }
+        let killed = Command::new("kill")
+            .arg("-9")
+            .args(&victims)
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        for pid in &victims {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(pid.parse().expect("pid")) {
+                assert!(Instant::now() < deadline, "{pid} outlived kill -9");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        bpm.ok(&["daemon", "stop", "--kill-all"]);
+        for pid in pids {
+            let pid = u32::try_from(pid).expect("pid");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(pid) {
+                assert!(
+                    Instant::now() < deadline,
+                    "process {pid} outlived daemon stop --kill-all (keeper killed too: {keeper_too})"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// `wait --any` returns when the first of its records ends, printing its
 /// id, with its exit code; at once when one has ended already; 124 when
 /// none ends in time.
