@@ -83,28 +83,24 @@ async fn claim(membership: &dyn Membership, who: &Claimant) -> Result<u64, Membe
         Err(MembershipError::Held(refused)) => refused,
         other => return other,
     };
-    let runs = refused.boot == who.boot && bpm_adapters::os::runs_bpm(refused.pid);
-    if bpm_domain::cluster::may_take_over(&refused, &who.boot, runs) {
-        let over = Claimant {
-            replaces: Some(refused.epoch),
-            ..who.clone()
-        };
-        let epoch = membership.join(&over).await?;
-        tracing::warn!(
-            node = %who.node,
-            dead_pid = refused.pid,
-            dead_epoch = refused.epoch,
-            epoch,
-            "took the node over from a daemon of this machine that is gone"
-        );
-        return Ok(epoch);
+    let runs = bpm_adapters::os::runs_bpm(refused.pid);
+    refused.holder = bpm_domain::cluster::see_holder(&refused, &who.boot, runs);
+    if refused.holder != bpm_domain::Holder::Gone {
+        return Err(MembershipError::Held(refused));
     }
-    refused.holder = if refused.boot == who.boot && !who.boot.is_empty() {
-        bpm_domain::Holder::RunsHere
-    } else {
-        bpm_domain::Holder::Elsewhere
+    let over = Claimant {
+        replaces: Some(refused.epoch),
+        ..who.clone()
     };
-    Err(MembershipError::Held(refused))
+    let epoch = membership.join(&over).await?;
+    tracing::warn!(
+        node = %who.node,
+        dead_pid = refused.pid,
+        dead_epoch = refused.epoch,
+        epoch,
+        "took the node over from a daemon of this machine that is gone"
+    );
+    Ok(epoch)
 }
 
 /// Claims `node` in the cluster when `choice` is a shared store (Redis),

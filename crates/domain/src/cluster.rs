@@ -334,7 +334,7 @@ pub fn failover(
 
 /// A claim that takes a node over from a holder whose daemon is known to
 /// be gone: it names the holder's epoch and the machine's boot it ran on
-/// (see [`may_take_over`]).
+/// (see [`see_holder`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TakeOver<'a> {
     /// The holder's epoch, as the refusal named it.
@@ -383,14 +383,22 @@ pub fn claim(
     }
 }
 
-/// Whether a daemon on the boot `boot_here` of its machine may take a node
-/// over at once from the holder `refused` names: only when that holder ran
-/// on this same boot (the same machine, not restarted since), so the
-/// claimant can see its process, and no daemon runs as its pid any more
-/// (`holder_runs` false: the pid is gone, or another program has it).
-/// From another machine nothing can be seen, and the lease must lapse.
-pub fn may_take_over(refused: &ClaimRefused, boot_here: &str, holder_runs: bool) -> bool {
-    !boot_here.is_empty() && refused.boot == boot_here && !holder_runs
+/// What a daemon on the boot `boot_here` of its machine makes of the
+/// holder `refused` names, when a bpm program runs as the holder's pid
+/// here (`pid_runs_bpm`) or not: a holder that took the node on this same
+/// boot (the same machine, not restarted since) can be seen, and is
+/// [`Holder::Gone`] (the claimant takes the node over at once) or
+/// [`Holder::RunsHere`]; from another machine or boot nothing can be
+/// seen ([`Holder::Elsewhere`]), and the lease must lapse.
+pub fn see_holder(refused: &ClaimRefused, boot_here: &str, pid_runs_bpm: bool) -> Holder {
+    match (
+        !boot_here.is_empty() && refused.boot == boot_here,
+        pid_runs_bpm,
+    ) {
+        (false, _) => Holder::Elsewhere,
+        (true, true) => Holder::RunsHere,
+        (true, false) => Holder::Gone,
+    }
 }
 
 /// Whether the store takes a write that `writer` (an epoch of a node) makes
@@ -500,6 +508,9 @@ pub enum Holder {
     Elsewhere,
     /// It runs on this machine, as a daemon.
     RunsHere,
+    /// It took the node on this machine's boot and no daemon runs as its
+    /// pid any more: the node is taken over at once.
+    Gone,
 }
 
 /// A claim of a node name another daemon holds.
@@ -548,6 +559,10 @@ impl fmt::Display for ClaimRefused {
             Holder::RunsHere => write!(
                 f,
                 "node {node} is held by a daemon that still runs on this machine ({host}, pid {pid}) since {since}: stop that daemon, or {other_name}"
+            ),
+            Holder::Gone => write!(
+                f,
+                "node {node} was held by a daemon of this machine that is gone ({host}, pid {pid}); it changed hands before it could be taken over: try again"
             ),
             Holder::Elsewhere => {
                 let left = self
@@ -652,10 +667,22 @@ mod tests {
         let now = Timestamp::from_millis(12_000);
         let refused = claim(&node, Some(&held), 3, now, None).unwrap_err();
         assert_eq!((refused.epoch, refused.boot.as_str()), (3, "boot-1"));
-        assert!(may_take_over(&refused, "boot-1", false));
-        assert!(!may_take_over(&refused, "boot-1", true), "its daemon runs");
-        assert!(!may_take_over(&refused, "boot-2", false), "another boot");
-        assert!(!may_take_over(&refused, "", false), "a boot unknown");
+        assert_eq!(see_holder(&refused, "boot-1", false), Holder::Gone);
+        assert_eq!(
+            see_holder(&refused, "boot-1", true),
+            Holder::RunsHere,
+            "its daemon runs"
+        );
+        assert_eq!(
+            see_holder(&refused, "boot-2", false),
+            Holder::Elsewhere,
+            "another boot"
+        );
+        assert_eq!(
+            see_holder(&refused, "", false),
+            Holder::Elsewhere,
+            "a boot unknown"
+        );
         let over = |epoch, boot| Some(TakeOver { epoch, boot });
         assert_eq!(claim(&node, Some(&held), 3, now, over(3, "boot-1")), Ok(4));
         assert!(

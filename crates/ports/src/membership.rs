@@ -31,8 +31,8 @@ pub struct Claimant {
     #[serde(default)]
     pub boot: String,
     /// The epoch of a holder this daemon saw is gone (same boot, its pid
-    /// no longer a daemon: [`bpm_domain::cluster::may_take_over`]): the
-    /// claim takes the node over from that epoch at once.
+    /// no longer a daemon: [`bpm_domain::Holder::Gone`]): the claim takes
+    /// the node over from that epoch at once.
     #[serde(default)]
     pub replaces: Option<u64>,
 }

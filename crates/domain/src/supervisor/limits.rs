@@ -166,7 +166,7 @@ impl Limits {
     /// How many of `group` this node runs at once: its own limit, and never
     /// more than the group's cluster-wide limit (the cluster's count is never
     /// below this node's, so a node of its own keeps it alone).
-    pub fn group_limit(&self, group: Option<&GroupName>) -> Option<usize> {
+    pub(super) fn group_limit(&self, group: Option<&GroupName>) -> Option<usize> {
         let g = group?;
         let here = self
             .group_limits
