@@ -631,6 +631,26 @@ impl ProcessRecord {
         u64::from(self.0.restarts) + 1
     }
 
+    /// Whether no attempt of this record holds a token now: it ended, is
+    /// cut off with its node, or is being stopped by its node's fence.
+    fn holds_no_token(&self) -> bool {
+        match &self.0.lifecycle {
+            l if l.name().is_terminal() => true,
+            Lifecycle::Unreachable { .. }
+            | Lifecycle::Stopping {
+                cause: StopCause::Fenced,
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+
+    /// The token its current attempt holds, if one does (see
+    /// [`check_token`](Self::check_token)).
+    pub fn current_token(&self) -> Option<u64> {
+        (!self.holds_no_token()).then(|| self.fence_token())
+    }
+
     /// Whether `token` is still the token of this record's current
     /// attempt: the record has not ended, is not cut off with its node,
     /// is not being stopped by its node's fence, and has had no attempt
@@ -639,32 +659,31 @@ impl ProcessRecord {
     /// # Errors
     /// Why the token is stale, for whoever guarded a write with it.
     pub fn check_token(&self, token: u64) -> Result<(), String> {
+        let id = self.0.id;
+        if self.holds_no_token() {
+            return Err(match &self.0.lifecycle {
+                Lifecycle::Unreachable { reason, .. } => {
+                    format!("record {id} is cut off with its node ({reason})")
+                }
+                Lifecycle::Stopping { cause, .. } => {
+                    format!("record {id} is being stopped: {cause}")
+                }
+                l => format!(
+                    "record {id} has ended ({}): no attempt of it holds a token any more",
+                    l.name()
+                ),
+            });
+        }
         let current = self.fence_token();
-        match &self.0.lifecycle {
-            l if l.name().is_terminal() => Err(format!(
-                "record {} has ended ({}): no attempt of it holds a token any more",
-                self.0.id,
-                l.name()
-            )),
-            Lifecycle::Unreachable { reason, .. } => Err(format!(
-                "record {} is cut off with its node ({reason})",
-                self.0.id
-            )),
-            Lifecycle::Stopping {
-                cause: StopCause::Fenced,
-                ..
-            } => Err(format!(
-                "record {} is being stopped: {}",
-                self.0.id,
-                StopCause::Fenced
-            )),
-            _ if token != current => Err(format!(
-                "token {token} is stale: record {} is at attempt {current}",
-                self.0.id
-            )),
-            _ => Ok(()),
+        if token == current {
+            Ok(())
+        } else {
+            Err(format!(
+                "token {token} is stale: record {id} is at attempt {current}"
+            ))
         }
     }
+
     /// Past attempts (the newest [`MAX_ATTEMPTS_KEPT`]).
     pub fn attempts(&self) -> &[Attempt] {
         &self.0.attempts

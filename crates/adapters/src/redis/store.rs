@@ -305,9 +305,7 @@ impl RedisStore {
             self.base.clone(),
             // The token of the record's current attempt while it holds one,
             // for scripts that refuse a stale writer (0: none does).
-            record
-                .check_token(record.fence_token())
-                .map_or_else(|_| "0".to_owned(), |()| record.fence_token().to_string()),
+            record.current_token().unwrap_or(0).to_string(),
         ];
         Ok((keys, args))
     }
