@@ -624,8 +624,8 @@ fn proc_state(pid: u32) -> char {
 
 /// Renewals that come late stop the failover processes with SIGSTOP,
 /// before the lease can lapse, so none runs on through a pause that would
-/// make it stale; the next renewal continues them. Other processes are
-/// never stopped.
+/// make it stale; the next renewal continues them, but not one its caller
+/// paused. Other processes are never stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_renewals_stop_failover_processes_until_the_next() {
     let dir = tempfile::tempdir().expect("dir");
@@ -634,8 +634,14 @@ async fn late_renewals_stop_failover_processes_until_the_next() {
     let mut notices = daemon.notices().expect("notices");
     let failover = request("sleep 300", true);
     let plain = request("sleep 300", false);
+    let paused = request("sleep 300", true);
     let f = daemon.spawn(failover.clone()).await.expect("spawn").pid;
     let p = daemon.spawn(plain.clone()).await.expect("spawn").pid;
+    let q = daemon.spawn(paused.clone()).await.expect("spawn").pid;
+    daemon
+        .signal(paused.id, q, bpm_domain::Signal::Stop)
+        .await
+        .expect("pause");
     daemon
         .hold_lease(Duration::from_secs(2))
         .await
@@ -650,7 +656,8 @@ async fn late_renewals_stop_failover_processes_until_the_next() {
         .expect("hold");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_ne!(proc_state(f), 'T', "a renewal continues it");
-    for (r, pid) in [(&failover, f), (&plain, p)] {
+    assert_eq!(proc_state(q), 'T', "but not one its caller paused");
+    for (r, pid) in [(&failover, f), (&plain, p), (&paused, q)] {
         daemon
             .signal(r.id, pid, bpm_domain::Signal::Kill)
             .await

@@ -130,12 +130,25 @@ struct Live {
     stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
     /// How it is stopped when the node's lease lapses (a failover record's).
     fence: Option<bpm_domain::StopPolicy>,
-    /// Stopped with SIGSTOP because the lease's renewals are late: continued
-    /// by the next renewal, or with the signal that stops it.
-    frozen: bool,
+    /// Whether it is stopped with SIGSTOP, and by whom.
+    halt: Halt,
     /// Copies of the reading ends of its stdout and stderr pipes, for a
     /// daemon to hold (see [`OsSpawner::pipes`]).
     pipes: Option<Pipes>,
+}
+
+/// Whether a process is stopped with SIGSTOP, and by whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Halt {
+    /// Not stopped.
+    #[default]
+    No,
+    /// Paused by its caller (SIGSTOP through [`ProcessSpawner::signal`]):
+    /// only its caller continues it.
+    Paused,
+    /// Stopped because the lease's renewals are late: continued by the next
+    /// renewal, or with the signal that stops it.
+    Frozen,
 }
 
 /// The reading ends of a process's stdout and stderr pipes.
@@ -361,7 +374,7 @@ impl OsSpawner {
                 origin: Origin::Adopted,
                 stdin: None,
                 fence: None,
-                frozen: false,
+                halt: Halt::No,
                 pipes: kept,
             },
         );
@@ -595,10 +608,18 @@ impl Inner {
                 Some(live) if live.pid == pid => {
                     // A process stopped for a late lease gets the signal
                     // that ends it, then CONT, to act on it.
-                    let thaw = is_terminating(signal) && std::mem::take(&mut live.frozen);
+                    let thaw = is_terminating(signal) && live.halt == Halt::Frozen;
                     if is_terminating(signal) {
                         live.stopping = true;
                     }
+                    // Its caller's pause and resume: a renewal of the lease
+                    // never continues a process its caller paused.
+                    live.halt = match signal {
+                        Signal::Stop => Halt::Paused,
+                        Signal::Cont => Halt::No,
+                        _ if thaw => Halt::No,
+                        _ => live.halt,
+                    };
                     (!live.reaped && live.origin != Origin::Adopted, thaw)
                 }
                 // Not ours, or already gone: signalling an ended process is not an error.
@@ -617,85 +638,68 @@ impl Inner {
         .map_err(|e| SpawnError::Os(e.to_string()))?
     }
 
-    /// Stops (`Signal::Stop`) or continues (`Signal::Cont`) the failover
-    /// processes not being stopped already, for a late lease or its renewal.
-    fn freeze_fenced(&self, signal: Signal) {
-        let targets: Vec<(ProcessId, u32, Option<u32>)> = {
-            let mut map = lock(&self.live);
-            map.iter_mut()
-                .filter(|(_, l)| l.fence.is_some() && !l.reaped && !l.stopping)
-                .filter(|(_, l)| l.frozen != (signal == Signal::Stop))
-                .map(|(id, l)| {
-                    l.frozen = signal == Signal::Stop;
-                    (*id, l.pid, (l.origin != Origin::Adopted).then_some(l.pid))
-                })
-                .collect()
-        };
+    /// Sends `signal` to the tree of every failover process `pick` takes
+    /// (and marks as it sees fit), saying `why` for each.
+    fn signal_fenced(&self, signal: Signal, why: &str, pick: impl Fn(&mut Live) -> bool) {
+        let targets: Vec<(ProcessId, u32, Option<u32>)> = lock(&self.live)
+            .iter_mut()
+            .filter(|(_, l)| l.fence.is_some() && !l.reaped)
+            .filter_map(|(id, l)| {
+                pick(l).then(|| (*id, l.pid, (l.origin != Origin::Adopted).then_some(l.pid)))
+            })
+            .collect();
         for (id, pid, leader) in targets {
-            if signal == Signal::Stop {
-                tracing::warn!(%id, pid, "the node's lease renewals are late: a failover record's process is stopped (SIGSTOP) until the next renewal");
-            }
+            tracing::warn!(%id, pid, "{why}");
             if let Err(e) = deliver(id, pid, leader, signal) {
                 tracing::warn!(%id, pid, error = %e, "cannot signal a failover record's process");
             }
         }
     }
 
+    /// Stops the failover processes with SIGSTOP while the lease's renewals
+    /// are late (`true`), or continues them when one lands (`false`); a
+    /// process being stopped, or paused by its caller, is left as it is.
+    fn freeze_fenced(&self, freeze: bool) {
+        let (signal, why) = if freeze {
+            (
+                Signal::Stop,
+                "the node's lease renewals are late: a failover record's process is stopped (SIGSTOP) until the next renewal",
+            )
+        } else {
+            (
+                Signal::Cont,
+                "the node's lease was renewed: a failover record's process continues",
+            )
+        };
+        let (from, to) = if freeze {
+            (Halt::No, Halt::Frozen)
+        } else {
+            (Halt::Frozen, Halt::No)
+        };
+        self.signal_fenced(signal, why, |l| {
+            let take = !l.stopping && l.halt == from;
+            if take {
+                l.halt = to;
+            }
+            take
+        });
+    }
+
     /// Kills every failover process at once, with no grace: the keeper
     /// found itself far past the lease's lapse (the machine was paused), so
     /// another node may run them already.
     fn kill_fenced_now(&self) {
-        let targets: Vec<(ProcessId, u32, Option<u32>)> = {
-            let mut map = lock(&self.live);
-            map.iter_mut()
-                .filter(|(_, l)| l.fence.is_some() && !l.reaped)
-                .map(|(id, l)| {
-                    l.stopping = true;
-                    l.frozen = false;
-                    (*id, l.pid, (l.origin != Origin::Adopted).then_some(l.pid))
-                })
-                .collect()
-        };
-        for (id, pid, leader) in targets {
-            tracing::warn!(%id, pid, "woke long past the node's lease: killing a failover record's process at once, which another node may run already");
-            let _ = deliver(id, pid, leader, Signal::Kill);
-        }
+        self.signal_fenced(
+            Signal::Kill,
+            "woke long past the node's lease: killing a failover record's process at once, which another node may run already",
+            |l| {
+                l.stopping = true;
+                l.halt = Halt::No;
+                true
+            },
+        );
     }
-}
 
-/// Sends `signal` to record `id`'s tree: its group while `leader` (its
-/// unreaped leader `pid`) keeps the group id reserved, then every process
-/// that left the group.
-fn deliver(id: ProcessId, pid: u32, leader: Option<u32>, signal: Signal) -> Result<(), SpawnError> {
-    {
-        let group_alive = leader.is_some();
-        if group_alive {
-            // The unreaped leader keeps its group id reserved, so the group is still this tree's.
-            if let (Some(group), Some(sig)) = (
-                Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
-                tree::os_signal(signal.number()),
-            ) {
-                match kill_process_group(group, sig) {
-                    Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-                    Err(e) => {
-                        return Err(SpawnError::Os(format!(
-                            "cannot signal process group {pid}: {e}"
-                        )));
-                    }
-                }
-            }
-        }
-        // Then everything that left the group.
-        let id_text = id.to_string();
-        let number = signal.number();
-        for member in tree::members(&id_text, leader) {
-            tree::signal_seen(member, number);
-        }
-        Ok(())
-    }
-}
-
-impl Inner {
     /// Watches the node's lease on a thread of its own, so that it looks
     /// at the clock the moment it runs again after a pause, before any
     /// task of the runtime: when renewals are late, the failover processes
@@ -725,7 +729,7 @@ impl Inner {
             if !lease.frozen && late_at <= now {
                 lease.frozen = true;
                 drop(lease);
-                self.freeze_fenced(Signal::Stop);
+                self.freeze_fenced(true);
                 continue;
             }
             let next = if lease.frozen {
@@ -810,7 +814,7 @@ impl Inner {
             origin,
             stdin,
             fence: request.fence,
-            frozen: false,
+            halt: Halt::No,
             pipes,
         };
         lock(&self.live).insert(request.id, live);
@@ -999,8 +1003,7 @@ impl ProcessSpawner for OsSpawner {
             std::mem::take(&mut lease.frozen)
         };
         if thaw {
-            tracing::info!("the node's lease was renewed: failover processes continue");
-            self.inner.freeze_fenced(Signal::Cont);
+            self.inner.freeze_fenced(false);
         }
         Ok(())
     }
@@ -1067,7 +1070,37 @@ type Output = (
     watch::Receiver<tokio::time::Instant>,
 );
 
-/// bpm's own variables for the process: its record's mark, node and session.
+/// Sends `signal` to record `id`'s tree: its group while `leader` (its
+/// unreaped leader `pid`) keeps the group id reserved, then every process
+/// that left the group.
+fn deliver(id: ProcessId, pid: u32, leader: Option<u32>, signal: Signal) -> Result<(), SpawnError> {
+    if leader.is_some() {
+        // The unreaped leader keeps its group id reserved, so the group is still this tree's.
+        if let (Some(group), Some(sig)) = (
+            Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+            tree::os_signal(signal.number()),
+        ) {
+            match kill_process_group(group, sig) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => {
+                    return Err(SpawnError::Os(format!(
+                        "cannot signal process group {pid}: {e}"
+                    )));
+                }
+            }
+        }
+    }
+    // Then everything that left the group.
+    let id_text = id.to_string();
+    let number = signal.number();
+    for member in tree::members(&id_text, leader) {
+        tree::signal_seen(member, number);
+    }
+    Ok(())
+}
+
+/// bpm's own variables for the process: its record's mark, node, session
+/// and fencing token.
 fn own_variables(request: &SpawnRequest) -> Result<Vec<CString>, SpawnError> {
     let nul = |_| SpawnError::Invalid("a NUL byte in an environment variable".into());
     let id_text = request.id.to_string();
