@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p bpm --bench cli` (`BPM_BENCH=memory` for only what
 //! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees,
 //! `BPM_BENCH=fence` for `bpm fence check`, `BPM_BENCH=takeover` for the
-//! next command after kill -9 of a daemon on Redis)
+//! next command after kill -9 of a daemon on Redis, `BPM_BENCH=idle` for
+//! `ps` while 2,500 silent connections are held)
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]
@@ -413,8 +414,45 @@ fn takeover() {
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 }
 
+/// `bpm ps` while 2,500 silent connections are held open (more than the
+/// daemon's 1,024), beside `bpm ps` to the same daemon with none.
+fn idle_connections() {
+    let dir = home("");
+    let ps = |n: usize| {
+        let mut samples: Vec<f64> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                bpm(dir.path(), &["ps"]);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        median_ms(&mut samples)
+    };
+    let quiet = ps(20);
+    let mut held = Vec::new();
+    for _ in 0..2_500 {
+        match std::os::unix::net::UnixStream::connect(dir.path().join("bpm.sock")) {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                println!("  (stopped opening connections at {}: {e})", held.len());
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let crowded = ps(20);
+    println!(
+        "bpm ps with {} silent connections held (median of 20): {crowded:.2} ms; with none: {quiet:.2} ms; ratio {:.2}",
+        held.len(),
+        crowded / quiet
+    );
+    drop(held);
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 fn main() {
     match std::env::var("BPM_BENCH").as_deref() {
+        Ok("idle") => return idle_connections(),
         Ok("ps") => return ps_with_running_trees(),
         Ok("memory") => return memory_alone(),
         Ok("fence") => return fence_checks(),
