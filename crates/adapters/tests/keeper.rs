@@ -614,12 +614,37 @@ async fn the_keeper_fences_failover_processes_when_the_lease_is_not_held() {
     );
 }
 
-/// The state letter of process `pid` (`S` sleeping, `T` stopped, ...).
+/// The state letter of process `pid` (`S` sleeping, `T` stopped, ...),
+/// once it is out of an uninterruptible wait (`D`): a signal sent to a
+/// process in `D` (still paging in its program on a loaded machine, say)
+/// only takes effect when the wait ends, so `D` says nothing yet.
 fn proc_state(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .expect("a state")
+    let read = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .expect("a state")
+    };
+    for _ in 0..500 {
+        let state = read();
+        if state != 'D' {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    read()
+}
+
+/// Waits (boundedly) until process `pid` is stopped by a signal, and says
+/// whether it is.
+fn stopped_soon(pid: u32) -> bool {
+    for _ in 0..200 {
+        if proc_state(pid) == 'T' {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Renewals that come late stop the failover processes with SIGSTOP,
@@ -642,6 +667,7 @@ async fn late_renewals_stop_failover_processes_until_the_next() {
         .signal(paused.id, q, bpm_domain::Signal::Stop)
         .await
         .expect("pause");
+    assert!(stopped_soon(q), "the caller's pause takes effect");
     daemon
         .hold_lease(Duration::from_secs(2))
         .await
