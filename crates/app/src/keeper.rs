@@ -82,6 +82,7 @@ pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
         OsSpawnerConfig {
             start_log: Some(start_log(home)),
             share_pipes: true,
+            subreaper: true,
             ..OsSpawnerConfig::default()
         },
     ));

@@ -518,6 +518,117 @@ fn kill_all_needs_no_running_daemon() {
     }
 }
 
+/// The record's JSON once its leader has exited with processes of its tree
+/// running on, and the pid of the one named `name` among them.
+fn leader_gone(bpm: &Bpm, id: &str, name: &str) -> (serde_json::Value, u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = bpm.json(&["show", id, "--json"]);
+        let found = v["leader_exit"]["running"].as_array().and_then(|running| {
+            running
+                .iter()
+                .find(|r| r["name"] == name)
+                .and_then(|r| r["pid"].as_u64())
+        });
+        if let Some(pid) = found {
+            return (v, u32::try_from(pid).expect("pid"));
+        }
+        assert!(Instant::now() < deadline, "{id}: no {name} runs on: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn until_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{what}: {pid} runs on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A leader that backgrounds its work and exits leaves its record live:
+/// it shows the leader's exit and what runs on, `wait` waits for the rest,
+/// a stop (and `daemon stop --kill-all`) reaches it, and the record ends
+/// with the leader's code when the last of them ends, even one that left
+/// the session and closed its output. `--leader-only` ends it with the
+/// leader, as before.
+#[test]
+fn a_command_that_backgrounds_itself_stays_under_control() {
+    let bpm = Bpm::new();
+    let a = bpm.ok(&["run", "--", "sh", "-c", "sleep 300 & exit 3"]);
+    let a = a.trim();
+    let (v, sleeper) = leader_gone(&bpm, a, "sleep");
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(v["leader_exit"]["status"]["code"], 3, "{v}");
+    assert!(alive(sleeper));
+    let text = bpm.ok(&["show", a]);
+    assert!(
+        text.contains(&format!(
+            "leader exited 3; 1 process runs on: {sleeper} sleep"
+        )),
+        "{text}"
+    );
+    let events = bpm.ok(&["events"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"leader_exited\"") && l.contains(a)),
+        "{events}"
+    );
+    bpm.fails(&["wait", a, "--timeout", "0.3"], 124);
+    bpm.ok(&["stop", a]);
+    until_gone(sleeper, "a stop");
+    bpm.until_state(a, "cancelled");
+
+    // Left the session, closed its output: still the record's, and its end
+    // is the record's end, with the leader's code.
+    let b = bpm.ok(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 & exit 0",
+    ]);
+    let b = b.trim();
+    let (_, daemonized) = leader_gone(&bpm, b, "sleep");
+    assert_eq!(bpm.state(b), "running");
+    assert!(
+        Command::new("kill")
+            .arg(daemonized.to_string())
+            .status()
+            .expect("kill")
+            .success()
+    );
+    bpm.until_state(b, "completed");
+    assert_eq!(bpm.json(&["show", b, "--json"])["exit_code"], 0);
+
+    // What `daemon stop --kill-all` stops includes what runs on.
+    let c = bpm.ok(&["run", "--", "sh", "-c", "sleep 300 & exit 0"]);
+    let (_, rest) = leader_gone(&bpm, c.trim(), "sleep");
+    bpm.ok(&["daemon", "stop", "--kill-all"]);
+    until_gone(rest, "daemon stop --kill-all");
+
+    // --leader-only: the record ends with its leader; what it started runs on.
+    let d = bpm.ok(&[
+        "run",
+        "--leader-only",
+        "--",
+        "sh",
+        "-c",
+        "sleep 300 & echo $!",
+    ]);
+    let d = d.trim();
+    bpm.until_state(d, "completed");
+    let left: u32 = bpm
+        .ok(&["logs", d])
+        .trim()
+        .parse()
+        .expect("the pid it printed");
+    assert!(alive(left), "--leader-only leaves it running");
+    assert!(bpm.json(&["show", d, "--json"])["leader_exit"].is_null());
+    let _ = Command::new("kill").arg(left.to_string()).status();
+}
+
 /// `wait --any` returns when the first of its records ends, printing its
 /// id, with its exit code; at once when one has ended already; 124 when
 /// none ends in time.

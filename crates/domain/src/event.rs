@@ -25,6 +25,9 @@ pub enum EventKind {
     Resumed,
     /// It wrote no output for its idle period.
     Idle,
+    /// Its leader exited while other processes of its tree run on: it
+    /// stays live until they end (sent again when what runs on changes).
+    LeaderExited,
     /// Its OS process exited (followed by the final state's event, or `restarted`).
     Exited,
     /// It completed.

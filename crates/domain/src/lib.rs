@@ -30,8 +30,9 @@ pub use lifecycle::{ExitStatus, Lifecycle, StateName, StopCause};
 pub use names::{GroupName, LabelKey, LabelValue, NameError, NodeId, ProcessName, SessionId};
 pub use os_text::{OsText, env_serde, path_serde};
 pub use record::{
-    Applied, Attempt, InvalidTransition, MAX_ATTEMPTS_KEPT, MAX_PROGRESS_MESSAGE, Percent,
-    PercentError, ProcessRecord, Progress, RecordUpdate, Transition, TransitionKind, estimate_eta,
+    Applied, Attempt, InvalidTransition, LeaderExit, MAX_ATTEMPTS_KEPT, MAX_PROGRESS_MESSAGE,
+    MAX_RUNNING_ON, Percent, PercentError, ProcessRecord, Progress, RecordUpdate, RunningOn,
+    Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
     Backoff, Command, Environment, LogPattern, Placement, ProcessKind, ProcessSpec, Readiness,

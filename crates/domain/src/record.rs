@@ -101,6 +101,74 @@ pub struct Attempt {
     pub exit: ExitStatus,
 }
 
+/// A record's leader exited while other processes of its tree ran on:
+/// the record stays live until the last of them ends (unless its spec is
+/// `leader_only`), and this says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderExit {
+    /// How the leader ended: the record's exit when the rest ends.
+    pub status: ExitStatus,
+    /// When.
+    pub at: Timestamp,
+    /// The processes of its tree that ran on, as seen then (a bounded
+    /// list: [`MAX_RUNNING_ON`]).
+    pub running: Vec<RunningOn>,
+    /// How many ran on, listed or not.
+    pub count: usize,
+}
+
+/// One process of a record's tree that runs on after its leader exited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningOn {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`).
+    pub name: String,
+}
+
+/// How many processes running on a [`LeaderExit`] lists.
+pub const MAX_RUNNING_ON: usize = 16;
+
+impl LeaderExit {
+    /// The leader's exit, and what ran on (only the first
+    /// [`MAX_RUNNING_ON`] are kept; `count` keeps how many).
+    pub fn new(status: ExitStatus, at: Timestamp, mut running: Vec<RunningOn>) -> Self {
+        let count = running.len();
+        running.sort_by_key(|r| r.pid);
+        running.truncate(MAX_RUNNING_ON);
+        LeaderExit {
+            status,
+            at,
+            running,
+            count,
+        }
+    }
+}
+
+impl fmt::Display for LeaderExit {
+    /// `leader exited 0; 2 processes run on: 4242 node, 4250 esbuild`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = match self.status {
+            ExitStatus::Code(c) => c.to_string(),
+            ExitStatus::Signal(s) => format!("by signal {s}"),
+        };
+        let noun = if self.count == 1 {
+            "process runs"
+        } else {
+            "processes run"
+        };
+        write!(f, "leader exited {how}; {} {noun} on", self.count)?;
+        for (i, r) in self.running.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { ", " };
+            write!(f, "{sep}{} {}", r.pid, r.name)?;
+        }
+        if self.count > self.running.len() {
+            write!(f, ", ...")?;
+        }
+        Ok(())
+    }
+}
+
 /// How many past attempts a record keeps; older ones are dropped (the count stays in `restarts`).
 pub const MAX_ATTEMPTS_KEPT: usize = 32;
 
@@ -136,6 +204,9 @@ struct Record {
     restarts: u32,
     attempts: Vec<Attempt>,
     restarted_from: Option<ProcessId>,
+    /// Its leader exited while the rest of its tree runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    leader_exit: Option<Box<LeaderExit>>,
     version: u64,
 }
 
@@ -174,6 +245,8 @@ pub struct RecordUpdate {
     restarts: u32,
     attempts: Vec<Attempt>,
     restarted_from: Option<ProcessId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    leader_exit: Option<LeaderExit>,
     version: u64,
 }
 
@@ -256,6 +329,12 @@ pub enum Transition {
     },
     /// unreachable → the state it was in: its node is back.
     Reach,
+    /// Its leader exited while other processes of its tree run on: the
+    /// record stays as it is and notes it ([`ProcessRecord::leader_exit`]).
+    LeaderExited {
+        /// The leader's exit and what runs on.
+        exit: LeaderExit,
+    },
 }
 
 /// The kind of a [`Transition`], for error messages and tables.
@@ -280,6 +359,7 @@ pub enum TransitionKind {
     Lose,
     Unreach,
     Reach,
+    LeaderExited,
 }
 
 impl TransitionKind {
@@ -303,6 +383,7 @@ impl TransitionKind {
             TransitionKind::Lose => "mark lost",
             TransitionKind::Unreach => "mark unreachable",
             TransitionKind::Reach => "bring back",
+            TransitionKind::LeaderExited => "record a leader's exit for",
         }
     }
 }
@@ -328,6 +409,7 @@ impl Transition {
             Transition::Lose { .. } => TransitionKind::Lose,
             Transition::Unreach { .. } => TransitionKind::Unreach,
             Transition::Reach => TransitionKind::Reach,
+            Transition::LeaderExited { .. } => TransitionKind::LeaderExited,
         }
     }
 }
@@ -461,6 +543,7 @@ impl ProcessRecord {
             restarts: 0,
             attempts: Vec::new(),
             restarted_from: None,
+            leader_exit: None,
             version: 1,
         }))
     }
@@ -527,6 +610,7 @@ impl ProcessRecord {
             restarts: self.0.restarts,
             attempts: self.0.attempts.clone(),
             restarted_from: self.0.restarted_from,
+            leader_exit: self.0.leader_exit.as_deref().cloned(),
             version: self.0.version,
         }
     }
@@ -546,6 +630,7 @@ impl ProcessRecord {
             restarts: update.restarts,
             attempts: update.attempts,
             restarted_from: update.restarted_from,
+            leader_exit: update.leader_exit.map(Box::new),
             version: update.version,
         }))
     }
@@ -554,6 +639,12 @@ impl ProcessRecord {
     /// `update` is another record's.
     pub fn updated(&self, update: RecordUpdate) -> Option<ProcessRecord> {
         (update.id == self.0.id).then(|| ProcessRecord::from_update(self.0.spec.clone(), update))
+    }
+
+    /// Its leader's exit, while processes of its tree run on after it (and,
+    /// once it ended, how its last attempt's leader exited before them).
+    pub fn leader_exit(&self) -> Option<&LeaderExit> {
+        self.0.leader_exit.as_deref()
     }
 
     /// The id.
@@ -744,6 +835,9 @@ impl Record {
             attempted: transition.kind(),
             tracked: self.is_tracked(),
         };
+        if let Transition::LeaderExited { exit } = transition {
+            return Ok(self.leader_exited(exit, now));
+        }
         let next = match (&self.lifecycle, transition) {
             (Lifecycle::Unreachable { was, .. }, t) => Self::leave_unreachable(was, t, now),
             (l, Transition::Unreach { reason }) => Self::unreach(l, reason, now),
@@ -758,12 +852,37 @@ impl Record {
         self.lifecycle = next;
         self.updated_at = now;
         self.version += 1;
+        if self.state() == StateName::Starting {
+            // A new attempt: its leader has not exited.
+            self.leader_exit = None;
+        }
         if self.lifecycle.is_terminal()
             && let Some(p) = &mut self.progress
         {
             p.eta = None;
         }
         Ok(Applied::Changed)
+    }
+
+    /// Notes that the leader exited while the rest of the tree runs on: only
+    /// while the record has a process (a record that ended, or waits to
+    /// start again, has nothing running on).
+    fn leader_exited(&mut self, mut exit: LeaderExit, now: Timestamp) -> Applied {
+        let has_process = matches!(
+            self.state(),
+            StateName::Running | StateName::Paused | StateName::Stopping
+        );
+        if let Some(noted) = &self.leader_exit {
+            // What runs on changed: the leader exited when first said.
+            exit.at = noted.at;
+        }
+        if !has_process || self.leader_exit.as_deref() == Some(&exit) {
+            return Applied::NoOp;
+        }
+        self.leader_exit = Some(Box::new(exit));
+        self.updated_at = now;
+        self.version += 1;
+        Applied::Changed
     }
 
     /// Where a record on an unreachable node goes: back to the state it
@@ -1266,6 +1385,81 @@ mod tests {
             spec,
             t(1000),
         )
+    }
+
+    fn leader_exit(code: i32, pids: &[u32], at: u64) -> Transition {
+        let running = pids
+            .iter()
+            .map(|&pid| RunningOn {
+                pid,
+                name: "sleep".into(),
+            })
+            .collect();
+        Transition::LeaderExited {
+            exit: LeaderExit::new(ExitStatus::Code(code), t(at), running),
+        }
+    }
+
+    /// A leader's exit is noted only while the record has a process; it
+    /// travels in updates, is kept once the record ends, and a new attempt
+    /// starts without it.
+    #[test]
+    fn a_leader_exit_is_noted_while_the_tree_runs_on() {
+        let mut r = record(ProcessSpec::argv(["sh", "-c", "sleep 300 &"]));
+        assert_eq!(
+            r.apply(leader_exit(0, &[5], 1001), t(1001)),
+            Ok(Applied::NoOp)
+        );
+        r.apply(Transition::Start, t(1002)).unwrap();
+        r.apply(Transition::Spawned { pid: 4 }, t(1003)).unwrap();
+        assert_eq!(
+            r.apply(leader_exit(3, &[6, 5], 1004), t(1004)),
+            Ok(Applied::Changed)
+        );
+        let noted = r.leader_exit().expect("noted").clone();
+        assert_eq!(r.state(), StateName::Running);
+        assert_eq!(
+            noted.to_string(),
+            "leader exited 3; 2 processes run on: 5 sleep, 6 sleep"
+        );
+        assert_eq!(
+            r.apply(leader_exit(3, &[5, 6], 1004), t(1005)),
+            Ok(Applied::NoOp),
+            "the same news twice"
+        );
+        let back =
+            r.updated(serde_json::from_value(serde_json::to_value(r.update()).unwrap()).unwrap());
+        assert_eq!(back.as_ref().and_then(|b| b.leader_exit()), Some(&noted));
+        r.apply(
+            Transition::Requeue {
+                status: ExitStatus::Code(3),
+                not_before: t(1010),
+            },
+            t(1006),
+        )
+        .unwrap();
+        assert!(r.leader_exit().is_some(), "kept until the next attempt");
+        r.apply(Transition::Start, t(1011)).unwrap();
+        assert_eq!(r.leader_exit(), None);
+        r.apply(Transition::Spawned { pid: 7 }, t(1012)).unwrap();
+        r.apply(
+            Transition::Exited {
+                status: ExitStatus::Code(0),
+            },
+            t(1013),
+        )
+        .unwrap();
+        assert_eq!(
+            r.apply(leader_exit(0, &[8], 1014), t(1014)),
+            Ok(Applied::NoOp),
+            "ended"
+        );
+        let many: Vec<u32> = (100..140).collect();
+        let Transition::LeaderExited { exit } = leader_exit(0, &many, 1) else {
+            unreachable!()
+        };
+        assert_eq!((exit.count, exit.running.len()), (40, MAX_RUNNING_ON));
+        assert!(exit.to_string().ends_with(", ..."), "{exit}");
     }
 
     #[test]

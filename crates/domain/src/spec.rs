@@ -478,6 +478,12 @@ pub struct ProcessSpec {
     /// policy that runs it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failover: bool,
+    /// The record ends when its leader exits, even while processes of its
+    /// tree run on (they are left running). Without it, a leader that
+    /// exits leaves its record live until the last process of its tree
+    /// (its descendants, and processes carrying its `BPM_PROCESS_ID`) ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leader_only: bool,
 }
 
 /// Where a spec runs: the node it is submitted to, a named node, or the

@@ -275,6 +275,15 @@ impl Driver {
             },
             ProcessNotice::Ready { id } => Input::Ready { id },
             ProcessNotice::Idle { id } => Input::Idle { id },
+            ProcessNotice::LeaderExited {
+                id,
+                status,
+                running,
+            } => Input::LeaderExited {
+                id,
+                status,
+                running,
+            },
             ProcessNotice::Lost { id, reason } => Input::Lost { id, reason },
             ProcessNotice::Adopted { id, pid } => Input::Adopted { id, pid },
         };

@@ -44,6 +44,12 @@ pub struct SpawnRequest {
     /// to the child as `BPM_FENCE` (0: none given).
     #[serde(default)]
     pub token: u64,
+    /// Report the exit when the leader exits, even while processes of its
+    /// tree run on ([`ProcessSpec::leader_only`](bpm_domain::ProcessSpec::leader_only));
+    /// otherwise the spawner reports [`ProcessNotice::LeaderExited`] and
+    /// the exit once the last of them ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leader_only: bool,
 }
 
 impl SpawnRequest {
@@ -63,6 +69,7 @@ impl SpawnRequest {
             hands_over: spec.restart.mode == RestartMode::Never,
             fence: spec.failover.then_some(spec.stop),
             token: record.fence_token(),
+            leader_only: spec.leader_only,
         })
     }
 }
@@ -96,6 +103,17 @@ pub enum ProcessNotice {
         next: ProcessId,
         /// Its pid, or why it could not be started.
         started: Result<u32, String>,
+    },
+    /// Its leader exited (and was reaped) while other processes of its
+    /// tree run on: its [`Exited`](ProcessNotice::Exited), with the
+    /// leader's status, follows when the last of them ends.
+    LeaderExited {
+        /// The record.
+        id: ProcessId,
+        /// How the leader ended.
+        status: ExitStatus,
+        /// What runs on.
+        running: Vec<bpm_domain::RunningOn>,
     },
     /// Its readiness check passed.
     Ready {

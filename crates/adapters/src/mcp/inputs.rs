@@ -113,6 +113,11 @@ pub(super) struct StartArgs {
     /// `node_labels`); its node stops it first. Needs `restart`
     /// "on-failure" or "always", and nodes sharing a Redis store.
     pub(super) failover: Option<bool>,
+    /// End the record when its leader exits, leaving what it started
+    /// running. By default a command that backgrounds a server and exits
+    /// (`sh -c 'server &'`) stays live until the server ends, and a stop
+    /// reaches it.
+    pub(super) leader_only: Option<bool>,
     /// Free-form JSON kept with the record.
     pub(super) metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }

@@ -322,6 +322,7 @@ impl McpServer {
             spec.node_labels.insert(key, value);
         }
         spec.failover = a.failover.unwrap_or(false);
+        spec.leader_only = a.leader_only.unwrap_or(false);
         spec.metadata = a.metadata.unwrap_or_default();
         let record = self.manager().start(spec).await.map_err(manager_error)?;
         Ok(Reply::json(self.view(&record)))

@@ -11,7 +11,7 @@ mod subreaper;
 mod tree;
 mod usage;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{CStr, CString, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bpm_domain::{Environment, ExitStatus, OsText, ProcessId, ReadinessCheck, Signal, StdinMode};
+use bpm_domain::{
+    Environment, ExitStatus, OsText, ProcessId, ReadinessCheck, RunningOn, Signal, StdinMode,
+};
 use bpm_ports::{
     OutputStore, ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned, Stream,
 };
@@ -58,6 +60,13 @@ pub struct OsSpawnerConfig {
     /// embedded engine, which no other process outlives, need not pay two
     /// descriptors per process for it.
     pub share_pipes: bool,
+    /// Make this process a child subreaper, so that the processes of a
+    /// record's tree that its leader leaves behind (`sh -c 'server &'`, a
+    /// program that daemonizes) become its children: finding what runs on
+    /// after a leader's exit is then a look at its own children, and it
+    /// reaps them when they end. The keeper does; an embedded engine, whose
+    /// host process should not change so, looks through /proc instead.
+    pub subreaper: bool,
 }
 
 impl Default for OsSpawnerConfig {
@@ -68,6 +77,7 @@ impl Default for OsSpawnerConfig {
             drain: Duration::from_millis(200),
             start_log: None,
             share_pipes: false,
+            subreaper: false,
         }
     }
 }
@@ -117,6 +127,11 @@ fn held_pipes(pid: u32) -> Option<[std::os::fd::OwnedFd; 2]> {
 
 /// How long, at most, an exit waits for pipes that are still being copied.
 const DRAIN_BUSY: Duration = Duration::from_secs(5);
+
+/// While a leader's tree runs on after it, how often the tree is looked at
+/// again besides when one of its processes ends (a process it started
+/// since is then seen even if it is the last).
+const RESCAN: Duration = Duration::from_secs(1);
 
 struct Live {
     pid: u32,
@@ -316,6 +331,39 @@ impl OsSpawner {
             }),
             rx: Mutex::new(Some(rx)),
         }
+        .reaping_orphans()
+    }
+
+    /// With [`OsSpawnerConfig::subreaper`]: becomes a child subreaper and
+    /// reaps the orphans that become its children as they end (in a task
+    /// of the current runtime, on `SIGCHLD` and every second).
+    fn reaping_orphans(self) -> Self {
+        if !self.inner.config.subreaper {
+            return self;
+        }
+        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+            tracing::warn!(error = %e, "cannot become a child subreaper: processes left running by a leader are found through /proc");
+            return self;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut sigchld =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+            loop {
+                match &mut sigchld {
+                    Some(s) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), s.recv()).await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || inner.reap_orphans()).await;
+            }
+        });
+        self
     }
 
     /// How many processes this spawner started are still running.
@@ -382,10 +430,12 @@ impl OsSpawner {
         let mut activity = watcher.activity();
         tokio::spawn(async move {
             let _ = pidfd.readable().await;
-            let stopping = lock(&inner.live).get_mut(&id).is_some_and(|l| {
-                l.reaped = true;
-                l.stopping
-            });
+            lock(&inner.live).entry(id).and_modify(|l| l.reaped = true);
+            if !inner.is_stopping(id) {
+                // Its status is unknown: not this spawner's child.
+                inner.wait_running_on(id, None, true).await;
+            }
+            let stopping = inner.is_stopping(id);
             if stopping {
                 end_rest_of_tree(id, inner.config.tree_grace).await;
             }
@@ -493,6 +543,92 @@ impl OsSpawner {
 }
 
 impl Inner {
+    /// The leaders this spawner started and has not reaped: their own
+    /// waiters reap them.
+    fn unreaped_leaders(&self) -> HashSet<u32> {
+        lock(&self.live)
+            .values()
+            .filter(|l| !l.reaped && l.origin != Origin::Adopted)
+            .map(|l| l.pid)
+            .collect()
+    }
+
+    /// Reaps the children that ended and are not leaders: orphans of
+    /// records' trees that became this subreaper's. Starts wait, so that a
+    /// leader that ends before it is held is not taken for one.
+    fn reap_orphans(&self) {
+        let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        for (pid, status) in subreaper::reap_children_except(&self.unreaped_leaders()) {
+            tracing::trace!(pid, ?status, "orphan reaped");
+        }
+    }
+
+    /// The processes of record `id`'s tree that run on after its leader
+    /// was reaped: those that carry its mark, and their descendants. As a
+    /// subreaper, whatever the leader left behind became a child of this
+    /// process, so a look at its children answers "none" at once in the
+    /// usual case; only when one carries the mark, or for a process this
+    /// spawner did not start (`adopted`), is all of /proc read.
+    fn running_on(&self, id: ProcessId, adopted: bool) -> Vec<tree::Seen> {
+        let id_text = id.to_string();
+        if self.config.subreaper && !adopted {
+            let leaders = self.unreaped_leaders();
+            let needle = format!("{}={id_text}", tree::MARK).into_bytes();
+            let any = subreaper::children()
+                .into_iter()
+                .any(|pid| !leaders.contains(&pid) && tree::carries_mark(pid, &needle));
+            if !any {
+                return Vec::new();
+            }
+        }
+        tree::members(&id_text, None)
+    }
+
+    /// Once record `id`'s leader ended with `status`: while processes of
+    /// its tree run on, says so ([`ProcessNotice::LeaderExited`]) and waits
+    /// until the last of them ends (or the record is being stopped, which
+    /// ends them).
+    /// An adopted leader's status is unknown (`None`): nothing is said then.
+    async fn wait_running_on(
+        self: &Arc<Self>,
+        id: ProcessId,
+        status: Option<ExitStatus>,
+        adopted: bool,
+    ) {
+        let mut told: Vec<RunningOn> = Vec::new();
+        loop {
+            let inner = self.clone();
+            let rest = tokio::task::spawn_blocking(move || inner.running_on(id, adopted))
+                .await
+                .unwrap_or_default();
+            if rest.is_empty() {
+                return;
+            }
+            // Said again when what runs on changed (one ended, one was
+            // started, one went from `setsid` to what it runs).
+            let mut running: Vec<RunningOn> = rest
+                .iter()
+                .map(|s| RunningOn {
+                    pid: s.pid,
+                    name: tree::command_name(s.pid),
+                })
+                .collect();
+            running.sort_by_key(|r| r.pid);
+            if let Some(status) = status
+                && running != told
+            {
+                tracing::debug!(%id, running = rest.len(), "leader exited; its tree runs on");
+                told.clone_from(&running);
+                let _ = self.tx.send(ProcessNotice::LeaderExited {
+                    id,
+                    status,
+                    running,
+                });
+            }
+            tree::any_ends(&rest, RESCAN).await;
+        }
+    }
+
     /// Starts `request`'s process, or answers with the one started for its
     /// record already (running, or ended with its exit not yet recorded).
     fn start(self: &Arc<Self>, request: &SpawnRequest) -> Result<Spawned, SpawnError> {
@@ -850,12 +986,21 @@ impl Inner {
         let inner = self.clone();
         // Output from the start on counts as activity while the end drains.
         let activity = watcher.activity();
+        let leader_only = request.leader_only;
         tokio::spawn(async move {
             let status = reap(&pidfd, &inner.live, id).await;
+            if !leader_only && !inner.is_stopping(id) {
+                inner.wait_running_on(id, Some(status), false).await;
+            }
             let _ = exited_tx.send(true);
             let output = (pumps, watcher, activity);
             inner.ended(id, pid, status, output).await;
         });
+    }
+
+    /// Whether a terminating signal was sent to record `id`'s process.
+    fn is_stopping(&self, id: ProcessId) -> bool {
+        lock(&self.live).get(&id).is_some_and(|l| l.stopping)
     }
 
     /// The process of `id` ended with `status`: ends the rest of its tree if

@@ -5,7 +5,7 @@
 //! find it gone, which they take as an end) and keeps each status a while
 //! for [`Subreaper::status_of`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -61,25 +61,12 @@ impl Subreaper {
     /// Reaps every child that has ended, keeping its status.
     fn reap_ended(&self) {
         let now = Instant::now();
-        let mut reaped = false;
-        for pid in children() {
-            if tree::stat(pid).is_none_or(|s| s.state != 'Z') {
-                continue;
-            }
-            let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-                continue;
-            };
-            if let Ok(Some(status)) = waitid(
-                WaitId::Pid(raw),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            ) {
-                self.statuses
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(pid, (exit_status(&status), now));
-                reaped = true;
-            }
-        }
+        let ended = reap_children_except(&HashSet::new());
+        let reaped = !ended.is_empty();
+        self.statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(ended.into_iter().map(|(pid, status)| (pid, (status, now))));
         self.statuses
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -115,8 +102,29 @@ impl Subreaper {
     }
 }
 
+/// Reaps every child of this process that has ended, but those in
+/// `keep` (whose own waiters reap them): each pid with its status.
+pub(super) fn reap_children_except(keep: &HashSet<u32>) -> Vec<(u32, ExitStatus)> {
+    let mut ended = Vec::new();
+    for pid in children() {
+        if keep.contains(&pid) || tree::stat(pid).is_none_or(|s| s.state != 'Z') {
+            continue;
+        }
+        let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            continue;
+        };
+        if let Ok(Some(status)) = waitid(
+            WaitId::Pid(raw),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            ended.push((pid, exit_status(&status)));
+        }
+    }
+    ended
+}
+
 /// This process's children, from every thread's list.
-fn children() -> Vec<u32> {
+pub(super) fn children() -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };

@@ -126,6 +126,50 @@ pub(crate) fn find_leaders(
     leaders.into_iter().map(|(id, s)| (id, s.pid)).collect()
 }
 
+/// The command name of process `pid` (`/proc/PID/comm`), or `?`.
+pub(crate) fn command_name(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or_else(|_| "?".to_owned(), |c| c.trim_end().to_owned())
+}
+
+/// How many processes [`any_ends`] watches at once.
+const WATCHED_AT_ONCE: usize = 64;
+
+/// Returns when the first of `processes` ends (each watched by a pidfd,
+/// opened only if it is still the one seen), or after `within`.
+pub(crate) async fn any_ends(processes: &[Seen], within: std::time::Duration) {
+    let fds: Vec<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> = processes
+        .iter()
+        .take(WATCHED_AT_ONCE)
+        .filter_map(|p| {
+            let pid = Pid::from_raw(i32::try_from(p.pid).ok()?)?;
+            let fd = pidfd_open(pid, PidfdFlags::NONBLOCK).ok()?;
+            // Opened after the scan: the same process only if it started when seen.
+            if stat(p.pid).is_none_or(|now| now.start != p.start) {
+                return None;
+            }
+            // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
+            #[allow(unsafe_code)]
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }
+            .ok()
+        })
+        .collect();
+    if fds.len() < processes.len().min(WATCHED_AT_ONCE) {
+        // One ended between the scan and now.
+        return;
+    }
+    let first = std::future::poll_fn(|cx| {
+        if fds.iter().any(|fd| fd.poll_read_ready(cx).is_ready()) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    });
+    let _ = tokio::time::timeout(within, first).await;
+}
+
 /// Signals one process, only if it is still the one seen (same start time).
 pub(crate) fn signal_seen(process: Seen, signal: i32) {
     let Some(pid) = Pid::from_raw(i32::try_from(process.pid).unwrap_or(0)) else {

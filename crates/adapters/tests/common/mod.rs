@@ -62,6 +62,7 @@ pub(crate) fn sh_request(
         hands_over: true,
         fence: None,
         token: 0,
+        leader_only: false,
     }
 }
 

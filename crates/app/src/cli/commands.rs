@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::enough_if_gone;
 use bpm_adapters::view::record_json;
 use bpm_domain::{
     Command as Cmd, ListFilter, LogPattern, OsText, Percent, ProcessId, ProcessKind, ProcessName,
@@ -150,18 +151,22 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
         }
         Some(DaemonAction::Status) => {
             let s = daemon::status(home).await?;
-            println!(
+            out!(
                 "pid      {}\nversion  {}\nstore    {}\nnode     {}\nhome     {}",
-                s.pid, s.version, s.store, s.node, s.home
+                s.pid,
+                s.version,
+                s.store,
+                s.node,
+                s.home
             );
             if let Some(keeper) = &s.keeper {
-                println!("keeper   {keeper}");
+                out!("keeper   {keeper}");
             }
             if let Some(cluster) = &s.cluster {
-                println!("cluster  {cluster}");
+                out!("cluster  {cluster}");
             }
             let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!(
+            out!(
                 "records  {}",
                 if counts.is_empty() {
                     "none".into()
@@ -170,7 +175,7 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
                 }
             );
             for warning in &s.warnings {
-                println!("warning  {warning}");
+                out!("warning  {warning}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -261,15 +266,15 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
                 if !earlier.is_empty() {
                     v["earlier_runs"] = earlier.iter().map(earlier_json).collect();
                 }
-                println!("{}", json(&v));
+                out!("{}", json(&v));
             } else {
                 show(&r, usage);
                 if let Some(why) = waiting {
-                    println!("{:<14}{why}", "waiting");
+                    out!("{:<14}{why}", "waiting");
                 }
                 for (i, e) in earlier.iter().enumerate() {
                     let label = if i == 0 { "earlier runs" } else { "" };
-                    println!("{label:<14}{}", earlier_line(e));
+                    out!("{label:<14}{}", earlier_line(e));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -278,17 +283,17 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         Command::Stop(args) => stop(m, args).await,
         Command::Pause { id } => {
             let r = m.pause(resolve(m, &id).await?).await?;
-            println!("{} {}", r.id(), r.state());
+            out!("{} {}", r.id(), r.state());
             Ok(ExitCode::SUCCESS)
         }
         Command::Resume { id } => {
             let r = m.resume(resolve(m, &id).await?).await?;
-            println!("{} {}", r.id(), r.state());
+            out!("{} {}", r.id(), r.state());
             Ok(ExitCode::SUCCESS)
         }
         Command::Restart { id } => {
             let r = m.restart(resolve(m, &id).await?).await?;
-            println!("{}", r.id());
+            out!("{}", r.id());
             Ok(ExitCode::SUCCESS)
         }
         Command::Wait { ids, timeout, any } => wait(m, &ids, timeout, any).await,
@@ -319,7 +324,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             if let Some(text) = metadata {
                 spec.metadata = parse_metadata(&text)?;
             }
-            println!("{}", m.track(spec).await?.id());
+            out!("{}", m.track(spec).await?.id());
             Ok(ExitCode::SUCCESS)
         }
         Command::Fence {
@@ -482,6 +487,7 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         );
     }
     spec.failover = a.failover;
+    spec.leader_only = a.leader_only;
     if let Some(text) = a.metadata {
         spec.metadata = parse_metadata(&text)?;
     }
@@ -512,9 +518,9 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
         }
     };
     if as_json {
-        println!("{}", json(&record_json(&record)));
+        out!("{}", json(&record_json(&record)));
     } else if !wait_for_it {
-        println!("{}", record.id());
+        out!("{}", record.id());
     }
     if !wait_for_it {
         return Ok(ExitCode::SUCCESS);
@@ -630,9 +636,12 @@ async fn run_many(home: &Home, m: &Manager, mut args: RunArgs, from: &Path) -> O
         }
     }
     if as_json {
-        println!("{}", json(&serde_json::Value::Array(started)));
+        out!("{}", json(&serde_json::Value::Array(started)));
     } else {
-        print!("{out}");
+        enough_if_gone(std::io::Write::write_all(
+            &mut std::io::stdout().lock(),
+            out.as_bytes(),
+        ));
     }
     let not_started: usize = failed.iter().map(|(a, b, _)| b - a + 1).sum();
     for (first, last, e) in &failed {
@@ -780,12 +789,16 @@ async fn copy_output(
         }
         tell_dropped(&mut told, chunk.dropped);
         for piece in &chunk.pieces {
-            let _ = match piece.stream {
-                Stream::Stderr if split => err.write_all(&piece.data),
-                _ => out.write_all(&piece.data),
-            };
+            match piece.stream {
+                Stream::Stderr if split => {
+                    let _ = err.write_all(&piece.data);
+                }
+                _ => {
+                    enough_if_gone(out.write_all(&piece.data));
+                }
+            }
         }
-        let _ = out.flush();
+        enough_if_gone(out.flush());
         cursor = chunk.next;
         if chunk.truncated {
             continue;
@@ -866,7 +879,7 @@ async fn ps(m: &Manager, a: PsArgs) -> Outcome {
     }
     let color = color_on(std::io::stdout().is_terminal());
     let cols = table::Columns::for_records(&records);
-    println!("{}", table::header(cols));
+    out!("{}", table::header(cols));
     let now = now();
     let rows = if a.tree {
         table::tree(&records, &usage, now, color, cols)
@@ -877,7 +890,7 @@ async fn ps(m: &Manager, a: PsArgs) -> Outcome {
             .collect()
     };
     for line in rows {
-        println!("{line}");
+        out!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -968,7 +981,7 @@ fn earlier_json(r: &ProcessRecord) -> serde_json::Value {
 fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
     let l = r.lifecycle();
     let spec = r.spec();
-    let field = |k: &str, v: String| println!("{k:<14}{v}");
+    let field = |k: &str, v: String| out!("{k:<14}{v}");
     field("id", r.id().to_string());
     field(
         "name",
@@ -989,6 +1002,16 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
             .unwrap_or_default(),
     );
     field("pid", r.pid().map_or("-".into(), |p| p.to_string()));
+    if let Some(x) = r.leader_exit() {
+        let ports = usage.map_or(Vec::new(), |u| {
+            u.listening_ports.iter().map(|p| format!(":{p}")).collect()
+        });
+        if ports.is_empty() {
+            field("leader", x.to_string());
+        } else {
+            field("leader", format!("{x}; listening on {}", ports.join(", ")));
+        }
+    }
     if let Some(u) = usage {
         field(
             "usage",
@@ -1070,9 +1093,9 @@ async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
             .await?;
         let mut out = std::io::stdout();
         for piece in &chunk.pieces {
-            let _ = out.write_all(&piece.data);
+            enough_if_gone(out.write_all(&piece.data));
         }
-        let _ = out.flush();
+        enough_if_gone(out.flush());
         tell_dropped(&mut told, chunk.dropped);
         chunk.next
     } else {
@@ -1091,7 +1114,7 @@ async fn stop(m: &Manager, a: StopArgs) -> Outcome {
     };
     if let Some(level) = a.level {
         for r in m.stop_level(level, options).await? {
-            println!("{} {}", r.id(), r.state());
+            out!("{} {}", r.id(), r.state());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -1128,7 +1151,7 @@ async fn stop(m: &Manager, a: StopArgs) -> Outcome {
     }
     for t in tasks {
         let r = t.await.map_err(|e| CliError::failed(e.to_string()))??;
-        println!("{} {}", r.id(), r.state());
+        out!("{} {}", r.id(), r.state());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1218,7 +1241,7 @@ async fn wait_any(m: &Manager, ids: &[ProcessId], timeout: Option<Duration>) -> 
         for id in ids {
             let r = m.get(*id).await?;
             if r.is_terminal() {
-                println!("{id}");
+                out!("{id}");
                 return Ok(exit_code_of(&r));
             }
         }
@@ -1322,9 +1345,13 @@ async fn events(m: &Manager, follow: bool) -> Outcome {
     let mut seen = std::collections::HashSet::new();
     for event in m.recent_events().await? {
         seen.insert((event.id, event.version, event.kind));
-        let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
+        enough_if_gone(writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&event).unwrap_or_default()
+        ));
     }
-    let _ = out.flush();
+    enough_if_gone(out.flush());
     let Some(rx) = rx.as_mut() else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -1334,8 +1361,12 @@ async fn events(m: &Manager, follow: bool) -> Outcome {
                 if seen.remove(&(event.id, event.version, event.kind)) {
                     continue;
                 }
-                let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
-                let _ = out.flush();
+                enough_if_gone(writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&event).unwrap_or_default()
+                ));
+                enough_if_gone(out.flush());
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 eprintln!("bpm: {n} events missed");

@@ -6,6 +6,18 @@
 //! cannot be reached; 124 `wait` timed out. `wait ID` and `run --wait` exit
 //! with the process's own code (128+n when a signal ended it).
 
+/// `println!` for a command's results: a reader that has gone (`| head`)
+/// has seen enough, so the command ends there, successfully, instead of
+/// panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::enough_if_gone(std::io::Write::write_fmt(
+            &mut std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        ))
+    };
+}
+
 mod commands;
 mod error;
 mod resolve;
@@ -239,6 +251,11 @@ pub struct RunArgs {
     /// on-failure or always, and a shared (Redis) store.
     #[arg(long)]
     pub failover: bool,
+    /// End the record when its leader exits, leaving the processes it
+    /// started running (by default the record stays live until the last
+    /// of them ends, and stops reach them).
+    #[arg(long)]
+    pub leader_only: bool,
     /// Parent process (id or name).
     #[arg(long)]
     pub parent: Option<String>,
@@ -430,6 +447,17 @@ pub enum DaemonAction {
         #[arg(long)]
         kill_all: bool,
     },
+}
+
+/// Ends the command, successfully, when `written` failed because the reader
+/// of its standard output has gone (`bpm logs -f | head`); any other
+/// failure to write is left to the caller.
+pub(crate) fn enough_if_gone<T>(written: std::io::Result<T>) -> Option<T> {
+    match written {
+        Ok(v) => Some(v),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(_) => None,
+    }
 }
 
 /// Runs the command line; returns the process's exit code.

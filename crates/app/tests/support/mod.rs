@@ -31,6 +31,9 @@ fn passes(python: &Path, probe: &str) -> bool {
 /// (a file under the workspace root) on first use. Panics with what to do
 /// when neither works: these tests never skip.
 pub fn python(env_var: &str, venv: &str, requirements: &str, probe: &str) -> PathBuf {
+    // Tests of one binary ask at once: one makes the virtualenv, the
+    // others wait for it.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
         assert!(
@@ -40,6 +43,9 @@ pub fn python(env_var: &str, venv: &str, requirements: &str, probe: &str) -> Pat
         );
         return p;
     }
+    let _one = MAKING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = workspace_root();
     let venv = root.join("target").join(venv);
     let python = venv.join("bin/python");

@@ -308,6 +308,16 @@ pub enum Input {
         /// The record.
         id: ProcessId,
     },
+    /// The process's leader exited while other processes of its tree run
+    /// on: the record stays live until they end ([`crate::LeaderExit`]).
+    LeaderExited {
+        /// The record.
+        id: ProcessId,
+        /// How the leader ended.
+        status: ExitStatus,
+        /// What runs on.
+        running: Vec<crate::RunningOn>,
+    },
     /// A timer fired.
     TimerFired(Timer),
     /// bpm cannot know what became of `id` (for example it could not be re-attached).

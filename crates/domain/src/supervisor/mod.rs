@@ -375,6 +375,16 @@ impl Supervisor {
                 }
                 Ok(())
             }
+            Input::LeaderExited {
+                id,
+                status,
+                running,
+            } => {
+                self.own(id)?;
+                let exit = crate::LeaderExit::new(status, now, running);
+                self.transition(id, Transition::LeaderExited { exit }, now)?;
+                Ok(())
+            }
             Input::TimerFired(timer) => {
                 self.timer_fired(timer, now);
                 Ok(())
@@ -513,6 +523,7 @@ impl Supervisor {
             TransitionKind::Progress => events.push(EventKind::Progress),
             TransitionKind::Unreach => events.push(EventKind::Unreachable),
             TransitionKind::Reach => events.push(EventKind::Reachable),
+            TransitionKind::LeaderExited => events.push(EventKind::LeaderExited),
             _ => {}
         }
         if kind == TransitionKind::Requeue {

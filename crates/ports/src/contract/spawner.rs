@@ -46,6 +46,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         hands_over: true,
         fence: None,
         token: 0,
+        leader_only: false,
     }
 }
 
