@@ -1789,6 +1789,42 @@ fn keeper_pid(bpm: &Bpm) -> u32 {
         .unwrap_or_else(|| panic!("no keeper line: {status}"))
 }
 
+/// kill -9 of the keeper while a record's leader is gone and its tree runs
+/// on: the next keeper adopts what runs on through the record's mark, so
+/// the record stays live and a stop still reaches it.
+#[test]
+fn what_a_leader_left_running_is_adopted_when_the_keeper_dies() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&["run", "--", "sh", "-c", "sleep 300 & exit 0"]);
+    let id = id.trim();
+    let (_, sleeper) = leader_gone(&bpm, id, "sleep");
+    let keeper = keeper_pid(&bpm);
+    assert!(
+        Command::new("kill")
+            .args(["-9", &keeper.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    until_gone(keeper, "kill -9 of the keeper");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while keeper_pid(&bpm) == keeper {
+        assert!(Instant::now() < deadline, "no new keeper");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Given time to be wrongly ended, it is not.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bpm.state(id), "running");
+    assert!(alive(sleeper));
+    bpm.ok(&["stop", id]);
+    until_gone(sleeper, "a stop after the keeper's death");
+    // Stopped on request; its leader's code died with the keeper.
+    bpm.until_state(id, "cancelled");
+    let v = bpm.json(&["show", id, "--json"]);
+    let error = v["error"].as_str().expect("a reason");
+    assert!(error.contains("exit code is unknown"), "{v}");
+}
+
 /// kill -9 of the keeper: a new keeper takes over at once, new runs work,
 /// every process still running stays running and under control (stop
 /// reaches it), queued starts go on, and a process that ends meanwhile is

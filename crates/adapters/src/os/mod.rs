@@ -381,9 +381,10 @@ impl OsSpawner {
     /// Takes over watching process `pid` of record `id`, started by another
     /// keeper that died: its end is noticed by pidfd, and `signal` reaches
     /// its tree through the record's mark. It is not this spawner's child,
-    /// so its exit status is unknown: its end is reported as
-    /// [`ProcessNotice::Lost`], saying so. `false` if no process `pid` that
-    /// carries the record's mark is alive.
+    /// so its exit status is unknown: its end (once the rest of its tree has
+    /// ended too) is reported as [`ProcessNotice::Lost`], saying so. When
+    /// `pid` is gone but processes carrying the mark run on, they are
+    /// adopted in its place. `false` if neither runs.
     pub fn adopt(&self, id: ProcessId, pid: u32) -> bool {
         self.adopt_with(id, pid, None)
     }
@@ -408,16 +409,20 @@ impl OsSpawner {
         if self.holds(id, pid) {
             return true;
         }
-        let Some(pidfd) = marked_pidfd(id, pid) else {
+        // A leader that is gone while processes of its tree run on (it
+        // backgrounded them and exited) leaves the record live: they are
+        // adopted through its mark.
+        let pidfd = marked_pidfd(id, pid);
+        if pidfd.is_none() && tree::members(&id.to_string(), None).is_empty() {
             return false;
-        };
+        }
         let watcher = capture::Watcher::new(id, self.inner.tx.clone(), None);
         let (kept, pumps) = self.resume_output(id, pid, pipes, &watcher);
         lock(&self.inner.live).insert(
             id,
             Live {
                 pid,
-                reaped: false,
+                reaped: pidfd.is_none(),
                 stopping: false,
                 origin: Origin::Adopted,
                 stdin: None,
@@ -429,7 +434,9 @@ impl OsSpawner {
         let inner = self.inner.clone();
         let mut activity = watcher.activity();
         tokio::spawn(async move {
-            let _ = pidfd.readable().await;
+            if let Some(pidfd) = &pidfd {
+                let _ = pidfd.readable().await;
+            }
             lock(&inner.live).entry(id).and_modify(|l| l.reaped = true);
             if !inner.is_stopping(id) {
                 // Its status is unknown: not this spawner's child.
