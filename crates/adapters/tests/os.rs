@@ -217,3 +217,67 @@ async fn a_process_gets_its_requests_environment_with_bpms_marks_winning() {
         Err(bpm_ports::SpawnError::ProgramNotFound(p)) if p == "sh"
     ));
 }
+
+/// Without a subreaper (an embedded engine), a leader whose process group
+/// runs on after it is said to have exited, and its exit is told only once
+/// the group has ended; with `leader_only`, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_backgrounds_its_work_ends_with_the_work() {
+    use bpm_domain::{ExitStatus, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp};
+    use bpm_ports::ProcessNotice;
+    let output = Arc::new(InMemoryOutput::default());
+    let spawner = OsSpawner::new(output.clone(), OsSpawnerConfig::default());
+    let mut notices = spawner.notices().expect("notices");
+    for leader_only in [false, true] {
+        let mut spec = ProcessSpec::argv(["sh", "-c", "sleep 30 & echo $!; exit 4"]);
+        spec.leader_only = leader_only;
+        let record = ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::now_v7()),
+            NodeId::local(),
+            spec,
+            Timestamp::from_millis(1),
+        );
+        let id = record.id();
+        let request = bpm_ports::SpawnRequest::for_record(&record).expect("a command");
+        spawner.spawn(request).await.expect("spawn");
+        let mut said = None;
+        let status = loop {
+            let notice = tokio::time::timeout(std::time::Duration::from_secs(10), notices.recv())
+                .await
+                .expect("a notice in time")
+                .expect("a notice");
+            match notice {
+                ProcessNotice::LeaderExited {
+                    id: of,
+                    status,
+                    running,
+                } if of == id => {
+                    assert_eq!(status, ExitStatus::Code(4));
+                    let sleeper = running.iter().find(|r| r.name == "sleep").map(|r| r.pid);
+                    if let Some(pid) = sleeper {
+                        said = Some(pid);
+                        // Ended from outside: then the record's exit is told.
+                        let _ = std::process::Command::new("kill")
+                            .arg(pid.to_string())
+                            .status();
+                    }
+                }
+                ProcessNotice::Exited { id: of, status } if of == id => break status,
+                _ => {}
+            }
+        };
+        assert_eq!(status, ExitStatus::Code(4), "the leader's code");
+        if leader_only {
+            assert_eq!(said, None, "leader_only: told at once");
+            let text = output
+                .read(id, &bpm_ports::OutputQuery::default())
+                .await
+                .expect("read")
+                .text();
+            let pid = text.trim().to_owned();
+            let _ = std::process::Command::new("kill").arg(&pid).status();
+        } else {
+            assert!(said.is_some(), "what runs on was named");
+        }
+    }
+}

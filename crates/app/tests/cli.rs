@@ -1138,6 +1138,119 @@ fn fifty_concurrent_runs_are_all_recorded() {
     assert_eq!(all.as_array().expect("array").len(), 50);
 }
 
+/// One live process per name: a second `run --name web` is refused (exit
+/// 4) naming the live one; 50 concurrent `--ensure` calls start exactly
+/// one process and all print its id; `--ensure` with another command is
+/// refused naming what differs; `--replace` stops the live one's whole
+/// tree (through a TERM-ignoring child) before its replacement starts, so
+/// the two never run at once; a name is free again once its record ended.
+#[test]
+fn one_live_process_per_name() {
+    let bpm = Bpm::new();
+    let web = bpm.ok(&["run", "--name", "web", "--", "sleep", "300"]);
+    let web = web.trim();
+    let err = bpm.fails(&["run", "--name", "web", "--", "sleep", "300"], 4);
+    assert!(err.contains(web) && err.contains("--ensure"), "{err}");
+    let runs: Vec<_> = (0..50)
+        .map(|_| {
+            bpm.cmd(&["run", "--name", "api", "--ensure", "--", "sleep", "300"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for r in runs {
+        let out = r.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{out:?}");
+        ids.insert(
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let api = ids.pop_first().expect("one");
+    let named_api = bpm
+        .json(&["ps", "--all", "--json"])
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["name"] == "api")
+        .count();
+    assert_eq!(named_api, 1, "exactly one process started");
+    let again = bpm.json(&[
+        "run", "--name", "api", "--ensure", "--json", "--", "sleep", "300",
+    ]);
+    assert_eq!(
+        (again["id"].as_str(), &again["reused"]),
+        (Some(api.as_str()), &serde_json::json!(true))
+    );
+    let err = bpm.fails(
+        &["run", "--name", "api", "--ensure", "--", "sleep", "301"],
+        4,
+    );
+    assert!(
+        err.contains("differs in command") && err.contains("--replace"),
+        "{err}"
+    );
+
+    // The old tree ignores TERM; its replacement starts only once it is gone.
+    let (marker, pids) = (bpm.home().join("overlap"), bpm.home().join("pids"));
+    let stubborn = format!(
+        "trap '' TERM; sleep 300 & echo $! > {p}; echo $$ >> {p}; wait",
+        p = pids.display()
+    );
+    let old = bpm.ok(&[
+        "run", "--name", "srv", "--grace", "500ms", "--", "sh", "-c", &stubborn,
+    ]);
+    let old = old.trim();
+    bpm.until_state(old, "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pids).map_or(0, |p| p.lines().count()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the old tree never wrote its pids"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let check = format!(
+        "for p in $(cat {}); do kill -0 $p 2>/dev/null && echo both >> {}; done; sleep 300",
+        pids.display(),
+        marker.display()
+    );
+    let new = bpm.ok(&[
+        "run",
+        "--name",
+        "srv",
+        "--replace",
+        "--",
+        "sh",
+        "-c",
+        &check,
+    ]);
+    let new = new.trim();
+    bpm.until_state(new, "running");
+    assert_eq!(bpm.state(old), "cancelled");
+    assert!(
+        !marker.exists(),
+        "the replacement ran while the old tree did"
+    );
+    let shown = bpm.json(&["show", old, "--json"]);
+    assert!(
+        shown["error"].as_str().is_some_and(|e| e.contains(new)),
+        "{shown}"
+    );
+
+    // Ended: the name is free.
+    bpm.ok(&["stop", web]);
+    let next = bpm.ok(&["run", "--name", "web", "--", "true"]);
+    assert_ne!(next.trim(), web);
+    bpm.ok(&["stop", &api, new]);
+}
+
 #[test]
 fn hooks_clean_and_completions() {
     let bpm = Bpm::new();

@@ -827,3 +827,56 @@ async fn any_tool_arguments_get_a_result_or_a_tool_error() {
     }
     ok(&client, "list_background_processes", json!({})).await;
 }
+
+/// `ensure` returns the live process of its name (`reused: true`) and is
+/// safe to repeat; without it a second start is refused naming the live
+/// one; `replace` stops it and starts the new one; `leader_only` reaches
+/// the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_ensured_refused_or_replaced() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    let args = json!({ "command": "sleep 30", "name": "dev", "ensure": true });
+    let first = ok(&c, "start_background_process", args.clone()).await;
+    assert!(first.get("reused").is_none(), "{first}");
+    let again = ok(&c, "start_background_process", args).await;
+    assert_eq!(
+        (&again["id"], &again["reused"]),
+        (&first["id"], &json!(true))
+    );
+    let e = tool_error(
+        &c,
+        "start_background_process",
+        json!({ "command": "sleep 30", "name": "dev" }),
+    )
+    .await;
+    assert!(e.contains(first["id"].as_str().expect("id")), "{e}");
+    let e = tool_error(
+        &c,
+        "start_background_process",
+        json!({ "command": "sleep 30", "ensure": true, "replace": true, "name": "dev" }),
+    )
+    .await;
+    assert!(e.contains("contradict"), "{e}");
+    let next = ok(
+        &c,
+        "start_background_process",
+        json!({ "command": "sleep 31", "name": "dev", "replace": true, "leader_only": true }),
+    )
+    .await;
+    assert_ne!(next["id"], first["id"]);
+    assert_eq!(next["spec"]["leader_only"], json!(true));
+    let old = ok(
+        &c,
+        "wait_for_process",
+        json!({ "process_id": first["id"], "timeout_secs": 20 }),
+    )
+    .await;
+    assert_eq!(old["state"], "cancelled", "{old}");
+    ok(
+        &c,
+        "stop_background_process",
+        json!({ "process_id": next["id"] }),
+    )
+    .await;
+}

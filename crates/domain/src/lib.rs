@@ -35,9 +35,9 @@ pub use record::{
     Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
-    Backoff, Command, Environment, LogPattern, Placement, ProcessKind, ProcessSpec, Readiness,
-    ReadinessCheck, RequestRef, RestartMode, RestartPolicy, Signal, SpecError, StdinMode,
-    StopPolicy, metadata_from_json,
+    Backoff, Command, Environment, LogPattern, NameTaken, Placement, ProcessKind, ProcessSpec,
+    Readiness, ReadinessCheck, RequestRef, RestartMode, RestartPolicy, Signal, SpecError,
+    StdinMode, StopPolicy, metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

@@ -484,6 +484,34 @@ pub struct ProcessSpec {
     /// (its descendants, and processes carrying its `BPM_PROCESS_ID`) ends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leader_only: bool,
+    /// What a submission does when a live record of its scope already
+    /// carries its `name` (a name is unique among live records: those of
+    /// the node, or of the whole cluster for one placed on any node).
+    #[serde(default, skip_serializing_if = "NameTaken::is_refuse")]
+    pub if_name_taken: NameTaken,
+}
+
+/// What a submission does when a live record already carries its name
+/// ([`ProcessSpec::if_name_taken`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameTaken {
+    /// Refuse it, naming the live record.
+    #[default]
+    Refuse,
+    /// Start nothing and answer with the live record, if it runs what was
+    /// asked for ([`ProcessSpec::differences`]); refuse it otherwise.
+    Ensure,
+    /// Stop the live record (its whole tree, its grace) and start this one
+    /// once it has ended: never both running.
+    Replace,
+}
+
+impl NameTaken {
+    /// Whether it is the default.
+    pub const fn is_refuse(&self) -> bool {
+        matches!(self, NameTaken::Refuse)
+    }
 }
 
 /// Where a spec runs: the node it is submitted to, a named node, or the
@@ -549,6 +577,34 @@ impl ProcessSpec {
     /// Whether this is a tracked operation (no OS process).
     pub fn is_tracked(&self) -> bool {
         self.command.is_none()
+    }
+
+    /// The settings in which `other` runs something else than this spec:
+    /// what `--ensure` compares. The environment (a caller's whole shell,
+    /// which differs from shell to shell), metadata, placement, order,
+    /// delay and the request are not compared.
+    pub fn differences(&self, other: &ProcessSpec) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        let mut check = |name, same: bool| {
+            if !same {
+                differ.push(name);
+            }
+        };
+        check("command", self.command == other.command);
+        check("cwd", self.cwd == other.cwd);
+        check("kind", self.kind == other.kind);
+        check("group", self.group == other.group);
+        check("stdin", self.stdin == other.stdin);
+        check("timeout", self.timeout == other.timeout);
+        check("stop", self.stop == other.stop);
+        check("restart", self.restart == other.restart);
+        check("readiness", self.readiness == other.readiness);
+        check("idle_after", self.idle_after == other.idle_after);
+        check("labels", self.labels == other.labels);
+        check("on_exit", self.on_exit == other.on_exit);
+        check("failover", self.failover == other.failover);
+        check("leader_only", self.leader_only == other.leader_only);
+        differ
     }
 
     /// Checks what the field types cannot: a usable command, a valid environment,

@@ -1354,3 +1354,103 @@ fn a_record_the_store_never_took_is_forgotten_unless_it_started() {
         Some(StateName::Running)
     );
 }
+
+fn named(name: &str, argv: &[&str], if_taken: bpm_domain::NameTaken) -> ProcessSpec {
+    let mut spec = ProcessSpec::argv(argv.iter().copied());
+    spec.name = Some(ProcessName::new(name).expect("a name"));
+    spec.if_name_taken = if_taken;
+    spec
+}
+
+/// One live record per name on a node: refused, reused when ensured and
+/// alike, refused naming what differs, or replaced (the new one waits for
+/// the old to end); a restart keeps its name; an ended record frees it.
+#[test]
+fn a_name_belongs_to_one_live_record() {
+    use bpm_domain::NameTaken::{Ensure, Refuse, Replace};
+    let mut core = core(Limits::default());
+    let submit = |core: &mut Supervisor, n: u128, spec: ProcessSpec| {
+        core.handle(Input::Submit { id: id(n), spec }, t(0))
+    };
+    submit(&mut core, 1, named("web", &["serve"], Refuse)).expect("first");
+    core.handle(Input::Spawned { id: id(1), pid: 11 }, t(1))
+        .expect("spawned");
+    let e = submit(&mut core, 2, named("web", &["serve"], Refuse)).expect_err("taken");
+    assert!(
+        matches!(e, CoreError::NameTaken { id: live, .. } if live == id(1)),
+        "{e}"
+    );
+    assert_eq!(e.reused(), None);
+    let e = submit(&mut core, 3, named("web", &["serve"], Ensure)).expect_err("reused");
+    assert_eq!(e.reused(), Some(id(1)));
+    let e = submit(
+        &mut core,
+        4,
+        named("web", &["serve", "--port", "1"], Ensure),
+    )
+    .expect_err("differs");
+    assert_eq!(e.reused(), None);
+    assert!(e.to_string().contains("differs in command"), "{e}");
+    assert!(core.get(id(2)).is_none() && core.get(id(3)).is_none());
+    // A restart replaces its record under the same name.
+    core.handle(
+        Input::Restart {
+            id: id(1),
+            new_id: id(5),
+        },
+        t(2),
+    )
+    .expect("a restart keeps the name");
+    core.handle(
+        Input::Exited {
+            id: id(1),
+            status: ExitStatus::Signal(15),
+        },
+        t(3),
+    )
+    .expect("exit");
+    core.handle(Input::Spawned { id: id(5), pid: 15 }, t(4))
+        .expect("spawned");
+    // Replace: the old one stops; the new one starts only once it ended.
+    let effects = submit(&mut core, 6, named("web", &["serve", "-v"], Replace)).expect("replaces");
+    assert!(spawns(&effects).is_empty(), "{effects:?}");
+    assert_eq!(
+        core.get(id(5)).map(ProcessRecord::state),
+        Some(StateName::Stopping)
+    );
+    assert_eq!(
+        core.get(id(6)).map(ProcessRecord::state),
+        Some(StateName::Pending)
+    );
+    let effects = core
+        .handle(
+            Input::Exited {
+                id: id(5),
+                status: ExitStatus::Signal(15),
+            },
+            t(5),
+        )
+        .expect("exit");
+    assert_eq!(spawns(&effects), vec![id(6)]);
+    assert_eq!(
+        core.get(id(5)).map(ProcessRecord::state),
+        Some(StateName::Cancelled)
+    );
+    // The name now belongs to the new one; once it ended, to nobody.
+    let e = submit(&mut core, 7, named("web", &["serve"], Refuse)).expect_err("taken");
+    assert!(
+        matches!(e, CoreError::NameTaken { id: live, .. } if live == id(6)),
+        "{e}"
+    );
+    core.handle(Input::Spawned { id: id(6), pid: 16 }, t(6))
+        .expect("spawned");
+    core.handle(
+        Input::Exited {
+            id: id(6),
+            status: ExitStatus::Code(0),
+        },
+        t(7),
+    )
+    .expect("exit");
+    submit(&mut core, 8, named("web", &["serve"], Refuse)).expect("free again");
+}

@@ -144,6 +144,10 @@ impl Driver {
                             let _ = reply.send(Err(unstored()));
                         }
                     }
+                    Err(e) if e.reused().is_some() => {
+                        self.after_sync(AfterSync::Send(Vec::new(), Answer::Refused(e, reply)))
+                            .await;
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }

@@ -42,7 +42,19 @@ impl Engine {
     ) -> Result<ProcessRecord, ManagerError> {
         self.takes_new_work(1).await?;
         let id = self.ports.ids.next_id();
-        Ok(self.call_for(id, make(id)).await?.0)
+        match self.call_for(id, make(id)).await {
+            Ok((record, _)) => Ok(record),
+            Err(e) => self.or_reused(e).await,
+        }
+    }
+
+    /// The live record a submission that asked to ensure its name is
+    /// answered with (`CoreError::reused`), or the error as it is.
+    async fn or_reused(&self, e: ManagerError) -> Result<ProcessRecord, ManagerError> {
+        match e.reused() {
+            Some(live) => self.get(live).await,
+            None => Err(e),
+        }
     }
 
     /// Waits until every id in `ids` has ended, or until `deadline`.
@@ -113,7 +125,7 @@ impl Engine {
         let mut out = Vec::with_capacity(ids.len());
         for (id, accepted) in ids.into_iter().zip(accepted) {
             out.push(match accepted {
-                Err(e) => Err(e),
+                Err(e) => self.or_reused(e).await,
                 Ok(()) => match changed.iter().rev().find(|r| r.id() == id) {
                     Some(r) => Ok(r.clone()),
                     None => self.get(id).await,

@@ -24,6 +24,10 @@ pub(crate) fn unstored() -> ManagerError {
 pub(crate) enum Answer {
     One(Reply),
     Many(Vec<Result<(), ManagerError>>, ManyReply),
+    /// A refusal that names a record whose write may be under way (a
+    /// submission answered with the live record of its name): sent once
+    /// that record can be read.
+    Refused(ManagerError, Reply),
 }
 
 impl Answer {
@@ -35,6 +39,9 @@ impl Answer {
             }
             Answer::Many(accepted, reply) => {
                 let _ = reply.send(Ok((accepted, changed)));
+            }
+            Answer::Refused(e, reply) => {
+                let _ = reply.send(Err(e));
             }
         }
     }

@@ -128,6 +128,17 @@ fn seconds(ms: u64) -> String {
     format!("{:.1} s", Duration::from_millis(ms).as_secs_f64())
 }
 
+impl ManagerError {
+    /// The live record a submission that asked to ensure its name is
+    /// answered with instead ([`CoreError::reused`]).
+    pub fn reused(&self) -> Option<ProcessId> {
+        match self {
+            ManagerError::Refused(e) => e.reused(),
+            _ => None,
+        }
+    }
+}
+
 impl From<CoreError> for ManagerError {
     fn from(e: CoreError) -> Self {
         match e {

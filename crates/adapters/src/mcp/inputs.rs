@@ -118,6 +118,13 @@ pub(super) struct StartArgs {
     /// (`sh -c 'server &'`) stays live until the server ends, and a stop
     /// reaches it.
     pub(super) leader_only: Option<bool>,
+    /// If a live process has this `name`: start nothing and return it
+    /// (`reused: true`), when it runs the same command and settings;
+    /// refused, naming the differences, otherwise. Safe to repeat.
+    pub(super) ensure: Option<bool>,
+    /// If a live process has this `name`: stop it (its whole tree, its
+    /// grace) and start this one once it has ended.
+    pub(super) replace: Option<bool>,
     /// Free-form JSON kept with the record.
     pub(super) metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }

@@ -323,9 +323,38 @@ impl McpServer {
         }
         spec.failover = a.failover.unwrap_or(false);
         spec.leader_only = a.leader_only.unwrap_or(false);
+        spec.if_name_taken = match (a.ensure.unwrap_or(false), a.replace.unwrap_or(false)) {
+            (true, true) => {
+                return Err(
+                    "ensure and replace contradict each other: ensure keeps the live process, replace stops it"
+                        .into(),
+                );
+            }
+            (true, false) => bpm_domain::NameTaken::Ensure,
+            (false, true) => bpm_domain::NameTaken::Replace,
+            (false, false) => bpm_domain::NameTaken::Refuse,
+        };
+        if spec.name.is_none() && !spec.if_name_taken.is_refuse() {
+            return Err(
+                "ensure and replace act on the live process of the same name: give name".into(),
+            );
+        }
         spec.metadata = a.metadata.unwrap_or_default();
+        // A request of its own, to tell a new record from the live one
+        // `ensure` answers with.
+        let request = uuid::Uuid::now_v7();
+        spec.request = Some(bpm_domain::RequestRef {
+            id: request,
+            index: 0,
+        });
         let record = self.manager().start(spec).await.map_err(manager_error)?;
-        Ok(Reply::json(self.view(&record)))
+        let mut v = self.view(&record);
+        if record.spec().request.is_none_or(|r| r.id != request)
+            && let Some(obj) = v.as_object_mut()
+        {
+            obj.insert("reused".into(), serde_json::Value::Bool(true));
+        }
+        Ok(Reply::json(v))
     }
 
     async fn list(&self, a: ListArgs) -> ToolResult {

@@ -360,7 +360,8 @@ impl OsSpawner {
                     None => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || inner.reap_orphans()).await;
+                // A few small reads: on the runtime's thread.
+                inner.reap_orphans();
             }
         });
         self
@@ -440,7 +441,7 @@ impl OsSpawner {
             lock(&inner.live).entry(id).and_modify(|l| l.reaped = true);
             if !inner.is_stopping(id) {
                 // Its status is unknown: not this spawner's child.
-                inner.wait_running_on(id, None, true).await;
+                inner.wait_running_on(id, pid, None, true).await;
             }
             let stopping = inner.is_stopping(id);
             if stopping {
@@ -563,8 +564,12 @@ impl Inner {
     /// Reaps the children that ended and are not leaders: orphans of
     /// records' trees that became this subreaper's. Starts wait, so that a
     /// leader that ends before it is held is not taken for one.
+    /// A start under way is not waited for: the next `SIGCHLD`, or the
+    /// next second, looks again.
     fn reap_orphans(&self) {
-        let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        let Ok(_one) = self.starting.try_lock() else {
+            return;
+        };
         for (pid, status) in subreaper::reap_children_except(&self.unreaped_leaders()) {
             tracing::trace!(pid, ?status, "orphan reaped");
         }
@@ -576,19 +581,34 @@ impl Inner {
     /// process, so a look at its children answers "none" at once in the
     /// usual case; only when one carries the mark, or for a process this
     /// spawner did not start (`adopted`), is all of /proc read.
-    fn running_on(&self, id: ProcessId, adopted: bool) -> Vec<tree::Seen> {
-        let id_text = id.to_string();
-        if self.config.subreaper && !adopted {
-            let leaders = self.unreaped_leaders();
-            let needle = format!("{}={id_text}", tree::MARK).into_bytes();
-            let any = subreaper::children()
-                .into_iter()
-                .any(|pid| !leaders.contains(&pid) && tree::carries_mark(pid, &needle));
-            if !any {
-                return Vec::new();
-            }
+    fn running_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Vec<tree::Seen> {
+        if self.none_runs_on(id, leader, adopted) {
+            return Vec::new();
         }
-        tree::members(&id_text, None)
+        tree::members(&id.to_string(), None)
+    }
+
+    /// Whether a look at this subreaper's own children shows that nothing
+    /// of record `id`'s tree runs on (a few small reads, cheap enough for
+    /// the runtime's thread); `false` when only all of /proc can tell.
+    ///
+    /// Without the subreaper, the leader's process group tells: empty, and
+    /// nothing is waited for (one `kill(-group, 0)`; a full look through
+    /// /proc on every exit costs an embedded engine milliseconds). What
+    /// left the group (`setsid`, a daemon) is then not waited for there,
+    /// though a stop still reaches it.
+    fn none_runs_on(&self, id: ProcessId, leader: u32, adopted: bool) -> bool {
+        if adopted {
+            return false;
+        }
+        if !self.config.subreaper {
+            return !tree::group_alive(leader);
+        }
+        let leaders = self.unreaped_leaders();
+        let needle = format!("{}={id}", tree::MARK).into_bytes();
+        !subreaper::children()
+            .into_iter()
+            .any(|pid| !leaders.contains(&pid) && tree::carries_mark(pid, &needle))
     }
 
     /// Once record `id`'s leader ended with `status`: while processes of
@@ -599,13 +619,17 @@ impl Inner {
     async fn wait_running_on(
         self: &Arc<Self>,
         id: ProcessId,
+        leader: u32,
         status: Option<ExitStatus>,
         adopted: bool,
     ) {
+        if self.none_runs_on(id, leader, adopted) {
+            return;
+        }
         let mut told: Vec<RunningOn> = Vec::new();
         loop {
             let inner = self.clone();
-            let rest = tokio::task::spawn_blocking(move || inner.running_on(id, adopted))
+            let rest = tokio::task::spawn_blocking(move || inner.running_on(id, leader, adopted))
                 .await
                 .unwrap_or_default();
             if rest.is_empty() {
@@ -997,7 +1021,7 @@ impl Inner {
         tokio::spawn(async move {
             let status = reap(&pidfd, &inner.live, id).await;
             if !leader_only && !inner.is_stopping(id) {
-                inner.wait_running_on(id, Some(status), false).await;
+                inner.wait_running_on(id, pid, Some(status), false).await;
             }
             let _ = exited_tx.send(true);
             let output = (pumps, watcher, activity);

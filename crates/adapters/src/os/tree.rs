@@ -126,6 +126,13 @@ pub(crate) fn find_leaders(
     leaders.into_iter().map(|(id, s)| (id, s.pid)).collect()
 }
 
+/// Whether process group `group` still has a member (after its leader was
+/// reaped, the group id stays reserved while one remains).
+pub(crate) fn group_alive(group: u32) -> bool {
+    Pid::from_raw(i32::try_from(group).unwrap_or(0))
+        .is_some_and(|g| rustix::process::test_kill_process_group(g).is_ok())
+}
+
 /// The command name of process `pid` (`/proc/PID/comm`), or `?`.
 pub(crate) fn command_name(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))

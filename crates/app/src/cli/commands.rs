@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::enough_if_gone;
 use bpm_adapters::view::record_json;
 use bpm_domain::{
-    Command as Cmd, ListFilter, LogPattern, OsText, Percent, ProcessId, ProcessKind, ProcessName,
-    ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName, StdinMode, Timestamp,
-    metadata_from_json,
+    Command as Cmd, ListFilter, LogPattern, NameTaken, OsText, Percent, ProcessId, ProcessKind,
+    ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName,
+    StdinMode, Timestamp, metadata_from_json,
 };
 use bpm_ports::request::{self, Answer, Submitted};
 use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
@@ -488,6 +488,21 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     }
     spec.failover = a.failover;
     spec.leader_only = a.leader_only;
+    spec.if_name_taken = match (a.ensure, a.replace) {
+        (true, true) => {
+            return Err(CliError::invalid(
+                "--ensure and --replace contradict each other: --ensure keeps the live process, --replace stops it",
+            ));
+        }
+        (true, false) => NameTaken::Ensure,
+        (false, true) => NameTaken::Replace,
+        (false, false) => NameTaken::Refuse,
+    };
+    if spec.name.is_none() && !spec.if_name_taken.is_refuse() {
+        return Err(CliError::invalid(
+            "--ensure and --replace act on the live process of the same name: give --name",
+        ));
+    }
     if let Some(text) = a.metadata {
         spec.metadata = parse_metadata(&text)?;
     }
@@ -505,8 +520,9 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
     }
     let (wait_for_it, as_json) = (args.wait, args.json);
     let spec = spec_from(m, args).await?;
+    let request = uuid::Uuid::now_v7();
     // The manager that answered: a new daemon's, if the first died meanwhile.
-    let (m, mut results) = submit(home, m, vec![spec], Answer::One).await?;
+    let (m, mut results) = submit(home, m, vec![spec], Answer::One, request).await?;
     let m = &m;
     let record = match results.pop() {
         Some(Ok(Submitted::Record(record))) => record,
@@ -518,7 +534,13 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
         }
     };
     if as_json {
-        out!("{}", json(&record_json(&record)));
+        let mut v = record_json(&record);
+        // --ensure answered with the live record of its name.
+        let reused = record.spec().request.is_none_or(|r| r.id != request);
+        if let (true, Some(obj)) = (reused, v.as_object_mut()) {
+            obj.insert("reused".into(), serde_json::Value::Bool(true));
+        }
+        out!("{}", json(&v));
     } else if !wait_for_it {
         out!("{}", record.id());
     }
@@ -539,13 +561,13 @@ async fn submit(
     m: &Manager,
     specs: Vec<ProcessSpec>,
     answer: Answer,
+    request: uuid::Uuid,
 ) -> Result<(Manager, Vec<Result<Submitted, ManagerError>>), CliError> {
     let reconnect = |why: String| async move {
         eprintln!("bpm: {why}; asking the next daemon which of this request's processes exist");
         let next: Manager = Arc::new(daemon::connect_or_start(home).await?);
         Ok(next)
     };
-    let request = uuid::Uuid::now_v7();
     Ok(request::submit(m.clone(), reconnect, request, specs, answer).await?)
 }
 
@@ -621,7 +643,7 @@ async fn run_many(home: &Home, m: &Manager, mut args: RunArgs, from: &Path) -> O
     } else {
         Answer::Ids
     };
-    let (_, results) = submit(home, m, specs, answer).await?;
+    let (_, results) = submit(home, m, specs, answer, uuid::Uuid::now_v7()).await?;
     let mut started = Vec::new();
     // Only the ids are printed without --json, so only the ids are asked for.
     let mut out = String::new();

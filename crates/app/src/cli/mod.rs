@@ -256,6 +256,15 @@ pub struct RunArgs {
     /// of them ends, and stops reach them).
     #[arg(long)]
     pub leader_only: bool,
+    /// If a live process has this --name: start nothing and print its id,
+    /// when it runs the same command and settings (refused, naming the
+    /// differences, otherwise).
+    #[arg(long)]
+    pub ensure: bool,
+    /// If a live process has this --name: stop it (its whole tree, its
+    /// grace) and start this one once it has ended.
+    #[arg(long)]
+    pub replace: bool,
     /// Parent process (id or name).
     #[arg(long)]
     pub parent: Option<String>,

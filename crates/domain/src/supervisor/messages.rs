@@ -431,6 +431,43 @@ impl Input {
     }
 }
 
+/// Why a name is taken, and what the caller can do.
+fn name_taken(
+    name: &crate::ProcessName,
+    id: ProcessId,
+    state: StateName,
+    asked: crate::NameTaken,
+    differences: &[String],
+) -> String {
+    match asked {
+        crate::NameTaken::Ensure if !differences.is_empty() => format!(
+            "the live process named {name} ({id}, {state}) runs something else (it differs in {}); replace it (--replace) to stop it and start this one",
+            differences.join(", ")
+        ),
+        crate::NameTaken::Ensure => format!("the live process named {name} is {id}: reused"),
+        _ => format!(
+            "a live process is named {name} already: {id} ({state}); ensure it (--ensure) to reuse it, or replace it (--replace) to stop it and start this one"
+        ),
+    }
+}
+
+impl CoreError {
+    /// The live record a submission is answered with instead of a new one:
+    /// it asked to ensure its name, and the record carrying it runs what
+    /// it asked for.
+    pub fn reused(&self) -> Option<ProcessId> {
+        match self {
+            CoreError::NameTaken {
+                id,
+                asked: crate::NameTaken::Ensure,
+                differences,
+                ..
+            } if differences.is_empty() => Some(*id),
+            _ => None,
+        }
+    }
+}
+
 /// The core refused an input; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
@@ -503,5 +540,21 @@ pub enum CoreError {
         id: ProcessId,
         /// Its state.
         state: StateName,
+    },
+    /// A live record of the node carries the name already
+    /// ([`crate::ProcessSpec::if_name_taken`]).
+    #[error("{}", name_taken(name, *id, *state, *asked, differences))]
+    NameTaken {
+        /// The name.
+        name: crate::ProcessName,
+        /// The live record.
+        id: ProcessId,
+        /// Its state.
+        state: StateName,
+        /// What the submission asked for when the name is taken.
+        asked: crate::NameTaken,
+        /// With [`crate::NameTaken::Ensure`]: where the live record's spec
+        /// differs from the one submitted (none: it is reused).
+        differences: Vec<String>,
     },
 }

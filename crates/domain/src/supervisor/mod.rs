@@ -18,6 +18,7 @@ mod foreign;
 mod handover;
 mod limits;
 mod messages;
+mod names;
 mod order;
 mod queue;
 mod reconcile;
@@ -129,6 +130,9 @@ pub struct Supervisor {
     fenced: bool,
     /// Failover records ready to start, held back while the node is fenced.
     held_back: BTreeSet<ProcessId>,
+    /// The newest record of this node given each name: the live one, if
+    /// any (see `names.rs`).
+    names: HashMap<crate::ProcessName, ProcessId>,
 }
 
 impl Supervisor {
@@ -153,6 +157,7 @@ impl Supervisor {
             cluster_full: BTreeMap::new(),
             fenced: false,
             held_back: BTreeSet::new(),
+            names: HashMap::new(),
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }

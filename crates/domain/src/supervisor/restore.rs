@@ -37,6 +37,9 @@ impl Supervisor {
                 back.push((id, persisted));
             }
             let persisted_active = record.state().is_active();
+            if !record.is_terminal() {
+                self.note_name(record.spec().name.as_ref(), id);
+            }
             let seq = self.next_seq;
             self.next_seq += 1;
             self.entries.insert(

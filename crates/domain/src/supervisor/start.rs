@@ -42,12 +42,18 @@ impl Supervisor {
         if self.entries.contains_key(&id) {
             return Err(CoreError::AlreadyExists(id));
         }
+        let named = self.name_rule(&spec, replaces)?;
         let record = match replaces {
             Some(old) => ProcessRecord::restart_of(&self.entries[&old].record, id, now),
             None => ProcessRecord::new(id, self.node.clone(), spec, now),
         };
-        self.admit(record, None, replaces, now)?;
+        // A record replacing a live one of its name starts once that one
+        // has ended.
+        self.admit(record, None, replaces.or(named), now)?;
         self.publish(id, EventKind::Submitted, now);
+        if let Some(old) = named {
+            self.stop(old, StopCause::Replaced { by: id }, false, None, now)?;
+        }
         Ok(())
     }
 
@@ -171,6 +177,7 @@ impl Supervisor {
         }
         let tracked = record.is_tracked();
         let timeout = record.spec().timeout;
+        self.note_name(record.spec().name.as_ref(), id);
         self.entries.insert(
             id,
             Box::new(Entry {

@@ -1,0 +1,59 @@
+//! One live record per name on a node: what a submission does when a live
+//! record carries its name already ([`crate::NameTaken`]).
+
+use super::{CoreError, Supervisor};
+use crate::{NameTaken, ProcessId, ProcessName, ProcessSpec};
+
+impl Supervisor {
+    /// Notes that `id` is the newest record of this node named `name`.
+    pub(super) fn note_name(&mut self, name: Option<&ProcessName>, id: ProcessId) {
+        if let Some(name) = name {
+            self.names.insert(name.clone(), id);
+        }
+    }
+
+    /// The live record of this node named `name`, if any.
+    fn live_named(&self, name: &ProcessName) -> Option<ProcessId> {
+        let id = *self.names.get(name)?;
+        let entry = self.entries.get(&id)?;
+        let r = &entry.record;
+        (r.node() == &self.node && !r.is_terminal() && r.spec().name.as_ref() == Some(name))
+            .then_some(id)
+    }
+
+    /// What `spec`'s name allows: `Ok(None)` when no other live record of
+    /// this node carries it (`restarting`, which a restart replaces, does
+    /// not count); `Ok(Some(live))` when it asked to replace the live one;
+    /// otherwise why not ([`CoreError::NameTaken`], which
+    /// [`CoreError::reused`] reads for a spec that asked to ensure it).
+    pub(super) fn name_rule(
+        &self,
+        spec: &ProcessSpec,
+        restarting: Option<ProcessId>,
+    ) -> Result<Option<ProcessId>, CoreError> {
+        let Some(name) = &spec.name else {
+            return Ok(None);
+        };
+        let Some(live) = self.live_named(name).filter(|l| Some(*l) != restarting) else {
+            return Ok(None);
+        };
+        let record = &self.entries[&live].record;
+        let differences = match spec.if_name_taken {
+            NameTaken::Replace => return Ok(Some(live)),
+            NameTaken::Ensure => record
+                .spec()
+                .differences(spec)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            NameTaken::Refuse => Vec::new(),
+        };
+        Err(CoreError::NameTaken {
+            name: name.clone(),
+            id: live,
+            state: record.state(),
+            asked: spec.if_name_taken,
+            differences,
+        })
+    }
+}
