@@ -652,6 +652,34 @@ fn wait_any_returns_with_the_first_that_ends() {
     );
     assert!(err.contains("none has ended"), "{err}");
     bpm.ok(&["stop", long, other.trim()]);
+
+    // By label or session: the live records that carry it when it begins.
+    let slow = bpm.ok(&["run", "--label", "batch=7", "--", "sleep", "30"]);
+    let fast = bpm.ok(&[
+        "run",
+        "--label",
+        "batch=7",
+        "--session",
+        "s1",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.3; exit 5",
+    ]);
+    let out = bpm.run(&["wait", "--any", "--label", "batch=7", "--timeout", "30"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), fast.trim());
+    let err = bpm.fails(&["wait", "--label", "batch=9"], 4);
+    assert!(
+        err.contains("no live process matches --label batch=9"),
+        "{err}"
+    );
+    let err = bpm.fails(&["wait", "--any", "--session", "s1"], 4);
+    assert!(err.contains("--session s1"), "{err}");
+    let other = bpm.ok(&["run", "--session", "s2", "--", "sleep", "0.2"]);
+    bpm.ok(&["wait", "--session", "s2", "--timeout", "30"]);
+    assert_eq!(bpm.state(other.trim()), "completed");
+    bpm.ok(&["stop", slow.trim()]);
 }
 
 /// Each attempt of a record gets its own fencing token in `BPM_FENCE`,

@@ -296,7 +296,19 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             out!("{}", r.id());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Wait { ids, timeout, any } => wait(m, &ids, timeout, any).await,
+        Command::Wait {
+            ids,
+            label,
+            session,
+            timeout,
+            any,
+        } => {
+            let mut ids = resolve_all(m, &ids).await?;
+            if !label.is_empty() || session.is_some() {
+                ids.extend(live_matching(m, &label, session.as_deref()).await?);
+            }
+            wait(m, &ids, timeout, any).await
+        }
         Command::Rm { ids } => {
             for text in ids {
                 m.remove(resolve(m, &text).await?).await?;
@@ -855,15 +867,7 @@ async fn filter_from(m: &Manager, args: &PsArgs) -> Result<ListFilter, CliError>
     if let Some(p) = &args.parent {
         filter.parent = Some(resolve(m, p).await?);
     }
-    for kv in &args.label {
-        let (k, v) = key_value(kv, "--label")?;
-        filter.labels.push((
-            k.parse()
-                .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?,
-            v.parse()
-                .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?,
-        ));
-    }
+    filter.labels = label_filters(&args.label)?;
     filter.kind = args
         .kind
         .as_deref()
@@ -1219,15 +1223,69 @@ async fn pick(m: &Manager, live: Vec<StateName>) -> Result<ProcessId, CliError> 
         .ok_or_else(|| CliError::invalid(format!("{n} is not in the list")))
 }
 
-async fn wait(m: &Manager, texts: &[String], timeout: Option<f64>, any: bool) -> Outcome {
-    let timeout = timeout
-        .map(|t| secs(t, "--timeout"))
-        .transpose()?
-        .map(Span::as_duration);
+/// The records `texts` name (ids or names).
+async fn resolve_all(m: &Manager, texts: &[String]) -> Result<Vec<ProcessId>, CliError> {
     let mut ids = Vec::new();
     for t in texts {
         ids.push(resolve(m, t).await?);
     }
+    Ok(ids)
+}
+
+/// The live records carrying every label of `labels` (`K=V`) and of
+/// `session`; refused when none is live (nothing to wait for).
+async fn live_matching(
+    m: &Manager,
+    labels: &[String],
+    session: Option<&str>,
+) -> Result<Vec<ProcessId>, CliError> {
+    let filter = ListFilter {
+        states: StateName::LIVE.to_vec(),
+        session: session
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?,
+        labels: label_filters(labels)?,
+        ..ListFilter::default()
+    };
+    let ids: Vec<ProcessId> = m
+        .list(filter)
+        .await?
+        .iter()
+        .map(ProcessRecord::id)
+        .collect();
+    if ids.is_empty() {
+        let mut what: Vec<String> = labels.iter().map(|l| format!("--label {l}")).collect();
+        what.extend(session.map(|s| format!("--session {s}")));
+        return Err(CliError::invalid(format!(
+            "no live process matches {}: nothing to wait for",
+            what.join(" ")
+        )));
+    }
+    Ok(ids)
+}
+
+/// `--label K=V` filters, parsed.
+fn label_filters(
+    labels: &[String],
+) -> Result<Vec<(bpm_domain::LabelKey, bpm_domain::LabelValue)>, CliError> {
+    let invalid = |e: bpm_domain::NameError| CliError::invalid(e.to_string());
+    let mut out = Vec::new();
+    for kv in labels {
+        let (k, v) = key_value(kv, "--label")?;
+        out.push((k.parse().map_err(invalid)?, v.parse().map_err(invalid)?));
+    }
+    Ok(out)
+}
+
+async fn wait(m: &Manager, ids: &[ProcessId], timeout: Option<f64>, any: bool) -> Outcome {
+    let timeout = timeout
+        .map(|t| secs(t, "--timeout"))
+        .transpose()?
+        .map(Span::as_duration);
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
     if any {
         return wait_any(m, &ids, timeout).await;
     }

@@ -88,8 +88,15 @@ pub enum Command {
     /// Wait for processes to end (with one id, exit with its exit code).
     Wait {
         /// Ids or names.
-        #[arg(required = true)]
+        #[arg(required_unless_present_any = ["label", "session"])]
         ids: Vec<String>,
+        /// And every live process carrying this label K=V (repeatable: all
+        /// of them), when the wait begins.
+        #[arg(long, value_name = "K=V")]
+        label: Vec<String>,
+        /// And every live process of this session, when the wait begins.
+        #[arg(long)]
+        session: Option<String>,
         /// Give up after this many seconds in all (exit 124).
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
