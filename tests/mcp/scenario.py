@@ -39,6 +39,7 @@ EXPECTED_TOOLS = {
     "update_operation_progress",
     "complete_operation",
     "fail_operation",
+    "what_changed",
 }
 
 
@@ -192,6 +193,16 @@ async def scenario():
         kinds = await call(client, "list_background_processes", {"session": SESSION, "kind": "test_suite"})
         check([p["id"] for p in kinds["processes"]] == [bad["id"]], "kind filter")
         print("6. lists filtered by session, state, label and kind")
+
+        # 6b. One question instead of polling: what changed since the last asking.
+        changed = await call(client, "what_changed", {"session": SESSION})
+        told = {(c["process_id"], c["change"]) for c in changed["changes"]}
+        check((bad["id"], "failed") in told and (web["id"], "cancelled") in told, f"what_changed: {changed}")
+        failed_change = next(c for c in changed["changes"] if c["process_id"] == bad["id"])
+        check(failed_change["exit_code"] == 3 and "oops" in failed_change["output_tail"], f"the failure: {failed_change}")
+        again = await call(client, "what_changed", {"session": SESSION})
+        check(again["count"] == 0 and again["left_out"] == 0, f"told once: {again}")
+        print("6b. what_changed told", changed["count"], "changes once")
 
         # 7. Bad arguments are tool errors naming what was wrong.
         message = await error_of(client, "get_background_process_status", {"process_id": "no-such-process"})

@@ -596,7 +596,8 @@ async fn the_policy_limits_commands_directories_changes_and_what_is_shown() {
             "get_background_process_status",
             "list_background_processes",
             "get_process_output",
-            "wait_for_process"
+            "wait_for_process",
+            "what_changed"
         ]
     );
     let msg = tool_error(
@@ -755,6 +756,7 @@ async fn any_tool_arguments_get_a_result_or_a_tool_error() {
         "update_operation_progress",
         "complete_operation",
         "fail_operation",
+        "what_changed",
         "no_such_tool",
     ];
     let leaf = prop_oneof![
@@ -877,6 +879,70 @@ async fn a_name_is_ensured_refused_or_replaced() {
         &c,
         "stop_background_process",
         json!({ "process_id": next["id"] }),
+    )
+    .await;
+}
+
+/// `what_changed` tells each client what ended or became ready since its
+/// own last call, once, with exits and output tails; another client still
+/// gets all of it; `limit` leaves the rest for the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_changed_tells_each_client_once() {
+    let w = world().await;
+    let (a, _) = w.client(Policy::default()).await;
+    let (b, _) = w.client(Policy::default()).await;
+    let fails = ok(&a, "start_background_process", sh("echo boom; exit 3")).await;
+    let ready = ok(
+        &a,
+        "start_background_process",
+        json!({ "command": "echo up; sleep 30", "ready_pattern": "up" }),
+    )
+    .await;
+    for (p, until) in [(&fails, "exit"), (&ready, "ready")] {
+        ok(
+            &a,
+            "wait_for_process",
+            json!({ "process_id": p["id"], "until": until, "timeout_secs": 20 }),
+        )
+        .await;
+    }
+    let changed = ok(&a, "what_changed", json!({})).await;
+    let of = |v: &Value, p: &Value| {
+        v["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .find(|c| c["process_id"] == p["id"])
+            .cloned()
+            .unwrap_or_else(|| panic!("{p} not told: {v}"))
+    };
+    let failed = of(&changed, &fails);
+    assert_eq!(
+        (&failed["change"], &failed["exit_code"]),
+        (&json!("failed"), &json!(3))
+    );
+    assert!(
+        failed["output_tail"]
+            .as_str()
+            .is_some_and(|t| t.contains("boom")),
+        "{failed}"
+    );
+    assert_eq!(of(&changed, &ready)["change"], "ready");
+    let again = ok(&a, "what_changed", json!({})).await;
+    assert_eq!(again["count"], 0, "told once: {again}");
+    let first = ok(&b, "what_changed", json!({ "limit": 1 })).await;
+    assert_eq!(
+        (&first["count"], &first["left_out"]),
+        (&json!(1), &json!(1))
+    );
+    let rest = ok(&b, "what_changed", json!({ "limit": 1 })).await;
+    assert_eq!((&rest["count"], &rest["left_out"]), (&json!(1), &json!(0)));
+    let e = tool_error(&b, "what_changed", json!({ "limit": 0 })).await;
+    assert!(e.contains("invalid limit 0"), "{e}");
+    ok(
+        &a,
+        "stop_background_process",
+        json!({ "process_id": ready["id"] }),
     )
     .await;
 }

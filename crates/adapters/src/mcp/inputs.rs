@@ -131,6 +131,16 @@ pub(super) struct StartArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub(super) struct ChangedArgs {
+    /// Only the processes of this session.
+    pub(super) session: Option<String>,
+    /// At most this many changes (20 by default, at most 100); the rest
+    /// wait for the next call.
+    pub(super) limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct IdArgs {
     /// The process: its id, a unique prefix, its 8-digit short form, or its unique name.
     pub(super) process_id: String,

@@ -7,6 +7,7 @@
 //! it keeps per client is its read cursors (`get_process_output` without a
 //! cursor returns what is new to *this* client) and its resource subscriptions.
 
+mod changes;
 mod inputs;
 mod policy;
 mod resources;
@@ -68,6 +69,10 @@ struct Inner {
     subscribed: Mutex<HashSet<ProcessId>>,
     /// The task forwarding changes to subscribers, once the first subscription arrives.
     forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What changed since this client's last `what_changed`.
+    changes: Arc<changes::Changes>,
+    /// The task noting them, from the server's start.
+    noting: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
@@ -78,6 +83,9 @@ impl Drop for Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
         {
+            task.abort();
+        }
+        if let Some(task) = self.noting.take() {
             task.abort();
         }
     }
@@ -91,6 +99,25 @@ impl McpServer {
         defaults: StartDefaults,
         software: impl Into<String>,
     ) -> Self {
+        let changes = Arc::new(changes::Changes::default());
+        // What changes from now on is kept for `what_changed` (from the
+        // first call when the server is made outside a runtime).
+        let noting = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let mut events = manager.subscribe();
+            let changes = Arc::downgrade(&changes);
+            runtime.spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(event) => match changes.upgrade() {
+                            Some(c) => c.note(event),
+                            None => return,
+                        },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        });
         McpServer {
             inner: Arc::new(Inner {
                 manager,
@@ -100,6 +127,8 @@ impl McpServer {
                 cursors: Mutex::new(HashMap::new()),
                 subscribed: Mutex::new(HashSet::new()),
                 forwarder: Mutex::new(None),
+                changes,
+                noting,
             }),
         }
     }

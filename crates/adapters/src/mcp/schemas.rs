@@ -8,8 +8,8 @@ use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde_json::{Value, json};
 
 use super::inputs::{
-    CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs, StartArgs,
-    StopArgs, TrackArgs, WaitArgs,
+    ChangedArgs, CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs,
+    StartArgs, StopArgs, TrackArgs, WaitArgs,
 };
 
 /// A tool's name, and whether it changes anything (read-only servers refuse those).
@@ -183,6 +183,38 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
                     "output_tail": tail_schema()
                 },
                 "required": ["process_id", "until", "condition_met", "reason", "state", "exit_code", "signal", "waited_ms", "output_tail"]
+            }),
+            false,
+        ),
+        tool(
+            "what_changed",
+            "What changed since the last call",
+            "For this client: the processes that ended (completed, failed, timed_out, cancelled, lost), became ready, became unreachable, or whose leader exited while its work runs on, since this client's last call (or since it connected): each once, its latest change, with its exit code or signal, the reason, and, for an end, the last lines of its output. Ask this one question instead of polling each process. At most `limit` changes (20; at most 100) are returned; left_out says how many wait for the next call, overflowed how many were dropped because over 1,000 processes changed between two calls.",
+            schema_for_input::<ChangedArgs>(),
+            json!({
+                "type": "object",
+                "properties": {
+                    "count": { "type": "integer" },
+                    "changes": { "type": "array", "items": {
+                        "type": "object",
+                        "properties": {
+                            "process_id": { "type": "string" },
+                            "name": nullable("string"),
+                            "change": { "type": "string" },
+                            "state": { "type": "string" },
+                            "at": { "type": "string" },
+                            "exit_code": nullable("integer"),
+                            "signal": nullable("integer"),
+                            "reason": nullable("string"),
+                            "output_tail": { "type": "string" },
+                            "leader_exit": { "type": "string" }
+                        },
+                        "required": ["process_id", "change", "state", "at"]
+                    } },
+                    "left_out": { "type": "integer" },
+                    "overflowed": { "type": "integer" }
+                },
+                "required": ["count", "changes", "left_out", "overflowed"]
             }),
             false,
         ),

@@ -8,8 +8,8 @@ use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use bpm_domain::{
-    ListFilter, LogPattern, Percent, ProcessId, ProcessName, ProcessRecord, ProcessSpec,
-    ReadinessCheck, Span, StdinMode,
+    EventKind, ExitStatus, ListFilter, LogPattern, Percent, ProcessId, ProcessName, ProcessRecord,
+    ProcessSpec, ReadinessCheck, Span, StdinMode,
 };
 use bpm_ports::{
     Cursor, ManagerError, OutputChunk, OutputQuery, ResolveError, StopOptions, StreamSelect,
@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::inputs::{
-    CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs, StartArgs,
-    StopArgs, StreamArg, TrackArgs, UntilArg, WaitArgs,
+    ChangedArgs, CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs,
+    StartArgs, StopArgs, StreamArg, TrackArgs, UntilArg, WaitArgs,
 };
 use super::policy::redact_text;
 use super::{McpServer, Reply, schemas};
@@ -41,6 +41,9 @@ const DEFAULT_WAIT: Duration = Duration::from_mins(1);
 const MAX_WAIT: Duration = Duration::from_hours(1);
 const DEFAULT_LIST: usize = 100;
 const MAX_LIST: usize = 500;
+/// How many changes `what_changed` returns by default, and at most.
+const CHANGES_DEFAULT: usize = 20;
+const CHANGES_MAX: usize = 100;
 
 fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, String> {
     serde_json::from_value(args).map_err(|e| format!("invalid arguments for {tool}: {e}"))
@@ -129,6 +132,7 @@ impl McpServer {
             "list_background_processes" => self.list(parse(name, args)?).await,
             "get_process_output" => self.output(parse(name, args)?).await,
             "wait_for_process" => self.wait(parse(name, args)?, ctx).await,
+            "what_changed" => self.what_changed(parse(name, args)?).await,
             "stop_background_process" => self.stop(parse(name, args)?).await,
             "pause_background_process" => {
                 let a: IdArgs = parse(name, args)?;
@@ -212,6 +216,50 @@ impl McpServer {
             Ok(chunk) => redact_text(&chunk.text(), &self.inner.policy.secrets_of(record)),
             Err(e) => format!("(output unavailable: {e})"),
         }
+    }
+
+    /// What ended, became ready, left its node's reach, or had its leader
+    /// exit since this client's last call, with each one's exit, reason
+    /// and (for ends) the last lines of its output.
+    async fn what_changed(&self, a: ChangedArgs) -> ToolResult {
+        let session = a
+            .session
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|e: bpm_domain::NameError| format!("invalid session: {e}"))?;
+        let limit = a.limit.unwrap_or(CHANGES_DEFAULT);
+        if !(1..=CHANGES_MAX).contains(&limit) {
+            return Err(format!("invalid limit {limit}: from 1 to {CHANGES_MAX}"));
+        }
+        let taken = self.inner.changes.take(limit, session.as_ref());
+        let mut changes = Vec::with_capacity(taken.changes.len());
+        for e in &taken.changes {
+            let mut change = json!({
+                "process_id": e.id,
+                "name": e.name,
+                "change": e.kind,
+                "state": e.state,
+                "at": e.at,
+                "exit_code": e.exit.and_then(ExitStatus::code),
+                "signal": e.exit.and_then(ExitStatus::signal),
+                "reason": e.error,
+            });
+            if (e.kind.ends_record() || e.kind == EventKind::LeaderExited)
+                && let Ok(record) = self.manager().get(e.id).await
+            {
+                change["output_tail"] = json!(self.tail(&record).await);
+                if let Some(x) = record.leader_exit() {
+                    change["leader_exit"] = json!(x.to_string());
+                }
+            }
+            changes.push(change);
+        }
+        Ok(Reply::json(json!({
+            "count": changes.len(),
+            "changes": changes,
+            "left_out": taken.left_out,
+            "overflowed": taken.overflowed,
+        })))
     }
 
     async fn start(&self, a: StartArgs) -> ToolResult {
