@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p bpm --bench cli` (`BPM_BENCH=memory` for only what
 //! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees,
 //! `BPM_BENCH=fence` for `bpm fence check`, `BPM_BENCH=takeover` for the
-//! next command after kill -9 of a daemon on Redis, `BPM_BENCH=idle` for
+//! next command after kill -9 of a daemon on Redis, `BPM_BENCH=ensure` for
+//! `run --ensure` beside a plain `run`, `BPM_BENCH=idle` for
 //! `ps` while 2,500 silent connections are held)
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
@@ -376,6 +377,44 @@ fn fence_checks() {
     }
 }
 
+/// What `bpm run --name web --ensure` costs when `web` already runs (an
+/// agent saying "make sure it is up" again), and when it starts it, beside
+/// a plain `bpm run` of the same command, alternating, medians of `n`.
+fn ensure_cost() {
+    let dir = home("");
+    let n = 200;
+    bpm(dir.path(), &["run", "--name", "web", "--", "sleep", "300"]);
+    let (mut ensured, mut started, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let t = Instant::now();
+        bpm(
+            dir.path(),
+            &["run", "--name", "web", "--ensure", "--", "sleep", "300"],
+        );
+        ensured.push(t.elapsed());
+        let name = format!("new{i}");
+        let t = Instant::now();
+        bpm(
+            dir.path(),
+            &["run", "--name", &name, "--ensure", "--", "sleep", "1"],
+        );
+        started.push(t.elapsed());
+        let t = Instant::now();
+        bpm(dir.path(), &["run", "--", "sleep", "1"]);
+        plain.push(t.elapsed());
+    }
+    let (e, s, p) = (median(ensured), median(started), median(plain));
+    println!(
+        "bpm run --name web --ensure (median of {n}): {:.2} ms when it runs, {:.2} ms when it starts it; plain bpm run {:.2} ms; ratios {:.2} and {:.2} (target <= 1.2)",
+        e.as_secs_f64() * 1e3,
+        s.as_secs_f64() * 1e3,
+        p.as_secs_f64() * 1e3,
+        e.as_secs_f64() / p.as_secs_f64(),
+        s.as_secs_f64() / p.as_secs_f64()
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 /// The time from kill -9 of a daemon on a Redis store to the next command
 /// answered (a new daemon takes the node over from its dead predecessor),
 /// beside the same command against a running daemon.
@@ -457,6 +496,7 @@ fn main() {
         Ok("memory") => return memory_alone(),
         Ok("fence") => return fence_checks(),
         Ok("takeover") => return takeover(),
+        Ok("ensure") => return ensure_cost(),
         _ => {}
     }
     println!("the bpm command and its daemon (fs store, keeper)");

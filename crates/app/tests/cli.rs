@@ -627,6 +627,30 @@ fn a_command_that_backgrounds_itself_stays_under_control() {
     assert!(alive(left), "--leader-only leaves it running");
     assert!(bpm.json(&["show", d, "--json"])["leader_exit"].is_null());
     let _ = Command::new("kill").arg(left.to_string()).status();
+
+    // Started together, each child still in its execve as its leader
+    // exits (where its environment reads empty): none slips away.
+    let lines = "sh -c 'sleep 300 & exit 3'\n".repeat(10);
+    let mut batch = bpm.feed(&["run", "--from", "-"], lines.as_bytes());
+    let ids = {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut batch.stdout.take().expect("stdout"), &mut out)
+            .expect("ids");
+        assert!(batch.wait().expect("batch").success());
+        out
+    };
+    let ids: Vec<&str> = ids.lines().collect();
+    assert_eq!(ids.len(), 10);
+    let mut left = Vec::new();
+    for id in &ids {
+        left.push(leader_gone(&bpm, id, "sleep").1);
+    }
+    let mut stop = vec!["stop"];
+    stop.extend(&ids);
+    bpm.ok(&stop);
+    for pid in left {
+        until_gone(pid, "a stop of the batch");
+    }
 }
 
 /// `wait --any` returns when the first of its records ends, printing its

@@ -128,6 +128,10 @@ fn held_pipes(pid: u32) -> Option<[std::os::fd::OwnedFd; 2]> {
 /// How long, at most, an exit waits for pipes that are still being copied.
 const DRAIN_BUSY: Duration = Duration::from_secs(5);
 
+/// How long a look at what a leader left waits for a child whose
+/// environment cannot be read yet (in the middle of an `execve`).
+const UNSURE_FOR: Duration = Duration::from_millis(50);
+
 /// While a leader's tree runs on after it, how often the tree is looked at
 /// again besides when one of its processes ends (a process it started
 /// since is then seen even if it is the last).
@@ -582,7 +586,7 @@ impl Inner {
     /// usual case; only when one carries the mark, or for a process this
     /// spawner did not start (`adopted`), is all of /proc read.
     fn running_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Vec<tree::Seen> {
-        if self.none_runs_on(id, leader, adopted) {
+        if self.none_runs_on(id, leader, adopted) == Some(true) {
             return Vec::new();
         }
         tree::members(&id.to_string(), None)
@@ -597,18 +601,45 @@ impl Inner {
     /// /proc on every exit costs an embedded engine milliseconds). What
     /// left the group (`setsid`, a daemon) is then not waited for there,
     /// though a stop still reaches it.
-    fn none_runs_on(&self, id: ProcessId, leader: u32, adopted: bool) -> bool {
+    ///
+    /// `None` while a child's environment cannot be read yet (it is in the
+    /// middle of an `execve`): ask again shortly.
+    fn none_runs_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Option<bool> {
         if adopted {
-            return false;
+            return Some(false);
         }
         if !self.config.subreaper {
-            return !tree::group_alive(leader);
+            return Some(!tree::group_alive(leader));
         }
         let leaders = self.unreaped_leaders();
         let needle = format!("{}={id}", tree::MARK).into_bytes();
-        !subreaper::children()
-            .into_iter()
-            .any(|pid| !leaders.contains(&pid) && tree::carries_mark(pid, &needle))
+        let mut unsure = false;
+        for pid in subreaper::children() {
+            if leaders.contains(&pid) {
+                continue;
+            }
+            match tree::mark_of(pid, &needle) {
+                Some(true) => return Some(false),
+                Some(false) => {}
+                // A zombie the reaper has not reaped yet is no one's.
+                None => unsure |= tree::stat(pid).is_some_and(|s| s.state != 'Z'),
+            }
+        }
+        (!unsure).then_some(true)
+    }
+
+    /// [`none_runs_on`](Self::none_runs_on), asking again while it cannot
+    /// tell, for up to [`UNSURE_FOR`]; then what it can tell (a process
+    /// whose environment stays empty carries no mark).
+    async fn nothing_runs_on(&self, id: ProcessId, leader: u32, adopted: bool) -> bool {
+        let until = tokio::time::Instant::now() + UNSURE_FOR;
+        loop {
+            match self.none_runs_on(id, leader, adopted) {
+                Some(none) => return none,
+                None if tokio::time::Instant::now() >= until => return true,
+                None => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
     }
 
     /// Once record `id`'s leader ended with `status`: while processes of
@@ -623,18 +654,28 @@ impl Inner {
         status: Option<ExitStatus>,
         adopted: bool,
     ) {
-        if self.none_runs_on(id, leader, adopted) {
+        if self.nothing_runs_on(id, leader, adopted).await {
             return;
         }
         let mut told: Vec<RunningOn> = Vec::new();
+        let mut missed = 0;
         loop {
             let inner = self.clone();
             let rest = tokio::task::spawn_blocking(move || inner.running_on(id, leader, adopted))
                 .await
                 .unwrap_or_default();
+            // Found by neither look: ended. (A look through /proc that
+            // missed a child the first look saw, caught in an `execve`,
+            // is asked again.)
             if rest.is_empty() {
-                return;
+                missed += 1;
+                if missed > 25 || self.nothing_runs_on(id, leader, adopted).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
             }
+            missed = 0;
             // Said again when what runs on changed (one ended, one was
             // started, one went from `setsid` to what it runs).
             let mut running: Vec<RunningOn> = rest

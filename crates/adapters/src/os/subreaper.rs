@@ -123,19 +123,34 @@ pub(super) fn reap_children_except(keep: &HashSet<u32>) -> Vec<(u32, ExitStatus)
     ended
 }
 
-/// This process's children, from every thread's list.
+/// This process's children, from every thread's list. A thread that ends
+/// meanwhile hands its children to another, perhaps one already read: the
+/// threads are listed again after, and all is read again if they changed.
 pub(super) fn children() -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
+    let threads = || -> Vec<std::path::PathBuf> {
+        let mut t: Vec<_> = std::fs::read_dir("/proc/self/task")
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        t.sort_unstable();
+        t
     };
+    let mut before = threads();
     let mut pids = Vec::new();
-    for task in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                list.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
+    for _ in 0..3 {
+        pids.clear();
+        for task in &before {
+            if let Ok(list) = std::fs::read_to_string(task.join("children")) {
+                pids.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
         }
+        let after = threads();
+        if after == before {
+            break;
+        }
+        before = after;
     }
     pids.sort_unstable();
     pids.dedup();

@@ -40,8 +40,19 @@ pub(crate) fn stat(pid: u32) -> Option<Seen> {
 }
 
 pub(crate) fn carries_mark(pid: u32, needle: &[u8]) -> bool {
-    fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle))
+    mark_of(pid, needle) == Some(true)
+}
+
+/// Whether process `pid` carries the mark `needle`; `None` while that
+/// cannot be told: its environment reads empty or not at all, as in the
+/// middle of an `execve` (a leader's child that was exec'ing as the leader
+/// exited), or for a zombie.
+pub(crate) fn mark_of(pid: u32, needle: &[u8]) -> Option<bool> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    if env.is_empty() {
+        return None;
+    }
+    Some(env.split(|b| *b == 0).any(|var| var == needle))
 }
 
 fn all_pids() -> Vec<u32> {
