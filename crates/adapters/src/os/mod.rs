@@ -65,7 +65,8 @@ pub struct OsSpawnerConfig {
     /// program that daemonizes) become its children: finding what runs on
     /// after a leader's exit is then a look at its own children, and it
     /// reaps them when they end. The keeper does; an embedded engine, whose
-    /// host process should not change so, looks through /proc instead.
+    /// host process should not change so, waits only for the leader's
+    /// process group.
     pub subreaper: bool,
 }
 
@@ -566,10 +567,10 @@ impl Inner {
     }
 
     /// Reaps the children that ended and are not leaders: orphans of
-    /// records' trees that became this subreaper's. Starts wait, so that a
-    /// leader that ends before it is held is not taken for one.
-    /// A start under way is not waited for: the next `SIGCHLD`, or the
-    /// next second, looks again.
+    /// records' trees that became this subreaper's. Nothing is reaped while
+    /// a start is under way (a leader that ended before it is held would be
+    /// taken for an orphan); the next `SIGCHLD`, or the next second, looks
+    /// again.
     fn reap_orphans(&self) {
         let Ok(_one) = self.starting.try_lock() else {
             return;
@@ -594,7 +595,8 @@ impl Inner {
 
     /// Whether a look at this subreaper's own children shows that nothing
     /// of record `id`'s tree runs on (a few small reads, cheap enough for
-    /// the runtime's thread); `false` when only all of /proc can tell.
+    /// the runtime's thread): `Some(false)` when one carries its mark (or
+    /// the process was adopted), and only all of /proc can tell the rest.
     ///
     /// Without the subreaper, the leader's process group tells: empty, and
     /// nothing is waited for (one `kill(-group, 0)`; a full look through
