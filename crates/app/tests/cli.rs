@@ -497,23 +497,15 @@ fn kill_all_needs_no_running_daemon() {
             .expect("kill");
         assert!(killed.success());
         for pid in &victims {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(pid.parse().expect("pid")) {
-                assert!(Instant::now() < deadline, "{pid} outlived kill -9");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            until_gone(pid.parse().expect("pid"), "kill -9");
         }
         bpm.ok(&["daemon", "stop", "--kill-all"]);
         for pid in pids {
             let pid = u32::try_from(pid).expect("pid");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(pid) {
-                assert!(
-                    Instant::now() < deadline,
-                    "process {pid} outlived daemon stop --kill-all (keeper killed too: {keeper_too})"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            until_gone(
+                pid,
+                &format!("daemon stop --kill-all (keeper killed too: {keeper_too})"),
+            );
         }
     }
 }
@@ -538,6 +530,8 @@ fn leader_gone(bpm: &Bpm, id: &str, name: &str) -> (serde_json::Value, u32) {
     }
 }
 
+/// Waits (boundedly) until process `pid` is gone; `what` says what
+/// should have ended it.
 fn until_gone(pid: u32, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while alive(pid) {
@@ -1021,11 +1015,7 @@ fn processes_survive_kill_9_of_the_daemon_and_keep_their_exit_codes() {
         .args(["-9", &pid.to_string()])
         .status()
         .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "the daemon survived kill -9");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_gone(pid, "the daemon survived kill -9");
     // Any command starts a new daemon, which adopts what runs and learns what
     // ended (the first process ends about a second after the kill).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1155,11 +1145,7 @@ fn daemon_stop_leaves_processes_for_the_next_daemon_and_kill_all_stops_them() {
         "adopted by the next daemon"
     );
     bpm.ok(&["daemon", "stop", "--kill-all"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "--kill-all left it running");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_gone(pid, "--kill-all left it running");
 }
 
 #[test]
@@ -1248,6 +1234,13 @@ fn one_live_process_per_name() {
         err.contains("differs in command") && err.contains("--replace"),
         "{err}"
     );
+    let err = bpm.fails(&["run", "--ensure", "--", "true"], 4);
+    assert!(err.contains("give it a name (--name)"), "{err}");
+    let err = bpm.fails(
+        &["run", "--name", "x", "--ensure", "--replace", "--", "true"],
+        4,
+    );
+    assert!(err.contains("contradict"), "{err}");
 
     // The old tree ignores TERM; its replacement starts only once it is gone.
     let (marker, pids) = (bpm.home().join("overlap"), bpm.home().join("pids"));
@@ -2035,11 +2028,7 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
         .args(["-9", &keeper.to_string()])
         .status()
         .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(keeper) {
-        assert!(Instant::now() < deadline, "the keeper survived kill -9");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_gone(keeper, "the keeper survived kill -9");
     let started = Instant::now();
     let out = bpm.run(&["run", "--wait", "--", "sh", "-c", "echo hi"]);
     assert!(
@@ -2099,14 +2088,10 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
         assert_eq!(bpm.state(id), "completed");
     }
     assert!(bpm.ok(&["stop", "lives"]).contains("cancelled"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(u32::try_from(pid).expect("pid")) {
-        assert!(
-            Instant::now() < deadline,
-            "stop did not reach the adopted process"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_gone(
+        u32::try_from(pid).expect("pid"),
+        "stop did not reach the adopted process",
+    );
     bpm.ok(&["stop", "held"]);
 }
 
@@ -2128,18 +2113,14 @@ fn pipes_reach_a_restarted_daemon_and_outlive_the_keeper_after_it() {
         .args(["-9", &daemon.to_string()])
         .status()
         .expect("kill");
-    while alive(daemon) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_gone(daemon, "kill -9");
     assert_eq!(bpm.state(id), "running");
     let keeper = keeper_pid(&bpm);
     Command::new("kill")
         .args(["-9", &keeper.to_string()])
         .status()
         .expect("kill");
-    while alive(keeper) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_gone(keeper, "kill -9");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(bpm.state(id), "running", "it died with the keeper");
     let before = bpm.ok(&["logs", id]).lines().count();
@@ -2174,11 +2155,7 @@ fn a_keeper_without_a_daemon_keeps_the_exits_and_leaves() {
     let id = id.trim();
     let keeper = keeper_pid(&bpm);
     run(&["daemon", "stop"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(keeper) {
-        assert!(Instant::now() < deadline, "the keeper never left");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_gone(keeper, "the keeper never left");
     let kept = std::fs::read_to_string(bpm.home().join("keeper.exits")).expect("kept exits");
     assert!(kept.contains(id), "{kept}");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -2325,11 +2302,7 @@ fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
     // written while no bpm process ran included, but for the one read the
     // dead keeper may have taken from the pipe and not yet stored (under a
     // heavy load, a line or a few: see ARCHITECTURE.md).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while alive(writer) {
-        assert!(Instant::now() < deadline, "the writer never ended");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_gone(writer, "the writer never ended");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let logs = bpm.ok(&["logs", writes]);
@@ -2356,11 +2329,7 @@ fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(bpm.ok(&["stop", quiet]).contains("cancelled"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "stop did not reach it");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_gone(pid, "stop did not reach it");
 }
 
 /// A `Bpm` whose state directory is a tmpfs of `size` (`8m`), mounted for

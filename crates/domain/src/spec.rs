@@ -396,6 +396,11 @@ pub enum SpecError {
         "failover starts the process again on another node, so it needs the restart policy on-failure or always (--restart on-failure)"
     )]
     FailoverWithoutRestart,
+    /// Ensuring or replacing acts on the live record of the same name.
+    #[error(
+        "ensure and replace act on the live process of the same name, and this one has none: give it a name (--name)"
+    )]
+    NameTakenWithoutName,
 }
 
 /// Everything needed to run (or track) one piece of work.
@@ -508,6 +513,18 @@ pub enum NameTaken {
 }
 
 impl NameTaken {
+    /// What a caller's `ensure` and `replace` ask for; `None` for both,
+    /// which contradict each other (one keeps the live process, the other
+    /// stops it).
+    pub const fn asked(ensure: bool, replace: bool) -> Option<NameTaken> {
+        match (ensure, replace) {
+            (true, true) => None,
+            (true, false) => Some(NameTaken::Ensure),
+            (false, true) => Some(NameTaken::Replace),
+            (false, false) => Some(NameTaken::Refuse),
+        }
+    }
+
     /// Whether it is the default.
     pub const fn is_refuse(&self) -> bool {
         matches!(self, NameTaken::Refuse)
@@ -618,6 +635,9 @@ impl ProcessSpec {
         }
         if self.failover && self.restart.mode == RestartMode::Never {
             return Err(SpecError::FailoverWithoutRestart);
+        }
+        if self.name.is_none() && !self.if_name_taken.is_refuse() {
+            return Err(SpecError::NameTakenWithoutName);
         }
         match &self.command {
             Some(Command::Argv(argv)) => {

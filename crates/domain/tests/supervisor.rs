@@ -1453,4 +1453,10 @@ fn a_name_belongs_to_one_live_record() {
     )
     .expect("exit");
     submit(&mut core, 8, named("web", &["serve"], Refuse)).expect("free again");
+    let mut nameless = ProcessSpec::argv(["serve"]);
+    nameless.if_name_taken = Ensure;
+    assert_eq!(
+        submit(&mut core, 9, nameless),
+        Err(CoreError::InvalidSpec(SpecError::NameTakenWithoutName))
+    );
 }

@@ -371,22 +371,9 @@ impl McpServer {
         }
         spec.failover = a.failover.unwrap_or(false);
         spec.leader_only = a.leader_only.unwrap_or(false);
-        spec.if_name_taken = match (a.ensure.unwrap_or(false), a.replace.unwrap_or(false)) {
-            (true, true) => {
-                return Err(
-                    "ensure and replace contradict each other: ensure keeps the live process, replace stops it"
-                        .into(),
-                );
-            }
-            (true, false) => bpm_domain::NameTaken::Ensure,
-            (false, true) => bpm_domain::NameTaken::Replace,
-            (false, false) => bpm_domain::NameTaken::Refuse,
-        };
-        if spec.name.is_none() && !spec.if_name_taken.is_refuse() {
-            return Err(
-                "ensure and replace act on the live process of the same name: give name".into(),
-            );
-        }
+        spec.if_name_taken =
+            bpm_domain::NameTaken::asked(a.ensure.unwrap_or(false), a.replace.unwrap_or(false))
+                .ok_or("ensure and replace contradict each other: ensure keeps the live process, replace stops it")?;
         spec.metadata = a.metadata.unwrap_or_default();
         // A request of its own, to tell a new record from the live one
         // `ensure` answers with.

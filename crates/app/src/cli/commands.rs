@@ -500,21 +500,11 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     }
     spec.failover = a.failover;
     spec.leader_only = a.leader_only;
-    spec.if_name_taken = match (a.ensure, a.replace) {
-        (true, true) => {
-            return Err(CliError::invalid(
-                "--ensure and --replace contradict each other: --ensure keeps the live process, --replace stops it",
-            ));
-        }
-        (true, false) => NameTaken::Ensure,
-        (false, true) => NameTaken::Replace,
-        (false, false) => NameTaken::Refuse,
-    };
-    if spec.name.is_none() && !spec.if_name_taken.is_refuse() {
-        return Err(CliError::invalid(
-            "--ensure and --replace act on the live process of the same name: give --name",
-        ));
-    }
+    spec.if_name_taken = NameTaken::asked(a.ensure, a.replace).ok_or_else(|| {
+        CliError::invalid(
+            "--ensure and --replace contradict each other: --ensure keeps the live process, --replace stops it",
+        )
+    })?;
     if let Some(text) = a.metadata {
         spec.metadata = parse_metadata(&text)?;
     }
