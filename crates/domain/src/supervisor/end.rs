@@ -184,6 +184,7 @@ impl Supervisor {
                 c.remove(&id);
             }
             self.children.remove(&id);
+            self.forget_name(entry.record.spec().name.as_ref(), id);
             self.dirty.remove(&id);
             self.cancel_timer(id, TimerKind::Retention);
             self.out.push(Effect::Delete { id });

@@ -12,6 +12,16 @@ impl Supervisor {
         }
     }
 
+    /// Forgets `name` if `id`, a record being forgotten, is the newest
+    /// that carried it: the index holds no more names than records.
+    pub(super) fn forget_name(&mut self, name: Option<&ProcessName>, id: ProcessId) {
+        if let Some(name) = name
+            && self.names.get(name) == Some(&id)
+        {
+            self.names.remove(name);
+        }
+    }
+
     /// The live record of this node named `name`, if any.
     fn live_named(&self, name: &ProcessName) -> Option<ProcessId> {
         let id = *self.names.get(name)?;
