@@ -517,6 +517,7 @@ async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
         clock,
         ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
+        host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
     let engine = bpm_engine::Engine::start(ports, bpm_engine::EngineConfig::default())
         .await

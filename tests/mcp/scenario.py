@@ -48,8 +48,10 @@ def check(condition, message):
         raise AssertionError(message)
 
 
-def server(*args):
-    env = {"BPM_HOME": HOME, "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+def server(*args, home=None, session=None):
+    env = {"BPM_HOME": home or HOME, "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    if session:
+        env["BPM_SESSION"] = session
     return StdioServerParameters(command=BPM, args=["mcp", *args], env=env)
 
 
@@ -279,10 +281,55 @@ async def modern():
     print("9. the 2026-07-28 revision works without initialize; read-only refuses start")
 
 
+async def until_ended(client, pid_of, within):
+    deadline = time.monotonic() + within
+    while True:
+        status = await call(client, "get_background_process_status", {"process_id": pid_of})
+        if status["ended_at"] is not None or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.1)
+
+
+async def owners():
+    """What a client starts is owned by its session: stopped once the
+    client has been gone for `[mcp] owner_grace`, unless it said
+    `persistent` or came back under the same session in time."""
+    home = os.path.join(HOME, "owners")
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    with open(os.path.join(home, "config.toml"), "w") as f:
+        f.write('[mcp]\nowner_grace = "3s"\n')
+    try:
+        gone, back = "gone-" + uuid.uuid4().hex[:6], "back-" + uuid.uuid4().hex[:6]
+        async with Client(server(home=home, session=gone), mode="legacy") as client:
+            owned = await call(client, "start_background_process", {"command": "sleep 300"})
+            kept = await call(client, "start_background_process",
+                              {"command": "sleep 300", "persistent": True})
+        # The client closed stdin: bpm mcp exits, and the session is gone.
+        async with Client(server(home=home, session=back), mode="legacy") as client:
+            mine = await call(client, "start_background_process", {"command": "sleep 300"})
+        async with Client(server(home=home, session=back), mode="legacy") as client:
+            ended = await until_ended(client, owned["id"], 15)
+            check(ended["state"] == "cancelled" and ended["error"] == "owner gone",
+                  f"a gone client's process: {ended}")
+            check(not alive(owned["pid"]), "its process is gone")
+            status = await call(client, "get_background_process_status", {"process_id": kept["id"]})
+            check(status["state"] == "running", f"persistent: {status}")
+            status = await call(client, "get_background_process_status", {"process_id": mine["id"]})
+            check(status["state"] == "running", f"taken back in time: {status}")
+            check(status["spec"]["owners"] == [f"session:{back}"], f"owners: {status['spec']}")
+            for p in (kept, mine):
+                await call(client, "stop_background_process", {"process_id": p["id"], "force": True})
+        print("10. a gone client's process stopped after the grace; persistent and taken-back ones ran on")
+    finally:
+        env = {**os.environ, "BPM_HOME": home}
+        subprocess.run([BPM, "daemon", "stop", "--kill-all"], env=env, capture_output=True)
+
+
 async def main():
     started = time.monotonic()
     await scenario()
     await modern()
+    await owners()
     print(f"scenario passed in {time.monotonic() - started:.1f} s")
 
 

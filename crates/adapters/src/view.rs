@@ -6,7 +6,7 @@ use bpm_domain::{ExitStatus, ProcessRecord};
 use serde_json::{Value, json};
 
 /// The record, with `name`, `kind`, `session`, `parent`, `group`, `labels`,
-/// `metadata`, `pid`, `exit_code`, `signal`, `started_at`, `ended_at` and
+/// `metadata`, `pid`, `port`, `exit_code`, `signal`, `started_at`, `ended_at` and
 /// `error` lifted to the top level.
 pub fn record_json(r: &ProcessRecord) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or_default();
@@ -21,6 +21,7 @@ pub fn record_json(r: &ProcessRecord) -> Value {
         obj.insert("labels".into(), json!(spec.labels));
         obj.insert("metadata".into(), json!(spec.metadata));
         obj.insert("pid".into(), json!(r.pid()));
+        obj.insert("port".into(), json!(r.port()));
         obj.insert(
             "exit_code".into(),
             json!(l.exit().and_then(ExitStatus::code)),

@@ -31,6 +31,13 @@ mod proc_sampler {
     );
 }
 
+mod os_host {
+    use super::*;
+    bpm_ports::host_contract_tests!(
+        Arc::new(bpm_adapters::os::OsHost::new()) as Arc<dyn bpm_ports::Host>
+    );
+}
+
 /// Output behind a slow disk: each append takes longer than the spawner's drain wait.
 struct SlowOutput(InMemoryOutput);
 

@@ -397,6 +397,7 @@ mod tests {
 /// redact_vars = ["DATABASE_URL", "STRIPE_*"]  # more secret variables (a trailing * matches any end)
 /// redact_min_len = 4                      # the shortest secret value hidden in output text
 /// max_output_bytes = 65536                # the most output one answer carries
+/// owner_grace = "10m"                     # how long what a client started outlives its session
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -415,6 +416,9 @@ pub struct McpConfig {
     pub redact_min_len: Option<usize>,
     /// The most output bytes one answer carries.
     pub max_output_bytes: Option<usize>,
+    /// How long the processes a client started (unless `persistent`)
+    /// outlive its session: 10 minutes unless set.
+    pub owner_grace: Option<Span>,
 }
 
 /// The `[web]` section of `config.toml`; every key optional.

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bpm_adapters::control::DaemonClient;
-use bpm_adapters::mcp::{McpServer, Policy, StartDefaults};
-use bpm_domain::{Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec};
+use bpm_adapters::mcp::{McpServer, Policy, SessionOwner, StartDefaults};
+use bpm_domain::{
+    Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, SessionId, Span,
+};
 use bpm_ports::{
     Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
 };
@@ -59,11 +61,24 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
 pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
     let policy = policy(&config.mcp, flags);
-    let manager = ReconnectingManager(Reconnecting::connect(home.clone()).await?);
+    let reconnecting = Reconnecting::connect(home.clone()).await?;
+    // This client's session owns what it starts: held by this process
+    // while it runs, and again after a daemon restart.
+    let session = client_session()?;
+    reconnecting.hold(session.clone()).await?;
+    let manager = ReconnectingManager(reconnecting);
+    let mut defaults = StartDefaults::inherited();
+    defaults.owner = Some(SessionOwner {
+        session,
+        grace: config
+            .mcp
+            .owner_grace
+            .unwrap_or_else(|| Span::from_secs(DEFAULT_MCP_OWNER_GRACE_SECS)),
+    });
     let server = McpServer::new(
         Arc::new(manager),
         policy,
-        StartDefaults::inherited(),
+        defaults,
         SOFTWARE.trim_start_matches("bpm "),
     );
     let running = server
@@ -72,6 +87,24 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
         .context("the MCP handshake failed")?;
     running.waiting().await.context("the MCP session failed")?;
     Ok(())
+}
+
+/// How long what an MCP client started outlives its session, unless
+/// `[mcp] owner_grace` says otherwise.
+const DEFAULT_MCP_OWNER_GRACE_SECS: u64 = 600;
+
+/// The client's session: `BPM_SESSION` when set (a client that comes back
+/// under it takes its processes back), otherwise one of this server's own.
+fn client_session() -> anyhow::Result<SessionId> {
+    match std::env::var("BPM_SESSION") {
+        Ok(s) if !s.is_empty() => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("BPM_SESSION {s:?}: {e}")),
+        _ => {
+            let own = format!("mcp-{}", uuid::Uuid::now_v7().simple());
+            own.parse().map_err(|e| anyhow::anyhow!("{own}: {e}"))
+        }
+    }
 }
 
 /// The daemon's client, reconnecting (and starting a daemon) when the daemon
@@ -84,6 +117,8 @@ pub struct Reconnecting {
     client: tokio::sync::RwLock<(u64, DaemonClient)>,
     events: broadcast::Sender<Event>,
     forwarding: std::sync::atomic::AtomicBool,
+    /// The session this process holds, held again on each new connection.
+    holding: std::sync::Mutex<Option<SessionId>>,
 }
 
 impl Reconnecting {
@@ -98,7 +133,39 @@ impl Reconnecting {
             client: tokio::sync::RwLock::new((0, client)),
             events: broadcast::channel(1024).0,
             forwarding: std::sync::atomic::AtomicBool::new(false),
+            holding: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Holds `session` for this process, now and on every new connection
+    /// (a daemon that restarted forgot it).
+    ///
+    /// # Errors
+    /// As [`ProcessManager::hold_session`].
+    pub async fn hold(&self, session: SessionId) -> Result<(), ManagerError> {
+        *self
+            .holding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session.clone());
+        self.retried(|c| {
+            let s = session.clone();
+            async move { c.hold_session(s, std::process::id()).await }
+        })
+        .await
+    }
+
+    /// Holds the session again on a new connection `client`.
+    async fn hold_again(&self, client: &DaemonClient) {
+        let held = self
+            .holding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(session) = held
+            && let Err(e) = client.hold_session(session, std::process::id()).await
+        {
+            tracing::warn!(error = %e, "cannot hold the client's session again");
+        }
     }
 
     /// The daemon's status, on a new connection if the daemon went away.
@@ -126,6 +193,7 @@ impl Reconnecting {
         if slot.0 == generation {
             let fresh = daemon::connect_or_start(&self.home).await?;
             tracing::info!("reconnected to the bpm daemon");
+            self.hold_again(&fresh).await;
             *slot = (generation + 1, fresh);
         }
         Ok(slot.1.clone())
@@ -176,11 +244,14 @@ impl Reconnecting {
             loop {
                 let Some(me) = weak.upgrade() else { return };
                 let (tx, connected) = (me.events.clone(), daemon::connect_or_start(&me.home).await);
-                drop(me);
                 let Ok(client) = connected else {
+                    drop(me);
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 };
+                // The first to see a daemon restart: hold the session at once.
+                me.hold_again(&client).await;
+                drop(me);
                 let mut rx = client.subscribe();
                 loop {
                     match rx.recv().await {
@@ -325,6 +396,14 @@ impl ProcessManager for ReconnectingManager {
     async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError> {
         self.0
             .retried(|c| async move { c.check_fence(id, token).await })
+            .await
+    }
+    async fn hold_session(&self, session: SessionId, holder: u32) -> Result<(), ManagerError> {
+        self.0
+            .retried(|c| {
+                let s = session.clone();
+                async move { c.hold_session(s, holder).await }
+            })
             .await
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -7,7 +7,7 @@ use bpm_adapters::clock::SystemClock;
 use bpm_adapters::fs::FileOutput;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, DEFAULT_OUTPUT_CAP, InMemoryOutput, InMemoryStore};
-use bpm_adapters::os::{OsSpawner, OsSpawnerConfig, ProcSampler};
+use bpm_adapters::os::{OsHost, OsSpawner, OsSpawnerConfig, ProcSampler};
 use bpm_domain::NodeId;
 use bpm_ports::{CommandBus, EventBus, EventBusError, ManagerError, OutputStore, ProcessStore};
 
@@ -49,6 +49,7 @@ pub async fn engine_on(
         clock: Arc::new(SystemClock::new()),
         ids: Arc::new(UuidV7Ids::new()),
         usage: Arc::new(ProcSampler::new()),
+        host: Arc::new(OsHost::new()),
     };
     Engine::start(ports, config).await
 }

@@ -1296,6 +1296,261 @@ fn one_live_process_per_name() {
     bpm.ok(&["stop", &api, new]);
 }
 
+/// `sh -c` running a Python server on `$PORT`, on the loopback.
+const SERVE_PORT: &str = "exec python3 -c 'import http.server as h, os; h.HTTPServer((\"127.0.0.1\", int(os.environ[\"PORT\"])), h.SimpleHTTPRequestHandler).serve_forever()'";
+
+/// `--port auto` gives 20 servers started at once 20 ports, each listened
+/// on by its own server; a port held by a live record, or listened on by
+/// anything, is refused naming what holds it; a restart keeps its port,
+/// and a port is free again once its record ended.
+#[test]
+fn ports_are_handed_out_never_fought_over() {
+    let bpm = Bpm::new();
+    std::fs::write(
+        bpm.home().join("config.toml"),
+        "[limits]\nmax_running = 40\n",
+    )
+    .expect("config");
+    bpm.ok(&["ps"]);
+    let runs: Vec<_> = (0..20)
+        .map(|_| {
+            bpm.cmd(&["run", "--port", "auto", "--", "sh", "-c", SERVE_PORT])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let ids: Vec<String> = runs
+        .into_iter()
+        .map(|r| {
+            let out = r.wait_with_output().expect("wait");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    let mut ports = std::collections::BTreeSet::new();
+    for id in &ids {
+        // Ready (by default) once its port accepts connections.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let shown = loop {
+            let shown = bpm.json(&["show", id, "--json"]);
+            if !shown["ready_at"].is_null() {
+                break shown;
+            }
+            assert!(Instant::now() < deadline, "{id} never ready: {shown}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let port = shown["port"].as_u64().expect("a port");
+        assert_eq!(shown["spec"]["port"], "auto");
+        assert_eq!(
+            shown["listening_ports"],
+            serde_json::json!([port]),
+            "{id} listens on its own port"
+        );
+        ports.insert(port);
+    }
+    assert_eq!(ports.len(), 20, "{ports:?}");
+    let table = bpm.ok(&["ps"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("PORT")),
+        "{table}"
+    );
+
+    // A port held by a live record is refused, naming it.
+    let web = bpm.ok(&[
+        "run", "--name", "web", "--port", "auto", "--", "sh", "-c", SERVE_PORT,
+    ]);
+    let web = web.trim();
+    let held = bpm.json(&["show", web, "--json"])["port"]
+        .as_u64()
+        .expect("port");
+    let err = bpm.fails(&["run", "--port", &held.to_string(), "--", "sleep", "1"], 4);
+    assert!(err.contains(web) && err.contains("(web)"), "{err}");
+    // So is one that something else listens on.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = other.local_addr().expect("addr").port().to_string();
+    let err = bpm.fails(&["run", "--port", &taken, "--", "sleep", "1"], 4);
+    assert!(err.contains("in use"), "{err}");
+    drop(other);
+    let range = format!("{taken}-{taken}");
+    let fixed = bpm.ok(&["run", "--port", &range, "--", "sleep", "300"]);
+    assert_eq!(
+        bpm.json(&["show", fixed.trim(), "--json"])["port"].to_string(),
+        taken
+    );
+    let err = bpm.fails(&["run", "--port", &range, "--", "sleep", "1"], 4);
+    assert!(err.contains("no free port"), "{err}");
+
+    // A restart keeps its port; --replace takes the port of what it replaces.
+    bpm.until_state(web, "running");
+    let restarted = bpm.ok(&["restart", web]);
+    let restarted = restarted.trim();
+    assert_eq!(bpm.json(&["show", restarted, "--json"])["port"], held);
+    let replaced = bpm.ok(&[
+        "run",
+        "--name",
+        "web",
+        "--replace",
+        "--port",
+        &held.to_string(),
+        "--",
+        "sh",
+        "-c",
+        SERVE_PORT,
+    ]);
+    let replaced = replaced.trim();
+    bpm.until_state(replaced, "running");
+    assert_eq!(bpm.json(&["show", replaced, "--json"])["port"], held);
+
+    // Ended: the port is free again.
+    bpm.ok(&["stop", replaced, fixed.trim()]);
+    let again = bpm.ok(&["run", "--port", &held.to_string(), "--", "sleep", "300"]);
+    assert_eq!(bpm.json(&["show", again.trim(), "--json"])["port"], held);
+    let err = bpm.fails(&["run", "--port", "99999", "--", "true"], 4);
+    assert!(err.contains("invalid port"), "{err}");
+    let err = bpm.fails(&["run", "--port", "auto", "--node", "any", "--", "true"], 4);
+    assert!(err.contains("--node any"), "{err}");
+    bpm.ok(&["stop", "--all"]);
+}
+
+/// The record with its `error` once it ended, within `within`.
+fn ended_within(bpm: &Bpm, id: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let shown = bpm.json(&["show", id, "--json"]);
+        if !shown["ended_at"].is_null() {
+            return shown;
+        }
+        assert!(Instant::now() < deadline, "{id} did not end: {shown}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A record with owners lives while one of them does: the end of a shell
+/// that exits, or of one killed with `kill -9`, stops it after its grace
+/// (cause `owner gone`), also when the daemon was dead as the owner died;
+/// a record with no owner, or a second owner still alive, runs on.
+#[test]
+fn a_record_lives_only_while_its_owner_does() {
+    let bpm = Bpm::new();
+    let spawn_owner = |secs: &str| {
+        Command::new("sleep")
+            .arg(secs)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("owner")
+    };
+    // A shell that exits by itself.
+    let mut shell = spawn_owner("1");
+    let owner = format!("pid:{}", shell.id());
+    let owned = bpm.ok(&[
+        "run",
+        "--owner",
+        &owner,
+        "--owner-grace",
+        "500ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let owned = owned.trim();
+    let persistent = bpm.ok(&["run", "--persist", "--", "sleep", "300"]);
+    let persistent = persistent.trim();
+    let mut other = spawn_owner("300");
+    let both = bpm.ok(&[
+        "run",
+        "--owner",
+        &owner,
+        "--owner",
+        &format!("pid:{}", other.id()),
+        "--owner-grace",
+        "200ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let both = both.trim();
+    bpm.until_state(owned, "running");
+    let pid = bpm.json(&["show", owned, "--json"])["pid"]
+        .as_u64()
+        .expect("pid");
+    shell.wait().expect("the shell exits");
+    let gone = Instant::now();
+    let shown = ended_within(&bpm, owned, Duration::from_secs(10));
+    let took = gone.elapsed();
+    assert_eq!(
+        (shown["state"].as_str(), shown["error"].as_str()),
+        (Some("cancelled"), Some("owner gone")),
+        "{shown}"
+    );
+    assert!(
+        took >= Duration::from_millis(450),
+        "stopped before its grace: {took:?}"
+    );
+    until_gone(u32::try_from(pid).expect("pid"), "the owner's end");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(bpm.state(persistent), "running", "no owner: it lives on");
+    assert_eq!(bpm.state(both), "running", "its other owner lives");
+
+    // kill -9 of the last owner.
+    other.kill().expect("kill -9");
+    other.wait().expect("reaped");
+    let shown = ended_within(&bpm, both, Duration::from_secs(10));
+    assert_eq!(shown["error"], "owner gone", "{shown}");
+
+    // The daemon is dead while the owner dies: the next daemon finds out.
+    let mut owner = spawn_owner("300");
+    let late = bpm.ok(&[
+        "run",
+        "--owner",
+        &format!("pid:{}", owner.id()),
+        "--owner-grace",
+        "300ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let late = late.trim();
+    bpm.until_state(late, "running");
+    let daemon = bpm.daemon_pid();
+    Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .expect("kill");
+    until_gone(daemon, "kill -9 of the daemon");
+    owner.kill().expect("kill -9");
+    owner.wait().expect("reaped");
+    let shown = ended_within(&bpm, late, Duration::from_secs(15));
+    assert_eq!(shown["error"], "owner gone", "{shown}");
+    assert_eq!(bpm.state(persistent), "running");
+
+    // A session nobody holds is gone: its record outlives it by its grace.
+    let orphan = bpm.ok(&[
+        "run",
+        "--owner",
+        "session:nobody",
+        "--owner-grace",
+        "200ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let shown = ended_within(&bpm, orphan.trim(), Duration::from_secs(10));
+    assert_eq!(shown["error"], "owner gone", "{shown}");
+
+    let err = bpm.fails(&["run", "--owner", "pid:999999999", "--", "true"], 4);
+    assert!(err.contains("not running"), "{err}");
+    let err = bpm.fails(&["run", "--owner", "user:1", "--", "true"], 4);
+    assert!(err.contains("pid:PID or session:NAME"), "{err}");
+    let shown = bpm.ok(&["show", persistent]);
+    assert!(!shown.contains("owners"), "{shown}");
+    bpm.ok(&["stop", persistent]);
+}
+
 #[test]
 fn hooks_clean_and_completions() {
     let bpm = Bpm::new();

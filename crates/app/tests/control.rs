@@ -26,6 +26,7 @@ async fn daemon(socket: &std::path::Path, limits: ConnectionLimits) -> Arc<Scrip
         clock,
         ids: Arc::new(UuidV7Ids::new()),
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
+        host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
     let engine = Engine::start(
         ports,

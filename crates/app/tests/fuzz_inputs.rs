@@ -48,6 +48,7 @@ async fn daemon_survives(lines: &[u8]) -> Result<(), String> {
         clock,
         ids: Arc::new(UuidV7Ids::new()),
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
+        host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
     let engine = Engine::start(
         ports,

@@ -72,6 +72,7 @@ impl World {
                 "PATH".into(),
                 std::env::var("PATH").unwrap_or_default().into(),
             )]),
+            owner: None,
         };
         let server = McpServer::new(self.manager.clone(), policy, defaults, "test");
         let (server_side, client_side) = tokio::io::duplex(1 << 16);

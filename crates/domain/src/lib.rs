@@ -14,7 +14,9 @@ mod id;
 mod lifecycle;
 mod names;
 mod os_text;
+mod owner;
 pub mod placement;
+pub mod port;
 mod record;
 mod spec;
 pub mod supervisor;
@@ -29,6 +31,8 @@ pub use id::{ProcessId, ProcessIdError};
 pub use lifecycle::{ExitStatus, Lifecycle, StateName, StopCause};
 pub use names::{GroupName, LabelKey, LabelValue, NameError, NodeId, ProcessName, SessionId};
 pub use os_text::{OsText, env_serde, path_serde};
+pub use owner::{DEFAULT_OWNER_GRACE, Owner, OwnerError, ProcessRef};
+pub use port::{PortAsk, PortAskError, PortRefused};
 pub use record::{
     Applied, Attempt, InvalidTransition, LeaderExit, MAX_ATTEMPTS_KEPT, MAX_PROGRESS_MESSAGE,
     MAX_RUNNING_ON, Percent, PercentError, ProcessRecord, Progress, RecordUpdate, RunningOn,

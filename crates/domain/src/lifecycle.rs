@@ -85,6 +85,9 @@ pub enum StopCause {
     /// here, to start once the node holds its lease again (if the cluster
     /// did not run it elsewhere meanwhile).
     Fenced,
+    /// Its last owner was gone for its grace ([`crate::Owner`]). Ends
+    /// `cancelled`, with the reason `owner gone`.
+    OwnerGone,
 }
 
 impl fmt::Display for StopCause {
@@ -96,6 +99,7 @@ impl fmt::Display for StopCause {
             StopCause::NotReady { after } => write!(f, "not ready within {after}"),
             StopCause::Replaced { by } => write!(f, "replaced by restart {by}"),
             StopCause::Fenced => f.write_str("stopped because its node lost its lease (failover)"),
+            StopCause::OwnerGone => f.write_str("owner gone"),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ExitStatus, GroupName, Lifecycle, NodeId, ProcessId, ProcessSpec, SessionId, StateName,
-    StopCause, Timestamp,
+    ExitStatus, GroupName, Lifecycle, NodeId, ProcessId, ProcessSpec, ReadinessCheck, SessionId,
+    StateName, StopCause, Timestamp,
 };
 
 /// A percentage from 0 to 100.
@@ -207,6 +207,9 @@ struct Record {
     /// Its leader exited while the rest of its tree runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     leader_exit: Option<Box<LeaderExit>>,
+    /// The TCP port handed to it ([`ProcessSpec::port`]), held until it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
     version: u64,
 }
 
@@ -247,6 +250,8 @@ pub struct RecordUpdate {
     restarted_from: Option<ProcessId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     leader_exit: Option<LeaderExit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
     version: u64,
 }
 
@@ -544,6 +549,7 @@ impl ProcessRecord {
             attempts: Vec::new(),
             restarted_from: None,
             leader_exit: None,
+            port: None,
             version: 1,
         }))
     }
@@ -572,7 +578,10 @@ impl ProcessRecord {
         // It answers no client's request.
         spec.request = None;
         let mut record = ProcessRecord::new(id, previous.0.node.clone(), spec, now);
-        Arc::make_mut(&mut record.0).restarted_from = Some(previous.0.id);
+        let fields = Arc::make_mut(&mut record.0);
+        fields.restarted_from = Some(previous.0.id);
+        // A restart keeps its port.
+        fields.port = previous.0.port;
         record
     }
 
@@ -611,6 +620,7 @@ impl ProcessRecord {
             attempts: self.0.attempts.clone(),
             restarted_from: self.0.restarted_from,
             leader_exit: self.0.leader_exit.as_deref().cloned(),
+            port: self.0.port,
             version: self.0.version,
         }
     }
@@ -631,6 +641,7 @@ impl ProcessRecord {
             attempts: update.attempts,
             restarted_from: update.restarted_from,
             leader_exit: update.leader_exit.map(Box::new),
+            port: update.port,
             version: update.version,
         }))
     }
@@ -645,6 +656,27 @@ impl ProcessRecord {
     /// once it ended, how its last attempt's leader exited before them).
     pub fn leader_exit(&self) -> Option<&LeaderExit> {
         self.0.leader_exit.as_deref()
+    }
+
+    /// The TCP port handed to it, held while it is live.
+    pub fn port(&self) -> Option<u16> {
+        self.0.port
+    }
+
+    /// This new record (version 1), given `port`.
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> ProcessRecord {
+        Arc::make_mut(&mut self.0).port = Some(port);
+        self
+    }
+
+    /// The readiness check in force: the spec's, or, when it has none and
+    /// a port was handed to the record, that port accepting connections.
+    pub fn readiness_check(&self) -> ReadinessCheck {
+        match (&self.0.spec.readiness.check, self.0.port) {
+            (ReadinessCheck::None, Some(port)) => ReadinessCheck::Port { port },
+            (check, _) => check.clone(),
+        }
     }
 
     /// The id.
@@ -1242,7 +1274,8 @@ impl Record {
             StopCause::Requested
             | StopCause::Cascade { .. }
             | StopCause::Replaced { .. }
-            | StopCause::Fenced => Lifecycle::Cancelled {
+            | StopCause::Fenced
+            | StopCause::OwnerGone => Lifecycle::Cancelled {
                 started_at,
                 ended_at: now,
                 exit,

@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::os_text::{env_serde, path_serde};
 use crate::{
-    GroupName, LabelKey, LabelValue, NodeId, OsText, ProcessId, ProcessName, SessionId, Span,
+    GroupName, LabelKey, LabelValue, NodeId, OsText, Owner, PortAsk, ProcessId, ProcessName,
+    SessionId, Span,
 };
 
 /// Environment variables, by name: bytes on Unix (see [`OsText`]).
@@ -401,6 +402,17 @@ pub enum SpecError {
         "ensure and replace act on the live process of the same name, and this one has none: give it a name (--name)"
     )]
     NameTakenWithoutName,
+    /// A port is handed out by the node that runs the process.
+    #[error(
+        "--port cannot be used with --node any or --failover yet: the port is handed out by the node that runs the process, and held there"
+    )]
+    PortOnAnyNode,
+    /// An owning process that does not run.
+    #[error("owner pid:{0} is not running: no process has this pid")]
+    OwnerNotRunning(u32),
+    /// An owner grace given without an owner.
+    #[error("an owner grace without an owner: give --owner too")]
+    GraceWithoutOwner,
 }
 
 /// Everything needed to run (or track) one piece of work.
@@ -494,6 +506,18 @@ pub struct ProcessSpec {
     /// the node, or of the whole cluster for one placed on any node).
     #[serde(default, skip_serializing_if = "NameTaken::is_refuse")]
     pub if_name_taken: NameTaken,
+    /// A TCP port to hand the process (as `PORT` and `BPM_PORT`), held by
+    /// its record until it ends ([`crate::port`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortAsk>,
+    /// The record lives only while one of these lives ([`crate::Owner`]);
+    /// none: until it ends or is stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<Owner>,
+    /// How long the record outlives its last owner (default
+    /// [`crate::DEFAULT_OWNER_GRACE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_grace: Option<Span>,
 }
 
 /// What a submission does when a live record already carries its name
@@ -591,6 +615,13 @@ impl ProcessSpec {
         }
     }
 
+    /// How long the record outlives its last owner: its `owner_grace`, or
+    /// [`crate::DEFAULT_OWNER_GRACE`].
+    pub fn grace_after_owners(&self) -> Duration {
+        self.owner_grace
+            .map_or(crate::DEFAULT_OWNER_GRACE, Span::as_duration)
+    }
+
     /// Whether this is a tracked operation (no OS process).
     pub fn is_tracked(&self) -> bool {
         self.command.is_none()
@@ -621,6 +652,7 @@ impl ProcessSpec {
         check("on_exit", self.on_exit == other.on_exit);
         check("failover", self.failover == other.failover);
         check("leader_only", self.leader_only == other.leader_only);
+        check("port", self.port == other.port);
         differ
     }
 
@@ -638,6 +670,12 @@ impl ProcessSpec {
         }
         if self.name.is_none() && !self.if_name_taken.is_refuse() {
             return Err(SpecError::NameTakenWithoutName);
+        }
+        if self.port.is_some() && (self.placement() == Placement::Any || self.failover) {
+            return Err(SpecError::PortOnAnyNode);
+        }
+        if self.owner_grace.is_some() && self.owners.is_empty() {
+            return Err(SpecError::GraceWithoutOwner);
         }
         match &self.command {
             Some(Command::Argv(argv)) => {
@@ -665,6 +703,9 @@ impl ProcessSpec {
                 }
                 if self.idle_after.is_some() {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("an idle period")));
+                }
+                if self.port.is_some() {
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("a port")));
                 }
                 if self.restart.mode != RestartMode::Never {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("a restart policy")));

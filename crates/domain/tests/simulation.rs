@@ -418,6 +418,7 @@ impl World {
                     assert!(!self.asks.contains(&id), "one ask at a time");
                     self.asks.push(id);
                 }
+                Effect::WatchOwner { .. } => panic!("no record here has an owner"),
             }
         }
     }

@@ -1460,3 +1460,193 @@ fn a_name_belongs_to_one_live_record() {
         Err(CoreError::InvalidSpec(SpecError::NameTakenWithoutName))
     );
 }
+
+/// A port goes to one live record at a time: the first free one the
+/// kernel showed that no live record holds; a fixed one held is refused
+/// naming its holder; a restart keeps it; an ended record frees it.
+#[test]
+fn a_port_is_held_by_one_live_record() {
+    use bpm_domain::{PortAsk, PortRefused};
+    let mut core = core(Limits::default());
+    let on_ports = |core: &mut Supervisor, n: u128, ask: PortAsk, free: &[u16]| {
+        let mut spec = ProcessSpec::argv(["serve"]);
+        spec.port = Some(ask);
+        core.handle(
+            Input::SubmitOnPorts {
+                id: id(n),
+                spec,
+                free: free.to_vec(),
+            },
+            t(0),
+        )
+    };
+    on_ports(&mut core, 1, PortAsk::Auto, &[4000, 4001]).expect("first");
+    assert_eq!(core.get(id(1)).and_then(ProcessRecord::port), Some(4000));
+    on_ports(&mut core, 2, PortAsk::Auto, &[4000, 4001]).expect("second");
+    assert_eq!(core.get(id(2)).and_then(ProcessRecord::port), Some(4001));
+    let e = on_ports(&mut core, 3, PortAsk::Fixed(4000), &[4000]).expect_err("held");
+    assert!(
+        matches!(&e, CoreError::Port(PortRefused::Held { port: 4000, holder }) if holder.contains(&id(1).to_string())),
+        "{e}"
+    );
+    assert_eq!(
+        on_ports(&mut core, 3, PortAsk::Fixed(4002), &[]),
+        Err(CoreError::Port(PortRefused::InUse(4002)))
+    );
+    // Readiness defaults to the port.
+    let effects = core
+        .handle(Input::Spawned { id: id(1), pid: 11 }, t(1))
+        .expect("spawned");
+    assert!(
+        core.get(id(1))
+            .is_some_and(|r| r.lifecycle().ready_at().is_none()),
+        "{effects:?}"
+    );
+    core.handle(
+        Input::Restart {
+            id: id(1),
+            new_id: id(4),
+        },
+        t(2),
+    )
+    .expect("restart");
+    assert_eq!(core.get(id(4)).and_then(ProcessRecord::port), Some(4000));
+    core.handle(
+        Input::Exited {
+            id: id(1),
+            status: ExitStatus::Signal(15),
+        },
+        t(3),
+    )
+    .expect("exit");
+    core.handle(Input::Spawned { id: id(4), pid: 14 }, t(4))
+        .expect("spawned");
+    core.handle(
+        Input::Exited {
+            id: id(4),
+            status: ExitStatus::Code(0),
+        },
+        t(5),
+    )
+    .expect("exit");
+    assert!(core.get(id(4)).is_some_and(ProcessRecord::is_terminal));
+    on_ports(&mut core, 5, PortAsk::Fixed(4000), &[4000]).expect("free again");
+}
+
+/// A record with owners lives while one does: the core watches each
+/// owning process once, starts the grace when the last is gone, and stops
+/// the record (`owner gone`) when the grace ran out, unless a holder took
+/// its session back meanwhile.
+#[test]
+fn a_record_outlives_its_last_owner_by_its_grace() {
+    use bpm_domain::{Owner, ProcessRef, SessionId, Span, TimerKind};
+    let mut core = core(Limits::default());
+    let shell = ProcessRef { pid: 7, start: 70 };
+    let session: SessionId = "agent".parse().expect("session");
+    let owned = |owners: Vec<Owner>| {
+        let mut spec = ProcessSpec::argv(["serve"]);
+        spec.owners = owners;
+        spec.owner_grace = Some(Span::from_secs(2));
+        spec
+    };
+    let watches = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::WatchOwner { .. }))
+            .count()
+    };
+    let e = submit_at(&mut core, 1, owned(vec![Owner::Process(shell)]), 0);
+    assert_eq!(watches(&e), 1);
+    let e = submit_at(&mut core, 2, owned(vec![Owner::Process(shell)]), 0);
+    assert_eq!(watches(&e), 0, "one watch per owner");
+    let e = submit_at(
+        &mut core,
+        3,
+        owned(vec![Owner::Session(session.clone())]),
+        0,
+    );
+    let grace_of_3 = e.iter().find_map(|e| match e {
+        Effect::ArmTimer { timer, at } if timer.kind == TimerKind::OwnerGrace => {
+            Some((*timer, *at))
+        }
+        _ => None,
+    });
+    let (timer3, at3) = grace_of_3.expect("a session nobody holds starts its grace");
+    assert_eq!(at3, t(2_000));
+    core.handle(
+        Input::HoldSession {
+            session,
+            holder: ProcessRef { pid: 8, start: 80 },
+        },
+        t(1_000),
+    )
+    .expect("held");
+    core.handle(Input::TimerFired(timer3), t(2_000))
+        .expect("fired");
+    assert!(
+        core.get(id(3)).is_some_and(|r| !r.is_terminal()),
+        "held again in time"
+    );
+    let e = core
+        .handle(Input::OwnerGone { process: shell }, t(5_000))
+        .expect("gone");
+    let timers: Vec<_> = e
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ArmTimer { timer, at } if timer.kind == TimerKind::OwnerGrace => {
+                Some((*timer, *at))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timers.len(), 2, "{e:?}");
+    for (timer, at) in timers {
+        assert_eq!(at, t(7_000));
+        core.handle(Input::TimerFired(timer), at).expect("fired");
+    }
+    // Their spawns were under way: each stops as soon as it is known.
+    for n in [1, 2] {
+        assert_eq!(
+            core.get(id(n)).map(ProcessRecord::state),
+            Some(StateName::Stopping)
+        );
+        core.handle(
+            Input::Spawned {
+                id: id(n),
+                pid: 100,
+            },
+            t(7_001),
+        )
+        .expect("spawned");
+        core.handle(
+            Input::Exited {
+                id: id(n),
+                status: ExitStatus::Signal(15),
+            },
+            t(7_002),
+        )
+        .expect("exit");
+        let r = core.get(id(n)).expect("known");
+        assert_eq!(r.state(), StateName::Cancelled);
+        assert_eq!(r.lifecycle().error(), Some("owner gone".to_owned()));
+    }
+    // The holder goes too: the session's record follows after its grace.
+    core.handle(
+        Input::OwnerGone {
+            process: ProcessRef { pid: 8, start: 80 },
+        },
+        t(8_000),
+    )
+    .expect("gone");
+    core.handle(Input::TimerFired(timer3), t(10_000))
+        .expect("fired");
+    assert_eq!(
+        core.get(id(3)).map(ProcessRecord::state),
+        Some(StateName::Stopping)
+    );
+}
+
+fn submit_at(core: &mut Supervisor, n: u128, spec: ProcessSpec, at: u64) -> Vec<Effect> {
+    core.handle(Input::Submit { id: id(n), spec }, t(at))
+        .expect("accepted")
+}

@@ -132,7 +132,7 @@ impl Driver {
             Msg::Input(input, reply) => {
                 // A submitted record's answer waits for its spawn.
                 let submitted = match &*input {
-                    Input::Submit { id, .. } => Some(*id),
+                    Input::Submit { id, .. } | Input::SubmitOnPorts { id, .. } => Some(*id),
                     Input::Restart { new_id, .. } => Some(*new_id),
                     _ => None,
                 };
@@ -157,7 +157,7 @@ impl Driver {
                 let each: Vec<Option<ProcessId>> = inputs
                     .iter()
                     .map(|i| match i {
-                        Input::Submit { id, .. } => Some(*id),
+                        Input::Submit { id, .. } | Input::SubmitOnPorts { id, .. } => Some(*id),
                         _ => None,
                     })
                     .collect();
@@ -225,6 +225,11 @@ impl Driver {
                     && let Err(e) = self.step(Input::ClusterSlotsFreed).await
                 {
                     tracing::debug!(error = %e, "could not ask for cluster-wide slots again");
+                }
+            }
+            Msg::OwnerGone(process) => {
+                if let Err(e) = self.step(Input::OwnerGone { process }).await {
+                    tracing::debug!(error = %e, "an owner's end came for nothing");
                 }
             }
             Msg::Seen { records, gone } => {

@@ -112,8 +112,23 @@ impl Driver {
             Effect::Publish(event) => step.announce.push(*event),
             Effect::ExitRecorded { id } => step.exits.push(id),
             Effect::TakeClusterSlot { id, group, limit } => self.take_slot(id, group, limit),
+            Effect::WatchOwner { process } => self.watch_owner(process),
         }
         None
+    }
+
+    /// Watches an owner beside the loop; its end comes back as an input.
+    fn watch_owner(&self, process: bpm_domain::ProcessRef) {
+        let tx = self.tx.clone();
+        let host = std::sync::Arc::clone(&self.ports.host);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = host.until_gone(process) => {
+                    let _ = tx.send(Msg::OwnerGone(process));
+                }
+                () = tx.closed() => {}
+            }
+        });
     }
 
     /// Asks for one of `group`'s cluster-wide slots beside the loop; the

@@ -68,6 +68,8 @@ pub struct Ports {
     pub ids: Arc<dyn IdGenerator>,
     /// What running process trees use.
     pub usage: Arc<dyn ResourceSampler>,
+    /// Free ports, and owners' lives.
+    pub host: Arc<dyn bpm_ports::Host>,
 }
 
 /// The engine's settings.
@@ -130,6 +132,8 @@ pub(crate) enum Msg {
     },
     /// A record ended on another node: a cluster-wide slot may be free.
     SlotsFreed,
+    /// A process that owns records, or holds a session, is gone.
+    OwnerGone(bpm_domain::ProcessRef),
     Shutdown(oneshot::Sender<()>),
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bpm_domain::{
-    Event, Input, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Timestamp,
+    Event, Input, ListFilter, Owner, Percent, ProcessId, ProcessRecord, ProcessRef, ProcessSpec,
+    SessionId, SpecError, Timestamp,
 };
 use bpm_ports::{
     Answer, Command, Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager,
@@ -26,6 +27,29 @@ const DESCENDANT_MARGIN: Duration = Duration::from_secs(5);
 /// How many descendants `stop` looks for, at most.
 const DESCENDANTS_WATCHED: usize = 10_000;
 
+/// A spec ready to submit ([`Engine::prepare`]).
+struct Prepared {
+    spec: ProcessSpec,
+    /// For a spec asking for a port: the ports the host offers.
+    free: Option<Vec<u16>>,
+}
+
+impl Prepared {
+    fn input(self, id: ProcessId) -> Input {
+        match self.free {
+            Some(free) => Input::SubmitOnPorts {
+                id,
+                spec: self.spec,
+                free,
+            },
+            None => Input::Submit {
+                id,
+                spec: self.spec,
+            },
+        }
+    }
+}
+
 impl Engine {
     /// Whether the store takes `records` new records now. A full disk, or a
     /// store that does not answer, costs new work, never the records of
@@ -33,6 +57,28 @@ impl Engine {
     pub(crate) async fn takes_new_work(&self, records: usize) -> Result<(), ManagerError> {
         self.ports.store.room(records)?;
         Ok(self.ports.store.reachable().await?)
+    }
+
+    /// What submits `spec`: its owning processes known by their start
+    /// time (so that a recycled pid is never taken for one), and, when it
+    /// asks for a port, the ports nothing listens on now.
+    ///
+    /// # Errors
+    /// [`ManagerError::InvalidSpec`] naming an owner that does not run.
+    fn prepare(&self, mut spec: ProcessSpec) -> Result<Prepared, ManagerError> {
+        for owner in &mut spec.owners {
+            if let Owner::Process(p) = owner
+                && p.start == 0
+            {
+                p.start = self
+                    .ports
+                    .host
+                    .start_of(p.pid)
+                    .ok_or(ManagerError::InvalidSpec(SpecError::OwnerNotRunning(p.pid)))?;
+            }
+        }
+        let free = spec.port.map(|ask| self.ports.host.free_ports(ask));
+        Ok(Prepared { spec, free })
     }
 
     /// Makes one record with a new id through the input `make` builds.
@@ -112,18 +158,38 @@ impl Engine {
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
         self.takes_new_work(specs.len()).await?;
-        let ids: Vec<ProcessId> = specs.iter().map(|_| self.ports.ids.next_id()).collect();
-        let inputs: Vec<Input> = ids
-            .iter()
-            .zip(specs)
-            .map(|(&id, spec)| Input::Submit { id, spec })
-            .collect();
+        // A spec that cannot be prepared keeps its error; the others go.
+        let prepared: Vec<Result<Prepared, ManagerError>> =
+            specs.into_iter().map(|s| self.prepare(s)).collect();
+        let mut ids = Vec::with_capacity(prepared.len());
+        let mut inputs = Vec::with_capacity(prepared.len());
+        let mut early: Vec<Option<ManagerError>> = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let id = self.ports.ids.next_id();
+            ids.push(id);
+            match p {
+                Ok(p) => {
+                    inputs.push(p.input(id));
+                    early.push(None);
+                }
+                Err(e) => early.push(Some(e)),
+            }
+        }
         let again = self.kept_for_again(&inputs);
-        let (mut accepted, mut changed) = self.submit_batch(inputs).await?;
+        let (mut accepted, mut changed) = if inputs.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            self.submit_batch(inputs).await?
+        };
         self.submit_again_named(again, &mut accepted, &mut changed)
             .await?;
+        let mut accepted = accepted.into_iter();
         let mut out = Vec::with_capacity(ids.len());
-        for (id, accepted) in ids.into_iter().zip(accepted) {
+        for (id, early) in ids.into_iter().zip(early) {
+            let accepted = match early {
+                Some(e) => Err(e),
+                None => accepted.next().unwrap_or(Err(ManagerError::ShutDown)),
+            };
             out.push(match accepted {
                 Err(e) => self.or_reused(e).await,
                 Ok(()) => match changed.iter().rev().find(|r| r.id() == id) {
@@ -248,7 +314,8 @@ impl ProcessManager for Engine {
             }
             _ => {}
         }
-        self.create(|id| Input::Submit { id, spec }).await
+        let prepared = self.prepare(spec)?;
+        self.create(|id| prepared.input(id)).await
     }
 
     async fn start_many(
@@ -552,6 +619,19 @@ impl ProcessManager for Engine {
             .filter_map(|r| r.pid().map(|pid| SampleTarget { id: r.id(), pid }))
             .collect();
         Ok(self.ports.usage.sample(targets).await)
+    }
+
+    async fn hold_session(&self, session: SessionId, holder: u32) -> Result<(), ManagerError> {
+        let start = self
+            .ports
+            .host
+            .start_of(holder)
+            .ok_or(ManagerError::InvalidSpec(SpecError::OwnerNotRunning(
+                holder,
+            )))?;
+        let holder = ProcessRef { pid: holder, start };
+        self.call(Input::HoldSession { session, holder }).await?;
+        Ok(())
     }
 
     async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError> {

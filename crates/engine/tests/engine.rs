@@ -44,6 +44,7 @@ fn ports_with(
         clock: clock.clone(),
         ids: Arc::new(UuidV7Ids::new()),
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
+        host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
     (ports, spawner)
 }
@@ -1684,6 +1685,7 @@ async fn os_engine_with(max_running: usize) -> (Engine, Arc<Watched>) {
         clock,
         ids: Arc::new(UuidV7Ids::new()),
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
+        host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
     (engine_with_slots(ports, max_running).await, spawner)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bpm_adapters::clock::SystemClock;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
-use bpm_adapters::os::{OsSpawner, OsSpawnerConfig, ProcSampler};
+use bpm_adapters::os::{OsHost, OsSpawner, OsSpawnerConfig, ProcSampler};
 use bpm_domain::Limits;
 use bpm_engine::{Engine, EngineConfig, Ports};
 use bpm_ports::contract::manager::Subject;
@@ -21,6 +21,7 @@ async fn engine() -> Subject {
         clock: Arc::new(SystemClock::new()),
         ids: Arc::new(UuidV7Ids::new()),
         usage: Arc::new(ProcSampler::new()),
+        host: Arc::new(OsHost::new()),
     };
     let config = EngineConfig {
         node: None,

@@ -1,6 +1,6 @@
 //! bpm's ports: the async traits the core needs (clock, ids, persistence,
-//! output, process spawning, events, resource usage, commands for other
-//! nodes) and [`ProcessManager`], the API that every
+//! output, process spawning, events, resource usage, the host's ports and
+//! owners, commands for other nodes) and [`ProcessManager`], the API that every
 //! front end (library, CLI, daemon, MCP) uses.
 //!
 //! Every method documents the errors it MUST return; the contract suites in
@@ -11,6 +11,7 @@ mod claims;
 mod clock;
 mod commands;
 mod events;
+mod host;
 mod ids;
 mod manager;
 mod membership;
@@ -28,6 +29,7 @@ pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots, FailedOver, Failover};
 pub use clock::Clock;
 pub use commands::{Answer, Command, CommandBus, Delivery, answer_within};
 pub use events::{EventBus, EventBusError};
+pub use host::Host;
 pub use ids::IdGenerator;
 pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
 pub use membership::{Claimant, Membership, MembershipError, NodeView};
@@ -41,7 +43,7 @@ pub use usage::{ResourceSampler, ResourceUsage, SampleTarget};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use {
-    clock::MockClock, commands::MockCommandBus, events::MockEventBus, ids::MockIdGenerator,
-    manager::MockProcessManager, output::MockOutputStore, spawner::MockProcessSpawner,
-    store::MockProcessStore, usage::MockResourceSampler,
+    clock::MockClock, commands::MockCommandBus, events::MockEventBus, host::MockHost,
+    ids::MockIdGenerator, manager::MockProcessManager, output::MockOutputStore,
+    spawner::MockProcessSpawner, store::MockProcessStore, usage::MockResourceSampler,
 };

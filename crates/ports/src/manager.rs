@@ -387,6 +387,21 @@ pub trait ProcessManager: Send + Sync + 'static {
     ///   if the manager cannot be reached.
     async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError>;
 
+    /// Process `holder` (a pid of this manager's machine) holds `session`
+    /// from now until it is gone: the records `session` owns
+    /// ([`bpm_domain::Owner::Session`]) live while it, or another holder,
+    /// does. Holding it again, or by another process, is not an error.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::InvalidSpec`] if no process runs as `holder`.
+    /// - MUST return [`ManagerError::Connection`] or [`ManagerError::ShutDown`]
+    ///   if the manager cannot be reached.
+    async fn hold_session(
+        &self,
+        session: bpm_domain::SessionId,
+        holder: u32,
+    ) -> Result<(), ManagerError>;
+
     /// Every event from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 

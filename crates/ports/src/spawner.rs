@@ -50,6 +50,10 @@ pub struct SpawnRequest {
     /// the exit once the last of them ends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leader_only: bool,
+    /// The TCP port handed to the record ([`ProcessRecord::port`]), given
+    /// to the child as `PORT` and `BPM_PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl SpawnRequest {
@@ -64,12 +68,13 @@ impl SpawnRequest {
             cwd: spec.cwd.clone(),
             env: spec.env.clone(),
             stdin: spec.stdin,
-            readiness: spec.readiness.check.clone(),
+            readiness: record.readiness_check(),
             idle_after: spec.idle_after,
             hands_over: spec.restart.mode == RestartMode::Never,
             fence: spec.failover.then_some(spec.stop),
             token: record.fence_token(),
             leader_only: spec.leader_only,
+            port: record.port(),
         })
     }
 }

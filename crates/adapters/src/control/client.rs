@@ -448,6 +448,16 @@ impl ProcessManager for DaemonClient {
             other => Err(unexpected(&other)),
         }
     }
+    async fn hold_session(
+        &self,
+        session: bpm_domain::SessionId,
+        holder: u32,
+    ) -> Result<(), ManagerError> {
+        match self.call(Request::HoldSession { session, holder }).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self
             .inner

@@ -636,6 +636,10 @@ async fn dispatch(
         Request::CheckFence { id, token } => Reply::Fence {
             stale: m.check_fence(id, token).await?,
         },
+        Request::HoldSession { session, holder } => {
+            m.hold_session(session, holder).await?;
+            Reply::Done
+        }
         Request::Shutdown { kill_all } => {
             if kill_all {
                 m.stop_level(0, StopOptions::default()).await?;

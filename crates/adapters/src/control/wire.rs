@@ -148,6 +148,11 @@ pub enum Request {
         id: ProcessId,
         token: u64,
     },
+    /// A process holds a session (`hold_session`).
+    HoldSession {
+        session: bpm_domain::SessionId,
+        holder: u32,
+    },
     Shutdown {
         kill_all: bool,
     },

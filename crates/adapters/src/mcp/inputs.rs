@@ -125,6 +125,18 @@ pub(super) struct StartArgs {
     /// If a live process has this `name`: stop it (its whole tree, its
     /// grace) and start this one once it has ended.
     pub(super) replace: Option<bool>,
+    /// A TCP port handed to the process in `PORT` and `BPM_PORT`, held
+    /// until it ends: "auto" (any free port), a range ("3000-3099") or one
+    /// port ("3000", refused when another process holds it or anything
+    /// listens there). It is ready once the port accepts connections,
+    /// unless another readiness check is given. Shown as `port`.
+    pub(super) port: Option<String>,
+    /// Keep it running after this client goes away. By default a process
+    /// started here is stopped once this client's session has been gone
+    /// for the server's grace (10 minutes unless `[mcp] owner_grace` says
+    /// otherwise); a client that comes back under the same session
+    /// (`BPM_SESSION`) within it keeps its processes.
+    pub(super) persistent: Option<bool>,
     /// Free-form JSON kept with the record.
     pub(super) metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }

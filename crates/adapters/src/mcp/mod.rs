@@ -39,6 +39,18 @@ pub struct StartDefaults {
     pub cwd: PathBuf,
     /// The environment.
     pub env: bpm_domain::Environment,
+    /// The session that owns what this client starts (unless a call says
+    /// `persistent`), held by the server's process while it runs.
+    pub owner: Option<SessionOwner>,
+}
+
+/// The session that owns what a client starts ([`StartDefaults::owner`]).
+#[derive(Debug, Clone)]
+pub struct SessionOwner {
+    /// The session.
+    pub session: bpm_domain::SessionId,
+    /// How long its processes outlive it.
+    pub grace: bpm_domain::Span,
 }
 
 impl StartDefaults {
@@ -48,6 +60,7 @@ impl StartDefaults {
         StartDefaults {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             env: crate::os::inherited_env(),
+            owner: None,
         }
     }
 }

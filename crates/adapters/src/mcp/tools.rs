@@ -374,6 +374,17 @@ impl McpServer {
         spec.if_name_taken =
             bpm_domain::NameTaken::asked(a.ensure.unwrap_or(false), a.replace.unwrap_or(false))
                 .ok_or("ensure and replace contradict each other: ensure keeps the live process, replace stops it")?;
+        spec.port = a
+            .port
+            .map(|p| p.parse::<bpm_domain::PortAsk>())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        if a.persistent != Some(true)
+            && let Some(owner) = &defaults.owner
+        {
+            spec.owners = vec![bpm_domain::Owner::Session(owner.session.clone())];
+            spec.owner_grace = Some(owner.grace);
+        }
         spec.metadata = a.metadata.unwrap_or_default();
         // A request of its own, to tell a new record from the live one
         // `ensure` answers with.

@@ -5,6 +5,7 @@
 
 mod capture;
 mod heap;
+mod host;
 mod listening;
 mod spawn;
 mod subreaper;
@@ -33,6 +34,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
 pub use heap::release_free_memory;
+pub use host::OsHost;
 pub use subreaper::Subreaper;
 pub use usage::ProcSampler;
 
@@ -1333,6 +1335,11 @@ fn own_variables(request: &SpawnRequest) -> Result<Vec<CString>, SpawnError> {
         let token = request.token.to_string();
         own.push(spawn::variable(b"BPM_FENCE", token.as_bytes()).map_err(nul)?);
     }
+    if let Some(port) = request.port {
+        let port = port.to_string();
+        own.push(spawn::variable(b"PORT", port.as_bytes()).map_err(nul)?);
+        own.push(spawn::variable(b"BPM_PORT", port.as_bytes()).map_err(nul)?);
+    }
     Ok(own)
 }
 
@@ -1463,14 +1470,15 @@ pub fn find_marked(ids: &[ProcessId]) -> HashMap<ProcessId, u32> {
 
 /// This process's environment as the base of a process it starts for its
 /// caller, as a shell would pass it on, byte for byte, without bpm's own
-/// marks (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`, `BPM_FENCE`).
+/// marks (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`, `BPM_FENCE`,
+/// `BPM_PORT`).
 #[must_use]
 pub fn inherited_env() -> Environment {
     std::env::vars_os()
         .filter(|(k, _)| {
             !matches!(
                 k.as_bytes(),
-                b"BPM_PROCESS_ID" | b"BPM_SESSION" | b"BPM_NODE" | b"BPM_FENCE"
+                b"BPM_PROCESS_ID" | b"BPM_SESSION" | b"BPM_NODE" | b"BPM_FENCE" | b"BPM_PORT"
             )
         })
         .map(|(k, v)| (OsText::from(k), OsText::from(v)))

@@ -63,6 +63,7 @@ pub(crate) fn sh_request(
         fence: None,
         token: 0,
         leader_only: false,
+        port: None,
     }
 }
 

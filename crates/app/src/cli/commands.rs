@@ -508,6 +508,23 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     if let Some(text) = a.metadata {
         spec.metadata = parse_metadata(&text)?;
     }
+    spec.port = a
+        .port
+        .map(|p| p.parse::<bpm_domain::PortAsk>())
+        .transpose()
+        .map_err(|e| bad(&format!("--port: {e}")))?;
+    for owner in a.owner {
+        let owner = owner
+            .parse::<bpm_domain::Owner>()
+            .map_err(|e| bad(&format!("--owner: {e}")))?;
+        if !spec.owners.contains(&owner) {
+            spec.owners.push(owner);
+        }
+    }
+    spec.owner_grace = a
+        .owner_grace
+        .map(|g| span(&g, "--owner-grace"))
+        .transpose()?;
     if a.stdin {
         spec.stdin = StdinMode::Pipe;
     }
@@ -1018,6 +1035,35 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
             .unwrap_or_default(),
     );
     field("pid", r.pid().map_or("-".into(), |p| p.to_string()));
+    if let Some(port) = r.port() {
+        let listening = usage.map(|u| &u.listening_ports);
+        let seen = match listening {
+            Some(ports) if ports.contains(&port) => " (listening)".to_owned(),
+            Some(ports) if !ports.is_empty() => {
+                let elsewhere: Vec<String> = ports.iter().map(|p| format!(":{p}")).collect();
+                format!(
+                    " (not listening there; listens on {})",
+                    elsewhere.join(", ")
+                )
+            }
+            Some(_) => " (not listening yet)".to_owned(),
+            None => String::new(),
+        };
+        field("port", format!("{port}{seen}"));
+    }
+    if !spec.owners.is_empty() {
+        let owners: Vec<String> = spec.owners.iter().map(ToString::to_string).collect();
+        let grace = spec
+            .owner_grace
+            .map_or_else(|| "30s".to_owned(), |g| g.to_string());
+        field(
+            "owners",
+            format!(
+                "{} (stopped {grace} after the last is gone)",
+                owners.join(", ")
+            ),
+        );
+    }
     if let Some(x) = r.leader_exit() {
         let ports = usage.map_or(Vec::new(), |u| {
             u.listening_ports.iter().map(|p| format!(":{p}")).collect()

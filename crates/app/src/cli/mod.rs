@@ -272,6 +272,26 @@ pub struct RunArgs {
     /// grace) and start this one once it has ended.
     #[arg(long)]
     pub replace: bool,
+    /// Hand the process a TCP port in `PORT` and `BPM_PORT`, held until its
+    /// record ends: `auto` (any free port), a range (3000-3099, the lowest
+    /// free) or one port (refused when another process holds it or
+    /// anything listens there). It is ready when the port accepts
+    /// connections, unless another readiness check is given.
+    #[arg(long, value_name = "auto|N|A-B")]
+    pub port: Option<String>,
+    /// Live only while this owner lives (repeatable): `pid:PID` (a
+    /// process, `pid:$$` for this shell) or `session:NAME` (a session a
+    /// client holds, as `bpm mcp` does). When the last owner has been gone
+    /// for --owner-grace, the process is stopped (cause `owner gone`).
+    #[arg(long, value_name = "pid:PID|session:NAME", conflicts_with = "persist")]
+    pub owner: Vec<String>,
+    /// How long the process outlives its last owner (default 30s).
+    #[arg(long, value_name = "DURATION", requires = "owner")]
+    pub owner_grace: Option<String>,
+    /// Live until it ends or is stopped, whatever else ends: the default
+    /// when no --owner is given.
+    #[arg(long)]
+    pub persist: bool,
     /// Parent process (id or name).
     #[arg(long)]
     pub parent: Option<String>,

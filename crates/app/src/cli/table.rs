@@ -80,12 +80,14 @@ fn paint(state: StateName, text: &str, color: bool) -> String {
 
 /// Which columns a listing needs, and how wide its state is: a table of
 /// one node's records fits 80 columns, so the NODE column appears only
-/// when the records come from more than one node, and STATE widens only
-/// for `unreachable`.
+/// when the records come from more than one node, the PORT column only
+/// when a live record holds a port, and STATE widens only for
+/// `unreachable`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Columns {
     state: usize,
     node: bool,
+    port: bool,
 }
 
 impl Columns {
@@ -98,7 +100,8 @@ impl Columns {
         let node = records
             .first()
             .is_some_and(|first| records.iter().any(|r| r.node() != first.node()));
-        Columns { state, node }
+        let port = records.iter().any(|r| r.port().is_some());
+        Columns { state, node, port }
     }
 }
 
@@ -117,6 +120,11 @@ pub(super) fn header(cols: Columns) -> String {
         "SESSION",
         w = cols.state
     );
+    let line = if cols.port {
+        format!("{line} {:>5}", "PORT")
+    } else {
+        line
+    };
     if cols.node {
         format!("{line} NODE")
     } else {
@@ -176,6 +184,12 @@ pub(super) fn row(
         cut(&time, 7),
         cut(&session, 10),
     );
+    let line = if cols.port {
+        let port = r.port().map_or("-".into(), |p| p.to_string());
+        format!("{line} {port:>5}")
+    } else {
+        line
+    };
     if cols.node {
         format!("{line} {}", r.node())
     } else {

@@ -185,6 +185,7 @@ impl Supervisor {
             }
             self.children.remove(&id);
             self.forget_name(entry.record.spec().name.as_ref(), id);
+            self.forget_owners(id, &entry.record.spec().owners);
             self.dirty.remove(&id);
             self.cancel_timer(id, TimerKind::Retention);
             self.out.push(Effect::Delete { id });

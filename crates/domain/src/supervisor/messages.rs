@@ -25,6 +25,9 @@ pub enum TimerKind {
     /// A group refused a cluster-wide slot (on this record's ask) may ask
     /// again, whatever became of the record meanwhile.
     ClusterSlot,
+    /// The grace after the record's last owner went ends: it is stopped
+    /// unless an owner came back ([`crate::Owner`]).
+    OwnerGrace,
 }
 
 /// A timer the driver arms. Arming the same timer again replaces it.
@@ -41,6 +44,12 @@ pub struct Timer {
 /// Something the driver must carry out, in the order given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Report [`Input::OwnerGone`] for `process` once it is gone: at once
+    /// if no process runs with its pid and start time any more.
+    WatchOwner {
+        /// The owner, or a session's holder.
+        process: crate::ProcessRef,
+    },
     /// Write the record: create it when `expected_version` is `None`, else
     /// compare-and-set against that version.
     Persist {
@@ -140,6 +149,33 @@ pub enum Input {
         id: ProcessId,
         /// What to run (a tracked operation when it has no command).
         spec: ProcessSpec,
+    },
+    /// Accept a new record whose spec asks for a port
+    /// ([`ProcessSpec::port`]), with the ports the kernel showed free just
+    /// before, in the order to try. (A plain [`Input::Submit`] of such a
+    /// spec takes the port asked for, or its range, as free in the
+    /// kernel's view; `auto` then finds none.)
+    SubmitOnPorts {
+        /// Its id (from the id port).
+        id: ProcessId,
+        /// What to run.
+        spec: ProcessSpec,
+        /// Ports nothing listened on, in the order to try.
+        free: Vec<u16>,
+    },
+    /// A process that owns records ([`crate::Owner`]), or holds a
+    /// session, is gone.
+    OwnerGone {
+        /// The process.
+        process: crate::ProcessRef,
+    },
+    /// `holder` holds `session` from now on, until it is gone: the records
+    /// the session owns live while it does.
+    HoldSession {
+        /// The session.
+        session: crate::SessionId,
+        /// The process that holds it.
+        holder: crate::ProcessRef,
     },
     /// Accept a new tracked operation: a record with no command, which the
     /// caller drives with progress, completion and failure. A spec with a
@@ -404,9 +440,9 @@ impl Input {
     /// another node's, as a dependency or a parent.
     pub fn may_name_unknown(&self) -> bool {
         match self {
-            Input::Submit { spec, .. } | Input::Track { spec, .. } => {
-                spec.parent.is_some() || !spec.dependencies.is_empty()
-            }
+            Input::Submit { spec, .. }
+            | Input::SubmitOnPorts { spec, .. }
+            | Input::Track { spec, .. } => spec.parent.is_some() || !spec.dependencies.is_empty(),
             Input::Restart { .. } => true,
             Input::Claimed { record } => {
                 record.parent().is_some() || !record.spec().dependencies.is_empty()
@@ -557,4 +593,7 @@ pub enum CoreError {
         /// differs from the one submitted (none: it is reused).
         differences: Vec<String>,
     },
+    /// No port could be handed out ([`crate::ProcessSpec::port`]).
+    #[error(transparent)]
+    Port(#[from] crate::PortRefused),
 }

@@ -20,6 +20,8 @@ mod limits;
 mod messages;
 mod names;
 mod order;
+mod owners;
+mod ports;
 mod queue;
 mod reconcile;
 mod restore;
@@ -133,6 +135,8 @@ pub struct Supervisor {
     /// The newest record of this node given each name: the live one, if
     /// any (see `names.rs`).
     names: HashMap<crate::ProcessName, ProcessId>,
+    /// Records' owners and sessions' holders: see `owners.rs`.
+    owners: owners::Owners,
 }
 
 impl Supervisor {
@@ -158,6 +162,7 @@ impl Supervisor {
             fenced: false,
             held_back: BTreeSet::new(),
             names: HashMap::new(),
+            owners: owners::Owners::default(),
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -258,12 +263,23 @@ impl Supervisor {
             return Ok(());
         };
         match input {
-            Input::Submit { id, spec } => self.submit(id, spec, None, now),
+            Input::Submit { id, spec } => self.submit(id, spec, None, None, now),
+            Input::SubmitOnPorts { id, spec, free } => {
+                self.submit(id, spec, None, Some(&free), now)
+            }
             Input::Track { id, spec } => {
                 if spec.command.is_some() {
                     return Err(SpecError::TrackedWithCommand.into());
                 }
-                self.submit(id, spec, None, now)
+                self.submit(id, spec, None, None, now)
+            }
+            Input::OwnerGone { process } => {
+                self.owner_gone(process, now);
+                Ok(())
+            }
+            Input::HoldSession { session, holder } => {
+                self.hold_session(session, holder, now);
+                Ok(())
             }
             Input::Restart { id, new_id } => self.restart(id, new_id, now),
             Input::Claimed { record } => self.claimed(&record, now),

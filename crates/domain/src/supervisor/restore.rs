@@ -55,6 +55,15 @@ impl Supervisor {
             );
         }
         self.see(others);
+        let with_owners: Vec<ProcessId> = self
+            .entries
+            .values()
+            .filter(|e| !e.record.spec().owners.is_empty() && !e.record.is_terminal())
+            .map(|e| e.record.id())
+            .collect();
+        for id in with_owners {
+            self.note_owners(id, now);
+        }
         for (id, persisted) in back {
             self.dirty.insert(id, persisted);
             self.publish(id, EventKind::Reachable, now);

@@ -19,6 +19,7 @@ impl Supervisor {
         id: ProcessId,
         mut spec: ProcessSpec,
         replaces: Option<ProcessId>,
+        free_ports: Option<&[u16]>,
         now: Timestamp,
     ) -> Result<(), CoreError> {
         spec.validate()?;
@@ -43,9 +44,19 @@ impl Supervisor {
             return Err(CoreError::AlreadyExists(id));
         }
         let named = self.name_rule(&spec, replaces)?;
-        let record = match replaces {
-            Some(old) => ProcessRecord::restart_of(&self.entries[&old].record, id, now),
-            None => ProcessRecord::new(id, self.node.clone(), spec, now),
+        // A restart keeps its record's port.
+        let port = match (spec.port, replaces) {
+            (Some(ask), None) => Some(self.hand_out_port(ask, free_ports, named)?),
+            _ => None,
+        };
+        let record = if let Some(old) = replaces {
+            ProcessRecord::restart_of(&self.entries[&old].record, id, now)
+        } else {
+            let record = ProcessRecord::new(id, self.node.clone(), spec, now);
+            match port {
+                Some(port) => record.with_port(port),
+                None => record,
+            }
         };
         // A record replacing a live one of its name starts once that one
         // has ended.
@@ -192,6 +203,7 @@ impl Supervisor {
         for waited in blockers.must_complete.iter().chain(&blockers.must_end) {
             self.waiters.entry(*waited).or_default().insert(id);
         }
+        self.note_owners(id, now);
         // A new record is written; a claimed one is stored as it is.
         if persisted.is_none() {
             self.dirty.insert(id, None);
@@ -214,7 +226,7 @@ impl Supervisor {
     ) -> Result<(), CoreError> {
         let old = self.own(id)?;
         let spec = old.spec().clone();
-        self.submit(new_id, spec, Some(id), now)?;
+        self.submit(new_id, spec, Some(id), None, now)?;
         let mut event = Event::new(EventKind::Restarted, &self.entries[&id].record, now);
         event.related = Some(new_id);
         self.out.push(Effect::Publish(Box::new(event)));
@@ -254,10 +266,11 @@ impl Supervisor {
             }
             return Ok(());
         }
-        let spec = self.entries[&id].record.spec();
+        let record = &self.entries[&id].record;
+        let spec = record.spec();
         let timeout = spec.timeout;
         let readiness =
-            (spec.readiness.check != ReadinessCheck::None).then_some(spec.readiness.timeout);
+            (record.readiness_check() != ReadinessCheck::None).then_some(spec.readiness.timeout);
         if let Some(t) = timeout {
             self.arm(id, TimerKind::Timeout, now.saturating_add(t.as_duration()));
         }

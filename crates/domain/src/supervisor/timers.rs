@@ -5,6 +5,11 @@ use crate::{ProcessId, StateName, StopCause, Timestamp, Transition};
 
 impl Supervisor {
     pub(super) fn timer_fired(&mut self, timer: Timer, now: Timestamp) {
+        // An owner's grace outlives the record's restarts.
+        if timer.kind == TimerKind::OwnerGrace {
+            self.owner_grace_over(timer.id, now);
+            return;
+        }
         let Some(entry) = self.entries.get(&timer.id) else {
             return;
         };

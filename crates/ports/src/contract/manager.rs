@@ -636,3 +636,82 @@ pub async fn a_fencing_token_is_current_while_its_attempt_runs(subject: Subject)
     let id = unknown();
     assert_eq!(m.check_fence(id, 1).await, Err(ManagerError::NotFound(id)));
 }
+
+/// A port asked for goes to one live record, given to its process as
+/// `PORT`; a fixed port held is refused naming the holder.
+pub async fn a_port_goes_to_one_live_record(subject: Subject) {
+    let m = &subject.manager;
+    let mut spec = sh("echo \"port $PORT $BPM_PORT\"; exec sleep 30");
+    spec.port = Some(bpm_domain::PortAsk::Auto);
+    spec.stop.grace = bpm_domain::Span::from_millis(200);
+    let r = running(m, spec).await;
+    let port = r.port().expect("a port");
+    let deadline = Instant::now() + LONG;
+    loop {
+        let chunk = m
+            .read_output(r.id(), OutputQuery::default())
+            .await
+            .expect("read");
+        let text: Vec<u8> = chunk.pieces.into_iter().flat_map(|p| p.data).collect();
+        if text == format!("port {port} {port}\n").as_bytes() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            String::from_utf8_lossy(&text)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = sh("true");
+    again.port = Some(bpm_domain::PortAsk::Fixed(port));
+    match m.start(again).await {
+        Err(ManagerError::Refused(CoreError::Port(bpm_domain::PortRefused::Held {
+            port: p,
+            holder,
+        }))) => assert!(
+            p == port && holder.contains(&r.id().to_string()),
+            "{holder}"
+        ),
+        other => panic!("a held port was not refused: {other:?}"),
+    }
+    m.stop(r.id(), StopOptions::default()).await.expect("stop");
+}
+
+/// A record whose owning process ends is stopped once its grace ran out,
+/// with the cause `owner gone`; an owner or a session holder that does not
+/// run is refused.
+pub async fn a_record_ends_when_its_owner_is_gone(subject: Subject) {
+    let m = &subject.manager;
+    let mut owner = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("an owner");
+    let mut spec = sh("exec sleep 30");
+    spec.owners = vec![format!("pid:{}", owner.id()).parse().expect("owner")];
+    spec.owner_grace = Some(bpm_domain::Span::from_millis(100));
+    let r = running(m, spec).await;
+    owner.kill().expect("kill");
+    owner.wait().expect("reaped");
+    let r = ended(m, r.id()).await;
+    assert_eq!(r.state(), StateName::Cancelled);
+    assert_eq!(r.lifecycle().error().as_deref(), Some("owner gone"));
+    let mut spec = sh("true");
+    spec.owners = vec!["pid:999999999".parse().expect("owner")];
+    assert_eq!(
+        m.start(spec).await.map(|r| r.id()),
+        Err(ManagerError::InvalidSpec(SpecError::OwnerNotRunning(
+            999_999_999
+        )))
+    );
+    let session: bpm_domain::SessionId = "holder".parse().expect("session");
+    m.hold_session(session.clone(), std::process::id())
+        .await
+        .expect("held");
+    assert_eq!(
+        m.hold_session(session, 999_999_999).await,
+        Err(ManagerError::InvalidSpec(SpecError::OwnerNotRunning(
+            999_999_999
+        )))
+    );
+}

@@ -12,6 +12,7 @@
 
 pub mod claims;
 pub mod failover;
+pub mod host;
 pub mod manager;
 pub mod membership;
 pub mod output;
@@ -120,6 +121,8 @@ macro_rules! manager_contract_tests {
             recent_events_hold_the_past_in_order,
             resource_usage_lists_running_trees,
             a_fencing_token_is_current_while_its_attempt_runs,
+            a_port_goes_to_one_live_record,
+            a_record_ends_when_its_owner_is_gone,
         );
     };
 }
@@ -181,6 +184,20 @@ macro_rules! usage_contract_tests {
             a_childs_memory_counts_toward_its_tree,
             a_childs_cpu_counts_toward_its_tree,
             a_listeners_port_is_found,
+        );
+    };
+}
+
+/// One test per case of the host contract; `$make` gives an
+/// `Arc<dyn Host>`.
+#[macro_export]
+macro_rules! host_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(host, $make;
+            a_listened_port_is_not_free,
+            auto_offers_distinct_free_ports,
+            a_range_is_offered_in_order,
+            owners_are_known_and_their_end_noticed,
         );
     };
 }

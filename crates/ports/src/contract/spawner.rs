@@ -47,6 +47,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         fence: None,
         token: 0,
         leader_only: false,
+        port: None,
     }
 }
 
