@@ -553,3 +553,83 @@ fn a_cluster_limit_on_a_node_of_its_own_holds_as_its_own() {
         .env("BPM_HOME", home.path())
         .output();
 }
+
+/// A name placed on any node is unique in the whole cluster: 50 racing
+/// `--ensure` starts from three nodes make one record, the others answer
+/// with it; a plain start of the name is refused naming it, from any
+/// node; `--replace` stops it (its whole tree) before the new one is
+/// queued; once it ended, the name is free.
+#[test]
+fn fifty_racing_ensures_on_three_nodes_start_one_process() {
+    let prefix = unique_prefix();
+    let nodes: Vec<Arc<Node>> = ["alpha", "beta", "gamma"]
+        .into_iter()
+        .map(|n| Arc::new(Node::with(n, &prefix, "")))
+        .collect();
+    for n in &nodes {
+        n.ok(&["ps"]);
+    }
+    let racers: Vec<_> = (0..50)
+        .map(|i| {
+            let node = Arc::clone(&nodes[i % 3]);
+            std::thread::spawn(move || {
+                node.ok(&[
+                    "run", "--node", "any", "--name", "web", "--ensure", "--", "sleep", "300",
+                ])
+            })
+        })
+        .collect();
+    let ids: BTreeSet<String> = racers
+        .into_iter()
+        .map(|r| r.join().expect("a racer"))
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let web = ids.into_iter().next().expect("one id");
+    until(&nodes[0], &web, Duration::from_secs(15), |r| {
+        state(r) == "running"
+    });
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&nodes[1].ok(&["ps", "--all", "--json"])).expect("JSON");
+    let named = all.iter().filter(|r| r["name"] == "web").count();
+    assert_eq!(named, 1, "one record named web in the cluster: {all:?}");
+
+    // Refused from any node, naming the live one.
+    let out = nodes[2].bpm(&[
+        "run", "--node", "any", "--name", "web", "--", "sleep", "300",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains(&web), "{}", text(&out));
+    // Ensure with another command is refused, naming the difference.
+    let out = nodes[1].bpm(&[
+        "run", "--node", "any", "--name", "web", "--ensure", "--", "sleep", "301",
+    ]);
+    assert!(text(&out).contains("differs in command"), "{}", text(&out));
+
+    // Replace: the old one has ended by the time the new one is queued.
+    let old_pid = nodes[0].show(&web)["pid"].as_u64().expect("pid");
+    let new = nodes[2].ok(&[
+        "run",
+        "--node",
+        "any",
+        "--name",
+        "web",
+        "--replace",
+        "--",
+        "sleep",
+        "302",
+    ]);
+    assert_ne!(new, web);
+    assert_eq!(state(&nodes[0].show(&web)), "cancelled");
+    assert!(
+        !Path::new(&format!("/proc/{old_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{old_pid}/cmdline"))
+                .is_ok_and(|c| !c.contains("300")),
+        "the replaced process runs on"
+    );
+    until(&nodes[1], &new, Duration::from_secs(15), |r| {
+        state(r) == "running"
+    });
+    nodes[1].ok(&["stop", &new]);
+    let again = nodes[0].ok(&["run", "--node", "any", "--name", "web", "--", "true"]);
+    assert_ne!(again, new);
+}

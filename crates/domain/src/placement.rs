@@ -22,6 +22,46 @@ use crate::{
     ProcessSpec, SpecError, StateName, Timestamp,
 };
 
+/// What a submission does when `live`, a live record of its scope (its
+/// node, or the whole cluster for one placed on any node), carries its
+/// name ([`crate::ProcessSpec::if_name_taken`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NameAnswer {
+    /// Answer with `live`: it runs what was asked for.
+    Reuse,
+    /// Stop `live`, and start the new one once it has ended.
+    Replace,
+    /// Refuse it ([`CoreError::NameTaken`]).
+    Refuse(CoreError),
+}
+
+/// The one rule for a name taken, on a node and across the cluster.
+pub fn name_taken(spec: &ProcessSpec, live: &ProcessRecord) -> NameAnswer {
+    let Some(name) = &spec.name else {
+        return NameAnswer::Refuse(SpecError::NameTakenWithoutName.into());
+    };
+    let differences: Vec<String> = match spec.if_name_taken {
+        crate::NameTaken::Replace => return NameAnswer::Replace,
+        crate::NameTaken::Ensure => live
+            .spec()
+            .differences(spec)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        crate::NameTaken::Refuse => Vec::new(),
+    };
+    if spec.if_name_taken == crate::NameTaken::Ensure && differences.is_empty() {
+        return NameAnswer::Reuse;
+    }
+    NameAnswer::Refuse(CoreError::NameTaken {
+        name: name.clone(),
+        id: live.id(),
+        state: live.state(),
+        asked: spec.if_name_taken,
+        differences,
+    })
+}
+
 /// The labels a node carries, or a spec requires of its node.
 pub type NodeLabels = BTreeMap<LabelKey, LabelValue>;
 

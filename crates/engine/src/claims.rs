@@ -9,15 +9,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::placement::{self, NodeLabels, Room};
+use bpm_domain::placement::{self, NameAnswer, NodeLabels, Room};
 use bpm_domain::{Event, EventKind, Input, NodeId, ProcessRecord, ProcessSpec};
-use bpm_ports::{ClaimQueue, ClaimedOne, ManagerError, ProcessManager};
+use bpm_ports::{ClaimQueue, ClaimedOne, ManagerError, ProcessManager, StopOptions};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{Engine, Msg};
 
 /// How often the claimer looks without an event.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// How many times a start placed on any node that replaces the live record
+/// of its name stops one and tries again, when other starts keep taking
+/// the name meanwhile.
+const REPLACE_ROUNDS: usize = 3;
 
 /// How many records placed on any node one batch writes at once.
 const QUEUED_AT_ONCE: usize = 32;
@@ -104,12 +109,51 @@ impl Engine {
 
     /// Writes `record`, unplaced (the store queues it), and announces it.
     async fn queue_one(&self, record: ProcessRecord) -> Result<ProcessRecord, ManagerError> {
+        if record.spec().name.is_some() {
+            return self.queue_named(record).await;
+        }
         self.ports.store.create(&record).await?;
-        let event = Event::new(EventKind::Submitted, &record, record.created_at());
+        self.announce_queued(&record).await;
+        Ok(record)
+    }
+
+    /// Queues a named record unless a live record of the cluster carries
+    /// its name ([`placement::name_taken`]): answers that one when asked
+    /// to ensure it, stops it first when asked to replace it, refuses
+    /// otherwise. The store creates a name once among racing nodes.
+    async fn queue_named(&self, record: ProcessRecord) -> Result<ProcessRecord, ManagerError> {
+        let mut last = None;
+        for _ in 0..REPLACE_ROUNDS {
+            let Some(live) = self.ports.store.create_named(&record).await? else {
+                self.announce_queued(&record).await;
+                return Ok(record);
+            };
+            match placement::name_taken(record.spec(), &live) {
+                NameAnswer::Reuse => return Ok(live),
+                NameAnswer::Refuse(e) => return Err(ManagerError::Refused(e)),
+                // Stopped and ended (whole tree) before this one is queued:
+                // never both running.
+                NameAnswer::Replace => match self.stop(live.id(), StopOptions::default()).await {
+                    Ok(_) | Err(ManagerError::NotFound(_)) => last = Some(live),
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        // Others kept taking the name: refused, naming the last of them.
+        let mut spec = record.spec().clone();
+        spec.if_name_taken = bpm_domain::NameTaken::Refuse;
+        match last.map(|live| placement::name_taken(&spec, &live)) {
+            Some(NameAnswer::Refuse(e)) => Err(ManagerError::Refused(e)),
+            _ => Err(ManagerError::ShutDown),
+        }
+    }
+
+    /// Announces a record just queued for any node.
+    async fn announce_queued(&self, record: &ProcessRecord) {
+        let event = Event::new(EventKind::Submitted, record, record.created_at());
         if let Err(e) = self.ports.events.publish(event).await {
             tracing::warn!(id = %record.id(), error = %e, "a record placed on any node was queued, but its event was not sent; nodes find it within a second");
         }
-        Ok(record)
     }
 
     /// Stops `record`, unplaced: this node takes it and cancels it, never

@@ -107,12 +107,49 @@ pub trait ProcessStore: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// A live record other than `record` carrying `record`'s name, if any
+    /// (what [`create_named`](Self::create_named) looks for).
+    ///
+    /// # Errors
+    /// MUST return [`StoreError::Unavailable`] if the backend cannot be reached.
+    async fn live_named(
+        &self,
+        record: &ProcessRecord,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        let Some(name) = &record.spec().name else {
+            return Ok(None);
+        };
+        let live = self.list(&ListFilter::live()).await?;
+        Ok(live.into_iter().find(|r| {
+            r.id() != record.id() && !r.is_terminal() && r.spec().name.as_ref() == Some(name)
+        }))
+    }
+
     /// Stores a new record.
     ///
     /// # Errors
     /// - MUST return [`StoreError::AlreadyExists`] if a record with its id exists.
     /// - MUST return [`StoreError::Unavailable`] if the backend cannot be reached.
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError>;
+
+    /// Stores a new record that carries a name, unless a live record the
+    /// store holds (of any node) carries the same name: then answers that
+    /// record and writes nothing. A store that nodes share does both in
+    /// one atomic step, so that of any number of nodes creating the same
+    /// name at once, one creates it; the default, for a store of one
+    /// process, looks and then creates.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    async fn create_named(
+        &self,
+        record: &ProcessRecord,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        if let Some(live) = self.live_named(record).await? {
+            return Ok(Some(live));
+        }
+        self.create(record).await.map(|()| None)
+    }
 
     /// A copy of the record with `id`.
     ///

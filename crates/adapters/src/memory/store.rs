@@ -31,6 +31,26 @@ impl ProcessStore for InMemoryStore {
         Ok(())
     }
 
+    async fn create_named(
+        &self,
+        record: &ProcessRecord,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        // Under the one lock: nodes sharing this store create a name once.
+        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = &record.spec().name
+            && let Some(live) = records.values().find(|r| {
+                r.id() != record.id() && !r.is_terminal() && r.spec().name.as_ref() == Some(name)
+            })
+        {
+            return Ok(Some(live.clone()));
+        }
+        if records.contains_key(&record.id()) {
+            return Err(StoreError::AlreadyExists(record.id()));
+        }
+        records.insert(record.id(), record.clone());
+        Ok(None)
+    }
+
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
         let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
         records.get(&id).cloned().ok_or(StoreError::NotFound(id))

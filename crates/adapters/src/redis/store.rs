@@ -101,6 +101,20 @@ if first[1] ~= 'ok' then return first end
 return put(k2, a2)
 ";
 
+/// A creation (`put`'s keys and arguments) unless a live record carries
+/// its name: ARGV[15] is the name's index set. Answers `{'named', ID}`
+/// with the live one, and writes nothing then.
+const NAMED: &str = r"
+local ended = {completed = true, failed = true, timed_out = true, cancelled = true, lost = true}
+for _, id in ipairs(redis.call('SMEMBERS', ARGV[15])) do
+  if id ~= ARGV[5] then
+    local j = redis.call('HGET', ARGV[13] .. 'r:' .. id, 'j')
+    if j and not ended[cjson.decode(j).state] then return {'named', id} end
+  end
+end
+return put(KEYS, ARGV)
+";
+
 const DELETE: &str = r"
 local refused = fenced(ARGV, 3)
 if refused then return refused end
@@ -132,6 +146,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     base: String,
     put: Script,
+    named: Script,
     failover: Script,
     delete: Script,
     fence: Option<super::Fence>,
@@ -149,6 +164,7 @@ impl RedisStore {
             conn,
             base: super::base(prefix),
             put: Script::new(&format!("{FENCED}{PUT_FN}{PUT}")),
+            named: Script::new(&format!("{FENCED}{PUT_FN}{NAMED}")),
             failover: Script::new(&format!("{FENCED}{PUT_FN}{FAILOVER}")),
             delete: Script::new(&format!("{FENCED}{DELETE}")),
             fence: None,
@@ -249,6 +265,9 @@ impl RedisStore {
         if let Some(g) = r.group() {
             keys.push(self.key(&format!("ix:group:{g}")));
         }
+        if let Some(name) = &r.spec().name {
+            keys.push(self.name_key(name));
+        }
         // Tracked operations hold no slot: the cluster-wide count
         // (`RedisClaims`' `TAKE_SLOT`) leaves them out.
         if r.is_tracked() {
@@ -258,6 +277,11 @@ impl RedisStore {
             keys.push(self.key(&format!("ix:label:{k}={v}")));
         }
         keys
+    }
+
+    /// The index set of the records named `name`.
+    fn name_key(&self, name: &bpm_domain::ProcessName) -> String {
+        self.key(&format!("ix:name:{name}"))
     }
 
     /// The keys and arguments of one write of `record` (`PUT_FN`): a
@@ -467,6 +491,61 @@ impl ProcessStore for RedisStore {
 
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
         self.put(record, None).await
+    }
+
+    async fn live_named(
+        &self,
+        record: &ProcessRecord,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        let Some(name) = &record.spec().name else {
+            return Ok(None);
+        };
+        let key = self.name_key(name);
+        let ids: Vec<String> =
+            super::read!(self.conn, |c| c.smembers(&key)).map_err(|e| unavailable(&e))?;
+        Ok(self
+            .fetch(&ids)
+            .await?
+            .into_iter()
+            .find(|r| r.id() != record.id() && !r.is_terminal()))
+    }
+
+    async fn create_named(
+        &self,
+        record: &ProcessRecord,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        let Some(name) = &record.spec().name else {
+            return self.create(record).await.map(|()| None);
+        };
+        self.check_lease()?;
+        let (keys, mut args) = self.put_call(record, None)?;
+        args.push(self.name_key(name));
+        let epoch = self.fence_args().1;
+        let answer = self.invoke(self.named.prepare_invoke(), keys, args).await?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => Ok(None),
+            Some("named") => {
+                let id = answer
+                    .get(1)
+                    .and_then(|id| id.parse::<ProcessId>().ok())
+                    .ok_or_else(|| {
+                        StoreError::Unavailable("Redis: a name's holder without an id".into())
+                    })?;
+                // Ended or deleted since: the name is free; try again.
+                match self.get(id).await {
+                    Ok(live) if !live.is_terminal() => Ok(Some(live)),
+                    Ok(_) | Err(StoreError::NotFound(_)) => {
+                        Box::pin(self.create_named(record)).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Some("fenced") => Err(self.fenced_error(epoch, answer.get(1))),
+            Some("exists") => Err(StoreError::AlreadyExists(record.id())),
+            other => Err(StoreError::Unavailable(format!(
+                "Redis: unexpected answer {other:?}"
+            ))),
+        }
     }
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {

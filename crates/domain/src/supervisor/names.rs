@@ -2,6 +2,7 @@
 //! record carries its name already ([`crate::NameTaken`]).
 
 use super::{CoreError, Supervisor};
+use crate::placement::NameAnswer;
 use crate::{NameTaken, ProcessId, ProcessName, ProcessSpec};
 
 impl Supervisor {
@@ -47,23 +48,17 @@ impl Supervisor {
         let Some(live) = self.live_named(name).filter(|l| Some(*l) != restarting) else {
             return Ok(None);
         };
-        let record = &self.entries[&live].record;
-        let differences = match spec.if_name_taken {
-            NameTaken::Replace => return Ok(Some(live)),
-            NameTaken::Ensure => record
-                .spec()
-                .differences(spec)
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-            NameTaken::Refuse => Vec::new(),
-        };
-        Err(CoreError::NameTaken {
-            name: name.clone(),
-            id: live,
-            state: record.state(),
-            asked: spec.if_name_taken,
-            differences,
-        })
+        match crate::placement::name_taken(spec, &self.entries[&live].record) {
+            NameAnswer::Replace => Ok(Some(live)),
+            // Reused: the caller reads the refusal ([`CoreError::reused`]).
+            NameAnswer::Reuse => Err(CoreError::NameTaken {
+                name: name.clone(),
+                id: live,
+                state: self.entries[&live].record.state(),
+                asked: NameTaken::Ensure,
+                differences: Vec::new(),
+            }),
+            NameAnswer::Refuse(e) => Err(e),
+        }
     }
 }

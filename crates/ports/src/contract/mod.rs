@@ -92,6 +92,7 @@ macro_rules! store_contract_tests {
             large_metadata_and_non_ascii_text,
             retention_expires_only_old_finished_records,
             ten_thousand_records,
+            a_name_is_created_once_among_live_records,
         );
     };
 }

@@ -651,3 +651,48 @@ pub async fn ten_thousand_records(store: Arc<dyn ProcessStore>) {
     let exited = store.get(id(7)).await.expect("get");
     assert_eq!(exited.pid(), Some(100));
 }
+
+/// A named creation answers a live record of the same name (of any node)
+/// and writes nothing; an ended record leaves the name free.
+pub async fn a_name_is_created_once_among_live_records(store: Arc<dyn ProcessStore>) {
+    let named = |n: u128| {
+        let r = sample(n);
+        let mut spec = r.spec().clone();
+        spec.name = Some(ProcessName::new("web").expect("valid name"));
+        ProcessRecord::new(id(n), r.node().clone(), spec, r.created_at())
+    };
+    let mut first = named(1);
+    assert_eq!(store.create_named(&first).await.expect("create"), None);
+    let second = named(2);
+    let live = store.create_named(&second).await.expect("create");
+    assert_eq!(live.map(|r| r.id()), Some(first.id()));
+    assert!(matches!(
+        store.get(second.id()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .live_named(&second)
+            .await
+            .expect("look")
+            .map(|r| r.id()),
+        Some(first.id())
+    );
+    advance(&store, &mut first, Transition::Start).await;
+    advance(
+        &store,
+        &mut first,
+        Transition::SpawnFailed { error: "no".into() },
+    )
+    .await;
+    assert!(first.is_terminal());
+    assert_eq!(store.create_named(&second).await.expect("create"), None);
+    assert_eq!(
+        store
+            .live_named(&named(3))
+            .await
+            .expect("look")
+            .map(|r| r.id()),
+        Some(second.id())
+    );
+}
