@@ -650,6 +650,29 @@ fn a_command_that_backgrounds_itself_stays_under_control() {
 /// `wait --any` returns when the first of its records ends, printing its
 /// id, with its exit code; at once when one has ended already; 124 when
 /// none ends in time.
+/// A record whose leader exited 0 ends with the leader's code when what
+/// ran on after it succeeded too, and `failed`, with the failing process's
+/// code, when one of them failed.
+#[test]
+fn a_process_that_runs_on_and_fails_fails_its_record() {
+    let bpm = Bpm::new();
+    let fine = bpm.ok(&["run", "--", "sh", "-c", "(sleep 0.3; exit 0) & exit 0"]);
+    let failing = bpm.ok(&["run", "--", "sh", "-c", "(sleep 0.3; exit 3) & exit 0"]);
+    let fine = ended_within(&bpm, fine.trim(), Duration::from_secs(15));
+    assert_eq!(
+        (fine["state"].as_str(), fine["exit_code"].as_i64()),
+        (Some("completed"), Some(0)),
+        "{fine}"
+    );
+    let failing = ended_within(&bpm, failing.trim(), Duration::from_secs(15));
+    assert_eq!(
+        (failing["state"].as_str(), failing["exit_code"].as_i64()),
+        (Some("failed"), Some(3)),
+        "{failing}"
+    );
+    assert_eq!(failing["leader_exit"]["status"]["code"], 0, "{failing}");
+}
+
 #[test]
 fn wait_any_returns_with_the_first_that_ends() {
     let bpm = Bpm::new();

@@ -106,7 +106,8 @@ pub struct Attempt {
 /// `leader_only`), and this says so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderExit {
-    /// How the leader ended: the record's exit when the rest ends.
+    /// How the leader ended: the record's exit when the rest ends, unless
+    /// one of them failed (its exit then).
     pub status: ExitStatus,
     /// When.
     pub at: Timestamp,

@@ -295,6 +295,18 @@ struct Inner {
     start_log: Option<std::fs::File>,
     /// What the daemon said of the node's lease ([`ProcessSpawner::hold_lease`]).
     lease: Mutex<LeaseHold>,
+    /// The processes of trees that run on after their leader, with their
+    /// records: as a subreaper, this process reaps them.
+    running_on: Mutex<HashMap<u32, ProcessId>>,
+    /// The first failure (a non-zero exit, or a signal) of a process that
+    /// ran on after its record's leader: the record's end, not the
+    /// leader's exit.
+    failed_on: Mutex<HashMap<ProcessId, ExitStatus>>,
+}
+
+/// `m`, locked (a panic elsewhere while it was held leaves it usable).
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The node's lease as a keeper knows it.
@@ -335,6 +347,8 @@ impl OsSpawner {
                 config,
                 start_log,
                 lease: Mutex::new(LeaseHold::default()),
+                running_on: Mutex::default(),
+                failed_on: Mutex::default(),
             }),
             rx: Mutex::new(Some(rx)),
         }
@@ -579,7 +593,39 @@ impl Inner {
         };
         for (pid, status) in subreaper::reap_children_except(&self.unreaped_leaders()) {
             tracing::trace!(pid, ?status, "orphan reaped");
+            self.note_end_of(pid, status);
         }
+    }
+
+    /// A process that ran on after its record's leader ended with `status`.
+    fn note_end_of(&self, pid: u32, status: ExitStatus) {
+        let Some(id) = guard(&self.running_on).remove(&pid) else {
+            return;
+        };
+        if !status.success() {
+            guard(&self.failed_on).entry(id).or_insert(status);
+        }
+    }
+
+    /// How record `id` ends once the rest of its tree has: the leader's
+    /// `status`, unless a process that ran on after it failed (its
+    /// status then). Its processes this subreaper has not reaped yet are
+    /// reaped first.
+    fn end_of_tree(&self, id: ProcessId, status: ExitStatus) -> ExitStatus {
+        let left: Vec<u32> = guard(&self.running_on)
+            .iter()
+            .filter(|(_, of)| **of == id)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in left {
+            match subreaper::reap_one(pid) {
+                Some(ended) => self.note_end_of(pid, ended),
+                None => {
+                    guard(&self.running_on).remove(&pid);
+                }
+            }
+        }
+        guard(&self.failed_on).remove(&id).unwrap_or(status)
     }
 
     /// The processes of record `id`'s tree that run on after its leader
@@ -680,6 +726,12 @@ impl Inner {
                 continue;
             }
             missed = 0;
+            if self.config.subreaper {
+                let mut noted = guard(&self.running_on);
+                for seen in &rest {
+                    noted.insert(seen.pid, id);
+                }
+            }
             // Said again when what runs on changed (one ended, one was
             // started, one went from `setsid` to what it runs).
             let mut running: Vec<RunningOn> = rest
@@ -1064,9 +1116,10 @@ impl Inner {
         let activity = watcher.activity();
         let leader_only = request.leader_only;
         tokio::spawn(async move {
-            let status = reap(&pidfd, &inner.live, id).await;
+            let mut status = reap(&pidfd, &inner.live, id).await;
             if !leader_only && !inner.is_stopping(id) {
                 inner.wait_running_on(id, pid, Some(status), false).await;
+                status = inner.end_of_tree(id, status);
             }
             let _ = exited_tx.send(true);
             let output = (pumps, watcher, activity);

@@ -102,6 +102,19 @@ impl Subreaper {
     }
 }
 
+/// Reaps `pid`, a child of this process that is not a record's leader, if
+/// it has ended: its status; `None` if it runs, or is not a child here.
+pub(super) fn reap_one(pid: u32) -> Option<ExitStatus> {
+    let raw = i32::try_from(pid).ok().and_then(Pid::from_raw)?;
+    waitid(
+        WaitId::Pid(raw),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    )
+    .ok()
+    .flatten()
+    .map(|status| exit_status(&status))
+}
+
 /// Reaps every child of this process that has ended, but those in
 /// `keep` (whose own waiters reap them): each pid with its status.
 pub(super) fn reap_children_except(keep: &HashSet<u32>) -> Vec<(u32, ExitStatus)> {
