@@ -5,8 +5,9 @@
 //! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees,
 //! `BPM_BENCH=fence` for `bpm fence check`, `BPM_BENCH=takeover` for the
 //! next command after kill -9 of a daemon on Redis, `BPM_BENCH=ensure` for
-//! `run --ensure` beside a plain `run`, `BPM_BENCH=idle` for
-//! `ps` while 2,500 silent connections are held)
+//! `run --ensure` beside a plain `run`, `BPM_BENCH=owners` for an owner's
+//! death to its record's end and the memory an owner costs,
+//! `BPM_BENCH=idle` for `ps` while 2,500 silent connections are held)
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]
@@ -415,6 +416,118 @@ fn ensure_cost() {
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 }
 
+/// Starts `bpm wait ID` in the background (to return when `id` ends).
+fn waiter(home: &Path, id: &str) -> std::process::Child {
+    Command::new(BPM)
+        .args(["wait", id])
+        .env("BPM_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bpm wait")
+}
+
+/// A `sleep 300` to own records or be killed.
+fn sleeper() -> std::process::Child {
+    Command::new("sleep")
+        .arg("300")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sleep")
+}
+
+/// `BPM_BENCH=owners`: the time from an owner's `kill -9` to `bpm wait`
+/// on its record returning, less the grace (target: grace + 100 ms),
+/// beside the time from a record's own process's `kill -9` to the same
+/// (the floor, measured alternating); and what the daemon's memory grows
+/// by per owner watched, against records without owners.
+fn owners() {
+    const GRACE_MS: u64 = 200;
+    let dir = home("[limits]\nmax_running = 1000\n");
+    let n = 20;
+    let (mut owned, mut own_exit) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let mut owner = sleeper();
+        let id = bpm(
+            dir.path(),
+            &[
+                "run",
+                "--owner",
+                &format!("pid:{}", owner.id()),
+                "--owner-grace",
+                &format!("{GRACE_MS}ms"),
+                "--",
+                "sleep",
+                "300",
+            ],
+        );
+        let mut wait = waiter(dir.path(), id.trim());
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        owner.kill().expect("kill");
+        owner.wait().expect("reaped");
+        wait.wait().expect("bpm wait");
+        owned.push(t.elapsed().saturating_sub(Duration::from_millis(GRACE_MS)));
+
+        let id = bpm(dir.path(), &["run", "--", "sleep", "300"]);
+        let shown = bpm(dir.path(), &["show", id.trim(), "--json"]);
+        let pid = serde_json::from_str::<serde_json::Value>(&shown).expect("JSON")["pid"]
+            .as_u64()
+            .unwrap_or(0);
+        let mut wait = waiter(dir.path(), id.trim());
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        wait.wait().expect("bpm wait");
+        own_exit.push(t.elapsed());
+    }
+    let (o, e) = (median(owned), median(own_exit));
+    println!(
+        "owner kill -9 to bpm wait returning, less the {GRACE_MS} ms grace (median of {n}): {:.1} ms; a record's own process killed: {:.1} ms (target: grace + 100 ms)",
+        o.as_secs_f64() * 1e3,
+        e.as_secs_f64() * 1e3
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+
+    // Memory: records without owners, then as many each with an owner of its own.
+    let count: usize = 200;
+    let dir = home("[limits]\nmax_running = 1000\n");
+    let before = daemon_resident(dir.path());
+    for _ in 0..count {
+        bpm(dir.path(), &["run", "--", "sleep", "300"]);
+    }
+    let plain = daemon_resident(dir.path());
+    let mut sleepers = Vec::new();
+    for _ in 0..count {
+        let owner = sleeper();
+        bpm(
+            dir.path(),
+            &[
+                "run",
+                "--owner",
+                &format!("pid:{}", owner.id()),
+                "--",
+                "sleep",
+                "300",
+            ],
+        );
+        sleepers.push(owner);
+    }
+    let with_owners = daemon_resident(dir.path());
+    let per = |a: u64, b: u64| (a.saturating_sub(b) as f64) * 1024.0 / count as f64;
+    println!(
+        "daemon resident memory: {count} records without owners +{:.0} bytes each; {count} with an owner each +{:.0} bytes each (the owner's watch: pidfd, task, index)",
+        per(plain.all, before.all),
+        per(with_owners.all, plain.all)
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+    for mut s in sleepers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
 /// The time from kill -9 of a daemon on a Redis store to the next command
 /// answered (a new daemon takes the node over from its dead predecessor),
 /// beside the same command against a running daemon.
@@ -497,6 +610,7 @@ fn main() {
         Ok("fence") => return fence_checks(),
         Ok("takeover") => return takeover(),
         Ok("ensure") => return ensure_cost(),
+        Ok("owners") => return owners(),
         _ => {}
     }
     println!("the bpm command and its daemon (fs store, keeper)");
