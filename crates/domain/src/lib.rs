@@ -41,7 +41,7 @@ pub use record::{
 pub use spec::{
     Backoff, Command, Environment, LogPattern, NameTaken, Placement, ProcessKind, ProcessSpec,
     Readiness, ReadinessCheck, RequestRef, RestartMode, RestartPolicy, Signal, SpecError,
-    StdinMode, StopPolicy, metadata_from_json,
+    StdinMode, StopPolicy, Until, metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

@@ -407,6 +407,9 @@ pub enum SpecError {
         "--port cannot be used with --node any or --failover yet: the port is handed out by the node that runs the process, and held there"
     )]
     PortOnAnyNode,
+    /// A dependency condition names a record that is not a dependency.
+    #[error("a condition names {0}, which is not among the dependencies")]
+    ConditionWithoutDependency(ProcessId),
     /// An owning process that does not run.
     #[error("owner pid:{0} is not running: no process has this pid")]
     OwnerNotRunning(u32),
@@ -506,6 +509,10 @@ pub struct ProcessSpec {
     /// the node, or of the whole cluster for one placed on any node).
     #[serde(default, skip_serializing_if = "NameTaken::is_refuse")]
     pub if_name_taken: NameTaken,
+    /// How far each of some `dependencies` must get before this record
+    /// starts ([`Until`]); a dependency not named here must complete.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub until: BTreeMap<ProcessId, Until>,
     /// A TCP port to hand the process (as `PORT` and `BPM_PORT`), held by
     /// its record until it ends ([`crate::port`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -518,6 +525,83 @@ pub struct ProcessSpec {
     /// [`crate::DEFAULT_OWNER_GRACE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_grace: Option<Span>,
+}
+
+/// How far a dependency must get before its dependent starts: a project
+/// file's `depends_on` conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Until {
+    /// Its process has started.
+    Started,
+    /// It is ready (its readiness check passed; at once without one).
+    Ready,
+    /// It completed (exited 0): the default.
+    #[default]
+    Completed,
+    /// It ended, however.
+    Ended,
+}
+
+impl Until {
+    /// Whether `dependency`, as it is now, got this far: `Some(true)` it
+    /// did, `Some(false)` it ended short of it (and never will), `None`
+    /// not yet.
+    pub fn met_by(self, dependency: &crate::ProcessRecord) -> Option<bool> {
+        let l = dependency.lifecycle();
+        let ended = dependency.is_terminal();
+        let met = match self {
+            Until::Started => l.started_at().is_some(),
+            Until::Ready => l.ready_at().is_some(),
+            Until::Completed => dependency.state() == crate::StateName::Completed,
+            Until::Ended => ended,
+        };
+        if met {
+            Some(true)
+        } else if ended {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Why a dependent fails when dependency `id` ended (`state`) short of
+    /// this condition.
+    pub fn missed(self, id: ProcessId, state: crate::StateName) -> String {
+        match self {
+            Until::Completed => format!("dependency {id} ended {state} instead of completing"),
+            other => format!(
+                "dependency {id} ended {state} before it was {}",
+                other.as_str()
+            ),
+        }
+    }
+
+    /// What a dependent waits for, in words: "completed", "ready".
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Until::Started => "started",
+            Until::Ready => "ready",
+            Until::Completed => "completed",
+            Until::Ended => "ended",
+        }
+    }
+}
+
+impl FromStr for Until {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "started" => Ok(Until::Started),
+            "ready" | "healthy" => Ok(Until::Ready),
+            "completed" => Ok(Until::Completed),
+            "ended" => Ok(Until::Ended),
+            other => Err(format!(
+                "unknown condition {other:?}: expected started, ready, completed or ended"
+            )),
+        }
+    }
 }
 
 /// What a submission does when a live record already carries its name
@@ -622,6 +706,11 @@ impl ProcessSpec {
             .map_or(crate::DEFAULT_OWNER_GRACE, Span::as_duration)
     }
 
+    /// How far dependency `id` must get before this record starts.
+    pub fn until_of(&self, id: ProcessId) -> Until {
+        self.until.get(&id).copied().unwrap_or_default()
+    }
+
     /// Whether this is a tracked operation (no OS process).
     pub fn is_tracked(&self) -> bool {
         self.command.is_none()
@@ -653,6 +742,7 @@ impl ProcessSpec {
         check("failover", self.failover == other.failover);
         check("leader_only", self.leader_only == other.leader_only);
         check("port", self.port == other.port);
+        check("until", self.until == other.until);
         differ
     }
 
@@ -744,6 +834,9 @@ impl ProcessSpec {
             if !seen.insert(*d) {
                 return Err(SpecError::DuplicateDependency(*d));
             }
+        }
+        if let Some(d) = self.until.keys().find(|d| !seen.contains(d)) {
+            return Err(SpecError::ConditionWithoutDependency(*d));
         }
         Ok(())
     }

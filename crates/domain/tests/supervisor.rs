@@ -1650,3 +1650,96 @@ fn submit_at(core: &mut Supervisor, n: u128, spec: ProcessSpec, at: u64) -> Vec<
     core.handle(Input::Submit { id: id(n), spec }, t(at))
         .expect("accepted")
 }
+
+/// A dependent starts once each dependency got as far as its condition
+/// asks (`started`, `ready`, `completed`, `ended`), and fails, naming it,
+/// when one ended short of it; a dependency that already got there does
+/// not block, and one that already ended short fails the dependent at once.
+#[test]
+fn dependencies_wait_for_their_condition() {
+    use bpm_domain::{LogPattern, ReadinessCheck, Until};
+    let mut core = core(Limits::default());
+    let after = |deps: &[(u128, Until)]| {
+        let mut spec = ProcessSpec::argv(["serve"]);
+        for (d, until) in deps {
+            spec.dependencies.push(id(*d));
+            spec.until.insert(id(*d), *until);
+        }
+        spec
+    };
+    let mut db = ProcessSpec::argv(["db"]);
+    db.readiness.check = ReadinessCheck::LogPattern {
+        pattern: LogPattern::new("ready").expect("pattern"),
+    };
+    submit_at(&mut core, 1, db, 0);
+    submit_at(&mut core, 2, after(&[(1, Until::Started)]), 0);
+    submit_at(&mut core, 3, after(&[(1, Until::Ready)]), 0);
+    submit_at(&mut core, 4, after(&[(1, Until::Ended)]), 0);
+    submit_at(&mut core, 5, after(&[(1, Until::Completed)]), 0);
+    let state = |core: &Supervisor, n| core.get(id(n)).map(ProcessRecord::state);
+    let effects = core
+        .handle(Input::Spawned { id: id(1), pid: 11 }, t(1))
+        .expect("spawned");
+    assert_eq!(spawns(&effects), vec![id(2)], "started: only 2 goes");
+    let effects = core
+        .handle(Input::Ready { id: id(1) }, t(2))
+        .expect("ready");
+    assert_eq!(spawns(&effects), vec![id(3)], "ready: 3 goes");
+    // Already ready: a new dependent is not blocked.
+    let effects = submit_at(&mut core, 6, after(&[(1, Until::Ready)]), 3);
+    assert_eq!(spawns(&effects), vec![id(6)]);
+    core.handle(
+        Input::Exited {
+            id: id(1),
+            status: ExitStatus::Code(1),
+        },
+        t(4),
+    )
+    .expect("exit");
+    assert_eq!(
+        state(&core, 4),
+        Some(StateName::Starting),
+        "ended: 4 goes: {:?}",
+        core.get(id(4))
+    );
+    let failed = core.get(id(5)).expect("known");
+    assert_eq!(failed.state(), StateName::Failed);
+    assert!(
+        failed
+            .lifecycle()
+            .error()
+            .is_some_and(|e| e.contains(&id(1).to_string()) && e.contains("instead of completing")),
+        "{failed:?}"
+    );
+    // Ended short of ready: a dependent submitted now fails at once.
+    submit_at(&mut core, 7, ProcessSpec::argv(["db"]), 5);
+    core.handle(
+        Input::SpawnFailed {
+            id: id(7),
+            error: "no".into(),
+        },
+        t(6),
+    )
+    .expect("failed");
+    submit_at(&mut core, 8, after(&[(7, Until::Ready)]), 7);
+    let e = core.get(id(8)).and_then(|r| r.lifecycle().error());
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("before it was ready")),
+        "{e:?}"
+    );
+    let mut bad = ProcessSpec::argv(["x"]);
+    bad.until.insert(id(1), Until::Ready);
+    assert_eq!(
+        core.handle(
+            Input::Submit {
+                id: id(9),
+                spec: bad
+            },
+            t(8)
+        ),
+        Err(CoreError::InvalidSpec(
+            SpecError::ConditionWithoutDependency(id(1))
+        ))
+    );
+}

@@ -1,6 +1,8 @@
 //! Ends: exits (under the restart policy), stops with their cascade and
 //! escalation, what waited for an end, and forgetting a record.
 
+use std::collections::BTreeSet;
+
 use super::{CoreError, Effect, Supervisor, TimerKind};
 use crate::{
     Applied, ExitStatus, Lifecycle, ProcessId, RestartMode, Signal, Span, StateName, StopCause,
@@ -151,10 +153,53 @@ impl Supervisor {
     }
 
     /// A record ended: unblock (or fail) the records waiting for it.
-    pub(super) fn release_waiters(&mut self, id: ProcessId, end: StateName, now: Timestamp) {
-        let failure = (end != StateName::Completed)
-            .then(|| format!("dependency {id} ended {end} instead of completing"));
-        self.unblock_waiters(id, failure.as_deref(), now);
+    pub(super) fn release_waiters(&mut self, id: ProcessId, _end: StateName, now: Timestamp) {
+        self.wake_waiters(id, now);
+    }
+
+    /// `id` moved on (it started, became ready, or ended): the records
+    /// waiting for it whose condition it now meets are unblocked, and
+    /// those whose condition it can no longer meet (it ended short of it)
+    /// fail, naming it ([`crate::Until`]). A record waiting for it to end
+    /// (a restart's replacement) is unblocked once it has ended.
+    pub(super) fn wake_waiters(&mut self, id: ProcessId, now: Timestamp) {
+        let Some(dep) = self.known(id).cloned() else {
+            return;
+        };
+        let Some(waiting) = self.waiters.get(&id).cloned() else {
+            return;
+        };
+        for w in waiting {
+            let Some(entry) = self.entries.get_mut(&w) else {
+                continue;
+            };
+            let is_dependency = entry
+                .blockers
+                .as_deref()
+                .is_some_and(|b| b.must_complete.contains(&id));
+            let until = entry.record.spec().until_of(id);
+            let verdict = if is_dependency {
+                until.met_by(&dep)
+            } else {
+                dep.is_terminal().then_some(true)
+            };
+            let Some(met) = verdict else {
+                continue;
+            };
+            entry.unblock(id);
+            if let Some(set) = self.waiters.get_mut(&id) {
+                set.remove(&w);
+            }
+            if met {
+                self.place(w, now);
+            } else {
+                let error = until.missed(id, dep.state());
+                let _ = self.transition(w, Transition::Fail { error }, now);
+            }
+        }
+        if self.waiters.get(&id).is_some_and(BTreeSet::is_empty) {
+            self.waiters.remove(&id);
+        }
     }
 
     /// Unblocks the records waiting for `id`; those that depend on it fail

@@ -559,6 +559,13 @@ impl Supervisor {
         for e in events {
             self.publish(id, e, now);
         }
+        // Records waiting for it to start or be ready may go.
+        if matches!(kind, TransitionKind::Spawned | TransitionKind::Ready)
+            && !after.is_terminal()
+            && self.waiters.contains_key(&id)
+        {
+            self.wake_waiters(id, now);
+        }
         if after.is_terminal() && !before.is_terminal() {
             if depth > 0
                 && let Some(n) = self.live_per_level.get_mut(&depth)

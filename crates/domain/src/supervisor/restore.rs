@@ -128,7 +128,10 @@ impl Supervisor {
                     // Not known: another node's record the store no longer
                     // holds, which the driver reports (`Input::Foreign`'s
                     // `gone`); it waits until then.
-                    .filter(|d| self.known(*d).is_none_or(|r| !r.is_terminal()))
+                    .filter(|d| {
+                        let until = self.entries[&id].record.spec().until_of(*d);
+                        self.known(*d).is_none_or(|r| until.met_by(r) != Some(true))
+                    })
                     .collect();
                 for d in &unfinished {
                     self.waiters.entry(*d).or_default().insert(id);

@@ -62,6 +62,7 @@ impl Supervisor {
         // has ended.
         self.admit(record, None, replaces.or(named), now)?;
         self.publish(id, EventKind::Submitted, now);
+        self.fail_on_ended_dependencies(id, now);
         if let Some(old) = named {
             self.stop(old, StopCause::Replaced { by: id }, false, None, now)?;
         }
@@ -90,7 +91,28 @@ impl Supervisor {
         now: Timestamp,
     ) -> Result<(), CoreError> {
         self.check_claimed(record)?;
-        self.admit(record.clone(), Some(record.version()), None, now)
+        self.admit(record.clone(), Some(record.version()), None, now)?;
+        self.fail_on_ended_dependencies(record.id(), now);
+        Ok(())
+    }
+
+    /// A record just admitted fails at once when a dependency ended short
+    /// of what it waits for.
+    fn fail_on_ended_dependencies(&mut self, id: ProcessId, now: Timestamp) {
+        let ended: Vec<ProcessId> = self.entries[&id]
+            .blockers
+            .as_deref()
+            .map(|b| {
+                b.must_complete
+                    .iter()
+                    .copied()
+                    .filter(|d| self.known(*d).is_some_and(ProcessRecord::is_terminal))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for dep in ended {
+            self.wake_waiters(dep, now);
+        }
     }
 
     /// Takes `record`, which this node claimed and placed on itself, and
@@ -139,7 +161,9 @@ impl Supervisor {
                 return Err(CoreError::SelfDependency(id));
             }
             let dep_record = self.known(*dep).ok_or(CoreError::UnknownDependency(*dep))?;
-            if !dep_record.is_terminal() {
+            // One that got as far as asked does not block; one that ended
+            // short of it fails the record once it is admitted.
+            if spec.until_of(*dep).met_by(dep_record) != Some(true) {
                 blockers.must_complete.insert(*dep);
             }
         }
@@ -288,19 +312,20 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Puts a pending record where it belongs: failed (a dependency did not
-    /// complete), waiting (dependencies or predecessor unfinished), delayed, or ready.
+    /// Puts a pending record where it belongs: failed (a dependency ended
+    /// short of its condition), waiting (dependencies or predecessor unfinished), delayed, or ready.
     pub(super) fn place(&mut self, id: ProcessId, now: Timestamp) {
         let entry = &self.entries[&id];
         if entry.record.state() != StateName::Pending {
             return;
         }
-        for dep in &entry.record.spec().dependencies {
+        let spec = entry.record.spec();
+        for dep in &spec.dependencies {
+            let until = spec.until_of(*dep);
             if let Some(d) = self.known(*dep)
-                && d.is_terminal()
-                && d.state() != StateName::Completed
+                && until.met_by(d) == Some(false)
             {
-                let error = format!("dependency {dep} ended {} instead of completing", d.state());
+                let error = until.missed(*dep, d.state());
                 let _ = self.transition(id, Transition::Fail { error }, now);
                 return;
             }
