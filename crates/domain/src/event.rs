@@ -25,6 +25,11 @@ pub enum EventKind {
     Resumed,
     /// It wrote no output for its idle period.
     Idle,
+    /// Its health check passes (again).
+    Healthy,
+    /// Its health check failed its `failures` times in a row: it is
+    /// stopped, and started again under its restart policy.
+    Unhealthy,
     /// Its leader exited while other processes of its tree run on: it
     /// stays live until they end (sent again when what runs on changes).
     LeaderExited,

@@ -17,6 +17,7 @@ mod os_text;
 mod owner;
 pub mod placement;
 pub mod port;
+pub mod project;
 mod record;
 mod spec;
 pub mod supervisor;
@@ -34,14 +35,14 @@ pub use os_text::{OsText, env_serde, path_serde};
 pub use owner::{DEFAULT_OWNER_GRACE, Owner, OwnerError, ProcessRef};
 pub use port::{PortAsk, PortAskError, PortRefused};
 pub use record::{
-    Applied, Attempt, InvalidTransition, LeaderExit, MAX_ATTEMPTS_KEPT, MAX_PROGRESS_MESSAGE,
-    MAX_RUNNING_ON, Percent, PercentError, ProcessRecord, Progress, RecordUpdate, RunningOn,
-    Transition, TransitionKind, estimate_eta,
+    Applied, Attempt, Health, InvalidTransition, LeaderExit, MAX_ATTEMPTS_KEPT,
+    MAX_PROGRESS_MESSAGE, MAX_RUNNING_ON, Percent, PercentError, ProcessRecord, Progress,
+    RecordUpdate, RunningOn, Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
-    Backoff, Command, Environment, LogPattern, NameTaken, Placement, ProcessKind, ProcessSpec,
-    Readiness, ReadinessCheck, RequestRef, RestartMode, RestartPolicy, Signal, SpecError,
-    StdinMode, StopPolicy, Until, metadata_from_json,
+    Backoff, Command, Environment, HealthCheck, LogPattern, NameTaken, Placement, Probe,
+    ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef, RestartMode, RestartPolicy,
+    Signal, SpecError, StdinMode, StopPolicy, Until, metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

@@ -88,6 +88,13 @@ pub enum StopCause {
     /// Its last owner was gone for its grace ([`crate::Owner`]). Ends
     /// `cancelled`, with the reason `owner gone`.
     OwnerGone,
+    /// Its health check failed too many times in a row
+    /// ([`crate::HealthCheck`]): started again under its restart policy,
+    /// or `failed`.
+    Unhealthy {
+        /// The last failure.
+        detail: String,
+    },
 }
 
 impl fmt::Display for StopCause {
@@ -100,6 +107,7 @@ impl fmt::Display for StopCause {
             StopCause::Replaced { by } => write!(f, "replaced by restart {by}"),
             StopCause::Fenced => f.write_str("stopped because its node lost its lease (failover)"),
             StopCause::OwnerGone => f.write_str("owner gone"),
+            StopCause::Unhealthy { detail } => write!(f, "unhealthy: {detail}"),
         }
     }
 }

@@ -118,6 +118,20 @@ pub struct LeaderExit {
     pub count: usize,
 }
 
+/// What a record's health check says ([`ProcessSpec::health`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Whether it passed last (`false` once it failed `failures` times in
+    /// a row).
+    pub healthy: bool,
+    /// Since when it says so.
+    pub since: Timestamp,
+    /// The last failure's output (the HTTP status, the command's output),
+    /// cut to 1 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+}
+
 /// One process of a record's tree that runs on after its leader exited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningOn {
@@ -211,6 +225,9 @@ struct Record {
     /// The TCP port handed to it ([`ProcessSpec::port`]), held until it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    /// What its health check says ([`ProcessSpec::health`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<Box<Health>>,
     version: u64,
 }
 
@@ -253,6 +270,8 @@ pub struct RecordUpdate {
     leader_exit: Option<LeaderExit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<Health>,
     version: u64,
 }
 
@@ -341,6 +360,14 @@ pub enum Transition {
         /// The leader's exit and what runs on.
         exit: LeaderExit,
     },
+    /// Its health check passed, or failed `failures` times in a row: the
+    /// record notes it while it runs ([`ProcessRecord::health`]).
+    Health {
+        /// Whether it is healthy.
+        healthy: bool,
+        /// The last failure's output.
+        detail: Option<String>,
+    },
 }
 
 /// The kind of a [`Transition`], for error messages and tables.
@@ -366,6 +393,7 @@ pub enum TransitionKind {
     Unreach,
     Reach,
     LeaderExited,
+    Health,
 }
 
 impl TransitionKind {
@@ -390,6 +418,7 @@ impl TransitionKind {
             TransitionKind::Unreach => "mark unreachable",
             TransitionKind::Reach => "bring back",
             TransitionKind::LeaderExited => "record a leader's exit for",
+            TransitionKind::Health => "record the health of",
         }
     }
 }
@@ -416,6 +445,7 @@ impl Transition {
             Transition::Unreach { .. } => TransitionKind::Unreach,
             Transition::Reach => TransitionKind::Reach,
             Transition::LeaderExited { .. } => TransitionKind::LeaderExited,
+            Transition::Health { .. } => TransitionKind::Health,
         }
     }
 }
@@ -551,6 +581,7 @@ impl ProcessRecord {
             restarted_from: None,
             leader_exit: None,
             port: None,
+            health: None,
             version: 1,
         }))
     }
@@ -622,6 +653,7 @@ impl ProcessRecord {
             restarted_from: self.0.restarted_from,
             leader_exit: self.0.leader_exit.as_deref().cloned(),
             port: self.0.port,
+            health: self.0.health.as_deref().cloned(),
             version: self.0.version,
         }
     }
@@ -643,6 +675,7 @@ impl ProcessRecord {
             restarted_from: update.restarted_from,
             leader_exit: update.leader_exit.map(Box::new),
             port: update.port,
+            health: update.health.map(Box::new),
             version: update.version,
         }))
     }
@@ -657,6 +690,11 @@ impl ProcessRecord {
     /// once it ended, how its last attempt's leader exited before them).
     pub fn leader_exit(&self) -> Option<&LeaderExit> {
         self.0.leader_exit.as_deref()
+    }
+
+    /// What its health check says, while it runs.
+    pub fn health(&self) -> Option<&Health> {
+        self.0.health.as_deref()
     }
 
     /// The TCP port handed to it, held while it is live.
@@ -676,6 +714,7 @@ impl ProcessRecord {
     pub fn readiness_check(&self) -> ReadinessCheck {
         match (&self.0.spec.readiness.check, self.0.port) {
             (ReadinessCheck::None, Some(port)) => ReadinessCheck::Port { port },
+            (ReadinessCheck::Running, _) => ReadinessCheck::None,
             (check, _) => check.clone(),
         }
     }
@@ -871,6 +910,9 @@ impl Record {
         if let Transition::LeaderExited { exit } = transition {
             return Ok(self.leader_exited(exit, now));
         }
+        if let Transition::Health { healthy, detail } = transition {
+            return Ok(self.health_changed(healthy, detail, now));
+        }
         let next = match (&self.lifecycle, transition) {
             (Lifecycle::Unreachable { was, .. }, t) => Self::leave_unreachable(was, t, now),
             (l, Transition::Unreach { reason }) => Self::unreach(l, reason, now),
@@ -886,8 +928,10 @@ impl Record {
         self.updated_at = now;
         self.version += 1;
         if self.state() == StateName::Starting {
-            // A new attempt: its leader has not exited.
+            // A new attempt: its leader has not exited, nor its health
+            // been checked.
             self.leader_exit = None;
+            self.health = None;
         }
         if self.lifecycle.is_terminal()
             && let Some(p) = &mut self.progress
@@ -913,6 +957,26 @@ impl Record {
             return Applied::NoOp;
         }
         self.leader_exit = Some(Box::new(exit));
+        self.updated_at = now;
+        self.version += 1;
+        Applied::Changed
+    }
+
+    /// Notes what the health check says, while the record has a process;
+    /// the same again changes nothing.
+    fn health_changed(&mut self, healthy: bool, detail: Option<String>, now: Timestamp) -> Applied {
+        let has_process = matches!(self.state(), StateName::Running | StateName::Paused);
+        if !has_process || self.health.as_ref().is_some_and(|h| h.healthy == healthy) {
+            return Applied::NoOp;
+        }
+        let last_failure = detail
+            .map(|d| d.chars().take(1024).collect())
+            .or_else(|| self.health.as_ref().and_then(|h| h.last_failure.clone()));
+        self.health = Some(Box::new(Health {
+            healthy,
+            since: now,
+            last_failure,
+        }));
         self.updated_at = now;
         self.version += 1;
         Applied::Changed
@@ -1210,7 +1274,9 @@ impl Record {
                 cause,
                 killed: true,
             },
-            Transition::Requeue { status, not_before } if cause == StopCause::Fenced => {
+            Transition::Requeue { status, not_before }
+                if matches!(cause, StopCause::Fenced | StopCause::Unhealthy { .. }) =>
+            {
                 self.push_attempt(started_at, status, now);
                 Lifecycle::Pending {
                     queued_at: now,
@@ -1266,7 +1332,7 @@ impl Record {
                 ended_at: now,
                 exit,
             },
-            StopCause::NotReady { .. } => Lifecycle::Failed {
+            StopCause::NotReady { .. } | StopCause::Unhealthy { .. } => Lifecycle::Failed {
                 started_at,
                 ended_at: now,
                 exit,

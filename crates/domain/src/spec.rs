@@ -298,6 +298,25 @@ pub enum ReadinessCheck {
         /// The port.
         port: u16,
     },
+    /// Ready when an HTTP GET answers 2xx or 3xx: `target` is a whole
+    /// `http://` URL, or a path on the port handed to the process.
+    Http {
+        /// The URL or the path.
+        target: String,
+    },
+    /// Ready when a command (`sh -c`, in the process's directory and
+    /// environment) exits 0; it runs again every 250 ms until then.
+    Exec {
+        /// The command line.
+        command: String,
+    },
+    /// Ready as soon as it runs, even with a port handed to it (which is
+    /// otherwise what it is ready by): a Procfile's processes.
+    Running,
+    /// Ready when the process says so itself: `READY=1` on the socket in
+    /// `NOTIFY_SOCKET`, as systemd's `sd_notify` sends it (`bpm ready`
+    /// does from a shell).
+    Notify,
 }
 
 /// A readiness check and how long to wait for it.
@@ -407,6 +426,12 @@ pub enum SpecError {
         "--port cannot be used with --node any or --failover yet: the port is handed out by the node that runs the process, and held there"
     )]
     PortOnAnyNode,
+    /// A health check that cannot work.
+    #[error("invalid health check: {0}")]
+    InvalidHealth(String),
+    /// A readiness check that cannot work.
+    #[error("invalid readiness check: {0}")]
+    InvalidReadiness(String),
     /// A dependency condition names a record that is not a dependency.
     #[error("a condition names {0}, which is not among the dependencies")]
     ConditionWithoutDependency(ProcessId),
@@ -513,6 +538,9 @@ pub struct ProcessSpec {
     /// starts ([`Until`]); a dependency not named here must complete.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub until: BTreeMap<ProcessId, Until>,
+    /// A liveness check run while the process runs ([`HealthCheck`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
     /// A TCP port to hand the process (as `PORT` and `BPM_PORT`), held by
     /// its record until it ends ([`crate::port`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,6 +553,58 @@ pub struct ProcessSpec {
     /// [`crate::DEFAULT_OWNER_GRACE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_grace: Option<Span>,
+}
+
+/// A liveness check: run every `every` while the process runs; after
+/// `failures` failures in a row the record is unhealthy, and it is
+/// stopped and started again under its restart policy (failed without
+/// one). Each check is cut at `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub probe: Probe,
+    /// How often.
+    pub every: Span,
+    /// How many failures in a row make it unhealthy (at least 1).
+    pub failures: u32,
+    /// How long one check may take.
+    pub timeout: Span,
+}
+
+impl HealthCheck {
+    /// A check of `probe` every 2 s, unhealthy after 3 failures in a row,
+    /// each cut at 5 s.
+    pub fn of(probe: Probe) -> Self {
+        HealthCheck {
+            probe,
+            every: Span::from_secs(2),
+            failures: 3,
+            timeout: Span::from_secs(5),
+        }
+    }
+}
+
+/// One check of a process's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum Probe {
+    /// An HTTP GET answers 2xx or 3xx: a whole `http://` URL, or a path
+    /// on the port handed to the process.
+    Http {
+        /// The URL or the path.
+        target: String,
+    },
+    /// A command (`sh -c`, in the process's directory and environment)
+    /// exits 0.
+    Exec {
+        /// The command line.
+        command: String,
+    },
+    /// A TCP port on the loopback accepts connections.
+    Port {
+        /// The port.
+        port: u16,
+    },
 }
 
 /// How far a dependency must get before its dependent starts: a project
@@ -742,7 +822,7 @@ impl ProcessSpec {
         check("failover", self.failover == other.failover);
         check("leader_only", self.leader_only == other.leader_only);
         check("port", self.port == other.port);
-        check("until", self.until == other.until);
+        check("health", self.health == other.health);
         differ
     }
 
@@ -820,8 +900,57 @@ impl ProcessSpec {
                 max: b.max,
             });
         }
-        if self.readiness.check == (ReadinessCheck::Port { port: 0 }) {
-            return Err(SpecError::InvalidPort);
+        if let Some(h) = &self.health {
+            let bad = |why: String| Err(SpecError::InvalidHealth(why));
+            match &h.probe {
+                Probe::Port { port: 0 } => return Err(SpecError::InvalidPort),
+                Probe::Http { target }
+                    if !target.starts_with("http://") && !target.starts_with('/') =>
+                {
+                    return bad(format!(
+                        "HTTP check {target:?}: give a path (/healthz) or an http:// URL"
+                    ));
+                }
+                Probe::Http { target } if target.starts_with('/') && self.port.is_none() => {
+                    return bad(format!(
+                        "HTTP check on path {target:?} needs a port handed out (--port)"
+                    ));
+                }
+                Probe::Exec { command } if command.trim().is_empty() => {
+                    return bad("the check's command is empty".into());
+                }
+                _ => {}
+            }
+            if h.failures == 0 {
+                return bad("failures must be at least 1".into());
+            }
+            if h.every.as_duration() < Duration::from_millis(100) {
+                return bad(format!("every {} is under 100ms", h.every));
+            }
+            if self.command.is_none() {
+                return Err(SpecError::NotForTracked(Cow::Borrowed("a health check")));
+            }
+        }
+        match &self.readiness.check {
+            ReadinessCheck::Port { port: 0 } => return Err(SpecError::InvalidPort),
+            ReadinessCheck::Http { target }
+                if !target.starts_with("http://") && !target.starts_with('/') =>
+            {
+                return Err(SpecError::InvalidReadiness(format!(
+                    "HTTP readiness {target:?}: give a path (/healthz) or an http:// URL"
+                )));
+            }
+            ReadinessCheck::Http { target } if target.starts_with('/') && self.port.is_none() => {
+                return Err(SpecError::InvalidReadiness(format!(
+                    "HTTP readiness on path {target:?} needs a port handed out (--port)"
+                )));
+            }
+            ReadinessCheck::Exec { command } if command.trim().is_empty() => {
+                return Err(SpecError::InvalidReadiness(
+                    "the readiness command is empty".into(),
+                ));
+            }
+            _ => {}
         }
         if self.timeout.is_some_and(|t| t.as_duration().is_zero()) {
             return Err(SpecError::ZeroTimeout);

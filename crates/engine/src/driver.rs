@@ -284,6 +284,15 @@ impl Driver {
             },
             ProcessNotice::Ready { id } => Input::Ready { id },
             ProcessNotice::Idle { id } => Input::Idle { id },
+            ProcessNotice::Health {
+                id,
+                healthy,
+                detail,
+            } => Input::Health {
+                id,
+                healthy,
+                detail,
+            },
             ProcessNotice::LeaderExited {
                 id,
                 status,

@@ -54,6 +54,10 @@ pub struct SpawnRequest {
     /// to the child as `PORT` and `BPM_PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The liveness check to run while it runs, reported as
+    /// [`ProcessNotice::Health`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<bpm_domain::HealthCheck>,
 }
 
 impl SpawnRequest {
@@ -75,6 +79,7 @@ impl SpawnRequest {
             token: record.fence_token(),
             leader_only: spec.leader_only,
             port: record.port(),
+            health: spec.health.clone(),
         })
     }
 }
@@ -129,6 +134,16 @@ pub enum ProcessNotice {
     Idle {
         /// The record.
         id: ProcessId,
+    },
+    /// Its health check passed (after failing, or for the first time), or
+    /// failed its `failures` times in a row.
+    Health {
+        /// The record.
+        id: ProcessId,
+        /// Whether it is healthy.
+        healthy: bool,
+        /// The last failure's output.
+        detail: Option<String>,
     },
     /// The spawner can no longer watch it (its supervisor died), so its end will not be known.
     Lost {

@@ -222,7 +222,7 @@ impl EnvSlots {
 /// What goes to the keeper: an operation, or starts (which name their environments first).
 enum Out {
     Op(Op),
-    Spawn(SpawnRequest),
+    Spawn(Box<SpawnRequest>),
     HandOver(Vec<SpawnRequest>),
 }
 
@@ -405,7 +405,7 @@ impl KeeperSpawner {
             let named = match out {
                 Out::Op(op) => Ok(op),
                 Out::Spawn(request) => envs
-                    .start(request, &mut lines)
+                    .start(*request, &mut lines)
                     .map(|start| Op::Spawn(Box::new(start))),
                 Out::HandOver(requests) => requests
                     .into_iter()
@@ -434,7 +434,7 @@ impl KeeperSpawner {
 impl ProcessSpawner for KeeperSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
         let id = request.id;
-        match self.call(Out::Spawn(request)).await? {
+        match self.call(Out::Spawn(Box::new(request))).await? {
             Answer::Spawned(s) => {
                 self.shared
                     .watched

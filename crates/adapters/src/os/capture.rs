@@ -52,7 +52,7 @@ impl Watcher {
         self.copying.load(Ordering::SeqCst) > 0
     }
 
-    fn ready(&self) {
+    pub(crate) fn ready(&self) {
         if !self.ready.swap(true, Ordering::SeqCst) {
             let _ = self.tx.send(ProcessNotice::Ready { id: self.id });
         }

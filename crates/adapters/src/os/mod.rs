@@ -7,6 +7,7 @@ mod capture;
 mod heap;
 mod host;
 mod listening;
+mod probe;
 mod spawn;
 mod subreaper;
 mod tree;
@@ -35,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use heap::release_free_memory;
 pub use host::OsHost;
+pub use probe::notify_ready;
 pub use subreaper::Subreaper;
 pub use usage::ProcSampler;
 
@@ -298,6 +300,9 @@ struct Inner {
     /// The processes of trees that run on after their leader, with their
     /// records: as a subreaper, this process reaps them.
     running_on: Mutex<HashMap<u32, ProcessId>>,
+    /// Readiness commands running now: children of this process that are
+    /// not records' leaders, which their own waiters reap.
+    probes: Mutex<HashSet<u32>>,
     /// The first failure (a non-zero exit, or a signal) of a process that
     /// ran on after its record's leader: the record's end, not the
     /// leader's exit.
@@ -348,6 +353,7 @@ impl OsSpawner {
                 start_log,
                 lease: Mutex::new(LeaseHold::default()),
                 running_on: Mutex::default(),
+                probes: Mutex::default(),
                 failed_on: Mutex::default(),
             }),
             rx: Mutex::new(Some(rx)),
@@ -575,11 +581,13 @@ impl Inner {
     /// The leaders this spawner started and has not reaped: their own
     /// waiters reap them.
     fn unreaped_leaders(&self) -> HashSet<u32> {
-        lock(&self.live)
+        let mut keep: HashSet<u32> = lock(&self.live)
             .values()
             .filter(|l| !l.reaped && l.origin != Origin::Adopted)
             .map(|l| l.pid)
-            .collect()
+            .collect();
+        keep.extend(guard(&self.probes).iter().copied());
+        keep
     }
 
     /// Reaps the children that ended and are not leaders: orphans of
@@ -626,6 +634,151 @@ impl Inner {
             }
         }
         guard(&self.failed_on).remove(&id).unwrap_or(status)
+    }
+
+    /// Runs `command` once (`sh -c`, in the process's directory and with
+    /// its variables, without bpm's mark, so that it never counts as the
+    /// record's own), cut at `within`: `Ok` when it exits 0, otherwise its
+    /// exit and the start of its output.
+    async fn exec_once(
+        &self,
+        command: &str,
+        request: &SpawnRequest,
+        within: Duration,
+    ) -> Result<(), String> {
+        let child = {
+            // No orphan is reaped while it starts, so its pid is known to
+            // the reaper before it can end.
+            let _one = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(command)
+                .envs(
+                    request
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+                )
+                .env_remove(tree::MARK)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            if let Some(port) = request.port {
+                c.env("PORT", port.to_string())
+                    .env("BPM_PORT", port.to_string());
+            }
+            if let Some(cwd) = &request.cwd {
+                c.current_dir(cwd);
+            }
+            let child = c.spawn().map_err(|e| format!("{command}: {e}"))?;
+            if let Some(pid) = child.id() {
+                guard(&self.probes).insert(pid);
+            }
+            child
+        };
+        let pid = child.id();
+        let done = tokio::time::timeout(within, child.wait_with_output()).await;
+        if let Some(pid) = pid {
+            guard(&self.probes).remove(&pid);
+        }
+        match done {
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) => {
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                let text: String = text.trim().chars().take(1024).collect();
+                Err(format!(
+                    "`{command}` exited {}: {text}",
+                    exit_status_of(out.status)
+                ))
+            }
+            Ok(Err(e)) => Err(format!("{command}: {e}")),
+            Err(_) => Err(format!("`{command}` took over {within:?}")),
+        }
+    }
+
+    /// Runs `command` every [`probe::EVERY`] until it exits 0 (each run cut
+    /// at [`probe::ATTEMPT`]); ready then. Stops when the process exits.
+    async fn wait_for_exec(
+        self: Arc<Self>,
+        command: String,
+        request: SpawnRequest,
+        watcher: capture::Watcher,
+        mut exited: watch::Receiver<bool>,
+    ) {
+        loop {
+            if self
+                .exec_once(&command, &request, probe::ATTEMPT)
+                .await
+                .is_ok()
+            {
+                watcher.ready();
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(probe::EVERY) => {}
+                _ = exited.wait_for(|e| *e) => return,
+            }
+        }
+    }
+
+    /// Runs the process's health check every `every` while it runs, and
+    /// reports [`ProcessNotice::Health`] when it first passes, when it
+    /// passes again after failing, and when it failed `failures` times in
+    /// a row.
+    async fn watch_health(
+        self: Arc<Self>,
+        check: bpm_domain::HealthCheck,
+        request: SpawnRequest,
+        mut exited: watch::Receiver<bool>,
+    ) {
+        let within = check.timeout.as_duration();
+        let (mut told, mut failed) = (None, 0u32);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(check.every.as_duration()) => {}
+                _ = exited.wait_for(|e| *e) => return,
+            }
+            let result = match &check.probe {
+                bpm_domain::Probe::Http { target } => match probe::url_of(target, request.port) {
+                    Some(url) => probe::http_check(&url, within).await,
+                    None => Err(format!("no port for {target}")),
+                },
+                bpm_domain::Probe::Exec { command } => {
+                    self.exec_once(command, &request, within).await
+                }
+                bpm_domain::Probe::Port { port } => {
+                    let connect = tokio::net::TcpStream::connect(("127.0.0.1", *port));
+                    match tokio::time::timeout(within, connect).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(format!("port {port}: {e}")),
+                        Err(_) => Err(format!("port {port}: no answer within {within:?}")),
+                    }
+                }
+            };
+            let (healthy, detail) = match result {
+                Ok(()) => {
+                    failed = 0;
+                    (true, None)
+                }
+                Err(why) => {
+                    failed += 1;
+                    if failed < check.failures {
+                        continue;
+                    }
+                    (false, Some(why))
+                }
+            };
+            if told != Some(healthy) {
+                told = Some(healthy);
+                let _ = self.tx.send(ProcessNotice::Health {
+                    id: request.id,
+                    healthy,
+                    detail,
+                });
+            }
+        }
     }
 
     /// The processes of record `id`'s tree that run on after its leader
@@ -789,10 +942,18 @@ impl Inner {
         if let Some(pid) = self.started_already(request.id) {
             return Ok(Spawned { pid });
         }
+        // Bound first: a process quick to say READY=1 is heard.
+        let notify = match request.readiness {
+            ReadinessCheck::Notify => Some(
+                probe::bind_notify(&probe::notify_path(&request.id))
+                    .map_err(|e| SpawnError::Os(format!("cannot make the notify socket: {e}")))?,
+            ),
+            _ => None,
+        };
         let child = self.launch(request)?;
         let pid = child.pid;
         let (stdout, stderr, pidfd) = self.hold(request, child)?;
-        self.watch(request, pid, stdout, stderr, pidfd);
+        self.watch(request, pid, stdout, stderr, pidfd, notify);
         Ok(Spawned { pid })
     }
 
@@ -1094,6 +1255,7 @@ impl Inner {
         stdout: pipe::Receiver,
         stderr: pipe::Receiver,
         pidfd: AsyncFd<std::os::fd::OwnedFd>,
+        mut notify: Option<tokio::net::UnixDatagram>,
     ) {
         let id = request.id;
         let (exited_tx, exited_rx) = watch::channel(false);
@@ -1103,9 +1265,34 @@ impl Inner {
         };
         let watcher = capture::Watcher::new(id, self.tx.clone(), pattern);
         let pumps = self.pumps(stdout, stderr, &watcher);
-        if let ReadinessCheck::Port { port } = request.readiness {
-            let (poll, rx) = (self.config.port_poll, exited_rx.clone());
-            tokio::spawn(capture::wait_for_port(port, poll, watcher.clone(), rx));
+        match &request.readiness {
+            ReadinessCheck::Port { port } => {
+                let (poll, rx) = (self.config.port_poll, exited_rx.clone());
+                tokio::spawn(capture::wait_for_port(*port, poll, watcher.clone(), rx));
+            }
+            ReadinessCheck::Http { target } => {
+                if let Some(url) = probe::url_of(target, request.port) {
+                    let rx = exited_rx.clone();
+                    tokio::spawn(probe::wait_for_http(url, watcher.clone(), rx));
+                }
+            }
+            ReadinessCheck::Exec { command } => {
+                let (rx, inner) = (exited_rx.clone(), self.clone());
+                let (command, request) = (command.clone(), request.clone());
+                tokio::spawn(inner.wait_for_exec(command, request, watcher.clone(), rx));
+            }
+            ReadinessCheck::Notify => {
+                if let Some(socket) = notify.take() {
+                    let path = probe::notify_path(&id);
+                    let rx = exited_rx.clone();
+                    tokio::spawn(probe::wait_for_notify(socket, path, watcher.clone(), rx));
+                }
+            }
+            _ => {}
+        }
+        if let Some(check) = request.health.clone() {
+            let (rx, inner) = (exited_rx.clone(), self.clone());
+            tokio::spawn(inner.watch_health(check, request.clone(), rx));
         }
         if let Some(idle) = request.idle_after {
             let idle = idle.as_duration();
@@ -1227,6 +1414,16 @@ impl Inner {
 
 fn lock(live: &LiveMap) -> std::sync::MutexGuard<'_, HashMap<ProcessId, Live>> {
     live.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A probe's exit, for people: `1`, or `by signal 9`.
+fn exit_status_of(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(sig)) => format!("by signal {sig}"),
+        (None, None) => "unknown".into(),
+    }
 }
 
 fn exit_status(status: &WaitIdStatus) -> ExitStatus {
@@ -1393,6 +1590,12 @@ fn own_variables(request: &SpawnRequest) -> Result<Vec<CString>, SpawnError> {
         own.push(spawn::variable(b"PORT", port.as_bytes()).map_err(nul)?);
         own.push(spawn::variable(b"BPM_PORT", port.as_bytes()).map_err(nul)?);
     }
+    if request.readiness == ReadinessCheck::Notify {
+        let path = probe::notify_path(&request.id);
+        own.push(
+            spawn::variable(b"NOTIFY_SOCKET", path.as_os_str().as_encoded_bytes()).map_err(nul)?,
+        );
+    }
     Ok(own)
 }
 
@@ -1531,7 +1734,12 @@ pub fn inherited_env() -> Environment {
         .filter(|(k, _)| {
             !matches!(
                 k.as_bytes(),
-                b"BPM_PROCESS_ID" | b"BPM_SESSION" | b"BPM_NODE" | b"BPM_FENCE" | b"BPM_PORT"
+                b"BPM_PROCESS_ID"
+                    | b"BPM_SESSION"
+                    | b"BPM_NODE"
+                    | b"BPM_FENCE"
+                    | b"BPM_PORT"
+                    | b"NOTIFY_SOCKET"
             )
         })
         .map(|(k, v)| (OsText::from(k), OsText::from(v)))

@@ -64,6 +64,7 @@ pub(crate) fn sh_request(
         token: 0,
         leader_only: false,
         port: None,
+        health: None,
     }
 }
 

@@ -42,11 +42,19 @@ impl Supervisor {
             self.out.push(Effect::ExitRecorded { id });
             return Ok(());
         }
-        if matches!(state, StateName::Running | StateName::Paused) {
+        let unhealthy = matches!(
+            record.lifecycle(),
+            Lifecycle::Stopping {
+                cause: StopCause::Unhealthy { .. },
+                ..
+            }
+        );
+        if matches!(state, StateName::Running | StateName::Paused) || unhealthy {
             let policy = record.spec().restart;
+            // Stopped as unhealthy: a failure, however it exited.
             let wants = match policy.mode {
                 RestartMode::Never => false,
-                RestartMode::OnFailure => !status.success(),
+                RestartMode::OnFailure => unhealthy || !status.success(),
                 RestartMode::Always => true,
             };
             let budget = policy.max_restarts.is_none_or(|m| record.restarts() < m);
@@ -55,6 +63,7 @@ impl Supervisor {
                 let not_before = now.saturating_add(delay);
                 self.cancel_timer(id, TimerKind::Timeout);
                 self.cancel_timer(id, TimerKind::Readiness);
+                self.cancel_timer(id, TimerKind::Grace);
                 self.transition(id, Transition::Requeue { status, not_before }, now)?;
                 self.place(id, now);
                 self.out.push(Effect::ExitRecorded { id });

@@ -344,6 +344,18 @@ pub enum Input {
         /// The record.
         id: ProcessId,
     },
+    /// Its health check passed after failing (or for the first time), or
+    /// failed its `failures` times in a row ([`crate::HealthCheck`]): an
+    /// unhealthy process is stopped and started again under its restart
+    /// policy.
+    Health {
+        /// The record.
+        id: ProcessId,
+        /// Whether it is healthy.
+        healthy: bool,
+        /// The last failure's output.
+        detail: Option<String>,
+    },
     /// The process's leader exited while other processes of its tree run
     /// on: the record stays live until they end ([`crate::LeaderExit`]).
     LeaderExited {

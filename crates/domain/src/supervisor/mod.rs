@@ -396,6 +396,21 @@ impl Supervisor {
                 }
                 Ok(())
             }
+            Input::Health {
+                id,
+                healthy,
+                detail,
+            } => {
+                self.own(id)?;
+                let why = detail.clone().unwrap_or_else(|| "the check failed".into());
+                if self.transition(id, Transition::Health { healthy, detail }, now)?
+                    == Applied::Changed
+                    && !healthy
+                {
+                    self.stop(id, StopCause::Unhealthy { detail: why }, false, None, now)?;
+                }
+                Ok(())
+            }
             Input::LeaderExited {
                 id,
                 status,
@@ -545,6 +560,14 @@ impl Supervisor {
             TransitionKind::Unreach => events.push(EventKind::Unreachable),
             TransitionKind::Reach => events.push(EventKind::Reachable),
             TransitionKind::LeaderExited => events.push(EventKind::LeaderExited),
+            TransitionKind::Health => {
+                let healthy = self.entries[&id].record.health().is_some_and(|h| h.healthy);
+                events.push(if healthy {
+                    EventKind::Healthy
+                } else {
+                    EventKind::Unhealthy
+                });
+            }
             _ => {}
         }
         if kind == TransitionKind::Requeue {

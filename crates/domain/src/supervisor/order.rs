@@ -49,6 +49,7 @@ fn noticed(input: &Input) -> Option<ProcessId> {
         | Input::HandedOver { id, .. }
         | Input::Ready { id }
         | Input::Idle { id }
+        | Input::Health { id, .. }
         | Input::LeaderExited { id, .. }
         | Input::Lost { id, .. } => Some(*id),
         _ => None,

@@ -48,6 +48,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         token: 0,
         leader_only: false,
         port: None,
+        health: None,
     }
 }
 
