@@ -9,5 +9,7 @@ pub mod daemon;
 pub mod home;
 pub mod keeper;
 pub mod mcp;
+pub mod project;
+mod project_compose;
 pub mod web;
 pub mod wiring;

@@ -2813,3 +2813,428 @@ fn a_disk_too_small_for_the_journal_is_named_with_what_it_needs() {
         "{err}"
     );
 }
+
+/// A four-service project: the database is ready by a log line, the
+/// migration runs once it is, the API (a port handed out, an env file,
+/// ready by HTTP) once the migration completed, and two workers once the
+/// API is ready.
+const SHOP: &str = r#"
+[project]
+name = "shop"
+
+[services.db]
+command = "sleep 0.2; echo 'ready to accept'; exec sleep 300"
+ready = { log = "ready to accept" }
+
+[services.migrate]
+command = "echo migrating; sleep 0.2; echo migrated"
+depends_on = { db = "ready" }
+
+[services.api]
+command = "exec python3 -m http.server --bind 127.0.0.1 $PORT"
+port = "auto"
+ready = { http = "/" }
+depends_on = { migrate = "completed" }
+env = { LOG = "debug" }
+env_file = ".env"
+restart = "always"
+
+[services.worker]
+command = "echo working; exec sleep 300"
+depends_on = { api = "ready" }
+replicas = 2
+"#;
+
+/// The project's live records by service, with their pids.
+fn services(bpm: &Bpm, project: &str) -> std::collections::BTreeMap<String, (String, u64)> {
+    bpm.json(&["ps", "--project", project, "--json"])
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            (
+                r["labels"]["bpm.service"]
+                    .as_str()
+                    .expect("service")
+                    .to_owned(),
+                (
+                    r["id"].as_str().expect("id").to_owned(),
+                    r["pid"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `up --wait` brings a project up in dependency order; `up` again keeps
+/// every process; an edited env file replaces only its service; `logs`
+/// interleaves the services' output with their names; `down` stops all in
+/// reverse order, each tree gone.
+#[test]
+fn a_project_comes_up_once_and_goes_down_in_order() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(&file, SHOP).expect("file");
+    std::fs::write(dir.path().join(".env"), "SECRET=1\n").expect("env");
+    let f = file.to_str().expect("utf-8");
+    let first = bpm.ok(&["up", "-f", f, "--wait", "--wait-timeout", "60s"]);
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), 5, "{first}");
+    assert!(lines.iter().all(|l| l.starts_with("started")), "{first}");
+    let order: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(order, ["db", "migrate", "api", "worker.1", "worker.2"]);
+    let up = services(&bpm, "shop");
+    assert_eq!(
+        up.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["api", "db", "worker.1", "worker.2"],
+        "migrate completed: {up:?}"
+    );
+    let api = bpm.json(&["show", &up["api"].0, "--json"]);
+    assert!(
+        api["port"].as_u64().is_some() && !api["ready_at"].is_null(),
+        "{api}"
+    );
+    let table = bpm.ok(&["ps"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("PROJECT")),
+        "{table}"
+    );
+
+    // Again: nothing to do, every pid kept.
+    let again = bpm.ok(&["up", "-f", f]);
+    assert!(again.lines().all(|l| l.starts_with("kept")), "{again}");
+    assert_eq!(services(&bpm, "shop"), up);
+
+    // The env file changed: only the API is replaced.
+    std::fs::write(dir.path().join(".env"), "SECRET=2\n").expect("env");
+    let plan = bpm.ok(&["up", "-f", f, "--dry-run"]);
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("replaced") && l.contains("api")),
+        "{plan}"
+    );
+    let changed = bpm.ok(&["up", "-f", f, "--wait"]);
+    let replaced: Vec<&str> = changed.lines().filter(|l| !l.starts_with("kept")).collect();
+    assert_eq!(replaced.len(), 1, "{changed}");
+    assert!(
+        replaced[0].starts_with("replaced") && replaced[0].contains("api"),
+        "{changed}"
+    );
+    let now = services(&bpm, "shop");
+    assert_ne!(now["api"], up["api"]);
+    for kept in ["db", "worker.1", "worker.2"] {
+        assert_eq!(now[kept], up[kept], "{kept} kept its process");
+    }
+
+    // Every service's output, prefixed.
+    let logs = bpm.ok(&["logs", "shop"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("db") && l.ends_with("| ready to accept")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("migrate") && l.ends_with("| migrated")),
+        "{logs}"
+    );
+
+    // Down: reverse order, every tree gone.
+    let down = bpm.ok(&["down", "-f", f]);
+    let stopped: Vec<&str> = down
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(stopped, ["worker.2", "worker.1", "api", "db"], "{down}");
+    for (_, pid) in now.values() {
+        until_gone(u32::try_from(*pid).expect("pid"), "bpm down");
+    }
+    assert!(services(&bpm, "shop").is_empty());
+    // From any directory, by the project's name.
+    let elsewhere = bpm
+        .cmd(&["up", "shop", "--dry-run"])
+        .current_dir("/")
+        .output()
+        .expect("bpm");
+    assert!(elsewhere.status.success(), "{elsewhere:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&elsewhere.stdout).lines().count(),
+        5
+    );
+}
+
+/// A dependency that fails fails its dependents, naming it, and `up
+/// --wait` exits non-zero naming the service with its last lines; two
+/// racing `up`s start one copy of each service; a broken file is refused
+/// before anything starts, naming the line and the key.
+#[test]
+fn a_project_refuses_what_cannot_work_and_starts_nothing_twice() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    let f = file.to_str().expect("utf-8");
+    std::fs::write(
+        &file,
+        "[project]\nname = \"broken\"\n[services.migrate]\ncommand = \"echo 'no such table'; exit 3\"\n[services.api]\ncommand = \"sleep 300\"\ndepends_on = { migrate = \"completed\" }\n",
+    )
+    .expect("file");
+    let err = bpm.fails(&["up", "-f", f, "--wait", "--wait-timeout", "30s"], 1);
+    assert!(
+        err.contains("broken/migrate failed") && err.contains("no such table"),
+        "{err}"
+    );
+    let all = bpm.json(&["ps", "--all", "--project", "broken", "--json"]);
+    let api = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["name"] == "broken/api")
+        .expect("api");
+    assert_eq!(api["state"], "failed");
+    assert!(
+        api["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("instead of completing")),
+        "{api}"
+    );
+
+    // Two racing ups: one copy of each.
+    std::fs::write(&file, SHOP.replace("\"shop\"", "\"race\"")).expect("file");
+    std::fs::write(dir.path().join(".env"), "A=1\n").expect("env");
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            bpm.cmd(&["up", "-f", f])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("up")
+        })
+        .collect();
+    for r in racers {
+        let out = r.wait_with_output().expect("up");
+        assert!(out.status.success(), "{out:?}");
+    }
+    bpm.ok(&["up", "-f", f, "--wait", "--wait-timeout", "60s"]);
+    let all = bpm.json(&["ps", "--all", "--project", "race", "--json"]);
+    let mut per_service = std::collections::BTreeMap::new();
+    for r in all.as_array().expect("array") {
+        *per_service
+            .entry(r["labels"]["bpm.service"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
+    }
+    assert!(per_service.values().all(|n| *n == 1), "{per_service:?}");
+    assert_eq!(per_service.len(), 5, "{per_service:?}");
+    bpm.ok(&["down", "-f", f]);
+
+    // Refused before anything starts, naming the line and the key.
+    for (text, says) in [
+        (
+            "[services.a]\ncomand = \"x\"\n",
+            "2: unknown field `comand`",
+        ),
+        (
+            "[services.a]\ncommand = \"x\"\ntimeout = \"5x\"\n",
+            "services.a.timeout",
+        ),
+        (
+            "[services.a]\ncommand = \"x\"\ndepends_on = { b = \"ready\" }\n",
+            "depends on \"b\"",
+        ),
+        (
+            "[services.a]\ncommand = \"x\"\ndepends_on = { b = \"ready\" }\n[services.b]\ncommand = \"y\"\ndepends_on = { a = \"started\" }\n",
+            "cycle",
+        ),
+        (
+            "[services.a]\ncommand = \"x\"\ndepends_on = { a = \"soon\" }\n",
+            "unknown condition",
+        ),
+    ] {
+        std::fs::write(&file, text).expect("file");
+        let err = bpm.fails(&["up", "-f", f], 4);
+        assert!(
+            err.contains(says) && err.contains("bpm.toml"),
+            "{text}: {err}"
+        );
+    }
+    let live = bpm.json(&["ps", "--json"]);
+    assert_eq!(live.as_array().map(Vec::len), Some(0), "{live}");
+}
+
+/// A liveness check that starts failing restarts its service; a program
+/// that says `READY=1` on `NOTIFY_SOCKET` itself is ready then.
+#[test]
+fn health_and_notify_readiness() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("healthy");
+    std::fs::write(&flag, "").expect("flag");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[services.api]
+command = "exec sleep 300"
+restart = "always"
+health = {{ exec = "test -f {}", every = "200ms", failures = 2 }}
+
+[services.notified]
+argv = ["python3", "-c", "import os, socket, time; time.sleep(0.3); s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(300)"]
+ready = {{ notify = true }}
+"#,
+            flag.display()
+        ),
+    )
+    .expect("file");
+    let f = file.to_str().expect("utf-8");
+    bpm.ok(&["up", "-f", f, "--wait", "--wait-timeout", "30s"]);
+    let project = dir
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    let api = format!("{project}/api");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bpm.json(&["show", &api, "--json"])["health"]["healthy"] != true {
+        assert!(Instant::now() < deadline, "never healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shown = bpm.ok(&["show", &api]);
+    assert!(shown.contains("healthy"), "{shown}");
+    std::fs::remove_file(&flag).expect("unhealthy now");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = bpm.json(&["show", &api, "--json"]);
+        if r["restarts"].as_u64() >= Some(1) {
+            assert_eq!(r["attempts"][0]["exit"]["signal"], 15, "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never restarted: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = bpm.fails(&["run", "--health-every", "1s", "--", "true"], 4);
+    assert!(err.contains("need a check"), "{err}");
+    let err = bpm.fails(&["ready"], 4);
+    assert!(err.contains("NOTIFY_SOCKET"), "{err}");
+    bpm.ok(&["down", "-f", f]);
+}
+
+/// A Procfile runs with a port per process, as foreman hands them out;
+/// a process-compose file from its documentation runs unchanged, the keys
+/// bpm does not act on named in a warning.
+#[test]
+fn procfiles_and_process_compose_files_run_as_they_are() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let procfile = dir.path().join("Procfile");
+    std::fs::write(
+        &procfile,
+        "# the usual pair\nweb: exec python3 -m http.server --bind 127.0.0.1 $PORT\nworker: echo \"worker on $PORT\"; exec sleep 300\n",
+    )
+    .expect("Procfile");
+    let out = bpm.ok(&[
+        "up",
+        "-f",
+        procfile.to_str().expect("utf-8"),
+        "--wait",
+        "--wait-timeout",
+        "30s",
+    ]);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("started")).count(),
+        2,
+        "{out}"
+    );
+    let project = dir
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    let up = services(&bpm, &project);
+    let ports: std::collections::BTreeSet<u64> = up
+        .values()
+        .map(|(id, _)| {
+            bpm.json(&["show", id, "--json"])["port"]
+                .as_u64()
+                .expect("a port")
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "one port each");
+    bpm.ok(&["down", "-f", procfile.to_str().expect("utf-8")]);
+
+    // From process-compose's documentation (launcher page), unchanged.
+    let compose = dir.path().join("process-compose.yaml");
+    std::fs::write(
+        &compose,
+        r#"processes:
+  process1:
+    description: This process will sleep for 2 seconds
+    command: "sleep 2"
+  process2:
+    description: This process will sleep for 3 seconds
+    command: "sleep 3"
+  process_name:
+    command: "sleep 2"
+    log_location: ./log_file.{PC_REPLICA_NUM}.log  # <- {PC_REPLICA_NUM} will be replaced with replica number. If more than one replica and PC_REPLICA_NUM is not specified, the replica number will be concatenated to the file end.
+    replicas: 2
+"#,
+    )
+    .expect("compose");
+    let out = bpm
+        .cmd(&["up", "-f", compose.to_str().expect("utf-8")])
+        .output()
+        .expect("up");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("started")).count(),
+        4,
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("log_location") && stderr.contains("ignored"),
+        "{stderr}"
+    );
+    // A dependency with a readiness probe, as process-compose writes them.
+    std::fs::write(
+        &compose,
+        r#"version: "0.5"
+processes:
+  db:
+    command: "sleep 0.3; touch db.ready; exec sleep 300"
+    readiness_probe:
+      exec:
+        command: "test -f db.ready"
+  api:
+    command: "exec sleep 300"
+    environment:
+      - "MODE=dev"
+    depends_on:
+      db:
+        condition: process_healthy
+    availability:
+      restart: "on_failure"
+      max_restarts: 3
+"#,
+    )
+    .expect("compose");
+    bpm.ok(&[
+        "up",
+        "-f",
+        compose.to_str().expect("utf-8"),
+        "--wait",
+        "--wait-timeout",
+        "30s",
+    ]);
+    let api = bpm.json(&["show", &format!("{project}/api"), "--json"]);
+    assert_eq!(api["state"], "running", "{api}");
+    assert_eq!(api["spec"]["restart"]["mode"], "on_failure", "{api}");
+    bpm.ok(&["down", "-f", compose.to_str().expect("utf-8")]);
+}

@@ -30,7 +30,8 @@ pub enum ResolveError {
 /// Resolves `text` to one process id. A well-formed UUID is taken as it is
 /// (whether it exists is the caller's next call's business); otherwise ids
 /// are matched by prefix (with or without dashes), by their last 4 or more
-/// hex digits, and then by name.
+/// hex digits, and then by name: the live record of that name, or, when
+/// none is live, the newest that carried it.
 ///
 /// # Errors
 /// [`ResolveError`] when nothing or more than one record matches, or the list fails.
@@ -55,9 +56,22 @@ pub async fn resolve_id(m: &dyn ProcessManager, text: &str) -> Result<ProcessId,
         })
         .collect();
     let found = if by_id.is_empty() {
-        all.iter()
+        let named: Vec<&ProcessRecord> = all
+            .iter()
             .filter(|r| r.spec().name.as_ref().is_some_and(|n| n.as_str() == text))
-            .collect()
+            .collect();
+        // A name belongs to one live record: that one; with none live, the
+        // newest that carried it.
+        let live: Vec<&ProcessRecord> =
+            named.iter().copied().filter(|r| !r.is_terminal()).collect();
+        match (
+            live.as_slice(),
+            named.iter().max_by_key(|r| (r.created_at(), r.id())),
+        ) {
+            ([], Some(newest)) => vec![*newest],
+            ([], None) => Vec::new(),
+            _ => live,
+        }
     } else {
         by_id
     };

@@ -116,6 +116,9 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| CliError::failed(format!("{e:#}")))
         }
+        Command::Ready { status } => bpm_adapters::os::notify_ready(status.as_deref())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(CliError::invalid),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -280,6 +283,8 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs(args) => logs(m, args).await,
+        Command::Up(args) => super::project::up(m, args).await,
+        Command::Down(args) => super::project::down(m, args).await,
         Command::Stop(args) => stop(m, args).await,
         Command::Pause { id } => {
             let r = m.pause(resolve(m, &id).await?).await?;
@@ -370,6 +375,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             iterations,
         } => super::top::top(m, interval, iterations).await,
         Command::Daemon(_)
+        | Command::Ready { .. }
         | Command::Completions { .. }
         | Command::Keeper { .. }
         | Command::Nodes { .. }
@@ -471,6 +477,7 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     }
     spec.priority = a.priority.unwrap_or(0);
     spec.delay = a.delay.map(|d| span(&d, "--delay")).transpose()?;
+    let ready_pattern_given = a.ready_pattern.is_some();
     if let Some(p) = a.ready_pattern {
         spec.readiness.check = ReadinessCheck::LogPattern {
             pattern: LogPattern::new(&p).map_err(|e| bad(&e))?,
@@ -478,6 +485,63 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     }
     if let Some(port) = a.ready_port {
         spec.readiness.check = ReadinessCheck::Port { port };
+    }
+    let chosen = [
+        ready_pattern_given,
+        a.ready_port.is_some(),
+        a.ready_http.is_some(),
+        a.ready_exec.is_some(),
+        a.ready_notify,
+    ];
+    if chosen.into_iter().filter(|c| *c).count() > 1 {
+        return Err(CliError::invalid(
+            "give one readiness check: --ready-pattern, --ready-port, --ready-http, --ready-exec or --ready-notify",
+        ));
+    }
+    if let Some(target) = a.ready_http {
+        spec.readiness.check = ReadinessCheck::Http { target };
+    }
+    if let Some(command) = a.ready_exec {
+        spec.readiness.check = ReadinessCheck::Exec { command };
+    }
+    if a.ready_notify {
+        spec.readiness.check = ReadinessCheck::Notify;
+    }
+    let probes = [
+        a.health_http
+            .map(|target| bpm_domain::Probe::Http { target }),
+        a.health_exec
+            .map(|command| bpm_domain::Probe::Exec { command }),
+        a.health_port.map(|port| bpm_domain::Probe::Port { port }),
+    ];
+    let mut probes = probes.into_iter().flatten();
+    match (probes.next(), probes.next()) {
+        (Some(_), Some(_)) => {
+            return Err(CliError::invalid(
+                "give one health check: --health-http, --health-exec or --health-port",
+            ));
+        }
+        (Some(probe), None) => {
+            let mut check = bpm_domain::HealthCheck::of(probe);
+            if let Some(e) = a.health_every {
+                check.every = span(&e, "--health-every")?;
+            }
+            if let Some(n) = a.health_failures {
+                check.failures = n;
+            }
+            if let Some(t) = a.health_timeout {
+                check.timeout = span(&t, "--health-timeout")?;
+            }
+            spec.health = Some(check);
+        }
+        (None, _) => {
+            if a.health_every.is_some() || a.health_failures.is_some() || a.health_timeout.is_some()
+            {
+                return Err(CliError::invalid(
+                    "--health-every, --health-failures and --health-timeout need a check: --health-http, --health-exec or --health-port",
+                ));
+            }
+        }
     }
     spec.readiness.timeout = a
         .ready_timeout
@@ -875,6 +939,11 @@ async fn filter_from(m: &Manager, args: &PsArgs) -> Result<ListFilter, CliError>
         filter.parent = Some(resolve(m, p).await?);
     }
     filter.labels = label_filters(&args.label)?;
+    if let Some(project) = &args.project {
+        filter
+            .labels
+            .extend(super::project::of_project(project).labels);
+    }
     filter.kind = args
         .kind
         .as_deref()
@@ -1035,6 +1104,14 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
             .unwrap_or_default(),
     );
     field("pid", r.pid().map_or("-".into(), |p| p.to_string()));
+    if let Some(h) = r.health() {
+        let text = match (h.healthy, &h.last_failure) {
+            (true, _) => "healthy".to_owned(),
+            (false, Some(why)) => format!("unhealthy: {why}"),
+            (false, None) => "unhealthy".to_owned(),
+        };
+        field("health", text);
+    }
     if let Some(port) = r.port() {
         let listening = usage.map(|u| &u.listening_ports);
         let seen = match listening {
@@ -1129,17 +1206,22 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
 }
 
 async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
-    let id = resolve(m, &a.id).await?;
-    let stream = match a.stream.as_str() {
-        "stdout" => StreamSelect::Stdout,
-        "stderr" => StreamSelect::Stderr,
-        "both" => StreamSelect::Both,
-        other => {
-            return Err(CliError::invalid(format!(
-                "invalid --stream {other:?}: expected stdout, stderr or both"
-            )));
+    let id = match resolve(m, &a.id).await {
+        Ok(id) => id,
+        // A project's name: every service's output, prefixed.
+        Err(e) if e.code == 3 => {
+            let records = m.list(super::project::of_project(&a.id)).await?;
+            if records.is_empty() {
+                return Err(e);
+            }
+            let stream = stream_of(&a.stream)?;
+            let color = color_on(std::io::stdout().is_terminal());
+            return super::project::logs(m, &a.id, &records, a.follow, a.lines, stream, color)
+                .await;
         }
+        Err(e) => return Err(e),
     };
+    let stream = stream_of(&a.stream)?;
     let mut told = 0;
     let start = if let Some(n) = a.lines {
         let chunk = m
@@ -1167,6 +1249,18 @@ async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
         copy_output(m, id, start, stream, a.follow, false, told).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--stream`'s value.
+fn stream_of(text: &str) -> Result<StreamSelect, CliError> {
+    match text {
+        "stdout" => Ok(StreamSelect::Stdout),
+        "stderr" => Ok(StreamSelect::Stderr),
+        "both" => Ok(StreamSelect::Both),
+        other => Err(CliError::invalid(format!(
+            "invalid --stream {other:?}: expected stdout, stderr or both"
+        ))),
+    }
 }
 
 async fn stop(m: &Manager, a: StopArgs) -> Outcome {

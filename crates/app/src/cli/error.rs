@@ -24,6 +24,11 @@ impl CliError {
             message: message.into(),
         }
     }
+    /// This error, its message after `what: `.
+    pub(super) fn with_prefix(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
     pub(super) fn failed(message: impl Into<String>) -> Self {
         CliError {
             code: 1,

@@ -20,6 +20,7 @@ macro_rules! out {
 
 mod commands;
 mod error;
+mod project;
 mod resolve;
 mod table;
 mod top;
@@ -58,6 +59,20 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// List processes.
     Ps(PsArgs),
+    /// Tell bpm this process is ready (`READY=1` on `NOTIFY_SOCKET`): for
+    /// a process started with --ready-notify.
+    Ready {
+        /// A status line to send with it.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Bring a project's services up, idempotently: a bpm.toml (here or in
+    /// a parent directory), a Procfile or a process-compose file (-f).
+    /// Prints what it did with each: kept, started, replaced or stopped.
+    Up(UpArgs),
+    /// Stop a project's services in reverse dependency order; returns when
+    /// they are gone.
+    Down(DownArgs),
     /// Show one process.
     Show {
         /// Id (full, unique prefix or short form) or unique name.
@@ -331,6 +346,38 @@ pub struct RunArgs {
     /// Ready when this loopback TCP port accepts connections.
     #[arg(long, value_name = "PORT")]
     pub ready_port: Option<u16>,
+    /// Ready when an HTTP GET of this URL (or this path on the --port
+    /// handed out) answers 2xx or 3xx.
+    #[arg(long, value_name = "URL_OR_PATH")]
+    pub ready_http: Option<String>,
+    /// Ready when this command (`sh -c`, in the process's directory and
+    /// environment) exits 0; tried every 250 ms.
+    #[arg(long, value_name = "CMD")]
+    pub ready_exec: Option<String>,
+    /// Liveness: an HTTP GET of this URL (or path on the --port) must
+    /// answer 2xx or 3xx.
+    #[arg(long, value_name = "URL_OR_PATH")]
+    pub health_http: Option<String>,
+    /// Liveness: this command (`sh -c`) must exit 0.
+    #[arg(long, value_name = "CMD")]
+    pub health_exec: Option<String>,
+    /// Liveness: this loopback TCP port must accept connections.
+    #[arg(long, value_name = "PORT")]
+    pub health_port: Option<u16>,
+    /// How often the health check runs (default 2s).
+    #[arg(long, value_name = "DURATION")]
+    pub health_every: Option<String>,
+    /// How many failures in a row make it unhealthy: it is stopped and
+    /// started again under its restart policy (default 3).
+    #[arg(long, value_name = "N")]
+    pub health_failures: Option<u32>,
+    /// How long one health check may take (default 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Ready when the process says so: `READY=1` on `NOTIFY_SOCKET`
+    /// (systemd's `sd_notify`), or `bpm ready` from a script.
+    #[arg(long)]
+    pub ready_notify: bool,
     /// Fail if not ready within this long.
     #[arg(long)]
     pub ready_timeout: Option<String>,
@@ -390,6 +437,9 @@ pub struct PsArgs {
     /// Only this label K=V (repeatable).
     #[arg(long, value_name = "K=V")]
     pub label: Vec<String>,
+    /// Only this project's services (`bpm up`).
+    #[arg(long)]
+    pub project: Option<String>,
     /// Only this kind.
     #[arg(long)]
     pub kind: Option<String>,
@@ -421,6 +471,40 @@ pub struct LogsArgs {
     /// Start at this cursor (printed by --json reads as `next`).
     #[arg(long, value_name = "CURSOR")]
     pub since: Option<u64>,
+}
+
+/// `bpm up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Only these services (and what they depend on); a single name may
+    /// also name a project brought up before, from any directory.
+    pub services: Vec<String>,
+    /// The project file: a bpm.toml, a Procfile or a process-compose.yaml.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Return once every service is ready (or completed); otherwise exit
+    /// non-zero naming the service that failed, with its last lines.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (exit 124), e.g. 60s.
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    pub wait_timeout: Option<String>,
+    /// Print what would be done, and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop the services the file no longer has.
+    #[arg(long)]
+    pub remove_orphans: bool,
+}
+
+/// `bpm down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Only these services; a single name may also name a project.
+    pub services: Vec<String>,
+    /// The project file, as for `up`.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 /// Stop processes (and their descendants); returns when they are gone.

@@ -5,11 +5,33 @@ use bpm_ports::{ResolveError, resolve_id};
 
 use super::error::CliError;
 
-/// Resolves `text` to one process id.
+/// Resolves `text` to one process id; inside a project's directory, a
+/// service's name (`api`) names its record (`shop/api`).
 pub(super) async fn resolve(m: &super::Manager, text: &str) -> Result<ProcessId, CliError> {
-    resolve_id(m.as_ref(), text).await.map_err(|e| match e {
+    let found = match resolve_id(m.as_ref(), text).await {
+        Err(ResolveError::NotFound(_)) if !text.contains('/') => match service_here(text) {
+            Some(name) => resolve_id(m.as_ref(), &name).await.map_err(|_| {
+                ResolveError::NotFound(format!("{text} (nor {name}, this project's service)"))
+            }),
+            None => Err(ResolveError::NotFound(text.to_owned())),
+        },
+        other => other,
+    };
+    found.map_err(|e| match e {
         ResolveError::NotFound(_) => CliError::not_found(e.to_string()),
         ResolveError::Manager(m) => CliError::from(m),
         ResolveError::Empty | ResolveError::Ambiguous { .. } => CliError::invalid(e.to_string()),
     })
+}
+
+/// `PROJECT/SERVICE` when the project file of this directory (or a parent)
+/// has a service named `service`.
+fn service_here(service: &str) -> Option<String> {
+    let here = std::env::current_dir().ok()?;
+    let file = crate::project::find(&here)?;
+    let loaded = crate::project::load(&file, &bpm_domain::Environment::new()).ok()?;
+    let project = &loaded.project;
+    project
+        .service(service)
+        .map(|_| project.process_name(service).to_string())
 }

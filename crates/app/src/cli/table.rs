@@ -88,6 +88,7 @@ pub(super) struct Columns {
     state: usize,
     node: bool,
     port: bool,
+    project: bool,
 }
 
 impl Columns {
@@ -101,7 +102,15 @@ impl Columns {
             .first()
             .is_some_and(|first| records.iter().any(|r| r.node() != first.node()));
         let port = records.iter().any(|r| r.port().is_some());
-        Columns { state, node, port }
+        let project = records
+            .iter()
+            .any(|r| bpm_domain::project::project_of(r).is_some());
+        Columns {
+            state,
+            node,
+            port,
+            project,
+        }
     }
 }
 
@@ -122,6 +131,11 @@ pub(super) fn header(cols: Columns) -> String {
     );
     let line = if cols.port {
         format!("{line} {:>5}", "PORT")
+    } else {
+        line
+    };
+    let line = if cols.project {
+        format!("{line} {:<12}", "PROJECT")
     } else {
         line
     };
@@ -187,6 +201,12 @@ pub(super) fn row(
     let line = if cols.port {
         let port = r.port().map_or("-".into(), |p| p.to_string());
         format!("{line} {port:>5}")
+    } else {
+        line
+    };
+    let line = if cols.project {
+        let project = bpm_domain::project::project_of(r).unwrap_or("-");
+        format!("{line} {:<12}", cut(project, 12))
     } else {
         line
     };

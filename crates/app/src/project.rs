@@ -1,0 +1,541 @@
+//! Project files: `bpm.toml` (found in the current directory or the
+//! nearest parent), a Procfile, or a process-compose file, read into a
+//! [`Project`] whose rules live in `bpm_domain::project`.
+//!
+//! Everything is checked before anything starts: an unknown key, a bad
+//! duration, a dependency on a service that does not exist or a cycle is
+//! refused with the file, the line and the key named.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bpm_domain::project::{Project, Service};
+use bpm_domain::{
+    Command, Environment, LogPattern, NodeId, PortAsk, ProcessKind, ProcessSpec, ReadinessCheck,
+    RestartMode, Signal, Span, Until,
+};
+use serde::Deserialize;
+use sha2::Digest as _;
+
+/// The file `bpm up` reads when none is given.
+pub const FILE_NAME: &str = "bpm.toml";
+
+/// The project file in `dir` or the nearest parent that has one.
+pub fn find(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .map(|d| d.join(FILE_NAME))
+        .find(|f| f.is_file())
+}
+
+/// A project file, read.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The project.
+    pub project: Project,
+    /// The file it came from (absolute).
+    pub file: PathBuf,
+    /// Keys of a process-compose file bpm does not act on, by name.
+    pub ignored: Vec<String>,
+}
+
+/// Reads the project file `file` (a `bpm.toml`, a Procfile, or a
+/// process-compose `.yaml`), with `env` the environment its processes start
+/// from (the caller's).
+///
+/// # Errors
+/// What is wrong, naming the file, the line where known, and the key.
+pub fn load(file: &Path, env: &Environment) -> Result<Loaded, String> {
+    let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
+    let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let base = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let default_name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("project")
+        .to_owned();
+    let named = |e: String| format!("{}:{e}", file.display());
+    let (project, ignored) = if base.starts_with("Procfile") {
+        (
+            procfile(&text, &default_name, &dir, env).map_err(named)?,
+            Vec::new(),
+        )
+    } else if file
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+    {
+        crate::project_compose::read(&text, &default_name, &dir, env).map_err(named)?
+    } else {
+        (
+            bpm_toml(&text, &default_name, &dir, env).map_err(named)?,
+            Vec::new(),
+        )
+    };
+    project
+        .validate()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(Loaded {
+        project,
+        file,
+        ignored,
+    })
+}
+
+/// `bpm.toml`'s shape; every key optional but a service's command.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    project: ProjectTable,
+    #[serde(default)]
+    services: BTreeMap<String, toml::Spanned<ServiceTable>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectTable {
+    name: Option<String>,
+}
+
+/// One service in `bpm.toml`.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceTable {
+    pub(crate) command: Option<String>,
+    pub(crate) argv: Option<Vec<String>>,
+    pub(crate) cwd: Option<String>,
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) env_file: Option<OneOrMany>,
+    pub(crate) ready: Option<ReadyTable>,
+    #[serde(default)]
+    pub(crate) depends_on: DependsOn,
+    pub(crate) port: Option<PortValue>,
+    pub(crate) restart: Option<String>,
+    pub(crate) max_restarts: Option<u32>,
+    pub(crate) backoff: Option<String>,
+    pub(crate) health: Option<HealthTable>,
+    pub(crate) replicas: Option<u32>,
+    pub(crate) disabled: Option<bool>,
+    pub(crate) group: Option<String>,
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) priority: Option<i32>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) grace: Option<String>,
+    pub(crate) stop_signal: Option<String>,
+    pub(crate) delay: Option<String>,
+    pub(crate) idle_after: Option<String>,
+    pub(crate) node: Option<String>,
+    #[serde(default)]
+    pub(crate) node_labels: BTreeMap<String, String>,
+    pub(crate) failover: Option<bool>,
+    pub(crate) leader_only: Option<bool>,
+    pub(crate) stdin: Option<bool>,
+    pub(crate) on_exit: Option<String>,
+}
+
+/// A string or a list of them.
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn all(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// `port = "auto"`, `port = 3000` or `port = "3000-3099"`.
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum PortValue {
+    Number(u16),
+    Text(String),
+}
+
+/// `depends_on = { db = "ready" }`, or a list of names (each must start).
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum DependsOn {
+    #[default]
+    None,
+    Conditions(BTreeMap<String, String>),
+    Names(Vec<String>),
+}
+
+/// `ready = { log = "..." }` and its siblings, with an optional timeout.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadyTable {
+    pub(crate) log: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) http: Option<String>,
+    pub(crate) exec: Option<String>,
+    pub(crate) notify: Option<bool>,
+    pub(crate) timeout: Option<String>,
+}
+
+/// `health = { http = "/", every = "2s", failures = 3 }`.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthTable {
+    pub(crate) http: Option<String>,
+    pub(crate) exec: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) every: Option<String>,
+    pub(crate) failures: Option<u32>,
+    pub(crate) timeout: Option<String>,
+}
+
+/// The 1-based line of byte `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+fn bpm_toml(
+    text: &str,
+    default_name: &str,
+    dir: &Path,
+    env: &Environment,
+) -> Result<Project, String> {
+    let file: File = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(0, |s| line_of(text, s.start));
+        format!("{line}: {}", e.message())
+    })?;
+    let name = file.project.name.unwrap_or_else(|| default_name.to_owned());
+    let mut services = Vec::new();
+    for (service, table) in file.services {
+        let line = line_of(text, table.span().start);
+        let table = table.into_inner();
+        let at = |e: String| format!("{line}: services.{service}.{e}");
+        services.extend(resolve(&service, &table, dir, env).map_err(at)?);
+    }
+    expand_replicas(&mut services);
+    Ok(Project { name, services })
+}
+
+/// A service's table as specs: one per replica (`NAME.1`, `NAME.2`...),
+/// none when disabled. Errors name the key, after `services.NAME.`.
+pub(crate) fn resolve(
+    name: &str,
+    t: &ServiceTable,
+    dir: &Path,
+    inherited: &Environment,
+) -> Result<Vec<Service>, String> {
+    if t.disabled == Some(true) {
+        return Ok(Vec::new());
+    }
+    let mut spec = ProcessSpec {
+        command: Some(match (&t.command, &t.argv) {
+            (Some(line), None) => Command::Shell(line.as_str().into()),
+            (None, Some(argv)) if !argv.is_empty() => {
+                Command::Argv(argv.iter().map(|a| a.as_str().into()).collect())
+            }
+            (Some(_), Some(_)) => return Err("command: give command or argv, not both".into()),
+            _ => return Err("command: missing (give command = \"...\" or argv = [...])".into()),
+        }),
+        ..ProcessSpec::default()
+    };
+    let cwd = match &t.cwd {
+        Some(c) => dir.join(c),
+        None => dir.to_path_buf(),
+    };
+    spec.cwd = Some(cwd);
+    // The file's own variables: what the digest covers.
+    let mut own: Environment = BTreeMap::new();
+    for file in t.env_file.as_ref().map(OneOrMany::all).unwrap_or_default() {
+        let path = dir.join(file);
+        let pairs = dotenvy::from_path_iter(&path)
+            .map_err(|e| format!("env_file: {}: {e}", path.display()))?;
+        for pair in pairs {
+            let (k, v) = pair.map_err(|e| format!("env_file: {}: {e}", path.display()))?;
+            own.insert(k.into(), v.into());
+        }
+    }
+    for (k, v) in &t.env {
+        own.insert(k.as_str().into(), v.as_str().into());
+    }
+    if let Some(r) = &t.ready {
+        spec.readiness.check = readiness(r)?;
+        spec.readiness.timeout = r
+            .timeout
+            .as_deref()
+            .map(|d| duration(d, "ready.timeout"))
+            .transpose()?;
+    }
+    spec.port = match &t.port {
+        None => None,
+        Some(PortValue::Number(p)) => Some(PortAsk::Fixed(*p)),
+        Some(PortValue::Text(text)) => Some(text.parse().map_err(|e| format!("port: {e}"))?),
+    };
+    if let Some(r) = &t.restart {
+        spec.restart.mode = r
+            .parse::<RestartMode>()
+            .map_err(|e| format!("restart: {e}"))?;
+    }
+    spec.restart.max_restarts = t.max_restarts;
+    if let Some(b) = &t.backoff {
+        spec.restart.backoff.initial = duration(b, "backoff")?;
+    }
+    if let Some(h) = &t.health {
+        spec.health = Some(health(h)?);
+    }
+    spec.group = t
+        .group
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| format!("group: {e}"))?;
+    for (k, v) in &t.labels {
+        spec.labels.insert(
+            k.parse().map_err(|e| format!("labels: {e}"))?,
+            v.parse().map_err(|e| format!("labels: {e}"))?,
+        );
+    }
+    if let Some(k) = &t.kind {
+        spec.kind = k.parse::<ProcessKind>().map_err(|e| format!("kind: {e}"))?;
+    }
+    spec.priority = t.priority.unwrap_or(0);
+    spec.timeout = t
+        .timeout
+        .as_deref()
+        .map(|d| duration(d, "timeout"))
+        .transpose()?;
+    if let Some(g) = &t.grace {
+        spec.stop.grace = duration(g, "grace")?;
+    }
+    if let Some(s) = &t.stop_signal {
+        spec.stop.signal = s
+            .parse::<Signal>()
+            .map_err(|e| format!("stop_signal: {e}"))?;
+    }
+    spec.delay = t
+        .delay
+        .as_deref()
+        .map(|d| duration(d, "delay"))
+        .transpose()?;
+    spec.idle_after = t
+        .idle_after
+        .as_deref()
+        .map(|d| duration(d, "idle_after"))
+        .transpose()?;
+    spec.node = t
+        .node
+        .as_deref()
+        .map(str::parse::<NodeId>)
+        .transpose()
+        .map_err(|e| format!("node: {e}"))?;
+    for (k, v) in &t.node_labels {
+        spec.node_labels.insert(
+            k.parse().map_err(|e| format!("node_labels: {e}"))?,
+            v.parse().map_err(|e| format!("node_labels: {e}"))?,
+        );
+    }
+    spec.failover = t.failover.unwrap_or(false);
+    spec.leader_only = t.leader_only.unwrap_or(false);
+    if t.stdin == Some(true) {
+        spec.stdin = bpm_domain::StdinMode::Pipe;
+    }
+    spec.on_exit.clone_from(&t.on_exit);
+    let depends_on: BTreeMap<String, Until> = match &t.depends_on {
+        DependsOn::None => BTreeMap::new(),
+        DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),
+        DependsOn::Conditions(map) => map
+            .iter()
+            .map(|(n, c)| {
+                c.parse::<Until>()
+                    .map(|u| (n.clone(), u))
+                    .map_err(|e| format!("depends_on.{n}: {e}"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    // The digest covers the effective definition: the file's settings,
+    // the env files' contents and the directory, not the caller's shell.
+    let mut digested = spec.clone();
+    digested.env = Arc::new(own.clone());
+    let hash = digest(&digested, &depends_on);
+    let mut full = inherited.clone();
+    full.extend(own);
+    spec.env = Arc::new(full);
+    spec.validate().map_err(|e| format!("{e}"))?;
+    let replicas = t.replicas.unwrap_or(1);
+    if replicas == 0 {
+        return Err("replicas: 0 runs nothing; use disabled = true".into());
+    }
+    Ok((1..=replicas)
+        .map(|i| {
+            let mut spec = spec.clone();
+            let name = if replicas == 1 {
+                name.to_owned()
+            } else {
+                Arc::make_mut(&mut spec.env).insert("BPM_REPLICA".into(), i.to_string().into());
+                format!("{name}.{i}")
+            };
+            Service {
+                name,
+                spec,
+                depends_on: depends_on.clone(),
+                hash: hash.clone(),
+            }
+        })
+        .collect())
+}
+
+/// Replicas depended on by their base name: `worker` means every
+/// `worker.N`.
+pub(crate) fn expand_replicas(services: &mut [Service]) {
+    let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    for s in services.iter_mut() {
+        let mut expanded = BTreeMap::new();
+        for (dep, until) in std::mem::take(&mut s.depends_on) {
+            let replicas: Vec<&String> = names
+                .iter()
+                .filter(|n| {
+                    n.strip_prefix(dep.as_str())
+                        .is_some_and(|r| r.starts_with('.') && r[1..].parse::<u32>().is_ok())
+                })
+                .collect();
+            if names.contains(&dep) || replicas.is_empty() {
+                expanded.insert(dep, until);
+            } else {
+                for r in replicas {
+                    expanded.insert(r.clone(), until);
+                }
+            }
+        }
+        s.depends_on = expanded;
+    }
+}
+
+fn readiness(r: &ReadyTable) -> Result<ReadinessCheck, String> {
+    let given = [
+        r.log.is_some(),
+        r.port.is_some(),
+        r.http.is_some(),
+        r.exec.is_some(),
+        r.notify.is_some(),
+    ]
+    .into_iter()
+    .filter(|g| *g)
+    .count();
+    if given > 1 {
+        return Err("ready: give one of log, port, http, exec or notify".into());
+    }
+    Ok(if let Some(p) = &r.log {
+        ReadinessCheck::LogPattern {
+            pattern: LogPattern::new(p).map_err(|e| format!("ready.log: {e}"))?,
+        }
+    } else if let Some(port) = r.port {
+        ReadinessCheck::Port { port }
+    } else if let Some(target) = &r.http {
+        ReadinessCheck::Http {
+            target: target.clone(),
+        }
+    } else if let Some(command) = &r.exec {
+        ReadinessCheck::Exec {
+            command: command.clone(),
+        }
+    } else if r.notify == Some(true) {
+        ReadinessCheck::Notify
+    } else {
+        ReadinessCheck::None
+    })
+}
+
+/// `health = { http = "/", every = "2s", failures = 3, timeout = "5s" }`.
+fn health(h: &HealthTable) -> Result<bpm_domain::HealthCheck, String> {
+    let probes = [
+        h.http
+            .clone()
+            .map(|target| bpm_domain::Probe::Http { target }),
+        h.exec
+            .clone()
+            .map(|command| bpm_domain::Probe::Exec { command }),
+        h.port.map(|port| bpm_domain::Probe::Port { port }),
+    ];
+    let mut probes = probes.into_iter().flatten();
+    let (Some(probe), None) = (probes.next(), probes.next()) else {
+        return Err("health: give one of http, exec or port".into());
+    };
+    let mut check = bpm_domain::HealthCheck::of(probe);
+    if let Some(e) = &h.every {
+        check.every = duration(e, "health.every")?;
+    }
+    if let Some(n) = h.failures {
+        check.failures = n;
+    }
+    if let Some(t) = &h.timeout {
+        check.timeout = duration(t, "health.timeout")?;
+    }
+    Ok(check)
+}
+
+fn duration(text: &str, key: &str) -> Result<Span, String> {
+    text.parse::<Span>().map_err(|e| format!("{key}: {e}"))
+}
+
+/// A hex digest of a service's definition.
+fn digest(spec: &ProcessSpec, depends_on: &BTreeMap<String, Until>) -> String {
+    let text = serde_json::to_string(&(spec, depends_on)).unwrap_or_default();
+    let sum = sha2::Sha256::digest(text.as_bytes());
+    sum.iter()
+        .take(8)
+        .fold(String::with_capacity(16), |mut out, b| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// A Procfile: `name: command` lines; each service gets a port of its
+/// own in `PORT`, as foreman hands them out.
+fn procfile(
+    text: &str,
+    default_name: &str,
+    dir: &Path,
+    env: &Environment,
+) -> Result<Project, String> {
+    let mut services = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, command) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{}: expected `name: command`, got {line:?}", i + 1))?;
+        let table = ServiceTable {
+            command: Some(command.trim().to_owned()),
+            port: Some(PortValue::Text("auto".into())),
+            ..ServiceTable::default()
+        };
+        let name = name.trim();
+        services.extend(
+            resolve(name, &table, dir, env).map_err(|e| format!("{}: {name}: {e}", i + 1))?,
+        );
+    }
+    // A port handed to a Procfile's process is its readiness only if it
+    // asks for one: most processes of a Procfile (workers) listen on none.
+    for s in &mut services {
+        s.spec.readiness.check = ReadinessCheck::Running;
+    }
+    Ok(Project {
+        name: default_name.to_owned(),
+        services,
+    })
+}

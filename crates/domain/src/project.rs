@@ -1,0 +1,461 @@
+//! Projects: a set of services brought up, kept and brought down together
+//! (`bpm up`, `bpm down`), as a project file (`bpm.toml`, a Procfile)
+//! describes them.
+//!
+//! A service runs as a record named `PROJECT/SERVICE` carrying the labels
+//! [`PROJECT_LABEL`], [`SERVICE_LABEL`] and [`HASH_LABEL`] (a digest of the
+//! service's whole effective definition, the front end's to compute). The
+//! rules here are pure: the order services start in, and what `up` does
+//! with each given the project's records ([`plan`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::{
+    LabelKey, LabelValue, ProcessId, ProcessName, ProcessRecord, ProcessSpec, StateName, Until,
+};
+
+/// The label naming a record's project.
+pub const PROJECT_LABEL: &str = "bpm.project";
+/// The label naming a record's service within its project.
+pub const SERVICE_LABEL: &str = "bpm.service";
+/// The label holding the digest of the service's definition.
+pub const HASH_LABEL: &str = "bpm.hash";
+
+/// One service of a project (a replica counts as a service of its own,
+/// `worker.1`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Its name in the project.
+    pub name: String,
+    /// What it runs: every setting but its name, labels of its own aside,
+    /// and its dependencies (which [`Project::spec_of`] fills in).
+    pub spec: ProcessSpec,
+    /// The services it waits for, and how far each must get.
+    pub depends_on: BTreeMap<String, Until>,
+    /// A digest of its whole effective definition: equal digests, equal
+    /// services.
+    pub hash: String,
+}
+
+/// A project: its name and its services.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    /// Its name.
+    pub name: String,
+    /// Its services, in the file's order.
+    pub services: Vec<Service>,
+}
+
+/// Why a project cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectError {
+    /// A project or service name that cannot be used.
+    #[error("invalid {what} name {name:?}: use letters, digits, '-', '_' and '.' (at most 63)")]
+    BadName {
+        /// "project" or "service".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// Two services of one name.
+    #[error("service {0:?} is defined twice")]
+    Duplicate(String),
+    /// A dependency on a service that does not exist.
+    #[error("service {service:?} depends on {missing:?}, which is not a service of this project")]
+    UnknownDependency {
+        /// The dependent.
+        service: String,
+        /// What it names.
+        missing: String,
+    },
+    /// Services that depend on each other in a circle.
+    #[error("services depend on each other in a cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    /// A service named that the project does not have.
+    #[error("no service {0:?} in this project")]
+    NoSuchService(String),
+}
+
+/// Whether `name` is usable for a project or a service.
+fn usable(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Project {
+    /// Checks names, dependencies and cycles.
+    ///
+    /// # Errors
+    /// The first [`ProjectError`] found.
+    pub fn validate(&self) -> Result<(), ProjectError> {
+        if !usable(&self.name) {
+            return Err(ProjectError::BadName {
+                what: "project",
+                name: self.name.clone(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for s in &self.services {
+            if !usable(&s.name) {
+                return Err(ProjectError::BadName {
+                    what: "service",
+                    name: s.name.clone(),
+                });
+            }
+            if !seen.insert(s.name.as_str()) {
+                return Err(ProjectError::Duplicate(s.name.clone()));
+            }
+        }
+        for s in &self.services {
+            if let Some(missing) = s.depends_on.keys().find(|d| !seen.contains(d.as_str())) {
+                return Err(ProjectError::UnknownDependency {
+                    service: s.name.clone(),
+                    missing: missing.clone(),
+                });
+            }
+        }
+        self.order().map(|_| ())
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The services in an order that starts each after what it depends
+    /// on (the file's order otherwise).
+    ///
+    /// # Errors
+    /// [`ProjectError::Cycle`], naming the services in the circle.
+    pub fn order(&self) -> Result<Vec<&Service>, ProjectError> {
+        // Depth first, in the file's order; a service met again while it is
+        // on the path closes a cycle.
+        fn visit<'a>(
+            p: &'a Project,
+            s: &'a Service,
+            done: &mut BTreeSet<&'a str>,
+            path: &mut Vec<&'a str>,
+            out: &mut Vec<&'a Service>,
+        ) -> Result<(), ProjectError> {
+            if done.contains(s.name.as_str()) {
+                return Ok(());
+            }
+            if let Some(at) = path.iter().position(|n| *n == s.name) {
+                let mut cycle: Vec<String> = path[at..].iter().map(|n| (*n).to_owned()).collect();
+                cycle.push(s.name.clone());
+                return Err(ProjectError::Cycle(cycle));
+            }
+            path.push(&s.name);
+            for dep in s.depends_on.keys() {
+                if let Some(d) = p.service(dep) {
+                    visit(p, d, done, path, out)?;
+                }
+            }
+            path.pop();
+            done.insert(&s.name);
+            out.push(s);
+            Ok(())
+        }
+        let (mut done, mut out) = (BTreeSet::new(), Vec::with_capacity(self.services.len()));
+        for s in &self.services {
+            visit(self, s, &mut done, &mut Vec::new(), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// `names` and every service they depend on, directly or not (all of
+    /// them when `names` is empty).
+    ///
+    /// # Errors
+    /// [`ProjectError::NoSuchService`] for a name the project lacks.
+    pub fn with_dependencies(&self, names: &[String]) -> Result<BTreeSet<String>, ProjectError> {
+        if names.is_empty() {
+            return Ok(self.services.iter().map(|s| s.name.clone()).collect());
+        }
+        let mut out = BTreeSet::new();
+        let mut todo: Vec<String> = names.to_vec();
+        while let Some(n) = todo.pop() {
+            let s = self
+                .service(&n)
+                .ok_or_else(|| ProjectError::NoSuchService(n.clone()))?;
+            if out.insert(n.clone()) {
+                todo.extend(s.depends_on.keys().cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// `names` and every service that depends on them, directly or not.
+    pub fn with_dependents(&self, names: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut out = names.clone();
+        loop {
+            let more: Vec<String> = self
+                .services
+                .iter()
+                .filter(|s| !out.contains(&s.name) && s.depends_on.keys().any(|d| out.contains(d)))
+                .map(|s| s.name.clone())
+                .collect();
+            if more.is_empty() {
+                return out;
+            }
+            out.extend(more);
+        }
+    }
+
+    /// The record name of `service`: `PROJECT/SERVICE`.
+    pub fn process_name(&self, service: &str) -> ProcessName {
+        ProcessName::new(format!("{}/{service}", self.name)).expect("validated names make a name")
+    }
+
+    /// The spec `service` runs as: its own, named and labelled for the
+    /// project, waiting for the records `ids` gives its dependencies.
+    pub fn spec_of(&self, service: &Service, ids: &BTreeMap<String, ProcessId>) -> ProcessSpec {
+        let mut spec = service.spec.clone();
+        spec.name = Some(self.process_name(&service.name));
+        let label = |k: &str, v: &str| {
+            (
+                LabelKey::new(k).expect("a valid key"),
+                LabelValue::new(v).expect("a valid value"),
+            )
+        };
+        spec.labels.extend([
+            label(PROJECT_LABEL, &self.name),
+            label(SERVICE_LABEL, &service.name),
+            label(HASH_LABEL, &service.hash),
+        ]);
+        for (dep, until) in &service.depends_on {
+            if let Some(id) = ids.get(dep) {
+                spec.dependencies.push(*id);
+                spec.until.insert(*id, *until);
+            }
+        }
+        spec
+    }
+}
+
+/// What `up` does with one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Its record runs (or ran to completion) what the file says: kept.
+    Keep(ProcessId),
+    /// Nothing of it is live: started.
+    Start,
+    /// Its live record runs something else: replaced (stopped, then started).
+    Replace(ProcessId),
+    /// Its record is live, and the file no longer has it: stopped (with
+    /// `--remove-orphans`).
+    Stop(ProcessId),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Keep(_) => "kept",
+            Action::Start => "started",
+            Action::Replace(_) => "replaced",
+            Action::Stop(_) => "stopped",
+        })
+    }
+}
+
+fn label_of<'a>(r: &'a ProcessRecord, key: &str) -> Option<&'a str> {
+    r.spec()
+        .labels
+        .iter()
+        .find(|(k, _)| k.as_str() == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The service a record runs, if it is one of `project`'s.
+pub fn service_of<'a>(project: &str, r: &'a ProcessRecord) -> Option<&'a str> {
+    (label_of(r, PROJECT_LABEL) == Some(project))
+        .then(|| label_of(r, SERVICE_LABEL))
+        .flatten()
+}
+
+/// The project a record belongs to, if any.
+pub fn project_of(r: &ProcessRecord) -> Option<&str> {
+    label_of(r, PROJECT_LABEL)
+}
+
+/// What `up` does with each service of `only` (and what they depend on;
+/// every service when empty), in start order, given `records` (the
+/// project's, in any order): a service whose newest record is live, or
+/// completed, with the same digest is kept; one whose live record has
+/// another digest is replaced; the others start. With `remove_orphans`,
+/// the live records of services the file no longer has are stopped
+/// (listed first).
+///
+/// # Errors
+/// As [`Project::order`] and [`Project::with_dependencies`].
+pub fn plan(
+    project: &Project,
+    only: &[String],
+    records: &[ProcessRecord],
+    remove_orphans: bool,
+) -> Result<Vec<(String, Action)>, ProjectError> {
+    let wanted = project.with_dependencies(only)?;
+    let mut newest: BTreeMap<&str, &ProcessRecord> = BTreeMap::new();
+    for r in records {
+        let Some(service) = service_of(&project.name, r) else {
+            continue;
+        };
+        let slot = newest.entry(service).or_insert(r);
+        // The live one wins; among the others, the newest.
+        if (!r.is_terminal() && slot.is_terminal())
+            || (r.is_terminal() == slot.is_terminal() && r.created_at() > slot.created_at())
+        {
+            *slot = r;
+        }
+    }
+    let mut out = Vec::new();
+    if remove_orphans {
+        for (service, r) in &newest {
+            if project.service(service).is_none() && !r.is_terminal() {
+                out.push(((*service).to_owned(), Action::Stop(r.id())));
+            }
+        }
+    }
+    for s in project.order()? {
+        if !wanted.contains(&s.name) {
+            continue;
+        }
+        let action = match newest.get(s.name.as_str()) {
+            Some(r) if label_of(r, HASH_LABEL) == Some(&s.hash) && kept(r) => Action::Keep(r.id()),
+            Some(r) if !r.is_terminal() => Action::Replace(r.id()),
+            _ => Action::Start,
+        };
+        out.push((s.name.clone(), action));
+    }
+    Ok(out)
+}
+
+/// Whether a record of the same definition stands: live, or completed.
+fn kept(r: &ProcessRecord) -> bool {
+    !r.is_terminal() || r.state() == StateName::Completed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeId, Timestamp, Transition};
+
+    fn service(name: &str, deps: &[(&str, Until)], hash: &str) -> Service {
+        Service {
+            name: name.into(),
+            spec: ProcessSpec::argv(["run", name]),
+            depends_on: deps.iter().map(|(d, u)| ((*d).to_owned(), *u)).collect(),
+            hash: hash.into(),
+        }
+    }
+
+    fn shop() -> Project {
+        Project {
+            name: "shop".into(),
+            services: vec![
+                service("api", &[("migrate", Until::Completed)], "a1"),
+                service("worker", &[("api", Until::Ready)], "w1"),
+                service("db", &[], "d1"),
+                service("migrate", &[("db", Until::Ready)], "m1"),
+            ],
+        }
+    }
+
+    #[test]
+    fn services_start_after_what_they_depend_on() {
+        let p = shop();
+        p.validate().expect("valid");
+        let order: Vec<&str> = p
+            .order()
+            .expect("order")
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(order, ["db", "migrate", "api", "worker"]);
+        let mut bad = shop();
+        bad.services[2]
+            .depends_on
+            .insert("worker".into(), Until::Started);
+        assert_eq!(
+            bad.validate(),
+            Err(ProjectError::Cycle(
+                ["api", "migrate", "db", "worker", "api"]
+                    .map(String::from)
+                    .to_vec()
+            ))
+        );
+        let mut bad = shop();
+        bad.services[0]
+            .depends_on
+            .insert("cache".into(), Until::Started);
+        assert!(matches!(
+            bad.validate(),
+            Err(ProjectError::UnknownDependency { .. })
+        ));
+        assert_eq!(
+            p.with_dependencies(&["api".into()]).expect("known"),
+            ["api", "db", "migrate"].map(String::from).into()
+        );
+        assert_eq!(
+            p.with_dependents(&["migrate".into()].into()),
+            ["api", "migrate", "worker"].map(String::from).into()
+        );
+    }
+
+    #[test]
+    fn up_keeps_what_matches_replaces_what_changed_and_starts_the_rest() {
+        let p = shop();
+        let t = Timestamp::from_millis(1);
+        let record = |n: u128, s: &Service, ids: &BTreeMap<String, ProcessId>| {
+            ProcessRecord::new(
+                ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+                NodeId::local(),
+                p.spec_of(s, ids),
+                t,
+            )
+        };
+        let none = BTreeMap::new();
+        let db = record(1, p.service("db").expect("db"), &none);
+        let mut migrate = record(2, p.service("migrate").expect("m"), &none);
+        migrate.apply(Transition::Start, t).expect("start");
+        migrate
+            .apply(Transition::Spawned { pid: 5 }, t)
+            .expect("spawned");
+        migrate
+            .apply(
+                Transition::Exited {
+                    status: crate::ExitStatus::Code(0),
+                },
+                t,
+            )
+            .expect("exit");
+        let mut changed = p.service("api").expect("api").clone();
+        changed.hash = "old".into();
+        let api = record(3, &changed, &none);
+        let plan = plan(&p, &[], &[db.clone(), migrate.clone(), api.clone()], false).expect("plan");
+        assert_eq!(
+            plan,
+            vec![
+                ("db".into(), Action::Keep(db.id())),
+                ("migrate".into(), Action::Keep(migrate.id())),
+                ("api".into(), Action::Replace(api.id())),
+                ("worker".into(), Action::Start),
+            ]
+        );
+        assert_eq!(
+            db.spec().name.as_ref().map(ProcessName::as_str),
+            Some("shop/db")
+        );
+        assert_eq!(service_of("shop", &db), Some("db"));
+        let mut gone = shop();
+        gone.services
+            .retain(|s| s.name != "worker" && s.name != "db");
+        gone.services[1].depends_on.clear();
+        let plan = super::plan(&gone, &[], std::slice::from_ref(&db), true).expect("plan");
+        assert_eq!(plan[0], ("db".into(), Action::Stop(db.id())));
+    }
+}
