@@ -40,6 +40,9 @@ EXPECTED_TOOLS = {
     "complete_operation",
     "fail_operation",
     "what_changed",
+    "project_up",
+    "project_down",
+    "project_status",
 }
 
 
@@ -325,11 +328,44 @@ async def owners():
         subprocess.run([BPM, "daemon", "stop", "--kill-all"], env=env, capture_output=True)
 
 
+async def projects():
+    """An agent makes sure a dev stack is up with one call, safely repeated."""
+    home = os.path.join(HOME, "projects")
+    stack = os.path.join(HOME, "stack")
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    os.makedirs(stack, exist_ok=True)
+    with open(os.path.join(stack, "bpm.toml"), "w") as f:
+        f.write(
+            '[project]\nname = "dev"\n'
+            '[services.db]\ncommand = "echo ready; exec sleep 300"\nready = { log = "ready" }\n'
+            '[services.api]\ncommand = "exec sleep 300"\ndepends_on = { db = "ready" }\n'
+        )
+    try:
+        params = server(home=home)
+        params.cwd = stack
+        async with Client(params, mode="legacy") as client:
+            up = await call(client, "project_up", {})
+            check(up["up"] is True and [s["action"] for s in up["steps"]] == ["started", "started"],
+                  f"project_up: {up}")
+            again = await call(client, "project_up", {"project": "dev"})
+            check([s["action"] for s in again["steps"]] == ["kept", "kept"], f"again: {again}")
+            status = await call(client, "project_status", {"project": "dev"})
+            states = {s["service"]: (s["state"], s["ready"]) for s in status["services"]}
+            check(states == {"db": ("running", True), "api": ("running", True)}, f"status: {status}")
+            down = await call(client, "project_down", {})
+            check([s["service"] for s in down["steps"]] == ["api", "db"], f"down: {down}")
+        print("11. project_up brought a stack up once, kept it on a repeat, and project_down stopped it")
+    finally:
+        env = {**os.environ, "BPM_HOME": home}
+        subprocess.run([BPM, "daemon", "stop", "--kill-all"], env=env, capture_output=True)
+
+
 async def main():
     started = time.monotonic()
     await scenario()
     await modern()
     await owners()
+    await projects()
     print(f"scenario passed in {time.monotonic() - started:.1f} s")
 
 

@@ -80,13 +80,38 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
         policy,
         defaults,
         SOFTWARE.trim_start_matches("bpm "),
-    );
+    )
+    .with_projects(project_loader());
     let running = server
         .serve(rmcp::transport::stdio())
         .await
         .context("the MCP handshake failed")?;
     running.waiting().await.context("the MCP session failed")?;
     Ok(())
+}
+
+/// How the project tools read a project file: the one given, or the
+/// `bpm.toml` of the directory or its nearest parent; its processes start
+/// from this server's environment.
+fn project_loader() -> bpm_adapters::mcp::ProjectLoader {
+    Arc::new(|file: Option<&std::path::Path>, cwd: &std::path::Path| {
+        let path = match file {
+            Some(f) => f.to_path_buf(),
+            None => crate::project::find(cwd).ok_or_else(|| {
+                format!(
+                    "no {} in {} or a parent directory: give its file",
+                    crate::project::FILE_NAME,
+                    cwd.display()
+                )
+            })?,
+        };
+        let loaded = crate::project::load(&path, &bpm_adapters::os::inherited_env())?;
+        Ok(bpm_adapters::mcp::LoadedProject {
+            project: loaded.project,
+            file: loaded.file,
+            ignored: loaded.ignored,
+        })
+    })
 }
 
 /// How long what an MCP client started outlives its session, unless

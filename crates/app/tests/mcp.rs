@@ -598,7 +598,8 @@ async fn the_policy_limits_commands_directories_changes_and_what_is_shown() {
             "list_background_processes",
             "get_process_output",
             "wait_for_process",
-            "what_changed"
+            "what_changed",
+            "project_status"
         ]
     );
     let msg = tool_error(
@@ -758,6 +759,9 @@ async fn any_tool_arguments_get_a_result_or_a_tool_error() {
         "complete_operation",
         "fail_operation",
         "what_changed",
+        "project_up",
+        "project_down",
+        "project_status",
         "no_such_tool",
     ];
     let leaf = prop_oneof![

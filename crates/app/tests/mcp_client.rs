@@ -44,7 +44,7 @@ fn the_python_mcp_client_runs_the_agent_scenario() {
         out.status.success(),
         "the MCP scenario failed:\n{stdout}\n{stderr}"
     );
-    for step in 1..=10 {
+    for step in 1..=11 {
         assert!(
             stdout.contains(&format!("{step}. ")),
             "step {step} did not run:\n{stdout}"

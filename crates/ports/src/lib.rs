@@ -16,6 +16,7 @@ mod ids;
 mod manager;
 mod membership;
 mod output;
+pub mod project;
 pub mod request;
 mod resolve;
 mod spawner;

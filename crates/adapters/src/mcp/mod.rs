@@ -10,6 +10,7 @@
 mod changes;
 mod inputs;
 mod policy;
+mod projects;
 mod resources;
 mod schemas;
 mod tools;
@@ -30,6 +31,7 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 
 pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, SECRET_WORDS};
+pub use projects::{LoadedProject, ProjectLoader};
 
 /// What a started process gets when the agent does not say: the server's
 /// working directory and environment, as a shell would pass them on.
@@ -86,6 +88,8 @@ struct Inner {
     changes: Arc<changes::Changes>,
     /// The task noting them, from the server's start.
     noting: Option<tokio::task::JoinHandle<()>>,
+    /// How project files are read, if this server reads them.
+    projects: Option<ProjectLoader>,
 }
 
 impl Drop for Inner {
@@ -142,8 +146,19 @@ impl McpServer {
                 forwarder: Mutex::new(None),
                 changes,
                 noting,
+                projects: None,
             }),
         }
+    }
+
+    /// This server, reading project files through `loader` (the project
+    /// tools answer that it reads none otherwise).
+    #[must_use]
+    pub fn with_projects(mut self, loader: ProjectLoader) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.projects = Some(loader);
+        }
+        self
     }
 
     /// The tools this server offers (without the changing ones when read-only).

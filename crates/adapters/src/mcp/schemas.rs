@@ -219,6 +219,59 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
             false,
         ),
         tool(
+            "project_up",
+            "Bring a project up",
+            "Makes sure a project's services run, idempotently: each service of its file (a bpm.toml, a Procfile or a process-compose.yaml; by default the bpm.toml of the server's directory or a parent; or a `project` brought up before) whose process runs as the file says is kept (same pid), one that changed is replaced, a missing one is started, in dependency order. With wait (the default), returns once every service is ready or completed, or names the one that failed or was not up in time with its last lines. Safe to repeat; two calls at once start one copy of each service.",
+            schema_for_input::<super::projects::ProjectArgs>(),
+            json!({
+                "type": "object",
+                "properties": {
+                    "project": { "type": "string" },
+                    "file": { "type": "string" },
+                    "steps": { "type": "array", "items": { "type": "object", "properties": {
+                        "service": { "type": "string" },
+                        "action": { "type": "string", "description": "kept, started, replaced or stopped" },
+                        "process_id": { "type": "string" }
+                    } } },
+                    "ignored_keys": { "type": "array", "items": { "type": "string" } },
+                    "up": { "type": "boolean" },
+                    "failed": { "type": "object" }
+                },
+                "required": ["project", "file", "steps", "ignored_keys"]
+            }),
+            true,
+        ),
+        tool(
+            "project_down",
+            "Bring a project down",
+            "Stops a project's processes in reverse dependency order (each whole tree, with its grace) and returns when they are gone.",
+            schema_for_input::<super::projects::ProjectArgs>(),
+            json!({
+                "type": "object",
+                "properties": {
+                    "project": { "type": "string" },
+                    "steps": { "type": "array", "items": { "type": "object" } }
+                },
+                "required": ["project", "steps"]
+            }),
+            true,
+        ),
+        tool(
+            "project_status",
+            "A project's status",
+            "Each service of a project: its newest process's state, whether it is ready, its health, its port, its exit code or error, and its last lines.",
+            schema_for_input::<super::projects::ProjectArgs>(),
+            json!({
+                "type": "object",
+                "properties": {
+                    "project": { "type": "string" },
+                    "services": { "type": "array", "items": { "type": "object" } }
+                },
+                "required": ["project", "services"]
+            }),
+            false,
+        ),
+        tool(
             "stop_background_process",
             "Stop a process",
             "Stops the process and every descendant (TERM, grace period, KILL; force kills at once) and returns once the whole tree is gone, with the exit status and the output's tail. Stopping a finished process returns it unchanged.",

@@ -133,6 +133,9 @@ impl McpServer {
             "get_process_output" => self.output(parse(name, args)?).await,
             "wait_for_process" => self.wait(parse(name, args)?, ctx).await,
             "what_changed" => self.what_changed(parse(name, args)?).await,
+            "project_up" => self.project_up(parse(name, args)?).await,
+            "project_down" => self.project_down(parse(name, args)?).await,
+            "project_status" => self.project_status(parse(name, args)?).await,
             "stop_background_process" => self.stop(parse(name, args)?).await,
             "pause_background_process" => {
                 let a: IdArgs = parse(name, args)?;
@@ -205,7 +208,7 @@ impl McpServer {
     }
 
     /// The last lines of a process's output, redacted, for answers that end a wait or a stop.
-    async fn tail(&self, record: &ProcessRecord) -> String {
+    pub(super) async fn tail(&self, record: &ProcessRecord) -> String {
         let query = OutputQuery {
             stream: StreamSelect::Both,
             cursor: None,

@@ -942,7 +942,7 @@ async fn filter_from(m: &Manager, args: &PsArgs) -> Result<ListFilter, CliError>
     if let Some(project) = &args.project {
         filter
             .labels
-            .extend(super::project::of_project(project).labels);
+            .extend(bpm_ports::project::of_project(project).labels);
     }
     filter.kind = args
         .kind
@@ -1210,7 +1210,7 @@ async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
         Ok(id) => id,
         // A project's name: every service's output, prefixed.
         Err(e) if e.code == 3 => {
-            let records = m.list(super::project::of_project(&a.id)).await?;
+            let records = m.list(bpm_ports::project::of_project(&a.id)).await?;
             if records.is_empty() {
                 return Err(e);
             }

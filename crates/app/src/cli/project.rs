@@ -3,35 +3,19 @@
 //! kept, replaced or started) are `bpm_domain::project`'s; this runs them
 //! through the manager.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bpm_domain::project::{self, Action, Project};
-use bpm_domain::{
-    LabelKey, LabelValue, ListFilter, NameTaken, ProcessId, ProcessRecord, RequestRef, Span,
-};
-use bpm_ports::{ManagerError, OutputQuery, StopOptions};
-use tokio::sync::broadcast;
+use bpm_domain::project::{self, Action};
+use bpm_domain::{ProcessId, ProcessRecord, Span};
+use bpm_ports::OutputQuery;
+use bpm_ports::project as ports_project;
 
 use super::error::{CliError, Outcome};
 use super::{DownArgs, Manager, UpArgs};
 use crate::project::{FILE_NAME, Loaded, find, load};
-
-/// The metadata key holding the project file a record's service came from.
-const FILE_KEY: &str = "bpm.file";
-
-/// The filter for `project`'s records, in any state.
-pub(super) fn of_project(project: &str) -> ListFilter {
-    ListFilter {
-        labels: vec![(
-            LabelKey::new(project::PROJECT_LABEL).expect("a valid key"),
-            LabelValue::new(project).unwrap_or_else(|_| LabelValue::new("-").expect("valid")),
-        )],
-        ..ListFilter::default()
-    }
-}
 
 /// The project file to use: `-f FILE`, else the `bpm.toml` of this
 /// directory or the nearest parent, else, when `name` names a project that
@@ -52,14 +36,9 @@ async fn project_file(
     let Some(name) = name else {
         return Ok(None);
     };
-    let records = m.list(of_project(name)).await?;
-    Ok(records.iter().rev().find_map(|r| {
-        r.spec()
-            .metadata
-            .get(FILE_KEY)
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from)
-    }))
+    Ok(ports_project::file_of(m.as_ref(), name)
+        .await?
+        .map(PathBuf::from))
 }
 
 /// Reads the project, or says what to do when there is none.
@@ -99,10 +78,13 @@ async fn loaded(
 pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
     let read = loaded(m, a.file.take(), &mut a.services).await?;
     let p = &read.project;
-    let records = m.list(of_project(&p.name)).await?;
-    let steps = project::plan(p, &a.services, &records, a.remove_orphans)
-        .map_err(|e| CliError::invalid(e.to_string()))?;
+    let line = |s: &ports_project::Step| {
+        out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
+    };
     if a.dry_run {
+        let records = m.list(ports_project::of_project(&p.name)).await?;
+        let steps = project::plan(p, &a.services, &records, a.remove_orphans)
+            .map_err(|e| CliError::invalid(e.to_string()))?;
         for (service, action) in &steps {
             let id = match action {
                 Action::Keep(id) | Action::Replace(id) | Action::Stop(id) => id.short(),
@@ -110,61 +92,6 @@ pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
             };
             out!("{:<9}{:<20}{id}", format!("{action}"), service);
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    // Subscribed before anything starts, so that no end is missed.
-    let events = m.subscribe();
-    let mut ids: BTreeMap<String, ProcessId> = BTreeMap::new();
-    let mut started = Vec::new();
-    for (service, action) in &steps {
-        let done = match *action {
-            Action::Stop(id) => {
-                m.stop(id, StopOptions::default()).await?;
-                "stopped"
-            }
-            Action::Keep(id) => {
-                ids.insert(service.clone(), id);
-                "kept"
-            }
-            Action::Start | Action::Replace(_) => {
-                let service_def = p.service(service).expect("planned from the project");
-                let mut spec = p.spec_of(service_def, &ids);
-                spec.metadata.insert(
-                    FILE_KEY.into(),
-                    serde_json::Value::String(read.file.display().to_string()),
-                );
-                spec.if_name_taken = match action {
-                    Action::Replace(_) => NameTaken::Replace,
-                    _ => NameTaken::Ensure,
-                };
-                let request = uuid::Uuid::now_v7();
-                spec.request = Some(RequestRef {
-                    id: request,
-                    index: 0,
-                });
-                let record = m
-                    .start(spec)
-                    .await
-                    .map_err(|e| CliError::from(e).with_prefix(&format!("{}/{service}", p.name)))?;
-                ids.insert(service.clone(), record.id());
-                // Another `up` started it meanwhile: kept, not started twice.
-                if record.spec().request.is_none_or(|r| r.id != request) {
-                    "kept"
-                } else {
-                    started.push(record.id());
-                    match action {
-                        Action::Replace(_) => "replaced",
-                        _ => "started",
-                    }
-                }
-            }
-        };
-        let id = ids
-            .get(service)
-            .map_or_else(|| "-".into(), ProcessId::short);
-        out!("{done:<9}{service:<20}{id}");
-    }
-    if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = a
@@ -175,169 +102,33 @@ pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
                 .map_err(|e| CliError::invalid(format!("--wait-timeout: {e}")))
         })
         .transpose()?;
-    wait_up(m, p, &ids, events, timeout.map(Span::as_duration)).await
-}
-
-/// Whether a service's record is up: ready and live, or completed; `Err`
-/// when it ended otherwise.
-fn up_yet(r: &ProcessRecord) -> Result<bool, ()> {
-    if r.is_terminal() {
-        return if r.state() == bpm_domain::StateName::Completed {
-            Ok(true)
-        } else {
-            Err(())
-        };
-    }
-    Ok(r.lifecycle().ready_at().is_some())
-}
-
-/// `bpm up --wait`: returns once every service is up; otherwise names the
-/// one that failed or is not up in time, with its last lines.
-async fn wait_up(
-    m: &Manager,
-    p: &Project,
-    ids: &BTreeMap<String, ProcessId>,
-    mut events: broadcast::Receiver<bpm_domain::Event>,
-    timeout: Option<Duration>,
-) -> Outcome {
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    // In start order, so that a failure is named where it began.
-    let order: Vec<&String> = p
-        .order()
-        .map(|o| {
-            o.into_iter()
-                .filter_map(|s| ids.get_key_value(&s.name).map(|(k, _)| k))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut pending: Vec<&String> = order;
-    loop {
-        let mut still = Vec::new();
-        for service in pending {
-            let r = m.get(ids[service]).await?;
-            match up_yet(&r) {
-                Ok(true) => {}
-                Ok(false) => still.push(service),
-                Err(()) => {
-                    return Err(failed_service(m, p, service, &r, "failed").await);
-                }
-            }
-        }
-        pending = still;
-        let Some(first) = pending.first().copied() else {
-            return Ok(ExitCode::SUCCESS);
-        };
-        let next = async {
-            loop {
-                match events.recv().await {
-                    Ok(e) if ids.values().any(|id| *id == e.id) => return,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        return;
-                    }
-                }
-            }
-        };
-        match deadline {
-            Some(at) => {
-                if tokio::time::timeout_at(at, next).await.is_err() {
-                    let r = m.get(ids[first]).await?;
-                    let mut e = failed_service(m, p, first, &r, "not up in time").await;
-                    e.code = 124;
-                    return Err(e);
-                }
-            }
-            None => next.await,
-        }
-    }
-}
-
-/// The error naming a service that failed, with its last 20 lines.
-async fn failed_service(
-    m: &Manager,
-    p: &Project,
-    service: &str,
-    r: &ProcessRecord,
-    what: &str,
-) -> CliError {
-    let tail = m
-        .read_output(
-            r.id(),
-            OutputQuery {
-                tail_lines: Some(20),
-                ..OutputQuery::default()
-            },
-        )
+    // Subscribed before anything starts, so that no end is missed.
+    let events = m.subscribe();
+    let file = read.file.display().to_string();
+    let steps = ports_project::up(m.as_ref(), p, &file, &a.services, a.remove_orphans, line)
         .await
-        .map(|c| {
-            let bytes: Vec<u8> = c.pieces.into_iter().flat_map(|p| p.data).collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-        .unwrap_or_default();
-    let why = r
-        .lifecycle()
-        .error()
-        .map_or_else(|| r.state().to_string(), |e| format!("{} ({e})", r.state()));
-    let mut message = format!("{}/{service} {what}: {why}", p.name);
-    if !tail.trim().is_empty() {
-        message.push_str("\nits last lines:\n");
-        message.push_str(tail.trim_end());
+        .map_err(|(service, e)| CliError::from(e).with_prefix(&service))?;
+    if !a.wait {
+        return Ok(ExitCode::SUCCESS);
     }
-    CliError::failed(message)
+    match ports_project::wait_up(m.as_ref(), &steps, events, timeout.map(Span::as_duration)).await?
+    {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(not_up) => Err(CliError {
+            code: if not_up.timed_out { 124 } else { 1 },
+            message: not_up.to_string(),
+        }),
+    }
 }
 
 /// `bpm down`: the project's live records stopped in reverse dependency
 /// order (each whole tree, with its grace); returns when they are gone.
 pub(super) async fn down(m: &Manager, mut a: DownArgs) -> Outcome {
     let read = loaded(m, a.file.take(), &mut a.services).await?;
-    let p = &read.project;
-    let records = m.list(of_project(&p.name)).await?;
-    let mut live: BTreeMap<String, ProcessId> = BTreeMap::new();
-    for r in records.iter().filter(|r| !r.is_terminal()) {
-        if let Some(service) = project::service_of(&p.name, r) {
-            live.insert(service.to_owned(), r.id());
-        }
-    }
-    let wanted: BTreeSet<String> = if a.services.is_empty() {
-        live.keys().cloned().collect()
-    } else {
-        for s in &a.services {
-            if p.service(s).is_none() {
-                return Err(CliError::invalid(format!(
-                    "no service {s:?} in project {}",
-                    p.name
-                )));
-            }
-        }
-        a.services.iter().cloned().collect()
+    let line = |s: &ports_project::Step| {
+        out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
     };
-    // Services the file no longer has first, then the file's in reverse
-    // start order.
-    let order = p.order().map_err(|e| CliError::invalid(e.to_string()))?;
-    let mut sequence: Vec<String> = wanted
-        .iter()
-        .filter(|s| p.service(s).is_none())
-        .cloned()
-        .collect();
-    sequence.extend(
-        order
-            .iter()
-            .rev()
-            .map(|s| s.name.clone())
-            .filter(|s| wanted.contains(s)),
-    );
-    for service in sequence {
-        let Some(id) = live.get(&service) else {
-            continue;
-        };
-        match m.stop(*id, StopOptions::default()).await {
-            Ok(_) | Err(ManagerError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        out!("{:<9}{service:<20}{}", "stopped", id.short());
-    }
+    ports_project::down(m.as_ref(), &read.project, &a.services, line).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,207 @@
+//! The project tools: `project_up`, `project_down` and `project_status`,
+//! so that an agent says "make sure the dev stack is up" in one call and
+//! may repeat it safely. Reading a project file is the front end's (it
+//! hands a [`ProjectLoader`] over); bringing it up is `bpm_ports::project`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpm_domain::project::{self, Project};
+use bpm_ports::project as ports_project;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{McpServer, Reply};
+
+/// A project file, read: the project, the file (absolute), and the keys of
+/// it that bpm does not act on.
+#[derive(Debug, Clone)]
+pub struct LoadedProject {
+    /// The project.
+    pub project: Project,
+    /// Its file.
+    pub file: PathBuf,
+    /// Keys bpm does not act on, by name.
+    pub ignored: Vec<String>,
+}
+
+/// Reads a project: the file given (relative to the server's directory),
+/// or the `bpm.toml` of that directory or the nearest parent.
+pub type ProjectLoader =
+    Arc<dyn Fn(Option<&Path>, &Path) -> Result<LoadedProject, String> + Send + Sync>;
+
+/// Which project a call means.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProjectArgs {
+    /// The project file (a bpm.toml, a Procfile or a process-compose.yaml),
+    /// relative to the server's directory; by default the bpm.toml there
+    /// or in the nearest parent.
+    pub(super) file: Option<String>,
+    /// Or the name of a project brought up before (from its file).
+    pub(super) project: Option<String>,
+    /// Only these services (and, for `project_up`, what they depend on).
+    pub(super) services: Option<Vec<String>>,
+    /// `project_up`: wait until every service is ready (or completed), and
+    /// say which failed or was not up in time (default true).
+    pub(super) wait: Option<bool>,
+    /// `project_up`: how long to wait, in seconds (default 120).
+    pub(super) wait_timeout_secs: Option<f64>,
+    /// `project_up`: stop the services the file no longer has.
+    pub(super) remove_orphans: Option<bool>,
+}
+
+fn step_json(s: &ports_project::Step) -> Value {
+    json!({ "service": s.service, "action": s.done.to_string(), "process_id": s.id })
+}
+
+impl McpServer {
+    /// The project a call names.
+    async fn project_of(&self, a: &ProjectArgs) -> Result<LoadedProject, String> {
+        let Some(loader) = &self.inner.projects else {
+            return Err("this server reads no project files".into());
+        };
+        let cwd = &self.inner.defaults.cwd;
+        let file = match (&a.file, &a.project) {
+            (Some(f), _) => Some(cwd.join(f)),
+            (None, Some(name)) => {
+                let found = ports_project::file_of(self.manager(), name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Some(PathBuf::from(found.ok_or_else(|| {
+                    format!("no project {name:?} was brought up: give its file")
+                })?))
+            }
+            (None, None) => None,
+        };
+        let loaded = loader(file.as_deref(), cwd)?;
+        for dir in loaded
+            .project
+            .services
+            .iter()
+            .filter_map(|s| s.spec.cwd.as_ref())
+        {
+            self.inner.policy.check_dir(dir)?;
+        }
+        for command in loaded
+            .project
+            .services
+            .iter()
+            .filter_map(|s| s.spec.command.as_ref())
+        {
+            self.inner.policy.check_command(command)?;
+        }
+        Ok(loaded)
+    }
+
+    /// `project_up`.
+    pub(super) async fn project_up(&self, a: ProjectArgs) -> Result<Reply, String> {
+        let loaded = self.project_of(&a).await?;
+        let p = &loaded.project;
+        let only = a.services.clone().unwrap_or_default();
+        let events = self.manager().subscribe();
+        let file = loaded.file.display().to_string();
+        let steps = ports_project::up(
+            self.manager(),
+            p,
+            &file,
+            &only,
+            a.remove_orphans.unwrap_or(false),
+            |_| {},
+        )
+        .await
+        .map_err(|(service, e)| format!("{service}: {e}"))?;
+        let mut answer = json!({
+            "project": p.name,
+            "file": file,
+            "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
+            "ignored_keys": loaded.ignored,
+        });
+        if a.wait.unwrap_or(true) {
+            let secs = a.wait_timeout_secs.unwrap_or(120.0);
+            if !secs.is_finite() || secs <= 0.0 {
+                return Err(format!("invalid wait_timeout_secs {secs}"));
+            }
+            let waited = ports_project::wait_up(
+                self.manager(),
+                &steps,
+                events,
+                Some(Duration::from_secs_f64(secs)),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            answer["up"] = json!(waited.is_ok());
+            if let Err(not_up) = waited {
+                let tail = self.tail(&not_up.record).await;
+                answer["failed"] = json!({
+                    "service": not_up.service,
+                    "process_id": not_up.record.id(),
+                    "state": not_up.record.state(),
+                    "timed_out": not_up.timed_out,
+                    "error": not_up.record.lifecycle().error(),
+                    "output_tail": tail,
+                });
+            }
+        }
+        Ok(Reply::json(answer))
+    }
+
+    /// `project_down`.
+    pub(super) async fn project_down(&self, a: ProjectArgs) -> Result<Reply, String> {
+        let loaded = self.project_of(&a).await?;
+        let only = a.services.clone().unwrap_or_default();
+        let steps = ports_project::down(self.manager(), &loaded.project, &only, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Reply::json(json!({
+            "project": loaded.project.name,
+            "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
+        })))
+    }
+
+    /// `project_status`: each service's newest record, with its state,
+    /// readiness, health, port and last lines.
+    pub(super) async fn project_status(&self, a: ProjectArgs) -> Result<Reply, String> {
+        let name = match (&a.project, &a.file) {
+            (Some(name), None) => name.clone(),
+            _ => self.project_of(&a).await?.project.name,
+        };
+        let records = self
+            .manager()
+            .list(ports_project::of_project(&name))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut newest: std::collections::BTreeMap<&str, &bpm_domain::ProcessRecord> =
+            std::collections::BTreeMap::new();
+        for r in &records {
+            if let Some(s) = project::service_of(&name, r) {
+                let slot = newest.entry(s).or_insert(r);
+                if (!r.is_terminal() && slot.is_terminal())
+                    || (r.is_terminal() == slot.is_terminal() && r.created_at() > slot.created_at())
+                {
+                    *slot = r;
+                }
+            }
+        }
+        let mut services = Vec::with_capacity(newest.len());
+        for (service, r) in newest {
+            let l = r.lifecycle();
+            services.push(json!({
+                "service": service,
+                "process_id": r.id(),
+                "state": r.state(),
+                "ready": l.ready_at().is_some(),
+                "health": r.health(),
+                "port": r.port(),
+                "pid": r.pid(),
+                "exit_code": l.exit().and_then(bpm_domain::ExitStatus::code),
+                "error": l.error(),
+                "output_tail": self.tail(r).await,
+            }));
+        }
+        Ok(Reply::json(
+            json!({ "project": name, "services": services }),
+        ))
+    }
+}

@@ -1,0 +1,355 @@
+//! A project's services brought up, waited for and brought down through any
+//! [`ProcessManager`], as `bpm up`, `bpm down` and the MCP server's
+//! `project_up` and `project_down` do: the rules (the order, what is kept,
+//! replaced or started) are [`bpm_domain::project`]'s.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use bpm_domain::project::{self, Action, Project};
+use bpm_domain::{
+    Event, LabelKey, LabelValue, ListFilter, NameTaken, ProcessId, ProcessRecord, RequestRef,
+    StateName,
+};
+use tokio::sync::broadcast;
+
+use crate::{ManagerError, OutputQuery, ProcessManager, StopOptions};
+
+/// The metadata key holding the project file a service's record came from:
+/// `bpm up NAME` finds the file again from any directory.
+pub const FILE_KEY: &str = "bpm.file";
+
+/// What was done with one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Its record stands as it is.
+    Kept,
+    /// A record was started.
+    Started,
+    /// Its record was replaced (stopped, then started again).
+    Replaced,
+    /// Its record was stopped.
+    Stopped,
+}
+
+impl fmt::Display for Done {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Done::Kept => "kept",
+            Done::Started => "started",
+            Done::Replaced => "replaced",
+            Done::Stopped => "stopped",
+        })
+    }
+}
+
+/// One service and what was done with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The service.
+    pub service: String,
+    /// What was done.
+    pub done: Done,
+    /// Its record.
+    pub id: ProcessId,
+}
+
+/// A service that failed, or was not up in time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotUp {
+    /// The service.
+    pub service: String,
+    /// Its record as it was then.
+    pub record: ProcessRecord,
+    /// Whether the wait ran out (rather than the service failing).
+    pub timed_out: bool,
+    /// Its last lines of output.
+    pub tail: String,
+}
+
+impl fmt::Display for NotUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.record;
+        let why = r
+            .lifecycle()
+            .error()
+            .map_or_else(|| r.state().to_string(), |e| format!("{} ({e})", r.state()));
+        let name = r
+            .spec()
+            .name
+            .as_ref()
+            .map_or(self.service.as_str(), |n| n.as_str());
+        if self.timed_out {
+            write!(f, "{name} not up in time: {why}")?;
+        } else {
+            write!(f, "{name} failed: {why}")?;
+        }
+        if !self.tail.trim().is_empty() {
+            write!(f, "\nits last lines:\n{}", self.tail.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// The filter for `project`'s records, in any state.
+pub fn of_project(project: &str) -> ListFilter {
+    ListFilter {
+        labels: vec![(
+            LabelKey::new(project::PROJECT_LABEL).expect("a valid key"),
+            LabelValue::new(project).unwrap_or_else(|_| LabelValue::new("-").expect("valid")),
+        )],
+        ..ListFilter::default()
+    }
+}
+
+/// The project file a project named `name` was brought up from, if any
+/// of its records says.
+///
+/// # Errors
+/// As [`ProcessManager::list`].
+pub async fn file_of(m: &dyn ProcessManager, name: &str) -> Result<Option<String>, ManagerError> {
+    let records = m.list(of_project(name)).await?;
+    Ok(records.iter().rev().find_map(|r| {
+        r.spec()
+            .metadata
+            .get(FILE_KEY)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    }))
+}
+
+/// Brings `p` up from `file`: each service of `only` (and what it depends
+/// on; all when empty) kept, started or replaced as [`project::plan`]
+/// says, in dependency order; with `remove_orphans`, the services the file
+/// no longer has stopped. A start that another caller made meanwhile is
+/// kept, not made twice. `each` hears every step as it is done.
+///
+/// # Errors
+/// The service whose start was refused, and why; the steps done before it
+/// stand.
+pub async fn up(
+    m: &dyn ProcessManager,
+    p: &Project,
+    file: &str,
+    only: &[String],
+    remove_orphans: bool,
+    mut each: impl FnMut(&Step),
+) -> Result<Vec<Step>, (String, ManagerError)> {
+    let records = m
+        .list(of_project(&p.name))
+        .await
+        .map_err(|e| (p.name.clone(), e))?;
+    let steps = project::plan(p, only, &records, remove_orphans)
+        .map_err(|e| (p.name.clone(), ManagerError::BadRequest(e.to_string())))?;
+    let mut ids: BTreeMap<String, ProcessId> = BTreeMap::new();
+    let mut done = Vec::with_capacity(steps.len());
+    for (service, action) in steps {
+        let fail = |e| (format!("{}/{service}", p.name), e);
+        let (what, id) = match action {
+            Action::Stop(id) => {
+                match m.stop(id, StopOptions::default()).await {
+                    Ok(_) | Err(ManagerError::NotFound(_)) => {}
+                    Err(e) => return Err(fail(e)),
+                }
+                (Done::Stopped, id)
+            }
+            Action::Keep(id) => (Done::Kept, id),
+            Action::Start | Action::Replace(_) => {
+                let s = p.service(&service).expect("planned from the project");
+                let mut spec = p.spec_of(s, &ids);
+                spec.metadata
+                    .insert(FILE_KEY.into(), serde_json::Value::String(file.to_owned()));
+                spec.if_name_taken = match action {
+                    Action::Replace(_) => NameTaken::Replace,
+                    _ => NameTaken::Ensure,
+                };
+                let request = uuid::Uuid::now_v7();
+                spec.request = Some(RequestRef {
+                    id: request,
+                    index: 0,
+                });
+                let record = m.start(spec).await.map_err(fail)?;
+                // Another caller started it meanwhile: kept, not made twice.
+                let what = if record.spec().request.is_none_or(|r| r.id != request) {
+                    Done::Kept
+                } else if matches!(action, Action::Replace(_)) {
+                    Done::Replaced
+                } else {
+                    Done::Started
+                };
+                (what, record.id())
+            }
+        };
+        if what != Done::Stopped {
+            ids.insert(service.clone(), id);
+        }
+        let step = Step {
+            service,
+            done: what,
+            id,
+        };
+        each(&step);
+        done.push(step);
+    }
+    Ok(done)
+}
+
+/// Whether a service's record is up: ready and live, or completed; `Err`
+/// when it ended otherwise.
+fn up_yet(r: &ProcessRecord) -> Result<bool, ()> {
+    if r.is_terminal() {
+        return if r.state() == StateName::Completed {
+            Ok(true)
+        } else {
+            Err(())
+        };
+    }
+    Ok(r.lifecycle().ready_at().is_some())
+}
+
+/// The last `lines` lines of `id`'s output.
+pub async fn tail(m: &dyn ProcessManager, id: ProcessId, lines: usize) -> String {
+    m.read_output(
+        id,
+        OutputQuery {
+            tail_lines: Some(lines),
+            ..OutputQuery::default()
+        },
+    )
+    .await
+    .map(|c| {
+        let bytes: Vec<u8> = c.pieces.into_iter().flat_map(|p| p.data).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+    .unwrap_or_default()
+}
+
+/// Waits until every service of `steps` is up (ready, or completed), in
+/// start order, so that a failure is named where it began. `events` must
+/// have been subscribed before the steps were taken.
+///
+/// # Errors
+/// `Ok(Err(..))` names the service that failed, or was not up within
+/// `timeout`, with its last 20 lines; `Err` when the manager fails.
+pub async fn wait_up(
+    m: &dyn ProcessManager,
+    steps: &[Step],
+    mut events: broadcast::Receiver<Event>,
+    timeout: Option<Duration>,
+) -> Result<Result<(), NotUp>, ManagerError> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut pending: Vec<&Step> = steps.iter().filter(|s| s.done != Done::Stopped).collect();
+    loop {
+        let mut still = Vec::new();
+        for step in pending {
+            let r = m.get(step.id).await?;
+            match up_yet(&r) {
+                Ok(true) => {}
+                Ok(false) => still.push(step),
+                Err(()) => {
+                    let tail = tail(m, r.id(), 20).await;
+                    return Ok(Err(NotUp {
+                        service: step.service.clone(),
+                        record: r,
+                        timed_out: false,
+                        tail,
+                    }));
+                }
+            }
+        }
+        pending = still;
+        let Some(first) = pending.first().copied() else {
+            return Ok(Ok(()));
+        };
+        let next = async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if steps.iter().any(|s| s.id == e.id) => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        match deadline {
+            Some(at) => {
+                if tokio::time::timeout_at(at, next).await.is_err() {
+                    let r = m.get(first.id).await?;
+                    let tail = tail(m, r.id(), 20).await;
+                    return Ok(Err(NotUp {
+                        service: first.service.clone(),
+                        record: r,
+                        timed_out: true,
+                        tail,
+                    }));
+                }
+            }
+            None => next.await,
+        }
+    }
+}
+
+/// Stops `p`'s live records (of `only`, or all) in reverse dependency
+/// order, those of services the file no longer has first; each whole tree,
+/// with its grace. `each` hears every step as it is done.
+///
+/// # Errors
+/// The first stop that failed.
+pub async fn down(
+    m: &dyn ProcessManager,
+    p: &Project,
+    only: &[String],
+    mut each: impl FnMut(&Step),
+) -> Result<Vec<Step>, ManagerError> {
+    if let Some(missing) = only.iter().find(|s| p.service(s).is_none()) {
+        return Err(ManagerError::BadRequest(format!(
+            "no service {missing:?} in project {}",
+            p.name
+        )));
+    }
+    let records = m.list(of_project(&p.name)).await?;
+    let mut live: BTreeMap<String, ProcessId> = BTreeMap::new();
+    for r in records.iter().filter(|r| !r.is_terminal()) {
+        if let Some(service) = project::service_of(&p.name, r) {
+            live.insert(service.to_owned(), r.id());
+        }
+    }
+    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let order = p
+        .order()
+        .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+    let mut sequence: Vec<String> = live
+        .keys()
+        .filter(|s| p.service(s).is_none() && only.is_empty())
+        .cloned()
+        .collect();
+    sequence.extend(
+        order
+            .iter()
+            .rev()
+            .map(|s| s.name.clone())
+            .filter(|s| wanted(s)),
+    );
+    let mut done = Vec::new();
+    for service in sequence {
+        let Some(id) = live.get(&service).copied() else {
+            continue;
+        };
+        match m.stop(id, StopOptions::default()).await {
+            Ok(_) | Err(ManagerError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let step = Step {
+            service,
+            done: Done::Stopped,
+            id,
+        };
+        each(&step);
+        done.push(step);
+    }
+    Ok(done)
+}
