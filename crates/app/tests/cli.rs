@@ -3238,3 +3238,101 @@ processes:
     assert_eq!(api["spec"]["restart"]["mode"], "on_failure", "{api}");
     bpm.ok(&["down", "-f", compose.to_str().expect("utf-8")]);
 }
+
+/// The daemon killed with `kill -9` in the middle of `up --wait`: the next
+/// `up` finishes the job and starts nothing twice; `wait --project` waits
+/// for the project; `restart --with-dependents` replaces a service and
+/// what depends on it, each after what it waits for is back.
+#[test]
+fn a_daemon_killed_during_up_leaves_nothing_to_do_twice() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(
+        &file,
+        r#"
+[project]
+name = "chain"
+[services.a]
+command = "sleep 0.8; echo up; exec sleep 300"
+ready = { log = "up" }
+[services.b]
+command = "sleep 0.8; echo up; exec sleep 300"
+ready = { log = "up" }
+depends_on = { a = "ready" }
+[services.c]
+command = "sleep 0.8; echo up; exec sleep 300"
+ready = { log = "up" }
+depends_on = { b = "ready" }
+[services.once]
+command = "sleep 0.5"
+depends_on = { a = "started" }
+"#,
+    )
+    .expect("file");
+    let f = file.to_str().expect("utf-8");
+    bpm.ok(&["ps"]);
+    let mut first = bpm
+        .cmd(&["up", "-f", f, "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("up");
+    std::thread::sleep(Duration::from_millis(400));
+    let daemon = bpm.daemon_pid();
+    Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .expect("kill");
+    let cut = first.wait().expect("the first up ends");
+    assert!(!cut.success(), "the first up cannot have finished");
+    let out = bpm.ok(&["up", "-f", f, "--wait", "--wait-timeout", "60s"]);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let all = bpm.json(&["ps", "--all", "--project", "chain", "--json"]);
+    let mut per_service = std::collections::BTreeMap::new();
+    for r in all.as_array().expect("array") {
+        *per_service
+            .entry(r["labels"]["bpm.service"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_service.len(), 4, "{per_service:?}");
+    assert!(
+        per_service.values().all(|n| *n == 1),
+        "started twice: {per_service:?}"
+    );
+    // `once` ends by itself: wait for the project's live processes to end
+    // once they are stopped.
+    let before = services(&bpm, "chain");
+    let restarted = bpm.ok(&["restart", "chain/b", "--with-dependents"]);
+    let lines: Vec<&str> = restarted.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("kept") && l.contains(" a "))
+            && lines
+                .iter()
+                .any(|l| l.starts_with("replaced") && l.contains(" b "))
+            && lines
+                .iter()
+                .any(|l| l.starts_with("replaced") && l.contains(" c ")),
+        "{restarted}"
+    );
+    let after = services(&bpm, "chain");
+    assert_eq!(after["a"], before["a"]);
+    assert_ne!(after["b"], before["b"]);
+    assert_ne!(after["c"], before["c"]);
+    let c = bpm.json(&["show", &after["c"].0, "--json"]);
+    assert_eq!(
+        c["spec"]["dependencies"][0].as_str(),
+        Some(after["b"].0.as_str()),
+        "c waits for the new b: {c}"
+    );
+    let waiter = bpm
+        .cmd(&["wait", "--project", "chain"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wait");
+    bpm.ok(&["down", "-f", f]);
+    let waited = waiter.wait_with_output().expect("wait");
+    assert!(waited.status.code().is_some(), "{waited:?}");
+}

@@ -285,7 +285,8 @@ pub fn project_of(r: &ProcessRecord) -> Option<&str> {
 /// What `up` does with each service of `only` (and what they depend on;
 /// every service when empty), in start order, given `records` (the
 /// project's, in any order): a service whose newest record is live, or
-/// completed, with the same digest is kept; one whose live record has
+/// completed, with the same digest is kept (unless named in `restart`:
+/// replaced, or started when none is live); one whose live record has
 /// another digest is replaced; the others start. With `remove_orphans`,
 /// the live records of services the file no longer has are stopped
 /// (listed first).
@@ -297,6 +298,7 @@ pub fn plan(
     only: &[String],
     records: &[ProcessRecord],
     remove_orphans: bool,
+    restart: &BTreeSet<String>,
 ) -> Result<Vec<(String, Action)>, ProjectError> {
     let wanted = project.with_dependencies(only)?;
     let mut newest: BTreeMap<&str, &ProcessRecord> = BTreeMap::new();
@@ -324,8 +326,11 @@ pub fn plan(
         if !wanted.contains(&s.name) {
             continue;
         }
+        let again = restart.contains(&s.name);
         let action = match newest.get(s.name.as_str()) {
-            Some(r) if label_of(r, HASH_LABEL) == Some(&s.hash) && kept(r) => Action::Keep(r.id()),
+            Some(r) if !again && label_of(r, HASH_LABEL) == Some(&s.hash) && kept(r) => {
+                Action::Keep(r.id())
+            }
             Some(r) if !r.is_terminal() => Action::Replace(r.id()),
             _ => Action::Start,
         };
@@ -436,7 +441,14 @@ mod tests {
         let mut changed = p.service("api").expect("api").clone();
         changed.hash = "old".into();
         let api = record(3, &changed, &none);
-        let plan = plan(&p, &[], &[db.clone(), migrate.clone(), api.clone()], false).expect("plan");
+        let plan = plan(
+            &p,
+            &[],
+            &[db.clone(), migrate.clone(), api.clone()],
+            false,
+            &BTreeSet::new(),
+        )
+        .expect("plan");
         assert_eq!(
             plan,
             vec![
@@ -455,7 +467,23 @@ mod tests {
         gone.services
             .retain(|s| s.name != "worker" && s.name != "db");
         gone.services[1].depends_on.clear();
-        let plan = super::plan(&gone, &[], std::slice::from_ref(&db), true).expect("plan");
+        let plan = super::plan(
+            &gone,
+            &[],
+            std::slice::from_ref(&db),
+            true,
+            &BTreeSet::new(),
+        )
+        .expect("plan");
+        let again = super::plan(
+            &p,
+            &["db".into()],
+            std::slice::from_ref(&db),
+            false,
+            &["db".to_owned()].into(),
+        )
+        .expect("plan");
+        assert_eq!(again, vec![("db".into(), Action::Replace(db.id()))]);
         assert_eq!(plan[0], ("db".into(), Action::Stop(db.id())));
     }
 }

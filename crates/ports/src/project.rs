@@ -20,6 +20,10 @@ use crate::{ManagerError, OutputQuery, ProcessManager, StopOptions};
 /// `bpm up NAME` finds the file again from any directory.
 pub const FILE_KEY: &str = "bpm.file";
 
+/// How long `wait_up` waits for an event before it reads the records
+/// again.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
 /// What was done with one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Done {
@@ -122,8 +126,9 @@ pub async fn file_of(m: &dyn ProcessManager, name: &str) -> Result<Option<String
 /// Brings `p` up from `file`: each service of `only` (and what it depends
 /// on; all when empty) kept, started or replaced as [`project::plan`]
 /// says, in dependency order; with `remove_orphans`, the services the file
-/// no longer has stopped. A start that another caller made meanwhile is
-/// kept, not made twice. `each` hears every step as it is done.
+/// no longer has stopped; those named in `restart` replaced even when
+/// unchanged. A start that another caller made meanwhile is kept, not made
+/// twice. `each` hears every step as it is done.
 ///
 /// # Errors
 /// The service whose start was refused, and why; the steps done before it
@@ -134,13 +139,14 @@ pub async fn up(
     file: &str,
     only: &[String],
     remove_orphans: bool,
+    restart: &std::collections::BTreeSet<String>,
     mut each: impl FnMut(&Step),
 ) -> Result<Vec<Step>, (String, ManagerError)> {
     let records = m
         .list(of_project(&p.name))
         .await
         .map_err(|e| (p.name.clone(), e))?;
-    let steps = project::plan(p, only, &records, remove_orphans)
+    let steps = project::plan(p, only, &records, remove_orphans, restart)
         .map_err(|e| (p.name.clone(), ManagerError::BadRequest(e.to_string())))?;
     let mut ids: BTreeMap<String, ProcessId> = BTreeMap::new();
     let mut done = Vec::with_capacity(steps.len());
@@ -262,18 +268,23 @@ pub async fn wait_up(
         let Some(first) = pending.first().copied() else {
             return Ok(Ok(()));
         };
+        // An event of one of them, or a second without one: the records
+        // are read again either way, so a manager gone quiet is noticed.
         let next = async {
-            loop {
-                match events.recv().await {
-                    Ok(e) if steps.iter().any(|s| s.id == e.id) => return,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        return;
+            let heard = async {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if steps.iter().any(|s| s.id == e.id) => return,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            return;
+                        }
                     }
                 }
-            }
+            };
+            let _ = tokio::time::timeout(LOOK_AGAIN, heard).await;
         };
         match deadline {
             Some(at) => {

@@ -108,6 +108,7 @@ impl McpServer {
             &file,
             &only,
             a.remove_orphans.unwrap_or(false),
+            &std::collections::BTreeSet::new(),
             |_| {},
         )
         .await

@@ -296,19 +296,37 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             out!("{} {}", r.id(), r.state());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restart { id } => {
-            let r = m.restart(resolve(m, &id).await?).await?;
+        Command::Restart {
+            id,
+            with_dependents,
+        } => {
+            let record = m.get(resolve(m, &id).await?).await?;
+            // A project's service goes through its project, so that what
+            // depends on it follows the new record.
+            if let Some(done) = super::project::restart(m, &record, with_dependents).await {
+                return done;
+            }
+            if with_dependents {
+                return Err(CliError::invalid(format!(
+                    "{id} is no project's service: --with-dependents restarts a service of a project (bpm up) and what depends on it"
+                )));
+            }
+            let r = m.restart(record.id()).await?;
             out!("{}", r.id());
             Ok(ExitCode::SUCCESS)
         }
         Command::Wait {
             ids,
-            label,
+            mut label,
             session,
+            project,
             timeout,
             any,
         } => {
             let mut ids = resolve_all(m, &ids).await?;
+            if let Some(p) = project {
+                label.push(format!("{}={p}", bpm_domain::project::PROJECT_LABEL));
+            }
             if !label.is_empty() || session.is_some() {
                 ids.extend(live_matching(m, &label, session.as_deref()).await?);
             }

@@ -97,13 +97,17 @@ pub enum Command {
     },
     /// Start a new record with the same spec; prints the new id.
     Restart {
-        /// Id or name.
+        /// Id or name (inside a project's directory, a service's name).
         id: String,
+        /// For a project's service: restart what depends on it too, each
+        /// once what it waits for is back.
+        #[arg(long)]
+        with_dependents: bool,
     },
     /// Wait for processes to end (with one id, exit with its exit code).
     Wait {
         /// Ids or names.
-        #[arg(required_unless_present_any = ["label", "session"])]
+        #[arg(required_unless_present_any = ["label", "session", "project"])]
         ids: Vec<String>,
         /// And every live process carrying this label K=V (repeatable: all
         /// of them), when the wait begins.
@@ -112,6 +116,10 @@ pub enum Command {
         /// And every live process of this session, when the wait begins.
         #[arg(long)]
         session: Option<String>,
+        /// And every live process of this project (`bpm up`), when the
+        /// wait begins.
+        #[arg(long)]
+        project: Option<String>,
         /// Give up after this many seconds in all (exit 124).
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,

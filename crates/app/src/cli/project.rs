@@ -3,7 +3,7 @@
 //! kept, replaced or started) are `bpm_domain::project`'s; this runs them
 //! through the manager.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -83,7 +83,7 @@ pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
     };
     if a.dry_run {
         let records = m.list(ports_project::of_project(&p.name)).await?;
-        let steps = project::plan(p, &a.services, &records, a.remove_orphans)
+        let steps = project::plan(p, &a.services, &records, a.remove_orphans, &BTreeSet::new())
             .map_err(|e| CliError::invalid(e.to_string()))?;
         for (service, action) in &steps {
             let id = match action {
@@ -105,9 +105,17 @@ pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
     // Subscribed before anything starts, so that no end is missed.
     let events = m.subscribe();
     let file = read.file.display().to_string();
-    let steps = ports_project::up(m.as_ref(), p, &file, &a.services, a.remove_orphans, line)
-        .await
-        .map_err(|(service, e)| CliError::from(e).with_prefix(&service))?;
+    let steps = ports_project::up(
+        m.as_ref(),
+        p,
+        &file,
+        &a.services,
+        a.remove_orphans,
+        &BTreeSet::new(),
+        line,
+    )
+    .await
+    .map_err(|(service, e)| CliError::from(e).with_prefix(&service))?;
     if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -229,4 +237,41 @@ pub(super) async fn logs(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `bpm restart SERVICE` of a project's service: the service (and, with
+/// `with_dependents`, what depends on it) replaced through the project,
+/// so that each dependent waits for the new record of what it depends on.
+/// `None` when `record` is no project's service whose file can be read.
+pub(super) async fn restart(
+    m: &Manager,
+    record: &ProcessRecord,
+    with_dependents: bool,
+) -> Option<Outcome> {
+    let project_name = project::project_of(record)?.to_owned();
+    let service = project::service_of(&project_name, record)?.to_owned();
+    let file = ports_project::file_of(m.as_ref(), &project_name)
+        .await
+        .ok()??;
+    let read = match load(
+        std::path::Path::new(&file),
+        &bpm_adapters::os::inherited_env(),
+    ) {
+        Ok(read) => read,
+        Err(e) => return Some(Err(CliError::invalid(e))),
+    };
+    let p = &read.project;
+    let mut restart: BTreeSet<String> = [service].into();
+    if with_dependents {
+        restart = p.with_dependents(&restart);
+    }
+    let only: Vec<String> = restart.iter().cloned().collect();
+    let line = |s: &ports_project::Step| {
+        out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
+    };
+    let done = ports_project::up(m.as_ref(), p, &file, &only, false, &restart, line).await;
+    Some(
+        done.map(|_| ExitCode::SUCCESS)
+            .map_err(|(service, e)| CliError::from(e).with_prefix(&service)),
+    )
 }
