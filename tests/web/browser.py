@@ -270,6 +270,34 @@ def scenario(d):
         search.send_keys(Keys.BACKSPACE)
         wait(d, "every row again", lambda: len(visible_ids(d)) >= 4)
 
+    @check("a project's services are grouped, filtered by project, and show their health")
+    def _():
+        stack = tempfile.mkdtemp(prefix="bpm-web-stack-")
+        with open(os.path.join(stack, "bpm.toml"), "w") as f:
+            f.write('[project]\nname = "webshop"\n'
+                    '[services.a]\ncommand = "exec sleep 300"\n'
+                    'health = { exec = "true", every = "200ms", failures = 1 }\n'
+                    '[services.b]\ncommand = "exec sleep 300"\n')
+        bpm("up", "-f", os.path.join(stack, "bpm.toml"), "--wait")
+        ids["webshop"] = [line.split()[0] for line in bpm("ps", "--project", "webshop").splitlines()[1:]]
+        wait(d, "the project's rows", lambda: all(
+            d.execute_script("return document.querySelector(`#rows tr[data-id$='${arguments[0]}']`) !== null", short)
+            for short in ids["webshop"]))
+        Select(d.find_element(By.ID, "f-project")).select_by_value("webshop")
+        names = lambda: d.execute_script(
+            "return [...document.querySelectorAll('#rows tr .nm')].map((n) => n.textContent);")
+        wait(d, "only the project's services", lambda: sorted(names()) == ["webshop/a", "webshop/b"], seen=names)
+        badge = lambda: d.execute_script(
+            "const h = [...document.querySelectorAll('#rows tr .health')]; return h.map((x) => x.textContent);")
+        wait(d, "a health badge", lambda: badge() == ["healthy"], seen=badge)
+        Select(d.find_element(By.ID, "f-project")).select_by_value("")
+        order = visible_ids(d)
+        first_two = [d.execute_script(
+            "return document.querySelector(`#rows tr[data-id='${arguments[0]}'] .nm`).textContent", i)
+            for i in order[:2]]
+        assert sorted(first_two) == ["webshop/a", "webshop/b"], f"projects first, together: {first_two}"
+        bpm("down", "-f", os.path.join(stack, "bpm.toml"))
+
     @check("a cross-origin POST is refused")
     def _():
         marker = tempfile.mktemp(prefix="bpm-web-pwned-")

@@ -5,7 +5,9 @@
 //! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees,
 //! `BPM_BENCH=fence` for `bpm fence check`, `BPM_BENCH=takeover` for the
 //! next command after kill -9 of a daemon on Redis, `BPM_BENCH=ensure` for
-//! `run --ensure` beside a plain `run`, `BPM_BENCH=owners` for an owner's
+//! `run --ensure` beside a plain `run`, `BPM_BENCH=up` for `bpm up` of 50
+//! services, `READY=1` to `up --wait`, and health checks' cost,
+//! `BPM_BENCH=owners` for an owner's
 //! death to its record's end and the memory an owner costs,
 //! `BPM_BENCH=idle` for `ps` while 2,500 silent connections are held)
 
@@ -528,6 +530,137 @@ fn owners() {
     }
 }
 
+/// CPU ticks (user and system) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// The daemon's and the keeper's CPU over `window`, in percent of one core.
+fn cpu_percent_over(home: &Path, window: Duration) -> f64 {
+    let pids = own_pids(home);
+    let before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    std::thread::sleep(window);
+    let after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    // Linux counts in USER_HZ, 100 per second.
+    (after - before) as f64 / window.as_secs_f64()
+}
+
+/// `BPM_BENCH=up`: `bpm up` of 50 services, cold (all start) and warm
+/// (nothing to do), beside `bpm ps` in the same run; the time from a
+/// service's `READY=1` to `bpm up --wait` returning; and what health checks
+/// of 200 processes every 2 s cost the daemon and keeper, beside the same
+/// 200 processes without checks.
+fn projects() {
+    let dir = home("[limits]\nmax_running = 1000\n");
+    let project = tempfile::tempdir().expect("project");
+    let services = (0..50).fold(String::new(), |mut all, i| {
+        use std::fmt::Write as _;
+        let _ = write!(all, "[services.s{i}]\ncommand = \"exec sleep 300\"\n");
+        all
+    });
+    let file = format!("[project]\nname = \"bench\"\n{services}");
+    let path = project.path().join("bpm.toml");
+    std::fs::write(&path, file).expect("file");
+    let f = path.to_str().expect("utf-8");
+    let t = Instant::now();
+    bpm(dir.path(), &["up", "-f", f]);
+    let cold = t.elapsed();
+    let n = 20;
+    let (mut warm, mut ps) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        bpm(dir.path(), &["up", "-f", f]);
+        warm.push(t.elapsed());
+        let t = Instant::now();
+        bpm(dir.path(), &["ps"]);
+        ps.push(t.elapsed());
+    }
+    let (warm, ps) = (median(warm), median(ps));
+    println!(
+        "bpm up of 50 services: cold {:.1} ms; warm (nothing to do, median of {n}) {:.1} ms (target < 50 ms); bpm ps with them {:.1} ms; ratio {:.2}",
+        cold.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3,
+        ps.as_secs_f64() * 1e3,
+        warm.as_secs_f64() / ps.as_secs_f64()
+    );
+    bpm(dir.path(), &["down", "-f", f]);
+
+    // READY=1 to `up --wait` returning.
+    let marks = project.path().join("sent");
+    let notify = format!(
+        "[project]\nname = \"ready\"\n[services.s]\nargv = [\"python3\", \"-c\", \"import os, socket, time; time.sleep(0.3); s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); open('{}', 'w').write(str(time.time_ns())); s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(300)\"]\nready = {{ notify = true }}\n",
+        marks.display()
+    );
+    std::fs::write(&path, notify).expect("file");
+    let mut lags = Vec::new();
+    for _ in 0..10 {
+        bpm(dir.path(), &["up", "-f", f, "--wait"]);
+        let returned = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_nanos();
+        let sent: u128 = std::fs::read_to_string(&marks)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(returned);
+        lags.push(Duration::from_nanos(
+            u64::try_from(returned - sent).unwrap_or(0),
+        ));
+        bpm(dir.path(), &["down", "-f", f]);
+    }
+    println!(
+        "READY=1 to bpm up --wait returning (median of 10): {:.1} ms",
+        median(lags).as_secs_f64() * 1e3
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+
+    // Health checks of 200 processes every 2 s.
+    let count = 200;
+    let window = Duration::from_secs(20);
+    let dir = home("[limits]\nmax_running = 1000\n");
+    for _ in 0..count {
+        bpm(dir.path(), &["run", "--", "sleep", "300"]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let plain = cpu_percent_over(dir.path(), window);
+    bpm(dir.path(), &["stop", "--all"]);
+    // Each checks that a port accepts connections: one the bench listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("address").port().to_string();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    for _ in 0..count {
+        bpm(
+            dir.path(),
+            &[
+                "run",
+                "--health-port",
+                &port,
+                "--health-every",
+                "2s",
+                "--",
+                "sleep",
+                "300",
+            ],
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let checked = cpu_percent_over(dir.path(), window);
+    println!(
+        "daemon and keeper CPU with {count} running processes: {plain:.1}% of one core; with a port health check each every 2 s: {checked:.1}% (over {} s each)",
+        window.as_secs()
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 /// The time from kill -9 of a daemon on a Redis store to the next command
 /// answered (a new daemon takes the node over from its dead predecessor),
 /// beside the same command against a running daemon.
@@ -611,6 +744,7 @@ fn main() {
         Ok("takeover") => return takeover(),
         Ok("ensure") => return ensure_cost(),
         Ok("owners") => return owners(),
+        Ok("up") => return projects(),
         _ => {}
     }
     println!("the bpm command and its daemon (fs store, keeper)");

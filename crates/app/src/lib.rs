@@ -10,6 +10,5 @@ pub mod home;
 pub mod keeper;
 pub mod mcp;
 pub mod project;
-mod project_compose;
 pub mod web;
 pub mod wiring;

@@ -3222,6 +3222,11 @@ processes:
     availability:
       restart: "on_failure"
       max_restarts: 3
+    liveness_probe:
+      exec:
+        command: "true"
+      period_seconds: 1
+      failure_threshold: 2
 "#,
     )
     .expect("compose");
@@ -3236,6 +3241,8 @@ processes:
     let api = bpm.json(&["show", &format!("{project}/api"), "--json"]);
     assert_eq!(api["state"], "running", "{api}");
     assert_eq!(api["spec"]["restart"]["mode"], "on_failure", "{api}");
+    assert_eq!(api["spec"]["health"]["every"], "1s", "{api}");
+    assert_eq!(api["spec"]["health"]["failures"], 2, "{api}");
     bpm.ok(&["down", "-f", compose.to_str().expect("utf-8")]);
 }
 

@@ -1,5 +1,6 @@
 //! `what_changed`: for one client, the processes that ended, became ready,
-//! left their node's reach, or whose leader exited with work running on,
+//! unhealthy or healthy again, left their node's reach, or whose leader
+//! exited with work running on,
 //! since its last call, so that an agent asks one question instead of
 //! polling each process.
 
@@ -17,7 +18,11 @@ pub(super) const fn told(kind: EventKind) -> bool {
     kind.ends_record()
         || matches!(
             kind,
-            EventKind::Ready | EventKind::Unreachable | EventKind::LeaderExited
+            EventKind::Ready
+                | EventKind::Unreachable
+                | EventKind::LeaderExited
+                | EventKind::Unhealthy
+                | EventKind::Healthy
         )
 }
 

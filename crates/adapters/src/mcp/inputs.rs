@@ -131,6 +131,20 @@ pub(super) struct StartArgs {
     /// listens there). It is ready once the port accepts connections,
     /// unless another readiness check is given. Shown as `port`.
     pub(super) port: Option<String>,
+    /// Ready when an HTTP GET of this URL (or this path on `port`)
+    /// answers 2xx or 3xx.
+    pub(super) ready_http: Option<String>,
+    /// Ready when this command (`sh -c`, in the process's directory and
+    /// environment) exits 0.
+    pub(super) ready_exec: Option<String>,
+    /// Ready when the process says so itself: `READY=1` on the socket in
+    /// `NOTIFY_SOCKET` (`sd_notify`), or `bpm ready` from a script.
+    pub(super) ready_notify: Option<bool>,
+    /// A liveness check: `{"http": "/healthz"}`, `{"exec": "..."}` or
+    /// `{"port": 5432}`, with `every_secs` (2), `failures` (3) and
+    /// `timeout_secs` (5). After its failures in a row the process is
+    /// started again under its restart policy.
+    pub(super) health: Option<HealthArg>,
     /// Keep it running after this client goes away. By default a process
     /// started here is stopped once this client's session has been gone
     /// for the server's grace (10 minutes unless `[mcp] owner_grace` says
@@ -139,6 +153,24 @@ pub(super) struct StartArgs {
     pub(super) persistent: Option<bool>,
     /// Free-form JSON kept with the record.
     pub(super) metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A liveness check for `start_background_process`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthArg {
+    /// An HTTP GET of this URL (or path on `port`) must answer 2xx or 3xx.
+    pub(super) http: Option<String>,
+    /// This command must exit 0.
+    pub(super) exec: Option<String>,
+    /// This loopback TCP port must accept connections.
+    pub(super) port: Option<u16>,
+    /// How often, in seconds (2).
+    pub(super) every_secs: Option<f64>,
+    /// How many failures in a row make it unhealthy (3).
+    pub(super) failures: Option<u32>,
+    /// How long one check may take, in seconds (5).
+    pub(super) timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

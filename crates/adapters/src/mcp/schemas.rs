@@ -189,7 +189,7 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
         tool(
             "what_changed",
             "What changed since the last call",
-            "For this client: the processes that ended (completed, failed, timed_out, cancelled, lost), became ready, became unreachable, or whose leader exited while its work runs on, since this client's last call (or since it connected): each once, its latest change, with its exit code or signal, the reason, and, for an end, the last lines of its output. Ask this one question instead of polling each process. At most `limit` changes (20; at most 100) are returned; left_out says how many wait for the next call, overflowed how many were dropped because over 1,000 processes changed between two calls.",
+            "For this client: the processes that ended (completed, failed, timed_out, cancelled, lost), became ready, unhealthy or healthy again, became unreachable, or whose leader exited while its work runs on, since this client's last call (or since it connected): each once, its latest change, with its exit code or signal, the reason, and, for an end, the last lines of its output. Ask this one question instead of polling each process. At most `limit` changes (20; at most 100) are returned; left_out says how many wait for the next call, overflowed how many were dropped because over 1,000 processes changed between two calls.",
             schema_for_input::<ChangedArgs>(),
             json!({
                 "type": "object",

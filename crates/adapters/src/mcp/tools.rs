@@ -382,6 +382,49 @@ impl McpServer {
             .map(|p| p.parse::<bpm_domain::PortAsk>())
             .transpose()
             .map_err(|e| e.to_string())?;
+        let given = [
+            spec.readiness.check != ReadinessCheck::None,
+            a.ready_http.is_some(),
+            a.ready_exec.is_some(),
+            a.ready_notify == Some(true),
+        ];
+        if given.into_iter().filter(|g| *g).count() > 1 {
+            return Err(
+                "give one readiness check: ready_pattern, ready_port, ready_http, ready_exec or ready_notify"
+                    .into(),
+            );
+        }
+        if let Some(target) = a.ready_http {
+            spec.readiness.check = ReadinessCheck::Http { target };
+        }
+        if let Some(command) = a.ready_exec {
+            spec.readiness.check = ReadinessCheck::Exec { command };
+        }
+        if a.ready_notify == Some(true) {
+            spec.readiness.check = ReadinessCheck::Notify;
+        }
+        if let Some(h) = a.health {
+            let probes = [
+                h.http.map(|target| bpm_domain::Probe::Http { target }),
+                h.exec.map(|command| bpm_domain::Probe::Exec { command }),
+                h.port.map(|port| bpm_domain::Probe::Port { port }),
+            ];
+            let mut probes = probes.into_iter().flatten();
+            let (Some(probe), None) = (probes.next(), probes.next()) else {
+                return Err("health: give one of http, exec or port".into());
+            };
+            let mut check = bpm_domain::HealthCheck::of(probe);
+            if let Some(e) = h.every_secs {
+                check.every = span(e, "health.every_secs")?;
+            }
+            if let Some(n) = h.failures {
+                check.failures = n;
+            }
+            if let Some(t) = h.timeout_secs {
+                check.timeout = span(t, "health.timeout_secs")?;
+            }
+            spec.health = Some(check);
+        }
         if a.persistent != Some(true)
             && let Some(owner) = &defaults.owner
         {

@@ -303,7 +303,7 @@ struct Inner {
     /// Readiness commands running now: children of this process that are
     /// not records' leaders, which their own waiters reap.
     probes: Mutex<HashSet<u32>>,
-    /// The first failure (a non-zero exit, or a signal) of a process that
+    /// The first failure (a non-zero exit code) of a process that
     /// ran on after its record's leader: the record's end, not the
     /// leader's exit.
     failed_on: Mutex<HashMap<ProcessId, ExitStatus>>,
@@ -605,12 +605,14 @@ impl Inner {
         }
     }
 
-    /// A process that ran on after its record's leader ended with `status`.
+    /// A process that ran on after its record's leader ended with `status`:
+    /// a non-zero exit code is a failure (one killed by a signal was
+    /// stopped, from outside, and the leader's code stands).
     fn note_end_of(&self, pid: u32, status: ExitStatus) {
         let Some(id) = guard(&self.running_on).remove(&pid) else {
             return;
         };
-        if !status.success() {
+        if matches!(status, ExitStatus::Code(c) if c != 0) {
             guard(&self.failed_on).entry(id).or_insert(status);
         }
     }

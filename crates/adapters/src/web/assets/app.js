@@ -139,6 +139,8 @@ function exitText(r) {
   if (r.signal) return `signal ${r.signal}`;
   return "";
 }
+// A project's service (`bpm up`) carries its project in a label.
+function projectOf(r) { return (r.labels || {})["bpm.project"] || ""; }
 function displayName(r) { return r.name || r.command_line || "(tracked operation)"; }
 function isLive(r) { return LIVE.includes(r.state); }
 
@@ -151,6 +153,7 @@ function filters() {
     group: $("#f-group").value,
     kind: $("#f-kind").value,
     session: $("#f-session").value,
+    project: $("#f-project").value,
     node: $("#f-node").value,
     label: $("#f-label").value.trim(),
   };
@@ -161,6 +164,7 @@ function matches(r, f) {
   if (f.group && r.group !== f.group) return false;
   if (f.kind && r.kind !== f.kind) return false;
   if (f.session && r.session !== f.session) return false;
+  if (f.project && projectOf(r) !== f.project) return false;
   if (f.node && r.node !== f.node) return false;
   if (f.label) {
     const [k, v] = f.label.split("=");
@@ -209,7 +213,10 @@ function visibleOrder() {
     } else roots.push(r);
   }
   const { key, dir } = S.sort;
+  // A project's services stay together, projects first, by name.
   const cmp = (a, b) => {
+    const pa = projectOf(a), pb = projectOf(b);
+    if (pa !== pb) return pa === "" ? 1 : pb === "" ? -1 : pa < pb ? -1 : 1;
     const x = sortValue(a, key, now), y = sortValue(b, key, now);
     if (x < y) return -dir;
     if (x > y) return dir;
@@ -297,6 +304,14 @@ function fillRow(tr, r, depth, hasKids, now) {
     name.title = `${displayName(r)}\n${r.id}`;
     c[2].textContent = "";
     c[2].append(el("span", { class: `badge ${r.state}`, text: r.state.replace("_", " ") }));
+    if (r.health && isLive(r)) {
+      const h = r.health;
+      c[2].append(el("span", {
+        class: `health ${h.healthy ? "healthy" : "unhealthy"}`,
+        text: h.healthy ? "healthy" : "unhealthy",
+        title: h.last_failure || "",
+      }));
+    }
     setText(c[3], r.kind || "");
     setText(c[4], r.group || "");
     setText(c[5], r.node || "");
@@ -377,6 +392,7 @@ function updateFilters() {
   fill("#f-group", new Set(rows.map((r) => r.group)));
   fill("#f-kind", new Set(rows.map((r) => r.kind)));
   fill("#f-session", new Set(rows.map((r) => r.session)));
+  fill("#f-project", new Set(rows.map(projectOf)));
   fill("#f-node", new Set(rows.map((r) => r.node)));
 }
 
@@ -845,7 +861,7 @@ function onKey(e) {
 // ---- start ---------------------------------------------------------------
 
 function wire() {
-  for (const id of ["#search", "#f-state", "#f-group", "#f-kind", "#f-session", "#f-node", "#f-label"]) {
+  for (const id of ["#search", "#f-state", "#f-group", "#f-kind", "#f-session", "#f-project", "#f-node", "#f-label"]) {
     $(id).addEventListener("input", schedule);
   }
   for (const th of document.querySelectorAll("thead th[data-sort]")) {

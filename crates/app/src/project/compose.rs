@@ -10,7 +10,7 @@ use bpm_domain::Environment;
 use bpm_domain::project::Project;
 use serde_norway::Value;
 
-use crate::project::{DependsOn, ReadyTable, ServiceTable, resolve};
+use super::{DependsOn, HealthTable, ReadyTable, ServiceTable, expand_replicas, resolve};
 
 /// Reads a process-compose file: the project, and the keys not acted on.
 ///
@@ -75,6 +75,12 @@ pub(crate) fn read(
                             .map_err(|e| at(format!("readiness_probe: {e}")))?,
                     );
                 }
+                "liveness_probe" => {
+                    table.health = Some(
+                        liveness(v, &mut ignored, &name)
+                            .map_err(|e| at(format!("liveness_probe: {e}")))?,
+                    );
+                }
                 "availability" => availability(v, &mut table, &mut ignored, &name),
                 "replicas" => table.replicas = v.as_u64().and_then(|r| u32::try_from(r).ok()),
                 "disabled" => table.disabled = v.as_bool(),
@@ -88,7 +94,7 @@ pub(crate) fn read(
         }
         services.extend(resolve(&name, &table, dir, env).map_err(at)?);
     }
-    crate::project::expand_replicas(&mut services);
+    expand_replicas(&mut services);
     Ok((
         Project {
             name: default_name.to_owned(),
@@ -162,17 +168,7 @@ fn probe(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<ReadyTable,
     {
         ready.exec = Some(cmd.to_owned());
     } else if let Some(h) = v.get("http_get") {
-        let scheme = h.get("scheme").and_then(Value::as_str).unwrap_or("http");
-        if !scheme.eq_ignore_ascii_case("http") {
-            return Err(format!("http_get.scheme {scheme:?}: only http is checked"));
-        }
-        let host = h.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
-        let port = h
-            .get("port")
-            .and_then(Value::as_u64)
-            .ok_or("http_get.port: missing")?;
-        let path = h.get("path").and_then(Value::as_str).unwrap_or("/");
-        ready.http = Some(format!("http://{host}:{port}{path}"));
+        ready.http = Some(http_url(h)?);
     } else {
         return Err("expected exec or http_get".into());
     }
@@ -190,6 +186,56 @@ fn probe(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<ReadyTable,
         }
     }
     Ok(ready)
+}
+
+/// A liveness probe: `exec.command` or `http_get`, with
+/// `period_seconds`, `failure_threshold` and `timeout_seconds`.
+fn liveness(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<HealthTable, String> {
+    let mut health = HealthTable::default();
+    if let Some(cmd) = v
+        .get("exec")
+        .and_then(|e| e.get("command"))
+        .and_then(Value::as_str)
+    {
+        health.exec = Some(cmd.to_owned());
+    } else if let Some(h) = v.get("http_get") {
+        health.http = Some(http_url(h)?);
+    } else {
+        return Err("expected exec or http_get".into());
+    }
+    health.every = v
+        .get("period_seconds")
+        .and_then(Value::as_u64)
+        .map(|s| format!("{s}s"));
+    health.failures = v
+        .get("failure_threshold")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok());
+    health.timeout = v
+        .get("timeout_seconds")
+        .and_then(Value::as_u64)
+        .map(|s| format!("{s}s"));
+    for key in ["initial_delay_seconds", "success_threshold"] {
+        if v.get(key).is_some() {
+            ignored.push(format!("processes.{name}.liveness_probe.{key}"));
+        }
+    }
+    Ok(health)
+}
+
+/// `http_get`'s `scheme`, `host`, `port` and `path` as a URL.
+fn http_url(h: &Value) -> Result<String, String> {
+    let scheme = h.get("scheme").and_then(Value::as_str).unwrap_or("http");
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(format!("http_get.scheme {scheme:?}: only http is checked"));
+    }
+    let host = h.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
+    let port = h
+        .get("port")
+        .and_then(Value::as_u64)
+        .ok_or("http_get.port: missing")?;
+    let path = h.get("path").and_then(Value::as_str).unwrap_or("/");
+    Ok(format!("http://{host}:{port}{path}"))
 }
 
 /// `availability`: `restart`, `backoff_seconds`, `max_restarts`.

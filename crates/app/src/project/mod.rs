@@ -18,6 +18,8 @@ use bpm_domain::{
 use serde::Deserialize;
 use sha2::Digest as _;
 
+mod compose;
+
 /// The file `bpm up` reads when none is given.
 pub const FILE_NAME: &str = "bpm.toml";
 
@@ -71,7 +73,7 @@ pub fn load(file: &Path, env: &Environment) -> Result<Loaded, String> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
     {
-        crate::project_compose::read(&text, &default_name, &dir, env).map_err(named)?
+        compose::read(&text, &default_name, &dir, env).map_err(named)?
     } else {
         (
             bpm_toml(&text, &default_name, &dir, env).map_err(named)?,
