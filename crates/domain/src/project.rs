@@ -237,6 +237,74 @@ impl Project {
     }
 }
 
+impl Project {
+    /// The project named `name` as its records define it: each service's
+    /// newest record's spec (its dependencies given back by service), for
+    /// `up` of a project whose file is gone. Only the store is read: a
+    /// daemon restart, or another directory, changes nothing.
+    pub fn from_records(name: &str, records: &[ProcessRecord]) -> Project {
+        let newest = newest_by_service(name, records);
+        let service_of_id: BTreeMap<ProcessId, &str> = records
+            .iter()
+            .filter_map(|r| service_of(name, r).map(|s| (r.id(), s)))
+            .collect();
+        let services = newest
+            .iter()
+            .map(|(service, r)| {
+                let mut spec = r.spec().clone();
+                let depends_on: BTreeMap<String, Until> = spec
+                    .dependencies
+                    .iter()
+                    .filter_map(|d| {
+                        service_of_id
+                            .get(d)
+                            .map(|s| ((*s).to_owned(), spec.until_of(*d)))
+                    })
+                    .collect();
+                let hash = label_of(r, HASH_LABEL).unwrap_or_default().to_owned();
+                spec.name = None;
+                spec.dependencies.clear();
+                spec.until.clear();
+                spec.request = None;
+                spec.if_name_taken = crate::NameTaken::Refuse;
+                spec.labels.retain(|k, _| {
+                    ![PROJECT_LABEL, SERVICE_LABEL, HASH_LABEL].contains(&k.as_str())
+                });
+                Service {
+                    name: (*service).to_owned(),
+                    spec,
+                    depends_on,
+                    hash,
+                }
+            })
+            .collect();
+        Project {
+            name: name.to_owned(),
+            services,
+        }
+    }
+}
+
+/// The newest record of each of `project`'s services, the live one first.
+pub fn newest_by_service<'a>(
+    project: &str,
+    records: &'a [ProcessRecord],
+) -> BTreeMap<&'a str, &'a ProcessRecord> {
+    let mut newest: BTreeMap<&str, &ProcessRecord> = BTreeMap::new();
+    for r in records {
+        let Some(service) = service_of(project, r) else {
+            continue;
+        };
+        let slot = newest.entry(service).or_insert(r);
+        if (!r.is_terminal() && slot.is_terminal())
+            || (r.is_terminal() == slot.is_terminal() && r.created_at() > slot.created_at())
+        {
+            *slot = r;
+        }
+    }
+    newest
+}
+
 /// What `up` does with one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -301,19 +369,7 @@ pub fn plan(
     restart: &BTreeSet<String>,
 ) -> Result<Vec<(String, Action)>, ProjectError> {
     let wanted = project.with_dependencies(only)?;
-    let mut newest: BTreeMap<&str, &ProcessRecord> = BTreeMap::new();
-    for r in records {
-        let Some(service) = service_of(&project.name, r) else {
-            continue;
-        };
-        let slot = newest.entry(service).or_insert(r);
-        // The live one wins; among the others, the newest.
-        if (!r.is_terminal() && slot.is_terminal())
-            || (r.is_terminal() == slot.is_terminal() && r.created_at() > slot.created_at())
-        {
-            *slot = r;
-        }
-    }
+    let newest = newest_by_service(&project.name, records);
     let mut out = Vec::new();
     if remove_orphans {
         for (service, r) in &newest {
@@ -475,6 +531,7 @@ mod tests {
             &BTreeSet::new(),
         )
         .expect("plan");
+        assert_eq!(plan[0], ("db".into(), Action::Stop(db.id())));
         let again = super::plan(
             &p,
             &["db".into()],
@@ -484,6 +541,30 @@ mod tests {
         )
         .expect("plan");
         assert_eq!(again, vec![("db".into(), Action::Replace(db.id()))]);
-        assert_eq!(plan[0], ("db".into(), Action::Stop(db.id())));
+        // The records alone give the project back, digests and dependencies
+        // included: up from them keeps what stands.
+        let mut ids = BTreeMap::new();
+        ids.insert("db".to_owned(), db.id());
+        let m2 = record(4, p.service("migrate").expect("m"), &ids);
+        let back = Project::from_records("shop", &[db.clone(), m2.clone()]);
+        assert_eq!(back.services.len(), 2);
+        let migrate = back.service("migrate").expect("migrate");
+        assert_eq!(migrate.depends_on.get("db"), Some(&Until::Ready));
+        assert_eq!(migrate.hash, "m1");
+        let plan = super::plan(
+            &back,
+            &[],
+            &[db.clone(), m2.clone()],
+            false,
+            &BTreeSet::new(),
+        )
+        .expect("plan");
+        assert_eq!(
+            plan,
+            vec![
+                ("db".into(), Action::Keep(db.id())),
+                ("migrate".into(), Action::Keep(m2.id())),
+            ]
+        );
     }
 }

@@ -123,6 +123,20 @@ pub async fn file_of(m: &dyn ProcessManager, name: &str) -> Result<Option<String
     }))
 }
 
+/// The project named `name` as the store's records define it
+/// ([`Project::from_records`]): for `up` and `down` once its file is gone.
+/// `None` when no record is its.
+///
+/// # Errors
+/// As [`ProcessManager::list`].
+pub async fn from_store(
+    m: &dyn ProcessManager,
+    name: &str,
+) -> Result<Option<Project>, ManagerError> {
+    let records = m.list(of_project(name)).await?;
+    Ok((!records.is_empty()).then(|| Project::from_records(name, &records)))
+}
+
 /// Brings `p` up from `file`: each service of `only` (and what it depends
 /// on; all when empty) kept, started or replaced as [`project::plan`]
 /// says, in dependency order; with `remove_orphans`, the services the file

@@ -68,10 +68,25 @@ impl McpServer {
             (None, Some(name)) => {
                 let found = ports_project::file_of(self.manager(), name)
                     .await
-                    .map_err(|e| e.to_string())?;
-                Some(PathBuf::from(found.ok_or_else(|| {
-                    format!("no project {name:?} was brought up: give its file")
-                })?))
+                    .map_err(|e| e.to_string())?
+                    .map(PathBuf::from);
+                match found {
+                    Some(f) if f.exists() => Some(f),
+                    // Its file is gone: the store's records define it still.
+                    _ => {
+                        let project = ports_project::from_store(self.manager(), name)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .ok_or_else(|| {
+                                format!("no project {name:?} was brought up: give its file")
+                            })?;
+                        return Ok(LoadedProject {
+                            project,
+                            file: PathBuf::from("(the store)"),
+                            ignored: Vec::new(),
+                        });
+                    }
+                }
             }
             (None, None) => None,
         };

@@ -51,7 +51,22 @@ async fn loaded(
     // may name a project brought up before.
     let by_name = (names.len() == 1).then(|| names[0].clone());
     let path = project_file(m, file.clone(), by_name.as_deref()).await?;
-    let Some(path) = path else {
+    let Some(path) = path.filter(|p| file.is_some() || p.exists()) else {
+        // Its file is gone: the store's records define it still.
+        if let Some(name) = &by_name
+            && let Some(project) = ports_project::from_store(m.as_ref(), name).await?
+        {
+            names.clear();
+            return Ok(Loaded {
+                project,
+                file: PathBuf::from(
+                    ports_project::file_of(m.as_ref(), name)
+                        .await?
+                        .unwrap_or_default(),
+                ),
+                ignored: Vec::new(),
+            });
+        }
         return Err(CliError::invalid(format!(
             "no {FILE_NAME} here or in a parent directory: give one with -f FILE (a bpm.toml, a Procfile or a process-compose.yaml)"
         )));
