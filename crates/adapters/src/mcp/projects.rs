@@ -188,18 +188,7 @@ impl McpServer {
             .list(ports_project::of_project(&name))
             .await
             .map_err(|e| e.to_string())?;
-        let mut newest: std::collections::BTreeMap<&str, &bpm_domain::ProcessRecord> =
-            std::collections::BTreeMap::new();
-        for r in &records {
-            if let Some(s) = project::service_of(&name, r) {
-                let slot = newest.entry(s).or_insert(r);
-                if (!r.is_terminal() && slot.is_terminal())
-                    || (r.is_terminal() == slot.is_terminal() && r.created_at() > slot.created_at())
-                {
-                    *slot = r;
-                }
-            }
-        }
+        let newest = project::newest_by_service(&name, &records);
         let mut services = Vec::with_capacity(newest.len());
         for (service, r) in newest {
             let l = r.lifecycle();

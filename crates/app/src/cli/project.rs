@@ -3,7 +3,7 @@
 //! kept, replaced or started) are `bpm_domain::project`'s; this runs them
 //! through the manager.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -178,18 +178,7 @@ pub(super) async fn logs(
     color: bool,
 ) -> Outcome {
     use std::io::Write as _;
-    // The newest record of each service, the live one first.
-    let mut newest: BTreeMap<&str, &ProcessRecord> = BTreeMap::new();
-    for r in records {
-        if let Some(s) = project::service_of(project, r) {
-            let slot = newest.entry(s).or_insert(r);
-            if (!r.is_terminal() && slot.is_terminal())
-                || (r.is_terminal() == slot.is_terminal() && r.created_at() > slot.created_at())
-            {
-                *slot = r;
-            }
-        }
-    }
+    let newest = project::newest_by_service(project, records);
     let width = newest.keys().map(|s| s.len()).max().unwrap_or(0);
     let mut tails: Vec<Tail> = newest
         .iter()
