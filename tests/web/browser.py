@@ -9,6 +9,7 @@ Every check raises on failure; the last line printed is "N passed, 0 failed".
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -297,6 +298,7 @@ def scenario(d):
             for i in order[:2]]
         assert sorted(first_two) == ["webshop/a", "webshop/b"], f"projects first, together: {first_two}"
         bpm("down", "-f", os.path.join(stack, "bpm.toml"))
+        shutil.rmtree(stack)
 
     @check("a cross-origin POST is refused")
     def _():

@@ -117,14 +117,22 @@ pub(crate) fn notify_path(id: &bpm_domain::ProcessId) -> PathBuf {
 }
 
 /// A notify socket bound at `path` (its directory made private first).
+/// The directory goes when its last socket does, so another process's
+/// socket may take it away between making and binding: tried again then.
 pub(crate) fn bind_notify(path: &Path) -> std::io::Result<tokio::net::UnixDatagram> {
     use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut tries = 0;
+    loop {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let _ = std::fs::remove_file(path);
+        match tokio::net::UnixDatagram::bind(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+            other => return other,
+        }
     }
-    let _ = std::fs::remove_file(path);
-    tokio::net::UnixDatagram::bind(path)
 }
 
 /// Reads the notify socket until `READY=1` comes or the process exits;
@@ -148,7 +156,11 @@ pub(crate) async fn wait_for_notify(
             _ = exited.wait_for(|e| *e) => break,
         }
     }
-    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(&path);
+    // The directory too, once no other socket is in it.
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Says `READY=1` (and `STATUS=status`) on the socket `NOTIFY_SOCKET`
