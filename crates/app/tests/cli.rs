@@ -3341,5 +3341,8 @@ depends_on = { a = "started" }
         .expect("wait");
     bpm.ok(&["down", "-f", f]);
     let waited = waiter.wait_with_output().expect("wait");
-    assert!(waited.status.code().is_some(), "{waited:?}");
+    assert!(
+        waited.status.success(),
+        "wait --project returns once down ended them: {waited:?}"
+    );
 }

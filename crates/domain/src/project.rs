@@ -395,6 +395,17 @@ pub fn plan(
     Ok(out)
 }
 
+/// Whether a service's record is up: `Some(true)` ready and live, or
+/// completed; `Some(false)` ended otherwise (it will not be); `None` not
+/// yet. What `bpm up --wait` waits for.
+pub fn is_up(r: &ProcessRecord) -> Option<bool> {
+    if r.is_terminal() {
+        Some(r.state() == StateName::Completed)
+    } else {
+        r.lifecycle().ready_at().is_some().then_some(true)
+    }
+}
+
 /// Whether a record of the same definition stands: live, or completed.
 fn kept(r: &ProcessRecord) -> bool {
     !r.is_terminal() || r.state() == StateName::Completed

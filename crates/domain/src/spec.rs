@@ -582,6 +582,43 @@ impl HealthCheck {
             timeout: Span::from_secs(5),
         }
     }
+
+    /// The check a front end's options ask for: exactly one of `http`,
+    /// `exec` and `port`, the others at their defaults unless given.
+    ///
+    /// # Errors
+    /// Why not, when none or several probes are given.
+    pub fn from_options(
+        http: Option<String>,
+        exec: Option<String>,
+        port: Option<u16>,
+        every: Option<Span>,
+        failures: Option<u32>,
+        timeout: Option<Span>,
+    ) -> Result<Self, SpecError> {
+        let probes = [
+            http.map(|target| Probe::Http { target }),
+            exec.map(|command| Probe::Exec { command }),
+            port.map(|port| Probe::Port { port }),
+        ];
+        let mut probes = probes.into_iter().flatten();
+        let (Some(probe), None) = (probes.next(), probes.next()) else {
+            return Err(SpecError::InvalidHealth(
+                "give one check: http, exec or port".into(),
+            ));
+        };
+        let mut check = HealthCheck::of(probe);
+        if let Some(e) = every {
+            check.every = e;
+        }
+        if let Some(n) = failures {
+            check.failures = n;
+        }
+        if let Some(t) = timeout {
+            check.timeout = t;
+        }
+        Ok(check)
+    }
 }
 
 /// One check of a process's health.

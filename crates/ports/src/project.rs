@@ -10,7 +10,6 @@ use std::time::Duration;
 use bpm_domain::project::{self, Action, Project};
 use bpm_domain::{
     Event, LabelKey, LabelValue, ListFilter, NameTaken, ProcessId, ProcessRecord, RequestRef,
-    StateName,
 };
 use tokio::sync::broadcast;
 
@@ -215,19 +214,6 @@ pub async fn up(
     Ok(done)
 }
 
-/// Whether a service's record is up: ready and live, or completed; `Err`
-/// when it ended otherwise.
-fn up_yet(r: &ProcessRecord) -> Result<bool, ()> {
-    if r.is_terminal() {
-        return if r.state() == StateName::Completed {
-            Ok(true)
-        } else {
-            Err(())
-        };
-    }
-    Ok(r.lifecycle().ready_at().is_some())
-}
-
 /// The last `lines` lines of `id`'s output.
 pub async fn tail(m: &dyn ProcessManager, id: ProcessId, lines: usize) -> String {
     m.read_output(
@@ -264,10 +250,10 @@ pub async fn wait_up(
         let mut still = Vec::new();
         for step in pending {
             let r = m.get(step.id).await?;
-            match up_yet(&r) {
-                Ok(true) => {}
-                Ok(false) => still.push(step),
-                Err(()) => {
+            match project::is_up(&r) {
+                Some(true) => {}
+                None => still.push(step),
+                Some(false) => {
                     let tail = tail(m, r.id(), 20).await;
                     return Ok(Err(NotUp {
                         service: step.service.clone(),

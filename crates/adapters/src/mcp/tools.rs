@@ -404,25 +404,16 @@ impl McpServer {
             spec.readiness.check = ReadinessCheck::Notify;
         }
         if let Some(h) = a.health {
-            let probes = [
-                h.http.map(|target| bpm_domain::Probe::Http { target }),
-                h.exec.map(|command| bpm_domain::Probe::Exec { command }),
-                h.port.map(|port| bpm_domain::Probe::Port { port }),
-            ];
-            let mut probes = probes.into_iter().flatten();
-            let (Some(probe), None) = (probes.next(), probes.next()) else {
-                return Err("health: give one of http, exec or port".into());
-            };
-            let mut check = bpm_domain::HealthCheck::of(probe);
-            if let Some(e) = h.every_secs {
-                check.every = span(e, "health.every_secs")?;
-            }
-            if let Some(n) = h.failures {
-                check.failures = n;
-            }
-            if let Some(t) = h.timeout_secs {
-                check.timeout = span(t, "health.timeout_secs")?;
-            }
+            let secs = |v: Option<f64>, what| v.map(|v| span(v, what)).transpose();
+            let check = bpm_domain::HealthCheck::from_options(
+                h.http,
+                h.exec,
+                h.port,
+                secs(h.every_secs, "health.every_secs")?,
+                h.failures,
+                secs(h.timeout_secs, "health.timeout_secs")?,
+            )
+            .map_err(|e| format!("health: {e}"))?;
             spec.health = Some(check);
         }
         if a.persistent != Some(true)

@@ -42,11 +42,6 @@ pub(crate) fn url_of(target: &str, port: Option<u16>) -> Option<String> {
     }
 }
 
-/// One GET of `url`: whether it answered 2xx or 3xx.
-pub(crate) async fn http_ok(url: &str) -> bool {
-    http_check(url, ATTEMPT).await.is_ok()
-}
-
 /// One GET of `url`, cut at `within`: `Ok` for 2xx or 3xx, otherwise what
 /// it answered or why it did not.
 pub(crate) async fn http_check(url: &str, within: Duration) -> Result<(), String> {
@@ -96,7 +91,7 @@ pub(crate) async fn wait_for_http(
     mut exited: watch::Receiver<bool>,
 ) {
     loop {
-        if http_ok(&url).await {
+        if http_check(&url, ATTEMPT).await.is_ok() {
             watcher.ready();
             return;
         }

@@ -525,41 +525,35 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     if a.ready_notify {
         spec.readiness.check = ReadinessCheck::Notify;
     }
-    let probes = [
-        a.health_http
-            .map(|target| bpm_domain::Probe::Http { target }),
-        a.health_exec
-            .map(|command| bpm_domain::Probe::Exec { command }),
-        a.health_port.map(|port| bpm_domain::Probe::Port { port }),
-    ];
-    let mut probes = probes.into_iter().flatten();
-    match (probes.next(), probes.next()) {
-        (Some(_), Some(_)) => {
-            return Err(CliError::invalid(
+    let asked = a.health_http.is_some() || a.health_exec.is_some() || a.health_port.is_some();
+    if asked {
+        let every = a
+            .health_every
+            .map(|e| span(&e, "--health-every"))
+            .transpose()?;
+        let timeout = a
+            .health_timeout
+            .map(|t| span(&t, "--health-timeout"))
+            .transpose()?;
+        let check = bpm_domain::HealthCheck::from_options(
+            a.health_http,
+            a.health_exec,
+            a.health_port,
+            every,
+            a.health_failures,
+            timeout,
+        )
+        .map_err(|_| {
+            CliError::invalid(
                 "give one health check: --health-http, --health-exec or --health-port",
-            ));
-        }
-        (Some(probe), None) => {
-            let mut check = bpm_domain::HealthCheck::of(probe);
-            if let Some(e) = a.health_every {
-                check.every = span(&e, "--health-every")?;
-            }
-            if let Some(n) = a.health_failures {
-                check.failures = n;
-            }
-            if let Some(t) = a.health_timeout {
-                check.timeout = span(&t, "--health-timeout")?;
-            }
-            spec.health = Some(check);
-        }
-        (None, _) => {
-            if a.health_every.is_some() || a.health_failures.is_some() || a.health_timeout.is_some()
-            {
-                return Err(CliError::invalid(
-                    "--health-every, --health-failures and --health-timeout need a check: --health-http, --health-exec or --health-port",
-                ));
-            }
-        }
+            )
+        })?;
+        spec.health = Some(check);
+    } else if a.health_every.is_some() || a.health_failures.is_some() || a.health_timeout.is_some()
+    {
+        return Err(CliError::invalid(
+            "--health-every, --health-failures and --health-timeout need a check: --health-http, --health-exec or --health-port",
+        ));
     }
     spec.readiness.timeout = a
         .ready_timeout

@@ -461,30 +461,16 @@ fn readiness(r: &ReadyTable) -> Result<ReadinessCheck, String> {
 
 /// `health = { http = "/", every = "2s", failures = 3, timeout = "5s" }`.
 fn health(h: &HealthTable) -> Result<bpm_domain::HealthCheck, String> {
-    let probes = [
-        h.http
-            .clone()
-            .map(|target| bpm_domain::Probe::Http { target }),
-        h.exec
-            .clone()
-            .map(|command| bpm_domain::Probe::Exec { command }),
-        h.port.map(|port| bpm_domain::Probe::Port { port }),
-    ];
-    let mut probes = probes.into_iter().flatten();
-    let (Some(probe), None) = (probes.next(), probes.next()) else {
-        return Err("health: give one of http, exec or port".into());
-    };
-    let mut check = bpm_domain::HealthCheck::of(probe);
-    if let Some(e) = &h.every {
-        check.every = duration(e, "health.every")?;
-    }
-    if let Some(n) = h.failures {
-        check.failures = n;
-    }
-    if let Some(t) = &h.timeout {
-        check.timeout = duration(t, "health.timeout")?;
-    }
-    Ok(check)
+    let span = |d: &Option<String>, key| d.as_deref().map(|d| duration(d, key)).transpose();
+    bpm_domain::HealthCheck::from_options(
+        h.http.clone(),
+        h.exec.clone(),
+        h.port,
+        span(&h.every, "health.every")?,
+        h.failures,
+        span(&h.timeout, "health.timeout")?,
+    )
+    .map_err(|e| format!("health: {e}"))
 }
 
 fn duration(text: &str, key: &str) -> Result<Span, String> {

@@ -164,9 +164,4 @@ impl Supervisor {
         // One that ended meanwhile is left as it is.
         let _ = self.stop(id, StopCause::OwnerGone, false, None, now);
     }
-
-    /// The sessions held now, with their holders' pids: for status.
-    pub fn sessions_held(&self) -> impl Iterator<Item = (&SessionId, usize)> {
-        self.owners.holders.iter().map(|(s, h)| (s, h.len()))
-    }
 }
