@@ -638,7 +638,8 @@ fn proc_state(pid: u32) -> char {
 /// Waits (boundedly) until process `pid` is stopped by a signal, and says
 /// whether it is.
 fn stopped_soon(pid: u32) -> bool {
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
         if proc_state(pid) == 'T' {
             return true;
         }
@@ -657,9 +658,11 @@ async fn late_renewals_stop_failover_processes_until_the_next() {
     let socket = keeper_in(dir.path());
     let daemon = KeeperSpawner::connect(&socket).await.expect("connect");
     let mut notices = daemon.notices().expect("notices");
-    let failover = request("sleep 300", true);
-    let plain = request("sleep 300", false);
-    let paused = request("sleep 300", true);
+    // `exec`: a shell that forks (with vfork) waits in state D for a child
+    // stopped before its exec, and would never read as stopped itself.
+    let failover = request("exec sleep 300", true);
+    let plain = request("exec sleep 300", false);
+    let paused = request("exec sleep 300", true);
     let f = daemon.spawn(failover.clone()).await.expect("spawn").pid;
     let p = daemon.spawn(plain.clone()).await.expect("spawn").pid;
     let q = daemon.spawn(paused.clone()).await.expect("spawn").pid;
