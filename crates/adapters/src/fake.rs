@@ -160,6 +160,7 @@ impl ProcessSpawner for ScriptedSpawner {
         if let Some(cwd) = &request.cwd {
             crate::usable_cwd(cwd)?;
         }
+        crate::env_file::read(&request.env_files)?;
         let id = request.id;
         // Asked again for a record it started (the manager restarted before
         // it heard), it answers with that process.

@@ -13,10 +13,12 @@
 //! - [`view`]: a record as front ends show it in JSON.
 //! - [`os::ProcSampler`]: what process trees use (CPU, memory, ports), from /proc.
 //! - [`private`]: files and folders only their owner can read.
+//! - [`env_file`]: environment files (dotenv).
 //! - [`fake`]: a scriptable spawner that runs no OS process, for engine tests.
 
 pub mod clock;
 pub mod control;
+pub mod env_file;
 pub mod fake;
 pub mod fs;
 pub mod ids;

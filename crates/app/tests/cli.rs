@@ -3346,3 +3346,120 @@ depends_on = { a = "started" }
         "wait --project returns once down ended them: {waited:?}"
     );
 }
+
+/// `--env-file`: the files' variables go over the shell's, `--env` over
+/// theirs; each start reads them again, so an edit reaches the next
+/// restart, and a file gone by then fails that start naming it. A file
+/// that cannot be read is refused when the process is asked for.
+#[test]
+fn env_files_are_read_again_at_each_start() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b) = (dir.path().join("a.env"), dir.path().join("b.env"));
+    std::fs::write(&a, "# shared\nWHO=world\nFROM=file\nGREETING=hello\n").expect("write");
+    std::fs::write(&b, "EXTRA=\"one more\"\n").expect("write");
+    let run = |args: &[&str]| {
+        let out = bpm
+            .cmd(args)
+            .current_dir(dir.path())
+            .env("FROM", "shell")
+            .output()
+            .expect("bpm runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let line = "echo \"$GREETING $WHO $FROM $EXTRA\"";
+    let id = run(&[
+        "run",
+        "--name",
+        "greet",
+        "--env-file",
+        "a.env",
+        "--env-file",
+        "b.env",
+        "--env",
+        "GREETING=hi",
+        "--",
+        "sh",
+        "-c",
+        line,
+    ]);
+    bpm.ok(&["wait", &id]);
+    assert_eq!(bpm.ok(&["logs", &id]), "hi world file one more\n");
+    let shown = bpm.ok(&["show", &id]);
+    assert!(shown.contains(&a.display().to_string()), "{shown}");
+
+    std::fs::write(&a, "WHO=again\nFROM=file\n").expect("write");
+    let next = bpm.ok(&["restart", &id]);
+    let next = next.trim();
+    bpm.ok(&["wait", next]);
+    assert_eq!(bpm.ok(&["logs", next]), "hi again file one more\n");
+
+    std::fs::remove_file(&b).expect("remove");
+    let last = bpm.ok(&["restart", next]);
+    let last = last.trim();
+    bpm.until_state(last, "failed");
+    let error = bpm.json(&["show", last, "--json"])["error"].to_string();
+    assert!(
+        error.contains("b.env") && error.contains("no such file"),
+        "{error}"
+    );
+
+    let err = bpm.fails(&["run", "--env-file", "/no/such.env", "--", "true"], 4);
+    assert!(
+        err.contains("--env-file") && err.contains("/no/such.env"),
+        "{err}"
+    );
+    std::fs::write(&a, "WHO=x\nnot a variable\n").expect("write");
+    let err = bpm.fails(
+        &["run", "--env-file", &a.display().to_string(), "--", "true"],
+        4,
+    );
+    assert!(err.contains("not a variable"), "{err}");
+}
+
+/// A service's `env_file` is read again when the service restarts (by
+/// `bpm restart` or its restart policy), not only by `bpm up`.
+#[test]
+fn a_service_restart_reads_its_env_file_again() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(
+        &file,
+        "[services.hello]\ncommand = 'echo \"hello $WHO\"; exec sleep 300'\nenv_file = \"hello.env\"\n",
+    )
+    .expect("file");
+    std::fs::write(dir.path().join("hello.env"), "WHO=world\n").expect("env");
+    let f = file.to_str().expect("utf-8");
+    bpm.ok(&["up", "-f", f, "--wait"]);
+    let project = dir
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    let first = services(&bpm, &project)["hello"].0.clone();
+    let until_logs = |id: &str, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bpm.ok(&["logs", id]) != text {
+            assert!(Instant::now() < deadline, "{id} never printed {text:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until_logs(&first, "hello world\n");
+    std::fs::write(dir.path().join("hello.env"), "WHO=again\n").expect("env");
+    let said = bpm.ok(&["restart", &first]);
+    assert!(said.starts_with("replaced hello"), "{said}");
+    let next = services(&bpm, &project)["hello"].0.clone();
+    assert_ne!(next, first);
+    until_logs(&next, "hello again\n");
+    bpm.ok(&["down", "-f", f]);
+}

@@ -582,6 +582,29 @@ async fn the_policy_limits_commands_directories_changes_and_what_is_shown() {
     )
     .await;
     assert_eq!(read["text"], "token [redacted]\n");
+    // A secret from an env file (relative to cwd) is hidden the same way;
+    // one outside the allowed directories is refused.
+    std::fs::write(inside.join(".env"), "DB_PASSWORD=hunter2-long\n").expect("env file");
+    let from_file = ok(
+        &c,
+        "start_background_process",
+        json!({"argv": ["echo", "pw hunter2-long"], "cwd": "work", "env_file": [".env"]}),
+    )
+    .await;
+    let out = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": from_file["id"], "timeout_secs": 10}),
+    )
+    .await;
+    assert_eq!(out["output_tail"], "pw [redacted]\n");
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"argv": ["echo", "a"], "cwd": "work", "env_file": ["/etc/passwd"]}),
+    )
+    .await;
+    assert!(msg.contains("env file /etc/passwd is not allowed"), "{msg}");
 
     let (ro, _) = w
         .client(Policy {

@@ -31,7 +31,7 @@ pub use filter::ListFilter;
 pub use id::{ProcessId, ProcessIdError};
 pub use lifecycle::{ExitStatus, Lifecycle, StateName, StopCause};
 pub use names::{GroupName, LabelKey, LabelValue, NameError, NodeId, ProcessName, SessionId};
-pub use os_text::{OsText, env_serde, path_serde};
+pub use os_text::{OsText, env_serde, path_serde, paths_serde};
 pub use owner::{DEFAULT_OWNER_GRACE, Owner, OwnerError, ProcessRef};
 pub use port::{PortAsk, PortAskError, PortRefused};
 pub use record::{

@@ -275,6 +275,35 @@ pub mod path_serde {
     }
 }
 
+/// Serde for a list of paths, each as an [`OsText`] (see [`path_serde`]).
+pub mod paths_serde {
+    use super::{Deserialize, Deserializer, OsText, PathBuf, Serializer};
+    use serde::ser::SerializeSeq as _;
+
+    /// Writes each path as its bytes.
+    ///
+    /// # Errors
+    /// Those of the serializer.
+    pub fn serialize<S: Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(paths.len()))?;
+        for p in paths {
+            seq.serialize_element(&OsText::from(p.as_os_str()))?;
+        }
+        seq.end()
+    }
+
+    /// Reads paths written by [`serialize`] (or as plain strings).
+    ///
+    /// # Errors
+    /// An element that is neither a string nor `{"hex": ...}`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+        Ok(Vec::<OsText>::deserialize(d)?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect())
+    }
+}
+
 /// Serde for an environment: a JSON object when every name is UTF-8, else a
 /// list of `[name, value]` pairs (a JSON object's keys must be strings).
 /// Either form is read.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::os_text::{env_serde, path_serde};
+use crate::os_text::{env_serde, path_serde, paths_serde};
 use crate::{
     GroupName, LabelKey, LabelValue, NodeId, OsText, Owner, PortAsk, ProcessId, ProcessName,
     SessionId, Span,
@@ -441,6 +441,10 @@ pub enum SpecError {
     /// An owner grace given without an owner.
     #[error("an owner grace without an owner: give --owner too")]
     GraceWithoutOwner,
+    /// An environment file named by a relative path: the daemon, which
+    /// reads it, has a working directory of its own.
+    #[error("environment file {0:?} must be an absolute path")]
+    RelativeEnvFile(PathBuf),
 }
 
 /// Everything needed to run (or track) one piece of work.
@@ -465,6 +469,12 @@ pub struct ProcessSpec {
     /// places, and processes started from one shell carry the same one.
     #[serde(with = "env_serde")]
     pub env: Arc<Environment>,
+    /// Environment files (dotenv format, absolute paths), read each time
+    /// the process starts, a restart included, so an edited file takes
+    /// effect on the next start: their variables go over the inherited
+    /// environment, a later file's over an earlier's, and `env` over all.
+    #[serde(default, with = "paths_serde", skip_serializing_if = "Vec::is_empty")]
+    pub env_files: Vec<PathBuf>,
     /// Standard input.
     pub stdin: StdinMode,
     /// The session that owns it.
@@ -860,6 +870,7 @@ impl ProcessSpec {
         check("leader_only", self.leader_only == other.leader_only);
         check("port", self.port == other.port);
         check("health", self.health == other.health);
+        check("env_files", self.env_files == other.env_files);
         differ
     }
 
@@ -884,6 +895,9 @@ impl ProcessSpec {
         if self.owner_grace.is_some() && self.owners.is_empty() {
             return Err(SpecError::GraceWithoutOwner);
         }
+        if let Some(file) = self.env_files.iter().find(|f| !f.is_absolute()) {
+            return Err(SpecError::RelativeEnvFile(file.clone()));
+        }
         match &self.command {
             Some(Command::Argv(argv)) => {
                 if argv.first().is_none_or(OsText::is_empty) {
@@ -902,7 +916,7 @@ impl ProcessSpec {
                 }
             }
             None => {
-                if !self.env.is_empty() {
+                if !self.env.is_empty() || !self.env_files.is_empty() {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("an environment")));
                 }
                 if self.readiness.check != ReadinessCheck::None {

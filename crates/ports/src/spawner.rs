@@ -25,6 +25,14 @@ pub struct SpawnRequest {
     /// Environment overrides.
     #[serde(with = "bpm_domain::env_serde")]
     pub env: std::sync::Arc<Environment>,
+    /// Environment files to read as it starts, under `env`
+    /// ([`ProcessSpec::env_files`](bpm_domain::ProcessSpec::env_files)).
+    #[serde(
+        default,
+        with = "bpm_domain::paths_serde",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub env_files: Vec<PathBuf>,
     /// Standard input.
     pub stdin: StdinMode,
     /// The readiness check the spawner watches for.
@@ -71,6 +79,7 @@ impl SpawnRequest {
             argv: spec.command.as_ref()?.to_argv(),
             cwd: spec.cwd.clone(),
             env: spec.env.clone(),
+            env_files: spec.env_files.clone(),
             stdin: spec.stdin,
             readiness: record.readiness_check(),
             idle_after: spec.idle_after,
@@ -188,6 +197,14 @@ pub enum SpawnError {
     /// The working directory is something else than a directory (a file).
     #[error("working directory is not a directory: {}", .0.display())]
     CwdNotADirectory(PathBuf),
+    /// An environment file cannot be read, or is not in dotenv format.
+    #[error("environment file {}: {reason}", .path.display())]
+    EnvFile {
+        /// The file.
+        path: PathBuf,
+        /// Why: missing, unreadable, or the line that is not `NAME=value`.
+        reason: String,
+    },
     /// The request cannot be carried out as given.
     #[error("invalid spawn request: {0}")]
     Invalid(String),
@@ -219,6 +236,8 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     /// - MUST return [`SpawnError::PermissionDenied`] if it may not be executed.
     /// - MUST return [`SpawnError::CwdNotFound`] if the working directory does not exist,
     ///   and [`SpawnError::CwdNotADirectory`] if it is not a directory.
+    /// - MUST return [`SpawnError::EnvFile`] if one of its environment
+    ///   files cannot be read or parsed; it starts nothing then.
     /// - MUST return [`SpawnError::Invalid`] for a request it cannot carry out (empty argv).
     /// - MUST return [`SpawnError::Unknown`] if it cannot know whether the
     ///   process started, which then never runs a second time through it.

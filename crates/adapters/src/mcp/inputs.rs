@@ -80,6 +80,12 @@ pub(super) struct StartArgs {
     pub(super) cwd: Option<String>,
     /// Environment variables added to (or overriding) the server's environment.
     pub(super) env: Option<BTreeMap<String, String>>,
+    /// Environment files in dotenv format (absolute, or relative to
+    /// `cwd`): their variables go over the server's environment, a later
+    /// file's over an earlier's, and `env` over all. Read again at each
+    /// start, so an edit takes effect on the next restart. Secret values
+    /// from them are redacted as `env`'s are.
+    pub(super) env_file: Option<Vec<String>>,
     /// A name, unique enough to refer to the process by.
     pub(super) name: Option<String>,
     pub(super) kind: Option<KindArg>,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bpm_domain::{Command, ProcessRecord};
+use bpm_domain::{Command, OsText, ProcessRecord};
 
 /// The safety settings of one `bpm mcp` server.
 #[derive(Debug, Clone)]
@@ -124,12 +124,25 @@ impl Policy {
     /// # Errors
     /// A message naming the directory.
     pub fn check_dir(&self, dir: &Path) -> Result<(), String> {
+        self.check_under("working directory", dir)
+    }
+
+    /// Whether an environment file may be read: one under an allowed
+    /// directory (or any, when none is set), symbolic links followed.
+    ///
+    /// # Errors
+    /// A message naming the file.
+    pub fn check_env_file(&self, file: &Path) -> Result<(), String> {
+        self.check_under("env file", file)
+    }
+
+    fn check_under(&self, what: &str, path: &Path) -> Result<(), String> {
         if self.allow_dirs.is_empty() {
             return Ok(());
         }
-        let real = dir
+        let real = path
             .canonicalize()
-            .map_err(|e| format!("working directory {}: {e}", dir.display()))?;
+            .map_err(|e| format!("{what} {}: {e}", path.display()))?;
         let allowed = self.allow_dirs.iter().any(|allowed| {
             allowed
                 .canonicalize()
@@ -139,7 +152,7 @@ impl Policy {
             Ok(())
         } else {
             Err(format!(
-                "working directory {} is not allowed: this server only starts processes under {}",
+                "{what} {} is not allowed: this server only reaches under {}",
                 real.display(),
                 self.allow_dirs
                     .iter()
@@ -162,10 +175,19 @@ impl Policy {
             return Vec::new();
         }
         let min = self.redact_min_len.max(1);
+        // The env files as they read now: a restart would read them so.
+        // (Each on its own: one gone since hides nothing of the others.)
+        let from_files: Vec<(OsText, OsText)> = record
+            .spec()
+            .env_files
+            .iter()
+            .flat_map(|f| crate::env_file::read(std::slice::from_ref(f)).unwrap_or_default())
+            .collect();
         let mut secrets: Vec<String> = record
             .spec()
             .env
             .iter()
+            .chain(from_files.iter().map(|(k, v)| (k, v)))
             .map(|(k, v)| (k.to_string_lossy(), v.to_string_lossy()))
             .filter(|(k, v)| v.chars().count() >= min && self.is_secret(k))
             .map(|(_, v)| v.into_owned())

@@ -302,8 +302,14 @@ impl McpServer {
         };
         crate::usable_cwd(&cwd).map_err(|e| e.to_string())?;
         policy.check_dir(&cwd)?;
-        spec.cwd = Some(cwd);
         let mut env = defaults.env.clone();
+        for file in a.env_file.unwrap_or_default() {
+            let path = cwd.join(file);
+            policy.check_env_file(&path)?;
+            spec.env_files.push(path);
+        }
+        crate::env_file::make_room(&mut env, &spec.env_files).map_err(|e| e.to_string())?;
+        spec.cwd = Some(cwd);
         env.extend(
             a.env
                 .unwrap_or_default()

@@ -982,7 +982,14 @@ impl Inner {
         if let Some(cwd) = &request.cwd {
             crate::usable_cwd(cwd)?;
         }
-        let composed = self.composed(&request.env)?;
+        let composed = if request.env_files.is_empty() {
+            self.composed(&request.env)?
+        } else {
+            // Read at each start, so an edited file takes effect on the next.
+            let mut env = crate::env_file::read(&request.env_files)?;
+            env.extend(request.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Arc::new(Composed::new(&self.base_env, &env)?)
+        };
         let own = own_variables(request)?;
         let skip = request.session.as_ref().and(composed.session_var);
         let env: Vec<&CStr> = composed

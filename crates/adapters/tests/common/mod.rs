@@ -56,6 +56,7 @@ pub(crate) fn sh_request(
         argv: ["sh", "-c", script].map(Into::into).to_vec(),
         cwd: None,
         env: env.clone(),
+        env_files: Vec::new(),
         stdin: bpm_domain::StdinMode::Closed,
         readiness: bpm_domain::ReadinessCheck::None,
         idle_after: None,

@@ -478,6 +478,12 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     if !a.clean_env {
         spec.env = std::sync::Arc::new(bpm_adapters::os::inherited_env());
     }
+    if !a.env_file.is_empty() {
+        let here = std::env::current_dir().map_err(|e| bad(&e))?;
+        spec.env_files = a.env_file.iter().map(|f| here.join(f)).collect();
+        bpm_adapters::env_file::make_room(std::sync::Arc::make_mut(&mut spec.env), &spec.env_files)
+            .map_err(|e| CliError::invalid(format!("--env-file: {e}")))?;
+    }
     for kv in a.env {
         let (k, v) = env_var(&kv)?;
         std::sync::Arc::make_mut(&mut spec.env).insert(k, v);
@@ -1116,6 +1122,14 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
             .unwrap_or_default(),
     );
     field("pid", r.pid().map_or("-".into(), |p| p.to_string()));
+    if !spec.env_files.is_empty() {
+        let files: Vec<String> = spec
+            .env_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        field("env files", files.join(", "));
+    }
     if let Some(h) = r.health() {
         let text = match (h.healthy, &h.last_failure) {
             (true, _) => "healthy".to_owned(),

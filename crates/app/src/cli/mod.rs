@@ -324,6 +324,11 @@ pub struct RunArgs {
     /// Environment variable K=V (repeatable), added to this shell's environment.
     #[arg(long, value_name = "K=V")]
     pub env: Vec<std::ffi::OsString>,
+    /// Environment file in dotenv format (repeatable; a later file's
+    /// variables over an earlier's, --env over both). Read again at each
+    /// start, so an edit takes effect on the next restart.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
     /// Start from the daemon's environment instead of this shell's.
     #[arg(long)]
     pub clean_env: bool,

@@ -258,16 +258,22 @@ pub(crate) fn resolve(
         None => dir.to_path_buf(),
     };
     spec.cwd = Some(cwd);
-    // The file's own variables: what the digest covers.
-    let mut own: Environment = BTreeMap::new();
-    for file in t.env_file.as_ref().map(OneOrMany::all).unwrap_or_default() {
-        let path = dir.join(file);
-        let pairs = dotenvy::from_path_iter(&path)
-            .map_err(|e| format!("env_file: {}: {e}", path.display()))?;
-        for pair in pairs {
-            let (k, v) = pair.map_err(|e| format!("env_file: {}: {e}", path.display()))?;
-            own.insert(k.into(), v.into());
-        }
+    // The env files are read again at each start (a restart takes an
+    // edit); their contents as they are now and the file's own variables
+    // are what the digest covers.
+    spec.env_files = t
+        .env_file
+        .as_ref()
+        .map(OneOrMany::all)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| dir.join(f))
+        .collect();
+    let mut own: Environment =
+        bpm_adapters::env_file::read(&spec.env_files).map_err(|e| format!("env_file: {e}"))?;
+    let mut inherited = inherited.clone();
+    for name in own.keys() {
+        inherited.remove(name);
     }
     for (k, v) in &t.env {
         own.insert(k.as_str().into(), v.as_str().into());
@@ -371,8 +377,12 @@ pub(crate) fn resolve(
     let mut digested = spec.clone();
     digested.env = Arc::new(own.clone());
     let hash = digest(&digested, &depends_on);
-    let mut full = inherited.clone();
-    full.extend(own);
+    let mut full = inherited;
+    full.extend(
+        t.env
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), v.as_str().into())),
+    );
     spec.env = Arc::new(full);
     spec.validate().map_err(|e| format!("{e}"))?;
     let replicas = t.replicas.unwrap_or(1);

@@ -161,6 +161,7 @@ macro_rules! spawner_contract_tests {
             kill_ends_what_ignores_term,
             missing_program_is_program_not_found,
             missing_cwd_is_cwd_not_found,
+            unreadable_env_file_is_refused,
             signal_after_exit_is_ok,
             captures_both_streams,
             concurrent_spawns_get_distinct_pids,

@@ -40,6 +40,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         argv: argv.into_iter().map(Into::into).collect(),
         cwd: None,
         env: std::sync::Arc::default(),
+        env_files: Vec::new(),
         stdin: StdinMode::Closed,
         readiness: ReadinessCheck::None,
         idle_after: None,
@@ -138,6 +139,19 @@ pub async fn missing_cwd_is_cwd_not_found(h: Arc<dyn SpawnerHarness>) {
         spawner.spawn(req).await,
         Err(SpawnError::CwdNotADirectory(file))
     );
+}
+
+/// An environment file that cannot be read is refused by name, and
+/// nothing starts.
+pub async fn unreadable_env_file_is_refused(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut req = request(h.exit_with(0));
+    let missing = PathBuf::from("/nonexistent/bpm-contract.env");
+    req.env_files = vec![missing.clone()];
+    match spawner.spawn(req).await {
+        Err(SpawnError::EnvFile { path, .. }) => assert_eq!(path, missing),
+        other => panic!("expected an env file error, got {other:?}"),
+    }
 }
 
 /// Signalling a process that has exited is not an error.
