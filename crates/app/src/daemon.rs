@@ -136,7 +136,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         clock: Arc::new(bpm_adapters::clock::SystemClock::new()),
         ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
-        host: Arc::new(bpm_adapters::os::OsHost::new()),
+        host: Arc::new(bpm_adapters::os::OsHost::new().unwatching(&home.dir)),
     };
     let engine = Engine::start(
         ports,

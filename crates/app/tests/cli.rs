@@ -3463,3 +3463,157 @@ fn a_service_restart_reads_its_env_file_again() {
     until_logs(&next, "hello again\n");
     bpm.ok(&["down", "-f", f]);
 }
+
+/// The records named `name`, oldest first, as JSON.
+fn named(bpm: &Bpm, name: &str) -> Vec<serde_json::Value> {
+    let mut all: Vec<serde_json::Value> = bpm
+        .json(&["ps", "--all", "--json"])
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["name"] == name)
+        .cloned()
+        .collect();
+    all.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_owned());
+    all
+}
+
+/// `--watch`: twenty saves in 100 ms are one restart, a new record
+/// `restarted_from` the old, which sees the last save; writes under
+/// `.git` and to ignored files restart nothing; a stopped process is
+/// watched no more; a path that does not exist is refused by name.
+#[test]
+fn a_burst_of_saves_restarts_a_watched_process_once() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::create_dir_all(dir.path().join(".git")).expect("git");
+    std::fs::write(src.join("app.txt"), "v0").expect("write");
+    let out = bpm
+        .cmd(&[
+            "run",
+            "--name",
+            "dev",
+            "--watch",
+            ".",
+            "--watch-ignore",
+            "*.log",
+            "--watch-debounce",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            "cat src/app.txt; echo; exec sleep 300",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("bpm runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    bpm.until_state(&first, "running");
+    for i in 1..=20 {
+        std::fs::write(src.join("app.txt"), format!("v{i}")).expect("write");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while named(&bpm, "dev").len() < 2 {
+        assert!(Instant::now() < deadline, "no restart after the saves");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Well past the debounce: still one restart.
+    std::thread::sleep(Duration::from_millis(800));
+    let records = named(&bpm, "dev");
+    assert_eq!(records.len(), 2, "one restart: {records:?}");
+    let second = records[1]["id"].as_str().expect("id").to_owned();
+    assert_eq!(records[1]["restarted_from"], first.as_str());
+    bpm.until_state(&first, "cancelled");
+    bpm.until_state(&second, "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bpm.ok(&["logs", &second]) != "v20\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the new one never read the last save"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Git's writes and ignored files restart nothing.
+    std::fs::write(dir.path().join(".git").join("index"), "x").expect("write");
+    std::fs::write(src.join("debug.log"), "x").expect("write");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(named(&bpm, "dev").len(), 2, "ignored changes restarted it");
+
+    // Stopped, it is watched no more.
+    bpm.ok(&["stop", &second]);
+    std::fs::write(src.join("app.txt"), "after").expect("write");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(named(&bpm, "dev").len(), 2, "a stopped process restarted");
+
+    let err = bpm.fails(&["run", "--watch", "/no/such/dir", "--", "true"], 4);
+    assert!(
+        err.contains("--watch") && err.contains("/no/such/dir"),
+        "{err}"
+    );
+}
+
+/// A service's `watch` restarts it when its files change, and with
+/// `restart_dependents` what depends on it too; the rest is kept.
+#[test]
+fn a_watched_service_restarts_with_its_dependents() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(
+        &file,
+        r#"
+[project]
+name = "watched"
+
+[services.api]
+command = "cat conf.txt; echo; exec sleep 300"
+watch = "conf.txt"
+watch_debounce = "100ms"
+restart_dependents = true
+
+[services.web]
+command = "echo web; exec sleep 300"
+depends_on = ["api"]
+
+[services.other]
+command = "exec sleep 300"
+"#,
+    )
+    .expect("file");
+    std::fs::write(dir.path().join("conf.txt"), "v1").expect("conf");
+    let f = file.to_str().expect("utf-8");
+    bpm.ok(&["up", "-f", f, "--wait"]);
+    let before = services(&bpm, "watched");
+    std::fs::write(dir.path().join("conf.txt"), "v2").expect("conf");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = services(&bpm, "watched");
+        if now.len() == 3 && now["api"] != before["api"] && now["web"] != before["web"] {
+            assert_eq!(now["other"], before["other"], "the rest is kept");
+            let api = &now["api"].0;
+            let web = bpm.json(&["show", &now["web"].0, "--json"]);
+            assert_eq!(web["spec"]["dependencies"][0], api.as_str(), "{web}");
+            let until = Instant::now() + Duration::from_secs(10);
+            while bpm.ok(&["logs", api]) != "v2\n" {
+                assert!(Instant::now() < until, "the new api never read v2");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bpm.ok(&["down", "-f", f]);
+}

@@ -974,3 +974,59 @@ async fn what_changed_tells_each_client_once() {
     )
     .await;
 }
+
+/// `watch` restarts the process when a watched file changes: the old
+/// record ends, replaced; a path that does not exist is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_process_restarts_on_change() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    std::fs::write(w.dir.path().join("conf.txt"), "v1").expect("conf");
+    let p = ok(
+        &c,
+        "start_background_process",
+        json!({"command": "exec sleep 300", "watch": ["conf.txt"], "watch_debounce_secs": 0.1}),
+    )
+    .await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    for _ in 0..200 {
+        let s = ok(
+            &c,
+            "get_background_process_status",
+            json!({"process_id": id}),
+        )
+        .await;
+        if s["state"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(w.dir.path().join("conf.txt"), "v2").expect("conf");
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = ok(
+            &c,
+            "get_background_process_status",
+            json!({"process_id": id}),
+        )
+        .await;
+        if last["state"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last["state"], "cancelled", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replaced")),
+        "{last}"
+    );
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"command": "true", "watch": ["no-such-dir"]}),
+    )
+    .await;
+    assert!(msg.contains("no-such-dir"), "{msg}");
+}

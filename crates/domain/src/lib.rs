@@ -40,9 +40,10 @@ pub use record::{
     RecordUpdate, RunningOn, Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
-    Backoff, Command, Environment, HealthCheck, LogPattern, NameTaken, Placement, Probe,
-    ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef, RestartMode, RestartPolicy,
-    Signal, SpecError, StdinMode, StopPolicy, Until, metadata_from_json,
+    Backoff, Command, DEFAULT_WATCH_DEBOUNCE, Environment, FileWatch, HealthCheck, LogPattern,
+    NameTaken, Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef,
+    RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, Until,
+    metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

@@ -603,7 +603,17 @@ impl ProcessRecord {
 
     /// A new record that repeats `previous`'s spec: a manual restart.
     pub fn restart_of(previous: &ProcessRecord, id: ProcessId, now: Timestamp) -> Self {
-        let mut spec = ProcessSpec::clone(&previous.0.spec);
+        Self::restart_with(previous, id, ProcessSpec::clone(&previous.0.spec), now)
+    }
+
+    /// A new record that repeats `previous` with `spec` (its own, with
+    /// dependencies moved to records restarted with it, say).
+    pub fn restart_with(
+        previous: &ProcessRecord,
+        id: ProcessId,
+        mut spec: ProcessSpec,
+        now: Timestamp,
+    ) -> Self {
         // The new record must not wait for its own predecessor's dependencies twice,
         // nor for the delay again: it is started on purpose.
         spec.delay = None;

@@ -445,6 +445,9 @@ pub enum SpecError {
     /// reads it, has a working directory of its own.
     #[error("environment file {0:?} must be an absolute path")]
     RelativeEnvFile(PathBuf),
+    /// A file watch that cannot work.
+    #[error("invalid watch: {0}")]
+    InvalidWatch(String),
 }
 
 /// Everything needed to run (or track) one piece of work.
@@ -563,6 +566,36 @@ pub struct ProcessSpec {
     /// [`crate::DEFAULT_OWNER_GRACE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_grace: Option<Span>,
+    /// Restart it (as a new record, as `bpm restart` does) when files
+    /// under these paths change ([`FileWatch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<FileWatch>,
+}
+
+/// How long a watch waits after a change for the next before it restarts
+/// the process: a burst of saves is one restart.
+pub const DEFAULT_WATCH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Files whose changes restart a process: any change under `paths` (each
+/// a file or a directory, watched with everything under it), but those
+/// matching one of the `ignore` globs, once `debounce` has passed with no
+/// further change. Changes under a `.git` directory are never counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWatch {
+    /// What is watched (absolute paths).
+    #[serde(with = "paths_serde")]
+    pub paths: Vec<PathBuf>,
+    /// Globs of paths whose changes are not counted (`*.log`,
+    /// `target/**`), matched against the path below the watched one and
+    /// against its file name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+    /// The quiet time after the last change before the restart.
+    pub debounce: Span,
+    /// Restart the live records that depend on this one too (and theirs),
+    /// each depending on the new record of what it depended on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart_dependents: bool,
 }
 
 /// A liveness check: run every `every` while the process runs; after
@@ -871,6 +904,7 @@ impl ProcessSpec {
         check("port", self.port == other.port);
         check("health", self.health == other.health);
         check("env_files", self.env_files == other.env_files);
+        check("watch", self.watch == other.watch);
         differ
     }
 
@@ -897,6 +931,22 @@ impl ProcessSpec {
         }
         if let Some(file) = self.env_files.iter().find(|f| !f.is_absolute()) {
             return Err(SpecError::RelativeEnvFile(file.clone()));
+        }
+        if let Some(w) = &self.watch {
+            if w.paths.is_empty() {
+                return Err(SpecError::InvalidWatch("it names no path".into()));
+            }
+            if let Some(p) = w.paths.iter().find(|p| !p.is_absolute()) {
+                return Err(SpecError::InvalidWatch(format!(
+                    "{} is not an absolute path",
+                    p.display()
+                )));
+            }
+            if w.debounce.as_duration().is_zero() {
+                return Err(SpecError::InvalidWatch(
+                    "a debounce of 0 would restart on every write of a save".into(),
+                ));
+            }
         }
         match &self.command {
             Some(Command::Argv(argv)) => {
@@ -927,6 +977,9 @@ impl ProcessSpec {
                 }
                 if self.port.is_some() {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("a port")));
+                }
+                if self.watch.is_some() {
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("a file watch")));
                 }
                 if self.restart.mode != RestartMode::Never {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("a restart policy")));

@@ -419,6 +419,9 @@ impl World {
                     self.asks.push(id);
                 }
                 Effect::WatchOwner { .. } => panic!("no record here has an owner"),
+                Effect::WatchFiles { .. } | Effect::UnwatchFiles { .. } => {
+                    panic!("no record here watches files")
+                }
             }
         }
     }

@@ -1743,3 +1743,141 @@ fn dependencies_wait_for_their_condition() {
         ))
     );
 }
+
+/// A watched record is watched from its start to its end; changes re-arm
+/// the debounce, and only the quiet after the last restarts it, once, as
+/// a new record with the id the last change brought.
+#[test]
+fn a_burst_of_changes_is_one_restart_after_the_quiet() {
+    use bpm_domain::FileWatch;
+    let mut core = core(Limits::default());
+    let mut spec = ProcessSpec::argv(["serve"]);
+    spec.watch = Some(FileWatch {
+        paths: vec!["/src".into()],
+        ignore: Vec::new(),
+        debounce: Span::from_millis(300),
+        restart_dependents: false,
+    });
+    submit_at(&mut core, 1, spec, 0);
+    let e = core
+        .handle(Input::Spawned { id: id(1), pid: 10 }, t(1))
+        .expect("spawned");
+    let watching: Vec<_> = e
+        .iter()
+        .filter(|e| matches!(e, Effect::WatchFiles { id: w, .. } if *w == id(1)))
+        .collect();
+    assert_eq!(watching.len(), 1, "{e:?}");
+    let mut last = None;
+    for (n, at) in (100..120).zip((10..).step_by(5)) {
+        let e = core
+            .handle(
+                Input::FilesChanged {
+                    id: id(1),
+                    new_ids: vec![id(n)],
+                },
+                t(at),
+            )
+            .expect("changed");
+        let settle = armed(&e);
+        assert_eq!(settle.len(), 1, "{e:?}");
+        assert_eq!(settle[0].0.kind, TimerKind::FilesSettled);
+        assert_eq!(settle[0].1, t(at + 300));
+        last = Some(settle[0]);
+    }
+    let (timer, at) = last.expect("armed");
+    core.handle(Input::TimerFired(timer), at).expect("fired");
+    assert_eq!(
+        core.get(id(1)).map(ProcessRecord::state),
+        Some(StateName::Stopping)
+    );
+    let new = core
+        .get(id(119))
+        .expect("the last change's id is the new record");
+    assert_eq!(new.restarted_from(), Some(id(1)));
+    assert!(core.get(id(118)).is_none(), "one restart");
+    // The old one ends: its watch ends; a late timer does nothing.
+    let e = core
+        .handle(
+            Input::Exited {
+                id: id(1),
+                status: ExitStatus::Signal(15),
+            },
+            at,
+        )
+        .expect("exit");
+    assert!(
+        e.iter()
+            .any(|e| matches!(e, Effect::UnwatchFiles { id: w } if *w == id(1))),
+        "{e:?}"
+    );
+    core.handle(Input::TimerFired(timer), at)
+        .expect("fired again");
+    core.handle(
+        Input::FilesChanged {
+            id: id(1),
+            new_ids: vec![id(200)],
+        },
+        at,
+    )
+    .expect("a change after the end");
+    assert!(core.get(id(200)).is_none());
+    core.check_invariants().expect("consistent");
+}
+
+/// A watch that restarts dependents restarts the live records that depend
+/// on the watched one, and theirs, each on the new records; others are
+/// left alone.
+#[test]
+fn a_change_restarts_dependents_on_the_new_records() {
+    use bpm_domain::FileWatch;
+    let mut core = core(Limits::default());
+    let mut api = ProcessSpec::argv(["api"]);
+    api.watch = Some(FileWatch {
+        paths: vec!["/src".into()],
+        ignore: Vec::new(),
+        debounce: Span::from_millis(100),
+        restart_dependents: true,
+    });
+    submit_at(&mut core, 1, api, 0);
+    core.handle(Input::Spawned { id: id(1), pid: 10 }, t(1))
+        .expect("spawned");
+    let on = |deps: &[u128]| {
+        let mut spec = ProcessSpec::argv(["w"]);
+        spec.dependencies = deps.iter().map(|d| id(*d)).collect();
+        spec
+    };
+    submit_at(&mut core, 2, on(&[1]), 2);
+    submit_at(&mut core, 3, on(&[2]), 3);
+    submit_at(&mut core, 4, ProcessSpec::argv(["other"]), 4);
+    assert_eq!(core.ids_for_change(id(1)), 3);
+    let e = core
+        .handle(
+            Input::FilesChanged {
+                id: id(1),
+                new_ids: vec![id(11), id(12), id(13)],
+            },
+            t(10),
+        )
+        .expect("changed");
+    let (timer, at) = armed(&e)[0];
+    core.handle(Input::TimerFired(timer), at).expect("fired");
+    let dep = |n: u128| core.get(id(n)).expect("known").spec().dependencies.clone();
+    assert_eq!(
+        core.get(id(11)).and_then(ProcessRecord::restarted_from),
+        Some(id(1))
+    );
+    assert_eq!(dep(12), vec![id(11)]);
+    assert_eq!(dep(13), vec![id(12)]);
+    for old in [1, 2, 3] {
+        let state = core.get(id(old)).map(ProcessRecord::state);
+        assert!(
+            matches!(state, Some(StateName::Stopping | StateName::Cancelled)),
+            "{old}: {state:?}"
+        );
+    }
+    assert!(
+        core.get(id(4)).is_some_and(|r| !r.is_terminal()),
+        "others are left alone"
+    );
+    core.check_invariants().expect("consistent");
+}

@@ -39,6 +39,8 @@ pub(crate) struct Driver {
     pub(crate) syncs: Syncs,
     /// Where cluster-wide slots are taken ([`crate::EngineConfig::slots`]).
     pub(crate) slots: crate::SlotsCell,
+    /// File watches under way ([`bpm_domain::Effect::WatchFiles`]), by record.
+    pub(crate) watches: HashMap<ProcessId, tokio::task::AbortHandle>,
 }
 
 /// A caller's answer, held until the spawns of the records it submitted have ended.
@@ -69,6 +71,7 @@ impl Driver {
             parked: Vec::new(),
             syncs: Syncs::default(),
             slots: crate::SlotsCell::default(),
+            watches: HashMap::new(),
         }
     }
 
@@ -225,6 +228,14 @@ impl Driver {
                     && let Err(e) = self.step(Input::ClusterSlotsFreed).await
                 {
                     tracing::debug!(error = %e, "could not ask for cluster-wide slots again");
+                }
+            }
+            Msg::FilesChanged(id) => {
+                let new_ids = (0..self.core.ids_for_change(id))
+                    .map(|_| self.ports.ids.next_id())
+                    .collect();
+                if let Err(e) = self.step(Input::FilesChanged { id, new_ids }).await {
+                    tracing::debug!(%id, error = %e, "a file change came for nothing");
                 }
             }
             Msg::OwnerGone(process) => {

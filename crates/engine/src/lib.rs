@@ -134,6 +134,8 @@ pub(crate) enum Msg {
     SlotsFreed,
     /// A process that owns records, or holds a session, is gone.
     OwnerGone(bpm_domain::ProcessRef),
+    /// A file under a record's watch changed.
+    FilesChanged(ProcessId),
     Shutdown(oneshot::Sender<()>),
 }
 

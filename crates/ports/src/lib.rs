@@ -30,7 +30,7 @@ pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots, FailedOver, Failover};
 pub use clock::Clock;
 pub use commands::{Answer, Command, CommandBus, Delivery, answer_within};
 pub use events::{EventBus, EventBusError};
-pub use host::Host;
+pub use host::{Host, WatchError};
 pub use ids::IdGenerator;
 pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
 pub use membership::{Claimant, Membership, MembershipError, NodeView};

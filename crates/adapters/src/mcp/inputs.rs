@@ -86,6 +86,15 @@ pub(super) struct StartArgs {
     /// start, so an edit takes effect on the next restart. Secret values
     /// from them are redacted as `env`'s are.
     pub(super) env_file: Option<Vec<String>>,
+    /// Restart it (as a new record, as `restart_background_process` does)
+    /// when files under these paths (absolute, or relative to `cwd`)
+    /// change. Changes under `.git` never count.
+    pub(super) watch: Option<Vec<String>>,
+    /// With `watch`: globs of paths whose changes do not count (`*.log`, `target/**`).
+    pub(super) watch_ignore: Option<Vec<String>>,
+    /// With `watch`: seconds of quiet after a change before the restart
+    /// (0.3 by default), so that a burst of saves is one restart.
+    pub(super) watch_debounce_secs: Option<f64>,
     /// A name, unique enough to refer to the process by.
     pub(super) name: Option<String>,
     pub(super) kind: Option<KindArg>,

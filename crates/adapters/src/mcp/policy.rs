@@ -127,13 +127,14 @@ impl Policy {
         self.check_under("working directory", dir)
     }
 
-    /// Whether an environment file may be read: one under an allowed
-    /// directory (or any, when none is set), symbolic links followed.
+    /// Whether a file the call names (an env file, a watched path) may be
+    /// reached: one under an allowed directory (or any, when none is
+    /// set), symbolic links followed.
     ///
     /// # Errors
-    /// A message naming the file.
-    pub fn check_env_file(&self, file: &Path) -> Result<(), String> {
-        self.check_under("env file", file)
+    /// A message naming it as `what`.
+    pub fn check_path(&self, what: &str, path: &Path) -> Result<(), String> {
+        self.check_under(what, path)
     }
 
     fn check_under(&self, what: &str, path: &Path) -> Result<(), String> {

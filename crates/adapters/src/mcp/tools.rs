@@ -305,10 +305,31 @@ impl McpServer {
         let mut env = defaults.env.clone();
         for file in a.env_file.unwrap_or_default() {
             let path = cwd.join(file);
-            policy.check_env_file(&path)?;
+            policy.check_path("env file", &path)?;
             spec.env_files.push(path);
         }
         crate::env_file::make_room(&mut env, &spec.env_files).map_err(|e| e.to_string())?;
+        if let Some(paths) = a.watch {
+            let paths: Vec<PathBuf> = paths.iter().map(|p| cwd.join(p)).collect();
+            for p in &paths {
+                policy.check_path("watched path", p)?;
+            }
+            let watch = bpm_domain::FileWatch {
+                paths,
+                ignore: a.watch_ignore.unwrap_or_default(),
+                debounce: match a.watch_debounce_secs {
+                    Some(d) => span(d, "watch_debounce_secs")?,
+                    None => {
+                        Span::new(bpm_domain::DEFAULT_WATCH_DEBOUNCE).map_err(|e| e.to_string())?
+                    }
+                },
+                restart_dependents: false,
+            };
+            crate::os::check_watch(&watch)?;
+            spec.watch = Some(watch);
+        } else if a.watch_ignore.is_some() || a.watch_debounce_secs.is_some() {
+            return Err("watch_ignore and watch_debounce_secs need watch".into());
+        }
         spec.cwd = Some(cwd);
         env.extend(
             a.env

@@ -2,12 +2,14 @@
 //! by binding, and owners' lives, watched through pidfds.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
-use bpm_domain::{PortAsk, ProcessRef};
-use bpm_ports::Host;
+use bpm_domain::{FileWatch, PortAsk, ProcessRef};
+use bpm_ports::{Host, WatchError};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
 
 use super::tree;
 
@@ -17,13 +19,24 @@ const OFFERED: usize = 64;
 const AUTO: usize = 8;
 
 /// The [`Host`] of this machine.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OsHost;
+#[derive(Debug, Default, Clone)]
+pub struct OsHost {
+    /// Directories whose changes no file watch counts.
+    unwatched: Vec<PathBuf>,
+}
 
 impl OsHost {
     /// The host.
-    pub const fn new() -> Self {
-        OsHost
+    pub fn new() -> Self {
+        OsHost::default()
+    }
+
+    /// The host, with changes under `dir` (bpm's own state) counted by no
+    /// file watch.
+    #[must_use]
+    pub fn unwatching(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.unwatched.push(dir.into());
+        self
     }
 }
 
@@ -75,5 +88,9 @@ impl Host for OsHost {
             return;
         };
         let _ = fd.readable().await;
+    }
+
+    fn watch_files(&self, watch: &FileWatch) -> Result<mpsc::Receiver<()>, WatchError> {
+        super::files::watch(watch, &self.unwatched)
     }
 }

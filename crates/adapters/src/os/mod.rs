@@ -4,6 +4,7 @@
 //! descendant (see the `tree` module).
 
 mod capture;
+mod files;
 mod heap;
 mod host;
 mod listening;
@@ -34,6 +35,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
+pub use files::check_watch;
 pub use heap::release_free_memory;
 pub use host::OsHost;
 pub use probe::notify_ready;

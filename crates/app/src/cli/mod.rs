@@ -329,6 +329,20 @@ pub struct RunArgs {
     /// start, so an edit takes effect on the next restart.
     #[arg(long, value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
+    /// Restart it (as `bpm restart` does: a new record) when files under
+    /// this path change (repeatable; a file or a directory, everything
+    /// under it). Changes under .git and bpm's own state never count.
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+    /// With --watch: changes to paths matching this glob do not count
+    /// (repeatable; matched below the watched path and against the file
+    /// name: '*.log', 'target/**').
+    #[arg(long, value_name = "GLOB", requires = "watch")]
+    pub watch_ignore: Vec<String>,
+    /// With --watch: how long to wait after a change for the next before
+    /// restarting, so that a burst of saves is one restart (default 300ms).
+    #[arg(long, value_name = "DURATION", requires = "watch")]
+    pub watch_debounce: Option<String>,
     /// Start from the daemon's environment instead of this shell's.
     #[arg(long)]
     pub clean_env: bool,

@@ -143,6 +143,40 @@ pub(crate) struct ServiceTable {
     pub(crate) leader_only: Option<bool>,
     pub(crate) stdin: Option<bool>,
     pub(crate) on_exit: Option<String>,
+    pub(crate) watch: Option<OneOrMany>,
+    pub(crate) watch_ignore: Option<OneOrMany>,
+    pub(crate) watch_debounce: Option<String>,
+    pub(crate) restart_dependents: Option<bool>,
+}
+
+/// The service's `watch`, `watch_ignore`, `watch_debounce` and
+/// `restart_dependents`: paths relative to the file, each there now.
+fn watch(t: &ServiceTable, dir: &Path) -> Result<Option<bpm_domain::FileWatch>, String> {
+    let Some(paths) = &t.watch else {
+        if t.watch_ignore.is_some() || t.watch_debounce.is_some() || t.restart_dependents.is_some()
+        {
+            return Err(
+                "watch_ignore, watch_debounce and restart_dependents need watch = [paths]".into(),
+            );
+        }
+        return Ok(None);
+    };
+    let watch = bpm_domain::FileWatch {
+        paths: paths.all().into_iter().map(|p| dir.join(p)).collect(),
+        ignore: t
+            .watch_ignore
+            .as_ref()
+            .map(|i| i.all().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        debounce: match &t.watch_debounce {
+            Some(d) => duration(d, "watch_debounce")?,
+            None => bpm_domain::Span::new(bpm_domain::DEFAULT_WATCH_DEBOUNCE)
+                .map_err(|e| e.to_string())?,
+        },
+        restart_dependents: t.restart_dependents.unwrap_or(false),
+    };
+    bpm_adapters::os::check_watch(&watch).map_err(|e| format!("watch: {e}"))?;
+    Ok(Some(watch))
 }
 
 /// A string or a list of them.
@@ -360,6 +394,7 @@ pub(crate) fn resolve(
         spec.stdin = bpm_domain::StdinMode::Pipe;
     }
     spec.on_exit.clone_from(&t.on_exit);
+    spec.watch = watch(t, dir)?;
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),

@@ -28,6 +28,9 @@ pub enum TimerKind {
     /// The grace after the record's last owner went ends: it is stopped
     /// unless an owner came back ([`crate::Owner`]).
     OwnerGrace,
+    /// A watched file changed and no change came since, for the watch's
+    /// debounce: the process is restarted ([`crate::FileWatch`]).
+    FilesSettled,
 }
 
 /// A timer the driver arms. Arming the same timer again replaces it.
@@ -49,6 +52,20 @@ pub enum Effect {
     WatchOwner {
         /// The owner, or a session's holder.
         process: crate::ProcessRef,
+    },
+    /// Report [`Input::FilesChanged`] for `id` at each change under
+    /// `watch`'s paths, until [`Effect::UnwatchFiles`] (a second one for
+    /// the same record replaces the first).
+    WatchFiles {
+        /// The record.
+        id: ProcessId,
+        /// What to watch.
+        watch: crate::FileWatch,
+    },
+    /// Stop watching files for `id`: it ended.
+    UnwatchFiles {
+        /// The record.
+        id: ProcessId,
     },
     /// Write the record: create it when `expected_version` is `None`, else
     /// compare-and-set against that version.
@@ -223,6 +240,19 @@ pub enum Input {
     /// A record ended somewhere in the cluster: groups refused a
     /// cluster-wide slot ask again.
     ClusterSlotsFreed,
+    /// A file under `id`'s watch ([`crate::FileWatch`]) changed. Once its
+    /// debounce passes with no further change, `id` is restarted as
+    /// [`Input::Restart`] does, with the ids the latest change brought
+    /// (those of earlier changes are never used): the first for `id`'s
+    /// new record, the next for its dependents' when the watch restarts
+    /// them too. The driver brings as many as
+    /// [`Supervisor::ids_for_change`](crate::Supervisor::ids_for_change) says.
+    FilesChanged {
+        /// The watched record.
+        id: ProcessId,
+        /// Fresh ids for the new records.
+        new_ids: Vec<ProcessId>,
+    },
     /// Make a new record with `id`'s spec; stop `id` first if it is still live.
     Restart {
         /// The record to repeat.

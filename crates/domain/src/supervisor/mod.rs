@@ -27,6 +27,7 @@ mod reconcile;
 mod restore;
 mod start;
 mod timers;
+mod watch;
 
 pub use limits::{Limits, LimitsError, MIN_RETENTION};
 pub use messages::{CoreError, Effect, Input, Timer, TimerKind};
@@ -137,6 +138,8 @@ pub struct Supervisor {
     names: HashMap<crate::ProcessName, ProcessId>,
     /// Records' owners and sessions' holders: see `owners.rs`.
     owners: owners::Owners,
+    /// Watched records, with the ids of a restart a change asked for: see `watch.rs`.
+    watched: HashMap<ProcessId, Vec<ProcessId>>,
 }
 
 impl Supervisor {
@@ -163,6 +166,7 @@ impl Supervisor {
             held_back: BTreeSet::new(),
             names: HashMap::new(),
             owners: owners::Owners::default(),
+            watched: HashMap::new(),
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -282,6 +286,10 @@ impl Supervisor {
                 Ok(())
             }
             Input::Restart { id, new_id } => self.restart(id, new_id, now),
+            Input::FilesChanged { id, new_ids } => {
+                self.files_changed(id, new_ids, now);
+                Ok(())
+            }
             Input::Claimed { record } => self.claimed(&record, now),
             Input::ClusterSlot { id, granted } => {
                 self.cluster_slot(id, granted, now);
@@ -551,6 +559,7 @@ impl Supervisor {
         match kind {
             TransitionKind::Spawned if after == StateName::Running => {
                 events.push(EventKind::Started);
+                self.watch_files(id);
             }
             TransitionKind::Exited | TransitionKind::Requeue => events.push(EventKind::Exited),
             TransitionKind::Pause => events.push(EventKind::Paused),
@@ -605,6 +614,7 @@ impl Supervisor {
             }
             self.arm_retention(id);
             self.release_waiters(id, after, now);
+            self.unwatch_files(id);
         }
         Ok(applied)
     }

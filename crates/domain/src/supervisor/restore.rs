@@ -105,6 +105,7 @@ impl Supervisor {
                 let record = &self.entries[&id].record;
                 if let Some(pid) = record.pid() {
                     self.out.push(Effect::Reattach { id, pid });
+                    self.watch_files(id);
                 } else {
                     let record = record.clone();
                     self.out.push(Effect::Spawn { record });

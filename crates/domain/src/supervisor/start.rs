@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Blockers, CoreError, Effect, Entry, Supervisor, TimerKind};
 use crate::{
-    Event, EventKind, GroupName, Lifecycle, Placement, ProcessId, ProcessRecord, ProcessSpec,
+    EventKind, GroupName, Lifecycle, Placement, ProcessId, ProcessRecord, ProcessSpec,
     ReadinessCheck, Signal, StateName, StopCause, Timestamp, Transition,
 };
 
@@ -50,7 +50,7 @@ impl Supervisor {
             _ => None,
         };
         let record = if let Some(old) = replaces {
-            ProcessRecord::restart_of(&self.entries[&old].record, id, now)
+            ProcessRecord::restart_with(&self.entries[&old].record, id, spec, now)
         } else {
             let record = ProcessRecord::new(id, self.node.clone(), spec, now);
             match port {
@@ -248,16 +248,7 @@ impl Supervisor {
         new_id: ProcessId,
         now: Timestamp,
     ) -> Result<(), CoreError> {
-        let old = self.own(id)?;
-        let spec = old.spec().clone();
-        self.submit(new_id, spec, Some(id), None, now)?;
-        let mut event = Event::new(EventKind::Restarted, &self.entries[&id].record, now);
-        event.related = Some(new_id);
-        self.out.push(Effect::Publish(Box::new(event)));
-        if !self.entries[&id].record.is_terminal() {
-            self.stop(id, StopCause::Replaced { by: new_id }, false, None, now)?;
-        }
-        Ok(())
+        self.replace_on_change(id, new_id, &std::collections::HashMap::new(), now)
     }
 
     pub(super) fn spawned(

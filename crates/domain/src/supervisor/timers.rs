@@ -10,6 +10,11 @@ impl Supervisor {
             self.owner_grace_over(timer.id, now);
             return;
         }
+        // A change settles whatever attempt the record is at.
+        if timer.kind == TimerKind::FilesSettled {
+            self.files_settled(timer.id, now);
+            return;
+        }
         let Some(entry) = self.entries.get(&timer.id) else {
             return;
         };

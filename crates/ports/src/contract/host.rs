@@ -83,3 +83,75 @@ pub async fn owners_are_known_and_their_end_noticed(host: Arc<dyn Host>) {
     reaper.join().expect("reaped").expect("wait");
     assert_eq!(host.start_of(pid), None);
 }
+
+/// A directory of its own under the system's temporary one, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("bpm-watch-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(dir.join(".git")).expect("scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn watch_of(dir: &std::path::Path, ignore: &[&str]) -> bpm_domain::FileWatch {
+    bpm_domain::FileWatch {
+        paths: vec![dir.to_path_buf()],
+        ignore: ignore.iter().map(|g| (*g).to_owned()).collect(),
+        debounce: bpm_domain::Span::from_millis(100),
+        restart_dependents: false,
+    }
+}
+
+/// Whether a change is reported within a second.
+async fn reported(changes: &mut tokio::sync::mpsc::Receiver<()>) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), changes.recv())
+        .await
+        .is_ok_and(|m| m.is_some())
+}
+
+/// A change under a watched directory, however deep, is reported; one
+/// under `.git` or matching an ignore glob is not; a burst waits unread
+/// as one message.
+pub async fn changes_under_a_watch_are_reported(host: Arc<dyn Host>) {
+    let dir = Scratch::new();
+    std::fs::create_dir_all(dir.0.join("src/deep")).expect("mkdir");
+    let mut changes = host
+        .watch_files(&watch_of(&dir.0, &["*.log"]))
+        .expect("watch");
+    std::fs::write(dir.0.join(".git/index"), "x").expect("write");
+    std::fs::write(dir.0.join("src/app.log"), "x").expect("write");
+    assert!(
+        !reported(&mut changes).await,
+        "ignored changes were reported"
+    );
+    for i in 0..20 {
+        std::fs::write(dir.0.join("src/deep/a.txt"), format!("{i}")).expect("write");
+    }
+    assert!(reported(&mut changes).await, "a change was not reported");
+    // The burst waited as one message (or two, one read as it came).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut more = 0;
+    while changes.try_recv().is_ok() {
+        more += 1;
+    }
+    assert!(more <= 1, "{more} more messages for one burst");
+}
+
+/// A path that does not exist cannot be watched, and is named.
+pub async fn a_missing_path_is_not_watched(host: Arc<dyn Host>) {
+    let dir = Scratch::new();
+    let missing = dir.0.join("missing");
+    match host.watch_files(&watch_of(&missing, &[])) {
+        Err(crate::WatchError::NotFound(path)) => assert_eq!(path, missing),
+        Err(other) => panic!("expected NotFound, got {other:?}"),
+        Ok(_) => panic!("a missing path was watched"),
+    }
+}

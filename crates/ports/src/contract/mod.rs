@@ -200,6 +200,8 @@ macro_rules! host_contract_tests {
             auto_offers_distinct_free_ports,
             a_range_is_offered_in_order,
             owners_are_known_and_their_end_noticed,
+            changes_under_a_watch_are_reported,
+            a_missing_path_is_not_watched,
         );
     };
 }
