@@ -138,16 +138,37 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
         host: Arc::new(bpm_adapters::os::OsHost::new().unwatching(&home.dir)),
     };
+    // The boot this node's records were last supervised in: another one
+    // means their processes died with the machine.
+    let boot_file = home.dir.join("boot_id");
+    let boot = Some(bpm_adapters::os::boot_id()).filter(|b| !b.is_empty());
+    let machine_restarted = match (&boot, fs::read_to_string(&boot_file)) {
+        (Some(now), Ok(noted)) => noted.trim() != now,
+        _ => false,
+    };
     let engine = Engine::start(
         ports,
         EngineConfig {
             node: Some(node.clone()),
             limits: config.limits.clone(),
             slots,
+            machine_restarted,
         },
     )
     .await
     .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
+    if let Some(now) = boot {
+        // Noted once the records of the earlier boot are settled.
+        let noted = bpm_adapters::private::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&boot_file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{now}\n").as_bytes()));
+        if let Err(e) = noted {
+            tracing::warn!(error = %e, "cannot note the boot id; a reboot will read as a restart of bpm");
+        }
+    }
     if let Some(bus) = crate::wiring::open_commands(&choice, &prefix, &node)
         .await
         .map_err(|e| anyhow!("cannot open the commands of {}: {e}", describe(&choice)))?

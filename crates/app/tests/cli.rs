@@ -3617,3 +3617,72 @@ command = "exec sleep 300"
     }
     bpm.ok(&["down", "-f", f]);
 }
+
+/// kill -9 of the daemon, the keeper and every process they ran, then any
+/// command: what has a restart policy (or is a project's service) runs
+/// again, once, as a new record `restarted_from` the old; the rest is
+/// `lost` with the reason, `machine restarted` when the boot id changed
+/// (a reboot, simulated by the boot id the daemon noted). Kills at varied
+/// moments, in rounds.
+#[test]
+fn after_everything_is_killed_what_should_run_comes_back_once() {
+    let bpm = Bpm::new();
+    for round in 0..3u64 {
+        let keep = bpm.ok(&["run", "--restart", "always", "--", "sleep", "300"]);
+        let plain = bpm.ok(&["run", "--", "sleep", "300"]);
+        let (keep, plain) = (keep.trim().to_owned(), plain.trim().to_owned());
+        bpm.until_state(&keep, "running");
+        bpm.until_state(&plain, "running");
+        std::thread::sleep(Duration::from_millis(37 * round));
+        let pids: Vec<String> = bpm
+            .json(&["ps", "--json"])
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|r| r["pid"].as_u64())
+            .map(|p| p.to_string())
+            .collect();
+        let (daemon, keeper) = (bpm.daemon_pid(), keeper_pid(&bpm));
+        let mut kill = Command::new("kill");
+        kill.args(["-9", &daemon.to_string(), &keeper.to_string()])
+            .args(&pids);
+        assert!(kill.status().expect("kill").success());
+        while alive(daemon) || alive(keeper) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rebooted = round == 2;
+        if rebooted {
+            std::fs::write(bpm.home().join("boot_id"), "an-earlier-boot\n").expect("boot id");
+        }
+        // Any command brings the daemon back.
+        let all = bpm.json(&["ps", "--all", "--json"]);
+        let records = all.as_array().expect("array");
+        let reason = if rebooted {
+            "machine restarted"
+        } else {
+            "could not re-attach"
+        };
+        for old in [&keep, &plain] {
+            let r = bpm.json(&["show", old, "--json"]);
+            assert_eq!(r["state"], "lost", "{r}");
+            assert!(
+                r["error"].as_str().is_some_and(|e| e.contains(reason)),
+                "{r}"
+            );
+        }
+        let again: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|r| r["restarted_from"] == keep.as_str())
+            .collect();
+        assert_eq!(again.len(), 1, "runs again once: {all}");
+        let again = again[0]["id"].as_str().expect("id").to_owned();
+        bpm.until_state(&again, "running");
+        assert!(
+            !records
+                .iter()
+                .any(|r| r["restarted_from"] == plain.as_str()),
+            "a process without a restart policy does not come back: {all}"
+        );
+        bpm.ok(&["stop", &again]);
+    }
+}

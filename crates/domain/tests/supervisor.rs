@@ -1102,6 +1102,8 @@ fn a_restore_reattaches_live_processes_and_asks_again_for_spawns_under_way() {
             Input::ReattachFailed {
                 id: id(1),
                 pid: 101,
+                machine_restarted: false,
+                again: id(50),
             },
             t(11),
         )
@@ -1113,6 +1115,62 @@ fn a_restore_reattaches_live_processes_and_asks_again_for_spawns_under_way() {
             .error()
             .is_some_and(|e| e.contains("could not re-attach to pid 101"))
     );
+    assert!(
+        second.get(id(50)).is_none(),
+        "nothing else starts by itself"
+    );
+}
+
+/// After a reboot, a process not found again is lost with the reason
+/// `machine restarted`; one with a restart policy, or a project's
+/// service, starts again as a new record `restarted_from` it, once.
+#[test]
+fn after_a_reboot_what_would_run_again_comes_back_as_new_records() {
+    let mut always = ProcessSpec::argv(["serve"]);
+    always.restart.mode = bpm_domain::RestartMode::Always;
+    let mut service = ProcessSpec::argv(["web"]);
+    service.labels.insert(
+        bpm_domain::project::PROJECT_LABEL.parse().expect("key"),
+        "shop".parse().expect("value"),
+    );
+    let records = vec![
+        running(1, always, 0),
+        running(2, service, 0),
+        running(3, ProcessSpec::argv(["once"]), 0),
+    ];
+    let mut core = core(Limits::default());
+    core.restore(records, t(10));
+    for n in 1..=3 {
+        core.handle(
+            Input::ReattachFailed {
+                id: id(n),
+                pid: 4000 + u32::try_from(n).expect("small"),
+                machine_restarted: true,
+                again: id(10 + n),
+            },
+            t(11),
+        )
+        .expect("handled");
+        let lost = core.get(id(n)).expect("known");
+        assert_eq!(lost.state(), StateName::Lost);
+        assert!(
+            lost.lifecycle()
+                .error()
+                .is_some_and(|e| e.starts_with("machine restarted")),
+            "{:?}",
+            lost.lifecycle().error()
+        );
+    }
+    for n in [11, 12] {
+        let again = core.get(id(n)).expect("came back");
+        assert_eq!(again.restarted_from(), Some(id(n - 10)));
+        assert!(!again.is_terminal());
+    }
+    assert!(
+        core.get(id(13)).is_none(),
+        "a plain process does not come back"
+    );
+    core.check_invariants().expect("consistent");
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub(crate) struct Driver {
     pub(crate) slots: crate::SlotsCell,
     /// File watches under way ([`bpm_domain::Effect::WatchFiles`]), by record.
     pub(crate) watches: HashMap<ProcessId, tokio::task::AbortHandle>,
+    /// The machine restarted since the store's records were last written
+    /// ([`crate::EngineConfig::machine_restarted`]).
+    pub(crate) machine_restarted: bool,
 }
 
 /// A caller's answer, held until the spawns of the records it submitted have ended.
@@ -72,6 +75,7 @@ impl Driver {
             syncs: Syncs::default(),
             slots: crate::SlotsCell::default(),
             watches: HashMap::new(),
+            machine_restarted: false,
         }
     }
 

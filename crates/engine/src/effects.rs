@@ -280,7 +280,12 @@ impl Driver {
         if held {
             return None;
         }
-        self.follow(Input::ReattachFailed { id, pid })
+        self.follow(Input::ReattachFailed {
+            id,
+            pid,
+            machine_restarted: self.machine_restarted,
+            again: self.ports.ids.next_id(),
+        })
     }
 
     /// The effects of an input an effect led to.

@@ -83,6 +83,10 @@ pub struct EngineConfig {
     /// every node shares. Without it, each is kept as this node's own
     /// group limit.
     pub slots: Option<Arc<dyn bpm_ports::ClusterSlots>>,
+    /// The machine restarted since this node's records were last written
+    /// (its boot id changed): processes that are not found again are
+    /// `lost` with the reason `machine restarted`.
+    pub machine_restarted: bool,
 }
 
 /// Where cluster-wide slots are taken, shared by the engine and its loop.
@@ -195,6 +199,7 @@ impl Engine {
             let _ = slots.set(given);
         }
         driver.slots = slots;
+        driver.machine_restarted = config.machine_restarted;
         let effects = driver.core.restore(records, ports.clock.now());
         driver.execute(effects).await?;
         if !gone.is_empty() {

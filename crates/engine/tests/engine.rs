@@ -2215,6 +2215,7 @@ async fn a_cluster_slot_ask_without_an_answer_is_asked_again() {
             node: None,
             limits,
             slots: Some(Arc::new(slots)),
+            ..EngineConfig::default()
         },
     )
     .await

@@ -407,11 +407,19 @@ pub enum Input {
     },
     /// After a restart, the process of `id` could not be taken over again
     /// ([`Effect::Reattach`]): it is gone, or is no longer the record's.
+    /// The record is lost, with the reason; one that would run again (a
+    /// restart policy, or a project's service) starts again as `again`,
+    /// `restarted_from` it.
     ReattachFailed {
         /// The record.
         id: ProcessId,
         /// The process that was not found.
         pid: u32,
+        /// The machine restarted since the record's process was started
+        /// (its boot id changed): the reason says so.
+        machine_restarted: bool,
+        /// A fresh id, for the record that runs it again.
+        again: ProcessId,
     },
     /// Whether this node holds its lease ([`crate::cluster`]). When it no
     /// longer does (`held: false`, a whole lease after its last renewal

@@ -438,12 +438,12 @@ impl Supervisor {
                 self.transition(id, Transition::Lose { reason }, now)?;
                 Ok(())
             }
-            Input::ReattachFailed { id, pid } => {
-                self.own(id)?;
-                let reason = format!("bpm restarted and could not re-attach to pid {pid}");
-                self.transition(id, Transition::Lose { reason }, now)?;
-                Ok(())
-            }
+            Input::ReattachFailed {
+                id,
+                pid,
+                machine_restarted,
+                again,
+            } => self.reattach_failed(id, pid, machine_restarted, again, now),
             Input::Lease { held } => {
                 self.lease(held, now);
                 Ok(())

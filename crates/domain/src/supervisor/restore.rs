@@ -180,4 +180,36 @@ impl Supervisor {
             );
         }
     }
+
+    /// `id`'s process was not found after a restart (of bpm, or of the
+    /// machine): it is lost with the reason, and started again as `again`
+    /// when it would run again by itself: a restart policy that restarts
+    /// it, or a project's service (a project that was up comes back up).
+    /// Nothing else starts by itself.
+    pub(super) fn reattach_failed(
+        &mut self,
+        id: ProcessId,
+        pid: u32,
+        machine_restarted: bool,
+        again: ProcessId,
+        now: Timestamp,
+    ) -> Result<(), crate::CoreError> {
+        let record = self.own(id)?;
+        let comes_back = record.spec().restart.mode != crate::RestartMode::Never
+            || record
+                .spec()
+                .labels
+                .keys()
+                .any(|k| k.as_str() == crate::project::PROJECT_LABEL);
+        let reason = if machine_restarted {
+            format!("machine restarted: pid {pid} ran before the reboot")
+        } else {
+            format!("bpm restarted and could not re-attach to pid {pid}")
+        };
+        self.transition(id, Transition::Lose { reason }, now)?;
+        if comes_back && !self.entries.contains_key(&again) {
+            self.restart(id, again, now)?;
+        }
+        Ok(())
+    }
 }

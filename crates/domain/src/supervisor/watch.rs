@@ -120,8 +120,13 @@ impl Supervisor {
         chain.truncate(new_ids.len());
         let renamed: HashMap<ProcessId, ProcessId> =
             chain.iter().copied().zip(new_ids.iter().copied()).collect();
-        for old in chain {
-            let _ = self.replace_on_change(old, renamed[&old], &renamed, now);
+        for &old in &chain {
+            let _ = self.renew(old, renamed[&old], &renamed, now);
+        }
+        // The last dependents first: each old record ends cancelled, not
+        // failed for a dependency stopped before it.
+        for &old in chain.iter().rev() {
+            let _ = self.stop_replaced(old, renamed[&old], now);
         }
     }
 
@@ -129,6 +134,18 @@ impl Supervisor {
     /// its dependencies on records restarted with it (`renamed`) moved to
     /// their new records.
     pub(super) fn replace_on_change(
+        &mut self,
+        old: ProcessId,
+        new: ProcessId,
+        renamed: &HashMap<ProcessId, ProcessId>,
+        now: Timestamp,
+    ) -> Result<(), crate::CoreError> {
+        self.renew(old, new, renamed, now)?;
+        self.stop_replaced(old, new, now)
+    }
+
+    /// The record `new` repeating `old`, dependencies moved by `renamed`.
+    fn renew(
         &mut self,
         old: ProcessId,
         new: ProcessId,
@@ -150,7 +167,21 @@ impl Supervisor {
         let mut event = Event::new(EventKind::Restarted, &self.entries[&old].record, now);
         event.related = Some(new);
         self.out.push(Effect::Publish(Box::new(event)));
-        if !self.entries[&old].record.is_terminal() {
+        Ok(())
+    }
+
+    /// Stops `old`, replaced by `new`, unless it ended.
+    fn stop_replaced(
+        &mut self,
+        old: ProcessId,
+        new: ProcessId,
+        now: Timestamp,
+    ) -> Result<(), crate::CoreError> {
+        if self
+            .entries
+            .get(&old)
+            .is_some_and(|e| !e.record.is_terminal())
+        {
             self.stop(old, StopCause::Replaced { by: new }, false, None, now)?;
         }
         Ok(())
