@@ -3686,3 +3686,92 @@ fn after_everything_is_killed_what_should_run_comes_back_once() {
         bpm.ok(&["stop", &again]);
     }
 }
+
+/// `bpm daemon install` writes a user unit that runs this bpm's daemon
+/// for this `BPM_HOME`, leaving the keeper and the processes to run on when
+/// the unit stops, and enables it; it says how to start at boot when
+/// lingering is off; `uninstall` disables and removes it. Where systemd
+/// does not answer, it installs nothing and prints the unit. (This machine
+/// runs no systemd: `systemctl` and `loginctl` are stand-ins on PATH that
+/// note their arguments, and answer as a running one, or a missing one.)
+#[test]
+fn daemon_install_writes_and_enables_a_user_unit() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let log = dir.path().join("calls");
+    let script = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    };
+    script(
+        "systemctl",
+        &format!("echo \"$*\" >> '{}'; exit 0", log.display()),
+    );
+    script("loginctl", "echo no");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let config = dir.path().join("config");
+    let run = |args: &[&str]| {
+        bpm.cmd(args)
+            .env("PATH", &path)
+            .env("XDG_CONFIG_HOME", &config)
+            .env("USER", "tester")
+            .output()
+            .expect("bpm runs")
+    };
+    let out = run(&["daemon", "install"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("loginctl enable-linger tester"), "{said}");
+    let unit = std::fs::read_to_string(config.join("systemd/user/bpm.service")).expect("unit");
+    assert!(
+        unit.contains(&format!(
+            "ExecStart=\"{}\" daemon",
+            env!("CARGO_BIN_EXE_bpm")
+        )) && unit.contains(&format!(
+            "Environment=\"BPM_HOME={}\"",
+            bpm.home().display()
+        )) && unit.contains("KillMode=process")
+            && unit.contains("WantedBy=default.target"),
+        "{unit}"
+    );
+    let calls = std::fs::read_to_string(&log).expect("calls");
+    assert!(
+        calls.contains("--user daemon-reload") && calls.contains("--user enable bpm.service"),
+        "{calls}"
+    );
+    let out = run(&["daemon", "uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!config.join("systemd/user/bpm.service").exists());
+    let calls = std::fs::read_to_string(&log).expect("calls");
+    assert!(calls.contains("--user disable bpm.service"), "{calls}");
+
+    // No systemd: nothing written, the unit printed, exit 1.
+    script(
+        "systemctl",
+        "echo 'Failed to connect to bus: No medium found' >&2; exit 1",
+    );
+    let out = run(&["daemon", "install"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("systemd does not run") && err.contains("Failed to connect"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[Service]"));
+    assert!(!config.join("systemd/user/bpm.service").exists());
+}

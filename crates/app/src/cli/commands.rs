@@ -186,6 +186,8 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
             daemon::stop(home, kill_all).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(DaemonAction::Install) => super::unit::install(home),
+        Some(DaemonAction::Uninstall) => super::unit::uninstall(),
     }
 }
 

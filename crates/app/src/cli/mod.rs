@@ -24,6 +24,7 @@ mod project;
 mod resolve;
 mod table;
 mod top;
+mod unit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -594,6 +595,11 @@ pub enum DaemonAction {
         #[arg(long)]
         kill_all: bool,
     },
+    /// Write and enable a systemd user unit that starts the daemon at
+    /// login (at boot with lingering), for this state directory.
+    Install,
+    /// Disable and remove that unit.
+    Uninstall,
 }
 
 /// Ends the command, successfully, when `written` failed because the reader
