@@ -9,11 +9,14 @@
 //! services, `READY=1` to `up --wait`, and health checks' cost,
 //! `BPM_BENCH=owners` for an owner's
 //! death to its record's end and the memory an owner costs,
-//! `BPM_BENCH=idle` for `ps` while 2,500 silent connections are held)
+//! `BPM_BENCH=idle` for `ps` while 2,500 silent connections are held,
+//! `BPM_BENCH=watch` for a save to the watched process's restart, beside
+//! `bpm restart`, and what a watch and an env file cost)
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -444,6 +447,165 @@ fn sleeper() -> std::process::Child {
 /// beside the time from a record's own process's `kill -9` to the same
 /// (the floor, measured alternating); and what the daemon's memory grows
 /// by per owner watched, against records without owners.
+/// Waits (up to 10 s) until `mark` holds other text than `before`;
+/// returns it, as the nanoseconds since the epoch a process wrote there.
+fn next_mark(mark: &Path, before: &str) -> u128 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = std::fs::read_to_string(mark).unwrap_or_default();
+        if now != before && !now.trim().is_empty() {
+            return now.trim().parse().expect("nanoseconds");
+        }
+        assert!(Instant::now() < deadline, "no restart");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn epoch_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos()
+}
+
+/// A save under a watched directory to the new process's start, less the
+/// debounce, beside `bpm restart` from a shell to the new process's start;
+/// then what an env file adds to `bpm run`, and a watch to the daemon.
+fn watches() {
+    const DEBOUNCE_MS: u128 = 50;
+    let dir = home("");
+    let src = tempfile::tempdir().expect("src");
+    let mark = src.path().join("started");
+    let line = format!("date +%s%N > '{}'; exec sleep 300", mark.display());
+    let watched = src.path().join("watched");
+    std::fs::create_dir(&watched).expect("dir");
+    let id = bpm(
+        dir.path(),
+        &[
+            "run",
+            "--name",
+            "watched",
+            "--watch",
+            &watched.display().to_string(),
+            "--watch-debounce",
+            &format!("{DEBOUNCE_MS}ms"),
+            "--",
+            "sh",
+            "-c",
+            &line,
+        ],
+    );
+    let mut seen = next_mark(&mark, "").to_string();
+    let n = 20;
+    let (mut saved, mut restarted) = (Vec::new(), Vec::new());
+    let mut current = id.trim().to_owned();
+    for i in 0..n {
+        std::thread::sleep(Duration::from_millis(150));
+        let t = epoch_nanos();
+        std::fs::write(watched.join("file.txt"), format!("{i}")).expect("write");
+        let started = next_mark(&mark, &seen);
+        seen = started.to_string();
+        saved.push(Duration::from_nanos(
+            u64::try_from(started.saturating_sub(t + DEBOUNCE_MS * 1_000_000)).unwrap_or(0),
+        ));
+        std::thread::sleep(Duration::from_millis(150));
+        let listed = bpm(dir.path(), &["ps", "--json"]);
+        current = serde_json::from_str::<serde_json::Value>(&listed)
+            .expect("JSON")
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == "watched"))
+            .and_then(|r| r["id"].as_str())
+            .unwrap_or(&current)
+            .to_owned();
+        let t = epoch_nanos();
+        let said = bpm(dir.path(), &["restart", &current]);
+        said.trim().clone_into(&mut current);
+        let started = next_mark(&mark, &seen);
+        seen = started.to_string();
+        restarted.push(Duration::from_nanos(
+            u64::try_from(started.saturating_sub(t)).unwrap_or(0),
+        ));
+    }
+    let (on_save, on_restart) = (median(saved), median(restarted));
+    println!(
+        "a save to the watched process's new start, less the {DEBOUNCE_MS} ms debounce (median of {n}): {:.2} ms; bpm restart from a shell to the new start: {:.2} ms; ratio {:.2}",
+        on_save.as_secs_f64() * 1e3,
+        on_restart.as_secs_f64() * 1e3,
+        on_save.as_secs_f64() / on_restart.as_secs_f64()
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+
+    // An env file read at each start, beside the same variables given inline.
+    let dir = home("");
+    let env = src.path().join("app.env");
+    let vars: String = (0..20).fold(String::new(), |mut all, i| {
+        let _ = writeln!(all, "VAR_{i}=value-{i}");
+        all
+    });
+    std::fs::write(&env, &vars).expect("env file");
+    let inline: Vec<String> = (0..20).map(|i| format!("VAR_{i}=value-{i}")).collect();
+    let mut with_file = vec!["run", "--env-file"];
+    let env_arg = env.display().to_string();
+    with_file.push(&env_arg);
+    with_file.extend(["--", "true"]);
+    let mut with_env = vec!["run"];
+    for kv in &inline {
+        with_env.extend(["--env", kv]);
+    }
+    with_env.extend(["--", "true"]);
+    let (mut files, mut flags) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        bpm(dir.path(), &with_file);
+        files.push(t.elapsed());
+        let t = Instant::now();
+        bpm(dir.path(), &with_env);
+        flags.push(t.elapsed());
+    }
+    let (by_file, by_flag) = (median(files), median(flags));
+    println!(
+        "bpm run with a 20-variable env file (median of 50, alternating): {:.2} ms; the same 20 as --env: {:.2} ms; ratio {:.2}",
+        by_file.as_secs_f64() * 1e3,
+        by_flag.as_secs_f64() * 1e3,
+        by_file.as_secs_f64() / by_flag.as_secs_f64()
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+
+    // What a watch costs the daemon: 200 processes, then 200 more watching a directory each.
+    let count: usize = 200;
+    let dir = home("[limits]\nmax_running = 1000\n");
+    let before = daemon_resident(dir.path());
+    for _ in 0..count {
+        bpm(dir.path(), &["run", "--", "sleep", "300"]);
+    }
+    let plain = daemon_resident(dir.path());
+    let trees = tempfile::tempdir().expect("trees");
+    for i in 0..count {
+        let d = trees.path().join(i.to_string());
+        std::fs::create_dir(&d).expect("dir");
+        bpm(
+            dir.path(),
+            &[
+                "run",
+                "--watch",
+                &d.display().to_string(),
+                "--",
+                "sleep",
+                "300",
+            ],
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let watched = daemon_resident(dir.path());
+    let per = |a: u64, b: u64| (a.saturating_sub(b) as f64) * 1024.0 / count as f64;
+    println!(
+        "daemon resident memory: {count} records +{:.0} bytes each; {count} watching a directory each +{:.0} bytes each",
+        per(plain.all, before.all),
+        per(watched.all, plain.all)
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 fn owners() {
     const GRACE_MS: u64 = 200;
     let dir = home("[limits]\nmax_running = 1000\n");
@@ -745,6 +907,7 @@ fn main() {
         Ok("ensure") => return ensure_cost(),
         Ok("owners") => return owners(),
         Ok("up") => return projects(),
+        Ok("watch") => return watches(),
         _ => {}
     }
     println!("the bpm command and its daemon (fs store, keeper)");

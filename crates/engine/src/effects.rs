@@ -113,7 +113,7 @@ impl Driver {
             Effect::ExitRecorded { id } => step.exits.push(id),
             Effect::TakeClusterSlot { id, group, limit } => self.take_slot(id, group, limit),
             Effect::WatchOwner { process } => self.watch_owner(process),
-            Effect::WatchFiles { id, watch } => self.watch_files(id, &watch),
+            Effect::WatchFiles { id, watch } => self.watch_files(id, watch),
             Effect::UnwatchFiles { id } => {
                 if let Some(task) = self.watches.remove(&id) {
                     task.abort();
@@ -123,19 +123,23 @@ impl Driver {
         None
     }
 
-    /// Watches a record's files beside the loop; each change comes back as
-    /// an input. A watch that cannot be set up is said in the log, and the
-    /// process runs on unwatched.
-    fn watch_files(&mut self, id: ProcessId, watch: &bpm_domain::FileWatch) {
-        let mut changes = match self.ports.host.watch_files(watch) {
-            Ok(changes) => changes,
-            Err(e) => {
-                tracing::warn!(%id, error = %e, "cannot watch the files of a process; it runs on without restarts on change");
-                return;
-            }
-        };
+    /// Watches a record's files beside the loop (set up off it: watching a
+    /// large tree walks it); each change comes back as an input. A watch
+    /// that cannot be set up is said in the log, and the process runs on
+    /// unwatched.
+    fn watch_files(&mut self, id: ProcessId, watch: bpm_domain::FileWatch) {
         let tx = self.tx.clone();
+        let host = std::sync::Arc::clone(&self.ports.host);
         let task = tokio::spawn(async move {
+            let set_up = tokio::task::spawn_blocking(move || host.watch_files(&watch)).await;
+            let mut changes = match set_up {
+                Ok(Ok(changes)) => changes,
+                Ok(Err(e)) => {
+                    tracing::warn!(%id, error = %e, "cannot watch the files of a process; it runs on without restarts on change");
+                    return;
+                }
+                Err(_) => return,
+            };
             while changes.recv().await.is_some() {
                 if tx.send(Msg::FilesChanged(id)).is_err() {
                     return;

@@ -23,6 +23,8 @@ const AUTO: usize = 8;
 pub struct OsHost {
     /// Directories whose changes no file watch counts.
     unwatched: Vec<PathBuf>,
+    /// Its file watches, on one inotify instance.
+    watches: std::sync::Arc<super::files::Watches>,
 }
 
 impl OsHost {
@@ -91,6 +93,6 @@ impl Host for OsHost {
     }
 
     fn watch_files(&self, watch: &FileWatch) -> Result<mpsc::Receiver<()>, WatchError> {
-        super::files::watch(watch, &self.unwatched)
+        self.watches.watch(watch, &self.unwatched)
     }
 }

@@ -155,3 +155,25 @@ pub async fn a_missing_path_is_not_watched(host: Arc<dyn Host>) {
         Ok(_) => panic!("a missing path was watched"),
     }
 }
+
+/// Watches are apart: a change reaches the watches of its path only, and
+/// one that ends (its receiver dropped), even on the same path, leaves
+/// the others watching.
+pub async fn watches_are_apart(host: Arc<dyn Host>) {
+    let (a, b) = (Scratch::new(), Scratch::new());
+    let mut on_a = host.watch_files(&watch_of(&a.0, &[])).expect("watch a");
+    let mut on_b = host.watch_files(&watch_of(&b.0, &[])).expect("watch b");
+    let also_a = host
+        .watch_files(&watch_of(&a.0, &[]))
+        .expect("watch a again");
+    std::fs::write(b.0.join("x"), "1").expect("write");
+    assert!(reported(&mut on_b).await, "b's change was not reported");
+    assert!(!reported(&mut on_a).await, "b's change reached a");
+    drop(also_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(a.0.join("x"), "1").expect("write");
+    assert!(
+        reported(&mut on_a).await,
+        "a stopped being watched with its twin"
+    );
+}

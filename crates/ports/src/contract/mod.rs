@@ -202,6 +202,7 @@ macro_rules! host_contract_tests {
             owners_are_known_and_their_end_noticed,
             changes_under_a_watch_are_reported,
             a_missing_path_is_not_watched,
+            watches_are_apart,
         );
     };
 }
