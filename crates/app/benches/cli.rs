@@ -453,8 +453,9 @@ fn next_mark(mark: &Path, before: &str) -> u128 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = std::fs::read_to_string(mark).unwrap_or_default();
-        if now != before && !now.trim().is_empty() {
-            return now.trim().parse().expect("nanoseconds");
+        let now = now.trim();
+        if now != before && !now.is_empty() {
+            return now.parse().expect("nanoseconds");
         }
         assert!(Instant::now() < deadline, "no restart");
         std::thread::sleep(Duration::from_micros(200));
