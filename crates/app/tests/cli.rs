@@ -3519,6 +3519,11 @@ fn a_burst_of_saves_restarts_a_watched_process_once() {
         .trim()
         .to_owned();
     bpm.until_state(&first, "running");
+    let shown = bpm.ok(&["show", &first]);
+    assert!(
+        shown.contains("debounce 200ms") && shown.contains("ignoring *.log"),
+        "{shown}"
+    );
     for i in 1..=20 {
         std::fs::write(src.join("app.txt"), format!("v{i}")).expect("write");
         std::thread::sleep(Duration::from_millis(5));

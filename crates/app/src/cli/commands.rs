@@ -1,5 +1,6 @@
 //! What each command does.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -1147,6 +1148,17 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
             .map(|f| f.display().to_string())
             .collect();
         field("env files", files.join(", "));
+    }
+    if let Some(w) = &spec.watch {
+        let paths: Vec<String> = w.paths.iter().map(|p| p.display().to_string()).collect();
+        let mut text = format!("{} (debounce {})", paths.join(", "), w.debounce);
+        if !w.ignore.is_empty() {
+            let _ = write!(text, ", ignoring {}", w.ignore.join(" "));
+        }
+        if w.restart_dependents {
+            text.push_str(", with its dependents");
+        }
+        field("watch", text);
     }
     if let Some(h) = r.health() {
         let text = match (h.healthy, &h.last_failure) {
