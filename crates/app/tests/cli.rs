@@ -3124,8 +3124,8 @@ ready = {{ notify = true }}
     bpm.ok(&["down", "-f", f]);
 }
 
-/// A Procfile runs with a port per process, as foreman hands them out;
-/// a process-compose file from its documentation runs unchanged, the keys
+/// A Procfile runs with a port per process, as foreman hands them out,
+/// and the `.env` beside it; a process-compose file from its documentation runs unchanged, the keys
 /// bpm does not act on named in a warning.
 #[test]
 fn procfiles_and_process_compose_files_run_as_they_are() {
@@ -3134,9 +3134,10 @@ fn procfiles_and_process_compose_files_run_as_they_are() {
     let procfile = dir.path().join("Procfile");
     std::fs::write(
         &procfile,
-        "# the usual pair\nweb: exec python3 -m http.server --bind 127.0.0.1 $PORT\nworker: echo \"worker on $PORT\"; exec sleep 300\n",
+        "# the usual pair\nweb: exec python3 -m http.server --bind 127.0.0.1 $PORT\nworker: echo \"worker $QUEUE on $PORT\"; exec sleep 300\n",
     )
     .expect("Procfile");
+    std::fs::write(dir.path().join(".env"), "QUEUE=emails\n").expect(".env");
     let out = bpm.ok(&[
         "up",
         "-f",
@@ -3166,6 +3167,15 @@ fn procfiles_and_process_compose_files_run_as_they_are() {
         })
         .collect();
     assert_eq!(ports.len(), 2, "one port each");
+    let worker = &up["worker"].0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bpm.ok(&["logs", worker]).starts_with("worker emails on ") {
+        assert!(
+            Instant::now() < deadline,
+            "the .env never reached the worker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     bpm.ok(&["down", "-f", procfile.to_str().expect("utf-8")]);
 
     // From process-compose's documentation (launcher page), unchanged.

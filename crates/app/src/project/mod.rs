@@ -544,6 +544,9 @@ fn procfile(
     env: &Environment,
 ) -> Result<Project, String> {
     let mut services = Vec::new();
+    // A `.env` beside the Procfile is read, as foreman and honcho do (and
+    // again at each start).
+    let dotenv = dir.join(".env").is_file();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -555,6 +558,7 @@ fn procfile(
         let table = ServiceTable {
             command: Some(command.trim().to_owned()),
             port: Some(PortValue::Text("auto".into())),
+            env_file: dotenv.then(|| OneOrMany::One(".env".into())),
             ..ServiceTable::default()
         };
         let name = name.trim();
