@@ -3790,3 +3790,40 @@ fn daemon_install_writes_and_enables_a_user_unit() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("[Service]"));
     assert!(!config.join("systemd/user/bpm.service").exists());
 }
+
+/// `bpm input` types into a process started with `--stdin`: TEXT and a
+/// newline, or its own standard input as it is; a process without a pipe
+/// is refused, saying so.
+#[test]
+fn input_types_into_a_process() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&[
+        "run",
+        "--stdin",
+        "--",
+        "sh",
+        "-c",
+        "read a; echo \"got $a\"; read b; echo \"then $b\"",
+    ]);
+    let id = id.trim();
+    bpm.until_state(id, "running");
+    bpm.ok(&["input", id, "hello"]);
+    let typed = bpm.feed(&["input", id], b"world\n");
+    assert!(
+        typed
+            .wait_with_output()
+            .expect("bpm input")
+            .status
+            .success()
+    );
+    bpm.ok(&["wait", id]);
+    assert_eq!(bpm.ok(&["logs", id]), "got hello\nthen world\n");
+
+    let closed = bpm.ok(&["run", "--", "sleep", "30"]);
+    let closed = closed.trim();
+    bpm.until_state(closed, "running");
+    let out = bpm.run(&["input", closed, "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stdin"), "{err}");
+}

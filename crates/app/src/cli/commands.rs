@@ -299,6 +299,25 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             out!("{} {}", r.id(), r.state());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Input {
+            id,
+            text,
+            no_newline,
+        } => {
+            let data = match text.as_deref() {
+                None | Some("-") => {
+                    let mut all = Vec::new();
+                    std::io::stdin().read_to_end(&mut all).map_err(|e| {
+                        CliError::failed(format!("cannot read standard input: {e}"))
+                    })?;
+                    all
+                }
+                Some(t) if no_newline => t.as_bytes().to_vec(),
+                Some(t) => format!("{t}\n").into_bytes(),
+            };
+            m.send_input(resolve(m, &id).await?, data).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restart {
             id,
             with_dependents,

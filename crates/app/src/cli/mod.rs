@@ -96,6 +96,17 @@ pub enum Command {
         /// Id or name.
         id: String,
     },
+    /// Type into a process started with --stdin: TEXT and a newline, or,
+    /// without TEXT (or with -), all of this command's standard input as it is.
+    Input {
+        /// Id or name.
+        id: String,
+        /// What to send; `-` or nothing: standard input.
+        text: Option<String>,
+        /// Send TEXT without the newline after it.
+        #[arg(short = 'n', long)]
+        no_newline: bool,
+    },
     /// Start a new record with the same spec; prints the new id.
     Restart {
         /// Id or name (inside a project's directory, a service's name).
