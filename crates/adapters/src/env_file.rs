@@ -26,15 +26,19 @@ pub fn read(files: &[PathBuf]) -> Result<Environment, SpawnError> {
 /// process starts ([`bpm_domain::ProcessSpec::env_files`]), and what a
 /// front end inherited from its caller's shell must not hide them. (A
 /// variable added to a file later that the shell set too keeps the
-/// shell's value.)
+/// shell's value.) Returns the files' variables as they read now.
 ///
 /// # Errors
 /// Those of [`read`].
-pub fn make_room(inherited: &mut Environment, files: &[PathBuf]) -> Result<(), SpawnError> {
-    for name in read(files)?.keys() {
+pub fn make_room(
+    inherited: &mut Environment,
+    files: &[PathBuf],
+) -> Result<Environment, SpawnError> {
+    let vars = read(files)?;
+    for name in vars.keys() {
         inherited.remove(name);
     }
-    Ok(())
+    Ok(vars)
 }
 
 fn read_one(path: &Path) -> Result<Vec<(String, String)>, SpawnError> {

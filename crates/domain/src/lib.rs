@@ -40,7 +40,7 @@ pub use record::{
     RecordUpdate, RunningOn, Transition, TransitionKind, estimate_eta,
 };
 pub use spec::{
-    Backoff, Command, DEFAULT_WATCH_DEBOUNCE, Environment, FileWatch, HealthCheck, LogPattern,
+    Backoff, Command, DEFAULT_WATCH_DEBOUNCE_MS, Environment, FileWatch, HealthCheck, LogPattern,
     NameTaken, Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef,
     RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, Until,
     metadata_from_json,

@@ -574,7 +574,7 @@ pub struct ProcessSpec {
 
 /// How long a watch waits after a change for the next before it restarts
 /// the process: a burst of saves is one restart.
-pub const DEFAULT_WATCH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+pub const DEFAULT_WATCH_DEBOUNCE_MS: u64 = 300;
 
 /// Files whose changes restart a process: any change under `paths` (each
 /// a file or a directory, watched with everything under it), but those
@@ -596,6 +596,19 @@ pub struct FileWatch {
     /// each depending on the new record of what it depended on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restart_dependents: bool,
+}
+
+impl FileWatch {
+    /// A watch of `paths`, ignoring `ignore`, with `debounce` or
+    /// [`DEFAULT_WATCH_DEBOUNCE_MS`], restarting the record alone.
+    pub fn new(paths: Vec<PathBuf>, ignore: Vec<String>, debounce: Option<Span>) -> Self {
+        FileWatch {
+            paths,
+            ignore,
+            debounce: debounce.unwrap_or_else(|| Span::from_millis(DEFAULT_WATCH_DEBOUNCE_MS)),
+            restart_dependents: false,
+        }
+    }
 }
 
 /// A liveness check: run every `every` while the process runs; after

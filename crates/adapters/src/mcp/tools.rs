@@ -314,17 +314,13 @@ impl McpServer {
             for p in &paths {
                 policy.check_path("watched path", p)?;
             }
-            let watch = bpm_domain::FileWatch {
+            let watch = bpm_domain::FileWatch::new(
                 paths,
-                ignore: a.watch_ignore.unwrap_or_default(),
-                debounce: match a.watch_debounce_secs {
-                    Some(d) => span(d, "watch_debounce_secs")?,
-                    None => {
-                        Span::new(bpm_domain::DEFAULT_WATCH_DEBOUNCE).map_err(|e| e.to_string())?
-                    }
-                },
-                restart_dependents: false,
-            };
+                a.watch_ignore.unwrap_or_default(),
+                a.watch_debounce_secs
+                    .map(|d| span(d, "watch_debounce_secs"))
+                    .transpose()?,
+            );
             crate::os::check_watch(&watch)?;
             spec.watch = Some(watch);
         } else if a.watch_ignore.is_some() || a.watch_debounce_secs.is_some() {

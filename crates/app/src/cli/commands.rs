@@ -631,16 +631,13 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         .transpose()?;
     if !a.watch.is_empty() {
         let here = std::env::current_dir().map_err(|e| bad(&e))?;
-        let watch = bpm_domain::FileWatch {
-            paths: a.watch.iter().map(|p| here.join(p)).collect(),
-            ignore: a.watch_ignore,
-            debounce: match a.watch_debounce {
-                Some(d) => span(&d, "--watch-debounce")?,
-                None => bpm_domain::Span::new(bpm_domain::DEFAULT_WATCH_DEBOUNCE)
-                    .map_err(|e| bad(&e))?,
-            },
-            restart_dependents: false,
-        };
+        let watch = bpm_domain::FileWatch::new(
+            a.watch.iter().map(|p| here.join(p)).collect(),
+            a.watch_ignore,
+            a.watch_debounce
+                .map(|d| span(&d, "--watch-debounce"))
+                .transpose()?,
+        );
         bpm_adapters::os::check_watch(&watch)
             .map_err(|e| CliError::invalid(format!("--watch: {e}")))?;
         spec.watch = Some(watch);

@@ -158,20 +158,29 @@ fn depends_on(v: &Value) -> Result<DependsOn, String> {
     Ok(DependsOn::Conditions(out))
 }
 
-/// A readiness probe: `exec.command` or `http_get`.
-fn probe(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<ReadyTable, String> {
-    let mut ready = ReadyTable::default();
+/// What a probe runs: `exec.command` (first) or `http_get`'s URL.
+fn probe_target(v: &Value) -> Result<(Option<String>, Option<String>), String> {
     if let Some(cmd) = v
         .get("exec")
         .and_then(|e| e.get("command"))
         .and_then(Value::as_str)
     {
-        ready.exec = Some(cmd.to_owned());
+        Ok((Some(cmd.to_owned()), None))
     } else if let Some(h) = v.get("http_get") {
-        ready.http = Some(http_url(h)?);
+        Ok((None, Some(http_url(h)?)))
     } else {
-        return Err("expected exec or http_get".into());
+        Err("expected exec or http_get".into())
     }
+}
+
+/// A readiness probe: `exec.command` or `http_get`.
+fn probe(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<ReadyTable, String> {
+    let (exec, http) = probe_target(v)?;
+    let ready = ReadyTable {
+        http,
+        exec,
+        ..ReadyTable::default()
+    };
     for key in [
         "initial_delay_seconds",
         "period_seconds",
@@ -191,18 +200,12 @@ fn probe(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<ReadyTable,
 /// A liveness probe: `exec.command` or `http_get`, with
 /// `period_seconds`, `failure_threshold` and `timeout_seconds`.
 fn liveness(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<HealthTable, String> {
-    let mut health = HealthTable::default();
-    if let Some(cmd) = v
-        .get("exec")
-        .and_then(|e| e.get("command"))
-        .and_then(Value::as_str)
-    {
-        health.exec = Some(cmd.to_owned());
-    } else if let Some(h) = v.get("http_get") {
-        health.http = Some(http_url(h)?);
-    } else {
-        return Err("expected exec or http_get".into());
-    }
+    let (exec, http) = probe_target(v)?;
+    let mut health = HealthTable {
+        http,
+        exec,
+        ..HealthTable::default()
+    };
     health.every = v
         .get("period_seconds")
         .and_then(Value::as_u64)

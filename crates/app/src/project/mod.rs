@@ -161,20 +161,18 @@ fn watch(t: &ServiceTable, dir: &Path) -> Result<Option<bpm_domain::FileWatch>, 
         }
         return Ok(None);
     };
-    let watch = bpm_domain::FileWatch {
-        paths: paths.all().into_iter().map(|p| dir.join(p)).collect(),
-        ignore: t
-            .watch_ignore
+    let mut watch = bpm_domain::FileWatch::new(
+        paths.all().into_iter().map(|p| dir.join(p)).collect(),
+        t.watch_ignore
             .as_ref()
             .map(|i| i.all().into_iter().map(str::to_owned).collect())
             .unwrap_or_default(),
-        debounce: match &t.watch_debounce {
-            Some(d) => duration(d, "watch_debounce")?,
-            None => bpm_domain::Span::new(bpm_domain::DEFAULT_WATCH_DEBOUNCE)
-                .map_err(|e| e.to_string())?,
-        },
-        restart_dependents: t.restart_dependents.unwrap_or(false),
-    };
+        t.watch_debounce
+            .as_deref()
+            .map(|d| duration(d, "watch_debounce"))
+            .transpose()?,
+    );
+    watch.restart_dependents = t.restart_dependents.unwrap_or(false);
     bpm_adapters::os::check_watch(&watch).map_err(|e| format!("watch: {e}"))?;
     Ok(Some(watch))
 }
@@ -303,12 +301,9 @@ pub(crate) fn resolve(
         .into_iter()
         .map(|f| dir.join(f))
         .collect();
-    let mut own: Environment =
-        bpm_adapters::env_file::read(&spec.env_files).map_err(|e| format!("env_file: {e}"))?;
     let mut inherited = inherited.clone();
-    for name in own.keys() {
-        inherited.remove(name);
-    }
+    let mut own: Environment = bpm_adapters::env_file::make_room(&mut inherited, &spec.env_files)
+        .map_err(|e| format!("env_file: {e}"))?;
     for (k, v) in &t.env {
         own.insert(k.as_str().into(), v.as_str().into());
     }

@@ -102,12 +102,11 @@ impl Drop for Scratch {
 }
 
 fn watch_of(dir: &std::path::Path, ignore: &[&str]) -> bpm_domain::FileWatch {
-    bpm_domain::FileWatch {
-        paths: vec![dir.to_path_buf()],
-        ignore: ignore.iter().map(|g| (*g).to_owned()).collect(),
-        debounce: bpm_domain::Span::from_millis(100),
-        restart_dependents: false,
-    }
+    bpm_domain::FileWatch::new(
+        vec![dir.to_path_buf()],
+        ignore.iter().map(|g| (*g).to_owned()).collect(),
+        Some(bpm_domain::Span::from_millis(100)),
+    )
 }
 
 /// Whether a change is reported within a second.
