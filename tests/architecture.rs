@@ -29,8 +29,20 @@ const FORBIDDEN_IN_DOMAIN: &[&str] = &[
     "tracing",
 ];
 
-/// The only direct dependencies the domain may have: pure data and text crates.
-const ALLOWED_DIRECT_IN_DOMAIN: &[&str] = &["regex", "serde", "serde_json", "thiserror", "uuid"];
+/// The only direct dependencies the domain may have: pure data and text
+/// crates. `chrono` comes without its `clock` feature (no `now()`), and
+/// `chrono-tz` and `croner` are calendar arithmetic over compiled-in time
+/// zone data: schedules' due times.
+const ALLOWED_DIRECT_IN_DOMAIN: &[&str] = &[
+    "chrono",
+    "chrono-tz",
+    "croner",
+    "regex",
+    "serde",
+    "serde_json",
+    "thiserror",
+    "uuid",
+];
 
 struct Graph {
     /// package id → (name, normal dependency ids)

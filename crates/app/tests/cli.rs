@@ -3827,3 +3827,163 @@ fn input_types_into_a_process() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stdin"), "{err}");
 }
+
+/// The runs of schedule `id`, oldest first.
+fn runs_of(bpm: &Bpm, id: &str) -> Vec<serde_json::Value> {
+    let mut runs: Vec<serde_json::Value> = bpm
+        .json(&["ps", "--all", "--json"])
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["scheduled_from"] == id)
+        .cloned()
+        .collect();
+    runs.sort_by_key(|r| r["started_at"].as_str().unwrap_or_default().to_owned());
+    runs
+}
+
+/// A schedule (`--every`) starts a run, a record of its own, at each due
+/// time; with the default overlap a due time that finds its last run live
+/// is skipped, so runs never overlap; a kill -9 of the daemon neither runs
+/// a due time twice nor loses the schedule; pause, resume and
+/// `stop --all-runs` act on it.
+#[test]
+fn a_schedule_runs_each_due_time_once_through_a_daemon_kill() {
+    let bpm = Bpm::new();
+    let tick = bpm.ok(&[
+        "run",
+        "--every",
+        "1s",
+        "--name",
+        "tick",
+        "--",
+        "sh",
+        "-c",
+        "echo run; sleep 0.2",
+    ]);
+    let tick = tick.trim();
+    let slow = bpm.ok(&[
+        "run", "--every", "1s", "--name", "slow", "--", "sleep", "1.5",
+    ]);
+    let slow = slow.trim();
+    std::thread::sleep(Duration::from_millis(3500));
+    let ticks = runs_of(&bpm, tick);
+    assert_eq!(ticks.len(), 3, "three due times in 3.5 s: {ticks:#?}");
+    for run in &ticks {
+        assert_eq!(run["state"], "completed");
+        assert_eq!(bpm.ok(&["logs", run["id"].as_str().expect("id")]), "run\n");
+    }
+    let slows = runs_of(&bpm, slow);
+    assert_eq!(
+        slows.len(),
+        2,
+        "the due time that found a run live was skipped: {slows:#?}"
+    );
+    assert!(
+        slows[1]["started_at"].as_str() >= slows[0]["ended_at"].as_str(),
+        "runs never overlap: {slows:#?}"
+    );
+    let shown = bpm.json(&["show", "slow", "--json"]);
+    assert_eq!(shown["state"], "running");
+    assert_eq!(shown["pid"], serde_json::Value::Null);
+    assert!(
+        shown["schedule"]["skipped"].as_u64() >= Some(1),
+        "{shown:#}"
+    );
+    let table = bpm.ok(&["ps"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("tick") && l.contains("scheduled")),
+        "{table}"
+    );
+
+    // kill -9 of the daemon: the schedule goes on under the next one, and
+    // no due time runs twice (a run's id follows from its due time).
+    let pid = bpm.daemon_pid();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    until_gone(pid, "the daemon survived kill -9");
+    std::thread::sleep(Duration::from_millis(300));
+    bpm.ok(&["ps"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let ticks = runs_of(&bpm, tick);
+    let shown = bpm.json(&["show", "tick", "--json"]);
+    let state = &shown["schedule"];
+    assert_eq!(
+        state["runs"].as_u64(),
+        Some(ticks.len() as u64),
+        "every run it counted is a record: {shown:#}"
+    );
+    assert!(ticks.len() >= 5, "it ran on after the kill: {ticks:#?}");
+    // A run's id carries its due time (its first 48 bits, in ms): the
+    // due times are distinct and on the schedule's cadence.
+    let due_of = |r: &serde_json::Value| {
+        let id = r["id"].as_str().expect("id").replace('-', "");
+        u64::from_str_radix(&id[..12], 16).expect("hex")
+    };
+    let mut dues: Vec<u64> = ticks.iter().map(due_of).collect();
+    dues.sort_unstable();
+    dues.dedup();
+    assert_eq!(dues.len(), ticks.len(), "one run per due time: {ticks:#?}");
+    assert!(
+        dues.windows(2).all(|w| (w[1] - w[0]) % 1000 == 0),
+        "due times a whole number of periods apart: {dues:?}"
+    );
+    // Paused, it starts nothing; resumed, it goes on.
+    bpm.ok(&["pause", "tick"]);
+    let paused_runs = runs_of(&bpm, tick).len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(runs_of(&bpm, tick).len(), paused_runs);
+    assert!(bpm.ok(&["resume", "tick"]).contains("running"));
+    std::thread::sleep(Duration::from_millis(1300));
+    assert!(runs_of(&bpm, tick).len() > paused_runs);
+
+    // A stop of the schedule leaves its live run; --all-runs stops it too.
+    let live = runs_of(&bpm, slow)
+        .into_iter()
+        .find(|r| r["state"] == "running");
+    let out = bpm.ok(&["stop", "--all-runs", "slow"]);
+    assert!(out.contains("cancelled"), "{out}");
+    if let Some(run) = live {
+        assert_eq!(bpm.state(run["id"].as_str().expect("id")), "cancelled");
+    }
+    assert!(bpm.ok(&["stop", "tick"]).contains("cancelled"));
+    let stopped = runs_of(&bpm, tick).len();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(runs_of(&bpm, tick).len(), stopped, "no run after its stop");
+
+    // What cannot work is refused by name.
+    let err = bpm.fails(&["run", "--cron", "*/5 * * *", "--", "true"], 4);
+    assert!(err.contains("five standard fields"), "{err}");
+    let err = bpm.fails(
+        &[
+            "run",
+            "--cron",
+            "0 9 * * *",
+            "--tz",
+            "Mars/Olympus",
+            "--",
+            "true",
+        ],
+        4,
+    );
+    assert!(err.contains("unknown time zone \"Mars/Olympus\""), "{err}");
+    let err = bpm.fails(
+        &[
+            "run",
+            "--every",
+            "1s",
+            "--overlap",
+            "sometimes",
+            "--",
+            "true",
+        ],
+        4,
+    );
+    assert!(err.contains("expected skip, queue or allow"), "{err}");
+    let err = bpm.fails(&["run", "--jitter", "5s", "--", "true"], 4);
+    assert!(err.contains("need a schedule"), "{err}");
+}

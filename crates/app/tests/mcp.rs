@@ -73,6 +73,7 @@ impl World {
                 std::env::var("PATH").unwrap_or_default().into(),
             )]),
             owner: None,
+            time_zone: "Europe/Paris".into(),
         };
         let server = McpServer::new(self.manager.clone(), policy, defaults, "test");
         let (server_side, client_side) = tokio::io::duplex(1 << 16);
@@ -1029,4 +1030,54 @@ async fn a_watched_process_restarts_on_change() {
     )
     .await;
     assert!(msg.contains("no-such-dir"), "{msg}");
+}
+
+/// `every` makes a schedule: its runs are records of their own with
+/// `scheduled_from`; `cron` reads its hours in the server's zone unless the
+/// call names one; a bad expression is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_and_cron_make_schedules() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    let p = ok(
+        &c,
+        "start_background_process",
+        json!({"command": "echo ran", "every": "1s", "run_now": true}),
+    )
+    .await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    assert_eq!(p["spec"]["schedule"]["every"], "1s", "{p}");
+    let mut runs = Vec::new();
+    for _ in 0..150 {
+        let list = ok(&c, "list_background_processes", json!({})).await;
+        runs = list["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter(|r| r["scheduled_from"] == id.as_str())
+            .cloned()
+            .collect();
+        if runs.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        runs.len() >= 2,
+        "a run now and one a second later: {runs:#?}"
+    );
+    let cron = ok(
+        &c,
+        "start_background_process",
+        json!({"command": "true", "cron": "0 9 * * *"}),
+    )
+    .await;
+    assert_eq!(cron["spec"]["schedule"]["tz"], "Europe/Paris", "{cron}");
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"command": "true", "cron": "0 9 * *"}),
+    )
+    .await;
+    assert!(msg.contains("five standard fields"), "{msg}");
 }

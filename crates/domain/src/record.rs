@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ExitStatus, GroupName, Lifecycle, NodeId, ProcessId, ProcessSpec, ReadinessCheck, SessionId,
-    StateName, StopCause, Timestamp,
+    ExitStatus, GroupName, Lifecycle, NodeId, ProcessId, ProcessSpec, ReadinessCheck,
+    ScheduleState, SessionId, StateName, StopCause, Timestamp,
 };
 
 /// A percentage from 0 to 100.
@@ -228,6 +228,12 @@ struct Record {
     /// What its health check says ([`ProcessSpec::health`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     health: Option<Box<Health>>,
+    /// The schedule that started it, for a schedule's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scheduled_from: Option<ProcessId>,
+    /// Where a schedule stands ([`ProcessSpec::schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<Box<ScheduleState>>,
     version: u64,
 }
 
@@ -272,6 +278,10 @@ pub struct RecordUpdate {
     port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     health: Option<Health>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scheduled_from: Option<ProcessId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleState>,
     version: u64,
 }
 
@@ -368,6 +378,13 @@ pub enum Transition {
         /// The last failure's output.
         detail: Option<String>,
     },
+    /// A schedule moved on (a run started, a due time was skipped or
+    /// missed, its next due time changed): the record notes where it
+    /// stands while it is live ([`ProcessRecord::schedule`]).
+    Scheduled {
+        /// Where it stands now.
+        state: ScheduleState,
+    },
 }
 
 /// The kind of a [`Transition`], for error messages and tables.
@@ -394,6 +411,7 @@ pub enum TransitionKind {
     Reach,
     LeaderExited,
     Health,
+    Scheduled,
 }
 
 impl TransitionKind {
@@ -419,6 +437,7 @@ impl TransitionKind {
             TransitionKind::Reach => "bring back",
             TransitionKind::LeaderExited => "record a leader's exit for",
             TransitionKind::Health => "record the health of",
+            TransitionKind::Scheduled => "move on the schedule of",
         }
     }
 }
@@ -446,6 +465,7 @@ impl Transition {
             Transition::Reach => TransitionKind::Reach,
             Transition::LeaderExited { .. } => TransitionKind::LeaderExited,
             Transition::Health { .. } => TransitionKind::Health,
+            Transition::Scheduled { .. } => TransitionKind::Scheduled,
         }
     }
 }
@@ -582,6 +602,8 @@ impl ProcessRecord {
             leader_exit: None,
             port: None,
             health: None,
+            scheduled_from: None,
+            schedule: None,
             version: 1,
         }))
     }
@@ -664,6 +686,8 @@ impl ProcessRecord {
             leader_exit: self.0.leader_exit.as_deref().cloned(),
             port: self.0.port,
             health: self.0.health.as_deref().cloned(),
+            scheduled_from: self.0.scheduled_from,
+            schedule: self.0.schedule.as_deref().cloned(),
             version: self.0.version,
         }
     }
@@ -686,6 +710,8 @@ impl ProcessRecord {
             leader_exit: update.leader_exit.map(Box::new),
             port: update.port,
             health: update.health.map(Box::new),
+            scheduled_from: update.scheduled_from,
+            schedule: update.schedule.map(Box::new),
             version: update.version,
         }))
     }
@@ -705,6 +731,33 @@ impl ProcessRecord {
     /// What its health check says, while it runs.
     pub fn health(&self) -> Option<&Health> {
         self.0.health.as_deref()
+    }
+
+    /// The schedule that started it, for a schedule's run.
+    pub fn scheduled_from(&self) -> Option<ProcessId> {
+        self.0.scheduled_from
+    }
+
+    /// Where a schedule stands: its next due time, its runs.
+    pub fn schedule(&self) -> Option<&ScheduleState> {
+        self.0.schedule.as_deref()
+    }
+
+    /// When a schedule starts its next run: only while it is running
+    /// (not paused, not ended).
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.0
+            .schedule
+            .as_ref()
+            .filter(|_| self.state() == StateName::Running)
+            .map(|s| s.next_due)
+    }
+
+    /// This new record (version 1), a run of `schedule`.
+    #[must_use]
+    pub fn run_of(mut self, schedule: ProcessId) -> ProcessRecord {
+        Arc::make_mut(&mut self.0).scheduled_from = Some(schedule);
+        self
     }
 
     /// The TCP port handed to it, held while it is live.
@@ -922,6 +975,18 @@ impl Record {
         }
         if let Transition::Health { healthy, detail } = transition {
             return Ok(self.health_changed(healthy, detail, now));
+        }
+        if let Transition::Scheduled { state } = transition {
+            if self.spec.schedule.is_none() || self.lifecycle.is_terminal() {
+                return Err(invalid);
+            }
+            if self.schedule.as_deref() == Some(&state) {
+                return Ok(Applied::NoOp);
+            }
+            self.schedule = Some(Box::new(state));
+            self.updated_at = now;
+            self.version += 1;
+            return Ok(Applied::Changed);
         }
         let next = match (&self.lifecycle, transition) {
             (Lifecycle::Unreachable { was, .. }, t) => Self::leave_unreachable(was, t, now),
@@ -1155,7 +1220,7 @@ impl Record {
                     not_before: Some(not_before),
                 }
             }
-            Transition::Pause if !tracked => Lifecycle::Paused {
+            Transition::Pause if !tracked || self.spec.schedule.is_some() => Lifecycle::Paused {
                 started_at,
                 pid,
                 ready_at,
@@ -1221,6 +1286,13 @@ impl Record {
                 started_at,
                 pid,
                 ready_at,
+            },
+            // A paused schedule has no process to stop.
+            Transition::Stop { cause } if self.spec.schedule.is_some() => Lifecycle::Cancelled {
+                started_at: Some(started_at),
+                ended_at: now,
+                exit: None,
+                reason: cause.to_string(),
             },
             Transition::Exited { status } => Self::exit_state(Some(started_at), status, now),
             Transition::Requeue { status, not_before } => {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::os_text::{env_serde, path_serde, paths_serde};
 use crate::{
     GroupName, LabelKey, LabelValue, NodeId, OsText, Owner, PortAsk, ProcessId, ProcessName,
-    SessionId, Span,
+    Schedule, ScheduleError, SessionId, Span,
 };
 
 /// Environment variables, by name: bytes on Unix (see [`OsText`]).
@@ -407,6 +407,12 @@ pub enum SpecError {
     /// A tracked operation has no process, so a setting that only applies to one was given.
     #[error("a tracked operation has no command, so it cannot have {0}")]
     NotForTracked(Cow<'static, str>),
+    /// The schedule cannot work.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// A schedule was asked for with a setting it cannot have.
+    #[error("a schedule cannot have {0}")]
+    NotForSchedule(Cow<'static, str>),
     /// Node labels restrict the choice of node, so they need `node` "any".
     #[error("node labels choose among nodes: they need the placement `any` (--node any)")]
     NodeLabelsWithoutAny,
@@ -570,6 +576,10 @@ pub struct ProcessSpec {
     /// under these paths change ([`FileWatch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<FileWatch>,
+    /// A schedule: the record starts a run of this spec at each due time
+    /// instead of running it once ([`Schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
 }
 
 /// How long a watch waits after a change for the next before it restarts
@@ -884,9 +894,48 @@ impl ProcessSpec {
         self.until.get(&id).copied().unwrap_or_default()
     }
 
-    /// Whether this is a tracked operation (no OS process).
+    /// Whether this record has no OS process of its own: a tracked
+    /// operation (no command), or a schedule (its runs have the processes).
     pub fn is_tracked(&self) -> bool {
-        self.command.is_none()
+        self.command.is_none() || self.schedule.is_some()
+    }
+
+    fn check_schedule(&self, schedule: &Schedule) -> Result<(), SpecError> {
+        schedule.validate()?;
+        let refuse = |what: &'static str| Err(SpecError::NotForSchedule(Cow::Borrowed(what)));
+        if self.command.is_none() {
+            return refuse("no command: it runs one at each due time");
+        }
+        if self.placement() == Placement::Any || self.failover {
+            return refuse("the placement any or failover yet: place it on a node");
+        }
+        if self.port.is_some() {
+            return refuse("a port (its runs would share it): give its runs none");
+        }
+        if self.watch.is_some() {
+            return refuse("a file watch");
+        }
+        if self.parent.is_some() || !self.dependencies.is_empty() {
+            return refuse("a parent or dependencies");
+        }
+        if self.delay.is_some() {
+            return refuse("a delay: its first due time is when it starts");
+        }
+        Ok(())
+    }
+
+    /// The spec of a schedule's runs: this spec without its schedule,
+    /// name, owners or request (the schedule holds those).
+    #[must_use]
+    pub fn run_of_schedule(&self) -> ProcessSpec {
+        let mut run = self.clone();
+        run.schedule = None;
+        run.name = None;
+        run.if_name_taken = NameTaken::default();
+        run.owners = Vec::new();
+        run.owner_grace = None;
+        run.request = None;
+        run
     }
 
     /// The settings in which `other` runs something else than this spec:
@@ -938,6 +987,9 @@ impl ProcessSpec {
         }
         if self.port.is_some() && (self.placement() == Placement::Any || self.failover) {
             return Err(SpecError::PortOnAnyNode);
+        }
+        if let Some(schedule) = &self.schedule {
+            self.check_schedule(schedule)?;
         }
         if self.owner_grace.is_some() && self.owners.is_empty() {
             return Err(SpecError::GraceWithoutOwner);

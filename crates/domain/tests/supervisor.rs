@@ -1939,3 +1939,166 @@ fn a_change_restarts_dependents_on_the_new_records() {
     );
     core.check_invariants().expect("consistent");
 }
+
+fn every_second(overlap: bpm_domain::Overlap) -> ProcessSpec {
+    let mut spec = ProcessSpec::argv(["backup"]);
+    spec.schedule = Some(bpm_domain::Schedule {
+        every: Some(Span::from_secs(1)),
+        cron: None,
+        tz: None,
+        overlap,
+        jitter: None,
+        run_now: false,
+        catch_up: false,
+    });
+    spec
+}
+
+/// Fires the schedule's due timer at `at`; the ids of the runs it started.
+fn fire_due(core: &mut Supervisor, schedule: ProcessId, at: u64) -> Vec<ProcessId> {
+    let timer = Timer {
+        id: schedule,
+        kind: TimerKind::Due,
+        attempt: 0,
+    };
+    let effects = core.handle(Input::TimerFired(timer), t(at)).expect("fired");
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist { record, .. } if record.scheduled_from() == Some(schedule) => {
+                Some(record.id())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A schedule has no process: it runs a record of its own at each due
+/// time, one per due time, skips a due time while its run is live, and
+/// after a restart neither runs a due time twice nor the missed ones late.
+#[test]
+fn a_schedule_starts_one_run_per_due_time_and_skips_while_one_runs() {
+    let mut core = core(Limits::default());
+    let effects = core
+        .handle(
+            Input::Submit {
+                id: id(1),
+                spec: every_second(bpm_domain::Overlap::Skip),
+            },
+            t(0),
+        )
+        .expect("submit");
+    let schedule = core.get(id(1)).expect("known");
+    assert_eq!(schedule.state(), StateName::Running);
+    assert_eq!(schedule.pid(), None);
+    assert_eq!(schedule.schedule().expect("state").next_due, t(1000));
+    assert!(
+        armed(&effects)
+            .iter()
+            .any(|(timer, at)| timer.kind == TimerKind::Due && *at == t(1000))
+    );
+    assert_eq!(core.active(), 0, "a schedule holds no slot");
+
+    let first = fire_due(&mut core, id(1), 1000);
+    assert_eq!(first, [bpm_domain::run_id(id(1), t(1000))]);
+    assert_eq!(
+        core.get(first[0]).expect("run").state(),
+        StateName::Starting
+    );
+    // Its run is still live at the next due time: skipped, and counted.
+    assert!(fire_due(&mut core, id(1), 2000).is_empty());
+    let state = core
+        .get(id(1))
+        .expect("known")
+        .schedule()
+        .cloned()
+        .expect("state");
+    assert_eq!((state.runs, state.skipped, state.next_due), (1, 1, t(3000)));
+    core.handle(
+        Input::Spawned {
+            id: first[0],
+            pid: 7,
+        },
+        t(2100),
+    )
+    .expect("spawned");
+    core.handle(
+        Input::Exited {
+            id: first[0],
+            status: ExitStatus::Code(0),
+        },
+        t(2200),
+    )
+    .expect("exited");
+    let second = fire_due(&mut core, id(1), 3000);
+    assert_eq!(second.len(), 1);
+
+    // The daemon dies and comes back 10 s later: the due times it missed
+    // are counted, not run late, and the next one is armed.
+    let records: Vec<ProcessRecord> = core.records().cloned().collect();
+    let mut again = Supervisor::new(NodeId::local(), Limits::default());
+    let effects = again.restore(records, t(13_500));
+    let state = again
+        .get(id(1))
+        .expect("known")
+        .schedule()
+        .cloned()
+        .expect("state");
+    assert_eq!(state.missed, 10);
+    assert_eq!(state.next_due, t(14_000));
+    assert!(
+        armed(&effects)
+            .iter()
+            .any(|(timer, at)| timer.kind == TimerKind::Due && *at == t(14_000))
+    );
+
+    // Paused, it starts nothing; stopped, it ends and its run goes on.
+    again
+        .handle(Input::Pause { id: id(1) }, t(13_600))
+        .expect("pause");
+    assert!(fire_due(&mut again, id(1), 14_000).is_empty());
+    again
+        .handle(
+            Input::Stop {
+                id: id(1),
+                force: false,
+                grace: None,
+            },
+            t(14_100),
+        )
+        .expect("stop");
+    assert_eq!(
+        again.get(id(1)).expect("known").state(),
+        StateName::Cancelled
+    );
+    assert!(!again.get(second[0]).expect("run").is_terminal());
+    again.check_invariants().expect("consistent");
+}
+
+/// With overlap `queue`, a due time's run waits for the live one to end.
+#[test]
+fn a_queued_run_waits_for_the_live_one() {
+    let mut core = core(Limits::default());
+    core.handle(
+        Input::Submit {
+            id: id(1),
+            spec: every_second(bpm_domain::Overlap::Queue),
+        },
+        t(0),
+    )
+    .expect("submit");
+    let first = fire_due(&mut core, id(1), 1000)[0];
+    core.handle(Input::Spawned { id: first, pid: 7 }, t(1001))
+        .expect("spawned");
+    let second = fire_due(&mut core, id(1), 2000)[0];
+    assert_eq!(core.get(second).expect("run").state(), StateName::Pending);
+    core.handle(
+        Input::Exited {
+            id: first,
+            status: ExitStatus::Code(3),
+        },
+        t(2500),
+    )
+    .expect("exited");
+    assert_eq!(core.get(second).expect("run").state(), StateName::Starting);
+}

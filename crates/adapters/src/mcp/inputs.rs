@@ -95,6 +95,25 @@ pub(super) struct StartArgs {
     /// With `watch`: seconds of quiet after a change before the restart
     /// (0.3 by default), so that a burst of saves is one restart.
     pub(super) watch_debounce_secs: Option<f64>,
+    /// Make a schedule instead of one run: a run of the command every
+    /// this long ("30s", "5m", "1h"), counted from now. Each run is a
+    /// process record of its own, with `scheduled_from` the schedule's id.
+    pub(super) every: Option<String>,
+    /// Make a schedule: a run at each time this standard five-field cron
+    /// expression names ("*/5 * * * *").
+    pub(super) cron: Option<String>,
+    /// With `cron`: the IANA time zone its hours are in; the server's by default.
+    pub(super) tz: Option<String>,
+    /// With a schedule: what a due time does while the last run is live:
+    /// "skip" (the default; counted), "queue" (waits for it) or "allow".
+    pub(super) overlap: Option<String>,
+    /// With a schedule: each run starts up to this long after its due time ("10s").
+    pub(super) jitter: Option<String>,
+    /// With a schedule: the first run starts now.
+    pub(super) run_now: Option<bool>,
+    /// With a schedule: after a time no daemon ran, the last due time
+    /// missed runs late, once.
+    pub(super) catch_up: Option<bool>,
     /// A name, unique enough to refer to the process by.
     pub(super) name: Option<String>,
     pub(super) kind: Option<KindArg>,

@@ -44,6 +44,9 @@ pub struct StartDefaults {
     /// The session that owns what this client starts (unless a call says
     /// `persistent`), held by the server's process while it runs.
     pub owner: Option<SessionOwner>,
+    /// The time zone a `cron` schedule reads its hours in when the call
+    /// names none: this machine's.
+    pub time_zone: String,
 }
 
 /// The session that owns what a client starts ([`StartDefaults::owner`]).
@@ -63,6 +66,7 @@ impl StartDefaults {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             env: crate::os::inherited_env(),
             owner: None,
+            time_zone: crate::os::local_time_zone(),
         }
     }
 }

@@ -70,6 +70,48 @@ fn span(value: f64, what: &str) -> Result<Span, String> {
     Span::new(seconds(value, what)?).map_err(|e| format!("invalid {what} {value}: {e}"))
 }
 
+/// The schedule `every` or `cron` (and their companions) ask for, if any.
+fn schedule(a: &StartArgs, local: &str) -> Result<Option<bpm_domain::Schedule>, String> {
+    let duration = |text: &Option<String>, what: &str| {
+        text.as_deref()
+            .map(|t| t.parse::<Span>().map_err(|e| format!("{what}: {e}")))
+            .transpose()
+    };
+    if a.every.is_none() && a.cron.is_none() {
+        if a.tz.is_some()
+            || a.overlap.is_some()
+            || a.jitter.is_some()
+            || a.run_now.is_some()
+            || a.catch_up.is_some()
+        {
+            return Err(
+                "tz, overlap, jitter, run_now and catch_up need a schedule: every or cron".into(),
+            );
+        }
+        return Ok(None);
+    }
+    let schedule = bpm_domain::Schedule {
+        every: duration(&a.every, "every")?,
+        cron: a.cron.clone(),
+        tz: match (&a.cron, &a.tz) {
+            (Some(_), None) => Some(local.to_owned()),
+            (_, tz) => tz.clone(),
+        },
+        overlap: a
+            .overlap
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: bpm_domain::ScheduleError| e.to_string())?
+            .unwrap_or_default(),
+        jitter: duration(&a.jitter, "jitter")?,
+        run_now: a.run_now.unwrap_or(false),
+        catch_up: a.catch_up.unwrap_or(false),
+    };
+    schedule.validate().map_err(|e| e.to_string())?;
+    Ok(Some(schedule))
+}
+
 /// The domain value an argument names: the argument enums mirror the domain's
 /// (for their JSON schemas) and spell every variant as the domain parses it.
 fn named<A: Serialize, B: FromStr<Err = String>>(arg: A) -> Result<B, String> {
@@ -267,6 +309,7 @@ impl McpServer {
 
     async fn start(&self, a: StartArgs) -> ToolResult {
         let policy = &self.inner.policy;
+        let schedule = schedule(&a, &self.inner.defaults.time_zone)?;
         let mut spec = match (a.command, a.argv) {
             (Some(_), Some(_)) => return Err("give either command or argv, not both".into()),
             (None, None) => {
@@ -289,6 +332,7 @@ impl McpServer {
             policy.check_command(command)?;
         }
         let defaults = &self.inner.defaults;
+        spec.schedule = schedule;
         let cwd = match a.cwd {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
@@ -326,6 +370,7 @@ impl McpServer {
         } else if a.watch_ignore.is_some() || a.watch_debounce_secs.is_some() {
             return Err("watch_ignore and watch_debounce_secs need watch".into());
         }
+
         spec.cwd = Some(cwd);
         env.extend(
             a.env

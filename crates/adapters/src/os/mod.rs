@@ -1735,6 +1735,33 @@ pub fn find_marked(ids: &[ProcessId]) -> HashMap<ProcessId, u32> {
     tree::find_leaders(&ids.iter().copied().collect())
 }
 
+/// This machine's time zone, as an IANA name: `TZ`, else what
+/// `/etc/localtime` links to, else `/etc/timezone`, else UTC. A schedule
+/// keeps the name, so its hours do not move with the daemon's zone.
+#[must_use]
+pub fn local_time_zone() -> String {
+    let known = |name: &str| {
+        let name = name.trim().trim_start_matches(':');
+        bpm_domain::known_time_zone(name).then(|| name.to_owned())
+    };
+    let from_env = std::env::var("TZ").ok().and_then(|tz| known(&tz));
+    let from_link = || {
+        let link = std::fs::read_link("/etc/localtime").ok()?;
+        let text = link.to_string_lossy();
+        let (_, name) = text.split_once("zoneinfo/")?;
+        known(name)
+    };
+    let from_file = || {
+        std::fs::read_to_string("/etc/timezone")
+            .ok()
+            .and_then(|t| known(&t))
+    };
+    from_env
+        .or_else(from_link)
+        .or_else(from_file)
+        .unwrap_or_else(|| "UTC".to_owned())
+}
+
 /// This process's environment as the base of a process it starts for its
 /// caller, as a shell would pass it on, byte for byte, without bpm's own
 /// marks (`BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE`, `BPM_FENCE`,

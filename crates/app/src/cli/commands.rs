@@ -646,8 +646,58 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         spec.stdin = StdinMode::Pipe;
     }
     spec.on_exit = a.on_exit;
+    spec.schedule = schedule_from(
+        a.every.as_deref(),
+        a.cron,
+        a.tz,
+        a.overlap.as_deref(),
+        a.jitter.as_deref(),
+        a.run_now,
+        a.catch_up,
+    )?;
     spec.validate().map_err(|e| bad(&e))?;
     Ok(spec)
+}
+
+/// The schedule `--every`/`--cron` and their companions ask for, if any.
+pub(crate) fn schedule_from(
+    every: Option<&str>,
+    cron: Option<String>,
+    tz: Option<String>,
+    overlap: Option<&str>,
+    jitter: Option<&str>,
+    run_now: bool,
+    catch_up: bool,
+) -> Result<Option<bpm_domain::Schedule>, CliError> {
+    if every.is_none() && cron.is_none() {
+        if overlap.is_some() || jitter.is_some() || run_now || catch_up {
+            return Err(CliError::invalid(
+                "--overlap, --jitter, --run-now and --catch-up need a schedule: --every DURATION or --cron EXPR",
+            ));
+        }
+        return Ok(None);
+    }
+    let tz = match (&cron, tz) {
+        (Some(_), None) => Some(bpm_adapters::os::local_time_zone()),
+        (_, tz) => tz,
+    };
+    let schedule = bpm_domain::Schedule {
+        every: every.map(|e| span(e, "--every")).transpose()?,
+        cron,
+        tz,
+        overlap: overlap
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: bpm_domain::ScheduleError| CliError::invalid(format!("--overlap: {e}")))?
+            .unwrap_or_default(),
+        jitter: jitter.map(|j| span(j, "--jitter")).transpose()?,
+        run_now,
+        catch_up,
+    };
+    schedule
+        .validate()
+        .map_err(|e| CliError::invalid(e.to_string()))?;
+    Ok(Some(schedule))
 }
 
 async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
@@ -1176,6 +1226,41 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
         }
         field("watch", text);
     }
+    if let Some(schedule) = &spec.schedule {
+        let mut text = schedule.cadence();
+        let overlap = match schedule.overlap {
+            bpm_domain::Overlap::Skip => "skip",
+            bpm_domain::Overlap::Queue => "queue",
+            bpm_domain::Overlap::Allow => "allow",
+        };
+        let _ = write!(text, ", overlap {overlap}");
+        if let Some(j) = schedule.jitter {
+            let _ = write!(text, ", jitter {j}");
+        }
+        if schedule.catch_up {
+            text.push_str(", catches up");
+        }
+        field("schedule", text);
+    }
+    if let Some(s) = r.schedule() {
+        if let Some(due) = r.next_due() {
+            field("next due", due.to_string());
+        }
+        let mut runs = format!("{} started", s.runs);
+        if s.skipped > 0 {
+            let _ = write!(runs, ", {} skipped (the last run was live)", s.skipped);
+        }
+        if s.missed > 0 {
+            let _ = write!(runs, ", {} missed (no daemon ran)", s.missed);
+        }
+        field("runs", runs);
+        if let Some(last) = s.last_run {
+            field("last run", last.to_string());
+        }
+    }
+    if let Some(from) = r.scheduled_from() {
+        field("scheduled from", from.to_string());
+    }
     if let Some(h) = r.health() {
         let text = match (h.healthy, &h.last_failure) {
             (true, _) => "healthy".to_owned(),
@@ -1370,7 +1455,28 @@ async fn stop(m: &Manager, a: StopArgs) -> Outcome {
         ids.push(resolve(m, text).await?);
     }
     if ids.is_empty() && !a.all && a.session.is_none() {
-        ids.push(pick(m, live).await?);
+        ids.push(pick(m, live.clone()).await?);
+    }
+    if a.all_runs {
+        // The schedules first, so that none starts a run meanwhile.
+        let mut runs = Vec::new();
+        let records = m
+            .list(ListFilter {
+                states: live,
+                ..ListFilter::default()
+            })
+            .await?;
+        for id in &ids {
+            let r = m.stop(*id, options).await?;
+            out!("{} {}", r.id(), r.state());
+            runs.extend(
+                records
+                    .iter()
+                    .filter(|run| run.scheduled_from() == Some(*id))
+                    .map(ProcessRecord::id),
+            );
+        }
+        ids = runs;
     }
     let mut tasks = Vec::new();
     for id in ids {

@@ -438,6 +438,33 @@ pub struct RunArgs {
     /// A command to run when it ends (the record as JSON on stdin).
     #[arg(long, value_name = "CMD")]
     pub on_exit: Option<String>,
+    /// Make a schedule: start a run of the command every DURATION (30s,
+    /// 5m, 1h), counted from now. Each run is a record of its own.
+    #[arg(long, value_name = "DURATION", conflicts_with = "cron")]
+    pub every: Option<String>,
+    /// Make a schedule: start a run at each time a standard five-field
+    /// cron expression names ("*/5 * * * *", "0 9 * * MON-FRI").
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
+    /// With --cron: the IANA time zone its hours are in (Europe/Paris,
+    /// UTC); this machine's by default.
+    #[arg(long, value_name = "ZONE", requires = "cron")]
+    pub tz: Option<String>,
+    /// With a schedule: what a due time does while the last run is live:
+    /// skip (default; counted), queue (waits for it to end) or allow.
+    #[arg(long, value_name = "RULE")]
+    pub overlap: Option<String>,
+    /// With a schedule: start each run up to DURATION after its due time
+    /// (the same delay for the same due time), so schedules spread out.
+    #[arg(long, value_name = "DURATION")]
+    pub jitter: Option<String>,
+    /// With a schedule: start the first run now, not at the first due time.
+    #[arg(long)]
+    pub run_now: bool,
+    /// With a schedule: after a time no daemon ran (a reboot), run the
+    /// last due time missed, once, instead of skipping it.
+    #[arg(long)]
+    pub catch_up: bool,
     /// Follow the output and exit with the process's own exit code.
     #[arg(long)]
     pub wait: bool,
@@ -566,6 +593,10 @@ pub struct StopArgs {
     /// Every live process at this hierarchy depth.
     #[arg(long)]
     pub level: Option<usize>,
+    /// A schedule's live runs too (a stop of a schedule alone stops its
+    /// future runs and leaves the live one to finish).
+    #[arg(long)]
+    pub all_runs: bool,
 }
 
 /// `bpm fence ACTION`.

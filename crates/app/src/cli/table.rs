@@ -178,6 +178,14 @@ pub(super) fn row(
         Some(eta) => format!("~{}", short_duration(eta.saturating_since(now))),
         None => r.runtime(now).map_or("-".into(), short_duration),
     };
+    // A schedule: its next due time, in the place of a run time.
+    let (state_text, time) = match r.next_due() {
+        Some(due) => (
+            "scheduled",
+            format!("in {}", short_duration(due.saturating_since(now))),
+        ),
+        None => (state.as_str(), time),
+    };
     let session = r.session().map_or("-".into(), ToString::to_string);
     let (cpu, mem) = usage.map_or(("-".into(), "-".into()), |u| {
         (self::cpu(u.cpu_percent), memory(u.rss_bytes))
@@ -186,11 +194,7 @@ pub(super) fn row(
         "{:<8} {:<16} {} {:>7} {:>5} {:>5} {:>4} {:>7} {:<10}",
         r.id().short(),
         cut(&name, 16),
-        paint(
-            state,
-            &format!("{:<w$}", state.as_str(), w = cols.state),
-            color
-        ),
+        paint(state, &format!("{state_text:<w$}", w = cols.state), color),
         cut(&pid, 7),
         cpu,
         mem,

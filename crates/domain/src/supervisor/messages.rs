@@ -31,6 +31,8 @@ pub enum TimerKind {
     /// A watched file changed and no change came since, for the watch's
     /// debounce: the process is restarted ([`crate::FileWatch`]).
     FilesSettled,
+    /// A schedule's next run is due ([`crate::Schedule`]).
+    Due,
 }
 
 /// A timer the driver arms. Arming the same timer again replaces it.

@@ -25,6 +25,7 @@ mod ports;
 mod queue;
 mod reconcile;
 mod restore;
+mod schedule;
 mod start;
 mod timers;
 mod watch;
@@ -368,6 +369,9 @@ impl Supervisor {
                 if let Some(pid) = pid {
                     self.signal(id, pid, Signal::Cont);
                 }
+                if self.entries[&id].record.spec().schedule.is_some() {
+                    self.schedule_back(id, now, true);
+                }
                 Ok(())
             }
             Input::Progress {
@@ -609,6 +613,7 @@ impl Supervisor {
                 TimerKind::Grace,
                 TimerKind::Readiness,
                 TimerKind::NotBefore,
+                TimerKind::Due,
             ] {
                 self.cancel_timer(id, kind);
             }

@@ -112,6 +112,9 @@ impl Supervisor {
                     self.order.spawn_asked(id);
                 }
             }
+            if state == StateName::Running && self.entries[&id].record.spec().schedule.is_some() {
+                self.schedule_back(id, now, false);
+            }
             if state.is_active() {
                 self.rearm_live_timers(id, now);
             } else if state.is_terminal() {

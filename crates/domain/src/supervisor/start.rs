@@ -236,6 +236,7 @@ impl Supervisor {
             if let Some(t) = timeout {
                 self.arm(id, TimerKind::Timeout, now.saturating_add(t.as_duration()));
             }
+            self.schedule_started(id, now);
         } else {
             self.place(id, now);
         }

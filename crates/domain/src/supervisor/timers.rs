@@ -58,6 +58,10 @@ impl Supervisor {
                 None,
                 now,
             ),
+            TimerKind::Due => {
+                self.due(id, now);
+                Ok(())
+            }
             TimerKind::Retention if state.is_terminal() && retention_due => {
                 self.forget(id);
                 Ok(())
