@@ -19,7 +19,8 @@
 //!   placing write never came goes back when its node is swept), their
 //!   node is set once, and no record runs on two nodes at once;
 //! - a group's cluster-wide limit holds, but for records whose node was cut
-//!   off (their slots free as they become `unreachable`, by design);
+//!   off (their slots free as a sweep makes them `unreachable` or gives
+//!   them up as `lost`, by design: a node cut off runs them on);
 //! - once everyone is back, every record placed on any node was taken;
 //! - never two live attempts of one record: a `--failover` record and the
 //!   records that replace it (`restarted_from`) never run at once, though
@@ -132,8 +133,8 @@ struct World {
     /// Cluster-wide slots granted to records still pending: each record's
     /// version then, and the node and epoch that asked.
     grants: HashMap<ProcessId, (u64, NodeId, u64)>,
-    /// Records of `agents` the store has held `unreachable`: their slots
-    /// were freed while they may still run.
+    /// Records of `agents` a sweep made `unreachable` or gave up: their
+    /// slots were freed while they may still run on their cut-off node.
     cut_off: HashSet<ProcessId>,
 }
 
@@ -509,6 +510,13 @@ impl World {
                 if sweep_record(sweep, &lease, &by_name, &self.timing, &mut record, self.now)
                     .is_some()
                 {
+                    // Its node is cut off: whether the sweep made it
+                    // unreachable or, the node gone past `lost_after`,
+                    // gave it up at once, its slot frees while its process
+                    // may run on there.
+                    if is_agent(&record) {
+                        self.cut_off.insert(record.id());
+                    }
                     self.keep(record);
                 }
             }
@@ -523,9 +531,6 @@ impl World {
             && !was.is_any()
         {
             assert_eq!(record.node(), was, "{id} moved from node {was}");
-        }
-        if record.state() == StateName::Unreachable && is_agent(&record) {
-            self.cut_off.insert(id);
         }
         if self.finished.contains(&id) {
             let was = self.store[&id].state();
