@@ -559,7 +559,7 @@ pub struct ProcessSpec {
     pub until: BTreeMap<ProcessId, Until>,
     /// A liveness check run while the process runs ([`HealthCheck`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthCheck>,
+    pub health: Option<Box<HealthCheck>>,
     /// A TCP port to hand the process (as `PORT` and `BPM_PORT`), held by
     /// its record until it ends ([`crate::port`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -575,11 +575,11 @@ pub struct ProcessSpec {
     /// Restart it (as a new record, as `bpm restart` does) when files
     /// under these paths change ([`FileWatch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watch: Option<FileWatch>,
+    pub watch: Option<Box<FileWatch>>,
     /// A schedule: the record starts a run of this spec at each due time
     /// instead of running it once ([`Schedule`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<Schedule>,
+    pub schedule: Option<Box<Schedule>>,
 }
 
 /// How long a watch waits after a change for the next before it restarts

@@ -1810,12 +1810,12 @@ fn a_burst_of_changes_is_one_restart_after_the_quiet() {
     use bpm_domain::FileWatch;
     let mut core = core(Limits::default());
     let mut spec = ProcessSpec::argv(["serve"]);
-    spec.watch = Some(FileWatch {
+    spec.watch = Some(Box::new(FileWatch {
         paths: vec!["/src".into()],
         ignore: Vec::new(),
         debounce: Span::from_millis(300),
         restart_dependents: false,
-    });
+    }));
     submit_at(&mut core, 1, spec, 0);
     let e = core
         .handle(Input::Spawned { id: id(1), pid: 10 }, t(1))
@@ -1890,12 +1890,12 @@ fn a_change_restarts_dependents_on_the_new_records() {
     use bpm_domain::FileWatch;
     let mut core = core(Limits::default());
     let mut api = ProcessSpec::argv(["api"]);
-    api.watch = Some(FileWatch {
+    api.watch = Some(Box::new(FileWatch {
         paths: vec!["/src".into()],
         ignore: Vec::new(),
         debounce: Span::from_millis(100),
         restart_dependents: true,
-    });
+    }));
     submit_at(&mut core, 1, api, 0);
     core.handle(Input::Spawned { id: id(1), pid: 10 }, t(1))
         .expect("spawned");
@@ -1942,7 +1942,7 @@ fn a_change_restarts_dependents_on_the_new_records() {
 
 fn every_second(overlap: bpm_domain::Overlap) -> ProcessSpec {
     let mut spec = ProcessSpec::argv(["backup"]);
-    spec.schedule = Some(bpm_domain::Schedule {
+    spec.schedule = Some(Box::new(bpm_domain::Schedule {
         every: Some(Span::from_secs(1)),
         cron: None,
         tz: None,
@@ -1950,7 +1950,7 @@ fn every_second(overlap: bpm_domain::Overlap) -> ProcessSpec {
         jitter: None,
         run_now: false,
         catch_up: false,
-    });
+    }));
     spec
 }
 

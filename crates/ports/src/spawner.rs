@@ -88,7 +88,7 @@ impl SpawnRequest {
             token: record.fence_token(),
             leader_only: spec.leader_only,
             port: record.port(),
-            health: spec.health.clone(),
+            health: spec.health.as_deref().cloned(),
         })
     }
 }

@@ -332,7 +332,7 @@ impl McpServer {
             policy.check_command(command)?;
         }
         let defaults = &self.inner.defaults;
-        spec.schedule = schedule;
+        spec.schedule = schedule.map(Box::new);
         let cwd = match a.cwd {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
@@ -366,7 +366,7 @@ impl McpServer {
                     .transpose()?,
             );
             crate::os::check_watch(&watch)?;
-            spec.watch = Some(watch);
+            spec.watch = Some(Box::new(watch));
         } else if a.watch_ignore.is_some() || a.watch_debounce_secs.is_some() {
             return Err("watch_ignore and watch_debounce_secs need watch".into());
         }
@@ -482,7 +482,7 @@ impl McpServer {
                 secs(h.timeout_secs, "health.timeout_secs")?,
             )
             .map_err(|e| format!("health: {e}"))?;
-            spec.health = Some(check);
+            spec.health = Some(Box::new(check));
         }
         if a.persistent != Some(true)
             && let Some(owner) = &defaults.owner

@@ -576,7 +576,7 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
                 "give one health check: --health-http, --health-exec or --health-port",
             )
         })?;
-        spec.health = Some(check);
+        spec.health = Some(Box::new(check));
     } else if a.health_every.is_some() || a.health_failures.is_some() || a.health_timeout.is_some()
     {
         return Err(CliError::invalid(
@@ -640,7 +640,7 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         );
         bpm_adapters::os::check_watch(&watch)
             .map_err(|e| CliError::invalid(format!("--watch: {e}")))?;
-        spec.watch = Some(watch);
+        spec.watch = Some(Box::new(watch));
     }
     if a.stdin {
         spec.stdin = StdinMode::Pipe;
@@ -654,7 +654,8 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         a.jitter.as_deref(),
         a.run_now,
         a.catch_up,
-    )?;
+    )?
+    .map(Box::new);
     spec.validate().map_err(|e| bad(&e))?;
     Ok(spec)
 }

@@ -330,7 +330,7 @@ pub(crate) fn resolve(
         spec.restart.backoff.initial = duration(b, "backoff")?;
     }
     if let Some(h) = &t.health {
-        spec.health = Some(health(h)?);
+        spec.health = Some(Box::new(health(h)?));
     }
     spec.group = t
         .group
@@ -389,7 +389,7 @@ pub(crate) fn resolve(
         spec.stdin = bpm_domain::StdinMode::Pipe;
     }
     spec.on_exit.clone_from(&t.on_exit);
-    spec.watch = watch(t, dir)?;
+    spec.watch = watch(t, dir)?.map(Box::new);
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),

@@ -25,7 +25,7 @@ impl Supervisor {
             return;
         }
         self.watched.insert(id, Vec::new());
-        self.out.push(Effect::WatchFiles { id, watch });
+        self.out.push(Effect::WatchFiles { id, watch: *watch });
     }
 
     /// `id` ended: its watch ends, and a change waiting to settle is dropped.
