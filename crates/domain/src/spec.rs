@@ -967,6 +967,7 @@ impl ProcessSpec {
         check("health", self.health == other.health);
         check("env_files", self.env_files == other.env_files);
         check("watch", self.watch == other.watch);
+        check("schedule", self.schedule == other.schedule);
         differ
     }
 

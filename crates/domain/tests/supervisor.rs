@@ -1942,6 +1942,7 @@ fn a_change_restarts_dependents_on_the_new_records() {
 
 fn every_second(overlap: bpm_domain::Overlap) -> ProcessSpec {
     let mut spec = ProcessSpec::argv(["backup"]);
+    spec.timeout = Some(Span::from_millis(500));
     spec.schedule = Some(Box::new(bpm_domain::Schedule {
         every: Some(Span::from_secs(1)),
         cron: None,
@@ -1999,6 +2000,12 @@ fn a_schedule_starts_one_run_per_due_time_and_skips_while_one_runs() {
     );
     assert_eq!(core.active(), 0, "a schedule holds no slot");
 
+    assert!(
+        !armed(&effects)
+            .iter()
+            .any(|(timer, _)| timer.kind == TimerKind::Timeout),
+        "a schedule's timeout is its runs'"
+    );
     let first = fire_due(&mut core, id(1), 1000);
     assert_eq!(first, [bpm_domain::run_id(id(1), t(1000))]);
     assert_eq!(

@@ -706,6 +706,11 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
         return run_many(home, m, args, &from).await;
     }
     let (wait_for_it, as_json) = (args.wait, args.json);
+    if wait_for_it && (args.every.is_some() || args.cron.is_some()) {
+        return Err(CliError::invalid(
+            "--wait waits for one process to end, and a schedule runs until it is stopped: wait for a run (bpm wait ID) instead",
+        ));
+    }
     let spec = spec_from(m, args).await?;
     let request = uuid::Uuid::now_v7();
     // The manager that answered: a new daemon's, if the first died meanwhile.

@@ -158,7 +158,8 @@ impl Supervisor {
         let spec = record.spec();
         match record.lifecycle() {
             Lifecycle::Running { started_at, .. } | Lifecycle::Paused { started_at, .. } => {
-                if let Some(t) = spec.timeout {
+                // A schedule's timeout is its runs'.
+                if let Some(t) = spec.timeout.filter(|_| spec.schedule.is_none()) {
                     let at = started_at.saturating_add(t.as_duration());
                     self.arm(id, TimerKind::Timeout, at);
                 }

@@ -211,6 +211,7 @@ impl Supervisor {
             *self.live_per_level.entry(depth).or_default() += 1;
         }
         let tracked = record.is_tracked();
+        let scheduled = record.spec().schedule.is_some();
         let timeout = record.spec().timeout;
         self.note_name(record.spec().name.as_ref(), id);
         self.entries.insert(
@@ -233,7 +234,8 @@ impl Supervisor {
             self.dirty.insert(id, None);
         }
         if tracked {
-            if let Some(t) = timeout {
+            // A schedule's timeout is its runs'.
+            if let Some(t) = timeout.filter(|_| !scheduled) {
                 self.arm(id, TimerKind::Timeout, now.saturating_add(t.as_duration()));
             }
             self.schedule_started(id, now);
