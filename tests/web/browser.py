@@ -321,6 +321,18 @@ def scenario(d):
         d.get(URL)
         wait(d, "the table again", lambda: row(d, ids["form"]) is not None)
 
+    @check("a schedule shows as scheduled with its next due time, and pauses from the page")
+    def _():
+        ids["every"] = bpm("run", "--name", "hourly", "--every", "1h", "--", "true")
+        wait(d, "the schedule's row", lambda: row(d, ids["every"]) is not None)
+        cell = lambda: d.find_element(By.CSS_SELECTOR, f'#rows tr[data-id="{ids["every"]}"] td:nth-child(3)').text
+        wait(d, "the scheduled badge", lambda: "scheduled" in cell() and "next" in cell())
+        click(d, "its row", f'#rows tr[data-id="{ids["every"]}"]')
+        click(d, "pause", '#d-actions button[data-action="pause"]')
+        confirm(d, "yes")
+        wait(d, "the schedule paused", lambda: state_of(d, ids["every"]) == "paused")
+        d.find_element(By.ID, "d-close").click()
+
     @check("the keyboard moves, opens and closes")
     def _():
         body = d.find_element(By.TAG_NAME, "body")

@@ -272,7 +272,7 @@ function actionButtons(r, small) {
     out.push(b(label("stop", "Stop"), "stop", "Stop: TERM, the grace period, then KILL (s)"));
     out.push(b(label("kill", "Force stop"), "force", "Stop with KILL at once"));
   }
-  if (r.state === "running" && r.pid) out.push(b(label("pause", "Pause"), "pause", "Pause (p)"));
+  if (r.state === "running" && (r.pid || r.schedule)) out.push(b(label("pause", "Pause"), "pause", "Pause (p)"));
   if (r.state === "paused") out.push(b(label("resume", "Resume"), "resume", "Resume (r)"));
   if (r.command_line) out.push(b(label("restart", "Restart"), "restart", "Restart (R)"));
   if (!isLive(r)) out.push(b(label("rm", "Remove"), "remove", "Remove the record and its output (Del)"));
@@ -304,6 +304,15 @@ function fillRow(tr, r, depth, hasKids, now) {
     name.title = `${displayName(r)}\n${r.id}`;
     c[2].textContent = "";
     c[2].append(el("span", { class: `badge ${r.state}`, text: r.state.replace("_", " ") }));
+    if (r.schedule && r.state === "running") {
+      // A schedule: no process of its own; its runs are rows of their own.
+      const due = new Date(ms(r.schedule.next_due));
+      c[2].firstChild.textContent = "scheduled";
+      c[2].append(el("span", {
+        class: "next", text: ` next ${due.toLocaleTimeString()}`,
+        title: `${r.schedule.runs} runs started, ${r.schedule.skipped || 0} skipped, ${r.schedule.missed || 0} missed`,
+      }));
+    }
     if (r.health && isLive(r)) {
       const h = r.health;
       c[2].append(el("span", {
