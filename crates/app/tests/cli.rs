@@ -3993,3 +3993,48 @@ fn a_schedule_runs_each_due_time_once_through_a_daemon_kill() {
     let err = bpm.fails(&["run", "--every", "1m", "--wait", "--", "true"], 4);
     assert!(err.contains("a schedule runs until it is stopped"), "{err}");
 }
+
+/// A project's service with `every` (or `cron`) is a schedule: `up`
+/// brings it up once (and again is a no-op), its runs carry the project,
+/// `down` ends it; depending on a schedule is refused by name.
+#[test]
+fn a_projects_scheduled_service_comes_up_and_down_with_it() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(
+        &file,
+        "[project]\nname = \"jobs\"\n\n[services.tick]\ncommand = \"echo tick\"\nevery = \"1s\"\noverlap = \"queue\"\n",
+    )
+    .expect("file");
+    let f = file.to_str().expect("utf-8");
+    bpm.ok(&["up", "-f", f, "--wait"]);
+    let tick = bpm.json(&["show", "jobs/tick", "--json"]);
+    assert_eq!(tick["state"], "running", "{tick:#}");
+    assert_eq!(tick["spec"]["schedule"]["overlap"], "queue", "{tick:#}");
+    let id = tick["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs_of(&bpm, &id).is_empty() {
+        assert!(Instant::now() < deadline, "no run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = &runs_of(&bpm, &id)[0];
+    assert_eq!(run["labels"]["bpm.project"], "jobs", "{run:#}");
+    assert!(
+        bpm.ok(&["up", "-f", f]).contains("kept"),
+        "up again changes nothing"
+    );
+    bpm.ok(&["down", "-f", f]);
+    assert_eq!(bpm.state(&id), "cancelled");
+
+    std::fs::write(
+        &file,
+        "[services.web]\ncommand = \"sleep 300\"\n\n[services.tick]\ncommand = \"true\"\nevery = \"1m\"\ndepends_on = [\"web\"]\n",
+    )
+    .expect("file");
+    let err = bpm.fails(&["up", "-f", f], 4);
+    assert!(
+        err.contains("service tick: a schedule starts its runs at due times"),
+        "{err}"
+    );
+}

@@ -40,7 +40,9 @@ pub use record::{
     MAX_PROGRESS_MESSAGE, MAX_RUNNING_ON, Percent, PercentError, ProcessRecord, Progress,
     RecordUpdate, RunningOn, Transition, TransitionKind, estimate_eta,
 };
-pub use schedule::{Overlap, Schedule, ScheduleError, ScheduleState, known_time_zone, run_id};
+pub use schedule::{
+    Overlap, Schedule, ScheduleAsked, ScheduleError, ScheduleState, known_time_zone, run_id,
+};
 pub use spec::{
     Backoff, Command, DEFAULT_WATCH_DEBOUNCE_MS, Environment, FileWatch, HealthCheck, LogPattern,
     NameTaken, Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef,

@@ -69,6 +69,16 @@ pub enum ProjectError {
         /// What it names.
         missing: String,
     },
+    /// A service depends on a schedule, or a schedule on a service.
+    #[error(
+        "service {service}: a schedule starts its runs at due times, so no service depends on one and one depends on nothing (it names {other})"
+    )]
+    ScheduleDependency {
+        /// The service that depends, or the schedule.
+        service: String,
+        /// The other end.
+        other: String,
+    },
     /// Services that depend on each other in a circle.
     #[error("services depend on each other in a cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
@@ -115,6 +125,20 @@ impl Project {
                 return Err(ProjectError::UnknownDependency {
                     service: s.name.clone(),
                     missing: missing.clone(),
+                });
+            }
+            let scheduled = |name: &str| {
+                self.service(name)
+                    .is_some_and(|d| d.spec.schedule.is_some())
+            };
+            if let Some(other) = s
+                .depends_on
+                .keys()
+                .find(|d| s.spec.schedule.is_some() || scheduled(d))
+            {
+                return Err(ProjectError::ScheduleDependency {
+                    service: s.name.clone(),
+                    other: other.clone(),
                 });
             }
         }

@@ -42,6 +42,96 @@ pub struct Schedule {
     pub catch_up: bool,
 }
 
+/// A schedule as a front end receives it: text, each option named as the
+/// front end names it (`--every` on the command line, `every` in MCP and
+/// in a project file), so that an error names what the user typed.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleAsked<'a> {
+    /// `every`: a duration ("30s").
+    pub every: Option<&'a str>,
+    /// `cron`: five fields.
+    pub cron: Option<&'a str>,
+    /// `tz`: an IANA zone.
+    pub tz: Option<&'a str>,
+    /// `overlap`: skip, queue or allow.
+    pub overlap: Option<&'a str>,
+    /// `jitter`: a duration.
+    pub jitter: Option<&'a str>,
+    /// `run_now`.
+    pub run_now: bool,
+    /// `catch_up`.
+    pub catch_up: bool,
+}
+
+impl ScheduleAsked<'_> {
+    /// The schedule asked for, if any: `None` without `every` or `cron`.
+    /// A cron expression without a zone reads its hours in the zone
+    /// `local_zone` gives (the caller's machine's), asked for only then.
+    ///
+    /// # Errors
+    /// What cannot work, named with `flag` before each option's name
+    /// (`"--"` for the command line, `""` elsewhere).
+    pub fn schedule(
+        &self,
+        local_zone: impl FnOnce() -> String,
+        flag: &str,
+    ) -> Result<Option<Schedule>, String> {
+        if self.every.is_none() && self.cron.is_none() {
+            let companions = self.tz.is_some()
+                || self.overlap.is_some()
+                || self.jitter.is_some()
+                || self.run_now
+                || self.catch_up;
+            if companions {
+                let name = |n: &str| {
+                    format!(
+                        "{flag}{}",
+                        if flag.is_empty() {
+                            n.to_owned()
+                        } else {
+                            n.replace('_', "-")
+                        }
+                    )
+                };
+                return Err(format!(
+                    "{}, {}, {}, {} and {} need a schedule: {} or {}",
+                    name("tz"),
+                    name("overlap"),
+                    name("jitter"),
+                    name("run_now"),
+                    name("catch_up"),
+                    name("every"),
+                    name("cron")
+                ));
+            }
+            return Ok(None);
+        }
+        let duration = |text: Option<&str>, what: &str| {
+            text.map(|t| t.parse::<Span>().map_err(|e| format!("{flag}{what}: {e}")))
+                .transpose()
+        };
+        let schedule = Schedule {
+            every: duration(self.every, "every")?,
+            cron: self.cron.map(str::to_owned),
+            tz: match (self.cron, self.tz) {
+                (Some(_), None) => Some(local_zone()),
+                (_, tz) => tz.map(str::to_owned),
+            },
+            overlap: self
+                .overlap
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: ScheduleError| format!("{flag}overlap: {e}"))?
+                .unwrap_or_default(),
+            jitter: duration(self.jitter, "jitter")?,
+            run_now: self.run_now,
+            catch_up: self.catch_up,
+        };
+        schedule.validate().map_err(|e| e.to_string())?;
+        Ok(Some(schedule))
+    }
+}
+
 /// What a due time does while the previous run is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -72,44 +72,16 @@ fn span(value: f64, what: &str) -> Result<Span, String> {
 
 /// The schedule `every` or `cron` (and their companions) ask for, if any.
 fn schedule(a: &StartArgs, local: &str) -> Result<Option<bpm_domain::Schedule>, String> {
-    let duration = |text: &Option<String>, what: &str| {
-        text.as_deref()
-            .map(|t| t.parse::<Span>().map_err(|e| format!("{what}: {e}")))
-            .transpose()
-    };
-    if a.every.is_none() && a.cron.is_none() {
-        if a.tz.is_some()
-            || a.overlap.is_some()
-            || a.jitter.is_some()
-            || a.run_now.is_some()
-            || a.catch_up.is_some()
-        {
-            return Err(
-                "tz, overlap, jitter, run_now and catch_up need a schedule: every or cron".into(),
-            );
-        }
-        return Ok(None);
-    }
-    let schedule = bpm_domain::Schedule {
-        every: duration(&a.every, "every")?,
-        cron: a.cron.clone(),
-        tz: match (&a.cron, &a.tz) {
-            (Some(_), None) => Some(local.to_owned()),
-            (_, tz) => tz.clone(),
-        },
-        overlap: a
-            .overlap
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: bpm_domain::ScheduleError| e.to_string())?
-            .unwrap_or_default(),
-        jitter: duration(&a.jitter, "jitter")?,
+    bpm_domain::ScheduleAsked {
+        every: a.every.as_deref(),
+        cron: a.cron.as_deref(),
+        tz: a.tz.as_deref(),
+        overlap: a.overlap.as_deref(),
+        jitter: a.jitter.as_deref(),
         run_now: a.run_now.unwrap_or(false),
         catch_up: a.catch_up.unwrap_or(false),
-    };
-    schedule.validate().map_err(|e| e.to_string())?;
-    Ok(Some(schedule))
+    }
+    .schedule(|| local.to_owned(), "")
 }
 
 /// The domain value an argument names: the argument enums mirror the domain's

@@ -646,59 +646,20 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
         spec.stdin = StdinMode::Pipe;
     }
     spec.on_exit = a.on_exit;
-    spec.schedule = schedule_from(
-        a.every.as_deref(),
-        a.cron,
-        a.tz,
-        a.overlap.as_deref(),
-        a.jitter.as_deref(),
-        a.run_now,
-        a.catch_up,
-    )?
+    spec.schedule = bpm_domain::ScheduleAsked {
+        every: a.every.as_deref(),
+        cron: a.cron.as_deref(),
+        tz: a.tz.as_deref(),
+        overlap: a.overlap.as_deref(),
+        jitter: a.jitter.as_deref(),
+        run_now: a.run_now,
+        catch_up: a.catch_up,
+    }
+    .schedule(bpm_adapters::os::local_time_zone, "--")
+    .map_err(CliError::invalid)?
     .map(Box::new);
     spec.validate().map_err(|e| bad(&e))?;
     Ok(spec)
-}
-
-/// The schedule `--every`/`--cron` and their companions ask for, if any.
-pub(crate) fn schedule_from(
-    every: Option<&str>,
-    cron: Option<String>,
-    tz: Option<String>,
-    overlap: Option<&str>,
-    jitter: Option<&str>,
-    run_now: bool,
-    catch_up: bool,
-) -> Result<Option<bpm_domain::Schedule>, CliError> {
-    if every.is_none() && cron.is_none() {
-        if overlap.is_some() || jitter.is_some() || run_now || catch_up {
-            return Err(CliError::invalid(
-                "--overlap, --jitter, --run-now and --catch-up need a schedule: --every DURATION or --cron EXPR",
-            ));
-        }
-        return Ok(None);
-    }
-    let tz = match (&cron, tz) {
-        (Some(_), None) => Some(bpm_adapters::os::local_time_zone()),
-        (_, tz) => tz,
-    };
-    let schedule = bpm_domain::Schedule {
-        every: every.map(|e| span(e, "--every")).transpose()?,
-        cron,
-        tz,
-        overlap: overlap
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: bpm_domain::ScheduleError| CliError::invalid(format!("--overlap: {e}")))?
-            .unwrap_or_default(),
-        jitter: jitter.map(|j| span(j, "--jitter")).transpose()?,
-        run_now,
-        catch_up,
-    };
-    schedule
-        .validate()
-        .map_err(|e| CliError::invalid(e.to_string()))?;
-    Ok(Some(schedule))
 }
 
 async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {

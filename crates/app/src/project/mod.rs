@@ -147,6 +147,13 @@ pub(crate) struct ServiceTable {
     pub(crate) watch_ignore: Option<OneOrMany>,
     pub(crate) watch_debounce: Option<String>,
     pub(crate) restart_dependents: Option<bool>,
+    pub(crate) every: Option<String>,
+    pub(crate) cron: Option<String>,
+    pub(crate) tz: Option<String>,
+    pub(crate) overlap: Option<String>,
+    pub(crate) jitter: Option<String>,
+    pub(crate) run_now: Option<bool>,
+    pub(crate) catch_up: Option<bool>,
 }
 
 /// The service's `watch`, `watch_ignore`, `watch_debounce` and
@@ -390,6 +397,17 @@ pub(crate) fn resolve(
     }
     spec.on_exit.clone_from(&t.on_exit);
     spec.watch = watch(t, dir)?.map(Box::new);
+    spec.schedule = bpm_domain::ScheduleAsked {
+        every: t.every.as_deref(),
+        cron: t.cron.as_deref(),
+        tz: t.tz.as_deref(),
+        overlap: t.overlap.as_deref(),
+        jitter: t.jitter.as_deref(),
+        run_now: t.run_now.unwrap_or(false),
+        catch_up: t.catch_up.unwrap_or(false),
+    }
+    .schedule(bpm_adapters::os::local_time_zone, "")?
+    .map(Box::new);
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),
