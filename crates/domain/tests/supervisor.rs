@@ -2109,3 +2109,51 @@ fn a_queued_run_waits_for_the_live_one() {
     .expect("exited");
     assert_eq!(core.get(second).expect("run").state(), StateName::Starting);
 }
+
+/// With `catch_up`, a restart after missed due times runs the last of
+/// them, once, late; the others are counted missed.
+#[test]
+fn a_schedule_that_catches_up_runs_the_last_missed_due_time_once() {
+    let mut spec = every_second(bpm_domain::Overlap::Skip);
+    if let Some(s) = spec.schedule.as_deref_mut() {
+        s.catch_up = true;
+    }
+    let mut first = core(Limits::default());
+    first
+        .handle(Input::Submit { id: id(1), spec }, t(0))
+        .expect("submit");
+    let records: Vec<ProcessRecord> = first.records().cloned().collect();
+    let mut again = core(Limits::default());
+    let effects = again.restore(records.clone(), t(5_500));
+    let late: Vec<ProcessId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist { record, .. } if record.scheduled_from() == Some(id(1)) => {
+                Some(record.id())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        late,
+        [bpm_domain::run_id(id(1), t(5_000))],
+        "the last one missed"
+    );
+    let state = again
+        .get(id(1))
+        .expect("known")
+        .schedule()
+        .cloned()
+        .expect("state");
+    assert_eq!((state.runs, state.missed, state.next_due), (1, 4, t(6_000)));
+    // The same restart again finds that run and starts nothing more.
+    let mut third = core(Limits::default());
+    let mut all: Vec<ProcessRecord> = again.records().cloned().collect();
+    all.retain(|r| r.id() != id(1));
+    all.extend(records);
+    let effects = third.restore(all, t(5_600));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Persist { record, .. } if record.scheduled_from() == Some(id(1)) && record.version() == 1)),
+        "no second run of that due time"
+    );
+}
