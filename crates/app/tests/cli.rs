@@ -3474,18 +3474,24 @@ fn a_service_restart_reads_its_env_file_again() {
     bpm.ok(&["down", "-f", f]);
 }
 
-/// The records named `name`, oldest first, as JSON.
-fn named(bpm: &Bpm, name: &str) -> Vec<serde_json::Value> {
+/// The records whose JSON `field` is `value`, oldest first (ids sort by
+/// creation, a schedule's runs by due time).
+fn listed(bpm: &Bpm, field: &str, value: &str) -> Vec<serde_json::Value> {
     let mut all: Vec<serde_json::Value> = bpm
         .json(&["ps", "--all", "--json"])
         .as_array()
         .expect("array")
         .iter()
-        .filter(|r| r["name"] == name)
+        .filter(|r| r[field] == value)
         .cloned()
         .collect();
     all.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_owned());
     all
+}
+
+/// The records named `name`, oldest first, as JSON.
+fn named(bpm: &Bpm, name: &str) -> Vec<serde_json::Value> {
+    listed(bpm, "name", name)
 }
 
 /// `--watch`: twenty saves in 100 ms are one restart, a new record
@@ -3828,18 +3834,9 @@ fn input_types_into_a_process() {
     assert!(err.contains("stdin"), "{err}");
 }
 
-/// The runs of schedule `id`, oldest first.
+/// The runs of schedule `id`, by due time.
 fn runs_of(bpm: &Bpm, id: &str) -> Vec<serde_json::Value> {
-    let mut runs: Vec<serde_json::Value> = bpm
-        .json(&["ps", "--all", "--json"])
-        .as_array()
-        .expect("records")
-        .iter()
-        .filter(|r| r["scheduled_from"] == id)
-        .cloned()
-        .collect();
-    runs.sort_by_key(|r| r["started_at"].as_str().unwrap_or_default().to_owned());
-    runs
+    listed(bpm, "scheduled_from", id)
 }
 
 /// A schedule (`--every`) starts a run, a record of its own, at each due
