@@ -146,7 +146,11 @@ fn finish(
     match map.get_mut(&id) {
         Some(p) if p.run != Run::Exited => {
             p.run = Run::Exited;
-            let _ = tx.send(ProcessNotice::Exited { id, status });
+            let _ = tx.send(ProcessNotice::Exited {
+                id,
+                status,
+                limit: None,
+            });
             true
         }
         _ => false,

@@ -83,7 +83,11 @@ async fn next_exit(
 ) -> Option<(ProcessId, ExitStatus)> {
     loop {
         match tokio::time::timeout(Duration::from_secs(2), notices.recv()).await {
-            Ok(Some(ProcessNotice::Exited { id, status })) => return Some((id, status)),
+            Ok(Some(ProcessNotice::Exited {
+                id,
+                status,
+                limit: None,
+            })) => return Some((id, status)),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => return None,
         }
@@ -312,7 +316,8 @@ async fn starts_handed_over_by_a_daemon_that_is_gone_are_not_made() {
         next_notice(&mut notices).await,
         Some(ProcessNotice::Exited {
             id: a_id,
-            status: ExitStatus::Signal(15)
+            status: ExitStatus::Signal(15),
+            limit: None,
         }),
         "the exit starts nothing: the daemon that handed the record over is gone"
     );
@@ -353,7 +358,7 @@ async fn a_start_on_an_exit_goes_to_the_next_daemon_which_cannot_start_it_twice(
     assert_eq!((id, started_id), (a_id, next_id));
     assert!(matches!(
         next_notice(&mut notices).await,
-        Some(ProcessNotice::Exited { id, status: ExitStatus::Code(3) }) if id == next_id
+        Some(ProcessNotice::Exited { id, status: ExitStatus::Code(3), limit: None }) if id == next_id
     ));
     // The daemon dies before it records either.
     drop((first, notices));
@@ -373,7 +378,7 @@ async fn a_start_on_an_exit_goes_to_the_next_daemon_which_cannot_start_it_twice(
     assert_eq!(second.spawn(next).await.expect("spawn").pid, pid);
     assert!(matches!(
         next_notice(&mut notices).await,
-        Some(ProcessNotice::Exited { id, status: ExitStatus::Code(3) }) if id == next_id
+        Some(ProcessNotice::Exited { id, status: ExitStatus::Code(3), limit: None }) if id == next_id
     ));
     assert_eq!(next_notice(&mut notices).await, None, "started once only");
 }
@@ -388,7 +393,8 @@ async fn statuses(
     while ids.iter().any(|id| !seen.contains_key(id)) {
         match tokio::time::timeout(Duration::from_secs(10), notices.recv()).await {
             Ok(Some(
-                ProcessNotice::Exited { id, status } | ProcessNotice::HandedOver { id, status, .. },
+                ProcessNotice::Exited { id, status, .. }
+                | ProcessNotice::HandedOver { id, status, .. },
             )) => {
                 seen.insert(id, status);
             }

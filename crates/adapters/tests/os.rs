@@ -269,7 +269,7 @@ async fn a_leader_that_backgrounds_its_work_ends_with_the_work() {
                             .status();
                     }
                 }
-                ProcessNotice::Exited { id: of, status } if of == id => break status,
+                ProcessNotice::Exited { id: of, status, .. } if of == id => break status,
                 _ => {}
             }
         };

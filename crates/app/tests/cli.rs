@@ -4035,3 +4035,249 @@ fn a_projects_scheduled_service_comes_up_and_down_with_it() {
         "{err}"
     );
 }
+
+/// The record's cgroups left on the machine: `bpm-<id>` folders under the
+/// v1 memory, cpu and pids hierarchies.
+fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for controller in ["memory", "cpu", "pids"] {
+        let root = Path::new("/sys/fs/cgroup").join(controller);
+        let mut dirs = vec![root];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    if e.file_name().to_string_lossy() == format!("bpm-{id}") {
+                        found.push(path.clone());
+                    }
+                    dirs.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Resource limits through a cgroup, as this machine (root, cgroup v1
+/// writable) offers: a process that allocates past `--memory-max` ends
+/// failed with the reason, `--pids-max` stops a fork bomb, `--cpu-max`
+/// holds a busy loop to its share, `--nofile` is the process's rlimit;
+/// `bpm show` says what enforces each, and no group is left behind.
+#[test]
+fn resource_limits_hold_a_process_tree_through_its_cgroups() {
+    let bpm = Bpm::new();
+    let hog = bpm.ok(&[
+        "run",
+        "--memory-max",
+        "64M",
+        "--nofile",
+        "64",
+        "--",
+        "python3",
+        "-c",
+        "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE), flush=True); x = bytearray(300 << 20); print('survived')",
+    ]);
+    let hog = hog.trim();
+    let ended = ended_within(&bpm, hog, Duration::from_secs(20));
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["error"], "memory limit (64 MiB)", "{ended}");
+    assert_eq!(bpm.ok(&["logs", hog]), "(64, 64)\n");
+    let shown = bpm.ok(&["show", hog]);
+    let limits = shown
+        .lines()
+        .find(|l| l.starts_with("limits"))
+        .expect("a limits line");
+    assert!(
+        limits.contains("memory 64 MiB by cgroup v")
+            && limits.contains("open files 64 by setrlimit RLIMIT_NOFILE"),
+        "{limits}"
+    );
+    assert!(cgroups_of(hog).is_empty(), "{:?}", cgroups_of(hog));
+
+    // A fork bomb, bounded (2^9 processes at most) should the limit fail:
+    // each process that starts notes itself, then sleeps. Its live
+    // processes are counted by bpm's mark in their environment.
+    let dir = tempfile::tempdir().expect("dir");
+    let started = dir.path().join("started");
+    let bomb = format!(
+        "b() {{ echo x >> {f}; if [ $1 -gt 0 ]; then b $(($1-1)) & b $(($1-1)) & fi; exec sleep 60; }}; b 8",
+        f = started.display()
+    );
+    let bomb_id = bpm.ok(&["run", "--pids-max", "20", "--shell", "--", &bomb]);
+    let bomb_id = bomb_id.trim();
+    let mark = format!("{}={bomb_id}", bpm_adapters::os::PROCESS_ID_ENV);
+    let live = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == mark.as_bytes()))
+            })
+            .count()
+    };
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(live());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tried = std::fs::read_to_string(&started)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        (2..=20).contains(&most),
+        "{most} processes of the bomb ran at once (limit 20; {tried} started in all)"
+    );
+    assert!(
+        bpm.ok(&["logs", bomb_id, "--stream", "stderr"])
+            .to_lowercase()
+            .contains("fork"),
+        "the shell says it cannot fork"
+    );
+    bpm.ok(&["stop", bomb_id]);
+    ended_within(&bpm, bomb_id, Duration::from_secs(20));
+    assert!(cgroups_of(bomb_id).is_empty());
+
+    let busy = bpm.ok(&[
+        "run",
+        "--cpu-max",
+        "20",
+        "--",
+        "python3",
+        "-c",
+        "import os, time\nt = time.time()\nwhile time.time() - t < 2: pass\nu = os.times()\nprint(u[0] + u[1])",
+    ]);
+    let busy = busy.trim();
+    let ended = ended_within(&bpm, busy, Duration::from_secs(20));
+    assert_eq!(ended["state"], "completed", "{ended}");
+    let used: f64 = bpm.ok(&["logs", busy]).trim().parse().expect("seconds");
+    assert!(
+        used < 1.0,
+        "2 s of a busy loop at 20% of a CPU used {used} s of CPU"
+    );
+    assert!(cgroups_of(busy).is_empty());
+
+    // Bad values name their flag; nothing is created.
+    for (flag, value) in [
+        ("--memory-max", "lots"),
+        ("--memory-max", "100K"),
+        ("--cpu-max", "0"),
+        ("--pids-max", "-1"),
+        ("--nofile", "many"),
+    ] {
+        let err = bpm.fails(&["run", &format!("{flag}={value}"), "--", "true"], 4);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+    assert_eq!(
+        bpm.json(&["ps", "--all", "--json"])
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}
+
+/// Where bpm may make no cgroup (`BPM_NO_CGROUPS=1` stands in for such a
+/// machine): memory is an address-space rlimit, and a limit nothing can
+/// enforce (a CPU share; processes, for root) is refused by name.
+#[test]
+fn without_cgroups_limits_fall_back_to_rlimits_or_are_refused_by_name() {
+    let bpm = Bpm::new();
+    let run = |args: &[&str]| {
+        bpm.cmd(args)
+            .env(bpm_adapters::os::NO_CGROUPS_ENV, "1")
+            .output()
+            .expect("bpm runs")
+    };
+    let out = run(&[
+        "run",
+        "--memory-max",
+        "64M",
+        "--",
+        "python3",
+        "-c",
+        "x = bytearray(300 << 20); print('survived')",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout).expect("utf-8");
+    let id = id.trim();
+    let ended = ended_within(&bpm, id, Duration::from_secs(20));
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(
+        bpm.ok(&["logs", id, "--stream", "stderr"])
+            .contains("MemoryError")
+    );
+    assert!(cgroups_of(id).is_empty());
+    let out = run(&["show", id]);
+    let shown = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        shown.contains("memory 64 MiB by setrlimit RLIMIT_AS"),
+        "{shown}"
+    );
+
+    let out = run(&["run", "--cpu-max", "50", "--", "true"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cpu-max") && err.contains("cannot be enforced"),
+        "{err}"
+    );
+    let out = run(&["run", "--pids-max", "50", "--", "true"]);
+    if rustix::process::geteuid().is_root() {
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--pids-max"));
+    } else {
+        assert!(out.status.success(), "RLIMIT_NPROC stands in: {out:?}");
+    }
+}
+
+/// A project's service takes `memory_max`, `cpu_max`, `pids_max` and
+/// `nofile`, as text or numbers; its process runs under them; an edit of
+/// one is a change `up` applies; a bad value names the service and key.
+#[test]
+fn a_projects_service_runs_under_its_resource_limits() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    let service = |nofile: u32| {
+        format!(
+            "[project]\nname = \"capped\"\n\n[services.api]\ncommand = \"python3 -c 'import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)'; exec sleep 300\"\nmemory_max = \"128M\"\ncpu_max = \"50%\"\npids_max = 16\nnofile = {nofile}\n"
+        )
+    };
+    std::fs::write(&file, service(128)).expect("file");
+    let f = file.to_str().expect("utf-8");
+    bpm.ok(&["up", "-f", f, "--wait"]);
+    let api = bpm.json(&["show", "capped/api", "--json"]);
+    assert_eq!(
+        api["spec"]["limits"],
+        serde_json::json!({"memory_max": 128 << 20, "cpu_max": 50, "pids_max": 16, "nofile": 128}),
+        "{api:#}"
+    );
+    let id = api["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bpm.ok(&["logs", &id]) != "128\n" {
+        assert!(Instant::now() < deadline, "{}", bpm.ok(&["logs", &id]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cgroups_of(&id).len(), 3, "memory, cpu and pids groups");
+    std::fs::write(&file, service(256)).expect("file");
+    bpm.ok(&["up", "-f", f, "--wait"]);
+    let again = bpm.json(&["show", "capped/api", "--json"]);
+    assert_ne!(
+        again["id"], api["id"],
+        "a changed limit replaces the process"
+    );
+    bpm.ok(&["down", "-f", f]);
+    assert!(cgroups_of(&id).is_empty(), "{:?}", cgroups_of(&id));
+
+    std::fs::write(
+        &file,
+        "[services.api]\ncommand = \"true\"\nmemory_max = \"huge\"\n",
+    )
+    .expect("file");
+    let err = bpm.fails(&["up", "-f", f], 4);
+    assert!(err.contains("api") && err.contains("memory_max"), "{err}");
+}

@@ -1081,3 +1081,56 @@ async fn every_and_cron_make_schedules() {
     .await;
     assert!(msg.contains("five standard fields"), "{msg}");
 }
+
+/// `memory_max`, `cpu_max`, `pids_max` and `nofile` reach the record and
+/// the process: one that allocates past its memory ends failed with the
+/// reason; a value that does not read names its argument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_limits_reach_the_process() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    let p = ok(
+        &c,
+        "start_background_process",
+        json!({
+            "command": "python3 -c \"import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True); x = bytearray(300 << 20)\"",
+            "memory_max": "64M",
+            "nofile": 100,
+            "pids_max": 50,
+            "cpu_max": 150,
+        }),
+    )
+    .await;
+    assert_eq!(
+        p["spec"]["limits"],
+        json!({"memory_max": 64 << 20, "cpu_max": 150, "pids_max": 50, "nofile": 100}),
+        "{p}"
+    );
+    let id = p["id"].as_str().expect("id").to_owned();
+    let ended = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": id, "timeout_secs": 20}),
+    )
+    .await;
+    let shown = ok(
+        &c,
+        "get_background_process_status",
+        json!({"process_id": id}),
+    )
+    .await;
+    assert_eq!(shown["state"], "failed", "{ended} {shown}");
+    assert_eq!(shown["error"], "memory limit (64 MiB)", "{shown}");
+    let out = ok(&c, "get_process_output", json!({"process_id": id})).await;
+    assert!(
+        out["text"].as_str().is_some_and(|t| t.starts_with("100\n")),
+        "{out}"
+    );
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"command": "true", "memory_max": "a lot"}),
+    )
+    .await;
+    assert!(msg.contains("memory_max"), "{msg}");
+}

@@ -81,6 +81,7 @@ impl Bench {
                 Input::Exited {
                     id,
                     status: ExitStatus::Code(0),
+                    limit: None,
                 },
                 now,
             )

@@ -19,6 +19,7 @@ pub mod placement;
 pub mod port;
 pub mod project;
 mod record;
+mod resources;
 mod schedule;
 mod spec;
 pub mod supervisor;
@@ -39,6 +40,10 @@ pub use record::{
     Applied, Attempt, Health, InvalidTransition, LeaderExit, MAX_ATTEMPTS_KEPT,
     MAX_PROGRESS_MESSAGE, MAX_RUNNING_ON, Percent, PercentError, ProcessRecord, Progress,
     RecordUpdate, RunningOn, Transition, TransitionKind, estimate_eta,
+};
+pub use resources::{
+    LimitHit, LimitsAsked, MAX_CPU_PERCENT, MIN_MEMORY, ResourceLimits, limit_word, parse_size,
+    size_text,
 };
 pub use schedule::{
     Overlap, Schedule, ScheduleAsked, ScheduleError, ScheduleState, known_time_zone, run_id,

@@ -525,6 +525,7 @@ mod tests {
             .apply(
                 Transition::Exited {
                     status: crate::ExitStatus::Code(0),
+                    limit: None,
                 },
                 t,
             )

@@ -311,6 +311,8 @@ pub enum Transition {
     Exited {
         /// How it ended.
         status: ExitStatus,
+        /// The resource limit that ended it, if the spawner saw one do so.
+        limit: Option<crate::LimitHit>,
     },
     /// running/paused → pending: it exited and its restart policy starts it again later.
     Requeue {
@@ -1187,7 +1189,7 @@ impl Record {
                 pid: Some(pid),
                 ready_at: None,
             },
-            Transition::Exited { status } => Self::exit_state(Some(now), status, now),
+            Transition::Exited { status, limit } => Self::exit_state(Some(now), status, limit, now),
             Transition::Stop { cause } => Self::begin_stop(None, None, cause, now),
             Transition::TimeOut => Self::begin_stop(None, None, StopCause::Timeout, now),
             Transition::Lose { reason } => Lifecycle::Lost {
@@ -1210,8 +1212,8 @@ impl Record {
     ) -> Next {
         let tracked = self.is_tracked();
         Next::To(match t {
-            Transition::Exited { status } if !tracked => {
-                Self::exit_state(Some(started_at), status, now)
+            Transition::Exited { status, limit } if !tracked => {
+                Self::exit_state(Some(started_at), status, limit, now)
             }
             Transition::Requeue { status, not_before } if !tracked => {
                 self.push_attempt(Some(started_at), status, now);
@@ -1294,7 +1296,9 @@ impl Record {
                 exit: None,
                 reason: cause.to_string(),
             },
-            Transition::Exited { status } => Self::exit_state(Some(started_at), status, now),
+            Transition::Exited { status, limit } => {
+                Self::exit_state(Some(started_at), status, limit, now)
+            }
             Transition::Requeue { status, not_before } => {
                 self.push_attempt(Some(started_at), status, now);
                 Lifecycle::Pending {
@@ -1365,7 +1369,7 @@ impl Record {
                     not_before: Some(not_before),
                 }
             }
-            Transition::Exited { status } => {
+            Transition::Exited { status, .. } => {
                 Self::stopped(started_at.or(Some(now)), Some(status), &cause, now)
             }
             Transition::Progress { percent, message } => {
@@ -1433,7 +1437,12 @@ impl Record {
         }
     }
 
-    fn exit_state(started_at: Option<Timestamp>, status: ExitStatus, now: Timestamp) -> Lifecycle {
+    fn exit_state(
+        started_at: Option<Timestamp>,
+        status: ExitStatus,
+        limit: Option<crate::LimitHit>,
+        now: Timestamp,
+    ) -> Lifecycle {
         if status.success() {
             Lifecycle::Completed {
                 started_at: started_at.unwrap_or(now),
@@ -1445,7 +1454,8 @@ impl Record {
                 started_at,
                 ended_at: now,
                 exit: Some(status),
-                error: status.to_string(),
+                // A limit that ended it says more than the signal it sent.
+                error: limit.map_or_else(|| status.to_string(), |l| l.to_string()),
             }
         }
     }
@@ -1627,6 +1637,7 @@ mod tests {
         r.apply(
             Transition::Exited {
                 status: ExitStatus::Code(0),
+                limit: None,
             },
             t(1013),
         )
@@ -1692,6 +1703,7 @@ mod tests {
         r.apply(
             Transition::Exited {
                 status: ExitStatus::Code(0),
+                limit: None,
             },
             t(1500),
         )
@@ -1707,6 +1719,27 @@ mod tests {
     }
 
     #[test]
+    fn a_process_its_memory_limit_killed_fails_with_the_limit_as_error() {
+        let mut r = record(ProcessSpec::argv(["hog"]));
+        r.apply(Transition::Start, t(1)).unwrap();
+        r.apply(Transition::Spawned { pid: 7 }, t(2)).unwrap();
+        r.apply(
+            Transition::Exited {
+                status: ExitStatus::Signal(9),
+                limit: Some(crate::LimitHit::Memory { max: 64 << 20 }),
+            },
+            t(3),
+        )
+        .unwrap();
+        assert_eq!(r.state(), StateName::Failed);
+        assert_eq!(r.lifecycle().exit(), Some(ExitStatus::Signal(9)));
+        assert_eq!(
+            r.lifecycle().error().as_deref(),
+            Some("memory limit (64 MiB)")
+        );
+    }
+
+    #[test]
     fn a_nonzero_exit_fails_with_the_status_as_error() {
         let mut r = record(ProcessSpec::argv(["false"]));
         r.apply(Transition::Start, t(1)).unwrap();
@@ -1714,6 +1747,7 @@ mod tests {
         r.apply(
             Transition::Exited {
                 status: ExitStatus::Signal(9),
+                limit: None,
             },
             t(3),
         )
@@ -1812,6 +1846,7 @@ mod tests {
             r.apply(
                 Transition::Exited {
                     status: ExitStatus::Signal(9),
+                    limit: None,
                 },
                 t(7),
             )

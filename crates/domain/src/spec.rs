@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::os_text::{env_serde, path_serde, paths_serde};
+use crate::resources::ResourceLimits;
 use crate::{
     GroupName, LabelKey, LabelValue, NodeId, OsText, Owner, PortAsk, ProcessId, ProcessName,
     Schedule, ScheduleError, SessionId, Span,
@@ -580,6 +581,9 @@ pub struct ProcessSpec {
     /// instead of running it once ([`Schedule`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Box<Schedule>>,
+    /// What the process and its tree may use ([`ResourceLimits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Box<ResourceLimits>>,
 }
 
 /// How long a watch waits after a change for the next before it restarts
@@ -968,6 +972,7 @@ impl ProcessSpec {
         check("env_files", self.env_files == other.env_files);
         check("watch", self.watch == other.watch);
         check("schedule", self.schedule == other.schedule);
+        check("limits", self.limits == other.limits);
         differ
     }
 
@@ -1046,6 +1051,9 @@ impl ProcessSpec {
                 }
                 if self.watch.is_some() {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("a file watch")));
+                }
+                if self.limits.is_some() {
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("resource limits")));
                 }
                 if self.restart.mode != RestartMode::Never {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("a restart policy")));

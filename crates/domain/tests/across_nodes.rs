@@ -32,6 +32,7 @@ fn exited(code: i32) -> Vec<Transition> {
     let mut steps = running();
     steps.push(Transition::Exited {
         status: ExitStatus::Code(code),
+        limit: None,
     });
     steps
 }
@@ -171,6 +172,7 @@ fn a_child_of_another_nodes_parent_is_stopped_when_the_parent_is() {
     let mut ended = stopping();
     ended.push(Transition::Exited {
         status: ExitStatus::Signal(15),
+        limit: None,
     });
     let again = seen(&mut core, vec![on_b(2, Some(1), &ended)], 300);
     assert!(

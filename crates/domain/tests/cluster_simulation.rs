@@ -287,7 +287,14 @@ impl World {
                         Signal::Kill => 9,
                         _ => 15,
                     });
-                    self.handle(n, Input::Exited { id, status });
+                    self.handle(
+                        n,
+                        Input::Exited {
+                            id,
+                            status,
+                            limit: None,
+                        },
+                    );
                 }
                 _ => {}
             }
@@ -756,6 +763,7 @@ impl World {
                         Input::Exited {
                             id,
                             status: ExitStatus::Code(code),
+                            limit: None,
                         },
                     );
                 }

@@ -91,6 +91,7 @@ fn a_fenced_node_stops_its_failover_records_and_starts_them_again_when_it_holds_
             Input::Exited {
                 id: id(1),
                 status: ExitStatus::Signal(9),
+                limit: None,
             },
             t(4_010),
         )

@@ -72,7 +72,10 @@ impl Op {
             Op::SpawnFailed => Transition::SpawnFailed {
                 error: "no such file".into(),
             },
-            Op::Exited(status) => Transition::Exited { status: *status },
+            Op::Exited(status) => Transition::Exited {
+                status: *status,
+                limit: None,
+            },
             Op::Requeue(status) => Transition::Requeue {
                 status: *status,
                 not_before: Timestamp::from_millis(u64::MAX / 2),

@@ -307,6 +307,7 @@ fn a_record_failed_while_its_node_was_away_is_never_live_again() {
         Input::Exited {
             id: id(1),
             status: bpm_domain::ExitStatus::Code(0),
+            limit: None,
         },
         t(2),
     )

@@ -322,6 +322,7 @@ fn a_refused_group_asks_again_after_a_second_or_an_end_here() {
             Input::Exited {
                 id: id(1),
                 status: bpm_domain::ExitStatus::Code(0),
+                limit: None,
             },
             t(1_100),
         )

@@ -453,7 +453,11 @@ impl World {
                     started,
                 });
             }
-            None => self.notices.push_back(Input::Exited { id, status }),
+            None => self.notices.push_back(Input::Exited {
+                id,
+                status,
+                limit: None,
+            }),
         }
     }
 

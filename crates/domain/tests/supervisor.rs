@@ -70,6 +70,7 @@ fn restore_takes_back_records_rearms_timers_and_resumes_the_queue() {
     done.apply(
         Transition::Exited {
             status: ExitStatus::Code(0),
+            limit: None,
         },
         t(3_000),
     )
@@ -139,6 +140,7 @@ fn restore_takes_back_records_rearms_timers_and_resumes_the_queue() {
         Input::Exited {
             id: id(1),
             status: ExitStatus::Code(0),
+            limit: None,
         },
         t(11_000),
     )
@@ -420,6 +422,7 @@ fn stop_of_a_starting_process_signals_once_its_pid_is_known() {
             Input::Exited {
                 id: id(1),
                 status: ExitStatus::Signal(15),
+                limit: None,
             },
             t(4),
         )
@@ -644,6 +647,7 @@ fn only_changes_between_active_states_may_skip_the_flush() {
             Input::Exited {
                 id: id(1),
                 status: ExitStatus::Code(0),
+                limit: None,
             },
             t(1_003),
         )
@@ -755,6 +759,7 @@ fn records_handed_over_start_on_exits_in_order_and_first() {
             Input::Exited {
                 id: id(2),
                 status: ExitStatus::Code(0),
+                limit: None,
             },
             t(40),
         )
@@ -955,6 +960,7 @@ fn a_handed_record_a_dead_spawner_started_is_adopted_not_started_again() {
             Input::Exited {
                 id: id(1),
                 status: ExitStatus::Code(0),
+                limit: None,
             },
             t(30),
         )
@@ -1230,6 +1236,7 @@ fn an_exit_that_overtakes_its_spawns_answer_is_handled_after_it() {
         Input::Exited {
             id: id(1),
             status: ExitStatus::Code(1),
+            limit: None,
         },
     ] {
         let effects = core.handle(notice, t(5)).expect("held");
@@ -1257,6 +1264,7 @@ fn an_exit_that_overtakes_its_spawns_answer_is_handled_after_it() {
             Input::Exited {
                 id: id(9),
                 status: ExitStatus::Code(0),
+                limit: None,
             },
             t(7),
         )
@@ -1463,6 +1471,7 @@ fn a_name_belongs_to_one_live_record() {
         Input::Exited {
             id: id(1),
             status: ExitStatus::Signal(15),
+            limit: None,
         },
         t(3),
     )
@@ -1485,6 +1494,7 @@ fn a_name_belongs_to_one_live_record() {
             Input::Exited {
                 id: id(5),
                 status: ExitStatus::Signal(15),
+                limit: None,
             },
             t(5),
         )
@@ -1506,6 +1516,7 @@ fn a_name_belongs_to_one_live_record() {
         Input::Exited {
             id: id(6),
             status: ExitStatus::Code(0),
+            limit: None,
         },
         t(7),
     )
@@ -1573,6 +1584,7 @@ fn a_port_is_held_by_one_live_record() {
         Input::Exited {
             id: id(1),
             status: ExitStatus::Signal(15),
+            limit: None,
         },
         t(3),
     )
@@ -1583,6 +1595,7 @@ fn a_port_is_held_by_one_live_record() {
         Input::Exited {
             id: id(4),
             status: ExitStatus::Code(0),
+            limit: None,
         },
         t(5),
     )
@@ -1680,6 +1693,7 @@ fn a_record_outlives_its_last_owner_by_its_grace() {
             Input::Exited {
                 id: id(n),
                 status: ExitStatus::Signal(15),
+                limit: None,
             },
             t(7_002),
         )
@@ -1750,6 +1764,7 @@ fn dependencies_wait_for_their_condition() {
         Input::Exited {
             id: id(1),
             status: ExitStatus::Code(1),
+            limit: None,
         },
         t(4),
     )
@@ -1859,6 +1874,7 @@ fn a_burst_of_changes_is_one_restart_after_the_quiet() {
             Input::Exited {
                 id: id(1),
                 status: ExitStatus::Signal(15),
+                limit: None,
             },
             at,
         )
@@ -2033,6 +2049,7 @@ fn a_schedule_starts_one_run_per_due_time_and_skips_while_one_runs() {
         Input::Exited {
             id: first[0],
             status: ExitStatus::Code(0),
+            limit: None,
         },
         t(2200),
     )
@@ -2103,6 +2120,7 @@ fn a_queued_run_waits_for_the_live_one() {
         Input::Exited {
             id: first,
             status: ExitStatus::Code(3),
+            limit: None,
         },
         t(2500),
     )

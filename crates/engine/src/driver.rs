@@ -285,7 +285,7 @@ impl Driver {
                 self.core.withdraw(&ids);
                 return;
             }
-            ProcessNotice::Exited { id, status } => Input::Exited { id, status },
+            ProcessNotice::Exited { id, status, limit } => Input::Exited { id, status, limit },
             ProcessNotice::HandedOver {
                 id,
                 status,

@@ -1933,6 +1933,7 @@ async fn a_restart_reads_the_other_nodes_records_its_records_wait_for() {
         bpm_domain::Transition::Spawned { pid: 4242 },
         bpm_domain::Transition::Exited {
             status: ExitStatus::Code(0),
+            limit: None,
         },
     ] {
         done.apply(step, now).expect("a step");

@@ -66,6 +66,10 @@ pub struct SpawnRequest {
     /// [`ProcessNotice::Health`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<bpm_domain::HealthCheck>,
+    /// What the process and its tree may use; a spawner that cannot
+    /// enforce one refuses the start ([`SpawnError::Invalid`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<bpm_domain::ResourceLimits>,
 }
 
 impl SpawnRequest {
@@ -89,6 +93,7 @@ impl SpawnRequest {
             leader_only: spec.leader_only,
             port: record.port(),
             health: spec.health.as_deref().cloned(),
+            limits: spec.limits.as_deref().copied(),
         })
     }
 }
@@ -110,6 +115,10 @@ pub enum ProcessNotice {
         id: ProcessId,
         /// How.
         status: ExitStatus,
+        /// The resource limit that ended it, when the spawner saw one do
+        /// so (a cgroup's OOM kill).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<bpm_domain::LimitHit>,
     },
     /// It exited, and the spawner started the next record handed over in
     /// its place ([`ProcessSpawner::hand_over`]): the manager takes both at once.

@@ -211,7 +211,11 @@ impl LastingKeeper {
                 None => None,
             };
             let _ = tx.send(match status {
-                Some(status) => ProcessNotice::Exited { id, status },
+                Some(status) => ProcessNotice::Exited {
+                    id,
+                    status,
+                    limit: None,
+                },
                 None => ProcessNotice::Lost {
                     id,
                     reason: unknown_end(pid),

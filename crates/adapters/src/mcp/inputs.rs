@@ -114,6 +114,15 @@ pub(super) struct StartArgs {
     /// With a schedule: after a time no daemon ran, the last due time
     /// missed runs late, once.
     pub(super) catch_up: Option<bool>,
+    /// Memory the process and its tree may use ("512M", "2G"): past it the
+    /// kernel kills it and it ends failed with the error "memory limit (SIZE)".
+    pub(super) memory_max: Option<String>,
+    /// CPU the tree may use, in percent of one CPU (50; 200 for two CPUs).
+    pub(super) cpu_max: Option<u32>,
+    /// How many processes and threads the tree may hold at once.
+    pub(super) pids_max: Option<u32>,
+    /// How many files each of its processes may hold open.
+    pub(super) nofile: Option<u64>,
     /// A name, unique enough to refer to the process by.
     pub(super) name: Option<String>,
     pub(super) kind: Option<KindArg>,

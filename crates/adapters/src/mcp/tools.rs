@@ -412,6 +412,22 @@ impl McpServer {
                 .map_err(|e: bpm_domain::NameError| format!("node_labels: {e}"))?;
             spec.node_labels.insert(key, value);
         }
+        let (cpu, pids, files) = (
+            a.cpu_max.map(|n| n.to_string()),
+            a.pids_max.map(|n| n.to_string()),
+            a.nofile.map(|n| n.to_string()),
+        );
+        spec.limits = bpm_domain::LimitsAsked {
+            memory_max: a.memory_max.as_deref(),
+            cpu_max: cpu.as_deref(),
+            pids_max: pids.as_deref(),
+            nofile: files.as_deref(),
+        }
+        .limits("")?
+        .map(Box::new);
+        if let Some(limits) = &spec.limits {
+            crate::os::check_limits(limits, "")?;
+        }
         spec.failover = a.failover.unwrap_or(false);
         spec.leader_only = a.leader_only.unwrap_or(false);
         spec.if_name_taken =

@@ -7,6 +7,7 @@ mod capture;
 mod files;
 mod heap;
 mod host;
+mod limits;
 mod listening;
 mod probe;
 mod spawn;
@@ -38,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 pub use files::check_watch;
 pub use heap::release_free_memory;
 pub use host::OsHost;
+pub use limits::{NO_CGROUPS_ENV, check_limits};
 pub use probe::notify_ready;
 pub use subreaper::Subreaper;
 pub use usage::ProcSampler;
@@ -175,6 +177,15 @@ enum Halt {
     /// Stopped because the lease's renewals are late: continued by the next
     /// renewal, or with the signal that stops it.
     Frozen,
+}
+
+/// What the end of a process started here must do beyond reporting it.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    /// Its record ends with its leader: what the leader left runs on.
+    leader_only: bool,
+    /// It ran under resource limits, in groups to remove.
+    limited: bool,
 }
 
 /// The reading ends of a process's stdout and stderr pipes.
@@ -480,6 +491,8 @@ impl OsSpawner {
                 drain(pumps, inner.config.drain, &watcher, &mut activity).await;
             }
             lock(&inner.live).remove(&id);
+            // Its groups, if it was limited, go with it.
+            let _ = tokio::task::spawn_blocking(move || limits::finish(id, true)).await;
             inner.forget_starts();
             let _ = inner.tx.send(ProcessNotice::Lost {
                 id,
@@ -1010,14 +1023,30 @@ impl Inner {
         // Before the start: a record missing from the log never started here.
         self.note_start(&format!("{}\n", request.id))
             .map_err(|e| SpawnError::Os(format!("cannot note the start in the start log: {e}")))?;
-        let child = spawn::spawn(
-            &resolved,
-            &request.argv,
-            &env,
-            request.cwd.as_deref(),
-            request.stdin == StdinMode::Pipe,
-        )
-        .map_err(|e| match e.kind() {
+        let stdin_pipe = request.stdin == StdinMode::Pipe;
+        let cwd = request.cwd.as_deref();
+        let spawned = match &request.limits {
+            None => spawn::spawn(&resolved, &request.argv, &env, cwd, stdin_pipe),
+            Some(asked) => {
+                let confinement = limits::Confinement::make(request.id, asked).map_err(|e| {
+                    limits::finish(request.id, true);
+                    SpawnError::Invalid(e)
+                })?;
+                let spawned = spawn::spawn_confined(
+                    &resolved,
+                    &request.argv,
+                    &env,
+                    cwd,
+                    stdin_pipe,
+                    &confinement,
+                );
+                if spawned.is_err() {
+                    limits::finish(request.id, true);
+                }
+                spawned
+            }
+        };
+        let child = spawned.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SpawnError::ProgramNotFound(program.clone()),
             std::io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied(program.clone()),
             std::io::ErrorKind::InvalidInput => SpawnError::Invalid(e.to_string()),
@@ -1238,7 +1267,9 @@ impl Inner {
         let pidfd =
             unsafe { AsyncFd::register_with_interest(child.pidfd, tokio::io::Interest::READABLE) }
                 .map_err(|e| SpawnError::Os(format!("cannot watch process {pid}: {e}")))?;
-        let origin = if request.hands_over {
+        // A limited process's end is reported with what its limits saw,
+        // never folded into a start handed over in its place.
+        let origin = if request.hands_over && request.limits.is_none() {
             Origin::HandsOver
         } else {
             Origin::Started
@@ -1313,6 +1344,10 @@ impl Inner {
         // Output from the start on counts as activity while the end drains.
         let activity = watcher.activity();
         let leader_only = request.leader_only;
+        let ending = Ending {
+            leader_only,
+            limited: request.limits.is_some(),
+        };
         tokio::spawn(async move {
             let mut status = reap(&pidfd, &inner.live, id).await;
             if !leader_only && !inner.is_stopping(id) {
@@ -1321,7 +1356,7 @@ impl Inner {
             }
             let _ = exited_tx.send(true);
             let output = (pumps, watcher, activity);
-            inner.ended(id, pid, status, output).await;
+            inner.ended(id, pid, status, output, ending).await;
         });
     }
 
@@ -1338,6 +1373,7 @@ impl Inner {
         pid: u32,
         status: ExitStatus,
         (pumps, watcher, mut activity): Output,
+        ending: Ending,
     ) {
         let stopping = lock(&self.live).get_mut(&id).map(|l| {
             l.stdin = None;
@@ -1347,6 +1383,16 @@ impl Inner {
             end_rest_of_tree(id, self.config.tree_grace).await;
         }
         drain(pumps, self.config.drain, &watcher, &mut activity).await;
+        // What a leader-only record's leader left runs on, by its own
+        // choice, in the groups that still limit it.
+        let limit = if ending.limited {
+            let kill = !ending.leader_only;
+            tokio::task::spawn_blocking(move || limits::finish(id, kill))
+                .await
+                .unwrap_or_default()
+        } else {
+            None
+        };
         let hands_over = lock(&self.live)
             .remove(&id)
             .is_some_and(|l| l.origin == Origin::HandsOver);
@@ -1366,7 +1412,7 @@ impl Inner {
                 next,
                 started,
             },
-            None => ProcessNotice::Exited { id, status },
+            None => ProcessNotice::Exited { id, status, limit },
         };
         let _ = self.tx.send(notice);
     }

@@ -288,3 +288,108 @@ pub(crate) fn spawn(
         stderr: err_r,
     })
 }
+
+/// [`spawn`], for a process under resource limits: through `fork`, so
+/// that between it and `exec` the child writes itself into its control
+/// groups and sets its rlimits, and nothing it runs is ever outside them.
+/// (`posix_spawn` has no such hook; the price of `fork` is paid only by
+/// limited processes.)
+pub(crate) fn spawn_confined(
+    program: &Path,
+    argv: &[bpm_domain::OsText],
+    env: &[&CStr],
+    cwd: Option<&Path>,
+    stdin_pipe: bool,
+    confinement: &super::limits::Confinement,
+) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (stdin_read, stdin) = if stdin_pipe {
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
+        (Stdio::from(read), Some(write))
+    } else {
+        (Stdio::null(), None)
+    };
+    let mut command = std::process::Command::new(program);
+    if let Some((first, rest)) = argv.split_first() {
+        command.arg0(first.as_os_str());
+        command.args(rest.iter().map(bpm_domain::OsText::as_os_str));
+    }
+    command.env_clear();
+    for kv in env {
+        let bytes = kv.to_bytes();
+        if let Some(eq) = bytes.iter().position(|b| *b == b'=') {
+            command.env(
+                OsStr::from_bytes(&bytes[..eq]),
+                OsStr::from_bytes(&bytes[eq + 1..]),
+            );
+        }
+    }
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    command
+        .stdin(stdin_read)
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w));
+    let procs: Vec<i32> = confinement.procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let rlimits = confinement.rlimits.clone();
+    let held = [out_r.as_raw_fd(), err_r.as_raw_fd()];
+    // SAFETY: the hook runs in the forked child before exec and makes only
+    // async-signal-safe system calls (write, setrlimit, setsid, sigprocmask,
+    // sigaction, dup2), on descriptors the parent keeps open until spawn
+    // returns (`confinement` and the pipes outlive this function's call).
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &procs {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            for (fd, target) in held.into_iter().zip(HELD_PIPE_FDS) {
+                if libc::dup2(fd, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Last: a low limit on open files must not stop the dup2 above.
+            for (resource, value) in &rlimits {
+                let limit = rustix::process::Rlimit {
+                    current: Some(*value),
+                    maximum: Some(*value),
+                };
+                rustix::process::setrlimit(*resource, limit)?;
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(command);
+    let pid = child.id();
+    let pidfd = pidfd_open(
+        Pid::from_raw(i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?)
+            .ok_or_else(|| io::Error::other("pid 0"))?,
+        PidfdFlags::empty(),
+    )?;
+    Ok(Child {
+        pid,
+        pidfd,
+        stdin,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}

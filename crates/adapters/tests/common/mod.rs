@@ -66,6 +66,7 @@ pub(crate) fn sh_request(
         leader_only: false,
         port: None,
         health: None,
+        limits: None,
     }
 }
 

@@ -658,6 +658,18 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     .schedule(bpm_adapters::os::local_time_zone, "--")
     .map_err(CliError::invalid)?
     .map(Box::new);
+    spec.limits = bpm_domain::LimitsAsked {
+        memory_max: a.memory_max.as_deref(),
+        cpu_max: a.cpu_max.as_deref(),
+        pids_max: a.pids_max.as_deref(),
+        nofile: a.nofile.as_deref(),
+    }
+    .limits("--")
+    .map_err(CliError::invalid)?
+    .map(Box::new);
+    if let Some(limits) = &spec.limits {
+        bpm_adapters::os::check_limits(limits, "--").map_err(CliError::invalid)?;
+    }
     spec.validate().map_err(|e| bad(&e))?;
     Ok(spec)
 }
@@ -1192,6 +1204,18 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
             text.push_str(", with its dependents");
         }
         field("watch", text);
+    }
+    if let Some(limits) = &spec.limits {
+        // How this machine enforces each: the node's, for a record here.
+        let text = match bpm_adapters::os::check_limits(limits, "") {
+            Ok(each) => each
+                .iter()
+                .map(|(limit, how)| format!("{limit} by {how}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => format!("{limits} (this machine cannot enforce them: {e})"),
+        };
+        field("limits", text);
     }
     if let Some(schedule) = &spec.schedule {
         let mut text = schedule.cadence();

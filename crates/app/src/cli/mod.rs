@@ -465,6 +465,23 @@ pub struct RunArgs {
     /// last due time missed, once, instead of skipping it.
     #[arg(long)]
     pub catch_up: bool,
+    /// Memory the process and its tree may use (512M, 2G): past it the
+    /// kernel kills it, and it ends failed with the reason `memory limit`.
+    /// A cgroup where the machine lets bpm make one, else an address-space
+    /// rlimit; `bpm show` says which.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_max: Option<String>,
+    /// CPU the tree may use, in percent of one CPU (50, 200 for two);
+    /// needs a cgroup cpu controller, refused otherwise.
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_max: Option<String>,
+    /// How many processes and threads the tree may hold at once (a fork
+    /// bomb stops there).
+    #[arg(long, value_name = "N")]
+    pub pids_max: Option<String>,
+    /// How many files each of its processes may hold open (an rlimit).
+    #[arg(long, value_name = "N")]
+    pub nofile: Option<String>,
     /// Follow the output and exit with the process's own exit code.
     #[arg(long)]
     pub wait: bool,

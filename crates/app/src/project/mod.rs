@@ -154,6 +154,27 @@ pub(crate) struct ServiceTable {
     pub(crate) jitter: Option<String>,
     pub(crate) run_now: Option<bool>,
     pub(crate) catch_up: Option<bool>,
+    pub(crate) memory_max: Option<TextOrNumber>,
+    pub(crate) cpu_max: Option<TextOrNumber>,
+    pub(crate) pids_max: Option<TextOrNumber>,
+    pub(crate) nofile: Option<TextOrNumber>,
+}
+
+/// A value written as text or as a number (`pids_max = 64`, `memory_max = "512M"`).
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum TextOrNumber {
+    Number(i64),
+    Text(String),
+}
+
+impl TextOrNumber {
+    fn text(&self) -> String {
+        match self {
+            TextOrNumber::Number(n) => n.to_string(),
+            TextOrNumber::Text(t) => t.clone(),
+        }
+    }
 }
 
 /// The service's `watch`, `watch_ignore`, `watch_debounce` and
@@ -408,6 +429,24 @@ pub(crate) fn resolve(
     }
     .schedule(bpm_adapters::os::local_time_zone, "")?
     .map(Box::new);
+    let text = |v: &Option<TextOrNumber>| v.as_ref().map(TextOrNumber::text);
+    let (memory, cpu, pids, files) = (
+        text(&t.memory_max),
+        text(&t.cpu_max),
+        text(&t.pids_max),
+        text(&t.nofile),
+    );
+    spec.limits = bpm_domain::LimitsAsked {
+        memory_max: memory.as_deref(),
+        cpu_max: cpu.as_deref(),
+        pids_max: pids.as_deref(),
+        nofile: files.as_deref(),
+    }
+    .limits("")?
+    .map(Box::new);
+    if let Some(limits) = &spec.limits {
+        bpm_adapters::os::check_limits(limits, "")?;
+    }
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),

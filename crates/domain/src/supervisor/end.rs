@@ -14,6 +14,7 @@ impl Supervisor {
         &mut self,
         id: ProcessId,
         status: ExitStatus,
+        limit: Option<crate::LimitHit>,
         now: Timestamp,
     ) -> Result<(), CoreError> {
         let Some(record) = self.get(id).filter(|r| !r.is_terminal()) else {
@@ -70,7 +71,7 @@ impl Supervisor {
                 return Ok(());
             }
         }
-        self.transition(id, Transition::Exited { status }, now)?;
+        self.transition(id, Transition::Exited { status, limit }, now)?;
         self.out.push(Effect::ExitRecorded { id });
         Ok(())
     }

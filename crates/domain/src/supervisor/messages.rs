@@ -291,6 +291,8 @@ pub enum Input {
         id: ProcessId,
         /// How.
         status: ExitStatus,
+        /// The resource limit that ended it, if the spawner saw one do so.
+        limit: Option<crate::LimitHit>,
     },
     /// The OS process of `id` exited, and the spawner at once started `next`
     /// in its place, as [`Supervisor::hand_over`](crate::Supervisor::hand_over) allowed. `next` takes the

@@ -313,7 +313,7 @@ impl Supervisor {
             Input::Spawned { .. } | Input::SpawnFailed { .. } | Input::SpawnLost { .. } => {
                 self.spawn_result(input, now)
             }
-            Input::Exited { id, status } => self.exited(id, status, now),
+            Input::Exited { id, status, limit } => self.exited(id, status, limit, now),
             Input::HandedOver {
                 id,
                 status,
@@ -321,7 +321,7 @@ impl Supervisor {
                 started,
             } => {
                 self.start_heard(next);
-                let exit = self.exited(id, status, now);
+                let exit = self.exited(id, status, None, now);
                 self.take_over(next, started, now);
                 self.release(next, now);
                 match exit {

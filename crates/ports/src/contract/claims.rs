@@ -325,6 +325,7 @@ pub async fn cluster_slots_count_every_node(s: Subject) {
         &mut a1,
         &[Transition::Exited {
             status: ExitStatus::Code(0),
+            limit: None,
         }],
     )
     .await;

@@ -50,6 +50,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         leader_only: false,
         port: None,
         health: None,
+        limits: None,
     }
 }
 

@@ -472,6 +472,7 @@ pub async fn filters_follow_updates(store: Arc<dyn ProcessStore>) {
         &mut r,
         Transition::Exited {
             status: bpm_domain::ExitStatus::Code(0),
+            limit: None,
         },
     )
     .await;
