@@ -365,11 +365,12 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
         .expect("JSON");
         running.iter().any(|r| r["node"] == "kappa")
     };
+    // Once kappa runs a failover record, whatever the count of marks: the
+    // failover records are few and short, and waiting for a count as well
+    // could outlast them all on a loaded machine.
     while std::fs::read_to_string(&marks)
         .unwrap_or_default()
-        .lines()
-        .count()
-        < 100
+        .is_empty()
         || !kappa_moves()
     {
         assert!(Instant::now() < deadline, "the run never got going");
