@@ -4235,7 +4235,8 @@ fn without_cgroups_limits_fall_back_to_rlimits_or_are_refused_by_name() {
 }
 
 /// A project's service takes `memory_max`, `cpu_max`, `pids_max` and
-/// `nofile`, as text or numbers; its process runs under them; an edit of
+/// `nofile`, as text or numbers, and `tty_size`; its process runs under
+/// them; an edit of
 /// one is a change `up` applies; a bad value names the service and key.
 #[test]
 fn a_projects_service_runs_under_its_resource_limits() {
@@ -4244,7 +4245,7 @@ fn a_projects_service_runs_under_its_resource_limits() {
     let file = dir.path().join("bpm.toml");
     let service = |nofile: u32| {
         format!(
-            "[project]\nname = \"capped\"\n\n[services.api]\ncommand = \"python3 -c 'import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)'; exec sleep 300\"\nmemory_max = \"128M\"\ncpu_max = \"50%\"\npids_max = 16\nnofile = {nofile}\n"
+            "[project]\nname = \"capped\"\n\n[services.api]\ncommand = \"python3 -c 'import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)'; exec sleep 300\"\nmemory_max = \"128M\"\ncpu_max = \"50%\"\npids_max = 16\nnofile = {nofile}\ntty_size = \"100x30\"\n"
         )
     };
     std::fs::write(&file, service(128)).expect("file");
@@ -4258,7 +4259,12 @@ fn a_projects_service_runs_under_its_resource_limits() {
     );
     let id = api["id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while bpm.ok(&["logs", &id]) != "128\n" {
+    assert_eq!(
+        api["spec"]["tty"],
+        serde_json::json!({"cols": 100, "rows": 30})
+    );
+    // On its terminal, a line ends with CR LF.
+    while bpm.ok(&["logs", &id]) != "128\r\n" {
         assert!(Instant::now() < deadline, "{}", bpm.ok(&["logs", &id]));
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -4280,4 +4286,124 @@ fn a_projects_service_runs_under_its_resource_limits() {
     .expect("file");
     let err = bpm.fails(&["up", "-f", f], 4);
     assert!(err.contains("api") && err.contains("memory_max"), "{err}");
+}
+
+/// Runs `bpm ARGS` on a pseudo-terminal (util-linux `script`), typing each
+/// step's text after its pause; its screen, and its exit code.
+fn typed_on_a_terminal(bpm: &Bpm, args: &str, steps: &[(u64, &str)]) -> (String, Option<i32>) {
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_bpm"));
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("BPM_HOME", bpm.home())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut input = child.stdin.take().expect("stdin");
+    for (pause_ms, text) in steps {
+        std::thread::sleep(Duration::from_millis(*pause_ms));
+        input.write_all(text.as_bytes()).expect("type");
+        input.flush().expect("flush");
+    }
+    // Open until the command ends: script ends it at the end of its input.
+    let out = std::thread::spawn(move || child.wait_with_output().expect("output"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !out.is_finished() {
+        assert!(Instant::now() < deadline, "bpm {args} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(input);
+    let out = out.join().expect("script");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// `--tty` runs a process on a pseudo-terminal of `--tty-size`: it sees a
+/// terminal on all three streams, its colours are kept, a prompt and a
+/// password prompt take `bpm input`; `bpm attach` connects a terminal to a
+/// REPL until the detach key, and ends with the process's own exit code.
+#[test]
+fn a_terminal_process_sees_a_terminal_takes_input_and_attach_connects_to_it() {
+    let bpm = Bpm::new();
+    let prompts = bpm.ok(&[
+        "run",
+        "--tty-size",
+        "120x40",
+        "--",
+        "python3",
+        "-c",
+        "import getpass, os, sys\nprint(sys.stdin.isatty(), sys.stdout.isatty(), sys.stderr.isatty(), tuple(os.get_terminal_size()))\nprint('\\033[31mred\\033[0m')\nname = input('name? ')\nprint('hello', name)\nsecret = getpass.getpass('password: ')\nprint('length', len(secret))",
+    ]);
+    let prompts = prompts.trim();
+    let shown = bpm.json(&["show", prompts, "--json"]);
+    assert_eq!(
+        shown["spec"]["tty"],
+        serde_json::json!({"cols": 120, "rows": 40})
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bpm.ok(&["logs", prompts]).ends_with("name? ") {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            bpm.ok(&["logs", prompts])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bpm.ok(&["input", prompts, "alice"]);
+    while !bpm.ok(&["logs", prompts]).ends_with("password: ") {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            bpm.ok(&["logs", prompts])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bpm.ok(&["input", prompts, "hunter2"]);
+    let ended = ended_within(&bpm, prompts, Duration::from_secs(10));
+    assert_eq!(ended["state"], "completed", "{ended}");
+    assert_eq!(
+        bpm.ok(&["logs", prompts]),
+        "True True True (120, 40)\r\n\u{1b}[31mred\u{1b}[0m\r\nname? alice\r\nhello alice\r\npassword: \r\nlength 7\r\n",
+        "the terminal echoes the name, not the password"
+    );
+
+    let repl = bpm.ok(&[
+        "run", "--tty", "--name", "repl", "--", "python3", "-q", "-i",
+    ]);
+    let repl = repl.trim();
+    let (screen, code) =
+        typed_on_a_terminal(&bpm, "attach repl", &[(800, "6*7\r"), (800, "\u{1d}")]);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("ctrl-] detaches")
+            && screen.contains("42")
+            && screen.contains("detached from repl"),
+        "{screen:?}"
+    );
+    assert_eq!(bpm.state(repl), "running", "detaching leaves it running");
+    let (screen, code) = typed_on_a_terminal(
+        &bpm,
+        "attach repl --detach-key ctrl-q",
+        &[(800, "print('back')\r"), (500, "exit(3)\r"), (1500, "")],
+    );
+    assert!(
+        screen.contains(">>> 6*7"),
+        "the last screen first: {screen:?}"
+    );
+    assert!(
+        screen.contains("back") && screen.contains("[repl ended: exit code 3]"),
+        "{screen:?}"
+    );
+    assert_eq!(code, Some(3), "{screen:?}");
+
+    let plain = bpm.ok(&["run", "--", "sleep", "30"]);
+    let err = bpm.fails(&["attach", plain.trim()], 4);
+    assert!(err.contains("--tty"), "{err}");
+    let err = bpm.fails(&["run", "--tty-size", "0x10", "--", "true"], 4);
+    assert!(err.contains("--tty-size"), "{err}");
+    let err = bpm.fails(&["attach", repl, "--detach-key", "q"], 4);
+    assert!(err.contains("--detach-key"), "{err}");
 }

@@ -1134,3 +1134,54 @@ async fn resource_limits_reach_the_process() {
     .await;
     assert!(msg.contains("memory_max"), "{msg}");
 }
+
+/// `tty` runs the process on a pseudo-terminal (`tty_size` its size), and
+/// `send_process_input` types into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_process_takes_typed_input() {
+    let w = world().await;
+    let (c, _) = w.client(Policy::default()).await;
+    let p = ok(
+        &c,
+        "start_background_process",
+        json!({
+            "command": "python3 -c \"import os; print(tuple(os.get_terminal_size())); print('hello', input('name? '))\"",
+            "tty": true,
+            "tty_size": "100x30",
+        }),
+    )
+    .await;
+    assert_eq!(p["spec"]["tty"], json!({"cols": 100, "rows": 30}), "{p}");
+    let id = p["id"].as_str().expect("id").to_owned();
+    ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": id, "until": "pattern", "pattern": "name\\? ", "timeout_secs": 10}),
+    )
+    .await;
+    ok(
+        &c,
+        "send_process_input",
+        json!({"process_id": id, "text": "alice"}),
+    )
+    .await;
+    let ended = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": id, "timeout_secs": 10}),
+    )
+    .await;
+    assert_eq!(ended["state"], "completed", "{ended}");
+    let out = ok(&c, "get_process_output", json!({"process_id": id})).await;
+    assert_eq!(
+        out["text"], "(100, 30)\r\nname? alice\r\nhello alice\r\n",
+        "{out}"
+    );
+    let msg = tool_error(
+        &c,
+        "start_background_process",
+        json!({"command": "true", "tty_size": "wide"}),
+    )
+    .await;
+    assert!(msg.contains("tty_size"), "{msg}");
+}

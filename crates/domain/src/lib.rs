@@ -23,6 +23,7 @@ mod resources;
 mod schedule;
 mod spec;
 pub mod supervisor;
+mod terminal;
 mod time;
 
 pub use cluster::{
@@ -55,4 +56,5 @@ pub use spec::{
     metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
+pub use terminal::TtySize;
 pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::os_text::{env_serde, path_serde, paths_serde};
 use crate::resources::ResourceLimits;
+use crate::terminal::TtySize;
 use crate::{
     GroupName, LabelKey, LabelValue, NodeId, OsText, Owner, PortAsk, ProcessId, ProcessName,
     Schedule, ScheduleError, SessionId, Span,
@@ -487,6 +488,11 @@ pub struct ProcessSpec {
     pub env_files: Vec<PathBuf>,
     /// Standard input.
     pub stdin: StdinMode,
+    /// Run it under a pseudo-terminal of this size: its standard input,
+    /// output and error are the terminal (so `isatty` is true and prompts
+    /// work), and input is typed into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
     /// The session that owns it.
     pub session: Option<SessionId>,
     /// The parent in a hierarchy.
@@ -973,6 +979,7 @@ impl ProcessSpec {
         check("watch", self.watch == other.watch);
         check("schedule", self.schedule == other.schedule);
         check("limits", self.limits == other.limits);
+        check("tty", self.tty == other.tty);
         differ
     }
 
@@ -1054,6 +1061,9 @@ impl ProcessSpec {
                 }
                 if self.limits.is_some() {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("resource limits")));
+                }
+                if self.tty.is_some() {
+                    return Err(SpecError::NotForTracked(Cow::Borrowed("a terminal")));
                 }
                 if self.restart.mode != RestartMode::Never {
                     return Err(SpecError::NotForTracked(Cow::Borrowed("a restart policy")));

@@ -70,6 +70,10 @@ pub struct SpawnRequest {
     /// enforce one refuses the start ([`SpawnError::Invalid`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<bpm_domain::ResourceLimits>,
+    /// Run it under a pseudo-terminal of this size
+    /// ([`ProcessSpec::tty`](bpm_domain::ProcessSpec::tty)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bpm_domain::TtySize>,
 }
 
 impl SpawnRequest {
@@ -94,6 +98,7 @@ impl SpawnRequest {
             port: record.port(),
             health: spec.health.as_deref().cloned(),
             limits: spec.limits.as_deref().copied(),
+            tty: spec.tty,
         })
     }
 }

@@ -123,6 +123,12 @@ pub(super) struct StartArgs {
     pub(super) pids_max: Option<u32>,
     /// How many files each of its processes may hold open.
     pub(super) nofile: Option<u64>,
+    /// Run it under a pseudo-terminal, so that programs that check for one
+    /// (prompts, REPLs, colours) behave as they do for a person; type into
+    /// it with `send_process_input`.
+    pub(super) tty: Option<bool>,
+    /// With tty: its size in columns by rows ("120x40"; 80x24 by default).
+    pub(super) tty_size: Option<String>,
     /// A name, unique enough to refer to the process by.
     pub(super) name: Option<String>,
     pub(super) kind: Option<KindArg>,
@@ -297,7 +303,7 @@ pub(super) struct StopArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InputArgs {
-    /// The process (started with `stdin: true`).
+    /// The process (started with `stdin: true` or `tty: true`).
     pub(super) process_id: String,
     /// What to write to its standard input.
     pub(super) text: String,

@@ -313,7 +313,7 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
         tool(
             "send_process_input",
             "Send input to a process",
-            "Writes text (and a newline, unless newline is false) to the standard input of a running process started with stdin: true.",
+            "Writes text (and a newline, unless newline is false) to the standard input of a running process started with stdin: true, or types it into its terminal (tty: true).",
             schema_for_input::<InputArgs>(),
             json!({
                 "type": "object",

@@ -428,6 +428,12 @@ impl McpServer {
         if let Some(limits) = &spec.limits {
             crate::os::check_limits(limits, "")?;
         }
+        spec.tty = match (a.tty, a.tty_size.as_deref()) {
+            (Some(false), Some(_)) => return Err("tty_size needs tty".into()),
+            (_, Some(size)) => Some(size.parse().map_err(|e| format!("tty_size: {e}"))?),
+            (Some(true), None) => Some(bpm_domain::TtySize::default()),
+            (_, None) => None,
+        };
         spec.failover = a.failover.unwrap_or(false);
         spec.leader_only = a.leader_only.unwrap_or(false);
         spec.if_name_taken =

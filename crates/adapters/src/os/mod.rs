@@ -1025,26 +1025,28 @@ impl Inner {
             .map_err(|e| SpawnError::Os(format!("cannot note the start in the start log: {e}")))?;
         let stdin_pipe = request.stdin == StdinMode::Pipe;
         let cwd = request.cwd.as_deref();
-        let spawned = match &request.limits {
-            None => spawn::spawn(&resolved, &request.argv, &env, cwd, stdin_pipe),
-            Some(asked) => {
-                let confinement = limits::Confinement::make(request.id, asked).map_err(|e| {
+        let spawned = if request.limits.is_none() && request.tty.is_none() {
+            spawn::spawn(&resolved, &request.argv, &env, cwd, stdin_pipe)
+        } else {
+            let confinement = request
+                .limits
+                .as_ref()
+                .map(|asked| limits::Confinement::make(request.id, asked))
+                .transpose()
+                .map_err(|e| {
                     limits::finish(request.id, true);
                     SpawnError::Invalid(e)
                 })?;
-                let spawned = spawn::spawn_confined(
-                    &resolved,
-                    &request.argv,
-                    &env,
-                    cwd,
-                    stdin_pipe,
-                    &confinement,
-                );
-                if spawned.is_err() {
-                    limits::finish(request.id, true);
-                }
-                spawned
+            let extra = spawn::Forked {
+                confinement: confinement.as_ref(),
+                tty: request.tty,
+            };
+            let spawned =
+                spawn::spawn_forked(&resolved, &request.argv, &env, cwd, stdin_pipe, &extra);
+            if spawned.is_err() && confinement.is_some() {
+                limits::finish(request.id, true);
             }
+            spawned
         };
         let child = spawned.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SpawnError::ProgramNotFound(program.clone()),
@@ -1246,13 +1248,20 @@ impl Inner {
     > {
         let pid = child.pid;
         let os = |e: std::io::Error| SpawnError::Os(format!("cannot watch process {pid}: {e}"));
+        // A terminal's master side is no pipe: it is taken as it is (it is
+        // non-blocking already).
         let stdin = match child.stdin {
+            Some(fd) if child.terminal => Some(Arc::new(tokio::sync::Mutex::new(
+                pipe::Sender::from_owned_fd_unchecked(fd).map_err(os)?,
+            ))),
             Some(fd) => Some(Arc::new(tokio::sync::Mutex::new(
                 pipe::Sender::from_owned_fd(fd).map_err(os)?,
             ))),
             None => None,
         };
-        let pipes = if self.config.share_pipes {
+        // A terminal dies with the master side the keeper holds: copies
+        // in the daemon would keep it alive with no one able to read it.
+        let pipes = if self.config.share_pipes && !child.terminal {
             Some(Arc::new([
                 child.stdout.try_clone().map_err(os)?,
                 child.stderr.try_clone().map_err(os)?,
@@ -1260,7 +1269,11 @@ impl Inner {
         } else {
             None
         };
-        let stdout = pipe::Receiver::from_owned_fd(child.stdout).map_err(os)?;
+        let stdout = if child.terminal {
+            pipe::Receiver::from_owned_fd_unchecked(child.stdout).map_err(os)?
+        } else {
+            pipe::Receiver::from_owned_fd(child.stdout).map_err(os)?
+        };
         let stderr = pipe::Receiver::from_owned_fd(child.stderr).map_err(os)?;
         // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
         #[allow(unsafe_code)]

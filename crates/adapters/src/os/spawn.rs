@@ -23,6 +23,9 @@ pub(crate) struct Child {
     pub(crate) stdin: Option<OwnedFd>,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
+    /// Whether `stdout` (and `stdin`) are a pseudo-terminal's master side,
+    /// not pipes: `stderr` then is a pipe with no writer.
+    pub(crate) terminal: bool,
 }
 
 /// Why a program could not be resolved.
@@ -286,34 +289,88 @@ pub(crate) fn spawn(
         stdin,
         stdout: out_r,
         stderr: err_r,
+        terminal: false,
     })
 }
 
-/// [`spawn`], for a process under resource limits: through `fork`, so
-/// that between it and `exec` the child writes itself into its control
-/// groups and sets its rlimits, and nothing it runs is ever outside them.
-/// (`posix_spawn` has no such hook; the price of `fork` is paid only by
-/// limited processes.)
-pub(crate) fn spawn_confined(
+/// What a process started through `fork` gets beyond [`spawn`]'s.
+#[derive(Default)]
+pub(crate) struct Forked<'a> {
+    /// Its control groups and rlimits.
+    pub(crate) confinement: Option<&'a super::limits::Confinement>,
+    /// A pseudo-terminal of this size as its standard input, output and
+    /// error, and its controlling terminal.
+    pub(crate) tty: Option<bpm_domain::TtySize>,
+}
+
+/// A new pseudo-terminal of `size`: its master side (non-blocking) and its
+/// slave side, both close-on-exec.
+fn open_terminal(size: bpm_domain::TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::termios::tcsetwinsize(
+        &slave,
+        rustix::termios::Winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )?;
+    rustix::io::ioctl_fionbio(&master, true)?;
+    Ok((master, slave))
+}
+
+/// [`spawn`], through `fork`, for what `posix_spawn` cannot do: between
+/// `fork` and `exec` the child writes itself into its control groups and
+/// sets its rlimits (so nothing it runs is ever outside them), and takes a
+/// pseudo-terminal as its controlling terminal. Only such processes pay
+/// for the `fork`.
+pub(crate) fn spawn_forked(
     program: &Path,
     argv: &[bpm_domain::OsText],
     env: &[&CStr],
     cwd: Option<&Path>,
     stdin_pipe: bool,
-    confinement: &super::limits::Confinement,
+    extra: &Forked<'_>,
 ) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
 
+    let terminal = extra.tty.map(open_terminal).transpose()?;
     let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
     let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (stdin_read, stdin) = if stdin_pipe {
-        let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
-        (Stdio::from(read), Some(write))
-    } else {
-        (Stdio::null(), None)
-    };
     let mut command = std::process::Command::new(program);
+    let (stdin, held) = if let Some((master, slave)) = &terminal {
+        command
+            .stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave.try_clone()?));
+        drop((out_w, err_w));
+        (Some(master.try_clone()?), None)
+    } else {
+        let (stdin_read, stdin) = if stdin_pipe {
+            let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
+            (Stdio::from(read), Some(write))
+        } else {
+            (Stdio::null(), None)
+        };
+        command
+            .stdin(stdin_read)
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        (stdin, Some([out_r.as_raw_fd(), err_r.as_raw_fd()]))
+    };
     if let Some((first, rest)) = argv.split_first() {
         command.arg0(first.as_os_str());
         command.args(rest.iter().map(bpm_domain::OsText::as_os_str));
@@ -331,17 +388,19 @@ pub(crate) fn spawn_confined(
     if let Some(dir) = cwd {
         command.current_dir(dir);
     }
-    command
-        .stdin(stdin_read)
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w));
-    let procs: Vec<i32> = confinement.procs.iter().map(AsRawFd::as_raw_fd).collect();
-    let rlimits = confinement.rlimits.clone();
-    let held = [out_r.as_raw_fd(), err_r.as_raw_fd()];
+    let procs: Vec<i32> = extra
+        .confinement
+        .map(|c| c.procs.iter().map(AsRawFd::as_raw_fd).collect())
+        .unwrap_or_default();
+    let rlimits = extra
+        .confinement
+        .map(|c| c.rlimits.clone())
+        .unwrap_or_default();
+    let controlling = terminal.is_some();
     // SAFETY: the hook runs in the forked child before exec and makes only
-    // async-signal-safe system calls (write, setrlimit, setsid, sigprocmask,
-    // sigaction, dup2), on descriptors the parent keeps open until spawn
-    // returns (`confinement` and the pipes outlive this function's call).
+    // async-signal-safe system calls (write, setsid, ioctl, sigprocmask,
+    // sigaction, dup2, setrlimit), on descriptors the parent keeps open
+    // until spawn returns (`extra` and the pipes outlive this call).
     #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(move || {
@@ -353,6 +412,11 @@ pub(crate) fn spawn_confined(
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // Standard input is the terminal by now: it becomes the new
+            // session's controlling terminal.
+            if controlling && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&raw mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
@@ -361,7 +425,7 @@ pub(crate) fn spawn_confined(
                     libc::signal(sig, libc::SIG_DFL);
                 }
             }
-            for (fd, target) in held.into_iter().zip(HELD_PIPE_FDS) {
+            for (fd, target) in held.into_iter().flatten().zip(HELD_PIPE_FDS) {
                 if libc::dup2(fd, target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -378,6 +442,8 @@ pub(crate) fn spawn_confined(
         });
     }
     let child = command.spawn()?;
+    // The parent keeps no slave side: once the child's tree closes its
+    // own, reading the master side ends.
     drop(command);
     let pid = child.id();
     let pidfd = pidfd_open(
@@ -385,11 +451,19 @@ pub(crate) fn spawn_confined(
             .ok_or_else(|| io::Error::other("pid 0"))?,
         PidfdFlags::empty(),
     )?;
+    let (stdout, is_terminal) = match terminal {
+        Some((master, slave)) => {
+            drop(slave);
+            (master, true)
+        }
+        None => (out_r, false),
+    };
     Ok(Child {
         pid,
         pidfd,
         stdin,
-        stdout: out_r,
+        stdout,
         stderr: err_r,
+        terminal: is_terminal,
     })
 }

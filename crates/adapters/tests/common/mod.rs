@@ -67,6 +67,7 @@ pub(crate) fn sh_request(
         port: None,
         health: None,
         limits: None,
+        tty: None,
     }
 }
 

@@ -299,6 +299,9 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             out!("{} {}", r.id(), r.state());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Attach { id, detach_key } => {
+            super::attach::attach(m, &id, detach_key.as_deref()).await
+        }
         Command::Input {
             id,
             text,
@@ -645,6 +648,14 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     if a.stdin {
         spec.stdin = StdinMode::Pipe;
     }
+    if let Some(size) = &a.tty_size {
+        spec.tty = Some(
+            size.parse()
+                .map_err(|e: String| CliError::invalid(format!("--tty-size: {e}")))?,
+        );
+    } else if a.tty {
+        spec.tty = Some(super::attach::this_terminal_size().unwrap_or_default());
+    }
     spec.on_exit = a.on_exit;
     spec.schedule = bpm_domain::ScheduleAsked {
         every: a.every.as_deref(),
@@ -924,7 +935,7 @@ fn split_words(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// The process's own exit code, as a shell shows it (128+n for a signal); 1 when there is none.
-fn exit_code_of(r: &ProcessRecord) -> ExitCode {
+pub(super) fn exit_code_of(r: &ProcessRecord) -> ExitCode {
     match r.lifecycle().exit() {
         Some(e) => ExitCode::from(u8::try_from(e.shell_code()).unwrap_or(1)),
         None if r.state() == StateName::Completed => ExitCode::SUCCESS,
@@ -1204,6 +1215,9 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
             text.push_str(", with its dependents");
         }
         field("watch", text);
+    }
+    if let Some(size) = spec.tty {
+        field("terminal", format!("{size} (bpm attach connects to it)"));
     }
     if let Some(limits) = &spec.limits {
         // How this machine enforces each: the node's, for a record here.

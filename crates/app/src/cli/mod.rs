@@ -18,6 +18,7 @@ macro_rules! out {
     };
 }
 
+mod attach;
 mod commands;
 mod error;
 mod project;
@@ -96,7 +97,18 @@ pub enum Command {
         /// Id or name.
         id: String,
     },
-    /// Type into a process started with --stdin: TEXT and a newline, or,
+    /// Connect this terminal to a process started with --tty: what you
+    /// type goes to it, what it writes comes back, until the detach key
+    /// (Ctrl-] by default) or its end (then exit with its exit code).
+    Attach {
+        /// Id or name.
+        id: String,
+        /// The key that detaches, leaving the process running: ctrl-]
+        /// (the default), ctrl-a to ctrl-z, ctrl-\, ctrl-^ or ctrl-_.
+        #[arg(long, value_name = "KEY")]
+        detach_key: Option<String>,
+    },
+    /// Type into a process started with --stdin or --tty: TEXT and a newline, or,
     /// without TEXT (or with -), all of this command's standard input as it is.
     Input {
         /// Id or name.
@@ -432,6 +444,15 @@ pub struct RunArgs {
     /// Keep stdin open as a pipe for sending input.
     #[arg(long)]
     pub stdin: bool,
+    /// Run it under a pseudo-terminal: programs that check isatty see a
+    /// terminal, prompts and REPLs work, colours are kept. Type into it
+    /// with `bpm input`, or connect to it with `bpm attach`.
+    #[arg(long, conflicts_with = "stdin")]
+    pub tty: bool,
+    /// The terminal's size in columns by rows (120x40; implies --tty). By
+    /// default this terminal's size, or 80x24.
+    #[arg(long, value_name = "COLSxROWS")]
+    pub tty_size: Option<String>,
     /// Run one string through `sh -c`.
     #[arg(long)]
     pub shell: bool,

@@ -158,6 +158,8 @@ pub(crate) struct ServiceTable {
     pub(crate) cpu_max: Option<TextOrNumber>,
     pub(crate) pids_max: Option<TextOrNumber>,
     pub(crate) nofile: Option<TextOrNumber>,
+    pub(crate) tty: Option<bool>,
+    pub(crate) tty_size: Option<String>,
 }
 
 /// A value written as text or as a number (`pids_max = 64`, `memory_max = "512M"`).
@@ -447,6 +449,12 @@ pub(crate) fn resolve(
     if let Some(limits) = &spec.limits {
         bpm_adapters::os::check_limits(limits, "")?;
     }
+    spec.tty = match (t.tty, t.tty_size.as_deref()) {
+        (Some(false), Some(_)) => return Err("tty_size: needs tty = true".into()),
+        (_, Some(size)) => Some(size.parse().map_err(|e| format!("tty_size: {e}"))?),
+        (Some(true), None) => Some(bpm_domain::TtySize::default()),
+        (_, None) => None,
+    };
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),

@@ -51,6 +51,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         port: None,
         health: None,
         limits: None,
+        tty: None,
     }
 }
 

@@ -1,0 +1,75 @@
+//! A process run under a pseudo-terminal: its size, and how it reads.
+
+use serde::{Deserialize, Serialize};
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+impl Default for TtySize {
+    /// 80 columns by 24 rows, the size terminals have started at since the VT100.
+    fn default() -> Self {
+        TtySize { cols: 80, rows: 24 }
+    }
+}
+
+impl std::fmt::Display for TtySize {
+    /// `120x40`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.cols, self.rows)
+    }
+}
+
+impl std::str::FromStr for TtySize {
+    type Err = String;
+
+    /// `COLSxROWS`: `120x40`, each from 1 to 10,000.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a terminal size: COLUMNSxROWS, as 120x40");
+        let (cols, rows) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+        let cell = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(bad)
+        };
+        Ok(TtySize {
+            cols: cell(cols)?,
+            rows: cell(rows)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_columns_by_rows() {
+        assert_eq!(
+            "120x40".parse(),
+            Ok(TtySize {
+                cols: 120,
+                rows: 40
+            })
+        );
+        assert_eq!(" 80X24 ".parse(), Ok(TtySize::default()));
+        for bad in ["", "120", "0x40", "120x", "ax b", "120x40x2", "99999x1"] {
+            assert!(bad.parse::<TtySize>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            TtySize {
+                cols: 120,
+                rows: 40
+            }
+            .to_string(),
+            "120x40"
+        );
+    }
+}
