@@ -50,3 +50,46 @@ fn a_schedule_in_a_cluster_runs_each_due_time_once() {
     let schedule = nodes[2].show("beat");
     assert_eq!(schedule["schedule"]["runs"], 3, "{schedule:#}");
 }
+
+/// A schedule placed on any node: the claim decides which node holds it,
+/// its runs go on that node, and each due time still makes one run in the
+/// whole cluster.
+#[test]
+fn a_schedule_on_any_node_runs_where_the_claim_put_it() {
+    let prefix = unique_prefix();
+    let nodes: Vec<Node> = ["alpha", "beta", "gamma"]
+        .into_iter()
+        .map(|n| Node::with(n, &prefix, ""))
+        .collect();
+    for n in &nodes {
+        n.ok(&["ps"]);
+    }
+    let id = nodes[0].ok(&[
+        "run", "--node", "any", "--every", "1s", "--name", "roam", "--", "true",
+    ]);
+    let id = id.trim();
+    std::thread::sleep(Duration::from_millis(3500));
+    let schedule = nodes[1].show("roam");
+    let holder = schedule["node"].as_str().expect("node").to_owned();
+    assert_ne!(holder, "any", "a node claimed it: {schedule:#}");
+    nodes[2].ok(&["stop", "roam"]);
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&nodes[0].ok(&["ps", "--all", "--json"])).expect("JSON");
+    let runs: Vec<&serde_json::Value> = all.iter().filter(|r| r["scheduled_from"] == id).collect();
+    assert!(
+        runs.iter().all(|r| r["node"] == holder.as_str()),
+        "{runs:#?}"
+    );
+    let ids: BTreeSet<&str> = runs.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids.len(), runs.len(), "each run listed once: {runs:#?}");
+    assert!(
+        (3..=4).contains(&runs.len()),
+        "a due time a second, from the claim on, for 3.5 s: {runs:#?}"
+    );
+    let schedule = nodes[0].show("roam");
+    assert_eq!(
+        schedule["schedule"]["runs"].as_u64(),
+        Some(runs.len() as u64),
+        "{schedule:#}"
+    );
+}

@@ -110,7 +110,7 @@ pub fn takes(room: &Room, labels: &NodeLabels, record: &ProcessRecord) -> bool {
 ///
 /// # Errors
 /// The spec's [`SpecError`]; [`SpecError::NotForTracked`] for a tracked
-/// operation (its work is its caller's, where it runs);
+/// operation with no command (its work is its caller's, where it runs);
 /// [`SpecError::NodeLabelsWithoutAny`] unless the spec is placed on any node.
 pub fn unplaced(
     id: ProcessId,
@@ -118,7 +118,9 @@ pub fn unplaced(
     now: Timestamp,
 ) -> Result<ProcessRecord, SpecError> {
     spec.validate()?;
-    if spec.is_tracked() {
+    // A schedule is queued as any record is: the node that claims it
+    // holds it, and runs its runs.
+    if spec.command.is_none() {
         return Err(SpecError::NotForTracked("the placement any".into()));
     }
     if !spec.node.as_ref().is_some_and(NodeId::is_any) {

@@ -577,7 +577,10 @@ impl ProcessRecord {
     /// A new record for `spec` on `node`: pending, or running at once for a
     /// tracked operation. The spec must have been validated.
     pub fn new(id: ProcessId, node: NodeId, spec: ProcessSpec, now: Timestamp) -> Self {
-        let lifecycle = if spec.is_tracked() {
+        // A schedule placed on any node waits in the cluster's queue, as
+        // a process does, until a node claims it.
+        let queued = node.is_any() && spec.schedule.is_some();
+        let lifecycle = if spec.is_tracked() && !queued {
             Lifecycle::Running {
                 started_at: now,
                 pid: None,
@@ -1153,6 +1156,12 @@ impl Record {
             Transition::Start if !self.is_tracked() => Lifecycle::Starting {
                 queued_at,
                 starting_at: now,
+            },
+            // A schedule a node claimed: it runs there, with no process.
+            Transition::Start if self.spec.schedule.is_some() => Lifecycle::Running {
+                started_at: now,
+                pid: None,
+                ready_at: Some(now),
             },
             Transition::Stop { cause } => Lifecycle::Cancelled {
                 started_at: None,

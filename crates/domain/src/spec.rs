@@ -916,8 +916,10 @@ impl ProcessSpec {
         if self.command.is_none() {
             return refuse("no command: it runs one at each due time");
         }
-        if self.placement() == Placement::Any || self.failover {
-            return refuse("the placement any or failover yet: place it on a node");
+        if self.failover {
+            return refuse(
+                "failover yet: place it on a node, or on any node (the claim decides which)",
+            );
         }
         if self.port.is_some() {
             return refuse("a port (its runs would share it): give its runs none");

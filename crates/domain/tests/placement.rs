@@ -431,3 +431,54 @@ fn an_end_a_cut_or_a_requeue_frees_a_cluster_wide_slot() {
         assert!(!kind.frees_slot(), "{kind:?}");
     }
 }
+
+/// A schedule placed on any node waits in the queue as a process does;
+/// the node that claims it holds it (running, with no process), arms its
+/// first due time, and places its runs on itself.
+#[test]
+fn a_claimed_schedule_runs_on_the_node_that_claimed_it() {
+    let every = |s: &mut ProcessSpec| {
+        s.schedule = Some(Box::new(
+            bpm_domain::ScheduleAsked {
+                every: Some("1s"),
+                ..bpm_domain::ScheduleAsked::default()
+            }
+            .schedule(|| "UTC".into(), "")
+            .expect("a schedule")
+            .expect("some"),
+        ));
+    };
+    assert_eq!(any(7, every).state(), StateName::Pending, "queued");
+    let mut a = core(Limits::default());
+    a.handle(
+        Input::Claimed {
+            record: claimed(7, every),
+        },
+        t(5),
+    )
+    .expect("claimed");
+    let held = a.get(id(7)).expect("held").clone();
+    assert_eq!(held.state(), StateName::Running, "{held:?}");
+    let due = held.next_due().expect("a due time");
+    let effects = a
+        .handle(
+            Input::TimerFired(bpm_domain::Timer {
+                id: id(7),
+                kind: bpm_domain::TimerKind::Due,
+                attempt: 0,
+            }),
+            due,
+        )
+        .expect("due");
+    let run = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Persist { record, .. } if record.scheduled_from() == Some(id(7)) => {
+                Some(record.clone())
+            }
+            _ => None,
+        })
+        .expect("a run");
+    assert_eq!(run.node(), &node("a"), "the run is placed here");
+    assert_eq!(run.spec().node, Some(node("a")));
+}

@@ -154,6 +154,9 @@ impl Supervisor {
                 .is_some_and(|e| !e.record.is_terminal())
         });
         let mut spec = record.spec().run_of_schedule();
+        // A schedule placed on any node runs where the claim put it.
+        spec.node = Some(self.node.clone());
+        spec.node_labels.clear();
         match (live, overlap) {
             (Some(_), Overlap::Skip) => {
                 state.skipped += 1;

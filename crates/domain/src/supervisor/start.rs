@@ -234,6 +234,10 @@ impl Supervisor {
             self.dirty.insert(id, None);
         }
         if tracked {
+            if self.entries[&id].record.state() == StateName::Pending {
+                // A schedule claimed from the cluster's queue.
+                self.transition(id, Transition::Start, now)?;
+            }
             // A schedule's timeout is its runs'.
             if let Some(t) = timeout.filter(|_| !scheduled) {
                 self.arm(id, TimerKind::Timeout, now.saturating_add(t.as_duration()));
