@@ -13,7 +13,9 @@
 //! `BPM_BENCH=watch` for a save to the watched process's restart, beside
 //! `bpm restart`, and what a watch and an env file cost,
 //! `BPM_BENCH=schedule` for a schedule's lateness beside a timed sleep
-//! that starts the same command, and what 1,000 schedules cost the daemon)
+//! that starts the same command, and what 1,000 schedules cost the daemon,
+//! `BPM_BENCH=limits` for what resource limits and a terminal add to a
+//! start, beside a plain one)
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]
@@ -994,8 +996,45 @@ fn schedules() {
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 }
 
+/// `BPM_BENCH=limits`: `bpm run --wait -- true` from the shell's side
+/// (start to exit seen), plain, with limits (cgroups made, joined between
+/// fork and exec, removed at the end) and on a terminal, 40 of each,
+/// interleaved on one daemon.
+fn limits_and_terminals() {
+    let dir = home("");
+    let kinds: [(&str, &[&str]); 3] = [
+        ("plain", &[]),
+        (
+            "--memory-max 256M --pids-max 64 --nofile 1024",
+            &["--memory-max", "256M", "--pids-max", "64", "--nofile", "1024"],
+        ),
+        ("--tty", &["--tty"]),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    for _ in 0..40 {
+        for (i, (_, flags)) in kinds.iter().enumerate() {
+            let mut args = vec!["run", "--wait"];
+            args.extend_from_slice(flags);
+            args.extend(["--", "true"]);
+            let t = Instant::now();
+            bpm(dir.path(), &args);
+            samples[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let plain = median_ms(&mut samples[0].clone());
+    for (i, (name, _)) in kinds.iter().enumerate() {
+        let m = median_ms(&mut samples[i]);
+        println!(
+            "bpm run --wait {name} -- true, median of 40: {m:.2} ms (ratio to plain {:.2})",
+            m / plain
+        );
+    }
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 fn main() {
     match std::env::var("BPM_BENCH").as_deref() {
+        Ok("limits") => return limits_and_terminals(),
         Ok("idle") => return idle_connections(),
         Ok("ps") => return ps_with_running_trees(),
         Ok("memory") => return memory_alone(),
