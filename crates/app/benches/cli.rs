@@ -1006,7 +1006,14 @@ fn limits_and_terminals() {
         ("plain", &[]),
         (
             "--memory-max 256M --pids-max 64 --nofile 1024",
-            &["--memory-max", "256M", "--pids-max", "64", "--nofile", "1024"],
+            &[
+                "--memory-max",
+                "256M",
+                "--pids-max",
+                "64",
+                "--nofile",
+                "1024",
+            ],
         ),
         ("--tty", &["--tty"]),
     ];

@@ -4407,3 +4407,59 @@ fn a_terminal_process_sees_a_terminal_takes_input_and_attach_connects_to_it() {
     let err = bpm.fails(&["attach", repl, "--detach-key", "q"], 4);
     assert!(err.contains("--detach-key"), "{err}");
 }
+
+/// A limited record's stop reaches, through its cgroup, a process that
+/// left both its process group and its parent chain and cleared bpm's mark
+/// (a double fork after `setsid env -i`): the gap the mark leaves for an
+/// unlimited record.
+#[test]
+fn a_stop_reaches_through_the_cgroup_what_escaped_the_tree() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&[
+        "run",
+        "--pids-max",
+        "64",
+        "--shell",
+        "--",
+        "(setsid env -i sleep 300 &); exec sleep 300",
+    ]);
+    let id = id.trim();
+    let group = cgroups_of(id)
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/pids"))
+        .expect("the record's pids group");
+    let members = || -> Vec<u32> {
+        std::fs::read_to_string(group.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let unmarked = |pids: &[u32]| -> Vec<u32> {
+        pids.iter()
+            .copied()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .is_ok_and(|env| !env.windows(14).any(|w| w == b"BPM_PROCESS_ID"))
+            })
+            .collect()
+    };
+    // Until the escapee has run `env -i` (the subshell that started it is gone).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (pids, escaped) = loop {
+        let pids = members();
+        let escaped = unmarked(&pids);
+        if pids.len() == 2 && escaped.len() == 1 {
+            break (pids, escaped);
+        }
+        assert!(Instant::now() < deadline, "{pids:?}, unmarked {escaped:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(escaped.len(), 1, "one process without the mark: {pids:?}");
+    bpm.ok(&["stop", id]);
+    ended_within(&bpm, id, Duration::from_secs(20));
+    for pid in pids {
+        until_gone(pid, "a process of the stopped record's cgroup");
+    }
+    assert!(cgroups_of(id).is_empty());
+}

@@ -393,3 +393,39 @@ fn remove(dir: &Path) {
     }
     tracing::warn!(dir = %dir.display(), "cannot remove a record's cgroup: processes stay in it");
 }
+
+/// Sends signal `number` to every process in record `id`'s groups, so that
+/// a stop or a pause reaches what left the process group and cleared
+/// bpm's mark too. On cgroup v2, KILL goes through `cgroup.kill`, and STOP
+/// and CONT through `cgroup.freeze`, where those files take the write;
+/// otherwise each process is signalled. Nothing for a record with no group.
+pub(crate) fn signal_group(id: ProcessId, number: i32) {
+    let Some((dir, v2)) = Controller::ALL
+        .into_iter()
+        .filter_map(|c| group_dir(c, id))
+        .find(|(dir, _)| dir.is_dir())
+    else {
+        return;
+    };
+    if v2 {
+        let write = |file: &str, value: &str| std::fs::write(dir.join(file), value).is_ok();
+        let done = match number {
+            n if n == libc::SIGKILL => write("cgroup.kill", "1"),
+            n if n == libc::SIGSTOP => write("cgroup.freeze", "1"),
+            n if n == libc::SIGCONT => write("cgroup.freeze", "0"),
+            _ => false,
+        };
+        if done {
+            return;
+        }
+    }
+    let Some(signal) = super::tree::os_signal(number) else {
+        return;
+    };
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}

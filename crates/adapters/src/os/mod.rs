@@ -1637,6 +1637,8 @@ fn deliver(id: ProcessId, pid: u32, leader: Option<u32>, signal: Signal) -> Resu
     for member in tree::members(&id_text, leader) {
         tree::signal_seen(member, number);
     }
+    // And what is in its cgroups, if it has any.
+    limits::signal_group(id, number);
     Ok(())
 }
 
