@@ -4097,6 +4097,41 @@ fn resource_limits_hold_a_process_tree_through_its_cgroups() {
     );
     assert!(cgroups_of(hog).is_empty(), "{:?}", cgroups_of(hog));
 
+    // What ps shows of a limited record's memory is what its group is
+    // charged, the figure the limit counts.
+    let holder = bpm.ok(&[
+        "run",
+        "--memory-max",
+        "256M",
+        "--",
+        "python3",
+        "-c",
+        "import time; x = b'x' * (100 << 20); print('held', flush=True); time.sleep(60)",
+    ]);
+    let holder = holder.trim();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bpm.ok(&["logs", holder]) != "held\n" {
+        assert!(Instant::now() < deadline, "never held");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let group = cgroups_of(holder)
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+        .expect("a memory group");
+    let charged: u64 = std::fs::read_to_string(group.join("memory.usage_in_bytes"))
+        .expect("usage")
+        .trim()
+        .parse()
+        .expect("bytes");
+    let shown = bpm.json(&["show", holder, "--json"])["rss_bytes"]
+        .as_u64()
+        .expect("rss_bytes");
+    assert!(
+        (100 << 20..256 << 20).contains(&shown) && shown.abs_diff(charged) < 16 << 20,
+        "shown {shown}, charged {charged}"
+    );
+    bpm.ok(&["stop", holder]);
+
     // A fork bomb, bounded (2^9 processes at most) should the limit fail:
     // each process that starts notes itself, then sleeps. Its live
     // processes are counted by bpm's mark in their environment.
@@ -4176,7 +4211,7 @@ fn resource_limits_hold_a_process_tree_through_its_cgroups() {
         bpm.json(&["ps", "--all", "--json"])
             .as_array()
             .map(Vec::len),
-        Some(3)
+        Some(4)
     );
 }
 

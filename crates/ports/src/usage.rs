@@ -14,7 +14,10 @@ pub struct ResourceUsage {
     /// leader's life, as `ps(1)` measures it.
     pub cpu_percent: f64,
     /// Resident memory of the whole tree, in bytes (shared pages count in
-    /// each process that maps them, as `ps(1)` counts them).
+    /// each process that maps them, as `ps(1)` counts them); for a record
+    /// in a memory cgroup (one with `memory_max`), what the cgroup is
+    /// charged, page cache included: the figure its limit is measured
+    /// against.
     pub rss_bytes: u64,
     /// TCP ports that processes of the tree listen on, ascending, without repeats.
     pub listening_ports: Vec<u16>,

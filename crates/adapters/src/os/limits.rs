@@ -429,3 +429,20 @@ pub(crate) fn signal_group(id: ProcessId, number: i32) {
         }
     }
 }
+
+/// What record `id`'s memory group is charged, in bytes (`memory.current`
+/// on v2, `memory.usage_in_bytes` on v1): the figure its memory limit is
+/// measured against. `None` for a record with no memory group.
+pub(crate) fn memory_used(id: ProcessId) -> Option<u64> {
+    let (dir, v2) = group_dir(Controller::Memory, id)?;
+    let file = if v2 {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    std::fs::read_to_string(dir.join(file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -355,7 +355,9 @@ impl Inner {
                 Some(ResourceUsage {
                     id: target.id,
                     cpu_percent: (self.percent(target.id, &t, now, uptime) * 10.0).round() / 10.0,
-                    rss_bytes: t.rss_pages * self.page,
+                    // A record in a memory cgroup: what its limit counts.
+                    rss_bytes: super::limits::memory_used(target.id)
+                        .unwrap_or(t.rss_pages * self.page),
                     listening_ports: t.ports,
                     processes: t.processes,
                 })
