@@ -430,19 +430,38 @@ pub(crate) fn signal_group(id: ProcessId, number: i32) {
     }
 }
 
-/// What record `id`'s memory group is charged, in bytes (`memory.current`
+/// What each record's memory group is charged, in bytes (`memory.current`
 /// on v2, `memory.usage_in_bytes` on v1): the figure its memory limit is
-/// measured against. `None` for a record with no memory group.
-pub(crate) fn memory_used(id: ProcessId) -> Option<u64> {
-    let (dir, v2) = group_dir(Controller::Memory, id)?;
-    let file = if v2 {
+/// measured against. One listing of the folder the groups are made in,
+/// whatever the number of records asked about.
+pub(crate) fn memory_charged() -> std::collections::HashMap<ProcessId, u64> {
+    let mut charged = std::collections::HashMap::new();
+    let Some(place) = machine().place(Controller::Memory) else {
+        return charged;
+    };
+    let file = if place.v2 {
         "memory.current"
     } else {
         "memory.usage_in_bytes"
     };
-    std::fs::read_to_string(dir.join(file))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let Ok(entries) = std::fs::read_dir(&place.dir) else {
+        return charged;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("bpm-"))
+            .and_then(|n| n.parse::<ProcessId>().ok())
+        else {
+            continue;
+        };
+        let bytes = std::fs::read_to_string(entry.path().join(file))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        if let Some(bytes) = bytes {
+            charged.insert(id, bytes);
+        }
+    }
+    charged
 }

@@ -347,6 +347,7 @@ impl Inner {
         );
         let (now, uptime) = (Instant::now(), uptime_secs());
         self.forget_old(now);
+        let charged = super::limits::memory_charged();
         targets
             .iter()
             .zip(totals)
@@ -356,7 +357,9 @@ impl Inner {
                     id: target.id,
                     cpu_percent: (self.percent(target.id, &t, now, uptime) * 10.0).round() / 10.0,
                     // A record in a memory cgroup: what its limit counts.
-                    rss_bytes: super::limits::memory_used(target.id)
+                    rss_bytes: charged
+                        .get(&target.id)
+                        .copied()
                         .unwrap_or(t.rss_pages * self.page),
                     listening_ports: t.ports,
                     processes: t.processes,
