@@ -1399,10 +1399,16 @@ impl Inner {
         // What a leader-only record's leader left runs on, by its own
         // choice, in the groups that still limit it.
         let limit = if ending.limited {
-            let kill = !ending.leader_only;
-            tokio::task::spawn_blocking(move || limits::finish(id, kill))
-                .await
-                .unwrap_or_default()
+            match limits::finish_quickly(id) {
+                Ok(hit) => hit,
+                Err(seen) => {
+                    let kill = !ending.leader_only;
+                    tokio::task::spawn_blocking(move || limits::finish(id, kill))
+                        .await
+                        .unwrap_or_default()
+                        .or(seen)
+                }
+            }
         } else {
             None
         };

@@ -229,7 +229,7 @@ pub(super) async fn attach(m: &Manager, id_text: &str, detach_key: Option<&str>)
         .exit()
         .map_or_else(|| ended.state().to_string(), |e| e.to_string());
     let _ = writeln!(err, "\r\n[{id_text} ended: {how}]");
-    Ok(super::commands::exit_code_of(&ended))
+    Ok(super::error::exit_code_of(&ended))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use bpm_ports::request::{self, Answer, Submitted};
 use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
 use clap::CommandFactory;
 
-use super::error::{CliError, Outcome};
+use super::error::{CliError, Outcome, exit_code_of};
 use super::resolve::resolve;
 use super::table::{color_on, now};
 use super::{
@@ -932,15 +932,6 @@ fn split_words(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         words.push(w);
     }
     Ok(words)
-}
-
-/// The process's own exit code, as a shell shows it (128+n for a signal); 1 when there is none.
-pub(super) fn exit_code_of(r: &ProcessRecord) -> ExitCode {
-    match r.lifecycle().exit() {
-        Some(e) => ExitCode::from(u8::try_from(e.shell_code()).unwrap_or(1)),
-        None if r.state() == StateName::Completed => ExitCode::SUCCESS,
-        None => ExitCode::from(1),
-    }
 }
 
 /// Says on stderr how many bytes bpm had to drop, once each time the count

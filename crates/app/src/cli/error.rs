@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use bpm_domain::{ProcessRecord, StateName};
 use bpm_ports::ManagerError;
 
 /// A command failed: what to print, and the exit code.
@@ -58,3 +59,12 @@ impl From<ManagerError> for CliError {
 }
 
 pub(super) type Outcome = Result<ExitCode, CliError>;
+
+/// The process's own exit code, as a shell shows it (128+n for a signal); 1 when there is none.
+pub(super) fn exit_code_of(r: &ProcessRecord) -> ExitCode {
+    match r.lifecycle().exit() {
+        Some(e) => ExitCode::from(u8::try_from(e.shell_code()).unwrap_or(1)),
+        None if r.state() == StateName::Completed => ExitCode::SUCCESS,
+        None => ExitCode::from(1),
+    }
+}
