@@ -1520,6 +1520,14 @@ fn is_terminating(signal: Signal) -> bool {
 #[async_trait]
 impl ProcessSpawner for OsSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
+        if request.limits.is_some() {
+            // Its child's move into a v1 memory group can take the kernel
+            // ten milliseconds and more, which no runtime thread should wait.
+            let inner = self.inner.clone();
+            return tokio::task::spawn_blocking(move || inner.start(&request))
+                .await
+                .map_err(|e| SpawnError::Os(format!("the start was lost: {e}")))?;
+        }
         self.inner.start(&request)
     }
 
