@@ -18,6 +18,39 @@ impl Default for TtySize {
     }
 }
 
+impl TtySize {
+    /// The terminal a front end was asked for: `tty` (on or off, if given)
+    /// and `tty_size` (text; it implies `tty`), the size `default` gives
+    /// when none is. Options are named with `flag` before them (`"--"` on
+    /// the command line, as `--tty-size`; `""` elsewhere, as `tty_size`).
+    ///
+    /// # Errors
+    /// A size that does not read, or one given with `tty` off.
+    pub fn asked(
+        tty: Option<bool>,
+        size: Option<&str>,
+        default: impl FnOnce() -> TtySize,
+        flag: &str,
+    ) -> Result<Option<TtySize>, String> {
+        let name = |n: &str| {
+            if flag.is_empty() {
+                n.to_owned()
+            } else {
+                format!("{flag}{}", n.replace('_', "-"))
+            }
+        };
+        match (tty, size) {
+            (Some(false), Some(_)) => Err(format!("{} needs {}", name("tty_size"), name("tty"))),
+            (_, Some(size)) => size
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", name("tty_size"))),
+            (Some(true), None) => Ok(Some(default())),
+            (_, None) => Ok(None),
+        }
+    }
+}
+
 impl std::fmt::Display for TtySize {
     /// `120x40`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +103,32 @@ mod tests {
             }
             .to_string(),
             "120x40"
+        );
+    }
+
+    #[test]
+    fn a_front_end_asks_for_a_terminal_by_its_own_names() {
+        let wide = || TtySize {
+            cols: 200,
+            rows: 50,
+        };
+        assert_eq!(TtySize::asked(None, None, wide, "--"), Ok(None));
+        assert_eq!(
+            TtySize::asked(Some(true), None, wide, "--"),
+            Ok(Some(wide()))
+        );
+        assert_eq!(
+            TtySize::asked(None, Some("100x30"), wide, ""),
+            Ok(Some(TtySize {
+                cols: 100,
+                rows: 30
+            }))
+        );
+        let e = TtySize::asked(None, Some("wide"), wide, "--").expect_err("wide");
+        assert!(e.starts_with("--tty-size:"), "{e}");
+        assert_eq!(
+            TtySize::asked(Some(false), Some("80x24"), wide, ""),
+            Err("tty_size needs tty".into())
         );
     }
 }

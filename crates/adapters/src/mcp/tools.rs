@@ -417,23 +417,19 @@ impl McpServer {
             a.pids_max.map(|n| n.to_string()),
             a.nofile.map(|n| n.to_string()),
         );
-        spec.limits = bpm_domain::LimitsAsked {
+        let asked = bpm_domain::LimitsAsked {
             memory_max: a.memory_max.as_deref(),
             cpu_max: cpu.as_deref(),
             pids_max: pids.as_deref(),
             nofile: files.as_deref(),
-        }
-        .limits("")?
-        .map(Box::new);
-        if let Some(limits) = &spec.limits {
-            crate::os::check_limits(limits, "")?;
-        }
-        spec.tty = match (a.tty, a.tty_size.as_deref()) {
-            (Some(false), Some(_)) => return Err("tty_size needs tty".into()),
-            (_, Some(size)) => Some(size.parse().map_err(|e| format!("tty_size: {e}"))?),
-            (Some(true), None) => Some(bpm_domain::TtySize::default()),
-            (_, None) => None,
         };
+        spec.limits = crate::os::asked_limits(&asked, "")?;
+        spec.tty = bpm_domain::TtySize::asked(
+            a.tty,
+            a.tty_size.as_deref(),
+            bpm_domain::TtySize::default,
+            "",
+        )?;
         spec.failover = a.failover.unwrap_or(false);
         spec.leader_only = a.leader_only.unwrap_or(false);
         spec.if_name_taken =

@@ -226,6 +226,22 @@ pub fn check_limits(limits: &ResourceLimits, flag: &str) -> Result<Vec<(String, 
     Ok(out)
 }
 
+/// The limits a front end was asked for, once read and checked against
+/// this machine ([`check_limits`]); `flag` as there.
+///
+/// # Errors
+/// A value that does not read, or a limit this machine cannot enforce.
+pub fn asked_limits(
+    asked: &bpm_domain::LimitsAsked<'_>,
+    flag: &str,
+) -> Result<Option<Box<ResourceLimits>>, String> {
+    let limits = asked.limits(flag)?;
+    if let Some(l) = &limits {
+        check_limits(l, flag)?;
+    }
+    Ok(limits.map(Box::new))
+}
+
 /// The file that holds controller `c`'s limit.
 fn limit_file(c: Controller, v2: bool) -> &'static str {
     match (c, v2) {

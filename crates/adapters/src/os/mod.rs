@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 pub use files::check_watch;
 pub use heap::release_free_memory;
 pub use host::OsHost;
-pub use limits::{NO_CGROUPS_ENV, check_limits};
+pub use limits::{NO_CGROUPS_ENV, asked_limits, check_limits};
 pub use probe::notify_ready;
 pub use subreaper::Subreaper;
 pub use usage::ProcSampler;

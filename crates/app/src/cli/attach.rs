@@ -170,25 +170,10 @@ pub(super) async fn attach(m: &Manager, id_text: &str, detach_key: Option<&str>)
                 }
             },
             () = tokio::time::sleep(POLL) => {
-                let chunk = m
-                    .read_output(
-                        id,
-                        OutputQuery {
-                            stream: StreamSelect::Both,
-                            cursor: Some(cursor),
-                            max_bytes: 1 << 20,
-                            tail_lines: None,
-                        },
-                    )
-                    .await?;
-                for piece in &chunk.pieces {
-                    let _ = out.write_all(&piece.data);
-                }
-                let _ = out.flush();
-                cursor = chunk.next;
+                let (wrote, _) = copy_new(m, id, &mut cursor, &mut out).await?;
                 polls += 1;
                 // Its end, about every 150 ms, once nothing more is to be read.
-                if chunk.pieces.is_empty() && polls.is_multiple_of(10) && m.get(id).await?.is_terminal() {
+                if !wrote && polls.is_multiple_of(10) && m.get(id).await?.is_terminal() {
                     break false;
                 }
             }
@@ -196,27 +181,7 @@ pub(super) async fn attach(m: &Manager, id_text: &str, detach_key: Option<&str>)
     };
     if !detached {
         // What it wrote last, read after its end was seen.
-        loop {
-            let chunk = m
-                .read_output(
-                    id,
-                    OutputQuery {
-                        stream: StreamSelect::Both,
-                        cursor: Some(cursor),
-                        max_bytes: 1 << 20,
-                        tail_lines: None,
-                    },
-                )
-                .await?;
-            for piece in &chunk.pieces {
-                let _ = out.write_all(&piece.data);
-            }
-            cursor = chunk.next;
-            if !chunk.truncated {
-                break;
-            }
-        }
-        let _ = out.flush();
+        while copy_new(m, id, &mut cursor, &mut out).await?.1 {}
     }
     drop(raw);
     if detached {
@@ -230,6 +195,33 @@ pub(super) async fn attach(m: &Manager, id_text: &str, detach_key: Option<&str>)
         .map_or_else(|| ended.state().to_string(), |e| e.to_string());
     let _ = writeln!(err, "\r\n[{id_text} ended: {how}]");
     Ok(super::error::exit_code_of(&ended))
+}
+
+/// Copies what `id` wrote after `cursor` to `out` (then flushed), and moves
+/// `cursor` past it: whether there was any, and whether more waits.
+async fn copy_new(
+    m: &Manager,
+    id: bpm_domain::ProcessId,
+    cursor: &mut bpm_ports::Cursor,
+    out: &mut impl Write,
+) -> Result<(bool, bool), CliError> {
+    let chunk = m
+        .read_output(
+            id,
+            OutputQuery {
+                stream: StreamSelect::Both,
+                cursor: Some(*cursor),
+                max_bytes: 1 << 20,
+                tail_lines: None,
+            },
+        )
+        .await?;
+    for piece in &chunk.pieces {
+        let _ = out.write_all(&piece.data);
+    }
+    let _ = out.flush();
+    *cursor = chunk.next;
+    Ok((!chunk.pieces.is_empty(), chunk.truncated))
 }
 
 #[cfg(test)]

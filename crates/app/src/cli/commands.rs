@@ -648,14 +648,13 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     if a.stdin {
         spec.stdin = StdinMode::Pipe;
     }
-    if let Some(size) = &a.tty_size {
-        spec.tty = Some(
-            size.parse()
-                .map_err(|e: String| CliError::invalid(format!("--tty-size: {e}")))?,
-        );
-    } else if a.tty {
-        spec.tty = Some(super::attach::this_terminal_size().unwrap_or_default());
-    }
+    spec.tty = bpm_domain::TtySize::asked(
+        a.tty.then_some(true),
+        a.tty_size.as_deref(),
+        || super::attach::this_terminal_size().unwrap_or_default(),
+        "--",
+    )
+    .map_err(CliError::invalid)?;
     spec.on_exit = a.on_exit;
     spec.schedule = bpm_domain::ScheduleAsked {
         every: a.every.as_deref(),
@@ -669,18 +668,13 @@ async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
     .schedule(bpm_adapters::os::local_time_zone, "--")
     .map_err(CliError::invalid)?
     .map(Box::new);
-    spec.limits = bpm_domain::LimitsAsked {
+    let asked = bpm_domain::LimitsAsked {
         memory_max: a.memory_max.as_deref(),
         cpu_max: a.cpu_max.as_deref(),
         pids_max: a.pids_max.as_deref(),
         nofile: a.nofile.as_deref(),
-    }
-    .limits("--")
-    .map_err(CliError::invalid)?
-    .map(Box::new);
-    if let Some(limits) = &spec.limits {
-        bpm_adapters::os::check_limits(limits, "--").map_err(CliError::invalid)?;
-    }
+    };
+    spec.limits = bpm_adapters::os::asked_limits(&asked, "--").map_err(CliError::invalid)?;
     spec.validate().map_err(|e| bad(&e))?;
     Ok(spec)
 }

@@ -438,23 +438,19 @@ pub(crate) fn resolve(
         text(&t.pids_max),
         text(&t.nofile),
     );
-    spec.limits = bpm_domain::LimitsAsked {
+    let asked = bpm_domain::LimitsAsked {
         memory_max: memory.as_deref(),
         cpu_max: cpu.as_deref(),
         pids_max: pids.as_deref(),
         nofile: files.as_deref(),
-    }
-    .limits("")?
-    .map(Box::new);
-    if let Some(limits) = &spec.limits {
-        bpm_adapters::os::check_limits(limits, "")?;
-    }
-    spec.tty = match (t.tty, t.tty_size.as_deref()) {
-        (Some(false), Some(_)) => return Err("tty_size: needs tty = true".into()),
-        (_, Some(size)) => Some(size.parse().map_err(|e| format!("tty_size: {e}"))?),
-        (Some(true), None) => Some(bpm_domain::TtySize::default()),
-        (_, None) => None,
     };
+    spec.limits = bpm_adapters::os::asked_limits(&asked, "")?;
+    spec.tty = bpm_domain::TtySize::asked(
+        t.tty,
+        t.tty_size.as_deref(),
+        bpm_domain::TtySize::default,
+        "",
+    )?;
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),
