@@ -942,7 +942,9 @@ fn tell_dropped(told: &mut u64, dropped: u64) {
 
 /// Copies output from `cursor` on: to stdout (and stderr, when `split`), until
 /// the process ends when `follow`, else until what is there now is printed.
-/// Drops past `told` bytes are reported.
+/// Drops past `told` bytes are reported. While following, new output is
+/// looked for every 100 ms, and the record's end wakes the copy at once:
+/// `run --wait` returns as soon as the end is known, not at the next look.
 async fn copy_output(
     m: &Manager,
     id: ProcessId,
@@ -954,6 +956,8 @@ async fn copy_output(
 ) -> Result<(), CliError> {
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
+    // Made before the first look, so that no end falls between a look and the wait.
+    let mut events = follow.then(|| m.subscribe());
     loop {
         let finished = !follow || m.get(id).await?.is_terminal();
         let query = OutputQuery {
@@ -989,7 +993,30 @@ async fn copy_output(
         if finished {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next_look = tokio::time::sleep(Duration::from_millis(100));
+        match events.as_mut() {
+            Some(events) => {
+                tokio::select! {
+                    () = next_look => {}
+                    () = end_of(events, id) => {}
+                }
+            }
+            None => next_look.await,
+        }
+    }
+}
+
+/// Returns when an event says record `id` ended, or when events were missed
+/// (then the caller looks for itself); never once events can no longer come.
+async fn end_of(events: &mut tokio::sync::broadcast::Receiver<bpm_domain::Event>, id: ProcessId) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(e) if e.id == id && e.kind.ends_record() => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending().await,
+        }
     }
 }
 
