@@ -109,14 +109,19 @@ pub fn human(bytes: u64) -> String {
 /// `None` when the filesystem holding `path` has `needed` bytes free; else
 /// the message that refuses `what`, naming the device, the path, and the
 /// space needed, then `then` (what to do).
+///
+/// Only `statvfs` is asked while there is room: the device is looked up
+/// (the path resolved, the mount table read) for the message alone, since
+/// every start asks this.
 pub fn short_of(path: &Path, needed: u64, what: &str, then: &str) -> Option<String> {
-    let space = space(path).ok()?;
-    (space.free < needed).then(|| {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (free < needed).then(|| {
         format!(
             "no space left on {} ({}): {} free, {} needed for {what}; {then}",
-            space.device,
+            device_of(path).unwrap_or_else(|| path.display().to_string()),
             path.display(),
-            human(space.free),
+            human(free),
             human(needed),
         )
     })
