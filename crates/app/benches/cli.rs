@@ -14,6 +14,8 @@
 //! `bpm restart`, and what a watch and an env file cost,
 //! `BPM_BENCH=schedule` for a schedule's lateness beside a timed sleep
 //! that starts the same command, and what 1,000 schedules cost the daemon,
+//! `BPM_BENCH=exit` for where an exit's time goes on its way to `bpm wait`,
+//! `BPM_BENCH=shell` for `bpm run` from bash beside `setsid -f`, and its parts,
 //! `BPM_BENCH=limits` for what resource limits and a terminal add to a
 //! start, beside a plain one)
 
@@ -1036,8 +1038,210 @@ fn limits_and_terminals() {
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 }
 
+/// One sample of `BPM_BENCH=exit`, run by bash: `$1` is bpm, `$2` how long
+/// the process lives, `$3` a scratch file. The process (bash, sleeping)
+/// notes the time just before it exits; the floor is the same process
+/// started with `&` and waited for with `wait $!`. Prints the record's id,
+/// then start, the process's end and the shell's return for bpm, then the
+/// same three for the floor (seconds, from `$EPOCHREALTIME`).
+const EXIT_SAMPLE: &str = r#"
+P="sleep $2; printf %s \$EPOCHREALTIME > $3"
+t0=$EPOCHREALTIME; id=$("$1" run -- bash -c "$P") || exit 1
+"$1" wait "$id" >/dev/null || exit 1; t2=$EPOCHREALTIME; e=$(<"$3")
+u0=$EPOCHREALTIME; bash -c "$P" & wait $!; u2=$EPOCHREALTIME; f=$(<"$3")
+echo "$id $t0 $e $t2 $u0 $f $u2"
+"#;
+
+/// The hops an exit takes from the process's end to the waiting client's
+/// return, as `BPM_LOG=bpm::hop=trace` makes the keeper and the daemon log them.
+const HOPS: [&str; 6] = [
+    "reaped",
+    "exit sent",
+    "exit received",
+    "exit stored",
+    "end announced",
+    "wait answered",
+];
+
+/// `BPM_BENCH=exit`: where an exit's time goes, for processes that live
+/// 50 ms, 1 s, 10 s and 60 s (`BPM_BENCH_LIVES="0.05:8 1:8"` to choose,
+/// as seconds:samples). Each sample is `id=$(bpm run -- P); bpm wait $id`
+/// from bash beside `P & wait $!`, where P is a bash that sleeps and notes
+/// the time just before it exits. Prints, per lifetime, the median excess
+/// over the floor (start to return), and the median time of each hop: the
+/// keeper reaps the process (pidfd), sends the exit, the daemon receives
+/// it, has stored it (journal flushed), announces the record's end (after
+/// reading its output's tail for the event), answers `bpm wait`, and the
+/// shell has `bpm wait`'s exit.
+fn exit_trace() {
+    let dir = tempfile::tempdir().expect("home");
+    let start = Command::new(BPM)
+        .arg("ps")
+        .env("BPM_HOME", dir.path())
+        .env("BPM_LOG", "warn,bpm=info,bpm::hop=trace")
+        .stdout(Stdio::null())
+        .status()
+        .expect("bpm");
+    assert!(start.success());
+    let lives = std::env::var("BPM_BENCH_LIVES").unwrap_or_else(|_| "0.05:8 1:8 10:4 60:2".into());
+    let scratch = dir.path().join("ended");
+    let mut rows = Vec::new();
+    for life in lives.split_whitespace() {
+        let (secs, n) = life.split_once(':').expect("seconds:samples");
+        let n: usize = n.parse().expect("a number of samples");
+        let mut samples = Vec::new();
+        for _ in 0..n {
+            let out = Command::new("bash")
+                .args(["-c", EXIT_SAMPLE, "sample", BPM, secs])
+                .arg(&scratch)
+                .env("BPM_HOME", dir.path())
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("bash");
+            assert!(out.status.success(), "a sample failed");
+            let line = String::from_utf8(out.stdout).expect("utf-8");
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let t = |i: usize| f[i].parse::<f64>().expect("a time");
+            samples.push((f[0].to_owned(), [t(1), t(2), t(3), t(4), t(5), t(6)]));
+        }
+        rows.push((secs.to_owned(), samples));
+    }
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+    let hops = hop_times(dir.path());
+    println!(
+        "an exit's way to `bpm wait`, from bash (ms; medians; floor: `P & wait $!`; hop times are from the process's own last moment)"
+    );
+    println!(
+        "| lives | samples | excess over the floor | floor: end to shell | reaped | exit sent | exit received | exit stored | end announced | wait answered | shell has it |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (secs, samples) in &rows {
+        let mut excess: Vec<f64> = samples
+            .iter()
+            .map(|(_, t)| ((t[2] - t[0]) - (t[5] - t[3])) * 1e3)
+            .collect();
+        let mut floor: Vec<f64> = samples.iter().map(|(_, t)| (t[5] - t[4]) * 1e3).collect();
+        let mut cells = vec![
+            format!("{secs} s"),
+            samples.len().to_string(),
+            format!("{:.2}", median_ms(&mut excess)),
+            format!("{:.2}", median_ms(&mut floor)),
+        ];
+        for hop in HOPS {
+            let mut at: Vec<f64> = samples
+                .iter()
+                .filter_map(|(id, t)| Some((hops.get(&(id.clone(), hop))? - t[1]) * 1e3))
+                .collect();
+            cells.push(if at.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.2}", median_ms(&mut at))
+            });
+        }
+        let mut back: Vec<f64> = samples.iter().map(|(_, t)| (t[2] - t[1]) * 1e3).collect();
+        cells.push(format!("{:.2}", median_ms(&mut back)));
+        println!("| {} |", cells.join(" | "));
+    }
+}
+
+/// The time of each hop of each record, from the keeper's and the daemon's
+/// logs: lines such as `2026-11-26T15:30:01.123456Z TRACE bpm::hop: reaped id=…`.
+fn hop_times(home: &Path) -> std::collections::HashMap<(String, &'static str), f64> {
+    let mut times = std::collections::HashMap::new();
+    for log in ["keeper.log", "daemon.log"] {
+        let text = std::fs::read_to_string(home.join(log)).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("bpm::hop")) {
+            let Some(at) = line.split_whitespace().next().and_then(rfc3339_seconds) else {
+                continue;
+            };
+            let Some(id) = line.split("id=").nth(1).map(|r| r.trim().to_owned()) else {
+                continue;
+            };
+            if let Some(hop) = HOPS.iter().find(|h| line.contains(&format!(": {h} "))) {
+                times.entry((id, *hop)).or_insert(at);
+            }
+        }
+    }
+    times
+}
+
+/// Seconds since the epoch of a UTC time such as `2026-11-26T15:30:01.123456Z`.
+fn rfc3339_seconds(text: &str) -> Option<f64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, clock) = text.split_once('T')?;
+    let mut parts = date.split('-').map(str::parse::<i64>);
+    let year = parts.next()?.ok()?;
+    let month = parts.next()?.ok()?;
+    let day = parts.next()?.ok()?;
+    let mut hms = clock.split(':');
+    let hour = hms.next()?.parse::<i64>().ok()?;
+    let minute = hms.next()?.parse::<i64>().ok()?;
+    let second = hms.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some((days * 86_400 + hour * 3_600 + minute * 60) as f64 + second)
+}
+
+/// `BPM_BENCH=shell`'s rounds, run by bash: `$1` is bpm, `$2` the number of
+/// rounds, `$3` an id to show. Each round times, with `$EPOCHREALTIME`, in
+/// turn: `id=$(bpm run -- sleep 30)`, `setsid -f sleep 30`, `x=$(bpm
+/// --version)` (the command's own start), `x=$(bpm show ID)` (start,
+/// connect and one answer, nothing started) and `x=$(true)` (the shell's
+/// fork, exec and read of a command's output). Prints one line of five
+/// times in microseconds per round.
+const SHELL_ROUNDS: &str = r#"
+for _ in $(seq "$2"); do
+  a=$EPOCHREALTIME; id=$("$1" run -- sleep 30.5) || exit 1; b=$EPOCHREALTIME
+  setsid -f sleep 30.6; c=$EPOCHREALTIME
+  x=$("$1" --version); d=$EPOCHREALTIME
+  x=$("$1" show "$3") || exit 1; e=$EPOCHREALTIME
+  x=$(true); f=$EPOCHREALTIME
+  echo $(( ${b/./} - ${a/./} )) $(( ${c/./} - ${b/./} )) $(( ${d/./} - ${c/./} )) $(( ${e/./} - ${d/./} )) $(( ${f/./} - ${e/./} ))
+done
+"#;
+
+/// `BPM_BENCH=shell`: `bpm run` as a shell pays for it, beside `setsid -f`
+/// and the parts of its cost (see [`SHELL_ROUNDS`]), 40 rounds on one
+/// daemon, medians.
+fn shell_costs() {
+    let dir = home("");
+    let id = bpm(dir.path(), &["run", "--", "true"]).trim().to_owned();
+    bpm(dir.path(), &["wait", &id]);
+    let out = Command::new("bash")
+        .args(["-c", SHELL_ROUNDS, "rounds", BPM, "40", &id])
+        .env("BPM_HOME", dir.path())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("bash");
+    let _ = Command::new("pkill").args(["-f", "sleep 30.6"]).status();
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+    assert!(out.status.success(), "the rounds failed");
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); 5];
+    for line in String::from_utf8(out.stdout).expect("utf-8").lines() {
+        for (i, v) in line.split_whitespace().enumerate() {
+            columns[i].push(v.parse::<f64>().expect("a time") / 1e3);
+        }
+    }
+    let m: Vec<f64> = columns.iter_mut().map(|c| median_ms(c)).collect();
+    let (run, setsid, version, show, subst) = (m[0], m[1], m[2], m[3], m[4]);
+    println!(
+        "from bash, median of 40 rounds: id=$(bpm run -- sleep 30) {run:.2} ms; setsid -f sleep 30 {setsid:.2} ms; ratio {:.2} (target <= 2)",
+        run / setsid
+    );
+    println!(
+        "  where it goes: x=$(true) {subst:.2} ms; x=$(bpm --version) {version:.2} ms; x=$(bpm show ID) {show:.2} ms (start, connect, one answer)"
+    );
+}
+
 fn main() {
     match std::env::var("BPM_BENCH").as_deref() {
+        Ok("shell") => return shell_costs(),
+        Ok("exit") => return exit_trace(),
         Ok("limits") => return limits_and_terminals(),
         Ok("idle") => return idle_connections(),
         Ok("ps") => return ps_with_running_trees(),

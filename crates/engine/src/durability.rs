@@ -137,6 +137,10 @@ impl Driver {
 
     pub(crate) async fn announce(&self, events: Vec<Event>) {
         for mut event in events {
+            if event.kind == EventKind::Exited {
+                tracing::trace!(target: "bpm::hop", id = %event.id, "exit stored");
+            }
+            let ends = event.kind.ends_record().then_some(event.id);
             if event.kind == EventKind::Exited
                 && let Ok(tail) = self
                     .ports
@@ -148,6 +152,9 @@ impl Driver {
             }
             if let Err(e) = self.ports.events.publish(event).await {
                 tracing::warn!(error = %e, "could not publish an event");
+            }
+            if let Some(id) = ends {
+                tracing::trace!(target: "bpm::hop", %id, "end announced");
             }
         }
     }

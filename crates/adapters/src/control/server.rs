@@ -575,7 +575,9 @@ async fn dispatch(
         Request::Resume { id } => record(m.resume(id).await?),
         Request::Restart { id } => record(m.restart(id).await?),
         Request::Wait { id, timeout_ms } => {
-            record(m.wait(id, timeout_ms.map(Duration::from_millis)).await?)
+            let ended = m.wait(id, timeout_ms.map(Duration::from_millis)).await?;
+            tracing::trace!(target: "bpm::hop", %id, "wait answered");
+            record(ended)
         }
         Request::WaitMany { ids, timeout_ms } => {
             m.wait_many(&ids, timeout_ms.map(Duration::from_millis))

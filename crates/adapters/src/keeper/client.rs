@@ -59,6 +59,9 @@ async fn read_keeper(
         match serde_json::from_slice::<KeeperLine>(&line) {
             Ok(KeeperLine::Reply { id, ok, err }) => shared.answered(id, ok, err),
             Ok(KeeperLine::Notice { seq, notice }) => {
+                if let ProcessNotice::Exited { id, .. } = &notice {
+                    tracing::trace!(target: "bpm::hop", %id, "exit received");
+                }
                 let exit = shared.noticed(seq, &notice);
                 let _ = tx.send(notice);
                 if !exit {

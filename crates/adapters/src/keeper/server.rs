@@ -297,7 +297,14 @@ async fn forward_notices(keeper: Arc<Keeper>, mut notices: mpsc::UnboundedReceiv
             s.unacked.insert(seq, notice.clone());
             seq
         };
+        let exited = match &notice {
+            ProcessNotice::Exited { id, .. } => Some(*id),
+            _ => None,
+        };
         send(&keeper.writer, &KeeperLine::Notice { seq, notice }).await;
+        if let Some(id) = exited {
+            tracing::trace!(target: "bpm::hop", %id, "exit sent");
+        }
     }
 }
 

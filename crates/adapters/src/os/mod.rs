@@ -1706,6 +1706,8 @@ async fn reap(pidfd: &AsyncFd<std::os::fd::OwnedFd>, live: &LiveMap, id: Process
                 if let Some(l) = map.get_mut(&id) {
                     l.reaped = true;
                 }
+                // One hop of an exit's way to whoever waits (`BPM_BENCH=exit`).
+                tracing::trace!(target: "bpm::hop", %id, "reaped");
                 return exit_status(&status);
             }
             Ok(None) => ready.clear_ready(),
