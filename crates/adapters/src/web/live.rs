@@ -37,12 +37,15 @@ async fn send(tx: &mpsc::Sender<Result<Sse, Infallible>>, name: &str, data: &Val
 /// removed) for every event, `usage` (what running trees use) at once and
 /// then every `usage_every`, and `resync` when events were missed (the page
 /// then reloads the list).
+///
+/// Events and usage go out from two tasks: a sample of usage reads the
+/// processes of the whole machine (about 10 ms), and an event must not wait
+/// behind one.
 pub(super) async fn events(State(s): State<Shared>) -> Stream {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut events = s.manager.subscribe();
+    let usage = tokio::spawn(send_usage(s.clone(), tx.clone()));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s.config.usage_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ok = tokio::select! {
                 event = events.recv() => match event {
@@ -56,18 +59,34 @@ pub(super) async fn events(State(s): State<Shared>) -> Stream {
                     Err(broadcast::error::RecvError::Lagged(_)) => send(&tx, "resync", &json!({})).await,
                     Err(broadcast::error::RecvError::Closed) => false,
                 },
-                _ = tick.tick() => match s.manager.resource_usage().await {
-                    Ok(usage) => send(&tx, "usage", &json!(usage)).await,
-                    Err(e) => send(&tx, "usage_error", &json!({ "error": e.to_string() })).await,
-                },
                 () = tx.closed() => false,
             };
             if !ok {
+                // The stream ends with its events: the page connects again.
+                usage.abort();
                 return;
             }
         }
     });
     stream(rx)
+}
+
+/// Sends `usage` at once and then every `usage_every`, until the page is gone.
+async fn send_usage(s: Shared, tx: mpsc::Sender<Result<Sse, Infallible>>) {
+    let mut tick = tokio::time::interval(s.config.usage_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let ok = tokio::select! {
+            _ = tick.tick() => match s.manager.resource_usage().await {
+                Ok(usage) => send(&tx, "usage", &json!(usage)).await,
+                Err(e) => send(&tx, "usage_error", &json!({ "error": e.to_string() })).await,
+            },
+            () = tx.closed() => false,
+        };
+        if !ok {
+            return;
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
