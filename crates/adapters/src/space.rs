@@ -28,11 +28,17 @@ pub struct Space {
 /// # Errors
 /// `path` cannot be examined.
 pub fn space(path: &Path) -> io::Result<Space> {
-    let stat = rustix::fs::statvfs(path).map_err(io::Error::from)?;
     Ok(Space {
-        free: stat.f_bavail.saturating_mul(stat.f_frsize),
+        free: free_bytes(path)?,
         device: device_of(path).unwrap_or_else(|| path.display().to_string()),
     })
+}
+
+/// The bytes an unprivileged writer may still use on the filesystem
+/// holding `path`.
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(path).map_err(io::Error::from)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// The source of the mount that holds `path`: the one with the longest
@@ -114,8 +120,7 @@ pub fn human(bytes: u64) -> String {
 /// (the path resolved, the mount table read) for the message alone, since
 /// every start asks this.
 pub fn short_of(path: &Path, needed: u64, what: &str, then: &str) -> Option<String> {
-    let stat = rustix::fs::statvfs(path).ok()?;
-    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let free = free_bytes(path).ok()?;
     (free < needed).then(|| {
         format!(
             "no space left on {} ({}): {} free, {} needed for {what}; {then}",
