@@ -288,3 +288,76 @@ async fn a_leader_that_backgrounds_its_work_ends_with_the_work() {
         }
     }
 }
+
+/// A busy writer's output (its pipe grown, read a megabyte at a time) is
+/// in the file store byte for byte and whole by the time its exit is told,
+/// and a readiness pattern is still seen after megabytes of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_writers_output_is_kept_whole_in_the_files() {
+    use bpm_ports::{Cursor, OutputQuery, ProcessNotice, StreamSelect};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output: Arc<dyn OutputStore> =
+        Arc::new(bpm_adapters::fs::FileOutput::new(dir.path(), 64 << 20).expect("store"));
+    let spawner = OsSpawner::new(output.clone(), OsSpawnerConfig::default());
+    let mut notices = spawner.notices().expect("notices");
+    let env = Arc::new(bpm_domain::Environment::default());
+    let want = (1..=1_000_000).fold(String::new(), |mut all, i| {
+        use std::fmt::Write as _;
+        let _ = writeln!(all, "{i}");
+        all
+    });
+    let all_of = |stream| OutputQuery {
+        stream,
+        cursor: Some(Cursor(0)),
+        max_bytes: 16 << 20,
+        tail_lines: None,
+    };
+
+    let request = common::sh_request("seq 1 1000000; echo done >&2", &env);
+    let id = request.id;
+    spawner.spawn(request).await.expect("spawn");
+    let _ = common::stdout_at_exit(&mut notices, &output, id).await;
+    let got = output
+        .read(id, &all_of(StreamSelect::Stdout))
+        .await
+        .expect("read")
+        .text();
+    assert!(
+        got == want,
+        "{} bytes kept of {}; they end {:?}",
+        got.len(),
+        want.len(),
+        &got[got.len().saturating_sub(40)..]
+    );
+    let errors = output
+        .read(id, &all_of(StreamSelect::Stderr))
+        .await
+        .expect("read");
+    assert_eq!(errors.text(), "done\n");
+
+    let mut request = common::sh_request("seq 1 1000000; echo 'all out'; sleep 0.3", &env);
+    request.readiness = bpm_domain::ReadinessCheck::LogPattern {
+        pattern: bpm_domain::LogPattern::new("^all out$").expect("regex"),
+    };
+    let id = request.id;
+    spawner.spawn(request).await.expect("spawn");
+    let ready = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), notices.recv())
+            .await
+            .expect("a notice within 20 s")
+            .expect("notices")
+        {
+            ProcessNotice::Ready { id: r } if r == id => break true,
+            ProcessNotice::Exited { id: e, .. } if e == id => break false,
+            _ => {}
+        }
+    };
+    assert!(ready, "the pattern after 6.9 MB of output was not seen");
+    let _ = common::stdout_at_exit(&mut notices, &output, id).await;
+    let kept = output
+        .read(id, &all_of(StreamSelect::Stdout))
+        .await
+        .expect("read")
+        .text();
+    assert_eq!(kept.len(), want.len() + "all out\n".len());
+}
