@@ -254,10 +254,22 @@ pub async fn wait_up(
                 Some(true) => {}
                 None => still.push(step),
                 Some(false) => {
-                    let tail = tail(m, r.id(), 20).await;
+                    // A dependent fails because what it needs failed first,
+                    // perhaps since that one was read: the first failed in
+                    // start order (dependencies first) is the one named.
+                    let (mut service, mut record) = (step.service.clone(), r);
+                    let started = steps.iter().filter(|s| s.done != Done::Stopped);
+                    for earlier in started.take_while(|s| s.id != step.id) {
+                        let e = m.get(earlier.id).await?;
+                        if project::is_up(&e) == Some(false) {
+                            (service, record) = (earlier.service.clone(), e);
+                            break;
+                        }
+                    }
+                    let tail = tail(m, record.id(), 20).await;
                     return Ok(Err(NotUp {
-                        service: step.service.clone(),
-                        record: r,
+                        service,
+                        record,
                         timed_out: false,
                         tail,
                     }));
