@@ -306,22 +306,22 @@ async fn a_busy_writers_output_is_kept_whole_in_the_files() {
         let _ = writeln!(all, "{i}");
         all
     });
-    let all_of = |stream| OutputQuery {
-        stream,
-        cursor: Some(Cursor(0)),
-        max_bytes: 16 << 20,
-        tail_lines: None,
+    // All that one stream of `id` kept, as text.
+    let kept = async |id, stream| {
+        let all = OutputQuery {
+            stream,
+            cursor: Some(Cursor(0)),
+            max_bytes: 16 << 20,
+            tail_lines: None,
+        };
+        output.read(id, &all).await.expect("read").text()
     };
 
     let request = common::sh_request("seq 1 1000000; echo done >&2", &env);
     let id = request.id;
     spawner.spawn(request).await.expect("spawn");
     let _ = common::stdout_at_exit(&mut notices, &output, id).await;
-    let got = output
-        .read(id, &all_of(StreamSelect::Stdout))
-        .await
-        .expect("read")
-        .text();
+    let got = kept(id, StreamSelect::Stdout).await;
     assert!(
         got == want,
         "{} bytes kept of {}; they end {:?}",
@@ -329,11 +329,7 @@ async fn a_busy_writers_output_is_kept_whole_in_the_files() {
         want.len(),
         &got[got.len().saturating_sub(40)..]
     );
-    let errors = output
-        .read(id, &all_of(StreamSelect::Stderr))
-        .await
-        .expect("read");
-    assert_eq!(errors.text(), "done\n");
+    assert_eq!(kept(id, StreamSelect::Stderr).await, "done\n");
 
     let mut request = common::sh_request("seq 1 1000000; echo 'all out'; sleep 0.3", &env);
     request.readiness = bpm_domain::ReadinessCheck::LogPattern {
@@ -354,10 +350,8 @@ async fn a_busy_writers_output_is_kept_whole_in_the_files() {
     };
     assert!(ready, "the pattern after 6.9 MB of output was not seen");
     let _ = common::stdout_at_exit(&mut notices, &output, id).await;
-    let kept = output
-        .read(id, &all_of(StreamSelect::Stdout))
-        .await
-        .expect("read")
-        .text();
-    assert_eq!(kept.len(), want.len() + "all out\n".len());
+    assert_eq!(
+        kept(id, StreamSelect::Stdout).await.len(),
+        want.len() + "all out\n".len()
+    );
 }

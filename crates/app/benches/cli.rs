@@ -1165,26 +1165,15 @@ fn hop_times(home: &Path) -> std::collections::HashMap<(String, &'static str), f
     times
 }
 
-/// Seconds since the epoch of a UTC time such as `2026-11-26T15:30:01.123456Z`.
+/// Seconds since the epoch, to the microsecond, of a log line's UTC time
+/// such as `2026-11-26T15:30:01.123456Z`: the whole seconds as the domain's
+/// [`Timestamp`](bpm_domain::Timestamp) reads them, the fraction as written.
 fn rfc3339_seconds(text: &str) -> Option<f64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, clock) = text.split_once('T')?;
-    let mut parts = date.split('-').map(str::parse::<i64>);
-    let year = parts.next()?.ok()?;
-    let month = parts.next()?.ok()?;
-    let day = parts.next()?.ok()?;
-    let mut hms = clock.split(':');
-    let hour = hms.next()?.parse::<i64>().ok()?;
-    let minute = hms.next()?.parse::<i64>().ok()?;
-    let second = hms.next()?.parse::<f64>().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some((days * 86_400 + hour * 3_600 + minute * 60) as f64 + second)
+    let body = text.strip_suffix('Z')?;
+    let (whole, fraction) = body.split_once('.').unwrap_or((body, "0"));
+    let at: bpm_domain::Timestamp = format!("{whole}Z").parse().ok()?;
+    let fraction: f64 = format!("0.{fraction}").parse().ok()?;
+    Some(at.as_millis() as f64 / 1e3 + fraction)
 }
 
 /// `BPM_BENCH=shell`'s rounds, run by bash: `$1` is bpm, `$2` the number of

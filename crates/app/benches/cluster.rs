@@ -165,24 +165,9 @@ fn exit_noticed(owner: &Node, caller: &Node) -> Duration {
 /// Milliseconds since the epoch of an RFC 3339 UTC time as bpm prints it
 /// (`2026-11-25T08:00:00.123Z`).
 fn parse_rfc3339_ms(text: &str) -> u64 {
-    let (date, time) = text.trim_end_matches('Z').split_once('T').expect("a time");
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().expect("date")).collect();
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(|p| p.parse().expect("time")).collect();
-    let millis: i64 = format!("{frac:0<3}")[..3].parse().expect("millis");
-    // Days since the epoch (the civil-from-days inverse, for years after 1970).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(((days * 86_400 + t[0] * 3_600 + t[1] * 60 + t[2]) * 1_000) + millis)
-        .expect("after the epoch")
+    text.parse::<bpm_domain::Timestamp>()
+        .expect("a time as bpm prints it")
+        .as_millis()
 }
 
 /// Runs `count` × `true` through `targets` (one `run --from -` per node,
