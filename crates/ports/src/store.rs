@@ -151,7 +151,11 @@ pub trait ProcessStore: Send + Sync + 'static {
         self.create(record).await.map(|()| None)
     }
 
-    /// A copy of the record with `id`.
+    /// A copy of the record with `id`: its newest version, once that is on
+    /// disk. A version written by
+    /// [`write_batch_unsynced`](Self::write_batch_unsynced) and not yet
+    /// synced is flushed first (as [`sync`](Self::sync) does), so a process
+    /// asking for its own record right after its start finds it.
     ///
     /// # Errors
     /// - MUST return [`StoreError::NotFound`] if there is none.
@@ -210,8 +214,9 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// accepted write is in the store at once (later compare-and-set writes
     /// see it, and it survives a crash of the writer), and the durable ones
     /// are on disk once a [`sync`](Self::sync) called after it returns.
-    /// Readers may see a durable one only from then on, so nobody learns of a change a
-    /// power cut could undo. For a caller with work to do meanwhile that a
+    /// Readers may see a durable one only from then on (a [`get`](Self::get)
+    /// of it syncs first), so nobody learns of a change a power cut could
+    /// undo. For a caller with work to do meanwhile that a
     /// crash of the machine would undo anyway (starting a process). Stores
     /// with no separate flush step keep the default, a plain `write_batch`.
     ///

@@ -581,13 +581,26 @@ impl ProcessStore for FsStore {
 
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
         match &self.mode {
-            Mode::Writer(w) => w
-                .cache
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&id)
-                .cloned()
-                .ok_or(StoreError::NotFound(id)),
+            Mode::Writer(w) => {
+                // A version written but not yet on disk is shown by flushing
+                // it, never by hiding it: a process started before its
+                // record's sync ended may ask for that record at once.
+                let waits = w
+                    .unsynced
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .records
+                    .contains_key(&id);
+                if waits && let Err(e) = self.sync().await {
+                    tracing::warn!(%id, error = %e, "a read could not flush the record it asked for");
+                }
+                w.cache
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&id)
+                    .cloned()
+                    .ok_or(StoreError::NotFound(id))
+            }
             Mode::Reader => {
                 self.blocking(move |dir| {
                     let path = record_path(&dir, id);

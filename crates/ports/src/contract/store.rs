@@ -185,8 +185,9 @@ pub async fn batch_writes_report_one_by_one(store: Arc<dyn ProcessStore>) {
 }
 
 /// An unsynced batch is checked and reported as `write_batch` is; later
-/// writes see it at once, and readers see it once `sync` has returned
-/// (`sync` with nothing owed succeeds too).
+/// writes see it at once, and readers see it once `sync` has returned, or
+/// at once through `get`, which syncs what it returns (`sync` with nothing
+/// owed succeeds too).
 pub async fn unsynced_batch_is_checked_at_once_and_read_after_sync(store: Arc<dyn ProcessStore>) {
     store.sync().await.expect("nothing to sync");
     let (a, existing) = (sample(8), sample(9));
@@ -230,6 +231,22 @@ pub async fn unsynced_batch_is_checked_at_once_and_read_after_sync(store: Arc<dy
     assert_eq!(store.get(a.id()).await.expect("after sync"), a3);
     assert_eq!(store.get(existing.id()).await.expect("kept"), existing);
     assert!(store.write_batch_unsynced(&[]).await.is_empty());
+    // A process started beside the sync asks for its record at once.
+    let (b, mut b2) = (sample(10), sample(10));
+    b2.apply(Transition::Start, Timestamp::from_millis(9))
+        .expect("start");
+    assert_eq!(
+        store
+            .write_batch_unsynced(&[w(&b, None, true), w(&b2, Some(1), true)])
+            .await,
+        [Ok(()), Ok(())]
+    );
+    assert_eq!(store.get(b.id()).await.expect("read before a sync"), b2);
+    let listed = store.list(&ListFilter::default()).await.expect("list");
+    assert!(
+        listed.contains(&b2),
+        "what get returned is synced: {listed:?}"
+    );
 }
 
 /// A stale version is a conflict naming both versions, and nothing changes.
