@@ -341,10 +341,11 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
     let marks = dir.path().join("marks");
     let failover = ["--failover", "--restart", "on-failure", "--grace", "1"];
     // Interleaved in the queue, so that kappa runs both kinds; the
-    // failover records run for a second, so that kappa is killed while it
-    // runs some.
+    // failover records run for three seconds, so that kappa is killed while
+    // it runs some, even when a loaded machine takes a second between the
+    // look that finds one running there and the kill.
     let (mut moving, mut ids) = (Vec::new(), Vec::new());
-    let long = marking_for(&marks, "1");
+    let long = marking_for(&marks, "3");
     for _ in 0..10 {
         moving.extend(submit_line(
             &nodes[0], 2, &long, &marks, "killfo", &failover,
