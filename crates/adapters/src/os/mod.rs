@@ -138,8 +138,27 @@ fn held_pipes(pid: u32) -> Option<[std::os::fd::OwnedFd; 2]> {
 const DRAIN_BUSY: Duration = Duration::from_secs(5);
 
 /// How long a look at what a leader left waits for a child whose
-/// environment cannot be read yet (in the middle of an `execve`).
+/// environment reads empty though one is laid out (it was started with
+/// none, or is laying it out in an `execve` this very moment).
 const UNSURE_FOR: Duration = Duration::from_millis(50);
+
+/// How long that look waits for a child in the middle of an `execve`, with
+/// no environment laid out yet: it has one again as soon as it runs (on a
+/// loaded machine that can take longer than [`UNSURE_FOR`]), so only a
+/// child stuck there for this long is taken for one without the mark.
+const IN_EXEC_FOR: Duration = Duration::from_secs(5);
+
+/// What a look at this subreaper's children tells of a record's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Nothing of it runs on.
+    Nothing,
+    /// A process of it runs on.
+    RunsOn,
+    /// A child's environment cannot be read yet; `in_exec` while one is in
+    /// the middle of an `execve`.
+    Unsure { in_exec: bool },
+}
 
 /// While a leader's tree runs on after it, how often the tree is looked at
 /// again besides when one of its processes ends (a process it started
@@ -805,7 +824,7 @@ impl Inner {
     /// usual case; only when one carries the mark, or for a process this
     /// spawner did not start (`adopted`), is all of /proc read.
     fn running_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Vec<tree::Seen> {
-        if self.none_runs_on(id, leader, adopted) == Some(true) {
+        if self.none_runs_on(id, leader, adopted) == Look::Nothing {
             return Vec::new();
         }
         tree::members(&id.to_string(), None)
@@ -813,7 +832,7 @@ impl Inner {
 
     /// Whether a look at this subreaper's own children shows that nothing
     /// of record `id`'s tree runs on (a few small reads, cheap enough for
-    /// the runtime's thread): `Some(false)` when one carries its mark (or
+    /// the runtime's thread): [`Look::RunsOn`] when one carries its mark (or
     /// the process was adopted), and only all of /proc can tell the rest.
     ///
     /// Without the subreaper, the leader's process group tells: empty, and
@@ -822,43 +841,60 @@ impl Inner {
     /// left the group (`setsid`, a daemon) is then not waited for there,
     /// though a stop still reaches it.
     ///
-    /// `None` while a child's environment cannot be read yet (it is in the
-    /// middle of an `execve`): ask again shortly.
-    fn none_runs_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Option<bool> {
+    /// [`Look::Unsure`] while a child's environment cannot be read yet (it
+    /// is in the middle of an `execve`): ask again shortly.
+    fn none_runs_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Look {
         if adopted {
-            return Some(false);
+            return Look::RunsOn;
         }
         if !self.config.subreaper {
-            return Some(!tree::group_alive(leader));
+            return if tree::group_alive(leader) {
+                Look::RunsOn
+            } else {
+                Look::Nothing
+            };
         }
         let leaders = self.unreaped_leaders();
         let needle = format!("{}={id}", tree::MARK).into_bytes();
-        let mut unsure = false;
+        let (mut unsure, mut in_exec) = (false, false);
         for pid in subreaper::children() {
             if leaders.contains(&pid) {
                 continue;
             }
             match tree::mark_of(pid, &needle) {
-                Some(true) => return Some(false),
-                Some(false) => {}
+                Some(true) => return Look::RunsOn,
                 // A zombie the reaper has not reaped yet is no one's.
-                None => unsure |= tree::stat(pid).is_some_and(|s| s.state != 'Z'),
+                None if tree::stat(pid).is_some_and(|s| s.state != 'Z') => {
+                    unsure = true;
+                    in_exec |= tree::in_exec(pid);
+                }
+                Some(false) | None => {}
             }
         }
-        (!unsure).then_some(true)
+        if unsure {
+            Look::Unsure { in_exec }
+        } else {
+            Look::Nothing
+        }
     }
 
     /// [`none_runs_on`](Self::none_runs_on), asking again while it cannot
-    /// tell, for up to [`UNSURE_FOR`]; then what it can tell (a process
-    /// whose environment stays empty carries no mark).
+    /// tell: for up to [`IN_EXEC_FOR`] while a child is in the middle of an
+    /// `execve`, else for up to [`UNSURE_FOR`]; then what it can tell (a
+    /// process whose environment stays empty carries no mark).
     async fn nothing_runs_on(&self, id: ProcessId, leader: u32, adopted: bool) -> bool {
-        let until = tokio::time::Instant::now() + UNSURE_FOR;
+        let began = tokio::time::Instant::now();
         loop {
-            match self.none_runs_on(id, leader, adopted) {
-                Some(none) => return none,
-                None if tokio::time::Instant::now() >= until => return true,
-                None => tokio::time::sleep(Duration::from_millis(2)).await,
+            let patience = match self.none_runs_on(id, leader, adopted) {
+                Look::Nothing => return true,
+                Look::RunsOn => return false,
+                Look::Unsure { in_exec: true } => IN_EXEC_FOR,
+                Look::Unsure { in_exec: false } => UNSURE_FOR,
+            };
+            if began.elapsed() >= patience {
+                return true;
             }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

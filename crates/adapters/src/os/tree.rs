@@ -48,11 +48,69 @@ pub(crate) fn carries_mark(pid: u32, needle: &[u8]) -> bool {
 /// middle of an `execve` (a leader's child that was exec'ing as the leader
 /// exited), or for a zombie.
 pub(crate) fn mark_of(pid: u32, needle: &[u8]) -> Option<bool> {
-    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    if env.is_empty() {
-        return None;
+    with_environ(pid, |env| {
+        (!env.is_empty()).then(|| env.split(|b| *b == 0).any(|var| var == needle))
+    })
+    .flatten()
+}
+
+/// Whether process `pid`, whose environment reads empty, is in the middle
+/// of an `execve` (or of its exit): its new address space has no
+/// environment laid out yet (`env_end`, field 51 of its stat, is 0). A
+/// process started with an empty environment has one laid out, of length 0.
+pub(crate) fn in_exec(pid: u32) -> bool {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(after) = text.rfind(')').and_then(|i| text.get(i + 2..)) else {
+        return false;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let readable = fs::File::open(format!("/proc/{pid}/environ")).is_ok();
+    readable
+        && !matches!(fields.first(), Some(&("Z" | "X")))
+        && fields.get(48).is_some_and(|end| *end == "0")
+}
+
+/// The value of `MARK` in process `pid`'s environment, if it has one.
+pub(crate) fn mark_value(pid: u32) -> Option<String> {
+    let prefix = format!("{MARK}=");
+    with_environ(pid, |env| {
+        env.split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+    .flatten()
+}
+
+/// Calls `f` with process `pid`'s environment (`None` if it cannot be
+/// read), read whole in one `pread`, into a buffer each thread keeps. The
+/// kernel holds the address space for the length of one read only: a read
+/// in pieces that an `execve` falls between ends early, with part of the
+/// old image's environment, perhaps without the mark.
+fn with_environ<R>(pid: u32, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    use std::os::unix::fs::FileExt;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Some(env.split(|b| *b == 0).any(|var| var == needle))
+    let file = fs::File::open(format!("/proc/{pid}/environ")).ok()?;
+    BUF.with_borrow_mut(|buf| {
+        if buf.is_empty() {
+            buf.resize(16 * 1024, 0);
+        }
+        loop {
+            let n = file.read_at(buf, 0).ok()?;
+            if n < buf.len() {
+                return Some(f(&buf[..n]));
+            }
+            // Linux caps arguments and environment together at a quarter
+            // of the stack limit; 64 MiB is past any that runs.
+            if buf.len() >= 64 << 20 {
+                return None;
+            }
+            buf.resize(buf.len() * 4, 0);
+        }
+    })
 }
 
 fn all_pids() -> Vec<u32> {
@@ -113,18 +171,12 @@ pub(crate) fn find_leaders(
     if ids.is_empty() {
         return HashMap::new();
     }
-    let prefix = format!("{MARK}=");
     for seen in all_pids().into_iter().filter_map(stat) {
         if seen.pid == own || seen.state == 'Z' {
             continue;
         }
-        let Ok(env) = fs::read(format!("/proc/{}/environ", seen.pid)) else {
-            continue;
-        };
-        let Some(id) = env
-            .split(|b| *b == 0)
-            .find_map(|var| var.strip_prefix(prefix.as_bytes()))
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        let Some(id) = mark_value(seen.pid)
+            .and_then(|v| v.parse().ok())
             .filter(|id| ids.contains(id))
         else {
             continue;
@@ -230,5 +282,86 @@ mod tests {
         assert_eq!(me.pid, std::process::id());
         assert!(me.start > 0);
         assert!(matches!(me.state, 'R' | 'S'));
+    }
+
+    /// A process started with no environment reads empty, yet it is not
+    /// taken for one in the middle of an `execve`; nor is a zombie.
+    #[test]
+    fn an_empty_environment_is_not_an_exec() {
+        let mut bare = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .env_clear()
+            .spawn()
+            .expect("spawn");
+        let mut dead = std::process::Command::new("/bin/true")
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Once `sleep` runs, its environment is laid out (empty).
+        while mark_of(bare.id(), b"X=1").is_none() && !environ_laid_out(bare.id()) {
+            assert!(std::time::Instant::now() < deadline, "sleep never ran");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(mark_of(bare.id(), b"X=1"), None);
+        assert!(!in_exec(bare.id()));
+        while stat(dead.id()).is_none_or(|s| s.state != 'Z') {
+            assert!(std::time::Instant::now() < deadline, "true never ended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!in_exec(dead.id()));
+        assert_eq!(mark_of(std::process::id(), b"NO_SUCH=1"), Some(false));
+        let _ = bare.kill();
+        let _ = bare.wait();
+        let _ = dead.wait();
+    }
+
+    /// Whether `pid`'s stat shows an environment laid out (`env_end`).
+    fn environ_laid_out(pid: u32) -> bool {
+        let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = text.rfind(')').map_or("", |i| &text[i + 2..]);
+        after.split_whitespace().nth(48).is_some_and(|e| e != "0")
+    }
+
+    /// A process that carries the mark is never read as unmarked, however
+    /// often it replaces itself with `execve` while it is read: a read that
+    /// began before an `execve` and went on after it once got the old
+    /// image's environment cut short, without the mark.
+    #[test]
+    fn a_mark_is_read_whole_across_execs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let script = dir.path().join("again");
+        fs::write(
+            &script,
+            "[ \"$1\" -gt 0 ] && exec /bin/sh \"$0\" $(($1 - 1))\nsleep 0.2\n",
+        )
+        .expect("script");
+        let needle = format!("{MARK}=across-execs");
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg(&script)
+            .arg("3000")
+            .env_clear()
+            .envs((0..60).map(|n| (format!("PAD_{n:02}"), "x".repeat(100))))
+            .env(MARK, "across-execs")
+            .spawn()
+            .expect("spawn");
+        let (mut marked, mut unmarked, mut unsure) = (0, 0, 0);
+        let pid = child.id();
+        for _ in 0..200_000 {
+            match mark_of(pid, needle.as_bytes()) {
+                Some(true) => marked += 1,
+                Some(false) => unmarked += 1,
+                None => unsure += 1,
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(marked > 0, "never read: {unsure} unsure");
+        assert_eq!(
+            unmarked, 0,
+            "read as unmarked ({marked} marked, {unsure} unsure)"
+        );
     }
 }

@@ -20,7 +20,7 @@ use bpm_domain::ProcessId;
 use bpm_ports::{ResourceSampler, ResourceUsage, SampleTarget};
 
 use super::listening::listeners;
-use super::tree::MARK;
+use super::tree::mark_value;
 
 /// A previous sample younger than this gives its figure again rather than
 /// a rate over too short a window to mean anything.
@@ -65,15 +65,6 @@ fn all_procs() -> Vec<Proc> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The record id in a process's `BPM_PROCESS_ID`, if it has one.
-fn mark_of(pid: u32) -> Option<String> {
-    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{MARK}=");
-    env.split(|b| *b == 0)
-        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The inodes of the sockets `pid` holds.
@@ -135,7 +126,7 @@ fn members(procs: &[Proc], targets: &[SampleTarget], marks: &mut Marks) -> HashM
     for p in live.iter().filter(|p| !placed.contains(&p.pid)) {
         let mark = marks
             .entry((p.pid, p.start))
-            .or_insert_with(|| mark_of(p.pid));
+            .or_insert_with(|| mark_value(p.pid));
         if let Some(&i) = mark.as_ref().and_then(|m| by_id.get(m)) {
             owner.insert(p.pid, i);
         }
@@ -387,6 +378,7 @@ impl ResourceSampler for ProcSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::os::tree::MARK;
     use std::os::unix::process::CommandExt as _;
 
     /// A process that left its leader's tree (a new session, reparented to
