@@ -35,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
 use bpm_domain::cluster::{Sweep, accepts_write, claim, failover, sweep_record};
 use bpm_domain::placement::{NodeLabels, Queued, takes, unplaced};
 use bpm_domain::{
@@ -132,7 +133,7 @@ struct World {
     claims: HashMap<ProcessId, usize>,
     /// Cluster-wide slots granted to records still pending: each record's
     /// version then, and the node and epoch that asked.
-    grants: HashMap<ProcessId, (u64, NodeId, u64)>,
+    grants: Grants<(NodeId, u64)>,
     /// Records of `agents` a sweep made `unreachable` or gave up: their
     /// slots were freed while they may still run on their cut-off node.
     cut_off: HashSet<ProcessId>,
@@ -156,7 +157,7 @@ impl World {
             pid: 100,
             events: Vec::new(),
             claims: HashMap::new(),
-            grants: HashMap::new(),
+            grants: Grants::default(),
             cut_off: HashSet::new(),
         };
         for n in 0..NODES {
@@ -307,23 +308,16 @@ impl World {
     /// fewer than the limit (a grant of `id` that still holds stands).
     fn grant(&mut self, id: ProcessId, n: usize) -> bool {
         let (store, epochs) = (&self.store, &self.epochs);
-        self.grants.retain(|g, (v, node, epoch)| {
-            epochs.get(node) == Some(epoch)
-                && store
-                    .get(g)
-                    .is_some_and(|r| r.state() == StateName::Pending && r.version() == *v)
-        });
-        let holding = store
-            .values()
-            .filter(|r| r.state().is_active() && is_agent(r))
-            .count();
-        let granted = self.grants.contains_key(&id) || holding + self.grants.len() < AGENTS;
-        if let Some(r) = store.get(&id).filter(|_| granted) {
-            let asker = &self.nodes[n];
-            self.grants
-                .insert(id, (r.version(), asker.name.clone(), asker.epoch));
-        }
-        granted
+        let agents = GroupName::new("agents").expect("group");
+        let holding = store.values().filter(|r| holds_slot(r, &agents)).count();
+        let asker = &self.nodes[n];
+        let version = store.get(&id).map(ProcessRecord::version);
+        let by = (asker.name.clone(), asker.epoch);
+        self.grants
+            .ask(id, AGENTS, holding, version, by, |g, grant| {
+                let (node, epoch) = &grant.by;
+                epochs.get(node) == Some(epoch) && grant_stands(store.get(g), grant.at)
+            })
     }
 
     /// Node `n` takes the best record queued for any node that fits its

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
 use bpm_domain::{
     CoreError, Effect, ExitStatus, GroupName, Input, Limits, NodeId, Percent, ProcessId,
     ProcessName, ProcessRecord, ProcessSpec, RestartMode, Signal, Span, StateName, Supervisor,
@@ -202,7 +203,7 @@ struct World {
     asks: Vec<ProcessId>,
     /// Slots the store granted, with their records' versions then: each
     /// counts while its record is pending at that version.
-    grants: HashMap<ProcessId, u64>,
+    grants: Grants<()>,
     /// Records of `g3` another writer changed while they held a slot: the
     /// store's count misses them while they run.
     miscounted: HashSet<ProcessId>,
@@ -254,7 +255,7 @@ impl World {
             queued: VecDeque::new(),
             notices: VecDeque::new(),
             asks: Vec::new(),
-            grants: HashMap::new(),
+            grants: Grants::default(),
             miscounted: HashSet::new(),
         }
     }
@@ -674,24 +675,14 @@ impl World {
                 // operations hold none), and the grants of records still
                 // pending and unchanged since (not queued again after a run).
                 let store = &self.store;
-                self.grants.retain(|g, v| {
-                    store
-                        .get(g)
-                        .is_some_and(|r| r.state() == StateName::Pending && r.version() == *v)
-                });
-                let holding = store
-                    .values()
-                    .filter(|r| {
-                        r.state().is_active()
-                            && !r.is_tracked()
-                            && r.group().is_some_and(|g| g.as_str() == "g3")
-                    })
-                    .count();
-                let granted =
-                    self.grants.contains_key(&id) || holding + self.grants.len() < CLUSTER_G3;
-                if let Some(r) = store.get(&id).filter(|_| granted) {
-                    self.grants.insert(id, r.version());
-                }
+                let group = GroupName::new("g3").expect("group");
+                let holding = store.values().filter(|r| holds_slot(r, &group)).count();
+                let version = store.get(&id).map(ProcessRecord::version);
+                let granted = self
+                    .grants
+                    .ask(id, CLUSTER_G3, holding, version, (), |g, grant| {
+                        grant_stands(store.get(g), grant.at)
+                    });
                 self.input(Input::ClusterSlot { id, granted })
             }
             Op::SlotsFreed => self.input(Input::ClusterSlotsFreed),

@@ -13,13 +13,10 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use async_trait::async_trait;
+use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
 use bpm_domain::placement::{NodeLabels, Queued, Room, takes};
 use bpm_domain::{GroupName, ListFilter, NodeId, ProcessId, ProcessRecord, StateName};
 use bpm_ports::{ClaimQueue, ClaimedOne, ClusterSlots, ProcessStore, StoreError};
-
-/// A cluster-wide slot granted: the group, and the record's version then
-/// (`None` if the store did not hold it; such a grant holds no slot).
-type Grant = (GroupName, Option<u64>);
 
 /// A claim queue on a store shared within one process.
 #[derive(Clone)]
@@ -28,8 +25,9 @@ pub struct InMemoryClaims {
     node: NodeId,
     /// Claimed, not yet written: record → claimer. One lock, so a claim is atomic.
     claims: Arc<Mutex<HashMap<ProcessId, NodeId>>>,
-    /// Slots granted to records not yet started: record → its grant.
-    granted: Arc<Mutex<HashMap<ProcessId, Grant>>>,
+    /// Slots granted to records not yet started, by group (the rule is
+    /// [`bpm_domain::cluster::slots`]'s).
+    granted: Arc<Mutex<HashMap<GroupName, Grants<()>>>>,
 }
 
 impl InMemoryClaims {
@@ -138,43 +136,30 @@ impl ClusterSlots for InMemoryClaims {
                 .collect(),
             ..ListFilter::default()
         };
-        // Tracked operations hold no slot.
-        let mut taken = self
+        let holding = self
             .store
             .list(&holding)
             .await?
             .iter()
-            .filter(|r| !r.is_tracked())
+            .filter(|r| holds_slot(r, group))
             .count();
-        // A grant holds while its record is pending at the version it was
-        // granted at: written since (started, stopped, queued again after
-        // a run), the store's count has it, or it holds no slot.
-        let mut pending = Vec::new();
-        for (held, (g, at)) in granted.iter() {
-            if g == group {
-                match self.store.get(*held).await {
-                    Ok(r) if r.state() == StateName::Pending && Some(r.version()) == *at => {
-                        pending.push(*held);
-                    }
-                    Ok(_) | Err(StoreError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
+        let read = |id| async move {
+            match self.store.get(id).await {
+                Ok(r) => Ok(Some(r)),
+                Err(StoreError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let grants = granted.entry(group.clone()).or_default();
+        let mut standing = Vec::new();
+        for (held, grant) in grants.iter() {
+            if grant_stands(read(*held).await?.as_ref(), grant.at) {
+                standing.push(*held);
             }
         }
-        granted.retain(|held, (g, _)| g != group || pending.contains(held));
-        if pending.contains(&id) {
-            return Ok(true);
-        }
-        taken += pending.len();
-        if taken < limit {
-            let at = match self.store.get(id).await {
-                Ok(r) => Some(r.version()),
-                Err(StoreError::NotFound(_)) => None,
-                Err(e) => return Err(e),
-            };
-            granted.insert(id, (group.clone(), at));
-            return Ok(true);
-        }
-        Ok(false)
+        let version = read(id).await?.map(|r| r.version());
+        Ok(grants.ask(id, limit, holding, version, (), |held, _| {
+            standing.contains(held)
+        }))
     }
 }

@@ -13,7 +13,9 @@
 //! records not yet started (`cslots:GROUP`, each bound to its record's
 //! version). So a lost node's slots free
 //! as its records become `unreachable`, and a record that comes back is
-//! counted once, by its state.
+//! counted once, by its state. The rule is
+//! [`bpm_domain::cluster::slots`]'s, which the in-memory twin and the
+//! simulations call; the script below applies it atomically in the store.
 
 use async_trait::async_trait;
 use bpm_domain::placement::{NodeLabels, Room};
