@@ -34,6 +34,24 @@ async fn output() -> Arc<dyn OutputStore> {
 mod redis_store {
     use super::*;
     bpm_ports::store_contract_tests!(store().await);
+
+    /// Keys of their own, connected to again as often as asked.
+    struct Keys(String);
+
+    #[async_trait::async_trait]
+    impl bpm_ports::contract::store::Reopen for Keys {
+        async fn open(&self) -> Arc<dyn ProcessStore> {
+            Arc::new(
+                RedisStore::connect(&redis_url(), &self.0)
+                    .await
+                    .expect("connect to the test Redis"),
+            )
+        }
+    }
+
+    bpm_ports::store_reopen_contract_tests!(
+        Arc::new(Keys(unique_prefix())) as Arc<dyn bpm_ports::contract::store::Reopen>
+    );
 }
 
 async fn membership() -> Arc<dyn Membership> {

@@ -202,6 +202,15 @@ mod fs_store {
 
     #[async_trait::async_trait]
     impl ProcessStore for InTempDir {
+        fn room(&self, records: usize) -> Result<(), StoreError> {
+            self.0.room(records)
+        }
+        async fn reachable(&self) -> Result<(), StoreError> {
+            self.0.reachable().await
+        }
+        fn recovery_warnings(&self) -> Vec<String> {
+            self.0.recovery_warnings()
+        }
         async fn create(&self, r: &ProcessRecord) -> Result<(), StoreError> {
             self.0.create(r).await
         }
@@ -243,4 +252,19 @@ mod fs_store {
     }
 
     bpm_ports::store_contract_tests!(store());
+
+    /// A folder of its own, opened again as often as asked.
+    struct Folder(tempfile::TempDir);
+
+    #[async_trait::async_trait]
+    impl bpm_ports::contract::store::Reopen for Folder {
+        async fn open(&self) -> Arc<dyn ProcessStore> {
+            Arc::new(FsStore::open(self.0.path()).expect("store"))
+        }
+    }
+
+    bpm_ports::store_reopen_contract_tests!(
+        Arc::new(Folder(tempfile::tempdir().expect("temp dir")))
+            as Arc<dyn bpm_ports::contract::store::Reopen>
+    );
 }

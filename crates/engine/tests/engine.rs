@@ -1485,6 +1485,15 @@ async fn engine_with_slots(ports: Ports, max_running: usize) -> Engine {
 
 #[async_trait::async_trait]
 impl ProcessStore for TestDisk {
+    fn room(&self, records: usize) -> Result<(), StoreError> {
+        self.inner.room(records)
+    }
+    async fn reachable(&self) -> Result<(), StoreError> {
+        self.inner.reachable().await
+    }
+    fn recovery_warnings(&self) -> Vec<String> {
+        self.inner.recovery_warnings()
+    }
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
         self.inner.create(record).await
     }

@@ -71,6 +71,12 @@ pub struct StoreWrite {
 /// Where process records live.
 ///
 /// Every operation is atomic: a record is either written whole or not at all.
+///
+/// [`room`](Self::room), [`reachable`](Self::reachable) and
+/// [`recovery_warnings`](Self::recovery_warnings) have no default: each
+/// guards new work or tells of damage, and a store that wraps another
+/// (to add a cache, a metric, a folder it owns) must pass them on, or say
+/// why not, rather than drop them unseen.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait ProcessStore: Send + Sync + 'static {
@@ -81,10 +87,7 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// MUST return [`StoreError::Refused`], naming the device and the path
     /// and what they lack, when the store has no room for them (a full
     /// disk).
-    fn room(&self, records: usize) -> Result<(), StoreError> {
-        let _ = records;
-        Ok(())
-    }
+    fn room(&self, records: usize) -> Result<(), StoreError>;
 
     /// Whether the store answers now. New work is refused while it does
     /// not, so that nothing is acknowledged that lives in memory alone; a
@@ -95,17 +98,13 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// does not answer within its timeout; a shared store MUST return
     /// [`StoreError::Fenced`] once a newer daemon claimed the writer's node;
     /// [`StoreError::Lapsed`] while the writer's lease is lapsed.
-    async fn reachable(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
+    async fn reachable(&self) -> Result<(), StoreError>;
 
     /// What the store found wrong when it opened and could not repair
     /// silently (a damaged journal, with the records it cost), one line
     /// each, for the daemon to report at start and in its status. Empty
     /// when all was well.
-    fn recovery_warnings(&self) -> Vec<String> {
-        Vec::new()
-    }
+    fn recovery_warnings(&self) -> Vec<String>;
 
     /// A live record other than `record` carrying `record`'s name, if any
     /// (what [`create_named`](Self::create_named) looks for).
@@ -215,8 +214,8 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// see it, and it survives a crash of the writer), and the durable ones
     /// are on disk once a [`sync`](Self::sync) called after it returns.
     /// Readers may see a durable one only from then on (a [`get`](Self::get)
-    /// of it syncs first), so nobody learns of a change a power cut could
-    /// undo. For a caller with work to do meanwhile that a
+    /// or [`list`](Self::list) syncs first), so nobody learns of a change a
+    /// power cut could undo. For a caller with work to do meanwhile that a
     /// crash of the machine would undo anyway (starting a process). Stores
     /// with no separate flush step keep the default, a plain `write_batch`.
     ///
@@ -248,6 +247,8 @@ pub trait ProcessStore: Send + Sync + 'static {
 
     /// Copies of the records that match `filter`, ordered by id (creation
     /// order for v7 ids), starting after `filter.after`, at most `filter.limit`.
+    /// As [`get`](Self::get), each at its newest version, flushed first if
+    /// it was written unsynced.
     ///
     /// # Errors
     /// - MUST return [`StoreError::Unavailable`] if the backend cannot be reached.

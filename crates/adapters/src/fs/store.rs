@@ -412,6 +412,28 @@ impl FsStore {
     }
 }
 
+impl FsStore {
+    /// Before a read: flushes the versions written but not yet on disk (of
+    /// record `id`, or of any record for `None`), so that what the read
+    /// returns is on disk and nothing is hidden from it. A process started
+    /// before its record's sync ended may ask for that record at once. A
+    /// flush that fails is logged; the read then returns what is on disk.
+    async fn flush_for_read(&self, writer: &Writer, id: Option<ProcessId>) {
+        let waits = {
+            let pending = writer
+                .unsynced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            id.map_or(!pending.records.is_empty(), |id| {
+                pending.records.contains_key(&id)
+            })
+        };
+        if waits && let Err(e) = self.sync().await {
+            tracing::warn!(error = %e, "a read could not flush what it reads");
+        }
+    }
+}
+
 impl Drop for FsStore {
     fn drop(&mut self) {
         if let Mode::Writer(writer) = &mut self.mode {
@@ -536,6 +558,12 @@ fn list_from(records: &Records, filter: &ListFilter) -> Vec<ProcessRecord> {
 
 #[async_trait]
 impl ProcessStore for FsStore {
+    /// A folder on this machine always answers; a full disk is
+    /// [`room`](ProcessStore::room)'s to tell.
+    async fn reachable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn room(&self, records: usize) -> Result<(), StoreError> {
         let Some(writer) = self.writer() else {
             return Ok(());
@@ -582,18 +610,7 @@ impl ProcessStore for FsStore {
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, StoreError> {
         match &self.mode {
             Mode::Writer(w) => {
-                // A version written but not yet on disk is shown by flushing
-                // it, never by hiding it: a process started before its
-                // record's sync ended may ask for that record at once.
-                let waits = w
-                    .unsynced
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .records
-                    .contains_key(&id);
-                if waits && let Err(e) = self.sync().await {
-                    tracing::warn!(%id, error = %e, "a read could not flush the record it asked for");
-                }
+                self.flush_for_read(w, Some(id)).await;
                 w.cache
                     .read()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -722,10 +739,13 @@ impl ProcessStore for FsStore {
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
         match &self.mode {
-            Mode::Writer(w) => Ok(list_from(
-                &w.cache.read().unwrap_or_else(PoisonError::into_inner),
-                filter,
-            )),
+            Mode::Writer(w) => {
+                self.flush_for_read(w, None).await;
+                Ok(list_from(
+                    &w.cache.read().unwrap_or_else(PoisonError::into_inner),
+                    filter,
+                ))
+            }
             Mode::Reader => {
                 let filter = filter.clone();
                 self.blocking(move |dir| {

@@ -1,9 +1,9 @@
 //! The claim queue and cluster-wide slots in one process, over a store
-//! whose writes are read back at once (the in-memory store; not the file
-//! store, whose unsynced batches are not): the unplaced records are the
-//! store's records whose node is `any`, a group's slots are counted from
-//! the store's records, and the claims and grants are maps shared by every
-//! node's queue made with [`InMemoryClaims::for_node`]. For tests and
+//! whose writes are read back at once (the in-memory or the file store):
+//! the unplaced records are the store's records whose node is `any`, a
+//! group's slots are counted from the store's records, and the claims and
+//! grants are maps shared by every node's queue made with
+//! [`InMemoryClaims::for_node`]. For tests and
 //! embedding; a daemon of its own needs neither (its core keeps a
 //! cluster-wide limit as its own).
 

@@ -1,4 +1,16 @@
 //! In-memory adapters: for tests and for embedding bpm where nothing must outlive the process.
+//!
+//! The ports' contract suites run on them as on any adapter; in a test file
+//! (with `bpm-ports`' `contract` feature), one line stamps a test per case:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use bpm_adapters::memory::InMemoryStore;
+//! use bpm_ports::ProcessStore;
+//!
+//! bpm_ports::store_contract_tests!(Arc::new(InMemoryStore::new()) as Arc<dyn ProcessStore>);
+//! # fn main() {}
+//! ```
 
 mod claims;
 mod events;

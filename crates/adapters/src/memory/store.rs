@@ -22,6 +22,22 @@ impl InMemoryStore {
 
 #[async_trait]
 impl ProcessStore for InMemoryStore {
+    /// Memory is not counted: a record is small, and the process's own
+    /// allocator is the limit.
+    fn room(&self, _records: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// In this process: it always answers.
+    async fn reachable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Nothing is read back at open, so nothing can be found damaged.
+    fn recovery_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     async fn create(&self, record: &ProcessRecord) -> Result<(), StoreError> {
         let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
         if records.contains_key(&record.id()) {

@@ -463,6 +463,17 @@ impl Failover for RedisStore {
 
 #[async_trait]
 impl ProcessStore for RedisStore {
+    /// The server's memory is its own to guard: a write it refuses (over
+    /// `maxmemory`) comes back as that write's error.
+    fn room(&self, _records: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Redis keeps no journal of bpm's to repair at open.
+    fn recovery_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     async fn reachable(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let down = |e: redis::RedisError| {

@@ -3,11 +3,20 @@
 //! Each case is a `pub async fn` taking the adapter under test; the macros
 //! stamp one named `#[tokio::test]` per case, so a failure names the case and
 //! the adapter. The calling crate needs `tokio` (with `macros` and `rt-multi-thread`).
-//! For example, in a test file of the adapters' crate (a doc test here
-//! could not name the adapters, which depend on this crate):
+//! In a test file, one line runs a whole suite on a store of your own:
+//! `bpm_ports::store_contract_tests!(Arc::new(MyStore::new()) as Arc<dyn
+//! ProcessStore>);` (`bpm_adapters::memory`'s docs hold that line,
+//! compiled, on the in-memory store, and `crates/adapters/tests/contract.rs`
+//! runs it on every store bpm has). A case can also be called by itself,
+//! on any store:
 //!
-//! ```text
-//! bpm_ports::store_contract_tests!(bpm_adapters::memory::InMemoryStore::new());
+//! ```
+//! use std::sync::Arc;
+//! use bpm_ports::ProcessStore;
+//!
+//! async fn my_store_keeps_what_it_is_given(store: Arc<dyn ProcessStore>) {
+//!     bpm_ports::contract::store::create_then_get(store).await;
+//! }
 //! ```
 
 pub mod claims;
@@ -93,6 +102,19 @@ macro_rules! store_contract_tests {
             retention_expires_only_old_finished_records,
             ten_thousand_records,
             a_name_is_created_once_among_live_records,
+        );
+    };
+}
+
+/// One test per case of the store contract that opens a store again;
+/// `$make` is an expression giving an `Arc<dyn store::Reopen>` (it may use
+/// `.await`) on a fresh, empty backend. For every store that keeps its
+/// records past its handle, beside [`store_contract_tests`].
+#[macro_export]
+macro_rules! store_reopen_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(store, $make;
+            records_outlive_a_reopen,
         );
     };
 }

@@ -51,6 +51,48 @@ async fn advance(store: &Arc<dyn ProcessStore>, r: &mut ProcessRecord, t: Transi
     store.update(r, expected).await.expect("update");
 }
 
+/// A store's backend, opened again (the same folder, the same Redis keys):
+/// what [`records_outlive_a_reopen`] needs. A store that keeps nothing
+/// past its handle (the in-memory one) has none.
+#[async_trait::async_trait]
+pub trait Reopen: Send + Sync {
+    /// A new handle on the backend, holding what earlier handles wrote. The
+    /// case drops every earlier handle before it asks for the next.
+    async fn open(&self) -> Arc<dyn ProcessStore>;
+}
+
+/// What a store took is there when it is opened again: each record at its
+/// last version (an update, a batch synced), none deleted comes back, and
+/// the list shows them in order. A store that keeps nothing fails here.
+pub async fn records_outlive_a_reopen(backend: Arc<dyn Reopen>) {
+    let store = backend.open().await;
+    let (a, mut b, c, d) = (sample(21), sample(22), sample(23), sample(24));
+    for r in [&a, &b, &c] {
+        store.create(r).await.expect("create");
+    }
+    advance(&store, &mut b, Transition::Start).await;
+    store.delete(c.id()).await.expect("delete");
+    let batch = [StoreWrite {
+        record: d.clone(),
+        expected_version: None,
+        durable: true,
+    }];
+    assert_eq!(store.write_batch_unsynced(&batch).await, [Ok(())]);
+    store.sync().await.expect("sync");
+    drop(store);
+    let store = backend.open().await;
+    assert_eq!(store.get(a.id()).await.expect("a after a reopen"), a);
+    assert_eq!(store.get(b.id()).await.expect("b after a reopen"), b);
+    assert_eq!(store.get(d.id()).await.expect("d after a reopen"), d);
+    assert_eq!(
+        store.get(c.id()).await,
+        Err(StoreError::NotFound(c.id())),
+        "a deleted record stays deleted"
+    );
+    let listed = store.list(&ListFilter::default()).await.expect("list");
+    assert_eq!(listed, [a, b, d]);
+}
+
 /// A created record reads back equal.
 pub async fn create_then_get(store: Arc<dyn ProcessStore>) {
     let r = sample(7);
@@ -186,8 +228,8 @@ pub async fn batch_writes_report_one_by_one(store: Arc<dyn ProcessStore>) {
 
 /// An unsynced batch is checked and reported as `write_batch` is; later
 /// writes see it at once, and readers see it once `sync` has returned, or
-/// at once through `get`, which syncs what it returns (`sync` with nothing
-/// owed succeeds too).
+/// at once through `get` or `list`, which sync what they return (`sync`
+/// with nothing owed succeeds too).
 pub async fn unsynced_batch_is_checked_at_once_and_read_after_sync(store: Arc<dyn ProcessStore>) {
     store.sync().await.expect("nothing to sync");
     let (a, existing) = (sample(8), sample(9));
@@ -242,10 +284,15 @@ pub async fn unsynced_batch_is_checked_at_once_and_read_after_sync(store: Arc<dy
         [Ok(()), Ok(())]
     );
     assert_eq!(store.get(b.id()).await.expect("read before a sync"), b2);
+    let c = sample(11);
+    assert_eq!(
+        store.write_batch_unsynced(&[w(&c, None, true)]).await,
+        [Ok(())]
+    );
     let listed = store.list(&ListFilter::default()).await.expect("list");
     assert!(
-        listed.contains(&b2),
-        "what get returned is synced: {listed:?}"
+        listed.contains(&b2) && listed.contains(&c),
+        "listed before a sync: {listed:?}"
     );
 }
 
