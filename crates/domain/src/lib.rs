@@ -22,6 +22,8 @@ mod record;
 mod resources;
 mod schedule;
 mod spec;
+#[cfg(feature = "proptest")]
+pub mod strategies;
 pub mod supervisor;
 mod terminal;
 mod time;

@@ -48,3 +48,9 @@ pub use {
     ids::MockIdGenerator, manager::MockProcessManager, output::MockOutputStore,
     spawner::MockProcessSpawner, store::MockProcessStore, usage::MockResourceSampler,
 };
+
+/// The mocking crate the mocks above are made with, so that a test can set
+/// their expectations (`mockall::predicate`, `mockall::Sequence`) without a
+/// dependency of its own, at the version the mocks need.
+#[cfg(feature = "mocks")]
+pub use mockall;
