@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpm_adapters::redis::{RedisCommands, RedisEvents, RedisMembership};
-use bpm_domain::{
-    Event, EventKind, NodeId, ProcessId, ProcessRecord, ProcessSpec, Span, StateName, Timestamp,
-};
-use bpm_ports::{Answer, Claimant, Command, CommandBus, EventBus, ManagerError, Membership};
+use bpm_domain::{NodeId, ProcessId, Span};
+use bpm_ports::{Answer, Claimant, Command, CommandBus, ManagerError, Membership};
 use bpm_tests::{redis_url, unique_prefix};
 
 fn node(name: &str) -> NodeId {
@@ -201,60 +199,27 @@ async fn a_command_answered_twice_leaves_nothing_queued() {
     assert_eq!(b.receive().await.expect("receive"), None);
 }
 
-/// Event `n` of node `on`: an exit, with version `n`.
-fn event(n: u64, on: &str) -> Event {
-    let at = Timestamp::from_millis(n);
-    let record = ProcessRecord::new(id(u128::from(n)), node(on), ProcessSpec::argv(["x"]), at);
-    let mut event = Event::new(EventKind::Exited, &record, at);
-    event.state = StateName::Completed;
-    event.version = n;
-    event
-}
+mod redis_events {
+    use super::*;
+    use bpm_ports::contract::events::Subject;
 
-/// Events of every node reach every node's subscribers, once each; a
-/// node's own events are not delivered to it twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_nodes_events_reach_every_nodes_subscribers_once() {
-    let prefix = unique_prefix();
-    let url = redis_url();
-    let alpha = RedisEvents::connect(&url, &prefix, node("alpha"))
-        .await
-        .expect("connect");
-    let beta = RedisEvents::connect(&url, &prefix, node("beta"))
-        .await
-        .expect("connect");
-    let mut at_alpha = alpha.subscribe();
-    let mut at_beta = beta.subscribe();
-    for n in 1..=3 {
-        alpha.publish(event(n, "alpha")).await.expect("publish");
+    async fn buses() -> Subject {
+        let (prefix, url) = (unique_prefix(), redis_url());
+        let bus = |name| {
+            let (url, prefix) = (url.clone(), prefix.clone());
+            async move {
+                Arc::new(
+                    RedisEvents::connect(&url, &prefix, node(name))
+                        .await
+                        .expect("connect"),
+                )
+            }
+        };
+        Subject {
+            alpha: bus("alpha").await,
+            beta: bus("beta").await,
+        }
     }
-    beta.publish(event(10, "beta")).await.expect("publish");
-    let mut heard = Vec::new();
-    while heard.len() < 4 {
-        let e = tokio::time::timeout(Duration::from_secs(5), at_beta.recv())
-            .await
-            .expect("beta hears within 5 s")
-            .expect("open");
-        heard.push(e.version);
-    }
-    // Its own, and alpha's in their order.
-    assert!(heard.contains(&10), "{heard:?}");
-    heard.retain(|v| *v != 10);
-    assert_eq!(heard, [1, 2, 3]);
-    let mut heard = Vec::new();
-    while heard.len() < 4 {
-        let e = tokio::time::timeout(Duration::from_secs(5), at_alpha.recv())
-            .await
-            .expect("alpha hears within 5 s")
-            .expect("open");
-        heard.push(e.version);
-    }
-    assert!(heard.contains(&10), "{heard:?}");
-    heard.retain(|v| *v != 10);
-    assert_eq!(heard, [1, 2, 3]);
-    // Nothing more: alpha's own events did not come back to it.
-    let more = tokio::time::timeout(Duration::from_millis(1500), at_alpha.recv()).await;
-    assert!(more.is_err(), "nothing twice: {more:?}");
-    assert_eq!(alpha.recent().len(), 4);
-    assert_eq!(alpha.dropped(), 0);
+
+    bpm_ports::events_contract_tests!(buses().await);
 }

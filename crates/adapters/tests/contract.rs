@@ -33,6 +33,20 @@ mod memory_claims {
     });
 }
 
+mod memory_events {
+    use super::*;
+    use bpm_adapters::memory::BroadcastBus;
+    use bpm_ports::contract::events::Subject;
+    // One process: both nodes' daemons share the one bus.
+    bpm_ports::events_contract_tests!({
+        let bus = Arc::new(BroadcastBus::default());
+        Subject {
+            alpha: bus.clone(),
+            beta: bus,
+        }
+    });
+}
+
 mod memory_membership {
     use super::*;
     bpm_ports::membership_contract_tests!(Arc::new(InMemoryMembership::new(Arc::new(

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod claims;
+pub mod events;
 pub mod failover;
 pub mod host;
 pub mod manager;
@@ -44,6 +45,19 @@ macro_rules! claims_contract_tests {
             one_record_is_claimed_by_id,
             a_deleted_record_leaves_the_queue,
             cluster_slots_count_every_node,
+        );
+    };
+}
+
+/// One test per case of the event bus contract; `$make` gives an
+/// [`events::Subject`]: two nodes' buses on one fresh backend.
+#[macro_export]
+macro_rules! events_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(events, $make;
+            publishing_to_nobody_is_not_an_error,
+            every_nodes_events_reach_every_nodes_subscribers_once,
+            recent_and_a_subscription_leave_no_gap,
         );
     };
 }
