@@ -410,9 +410,7 @@ impl FsStore {
         }
         Ok(())
     }
-}
 
-impl FsStore {
     /// Before a read: flushes the versions written but not yet on disk (of
     /// record `id`, or of any record for `None`), so that what the read
     /// returns is on disk and nothing is hidden from it. A process started

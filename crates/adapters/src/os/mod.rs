@@ -863,12 +863,14 @@ impl Inner {
             }
             match tree::mark_of(pid, &needle) {
                 Some(true) => return Look::RunsOn,
-                // A zombie the reaper has not reaped yet is no one's.
-                None if tree::stat(pid).is_some_and(|s| s.state != 'Z') => {
-                    unsure = true;
-                    in_exec |= tree::in_exec(pid);
+                Some(false) => {}
+                None => {
+                    // A zombie the reaper has not reaped yet is no one's.
+                    if let Some(s) = tree::stat(pid).filter(|s| s.state != 'Z') {
+                        unsure = true;
+                        in_exec |= tree::in_exec(&s);
+                    }
                 }
-                Some(false) | None => {}
             }
         }
         if unsure {

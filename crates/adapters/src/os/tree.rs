@@ -23,6 +23,10 @@ pub(crate) struct Seen {
     /// Start time in clock ticks since boot: with the pid, the process's identity.
     pub(crate) start: u64,
     pub(crate) state: char,
+    /// Where its environment ends (field 51; 0 while an `execve` has not
+    /// laid one out yet, or when it may not be read); `None` on a kernel
+    /// that does not show it.
+    pub(crate) env_end: Option<u64>,
 }
 
 /// Parses `/proc/PID/stat`. The command name may hold spaces and parentheses,
@@ -36,6 +40,7 @@ pub(crate) fn stat(pid: u32) -> Option<Seen> {
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
+        env_end: fields.get(48).and_then(|f| f.parse().ok()),
     })
 }
 
@@ -54,22 +59,15 @@ pub(crate) fn mark_of(pid: u32, needle: &[u8]) -> Option<bool> {
     .flatten()
 }
 
-/// Whether process `pid`, whose environment reads empty, is in the middle
-/// of an `execve` (or of its exit): its new address space has no
-/// environment laid out yet (`env_end`, field 51 of its stat, is 0). A
-/// process started with an empty environment has one laid out, of length 0.
-pub(crate) fn in_exec(pid: u32) -> bool {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some(after) = text.rfind(')').and_then(|i| text.get(i + 2..)) else {
-        return false;
-    };
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let readable = fs::File::open(format!("/proc/{pid}/environ")).is_ok();
-    readable
-        && !matches!(fields.first(), Some(&("Z" | "X")))
-        && fields.get(48).is_some_and(|end| *end == "0")
+/// Whether `process`, whose environment reads empty, is in the middle of
+/// an `execve` (or of its exit): its new address space has no environment
+/// laid out yet ([`Seen::env_end`] is 0, and not because it may not be
+/// read). A process started with an empty environment has one laid out, of
+/// length 0.
+pub(crate) fn in_exec(process: &Seen) -> bool {
+    !matches!(process.state, 'Z' | 'X')
+        && process.env_end == Some(0)
+        && fs::File::open(format!("/proc/{}/environ", process.pid)).is_ok()
 }
 
 /// The value of `MARK` in process `pid`'s environment, if it has one.
@@ -303,12 +301,16 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(mark_of(bare.id(), b"X=1"), None);
-        assert!(!in_exec(bare.id()));
-        while stat(dead.id()).is_none_or(|s| s.state != 'Z') {
+        assert!(!in_exec(&stat(bare.id()).expect("sleep runs")));
+        let zombie = loop {
+            match stat(dead.id()) {
+                Some(s) if s.state == 'Z' => break s,
+                _ => {}
+            }
             assert!(std::time::Instant::now() < deadline, "true never ended");
             std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(!in_exec(dead.id()));
+        };
+        assert!(!in_exec(&zombie));
         assert_eq!(mark_of(std::process::id(), b"NO_SUCH=1"), Some(false));
         let _ = bare.kill();
         let _ = bare.wait();
@@ -317,9 +319,7 @@ mod tests {
 
     /// Whether `pid`'s stat shows an environment laid out (`env_end`).
     fn environ_laid_out(pid: u32) -> bool {
-        let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = text.rfind(')').map_or("", |i| &text[i + 2..]);
-        after.split_whitespace().nth(48).is_some_and(|e| e != "0")
+        stat(pid).is_some_and(|s| s.env_end.is_some_and(|end| end != 0))
     }
 
     /// A process that carries the mark is never read as unmarked, however
