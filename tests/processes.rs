@@ -576,7 +576,15 @@ async fn a_thousand_processes_leak_no_descriptor_and_leave_no_zombie() {
         "open descriptors: {} after, {fds} before",
         open_fds()
     );
-    assert_eq!(zombie_children(), zombies, "zombie children");
+    // Other tests in this binary run beside this one, and a child of theirs
+    // may be a zombie for the instant before their engine reaps it. A zombie
+    // this test's engine left would stay one, so the count must come back.
+    until("zombies back", || zombie_children() <= zombies).await;
+    assert!(
+        zombie_children() <= zombies,
+        "zombie children: {} after, {zombies} before",
+        zombie_children()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
