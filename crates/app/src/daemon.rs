@@ -77,7 +77,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     // touched, and every write carries the claim's epoch.
     let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
     let cluster = Arc::new(std::sync::Mutex::new(None));
-    let shown = crate::cluster::Shown {
+    let shown = bpm_engine::cluster::LeaseStatus {
         line: Arc::clone(&cluster),
         warnings: Arc::clone(&warnings),
     };

@@ -2,8 +2,11 @@
 //! one store and one membership, under the domain's cluster rules (claims,
 //! renewals, `may_write`, fencing by epoch, sweeps of lapsed leases, and
 //! the rejoin of a node that comes back), while proptest cuts nodes off,
-//! heals them, stalls time and ends processes in any order. After every
-//! step:
+//! heals them, stalls time and ends processes in any order. Each node is
+//! the code a daemon runs: its `Supervisor` and its `Member` (renewals,
+//! fences, claims again, reconciles and looks at the leases, in the order
+//! the member says), whose effects the world carries out at once, as the
+//! cluster driver does. After every step:
 //! - no record is written by two epochs of its node: once an epoch wrote
 //!   it, no older epoch writes it again;
 //! - no record is both lost in the store and running on its node, once
@@ -35,6 +38,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RenewFailure};
 use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
 use bpm_domain::cluster::{Sweep, accepts_write, claim, failover, sweep_record};
 use bpm_domain::placement::{NodeLabels, Queued, takes, unplaced};
@@ -96,9 +100,12 @@ fn op() -> impl Strategy<Value = Op> {
 struct Node {
     name: NodeId,
     core: Supervisor,
-    epoch: u64,
-    /// When its last renewal that succeeded was sent.
-    sent: Timestamp,
+    /// Its daemon's part in the cluster: the real core, whose effects the
+    /// world carries out at once.
+    member: Member,
+    /// Its store's write fence, as its member last moved it: the epoch its
+    /// writes carry and when the renewal that holds it was sent.
+    writes_with: (u64, Timestamp),
     connected: bool,
     /// The processes running on its machine.
     running: HashMap<ProcessId, u32>,
@@ -107,10 +114,15 @@ struct Node {
     /// A claim of it was never placed: its claims go back before it
     /// claims again.
     gives_back: bool,
-    /// Whether its core was told it no longer holds its lease.
-    fenced: bool,
     /// Its armed timers: when each fires.
     timers: Vec<(Timestamp, bpm_domain::Timer)>,
+}
+
+impl Node {
+    /// The epoch its writes carry.
+    fn epoch(&self) -> u64 {
+        self.writes_with.0
+    }
 }
 
 struct World {
@@ -162,6 +174,7 @@ impl World {
         };
         for n in 0..NODES {
             let name = NodeId::new(format!("n{n}")).expect("name");
+            let epoch = world.claim(&name).expect("a free name");
             let mut limits = Limits {
                 max_running: 3,
                 ..Limits::default()
@@ -171,17 +184,17 @@ impl World {
                 .insert(GroupName::new("agents").expect("a group"), AGENTS);
             world.nodes.push(Node {
                 name: name.clone(),
+                member: Member::joined(name.clone(), timing, epoch, now),
                 core: Supervisor::new(name, limits),
-                epoch: 0,
-                sent: now,
+                writes_with: (epoch, now),
                 connected: true,
                 running: HashMap::new(),
                 unsaved: HashMap::new(),
                 gives_back: false,
-                fenced: false,
                 timers: Vec::new(),
             });
-            world.claim(n);
+            // Its engine runs: told of the lease, and sweeping.
+            world.drive(n, MemberInput::EngineAttached);
         }
         world
     }
@@ -190,13 +203,11 @@ impl World {
         self.leases.get(&self.nodes[n].name)
     }
 
-    /// Node `n` claims its name (it must be free): a new epoch.
-    fn claim(&mut self, n: usize) -> bool {
-        let name = self.nodes[n].name.clone();
+    /// Claims the name `name` (it must be free): a new epoch.
+    fn claim(&mut self, name: &NodeId) -> Option<u64> {
+        let name = name.clone();
         let newest = self.epochs.get(&name).copied().unwrap_or(0);
-        let Ok(epoch) = claim(&name, self.leases.get(&name), newest, self.now, None) else {
-            return false;
-        };
+        let epoch = claim(&name, self.leases.get(&name), newest, self.now, None).ok()?;
         self.epochs.insert(name.clone(), epoch);
         self.leases.insert(
             name.clone(),
@@ -215,18 +226,93 @@ impl World {
                 boot: String::new(),
             },
         );
-        let node = &mut self.nodes[n];
-        node.epoch = epoch;
-        node.sent = self.now;
-        true
+        Some(epoch)
+    }
+
+    /// The store's answer to node `n`'s renewal of `epoch`.
+    fn renew(&mut self, n: usize, epoch: u64) -> MemberInput {
+        if !self.nodes[n].connected {
+            return MemberInput::RenewFailed(RenewFailure::Unavailable("cut off".into()));
+        }
+        let now = self.now;
+        match self.leases.get_mut(&self.nodes[n].name) {
+            Some(l)
+                if l.epoch == epoch && l.renewed_at.saturating_add(l.ttl.as_duration()) >= now =>
+            {
+                l.renewed_at = now;
+                MemberInput::Renewed { sent: now }
+            }
+            Some(l) if l.epoch == epoch => {
+                MemberInput::RenewFailed(RenewFailure::Lapsed("expired".into()))
+            }
+            _ => MemberInput::RenewFailed(RenewFailure::Lapsed("fenced".into())),
+        }
+    }
+
+    /// Hands node `n`'s member `first`, and carries out what it says (the
+    /// answers of the store, the engine and the keeper come at once), as
+    /// the cluster driver would.
+    fn drive(&mut self, n: usize, first: MemberInput) {
+        let mut inputs = std::collections::VecDeque::from([first]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.now;
+            let effects = self.nodes[n].member.handle(input, now);
+            for effect in effects {
+                match effect {
+                    MemberEffect::Renew { epoch } => inputs.push_back(self.renew(n, epoch)),
+                    MemberEffect::ClaimAgain => {
+                        let name = self.nodes[n].name.clone();
+                        let connected = self.nodes[n].connected;
+                        inputs.push_back(match connected.then(|| self.claim(&name)).flatten() {
+                            Some(epoch) => MemberInput::Claimed { epoch, sent: now },
+                            None => MemberInput::ClaimFailed("held".into()),
+                        });
+                    }
+                    MemberEffect::Reconcile { epoch, sent } => {
+                        let name = self.nodes[n].name.clone();
+                        let stored = self
+                            .store
+                            .values()
+                            .filter(|r| r.node() == &name)
+                            .map(|r| (r.id(), r.version(), r.state()))
+                            .collect();
+                        // What waited from before the lapse is reconciled,
+                        // not written; the new epoch writes from now on.
+                        self.nodes[n].unsaved.clear();
+                        self.nodes[n].writes_with = (epoch, sent);
+                        self.handle(n, Input::Rejoined { stored });
+                        inputs.push_back(MemberInput::Reconciled { epoch, sent });
+                    }
+                    MemberEffect::WriteWith { epoch, sent } => {
+                        self.nodes[n].writes_with = (epoch, sent);
+                    }
+                    MemberEffect::TellEngine { held } => {
+                        self.handle(n, Input::Lease { held });
+                        inputs.push_back(MemberInput::EngineTold { held });
+                    }
+                    MemberEffect::LookAtLeases => {
+                        self.sweep(n);
+                        self.fail_over(n);
+                        inputs.push_back(MemberInput::Looked);
+                    }
+                    MemberEffect::HoldKeeper { lapses, .. } => {
+                        inputs.push_back(MemberInput::KeeperHeld { lapses });
+                    }
+                    MemberEffect::Status(_)
+                    | MemberEffect::Warn(_)
+                    | MemberEffect::Log(..)
+                    | MemberEffect::WakeAt(_) => {}
+                }
+            }
+        }
     }
 
     /// Whether node `n`'s writes reach the store now.
     fn writes(&self, n: usize) -> bool {
         let node = &self.nodes[n];
         node.connected
-            && self.timing.may_write(node.sent, self.now)
-            && accepts_write(self.epochs[&node.name], node.epoch)
+            && self.timing.may_write(node.writes_with.1, self.now)
+            && accepts_write(self.epochs[&node.name], node.epoch())
     }
 
     fn handle(&mut self, n: usize, input: Input) {
@@ -312,7 +398,7 @@ impl World {
         let holding = store.values().filter(|r| holds_slot(r, &agents)).count();
         let asker = &self.nodes[n];
         let version = store.get(&id).map(ProcessRecord::version);
-        let by = (asker.name.clone(), asker.epoch);
+        let by = (asker.name.clone(), asker.epoch());
         self.grants
             .ask(id, AGENTS, holding, version, by, |g, grant| {
                 let (node, epoch) = &grant.by;
@@ -355,7 +441,7 @@ impl World {
                 Some(record.version()),
                 "only its claimer writes a queued record"
             );
-            self.written_by.insert(id, self.nodes[n].epoch);
+            self.written_by.insert(id, self.nodes[n].epoch());
             self.keep(placed.clone());
             self.claims.remove(&id);
             let now = self.now;
@@ -395,7 +481,7 @@ impl World {
                 self.handle(n, Input::StoreConflict { id, stored });
                 continue;
             }
-            let epoch = self.nodes[n].epoch;
+            let epoch = self.nodes[n].epoch();
             let newest = self.written_by.entry(id).or_insert(epoch);
             assert!(
                 epoch >= *newest,
@@ -406,31 +492,11 @@ impl World {
         }
     }
 
-    /// Renewals, claims again, rejoins and sweeps at `now`.
+    /// What each node's member says is due at `now` (renewals, claims
+    /// again, reconciles, fences, looks at the leases), and its timers.
     fn tick(&mut self) {
         for n in 0..NODES {
-            if !self.nodes[n].connected {
-                continue;
-            }
-            let name = self.nodes[n].name.clone();
-            let held = self.lease_of(n).is_some_and(|l| {
-                l.epoch == self.nodes[n].epoch
-                    && l.renewed_at.saturating_add(l.ttl.as_duration()) >= self.now
-            });
-            if held {
-                self.leases.get_mut(&name).expect("lease").renewed_at = self.now;
-                self.nodes[n].sent = self.now;
-            } else if self.claim(n) {
-                let stored = self
-                    .store
-                    .values()
-                    .filter(|r| r.node() == &name)
-                    .map(|r| (r.id(), r.version(), r.state()))
-                    .collect();
-                // What waited from before the lapse is reconciled, not written.
-                self.nodes[n].unsaved.clear();
-                self.handle(n, Input::Rejoined { stored });
-            }
+            self.drive(n, MemberInput::Tick);
             self.flush(n);
         }
         // Timers fire on each node's own clock, cut off or not.
@@ -444,25 +510,15 @@ impl World {
                 self.handle(n, Input::TimerFired(timer));
             }
         }
-        // Each daemon fences itself on its own clock, cut off or not.
-        for n in 0..NODES {
-            let must = self.timing.must_fence(self.nodes[n].sent, self.now);
-            if must != self.nodes[n].fenced {
-                self.nodes[n].fenced = must;
-                self.handle(n, Input::Lease { held: !must });
-            }
-        }
-        self.sweep();
-        self.fail_over();
     }
 
     /// A node that reaches the store runs lost nodes' due failover records
     /// again: each given up and replaced in one write, only while its node
     /// is still lost at that epoch.
-    fn fail_over(&mut self) {
-        let Some(by) = (0..NODES).find(|&n| self.writes(n)) else {
+    fn fail_over(&mut self, by: usize) {
+        if !self.writes(by) {
             return;
-        };
+        }
         let by_name = self.nodes[by].name.clone();
         let leases: Vec<Lease> = self.leases.values().cloned().collect();
         for lease in leases {
@@ -489,14 +545,15 @@ impl World {
         }
     }
 
-    fn sweep(&mut self) {
+    fn sweep(&mut self, by: usize) {
         let leases: Vec<Lease> = self.leases.values().cloned().collect();
         for lease in leases {
             let Some(sweep) = self.timing.sweep_due(&lease, self.now) else {
                 continue;
             };
-            let by = (0..NODES).find(|&n| self.nodes[n].name != lease.node && self.writes(n));
-            let Some(by) = by else { continue };
+            if self.nodes[by].name == lease.node || !self.writes(by) {
+                continue;
+            }
             if !self.swept.insert((lease.node.clone(), lease.epoch, sweep)) {
                 continue;
             }
@@ -714,7 +771,7 @@ impl World {
             let holds = node.connected
                 && self
                     .lease_of(n)
-                    .is_some_and(|l| l.epoch == node.epoch && self.writes(n));
+                    .is_some_and(|l| l.epoch == node.epoch() && self.writes(n));
             if !holds {
                 continue;
             }

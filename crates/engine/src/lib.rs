@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::driver::{Driver, Inbox};
 
 mod claims;
+pub mod cluster;
 mod driver;
 mod durability;
 mod effects;

@@ -1,5 +1,5 @@
 //! The sweep of lost nodes. Every daemon on a shared store looks at the
-//! leases about once a second; when a node's lease has lapsed, each asks the
+//! leases about once a second (when its [`Member`](bpm_domain::cluster::member::Member) says); when a node's lease has lapsed, each asks the
 //! store for that sweep ([`Membership::claim_sweep`]), which grants it to
 //! exactly one, and that one applies the domain's rule
 //! ([`cluster::sweep_record`]) to the lost node's records: `unreachable`
@@ -186,18 +186,6 @@ impl Sweeper {
             });
         }
         Ok(done)
-    }
-
-    /// Looks at the leases every [`ClusterTiming::check_every`], for ever.
-    pub async fn run(self) {
-        let mut tick = tokio::time::interval(self.timing.check_every());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.look().await {
-                tracing::debug!(error = %e, "could not look at the other nodes' leases");
-            }
-        }
     }
 
     /// Runs elsewhere each failover record of `lease`'s lost node that is

@@ -154,3 +154,15 @@ pub trait Membership: Send + Sync {
         sweep: Sweep,
     ) -> Result<(), MembershipError>;
 }
+
+/// The store's write fence: the epoch a daemon's writes carry, and how long
+/// they may be sent at all. A daemon's lease moves it as it is renewed or
+/// claimed again; the store asks it before every write, so that nothing is
+/// written once a whole lease has passed since the last renewal that
+/// succeeded was sent ([`bpm_domain::ClusterTiming::may_write`]).
+pub trait WriteFence: Send + Sync {
+    /// Writes carry `epoch` from now on, until a lease after `sent` (when
+    /// the renewal or claim that holds it was sent) unless it is moved
+    /// again. A `sent` older than one already given does not move it back.
+    fn write_with(&self, epoch: u64, sent: std::time::Instant);
+}

@@ -124,6 +124,13 @@ struct FenceLease {
     sent: Arc<AtomicU64>,
 }
 
+impl bpm_ports::WriteFence for Fence {
+    fn write_with(&self, epoch: u64, sent: Instant) {
+        self.set(epoch);
+        self.renewed(sent);
+    }
+}
+
 impl Fence {
     /// `node` written with `epoch`.
     pub fn new(node: NodeId, epoch: u64) -> Self {
