@@ -31,7 +31,7 @@ fn claimant(
     node: &NodeId,
     timing: &ClusterTiming,
     slots: usize,
-    labels: &bpm_domain::placement::NodeLabels,
+    labels: &bpm_domain::cluster::placement::NodeLabels,
 ) -> Claimant {
     Claimant {
         node: node.clone(),
@@ -58,7 +58,7 @@ pub async fn join(
     node: &NodeId,
     timing: ClusterTiming,
     slots: usize,
-    labels: &bpm_domain::placement::NodeLabels,
+    labels: &bpm_domain::cluster::placement::NodeLabels,
     status: LeaseStatus,
 ) -> Result<Option<NodeLease>> {
     let StoreChoice::Redis(url) = choice else {
@@ -164,25 +164,25 @@ pub async fn why_waiting(
     home: &crate::home::Home,
     record: &bpm_domain::ProcessRecord,
 ) -> Option<String> {
-    bpm_domain::placement::Queued::of(record)?;
+    bpm_domain::cluster::placement::Queued::of(record)?;
     let config = crate::config::Config::load(&home.dir).ok()?;
     let StoreChoice::Redis(url) = config.store_choice() else {
         return None;
     };
     let prefix = config.redis_prefix.clone().unwrap_or_else(|| "bpm".into());
     let membership = RedisMembership::connect(&url, &prefix).await.ok()?;
-    let offers: Vec<bpm_domain::placement::Offer> = membership
+    let offers: Vec<bpm_domain::cluster::placement::Offer> = membership
         .nodes()
         .await
         .ok()?
         .into_iter()
-        .map(|view| bpm_domain::placement::Offer {
+        .map(|view| bpm_domain::cluster::placement::Offer {
             node: view.lease.node,
             state: view.state,
             labels: view.lease.labels,
         })
         .collect();
-    bpm_domain::placement::why_waiting(record, &offers)
+    bpm_domain::cluster::placement::why_waiting(record, &offers)
 }
 
 /// `bpm nodes`: every node of the cluster `home`'s store is shared with,

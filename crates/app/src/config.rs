@@ -90,7 +90,7 @@ pub struct NodeTable {
     /// This node's name.
     pub name: Option<NodeId>,
     /// The labels it carries, which `--node any --node-label K=V` requires.
-    pub labels: bpm_domain::placement::NodeLabels,
+    pub labels: bpm_domain::cluster::placement::NodeLabels,
 }
 
 impl Config {
@@ -103,10 +103,10 @@ impl Config {
     }
 
     /// The labels this node carries (`[node] labels`).
-    pub fn node_labels(&self) -> bpm_domain::placement::NodeLabels {
+    pub fn node_labels(&self) -> bpm_domain::cluster::placement::NodeLabels {
         match &self.node {
             Some(NodeSetting::Table(t)) => t.labels.clone(),
-            _ => bpm_domain::placement::NodeLabels::new(),
+            _ => bpm_domain::cluster::placement::NodeLabels::new(),
         }
     }
 

@@ -15,7 +15,6 @@ mod lifecycle;
 mod names;
 mod os_text;
 mod owner;
-pub mod placement;
 pub mod port;
 pub mod project;
 mod record;

@@ -171,7 +171,7 @@ impl NodeId {
     }
 
     /// The placement "any node": a record placed so waits, unplaced, until
-    /// a node claims it ([`crate::placement`]). No daemon may take this name.
+    /// a node claims it ([`crate::cluster::placement`]). No daemon may take this name.
     pub fn any() -> Self {
         NodeId(Arc::from(Self::ANY))
     }

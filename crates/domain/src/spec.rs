@@ -535,7 +535,7 @@ pub struct ProcessSpec {
     /// call is sent to that node's daemon, which makes the record. Only that
     /// node's core takes it. [`NodeId::any`] queues it for the whole
     /// cluster: the first node with room that carries `node_labels` claims it
-    /// ([`crate::placement`]).
+    /// ([`crate::cluster::placement`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeId>,
     /// With `node` "any": only a node carrying every one of these labels

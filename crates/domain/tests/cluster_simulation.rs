@@ -39,9 +39,9 @@
 use std::collections::{HashMap, HashSet};
 
 use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RenewFailure};
+use bpm_domain::cluster::placement::{NodeLabels, Queued, takes, unplaced};
 use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
 use bpm_domain::cluster::{Sweep, accepts_write, claim, failover, sweep_record};
-use bpm_domain::placement::{NodeLabels, Queued, takes, unplaced};
 use bpm_domain::{
     ClusterTiming, CoreError, Effect, ExitStatus, GroupName, Input, Lease, Limits, NodeId,
     ProcessId, ProcessRecord, ProcessSpec, Signal, Span, StateName, Supervisor, Timestamp,

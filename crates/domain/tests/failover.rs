@@ -171,7 +171,7 @@ fn a_failover_record_is_run_elsewhere_a_lease_its_grace_and_the_margin_after_the
     assert_eq!(new.restarts(), 1);
     assert_eq!(new.state(), StateName::Pending);
     assert_eq!(new.version(), 1);
-    assert!(bpm_domain::placement::Queued::of(&new).is_some());
+    assert!(bpm_domain::cluster::placement::Queued::of(&new).is_some());
 }
 
 #[test]

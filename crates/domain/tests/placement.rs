@@ -6,7 +6,7 @@ mod common;
 
 use common::{id, node, spawned, submit, t};
 
-use bpm_domain::placement::{Room, unplaced};
+use bpm_domain::cluster::placement::{Room, unplaced};
 use bpm_domain::{
     CoreError, Effect, GroupName, Input, Limits, NodeId, ProcessRecord, ProcessSpec, StateName,
     Supervisor,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::placement::{self, NameAnswer, NodeLabels, Room};
+use bpm_domain::cluster::placement::{self, NameAnswer, NodeLabels, Room};
 use bpm_domain::{Event, EventKind, Input, NodeId, ProcessRecord, ProcessSpec};
 use bpm_ports::{ClaimQueue, ClaimedOne, ManagerError, ProcessManager, StopOptions};
 use tokio::sync::{broadcast, oneshot};

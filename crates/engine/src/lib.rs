@@ -129,7 +129,7 @@ pub(crate) enum Msg {
         gone: Vec<ProcessId>,
     },
     /// What the core can take from the cluster's queue now.
-    Room(oneshot::Sender<bpm_domain::placement::Room>),
+    Room(oneshot::Sender<bpm_domain::cluster::placement::Room>),
     /// The store's answer to a record's ask for a cluster-wide slot.
     Slot {
         id: ProcessId,

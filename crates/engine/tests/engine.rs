@@ -1997,8 +1997,10 @@ async fn a_record_placed_on_any_node_is_taken_here_or_waits_and_is_stopped() {
     let node = bpm_domain::NodeId::local();
     let claims =
         bpm_adapters::memory::InMemoryClaims::new(Arc::clone(&h.ports.store), node.clone());
-    h.engine
-        .claim_through(Arc::new(claims), bpm_domain::placement::NodeLabels::new());
+    h.engine.claim_through(
+        Arc::new(claims),
+        bpm_domain::cluster::placement::NodeLabels::new(),
+    );
     let any = |shape: &dyn Fn(&mut ProcessSpec)| {
         let mut spec = fake(&["forever"]);
         spec.node = Some(bpm_domain::NodeId::any());
@@ -2085,7 +2087,7 @@ async fn a_lost_nodes_failover_record_runs_here_once() {
             Arc::clone(&h.ports.store),
             here.clone(),
         )),
-        bpm_domain::placement::NodeLabels::new(),
+        bpm_domain::cluster::placement::NodeLabels::new(),
     );
     let membership = Arc::new(InMemoryMembership::new(h.clock.clone()));
     let claimant = |node: &bpm_domain::NodeId| Claimant {
@@ -2095,7 +2097,7 @@ async fn a_lost_nodes_failover_record_runs_here_once() {
         version: "test".into(),
         ttl: Span::from_secs(2),
         slots: 4,
-        labels: bpm_domain::placement::NodeLabels::new(),
+        labels: bpm_domain::cluster::placement::NodeLabels::new(),
         boot: String::new(),
         replaces: None,
     };

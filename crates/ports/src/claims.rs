@@ -1,7 +1,7 @@
 //! The cluster's queue of records placed on any node (`--node any`).
 //!
 //! A record placed on any node is created in the store unplaced (its node
-//! is `any`); the store keeps it queued ([`bpm_domain::placement::Queued`])
+//! is `any`); the store keeps it queued ([`bpm_domain::cluster::placement::Queued`])
 //! until a node claims it. A claim is atomic: of any number of nodes
 //! claiming at once, one gets each record. The claimer's core then writes
 //! the record with its own node ([`bpm_domain::Input::Claimed`]), which
@@ -9,7 +9,7 @@
 //! given back to the queue by [`ClaimQueue::give_back`].
 
 use async_trait::async_trait;
-use bpm_domain::placement::{NodeLabels, Room};
+use bpm_domain::cluster::placement::{NodeLabels, Room};
 use bpm_domain::{NodeId, ProcessId, ProcessRecord};
 
 use crate::StoreError;
@@ -33,7 +33,7 @@ pub trait ClaimQueue: Send + Sync {
     fn node(&self) -> &NodeId;
 
     /// Claims for this node the first unplaced record it takes
-    /// ([`bpm_domain::placement::takes`] with `room` and `labels`), in
+    /// ([`bpm_domain::cluster::placement::takes`] with `room` and `labels`), in
     /// priority then submission order: the record as the store holds it,
     /// or `None` when no record fits.
     ///

@@ -25,7 +25,7 @@ pub struct Claimant {
     pub slots: u32,
     /// The labels the node carries (`[node] labels`).
     #[serde(default)]
-    pub labels: bpm_domain::placement::NodeLabels,
+    pub labels: bpm_domain::cluster::placement::NodeLabels,
     /// The kernel's boot id of the claiming daemon's machine (empty if
     /// unknown), kept in the lease ([`bpm_domain::Lease::boot`]).
     #[serde(default)]

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use async_trait::async_trait;
+use bpm_domain::cluster::placement::{NodeLabels, Queued, Room, takes};
 use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
-use bpm_domain::placement::{NodeLabels, Queued, Room, takes};
 use bpm_domain::{GroupName, ListFilter, NodeId, ProcessId, ProcessRecord, StateName};
 use bpm_ports::{ClaimQueue, ClaimedOne, ClusterSlots, ProcessStore, StoreError};
 

@@ -18,7 +18,7 @@
 //! simulations call; the script below applies it atomically in the store.
 
 use async_trait::async_trait;
-use bpm_domain::placement::{NodeLabels, Room};
+use bpm_domain::cluster::placement::{NodeLabels, Room};
 use bpm_domain::{NodeId, ProcessId, ProcessRecord};
 use bpm_ports::{ClaimQueue, ClaimedOne, StoreError};
 use redis::Script;

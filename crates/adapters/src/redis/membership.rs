@@ -185,7 +185,7 @@ fn lease_from(name: &str, f: &[String]) -> Option<Lease> {
 }
 
 /// Labels as the lease keeps them: `key=value` lines.
-fn labels_text(labels: &bpm_domain::placement::NodeLabels) -> String {
+fn labels_text(labels: &bpm_domain::cluster::placement::NodeLabels) -> String {
     labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -194,7 +194,7 @@ fn labels_text(labels: &bpm_domain::placement::NodeLabels) -> String {
 }
 
 /// The labels of [`labels_text`]; a line that is not a label is skipped.
-fn labels_from(text: &str) -> bpm_domain::placement::NodeLabels {
+fn labels_from(text: &str) -> bpm_domain::cluster::placement::NodeLabels {
     text.lines()
         .filter_map(|line| {
             let (k, v) = line.split_once('=')?;

@@ -301,7 +301,7 @@ impl RedisStore {
         ];
         keys.extend(self.index_keys(record));
         let (fence_key, epoch) = self.fence_args();
-        let (class, score) = bpm_domain::placement::Queued::of(record)
+        let (class, score) = bpm_domain::cluster::placement::Queued::of(record)
             .map_or((String::new(), "0".to_owned()), |q| {
                 (q.class, q.score.to_string())
             });

@@ -11,6 +11,7 @@
 //! a renewal's answer may come late, but never before it was sent.
 
 pub mod member;
+pub mod placement;
 pub mod slots;
 
 use std::collections::BTreeMap;
@@ -439,7 +440,7 @@ pub struct Lease {
     /// The labels its node carries (`[node] labels`), which records placed
     /// on any node may require.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: crate::placement::NodeLabels,
+    pub labels: crate::cluster::placement::NodeLabels,
     /// The kernel's boot id of the holder's machine when it took the node
     /// (empty if unknown): a claimant on the same boot can see whether the
     /// holder's daemon still runs.

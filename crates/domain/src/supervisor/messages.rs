@@ -206,7 +206,7 @@ pub enum Input {
         spec: ProcessSpec,
     },
     /// This node claimed `record` from the cluster's queue
-    /// ([`crate::placement`]), and the store holds it placed on this node
+    /// ([`crate::cluster::placement`]), and the store holds it placed on this node
     /// ([`ProcessRecord::placed_on`], written before anything is done with
     /// it): it becomes this node's, as if submitted here.
     Claimed {

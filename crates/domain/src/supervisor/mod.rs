@@ -36,7 +36,7 @@ pub use messages::{CoreError, Effect, Input, Timer, TimerKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::placement::Room;
+use crate::cluster::placement::Room;
 use crate::{
     Applied, Event, EventKind, GroupName, NodeId, ProcessId, ProcessRecord, Signal, SpecError,
     StateName, StopCause, Timestamp, Transition, TransitionKind,
@@ -206,7 +206,7 @@ impl Supervisor {
     /// What this node can take from the cluster's queue now: the slots
     /// neither held nor waited for by a ready record, and the groups whose
     /// limit is reached counting those that wait ready
-    /// ([`crate::placement::takes`]).
+    /// ([`crate::cluster::placement::takes`]).
     pub fn room(&self) -> Room {
         let limits = &self.limits;
         let used = self.active_total + self.asking.len() + self.ready.len();

@@ -2,7 +2,7 @@
 //! record carries its name already ([`crate::NameTaken`]).
 
 use super::{CoreError, Supervisor};
-use crate::placement::NameAnswer;
+use crate::cluster::placement::NameAnswer;
 use crate::{NameTaken, ProcessId, ProcessName, ProcessSpec};
 
 impl Supervisor {
@@ -48,7 +48,7 @@ impl Supervisor {
         let Some(live) = self.live_named(name).filter(|l| Some(*l) != restarting) else {
             return Ok(None);
         };
-        match crate::placement::name_taken(spec, &self.entries[&live].record) {
+        match crate::cluster::placement::name_taken(spec, &self.entries[&live].record) {
             NameAnswer::Replace => Ok(Some(live)),
             // Reused: the caller reads the refusal ([`CoreError::reused`]).
             NameAnswer::Reuse => Err(CoreError::NameTaken {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bpm_domain::placement::{NodeLabels, Room, unplaced};
+use bpm_domain::cluster::placement::{NodeLabels, Room, unplaced};
 use bpm_domain::{
     GroupName, LabelKey, LabelValue, NodeId, ProcessId, ProcessRecord, ProcessSpec, Timestamp,
 };
