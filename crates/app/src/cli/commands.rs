@@ -74,7 +74,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
     let home = Home::new(cli.home.clone().unwrap_or_else(state_dir));
     let result = match cli.command {
         Command::Daemon(args) => daemon_command(&home, args).await,
-        Command::Nodes { json } => crate::cluster::print_nodes(&home, json)
+        Command::Nodes { json } => super::nodes::print_nodes(&home, json)
             .await
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| CliError::failed(format!("{e:#}"))),
@@ -258,7 +258,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             let r = m.get(resolve(m, &id).await?).await?;
             let usage = usage_of(m, std::slice::from_ref(&r)).await;
             let usage = usage.get(&r.id());
-            let waiting = match crate::cluster::why_waiting(home, &r).await {
+            let waiting = match super::nodes::why_waiting(home, &r).await {
                 Some(why) => Some(why),
                 None => why_pending(home, m, &r).await,
             };

@@ -21,6 +21,7 @@ macro_rules! out {
 mod attach;
 mod commands;
 mod error;
+mod nodes;
 mod project;
 mod resolve;
 mod table;
