@@ -47,6 +47,40 @@ mod memory_events {
     });
 }
 
+mod memory_commands {
+    use super::*;
+    use bpm_adapters::memory::{CommandHub, InMemoryCommands};
+    use bpm_domain::NodeId;
+    use bpm_ports::CommandBus;
+    use bpm_ports::contract::commands::Subject;
+
+    /// Node `beta` alive (and `alpha`), on a fresh hub.
+    async fn subject() -> Subject {
+        let membership: Arc<dyn Membership> =
+            Arc::new(InMemoryMembership::new(Arc::new(SystemClock::new())));
+        bpm_ports::contract::commands::alpha_and_beta_alive(membership.as_ref()).await;
+        let hub = CommandHub::new();
+        let alpha = InMemoryCommands::new(
+            Arc::clone(&hub),
+            NodeId::new("alpha").expect("a name"),
+            Arc::clone(&membership),
+        );
+        Subject {
+            alpha: Arc::new(alpha),
+            beta: Box::new(move || {
+                let bus: Arc<dyn CommandBus> = Arc::new(InMemoryCommands::new(
+                    Arc::clone(&hub),
+                    NodeId::new("beta").expect("a name"),
+                    Arc::clone(&membership),
+                ));
+                Box::pin(async move { bus })
+            }),
+        }
+    }
+
+    bpm_ports::commands_contract_tests!(subject().await);
+}
+
 mod memory_membership {
     use super::*;
     bpm_ports::membership_contract_tests!(Arc::new(InMemoryMembership::new(Arc::new(

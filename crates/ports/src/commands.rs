@@ -247,6 +247,60 @@ pub trait CommandBus: Send + Sync + 'static {
     ) -> Result<(), ManagerError>;
 }
 
+/// Where a command stands on a bus: what a daemon that reads it finds, and
+/// what its sender finds when it stops waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandMark {
+    /// No daemon took it (a sender that stops waiting withdraws it).
+    New,
+    /// A daemon took it and has not answered.
+    Taken,
+    /// A daemon answered it (its answer is kept for a delivery again).
+    Answered,
+    /// Its sender withdrew it.
+    Withdrawn,
+}
+
+/// What a daemon of `node` answers, without carrying it out, for a command
+/// it read whose mark was `mark`: `None` for a new one, which it carries
+/// out; the kept answer (from `kept`) for one answered before; an error for
+/// one withdrawn or taken by a daemon of the node that stopped meanwhile,
+/// which is never carried out twice.
+pub fn answer_without_carrying_out(
+    mark: CommandMark,
+    node: &NodeId,
+    command: &Command,
+    kept: impl FnOnce() -> Result<Answer, ManagerError>,
+) -> Option<Result<Answer, ManagerError>> {
+    match mark {
+        CommandMark::New => None,
+        CommandMark::Answered => Some(kept()),
+        CommandMark::Withdrawn => Some(Err(ManagerError::Connection(
+            "the command was withdrawn by its sender".into(),
+        ))),
+        CommandMark::Taken => Some(Err(ManagerError::Connection(format!(
+            "node {node}'s daemon stopped while it carried out this {}; it is not carried out again: look at the record",
+            command.name()
+        )))),
+    }
+}
+
+/// Why a command went unanswered, by its mark when its sender stopped
+/// waiting (an answered one's answer is read instead, where it can be).
+pub fn unanswered(mark: CommandMark) -> &'static str {
+    match mark {
+        CommandMark::New | CommandMark::Withdrawn => {
+            "no daemon took the command; it was withdrawn and nothing was done"
+        }
+        CommandMark::Answered => {
+            "it answered as the wait ended, and the answer was lost; look at the record"
+        }
+        CommandMark::Taken => {
+            "its daemon took the command and may still carry it out; look at the record"
+        }
+    }
+}
+
 /// How long a sender waits for `command`'s answer: a stop's grace and
 /// the time its tree may take to end, half a minute for a batch, or a few
 /// seconds for the rest.

@@ -13,12 +13,14 @@
 //! ```
 
 mod claims;
+mod commands;
 mod events;
 mod membership;
 mod output;
 mod store;
 
 pub use claims::InMemoryClaims;
+pub use commands::{CommandHub, InMemoryCommands};
 pub use events::{BroadcastBus, RECENT_EVENTS};
 pub use membership::{InMemoryFailover, InMemoryMembership};
 pub use output::{DEFAULT_OUTPUT_CAP, InMemoryOutput};

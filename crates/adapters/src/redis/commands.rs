@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bpm_domain::{NodeId, NodeState};
-use bpm_ports::{Answer, Command, CommandBus, Delivery, ManagerError, Membership};
+use bpm_ports::{
+    Answer, Command, CommandBus, CommandMark, Delivery, ManagerError, Membership,
+    answer_without_carrying_out, unanswered,
+};
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Script};
@@ -268,6 +271,16 @@ impl RedisCommands {
     }
 }
 
+/// The mark a script answered with (`new` for one it just took).
+fn mark_of(state: &str) -> CommandMark {
+    match state {
+        "new" => CommandMark::New,
+        "answered" => CommandMark::Answered,
+        "withdrawn" => CommandMark::Withdrawn,
+        _ => CommandMark::Taken,
+    }
+}
+
 fn decode(text: &str) -> Result<Answer, ManagerError> {
     serde_json::from_str::<Result<Answer, ManagerError>>(text).unwrap_or_else(|e| {
         Err(ManagerError::Connection(format!(
@@ -337,24 +350,15 @@ impl CommandBus for RedisCommands {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| connection(&e))?;
-        let detail = match state.as_str() {
-            "withdrawn" => {
-                "no daemon took the command; it was withdrawn and nothing was done".to_string()
-            }
-            "answered" => {
-                // It answered as the wait ended.
-                if let Ok(Some(answer)) = self.wait_answer(&reply, Duration::from_millis(10)).await
-                {
-                    return decode(&answer);
-                }
-                "it answered as the wait ended, and the answer was lost; look at the record".into()
-            }
-            _ => {
-                "its daemon took the command and may still carry it out; look at the record".into()
-            }
-        };
+        let mark = mark_of(&state);
+        if mark == CommandMark::Answered
+            && let Ok(Some(answer)) = self.wait_answer(&reply, Duration::from_millis(10)).await
+        {
+            // It answered as the wait ended.
+            return decode(&answer);
+        }
         Err(self
-            .not_answering(node, &command, started.elapsed(), detail)
+            .not_answering(node, &command, started.elapsed(), unanswered(mark).into())
             .await)
     }
 
@@ -421,31 +425,11 @@ impl CommandBus for RedisCommands {
             }
         };
         let delivery = Delivery { id, command };
-        match state.as_str() {
-            "new" => Ok(Some(delivery)),
-            "answered" => {
-                let again = decode(&kept);
-                self.answer(&delivery, &again).await?;
-                Ok(None)
-            }
-            "withdrawn" => {
-                self.answer(
-                    &delivery,
-                    &Err(ManagerError::Connection(
-                        "the command was withdrawn by its sender".into(),
-                    )),
-                )
-                .await?;
-                Ok(None)
-            }
-            _ => {
-                let detail = format!(
-                    "node {}'s daemon stopped while it carried out this {}; it is not carried out again: look at the record",
-                    self.node,
-                    delivery.command.name()
-                );
-                self.answer(&delivery, &Err(ManagerError::Connection(detail)))
-                    .await?;
+        let mark = mark_of(&state);
+        match answer_without_carrying_out(mark, &self.node, &delivery.command, || decode(&kept)) {
+            None => Ok(Some(delivery)),
+            Some(answer) => {
+                self.answer(&delivery, &answer).await?;
                 Ok(None)
             }
         }

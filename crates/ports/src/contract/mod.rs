@@ -20,6 +20,7 @@
 //! ```
 
 pub mod claims;
+pub mod commands;
 pub mod events;
 pub mod failover;
 pub mod host;
@@ -45,6 +46,22 @@ macro_rules! claims_contract_tests {
             one_record_is_claimed_by_id,
             a_deleted_record_leaves_the_queue,
             cluster_slots_count_every_node,
+        );
+    };
+}
+
+/// One test per case of the command bus contract; `$make` gives a
+/// [`commands::Subject`]: node `alpha`'s bus and daemons of node `beta`,
+/// both alive, on one fresh backend.
+#[macro_export]
+macro_rules! commands_contract_tests {
+    ($make:expr) => {
+        $crate::__contract_stamp!(commands, $make;
+            a_command_reaches_its_node_and_its_answer_comes_back,
+            a_node_that_is_not_alive_is_refused_at_once,
+            a_command_no_daemon_takes_is_withdrawn_at_its_bound,
+            a_command_whose_daemon_died_is_never_carried_out_twice,
+            a_command_answered_twice_leaves_nothing_queued,
         );
     };
 }
