@@ -61,6 +61,53 @@ mod keeper_spawner {
     bpm_ports::spawner_contract_tests!(keeper_harness().await);
 }
 
+/// The keeper as the daemon holds it, `LastingKeeper` (which starts a new
+/// keeper when its keeper dies), against the same contract: its keepers
+/// serve in this process, each on a socket of its own in the case's
+/// directory.
+async fn lasting_harness() -> Arc<dyn SpawnerHarness> {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = Arc::new(InMemoryOutput::default());
+    let serve = {
+        let (dir, output) = (dir.path().to_path_buf(), output.clone());
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        move || {
+            let n = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let socket = dir.join(format!("keeper-{n}.sock"));
+            let listener = UnixListener::bind(&socket).expect("bind");
+            let os = Arc::new(OsSpawner::new(output.clone(), as_the_keeper()));
+            tokio::spawn(serve_keeper(listener, os, Duration::from_mins(1)));
+            socket
+        }
+    };
+    let first = KeeperSpawner::connect(&serve()).await.expect("connect");
+    let start: bpm_adapters::keeper::StartKeeper = Arc::new(move || {
+        let socket = serve();
+        Box::pin(async move {
+            KeeperSpawner::connect(&socket)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    let spawner = bpm_adapters::keeper::LastingKeeper::new(
+        first,
+        start,
+        dir.path().join("starts"),
+        Arc::new(|_, _| {}),
+        None,
+    );
+    Arc::new(common::ShHarness {
+        spawner,
+        output,
+        keep: Some(Box::new(dir)),
+    })
+}
+
+mod lasting_keeper {
+    use super::*;
+    bpm_ports::spawner_contract_tests!(lasting_harness().await);
+}
+
 /// A listener that plays a keeper: it writes `first` (if any) to each
 /// connection and then stays silent.
 fn impostor(dir: &std::path::Path, first: Option<&'static str>) -> std::path::PathBuf {

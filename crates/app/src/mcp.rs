@@ -265,19 +265,30 @@ impl Reconnecting {
             return;
         }
         let weak = Arc::downgrade(self);
+        // Subscribed at once on the connection calls go through, so the
+        // subscription reaches the daemon before any call made after this
+        // one (a start's first event is not missed); a new connection of
+        // the forwarder's own after the daemon went away.
+        let mut first = self.client.try_read().ok().map(|c| c.1.subscribe());
         tokio::spawn(async move {
             loop {
                 let Some(me) = weak.upgrade() else { return };
-                let (tx, connected) = (me.events.clone(), daemon::connect_or_start(&me.home).await);
-                let Ok(client) = connected else {
+                let tx = me.events.clone();
+                let (mut rx, _own) = if let Some(rx) = first.take() {
                     drop(me);
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
+                    (rx, None)
+                } else {
+                    let Ok(client) = daemon::connect_or_start(&me.home).await else {
+                        drop(me);
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    };
+                    // The first to see a daemon restart: hold the session at once.
+                    me.hold_again(&client).await;
+                    drop(me);
+                    // Its connection is kept while its events are read.
+                    (client.subscribe(), Some(client))
                 };
-                // The first to see a daemon restart: hold the session at once.
-                me.hold_again(&client).await;
-                drop(me);
-                let mut rx = client.subscribe();
                 loop {
                     match rx.recv().await {
                         Ok(event) => {

@@ -1,5 +1,7 @@
-//! The manager contract, on a client of a real daemon over its socket: the
-//! `bpm` binary, with its own home, filesystem store and keeper. The same
+//! The manager contract, on a client of a real daemon over its socket (the
+//! plain `DaemonClient`, and the `ReconnectingManager` that MCP and the
+//! page use): the `bpm` binary, with its own home, filesystem store and
+//! keeper. The same
 //! cases run on the embedded engine (`crates/engine/tests/manager_contract.rs`),
 //! so a front end gets the same answers and error variants from either.
 
@@ -32,7 +34,8 @@ impl Drop for Daemon {
     }
 }
 
-async fn daemon() -> Subject {
+/// A daemon of a fresh home, started as any command starts it.
+fn started() -> Daemon {
     let daemon = Daemon {
         home: tempfile::tempdir().expect("home"),
     };
@@ -43,6 +46,11 @@ async fn daemon() -> Subject {
         "the daemon starts: {}",
         String::from_utf8_lossy(&started.stderr)
     );
+    daemon
+}
+
+async fn daemon() -> Subject {
+    let daemon = started();
     let client = DaemonClient::connect(&daemon.home.path().join("bpm.sock"), "contract")
         .await
         .expect("the client connects");
@@ -50,3 +58,21 @@ async fn daemon() -> Subject {
 }
 
 bpm_ports::manager_contract_tests!(daemon().await);
+
+/// The same cases through `ReconnectingManager`, the client the MCP server
+/// and the page hold: it reconnects (and starts the daemon again) when the
+/// daemon goes away, and must answer as the plain client does meanwhile.
+mod reconnecting {
+    use super::*;
+
+    async fn reconnecting() -> Subject {
+        let daemon = started();
+        let home = bpm::home::Home::new(daemon.home.path().to_path_buf());
+        let manager = bpm::mcp::Reconnecting::connect(home)
+            .await
+            .expect("the client connects");
+        Subject::new(Arc::new(bpm::mcp::ReconnectingManager(manager)), daemon)
+    }
+
+    bpm_ports::manager_contract_tests!(reconnecting().await);
+}
