@@ -142,6 +142,10 @@ pub struct Reconnecting {
     client: tokio::sync::RwLock<(u64, DaemonClient)>,
     events: broadcast::Sender<Event>,
     forwarding: std::sync::atomic::AtomicBool,
+    /// True while the forwarder's subscription is not yet in place at the
+    /// daemon: calls wait for it (a little), so that a subscriber hears
+    /// every event of what it starts right after it subscribed.
+    subscribing: tokio::sync::watch::Sender<bool>,
     /// The session this process holds, held again on each new connection.
     holding: std::sync::Mutex<Option<SessionId>>,
 }
@@ -158,6 +162,7 @@ impl Reconnecting {
             client: tokio::sync::RwLock::new((0, client)),
             events: broadcast::channel(1024).0,
             forwarding: std::sync::atomic::AtomicBool::new(false),
+            subscribing: tokio::sync::watch::channel(false).0,
             holding: std::sync::Mutex::new(None),
         }))
     }
@@ -205,6 +210,10 @@ impl Reconnecting {
     /// closes idle ones): no call had been sent on it, so even a call that is
     /// not safe to repeat can go.
     async fn current(&self) -> (u64, DaemonClient) {
+        if *self.subscribing.borrow() {
+            let mut placed = self.subscribing.subscribe();
+            let _ = tokio::time::timeout(SUBSCRIBE_WITHIN, placed.wait_for(|s| !s)).await;
+        }
         let (generation, client) = self.client.read().await.clone();
         if client.is_closed() && self.reconnect(generation).await.is_ok() {
             return self.client.read().await.clone();
@@ -264,31 +273,25 @@ impl Reconnecting {
         if self.forwarding.swap(true, SeqCst) {
             return;
         }
+        self.subscribing.send_replace(true);
         let weak = Arc::downgrade(self);
-        // Subscribed at once on the connection calls go through, so the
-        // subscription reaches the daemon before any call made after this
-        // one (a start's first event is not missed); a new connection of
-        // the forwarder's own after the daemon went away.
-        let mut first = self.client.try_read().ok().map(|c| c.1.subscribe());
         tokio::spawn(async move {
             loop {
                 let Some(me) = weak.upgrade() else { return };
-                let tx = me.events.clone();
-                let (mut rx, _own) = if let Some(rx) = first.take() {
+                let (tx, connected) = (me.events.clone(), daemon::connect_or_start(&me.home).await);
+                let Ok(client) = connected else {
                     drop(me);
-                    (rx, None)
-                } else {
-                    let Ok(client) = daemon::connect_or_start(&me.home).await else {
-                        drop(me);
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        continue;
-                    };
-                    // The first to see a daemon restart: hold the session at once.
-                    me.hold_again(&client).await;
-                    drop(me);
-                    // Its connection is kept while its events are read.
-                    (client.subscribe(), Some(client))
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
                 };
+                // The first to see a daemon restart: hold the session at once.
+                me.hold_again(&client).await;
+                let mut rx = client.subscribe();
+                // The subscription goes out before the next call on its
+                // connection, and is in place once that call is answered.
+                let _ = client.recent_events().await;
+                me.subscribing.send_replace(false);
+                drop(me);
                 loop {
                     match rx.recv().await {
                         Ok(event) => {
@@ -311,6 +314,9 @@ impl Reconnecting {
         });
     }
 }
+
+/// How long a call waits for the forwarder's subscription to be in place.
+const SUBSCRIBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// [`Reconnecting`] behind an `Arc`, as the MCP server holds its manager.
 #[derive(Clone)]
