@@ -216,6 +216,34 @@ fn layers_depend_only_downwards() {
         !graph.transitive("bpm-ports").contains("redis"),
         "ports know no adapter's backend"
     );
+    // A crate per technology: each server's crate stands on the adapters
+    // without a server, and only the Redis crate pulls in `redis`.
+    let on_adapters = BTreeSet::from([
+        "bpm-adapters".to_owned(),
+        "bpm-domain".to_owned(),
+        "bpm-ports".to_owned(),
+    ]);
+    for krate in ["bpm-redis", "bpm-mcp", "bpm-web"] {
+        assert_eq!(ours(krate), on_adapters, "{krate}'s own crates");
+    }
+    for krate in [
+        "bpm-domain",
+        "bpm-ports",
+        "bpm-adapters",
+        "bpm-engine",
+        "bpm-mcp",
+        "bpm-web",
+    ] {
+        let pulled = graph.transitive(krate);
+        assert!(!pulled.contains("redis"), "{krate} pulls in redis");
+    }
+    let embedded = graph.transitive("bpm-adapters");
+    for server in ["axum", "rmcp", "redis", "rustls", "schemars"] {
+        assert!(
+            !embedded.contains(server),
+            "the adapters an embedded engine needs pull in {server}"
+        );
+    }
 }
 
 /// The Rust sources under `dir`, with their text.
@@ -279,8 +307,8 @@ fn front_ends_run_on_the_port_not_on_a_client() {
     // `ProcessManager`; which one (a daemon's client) is wiring's choice.
     let root = workspace_root();
     let mut files = sources(&root.join("crates/app/src/cli"));
-    files.extend(sources(&root.join("crates/adapters/src/mcp")));
-    files.extend(sources(&root.join("crates/adapters/src/web")));
+    files.extend(sources(&root.join("crates/mcp/src")));
+    files.extend(sources(&root.join("crates/web/src")));
     assert!(
         files.len() >= 10,
         "found only {} front-end files",
@@ -395,7 +423,9 @@ fn no_two_source_files_of_a_crate_need_each_other() {
     // hiding in both; either way neither can be read alone.
     let root = workspace_root();
     let mut cycles = BTreeSet::new();
-    for krate in ["domain", "ports", "adapters", "engine", "app"] {
+    for krate in [
+        "domain", "ports", "adapters", "redis", "mcp", "web", "engine", "app",
+    ] {
         let src = root.join("crates").join(krate).join("src");
         let files = sources(&src);
         let modules: BTreeSet<Vec<String>> =

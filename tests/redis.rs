@@ -7,12 +7,12 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
-use bpm_adapters::redis::{RedisMembership, RedisOutput, RedisStore};
 use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, StateName, Timestamp, Transition};
 use bpm_ports::contract::output::CONTRACT_CAP;
 use bpm_ports::{
     Cursor, Membership, OutputQuery, OutputStore, ProcessStore, StoreError, Stream, StreamSelect,
 };
+use bpm_redis::{RedisMembership, RedisOutput, RedisStore};
 use bpm_tests::{RedisServer, redis_url, unique_prefix};
 
 async fn store() -> Arc<dyn ProcessStore> {
@@ -68,7 +68,7 @@ mod redis_membership {
 }
 
 async fn claims() -> bpm_ports::contract::claims::Subject {
-    use bpm_adapters::redis::RedisClaims;
+    use bpm_redis::RedisClaims;
     let prefix = unique_prefix();
     let store = RedisStore::connect(&redis_url(), &prefix)
         .await
@@ -590,7 +590,7 @@ fn claimant(node: &NodeId, pid: u32) -> bpm_ports::Claimant {
 /// and its check before a start are refused by epoch, and nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writes_of_a_fenced_epoch_are_refused() {
-    use bpm_adapters::redis::{Fence, RedisMembership};
+    use bpm_redis::{Fence, RedisMembership};
     let prefix = unique_prefix();
     let members = RedisMembership::connect(&redis_url(), &prefix)
         .await
@@ -645,8 +645,8 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
 /// group would be refused for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_again() {
-    use bpm_adapters::redis::{Fence, RedisClaims};
     use bpm_ports::ClusterSlots;
+    use bpm_redis::{Fence, RedisClaims};
     let prefix = unique_prefix();
     let members = RedisMembership::connect(&redis_url(), &prefix)
         .await

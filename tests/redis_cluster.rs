@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use bpm_adapters::redis::{RedisCommands, RedisEvents, RedisMembership};
 use bpm_domain::NodeId;
 use bpm_ports::CommandBus;
+use bpm_redis::{RedisCommands, RedisEvents, RedisMembership};
 use bpm_tests::{redis_url, unique_prefix};
 
 fn node(name: &str) -> NodeId {

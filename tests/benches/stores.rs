@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use bpm_adapters::fs::FsStore;
 use bpm_adapters::memory::InMemoryStore;
-use bpm_adapters::redis::{RedisClaims, RedisStore};
 use bpm_domain::{
     GroupName, ListFilter, NodeId, ProcessId, ProcessName, ProcessRecord, ProcessSpec, StateName,
     Timestamp, Transition,
 };
 use bpm_ports::{ClusterSlots, ProcessStore};
+use bpm_redis::{RedisClaims, RedisStore};
 use bpm_tests::RedisServer;
 
 fn record(n: u128) -> ProcessRecord {
@@ -252,7 +252,7 @@ async fn main() {
     );
     // A daemon in a cluster writes fenced by its node's epoch: the scripts
     // read the node's newest epoch first, and the check is a GET of it.
-    let fence = bpm_adapters::redis::Fence::new(bpm_domain::NodeId::local(), 1);
+    let fence = bpm_redis::Fence::new(bpm_domain::NodeId::local(), 1);
     let fenced: Arc<dyn ProcessStore> = Arc::new(
         RedisStore::connect(&server.url(), "bench")
             .await

@@ -1,15 +1,15 @@
-//! bpm's adapters: implementations of the ports.
+//! bpm's adapters with no server behind them: all an embedded engine needs.
+//! The servers' adapters are crates of their own: `bpm-redis`, `bpm-mcp` and
+//! `bpm-web`.
 //!
 //! - [`control`]: the control socket: the daemon's server and the client.
 //! - [`fs`]: output in capped files.
-//! - [`redis`]: records and output in Redis, shared by many nodes.
 //! - [`keeper`]: the per-node keeper that runs processes for the daemon, and its client.
-//! - [`memory`]: the in-memory store, output store and event bus (tests, embedding).
+//! - [`memory`]: the in-memory store, output store, event bus and command bus (tests, embedding).
+//! - [`segments`], [`tail`]: the output layout the file and Redis output stores share.
 //! - [`clock`]: the system clock and a manual clock for tests.
 //! - [`ids`]: UUID v7 ids.
 //! - [`os`]: the OS spawner: real processes, their trees, their output.
-//! - [`mcp`]: the MCP server that lets AI agents use bpm as tools.
-//! - [`web`]: `bpm web`, the live dashboard for people (axum, server-sent events).
 //! - [`view`]: a record as front ends show it in JSON.
 //! - [`os::ProcSampler`]: what process trees use (CPU, memory, ports), from /proc.
 //! - [`private`]: files and folders only their owner can read.
@@ -23,17 +23,14 @@ pub mod fake;
 pub mod fs;
 pub mod ids;
 pub mod keeper;
-pub mod mcp;
 pub mod memory;
 pub mod os;
 pub mod private;
-pub mod redis;
 mod rpc;
-mod segments;
+pub mod segments;
 pub mod space;
-mod tail;
+pub mod tail;
 pub mod view;
-pub mod web;
 
 /// Whether `cwd` can be a process's working directory (the spawners and
 /// the front ends ask the same question): it exists

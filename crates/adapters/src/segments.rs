@@ -5,48 +5,54 @@
 use bpm_ports::{Cursor, OutputQuery, Stream};
 
 /// Bytes per run in an index: the stream, then the length (u32, little endian).
-pub(crate) const RUN_BYTES: u64 = 5;
+pub const RUN_BYTES: u64 = 5;
 
 /// One run: `len` bytes of `stream` at `at` within its segment.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Run {
-    pub(crate) stream: Stream,
-    pub(crate) at: u64,
-    pub(crate) len: u64,
+pub struct Run {
+    pub stream: Stream,
+    pub at: u64,
+    pub len: u64,
 }
 
 /// A segment: the runs stored from logical offset `start` on.
 #[derive(Debug)]
-pub(crate) struct Segment {
-    pub(crate) start: u64,
-    pub(crate) runs: Vec<Run>,
+pub struct Segment {
+    pub start: u64,
+    pub runs: Vec<Run>,
 }
 
 impl Segment {
-    pub(crate) fn len(&self) -> u64 {
+    /// How many bytes the segment holds.
+    pub fn len(&self) -> u64 {
         self.runs.last().map_or(0, |r| r.at + r.len)
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// What is kept of one process's output: segments, oldest first, up to `end`.
 #[derive(Debug, Default)]
-pub(crate) struct SegmentedLog {
-    pub(crate) segments: Vec<Segment>,
-    pub(crate) end: u64,
+pub struct SegmentedLog {
+    pub segments: Vec<Segment>,
+    pub end: u64,
     /// Bytes that could not be stored, and so were dropped.
-    pub(crate) dropped: u64,
+    pub dropped: u64,
     /// Whether `dropped` is newer than what the store holds.
-    pub(crate) dropped_unsaved: bool,
+    pub dropped_unsaved: bool,
 }
 
 impl SegmentedLog {
     /// The offset of the oldest byte kept.
-    pub(crate) fn kept_start(&self) -> u64 {
+    pub fn kept_start(&self) -> u64 {
         self.segments.first().map_or(self.end, |s| s.start)
     }
 }
 
-pub(crate) fn stream_byte(s: Stream) -> u8 {
+pub fn stream_byte(s: Stream) -> u8 {
     match s {
         Stream::Stdout => 1,
         Stream::Stderr => 2,
@@ -55,7 +61,7 @@ pub(crate) fn stream_byte(s: Stream) -> u8 {
 
 /// Reads an index; a run the data does not fully hold (a crash between the
 /// two writes) is cut to what is there.
-pub(crate) fn parse_runs(idx: &[u8], data_len: u64) -> Vec<Run> {
+pub fn parse_runs(idx: &[u8], data_len: u64) -> Vec<Run> {
     let mut runs = Vec::new();
     let mut at = 0;
     for entry in idx.chunks_exact(5) {
@@ -76,26 +82,26 @@ pub(crate) fn parse_runs(idx: &[u8], data_len: u64) -> Vec<Run> {
 
 /// One range to fetch: `len` bytes at `at` in the segment starting at `segment`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Fetch {
-    pub(crate) segment: u64,
-    pub(crate) at: u64,
-    pub(crate) len: u64,
-    pub(crate) stream: Stream,
+pub struct Fetch {
+    pub segment: u64,
+    pub at: u64,
+    pub len: u64,
+    pub stream: Stream,
     /// The logical offset of the first byte.
-    pub(crate) offset: u64,
+    pub offset: u64,
 }
 
 /// Which ranges a read needs, and what it answers besides the bytes.
 #[derive(Debug, Default)]
-pub(crate) struct Plan {
-    pub(crate) fetches: Vec<Fetch>,
-    pub(crate) next: Cursor,
-    pub(crate) skipped: u64,
-    pub(crate) truncated: bool,
+pub struct Plan {
+    pub fetches: Vec<Fetch>,
+    pub next: Cursor,
+    pub skipped: u64,
+    pub truncated: bool,
 }
 
 /// Plans a read of `query` from `log`.
-pub(crate) fn plan_read(log: &SegmentedLog, query: &OutputQuery) -> Plan {
+pub fn plan_read(log: &SegmentedLog, query: &OutputQuery) -> Plan {
     let requested = query.cursor.map_or(log.kept_start(), |c| c.0);
     if requested >= log.end {
         return Plan {
@@ -143,7 +149,7 @@ pub(crate) fn plan_read(log: &SegmentedLog, query: &OutputQuery) -> Plan {
 }
 
 /// The windows a tail reads, from the last 64 KiB outwards, ending with all that is kept.
-pub(crate) fn tail_windows(log: &SegmentedLog) -> impl Iterator<Item = u64> + '_ {
+pub fn tail_windows(log: &SegmentedLog) -> impl Iterator<Item = u64> + '_ {
     let kept = log.kept_start();
     let mut window: u64 = 64 * 1024;
     let mut done = false;

@@ -5,7 +5,7 @@ use bpm_ports::OutputPiece;
 /// The last `lines` lines of `pieces` (in write order), as pieces; and whether
 /// the cut was found (`false`: fewer lines than asked, everything returned).
 /// A newline that ends the output closes the last line rather than starting one.
-pub(crate) fn last_lines(pieces: &[&OutputPiece], lines: usize) -> (Vec<OutputPiece>, bool) {
+pub fn last_lines(pieces: &[&OutputPiece], lines: usize) -> (Vec<OutputPiece>, bool) {
     if lines == 0 {
         return (Vec::new(), true);
     }

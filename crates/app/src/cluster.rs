@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
-use bpm_adapters::redis::{Fence, RedisMembership, RedisStore};
 use bpm_domain::{ClusterTiming, NodeId, Span};
 use bpm_engine::Engine;
 use bpm_engine::cluster::{LeaseStatus, MemberDriver, MemberPorts, claim};
 use bpm_ports::{Claimant, Failover, Membership, ProcessSpawner};
+use bpm_redis::{Fence, RedisMembership, RedisStore};
 
 use crate::wiring::StoreChoice;
 

@@ -33,7 +33,7 @@ pub(crate) async fn output_for(
 ) -> Result<Arc<dyn OutputStore>> {
     Ok(match choice {
         StoreChoice::Redis(url) => Arc::new(
-            bpm_adapters::redis::RedisOutput::connect(url, prefix, cap)
+            bpm_redis::RedisOutput::connect(url, prefix, cap)
                 .await
                 .map_err(|e| anyhow!("{e}"))?,
         ),

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bpm_adapters::control::DaemonClient;
-use bpm_adapters::mcp::{McpServer, Policy, SessionOwner, StartDefaults};
 use bpm_domain::{
     Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, SessionId, Span,
 };
+use bpm_mcp::{McpServer, Policy, SessionOwner, StartDefaults};
 use bpm_ports::{
     Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
 };
@@ -93,7 +93,7 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
 /// How the project tools read a project file: the one given, or the
 /// `bpm.toml` of the directory or its nearest parent; its processes start
 /// from this server's environment.
-fn project_loader() -> bpm_adapters::mcp::ProjectLoader {
+fn project_loader() -> bpm_mcp::ProjectLoader {
     Arc::new(|file: Option<&std::path::Path>, cwd: &std::path::Path| {
         let path = match file {
             Some(f) => f.to_path_buf(),
@@ -106,7 +106,7 @@ fn project_loader() -> bpm_adapters::mcp::ProjectLoader {
             })?,
         };
         let loaded = crate::project::load(&path, &bpm_adapters::os::inherited_env())?;
-        Ok(bpm_adapters::mcp::LoadedProject {
+        Ok(bpm_mcp::LoadedProject {
             project: loaded.project,
             file: loaded.file,
             ignored: loaded.ignored,

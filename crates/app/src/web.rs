@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bpm_adapters::control::wire::DaemonStatus;
-use bpm_adapters::web::{self, DaemonView, WebConfig};
 use bpm_ports::ManagerError;
+use bpm_web::{DaemonView, WebConfig};
 
 use crate::home::Home;
 use crate::mcp::{Reconnecting, ReconnectingManager};
@@ -47,10 +47,10 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
         .or(config.web.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let manager = ReconnectingManager(Reconnecting::connect(home.clone()).await?);
-    let token = web::auth::load_or_create_token(&home.dir).with_context(|| {
+    let token = bpm_web::auth::load_or_create_token(&home.dir).with_context(|| {
         format!(
             "cannot keep the page's token in {}",
-            home.dir.join(web::auth::TOKEN_FILE).display()
+            home.dir.join(bpm_web::auth::TOKEN_FILE).display()
         )
     })?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -59,7 +59,7 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let read_only = flags.read_only || config.web.read_only;
     let url = format!("http://{local}/?token={token}");
-    if !web::is_loopback(&local) {
+    if !bpm_web::is_loopback(&local) {
         eprintln!(
             "bpm web: warning: listening on {local}, which other machines may reach; the token is still required, but it crosses the network unencrypted (prefer 127.0.0.1 and an SSH tunnel: ssh -L {port}:127.0.0.1:{port} HOST)",
             port = local.port()
@@ -83,7 +83,7 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
         env,
     };
     let manager = Arc::new(manager);
-    let served = web::serve(listener, manager.clone(), manager, settings);
+    let served = bpm_web::serve(listener, manager.clone(), manager, settings);
     tokio::select! {
         r = served => r.context("the web server failed")?,
         _ = tokio::signal::ctrl_c() => {}

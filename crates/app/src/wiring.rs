@@ -108,7 +108,7 @@ pub async fn open_stores(
     home: &Path,
     prefix: &str,
     output_cap: u64,
-    fence: Option<bpm_adapters::redis::Fence>,
+    fence: Option<bpm_redis::Fence>,
 ) -> Result<(Arc<dyn ProcessStore>, Arc<dyn OutputStore>), ManagerError> {
     Ok(match choice {
         StoreChoice::Memory => (
@@ -125,19 +125,19 @@ pub async fn open_stores(
         }
         StoreChoice::Redis(url) => (
             Arc::new({
-                let store = bpm_adapters::redis::RedisStore::connect(url, prefix).await?;
+                let store = bpm_redis::RedisStore::connect(url, prefix).await?;
                 match fence {
                     Some(fence) => store.fenced(fence),
                     None => store,
                 }
             }),
-            Arc::new(bpm_adapters::redis::RedisOutput::connect(url, prefix, output_cap).await?),
+            Arc::new(bpm_redis::RedisOutput::connect(url, prefix, output_cap).await?),
         ),
     })
 }
 
 /// The event bus for a daemon on `choice`: on Redis, one every node shares
-/// (`bpm_adapters::redis::RedisEvents`), so a subscriber here hears every
+/// (`bpm_redis::RedisEvents`), so a subscriber here hears every
 /// node's records; otherwise one within the daemon.
 ///
 /// # Errors
@@ -149,14 +149,14 @@ pub async fn open_events(
 ) -> Result<Arc<dyn EventBus>, EventBusError> {
     Ok(match choice {
         StoreChoice::Redis(url) => {
-            Arc::new(bpm_adapters::redis::RedisEvents::connect(url, prefix, node.clone()).await?)
+            Arc::new(bpm_redis::RedisEvents::connect(url, prefix, node.clone()).await?)
         }
         StoreChoice::Memory | StoreChoice::Filesystem => Arc::new(BroadcastBus::default()),
     })
 }
 
 /// What a daemon schedules with across nodes (on Redis,
-/// `bpm_adapters::redis::RedisClaims`): the queue of records placed on any
+/// `bpm_redis::RedisClaims`): the queue of records placed on any
 /// node, claimed for `node` with `fence`'s epoch, and where cluster-wide
 /// slots are counted. None on a store of one node's own: its core keeps a
 /// cluster-wide limit as its own.
@@ -167,7 +167,7 @@ pub async fn open_claims(
     choice: &StoreChoice,
     prefix: &str,
     node: &NodeId,
-    fence: Option<bpm_adapters::redis::Fence>,
+    fence: Option<bpm_redis::Fence>,
 ) -> Result<
     Option<(
         Arc<dyn bpm_ports::ClaimQueue>,
@@ -177,8 +177,7 @@ pub async fn open_claims(
 > {
     Ok(match choice {
         StoreChoice::Redis(url) => {
-            let claims =
-                bpm_adapters::redis::RedisClaims::connect(url, prefix, node.clone()).await?;
+            let claims = bpm_redis::RedisClaims::connect(url, prefix, node.clone()).await?;
             let claims = Arc::new(match fence {
                 Some(fence) => claims.fenced(fence),
                 None => claims,
@@ -190,7 +189,7 @@ pub async fn open_claims(
 }
 
 /// The bus that carries calls about other nodes' records to their owners:
-/// on Redis, one stream per node (`bpm_adapters::redis::RedisCommands`);
+/// on Redis, one stream per node (`bpm_redis::RedisCommands`);
 /// none on a store of one node's own.
 ///
 /// # Errors
@@ -202,7 +201,7 @@ pub async fn open_commands(
 ) -> Result<Option<Arc<dyn CommandBus>>, ManagerError> {
     Ok(match choice {
         StoreChoice::Redis(url) => Some(Arc::new(
-            bpm_adapters::redis::RedisCommands::connect(url, prefix, node.clone()).await?,
+            bpm_redis::RedisCommands::connect(url, prefix, node.clone()).await?,
         )),
         StoreChoice::Memory | StoreChoice::Filesystem => None,
     })

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bpm::wiring::{engine_on, memory_store};
-use bpm_adapters::mcp::{McpServer, Policy, StartDefaults};
 use bpm_adapters::memory::InMemoryOutput;
 use bpm_engine::EngineConfig;
+use bpm_mcp::{McpServer, Policy, StartDefaults};
 use rmcp::model::{
     CallToolRequestParams, ClientRequest, ProgressNotificationParam, ReadResourceRequestParams,
     Request, ResourceUpdatedNotificationParam, ServerResult, SubscribeRequestParams,

@@ -64,9 +64,9 @@ impl StartDefaults {
     pub fn inherited() -> Self {
         StartDefaults {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            env: crate::os::inherited_env(),
+            env: bpm_adapters::os::inherited_env(),
             owner: None,
-            time_zone: crate::os::local_time_zone(),
+            time_zone: bpm_adapters::os::local_time_zone(),
         }
     }
 }

@@ -182,7 +182,7 @@ impl Policy {
             .spec()
             .env_files
             .iter()
-            .flat_map(|f| crate::env_file::read(std::slice::from_ref(f)).unwrap_or_default())
+            .flat_map(|f| bpm_adapters::env_file::read(std::slice::from_ref(f)).unwrap_or_default())
             .collect();
         let mut secrets: Vec<String> = record
             .spec()
@@ -218,7 +218,7 @@ pub(super) fn redact_text(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_owned();
     for s in secrets {
         if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), crate::view::REDACTED);
+            out = out.replace(s.as_str(), bpm_adapters::view::REDACTED);
         }
     }
     out

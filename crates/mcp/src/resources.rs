@@ -12,7 +12,7 @@ use rmcp::service::SubscriptionContext;
 
 use super::McpServer;
 use super::policy::redact_text;
-use crate::view::{record_json, record_json_redacted};
+use bpm_adapters::view::{record_json, record_json_redacted};
 
 const PREFIX: &str = "bpm://process/";
 const PAGE: usize = 100;

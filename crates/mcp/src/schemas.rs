@@ -29,7 +29,7 @@ fn nullable(kind: &str) -> Value {
     json!({ "type": [kind, "null"] })
 }
 
-/// A record as [`crate::view::record_json`] shows it.
+/// A record as [`bpm_adapters::view::record_json`] shows it.
 fn record_schema() -> Value {
     let states: Vec<&str> = bpm_domain::StateName::ALL
         .iter()

@@ -30,7 +30,7 @@ use super::inputs::{
 };
 use super::policy::redact_text;
 use super::{McpServer, Reply, schemas};
-use crate::view::{record_json, record_json_redacted};
+use bpm_adapters::view::{record_json, record_json_redacted};
 
 type ToolResult = Result<Reply, String>;
 
@@ -140,7 +140,7 @@ impl McpServer {
                 } else {
                     Vec::new()
                 };
-                crate::view::add_usage(&mut v, usage.iter().find(|u| u.id == r.id()));
+                bpm_adapters::view::add_usage(&mut v, usage.iter().find(|u| u.id == r.id()));
                 Ok(Reply::json(v))
             }
             "list_background_processes" => self.list(parse(name, args)?).await,
@@ -316,7 +316,7 @@ impl McpServer {
             }
             None => defaults.cwd.clone(),
         };
-        crate::usable_cwd(&cwd).map_err(|e| e.to_string())?;
+        bpm_adapters::usable_cwd(&cwd).map_err(|e| e.to_string())?;
         policy.check_dir(&cwd)?;
         let mut env = defaults.env.clone();
         for file in a.env_file.unwrap_or_default() {
@@ -324,7 +324,7 @@ impl McpServer {
             policy.check_path("env file", &path)?;
             spec.env_files.push(path);
         }
-        crate::env_file::make_room(&mut env, &spec.env_files).map_err(|e| e.to_string())?;
+        bpm_adapters::env_file::make_room(&mut env, &spec.env_files).map_err(|e| e.to_string())?;
         if let Some(paths) = a.watch {
             let paths: Vec<PathBuf> = paths.iter().map(|p| cwd.join(p)).collect();
             for p in &paths {
@@ -337,7 +337,7 @@ impl McpServer {
                     .map(|d| span(d, "watch_debounce_secs"))
                     .transpose()?,
             );
-            crate::os::check_watch(&watch)?;
+            bpm_adapters::os::check_watch(&watch)?;
             spec.watch = Some(Box::new(watch));
         } else if a.watch_ignore.is_some() || a.watch_debounce_secs.is_some() {
             return Err("watch_ignore and watch_debounce_secs need watch".into());
@@ -423,7 +423,7 @@ impl McpServer {
             pids_max: pids.as_deref(),
             nofile: files.as_deref(),
         };
-        spec.limits = crate::os::asked_limits(&asked, "")?;
+        spec.limits = bpm_adapters::os::asked_limits(&asked, "")?;
         spec.tty = bpm_domain::TtySize::asked(
             a.tty,
             a.tty_size.as_deref(),

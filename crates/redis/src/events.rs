@@ -27,7 +27,7 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use tokio::sync::{Notify, broadcast};
 
-use crate::memory::BroadcastBus;
+use bpm_adapters::memory::BroadcastBus;
 
 /// How many events wait for Redis before the oldest are dropped.
 const QUEUED_EVENTS: usize = 10_000;

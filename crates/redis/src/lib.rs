@@ -69,7 +69,7 @@ macro_rules! read {
     ($conn:expr, |$c:ident| $query:expr) => {{
         let mut $c = $conn.clone();
         match $query.await {
-            Err(e) if crate::redis::broken(&e) => {
+            Err(e) if crate::broken(&e) => {
                 tracing::debug!(error = %e, "a read found its Redis connection broken: sent again");
                 let mut $c = $conn.clone();
                 $query.await

@@ -21,7 +21,9 @@ use bpm_ports::{
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use crate::segments::{Segment, SegmentedLog, parse_runs, plan_read, stream_byte, tail_windows};
+use bpm_adapters::segments::{
+    Segment, SegmentedLog, parse_runs, plan_read, stream_byte, tail_windows,
+};
 
 const APPEND: &str = r"
 local base, stream, data, cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -501,7 +503,7 @@ impl OutputStore for RedisOutput {
             };
             let chunk = self.read_log(id, &log, &q).await?;
             let pieces: Vec<&OutputPiece> = chunk.pieces.iter().collect();
-            let (last, found) = crate::tail::last_lines(&pieces, lines);
+            let (last, found) = bpm_adapters::tail::last_lines(&pieces, lines);
             tail = last;
             if found {
                 break;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Shared;
-use crate::view::{record_json, record_json_redacted};
+use bpm_adapters::view::{record_json, record_json_redacted};
 
 /// A failed call, as the page reads it: a status and `{"error": "..."}`.
 #[derive(Debug)]

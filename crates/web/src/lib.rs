@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use bpm_ports::{ManagerError, ProcessManager};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::control::wire::DaemonStatus;
+use bpm_adapters::control::wire::DaemonStatus;
 
 /// What the daemon says about itself, beyond [`ProcessManager`]: for the
 /// page's top strip.

@@ -3,8 +3,8 @@
 //! is shared with.
 
 use anyhow::{Result, anyhow};
-use bpm_adapters::redis::RedisMembership;
 use bpm_ports::Membership;
+use bpm_redis::RedisMembership;
 
 use crate::wiring::StoreChoice;
 
@@ -55,7 +55,7 @@ pub(super) async fn print_nodes(home: &crate::home::Home, json: bool) -> Result<
     let membership = RedisMembership::connect(&url, &prefix)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    let store = bpm_adapters::redis::RedisStore::connect(&url, &prefix)
+    let store = bpm_redis::RedisStore::connect(&url, &prefix)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let mut rows = Vec::new();
