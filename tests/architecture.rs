@@ -237,11 +237,21 @@ fn layers_depend_only_downwards() {
         let pulled = graph.transitive(krate);
         assert!(!pulled.contains("redis"), "{krate} pulls in redis");
     }
-    let embedded = graph.transitive("bpm-adapters");
+    assert_eq!(
+        ours("bpm-embed"),
+        BTreeSet::from([
+            "bpm-adapters".to_owned(),
+            "bpm-domain".to_owned(),
+            "bpm-engine".to_owned(),
+            "bpm-ports".to_owned(),
+        ]),
+        "the embedding builder wires the engine to the adapters without a server"
+    );
+    let embedded = graph.transitive("bpm-embed");
     for server in ["axum", "rmcp", "redis", "rustls", "schemars"] {
         assert!(
             !embedded.contains(server),
-            "the adapters an embedded engine needs pull in {server}"
+            "an embedded engine (bpm-embed) pulls in {server}"
         );
     }
 }

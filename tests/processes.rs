@@ -5,29 +5,31 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bpm::wiring::{memory_store, os_engine};
 use bpm_domain::{
     EventKind, ExitStatus, GroupName, Limits, LogPattern, ProcessSpec, ReadinessCheck, Span,
     StateName, StdinMode,
 };
-use bpm_engine::{Engine, EngineConfig};
+use bpm_engine::Engine;
 use bpm_ports::{Cursor, OutputQuery, ProcessManager, StopOptions, Stream, StreamSelect};
 use tempfile::TempDir;
 
 async fn engine_with(limits: Limits, output_cap: Option<u64>) -> (Engine, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let engine = os_engine(
-        memory_store(),
-        &dir.path().join("output"),
-        output_cap,
-        EngineConfig {
-            node: None,
-            limits,
-            ..EngineConfig::default()
-        },
+    // Records in memory, output in capped files under the directory.
+    let output = bpm_adapters::fs::FileOutput::new(
+        dir.path().join("output"),
+        output_cap.unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP),
     )
-    .await
-    .expect("engine");
+    .expect("output");
+    let engine = bpm_embed::builder()
+        .store(
+            std::sync::Arc::new(bpm_adapters::memory::InMemoryStore::new()),
+            Some(std::sync::Arc::new(output)),
+        )
+        .limits(limits)
+        .start()
+        .await
+        .expect("engine");
     (engine, dir)
 }
 
@@ -618,14 +620,9 @@ async fn each_process_leads_its_own_session_and_group_with_default_signals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_filesystem_store_records_and_output_survive_a_new_engine() {
-    use bpm::wiring::{StoreChoice, engine_on, open_stores};
     let home = tempfile::tempdir().expect("home");
-    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20, None)
-        .await
-        .expect("stores");
-    let bpm = engine_on(store, output, EngineConfig::default())
-        .await
-        .expect("engine");
+    let on_disk = || bpm_embed::builder().fs_store(home.path()).start();
+    let bpm = on_disk().await.expect("engine");
     let done = finish(&bpm, sh("echo kept on disk; exit 3")).await;
     let op = bpm
         .track(ProcessSpec::tracked("migration".parse().expect("name")))
@@ -637,12 +634,7 @@ async fn on_the_filesystem_store_records_and_output_survive_a_new_engine() {
         .expect("start");
     bpm.shutdown().await;
     drop(bpm);
-    let (store, output) = open_stores(&StoreChoice::Filesystem, home.path(), "bpm", 1 << 20, None)
-        .await
-        .expect("reopen");
-    let bpm = engine_on(store, output, EngineConfig::default())
-        .await
-        .expect("engine");
+    let bpm = on_disk().await.expect("engine again");
     let again = bpm.get(done.id()).await.expect("record kept");
     assert_eq!(again, done);
     assert_eq!(again.lifecycle().exit(), Some(ExitStatus::Code(3)));

@@ -13,9 +13,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bpm::wiring::{memory_store, os_engine};
 use bpm_domain::{EventKind, Limits, ProcessSpec, StateName};
-use bpm_engine::{Engine, EngineConfig};
+use bpm_engine::Engine;
 use bpm_ports::{OutputQuery, ProcessManager, StopOptions};
 
 fn now_ns() -> u128 {
@@ -36,18 +35,22 @@ fn summary(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 async fn engine(limits: Limits, dir: &std::path::Path) -> Engine {
-    os_engine(
-        memory_store(),
-        &dir.join("output"),
-        None,
-        EngineConfig {
-            node: None,
-            limits,
-            ..EngineConfig::default()
-        },
+    // Records in memory, output in capped files: what is measured is the
+    // processes, not the record store.
+    let output = bpm_adapters::fs::FileOutput::new(
+        dir.join("output"),
+        bpm_adapters::memory::DEFAULT_OUTPUT_CAP,
     )
-    .await
-    .expect("engine")
+    .expect("output");
+    bpm_embed::builder()
+        .store(
+            std::sync::Arc::new(bpm_adapters::memory::InMemoryStore::new()),
+            Some(std::sync::Arc::new(output)),
+        )
+        .limits(limits)
+        .start()
+        .await
+        .expect("engine")
 }
 
 /// Time from a process's last act (printing the clock) to its terminal event, in ms.

@@ -1,63 +1,14 @@
-//! Picks adapters and wires them into an engine.
+//! Picks the daemon's adapters for its store: files, memory or a Redis
+//! shared by many nodes. (A program that embeds bpm builds its engine with
+//! `bpm-embed`'s builder instead.)
 
 use std::path::Path;
 use std::sync::Arc;
 
-use bpm_adapters::clock::SystemClock;
 use bpm_adapters::fs::FileOutput;
-use bpm_adapters::ids::UuidV7Ids;
-use bpm_adapters::memory::{BroadcastBus, DEFAULT_OUTPUT_CAP, InMemoryOutput, InMemoryStore};
-use bpm_adapters::os::{OsHost, OsSpawner, OsSpawnerConfig, ProcSampler};
+use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
 use bpm_domain::NodeId;
 use bpm_ports::{CommandBus, EventBus, EventBusError, ManagerError, OutputStore, ProcessStore};
-
-use bpm_engine::{Engine, EngineConfig, Ports};
-
-/// An engine that runs real OS processes, keeping their output in capped
-/// files under `output_dir` and records in `store`.
-///
-/// # Errors
-/// [`ManagerError::Output`] if the output folder cannot be made; else as [`Engine::start`].
-pub async fn os_engine(
-    store: Arc<dyn ProcessStore>,
-    output_dir: &Path,
-    output_cap: Option<u64>,
-    config: EngineConfig,
-) -> Result<Engine, ManagerError> {
-    let output: Arc<dyn OutputStore> = Arc::new(
-        FileOutput::new(output_dir, output_cap.unwrap_or(DEFAULT_OUTPUT_CAP)).map_err(|e| {
-            bpm_ports::OutputError::Refused(format!("{}: {e}", output_dir.display()))
-        })?,
-    );
-    engine_on(store, output, config).await
-}
-
-/// An engine that runs real OS processes on the given stores.
-///
-/// # Errors
-/// As [`Engine::start`].
-pub async fn engine_on(
-    store: Arc<dyn ProcessStore>,
-    output: Arc<dyn OutputStore>,
-    config: EngineConfig,
-) -> Result<Engine, ManagerError> {
-    let ports = Ports {
-        store,
-        output: output.clone(),
-        events: Arc::new(BroadcastBus::default()),
-        spawner: Arc::new(OsSpawner::new(output, OsSpawnerConfig::default())),
-        clock: Arc::new(SystemClock::new()),
-        ids: Arc::new(UuidV7Ids::new()),
-        usage: Arc::new(ProcSampler::new()),
-        host: Arc::new(OsHost::new()),
-    };
-    Engine::start(ports, config).await
-}
-
-/// An in-memory store, for [`os_engine`] until a persistent store is chosen.
-pub fn memory_store() -> Arc<dyn ProcessStore> {
-    Arc::new(InMemoryStore::new())
-}
 
 /// Where records and output live.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bpm::wiring::{engine_on, memory_store};
-use bpm_adapters::memory::InMemoryOutput;
-use bpm_engine::EngineConfig;
 use bpm_mcp::{McpServer, Policy, StartDefaults};
 use rmcp::model::{
     CallToolRequestParams, ClientRequest, ProgressNotificationParam, ReadResourceRequestParams,
@@ -51,13 +48,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let engine = engine_on(
-        memory_store(),
-        Arc::new(InMemoryOutput::default()),
-        EngineConfig::default(),
-    )
-    .await
-    .expect("engine");
+    let engine = bpm_embed::builder().start().await.expect("engine");
     World {
         manager: Arc::new(engine),
         dir: tempfile::tempdir().expect("dir"),

@@ -3,15 +3,13 @@
 //! migration, a dev server that becomes ready on a log line, a wait, output,
 //! and a stop of the server's whole tree.
 //!
-//! Run: `cargo run -p bpm --example tour`
+//! Run: `cargo run -p bpm-embed --example tour`
 
 use std::time::Duration;
 
-use bpm::wiring::{memory_store, os_engine};
 use bpm_domain::{
     GroupName, Limits, LogPattern, Percent, ProcessName, ProcessSpec, ReadinessCheck,
 };
-use bpm_engine::EngineConfig;
 use bpm_ports::{OutputQuery, ProcessManager, StopOptions};
 
 #[tokio::main]
@@ -19,17 +17,11 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut limits = Limits::default();
     limits.group_limits.insert(GroupName::new("tests")?, 2);
-    let bpm = os_engine(
-        memory_store(),
-        &dir.path().join("output"),
-        None,
-        EngineConfig {
-            node: None,
-            limits,
-            ..EngineConfig::default()
-        },
-    )
-    .await?;
+    let bpm = bpm_embed::builder()
+        .fs_store(dir.path())
+        .limits(limits)
+        .start()
+        .await?;
 
     let mut suites = Vec::new();
     for i in 1..=3 {
