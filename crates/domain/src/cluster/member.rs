@@ -512,16 +512,26 @@ impl Member {
         if self.under_way.is_none() {
             at.push(self.next_renew);
         }
-        if self.holds(now) {
+        let holds = self.holds(now);
+        if holds {
             at.push(self.lapses_at());
         }
+        // A retry counts only while there is something to tell: one that is
+        // past with nothing to tell would wake the driver at once, again
+        // and again.
         if let Some(t) = &self.engine {
-            at.extend(t.retry_at);
+            if !t.telling && t.fenced == holds {
+                at.extend(t.retry_at);
+            }
             if !self.looking {
                 at.push(self.next_look);
             }
         }
-        if let Some(k) = &self.keeper {
+        if let Some(k) = &self.keeper
+            && holds
+            && !k.telling
+            && k.told != Some(self.lapses_at())
+        {
             at.extend(k.retry_at);
         }
         at.into_iter()
