@@ -204,12 +204,12 @@ fn layers_depend_only_downwards() {
         BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()])
     );
     assert_eq!(
-        ours("bpm-engine"),
+        ours("bpm-runtime"),
         BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()]),
         "the engine drives the core through the ports and knows no adapter"
     );
     assert!(
-        !graph.transitive("bpm-engine").contains("redis"),
+        !graph.transitive("bpm-runtime").contains("redis"),
         "the engine knows no adapter's backend"
     );
     assert!(
@@ -230,7 +230,7 @@ fn layers_depend_only_downwards() {
         "bpm-domain",
         "bpm-ports",
         "bpm-adapters",
-        "bpm-engine",
+        "bpm-runtime",
         "bpm-mcp",
         "bpm-web",
     ] {
@@ -242,7 +242,7 @@ fn layers_depend_only_downwards() {
         BTreeSet::from([
             "bpm-adapters".to_owned(),
             "bpm-domain".to_owned(),
-            "bpm-engine".to_owned(),
+            "bpm-runtime".to_owned(),
             "bpm-ports".to_owned(),
         ]),
         "the embedding builder wires the engine to the adapters without a server"
@@ -304,7 +304,7 @@ fn the_app_holds_no_lifecycle_rule() {
         for word in forbidden {
             assert!(
                 !text.contains(word),
-                "{} uses {word}: rules belong in bpm-domain, their driver in bpm-engine",
+                "{} uses {word}: rules belong in bpm-domain, their driver in bpm-runtime",
                 path.display()
             );
         }

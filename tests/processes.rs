@@ -9,8 +9,8 @@ use bpm_domain::{
     EventKind, ExitStatus, GroupName, Limits, LogPattern, ProcessSpec, ReadinessCheck, Span,
     StateName, StdinMode,
 };
-use bpm_engine::Engine;
 use bpm_ports::{Cursor, OutputQuery, ProcessManager, StopOptions, Stream, StreamSelect};
+use bpm_runtime::Engine;
 use tempfile::TempDir;
 
 async fn engine_with(limits: Limits, output_cap: Option<u64>) -> (Engine, TempDir) {

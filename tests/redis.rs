@@ -527,7 +527,7 @@ async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
     );
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
     let output = Arc::new(InMemoryOutput::default());
-    let ports = bpm_engine::Ports {
+    let ports = bpm_runtime::Ports {
         store: store.clone(),
         output: output.clone(),
         events: Arc::new(BroadcastBus::default()),
@@ -537,7 +537,7 @@ async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
         host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
-    let engine = bpm_engine::Engine::start(ports, bpm_engine::EngineConfig::default())
+    let engine = bpm_runtime::Engine::start(ports, bpm_runtime::EngineConfig::default())
         .await
         .expect("engine");
     let spec = || ProcessSpec::argv(["fake", "forever"]);

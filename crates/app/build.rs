@@ -2,7 +2,7 @@
 //! short-lived process, and as a position-independent executable most of its
 //! start went to the dynamic loader applying about 25,000 relocations (and
 //! the page copies they cause): `bpm --version` took 1.61 ms as a PIE and
-//! 1.25 ms linked with `-no-pie` (`cargo bench -p bpm --bench cli`). The
+//! 1.25 ms linked with `-no-pie` (`cargo bench -p bpm-cli --bench cli`). The
 //! code is still compiled position-independent, so only the link changes;
 //! the price is that the binary's own code and data load at a fixed address
 //! (libraries, stack and heap stay randomised). Build with `BPM_PIE=1` to

@@ -17,9 +17,9 @@ command_for() {
     journal-tail) echo "-p bpm-adapters --test fuzz_inputs any_journal_tail" ;;
     journal-damage) echo "-p bpm-adapters --test fuzz_inputs a_damaged_journal" ;;
     keeper) echo "-p bpm-adapters --test fuzz_inputs the_keeper_survives" ;;
-    control) echo "-p bpm --test fuzz_inputs the_daemon_survives" ;;
-    config) echo "-p bpm --test fuzz_inputs any_config" ;;
-    mcp) echo "-p bpm --test mcp any_tool_arguments" ;;
+    control) echo "-p bpm-cli --test fuzz_inputs the_daemon_survives" ;;
+    config) echo "-p bpm-cli --test fuzz_inputs any_config" ;;
+    mcp) echo "-p bpm-cli --test mcp any_tool_arguments" ;;
     *) echo "unknown target $1" >&2; exit 2 ;;
   esac
 }

@@ -1,7 +1,7 @@
 """Figures for bpm web in a real browser (Chromium): how long after a
 process exits its badge changes, against `bpm wait` returning; and how long
 the page takes to load and draw 1,000 records, against the same page with
-none. Run by `cargo bench -p bpm --bench web`; prints figures, asserts nothing.
+none. Run by `cargo bench -p bpm-cli --bench web`; prints figures, asserts nothing.
 """
 
 import json

@@ -1,7 +1,7 @@
 //! The `bpm` command and its daemon, beside baselines measured in the same
 //! run. Prints figures; asserts nothing.
 //!
-//! Run: `cargo bench -p bpm --bench cli` (`BPM_BENCH=memory` for only what
+//! Run: `cargo bench -p bpm-cli --bench cli` (`BPM_BENCH=memory` for only what
 //! retained records cost the daemon, `BPM_BENCH=ps` for `ps` over running trees,
 //! `BPM_BENCH=fence` for `bpm fence check`, `BPM_BENCH=takeover` for the
 //! next command after kill -9 of a daemon on Redis, `BPM_BENCH=ensure` for

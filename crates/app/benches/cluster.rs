@@ -8,7 +8,7 @@
 //! the queue, and the Redis commands a claim costs.
 //! Prints figures; asserts nothing.
 //!
-//! Run: `cargo bench -p bpm --bench cluster`
+//! Run: `cargo bench -p bpm-cli --bench cluster`
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]

@@ -1,7 +1,7 @@
 //! Real-process figures for the engine with the OS spawner, each beside a
 //! baseline measured in the same run. Prints figures; asserts nothing.
 //!
-//! Run: `cargo bench -p bpm --bench processes`
+//! Run: `cargo bench -p bpm-cli --bench processes`
 
 // Figures for printing: float conversions of counts and nanoseconds lose nothing that matters here.
 #![allow(
@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bpm_domain::{EventKind, Limits, ProcessSpec, StateName};
-use bpm_engine::Engine;
 use bpm_ports::{OutputQuery, ProcessManager, StopOptions};
+use bpm_runtime::Engine;
 
 fn now_ns() -> u128 {
     SystemTime::now()

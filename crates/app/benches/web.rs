@@ -3,7 +3,7 @@
 //! load time with 1,000 records against an empty page. The browser work is
 //! `tests/web/bench.py`. Prints figures; asserts nothing.
 //!
-//! Run: `cargo bench -p bpm --bench web` (after `tests/run.sh` made `target/web-venv`).
+//! Run: `cargo bench -p bpm-cli --bench web` (after `tests/run.sh` made `target/web-venv`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;

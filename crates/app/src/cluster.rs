@@ -1,6 +1,6 @@
 //! A daemon's membership of a cluster, wired: with a Redis store it claims
 //! its node's name before it touches the node's records, hands the lease to
-//! the cluster driver (`bpm_engine::cluster`, which runs the domain's
+//! the cluster driver (`bpm_runtime::cluster`, which runs the domain's
 //! `Member`), and leaves when it stops.
 
 use std::sync::Arc;
@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use bpm_domain::{ClusterTiming, NodeId, Span};
-use bpm_engine::Engine;
-use bpm_engine::cluster::{LeaseStatus, MemberDriver, MemberPorts, claim};
 use bpm_ports::{Claimant, Failover, Membership, ProcessSpawner};
 use bpm_redis::{Fence, RedisMembership, RedisStore};
+use bpm_runtime::Engine;
+use bpm_runtime::cluster::{LeaseStatus, MemberDriver, MemberPorts, claim};
 
 use crate::wiring::StoreChoice;
 

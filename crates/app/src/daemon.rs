@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 pub use crate::home::Home;
 use crate::wiring::{StoreChoice, open_stores};
-use bpm_engine::{Engine, EngineConfig};
+use bpm_runtime::{Engine, EngineConfig};
 
 /// The software name and version every handshake carries.
 pub const SOFTWARE: &str = concat!("bpm ", env!("CARGO_PKG_VERSION"));
@@ -77,7 +77,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     // touched, and every write carries the claim's epoch.
     let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
     let cluster = Arc::new(std::sync::Mutex::new(None));
-    let shown = bpm_engine::cluster::LeaseStatus {
+    let shown = bpm_runtime::cluster::LeaseStatus {
         line: Arc::clone(&cluster),
         warnings: Arc::clone(&warnings),
     };
@@ -126,7 +126,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .await
         .map_err(|e| anyhow!("cannot open the queue of {}: {e}", describe(&choice)))?
         .unzip();
-    let ports = bpm_engine::Ports {
+    let ports = bpm_runtime::Ports {
         store,
         output,
         events: crate::wiring::open_events(&choice, &prefix, &node)

@@ -10,8 +10,8 @@ use bpm_adapters::fake::ScriptedSpawner;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
 use bpm_domain::{ExitStatus, Limits, ProcessSpec, Timestamp};
-use bpm_engine::{Engine, EngineConfig, Ports};
 use bpm_ports::{ManagerError, ProcessManager};
+use bpm_runtime::{Engine, EngineConfig, Ports};
 use tokio::net::UnixListener;
 
 async fn daemon(socket: &std::path::Path, limits: ConnectionLimits) -> Arc<ScriptedSpawner> {

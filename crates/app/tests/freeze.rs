@@ -8,7 +8,7 @@
 //! `bpm fence check` never come from a check that began after the
 //! replacement started.
 //!
-//! `BPM_FREEZE_TRIALS=20 cargo test -p bpm --test freeze -- --nocapture`
+//! `BPM_FREEZE_TRIALS=20 cargo test -p bpm-cli --test freeze -- --nocapture`
 //! prints the window of each trial, its median and its worst.
 
 // Figures for printing: microseconds as f64 lose nothing that matters here.

@@ -3,7 +3,7 @@
 //! may panic; the daemon goes on serving.
 //!
 //! Each property runs `PROPTEST_CASES` cases (64 by default, as in CI); a
-//! long run is `PROPTEST_CASES=100000 cargo test -p bpm --test fuzz_inputs`.
+//! long run is `PROPTEST_CASES=100000 cargo test -p bpm-cli --test fuzz_inputs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use bpm_adapters::fake::ScriptedSpawner;
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
 use bpm_domain::{Limits, Timestamp};
-use bpm_engine::{Engine, EngineConfig, Ports};
+use bpm_runtime::{Engine, EngineConfig, Ports};
 use proptest::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};

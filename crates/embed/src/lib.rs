@@ -26,11 +26,11 @@ use bpm_adapters::fs::{FileOutput, FsStore};
 use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, DEFAULT_OUTPUT_CAP, InMemoryOutput, InMemoryStore};
 use bpm_adapters::os::{OsHost, OsSpawner, OsSpawnerConfig, ProcSampler};
-use bpm_engine::{EngineConfig, Ports};
+use bpm_runtime::{EngineConfig, Ports};
 
 pub use bpm_domain::{Limits, NodeId, ProcessRecord, ProcessSpec, StateName};
-pub use bpm_engine::Engine;
 pub use bpm_ports::{ManagerError, OutputStore, ProcessManager, ProcessSpawner, ProcessStore};
+pub use bpm_runtime::Engine;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -17,11 +17,11 @@ use bpm_domain::{
     ProcessId, ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Signal, Span,
     StateName, StdinMode, Timestamp,
 };
-use bpm_engine::{Engine, EngineConfig, Ports};
 use bpm_ports::{
     ManagerError, OutputQuery, ProcessManager, ProcessNotice, ProcessSpawner, ProcessStore,
     SpawnError, SpawnRequest, StopOptions, StoreError, StoreWrite,
 };
+use bpm_runtime::{Engine, EngineConfig, Ports};
 
 struct Harness {
     engine: Engine,

@@ -8,8 +8,8 @@ use bpm_adapters::ids::UuidV7Ids;
 use bpm_adapters::memory::{BroadcastBus, InMemoryOutput, InMemoryStore};
 use bpm_adapters::os::{OsHost, OsSpawner, OsSpawnerConfig, ProcSampler};
 use bpm_domain::Limits;
-use bpm_engine::{Engine, EngineConfig, Ports};
 use bpm_ports::contract::manager::Subject;
+use bpm_runtime::{Engine, EngineConfig, Ports};
 
 async fn engine() -> Subject {
     let output = Arc::new(InMemoryOutput::default());
