@@ -10,7 +10,7 @@ use bpm_domain::{
     SessionId, SpecError, Timestamp,
 };
 use bpm_ports::{
-    Answer, Command, Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager,
+    Command, CommandAnswer, Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager,
     ResourceUsage, SampleTarget, StopOptions, StoreError,
 };
 use tokio::sync::{broadcast, oneshot};
@@ -267,7 +267,7 @@ impl Engine {
                 record,
                 no_op: !changed,
             });
-        self.or_forward(id, local, || command, Answer::into_completion)
+        self.or_forward(id, local, || command, CommandAnswer::into_completion)
             .await
     }
 
@@ -418,7 +418,7 @@ impl ProcessManager for Engine {
             percent,
             message,
         };
-        self.or_forward(id, local, command, Answer::into_record)
+        self.or_forward(id, local, command, CommandAnswer::into_record)
             .await
     }
 
@@ -511,8 +511,13 @@ impl ProcessManager for Engine {
 
     async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
         let local = self.call_for(id, Input::Pause { id }).await.map(|(r, _)| r);
-        self.or_forward(id, local, || Command::Pause { id }, Answer::into_record)
-            .await
+        self.or_forward(
+            id,
+            local,
+            || Command::Pause { id },
+            CommandAnswer::into_record,
+        )
+        .await
     }
 
     async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
@@ -520,8 +525,13 @@ impl ProcessManager for Engine {
             .call_for(id, Input::Resume { id })
             .await
             .map(|(r, _)| r);
-        self.or_forward(id, local, || Command::Resume { id }, Answer::into_record)
-            .await
+        self.or_forward(
+            id,
+            local,
+            || Command::Resume { id },
+            CommandAnswer::into_record,
+        )
+        .await
     }
 
     async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
@@ -530,8 +540,13 @@ impl ProcessManager for Engine {
             .call_for(new_id, Input::Restart { id, new_id })
             .await
             .map(|(r, _)| r);
-        self.or_forward(id, local, || Command::Restart { id }, Answer::into_record)
-            .await
+        self.or_forward(
+            id,
+            local,
+            || Command::Restart { id },
+            CommandAnswer::into_record,
+        )
+        .await
     }
 
     async fn wait(
@@ -602,7 +617,7 @@ impl ProcessManager for Engine {
 
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
         let local = self.call(Input::Remove { id }).await.map(|_| ());
-        let done = |_: Answer| Ok(());
+        let done = |_: CommandAnswer| Ok(());
         self.or_forward(id, local, || Command::Remove { id }, done)
             .await
     }

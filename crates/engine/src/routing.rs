@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, cluster};
-use bpm_ports::{Answer, Command, CommandBus, ManagerError, ProcessManager, StopOptions};
+use bpm_ports::{Command, CommandAnswer, CommandBus, ManagerError, ProcessManager, StopOptions};
 
 use crate::Engine;
 
@@ -65,7 +65,7 @@ impl Engine {
         &self,
         record: &ProcessRecord,
         command: Command,
-    ) -> Result<Answer, ManagerError> {
+    ) -> Result<CommandAnswer, ManagerError> {
         let Some(bus) = self.commands.get() else {
             return Err(ManagerError::NotFound(record.id()));
         };
@@ -88,7 +88,7 @@ impl Engine {
         id: ProcessId,
         local: Result<T, ManagerError>,
         command: impl FnOnce() -> Command,
-        take: fn(Answer) -> Result<T, ManagerError>,
+        take: fn(CommandAnswer) -> Result<T, ManagerError>,
     ) -> Result<T, ManagerError> {
         match local {
             Err(ManagerError::NotFound(missing)) if missing == id => {
@@ -142,7 +142,7 @@ impl Engine {
     }
 
     /// Carries out a command another node sent, as the local call.
-    async fn carry_out(&self, command: Command) -> Result<Answer, ManagerError> {
+    async fn carry_out(&self, command: Command) -> Result<CommandAnswer, ManagerError> {
         if let Some(id) = command.id()
             && let Some(owner) = cluster::owner_elsewhere(&self.get(id).await?, &self.node)
         {
@@ -152,8 +152,8 @@ impl Engine {
                 self.node
             )));
         }
-        let record = |record| Answer::Record { record };
-        let completion = |c: bpm_ports::Completion| Answer::Completion {
+        let record = |record| CommandAnswer::Record { record };
+        let completion = |c: bpm_ports::Completion| CommandAnswer::Completion {
             record: c.record,
             no_op: c.no_op,
         };
@@ -166,7 +166,7 @@ impl Engine {
             {
                 self.start_many(specs)
                     .await
-                    .map(|results| Answer::Records { results })
+                    .map(|results| CommandAnswer::Records { results })
             }
             Command::Start { .. } | Command::StartMany { .. } => Err(ManagerError::Connection(
                 format!("a start placed on another node came to node {}", self.node),
@@ -178,7 +178,10 @@ impl Engine {
             Command::Pause { id } => self.pause(id).await.map(record),
             Command::Resume { id } => self.resume(id).await.map(record),
             Command::Restart { id } => self.restart(id).await.map(record),
-            Command::Input { id, data } => self.send_input(id, data).await.map(|()| Answer::Done),
+            Command::Input { id, data } => self
+                .send_input(id, data)
+                .await
+                .map(|()| CommandAnswer::Done),
             Command::Progress {
                 id,
                 percent,
@@ -186,7 +189,7 @@ impl Engine {
             } => self.progress(id, percent, message).await.map(record),
             Command::Complete { id, result } => self.complete(id, result).await.map(completion),
             Command::Fail { id, error } => self.fail(id, error).await.map(completion),
-            Command::Remove { id } => self.remove(id).await.map(|()| Answer::Done),
+            Command::Remove { id } => self.remove(id).await.map(|()| CommandAnswer::Done),
         }
     }
 }

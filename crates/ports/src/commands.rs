@@ -126,7 +126,7 @@ impl Command {
 /// What a command did, as the local call answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
-pub enum Answer {
+pub enum CommandAnswer {
     /// The record after the call (start, stop, pause, resume, progress;
     /// restart's new record).
     Record {
@@ -149,7 +149,7 @@ pub enum Answer {
     },
 }
 
-impl Answer {
+impl CommandAnswer {
     /// The record the answer carries.
     ///
     /// # Errors
@@ -157,8 +157,10 @@ impl Answer {
     /// answered another call than the one asked).
     pub fn into_record(self) -> Result<ProcessRecord, ManagerError> {
         match self {
-            Answer::Record { record } | Answer::Completion { record, .. } => Ok(record),
-            Answer::Done | Answer::Records { .. } => Err(unexpected()),
+            CommandAnswer::Record { record } | CommandAnswer::Completion { record, .. } => {
+                Ok(record)
+            }
+            CommandAnswer::Done | CommandAnswer::Records { .. } => Err(unexpected()),
         }
     }
 
@@ -168,7 +170,7 @@ impl Answer {
     /// As [`into_record`](Self::into_record), for another answer.
     pub fn into_records(self) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
         match self {
-            Answer::Records { results } => Ok(results),
+            CommandAnswer::Records { results } => Ok(results),
             _ => Err(unexpected()),
         }
     }
@@ -179,12 +181,12 @@ impl Answer {
     /// As [`into_record`](Self::into_record).
     pub fn into_completion(self) -> Result<Completion, ManagerError> {
         match self {
-            Answer::Completion { record, no_op } => Ok(Completion { record, no_op }),
-            Answer::Record { record } => Ok(Completion {
+            CommandAnswer::Completion { record, no_op } => Ok(Completion { record, no_op }),
+            CommandAnswer::Record { record } => Ok(Completion {
                 record,
                 no_op: false,
             }),
-            Answer::Done | Answer::Records { .. } => Err(unexpected()),
+            CommandAnswer::Done | CommandAnswer::Records { .. } => Err(unexpected()),
         }
     }
 }
@@ -223,7 +225,7 @@ pub trait CommandBus: Send + Sync + 'static {
         node: &NodeId,
         command: Command,
         within: Duration,
-    ) -> Result<Answer, ManagerError>;
+    ) -> Result<CommandAnswer, ManagerError>;
 
     /// The next command for this node, waiting at most about a second:
     /// `None` when none came. Commands a former daemon of this node took
@@ -243,7 +245,7 @@ pub trait CommandBus: Send + Sync + 'static {
     async fn answer(
         &self,
         delivery: &Delivery,
-        answer: &Result<Answer, ManagerError>,
+        answer: &Result<CommandAnswer, ManagerError>,
     ) -> Result<(), ManagerError>;
 }
 
@@ -270,8 +272,8 @@ pub fn answer_without_carrying_out(
     mark: CommandMark,
     node: &NodeId,
     command: &Command,
-    kept: impl FnOnce() -> Result<Answer, ManagerError>,
-) -> Option<Result<Answer, ManagerError>> {
+    kept: impl FnOnce() -> Result<CommandAnswer, ManagerError>,
+) -> Option<Result<CommandAnswer, ManagerError>> {
     match mark {
         CommandMark::New => None,
         CommandMark::Answered => Some(kept()),

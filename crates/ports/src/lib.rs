@@ -29,8 +29,8 @@ pub mod contract;
 pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots, FailedOver, Failover};
 pub use clock::Clock;
 pub use commands::{
-    Answer, Command, CommandBus, CommandMark, Delivery, answer_within, answer_without_carrying_out,
-    unanswered,
+    Command, CommandAnswer, CommandBus, CommandMark, Delivery, answer_within,
+    answer_without_carrying_out, unanswered,
 };
 pub use events::{EventBus, EventBusError};
 pub use host::{Host, WatchError};

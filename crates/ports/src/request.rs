@@ -19,7 +19,7 @@ pub const RESUBMITS: usize = 3;
 
 /// What a request's answer holds for each process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub enum Wanted {
     /// One record, for one spec (`start`).
     One,
     /// A record per spec (`start_many`).
@@ -51,7 +51,7 @@ pub async fn submit<R, F>(
     mut reconnect: R,
     request: uuid::Uuid,
     specs: Vec<ProcessSpec>,
-    answer: Answer,
+    answer: Wanted,
 ) -> Result<
     (
         Arc<dyn ProcessManager>,
@@ -103,7 +103,7 @@ async fn submit_once(
     specs: &[ProcessSpec],
     results: &mut [Option<Result<Submitted, ManagerError>>],
     request: uuid::Uuid,
-    answer: Answer,
+    answer: Wanted,
     ask: bool,
 ) -> Result<(), ManagerError> {
     if ask {
@@ -117,8 +117,8 @@ async fn submit_once(
             };
             if let Some(slot @ None) = results.get_mut(index) {
                 *slot = Some(Ok(match answer {
-                    Answer::Ids => Submitted::Id(record.id()),
-                    Answer::One | Answer::Records => Submitted::Record(record),
+                    Wanted::Ids => Submitted::Id(record.id()),
+                    Wanted::One | Wanted::Records => Submitted::Record(record),
                 }));
             }
         }
@@ -129,17 +129,17 @@ async fn submit_once(
     }
     let batch: Vec<ProcessSpec> = todo.iter().map(|&i| specs[i].clone()).collect();
     let answered: Vec<Result<Submitted, ManagerError>> = match answer {
-        Answer::One => {
+        Wanted::One => {
             let spec = batch.into_iter().next().expect("one spec");
             vec![m.start(spec).await.map(Submitted::Record)]
         }
-        Answer::Records => m
+        Wanted::Records => m
             .start_many(batch)
             .await?
             .into_iter()
             .map(|r| r.map(Submitted::Record))
             .collect(),
-        Answer::Ids => m
+        Wanted::Ids => m
             .start_many_ids(batch)
             .await?
             .into_iter()
@@ -215,7 +215,7 @@ mod tests {
             },
             uuid::Uuid::from_u128(42),
             specs,
-            Answer::Ids,
+            Wanted::Ids,
         )
         .await
         .expect("the request is answered");

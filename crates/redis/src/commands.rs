@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bpm_domain::{NodeId, NodeState};
 use bpm_ports::{
-    Answer, Command, CommandBus, CommandMark, Delivery, ManagerError, Membership,
+    Command, CommandAnswer, CommandBus, CommandMark, Delivery, ManagerError, Membership,
     answer_without_carrying_out, unanswered,
 };
 use redis::aio::ConnectionManager;
@@ -242,7 +242,7 @@ impl RedisCommands {
     async fn reply_to(
         &self,
         id: &str,
-        answer: &Result<Answer, ManagerError>,
+        answer: &Result<CommandAnswer, ManagerError>,
     ) -> Result<(), ManagerError> {
         let Some(pending) = self
             .pending
@@ -281,8 +281,8 @@ fn mark_of(state: &str) -> CommandMark {
     }
 }
 
-fn decode(text: &str) -> Result<Answer, ManagerError> {
-    serde_json::from_str::<Result<Answer, ManagerError>>(text).unwrap_or_else(|e| {
+fn decode(text: &str) -> Result<CommandAnswer, ManagerError> {
+    serde_json::from_str::<Result<CommandAnswer, ManagerError>>(text).unwrap_or_else(|e| {
         Err(ManagerError::Connection(format!(
             "an answer could not be read: {e}"
         )))
@@ -296,7 +296,7 @@ impl CommandBus for RedisCommands {
         node: &NodeId,
         command: Command,
         within: Duration,
-    ) -> Result<Answer, ManagerError> {
+    ) -> Result<CommandAnswer, ManagerError> {
         let started = Instant::now();
         match self.lease_of(node).await? {
             Some((NodeState::Alive | NodeState::Suspect, _)) => {}
@@ -438,7 +438,7 @@ impl CommandBus for RedisCommands {
     async fn answer(
         &self,
         delivery: &Delivery,
-        answer: &Result<Answer, ManagerError>,
+        answer: &Result<CommandAnswer, ManagerError>,
     ) -> Result<(), ManagerError> {
         self.reply_to(&delivery.id, answer).await
     }

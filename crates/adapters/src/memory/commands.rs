@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bpm_domain::{NodeId, NodeState};
 use bpm_ports::{
-    Answer, Command, CommandBus, CommandMark, Delivery, ManagerError, Membership,
+    Command, CommandAnswer, CommandBus, CommandMark, Delivery, ManagerError, Membership,
     answer_without_carrying_out, unanswered,
 };
 use tokio::sync::{Notify, oneshot};
@@ -25,7 +25,7 @@ use tokio::sync::{Notify, oneshot};
 /// How long one `receive` waits for a command.
 const BLOCK: Duration = Duration::from_secs(1);
 
-type Reply = Result<Answer, ManagerError>;
+type Reply = Result<CommandAnswer, ManagerError>;
 
 /// The queues every node's daemons share, within one process.
 #[derive(Default)]
@@ -167,7 +167,7 @@ impl CommandBus for InMemoryCommands {
         node: &NodeId,
         command: Command,
         within: Duration,
-    ) -> Result<Answer, ManagerError> {
+    ) -> Result<CommandAnswer, ManagerError> {
         let started = Instant::now();
         let nodes = self
             .membership

@@ -14,7 +14,7 @@ use bpm_domain::{
     ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName,
     StdinMode, Timestamp, metadata_from_json,
 };
-use bpm_ports::request::{self, Answer, Submitted};
+use bpm_ports::request::{self, Submitted, Wanted};
 use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
 use clap::CommandFactory;
 
@@ -692,7 +692,7 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
     let spec = spec_from(m, args).await?;
     let request = uuid::Uuid::now_v7();
     // The manager that answered: a new daemon's, if the first died meanwhile.
-    let (m, mut results) = submit(home, m, vec![spec], Answer::One, request).await?;
+    let (m, mut results) = submit(home, m, vec![spec], Wanted::One, request).await?;
     let m = &m;
     let record = match results.pop() {
         Some(Ok(Submitted::Record(record))) => record,
@@ -730,7 +730,7 @@ async fn submit(
     home: &Home,
     m: &Manager,
     specs: Vec<ProcessSpec>,
-    answer: Answer,
+    answer: Wanted,
     request: uuid::Uuid,
 ) -> Result<(Manager, Vec<Result<Submitted, ManagerError>>), CliError> {
     let reconnect = |why: String| async move {
@@ -809,9 +809,9 @@ async fn run_many(home: &Home, m: &Manager, mut args: RunArgs, from: &Path) -> O
         _ => failed.push((n, n, e)),
     };
     let answer = if as_json {
-        Answer::Records
+        Wanted::Records
     } else {
-        Answer::Ids
+        Wanted::Ids
     };
     let (_, results) = submit(home, m, specs, answer, uuid::Uuid::now_v7()).await?;
     let mut started = Vec::new();

@@ -14,7 +14,7 @@ use bpm_domain::{NodeId, ProcessId};
 
 use bpm_domain::Span;
 
-use crate::{Answer, Claimant, Command, CommandBus, Delivery, ManagerError, Membership};
+use crate::{Claimant, Command, CommandAnswer, CommandBus, Delivery, ManagerError, Membership};
 
 /// A daemon of node `beta`, started anew.
 pub type StartBeta =
@@ -188,8 +188,14 @@ pub async fn a_command_answered_twice_leaves_nothing_queued(s: Subject) {
     let served = Arc::clone(&b);
     let serving = tokio::spawn(async move {
         let d = next(served.as_ref()).await;
-        served.answer(&d, &Ok(Answer::Done)).await.expect("answer");
-        served.answer(&d, &Ok(Answer::Done)).await.expect("again");
+        served
+            .answer(&d, &Ok(CommandAnswer::Done))
+            .await
+            .expect("answer");
+        served
+            .answer(&d, &Ok(CommandAnswer::Done))
+            .await
+            .expect("again");
     });
     let sent = s
         .alpha
@@ -199,7 +205,7 @@ pub async fn a_command_answered_twice_leaves_nothing_queued(s: Subject) {
             Duration::from_secs(10),
         )
         .await;
-    assert_eq!(sent, Ok(Answer::Done));
+    assert_eq!(sent, Ok(CommandAnswer::Done));
     serving.await.expect("served");
     assert_eq!(b.receive().await.expect("receive"), None);
 }
