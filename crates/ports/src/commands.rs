@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bpm_domain::{NodeId, Percent, ProcessId, ProcessRecord, ProcessSpec, Span};
+use bpm_domain::{NodeId, NodeState, Percent, ProcessId, ProcessRecord, ProcessSpec, Span};
 use serde::{Deserialize, Serialize};
 
 use crate::{Completion, ManagerError};
@@ -301,6 +301,54 @@ pub fn unanswered(mark: CommandMark) -> &'static str {
             "its daemon took the command and may still carry it out; look at the record"
         }
     }
+}
+
+/// The error for `command` to `node`, which gave no answer after `waited`:
+/// it names the node and, as `membership` has it, the age of its lease.
+pub async fn not_answering(
+    membership: &dyn crate::Membership,
+    node: &NodeId,
+    command: &Command,
+    waited: Duration,
+    detail: String,
+) -> ManagerError {
+    let age = membership.nodes().await.ok().and_then(|nodes| {
+        nodes
+            .into_iter()
+            .find(|v| &v.lease.node == node)
+            .map(|v| v.lease_age_ms)
+    });
+    ManagerError::NodeNotAnswering {
+        node: node.clone(),
+        command: command.name().into(),
+        waited_ms: waited.as_millis().try_into().unwrap_or(u64::MAX),
+        lease_age_ms: age,
+        detail,
+    }
+}
+
+/// Refuses `command` for `node` at once unless `membership` has the node
+/// alive (or suspect): nothing is sent to a node that is unknown, lost or
+/// left (what [`CommandBus::send`] MUST do).
+///
+/// # Errors
+/// [`ManagerError::NodeNotAnswering`] saying why nothing was sent;
+/// [`ManagerError::Connection`] when the leases cannot be read.
+pub async fn only_if_alive(
+    membership: &dyn crate::Membership,
+    node: &NodeId,
+    command: &Command,
+) -> Result<(), ManagerError> {
+    let nodes = membership
+        .nodes()
+        .await
+        .map_err(|e| ManagerError::Connection(e.to_string()))?;
+    let detail = match nodes.iter().find(|v| &v.lease.node == node) {
+        Some(v) if matches!(v.state, NodeState::Alive | NodeState::Suspect) => return Ok(()),
+        Some(v) => format!("node {node} is {}: nothing was sent", v.state),
+        None => format!("no node is named {node}: nothing was sent"),
+    };
+    Err(not_answering(membership, node, command, Duration::ZERO, detail).await)
 }
 
 /// How long a sender waits for `command`'s answer: a stop's grace and

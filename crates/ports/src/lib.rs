@@ -30,7 +30,7 @@ pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots, FailedOver, Failover};
 pub use clock::Clock;
 pub use commands::{
     Command, CommandAnswer, CommandBus, CommandMark, Delivery, answer_within,
-    answer_without_carrying_out, unanswered,
+    answer_without_carrying_out, not_answering, only_if_alive, unanswered,
 };
 pub use events::{EventBus, EventBusError};
 pub use host::{Host, WatchError};

@@ -21,10 +21,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bpm_domain::{NodeId, NodeState};
+use bpm_domain::NodeId;
 use bpm_ports::{
-    Command, CommandAnswer, CommandBus, CommandMark, Delivery, ManagerError, Membership,
-    answer_without_carrying_out, unanswered,
+    Command, CommandAnswer, CommandBus, CommandMark, Delivery, ManagerError,
+    answer_without_carrying_out, not_answering, only_if_alive, unanswered,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -165,36 +165,6 @@ impl RedisCommands {
         }
     }
 
-    /// The node's lease state and age, from the membership.
-    async fn lease_of(&self, node: &NodeId) -> Result<Option<(NodeState, u64)>, ManagerError> {
-        let nodes = self
-            .membership
-            .nodes()
-            .await
-            .map_err(|e| ManagerError::Connection(e.to_string()))?;
-        Ok(nodes
-            .into_iter()
-            .find(|v| &v.lease.node == node)
-            .map(|v| (v.state, v.lease_age_ms)))
-    }
-
-    async fn not_answering(
-        &self,
-        node: &NodeId,
-        command: &Command,
-        waited: Duration,
-        detail: String,
-    ) -> ManagerError {
-        let lease = self.lease_of(node).await.ok().flatten();
-        ManagerError::NodeNotAnswering {
-            node: node.clone(),
-            command: command.name().into(),
-            waited_ms: waited.as_millis().try_into().unwrap_or(u64::MAX),
-            lease_age_ms: lease.map(|(_, age)| age),
-            detail,
-        }
-    }
-
     /// Waits for one answer on `reply`, at most `within`.
     async fn wait_answer(
         &self,
@@ -298,25 +268,7 @@ impl CommandBus for RedisCommands {
         within: Duration,
     ) -> Result<CommandAnswer, ManagerError> {
         let started = Instant::now();
-        match self.lease_of(node).await? {
-            Some((NodeState::Alive | NodeState::Suspect, _)) => {}
-            Some((state, _)) => {
-                let detail = format!("node {node} is {state}: nothing was sent");
-                return Err(self
-                    .not_answering(node, &command, Duration::ZERO, detail)
-                    .await);
-            }
-            None => {
-                return Err(self
-                    .not_answering(
-                        node,
-                        &command,
-                        Duration::ZERO,
-                        format!("no node is named {node}: nothing was sent"),
-                    )
-                    .await);
-            }
-        }
+        only_if_alive(&self.membership, node, &command).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let reply = self.reply(&id);
         let body = serde_json::to_string(&command)
@@ -357,9 +309,14 @@ impl CommandBus for RedisCommands {
             // It answered as the wait ended.
             return decode(&answer);
         }
-        Err(self
-            .not_answering(node, &command, started.elapsed(), unanswered(mark).into())
-            .await)
+        Err(not_answering(
+            &self.membership,
+            node,
+            &command,
+            started.elapsed(),
+            unanswered(mark).into(),
+        )
+        .await)
     }
 
     async fn receive(&self) -> Result<Option<Delivery>, ManagerError> {

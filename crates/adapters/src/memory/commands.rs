@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bpm_domain::{NodeId, NodeState};
+use bpm_domain::NodeId;
 use bpm_ports::{
     Command, CommandAnswer, CommandBus, CommandMark, Delivery, ManagerError, Membership,
-    answer_without_carrying_out, unanswered,
+    answer_without_carrying_out, not_answering, only_if_alive, unanswered,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -100,30 +100,6 @@ impl InMemoryCommands {
         self.mine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The error for `command` to `node`, which did not answer after
-    /// `waited`, with the age of its lease.
-    async fn not_answering(
-        &self,
-        node: &NodeId,
-        command: &Command,
-        waited: Duration,
-        detail: String,
-    ) -> ManagerError {
-        let age = self.membership.nodes().await.ok().and_then(|nodes| {
-            nodes
-                .into_iter()
-                .find(|v| &v.lease.node == node)
-                .map(|v| v.lease_age_ms)
-        });
-        ManagerError::NodeNotAnswering {
-            node: node.clone(),
-            command: command.name().into(),
-            waited_ms: waited.as_millis().try_into().unwrap_or(u64::MAX),
-            lease_age_ms: age,
-            detail,
-        }
-    }
-
     /// The next command for this node, if one is there now: first those a
     /// former daemon read and never answered, then new ones. Marks it.
     fn take(&self) -> Option<(Delivery, CommandMark, Option<Reply>)> {
@@ -169,21 +145,7 @@ impl CommandBus for InMemoryCommands {
         within: Duration,
     ) -> Result<CommandAnswer, ManagerError> {
         let started = Instant::now();
-        let nodes = self
-            .membership
-            .nodes()
-            .await
-            .map_err(|e| ManagerError::Connection(e.to_string()))?;
-        let detail = match nodes.iter().find(|v| &v.lease.node == node) {
-            Some(v) if matches!(v.state, NodeState::Alive | NodeState::Suspect) => None,
-            Some(v) => Some(format!("node {node} is {}: nothing was sent", v.state)),
-            None => Some(format!("no node is named {node}: nothing was sent")),
-        };
-        if let Some(detail) = detail {
-            return Err(self
-                .not_answering(node, &command, Duration::ZERO, detail)
-                .await);
-        }
+        only_if_alive(self.membership.as_ref(), node, &command).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = oneshot::channel();
         {
@@ -222,9 +184,14 @@ impl CommandBus for InMemoryCommands {
             // It answered as the wait ended.
             return answer;
         }
-        Err(self
-            .not_answering(node, &command, started.elapsed(), unanswered(mark).into())
-            .await)
+        Err(not_answering(
+            self.membership.as_ref(),
+            node,
+            &command,
+            started.elapsed(),
+            unanswered(mark).into(),
+        )
+        .await)
     }
 
     async fn receive(&self) -> Result<Option<Delivery>, ManagerError> {
