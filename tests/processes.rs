@@ -16,20 +16,11 @@ use tempfile::TempDir;
 async fn engine_with(limits: Limits, output_cap: Option<u64>) -> (Engine, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     // Records in memory, output in capped files under the directory.
-    let output = bpm_adapters::fs::FileOutput::new(
-        dir.path().join("output"),
-        output_cap.unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP),
-    )
-    .expect("output");
-    let engine = bpm_embed::builder()
-        .store(
-            std::sync::Arc::new(bpm_adapters::memory::InMemoryStore::new()),
-            Some(std::sync::Arc::new(output)),
-        )
-        .limits(limits)
-        .start()
-        .await
-        .expect("engine");
+    let mut builder = bpm_embed::builder().file_output(dir.path().join("output"));
+    if let Some(cap) = output_cap {
+        builder = builder.output_cap(cap);
+    }
+    let engine = builder.limits(limits).start().await.expect("engine");
     (engine, dir)
 }
 

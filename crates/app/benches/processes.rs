@@ -37,16 +37,8 @@ fn summary(mut v: Vec<f64>) -> (f64, f64) {
 async fn engine(limits: Limits, dir: &std::path::Path) -> Engine {
     // Records in memory, output in capped files: what is measured is the
     // processes, not the record store.
-    let output = bpm_adapters::fs::FileOutput::new(
-        dir.join("output"),
-        bpm_adapters::memory::DEFAULT_OUTPUT_CAP,
-    )
-    .expect("output");
     bpm_embed::builder()
-        .store(
-            std::sync::Arc::new(bpm_adapters::memory::InMemoryStore::new()),
-            Some(std::sync::Arc::new(output)),
-        )
+        .file_output(dir.join("output"))
         .limits(limits)
         .start()
         .await

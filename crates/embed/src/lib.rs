@@ -54,19 +54,26 @@ pub fn builder() -> Builder {
     Builder::default()
 }
 
-/// Where the records and output go.
+/// Where the records go (and, for `Fs`, the output).
 #[derive(Default)]
 enum Store {
     #[default]
     Memory,
     Fs(PathBuf),
-    Given(Arc<dyn ProcessStore>, Option<Arc<dyn OutputStore>>),
+    Given(Arc<dyn ProcessStore>),
+}
+
+/// Where the output goes, when not where the store puts it.
+enum Output {
+    Files(PathBuf),
+    Given(Arc<dyn OutputStore>),
 }
 
 /// Picks an engine's adapters; [`start`](Builder::start) starts it.
 #[derive(Default)]
 pub struct Builder {
     store: Store,
+    output: Option<Output>,
     output_cap: Option<u64>,
     spawner: Option<Arc<dyn ProcessSpawner>>,
     limits: Limits,
@@ -90,14 +97,24 @@ impl Builder {
         self
     }
 
-    /// A store of your own, and an output store (`None`: output in memory).
+    /// A record store of your own (output in memory, unless chosen).
     #[must_use]
-    pub fn store(
-        mut self,
-        store: Arc<dyn ProcessStore>,
-        output: Option<Arc<dyn OutputStore>>,
-    ) -> Self {
-        self.store = Store::Given(store, output);
+    pub fn store(mut self, store: Arc<dyn ProcessStore>) -> Self {
+        self.store = Store::Given(store);
+        self
+    }
+
+    /// An output store of your own.
+    #[must_use]
+    pub fn output(mut self, output: Arc<dyn OutputStore>) -> Self {
+        self.output = Some(Output::Given(output));
+        self
+    }
+
+    /// Output in capped files under `dir`, whatever keeps the records.
+    #[must_use]
+    pub fn file_output(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.output = Some(Output::Files(dir.into()));
         self
     }
 
@@ -148,27 +165,28 @@ impl Builder {
     /// [`EmbedError::Manager`] if the engine does not start.
     pub async fn start(self) -> Result<Engine, EmbedError> {
         let cap = self.output_cap.unwrap_or(DEFAULT_OUTPUT_CAP);
-        let (store, output): (Arc<dyn ProcessStore>, Arc<dyn OutputStore>) = match self.store {
-            Store::Memory => (
-                Arc::new(InMemoryStore::new()),
-                Arc::new(InMemoryOutput::new(cap)),
-            ),
+        let (store, store_output): (Arc<dyn ProcessStore>, Option<PathBuf>) = match self.store {
+            Store::Memory => (Arc::new(InMemoryStore::new()), None),
             Store::Fs(dir) => {
-                let (records, out) = (dir.join("records"), dir.join("output"));
+                let records = dir.join("records");
                 let store = FsStore::open(&records).map_err(|e| EmbedError::Store {
                     path: records,
                     reason: e.to_string(),
                 })?;
-                let output = FileOutput::new(&out, cap).map_err(|e| EmbedError::Store {
-                    path: out,
+                (Arc::new(store), Some(dir.join("output")))
+            }
+            Store::Given(store) => (store, None),
+        };
+        let output: Arc<dyn OutputStore> = match (self.output, store_output) {
+            (Some(Output::Given(output)), _) => output,
+            (Some(Output::Files(dir)), _) | (None, Some(dir)) => {
+                let files = FileOutput::new(&dir, cap).map_err(|e| EmbedError::Store {
+                    path: dir.clone(),
                     reason: e.to_string(),
                 })?;
-                (Arc::new(store), Arc::new(output))
+                Arc::new(files)
             }
-            Store::Given(store, output) => (
-                store,
-                output.unwrap_or_else(|| Arc::new(InMemoryOutput::new(cap))),
-            ),
+            (None, None) => Arc::new(InMemoryOutput::new(cap)),
         };
         let spawner = self.spawner.unwrap_or_else(|| {
             Arc::new(OsSpawner::new(
