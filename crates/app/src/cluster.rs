@@ -121,10 +121,9 @@ impl NodeLease {
         let told = self.fence.lapses_at();
         if let Some(at) = told {
             keeper
-                .hold_lease(
-                    at.saturating_duration_since(Instant::now())
-                        + bpm_domain::cluster::KEEPER_FENCE_LAG,
-                )
+                .hold_lease(bpm_domain::cluster::keeper_hold(
+                    at.saturating_duration_since(Instant::now()),
+                ))
                 .await
                 .map_err(|e| anyhow!("cannot tell bpm's keeper the lease holds: {e}"))?;
         }

@@ -26,7 +26,7 @@
 
 use std::time::Duration;
 
-use super::{ClusterTiming, KEEPER_FENCE_LAG};
+use super::ClusterTiming;
 use crate::{NodeId, Span, Timestamp};
 
 /// How soon a call to the keeper or the engine that failed is tried again.
@@ -265,9 +265,9 @@ impl Member {
     }
 
     /// How long a keeper told at `now` is to hold the processes: until the
-    /// lease lapses, and [`KEEPER_FENCE_LAG`] more.
+    /// lease lapses, and [`KEEPER_FENCE_LAG`](super::KEEPER_FENCE_LAG) more.
     pub fn keeper_hold(&self, now: Timestamp) -> Duration {
-        self.lapses_at().saturating_since(now) + KEEPER_FENCE_LAG
+        super::keeper_hold(self.lapses_at().saturating_since(now))
     }
 
     /// The status's cluster line, `how` the lease stands.
@@ -544,6 +544,7 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::KEEPER_FENCE_LAG;
 
     const TTL_MS: u64 = 3_000;
 

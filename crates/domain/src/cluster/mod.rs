@@ -42,6 +42,12 @@ pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
 /// well inside [`FAILOVER_MARGIN`]).
 pub const KEEPER_FENCE_LAG: Duration = Duration::from_millis(500);
 
+/// How long a keeper told now is to hold the processes of a lease that
+/// lapses in `until_lapse`: until the lapse, and [`KEEPER_FENCE_LAG`] more.
+pub fn keeper_hold(until_lapse: Duration) -> Duration {
+    until_lapse + KEEPER_FENCE_LAG
+}
+
 /// How long a lease a keeper was told holds may go without news before
 /// the keeper stops its failover processes with SIGSTOP, until the next
 /// renewal continues them: half of it. Renewals come every third of a
