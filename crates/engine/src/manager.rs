@@ -10,8 +10,8 @@ use bpm_domain::{
     SessionId, SpecError, Timestamp,
 };
 use bpm_ports::{
-    Command, CommandAnswer, Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager,
-    ResourceUsage, SampleTarget, StopOptions, StoreError,
+    Call, Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, Reply, ResourceUsage,
+    SampleTarget, StopOptions, StoreError,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -253,12 +253,12 @@ impl Engine {
         }
     }
 
-    /// Completes or fails `id` (`input` here, `command` on its owner).
+    /// Completes or fails `id` (`input` here, `call` on its owner).
     async fn finish(
         &self,
         id: ProcessId,
         input: Input,
-        command: Command,
+        call: Call,
     ) -> Result<Completion, ManagerError> {
         let local = self
             .call_for(id, input)
@@ -267,8 +267,33 @@ impl Engine {
                 record,
                 no_op: !changed,
             });
-        self.or_forward(id, local, || command, CommandAnswer::into_completion)
+        self.or_forward(id, local, || call, Reply::into_completion)
             .await
+    }
+
+    /// Stops `record`, this node's, and returns it once its whole tree
+    /// (with descendants on other nodes) is gone.
+    async fn stop_here(
+        &self,
+        record: &ProcessRecord,
+        options: StopOptions,
+    ) -> Result<ProcessRecord, ManagerError> {
+        let id = record.id();
+        let grace = options
+            .grace
+            .unwrap_or(record.spec().stop.grace)
+            .as_duration();
+        let input = Input::Stop {
+            id,
+            force: options.force,
+            grace: options.grace,
+        };
+        let elsewhere = self.shared().then(|| self.ports.events.subscribe());
+        self.stop_and_wait(input, grace, Some(id)).await?;
+        if let Some(events) = elsewhere {
+            self.wait_for_descendants(events, id).await?;
+        }
+        self.get(id).await
     }
 
     async fn stop_and_wait(
@@ -413,13 +438,12 @@ impl ProcessManager for Engine {
             )
             .await
             .map(|(r, _)| r);
-        let command = || Command::Progress {
+        let call = || Call::Progress {
             id,
             percent,
             message,
         };
-        self.or_forward(id, local, command, CommandAnswer::into_record)
-            .await
+        self.or_forward(id, local, call, Reply::into_record).await
     }
 
     async fn complete(
@@ -431,8 +455,7 @@ impl ProcessManager for Engine {
             id,
             result: result.clone(),
         };
-        self.finish(id, input, Command::Complete { id, result })
-            .await
+        self.finish(id, input, Call::Complete { id, result }).await
     }
 
     async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
@@ -440,7 +463,7 @@ impl ProcessManager for Engine {
             id,
             error: error.clone(),
         };
-        self.finish(id, input, Command::Fail { id, error }).await
+        self.finish(id, input, Call::Fail { id, error }).await
     }
 
     async fn stop(
@@ -457,28 +480,11 @@ impl ProcessManager for Engine {
             }
         }
         if self.sent_elsewhere(&record) {
-            let command = Command::Stop {
-                id,
-                force: options.force,
-                grace: options.grace,
-            };
-            return self.forward(&record, command).await?.into_record();
+            let StopOptions { force, grace } = options;
+            let call = Call::Stop { id, force, grace };
+            return self.forward(&record, call).await?.into_record();
         }
-        let grace = options
-            .grace
-            .unwrap_or(record.spec().stop.grace)
-            .as_duration();
-        let input = Input::Stop {
-            id,
-            force: options.force,
-            grace: options.grace,
-        };
-        let elsewhere = self.shared().then(|| self.ports.events.subscribe());
-        self.stop_and_wait(input, grace, Some(id)).await?;
-        if let Some(events) = elsewhere {
-            self.wait_for_descendants(events, id).await?;
-        }
-        self.get(id).await
+        self.stop_here(&record, options).await
     }
 
     async fn stop_level(
@@ -511,13 +517,8 @@ impl ProcessManager for Engine {
 
     async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
         let local = self.call_for(id, Input::Pause { id }).await.map(|(r, _)| r);
-        self.or_forward(
-            id,
-            local,
-            || Command::Pause { id },
-            CommandAnswer::into_record,
-        )
-        .await
+        self.or_forward(id, local, || Call::Pause { id }, Reply::into_record)
+            .await
     }
 
     async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
@@ -525,13 +526,8 @@ impl ProcessManager for Engine {
             .call_for(id, Input::Resume { id })
             .await
             .map(|(r, _)| r);
-        self.or_forward(
-            id,
-            local,
-            || Command::Resume { id },
-            CommandAnswer::into_record,
-        )
-        .await
+        self.or_forward(id, local, || Call::Resume { id }, Reply::into_record)
+            .await
     }
 
     async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
@@ -540,13 +536,8 @@ impl ProcessManager for Engine {
             .call_for(new_id, Input::Restart { id, new_id })
             .await
             .map(|(r, _)| r);
-        self.or_forward(
-            id,
-            local,
-            || Command::Restart { id },
-            CommandAnswer::into_record,
-        )
-        .await
+        self.or_forward(id, local, || Call::Restart { id }, Reply::into_record)
+            .await
     }
 
     async fn wait(
@@ -609,7 +600,7 @@ impl ProcessManager for Engine {
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
         let record = self.get(id).await?;
         if self.sent_elsewhere(&record) {
-            self.forward(&record, Command::Input { id, data }).await?;
+            self.forward(&record, Call::SendInput { id, data }).await?;
             return Ok(());
         }
         Ok(self.ports.spawner.write_input(id, data).await?)
@@ -617,8 +608,7 @@ impl ProcessManager for Engine {
 
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
         let local = self.call(Input::Remove { id }).await.map(|_| ());
-        let done = |_: CommandAnswer| Ok(());
-        self.or_forward(id, local, || Command::Remove { id }, done)
+        self.or_forward(id, local, || Call::Remove { id }, Reply::into_done)
             .await
     }
 

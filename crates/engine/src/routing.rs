@@ -1,16 +1,16 @@
 //! Calls about another node's records. A node changes only its own records
 //! (`cluster::owner_elsewhere`), so a call the core answers with "no such
 //! record" is looked up in the shared store, and when another node owns the
-//! record it goes to that node as a [`Command`] through the
-//! [`CommandBus`]; its answer, or its error, is the call's. The other half:
-//! the commands other nodes send here, each carried out as a local call on
+//! record it goes to that node as a [`Call`] through the [`CommandBus`]; its
+//! reply, or its error, is the call's. The other half: the calls other
+//! nodes send here, each applied as a local call ([`bpm_ports::apply`]) on
 //! a task of its own (a stop waits for its tree) and answered.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, cluster};
-use bpm_ports::{Command, CommandAnswer, CommandBus, ManagerError, ProcessManager, StopOptions};
+use bpm_ports::{Call, CommandBus, ManagerError, ProcessManager, Reply, Started};
 
 use crate::Engine;
 
@@ -60,12 +60,12 @@ impl Engine {
         }
     }
 
-    /// Sends `command` to the node that owns `record`, and returns its answer.
+    /// Sends `call` to the node that owns `record`, and returns its reply.
     pub(crate) async fn forward(
         &self,
         record: &ProcessRecord,
-        command: Command,
-    ) -> Result<CommandAnswer, ManagerError> {
+        call: Call,
+    ) -> Result<Reply, ManagerError> {
         let Some(bus) = self.commands.get() else {
             return Err(ManagerError::NotFound(record.id()));
         };
@@ -73,27 +73,27 @@ impl Engine {
             return Err(ManagerError::Connection(format!(
                 "process {} waits for a node to take it: it has no node to send `{}` to yet (stop works on it)",
                 record.id(),
-                command.name()
+                call.name()
             )));
         }
-        let within = bpm_ports::answer_within(&command, record.spec().stop.grace.as_duration());
-        bus.send(record.node(), command, within).await
+        let within = bpm_ports::answer_within(&call, record.spec().stop.grace.as_duration());
+        bus.send(record.node(), call, within).await
     }
 
     /// `local`, the answer of this node's core; when that is "no such
-    /// record" and another node owns it, the answer of that node to
-    /// `command`, read by `take`.
+    /// record" and another node owns it, the reply of that node to `call`,
+    /// read by `take`.
     pub(crate) async fn or_forward<T>(
         &self,
         id: ProcessId,
         local: Result<T, ManagerError>,
-        command: impl FnOnce() -> Command,
-        take: fn(CommandAnswer) -> Result<T, ManagerError>,
+        call: impl FnOnce() -> Call,
+        take: fn(Reply) -> Result<T, ManagerError>,
     ) -> Result<T, ManagerError> {
         match local {
             Err(ManagerError::NotFound(missing)) if missing == id => {
                 match self.owned_elsewhere(id).await? {
-                    Some(record) => take(self.forward(&record, command()).await?),
+                    Some(record) => take(self.forward(&record, call()).await?),
                     None => Err(ManagerError::NotFound(id)),
                 }
             }
@@ -111,11 +111,11 @@ impl Engine {
         let Some(bus) = self.commands.get() else {
             return Err(self.not_shared(node, "start"));
         };
-        let command = Command::Start {
+        let call = Call::Start {
             spec: Box::new(spec),
         };
-        let within = bpm_ports::answer_within(&command, Duration::ZERO);
-        bus.send(&node, command, within).await?.into_record()
+        let within = bpm_ports::answer_within(&call, Duration::ZERO);
+        bus.send(&node, call, within).await?.into_record()
     }
 
     /// Starts `specs`, all placed on `node`, another node: one command.
@@ -128,69 +128,55 @@ impl Engine {
             return Err(self.not_shared(node, "start of a batch"));
         };
         let count = specs.len();
-        let command = Command::StartMany { specs };
-        let within = bpm_ports::answer_within(&command, Duration::ZERO);
-        let results = bus.send(&node, command, within).await?.into_records()?;
-        if results.len() == count {
-            Ok(results)
-        } else {
-            Err(ManagerError::Connection(format!(
-                "node {node} answered {} results for {count} specs",
-                results.len()
-            )))
-        }
+        let call = Call::StartMany {
+            specs,
+            env: None,
+            brief: false,
+        };
+        let within = bpm_ports::answer_within(&call, Duration::ZERO);
+        let started = bus.send(&node, call, within).await?.into_started(count)?;
+        Ok(started.into_iter().map(Started::into_record).collect())
     }
 
-    /// Carries out a command another node sent, as the local call.
-    async fn carry_out(&self, command: Command) -> Result<CommandAnswer, ManagerError> {
-        if let Some(id) = command.id()
-            && let Some(owner) = cluster::owner_elsewhere(&self.get(id).await?, &self.node)
-        {
-            // Never sent on again: a command goes to its owner only.
-            return Err(ManagerError::Connection(format!(
-                "process {id} belongs to node {owner}, not to node {}",
-                self.node
-            )));
-        }
-        let record = |record| CommandAnswer::Record { record };
-        let completion = |c: bpm_ports::Completion| CommandAnswer::Completion {
-            record: c.record,
-            no_op: c.no_op,
-        };
-        match command {
-            Command::Start { spec } if spec.node.as_ref() == Some(&self.node) => {
-                self.start(*spec).await.map(record)
+    /// Carries out a call another node sent, as the local call. Only what
+    /// [`forward`](Self::forward) and the starts placed here send is taken:
+    /// a call about a record this node owns, or a start placed on it.
+    async fn carry_out(&self, call: Call) -> Result<Reply, ManagerError> {
+        match &call {
+            Call::Start { spec } if spec.node.as_ref() == Some(&self.node) => {}
+            Call::StartMany { specs, .. }
+                if specs.iter().all(|s| s.node.as_ref() == Some(&self.node)) => {}
+            Call::Start { .. } | Call::StartMany { .. } => {
+                return Err(ManagerError::Connection(format!(
+                    "a start placed on another node came to node {}",
+                    self.node
+                )));
             }
-            Command::StartMany { specs }
-                if specs.iter().all(|s| s.node.as_ref() == Some(&self.node)) =>
-            {
-                self.start_many(specs)
-                    .await
-                    .map(|results| CommandAnswer::Records { results })
+            Call::Stop { id, .. }
+            | Call::Pause { id }
+            | Call::Resume { id }
+            | Call::Restart { id }
+            | Call::SendInput { id, .. }
+            | Call::Progress { id, .. }
+            | Call::Complete { id, .. }
+            | Call::Fail { id, .. }
+            | Call::Remove { id } => {
+                if let Some(owner) = cluster::owner_elsewhere(&self.get(*id).await?, &self.node) {
+                    // Never sent on again: a call goes to its owner only.
+                    return Err(ManagerError::Connection(format!(
+                        "process {id} belongs to node {owner}, not to node {}",
+                        self.node
+                    )));
+                }
             }
-            Command::Start { .. } | Command::StartMany { .. } => Err(ManagerError::Connection(
-                format!("a start placed on another node came to node {}", self.node),
-            )),
-            Command::Stop { id, force, grace } => self
-                .stop(id, StopOptions { force, grace })
-                .await
-                .map(record),
-            Command::Pause { id } => self.pause(id).await.map(record),
-            Command::Resume { id } => self.resume(id).await.map(record),
-            Command::Restart { id } => self.restart(id).await.map(record),
-            Command::Input { id, data } => self
-                .send_input(id, data)
-                .await
-                .map(|()| CommandAnswer::Done),
-            Command::Progress {
-                id,
-                percent,
-                message,
-            } => self.progress(id, percent, message).await.map(record),
-            Command::Complete { id, result } => self.complete(id, result).await.map(completion),
-            Command::Fail { id, error } => self.fail(id, error).await.map(completion),
-            Command::Remove { id } => self.remove(id).await.map(|()| CommandAnswer::Done),
+            other => {
+                return Err(ManagerError::BadRequest(format!(
+                    "`{}` is not a call nodes send each other",
+                    other.name()
+                )));
+            }
         }
+        bpm_ports::apply(self, call).await
     }
 }
 
@@ -203,9 +189,9 @@ async fn serve(engine: Engine, bus: Arc<dyn CommandBus>) {
                 failing = false;
                 let (engine, bus) = (engine.clone(), Arc::clone(&bus));
                 tokio::spawn(async move {
-                    let name = delivery.command.name();
-                    let id = delivery.command.id().map(|id| id.to_string());
-                    let answer = engine.carry_out(delivery.command.clone()).await;
+                    let name = delivery.call.name();
+                    let id = delivery.call.id().map(|id| id.to_string());
+                    let answer = engine.carry_out(delivery.call.clone()).await;
                     if let Err(e) = bus.answer(&delivery, &answer).await {
                         tracing::warn!(id = id.as_deref().unwrap_or("-"), command = name, error = %e, "a command from another node was carried out but not answered; its sender will be told it is unknown");
                     }

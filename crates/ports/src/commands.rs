@@ -1,199 +1,17 @@
 //! Commands for the node that owns a record. A daemon changes only its own
 //! node's records; a call about another node's record (stop, pause, resume,
-//! restart, input, progress, complete, fail, remove) is sent to the owner as
-//! a [`Command`] through a [`CommandBus`], carried out there as a local call,
-//! and its answer comes back with the meaning of a local call: a `stop`
-//! answers once the whole tree is gone.
+//! restart, input, progress, complete, fail, remove), and a start placed on
+//! another node, is sent to the owner as a [`Call`] through a
+//! [`CommandBus`] (a call so sent is a *command*), applied there as a local
+//! call, and its [`Reply`] comes back with the meaning of a local call: a
+//! `stop` answers once the whole tree is gone.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bpm_domain::{NodeId, NodeState, Percent, ProcessId, ProcessRecord, ProcessSpec, Span};
-use serde::{Deserialize, Serialize};
+use bpm_domain::{NodeId, NodeState, Span};
 
-use crate::{Completion, ManagerError};
-
-/// A call about one record, for the node that owns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Command {
-    /// `ProcessManager::start` of a spec placed on the node.
-    Start {
-        /// The spec; its `node` is the receiving node.
-        spec: Box<ProcessSpec>,
-    },
-    /// `ProcessManager::start_many` of specs all placed on the node.
-    StartMany {
-        /// The specs, in order.
-        specs: Vec<ProcessSpec>,
-    },
-    /// `ProcessManager::stop`.
-    Stop {
-        /// The record.
-        id: ProcessId,
-        /// KILL at once.
-        force: bool,
-        /// The grace period, if not the policy's.
-        grace: Option<Span>,
-    },
-    /// `ProcessManager::pause`.
-    Pause {
-        /// The record.
-        id: ProcessId,
-    },
-    /// `ProcessManager::resume`.
-    Resume {
-        /// The record.
-        id: ProcessId,
-    },
-    /// `ProcessManager::restart`.
-    Restart {
-        /// The record.
-        id: ProcessId,
-    },
-    /// `ProcessManager::send_input`.
-    Input {
-        /// The record.
-        id: ProcessId,
-        /// The bytes for its standard input.
-        data: Vec<u8>,
-    },
-    /// `ProcessManager::progress`.
-    Progress {
-        /// The record.
-        id: ProcessId,
-        /// How far along.
-        percent: Percent,
-        /// What it is doing.
-        message: Option<String>,
-    },
-    /// `ProcessManager::complete`.
-    Complete {
-        /// The record.
-        id: ProcessId,
-        /// Its result.
-        result: Option<serde_json::Value>,
-    },
-    /// `ProcessManager::fail`.
-    Fail {
-        /// The record.
-        id: ProcessId,
-        /// Why.
-        error: String,
-    },
-    /// `ProcessManager::remove`.
-    Remove {
-        /// The record.
-        id: ProcessId,
-    },
-}
-
-impl Command {
-    /// The record the command is about (none for a start).
-    pub fn id(&self) -> Option<ProcessId> {
-        match self {
-            Command::Start { .. } | Command::StartMany { .. } => None,
-            Command::Stop { id, .. }
-            | Command::Pause { id }
-            | Command::Resume { id }
-            | Command::Restart { id }
-            | Command::Input { id, .. }
-            | Command::Progress { id, .. }
-            | Command::Complete { id, .. }
-            | Command::Fail { id, .. }
-            | Command::Remove { id } => Some(*id),
-        }
-    }
-
-    /// The command's name, for logs and errors.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Start { .. } => "start",
-            Command::StartMany { .. } => "start of a batch",
-            Command::Stop { .. } => "stop",
-            Command::Pause { .. } => "pause",
-            Command::Resume { .. } => "resume",
-            Command::Restart { .. } => "restart",
-            Command::Input { .. } => "input",
-            Command::Progress { .. } => "progress",
-            Command::Complete { .. } => "complete",
-            Command::Fail { .. } => "fail",
-            Command::Remove { .. } => "remove",
-        }
-    }
-}
-
-/// What a command did, as the local call answers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "answer", rename_all = "snake_case")]
-pub enum CommandAnswer {
-    /// The record after the call (start, stop, pause, resume, progress;
-    /// restart's new record).
-    Record {
-        /// The record.
-        record: ProcessRecord,
-    },
-    /// Complete or fail: the record, and whether the call changed nothing.
-    Completion {
-        /// The record.
-        record: ProcessRecord,
-        /// The record had finished already.
-        no_op: bool,
-    },
-    /// Input sent, or the record removed.
-    Done,
-    /// A batch's answer: one result per spec, in order.
-    Records {
-        /// Each spec's record, or why it was refused.
-        results: Vec<Result<ProcessRecord, ManagerError>>,
-    },
-}
-
-impl CommandAnswer {
-    /// The record the answer carries.
-    ///
-    /// # Errors
-    /// [`ManagerError::Connection`] for an answer without one (the owner
-    /// answered another call than the one asked).
-    pub fn into_record(self) -> Result<ProcessRecord, ManagerError> {
-        match self {
-            CommandAnswer::Record { record } | CommandAnswer::Completion { record, .. } => {
-                Ok(record)
-            }
-            CommandAnswer::Done | CommandAnswer::Records { .. } => Err(unexpected()),
-        }
-    }
-
-    /// A batch's results.
-    ///
-    /// # Errors
-    /// As [`into_record`](Self::into_record), for another answer.
-    pub fn into_records(self) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
-        match self {
-            CommandAnswer::Records { results } => Ok(results),
-            _ => Err(unexpected()),
-        }
-    }
-
-    /// The answer as complete or fail gives it.
-    ///
-    /// # Errors
-    /// As [`into_record`](Self::into_record).
-    pub fn into_completion(self) -> Result<Completion, ManagerError> {
-        match self {
-            CommandAnswer::Completion { record, no_op } => Ok(Completion { record, no_op }),
-            CommandAnswer::Record { record } => Ok(Completion {
-                record,
-                no_op: false,
-            }),
-            CommandAnswer::Done | CommandAnswer::Records { .. } => Err(unexpected()),
-        }
-    }
-}
-
-fn unexpected() -> ManagerError {
-    ManagerError::Connection("the owning node answered without the record".into())
-}
+use crate::{Call, ManagerError, Reply};
 
 /// A command taken from this node's queue, to carry out and answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,8 +19,8 @@ pub struct Delivery {
     /// The command's own id, chosen by its sender: a command delivered
     /// again (its first carrier died before it answered) has the same.
     pub id: String,
-    /// The command.
-    pub command: Command,
+    /// The call to carry out.
+    pub call: Call,
 }
 
 /// Carries commands to the node that owns their record, and their answers
@@ -212,7 +30,7 @@ pub struct Delivery {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait CommandBus: Send + Sync + 'static {
-    /// Sends `command` to `node` and waits for its answer, at most `within`.
+    /// Sends `call` to `node` and waits for its answer, at most `within`.
     ///
     /// # Errors
     /// MUST return [`ManagerError::NodeNotAnswering`] when `node` is not
@@ -223,9 +41,9 @@ pub trait CommandBus: Send + Sync + 'static {
     async fn send(
         &self,
         node: &NodeId,
-        command: Command,
+        call: Call,
         within: Duration,
-    ) -> Result<CommandAnswer, ManagerError>;
+    ) -> Result<Reply, ManagerError>;
 
     /// The next command for this node, waiting at most about a second:
     /// `None` when none came. Commands a former daemon of this node took
@@ -245,7 +63,7 @@ pub trait CommandBus: Send + Sync + 'static {
     async fn answer(
         &self,
         delivery: &Delivery,
-        answer: &Result<CommandAnswer, ManagerError>,
+        answer: &Result<Reply, ManagerError>,
     ) -> Result<(), ManagerError>;
 }
 
@@ -271,9 +89,9 @@ pub enum CommandMark {
 pub fn answer_without_carrying_out(
     mark: CommandMark,
     node: &NodeId,
-    command: &Command,
-    kept: impl FnOnce() -> Result<CommandAnswer, ManagerError>,
-) -> Option<Result<CommandAnswer, ManagerError>> {
+    call: &Call,
+    kept: impl FnOnce() -> Result<Reply, ManagerError>,
+) -> Option<Result<Reply, ManagerError>> {
     match mark {
         CommandMark::New => None,
         CommandMark::Answered => Some(kept()),
@@ -282,7 +100,7 @@ pub fn answer_without_carrying_out(
         ))),
         CommandMark::Taken => Some(Err(ManagerError::Connection(format!(
             "node {node}'s daemon stopped while it carried out this {}; it is not carried out again: look at the record",
-            command.name()
+            call.name()
         )))),
     }
 }
@@ -303,12 +121,12 @@ pub fn unanswered(mark: CommandMark) -> &'static str {
     }
 }
 
-/// The error for `command` to `node`, which gave no answer after `waited`:
+/// The error for `call` to `node`, which gave no answer after `waited`:
 /// it names the node and, as `membership` has it, the age of its lease.
 pub async fn not_answering(
     membership: &dyn crate::Membership,
     node: &NodeId,
-    command: &Command,
+    call: &Call,
     waited: Duration,
     detail: String,
 ) -> ManagerError {
@@ -320,14 +138,14 @@ pub async fn not_answering(
     });
     ManagerError::NodeNotAnswering {
         node: node.clone(),
-        command: command.name().into(),
+        command: call.name().into(),
         waited_ms: waited.as_millis().try_into().unwrap_or(u64::MAX),
         lease_age_ms: age,
         detail,
     }
 }
 
-/// Refuses `command` for `node` at once unless `membership` has the node
+/// Refuses `call` for `node` at once unless `membership` has the node
 /// alive (or suspect): nothing is sent to a node that is unknown, lost or
 /// left (what [`CommandBus::send`] MUST do).
 ///
@@ -337,7 +155,7 @@ pub async fn not_answering(
 pub async fn only_if_alive(
     membership: &dyn crate::Membership,
     node: &NodeId,
-    command: &Command,
+    call: &Call,
 ) -> Result<(), ManagerError> {
     let nodes = membership
         .nodes()
@@ -348,19 +166,17 @@ pub async fn only_if_alive(
         Some(v) => format!("node {node} is {}: nothing was sent", v.state),
         None => format!("no node is named {node}: nothing was sent"),
     };
-    Err(not_answering(membership, node, command, Duration::ZERO, detail).await)
+    Err(not_answering(membership, node, call, Duration::ZERO, detail).await)
 }
 
-/// How long a sender waits for `command`'s answer: a stop's grace and
+/// How long a sender waits for `call`'s answer: a stop's grace and
 /// the time its tree may take to end, half a minute for a batch, or a few
 /// seconds for the rest.
-pub fn answer_within(command: &Command, grace: Duration) -> Duration {
-    match command {
-        Command::Stop { force: true, .. } => Duration::from_secs(40),
-        Command::Stop { grace: g, .. } => {
-            g.map_or(grace, Span::as_duration) + Duration::from_secs(40)
-        }
-        Command::StartMany { .. } => Duration::from_secs(30),
+pub fn answer_within(call: &Call, grace: Duration) -> Duration {
+    match call {
+        Call::Stop { force: true, .. } => Duration::from_secs(40),
+        Call::Stop { grace: g, .. } => g.map_or(grace, Span::as_duration) + Duration::from_secs(40),
+        Call::StartMany { .. } => Duration::from_secs(30),
         _ => Duration::from_secs(10),
     }
 }

@@ -7,6 +7,7 @@
 //! the `contract` module (feature `contract`) check that each adapter does.
 #![warn(missing_docs)]
 
+mod call;
 mod claims;
 mod clock;
 mod commands;
@@ -26,11 +27,12 @@ mod usage;
 #[cfg(feature = "contract")]
 pub mod contract;
 
+pub use call::{Call, DaemonStatus, Reply, Started, WireError, apply};
 pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots, FailedOver, Failover};
 pub use clock::Clock;
 pub use commands::{
-    Command, CommandAnswer, CommandBus, CommandMark, Delivery, answer_within,
-    answer_without_carrying_out, not_answering, only_if_alive, unanswered,
+    CommandBus, CommandMark, Delivery, answer_within, answer_without_carrying_out, not_answering,
+    only_if_alive, unanswered,
 };
 pub use events::{EventBus, EventBusError};
 pub use host::{Host, WatchError};

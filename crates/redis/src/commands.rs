@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bpm_domain::NodeId;
 use bpm_ports::{
-    Command, CommandAnswer, CommandBus, CommandMark, Delivery, ManagerError,
-    answer_without_carrying_out, not_answering, only_if_alive, unanswered,
+    Call, CommandBus, CommandMark, Delivery, ManagerError, Reply, answer_without_carrying_out,
+    not_answering, only_if_alive, unanswered,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -212,7 +212,7 @@ impl RedisCommands {
     async fn reply_to(
         &self,
         id: &str,
-        answer: &Result<CommandAnswer, ManagerError>,
+        answer: &Result<Reply, ManagerError>,
     ) -> Result<(), ManagerError> {
         let Some(pending) = self
             .pending
@@ -251,8 +251,8 @@ fn mark_of(state: &str) -> CommandMark {
     }
 }
 
-fn decode(text: &str) -> Result<CommandAnswer, ManagerError> {
-    serde_json::from_str::<Result<CommandAnswer, ManagerError>>(text).unwrap_or_else(|e| {
+fn decode(text: &str) -> Result<Reply, ManagerError> {
+    serde_json::from_str::<Result<Reply, ManagerError>>(text).unwrap_or_else(|e| {
         Err(ManagerError::Connection(format!(
             "an answer could not be read: {e}"
         )))
@@ -264,14 +264,14 @@ impl CommandBus for RedisCommands {
     async fn send(
         &self,
         node: &NodeId,
-        command: Command,
+        call: Call,
         within: Duration,
-    ) -> Result<CommandAnswer, ManagerError> {
+    ) -> Result<Reply, ManagerError> {
         let started = Instant::now();
-        only_if_alive(&self.membership, node, &command).await?;
+        only_if_alive(&self.membership, node, &call).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let reply = self.reply(&id);
-        let body = serde_json::to_string(&command)
+        let body = serde_json::to_string(&call)
             .map_err(|e| ManagerError::BadRequest(format!("cannot encode the command: {e}")))?;
         let mut conn = self.conn.clone();
         let entry: String = redis::cmd("XADD")
@@ -312,7 +312,7 @@ impl CommandBus for RedisCommands {
         Err(not_answering(
             &self.membership,
             node,
-            &command,
+            &call,
             started.elapsed(),
             unanswered(mark).into(),
         )
@@ -373,17 +373,17 @@ impl CommandBus for RedisCommands {
                     reply,
                 },
             );
-        let command = match serde_json::from_str::<Command>(&body) {
-            Ok(command) => command,
+        let call = match serde_json::from_str::<Call>(&body) {
+            Ok(call) => call,
             Err(e) => {
                 let error = ManagerError::BadRequest(format!("the command could not be read: {e}"));
                 self.reply_to(&id, &Err(error)).await?;
                 return Ok(None);
             }
         };
-        let delivery = Delivery { id, command };
+        let delivery = Delivery { id, call };
         let mark = mark_of(&state);
-        match answer_without_carrying_out(mark, &self.node, &delivery.command, || decode(&kept)) {
+        match answer_without_carrying_out(mark, &self.node, &delivery.call, || decode(&kept)) {
             None => Ok(Some(delivery)),
             Some(answer) => {
                 self.answer(&delivery, &answer).await?;
@@ -395,7 +395,7 @@ impl CommandBus for RedisCommands {
     async fn answer(
         &self,
         delivery: &Delivery,
-        answer: &Result<CommandAnswer, ManagerError>,
+        answer: &Result<Reply, ManagerError>,
     ) -> Result<(), ManagerError> {
         self.reply_to(&delivery.id, answer).await
     }

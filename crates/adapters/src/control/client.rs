@@ -17,8 +17,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::broadcast;
 
 use super::wire::{
-    Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
-    Started, WireError,
+    Call, DaemonRequest, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request,
+    RequestLine, ServerLine, Started, WireError,
 };
 use crate::rpc::{encode_line, first_line, read_line, write_line};
 
@@ -134,9 +134,9 @@ impl DaemonClient {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    async fn call(&self, request: Request) -> Result<Reply, ManagerError> {
+    async fn request(&self, request: Request) -> Result<Reply, ManagerError> {
         let (id, rx) = self.inner.calls.open();
-        let line = encode_line(&Call { id, request })
+        let line = encode_line(&RequestLine { id, request })
             .map_err(|e| ManagerError::Connection(format!("cannot encode the request: {e}")))?;
         if line.len() > MAX_REQUEST_BYTES {
             self.inner.calls.cancel(id);
@@ -157,41 +157,17 @@ impl DaemonClient {
         if self.inner.subscribe_unsent.swap(false, Ordering::SeqCst) {
             // Its answer (`done`) has no one waiting, and is dropped.
             let (id, _) = self.inner.calls.open();
-            let subscribe = Call {
+            let subscribe = RequestLine {
                 id,
-                request: Request::Subscribe,
+                request: DaemonRequest::Subscribe.into(),
             };
             write_line(&mut *writer, &subscribe).await.map_err(lost)?;
         }
         writer.write_all(line).await.map_err(lost)
     }
 
-    async fn record(&self, request: Request) -> Result<ProcessRecord, ManagerError> {
-        match self.call(request).await? {
-            Reply::Record(r) => Ok(r),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    async fn records(&self, request: Request) -> Result<Vec<ProcessRecord>, ManagerError> {
-        match self.call(request).await? {
-            Reply::Records(r) => Ok(r),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    async fn completion(&self, request: Request) -> Result<Completion, ManagerError> {
-        match self.call(request).await? {
-            Reply::Completion { record, no_op } => Ok(Completion { record, no_op }),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    async fn done(&self, request: Request) -> Result<(), ManagerError> {
-        match self.call(request).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+    async fn call(&self, call: Call) -> Result<Reply, ManagerError> {
+        self.request(Request::Manager(call)).await
     }
 
     /// The daemon's pid, version, store and counts.
@@ -199,10 +175,9 @@ impl DaemonClient {
     /// # Errors
     /// As any call: the connection, or the daemon's own error.
     pub async fn status(&self) -> Result<DaemonStatus, ManagerError> {
-        match self.call(Request::Status).await? {
-            Reply::Status(s) => Ok(*s),
-            other => Err(unexpected(&other)),
-        }
+        self.request(DaemonRequest::Status.into())
+            .await?
+            .into_status()
     }
 
     /// Stops the daemon; with `kill_all`, its processes first.
@@ -210,7 +185,9 @@ impl DaemonClient {
     /// # Errors
     /// As any call.
     pub async fn shutdown(&self, kill_all: bool) -> Result<(), ManagerError> {
-        self.done(Request::Shutdown { kill_all }).await
+        self.request(DaemonRequest::Shutdown { kill_all }.into())
+            .await?
+            .into_done()
     }
 }
 
@@ -257,14 +234,13 @@ impl DaemonClient {
         let mut chunks = chunks.into_iter();
         while let Some((chunk, _)) = chunks.next() {
             let n = chunk.len();
-            let request = Request::StartMany {
+            let call = Call::StartMany {
                 specs: chunk,
                 env: shared.clone(),
                 brief,
             };
-            match self.call(request).await {
-                Ok(Reply::Started(started)) if started.len() == n => out.extend(started),
-                Ok(other) => return Err(unexpected(&other)),
+            match self.call(call).await {
+                Ok(reply) => out.extend(reply.into_started(n)?),
                 // Nothing of the batch was made, or the connection broke
                 // (the caller asks the next daemon what exists).
                 Err(e) if out.is_empty() || matches!(e, ManagerError::Connection(_)) => {
@@ -285,56 +261,38 @@ impl DaemonClient {
     }
 }
 
-fn unexpected(reply: &Reply) -> ManagerError {
-    ManagerError::Connection(format!("the daemon answered with an unexpected {reply:?}"))
-}
-
 #[async_trait]
 impl ProcessManager for DaemonClient {
     async fn start(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
         // As the engine would, and before a spec that cannot be encoded
         // (a path that is not UTF-8) fails as a broken request.
         spec.validate()?;
-        self.record(Request::Start { spec }).await
+        let spec = Box::new(spec);
+        self.call(Call::Start { spec }).await?.into_record()
     }
     async fn start_many(
         &self,
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessRecord, ManagerError>>, ManagerError> {
         let started = self.submit_many(specs, false).await?;
-        Ok(started
-            .into_iter()
-            .map(|s| match s {
-                Started::Record(r) => Ok(r),
-                Started::Id(_) => Err(ManagerError::Connection(
-                    "the daemon answered an id where a record was asked for".into(),
-                )),
-                Started::Error(e) => Err(e.into()),
-            })
-            .collect())
+        Ok(started.into_iter().map(Started::into_record).collect())
     }
     async fn start_many_ids(
         &self,
         specs: Vec<ProcessSpec>,
     ) -> Result<Vec<Result<ProcessId, ManagerError>>, ManagerError> {
         let started = self.submit_many(specs, true).await?;
-        Ok(started
-            .into_iter()
-            .map(|s| match s {
-                Started::Record(r) => Ok(r.id()),
-                Started::Id(id) => Ok(id),
-                Started::Error(e) => Err(e.into()),
-            })
-            .collect())
+        Ok(started.into_iter().map(Started::into_id).collect())
     }
     async fn track(&self, spec: ProcessSpec) -> Result<ProcessRecord, ManagerError> {
-        self.record(Request::Track { spec }).await
+        let spec = Box::new(spec);
+        self.call(Call::Track { spec }).await?.into_record()
     }
     async fn get(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
-        self.record(Request::Get { id }).await
+        self.call(Call::Get { id }).await?.into_record()
     }
     async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>, ManagerError> {
-        self.records(Request::List { filter }).await
+        self.call(Call::List { filter }).await?.into_records()
     }
     async fn progress(
         &self,
@@ -342,55 +300,56 @@ impl ProcessManager for DaemonClient {
         percent: Percent,
         message: Option<String>,
     ) -> Result<ProcessRecord, ManagerError> {
-        self.record(Request::Progress {
+        let call = Call::Progress {
             id,
             percent,
             message,
-        })
-        .await
+        };
+        self.call(call).await?.into_record()
     }
     async fn complete(
         &self,
         id: ProcessId,
         result: Option<serde_json::Value>,
     ) -> Result<Completion, ManagerError> {
-        self.completion(Request::Complete { id, result }).await
+        self.call(Call::Complete { id, result })
+            .await?
+            .into_completion()
     }
     async fn fail(&self, id: ProcessId, error: String) -> Result<Completion, ManagerError> {
-        self.completion(Request::Fail { id, error }).await
+        self.call(Call::Fail { id, error }).await?.into_completion()
     }
     async fn stop(
         &self,
         id: ProcessId,
         options: StopOptions,
     ) -> Result<ProcessRecord, ManagerError> {
-        self.record(Request::Stop {
-            id,
-            force: options.force,
-            grace: options.grace,
-        })
-        .await
+        let StopOptions { force, grace } = options;
+        self.call(Call::Stop { id, force, grace })
+            .await?
+            .into_record()
     }
     async fn stop_level(
         &self,
         level: usize,
         options: StopOptions,
     ) -> Result<Vec<ProcessRecord>, ManagerError> {
-        self.records(Request::StopLevel {
+        let StopOptions { force, grace } = options;
+        let call = Call::StopLevel {
             level,
-            force: options.force,
-            grace: options.grace,
-        })
-        .await
+            force,
+            grace,
+        };
+        self.call(call).await?.into_records()
     }
     async fn pause(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
-        self.record(Request::Pause { id }).await
+        self.call(Call::Pause { id }).await?.into_record()
     }
     async fn resume(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
-        self.record(Request::Resume { id }).await
+        self.call(Call::Resume { id }).await?.into_record()
     }
     async fn restart(&self, id: ProcessId) -> Result<ProcessRecord, ManagerError> {
-        self.record(Request::Restart { id }).await
+        self.call(Call::Restart { id }).await?.into_record()
     }
     async fn wait(
         &self,
@@ -398,7 +357,9 @@ impl ProcessManager for DaemonClient {
         timeout: Option<Duration>,
     ) -> Result<ProcessRecord, ManagerError> {
         let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-        self.record(Request::Wait { id, timeout_ms }).await
+        self.call(Call::Wait { id, timeout_ms })
+            .await?
+            .into_record()
     }
     async fn wait_many(
         &self,
@@ -412,11 +373,10 @@ impl ProcessManager for DaemonClient {
                 let left = d.saturating_duration_since(tokio::time::Instant::now());
                 u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
             });
-            self.done(Request::WaitMany {
-                ids: chunk.to_vec(),
-                timeout_ms,
-            })
-            .await?;
+            let ids = chunk.to_vec();
+            self.call(Call::WaitMany { ids, timeout_ms })
+                .await?
+                .into_done()?;
         }
         Ok(())
     }
@@ -425,38 +385,32 @@ impl ProcessManager for DaemonClient {
         id: ProcessId,
         query: OutputQuery,
     ) -> Result<OutputChunk, ManagerError> {
-        match self.call(Request::ReadOutput { id, query }).await? {
-            Reply::Output(chunk) => Ok(chunk),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Call::ReadOutput { id, query })
+            .await?
+            .into_output()
     }
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
-        self.done(Request::SendInput { id, data }).await
+        self.call(Call::SendInput { id, data }).await?.into_done()
     }
     async fn remove(&self, id: ProcessId) -> Result<(), ManagerError> {
-        self.done(Request::Remove { id }).await
+        self.call(Call::Remove { id }).await?.into_done()
     }
     async fn resource_usage(&self) -> Result<Vec<ResourceUsage>, ManagerError> {
-        match self.call(Request::Usage).await? {
-            Reply::Usage(u) => Ok(u),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Call::Usage).await?.into_usage()
     }
     async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError> {
-        match self.call(Request::CheckFence { id, token }).await? {
-            Reply::Fence { stale } => Ok(stale),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Call::CheckFence { id, token })
+            .await?
+            .into_fence()
     }
     async fn hold_session(
         &self,
         session: bpm_domain::SessionId,
         holder: u32,
     ) -> Result<(), ManagerError> {
-        match self.call(Request::HoldSession { session, holder }).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Call::HoldSession { session, holder })
+            .await?
+            .into_done()
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self
@@ -477,9 +431,6 @@ impl ProcessManager for DaemonClient {
         rx
     }
     async fn recent_events(&self) -> Result<Vec<Event>, ManagerError> {
-        match self.call(Request::RecentEvents).await? {
-            Reply::Events(e) => Ok(e),
-            other => Err(unexpected(&other)),
-        }
+        self.call(Call::RecentEvents).await?.into_events()
     }
 }

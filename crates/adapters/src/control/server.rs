@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::{ListFilter, ProcessSpec};
+use bpm_domain::ListFilter;
 use bpm_ports::{ManagerError, ProcessManager, StopOptions};
 use tokio::io::BufReader;
 use tokio::net::UnixListener;
@@ -12,8 +12,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Mutex, mpsc};
 
 use super::wire::{
-    Call, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request, ServerLine,
-    Started, WireError,
+    Call, DaemonRequest, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request,
+    RequestLine, ServerLine, WireError,
 };
 use crate::rpc::{LineError, first_line, read_line, write_line};
 
@@ -48,17 +48,6 @@ type Writer = Arc<Mutex<OwnedWriteHalf>>;
 
 /// `spec` with the batch's `shared` variables under its own. Specs without
 /// variables of their own share the batch's map.
-fn with_env(mut spec: ProcessSpec, shared: &Arc<bpm_domain::Environment>) -> ProcessSpec {
-    if spec.env.is_empty() {
-        spec.env = shared.clone();
-    } else {
-        let mut env = (**shared).clone();
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        spec.env = Arc::new(env);
-    }
-    spec
-}
-
 async fn send(writer: &Writer, line: &impl serde::Serialize) -> bool {
     write_line(&mut *writer.lock().await, line).await.is_ok()
 }
@@ -391,7 +380,7 @@ async fn serve_connection(
         let Some(call) = call else {
             continue;
         };
-        if matches!(call.request, Request::Subscribe) {
+        if matches!(call.request, Request::Daemon(DaemonRequest::Subscribe)) {
             // Before the next line is read: every event of a call made after
             // the subscription reaches this connection.
             forward_events(manager.subscribe(), &writer, reader_open.clone(), &busy);
@@ -453,7 +442,7 @@ async fn greet(
 async fn read_call(
     line: Result<Option<Vec<u8>>, LineError>,
     writer: &Writer,
-) -> Option<Option<Call>> {
+) -> Option<Option<RequestLine>> {
     let refuse = |message: String| Err(ManagerError::BadRequest(message).into());
     let line = match line {
         Ok(Some(line)) => line,
@@ -469,8 +458,8 @@ async fn read_call(
             return None;
         }
     };
-    match serde_json::from_slice::<Call>(&line) {
-        Ok(call) => Some(Some(call)),
+    match serde_json::from_slice::<RequestLine>(&line) {
+        Ok(request) => Some(Some(request)),
         Err(e) => {
             let id = serde_json::from_slice::<serde_json::Value>(&line)
                 .ok()
@@ -521,82 +510,20 @@ async fn dispatch(
     info: &ServerInfo,
     shutdown: &mpsc::UnboundedSender<bool>,
 ) -> Result<Reply, ManagerError> {
-    let record = |r| Reply::Record(r);
     Ok(match request {
-        Request::Start { spec } => record(m.start(spec).await?),
-        Request::StartMany { specs, env, brief } => {
-            let specs = match env {
-                Some(shared) => specs.into_iter().map(|s| with_env(s, &shared)).collect(),
-                None => specs,
-            };
-            Reply::Started(
-                m.start_many(specs)
-                    .await?
-                    .into_iter()
-                    .map(|r| match r {
-                        Ok(r) if brief => Started::Id(r.id()),
-                        Ok(r) => Started::Record(r),
-                        Err(e) => Started::Error(WireError::from(e)),
-                    })
-                    .collect(),
-            )
-        }
-        Request::Track { spec } => record(m.track(spec).await?),
-        Request::Get { id } => record(m.get(id).await?),
-        Request::List { filter } => Reply::Records(m.list(filter).await?),
-        Request::Progress {
-            id,
-            percent,
-            message,
-        } => record(m.progress(id, percent, message).await?),
-        Request::Complete { id, result } => {
-            let c = m.complete(id, result).await?;
-            Reply::Completion {
-                record: c.record,
-                no_op: c.no_op,
+        Request::Manager(call) => {
+            let waited = matches!(call, Call::Wait { .. })
+                .then(|| call.id())
+                .flatten();
+            let reply = bpm_ports::apply(m.as_ref(), call).await?;
+            if let Some(id) = waited {
+                tracing::trace!(target: "bpm::hop", %id, "wait answered");
             }
+            reply
         }
-        Request::Fail { id, error } => {
-            let c = m.fail(id, error).await?;
-            Reply::Completion {
-                record: c.record,
-                no_op: c.no_op,
-            }
-        }
-        Request::Stop { id, force, grace } => {
-            record(m.stop(id, StopOptions { force, grace }).await?)
-        }
-        Request::StopLevel {
-            level,
-            force,
-            grace,
-        } => Reply::Records(m.stop_level(level, StopOptions { force, grace }).await?),
-        Request::Pause { id } => record(m.pause(id).await?),
-        Request::Resume { id } => record(m.resume(id).await?),
-        Request::Restart { id } => record(m.restart(id).await?),
-        Request::Wait { id, timeout_ms } => {
-            let ended = m.wait(id, timeout_ms.map(Duration::from_millis)).await?;
-            tracing::trace!(target: "bpm::hop", %id, "wait answered");
-            record(ended)
-        }
-        Request::WaitMany { ids, timeout_ms } => {
-            m.wait_many(&ids, timeout_ms.map(Duration::from_millis))
-                .await?;
-            Reply::Done
-        }
-        Request::ReadOutput { id, query } => Reply::Output(m.read_output(id, query).await?),
-        Request::SendInput { id, data } => {
-            m.send_input(id, data).await?;
-            Reply::Done
-        }
-        Request::Remove { id } => {
-            m.remove(id).await?;
-            Reply::Done
-        }
-        Request::RecentEvents => Reply::Events(m.recent_events().await?),
         // Answered before dispatch, in the connection's loop.
-        Request::Subscribe => Reply::Done,
-        Request::Status => {
+        Request::Daemon(DaemonRequest::Subscribe) => Reply::Done,
+        Request::Daemon(DaemonRequest::Status) => {
             // The status answers while the store does not: it says so.
             let mut counts = BTreeMap::new();
             let mut warnings = info
@@ -634,15 +561,7 @@ async fn dispatch(
                     .clone(),
             }))
         }
-        Request::Usage => Reply::Usage(m.resource_usage().await?),
-        Request::CheckFence { id, token } => Reply::Fence {
-            stale: m.check_fence(id, token).await?,
-        },
-        Request::HoldSession { session, holder } => {
-            m.hold_session(session, holder).await?;
-            Reply::Done
-        }
-        Request::Shutdown { kill_all } => {
+        Request::Daemon(DaemonRequest::Shutdown { kill_all }) => {
             if kill_all {
                 m.stop_level(0, StopOptions::default()).await?;
             }

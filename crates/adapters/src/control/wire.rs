@@ -5,7 +5,7 @@
 //!    versions, and closes the connection.
 //! 2. Each request is `{"id":N,"method":"start","params":{...}}`; each answer
 //!    is `{"id":N,"ok":{...}}` or `{"id":N,"error":{"kind":...,"detail":...,"message":...}}`:
-//!    the [`ManagerError`] the daemon's manager returned, as its kind and data
+//!    the [`ManagerError`](bpm_ports::ManagerError) the daemon's manager returned, as its kind and data
 //!    (version 3; version 2 sent a kind and a message only), and its text.
 //!    Answers may come out of order (a `wait` can take long); ids match them.
 //!    `start_many` (`{"specs":[...]}`) starts several processes in one step
@@ -36,12 +36,10 @@
 //! [`ConnectionLimits`](super::ConnectionLimits)); a client that finds its
 //! connection closed before it sends can send on a new one.
 
-use bpm_domain::{
-    Event, Limits, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, Span, Timestamp,
-};
-use bpm_ports::{ManagerError, OutputChunk, OutputQuery, ResourceUsage};
+use bpm_domain::Event;
+pub use bpm_ports::{Call, DaemonStatus, Reply, Started, WireError};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use serde_json::value::RawValue;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -57,248 +55,97 @@ pub struct Hello {
     pub software: String,
 }
 
-/// A call.
+/// What a client asks: a [`Call`] of the manager, applied by
+/// [`bpm_ports::apply`], or one of the daemon's own requests. Both are
+/// `{"method":...,"params":...}` on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Request {
+    /// One of the daemon's own.
+    Daemon(DaemonRequest),
+    /// A call of the manager.
+    Manager(Call),
+}
+
+/// The requests a daemon answers itself, not its manager.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", content = "params", rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum Request {
-    Start {
-        spec: ProcessSpec,
-    },
-    StartMany {
-        specs: Vec<ProcessSpec>,
-        /// Variables every spec gets under its own.
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            with = "bpm_domain::env_serde::option"
-        )]
-        env: Option<Arc<bpm_domain::Environment>>,
-        /// Answer ids, not records.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        brief: bool,
-    },
-    Track {
-        spec: ProcessSpec,
-    },
-    Get {
-        id: ProcessId,
-    },
-    List {
-        filter: ListFilter,
-    },
-    Progress {
-        id: ProcessId,
-        percent: Percent,
-        message: Option<String>,
-    },
-    Complete {
-        id: ProcessId,
-        result: Option<serde_json::Value>,
-    },
-    Fail {
-        id: ProcessId,
-        error: String,
-    },
-    Stop {
-        id: ProcessId,
-        force: bool,
-        grace: Option<Span>,
-    },
-    StopLevel {
-        level: usize,
-        force: bool,
-        grace: Option<Span>,
-    },
-    Pause {
-        id: ProcessId,
-    },
-    Resume {
-        id: ProcessId,
-    },
-    Restart {
-        id: ProcessId,
-    },
-    Wait {
-        id: ProcessId,
-        timeout_ms: Option<u64>,
-    },
-    WaitMany {
-        ids: Vec<ProcessId>,
-        timeout_ms: Option<u64>,
-    },
-    ReadOutput {
-        id: ProcessId,
-        query: OutputQuery,
-    },
-    SendInput {
-        id: ProcessId,
-        data: Vec<u8>,
-    },
-    Remove {
-        id: ProcessId,
-    },
+pub enum DaemonRequest {
+    /// Events from now on, as `{"event":{...}}` lines.
     Subscribe,
-    RecentEvents,
+    /// The daemon's own status ([`Reply::Status`]).
     Status,
-    /// What running process trees use (`resource_usage`).
-    Usage,
-    /// Whether a fencing token is current (`check_fence`).
-    CheckFence {
-        id: ProcessId,
-        token: u64,
-    },
-    /// A process holds a session (`hold_session`).
-    HoldSession {
-        session: bpm_domain::SessionId,
-        holder: u32,
-    },
+    /// Stops the daemon; with `kill_all`, its processes first.
     Shutdown {
+        /// Stop every process first.
         kill_all: bool,
     },
 }
 
-/// A request with its id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Call {
+impl From<DaemonRequest> for Request {
+    fn from(request: DaemonRequest) -> Self {
+        Request::Daemon(request)
+    }
+}
+
+impl From<Call> for Request {
+    fn from(call: Call) -> Self {
+        Request::Manager(call)
+    }
+}
+
+impl Request {
+    /// The request `method` names, with `params` (raw JSON) read as that
+    /// method's. The error names what is wrong: an unknown method, or the
+    /// field its parameters lack.
+    fn read(method: &str, params: Option<&RawValue>) -> Result<Self, serde_json::Error> {
+        // The parameters are read once, straight into their method's
+        // fields: no tree of the whole line is built first.
+        let method_json = serde_json::to_string(method)?;
+        let text = match params {
+            Some(p) => format!(r#"{{"method":{method_json},"params":{}}}"#, p.get()),
+            None => format!(r#"{{"method":{method_json}}}"#),
+        };
+        if matches!(method, "subscribe" | "status" | "shutdown") {
+            return serde_json::from_str::<DaemonRequest>(&text).map(Request::Daemon);
+        }
+        serde_json::from_str::<Call>(&text)
+            .map(Request::Manager)
+            .map_err(|e| {
+                if e.to_string().starts_with("unknown variant") {
+                    serde::de::Error::custom(format!(
+                        "unknown method `{method}`: a request is a call of the manager (`start`, `stop`, `wait`, ...) or one of the daemon's own (`subscribe`, `status`, `shutdown`)"
+                    ))
+                } else {
+                    e
+                }
+            })
+    }
+}
+
+/// A request with its id: one line from the client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestLine {
     /// Chosen by the client; echoed in the answer.
     pub id: u64,
-    /// The call.
+    /// The request.
     #[serde(flatten)]
     pub request: Request,
 }
 
-/// What the daemon says about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DaemonStatus {
-    /// Its process id.
-    pub pid: u32,
-    /// Its software version.
-    pub version: String,
-    /// The store it uses (`fs`, `memory`, or the Redis URL without credentials).
-    pub store: String,
-    /// Its node.
-    pub node: String,
-    /// Its state directory.
-    pub home: String,
-    /// The keeper it talks to: its pid, bpm version and keeper protocol
-    /// (absent from daemons before this field).
-    #[serde(default)]
-    pub keeper: Option<String>,
-    /// Records per state.
-    pub counts: std::collections::BTreeMap<String, usize>,
-    /// When the daemon started (absent from daemons before this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<Timestamp>,
-    /// Its supervision limits, for showing slots in use (absent from daemons
-    /// before this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<Limits>,
-    /// What went wrong that its operator must know (a damaged journal at
-    /// start, a keeper that died), newest last.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// Its place in a cluster: its node's epoch and lease (absent with a
-    /// store of its own, and from daemons before this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-}
-
-/// A successful answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum Reply {
-    Record(ProcessRecord),
-    Started(Vec<Started>),
-    Records(Vec<ProcessRecord>),
-    Completion {
-        record: ProcessRecord,
-        no_op: bool,
-    },
-    Output(OutputChunk),
-    Status(Box<DaemonStatus>),
-    Events(Vec<Event>),
-    Usage(Vec<ResourceUsage>),
-    /// A fencing token's check: why it is stale, or `None`.
-    Fence {
-        stale: Option<String>,
-    },
-    Done,
-}
-
-/// One spec's outcome in a `start_many` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum Started {
-    Record(ProcessRecord),
-    Id(ProcessId),
-    Error(WireError),
-}
-
-/// A failed call, as the wire carries it: the typed error, flattened
-/// (`"kind"`, and `"detail"` where the variant has data), and its text for
-/// people (`"message"`). A client reads back the very [`ManagerError`] the
-/// daemon's manager returned.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WireError {
-    /// The error.
-    #[serde(flatten)]
-    pub error: ManagerError,
-    /// What went wrong, for people.
-    pub message: String,
-}
-
-impl From<ManagerError> for WireError {
-    fn from(error: ManagerError) -> Self {
-        WireError {
-            message: error.to_string(),
-            error,
-        }
-    }
-}
-
-impl From<&ManagerError> for WireError {
-    fn from(error: &ManagerError) -> Self {
-        WireError::from(error.clone())
-    }
-}
-
-impl From<WireError> for ManagerError {
-    fn from(e: WireError) -> Self {
-        e.error
-    }
-}
-
-impl<'de> Deserialize<'de> for WireError {
+impl<'de> Deserialize<'de> for RequestLine {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // An error this build does not know (a daemon of another version, or
-        // not bpm) still reads: as a broken protocol, with the peer's words.
         #[derive(Deserialize)]
-        struct Fields {
-            kind: String,
-            #[serde(default)]
-            detail: Option<serde_json::Value>,
-            #[serde(default)]
-            message: String,
+        struct Fields<'a> {
+            id: u64,
+            #[serde(borrow)]
+            method: std::borrow::Cow<'a, str>,
+            #[serde(default, borrow)]
+            params: Option<&'a RawValue>,
         }
         let f = Fields::deserialize(d)?;
-        let mut typed = serde_json::Map::new();
-        typed.insert("kind".into(), serde_json::Value::String(f.kind.clone()));
-        if let Some(detail) = f.detail {
-            typed.insert("detail".into(), detail);
-        }
-        let error = serde_json::from_value(serde_json::Value::Object(typed)).unwrap_or_else(|_| {
-            ManagerError::Connection(format!(
-                "the daemon answered an error this client does not know ({}): {}",
-                f.kind, f.message
-            ))
-        });
-        Ok(WireError {
-            error,
-            message: f.message,
-        })
+        let request = Request::read(&f.method, f.params).map_err(serde::de::Error::custom)?;
+        Ok(RequestLine { id: f.id, request })
     }
 }
 
@@ -354,6 +201,80 @@ impl<'de> Deserialize<'de> for ServerLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bpm_domain::ProcessId;
+    use bpm_ports::ManagerError;
+
+    #[test]
+    fn requests_keep_their_wire_form_and_bad_ones_say_what_is_wrong() {
+        let id = ProcessId::from_uuid(uuid::Uuid::from_u128(9));
+        let lines = [
+            (
+                RequestLine {
+                    id: 1,
+                    request: Call::Stop {
+                        id,
+                        force: true,
+                        grace: None,
+                    }
+                    .into(),
+                },
+                format!(
+                    r#"{{"id":1,"method":"stop","params":{{"id":"{id}","force":true,"grace":null}}}}"#
+                ),
+            ),
+            (
+                RequestLine {
+                    id: 2,
+                    request: Call::RecentEvents.into(),
+                },
+                r#"{"id":2,"method":"recent_events"}"#.to_string(),
+            ),
+            (
+                RequestLine {
+                    id: 3,
+                    request: DaemonRequest::Subscribe.into(),
+                },
+                r#"{"id":3,"method":"subscribe"}"#.to_string(),
+            ),
+            (
+                RequestLine {
+                    id: 4,
+                    request: DaemonRequest::Shutdown { kill_all: false }.into(),
+                },
+                r#"{"id":4,"method":"shutdown","params":{"kill_all":false}}"#.to_string(),
+            ),
+        ];
+        for (line, text) in lines {
+            assert_eq!(serde_json::to_string(&line).expect("JSON"), text);
+            let back: RequestLine = serde_json::from_str(&text).expect(&text);
+            assert_eq!(back, line);
+        }
+        for (bad, says) in [
+            (r#"{"id":5,"method":"launch"}"#, "unknown method `launch`"),
+            (
+                r#"{"id":5,"method":"launch"}"#,
+                "`subscribe`, `status`, `shutdown`",
+            ),
+            (
+                r#"{"id":6,"method":"get","params":{"idx":1}}"#,
+                "missing field `id`",
+            ),
+            (
+                r#"{"id":7,"method":"shutdown","params":{}}"#,
+                "missing field `kill_all`",
+            ),
+            (r#"{"id":8}"#, "missing field `method`"),
+            (r#"{"method":"status"}"#, "missing field `id`"),
+            ("not json", "expected ident"),
+        ] {
+            let e = serde_json::from_str::<RequestLine>(bad).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        // A method spelled with an escape reads as the same method.
+        let escaped: RequestLine =
+            serde_json::from_str(r#"{"id":9,"method":"st\u0061tus"}"#).expect("escaped");
+        assert_eq!(escaped.request, DaemonRequest::Status.into());
+    }
 
     #[test]
     fn lines_from_the_daemon_read_as_answers_or_events() {

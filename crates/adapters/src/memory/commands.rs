@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bpm_domain::NodeId;
 use bpm_ports::{
-    Command, CommandAnswer, CommandBus, CommandMark, Delivery, ManagerError, Membership,
+    Call, CommandBus, CommandMark, Delivery, ManagerError, Membership, Reply,
     answer_without_carrying_out, not_answering, only_if_alive, unanswered,
 };
 use tokio::sync::{Notify, oneshot};
@@ -25,7 +25,7 @@ use tokio::sync::{Notify, oneshot};
 /// How long one `receive` waits for a command.
 const BLOCK: Duration = Duration::from_secs(1);
 
-type Reply = Result<CommandAnswer, ManagerError>;
+type Outcome = Result<Reply, ManagerError>;
 
 /// The queues every node's daemons share, within one process.
 #[derive(Default)]
@@ -42,9 +42,9 @@ struct Hub {
     /// Per node: commands read and not answered.
     pending: HashMap<NodeId, Vec<Delivery>>,
     /// Each command's mark, and its answer once answered.
-    marks: HashMap<String, (CommandMark, Option<Reply>)>,
+    marks: HashMap<String, (CommandMark, Option<Outcome>)>,
     /// Senders waiting, by command.
-    replies: HashMap<String, oneshot::Sender<Reply>>,
+    replies: HashMap<String, oneshot::Sender<Outcome>>,
 }
 
 impl CommandHub {
@@ -61,7 +61,7 @@ impl CommandHub {
 impl Hub {
     /// Answers command `id`: keeps the answer, takes it off `node`'s
     /// pending commands and hands it to its sender if one waits.
-    fn reply(&mut self, node: &NodeId, id: &str, answer: &Reply) {
+    fn reply(&mut self, node: &NodeId, id: &str, answer: &Outcome) {
         self.marks
             .insert(id.to_owned(), (CommandMark::Answered, Some(answer.clone())));
         if let Some(pending) = self.pending.get_mut(node) {
@@ -102,7 +102,7 @@ impl InMemoryCommands {
 
     /// The next command for this node, if one is there now: first those a
     /// former daemon read and never answered, then new ones. Marks it.
-    fn take(&self) -> Option<(Delivery, CommandMark, Option<Reply>)> {
+    fn take(&self) -> Option<(Delivery, CommandMark, Option<Outcome>)> {
         let mut hub = self.hub.lock();
         let delivery = if self.caught_up.load(Ordering::Relaxed) {
             let d = hub.queues.get_mut(&self.node)?.pop_front()?;
@@ -141,11 +141,11 @@ impl CommandBus for InMemoryCommands {
     async fn send(
         &self,
         node: &NodeId,
-        command: Command,
+        call: Call,
         within: Duration,
-    ) -> Result<CommandAnswer, ManagerError> {
+    ) -> Result<Reply, ManagerError> {
         let started = Instant::now();
-        only_if_alive(self.membership.as_ref(), node, &command).await?;
+        only_if_alive(self.membership.as_ref(), node, &call).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = oneshot::channel();
         {
@@ -156,7 +156,7 @@ impl CommandBus for InMemoryCommands {
                 .or_default()
                 .push_back(Delivery {
                     id: id.clone(),
-                    command: command.clone(),
+                    call: call.clone(),
                 });
         }
         self.hub.queued.notify_waiters();
@@ -187,7 +187,7 @@ impl CommandBus for InMemoryCommands {
         Err(not_answering(
             self.membership.as_ref(),
             node,
-            &command,
+            &call,
             started.elapsed(),
             unanswered(mark).into(),
         )
@@ -203,7 +203,7 @@ impl CommandBus for InMemoryCommands {
             let was_caught_up = self.caught_up.load(Ordering::Relaxed);
             if let Some((delivery, mark, kept)) = self.take() {
                 let answered =
-                    answer_without_carrying_out(mark, &self.node, &delivery.command, || {
+                    answer_without_carrying_out(mark, &self.node, &delivery.call, || {
                         kept.unwrap_or_else(|| {
                             Err(ManagerError::Connection("the kept answer is gone".into()))
                         })
@@ -230,7 +230,7 @@ impl CommandBus for InMemoryCommands {
         }
     }
 
-    async fn answer(&self, delivery: &Delivery, answer: &Reply) -> Result<(), ManagerError> {
+    async fn answer(&self, delivery: &Delivery, answer: &Outcome) -> Result<(), ManagerError> {
         if self.mine().remove(&delivery.id) {
             self.hub.lock().reply(&self.node, &delivery.id, answer);
         }

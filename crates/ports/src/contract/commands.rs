@@ -14,7 +14,7 @@ use bpm_domain::{NodeId, ProcessId};
 
 use bpm_domain::Span;
 
-use crate::{Claimant, Command, CommandAnswer, CommandBus, Delivery, ManagerError, Membership};
+use crate::{Call, Claimant, CommandBus, Delivery, ManagerError, Membership, Reply};
 
 /// A daemon of node `beta`, started anew.
 pub type StartBeta =
@@ -79,15 +79,15 @@ pub async fn a_command_reaches_its_node_and_its_answer_comes_back(s: Subject) {
     let b = (s.beta)().await;
     let serving = tokio::spawn(async move {
         let d = next(b.as_ref()).await;
-        let answer = Err(ManagerError::NotFound(d.command.id().expect("an id")));
+        let answer = Err(ManagerError::NotFound(d.call.id().expect("an id")));
         b.answer(&d, &answer).await.expect("answer");
-        d.command
+        d.call
     });
     let sent = s
         .alpha
         .send(
             &node("beta"),
-            Command::Pause { id: id(7) },
+            Call::Pause { id: id(7) },
             Duration::from_secs(10),
         )
         .await;
@@ -96,7 +96,7 @@ pub async fn a_command_reaches_its_node_and_its_answer_comes_back(s: Subject) {
         Err(ManagerError::NotFound(id(7))),
         "the owner's own error"
     );
-    assert_eq!(serving.await.expect("served"), Command::Pause { id: id(7) });
+    assert_eq!(serving.await.expect("served"), Call::Pause { id: id(7) });
 }
 
 /// A command for a node nobody holds is refused at once, naming the node.
@@ -106,7 +106,7 @@ pub async fn a_node_that_is_not_alive_is_refused_at_once(s: Subject) {
         .alpha
         .send(
             &node("nobody"),
-            Command::Resume { id: id(1) },
+            Call::Resume { id: id(1) },
             Duration::from_secs(30),
         )
         .await;
@@ -131,7 +131,7 @@ pub async fn a_command_no_daemon_takes_is_withdrawn_at_its_bound(s: Subject) {
         .alpha
         .send(
             &node("beta"),
-            Command::Pause { id: id(2) },
+            Call::Pause { id: id(2) },
             Duration::from_millis(1500),
         )
         .await;
@@ -162,13 +162,13 @@ pub async fn a_command_whose_daemon_died_is_never_carried_out_twice(s: Subject) 
         alpha
             .send(
                 &node("beta"),
-                Command::Restart { id: id(3) },
+                Call::Restart { id: id(3) },
                 Duration::from_secs(20),
             )
             .await
     });
     let taken = next(first.as_ref()).await;
-    assert_eq!(taken.command, Command::Restart { id: id(3) });
+    assert_eq!(taken.call, Call::Restart { id: id(3) });
     drop(first);
     let second = (s.beta)().await;
     assert_eq!(second.receive().await.expect("receive"), None);
@@ -188,24 +188,18 @@ pub async fn a_command_answered_twice_leaves_nothing_queued(s: Subject) {
     let served = Arc::clone(&b);
     let serving = tokio::spawn(async move {
         let d = next(served.as_ref()).await;
-        served
-            .answer(&d, &Ok(CommandAnswer::Done))
-            .await
-            .expect("answer");
-        served
-            .answer(&d, &Ok(CommandAnswer::Done))
-            .await
-            .expect("again");
+        served.answer(&d, &Ok(Reply::Done)).await.expect("answer");
+        served.answer(&d, &Ok(Reply::Done)).await.expect("again");
     });
     let sent = s
         .alpha
         .send(
             &node("beta"),
-            Command::Remove { id: id(4) },
+            Call::Remove { id: id(4) },
             Duration::from_secs(10),
         )
         .await;
-    assert_eq!(sent, Ok(CommandAnswer::Done));
+    assert_eq!(sent, Ok(Reply::Done));
     serving.await.expect("served");
     assert_eq!(b.receive().await.expect("receive"), None);
 }
