@@ -4,7 +4,6 @@
 //! `Member`), and leaves when it stops.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use bpm_domain::{ClusterTiming, NodeId, Span};
@@ -70,8 +69,7 @@ pub async fn join(
             .await
             .map_err(|e| anyhow!("cannot join the cluster: {e}"))?,
     );
-    let sent = Instant::now();
-    let epoch = claim(membership.as_ref(), &who, bpm_adapters::os::runs_bpm)
+    let (epoch, sent) = claim(membership.as_ref(), &who, bpm_adapters::os::runs_bpm)
         .await
         .map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
     tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");
@@ -118,17 +116,10 @@ impl NodeLease {
     /// # Errors
     /// The keeper cannot be reached.
     pub async fn pass_renewals_to(&self, keeper: Arc<dyn ProcessSpawner>) -> Result<()> {
-        let told = self.fence.lapses_at();
-        if let Some(at) = told {
-            keeper
-                .hold_lease(bpm_domain::cluster::keeper_hold(
-                    at.saturating_duration_since(Instant::now()),
-                ))
-                .await
-                .map_err(|e| anyhow!("cannot tell bpm's keeper the lease holds: {e}"))?;
-        }
-        self.driver.attach_keeper(keeper, told);
-        Ok(())
+        self.driver
+            .attach_keeper(keeper, self.fence.lapses_at())
+            .await
+            .map_err(|e| anyhow!("cannot tell bpm's keeper the lease holds: {e}"))
     }
 
     /// Hands the lease the running engine: it is told whether the lease

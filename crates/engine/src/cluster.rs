@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bpm_domain::cluster::member::{Level, Member, MemberEffect, MemberInput, RenewFailure};
-use bpm_domain::{ClusterTiming, Holder, NodeId, Timestamp};
-use bpm_ports::{Claimant, Membership, MembershipError, ProcessSpawner, WriteFence};
+use bpm_domain::{ClusterTiming, Holder, NodeId, Timestamp, cluster};
+use bpm_ports::{Claimant, Membership, MembershipError, ProcessSpawner, SpawnError, WriteFence};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -41,14 +41,27 @@ impl LeaseStatus {
     }
 }
 
-/// Claims the node for `who`. A holder that took it on this very boot of
-/// this machine, and whose daemon is gone (killed: its lease has not lapsed
-/// yet), is taken over at once; `runs_bpm` says whether a bpm program runs
-/// as a pid here. Otherwise the refusal says which case applies.
+/// Claims the node for `who`, and returns its epoch and the moment the
+/// claim was sent, which its lease counts from ([`MemberDriver::start`]).
+/// A holder that took it on this very boot of this machine, and whose
+/// daemon is gone (killed: its lease has not lapsed yet), is taken over at
+/// once; `runs_bpm` says whether a bpm program runs as a pid here.
+/// Otherwise the refusal says which case applies.
 ///
 /// # Errors
 /// Another daemon holds the node, or the store does not answer.
 pub async fn claim(
+    membership: &dyn Membership,
+    who: &Claimant,
+    runs_bpm: fn(u32) -> bool,
+) -> Result<(u64, Instant), MembershipError> {
+    let sent = Instant::now();
+    take(membership, who, runs_bpm)
+        .await
+        .map(|epoch| (epoch, sent))
+}
+
+async fn take(
     membership: &dyn Membership,
     who: &Claimant,
     runs_bpm: fn(u32) -> bool,
@@ -140,8 +153,23 @@ impl MemberDriver {
 
     /// Hands over the keeper, last told that the lease lapses at `told`:
     /// it hears of every renewal from now on.
-    pub fn attach_keeper(&self, keeper: Arc<dyn ProcessSpawner>, told: Option<Instant>) {
-        let _ = self.tx.send(Msg::Keeper(keeper, told));
+    ///
+    /// It tells `keeper` first, before any process starts, that the lease
+    /// holds until `lapses_at` (the store's fence's view of it).
+    ///
+    /// # Errors
+    /// The keeper cannot be reached.
+    pub async fn attach_keeper(
+        &self,
+        keeper: Arc<dyn ProcessSpawner>,
+        lapses_at: Option<Instant>,
+    ) -> Result<(), SpawnError> {
+        if let Some(at) = lapses_at {
+            let left = at.saturating_duration_since(Instant::now());
+            keeper.hold_lease(cluster::keeper_hold(left)).await?;
+        }
+        let _ = self.tx.send(Msg::Keeper(keeper, lapses_at));
+        Ok(())
     }
 
     /// Stops the driver and whatever it had under way.
@@ -241,7 +269,7 @@ impl Run {
                 let ports = Arc::clone(&self.ports);
                 let sent = self.now();
                 self.tasks.spawn(async move {
-                    match claim(ports.membership.as_ref(), &ports.who, ports.runs_bpm).await {
+                    match take(ports.membership.as_ref(), &ports.who, ports.runs_bpm).await {
                         Ok(epoch) => MemberInput::Claimed { epoch, sent },
                         Err(e) => MemberInput::ClaimFailed(e.to_string()),
                     }
