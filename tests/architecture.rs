@@ -1,5 +1,6 @@
-//! The architecture's invariants, checked: the domain stays pure, and the
-//! layers depend only downwards.
+//! The architecture's invariants, checked: the domain stays pure, the
+//! layers depend only downwards, no two files of a crate need each other,
+//! and `app` spawns and reads the clock only where it says why.
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
@@ -312,6 +313,73 @@ fn the_app_holds_no_lifecycle_rule() {
 }
 
 #[test]
+fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
+    // The processes bpm manages are the spawner's; the cluster's and the
+    // core's times are the drivers'. What `app` starts and times itself is
+    // this list, each with its reason; a file that stops needing its entry
+    // must leave the list too, so the list stays true.
+    let spawns: &[(&str, &str)] = &[
+        ("daemon.rs", "starts the daemon, and runs the on_exit hooks"),
+        ("keeper.rs", "starts the keeper"),
+        ("web.rs", "opens the page with xdg-open"),
+        ("cli/unit.rs", "asks systemctl and loginctl for `bpm unit`"),
+    ];
+    let clocks: &[(&str, &str)] = &[
+        (
+            "daemon.rs",
+            "waits at most 10 s for a daemon it starts to answer",
+        ),
+        (
+            "keeper.rs",
+            "waits at most 10 s for a keeper it starts to answer",
+        ),
+        ("cli/commands.rs", "the deadline of `bpm wait --timeout`"),
+        ("cli/table.rs", "ages in tables"),
+    ];
+    let spawn_words = ["Command::new(", "posix_spawn", "fork("];
+    let clock_words = [
+        "Instant::now()",
+        "SystemTime::now()",
+        "Utc::now()",
+        "Local::now()",
+        "clock_gettime",
+    ];
+    let src = workspace_root().join("crates/app/src");
+    let files = sources(&src);
+    assert!(
+        files.len() >= 10,
+        "found only {} app source files",
+        files.len()
+    );
+    let mut wrong = Vec::new();
+    for (listed, words, what) in [
+        (spawns, &spawn_words[..], "spawns"),
+        (clocks, &clock_words[..], "reads the clock"),
+    ] {
+        for (path, text) in &files {
+            let rel = path
+                .strip_prefix(&src)
+                .expect("under src")
+                .to_string_lossy()
+                .into_owned();
+            let uses = words.iter().any(|w| text.contains(w));
+            let allowed = listed.iter().any(|(file, _)| *file == rel);
+            if uses && !allowed {
+                wrong.push(format!(
+                    "crates/app/src/{rel} {what}, and the list of where app may does not name it"
+                ));
+            }
+            if allowed && !uses {
+                wrong.push(format!(
+                    "crates/app/src/{rel} no longer {what}: take it off the list"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
 fn front_ends_run_on_the_port_not_on_a_client() {
     // The CLI's commands, the MCP server and the page take a
     // `ProcessManager`; which one (a daemon's client) is wiring's choice.
@@ -379,16 +447,142 @@ fn module_of(src: &std::path::Path, file: &std::path::Path) -> Vec<String> {
     parts
 }
 
+/// Names a module re-exports (`pub use spec::{ProcessSpec, Command};`,
+/// `pub use self::a::B as C;`): (the module, the name it is known by
+/// there) → the module the name comes from. A file that names
+/// `crate::ProcessSpec` needs `spec`, not the crate root.
+type Reexports = HashMap<(Vec<String>, String), Vec<String>>;
+
+/// The `use` trees of `text`'s `pub use` and `pub(crate) use` items, each as
+/// its path and the name it is known by: `a::{b::C, D as E}` is
+/// (`a::b::C`, `C`) and (`a::D`, `E`).
+fn reexported(text: &str) -> Vec<(Vec<String>, String)> {
+    fn expand(tree: &str, prefix: &[String], out: &mut Vec<(Vec<String>, String)>) {
+        let tree = tree.trim();
+        if let Some(open) = tree.find('{') {
+            let mut base = prefix.to_vec();
+            base.extend(
+                tree[..open]
+                    .split("::")
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+            let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+            // Split at the commas outside nested braces.
+            let (mut depth, mut start) = (0usize, 0usize);
+            for (i, c) in inner.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth = depth.saturating_sub(1),
+                    ',' if depth == 0 => {
+                        expand(&inner[start..i], &base, out);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            expand(&inner[start..], &base, out);
+            return;
+        }
+        if tree.is_empty() || tree.ends_with('*') {
+            return;
+        }
+        let (path, alias) = match tree.split_once(" as ") {
+            Some((p, a)) => (p.trim(), Some(a.trim())),
+            None => (tree, None),
+        };
+        let mut full = prefix.to_vec();
+        full.extend(path.split("::").map(str::trim).map(str::to_owned));
+        let name = alias.map_or_else(|| full.last().cloned().unwrap_or_default(), str::to_owned);
+        out.push((full, name));
+    }
+    let mut out = Vec::new();
+    for keyword in ["pub use ", "pub(crate) use "] {
+        for (at, _) in text.match_indices(keyword) {
+            let rest = &text[at + keyword.len()..];
+            let tree: String = rest
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            expand(&tree, &[], &mut out);
+        }
+    }
+    out
+}
+
+/// Every re-export of a crate whose files are `files`, resolved to the
+/// module each name is defined in (a re-export of a re-export followed).
+fn reexports_of(
+    src: &std::path::Path,
+    files: &[(std::path::PathBuf, String)],
+    modules: &BTreeSet<Vec<String>>,
+) -> Reexports {
+    let mut map = Reexports::new();
+    for (path, text) in files {
+        let me = module_of(src, path);
+        for (full, name) in reexported(text) {
+            // `crate::a::B` from the root, `self::a::B` and `a::B` from here.
+            let (mut at, rest): (Vec<String>, &[String]) = match full.first().map(String::as_str) {
+                Some("crate") => (Vec::new(), &full[1..]),
+                Some("self") => (me.clone(), &full[1..]),
+                Some("super") => (me[..me.len().saturating_sub(1)].to_vec(), &full[1..]),
+                _ => (me.clone(), &full[..]),
+            };
+            for segment in rest {
+                let mut longer = at.clone();
+                longer.push(segment.clone());
+                if !modules.contains(&longer) {
+                    break;
+                }
+                at = longer;
+            }
+            if at != me {
+                map.insert((me.clone(), name), at);
+            }
+        }
+    }
+    // Follow chains (a name re-exported from a module that re-exports it).
+    for _ in 0..4 {
+        let snapshot = map.clone();
+        let mut changed = false;
+        for (key, target) in &snapshot {
+            if let Some(further) = snapshot.get(&(target.clone(), key.1.clone()))
+                && further != target
+            {
+                map.insert(key.clone(), further.clone());
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    map
+}
+
 /// The modules a file names through `crate::` or `super::` paths (the first
-/// segments that are modules), less its own ancestors and descendants: a
-/// parent declares its children, and they may use what it holds.
+/// segments that are modules, and where a name a module re-exports comes
+/// from), less its own ancestors and descendants: a parent declares its
+/// children, and they may use what it holds.
 fn modules_named(
     me: &[String],
     text: &str,
     modules: &BTreeSet<Vec<String>>,
+    reexports: &Reexports,
 ) -> BTreeSet<Vec<String>> {
     let mut named = BTreeSet::new();
     let parent = me[..me.len().saturating_sub(1)].to_vec();
+    // Code only: a link in a comment sends a reader on, not the compiler.
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = code.as_str();
     for (prefix, base) in [("crate::", Vec::new()), ("super::", parent)] {
         for (at, _) in text.match_indices(prefix) {
             let rest = &text[at + prefix.len()..];
@@ -411,8 +605,11 @@ fn modules_named(
                         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                         .collect();
                     let mut longer = path.clone();
-                    longer.push(word);
+                    longer.push(word.clone());
                     if !modules.contains(&longer) {
+                        if let Some(from) = reexports.get(&(path.clone(), word)) {
+                            path.clone_from(from);
+                        }
                         break;
                     }
                     path = longer;
@@ -440,11 +637,12 @@ fn no_two_source_files_of_a_crate_need_each_other() {
         let files = sources(&src);
         let modules: BTreeSet<Vec<String>> =
             files.iter().map(|(p, _)| module_of(&src, p)).collect();
+        let reexports = reexports_of(&src, &files, &modules);
         let graph: HashMap<Vec<String>, BTreeSet<Vec<String>>> = files
             .iter()
             .map(|(p, text)| {
                 let me = module_of(&src, p);
-                let named = modules_named(&me, text, &modules);
+                let named = modules_named(&me, text, &modules, &reexports);
                 (me, named)
             })
             .collect();
@@ -469,7 +667,7 @@ fn no_two_source_files_of_a_crate_need_each_other() {
     }
     assert!(
         cycles.is_empty(),
-        "source files that need each other (through crate:: or super:: paths):\n{}",
+        "source files that need each other (through crate:: or super:: paths, or names re-exported on the way):\n{}",
         cycles.into_iter().collect::<Vec<_>>().join("\n")
     );
 }

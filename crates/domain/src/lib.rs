@@ -35,7 +35,7 @@ pub use filter::ListFilter;
 pub use id::{ProcessId, ProcessIdError};
 pub use lifecycle::{ExitStatus, Lifecycle, StateName, StopCause};
 pub use names::{GroupName, LabelKey, LabelValue, NameError, NodeId, ProcessName, SessionId};
-pub use os_text::{OsText, env_serde, path_serde, paths_serde};
+pub use os_text::{Environment, OsText, env_serde, path_serde, paths_serde};
 pub use owner::{DEFAULT_OWNER_GRACE, Owner, OwnerError, ProcessRef};
 pub use port::{PortAsk, PortAskError, PortRefused};
 pub use record::{
@@ -51,10 +51,9 @@ pub use schedule::{
     Overlap, Schedule, ScheduleAsked, ScheduleError, ScheduleState, known_time_zone, run_id,
 };
 pub use spec::{
-    Backoff, Command, DEFAULT_WATCH_DEBOUNCE_MS, Environment, FileWatch, HealthCheck, LogPattern,
-    NameTaken, Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef,
-    RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, Until,
-    metadata_from_json,
+    Backoff, Command, DEFAULT_WATCH_DEBOUNCE_MS, FileWatch, HealthCheck, LogPattern, NameTaken,
+    Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef, RestartMode,
+    RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, Until, metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use terminal::TtySize;

@@ -19,6 +19,9 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Environment variables, by name: bytes on Unix (see [`OsText`]).
+pub type Environment = std::collections::BTreeMap<OsText, OsText>;
+
 /// Bytes of an argument, variable or path: usually UTF-8, never assumed to
 /// be (see the module's documentation).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -370,7 +373,7 @@ pub mod env_serde {
 
         use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-        use crate::Environment;
+        use crate::os_text::Environment;
 
         #[derive(Serialize, Deserialize)]
         struct Env(#[serde(with = "super")] Arc<Environment>);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ExitStatus, GroupName, Lifecycle, NodeId, ProcessId, ProcessSpec, ReadinessCheck,
-    ScheduleState, SessionId, StateName, StopCause, Timestamp,
+    ScheduleState, SessionId, StateName, StopCause, Timestamp, Until,
 };
 
 /// A percentage from 0 to 100.
@@ -1519,6 +1519,29 @@ impl Record {
             updated_at: now,
             eta: estimate_eta(started_at, percent, now),
         }));
+    }
+}
+
+impl ProcessRecord {
+    /// Whether this record, as a dependency as it is now, got as far as
+    /// `until`: `Some(true)` it did, `Some(false)` it ended short of it
+    /// (and never will), `None` not yet.
+    pub fn meets(&self, until: Until) -> Option<bool> {
+        let l = self.lifecycle();
+        let ended = self.is_terminal();
+        let met = match until {
+            Until::Started => l.started_at().is_some(),
+            Until::Ready => l.ready_at().is_some(),
+            Until::Completed => self.state() == StateName::Completed,
+            Until::Ended => ended,
+        };
+        if met {
+            Some(true)
+        } else if ended {
+            Some(false)
+        } else {
+            None
+        }
     }
 }
 

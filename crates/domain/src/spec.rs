@@ -14,12 +14,9 @@ use crate::os_text::{env_serde, path_serde, paths_serde};
 use crate::resources::ResourceLimits;
 use crate::terminal::TtySize;
 use crate::{
-    GroupName, LabelKey, LabelValue, NodeId, OsText, Owner, PortAsk, ProcessId, ProcessName,
-    Schedule, ScheduleError, SessionId, Span,
+    Environment, GroupName, LabelKey, LabelValue, NodeId, OsText, Owner, PortAsk, ProcessId,
+    ProcessName, Schedule, ScheduleError, SessionId, Span,
 };
-
-/// Environment variables, by name: bytes on Unix (see [`OsText`]).
-pub type Environment = BTreeMap<OsText, OsText>;
 
 /// What a process runs: an argument vector, or one string given to `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -737,27 +734,6 @@ pub enum Until {
 }
 
 impl Until {
-    /// Whether `dependency`, as it is now, got this far: `Some(true)` it
-    /// did, `Some(false)` it ended short of it (and never will), `None`
-    /// not yet.
-    pub fn met_by(self, dependency: &crate::ProcessRecord) -> Option<bool> {
-        let l = dependency.lifecycle();
-        let ended = dependency.is_terminal();
-        let met = match self {
-            Until::Started => l.started_at().is_some(),
-            Until::Ready => l.ready_at().is_some(),
-            Until::Completed => dependency.state() == crate::StateName::Completed,
-            Until::Ended => ended,
-        };
-        if met {
-            Some(true)
-        } else if ended {
-            Some(false)
-        } else {
-            None
-        }
-    }
-
     /// Why a dependent fails when dependency `id` ended (`state`) short of
     /// this condition.
     pub fn missed(self, id: ProcessId, state: crate::StateName) -> String {

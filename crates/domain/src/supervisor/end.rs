@@ -189,7 +189,7 @@ impl Supervisor {
                 .is_some_and(|b| b.must_complete.contains(&id));
             let until = entry.record.spec().until_of(id);
             let verdict = if is_dependency {
-                until.met_by(&dep)
+                dep.meets(until)
             } else {
                 dep.is_terminal().then_some(true)
             };

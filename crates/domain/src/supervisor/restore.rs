@@ -134,7 +134,7 @@ impl Supervisor {
                     // `gone`); it waits until then.
                     .filter(|d| {
                         let until = self.entries[&id].record.spec().until_of(*d);
-                        self.known(*d).is_none_or(|r| until.met_by(r) != Some(true))
+                        self.known(*d).is_none_or(|r| r.meets(until) != Some(true))
                     })
                     .collect();
                 for d in &unfinished {

@@ -163,7 +163,7 @@ impl Supervisor {
             let dep_record = self.known(*dep).ok_or(CoreError::UnknownDependency(*dep))?;
             // One that got as far as asked does not block; one that ended
             // short of it fails the record once it is admitted.
-            if spec.until_of(*dep).met_by(dep_record) != Some(true) {
+            if dep_record.meets(spec.until_of(*dep)) != Some(true) {
                 blockers.must_complete.insert(*dep);
             }
         }
@@ -321,7 +321,7 @@ impl Supervisor {
         for dep in &spec.dependencies {
             let until = spec.until_of(*dep);
             if let Some(d) = self.known(*dep)
-                && until.met_by(d) == Some(false)
+                && d.meets(until) == Some(false)
             {
                 let error = until.missed(*dep, d.state());
                 let _ = self.transition(id, Transition::Fail { error }, now);
