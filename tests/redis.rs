@@ -537,7 +537,7 @@ async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
         host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
-    let engine = bpm_runtime::Engine::start(ports, bpm_runtime::EngineConfig::default())
+    let engine = bpm_runtime::Engine::launch(ports, bpm_runtime::EngineConfig::default())
         .await
         .expect("engine");
     let spec = || ProcessSpec::argv(["fake", "forever"]);

@@ -146,7 +146,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         (Some(now), Ok(noted)) => noted.trim() != now,
         _ => false,
     };
-    let engine = Engine::start(
+    let engine = Engine::launch(
         ports,
         EngineConfig {
             node: Some(node.clone()),

@@ -28,7 +28,7 @@ async fn daemon(socket: &std::path::Path, limits: ConnectionLimits) -> Arc<Scrip
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
         host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
-    let engine = Engine::start(
+    let engine = Engine::launch(
         ports,
         EngineConfig {
             node: None,

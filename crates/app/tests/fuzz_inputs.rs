@@ -50,7 +50,7 @@ async fn daemon_survives(lines: &[u8]) -> Result<(), String> {
         usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
         host: Arc::new(bpm_adapters::os::OsHost::new()),
     };
-    let engine = Engine::start(
+    let engine = Engine::launch(
         ports,
         EngineConfig {
             node: None,

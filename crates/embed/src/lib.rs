@@ -209,6 +209,6 @@ impl Builder {
             limits: self.limits,
             ..EngineConfig::default()
         };
-        Ok(Engine::start(ports, config).await?)
+        Ok(Engine::launch(ports, config).await?)
     }
 }

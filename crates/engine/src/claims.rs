@@ -14,7 +14,7 @@ use bpm_domain::{Event, EventKind, Input, NodeId, ProcessRecord, ProcessSpec};
 use bpm_ports::{ClaimQueue, ClaimedOne, ManagerError, ProcessManager, StopOptions};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::{Engine, Msg};
+use crate::{Engine, ToLoop};
 
 /// How often the claimer looks without an event.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -249,7 +249,7 @@ impl Engine {
     async fn room(&self) -> Result<Room, ManagerError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Room(reply))
+            .send(ToLoop::QueueRoom(reply))
             .map_err(|_| ManagerError::ShutDown)?;
         answer.await.map_err(|_| ManagerError::ShutDown)
     }

@@ -104,7 +104,7 @@ pub struct MemberPorts {
 }
 
 /// A message to the driver.
-enum Msg {
+enum ToMember {
     /// An engine runs, and sweeps through this sweeper.
     Engine(Engine, Arc<Sweeper>),
     /// A keeper holds the processes; it was last told the lease lapses at
@@ -114,7 +114,7 @@ enum Msg {
 
 /// The running cluster driver of one daemon.
 pub struct MemberDriver {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<ToMember>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -148,7 +148,7 @@ impl MemberDriver {
     /// Hands over the running engine: it is told whether the lease holds,
     /// reconciles a node claimed again, and `sweeper` looks at the leases.
     pub fn attach_engine(&self, engine: Engine, sweeper: Sweeper) {
-        let _ = self.tx.send(Msg::Engine(engine, Arc::new(sweeper)));
+        let _ = self.tx.send(ToMember::Engine(engine, Arc::new(sweeper)));
     }
 
     /// Hands over the keeper, last told that the lease lapses at `told`:
@@ -168,7 +168,7 @@ impl MemberDriver {
             let left = at.saturating_duration_since(Instant::now());
             keeper.hold_lease(cluster::keeper_hold(left)).await?;
         }
-        let _ = self.tx.send(Msg::Keeper(keeper, lapses_at));
+        let _ = self.tx.send(ToMember::Keeper(keeper, lapses_at));
         Ok(())
     }
 
@@ -199,17 +199,17 @@ impl Run {
         self.start + Duration::from_millis(at.as_millis())
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ToMember>) {
         let mut wake = tokio::time::Instant::now();
         let mut open = true;
         loop {
             let input = tokio::select! {
                 msg = rx.recv(), if open => match msg {
-                    Some(Msg::Engine(engine, sweeper)) => {
+                    Some(ToMember::Engine(engine, sweeper)) => {
                         self.engine = Some((engine, sweeper));
                         MemberInput::EngineAttached
                     }
-                    Some(Msg::Keeper(keeper, told)) => {
+                    Some(ToMember::Keeper(keeper, told)) => {
                         self.keeper = Some(keeper);
                         let told = told.map(|at| {
                             Timestamp::from_millis(

@@ -8,13 +8,13 @@ use bpm_domain::{Effect, Input, ProcessId, ProcessRecord, Supervisor};
 use bpm_ports::{ManagerError, ProcessNotice};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::syncs::{AfterSync, Answer, STORE_RETRY, Syncs, unstored};
+use crate::syncs::{AfterSync, STORE_RETRY, Syncs, Waiter, unstored};
 use crate::timers::{Timers, Wake};
-use crate::{Accepted, Msg, Ports};
+use crate::{Accepted, Ports, ToLoop};
 
 /// What the loop receives: messages from callers, timers and tasks, and the spawner's notices.
 pub(crate) struct Inbox {
-    pub(crate) msgs: mpsc::UnboundedReceiver<Msg>,
+    pub(crate) msgs: mpsc::UnboundedReceiver<ToLoop>,
     pub(crate) notices: mpsc::UnboundedReceiver<ProcessNotice>,
 }
 
@@ -22,7 +22,7 @@ pub(crate) struct Inbox {
 pub(crate) struct Driver {
     pub(crate) core: Supervisor,
     pub(crate) ports: Ports,
-    pub(crate) tx: mpsc::UnboundedSender<Msg>,
+    pub(crate) tx: mpsc::UnboundedSender<ToLoop>,
     pub(crate) timers: Timers,
     /// Records the store refused for now, with the version it holds: written
     /// again (newest first) until it takes them, so a flaky store delays
@@ -33,7 +33,7 @@ pub(crate) struct Driver {
     pub(crate) dropped: HashSet<ProcessId>,
     /// Messages that came while the loop waited for the spawner's reports;
     /// handled before any newer one.
-    pub(crate) deferred: VecDeque<Msg>,
+    pub(crate) deferred: VecDeque<ToLoop>,
     /// Answers waiting for spawns under way.
     pub(crate) parked: Vec<Parked>,
     pub(crate) syncs: Syncs,
@@ -50,7 +50,7 @@ pub(crate) struct Driver {
 pub(crate) struct Parked {
     waiting: HashSet<ProcessId>,
     changed: Vec<ProcessRecord>,
-    answer: Answer,
+    answer: Waiter,
 }
 
 /// Keeps the newest version of each record in `changed`, in order of last change.
@@ -62,7 +62,7 @@ pub(crate) fn merge_changed(changed: &mut Vec<ProcessRecord>, newer: Vec<Process
 }
 
 impl Driver {
-    pub(crate) fn new(core: Supervisor, ports: Ports, tx: mpsc::UnboundedSender<Msg>) -> Driver {
+    pub(crate) fn new(core: Supervisor, ports: Ports, tx: mpsc::UnboundedSender<ToLoop>) -> Driver {
         Driver {
             core,
             ports,
@@ -122,21 +122,21 @@ impl Driver {
     /// shutdown, once no spawn is under way).
     pub(crate) async fn on_msg(
         &mut self,
-        msg: Msg,
+        msg: ToLoop,
         finished: &mut Option<oneshot::Sender<()>>,
         inbox: &mut Inbox,
     ) -> bool {
         let cancels = match &msg {
-            Msg::Input(input, _) => input.may_cancel(),
-            Msg::Many(inputs, _) => inputs.iter().any(Input::may_cancel),
-            Msg::Shutdown(_) | Msg::Rejoin(..) => true,
+            ToLoop::Input(input, _) => input.may_cancel(),
+            ToLoop::Batch(inputs, _) => inputs.iter().any(Input::may_cancel),
+            ToLoop::Shutdown(_) | ToLoop::Rejoin(..) => true,
             _ => false,
         };
         if cancels {
             self.withdraw_handed(inbox).await;
         }
         match msg {
-            Msg::Input(input, reply) => {
+            ToLoop::Input(input, reply) => {
                 // A submitted record's answer waits for its spawn.
                 let submitted = match &*input {
                     Input::Submit { id, .. } | Input::SubmitOnPorts { id, .. } => Some(*id),
@@ -146,13 +146,13 @@ impl Driver {
                 match self.step(*input).await {
                     Ok(changed) => {
                         if self.drop_unstored(submitted).await.is_empty() {
-                            self.answer(submitted, changed, Answer::One(reply)).await;
+                            self.answer(submitted, changed, Waiter::One(reply)).await;
                         } else {
                             let _ = reply.send(Err(unstored()));
                         }
                     }
                     Err(e) if e.reused().is_some() => {
-                        self.after_sync(AfterSync::Send(Vec::new(), Answer::Refused(e, reply)))
+                        self.after_sync(AfterSync::Send(Vec::new(), Waiter::Refused(e, reply)))
                             .await;
                     }
                     Err(e) => {
@@ -160,7 +160,7 @@ impl Driver {
                     }
                 }
             }
-            Msg::Many(inputs, reply) => {
+            ToLoop::Batch(inputs, reply) => {
                 let each: Vec<Option<ProcessId>> = inputs
                     .iter()
                     .map(|i| match i {
@@ -188,7 +188,7 @@ impl Driver {
                             .flatten()
                             .filter(|id| !dropped.contains(id))
                             .collect();
-                        self.answer(submitted, changed, Answer::Many(accepted, reply))
+                        self.answer(submitted, changed, Waiter::Batch(accepted, reply))
                             .await;
                     }
                     Err(e) => {
@@ -196,10 +196,10 @@ impl Driver {
                     }
                 }
             }
-            Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
-            Msg::Conflicted(id) => self.reconcile(id).await,
-            Msg::Synced(result) => self.synced(result).await,
-            Msg::Rejoin(rejoin, reply) => {
+            ToLoop::SpawnEnded(input) => self.spawn_ended(*input).await,
+            ToLoop::Conflicted(id) => self.reconcile(id).await,
+            ToLoop::Synced(result) => self.synced(result).await,
+            ToLoop::Rejoin(rejoin, reply) => {
                 (rejoin.open)();
                 let stored = rejoin.stored;
                 let rejoined = self.step(Input::Rejoined { stored }).await.map(|_| ());
@@ -213,28 +213,28 @@ impl Driver {
                 // Other nodes' records changed unseen while this node was cut off.
                 self.read_watched(self.core.watched());
             }
-            Msg::Heard { id, version } => {
+            ToLoop::ForeignChanged { id, version } => {
                 if self.core.watches(id, version) {
                     self.read_watched(vec![id]);
                 }
             }
-            Msg::ReadWatched => self.read_watched(self.core.watched()),
-            Msg::Room(reply) => {
+            ToLoop::ReadWatched => self.read_watched(self.core.watched()),
+            ToLoop::QueueRoom(reply) => {
                 let _ = reply.send(self.core.room());
             }
-            Msg::Slot { id, granted } => {
+            ToLoop::Slot { id, granted } => {
                 if let Err(e) = self.step(Input::ClusterSlot { id, granted }).await {
                     tracing::debug!(%id, error = %e, "a cluster-wide slot's answer came for nothing");
                 }
             }
-            Msg::SlotsFreed => {
+            ToLoop::SlotsFreed => {
                 if !self.core.limits().cluster_groups.is_empty()
                     && let Err(e) = self.step(Input::ClusterSlotsFreed).await
                 {
                     tracing::debug!(error = %e, "could not ask for cluster-wide slots again");
                 }
             }
-            Msg::FilesChanged(id) => {
+            ToLoop::FilesChanged(id) => {
                 let new_ids = (0..self.core.ids_for_change(id))
                     .map(|_| self.ports.ids.next_id())
                     .collect();
@@ -242,17 +242,17 @@ impl Driver {
                     tracing::debug!(%id, error = %e, "a file change came for nothing");
                 }
             }
-            Msg::OwnerGone(process) => {
+            ToLoop::OwnerGone(process) => {
                 if let Err(e) = self.step(Input::OwnerGone { process }).await {
                     tracing::debug!(error = %e, "an owner's end came for nothing");
                 }
             }
-            Msg::Seen { records, gone } => {
+            ToLoop::ForeignRead { records, gone } => {
                 if let Err(e) = self.step(Input::Foreign { records, gone }).await {
                     tracing::warn!(error = %e, "other nodes' records refused");
                 }
             }
-            Msg::Shutdown(done) => {
+            ToLoop::Shutdown(done) => {
                 // Spawns under way end first, so their records are not left
                 // starting, and the work waiting for a sync is done.
                 *finished = Some(done);
@@ -362,7 +362,7 @@ impl Driver {
         &mut self,
         submitted: impl IntoIterator<Item = ProcessId>,
         changed: Vec<ProcessRecord>,
-        answer: Answer,
+        answer: Waiter,
     ) {
         let waiting: HashSet<ProcessId> = submitted
             .into_iter()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bpm_domain::{Event, EventKind, Input, ProcessId};
 use bpm_ports::{StoreError, StoreWrite, StreamSelect};
 
-use crate::Msg;
+use crate::ToLoop;
 use crate::driver::Driver;
 use crate::syncs::{AfterSync, STORE_RETRY};
 
@@ -107,7 +107,7 @@ impl Driver {
                 }
             }
             let result = store.sync().await;
-            let _ = tx.send(Msg::Synced(result));
+            let _ = tx.send(ToLoop::Synced(result));
         });
     }
 
@@ -194,7 +194,7 @@ impl Driver {
                 // Another version is stored (or none): the core reconciles.
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "the store holds another version; reconciling");
-                    let _ = self.tx.send(Msg::Conflicted(id));
+                    let _ = self.tx.send(ToLoop::Conflicted(id));
                 }
             }
         }
@@ -211,7 +211,7 @@ impl Driver {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(STORE_RETRY).await;
-                    let _ = tx.send(Msg::Conflicted(id));
+                    let _ = tx.send(ToLoop::Conflicted(id));
                 });
                 return;
             }

@@ -6,7 +6,7 @@ use bpm_domain::{Effect, Event, Input, ProcessId, ProcessRecord};
 use bpm_ports::{ManagerError, SpawnRequest, StoreWrite};
 use tokio::sync::mpsc;
 
-use crate::Msg;
+use crate::ToLoop;
 use crate::driver::Driver;
 use crate::syncs::AfterSync;
 
@@ -20,13 +20,13 @@ const SLOT_ASK_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2
 /// for ever.
 struct SpawnReport {
     id: ProcessId,
-    tx: Option<mpsc::UnboundedSender<Msg>>,
+    tx: Option<mpsc::UnboundedSender<ToLoop>>,
 }
 
 impl SpawnReport {
     fn send(&mut self, input: Input) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Msg::SpawnEnded(Box::new(input)));
+            let _ = tx.send(ToLoop::SpawnEnded(Box::new(input)));
         }
     }
 }
@@ -141,7 +141,7 @@ impl Driver {
                 Err(_) => return,
             };
             while changes.recv().await.is_some() {
-                if tx.send(Msg::FilesChanged(id)).is_err() {
+                if tx.send(ToLoop::FilesChanged(id)).is_err() {
                     return;
                 }
             }
@@ -158,7 +158,7 @@ impl Driver {
         tokio::spawn(async move {
             tokio::select! {
                 () = host.until_gone(process) => {
-                    let _ = tx.send(Msg::OwnerGone(process));
+                    let _ = tx.send(ToLoop::OwnerGone(process));
                 }
                 () = tx.closed() => {}
             }
@@ -173,7 +173,7 @@ impl Driver {
         let Some(slots) = self.slots.get().cloned() else {
             // No store shared with other nodes: the core kept the limit as
             // this node's own.
-            let _ = tx.send(Msg::Slot { id, granted: true });
+            let _ = tx.send(ToLoop::Slot { id, granted: true });
             return;
         };
         tokio::spawn(async move {
@@ -196,7 +196,7 @@ impl Driver {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(SLOT_ASK_RETRY_MAX);
             };
-            let _ = tx.send(Msg::Slot { id, granted });
+            let _ = tx.send(ToLoop::Slot { id, granted });
         });
     }
 

@@ -12,7 +12,7 @@ use bpm_domain::{CoreError, Input, ProcessId, ProcessRecord};
 use bpm_ports::{ManagerError, ProcessStore, StoreError};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::{Engine, Msg};
+use crate::{Engine, ToLoop};
 
 /// How many ancestors of a named record are read, at most: past the
 /// deepest hierarchy any limit allows, a chain is not followed.
@@ -157,23 +157,23 @@ impl Engine {
         let mut events = self.ports.events.subscribe();
         let (tx, node) = (self.tx.clone(), self.node.clone());
         // What changed before this subscription is read once.
-        let _ = tx.send(Msg::ReadWatched);
+        let _ = tx.send(ToLoop::ReadWatched);
         tokio::spawn(async move {
             loop {
                 let msg = match events.recv().await {
                     Ok(e) if e.node != node => {
                         // A record of another node left its slot: a
                         // cluster-wide slot may be free.
-                        if e.kind.frees_slot() && tx.send(Msg::SlotsFreed).is_err() {
+                        if e.kind.frees_slot() && tx.send(ToLoop::SlotsFreed).is_err() {
                             return;
                         }
-                        Msg::Heard {
+                        ToLoop::ForeignChanged {
                             id: e.id,
                             version: e.version,
                         }
                     }
                     Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => Msg::ReadWatched,
+                    Err(broadcast::error::RecvError::Lagged(_)) => ToLoop::ReadWatched,
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 if tx.send(msg).is_err() {
@@ -194,7 +194,7 @@ pub(crate) fn read_again(
     store: std::sync::Arc<dyn ProcessStore>,
     node: bpm_domain::NodeId,
     ids: Vec<ProcessId>,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<ToLoop>,
 ) {
     if ids.is_empty() {
         return;
@@ -206,7 +206,7 @@ pub(crate) fn read_again(
                 Ok(records) => {
                     let gone = missing(&ids, &records);
                     if !records.is_empty() || !gone.is_empty() {
-                        let _ = tx.send(Msg::Seen { records, gone });
+                        let _ = tx.send(ToLoop::ForeignRead { records, gone });
                     }
                     return;
                 }

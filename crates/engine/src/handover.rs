@@ -13,7 +13,7 @@ use std::time::Duration;
 use bpm_domain::ProcessId;
 use bpm_ports::SpawnRequest;
 
-use crate::Msg;
+use crate::ToLoop;
 use crate::driver::{Driver, Inbox};
 
 /// How long the loop waits for the reports of starts the spawner made from
@@ -86,8 +86,8 @@ impl Driver {
             match waited {
                 Ok(Some(Ok(notice))) => self.notice(notice).await,
                 Ok(Some(Err(msg))) => match msg {
-                    Msg::SpawnEnded(input) => self.spawn_ended(*input).await,
-                    Msg::Synced(result) => self.synced(result).await,
+                    ToLoop::SpawnEnded(input) => self.spawn_ended(*input).await,
+                    ToLoop::Synced(result) => self.synced(result).await,
                     other => self.deferred.push_back(other),
                 },
                 _ => {

@@ -93,15 +93,15 @@ pub struct EngineConfig {
 /// Where cluster-wide slots are taken, shared by the engine and its loop.
 pub(crate) type SlotsCell = Arc<std::sync::OnceLock<Arc<dyn bpm_ports::ClusterSlots>>>;
 
-pub(crate) type Reply = oneshot::Sender<Result<Vec<ProcessRecord>, ManagerError>>;
+pub(crate) type RecordsTx = oneshot::Sender<Result<Vec<ProcessRecord>, ManagerError>>;
 /// Whether each input was accepted, and the records they changed together.
-pub(crate) type ManyReply = oneshot::Sender<Result<Accepted, ManagerError>>;
+pub(crate) type BatchTx = oneshot::Sender<Result<Accepted, ManagerError>>;
 pub(crate) type Accepted = (Vec<Result<(), ManagerError>>, Vec<ProcessRecord>);
 
-pub(crate) enum Msg {
-    Input(Box<Input>, Reply),
+pub(crate) enum ToLoop {
+    Input(Box<Input>, RecordsTx),
     /// Inputs handled together: their writes go to the store as one batch.
-    Many(Vec<Input>, ManyReply),
+    Batch(Vec<Input>, BatchTx),
     /// How a spawn under way ended (`Spawned`, `SpawnFailed`, or `SpawnLost`
     /// when the spawner cannot know).
     SpawnEnded(Box<Input>),
@@ -116,7 +116,7 @@ pub(crate) enum Msg {
     Rejoin(Rejoin, oneshot::Sender<Result<(), ManagerError>>),
     /// Another node's record changed (its event): read it again if the
     /// core watches it.
-    Heard {
+    ForeignChanged {
         id: ProcessId,
         version: u64,
     },
@@ -124,12 +124,12 @@ pub(crate) enum Msg {
     ReadWatched,
     /// Other nodes' records, as the store holds them, for the core, and
     /// those it was asked for and no longer holds.
-    Seen {
+    ForeignRead {
         records: Vec<ProcessRecord>,
         gone: Vec<ProcessId>,
     },
     /// What the core can take from the cluster's queue now.
-    Room(oneshot::Sender<bpm_domain::cluster::placement::Room>),
+    QueueRoom(oneshot::Sender<bpm_domain::cluster::placement::Room>),
     /// The store's answer to a record's ask for a cluster-wide slot.
     Slot {
         id: ProcessId,
@@ -155,7 +155,7 @@ pub(crate) struct Rejoin {
 pub struct Engine {
     ports: Ports,
     node: NodeId,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<ToLoop>,
     /// Where calls about other nodes' records go, once a cluster's daemon
     /// sets it ([`Engine::forward_through`]).
     commands: Arc<std::sync::OnceLock<Arc<dyn bpm_ports::CommandBus>>>,
@@ -165,7 +165,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine: takes back this node's records from the store,
+    /// Launches the engine (not to be confused with
+    /// [`ProcessManager::start`], which
+    /// starts a process): takes back this node's records from the store,
     /// carries out what the core decides of them (processes re-attached,
     /// spawns under way asked again, the rest `lost`), and starts the loop
     /// on the current tokio runtime.
@@ -173,7 +175,7 @@ impl Engine {
     /// # Errors
     /// [`ManagerError::Store`] if the store cannot be read;
     /// [`ManagerError::ShutDown`] if the spawner's notices were already taken.
-    pub async fn start(ports: Ports, config: EngineConfig) -> Result<Engine, ManagerError> {
+    pub async fn launch(ports: Ports, config: EngineConfig) -> Result<Engine, ManagerError> {
         let node = config.node.unwrap_or_else(NodeId::local);
         let notices = ports.spawner.notices().ok_or(ManagerError::ShutDown)?;
         let records = ports
@@ -207,7 +209,7 @@ impl Engine {
             let records = Vec::new();
             driver.step(Input::Foreign { records, gone }).await?;
         }
-        // Answer nothing until the restored queue's first spawns have ended
+        // Waiter nothing until the restored queue's first spawns have ended
         // and what was written is on disk.
         let mut inbox = Inbox { msgs: rx, notices };
         while driver.core.spawns_under_way() > 0 || !driver.syncs.idle() {
@@ -252,7 +254,7 @@ impl Engine {
             .collect();
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Rejoin(Rejoin { stored, open }, reply))
+            .send(ToLoop::Rejoin(Rejoin { stored, open }, reply))
             .map_err(|_| ManagerError::ShutDown)?;
         answer.await.map_err(|_| ManagerError::ShutDown)?
     }
@@ -292,7 +294,7 @@ impl Engine {
     /// Stops the loop. Processes keep running; a new engine re-attaches them.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(done)).is_ok() {
+        if self.tx.send(ToLoop::Shutdown(done)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -316,7 +318,7 @@ impl Engine {
     pub(crate) async fn call_once(&self, input: Input) -> Result<Vec<ProcessRecord>, ManagerError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Input(Box::new(input), reply))
+            .send(ToLoop::Input(Box::new(input), reply))
             .map_err(|_| ManagerError::ShutDown)?;
         answer.await.map_err(|_| ManagerError::ShutDown)?
     }

@@ -15,7 +15,7 @@ use bpm_ports::{
 };
 use tokio::sync::{broadcast, oneshot};
 
-use crate::{Engine, Msg};
+use crate::{Engine, ToLoop};
 
 /// How long `stop` waits past the grace period for a process tree to end.
 const STOP_MARGIN: Duration = Duration::from_secs(30);
@@ -208,7 +208,7 @@ impl Engine {
     ) -> Result<crate::Accepted, ManagerError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Many(inputs, reply))
+            .send(ToLoop::Batch(inputs, reply))
             .map_err(|_| ManagerError::ShutDown)?;
         answer.await.map_err(|_| ManagerError::ShutDown)?
     }

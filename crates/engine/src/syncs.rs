@@ -8,7 +8,7 @@ use std::time::Duration;
 use bpm_domain::{Event, ProcessId, ProcessRecord};
 use bpm_ports::ManagerError;
 
-use crate::{ManyReply, Reply};
+use crate::{BatchTx, RecordsTx};
 
 /// How often records the store refused are written again.
 pub(crate) const STORE_RETRY: Duration = Duration::from_millis(500);
@@ -21,26 +21,26 @@ pub(crate) fn unstored() -> ManagerError {
 }
 
 /// A caller waiting for its answer.
-pub(crate) enum Answer {
-    One(Reply),
-    Many(Vec<Result<(), ManagerError>>, ManyReply),
+pub(crate) enum Waiter {
+    One(RecordsTx),
+    Batch(Vec<Result<(), ManagerError>>, BatchTx),
     /// A refusal that names a record whose write may be under way (a
     /// submission answered with the live record of its name): sent once
     /// that record can be read.
-    Refused(ManagerError, Reply),
+    Refused(ManagerError, RecordsTx),
 }
 
-impl Answer {
+impl Waiter {
     /// Answers the caller with the records its call changed.
     pub(crate) fn send(self, changed: Vec<ProcessRecord>) {
         match self {
-            Answer::One(reply) => {
+            Waiter::One(reply) => {
                 let _ = reply.send(Ok(changed));
             }
-            Answer::Many(accepted, reply) => {
+            Waiter::Batch(accepted, reply) => {
                 let _ = reply.send(Ok((accepted, changed)));
             }
-            Answer::Refused(e, reply) => {
+            Waiter::Refused(e, reply) => {
                 let _ = reply.send(Err(e));
             }
         }
@@ -52,7 +52,7 @@ pub(crate) enum AfterSync {
     /// Events to publish.
     Announce(Vec<Event>),
     /// A caller's answer (once the spawns of the records it submitted have ended).
-    Send(Vec<ProcessRecord>, Answer),
+    Send(Vec<ProcessRecord>, Waiter),
     /// The spawner may let go of this exit.
     ExitRecorded(ProcessId),
 }

@@ -52,7 +52,7 @@ fn ports_with(
 async fn harness(limits: Limits) -> Harness {
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
     let (ports, spawner) = ports_with(&clock, Arc::new(InMemoryStore::new()));
-    let engine = Engine::start(
+    let engine = Engine::launch(
         ports.clone(),
         EngineConfig {
             node: None,
@@ -945,7 +945,7 @@ async fn a_new_engine_takes_back_the_store_and_marks_what_it_cannot_reattach_los
         max_running: 1,
         ..Limits::default()
     };
-    let first = Engine::start(
+    let first = Engine::launch(
         ports,
         EngineConfig {
             node: None,
@@ -964,7 +964,7 @@ async fn a_new_engine_takes_back_the_store_and_marks_what_it_cannot_reattach_los
     first.shutdown().await;
     // A new engine with a new spawner: the old fake processes cannot be re-attached.
     let (ports, _spawner) = ports_with(&clock, store.clone());
-    let second = Engine::start(
+    let second = Engine::launch(
         ports,
         EngineConfig {
             node: None,
@@ -1033,7 +1033,7 @@ async fn a_spawn_cut_short_by_a_restart_is_asked_again_and_answered_with_its_pro
     let (ports, spawner) = ports_with(&clock, store.clone());
     // The spawner started it; the manager died before it heard.
     let pid = spawner.spawn(request).await.expect("started").pid;
-    let engine = Engine::start(ports, EngineConfig::default())
+    let engine = Engine::launch(ports, EngineConfig::default())
         .await
         .expect("engine");
     let r = engine.get(record.id()).await.expect("record");
@@ -1050,7 +1050,7 @@ async fn a_spawn_cut_short_before_it_reached_the_spawner_runs_once() {
     let store = Arc::new(InMemoryStore::new());
     let (record, _) = starting_in(&store, fake(&["exit=2"])).await;
     let (ports, _spawner) = ports_with(&clock, store.clone());
-    let engine = Engine::start(ports, EngineConfig::default())
+    let engine = Engine::launch(ports, EngineConfig::default())
         .await
         .expect("engine");
     let done = engine.wait(record.id(), None).await.expect("wait");
@@ -1092,7 +1092,7 @@ async fn a_store_that_refuses_writes_delays_persistence_without_stopping_supervi
         .expect_get()
         .returning(move |id| futures_lite(r3.get(id)));
     ports.store = Arc::new(store);
-    let engine = Engine::start(ports, EngineConfig::default())
+    let engine = Engine::launch(ports, EngineConfig::default())
         .await
         .expect("engine");
     let r = engine
@@ -1322,7 +1322,7 @@ async fn gated_engine() -> (Engine, Arc<GatedSpawner>) {
     let (mut ports, scripted) = ports_with(&clock, Arc::new(InMemoryStore::new()));
     let gated = Arc::new(GatedSpawner::new(scripted));
     ports.spawner = gated.clone();
-    let engine = Engine::start(
+    let engine = Engine::launch(
         ports,
         EngineConfig {
             node: None,
@@ -1471,7 +1471,7 @@ async fn engine_with_slots(ports: Ports, max_running: usize) -> Engine {
         max_running,
         ..Limits::default()
     };
-    Engine::start(
+    Engine::launch(
         ports,
         EngineConfig {
             node: None,
@@ -1969,7 +1969,7 @@ async fn a_restart_reads_the_other_nodes_records_its_records_wait_for() {
         limits: Limits::default(),
         ..EngineConfig::default()
     };
-    let engine = Engine::start(ports, config).await.expect("engine starts");
+    let engine = Engine::launch(ports, config).await.expect("engine starts");
     let failed = engine.get(orphaned.id()).await.expect("kept");
     assert_eq!(failed.state(), StateName::Failed);
     let error = failed.lifecycle().error().expect("a reason");
@@ -2221,7 +2221,7 @@ async fn a_cluster_slot_ask_without_an_answer_is_asked_again() {
         slots: bpm_adapters::memory::InMemoryClaims::new(store, bpm_domain::NodeId::local()),
         lost: true.into(),
     };
-    let engine = Engine::start(
+    let engine = Engine::launch(
         ports.clone(),
         EngineConfig {
             node: None,

@@ -28,7 +28,7 @@ async fn engine() -> Subject {
         limits: Limits::default(),
         ..EngineConfig::default()
     };
-    let engine = Engine::start(ports, config).await.expect("engine starts");
+    let engine = Engine::launch(ports, config).await.expect("engine starts");
     Subject::new(Arc::new(engine), ())
 }
 

@@ -74,10 +74,10 @@ impl StartDefaults {
 /// The MCP server for one client connection.
 #[derive(Clone)]
 pub struct McpServer {
-    inner: Arc<Inner>,
+    inner: Arc<ClientState>,
 }
 
-struct Inner {
+struct ClientState {
     manager: Arc<dyn ProcessManager>,
     policy: Policy,
     defaults: StartDefaults,
@@ -96,7 +96,7 @@ struct Inner {
     projects: Option<ProjectLoader>,
 }
 
-impl Drop for Inner {
+impl Drop for ClientState {
     fn drop(&mut self) {
         if let Some(task) = self
             .forwarder
@@ -140,7 +140,7 @@ impl McpServer {
             })
         });
         McpServer {
-            inner: Arc::new(Inner {
+            inner: Arc::new(ClientState {
                 manager,
                 policy,
                 defaults,

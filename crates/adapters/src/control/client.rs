@@ -28,7 +28,7 @@ const MAX_ANSWER_BYTES: usize = 512 << 20;
 /// The calls waiting for the daemon's answers.
 type Calls = crate::rpc::Calls<Result<Reply, WireError>>;
 
-struct Inner {
+struct Connection {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     calls: Arc<Calls>,
     /// Made on the first `subscribe`: a channel of 4,096 events costs a
@@ -47,7 +47,7 @@ struct Inner {
 /// A connection to a bpm daemon. Cheap to clone; calls may run concurrently.
 #[derive(Clone)]
 pub struct DaemonClient {
-    inner: Arc<Inner>,
+    inner: Arc<Connection>,
 }
 
 fn lost(e: impl std::fmt::Display) -> ManagerError {
@@ -117,7 +117,7 @@ impl DaemonClient {
             p.close();
         });
         Ok(DaemonClient {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Connection {
                 writer: tokio::sync::Mutex::new(write),
                 calls,
                 events,

@@ -16,11 +16,13 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::fds::{self, FdReader};
-use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
+use super::{
+    ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, KeeperReply, KeeperRequest, Op, Start,
+};
 use crate::rpc::{read_line, write_line};
 
 /// The calls waiting for the keeper's answers.
-type Calls = crate::rpc::Calls<Result<Answer, SpawnError>>;
+type Calls = crate::rpc::Calls<Result<KeeperReply, SpawnError>>;
 
 struct Shared {
     calls: Calls,
@@ -90,7 +92,7 @@ async fn send_acks(
     mut acks: mpsc::UnboundedReceiver<u64>,
 ) {
     while let Some(seq) = acks.recv().await {
-        let ack = Request {
+        let ack = KeeperRequest {
             id: 0,
             op: Op::Ack(seq),
         };
@@ -106,7 +108,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     /// The keeper answered call `id`.
-    fn answered(&self, id: u64, ok: Option<Answer>, err: Option<SpawnError>) {
+    fn answered(&self, id: u64, ok: Option<KeeperReply>, err: Option<SpawnError>) {
         let result = match (ok, err) {
             (Some(a), _) => Ok(a),
             (None, Some(e)) => Err(e),
@@ -205,7 +207,7 @@ impl EnvSlots {
         if known.is_none() {
             encode(
                 lines,
-                &Request {
+                &KeeperRequest {
                     id: 0,
                     op: Op::Env {
                         slot,
@@ -230,7 +232,7 @@ enum Out {
 }
 
 /// Appends `request` to `lines` as one line.
-fn encode(lines: &mut Vec<u8>, request: &Request) -> Result<(), SpawnError> {
+fn encode(lines: &mut Vec<u8>, request: &KeeperRequest) -> Result<(), SpawnError> {
     serde_json::to_writer(&mut *lines, request).map_err(|e| SpawnError::Os(e.to_string()))?;
     lines.push(b'\n');
     Ok(())
@@ -355,7 +357,7 @@ impl KeeperSpawner {
         let mut line = Vec::new();
         encode(
             &mut line,
-            &Request {
+            &KeeperRequest {
                 id: call,
                 op: Op::Adopt {
                     id,
@@ -372,7 +374,7 @@ impl KeeperSpawner {
                 .await
                 .map_err(|_| gone())?;
         }
-        let held = matches!(rx.await.map_err(|_| gone())??, Answer::Held(true));
+        let held = matches!(rx.await.map_err(|_| gone())??, KeeperReply::Held(true));
         if held {
             self.shared
                 .watched
@@ -416,7 +418,7 @@ impl KeeperSpawner {
                     .collect::<Result<_, _>>()
                     .map(Op::HandOver),
             };
-            named.and_then(|op| encode(&mut lines, &Request { id, op }))
+            named.and_then(|op| encode(&mut lines, &KeeperRequest { id, op }))
         };
         if let Err(e) = op {
             // Slots may have been counted as defined by lines that never went out.
@@ -426,7 +428,7 @@ impl KeeperSpawner {
         writer.write_all(&lines).await.map_err(|_| gone())
     }
 
-    async fn call(&self, out: Out) -> Result<Answer, SpawnError> {
+    async fn call(&self, out: Out) -> Result<KeeperReply, SpawnError> {
         let (id, rx) = self.shared.calls.open();
         self.write(id, out).await?;
         rx.await.map_err(|_| gone())?
@@ -438,7 +440,7 @@ impl ProcessSpawner for KeeperSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
         let id = request.id;
         match self.call(Out::Spawn(Box::new(request))).await? {
-            Answer::Spawned(s) => {
+            KeeperReply::Spawned(s) => {
                 self.shared
                     .watched
                     .lock()
@@ -474,7 +476,7 @@ impl ProcessSpawner for KeeperSpawner {
             return Ok(true);
         }
         match self.call(Out::Op(Op::Reattach { id, pid })).await? {
-            Answer::Held(true) => {
+            KeeperReply::Held(true) => {
                 self.shared
                     .watched
                     .lock()
@@ -503,7 +505,7 @@ impl ProcessSpawner for KeeperSpawner {
 
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
         match self.call(Out::Op(Op::Withdraw)).await? {
-            Answer::Withdrawn(ids) => Ok(ids),
+            KeeperReply::Withdrawn(ids) => Ok(ids),
             other => Err(SpawnError::Os(format!("the keeper answered {other:?}"))),
         }
     }

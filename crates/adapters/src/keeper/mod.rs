@@ -143,14 +143,14 @@ struct Start {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Request {
+struct KeeperRequest {
     id: u64,
     op: Op,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Answer {
+enum KeeperReply {
     Spawned(Spawned),
     Done,
     Held(bool),
@@ -174,7 +174,7 @@ enum KeeperLine {
     },
     Reply {
         id: u64,
-        ok: Option<Answer>,
+        ok: Option<KeeperReply>,
         err: Option<SpawnError>,
     },
 }

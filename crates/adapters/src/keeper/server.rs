@@ -16,7 +16,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::fds::{self, FdReader};
-use super::{Answer, ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, Op, Request, Start};
+use super::{
+    ENV_SLOTS, KEEPER_PROTOCOL, KeeperHello, KeeperLine, KeeperReply, KeeperRequest, Op, Start,
+};
 use crate::os::OsSpawner;
 use crate::rpc::{encode_line, read_line, write_line};
 
@@ -371,7 +373,7 @@ impl Keeper {
         let mut reader = BufReader::new(read);
         let mut envs = EnvTable::new();
         while let Ok(Some(line)) = read_line(&mut reader, 16 << 20).await {
-            let request = match serde_json::from_slice::<Request>(&line) {
+            let request = match serde_json::from_slice::<KeeperRequest>(&line) {
                 Ok(request) => request,
                 Err(e) => {
                     refuse(&self.writer, &line, &e).await;
@@ -396,10 +398,10 @@ impl Keeper {
     /// out beside the others.
     async fn in_order(
         &self,
-        request: Request,
+        request: KeeperRequest,
         envs: &mut EnvTable,
         received: &fds::Received,
-    ) -> Option<Request> {
+    ) -> Option<KeeperRequest> {
         let answer = match request.op {
             Op::Env { slot, vars } => {
                 if slot < ENV_SLOTS {
@@ -425,14 +427,14 @@ impl Keeper {
             }
             Op::Spawn(mut start) => match resolve(envs, &mut start) {
                 Ok(()) => {
-                    return Some(Request {
+                    return Some(KeeperRequest {
                         id: request.id,
                         op: Op::Spawn(start),
                     });
                 }
                 Err(e) => Err(e),
             },
-            Op::Withdraw => Ok(Answer::Withdrawn(self.spawner.withdraw_handed())),
+            Op::Withdraw => Ok(KeeperReply::Withdrawn(self.spawner.withdraw_handed())),
             // Its descriptors come with this line: taken here, in order.
             Op::Adopt {
                 id,
@@ -447,10 +449,10 @@ impl Keeper {
                 if let Some(fence) = fence.filter(|_| held) {
                     self.spawner.fence(id, fence);
                 }
-                Ok(Answer::Held(held))
+                Ok(KeeperReply::Held(held))
             }
             op => {
-                return Some(Request { id: request.id, op });
+                return Some(KeeperRequest { id: request.id, op });
             }
         };
         send(&self.writer, &reply(request.id, answer)).await;
@@ -458,7 +460,7 @@ impl Keeper {
     }
 
     /// Carries out a request beside the others, and answers it.
-    async fn run(self: Arc<Self>, request: Request) {
+    async fn run(self: Arc<Self>, request: KeeperRequest) {
         let result = match request.op {
             // A record started on an exit, even one already ended, is
             // answered with that process until the daemon has acknowledged
@@ -471,20 +473,20 @@ impl Keeper {
                 if spawned.is_ok() {
                     send_pipes(&self.writer, &self.spawner, id).await;
                 }
-                spawned.map(Answer::Spawned)
+                spawned.map(KeeperReply::Spawned)
             }
             Op::Signal { id, pid, signal } => self
                 .spawner
                 .signal(id, pid, signal)
                 .await
-                .map(|()| Answer::Done),
+                .map(|()| KeeperReply::Done),
             Op::WriteInput { id, data } => self
                 .spawner
                 .write_input(id, data)
                 .await
-                .map(|()| Answer::Done),
+                .map(|()| KeeperReply::Done),
             // A process of a keeper that died is adopted.
-            Op::Reattach { id, pid } => Ok(Answer::Held(
+            Op::Reattach { id, pid } => Ok(KeeperReply::Held(
                 end_waiting(&self.state, id) || self.spawner.adopt(id, pid),
             )),
             Op::Ack(seq) => {
@@ -495,7 +497,7 @@ impl Keeper {
                 .spawner
                 .hold_lease(Duration::from_millis(ms))
                 .await
-                .map(|()| Answer::Done),
+                .map(|()| KeeperReply::Done),
             Op::HandOver(_) | Op::Withdraw | Op::Env { .. } | Op::Adopt { .. } => return,
         };
         // Id 0 asks for no answer (the daemon does not wait for it).
@@ -525,7 +527,7 @@ impl Keeper {
 }
 
 /// The answer to request `id`.
-fn reply(id: u64, result: Result<Answer, SpawnError>) -> KeeperLine {
+fn reply(id: u64, result: Result<KeeperReply, SpawnError>) -> KeeperLine {
     match result {
         Ok(a) => KeeperLine::Reply {
             id,

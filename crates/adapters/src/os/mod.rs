@@ -301,12 +301,12 @@ const COMPOSED_KEPT: usize = 8;
 
 /// Spawns and controls real OS processes.
 pub struct OsSpawner {
-    inner: Arc<Inner>,
+    inner: Arc<SpawnerShared>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<ProcessNotice>>>,
 }
 
 /// What the spawner's own tasks share with it.
-struct Inner {
+struct SpawnerShared {
     output: Arc<dyn OutputStore>,
     base_env: BaseEnv,
     /// The environments of the latest requests, composed: the records of
@@ -372,7 +372,7 @@ impl OsSpawner {
                 .ok()
         });
         OsSpawner {
-            inner: Arc::new(Inner {
+            inner: Arc::new(SpawnerShared {
                 output,
                 base_env: BaseEnv::read(),
                 composed: Mutex::new(Vec::new()),
@@ -611,7 +611,7 @@ impl OsSpawner {
     }
 }
 
-impl Inner {
+impl SpawnerShared {
     /// The leaders this spawner started and has not reaped: their own
     /// waiters reap them.
     fn unreaped_leaders(&self) -> HashSet<u32> {

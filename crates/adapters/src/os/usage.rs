@@ -252,10 +252,10 @@ struct Previous {
 /// tree's previous CPU time, so that a caller sampling every few seconds
 /// gets the rate over that window.
 #[derive(Debug, Clone)]
-pub struct ProcSampler(Arc<Inner>);
+pub struct ProcSampler(Arc<Sampling>);
 
 #[derive(Debug)]
-struct Inner {
+struct Sampling {
     hz: f64,
     page: u64,
     previous: Mutex<HashMap<ProcessId, Previous>>,
@@ -271,7 +271,7 @@ impl Default for ProcSampler {
 impl ProcSampler {
     /// A sampler with no previous samples.
     pub fn new() -> Self {
-        ProcSampler(Arc::new(Inner {
+        ProcSampler(Arc::new(Sampling {
             hz: f64::from(u32::try_from(rustix::param::clock_ticks_per_second()).unwrap_or(100)),
             page: u64::try_from(rustix::param::page_size()).unwrap_or(4096),
             previous: Mutex::new(HashMap::new()),
@@ -280,7 +280,7 @@ impl ProcSampler {
     }
 }
 
-impl Inner {
+impl Sampling {
     /// CPU percent of a tree with `t`, against its previous sample or its life.
     #[allow(clippy::cast_precision_loss)]
     fn percent(&self, id: ProcessId, t: &Totals, now: Instant, uptime: Option<f64>) -> f64 {
