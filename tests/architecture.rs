@@ -31,9 +31,10 @@ const FORBIDDEN_IN_DOMAIN: &[&str] = &[
 ];
 
 /// The only direct dependencies the domain may have: pure data and text
-/// crates. `chrono` comes without its `clock` feature (no `now()`), and
-/// `chrono-tz` and `croner` are calendar arithmetic over compiled-in time
-/// zone data: schedules' due times. `proptest` comes only with the
+/// crates. `chrono`, `chrono-tz` and `croner` are calendar arithmetic over
+/// compiled-in time zone data: schedules' due times. (`croner` turns on
+/// `chrono`'s `clock` feature; the domain's source never calls `now()`,
+/// which `the_domain_source_does_no_io_and_reads_no_clock` checks.) `proptest` comes only with the
 /// domain's `proptest` feature (strategies for property tests of code built
 /// on bpm), which no build of bpm turns on: the closure above, of the
 /// domain built alone, is without it.
@@ -132,17 +133,15 @@ impl Graph {
 /// What building `bpm-domain` alone compiles in, with the features it asks for
 /// (cargo metadata would unify features with the rest of the workspace).
 fn domain_build_closure() -> BTreeSet<String> {
+    build_closure("bpm-domain")
+}
+
+/// What building `package` alone compiles in, itself included, with the
+/// features it asks for.
+fn build_closure(package: &str) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args([
-            "tree",
-            "-p",
-            "bpm-domain",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-        ])
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none"])
         .current_dir(workspace_root())
         .output()
         .expect("cargo tree runs");
@@ -255,6 +254,21 @@ fn layers_depend_only_downwards() {
             "an embedded engine (bpm-embed) pulls in {server}"
         );
     }
+    // Built alone, with its default features, an embedded engine compiles
+    // no file watcher (its `watch` feature adds one) and no proc-macro
+    // builders, and fewer than 60 crates in all.
+    let alone = build_closure("bpm-embed");
+    for heavy in ["notify", "inotify", "globset", "derive_builder", "strum"] {
+        assert!(
+            !alone.contains(heavy),
+            "bpm-embed built alone pulls in {heavy}"
+        );
+    }
+    assert!(
+        alone.len() < 60,
+        "bpm-embed built alone compiles {} crates: {alone:?}",
+        alone.len()
+    );
 }
 
 /// The Rust sources under `dir`, with their text.
@@ -366,7 +380,7 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
             let allowed = listed.iter().any(|(file, _)| *file == rel);
             if uses && !allowed {
                 wrong.push(format!(
-                    "crates/app/src/{rel} {what}, and the list of where app may does not name it"
+                    "crates/app/src/{rel} {what}, and is not on the list of files that may"
                 ));
             }
             if allowed && !uses {

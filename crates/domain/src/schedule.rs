@@ -345,8 +345,8 @@ fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
             "expected the five standard fields (minute hour day-of-month month day-of-week), found {fields}"
         )));
     }
-    croner::parser::CronParser::new()
-        .parse(expr)
+    croner::Cron::new(expr)
+        .parse()
         .map_err(|e| error(e.to_string()))
 }
 

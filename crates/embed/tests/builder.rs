@@ -48,3 +48,23 @@ async fn the_default_keeps_everything_in_memory() {
     let done = bpm.wait(r.id(), None).await.expect("ends");
     assert_eq!(done.state(), StateName::Completed);
 }
+
+#[test]
+fn a_file_watch_is_taken_with_the_watch_feature_and_refused_by_name_without() {
+    let dir = tempfile::tempdir().expect("dir");
+    let watch = bpm_domain::FileWatch::new(vec![dir.path().to_path_buf()], Vec::new(), None);
+    let checked = bpm_adapters::os::check_watch(&watch);
+    if bpm_adapters::os::WATCHES {
+        checked.expect("a build with watches takes the watch");
+    } else {
+        let e = checked.expect_err("a build without watches refuses it");
+        assert!(
+            e.contains("no file watches") && e.contains("`watch`"),
+            "{e}"
+        );
+    }
+    // A missing path is named either way.
+    let gone = bpm_domain::FileWatch::new(vec![dir.path().join("gone")], Vec::new(), None);
+    let e = bpm_adapters::os::check_watch(&gone).expect_err("missing");
+    assert!(e.contains("gone") && e.contains("no such file"), "{e}");
+}

@@ -4,6 +4,10 @@
 //! descendant (see the `tree` module).
 
 mod capture;
+#[cfg(feature = "watch")]
+mod files;
+#[cfg(not(feature = "watch"))]
+#[path = "no_files.rs"]
 mod files;
 mod heap;
 mod host;
@@ -37,6 +41,9 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
 pub use files::check_watch;
+/// Whether this build watches files (the `watch` feature); without it each
+/// watch is refused by name.
+pub const WATCHES: bool = cfg!(feature = "watch");
 pub use heap::release_free_memory;
 pub use host::OsHost;
 pub use limits::{NO_CGROUPS_ENV, asked_limits, check_limits};
