@@ -15,11 +15,11 @@
 //! script; this module says what they mean, so that every implementation
 //! and the simulation agree.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::{
-    CoreError, GroupName, LabelKey, LabelValue, NodeId, NodeState, ProcessId, ProcessRecord,
-    ProcessSpec, SpecError, StateName, Timestamp,
+    CoreError, GroupName, NodeId, NodeState, ProcessId, ProcessRecord, ProcessSpec, SpecError,
+    StateName, Timestamp,
 };
 
 /// What a submission does when `live`, a live record of its scope (its
@@ -62,8 +62,7 @@ pub fn name_taken(spec: &ProcessSpec, live: &ProcessRecord) -> NameAnswer {
     })
 }
 
-/// The labels a node carries, or a spec requires of its node.
-pub type NodeLabels = BTreeMap<LabelKey, LabelValue>;
+pub use super::lease::NodeLabels;
 
 /// What a node can take now, as its core says ([`crate::Supervisor::room`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -253,6 +252,7 @@ pub fn why_waiting(record: &ProcessRecord, nodes: &[Offer]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{LabelKey, LabelValue};
 
     fn labels(pairs: &[(&str, &str)]) -> NodeLabels {
         pairs
