@@ -38,8 +38,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use bpm_domain::cluster::claimer::{Claimer, ClaimerEffect, ClaimerInput};
 use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RenewFailure};
-use bpm_domain::cluster::placement::{NodeLabels, Queued, takes, unplaced};
+use bpm_domain::cluster::placement::{NodeLabels, Queued, Room, takes, unplaced};
 use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
 use bpm_domain::cluster::{Sweep, accepts_write, claim, failover, sweep_record};
 use bpm_domain::{
@@ -111,9 +112,9 @@ struct Node {
     running: HashMap<ProcessId, u32>,
     /// Writes the store did not take yet (newest per record).
     unsaved: HashMap<ProcessId, (Option<u64>, ProcessRecord)>,
-    /// A claim of it was never placed: its claims go back before it
-    /// claims again.
-    gives_back: bool,
+    /// Its daemon's taking of records placed on any node: the real core,
+    /// and the effects it asked for that are not carried out yet.
+    claimer: (Claimer, Vec<ClaimerEffect>),
     /// Its armed timers: when each fires.
     timers: Vec<(Timestamp, bpm_domain::Timer)>,
 }
@@ -185,12 +186,12 @@ impl World {
             world.nodes.push(Node {
                 name: name.clone(),
                 member: Member::joined(name.clone(), timing, epoch, now),
+                claimer: Claimer::start(name.clone()),
                 core: Supervisor::new(name, limits),
                 writes_with: (epoch, now),
                 connected: true,
                 running: HashMap::new(),
                 unsaved: HashMap::new(),
-                gives_back: false,
                 timers: Vec::new(),
             });
             // Its engine runs: told of the lease, and sweeping.
@@ -408,15 +409,14 @@ impl World {
 
     /// Node `n` takes the best record queued for any node that fits its
     /// room, as the claim script does; `None` if none fits.
-    fn take(&mut self, n: usize) -> Option<ProcessRecord> {
-        let room = self.nodes[n].core.room();
+    fn take(&mut self, n: usize, room: &Room) -> Option<ProcessRecord> {
         let best = self
             .store
             .values()
             .filter(|r| {
                 Queued::of(r).is_some()
                     && !self.claims.contains_key(&r.id())
-                    && takes(&room, &NodeLabels::new(), r)
+                    && takes(room, &NodeLabels::new(), r)
             })
             .min_by_key(|r| Queued::order(r))
             .cloned()?;
@@ -424,48 +424,83 @@ impl World {
         Some(best)
     }
 
-    /// Node `n` claims and places records while it has room: each is
-    /// written placed on it before its core takes it.
+    /// Node `n`'s claimer looks (as on an event), and the world carries out
+    /// its effects until it rests: it gives back what its daemon claimed
+    /// and never placed, then claims and places records while it has
+    /// room, each written placed on the node before its core takes it.
     fn claim_all(&mut self, n: usize) {
-        if self.writes(n) && self.nodes[n].gives_back {
-            self.claims.retain(|_, claimer| *claimer != n);
-            self.nodes[n].gives_back = false;
-        }
-        while self.writes(n) {
-            let Some(record) = self.take(n) else { return };
-            let id = record.id();
-            let name = self.nodes[n].name.clone();
-            let placed = record.placed_on(&name, self.now).expect("queued");
-            assert_eq!(
-                self.store.get(&id).map(ProcessRecord::version),
-                Some(record.version()),
-                "only its claimer writes a queued record"
-            );
-            self.written_by.insert(id, self.nodes[n].epoch());
-            self.keep(placed.clone());
-            self.claims.remove(&id);
-            let now = self.now;
-            let taken = self.nodes[n].core.handle(
-                Input::Claimed {
-                    record: placed.clone(),
-                },
-                now,
-            );
-            let effects = match taken {
-                Ok(effects) => effects,
-                Err(e) => self.nodes[n]
-                    .core
-                    .handle(
-                        Input::ClaimRefused {
-                            record: placed,
-                            reason: e.to_string(),
-                        },
-                        now,
-                    )
-                    .expect("a refused claim fails here"),
+        const CUT: &str = "the store does not take this node's writes";
+        let (claimer, pending) = &mut self.nodes[n].claimer;
+        let mut effects: std::collections::VecDeque<ClaimerEffect> = if pending.is_empty() {
+            claimer.handle(ClaimerInput::Missed, self.now).into()
+        } else {
+            std::mem::take(pending).into()
+        };
+        while let Some(effect) = effects.pop_front() {
+            let input = match effect {
+                ClaimerEffect::GiveBack if self.writes(n) => {
+                    let before = self.claims.len();
+                    self.claims.retain(|_, claimer| *claimer != n);
+                    ClaimerInput::GaveBack(Ok(before - self.claims.len()))
+                }
+                ClaimerEffect::GiveBack => ClaimerInput::GaveBack(Err(CUT.into())),
+                ClaimerEffect::AskRoom => ClaimerInput::Room(self.nodes[n].core.room()),
+                ClaimerEffect::Claim(room) if self.writes(n) => {
+                    ClaimerInput::Claimed(Ok(self.take(n, &room)))
+                }
+                ClaimerEffect::Claim(_) => ClaimerInput::Claimed(Err(CUT.into())),
+                ClaimerEffect::Place(record) => {
+                    let id = record.id();
+                    let result = if self.writes(n) {
+                        self.place(n, &record);
+                        Ok(())
+                    } else {
+                        Err(CUT.into())
+                    };
+                    ClaimerInput::Placed { id, result }
+                }
+                ClaimerEffect::WakeAt(_) | ClaimerEffect::Log(..) => continue,
             };
-            self.carry_out(n, effects);
+            let now = self.now;
+            effects.extend(self.nodes[n].claimer.0.handle(input, now));
         }
+    }
+
+    /// Writes `record`, claimed by node `n`, placed on it, and hands it to
+    /// its core.
+    fn place(&mut self, n: usize, record: &ProcessRecord) {
+        let id = record.id();
+        let name = self.nodes[n].name.clone();
+        let placed = record.placed_on(&name, self.now).expect("queued");
+        assert_eq!(
+            self.store.get(&id).map(ProcessRecord::version),
+            Some(record.version()),
+            "only its claimer writes a queued record"
+        );
+        self.written_by.insert(id, self.nodes[n].epoch());
+        self.keep(placed.clone());
+        self.claims.remove(&id);
+        let now = self.now;
+        let taken = self.nodes[n].core.handle(
+            Input::Claimed {
+                record: placed.clone(),
+            },
+            now,
+        );
+        let effects = match taken {
+            Ok(effects) => effects,
+            Err(e) => self.nodes[n]
+                .core
+                .handle(
+                    Input::ClaimRefused {
+                        record: placed,
+                        reason: e.to_string(),
+                    },
+                    now,
+                )
+                .expect("a refused claim fails here"),
+        };
+        self.carry_out(n, effects);
     }
 
     /// Writes what node `n` holds unsaved, if it may write: compare-and-set,
@@ -867,8 +902,11 @@ impl World {
             }
             Op::Claim(n) => self.claim_all(n),
             Op::ClaimThenCut(n) => {
-                if self.writes(n) && self.take(n).is_some() {
-                    self.nodes[n].gives_back = true;
+                let room = self.nodes[n].core.room();
+                if self.writes(n) && self.take(n, &room).is_some() {
+                    // Its daemon dies before it places the record: the next
+                    // one's claimer starts by giving its claims back.
+                    self.nodes[n].claimer = Claimer::start(self.nodes[n].name.clone());
                     self.nodes[n].connected = false;
                 }
             }

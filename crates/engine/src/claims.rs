@@ -2,22 +2,21 @@
 //! unplaced to the shared store, which queues it ([`ClaimQueue`]); this
 //! node's claimer takes records from that queue while its core has room
 //! ([`bpm_domain::Supervisor::room`]), and its core adopts each one
-//! ([`Input::Claimed`]). The claimer looks when a record is queued or one
-//! of this node's ends (their events), and once a second besides, for
-//! what a lost event or another node's new labels would hide.
+//! ([`Input::Claimed`]). When it looks, and in what order it gives back,
+//! claims and places, is the domain's [`Claimer`]; this file runs it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bpm_domain::cluster::claimer::{Claimer, ClaimerEffect, ClaimerInput};
+use bpm_domain::cluster::member::Level;
 use bpm_domain::cluster::placement::{self, NameAnswer, NodeLabels, Room};
-use bpm_domain::{Event, EventKind, Input, NodeId, ProcessRecord, ProcessSpec};
+use bpm_domain::{Event, EventKind, Input, NodeId, ProcessRecord, ProcessSpec, Timestamp};
 use bpm_ports::{ClaimQueue, ClaimedOne, ManagerError, ProcessManager, StopOptions};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{Engine, ToLoop};
-
-/// How often the claimer looks without an event.
-const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// How many times a start placed on any node that replaces the live record
 /// of its name stops one and tries again, when other starts keep taking
@@ -253,124 +252,80 @@ impl Engine {
             .map_err(|_| ManagerError::ShutDown)?;
         answer.await.map_err(|_| ManagerError::ShutDown)
     }
-
-    /// Claims records while the core has room and the queue has records
-    /// that fit; false once the loop is gone.
-    async fn claim_while_room(
-        &self,
-        claims: &dyn ClaimQueue,
-        labels: &NodeLabels,
-        state: &mut Claiming,
-    ) -> bool {
-        // Claims this node made and never placed go back before it claims
-        // again (another node may take them meanwhile: the placing write
-        // is a compare-and-set, so only one node ever places a record).
-        if state.owed {
-            match claims.give_back(&self.node).await {
-                Ok(0) => state.owed = false,
-                Ok(n) => {
-                    tracing::info!(
-                        records = n,
-                        "records this node took but never placed are queued again"
-                    );
-                    state.owed = false;
-                }
-                Err(e) => {
-                    if !state.failing {
-                        tracing::warn!(error = %e, "cannot queue again what this node took and never placed; will retry");
-                        state.failing = true;
-                    }
-                    return true;
-                }
-            }
-        }
-        loop {
-            let Ok(room) = self.room().await else {
-                return false;
-            };
-            if room.free == 0 {
-                return true;
-            }
-            let claimed = match claims.claim(&room, labels).await {
-                Ok(Some(record)) => record,
-                Ok(None) => {
-                    state.queued = false;
-                    return true;
-                }
-                Err(e) => {
-                    if !state.failing {
-                        tracing::warn!(error = %e, "cannot take work queued for any node; will retry");
-                        state.failing = true;
-                    }
-                    return true;
-                }
-            };
-            state.failing = false;
-            let id = claimed.id();
-            match self.adopt(claimed).await {
-                Ok(()) => tracing::debug!(%id, "took a record placed on any node"),
-                Err(ManagerError::ShutDown) => return false,
-                // Not placed: the claim goes back to the queue, now or at
-                // the next look (or by the sweep, if this node is lost).
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "took a record placed on any node but could not place it here; it goes back to the queue");
-                    state.owed = true;
-                    return true;
-                }
-            }
-        }
-    }
 }
 
-/// What the claimer knows between looks.
-struct Claiming {
-    /// The queue did not answer last time (said once, not at every look).
-    failing: bool,
-    /// Claims this node made and never placed are to go back first.
-    owed: bool,
-    /// The queue may hold records this node could take.
-    queued: bool,
-}
-
-/// Takes records placed on any node while this node has room. It looks
-/// when a record is queued for any node, when one of its own ends while
-/// the queue may hold what it had no room for, and once a second.
+/// Runs this node's [`Claimer`]: carries out its effects one at a time,
+/// each answer its next input, and hands it the store's events and its
+/// wake-ups, as `Driver` runs the core.
 async fn claimer(engine: Engine, claims: Arc<dyn ClaimQueue>, labels: NodeLabels) {
     let mut events = engine.ports.events.subscribe();
-    // What this node claimed and never placed (its last daemon died in
-    // between) goes back first.
-    let mut state = Claiming {
-        failing: false,
-        owed: true,
-        queued: true,
-    };
+    let start = Instant::now();
+    let now =
+        || Timestamp::from_millis(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let (mut core, mut effects) = Claimer::start(engine.node.clone());
+    let mut wake: Option<Instant> = None;
     loop {
-        let going = engine.claim_while_room(&*claims, &labels, &mut state).await;
-        if !going {
-            return;
-        }
-        let look = tokio::time::sleep(LOOK_EVERY);
-        tokio::pin!(look);
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(e) if e.node.is_any() && e.kind == EventKind::Submitted => {
-                        state.queued = true;
-                        break;
-                    }
-                    Ok(e) if state.queued && e.node == engine.node && e.kind.ends_record() => break,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        state.queued = true;
-                        break;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+        let mut queue: VecDeque<ClaimerEffect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            let input = match effect {
+                ClaimerEffect::GiveBack => ClaimerInput::GaveBack(
+                    claims
+                        .give_back(&engine.node)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                ClaimerEffect::AskRoom => match engine.room().await {
+                    Ok(room) => ClaimerInput::Room(room),
+                    Err(_) => return,
                 },
-                () = &mut look => {
-                    state.queued = true;
-                    break;
+                ClaimerEffect::Claim(room) => ClaimerInput::Claimed(
+                    claims
+                        .claim(&room, &labels)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                ClaimerEffect::Place(record) => {
+                    let id = record.id();
+                    match engine.adopt(*record).await {
+                        Err(ManagerError::ShutDown) => return,
+                        result => ClaimerInput::Placed {
+                            id,
+                            result: result.map_err(|e| e.to_string()),
+                        },
+                    }
                 }
-            }
+                ClaimerEffect::WakeAt(at) => {
+                    wake = Some(start + Duration::from_millis(at.as_millis()));
+                    continue;
+                }
+                ClaimerEffect::Log(level, line) => {
+                    match level {
+                        Level::Debug => tracing::debug!("{line}"),
+                        Level::Info => tracing::info!("{line}"),
+                        Level::Warn => tracing::warn!("{line}"),
+                    }
+                    continue;
+                }
+            };
+            queue.extend(core.handle(input, now()));
         }
+        let woken = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let input = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => ClaimerInput::Heard(Box::new(event)),
+                Err(broadcast::error::RecvError::Lagged(_)) => ClaimerInput::Missed,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = woken => {
+                wake = None;
+                ClaimerInput::Tick
+            }
+        };
+        effects = core.handle(input, now());
     }
 }

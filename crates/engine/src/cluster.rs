@@ -330,6 +330,7 @@ impl Run {
             }
             MemberEffect::Status(line) => self.ports.status.set(line),
             MemberEffect::Warn(warning) => self.ports.status.warn(warning),
+            MemberEffect::Log(Level::Debug, line) => tracing::debug!(%node, "{line}"),
             MemberEffect::Log(Level::Info, line) => tracing::info!(%node, "{line}"),
             MemberEffect::Log(Level::Warn, line) => tracing::warn!(%node, "{line}"),
             MemberEffect::WakeAt(at) => return Some(at),

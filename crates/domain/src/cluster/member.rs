@@ -161,6 +161,8 @@ pub enum MemberEffect {
 /// How loud a [`MemberEffect::Log`] line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// A detail, for whoever looks into the log.
+    Debug,
     /// Something went as it should.
     Info,
     /// Something went wrong.

@@ -10,6 +10,7 @@
 //! own clock, measured from when it *sent* its last renewal that succeeded:
 //! a renewal's answer may come late, but never before it was sent.
 
+pub mod claimer;
 mod failover;
 mod lease;
 pub mod member;
