@@ -470,6 +470,16 @@ pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError>
     }
 }
 
+/// [`connect_or_start`] for `home`, each time a
+/// [`Reconnecting`](bpm_adapters::control::Reconnecting) client needs a
+/// connection.
+pub fn connector(home: Home) -> bpm_adapters::control::Connector {
+    Arc::new(move || {
+        let home = home.clone();
+        Box::pin(async move { connect_or_start(&home).await })
+    })
+}
+
 /// Starts `bpm daemon` for `home` in the background, its output appended
 /// to the daemon's log; returns it and the log's length before it.
 fn start_daemon(home: &Home) -> Result<(std::process::Child, u64), ManagerError> {

@@ -6,13 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_trait::async_trait;
-use bpm_adapters::control::wire::DaemonStatus;
-use bpm_ports::ManagerError;
-use bpm_web::{DaemonView, WebConfig};
+use bpm_adapters::control::{Reconnecting, ReconnectingManager};
+use bpm_web::WebConfig;
 
 use crate::home::Home;
-use crate::mcp::{Reconnecting, ReconnectingManager};
 
 /// What `bpm web`'s flags add to the configuration.
 #[derive(Debug, Clone, Default)]
@@ -28,13 +25,6 @@ pub struct WebFlags {
 /// How often an open page gets resource usage.
 const USAGE_EVERY: Duration = Duration::from_secs(2);
 
-#[async_trait]
-impl DaemonView for ReconnectingManager {
-    async fn status(&self) -> Result<DaemonStatus, ManagerError> {
-        self.0.status().await
-    }
-}
-
 /// Serves the page until interrupted; prints its URL (with the token) first.
 ///
 /// # Errors
@@ -46,7 +36,8 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
         .listen
         .or(config.web.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let manager = ReconnectingManager(Reconnecting::connect(home.clone()).await?);
+    let reconnecting = Reconnecting::connect(crate::daemon::connector(home.clone())).await?;
+    let manager = ReconnectingManager(reconnecting);
     let token = bpm_web::auth::load_or_create_token(&home.dir).with_context(|| {
         format!(
             "cannot keep the page's token in {}",

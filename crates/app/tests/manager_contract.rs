@@ -68,10 +68,13 @@ mod reconnecting {
     async fn reconnecting() -> Subject {
         let daemon = started();
         let home = bpm::home::Home::new(daemon.home.path().to_path_buf());
-        let manager = bpm::mcp::Reconnecting::connect(home)
+        let manager = bpm_adapters::control::Reconnecting::connect(bpm::daemon::connector(home))
             .await
             .expect("the client connects");
-        Subject::new(Arc::new(bpm::mcp::ReconnectingManager(manager)), daemon)
+        Subject::new(
+            Arc::new(bpm_adapters::control::ReconnectingManager(manager)),
+            daemon,
+        )
     }
 
     bpm_ports::manager_contract_tests!(reconnecting().await);

@@ -40,6 +40,15 @@ pub trait DaemonView: Send + Sync + 'static {
     async fn status(&self) -> Result<DaemonStatus, ManagerError>;
 }
 
+/// The client `bpm web` holds: the daemon's own status, on a new
+/// connection if the daemon went away.
+#[async_trait]
+impl DaemonView for bpm_adapters::control::ReconnectingManager {
+    async fn status(&self) -> Result<DaemonStatus, ManagerError> {
+        self.0.status().await
+    }
+}
+
 /// How the page is served.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
