@@ -181,6 +181,14 @@ mod file_output {
         ) -> Result<Cursor, OutputError> {
             self.store.append(id, stream, data).await
         }
+        async fn append_owned(
+            &self,
+            id: ProcessId,
+            stream: Stream,
+            data: Vec<u8>,
+        ) -> (Vec<u8>, Result<Cursor, OutputError>) {
+            self.store.append_owned(id, stream, data).await
+        }
         async fn read(
             &self,
             id: ProcessId,

@@ -153,6 +153,23 @@ pub trait OutputStore: Send + Sync + 'static {
         data: &[u8],
     ) -> Result<Cursor, OutputError>;
 
+    /// [`append`](Self::append) of a buffer the caller hands over; the buffer
+    /// comes back with the answer, with its contents and capacity as they
+    /// were, so that a busy writer's capture reuses two buffers and a store
+    /// that writes on another thread need not copy each chunk first.
+    ///
+    /// # Errors
+    /// - MUST return what [`append`](Self::append) returns for the same bytes.
+    async fn append_owned(
+        &self,
+        id: ProcessId,
+        stream: Stream,
+        data: Vec<u8>,
+    ) -> (Vec<u8>, Result<Cursor, OutputError>) {
+        let result = self.append(id, stream, &data).await;
+        (data, result)
+    }
+
     /// Output from `query.cursor` on. A process that wrote nothing reads as empty,
     /// with `next` at 0. A cursor past the end reads as empty with `next` unchanged.
     ///

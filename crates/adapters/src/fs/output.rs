@@ -386,20 +386,35 @@ impl OutputStore for FileOutput {
         stream: Stream,
         data: &[u8],
     ) -> Result<Cursor, OutputError> {
+        self.append_owned(id, stream, data.to_vec()).await.1
+    }
+
+    async fn append_owned(
+        &self,
+        id: ProcessId,
+        stream: Stream,
+        data: Vec<u8>,
+    ) -> (Vec<u8>, Result<Cursor, OutputError>) {
         if self.reader {
-            return Err(OutputError::Refused(format!(
-                "output of {id}: this store only reads what another process writes"
-            )));
+            let refusal =
+                format!("output of {id}: this store only reads what another process writes");
+            return (data, Err(OutputError::Refused(refusal)));
         }
-        let log = self.log(id).map_err(|e| refused(id, &e))?;
-        let (dir, cap, data) = (self.dir(id), self.cap, data.to_vec());
+        let log = match self.log(id) {
+            Ok(log) => log,
+            Err(e) => return (data, Err(refused(id, &e))),
+        };
+        let (dir, cap) = (self.dir(id), self.cap);
+        // The buffer goes to the blocking thread and back, uncopied.
         tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-            append_to(&dir, &mut log, cap, stream, &data).map_err(|e| refused(id, &e))?;
-            Ok(Cursor(log.end))
+            let result = append_to(&dir, &mut log, cap, stream, &data)
+                .map(|()| Cursor(log.end))
+                .map_err(|e| refused(id, &e));
+            (data, result)
         })
         .await
-        .map_err(|e| OutputError::Unavailable(e.to_string()))?
+        .unwrap_or_else(|e| (Vec::new(), Err(OutputError::Unavailable(e.to_string()))))
     }
 
     async fn read(&self, id: ProcessId, query: &OutputQuery) -> Result<OutputChunk, OutputError> {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bpm_domain::{LogPattern, ProcessId};
-use bpm_ports::{OutputStore, ProcessNotice, Stream};
+use bpm_ports::{Cursor, OutputError, OutputStore, ProcessNotice, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -65,56 +65,55 @@ const MAX_READ: usize = 1024 * 1024;
 
 /// Copies one stream into the output store until it closes, watching lines
 /// for the readiness pattern.
+///
+/// While an append is written, the pipe fills (up to 1 MiB for a busy
+/// writer), and the next read takes all of it at once. Reading meanwhile was
+/// tried: the reader then woke for each of the writer's small writes, which
+/// slowed the writer more than the overlap won (BENCHMARKS.md).
 pub(crate) async fn pump(
     mut from: impl AsyncRead + Unpin + std::os::fd::AsFd,
     stream: Stream,
     output: Arc<dyn OutputStore>,
     watcher: Watcher,
 ) {
-    // Small while the process is quiet (most are, and a keeper holds two
-    // buffers per process), doubled up to 1 MiB while reads fill it.
-    let mut buf = vec![0u8; MIN_READ];
+    // Small while the process is quiet (most are, and a keeper holds a
+    // buffer per stream), doubled up to 1 MiB while reads fill it. It goes to
+    // the store and back, uncopied; reads go into its spare capacity, so
+    // nothing is zeroed first.
+    let mut size = MIN_READ;
+    let mut buf = Vec::with_capacity(MIN_READ);
     let mut line = Vec::new();
-    // Bytes dropped since the store last took a write: one warning when it
-    // starts refusing, one when it takes writes again, not one per read.
-    let mut dropping: Option<u64> = None;
+    let mut copied = Copied {
+        watcher: &watcher,
+        stream,
+        dropping: None,
+    };
     loop {
-        let n = match from.read(&mut buf).await {
+        buf.clear();
+        buf.reserve_exact(size);
+        let n = match from.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if n == buf.len() && buf.len() < MAX_READ {
-            if buf.len() == PIPE_DEFAULT {
+        if n >= size && size < MAX_READ {
+            if size == PIPE_DEFAULT {
                 // A heavy writer: a larger pipe lets each read (and each
                 // append) carry more. Only writers this busy get one, so
                 // the user's pipe memory quota is not spent on quiet ones.
                 let _ = rustix::pipe::fcntl_setpipe_size(&from, MAX_READ);
             }
-            buf.resize(buf.len() * 2, 0);
+            size *= 2;
         }
-        let data = &buf[..n];
-        watcher.copying.fetch_add(1, Ordering::SeqCst);
-        match output.append(watcher.id, stream, data).await {
-            Ok(_) => {
-                if let Some(bytes) = dropping.take() {
-                    tracing::warn!(id = %watcher.id, ?stream, bytes, "output kept again, after dropping what could not be kept");
-                }
-            }
-            Err(e) => {
-                if dropping.is_none() {
-                    tracing::warn!(id = %watcher.id, ?stream, error = %e, "output dropped until it can be kept again");
-                }
-                *dropping.get_or_insert(0) += n as u64;
-            }
-        }
-        watcher.copying.fetch_sub(1, Ordering::SeqCst);
-        watcher.activity.send_replace(Instant::now());
         if let Some(pattern) = &watcher.pattern
             && !watcher.ready.load(Ordering::SeqCst)
-            && scan_lines(&mut line, data, pattern)
+            && scan_lines(&mut line, &buf, pattern)
         {
             watcher.ready();
         }
+        watcher.copying.fetch_add(1, Ordering::SeqCst);
+        let (back, result) = output.append_owned(watcher.id, stream, buf).await;
+        copied.settle(n, result);
+        buf = back;
     }
     // A last line without a newline counts too.
     if let Some(pattern) = &watcher.pattern
@@ -122,6 +121,38 @@ pub(crate) async fn pump(
         && pattern.is_match(&String::from_utf8_lossy(&line))
     {
         watcher.ready();
+    }
+}
+
+/// The bookkeeping of one pump's appends: the copying count, the time of
+/// the last output, and bytes dropped since the store last took a write.
+struct Copied<'a> {
+    watcher: &'a Watcher,
+    stream: Stream,
+    /// One warning when the store starts refusing, one when it takes writes
+    /// again, not one per read.
+    dropping: Option<u64>,
+}
+
+impl Copied<'_> {
+    /// Notes the answer to an append of `n` bytes.
+    fn settle(&mut self, n: usize, result: Result<Cursor, OutputError>) {
+        let (id, stream) = (self.watcher.id, self.stream);
+        match result {
+            Ok(_) => {
+                if let Some(bytes) = self.dropping.take() {
+                    tracing::warn!(%id, ?stream, bytes, "output kept again, after dropping what could not be kept");
+                }
+            }
+            Err(e) => {
+                if self.dropping.is_none() {
+                    tracing::warn!(%id, ?stream, error = %e, "output dropped until it can be kept again");
+                }
+                *self.dropping.get_or_insert(0) += n as u64;
+            }
+        }
+        self.watcher.copying.fetch_sub(1, Ordering::SeqCst);
+        self.watcher.activity.send_replace(Instant::now());
     }
 }
 

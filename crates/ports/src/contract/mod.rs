@@ -198,6 +198,7 @@ macro_rules! output_contract_tests {
             cap_drops_oldest_and_reports_skipped,
             kept_output_is_always_the_newest_without_gaps,
             unknown_process_reads_empty,
+            owned_appends_keep_order_and_return_the_buffer,
             remove_forgets,
         );
     };

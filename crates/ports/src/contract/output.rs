@@ -331,6 +331,29 @@ pub async fn kept_output_is_always_the_newest_without_gaps(store: Arc<dyn Output
     }
 }
 
+/// A buffer handed over is kept as `append` keeps it, in order with
+/// borrowed appends, and comes back whole: its bytes and its capacity.
+pub async fn owned_appends_keep_order_and_return_the_buffer(store: Arc<dyn OutputStore>) {
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(b"one\n");
+    let (back, end) = store.append_owned(id(1), Stream::Stdout, buf).await;
+    assert_eq!(end.expect("append"), Cursor(4));
+    assert_eq!(back, b"one\n");
+    assert!(back.capacity() >= 64, "the buffer's capacity comes back");
+    store
+        .append(id(1), Stream::Stderr, b"two\n")
+        .await
+        .expect("append");
+    let (_, end) = store
+        .append_owned(id(1), Stream::Stdout, b"three\n".to_vec())
+        .await;
+    assert_eq!(end.expect("append"), Cursor(14));
+    let chunk = store.read(id(1), &query(None)).await.expect("read");
+    assert_eq!(chunk.text(), "one\ntwo\nthree\n");
+    let streams: Vec<Stream> = chunk.pieces.iter().map(|p| p.stream).collect();
+    assert_eq!(streams, [Stream::Stdout, Stream::Stderr, Stream::Stdout]);
+}
+
 /// A process that wrote nothing reads as empty, at cursor 0.
 pub async fn unknown_process_reads_empty(store: Arc<dyn OutputStore>) {
     let chunk = store.read(id(9), &query(None)).await.expect("read");
