@@ -15,6 +15,8 @@ const S = {
   collapsed: new Set(),
   selected: new Set(),
   order: [],              // ids in the order shown
+  depth: new Map(),       // id -> depth in the tree, for the rows shown
+  kids: new Map(),        // id -> its children shown
   sort: { key: "created", dir: -1 },
   status: null,
   readOnly: false,
@@ -102,11 +104,13 @@ function connect() {
     if (record) upsert(record);
     else { S.rows.delete(event.id); S.selected.delete(event.id); }
     if (S.detail === event.id) detailEvent(event, record);
-    schedule();
+    if (!renderChanged([event.id])) schedule();
   });
   source.addEventListener("usage", (m) => {
+    const had = S.usage;
     S.usage = new Map(JSON.parse(m.data).map((u) => [u.id, u]));
-    schedule();
+    // Usage moves rows only when the table is sorted by it.
+    if (!renderChanged(new Set([...had.keys(), ...S.usage.keys()]))) schedule();
   });
   source.addEventListener("resync", () => loadAll().catch((e) => toast(e.message, true)));
 }
@@ -239,6 +243,7 @@ function visibleOrder() {
 
 // ---- rendering -----------------------------------------------------------
 
+// The whole table is drawn once per frame, however many changes asked.
 let pending = false;
 function schedule() {
   if (pending) return;
@@ -348,6 +353,30 @@ function fillRow(tr, r, depth, hasKids, now) {
   setText(c[13], u && u.listening_ports.length ? u.listening_ports.join(", ") : "");
 }
 
+// Sorted by one of these, a record's change cannot move its row.
+const FIXED_SORT = ["created", "name", "kind", "group"];
+
+// Draws only the rows of records that changed, when none of them can
+// appear, leave or move; false when the whole table must be drawn. Such a
+// draw costs a row, not the table, so it is made at once, without waiting
+// for a frame: the next paint shows it.
+function renderChanged(ids) {
+  if (!FIXED_SORT.includes(S.sort.key)) return false;
+  const f = filters();
+  for (const id of ids) {
+    const r = S.rows.get(id);
+    if (!r || !S.trs.has(id) || matches(r, f) !== S.depth.has(id)) return false;
+  }
+  S.renders++;
+  const now = Date.now();
+  for (const id of ids) {
+    if (S.depth.has(id)) fillRow(S.trs.get(id), S.rows.get(id), S.depth.get(id), S.kids.has(id), now);
+  }
+  renderStrip(now);
+  if (S.detail) renderDetailHead();
+  return true;
+}
+
 function render() {
   S.renders++;
   const now = Date.now();
@@ -369,6 +398,8 @@ function render() {
     body.append(frag);
     S.order = ids;
   }
+  S.depth = depth;
+  S.kids = kids;
   for (const id of ids) fillRow(S.trs.get(id), S.rows.get(id), depth.get(id), kids.has(id), now);
   $("#empty").hidden = ids.length > 0;
   for (const th of document.querySelectorAll("thead th[data-sort]")) {
@@ -908,7 +939,12 @@ function wire() {
   $("#out").addEventListener("wheel", (e) => { if (e.deltaY < 0 && T.follow) setFollow(false); });
   document.addEventListener("keydown", onKey);
   // Durations of live processes move on by themselves; nothing is fetched.
-  setInterval(() => { if ([...S.rows.values()].some(isLive)) schedule(); }, 1000);
+  // Live rows' times tick; a draw of those rows, or of the table when the
+  // sort is by time.
+  setInterval(() => {
+    const live = [...S.rows.values()].filter(isLive).map((r) => r.id);
+    if (live.length && !renderChanged(live)) schedule();
+  }, 1000);
 }
 
 wire();
