@@ -145,11 +145,7 @@ async fn throughput(dir: &std::path::Path, n: usize) -> (Duration, Duration) {
 /// redirect first when `redirect_first` (rounds alternate, so neither always
 /// meets the page cache the other left).
 async fn capture(dir: &std::path::Path, bytes: u64, redirect_first: bool) -> (Duration, Duration) {
-    let direct = if redirect_first {
-        redirect(dir, bytes)
-    } else {
-        Duration::ZERO
-    };
+    let first = redirect_first.then(|| redirect(dir, bytes));
     let bpm = engine(Limits::default(), dir).await;
     let t = Instant::now();
     let r = bpm
@@ -181,12 +177,7 @@ async fn capture(dir: &std::path::Path, bytes: u64, redirect_first: bool) -> (Du
         "every byte was counted"
     );
     drop(chunk);
-    let direct = if redirect_first {
-        direct
-    } else {
-        redirect(dir, bytes)
-    };
-    (through_bpm, direct)
+    (through_bpm, first.unwrap_or_else(|| redirect(dir, bytes)))
 }
 
 /// `head -c BYTES /dev/zero` redirected to a file: capture's baseline.

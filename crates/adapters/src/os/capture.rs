@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bpm_domain::{LogPattern, ProcessId};
-use bpm_ports::{Cursor, OutputError, OutputStore, ProcessNotice, Stream};
+use bpm_ports::{OutputStore, ProcessNotice, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -83,11 +83,9 @@ pub(crate) async fn pump(
     let mut size = MIN_READ;
     let mut buf = Vec::with_capacity(MIN_READ);
     let mut line = Vec::new();
-    let mut copied = Copied {
-        watcher: &watcher,
-        stream,
-        dropping: None,
-    };
+    // Bytes dropped since the store last took a write: one warning when it
+    // starts refusing, one when it takes writes again, not one per read.
+    let mut dropping: Option<u64> = None;
     loop {
         buf.clear();
         buf.reserve_exact(size);
@@ -112,8 +110,22 @@ pub(crate) async fn pump(
         }
         watcher.copying.fetch_add(1, Ordering::SeqCst);
         let (back, result) = output.append_owned(watcher.id, stream, buf).await;
-        copied.settle(n, result);
         buf = back;
+        match result {
+            Ok(_) => {
+                if let Some(bytes) = dropping.take() {
+                    tracing::warn!(id = %watcher.id, ?stream, bytes, "output kept again, after dropping what could not be kept");
+                }
+            }
+            Err(e) => {
+                if dropping.is_none() {
+                    tracing::warn!(id = %watcher.id, ?stream, error = %e, "output dropped until it can be kept again");
+                }
+                *dropping.get_or_insert(0) += n as u64;
+            }
+        }
+        watcher.copying.fetch_sub(1, Ordering::SeqCst);
+        watcher.activity.send_replace(Instant::now());
     }
     // A last line without a newline counts too.
     if let Some(pattern) = &watcher.pattern
@@ -121,38 +133,6 @@ pub(crate) async fn pump(
         && pattern.is_match(&String::from_utf8_lossy(&line))
     {
         watcher.ready();
-    }
-}
-
-/// The bookkeeping of one pump's appends: the copying count, the time of
-/// the last output, and bytes dropped since the store last took a write.
-struct Copied<'a> {
-    watcher: &'a Watcher,
-    stream: Stream,
-    /// One warning when the store starts refusing, one when it takes writes
-    /// again, not one per read.
-    dropping: Option<u64>,
-}
-
-impl Copied<'_> {
-    /// Notes the answer to an append of `n` bytes.
-    fn settle(&mut self, n: usize, result: Result<Cursor, OutputError>) {
-        let (id, stream) = (self.watcher.id, self.stream);
-        match result {
-            Ok(_) => {
-                if let Some(bytes) = self.dropping.take() {
-                    tracing::warn!(%id, ?stream, bytes, "output kept again, after dropping what could not be kept");
-                }
-            }
-            Err(e) => {
-                if self.dropping.is_none() {
-                    tracing::warn!(%id, ?stream, error = %e, "output dropped until it can be kept again");
-                }
-                *self.dropping.get_or_insert(0) += n as u64;
-            }
-        }
-        self.watcher.copying.fetch_sub(1, Ordering::SeqCst);
-        self.watcher.activity.send_replace(Instant::now());
     }
 }
 
