@@ -39,3 +39,32 @@ pub fn last_lines(pieces: &[&OutputPiece], lines: usize) -> (Vec<OutputPiece>, b
     }
     (out, found)
 }
+
+/// How many bytes `pieces` hold.
+pub fn bytes(pieces: &[OutputPiece]) -> usize {
+    pieces.iter().map(|p| p.data.len()).sum()
+}
+
+/// Keeps only the newest `max_bytes` of `pieces` (in write order); returns
+/// whether anything was cut.
+pub fn keep_newest(pieces: &mut Vec<OutputPiece>, max_bytes: usize) -> bool {
+    let mut over = bytes(pieces).saturating_sub(max_bytes);
+    if over == 0 {
+        return false;
+    }
+    let mut whole = 0;
+    while let Some(p) = pieces.get(whole)
+        && p.data.len() <= over
+    {
+        over -= p.data.len();
+        whole += 1;
+    }
+    pieces.drain(..whole);
+    if over > 0
+        && let Some(first) = pieces.first_mut()
+    {
+        first.data.drain(..over);
+        first.offset += over as u64;
+    }
+    true
+}

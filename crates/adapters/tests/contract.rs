@@ -201,8 +201,9 @@ mod file_output {
             id: ProcessId,
             stream: StreamSelect,
             lines: usize,
+            max_bytes: usize,
         ) -> Result<OutputChunk, OutputError> {
-            self.store.tail(id, stream, lines).await
+            self.store.tail(id, stream, lines, max_bytes).await
         }
         async fn remove(&self, id: ProcessId) -> Result<(), OutputError> {
             self.store.remove(id).await

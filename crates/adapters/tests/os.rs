@@ -64,8 +64,9 @@ impl OutputStore for SlowOutput {
         id: bpm_domain::ProcessId,
         stream: bpm_ports::StreamSelect,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<bpm_ports::OutputChunk, bpm_ports::OutputError> {
-        self.0.tail(id, stream, lines).await
+        self.0.tail(id, stream, lines, max_bytes).await
     }
     async fn remove(&self, id: bpm_domain::ProcessId) -> Result<(), bpm_ports::OutputError> {
         self.0.remove(id).await

@@ -121,7 +121,8 @@ pub struct Event {
     pub progress: Option<Progress>,
     /// A related record: the new record of a manual restart.
     pub related: Option<ProcessId>,
-    /// The last lines of output, for exits; filled by the engine when it has them.
+    /// The last lines of output (at most 20, and at most their newest 16 KiB),
+    /// for exits; filled by the engine when it has them.
     pub output_tail: Option<String>,
 }
 

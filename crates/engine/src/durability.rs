@@ -17,8 +17,11 @@ use crate::ToLoop;
 use crate::driver::Driver;
 use crate::syncs::{AfterSync, STORE_RETRY};
 
-/// How many lines of output an exit event carries.
+/// How many lines of output an exit event carries, and at most how many
+/// bytes of them (a process that wrote no newline has one line as long as
+/// its kept output).
 const EXIT_TAIL_LINES: usize = 20;
+const EXIT_TAIL_BYTES: usize = 16 * 1024;
 /// The least time from the start of one sync of the store to the start of
 /// the next: under a stream of changes, each sync then covers several. A
 /// sync after a quiet spell starts at once.
@@ -145,7 +148,12 @@ impl Driver {
                 && let Ok(tail) = self
                     .ports
                     .output
-                    .tail(event.id, StreamSelect::Both, EXIT_TAIL_LINES)
+                    .tail(
+                        event.id,
+                        StreamSelect::Both,
+                        EXIT_TAIL_LINES,
+                        EXIT_TAIL_BYTES,
+                    )
                     .await
             {
                 event.output_tail = Some(tail.text());

@@ -574,27 +574,12 @@ impl ProcessManager for Engine {
         let Some(lines) = query.tail_lines else {
             return Ok(self.ports.output.read(id, &query).await?);
         };
-        let mut tail = self.ports.output.tail(id, query.stream, lines).await?;
-        // Keep the newest bytes when the lines exceed the byte cap.
-        let mut budget = query.max_bytes;
-        let mut kept = Vec::new();
-        for mut piece in tail.pieces.into_iter().rev() {
-            if budget == 0 {
-                tail.truncated = true;
-                break;
-            }
-            if piece.data.len() > budget {
-                let cut = piece.data.len() - budget;
-                piece.data.drain(..cut);
-                piece.offset += cut as u64;
-                tail.truncated = true;
-            }
-            budget -= piece.data.len();
-            kept.push(piece);
-        }
-        kept.reverse();
-        tail.pieces = kept;
-        Ok(tail)
+        // The newest bytes are kept when the lines exceed the byte cap.
+        Ok(self
+            .ports
+            .output
+            .tail(id, query.stream, lines, query.max_bytes)
+            .await?)
     }
 
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {

@@ -120,6 +120,37 @@ impl Harness {
     }
 }
 
+/// An exit event carries the last lines, at most 16 KiB of them: a process
+/// that writes one endless line must not make each exit read all it kept.
+#[tokio::test]
+async fn an_exit_events_tail_is_at_most_16_kib() {
+    let h = harness(Limits::default()).await;
+    let mut events = h.engine.subscribe();
+    let line: String = (0..40_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let r = h
+        .engine
+        .start(fake(&["after=1s", &format!("stdout={line}")]))
+        .await
+        .expect("start");
+    h.advance(Duration::from_secs(1)).await;
+    h.engine.wait(r.id(), None).await.expect("wait");
+    let mut tail = None;
+    while let Ok(e) = events.try_recv() {
+        if e.kind == EventKind::Exited {
+            tail = e.output_tail;
+        }
+    }
+    let tail = tail.expect("the exit event carries a tail");
+    assert_eq!(tail.len(), 16 * 1024);
+    assert_eq!(
+        tail,
+        format!("{line}\n")[40_001 - 16 * 1024..],
+        "the newest bytes"
+    );
+}
+
 #[tokio::test]
 async fn a_process_runs_and_completes_with_its_events() {
     let h = harness(Limits::default()).await;

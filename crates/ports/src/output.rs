@@ -178,7 +178,14 @@ pub trait OutputStore: Send + Sync + 'static {
     async fn read(&self, id: ProcessId, query: &OutputQuery) -> Result<OutputChunk, OutputError>;
 
     /// The last `lines` lines of the selected streams (a final line without a
-    /// newline counts); `next` is the end of the output.
+    /// newline counts), at most `max_bytes` of them: when those lines hold
+    /// more, only their newest `max_bytes` are returned and `truncated` is
+    /// set. `next` is the end of the output.
+    ///
+    /// A store MUST NOT read much more than `max_bytes` of the selected
+    /// output to answer when the lines are long: a process that writes no
+    /// newline leaves one line as large as its cap, and every exit asks for
+    /// its tail.
     ///
     /// # Errors
     /// - MUST return [`OutputError::Unavailable`] if the backend cannot be reached.
@@ -187,6 +194,7 @@ pub trait OutputStore: Send + Sync + 'static {
         id: ProcessId,
         stream: StreamSelect,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<OutputChunk, OutputError>;
 
     /// Forgets the output of `id`. Removing output that does not exist is not an error.

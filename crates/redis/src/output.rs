@@ -491,6 +491,7 @@ impl OutputStore for RedisOutput {
         id: ProcessId,
         stream: StreamSelect,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<OutputChunk, OutputError> {
         let log = self.load(id).await?;
         let mut tail = Vec::new();
@@ -505,14 +506,17 @@ impl OutputStore for RedisOutput {
             let pieces: Vec<&OutputPiece> = chunk.pieces.iter().collect();
             let (last, found) = bpm_adapters::tail::last_lines(&pieces, lines);
             tail = last;
-            if found {
+            // Past `max_bytes` of the lines, no wider window can change the answer.
+            if found || bpm_adapters::tail::bytes(&tail) >= max_bytes {
                 break;
             }
         }
+        let truncated = bpm_adapters::tail::keep_newest(&mut tail, max_bytes);
         Ok(OutputChunk {
             pieces: tail,
             next: Cursor(log.end),
             dropped: log.dropped,
+            truncated,
             ..OutputChunk::default()
         })
     }

@@ -345,6 +345,7 @@ fn tail_of(
     log: &SegmentedLog,
     select: StreamSelect,
     lines: usize,
+    max_bytes: usize,
 ) -> io::Result<OutputChunk> {
     let mut tail = Vec::new();
     for start in tail_windows(log) {
@@ -358,14 +359,17 @@ fn tail_of(
         let pieces: Vec<&OutputPiece> = chunk.pieces.iter().collect();
         let (last, found) = crate::tail::last_lines(&pieces, lines);
         tail = last;
-        if found {
+        // Past `max_bytes` of the lines, no wider window can change the answer.
+        if found || crate::tail::bytes(&tail) >= max_bytes {
             break;
         }
     }
+    let truncated = crate::tail::keep_newest(&mut tail, max_bytes);
     Ok(OutputChunk {
         pieces: tail,
         next: Cursor(log.end),
         dropped: log.dropped,
+        truncated,
         ..OutputChunk::default()
     })
 }
@@ -439,6 +443,7 @@ impl OutputStore for FileOutput {
         id: ProcessId,
         stream: StreamSelect,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<OutputChunk, OutputError> {
         let Some(log) = self.existing_log(id).map_err(|e| unavailable(id, &e))? else {
             return Ok(OutputChunk::default());
@@ -446,7 +451,7 @@ impl OutputStore for FileOutput {
         let dir = self.dir(id);
         tokio::task::spawn_blocking(move || {
             let log = log.lock().unwrap_or_else(PoisonError::into_inner);
-            tail_of(&dir, &log, stream, lines)
+            tail_of(&dir, &log, stream, lines, max_bytes)
                 .map_err(|e| OutputError::Unavailable(format!("output of {id}: {e}")))
         })
         .await

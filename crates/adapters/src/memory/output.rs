@@ -93,7 +93,7 @@ impl Log {
         chunk
     }
 
-    fn tail(&self, select: StreamSelect, lines: usize) -> OutputChunk {
+    fn tail(&self, select: StreamSelect, lines: usize, max_bytes: usize) -> OutputChunk {
         let mut chunk = OutputChunk {
             next: Cursor(self.end),
             ..OutputChunk::default()
@@ -104,6 +104,7 @@ impl Log {
             .filter(|p| select.includes(p.stream))
             .collect();
         chunk.pieces = crate::tail::last_lines(&selected, lines).0;
+        chunk.truncated = crate::tail::keep_newest(&mut chunk.pieces, max_bytes);
         chunk
     }
 }
@@ -161,11 +162,12 @@ impl OutputStore for InMemoryOutput {
         id: ProcessId,
         stream: StreamSelect,
         lines: usize,
+        max_bytes: usize,
     ) -> Result<OutputChunk, OutputError> {
         let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(logs
             .get(&id)
-            .map(|log| log.tail(stream, lines))
+            .map(|log| log.tail(stream, lines, max_bytes))
             .unwrap_or_default())
     }
 

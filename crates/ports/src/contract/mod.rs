@@ -193,6 +193,7 @@ macro_rules! output_contract_tests {
             reading_consumes_nothing,
             streams_are_selected_and_ordered,
             tail_returns_last_lines,
+            tail_keeps_the_newest_max_bytes,
             max_bytes_truncates_and_resumes,
             non_utf8_bytes_are_kept,
             cap_drops_oldest_and_reports_skipped,

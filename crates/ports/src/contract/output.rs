@@ -162,31 +162,90 @@ pub async fn tail_returns_last_lines(store: Arc<dyn OutputStore>) {
         .await
         .expect("append");
     let t = store
-        .tail(id(1), StreamSelect::Both, 3)
+        .tail(id(1), StreamSelect::Both, 3, usize::MAX)
         .await
         .expect("tail");
     assert_eq!(t.text(), "c\nd\npartial");
     assert_eq!(t.next, Cursor(15));
     let t = store
-        .tail(id(1), StreamSelect::Stdout, 2)
+        .tail(id(1), StreamSelect::Stdout, 2, usize::MAX)
         .await
         .expect("tail");
     assert_eq!(t.text(), "d\npartial");
     let t = store
-        .tail(id(1), StreamSelect::Stderr, 10)
+        .tail(id(1), StreamSelect::Stderr, 10, usize::MAX)
         .await
         .expect("tail");
     assert_eq!(t.text(), "c\n");
     let t = store
-        .tail(id(1), StreamSelect::Both, 0)
+        .tail(id(1), StreamSelect::Both, 0, usize::MAX)
         .await
         .expect("tail");
     assert!(t.pieces.is_empty());
     let t = store
-        .tail(id(1), StreamSelect::Both, 100)
+        .tail(id(1), StreamSelect::Both, 100, usize::MAX)
         .await
         .expect("tail");
     assert_eq!(t.text(), "a\nb\nc\nd\npartial");
+}
+
+/// A tail is at most `max_bytes`: lines longer than that keep their newest
+/// bytes, at their own offsets, and the tail says it was cut.
+pub async fn tail_keeps_the_newest_max_bytes(store: Arc<dyn OutputStore>) {
+    store
+        .append(id(1), Stream::Stdout, b"older\n")
+        .await
+        .expect("append");
+    store
+        .append(id(1), Stream::Stderr, b"err\n")
+        .await
+        .expect("append");
+    // One line of 3,000 bytes, no newline: most of the contract's cap.
+    let long: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    store
+        .append(id(1), Stream::Stdout, &long[..1000])
+        .await
+        .expect("append");
+    store
+        .append(id(1), Stream::Stdout, &long[1000..])
+        .await
+        .expect("append");
+    let end = 6 + 4 + 3000;
+    let t = store
+        .tail(id(1), StreamSelect::Both, 20, 100)
+        .await
+        .expect("tail");
+    assert_eq!(t.text().as_bytes(), &long[2900..], "the newest 100 bytes");
+    assert!(t.truncated, "a cut tail says so");
+    assert_eq!(t.pieces[0].offset, end - 100, "bytes keep their offsets");
+    assert_eq!(t.next, Cursor(end));
+    // Across a write's border.
+    let t = store
+        .tail(id(1), StreamSelect::Stdout, 1, 2500)
+        .await
+        .expect("tail");
+    assert_eq!(t.text().as_bytes(), &long[500..]);
+    assert!(t.truncated);
+    // Exactly as much as the lines hold is not a cut.
+    let t = store
+        .tail(id(1), StreamSelect::Both, 2, 3004)
+        .await
+        .expect("tail");
+    assert_eq!(t.text().len(), 3004);
+    assert!(t.text().starts_with("err\n"));
+    assert!(!t.truncated, "nothing was left out");
+    // Another stream's long line does not cut this one's.
+    let t = store
+        .tail(id(1), StreamSelect::Stderr, 5, 100)
+        .await
+        .expect("tail");
+    assert_eq!(t.text(), "err\n");
+    assert!(!t.truncated);
+    let t = store
+        .tail(id(1), StreamSelect::Both, 5, 0)
+        .await
+        .expect("tail");
+    assert!(t.pieces.is_empty() && t.truncated);
 }
 
 /// A read stops at `max_bytes`, says so, and the next read resumes exactly.
@@ -264,7 +323,7 @@ pub async fn cap_drops_oldest_and_reports_skipped(store: Arc<dyn OutputStore>) {
     assert_eq!(chunk.next, Cursor(total));
     assert!(chunk.text().ends_with("last\n"));
     let t = store
-        .tail(id(1), StreamSelect::Both, 1)
+        .tail(id(1), StreamSelect::Both, 1, usize::MAX)
         .await
         .expect("tail");
     assert_eq!(t.text(), "last\n");
@@ -361,7 +420,7 @@ pub async fn unknown_process_reads_empty(store: Arc<dyn OutputStore>) {
     assert_eq!(chunk.next, Cursor(0));
     assert!(
         store
-            .tail(id(9), StreamSelect::Both, 5)
+            .tail(id(9), StreamSelect::Both, 5, usize::MAX)
             .await
             .expect("tail")
             .pieces
