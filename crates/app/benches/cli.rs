@@ -17,7 +17,11 @@
 //! `BPM_BENCH=exit` for where an exit's time goes on its way to `bpm wait`,
 //! `BPM_BENCH=shell` for `bpm run` from bash beside `setsid -f`, and its parts,
 //! `BPM_BENCH=limits` for what resource limits and a terminal add to a
-//! start, beside a plain one)
+//! start, beside a plain one, `BPM_BENCH=capture` for 1 GiB of output
+//! captured by the daemon, beside a redirect to a file).
+//!
+//! `BPM_BENCH_BIN=PATH` runs another build of `bpm` under the same harness,
+//! for comparing two builds run by run.
 
 // Figures for printing: float conversions of counts lose nothing that matters here.
 #![allow(clippy::cast_precision_loss)]
@@ -27,10 +31,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BPM: &str = env!("CARGO_BIN_EXE_bpm");
+/// The `bpm` this bench runs: `BPM_BENCH_BIN`, or the one Cargo built.
+static BPM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("BPM_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bpm").to_owned())
+});
 
 fn bpm(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(BPM)
+    let out = Command::new(&*BPM)
         .args(args)
         .env("BPM_HOME", home)
         .stdin(Stdio::null())
@@ -58,7 +65,7 @@ const ROUNDS: usize = 7;
 /// `bpm wait`; returns the whole time and the submission's.
 fn queue_of_trues(home: &Path) -> (Duration, Duration) {
     let t = Instant::now();
-    let mut submit = Command::new(BPM)
+    let mut submit = Command::new(&*BPM)
         .args(["run", "--from", "-", "--", "true"])
         .env("BPM_HOME", home)
         .stdin(Stdio::piped())
@@ -215,7 +222,7 @@ fn ps_with_running_trees() {
     let n = 200;
     let dir = home("[limits]\nmax_running = 250\n");
     let lines: String = (0..n).map(|_| "sleep 300\n").collect();
-    let mut child = Command::new(BPM)
+    let mut child = Command::new(&*BPM)
         .args(["run", "--from", "-", "--shell"])
         .env("BPM_HOME", dir.path())
         .stdin(Stdio::piped())
@@ -353,9 +360,10 @@ fn fence_checks() {
     ] {
         let dir = home(&config);
         let n = 100;
+        let bin = &*BPM;
         let script = format!(
             "for round in 1 2 3 4 5; do \
-               s=$EPOCHREALTIME; for i in $(seq {n}); do {BPM} fence check || exit 9; done; e=$EPOCHREALTIME; echo \"fence $s $e\"; \
+               s=$EPOCHREALTIME; for i in $(seq {n}); do {bin} fence check || exit 9; done; e=$EPOCHREALTIME; echo \"fence $s $e\"; \
                s=$EPOCHREALTIME; for i in $(seq {n}); do /bin/true; done; e=$EPOCHREALTIME; echo \"true $s $e\"; \
              done"
         );
@@ -429,7 +437,7 @@ fn ensure_cost() {
 
 /// Starts `bpm wait ID` in the background (to return when `id` ends).
 fn waiter(home: &Path, id: &str) -> std::process::Child {
-    Command::new(BPM)
+    Command::new(&*BPM)
         .args(["wait", id])
         .env("BPM_HOME", home)
         .stdin(Stdio::null())
@@ -1015,7 +1023,8 @@ fn limits_and_terminals() {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     for _ in 0..40 {
         for (i, (_, flags)) in kinds.iter().enumerate() {
-            let script = format!("id=$({BPM} run {flags} -- true) && {BPM} wait $id");
+            let bin = &*BPM;
+            let script = format!("id=$({bin} run {flags} -- true) && {bin} wait $id");
             let t = Instant::now();
             let status = Command::new("sh")
                 .args(["-c", &script])
@@ -1075,7 +1084,7 @@ const HOPS: [&str; 6] = [
 /// shell has `bpm wait`'s exit.
 fn exit_trace() {
     let dir = tempfile::tempdir().expect("home");
-    let start = Command::new(BPM)
+    let start = Command::new(&*BPM)
         .arg("ps")
         .env("BPM_HOME", dir.path())
         .env("BPM_LOG", "warn,bpm=info,bpm::hop=trace")
@@ -1092,7 +1101,7 @@ fn exit_trace() {
         let mut samples = Vec::new();
         for _ in 0..n {
             let out = Command::new("bash")
-                .args(["-c", EXIT_SAMPLE, "sample", BPM, secs])
+                .args(["-c", EXIT_SAMPLE, "sample", BPM.as_str(), secs])
                 .arg(&scratch)
                 .env("BPM_HOME", dir.path())
                 .stderr(Stdio::inherit())
@@ -1202,7 +1211,7 @@ fn shell_costs() {
     let id = bpm(dir.path(), &["run", "--", "true"]).trim().to_owned();
     bpm(dir.path(), &["wait", &id]);
     let out = Command::new("bash")
-        .args(["-c", SHELL_ROUNDS, "rounds", BPM, "40", &id])
+        .args(["-c", SHELL_ROUNDS, "rounds", BPM.as_str(), "40", &id])
         .env("BPM_HOME", dir.path())
         .stderr(Stdio::inherit())
         .output()
@@ -1227,9 +1236,85 @@ fn shell_costs() {
     );
 }
 
+/// `BPM_BENCH=capture`: `head -c 1G /dev/zero` started with `bpm run` and
+/// waited for with `bpm wait`, its output captured by the daemon into the
+/// file store (default caps), beside the same command redirected to a file
+/// in the same folder. `BPM_BENCH_ROUNDS` rounds (5 by default) on one
+/// daemon, the two taking turns going first; every round, the first round's
+/// ratio (a daemon's first capture) and the median are printed, then the
+/// daemon's resident memory after the rounds. bpm keeps the newest 64 MiB
+/// (the default cap) and deletes older segments, often before the disk
+/// wrote them; the redirect keeps the whole 1 GiB.
+fn daemon_capture() {
+    const BYTES: u64 = 1 << 30;
+    let rounds: usize = std::env::var("BPM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let dir = home("");
+    let size = BYTES.to_string();
+    let mib = (BYTES >> 20) as f64;
+    let before = daemon_resident(dir.path());
+    let through_bpm = || {
+        let t = Instant::now();
+        let id = bpm(dir.path(), &["run", "--", "head", "-c", &size, "/dev/zero"]);
+        bpm(dir.path(), &["wait", id.trim()]);
+        let took = t.elapsed();
+        let shown = bpm(dir.path(), &["show", "--json", id.trim()]);
+        assert!(
+            shown.contains("\"completed\""),
+            "the capture ended: {shown}"
+        );
+        took
+    };
+    let redirect = || {
+        let file = dir.path().join("direct.out");
+        let t = Instant::now();
+        let status = Command::new("head")
+            .args(["-c", &size, "/dev/zero"])
+            .stdout(std::fs::File::create(&file).expect("file"))
+            .status()
+            .expect("head");
+        let took = t.elapsed();
+        assert!(status.success());
+        let _ = std::fs::remove_file(file);
+        took
+    };
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let (ours, direct) = if round % 2 == 0 {
+            let direct = redirect();
+            (through_bpm(), direct)
+        } else {
+            let ours = through_bpm();
+            (ours, redirect())
+        };
+        let (ours, direct) = (mib / ours.as_secs_f64(), mib / direct.as_secs_f64());
+        ratios.push(ours / direct);
+        println!(
+            "round {round}: 1 GiB through the daemon {ours:.0} MiB/s; redirect to a file {direct:.0} MiB/s; ratio {:.2}",
+            ours / direct
+        );
+    }
+    let first = ratios[0];
+    println!(
+        "capture through the daemon, ratio to a redirect: first round {first:.2}; median of {rounds} {:.2} (target >= 0.7)",
+        median_ms(&mut ratios)
+    );
+    let after = daemon_resident(dir.path());
+    println!(
+        "daemon resident memory: {:.1} MiB before the rounds, {:.1} MiB after",
+        before.all as f64 / 1024.0,
+        after.all as f64 / 1024.0
+    );
+    bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
+
 fn main() {
     match std::env::var("BPM_BENCH").as_deref() {
         Ok("shell") => return shell_costs(),
+        Ok("capture") => return daemon_capture(),
         Ok("exit") => return exit_trace(),
         Ok("limits") => return limits_and_terminals(),
         Ok("idle") => return idle_connections(),
