@@ -20,9 +20,21 @@ ROUNDS = 10
 
 
 # Set before the page loads: notes when the page's own event stream hands
-# it a record's end, before the page draws it (its draw waits for a frame).
+# it a record's end, before the page draws it; and every frame of the page's
+# main thread that took 50 ms or more (Long Animation Frames), so that a late
+# event can be told apart from a page that was busy when it came.
 NOTE_STREAM = """
 (() => {
+  window.longFrames = [];
+  new PerformanceObserver((list) => {
+    for (const f of list.getEntries()) window.longFrames.push({
+      at: performance.timeOrigin + f.startTime,
+      ms: f.duration,
+      blocking: f.blockingDuration,
+      render: f.renderStart ? f.startTime + f.duration - f.renderStart : 0,
+      scripts: (f.scripts || []).map((s) => `${s.invoker} ${Math.round(s.duration)} ms`).join(', '),
+    });
+  }).observe({type: 'long-animation-frame', buffered: true});
   const Source = window.EventSource;
   window.streamAt = {};
   window.EventSource = class extends Source {
@@ -30,7 +42,7 @@ NOTE_STREAM = """
       super(url, options);
       if (String(url).includes('/api/live')) this.addEventListener('change', (m) => {
         const e = JSON.parse(m.data).event;
-        if (e.state === 'completed' && !(e.id in window.streamAt)) window.streamAt[e.id] = Date.now();
+        if (e.state === 'completed' && !(e.id in window.streamAt)) window.streamAt[e.id] = performance.timeOrigin + performance.now();
       });
     }
   };
@@ -39,7 +51,7 @@ NOTE_STREAM = """
 
 
 def exit_to_badge(d):
-    badge, stream, wait = [], [], []
+    badge, stream, wait, busy = [], [], [], []
     gate = f"{b.HOME}/bench-gate"
     for _ in range(ROUNDS):
         # Held until the page watches it: on a page of 1,000 records its row
@@ -59,14 +71,33 @@ def exit_to_badge(d):
         os.remove(gate)
         ended_ns = int(b.bpm("logs", rid))
         badge.append(d.execute_script("return window.badgeAt") - ended_ns / 1e6)
-        stream.append(d.execute_script("return window.streamAt[arguments[0]]", rid) - ended_ns / 1e6)
+        came = d.execute_script("return window.streamAt[arguments[0]]", rid)
+        stream.append(came - ended_ns / 1e6)
+        busy.append(busy_between(d, ended_ns / 1e6, came))
         # Baseline: `bpm wait`, started before the process ends, returning.
         rid = b.bpm("run", "--shell", "--", "sleep 0.4; date +%s%N")
         subprocess.run([b.BPM, "wait", rid], env=b.ENV, check=True, capture_output=True)
         returned = time.time() * 1000
         wait.append(returned - int(b.bpm("logs", rid)) / 1e6)
     print("  rounds, page:", " ".join(f"{x:.0f}" for x in badge), "| its stream:", " ".join(f"{x:.0f}" for x in stream), "| wait:", " ".join(f"{x:.0f}" for x in wait))
+    print("  the page's main thread in a long frame while its event was due, ms:", " ".join(f"{x:.0f}" for x, _ in busy))
+    for (late, (_, frames)) in zip(stream, busy):
+        if late > 20:
+            print(f"    a late event ({late:.0f} ms) came during:", "; ".join(frames) or "no long frame")
     return statistics.median(badge), statistics.median(stream), statistics.median(wait)
+
+
+def busy_between(d, start, end):
+    """How much of [start, end] (epoch ms) the page's main thread spent in
+    long frames, and those frames described."""
+    frames = d.execute_script("return window.longFrames.splice(0)")
+    spent, told = 0.0, []
+    for f in frames:
+        overlap = min(end, f["at"] + f["ms"]) - max(start, f["at"])
+        if overlap > 0:
+            spent += overlap
+            told.append(f"a {f['ms']:.0f} ms frame ({f['render']:.0f} ms of style, layout and paint; {f['scripts'] or 'no script'})")
+    return spent, told
 
 
 def exit_to_event():
