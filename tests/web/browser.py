@@ -271,6 +271,30 @@ def scenario(d):
         search.send_keys(Keys.BACKSPACE)
         wait(d, "every row again", lambda: len(visible_ids(d)) >= 4)
 
+    @check("rows stay in the drawn order as records come and the sort changes")
+    def _():
+        # New rows are put in their place without moving the others: the
+        # table must read as its order after each change.
+        in_order = lambda: visible_ids(d) == d.execute_script("return window.bpm.order")
+        was = d.execute_script("return {...window.bpm.sort}")
+        names = lambda: d.execute_script(
+            "return [...document.querySelectorAll('#rows tr .nm')].map((n) => n.textContent);")
+        for name in ["order-b", "order-c", "order-a"]:
+            bpm("run", "--name", name, "--", "true")
+        wait(d, "the new rows", lambda: sorted(n for n in names() if n.startswith("order-")) == ["order-a", "order-b", "order-c"] and in_order())
+        for clicks, want in [(1, ["order-a", "order-b", "order-c"]), (1, ["order-c", "order-b", "order-a"])]:
+            for _ in range(clicks):
+                click(d, "the Name header", 'thead th[data-sort="name"]')
+            got = lambda: [n for n in names() if n.startswith("order-")]
+            wait(d, f"rows sorted as {want}", lambda: got() == want and in_order(), seen=got)
+        bpm("run", "--name", "order-0", "--", "true")
+        got = lambda: [n for n in names() if n.startswith("order-")]
+        wait(d, "a new row in its sorted place", lambda: got() == ["order-c", "order-b", "order-a", "order-0"] and in_order(), seen=got)
+        click(d, "the Name header", 'thead th[data-sort="name"]')
+        wait(d, "the sort back to ascending", lambda: got()[:1] == ["order-0"] and in_order(), seen=got)
+        d.execute_script("window.bpm.sort = arguments[0]; render();", was)
+        wait(d, "the first sort again", lambda: in_order())
+
     @check("a project's services are grouped, filtered by project, and show their health")
     def _():
         stack = tempfile.mkdtemp(prefix="bpm-web-stack-")

@@ -388,14 +388,17 @@ function render() {
   }
   const same = ids.length === S.order.length && ids.every((id, i) => id === S.order[i]);
   if (!same) {
-    const frag = document.createDocumentFragment();
+    // Rows already in their place stay put: a row taken out and put back is
+    // styled and laid out again, so moving all 1,000 rows for one new row
+    // held the page in frames of hundreds of ms, and events waited behind them.
+    for (const [id, tr] of S.trs) if (!depth.has(id) && tr.parentNode) tr.remove();
+    let at = body.firstChild;
     for (const id of ids) {
       let tr = S.trs.get(id);
       if (!tr) { tr = makeRow(id); S.trs.set(id, tr); }
-      frag.append(tr);
+      if (tr === at) at = at.nextSibling;
+      else body.insertBefore(tr, at);
     }
-    for (const [id, tr] of S.trs) if (!depth.has(id) && tr.parentNode) tr.remove();
-    body.append(frag);
     S.order = ids;
   }
   S.depth = depth;
