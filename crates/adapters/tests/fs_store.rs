@@ -1,6 +1,7 @@
 //! What the filesystem store promises beyond the contract: crash safety,
 //! quarantine of corrupt files, one writer at a time, readers in other
-//! processes, and clear errors that leave it readable.
+//! processes, clear errors that leave it readable, and output tails that
+//! read no further back than they need.
 
 use bpm_adapters::fs::FsStore;
 use bpm_domain::{
@@ -835,4 +836,46 @@ async fn a_damaged_journal_header_costs_only_the_entries_it_overwrote() {
         assert!(store.recovery_warnings().is_empty());
         assert_eq!(sorted_ids(&store).await, expected);
     }
+}
+
+/// A tail of long lines reads only the newest part of the output: with the
+/// oldest segment's file gone, a tail of at most 1 KiB still answers, while
+/// a tail without a bound, which must read back that far, cannot.
+#[tokio::test]
+async fn a_bounded_tail_reads_only_the_newest_segment() {
+    use bpm_adapters::fs::FileOutput;
+    use bpm_ports::{OutputStore, Stream, StreamSelect};
+    let dir = tempfile::tempdir().expect("dir");
+    // Segments of half the cap: 1 MiB of one line fills two.
+    let output = FileOutput::new(dir.path(), 1 << 20).expect("output");
+    let id = ProcessId::from_uuid(uuid::Uuid::from_u128(7));
+    for _ in 0..16 {
+        output
+            .append(id, Stream::Stdout, &[b'x'; 64 << 10])
+            .await
+            .expect("append");
+    }
+    let folder = dir.path().join(id.to_string());
+    let mut data: Vec<_> = std::fs::read_dir(&folder)
+        .expect("folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect();
+    data.sort();
+    assert_eq!(data.len(), 2, "two segments: {data:?}");
+    std::fs::remove_file(&data[0]).expect("remove the oldest segment");
+
+    let tail = output
+        .tail(id, StreamSelect::Both, 20, 1024)
+        .await
+        .expect("a bounded tail reads only the newest segment");
+    assert_eq!(tail.text(), "x".repeat(1024));
+    assert!(tail.truncated);
+    assert!(
+        output
+            .tail(id, StreamSelect::Both, 20, usize::MAX)
+            .await
+            .is_err(),
+        "an unbounded tail reads the removed segment"
+    );
 }

@@ -17,10 +17,10 @@ use crate::ToLoop;
 use crate::driver::Driver;
 use crate::syncs::{AfterSync, STORE_RETRY};
 
-/// How many lines of output an exit event carries, and at most how many
-/// bytes of them (a process that wrote no newline has one line as long as
-/// its kept output).
+/// How many lines of output an exit event carries.
 const EXIT_TAIL_LINES: usize = 20;
+/// At most this many bytes of those lines: a process that wrote no newline
+/// has one line as long as all its kept output.
 const EXIT_TAIL_BYTES: usize = 16 * 1024;
 /// The least time from the start of one sync of the store to the start of
 /// the next: under a stream of changes, each sync then covers several. A
