@@ -849,9 +849,10 @@ async fn a_bounded_tail_reads_only_the_newest_segment() {
     // Segments of half the cap: 1 MiB of one line fills two.
     let output = FileOutput::new(dir.path(), 1 << 20).expect("output");
     let id = ProcessId::from_uuid(uuid::Uuid::from_u128(7));
+    let chunk = vec![b'x'; 64 << 10];
     for _ in 0..16 {
         output
-            .append(id, Stream::Stdout, &[b'x'; 64 << 10])
+            .append(id, Stream::Stdout, &chunk)
             .await
             .expect("append");
     }
