@@ -712,3 +712,65 @@ async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_ag
     );
     assert!(next.take(high.id(), &agents, 1).await.expect("ask"));
 }
+
+/// The bytes `server` has sent to all its clients so far.
+async fn sent_by(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_net_output_bytes in INFO stats")
+}
+
+/// A tail bounded in bytes reads only the newest part of a long line: the
+/// server sends little more than the bound, where an unbounded tail of the
+/// same line sends all of it. (The contract checks what a tail returns; this
+/// checks what it costs, which the answer alone would not show.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_tail_reads_only_the_newest_part_of_a_long_line() {
+    let server = RedisServer::start();
+    let output = RedisOutput::connect(&server.url(), "tail", 1 << 20)
+        .await
+        .expect("connect");
+    let id = record(7).id();
+    let chunk = vec![b'x'; 64 << 10];
+    for _ in 0..16 {
+        output
+            .append(id, Stream::Stdout, &chunk)
+            .await
+            .expect("append");
+    }
+    let before = sent_by(&server).await;
+    let tail = output
+        .tail(id, StreamSelect::Both, 20, 1024)
+        .await
+        .expect("a bounded tail");
+    let bounded = sent_by(&server).await - before;
+    assert_eq!(tail.text(), "x".repeat(1024));
+    assert!(tail.truncated);
+
+    let before = sent_by(&server).await;
+    let whole = output
+        .tail(id, StreamSelect::Both, 20, usize::MAX)
+        .await
+        .expect("an unbounded tail");
+    let unbounded = sent_by(&server).await - before;
+    assert_eq!(whole.text().len(), 1 << 20, "the whole line is kept");
+    assert!(
+        bounded < 128 << 10,
+        "a tail bounded to 1 KiB had the server send {bounded} bytes"
+    );
+    assert!(
+        unbounded >= 1 << 20,
+        "an unbounded tail had the server send {unbounded} bytes"
+    );
+}
