@@ -340,17 +340,32 @@ impl Serialize for Span {
 }
 
 impl<'de> Deserialize<'de> for Span {
+    /// Seconds as a number, or text such as `"1.5s"` or `"2m"`. One visitor
+    /// takes either: every record holds several spans, and trying a number
+    /// first, then text, built and dropped an error for each.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(f64),
-            Text(String),
+        struct Either;
+        impl serde::de::Visitor<'_> for Either {
+            type Value = Span;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: seconds as a number, or text such as \"1.5s\" or \"2m\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Span, E> {
+                span_from_secs_f64(n, &n.to_string()).map_err(E::custom)
+            }
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Span, E> {
+                span_from_secs_f64(n as f64, &n.to_string()).map_err(E::custom)
+            }
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Span, E> {
+                span_from_secs_f64(n as f64, &n.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Span, E> {
+                t.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => span_from_secs_f64(n, &n.to_string()).map_err(serde::de::Error::custom),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Either)
     }
 }
 
@@ -388,6 +403,14 @@ mod tests {
         for bad in ["-1", "1e30"] {
             assert!(serde_json::from_str::<Span>(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            serde_json::from_str::<Span>("90").expect("whole seconds"),
+            Span::from_secs(90)
+        );
+        let e = serde_json::from_str::<Span>("true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected a duration"), "{e}");
     }
 
     #[test]
