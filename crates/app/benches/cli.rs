@@ -1234,7 +1234,8 @@ fn shell_medians(dir: &Path, rounds: usize) -> Vec<f64> {
 /// store and on `store = "memory"`, which writes nothing to disk: the
 /// difference is what the file store's durable write (its journal's flush,
 /// which the answer waits for) costs a start. Four turns of 10 rounds each,
-/// the two daemons taking turns; medians over each store's 40 rounds.
+/// the two daemons taking turns; per store, the median of its four turns'
+/// medians.
 fn shell_costs() {
     let (file, memory) = (home(""), home("store = \"memory\"\n"));
     let (mut on_file, mut on_memory) = (Vec::new(), Vec::new());
@@ -1250,13 +1251,8 @@ fn shell_costs() {
         let mut v: Vec<f64> = turns.iter().map(|t| t[i]).collect();
         median_ms(&mut v)
     };
-    let (run, setsid, version, show, subst) = (
-        column(&on_file, 0),
-        column(&on_file, 1),
-        column(&on_file, 2),
-        column(&on_file, 3),
-        column(&on_file, 4),
-    );
+    let m: Vec<f64> = (0..5).map(|i| column(&on_file, i)).collect();
+    let (run, setsid, version, show, subst) = (m[0], m[1], m[2], m[3], m[4]);
     println!(
         "from bash, 4 turns of 10 rounds: id=$(bpm run -- sleep 30) {run:.2} ms; setsid -f sleep 30 {setsid:.2} ms; ratio {:.2} (target <= 2)",
         run / setsid

@@ -355,11 +355,11 @@ impl<'de> Deserialize<'de> for Span {
             }
             #[allow(clippy::cast_precision_loss)]
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Span, E> {
-                span_from_secs_f64(n as f64, &n.to_string()).map_err(E::custom)
+                self.visit_f64(n as f64)
             }
             #[allow(clippy::cast_precision_loss)]
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Span, E> {
-                span_from_secs_f64(n as f64, &n.to_string()).map_err(E::custom)
+                self.visit_f64(n as f64)
             }
             fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Span, E> {
                 t.parse().map_err(E::custom)
