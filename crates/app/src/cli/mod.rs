@@ -21,6 +21,7 @@ macro_rules! out {
 mod attach;
 mod commands;
 mod error;
+mod fast;
 mod nodes;
 mod project;
 mod resolve;
@@ -278,7 +279,7 @@ pub enum Command {
 
 /// Start a process in the background; prints its id.
 // (With the deferred subcommands, this comment is also the command's help.)
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 #[allow(clippy::struct_excessive_bools)]
 pub struct RunArgs {
     /// A name.
@@ -696,7 +697,13 @@ pub(crate) fn enough_if_gone<T>(written: std::io::Result<T>) -> Option<T> {
 
 /// Runs the command line; returns the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The lines scripts type most are read without clap (`fast`), which
+    // spares them most of a command's own start; clap reads the rest.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match fast::parse(&args, std::env::var_os("BPM_HOME").as_deref()) {
+        Some(cli) => cli,
+        None => Cli::parse_from(args),
+    };
     // The daemon and the keeper run on one thread: their work is short
     // steps handed from task to task, and on worker threads each hand-over
     // woke another thread (about a fifth of their CPU time for 500 short
