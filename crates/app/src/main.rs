@@ -6,9 +6,10 @@ fn main() -> ExitCode {
     // Only the long-running daemon, keeper and MCP server log (to stderr: the
     // daemon and keeper send it to their log files, and MCP keeps stdout for
     // the protocol); a command prints its own results and errors, and starts faster without a logger.
-    let args: Vec<String> = std::env::args().take(2).collect();
+    // `args_os`: an argument that is not UTF-8 is clap's to explain, not a panic here.
+    let first = std::env::args_os().nth(1);
     if matches!(
-        args.get(1).map(String::as_str),
+        first.as_ref().and_then(|a| a.to_str()),
         Some("daemon" | "keeper" | "mcp" | "web")
     ) {
         tracing_subscriber::fmt()

@@ -459,6 +459,14 @@ fn bad_input_gets_clear_errors_and_exit_codes() {
     assert!(err.contains("invalid progress 150"), "{err}");
     let err = bpm.fails(&["pause", "a"], 4);
     assert!(err.contains("cannot pause a completed process"), "{err}");
+    // An argument that is not UTF-8, first or later: a usage error, not a panic.
+    let not_utf8 = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(vec![0xff]);
+    for args in [vec![not_utf8.clone()], vec!["show".into(), not_utf8]] {
+        let out = bpm.cmd(&[]).args(&args).output().expect("bpm runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "bpm {args:?}: {err}");
+        assert!(err.contains("Usage:"), "bpm {args:?}: {err}");
+    }
 }
 
 /// `daemon stop --kill-all` with no daemon running starts one to do it:
