@@ -1048,16 +1048,19 @@ fn limits_and_terminals() {
 }
 
 /// One sample of `BPM_BENCH=exit`, run by bash: `$1` is bpm, `$2` how long
-/// the process lives, `$3` a scratch file. The process (bash, sleeping)
+/// the process lives, `$3` a scratch file, `$4` `floor-first` to run the
+/// floor before bpm (after it otherwise). The process (bash, sleeping)
 /// notes the time just before it exits; the floor is the same process
 /// started with `&` and waited for with `wait $!`. Prints the record's id,
 /// then start, the process's end and the shell's return for bpm, then the
 /// same three for the floor (seconds, from `$EPOCHREALTIME`).
 const EXIT_SAMPLE: &str = r#"
-P="sleep $2; printf %s \$EPOCHREALTIME > $3"
+S=$3; P="sleep $2; printf %s \$EPOCHREALTIME > $S"
+floor() { u0=$EPOCHREALTIME; bash -c "$P" & wait $!; u2=$EPOCHREALTIME; f=$(<"$S"); }
+if [ "$4" = floor-first ]; then floor; fi
 t0=$EPOCHREALTIME; id=$("$1" run -- bash -c "$P") || exit 1
-"$1" wait "$id" >/dev/null || exit 1; t2=$EPOCHREALTIME; e=$(<"$3")
-u0=$EPOCHREALTIME; bash -c "$P" & wait $!; u2=$EPOCHREALTIME; f=$(<"$3")
+"$1" wait "$id" >/dev/null || exit 1; t2=$EPOCHREALTIME; e=$(<"$S")
+if [ "$4" != floor-first ]; then floor; fi
 echo "$id $t0 $e $t2 $u0 $f $u2"
 "#;
 
@@ -1099,10 +1102,19 @@ fn exit_trace() {
         let (secs, n) = life.split_once(':').expect("seconds:samples");
         let n: usize = n.parse().expect("a number of samples");
         let mut samples = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
+            // Which runs first alternates: on this machine the first
+            // command after a long quiet pays more (BENCHMARKS.md, "A
+            // minute of quiet"), and that should fall on each side alike.
+            let order = if i % 2 == 1 {
+                "floor-first"
+            } else {
+                "bpm-first"
+            };
             let out = Command::new("bash")
                 .args(["-c", EXIT_SAMPLE, "sample", BPM.as_str(), secs])
                 .arg(&scratch)
+                .arg(order)
                 .env("BPM_HOME", dir.path())
                 .stderr(Stdio::inherit())
                 .output()
