@@ -29,7 +29,8 @@ enum Takes {
 }
 
 /// The long options read here, per command: a subset of clap's, chosen from
-/// the options with no `requires` or `conflicts_with` and a text value.
+/// the options with no `requires` or `conflicts_with`, whose value is text
+/// or (`wait --timeout`, `stop --grace`) a number of seconds.
 fn options(command: &str) -> Option<&'static [(&'static str, Takes)]> {
     use Takes::{Many, Nothing, One};
     Some(match command {
@@ -193,16 +194,14 @@ pub(super) fn parse(args: &[OsString], env_home: Option<&OsStr>) -> Option<Cli> 
     Some(Cli { home, command })
 }
 
-/// The command clap would build from the same line.
+/// The command clap would build from the same line. `trailing` is what
+/// followed `--`, which [`parse`] takes for `run` alone.
 fn build(
     name: &str,
     given: &Given,
     positional: Vec<String>,
     trailing: Option<Vec<OsString>>,
 ) -> Option<Command> {
-    if name != "run" && trailing.is_some() {
-        return None;
-    }
     Some(match name {
         "run" => {
             let command = trailing.filter(|c| !c.is_empty())?;
