@@ -425,11 +425,15 @@ pub async fn stop(home: &Home, kill_all: bool) -> Result<(), ManagerError> {
 /// daemon answers after a lost race (the lock's holder was dying), it
 /// starts one again.
 ///
+/// A daemon that listens is not waited for: the first request follows
+/// the hello ([`DaemonClient::connect_early`]), and a daemon that speaks
+/// another protocol fails that request, by name, without reading it.
+///
 /// # Errors
 /// [`ManagerError::Connection`] if the daemon it starts fails (with the
 /// daemon's own error), or if no daemon answers within 10 s of starting one.
 pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError> {
-    if let Ok(client) = DaemonClient::connect(&home.socket(), SOFTWARE).await {
+    if let Ok(client) = DaemonClient::connect_early(&home.socket(), SOFTWARE).await {
         return Ok(client);
     }
     home.prepare()

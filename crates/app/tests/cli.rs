@@ -1020,6 +1020,84 @@ fn malformed_oversized_and_mismatched_messages_get_errors_not_crashes() {
 }
 
 #[test]
+fn a_daemon_of_another_protocol_reads_no_request_and_the_command_says_so_at_once() {
+    // The refusal a daemon sends in place of its hello to a client of
+    // another protocol, as the real daemon words it.
+    let real = Bpm::new();
+    real.ok(&["ps"]);
+    let (mut s, mut r) = raw(&real.home().join("bpm.sock"));
+    s.write_all(b"{\"protocol\":99,\"software\":\"future\"}\n")
+        .expect("write");
+    let mut refusal = String::new();
+    r.read_line(&mut refusal).expect("read");
+    assert!(refusal.contains("protocol mismatch"), "{refusal}");
+    // A daemon left running by an older bpm: it reads the hello, refuses,
+    // and reads no request. The command sends its request without waiting
+    // for the hello's answer, so the daemon finds it behind the hello.
+    let bpm = Bpm::new();
+    let listener =
+        std::os::unix::net::UnixListener::bind(bpm.home().join("bpm.sock")).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    // The first connection is read on after the refusal, to see the
+    // request behind the hello; the second is closed at once, as the real
+    // daemon does, most often before the command has written its request.
+    let daemon = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for read_on in [true, false] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("the command never connected: {e}"),
+                }
+            };
+            stream.set_nonblocking(false).expect("blocking");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut lines = BufReader::new(stream.try_clone().expect("clone"));
+            let mut hello = String::new();
+            lines.read_line(&mut hello).expect("hello");
+            (&stream).write_all(refusal.as_bytes()).expect("refuse");
+            let mut behind = String::new();
+            if read_on {
+                let _ = lines.read_line(&mut behind);
+            }
+            seen.push((hello, behind));
+        }
+        seen
+    });
+    let started = Instant::now();
+    let said = [
+        bpm.fails(&["run", "--", "true"], 4),
+        bpm.fails(&["run", "--", "true"], 4),
+    ];
+    let seen = daemon.join().expect("the fake daemon");
+    assert!(seen[0].0.contains("\"protocol\":3"), "{seen:?}");
+    assert!(seen[0].1.contains("\"method\":\"start"), "{seen:?}");
+    for said in &said {
+        assert!(
+            said.contains("could not read the request") && said.contains("protocol 99"),
+            "{said}"
+        );
+        // Refused by name, once: not taken for a daemon that died mid-request.
+        assert!(!said.contains("asking the next daemon"), "{said}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the refusals took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !bpm.home().join("daemon.pid").exists(),
+        "a daemon was started beside the one that refused"
+    );
+}
+
+#[test]
 fn processes_survive_kill_9_of_the_daemon_and_keep_their_exit_codes() {
     let bpm = Bpm::new();
     bpm.ok(&[
