@@ -1055,13 +1055,13 @@ fn limits_and_terminals() {
 /// then start, the process's end and the shell's return for bpm, then the
 /// same three for the floor (seconds, from `$EPOCHREALTIME`).
 const EXIT_SAMPLE: &str = r#"
-S=$3; P="sleep $2; printf %s \$EPOCHREALTIME > $S"
-floor() { u0=$EPOCHREALTIME; bash -c "$P" & wait $!; u2=$EPOCHREALTIME; f=$(<"$S"); }
+S=$3; P="printf %s \$EPOCHREALTIME > $S.0; sleep $2; printf %s \$EPOCHREALTIME > $S"
+floor() { u0=$EPOCHREALTIME; bash -c "$P" & wait $!; u2=$EPOCHREALTIME; f=$(<"$S"); fs=$(<"$S.0"); }
 if [ "$4" = floor-first ]; then floor; fi
-t0=$EPOCHREALTIME; id=$("$1" run -- bash -c "$P") || exit 1
-"$1" wait "$id" >/dev/null || exit 1; t2=$EPOCHREALTIME; e=$(<"$S")
+t0=$EPOCHREALTIME; id=$("$1" run -- bash -c "$P") || exit 1; t1=$EPOCHREALTIME
+"$1" wait "$id" >/dev/null || exit 1; t2=$EPOCHREALTIME; e=$(<"$S"); es=$(<"$S.0")
 if [ "$4" != floor-first ]; then floor; fi
-echo "$id $t0 $e $t2 $u0 $f $u2"
+echo "$id $t0 $e $t2 $u0 $f $u2 $es $fs $t1"
 "#;
 
 /// The hops an exit takes from the process's end to the waiting client's
@@ -1075,12 +1075,19 @@ const HOPS: [&str; 6] = [
     "wait answered",
 ];
 
+/// The hops of a start, logged the same way: the daemon asks its keeper to
+/// spawn, the keeper's `posix_spawn` returns (the child has called `exec`),
+/// the daemon answers `bpm run` (the record is on disk too).
+const START_HOPS: [&str; 3] = ["spawn asked", "spawned", "run answered"];
+
 /// `BPM_BENCH=exit`: where an exit's time goes, for processes that live
 /// 50 ms, 1 s, 10 s and 60 s (`BPM_BENCH_LIVES="0.05:8 1:8"` to choose,
 /// as seconds:samples). Each sample is `id=$(bpm run -- P); bpm wait $id`
-/// from bash beside `P & wait $!`, where P is a bash that sleeps and notes
-/// the time just before it exits. Prints, per lifetime, the median excess
-/// over the floor (start to return), and the median time of each hop: the
+/// from bash beside `P & wait $!`, where P is a bash that notes the time
+/// as it begins, sleeps, and notes it again just before it exits. Prints,
+/// per lifetime, the median excess over the floor (start to return), split
+/// into its start side (to P's first moment) and its end side (from P's
+/// last), and the median time of each hop: the
 /// keeper reaps the process (pidfd), sends the exit, the daemon receives
 /// it, has stored it (journal flushed), announces the record's end (after
 /// reading its output's tail for the event), answers `bpm wait`, and the
@@ -1123,29 +1130,47 @@ fn exit_trace() {
             let line = String::from_utf8(out.stdout).expect("utf-8");
             let f: Vec<&str> = line.split_whitespace().collect();
             let t = |i: usize| f[i].parse::<f64>().expect("a time");
-            samples.push((f[0].to_owned(), [t(1), t(2), t(3), t(4), t(5), t(6)]));
+            samples.push((
+                f[0].to_owned(),
+                [t(1), t(2), t(3), t(4), t(5), t(6), t(7), t(8), t(9)],
+            ));
         }
         rows.push((secs.to_owned(), samples));
     }
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
     let hops = hop_times(dir.path());
+    let received = runs_received(dir.path());
     println!(
         "an exit's way to `bpm wait`, from bash (ms; medians; floor: `P & wait $!`; hop times are from the process's own last moment)"
     );
     println!(
-        "| lives | samples | excess over the floor | floor: end to shell | reaped | exit sent | exit received | exit stored | end announced | wait answered | shell has it |"
+        "| lives | samples | excess over the floor | of it, start side | of it, end side | floor: end to shell | reaped | exit sent | exit received | exit stored | end announced | wait answered | shell has it |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (secs, samples) in &rows {
         let mut excess: Vec<f64> = samples
             .iter()
             .map(|(_, t)| ((t[2] - t[0]) - (t[5] - t[3])) * 1e3)
+            .collect();
+        // The start side: from the command's start to P's first moment,
+        // less the floor's; the end side: from P's last moment to the
+        // shell's return, less the floor's. Their sum is the excess but
+        // for the two sleeps' own difference.
+        let mut start: Vec<f64> = samples
+            .iter()
+            .map(|(_, t)| ((t[6] - t[0]) - (t[7] - t[3])) * 1e3)
+            .collect();
+        let mut end: Vec<f64> = samples
+            .iter()
+            .map(|(_, t)| ((t[2] - t[1]) - (t[5] - t[4])) * 1e3)
             .collect();
         let mut floor: Vec<f64> = samples.iter().map(|(_, t)| (t[5] - t[4]) * 1e3).collect();
         let mut cells = vec![
             format!("{secs} s"),
             samples.len().to_string(),
             format!("{:.2}", median_ms(&mut excess)),
+            format!("{:.2}", median_ms(&mut start)),
+            format!("{:.2}", median_ms(&mut end)),
             format!("{:.2}", median_ms(&mut floor)),
         ];
         for hop in HOPS {
@@ -1163,6 +1188,47 @@ fn exit_trace() {
         cells.push(format!("{:.2}", median_ms(&mut back)));
         println!("| {} |", cells.join(" | "));
     }
+    println!();
+    println!(
+        "a start's way to the process, from bash (ms; medians; floor: `P &`; hop times are from the shell's start of `bpm run`)"
+    );
+    println!(
+        "| lives | floor: to P's first moment | run received | spawn asked | spawned | P's first moment | run answered | shell has the id |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (secs, samples) in &rows {
+        let mut floor: Vec<f64> = samples.iter().map(|(_, t)| (t[7] - t[3]) * 1e3).collect();
+        let mut cells = vec![format!("{secs} s"), format!("{:.2}", median_ms(&mut floor))];
+        let hop = |name: &'static str| -> String {
+            let mut at: Vec<f64> = samples
+                .iter()
+                .filter_map(|(id, t)| Some((hops.get(&(id.clone(), name))? - t[0]) * 1e3))
+                .collect();
+            if at.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.2}", median_ms(&mut at))
+            }
+        };
+        // The first start the daemon received after the shell began this one.
+        let mut got: Vec<f64> = samples
+            .iter()
+            .filter_map(|(_, t)| Some((received.iter().find(|at| **at >= t[0])? - t[0]) * 1e3))
+            .collect();
+        cells.push(if got.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}", median_ms(&mut got))
+        });
+        cells.push(hop(START_HOPS[0]));
+        cells.push(hop(START_HOPS[1]));
+        let mut begins: Vec<f64> = samples.iter().map(|(_, t)| (t[6] - t[0]) * 1e3).collect();
+        cells.push(format!("{:.2}", median_ms(&mut begins)));
+        cells.push(hop(START_HOPS[2]));
+        let mut has: Vec<f64> = samples.iter().map(|(_, t)| (t[8] - t[0]) * 1e3).collect();
+        cells.push(format!("{:.2}", median_ms(&mut has)));
+        println!("| {} |", cells.join(" | "));
+    }
 }
 
 /// The time of each hop of each record, from the keeper's and the daemon's
@@ -1178,11 +1244,28 @@ fn hop_times(home: &Path) -> std::collections::HashMap<(String, &'static str), f
             let Some(id) = line.split("id=").nth(1).map(|r| r.trim().to_owned()) else {
                 continue;
             };
-            if let Some(hop) = HOPS.iter().find(|h| line.contains(&format!(": {h} "))) {
+            if let Some(hop) = HOPS
+                .iter()
+                .chain(&START_HOPS)
+                .find(|h| line.contains(&format!(": {h} ")))
+            {
                 times.entry((id, *hop)).or_insert(at);
             }
         }
     }
+    times
+}
+
+/// When the daemon received each start request, in order (its log's
+/// `run received` lines, which name no record: the engine makes the id).
+fn runs_received(home: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(home.join("daemon.log")).unwrap_or_default();
+    let mut times: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("bpm::hop: run received"))
+        .filter_map(|l| l.split_whitespace().next().and_then(rfc3339_seconds))
+        .collect();
+    times.sort_by(f64::total_cmp);
     times
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::wire::{
     Call, DaemonRequest, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request,
-    RequestLine, ServerLine, WireError,
+    RequestLine, ServerLine, Started, WireError,
 };
 use crate::rpc::{LineError, first_line, read_line, write_line};
 
@@ -380,6 +380,13 @@ async fn serve_connection(
         let Some(call) = call else {
             continue;
         };
+        if matches!(
+            call.request,
+            Request::Manager(Call::Start { .. } | Call::StartMany { .. })
+        ) {
+            // The record's id is not known yet: it is made by the engine.
+            tracing::trace!(target: "bpm::hop", "run received");
+        }
         if matches!(call.request, Request::Daemon(DaemonRequest::Subscribe)) {
             // Before the next line is read: every event of a call made after
             // the subscription reaches this connection.
@@ -515,9 +522,27 @@ async fn dispatch(
             let waited = matches!(call, Call::Wait { .. })
                 .then(|| call.id())
                 .flatten();
+            let started = matches!(call, Call::Start { .. } | Call::StartMany { .. });
             let reply = bpm_ports::apply(m.as_ref(), call).await?;
             if let Some(id) = waited {
                 tracing::trace!(target: "bpm::hop", %id, "wait answered");
+            }
+            if started && tracing::enabled!(target: "bpm::hop", tracing::Level::TRACE) {
+                let ids: Vec<_> = match &reply {
+                    Reply::Record(r) => vec![r.id()],
+                    Reply::Started(all) => all
+                        .iter()
+                        .filter_map(|s| match s {
+                            Started::Record(r) => Some(r.id()),
+                            Started::Id(id) => Some(*id),
+                            Started::Error(_) => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for id in ids {
+                    tracing::trace!(target: "bpm::hop", %id, "run answered");
+                }
             }
             reply
         }

@@ -439,6 +439,7 @@ impl KeeperSpawner {
 impl ProcessSpawner for KeeperSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
         let id = request.id;
+        tracing::trace!(target: "bpm::hop", %id, "spawn asked");
         match self.call(Out::Spawn(Box::new(request))).await? {
             KeeperReply::Spawned(s) => {
                 self.shared

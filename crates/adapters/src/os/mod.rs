@@ -1573,7 +1573,9 @@ impl ProcessSpawner for OsSpawner {
                 .await
                 .map_err(|e| SpawnError::Os(format!("the start was lost: {e}")))?;
         }
-        self.inner.start(&request)
+        let started = self.inner.start(&request);
+        tracing::trace!(target: "bpm::hop", id = %request.id, "spawned");
+        started
     }
 
     async fn signal(&self, id: ProcessId, pid: u32, signal: Signal) -> Result<(), SpawnError> {
