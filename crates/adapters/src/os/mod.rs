@@ -1574,7 +1574,9 @@ impl ProcessSpawner for OsSpawner {
                 .map_err(|e| SpawnError::Os(format!("the start was lost: {e}")))?;
         }
         let started = self.inner.start(&request);
-        tracing::trace!(target: "bpm::hop", id = %request.id, "spawned");
+        if started.is_ok() {
+            tracing::trace!(target: "bpm::hop", id = %request.id, "spawned");
+        }
         started
     }
 
