@@ -1050,10 +1050,12 @@ fn limits_and_terminals() {
 /// One sample of `BPM_BENCH=exit`, run by bash: `$1` is bpm, `$2` how long
 /// the process lives, `$3` a scratch file, `$4` `floor-first` to run the
 /// floor before bpm (after it otherwise). The process (bash, sleeping)
-/// notes the time just before it exits; the floor is the same process
-/// started with `&` and waited for with `wait $!`. Prints the record's id,
-/// then start, the process's end and the shell's return for bpm, then the
-/// same three for the floor (seconds, from `$EPOCHREALTIME`).
+/// notes the time as it begins (in `$3.0`) and just before it exits; the
+/// floor is the same process started with `&` and waited for with `wait
+/// $!`. Prints the record's id; then start, the process's end and the
+/// shell's return for bpm; the same three for the floor; the process's
+/// beginning for bpm, then for the floor; and when `bpm run` returned
+/// (seconds, from `$EPOCHREALTIME`).
 const EXIT_SAMPLE: &str = r#"
 S=$3; P="printf %s \$EPOCHREALTIME > $S.0; sleep $2; printf %s \$EPOCHREALTIME > $S"
 floor() { u0=$EPOCHREALTIME; bash -c "$P" & wait $!; u2=$EPOCHREALTIME; f=$(<"$S"); fs=$(<"$S.0"); }
