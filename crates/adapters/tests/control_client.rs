@@ -1,8 +1,13 @@
 //! The daemon client's handshake against servers that misbehave: a refusal
-//! or a stranger on the socket is a clear error from `connect`. And batches
-//! on the wire: shared variables sent once, answers of ids alone.
+//! or a stranger on the socket is a clear error from `connect`; a daemon
+//! that says no hello after `connect_early` has sent the first call read
+//! nothing, and the calls go to the next connection. And batches on the
+//! wire: shared variables sent once, answers of ids alone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bpm_adapters::control::DaemonClient;
 use bpm_ports::ManagerError;
@@ -76,14 +81,15 @@ async fn nothing_listening_is_a_connection_error() {
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<bpm_domain::ProcessSpec>>>;
 
 /// A daemon serving a mocked manager that accepts every spec of a batch
-/// (on the calling test's runtime).
-fn batch_daemon(socket: &Path) -> Seen {
+/// (on the calling test's runtime); its subscribers hear what `events`
+/// sends.
+fn batch_daemon(socket: &Path) -> (Seen, tokio::sync::broadcast::Sender<bpm_domain::Event>) {
     use bpm_domain::{NodeId, ProcessId, ProcessRecord, Timestamp};
     let seen: Seen = Seen::default();
+    let events = tokio::sync::broadcast::channel(16).0;
     let mut manager = bpm_ports::MockProcessManager::new();
-    manager
-        .expect_subscribe()
-        .returning(|| tokio::sync::broadcast::channel(1).1);
+    let tx = events.clone();
+    manager.expect_subscribe().returning(move || tx.subscribe());
     let s = seen.clone();
     manager.expect_start_many().returning(move |specs| {
         s.lock().expect("lock").extend(specs.iter().cloned());
@@ -119,7 +125,7 @@ fn batch_daemon(socket: &Path) -> Seen {
         info,
         stop,
     ));
-    seen
+    (seen, events)
 }
 
 #[tokio::test]
@@ -128,7 +134,7 @@ async fn a_batch_sends_shared_variables_once_and_may_answer_ids_alone() {
     use bpm_ports::ProcessManager;
     let dir = tempfile::tempdir().expect("dir");
     let socket = dir.path().join("s");
-    let seen = batch_daemon(&socket);
+    let (seen, _) = batch_daemon(&socket);
     let client = DaemonClient::connect(&socket, "test")
         .await
         .expect("connect");
@@ -172,7 +178,7 @@ async fn a_batch_sends_shared_variables_once_and_may_answer_ids_alone() {
 async fn a_spec_s_own_variables_win_over_the_batch_s() {
     let dir = tempfile::tempdir().expect("dir");
     let socket = dir.path().join("s");
-    let seen = batch_daemon(&socket);
+    let (seen, _) = batch_daemon(&socket);
     let mut stream = tokio::net::UnixStream::connect(&socket)
         .await
         .expect("connect");
@@ -212,4 +218,164 @@ async fn a_spec_s_own_variables_win_over_the_batch_s() {
     let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
     assert_eq!(env(0), [pair("A", "batch"), pair("B", "own")]);
     assert_eq!(env(1), [pair("A", "batch"), pair("B", "batch")]);
+}
+
+/// Gets a connection to the daemon at `socket`, waiting for its hello,
+/// and counts how often it was asked to.
+fn connector_to(socket: PathBuf, asked: Arc<AtomicUsize>) -> bpm_adapters::control::Connector {
+    Arc::new(move || {
+        let (socket, asked) = (socket.clone(), asked.clone());
+        Box::pin(async move {
+            asked.fetch_add(1, Ordering::SeqCst);
+            DaemonClient::connect(&socket, "test").await
+        })
+    })
+}
+
+/// A daemon that takes one connection and, once it has read `until` (the
+/// hello, and the lines behind it up to one holding `until`), answers
+/// `answer` (which may be nothing) and closes; returns what it read.
+fn reads_then_closes(
+    socket: &Path,
+    until: &'static str,
+    answer: &'static str,
+) -> tokio::task::JoinHandle<String> {
+    let listener = UnixListener::bind(socket).expect("bind");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read);
+        let mut read = String::new();
+        while !read.contains(until) {
+            if lines.read_line(&mut read).await.expect("read") == 0 {
+                break;
+            }
+        }
+        write.write_all(answer.as_bytes()).await.expect("answer");
+        read
+    })
+}
+
+/// A daemon killed while a command connects: the kernel had taken the
+/// connection, and the daemon closes it without its hello. It read none of
+/// the calls, which the next connection carries, events included.
+#[tokio::test]
+async fn calls_to_a_daemon_that_closed_before_its_hello_go_to_the_next() {
+    use bpm_ports::ProcessManager;
+    let dir = tempfile::tempdir().expect("dir");
+    let (going, next) = (dir.path().join("going"), dir.path().join("next"));
+    let read = reads_then_closes(&going, "start_many", "");
+    let (seen, events) = batch_daemon(&next);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let client = DaemonClient::connect_early(&going, "test", connector_to(next, asked.clone()))
+        .await
+        .expect("connects");
+    let mut heard = client.subscribe();
+    let spec = bpm_domain::ProcessSpec::argv(["true"]);
+    let ids = client
+        .start_many_ids(vec![spec.clone()])
+        .await
+        .expect("started by the next daemon");
+    let id = ids[0].clone().expect("an id");
+    assert!(read.await.expect("read").contains("start_many"));
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        std::slice::from_ref(&spec),
+        "made once"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    // The next connection's events reach the subscriber of the first.
+    let record = bpm_domain::ProcessRecord::new(
+        id,
+        bpm_domain::NodeId::local(),
+        spec,
+        bpm_domain::Timestamp::from_millis(1),
+    );
+    let event = bpm_domain::Event::new(
+        bpm_domain::EventKind::Submitted,
+        &record,
+        bpm_domain::Timestamp::from_millis(2),
+    );
+    events
+        .send(event.clone())
+        .expect("the daemon has a subscriber");
+    let got = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("heard in time")
+        .expect("an event");
+    assert_eq!(got, event);
+    // Later calls go there too, without asking again.
+    client.start_many_ids(vec![]).await.expect("started");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+/// A daemon that says nothing: after 5 s the connection is shut both ways,
+/// so that daemon cannot say hello (and go on to read the calls) any more,
+/// and the calls go to the next connection.
+#[tokio::test(start_paused = true)]
+async fn a_daemon_silent_for_5_s_can_no_longer_read_the_calls_which_go_to_the_next() {
+    use bpm_ports::ProcessManager;
+    let dir = tempfile::tempdir().expect("dir");
+    let (silent, next) = (dir.path().join("silent"), dir.path().join("next"));
+    let listener = UnixListener::bind(&silent).expect("bind");
+    let late = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read);
+        let mut read = String::new();
+        // Until the client shuts the connection.
+        while lines.read_line(&mut read).await.expect("read") > 0 {}
+        let hello = format!(
+            "{{\"protocol\":{},\"software\":\"late\"}}\n",
+            bpm_adapters::control::wire::PROTOCOL_VERSION
+        );
+        (read, write.write_all(hello.as_bytes()).await)
+    });
+    let (seen, _) = batch_daemon(&next);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let client = DaemonClient::connect_early(&silent, "test", connector_to(next, asked.clone()))
+        .await
+        .expect("connects");
+    let spec = bpm_domain::ProcessSpec::argv(["true"]);
+    client
+        .start_many_ids(vec![spec.clone()])
+        .await
+        .expect("started by the next daemon");
+    let (read, hello) = late.await.expect("the silent daemon");
+    assert!(read.contains("start_many"), "{read}");
+    assert_eq!(
+        hello.expect_err("the connection is shut").kind(),
+        std::io::ErrorKind::BrokenPipe
+    );
+    assert_eq!(*seen.lock().expect("lock"), [spec], "made once");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+/// A daemon of another protocol refuses the hello and reads nothing: the
+/// call fails with its refusal, and no other connection is tried.
+#[tokio::test]
+async fn a_refusal_of_an_early_hello_fails_the_call_by_name() {
+    use bpm_ports::ProcessManager;
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("s");
+    let refusal = "{\"id\":0,\"error\":{\"kind\":\"connection\",\"detail\":\"protocol mismatch: protocol 99\"}}\n";
+    let read = reads_then_closes(&socket, "protocol", refusal);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let client = DaemonClient::connect_early(
+        &socket,
+        "test",
+        connector_to(dir.path().join("none"), asked.clone()),
+    )
+    .await
+    .expect("connects");
+    let err = client
+        .get(bpm_domain::ProcessId::from_uuid(uuid::Uuid::now_v7()))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, ManagerError::BadRequest(m) if m.contains("protocol 99")),
+        "{err:?}"
+    );
+    read.await.expect("read");
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
 }

@@ -1140,8 +1140,7 @@ fn exit_trace() {
         rows.push((secs.to_owned(), samples));
     }
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
-    let hops = hop_times(dir.path());
-    let received = runs_received(dir.path());
+    let (hops, received) = hop_times(dir.path());
     println!(
         "an exit's way to `bpm wait`, from bash (ms; medians; floor: `P & wait $!`; hop times are from the process's own last moment)"
     );
@@ -1233,16 +1232,29 @@ fn exit_trace() {
     }
 }
 
+/// What [`hop_times`] reads: the time of each hop by record and hop, and
+/// those of the start requests received, in order.
+type Hops = (
+    std::collections::HashMap<(String, &'static str), f64>,
+    Vec<f64>,
+);
+
 /// The time of each hop of each record, from the keeper's and the daemon's
-/// logs: lines such as `2026-11-26T15:30:01.123456Z TRACE bpm::hop: reaped id=…`.
-fn hop_times(home: &Path) -> std::collections::HashMap<(String, &'static str), f64> {
-    let mut times = std::collections::HashMap::new();
+/// logs: lines such as `2026-11-26T15:30:01.123456Z TRACE bpm::hop: reaped
+/// id=…`; and when the daemon received each start request (`run received`
+/// names no record: the engine makes the id).
+fn hop_times(home: &Path) -> Hops {
+    let (mut times, mut received) = (std::collections::HashMap::new(), Vec::new());
     for log in ["keeper.log", "daemon.log"] {
         let text = std::fs::read_to_string(home.join(log)).unwrap_or_default();
         for line in text.lines().filter(|l| l.contains("bpm::hop")) {
             let Some(at) = line.split_whitespace().next().and_then(rfc3339_seconds) else {
                 continue;
             };
+            if line.contains("bpm::hop: run received") {
+                received.push(at);
+                continue;
+            }
             let Some(id) = line.split("id=").nth(1).map(|r| r.trim().to_owned()) else {
                 continue;
             };
@@ -1255,20 +1267,8 @@ fn hop_times(home: &Path) -> std::collections::HashMap<(String, &'static str), f
             }
         }
     }
-    times
-}
-
-/// When the daemon received each start request, in order (its log's
-/// `run received` lines, which name no record: the engine makes the id).
-fn runs_received(home: &Path) -> Vec<f64> {
-    let text = std::fs::read_to_string(home.join("daemon.log")).unwrap_or_default();
-    let mut times: Vec<f64> = text
-        .lines()
-        .filter(|l| l.contains("bpm::hop: run received"))
-        .filter_map(|l| l.split_whitespace().next().and_then(rfc3339_seconds))
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times
+    received.sort_by(f64::total_cmp);
+    (times, received)
 }
 
 /// Seconds since the epoch, to the microsecond, of a log line's UTC time

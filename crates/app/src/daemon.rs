@@ -427,15 +427,40 @@ pub async fn stop(home: &Home, kill_all: bool) -> Result<(), ManagerError> {
 ///
 /// A daemon that listens is not waited for: the first request follows
 /// the hello ([`DaemonClient::connect_early`]), and a daemon that speaks
-/// another protocol fails that request, by name, without reading it.
+/// another protocol fails that request, by name, without reading it. One
+/// that closes the connection before its hello (it is being killed, or
+/// stops) read nothing: its calls go to a new connection, one that waits
+/// for the hello (and starts a daemon when none says it).
 ///
 /// # Errors
 /// [`ManagerError::Connection`] if the daemon it starts fails (with the
 /// daemon's own error), or if no daemon answers within 10 s of starting one.
 pub async fn connect_or_start(home: &Home) -> Result<DaemonClient, ManagerError> {
-    if let Ok(client) = DaemonClient::connect_early(&home.socket(), SOFTWARE).await {
+    let again: bpm_adapters::control::Connector = {
+        let home = home.clone();
+        Arc::new(move || {
+            let home = home.clone();
+            Box::pin(async move { connect_waiting_or_start(&home).await })
+        })
+    };
+    if let Ok(client) = DaemonClient::connect_early(&home.socket(), SOFTWARE, again).await {
         return Ok(client);
     }
+    start_and_connect(home).await
+}
+
+/// [`connect_or_start`], waiting for the daemon's hello before the first
+/// request.
+async fn connect_waiting_or_start(home: &Home) -> Result<DaemonClient, ManagerError> {
+    if let Ok(client) = DaemonClient::connect(&home.socket(), SOFTWARE).await {
+        return Ok(client);
+    }
+    start_and_connect(home).await
+}
+
+/// Starts a daemon for `home` and connects to it, or to the one that won
+/// the race to start.
+async fn start_and_connect(home: &Home) -> Result<DaemonClient, ManagerError> {
     home.prepare()
         .map_err(|e| ManagerError::Connection(e.to_string()))?;
     let first = start_daemon(home)?;

@@ -1097,6 +1097,41 @@ fn a_daemon_of_another_protocol_reads_no_request_and_the_command_says_so_at_once
     );
 }
 
+/// A daemon killed while a command connects: its threads still hold the
+/// socket while they end, the kernel takes the connection, and the daemon
+/// closes it without a hello. It read nothing: the command starts the next
+/// daemon, which carries the request once, with no retry noise.
+#[test]
+fn a_daemon_gone_before_its_hello_read_nothing_and_the_next_carries_the_command() {
+    let bpm = Bpm::new();
+    let listener =
+        std::os::unix::net::UnixListener::bind(bpm.home().join("bpm.sock")).expect("bind");
+    let dying = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("the command connects");
+        // It reads the hello (the command has sent it: its connection is
+        // made) and closes, the request maybe unread; the listener goes
+        // with it.
+        let mut hello = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut hello)
+            .expect("the hello");
+        drop(stream);
+    });
+    let out = bpm.run(&["run", "--name", "once", "--", "sleep", "30"]);
+    dying.join().expect("the dying daemon");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("asking the next daemon"), "{said}");
+    let records = bpm.json(&["ps", "--all", "--json"]);
+    let records = records.as_array().expect("array");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["name"], "once");
+    assert_eq!(
+        records[0]["id"].as_str(),
+        Some(String::from_utf8_lossy(&out.stdout).trim())
+    );
+}
+
 #[test]
 fn processes_survive_kill_9_of_the_daemon_and_keep_their_exit_codes() {
     let bpm = Bpm::new();

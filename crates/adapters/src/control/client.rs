@@ -1,7 +1,9 @@
 //! The client's side of the control socket: a `ProcessManager` backed by a daemon.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -20,7 +22,7 @@ use super::wire::{
     Call, DaemonRequest, DaemonStatus, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request,
     RequestLine, ServerLine, Started, WireError,
 };
-use crate::rpc::{encode_line, first_line, read_line, write_line};
+use crate::rpc::{LineError, encode_line, first_line, read_line, write_line};
 
 /// The longest line the client accepts from a daemon (listings of many records are long).
 const MAX_ANSWER_BYTES: usize = 512 << 20;
@@ -42,11 +44,46 @@ struct Connection {
     /// Set once the daemon has closed the connection (it closes one that
     /// stays idle): a call not yet sent can then go to a new one safely.
     closed: Arc<AtomicBool>,
-    /// Why the daemon refused the connection, when its hello was checked
-    /// after the first call went out ([`DaemonClient::connect_early`]):
-    /// what every call on it then fails with.
-    refused: Arc<OnceLock<ManagerError>>,
+    /// For a connection whose hello is checked after its first call went
+    /// out ([`DaemonClient::connect_early`]).
+    early: Option<Arc<Early>>,
 }
+
+/// What a connection that did not wait for the daemon's hello knows of it.
+struct Early {
+    /// The reader's verdict on the daemon's hello: `None` until it has
+    /// read it, then `Ok`, or why it failed.
+    verdict: tokio::sync::watch::Sender<Option<Result<(), HelloFailed>>>,
+    /// How to get another connection, for the calls the daemon cannot have
+    /// read.
+    again: Connector,
+    /// The connection got through `again`, once.
+    next: tokio::sync::OnceCell<Result<DaemonClient, ManagerError>>,
+    /// Set once `next`'s events go to this connection's subscribers.
+    forwarding: AtomicBool,
+}
+
+/// Why a daemon's hello did not come.
+#[derive(Clone)]
+struct HelloFailed {
+    /// What the calls on the connection fail with.
+    error: ManagerError,
+    /// The daemon read none of the calls, and another connection may: it
+    /// closed this one before its hello, or can no longer send one. A
+    /// daemon reads requests only once its hello is sent.
+    go_elsewhere: bool,
+}
+
+/// How a client gets a connection to the daemon: a
+/// [`Reconnecting`](super::Reconnecting) one, the first and a new one each
+/// time the daemon went away; an early one
+/// ([`DaemonClient::connect_early`]), the one its calls go to when the
+/// daemon said no hello.
+pub type Connector = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<DaemonClient, ManagerError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A connection to a bpm daemon. Cheap to clone; calls may run concurrently.
 #[derive(Clone)]
@@ -91,25 +128,87 @@ fn warm_answer_decoder() {
 /// How long a daemon may take to say hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(5);
 
-/// How [`lost`]'s messages start.
-const LOST: &str = "lost the connection to the bpm daemon";
+/// Why a call fails on a connection the daemon closed.
+const CLOSED: &str = "the daemon closed the connection";
 
 fn lost(e: impl std::fmt::Display) -> ManagerError {
-    ManagerError::Connection(format!("{LOST}: {e}"))
+    ManagerError::Connection(format!("lost the connection to the bpm daemon: {e}"))
 }
 
-/// Checks the daemon's first line: its hello, or its refusal of the
-/// connection (a protocol it does not speak, too many connections).
-fn check_hello(line: &[u8]) -> Result<(), ManagerError> {
+/// What a daemon's first line on a connection said.
+enum Greeting {
+    /// Its hello: it reads the calls that follow.
+    Hello,
+    /// Its refusal of the connection, in place of the hello (a protocol
+    /// it does not speak, too many connections): it reads nothing more.
+    Refused(ManagerError),
+    /// Something that is not bpm's protocol.
+    NotBpm,
+}
+
+/// What a connection fails with when its peer's first line is not bpm's.
+const NOT_BPM: &str = "the handshake answer is not bpm's protocol";
+
+/// Reads the daemon's first line.
+fn check_hello(line: &[u8]) -> Greeting {
     if serde_json::from_slice::<Hello>(line).is_ok() {
-        return Ok(());
+        return Greeting::Hello;
     }
-    if let Ok(ServerLine::Answer { error: Some(e), .. }) =
-        serde_json::from_slice::<ServerLine>(line)
-    {
-        return Err(e.into());
+    match serde_json::from_slice::<ServerLine>(line) {
+        Ok(ServerLine::Answer { error: Some(e), .. }) => Greeting::Refused(e.into()),
+        _ => Greeting::NotBpm,
     }
-    Err(lost("the handshake answer is not bpm's protocol"))
+}
+
+/// Reads the daemon's hello on a connection whose first call may already
+/// have gone out.
+async fn read_hello(reader: &mut BufReader<OwnedReadHalf>) -> Result<(), HelloFailed> {
+    let failed = |error, go_elsewhere| {
+        Err(HelloFailed {
+            error,
+            go_elsewhere,
+        })
+    };
+    match tokio::time::timeout(HELLO_WITHIN, read_line(reader, MAX_ANSWER_BYTES)).await {
+        Ok(Ok(Some(line))) => match check_hello(&line) {
+            Greeting::Hello => Ok(()),
+            // The daemon read the hello and nothing after it: the request
+            // is what it could not read.
+            Greeting::Refused(ManagerError::Connection(why)) => {
+                failed(ManagerError::BadRequest(why), false)
+            }
+            Greeting::Refused(other) => failed(other, false),
+            Greeting::NotBpm => failed(lost(NOT_BPM), false),
+        },
+        Ok(Err(LineError::TooLarge)) => failed(lost(NOT_BPM), false),
+        // Ended before a whole hello: what a daemon sends before it reads
+        // a request would have been read first. It is gone or going (a
+        // kill leaves its socket open while its threads end).
+        Ok(Ok(None) | Err(LineError::Truncated | LineError::Io(_))) => failed(
+            lost("the daemon closed the connection before its hello"),
+            true,
+        ),
+        Err(_) => {
+            // Shut the connection both ways: a daemon that has not yet
+            // sent its hello then cannot, and reads nothing after it; a
+            // hello that came at the last moment is still read, and the
+            // calls may have been carried out.
+            let stream: &UnixStream = reader.get_ref().as_ref();
+            let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Both);
+            match read_line(reader, MAX_ANSWER_BYTES).await {
+                Ok(Some(line)) if matches!(check_hello(&line), Greeting::Hello) => failed(
+                    lost(format!("the daemon said hello after {HELLO_WITHIN:?}")),
+                    false,
+                ),
+                _ => failed(
+                    ManagerError::Connection(format!(
+                        "the bpm daemon did not say hello within {HELLO_WITHIN:?}"
+                    )),
+                    true,
+                ),
+            }
+        }
+    }
 }
 
 impl DaemonClient {
@@ -125,29 +224,50 @@ impl DaemonClient {
             .map_err(|e| {
                 ManagerError::Connection(format!("the bpm daemon did not say hello: {e}"))
             })?;
-        check_hello(&line)?;
-        Ok(Self::serve(reader, write, None))
+        match check_hello(&line) {
+            Greeting::Hello => Ok(Self::serve(reader, write, None)),
+            Greeting::Refused(e) => Err(e),
+            Greeting::NotBpm => Err(lost(NOT_BPM)),
+        }
     }
 
     /// Connects to the daemon listening on `socket`, says hello, and
     /// returns without waiting for the daemon's: the first call's request
     /// follows the hello at once, and the daemon's hello is checked as it
     /// arrives, ahead of the answers. This spares each command a round
-    /// trip before its first request. A daemon that speaks another
-    /// protocol reads nothing after the hello (it answers with an error in
-    /// place of its own, and closes), so a request sent early never
-    /// reaches it.
+    /// trip before its first request. A daemon reads requests only after
+    /// it has sent its hello, so a request sent early is never carried out
+    /// by a daemon that did not:
+    /// - one that speaks another protocol answers the hello with an error
+    ///   and closes;
+    /// - one that closes the connection before its hello (it is being
+    ///   killed, or stops) read nothing, and the calls go to a connection
+    ///   got through `again`, which may start a daemon;
+    /// - one that says nothing for 5 s gets the connection shut both ways
+    ///   first, so it cannot send its hello (nor read on) after that; the
+    ///   calls then go through `again` too.
     ///
     /// # Errors
     /// [`ManagerError::Connection`] if nothing listens there. Calls on the
     /// connection fail with [`ManagerError::BadRequest`], naming both
     /// protocols, if the daemon speaks another one (and with what else it
     /// refused the connection for, such as too many connections); with
-    /// [`ManagerError::Connection`] if it does not say hello within 5 s
-    /// or answers with something that is not bpm's protocol.
-    pub async fn connect_early(socket: &Path, software: &str) -> Result<Self, ManagerError> {
+    /// [`ManagerError::Connection`] if it answers with something that is not
+    /// bpm's protocol, or says hello too late (the calls may have been
+    /// carried out then), or with what `again` fails with.
+    pub async fn connect_early(
+        socket: &Path,
+        software: &str,
+        again: Connector,
+    ) -> Result<Self, ManagerError> {
         let (reader, write) = Self::say_hello(socket, software).await?;
-        Ok(Self::serve(reader, write, Some(Arc::new(OnceLock::new()))))
+        let early = Early {
+            verdict: tokio::sync::watch::channel(None).0,
+            again,
+            next: tokio::sync::OnceCell::new(),
+            forwarding: AtomicBool::new(false),
+        };
+        Ok(Self::serve(reader, write, Some(Arc::new(early))))
     }
 
     /// Connects and writes the client's hello.
@@ -171,33 +291,23 @@ impl DaemonClient {
     }
 
     /// The client over a connection whose hello was said: a task reads the
-    /// daemon's lines (its hello first, when `early` holds where its refusal goes).
+    /// daemon's lines (its hello first, for an `early` connection).
     fn serve(
         mut reader: BufReader<OwnedReadHalf>,
         write: OwnedWriteHalf,
-        early: Option<Arc<OnceLock<ManagerError>>>,
+        early: Option<Arc<Early>>,
     ) -> Self {
         let calls = Arc::new(Calls::new(1));
         let events: Arc<OnceLock<broadcast::Sender<Event>>> = Arc::new(OnceLock::new());
         let closed = Arc::new(AtomicBool::new(false));
-        let refused = early.clone().unwrap_or_default();
-        let (p, ev, c) = (calls.clone(), events.clone(), closed.clone());
+        let (p, ev, c, e) = (calls.clone(), events.clone(), closed.clone(), early.clone());
         tokio::spawn(async move {
-            if let Some(refused) = early {
-                let checked = match first_line(&mut reader, HELLO_WITHIN, MAX_ANSWER_BYTES).await {
-                    Ok(line) => check_hello(&line).map_err(|e| match e {
-                        // The daemon read the hello and nothing after it.
-                        ManagerError::Connection(why) if !why.starts_with(LOST) => {
-                            ManagerError::BadRequest(why)
-                        }
-                        other => other,
-                    }),
-                    Err(e) => Err(ManagerError::Connection(format!(
-                        "the bpm daemon did not say hello: {e}"
-                    ))),
-                };
-                if let Err(e) = checked {
-                    let _ = refused.set(e);
+            if let Some(early) = e {
+                let verdict = read_hello(&mut reader).await;
+                let failed = verdict.is_err();
+                // Before the calls end: each then finds why.
+                early.verdict.send_replace(Some(verdict));
+                if failed {
                     c.store(true, Ordering::SeqCst);
                     p.close();
                     return;
@@ -235,7 +345,7 @@ impl DaemonClient {
                 subscribed: AtomicBool::new(false),
                 subscribe_unsent: AtomicBool::new(false),
                 closed,
-                refused,
+                early,
             }),
         }
     }
@@ -248,8 +358,12 @@ impl DaemonClient {
 
     async fn request(&self, request: Request) -> Result<Reply, ManagerError> {
         let (id, rx) = self.inner.calls.open();
-        let line = encode_line(&RequestLine { id, request })
-            .map_err(|e| ManagerError::Connection(format!("cannot encode the request: {e}")))?;
+        let call = RequestLine { id, request };
+        let line = encode_line(&call).map_err(|e| {
+            self.inner.calls.cancel(id);
+            ManagerError::Connection(format!("cannot encode the request: {e}"))
+        })?;
+        let request = call.request;
         if line.len() > MAX_REQUEST_BYTES {
             self.inner.calls.cancel(id);
             return Err(ManagerError::TooLarge {
@@ -261,30 +375,78 @@ impl DaemonClient {
         // waiting: a call opened after that would wait for ever.
         if self.inner.closed.load(Ordering::SeqCst) {
             self.inner.calls.cancel(id);
-            return Err(self.gone());
+            return self.elsewhere(request, lost(CLOSED)).await;
         }
         if let Err(e) = self.write(&line).await {
-            // A daemon that refused the connection may have closed it
+            // A daemon that closed an early connection may have done so
             // before the request went out: the reader has its reason, and
             // ends the call once it has read it.
-            let _ = tokio::time::timeout(HELLO_WITHIN, rx).await;
-            return Err(self.inner.refused.get().cloned().unwrap_or(e));
+            if self.inner.early.is_some() {
+                let _ = tokio::time::timeout(HELLO_WITHIN, rx).await;
+            }
+            return self.elsewhere(request, e).await;
         }
         warm_answer_decoder();
         match rx.await {
             Ok(answer) => answer.map_err(ManagerError::from),
-            Err(_) => Err(self.gone()),
+            Err(_) => self.elsewhere(request, lost(CLOSED)).await,
         }
     }
 
-    /// Why calls on a closed connection fail: the daemon's refusal of it,
-    /// or its close.
-    fn gone(&self) -> ManagerError {
-        self.inner
-            .refused
-            .get()
-            .cloned()
-            .unwrap_or_else(|| lost("the daemon closed the connection"))
+    /// A call this connection could not carry: made on the next connection
+    /// when the daemon cannot have read it (it did not say hello on this
+    /// one), or failed with why the hello failed, or with `error`.
+    async fn elsewhere(
+        &self,
+        request: Request,
+        error: ManagerError,
+    ) -> Result<Reply, ManagerError> {
+        let Some(early) = &self.inner.early else {
+            return Err(error);
+        };
+        let failed = early.verdict.borrow().clone();
+        match failed {
+            Some(Err(HelloFailed {
+                go_elsewhere: true, ..
+            })) => {
+                let next = self.next(early).await?;
+                Box::pin(next.request(request)).await
+            }
+            Some(Err(failed)) => Err(failed.error),
+            _ => Err(error),
+        }
+    }
+
+    /// The connection that takes the calls of an early one whose daemon
+    /// said no hello; this one's subscribers hear its events.
+    async fn next(&self, early: &Early) -> Result<DaemonClient, ManagerError> {
+        let next = early.next.get_or_init(|| (early.again)()).await.clone()?;
+        if self.inner.subscribed.load(Ordering::SeqCst) {
+            self.forward_events(early, &next);
+        }
+        Ok(next)
+    }
+
+    /// Passes `next`'s events on to this connection's subscribers, once.
+    fn forward_events(&self, early: &Early, next: &DaemonClient) {
+        let Some(tx) = self.inner.events.get().cloned() else {
+            return;
+        };
+        if early.forwarding.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut rx = next.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => {
+                        let _ = tx.send(event);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Writes `line`, after the subscription if one is waiting to be sent.
@@ -559,7 +721,20 @@ impl ProcessManager for DaemonClient {
             // Sent now, or by the next call if that comes first.
             let client = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = client.write(&[]).await {
+                let mut written = client.write(&[]).await.map(|()| client.clone());
+                if let Some(early) = client.inner.early.clone() {
+                    // A daemon that said no hello read no subscription:
+                    // the next connection's events are heard instead.
+                    let mut verdict = early.verdict.subscribe();
+                    let settled = verdict.wait_for(Option::is_some).await.map(|v| v.clone());
+                    if let Ok(Some(Err(HelloFailed {
+                        go_elsewhere: true, ..
+                    }))) = settled
+                    {
+                        written = client.next(&early).await;
+                    }
+                }
+                if let Err(e) = written {
                     tracing::warn!(error = %e, "could not subscribe to the daemon's events");
                 }
             });

@@ -8,6 +8,6 @@ mod reconnecting;
 mod server;
 pub mod wire;
 
-pub use client::DaemonClient;
-pub use reconnecting::{Connector, Reconnecting, ReconnectingManager};
+pub use client::{Connector, DaemonClient};
+pub use reconnecting::{Reconnecting, ReconnectingManager};
 pub use server::{ConnectionLimits, ServerInfo, serve, serve_with};

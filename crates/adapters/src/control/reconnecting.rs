@@ -3,8 +3,6 @@
 //! a long-lived front end (`bpm mcp`, `bpm web`) survives a daemon restart
 //! or upgrade.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,15 +12,7 @@ use bpm_ports::{
 };
 use tokio::sync::broadcast;
 
-use super::DaemonClient;
-
-/// How a [`Reconnecting`] client gets a connection to the daemon: the
-/// first, and a new one each time the daemon went away.
-pub type Connector = Arc<
-    dyn Fn() -> Pin<Box<dyn Future<Output = Result<DaemonClient, ManagerError>> + Send>>
-        + Send
-        + Sync,
->;
+use super::{Connector, DaemonClient};
 
 /// The daemon's client, reconnecting (and starting a daemon) when the daemon
 /// went away, so a long-lived `bpm mcp` outlives a daemon restart or upgrade.
