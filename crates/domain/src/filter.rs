@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    GroupName, LabelKey, LabelValue, NodeId, ProcessId, ProcessKind, ProcessRecord, SessionId,
-    StateName,
+    GroupName, LabelKey, LabelValue, NodeId, ProcessId, ProcessKind, ProcessName, ProcessRecord,
+    SessionId, StateName,
 };
 
 /// A filter over records. Every set field must match; an empty filter matches all.
@@ -29,6 +29,10 @@ pub struct ListFilter {
     /// Only records submitted by this client request ([`crate::RequestRef`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<uuid::Uuid>,
+    /// Only records of this name (the live one, and those that carried it
+    /// before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<ProcessName>,
     /// Only records with an id greater than this (for paging).
     pub after: Option<ProcessId>,
     /// At most this many records.
@@ -87,6 +91,10 @@ impl ListFilter {
             && self
                 .request
                 .is_none_or(|r| record.spec().request.is_some_and(|q| q.id == r))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| record.spec().name.as_ref() == Some(n))
             && self.after.is_none_or(|a| record.id() > a)
     }
 }

@@ -1,7 +1,7 @@
 //! Finding a process from what a person or an agent types: a full id, a
 //! unique prefix of it, the 8-digit short form tables show, or a unique name.
 
-use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
+use bpm_domain::{ListFilter, ProcessId, ProcessName, ProcessRecord};
 
 use crate::{ManagerError, ProcessManager};
 
@@ -43,8 +43,21 @@ pub async fn resolve_id(m: &dyn ProcessManager, text: &str) -> Result<ProcessId,
     if text.is_empty() {
         return Err(ResolveError::Empty);
     }
-    let all = m.list(ListFilter::default()).await?;
     let lower = text.to_ascii_lowercase();
+    // An id, or the start or end of one, is hex digits and dashes. Other
+    // text can only be a name: the daemon sends that name's records, not
+    // every record it holds.
+    let all = if lower.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        m.list(ListFilter::default()).await?
+    } else if let Ok(name) = text.parse::<ProcessName>() {
+        let named = ListFilter {
+            name: Some(name),
+            ..ListFilter::default()
+        };
+        m.list(named).await?
+    } else {
+        Vec::new()
+    };
     let by_id: Vec<&ProcessRecord> = all
         .iter()
         .filter(|r| {
@@ -96,5 +109,63 @@ pub async fn resolve_id(m: &dyn ProcessManager, text: &str) -> Result<ProcessId,
                 candidates: candidates.join("\n"),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bpm_domain::{NodeId, ProcessSpec, Timestamp};
+
+    use super::*;
+    use crate::MockProcessManager;
+
+    /// A record named `name` (none: unnamed), with the id `n`.
+    fn record(n: u128, name: Option<&str>) -> ProcessRecord {
+        let mut spec = ProcessSpec::argv(["true"]);
+        spec.name = name.map(|n| ProcessName::new(n).expect("a name"));
+        let id = ProcessId::from_uuid(uuid::Uuid::from_u128(n));
+        ProcessRecord::new(id, NodeId::local(), spec, Timestamp::from_millis(1))
+    }
+
+    /// A manager holding `records`, which answers listings as a store
+    /// does, and counts those that were not narrowed to a name.
+    fn holding(records: Vec<ProcessRecord>) -> (MockProcessManager, Arc<AtomicUsize>) {
+        let whole = Arc::new(AtomicUsize::new(0));
+        let mut m = MockProcessManager::new();
+        let w = whole.clone();
+        m.expect_list().returning(move |filter| {
+            if filter.name.is_none() {
+                w.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(records
+                .iter()
+                .filter(|r| filter.matches(r))
+                .cloned()
+                .collect())
+        });
+        (m, whole)
+    }
+
+    #[tokio::test]
+    async fn a_name_is_listed_by_name_and_an_id_s_digits_list_everything() {
+        let (web, other) = (record(0xabcd_0001, Some("web")), record(0xabcd_0002, None));
+        let (m, whole) = holding(vec![web.clone(), other.clone()]);
+        assert_eq!(resolve_id(&m, "web").await.expect("web"), web.id());
+        assert_eq!(whole.load(Ordering::SeqCst), 0, "a name is listed by name");
+        assert!(matches!(
+            resolve_id(&m, "no such name").await,
+            Err(ResolveError::NotFound(_))
+        ));
+        assert_eq!(whole.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            resolve_id(&m, "abcd0002")
+                .await
+                .expect("by its last digits"),
+            other.id()
+        );
+        assert_eq!(whole.load(Ordering::SeqCst), 1);
     }
 }

@@ -473,6 +473,15 @@ pub async fn list_filters_by_every_field(store: Arc<dyn ProcessStore>) {
         ids(store.list(&f).await.expect("list")),
         expect(&|r| r.spec().labels.get(&k) == Some(&v))
     );
+    let job = ProcessName::new("job 7").expect("valid");
+    let f = ListFilter {
+        name: Some(job.clone()),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.spec().name.as_ref() == Some(&job))
+    );
     let f = ListFilter {
         session: Some(s1.clone()),
         group: Some(g2.clone()),
