@@ -23,6 +23,7 @@ Operations (medians where a count is given):
 
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -582,4 +583,7 @@ if __name__ == "__main__":
     try:
         main()
     finally:
+        # Whatever a tool left running under the scratch folder (pm2 starts
+        # a new daemon when asked anything after its kill -9) ends with it.
+        kill_marked(re.escape(str(WORK)))
         shutil.rmtree(WORK, ignore_errors=True)
