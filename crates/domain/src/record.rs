@@ -1099,7 +1099,10 @@ impl Record {
                 let queued_at = *queued_at;
                 self.leave_pending(queued_at, transition, now)
             }
-            Lifecycle::Starting { .. } => Self::leave_starting(transition, now),
+            Lifecycle::Starting { starting_at, .. } => {
+                let starting_at = *starting_at;
+                self.leave_starting(starting_at, transition, now)
+            }
             Lifecycle::Running {
                 started_at,
                 pid,
@@ -1185,8 +1188,14 @@ impl Record {
         })
     }
 
-    fn leave_starting(t: Transition, now: Timestamp) -> Next {
+    fn leave_starting(&mut self, starting_at: Timestamp, t: Transition, now: Timestamp) -> Next {
         Next::To(match t {
+            // The child can report before its spawn's answer is handled
+            // (`bpm progress "$BPM_PROCESS_ID"` as its first command).
+            Transition::Progress { percent, message } => {
+                self.set_progress(starting_at, percent, message, now);
+                self.lifecycle.clone()
+            }
             Transition::SpawnFailed { error } => Lifecycle::Failed {
                 started_at: None,
                 ended_at: now,
@@ -1382,9 +1391,9 @@ impl Record {
                 Self::stopped(started_at.or(Some(now)), Some(status), &cause, now)
             }
             Transition::Progress { percent, message } => {
-                if let Some(s) = started_at {
-                    self.set_progress(s, percent, message, now);
-                }
+                // Stopped while starting, it has no start yet: its progress
+                // is kept all the same.
+                self.set_progress(started_at.unwrap_or(requested_at), percent, message, now);
                 self.lifecycle.clone()
             }
             // Asked to stop, and gone: stopped, though how it ended

@@ -205,6 +205,8 @@ fn step(m: &Model, op: &Op) -> (Expect, Model) {
             n.killed = false;
             Expect::Changed
         }
+        // The child reports before its spawn's answer is handled.
+        (Starting, Op::Progress(_), _) => Expect::Changed,
         (Starting, Op::TimeOut, _) => {
             n.state = Stopping;
             n.cause = Some(Cause::Timeout);

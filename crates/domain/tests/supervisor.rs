@@ -1273,6 +1273,46 @@ fn an_exit_that_overtakes_its_spawns_answer_is_handled_after_it() {
 }
 
 #[test]
+fn a_childs_progress_before_its_spawns_answer_is_kept() {
+    let mut core = core(Limits::default());
+    let effects = core
+        .handle(
+            Input::Submit {
+                id: id(1),
+                spec: ProcessSpec::argv(["job"]),
+            },
+            t(0),
+        )
+        .expect("submit");
+    assert_eq!(spawns(&effects), vec![id(1)]);
+    // The child's first command reports about itself through
+    // BPM_PROCESS_ID before the daemon has heard that it was spawned.
+    let effects = core
+        .handle(
+            Input::Progress {
+                id: id(1),
+                percent: bpm_domain::Percent::new(70).expect("percent"),
+                message: Some("halfway".into()),
+            },
+            t(2),
+        )
+        .expect("progress while starting is taken");
+    assert!(
+        events(&effects).contains(&(id(1), EventKind::Progress)),
+        "{effects:?}"
+    );
+    core.handle(Input::Spawned { id: id(1), pid: 11 }, t(3))
+        .expect("spawned");
+    let r = core.get(id(1)).expect("known");
+    assert_eq!(r.state(), StateName::Running);
+    let p = r.progress().expect("kept through the spawn's answer");
+    assert_eq!(
+        (p.percent.get(), p.message.as_deref()),
+        (70, Some("halfway"))
+    );
+}
+
+#[test]
 fn a_store_conflict_is_reconciled_with_the_owners_view() {
     let mut core = core(Limits::default());
     let op = ProcessSpec::tracked(ProcessName::new("op").expect("name"));
