@@ -33,6 +33,10 @@ pub struct ListFilter {
     /// before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<ProcessName>,
+    /// Only the records this text, as a person types it, could mean: those
+    /// whose id it fits ([`ProcessId::fits`]) and those of this name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refers_to: Option<Box<str>>,
     /// Only records with an id greater than this (for paging).
     pub after: Option<ProcessId>,
     /// At most this many records.
@@ -95,6 +99,9 @@ impl ListFilter {
                 .name
                 .as_ref()
                 .is_none_or(|n| record.spec().name.as_ref() == Some(n))
+            && self.refers_to.as_deref().is_none_or(|t| {
+                record.id().fits(t) || record.spec().name.as_ref().is_some_and(|n| n.as_str() == t)
+            })
             && self.after.is_none_or(|a| record.id() > a)
     }
 }

@@ -33,6 +33,24 @@ impl ProcessId {
         let s = self.0.simple().to_string();
         s[s.len() - 8..].to_owned()
     }
+
+    /// Whether `text` could be this id as a person types it: its start,
+    /// with or without its dashes, or at least its last four hex digits (as
+    /// [`short`](Self::short) shows them). Case does not matter.
+    pub fn fits(&self, text: &str) -> bool {
+        let mut hyphenated = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let mut simple = [0u8; uuid::fmt::Simple::LENGTH];
+        let full = self.0.hyphenated().encode_lower(&mut hyphenated).as_bytes();
+        let digits = self.0.simple().encode_lower(&mut simple).as_bytes();
+        let t = text.as_bytes();
+        let begins = |s: &[u8]| s.len() >= t.len() && s[..t.len()].eq_ignore_ascii_case(t);
+        !t.is_empty()
+            && (begins(full)
+                || begins(digits)
+                || (t.len() >= 4
+                    && t.len() <= digits.len()
+                    && digits[digits.len() - t.len()..].eq_ignore_ascii_case(t)))
+    }
 }
 
 impl fmt::Display for ProcessId {
@@ -65,6 +83,30 @@ mod tests {
         assert_eq!(ProcessId::from_uuid(uuid).as_uuid(), &uuid);
     }
     use super::*;
+
+    #[test]
+    fn an_id_fits_its_start_and_its_last_digits_in_any_case() {
+        let id: ProcessId = "0190f3a2-7b1c-7def-8abc-0123456789ab".parse().expect("id");
+        for fits in [
+            "0190",
+            "0190F3A2-7B",
+            "0190f3a27b1c",
+            "6789ab",
+            "89AB",
+            &id.short(),
+        ] {
+            assert!(id.fits(fits), "{fits}");
+        }
+        for not in [
+            "",
+            "9ab",
+            "f3a2",
+            "0190f3a2-7b1c-7def-8abc-0123456789ab0",
+            "web",
+        ] {
+            assert!(!id.fits(not), "{not}");
+        }
+    }
 
     #[test]
     fn parses_and_displays_hyphenated() {

@@ -1,7 +1,7 @@
 //! Finding a process from what a person or an agent types: a full id, a
 //! unique prefix of it, the 8-digit short form tables show, or a unique name.
 
-use bpm_domain::{ListFilter, ProcessId, ProcessName, ProcessRecord};
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
 
 use crate::{ManagerError, ProcessManager};
 
@@ -43,31 +43,14 @@ pub async fn resolve_id(m: &dyn ProcessManager, text: &str) -> Result<ProcessId,
     if text.is_empty() {
         return Err(ResolveError::Empty);
     }
-    let lower = text.to_ascii_lowercase();
-    // An id, or the start or end of one, is hex digits and dashes. Other
-    // text can only be a name: the daemon sends that name's records, not
-    // every record it holds.
-    let all = if lower.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        m.list(ListFilter::default()).await?
-    } else if let Ok(name) = text.parse::<ProcessName>() {
-        let named = ListFilter {
-            name: Some(name),
-            ..ListFilter::default()
-        };
-        m.list(named).await?
-    } else {
-        Vec::new()
+    // The daemon sends only the records the text could mean, not every
+    // record it holds; an older one that sends them all is filtered here.
+    let refers = ListFilter {
+        refers_to: Some(text.into()),
+        ..ListFilter::default()
     };
-    let by_id: Vec<&ProcessRecord> = all
-        .iter()
-        .filter(|r| {
-            let full = r.id().to_string();
-            let simple = full.replace('-', "");
-            full.starts_with(&lower)
-                || simple.starts_with(&lower)
-                || (lower.len() >= 4 && simple.ends_with(&lower))
-        })
-        .collect();
+    let all = m.list(refers).await?;
+    let by_id: Vec<&ProcessRecord> = all.iter().filter(|r| r.id().fits(text)).collect();
     let found = if by_id.is_empty() {
         let named: Vec<&ProcessRecord> = all
             .iter()
@@ -117,7 +100,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use bpm_domain::{NodeId, ProcessSpec, Timestamp};
+    use bpm_domain::{NodeId, ProcessName, ProcessSpec, Timestamp};
 
     use super::*;
     use crate::MockProcessManager;
@@ -131,13 +114,13 @@ mod tests {
     }
 
     /// A manager holding `records`, which answers listings as a store
-    /// does, and counts those that were not narrowed to a name.
+    /// does, and counts those that were not narrowed to what was typed.
     fn holding(records: Vec<ProcessRecord>) -> (MockProcessManager, Arc<AtomicUsize>) {
         let whole = Arc::new(AtomicUsize::new(0));
         let mut m = MockProcessManager::new();
         let w = whole.clone();
         m.expect_list().returning(move |filter| {
-            if filter.name.is_none() {
+            if filter.refers_to.is_none() {
                 w.fetch_add(1, Ordering::SeqCst);
             }
             Ok(records
@@ -150,22 +133,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_name_is_listed_by_name_and_an_id_s_digits_list_everything() {
+    async fn what_was_typed_is_listed_never_everything() {
         let (web, other) = (record(0xabcd_0001, Some("web")), record(0xabcd_0002, None));
-        let (m, whole) = holding(vec![web.clone(), other.clone()]);
+        // Hex digits that are a name, and the end of no id.
+        let cafe = record(0x1234_0003, Some("cafe"));
+        let (m, whole) = holding(vec![web.clone(), other.clone(), cafe.clone()]);
         assert_eq!(resolve_id(&m, "web").await.expect("web"), web.id());
-        assert_eq!(whole.load(Ordering::SeqCst), 0, "a name is listed by name");
         assert!(matches!(
             resolve_id(&m, "no such name").await,
             Err(ResolveError::NotFound(_))
         ));
-        assert_eq!(whole.load(Ordering::SeqCst), 0);
         assert_eq!(
             resolve_id(&m, "abcd0002")
                 .await
                 .expect("by its last digits"),
             other.id()
         );
-        assert_eq!(whole.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            resolve_id(&m, &other.id().short()).await.expect("short"),
+            other.id()
+        );
+        assert_eq!(resolve_id(&m, "cafe").await.expect("cafe"), cafe.id());
+        assert!(matches!(
+            resolve_id(&m, "0000").await,
+            Err(ResolveError::Ambiguous { .. })
+        ));
+        assert_eq!(whole.load(Ordering::SeqCst), 0, "never every record");
     }
 }

@@ -482,6 +482,32 @@ pub async fn list_filters_by_every_field(store: Arc<dyn ProcessStore>) {
         ids(store.list(&f).await.expect("list")),
         expect(&|r| r.spec().name.as_ref() == Some(&job))
     );
+    // What a person types: the start of an id, its last digits, a name.
+    for text in [
+        "00000000-0000",
+        "0000000000000000",
+        "003c",
+        "003C",
+        "job 7",
+        "job",
+        "zz",
+    ] {
+        let f = ListFilter {
+            refers_to: Some(text.into()),
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            ids(store.list(&f).await.expect("list")),
+            expect(&|r| r.id().fits(text)
+                || r.spec().name.as_ref().is_some_and(|n| n.as_str() == text)),
+            "{text}"
+        );
+    }
+    let f = ListFilter {
+        refers_to: Some("003c".into()),
+        ..ListFilter::default()
+    };
+    assert_eq!(ids(store.list(&f).await.expect("list")), vec![id(60)]);
     let f = ListFilter {
         session: Some(s1.clone()),
         group: Some(g2.clone()),
