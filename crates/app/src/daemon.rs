@@ -126,6 +126,11 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .await
         .map_err(|e| anyhow!("cannot open the queue of {}: {e}", describe(&choice)))?
         .unzip();
+    // Usage is read from the processes under the keeper, not the machine's.
+    let keeper_of_trees = spawner.clone();
+    let usage = Arc::new(bpm_adapters::os::ProcSampler::under(Arc::new(move || {
+        keeper_of_trees.subreapers()
+    })));
     let ports = bpm_runtime::Ports {
         store,
         output,
@@ -135,7 +140,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         spawner,
         clock: Arc::new(bpm_adapters::clock::SystemClock::new()),
         ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
-        usage: Arc::new(bpm_adapters::os::ProcSampler::new()),
+        usage,
         host: Arc::new(bpm_adapters::os::OsHost::new().unwatching(&home.dir)),
     };
     // The boot this node's records were last supervised in: another one

@@ -2346,6 +2346,70 @@ fn keeper_pid(bpm: &Bpm) -> u32 {
         .unwrap_or_else(|| panic!("no keeper line: {status}"))
 }
 
+/// Waits until `bpm show` counts `processes` in the tree of `id`.
+fn until_usage(bpm: &Bpm, id: &str, processes: &str, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shown = bpm.ok(&["show", id]);
+        if shown.contains(processes) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{when}: not {processes}:\n{shown}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The usage `bpm show` gives counts every process of a tree: one that
+/// left it (its parent ended, and bpm's keeper took it in) while the
+/// daemon reads only what runs under the keeper; and, once daemon and
+/// keeper died and a new daemon adopted the tree from init, both again,
+/// through a scan of the whole machine.
+#[test]
+fn usage_counts_what_left_a_tree_under_the_keeper_and_after_adoption() {
+    let bpm = Bpm::new();
+    let id = bpm.ok(&[
+        "run",
+        "--shell",
+        "--",
+        "(setsid sleep 300 &); exec sleep 301",
+    ]);
+    let id = id.trim();
+    bpm.until_state(id, "running");
+    until_usage(&bpm, id, "(2 processes)", "under the keeper");
+    let leader = u32::try_from(
+        bpm.json(&["show", id, "--json"])["pid"]
+            .as_u64()
+            .expect("pid"),
+    )
+    .expect("pid");
+    let (daemon, keeper) = (bpm.daemon_pid(), keeper_pid(&bpm));
+    let parent = std::fs::read_to_string(format!("/proc/{leader}/stat")).expect("stat");
+    let ppid = parent[parent.rfind(')').expect(")") + 4..]
+        .split(' ')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok());
+    assert_eq!(ppid, Some(keeper), "the leader runs under the keeper");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &daemon.to_string(), &keeper.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    while alive(daemon) || alive(keeper) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(alive(leader));
+    // Any command brings a daemon back, which adopts the tree.
+    bpm.until_state(id, "running");
+    until_usage(&bpm, id, "(2 processes)", "adopted");
+    bpm.ok(&["stop", id]);
+    until_gone(leader, "a stop after the adoption");
+}
+
 /// kill -9 of the keeper while a record's leader is gone and its tree runs
 /// on: the next keeper adopts what runs on through the record's mark, so
 /// the record stays live and a stop still reaches it.

@@ -236,6 +236,24 @@ impl LastingKeeper {
         ours
     }
 
+    /// Where a process that leaves a tree this keeper runs is taken in: the
+    /// keeper (a child subreaper), and this daemon when it is one too (a
+    /// dead keeper's processes become its children). For
+    /// [`ProcSampler::under`](crate::os::ProcSampler::under).
+    pub fn subreapers(&self) -> Vec<u32> {
+        let keeper = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keeper()
+            .pid;
+        let mut pids = vec![keeper];
+        if self.reaper.is_some() {
+            pids.push(std::process::id());
+        }
+        pids
+    }
+
     /// A daemon that starts with a new keeper, the last one having died
     /// with it, inherits the dead keeper's `started` records (its start log,
     /// read before the new keeper started): a spawn or hand-over of one is

@@ -49,7 +49,7 @@ pub use host::OsHost;
 pub use limits::{NO_CGROUPS_ENV, asked_limits, check_limits};
 pub use probe::notify_ready;
 pub use subreaper::Subreaper;
-pub use usage::ProcSampler;
+pub use usage::{ProcSampler, Subreapers};
 
 /// The environment variable that carries a process's own record id.
 pub const PROCESS_ID_ENV: &str = tree::MARK;

@@ -2,8 +2,10 @@
 //! listening TCP ports, summed over each record's whole tree (the leader's
 //! descendants, and processes that left it but carry its mark).
 //!
-//! One sample is one scan of /proc, whatever the number of trees: every
-//! process's `stat`, the environment of those not already placed by their
+//! One sample is one scan of /proc, whatever the number of trees: the
+//! `stat` of every process under bpm's subreapers when they hold every tree
+//! (see [`ProcSampler::under`]), else of every process on the machine; the
+//! environment of those not already placed by their
 //! parent chain (once in each process's life), and the open files of tree
 //! members only when one of this user's listening TCP sockets (see
 //! `listening`) is new since the last scan or its holder has gone. CPU time is summed with each member's reaped
@@ -42,10 +44,31 @@ struct Proc {
     rss_pages: u64,
 }
 
-fn read_stat(pid: u32) -> Option<Proc> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: count from the last `)`.
-    let f: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
+/// Reads `/proc/<pid>/stat` with one open and, nearly always, one read:
+/// the kernel makes the whole line at the first read, and it is well under
+/// the buffer. (Reading it as a `String` costs twice the calls: a stat to
+/// size the buffer, then reads growing from 32 bytes.) A scan reads one per
+/// process on the machine, which makes it most of `bpm ps`'s wait.
+fn read_stat(pid: u32, buf: &mut [u8; 4096]) -> Option<Proc> {
+    use std::io::Read as _;
+    let mut file = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut len = 0;
+    while len < buf.len() {
+        let n = file.read(&mut buf[len..]).ok()?;
+        len += n;
+        if n == 0 || buf[len - 1] == b'\n' {
+            break;
+        }
+    }
+    parse_stat(pid, &buf[..len])
+}
+
+/// One `stat` line. The command name may hold spaces, parentheses and
+/// bytes that are not UTF-8: the fields are counted from the last `)`.
+fn parse_stat(pid: u32, line: &[u8]) -> Option<Proc> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(line.get(close + 2..)?).ok()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
     Some(Proc {
         pid,
@@ -58,13 +81,97 @@ fn read_stat(pid: u32) -> Option<Proc> {
 }
 
 fn all_procs() -> Vec<Proc> {
+    let mut buf = [0u8; 4096];
     fs::read_dir("/proc")
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter_map(read_stat)
+                .filter_map(|pid| read_stat(pid, &mut buf))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Appends the children of every thread of `pid` to `into`, read from the
+/// kernel's lists (`/proc/PID/task/TID/children`); false when no list could
+/// be read (the process is gone, or the kernel keeps none).
+fn children_of(pid: u32, text: &mut Vec<u8>, into: &mut Vec<u32>) -> bool {
+    use std::io::Read as _;
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut read = false;
+    for task in tasks.flatten() {
+        let Ok(mut list) = fs::File::open(task.path().join("children")) else {
+            continue;
+        };
+        text.clear();
+        if list.read_to_end(text).is_err() {
+            continue;
+        }
+        read = true;
+        into.extend(
+            text.split(u8::is_ascii_whitespace)
+                .filter_map(|p| std::str::from_utf8(p).ok()?.parse::<u32>().ok()),
+        );
+    }
+    read
+}
+
+/// Every process under `roots` (not the roots), from the kernel's lists of
+/// children; `None` when a root's list cannot be read.
+fn descendants(roots: &[u32]) -> Option<Vec<Proc>> {
+    let (mut buf, mut text, mut queue) = ([0u8; 4096], Vec::with_capacity(4096), Vec::new());
+    for &root in roots {
+        if !children_of(root, &mut text, &mut queue) {
+            return None;
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut procs = Vec::new();
+    while let Some(pid) = queue.pop() {
+        if roots.contains(&pid) || !seen.insert(pid) {
+            continue;
+        }
+        let Some(p) = read_stat(pid, &mut buf) else {
+            continue;
+        };
+        if !p.zombie {
+            children_of(pid, &mut text, &mut queue);
+        }
+        procs.push(p);
+    }
+    Some(procs)
+}
+
+/// The processes to read for `targets`: those under `roots` when the
+/// roots hold every target's tree, else every process on the machine.
+///
+/// A process that leaves a tree (its parent ends) is taken in by its
+/// nearest subreaper ancestor. The roots are subreapers, so what leaves a
+/// tree whose leader runs under them stays under them. A target qualifies
+/// when its leader is found under them now, or was before (`under`: a
+/// leader that ended since handed its tree to them). Another leader (one a
+/// restarted daemon adopted, whose parent is init) sends the scan to the
+/// whole machine, as a tree's escaped processes may be anywhere.
+fn candidates(
+    roots: Option<&[u32]>,
+    targets: &[SampleTarget],
+    under: &mut HashSet<ProcessId>,
+) -> Vec<Proc> {
+    let Some(procs) = roots.and_then(descendants) else {
+        return all_procs();
+    };
+    let found: HashSet<u32> = procs.iter().map(|p| p.pid).collect();
+    under.retain(|id| targets.iter().any(|t| t.id == *id));
+    let mut whole = false;
+    for t in targets {
+        if found.contains(&t.pid) {
+            under.insert(t.id);
+        } else if !under.contains(&t.id) {
+            whole = true;
+        }
+    }
+    if whole { all_procs() } else { procs }
 }
 
 /// The inodes of the sockets `pid` holds.
@@ -154,6 +261,8 @@ type Holders = HashMap<u64, Option<u32>>;
 struct Memory {
     marks: Marks,
     holders: Holders,
+    /// Targets whose leader was found under the subreapers.
+    under: HashSet<ProcessId>,
 }
 
 /// Finds which members hold this user's listening sockets. Members' open
@@ -189,8 +298,12 @@ fn place_listeners(
         .collect();
 }
 
-fn scan(targets: &[SampleTarget], memory: &mut Memory) -> Vec<Option<Totals>> {
-    let procs = all_procs();
+fn scan(
+    targets: &[SampleTarget],
+    roots: Option<&[u32]>,
+    memory: &mut Memory,
+) -> Vec<Option<Totals>> {
+    let procs = candidates(roots, targets, &mut memory.under);
     let owner = members(&procs, targets, &mut memory.marks);
     let mut totals: Vec<Option<Totals>> = vec![None; targets.len()];
     for p in &procs {
@@ -248,6 +361,10 @@ struct Previous {
     percent: f64,
 }
 
+/// The processes that take in what leaves the sampled trees: child
+/// subreapers that are ancestors of every leader (see [`ProcSampler::under`]).
+pub type Subreapers = Arc<dyn Fn() -> Vec<u32> + Send + Sync>;
+
 /// A [`ResourceSampler`] reading /proc on this machine. It keeps each
 /// tree's previous CPU time, so that a caller sampling every few seconds
 /// gets the rate over that window.
@@ -260,6 +377,15 @@ struct Sampling {
     page: u64,
     previous: Mutex<HashMap<ProcessId, Previous>>,
     memory: Mutex<Memory>,
+    roots: Option<Roots>,
+}
+
+struct Roots(Subreapers);
+
+impl std::fmt::Debug for Roots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Roots").field(&(self.0)()).finish()
+    }
 }
 
 impl Default for ProcSampler {
@@ -271,12 +397,25 @@ impl Default for ProcSampler {
 impl ProcSampler {
     /// A sampler with no previous samples.
     pub fn new() -> Self {
+        ProcSampler::with_roots(None)
+    }
+
+    fn with_roots(roots: Option<Roots>) -> Self {
         ProcSampler(Arc::new(Sampling {
             hz: f64::from(u32::try_from(rustix::param::clock_ticks_per_second()).unwrap_or(100)),
             page: u64::try_from(rustix::param::page_size()).unwrap_or(4096),
             previous: Mutex::new(HashMap::new()),
             memory: Mutex::new(Memory::default()),
+            roots,
         }))
+    }
+
+    /// A sampler for trees that run under `subreapers` (bpm's keeper, and
+    /// the daemon): it reads the processes under them, not every process on
+    /// the machine, while they hold every tree it samples. A sample then
+    /// costs what bpm's processes number, not what the machine's do.
+    pub fn under(subreapers: Subreapers) -> Self {
+        ProcSampler::with_roots(Some(Roots(subreapers)))
     }
 }
 
@@ -329,8 +468,10 @@ impl Sampling {
         if targets.is_empty() {
             return Vec::new();
         }
+        let roots = self.roots.as_ref().map(|r| (r.0)());
         let totals = scan(
             targets,
+            roots.as_deref(),
             &mut self
                 .memory
                 .lock()
@@ -380,6 +521,70 @@ mod tests {
     use super::*;
     use crate::os::tree::MARK;
     use std::os::unix::process::CommandExt as _;
+
+    #[test]
+    fn a_stat_line_is_read_past_an_odd_command_name() {
+        let mut line = b"42 (we) ird \xff) S 7 42 42 0 -1 4194304 10 0 0 0 ".to_vec();
+        line.extend_from_slice(b"3 4 5 6 20 0 1 0 900 1000 77 18446744073709551615\n");
+        let p = parse_stat(42, &line).expect("parsed");
+        assert_eq!(
+            (p.ppid, p.zombie, p.ticks, p.start, p.rss_pages),
+            (7, false, 18, 900, 77)
+        );
+        let own = read_stat(std::process::id(), &mut [0; 4096]).expect("own stat");
+        assert_eq!(own.pid, std::process::id());
+        assert!(own.rss_pages > 0 && own.start > 0);
+        assert!(parse_stat(1, b"1 (no close").is_none());
+    }
+
+    /// A tree under the roots is read without the rest of the machine; a
+    /// target whose leader runs elsewhere, or roots whose children cannot
+    /// be listed, send the scan to every process.
+    #[test]
+    fn a_tree_under_the_roots_is_read_alone() {
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & exec sleep 31"])
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let (own, pid) = (std::process::id(), leader.id());
+        let tree = SampleTarget {
+            id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
+            pid,
+        };
+        let mut under = HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let read = loop {
+            let read = candidates(Some(&[own]), &[tree], &mut under);
+            if read.iter().filter(|p| p.ppid == pid).count() == 1 {
+                break read;
+            }
+            assert!(Instant::now() < deadline, "no child under {pid}: {read:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(read.iter().any(|p| p.pid == pid));
+        assert!(read.iter().all(|p| p.pid != 1), "not the machine");
+        assert!(under.contains(&tree.id));
+        let elsewhere = SampleTarget {
+            id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
+            pid: 1,
+        };
+        let read = candidates(Some(&[own]), &[tree, elsewhere], &mut under);
+        assert!(read.iter().any(|p| p.pid == 1), "the machine");
+        let read = candidates(Some(&[u32::MAX]), &[tree], &mut under);
+        assert!(read.iter().any(|p| p.pid == 1), "the machine");
+        assert!(
+            candidates(None, &[tree], &mut under)
+                .iter()
+                .any(|p| p.pid == 1)
+        );
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid"),
+            rustix::process::Signal::KILL,
+        );
+        let _ = leader.kill();
+        let _ = leader.wait();
+    }
 
     /// A process that left its leader's tree (a new session, reparented to
     /// init) but carries the record's mark still counts.
