@@ -4,11 +4,12 @@
 //!
 //! One sample is one scan of /proc, whatever the number of trees: the
 //! `stat` of every process under bpm's subreapers when they hold every tree
-//! (see [`ProcSampler::under`]), else of every process on the machine; the
-//! environment of those not already placed by their
-//! parent chain (once in each process's life), and the open files of tree
-//! members only when one of this user's listening TCP sockets (see
-//! `listening`) is new since the last scan or its holder has gone. CPU time is summed with each member's reaped
+//! and under half the machine's processes (see [`ProcSampler::under`]),
+//! else of every process on the machine; the environment of those not
+//! already placed by their parent chain (once in each process's life), and
+//! the open files of tree members only when one of this user's listening
+//! TCP sockets (see `listening`) is new since the last scan or its holder
+//! has gone. CPU time is summed with each member's reaped
 //! children (`cutime`, `cstime`), so a child that ended between two samples
 //! still counts toward the tree that ran it.
 
@@ -42,6 +43,8 @@ struct Proc {
     /// Start time in clock ticks since boot.
     start: u64,
     rss_pages: u64,
+    /// How many threads it has.
+    threads: u32,
 }
 
 /// Reads `/proc/<pid>/stat` with one open and, nearly always, one read:
@@ -77,31 +80,45 @@ fn parse_stat(pid: u32, line: &[u8]) -> Option<Proc> {
         ticks: num(11)? + num(12)? + num(13)? + num(14)?,
         start: num(19)?,
         rss_pages: num(21)?,
+        threads: num(17).and_then(|t| u32::try_from(t).ok()).unwrap_or(0),
     })
 }
 
-fn all_procs() -> Vec<Proc> {
-    let mut buf = [0u8; 4096];
+/// The pids of every process on the machine.
+fn machine_pids() -> Vec<u32> {
     fs::read_dir("/proc")
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter_map(|pid| read_stat(pid, &mut buf))
                 .collect()
         })
         .unwrap_or_default()
 }
 
+fn read_all(pids: &[u32]) -> Vec<Proc> {
+    let mut buf = [0u8; 4096];
+    pids.iter()
+        .filter_map(|&pid| read_stat(pid, &mut buf))
+        .collect()
+}
+
 /// Appends the children of every thread of `pid` to `into`, read from the
 /// kernel's lists (`/proc/PID/task/TID/children`); false when no list could
-/// be read (the process is gone, or the kernel keeps none).
-fn children_of(pid: u32, text: &mut Vec<u8>, into: &mut Vec<u32>) -> bool {
+/// be read (the process is gone, or the kernel keeps none). A process of
+/// one thread (`threads`, 0 when unknown) has one list, read without
+/// listing its threads.
+fn children_of(pid: u32, threads: u32, text: &mut Vec<u8>, into: &mut Vec<u32>) -> bool {
     use std::io::Read as _;
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
+    let lists: Vec<std::path::PathBuf> = if threads == 1 {
+        vec![format!("/proc/{pid}/task/{pid}/children").into()]
+    } else {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().map(|t| t.path().join("children")).collect()
     };
     let mut read = false;
-    for task in tasks.flatten() {
-        let Ok(mut list) = fs::File::open(task.path().join("children")) else {
+    for path in lists {
+        let Ok(mut list) = fs::File::open(path) else {
             continue;
         };
         text.clear();
@@ -122,7 +139,7 @@ fn children_of(pid: u32, text: &mut Vec<u8>, into: &mut Vec<u32>) -> bool {
 fn descendants(roots: &[u32]) -> Option<Vec<Proc>> {
     let (mut buf, mut text, mut queue) = ([0u8; 4096], Vec::with_capacity(4096), Vec::new());
     for &root in roots {
-        if !children_of(root, &mut text, &mut queue) {
+        if !children_of(root, 0, &mut text, &mut queue) {
             return None;
         }
     }
@@ -136,42 +153,86 @@ fn descendants(roots: &[u32]) -> Option<Vec<Proc>> {
             continue;
         };
         if !p.zombie {
-            children_of(pid, &mut text, &mut queue);
+            children_of(pid, p.threads, &mut text, &mut queue);
         }
         procs.push(p);
     }
     Some(procs)
 }
 
-/// The processes to read for `targets`: those under `roots` when the
-/// roots hold every target's tree, else every process on the machine.
+/// The processes to read for `targets`: those under `roots` when that is
+/// cheaper and the roots hold every target's tree, else every process on
+/// the machine.
 ///
 /// A process that leaves a tree (its parent ends) is taken in by its
 /// nearest subreaper ancestor. The roots are subreapers, so what leaves a
 /// tree whose leader runs under them stays under them. A target qualifies
-/// when its leader is found under them now, or was before (`under`: a
-/// leader that ended since handed its tree to them). Another leader (one a
-/// restarted daemon adopted, whose parent is init) sends the scan to the
-/// whole machine, as a tree's escaped processes may be anywhere.
-fn candidates(
-    roots: Option<&[u32]>,
+/// when its leader is found under them now, or was before
+/// (`memory.under`: a leader that ended since handed its tree to them).
+/// Another leader (one a restarted daemon adopted, whose parent is init)
+/// sends the scan to the whole machine, as a tree's escaped processes may
+/// be anywhere.
+///
+/// Reading under the roots costs about twice a whole scan's reads per
+/// process (each process's list of children besides its `stat`), so it is
+/// chosen only while the roots held under half the machine's processes at
+/// the last sample.
+fn candidates(roots: Option<&[u32]>, targets: &[SampleTarget], memory: &mut Memory) -> Vec<Proc> {
+    let pids = machine_pids();
+    memory
+        .under
+        .retain(|id| targets.iter().any(|t| t.id == *id));
+    let cheaper = memory.under_roots.max(targets.len()) * 2 < pids.len();
+    if let Some(roots) = roots.filter(|_| cheaper)
+        && let Some(procs) = descendants(roots)
+    {
+        let found: HashSet<u32> = procs.iter().map(|p| p.pid).collect();
+        if note_under(targets, &found, &mut memory.under) {
+            memory.under_roots = procs.len();
+            return procs;
+        }
+    }
+    let procs = read_all(&pids);
+    if let Some(roots) = roots {
+        let found = under_roots(&procs, roots);
+        note_under(targets, &found, &mut memory.under);
+        memory.under_roots = found.len();
+    }
+    procs
+}
+
+/// Notes the targets whose leader is among `found` (the processes under
+/// the roots); whether every target's leader is, now or before.
+fn note_under(
     targets: &[SampleTarget],
+    found: &HashSet<u32>,
     under: &mut HashSet<ProcessId>,
-) -> Vec<Proc> {
-    let Some(procs) = roots.and_then(descendants) else {
-        return all_procs();
-    };
-    let found: HashSet<u32> = procs.iter().map(|p| p.pid).collect();
-    under.retain(|id| targets.iter().any(|t| t.id == *id));
-    let mut whole = false;
+) -> bool {
+    let mut all = true;
     for t in targets {
         if found.contains(&t.pid) {
             under.insert(t.id);
         } else if !under.contains(&t.id) {
-            whole = true;
+            all = false;
         }
     }
-    if whole { all_procs() } else { procs }
+    all
+}
+
+/// The pids of `procs` under `roots`, by parent chain.
+fn under_roots(procs: &[Proc], roots: &[u32]) -> HashSet<u32> {
+    let mut found: HashSet<u32> = HashSet::new();
+    loop {
+        let before = found.len();
+        for p in procs {
+            if !roots.contains(&p.pid) && (roots.contains(&p.ppid) || found.contains(&p.ppid)) {
+                found.insert(p.pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
 }
 
 /// The inodes of the sockets `pid` holds.
@@ -263,6 +324,8 @@ struct Memory {
     holders: Holders,
     /// Targets whose leader was found under the subreapers.
     under: HashSet<ProcessId>,
+    /// How many processes were under the subreapers at the last sample.
+    under_roots: usize,
 }
 
 /// Finds which members hold this user's listening sockets. Members' open
@@ -303,7 +366,7 @@ fn scan(
     roots: Option<&[u32]>,
     memory: &mut Memory,
 ) -> Vec<Option<Totals>> {
-    let procs = candidates(roots, targets, &mut memory.under);
+    let procs = candidates(roots, targets, memory);
     let owner = members(&procs, targets, &mut memory.marks);
     let mut totals: Vec<Option<Totals>> = vec![None; targets.len()];
     for p in &procs {
@@ -412,8 +475,9 @@ impl ProcSampler {
 
     /// A sampler for trees that run under `subreapers` (bpm's keeper, and
     /// the daemon): it reads the processes under them, not every process on
-    /// the machine, while they hold every tree it samples. A sample then
-    /// costs what bpm's processes number, not what the machine's do.
+    /// the machine, while they hold every tree it samples and under half
+    /// the machine's processes. A sample then costs what bpm's processes
+    /// number, not what the machine's do.
     pub fn under(subreapers: Subreapers) -> Self {
         ProcSampler::with_roots(Some(Roots(subreapers)))
     }
@@ -538,8 +602,9 @@ mod tests {
     }
 
     /// A tree under the roots is read without the rest of the machine; a
-    /// target whose leader runs elsewhere, or roots whose children cannot
-    /// be listed, send the scan to every process.
+    /// target whose leader runs elsewhere, roots whose children cannot be
+    /// listed, or roots that held most of the machine at the last sample,
+    /// send the scan to every process.
     #[test]
     fn a_tree_under_the_roots_is_read_alone() {
         let mut leader = std::process::Command::new("sh")
@@ -552,10 +617,10 @@ mod tests {
             id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
             pid,
         };
-        let mut under = HashSet::new();
+        let mut memory = Memory::default();
         let deadline = Instant::now() + Duration::from_secs(10);
         let read = loop {
-            let read = candidates(Some(&[own]), &[tree], &mut under);
+            let read = candidates(Some(&[own]), &[tree], &mut memory);
             if read.iter().filter(|p| p.ppid == pid).count() == 1 {
                 break read;
             }
@@ -564,17 +629,27 @@ mod tests {
         };
         assert!(read.iter().any(|p| p.pid == pid));
         assert!(read.iter().all(|p| p.pid != 1), "not the machine");
-        assert!(under.contains(&tree.id));
+        assert!(memory.under.contains(&tree.id));
+        let few = memory.under_roots;
+        assert!(few >= 2, "{few}");
+        // Most of the machine under the roots: a whole scan is cheaper. It
+        // counts what is under them, so the next sample reads them alone.
+        memory.under_roots = usize::MAX / 4;
+        let read = candidates(Some(&[own]), &[tree], &mut memory);
+        assert!(read.iter().any(|p| p.pid == 1), "the machine");
+        assert!(memory.under_roots < usize::MAX / 4);
+        let read = candidates(Some(&[own]), &[tree], &mut memory);
+        assert!(read.iter().all(|p| p.pid != 1), "not the machine");
         let elsewhere = SampleTarget {
             id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
             pid: 1,
         };
-        let read = candidates(Some(&[own]), &[tree, elsewhere], &mut under);
+        let read = candidates(Some(&[own]), &[tree, elsewhere], &mut memory);
         assert!(read.iter().any(|p| p.pid == 1), "the machine");
-        let read = candidates(Some(&[u32::MAX]), &[tree], &mut under);
+        let read = candidates(Some(&[u32::MAX]), &[tree], &mut memory);
         assert!(read.iter().any(|p| p.pid == 1), "the machine");
         assert!(
-            candidates(None, &[tree], &mut under)
+            candidates(None, &[tree], &mut memory)
                 .iter()
                 .any(|p| p.pid == 1)
         );
