@@ -717,6 +717,10 @@ pub fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
+    // An idle blocking thread is kept 10 minutes, not tokio's 10 seconds:
+    // a daemon's first disk write or usage sample after a quiet would
+    // otherwise wait for a new thread.
+    builder.thread_keep_alive(std::time::Duration::from_mins(10));
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
