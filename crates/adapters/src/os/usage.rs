@@ -167,8 +167,8 @@ fn descendants(roots: &[u32]) -> Option<Vec<Proc>> {
 /// A process that leaves a tree (its parent ends) is taken in by its
 /// nearest subreaper ancestor. The roots are subreapers, so what leaves a
 /// tree whose leader runs under them stays under them. A target qualifies
-/// when its leader is found under them now, or was before
-/// (`memory.under`: a leader that ended since handed its tree to them).
+/// when its leader is found under them now, or was before and has ended
+/// since (`memory.under`: it handed its tree to them).
 /// Another leader (one a restarted daemon adopted, whose parent is init)
 /// sends the scan to the whole machine, as a tree's escaped processes may
 /// be anywhere.
@@ -212,11 +212,18 @@ fn note_under(
     for t in targets {
         if found.contains(&t.pid) {
             under.insert(t.id);
-        } else if !under.contains(&t.id) {
+        } else if !under.contains(&t.id) || gone_elsewhere(t.pid) {
             all = false;
         }
     }
     all
+}
+
+/// Whether a leader once under the roots runs on outside them: a keeper
+/// that died while the daemon was no subreaper left it to init. (One that
+/// ended left its tree to the roots.)
+fn gone_elsewhere(leader: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{leader}")).exists()
 }
 
 /// The pids of `procs` under `roots`, by parent chain.
@@ -640,6 +647,16 @@ mod tests {
         assert!(memory.under_roots < usize::MAX / 4);
         let read = candidates(Some(&[own]), &[tree], &mut memory);
         assert!(read.iter().all(|p| p.pid != 1), "not the machine");
+        // A leader once under the roots that runs on outside them (left to
+        // init): the machine, though it was found under them before.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let read = candidates(Some(&[other.id()]), &[tree], &mut memory);
+        assert!(read.iter().any(|p| p.pid == 1), "the machine");
+        let _ = other.kill();
+        let _ = other.wait();
         let elsewhere = SampleTarget {
             id: ProcessId::from_uuid(uuid::Uuid::now_v7()),
             pid: 1,
