@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    GroupName, LabelKey, LabelValue, NodeId, ProcessId, ProcessKind, ProcessName, ProcessRecord,
-    SessionId, StateName,
+    GroupName, LabelKey, LabelValue, NodeId, ProcessId, ProcessKind, ProcessRecord, SessionId,
+    StateName,
 };
 
 /// A filter over records. Every set field must match; an empty filter matches all.
@@ -29,10 +29,6 @@ pub struct ListFilter {
     /// Only records submitted by this client request ([`crate::RequestRef`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<uuid::Uuid>,
-    /// Only records of this name (the live one, and those that carried it
-    /// before).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<ProcessName>,
     /// Only the records this text, as a person types it, could mean: those
     /// whose id it fits ([`ProcessId::fits`]) and those of this name.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,12 +92,9 @@ impl ListFilter {
                 .request
                 .is_none_or(|r| record.spec().request.is_some_and(|q| q.id == r))
             && self
-                .name
-                .as_ref()
-                .is_none_or(|n| record.spec().name.as_ref() == Some(n))
-            && self.refers_to.as_deref().is_none_or(|t| {
-                record.id().fits(t) || record.spec().name.as_ref().is_some_and(|n| n.as_str() == t)
-            })
+                .refers_to
+                .as_deref()
+                .is_none_or(|t| record.id().fits(t) || record.is_named(t))
             && self.after.is_none_or(|a| record.id() > a)
     }
 }

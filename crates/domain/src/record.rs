@@ -799,6 +799,14 @@ impl ProcessRecord {
     pub fn spec(&self) -> &ProcessSpec {
         &self.0.spec
     }
+    /// Whether its name is `text`.
+    pub fn is_named(&self, text: &str) -> bool {
+        self.0
+            .spec
+            .name
+            .as_ref()
+            .is_some_and(|n| n.as_str() == text)
+    }
     /// The session.
     pub fn session(&self) -> Option<&SessionId> {
         self.0.spec.session.as_ref()

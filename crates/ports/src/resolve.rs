@@ -52,10 +52,7 @@ pub async fn resolve_id(m: &dyn ProcessManager, text: &str) -> Result<ProcessId,
     let all = m.list(refers).await?;
     let by_id: Vec<&ProcessRecord> = all.iter().filter(|r| r.id().fits(text)).collect();
     let found = if by_id.is_empty() {
-        let named: Vec<&ProcessRecord> = all
-            .iter()
-            .filter(|r| r.spec().name.as_ref().is_some_and(|n| n.as_str() == text))
-            .collect();
+        let named: Vec<&ProcessRecord> = all.iter().filter(|r| r.is_named(text)).collect();
         // A name belongs to one live record: that one; with none live, the
         // newest that carried it.
         let live: Vec<&ProcessRecord> =

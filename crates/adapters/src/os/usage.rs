@@ -212,17 +212,17 @@ fn note_under(
     for t in targets {
         if found.contains(&t.pid) {
             under.insert(t.id);
-        } else if !under.contains(&t.id) || gone_elsewhere(t.pid) {
+        } else if !under.contains(&t.id) || runs_on(t.pid) {
             all = false;
         }
     }
     all
 }
 
-/// Whether a leader once under the roots runs on outside them: a keeper
-/// that died while the daemon was no subreaper left it to init. (One that
-/// ended left its tree to the roots.)
-fn gone_elsewhere(leader: u32) -> bool {
+/// Whether `leader`, not found under the roots, still runs (outside them:
+/// a keeper that died while the daemon was no subreaper left it to init).
+/// One that ended left its tree to the roots.
+fn runs_on(leader: u32) -> bool {
     std::path::Path::new(&format!("/proc/{leader}")).exists()
 }
 
