@@ -11,7 +11,7 @@ use rustix::process::{Pid, PidfdFlags, pidfd_open};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::tree;
+use super::procfs;
 
 /// How many ports a range or `auto` offers at most.
 const OFFERED: usize = 64;
@@ -68,7 +68,9 @@ impl Host for OsHost {
     }
 
     fn start_of(&self, pid: u32) -> Option<u64> {
-        tree::stat(pid).filter(|s| s.state != 'Z').map(|s| s.start)
+        procfs::stat(pid)
+            .filter(|s| s.state != 'Z')
+            .map(|s| s.start)
     }
 
     async fn until_gone(&self, process: ProcessRef) {

@@ -14,6 +14,7 @@ mod host;
 mod limits;
 mod listening;
 mod probe;
+mod procfs;
 mod spawn;
 mod subreaper;
 mod tree;
@@ -105,7 +106,8 @@ fn marked_pidfd(id: ProcessId, pid: u32) -> Option<AsyncFd<std::os::fd::OwnedFd>
     let raw = i32::try_from(pid).ok().and_then(Pid::from_raw)?;
     let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
     let mark = format!("{}={id}", tree::MARK);
-    if !tree::carries_mark(pid, mark.as_bytes()) || tree::stat(pid).is_none_or(|s| s.state == 'Z') {
+    if !tree::carries_mark(pid, mark.as_bytes()) || procfs::stat(pid).is_none_or(|s| s.state == 'Z')
+    {
         return None;
     }
     // SAFETY: the OwnedFd moves into the AsyncFd, stays open and keeps its number until dropped.
@@ -830,7 +832,7 @@ impl SpawnerShared {
     /// process, so a look at its children answers "none" at once in the
     /// usual case; only when one carries the mark, or for a process this
     /// spawner did not start (`adopted`), is all of /proc read.
-    fn running_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Vec<tree::Seen> {
+    fn running_on(&self, id: ProcessId, leader: u32, adopted: bool) -> Vec<procfs::Seen> {
         if self.none_runs_on(id, leader, adopted) == Look::Nothing {
             return Vec::new();
         }
@@ -873,7 +875,7 @@ impl SpawnerShared {
                 Some(false) => {}
                 None => {
                     // A zombie the reaper has not reaped yet is no one's.
-                    if let Some(s) = tree::stat(pid).filter(|s| s.state != 'Z') {
+                    if let Some(s) = procfs::stat(pid).filter(|s| s.state != 'Z') {
                         unsure = true;
                         in_exec |= tree::in_exec(&s);
                     }

@@ -13,7 +13,7 @@ use bpm_domain::ExitStatus;
 use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
 use tokio::sync::Notify;
 
-use super::{exit_status, tree};
+use super::{exit_status, procfs};
 
 /// How long a status is kept for someone to ask for it.
 const KEPT_FOR: Duration = Duration::from_mins(2);
@@ -98,7 +98,7 @@ impl Subreaper {
 
     /// Whether `pid` is a child of this process now (and so will be reaped here).
     pub fn is_child(pid: u32) -> bool {
-        tree::stat(pid).is_some_and(|s| s.ppid == std::process::id())
+        procfs::stat(pid).is_some_and(|s| s.ppid == std::process::id())
     }
 }
 
@@ -120,7 +120,7 @@ pub(super) fn reap_one(pid: u32) -> Option<ExitStatus> {
 pub(super) fn reap_children_except(keep: &HashSet<u32>) -> Vec<(u32, ExitStatus)> {
     let mut ended = Vec::new();
     for pid in children() {
-        if keep.contains(&pid) || tree::stat(pid).is_none_or(|s| s.state != 'Z') {
+        if keep.contains(&pid) || procfs::stat(pid).is_none_or(|s| s.state != 'Z') {
             continue;
         }
         let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {

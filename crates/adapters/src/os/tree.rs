@@ -12,37 +12,10 @@ use std::fs;
 
 use rustix::process::{Pid, PidfdFlags, Signal as OsSignal, pidfd_open, pidfd_send_signal};
 
+use super::procfs::{Seen, pids, stat};
+
 /// The environment mark every process bpm starts carries.
 pub(crate) const MARK: &str = "BPM_PROCESS_ID";
-
-/// One process seen in /proc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Seen {
-    pub(crate) pid: u32,
-    pub(crate) ppid: u32,
-    /// Start time in clock ticks since boot: with the pid, the process's identity.
-    pub(crate) start: u64,
-    pub(crate) state: char,
-    /// Where its environment ends (field 51; 0 while an `execve` has not
-    /// laid one out yet, or when it may not be read); `None` on a kernel
-    /// that does not show it.
-    pub(crate) env_end: Option<u64>,
-}
-
-/// Parses `/proc/PID/stat`. The command name may hold spaces and parentheses,
-/// so fields are counted from the last `)`.
-pub(crate) fn stat(pid: u32) -> Option<Seen> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(Seen {
-        pid,
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-        env_end: fields.get(48).and_then(|f| f.parse().ok()),
-    })
-}
 
 pub(crate) fn carries_mark(pid: u32, needle: &[u8]) -> bool {
     mark_of(pid, needle) == Some(true)
@@ -111,22 +84,13 @@ fn with_environ<R>(pid: u32, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     })
 }
 
-fn all_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Every live process of the tree of record `id`: marked with the record's id,
 /// or descended from `leader` (given only while the leader is unreaped, so
 /// its pid cannot have been reused). Zombies are left out.
 pub(crate) fn members(id: &str, leader: Option<u32>) -> Vec<Seen> {
     let needle = format!("{MARK}={id}").into_bytes();
     let own = std::process::id();
-    let seen: HashMap<u32, Seen> = all_pids()
+    let seen: HashMap<u32, Seen> = pids()
         .into_iter()
         .filter_map(stat)
         .map(|s| (s.pid, s))
@@ -169,7 +133,7 @@ pub(crate) fn find_leaders(
     if ids.is_empty() {
         return HashMap::new();
     }
-    for seen in all_pids().into_iter().filter_map(stat) {
+    for seen in pids().into_iter().filter_map(stat) {
         if seen.pid == own || seen.state == 'Z' {
             continue;
         }
@@ -273,14 +237,6 @@ pub(crate) fn os_signal(n: i32) -> Option<OsSignal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_its_own_stat() {
-        let me = stat(std::process::id()).expect("own stat");
-        assert_eq!(me.pid, std::process::id());
-        assert!(me.start > 0);
-        assert!(matches!(me.state, 'R' | 'S'));
-    }
 
     /// A process started with no environment reads empty, yet it is not
     /// taken for one in the middle of an `execve`; nor is a zombie.

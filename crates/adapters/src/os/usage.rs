@@ -23,6 +23,7 @@ use bpm_domain::ProcessId;
 use bpm_ports::{ResourceSampler, ResourceUsage, SampleTarget};
 
 use super::listening::listeners;
+use super::procfs::{Seen, pids, read_stat};
 use super::tree::mark_value;
 
 /// A previous sample younger than this gives its figure again rather than
@@ -32,69 +33,7 @@ const MIN_WINDOW: Duration = Duration::from_millis(250);
 /// the leader's life.
 const MAX_WINDOW: Duration = Duration::from_secs(30);
 
-/// One process as its `stat` shows it.
-#[derive(Debug, Clone, Copy)]
-struct Proc {
-    pid: u32,
-    ppid: u32,
-    zombie: bool,
-    /// utime + stime + cutime + cstime, in clock ticks.
-    ticks: u64,
-    /// Start time in clock ticks since boot.
-    start: u64,
-    rss_pages: u64,
-    /// How many threads it has.
-    threads: u32,
-}
-
-/// Reads `/proc/<pid>/stat` with one open and, nearly always, one read:
-/// the kernel makes the whole line at the first read, and it is well under
-/// the buffer. (Reading it as a `String` costs twice the calls: a stat to
-/// size the buffer, then reads growing from 32 bytes.) A scan reads one per
-/// process on the machine, which makes it most of `bpm ps`'s wait.
-fn read_stat(pid: u32, buf: &mut [u8; 4096]) -> Option<Proc> {
-    use std::io::Read as _;
-    let mut file = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-    let mut len = 0;
-    while len < buf.len() {
-        let n = file.read(&mut buf[len..]).ok()?;
-        len += n;
-        if n == 0 || buf[len - 1] == b'\n' {
-            break;
-        }
-    }
-    parse_stat(pid, &buf[..len])
-}
-
-/// One `stat` line. The command name may hold spaces, parentheses and
-/// bytes that are not UTF-8: the fields are counted from the last `)`.
-fn parse_stat(pid: u32, line: &[u8]) -> Option<Proc> {
-    let close = line.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(line.get(close + 2..)?).ok()?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some(Proc {
-        pid,
-        zombie: f.first()? == &"Z",
-        ppid: u32::try_from(num(1)?).ok()?,
-        ticks: num(11)? + num(12)? + num(13)? + num(14)?,
-        start: num(19)?,
-        rss_pages: num(21)?,
-        threads: num(17).and_then(|t| u32::try_from(t).ok()).unwrap_or(0),
-    })
-}
-
-/// The pids of every process on the machine.
-fn machine_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn read_all(pids: &[u32]) -> Vec<Proc> {
+fn read_all(pids: &[u32]) -> Vec<Seen> {
     let mut buf = [0u8; 4096];
     pids.iter()
         .filter_map(|&pid| read_stat(pid, &mut buf))
@@ -136,7 +75,7 @@ fn children_of(pid: u32, threads: u32, text: &mut Vec<u8>, into: &mut Vec<u32>) 
 
 /// Every process under `roots` (not the roots), from the kernel's lists of
 /// children; `None` when a root's list cannot be read.
-fn descendants(roots: &[u32]) -> Option<Vec<Proc>> {
+fn descendants(roots: &[u32]) -> Option<Vec<Seen>> {
     let (mut buf, mut text, mut queue) = ([0u8; 4096], Vec::with_capacity(4096), Vec::new());
     for &root in roots {
         if !children_of(root, 0, &mut text, &mut queue) {
@@ -152,7 +91,7 @@ fn descendants(roots: &[u32]) -> Option<Vec<Proc>> {
         let Some(p) = read_stat(pid, &mut buf) else {
             continue;
         };
-        if !p.zombie {
+        if !p.is_zombie() {
             children_of(pid, p.threads, &mut text, &mut queue);
         }
         procs.push(p);
@@ -177,11 +116,11 @@ fn descendants(roots: &[u32]) -> Option<Vec<Proc>> {
 /// process (each process's list of children besides its `stat`), so it is
 /// chosen only while the roots held under half the machine's processes at
 /// the last sample.
-fn candidates(roots: Option<&[u32]>, targets: &[SampleTarget], memory: &mut Memory) -> Vec<Proc> {
-    let pids = machine_pids();
+fn candidates(roots: Option<&[u32]>, targets: &[SampleTarget], memory: &mut Memory) -> Vec<Seen> {
     memory
         .under
         .retain(|id| targets.iter().any(|t| t.id == *id));
+    let pids = pids();
     let cheaper = memory.under_roots.max(targets.len()) * 2 < pids.len();
     if let Some(roots) = roots.filter(|_| cheaper)
         && let Some(procs) = descendants(roots)
@@ -227,7 +166,7 @@ fn runs_on(leader: u32) -> bool {
 }
 
 /// The pids of `procs` under `roots`, by parent chain.
-fn under_roots(procs: &[Proc], roots: &[u32]) -> HashSet<u32> {
+fn under_roots(procs: &[Seen], roots: &[u32]) -> HashSet<u32> {
     let mut found: HashSet<u32> = HashSet::new();
     loop {
         let before = found.len();
@@ -268,10 +207,13 @@ type Marks = HashMap<(u32, u64), Option<String>>;
 
 /// Which target each live process belongs to: by parent chain from a
 /// leader first, then by mark.
-fn members(procs: &[Proc], targets: &[SampleTarget], marks: &mut Marks) -> HashMap<u32, usize> {
+fn members(procs: &[Seen], targets: &[SampleTarget], marks: &mut Marks) -> HashMap<u32, usize> {
     let own = std::process::id();
     let mut owner: HashMap<u32, usize> = HashMap::new();
-    let live: Vec<&Proc> = procs.iter().filter(|p| !p.zombie && p.pid != own).collect();
+    let live: Vec<&Seen> = procs
+        .iter()
+        .filter(|p| !p.is_zombie() && p.pid != own)
+        .collect();
     for (i, t) in targets.iter().enumerate() {
         if live.iter().any(|p| p.pid == t.pid) {
             owner.insert(t.pid, i);
@@ -592,21 +534,6 @@ mod tests {
     use super::*;
     use crate::os::tree::MARK;
     use std::os::unix::process::CommandExt as _;
-
-    #[test]
-    fn a_stat_line_is_read_past_an_odd_command_name() {
-        let mut line = b"42 (we) ird \xff) S 7 42 42 0 -1 4194304 10 0 0 0 ".to_vec();
-        line.extend_from_slice(b"3 4 5 6 20 0 1 0 900 1000 77 18446744073709551615\n");
-        let p = parse_stat(42, &line).expect("parsed");
-        assert_eq!(
-            (p.ppid, p.zombie, p.ticks, p.start, p.rss_pages),
-            (7, false, 18, 900, 77)
-        );
-        let own = read_stat(std::process::id(), &mut [0; 4096]).expect("own stat");
-        assert_eq!(own.pid, std::process::id());
-        assert!(own.rss_pages > 0 && own.start > 0);
-        assert!(parse_stat(1, b"1 (no close").is_none());
-    }
 
     /// A tree under the roots is read without the rest of the machine; a
     /// target whose leader runs elsewhere, roots whose children cannot be
