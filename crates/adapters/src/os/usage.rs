@@ -32,6 +32,9 @@ const MIN_WINDOW: Duration = Duration::from_millis(250);
 /// A previous sample older than this is forgotten: the rate is then over
 /// the leader's life.
 const MAX_WINDOW: Duration = Duration::from_secs(30);
+/// How long the machine's count of processes is used again (see
+/// [`candidates`]).
+const MACHINE_COUNT_KEPT: Duration = Duration::from_secs(5);
 
 fn read_all(pids: &[u32]) -> Vec<Seen> {
     let mut buf = [0u8; 4096];
@@ -120,8 +123,20 @@ fn candidates(roots: Option<&[u32]>, targets: &[SampleTarget], memory: &mut Memo
     memory
         .under
         .retain(|id| targets.iter().any(|t| t.id == *id));
-    let pids = pids();
-    let cheaper = memory.under_roots.max(targets.len()) * 2 < pids.len();
+    // Listing /proc to count the machine costs a third of a walk of a few
+    // trees, so a count younger than `MACHINE_COUNT_KEPT` is used again: a
+    // poller (`bpm ps` in a loop, the page) pays it once in a while. The
+    // count only chooses the cheaper way; both read every target's tree.
+    let mut listed = None;
+    let machine = match memory.machine {
+        Some((at, count)) if at.elapsed() < MACHINE_COUNT_KEPT => count,
+        _ => {
+            let all = pids();
+            memory.machine = Some((Instant::now(), all.len()));
+            listed.insert(all).len()
+        }
+    };
+    let cheaper = memory.under_roots.max(targets.len()) * 2 < machine;
     if let Some(roots) = roots.filter(|_| cheaper)
         && let Some(procs) = descendants(roots)
     {
@@ -131,6 +146,8 @@ fn candidates(roots: Option<&[u32]>, targets: &[SampleTarget], memory: &mut Memo
             return procs;
         }
     }
+    let pids = listed.unwrap_or_else(pids);
+    memory.machine = Some((Instant::now(), pids.len()));
     let procs = read_all(&pids);
     if let Some(roots) = roots {
         let found = under_roots(&procs, roots);
@@ -275,6 +292,8 @@ struct Memory {
     under: HashSet<ProcessId>,
     /// How many processes were under the subreapers at the last sample.
     under_roots: usize,
+    /// How many processes the machine had, and when that was counted.
+    machine: Option<(Instant, usize)>,
 }
 
 /// Finds which members hold this user's listening sockets. Members' open
@@ -572,6 +591,19 @@ mod tests {
         let read = candidates(Some(&[own]), &[tree], &mut memory);
         assert!(read.iter().any(|p| p.pid == 1), "the machine");
         assert!(memory.under_roots < usize::MAX / 4);
+        let read = candidates(Some(&[own]), &[tree], &mut memory);
+        assert!(read.iter().all(|p| p.pid != 1), "not the machine");
+        // The machine's count is used again while it is young (a count of
+        // one process sends the scan to the machine, which counts it
+        // anew), and counted again once it is old.
+        memory.machine = Some((Instant::now(), 1));
+        let read = candidates(Some(&[own]), &[tree], &mut memory);
+        assert!(read.iter().any(|p| p.pid == 1), "the machine");
+        assert!(memory.machine.is_some_and(|(_, count)| count > 1));
+        let read = candidates(Some(&[own]), &[tree], &mut memory);
+        assert!(read.iter().all(|p| p.pid != 1), "not the machine");
+        let old = Instant::now().checked_sub(MACHINE_COUNT_KEPT * 2);
+        memory.machine = Some((old.expect("a clock past 10 s"), 1));
         let read = candidates(Some(&[own]), &[tree], &mut memory);
         assert!(read.iter().all(|p| p.pid != 1), "not the machine");
         // A leader once under the roots that runs on outside them (left to
