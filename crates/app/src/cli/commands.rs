@@ -274,14 +274,15 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
                 }
                 out!("{}", json(&v));
             } else {
-                show(&r, usage);
+                let mut text = show(&r, usage);
                 if let Some(why) = waiting {
-                    out!("{:<14}{why}", "waiting");
+                    let _ = writeln!(text, "{:<14}{why}", "waiting");
                 }
                 for (i, e) in earlier.iter().enumerate() {
                     let label = if i == 0 { "earlier runs" } else { "" };
-                    out!("{label:<14}{}", earlier_line(e));
+                    let _ = writeln!(text, "{label:<14}{}", earlier_line(e));
                 }
+                print_text(&text);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1086,7 +1087,8 @@ async fn ps(m: &Manager, a: PsArgs) -> Outcome {
     }
     let color = color_on(std::io::stdout().is_terminal());
     let cols = table::Columns::for_records(&records);
-    out!("{}", table::header(cols));
+    let mut text = table::header(cols);
+    text.push('\n');
     let now = now();
     let rows = if a.tree {
         table::tree(&records, &usage, now, color, cols)
@@ -1097,9 +1099,20 @@ async fn ps(m: &Manager, a: PsArgs) -> Outcome {
             .collect()
     };
     for line in rows {
-        out!("{line}");
+        text.push_str(&line);
+        text.push('\n');
     }
+    print_text(&text);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to standard output with one call (standard output
+/// flushes at every newline, so `out!` costs a write a line).
+fn print_text(text: &str) {
+    enough_if_gone(std::io::Write::write_all(
+        &mut std::io::stdout().lock(),
+        text.as_bytes(),
+    ));
 }
 
 /// What the running trees among `records` use; empty when none runs or
@@ -1185,10 +1198,15 @@ fn earlier_json(r: &ProcessRecord) -> serde_json::Value {
     })
 }
 
-fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
+/// `bpm show`'s lines for `r`, as one text: written with one call, not
+/// one a line.
+fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) -> String {
     let l = r.lifecycle();
     let spec = r.spec();
-    let field = |k: &str, v: String| out!("{k:<14}{v}");
+    let mut text = String::new();
+    let mut field = |k: &str, v: String| {
+        let _ = writeln!(text, "{k:<14}{v}");
+    };
     field("id", r.id().to_string());
     field(
         "name",
@@ -1377,6 +1395,7 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
     if let Some(from) = r.restarted_from() {
         field("restarted from", from.to_string());
     }
+    text
 }
 
 async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
