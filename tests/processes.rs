@@ -64,8 +64,10 @@ fn marked(id: bpm_domain::ProcessId) -> BTreeSet<u32> {
 }
 
 fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+    // Read as bytes: a command name need not be UTF-8.
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    stat.get(close + 2).map(|b| char::from(*b))
 }
 
 async fn until<F: FnMut() -> bool>(what: &str, mut check: F) {
@@ -171,6 +173,46 @@ async fn a_stop_ends_a_term_ignoring_tree_with_escaped_grandchildren() {
         .collect();
     assert!(left.is_empty(), "still running after stop: {left:?}");
     assert!(marked(r.id()).is_empty());
+}
+
+/// A process whose command name is not UTF-8 (a `sleep` run through a link
+/// named `z\xffz`) that left the group and ignores TERM is stopped with its
+/// tree. Stops read each `/proc/PID/stat` as text until 2026-11-28, which
+/// failed for such a name and left the process out of the scan: it
+/// outlived the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_reaches_an_escaped_process_whose_name_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let (bpm, dir) = engine().await;
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a sleep binary");
+    let odd = std::ffi::OsStr::from_bytes(b"z\xffz");
+    std::os::unix::fs::symlink(sleep, dir.path().join(odd)).expect("link");
+    let mut spec = sh(r#"trap "" TERM; setsid ./"$(printf 'z\377z')" 1003 & sleep 1000 & wait"#);
+    spec.cwd = Some(dir.path().to_path_buf());
+    spec.stop.grace = Span::from_secs(1);
+    let r = bpm.start(spec).await.expect("start");
+    until("the shell, the sleep and the odd name run", || {
+        marked(r.id()).len() == 3
+    })
+    .await;
+    let tree = marked(r.id());
+    let named: Vec<String> = tree
+        .iter()
+        .filter_map(|p| std::fs::read(format!("/proc/{p}/comm")).ok())
+        .map(|c| String::from_utf8_lossy(&c).trim_end().to_owned())
+        .collect();
+    assert!(named.iter().any(|n| n == "z\u{fffd}z"), "{named:?}");
+    bpm.stop(r.id(), StopOptions::default())
+        .await
+        .expect("stop");
+    let left: Vec<_> = tree
+        .iter()
+        .filter(|p| proc_state(**p).is_some_and(|s| s != 'Z'))
+        .collect();
+    assert!(left.is_empty(), "still running after stop: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
