@@ -356,3 +356,47 @@ async fn a_busy_writers_output_is_kept_whole_in_the_files() {
         want.len() + "all out\n".len()
     );
 }
+
+/// `runs_bpm` (which a node's claim asks of the pid that held its name)
+/// is true of a live program named bpm, and false of another program, of
+/// the same one once it is a zombie, and once it is gone.
+#[test]
+fn runs_bpm_tells_a_live_bpm_from_a_zombie_and_from_others() {
+    use bpm_adapters::os::runs_bpm;
+    let dir = tempfile::tempdir().expect("dir");
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a sleep binary");
+    let named = dir.path().join("bpm-sleeper");
+    // A link, not a copy: a file just written may not be run while another
+    // test's fork holds it open. The command name is the link's.
+    std::os::unix::fs::symlink(sleep, &named).expect("link");
+    let mut other = std::process::Command::new(sleep)
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let mut bpm = std::process::Command::new(&named)
+        .arg("30")
+        .spawn()
+        .expect("bpm-sleeper");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !runs_bpm(bpm.id()) {
+        assert!(std::time::Instant::now() < deadline, "never seen as bpm");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!runs_bpm(other.id()));
+    bpm.kill().expect("kill");
+    while std::fs::read(format!("/proc/{}/stat", bpm.id()))
+        .is_ok_and(|s| !s.windows(3).any(|w| w == b") Z"))
+    {
+        assert!(std::time::Instant::now() < deadline, "never a zombie");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!runs_bpm(bpm.id()), "a zombie");
+    let pid = bpm.id();
+    bpm.wait().expect("reaped");
+    assert!(!runs_bpm(pid), "gone");
+    let _ = other.kill();
+    let _ = other.wait();
+}

@@ -1948,11 +1948,7 @@ pub fn boot_id() -> String {
 /// pid the kernel gave to another program since does not count).
 #[must_use]
 pub fn runs_bpm(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    if matches!(state, None | Some('Z' | 'X')) {
+    if procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X')) {
         return false;
     }
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
