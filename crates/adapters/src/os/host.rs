@@ -69,7 +69,7 @@ impl Host for OsHost {
 
     fn start_of(&self, pid: u32) -> Option<u64> {
         procfs::stat(pid)
-            .filter(|s| s.state != 'Z')
+            .filter(|s| !s.has_ended())
             .map(|s| s.start)
     }
 

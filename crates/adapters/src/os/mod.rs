@@ -106,7 +106,7 @@ fn marked_pidfd(id: ProcessId, pid: u32) -> Option<AsyncFd<std::os::fd::OwnedFd>
     let raw = i32::try_from(pid).ok().and_then(Pid::from_raw)?;
     let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
     let mark = format!("{}={id}", tree::MARK);
-    if !tree::carries_mark(pid, mark.as_bytes()) || procfs::stat(pid).is_none_or(|s| s.state == 'Z')
+    if !tree::carries_mark(pid, mark.as_bytes()) || procfs::stat(pid).is_none_or(|s| s.has_ended())
     {
         return None;
     }
@@ -875,7 +875,7 @@ impl SpawnerShared {
                 Some(false) => {}
                 None => {
                     // A zombie the reaper has not reaped yet is no one's.
-                    if let Some(s) = procfs::stat(pid).filter(|s| s.state != 'Z') {
+                    if let Some(s) = procfs::stat(pid).filter(|s| !s.has_ended()) {
                         unsure = true;
                         in_exec |= tree::in_exec(&s);
                     }
@@ -1948,7 +1948,7 @@ pub fn boot_id() -> String {
 /// pid the kernel gave to another program since does not count).
 #[must_use]
 pub fn runs_bpm(pid: u32) -> bool {
-    if procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X')) {
+    if procfs::stat(pid).is_none_or(|s| s.has_ended()) {
         return false;
     }
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -26,8 +26,10 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
-    pub(crate) fn is_zombie(&self) -> bool {
-        self.state == 'Z'
+    /// Whether it has ended and only waits to be reaped (a zombie, `Z`) or
+    /// is on its way out of the table (`X`): it runs no more.
+    pub(crate) fn has_ended(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
     }
 }
 

@@ -120,7 +120,7 @@ pub(super) fn reap_one(pid: u32) -> Option<ExitStatus> {
 pub(super) fn reap_children_except(keep: &HashSet<u32>) -> Vec<(u32, ExitStatus)> {
     let mut ended = Vec::new();
     for pid in children() {
-        if keep.contains(&pid) || procfs::stat(pid).is_none_or(|s| s.state != 'Z') {
+        if keep.contains(&pid) || procfs::stat(pid).is_none_or(|s| !s.has_ended()) {
             continue;
         }
         let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {

@@ -38,7 +38,7 @@ pub(crate) fn mark_of(pid: u32, needle: &[u8]) -> Option<bool> {
 /// read). A process started with an empty environment has one laid out, of
 /// length 0.
 pub(crate) fn in_exec(process: &Seen) -> bool {
-    !matches!(process.state, 'Z' | 'X')
+    !process.has_ended()
         && process.env_end == Some(0)
         && fs::File::open(format!("/proc/{}/environ", process.pid)).is_ok()
 }
@@ -99,7 +99,7 @@ pub(crate) fn members(id: &str, leader: Option<u32>) -> Vec<Seen> {
         .values()
         .filter(|s| {
             s.pid != own
-                && s.state != 'Z'
+                && !s.has_ended()
                 && (Some(s.pid) == leader || carries_mark(s.pid, &needle))
         })
         .map(|s| s.pid)
@@ -108,7 +108,7 @@ pub(crate) fn members(id: &str, leader: Option<u32>) -> Vec<Seen> {
     loop {
         let before = members.len();
         for s in seen.values() {
-            if s.state != 'Z' && s.pid != own && members.contains(&s.ppid) {
+            if !s.has_ended() && s.pid != own && members.contains(&s.ppid) {
                 members.insert(s.pid);
             }
         }
@@ -134,7 +134,7 @@ pub(crate) fn find_leaders(
         return HashMap::new();
     }
     for seen in pids().into_iter().filter_map(stat) {
-        if seen.pid == own || seen.state == 'Z' {
+        if seen.pid == own || seen.has_ended() {
             continue;
         }
         let Some(id) = mark_value(seen.pid)
@@ -260,7 +260,7 @@ mod tests {
         assert!(!in_exec(&stat(bare.id()).expect("sleep runs")));
         let zombie = loop {
             match stat(dead.id()) {
-                Some(s) if s.state == 'Z' => break s,
+                Some(s) if s.has_ended() => break s,
                 _ => {}
             }
             assert!(std::time::Instant::now() < deadline, "true never ended");

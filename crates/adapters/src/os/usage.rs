@@ -94,7 +94,7 @@ fn descendants(roots: &[u32]) -> Option<Vec<Seen>> {
         let Some(p) = read_stat(pid, &mut buf) else {
             continue;
         };
-        if !p.is_zombie() {
+        if !p.has_ended() {
             children_of(pid, p.threads, &mut text, &mut queue);
         }
         procs.push(p);
@@ -146,8 +146,12 @@ fn candidates(roots: Option<&[u32]>, targets: &[SampleTarget], memory: &mut Memo
             return procs;
         }
     }
-    let pids = listed.unwrap_or_else(pids);
-    memory.machine = Some((Instant::now(), pids.len()));
+    // A list made above for the count was stored then; a new one is now.
+    let pids = listed.unwrap_or_else(|| {
+        let all = pids();
+        memory.machine = Some((Instant::now(), all.len()));
+        all
+    });
     let procs = read_all(&pids);
     if let Some(roots) = roots {
         let found = under_roots(&procs, roots);
@@ -229,7 +233,7 @@ fn members(procs: &[Seen], targets: &[SampleTarget], marks: &mut Marks) -> HashM
     let mut owner: HashMap<u32, usize> = HashMap::new();
     let live: Vec<&Seen> = procs
         .iter()
-        .filter(|p| !p.is_zombie() && p.pid != own)
+        .filter(|p| !p.has_ended() && p.pid != own)
         .collect();
     for (i, t) in targets.iter().enumerate() {
         if live.iter().any(|p| p.pid == t.pid) {
