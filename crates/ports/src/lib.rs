@@ -42,7 +42,7 @@ pub use membership::{Claimant, Membership, MembershipError, NodeView, WriteFence
 pub use output::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
 };
-pub use resolve::{ResolveError, resolve_id};
+pub use resolve::{ResolveError, resolve_id, resolve_record};
 pub use spawner::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
 pub use store::{ProcessStore, StoreError, StoreWrite};
 pub use usage::{ResourceSampler, ResourceUsage, SampleTarget};

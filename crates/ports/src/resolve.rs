@@ -40,6 +40,29 @@ pub async fn resolve_id(m: &dyn ProcessManager, text: &str) -> Result<ProcessId,
     if let Ok(id) = text.parse::<ProcessId>() {
         return Ok(id);
     }
+    listed(m, text).await.map(|r| r.id())
+}
+
+/// The record `text` refers to, matched as [`resolve_id`] matches it: for
+/// a well-formed UUID, the record `get` returns; otherwise the one record
+/// the list it looked in holds, without asking for it again.
+///
+/// # Errors
+/// As [`resolve_id`]; for a UUID, `get`'s error
+/// ([`ManagerError::NotFound`] when no record has it).
+pub async fn resolve_record(
+    m: &dyn ProcessManager,
+    text: &str,
+) -> Result<ProcessRecord, ResolveError> {
+    let text = text.trim();
+    if let Ok(id) = text.parse::<ProcessId>() {
+        return Ok(m.get(id).await?);
+    }
+    listed(m, text).await
+}
+
+/// The one record `text` (not a UUID) refers to among those listed for it.
+async fn listed(m: &dyn ProcessManager, text: &str) -> Result<ProcessRecord, ResolveError> {
     if text.is_empty() {
         return Err(ResolveError::Empty);
     }
@@ -69,7 +92,7 @@ pub async fn resolve_id(m: &dyn ProcessManager, text: &str) -> Result<ProcessId,
         by_id
     };
     match found.as_slice() {
-        [one] => Ok(one.id()),
+        [one] => Ok((*one).clone()),
         [] => Err(ResolveError::NotFound(text.to_owned())),
         many => {
             let candidates: Vec<String> = many
@@ -156,5 +179,40 @@ mod tests {
             Err(ResolveError::Ambiguous { .. })
         ));
         assert_eq!(whole.load(Ordering::SeqCst), 0, "never every record");
+    }
+
+    /// A name or part of an id gives the record the listing held, with no
+    /// `get`; a UUID gives `get`'s record, or its error.
+    #[tokio::test]
+    async fn a_record_is_taken_from_the_listing_and_a_uuid_from_get() {
+        let web = record(0xabcd_0001, Some("web"));
+        let (mut m, _) = holding(vec![web.clone()]);
+        let known = web.clone();
+        let gets = Arc::new(AtomicUsize::new(0));
+        let g = gets.clone();
+        m.expect_get().returning(move |id| {
+            g.fetch_add(1, Ordering::SeqCst);
+            if id == known.id() {
+                Ok(known.clone())
+            } else {
+                Err(ManagerError::NotFound(id))
+            }
+        });
+        assert_eq!(resolve_record(&m, "web").await.expect("web"), web);
+        assert_eq!(resolve_record(&m, "abcd0001").await.expect("digits"), web);
+        assert_eq!(gets.load(Ordering::SeqCst), 0, "the listing's record");
+        assert_eq!(
+            resolve_record(&m, &web.id().to_string()).await.expect("id"),
+            web
+        );
+        let unknown = ProcessId::from_uuid(uuid::Uuid::from_u128(7));
+        assert!(matches!(
+            resolve_record(&m, &unknown.to_string()).await,
+            Err(ResolveError::Manager(ManagerError::NotFound(id))) if id == unknown
+        ));
+        assert!(matches!(
+            resolve_record(&m, "nothing").await,
+            Err(ResolveError::NotFound(_))
+        ));
     }
 }

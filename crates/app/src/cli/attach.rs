@@ -13,7 +13,7 @@ use bpm_ports::{OutputQuery, StreamSelect};
 
 use super::Manager;
 use super::error::{CliError, Outcome};
-use super::resolve::resolve;
+use super::resolve::resolve_to_record;
 
 /// The detach key when none is given: Ctrl-] (as telnet's).
 const DEFAULT_DETACH: &str = "ctrl-]";
@@ -90,8 +90,8 @@ impl Drop for Raw {
 pub(super) async fn attach(m: &Manager, id_text: &str, detach_key: Option<&str>) -> Outcome {
     let key_name = detach_key.unwrap_or(DEFAULT_DETACH);
     let key = detach_byte(key_name)?;
-    let id = resolve(m, id_text).await?;
-    let record = m.get(id).await?;
+    let record = resolve_to_record(m, id_text).await?;
+    let id = record.id();
     let Some(size) = record.spec().tty else {
         return Err(CliError::invalid(format!(
             "{id_text} runs without a terminal, so there is nothing to attach to: start it with --tty (its output is in bpm logs -f, and bpm input types into a process started with --stdin)"

@@ -19,7 +19,7 @@ use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSe
 use clap::CommandFactory;
 
 use super::error::{CliError, Outcome, exit_code_of};
-use super::resolve::resolve;
+use super::resolve::{resolve, resolve_to_record};
 use super::table::{color_on, now};
 use super::{
     Cli, Command, DaemonAction, DaemonArgs, FenceAction, LogsArgs, Manager, PsArgs, RunArgs,
@@ -255,7 +255,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         Command::Run(args) => run(home, m, *args).await,
         Command::Ps(args) => ps(m, args).await,
         Command::Show { id, json: as_json } => {
-            let r = m.get(resolve(m, &id).await?).await?;
+            let r = resolve_to_record(m, &id).await?;
             let usage = usage_of(m, std::slice::from_ref(&r)).await;
             let usage = usage.get(&r.id());
             let waiting = match super::nodes::why_waiting(home, &r).await {
@@ -326,7 +326,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             id,
             with_dependents,
         } => {
-            let record = m.get(resolve(m, &id).await?).await?;
+            let record = resolve_to_record(m, &id).await?;
             // A project's service goes through its project, so that what
             // depends on it follows the new record.
             if let Some(done) = super::project::restart(m, &record, with_dependents).await {
