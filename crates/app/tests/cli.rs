@@ -3083,6 +3083,33 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
         api["port"].as_u64().is_some() && !api["ready_at"].is_null(),
         "{api}"
     );
+    // `--project` with no name: the project of the bpm.toml here; and
+    // where there is none, an error that says so.
+    let here = bpm
+        .cmd(&["ps", "--project", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .expect("bpm");
+    assert!(here.status.success(), "{here:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&here.stdout).expect("json");
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    let mut want: Vec<&str> = up.values().map(|(id, _)| id.as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "{listed}");
+    let nowhere = bpm
+        .cmd(&["ps", "--project"])
+        .current_dir("/")
+        .output()
+        .expect("bpm");
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert_eq!(nowhere.status.code(), Some(4), "{said}");
+    assert!(said.contains("no bpm.toml in / or a parent"), "{said}");
     let table = bpm.ok(&["ps"]);
     assert!(
         table.lines().next().is_some_and(|h| h.contains("PROJECT")),

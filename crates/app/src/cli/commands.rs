@@ -350,7 +350,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             any,
         } => {
             let mut ids = resolve_all(m, &ids).await?;
-            if let Some(p) = project {
+            if let Some(p) = project.map(super::project::named_or_here).transpose()? {
                 label.push(format!("{}={p}", bpm_domain::project::PROJECT_LABEL));
             }
             if !label.is_empty() || session.is_some() {
@@ -1045,10 +1045,10 @@ async fn filter_from(m: &Manager, args: &PsArgs) -> Result<ListFilter, CliError>
         filter.parent = Some(resolve(m, p).await?);
     }
     filter.labels = label_filters(&args.label)?;
-    if let Some(project) = &args.project {
+    if let Some(project) = args.project.clone().map(super::project::named_or_here) {
         filter
             .labels
-            .extend(bpm_ports::project::of_project(project).labels);
+            .extend(bpm_ports::project::of_project(&project?).labels);
     }
     filter.kind = args
         .kind

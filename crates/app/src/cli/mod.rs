@@ -143,8 +143,9 @@ pub enum Command {
         #[arg(long)]
         session: Option<String>,
         /// And every live process of this project (`bpm up`), when the
-        /// wait begins.
-        #[arg(long)]
+        /// wait begins; with no name, the project of the `bpm.toml` here
+        /// or in the nearest parent.
+        #[arg(long, value_name = "PROJECT", num_args = 0..=1, default_missing_value = "")]
         project: Option<String>,
         /// Give up after this many seconds in all (exit 124).
         #[arg(long, value_name = "SECS")]
@@ -543,8 +544,9 @@ pub struct PsArgs {
     /// Only this label K=V (repeatable).
     #[arg(long, value_name = "K=V")]
     pub label: Vec<String>,
-    /// Only this project's services (`bpm up`).
-    #[arg(long)]
+    /// Only this project's services (`bpm up`); with no name, the
+    /// project of the `bpm.toml` here or in the nearest parent.
+    #[arg(long, value_name = "PROJECT", num_args = 0..=1, default_missing_value = "")]
     pub project: Option<String>,
     /// Only this kind.
     #[arg(long)]

@@ -41,6 +41,24 @@ async fn project_file(
         .map(PathBuf::from))
 }
 
+/// The project `--project` names: `given`, or with no name (an empty
+/// one), the project of the `bpm.toml` here or in the nearest parent.
+pub(super) fn named_or_here(given: String) -> Result<String, CliError> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let here = std::env::current_dir()
+        .map_err(|e| CliError::invalid(format!("cannot read the current directory: {e}")))?;
+    let Some(file) = find(&here) else {
+        return Err(CliError::invalid(format!(
+            "--project without a name means this directory's project, and there is no {FILE_NAME} in {} or a parent: name the project (--project NAME)",
+            here.display()
+        )));
+    };
+    let l = load(&file, &bpm_domain::Environment::new()).map_err(CliError::invalid)?;
+    Ok(l.project.name)
+}
+
 /// Reads the project, or says what to do when there is none.
 async fn loaded(
     m: &Manager,
