@@ -3110,6 +3110,10 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
     let said = String::from_utf8_lossy(&nowhere.stderr);
     assert_eq!(nowhere.status.code(), Some(4), "{said}");
     assert!(said.contains("no bpm.toml in / or a parent"), "{said}");
+    let nowhere = bpm.cmd(&["logs"]).current_dir("/").output().expect("bpm");
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert_eq!(nowhere.status.code(), Some(4), "{said}");
+    assert!(said.contains("(bpm logs ID)"), "{said}");
     let table = bpm.ok(&["ps"]);
     assert!(
         table.lines().next().is_some_and(|h| h.contains("PROJECT")),
@@ -3154,6 +3158,20 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
             .any(|l| l.starts_with("migrate") && l.ends_with("| migrated")),
         "{logs}"
     );
+    // No id inside the project's directory: the same, for this project.
+    let here = bpm
+        .cmd(&["logs"])
+        .current_dir(dir.path())
+        .output()
+        .expect("bpm");
+    assert!(here.status.success(), "{here:?}");
+    let here = String::from_utf8_lossy(&here.stdout);
+    for line in logs
+        .lines()
+        .filter(|l| l.starts_with("db") || l.starts_with("migrate"))
+    {
+        assert!(here.lines().any(|l| l == line), "{line} in:\n{here}");
+    }
 
     // Down: reverse order, every tree gone.
     let down = bpm.ok(&["down", "-f", f]);

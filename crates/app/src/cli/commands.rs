@@ -1399,19 +1399,20 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) -> String {
 }
 
 async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
-    let id = match resolve(m, &a.id).await {
+    let Some(text) = &a.id else {
+        let name = super::project::here(
+            "bpm logs without an id shows this directory's project",
+            "name a process or a project (bpm logs ID)",
+        )?;
+        let none = CliError::not_found(format!(
+            "project {name} has no processes: bring it up (bpm up)"
+        ));
+        return project_logs(m, &name, &a, none).await;
+    };
+    let id = match resolve(m, text).await {
         Ok(id) => id,
         // A project's name: every service's output, prefixed.
-        Err(e) if e.code == 3 => {
-            let records = m.list(bpm_ports::project::of_project(&a.id)).await?;
-            if records.is_empty() {
-                return Err(e);
-            }
-            let stream = stream_of(&a.stream)?;
-            let color = color_on(std::io::stdout().is_terminal());
-            return super::project::logs(m, &a.id, &records, a.follow, a.lines, stream, color)
-                .await;
-        }
+        Err(e) if e.code == 3 => return project_logs(m, text, &a, e).await,
         Err(e) => return Err(e),
     };
     let stream = stream_of(&a.stream)?;
@@ -1442,6 +1443,18 @@ async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
         copy_output(m, id, start, stream, a.follow, false, told).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every service's output of project `name`, prefixed with its service;
+/// `none` when the project has no records.
+async fn project_logs(m: &Manager, name: &str, a: &LogsArgs, none: CliError) -> Outcome {
+    let records = m.list(bpm_ports::project::of_project(name)).await?;
+    if records.is_empty() {
+        return Err(none);
+    }
+    let stream = stream_of(&a.stream)?;
+    let color = color_on(std::io::stdout().is_terminal());
+    super::project::logs(m, name, &records, a.follow, a.lines, stream, color).await
 }
 
 /// `--stream`'s value.

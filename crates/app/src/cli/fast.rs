@@ -268,7 +268,7 @@ fn build(
             json: given.flag("json"),
         }),
         "logs" if positional.len() == 1 => Command::Logs(LogsArgs {
-            id: positional.into_iter().next()?,
+            id: positional.into_iter().next(),
             follow: given.flag("follow"),
             lines: None,
             stream: given.one("stream").unwrap_or_else(|| "both".to_owned()),

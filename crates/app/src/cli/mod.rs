@@ -565,8 +565,9 @@ pub struct PsArgs {
 /// Print a process's output.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Id or name.
-    pub id: String,
+    /// Id or name, or a project's name (every service's output); none:
+    /// the project of the `bpm.toml` here or in the nearest parent.
+    pub id: Option<String>,
     /// Follow until the process ends.
     #[arg(short, long)]
     pub follow: bool,

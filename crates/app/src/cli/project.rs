@@ -47,12 +47,22 @@ pub(super) fn named_or_here(given: String) -> Result<String, CliError> {
     if !given.is_empty() {
         return Ok(given);
     }
-    let here = std::env::current_dir()
+    here(
+        "--project without a name means this directory's project",
+        "name the project (--project NAME)",
+    )
+}
+
+/// The name of the project of the `bpm.toml` here or in the nearest
+/// parent; without one, an error that says `why` one was looked for and
+/// `instead` what to type.
+pub(super) fn here(why: &str, instead: &str) -> Result<String, CliError> {
+    let dir = std::env::current_dir()
         .map_err(|e| CliError::invalid(format!("cannot read the current directory: {e}")))?;
-    let Some(file) = find(&here) else {
+    let Some(file) = find(&dir) else {
         return Err(CliError::invalid(format!(
-            "--project without a name means this directory's project, and there is no {FILE_NAME} in {} or a parent: name the project (--project NAME)",
-            here.display()
+            "{why}, and there is no {FILE_NAME} in {} or a parent: {instead}",
+            dir.display()
         )));
     };
     let l = load(&file, &bpm_domain::Environment::new()).map_err(CliError::invalid)?;
