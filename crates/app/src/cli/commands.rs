@@ -1045,10 +1045,11 @@ async fn filter_from(m: &Manager, args: &PsArgs) -> Result<ListFilter, CliError>
         filter.parent = Some(resolve(m, p).await?);
     }
     filter.labels = label_filters(&args.label)?;
-    if let Some(project) = args.project.clone().map(super::project::named_or_here) {
+    if let Some(given) = &args.project {
+        let project = super::project::named_or_here(given.clone())?;
         filter
             .labels
-            .extend(bpm_ports::project::of_project(&project?).labels);
+            .extend(bpm_ports::project::of_project(&project).labels);
     }
     filter.kind = args
         .kind

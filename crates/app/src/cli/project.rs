@@ -57,16 +57,25 @@ pub(super) fn named_or_here(given: String) -> Result<String, CliError> {
 /// parent; without one, an error that says `why` one was looked for and
 /// `instead` what to type.
 pub(super) fn here(why: &str, instead: &str) -> Result<String, CliError> {
-    let dir = std::env::current_dir()
-        .map_err(|e| CliError::invalid(format!("cannot read the current directory: {e}")))?;
-    let Some(file) = find(&dir) else {
-        return Err(CliError::invalid(format!(
+    match read_here()? {
+        (_, Some(l)) => Ok(l.project.name),
+        (dir, None) => Err(CliError::invalid(format!(
             "{why}, and there is no {FILE_NAME} in {} or a parent: {instead}",
             dir.display()
-        )));
-    };
-    let l = load(&file, &bpm_domain::Environment::new()).map_err(CliError::invalid)?;
-    Ok(l.project.name)
+        ))),
+    }
+}
+
+/// The directory bpm was called in, and the project of the `bpm.toml`
+/// there or in the nearest parent, if any (read with an empty environment:
+/// enough for its names).
+pub(super) fn read_here() -> Result<(PathBuf, Option<Loaded>), CliError> {
+    let dir = std::env::current_dir()
+        .map_err(|e| CliError::invalid(format!("cannot read the current directory: {e}")))?;
+    let loaded = find(&dir)
+        .map(|file| load(&file, &bpm_domain::Environment::new()).map_err(CliError::invalid))
+        .transpose()?;
+    Ok((dir, loaded))
 }
 
 /// Reads the project, or says what to do when there is none.

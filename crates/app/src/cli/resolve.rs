@@ -45,10 +45,8 @@ async fn here_too<T>(
 /// `PROJECT/SERVICE` when the project file of this directory (or a parent)
 /// has a service named `service`.
 fn service_here(service: &str) -> Option<String> {
-    let here = std::env::current_dir().ok()?;
-    let file = crate::project::find(&here)?;
-    let loaded = crate::project::load(&file, &bpm_domain::Environment::new()).ok()?;
-    let project = &loaded.project;
+    let (_, loaded) = super::project::read_here().ok()?;
+    let project = &loaded?.project;
     project
         .service(service)
         .map(|_| project.process_name(service).to_string())
