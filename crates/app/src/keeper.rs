@@ -83,6 +83,7 @@ pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
             start_log: Some(start_log(home)),
             share_pipes: true,
             subreaper: true,
+            notify_dir: Some(home.dir.join("notify")),
             ..OsSpawnerConfig::default()
         },
     ));

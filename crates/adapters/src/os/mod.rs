@@ -84,6 +84,10 @@ pub struct OsSpawnerConfig {
     /// host process should not change so, waits only for the leader's
     /// process group.
     pub subreaper: bool,
+    /// Where notify sockets are made (the keeper's: its state directory's
+    /// `notify/`); without one, a private directory of random name in the
+    /// temporary folder.
+    pub notify_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for OsSpawnerConfig {
@@ -95,6 +99,7 @@ impl Default for OsSpawnerConfig {
             start_log: None,
             share_pipes: false,
             subreaper: false,
+            notify_dir: None,
         }
     }
 }
@@ -341,6 +346,8 @@ struct SpawnerShared {
     /// The processes of trees that run on after their leader, with their
     /// records: as a subreaper, this process reaps them.
     running_on: Mutex<HashMap<u32, ProcessId>>,
+    /// Where notify sockets are made.
+    notify_dir: probe::NotifyDir,
     /// Readiness commands running now: children of this process that are
     /// not records' leaders, which their own waiters reap.
     probes: Mutex<HashSet<u32>>,
@@ -390,6 +397,7 @@ impl OsSpawner {
                 starting: Mutex::new(()),
                 unrecorded: Mutex::new(HashMap::new()),
                 tx,
+                notify_dir: probe::NotifyDir::new(config.notify_dir.clone()),
                 config,
                 start_log,
                 lease: Mutex::new(LeaseHold::default()),
@@ -1009,12 +1017,13 @@ impl SpawnerShared {
         // Bound first: a process quick to say READY=1 is heard.
         let notify = match request.readiness {
             ReadinessCheck::Notify => Some(
-                probe::bind_notify(&probe::notify_path(&request.id))
+                self.notify_dir
+                    .bind(&request.id)
                     .map_err(|e| SpawnError::Os(format!("cannot make the notify socket: {e}")))?,
             ),
             _ => None,
         };
-        let child = self.launch(request)?;
+        let child = self.launch(request, notify.as_ref().map(|(_, path)| path.as_path()))?;
         let pid = child.pid;
         let (stdout, stderr, pidfd) = self.hold(request, child)?;
         self.watch(request, pid, stdout, stderr, pidfd, notify);
@@ -1036,7 +1045,11 @@ impl SpawnerShared {
 
     /// Starts the process, in a new session, noted in the start log before
     /// and after (with its pid).
-    fn launch(&self, request: &SpawnRequest) -> Result<spawn::Child, SpawnError> {
+    fn launch(
+        &self,
+        request: &SpawnRequest,
+        notify: Option<&std::path::Path>,
+    ) -> Result<spawn::Child, SpawnError> {
         let program = request
             .argv
             .first()
@@ -1052,7 +1065,7 @@ impl SpawnerShared {
             env.extend(request.env.iter().map(|(k, v)| (k.clone(), v.clone())));
             Arc::new(Composed::new(&self.base_env, &env)?)
         };
-        let own = own_variables(request)?;
+        let own = own_variables(request, notify)?;
         let skip = request.session.as_ref().and(composed.session_var);
         let env: Vec<&CStr> = composed
             .vars
@@ -1357,7 +1370,7 @@ impl SpawnerShared {
         stdout: pipe::Receiver,
         stderr: pipe::Receiver,
         pidfd: AsyncFd<std::os::fd::OwnedFd>,
-        mut notify: Option<tokio::net::UnixDatagram>,
+        mut notify: Option<(tokio::net::UnixDatagram, std::path::PathBuf)>,
     ) {
         let id = request.id;
         let (exited_tx, exited_rx) = watch::channel(false);
@@ -1384,8 +1397,7 @@ impl SpawnerShared {
                 tokio::spawn(inner.wait_for_exec(command, request, watcher.clone(), rx));
             }
             ReadinessCheck::Notify => {
-                if let Some(socket) = notify.take() {
-                    let path = probe::notify_path(&id);
+                if let Some((socket, path)) = notify.take() {
                     let rx = exited_rx.clone();
                     tokio::spawn(probe::wait_for_notify(socket, path, watcher.clone(), rx));
                 }
@@ -1709,7 +1721,10 @@ fn deliver(id: ProcessId, pid: u32, leader: Option<u32>, signal: Signal) -> Resu
 
 /// bpm's own variables for the process: its record's mark, node, session
 /// and fencing token.
-fn own_variables(request: &SpawnRequest) -> Result<Vec<CString>, SpawnError> {
+fn own_variables(
+    request: &SpawnRequest,
+    notify: Option<&std::path::Path>,
+) -> Result<Vec<CString>, SpawnError> {
     let nul = |_| SpawnError::Invalid("a NUL byte in an environment variable".into());
     let id_text = request.id.to_string();
     let mut own = Vec::with_capacity(4);
@@ -1727,8 +1742,7 @@ fn own_variables(request: &SpawnRequest) -> Result<Vec<CString>, SpawnError> {
         own.push(spawn::variable(b"PORT", port.as_bytes()).map_err(nul)?);
         own.push(spawn::variable(b"BPM_PORT", port.as_bytes()).map_err(nul)?);
     }
-    if request.readiness == ReadinessCheck::Notify {
-        let path = probe::notify_path(&request.id);
+    if let Some(path) = notify {
         own.push(
             spawn::variable(b"NOTIFY_SOCKET", path.as_os_str().as_encoded_bytes()).map_err(nul)?,
         );

@@ -102,32 +102,100 @@ pub(crate) async fn wait_for_http(
     }
 }
 
-/// Where the notify socket of record `id` lives: a directory of this
-/// user's only, short enough for a socket's path.
-pub(crate) fn notify_path(id: &bpm_domain::ProcessId) -> PathBuf {
-    let uid = rustix::process::getuid().as_raw();
-    std::env::temp_dir()
-        .join(format!("bpm-notify-{uid}"))
-        .join(format!("{}.sock", id.as_uuid().simple()))
+/// Where this spawner makes notify sockets: a directory of this user's
+/// only, under a name no other user can make first. The state directory's
+/// `notify/` when the keeper names one (and a socket's path fits there);
+/// otherwise a directory in the temporary folder whose name ends in random
+/// hex, made afresh (under a new name) whenever the one in use turns out
+/// to be someone else's. A shared name such as `/tmp/bpm-notify-UID`
+/// would let another user make it first and so refuse every notify start.
+#[derive(Debug)]
+pub(crate) struct NotifyDir {
+    /// The directory named by the configuration, if its sockets fit.
+    fixed: Option<PathBuf>,
+    /// The temporary directory in use (when not `fixed`).
+    current: std::sync::Mutex<PathBuf>,
 }
 
-/// A notify socket bound at `path` (its directory made private first).
-/// The directory goes when its last socket does, so another process's
-/// socket may take it away between making and binding: tried again then.
-pub(crate) fn bind_notify(path: &Path) -> std::io::Result<tokio::net::UnixDatagram> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mut tries = 0;
-    loop {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        let _ = std::fs::remove_file(path);
-        match tokio::net::UnixDatagram::bind(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
-            other => return other,
+/// The longest path a Unix socket takes (`sun_path` less its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+/// A socket's name: 32 hex digits and `.sock`.
+const SOCKET_NAME_LEN: usize = 37;
+
+impl NotifyDir {
+    pub(crate) fn new(fixed: Option<PathBuf>) -> Self {
+        let fixed = fixed.filter(|d| d.as_os_str().len() + 1 + SOCKET_NAME_LEN <= SOCKET_PATH_MAX);
+        NotifyDir {
+            fixed,
+            current: std::sync::Mutex::new(Self::fresh()),
         }
     }
+
+    fn fresh() -> PathBuf {
+        let uid = rustix::process::getuid().as_raw();
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        std::env::temp_dir().join(format!("bpm-notify-{uid}-{}", &random[..16]))
+    }
+
+    /// A socket for record `id`, bound, and its path.
+    pub(crate) fn bind(
+        &self,
+        id: &bpm_domain::ProcessId,
+    ) -> std::io::Result<(tokio::net::UnixDatagram, PathBuf)> {
+        let name = format!("{}.sock", id.as_uuid().simple());
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let dir = match &self.fixed {
+                Some(d) => d.clone(),
+                None => self
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            };
+            if !own_private_dir(&dir)? {
+                if self.fixed.is_some() || tries > 5 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("{} belongs to another user or is open to others", dir.display()),
+                    ));
+                }
+                tracing::warn!(dir = %dir.display(), "the notify directory is another user's: using a new one");
+                *self
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Self::fresh();
+                continue;
+            }
+            let path = dir.join(&name);
+            let _ = std::fs::remove_file(&path);
+            match tokio::net::UnixDatagram::bind(&path) {
+                // Its last socket's end took the directory away meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries <= 5 => {}
+                Err(e) => return Err(e),
+                Ok(socket) => return Ok((socket, path)),
+            }
+        }
+    }
+}
+
+/// Makes `dir` (mode 0700) unless it is there, and says whether it is this
+/// user's own, a real directory (not a link) that no one else may enter.
+fn own_private_dir(dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    Ok(meta.is_dir()
+        && meta.uid() == rustix::process::getuid().as_raw()
+        && meta.mode() & 0o077 == 0)
 }
 
 /// Reads the notify socket until `READY=1` comes or the process exits;
