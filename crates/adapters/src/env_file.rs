@@ -46,23 +46,48 @@ fn read_one(path: &Path) -> Result<Vec<(String, String)>, SpawnError> {
         path: path.to_path_buf(),
         reason,
     };
-    let lines = dotenvy::from_path_iter(path).map_err(|e| failed(reason_of(&e)))?;
+    let lines = dotenvy::from_path_iter(path).map_err(|e| failed(reason_of(path, &e)))?;
     lines
-        .map(|line| line.map_err(|e| failed(reason_of(&e))))
+        .map(|line| line.map_err(|e| failed(reason_of(path, &e))))
         .collect()
 }
 
-fn reason_of(e: &dotenvy::Error) -> String {
+/// What went wrong, naming the line and column at fault but never quoting
+/// the file: an env file holds secrets, and a file named by mistake (or
+/// by someone probing) may hold anything.
+fn reason_of(path: &Path, e: &dotenvy::Error) -> String {
     match e {
         dotenvy::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
             "no such file".into()
         }
         dotenvy::Error::Io(io) => io.to_string(),
         dotenvy::Error::LineParse(line, at) => {
-            format!("not NAME=value at character {} of {line:?}", at + 1)
+            let (row, column) = position_of(path, line, *at);
+            format!("line {row}, column {column}: not NAME=value (a variable per line: NAME=value, # for comments)")
         }
-        other => other.to_string(),
+        // dotenvy's other errors quote the text they met (an unknown
+        // substitution's name among them): name the fault only.
+        dotenvy::Error::EnvVar(_) => "a variable it refers to is not Unicode".into(),
+        _ => "it cannot be read as NAME=value lines".into(),
     }
+}
+
+/// Where the bad `line` (as dotenvy gives it, possibly several physical
+/// lines) begins in the file, 1-based, and the column of its byte `at`.
+/// The file is read again only to count: nothing of it is kept.
+fn position_of(path: &Path, line: &str, at: usize) -> (usize, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.find(line).unwrap_or(0);
+    let upto = &text[..start.min(text.len())];
+    let mut row = upto.matches('\n').count() + 1;
+    let within = &line[..at.min(line.len())];
+    let newlines = within.matches('\n').count();
+    row += newlines;
+    let column = match within.rfind('\n') {
+        Some(i) => within[i + 1..].chars().count() + 1,
+        None => within.chars().count() + 1,
+    };
+    (row, column)
 }
 
 #[cfg(test)]
@@ -92,11 +117,19 @@ mod tests {
             }
         );
         let bad = dir.path().join("bad.env");
-        std::fs::write(&bad, "GOOD=1\nthis is not a variable\n").expect("write");
+        std::fs::write(&bad, "GOOD=1\n# note\nthis is not a variable\n").expect("write");
         let err = read(&[bad]).expect_err("bad").to_string();
         assert!(
-            err.contains("bad.env") && err.contains("this is not"),
+            err.contains("bad.env") && err.contains("line 3, column 5"),
             "{err}"
         );
+        assert!(!err.contains("this is"), "no error quotes the file: {err}");
+        // A file that is not an env file at all (a password file, say)
+        // is named, and nothing of it is shown.
+        let shadow = dir.path().join("shadow");
+        std::fs::write(&shadow, "root:$6$salt$hash:19000:0:99999:7:::\n").expect("write");
+        let err = read(&[shadow]).expect_err("shadow").to_string();
+        assert!(err.contains("line 1, column 5"), "{err}");
+        assert!(!err.contains("root") && !err.contains("salt"), "{err}");
     }
 }

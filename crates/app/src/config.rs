@@ -392,6 +392,7 @@ mod tests {
 /// [mcp]
 /// allow_commands = ["npm test", "cargo"]  # only commands starting with these (word boundary)
 /// allow_dirs = ["/home/me/src"]           # only in these directories or below
+/// allow_env = ["NODE_OPTIONS"]            # variables that change what runs, allowed under allow_commands
 /// read_only = false                       # true: list, read and wait only
 /// redact_env = true                       # hide environment values in what agents see
 /// redact_vars = ["DATABASE_URL", "STRIPE_*"]  # more secret variables (a trailing * matches any end)
@@ -406,6 +407,9 @@ pub struct McpConfig {
     pub allow_commands: Vec<String>,
     /// Allowed working directories; empty allows every directory.
     pub allow_dirs: Vec<PathBuf>,
+    /// Variables that change what runs (`PATH`, `LD_*`...) that a request
+    /// may set under `allow_commands` all the same.
+    pub allow_env: Vec<String>,
     /// Refuse every tool that changes anything.
     pub read_only: bool,
     /// Hide environment values (`true` unless set to `false`).

@@ -22,6 +22,8 @@ pub struct McpFlags {
     pub allow_commands: Vec<String>,
     /// `--allow-dir` (repeatable).
     pub allow_dirs: Vec<PathBuf>,
+    /// `--allow-env` (repeatable).
+    pub allow_env: Vec<String>,
     /// `--show-env`: do not redact.
     pub show_env: bool,
 }
@@ -31,6 +33,7 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
     let mut p = Policy {
         allow_commands: config.allow_commands.clone(),
         allow_dirs: config.allow_dirs.clone(),
+        allow_env: config.allow_env.clone(),
         read_only: config.read_only || flags.read_only,
         redact_env: config.redact_env.unwrap_or(true) && !flags.show_env,
         redact_vars: config.redact_vars.clone(),
@@ -44,6 +47,7 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
     }
     p.allow_commands.extend(flags.allow_commands);
     p.allow_dirs.extend(flags.allow_dirs);
+    p.allow_env.extend(flags.allow_env);
     p
 }
 
@@ -86,8 +90,8 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
 /// How the project tools read a project file: the one given, or the
 /// `bpm.toml` of the directory or its nearest parent; its processes start
 /// from this server's environment.
-fn project_loader() -> bpm_mcp::ProjectLoader {
-    Arc::new(|file: Option<&std::path::Path>, cwd: &std::path::Path| {
+pub fn project_loader() -> bpm_mcp::ProjectLoader {
+    Arc::new(|file: Option<&std::path::Path>, cwd: &std::path::Path, may_read: &bpm_mcp::MayRead<'_>| {
         let path = match file {
             Some(f) => f.to_path_buf(),
             None => crate::project::find(cwd).ok_or_else(|| {
@@ -98,7 +102,8 @@ fn project_loader() -> bpm_mcp::ProjectLoader {
                 )
             })?,
         };
-        let loaded = crate::project::load(&path, &bpm_adapters::os::inherited_env())?;
+        let loaded =
+            crate::project::load_confined(&path, &bpm_adapters::os::inherited_env(), may_read)?;
         Ok(bpm_mcp::LoadedProject {
             project: loaded.project,
             file: loaded.file,

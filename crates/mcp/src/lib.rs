@@ -30,8 +30,8 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 
-pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, SECRET_WORDS};
-pub use projects::{LoadedProject, ProjectLoader};
+pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, RUNNER_VARS, SECRET_WORDS};
+pub use projects::{LoadedProject, MayRead, ProjectLoader};
 
 /// What a started process gets when the agent does not say: the server's
 /// working directory and environment, as a shell would pass them on.

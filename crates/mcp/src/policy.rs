@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use bpm_domain::{Command, OsText, ProcessRecord};
+use bpm_domain::{
+    Command, Environment, OsText, Probe, ProcessRecord, ProcessSpec, ReadinessCheck,
+};
 
 /// The safety settings of one `bpm mcp` server.
 #[derive(Debug, Clone)]
@@ -15,6 +17,10 @@ pub struct Policy {
     /// When not empty, a process may start only in one of these directories
     /// or below them.
     pub allow_dirs: Vec<PathBuf>,
+    /// Variables that change what runs ([`RUNNER_VARS`]) that a request
+    /// may set all the same under a command allowlist, by name
+    /// (case-insensitive; a trailing `*` matches any end).
+    pub allow_env: Vec<String>,
     /// No start, stop, pause, resume, restart, input or tracked operations:
     /// only reading.
     pub read_only: bool,
@@ -37,6 +43,7 @@ impl Default for Policy {
         Policy {
             allow_commands: Vec::new(),
             allow_dirs: Vec::new(),
+            allow_env: Vec::new(),
             read_only: false,
             redact_env: true,
             redact_vars: Vec::new(),
@@ -65,6 +72,63 @@ pub const SECRET_WORDS: &[&str] = &[
     "DSN",
     "DATABASE_URL",
 ];
+
+/// Variables that change which program runs or what it loads, whatever the
+/// command line says: under a command allowlist a request may not set
+/// them (to a value other than the server's own) unless `allow_env` names
+/// them. A trailing `*` matches any end; names are compared ignoring case.
+pub const RUNNER_VARS: &[&str] = &[
+    "PATH",
+    "LD_*",
+    "DYLD_*",
+    "BASH_ENV",
+    "ENV",
+    "BASH_FUNC_*",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "IFS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "SHELL",
+    "PYTHON*",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "NPM_CONFIG_*",
+    "PERL5*",
+    "PERLLIB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CARGO_*",
+    "RUSTC*",
+    "RUSTDOC*",
+    "GIT_*",
+    "GCONV_PATH",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "MAKEFLAGS",
+    "MAKE",
+    "CC",
+    "CXX",
+];
+
+/// Whether `name` matches one of `patterns` (case-insensitive; a trailing
+/// `*` matches any end).
+fn matches_any<S: AsRef<str>>(patterns: &[S], name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    patterns.iter().any(|pattern| {
+        let pattern = pattern.as_ref().to_ascii_uppercase();
+        match pattern.strip_suffix('*') {
+            Some(prefix) => upper.starts_with(prefix),
+            None => upper == pattern,
+        }
+    })
+}
 
 /// Characters with which one shell line can run more than the command it starts with.
 const SHELL_OPERATORS: &[char] = &[';', '&', '|', '`', '$', '<', '>', '\n', '(', ')'];
@@ -117,6 +181,89 @@ impl Policy {
                     .join(", ")
             ))
         }
+    }
+
+    /// Whether `spec` may start: everything in it that bpm would run passes
+    /// the command allowlist (its command, a readiness or health `exec`
+    /// probe, an `on_exit` hook), it sets none of the [`RUNNER_VARS`] to a
+    /// value other than `base`'s (the server's own environment) unless
+    /// `allow_env` names it, and every path it names (its directory, env
+    /// files and watched paths) is under an allowed directory. The same
+    /// check serves a start, a restart and every service of a project.
+    ///
+    /// # Errors
+    /// A message naming the field and the rule it broke.
+    pub fn check_spec(&self, spec: &ProcessSpec, base: &Environment) -> Result<(), String> {
+        if let Some(command) = &spec.command {
+            self.check_command(command)?;
+        }
+        let mut others: Vec<(&str, &str)> = Vec::new();
+        if let ReadinessCheck::Exec { command } = &spec.readiness.check {
+            others.push(("the readiness check (ready_exec)", command));
+        }
+        if let Some(health) = &spec.health
+            && let Probe::Exec { command } = &health.probe
+        {
+            others.push(("the health check (health.exec)", command));
+        }
+        if let Some(hook) = &spec.on_exit {
+            others.push(("the on_exit hook", hook));
+        }
+        for (what, line) in others {
+            self.check_command(&Command::Shell(line.into()))
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        if !self.allow_commands.is_empty() {
+            for (k, v) in spec.env.iter() {
+                let name = k.to_string_lossy();
+                if base.get(k) != Some(v)
+                    && matches_any(RUNNER_VARS, &name)
+                    && !matches_any(&self.allow_env, &name)
+                {
+                    return Err(format!(
+                        "env {name} is refused: under a command allowlist a request may not set a variable that changes what runs (the server's policy can allow it with allow_env)"
+                    ));
+                }
+            }
+        }
+        if let Some(dir) = &spec.cwd {
+            self.check_dir(dir)?;
+        }
+        for file in &spec.env_files {
+            self.check_path("env file", file)?;
+        }
+        if let Some(watch) = &spec.watch {
+            for p in &watch.paths {
+                self.check_path("watched path", p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Under a command allowlist, `spec`'s env files read now and folded
+    /// into its environment (its own variables over theirs), checked as
+    /// [`check_spec`](Self::check_spec) checks variables: a file edited
+    /// later cannot slip a variable past the policy at a restart. Without
+    /// an allowlist, `spec` is left as it is (the files are read at each
+    /// start).
+    ///
+    /// # Errors
+    /// A file that cannot be read (named, with the line; never its text),
+    /// or a variable the policy refuses.
+    pub fn fold_env_files(&self, spec: &mut ProcessSpec, base: &Environment) -> Result<(), String> {
+        if self.allow_commands.is_empty() || spec.env_files.is_empty() {
+            return Ok(());
+        }
+        for file in &spec.env_files {
+            self.check_path("env file", file)?;
+        }
+        let mut env = bpm_adapters::env_file::read(&spec.env_files).map_err(|e| e.to_string())?;
+        for (k, v) in spec.env.iter() {
+            env.insert(k.clone(), v.clone());
+        }
+        spec.env = std::sync::Arc::new(env);
+        spec.env_files.clear();
+        self.check_spec(spec, base)
     }
 
     /// Whether a process may start in `dir` (already absolute).
@@ -202,14 +349,7 @@ impl Policy {
     /// Whether variable `name`'s value is secret (see [`secrets_of`](Self::secrets_of)).
     pub fn is_secret(&self, name: &str) -> bool {
         let upper = name.to_ascii_uppercase();
-        SECRET_WORDS.iter().any(|word| upper.contains(word))
-            || self.redact_vars.iter().any(|pattern| {
-                let pattern = pattern.to_ascii_uppercase();
-                match pattern.strip_suffix('*') {
-                    Some(prefix) => upper.starts_with(prefix),
-                    None => upper == pattern,
-                }
-            })
+        SECRET_WORDS.iter().any(|word| upper.contains(word)) || matches_any(&self.redact_vars, name)
     }
 }
 

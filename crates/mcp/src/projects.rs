@@ -26,10 +26,17 @@ pub struct LoadedProject {
     pub ignored: Vec<String>,
 }
 
+/// Whether a file may be read (`what` names it in an error): the policy's
+/// allowed directories, asked before the loader reads any file a project
+/// names (an env file).
+pub type MayRead<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
+
 /// Reads a project: the file given (relative to the server's directory),
-/// or the `bpm.toml` of that directory or the nearest parent.
-pub type ProjectLoader =
-    Arc<dyn Fn(Option<&Path>, &Path) -> Result<LoadedProject, String> + Send + Sync>;
+/// or the `bpm.toml` of that directory or the nearest parent, asking
+/// [`MayRead`] before it reads any other file the project names.
+pub type ProjectLoader = Arc<
+    dyn Fn(Option<&Path>, &Path, &MayRead<'_>) -> Result<LoadedProject, String> + Send + Sync,
+>;
 
 /// Which project a call means.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -90,22 +97,21 @@ impl McpServer {
             }
             (None, None) => None,
         };
-        let loaded = loader(file.as_deref(), cwd)?;
-        for dir in loaded
-            .project
-            .services
-            .iter()
-            .filter_map(|s| s.spec.cwd.as_ref())
-        {
-            self.inner.policy.check_dir(dir)?;
+        if let Some(f) = &file {
+            self.inner.policy.check_path("project file", f)?;
         }
-        for command in loaded
-            .project
-            .services
-            .iter()
-            .filter_map(|s| s.spec.command.as_ref())
-        {
-            self.inner.policy.check_command(command)?;
+        let policy = &self.inner.policy;
+        let may_read = |what: &str, path: &Path| policy.check_path(what, path);
+        let mut loaded = loader(file.as_deref(), cwd, &may_read)?;
+        // Found by walking up from the server's directory: it may lie
+        // above every allowed one.
+        policy.check_path("project file", &loaded.file)?;
+        let base = &self.inner.defaults.env;
+        for service in &mut loaded.project.services {
+            policy
+                .fold_env_files(&mut service.spec, base)
+                .and_then(|()| policy.check_spec(&service.spec, base))
+                .map_err(|e| format!("service {:?}: {e}", service.name))?;
         }
         Ok(loaded)
     }

@@ -163,7 +163,14 @@ impl McpServer {
             }
             "restart_background_process" => {
                 let a: IdArgs = parse(name, args)?;
-                let r = self.manager().restart(self.id(&a.process_id).await?).await;
+                let id = self.id(&a.process_id).await?;
+                let old = self.manager().get(id).await.map_err(manager_error)?;
+                // A restart runs the record's spec again: it passes the
+                // policy as a start would, whoever started it first.
+                self.inner
+                    .policy
+                    .check_spec(old.spec(), &self.inner.defaults.env)?;
+                let r = self.manager().restart(id).await;
                 Ok(Reply::json(self.view(&r.map_err(manager_error)?)))
             }
             "send_process_input" => self.input(parse(name, args)?).await,
@@ -488,6 +495,10 @@ impl McpServer {
             id: request,
             index: 0,
         });
+        // Everything the spec would run or read, as a whole: the fields
+        // above each add something the policy must see.
+        policy.fold_env_files(&mut spec, &defaults.env)?;
+        policy.check_spec(&spec, &defaults.env)?;
         let record = self.manager().start(spec).await.map_err(manager_error)?;
         let mut v = self.view(&record);
         if record.spec().request.is_none_or(|r| r.id != request)

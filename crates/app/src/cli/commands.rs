@@ -89,12 +89,14 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             read_only,
             allow_command,
             allow_dir,
+            allow_env,
             show_env,
         } => {
             let flags = crate::mcp::McpFlags {
                 read_only,
                 allow_commands: allow_command,
                 allow_dirs: allow_dir,
+                allow_env,
                 show_env,
             };
             crate::mcp::run(&home, flags)

@@ -244,6 +244,10 @@ pub enum Command {
         /// Only start processes in this directory or below (repeatable; adds to config).
         #[arg(long, value_name = "DIR")]
         allow_dir: Vec<PathBuf>,
+        /// Under --allow-command, let requests set this variable although it changes
+        /// what runs (PATH, LD_*, NODE_OPTIONS...; a trailing * matches any end; repeatable).
+        #[arg(long, value_name = "NAME")]
+        allow_env: Vec<String>,
         /// Show environment values to the agent instead of redacting them.
         #[arg(long)]
         show_env: bool,

@@ -21,6 +21,7 @@ pub(crate) fn read(
     default_name: &str,
     dir: &Path,
     env: &Environment,
+    may_read: &super::MayRead<'_>,
 ) -> Result<(Project, Vec<String>), String> {
     let doc: Value = serde_norway::from_str(text).map_err(|e| {
         let line = e.location().map_or(0, |l| l.line());
@@ -92,7 +93,7 @@ pub(crate) fn read(
                 other => ignored.push(format!("processes.{name}.{other}")),
             }
         }
-        services.extend(resolve(&name, &table, dir, env).map_err(at)?);
+        services.extend(resolve(&name, &table, dir, env, may_read).map_err(at)?);
     }
     expand_replicas(&mut services);
     Ok((

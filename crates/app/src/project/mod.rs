@@ -48,7 +48,22 @@ pub struct Loaded {
 /// # Errors
 /// What is wrong, naming the file, the line where known, and the key.
 pub fn load(file: &Path, env: &Environment) -> Result<Loaded, String> {
+    load_confined(file, env, &|_, _| Ok(()))
+}
+
+/// Whether a file may be read (`what` names it in an error): asked before
+/// a project's file, and every env file it names, is read.
+pub type MayRead<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
+
+/// [`load`], asking `may_read` before reading the file and each env file
+/// it names: `bpm mcp`'s allowed directories, so a request never makes
+/// bpm read a file its policy does not allow.
+///
+/// # Errors
+/// Those of [`load`], and `may_read`'s refusal.
+pub fn load_confined(file: &Path, env: &Environment, may_read: &MayRead<'_>) -> Result<Loaded, String> {
     let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    may_read("project file", &file)?;
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
     let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -65,7 +80,7 @@ pub fn load(file: &Path, env: &Environment) -> Result<Loaded, String> {
     let named = |e: String| format!("{}:{e}", file.display());
     let (project, ignored) = if base.starts_with("Procfile") {
         (
-            procfile(&text, &default_name, &dir, env).map_err(named)?,
+            procfile(&text, &default_name, &dir, env, may_read).map_err(named)?,
             Vec::new(),
         )
     } else if file
@@ -73,10 +88,10 @@ pub fn load(file: &Path, env: &Environment) -> Result<Loaded, String> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
     {
-        compose::read(&text, &default_name, &dir, env).map_err(named)?
+        compose::read(&text, &default_name, &dir, env, may_read).map_err(named)?
     } else {
         (
-            bpm_toml(&text, &default_name, &dir, env).map_err(named)?,
+            bpm_toml(&text, &default_name, &dir, env, may_read).map_err(named)?,
             Vec::new(),
         )
     };
@@ -276,6 +291,7 @@ fn bpm_toml(
     default_name: &str,
     dir: &Path,
     env: &Environment,
+    may_read: &MayRead<'_>,
 ) -> Result<Project, String> {
     let file: File = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(text, s.start));
@@ -287,7 +303,7 @@ fn bpm_toml(
         let line = line_of(text, table.span().start);
         let table = table.into_inner();
         let at = |e: String| format!("{line}: services.{service}.{e}");
-        services.extend(resolve(&service, &table, dir, env).map_err(at)?);
+        services.extend(resolve(&service, &table, dir, env, may_read).map_err(at)?);
     }
     expand_replicas(&mut services);
     Ok(Project { name, services })
@@ -300,6 +316,7 @@ pub(crate) fn resolve(
     t: &ServiceTable,
     dir: &Path,
     inherited: &Environment,
+    may_read: &MayRead<'_>,
 ) -> Result<Vec<Service>, String> {
     if t.disabled == Some(true) {
         return Ok(Vec::new());
@@ -331,6 +348,9 @@ pub(crate) fn resolve(
         .into_iter()
         .map(|f| dir.join(f))
         .collect();
+    for f in &spec.env_files {
+        may_read("env_file", f).map_err(|e| format!("env_file: {e}"))?;
+    }
     let mut inherited = inherited.clone();
     let mut own: Environment = bpm_adapters::env_file::make_room(&mut inherited, &spec.env_files)
         .map_err(|e| format!("env_file: {e}"))?;
@@ -598,6 +618,7 @@ fn procfile(
     default_name: &str,
     dir: &Path,
     env: &Environment,
+    may_read: &MayRead<'_>,
 ) -> Result<Project, String> {
     let mut services = Vec::new();
     // A `.env` beside the Procfile is read, as foreman and honcho do (and
@@ -619,7 +640,7 @@ fn procfile(
         };
         let name = name.trim();
         services.extend(
-            resolve(name, &table, dir, env).map_err(|e| format!("{}: {name}: {e}", i + 1))?,
+            resolve(name, &table, dir, env, may_read).map_err(|e| format!("{}: {name}: {e}", i + 1))?,
         );
     }
     // A port handed to a Procfile's process is its readiness only if it
