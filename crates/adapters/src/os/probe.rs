@@ -256,6 +256,40 @@ pub fn notify_ready(status: Option<&str>) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Issue 60, item 14: a directory another user made first (open to
+    /// all, or theirs) is never used; a fresh private one is.
+    #[tokio::test]
+    async fn a_notify_directory_another_user_made_first_is_not_used() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let id = bpm_domain::ProcessId::from_uuid(uuid::Uuid::now_v7());
+        let dirs = NotifyDir::new(None);
+        let taken = dirs.current.lock().expect("lock").clone();
+        std::fs::create_dir(&taken).expect("mkdir");
+        std::fs::set_permissions(&taken, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        if rustix::process::getuid().is_root() {
+            // As root, hand it to nobody, as another user would have it.
+            rustix::fs::chown(
+                &taken,
+                Some(rustix::fs::Uid::from_raw(65534)),
+                Some(rustix::fs::Gid::from_raw(65534)),
+            )
+            .expect("chown");
+        }
+        let (socket, path) = dirs.bind(&id).expect("bound elsewhere");
+        assert!(!path.starts_with(&taken), "{} is in the taken directory", path.display());
+        let mode = std::fs::metadata(path.parent().expect("dir")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(socket);
+        std::fs::remove_file(&path).expect("socket");
+        std::fs::remove_dir(path.parent().expect("dir")).expect("own dir");
+        std::fs::remove_dir(&taken).expect("taken dir");
+
+        // A configured directory whose sockets would not fit a socket's
+        // path is not used either.
+        let long = std::env::temp_dir().join("x".repeat(100));
+        assert!(NotifyDir::new(Some(long)).fixed.is_none());
+    }
+
     #[test]
     fn urls_split_and_paths_go_to_the_port() {
         assert_eq!(
