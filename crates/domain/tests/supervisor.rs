@@ -1468,6 +1468,54 @@ fn named(name: &str, argv: &[&str], if_taken: bpm_domain::NameTaken) -> ProcessS
     spec
 }
 
+/// Issue 60, item 4: replaces of one name in a row, each before the
+/// last one's predecessor ended, never let two copies run: each waits for
+/// every record of the name still alive, not only the newest.
+#[test]
+fn replaces_in_a_row_start_one_copy_at_a_time() {
+    use bpm_domain::NameTaken::Replace;
+    let mut core = core(Limits::default());
+    let submit = |core: &mut Supervisor, n: u128| {
+        core.handle(
+            Input::Submit {
+                id: id(n),
+                spec: named("x", &["serve"], Replace),
+            },
+            t(0),
+        )
+    };
+    submit(&mut core, 1).expect("first");
+    core.handle(Input::Spawned { id: id(1), pid: 11 }, t(1))
+        .expect("spawned");
+    // Ten replaces while the first is still stopping.
+    for n in 2..=11 {
+        let effects = submit(&mut core, n).expect("replace");
+        assert!(spawns(&effects).is_empty(), "replace {n} spawned at once: {effects:?}");
+    }
+    assert_eq!(
+        core.get(id(1)).map(ProcessRecord::state),
+        Some(StateName::Stopping)
+    );
+    for n in 2..=10 {
+        assert_eq!(
+            core.get(id(n)).map(ProcessRecord::state),
+            Some(StateName::Cancelled),
+            "replace {n} was itself replaced before it started"
+        );
+    }
+    let effects = core
+        .handle(
+            Input::Exited {
+                id: id(1),
+                status: ExitStatus::Signal(15),
+                limit: None,
+            },
+            t(2),
+        )
+        .expect("exit");
+    assert_eq!(spawns(&effects), vec![id(11)], "only the last starts, once the first ended");
+}
+
 /// One live record per name on a node: refused, reused when ensured and
 /// alike, refused naming what differs, or replaced (the new one waits for
 /// the old to end); a restart keeps its name; an ended record frees it.

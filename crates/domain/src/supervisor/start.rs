@@ -201,6 +201,17 @@ impl Supervisor {
             && !self.entries[&old].record.is_terminal()
         {
             blockers.must_end.insert(old);
+            // The one replaced may itself still wait for one it replaces
+            // (two replaces of a name in a row): wait for that one too, so
+            // that at no instant do two copies of the name run.
+            if let Some(b) = &self.entries[&old].blockers {
+                blockers.must_end.extend(
+                    b.must_end
+                        .iter()
+                        .copied()
+                        .filter(|d| self.known(*d).is_some_and(|r| !r.is_terminal())),
+                );
+            }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
