@@ -2,6 +2,8 @@
 //! a Python with pinned packages, and a `bpm web` of the test's own.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod bpm;
+
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
