@@ -1,7 +1,7 @@
 //! The host as bpm sees it beyond its own processes: free TCP ports, found
 //! by binding, and owners' lives, watched through pidfds.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -42,10 +42,33 @@ impl OsHost {
     }
 }
 
-/// A listener on every IPv4 address at `port`: it binds only when nothing
-/// listens there on any address (a listener on one address blocks it).
+/// A listener on every IPv4 address at `port` (0: one the kernel picks),
+/// held only when nothing listens on that port on any address, IPv4 or
+/// IPv6: a listener on one address blocks it.
 fn listen(port: u16) -> Option<TcpListener> {
-    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).ok()
+    let v4 = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).ok()?;
+    let port = v4.local_addr().ok()?.port();
+    free_on_ipv6(port).then_some(v4)
+}
+
+/// Whether nothing listens at `port` on an IPv6 address (`[::1]`, as
+/// Node's `localhost` and `python3 -m http.server --bind ::1` do): a
+/// v6-only socket binds the wildcard there, which fails while anything
+/// listens on the port over IPv6, and not for the IPv4 listener held
+/// beside it. A host without IPv6 has no such listener.
+fn free_on_ipv6(port: u16) -> bool {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let Ok(socket) = rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None) else {
+        return true;
+    };
+    // As TcpListener::bind does: a port whose last connection lingers in
+    // TIME_WAIT is free.
+    let _ = sockopt::set_socket_reuseaddr(&socket, true);
+    if sockopt::set_ipv6_v6only(&socket, true).is_err() {
+        return true;
+    }
+    let at = std::net::SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
+    !matches!(rustix::net::bind(&socket, &at), Err(rustix::io::Errno::ADDRINUSE))
 }
 
 #[async_trait]
@@ -96,5 +119,32 @@ impl Host for OsHost {
 
     fn watch_files(&self, watch: &FileWatch) -> Result<mpsc::Receiver<()>, WatchError> {
         self.watches.watch(watch, &self.unwatched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 60, item 9: a port something listens on over IPv6 only is
+    /// not handed out, nor one on IPv4 loopback; a free one is.
+    #[test]
+    fn a_port_taken_on_any_address_is_not_free() {
+        let host = OsHost::new();
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p4 = v4.local_addr().expect("addr").port();
+        assert!(host.free_ports(PortAsk::Fixed(p4)).is_empty(), "127.0.0.1:{p4} listens");
+        match TcpListener::bind("[::1]:0") {
+            Ok(v6) => {
+                let p6 = v6.local_addr().expect("addr").port();
+                assert!(host.free_ports(PortAsk::Fixed(p6)).is_empty(), "[::1]:{p6} listens");
+                let auto = host.free_ports(PortAsk::Auto);
+                assert!(!auto.contains(&p6) && !auto.is_empty(), "{auto:?}");
+                drop(v6);
+                assert_eq!(host.free_ports(PortAsk::Fixed(p6)), [p6], "free once closed");
+            }
+            // Said, not skipped: without IPv6 no listener can be there.
+            Err(e) => eprintln!("NOTE: no IPv6 loopback here ({e}): only the IPv4 half was checked"),
+        }
     }
 }
