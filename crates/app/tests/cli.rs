@@ -2229,16 +2229,6 @@ fn a_damaged_journal_is_reported_at_start_and_in_the_status() {
     );
 }
 
-/// The pid of the keeper `bpm daemon status` names.
-fn keeper_pid(bpm: &Bpm) -> u32 {
-    let status = bpm.ok(&["daemon", "status"]);
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("keeper   pid "))
-        .and_then(|l| l.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no keeper line: {status}"))
-}
-
 /// Waits until `bpm show` counts `processes` in the tree of `id`.
 fn until_usage(bpm: &Bpm, id: &str, processes: &str, when: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -2278,7 +2268,7 @@ fn usage_counts_what_left_a_tree_under_the_keeper_and_after_adoption() {
             .expect("pid"),
     )
     .expect("pid");
-    let (daemon, keeper) = (bpm.daemon_pid(), keeper_pid(&bpm));
+    let (daemon, keeper) = (bpm.daemon_pid(), bpm.keeper_pid());
     let parent = std::fs::read_to_string(format!("/proc/{leader}/stat")).expect("stat");
     let ppid = parent[parent.rfind(')').expect(")") + 4..]
         .split(' ')
@@ -2312,7 +2302,7 @@ fn what_a_leader_left_running_is_adopted_when_the_keeper_dies() {
     let id = bpm.ok(&["run", "--", "sh", "-c", "sleep 300 & exit 0"]);
     let id = id.trim();
     let (_, sleeper) = leader_gone(&bpm, id, "sleep");
-    let keeper = keeper_pid(&bpm);
+    let keeper = bpm.keeper_pid();
     assert!(
         Command::new("kill")
             .args(["-9", &keeper.to_string()])
@@ -2322,7 +2312,7 @@ fn what_a_leader_left_running_is_adopted_when_the_keeper_dies() {
     );
     until_gone(keeper, "kill -9 of the keeper");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while keeper_pid(&bpm) == keeper {
+    while bpm.keeper_pid() == keeper {
         assert!(Instant::now() < deadline, "no new keeper");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -2379,7 +2369,7 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
     let pid = bpm.json(&["show", "lives", "--json"])["pid"]
         .as_u64()
         .expect("pid");
-    let keeper = keeper_pid(&bpm);
+    let keeper = bpm.keeper_pid();
     Command::new("kill")
         .args(["-9", &keeper.to_string()])
         .status()
@@ -2398,7 +2388,7 @@ fn a_keeper_killed_with_sigkill_is_replaced_and_its_processes_stay_under_control
         started.elapsed()
     );
     let status = bpm.ok(&["daemon", "status"]);
-    assert_ne!(keeper_pid(&bpm), keeper, "{status}");
+    assert_ne!(bpm.keeper_pid(), keeper, "{status}");
     assert!(
         status.contains(&format!("warning  bpm's keeper (pid {keeper}) died")),
         "{status}"
@@ -2471,7 +2461,7 @@ fn pipes_reach_a_restarted_daemon_and_outlive_the_keeper_after_it() {
         .expect("kill");
     until_gone(daemon, "kill -9");
     assert_eq!(bpm.state(id), "running");
-    let keeper = keeper_pid(&bpm);
+    let keeper = bpm.keeper_pid();
     Command::new("kill")
         .args(["-9", &keeper.to_string()])
         .status()
@@ -2509,7 +2499,7 @@ fn a_keeper_without_a_daemon_keeps_the_exits_and_leaves() {
     };
     let id = run(&["run", "--", "sh", "-c", "sleep 0.5; exit 7"]);
     let id = id.trim();
-    let keeper = keeper_pid(&bpm);
+    let keeper = bpm.keeper_pid();
     run(&["daemon", "stop"]);
     until_gone(keeper, "the keeper never left");
     let kept = std::fs::read_to_string(bpm.home().join("keeper.exits")).expect("kept exits");
@@ -2565,7 +2555,7 @@ fn a_handed_record_the_dead_keeper_started_is_adopted_not_run_twice() {
             .expect("the keeper's start log");
         write!(log, "{queued}\n{queued} {}\n", stand_in.id()).expect("write");
     }
-    let keeper = keeper_pid(&bpm);
+    let keeper = bpm.keeper_pid();
     Command::new("kill")
         .args(["-9", &keeper.to_string()])
         .status()
@@ -2631,7 +2621,7 @@ fn daemon_and_keeper_killed_together_leave_honest_records_and_no_orphan() {
             .expect("pid")
     };
     let (pid, writer) = (pid_of(quiet), pid_of(writes));
-    let (daemon, keeper) = (bpm.daemon_pid(), keeper_pid(&bpm));
+    let (daemon, keeper) = (bpm.daemon_pid(), bpm.keeper_pid());
     Command::new("kill")
         .args(["-9", &daemon.to_string(), &keeper.to_string()])
         .status()
@@ -3786,7 +3776,7 @@ fn after_everything_is_killed_what_should_run_comes_back_once() {
             .filter_map(|r| r["pid"].as_u64())
             .map(|p| p.to_string())
             .collect();
-        let (daemon, keeper) = (bpm.daemon_pid(), keeper_pid(&bpm));
+        let (daemon, keeper) = (bpm.daemon_pid(), bpm.keeper_pid());
         let mut kill = Command::new("kill");
         kill.args(["-9", &daemon.to_string(), &keeper.to_string()])
             .args(&pids);

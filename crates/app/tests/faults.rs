@@ -73,3 +73,60 @@ fn concurrent_replaces_of_a_name_never_run_two_copies() {
         "two copies of X ran at once ({started} started):\n{text}"
     );
 }
+
+/// `kill -9` of the daemon and the keeper together.
+fn kill_daemon_and_keeper(bpm: &Bpm) {
+    let (daemon, keeper) = (bpm.daemon_pid(), bpm.keeper_pid());
+    let status = std::process::Command::new("kill")
+        .args(["-9", &daemon.to_string(), &keeper.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::bpm::alive(daemon) || support::bpm::alive(keeper) {
+        assert!(Instant::now() < deadline, "daemon or keeper outlived kill -9");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Item 2: a one-shot service that finished while the daemon and the
+/// keeper were both dead is not run again by the next `bpm up`: its end is
+/// unknown, `up` says so (and exits non-zero with --wait), and only
+/// `--rerun-unknown` runs it again.
+#[test]
+fn a_one_shot_that_ended_during_a_double_kill_is_not_run_again() {
+    let bpm = Bpm::new();
+    let dir = bpm.home().join("mig");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let ran = dir.join("m.log");
+    std::fs::write(
+        dir.join("bpm.toml"),
+        format!(
+            "[project]\nname = \"mig\"\n[services.migrate]\ncommand = \"echo ran >> {}; sleep 1\"\n",
+            ran.display()
+        ),
+    )
+    .expect("write");
+    let file = dir.join("bpm.toml");
+    let file = file.to_str().expect("utf-8");
+    bpm.ok(&["up", "-f", file]);
+    std::thread::sleep(Duration::from_millis(300));
+    kill_daemon_and_keeper(&bpm);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = bpm.run(&["up", "-f", file, "--wait", "--wait-timeout", "20s"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let shown = bpm.ok(&["ps", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}{shown}");
+    assert!(stdout.starts_with("left"), "{stdout}");
+    assert!(stderr.contains("--rerun-unknown"), "{stderr}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = std::fs::read_to_string(&ran).expect("ran").lines().count();
+    assert_eq!(lines, 1, "the migration ran again");
+    // Asked, it runs again.
+    bpm.ok(&["up", "-f", file, "--rerun-unknown", "--wait", "--wait-timeout", "20s"]);
+    let lines = std::fs::read_to_string(&ran).expect("ran").lines().count();
+    assert_eq!(lines, 2);
+}

@@ -341,6 +341,22 @@ pub enum Action {
     /// Its record is live, and the file no longer has it: stopped (with
     /// `--remove-orphans`).
     Stop(ProcessId),
+    /// Its newest record is `lost`: it may have run to its end (a
+    /// migration that succeeded while bpm could not see it), so it is not
+    /// run again unless asked ([`UpOptions::rerun_unknown`]) or it
+    /// restarts always.
+    LeaveUnknown(ProcessId),
+}
+
+/// How `up` treats what stands, beyond which services it brings up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpOptions {
+    /// Stop the live records of services the file no longer has.
+    pub remove_orphans: bool,
+    /// Services replaced even when unchanged (started when none is live).
+    pub restart: BTreeSet<String>,
+    /// Run again a service whose newest record is `lost` (its end unknown).
+    pub rerun_unknown: bool,
 }
 
 impl fmt::Display for Action {
@@ -350,6 +366,7 @@ impl fmt::Display for Action {
             Action::Start => "started",
             Action::Replace(_) => "replaced",
             Action::Stop(_) => "stopped",
+            Action::LeaveUnknown(_) => "left",
         })
     }
 }
@@ -377,11 +394,14 @@ pub fn project_of(r: &ProcessRecord) -> Option<&str> {
 /// What `up` does with each service of `only` (and what they depend on;
 /// every service when empty), in start order, given `records` (the
 /// project's, in any order): a service whose newest record is live, or
-/// completed, with the same digest is kept (unless named in `restart`:
-/// replaced, or started when none is live); one whose live record has
-/// another digest is replaced; the others start. With `remove_orphans`,
-/// the live records of services the file no longer has are stopped
-/// (listed first).
+/// completed, with the same digest is kept (unless named in
+/// `how.restart`: replaced, or started when none is live); one whose live
+/// record has another digest is replaced; one whose newest record is
+/// `lost` is left as it is, since it may have run to its end unseen
+/// (unless `how.rerun_unknown`, it is named in `how.restart`, or it
+/// restarts always); the others start. With `how.remove_orphans`, the
+/// live records of services the file no longer has are stopped (listed
+/// first).
 ///
 /// # Errors
 /// As [`Project::order`] and [`Project::with_dependencies`].
@@ -389,13 +409,12 @@ pub fn plan(
     project: &Project,
     only: &[String],
     records: &[ProcessRecord],
-    remove_orphans: bool,
-    restart: &BTreeSet<String>,
+    how: &UpOptions,
 ) -> Result<Vec<(String, Action)>, ProjectError> {
     let wanted = project.with_dependencies(only)?;
     let newest = newest_by_service(&project.name, records);
     let mut out = Vec::new();
-    if remove_orphans {
+    if how.remove_orphans {
         for (service, r) in &newest {
             if project.service(service).is_none() && !r.is_terminal() {
                 out.push(((*service).to_owned(), Action::Stop(r.id())));
@@ -406,12 +425,20 @@ pub fn plan(
         if !wanted.contains(&s.name) {
             continue;
         }
-        let again = restart.contains(&s.name);
+        let again = how.restart.contains(&s.name);
         let action = match newest.get(s.name.as_str()) {
             Some(r) if !again && label_of(r, HASH_LABEL) == Some(&s.hash) && kept(r) => {
                 Action::Keep(r.id())
             }
             Some(r) if !r.is_terminal() => Action::Replace(r.id()),
+            Some(r)
+                if r.state() == StateName::Lost
+                    && !again
+                    && !how.rerun_unknown
+                    && s.spec.restart.mode != crate::RestartMode::Always =>
+            {
+                Action::LeaveUnknown(r.id())
+            }
             _ => Action::Start,
         };
         out.push((s.name.clone(), action));
@@ -502,6 +529,57 @@ mod tests {
         );
     }
 
+    /// Issue 60, item 2: a service whose last run was lost (it may have
+    /// ended, a migration succeeded, while bpm could not see it) is not
+    /// run again by `up` unless asked, or unless it restarts always.
+    #[test]
+    fn a_lost_service_is_left_unless_asked_to_run_again() {
+        let p = shop();
+        let t = Timestamp::from_millis(1);
+        let migrate = p.service("migrate").expect("m");
+        let mut lost = ProcessRecord::new(
+            ProcessId::from_uuid(uuid::Uuid::from_u128(7)),
+            NodeId::local(),
+            p.spec_of(migrate, &BTreeMap::new()),
+            t,
+        );
+        lost.apply(Transition::Start, t).expect("start");
+        lost.apply(Transition::Spawned { pid: 5 }, t).expect("spawned");
+        lost.apply(
+            Transition::Lose {
+                reason: "its exit code is unknown".into(),
+            },
+            t,
+        )
+        .expect("lost");
+        let only = ["migrate".to_owned()];
+        let records = std::slice::from_ref(&lost);
+        let act = |how: &UpOptions| {
+            plan(&p, &only, records, how)
+                .expect("plan")
+                .into_iter()
+                .find(|(s, _)| s == "migrate")
+                .map(|(_, a)| a)
+        };
+        assert_eq!(act(&UpOptions::default()), Some(Action::LeaveUnknown(lost.id())));
+        let rerun = UpOptions {
+            rerun_unknown: true,
+            ..UpOptions::default()
+        };
+        assert_eq!(act(&rerun), Some(Action::Start));
+        let named = UpOptions {
+            restart: ["migrate".to_owned()].into(),
+            ..UpOptions::default()
+        };
+        assert_eq!(act(&named), Some(Action::Start));
+        let mut always = p.clone();
+        for s in &mut always.services {
+            s.spec.restart.mode = crate::RestartMode::Always;
+        }
+        let plan = super::plan(&always, &only, records, &UpOptions::default()).expect("plan");
+        assert!(plan.contains(&("migrate".into(), Action::Start)), "{plan:?}");
+    }
+
     #[test]
     fn up_keeps_what_matches_replaces_what_changed_and_starts_the_rest() {
         let p = shop();
@@ -537,8 +615,7 @@ mod tests {
             &p,
             &[],
             &[db.clone(), migrate.clone(), api.clone()],
-            false,
-            &BTreeSet::new(),
+            &UpOptions::default(),
         )
         .expect("plan");
         assert_eq!(
@@ -563,8 +640,10 @@ mod tests {
             &gone,
             &[],
             std::slice::from_ref(&db),
-            true,
-            &BTreeSet::new(),
+            &UpOptions {
+                remove_orphans: true,
+                ..UpOptions::default()
+            },
         )
         .expect("plan");
         assert_eq!(plan[0], ("db".into(), Action::Stop(db.id())));
@@ -572,8 +651,10 @@ mod tests {
             &p,
             &["db".into()],
             std::slice::from_ref(&db),
-            false,
-            &["db".to_owned()].into(),
+            &UpOptions {
+                restart: ["db".to_owned()].into(),
+                ..UpOptions::default()
+            },
         )
         .expect("plan");
         assert_eq!(again, vec![("db".into(), Action::Replace(db.id()))]);
@@ -591,8 +672,7 @@ mod tests {
             &back,
             &[],
             &[db.clone(), m2.clone()],
-            false,
-            &BTreeSet::new(),
+            &UpOptions::default(),
         )
         .expect("plan");
         assert_eq!(

@@ -1179,6 +1179,47 @@ fn after_a_reboot_what_would_run_again_comes_back_as_new_records() {
     core.check_invariants().expect("consistent");
 }
 
+/// Issue 60, item 2: after a restart of bpm alone (not of the machine), a
+/// process not found again may have run to its end unseen: only one that
+/// restarts `always` runs again; a project's one-shot (a migration) or an
+/// `on-failure` process does not run twice by itself.
+#[test]
+fn after_bpm_alone_restarted_only_what_restarts_always_comes_back() {
+    let mut always = ProcessSpec::argv(["serve"]);
+    always.restart.mode = bpm_domain::RestartMode::Always;
+    let mut migrate = ProcessSpec::argv(["migrate"]);
+    migrate.labels.insert(
+        bpm_domain::project::PROJECT_LABEL.parse().expect("key"),
+        "shop".parse().expect("value"),
+    );
+    let mut on_failure = ProcessSpec::argv(["job"]);
+    on_failure.restart.mode = bpm_domain::RestartMode::OnFailure;
+    let records = vec![
+        running(1, always, 0),
+        running(2, migrate, 0),
+        running(3, on_failure, 0),
+    ];
+    let mut core = core(Limits::default());
+    core.restore(records, t(10));
+    for n in 1..=3 {
+        core.handle(
+            Input::ReattachFailed {
+                id: id(n),
+                pid: 4000 + u32::try_from(n).expect("small"),
+                machine_restarted: false,
+                again: id(10 + n),
+            },
+            t(11),
+        )
+        .expect("handled");
+        assert_eq!(core.get(id(n)).map(ProcessRecord::state), Some(StateName::Lost));
+    }
+    assert!(core.get(id(11)).is_some_and(|r| !r.is_terminal()), "always comes back");
+    assert!(core.get(id(12)).is_none(), "the project's one-shot does not run twice");
+    assert!(core.get(id(13)).is_none(), "on-failure: its end is unknown");
+    core.check_invariants().expect("consistent");
+}
+
 #[test]
 fn a_request_finds_its_records_and_a_restart_belongs_to_none() {
     let request = uuid::Uuid::from_u128(9);

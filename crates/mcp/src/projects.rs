@@ -57,6 +57,9 @@ pub(super) struct ProjectArgs {
     pub(super) wait_timeout_secs: Option<f64>,
     /// `project_up`: stop the services the file no longer has.
     pub(super) remove_orphans: Option<bool>,
+    /// `project_up`: run again a service whose last run was lost (it may
+    /// have run to its end unseen); by default it is left (action "left").
+    pub(super) rerun_unknown: Option<bool>,
 }
 
 fn step_json(s: &ports_project::Step) -> Value {
@@ -128,8 +131,11 @@ impl McpServer {
             p,
             &file,
             &only,
-            a.remove_orphans.unwrap_or(false),
-            &std::collections::BTreeSet::new(),
+            &project::UpOptions {
+                remove_orphans: a.remove_orphans.unwrap_or(false),
+                rerun_unknown: a.rerun_unknown.unwrap_or(false),
+                ..project::UpOptions::default()
+            },
             |_| {},
         )
         .await

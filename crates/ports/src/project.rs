@@ -34,6 +34,9 @@ pub enum Done {
     Replaced,
     /// Its record was stopped.
     Stopped,
+    /// Its newest record is `lost`, its end unknown: left as it is, not
+    /// run again ([`project::Action::LeaveUnknown`]).
+    Left,
 }
 
 impl fmt::Display for Done {
@@ -43,6 +46,7 @@ impl fmt::Display for Done {
             Done::Started => "started",
             Done::Replaced => "replaced",
             Done::Stopped => "stopped",
+            Done::Left => "left",
         })
     }
 }
@@ -87,6 +91,12 @@ impl fmt::Display for NotUp {
             write!(f, "{name} not up in time: {why}")?;
         } else {
             write!(f, "{name} failed: {why}")?;
+        }
+        if r.state() == bpm_domain::StateName::Lost {
+            write!(
+                f,
+                "\nits end is unknown, so bpm up does not run it again by itself: `bpm up --rerun-unknown` (or `bpm restart {name}`) does"
+            )?;
         }
         if !self.tail.trim().is_empty() {
             write!(f, "\nits last lines:\n{}", self.tail.trim_end())?;
@@ -137,11 +147,10 @@ pub async fn from_store(
 }
 
 /// Brings `p` up from `file`: each service of `only` (and what it depends
-/// on; all when empty) kept, started or replaced as [`project::plan`]
-/// says, in dependency order; with `remove_orphans`, the services the file
-/// no longer has stopped; those named in `restart` replaced even when
-/// unchanged. A start that another caller made meanwhile is kept, not made
-/// twice. `each` hears every step as it is done.
+/// on; all when empty) kept, started, replaced or left as
+/// [`project::plan`] says under `how`, in dependency order. A start that
+/// another caller made meanwhile is kept, not made twice. `each` hears
+/// every step as it is done.
 ///
 /// # Errors
 /// The service whose start was refused, and why; the steps done before it
@@ -151,15 +160,14 @@ pub async fn up(
     p: &Project,
     file: &str,
     only: &[String],
-    remove_orphans: bool,
-    restart: &std::collections::BTreeSet<String>,
+    how: &project::UpOptions,
     mut each: impl FnMut(&Step),
 ) -> Result<Vec<Step>, (String, ManagerError)> {
     let records = m
         .list(of_project(&p.name))
         .await
         .map_err(|e| (p.name.clone(), e))?;
-    let steps = project::plan(p, only, &records, remove_orphans, restart)
+    let steps = project::plan(p, only, &records, how)
         .map_err(|e| (p.name.clone(), ManagerError::BadRequest(e.to_string())))?;
     let mut ids: BTreeMap<String, ProcessId> = BTreeMap::new();
     let mut done = Vec::with_capacity(steps.len());
@@ -174,6 +182,7 @@ pub async fn up(
                 (Done::Stopped, id)
             }
             Action::Keep(id) => (Done::Kept, id),
+            Action::LeaveUnknown(id) => (Done::Left, id),
             Action::Start | Action::Replace(_) => {
                 let s = p.service(&service).expect("planned from the project");
                 let mut spec = p.spec_of(s, &ids);

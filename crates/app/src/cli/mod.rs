@@ -608,6 +608,11 @@ pub struct UpArgs {
     /// Stop the services the file no longer has.
     #[arg(long)]
     pub remove_orphans: bool,
+    /// Run again a service whose last run was lost (it may have ended while
+    /// bpm could not see it: a migration that succeeded); by default it is
+    /// left, and `up` says so.
+    #[arg(long)]
+    pub rerun_unknown: bool,
 }
 
 /// `bpm down`.

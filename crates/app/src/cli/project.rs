@@ -133,13 +133,21 @@ pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
     let line = |s: &ports_project::Step| {
         out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
     };
+    let how = project::UpOptions {
+        remove_orphans: a.remove_orphans,
+        rerun_unknown: a.rerun_unknown,
+        ..project::UpOptions::default()
+    };
     if a.dry_run {
         let records = m.list(ports_project::of_project(&p.name)).await?;
-        let steps = project::plan(p, &a.services, &records, a.remove_orphans, &BTreeSet::new())
+        let steps = project::plan(p, &a.services, &records, &how)
             .map_err(|e| CliError::invalid(e.to_string()))?;
         for (service, action) in &steps {
             let id = match action {
-                Action::Keep(id) | Action::Replace(id) | Action::Stop(id) => id.short(),
+                Action::Keep(id)
+                | Action::Replace(id)
+                | Action::Stop(id)
+                | Action::LeaveUnknown(id) => id.short(),
                 Action::Start => "-".into(),
             };
             out!("{:<9}{:<20}{id}", format!("{action}"), service);
@@ -162,8 +170,7 @@ pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
         p,
         &file,
         &a.services,
-        a.remove_orphans,
-        &BTreeSet::new(),
+        &how,
         line,
     )
     .await
@@ -310,7 +317,11 @@ pub(super) async fn restart(
     let line = |s: &ports_project::Step| {
         out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
     };
-    let done = ports_project::up(m.as_ref(), p, &file, &only, false, &restart, line).await;
+    let how = project::UpOptions {
+        restart,
+        ..project::UpOptions::default()
+    };
+    let done = ports_project::up(m.as_ref(), p, &file, &only, &how, line).await;
     Some(
         done.map(|_| ExitCode::SUCCESS)
             .map_err(|(service, e)| CliError::from(e).with_prefix(&service)),

@@ -89,6 +89,16 @@ impl Bpm {
             .expect("pid")
     }
 
+    /// The pid of the keeper `bpm daemon status` names.
+    pub fn keeper_pid(&self) -> u32 {
+        let status = self.ok(&["daemon", "status"]);
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("keeper   pid "))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no keeper line: {status}"))
+    }
+
     pub fn state(&self, id: &str) -> String {
         self.json(&["show", id, "--json"])["state"]
             .as_str()

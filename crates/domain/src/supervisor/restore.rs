@@ -187,9 +187,13 @@ impl Supervisor {
 
     /// `id`'s process was not found after a restart (of bpm, or of the
     /// machine): it is lost with the reason, and started again as `again`
-    /// when it would run again by itself: a restart policy that restarts
-    /// it, or a project's service (a project that was up comes back up).
-    /// Nothing else starts by itself.
+    /// when it would run again by itself. After a reboot, that is a
+    /// restart policy that restarts it, or a project's service (a project
+    /// that was up comes back up): the reboot ended it. After a restart of
+    /// bpm alone, the process may have run to its end while no bpm saw it
+    /// (a migration that succeeded), so only a policy that restarts it
+    /// `always` runs it again: anything else whose end is unknown is not
+    /// run twice by itself. Nothing else starts by itself.
     pub(super) fn reattach_failed(
         &mut self,
         id: ProcessId,
@@ -199,16 +203,28 @@ impl Supervisor {
         now: Timestamp,
     ) -> Result<(), crate::CoreError> {
         let record = self.own(id)?;
-        let comes_back = record.spec().restart.mode != crate::RestartMode::Never
-            || record
-                .spec()
-                .labels
-                .keys()
-                .any(|k| k.as_str() == crate::project::PROJECT_LABEL);
+        let mode = record.spec().restart.mode;
+        let comes_back = if machine_restarted {
+            mode != crate::RestartMode::Never
+                || record
+                    .spec()
+                    .labels
+                    .keys()
+                    .any(|k| k.as_str() == crate::project::PROJECT_LABEL)
+        } else {
+            mode == crate::RestartMode::Always
+        };
         let reason = if machine_restarted {
             format!("machine restarted: pid {pid} ran before the reboot")
         } else {
-            format!("bpm restarted and could not re-attach to pid {pid}")
+            format!(
+                "bpm restarted and could not re-attach to pid {pid}: it ended while no bpm watched, its exit code unknown{}",
+                if comes_back {
+                    ""
+                } else {
+                    "; not run again by itself (bpm up --rerun-unknown or bpm restart does)"
+                }
+            )
         };
         self.transition(id, Transition::Lose { reason }, now)?;
         if comes_back && !self.entries.contains_key(&again) {
