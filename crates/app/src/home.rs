@@ -35,6 +35,33 @@ impl Home {
         self.dir.join("daemon.lock")
     }
 
+    /// Holds project `name`'s lock until the guard is dropped, waiting for
+    /// whoever holds it: two `bpm up` (or `down`, or MCP's `project_up`)
+    /// of one project apply their plans one after the other, so that the
+    /// result equals one `up` (each plans from what the last one left).
+    ///
+    /// # Errors
+    /// The lock file cannot be made or locked.
+    pub fn lock_project(&self, name: &str) -> Result<fs::File> {
+        use sha2::Digest as _;
+        let dir = self.dir.join("projects");
+        bpm_adapters::private::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Any name, any characters: the file is named by its digest.
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(format!("{hex}.lock"));
+        let file = bpm_adapters::private::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(file)
+    }
+
     /// Creates the directory, readable by its owner only.
     ///
     /// # Errors

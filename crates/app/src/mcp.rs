@@ -78,7 +78,8 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
         defaults,
         SOFTWARE.trim_start_matches("bpm "),
     )
-    .with_projects(project_loader());
+    .with_projects(project_loader())
+    .with_project_lock(project_lock(home.clone()));
     let running = server
         .serve(rmcp::transport::stdio())
         .await
@@ -109,6 +110,16 @@ pub fn project_loader() -> bpm_mcp::ProjectLoader {
             file: loaded.file,
             ignored: loaded.ignored,
         })
+    })
+}
+
+/// The lock `bpm up` takes of a project ([`Home::lock_project`]), for the
+/// project tools.
+fn project_lock(home: Home) -> bpm_mcp::ProjectLock {
+    Arc::new(move |name: &str| {
+        home.lock_project(name)
+            .map(|f| Box::new(f) as Box<dyn std::any::Any + Send>)
+            .map_err(|e| format!("{e:#}"))
     })
 }
 

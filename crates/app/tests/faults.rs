@@ -130,3 +130,85 @@ fn a_one_shot_that_ended_during_a_double_kill_is_not_run_again() {
     let lines = std::fs::read_to_string(&ran).expect("ran").lines().count();
     assert_eq!(lines, 2);
 }
+
+/// Item 3: two `bpm up` of an edited file, racing, twenty rounds: they
+/// apply one after the other, so the project ends as one `up` leaves it
+/// (one live copy of each service, `api` tied to the live `cache`), and
+/// no service ever runs two copies at once.
+#[test]
+fn racing_ups_of_an_edited_file_leave_one_copy_of_each_service() {
+    let bpm = Bpm::new();
+    let dir = bpm.home().join("race");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let file = dir.join("bpm.toml");
+    let copy = |service: &str| logging_copy(&dir.join(format!("{service}.log")));
+    let write = |round: usize| {
+        std::fs::write(
+            &file,
+            format!(
+                "[project]\nname = \"race\"\n\
+                 [services.cache]\ncommand = {:?}\nenv = {{ V = \"{round}\" }}\n\
+                 [services.api]\ncommand = {:?}\nenv = {{ V = \"{round}\" }}\ndepends_on = {{ cache = \"ready\" }}\n",
+                copy("cache"),
+                copy("api"),
+            ),
+        )
+        .expect("write");
+    };
+    let f = file.to_str().expect("utf-8");
+    write(0);
+    bpm.ok(&["up", "-f", f, "--wait"]);
+    for round in 1..=20 {
+        write(round);
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                bpm.cmd(&["up", "-f", f])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("bpm runs")
+            })
+            .collect();
+        for r in racers {
+            let out = r.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // Settled: one running copy of each service, api on the live cache.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let live = bpm.json(&["ps", "--json"]);
+        let live = live.as_array().expect("array");
+        let running = |name: &str| -> Vec<&serde_json::Value> {
+            live.iter()
+                .filter(|r| r["name"] == format!("race/{name}"))
+                .collect()
+        };
+        let (cache, api) = (running("cache"), running("api"));
+        if cache.len() == 1
+            && api.len() == 1
+            && cache[0]["state"] == "running"
+            && api[0]["state"] == "running"
+        {
+            let api = bpm.json(&["show", api[0]["id"].as_str().expect("id"), "--json"]);
+            assert_eq!(api["spec"]["dependencies"][0], cache[0]["id"], "{api}");
+            assert_eq!(api["spec"]["env"]["V"], "20");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not one copy of each: {live:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bpm.ok(&["down", "-f", f]);
+    for service in ["cache", "api"] {
+        let text = std::fs::read_to_string(dir.join(format!("{service}.log"))).expect("log");
+        assert_eq!(
+            most_alive_at_once(&text),
+            1,
+            "two copies of {service} ran at once:\n{text}"
+        );
+    }
+}

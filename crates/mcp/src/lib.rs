@@ -31,7 +31,7 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 
 pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, RUNNER_VARS, SECRET_WORDS};
-pub use projects::{LoadedProject, MayRead, ProjectLoader};
+pub use projects::{LoadedProject, MayRead, ProjectLoader, ProjectLock};
 
 /// What a started process gets when the agent does not say: the server's
 /// working directory and environment, as a shell would pass them on.
@@ -94,6 +94,10 @@ struct ClientState {
     noting: Option<tokio::task::JoinHandle<()>>,
     /// How project files are read, if this server reads them.
     projects: Option<ProjectLoader>,
+    /// How a project's lock is held while `project_up` or `project_down`
+    /// carries out its plan, if this server shares one with other front
+    /// ends.
+    project_lock: Option<ProjectLock>,
 }
 
 impl Drop for ClientState {
@@ -151,6 +155,7 @@ impl McpServer {
                 changes,
                 noting,
                 projects: None,
+                project_lock: None,
             }),
         }
     }
@@ -161,6 +166,17 @@ impl McpServer {
     pub fn with_projects(mut self, loader: ProjectLoader) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.projects = Some(loader);
+        }
+        self
+    }
+
+    /// This server, holding `lock` of a project while `project_up` or
+    /// `project_down` carries out its plan: the lock `bpm up` takes, so
+    /// that racing calls apply one at a time.
+    #[must_use]
+    pub fn with_project_lock(mut self, lock: ProjectLock) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.project_lock = Some(lock);
         }
         self
     }

@@ -38,6 +38,11 @@ pub type ProjectLoader = Arc<
     dyn Fn(Option<&Path>, &Path, &MayRead<'_>) -> Result<LoadedProject, String> + Send + Sync,
 >;
 
+/// Takes project `name`'s lock, waiting for it (a blocking call); the
+/// lock is held until what it returns is dropped.
+pub type ProjectLock =
+    Arc<dyn Fn(&str) -> Result<Box<dyn std::any::Any + Send>, String> + Send + Sync>;
+
 /// Which project a call means.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -119,10 +124,23 @@ impl McpServer {
         Ok(loaded)
     }
 
+    /// Project `name`'s lock, if this server has one ([`ProjectLock`]).
+    async fn lock(&self, name: &str) -> Result<Option<Box<dyn std::any::Any + Send>>, String> {
+        let Some(lock) = self.inner.project_lock.clone() else {
+            return Ok(None);
+        };
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || lock(&name))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(Some)
+    }
+
     /// `project_up`.
     pub(super) async fn project_up(&self, a: ProjectArgs) -> Result<Reply, String> {
         let loaded = self.project_of(&a).await?;
         let p = &loaded.project;
+        let lock = self.lock(&p.name).await?;
         let only = a.services.clone().unwrap_or_default();
         let events = self.manager().subscribe();
         let file = loaded.file.display().to_string();
@@ -140,6 +158,7 @@ impl McpServer {
         )
         .await
         .map_err(|(service, e)| format!("{service}: {e}"))?;
+        drop(lock);
         let mut answer = json!({
             "project": p.name,
             "file": file,
@@ -179,6 +198,7 @@ impl McpServer {
     pub(super) async fn project_down(&self, a: ProjectArgs) -> Result<Reply, String> {
         let loaded = self.project_of(&a).await?;
         let only = a.services.clone().unwrap_or_default();
+        let _lock = self.lock(&loaded.project.name).await?;
         let steps = ports_project::down(self.manager(), &loaded.project, &only, |_| {})
             .await
             .map_err(|e| e.to_string())?;

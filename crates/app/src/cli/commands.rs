@@ -289,8 +289,8 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs(args) => logs(m, args).await,
-        Command::Up(args) => super::project::up(m, args).await,
-        Command::Down(args) => super::project::down(m, args).await,
+        Command::Up(args) => super::project::up(home, m, args).await,
+        Command::Down(args) => super::project::down(home, m, args).await,
         Command::Stop(args) => stop(m, args).await,
         Command::Pause { id } => {
             let r = m.pause(resolve(m, &id).await?).await?;
@@ -331,7 +331,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             let record = resolve_to_record(m, &id).await?;
             // A project's service goes through its project, so that what
             // depends on it follows the new record.
-            if let Some(done) = super::project::restart(m, &record, with_dependents).await {
+            if let Some(done) = super::project::restart(home, m, &record, with_dependents).await {
                 return done;
             }
             if with_dependents {

@@ -15,6 +15,7 @@ use bpm_ports::project as ports_project;
 
 use super::error::{CliError, Outcome};
 use super::{DownArgs, Manager, UpArgs};
+use crate::home::Home;
 use crate::project::{FILE_NAME, Loaded, find, load};
 
 /// The project file to use: `-f FILE`, else the `bpm.toml` of this
@@ -126,10 +127,26 @@ async fn loaded(
     Ok(l)
 }
 
+/// Project `name`'s lock ([`Home::lock_project`]), waited for off the
+/// runtime's threads.
+async fn lock(home: &Home, name: &str) -> Result<std::fs::File, CliError> {
+    let (home, name) = (home.clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || home.lock_project(&name))
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?
+        .map_err(|e| CliError::failed(format!("{e:#}")))
+}
+
 /// `bpm up`.
-pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
+pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
     let read = loaded(m, a.file.take(), &mut a.services).await?;
     let p = &read.project;
+    // Held until the plan is carried out: racing `up`s apply one at a time.
+    let _lock = if a.dry_run {
+        None
+    } else {
+        Some(lock(home, &p.name).await?)
+    };
     let line = |s: &ports_project::Step| {
         out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
     };
@@ -190,8 +207,9 @@ pub(super) async fn up(m: &Manager, mut a: UpArgs) -> Outcome {
 
 /// `bpm down`: the project's live records stopped in reverse dependency
 /// order (each whole tree, with its grace); returns when they are gone.
-pub(super) async fn down(m: &Manager, mut a: DownArgs) -> Outcome {
+pub(super) async fn down(home: &Home, m: &Manager, mut a: DownArgs) -> Outcome {
     let read = loaded(m, a.file.take(), &mut a.services).await?;
+    let _lock = lock(home, &read.project.name).await?;
     let line = |s: &ports_project::Step| {
         out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
     };
@@ -292,6 +310,7 @@ pub(super) async fn logs(
 /// so that each dependent waits for the new record of what it depends on.
 /// `None` when `record` is no project's service whose file can be read.
 pub(super) async fn restart(
+    home: &Home,
     m: &Manager,
     record: &ProcessRecord,
     with_dependents: bool,
@@ -320,6 +339,10 @@ pub(super) async fn restart(
     let how = project::UpOptions {
         restart,
         ..project::UpOptions::default()
+    };
+    let _lock = match lock(home, &p.name).await {
+        Ok(l) => l,
+        Err(e) => return Some(Err(e)),
     };
     let done = ports_project::up(m.as_ref(), p, &file, &only, &how, line).await;
     Some(
