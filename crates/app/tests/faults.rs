@@ -212,3 +212,142 @@ fn racing_ups_of_an_edited_file_leave_one_copy_of_each_service() {
         );
     }
 }
+
+/// Runs `bpm up --dry-run -f FILE` (or `up` when `dry` is false) on a file
+/// holding `text`; returns the exit code, stderr and how long it took.
+fn up_file(bpm: &Bpm, name: &str, text: &str, dry: bool) -> (Option<i32>, String, Duration) {
+    let path = bpm.home().join(name);
+    std::fs::write(&path, text).expect("write");
+    let path = path.to_str().expect("utf-8");
+    let mut args = vec!["up", "-f", path];
+    if dry {
+        args.push("--dry-run");
+    }
+    let began = Instant::now();
+    let out = bpm.run(&args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        began.elapsed(),
+    )
+}
+
+/// Item 6: files that asked for absurd amounts crashed (an allocation
+/// abort) or stalled the CLI; each is now refused at once, naming the key
+/// and the bound.
+#[test]
+fn hostile_project_files_are_refused_at_once() {
+    let bpm = Bpm::new();
+    let many_services: String = (0..20_000)
+        .map(|i| format!("[services.s{i}]\ncommand = \"true\"\n"))
+        .collect();
+    let deep = format!(
+        "processes:\n  a:\n    command: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "huge.yaml",
+            "processes:\n  a:\n    command: sleep 1\n    replicas: 100000000\n".into(),
+            "replicas: 100000000: expected a whole number from 1 to 1000",
+        ),
+        (
+            "huge.toml",
+            "[services.a]\ncommand = \"sleep 1\"\nreplicas = 100000000\n".into(),
+            "a project may have at most 1000",
+        ),
+        (
+            "wide.yaml",
+            "processes:\n  a:\n    command: sleep 1\n    replicas: 100000\n".into(),
+            "expected a whole number from 1 to 1000",
+        ),
+        ("deep.yaml", deep, "nest them at most 64 deep"),
+        ("many.toml", many_services, "20000 services"),
+    ];
+    for (name, text, says) in cases {
+        let (code, stderr, took) = up_file(&bpm, name, &text, true);
+        assert_eq!(code, Some(4), "{name}: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains(name), "{name}: {stderr}");
+        assert!(took < Duration::from_secs(2), "{name} took {took:?}");
+    }
+}
+
+/// Item 7: a service too large to send passed `--dry-run`, then `up`
+/// started the two before it; now both refuse it, and nothing starts.
+#[test]
+fn a_service_too_large_to_send_is_refused_before_anything_starts() {
+    let bpm = Bpm::new();
+    let text = format!(
+        "[services.a]\ncommand = \"sleep 30\"\n[services.b]\ncommand = \"sleep 30\"\n[services.c]\ncommand = \"echo {}\"\n",
+        "x".repeat(1 << 20)
+    );
+    for dry in [true, false] {
+        let (code, stderr, _) = up_file(&bpm, "big.toml", &text, dry);
+        assert_eq!(code, Some(4), "{stderr}");
+        assert!(
+            stderr.contains("services.c") && stderr.contains("one service may take at most"),
+            "{stderr}"
+        );
+        assert!(stderr.len() < 600, "the error quotes the command: {} bytes", stderr.len());
+    }
+    let all = bpm.json(&["ps", "--all", "--json"]);
+    assert_eq!(all.as_array().map(Vec::len), Some(0), "started: {all}");
+}
+
+/// Item 8: values the process-compose reader changed silently are refused
+/// by file, line and key, as bpm.toml's are; bpm.toml's errors name what a
+/// key accepts, not a Rust type; a long bad value is quoted short.
+#[test]
+fn project_values_are_refused_by_line_and_key_never_changed() {
+    let bpm = Bpm::new();
+    let process = |extra: &str| format!("processes:\n  a:\n    command: sleep 1\n{extra}");
+    let yaml: Vec<(String, &str)> = vec![
+        (process("    replicas: \"3\"\n"), "4: processes.a.replicas: '3': expected a whole number"),
+        (process("    replicas: -2\n"), "4: processes.a.replicas: -2"),
+        (process("    replicas: 5000000000\n"), "4: processes.a.replicas: 5000000000"),
+        (
+            process("    availability:\n      restart: sometimes\n"),
+            "4: processes.a.availability.restart: sometimes: expected always",
+        ),
+        (
+            process("    shutdown:\n      signal: 99\n"),
+            "4: processes.a.shutdown.signal: 99: expected a signal's number",
+        ),
+        (
+            process("    readiness_probe:\n      http_get:\n        port: 70000\n"),
+            "4: processes.a.readiness_probe: http_get.port: 70000: expected a port from 1 to 65535",
+        ),
+        (
+            process("    environment:\n      B: [1]\n"),
+            "4: processes.a.environment: B: - 1: expected a text",
+        ),
+    ];
+    for (text, says) in yaml {
+        let (code, stderr, _) = up_file(&bpm, "pc.yaml", &text, true);
+        assert_eq!(code, Some(4), "{text}: {stderr}");
+        assert!(stderr.contains(&format!("pc.yaml:{says}")), "{text}: {stderr}");
+    }
+    // What process-compose accepts is read as it reads it: a port as text,
+    // a command YAML reads as a boolean.
+    let fine = "processes:\n  a:\n    command: false\n    readiness_probe:\n      http_get:\n        port: \"8981\"\n";
+    let (code, stderr, _) = up_file(&bpm, "pc.yaml", fine, true);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let toml: Vec<(&str, &str)> = vec![
+        ("port = [1]", "3: port: expected a port number, \"auto\" or a range"),
+        ("depends_on = 5", "3: depends_on: expected a list of service names"),
+        ("env_file = 5", "3: env_file: expected a text or a list of texts"),
+    ];
+    for (line, says) in toml {
+        let text = format!("[services.a]\ncommand = \"sleep 1\"\n{line}\n");
+        let (code, stderr, _) = up_file(&bpm, "bpm.toml", &text, true);
+        assert_eq!(code, Some(4), "{stderr}");
+        assert!(stderr.contains(&format!("bpm.toml:{says}")), "{stderr}");
+        assert!(!stderr.contains("enum") && !stderr.contains("struct"), "{stderr}");
+    }
+    let long = format!("[services.a]\ncommand = \"sleep 1\"\nbogus = \"{}\n", "y".repeat(1 << 20));
+    let (code, stderr, _) = up_file(&bpm, "bpm.toml", &long, true);
+    assert_eq!(code, Some(4));
+    assert!(stderr.len() < 1000, "a 1 MiB line quoted whole: {} bytes", stderr.len());
+}

@@ -182,16 +182,27 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
     // Subscribed before anything starts, so that no end is missed.
     let events = m.subscribe();
     let file = read.file.display().to_string();
-    let steps = ports_project::up(
-        m.as_ref(),
-        p,
-        &file,
-        &a.services,
-        &how,
-        line,
-    )
-    .await
-    .map_err(|(service, e)| CliError::from(e).with_prefix(&service))?;
+    let started = std::cell::RefCell::new(Vec::new());
+    let each = |s: &ports_project::Step| {
+        line(s);
+        if matches!(s.done, ports_project::Done::Started | ports_project::Done::Replaced) {
+            started.borrow_mut().push(s.service.clone());
+        }
+    };
+    let steps = ports_project::up(m.as_ref(), p, &file, &a.services, &how, each)
+        .await
+        .map_err(|(service, e)| {
+            let mut e = CliError::from(e).with_prefix(&service);
+            let started = started.borrow();
+            if !started.is_empty() {
+                e.message = format!(
+                    "{}\nup stopped there; started before it, and running on: {} (bpm down stops them)",
+                    e.message,
+                    started.join(", ")
+                );
+            }
+            e
+        })?;
     if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }

@@ -25,7 +25,7 @@ pub(crate) fn read(
 ) -> Result<(Project, Vec<String>), String> {
     let doc: Value = serde_norway::from_str(text).map_err(|e| {
         let line = e.location().map_or(0, |l| l.line());
-        format!("{line}: {e}")
+        format!("{line}: {}", super::quoted(&e.to_string()))
     })?;
     let Value::Mapping(top) = doc else {
         return Err(" the file is not a mapping of keys".into());
@@ -48,49 +48,75 @@ pub(crate) fn read(
     let Some(Value::Mapping(processes)) = processes else {
         return Err(" no processes: a process-compose file needs `processes`".into());
     };
+    if processes.len() > super::MAX_SERVICES {
+        return Err(format!(
+            " {} processes: a project may have at most {}",
+            processes.len(),
+            super::MAX_SERVICES
+        ));
+    }
     let mut services = Vec::new();
     for (name, p) in processes {
         let name = name.as_str().unwrap_or_default().to_owned();
         let Value::Mapping(p) = p else {
             return Err(format!(" processes.{name}: expected a mapping"));
         };
-        let at = |e: String| format!(" processes.{name}.{e}");
+        let line = place(line_of_key(text, &["processes", &name]));
+        let at = |e: String| format!("{line}processes.{name}.{e}");
         let mut table = ServiceTable {
             env: global.clone(),
             ..ServiceTable::default()
         };
         for (k, v) in p {
             let key = k.as_str().unwrap_or_default();
-            match key {
-                "command" => table.command = v.as_str().map(str::to_owned),
-                "working_dir" => table.cwd = v.as_str().map(str::to_owned),
-                "environment" => table
-                    .env
-                    .extend(environment(v).map_err(|e| at(format!("environment: {e}")))?),
-                "depends_on" => {
-                    table.depends_on = depends_on(v).map_err(|e| at(format!("depends_on: {e}")))?;
+            let set = (|| -> Result<(), String> {
+                match key {
+                    "command" => table.command = Some(scalar(v).map_err(|e| format!("command: {e}"))?),
+                    "working_dir" => {
+                        table.cwd = Some(scalar(v).map_err(|e| format!("working_dir: {e}"))?);
+                    }
+                    "environment" => table
+                        .env
+                        .extend(environment(v).map_err(|e| format!("environment: {e}"))?),
+                    "depends_on" => {
+                        table.depends_on = depends_on(v).map_err(|e| format!("depends_on: {e}"))?;
+                    }
+                    "readiness_probe" => {
+                        table.ready = Some(
+                            probe(v, &mut ignored, &name)
+                                .map_err(|e| format!("readiness_probe: {e}"))?,
+                        );
+                    }
+                    "liveness_probe" => {
+                        table.health = Some(
+                            liveness(v, &mut ignored, &name)
+                                .map_err(|e| format!("liveness_probe: {e}"))?,
+                        );
+                    }
+                    "availability" => availability(v, &mut table, &mut ignored, &name)
+                        .map_err(|e| format!("availability.{e}"))?,
+                    "replicas" => {
+                        let most = u64::from(super::MAX_REPLICAS);
+                        let n = whole(v, 1..=most).map_err(|e| format!("replicas: {e}"))?;
+                        table.replicas = u32::try_from(n).ok();
+                    }
+                    "disabled" => {
+                        table.disabled =
+                            Some(v.as_bool().ok_or_else(|| format!("disabled: {}: expected true or false", shown(v)))?);
+                    }
+                    "description" => {}
+                    "shutdown" => shutdown(v, &mut table, &mut ignored, &name)
+                        .map_err(|e| format!("shutdown.{e}"))?,
+                    "log_location" => ignored.push(format!(
+                        "processes.{name}.log_location (bpm keeps the output: `bpm logs {name}`)"
+                    )),
+                    other => ignored.push(format!("processes.{name}.{other}")),
                 }
-                "readiness_probe" => {
-                    table.ready = Some(
-                        probe(v, &mut ignored, &name)
-                            .map_err(|e| at(format!("readiness_probe: {e}")))?,
-                    );
-                }
-                "liveness_probe" => {
-                    table.health = Some(
-                        liveness(v, &mut ignored, &name)
-                            .map_err(|e| at(format!("liveness_probe: {e}")))?,
-                    );
-                }
-                "availability" => availability(v, &mut table, &mut ignored, &name),
-                "replicas" => table.replicas = v.as_u64().and_then(|r| u32::try_from(r).ok()),
-                "disabled" => table.disabled = v.as_bool(),
-                "description" => {}
-                "shutdown" => shutdown(v, &mut table, &mut ignored, &name),
-                "log_location" => ignored.push(format!(
-                    "processes.{name}.log_location (bpm keeps the output: `bpm logs {name}`)"
-                )),
-                other => ignored.push(format!("processes.{name}.{other}")),
+                Ok(())
+            })();
+            if let Err(e) = set {
+                let line = place(line_of_key(text, &["processes", &name, key]));
+                return Err(format!("{line}processes.{name}.{e}"));
             }
         }
         services.extend(resolve(&name, &table, dir, env, may_read).map_err(at)?);
@@ -117,19 +143,17 @@ fn environment(v: &Value) -> Result<BTreeMap<String, String>, String> {
                     .ok_or_else(|| format!("{text:?}: expected K=V"))
             })
             .collect(),
-        Value::Mapping(m) => Ok(m
+        Value::Mapping(m) => m
             .iter()
             .map(|(k, v)| {
-                let text = match v {
-                    Value::String(s) => s.clone(),
-                    other => serde_norway::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_owned(),
+                let k = k.as_str().unwrap_or_default().to_owned();
+                let value = match v {
+                    Value::Null => String::new(),
+                    other => scalar(other).map_err(|e| format!("{k}: {e}"))?,
                 };
-                (k.as_str().unwrap_or_default().to_owned(), text)
+                Ok((k, value))
             })
-            .collect()),
+            .collect(),
         Value::Null => Ok(BTreeMap::new()),
         _ => Err("expected a list of K=V".into()),
     }
@@ -161,12 +185,8 @@ fn depends_on(v: &Value) -> Result<DependsOn, String> {
 
 /// What a probe runs: `exec.command` (first) or `http_get`'s URL.
 fn probe_target(v: &Value) -> Result<(Option<String>, Option<String>), String> {
-    if let Some(cmd) = v
-        .get("exec")
-        .and_then(|e| e.get("command"))
-        .and_then(Value::as_str)
-    {
-        Ok((Some(cmd.to_owned()), None))
+    if let Some(cmd) = v.get("exec").and_then(|e| e.get("command")) {
+        Ok((Some(scalar(cmd).map_err(|e| format!("exec.command: {e}"))?), None))
     } else if let Some(h) = v.get("http_get") {
         Ok((None, Some(http_url(h)?)))
     } else {
@@ -207,18 +227,18 @@ fn liveness(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<HealthTa
         exec,
         ..HealthTable::default()
     };
-    health.every = v
-        .get("period_seconds")
-        .and_then(Value::as_u64)
-        .map(|s| format!("{s}s"));
+    let seconds = |key: &str| -> Result<Option<String>, String> {
+        v.get(key)
+            .map(|s| whole(s, 0..=SECONDS_MAX).map(|n| format!("{n}s")).map_err(|e| format!("{key}: {e}")))
+            .transpose()
+    };
+    health.every = seconds("period_seconds")?;
+    health.timeout = seconds("timeout_seconds")?;
     health.failures = v
         .get("failure_threshold")
-        .and_then(Value::as_u64)
+        .map(|n| whole(n, 1..=u64::from(u32::MAX)).map_err(|e| format!("failure_threshold: {e}")))
+        .transpose()?
         .and_then(|n| u32::try_from(n).ok());
-    health.timeout = v
-        .get("timeout_seconds")
-        .and_then(Value::as_u64)
-        .map(|s| format!("{s}s"));
     for key in ["initial_delay_seconds", "success_threshold"] {
         if v.get(key).is_some() {
             ignored.push(format!("processes.{name}.liveness_probe.{key}"));
@@ -229,71 +249,182 @@ fn liveness(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<HealthTa
 
 /// `http_get`'s `scheme`, `host`, `port` and `path` as a URL.
 fn http_url(h: &Value) -> Result<String, String> {
-    let scheme = h.get("scheme").and_then(Value::as_str).unwrap_or("http");
+    let field = |key: &str, default: &str| -> Result<String, String> {
+        h.get(key)
+            .map_or_else(|| Ok(default.to_owned()), scalar)
+            .map_err(|e| format!("http_get.{key}: {e}"))
+    };
+    let scheme = field("scheme", "http")?;
     if !scheme.eq_ignore_ascii_case("http") {
         return Err(format!("http_get.scheme {scheme:?}: only http is checked"));
     }
-    let host = h.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
-    let port = h
-        .get("port")
-        .and_then(Value::as_u64)
-        .ok_or("http_get.port: missing")?;
-    let path = h.get("path").and_then(Value::as_str).unwrap_or("/");
+    let host = field("host", "127.0.0.1")?;
+    let port = h.get("port").ok_or("http_get.port: missing")?;
+    // process-compose takes the port as a number or as its text.
+    let port = match port {
+        Value::String(t) => t.trim().parse::<u64>().ok(),
+        other => other.as_u64(),
+    }
+    .filter(|p| (1..=65_535).contains(p))
+    .ok_or_else(|| format!("http_get.port: {}: expected a port from 1 to 65535", shown(port)))?;
+    let path = field("path", "/")?;
     Ok(format!("http://{host}:{port}{path}"))
 }
 
 /// `availability`: `restart`, `backoff_seconds`, `max_restarts`.
-fn availability(v: &Value, table: &mut ServiceTable, ignored: &mut Vec<String>, name: &str) {
-    if let Value::Mapping(m) = v {
-        for (k, v) in m {
-            match k.as_str().unwrap_or_default() {
-                "restart" => {
-                    table.restart = v.as_str().map(|r| {
-                        match r {
-                            "always" => "always",
-                            "on_failure" | "exit_on_failure" => "on-failure",
-                            _ => "never",
-                        }
-                        .to_owned()
-                    });
-                    if v.as_str() == Some("exit_on_failure") {
-                        ignored.push(format!(
-                            "processes.{name}.availability.restart exit_on_failure (bpm restarts on failure; it never stops the others)"
+fn availability(
+    v: &Value,
+    table: &mut ServiceTable,
+    ignored: &mut Vec<String>,
+    name: &str,
+) -> Result<(), String> {
+    let Value::Mapping(m) = v else {
+        return Err(format!(" {}: expected a mapping", shown(v)));
+    };
+    for (k, v) in m {
+        match k.as_str().unwrap_or_default() {
+            "restart" => {
+                let mode = match v.as_str() {
+                    Some("always") => "always",
+                    Some("on_failure" | "exit_on_failure") => "on-failure",
+                    Some("no") => "never",
+                    _ => {
+                        return Err(format!(
+                            "restart: {}: expected always, on_failure, exit_on_failure or no",
+                            shown(v)
                         ));
                     }
+                };
+                table.restart = Some(mode.to_owned());
+                if v.as_str() == Some("exit_on_failure") {
+                    ignored.push(format!(
+                        "processes.{name}.availability.restart exit_on_failure (bpm restarts on failure; it never stops the others)"
+                    ));
                 }
-                "backoff_seconds" => {
-                    table.backoff = v.as_u64().map(|s| format!("{s}s"));
-                }
-                "max_restarts" => {
-                    table.max_restarts = v.as_u64().and_then(|m| u32::try_from(m).ok());
-                }
-                other => ignored.push(format!("processes.{name}.availability.{other}")),
             }
+            "backoff_seconds" => {
+                let n = whole(v, 0..=SECONDS_MAX).map_err(|e| format!("backoff_seconds: {e}"))?;
+                table.backoff = Some(format!("{n}s"));
+            }
+            "max_restarts" => {
+                let n = whole(v, 0..=u64::from(u32::MAX)).map_err(|e| format!("max_restarts: {e}"))?;
+                table.max_restarts = u32::try_from(n).ok();
+            }
+            other => ignored.push(format!("processes.{name}.availability.{other}")),
         }
     }
+    Ok(())
 }
 
 /// `shutdown`: `signal` and `timeout_seconds`.
-fn shutdown(v: &Value, table: &mut ServiceTable, ignored: &mut Vec<String>, name: &str) {
-    if let Value::Mapping(m) = v {
-        for (k, v) in m {
-            match k.as_str().unwrap_or_default() {
-                "signal" => {
-                    table.stop_signal = v.as_u64().and_then(|n| match n {
-                        1 => Some("HUP".into()),
-                        2 => Some("INT".into()),
-                        3 => Some("QUIT".into()),
-                        9 => Some("KILL".into()),
-                        10 => Some("USR1".into()),
-                        12 => Some("USR2".into()),
-                        15 => Some("TERM".into()),
-                        _ => None,
-                    });
+fn shutdown(
+    v: &Value,
+    table: &mut ServiceTable,
+    ignored: &mut Vec<String>,
+    name: &str,
+) -> Result<(), String> {
+    let Value::Mapping(m) = v else {
+        return Err(format!(" {}: expected a mapping", shown(v)));
+    };
+    for (k, v) in m {
+        match k.as_str().unwrap_or_default() {
+            "signal" => {
+                let signal = match v.as_u64() {
+                    Some(1) => "HUP",
+                    Some(2) => "INT",
+                    Some(3) => "QUIT",
+                    Some(9) => "KILL",
+                    Some(10) => "USR1",
+                    Some(12) => "USR2",
+                    Some(15) => "TERM",
+                    _ => {
+                        return Err(format!(
+                            "signal: {}: expected a signal's number: 1, 2, 3, 9, 10, 12 or 15",
+                            shown(v)
+                        ));
+                    }
+                };
+                table.stop_signal = Some(signal.into());
+            }
+            "timeout_seconds" => {
+                let n = whole(v, 0..=SECONDS_MAX).map_err(|e| format!("timeout_seconds: {e}"))?;
+                table.grace = Some(format!("{n}s"));
+            }
+            other => ignored.push(format!("processes.{name}.shutdown.{other}")),
+        }
+    }
+    Ok(())
+}
+
+/// The most seconds a duration of a process-compose file may give (a year).
+const SECONDS_MAX: u64 = 366 * 24 * 3600;
+
+/// A scalar as process-compose reads it: text as it is, a number or a
+/// boolean as its text (`command: false` runs `false`).
+fn scalar(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        other => Err(format!("{}: expected a text, a number or a boolean", shown(other))),
+    }
+}
+
+/// A whole number within `range`, or why not.
+fn whole(v: &Value, range: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
+    v.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
+        format!(
+            "{}: expected a whole number from {} to {}",
+            shown(v),
+            range.start(),
+            range.end()
+        )
+    })
+}
+
+/// A value as an error shows it: short, on one line.
+fn shown(v: &Value) -> String {
+    let text = serde_norway::to_string(v).unwrap_or_default();
+    let text = text.trim().replace('\n', " ");
+    super::quoted_value(&text)
+}
+
+/// Where an error begins after the file's name: `LINE: `, or a space
+/// when the line is not known.
+fn place(line: Option<usize>) -> String {
+    line.map_or_else(|| " ".to_owned(), |l| format!("{l}: "))
+}
+
+/// The line (1-based) of the key at `path` (`processes`, a process's
+/// name, one of its keys), found by indentation: process-compose files are
+/// read into values without places, and an error names its line all the
+/// same.
+fn line_of_key(text: &str, path: &[&str]) -> Option<usize> {
+    let mut want = path.iter();
+    let mut next = *want.next()?;
+    let mut deeper_than: Option<usize> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = raw.len() - trimmed.len();
+        if deeper_than.is_some_and(|d| indent <= d) {
+            // Left the block the last key opened without the next one.
+            return None;
+        }
+        let key = trimmed
+            .split_once(':')
+            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''));
+        if key == Some(next) {
+            match want.next() {
+                Some(more) => {
+                    next = more;
+                    deeper_than = Some(indent);
                 }
-                "timeout_seconds" => table.grace = v.as_u64().map(|s| format!("{s}s")),
-                other => ignored.push(format!("processes.{name}.shutdown.{other}")),
+                None => return Some(i + 1),
             }
         }
     }
+    None
 }

@@ -23,6 +23,98 @@ mod compose;
 /// The file `bpm up` reads when none is given.
 pub const FILE_NAME: &str = "bpm.toml";
 
+/// The largest project file read, in bytes.
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+/// The most services a project may have, replicas counted.
+pub const MAX_SERVICES: usize = 1_000;
+/// The most replicas one service may ask for.
+pub const MAX_REPLICAS: u32 = 1_000;
+/// The deepest nesting of lists and tables a project file may have.
+pub const MAX_NESTING: usize = 64;
+/// The longest part of a file an error quotes, in characters.
+const QUOTED_AT_MOST: usize = 120;
+
+/// `message` as an error may carry it: a parser's message can quote the
+/// line at fault whole, so a long one keeps its first characters and says
+/// how long it was.
+pub(crate) fn quoted(message: &str) -> String {
+    if message.chars().count() <= QUOTED_AT_MOST * 2 {
+        return message.to_owned();
+    }
+    let head: String = message.chars().take(QUOTED_AT_MOST).collect();
+    format!("{head}… (cut: {} bytes in all)", message.len())
+}
+
+/// A value of a file as an error quotes it: its first characters and its
+/// length when it is long.
+pub(crate) fn quoted_value(value: &str) -> String {
+    const AT_MOST: usize = 40;
+    if value.chars().count() <= AT_MOST {
+        return value.to_owned();
+    }
+    let head: String = value.chars().take(AT_MOST).collect();
+    format!("{head}… ({} bytes)", value.len())
+}
+
+/// A parser's `message` without the names of bpm's own Rust types, which
+/// say nothing to whoever wrote the file: what the key accepts instead.
+fn in_plain_words(message: &str) -> String {
+    const ACCEPTS: &[(&str, &str)] = &[
+        (
+            "untagged enum PortValue",
+            "expected a port number, \"auto\" or a range \"FIRST-LAST\"",
+        ),
+        (
+            "untagged enum DependsOn",
+            "expected a list of service names, or a table of name = \"started\", \"ready\", \"completed\" or \"ended\"",
+        ),
+        ("untagged enum OneOrMany", "expected a text or a list of texts"),
+        ("untagged enum TextOrNumber", "expected a text or a number"),
+    ];
+    if let Some((_, accepts)) = ACCEPTS.iter().find(|(rust, _)| message.contains(rust)) {
+        return (*accepts).to_owned();
+    }
+    match message.split_once(", expected struct ") {
+        Some((found, _)) => format!("{found}, expected a table of keys"),
+        None => message.to_owned(),
+    }
+}
+
+/// How deeply `text` nests lists and tables (`[` and `{`, outside
+/// quotes): refused past [`MAX_NESTING`] before any parser recurses.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut most, mut quote) = (0usize, 0usize, None::<char>);
+    let mut escaped = false;
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '[' | '{' => {
+                    depth += 1;
+                    most = most.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        // An apostrophe in a plain word (`don't`) must not hide the rest
+        // of the file: a quote ends at its line's end here.
+        if c == '\n' {
+            quote = None;
+        }
+    }
+    most
+}
+
 /// The project file in `dir` or the nearest parent that has one.
 pub fn find(dir: &Path) -> Option<PathBuf> {
     dir.ancestors()
@@ -64,8 +156,24 @@ pub type MayRead<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
 pub fn load_confined(file: &Path, env: &Environment, may_read: &MayRead<'_>) -> Result<Loaded, String> {
     let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
     may_read("project file", &file)?;
+    let size = std::fs::metadata(&file)
+        .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?
+        .len();
+    if size > MAX_FILE_BYTES as u64 {
+        return Err(format!(
+            "{}: {size} bytes: a project file may hold at most {MAX_FILE_BYTES}",
+            file.display()
+        ));
+    }
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
+    let depth = nesting(&text);
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "{}: lists and tables nest {depth} deep: a project file may nest them at most {MAX_NESTING} deep",
+            file.display()
+        ));
+    }
     let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
     let base = file
         .file_name()
@@ -98,11 +206,37 @@ pub fn load_confined(file: &Path, env: &Environment, may_read: &MayRead<'_>) -> 
     project
         .validate()
         .map_err(|e| format!("{}: {e}", file.display()))?;
+    check_sizes(&project).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok(Loaded {
         project,
         file,
         ignored,
     })
+}
+
+/// What `up` could not send: more services than [`MAX_SERVICES`], or one
+/// whose start would not fit one request to the daemon. Checked when the
+/// file is read, so `--dry-run` refuses what `up` would refuse, and `up`
+/// starts nothing of a project it cannot start whole.
+fn check_sizes(project: &Project) -> Result<(), String> {
+    if project.services.len() > MAX_SERVICES {
+        return Err(format!(
+            "{} services (replicas counted): a project may have at most {MAX_SERVICES}",
+            project.services.len()
+        ));
+    }
+    // The request's own words and the dependencies' ids come on top.
+    let room = bpm_adapters::control::wire::MAX_REQUEST_BYTES - 64 * 1024;
+    for s in &project.services {
+        let bytes = serde_json::to_vec(&s.spec).map_or(usize::MAX, |v| v.len());
+        if bytes > room {
+            return Err(format!(
+                "services.{}: its definition takes {bytes} bytes (command, environment and the rest): one service may take at most {room}",
+                s.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `bpm.toml`'s shape; every key optional but a service's command.
@@ -295,9 +429,30 @@ fn bpm_toml(
 ) -> Result<Project, String> {
     let file: File = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(text, s.start));
-        format!("{line}: {}", e.message())
+        let key = text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().trim_matches('"'))
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
+        let message = in_plain_words(e.message());
+        match key {
+            Some(key) => format!("{line}: {key}: {}", quoted(&message)),
+            None => format!("{line}: {}", quoted(&message)),
+        }
     })?;
     let name = file.project.name.unwrap_or_else(|| default_name.to_owned());
+    // Counted before anything is resolved: reading a service costs.
+    let asked: u64 = file
+        .services
+        .values()
+        .map(|t| u64::from(t.get_ref().replicas.unwrap_or(1)))
+        .sum();
+    if asked > MAX_SERVICES as u64 {
+        return Err(format!(
+            " {asked} services (replicas counted): a project may have at most {MAX_SERVICES}"
+        ));
+    }
     let mut services = Vec::new();
     for (service, table) in file.services {
         let line = line_of(text, table.span().start);
@@ -500,6 +655,11 @@ pub(crate) fn resolve(
     if replicas == 0 {
         return Err("replicas: 0 runs nothing; use disabled = true".into());
     }
+    if replicas > MAX_REPLICAS {
+        return Err(format!(
+            "replicas: {replicas}: a service may have at most {MAX_REPLICAS}"
+        ));
+    }
     Ok((1..=replicas)
         .map(|i| {
             let mut spec = spec.clone();
@@ -522,22 +682,33 @@ pub(crate) fn resolve(
 /// Replicas depended on by their base name: `worker` means every
 /// `worker.N`.
 pub(crate) fn expand_replicas(services: &mut [Service]) {
-    let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    // Each name once: its replicas by base name (`worker.2` under
+    // `worker`), so that the expansion is linear in the services.
+    let names: std::collections::BTreeSet<String> =
+        services.iter().map(|s| s.name.clone()).collect();
+    let mut replicas: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for n in &names {
+        if let Some((base, i)) = n.rsplit_once('.')
+            && i.parse::<u32>().is_ok()
+        {
+            replicas.entry(base).or_default().push(n);
+        }
+    }
+    let replicas: BTreeMap<String, Vec<String>> = replicas
+        .into_iter()
+        .map(|(b, v)| (b.to_owned(), v.into_iter().cloned().collect()))
+        .collect();
     for s in services.iter_mut() {
         let mut expanded = BTreeMap::new();
         for (dep, until) in std::mem::take(&mut s.depends_on) {
-            let replicas: Vec<&String> = names
-                .iter()
-                .filter(|n| {
-                    n.strip_prefix(dep.as_str())
-                        .is_some_and(|r| r.starts_with('.') && r[1..].parse::<u32>().is_ok())
-                })
-                .collect();
-            if names.contains(&dep) || replicas.is_empty() {
-                expanded.insert(dep, until);
-            } else {
-                for r in replicas {
-                    expanded.insert(r.clone(), until);
+            match replicas.get(&dep) {
+                Some(each) if !names.contains(&dep) => {
+                    for r in each {
+                        expanded.insert(r.clone(), until);
+                    }
+                }
+                _ => {
+                    expanded.insert(dep, until);
                 }
             }
         }
