@@ -120,7 +120,7 @@ mod tests {
         std::fs::write(&bad, "GOOD=1\n# note\nthis is not a variable\n").expect("write");
         let err = read(&[bad]).expect_err("bad").to_string();
         assert!(
-            err.contains("bad.env") && err.contains("line 3, column 5"),
+            err.contains("bad.env") && err.contains("line 3, column 6"),
             "{err}"
         );
         assert!(!err.contains("this is"), "no error quotes the file: {err}");

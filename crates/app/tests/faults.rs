@@ -351,3 +351,63 @@ fn project_values_are_refused_by_line_and_key_never_changed() {
     assert_eq!(code, Some(4));
     assert!(stderr.len() < 1000, "a 1 MiB line quoted whole: {} bytes", stderr.len());
 }
+
+/// Item 1: a process taken back after `kill -9` of the daemon and the
+/// keeper together, before it was ready, becomes ready when its check
+/// passes: for each kind of check (a log line, a port, a command, a notify
+/// message), and a project's dependent then starts.
+#[test]
+fn readiness_is_watched_again_after_a_double_kill() {
+    let bpm = Bpm::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let flag = bpm.home().join("flag");
+    let flag_s = flag.display().to_string();
+    let kinds: Vec<(&str, Vec<String>)> = vec![
+        (
+            "log",
+            vec!["--ready-pattern".into(), "up".into(), "--shell".into(), "--".into(),
+                 "sleep 2; echo up; exec sleep 100".into()],
+        ),
+        (
+            "port",
+            vec!["--ready-port".into(), port.to_string(), "--shell".into(), "--".into(),
+                 format!("sleep 2; exec python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(100)'")],
+        ),
+        (
+            "exec",
+            vec!["--ready-exec".into(), format!("test -e {flag_s}"), "--shell".into(), "--".into(),
+                 format!("sleep 2; touch {flag_s}; exec sleep 100")],
+        ),
+        (
+            "notify",
+            vec!["--ready-notify".into(), "--shell".into(), "--".into(),
+                 format!("sleep 2; {} ready; exec sleep 100", env!("CARGO_BIN_EXE_bpm"))],
+        ),
+    ];
+    for (kind, args) in kinds {
+        let mut run = vec!["run"];
+        run.extend(args.iter().map(String::as_str));
+        let id = bpm.ok(&run).trim().to_owned();
+        bpm.until_state(&id, "running");
+        std::thread::sleep(Duration::from_millis(300));
+        kill_daemon_and_keeper(&bpm);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = bpm.json(&["show", &id, "--json"]);
+            if !v["ready_at"].is_null() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: never ready after the double kill: {}",
+                v["state"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bpm.ok(&["stop", &id]);
+        let _ = std::fs::remove_file(&flag);
+    }
+}

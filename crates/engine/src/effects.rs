@@ -282,6 +282,7 @@ impl Driver {
                 false
             });
         if held {
+            self.watch_again(id).await;
             return None;
         }
         self.follow(Input::ReattachFailed {
@@ -290,6 +291,35 @@ impl Driver {
             machine_restarted: self.machine_restarted,
             again: self.ports.ids.next_id(),
         })
+    }
+
+    /// A process taken back before it was ready (or with a health check
+    /// or an idle period): its checks armed again, as its start armed
+    /// them, so that its readiness is not lost with the keeper that
+    /// watched it.
+    async fn watch_again(&self, id: ProcessId) {
+        let Some(record) = self.core.get(id) else {
+            return;
+        };
+        let spec = record.spec();
+        let unready = record.lifecycle().ready_at().is_none()
+            && !matches!(
+                spec.readiness.check,
+                bpm_domain::ReadinessCheck::None | bpm_domain::ReadinessCheck::Running
+            );
+        if !unready && spec.health.is_none() && spec.idle_after.is_none() {
+            return;
+        }
+        let Some(mut request) = SpawnRequest::for_record(record) else {
+            return;
+        };
+        if !unready {
+            // Ready already: only its health and idleness are watched.
+            request.readiness = bpm_domain::ReadinessCheck::None;
+        }
+        if let Err(e) = self.ports.spawner.watch_again(request).await {
+            tracing::warn!(%id, error = %e, "cannot watch the readiness of a process taken back");
+        }
     }
 
     /// The effects of an input an effect led to.

@@ -280,6 +280,23 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     /// - MUST return [`SpawnError::Os`] if the OS refuses.
     async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError>;
 
+    /// Arms again, for a process [`reattach`](Self::reattach) took over
+    /// before it was ready, the checks its start armed: `request` is its
+    /// record's ([`SpawnRequest::for_record`]), and its readiness check,
+    /// health check and idle period are watched from now on as
+    /// [`spawn`](Self::spawn) watches them (a log pattern is looked for in
+    /// the output kept too). A process that was not taken over, or has
+    /// ended, is left alone. The default does nothing: a spawner whose
+    /// processes never outlive it has none to take over.
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::Os`] if the request cannot reach the
+    ///   spawner.
+    async fn watch_again(&self, request: SpawnRequest) -> Result<(), SpawnError> {
+        let _ = request;
+        Ok(())
+    }
+
     /// The stream of notices. The first call returns it; later calls return `None`.
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<ProcessNotice>>;
 

@@ -465,6 +465,13 @@ impl ProcessSpawner for KeeperSpawner {
             .map(|_| ())
     }
 
+    async fn watch_again(&self, request: SpawnRequest) -> Result<(), SpawnError> {
+        let start = Start { env: None, request };
+        self.call(Out::Op(Op::WatchAgain(Box::new(start))))
+            .await
+            .map(|_| ())
+    }
+
     async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
         if self
             .shared

@@ -547,6 +547,10 @@ impl ProcessSpawner for LastingKeeper {
         self.keeper().await?.reattach(id, pid).await
     }
 
+    async fn watch_again(&self, request: SpawnRequest) -> Result<(), SpawnError> {
+        self.keeper().await?.watch_again(request).await
+    }
+
     fn hands_over(&self) -> bool {
         true
     }

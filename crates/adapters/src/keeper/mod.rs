@@ -118,6 +118,11 @@ enum Op {
         fence: Option<bpm_domain::StopPolicy>,
     },
     Ack(u64),
+    /// Arm again the checks of a process taken over before it was ready
+    /// ([`ProcessSpawner::watch_again`](bpm_ports::ProcessSpawner::watch_again)),
+    /// its environment inline. A keeper before this op answers that it
+    /// cannot read it, and the process's readiness stays unknown.
+    WatchAgain(Box<Start>),
     HandOver(Vec<Start>),
     Withdraw,
     /// The node's lease is held for `ms` more: unless told again, the

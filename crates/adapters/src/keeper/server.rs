@@ -485,6 +485,11 @@ impl Keeper {
                 .write_input(id, data)
                 .await
                 .map(|()| KeeperReply::Done),
+            Op::WatchAgain(start) => self
+                .spawner
+                .watch_again(start.request)
+                .await
+                .map(|()| KeeperReply::Done),
             // A process of a keeper that died is adopted.
             Op::Reattach { id, pid } => Ok(KeeperReply::Held(
                 end_waiting(&self.state, id) || self.spawner.adopt(id, pid),

@@ -19,7 +19,9 @@ const MAX_LINE: usize = 64 * 1024;
 pub(crate) struct Watcher {
     id: ProcessId,
     tx: mpsc::UnboundedSender<ProcessNotice>,
-    pattern: Option<LogPattern>,
+    /// Set at the start, or later for a process taken over before it was
+    /// ready ([`Watcher::look_for`]).
+    pattern: Arc<std::sync::OnceLock<LogPattern>>,
     ready: Arc<AtomicBool>,
     activity: Arc<watch::Sender<Instant>>,
     /// How many pumps are writing what they read to the output store.
@@ -32,10 +34,14 @@ impl Watcher {
         tx: mpsc::UnboundedSender<ProcessNotice>,
         pattern: Option<LogPattern>,
     ) -> Self {
+        let cell = std::sync::OnceLock::new();
+        if let Some(p) = pattern {
+            let _ = cell.set(p);
+        }
         Watcher {
             id,
             tx,
-            pattern,
+            pattern: Arc::new(cell),
             ready: Arc::new(AtomicBool::new(false)),
             activity: Arc::new(watch::Sender::new(Instant::now())),
             copying: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -50,6 +56,12 @@ impl Watcher {
     /// Whether a pump is in the middle of writing to the output store.
     pub(crate) fn copying(&self) -> bool {
         self.copying.load(Ordering::SeqCst) > 0
+    }
+
+    /// Looks for `pattern` in the lines copied from now on (a process
+    /// taken over before it was ready); a pattern set already stays.
+    pub(crate) fn look_for(&self, pattern: LogPattern) {
+        let _ = self.pattern.set(pattern);
     }
 
     pub(crate) fn ready(&self) {
@@ -102,7 +114,7 @@ pub(crate) async fn pump(
             }
             size *= 2;
         }
-        if let Some(pattern) = &watcher.pattern
+        if let Some(pattern) = watcher.pattern.get()
             && !watcher.ready.load(Ordering::SeqCst)
             && scan_lines(&mut line, &buf, pattern)
         {
@@ -128,7 +140,7 @@ pub(crate) async fn pump(
         watcher.activity.send_replace(Instant::now());
     }
     // A last line without a newline counts too.
-    if let Some(pattern) = &watcher.pattern
+    if let Some(pattern) = watcher.pattern.get()
         && !line.is_empty()
         && pattern.is_match(&String::from_utf8_lossy(&line))
     {

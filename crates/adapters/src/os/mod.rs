@@ -348,6 +348,10 @@ struct SpawnerShared {
     running_on: Mutex<HashMap<u32, ProcessId>>,
     /// Where notify sockets are made.
     notify_dir: probe::NotifyDir,
+    /// Processes taken over from an earlier keeper, while they run: the
+    /// watcher of their output and a receiver that turns true at their
+    /// end, for checks armed again ([`ProcessSpawner::watch_again`]).
+    taken_over: Mutex<HashMap<ProcessId, (capture::Watcher, watch::Receiver<bool>)>>,
     /// Readiness commands running now: children of this process that are
     /// not records' leaders, which their own waiters reap.
     probes: Mutex<HashSet<u32>>,
@@ -398,6 +402,7 @@ impl OsSpawner {
                 unrecorded: Mutex::new(HashMap::new()),
                 tx,
                 notify_dir: probe::NotifyDir::new(config.notify_dir.clone()),
+                taken_over: Mutex::default(),
                 config,
                 start_log,
                 lease: Mutex::new(LeaseHold::default()),
@@ -494,6 +499,8 @@ impl OsSpawner {
             return false;
         }
         let watcher = capture::Watcher::new(id, self.inner.tx.clone(), None);
+        let (exited_tx, exited_rx) = watch::channel(false);
+        guard(&self.inner.taken_over).insert(id, (watcher.clone(), exited_rx));
         let (kept, pumps) = self.resume_output(id, pid, pipes, &watcher);
         lock(&self.inner.live).insert(
             id,
@@ -527,6 +534,8 @@ impl OsSpawner {
                 drain(pumps, inner.config.drain, &watcher, &mut activity).await;
             }
             lock(&inner.live).remove(&id);
+            let _ = exited_tx.send(true);
+            guard(&inner.taken_over).remove(&id);
             // Its groups, if it was limited, go with it.
             let _ = tokio::task::spawn_blocking(move || limits::finish(id, true)).await;
             inner.forget_starts();
@@ -1380,6 +1389,37 @@ impl SpawnerShared {
         };
         let watcher = capture::Watcher::new(id, self.tx.clone(), pattern);
         let pumps = self.pumps(stdout, stderr, &watcher);
+        self.arm(request, &watcher, &exited_rx, notify.take());
+        let inner = self.clone();
+        // Output from the start on counts as activity while the end drains.
+        let activity = watcher.activity();
+        let leader_only = request.leader_only;
+        let ending = Ending {
+            leader_only,
+            limited: request.limits.is_some(),
+        };
+        tokio::spawn(async move {
+            let mut status = reap(&pidfd, &inner.live, id).await;
+            if !leader_only && !inner.is_stopping(id) {
+                inner.wait_running_on(id, pid, Some(status), false).await;
+                status = inner.end_of_tree(id, status);
+            }
+            let _ = exited_tx.send(true);
+            let output = (pumps, watcher, activity);
+            inner.ended(id, pid, status, output, ending).await;
+        });
+    }
+
+    /// Arms the checks `request` asks for on its process, whose output
+    /// `watcher` sees and whose end `exited` says: readiness (through
+    /// `notify`'s socket for notify readiness), health and idleness.
+    fn arm(
+        self: &Arc<Self>,
+        request: &SpawnRequest,
+        watcher: &capture::Watcher,
+        exited_rx: &watch::Receiver<bool>,
+        mut notify: Option<(tokio::net::UnixDatagram, std::path::PathBuf)>,
+    ) {
         match &request.readiness {
             ReadinessCheck::Port { port } => {
                 let (poll, rx) = (self.config.port_poll, exited_rx.clone());
@@ -1410,26 +1450,54 @@ impl SpawnerShared {
         }
         if let Some(idle) = request.idle_after {
             let idle = idle.as_duration();
-            tokio::spawn(capture::watch_idle(idle, watcher.clone(), exited_rx));
+            tokio::spawn(capture::watch_idle(idle, watcher.clone(), exited_rx.clone()));
         }
-        let inner = self.clone();
-        // Output from the start on counts as activity while the end drains.
-        let activity = watcher.activity();
-        let leader_only = request.leader_only;
-        let ending = Ending {
-            leader_only,
-            limited: request.limits.is_some(),
+    }
+
+    /// [`ProcessSpawner::watch_again`]: the checks of a process taken over
+    /// before it was ready, armed as its start would have. A log pattern
+    /// is looked for in the output kept so far too (the line may have come
+    /// while no bpm process watched); notify readiness binds again the
+    /// socket its environment names.
+    async fn watch_taken_over(self: &Arc<Self>, request: &SpawnRequest) {
+        let id = request.id;
+        let Some((watcher, exited)) = guard(&self.taken_over).get(&id).cloned() else {
+            return;
         };
-        tokio::spawn(async move {
-            let mut status = reap(&pidfd, &inner.live, id).await;
-            if !leader_only && !inner.is_stopping(id) {
-                inner.wait_running_on(id, pid, Some(status), false).await;
-                status = inner.end_of_tree(id, status);
+        let mut notify = None;
+        match &request.readiness {
+            ReadinessCheck::LogPattern { pattern } => {
+                // Set first, so that no line falls between the two looks.
+                watcher.look_for(pattern.clone());
+                let query = bpm_ports::OutputQuery {
+                    tail_lines: Some(1_000),
+                    ..bpm_ports::OutputQuery::default()
+                };
+                if let Ok(chunk) = self.output.read(id, &query).await {
+                    let bytes: Vec<u8> = chunk.pieces.into_iter().flat_map(|p| p.data).collect();
+                    let text = String::from_utf8_lossy(&bytes);
+                    if text.lines().any(|l| pattern.is_match(l)) {
+                        watcher.ready();
+                    }
+                }
             }
-            let _ = exited_tx.send(true);
-            let output = (pumps, watcher, activity);
-            inner.ended(id, pid, status, output, ending).await;
-        });
+            ReadinessCheck::Notify => {
+                let pid = lock(&self.live).get(&id).map(|l| l.pid);
+                let path = pid
+                    .and_then(|pid| tree::variable_of(pid, b"NOTIFY_SOCKET"))
+                    .map(|p| {
+                        std::path::PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(p))
+                    });
+                if let Some(path) = path {
+                    match probe::NotifyDir::rebind(&path) {
+                        Ok(socket) => notify = Some((socket, path)),
+                        Err(e) => tracing::warn!(%id, error = %e, "cannot listen again on the notify socket"),
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.arm(request, &watcher, &exited, notify);
     }
 
     /// Whether a terminating signal was sent to record `id`'s process.
@@ -1650,6 +1718,11 @@ impl ProcessSpawner for OsSpawner {
         // A process started by an earlier manager is not this one's child:
         // watched by pidfd, its exit status unknown.
         Ok(self.adopt(id, pid))
+    }
+
+    async fn watch_again(&self, request: SpawnRequest) -> Result<(), SpawnError> {
+        self.inner.watch_taken_over(&request).await;
+        Ok(())
     }
 
     fn hands_over(&self) -> bool {

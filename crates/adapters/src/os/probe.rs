@@ -180,6 +180,23 @@ impl NotifyDir {
     }
 }
 
+impl NotifyDir {
+    /// A socket bound again at `path`, the one a process taken over from a
+    /// keeper that died still names in `NOTIFY_SOCKET`: only in a directory
+    /// of this user's own.
+    pub(crate) fn rebind(path: &Path) -> std::io::Result<tokio::net::UnixDatagram> {
+        let dir = path.parent().ok_or_else(|| std::io::Error::other("no directory"))?;
+        if !own_private_dir(dir)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} belongs to another user or is open to others", dir.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+        tokio::net::UnixDatagram::bind(path)
+    }
+}
+
 /// Makes `dir` (mode 0700) unless it is there, and says whether it is this
 /// user's own, a real directory (not a link) that no one else may enter.
 fn own_private_dir(dir: &Path) -> std::io::Result<bool> {

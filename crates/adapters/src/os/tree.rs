@@ -43,6 +43,19 @@ pub(crate) fn in_exec(process: &Seen) -> bool {
         && fs::File::open(format!("/proc/{}/environ", process.pid)).is_ok()
 }
 
+/// The value of variable `name` in process `pid`'s environment, if it
+/// has one (as bytes).
+pub(crate) fn variable_of(pid: u32, name: &[u8]) -> Option<Vec<u8>> {
+    with_environ(pid, |env| {
+        env.split(|b| *b == 0).find_map(|var| {
+            var.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(b"="))
+                .map(<[u8]>::to_vec)
+        })
+    })
+    .flatten()
+}
+
 /// The value of `MARK` in process `pid`'s environment, if it has one.
 pub(crate) fn mark_value(pid: u32) -> Option<String> {
     let prefix = format!("{MARK}=");

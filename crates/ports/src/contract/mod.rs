@@ -226,6 +226,7 @@ macro_rules! spawner_contract_tests {
             a_start_on_an_exit_is_not_made_twice,
             a_start_asked_again_is_not_made_twice,
             a_start_handed_over_again_is_not_made_twice,
+            watching_again_leaves_what_was_not_taken_over_alone,
         );
     };
 }

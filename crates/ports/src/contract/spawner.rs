@@ -465,3 +465,20 @@ pub async fn a_start_handed_over_again_is_not_made_twice(h: Arc<dyn SpawnerHarne
     }
     spawner.exit_recorded(b);
 }
+
+/// Watching again the checks of a process this spawner started itself
+/// (not taken over), or of one it never heard of, succeeds and changes
+/// nothing: the process runs on, and ends as it would have.
+pub async fn watching_again_leaves_what_was_not_taken_over_alone(h: Arc<dyn SpawnerHarness>) {
+    let spawner = h.spawner();
+    let mut rx = notices(&spawner);
+    spawner
+        .watch_again(request(h.sleep(30)))
+        .await
+        .expect("a request for an unknown process is left alone");
+    let req = request(h.exit_with(4));
+    let id = req.id;
+    spawner.spawn(req.clone()).await.expect("spawn");
+    spawner.watch_again(req).await.expect("watch again");
+    assert_eq!(exit_of(&mut rx, id).await, ExitStatus::Code(4));
+}
