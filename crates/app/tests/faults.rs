@@ -353,11 +353,27 @@ fn project_values_are_refused_by_line_and_key_never_changed() {
 }
 
 /// Item 1: a process taken back after `kill -9` of the daemon and the
-/// keeper together, before it was ready, becomes ready when its check
-/// passes: for each kind of check (a log line, a port, a command, a notify
-/// message), and a project's dependent then starts.
+/// keeper together (or of the keeper alone), before it was ready, becomes
+/// ready when its check passes: for each kind of check (a log line, a
+/// port, a command, a notify message).
 #[test]
 fn readiness_is_watched_again_after_a_double_kill() {
+    readiness_is_watched_again_after(kill_daemon_and_keeper);
+}
+
+#[test]
+fn readiness_is_watched_again_after_the_keepers_kill() {
+    readiness_is_watched_again_after(|bpm| {
+        let keeper = bpm.keeper_pid();
+        let status = std::process::Command::new("kill")
+            .args(["-9", &keeper.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    });
+}
+
+fn readiness_is_watched_again_after(kill: impl Fn(&Bpm)) {
     let bpm = Bpm::new();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -393,7 +409,7 @@ fn readiness_is_watched_again_after_a_double_kill() {
         let id = bpm.ok(&run).trim().to_owned();
         bpm.until_state(&id, "running");
         std::thread::sleep(Duration::from_millis(300));
-        kill_daemon_and_keeper(&bpm);
+        kill(&bpm);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let v = bpm.json(&["show", &id, "--json"]);
@@ -402,7 +418,7 @@ fn readiness_is_watched_again_after_a_double_kill() {
             }
             assert!(
                 Instant::now() < deadline,
-                "{kind}: never ready after the double kill: {}",
+                "{kind}: never ready after the kill: {}",
                 v["state"]
             );
             std::thread::sleep(Duration::from_millis(100));

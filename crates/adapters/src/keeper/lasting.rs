@@ -122,6 +122,20 @@ pub struct LastingKeeper {
     /// How the failover records' processes are fenced
     /// ([`SpawnRequest::fence`]), passed on to the keeper that adopts them.
     fences: Mutex<HashMap<ProcessId, bpm_domain::StopPolicy>>,
+    /// The requests of live processes with checks still to watch (a
+    /// readiness not yet reached, a health check, an idle period), armed
+    /// again by the keeper that adopts them
+    /// ([`ProcessSpawner::watch_again`]).
+    checks: Mutex<HashMap<ProcessId, SpawnRequest>>,
+}
+
+/// Whether `request` has a check a keeper watches while it runs.
+fn has_checks(request: &SpawnRequest) -> bool {
+    !matches!(
+        request.readiness,
+        bpm_domain::ReadinessCheck::None | bpm_domain::ReadinessCheck::Running
+    ) || request.health.is_some()
+        || request.idle_after.is_some()
 }
 
 impl LastingKeeper {
@@ -145,6 +159,7 @@ impl LastingKeeper {
             handed: Arc::default(),
             spawning: Mutex::default(),
             fences: Mutex::default(),
+            checks: Mutex::default(),
             start_log,
             maybe_started: Mutex::default(),
             tx,
@@ -180,7 +195,36 @@ impl LastingKeeper {
             .clone()
     }
 
+    /// Keeps `request`'s checks for a keeper that may adopt its process.
+    fn note_checks(&self, request: &SpawnRequest) {
+        if has_checks(request) {
+            self.checks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(request.id, request.clone());
+        }
+    }
+
     fn forward(&self, notice: ProcessNotice) {
+        {
+            let mut checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
+            match &notice {
+                ProcessNotice::Ready { id } => {
+                    if let Some(r) = checks.get_mut(id) {
+                        r.readiness = bpm_domain::ReadinessCheck::None;
+                        if !has_checks(r) {
+                            checks.remove(id);
+                        }
+                    }
+                }
+                ProcessNotice::Exited { id, .. }
+                | ProcessNotice::Lost { id, .. }
+                | ProcessNotice::HandedOver { id, .. } => {
+                    checks.remove(id);
+                }
+                _ => {}
+            }
+        }
         if let ProcessNotice::HandedOver { next, .. } = &notice {
             self.handed
                 .lock()
@@ -393,6 +437,17 @@ impl LastingKeeper {
                 .copied();
             if fresh.adopt(id, pid, pipes, fence).await.unwrap_or(false) {
                 adopted += 1;
+                let checks = self
+                    .checks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&id)
+                    .cloned();
+                if let Some(request) = checks
+                    && let Err(e) = fresh.watch_again(request).await
+                {
+                    tracing::warn!(%id, error = %e, "cannot watch an adopted process's checks again");
+                }
             } else {
                 ended += 1;
                 self.inherited
@@ -513,6 +568,7 @@ impl ProcessSpawner for LastingKeeper {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(id, fence);
         }
+        self.note_checks(&request);
         let answer = keeper.spawn(request.clone()).await;
         let died = answer.is_err() && keeper.is_closed();
         if died {
@@ -532,6 +588,12 @@ impl ProcessSpawner for LastingKeeper {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        if answer.is_err() {
+            self.checks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+        }
         answer
     }
 
@@ -583,6 +645,9 @@ impl ProcessSpawner for LastingKeeper {
             return Ok(());
         }
         let ids: Vec<ProcessId> = requests.iter().map(|r| r.id).collect();
+        for r in &requests {
+            self.note_checks(r);
+        }
         // Noted first: the report of a start can come before the call returns.
         self.handed
             .lock()
@@ -605,8 +670,10 @@ impl ProcessSpawner for LastingKeeper {
     async fn withdraw(&self) -> Result<Vec<ProcessId>, SpawnError> {
         let back = self.keeper().await?.withdraw().await?;
         let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
         for id in &back {
             handed.remove(id);
+            checks.remove(id);
         }
         Ok(back)
     }
