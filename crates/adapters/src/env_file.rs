@@ -63,7 +63,9 @@ fn reason_of(path: &Path, e: &dotenvy::Error) -> String {
         dotenvy::Error::Io(io) => io.to_string(),
         dotenvy::Error::LineParse(line, at) => {
             let (row, column) = position_of(path, line, *at);
-            format!("line {row}, column {column}: not NAME=value (a variable per line: NAME=value, # for comments)")
+            format!(
+                "line {row}, column {column}: not NAME=value (a variable per line: NAME=value, # for comments)"
+            )
         }
         // dotenvy's other errors quote the text they met (an unknown
         // substitution's name among them): name the fault only.

@@ -103,6 +103,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
     let (first, inherited) = crate::keeper::connect_or_start_noting(home, &choice).await?;
     let hello = first.keeper();
+    let keeper_pid = hello.pid;
     let keeper = Arc::new(std::sync::Mutex::new(Some(format!(
         "pid {} (bpm {}, keeper protocol {})",
         hello.pid, hello.version, hello.protocol
@@ -187,6 +188,58 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     // queue is set.
     if let Some(lease) = &mut lease {
         lease.attach(&engine);
+    }
+    // The groups of records that ended while no daemon and no keeper
+    // watched them are removed (off the runtime: a few system calls each),
+    // and a process under the keeper that no live record answers for (its
+    // record was lost with a damaged journal) is stopped, never left out
+    // of every command's reach.
+    if let Ok(records) = engine.list(bpm_domain::ListFilter::default()).await {
+        let live: std::collections::HashSet<bpm_domain::ProcessId> = records
+            .iter()
+            .filter(|r| !r.is_terminal())
+            .map(bpm_domain::ProcessRecord::id)
+            .collect();
+        let stopped = tokio::task::spawn_blocking(move || {
+            let strays: Vec<(bpm_domain::ProcessId, u32)> = bpm_adapters::os::marked_children(keeper_pid)
+                .into_iter()
+                .filter(|(id, _)| !live.contains(id))
+                .collect();
+            for (id, pid) in &strays {
+                tracing::error!(%id, pid, "a process under the keeper has no live record (lost with the journal's damage): stopping its tree");
+                bpm_adapters::os::stop_marked(*id, Duration::from_secs(5));
+            }
+            strays
+        })
+        .await
+        .unwrap_or_default();
+        if !stopped.is_empty() {
+            warnings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(format!(
+                    "{} processes ran under the keeper with no record (lost with the journal's damage) and were stopped: {}",
+                    stopped.len(),
+                    stopped
+                        .iter()
+                        .map(|(id, pid)| format!("{id} (pid {pid})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+        }
+        let ended: std::collections::HashSet<bpm_domain::ProcessId> = records
+            .iter()
+            .filter(|r| r.is_terminal())
+            .map(bpm_domain::ProcessRecord::id)
+            .collect();
+        let swept = tokio::task::spawn_blocking(move || {
+            bpm_adapters::os::sweep_groups(&|id| ended.contains(&id))
+        })
+        .await
+        .unwrap_or(0);
+        if swept > 0 {
+            tracing::info!(swept, "removed the cgroups of records that ended unseen");
+        }
     }
     // Reading every record back left freed memory behind (files, the
     // journal, copies shared away): give it back before serving.

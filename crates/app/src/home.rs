@@ -49,7 +49,11 @@ impl Home {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         // Any name, any characters: the file is named by its digest.
         let digest = sha2::Sha256::digest(name.as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = digest[..8].iter().fold(String::new(), |mut hex, b| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
         let path = dir.join(format!("{hex}.lock"));
         let file = bpm_adapters::private::options()
             .create(true)

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::bpm::{Bpm, alive};
+use support::bpm::{Bpm, alive, cgroups_of};
 
 #[test]
 fn run_ps_show_logs_wait_stop_and_rm() {
@@ -3545,7 +3545,11 @@ fn env_files_are_read_again_at_each_start() {
         &["run", "--env-file", &a.display().to_string(), "--", "true"],
         4,
     );
-    assert!(err.contains("not a variable"), "{err}");
+    // Named by line and column; an env file's text is never quoted.
+    assert!(
+        err.contains("line 2, column 5") && !err.contains("not a variable"),
+        "{err}"
+    );
 }
 
 /// A service's `env_file` is read again when the service restarts (by
@@ -4158,31 +4162,6 @@ fn a_projects_scheduled_service_comes_up_and_down_with_it() {
         err.contains("service tick: a schedule starts its runs at due times"),
         "{err}"
     );
-}
-
-/// The record's cgroups left on the machine: `bpm-<id>` folders under the
-/// v1 memory, cpu and pids hierarchies.
-fn cgroups_of(id: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for controller in ["memory", "cpu", "pids"] {
-        let root = Path::new("/sys/fs/cgroup").join(controller);
-        let mut dirs = vec![root];
-        while let Some(dir) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    if e.file_name().to_string_lossy() == format!("bpm-{id}") {
-                        found.push(path.clone());
-                    }
-                    dirs.push(path);
-                }
-            }
-        }
-    }
-    found
 }
 
 /// Resource limits through a cgroup, as this machine (root, cgroup v1

@@ -56,7 +56,10 @@ fn concurrent_replaces_of_a_name_never_run_two_copies() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let last = loop {
         let live = bpm.json(&["ps", "--json"]);
-        if let Some(x) = live.as_array().and_then(|a| a.iter().find(|r| r["name"] == "X" && r["state"] == "running")) {
+        if let Some(x) = live.as_array().and_then(|a| {
+            a.iter()
+                .find(|r| r["name"] == "X" && r["state"] == "running")
+        }) {
             break x["id"].as_str().expect("id").to_owned();
         }
         assert!(Instant::now() < deadline, "no copy of X runs: {live}");
@@ -84,7 +87,10 @@ fn kill_daemon_and_keeper(bpm: &Bpm) {
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     while support::bpm::alive(daemon) || support::bpm::alive(keeper) {
-        assert!(Instant::now() < deadline, "daemon or keeper outlived kill -9");
+        assert!(
+            Instant::now() < deadline,
+            "daemon or keeper outlived kill -9"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -126,7 +132,15 @@ fn a_one_shot_that_ended_during_a_double_kill_is_not_run_again() {
     let lines = std::fs::read_to_string(&ran).expect("ran").lines().count();
     assert_eq!(lines, 1, "the migration ran again");
     // Asked, it runs again.
-    bpm.ok(&["up", "-f", file, "--rerun-unknown", "--wait", "--wait-timeout", "20s"]);
+    bpm.ok(&[
+        "up",
+        "-f",
+        file,
+        "--rerun-unknown",
+        "--wait",
+        "--wait-timeout",
+        "20s",
+    ]);
     let lines = std::fs::read_to_string(&ran).expect("ran").lines().count();
     assert_eq!(lines, 2);
 }
@@ -238,9 +252,11 @@ fn up_file(bpm: &Bpm, name: &str, text: &str, dry: bool) -> (Option<i32>, String
 #[test]
 fn hostile_project_files_are_refused_at_once() {
     let bpm = Bpm::new();
-    let many_services: String = (0..20_000)
-        .map(|i| format!("[services.s{i}]\ncommand = \"true\"\n"))
-        .collect();
+    let many_services = (0..20_000).fold(String::new(), |mut text, i| {
+        use std::fmt::Write as _;
+        let _ = write!(text, "[services.s{i}]\ncommand = \"true\"\n");
+        text
+    });
     let deep = format!(
         "processes:\n  a:\n    command: {}{}\n",
         "[".repeat(100_000),
@@ -268,7 +284,10 @@ fn hostile_project_files_are_refused_at_once() {
     for (name, text, says) in cases {
         let (code, stderr, took) = up_file(&bpm, name, &text, true);
         assert_eq!(code, Some(4), "{name}: {stderr}");
-        assert!(stderr.contains(says) && stderr.contains(name), "{name}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains(name),
+            "{name}: {stderr}"
+        );
         assert!(took < Duration::from_secs(2), "{name} took {took:?}");
     }
 }
@@ -289,7 +308,11 @@ fn a_service_too_large_to_send_is_refused_before_anything_starts() {
             stderr.contains("services.c") && stderr.contains("one service may take at most"),
             "{stderr}"
         );
-        assert!(stderr.len() < 600, "the error quotes the command: {} bytes", stderr.len());
+        assert!(
+            stderr.len() < 600,
+            "the error quotes the command: {} bytes",
+            stderr.len()
+        );
     }
     let all = bpm.json(&["ps", "--all", "--json"]);
     assert_eq!(all.as_array().map(Vec::len), Some(0), "started: {all}");
@@ -303,9 +326,15 @@ fn project_values_are_refused_by_line_and_key_never_changed() {
     let bpm = Bpm::new();
     let process = |extra: &str| format!("processes:\n  a:\n    command: sleep 1\n{extra}");
     let yaml: Vec<(String, &str)> = vec![
-        (process("    replicas: \"3\"\n"), "4: processes.a.replicas: '3': expected a whole number"),
+        (
+            process("    replicas: \"3\"\n"),
+            "4: processes.a.replicas: '3': expected a whole number",
+        ),
         (process("    replicas: -2\n"), "4: processes.a.replicas: -2"),
-        (process("    replicas: 5000000000\n"), "4: processes.a.replicas: 5000000000"),
+        (
+            process("    replicas: 5000000000\n"),
+            "4: processes.a.replicas: 5000000000",
+        ),
         (
             process("    availability:\n      restart: sometimes\n"),
             "4: processes.a.availability.restart: sometimes: expected always",
@@ -326,7 +355,10 @@ fn project_values_are_refused_by_line_and_key_never_changed() {
     for (text, says) in yaml {
         let (code, stderr, _) = up_file(&bpm, "pc.yaml", &text, true);
         assert_eq!(code, Some(4), "{text}: {stderr}");
-        assert!(stderr.contains(&format!("pc.yaml:{says}")), "{text}: {stderr}");
+        assert!(
+            stderr.contains(&format!("pc.yaml:{says}")),
+            "{text}: {stderr}"
+        );
     }
     // What process-compose accepts is read as it reads it: a port as text,
     // a command YAML reads as a boolean.
@@ -335,21 +367,40 @@ fn project_values_are_refused_by_line_and_key_never_changed() {
     assert_eq!(code, Some(0), "{stderr}");
 
     let toml: Vec<(&str, &str)> = vec![
-        ("port = [1]", "3: port: expected a port number, \"auto\" or a range"),
-        ("depends_on = 5", "3: depends_on: expected a list of service names"),
-        ("env_file = 5", "3: env_file: expected a text or a list of texts"),
+        (
+            "port = [1]",
+            "3: port: expected a port number, \"auto\" or a range",
+        ),
+        (
+            "depends_on = 5",
+            "3: depends_on: expected a list of service names",
+        ),
+        (
+            "env_file = 5",
+            "3: env_file: expected a text or a list of texts",
+        ),
     ];
     for (line, says) in toml {
         let text = format!("[services.a]\ncommand = \"sleep 1\"\n{line}\n");
         let (code, stderr, _) = up_file(&bpm, "bpm.toml", &text, true);
         assert_eq!(code, Some(4), "{stderr}");
         assert!(stderr.contains(&format!("bpm.toml:{says}")), "{stderr}");
-        assert!(!stderr.contains("enum") && !stderr.contains("struct"), "{stderr}");
+        assert!(
+            !stderr.contains("enum") && !stderr.contains("struct"),
+            "{stderr}"
+        );
     }
-    let long = format!("[services.a]\ncommand = \"sleep 1\"\nbogus = \"{}\n", "y".repeat(1 << 20));
+    let long = format!(
+        "[services.a]\ncommand = \"sleep 1\"\nbogus = \"{}\n",
+        "y".repeat(1 << 20)
+    );
     let (code, stderr, _) = up_file(&bpm, "bpm.toml", &long, true);
     assert_eq!(code, Some(4));
-    assert!(stderr.len() < 1000, "a 1 MiB line quoted whole: {} bytes", stderr.len());
+    assert!(
+        stderr.len() < 1000,
+        "a 1 MiB line quoted whole: {} bytes",
+        stderr.len()
+    );
 }
 
 /// Item 1: a process taken back after `kill -9` of the daemon and the
@@ -384,23 +435,47 @@ fn readiness_is_watched_again_after(kill: impl Fn(&Bpm)) {
     let kinds: Vec<(&str, Vec<String>)> = vec![
         (
             "log",
-            vec!["--ready-pattern".into(), "up".into(), "--shell".into(), "--".into(),
-                 "sleep 2; echo up; exec sleep 100".into()],
+            vec![
+                "--ready-pattern".into(),
+                "up".into(),
+                "--shell".into(),
+                "--".into(),
+                "sleep 2; echo up; exec sleep 100".into(),
+            ],
         ),
         (
             "port",
-            vec!["--ready-port".into(), port.to_string(), "--shell".into(), "--".into(),
-                 format!("sleep 2; exec python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(100)'")],
+            vec![
+                "--ready-port".into(),
+                port.to_string(),
+                "--shell".into(),
+                "--".into(),
+                format!(
+                    "sleep 2; exec python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(100)'"
+                ),
+            ],
         ),
         (
             "exec",
-            vec!["--ready-exec".into(), format!("test -e {flag_s}"), "--shell".into(), "--".into(),
-                 format!("sleep 2; touch {flag_s}; exec sleep 100")],
+            vec![
+                "--ready-exec".into(),
+                format!("test -e {flag_s}"),
+                "--shell".into(),
+                "--".into(),
+                format!("sleep 2; touch {flag_s}; exec sleep 100"),
+            ],
         ),
         (
             "notify",
-            vec!["--ready-notify".into(), "--shell".into(), "--".into(),
-                 format!("sleep 2; {} ready; exec sleep 100", env!("CARGO_BIN_EXE_bpm"))],
+            vec![
+                "--ready-notify".into(),
+                "--shell".into(),
+                "--".into(),
+                format!(
+                    "sleep 2; {} ready; exec sleep 100",
+                    env!("CARGO_BIN_EXE_bpm")
+                ),
+            ],
         ),
     ];
     for (kind, args) in kinds {
@@ -426,4 +501,136 @@ fn readiness_is_watched_again_after(kill: impl Fn(&Bpm)) {
         bpm.ok(&["stop", &id]);
         let _ = std::fs::remove_file(&flag);
     }
+}
+
+/// Item 12: records with limits whose processes end while the daemon and
+/// the keeper are both dead leave their cgroups; the next daemon removes
+/// them. Where this machine cannot make cgroups, bpm's refusal of the
+/// limit is what is checked, and said.
+#[test]
+fn cgroups_of_records_that_ended_unseen_are_removed_by_the_next_daemon() {
+    let bpm = Bpm::new();
+    let out = bpm.run(&["run", "--memory-max", "64M", "--", "sleep", "300"]);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "NOTE: this machine cannot make cgroups; checked bpm's refusal instead: {stderr}"
+        );
+        assert!(stderr.contains("memory"), "{stderr}");
+        return;
+    }
+    let mut ids = vec![String::from_utf8_lossy(&out.stdout).trim().to_owned()];
+    for _ in 0..2 {
+        ids.push(
+            bpm.ok(&["run", "--memory-max", "64M", "--", "sleep", "300"])
+                .trim()
+                .to_owned(),
+        );
+    }
+    let pids: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            bpm.until_state(id, "running");
+            bpm.json(&["show", id, "--json"])["pid"].to_string()
+        })
+        .collect();
+    assert!(
+        ids.iter()
+            .all(|id| !support::bpm::cgroups_of(id).is_empty()),
+        "no groups made"
+    );
+    kill_daemon_and_keeper(&bpm);
+    // Their processes end while nothing watches.
+    let status = std::process::Command::new("kill")
+        .arg("-9")
+        .args(&pids)
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    bpm.ok(&["daemon", "stop", "--kill-all"]);
+    for id in &ids {
+        let left = support::bpm::cgroups_of(id);
+        assert!(left.is_empty(), "{id}: {left:?}");
+    }
+}
+
+/// Item 5: processes the keeper runs whose records were lost (to journal
+/// damage, here all of them) are not left out of reach: the next daemon
+/// stops them, and says so in its status.
+#[test]
+fn processes_whose_records_a_damaged_journal_lost_are_stopped() {
+    let bpm = Bpm::new();
+    let ids: Vec<String> = (0..3)
+        .map(|_| bpm.ok(&["run", "--", "sleep", "300"]).trim().to_owned())
+        .collect();
+    let pids: Vec<u32> = ids
+        .iter()
+        .map(|id| {
+            bpm.until_state(id, "running");
+            u32::try_from(
+                bpm.json(&["show", id, "--json"])["pid"]
+                    .as_u64()
+                    .expect("pid"),
+            )
+            .expect("pid")
+        })
+        .collect();
+    // The daemon goes; the keeper and its processes stay.
+    bpm.ok(&["daemon", "stop"]);
+    assert!(pids.iter().all(|p| support::bpm::alive(*p)));
+    // The records are lost (the worst a damaged journal can do): the
+    // store holds none of them when the next daemon starts.
+    std::fs::remove_dir_all(bpm.home().join("records")).expect("records");
+    // Any command brings a daemon back.
+    let listed = bpm.ok(&["ps", "--all"]);
+    let status = bpm.ok(&["daemon", "status"]);
+    let status = format!("{status}\n{listed}\nids {ids:?}");
+    for (id, pid) in ids.iter().zip(&pids) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while support::bpm::alive(*pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{id}'s process {pid} runs on, out of reach:\n{status}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let status = bpm.ok(&["daemon", "status"]);
+    assert!(status.contains("with no record"), "{status}");
+    bpm.ok(&["daemon", "stop", "--kill-all"]);
+}
+
+/// Also measured by the campaign: a memory hog that is a shell's child is
+/// killed by the limit while the shell exits 0; the record says the limit
+/// killed part of its tree, not `completed`.
+#[test]
+fn a_limit_that_killed_a_shells_child_is_named() {
+    let bpm = Bpm::new();
+    let out = bpm.run(&[
+        "run",
+        "--memory-max",
+        "64M",
+        "--shell",
+        "--",
+        "python3 -c 'x = bytearray(300 << 20)'; echo after",
+    ]);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "NOTE: this machine cannot make cgroups; checked bpm's refusal instead: {stderr}"
+        );
+        assert!(stderr.contains("memory"), "{stderr}");
+        return;
+    }
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let _ = bpm.run(&["wait", &id]);
+    let v = bpm.json(&["show", &id, "--json"]);
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("memory limit (64 MiB) killed a process"),
+        "{v}"
+    );
 }

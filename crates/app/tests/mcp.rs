@@ -677,8 +677,14 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
         ("health.exec", json!({"health": {"exec": touch}})),
         ("LD_PRELOAD", json!({"env": {"LD_PRELOAD": "/tmp/evil.so"}})),
         ("PATH", json!({"env": {"PATH": "/tmp/evil"}})),
-        ("ld_library_path", json!({"env": {"ld_library_path": "/tmp"}})),
-        ("NODE_OPTIONS", json!({"env": {"NODE_OPTIONS": "--require /tmp/x"}})),
+        (
+            "ld_library_path",
+            json!({"env": {"ld_library_path": "/tmp"}}),
+        ),
+        (
+            "NODE_OPTIONS",
+            json!({"env": {"NODE_OPTIONS": "--require /tmp/x"}}),
+        ),
     ] {
         let msg = tool_error(&c, "start_background_process", start(extra)).await;
         assert!(
@@ -703,7 +709,12 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
         start(json!({"env": {"PATH": std::env::var("PATH").unwrap_or_default(), "MODE": "x"}})),
     )
     .await;
-    ok(&c, "wait_for_process", json!({"process_id": same["id"], "timeout_secs": 10})).await;
+    ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": same["id"], "timeout_secs": 10}),
+    )
+    .await;
 
     // Projects: a probe, a hook, a variable or an env file beyond the
     // policy refuses the whole project, and starts nothing.
@@ -713,27 +724,56 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
         ("ready exec", format!("ready = {{ exec = {touch:?} }}")),
         ("health exec", format!("health = {{ exec = {touch:?} }}")),
         ("on_exit", format!("on_exit = {touch:?}")),
-        ("LD_PRELOAD", "env = { LD_PRELOAD = \"/tmp/evil.so\" }".to_owned()),
-        ("env file outside", format!("env_file = {:?}", secret.display().to_string())),
-        ("cwd outside", format!("cwd = {:?}", outside.display().to_string())),
+        (
+            "LD_PRELOAD",
+            "env = { LD_PRELOAD = \"/tmp/evil.so\" }".to_owned(),
+        ),
+        (
+            "env file outside",
+            format!("env_file = {:?}", secret.display().to_string()),
+        ),
+        (
+            "cwd outside",
+            format!("cwd = {:?}", outside.display().to_string()),
+        ),
     ] {
         std::fs::write(
             inside.join("bpm.toml"),
             format!("[project]\nname = \"p\"\n[services.a]\ncommand = \"sleep 30\"\n{service}\n"),
         )
         .expect("write");
-        let msg = tool_error(&c, "project_up", json!({"file": "work/bpm.toml", "wait": false})).await;
+        let msg = tool_error(
+            &c,
+            "project_up",
+            json!({"file": "work/bpm.toml", "wait": false}),
+        )
+        .await;
         assert!(
             msg.contains("not allowed") || msg.contains("is refused"),
             "{what}: {msg}"
         );
-        assert!(!msg.contains("root") && !msg.contains("salt"), "{what} quotes the file: {msg}");
+        assert!(
+            !msg.contains("root") && !msg.contains("salt"),
+            "{what} quotes the file: {msg}"
+        );
     }
     // A project file outside the allowed directories is not read.
-    std::fs::write(outside.join("bpm.toml"), "[services.a]\ncommand = \"echo\"\n").expect("write");
+    std::fs::write(
+        outside.join("bpm.toml"),
+        "[services.a]\ncommand = \"echo\"\n",
+    )
+    .expect("write");
     let msg = tool_error(&c, "project_up", json!({"file": "outside/bpm.toml"})).await;
-    assert!(msg.contains("project file") && msg.contains("not allowed"), "{msg}");
-    let msg = tool_error(&c, "project_up", json!({"file": "work/../outside/bpm.toml"})).await;
+    assert!(
+        msg.contains("project file") && msg.contains("not allowed"),
+        "{msg}"
+    );
+    let msg = tool_error(
+        &c,
+        "project_up",
+        json!({"file": "work/../outside/bpm.toml"}),
+    )
+    .await;
     assert!(msg.contains("not allowed"), "{msg}");
     // A link inside that points outside is followed before the check.
     std::os::unix::fs::symlink(&secret, inside.join("link.env")).expect("symlink");
@@ -743,7 +783,10 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
         start(json!({"env_file": ["link.env"]})),
     )
     .await;
-    assert!(msg.contains("not allowed") && !msg.contains("root:"), "{msg}");
+    assert!(
+        msg.contains("not allowed") && !msg.contains("root:"),
+        "{msg}"
+    );
     let listed = w
         .manager
         .list(bpm_domain::ListFilter::default())

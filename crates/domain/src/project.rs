@@ -544,7 +544,8 @@ mod tests {
             t,
         );
         lost.apply(Transition::Start, t).expect("start");
-        lost.apply(Transition::Spawned { pid: 5 }, t).expect("spawned");
+        lost.apply(Transition::Spawned { pid: 5 }, t)
+            .expect("spawned");
         lost.apply(
             Transition::Lose {
                 reason: "its exit code is unknown".into(),
@@ -561,7 +562,10 @@ mod tests {
                 .find(|(s, _)| s == "migrate")
                 .map(|(_, a)| a)
         };
-        assert_eq!(act(&UpOptions::default()), Some(Action::LeaveUnknown(lost.id())));
+        assert_eq!(
+            act(&UpOptions::default()),
+            Some(Action::LeaveUnknown(lost.id()))
+        );
         let rerun = UpOptions {
             rerun_unknown: true,
             ..UpOptions::default()
@@ -577,7 +581,10 @@ mod tests {
             s.spec.restart.mode = crate::RestartMode::Always;
         }
         let plan = super::plan(&always, &only, records, &UpOptions::default()).expect("plan");
-        assert!(plan.contains(&("migrate".into(), Action::Start)), "{plan:?}");
+        assert!(
+            plan.contains(&("migrate".into(), Action::Start)),
+            "{plan:?}"
+        );
     }
 
     #[test]
@@ -668,13 +675,8 @@ mod tests {
         let migrate = back.service("migrate").expect("migrate");
         assert_eq!(migrate.depends_on.get("db"), Some(&Until::Ready));
         assert_eq!(migrate.hash, "m1");
-        let plan = super::plan(
-            &back,
-            &[],
-            &[db.clone(), m2.clone()],
-            &UpOptions::default(),
-        )
-        .expect("plan");
+        let plan = super::plan(&back, &[], &[db.clone(), m2.clone()], &UpOptions::default())
+            .expect("plan");
         assert_eq!(
             plan,
             vec![

@@ -1469,6 +1469,18 @@ impl Record {
         limit: Option<crate::LimitHit>,
         now: Timestamp,
     ) -> Lifecycle {
+        if status.success()
+            && let Some(limit) = limit
+        {
+            // The leader ended well, but a limit killed a process of its
+            // tree (a shell's child): work was lost, and the record says so.
+            return Lifecycle::Failed {
+                started_at,
+                ended_at: now,
+                exit: Some(status),
+                error: format!("{limit} killed a process of its tree (its leader exited 0)"),
+            };
+        }
         if status.success() {
             Lifecycle::Completed {
                 started_at: started_at.unwrap_or(now),

@@ -1212,10 +1212,19 @@ fn after_bpm_alone_restarted_only_what_restarts_always_comes_back() {
             t(11),
         )
         .expect("handled");
-        assert_eq!(core.get(id(n)).map(ProcessRecord::state), Some(StateName::Lost));
+        assert_eq!(
+            core.get(id(n)).map(ProcessRecord::state),
+            Some(StateName::Lost)
+        );
     }
-    assert!(core.get(id(11)).is_some_and(|r| !r.is_terminal()), "always comes back");
-    assert!(core.get(id(12)).is_none(), "the project's one-shot does not run twice");
+    assert!(
+        core.get(id(11)).is_some_and(|r| !r.is_terminal()),
+        "always comes back"
+    );
+    assert!(
+        core.get(id(12)).is_none(),
+        "the project's one-shot does not run twice"
+    );
     assert!(core.get(id(13)).is_none(), "on-failure: its end is unknown");
     core.check_invariants().expect("consistent");
 }
@@ -1531,7 +1540,10 @@ fn replaces_in_a_row_start_one_copy_at_a_time() {
     // Ten replaces while the first is still stopping.
     for n in 2..=11 {
         let effects = submit(&mut core, n).expect("replace");
-        assert!(spawns(&effects).is_empty(), "replace {n} spawned at once: {effects:?}");
+        assert!(
+            spawns(&effects).is_empty(),
+            "replace {n} spawned at once: {effects:?}"
+        );
     }
     assert_eq!(
         core.get(id(1)).map(ProcessRecord::state),
@@ -1554,7 +1566,11 @@ fn replaces_in_a_row_start_one_copy_at_a_time() {
             t(2),
         )
         .expect("exit");
-    assert_eq!(spawns(&effects), vec![id(11)], "only the last starts, once the first ended");
+    assert_eq!(
+        spawns(&effects),
+        vec![id(11)],
+        "only the last starts, once the first ended"
+    );
 }
 
 /// One live record per name on a node: refused, reused when ensured and

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bpm_domain::{
-    Command, Environment, OsText, Probe, ProcessRecord, ProcessSpec, ReadinessCheck,
-};
+use bpm_domain::{Command, Environment, OsText, Probe, ProcessRecord, ProcessSpec, ReadinessCheck};
 
 /// The safety settings of one `bpm mcp` server.
 #[derive(Debug, Clone)]

@@ -34,9 +34,8 @@ pub type MayRead<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
 /// Reads a project: the file given (relative to the server's directory),
 /// or the `bpm.toml` of that directory or the nearest parent, asking
 /// [`MayRead`] before it reads any other file the project names.
-pub type ProjectLoader = Arc<
-    dyn Fn(Option<&Path>, &Path, &MayRead<'_>) -> Result<LoadedProject, String> + Send + Sync,
->;
+pub type ProjectLoader =
+    Arc<dyn Fn(Option<&Path>, &Path, &MayRead<'_>) -> Result<LoadedProject, String> + Send + Sync>;
 
 /// Takes project `name`'s lock, waiting for it (a blocking call); the
 /// lock is held until what it returns is dropped.

@@ -68,7 +68,10 @@ fn free_on_ipv6(port: u16) -> bool {
         return true;
     }
     let at = std::net::SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
-    !matches!(rustix::net::bind(&socket, &at), Err(rustix::io::Errno::ADDRINUSE))
+    !matches!(
+        rustix::net::bind(&socket, &at),
+        Err(rustix::io::Errno::ADDRINUSE)
+    )
 }
 
 #[async_trait]
@@ -133,18 +136,30 @@ mod tests {
         let host = OsHost::new();
         let v4 = TcpListener::bind("127.0.0.1:0").expect("bind");
         let p4 = v4.local_addr().expect("addr").port();
-        assert!(host.free_ports(PortAsk::Fixed(p4)).is_empty(), "127.0.0.1:{p4} listens");
+        assert!(
+            host.free_ports(PortAsk::Fixed(p4)).is_empty(),
+            "127.0.0.1:{p4} listens"
+        );
         match TcpListener::bind("[::1]:0") {
             Ok(v6) => {
                 let p6 = v6.local_addr().expect("addr").port();
-                assert!(host.free_ports(PortAsk::Fixed(p6)).is_empty(), "[::1]:{p6} listens");
+                assert!(
+                    host.free_ports(PortAsk::Fixed(p6)).is_empty(),
+                    "[::1]:{p6} listens"
+                );
                 let auto = host.free_ports(PortAsk::Auto);
                 assert!(!auto.contains(&p6) && !auto.is_empty(), "{auto:?}");
                 drop(v6);
-                assert_eq!(host.free_ports(PortAsk::Fixed(p6)), [p6], "free once closed");
+                assert_eq!(
+                    host.free_ports(PortAsk::Fixed(p6)),
+                    [p6],
+                    "free once closed"
+                );
             }
             // Said, not skipped: without IPv6 no listener can be there.
-            Err(e) => eprintln!("NOTE: no IPv6 loopback here ({e}): only the IPv4 half was checked"),
+            Err(e) => {
+                eprintln!("NOTE: no IPv6 loopback here ({e}): only the IPv4 half was checked");
+            }
         }
     }
 }

@@ -468,6 +468,53 @@ pub(crate) fn signal_group(id: ProcessId, number: i32) {
     }
 }
 
+/// Removes the groups left by records that ended while no bpm process
+/// watched them (`kill -9` of the daemon and the keeper together): each
+/// `bpm-ID` group, in every controller, whose record `ended` says has
+/// ended and that holds no process. A group of a record it does not say
+/// so of (live, or another state directory's on this machine) is not
+/// touched; one that still holds processes is left, and said in the log.
+/// Returns how many were removed.
+pub fn sweep_groups(ended: &dyn Fn(ProcessId) -> bool) -> usize {
+    let mut removed = 0;
+    let mut seen = std::collections::HashSet::new();
+    for c in Controller::ALL {
+        let Some(place) = machine().place(c) else {
+            continue;
+        };
+        // Controllers of one v2 hierarchy share their folder.
+        if !seen.insert(place.dir.clone()) {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&place.dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("bpm-"))
+                .and_then(|n| n.parse::<ProcessId>().ok())
+            else {
+                continue;
+            };
+            if !ended(id) {
+                continue;
+            }
+            let dir = entry.path();
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => tracing::warn!(
+                    dir = %dir.display(),
+                    "the cgroup of a record that ended still holds processes: left as it is"
+                ),
+            }
+        }
+    }
+    removed
+}
+
 /// What each record's memory group is charged, in bytes (`memory.current`
 /// on v2, `memory.usage_in_bytes` on v1): the figure its memory limit is
 /// measured against. One listing of the folder the groups are made in,

@@ -47,7 +47,7 @@ pub use files::check_watch;
 pub const WATCHES: bool = cfg!(feature = "watch");
 pub use heap::release_free_memory;
 pub use host::OsHost;
-pub use limits::{NO_CGROUPS_ENV, asked_limits, check_limits};
+pub use limits::{NO_CGROUPS_ENV, asked_limits, check_limits, sweep_groups};
 pub use probe::notify_ready;
 pub use subreaper::Subreaper;
 pub use usage::{ProcSampler, Subreapers};
@@ -1450,7 +1450,11 @@ impl SpawnerShared {
         }
         if let Some(idle) = request.idle_after {
             let idle = idle.as_duration();
-            tokio::spawn(capture::watch_idle(idle, watcher.clone(), exited_rx.clone()));
+            tokio::spawn(capture::watch_idle(
+                idle,
+                watcher.clone(),
+                exited_rx.clone(),
+            ));
         }
     }
 
@@ -1486,12 +1490,16 @@ impl SpawnerShared {
                 let path = pid
                     .and_then(|pid| tree::variable_of(pid, b"NOTIFY_SOCKET"))
                     .map(|p| {
-                        std::path::PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(p))
+                        std::path::PathBuf::from(
+                            <OsString as std::os::unix::ffi::OsStringExt>::from_vec(p),
+                        )
                     });
                 if let Some(path) = path {
                     match probe::NotifyDir::rebind(&path) {
                         Ok(socket) => notify = Some((socket, path)),
-                        Err(e) => tracing::warn!(%id, error = %e, "cannot listen again on the notify socket"),
+                        Err(e) => {
+                            tracing::warn!(%id, error = %e, "cannot listen again on the notify socket");
+                        }
                     }
                 }
             }
@@ -1948,6 +1956,57 @@ pub fn read_start_log(path: &std::path::Path) -> std::io::Result<HashMap<Process
 #[must_use]
 pub fn find_marked(ids: &[ProcessId]) -> HashMap<ProcessId, u32> {
     tree::find_leaders(&ids.iter().copied().collect())
+}
+
+/// The records whose processes run as children of process `keeper` (a
+/// keeper, a subreaper: every process it started, and what they left
+/// behind, are its children), by the mark each carries, with a pid of each.
+#[must_use]
+pub fn marked_children(keeper: u32) -> HashMap<ProcessId, u32> {
+    let mut found = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{keeper}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let id = tree::variable_of(pid, tree::MARK.as_bytes())
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<ProcessId>().ok());
+            if let Some(id) = id {
+                found.entry(id).or_insert(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Stops every process that carries record `id`'s mark: TERM, then KILL
+/// to what is left after `grace`. For processes no record answers for any
+/// more (their record was lost with a damaged journal): nothing bpm runs
+/// is left out of reach. Blocks for up to `grace`.
+pub fn stop_marked(id: ProcessId, grace: Duration) {
+    let text = id.to_string();
+    for member in tree::members(&text, None) {
+        tree::signal_seen(member, Signal::Term.number());
+    }
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let rest = tree::members(&text, None);
+        if rest.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            for member in rest {
+                tree::signal_seen(member, Signal::Kill.number());
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 /// This machine's time zone, as an IANA name: `TZ`, else what

@@ -158,7 +158,10 @@ impl NotifyDir {
                 if self.fixed.is_some() || tries > 5 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::PermissionDenied,
-                        format!("{} belongs to another user or is open to others", dir.display()),
+                        format!(
+                            "{} belongs to another user or is open to others",
+                            dir.display()
+                        ),
                     ));
                 }
                 tracing::warn!(dir = %dir.display(), "the notify directory is another user's: using a new one");
@@ -185,11 +188,16 @@ impl NotifyDir {
     /// keeper that died still names in `NOTIFY_SOCKET`: only in a directory
     /// of this user's own.
     pub(crate) fn rebind(path: &Path) -> std::io::Result<tokio::net::UnixDatagram> {
-        let dir = path.parent().ok_or_else(|| std::io::Error::other("no directory"))?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("no directory"))?;
         if !own_private_dir(dir)? {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!("{} belongs to another user or is open to others", dir.display()),
+                format!(
+                    "{} belongs to another user or is open to others",
+                    dir.display()
+                ),
             ));
         }
         let _ = std::fs::remove_file(path);
@@ -212,7 +220,7 @@ fn own_private_dir(dir: &Path) -> std::io::Result<bool> {
     let meta = std::fs::symlink_metadata(dir)?;
     Ok(meta.is_dir()
         && meta.uid() == rustix::process::getuid().as_raw()
-        && meta.mode() & 0o077 == 0)
+        && meta.mode().trailing_zeros() >= 6)
 }
 
 /// Reads the notify socket until `READY=1` comes or the process exits;
@@ -293,8 +301,15 @@ mod tests {
             .expect("chown");
         }
         let (socket, path) = dirs.bind(&id).expect("bound elsewhere");
-        assert!(!path.starts_with(&taken), "{} is in the taken directory", path.display());
-        let mode = std::fs::metadata(path.parent().expect("dir")).expect("meta").permissions().mode();
+        assert!(
+            !path.starts_with(&taken),
+            "{} is in the taken directory",
+            path.display()
+        );
+        let mode = std::fs::metadata(path.parent().expect("dir"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         drop(socket);
         std::fs::remove_file(&path).expect("socket");

@@ -245,7 +245,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         allow_dir: Vec<PathBuf>,
         /// Under --allow-command, let requests set this variable although it changes
-        /// what runs (PATH, LD_*, NODE_OPTIONS...; a trailing * matches any end; repeatable).
+        /// what runs (`PATH`, `LD_*`, `NODE_OPTIONS`...; a trailing * matches any end; repeatable).
         #[arg(long, value_name = "NAME")]
         allow_env: Vec<String>,
         /// Show environment values to the agent instead of redacting them.
@@ -588,6 +588,7 @@ pub struct LogsArgs {
 
 /// `bpm up`.
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // one per flag
 pub struct UpArgs {
     /// Only these services (and what they depend on); a single name may
     /// also name a project brought up before, from any directory.

@@ -185,7 +185,10 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
     let started = std::cell::RefCell::new(Vec::new());
     let each = |s: &ports_project::Step| {
         line(s);
-        if matches!(s.done, ports_project::Done::Started | ports_project::Done::Replaced) {
+        if matches!(
+            s.done,
+            ports_project::Done::Started | ports_project::Done::Replaced
+        ) {
             started.borrow_mut().push(s.service.clone());
         }
     };

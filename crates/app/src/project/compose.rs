@@ -71,7 +71,9 @@ pub(crate) fn read(
             let key = k.as_str().unwrap_or_default();
             let set = (|| -> Result<(), String> {
                 match key {
-                    "command" => table.command = Some(scalar(v).map_err(|e| format!("command: {e}"))?),
+                    "command" => {
+                        table.command = Some(scalar(v).map_err(|e| format!("command: {e}"))?);
+                    }
                     "working_dir" => {
                         table.cwd = Some(scalar(v).map_err(|e| format!("working_dir: {e}"))?);
                     }
@@ -101,8 +103,9 @@ pub(crate) fn read(
                         table.replicas = u32::try_from(n).ok();
                     }
                     "disabled" => {
-                        table.disabled =
-                            Some(v.as_bool().ok_or_else(|| format!("disabled: {}: expected true or false", shown(v)))?);
+                        table.disabled = Some(v.as_bool().ok_or_else(|| {
+                            format!("disabled: {}: expected true or false", shown(v))
+                        })?);
                     }
                     "description" => {}
                     "shutdown" => shutdown(v, &mut table, &mut ignored, &name)
@@ -186,7 +189,10 @@ fn depends_on(v: &Value) -> Result<DependsOn, String> {
 /// What a probe runs: `exec.command` (first) or `http_get`'s URL.
 fn probe_target(v: &Value) -> Result<(Option<String>, Option<String>), String> {
     if let Some(cmd) = v.get("exec").and_then(|e| e.get("command")) {
-        Ok((Some(scalar(cmd).map_err(|e| format!("exec.command: {e}"))?), None))
+        Ok((
+            Some(scalar(cmd).map_err(|e| format!("exec.command: {e}"))?),
+            None,
+        ))
     } else if let Some(h) = v.get("http_get") {
         Ok((None, Some(http_url(h)?)))
     } else {
@@ -229,7 +235,11 @@ fn liveness(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<HealthTa
     };
     let seconds = |key: &str| -> Result<Option<String>, String> {
         v.get(key)
-            .map(|s| whole(s, 0..=SECONDS_MAX).map(|n| format!("{n}s")).map_err(|e| format!("{key}: {e}")))
+            .map(|s| {
+                whole(s, 0..=SECONDS_MAX)
+                    .map(|n| format!("{n}s"))
+                    .map_err(|e| format!("{key}: {e}"))
+            })
             .transpose()
     };
     health.every = seconds("period_seconds")?;
@@ -266,7 +276,12 @@ fn http_url(h: &Value) -> Result<String, String> {
         other => other.as_u64(),
     }
     .filter(|p| (1..=65_535).contains(p))
-    .ok_or_else(|| format!("http_get.port: {}: expected a port from 1 to 65535", shown(port)))?;
+    .ok_or_else(|| {
+        format!(
+            "http_get.port: {}: expected a port from 1 to 65535",
+            shown(port)
+        )
+    })?;
     let path = field("path", "/")?;
     Ok(format!("http://{host}:{port}{path}"))
 }
@@ -307,7 +322,8 @@ fn availability(
                 table.backoff = Some(format!("{n}s"));
             }
             "max_restarts" => {
-                let n = whole(v, 0..=u64::from(u32::MAX)).map_err(|e| format!("max_restarts: {e}"))?;
+                let n =
+                    whole(v, 0..=u64::from(u32::MAX)).map_err(|e| format!("max_restarts: {e}"))?;
                 table.max_restarts = u32::try_from(n).ok();
             }
             other => ignored.push(format!("processes.{name}.availability.{other}")),
@@ -366,7 +382,10 @@ fn scalar(v: &Value) -> Result<String, String> {
         Value::String(s) => Ok(s.clone()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Number(n) => Ok(n.to_string()),
-        other => Err(format!("{}: expected a text, a number or a boolean", shown(other))),
+        other => Err(format!(
+            "{}: expected a text, a number or a boolean",
+            shown(other)
+        )),
     }
 }
 

@@ -31,14 +31,16 @@ pub const MAX_SERVICES: usize = 1_000;
 pub const MAX_REPLICAS: u32 = 1_000;
 /// The deepest nesting of lists and tables a project file may have.
 pub const MAX_NESTING: usize = 64;
-/// The longest part of a file an error quotes, in characters.
-const QUOTED_AT_MOST: usize = 120;
+/// The longest parser message an error carries whole, in characters (a
+/// list of the keys a table accepts fits; a 1 MiB line it quotes does
+/// not).
+const QUOTED_AT_MOST: usize = 1_000;
 
 /// `message` as an error may carry it: a parser's message can quote the
 /// line at fault whole, so a long one keeps its first characters and says
 /// how long it was.
 pub(crate) fn quoted(message: &str) -> String {
-    if message.chars().count() <= QUOTED_AT_MOST * 2 {
+    if message.chars().count() <= QUOTED_AT_MOST {
         return message.to_owned();
     }
     let head: String = message.chars().take(QUOTED_AT_MOST).collect();
@@ -68,7 +70,10 @@ fn in_plain_words(message: &str) -> String {
             "untagged enum DependsOn",
             "expected a list of service names, or a table of name = \"started\", \"ready\", \"completed\" or \"ended\"",
         ),
-        ("untagged enum OneOrMany", "expected a text or a list of texts"),
+        (
+            "untagged enum OneOrMany",
+            "expected a text or a list of texts",
+        ),
         ("untagged enum TextOrNumber", "expected a text or a number"),
     ];
     if let Some((_, accepts)) = ACCEPTS.iter().find(|(rust, _)| message.contains(rust)) {
@@ -153,7 +158,11 @@ pub type MayRead<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
 ///
 /// # Errors
 /// Those of [`load`], and `may_read`'s refusal.
-pub fn load_confined(file: &Path, env: &Environment, may_read: &MayRead<'_>) -> Result<Loaded, String> {
+pub fn load_confined(
+    file: &Path,
+    env: &Environment,
+    may_read: &MayRead<'_>,
+) -> Result<Loaded, String> {
     let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
     may_read("project file", &file)?;
     let size = std::fs::metadata(&file)
@@ -811,7 +820,8 @@ fn procfile(
         };
         let name = name.trim();
         services.extend(
-            resolve(name, &table, dir, env, may_read).map_err(|e| format!("{}: {name}: {e}", i + 1))?,
+            resolve(name, &table, dir, env, may_read)
+                .map_err(|e| format!("{}: {name}: {e}", i + 1))?,
         );
     }
     // A port handed to a Procfile's process is its readiness only if it

@@ -126,3 +126,25 @@ pub fn alive(pid: u32) -> bool {
         .is_ok_and(|s| !s[s.rfind(')').unwrap_or(0)..].starts_with(") Z"))
 }
 
+/// The record's cgroups left on the machine: `bpm-<id>` folders anywhere
+/// under `/sys/fs/cgroup` (the v1 hierarchies, or the v2 unified one).
+pub fn cgroups_of(id: &str) -> Vec<std::path::PathBuf> {
+    let name = format!("bpm-{id}");
+    let mut found = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let path = e.path();
+                if e.file_name().to_string_lossy() == name {
+                    found.push(path.clone());
+                }
+                dirs.push(path);
+            }
+        }
+    }
+    found
+}
