@@ -46,7 +46,7 @@ const MAX_WATCHED_DIRS: usize = 10_000;
 
 /// Whether `spec` can be watched now: each path exists, each ignore glob
 /// is one, and every directory of each tree can be read, within
-/// [`MAX_WATCHED_DIRS`]. Front ends ask before they submit, to refuse a
+/// 10,000 directories in all. Front ends ask before they submit, to refuse a
 /// typo (or a tree a watch cannot cover) by name rather than start a
 /// process whose watch cannot work.
 ///
