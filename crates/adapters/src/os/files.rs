@@ -19,23 +19,9 @@ struct Filter {
 
 impl Filter {
     fn counts(&self, path: &Path) -> bool {
-        if !self.roots.iter().any(|r| path.starts_with(r)) {
-            return false;
-        }
-        if path.components().any(|c| c.as_os_str() == ".git") {
-            return false;
-        }
-        if self.unwatched.iter().any(|u| path.starts_with(u)) {
-            return false;
-        }
-        if self.ignore.is_empty() {
-            return true;
-        }
-        if path.file_name().is_some_and(|n| self.ignore.is_match(n)) {
-            return false;
-        }
-        let below = self.roots.iter().find_map(|r| path.strip_prefix(r).ok());
-        !below.is_some_and(|b| self.ignore.is_match(b))
+        self.roots.iter().any(|r| path.starts_with(r))
+            && !path.components().any(|c| c.as_os_str() == ".git")
+            && self.may_count_below(path)
     }
 }
 

@@ -468,6 +468,21 @@ pub(crate) fn signal_group(id: ProcessId, number: i32) {
     }
 }
 
+/// The records' groups in folder `dir` (`bpm-ID`), with their paths.
+fn groups_in(dir: &Path) -> impl Iterator<Item = (ProcessId, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|entry| {
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("bpm-"))
+                .and_then(|n| n.parse::<ProcessId>().ok())?;
+            Some((id, entry.path()))
+        })
+}
+
 /// Removes the groups left by records that ended while no bpm process
 /// watched them (`kill -9` of the daemon and the keeper together): each
 /// `bpm-ID` group, in every controller, whose record `ended` says has
@@ -486,22 +501,10 @@ pub fn sweep_groups(ended: &dyn Fn(ProcessId) -> bool) -> usize {
         if !seen.insert(place.dir.clone()) {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(&place.dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("bpm-"))
-                .and_then(|n| n.parse::<ProcessId>().ok())
-            else {
-                continue;
-            };
+        for (id, dir) in groups_in(&place.dir) {
             if !ended(id) {
                 continue;
             }
-            let dir = entry.path();
             match std::fs::remove_dir(&dir) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -529,19 +532,8 @@ pub(crate) fn memory_charged() -> std::collections::HashMap<ProcessId, u64> {
     } else {
         "memory.usage_in_bytes"
     };
-    let Ok(entries) = std::fs::read_dir(&place.dir) else {
-        return charged;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("bpm-"))
-            .and_then(|n| n.parse::<ProcessId>().ok())
-        else {
-            continue;
-        };
-        let bytes = std::fs::read_to_string(entry.path().join(file))
+    for (id, dir) in groups_in(&place.dir) {
+        let bytes = std::fs::read_to_string(dir.join(file))
             .ok()
             .and_then(|t| t.trim().parse().ok());
         if let Some(bytes) = bytes {

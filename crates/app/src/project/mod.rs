@@ -443,7 +443,9 @@ fn bpm_toml(
             .nth(line.saturating_sub(1))
             .and_then(|l| l.split_once('='))
             .map(|(k, _)| k.trim().trim_matches('"'))
-            .filter(|k| !k.is_empty() && !k.starts_with('['));
+            .filter(|k| !k.is_empty() && !k.starts_with('['))
+            // A message that names the key already (an unknown one) is enough.
+            .filter(|k| !e.message().contains(&format!("`{k}`")));
         let message = in_plain_words(e.message());
         match key {
             Some(key) => format!("{line}: {key}: {}", quoted(&message)),
