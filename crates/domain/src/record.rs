@@ -1404,14 +1404,18 @@ impl Record {
                 self.set_progress(started_at.unwrap_or(requested_at), percent, message, now);
                 self.lifecycle.clone()
             }
-            // Asked to stop, and gone: stopped, though how it ended
-            // (its exit code) is unknown. A fenced stop is no one's
-            // request: its record is given up as lost, as it would be had
-            // the fence's write not reached the store.
+            // Asked to stop (by a caller, a cascade, a replacement or its
+            // owner's end), and gone: stopped, though how it ended (its
+            // exit code) is unknown. A fenced stop is no one's request:
+            // its record is given up as lost, as it would be had the
+            // fence's write not reached the store.
             Transition::Lose { reason }
                 if matches!(
                     cause,
-                    StopCause::Requested | StopCause::Cascade { .. } | StopCause::Replaced { .. }
+                    StopCause::Requested
+                        | StopCause::Cascade { .. }
+                        | StopCause::Replaced { .. }
+                        | StopCause::OwnerGone
                 ) =>
             {
                 Lifecycle::Cancelled {

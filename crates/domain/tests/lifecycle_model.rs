@@ -18,6 +18,7 @@ enum Cause {
     Requested,
     Timeout,
     NotReady,
+    OwnerGone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,7 @@ impl Op {
                     Cause::NotReady => StopCause::NotReady {
                         after: Span::from_secs(1),
                     },
+                    Cause::OwnerGone => StopCause::OwnerGone,
                 },
             },
             Op::Escalate => Transition::Escalate,
@@ -164,7 +166,7 @@ fn step(m: &Model, op: &Op) -> (Expect, Model) {
             Expect::Changed
         }
         // Asked to stop and gone: stopped, with its exit code unknown.
-        (Stopping, Op::Lose, _) if m.cause == Some(Cause::Requested) => {
+        (Stopping, Op::Lose, _) if matches!(m.cause, Some(Cause::Requested | Cause::OwnerGone)) => {
             end(&mut n, Cancelled);
             Expect::Changed
         }
@@ -291,7 +293,7 @@ fn step(m: &Model, op: &Op) -> (Expect, Model) {
         }
         (Stopping, Op::Exited(s), _) => {
             let to = match m.cause.expect("stopping has a cause") {
-                Cause::Requested => Cancelled,
+                Cause::Requested | Cause::OwnerGone => Cancelled,
                 Cause::Timeout => TimedOut,
                 Cause::NotReady => Failed,
             };
@@ -348,7 +350,8 @@ impl ReferenceStateMachine for Reference {
         let cause = prop_oneof![
             Just(Cause::Requested),
             Just(Cause::Timeout),
-            Just(Cause::NotReady)
+            Just(Cause::NotReady),
+            Just(Cause::OwnerGone)
         ];
         prop_oneof![
             3 => Just(Op::Start),
