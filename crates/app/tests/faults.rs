@@ -472,7 +472,9 @@ fn readiness_is_watched_again_after(kill: impl Fn(&Bpm)) {
                 "--shell".into(),
                 "--".into(),
                 format!(
-                    "sleep 2; {} ready; exec sleep 100",
+                    // A READY=1 sent while no keeper listens is lost, as under systemd:
+                    // the program says it again until a keeper hears it.
+                    "sleep 2; until {} ready 2>/dev/null; do sleep 0.1; done; exec sleep 100",
                     env!("CARGO_BIN_EXE_bpm")
                 ),
             ],

@@ -286,9 +286,29 @@ impl Shared {
         self.release(dropped);
     }
 
-    /// A directory made (or made again) at `path`: each watch whose tree
-    /// it is in holds it, and what is below it.
+    /// A directory made (or made again) at `path`: what was watched there
+    /// is watched again (the kernel dropped the watch of the directory that
+    /// was removed; the news of its removal may come after the new one's),
+    /// and each watch whose tree it is in holds it, and what is below it.
     fn made(&mut self, path: &Path) {
+        let under: Vec<PathBuf> = self
+            .paths
+            .keys()
+            .filter(|p| p.starts_with(path))
+            .cloned()
+            .collect();
+        let mut gone = Vec::new();
+        if let Some(w) = self.watcher.as_mut() {
+            for p in under {
+                // Watching a watched inode again changes nothing.
+                if w.watch(&p, RecursiveMode::NonRecursive).is_err() {
+                    gone.push(p);
+                }
+            }
+        }
+        for p in gone {
+            self.forget_under(&p);
+        }
         let keys: Vec<u64> = self
             .held
             .iter()
