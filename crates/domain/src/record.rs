@@ -228,6 +228,10 @@ struct Record {
     /// What its health check says ([`ProcessSpec::health`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     health: Option<Box<Health>>,
+    /// Why its file watch could not be set up ([`ProcessSpec::watch`]),
+    /// when it runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watch_error: Option<Box<str>>,
     /// The schedule that started it, for a schedule's run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scheduled_from: Option<ProcessId>,
@@ -278,6 +282,8 @@ pub struct RecordUpdate {
     port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     health: Option<Health>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watch_error: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scheduled_from: Option<ProcessId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,6 +386,13 @@ pub enum Transition {
         /// The last failure's output.
         detail: Option<String>,
     },
+    /// Its file watch could not be set up (or cover a tree that grew):
+    /// the record notes why while it is live
+    /// ([`ProcessRecord::watch_error`]).
+    WatchFailed {
+        /// Why, as the system said.
+        reason: String,
+    },
     /// A schedule moved on (a run started, a due time was skipped or
     /// missed, its next due time changed): the record notes where it
     /// stands while it is live ([`ProcessRecord::schedule`]).
@@ -413,6 +426,7 @@ pub enum TransitionKind {
     Reach,
     LeaderExited,
     Health,
+    WatchFailed,
     Scheduled,
 }
 
@@ -439,6 +453,7 @@ impl TransitionKind {
             TransitionKind::Reach => "bring back",
             TransitionKind::LeaderExited => "record a leader's exit for",
             TransitionKind::Health => "record the health of",
+            TransitionKind::WatchFailed => "record a failed watch for",
             TransitionKind::Scheduled => "move on the schedule of",
         }
     }
@@ -467,6 +482,7 @@ impl Transition {
             Transition::Reach => TransitionKind::Reach,
             Transition::LeaderExited { .. } => TransitionKind::LeaderExited,
             Transition::Health { .. } => TransitionKind::Health,
+            Transition::WatchFailed { .. } => TransitionKind::WatchFailed,
             Transition::Scheduled { .. } => TransitionKind::Scheduled,
         }
     }
@@ -607,6 +623,7 @@ impl ProcessRecord {
             leader_exit: None,
             port: None,
             health: None,
+            watch_error: None,
             scheduled_from: None,
             schedule: None,
             version: 1,
@@ -691,6 +708,7 @@ impl ProcessRecord {
             leader_exit: self.0.leader_exit.as_deref().cloned(),
             port: self.0.port,
             health: self.0.health.as_deref().cloned(),
+            watch_error: self.0.watch_error.clone(),
             scheduled_from: self.0.scheduled_from,
             schedule: self.0.schedule.as_deref().cloned(),
             version: self.0.version,
@@ -715,6 +733,7 @@ impl ProcessRecord {
             leader_exit: update.leader_exit.map(Box::new),
             port: update.port,
             health: update.health.map(Box::new),
+            watch_error: update.watch_error,
             scheduled_from: update.scheduled_from,
             schedule: update.schedule.map(Box::new),
             version: update.version,
@@ -736,6 +755,12 @@ impl ProcessRecord {
     /// What its health check says, while it runs.
     pub fn health(&self) -> Option<&Health> {
         self.0.health.as_deref()
+    }
+
+    /// Why its file watch could not be set up, if it could not: the
+    /// process runs on unwatched.
+    pub fn watch_error(&self) -> Option<&str> {
+        self.0.watch_error.as_deref()
     }
 
     /// The schedule that started it, for a schedule's run.
@@ -988,6 +1013,16 @@ impl Record {
         }
         if let Transition::Health { healthy, detail } = transition {
             return Ok(self.health_changed(healthy, detail, now));
+        }
+        if let Transition::WatchFailed { reason } = transition {
+            if self.lifecycle.is_terminal() || self.watch_error.as_deref() == Some(reason.as_str())
+            {
+                return Ok(Applied::NoOp);
+            }
+            self.watch_error = Some(reason.chars().take(1024).collect::<String>().into());
+            self.updated_at = now;
+            self.version += 1;
+            return Ok(Applied::Changed);
         }
         if let Transition::Scheduled { state } = transition {
             if self.spec.schedule.is_none() || self.lifecycle.is_terminal() {

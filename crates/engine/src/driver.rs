@@ -242,6 +242,11 @@ impl Driver {
                     tracing::debug!(%id, error = %e, "a file change came for nothing");
                 }
             }
+            ToLoop::WatchFailed(id, reason) => {
+                if let Err(e) = self.step(Input::WatchFailed { id, reason }).await {
+                    tracing::debug!(%id, error = %e, "a failed watch of nothing");
+                }
+            }
             ToLoop::OwnerGone(process) => {
                 if let Err(e) = self.step(Input::OwnerGone { process }).await {
                     tracing::debug!(error = %e, "an owner's end came for nothing");

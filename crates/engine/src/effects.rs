@@ -136,6 +136,8 @@ impl Driver {
                 Ok(Ok(changes)) => changes,
                 Ok(Err(e)) => {
                     tracing::warn!(%id, error = %e, "cannot watch the files of a process; it runs on without restarts on change");
+                    // Said on the record too: `show` names it.
+                    let _ = tx.send(ToLoop::WatchFailed(id, e.to_string()));
                     return;
                 }
                 Err(_) => return,

@@ -141,6 +141,8 @@ pub(crate) enum ToLoop {
     OwnerGone(bpm_domain::ProcessRef),
     /// A file under a record's watch changed.
     FilesChanged(ProcessId),
+    /// A record's watch could not be set up, and why.
+    WatchFailed(ProcessId, String),
     Shutdown(oneshot::Sender<()>),
 }
 

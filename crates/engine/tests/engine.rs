@@ -2286,3 +2286,64 @@ async fn a_cluster_slot_ask_without_an_answer_is_asked_again() {
     h.spawner.exit(first.id(), ExitStatus::Code(0));
     h.until_state(urgent.id(), StateName::Running).await;
 }
+
+/// The machine's host, whose file watches cannot be set up (as when the
+/// user's inotify watches are used up): failure injection for the record's
+/// note of it.
+struct WatchesRefused(bpm_adapters::os::OsHost);
+
+#[async_trait::async_trait]
+impl bpm_ports::Host for WatchesRefused {
+    fn free_ports(&self, ask: bpm_domain::PortAsk) -> Vec<u16> {
+        self.0.free_ports(ask)
+    }
+
+    fn start_of(&self, pid: u32) -> Option<u64> {
+        self.0.start_of(pid)
+    }
+
+    async fn until_gone(&self, process: bpm_domain::ProcessRef) {
+        self.0.until_gone(process).await;
+    }
+
+    fn watch_files(
+        &self,
+        watch: &bpm_domain::FileWatch,
+    ) -> Result<tokio::sync::mpsc::Receiver<()>, bpm_ports::WatchError> {
+        Err(bpm_ports::WatchError::Os {
+            path: watch.paths[0].clone(),
+            reason: "No space left on device (os error 28)".into(),
+        })
+    }
+}
+
+/// Issue 60, item 13: a watch the daemon cannot set up is said on the
+/// record (`show` names it), and the process runs on unwatched.
+#[tokio::test]
+async fn a_watch_that_cannot_be_set_up_is_noted_on_its_record() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let (mut ports, _spawner) = ports_with(&clock, Arc::new(InMemoryStore::new()));
+    ports.host = Arc::new(WatchesRefused(bpm_adapters::os::OsHost::new()));
+    let engine = Engine::launch(ports, EngineConfig::default())
+        .await
+        .expect("engine starts");
+    let dir = std::env::temp_dir();
+    let mut spec = fake(&["forever"]);
+    spec.watch = Some(Box::new(bpm_domain::FileWatch::new(
+        vec![dir.clone()],
+        Vec::new(),
+        None,
+    )));
+    let id = engine.start(spec).await.expect("start").id();
+    eventually("the record notes its watch's failure", || async {
+        engine
+            .get(id)
+            .await
+            .is_ok_and(|r| r.watch_error().is_some_and(|e| e.contains("No space left")))
+    })
+    .await;
+    assert!(
+        !engine.get(id).await.expect("record").is_terminal(),
+        "it runs on"
+    );
+}

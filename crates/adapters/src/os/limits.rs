@@ -472,7 +472,7 @@ pub(crate) fn signal_group(id: ProcessId, number: i32) {
 fn groups_in(dir: &Path) -> impl Iterator<Item = (ProcessId, PathBuf)> {
     std::fs::read_dir(dir)
         .into_iter()
-        .flat_map(|entries| entries.flatten())
+        .flat_map(std::iter::Iterator::flatten)
         .filter_map(|entry| {
             let id = entry
                 .file_name()

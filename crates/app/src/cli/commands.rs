@@ -1247,6 +1247,9 @@ fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) -> String {
         if w.restart_dependents {
             text.push_str(", with its dependents");
         }
+        if let Some(why) = r.watch_error() {
+            let _ = write!(text, "; NOT WATCHED: {why}");
+        }
         field("watch", text);
     }
     if let Some(size) = spec.tty {

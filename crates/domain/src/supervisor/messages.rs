@@ -390,6 +390,14 @@ pub enum Input {
         /// The last failure's output.
         detail: Option<String>,
     },
+    /// A record's file watch could not be set up: the record notes why
+    /// ([`crate::ProcessRecord::watch_error`]), and runs on unwatched.
+    WatchFailed {
+        /// The record.
+        id: ProcessId,
+        /// Why, as the system said.
+        reason: String,
+    },
     /// The process's leader exited while other processes of its tree run
     /// on: the record stays live until they end ([`crate::LeaderExit`]).
     LeaderExited {

@@ -408,6 +408,11 @@ impl Supervisor {
                 }
                 Ok(())
             }
+            Input::WatchFailed { id, reason } => {
+                self.own(id)?;
+                self.transition(id, Transition::WatchFailed { reason }, now)?;
+                Ok(())
+            }
             Input::Health {
                 id,
                 healthy,
