@@ -116,7 +116,7 @@ impl McpServer {
         let base = &self.inner.defaults.env;
         for service in &mut loaded.project.services {
             policy
-                .fold_env_files(&mut service.spec, base)
+                .fold_env_files(&mut service.spec)
                 .and_then(|()| policy.check_spec(&service.spec, base))
                 .map_err(|e| format!("service {:?}: {e}", service.name))?;
         }

@@ -497,7 +497,7 @@ impl McpServer {
         });
         // Everything the spec would run or read, as a whole: the fields
         // above each add something the policy must see.
-        policy.fold_env_files(&mut spec, &defaults.env)?;
+        policy.fold_env_files(&mut spec)?;
         policy.check_spec(&spec, &defaults.env)?;
         let record = self.manager().start(spec).await.map_err(manager_error)?;
         let mut v = self.view(&record);
