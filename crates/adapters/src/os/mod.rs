@@ -348,9 +348,9 @@ struct SpawnerShared {
     running_on: Mutex<HashMap<u32, ProcessId>>,
     /// Where notify sockets are made.
     notify_dir: probe::NotifyDir,
-    /// Processes taken over from an earlier keeper, while they run: the
-    /// watcher of their output and a receiver that turns true at their
-    /// end, for checks armed again ([`ProcessSpawner::watch_again`]).
+    /// Processes taken over from an earlier keeper, until their checks
+    /// are armed again ([`ProcessSpawner::watch_again`]) or they end: the
+    /// watcher of their output and a receiver that turns true at their end.
     taken_over: Mutex<HashMap<ProcessId, (capture::Watcher, watch::Receiver<bool>)>>,
     /// Readiness commands running now: children of this process that are
     /// not records' leaders, which their own waiters reap.
@@ -1465,7 +1465,8 @@ impl SpawnerShared {
     /// socket its environment names.
     async fn watch_taken_over(self: &Arc<Self>, request: &SpawnRequest) {
         let id = request.id;
-        let Some((watcher, exited)) = guard(&self.taken_over).get(&id).cloned() else {
+        // Taken out: the checks are armed once, however often asked.
+        let Some((watcher, exited)) = guard(&self.taken_over).remove(&id) else {
             return;
         };
         let mut notify = None;

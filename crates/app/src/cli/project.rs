@@ -141,8 +141,9 @@ async fn lock(home: &Home, name: &str) -> Result<std::fs::File, CliError> {
 pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
     let read = loaded(m, a.file.take(), &mut a.services).await?;
     let p = &read.project;
-    // Held until the plan is carried out: racing `up`s apply one at a time.
-    let _lock = if a.dry_run {
+    // Held while the plan is carried out (not while it is waited for):
+    // racing `up`s apply one at a time.
+    let held = if a.dry_run {
         None
     } else {
         Some(lock(home, &p.name).await?)
@@ -206,6 +207,7 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
             }
             e
         })?;
+    drop(held);
     if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }
