@@ -757,6 +757,32 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
             "{what} quotes the file: {msg}"
         );
     }
+    // A project brought up before by someone else, whose file is gone,
+    // is defined by its records: they pass the policy as a file would.
+    let mut outsider = bpm_domain::ProcessSpec::shell(touch.clone());
+    outsider.cwd = Some(inside.clone());
+    outsider.labels.insert(
+        bpm_domain::project::PROJECT_LABEL.parse().expect("key"),
+        "theirs".parse().expect("value"),
+    );
+    outsider.labels.insert(
+        bpm_domain::project::SERVICE_LABEL.parse().expect("key"),
+        "a".parse().expect("value"),
+    );
+    let theirs = w.manager.start(outsider).await.expect("start");
+    w.manager
+        .wait(theirs.id(), Some(Duration::from_secs(10)))
+        .await
+        .expect("wait");
+    std::fs::remove_file(&pwned).expect("their own start ran");
+    let msg = tool_error(
+        &c,
+        "project_up",
+        json!({"project": "theirs", "wait": false}),
+    )
+    .await;
+    assert!(msg.contains("not allowed"), "{msg}");
+    w.manager.remove(theirs.id()).await.expect("remove");
     // A project file outside the allowed directories is not read.
     std::fs::write(
         outside.join("bpm.toml"),

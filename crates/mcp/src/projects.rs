@@ -88,12 +88,15 @@ impl McpServer {
                     Some(f) if f.exists() => Some(f),
                     // Its file is gone: the store's records define it still.
                     _ => {
-                        let project = ports_project::from_store(self.manager(), name)
+                        let mut project = ports_project::from_store(self.manager(), name)
                             .await
                             .map_err(|e| e.to_string())?
                             .ok_or_else(|| {
                                 format!("no project {name:?} was brought up: give its file")
                             })?;
+                        // Someone else's records: the policy sees them as
+                        // it sees a file's.
+                        self.confine(&mut project)?;
                         return Ok(LoadedProject {
                             project,
                             file: PathBuf::from("(the store)"),
@@ -113,14 +116,22 @@ impl McpServer {
         // Found by walking up from the server's directory: it may lie
         // above every allowed one.
         policy.check_path("project file", &loaded.file)?;
-        let base = &self.inner.defaults.env;
-        for service in &mut loaded.project.services {
+        self.confine(&mut loaded.project)?;
+        Ok(loaded)
+    }
+
+    /// Every service of `project` checked as a start is
+    /// ([`Policy::check_spec`](crate::Policy::check_spec)), its env files
+    /// folded in under an allowlist.
+    fn confine(&self, project: &mut Project) -> Result<(), String> {
+        let (policy, base) = (&self.inner.policy, &self.inner.defaults.env);
+        for service in &mut project.services {
             policy
                 .fold_env_files(&mut service.spec)
                 .and_then(|()| policy.check_spec(&service.spec, base))
                 .map_err(|e| format!("service {:?}: {e}", service.name))?;
         }
-        Ok(loaded)
+        Ok(())
     }
 
     /// Project `name`'s lock, if this server has one ([`ProjectLock`]).
