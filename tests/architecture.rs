@@ -216,15 +216,38 @@ fn layers_depend_only_downwards() {
         !graph.transitive("bpm-ports").contains("redis"),
         "ports know no adapter's backend"
     );
-    // A crate per technology: each server's crate stands on the adapters
-    // without a server, and only the Redis crate pulls in `redis`.
-    let on_adapters = BTreeSet::from([
-        "bpm-adapters".to_owned(),
+    // The one way in: what a request asks for becomes a spec in
+    // `bpm-intake`, which stands on the domain and the ports alone.
+    assert_eq!(
+        ours("bpm-intake"),
+        BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()]),
+        "intake reads requests through the ports and knows no adapter"
+    );
+    // A crate per technology. The Redis store stands on the adapters
+    // without a server; the front ends (MCP, the page) stand on the
+    // ports and intake alone: the machine and the daemon reach them
+    // through ports the wiring hands in, so they run on any
+    // `ProcessManager` (ARCHITECTURE.md, invariant "front ends").
+    assert_eq!(
+        ours("bpm-redis"),
+        BTreeSet::from([
+            "bpm-adapters".to_owned(),
+            "bpm-domain".to_owned(),
+            "bpm-ports".to_owned(),
+        ]),
+        "bpm-redis's own crates"
+    );
+    let front_end = BTreeSet::from([
         "bpm-domain".to_owned(),
+        "bpm-intake".to_owned(),
         "bpm-ports".to_owned(),
     ]);
-    for krate in ["bpm-redis", "bpm-mcp", "bpm-web"] {
-        assert_eq!(ours(krate), on_adapters, "{krate}'s own crates");
+    for krate in ["bpm-mcp", "bpm-web"] {
+        assert_eq!(ours(krate), front_end, "{krate}'s own crates");
+        assert!(
+            !graph.transitive(krate).contains("bpm-adapters"),
+            "{krate} reaches bpm-adapters"
+        );
     }
     for krate in [
         "bpm-domain",

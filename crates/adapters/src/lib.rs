@@ -10,7 +10,6 @@
 //! - [`clock`]: the system clock and a manual clock for tests.
 //! - [`ids`]: UUID v7 ids.
 //! - [`os`]: the OS spawner: real processes, their trees, their output.
-//! - [`view`]: a record as front ends show it in JSON.
 //! - [`os::ProcSampler`]: what process trees use (CPU, memory, ports), from /proc.
 //! - [`private`]: files and folders only their owner can read.
 //! - [`env_file`]: environment files (dotenv).
@@ -30,7 +29,6 @@ mod rpc;
 pub mod segments;
 pub mod space;
 pub mod tail;
-pub mod view;
 
 /// Whether `cwd` can be a process's working directory (the spawners and
 /// the front ends ask the same question): it exists

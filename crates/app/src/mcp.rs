@@ -64,7 +64,13 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
     let session = client_session()?;
     reconnecting.hold(session.clone()).await?;
     let manager = ReconnectingManager(reconnecting);
-    let mut defaults = StartDefaults::inherited();
+    let mut defaults = StartDefaults {
+        cwd: std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/")),
+        env: bpm_adapters::os::inherited_env(),
+        owner: None,
+        time_zone: bpm_adapters::os::local_time_zone(),
+        machine: Arc::new(bpm_adapters::os::ThisMachine),
+    };
     defaults.owner = Some(SessionOwner {
         session,
         grace: config

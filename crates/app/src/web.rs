@@ -72,9 +72,11 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
         usage_every: USAGE_EVERY,
         cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
         env,
+        machine: Arc::new(bpm_adapters::os::ThisMachine),
     };
     let manager = Arc::new(manager);
-    let served = bpm_web::serve(listener, manager.clone(), manager, settings);
+    let status = Arc::new(Status(manager.clone()));
+    let served = bpm_web::serve(listener, manager, status, settings);
     tokio::select! {
         r = served => r.context("the web server failed")?,
         _ = tokio::signal::ctrl_c() => {}
@@ -91,5 +93,16 @@ fn open_browser(url: &str) {
     {
         Ok(_) => {}
         Err(e) => eprintln!("bpm web: cannot open a browser (xdg-open: {e}); open the URL above"),
+    }
+}
+
+/// The daemon's own status for the page's top strip, asked over the
+/// client `bpm web` holds (on a new connection if the daemon went away).
+struct Status(Arc<bpm_adapters::control::ReconnectingManager>);
+
+#[async_trait::async_trait]
+impl bpm_web::DaemonView for Status {
+    async fn status(&self) -> Result<bpm_ports::DaemonStatus, bpm_ports::ManagerError> {
+        self.0.0.status().await
     }
 }

@@ -74,6 +74,7 @@ impl World {
             )]),
             owner: None,
             time_zone: "Europe/Paris".into(),
+            machine: Arc::new(bpm_adapters::os::ThisMachine),
         };
         let mut server = McpServer::new(self.manager.clone(), policy, defaults, "test");
         if let Some(loader) = projects {
@@ -448,17 +449,17 @@ async fn bad_calls_are_tool_errors_that_name_the_problem() {
         (
             "start_background_process",
             json!({"command": "x", "ready_pattern": "("}),
-            "invalid ready_pattern",
+            "ready_pattern: invalid regex",
         ),
         (
             "start_background_process",
             json!({"command": "x", "kind": "daemon"}),
-            "unknown variant `daemon`",
+            "kind: invalid kind \"daemon\": expected agent_session",
         ),
         (
             "start_background_process",
             json!({"command": "x", "timeout_secs": -1}),
-            "timeout_secs",
+            "timeout",
         ),
         (
             "start_background_process",

@@ -34,8 +34,9 @@ pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, RUNNER_VARS, SECRET_WORDS};
 pub use projects::{LoadedProject, MayRead, ProjectLoader, ProjectLock};
 
 /// What a started process gets when the agent does not say: the server's
-/// working directory and environment, as a shell would pass them on.
-#[derive(Debug, Clone, Default)]
+/// working directory and environment, as a shell would pass them on, and
+/// the machine its requests are checked against.
+#[derive(Clone)]
 pub struct StartDefaults {
     /// The working directory.
     pub cwd: PathBuf,
@@ -47,6 +48,19 @@ pub struct StartDefaults {
     /// The time zone a `cron` schedule reads its hours in when the call
     /// names none: this machine's.
     pub time_zone: String,
+    /// What a request's directories, env files, watches and limits are
+    /// checked against before it is sent.
+    pub machine: Arc<dyn bpm_ports::Machine>,
+}
+
+impl std::fmt::Debug for StartDefaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartDefaults")
+            .field("cwd", &self.cwd)
+            .field("owner", &self.owner)
+            .field("time_zone", &self.time_zone)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The session that owns what a client starts ([`StartDefaults::owner`]).
@@ -56,19 +70,6 @@ pub struct SessionOwner {
     pub session: bpm_domain::SessionId,
     /// How long its processes outlive it.
     pub grace: bpm_domain::Span,
-}
-
-impl StartDefaults {
-    /// This process's working directory and environment, byte for byte
-    /// (bpm's own `BPM_PROCESS_ID`, `BPM_SESSION`, `BPM_NODE` left out).
-    pub fn inherited() -> Self {
-        StartDefaults {
-            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            env: bpm_adapters::os::inherited_env(),
-            owner: None,
-            time_zone: bpm_adapters::os::local_time_zone(),
-        }
-    }
 }
 
 /// The MCP server for one client connection.

@@ -248,14 +248,18 @@ impl Policy {
     /// # Errors
     /// A file outside the allowed directories, or one that cannot be read
     /// (named, with the line; never its text).
-    pub fn fold_env_files(&self, spec: &mut ProcessSpec) -> Result<(), String> {
+    pub fn fold_env_files(
+        &self,
+        spec: &mut ProcessSpec,
+        machine: &dyn bpm_ports::Machine,
+    ) -> Result<(), String> {
         if self.allow_commands.is_empty() || spec.env_files.is_empty() {
             return Ok(());
         }
         for file in &spec.env_files {
             self.check_path("env file", file)?;
         }
-        let mut env = bpm_adapters::env_file::read(&spec.env_files).map_err(|e| e.to_string())?;
+        let mut env = machine.read_env_files(&spec.env_files)?;
         for (k, v) in spec.env.iter() {
             env.insert(k.clone(), v.clone());
         }
@@ -316,7 +320,11 @@ impl Policy {
     /// occurrence of a secret variable's value that is at least
     /// `redact_min_len` characters long is replaced in output text. Records
     /// shown hide every variable's value, secret or not.
-    pub fn secrets_of(&self, record: &ProcessRecord) -> Vec<String> {
+    pub fn secrets_of(
+        &self,
+        record: &ProcessRecord,
+        machine: &dyn bpm_ports::Machine,
+    ) -> Vec<String> {
         if !self.redact_env {
             return Vec::new();
         }
@@ -327,7 +335,11 @@ impl Policy {
             .spec()
             .env_files
             .iter()
-            .flat_map(|f| bpm_adapters::env_file::read(std::slice::from_ref(f)).unwrap_or_default())
+            .flat_map(|f| {
+                machine
+                    .read_env_files(std::slice::from_ref(f))
+                    .unwrap_or_default()
+            })
             .collect();
         let mut secrets: Vec<String> = record
             .spec()
@@ -356,7 +368,7 @@ pub(super) fn redact_text(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_owned();
     for s in secrets {
         if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), bpm_adapters::view::REDACTED);
+            out = out.replace(s.as_str(), bpm_intake::view::REDACTED);
         }
     }
     out
@@ -469,14 +481,20 @@ mod tests {
         );
         let mut p = Policy::default();
         assert_eq!(
-            p.secrets_of(&record),
+            p.secrets_of(&record, &bpm_adapters::os::ThisMachine),
             ["abcde"],
             "5 characters are hidden, 3 are not"
         );
         p.redact_vars = vec!["DATABASE_HOST".into()];
         p.redact_min_len = 3;
-        assert_eq!(p.secrets_of(&record), ["db.internal", "abcde", "pw1"]);
+        assert_eq!(
+            p.secrets_of(&record, &bpm_adapters::os::ThisMachine),
+            ["db.internal", "abcde", "pw1"]
+        );
         p.redact_env = false;
-        assert!(p.secrets_of(&record).is_empty());
+        assert!(
+            p.secrets_of(&record, &bpm_adapters::os::ThisMachine)
+                .is_empty()
+        );
     }
 }

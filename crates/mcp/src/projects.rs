@@ -26,10 +26,7 @@ pub struct LoadedProject {
     pub ignored: Vec<String>,
 }
 
-/// Whether a file may be read (`what` names it in an error): the policy's
-/// allowed directories, asked before the loader reads any file a project
-/// names (an env file).
-pub type MayRead<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
+pub use bpm_intake::MayRead;
 
 /// Reads a project: the file given (relative to the server's directory),
 /// or the `bpm.toml` of that directory or the nearest parent, asking
@@ -127,7 +124,7 @@ impl McpServer {
         let (policy, base) = (&self.inner.policy, &self.inner.defaults.env);
         for service in &mut project.services {
             policy
-                .fold_env_files(&mut service.spec)
+                .fold_env_files(&mut service.spec, &*self.inner.defaults.machine)
                 .and_then(|()| policy.check_spec(&service.spec, base))
                 .map_err(|e| format!("service {:?}: {e}", service.name))?;
         }

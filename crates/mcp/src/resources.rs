@@ -12,7 +12,7 @@ use rmcp::service::SubscriptionContext;
 
 use super::McpServer;
 use super::policy::redact_text;
-use bpm_adapters::view::{record_json, record_json_redacted};
+use bpm_intake::view::{record_json, record_json_redacted};
 
 const PREFIX: &str = "bpm://process/";
 const PAGE: usize = 100;
@@ -129,7 +129,10 @@ pub(super) async fn read(server: &McpServer, uri: &str) -> Result<ReadResourceRe
             .read_output(id, query)
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        let text = redact_text(&chunk.text(), &policy.secrets_of(&record));
+        let text = redact_text(
+            &chunk.text(),
+            &policy.secrets_of(&record, &*server.inner.defaults.machine),
+        );
         ResourceContents::text(text, uri).with_mime_type("text/plain")
     } else {
         let view = if policy.redact_env {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::inputs::{
     ChangedArgs, CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs,
-    StartArgs, StopArgs, TrackArgs, WaitArgs,
+    StopArgs, TrackArgs, WaitArgs,
 };
 
 /// A tool's name, and whether it changes anything (read-only servers refuse those).
@@ -29,7 +29,7 @@ fn nullable(kind: &str) -> Value {
     json!({ "type": [kind, "null"] })
 }
 
-/// A record as [`bpm_adapters::view::record_json`] shows it.
+/// A record as [`bpm_intake::view::record_json`] shows it.
 fn record_schema() -> Value {
     let states: Vec<&str> = bpm_domain::StateName::ALL
         .iter()
@@ -123,7 +123,7 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
             "start_background_process",
             "Start a background process",
             "Starts a command in the background and returns its record at once (with its id). The process runs in its own process group under the bpm daemon, so it outlives this agent session; its stdout and stderr are captured (capped). Give `command` (a shell line) or `argv`. Use `ready_pattern`/`ready_port` for servers, then wait_for_process with until=ready.",
-            schema_for_input::<StartArgs>(),
+            schema_for_input::<bpm_intake::Asked>(),
             record(),
             true,
         ),

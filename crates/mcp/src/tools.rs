@@ -2,14 +2,13 @@
 //! has `isError: true`), never a protocol error.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use bpm_domain::{
-    EventKind, ExitStatus, ListFilter, LogPattern, Percent, ProcessId, ProcessName, ProcessRecord,
-    ProcessSpec, ReadinessCheck, Span, StdinMode,
+    EventKind, ExitStatus, ListFilter, Percent, ProcessId, ProcessName, ProcessRecord, ProcessSpec,
+    Span,
 };
 use bpm_ports::{
     Cursor, ManagerError, OutputChunk, OutputQuery, ResolveError, StopOptions, StreamSelect,
@@ -26,11 +25,12 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::inputs::{
     ChangedArgs, CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs,
-    StartArgs, StopArgs, StreamArg, TrackArgs, UntilArg, WaitArgs,
+    StopArgs, StreamArg, TrackArgs, UntilArg, WaitArgs,
 };
 use super::policy::redact_text;
 use super::{McpServer, Reply, schemas};
-use bpm_adapters::view::{record_json, record_json_redacted};
+use bpm_intake::view::{record_json, record_json_redacted};
+use bpm_intake::{Asked, Context};
 
 type ToolResult = Result<Reply, String>;
 
@@ -68,20 +68,6 @@ fn seconds(value: f64, what: &str) -> Result<Duration, String> {
 
 fn span(value: f64, what: &str) -> Result<Span, String> {
     Span::new(seconds(value, what)?).map_err(|e| format!("invalid {what} {value}: {e}"))
-}
-
-/// The schedule `every` or `cron` (and their companions) ask for, if any.
-fn schedule(a: &StartArgs, local: &str) -> Result<Option<bpm_domain::Schedule>, String> {
-    bpm_domain::ScheduleAsked {
-        every: a.every.as_deref(),
-        cron: a.cron.as_deref(),
-        tz: a.tz.as_deref(),
-        overlap: a.overlap.as_deref(),
-        jitter: a.jitter.as_deref(),
-        run_now: a.run_now.unwrap_or(false),
-        catch_up: a.catch_up.unwrap_or(false),
-    }
-    .schedule(|| local.to_owned(), "")
 }
 
 /// The domain value an argument names: the argument enums mirror the domain's
@@ -140,7 +126,7 @@ impl McpServer {
                 } else {
                     Vec::new()
                 };
-                bpm_adapters::view::add_usage(&mut v, usage.iter().find(|u| u.id == r.id()));
+                bpm_intake::view::add_usage(&mut v, usage.iter().find(|u| u.id == r.id()));
                 Ok(Reply::json(v))
             }
             "list_background_processes" => self.list(parse(name, args)?).await,
@@ -237,7 +223,13 @@ impl McpServer {
             tail_lines: Some(TAIL_LINES),
         };
         match self.manager().read_output(record.id(), query).await {
-            Ok(chunk) => redact_text(&chunk.text(), &self.inner.policy.secrets_of(record)),
+            Ok(chunk) => redact_text(
+                &chunk.text(),
+                &self
+                    .inner
+                    .policy
+                    .secrets_of(record, &*self.inner.defaults.machine),
+            ),
             Err(e) => format!("(output unavailable: {e})"),
         }
     }
@@ -286,208 +278,29 @@ impl McpServer {
         })))
     }
 
-    async fn start(&self, a: StartArgs) -> ToolResult {
+    async fn start(&self, a: Asked) -> ToolResult {
         let policy = &self.inner.policy;
-        let schedule = schedule(&a, &self.inner.defaults.time_zone)?;
-        let mut spec = match (a.command, a.argv) {
-            (Some(_), Some(_)) => return Err("give either command or argv, not both".into()),
-            (None, None) => {
-                return Err("missing command: give command (a shell line) or argv".into());
-            }
-            (Some(line), None) => {
-                if line.trim().is_empty() {
-                    return Err("missing command: command is empty".into());
-                }
-                ProcessSpec::shell(line)
-            }
-            (None, Some(argv)) => {
-                if argv.first().is_none_or(|p| p.trim().is_empty()) {
-                    return Err("missing command: argv is empty".into());
-                }
-                ProcessSpec::argv(argv)
-            }
-        };
-        if let Some(command) = &spec.command {
-            policy.check_command(command)?;
+        if let Some(command) = bpm_intake::command_of(&a) {
+            policy.check_command(&command)?;
+        }
+        let mut ids = std::collections::BTreeMap::new();
+        for r in a.references() {
+            ids.insert(r.to_owned(), self.id(r).await?);
         }
         let defaults = &self.inner.defaults;
-        spec.schedule = schedule.map(Box::new);
-        let cwd = match a.cwd {
-            Some(dir) => {
-                let dir = PathBuf::from(dir);
-                if dir.is_absolute() {
-                    dir
-                } else {
-                    defaults.cwd.join(dir)
-                }
-            }
-            None => defaults.cwd.clone(),
+        let mut spec = {
+            let may_read = |what: &str, path: &std::path::Path| policy.check_path(what, path);
+            let mut ctx = Context::new(&defaults.cwd, &defaults.env, &*defaults.machine);
+            ctx.ids = ids;
+            ctx.files_from_cwd = true;
+            ctx.may_read = &may_read;
+            ctx.time_zone = Some(&defaults.time_zone);
+            ctx.owner = defaults
+                .owner
+                .as_ref()
+                .map(|o| (bpm_domain::Owner::Session(o.session.clone()), o.grace));
+            a.into_spec(&ctx).map_err(|e| e.to_string())?
         };
-        bpm_adapters::usable_cwd(&cwd).map_err(|e| e.to_string())?;
-        policy.check_dir(&cwd)?;
-        let mut env = defaults.env.clone();
-        for file in a.env_file.unwrap_or_default() {
-            let path = cwd.join(file);
-            policy.check_path("env file", &path)?;
-            spec.env_files.push(path);
-        }
-        bpm_adapters::env_file::make_room(&mut env, &spec.env_files).map_err(|e| e.to_string())?;
-        if let Some(paths) = a.watch {
-            let paths: Vec<PathBuf> = paths.iter().map(|p| cwd.join(p)).collect();
-            for p in &paths {
-                policy.check_path("watched path", p)?;
-            }
-            let watch = bpm_domain::FileWatch::new(
-                paths,
-                a.watch_ignore.unwrap_or_default(),
-                a.watch_debounce_secs
-                    .map(|d| span(d, "watch_debounce_secs"))
-                    .transpose()?,
-            );
-            bpm_adapters::os::check_watch(&watch)?;
-            spec.watch = Some(Box::new(watch));
-        } else if a.watch_ignore.is_some() || a.watch_debounce_secs.is_some() {
-            return Err("watch_ignore and watch_debounce_secs need watch".into());
-        }
-
-        spec.cwd = Some(cwd);
-        env.extend(
-            a.env
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into())),
-        );
-        spec.env = std::sync::Arc::new(env);
-        spec.name = a
-            .name
-            .map(ProcessName::new)
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        if let Some(k) = a.kind {
-            spec.kind = named(k)?;
-        }
-        spec.session = a
-            .session
-            .map(|s| s.parse())
-            .transpose()
-            .map_err(|e: bpm_domain::NameError| e.to_string())?;
-        spec.node = node_arg(a.node)?;
-        if let Some(p) = a.parent {
-            spec.parent = Some(self.id(&p).await?);
-        }
-        spec.group = a
-            .group
-            .map(|g| g.parse())
-            .transpose()
-            .map_err(|e: bpm_domain::NameError| e.to_string())?;
-        spec.timeout = a
-            .timeout_secs
-            .map(|t| span(t, "timeout_secs"))
-            .transpose()?;
-        if let Some(g) = a.grace_secs {
-            spec.stop.grace = span(g, "grace_secs")?;
-        }
-        if let Some(p) = a.ready_pattern {
-            let pattern = LogPattern::new(&p).map_err(|e| format!("invalid ready_pattern: {e}"))?;
-            spec.readiness.check = ReadinessCheck::LogPattern { pattern };
-        }
-        if let Some(port) = a.ready_port {
-            spec.readiness.check = ReadinessCheck::Port { port };
-        }
-        if let Some(r) = a.restart {
-            spec.restart.mode = named(r)?;
-        }
-        spec.restart.max_restarts = a.max_restarts;
-        if a.stdin == Some(true) {
-            spec.stdin = StdinMode::Pipe;
-        }
-        for (k, v) in a.labels.unwrap_or_default() {
-            let key = k
-                .parse()
-                .map_err(|e: bpm_domain::NameError| e.to_string())?;
-            let value = v
-                .parse()
-                .map_err(|e: bpm_domain::NameError| e.to_string())?;
-            spec.labels.insert(key, value);
-        }
-        for (k, v) in a.node_labels.unwrap_or_default() {
-            let key = k
-                .parse()
-                .map_err(|e: bpm_domain::NameError| format!("node_labels: {e}"))?;
-            let value = v
-                .parse()
-                .map_err(|e: bpm_domain::NameError| format!("node_labels: {e}"))?;
-            spec.node_labels.insert(key, value);
-        }
-        let (cpu, pids, files) = (
-            a.cpu_max.map(|n| n.to_string()),
-            a.pids_max.map(|n| n.to_string()),
-            a.nofile.map(|n| n.to_string()),
-        );
-        let asked = bpm_domain::LimitsAsked {
-            memory_max: a.memory_max.as_deref(),
-            cpu_max: cpu.as_deref(),
-            pids_max: pids.as_deref(),
-            nofile: files.as_deref(),
-        };
-        spec.limits = bpm_adapters::os::asked_limits(&asked, "")?;
-        spec.tty = bpm_domain::TtySize::asked(
-            a.tty,
-            a.tty_size.as_deref(),
-            bpm_domain::TtySize::default,
-            "",
-        )?;
-        spec.failover = a.failover.unwrap_or(false);
-        spec.leader_only = a.leader_only.unwrap_or(false);
-        spec.if_name_taken =
-            bpm_domain::NameTaken::asked(a.ensure.unwrap_or(false), a.replace.unwrap_or(false))
-                .ok_or("ensure and replace contradict each other: ensure keeps the live process, replace stops it")?;
-        spec.port = a
-            .port
-            .map(|p| p.parse::<bpm_domain::PortAsk>())
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        let given = [
-            spec.readiness.check != ReadinessCheck::None,
-            a.ready_http.is_some(),
-            a.ready_exec.is_some(),
-            a.ready_notify == Some(true),
-        ];
-        if given.into_iter().filter(|g| *g).count() > 1 {
-            return Err(
-                "give one readiness check: ready_pattern, ready_port, ready_http, ready_exec or ready_notify"
-                    .into(),
-            );
-        }
-        if let Some(target) = a.ready_http {
-            spec.readiness.check = ReadinessCheck::Http { target };
-        }
-        if let Some(command) = a.ready_exec {
-            spec.readiness.check = ReadinessCheck::Exec { command };
-        }
-        if a.ready_notify == Some(true) {
-            spec.readiness.check = ReadinessCheck::Notify;
-        }
-        if let Some(h) = a.health {
-            let secs = |v: Option<f64>, what| v.map(|v| span(v, what)).transpose();
-            let check = bpm_domain::HealthCheck::from_options(
-                h.http,
-                h.exec,
-                h.port,
-                secs(h.every_secs, "health.every_secs")?,
-                h.failures,
-                secs(h.timeout_secs, "health.timeout_secs")?,
-            )
-            .map_err(|e| format!("health: {e}"))?;
-            spec.health = Some(Box::new(check));
-        }
-        if a.persistent != Some(true)
-            && let Some(owner) = &defaults.owner
-        {
-            spec.owners = vec![bpm_domain::Owner::Session(owner.session.clone())];
-            spec.owner_grace = Some(owner.grace);
-        }
-        spec.metadata = a.metadata.unwrap_or_default();
         // A request of its own, to tell a new record from the live one
         // `ensure` answers with.
         let request = uuid::Uuid::now_v7();
@@ -497,7 +310,7 @@ impl McpServer {
         });
         // Everything the spec would run or read, as a whole: the fields
         // above each add something the policy must see.
-        policy.fold_env_files(&mut spec)?;
+        policy.fold_env_files(&mut spec, &*defaults.machine)?;
         policy.check_spec(&spec, &defaults.env)?;
         let record = self.manager().start(spec).await.map_err(manager_error)?;
         let mut v = self.view(&record);
@@ -657,7 +470,13 @@ impl McpServer {
         grep: Option<&Regex>,
     ) -> Value {
         let bytes: usize = chunk.pieces.iter().map(|p| p.data.len()).sum();
-        let raw = redact_text(&chunk.text(), &self.inner.policy.secrets_of(record));
+        let raw = redact_text(
+            &chunk.text(),
+            &self
+                .inner
+                .policy
+                .secrets_of(record, &*self.inner.defaults.machine),
+        );
         let (text, matched) = match grep {
             Some(re) => {
                 let lines: Vec<&str> = raw.lines().filter(|l| re.is_match(l)).collect();
@@ -893,7 +712,13 @@ impl McpServer {
                 let chunk = self.read_from(record.id(), scan.cursor).await?;
                 scan.cursor = chunk.next;
                 if let Some(line) = scan.feed(&chunk.text()) {
-                    let line = redact_text(&line, &self.inner.policy.secrets_of(record));
+                    let line = redact_text(
+                        &line,
+                        &self
+                            .inner
+                            .policy
+                            .secrets_of(record, &*self.inner.defaults.machine),
+                    );
                     Some((true, format!("output matched: {}", last_bytes(&line, 500))))
                 } else if ended && !chunk.truncated {
                     Some((false, ended_reason()))
@@ -1013,8 +838,8 @@ mod tests {
 
     #[test]
     fn every_argument_enum_names_its_domain_twin() {
-        use super::super::inputs::{KindArg, RestartArg, StateArg};
-        use bpm_domain::{ProcessKind, RestartMode, StateName};
+        use super::super::inputs::{KindArg, StateArg};
+        use bpm_domain::{ProcessKind, StateName};
         for state in StateName::ALL {
             let arg: StateArg = serde_json::from_value(json!(state.as_str())).expect("mirrored");
             assert_eq!(named::<_, StateName>(arg), Ok(state));
@@ -1030,14 +855,6 @@ mod tests {
             let arg: KindArg = serde_json::from_value(json!(kind)).expect("mirrored");
             let domain: ProcessKind = kind.parse().expect("a kind");
             assert_eq!(named::<_, ProcessKind>(arg), Ok(domain));
-        }
-        for (text, mode) in [
-            ("never", RestartMode::Never),
-            ("on-failure", RestartMode::OnFailure),
-            ("always", RestartMode::Always),
-        ] {
-            let arg: RestartArg = serde_json::from_value(json!(text)).expect("mirrored");
-            assert_eq!(named::<_, RestartMode>(arg), Ok(mode));
         }
     }
 

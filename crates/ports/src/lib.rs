@@ -14,6 +14,7 @@ mod commands;
 mod events;
 mod host;
 mod ids;
+mod machine;
 mod manager;
 mod membership;
 mod output;
@@ -37,6 +38,7 @@ pub use commands::{
 pub use events::{EventBus, EventBusError};
 pub use host::{Host, WatchError};
 pub use ids::IdGenerator;
+pub use machine::Machine;
 pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
 pub use membership::{Claimant, Membership, MembershipError, NodeView, WriteFence};
 pub use output::{
@@ -50,8 +52,9 @@ pub use usage::{ResourceSampler, ResourceUsage, SampleTarget};
 #[cfg(any(test, feature = "mocks"))]
 pub use {
     clock::MockClock, commands::MockCommandBus, events::MockEventBus, host::MockHost,
-    ids::MockIdGenerator, manager::MockProcessManager, output::MockOutputStore,
-    spawner::MockProcessSpawner, store::MockProcessStore, usage::MockResourceSampler,
+    ids::MockIdGenerator, machine::MockMachine, manager::MockProcessManager,
+    output::MockOutputStore, spawner::MockProcessSpawner, store::MockProcessStore,
+    usage::MockResourceSampler,
 };
 
 /// The mocking crate the mocks above are made with, so that a test can set

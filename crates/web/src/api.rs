@@ -7,16 +7,14 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bpm_domain::{
-    ListFilter, LogPattern, ProcessId, ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck,
-    RestartMode, Span,
-};
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord, ProcessSpec};
 use bpm_ports::{ManagerError, OutputChunk, OutputQuery, StopOptions, StreamSelect};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Shared;
-use bpm_adapters::view::{record_json, record_json_redacted};
+use bpm_intake::view::{record_json, record_json_redacted};
+use bpm_intake::{Asked, Context};
 
 /// A failed call, as the page reads it: a status and `{"error": "..."}`.
 #[derive(Debug)]
@@ -255,23 +253,20 @@ fn set(text: &str) -> Option<&str> {
     Some(text.trim()).filter(|t| !t.is_empty())
 }
 
-fn spec_of(s: &Shared, form: &StartForm) -> Result<ProcessSpec, ApiError> {
+/// What the form asks for. The page's form is short on purpose: it
+/// offers a command, its directory and environment, a name, a group, a
+/// timeout, a restart policy and a log or port readiness check; the rest
+/// of [`Asked`] is left to the CLI, MCP and project files
+/// (`web_form_leaves_out` in the request test names each field).
+fn asked_of(form: &StartForm) -> Result<Asked, ApiError> {
     let command = set(&form.command).ok_or_else(|| bad("command: give the command to run"))?;
-    let mut spec = if form.shell {
-        ProcessSpec::shell(command)
+    let (command, argv) = if form.shell {
+        (Some(command.into()), None)
     } else {
         let argv = shell_words::split(command).map_err(|e| bad(format!("command: {e}")))?;
-        ProcessSpec::argv(argv)
+        (None, Some(argv.into_iter().map(Into::into).collect()))
     };
-    let cwd = match set(&form.cwd) {
-        Some(dir) => s.config.cwd.join(PathBuf::from(dir)),
-        None => s.config.cwd.clone(),
-    };
-    if !cwd.is_dir() {
-        return Err(bad(format!("cwd: no such directory: {}", cwd.display())));
-    }
-    spec.cwd = Some(cwd);
-    let mut env = s.config.env.clone();
+    let mut env = std::collections::BTreeMap::new();
     for (n, line) in form.env.lines().enumerate() {
         let Some(line) = set(line) else { continue };
         let (k, v) = line
@@ -285,29 +280,25 @@ fn spec_of(s: &Shared, form: &StartForm) -> Result<ProcessSpec, ApiError> {
             })?;
         env.insert(k.into(), v.into());
     }
-    spec.env = std::sync::Arc::new(env);
-    spec.name = set(&form.name)
-        .map(ProcessName::new)
-        .transpose()
-        .map_err(|e| bad(format!("name: {e}")))?;
-    spec.group = set(&form.group)
-        .map(str::parse)
-        .transpose()
-        .map_err(|e: bpm_domain::NameError| bad(format!("group: {e}")))?;
-    if let Some(t) = set(&form.timeout) {
-        spec.timeout = Some(Span::from_str(t).map_err(|e| bad(format!("timeout: {e}")))?);
-    }
-    if let Some(r) = set(&form.restart) {
-        spec.restart.mode = RestartMode::from_str(r).map_err(|e| bad(format!("restart: {e}")))?;
-    }
-    if let Some(p) = set(&form.ready_pattern) {
-        let pattern = LogPattern::new(p).map_err(|e| bad(format!("ready pattern: {e}")))?;
-        spec.readiness.check = ReadinessCheck::LogPattern { pattern };
-    }
-    if let Some(port) = form.ready_port {
-        spec.readiness.check = ReadinessCheck::Port { port };
-    }
-    Ok(spec)
+    Ok(Asked {
+        command,
+        argv,
+        cwd: set(&form.cwd).map(PathBuf::from),
+        env,
+        name: set(&form.name).map(str::to_owned),
+        group: set(&form.group).map(str::to_owned),
+        timeout: set(&form.timeout).map(bpm_intake::Duration::from),
+        restart: set(&form.restart).map(str::to_owned),
+        ready_pattern: set(&form.ready_pattern).map(str::to_owned),
+        ready_port: form.ready_port,
+        ..Asked::default()
+    })
+}
+
+fn spec_of(s: &Shared, form: &StartForm) -> Result<ProcessSpec, ApiError> {
+    let asked = asked_of(form)?;
+    let ctx = Context::new(&s.config.cwd, &s.config.env, &*s.config.machine);
+    asked.into_spec(&ctx).map_err(|e| bad(e.to_string()))
 }
 
 pub(super) async fn start(

@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use bpm_ports::{ManagerError, ProcessManager};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use bpm_adapters::control::wire::DaemonStatus;
+use bpm_ports::DaemonStatus;
 
 /// What the daemon says about itself, beyond [`ProcessManager`]: for the
 /// page's top strip.
@@ -40,17 +40,8 @@ pub trait DaemonView: Send + Sync + 'static {
     async fn status(&self) -> Result<DaemonStatus, ManagerError>;
 }
 
-/// The client `bpm web` holds: the daemon's own status, on a new
-/// connection if the daemon went away.
-#[async_trait]
-impl DaemonView for bpm_adapters::control::ReconnectingManager {
-    async fn status(&self) -> Result<DaemonStatus, ManagerError> {
-        self.0.status().await
-    }
-}
-
 /// How the page is served.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebConfig {
     /// The secret a browser must present.
     pub token: String,
@@ -64,6 +55,8 @@ pub struct WebConfig {
     pub cwd: PathBuf,
     /// The environment it starts from (the form's variables go on top).
     pub env: bpm_domain::Environment,
+    /// What a start's directory is checked against.
+    pub machine: Arc<dyn bpm_ports::Machine>,
 }
 
 struct WebState {

@@ -170,14 +170,23 @@ fn below(point: &Path, root: &str, path: &str) -> PathBuf {
 /// The first limit this machine cannot enforce, named by its option
 /// (`flag` before it: `"--"` on the command line, `""` elsewhere).
 pub fn check_limits(limits: &ResourceLimits, flag: &str) -> Result<Vec<(String, String)>, String> {
-    let m = machine();
-    let name = |n: &str| {
+    enforcement(limits).map_err(|(option, why)| {
         if flag.is_empty() {
-            n.to_owned()
+            format!("{option}: {why}")
         } else {
-            format!("{flag}{}", n.replace('_', "-"))
+            format!("{flag}{}: {why}", option.replace('_', "-"))
         }
-    };
+    })
+}
+
+/// [`check_limits`], the refusal as the option it names and why.
+///
+/// # Errors
+/// The first limit this machine cannot enforce: `(option, why)`.
+pub fn enforcement(
+    limits: &ResourceLimits,
+) -> Result<Vec<(String, String)>, (&'static str, String)> {
+    let m = machine();
     let mut out = Vec::new();
     for (option, value) in limits.each() {
         let controller = match option {
@@ -196,25 +205,19 @@ pub fn check_limits(limits: &ResourceLimits, flag: &str) -> Result<Vec<(String, 
                 "memory_max" => "setrlimit RLIMIT_AS (address space; no cgroup memory controller bpm may use here)".to_owned(),
                 "pids_max" if !m.root => "setrlimit RLIMIT_NPROC (counts every process of this user; no cgroup pids controller bpm may use here)".to_owned(),
                 "pids_max" => {
-                    return Err(format!(
-                        "{}: this machine offers no cgroup pids controller bpm may use, and RLIMIT_NPROC does not bind root: the limit cannot be enforced",
-                        name(option)
-                    ));
+                    return Err((option, "this machine offers no cgroup pids controller bpm may use, and RLIMIT_NPROC does not bind root: the limit cannot be enforced".to_owned()));
                 }
                 "cpu_max" => {
-                    return Err(format!(
-                        "{}: this machine offers no cgroup cpu controller bpm may use (cgroup v2 with cpu delegated, or a writable v1 cpu hierarchy), and no rlimit caps a CPU share: the limit cannot be enforced",
-                        name(option)
-                    ));
+                    return Err((option, "this machine offers no cgroup cpu controller bpm may use (cgroup v2 with cpu delegated, or a writable v1 cpu hierarchy), and no rlimit caps a CPU share: the limit cannot be enforced".to_owned()));
                 }
                 _ => {
                     let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
                         .maximum
                         .unwrap_or(u64::MAX);
                     if limits.nofile.is_some_and(|n| n > hard) && !m.root {
-                        return Err(format!(
-                            "{}: {value} is above this user's hard limit of {hard} open files",
-                            name(option)
+                        return Err((
+                            option,
+                            format!("{value} is above this user's hard limit of {hard} open files"),
                         ));
                     }
                     "setrlimit RLIMIT_NOFILE".to_owned()

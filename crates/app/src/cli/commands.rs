@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::enough_if_gone;
-use bpm_adapters::view::record_json;
 use bpm_domain::{
-    Command as Cmd, ListFilter, LogPattern, NameTaken, OsText, Percent, ProcessId, ProcessKind,
-    ProcessName, ProcessRecord, ProcessSpec, ReadinessCheck, RestartMode, Span, StateName,
-    StdinMode, Timestamp, metadata_from_json,
+    Command as Cmd, ListFilter, OsText, Percent, ProcessId, ProcessKind, ProcessName,
+    ProcessRecord, ProcessSpec, Span, StateName, Timestamp, metadata_from_json,
 };
+use bpm_intake::view::record_json;
+use bpm_intake::{Amount, Asked, Context, HealthAsked, Spelling};
 use bpm_ports::request::{self, Submitted, Wanted};
 use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
 use clap::CommandFactory;
@@ -267,7 +267,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             let earlier = earlier_runs(m, &r).await;
             if as_json {
                 let mut v = record_json(&r);
-                bpm_adapters::view::add_usage(&mut v, usage);
+                bpm_intake::view::add_usage(&mut v, usage);
                 if let Some(why) = waiting {
                     v["waiting"] = why.into();
                 }
@@ -450,236 +450,121 @@ fn parse_metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Valu
     metadata_from_json(value).map_err(|e| CliError::invalid(e.to_string()))
 }
 
+/// What `bpm run`'s arguments ask for, as every front end writes it.
+fn asked_of(a: RunArgs) -> Result<Asked, CliError> {
+    let words = a.command.into_iter().map(OsText::from);
+    let (command, argv) = if a.shell {
+        (Some(shell_line(words)), None)
+    } else {
+        (None, Some(words.collect()))
+    };
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &a.env {
+        let (k, v) = env_var(kv)?;
+        env.insert(k, v);
+    }
+    let pairs = |list: &[String], flag| -> Result<std::collections::BTreeMap<_, _>, CliError> {
+        list.iter().map(|kv| key_value(kv, flag)).collect()
+    };
+    let health = (a.health_http.is_some()
+        || a.health_exec.is_some()
+        || a.health_port.is_some()
+        || a.health_every.is_some()
+        || a.health_failures.is_some()
+        || a.health_timeout.is_some())
+    .then(|| HealthAsked {
+        http: a.health_http,
+        exec: a.health_exec,
+        port: a.health_port,
+        every: a.health_every.as_deref().map(bpm_intake::Duration::from),
+        failures: a.health_failures,
+        timeout: a.health_timeout.as_deref().map(bpm_intake::Duration::from),
+    });
+    let text = |t: Option<String>| t.as_deref().map(bpm_intake::Duration::from);
+    let amount = |t: Option<String>| t.as_deref().map(Amount::from);
+    let yes = |b: bool| b.then_some(true);
+    Ok(Asked {
+        command,
+        argv,
+        name: a.name,
+        kind: a.kind,
+        cwd: a.cwd,
+        env,
+        clean_env: yes(a.clean_env),
+        env_file: a.env_file,
+        session: a.session,
+        parent: a.parent,
+        after: a.after,
+        group: a.group,
+        priority: a.priority,
+        delay: text(a.delay),
+        timeout: text(a.timeout),
+        grace: text(a.grace),
+        stop_signal: a.stop_signal,
+        restart: a.restart,
+        max_restarts: a.max_restarts,
+        backoff: text(a.backoff),
+        ready_pattern: a.ready_pattern,
+        ready_port: a.ready_port,
+        ready_http: a.ready_http,
+        ready_exec: a.ready_exec,
+        ready_notify: yes(a.ready_notify),
+        ready_timeout: text(a.ready_timeout),
+        health,
+        idle_after: text(a.idle_after),
+        labels: pairs(&a.label, "--label")?,
+        metadata: a.metadata.as_deref().map(parse_metadata).transpose()?,
+        on_exit: a.on_exit,
+        node: a.node,
+        node_labels: pairs(&a.node_label, "--node-label")?,
+        failover: yes(a.failover),
+        leader_only: yes(a.leader_only),
+        ensure: yes(a.ensure),
+        replace: yes(a.replace),
+        port: amount(a.port),
+        owner: a.owner,
+        owner_grace: text(a.owner_grace),
+        persistent: yes(a.persist),
+        watch: a.watch,
+        watch_ignore: a.watch_ignore,
+        watch_debounce: text(a.watch_debounce),
+        restart_dependents: yes(a.restart_dependents),
+        stdin: yes(a.stdin),
+        tty: yes(a.tty),
+        tty_size: a.tty_size,
+        every: a.every,
+        cron: a.cron,
+        tz: a.tz,
+        overlap: a.overlap,
+        jitter: a.jitter,
+        run_now: yes(a.run_now),
+        catch_up: yes(a.catch_up),
+        memory_max: amount(a.memory_max),
+        cpu_max: amount(a.cpu_max),
+        pids_max: amount(a.pids_max),
+        nofile: amount(a.nofile),
+    })
+}
+
+/// The spec `bpm run`'s arguments ask for, relative to this shell: its
+/// directory, its environment, its terminal's size.
 async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
-    let bad = |e: &dyn std::fmt::Display| CliError::invalid(e.to_string());
-    let mut spec = if a.shell {
-        ProcessSpec::shell(shell_line(a.command.into_iter().map(OsText::from)))
-    } else {
-        ProcessSpec::argv(a.command)
-    };
-    if let Some(Cmd::Argv(argv)) = &spec.command
-        && argv.first().is_none_or(OsText::is_empty)
-    {
-        return Err(CliError::invalid("missing command: give it after --"));
+    let asked = asked_of(a)?;
+    let here = std::env::current_dir()
+        .map_err(|e| CliError::invalid(format!("the current directory: {e}")))?;
+    let env = bpm_adapters::os::inherited_env();
+    let machine = bpm_adapters::os::ThisMachine;
+    let mut ctx = Context::new(&here, &env, &machine);
+    ctx.spelling = Spelling::Flags;
+    if asked.tty == Some(true) && asked.tty_size.is_none() {
+        ctx.terminal = super::attach::this_terminal_size().unwrap_or_default();
     }
-    spec.name = a
-        .name
-        .map(ProcessName::new)
-        .transpose()
-        .map_err(|e| bad(&e))?;
-    if let Some(k) = a.kind {
-        spec.kind = k.parse::<ProcessKind>().map_err(|e| bad(&e))?;
+    for r in asked.references() {
+        ctx.ids.insert(r.to_owned(), resolve(m, r).await?);
     }
-    spec.group = a
-        .group
-        .map(|g| g.parse())
-        .transpose()
-        .map_err(|e: bpm_domain::NameError| bad(&e))?;
-    spec.node = a
-        .node
-        .map(|n| {
-            n.parse::<bpm_domain::NodeId>()
-                .map_err(|e| bad(&format!("--node {n:?}: {e}")))
-        })
-        .transpose()?;
-    spec.session = a
-        .session
-        .map(|g| g.parse())
-        .transpose()
-        .map_err(|e: bpm_domain::NameError| bad(&e))?;
-    if let Some(p) = a.parent {
-        spec.parent = Some(resolve(m, &p).await?);
-    }
-    if let Some(cwd) = a.cwd {
-        let abs = if cwd.is_absolute() {
-            cwd
-        } else {
-            std::env::current_dir().map_err(|e| bad(&e))?.join(cwd)
-        };
-        bpm_adapters::usable_cwd(&abs).map_err(|e| CliError::invalid(e.to_string()))?;
-        spec.cwd = Some(abs);
-    } else {
-        spec.cwd = std::env::current_dir().ok();
-    }
-    // The process runs in the caller's environment, as if started from this
-    // shell, not in the daemon's; --env adds to it or overrides it.
-    if !a.clean_env {
-        spec.env = std::sync::Arc::new(bpm_adapters::os::inherited_env());
-    }
-    if !a.env_file.is_empty() {
-        let here = std::env::current_dir().map_err(|e| bad(&e))?;
-        spec.env_files = a.env_file.iter().map(|f| here.join(f)).collect();
-        bpm_adapters::env_file::make_room(std::sync::Arc::make_mut(&mut spec.env), &spec.env_files)
-            .map_err(|e| CliError::invalid(format!("--env-file: {e}")))?;
-    }
-    for kv in a.env {
-        let (k, v) = env_var(&kv)?;
-        std::sync::Arc::make_mut(&mut spec.env).insert(k, v);
-    }
-    spec.timeout = a.timeout.map(|t| span(&t, "--timeout")).transpose()?;
-    if let Some(g) = a.grace {
-        spec.stop.grace = span(&g, "--grace")?;
-    }
-    if let Some(r) = a.restart {
-        spec.restart.mode = r.parse::<RestartMode>().map_err(|e| bad(&e))?;
-    }
-    spec.restart.max_restarts = a.max_restarts;
-    for after in a.after {
-        spec.dependencies.push(resolve(m, &after).await?);
-    }
-    spec.priority = a.priority.unwrap_or(0);
-    spec.delay = a.delay.map(|d| span(&d, "--delay")).transpose()?;
-    let ready_pattern_given = a.ready_pattern.is_some();
-    if let Some(p) = a.ready_pattern {
-        spec.readiness.check = ReadinessCheck::LogPattern {
-            pattern: LogPattern::new(&p).map_err(|e| bad(&e))?,
-        };
-    }
-    if let Some(port) = a.ready_port {
-        spec.readiness.check = ReadinessCheck::Port { port };
-    }
-    let chosen = [
-        ready_pattern_given,
-        a.ready_port.is_some(),
-        a.ready_http.is_some(),
-        a.ready_exec.is_some(),
-        a.ready_notify,
-    ];
-    if chosen.into_iter().filter(|c| *c).count() > 1 {
-        return Err(CliError::invalid(
-            "give one readiness check: --ready-pattern, --ready-port, --ready-http, --ready-exec or --ready-notify",
-        ));
-    }
-    if let Some(target) = a.ready_http {
-        spec.readiness.check = ReadinessCheck::Http { target };
-    }
-    if let Some(command) = a.ready_exec {
-        spec.readiness.check = ReadinessCheck::Exec { command };
-    }
-    if a.ready_notify {
-        spec.readiness.check = ReadinessCheck::Notify;
-    }
-    let asked = a.health_http.is_some() || a.health_exec.is_some() || a.health_port.is_some();
-    if asked {
-        let every = a
-            .health_every
-            .map(|e| span(&e, "--health-every"))
-            .transpose()?;
-        let timeout = a
-            .health_timeout
-            .map(|t| span(&t, "--health-timeout"))
-            .transpose()?;
-        let check = bpm_domain::HealthCheck::from_options(
-            a.health_http,
-            a.health_exec,
-            a.health_port,
-            every,
-            a.health_failures,
-            timeout,
-        )
-        .map_err(|_| {
-            CliError::invalid(
-                "give one health check: --health-http, --health-exec or --health-port",
-            )
-        })?;
-        spec.health = Some(Box::new(check));
-    } else if a.health_every.is_some() || a.health_failures.is_some() || a.health_timeout.is_some()
-    {
-        return Err(CliError::invalid(
-            "--health-every, --health-failures and --health-timeout need a check: --health-http, --health-exec or --health-port",
-        ));
-    }
-    spec.readiness.timeout = a
-        .ready_timeout
-        .map(|t| span(&t, "--ready-timeout"))
-        .transpose()?;
-    spec.idle_after = a.idle_after.map(|t| span(&t, "--idle-after")).transpose()?;
-    for kv in a.label {
-        let (k, v) = key_value(&kv, "--label")?;
-        spec.labels.insert(
-            k.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
-            v.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
-        );
-    }
-    for kv in a.node_label {
-        let (k, v) = key_value(&kv, "--node-label")?;
-        spec.node_labels.insert(
-            k.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
-            v.parse().map_err(|e: bpm_domain::NameError| bad(&e))?,
-        );
-    }
-    spec.failover = a.failover;
-    spec.leader_only = a.leader_only;
-    spec.if_name_taken = NameTaken::asked(a.ensure, a.replace).ok_or_else(|| {
-        CliError::invalid(
-            "--ensure and --replace contradict each other: --ensure keeps the live process, --replace stops it",
-        )
-    })?;
-    if let Some(text) = a.metadata {
-        spec.metadata = parse_metadata(&text)?;
-    }
-    spec.port = a
-        .port
-        .map(|p| p.parse::<bpm_domain::PortAsk>())
-        .transpose()
-        .map_err(|e| bad(&format!("--port: {e}")))?;
-    for owner in a.owner {
-        let owner = owner
-            .parse::<bpm_domain::Owner>()
-            .map_err(|e| bad(&format!("--owner: {e}")))?;
-        if !spec.owners.contains(&owner) {
-            spec.owners.push(owner);
-        }
-    }
-    spec.owner_grace = a
-        .owner_grace
-        .map(|g| span(&g, "--owner-grace"))
-        .transpose()?;
-    if !a.watch.is_empty() {
-        let here = std::env::current_dir().map_err(|e| bad(&e))?;
-        let watch = bpm_domain::FileWatch::new(
-            a.watch.iter().map(|p| here.join(p)).collect(),
-            a.watch_ignore,
-            a.watch_debounce
-                .map(|d| span(&d, "--watch-debounce"))
-                .transpose()?,
-        );
-        bpm_adapters::os::check_watch(&watch)
-            .map_err(|e| CliError::invalid(format!("--watch: {e}")))?;
-        spec.watch = Some(Box::new(watch));
-    }
-    if a.stdin {
-        spec.stdin = StdinMode::Pipe;
-    }
-    spec.tty = bpm_domain::TtySize::asked(
-        a.tty.then_some(true),
-        a.tty_size.as_deref(),
-        || super::attach::this_terminal_size().unwrap_or_default(),
-        "--",
-    )
-    .map_err(CliError::invalid)?;
-    spec.on_exit = a.on_exit;
-    spec.schedule = bpm_domain::ScheduleAsked {
-        every: a.every.as_deref(),
-        cron: a.cron.as_deref(),
-        tz: a.tz.as_deref(),
-        overlap: a.overlap.as_deref(),
-        jitter: a.jitter.as_deref(),
-        run_now: a.run_now,
-        catch_up: a.catch_up,
-    }
-    .schedule(bpm_adapters::os::local_time_zone, "--")
-    .map_err(CliError::invalid)?
-    .map(Box::new);
-    let asked = bpm_domain::LimitsAsked {
-        memory_max: a.memory_max.as_deref(),
-        cpu_max: a.cpu_max.as_deref(),
-        pids_max: a.pids_max.as_deref(),
-        nofile: a.nofile.as_deref(),
-    };
-    spec.limits = bpm_adapters::os::asked_limits(&asked, "--").map_err(CliError::invalid)?;
-    spec.validate().map_err(|e| bad(&e))?;
-    Ok(spec)
+    asked
+        .into_spec(&ctx)
+        .map_err(|e| CliError::invalid(e.to_string()))
 }
 
 async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {

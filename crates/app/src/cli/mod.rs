@@ -374,6 +374,9 @@ pub struct RunArgs {
     /// restarting, so that a burst of saves is one restart (default 300ms).
     #[arg(long, value_name = "DURATION", requires = "watch")]
     pub watch_debounce: Option<String>,
+    /// With --watch: restart the live processes that depend on this one too.
+    #[arg(long, requires = "watch")]
+    pub restart_dependents: bool,
     /// Start from the daemon's environment instead of this shell's.
     #[arg(long)]
     pub clean_env: bool,
@@ -383,6 +386,12 @@ pub struct RunArgs {
     /// Grace period between TERM and KILL.
     #[arg(long)]
     pub grace: Option<String>,
+    /// The signal that asks it to stop (TERM by default): a name (INT, SIGHUP) or a number.
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// The first delay before an automatic restart, doubling up to a minute (1s by default).
+    #[arg(long, value_name = "DURATION")]
+    pub backoff: Option<String>,
     /// never, on-failure or always.
     #[arg(long)]
     pub restart: Option<String>,

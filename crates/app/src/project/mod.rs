@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bpm_domain::project::{Project, Service};
-use bpm_domain::{
-    Command, Environment, LogPattern, NodeId, PortAsk, ProcessKind, ProcessSpec, ReadinessCheck,
-    RestartMode, Signal, Span, Until,
-};
+use bpm_domain::{Environment, ProcessSpec, ReadinessCheck, Until};
+use bpm_intake::{Amount, Asked, Context, HealthAsked, Spelling};
 use serde::Deserialize;
 use sha2::Digest as _;
 
@@ -148,9 +146,7 @@ pub fn load(file: &Path, env: &Environment) -> Result<Loaded, String> {
     load_confined(file, env, &|_, _| Ok(()))
 }
 
-/// Whether a file may be read (`what` names it in an error): asked before
-/// a project's file, and every env file it names, is read.
-pub type MayRead<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
+pub use bpm_intake::MayRead;
 
 /// [`load`], asking `may_read` before reading the file and each env file
 /// it names: `bpm mcp`'s allowed directories, so a request never makes
@@ -337,32 +333,90 @@ impl TextOrNumber {
     }
 }
 
-/// The service's `watch`, `watch_ignore`, `watch_debounce` and
-/// `restart_dependents`: paths relative to the file, each there now.
-fn watch(t: &ServiceTable, dir: &Path) -> Result<Option<bpm_domain::FileWatch>, String> {
-    let Some(paths) = &t.watch else {
-        if t.watch_ignore.is_some() || t.watch_debounce.is_some() || t.restart_dependents.is_some()
-        {
-            return Err(
-                "watch_ignore, watch_debounce and restart_dependents need watch = [paths]".into(),
-            );
+impl ServiceTable {
+    /// What the service asks for, as every front end writes it.
+    fn asked(&self) -> Asked {
+        let many = |v: &Option<OneOrMany>| -> Vec<String> {
+            v.as_ref()
+                .map(|m| m.all().into_iter().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let length = |d: &Option<String>| d.as_deref().map(bpm_intake::Duration::from);
+        let amount = |v: &Option<TextOrNumber>| v.as_ref().map(|v| Amount::Text(v.text()));
+        let ready = self.ready.as_ref();
+        Asked {
+            command: self.command.as_deref().map(bpm_domain::OsText::from),
+            argv: self.argv.as_ref().map(|a| {
+                a.iter()
+                    .map(|w| bpm_domain::OsText::from(w.as_str()))
+                    .collect()
+            }),
+            cwd: self.cwd.as_ref().map(PathBuf::from),
+            env: self
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+            env_file: many(&self.env_file)
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            ready_pattern: ready.and_then(|r| r.log.clone()),
+            ready_port: ready.and_then(|r| r.port),
+            ready_http: ready.and_then(|r| r.http.clone()),
+            ready_exec: ready.and_then(|r| r.exec.clone()),
+            ready_notify: ready.and_then(|r| r.notify),
+            ready_timeout: ready.and_then(|r| r.timeout.as_deref().map(bpm_intake::Duration::from)),
+            port: self.port.as_ref().map(|p| match p {
+                PortValue::Number(n) => Amount::Number(i64::from(*n)),
+                PortValue::Text(t) => Amount::Text(t.clone()),
+            }),
+            restart: self.restart.clone(),
+            max_restarts: self.max_restarts,
+            backoff: length(&self.backoff),
+            health: self.health.as_ref().map(|h| HealthAsked {
+                http: h.http.clone(),
+                exec: h.exec.clone(),
+                port: h.port,
+                every: length(&h.every),
+                failures: h.failures,
+                timeout: length(&h.timeout),
+            }),
+            group: self.group.clone(),
+            labels: self.labels.clone(),
+            kind: self.kind.clone(),
+            priority: self.priority,
+            timeout: length(&self.timeout),
+            grace: length(&self.grace),
+            stop_signal: self.stop_signal.clone(),
+            delay: length(&self.delay),
+            idle_after: length(&self.idle_after),
+            node: self.node.clone(),
+            node_labels: self.node_labels.clone(),
+            failover: self.failover,
+            leader_only: self.leader_only,
+            stdin: self.stdin,
+            on_exit: self.on_exit.clone(),
+            watch: many(&self.watch).into_iter().map(PathBuf::from).collect(),
+            watch_ignore: many(&self.watch_ignore),
+            watch_debounce: length(&self.watch_debounce),
+            restart_dependents: self.restart_dependents,
+            every: self.every.clone(),
+            cron: self.cron.clone(),
+            tz: self.tz.clone(),
+            overlap: self.overlap.clone(),
+            jitter: self.jitter.clone(),
+            run_now: self.run_now,
+            catch_up: self.catch_up,
+            memory_max: amount(&self.memory_max),
+            cpu_max: amount(&self.cpu_max),
+            pids_max: amount(&self.pids_max),
+            nofile: amount(&self.nofile),
+            tty: self.tty,
+            tty_size: self.tty_size.clone(),
+            ..Asked::default()
         }
-        return Ok(None);
-    };
-    let mut watch = bpm_domain::FileWatch::new(
-        paths.all().into_iter().map(|p| dir.join(p)).collect(),
-        t.watch_ignore
-            .as_ref()
-            .map(|i| i.all().into_iter().map(str::to_owned).collect())
-            .unwrap_or_default(),
-        t.watch_debounce
-            .as_deref()
-            .map(|d| duration(d, "watch_debounce"))
-            .transpose()?,
-    );
-    watch.restart_dependents = t.restart_dependents.unwrap_or(false);
-    bpm_adapters::os::check_watch(&watch).map_err(|e| format!("watch: {e}"))?;
-    Ok(Some(watch))
+    }
 }
 
 /// A string or a list of them.
@@ -487,156 +541,12 @@ pub(crate) fn resolve(
     if t.disabled == Some(true) {
         return Ok(Vec::new());
     }
-    let mut spec = ProcessSpec {
-        command: Some(match (&t.command, &t.argv) {
-            (Some(line), None) => Command::Shell(line.as_str().into()),
-            (None, Some(argv)) if !argv.is_empty() => {
-                Command::Argv(argv.iter().map(|a| a.as_str().into()).collect())
-            }
-            (Some(_), Some(_)) => return Err("command: give command or argv, not both".into()),
-            _ => return Err("command: missing (give command = \"...\" or argv = [...])".into()),
-        }),
-        ..ProcessSpec::default()
+    let ctx = Context {
+        spelling: Spelling::Project,
+        may_read,
+        ..Context::new(dir, inherited, &bpm_adapters::os::ThisMachine)
     };
-    let cwd = match &t.cwd {
-        Some(c) => dir.join(c),
-        None => dir.to_path_buf(),
-    };
-    spec.cwd = Some(cwd);
-    // The env files are read again at each start (a restart takes an
-    // edit); their contents as they are now and the file's own variables
-    // are what the digest covers.
-    spec.env_files = t
-        .env_file
-        .as_ref()
-        .map(OneOrMany::all)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|f| dir.join(f))
-        .collect();
-    for f in &spec.env_files {
-        may_read("env_file", f).map_err(|e| format!("env_file: {e}"))?;
-    }
-    let mut inherited = inherited.clone();
-    let mut own: Environment = bpm_adapters::env_file::make_room(&mut inherited, &spec.env_files)
-        .map_err(|e| format!("env_file: {e}"))?;
-    for (k, v) in &t.env {
-        own.insert(k.as_str().into(), v.as_str().into());
-    }
-    if let Some(r) = &t.ready {
-        spec.readiness.check = readiness(r)?;
-        spec.readiness.timeout = r
-            .timeout
-            .as_deref()
-            .map(|d| duration(d, "ready.timeout"))
-            .transpose()?;
-    }
-    spec.port = match &t.port {
-        None => None,
-        Some(PortValue::Number(p)) => Some(PortAsk::Fixed(*p)),
-        Some(PortValue::Text(text)) => Some(text.parse().map_err(|e| format!("port: {e}"))?),
-    };
-    if let Some(r) = &t.restart {
-        spec.restart.mode = r
-            .parse::<RestartMode>()
-            .map_err(|e| format!("restart: {e}"))?;
-    }
-    spec.restart.max_restarts = t.max_restarts;
-    if let Some(b) = &t.backoff {
-        spec.restart.backoff.initial = duration(b, "backoff")?;
-    }
-    if let Some(h) = &t.health {
-        spec.health = Some(Box::new(health(h)?));
-    }
-    spec.group = t
-        .group
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(|e| format!("group: {e}"))?;
-    for (k, v) in &t.labels {
-        spec.labels.insert(
-            k.parse().map_err(|e| format!("labels: {e}"))?,
-            v.parse().map_err(|e| format!("labels: {e}"))?,
-        );
-    }
-    if let Some(k) = &t.kind {
-        spec.kind = k.parse::<ProcessKind>().map_err(|e| format!("kind: {e}"))?;
-    }
-    spec.priority = t.priority.unwrap_or(0);
-    spec.timeout = t
-        .timeout
-        .as_deref()
-        .map(|d| duration(d, "timeout"))
-        .transpose()?;
-    if let Some(g) = &t.grace {
-        spec.stop.grace = duration(g, "grace")?;
-    }
-    if let Some(s) = &t.stop_signal {
-        spec.stop.signal = s
-            .parse::<Signal>()
-            .map_err(|e| format!("stop_signal: {e}"))?;
-    }
-    spec.delay = t
-        .delay
-        .as_deref()
-        .map(|d| duration(d, "delay"))
-        .transpose()?;
-    spec.idle_after = t
-        .idle_after
-        .as_deref()
-        .map(|d| duration(d, "idle_after"))
-        .transpose()?;
-    spec.node = t
-        .node
-        .as_deref()
-        .map(str::parse::<NodeId>)
-        .transpose()
-        .map_err(|e| format!("node: {e}"))?;
-    for (k, v) in &t.node_labels {
-        spec.node_labels.insert(
-            k.parse().map_err(|e| format!("node_labels: {e}"))?,
-            v.parse().map_err(|e| format!("node_labels: {e}"))?,
-        );
-    }
-    spec.failover = t.failover.unwrap_or(false);
-    spec.leader_only = t.leader_only.unwrap_or(false);
-    if t.stdin == Some(true) {
-        spec.stdin = bpm_domain::StdinMode::Pipe;
-    }
-    spec.on_exit.clone_from(&t.on_exit);
-    spec.watch = watch(t, dir)?.map(Box::new);
-    spec.schedule = bpm_domain::ScheduleAsked {
-        every: t.every.as_deref(),
-        cron: t.cron.as_deref(),
-        tz: t.tz.as_deref(),
-        overlap: t.overlap.as_deref(),
-        jitter: t.jitter.as_deref(),
-        run_now: t.run_now.unwrap_or(false),
-        catch_up: t.catch_up.unwrap_or(false),
-    }
-    .schedule(bpm_adapters::os::local_time_zone, "")?
-    .map(Box::new);
-    let text = |v: &Option<TextOrNumber>| v.as_ref().map(TextOrNumber::text);
-    let (memory, cpu, pids, files) = (
-        text(&t.memory_max),
-        text(&t.cpu_max),
-        text(&t.pids_max),
-        text(&t.nofile),
-    );
-    let asked = bpm_domain::LimitsAsked {
-        memory_max: memory.as_deref(),
-        cpu_max: cpu.as_deref(),
-        pids_max: pids.as_deref(),
-        nofile: files.as_deref(),
-    };
-    spec.limits = bpm_adapters::os::asked_limits(&asked, "")?;
-    spec.tty = bpm_domain::TtySize::asked(
-        t.tty,
-        t.tty_size.as_deref(),
-        bpm_domain::TtySize::default,
-        "",
-    )?;
+    let (spec, from_files) = t.asked().into_parts(&ctx).map_err(|e| e.message)?;
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),
@@ -652,16 +562,14 @@ pub(crate) fn resolve(
     // The digest covers the effective definition: the file's settings,
     // the env files' contents and the directory, not the caller's shell.
     let mut digested = spec.clone();
-    digested.env = Arc::new(own.clone());
-    let hash = digest(&digested, &depends_on);
-    let mut full = inherited;
-    full.extend(
+    let mut own = from_files;
+    own.extend(
         t.env
             .iter()
             .map(|(k, v)| (k.as_str().into(), v.as_str().into())),
     );
-    spec.env = Arc::new(full);
-    spec.validate().map_err(|e| format!("{e}"))?;
+    digested.env = Arc::new(own);
+    let hash = digest(&digested, &depends_on);
     let replicas = t.replicas.unwrap_or(1);
     if replicas == 0 {
         return Err("replicas: 0 runs nothing; use disabled = true".into());
@@ -725,59 +633,6 @@ pub(crate) fn expand_replicas(services: &mut [Service]) {
         }
         s.depends_on = expanded;
     }
-}
-
-fn readiness(r: &ReadyTable) -> Result<ReadinessCheck, String> {
-    let given = [
-        r.log.is_some(),
-        r.port.is_some(),
-        r.http.is_some(),
-        r.exec.is_some(),
-        r.notify.is_some(),
-    ]
-    .into_iter()
-    .filter(|g| *g)
-    .count();
-    if given > 1 {
-        return Err("ready: give one of log, port, http, exec or notify".into());
-    }
-    Ok(if let Some(p) = &r.log {
-        ReadinessCheck::LogPattern {
-            pattern: LogPattern::new(p).map_err(|e| format!("ready.log: {e}"))?,
-        }
-    } else if let Some(port) = r.port {
-        ReadinessCheck::Port { port }
-    } else if let Some(target) = &r.http {
-        ReadinessCheck::Http {
-            target: target.clone(),
-        }
-    } else if let Some(command) = &r.exec {
-        ReadinessCheck::Exec {
-            command: command.clone(),
-        }
-    } else if r.notify == Some(true) {
-        ReadinessCheck::Notify
-    } else {
-        ReadinessCheck::None
-    })
-}
-
-/// `health = { http = "/", every = "2s", failures = 3, timeout = "5s" }`.
-fn health(h: &HealthTable) -> Result<bpm_domain::HealthCheck, String> {
-    let span = |d: &Option<String>, key| d.as_deref().map(|d| duration(d, key)).transpose();
-    bpm_domain::HealthCheck::from_options(
-        h.http.clone(),
-        h.exec.clone(),
-        h.port,
-        span(&h.every, "health.every")?,
-        h.failures,
-        span(&h.timeout, "health.timeout")?,
-    )
-    .map_err(|e| format!("health: {e}"))
-}
-
-fn duration(text: &str, key: &str) -> Result<Span, String> {
-    text.parse::<Span>().map_err(|e| format!("{key}: {e}"))
 }
 
 /// A hex digest of a service's definition.
