@@ -9,6 +9,6 @@ pub mod daemon;
 pub mod home;
 pub mod keeper;
 pub mod mcp;
-pub mod project;
+pub use bpm_intake::project;
 pub mod web;
 pub mod wiring;

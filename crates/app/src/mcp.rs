@@ -84,7 +84,7 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
         defaults,
         SOFTWARE.trim_start_matches("bpm "),
     )
-    .with_projects(project_loader())
+    .with_projects()
     .with_project_lock(project_lock(home.clone()));
     let running = server
         .serve(rmcp::transport::stdio())
@@ -92,33 +92,6 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
         .context("the MCP handshake failed")?;
     running.waiting().await.context("the MCP session failed")?;
     Ok(())
-}
-
-/// How the project tools read a project file: the one given, or the
-/// `bpm.toml` of the directory or its nearest parent; its processes start
-/// from this server's environment.
-pub fn project_loader() -> bpm_mcp::ProjectLoader {
-    Arc::new(
-        |file: Option<&std::path::Path>, cwd: &std::path::Path, may_read: &bpm_mcp::MayRead<'_>| {
-            let path = match file {
-                Some(f) => f.to_path_buf(),
-                None => crate::project::find(cwd).ok_or_else(|| {
-                    format!(
-                        "no {} in {} or a parent directory: give its file",
-                        crate::project::FILE_NAME,
-                        cwd.display()
-                    )
-                })?,
-            };
-            let loaded =
-                crate::project::load_confined(&path, &bpm_adapters::os::inherited_env(), may_read)?;
-            Ok(bpm_mcp::LoadedProject {
-                project: loaded.project,
-                file: loaded.file,
-                ignored: loaded.ignored,
-            })
-        },
-    )
 }
 
 /// The lock `bpm up` takes of a project ([`Home::lock_project`]), for the

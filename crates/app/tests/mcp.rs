@@ -57,15 +57,11 @@ async fn world() -> World {
 
 impl World {
     async fn client(&self, policy: Policy) -> (Client, Seen) {
-        self.client_with(policy, None).await
+        self.client_with(policy, false).await
     }
 
     /// A client of a server that reads project files as `bpm mcp` does.
-    async fn client_with(
-        &self,
-        policy: Policy,
-        projects: Option<bpm_mcp::ProjectLoader>,
-    ) -> (Client, Seen) {
+    async fn client_with(&self, policy: Policy, projects: bool) -> (Client, Seen) {
         let defaults = StartDefaults {
             cwd: self.dir.path().to_path_buf(),
             env: BTreeMap::from([(
@@ -77,8 +73,8 @@ impl World {
             machine: Arc::new(bpm_adapters::os::ThisMachine),
         };
         let mut server = McpServer::new(self.manager.clone(), policy, defaults, "test");
-        if let Some(loader) = projects {
-            server = server.with_projects(loader);
+        if projects {
+            server = server.with_projects();
         }
         let (server_side, client_side) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
@@ -662,9 +658,7 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
         allow_dirs: vec![inside.clone()],
         ..Policy::default()
     };
-    let (c, _) = w
-        .client_with(strict.clone(), Some(bpm::mcp::project_loader()))
-        .await;
+    let (c, _) = w.client_with(strict.clone(), true).await;
     let touch = format!("touch {}", pwned.display());
     let start = |extra: Value| {
         let mut args = json!({"argv": ["echo", "x"], "cwd": "work"});

@@ -14,9 +14,13 @@
 
 mod asked;
 mod context;
+pub mod project;
+pub mod request;
+mod resolve;
 mod spec;
 pub mod view;
 
 pub use asked::{Amount, Asked, Duration, HealthAsked};
 pub use context::{AskError, Context, MayRead, Spelling, may_read_anything};
+pub use resolve::{ResolveError, resolve_id, resolve_record};
 pub use spec::command_of;

@@ -31,7 +31,7 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 
 pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, RUNNER_VARS, SECRET_WORDS};
-pub use projects::{LoadedProject, MayRead, ProjectLoader, ProjectLock};
+pub use projects::{LoadedProject, MayRead, ProjectLock};
 
 /// What a started process gets when the agent does not say: the server's
 /// working directory and environment, as a shell would pass them on, and
@@ -94,7 +94,7 @@ struct ClientState {
     /// The task noting them, from the server's start.
     noting: Option<tokio::task::JoinHandle<()>>,
     /// How project files are read, if this server reads them.
-    projects: Option<ProjectLoader>,
+    projects: bool,
     /// How a project's lock is held while `project_up` or `project_down`
     /// carries out its plan, if this server shares one with other front
     /// ends.
@@ -155,7 +155,7 @@ impl McpServer {
                 forwarder: Mutex::new(None),
                 changes,
                 noting,
-                projects: None,
+                projects: false,
                 project_lock: None,
             }),
         }
@@ -164,9 +164,9 @@ impl McpServer {
     /// This server, reading project files through `loader` (the project
     /// tools answer that it reads none otherwise).
     #[must_use]
-    pub fn with_projects(mut self, loader: ProjectLoader) -> Self {
+    pub fn with_projects(mut self) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.projects = Some(loader);
+            inner.projects = true;
         }
         self
     }

@@ -1,14 +1,14 @@
 //! The project tools: `project_up`, `project_down` and `project_status`,
 //! so that an agent says "make sure the dev stack is up" in one call and
 //! may repeat it safely. Reading a project file is the front end's (it
-//! hands a [`ProjectLoader`] over); bringing it up is `bpm_ports::project`.
+//! hands a [`ProjectLoader`] over); bringing it up is `bpm_intake::project`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bpm_domain::project::{self, Project};
-use bpm_ports::project as ports_project;
+use bpm_intake::project as ports_project;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,12 +27,6 @@ pub struct LoadedProject {
 }
 
 pub use bpm_intake::MayRead;
-
-/// Reads a project: the file given (relative to the server's directory),
-/// or the `bpm.toml` of that directory or the nearest parent, asking
-/// [`MayRead`] before it reads any other file the project names.
-pub type ProjectLoader =
-    Arc<dyn Fn(Option<&Path>, &Path, &MayRead<'_>) -> Result<LoadedProject, String> + Send + Sync>;
 
 /// Takes project `name`'s lock, waiting for it (a blocking call); the
 /// lock is held until what it returns is dropped.
@@ -70,9 +64,9 @@ fn step_json(s: &ports_project::Step) -> Value {
 impl McpServer {
     /// The project a call names.
     async fn project_of(&self, a: &ProjectArgs) -> Result<LoadedProject, String> {
-        let Some(loader) = &self.inner.projects else {
+        if !self.inner.projects {
             return Err("this server reads no project files".into());
-        };
+        }
         let cwd = &self.inner.defaults.cwd;
         let file = match (&a.file, &a.project) {
             (Some(f), _) => Some(cwd.join(f)),
@@ -109,7 +103,27 @@ impl McpServer {
         }
         let policy = &self.inner.policy;
         let may_read = |what: &str, path: &Path| policy.check_path(what, path);
-        let mut loaded = loader(file.as_deref(), cwd, &may_read)?;
+        let path = match file {
+            Some(f) => f,
+            None => ports_project::find(cwd).ok_or_else(|| {
+                format!(
+                    "no {} in {} or a parent directory: give its file",
+                    ports_project::FILE_NAME,
+                    cwd.display()
+                )
+            })?,
+        };
+        let reading = ports_project::Reading {
+            env: &self.inner.defaults.env,
+            machine: &*self.inner.defaults.machine,
+            may_read: &may_read,
+        };
+        let loaded = ports_project::load_confined(&path, &reading)?;
+        let mut loaded = LoadedProject {
+            project: loaded.project,
+            file: loaded.file,
+            ignored: loaded.ignored,
+        };
         // Found by walking up from the server's directory: it may lie
         // above every allowed one.
         policy.check_path("project file", &loaded.file)?;

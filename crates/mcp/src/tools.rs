@@ -10,10 +10,7 @@ use bpm_domain::{
     EventKind, ExitStatus, ListFilter, Percent, ProcessId, ProcessName, ProcessRecord, ProcessSpec,
     Span,
 };
-use bpm_ports::{
-    Cursor, ManagerError, OutputChunk, OutputQuery, ResolveError, StopOptions, StreamSelect,
-    resolve_id,
-};
+use bpm_ports::{Cursor, ManagerError, OutputChunk, OutputQuery, StopOptions, StreamSelect};
 use regex::Regex;
 use rmcp::RoleServer;
 use rmcp::model::ProgressNotificationParam;
@@ -30,7 +27,7 @@ use super::inputs::{
 use super::policy::redact_text;
 use super::{McpServer, Reply, schemas};
 use bpm_intake::view::{record_json, record_json_redacted};
-use bpm_intake::{Asked, Context};
+use bpm_intake::{Asked, Context, ResolveError, resolve_id};
 
 type ToolResult = Result<Reply, String>;
 

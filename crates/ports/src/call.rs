@@ -635,3 +635,6 @@ pub async fn apply(manager: &dyn ProcessManager, call: Call) -> Result<Reply, Ma
         }
     })
 }
+
+/// The longest request line the daemon reads.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;

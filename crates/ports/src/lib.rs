@@ -18,9 +18,6 @@ mod machine;
 mod manager;
 mod membership;
 mod output;
-pub mod project;
-pub mod request;
-mod resolve;
 mod spawner;
 mod store;
 mod usage;
@@ -28,7 +25,7 @@ mod usage;
 #[cfg(feature = "contract")]
 pub mod contract;
 
-pub use call::{Call, DaemonStatus, Reply, Started, WireError, apply};
+pub use call::{Call, DaemonStatus, MAX_REQUEST_BYTES, Reply, Started, WireError, apply};
 pub use claims::{ClaimQueue, ClaimedOne, ClusterSlots, FailedOver, Failover};
 pub use clock::Clock;
 pub use commands::{
@@ -44,7 +41,6 @@ pub use membership::{Claimant, Membership, MembershipError, NodeView, WriteFence
 pub use output::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
 };
-pub use resolve::{ResolveError, resolve_id, resolve_record};
 pub use spawner::{ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
 pub use store::{ProcessStore, StoreError, StoreWrite};
 pub use usage::{ResourceSampler, ResourceUsage, SampleTarget};

@@ -43,8 +43,7 @@ use serde_json::value::RawValue;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 3;
-/// The longest request line the daemon reads.
-pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+pub use bpm_ports::MAX_REQUEST_BYTES;
 
 /// The first line each side sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

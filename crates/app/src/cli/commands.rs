@@ -12,9 +12,9 @@ use bpm_domain::{
     Command as Cmd, ListFilter, OsText, Percent, ProcessId, ProcessKind, ProcessName,
     ProcessRecord, ProcessSpec, Span, StateName, Timestamp, metadata_from_json,
 };
+use bpm_intake::request::{self, Submitted, Wanted};
 use bpm_intake::view::record_json;
 use bpm_intake::{Amount, Asked, Context, HealthAsked, Spelling};
-use bpm_ports::request::{self, Submitted, Wanted};
 use bpm_ports::{Cursor, ManagerError, OutputQuery, StopOptions, Stream, StreamSelect};
 use clap::CommandFactory;
 
@@ -611,7 +611,7 @@ async fn run(home: &Home, m: &Manager, mut args: RunArgs) -> Outcome {
 }
 
 /// Submits `specs` as one request a daemon's death cannot leave half known
-/// (`bpm_ports::request`): after a broken connection, the next daemon (one
+/// (`bpm_intake::request`): after a broken connection, the next daemon (one
 /// is started if none answers) is asked which of them exist, and only the
 /// rest are submitted again.
 async fn submit(
@@ -936,7 +936,7 @@ async fn filter_from(m: &Manager, args: &PsArgs) -> Result<ListFilter, CliError>
         let project = super::project::named_or_here(given.clone())?;
         filter
             .labels
-            .extend(bpm_ports::project::of_project(&project).labels);
+            .extend(bpm_intake::project::of_project(&project).labels);
     }
     filter.kind = args
         .kind
@@ -1339,7 +1339,7 @@ async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
 /// Every service's output of project `name`, prefixed with its service;
 /// `none` when the project has no records.
 async fn project_logs(m: &Manager, name: &str, a: &LogsArgs, none: CliError) -> Outcome {
-    let records = m.list(bpm_ports::project::of_project(name)).await?;
+    let records = m.list(bpm_intake::project::of_project(name)).await?;
     if records.is_empty() {
         return Err(none);
     }

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use bpm_domain::project::{self, Action};
 use bpm_domain::{ProcessId, ProcessRecord, Span};
+use bpm_intake::project as ports_project;
 use bpm_ports::OutputQuery;
-use bpm_ports::project as ports_project;
 
 use super::error::{CliError, Outcome};
 use super::{DownArgs, Manager, UpArgs};
 use crate::home::Home;
-use crate::project::{FILE_NAME, Loaded, find, load};
+use bpm_intake::project::{FILE_NAME, Loaded, find, load};
 
 /// The project file to use: `-f FILE`, else the `bpm.toml` of this
 /// directory or the nearest parent, else, when `name` names a project that
@@ -74,7 +74,14 @@ pub(super) fn read_here() -> Result<(PathBuf, Option<Loaded>), CliError> {
     let dir = std::env::current_dir()
         .map_err(|e| CliError::invalid(format!("cannot read the current directory: {e}")))?;
     let loaded = find(&dir)
-        .map(|file| load(&file, &bpm_domain::Environment::new()).map_err(CliError::invalid))
+        .map(|file| {
+            load(
+                &file,
+                &bpm_domain::Environment::new(),
+                &bpm_adapters::os::ThisMachine,
+            )
+            .map_err(CliError::invalid)
+        })
         .transpose()?;
     Ok((dir, loaded))
 }
@@ -110,7 +117,7 @@ async fn loaded(
         )));
     };
     let env = bpm_adapters::os::inherited_env();
-    let l = load(&path, &env).map_err(CliError::invalid)?;
+    let l = load(&path, &env, &bpm_adapters::os::ThisMachine).map_err(CliError::invalid)?;
     if let Some(name) = &by_name
         && file.is_none()
         && *name == l.project.name
@@ -339,6 +346,7 @@ pub(super) async fn restart(
     let read = match load(
         std::path::Path::new(&file),
         &bpm_adapters::os::inherited_env(),
+        &bpm_adapters::os::ThisMachine,
     ) {
         Ok(read) => read,
         Err(e) => return Some(Err(CliError::invalid(e))),

@@ -1,7 +1,7 @@
 //! Finding a process from what a person types (see [`bpm_ports::resolve_id`]).
 
 use bpm_domain::{ProcessId, ProcessRecord};
-use bpm_ports::{ResolveError, resolve_id, resolve_record};
+use bpm_intake::{ResolveError, resolve_id, resolve_record};
 
 use super::error::CliError;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bpm_domain::{ListFilter, ProcessId, ProcessRecord, ProcessSpec, RequestRef};
 
-use crate::{ManagerError, ProcessManager};
+use bpm_ports::{ManagerError, ProcessManager};
 
 /// How many times a request is taken up again after its connection broke.
 pub const RESUBMITS: usize = 3;
@@ -159,7 +159,7 @@ async fn submit_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MockProcessManager;
+    use bpm_ports::MockProcessManager;
     use bpm_domain::{NodeId, Timestamp};
 
     fn record_of(spec: ProcessSpec, n: u128) -> ProcessRecord {

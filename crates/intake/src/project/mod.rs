@@ -10,13 +10,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::{Amount, Asked, Context, HealthAsked, Spelling};
 use bpm_domain::project::{Project, Service};
 use bpm_domain::{Environment, ProcessSpec, ReadinessCheck, Until};
-use bpm_intake::{Amount, Asked, Context, HealthAsked, Spelling};
+use bpm_ports::Machine;
 use serde::Deserialize;
 use sha2::Digest as _;
 
+mod client;
 mod compose;
+
+pub use client::{
+    Done, FILE_KEY, NotUp, Step, down, file_of, from_store, of_project, tail, up, wait_up,
+};
 
 /// The file `bpm up` reads when none is given.
 pub const FILE_NAME: &str = "bpm.toml";
@@ -142,11 +148,31 @@ pub struct Loaded {
 ///
 /// # Errors
 /// What is wrong, naming the file, the line where known, and the key.
-pub fn load(file: &Path, env: &Environment) -> Result<Loaded, String> {
-    load_confined(file, env, &|_, _| Ok(()))
+pub fn load(file: &Path, env: &Environment, machine: &dyn Machine) -> Result<Loaded, String> {
+    load_confined(
+        file,
+        &Reading {
+            env,
+            machine,
+            may_read: &crate::may_read_anything,
+        },
+    )
 }
 
-pub use bpm_intake::MayRead;
+/// What a project's services are read with: the environment they start
+/// from (the caller's), the machine their directories, env files,
+/// watches and limits are checked against, and whether a file may be
+/// read.
+pub struct Reading<'a> {
+    /// The environment its processes start from.
+    pub env: &'a Environment,
+    /// The machine's checks.
+    pub machine: &'a dyn Machine,
+    /// Asked before the project file, and each file it names, is read.
+    pub may_read: &'a MayRead<'a>,
+}
+
+pub use crate::MayRead;
 
 /// [`load`], asking `may_read` before reading the file and each env file
 /// it names: `bpm mcp`'s allowed directories, so a request never makes
@@ -154,11 +180,8 @@ pub use bpm_intake::MayRead;
 ///
 /// # Errors
 /// Those of [`load`], and `may_read`'s refusal.
-pub fn load_confined(
-    file: &Path,
-    env: &Environment,
-    may_read: &MayRead<'_>,
-) -> Result<Loaded, String> {
+pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> {
+    let may_read = from.may_read;
     let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
     may_read("project file", &file)?;
     let size = std::fs::metadata(&file)
@@ -193,7 +216,7 @@ pub fn load_confined(
     let named = |e: String| format!("{}:{e}", file.display());
     let (project, ignored) = if base.starts_with("Procfile") {
         (
-            procfile(&text, &default_name, &dir, env, may_read).map_err(named)?,
+            procfile(&text, &default_name, &dir, from).map_err(named)?,
             Vec::new(),
         )
     } else if file
@@ -201,10 +224,10 @@ pub fn load_confined(
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
     {
-        compose::read(&text, &default_name, &dir, env, may_read).map_err(named)?
+        compose::read(&text, &default_name, &dir, from).map_err(named)?
     } else {
         (
-            bpm_toml(&text, &default_name, &dir, env, may_read).map_err(named)?,
+            bpm_toml(&text, &default_name, &dir, from).map_err(named)?,
             Vec::new(),
         )
     };
@@ -231,7 +254,7 @@ fn check_sizes(project: &Project) -> Result<(), String> {
         ));
     }
     // The request's own words and the dependencies' ids come on top.
-    let room = bpm_adapters::control::wire::MAX_REQUEST_BYTES - 64 * 1024;
+    let room = bpm_ports::MAX_REQUEST_BYTES - 64 * 1024;
     for s in &project.services {
         let bytes = serde_json::to_vec(&s.spec).map_or(usize::MAX, |v| v.len());
         if bytes > room {
@@ -341,7 +364,7 @@ impl ServiceTable {
                 .map(|m| m.all().into_iter().map(str::to_owned).collect())
                 .unwrap_or_default()
         };
-        let length = |d: &Option<String>| d.as_deref().map(bpm_intake::Duration::from);
+        let length = |d: &Option<String>| d.as_deref().map(crate::Duration::from);
         let amount = |v: &Option<TextOrNumber>| v.as_ref().map(|v| Amount::Text(v.text()));
         let ready = self.ready.as_ref();
         Asked {
@@ -366,7 +389,7 @@ impl ServiceTable {
             ready_http: ready.and_then(|r| r.http.clone()),
             ready_exec: ready.and_then(|r| r.exec.clone()),
             ready_notify: ready.and_then(|r| r.notify),
-            ready_timeout: ready.and_then(|r| r.timeout.as_deref().map(bpm_intake::Duration::from)),
+            ready_timeout: ready.and_then(|r| r.timeout.as_deref().map(crate::Duration::from)),
             port: self.port.as_ref().map(|p| match p {
                 PortValue::Number(n) => Amount::Number(i64::from(*n)),
                 PortValue::Text(t) => Amount::Text(t.clone()),
@@ -487,8 +510,7 @@ fn bpm_toml(
     text: &str,
     default_name: &str,
     dir: &Path,
-    env: &Environment,
-    may_read: &MayRead<'_>,
+    from: &Reading<'_>,
 ) -> Result<Project, String> {
     let file: File = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(text, s.start));
@@ -523,7 +545,7 @@ fn bpm_toml(
         let line = line_of(text, table.span().start);
         let table = table.into_inner();
         let at = |e: String| format!("{line}: services.{service}.{e}");
-        services.extend(resolve(&service, &table, dir, env, may_read).map_err(at)?);
+        services.extend(resolve(&service, &table, dir, from).map_err(at)?);
     }
     expand_replicas(&mut services);
     Ok(Project { name, services })
@@ -535,16 +557,15 @@ pub(crate) fn resolve(
     name: &str,
     t: &ServiceTable,
     dir: &Path,
-    inherited: &Environment,
-    may_read: &MayRead<'_>,
+    from: &Reading<'_>,
 ) -> Result<Vec<Service>, String> {
     if t.disabled == Some(true) {
         return Ok(Vec::new());
     }
     let ctx = Context {
         spelling: Spelling::Project,
-        may_read,
-        ..Context::new(dir, inherited, &bpm_adapters::os::ThisMachine)
+        may_read: from.may_read,
+        ..Context::new(dir, from.env, from.machine)
     };
     let (spec, from_files) = t.asked().into_parts(&ctx).map_err(|e| e.message)?;
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
@@ -654,8 +675,7 @@ fn procfile(
     text: &str,
     default_name: &str,
     dir: &Path,
-    env: &Environment,
-    may_read: &MayRead<'_>,
+    from: &Reading<'_>,
 ) -> Result<Project, String> {
     let mut services = Vec::new();
     // A `.env` beside the Procfile is read, as foreman and honcho do (and
@@ -677,8 +697,7 @@ fn procfile(
         };
         let name = name.trim();
         services.extend(
-            resolve(name, &table, dir, env, may_read)
-                .map_err(|e| format!("{}: {name}: {e}", i + 1))?,
+            resolve(name, &table, dir, from).map_err(|e| format!("{}: {name}: {e}", i + 1))?,
         );
     }
     // A port handed to a Procfile's process is its readiness only if it

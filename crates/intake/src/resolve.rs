@@ -3,7 +3,7 @@
 
 use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
 
-use crate::{ManagerError, ProcessManager};
+use bpm_ports::{ManagerError, ProcessManager};
 
 /// Why a reference did not resolve to exactly one process.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ mod tests {
     use bpm_domain::{NodeId, ProcessName, ProcessSpec, Timestamp};
 
     use super::*;
-    use crate::MockProcessManager;
+    use bpm_ports::MockProcessManager;
 
     /// A record named `name` (none: unnamed), with the id `n`.
     fn record(n: u128, name: Option<&str>) -> ProcessRecord {

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bpm_domain::Environment;
 use bpm_domain::project::Project;
 use serde_norway::Value;
 
@@ -20,8 +19,7 @@ pub(crate) fn read(
     text: &str,
     default_name: &str,
     dir: &Path,
-    env: &Environment,
-    may_read: &super::MayRead<'_>,
+    from: &super::Reading<'_>,
 ) -> Result<(Project, Vec<String>), String> {
     let doc: Value = serde_norway::from_str(text).map_err(|e| {
         let line = e.location().map_or(0, |l| l.line());
@@ -122,7 +120,7 @@ pub(crate) fn read(
                 return Err(format!("{line}processes.{name}.{e}"));
             }
         }
-        services.extend(resolve(&name, &table, dir, env, may_read).map_err(at)?);
+        services.extend(resolve(&name, &table, dir, from).map_err(at)?);
     }
     expand_replicas(&mut services);
     Ok((

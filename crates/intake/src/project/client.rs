@@ -13,7 +13,7 @@ use bpm_domain::{
 };
 use tokio::sync::broadcast;
 
-use crate::{ManagerError, OutputQuery, ProcessManager, StopOptions};
+use bpm_ports::{ManagerError, OutputQuery, ProcessManager, StopOptions};
 
 /// The metadata key holding the project file a service's record came from:
 /// `bpm up NAME` finds the file again from any directory.
