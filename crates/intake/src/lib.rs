@@ -19,8 +19,10 @@ pub mod request;
 mod resolve;
 mod spec;
 pub mod view;
+mod wait;
 
 pub use asked::{Amount, Asked, Duration, HealthAsked};
 pub use context::{AskError, Context, MayRead, Spelling, may_read_anything};
 pub use resolve::{ResolveError, resolve_id, resolve_record};
 pub use spec::command_of;
+pub use wait::{Looking, Waiter, until};

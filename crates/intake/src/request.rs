@@ -159,8 +159,8 @@ async fn submit_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpm_ports::MockProcessManager;
     use bpm_domain::{NodeId, Timestamp};
+    use bpm_ports::MockProcessManager;
 
     fn record_of(spec: ProcessSpec, n: u128) -> ProcessRecord {
         let id = ProcessId::from_uuid(uuid::Uuid::from_u128(n));

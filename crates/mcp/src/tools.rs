@@ -18,7 +18,6 @@ use rmcp::service::RequestContext;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::inputs::{
     ChangedArgs, CompleteArgs, FailArgs, IdArgs, InputArgs, ListArgs, OutputArgs, ProgressArgs,
@@ -610,7 +609,7 @@ impl McpServer {
             UntilArg::Pattern => "pattern",
             UntilArg::Idle => "idle",
         };
-        let mut events = self.inner.manager.subscribe();
+        let events = self.inner.manager.subscribe();
         let started = Instant::now();
         let deadline = started + timeout;
         let token = ctx.meta.get_progress_token();
@@ -620,6 +619,15 @@ impl McpServer {
         } else {
             Duration::from_millis(500)
         };
+        // Wake for this process's events (others' do not change the
+        // answer), for the next poll, or at the deadline.
+        let ids = [id];
+        let how = bpm_intake::Looking {
+            ids: &ids,
+            deadline: Some(deadline.into()),
+            every: Some(poll),
+        };
+        let mut waiter = bpm_intake::Waiter::new(self.manager(), events, how);
         let (record, met, reason) = loop {
             let record = self.manager().get(id).await.map_err(manager_error)?;
             if let Some((met, reason)) = self.check(&mut watch, &record).await? {
@@ -654,23 +662,9 @@ impl McpServer {
                     .with_message(message);
                 let _ = ctx.peer.notify_progress(param).await;
             }
-            // Wake for this process's events (others' do not change the
-            // answer), for the next poll, or at the deadline.
-            let wake = tokio::time::sleep_until(deadline.min(now + poll).into());
-            tokio::pin!(wake);
-            loop {
-                tokio::select! {
-                    () = ctx.ct.cancelled() => return Err("the wait was cancelled".into()),
-                    () = &mut wake => break,
-                    event = events.recv() => match event {
-                        Ok(e) if e.id != id => {}
-                        Ok(_) | Err(RecvError::Lagged(_)) => break,
-                        Err(RecvError::Closed) => {
-                            events = self.inner.manager.subscribe();
-                            break;
-                        }
-                    },
-                }
+            tokio::select! {
+                () = ctx.ct.cancelled() => return Err("the wait was cancelled".into()),
+                _ = waiter.next() => {}
             }
         };
         let exit = record.lifecycle().exit();

@@ -1563,41 +1563,33 @@ async fn wait(m: &Manager, ids: &[ProcessId], timeout: Option<f64>, any: bool) -
 /// never by polling: the subscription is made before the first look, so
 /// no end falls between a look and the wait.
 async fn wait_any(m: &Manager, ids: &[ProcessId], timeout: Option<Duration>) -> Outcome {
-    let mut events = m.subscribe();
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    loop {
+    let how = bpm_intake::Looking {
+        ids,
+        deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+        every: None,
+    };
+    let ended = bpm_intake::until(m.as_ref(), m.subscribe(), how, async || {
         for id in ids {
             let r = m.get(*id).await?;
             if r.is_terminal() {
-                out!("{id}");
-                return Ok(exit_code_of(&r));
+                return Ok::<_, ManagerError>(Some(r));
             }
         }
-        let next_end = async {
-            loop {
-                match events.recv().await {
-                    Ok(e) if e.kind.ends_record() && ids.contains(&e.id) => return Ok(()),
-                    Ok(_) => {}
-                    // Events were missed: look again.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Ok(()),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        return Err(CliError::from(ManagerError::ShutDown));
-                    }
-                }
-            }
-        };
-        match deadline {
-            None => next_end.await?,
-            Some(at) => tokio::time::timeout_at(at, next_end)
-                .await
-                .map_err(|_| CliError {
-                    code: 124,
-                    message: format!(
-                        "timed out waiting for any of {} records: none has ended",
-                        ids.len()
-                    ),
-                })??,
+        Ok(None)
+    })
+    .await?;
+    match ended {
+        Some(r) => {
+            out!("{}", r.id());
+            Ok(exit_code_of(&r))
         }
+        None => Err(CliError {
+            code: 124,
+            message: format!(
+                "timed out waiting for any of {} records: none has ended",
+                ids.len()
+            ),
+        }),
     }
 }
 

@@ -250,11 +250,20 @@ pub async fn tail(m: &dyn ProcessManager, id: ProcessId, lines: usize) -> String
 pub async fn wait_up(
     m: &dyn ProcessManager,
     steps: &[Step],
-    mut events: broadcast::Receiver<Event>,
+    events: broadcast::Receiver<Event>,
     timeout: Option<Duration>,
 ) -> Result<Result<(), NotUp>, ManagerError> {
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut pending: Vec<&Step> = steps.iter().filter(|s| s.done != Done::Stopped).collect();
+    let started: Vec<&Step> = steps.iter().filter(|s| s.done != Done::Stopped).collect();
+    let ids: Vec<ProcessId> = started.iter().map(|s| s.id).collect();
+    let mut pending = started.clone();
+    // An event of one of them, or a second without one: the records are
+    // read again either way, so a manager gone quiet is noticed.
+    let how = crate::Looking {
+        ids: &ids,
+        deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+        every: Some(LOOK_AGAIN),
+    };
+    let mut waiter = crate::Waiter::new(m, events, how);
     loop {
         let mut still = Vec::new();
         for step in pending {
@@ -262,67 +271,54 @@ pub async fn wait_up(
             match project::is_up(&r) {
                 Some(true) => {}
                 None => still.push(step),
-                Some(false) => {
-                    // A dependent fails because what it needs failed first,
-                    // perhaps since that one was read: the first failed in
-                    // start order (dependencies first) is the one named.
-                    let (mut service, mut record) = (step.service.clone(), r);
-                    let started = steps.iter().filter(|s| s.done != Done::Stopped);
-                    for earlier in started.take_while(|s| s.id != step.id) {
-                        let e = m.get(earlier.id).await?;
-                        if project::is_up(&e) == Some(false) {
-                            (service, record) = (earlier.service.clone(), e);
-                            break;
-                        }
-                    }
-                    let tail = tail(m, record.id(), 20).await;
-                    return Ok(Err(NotUp {
-                        service,
-                        record,
-                        timed_out: false,
-                        tail,
-                    }));
-                }
+                Some(false) => return Ok(Err(first_failed(m, &started, step, r).await?)),
             }
         }
         pending = still;
-        let Some(first) = pending.first().copied() else {
+        if pending.is_empty() {
             return Ok(Ok(()));
-        };
-        // An event of one of them, or a second without one: the records
-        // are read again either way, so a manager gone quiet is noticed.
-        let next = async {
-            let heard = async {
-                loop {
-                    match events.recv().await {
-                        Ok(e) if steps.iter().any(|s| s.id == e.id) => return,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            return;
-                        }
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(LOOK_AGAIN, heard).await;
-        };
-        match deadline {
-            Some(at) => {
-                if tokio::time::timeout_at(at, next).await.is_err() {
-                    let r = m.get(first.id).await?;
-                    let tail = tail(m, r.id(), 20).await;
-                    return Ok(Err(NotUp {
-                        service: first.service.clone(),
-                        record: r,
-                        timed_out: true,
-                        tail,
-                    }));
-                }
-            }
-            None => next.await,
+        }
+        if !waiter.next().await {
+            break;
         }
     }
+    let Some(first) = pending.first() else {
+        return Ok(Ok(()));
+    };
+    let r = m.get(first.id).await?;
+    let tail = tail(m, r.id(), 20).await;
+    Ok(Err(NotUp {
+        service: first.service.clone(),
+        record: r,
+        timed_out: true,
+        tail,
+    }))
+}
+
+/// What failed when `step`'s record `r` did: a dependent fails because
+/// what it needs failed first, perhaps since that one was read, so the
+/// first failed in start order (dependencies first) is the one named.
+async fn first_failed(
+    m: &dyn ProcessManager,
+    started: &[&Step],
+    step: &Step,
+    r: ProcessRecord,
+) -> Result<NotUp, ManagerError> {
+    let (mut service, mut record) = (step.service.clone(), r);
+    for earlier in started.iter().take_while(|s| s.id != step.id) {
+        let e = m.get(earlier.id).await?;
+        if project::is_up(&e) == Some(false) {
+            (service, record) = (earlier.service.clone(), e);
+            break;
+        }
+    }
+    let tail = tail(m, record.id(), 20).await;
+    Ok(NotUp {
+        service,
+        record,
+        timed_out: false,
+        tail,
+    })
 }
 
 /// Stops `p`'s live records (of `only`, or all) in reverse dependency
