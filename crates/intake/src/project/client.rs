@@ -171,56 +171,141 @@ pub async fn up(
         .map_err(|e| (p.name.clone(), ManagerError::BadRequest(e.to_string())))?;
     let mut ids: BTreeMap<String, ProcessId> = BTreeMap::new();
     let mut done = Vec::with_capacity(steps.len());
+    // Starts go in batches, one request each: a batch is cut before a
+    // service that depends on one of it (its spec needs that one's id),
+    // and before a stop, so that the plan's order holds.
+    let mut batch: Vec<(String, Action)> = Vec::new();
+    let mut record = |step: Step, ids: &mut BTreeMap<String, ProcessId>| {
+        if step.done != Done::Stopped {
+            ids.insert(step.service.clone(), step.id);
+        }
+        each(&step);
+        done.push(step);
+    };
     for (service, action) in steps {
-        let fail = |e| (format!("{}/{service}", p.name), e);
-        let (what, id) = match action {
+        if let Action::Start | Action::Replace(_) = action {
+            let s = p.service(&service).expect("planned from the project");
+            if s.depends_on
+                .keys()
+                .any(|d| batch.iter().any(|(b, _)| b == d))
+            {
+                start_batch(
+                    m,
+                    p,
+                    file,
+                    std::mem::take(&mut batch),
+                    &mut ids,
+                    &mut record,
+                )
+                .await?;
+            }
+            batch.push((service, action));
+            continue;
+        }
+        start_batch(
+            m,
+            p,
+            file,
+            std::mem::take(&mut batch),
+            &mut ids,
+            &mut record,
+        )
+        .await?;
+        let what = match action {
             Action::Stop(id) => {
                 match m.stop(id, StopOptions::default()).await {
                     Ok(_) | Err(ManagerError::NotFound(_)) => {}
-                    Err(e) => return Err(fail(e)),
+                    Err(e) => return Err((format!("{}/{service}", p.name), e)),
                 }
-                (Done::Stopped, id)
+                Done::Stopped
             }
-            Action::Keep(id) => (Done::Kept, id),
-            Action::LeaveUnknown(id) => (Done::Left, id),
-            Action::Start | Action::Replace(_) => {
-                let s = p.service(&service).expect("planned from the project");
-                let mut spec = p.spec_of(s, &ids);
-                spec.metadata
-                    .insert(FILE_KEY.into(), serde_json::Value::String(file.to_owned()));
-                spec.if_name_taken = match action {
-                    Action::Replace(_) => NameTaken::Replace,
-                    _ => NameTaken::Ensure,
-                };
-                let request = uuid::Uuid::now_v7();
-                spec.request = Some(RequestRef {
-                    id: request,
-                    index: 0,
-                });
-                let record = m.start(spec).await.map_err(fail)?;
+            Action::Keep(_) => Done::Kept,
+            _ => Done::Left,
+        };
+        let (Action::Stop(id) | Action::Keep(id) | Action::LeaveUnknown(id) | Action::Replace(id)) =
+            action
+        else {
+            unreachable!("a start is batched above")
+        };
+        record(
+            Step {
+                service,
+                done: what,
+                id,
+            },
+            &mut ids,
+        );
+    }
+    start_batch(m, p, file, batch, &mut ids, &mut record).await?;
+    Ok(done)
+}
+
+/// Starts `batch` (services of `p` to start or replace, none depending on
+/// another of it) in one request, each with the ids of what it depends
+/// on, and hands `record` each step, in order. A start refused leaves the
+/// others of the batch started (each recorded), and is the error.
+async fn start_batch(
+    m: &dyn ProcessManager,
+    p: &Project,
+    file: &str,
+    batch: Vec<(String, Action)>,
+    ids: &mut BTreeMap<String, ProcessId>,
+    record: &mut impl FnMut(Step, &mut BTreeMap<String, ProcessId>),
+) -> Result<(), (String, ManagerError)> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let request = uuid::Uuid::now_v7();
+    let specs = batch
+        .iter()
+        .enumerate()
+        .map(|(index, (service, action))| {
+            let s = p.service(service).expect("planned from the project");
+            let mut spec = p.spec_of(s, ids);
+            spec.metadata
+                .insert(FILE_KEY.into(), serde_json::Value::String(file.to_owned()));
+            spec.if_name_taken = match action {
+                Action::Replace(_) => NameTaken::Replace,
+                _ => NameTaken::Ensure,
+            };
+            spec.request = Some(RequestRef {
+                id: request,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+            });
+            spec
+        })
+        .collect();
+    let answers = m
+        .start_many(specs)
+        .await
+        .map_err(|e| (format!("{}/{}", p.name, batch[0].0), e))?;
+    let mut refused = None;
+    for ((service, action), answer) in batch.into_iter().zip(answers) {
+        match answer {
+            Ok(r) => {
                 // Another caller started it meanwhile: kept, not made twice.
-                let what = if record.spec().request.is_none_or(|r| r.id != request) {
+                let what = if r.spec().request.is_none_or(|r| r.id != request) {
                     Done::Kept
                 } else if matches!(action, Action::Replace(_)) {
                     Done::Replaced
                 } else {
                     Done::Started
                 };
-                (what, record.id())
+                record(
+                    Step {
+                        service,
+                        done: what,
+                        id: r.id(),
+                    },
+                    ids,
+                );
             }
-        };
-        if what != Done::Stopped {
-            ids.insert(service.clone(), id);
+            Err(e) => {
+                refused.get_or_insert((format!("{}/{service}", p.name), e));
+            }
         }
-        let step = Step {
-            service,
-            done: what,
-            id,
-        };
-        each(&step);
-        done.push(step);
     }
-    Ok(done)
+    refused.map_or(Ok(()), Err)
 }
 
 /// The last `lines` lines of `id`'s output.
