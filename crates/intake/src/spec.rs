@@ -145,7 +145,7 @@ impl Reader<'_, '_> {
         (ctx.may_read)("working directory", &cwd).map_err(|e| self.fail("cwd", e))?;
         ctx.machine
             .usable_dir(&cwd)
-            .map_err(|e| AskError::new("cwd", e))?;
+            .map_err(|e| self.fail("cwd", e))?;
         let files_base: &Path = if ctx.files_from_cwd { &cwd } else { ctx.base };
         let mut env = if a.clean_env == Some(true) {
             Environment::new()
@@ -327,8 +327,8 @@ impl Reader<'_, '_> {
         .filter_map(|(f, g)| g.then_some(f))
         .collect();
         if let [_, second, ..] = given.as_slice() {
-            return Err(AskError::new(
-                *second,
+            return Err(self.fail(
+                second,
                 format!(
                     "give one readiness check: {}, {}, {}, {} or {}",
                     self.name("ready_pattern"),
@@ -367,7 +367,7 @@ impl Reader<'_, '_> {
         let named = |f: &str| self.name(&format!("health.{f}"));
         match checks.into_iter().filter(|c| *c).count() {
             0 => {
-                return Err(AskError::new(
+                return Err(self.fail(
                     "health",
                     format!(
                         "{}, {} and {} need a check: {}, {} or {}",
@@ -382,7 +382,7 @@ impl Reader<'_, '_> {
             }
             1 => {}
             _ => {
-                return Err(AskError::new(
+                return Err(self.fail(
                     "health",
                     format!(
                         "give one health check: {}, {} or {}",

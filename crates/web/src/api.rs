@@ -259,11 +259,26 @@ fn set(text: &str) -> Option<&str> {
 /// of [`Asked`] is left to the CLI, MCP and project files
 /// (`web_form_leaves_out` in the request test names each field).
 fn asked_of(form: &StartForm) -> Result<Asked, ApiError> {
-    let command = set(&form.command).ok_or_else(|| bad("command: give the command to run"))?;
+    asked_of_form(form).map_err(bad)
+}
+
+/// The start form, as the page sends it, as every front end writes a
+/// request ([`Asked`]).
+///
+/// # Errors
+/// A form that does not read, naming the field.
+pub fn form_asks(form: serde_json::Value) -> Result<Asked, String> {
+    let form: StartForm = serde_json::from_value(form).map_err(|e| e.to_string())?;
+    asked_of_form(&form)
+}
+
+fn asked_of_form(form: &StartForm) -> Result<Asked, String> {
+    let command =
+        set(&form.command).ok_or_else(|| "command: give the command to run".to_owned())?;
     let (command, argv) = if form.shell {
         (Some(command.into()), None)
     } else {
-        let argv = shell_words::split(command).map_err(|e| bad(format!("command: {e}")))?;
+        let argv = shell_words::split(command).map_err(|e| format!("command: {e}"))?;
         (None, Some(argv.into_iter().map(Into::into).collect()))
     };
     let mut env = std::collections::BTreeMap::new();
@@ -272,12 +287,7 @@ fn asked_of(form: &StartForm) -> Result<Asked, ApiError> {
         let (k, v) = line
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| {
-                bad(format!(
-                    "env line {}: expected KEY=VALUE, got {line:?}",
-                    n + 1
-                ))
-            })?;
+            .ok_or_else(|| format!("env line {}: expected KEY=VALUE, got {line:?}", n + 1))?;
         env.insert(k.into(), v.into());
     }
     Ok(Asked {

@@ -12,6 +12,7 @@
 //! page's own `Origin`, and none is accepted in read-only mode.
 
 mod api;
+pub use api::form_asks;
 pub mod auth;
 mod live;
 

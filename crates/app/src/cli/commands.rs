@@ -451,7 +451,15 @@ fn parse_metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Valu
 }
 
 /// What `bpm run`'s arguments ask for, as every front end writes it.
-fn asked_of(a: RunArgs) -> Result<Asked, CliError> {
+///
+/// # Errors
+/// An `--env`, `--label`, `--node-label` or `--metadata` that does not
+/// read, naming the flag.
+pub fn asked_of(a: RunArgs) -> Result<Asked, String> {
+    asked_of_run(a).map_err(|e| e.message)
+}
+
+fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
     let words = a.command.into_iter().map(OsText::from);
     let (command, argv) = if a.shell {
         (Some(shell_line(words)), None)
@@ -549,7 +557,7 @@ fn asked_of(a: RunArgs) -> Result<Asked, CliError> {
 /// The spec `bpm run`'s arguments ask for, relative to this shell: its
 /// directory, its environment, its terminal's size.
 async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, CliError> {
-    let asked = asked_of(a)?;
+    let asked = asked_of_run(a)?;
     let here = std::env::current_dir()
         .map_err(|e| CliError::invalid(format!("the current directory: {e}")))?;
     let env = bpm_adapters::os::inherited_env();

@@ -34,7 +34,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use commands::dispatch;
+pub use commands::{asked_of, dispatch};
 
 /// What every command runs on: the port, never a concrete client, so a
 /// command works the same on any manager (the daemon's client today).

@@ -337,6 +337,12 @@ pub(crate) struct ServiceTable {
     pub(crate) nofile: Option<TextOrNumber>,
     pub(crate) tty: Option<bool>,
     pub(crate) tty_size: Option<String>,
+    pub(crate) clean_env: Option<bool>,
+    pub(crate) session: Option<String>,
+    pub(crate) metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub(crate) owner: Vec<String>,
+    pub(crate) owner_grace: Option<String>,
 }
 
 /// A value written as text or as a number (`pids_max = 64`, `memory_max = "512M"`).
@@ -437,6 +443,11 @@ impl ServiceTable {
             nofile: amount(&self.nofile),
             tty: self.tty,
             tty_size: self.tty_size.clone(),
+            clean_env: self.clean_env,
+            session: self.session.clone(),
+            metadata: self.metadata.clone(),
+            owner: self.owner.clone(),
+            owner_grace: length(&self.owner_grace),
             ..Asked::default()
         }
     }
