@@ -1,0 +1,153 @@
+//! The node's lease as the keeper watches it: when renewals are late
+//! the failover processes are frozen, when it lapses they are stopped,
+//! and when the watch itself overslept they are killed.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// The node's lease as a keeper knows it.
+#[derive(Debug, Default)]
+pub(super) struct LeaseHold {
+    /// When it lapses, unless a renewal is passed on before.
+    pub(super) until: Option<std::time::Instant>,
+    /// When its renewals are late ([`bpm_domain::cluster::late_after`]).
+    pub(super) late_at: Option<std::time::Instant>,
+    /// Whether a thread watches it.
+    pub(super) watched: bool,
+    /// Whether the failover processes were stopped for lateness.
+    pub(super) frozen: bool,
+}
+
+impl SpawnerShared {
+    /// Sends `signal` to the tree of every failover process `pick` takes
+    /// (and marks as it sees fit), saying `why` for each.
+    pub(super) fn signal_fenced(
+        &self,
+        signal: Signal,
+        why: &str,
+        pick: impl Fn(&mut Live) -> bool,
+    ) {
+        let targets: Vec<(ProcessId, u32, Option<u32>)> = lock(&self.live)
+            .iter_mut()
+            .filter(|(_, l)| l.fence.is_some() && !l.reaped)
+            .filter_map(|(id, l)| {
+                pick(l).then(|| (*id, l.pid, (l.origin != Origin::Adopted).then_some(l.pid)))
+            })
+            .collect();
+        for (id, pid, leader) in targets {
+            tracing::warn!(%id, pid, "{why}");
+            if let Err(e) = deliver(id, pid, leader, signal) {
+                tracing::warn!(%id, pid, error = %e, "cannot signal a failover record's process");
+            }
+        }
+    }
+
+    /// Stops the failover processes with SIGSTOP while the lease's renewals
+    /// are late (`true`), or continues them when one lands (`false`); a
+    /// process being stopped, or paused by its caller, is left as it is.
+    pub(super) fn freeze_fenced(&self, freeze: bool) {
+        let (signal, why) = if freeze {
+            (
+                Signal::Stop,
+                "the node's lease renewals are late: a failover record's process is stopped (SIGSTOP) until the next renewal",
+            )
+        } else {
+            (
+                Signal::Cont,
+                "the node's lease was renewed: a failover record's process continues",
+            )
+        };
+        let (from, to) = if freeze {
+            (Halt::No, Halt::Frozen)
+        } else {
+            (Halt::Frozen, Halt::No)
+        };
+        self.signal_fenced(signal, why, |l| {
+            let take = !l.stopping && l.halt == from;
+            if take {
+                l.halt = to;
+            }
+            take
+        });
+    }
+
+    /// Kills every failover process at once, with no grace: the keeper
+    /// found itself far past the lease's lapse (the machine was paused), so
+    /// another node may run them already.
+    pub(super) fn kill_fenced_now(&self) {
+        self.signal_fenced(
+            Signal::Kill,
+            "woke long past the node's lease: killing a failover record's process at once, which another node may run already",
+            |l| {
+                l.stopping = true;
+                l.halt = Halt::No;
+                true
+            },
+        );
+    }
+
+    /// Watches the node's lease on a thread of its own, so that it looks
+    /// at the clock the moment it runs again after a pause, before any
+    /// task of the runtime: when renewals are late, the failover processes
+    /// are stopped (SIGSTOP) until the next; when the lease lapses, they
+    /// are stopped for good, with their signal and KILL after their grace,
+    /// or with KILL at once when the keeper slept far past the lapse.
+    pub(super) fn watch_lease(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        loop {
+            let now = std::time::Instant::now();
+            let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(until) = lease.until else {
+                lease.watched = false;
+                return;
+            };
+            if until <= now {
+                *lease = LeaseHold::default();
+                drop(lease);
+                if now.duration_since(until) > bpm_domain::cluster::OVERSLEPT {
+                    self.kill_fenced_now();
+                } else {
+                    let _guard = runtime.enter();
+                    self.fence_all();
+                }
+                return;
+            }
+            let late_at = lease.late_at.unwrap_or(until);
+            if !lease.frozen && late_at <= now {
+                lease.frozen = true;
+                drop(lease);
+                self.freeze_fenced(true);
+                continue;
+            }
+            let next = if lease.frozen {
+                until
+            } else {
+                late_at.min(until)
+            };
+            drop(lease);
+            std::thread::sleep(next.saturating_duration_since(now));
+        }
+    }
+
+    /// Stops every process with a fence: its signal now (unless a stop
+    /// was already sent, by the daemon's own fence say: a second TERM may
+    /// cut a graceful shutdown short), and KILL after its grace if it is
+    /// still there.
+    pub(super) fn fence_all(self: &Arc<Self>) {
+        let fenced: Vec<(ProcessId, u32, bpm_domain::StopPolicy, bool)> = lock(&self.live)
+            .iter()
+            .filter(|(_, l)| !l.reaped)
+            .filter_map(|(id, l)| l.fence.map(|f| (*id, l.pid, f, l.stopping)))
+            .collect();
+        for (id, pid, policy, stopping) in fenced {
+            tracing::warn!(%id, pid, "the node's lease lapsed: stopping a failover record's process, which another node may now run");
+            let inner = self.clone();
+            tokio::spawn(async move {
+                if !stopping {
+                    let _ = inner.signal(id, pid, policy.signal).await;
+                }
+                tokio::time::sleep(policy.grace.as_duration()).await;
+                let _ = inner.signal(id, pid, Signal::Kill).await;
+            });
+        }
+    }
+}
