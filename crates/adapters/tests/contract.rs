@@ -251,7 +251,7 @@ mod file_output {
 mod fs_store {
     use super::*;
     use bpm_adapters::fs::FsStore;
-    use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
+    use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
     use bpm_ports::StoreError;
 
     /// A store that owns its temporary folder, so the folder goes when the test ends.
@@ -297,9 +297,6 @@ mod fs_store {
         }
         async fn list(&self, f: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
             self.0.list(f).await
-        }
-        async fn expire(&self, before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
-            self.0.expire(before).await
         }
     }
 

@@ -1577,9 +1577,6 @@ impl ProcessStore for TestDisk {
     async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError> {
         self.inner.list(filter).await
     }
-    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
-        self.inner.expire(ended_before).await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
 
 /// A store refused or failed an operation. The meanings are the same on every store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -253,12 +253,4 @@ pub trait ProcessStore: Send + Sync + 'static {
     /// # Errors
     /// - MUST return [`StoreError::Unavailable`] if the backend cannot be reached.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<ProcessRecord>, StoreError>;
-
-    /// Retention: deletes every finished record that ended before
-    /// `ended_before`, and returns their ids in id order. Live records are
-    /// never deleted, however old.
-    ///
-    /// # Errors
-    /// - MUST return [`StoreError::Unavailable`] if the backend cannot be reached.
-    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError>;
 }

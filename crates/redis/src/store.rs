@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use bpm_domain::{ClusterTiming, Lease};
-use bpm_domain::{ListFilter, ProcessId, ProcessRecord, StateName, Timestamp};
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord, StateName};
 use bpm_ports::{FailedOver, Failover, ProcessStore, StoreError};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -655,25 +655,5 @@ impl ProcessStore for RedisStore {
         // The indexes are exact; checking again costs little and guards against a foreign writer.
         records.retain(|r| filter.matches(r));
         Ok(records)
-    }
-
-    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
-        let mut conn = self.conn.clone();
-        let due: Vec<String> = conn
-            .zrangebyscore(
-                self.key("ended"),
-                "-inf",
-                format!("({}", ended_before.as_millis()),
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let mut gone: Vec<ProcessId> = self
-            .delete_ids(&due)
-            .await?
-            .iter()
-            .filter_map(|id| id.parse().ok())
-            .collect();
-        gone.sort_unstable();
-        Ok(gone)
     }
 }

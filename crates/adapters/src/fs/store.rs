@@ -31,7 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
 use bpm_ports::{ProcessStore, StoreError, StoreWrite};
 use rustix::fs::{FlockOperation, flock};
 
@@ -754,23 +754,6 @@ impl ProcessStore for FsStore {
             }
         }
     }
-
-    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
-        let due: Vec<ProcessId> = self
-            .list(&ListFilter::default())
-            .await?
-            .into_iter()
-            .filter(|r| r.lifecycle().ended_at().is_some_and(|t| t < ended_before))
-            .map(|r| r.id())
-            .collect();
-        for id in &due {
-            match self.delete(*id).await {
-                Ok(()) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(due)
-    }
 }
 
 #[cfg(test)]
@@ -779,7 +762,7 @@ mod tests {
     use bpm_domain::{NodeId, ProcessSpec, Transition};
 
     fn versions() -> [ProcessRecord; 3] {
-        let t = Timestamp::from_millis;
+        let t = bpm_domain::Timestamp::from_millis;
         let id = ProcessId::from_uuid(uuid::Uuid::from_u128(7));
         let created = ProcessRecord::new(id, NodeId::local(), ProcessSpec::argv(["true"]), t(1));
         let mut starting = created.clone();

@@ -3,7 +3,7 @@ use std::ops::Bound;
 use std::sync::{PoisonError, RwLock};
 
 use async_trait::async_trait;
-use bpm_domain::{ListFilter, ProcessId, ProcessRecord, Timestamp};
+use bpm_domain::{ListFilter, ProcessId, ProcessRecord};
 use bpm_ports::{ProcessStore, StoreError};
 
 /// Records in a map behind a lock. Every operation is atomic; listings scan
@@ -110,18 +110,5 @@ impl ProcessStore for InMemoryStore {
             .take(filter.limit.unwrap_or(usize::MAX))
             .cloned()
             .collect())
-    }
-
-    async fn expire(&self, ended_before: Timestamp) -> Result<Vec<ProcessId>, StoreError> {
-        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        let due: Vec<ProcessId> = records
-            .values()
-            .filter(|r| r.lifecycle().ended_at().is_some_and(|t| t < ended_before))
-            .map(ProcessRecord::id)
-            .collect();
-        for id in &due {
-            records.remove(id);
-        }
-        Ok(due)
     }
 }

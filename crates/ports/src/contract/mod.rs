@@ -130,7 +130,6 @@ macro_rules! store_contract_tests {
             list_orders_by_id_and_pages,
             list_returns_copies,
             large_metadata_and_non_ascii_text,
-            retention_expires_only_old_finished_records,
             ten_thousand_records,
             a_name_is_created_once_among_live_records,
         );

@@ -668,62 +668,6 @@ pub async fn large_metadata_and_non_ascii_text(store: Arc<dyn ProcessStore>) {
     assert_eq!(listed, vec![r]);
 }
 
-/// Retention deletes exactly the finished records that ended before the limit.
-pub async fn retention_expires_only_old_finished_records(store: Arc<dyn ProcessStore>) {
-    let mut old_done = sample(1);
-    old_done
-        .apply(
-            Transition::Fail { error: "x".into() },
-            Timestamp::from_millis(100),
-        )
-        .expect("fail");
-    let mut new_done = sample(2);
-    new_done
-        .apply(
-            Transition::Lose { reason: "y".into() },
-            Timestamp::from_millis(300),
-        )
-        .expect("lose");
-    let old_live = sample(3);
-    let mut edge = sample(4);
-    edge.apply(
-        Transition::Fail { error: "z".into() },
-        Timestamp::from_millis(200),
-    )
-    .expect("fail");
-    for r in [&old_done, &new_done, &old_live, &edge] {
-        store.create(r).await.expect("create");
-    }
-    let gone = store
-        .expire(Timestamp::from_millis(200))
-        .await
-        .expect("expire");
-    assert_eq!(
-        gone,
-        vec![old_done.id()],
-        "ended strictly before the limit, and finished"
-    );
-    assert_eq!(
-        store.get(old_done.id()).await,
-        Err(StoreError::NotFound(old_done.id()))
-    );
-    let left: Vec<_> = store
-        .list(&ListFilter::default())
-        .await
-        .expect("list")
-        .iter()
-        .map(ProcessRecord::id)
-        .collect();
-    assert_eq!(left, [new_done.id(), old_live.id(), edge.id()]);
-    assert!(
-        store
-            .expire(Timestamp::from_millis(200))
-            .await
-            .expect("expire again")
-            .is_empty()
-    );
-}
-
 /// Ten thousand records are all kept, listed in order, and filtered.
 pub async fn ten_thousand_records(store: Arc<dyn ProcessStore>) {
     for n in 1..=10_000u128 {
