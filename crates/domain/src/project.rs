@@ -49,6 +49,7 @@ pub struct Project {
 
 /// Why a project cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProjectError {
     /// A project or service name that cannot be used.
     #[error("invalid {what} name {name:?}: use letters, digits, '-', '_' and '.' (at most 63)")]

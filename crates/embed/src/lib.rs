@@ -34,6 +34,7 @@ pub use bpm_runtime::Engine;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EmbedError {
     /// The store's directory could not be opened (the path is named).
     #[error("cannot open the store in {path}: {reason}")]

@@ -13,7 +13,9 @@ use bpm_domain::cluster::claimer::{Claimer, ClaimerEffect, ClaimerInput};
 use bpm_domain::cluster::member::Level;
 use bpm_domain::cluster::placement::{self, NameAnswer, NodeLabels, Room};
 use bpm_domain::{Event, EventKind, Input, NodeId, ProcessRecord, ProcessSpec, Timestamp};
-use bpm_ports::{ClaimQueue, ClaimedOne, ManagerError, ProcessManager, StopOptions};
+use bpm_ports::{
+    ClaimQueue, ClaimedOne, ManagerError, ProcessManager, RoutingRefusal, StopOptions,
+};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{Engine, ToLoop};
@@ -193,10 +195,12 @@ impl Engine {
             if self.ports.clock.now() >= deadline {
                 let node =
                     claimer.map_or_else(|| "another node".to_owned(), |n| format!("node {n}"));
-                return Err(ManagerError::Connection(format!(
-                    "process {id} was taken by {node}, which has not placed it within {}s; try again",
-                    PLACED_WITHIN.as_secs()
-                )));
+                return Err(RoutingRefusal::NotPlaced {
+                    id,
+                    taker: node,
+                    secs: PLACED_WITHIN.as_secs(),
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -209,11 +213,9 @@ impl Engine {
     async fn place(&self, record: ProcessRecord) -> Result<ProcessRecord, ManagerError> {
         let id = record.id();
         let now = self.ports.clock.now();
-        let placed = record.placed_on(&self.node, now).ok_or_else(|| {
-            ManagerError::Connection(format!(
-                "process {id} was claimed but does not wait to be placed"
-            ))
-        })?;
+        let placed = record
+            .placed_on(&self.node, now)
+            .ok_or_else(|| ManagerError::from(RoutingRefusal::NotWaiting { id }))?;
         match self.ports.store.update(&placed, record.version()).await {
             Ok(()) => Ok(placed),
             // An answer lost on its way may hide a write that was taken.

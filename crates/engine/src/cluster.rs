@@ -256,12 +256,12 @@ impl Run {
                         Err(MembershipError::Unavailable(e)) => {
                             MemberInput::RenewFailed(RenewFailure::Unavailable(e))
                         }
-                        Err(
-                            e @ (MembershipError::Expired { .. } | MembershipError::Fenced { .. }),
-                        ) => MemberInput::RenewFailed(RenewFailure::Lapsed(e.to_string())),
                         Err(MembershipError::Held(e)) => {
                             MemberInput::RenewFailed(RenewFailure::Held(e.to_string()))
                         }
+                        // Expired, fenced, or a refusal this build does not
+                        // know: the lease is no longer this daemon's.
+                        Err(e) => MemberInput::RenewFailed(RenewFailure::Lapsed(e.to_string())),
                     }
                 });
             }

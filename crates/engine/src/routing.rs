@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bpm_domain::{NodeId, ProcessId, ProcessRecord, ProcessSpec, cluster};
-use bpm_ports::{Call, CommandBus, ManagerError, ProcessManager, Reply, Started};
+use bpm_ports::{Call, CommandBus, ManagerError, ProcessManager, Reply, RoutingRefusal, Started};
 
 use crate::Engine;
 
@@ -70,11 +70,11 @@ impl Engine {
             return Err(ManagerError::NotFound(record.id()));
         };
         if record.node().is_any() {
-            return Err(ManagerError::Connection(format!(
-                "process {} waits for a node to take it: it has no node to send `{}` to yet (stop works on it)",
-                record.id(),
-                call.name()
-            )));
+            return Err(RoutingRefusal::Unplaced {
+                id: record.id(),
+                call: call.name().to_owned(),
+            }
+            .into());
         }
         let within = bpm_ports::answer_within(&call, record.spec().stop.grace.as_duration());
         bus.send(record.node(), call, within).await
@@ -147,10 +147,10 @@ impl Engine {
             Call::StartMany { specs, .. }
                 if specs.iter().all(|s| s.node.as_ref() == Some(&self.node)) => {}
             Call::Start { .. } | Call::StartMany { .. } => {
-                return Err(ManagerError::Connection(format!(
-                    "a start placed on another node came to node {}",
-                    self.node
-                )));
+                return Err(RoutingRefusal::StartElsewhere {
+                    here: self.node.clone(),
+                }
+                .into());
             }
             Call::Stop { id, .. }
             | Call::Pause { id }
@@ -163,10 +163,12 @@ impl Engine {
             | Call::Remove { id } => {
                 if let Some(owner) = cluster::owner_elsewhere(&self.get(*id).await?, &self.node) {
                     // Never sent on again: a call goes to its owner only.
-                    return Err(ManagerError::Connection(format!(
-                        "process {id} belongs to node {owner}, not to node {}",
-                        self.node
-                    )));
+                    return Err(RoutingRefusal::OwnedElsewhere {
+                        id: *id,
+                        owner: owner.clone(),
+                        here: self.node.clone(),
+                    }
+                    .into());
                 }
             }
             other => {

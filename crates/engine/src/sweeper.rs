@@ -38,6 +38,7 @@ pub struct Swept {
 
 /// Why a look at the leases stopped short.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SweepError {
     /// The leases could not be read or claimed.
     Membership(MembershipError),

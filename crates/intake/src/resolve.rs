@@ -7,6 +7,7 @@ use bpm_ports::{ManagerError, ProcessManager};
 
 /// Why a reference did not resolve to exactly one process.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ResolveError {
     /// The reference is empty.
     #[error("an empty process id")]

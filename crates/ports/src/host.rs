@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 
 /// Why files cannot be watched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WatchError {
     /// A watched path does not exist.
     #[error("cannot watch {}: no such file or directory", .0.display())]

@@ -36,7 +36,7 @@ pub use events::{EventBus, EventBusError};
 pub use host::{Host, WatchError};
 pub use ids::IdGenerator;
 pub use machine::Machine;
-pub use manager::{Completion, ManagerError, ProcessManager, StopOptions};
+pub use manager::{Completion, ManagerError, ProcessManager, RoutingRefusal, StopOptions};
 pub use membership::{Claimant, Membership, MembershipError, NodeView, WriteFence};
 pub use output::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,

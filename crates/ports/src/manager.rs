@@ -38,6 +38,55 @@ pub struct Completion {
     pub no_op: bool,
 }
 
+/// Why a call was not routed ([`ManagerError::Routing`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RoutingRefusal {
+    /// The process waits for a node to take it: only a stop reaches it.
+    #[error(
+        "process {id} waits for a node to take it: it has no node to send `{call}` to yet (stop works on it)"
+    )]
+    Unplaced {
+        /// The process.
+        id: ProcessId,
+        /// The call's name.
+        call: String,
+    },
+    /// The process belongs to another node: a call goes to its owner only.
+    #[error("process {id} belongs to node {owner}, not to node {here}")]
+    OwnedElsewhere {
+        /// The process.
+        id: ProcessId,
+        /// The node that owns it.
+        owner: NodeId,
+        /// The node the call came to.
+        here: NodeId,
+    },
+    /// A start placed on another node came to this one.
+    #[error("a start placed on another node came to node {here}")]
+    StartElsewhere {
+        /// The node the start came to.
+        here: NodeId,
+    },
+    /// Another node claimed the process and has not placed it in time.
+    #[error("process {id} was taken by {taker}, which has not placed it within {secs}s; try again")]
+    NotPlaced {
+        /// The process.
+        id: ProcessId,
+        /// Who took it (`node NAME`, or `another node`).
+        taker: String,
+        /// How long it was given, in seconds.
+        secs: u64,
+    },
+    /// The process was claimed but does not wait to be placed.
+    #[error("process {id} was claimed but does not wait to be placed")]
+    NotWaiting {
+        /// The process.
+        id: ProcessId,
+    },
+}
+
 /// What went wrong with a [`ProcessManager`] call.
 ///
 /// Every variant crosses a connection as it is, so a remote caller gets the
@@ -102,6 +151,12 @@ pub enum ManagerError {
     /// broke the protocol.
     #[error("{0}")]
     Connection(String),
+    /// The call cannot go where it was sent: the process belongs to
+    /// another node, or waits for one. Nothing was done, and sending the
+    /// same call to the same manager again changes nothing (unlike a
+    /// broken [`Connection`](Self::Connection)).
+    #[error(transparent)]
+    Routing(#[from] RoutingRefusal),
     /// The record belongs to another node, which did not take or answer
     /// the call in time, or is not alive.
     #[error(

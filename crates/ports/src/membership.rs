@@ -50,6 +50,7 @@ pub struct NodeView {
 
 /// Why a membership call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MembershipError {
     /// Another daemon holds the node.
     #[error(transparent)]

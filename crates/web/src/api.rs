@@ -31,7 +31,9 @@ impl From<ManagerError> for ApiError {
         let status = match &e {
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::InvalidSpec(_) | ManagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ManagerError::InvalidTransition(_) | ManagerError::Refused(_) => StatusCode::CONFLICT,
+            ManagerError::InvalidTransition(_)
+            | ManagerError::Refused(_)
+            | ManagerError::Routing(_) => StatusCode::CONFLICT,
             ManagerError::Connection(_) | ManagerError::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

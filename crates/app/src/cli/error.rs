@@ -48,7 +48,7 @@ impl From<ManagerError> for CliError {
             | ManagerError::TooLarge { .. }
             | ManagerError::BadRequest(_) => 4,
             ManagerError::WaitTimeout { .. } => 124,
-            ManagerError::Connection(_) | ManagerError::ShutDown => 5,
+            ManagerError::Connection(_) | ManagerError::Routing(_) | ManagerError::ShutDown => 5,
             _ => 1,
         };
         CliError {

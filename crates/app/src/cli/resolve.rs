@@ -38,7 +38,7 @@ async fn here_too<T>(
     found.map_err(|e| match e {
         ResolveError::NotFound(_) => CliError::not_found(e.to_string()),
         ResolveError::Manager(m) => CliError::from(m),
-        ResolveError::Empty | ResolveError::Ambiguous { .. } => CliError::invalid(e.to_string()),
+        _ => CliError::invalid(e.to_string()),
     })
 }
 

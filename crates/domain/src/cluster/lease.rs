@@ -64,6 +64,7 @@ pub struct ClusterTiming {
 
 /// A timing the cluster cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TimingError {
     /// The lease is shorter than [`MIN_LEASE_TTL`].
     #[error("lease_ttl {0} is too short: it must be at least 2s")]

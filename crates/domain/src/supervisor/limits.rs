@@ -12,6 +12,7 @@ pub const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(1)
 
 /// A limit no node can work with, by its key in `config.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LimitsError {
     /// A slot limit of 0: what it governs would wait for ever.
     #[error(
