@@ -6,7 +6,7 @@ its median and every round's seconds.
     python3 tests/compare/run_from.py BEFORE_BPM AFTER_BPM [ROUNDS]
 
 For a change whose benchmark ratio moved less than its baseline swings
-(BENCHMARKS.md says when it was used). Everything runs on this machine,
+(bench/NOTEBOOK.md says when it was used). Everything runs on this machine,
 in temporary state directories, and stops by itself.
 """
 

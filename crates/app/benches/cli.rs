@@ -1114,7 +1114,7 @@ fn exit_trace() {
         let mut samples = Vec::new();
         for i in 0..n {
             // Which runs first alternates: on this machine the first
-            // command after a long quiet pays more (BENCHMARKS.md, "A
+            // command after a long quiet pays more (bench/NOTEBOOK.md, "A
             // minute of quiet"), and that should fall on each side alike.
             let order = if i % 2 == 1 {
                 "floor-first"

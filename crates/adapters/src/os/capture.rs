@@ -81,7 +81,7 @@ const MAX_READ: usize = 1024 * 1024;
 /// While an append is written, the pipe fills (up to 1 MiB for a busy
 /// writer), and the next read takes all of it at once. Reading meanwhile was
 /// tried: the reader then woke for each of the writer's small writes, which
-/// slowed the writer more than the overlap won (BENCHMARKS.md).
+/// slowed the writer more than the overlap won (bench/NOTEBOOK.md).
 pub(crate) async fn pump(
     mut from: impl AsyncRead + Unpin + std::os::fd::AsFd,
     stream: Stream,

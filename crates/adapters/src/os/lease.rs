@@ -4,18 +4,35 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use bpm_domain::cluster::lease_watch::{LeaseAct, LeaseWatch, NextLook};
 
-/// The node's lease as a keeper knows it.
-#[derive(Debug, Default)]
+/// The node's lease as a keeper knows it: its timeline
+/// ([`LeaseWatch`], the domain's), on a monotonic clock from `origin`.
+#[derive(Debug)]
 pub(super) struct LeaseHold {
-    /// When it lapses, unless a renewal is passed on before.
-    pub(super) until: Option<std::time::Instant>,
-    /// When its renewals are late ([`bpm_domain::cluster::late_after`]).
-    pub(super) late_at: Option<std::time::Instant>,
+    /// The lease's timeline.
+    pub(super) watch: LeaseWatch,
+    /// Where the timeline's times count from.
+    pub(super) origin: std::time::Instant,
     /// Whether a thread watches it.
     pub(super) watched: bool,
-    /// Whether the failover processes were stopped for lateness.
-    pub(super) frozen: bool,
+}
+
+impl Default for LeaseHold {
+    fn default() -> Self {
+        LeaseHold {
+            watch: LeaseWatch::default(),
+            origin: std::time::Instant::now(),
+            watched: false,
+        }
+    }
+}
+
+impl LeaseHold {
+    /// The time now on the timeline.
+    pub(super) fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
 }
 
 impl SpawnerShared {
@@ -94,37 +111,26 @@ impl SpawnerShared {
     /// or with KILL at once when the keeper slept far past the lapse.
     pub(super) fn watch_lease(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         loop {
-            let now = std::time::Instant::now();
             let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(until) = lease.until else {
+            let now = lease.now();
+            let (act, next) = lease.watch.look(now);
+            if next == NextLook::Done {
                 lease.watched = false;
-                return;
-            };
-            if until <= now {
-                *lease = LeaseHold::default();
-                drop(lease);
-                if now.duration_since(until) > bpm_domain::cluster::OVERSLEPT {
-                    self.kill_fenced_now();
-                } else {
+            }
+            drop(lease);
+            match act {
+                Some(LeaseAct::Freeze) => self.freeze_fenced(true),
+                Some(LeaseAct::Fence) => {
                     let _guard = runtime.enter();
                     self.fence_all();
                 }
-                return;
+                Some(LeaseAct::KillNow) => self.kill_fenced_now(),
+                Some(LeaseAct::Thaw) | None => {}
             }
-            let late_at = lease.late_at.unwrap_or(until);
-            if !lease.frozen && late_at <= now {
-                lease.frozen = true;
-                drop(lease);
-                self.freeze_fenced(true);
-                continue;
+            match next {
+                NextLook::Done => return,
+                NextLook::At(at) => std::thread::sleep(at.saturating_sub(now)),
             }
-            let next = if lease.frozen {
-                until
-            } else {
-                late_at.min(until)
-            };
-            drop(lease);
-            std::thread::sleep(next.saturating_duration_since(now));
         }
     }
 

@@ -285,16 +285,14 @@ impl ProcessSpawner for OsSpawner {
     }
 
     async fn hold_lease(&self, within: Duration) -> Result<(), SpawnError> {
-        let now = std::time::Instant::now();
-        let until = now + within;
         let thaw = {
             let mut lease = self
                 .inner
                 .lease
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            lease.until = Some(lease.until.map_or(until, |held| held.max(until)));
-            lease.late_at = Some(now + bpm_domain::cluster::late_after(within));
+            let now = lease.now();
+            let act = lease.watch.renewed(now, within);
             if !lease.watched {
                 lease.watched = true;
                 let inner = self.inner.clone();
@@ -304,7 +302,7 @@ impl ProcessSpawner for OsSpawner {
                     .spawn(move || inner.watch_lease(&runtime))
                     .map_err(|e| SpawnError::Os(format!("cannot watch the lease: {e}")))?;
             }
-            std::mem::take(&mut lease.frozen)
+            act == Some(bpm_domain::cluster::lease_watch::LeaseAct::Thaw)
         };
         if thaw {
             self.inner.freeze_fenced(false);

@@ -13,6 +13,7 @@
 pub mod claimer;
 mod failover;
 mod lease;
+pub mod lease_watch;
 pub mod member;
 pub mod placement;
 pub mod slots;
