@@ -20,339 +20,337 @@ use serde_json::{Value, json};
 struct Row {
     field: &'static str,
     cli: &'static [&'static str],
-    mcp: Value,
+    /// MCP's arguments, as JSON.
+    mcp: &'static str,
     toml: Option<&'static str>,
-    form: Option<Value>,
+    /// The page's form, as JSON.
+    form: Option<&'static str>,
 }
 
-fn rows() -> Vec<Row> {
-    let r = |field, cli, mcp, toml, form| Row {
-        field,
-        cli,
-        mcp,
-        toml,
-        form,
-    };
-    vec![
-        r(
-            "timeout",
-            &["--timeout", "5s"],
-            json!({"timeout": "5s"}),
-            Some(r#"timeout = "5s""#),
-            Some(json!({"timeout": "5s"})),
-        ),
-        r(
-            "grace",
-            &["--grace", "2s"],
-            json!({"grace": "2s"}),
-            Some(r#"grace = "2s""#),
-            None,
-        ),
-        r(
-            "restart",
-            &["--restart", "on-failure"],
-            json!({"restart": "on-failure"}),
-            Some(r#"restart = "on-failure""#),
-            Some(json!({"restart": "on-failure"})),
-        ),
-        r(
-            "max_restarts",
-            &["--max-restarts", "3"],
-            json!({"max_restarts": 3}),
-            Some("max_restarts = 3"),
-            None,
-        ),
-        r(
-            "backoff",
-            &["--backoff", "2s"],
-            json!({"backoff": "2s"}),
-            Some(r#"backoff = "2s""#),
-            None,
-        ),
-        r(
-            "stop_signal",
-            &["--stop-signal", "INT"],
-            json!({"stop_signal": "INT"}),
-            Some(r#"stop_signal = "INT""#),
-            None,
-        ),
-        r(
-            "priority",
-            &["--priority", "5"],
-            json!({"priority": 5}),
-            Some("priority = 5"),
-            None,
-        ),
-        r(
-            "delay",
-            &["--delay", "1s"],
-            json!({"delay": "1s"}),
-            Some(r#"delay = "1s""#),
-            None,
-        ),
-        r(
-            "idle_after",
-            &["--idle-after", "3s"],
-            json!({"idle_after": "3s"}),
-            Some(r#"idle_after = "3s""#),
-            None,
-        ),
-        r(
-            "ready_pattern",
-            &["--ready-pattern", "^up$"],
-            json!({"ready_pattern": "^up$"}),
-            Some(r#"ready = { log = "^up$" }"#),
-            Some(json!({"ready_pattern": "^up$"})),
-        ),
-        r(
-            "ready_port",
-            &["--ready-port", "8080"],
-            json!({"ready_port": 8080}),
-            Some("ready = { port = 8080 }"),
-            Some(json!({"ready_port": 8080})),
-        ),
-        r(
-            "ready_http",
-            &["--ready-http", "http://127.0.0.1:8080/health"],
-            json!({"ready_http": "http://127.0.0.1:8080/health"}),
-            Some(r#"ready = { http = "http://127.0.0.1:8080/health" }"#),
-            None,
-        ),
-        r(
-            "ready_exec",
-            &["--ready-exec", "true"],
-            json!({"ready_exec": "true"}),
-            Some(r#"ready = { exec = "true" }"#),
-            None,
-        ),
-        r(
-            "ready_notify",
-            &["--ready-notify"],
-            json!({"ready_notify": true}),
-            Some("ready = { notify = true }"),
-            None,
-        ),
-        r(
-            "ready_timeout",
-            &["--ready-timeout", "9s"],
-            json!({"ready_timeout": "9s"}),
-            Some(r#"ready = { timeout = "9s" }"#),
-            None,
-        ),
-        r(
-            "health",
-            &[
-                "--health-http",
-                "http://127.0.0.1:9/h",
-                "--health-every",
-                "3s",
-                "--health-failures",
-                "2",
-            ],
-            json!({"health": {"http": "http://127.0.0.1:9/h", "every": "3s", "failures": 2}}),
-            Some(r#"health = { http = "http://127.0.0.1:9/h", every = "3s", failures = 2 }"#),
-            None,
-        ),
-        r(
-            "labels",
-            &["--label", "a=b"],
-            json!({"labels": {"a": "b"}}),
-            Some(r#"labels = { a = "b" }"#),
-            None,
-        ),
-        r(
-            "node_labels",
-            &["--node", "any", "--node-label", "gpu=yes"],
-            json!({"node": "any", "node_labels": {"gpu": "yes"}}),
-            Some(
-                r#"node = "any"
+/// Every row of the table.
+const ROWS: &[Row] = &[
+    Row {
+        field: "timeout",
+        cli: &["--timeout", "5s"],
+        mcp: r#"{"timeout": "5s"}"#,
+        toml: Some(r#"timeout = "5s""#),
+        form: Some(r#"{"timeout": "5s"}"#),
+    },
+    Row {
+        field: "grace",
+        cli: &["--grace", "2s"],
+        mcp: r#"{"grace": "2s"}"#,
+        toml: Some(r#"grace = "2s""#),
+        form: None,
+    },
+    Row {
+        field: "restart",
+        cli: &["--restart", "on-failure"],
+        mcp: r#"{"restart": "on-failure"}"#,
+        toml: Some(r#"restart = "on-failure""#),
+        form: Some(r#"{"restart": "on-failure"}"#),
+    },
+    Row {
+        field: "max_restarts",
+        cli: &["--max-restarts", "3"],
+        mcp: r#"{"max_restarts": 3}"#,
+        toml: Some("max_restarts = 3"),
+        form: None,
+    },
+    Row {
+        field: "backoff",
+        cli: &["--backoff", "2s"],
+        mcp: r#"{"backoff": "2s"}"#,
+        toml: Some(r#"backoff = "2s""#),
+        form: None,
+    },
+    Row {
+        field: "stop_signal",
+        cli: &["--stop-signal", "INT"],
+        mcp: r#"{"stop_signal": "INT"}"#,
+        toml: Some(r#"stop_signal = "INT""#),
+        form: None,
+    },
+    Row {
+        field: "priority",
+        cli: &["--priority", "5"],
+        mcp: r#"{"priority": 5}"#,
+        toml: Some("priority = 5"),
+        form: None,
+    },
+    Row {
+        field: "delay",
+        cli: &["--delay", "1s"],
+        mcp: r#"{"delay": "1s"}"#,
+        toml: Some(r#"delay = "1s""#),
+        form: None,
+    },
+    Row {
+        field: "idle_after",
+        cli: &["--idle-after", "3s"],
+        mcp: r#"{"idle_after": "3s"}"#,
+        toml: Some(r#"idle_after = "3s""#),
+        form: None,
+    },
+    Row {
+        field: "ready_pattern",
+        cli: &["--ready-pattern", "^up$"],
+        mcp: r#"{"ready_pattern": "^up$"}"#,
+        toml: Some(r#"ready = { log = "^up$" }"#),
+        form: Some(r#"{"ready_pattern": "^up$"}"#),
+    },
+    Row {
+        field: "ready_port",
+        cli: &["--ready-port", "8080"],
+        mcp: r#"{"ready_port": 8080}"#,
+        toml: Some("ready = { port = 8080 }"),
+        form: Some(r#"{"ready_port": 8080}"#),
+    },
+    Row {
+        field: "ready_http",
+        cli: &["--ready-http", "http://127.0.0.1:8080/health"],
+        mcp: r#"{"ready_http": "http://127.0.0.1:8080/health"}"#,
+        toml: Some(r#"ready = { http = "http://127.0.0.1:8080/health" }"#),
+        form: None,
+    },
+    Row {
+        field: "ready_exec",
+        cli: &["--ready-exec", "true"],
+        mcp: r#"{"ready_exec": "true"}"#,
+        toml: Some(r#"ready = { exec = "true" }"#),
+        form: None,
+    },
+    Row {
+        field: "ready_notify",
+        cli: &["--ready-notify"],
+        mcp: r#"{"ready_notify": true}"#,
+        toml: Some("ready = { notify = true }"),
+        form: None,
+    },
+    Row {
+        field: "ready_timeout",
+        cli: &["--ready-timeout", "9s"],
+        mcp: r#"{"ready_timeout": "9s"}"#,
+        toml: Some(r#"ready = { timeout = "9s" }"#),
+        form: None,
+    },
+    Row {
+        field: "health",
+        cli: &[
+            "--health-http",
+            "http://127.0.0.1:9/h",
+            "--health-every",
+            "3s",
+            "--health-failures",
+            "2",
+        ],
+        mcp: r#"{"health": {"http": "http://127.0.0.1:9/h", "every": "3s", "failures": 2}}"#,
+        toml: Some(r#"health = { http = "http://127.0.0.1:9/h", every = "3s", failures = 2 }"#),
+        form: None,
+    },
+    Row {
+        field: "labels",
+        cli: &["--label", "a=b"],
+        mcp: r#"{"labels": {"a": "b"}}"#,
+        toml: Some(r#"labels = { a = "b" }"#),
+        form: None,
+    },
+    Row {
+        field: "node_labels",
+        cli: &["--node", "any", "--node-label", "gpu=yes"],
+        mcp: r#"{"node": "any", "node_labels": {"gpu": "yes"}}"#,
+        toml: Some(
+            r#"node = "any"
 node_labels = { gpu = "yes" }"#,
-            ),
-            None,
         ),
-        r(
-            "kind",
-            &["--kind", "build"],
-            json!({"kind": "build"}),
-            Some(r#"kind = "build""#),
-            None,
-        ),
-        r(
-            "group",
-            &["--group", "g1"],
-            json!({"group": "g1"}),
-            Some(r#"group = "g1""#),
-            Some(json!({"group": "g1"})),
-        ),
-        r(
-            "port",
-            &["--port", "auto"],
-            json!({"port": "auto"}),
-            Some(r#"port = "auto""#),
-            None,
-        ),
-        r(
-            "env",
-            &["--env", "A=1"],
-            json!({"env": {"A": "1"}}),
-            Some(r#"env = { A = "1" }"#),
-            Some(json!({"env": "A=1"})),
-        ),
-        r(
-            "env_file",
-            &["--env-file", "vars.env"],
-            json!({"env_file": ["vars.env"]}),
-            Some(r#"env_file = "vars.env""#),
-            None,
-        ),
-        r(
-            "cwd",
-            &["--cwd", "sub"],
-            json!({"cwd": "sub"}),
-            Some(r#"cwd = "sub""#),
-            Some(json!({"cwd": "sub"})),
-        ),
-        r(
-            "watch",
-            &[
-                "--watch",
-                "src",
-                "--watch-ignore",
-                "*.log",
-                "--restart-dependents",
-            ],
-            json!({"watch": ["src"], "watch_ignore": ["*.log"], "restart_dependents": true}),
-            Some(
-                r#"watch = ["src"]
+        form: None,
+    },
+    Row {
+        field: "kind",
+        cli: &["--kind", "build"],
+        mcp: r#"{"kind": "build"}"#,
+        toml: Some(r#"kind = "build""#),
+        form: None,
+    },
+    Row {
+        field: "group",
+        cli: &["--group", "g1"],
+        mcp: r#"{"group": "g1"}"#,
+        toml: Some(r#"group = "g1""#),
+        form: Some(r#"{"group": "g1"}"#),
+    },
+    Row {
+        field: "port",
+        cli: &["--port", "auto"],
+        mcp: r#"{"port": "auto"}"#,
+        toml: Some(r#"port = "auto""#),
+        form: None,
+    },
+    Row {
+        field: "env",
+        cli: &["--env", "A=1"],
+        mcp: r#"{"env": {"A": "1"}}"#,
+        toml: Some(r#"env = { A = "1" }"#),
+        form: Some(r#"{"env": "A=1"}"#),
+    },
+    Row {
+        field: "env_file",
+        cli: &["--env-file", "vars.env"],
+        mcp: r#"{"env_file": ["vars.env"]}"#,
+        toml: Some(r#"env_file = "vars.env""#),
+        form: None,
+    },
+    Row {
+        field: "cwd",
+        cli: &["--cwd", "sub"],
+        mcp: r#"{"cwd": "sub"}"#,
+        toml: Some(r#"cwd = "sub""#),
+        form: Some(r#"{"cwd": "sub"}"#),
+    },
+    Row {
+        field: "watch",
+        cli: &[
+            "--watch",
+            "src",
+            "--watch-ignore",
+            "*.log",
+            "--restart-dependents",
+        ],
+        mcp: r#"{"watch": ["src"], "watch_ignore": ["*.log"], "restart_dependents": true}"#,
+        toml: Some(
+            r#"watch = ["src"]
 watch_ignore = ["*.log"]
 restart_dependents = true"#,
-            ),
-            None,
         ),
-        r(
-            "every",
-            &["--every", "30s", "--jitter", "1s"],
-            json!({"every": "30s", "jitter": "1s"}),
-            Some(
-                r#"every = "30s"
+        form: None,
+    },
+    Row {
+        field: "every",
+        cli: &["--every", "30s", "--jitter", "1s"],
+        mcp: r#"{"every": "30s", "jitter": "1s"}"#,
+        toml: Some(
+            r#"every = "30s"
 jitter = "1s""#,
-            ),
-            None,
         ),
-        r(
-            "cron",
-            &["--cron", "*/5 * * * *", "--tz", "Asia/Tokyo"],
-            json!({"cron": "*/5 * * * *", "tz": "Asia/Tokyo"}),
-            Some(
-                r#"cron = "*/5 * * * *"
+        form: None,
+    },
+    Row {
+        field: "cron",
+        cli: &["--cron", "*/5 * * * *", "--tz", "Asia/Tokyo"],
+        mcp: r#"{"cron": "*/5 * * * *", "tz": "Asia/Tokyo"}"#,
+        toml: Some(
+            r#"cron = "*/5 * * * *"
 tz = "Asia/Tokyo""#,
-            ),
-            None,
         ),
-        r(
-            "nofile",
-            &["--nofile", "256"],
-            json!({"nofile": 256}),
-            Some("nofile = 256"),
-            None,
-        ),
-        r(
-            "tty",
-            &["--tty", "--tty-size", "100x30"],
-            json!({"tty": true, "tty_size": "100x30"}),
-            Some(
-                r#"tty = true
+        form: None,
+    },
+    Row {
+        field: "nofile",
+        cli: &["--nofile", "256"],
+        mcp: r#"{"nofile": 256}"#,
+        toml: Some("nofile = 256"),
+        form: None,
+    },
+    Row {
+        field: "tty",
+        cli: &["--tty", "--tty-size", "100x30"],
+        mcp: r#"{"tty": true, "tty_size": "100x30"}"#,
+        toml: Some(
+            r#"tty = true
 tty_size = "100x30""#,
-            ),
-            None,
         ),
-        r(
-            "stdin",
-            &["--stdin"],
-            json!({"stdin": true}),
-            Some("stdin = true"),
-            None,
-        ),
-        r(
-            "on_exit",
-            &["--on-exit", "echo done"],
-            json!({"on_exit": "echo done"}),
-            Some(r#"on_exit = "echo done""#),
-            None,
-        ),
-        r(
-            "failover",
-            &["--failover", "--restart", "always"],
-            json!({"failover": true, "restart": "always"}),
-            Some(
-                r#"failover = true
+        form: None,
+    },
+    Row {
+        field: "stdin",
+        cli: &["--stdin"],
+        mcp: r#"{"stdin": true}"#,
+        toml: Some("stdin = true"),
+        form: None,
+    },
+    Row {
+        field: "on_exit",
+        cli: &["--on-exit", "echo done"],
+        mcp: r#"{"on_exit": "echo done"}"#,
+        toml: Some(r#"on_exit = "echo done""#),
+        form: None,
+    },
+    Row {
+        field: "failover",
+        cli: &["--failover", "--restart", "always"],
+        mcp: r#"{"failover": true, "restart": "always"}"#,
+        toml: Some(
+            r#"failover = true
 restart = "always""#,
-            ),
-            None,
         ),
-        r(
-            "leader_only",
-            &["--leader-only"],
-            json!({"leader_only": true}),
-            Some("leader_only = true"),
-            None,
-        ),
-        r(
-            "metadata",
-            &["--metadata", r#"{"k":1}"#],
-            json!({"metadata": {"k": 1}}),
-            Some("metadata = { k = 1 }"),
-            None,
-        ),
-        r(
-            "session",
-            &["--session", "s1"],
-            json!({"session": "s1"}),
-            Some(r#"session = "s1""#),
-            None,
-        ),
-        r(
-            "owner",
-            &["--owner", "session:x", "--owner-grace", "1m"],
-            json!({"owner": ["session:x"], "owner_grace": "1m"}),
-            Some(
-                r#"owner = ["session:x"]
+        form: None,
+    },
+    Row {
+        field: "leader_only",
+        cli: &["--leader-only"],
+        mcp: r#"{"leader_only": true}"#,
+        toml: Some("leader_only = true"),
+        form: None,
+    },
+    Row {
+        field: "metadata",
+        cli: &["--metadata", r#"{"k":1}"#],
+        mcp: r#"{"metadata": {"k": 1}}"#,
+        toml: Some("metadata = { k = 1 }"),
+        form: None,
+    },
+    Row {
+        field: "session",
+        cli: &["--session", "s1"],
+        mcp: r#"{"session": "s1"}"#,
+        toml: Some(r#"session = "s1""#),
+        form: None,
+    },
+    Row {
+        field: "owner",
+        cli: &["--owner", "session:x", "--owner-grace", "1m"],
+        mcp: r#"{"owner": ["session:x"], "owner_grace": "1m"}"#,
+        toml: Some(
+            r#"owner = ["session:x"]
 owner_grace = "1m""#,
-            ),
-            None,
         ),
-        r(
-            "clean_env",
-            &["--clean-env"],
-            json!({"clean_env": true}),
-            Some("clean_env = true"),
-            None,
-        ),
-        r(
-            "name",
-            &["--name", "n1"],
-            json!({"name": "n1"}),
-            None,
-            Some(json!({"name": "n1"})),
-        ),
-        r(
-            "ensure",
-            &["--name", "n1", "--ensure"],
-            json!({"name": "n1", "ensure": true}),
-            None,
-            None,
-        ),
-        r(
-            "replace",
-            &["--name", "n1", "--replace"],
-            json!({"name": "n1", "replace": true}),
-            None,
-            None,
-        ),
-    ]
-}
+        form: None,
+    },
+    Row {
+        field: "clean_env",
+        cli: &["--clean-env"],
+        mcp: r#"{"clean_env": true}"#,
+        toml: Some("clean_env = true"),
+        form: None,
+    },
+    Row {
+        field: "name",
+        cli: &["--name", "n1"],
+        mcp: r#"{"name": "n1"}"#,
+        toml: None,
+        form: Some(r#"{"name": "n1"}"#),
+    },
+    Row {
+        field: "ensure",
+        cli: &["--name", "n1", "--ensure"],
+        mcp: r#"{"name": "n1", "ensure": true}"#,
+        toml: None,
+        form: None,
+    },
+    Row {
+        field: "replace",
+        cli: &["--name", "n1", "--replace"],
+        mcp: r#"{"name": "n1", "replace": true}"#,
+        toml: None,
+        form: None,
+    },
+];
 
 /// A directory with what the rows name: `sub/`, `src/`, `vars.env`.
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("a row's JSON")
+}
+
 fn place() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("a directory");
     std::fs::create_dir(dir.path().join("sub")).expect("sub");
@@ -415,11 +413,11 @@ fn by_form(form: &Value, dir: &Path) -> Result<ProcessSpec, String> {
 fn every_front_end_turns_the_same_setting_into_the_same_spec() {
     let dir = place();
     let plain = by_mcp(&json!({}), dir.path()).expect("a plain spec");
-    for row in rows() {
+    for row in ROWS {
         let from_cli =
             by_cli(row.cli, dir.path()).unwrap_or_else(|e| panic!("{}: cli: {e}", row.field));
-        let from_mcp =
-            by_mcp(&row.mcp, dir.path()).unwrap_or_else(|e| panic!("{}: mcp: {e}", row.field));
+        let from_mcp = by_mcp(&json(row.mcp), dir.path())
+            .unwrap_or_else(|e| panic!("{}: mcp: {e}", row.field));
         assert_ne!(
             from_cli, plain,
             "{}: the setting changed nothing",
@@ -439,9 +437,9 @@ fn every_front_end_turns_the_same_setting_into_the_same_spec() {
                 row.field
             );
         }
-        if let Some(form) = &row.form {
-            let from_form =
-                by_form(form, dir.path()).unwrap_or_else(|e| panic!("{}: form: {e}", row.field));
+        if let Some(form) = row.form {
+            let from_form = by_form(&json(form), dir.path())
+                .unwrap_or_else(|e| panic!("{}: form: {e}", row.field));
             assert_eq!(
                 from_form, from_mcp,
                 "{}: the page and MCP disagree",
@@ -560,7 +558,7 @@ fn every_front_end_refuses_the_same_mistake_naming_the_same_field() {
 /// `Asked` fails this test until each front end takes it or is listed.
 fn gaps(covered: impl Fn(&Row) -> bool, companions: &[&str]) -> BTreeSet<String> {
     let mut left: BTreeSet<String> = Asked::fields().into_iter().collect();
-    for row in rows().iter().filter(|r| covered(r)) {
+    for row in ROWS.iter().filter(|r| covered(r)) {
         left.remove(row.field);
     }
     for c in companions {
