@@ -265,13 +265,14 @@ fn layers_depend_only_downwards() {
         BTreeSet::from([
             "bpm-adapters".to_owned(),
             "bpm-domain".to_owned(),
+            "bpm-intake".to_owned(),
             "bpm-runtime".to_owned(),
             "bpm-ports".to_owned(),
         ]),
-        "the embedding builder wires the engine to the adapters without a server"
+        "the embedding builder wires the engine to the adapters without a server, and brings projects up through intake"
     );
     let embedded = graph.transitive("bpm-embed");
-    for server in ["axum", "rmcp", "redis", "rustls", "schemars"] {
+    for server in ["axum", "rmcp", "redis", "rustls"] {
         assert!(
             !embedded.contains(server),
             "an embedded engine (bpm-embed) pulls in {server}"
@@ -280,8 +281,20 @@ fn layers_depend_only_downwards() {
     // Built alone, with its default features, an embedded engine compiles
     // no file watcher (its `watch` feature adds one) and no proc-macro
     // builders, and fewer than 60 crates in all.
+    // Built alone, it compiles no schema generator (intake's `schema`
+    // feature, which MCP turns on) and no project-file parser (its
+    // `files` feature, embed's `project-files`).
     let alone = build_closure("bpm-embed");
-    for heavy in ["notify", "inotify", "globset", "derive_builder", "strum"] {
+    for heavy in [
+        "notify",
+        "inotify",
+        "globset",
+        "derive_builder",
+        "strum",
+        "schemars",
+        "toml",
+        "serde_norway",
+    ] {
         assert!(
             !alone.contains(heavy),
             "bpm-embed built alone pulls in {heavy}"

@@ -127,7 +127,7 @@ fn the_start_form_names_what_is_wrong() {
         (r#"{"command":"true","timeout":"soon"}"#, "timeout"),
         (r#"{"command":"true","restart":"sometimes"}"#, "restart"),
         (r#"{"command":"true","cwd":"/no/such/dir"}"#, "/no/such/dir"),
-        (r#"{"command":"true","ready_pattern":"("}"#, "ready pattern"),
+        (r#"{"command":"true","ready_pattern":"("}"#, "ready_pattern"),
         (r#"{"command":"true","name":"bad\tname"}"#, "name"),
         (r#"{"command":"true","group":"a b"}"#, "group"),
     ] {

@@ -29,6 +29,14 @@ use bpm_adapters::os::{OsHost, OsSpawner, OsSpawnerConfig, ProcSampler};
 use bpm_runtime::{EngineConfig, Ports};
 
 pub use bpm_domain::{Limits, NodeId, ProcessRecord, ProcessSpec, StateName};
+/// Projects: bring a set of services up and down on the engine
+/// (`project::up`, `project::down`, `project::wait_up`), from a
+/// [`Project`](bpm_domain::project::Project) a program builds or, with the
+/// `project-files` feature, one read from a file (`project::load`).
+pub use bpm_intake::project;
+/// What a person or an agent asks for, turned into a [`ProcessSpec`]
+/// (`Asked::into_spec`), as every front end of bpm does.
+pub use bpm_intake::{AskError, Asked, Context};
 pub use bpm_ports::{ManagerError, OutputStore, ProcessManager, ProcessSpawner, ProcessStore};
 pub use bpm_runtime::Engine;
 

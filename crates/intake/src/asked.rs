@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bpm_domain::OsText;
+#[cfg(feature = "schema")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A length of time: a number of seconds (`2.5`) or a duration
 /// (`"500ms"`, `"30s"`, `"5m"`, `"1h"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(untagged)]
 pub enum Duration {
     /// Seconds.
@@ -26,7 +28,8 @@ impl From<&str> for Duration {
 }
 
 /// A value written as a number or as text (`64`, `"512M"`, `"auto"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(untagged)]
 pub enum Amount {
     /// A whole number.
@@ -54,7 +57,8 @@ impl From<&str> for Amount {
 /// A liveness check: one of `http`, `exec` or `port`, with how often it
 /// runs, how many failures in a row restart the process, and how long
 /// one try may take.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthAsked {
     /// A URL, or a path on the process's `port`: healthy while a GET answers 2xx or 3xx.
@@ -90,29 +94,30 @@ pub struct HealthAsked {
 /// Unknown fields are refused, so a misspelt key is named, not ignored.
 /// Old spellings of MCP's arguments (`timeout_secs`, `grace_secs`,
 /// `watch_debounce_secs`) are still read.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Asked {
     /// A command line, run with `sh -c`. Give this or `argv`.
-    #[schemars(with = "Option<String>")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<OsText>,
     /// Program and arguments, run without a shell. Give this or `command`.
-    #[schemars(with = "Option<Vec<String>>")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Vec<String>>"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<OsText>>,
     /// A name, unique among live processes, to refer to the process by.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// What kind of work it is: `agent_session`, `test_suite`, `build`, `server`, `analysis` or `custom`.
-    #[schemars(extend("enum" = ["agent_session", "test_suite", "build", "server", "analysis", "custom"]))]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["agent_session", "test_suite", "build", "server", "analysis", "custom"])))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Working directory (absolute, or relative to the caller's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
     /// Environment variables added to (or overriding) the caller's environment.
-    #[schemars(with = "BTreeMap<String, String>")]
+    #[cfg_attr(feature = "schema", schemars(with = "BTreeMap<String, String>"))]
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<OsText, OsText>,
     /// Start from an empty environment instead of the caller's (`env` and `env_file` still apply).
@@ -152,7 +157,7 @@ pub struct Asked {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
     /// When it restarts by itself: never (the default), on-failure or always.
-    #[schemars(extend("enum" = ["never", "on-failure", "always"]))]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["never", "on-failure", "always"])))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<String>,
     /// At most this many automatic restarts.
@@ -311,6 +316,7 @@ impl Asked {
 
     /// Every field's name, as [`AskError::field`](crate::AskError::field)
     /// and the front ends' tests name them.
+    #[cfg(feature = "schema")]
     pub fn fields() -> Vec<String> {
         match serde_json::to_value(schemars::schema_for!(Asked)) {
             Ok(serde_json::Value::Object(schema)) => schema
