@@ -341,7 +341,7 @@ fn the_app_holds_no_lifecycle_rule() {
         "StateName::Starting",
         "StateName::Stopping",
     ];
-    let files = sources(&workspace_root().join("crates/app/src"));
+    let files = sources(&workspace_root().join("crates/cli/src"));
     assert!(
         files.len() >= 10,
         "found only {} app source files",
@@ -394,7 +394,7 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
         "Local::now()",
         "clock_gettime",
     ];
-    let src = workspace_root().join("crates/app/src");
+    let src = workspace_root().join("crates/cli/src");
     let files = sources(&src);
     assert!(
         files.len() >= 10,
@@ -416,12 +416,12 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
             let allowed = listed.iter().any(|(file, _)| *file == rel);
             if uses && !allowed {
                 wrong.push(format!(
-                    "crates/app/src/{rel} {what}, and is not on the list of files that may"
+                    "crates/cli/src/{rel} {what}, and is not on the list of files that may"
                 ));
             }
             if allowed && !uses {
                 wrong.push(format!(
-                    "crates/app/src/{rel} no longer {what}: take it off the list"
+                    "crates/cli/src/{rel} no longer {what}: take it off the list"
                 ));
             }
         }
@@ -434,7 +434,7 @@ fn front_ends_run_on_the_port_not_on_a_client() {
     // The CLI's commands, the MCP server and the page take a
     // `ProcessManager`; which one (a daemon's client) is wiring's choice.
     let root = workspace_root();
-    let mut files = sources(&root.join("crates/app/src/cli"));
+    let mut files = sources(&root.join("crates/cli/src/cli"));
     files.extend(sources(&root.join("crates/mcp/src")));
     files.extend(sources(&root.join("crates/web/src")));
     assert!(
@@ -681,7 +681,7 @@ fn no_two_source_files_of_a_crate_need_each_other() {
     let root = workspace_root();
     let mut cycles = BTreeSet::new();
     for krate in [
-        "domain", "ports", "adapters", "redis", "mcp", "web", "engine", "app",
+        "domain", "ports", "adapters", "intake", "redis", "mcp", "web", "runtime", "embed", "cli",
     ] {
         let src = root.join("crates").join(krate).join("src");
         let files = sources(&src);

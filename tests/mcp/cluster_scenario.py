@@ -3,7 +3,7 @@ processes of node beta (both nodes' daemons share one Redis):
 
     python3 tests/mcp/cluster_scenario.py BPM_BINARY ALPHA_HOME BETA_HOME
 
-Run by crates/app/tests/mcp_client.rs, which starts the redis-server and
+Run by crates/cli/tests/mcp_client.rs, which starts the redis-server and
 beta's daemon; exits non-zero (with the failed check's message) when
 anything is not as it should be.
 """

@@ -3,7 +3,7 @@ requirements.txt), the way an agent would.
 
     python3 tests/mcp/scenario.py BPM_BINARY BPM_HOME
 
-Run by crates/app/tests/mcp_client.rs; exits non-zero (with the failed
+Run by crates/cli/tests/mcp_client.rs; exits non-zero (with the failed
 check's message) when anything is not as it should be.
 """
 

@@ -1,5 +1,5 @@
 """bpm web in a real browser: Debian's Chromium, driven through chromedriver
-by Selenium. Run by crates/app/tests/web_browser.rs, which starts `bpm web`
+by Selenium. Run by crates/cli/tests/web_browser.rs, which starts `bpm web`
 and passes: the bpm binary, the page's URL (with the token), the state
 directory, and where to save screenshots.
 

@@ -1,6 +1,6 @@
 //! Project files: `bpm.toml` (found in the current directory or the
 //! nearest parent), a Procfile, or a process-compose file, read into a
-//! [`Project`] whose rules live in `bpm_domain::project`.
+//! [`Project`](bpm_domain::project::Project) whose rules live in `bpm_domain::project`.
 //!
 //! Everything is checked before anything starts: an unknown key, a bad
 //! duration, a dependency on a service that does not exist or a cycle is
@@ -11,8 +11,6 @@
 //! by a program; reading files is the `files` feature.
 
 mod client;
-#[cfg(feature = "files")]
-mod compose;
 #[cfg(feature = "files")]
 mod read;
 

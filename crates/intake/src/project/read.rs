@@ -162,6 +162,8 @@ pub struct Reading<'a> {
 
 use crate::MayRead;
 
+mod compose;
+
 /// [`load`], asking `may_read` before reading the file and each env file
 /// it names: `bpm mcp`'s allowed directories, so a request never makes
 /// bpm read a file its policy does not allow.
@@ -212,7 +214,7 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
     {
-        super::compose::read(&text, &default_name, &dir, from).map_err(named)?
+        compose::read(&text, &default_name, &dir, from).map_err(named)?
     } else {
         (
             bpm_toml(&text, &default_name, &dir, from).map_err(named)?,

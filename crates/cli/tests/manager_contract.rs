@@ -2,7 +2,7 @@
 //! plain `DaemonClient`, and the `ReconnectingManager` that MCP and the
 //! page use): the `bpm` binary, with its own home, filesystem store and
 //! keeper. The same
-//! cases run on the embedded engine (`crates/engine/tests/manager_contract.rs`),
+//! cases run on the embedded engine (`crates/runtime/tests/manager_contract.rs`),
 //! so a front end gets the same answers and error variants from either.
 
 use std::process::{Command, Stdio};

@@ -9,7 +9,7 @@ use std::path::Path;
 use bpm_domain::project::Project;
 use serde_norway::Value;
 
-use super::read::{DependsOn, HealthTable, ReadyTable, ServiceTable, expand_replicas, resolve};
+use super::{DependsOn, HealthTable, ReadyTable, ServiceTable, expand_replicas, resolve};
 
 /// Reads a process-compose file: the project, and the keys not acted on.
 ///
@@ -19,11 +19,11 @@ pub(crate) fn read(
     text: &str,
     default_name: &str,
     dir: &Path,
-    from: &super::read::Reading<'_>,
+    from: &super::Reading<'_>,
 ) -> Result<(Project, Vec<String>), String> {
     let doc: Value = serde_norway::from_str(text).map_err(|e| {
         let line = e.location().map_or(0, |l| l.line());
-        format!("{line}: {}", super::read::quoted(&e.to_string()))
+        format!("{line}: {}", super::quoted(&e.to_string()))
     })?;
     let Value::Mapping(top) = doc else {
         return Err(" the file is not a mapping of keys".into());
@@ -46,11 +46,11 @@ pub(crate) fn read(
     let Some(Value::Mapping(processes)) = processes else {
         return Err(" no processes: a process-compose file needs `processes`".into());
     };
-    if processes.len() > super::read::MAX_SERVICES {
+    if processes.len() > super::MAX_SERVICES {
         return Err(format!(
             " {} processes: a project may have at most {}",
             processes.len(),
-            super::read::MAX_SERVICES
+            super::MAX_SERVICES
         ));
     }
     let mut services = Vec::new();
@@ -96,7 +96,7 @@ pub(crate) fn read(
                     "availability" => availability(v, &mut table, &mut ignored, &name)
                         .map_err(|e| format!("availability.{e}"))?,
                     "replicas" => {
-                        let most = u64::from(super::read::MAX_REPLICAS);
+                        let most = u64::from(super::MAX_REPLICAS);
                         let n = whole(v, 1..=most).map_err(|e| format!("replicas: {e}"))?;
                         table.replicas = u32::try_from(n).ok();
                     }
@@ -403,7 +403,7 @@ fn whole(v: &Value, range: std::ops::RangeInclusive<u64>) -> Result<u64, String>
 fn shown(v: &Value) -> String {
     let text = serde_norway::to_string(v).unwrap_or_default();
     let text = text.trim().replace('\n', " ");
-    super::read::quoted_value(&text)
+    super::quoted_value(&text)
 }
 
 /// Where an error begins after the file's name: `LINE: `, or a space
