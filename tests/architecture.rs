@@ -383,7 +383,7 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
             "keeper.rs",
             "waits at most 10 s for a keeper it starts to answer",
         ),
-        ("cli/commands.rs", "the deadline of `bpm wait --timeout`"),
+        ("cli/commands/mod.rs", "the deadline of `bpm wait --timeout`"),
         ("cli/table.rs", "ages in tables"),
     ];
     let spawn_words = ["Command::new(", "posix_spawn", "fork("];
