@@ -383,7 +383,10 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
             "keeper.rs",
             "waits at most 10 s for a keeper it starts to answer",
         ),
-        ("cli/commands/mod.rs", "the deadline of `bpm wait --timeout`"),
+        (
+            "cli/commands/mod.rs",
+            "the deadline of `bpm wait --timeout`",
+        ),
         ("cli/table.rs", "ages in tables"),
     ];
     let spawn_words = ["Command::new(", "posix_spawn", "fork("];
@@ -719,5 +722,81 @@ fn no_two_source_files_of_a_crate_need_each_other() {
         cycles.is_empty(),
         "source files that need each other (through crate:: or super:: paths, or names re-exported on the way):\n{}",
         cycles.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Each port that has a contract suite, and the macro that stamps it.
+const SUITES: &[(&str, &str)] = &[
+    ("ProcessStore", "store_contract_tests!"),
+    ("OutputStore", "output_contract_tests!"),
+    ("ProcessSpawner", "spawner_contract_tests!"),
+    ("ClaimQueue", "claims_contract_tests!"),
+    ("EventBus", "events_contract_tests!"),
+    ("CommandBus", "commands_contract_tests!"),
+    ("Membership", "membership_contract_tests!"),
+    ("Failover", "failover_contract_tests!"),
+    ("ProcessManager", "manager_contract_tests!"),
+    ("ResourceSampler", "usage_contract_tests!"),
+    ("Host", "host_contract_tests!"),
+];
+
+#[test]
+fn every_implementation_of_a_port_with_a_contract_suite_is_stamped_with_it() {
+    // An implementation in a crate's source (not a test's double, not the
+    // ports' own mocks) must be named in a test file that stamps its
+    // port's suite: the file's harness builds it.
+    let root = workspace_root();
+    let mut sources_of_impls = Vec::new();
+    let mut tests = Vec::new();
+    for krate in std::fs::read_dir(root.join("crates")).expect("crates") {
+        let krate = krate.expect("a crate").path();
+        if krate.ends_with("ports") {
+            continue;
+        }
+        sources_of_impls.extend(sources(&krate.join("src")));
+        if krate.join("tests").is_dir() {
+            tests.extend(sources(&krate.join("tests")));
+        }
+    }
+    tests.extend(
+        sources(&root.join("tests"))
+            .into_iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "rs")),
+    );
+    let mut found = 0;
+    let mut unstamped = Vec::new();
+    for (path, text) in &sources_of_impls {
+        for (port, stamp) in SUITES {
+            for line in text.lines() {
+                let line = line.trim_start();
+                let Some(rest) = line.strip_prefix("impl") else {
+                    continue;
+                };
+                let rest = rest.trim_start_matches(|c: char| c != ' ').trim_start();
+                let Some(ty) = rest
+                    .strip_prefix(&format!("{port} for "))
+                    .or_else(|| rest.strip_prefix(&format!("bpm_ports::{port} for ")))
+                else {
+                    continue;
+                };
+                let ty: String = ty
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                found += 1;
+                let stamped = tests
+                    .iter()
+                    .any(|(_, t)| t.contains(stamp) && t.contains(&ty));
+                if !stamped {
+                    unstamped.push(format!("{}: {ty} ({port})", path.display()));
+                }
+            }
+        }
+    }
+    assert!(found >= 10, "found only {found} implementations of ports");
+    assert!(
+        unstamped.is_empty(),
+        "implementations no test stamps with their port's contract suite:\n{}",
+        unstamped.join("\n")
     );
 }
