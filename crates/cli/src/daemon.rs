@@ -47,19 +47,7 @@ fn describe(choice: &StoreChoice) -> String {
 pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()> {
     bpm_adapters::os::raise_open_files_limit();
     home.prepare()?;
-    let lock = bpm_adapters::private::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(home.lock())?;
-    if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
-        let pid = fs::read_to_string(home.pid_file()).unwrap_or_default();
-        return Err(anyhow!(
-            "a bpm daemon already runs for {} (pid {})",
-            home.dir.display(),
-            pid.trim()
-        ));
-    }
+    let lock = take_lock(home)?;
     let config = Config::load(&home.dir).map_err(|e| anyhow!(e))?;
     let node = crate::config::node_name(
         &home.dir,
@@ -146,12 +134,8 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     };
     // The boot this node's records were last supervised in: another one
     // means their processes died with the machine.
-    let boot_file = home.dir.join("boot_id");
     let boot = Some(bpm_adapters::os::boot_id()).filter(|b| !b.is_empty());
-    let machine_restarted = match (&boot, fs::read_to_string(&boot_file)) {
-        (Some(now), Ok(noted)) => noted.trim() != now,
-        _ => false,
-    };
+    let machine_restarted = boot_changed(home, boot.as_deref());
     let engine = Engine::launch(
         ports,
         EngineConfig {
@@ -163,17 +147,9 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     )
     .await
     .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
-    if let Some(now) = boot {
+    if let Some(now) = &boot {
         // Noted once the records of the earlier boot are settled.
-        let noted = bpm_adapters::private::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&boot_file)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{now}\n").as_bytes()));
-        if let Err(e) = noted {
-            tracing::warn!(error = %e, "cannot note the boot id; a reboot will read as a restart of bpm");
-        }
+        note_boot(home, now);
     }
     if let Some(bus) = crate::wiring::open_commands(&choice, &prefix, &node)
         .await
@@ -189,58 +165,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     if let Some(lease) = &mut lease {
         lease.attach(&engine);
     }
-    // The groups of records that ended while no daemon and no keeper
-    // watched them are removed (off the runtime: a few system calls each),
-    // and a process under the keeper that no live record answers for (its
-    // record was lost with a damaged journal) is stopped, never left out
-    // of every command's reach.
-    if let Ok(records) = engine.list(bpm_domain::ListFilter::default()).await {
-        let live: std::collections::HashSet<bpm_domain::ProcessId> = records
-            .iter()
-            .filter(|r| !r.is_terminal())
-            .map(bpm_domain::ProcessRecord::id)
-            .collect();
-        let stopped = tokio::task::spawn_blocking(move || {
-            let strays: Vec<(bpm_domain::ProcessId, u32)> = bpm_adapters::os::marked_children(keeper_pid)
-                .into_iter()
-                .filter(|(id, _)| !live.contains(id))
-                .collect();
-            for (id, pid) in &strays {
-                tracing::error!(%id, pid, "a process under the keeper has no live record (lost with the journal's damage): stopping its tree");
-                bpm_adapters::os::stop_marked(*id, Duration::from_secs(5));
-            }
-            strays
-        })
-        .await
-        .unwrap_or_default();
-        if !stopped.is_empty() {
-            warnings
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(format!(
-                    "{} processes ran under the keeper with no record (lost with the journal's damage) and were stopped: {}",
-                    stopped.len(),
-                    stopped
-                        .iter()
-                        .map(|(id, pid)| format!("{id} (pid {pid})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-        }
-        let ended: std::collections::HashSet<bpm_domain::ProcessId> = records
-            .iter()
-            .filter(|r| r.is_terminal())
-            .map(bpm_domain::ProcessRecord::id)
-            .collect();
-        let swept = tokio::task::spawn_blocking(move || {
-            bpm_adapters::os::sweep_groups(&|id| ended.contains(&id))
-        })
-        .await
-        .unwrap_or(0);
-        if swept > 0 {
-            tracing::info!(swept, "removed the cgroups of records that ended unseen");
-        }
-    }
+    settle_what_ran_unseen(&engine, keeper_pid, &warnings).await;
     // Reading every record back left freed memory behind (files, the
     // journal, copies shared away): give it back before serving.
     bpm_adapters::os::release_free_memory();
@@ -293,6 +218,108 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     tracing::info!("bpm daemon stopped");
     drop(lock);
     Ok(())
+}
+
+/// This state directory's lock, held while the daemon runs: a second
+/// daemon for it is refused, naming the first.
+fn take_lock(home: &Home) -> Result<fs::File> {
+    let lock = bpm_adapters::private::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.lock())?;
+    if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let pid = fs::read_to_string(home.pid_file()).unwrap_or_default();
+        return Err(anyhow!(
+            "a bpm daemon already runs for {} (pid {})",
+            home.dir.display(),
+            pid.trim()
+        ));
+    }
+    Ok(lock)
+}
+
+/// Whether the machine booted since this node's records were last
+/// supervised (`boot`, this boot's id, against the one noted): then their
+/// processes died with the machine.
+fn boot_changed(home: &Home, boot: Option<&str>) -> bool {
+    match (boot, fs::read_to_string(home.dir.join("boot_id"))) {
+        (Some(now), Ok(noted)) => noted.trim() != now,
+        _ => false,
+    }
+}
+
+/// Notes this boot's id, once the records of the earlier boot are settled.
+fn note_boot(home: &Home, now: &str) {
+    let noted = bpm_adapters::private::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(home.dir.join("boot_id"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{now}\n").as_bytes()));
+    if let Err(e) = noted {
+        tracing::warn!(error = %e, "cannot note the boot id; a reboot will read as a restart of bpm");
+    }
+}
+
+/// At start: the groups of records that ended while no daemon and no
+/// keeper watched them are removed (off the runtime: a few system calls
+/// each), and a process under the keeper that no live record answers for
+/// (its record was lost with a damaged journal) is stopped, never left out
+/// of every command's reach, and named in `warnings`.
+async fn settle_what_ran_unseen(
+    engine: &Engine,
+    keeper_pid: u32,
+    warnings: &Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let Ok(records) = engine.list(bpm_domain::ListFilter::default()).await else {
+        return;
+    };
+    let live: std::collections::HashSet<bpm_domain::ProcessId> = records
+        .iter()
+        .filter(|r| !r.is_terminal())
+        .map(bpm_domain::ProcessRecord::id)
+        .collect();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let strays: Vec<(bpm_domain::ProcessId, u32)> = bpm_adapters::os::marked_children(keeper_pid)
+            .into_iter()
+            .filter(|(id, _)| !live.contains(id))
+            .collect();
+        for (id, pid) in &strays {
+            tracing::error!(%id, pid, "a process under the keeper has no live record (lost with the journal's damage): stopping its tree");
+            bpm_adapters::os::stop_marked(*id, Duration::from_secs(5));
+        }
+        strays
+    })
+    .await
+    .unwrap_or_default();
+    if !stopped.is_empty() {
+        warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(format!(
+                "{} processes ran under the keeper with no record (lost with the journal's damage) and were stopped: {}",
+                stopped.len(),
+                stopped
+                    .iter()
+                    .map(|(id, pid)| format!("{id} (pid {pid})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+    }
+    let ended: std::collections::HashSet<bpm_domain::ProcessId> = records
+        .iter()
+        .filter(|r| r.is_terminal())
+        .map(bpm_domain::ProcessRecord::id)
+        .collect();
+    let swept = tokio::task::spawn_blocking(move || {
+        bpm_adapters::os::sweep_groups(&|id| ended.contains(&id))
+    })
+    .await
+    .unwrap_or(0);
+    if swept > 0 {
+        tracing::info!(swept, "removed the cgroups of records that ended unseen");
+    }
 }
 
 /// The keeper, started anew whenever it dies; each change is logged and

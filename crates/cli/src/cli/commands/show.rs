@@ -50,12 +50,24 @@ pub(super) fn earlier_json(r: &ProcessRecord) -> serde_json::Value {
 /// `bpm show`'s lines for `r`, as one text: written with one call, not
 /// one a line.
 pub(super) fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) -> String {
-    let l = r.lifecycle();
-    let spec = r.spec();
     let mut text = String::new();
-    let mut field = |k: &str, v: String| {
-        let _ = writeln!(text, "{k:<14}{v}");
-    };
+    identity(&mut text, r, usage);
+    settings(&mut text, r, usage);
+    schedule(&mut text, r, usage);
+    live(&mut text, r, usage);
+    outcome(&mut text, r, usage);
+    text
+}
+
+/// One line of `bpm show`.
+fn line(text: &mut String, k: &str, v: &str) {
+    let _ = writeln!(text, "{k:<14}{v}");
+}
+
+/// `bpm show`'s lines of its name, command and process.
+fn identity(text: &mut String, r: &ProcessRecord, _usage: Option<&bpm_ports::ResourceUsage>) {
+    let spec = r.spec();
+    let mut field = |k: &str, v: String| line(text, k, &v);
     field("id", r.id().to_string());
     field(
         "name",
@@ -76,6 +88,12 @@ pub(super) fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) 
             .unwrap_or_default(),
     );
     field("pid", r.pid().map_or("-".into(), |p| p.to_string()));
+}
+
+/// `bpm show`'s lines of what it was started with: env files, watch, terminal, limits.
+fn settings(text: &mut String, r: &ProcessRecord, _usage: Option<&bpm_ports::ResourceUsage>) {
+    let spec = r.spec();
+    let mut field = |k: &str, v: String| line(text, k, &v);
     if !spec.env_files.is_empty() {
         let files: Vec<String> = spec
             .env_files
@@ -113,6 +131,12 @@ pub(super) fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) 
         };
         field("limits", text);
     }
+}
+
+/// `bpm show`'s lines of its schedule and runs.
+fn schedule(text: &mut String, r: &ProcessRecord, _usage: Option<&bpm_ports::ResourceUsage>) {
+    let spec = r.spec();
+    let mut field = |k: &str, v: String| line(text, k, &v);
     if let Some(schedule) = &spec.schedule {
         let mut text = schedule.cadence();
         let overlap = match schedule.overlap {
@@ -148,6 +172,12 @@ pub(super) fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) 
     if let Some(from) = r.scheduled_from() {
         field("scheduled from", from.to_string());
     }
+}
+
+/// `bpm show`'s lines of how it runs: health, port, owners, its leader, usage.
+fn live(text: &mut String, r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) {
+    let spec = r.spec();
+    let mut field = |k: &str, v: String| line(text, k, &v);
     if let Some(h) = r.health() {
         let text = match (h.healthy, &h.last_failure) {
             (true, _) => "healthy".to_owned(),
@@ -211,6 +241,12 @@ pub(super) fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) 
             field("ports", ports.join(", "));
         }
     }
+}
+
+/// `bpm show`'s lines of how it ended, and when each thing happened.
+fn outcome(text: &mut String, r: &ProcessRecord, _usage: Option<&bpm_ports::ResourceUsage>) {
+    let l = r.lifecycle();
+    let mut field = |k: &str, v: String| line(text, k, &v);
     if let Some(e) = l.exit() {
         field("exit", e.to_string());
     }
@@ -247,5 +283,4 @@ pub(super) fn show(r: &ProcessRecord, usage: Option<&bpm_ports::ResourceUsage>) 
     if let Some(from) = r.restarted_from() {
         field("restarted from", from.to_string());
     }
-    text
 }
