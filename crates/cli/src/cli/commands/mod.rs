@@ -265,38 +265,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
     match command {
         Command::Run(args) => run(home, m, *args).await,
         Command::Ps(args) => ps(m, args).await,
-        Command::Show { id, json: as_json } => {
-            let r = resolve_to_record(m, &id).await?;
-            let usage = usage_of(m, std::slice::from_ref(&r)).await;
-            let usage = usage.get(&r.id());
-            let waiting = match super::nodes::why_waiting(home, &r).await {
-                Some(why) => Some(why),
-                None => why_pending(home, m, &r).await,
-            };
-            let earlier = earlier_runs(m, &r).await;
-            if as_json {
-                let mut v = record_json(&r);
-                bpm_intake::view::add_usage(&mut v, usage);
-                if let Some(why) = waiting {
-                    v["waiting"] = why.into();
-                }
-                if !earlier.is_empty() {
-                    v["earlier_runs"] = earlier.iter().map(earlier_json).collect();
-                }
-                out!("{}", json(&v));
-            } else {
-                let mut text = show(&r, usage);
-                if let Some(why) = waiting {
-                    let _ = writeln!(text, "{:<14}{why}", "waiting");
-                }
-                for (i, e) in earlier.iter().enumerate() {
-                    let label = if i == 0 { "earlier runs" } else { "" };
-                    let _ = writeln!(text, "{label:<14}{}", earlier_line(e));
-                }
-                print_text(&text);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Show { id, json: as_json } => show_command(home, m, &id, as_json).await,
         Command::Logs(args) => logs(m, args).await,
         Command::Up(args) => super::project::up(home, m, args).await,
         Command::Down(args) => super::project::down(home, m, args).await,
@@ -318,40 +287,11 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             id,
             text,
             no_newline,
-        } => {
-            let data = match text.as_deref() {
-                None | Some("-") => {
-                    let mut all = Vec::new();
-                    std::io::stdin().read_to_end(&mut all).map_err(|e| {
-                        CliError::failed(format!("cannot read standard input: {e}"))
-                    })?;
-                    all
-                }
-                Some(t) if no_newline => t.as_bytes().to_vec(),
-                Some(t) => format!("{t}\n").into_bytes(),
-            };
-            m.send_input(resolve(m, &id).await?, data).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => input(m, &id, text.as_deref(), no_newline).await,
         Command::Restart {
             id,
             with_dependents,
-        } => {
-            let record = resolve_to_record(m, &id).await?;
-            // A project's service goes through its project, so that what
-            // depends on it follows the new record.
-            if let Some(done) = super::project::restart(home, m, &record, with_dependents).await {
-                return done;
-            }
-            if with_dependents {
-                return Err(CliError::invalid(format!(
-                    "{id} is no project's service: --with-dependents restarts a service of a project (bpm up) and what depends on it"
-                )));
-            }
-            let r = m.restart(record.id()).await?;
-            out!("{}", r.id());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => restart(home, m, &id, with_dependents).await,
         Command::Wait {
             ids,
             mut label,
@@ -382,23 +322,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             session,
             parent,
             metadata,
-        } => {
-            let mut spec = ProcessSpec::tracked(
-                ProcessName::new(name).map_err(|e| CliError::invalid(e.to_string()))?,
-            );
-            spec.session = session
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?;
-            if let Some(p) = parent {
-                spec.parent = Some(resolve(m, &p).await?);
-            }
-            if let Some(text) = metadata {
-                spec.metadata = parse_metadata(&text)?;
-            }
-            out!("{}", m.track(spec).await?.id());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => track(m, name, session, parent, metadata).await,
         Command::Fence {
             action: FenceAction::Check { token, id },
         } => fence_check(m, token, id).await,
@@ -439,6 +363,101 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             unreachable!("handled before connecting")
         }
     }
+}
+
+/// `bpm show ID`: the record in full, what it waits for, and its earlier
+/// runs; as JSON with `--json`.
+async fn show_command(home: &Home, m: &Manager, id: &str, as_json: bool) -> Outcome {
+    let r = resolve_to_record(m, id).await?;
+    let usage = usage_of(m, std::slice::from_ref(&r)).await;
+    let usage = usage.get(&r.id());
+    let waiting = match super::nodes::why_waiting(home, &r).await {
+        Some(why) => Some(why),
+        None => why_pending(home, m, &r).await,
+    };
+    let earlier = earlier_runs(m, &r).await;
+    if as_json {
+        let mut v = record_json(&r);
+        bpm_intake::view::add_usage(&mut v, usage);
+        if let Some(why) = waiting {
+            v["waiting"] = why.into();
+        }
+        if !earlier.is_empty() {
+            v["earlier_runs"] = earlier.iter().map(earlier_json).collect();
+        }
+        out!("{}", json(&v));
+    } else {
+        let mut text = show(&r, usage);
+        if let Some(why) = waiting {
+            let _ = writeln!(text, "{:<14}{why}", "waiting");
+        }
+        for (i, e) in earlier.iter().enumerate() {
+            let label = if i == 0 { "earlier runs" } else { "" };
+            let _ = writeln!(text, "{label:<14}{}", earlier_line(e));
+        }
+        print_text(&text);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bpm input ID [TEXT]`: types into a process (standard input when no
+/// text, or `-`).
+async fn input(m: &Manager, id: &str, text: Option<&str>, no_newline: bool) -> Outcome {
+    let data = match text {
+        None | Some("-") => {
+            let mut all = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut all)
+                .map_err(|e| CliError::failed(format!("cannot read standard input: {e}")))?;
+            all
+        }
+        Some(t) if no_newline => t.as_bytes().to_vec(),
+        Some(t) => format!("{t}\n").into_bytes(),
+    };
+    m.send_input(resolve(m, id).await?, data).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bpm restart ID`: a new record; a project's service through its project.
+async fn restart(home: &Home, m: &Manager, id: &str, with_dependents: bool) -> Outcome {
+    let record = resolve_to_record(m, id).await?;
+    // A project's service goes through its project, so that what
+    // depends on it follows the new record.
+    if let Some(done) = super::project::restart(home, m, &record, with_dependents).await {
+        return done;
+    }
+    if with_dependents {
+        return Err(CliError::invalid(format!(
+            "{id} is no project's service: --with-dependents restarts a service of a project (bpm up) and what depends on it"
+        )));
+    }
+    let r = m.restart(record.id()).await?;
+    out!("{}", r.id());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bpm track NAME`: a record with no process, for work reported by hand.
+async fn track(
+    m: &Manager,
+    name: String,
+    session: Option<String>,
+    parent: Option<String>,
+    metadata: Option<String>,
+) -> Outcome {
+    let mut spec =
+        ProcessSpec::tracked(ProcessName::new(name).map_err(|e| CliError::invalid(e.to_string()))?);
+    spec.session = session
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(|e: bpm_domain::NameError| CliError::invalid(e.to_string()))?;
+    if let Some(p) = parent {
+        spec.parent = Some(resolve(m, &p).await?);
+    }
+    if let Some(text) = metadata {
+        spec.metadata = parse_metadata(&text)?;
+    }
+    out!("{}", m.track(spec).await?.id());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completing or failing a finished record changes nothing; say so on stderr.
