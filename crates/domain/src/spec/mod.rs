@@ -536,6 +536,32 @@ impl ProcessSpec {
         if let Some(file) = self.env_files.iter().find(|f| !f.is_absolute()) {
             return Err(SpecError::RelativeEnvFile(file.clone()));
         }
+        self.check_watch()?;
+        self.check_command()?;
+        self.check_env()?;
+        self.check_backoff()?;
+        self.check_health()?;
+        self.check_readiness()?;
+        if self.timeout.is_some_and(|t| t.as_duration().is_zero()) {
+            return Err(SpecError::ZeroTimeout);
+        }
+        if self.dependencies.len() > 256 {
+            return Err(SpecError::TooManyDependencies(self.dependencies.len()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &self.dependencies {
+            if !seen.insert(*d) {
+                return Err(SpecError::DuplicateDependency(*d));
+            }
+        }
+        if let Some(d) = self.until.keys().find(|d| !seen.contains(d)) {
+            return Err(SpecError::ConditionWithoutDependency(*d));
+        }
+        Ok(())
+    }
+
+    /// A watch names absolute paths and waits a little after a change.
+    fn check_watch(&self) -> Result<(), SpecError> {
         if let Some(w) = &self.watch {
             if w.paths.is_empty() {
                 return Err(SpecError::InvalidWatch("it names no path".into()));
@@ -552,6 +578,11 @@ impl ProcessSpec {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A command that can run; a tracked operation asks for nothing a process needs.
+    fn check_command(&self) -> Result<(), SpecError> {
         match &self.command {
             Some(Command::Argv(argv)) => {
                 if argv.first().is_none_or(OsText::is_empty) {
@@ -596,6 +627,11 @@ impl ProcessSpec {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Variable names and values `execve` takes.
+    fn check_env(&self) -> Result<(), SpecError> {
         for (k, v) in self.env.iter() {
             if k.is_empty() || k.contains_byte(b'=') || k.contains_byte(0) {
                 return Err(SpecError::InvalidEnvName(k.clone()));
@@ -604,6 +640,11 @@ impl ProcessSpec {
                 return Err(SpecError::InvalidEnvValue(k.clone()));
             }
         }
+        Ok(())
+    }
+
+    /// A backoff that grows and starts below its maximum.
+    fn check_backoff(&self) -> Result<(), SpecError> {
         let b = &self.restart.backoff;
         if !b.factor.is_finite() || b.factor < 1.0 {
             return Err(SpecError::InvalidBackoffFactor(b.factor.to_string()));
@@ -614,6 +655,11 @@ impl ProcessSpec {
                 max: b.max,
             });
         }
+        Ok(())
+    }
+
+    /// A health check that can run.
+    fn check_health(&self) -> Result<(), SpecError> {
         if let Some(h) = &self.health {
             let bad = |why: String| Err(SpecError::InvalidHealth(why));
             match &h.probe {
@@ -645,6 +691,11 @@ impl ProcessSpec {
                 return Err(SpecError::NotForTracked(Cow::Borrowed("a health check")));
             }
         }
+        Ok(())
+    }
+
+    /// A readiness check that can pass.
+    fn check_readiness(&self) -> Result<(), SpecError> {
         match &self.readiness.check {
             ReadinessCheck::Port { port: 0 } => return Err(SpecError::InvalidPort),
             ReadinessCheck::Http { target }
@@ -665,21 +716,6 @@ impl ProcessSpec {
                 ));
             }
             _ => {}
-        }
-        if self.timeout.is_some_and(|t| t.as_duration().is_zero()) {
-            return Err(SpecError::ZeroTimeout);
-        }
-        if self.dependencies.len() > 256 {
-            return Err(SpecError::TooManyDependencies(self.dependencies.len()));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for d in &self.dependencies {
-            if !seen.insert(*d) {
-                return Err(SpecError::DuplicateDependency(*d));
-            }
-        }
-        if let Some(d) = self.until.keys().find(|d| !seen.contains(d)) {
-            return Err(SpecError::ConditionWithoutDependency(*d));
         }
         Ok(())
     }
