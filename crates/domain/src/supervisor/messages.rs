@@ -498,6 +498,28 @@ pub enum Input {
 }
 
 impl Input {
+    /// Whether a caller asked for it (a submit, a stop, a pause, a report),
+    /// rather than the engine having heard it (a spawn, an exit, a timer).
+    pub fn is_call(&self) -> bool {
+        matches!(
+            self,
+            Input::Submit { .. }
+                | Input::SubmitOnPorts { .. }
+                | Input::Track { .. }
+                | Input::Restart { .. }
+                | Input::Stop { .. }
+                | Input::StopLevel { .. }
+                | Input::Pause { .. }
+                | Input::Resume { .. }
+                | Input::Progress { .. }
+                | Input::Complete { .. }
+                | Input::Fail { .. }
+                | Input::Remove { .. }
+        )
+    }
+}
+
+impl Input {
     /// Whether this input may name a record the core does not know yet:
     /// another node's, as a dependency or a parent.
     pub fn may_name_unknown(&self) -> bool {

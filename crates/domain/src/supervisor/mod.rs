@@ -267,6 +267,15 @@ impl Supervisor {
         let Some(input) = self.hold_early(input) else {
             return Ok(());
         };
+        if input.is_call() {
+            self.on_call(input, now)
+        } else {
+            self.on_notice(input, now)
+        }
+    }
+
+    /// A caller's call: a submit, a stop, a pause, a report of progress...
+    fn on_call(&mut self, input: Input, now: Timestamp) -> Result<(), CoreError> {
         match input {
             Input::Submit { id, spec } => self.submit(id, spec, None, None, now),
             Input::SubmitOnPorts { id, spec, free } => {
@@ -278,62 +287,7 @@ impl Supervisor {
                 }
                 self.submit(id, spec, None, None, now)
             }
-            Input::OwnerGone { process } => {
-                self.owner_gone(process, now);
-                Ok(())
-            }
-            Input::HoldSession { session, holder } => {
-                self.hold_session(session, holder, now);
-                Ok(())
-            }
             Input::Restart { id, new_id } => self.restart(id, new_id, now),
-            Input::FilesChanged { id, new_ids } => {
-                self.files_changed(id, new_ids, now);
-                Ok(())
-            }
-            Input::Claimed { record } => self.claimed(&record, now),
-            Input::ClusterSlot { id, granted } => {
-                self.cluster_slot(id, granted, now);
-                Ok(())
-            }
-            Input::ClusterSlotsFreed => {
-                self.cluster_full.clear();
-                Ok(())
-            }
-            Input::ClaimRefused { record, reason } => {
-                let error = format!("node {} took it but cannot run it: {reason}", self.node);
-                self.adopt_ended(&record, Transition::Fail { error }, now)
-            }
-            Input::ClaimedToStop { record } => {
-                let stop = Transition::Stop {
-                    cause: StopCause::Requested,
-                };
-                self.adopt_ended(&record, stop, now)
-            }
-            Input::Spawned { .. } | Input::SpawnFailed { .. } | Input::SpawnLost { .. } => {
-                self.spawn_result(input, now)
-            }
-            Input::Exited { id, status, limit } => self.exited(id, status, limit, now),
-            Input::HandedOver {
-                id,
-                status,
-                next,
-                started,
-            } => {
-                self.start_heard(next);
-                let exit = self.exited(id, status, None, now);
-                self.take_over(next, started, now);
-                self.release(next, now);
-                match exit {
-                    Err(e) if self.dirty.is_empty() && self.out.is_empty() => Err(e),
-                    _ => Ok(()),
-                }
-            }
-            Input::Adopted { id, pid } => {
-                self.own(id)?;
-                self.take_over(id, Ok(pid), now);
-                Ok(())
-            }
             Input::Stop { id, force, grace } => {
                 self.own(id)?;
                 self.stop(id, StopCause::Requested, force, grace, now)
@@ -393,6 +347,71 @@ impl Supervisor {
                 self.transition(id, Transition::Fail { error }, now)?;
                 Ok(())
             }
+            Input::Remove { id } => {
+                let record = self.own(id)?;
+                if !record.is_terminal() {
+                    return Err(CoreError::NotFinished {
+                        id,
+                        state: record.state(),
+                    });
+                }
+                self.forget(id);
+                Ok(())
+            }
+
+            notice => self.on_notice(notice, now),
+        }
+    }
+
+    /// What the engine heard: a spawn, an exit, a timer, a lease, a claim...
+    fn on_notice(&mut self, input: Input, now: Timestamp) -> Result<(), CoreError> {
+        match input {
+            Input::OwnerGone { process } => {
+                self.owner_gone(process, now);
+                Ok(())
+            }
+            Input::HoldSession { session, holder } => {
+                self.hold_session(session, holder, now);
+                Ok(())
+            }
+            Input::FilesChanged { id, new_ids } => {
+                self.files_changed(id, new_ids, now);
+                Ok(())
+            }
+            Input::Claimed { record } => self.claimed(&record, now),
+            Input::ClusterSlot { id, granted } => {
+                self.cluster_slot(id, granted, now);
+                Ok(())
+            }
+            Input::ClusterSlotsFreed => {
+                self.cluster_full.clear();
+                Ok(())
+            }
+            Input::ClaimRefused { record, reason } => {
+                let error = format!("node {} took it but cannot run it: {reason}", self.node);
+                self.adopt_ended(&record, Transition::Fail { error }, now)
+            }
+            Input::ClaimedToStop { record } => {
+                let stop = Transition::Stop {
+                    cause: StopCause::Requested,
+                };
+                self.adopt_ended(&record, stop, now)
+            }
+            Input::Spawned { .. } | Input::SpawnFailed { .. } | Input::SpawnLost { .. } => {
+                self.spawn_result(input, now)
+            }
+            Input::Exited { id, status, limit } => self.exited(id, status, limit, now),
+            Input::HandedOver {
+                id,
+                status,
+                next,
+                started,
+            } => self.on_handed_over(id, status, next, started, now),
+            Input::Adopted { id, pid } => {
+                self.own(id)?;
+                self.take_over(id, Ok(pid), now);
+                Ok(())
+            }
             Input::Ready { id } => {
                 self.own(id)?;
                 if self.transition(id, Transition::Ready, now)? == Applied::Changed {
@@ -417,17 +436,7 @@ impl Supervisor {
                 id,
                 healthy,
                 detail,
-            } => {
-                self.own(id)?;
-                let why = detail.clone().unwrap_or_else(|| "the check failed".into());
-                if self.transition(id, Transition::Health { healthy, detail }, now)?
-                    == Applied::Changed
-                    && !healthy
-                {
-                    self.stop(id, StopCause::Unhealthy { detail: why }, false, None, now)?;
-                }
-                Ok(())
-            }
+            } => self.health(id, healthy, detail, now),
             Input::LeaderExited {
                 id,
                 status,
@@ -457,25 +466,7 @@ impl Supervisor {
                 self.lease(held, now);
                 Ok(())
             }
-            Input::NodeLost { node } => {
-                let mut lost: Vec<_> = self
-                    .entries
-                    .values()
-                    .filter(|e| e.record.node() == &node && !e.record.is_terminal())
-                    .map(|e| e.record.id())
-                    .collect();
-                lost.sort_unstable();
-                for id in lost {
-                    self.transition(
-                        id,
-                        Transition::Lose {
-                            reason: format!("node {node} was lost"),
-                        },
-                        now,
-                    )?;
-                }
-                Ok(())
-            }
+            Input::NodeLost { node } => self.node_lost(&node, now),
             Input::StoreConflict { id, stored } => self.store_conflict(id, stored),
             Input::Rejoined { stored } => {
                 self.rejoined(&stored, now);
@@ -486,18 +477,67 @@ impl Supervisor {
                 self.foreign(records, &gone, now);
                 Ok(())
             }
-            Input::Remove { id } => {
-                let record = self.own(id)?;
-                if !record.is_terminal() {
-                    return Err(CoreError::NotFinished {
-                        id,
-                        state: record.state(),
-                    });
-                }
-                self.forget(id);
-                Ok(())
-            }
+            call => self.on_call(call, now),
         }
+    }
+
+    /// The keeper started `next` on its own when `id` exited.
+    fn on_handed_over(
+        &mut self,
+        id: ProcessId,
+        status: crate::ExitStatus,
+        next: ProcessId,
+        started: Result<u32, String>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        self.start_heard(next);
+        let exit = self.exited(id, status, None, now);
+        self.take_over(next, started, now);
+        self.release(next, now);
+        match exit {
+            Err(e) if self.dirty.is_empty() && self.out.is_empty() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Node `node` was lost: each of its live records is lost with it.
+    fn node_lost(&mut self, node: &NodeId, now: Timestamp) -> Result<(), CoreError> {
+        let mut lost: Vec<_> = self
+            .entries
+            .values()
+            .filter(|e| e.record.node() == node && !e.record.is_terminal())
+            .map(|e| e.record.id())
+            .collect();
+        lost.sort_unstable();
+        for id in lost {
+            self.transition(
+                id,
+                Transition::Lose {
+                    reason: format!("node {node} was lost"),
+                },
+                now,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A health check's result; the first failure that makes it unhealthy
+    /// stops it, for its restart policy to start it again.
+    fn health(
+        &mut self,
+        id: ProcessId,
+        healthy: bool,
+        detail: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        self.own(id)?;
+        let why = detail.clone().unwrap_or_else(|| "the check failed".into());
+        if self.transition(id, Transition::Health { healthy, detail }, now)? == Applied::Changed
+            && !healthy
+        {
+            self.stop(id, StopCause::Unhealthy { detail: why }, false, None, now)?;
+        }
+        Ok(())
     }
 
     /// The record (the core holds only its own node's records).
