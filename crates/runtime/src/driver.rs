@@ -136,83 +136,12 @@ impl Driver {
             self.withdraw_handed(inbox).await;
         }
         match msg {
-            ToLoop::Input(input, reply) => {
-                // A submitted record's answer waits for its spawn.
-                let submitted = match &*input {
-                    Input::Submit { id, .. } | Input::SubmitOnPorts { id, .. } => Some(*id),
-                    Input::Restart { new_id, .. } => Some(*new_id),
-                    _ => None,
-                };
-                match self.step(*input).await {
-                    Ok(changed) => {
-                        if self.drop_unstored(submitted).await.is_empty() {
-                            self.answer(submitted, changed, Waiter::One(reply)).await;
-                        } else {
-                            let _ = reply.send(Err(unstored()));
-                        }
-                    }
-                    Err(e) if e.reused().is_some() => {
-                        self.after_sync(AfterSync::Send(Vec::new(), Waiter::Refused(e, reply)))
-                            .await;
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-            ToLoop::Batch(inputs, reply) => {
-                let each: Vec<Option<ProcessId>> = inputs
-                    .iter()
-                    .map(|i| match i {
-                        Input::Submit { id, .. } | Input::SubmitOnPorts { id, .. } => Some(*id),
-                        _ => None,
-                    })
-                    .collect();
-                match self.step_many(inputs).await {
-                    Ok((mut accepted, mut changed)) => {
-                        // Only the records the core took: a spec it refused
-                        // keeps its own error.
-                        let taken = each
-                            .iter()
-                            .zip(&accepted)
-                            .filter_map(|(id, result)| id.filter(|_| result.is_ok()));
-                        let dropped = self.drop_unstored(taken.collect::<Vec<_>>()).await;
-                        for (result, id) in accepted.iter_mut().zip(&each) {
-                            if id.is_some_and(|id| dropped.contains(&id)) {
-                                *result = Err(unstored());
-                            }
-                        }
-                        changed.retain(|r| !dropped.contains(&r.id()));
-                        let submitted: Vec<_> = each
-                            .into_iter()
-                            .flatten()
-                            .filter(|id| !dropped.contains(id))
-                            .collect();
-                        self.answer(submitted, changed, Waiter::Batch(accepted, reply))
-                            .await;
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
+            ToLoop::Input(input, reply) => self.on_input(*input, reply).await,
+            ToLoop::Batch(inputs, reply) => self.on_batch(inputs, reply).await,
             ToLoop::SpawnEnded(input) => self.spawn_ended(*input).await,
             ToLoop::Conflicted(id) => self.reconcile(id).await,
             ToLoop::Synced(result) => self.synced(result).await,
-            ToLoop::Rejoin(rejoin, reply) => {
-                (rejoin.open)();
-                let stored = rejoin.stored;
-                let rejoined = self.step(Input::Rejoined { stored }).await.map(|_| ());
-                // Held again: what the fence held back may start.
-                if rejoined.is_ok()
-                    && let Err(e) = self.step(Input::Lease { held: true }).await
-                {
-                    tracing::debug!(error = %e, "could not lift the fence");
-                }
-                let _ = reply.send(rejoined);
-                // Other nodes' records changed unseen while this node was cut off.
-                self.read_watched(self.core.watched());
-            }
+            ToLoop::Rejoin(rejoin, reply) => self.on_rejoin(rejoin, reply).await,
             ToLoop::ForeignChanged { id, version } => {
                 if self.core.watches(id, version) {
                     self.read_watched(vec![id]);
@@ -265,6 +194,92 @@ impl Driver {
             }
         }
         !(finished.is_some() && self.core.spawns_under_way() == 0 && self.syncs.idle())
+    }
+
+    /// One input from a caller, answered once its effects are carried out
+    /// (a submitted record's answer waits for its spawn).
+    async fn on_input(&mut self, input: Input, reply: crate::RecordsTx) {
+        // A submitted record's answer waits for its spawn.
+        let submitted = match &input {
+            Input::Submit { id, .. } | Input::SubmitOnPorts { id, .. } => Some(*id),
+            Input::Restart { new_id, .. } => Some(*new_id),
+            _ => None,
+        };
+        match self.step(input).await {
+            Ok(changed) => {
+                if self.drop_unstored(submitted).await.is_empty() {
+                    self.answer(submitted, changed, Waiter::One(reply)).await;
+                } else {
+                    let _ = reply.send(Err(unstored()));
+                }
+            }
+            Err(e) if e.reused().is_some() => {
+                self.after_sync(AfterSync::Send(Vec::new(), Waiter::Refused(e, reply)))
+                    .await;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// A batch of inputs (`start_many`), answered together.
+    async fn on_batch(&mut self, inputs: Vec<Input>, reply: crate::BatchTx) {
+        let each: Vec<Option<ProcessId>> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Submit { id, .. } | Input::SubmitOnPorts { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        match self.step_many(inputs).await {
+            Ok((mut accepted, mut changed)) => {
+                // Only the records the core took: a spec it refused
+                // keeps its own error.
+                let taken = each
+                    .iter()
+                    .zip(&accepted)
+                    .filter_map(|(id, result)| id.filter(|_| result.is_ok()));
+                let dropped = self.drop_unstored(taken.collect::<Vec<_>>()).await;
+                for (result, id) in accepted.iter_mut().zip(&each) {
+                    if id.is_some_and(|id| dropped.contains(&id)) {
+                        *result = Err(unstored());
+                    }
+                }
+                changed.retain(|r| !dropped.contains(&r.id()));
+                let submitted: Vec<_> = each
+                    .into_iter()
+                    .flatten()
+                    .filter(|id| !dropped.contains(id))
+                    .collect();
+                self.answer(submitted, changed, Waiter::Batch(accepted, reply))
+                    .await;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// This node holds its lease again: its records are reconciled, the
+    /// fence lifted, and other nodes' records read again.
+    async fn on_rejoin(
+        &mut self,
+        rejoin: crate::Rejoin,
+        reply: oneshot::Sender<Result<(), ManagerError>>,
+    ) {
+        (rejoin.open)();
+        let stored = rejoin.stored;
+        let rejoined = self.step(Input::Rejoined { stored }).await.map(|_| ());
+        // Held again: what the fence held back may start.
+        if rejoined.is_ok()
+            && let Err(e) = self.step(Input::Lease { held: true }).await
+        {
+            tracing::debug!(error = %e, "could not lift the fence");
+        }
+        let _ = reply.send(rejoined);
+        // Other nodes' records changed unseen while this node was cut off.
+        self.read_watched(self.core.watched());
     }
 
     /// Reads other nodes' records `ids` beside the loop, for the core.
