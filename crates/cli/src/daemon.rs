@@ -170,19 +170,10 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     // journal, copies shared away): give it back before serving.
     bpm_adapters::os::release_free_memory();
 
-    let socket = home.socket();
-    let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
-    write_pid(&home.pid_file())?;
+    let (listener, socket) = listen(home)?;
     tracing::info!(pid = std::process::id(), home = %home.dir.display(), store = %describe(&choice), "bpm daemon started");
 
-    if let Some(cmd) = config.on_exit.clone() {
-        tokio::spawn(run_hooks(engine.clone(), Some(cmd)));
-    } else {
-        tokio::spawn(run_hooks(engine.clone(), None));
-    }
+    tokio::spawn(run_hooks(engine.clone(), config.on_exit.clone()));
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     let info = ServerInfo {
         software: SOFTWARE.into(),
@@ -200,13 +191,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, manager, info, stop_tx));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    tokio::select! {
-        _ = stop_rx.recv() => {}
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    until_asked_to_stop(&mut stop_rx).await?;
     // Let the answer to `daemon stop` reach its caller.
     tokio::time::sleep(Duration::from_millis(50)).await;
     engine.shutdown().await;
@@ -217,6 +202,31 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let _ = fs::remove_file(home.pid_file());
     tracing::info!("bpm daemon stopped");
     drop(lock);
+    Ok(())
+}
+
+/// The control socket, listening (only its owner may connect), with the
+/// daemon's pid noted beside it.
+fn listen(home: &Home) -> Result<(UnixListener, std::path::PathBuf)> {
+    let socket = home.socket();
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+    write_pid(&home.pid_file())?;
+    Ok((listener, socket))
+}
+
+/// Returns once `bpm daemon stop` asks (through `stop`), or SIGTERM or
+/// SIGINT comes.
+async fn until_asked_to_stop(stop: &mut mpsc::UnboundedReceiver<bool>) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = stop.recv() => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     Ok(())
 }
 
