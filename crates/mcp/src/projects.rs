@@ -1,7 +1,7 @@
 //! The project tools: `project_up`, `project_down` and `project_status`,
 //! so that an agent says "make sure the dev stack is up" in one call and
-//! may repeat it safely. Reading a project file is the front end's (it
-//! hands a [`ProjectLoader`] over); bringing it up is `bpm_intake::project`.
+//! may repeat it safely. Reading a project file and bringing it up are
+//! `bpm_intake::project`'s, as they are for `bpm up`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
