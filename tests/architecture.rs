@@ -216,39 +216,6 @@ fn layers_depend_only_downwards() {
         !graph.transitive("bpm-ports").contains("redis"),
         "ports know no adapter's backend"
     );
-    // The one way in: what a request asks for becomes a spec in
-    // `bpm-intake`, which stands on the domain and the ports alone.
-    assert_eq!(
-        ours("bpm-intake"),
-        BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()]),
-        "intake reads requests through the ports and knows no adapter"
-    );
-    // A crate per technology. The Redis store stands on the adapters
-    // without a server; the front ends (MCP, the page) stand on the
-    // ports and intake alone: the machine and the daemon reach them
-    // through ports the wiring hands in, so they run on any
-    // `ProcessManager` (ARCHITECTURE.md, invariant "front ends").
-    assert_eq!(
-        ours("bpm-redis"),
-        BTreeSet::from([
-            "bpm-adapters".to_owned(),
-            "bpm-domain".to_owned(),
-            "bpm-ports".to_owned(),
-        ]),
-        "bpm-redis's own crates"
-    );
-    let front_end = BTreeSet::from([
-        "bpm-domain".to_owned(),
-        "bpm-intake".to_owned(),
-        "bpm-ports".to_owned(),
-    ]);
-    for krate in ["bpm-mcp", "bpm-web"] {
-        assert_eq!(ours(krate), front_end, "{krate}'s own crates");
-        assert!(
-            !graph.transitive(krate).contains("bpm-adapters"),
-            "{krate} reaches bpm-adapters"
-        );
-    }
     for krate in [
         "bpm-domain",
         "bpm-ports",
@@ -304,6 +271,85 @@ fn layers_depend_only_downwards() {
         alone.len() < 60,
         "bpm-embed built alone compiles {} crates: {alone:?}",
         alone.len()
+    );
+}
+
+#[test]
+fn intake_and_the_front_ends_stand_on_the_ports() {
+    let graph = metadata();
+    let ours = |p: &str| -> BTreeSet<String> {
+        graph
+            .direct(p)
+            .into_iter()
+            .filter(|d| d.starts_with("bpm"))
+            .collect()
+    };
+    // The one way in: what a request asks for becomes a spec in
+    // `bpm-intake`, which stands on the domain and the ports alone.
+    assert_eq!(
+        ours("bpm-intake"),
+        BTreeSet::from(["bpm-domain".to_owned(), "bpm-ports".to_owned()]),
+        "intake reads requests through the ports and knows no adapter"
+    );
+    // A crate per technology. The Redis store stands on the adapters
+    // without a server; the front ends (MCP, the page) stand on the
+    // ports and intake alone: the machine and the daemon reach them
+    // through ports the wiring hands in, so they run on any
+    // `ProcessManager` (ARCHITECTURE.md, invariant "front ends").
+    assert_eq!(
+        ours("bpm-redis"),
+        BTreeSet::from([
+            "bpm-adapters".to_owned(),
+            "bpm-domain".to_owned(),
+            "bpm-ports".to_owned(),
+        ]),
+        "bpm-redis's own crates"
+    );
+    let front_end = BTreeSet::from([
+        "bpm-domain".to_owned(),
+        "bpm-intake".to_owned(),
+        "bpm-ports".to_owned(),
+    ]);
+    for krate in ["bpm-mcp", "bpm-web"] {
+        assert_eq!(ours(krate), front_end, "{krate}'s own crates");
+        assert!(
+            !graph.transitive(krate).contains("bpm-adapters"),
+            "{krate} reaches bpm-adapters"
+        );
+    }
+}
+
+/// The longest a source file of the workspace may be, in lines: past it, a
+/// file holds more than one idea.
+const MOST_LINES: usize = 1_200;
+
+#[test]
+fn no_file_is_over_1200_lines() {
+    let root = workspace_root();
+    let mut long = Vec::new();
+    for dir in std::fs::read_dir(root.join("crates")).expect("crates") {
+        let krate = dir.expect("a crate").path();
+        for part in ["src", "tests", "benches", "examples"] {
+            if krate.join(part).is_dir() {
+                for (path, text) in sources(&krate.join(part)) {
+                    let lines = text.lines().count();
+                    if lines > MOST_LINES {
+                        long.push(format!("{}: {lines}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    for (path, text) in sources(&root.join("tests")) {
+        let lines = text.lines().count();
+        if lines > MOST_LINES {
+            long.push(format!("{}: {lines}", path.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "files over {MOST_LINES} lines:\n{}",
+        long.join("\n")
     );
 }
 
