@@ -121,24 +121,51 @@ impl<'a> Context<'a> {
 }
 
 /// Why a request cannot be turned into a spec: the field at fault, as
-/// [`Asked`](crate::Asked) names it, and the message its user reads,
-/// naming the field as they spelt it.
+/// [`Asked`](crate::Asked) names it, and the reason. It reads as the
+/// front end's user wrote the field: `--timeout: ...` from the command
+/// line, `timeout: ...` from MCP, `services.web.timeout: ...` once a
+/// project reader puts its place before it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+#[error("{}", self.text())]
 #[non_exhaustive]
 pub struct AskError {
     /// The field at fault (`ready_pattern`, `health.every`, `command`).
     pub field: String,
-    /// What is wrong, the field named as the front end spells it.
-    pub message: String,
+    /// What is wrong with it (other fields it names spelt as the front
+    /// end spells them).
+    pub reason: String,
+    /// The field as the front end spells it, when the reason does not
+    /// start with it already.
+    spelled: Option<String>,
 }
 
 impl AskError {
-    /// An error of `field`, worded `message`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error of `field` whose `reason` says all, the field included.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         AskError {
             field: field.into(),
-            message: message.into(),
+            reason: reason.into(),
+            spelled: None,
+        }
+    }
+
+    /// An error of `field`, spelt `spelled` before its `reason`.
+    pub fn of(
+        field: impl Into<String>,
+        spelled: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        AskError {
+            field: field.into(),
+            reason: reason.into(),
+            spelled: Some(spelled.into()),
+        }
+    }
+
+    fn text(&self) -> String {
+        match &self.spelled {
+            Some(s) => format!("{s}: {}", self.reason),
+            None => self.reason.clone(),
         }
     }
 }

@@ -58,7 +58,7 @@ impl Reader<'_, '_> {
     }
 
     fn fail(&self, field: &str, why: impl std::fmt::Display) -> AskError {
-        AskError::new(field, format!("{}: {why}", self.name(field)))
+        AskError::of(field, self.name(field), why.to_string())
     }
 
     /// A message of the domain's readers, which name the field themselves

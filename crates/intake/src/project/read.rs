@@ -568,7 +568,7 @@ pub(crate) fn resolve(
         may_read: from.may_read,
         ..Context::new(dir, from.env, from.machine)
     };
-    let (spec, from_files) = t.asked().into_parts(&ctx).map_err(|e| e.message)?;
+    let (spec, from_files) = t.asked().into_parts(&ctx).map_err(|e| e.to_string())?;
     let depends_on: BTreeMap<String, Until> = match &t.depends_on {
         DependsOn::None => BTreeMap::new(),
         DependsOn::Names(names) => names.iter().map(|n| (n.clone(), Until::Started)).collect(),
