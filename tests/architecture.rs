@@ -325,27 +325,12 @@ const MOST_LINES: usize = 1_200;
 
 #[test]
 fn no_file_is_over_1200_lines() {
-    let root = workspace_root();
-    let mut long = Vec::new();
-    for dir in std::fs::read_dir(root.join("crates")).expect("crates") {
-        let krate = dir.expect("a crate").path();
-        for part in ["src", "tests", "benches", "examples"] {
-            if krate.join(part).is_dir() {
-                for (path, text) in sources(&krate.join(part)) {
-                    let lines = text.lines().count();
-                    if lines > MOST_LINES {
-                        long.push(format!("{}: {lines}", path.display()));
-                    }
-                }
-            }
-        }
-    }
-    for (path, text) in sources(&root.join("tests")) {
-        let lines = text.lines().count();
-        if lines > MOST_LINES {
-            long.push(format!("{}: {lines}", path.display()));
-        }
-    }
+    let long: Vec<String> = every_source()
+        .into_iter()
+        .map(|(path, text)| (path, text.lines().count()))
+        .filter(|(_, lines)| *lines > MOST_LINES)
+        .map(|(path, lines)| format!("{}: {lines}", path.display()))
+        .collect();
     assert!(
         long.is_empty(),
         "files over {MOST_LINES} lines:\n{}",
@@ -469,16 +454,7 @@ fn functions(text: &str) -> Vec<(String, usize)> {
 #[test]
 fn no_function_grows_past_120_lines() {
     let root = workspace_root();
-    let mut files = Vec::new();
-    for dir in std::fs::read_dir(root.join("crates")).expect("crates") {
-        let krate = dir.expect("a crate").path();
-        for part in ["src", "tests", "benches", "examples"] {
-            if krate.join(part).is_dir() {
-                files.extend(sources(&krate.join(part)));
-            }
-        }
-    }
-    files.extend(sources(&root.join("tests")));
+    let files = every_source();
     let mut over = Vec::new();
     for (path, text) in &files {
         let rel = path
@@ -502,6 +478,23 @@ fn no_function_grows_past_120_lines() {
         }
     }
     assert!(over.is_empty(), "{}", over.join("\n"));
+}
+
+/// Every Rust source of the workspace: each crate's sources, tests,
+/// benches and examples, and the end-to-end tests.
+fn every_source() -> Vec<(std::path::PathBuf, String)> {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for dir in std::fs::read_dir(root.join("crates")).expect("crates") {
+        let krate = dir.expect("a crate").path();
+        for part in ["src", "tests", "benches", "examples"] {
+            if krate.join(part).is_dir() {
+                files.extend(sources(&krate.join(part)));
+            }
+        }
+    }
+    files.extend(sources(&root.join("tests")));
+    files
 }
 
 /// The Rust sources under `dir`, with their text.

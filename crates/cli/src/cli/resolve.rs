@@ -1,4 +1,4 @@
-//! Finding a process from what a person types (see [`bpm_ports::resolve_id`]).
+//! Finding a process from what a person types (see [`bpm_intake::resolve_id`]).
 
 use bpm_domain::{ProcessId, ProcessRecord};
 use bpm_intake::{ResolveError, resolve_id, resolve_record};
