@@ -42,6 +42,7 @@ use bpm_domain::cluster::claimer::{Claimer, ClaimerEffect, ClaimerInput};
 use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RenewFailure};
 use bpm_domain::cluster::placement::{NodeLabels, Queued, Room, takes, unplaced};
 use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
+use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
 use bpm_domain::cluster::{Sweep, accepts_write, claim, failover, sweep_record};
 use bpm_domain::{
     ClusterTiming, CoreError, Effect, ExitStatus, GroupName, Input, Lease, Limits, NodeId,
@@ -292,8 +293,7 @@ impl World {
                         inputs.push_back(MemberInput::EngineTold { held });
                     }
                     MemberEffect::LookAtLeases => {
-                        self.sweep(n);
-                        self.fail_over(n);
+                        self.look(n);
                         inputs.push_back(MemberInput::Looked);
                     }
                     MemberEffect::HoldKeeper { lapses, .. } => {
@@ -547,73 +547,107 @@ impl World {
         }
     }
 
-    /// A node that reaches the store runs lost nodes' due failover records
-    /// again: each given up and replaced in one write, only while its node
-    /// is still lost at that epoch.
-    fn fail_over(&mut self, by: usize) {
-        if !self.writes(by) {
-            return;
-        }
+    /// Node `by` looks at the leases: the domain's [`Look`] says what to
+    /// do, and the world carries each effect out at once, as the
+    /// daemon's sweeper does against the store. A node whose writes do not
+    /// reach the store cannot read the leases: its look ends there.
+    fn look(&mut self, by: usize) {
         let by_name = self.nodes[by].name.clone();
-        let leases: Vec<Lease> = self.leases.values().cloned().collect();
-        for lease in leases {
-            let lost = lease.state_at(self.now) == bpm_domain::NodeState::Lost
-                && self.epochs[&lease.node] == lease.epoch;
-            if !lost || lease.node == by_name {
-                continue;
+        let mut look = Look::new(by_name.clone(), self.timing, true);
+        let mut input = LookInput::Begin;
+        loop {
+            let mut answer = None;
+            for effect in look.handle(input) {
+                answer = match effect {
+                    LookEffect::Done(_) => return,
+                    LookEffect::Log(..) => None,
+                    LookEffect::ReadLeases if !self.writes(by) => return,
+                    LookEffect::ReadLeases => {
+                        let mut leases: Vec<SeenLease> = self
+                            .leases
+                            .values()
+                            .map(|lease| SeenLease {
+                                lease: lease.clone(),
+                                now: self.now,
+                            })
+                            .collect();
+                        leases.sort_by(|a, b| a.lease.node.cmp(&b.lease.node));
+                        Some(LookInput::Leases(leases))
+                    }
+                    LookEffect::FailOver { lease, now } => Some(LookInput::FailedOver {
+                        records: self.fail_over(&by_name, &lease, now),
+                    }),
+                    LookEffect::ClaimSweep { lease, sweep } => Some(LookInput::Claimed {
+                        won: self.swept.insert((lease.node.clone(), lease.epoch, sweep)),
+                    }),
+                    LookEffect::Sweep { lease, sweep } => {
+                        let given_back = self.give_back(&lease.node);
+                        Some(LookInput::Swept {
+                            records: self.sweep(&by_name, &lease, sweep),
+                            given_back,
+                        })
+                    }
+                    LookEffect::FinishSweep { .. } => Some(LookInput::Finished),
+                };
             }
-            let mut records: Vec<ProcessRecord> = self
-                .store
-                .values()
-                .filter(|r| r.node() == &lease.node)
-                .cloned()
-                .collect();
-            records.sort_by_key(ProcessRecord::id);
-            for record in records {
-                let new_id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
-                if let Some((old, new)) = failover(&lease, &by_name, &record, new_id, self.now) {
-                    self.next += 1;
-                    self.keep(old);
-                    self.keep(new);
-                }
-            }
+            input = answer.expect("a look asks for an answer or ends");
         }
     }
 
-    fn sweep(&mut self, by: usize) {
-        let leases: Vec<Lease> = self.leases.values().cloned().collect();
-        for lease in leases {
-            let Some(sweep) = self.timing.sweep_due(&lease, self.now) else {
-                continue;
-            };
-            if self.nodes[by].name == lease.node || !self.writes(by) {
-                continue;
-            }
-            if !self.swept.insert((lease.node.clone(), lease.epoch, sweep)) {
-                continue;
-            }
-            let by_name = self.nodes[by].name.clone();
-            if sweep == Sweep::Unreach {
-                // The lost node's claims it never placed go back.
-                let lost = self.nodes.iter().position(|x| x.name == lease.node);
-                self.claims.retain(|_, claimer| Some(*claimer) != lost);
-            }
-            let records: Vec<ProcessRecord> = self.store.values().cloned().collect();
-            for mut record in records {
-                if sweep_record(sweep, &lease, &by_name, &self.timing, &mut record, self.now)
-                    .is_some()
-                {
-                    // Its node is cut off: whether the sweep made it
-                    // unreachable or, the node gone past `lost_after`,
-                    // gave it up at once, its slot frees while its process
-                    // may run on there.
-                    if is_agent(&record) {
-                        self.cut_off.insert(record.id());
-                    }
-                    self.keep(record);
-                }
+    /// The store's failover of `lease`'s node's due records for node `by`:
+    /// each given up and replaced in one write, only while its node is
+    /// still lost at that epoch.
+    fn fail_over(&mut self, by: &NodeId, lease: &Lease, now: Timestamp) -> usize {
+        if self.epochs[&lease.node] != lease.epoch {
+            return 0;
+        }
+        let mut records: Vec<ProcessRecord> = self
+            .store
+            .values()
+            .filter(|r| r.node() == &lease.node)
+            .cloned()
+            .collect();
+        records.sort_by_key(ProcessRecord::id);
+        let mut replaced = 0;
+        for record in records {
+            let new_id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
+            if let Some((old, new)) = failover(lease, by, &record, new_id, now) {
+                self.next += 1;
+                self.keep(old);
+                self.keep(new);
+                replaced += 1;
             }
         }
+        replaced
+    }
+
+    /// The lost node's claims it never placed go back to the queue.
+    fn give_back(&mut self, node: &NodeId) -> usize {
+        let lost = self.nodes.iter().position(|x| &x.name == node);
+        let before = self.claims.len();
+        self.claims.retain(|_, claimer| Some(*claimer) != lost);
+        before - self.claims.len()
+    }
+
+    /// Applies `sweep` of `lease`'s node to each record, for node `by`.
+    fn sweep(&mut self, by: &NodeId, lease: &Lease, sweep: Sweep) -> usize {
+        let mut records: Vec<ProcessRecord> = self.store.values().cloned().collect();
+        records.sort_by_key(ProcessRecord::id);
+        let mut changed = 0;
+        for mut record in records {
+            if sweep_record(sweep, lease, by, &self.timing, &mut record, self.now).is_some() {
+                // Its node is cut off: whether the sweep made it
+                // unreachable or, the node gone past `lost_after`,
+                // gave it up at once, its slot frees while its process
+                // may run on there.
+                if is_agent(&record) {
+                    self.cut_off.insert(record.id());
+                }
+                self.keep(record);
+                changed += 1;
+            }
+        }
+        changed
     }
 
     /// Puts `record` in the store: a final record stays final, and a

@@ -1,19 +1,23 @@
-//! The sweep of lost nodes. Every daemon on a shared store looks at the
-//! leases about once a second (when its [`Member`](bpm_domain::cluster::member::Member) says); when a node's lease has lapsed, each asks the
-//! store for that sweep ([`Membership::claim_sweep`]), which grants it to
-//! exactly one, and that one applies the domain's rule
-//! ([`cluster::sweep_record`]) to the lost node's records: `unreachable`
-//! first, then, after `lost_after`, `lost` (or `failed` for a record that
-//! was waiting to start there). Writes are compare-and-set: a record that
-//! changed meanwhile is read again and the rule applied again.
+//! The sweep of lost nodes, carried out. Every daemon on a shared store
+//! looks at the leases about once a second (when its
+//! [`Member`](bpm_domain::cluster::member::Member) says); what a look does
+//! is decided by the domain's [`Look`], which this module drives one effect
+//! at a time: read the leases, fail over a lost node's due records, claim
+//! a due sweep ([`Membership::claim_sweep`] grants it to exactly one node)
+//! and, when won, apply [`cluster::sweep_record`] to each of the node's
+//! records. Writes are compare-and-set: a record that changed meanwhile is
+//! read again and the rule applied again.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
+pub use bpm_domain::cluster::look::Swept;
+use bpm_domain::cluster::member::Level;
 use bpm_domain::cluster::{self, Lease};
 use bpm_domain::{
-    ClusterTiming, Event, EventKind, ListFilter, NodeId, NodeState, StateName, Sweep, Timestamp,
+    ClusterTiming, Event, EventKind, ListFilter, NodeId, StateName, Sweep, Timestamp,
 };
 use bpm_ports::{
     Clock, EventBus, FailedOver, Failover, IdGenerator, Membership, MembershipError, ProcessStore,
@@ -22,19 +26,6 @@ use bpm_ports::{
 
 /// How often a record that changed under a sweep is read again.
 const ATTEMPTS: usize = 3;
-
-/// One sweep carried out by this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Swept {
-    /// The lost node.
-    pub node: NodeId,
-    /// Its lapsed epoch.
-    pub epoch: u64,
-    /// Which sweep; `None` for a failover.
-    pub sweep: Option<Sweep>,
-    /// How many of its records it changed.
-    pub records: usize,
-}
 
 /// Why a look at the leases stopped short.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,70 +114,87 @@ impl Sweeper {
     }
 
     /// Looks at every other node's lease once, and carries out each sweep
-    /// that is due and that this node wins.
+    /// that is due and that this node wins, as the domain's [`Look`] says.
     ///
     /// # Errors
     /// The store does not answer; sweeps carried out before stay done, and
     /// one cut short is claimed again once its hold is over.
     pub async fn look(&self) -> Result<Vec<Swept>, SweepError> {
-        let mut done = Vec::new();
-        for view in self.membership.nodes().await? {
-            let lease = view.lease;
-            if lease.node == self.node {
-                continue;
+        let mut look = Look::new(self.node.clone(), self.timing, self.failover.is_some());
+        let mut input = LookInput::Begin;
+        loop {
+            let mut answer = None;
+            for effect in look.handle(input) {
+                answer = match effect {
+                    LookEffect::Done(swept) => return Ok(swept),
+                    LookEffect::Log(Level::Warn, line) => {
+                        tracing::warn!(node = %self.node, "{line}");
+                        None
+                    }
+                    LookEffect::Log(_, line) => {
+                        tracing::info!(node = %self.node, "{line}");
+                        None
+                    }
+                    effect => Some(self.carry_out(effect).await?),
+                };
             }
-            // The store's clock, as the lease's age says it.
-            let now = lease
-                .renewed_at
-                .saturating_add(Duration::from_millis(view.lease_age_ms));
-            if lease.state_at(now) == NodeState::Lost {
-                let replaced = self.fail_over(&lease, now).await?;
-                if replaced > 0 {
-                    tracing::warn!(
-                        node = %lease.node, epoch = lease.epoch, records = replaced,
-                        "failed over records of a node that stopped renewing its lease"
-                    );
-                    done.push(Swept {
-                        node: lease.node.clone(),
-                        epoch: lease.epoch,
-                        sweep: None,
-                        records: replaced,
-                    });
+            input = answer.expect("a look asks for an answer or ends");
+        }
+    }
+
+    /// Carries out one of a look's effects; its answer.
+    async fn carry_out(&self, effect: LookEffect) -> Result<LookInput, SweepError> {
+        Ok(match effect {
+            LookEffect::ReadLeases => LookInput::Leases(
+                self.membership
+                    .nodes()
+                    .await?
+                    .into_iter()
+                    .map(|view| SeenLease {
+                        now: view
+                            .lease
+                            .renewed_at
+                            .saturating_add(Duration::from_millis(view.lease_age_ms)),
+                        lease: view.lease,
+                    })
+                    .collect(),
+            ),
+            LookEffect::FailOver { lease, now } => LookInput::FailedOver {
+                records: self.fail_over(&lease, now).await?,
+            },
+            LookEffect::ClaimSweep { lease, sweep } => LookInput::Claimed {
+                won: self
+                    .membership
+                    .claim_sweep(
+                        &lease.node,
+                        lease.epoch,
+                        sweep,
+                        &self.node,
+                        self.timing.lost_after(),
+                        self.timing.lease_ttl(),
+                    )
+                    .await?,
+            },
+            LookEffect::Sweep { lease, sweep } => {
+                let given_back = match &self.claims {
+                    Some(claims) => claims.give_back(&lease.node).await?,
+                    None => 0,
+                };
+                LookInput::Swept {
+                    records: self.apply(sweep, &lease).await?,
+                    given_back,
                 }
             }
-            let Some(sweep) = self.timing.sweep_due(&lease, now) else {
-                continue;
-            };
-            let won = self
-                .membership
-                .claim_sweep(
-                    &lease.node,
-                    lease.epoch,
-                    sweep,
-                    &self.node,
-                    self.timing.lost_after(),
-                    self.timing.lease_ttl(),
-                )
-                .await?;
-            if !won {
-                continue;
+            LookEffect::FinishSweep { lease, sweep } => {
+                self.membership
+                    .finish_sweep(&lease.node, lease.epoch, sweep)
+                    .await?;
+                LookInput::Finished
             }
-            let records = self.apply(sweep, &lease).await?;
-            self.membership
-                .finish_sweep(&lease.node, lease.epoch, sweep)
-                .await?;
-            tracing::warn!(
-                node = %lease.node, epoch = lease.epoch, sweep = sweep.as_str(), records,
-                "swept a node that stopped renewing its lease"
-            );
-            done.push(Swept {
-                node: lease.node,
-                epoch: lease.epoch,
-                sweep: Some(sweep),
-                records,
-            });
-        }
-        Ok(done)
+            LookEffect::Done(_) | LookEffect::Log(..) => {
+                unreachable!("a look's end and its log lines are not carried out")
+            }
+        })
     }
 
     /// Runs elsewhere each failover record of `lease`'s lost node that is
@@ -197,12 +205,6 @@ impl Sweeper {
         let Some((failover, ids)) = &self.failover else {
             return Ok(0);
         };
-        let earliest = lease
-            .renewed_at
-            .saturating_add(ClusterTiming::earliest_failover(lease));
-        if now <= earliest {
-            return Ok(0);
-        }
         let filter = ListFilter {
             node: Some(lease.node.clone()),
             states: StateName::LIVE.to_vec(),
@@ -245,15 +247,10 @@ impl Sweeper {
         Ok(replaced)
     }
 
-    /// Applies `sweep` to every record of `lease`'s node still under way;
+    /// Applies `sweep` to every record of `lease`'s node still under way
+    /// ([`cluster::sweep_record`]);
     /// returns how many it changed.
     async fn apply(&self, sweep: Sweep, lease: &Lease) -> Result<usize, SweepError> {
-        if let Some(claims) = &self.claims {
-            let back = claims.give_back(&lease.node).await?;
-            if back > 0 {
-                tracing::warn!(node = %lease.node, records = back, "records a lost node took but never placed are queued again");
-            }
-        }
         let filter = ListFilter {
             node: Some(lease.node.clone()),
             states: StateName::LIVE.to_vec(),

@@ -14,6 +14,7 @@ pub mod claimer;
 mod failover;
 mod lease;
 pub mod lease_watch;
+pub mod look;
 pub mod member;
 pub mod placement;
 pub mod slots;
