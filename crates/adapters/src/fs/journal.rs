@@ -349,50 +349,62 @@ fn read(dir: &Path, n: usize) -> io::Result<(u64, Vec<Entry>, Vec<Damage>)> {
             at = resume;
             continue;
         };
-        let op = match serde_json::from_slice::<Read>(payload) {
-            Ok(Read::Put(r)) => Some(Entry::Put(r)),
-            Ok(Read::Update(u)) => Some(Entry::Update(u)),
-            Ok(Read::Delete(id)) => Some(Entry::Delete(id)),
-            Ok(Read::Env { key, env }) => {
-                envs.insert(key, env);
-                None
-            }
-            Ok(Read::PutShared {
-                env,
-                mut spec,
-                record,
-            }) => {
-                if let Some(env) = envs.get(&env) {
-                    spec.env = Arc::clone(env);
-                    Some(Entry::Put(ProcessRecord::from_update(
-                        Arc::new(*spec),
-                        *record,
-                    )))
-                } else {
-                    // Its environment was in a damaged stretch.
-                    damage.push(Damage {
-                        file: file.clone(),
-                        at,
-                        len: next - at,
-                        ids: vec![record.id()],
-                    });
-                    None
-                }
-            }
-            Err(_) => {
-                damage.push(Damage {
-                    file: file.clone(),
-                    at,
-                    len: next - at,
-                    ids: ids_in(payload),
-                });
-                None
-            }
-        };
-        ops.extend(op);
+        ops.extend(decode(payload, &file, at..next, &mut envs, &mut damage));
         at = next;
     }
     Ok((generation, ops, damage))
+}
+
+/// The entry of the payload read at `span` of `file`, if it is one:
+/// an environment entry is kept in `envs` for the records that follow;
+/// what does not decode is noted in `damage`.
+fn decode(
+    payload: &[u8],
+    file: &Path,
+    span: std::ops::Range<usize>,
+    envs: &mut HashMap<u64, Arc<Environment>>,
+    damage: &mut Vec<Damage>,
+) -> Option<Entry> {
+    match serde_json::from_slice::<Read>(payload) {
+        Ok(Read::Put(r)) => Some(Entry::Put(r)),
+        Ok(Read::Update(u)) => Some(Entry::Update(u)),
+        Ok(Read::Delete(id)) => Some(Entry::Delete(id)),
+        Ok(Read::Env { key, env }) => {
+            envs.insert(key, env);
+            None
+        }
+        Ok(Read::PutShared {
+            env,
+            mut spec,
+            record,
+        }) => {
+            if let Some(env) = envs.get(&env) {
+                spec.env = Arc::clone(env);
+                Some(Entry::Put(ProcessRecord::from_update(
+                    Arc::new(*spec),
+                    *record,
+                )))
+            } else {
+                // Its environment was in a damaged stretch.
+                damage.push(Damage {
+                    file: file.to_path_buf(),
+                    at: span.start,
+                    len: span.len(),
+                    ids: vec![record.id()],
+                });
+                None
+            }
+        }
+        Err(_) => {
+            damage.push(Damage {
+                file: file.to_path_buf(),
+                at: span.start,
+                len: span.len(),
+                ids: ids_in(payload),
+            });
+            None
+        }
+    }
 }
 
 /// What both journal files still hold: their entries, oldest generation

@@ -344,7 +344,6 @@ pub(crate) fn spawn_forked(
     stdin_pipe: bool,
     extra: &Forked<'_>,
 ) -> io::Result<Child> {
-    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
 
     let terminal = extra.tty.map(open_terminal).transpose()?;
@@ -371,6 +370,45 @@ pub(crate) fn spawn_forked(
             .stderr(Stdio::from(err_w));
         (stdin, Some([out_r.as_raw_fd(), err_r.as_raw_fd()]))
     };
+    set_arguments(&mut command, argv, env, cwd);
+    prepare_child(&mut command, extra, terminal.is_some(), held);
+    let child = command.spawn()?;
+    // The parent keeps no slave side: once the child's tree closes its
+    // own, reading the master side ends.
+    drop(command);
+    let pid = child.id();
+    let pidfd = pidfd_open(
+        Pid::from_raw(i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?)
+            .ok_or_else(|| io::Error::other("pid 0"))?,
+        PidfdFlags::empty(),
+    )?;
+    let (stdout, is_terminal) = match terminal {
+        Some((master, slave)) => {
+            drop(slave);
+            (master, true)
+        }
+        None => (out_r, false),
+    };
+    Ok(Child {
+        pid,
+        pidfd,
+        stdin,
+        stdout,
+        stderr: err_r,
+        terminal: is_terminal,
+    })
+}
+
+/// Gives `command` its argument vector (`argv[0]` included), exactly
+/// `env` as its environment, and `cwd`.
+fn set_arguments(
+    command: &mut std::process::Command,
+    argv: &[bpm_domain::OsText],
+    env: &[&CStr],
+    cwd: Option<&Path>,
+) {
+    use std::os::unix::process::CommandExt;
+
     if let Some((first, rest)) = argv.split_first() {
         command.arg0(first.as_os_str());
         command.args(rest.iter().map(bpm_domain::OsText::as_os_str));
@@ -388,6 +426,20 @@ pub(crate) fn spawn_forked(
     if let Some(dir) = cwd {
         command.current_dir(dir);
     }
+}
+
+/// What the forked child does before `exec`: joins its control groups,
+/// starts a session (taking its terminal as the controlling one when
+/// `controlling`), clears its signal mask and dispositions, moves the
+/// `held` pipes into place and sets its rlimits.
+fn prepare_child(
+    command: &mut std::process::Command,
+    extra: &Forked<'_>,
+    controlling: bool,
+    held: Option<[i32; 2]>,
+) {
+    use std::os::unix::process::CommandExt;
+
     let procs: Vec<i32> = extra
         .confinement
         .map(|c| c.procs.iter().map(AsRawFd::as_raw_fd).collect())
@@ -396,7 +448,6 @@ pub(crate) fn spawn_forked(
         .confinement
         .map(|c| c.rlimits.clone())
         .unwrap_or_default();
-    let controlling = terminal.is_some();
     // SAFETY: the hook runs in the forked child before exec and makes only
     // async-signal-safe system calls (write, setsid, ioctl, sigprocmask,
     // sigaction, dup2, setrlimit), on descriptors the parent keeps open
@@ -441,29 +492,4 @@ pub(crate) fn spawn_forked(
             Ok(())
         });
     }
-    let child = command.spawn()?;
-    // The parent keeps no slave side: once the child's tree closes its
-    // own, reading the master side ends.
-    drop(command);
-    let pid = child.id();
-    let pidfd = pidfd_open(
-        Pid::from_raw(i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?)
-            .ok_or_else(|| io::Error::other("pid 0"))?,
-        PidfdFlags::empty(),
-    )?;
-    let (stdout, is_terminal) = match terminal {
-        Some((master, slave)) => {
-            drop(slave);
-            (master, true)
-        }
-        None => (out_r, false),
-    };
-    Ok(Child {
-        pid,
-        pidfd,
-        stdin,
-        stdout,
-        stderr: err_r,
-        terminal: is_terminal,
-    })
 }

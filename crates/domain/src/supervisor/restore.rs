@@ -88,69 +88,81 @@ impl Supervisor {
             }
         }
         for &id in &ids {
-            let (state, live_depth, tracked) = {
-                let e = &self.entries[&id];
-                (e.record.state(), e.depth, e.record.is_tracked())
-            };
-            if !state.is_terminal() && live_depth > 0 {
-                *self.live_per_level.entry(live_depth).or_default() += 1;
-            }
-            if state.is_active() && !tracked {
-                self.add_active(id);
-            }
-            if state.is_active() && !tracked {
-                // Its process is taken over again, or, if its spawn was under
-                // way, spawned again: a spawner that started it answers with
-                // that process, so it is never started twice.
-                let record = &self.entries[&id].record;
-                if let Some(pid) = record.pid() {
-                    self.out.push(Effect::Reattach { id, pid });
-                    self.watch_files(id);
-                } else {
-                    let record = record.clone();
-                    self.out.push(Effect::Spawn { record });
-                    self.order.spawn_asked(id);
-                }
-            }
-            if state == StateName::Running && self.entries[&id].record.spec().schedule.is_some() {
-                self.schedule_back(id, now, false);
-            }
-            if state.is_active() {
-                self.rearm_live_timers(id, now);
-            } else if state.is_terminal() {
-                self.arm_retention(id);
-            }
+            self.take_back(id, now);
         }
         for &id in &ids {
             if self.entries[&id].record.state() == StateName::Pending {
-                let unfinished: BTreeSet<_> = self.entries[&id]
-                    .record
-                    .spec()
-                    .dependencies
-                    .iter()
-                    .copied()
-                    // Not known: another node's record the store no longer
-                    // holds, which the driver reports (`Input::Foreign`'s
-                    // `gone`); it waits until then.
-                    .filter(|d| {
-                        let until = self.entries[&id].record.spec().until_of(*d);
-                        self.known(*d).is_none_or(|r| r.meets(until) != Some(true))
-                    })
-                    .collect();
-                for d in &unfinished {
-                    self.waiters.entry(*d).or_default().insert(id);
-                }
-                self.entries.get_mut(&id).expect("known").blockers = Blockers {
-                    must_complete: unfinished,
-                    must_end: BTreeSet::new(),
-                }
-                .kept();
-                self.place(id, now);
+                self.wait_again(id, now);
             }
         }
         self.cascade_restored(now);
         self.schedule(now);
         self.finish_step()
+    }
+
+    /// A pending record restored: it waits again for the dependencies
+    /// that have not finished, then is placed.
+    fn wait_again(&mut self, id: ProcessId, now: Timestamp) {
+        let unfinished: BTreeSet<_> = self.entries[&id]
+            .record
+            .spec()
+            .dependencies
+            .iter()
+            .copied()
+            // Not known: another node's record the store no longer
+            // holds, which the driver reports (`Input::Foreign`'s
+            // `gone`); it waits until then.
+            .filter(|d| {
+                let until = self.entries[&id].record.spec().until_of(*d);
+                self.known(*d).is_none_or(|r| r.meets(until) != Some(true))
+            })
+            .collect();
+        for d in &unfinished {
+            self.waiters.entry(*d).or_default().insert(id);
+        }
+        self.entries.get_mut(&id).expect("known").blockers = Blockers {
+            must_complete: unfinished,
+            must_end: BTreeSet::new(),
+        }
+        .kept();
+        self.place(id, now);
+    }
+
+    /// A restored record counted again: its slot, its process taken over
+    /// (or spawned again), its schedule and timers armed again.
+    fn take_back(&mut self, id: ProcessId, now: Timestamp) {
+        let (state, live_depth, tracked) = {
+            let e = &self.entries[&id];
+            (e.record.state(), e.depth, e.record.is_tracked())
+        };
+        if !state.is_terminal() && live_depth > 0 {
+            *self.live_per_level.entry(live_depth).or_default() += 1;
+        }
+        if state.is_active() && !tracked {
+            self.add_active(id);
+        }
+        if state.is_active() && !tracked {
+            // Its process is taken over again, or, if its spawn was under
+            // way, spawned again: a spawner that started it answers with
+            // that process, so it is never started twice.
+            let record = &self.entries[&id].record;
+            if let Some(pid) = record.pid() {
+                self.out.push(Effect::Reattach { id, pid });
+                self.watch_files(id);
+            } else {
+                let record = record.clone();
+                self.out.push(Effect::Spawn { record });
+                self.order.spawn_asked(id);
+            }
+        }
+        if state == StateName::Running && self.entries[&id].record.spec().schedule.is_some() {
+            self.schedule_back(id, now, false);
+        }
+        if state.is_active() {
+            self.rearm_live_timers(id, now);
+        } else if state.is_terminal() {
+            self.arm_retention(id);
+        }
     }
 
     pub(super) fn rearm_live_timers(&mut self, id: ProcessId, now: Timestamp) {
