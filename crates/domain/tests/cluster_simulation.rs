@@ -4,7 +4,7 @@
 //! the rejoin of a node that comes back), while proptest cuts nodes off,
 //! heals them, stalls time and ends processes in any order. Each node is
 //! the code a daemon runs: its `Supervisor` and its `Member` (renewals,
-//! fences, claims again, reconciles and looks at the leases, in the order
+//! stand-downs, takes again, reconciles and looks at the leases, in the order
 //! the member says), whose effects the world carries out at once, as the
 //! cluster driver does. After every step:
 //! - no record is written by two epochs of its node: once an epoch wrote
@@ -27,7 +27,7 @@
 //! - once everyone is back, every record placed on any node was taken;
 //! - never two live attempts of one record: a `--failover` record and the
 //!   records that replace it (`restarted_from`) never run at once, though
-//!   a node cut off fences itself only on its own clock and the others
+//!   a node cut off stands down only on its own clock and the others
 //!   fail over on the store's.
 //!
 //! Records may name records of other nodes (dependencies, parents): a node
@@ -39,11 +39,11 @@
 use std::collections::{HashMap, HashSet};
 
 use bpm_domain::cluster::claimer::{Claimer, ClaimerEffect, ClaimerInput};
+use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
 use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RenewFailure};
 use bpm_domain::cluster::placement::{NodeLabels, Queued, Room, takes, unplaced};
 use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
-use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
-use bpm_domain::cluster::{Sweep, accepts_write, claim, failover, sweep_record};
+use bpm_domain::cluster::{Sweep, accepts_write, failover, sweep_record, take_name};
 use bpm_domain::{
     ClusterTiming, CoreError, Effect, ExitStatus, GroupName, Input, Lease, Limits, NodeId,
     ProcessId, ProcessRecord, ProcessSpec, Signal, Span, StateName, Supervisor, Timestamp,
@@ -176,7 +176,7 @@ impl World {
         };
         for n in 0..NODES {
             let name = NodeId::new(format!("n{n}")).expect("name");
-            let epoch = world.claim(&name).expect("a free name");
+            let epoch = world.take_name(&name).expect("a free name");
             let mut limits = Limits {
                 max_running: 3,
                 ..Limits::default()
@@ -205,11 +205,11 @@ impl World {
         self.leases.get(&self.nodes[n].name)
     }
 
-    /// Claims the name `name` (it must be free): a new epoch.
-    fn claim(&mut self, name: &NodeId) -> Option<u64> {
+    /// Takes the name `name` (it must be free): a new epoch.
+    fn take_name(&mut self, name: &NodeId) -> Option<u64> {
         let name = name.clone();
         let newest = self.epochs.get(&name).copied().unwrap_or(0);
-        let epoch = claim(&name, self.leases.get(&name), newest, self.now, None).ok()?;
+        let epoch = take_name(&name, self.leases.get(&name), newest, self.now, None).ok()?;
         self.epochs.insert(name.clone(), epoch);
         self.leases.insert(
             name.clone(),
@@ -262,13 +262,15 @@ impl World {
             for effect in effects {
                 match effect {
                     MemberEffect::Renew { epoch } => inputs.push_back(self.renew(n, epoch)),
-                    MemberEffect::ClaimAgain => {
+                    MemberEffect::TakeAgain => {
                         let name = self.nodes[n].name.clone();
                         let connected = self.nodes[n].connected;
-                        inputs.push_back(match connected.then(|| self.claim(&name)).flatten() {
-                            Some(epoch) => MemberInput::Claimed { epoch, sent: now },
-                            None => MemberInput::ClaimFailed("held".into()),
-                        });
+                        inputs.push_back(
+                            match connected.then(|| self.take_name(&name)).flatten() {
+                                Some(epoch) => MemberInput::Taken { epoch, sent: now },
+                                None => MemberInput::TakeFailed("held".into()),
+                            },
+                        );
                     }
                     MemberEffect::Reconcile { epoch, sent } => {
                         let name = self.nodes[n].name.clone();
@@ -492,7 +494,7 @@ impl World {
             Err(e) => self.nodes[n]
                 .core
                 .handle(
-                    Input::ClaimRefused {
+                    Input::NameHeld {
                         record: placed,
                         reason: e.to_string(),
                     },
@@ -528,7 +530,7 @@ impl World {
     }
 
     /// What each node's member says is due at `now` (renewals, claims
-    /// again, reconciles, fences, looks at the leases), and its timers.
+    /// again, reconciles, stands down, looks at the leases), and its timers.
     fn tick(&mut self) {
         for n in 0..NODES {
             self.drive(n, MemberInput::Tick);
@@ -556,41 +558,35 @@ impl World {
         let mut look = Look::new(by_name.clone(), self.timing, true);
         let mut input = LookInput::Begin;
         loop {
-            let mut answer = None;
-            for effect in look.handle(input) {
-                answer = match effect {
-                    LookEffect::Done(_) => return,
-                    LookEffect::Log(..) => None,
-                    LookEffect::ReadLeases if !self.writes(by) => return,
-                    LookEffect::ReadLeases => {
-                        let mut leases: Vec<SeenLease> = self
-                            .leases
-                            .values()
-                            .map(|lease| SeenLease {
-                                lease: lease.clone(),
-                                now: self.now,
-                            })
-                            .collect();
-                        leases.sort_by(|a, b| a.lease.node.cmp(&b.lease.node));
-                        Some(LookInput::Leases(leases))
-                    }
-                    LookEffect::FailOver { lease, now } => Some(LookInput::FailedOver {
-                        records: self.fail_over(&by_name, &lease, now),
-                    }),
-                    LookEffect::ClaimSweep { lease, sweep } => Some(LookInput::Claimed {
-                        won: self.swept.insert((lease.node.clone(), lease.epoch, sweep)),
-                    }),
-                    LookEffect::Sweep { lease, sweep } => {
-                        let given_back = self.give_back(&lease.node);
-                        Some(LookInput::Swept {
-                            records: self.sweep(&by_name, &lease, sweep),
-                            given_back,
+            input = match look.handle(input) {
+                LookEffect::Done(_) => return,
+                LookEffect::ReadLeases if !self.writes(by) => return,
+                LookEffect::ReadLeases => {
+                    let mut leases: Vec<SeenLease> = self
+                        .leases
+                        .values()
+                        .map(|lease| SeenLease {
+                            lease: lease.clone(),
+                            now: self.now,
                         })
+                        .collect();
+                    leases.sort_by(|a, b| a.lease.node.cmp(&b.lease.node));
+                    LookInput::Leases(leases)
+                }
+                LookEffect::FailOver { lease, now } => LookInput::FailedOver {
+                    records: self.fail_over(&by_name, &lease, now),
+                },
+                LookEffect::BidForSweep { lease, sweep } => LookInput::Bid {
+                    won: self.swept.insert((lease.node.clone(), lease.epoch, sweep)),
+                },
+                LookEffect::Sweep { lease, sweep } => {
+                    self.give_back(&lease.node);
+                    LookInput::Swept {
+                        records: self.sweep(&by_name, &lease, sweep),
                     }
-                    LookEffect::FinishSweep { .. } => Some(LookInput::Finished),
-                };
-            }
-            input = answer.expect("a look asks for an answer or ends");
+                }
+                LookEffect::FinishSweep { .. } => LookInput::Finished,
+            };
         }
     }
 
@@ -622,11 +618,9 @@ impl World {
     }
 
     /// The lost node's claims it never placed go back to the queue.
-    fn give_back(&mut self, node: &NodeId) -> usize {
+    fn give_back(&mut self, node: &NodeId) {
         let lost = self.nodes.iter().position(|x| &x.name == node);
-        let before = self.claims.len();
         self.claims.retain(|_, claimer| Some(*claimer) != lost);
-        before - self.claims.len()
     }
 
     /// Applies `sweep` of `lease`'s node to each record, for node `by`.

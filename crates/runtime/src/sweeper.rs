@@ -2,8 +2,8 @@
 //! looks at the leases about once a second (when its
 //! [`Member`](bpm_domain::cluster::member::Member) says); what a look does
 //! is decided by the domain's [`Look`], which this module drives one effect
-//! at a time: read the leases, fail over a lost node's due records, claim
-//! a due sweep ([`Membership::claim_sweep`] grants it to exactly one node)
+//! at a time: read the leases, fail over a lost node's due records, bid for
+//! a due sweep ([`Membership::bid_for_sweep`] lets exactly one node win it)
 //! and, when won, apply [`cluster::sweep_record`] to each of the node's
 //! records. Writes are compare-and-set: a record that changed meanwhile is
 //! read again and the rule applied again.
@@ -12,9 +12,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
 pub use bpm_domain::cluster::look::Swept;
-use bpm_domain::cluster::member::Level;
+use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
 use bpm_domain::cluster::{self, Lease};
 use bpm_domain::{
     ClusterTiming, Event, EventKind, ListFilter, NodeId, StateName, Sweep, Timestamp,
@@ -31,7 +30,7 @@ const ATTEMPTS: usize = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SweepError {
-    /// The leases could not be read or claimed.
+    /// The leases could not be read, or a sweep bid for.
     Membership(MembershipError),
     /// The records could not be read or written.
     Store(StoreError),
@@ -118,27 +117,30 @@ impl Sweeper {
     ///
     /// # Errors
     /// The store does not answer; sweeps carried out before stay done, and
-    /// one cut short is claimed again once its hold is over.
+    /// one cut short is won again once its hold is over.
     pub async fn look(&self) -> Result<Vec<Swept>, SweepError> {
         let mut look = Look::new(self.node.clone(), self.timing, self.failover.is_some());
         let mut input = LookInput::Begin;
         loop {
-            let mut answer = None;
-            for effect in look.handle(input) {
-                answer = match effect {
-                    LookEffect::Done(swept) => return Ok(swept),
-                    LookEffect::Log(Level::Warn, line) => {
-                        tracing::warn!(node = %self.node, "{line}");
-                        None
+            input = match look.handle(input) {
+                LookEffect::Done(swept) => {
+                    for s in &swept {
+                        if let Some(sweep) = s.sweep {
+                            tracing::warn!(
+                                node = %s.node, epoch = s.epoch, sweep = sweep.as_str(), records = s.records,
+                                "swept a node that stopped renewing its lease"
+                            );
+                        } else {
+                            tracing::warn!(
+                                node = %s.node, epoch = s.epoch, records = s.records,
+                                "failed over records of a node that stopped renewing its lease"
+                            );
+                        }
                     }
-                    LookEffect::Log(_, line) => {
-                        tracing::info!(node = %self.node, "{line}");
-                        None
-                    }
-                    effect => Some(self.carry_out(effect).await?),
-                };
-            }
-            input = answer.expect("a look asks for an answer or ends");
+                    return Ok(swept);
+                }
+                effect => self.carry_out(effect).await?,
+            };
         }
     }
 
@@ -162,10 +164,10 @@ impl Sweeper {
             LookEffect::FailOver { lease, now } => LookInput::FailedOver {
                 records: self.fail_over(&lease, now).await?,
             },
-            LookEffect::ClaimSweep { lease, sweep } => LookInput::Claimed {
+            LookEffect::BidForSweep { lease, sweep } => LookInput::Bid {
                 won: self
                     .membership
-                    .claim_sweep(
+                    .bid_for_sweep(
                         &lease.node,
                         lease.epoch,
                         sweep,
@@ -176,13 +178,14 @@ impl Sweeper {
                     .await?,
             },
             LookEffect::Sweep { lease, sweep } => {
-                let given_back = match &self.claims {
-                    Some(claims) => claims.give_back(&lease.node).await?,
-                    None => 0,
-                };
+                if let Some(claims) = &self.claims {
+                    let back = claims.give_back(&lease.node).await?;
+                    if back > 0 {
+                        tracing::warn!(node = %lease.node, records = back, "records a lost node took but never placed are queued again");
+                    }
+                }
                 LookInput::Swept {
                     records: self.apply(sweep, &lease).await?,
-                    given_back,
                 }
             }
             LookEffect::FinishSweep { lease, sweep } => {
@@ -191,9 +194,7 @@ impl Sweeper {
                     .await?;
                 LookInput::Finished
             }
-            LookEffect::Done(_) | LookEffect::Log(..) => {
-                unreachable!("a look's end and its log lines are not carried out")
-            }
+            LookEffect::Done(_) => unreachable!("a look's end is not carried out"),
         })
     }
 

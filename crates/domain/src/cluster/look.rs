@@ -1,5 +1,5 @@
 //! One look at the other nodes' leases, as a sans-I/O state machine: which
-//! lost nodes' records are failed over, which sweeps are claimed, and what
+//! lost nodes' records are failed over, which sweeps this node bids for, and what
 //! a won sweep does. The daemon's sweeper and the cluster simulation drive
 //! this same core, one effect at a time, so "when is a lost node's record
 //! marked lost?" has one answer.
@@ -10,10 +10,10 @@
 //!    that are due are given up and replaced ([`super::failover`]), if this
 //!    daemon runs failover at all.
 //! 2. **Sweep**: when a sweep is due ([`ClusterTiming::sweep_due`]), this
-//!    node claims it in the store, which grants it to exactly one node.
+//!    node bids for it in the store, which lets exactly one node win it.
 //!    The node that won it gives back the records the lost node claimed
 //!    but never placed, applies [`super::sweep_record`] to each of its
-//!    records, and marks the sweep finished, so that no one claims it
+//!    records, and marks the sweep finished, so that no one bids for it
 //!    again.
 //!
 //! Every time here is the store's clock, as each lease's age says it.
@@ -21,7 +21,6 @@
 use std::collections::VecDeque;
 
 use super::lease::{ClusterTiming, Lease, NodeState};
-use super::member::Level;
 use super::sweep::Sweep;
 use crate::{NodeId, Timestamp};
 
@@ -59,8 +58,8 @@ pub enum LookInput {
         /// Records given up and replaced.
         records: usize,
     },
-    /// Whether this node won the sweep, answering [`LookEffect::ClaimSweep`].
-    Claimed {
+    /// Whether this node won the sweep, answering [`LookEffect::BidForSweep`].
+    Bid {
         /// It won.
         won: bool,
     },
@@ -68,15 +67,13 @@ pub enum LookInput {
     Swept {
         /// Records changed.
         records: usize,
-        /// Records claimed but never placed, queued again.
-        given_back: usize,
     },
     /// The sweep was marked finished, answering [`LookEffect::FinishSweep`].
     Finished,
 }
 
-/// What to do, from [`Look::handle`]. Every effect but [`LookEffect::Log`]
-/// and [`LookEffect::Done`] wants its answer as the next [`LookInput`].
+/// What to do, from [`Look::handle`]. Every effect but [`LookEffect::Done`]
+/// wants its answer as the next [`LookInput`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookEffect {
     /// Read every node's lease; answer [`LookInput::Leases`].
@@ -90,9 +87,9 @@ pub enum LookEffect {
         /// The store's clock.
         now: Timestamp,
     },
-    /// Claim `sweep` of `lease` for this node, held for `hold`;
-    /// answer [`LookInput::Claimed`].
-    ClaimSweep {
+    /// Bid for `sweep` of `lease` for this node;
+    /// answer [`LookInput::Bid`].
+    BidForSweep {
         /// The lost node's lease.
         lease: Lease,
         /// The sweep due.
@@ -114,9 +111,7 @@ pub enum LookEffect {
         /// The sweep carried out.
         sweep: Sweep,
     },
-    /// A line for the log.
-    Log(Level, String),
-    /// The look is over: what it did.
+    /// The look is over: what it did, for the log.
     Done(Vec<Swept>),
 }
 
@@ -126,7 +121,7 @@ enum Waiting {
     Start,
     Leases,
     FailOver(SeenLease),
-    Claim(SeenLease, Sweep),
+    Bid(SeenLease, Sweep),
     Sweep(SeenLease, Sweep),
     Finish(SeenLease, Sweep, usize),
     Over,
@@ -159,19 +154,17 @@ impl Look {
     }
 
     /// Takes the answer to the last effect (or [`LookInput::Begin`]) and
-    /// returns what to do next: log lines, then one effect to answer or
+    /// returns what to do next: one effect to answer, or
     /// [`LookEffect::Done`].
     ///
     /// # Panics
     /// If `input` does not answer the effect asked for: a driver's bug.
-    pub fn handle(&mut self, input: LookInput) -> Vec<LookEffect> {
-        let mut out = Vec::new();
+    pub fn handle(&mut self, input: LookInput) -> LookEffect {
         let waiting = std::mem::replace(&mut self.waiting, Waiting::Over);
         match (waiting, input) {
             (Waiting::Start, LookInput::Begin) => {
                 self.waiting = Waiting::Leases;
-                out.push(LookEffect::ReadLeases);
-                return out;
+                return LookEffect::ReadLeases;
             }
             (Waiting::Leases, LookInput::Leases(leases)) => {
                 self.todo = leases
@@ -181,13 +174,6 @@ impl Look {
             }
             (Waiting::FailOver(seen), LookInput::FailedOver { records }) => {
                 if records > 0 {
-                    out.push(LookEffect::Log(
-                        Level::Warn,
-                        format!(
-                            "failed over {records} records of node {} (epoch {}), which stopped renewing its lease",
-                            seen.lease.node, seen.lease.epoch
-                        ),
-                    ));
                     self.done.push(Swept {
                         node: seen.lease.node.clone(),
                         epoch: seen.lease.epoch,
@@ -195,50 +181,23 @@ impl Look {
                         records,
                     });
                 }
-                if let Some(effect) = self.claim(seen) {
-                    out.push(effect);
-                    return out;
+                if let Some(effect) = self.bid(seen) {
+                    return effect;
                 }
             }
-            (Waiting::Claim(seen, sweep), LookInput::Claimed { won }) => {
+            (Waiting::Bid(seen, sweep), LookInput::Bid { won }) => {
                 if won {
                     let lease = seen.lease.clone();
                     self.waiting = Waiting::Sweep(seen, sweep);
-                    out.push(LookEffect::Sweep { lease, sweep });
-                    return out;
+                    return LookEffect::Sweep { lease, sweep };
                 }
             }
-            (
-                Waiting::Sweep(seen, sweep),
-                LookInput::Swept {
-                    records,
-                    given_back,
-                },
-            ) => {
-                if given_back > 0 {
-                    out.push(LookEffect::Log(
-                        Level::Warn,
-                        format!(
-                            "{given_back} records node {} took but never placed are queued again",
-                            seen.lease.node
-                        ),
-                    ));
-                }
+            (Waiting::Sweep(seen, sweep), LookInput::Swept { records }) => {
                 let lease = seen.lease.clone();
                 self.waiting = Waiting::Finish(seen, sweep, records);
-                out.push(LookEffect::FinishSweep { lease, sweep });
-                return out;
+                return LookEffect::FinishSweep { lease, sweep };
             }
             (Waiting::Finish(seen, sweep, records), LookInput::Finished) => {
-                out.push(LookEffect::Log(
-                    Level::Warn,
-                    format!(
-                        "swept node {} (epoch {}), which stopped renewing its lease: {} of {records} records",
-                        seen.lease.node,
-                        seen.lease.epoch,
-                        sweep.as_str()
-                    ),
-                ));
                 self.done.push(Swept {
                     node: seen.lease.node,
                     epoch: seen.lease.epoch,
@@ -250,19 +209,18 @@ impl Look {
                 panic!("a look waiting for {waiting:?} was answered {input:?}")
             }
         }
-        out.push(self.next());
-        out
+        self.next()
     }
 
     /// The first effect for the next lease that wants one, or the end.
     fn next(&mut self) -> LookEffect {
         while let Some(seen) = self.todo.pop_front() {
-            if self.fails_over && self.failover_may_be_due(&seen) {
+            if self.fails_over && Self::failover_may_be_due(&seen) {
                 let (lease, now) = (seen.lease.clone(), seen.now);
                 self.waiting = Waiting::FailOver(seen);
                 return LookEffect::FailOver { lease, now };
             }
-            if let Some(effect) = self.claim(seen) {
+            if let Some(effect) = self.bid(seen) {
                 return effect;
             }
         }
@@ -272,7 +230,7 @@ impl Look {
 
     /// Whether any record of `seen`'s node may be failed over now: it is
     /// lost, and its earliest failover has passed.
-    fn failover_may_be_due(&self, seen: &SeenLease) -> bool {
+    fn failover_may_be_due(seen: &SeenLease) -> bool {
         let earliest = seen
             .lease
             .renewed_at
@@ -280,12 +238,12 @@ impl Look {
         seen.lease.state_at(seen.now) == NodeState::Lost && seen.now > earliest
     }
 
-    /// The claim of the sweep due for `seen`, if any.
-    fn claim(&mut self, seen: SeenLease) -> Option<LookEffect> {
+    /// The bid for the sweep due for `seen`, if any.
+    fn bid(&mut self, seen: SeenLease) -> Option<LookEffect> {
         let sweep = self.timing.sweep_due(&seen.lease, seen.now)?;
         let lease = seen.lease.clone();
-        self.waiting = Waiting::Claim(seen, sweep);
-        Some(LookEffect::ClaimSweep { lease, sweep })
+        self.waiting = Waiting::Bid(seen, sweep);
+        Some(LookEffect::BidForSweep { lease, sweep })
     }
 }
 
@@ -326,18 +284,14 @@ mod tests {
         Look::new(NodeId::new("me").expect("node"), timing, fails_over)
     }
 
-    fn last(effects: Vec<LookEffect>) -> LookEffect {
-        effects.into_iter().last().expect("an effect")
-    }
-
     #[test]
     fn a_look_reads_the_leases_and_leaves_its_own_and_the_living_alone() {
         let mut l = look(true);
-        assert_eq!(last(l.handle(LookInput::Begin)), LookEffect::ReadLeases);
-        let done = last(l.handle(LookInput::Leases(vec![
+        assert_eq!(l.handle(LookInput::Begin), LookEffect::ReadLeases);
+        let done = l.handle(LookInput::Leases(vec![
             seen("me", 0, 100_000),
             seen("alive", 9_000, 10_000),
-        ])));
+        ]));
         assert_eq!(done, LookEffect::Done(Vec::new()));
     }
 
@@ -346,41 +300,39 @@ mod tests {
         let mut l = look(true);
         l.handle(LookInput::Begin);
         let lost = seen("b", 0, 4_500);
-        let LookEffect::FailOver { lease, now } =
-            last(l.handle(LookInput::Leases(vec![lost.clone()])))
+        let LookEffect::FailOver { lease, now } = l.handle(LookInput::Leases(vec![lost.clone()]))
         else {
             panic!("a failover first")
         };
         assert_eq!((lease.node.as_str(), now.as_millis()), ("b", 4_500));
         assert_eq!(
-            last(l.handle(LookInput::FailedOver { records: 1 })),
-            LookEffect::ClaimSweep {
+            l.handle(LookInput::FailedOver { records: 1 }),
+            LookEffect::BidForSweep {
                 lease: lost.lease.clone(),
                 sweep: Sweep::Unreach
             }
         );
         assert_eq!(
-            last(l.handle(LookInput::Claimed { won: true })),
+            l.handle(LookInput::Bid { won: true }),
             LookEffect::Sweep {
                 lease: lost.lease.clone(),
                 sweep: Sweep::Unreach
             }
         );
         assert_eq!(
-            last(l.handle(LookInput::Swept {
-                records: 3,
-                given_back: 0
-            })),
+            l.handle(LookInput::Swept { records: 3 }),
             LookEffect::FinishSweep {
                 lease: lost.lease.clone(),
                 sweep: Sweep::Unreach
             }
         );
-        let LookEffect::Done(done) = last(l.handle(LookInput::Finished)) else {
+        let LookEffect::Done(done) = l.handle(LookInput::Finished) else {
             panic!("the look ends")
         };
         assert_eq!(
-            done.iter().map(|s| (s.sweep, s.records)).collect::<Vec<_>>(),
+            done.iter()
+                .map(|s| (s.sweep, s.records))
+                .collect::<Vec<_>>(),
             vec![(None, 1), (Some(Sweep::Unreach), 3)]
         );
     }
@@ -389,10 +341,13 @@ mod tests {
     fn a_sweep_another_node_won_is_not_applied_and_without_failover_none_is_asked() {
         let mut l = look(false);
         l.handle(LookInput::Begin);
-        let effect = last(l.handle(LookInput::Leases(vec![seen("b", 0, 4_500)])));
-        assert!(matches!(effect, LookEffect::ClaimSweep { .. }), "{effect:?}");
+        let effect = l.handle(LookInput::Leases(vec![seen("b", 0, 4_500)]));
+        assert!(
+            matches!(effect, LookEffect::BidForSweep { .. }),
+            "{effect:?}"
+        );
         assert_eq!(
-            last(l.handle(LookInput::Claimed { won: false })),
+            l.handle(LookInput::Bid { won: false }),
             LookEffect::Done(Vec::new())
         );
     }
@@ -402,12 +357,12 @@ mod tests {
         let mut l = look(true);
         l.handle(LookInput::Begin);
         // Lost at 2 s; the earliest failover is a lease and the margin later.
-        let effect = last(l.handle(LookInput::Leases(vec![
+        let effect = l.handle(LookInput::Leases(vec![
             seen("suspect", 0, 1_900),
             seen("b", 0, 2_100),
-        ])));
+        ]));
         assert!(
-            matches!(&effect, LookEffect::ClaimSweep { lease, sweep: Sweep::Unreach } if lease.node.as_str() == "b"),
+            matches!(&effect, LookEffect::BidForSweep { lease, sweep: Sweep::Unreach } if lease.node.as_str() == "b"),
             "{effect:?}"
         );
     }
