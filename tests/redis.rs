@@ -571,8 +571,8 @@ async fn a_start_while_redis_is_out_of_reach_is_refused_and_leaves_nothing() {
 }
 
 /// A daemon's claim of `node` (as process `pid`), for a lease of 10 s.
-fn claimant(node: &NodeId, pid: u32) -> bpm_ports::Claimant {
-    bpm_ports::Claimant {
+fn candidate(node: &NodeId, pid: u32) -> bpm_ports::Candidate {
+    bpm_ports::Candidate {
         node: node.clone(),
         host: "h".into(),
         pid,
@@ -596,7 +596,7 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
         .await
         .expect("connect");
     let node = NodeId::new("fenced").expect("node");
-    let old = members.join(&claimant(&node, 1)).await.expect("join");
+    let old = members.join(&candidate(&node, 1)).await.expect("join");
     let fence = Fence::new(node.clone(), old);
     let store = RedisStore::connect(&redis_url(), &prefix)
         .await
@@ -609,7 +609,7 @@ async fn the_writes_of_a_fenced_epoch_are_refused() {
     // Another daemon claims the node (the first left it, say, or its lease expired).
     members.leave(&node, old).await.expect("leave");
     let new = members
-        .join(&claimant(&node, 2))
+        .join(&candidate(&node, 2))
         .await
         .expect("claimed again");
     let fenced = StoreError::Fenced {
@@ -679,7 +679,7 @@ async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_ag
         store.create(r).await.expect("create");
     }
 
-    let first = members.join(&claimant(&node, 1)).await.expect("join");
+    let first = members.join(&candidate(&node, 1)).await.expect("join");
     let dying = daemon(first).await;
     assert!(dying.take(low.id(), &agents, 1).await.expect("ask"));
     assert!(
@@ -698,7 +698,7 @@ async fn a_slot_granted_by_a_daemon_that_died_lapses_when_its_node_is_claimed_ag
     // claims the node (its lease had lapsed, or the first left).
     members.leave(&node, first).await.expect("leave");
     let second = members
-        .join(&claimant(&node, 2))
+        .join(&candidate(&node, 2))
         .await
         .expect("claimed again");
     let next = daemon(second).await;

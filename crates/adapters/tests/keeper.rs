@@ -578,7 +578,7 @@ async fn a_kept_end_makes_the_next_keeper_answer_a_spawn_with_the_process_that_r
     assert_eq!(std::fs::read_to_string(&ran).expect("ran"), "x\n");
 }
 
-/// A record running `sh -c LINE`, with failover (so a fence) or without.
+/// A record running `sh -c LINE`, with failover (so a stand-down policy) or without.
 fn request(line: &str, failover: bool) -> SpawnRequest {
     let mut spec = ProcessSpec::argv(["sh", "-c", line]);
     if failover {
@@ -595,12 +595,12 @@ fn request(line: &str, failover: bool) -> SpawnRequest {
     SpawnRequest::for_record(&record).expect("a command")
 }
 
-/// The keeper fences a failover record's process itself when the daemon
+/// The keeper stands down a failover record's process itself when the daemon
 /// stops saying the lease holds (it died, or stalled): TERM, then KILL
 /// after its grace for one that ignores TERM. Other processes run on, and
-/// a lease said to hold in time fences nothing.
+/// a lease said to hold in time stands nothing down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_keeper_fences_failover_processes_when_the_lease_is_not_held() {
+async fn the_keeper_stands_down_failover_processes_when_the_lease_is_not_held() {
     let dir = tempfile::tempdir().expect("dir");
     let socket = keeper_in(dir.path());
     let daemon = KeeperSpawner::connect(&socket).await.expect("connect");
@@ -612,7 +612,7 @@ async fn the_keeper_fences_failover_processes_when_the_lease_is_not_held() {
     for r in [&polite, &stubborn, &plain] {
         pids.push(daemon.spawn(r.clone()).await.expect("spawn").pid);
     }
-    // Held in time, again and again: nothing is fenced.
+    // Held in time, again and again: nothing is stood down.
     for _ in 0..6 {
         daemon
             .hold_lease(Duration::from_millis(600))

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use bpm_domain::{ClusterTiming, NodeId, Span};
-use bpm_ports::{Claimant, Failover, Membership, ProcessSpawner};
+use bpm_ports::{Candidate, Failover, Membership, ProcessSpawner};
 use bpm_redis::{Fence, RedisMembership, RedisStore};
 use bpm_runtime::Engine;
-use bpm_runtime::cluster::{LeaseStatus, MemberDriver, MemberPorts, claim};
+use bpm_runtime::cluster::{LeaseStatus, MemberDriver, MemberPorts, take_name};
 
 use crate::wiring::StoreChoice;
 
@@ -25,14 +25,14 @@ pub struct NodeLease {
     failover: Arc<dyn Failover>,
 }
 
-/// The claimant this daemon is for `node`, which runs `slots` processes at once.
-fn claimant(
+/// The candidate this daemon is for `node`, which runs `slots` processes at once.
+fn candidate(
     node: &NodeId,
     timing: &ClusterTiming,
     slots: usize,
     labels: &bpm_domain::cluster::placement::NodeLabels,
-) -> Claimant {
-    Claimant {
+) -> Candidate {
+    Candidate {
         node: node.clone(),
         host: crate::config::hostname(),
         pid: std::process::id(),
@@ -63,13 +63,13 @@ pub async fn join(
     let StoreChoice::Redis(url) = choice else {
         return Ok(None);
     };
-    let who = claimant(node, &timing, slots, labels);
+    let who = candidate(node, &timing, slots, labels);
     let membership: Arc<dyn Membership> = Arc::new(
         RedisMembership::connect(url, prefix)
             .await
             .map_err(|e| anyhow!("cannot join the cluster: {e}"))?,
     );
-    let (epoch, sent) = claim(membership.as_ref(), &who, bpm_adapters::os::runs_bpm)
+    let (epoch, sent) = take_name(membership.as_ref(), &who, bpm_adapters::os::runs_bpm)
         .await
         .map_err(|e| anyhow!("cannot join the cluster: {e}"))?;
     tracing::info!(%node, epoch, lease_ttl = ?timing.lease_ttl(), "joined the cluster");

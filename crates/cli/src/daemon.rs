@@ -61,19 +61,24 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let cap = config
         .output_cap
         .unwrap_or(bpm_adapters::memory::DEFAULT_OUTPUT_CAP);
-    // With a shared store, the node is claimed before its records are
-    // touched, and every write carries the claim's epoch.
-    let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let cluster = Arc::new(std::sync::Mutex::new(None));
+    // With a shared store, the node's name is taken before its records
+    // are touched, and every write carries that take's epoch.
     let shown = bpm_runtime::cluster::LeaseStatus {
-        line: Arc::clone(&cluster),
-        warnings: Arc::clone(&warnings),
+        line: Arc::new(std::sync::Mutex::new(None)),
+        warnings: Arc::new(std::sync::Mutex::new(Vec::new())),
     };
-    let timing = config.cluster_timing().map_err(|e| anyhow!(e))?;
-    let slots = config.limits.max_running;
+    let (warnings, cluster) = (Arc::clone(&shown.warnings), Arc::clone(&shown.line));
     let labels = config.node_labels();
-    let mut lease =
-        crate::cluster::join(&choice, &prefix, &node, timing, slots, &labels, shown).await?;
+    let mut lease = crate::cluster::join(
+        &choice,
+        &prefix,
+        &node,
+        config.cluster_timing().map_err(|e| anyhow!(e))?,
+        config.limits.max_running,
+        &labels,
+        shown,
+    )
+    .await?;
     let fence = lease.as_ref().map(crate::cluster::NodeLease::fence);
     let (store, _) = match open_stores(&choice, &home.dir, &prefix, cap, fence.clone()).await {
         Ok(opened) => opened,
@@ -89,68 +94,25 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .extend(store.recovery_warnings());
     let output = crate::keeper::output_for(&choice, home, &prefix, cap, false).await?;
-    let (first, inherited) = crate::keeper::connect_or_start_noting(home, &choice).await?;
-    let hello = first.keeper();
-    let keeper_pid = hello.pid;
-    let keeper = Arc::new(std::sync::Mutex::new(Some(format!(
-        "pid {} (bpm {}, keeper protocol {})",
-        hello.pid, hello.version, hello.protocol
-    ))));
-    let spawner = lasting_keeper(first, home, &choice, &keeper, &warnings);
-    // Before any process starts: the keeper fences the failover records'
-    // processes by itself unless told, in time, of each renewal.
-    if let Some(lease) = &lease {
-        lease.pass_renewals_to(spawner.clone()).await?;
-    }
-    if let Some(starts) = inherited.filter(|s| !s.is_empty()) {
-        // The last keeper died with the last daemon: what it may have
-        // started is answered from its log, never started again.
-        tracing::warn!(
-            records = starts.len(),
-            "bpm's keeper was gone; a new one started, and the records its start log names are settled from it"
-        );
-        spawner.inherit_starts(&starts);
-    }
+    let (spawner, keeper, keeper_pid) =
+        start_keeper(home, &choice, lease.as_ref(), &warnings).await?;
     let (claims, slots) = crate::wiring::open_claims(&choice, &prefix, &node, fence.clone())
         .await
         .map_err(|e| anyhow!("cannot open the queue of {}: {e}", describe(&choice)))?
         .unzip();
-    // Usage is read from the processes under the keeper, not the machine's.
-    let keeper_of_trees = spawner.clone();
-    let usage = Arc::new(bpm_adapters::os::ProcSampler::under(Arc::new(move || {
-        keeper_of_trees.subreapers()
-    })));
     let ports = bpm_runtime::Ports {
         store,
         output,
         events: crate::wiring::open_events(&choice, &prefix, &node)
             .await
             .map_err(|e| anyhow!("cannot open the events of {}: {e}", describe(&choice)))?,
+        usage: usage_under(&spawner),
         spawner,
         clock: Arc::new(bpm_adapters::clock::SystemClock::new()),
         ids: Arc::new(bpm_adapters::ids::UuidV7Ids::new()),
-        usage,
         host: Arc::new(bpm_adapters::os::OsHost::new().unwatching(&home.dir)),
     };
-    // The boot this node's records were last supervised in: another one
-    // means their processes died with the machine.
-    let boot = Some(bpm_adapters::os::boot_id()).filter(|b| !b.is_empty());
-    let machine_restarted = boot_changed(home, boot.as_deref());
-    let engine = Engine::launch(
-        ports,
-        EngineConfig {
-            node: Some(node.clone()),
-            limits: config.limits.clone(),
-            slots,
-            machine_restarted,
-        },
-    )
-    .await
-    .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
-    if let Some(now) = &boot {
-        // Noted once the records of the earlier boot are settled.
-        note_boot(home, now);
-    }
+    let engine = launch_engine(home, ports, &node, &config, slots).await?;
     if let Some(bus) = crate::wiring::open_commands(&choice, &prefix, &node)
         .await
         .map_err(|e| anyhow!("cannot open the commands of {}: {e}", describe(&choice)))?
@@ -170,11 +132,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     // journal, copies shared away): give it back before serving.
     bpm_adapters::os::release_free_memory();
 
-    let (listener, socket) = listen(home)?;
-    tracing::info!(pid = std::process::id(), home = %home.dir.display(), store = %describe(&choice), "bpm daemon started");
-
-    tokio::spawn(run_hooks(engine.clone(), config.on_exit.clone()));
-    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
+    let on_exit = config.on_exit.clone();
     let info = ServerInfo {
         software: SOFTWARE.into(),
         store: describe(&choice),
@@ -184,10 +142,111 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         started_at: Some(bpm_ports::Clock::now(
             &bpm_adapters::clock::SystemClock::new(),
         )),
-        limits: Some(config.limits.clone()),
+        limits: Some(config.limits),
         warnings,
         cluster,
     };
+    serve_until_stopped(home, engine, info, on_exit, lease).await?;
+    drop(lock);
+    Ok(())
+}
+
+/// The engine on `ports`, for `node`; it is told whether the machine
+/// restarted since this node's records were last supervised (their
+/// processes died with it), and the new boot is noted once they are
+/// settled.
+async fn launch_engine(
+    home: &Home,
+    ports: bpm_runtime::Ports,
+    node: &bpm_domain::NodeId,
+    config: &Config,
+    slots: Option<Arc<dyn bpm_ports::ClusterSlots>>,
+) -> Result<Engine> {
+    // The boot this node's records were last supervised in: another one
+    // means their processes died with the machine.
+    let boot = Some(bpm_adapters::os::boot_id()).filter(|b| !b.is_empty());
+    let machine_restarted = boot_changed(home, boot.as_deref());
+    let engine = Engine::launch(
+        ports,
+        EngineConfig {
+            node: Some(node.clone()),
+            limits: config.limits.clone(),
+            slots,
+            machine_restarted,
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("cannot start the engine: {e}"))?;
+    if let Some(now) = &boot {
+        // Noted once the records of the earlier boot are settled.
+        note_boot(home, now);
+    }
+    Ok(engine)
+}
+
+/// Usage read from the processes under the keeper, not the machine's.
+fn usage_under(
+    keeper: &Arc<bpm_adapters::keeper::LastingKeeper>,
+) -> Arc<bpm_adapters::os::ProcSampler> {
+    let keeper = Arc::clone(keeper);
+    Arc::new(bpm_adapters::os::ProcSampler::under(Arc::new(move || {
+        keeper.subreapers()
+    })))
+}
+
+/// The keeper this daemon's processes run under, started if none runs,
+/// as a spawner that outlives it; the line `bpm daemon status` shows of
+/// it, and its pid. The keeper hears of every renewal of `lease` before
+/// any process starts.
+async fn start_keeper(
+    home: &Home,
+    choice: &StoreChoice,
+    lease: Option<&crate::cluster::NodeLease>,
+    warnings: &Arc<std::sync::Mutex<Vec<String>>>,
+) -> Result<(
+    Arc<bpm_adapters::keeper::LastingKeeper>,
+    Arc<std::sync::Mutex<Option<String>>>,
+    u32,
+)> {
+    let (first, inherited) = crate::keeper::connect_or_start_noting(home, choice).await?;
+    let hello = first.keeper();
+    let keeper_pid = hello.pid;
+    let keeper = Arc::new(std::sync::Mutex::new(Some(format!(
+        "pid {} (bpm {}, keeper protocol {})",
+        hello.pid, hello.version, hello.protocol
+    ))));
+    let spawner = lasting_keeper(first, home, choice, &keeper, warnings);
+    // Before any process starts: the keeper stands down the failover records'
+    // processes by itself unless told, in time, of each renewal.
+    if let Some(lease) = lease {
+        lease.pass_renewals_to(spawner.clone()).await?;
+    }
+    if let Some(starts) = inherited.filter(|s| !s.is_empty()) {
+        // The last keeper died with the last daemon: what it may have
+        // started is answered from its log, never started again.
+        tracing::warn!(
+            records = starts.len(),
+            "bpm's keeper was gone; a new one started, and the records its start log names are settled from it"
+        );
+        spawner.inherit_starts(&starts);
+    }
+    Ok((spawner, keeper, keeper_pid))
+}
+
+/// Serves the control socket until `bpm daemon stop`, then shuts the
+/// engine down, leaves the cluster and removes the socket and pid file.
+async fn serve_until_stopped(
+    home: &Home,
+    engine: Engine,
+    info: ServerInfo,
+    on_exit: Option<String>,
+    lease: Option<crate::cluster::NodeLease>,
+) -> Result<()> {
+    let (listener, socket) = listen(home)?;
+    tracing::info!(pid = std::process::id(), home = %home.dir.display(), store = %info.store, "bpm daemon started");
+
+    tokio::spawn(run_hooks(engine.clone(), on_exit));
+    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, manager, info, stop_tx));
 
@@ -201,7 +260,6 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
     let _ = fs::remove_file(&socket);
     let _ = fs::remove_file(home.pid_file());
     tracing::info!("bpm daemon stopped");
-    drop(lock);
     Ok(())
 }
 

@@ -149,7 +149,7 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
         "alpha's copy stopped {} ms before beta's started; failed over {moved_after:?} after the cut",
         (started - stopped) / 1_000_000
     );
-    // `patient` was fenced too (its own stop mark), and is not moved.
+    // `patient` was stood down too (its own stop mark), and is not moved.
     first("stop", "alpha", &patient);
     assert_eq!(state(&beta.show(&patient)), "unreachable");
 
@@ -193,17 +193,17 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
 /// record given up, and one copy runs.
 #[test]
 fn the_keeper_stops_a_failover_process_when_its_daemon_dies() {
-    keeper_fences_when_the_daemon_dies(false);
+    keeper_stands_down_when_the_daemon_dies(false);
 }
 
 /// The same after alpha's keeper was killed first: the keeper that adopts
-/// the server fences it too.
+/// the server stands it down too.
 #[test]
 fn a_keeper_that_adopted_a_failover_process_stops_it_when_its_daemon_dies() {
-    keeper_fences_when_the_daemon_dies(true);
+    keeper_stands_down_when_the_daemon_dies(true);
 }
 
-fn keeper_fences_when_the_daemon_dies(keeper_dies_first: bool) {
+fn keeper_stands_down_when_the_daemon_dies(keeper_dies_first: bool) {
     let prefix = unique_prefix();
     let more = "lost_after = \"120s\"\n";
     let alpha = Node::with("alpha", &prefix, more);

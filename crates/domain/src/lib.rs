@@ -28,7 +28,7 @@ mod terminal;
 mod time;
 
 pub use cluster::{
-    ClaimRefused, ClusterTiming, Holder, Lease, NodeState, Sweep, TakeOver, TimingError,
+    ClusterTiming, Holder, Lease, NameHeld, NodeState, Sweep, TakeOver, TimingError,
 };
 pub use event::{Event, EventKind};
 pub use filter::ListFilter;

@@ -83,8 +83,10 @@ pub enum StopCause {
     /// Its node lost its lease, and it fails over: the node stops its
     /// copy before another node may start one. Its exit queues it again
     /// here, to start once the node holds its lease again (if the cluster
-    /// did not run it elsewhere meanwhile).
-    Fenced,
+    /// did not run it elsewhere meanwhile). Records written before the
+    /// name changed spell it `fenced`.
+    #[serde(alias = "fenced")]
+    StoodDown,
     /// Its last owner was gone for its grace ([`crate::Owner`]). Ends
     /// `cancelled`, with the reason `owner gone`.
     OwnerGone,
@@ -105,7 +107,9 @@ impl fmt::Display for StopCause {
             StopCause::Cascade { parent } => write!(f, "parent {parent} was stopped"),
             StopCause::NotReady { after } => write!(f, "not ready within {after}"),
             StopCause::Replaced { by } => write!(f, "replaced by restart {by}"),
-            StopCause::Fenced => f.write_str("stopped because its node lost its lease (failover)"),
+            StopCause::StoodDown => {
+                f.write_str("stopped because its node lost its lease (failover)")
+            }
             StopCause::OwnerGone => f.write_str("owner gone"),
             StopCause::Unhealthy { detail } => write!(f, "unhealthy: {detail}"),
         }

@@ -8,7 +8,7 @@ mod common;
 
 use common::{id, node, spawned, submit, t};
 
-use bpm_domain::cluster::{FAILOVER_MARGIN, KEEPER_FENCE_LAG, Sweep, failover, sweep_record};
+use bpm_domain::cluster::{FAILOVER_MARGIN, KEEPER_STAND_DOWN_LAG, Sweep, failover, sweep_record};
 use bpm_domain::{
     ClusterTiming, Effect, ExitStatus, Input, Lease, Limits, NodeId, ProcessRecord, ProcessSpec,
     RestartMode, Signal, Span, SpecError, StateName, StopCause, Supervisor, Transition,
@@ -55,7 +55,8 @@ fn failover_needs_a_restart_policy_that_runs_it_again() {
 }
 
 #[test]
-fn a_fenced_node_stops_its_failover_records_and_starts_them_again_when_it_holds_its_lease() {
+fn a_node_without_its_lease_stands_down_its_failover_records_and_starts_them_again_when_it_holds_it()
+ {
     let mut a = Supervisor::new(node("a"), Limits::default());
     submit(&mut a, 1, failover_spec(), 10).expect("submit");
     submit(&mut a, 2, ProcessSpec::argv(["plain"]), 10).expect("submit");
@@ -67,7 +68,7 @@ fn a_fenced_node_stops_its_failover_records_and_starts_them_again_when_it_holds_
         .handle(Input::Lease { held: false }, t(1_000))
         .expect("fence");
     assert_eq!(signals(&fx), vec![(101, Signal::Term)]);
-    assert!(a.is_fenced());
+    assert!(a.stands_down());
     assert_eq!(
         a.get(id(2)).map(ProcessRecord::state),
         Some(StateName::Running)
@@ -84,7 +85,7 @@ fn a_fenced_node_stops_its_failover_records_and_starts_them_again_when_it_holds_
         )
         .expect("grace");
     assert_eq!(signals(&fx), vec![(101, Signal::Kill)]);
-    // It exits: queued again here, not started while fenced, whatever its
+    // It exits: queued again here, not started while standing down, whatever its
     // restart policy would do.
     let fx = a
         .handle(
@@ -112,7 +113,7 @@ fn a_fenced_node_stops_its_failover_records_and_starts_them_again_when_it_holds_
         .handle(Input::Lease { held: true }, t(5_000))
         .expect("held");
     assert_eq!(spawns(&fx), 2);
-    assert!(!a.is_fenced());
+    assert!(!a.stands_down());
     // Saying it twice changes nothing.
     let fx = a
         .handle(Input::Lease { held: true }, t(5_001))
@@ -121,7 +122,7 @@ fn a_fenced_node_stops_its_failover_records_and_starts_them_again_when_it_holds_
 }
 
 #[test]
-fn a_record_starting_when_the_node_is_fenced_is_stopped_once_it_has_a_pid() {
+fn a_record_starting_when_the_node_stands_down_is_stopped_once_it_has_a_pid() {
     let mut a = Supervisor::new(node("a"), Limits::default());
     submit(&mut a, 1, failover_spec(), 10).expect("submit");
     a.handle(Input::Lease { held: false }, t(20))
@@ -244,34 +245,34 @@ fn the_sweeps_never_give_up_a_record_that_fails_over() {
 }
 
 /// A failover record given up ends `lost` whether the store held it
-/// running or already being stopped by its node's fence.
+/// running or already being stood down by its node.
 #[test]
-fn a_record_failed_over_ends_lost_whether_or_not_its_fence_was_written() {
+fn a_record_failed_over_ends_lost_whether_or_not_its_stand_down_was_written() {
     let l = lease(10_000);
     let running = running_on_b(1, failover_spec());
-    let mut fenced = running.clone();
-    fenced
+    let mut stood_down = running.clone();
+    stood_down
         .apply(
             Transition::Stop {
-                cause: StopCause::Fenced,
+                cause: StopCause::StoodDown,
             },
             t(10),
         )
-        .expect("fenced");
+        .expect("stood down");
     let late = t(1_000_000);
-    for r in [running, fenced] {
+    for r in [running, stood_down] {
         let (old, _) = failover(&l, &node("c"), &r, id(2), late).expect("due");
         assert_eq!(old.state(), StateName::Lost, "{:?}", r.state());
     }
 }
 
 #[test]
-fn a_fenced_stop_ends_cancelled_if_its_spawn_failed() {
+fn a_stand_down_ends_cancelled_if_its_spawn_failed() {
     let mut r = ProcessRecord::new(id(1), node("a"), failover_spec(), t(0));
     r.apply(Transition::Start, t(1)).expect("start");
     r.apply(
         Transition::Stop {
-            cause: StopCause::Fenced,
+            cause: StopCause::StoodDown,
         },
         t(2),
     )
@@ -284,20 +285,20 @@ fn a_fenced_stop_ends_cancelled_if_its_spawn_failed() {
     )
     .expect("spawn failed");
     assert_eq!(r.state(), StateName::Cancelled);
-    assert!(StopCause::Fenced.to_string().contains("lost its lease"));
+    assert!(StopCause::StoodDown.to_string().contains("lost its lease"));
 }
 
 proptest! {
-    /// The fenced node's KILL is sent before any other node may start the
-    /// record: the node fences a lease after it *sent* its last renewal
+    /// The stood-down node's KILL is sent before any other node may start the
+    /// record: the node stands down a lease after it *sent* its last renewal
     /// that succeeded (its own clock), the store stamped that renewal at
     /// or after it was sent, and the other nodes wait a lease, the grace
     /// and the margin after the stamp (the store's clock). This holds
     /// while the node's clock runs slow against the store's by less than
     /// the margin over that time (less the keeper's lag, for the keeper's
-    /// own fence).
+    /// own stand-down).
     #[test]
-    fn the_fenced_copy_is_killed_before_the_failover_is_due(
+    fn the_stood_down_copy_is_killed_before_the_failover_is_due(
         ttl in 2_000u64..60_000,
         grace in 0u64..120_000,
         sent in 0u64..1_000_000,
@@ -309,14 +310,14 @@ proptest! {
         spec.stop.grace = Span::from_millis(grace);
         let l = Lease { ttl: Span::from_millis(ttl), ..lease(sent + stamped_after) };
         let record = running_on_b(1, spec);
-        // The first moment of the node's own clock at which it fences,
+        // The first moment of the node's own clock at which it stands down,
         // and when its KILL goes out, seen on the store's clock.
-        let fence_at = (sent..=sent + ttl).find(|ms| timing.must_fence(t(sent), t(*ms))).expect("fences");
-        let killed_at = fence_at + grace + slow_by;
+        let stand_down_at = (sent..=sent + ttl).find(|ms| timing.must_stand_down(t(sent), t(*ms))).expect("stands down");
+        let killed_at = stand_down_at + grace + slow_by;
         prop_assert!(failover(&l, &node("c"), &record, id(2), t(killed_at)).is_none());
         // The keeper's own KILL, when the daemon died, comes later but in
         // time too, with less of the margin left for a slow clock.
-        let lag = u64::try_from(KEEPER_FENCE_LAG.as_millis()).expect("ms");
+        let lag = u64::try_from(KEEPER_STAND_DOWN_LAG.as_millis()).expect("ms");
         let margin = u64::try_from(FAILOVER_MARGIN.as_millis()).expect("ms");
         if slow_by + lag < margin {
             prop_assert!(failover(&l, &node("c"), &record, id(2), t(killed_at + lag)).is_none());

@@ -9,11 +9,11 @@
 //!   only grow, and a new epoch is written with only once the engine
 //!   reconciled its records for it;
 //! - the keeper is told only while the lease holds, and never a hold that
-//!   outlasts the lapse by more than `KEEPER_FENCE_LAG`.
+//!   outlasts the lapse by more than `KEEPER_STAND_DOWN_LAG`.
 
 use std::time::Duration;
 
-use bpm_domain::cluster::KEEPER_FENCE_LAG;
+use bpm_domain::cluster::KEEPER_STAND_DOWN_LAG;
 use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RETRY_AFTER, RenewFailure};
 use bpm_domain::{ClusterTiming, NodeId, Span, Timestamp};
 use proptest::prelude::*;
@@ -101,7 +101,7 @@ impl World {
                     );
                     let until = self.now.saturating_add(hold);
                     assert!(
-                        until <= lapses.saturating_add(KEEPER_FENCE_LAG),
+                        until <= lapses.saturating_add(KEEPER_STAND_DOWN_LAG),
                         "the keeper holds past the lapse"
                     );
                     self.under_way.push(Call {
@@ -128,14 +128,14 @@ impl World {
                 1 => RenewFailure::Lapsed("expired".into()),
                 _ => RenewFailure::Held("held".into()),
             }),
-            MemberEffect::ClaimAgain if ok => {
+            MemberEffect::TakeAgain if ok => {
                 self.next_epoch += 1;
-                MemberInput::Claimed {
+                MemberInput::Taken {
                     epoch: self.next_epoch,
                     sent: call.sent,
                 }
             }
-            MemberEffect::ClaimAgain => MemberInput::ClaimFailed("held".into()),
+            MemberEffect::TakeAgain => MemberInput::TakeFailed("held".into()),
             MemberEffect::Reconcile { epoch, sent } if ok => {
                 // The engine opens the store to the new epoch as it
                 // reconciles, before it answers.
@@ -198,7 +198,7 @@ impl World {
                 matches!(
                     c.effect,
                     MemberEffect::Renew { .. }
-                        | MemberEffect::ClaimAgain
+                        | MemberEffect::TakeAgain
                         | MemberEffect::Reconcile { .. }
                 )
             })

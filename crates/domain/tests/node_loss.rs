@@ -1,6 +1,6 @@
 //! A node's loss, as the domain decides it: its records marked unreachable
 //! by a surviving node, given up after `lost_after`, brought back when the
-//! node restarts, and reconciled when it claims its name again.
+//! node restarts, and reconciled when it takes its name again.
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! Records placed on any node: what a core says it can take
 //! (`Supervisor::room`), and how it adopts a record it claimed
-//! (`Input::Claimed`) or one it claimed but cannot run (`Input::ClaimRefused`).
+//! (`Input::Claimed`) or one it claimed but cannot run (`Input::NameHeld`).
 
 mod common;
 
@@ -164,7 +164,7 @@ fn a_claimed_record_waits_for_its_dependencies_here() {
     // Claimed but not runnable: this node's, failed with why.
     let effects = a
         .handle(
-            Input::ClaimRefused {
+            Input::NameHeld {
                 record: unknown,
                 reason: "unknown dependency".into(),
             },

@@ -107,7 +107,7 @@ pub enum FailedOver {
 
 /// Failover of a lost node's records ([`bpm_domain::cluster::failover`]):
 /// the record given up and its replacement written at once, and only while
-/// its node is still lost. A node that claims its name again takes a new
+/// its node is still lost. A node that takes its name again takes a new
 /// epoch before it reads its records, so either it reads the record given
 /// up, or the failover finds its node back and writes nothing: never both
 /// copies live.

@@ -37,7 +37,7 @@ pub use host::{Host, WatchError};
 pub use ids::IdGenerator;
 pub use machine::Machine;
 pub use manager::{Completion, ManagerError, ProcessManager, RoutingRefusal, StopOptions};
-pub use membership::{Claimant, Membership, MembershipError, NodeView, WriteFence};
+pub use membership::{Candidate, Membership, MembershipError, NodeView, WriteFence};
 pub use output::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
 };

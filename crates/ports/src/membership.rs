@@ -5,17 +5,17 @@
 use async_trait::async_trait;
 use std::time::Duration;
 
-use bpm_domain::{ClaimRefused, Lease, NodeId, NodeState, Span, Sweep};
+use bpm_domain::{Lease, NameHeld, NodeId, NodeState, Span, Sweep};
 use serde::{Deserialize, Serialize};
 
-/// Who claims a node: what the lease records of its holder.
+/// Who takes a node's name: what the lease records of its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claimant {
+pub struct Candidate {
     /// The node.
     pub node: NodeId,
-    /// The claiming daemon's machine.
+    /// The taking daemon's machine.
     pub host: String,
-    /// The claiming daemon.
+    /// The taking daemon.
     pub pid: u32,
     /// Its bpm version.
     pub version: String,
@@ -26,12 +26,12 @@ pub struct Claimant {
     /// The labels the node carries (`[node] labels`).
     #[serde(default)]
     pub labels: bpm_domain::cluster::placement::NodeLabels,
-    /// The kernel's boot id of the claiming daemon's machine (empty if
+    /// The kernel's boot id of the taking daemon's machine (empty if
     /// unknown), kept in the lease ([`bpm_domain::Lease::boot`]).
     #[serde(default)]
     pub boot: String,
     /// The epoch of a holder this daemon saw is gone (same boot, its pid
-    /// no longer a daemon: [`bpm_domain::Holder::Gone`]): the claim takes
+    /// no longer a daemon: [`bpm_domain::Holder::Gone`]): the take takes
     /// the node over from that epoch at once.
     #[serde(default)]
     pub replaces: Option<u64>,
@@ -54,7 +54,7 @@ pub struct NodeView {
 pub enum MembershipError {
     /// Another daemon holds the node.
     #[error(transparent)]
-    Held(#[from] ClaimRefused),
+    Held(#[from] NameHeld),
     /// A newer epoch took the node (or its lease was left).
     #[error(
         "node {node} was taken over by a newer daemon (epoch {current}; this one holds {epoch})"
@@ -86,20 +86,20 @@ pub enum MembershipError {
 /// Leases on node names, in the store every node shares.
 #[async_trait]
 pub trait Membership: Send + Sync {
-    /// Claims `claimant.node` for this daemon: the new fencing epoch it
+    /// Takes `candidate.node`'s name for this daemon: the new fencing epoch it
     /// writes with. A node whose holder left, or whose lease expired, is
     /// taken over with a newer epoch.
     ///
-    /// A claim that `replaces` the holder's epoch takes the node over while
+    /// A take that `replaces` the holder's epoch takes the node over while
     /// that lease is alive too, when it is still that epoch's and was taken
-    /// with the claimant's `boot` ([`bpm_domain::cluster::claim`]).
+    /// with the candidate's `boot` ([`bpm_domain::cluster::take_name`]).
     ///
     /// # Errors
     /// MUST return [`MembershipError::Held`] while another lease on the node
     /// is alive or suspect (and not taken over as above), naming its holder,
     /// its epoch and its boot;
     /// [`MembershipError::Unavailable`] if the store does not answer.
-    async fn join(&self, claimant: &Claimant) -> Result<u64, MembershipError>;
+    async fn join(&self, candidate: &Candidate) -> Result<u64, MembershipError>;
 
     /// Renews the lease `epoch` holds on `node`.
     ///
@@ -123,18 +123,18 @@ pub trait Membership: Send + Sync {
     /// MUST return [`MembershipError::Unavailable`] if the store does not answer.
     async fn nodes(&self) -> Result<Vec<NodeView>, MembershipError>;
 
-    /// Claims `sweep` of `node`'s lapsed lease `epoch` for the node `by`:
-    /// `true` for exactly one claimant, which then applies the sweep to the
+    /// Bids for `sweep` of `node`'s lapsed lease `epoch` for the node `by`, and says whether it won:
+    /// `true` for exactly one candidate, which then applies the sweep to the
     /// node's records ([`bpm_domain::cluster::sweep`]) and finishes it.
-    /// It is claimed only while `epoch` is still the node's newest, its
+    /// It is won only while `epoch` is still the node's newest, its
     /// lease not left, and the sweep due by the store's clock
     /// ([`ClusterTiming::sweep_due`](bpm_domain::ClusterTiming::sweep_due),
-    /// with `lost_after`). A claim not finished within `hold` (its claimant
-    /// died) may be claimed again.
+    /// with `lost_after`). A sweep won and not finished within `hold` (its
+    /// winner died) may be won again.
     ///
     /// # Errors
     /// MUST return [`MembershipError::Unavailable`] if the store does not answer.
-    async fn claim_sweep(
+    async fn bid_for_sweep(
         &self,
         node: &NodeId,
         epoch: u64,
@@ -144,7 +144,7 @@ pub trait Membership: Send + Sync {
         hold: Duration,
     ) -> Result<bool, MembershipError>;
 
-    /// Marks `sweep` of `node`'s lease `epoch` done: no one claims it again.
+    /// Marks `sweep` of `node`'s lease `epoch` done: no one bids for it again.
     ///
     /// # Errors
     /// MUST return [`MembershipError::Unavailable`] if the store does not answer.
@@ -158,12 +158,12 @@ pub trait Membership: Send + Sync {
 
 /// The store's write fence: the epoch a daemon's writes carry, and how long
 /// they may be sent at all. A daemon's lease moves it as it is renewed or
-/// claimed again; the store asks it before every write, so that nothing is
+/// taken again; the store asks it before every write, so that nothing is
 /// written once a whole lease has passed since the last renewal that
 /// succeeded was sent ([`bpm_domain::ClusterTiming::may_write`]).
 pub trait WriteFence: Send + Sync {
     /// Writes carry `epoch` from now on, until a lease after `sent` (when
-    /// the renewal or claim that holds it was sent) unless it is moved
+    /// the renewal or take that holds it was sent) unless it is moved
     /// again. A `sent` older than one already given does not move it back.
     fn write_with(&self, epoch: u64, sent: std::time::Instant);
 }

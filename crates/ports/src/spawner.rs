@@ -45,9 +45,10 @@ pub struct SpawnRequest {
     #[serde(default)]
     pub hands_over: bool,
     /// A failover record's process: how the spawner stops it when the
-    /// node's lease lapses ([`ProcessSpawner::hold_lease`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fence: Option<StopPolicy>,
+    /// node's lease lapses ([`ProcessSpawner::hold_lease`]). Serialised
+    /// as `fence`, its first name, which keepers of earlier builds read.
+    #[serde(default, rename = "fence", skip_serializing_if = "Option::is_none")]
+    pub stand_down: Option<StopPolicy>,
     /// The attempt's fencing token ([`ProcessRecord::fence_token`]), given
     /// to the child as `BPM_FENCE` (0: none given).
     #[serde(default)]
@@ -92,7 +93,7 @@ impl SpawnRequest {
             readiness: record.readiness_check(),
             idle_after: spec.idle_after,
             hands_over: spec.restart.mode == RestartMode::Never,
-            fence: spec.failover.then_some(spec.stop),
+            stand_down: spec.failover.then_some(spec.stop),
             token: record.fence_token(),
             leader_only: spec.leader_only,
             port: record.port(),
@@ -337,7 +338,7 @@ pub trait ProcessSpawner: Send + Sync + 'static {
 
     /// The node's lease is held for `within` more: unless this is called
     /// again before then, the spawner stops every process whose request
-    /// has a `fence` (its signal, then KILL after its grace), as the
+    /// has a `stand_down` policy (its signal, then KILL after its grace), as the
     /// daemon's core would ([`bpm_domain::Input::Lease`]). So a daemon
     /// that dies or stalls cannot leave a failover record running past the
     /// time another node may start it. A spawner whose processes do not

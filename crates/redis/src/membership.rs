@@ -2,14 +2,14 @@
 //! host, pid, version, since, renewed, ttl, left, slots, labels), a counter per node
 //! (`epoch:NAME`) that only grows, and the set of node names (`nodes`).
 //! Every call is one Lua script on Redis's own clock (`TIME`), so no two
-//! daemons decide from different clocks, and a claim is atomic: of two
-//! daemons claiming one node, exactly one gets it.
+//! daemons decide from different clocks, and a take is atomic: of two
+//! daemons taking one node, exactly one gets it.
 
 use async_trait::async_trait;
 use std::time::Duration;
 
-use bpm_domain::{ClaimRefused, Lease, NodeId, Span, Sweep, Timestamp};
-use bpm_ports::{Claimant, Membership, MembershipError, NodeView};
+use bpm_domain::{Lease, NameHeld, NodeId, Span, Sweep, Timestamp};
+use bpm_ports::{Candidate, Membership, MembershipError, NodeView};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
@@ -21,10 +21,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 /// KEYS: node hash, epoch counter, nodes set. ARGV: name, host, pid,
 /// version, ttl (ms), slots, labels (`key=value` lines), boot id, the
-/// epoch taken over ('' for none). The lease blocks a claim while not left
+/// epoch taken over ('' for none). The lease blocks a take while not left
 /// and renewed within its ttl (alive or suspect: `Lease::state_at`),
-/// unless the claim takes over that very epoch, taken on the claimant's
-/// boot (`cluster::claim`).
+/// unless the take takes over that very epoch, taken on the candidate's
+/// boot (`cluster::take_name`).
 const JOIN: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'left', 'renewed', 'ttl', 'host', 'pid', 'since', 'epoch', 'boot')
 if cur[1] == '0' and (now - tonumber(cur[2])) <= tonumber(cur[3]) then
@@ -69,9 +69,9 @@ return out
 ";
 
 /// KEYS: node hash, epoch counter, the sweep's key. ARGV: epoch, sweep
-/// (`unreach` or `give_up`), claimant, `lost_after` (ms), hold (ms). The
+/// (`unreach` or `give_up`), candidate, `lost_after` (ms), hold (ms). The
 /// sweep is due once the lease expired (`give_up`: `lost_after` later),
-/// as `ClusterTiming::sweep_due` says; the claim is the sweep's key, set
+/// as `ClusterTiming::sweep_due` says; the winning bid is the sweep's key, set
 /// only if absent.
 const CLAIM_SWEEP: &str = r"
 local current = redis.call('GET', KEYS[2]) or '0'
@@ -95,7 +95,7 @@ pub struct RedisMembership {
     join: Script,
     touch: Script,
     nodes: Script,
-    claim_sweep: Script,
+    bid_for_sweep: Script,
 }
 
 fn unavailable(e: &redis::RedisError) -> MembershipError {
@@ -121,7 +121,7 @@ impl RedisMembership {
             join: Script::new(&format!("{NOW}{JOIN}")),
             touch: Script::new(&format!("{NOW}{TOUCH}")),
             nodes: Script::new(&format!("{NOW}{NODES}")),
-            claim_sweep: Script::new(&format!("{NOW}{CLAIM_SWEEP}")),
+            bid_for_sweep: Script::new(&format!("{NOW}{CLAIM_SWEEP}")),
         })
     }
 
@@ -205,30 +205,35 @@ fn labels_from(text: &str) -> bpm_domain::cluster::placement::NodeLabels {
 
 #[async_trait]
 impl Membership for RedisMembership {
-    async fn join(&self, claimant: &Claimant) -> Result<u64, MembershipError> {
+    async fn join(&self, candidate: &Candidate) -> Result<u64, MembershipError> {
         let mut conn = self.conn.clone();
         let answer: Vec<String> = self
             .join
-            .key(self.node_key(&claimant.node))
-            .key(self.epoch_key(&claimant.node))
+            .key(self.node_key(&candidate.node))
+            .key(self.epoch_key(&candidate.node))
             .key(format!("{}nodes", self.base))
-            .arg(claimant.node.as_str())
-            .arg(&claimant.host)
-            .arg(claimant.pid)
-            .arg(&claimant.version)
-            .arg(claimant.ttl.as_millis())
-            .arg(claimant.slots)
-            .arg(labels_text(&claimant.labels))
-            .arg(&claimant.boot)
-            .arg(claimant.replaces.map(|e| e.to_string()).unwrap_or_default())
+            .arg(candidate.node.as_str())
+            .arg(&candidate.host)
+            .arg(candidate.pid)
+            .arg(&candidate.version)
+            .arg(candidate.ttl.as_millis())
+            .arg(candidate.slots)
+            .arg(labels_text(&candidate.labels))
+            .arg(&candidate.boot)
+            .arg(
+                candidate
+                    .replaces
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+            )
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable(&e))?;
         let field = |i: usize| answer.get(i).and_then(|v| v.parse::<u64>().ok());
         match answer.first().map(String::as_str) {
             Some("ok") => field(1).ok_or_else(|| unexpected(&answer)),
-            Some("held") => Err(MembershipError::Held(ClaimRefused {
-                node: claimant.node.clone(),
+            Some("held") => Err(MembershipError::Held(NameHeld {
+                node: candidate.node.clone(),
                 host: answer.get(1).cloned().unwrap_or_default(),
                 pid: field(2).and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
                 since: Timestamp::from_millis(field(3).unwrap_or(0)),
@@ -277,7 +282,7 @@ impl Membership for RedisMembership {
         Ok(nodes)
     }
 
-    async fn claim_sweep(
+    async fn bid_for_sweep(
         &self,
         node: &NodeId,
         epoch: u64,
@@ -288,7 +293,7 @@ impl Membership for RedisMembership {
     ) -> Result<bool, MembershipError> {
         let mut conn = self.conn.clone();
         let won: i64 = self
-            .claim_sweep
+            .bid_for_sweep
             .key(self.node_key(node))
             .key(self.epoch_key(node))
             .key(self.sweep_key(node, epoch, sweep))

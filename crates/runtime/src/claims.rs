@@ -238,7 +238,7 @@ impl Engine {
             Ok(_) => Ok(()),
             Err(ManagerError::Refused(e)) => {
                 let reason = e.to_string();
-                self.call_once(Input::ClaimRefused { record, reason })
+                self.call_once(Input::NameHeld { record, reason })
                     .await
                     .map(|_| ())
             }

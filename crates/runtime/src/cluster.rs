@@ -1,16 +1,16 @@
 //! The cluster driver: runs this daemon's [`Member`] the way the engine's
 //! loop runs its `Supervisor`. It feeds the core a tick when a timer it
 //! armed fires, carries out each effect as a task of its own (a renewal, a
-//! claim, a word to the keeper or the engine, a look at the leases), and
+//! take, a word to the keeper or the engine, a look at the leases), and
 //! hands each result back as an input. It holds no rule: the order of
-//! renewals, fences and claims is [`Member`]'s.
+//! renewals, write fences, stand-downs and takes is [`Member`]'s.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bpm_domain::cluster::member::{Level, Member, MemberEffect, MemberInput, RenewFailure};
 use bpm_domain::{ClusterTiming, Holder, NodeId, Timestamp, cluster};
-use bpm_ports::{Claimant, Membership, MembershipError, ProcessSpawner, SpawnError, WriteFence};
+use bpm_ports::{Candidate, Membership, MembershipError, ProcessSpawner, SpawnError, WriteFence};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -41,8 +41,8 @@ impl LeaseStatus {
     }
 }
 
-/// Claims the node for `who`, and returns its epoch and the moment the
-/// claim was sent, which its lease counts from ([`MemberDriver::start`]).
+/// Takes the node's name for `who`, and returns its epoch and the moment the
+/// take was sent, which its lease counts from ([`MemberDriver::start`]).
 /// A holder that took it on this very boot of this machine, and whose
 /// daemon is gone (killed: its lease has not lapsed yet), is taken over at
 /// once; `runs_bpm` says whether a bpm program runs as a pid here.
@@ -50,9 +50,9 @@ impl LeaseStatus {
 ///
 /// # Errors
 /// Another daemon holds the node, or the store does not answer.
-pub async fn claim(
+pub async fn take_name(
     membership: &dyn Membership,
-    who: &Claimant,
+    who: &Candidate,
     runs_bpm: fn(u32) -> bool,
 ) -> Result<(u64, Instant), MembershipError> {
     let sent = Instant::now();
@@ -63,7 +63,7 @@ pub async fn claim(
 
 async fn take(
     membership: &dyn Membership,
-    who: &Claimant,
+    who: &Candidate,
     runs_bpm: fn(u32) -> bool,
 ) -> Result<u64, MembershipError> {
     let mut refused = match membership.join(who).await {
@@ -74,7 +74,7 @@ async fn take(
     if refused.holder != Holder::Gone {
         return Err(MembershipError::Held(refused));
     }
-    let over = Claimant {
+    let over = Candidate {
         replaces: Some(refused.epoch),
         ..who.clone()
     };
@@ -93,8 +93,8 @@ async fn take(
 pub struct MemberPorts {
     /// The leases.
     pub membership: Arc<dyn Membership>,
-    /// This daemon, as it claims its node.
-    pub who: Claimant,
+    /// This daemon, as it takes its node.
+    pub who: Candidate,
     /// Whether a bpm program runs as a pid on this machine.
     pub runs_bpm: fn(u32) -> bool,
     /// The store's write fence.
@@ -120,7 +120,7 @@ pub struct MemberDriver {
 
 impl MemberDriver {
     /// Runs `node`'s membership under `timing`, joined for `epoch` by a
-    /// claim sent at `sent`.
+    /// take sent at `sent`.
     pub fn start(
         node: NodeId,
         timing: ClusterTiming,
@@ -146,7 +146,7 @@ impl MemberDriver {
     }
 
     /// Hands over the running engine: it is told whether the lease holds,
-    /// reconciles a node claimed again, and `sweeper` looks at the leases.
+    /// reconciles a node taken again, and `sweeper` looks at the leases.
     pub fn attach_engine(&self, engine: Engine, sweeper: Sweeper) {
         let _ = self.tx.send(ToMember::Engine(engine, Arc::new(sweeper)));
     }
@@ -265,13 +265,13 @@ impl Run {
                     }
                 });
             }
-            MemberEffect::ClaimAgain => {
+            MemberEffect::TakeAgain => {
                 let ports = Arc::clone(&self.ports);
                 let sent = self.now();
                 self.tasks.spawn(async move {
                     match take(ports.membership.as_ref(), &ports.who, ports.runs_bpm).await {
-                        Ok(epoch) => MemberInput::Claimed { epoch, sent },
-                        Err(e) => MemberInput::ClaimFailed(e.to_string()),
+                        Ok(epoch) => MemberInput::Taken { epoch, sent },
+                        Err(e) => MemberInput::TakeFailed(e.to_string()),
                     }
                 });
             }

@@ -262,7 +262,7 @@ impl Driver {
     }
 
     /// This node holds its lease again: its records are reconciled, the
-    /// fence lifted, and other nodes' records read again.
+    /// stand-down ended, and other nodes' records read again.
     async fn on_rejoin(
         &mut self,
         rejoin: crate::Rejoin,
@@ -271,11 +271,11 @@ impl Driver {
         (rejoin.open)();
         let stored = rejoin.stored;
         let rejoined = self.step(Input::Rejoined { stored }).await.map(|_| ());
-        // Held again: what the fence held back may start.
+        // Held again: what the stand-down held back may start.
         if rejoined.is_ok()
             && let Err(e) = self.step(Input::Lease { held: true }).await
         {
-            tracing::debug!(error = %e, "could not lift the fence");
+            tracing::debug!(error = %e, "could not end the stand-down");
         }
         let _ = reply.send(rejoined);
         // Other nodes' records changed unseen while this node was cut off.

@@ -230,7 +230,7 @@ impl Engine {
         })
     }
 
-    /// Reconciles this node's records after it claimed its name again
+    /// Reconciles this node's records after it took its name again
     /// (its lease had lapsed, so it wrote nothing meanwhile, and another
     /// node may have marked them `unreachable` or given them up): reads
     /// what the store holds of them, then, in one turn of the loop, calls

@@ -351,7 +351,7 @@ impl KeeperSpawner {
         id: ProcessId,
         pid: u32,
         pipes: Option<[OwnedFd; 2]>,
-        fence: Option<bpm_domain::StopPolicy>,
+        stand_down: Option<bpm_domain::StopPolicy>,
     ) -> Result<bool, SpawnError> {
         let (call, rx) = self.shared.calls.open();
         let mut line = Vec::new();
@@ -363,7 +363,7 @@ impl KeeperSpawner {
                     id,
                     pid,
                     pipes: pipes.is_some(),
-                    fence,
+                    stand_down,
                 },
             },
         )?;

@@ -119,9 +119,9 @@ pub struct LastingKeeper {
     reaper: Option<Arc<Subreaper>>,
     /// Processes a dead keeper left that became the daemon's children.
     inherited: Mutex<HashMap<ProcessId, u32>>,
-    /// How the failover records' processes are fenced
-    /// ([`SpawnRequest::fence`]), passed on to the keeper that adopts them.
-    fences: Mutex<HashMap<ProcessId, bpm_domain::StopPolicy>>,
+    /// How the failover records' processes are stood down
+    /// ([`SpawnRequest::stand_down`]), passed on to the keeper that adopts them.
+    stand_downs: Mutex<HashMap<ProcessId, bpm_domain::StopPolicy>>,
     /// The requests of live processes with checks still to watch (a
     /// readiness not yet reached, a health check, an idle period), armed
     /// again by the keeper that adopts them
@@ -158,7 +158,7 @@ impl LastingKeeper {
             generation,
             handed: Arc::default(),
             spawning: Mutex::default(),
-            fences: Mutex::default(),
+            stand_downs: Mutex::default(),
             checks: Mutex::default(),
             start_log,
             maybe_started: Mutex::default(),
@@ -429,13 +429,17 @@ impl LastingKeeper {
         for (id, pid, pipes) in orphans {
             // Before the adoption, whose end may be reported at once.
             self.inherit(id, pid);
-            let fence = self
-                .fences
+            let stand_down = self
+                .stand_downs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&id)
                 .copied();
-            if fresh.adopt(id, pid, pipes, fence).await.unwrap_or(false) {
+            if fresh
+                .adopt(id, pid, pipes, stand_down)
+                .await
+                .unwrap_or(false)
+            {
                 adopted += 1;
                 let checks = self
                     .checks
@@ -562,11 +566,11 @@ impl ProcessSpawner for LastingKeeper {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id);
-        if let Some(fence) = request.fence {
-            self.fences
+        if let Some(stand_down) = request.stand_down {
+            self.stand_downs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, fence);
+                .insert(id, stand_down);
         }
         self.note_checks(&request);
         let answer = keeper.spawn(request.clone()).await;
@@ -679,7 +683,7 @@ impl ProcessSpawner for LastingKeeper {
     }
 
     fn exit_recorded(&self, id: ProcessId) {
-        self.fences
+        self.stand_downs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);

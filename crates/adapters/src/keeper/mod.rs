@@ -25,7 +25,7 @@
 //! held. `{"hold_lease":{"ms":N}}` (id 0, sent on every renewal of the
 //! node's lease) says the lease holds for N ms more: if no such line comes
 //! in time (the daemon died, stalled or was cut off), the keeper stops the
-//! processes whose start carried a `fence` itself, so that no failover
+//! processes whose start carried a `stand_down` policy itself, so that no failover
 //! record runs on past the time another node may start it (protocol 5).
 //! A spawn of a record the keeper started already is answered with
 //! that process. The queue belongs to the connection that
@@ -38,8 +38,8 @@
 //! daemon connects. A process whose keeper dies therefore never meets a
 //! broken pipe; the daemon hands the pipes to the next keeper with
 //! `{"adopt":{"id":ID,"pid":P,"pipes":true}}` (the descriptors attached;
-//! with `"fence"` for a failover record's process, so that the new keeper
-//! fences it too), which goes on copying the output and watches the process
+//! with `"fence"`, its stand-down policy, for a failover record's process,
+//! so that the new keeper stands it down too), which goes on copying the output and watches the process
 //! by pidfd.
 //!
 //! Starts (`spawn`, `hand_over`) name their environment by a slot number:
@@ -113,9 +113,11 @@ enum Op {
         id: ProcessId,
         pid: u32,
         pipes: bool,
-        /// How it is fenced, if it is a failover record's.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        fence: Option<bpm_domain::StopPolicy>,
+        /// How it is stood down when the lease lapses, if it is a
+        /// failover record's. The wire keeps the field's first name,
+        /// `fence`, so that a keeper of an earlier build understands it.
+        #[serde(default, rename = "fence", skip_serializing_if = "Option::is_none")]
+        stand_down: Option<bpm_domain::StopPolicy>,
     },
     Ack(u64),
     /// Arm again the checks of a process taken over before it was ready
@@ -126,7 +128,7 @@ enum Op {
     HandOver(Vec<Start>),
     Withdraw,
     /// The node's lease is held for `ms` more: unless told again, the
-    /// keeper stops the processes started with a fence when it lapses.
+    /// keeper stops the processes started with a `stand_down` policy when it lapses.
     HoldLease {
         ms: u64,
     },

@@ -440,14 +440,14 @@ impl Keeper {
                 id,
                 pid,
                 pipes,
-                fence,
+                stand_down,
             } => {
                 let ends = pipes
                     .then(|| fds::take(received, 2).and_then(|f| <[OwnedFd; 2]>::try_from(f).ok()))
                     .flatten();
                 let held = end_waiting(&self.state, id) || self.spawner.adopt_with(id, pid, ends);
-                if let Some(fence) = fence.filter(|_| held) {
-                    self.spawner.fence(id, fence);
+                if let Some(stand_down) = stand_down.filter(|_| held) {
+                    self.spawner.stands_down_with(id, stand_down);
                 }
                 Ok(KeeperReply::Held(held))
             }

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use bpm_domain::cluster::claim;
+use bpm_domain::cluster::take_name;
 use std::time::Duration;
 
 use bpm_domain::{ClusterTiming, Lease, NodeId, NodeState, ProcessRecord, Sweep, Timestamp};
 use bpm_ports::{
-    Claimant, Clock, FailedOver, Failover, Membership, MembershipError, NodeView, ProcessStore,
+    Candidate, Clock, FailedOver, Failover, Membership, MembershipError, NodeView, ProcessStore,
     StoreError,
 };
 
@@ -19,7 +19,7 @@ pub struct InMemoryMembership {
     clock: Arc<dyn Clock>,
     /// Per node: its newest epoch, and its lease.
     nodes: Mutex<BTreeMap<NodeId, (u64, Lease)>>,
-    /// Sweeps claimed: until when the claim holds (`None`: finished).
+    /// Sweeps bid for: until when the winning bid holds (`None`: finished).
     sweeps: Mutex<BTreeMap<(NodeId, u64, Sweep), Option<Timestamp>>>,
 }
 
@@ -55,35 +55,35 @@ impl InMemoryMembership {
 
 #[async_trait]
 impl Membership for InMemoryMembership {
-    async fn join(&self, claimant: &Claimant) -> Result<u64, MembershipError> {
+    async fn join(&self, candidate: &Candidate) -> Result<u64, MembershipError> {
         let now = self.clock.now();
         let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = nodes.get(&claimant.node);
-        let epoch = claim(
-            &claimant.node,
+        let held = nodes.get(&candidate.node);
+        let epoch = take_name(
+            &candidate.node,
             held.map(|(_, lease)| lease),
             held.map_or(0, |(newest, _)| *newest),
             now,
-            claimant.replaces.map(|epoch| bpm_domain::TakeOver {
+            candidate.replaces.map(|epoch| bpm_domain::TakeOver {
                 epoch,
-                boot: &claimant.boot,
+                boot: &candidate.boot,
             }),
         )?;
         let lease = Lease {
-            node: claimant.node.clone(),
+            node: candidate.node.clone(),
             epoch,
-            host: claimant.host.clone(),
-            pid: claimant.pid,
-            version: claimant.version.clone(),
+            host: candidate.host.clone(),
+            pid: candidate.pid,
+            version: candidate.version.clone(),
             since: now,
             renewed_at: now,
-            ttl: claimant.ttl,
-            slots: claimant.slots,
+            ttl: candidate.ttl,
+            slots: candidate.slots,
             left: false,
-            labels: claimant.labels.clone(),
-            boot: claimant.boot.clone(),
+            labels: candidate.labels.clone(),
+            boot: candidate.boot.clone(),
         };
-        nodes.insert(claimant.node.clone(), (epoch, lease));
+        nodes.insert(candidate.node.clone(), (epoch, lease));
         Ok(epoch)
     }
 
@@ -124,7 +124,7 @@ impl Membership for InMemoryMembership {
             .collect())
     }
 
-    async fn claim_sweep(
+    async fn bid_for_sweep(
         &self,
         node: &NodeId,
         epoch: u64,
@@ -138,7 +138,7 @@ impl Membership for InMemoryMembership {
         let Some((newest, lease)) = nodes.get(node) else {
             return Ok(false);
         };
-        // Due as `ClusterTiming::sweep_due` says, with the claimant's wait.
+        // Due as `ClusterTiming::sweep_due` says, with the candidate's wait.
         let expiry = lease.renewed_at.saturating_add(lease.ttl.as_duration());
         let due = match sweep {
             Sweep::Unreach => expiry,
@@ -175,7 +175,7 @@ impl Membership for InMemoryMembership {
 
 impl InMemoryMembership {
     /// Whether `lease`'s node is still lost at its epoch (not renewed,
-    /// claimed again, or left) and has been for `after` past its last
+    /// taken again, or left) and has been for `after` past its last
     /// renewal, by this membership's clock.
     fn lost_for(&self, lease: &Lease, after: Duration) -> bool {
         let now = self.clock.now();
@@ -192,7 +192,7 @@ impl InMemoryMembership {
 /// Failover on the in-memory leases and a store shared within one process.
 /// One failover runs at a time; the check that the node is still lost and
 /// the two writes are not one step as in Redis, which suits tests and a
-/// single node, where no node is lost and claimed again meanwhile.
+/// single node, where no node is lost and taken again meanwhile.
 pub struct InMemoryFailover {
     membership: Arc<InMemoryMembership>,
     store: Arc<dyn ProcessStore>,

@@ -257,7 +257,7 @@ impl SpawnerShared {
             stopping: false,
             origin,
             stdin,
-            fence: request.fence,
+            stand_down: request.stand_down,
             halt: Halt::No,
             pipes,
         };

@@ -38,7 +38,7 @@ impl LeaseHold {
 impl SpawnerShared {
     /// Sends `signal` to the tree of every failover process `pick` takes
     /// (and marks as it sees fit), saying `why` for each.
-    pub(super) fn signal_fenced(
+    pub(super) fn signal_failover(
         &self,
         signal: Signal,
         why: &str,
@@ -46,7 +46,7 @@ impl SpawnerShared {
     ) {
         let targets: Vec<(ProcessId, u32, Option<u32>)> = lock(&self.live)
             .iter_mut()
-            .filter(|(_, l)| l.fence.is_some() && !l.reaped)
+            .filter(|(_, l)| l.stand_down.is_some() && !l.reaped)
             .filter_map(|(id, l)| {
                 pick(l).then(|| (*id, l.pid, (l.origin != Origin::Adopted).then_some(l.pid)))
             })
@@ -62,7 +62,7 @@ impl SpawnerShared {
     /// Stops the failover processes with SIGSTOP while the lease's renewals
     /// are late (`true`), or continues them when one lands (`false`); a
     /// process being stopped, or paused by its caller, is left as it is.
-    pub(super) fn freeze_fenced(&self, freeze: bool) {
+    pub(super) fn freeze_failover(&self, freeze: bool) {
         let (signal, why) = if freeze {
             (
                 Signal::Stop,
@@ -79,7 +79,7 @@ impl SpawnerShared {
         } else {
             (Halt::Frozen, Halt::No)
         };
-        self.signal_fenced(signal, why, |l| {
+        self.signal_failover(signal, why, |l| {
             let take = !l.stopping && l.halt == from;
             if take {
                 l.halt = to;
@@ -91,8 +91,8 @@ impl SpawnerShared {
     /// Kills every failover process at once, with no grace: the keeper
     /// found itself far past the lease's lapse (the machine was paused), so
     /// another node may run them already.
-    pub(super) fn kill_fenced_now(&self) {
-        self.signal_fenced(
+    pub(super) fn kill_failover_now(&self) {
+        self.signal_failover(
             Signal::Kill,
             "woke long past the node's lease: killing a failover record's process at once, which another node may run already",
             |l| {
@@ -119,12 +119,12 @@ impl SpawnerShared {
             }
             drop(lease);
             match act {
-                Some(LeaseAct::Freeze) => self.freeze_fenced(true),
-                Some(LeaseAct::Fence) => {
+                Some(LeaseAct::Freeze) => self.freeze_failover(true),
+                Some(LeaseAct::StandDown) => {
                     let _guard = runtime.enter();
-                    self.fence_all();
+                    self.stand_down_all();
                 }
-                Some(LeaseAct::KillNow) => self.kill_fenced_now(),
+                Some(LeaseAct::KillNow) => self.kill_failover_now(),
                 Some(LeaseAct::Thaw) | None => {}
             }
             match next {
@@ -134,17 +134,17 @@ impl SpawnerShared {
         }
     }
 
-    /// Stops every process with a fence: its signal now (unless a stop
-    /// was already sent, by the daemon's own fence say: a second TERM may
+    /// Stands down every process that has a `stand_down` policy: its signal now (unless a stop
+    /// was already sent, by the daemon standing down say: a second TERM may
     /// cut a graceful shutdown short), and KILL after its grace if it is
     /// still there.
-    pub(super) fn fence_all(self: &Arc<Self>) {
-        let fenced: Vec<(ProcessId, u32, bpm_domain::StopPolicy, bool)> = lock(&self.live)
+    pub(super) fn stand_down_all(self: &Arc<Self>) {
+        let standing_down: Vec<(ProcessId, u32, bpm_domain::StopPolicy, bool)> = lock(&self.live)
             .iter()
             .filter(|(_, l)| !l.reaped)
-            .filter_map(|(id, l)| l.fence.map(|f| (*id, l.pid, f, l.stopping)))
+            .filter_map(|(id, l)| l.stand_down.map(|f| (*id, l.pid, f, l.stopping)))
             .collect();
-        for (id, pid, policy, stopping) in fenced {
+        for (id, pid, policy, stopping) in standing_down {
             tracing::warn!(%id, pid, "the node's lease lapsed: stopping a failover record's process, which another node may now run");
             let inner = self.clone();
             tokio::spawn(async move {

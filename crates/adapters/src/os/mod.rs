@@ -221,7 +221,7 @@ struct Live {
     origin: Origin,
     stdin: Option<Arc<tokio::sync::Mutex<pipe::Sender>>>,
     /// How it is stopped when the node's lease lapses (a failover record's).
-    fence: Option<bpm_domain::StopPolicy>,
+    stand_down: Option<bpm_domain::StopPolicy>,
     /// Whether it is stopped with SIGSTOP, and by whom.
     halt: Halt,
     /// Copies of the reading ends of its stdout and stderr pipes, for a

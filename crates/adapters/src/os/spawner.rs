@@ -96,12 +96,12 @@ impl OsSpawner {
         self.adopt_with(id, pid, None)
     }
 
-    /// Record `id`'s process is a failover record's, stopped with `fence`
+    /// Record `id`'s process is a failover record's, stood down with `stand_down`
     /// when the node's lease lapses ([`ProcessSpawner::hold_lease`]): for
     /// a process adopted from a keeper that died.
-    pub fn fence(&self, id: ProcessId, fence: bpm_domain::StopPolicy) {
+    pub fn stands_down_with(&self, id: ProcessId, stand_down: bpm_domain::StopPolicy) {
         if let Some(live) = lock(&self.inner.live).get_mut(&id) {
-            live.fence = Some(fence);
+            live.stand_down = Some(stand_down);
         }
     }
 
@@ -135,7 +135,7 @@ impl OsSpawner {
                 stopping: false,
                 origin: Origin::Adopted,
                 stdin: None,
-                fence: None,
+                stand_down: None,
                 halt: Halt::No,
                 pipes: kept,
             },
@@ -305,7 +305,7 @@ impl ProcessSpawner for OsSpawner {
             act == Some(bpm_domain::cluster::lease_watch::LeaseAct::Thaw)
         };
         if thaw {
-            self.inner.freeze_fenced(false);
+            self.inner.freeze_failover(false);
         }
         Ok(())
     }

@@ -61,7 +61,7 @@ pub(crate) fn sh_request(
         readiness: bpm_domain::ReadinessCheck::None,
         idle_after: None,
         hands_over: true,
-        fence: None,
+        stand_down: None,
         token: 0,
         leader_only: false,
         port: None,

@@ -14,7 +14,7 @@ impl ClusterTiming {
     ///
     /// Why this is safe: the node stopped renewing at `renewed_at` on the
     /// store's clock; it sent that renewal at `sent` <= `renewed_at`, and
-    /// fences itself a lease later on its own clock (`must_fence`), so its
+    /// stands down a lease later on its own clock (`must_stand_down`), so its
     /// copy gets TERM by `sent + ttl` and KILL by `sent + ttl + grace`,
     /// which is before `renewed_at + ttl + grace + margin` as long as the
     /// two clocks drift apart by less than the margin over that time.
@@ -47,13 +47,13 @@ impl ClusterTiming {
 /// Whether `record` is run elsewhere when its node is lost: it asked for
 /// failover, has restarts left, and was not being stopped on request (a
 /// stop asked for is honoured: it is given up as any record; a stop by
-/// its node's own fence is not a request). The sweeps never give
+/// its node standing down is not a request). The sweeps never give
 /// it up; the failover ends it.
 pub fn fails_over(record: &ProcessRecord) -> bool {
     let spec = record.spec();
-    // A stop someone asked for is honoured; the node's own fence is the
+    // A stop someone asked for is honoured; the node standing down is the
     // very start of a failover, whether or not the store heard of it.
-    let asked_to_stop = |l: &crate::Lifecycle| matches!(l, crate::Lifecycle::Stopping { cause, .. } if *cause != crate::StopCause::Fenced);
+    let asked_to_stop = |l: &crate::Lifecycle| matches!(l, crate::Lifecycle::Stopping { cause, .. } if *cause != crate::StopCause::StoodDown);
     let stopping = match record.lifecycle() {
         crate::Lifecycle::Unreachable { was, .. } => asked_to_stop(was),
         other => asked_to_stop(other),

@@ -1,4 +1,4 @@
-//! A node's lease: its timing, who may claim the node's name, the epoch
+//! A node's lease: its timing, who may take the node's name, the epoch
 //! that fences an earlier holder's writes, and how a holder is seen.
 
 use std::collections::BTreeMap;
@@ -22,20 +22,20 @@ pub const DEFAULT_LOST_AFTER: Duration = Duration::from_mins(5);
 pub const NOTICE_WITHIN: Duration = Duration::from_secs(1);
 /// What the cluster waits for, past a lost node's lease and a failover
 /// record's stop grace, before it runs the record elsewhere: the time the
-/// fenced node may take to carry out its KILL, and the drift between its
+/// node standing down may take to carry out its KILL, and the drift between its
 /// clock and the store's over one lease ([`ClusterTiming::failover_due`]).
 pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
-/// How long after its daemon would fence the keeper fences by itself, when
+/// How long after its daemon would stand down the keeper stands down by itself, when
 /// no renewal was passed on to it (the daemon died or stalled): late enough
 /// that a live daemon stops its processes first (no second TERM), early
 /// enough that the keeper's KILL still comes before the failover (it is
 /// well inside [`FAILOVER_MARGIN`]).
-pub const KEEPER_FENCE_LAG: Duration = Duration::from_millis(500);
+pub const KEEPER_STAND_DOWN_LAG: Duration = Duration::from_millis(500);
 
 /// How long a keeper told now is to hold the processes of a lease that
-/// lapses in `until_lapse`: until the lapse, and [`KEEPER_FENCE_LAG`] more.
+/// lapses in `until_lapse`: until the lapse, and [`KEEPER_STAND_DOWN_LAG`] more.
 pub fn keeper_hold(until_lapse: Duration) -> Duration {
-    until_lapse + KEEPER_FENCE_LAG
+    until_lapse + KEEPER_STAND_DOWN_LAG
 }
 
 /// How long a lease a keeper was told holds may go without news before
@@ -136,7 +136,7 @@ impl ClusterTiming {
     /// Whether a daemon may still write at `now`, its own clock, when the
     /// last renewal that succeeded was sent at `sent`: not once a whole
     /// lease has passed, since by then another daemon may have taken the
-    /// node with a newer epoch. Together with [`claim`], no two epochs of
+    /// node with a newer epoch. Together with [`take_name`], no two epochs of
     /// one node write at once (given clocks that run at the same rate).
     pub fn may_write(&self, sent: Timestamp, now: Timestamp) -> bool {
         now.saturating_since(sent) < self.lease_ttl()
@@ -149,42 +149,42 @@ impl ClusterTiming {
             && now.saturating_since(lease.renewed_at) > lease.ttl.as_duration() + self.lost_after()
     }
 
-    /// Whether a daemon must fence itself at `now`, its own clock, when
+    /// Whether a daemon must stand down at `now`, its own clock, when
     /// the last renewal that succeeded was sent at `sent`: once it may no
     /// longer write, it stops its failover records (TERM, then KILL after
     /// their grace) and starts none until it holds its node again.
-    pub fn must_fence(&self, sent: Timestamp, now: Timestamp) -> bool {
+    pub fn must_stand_down(&self, sent: Timestamp, now: Timestamp) -> bool {
         !self.may_write(sent, now)
     }
 }
 
-/// A claim that takes a node over from a holder whose daemon is known to
+/// A take of a node name that takes it over from a holder whose daemon is known to
 /// be gone: it names the holder's epoch and the machine's boot it ran on
 /// (see [`see_holder`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TakeOver<'a> {
     /// The holder's epoch, as the refusal named it.
     pub epoch: u64,
-    /// The claimant's boot id: the holder's must be the same.
+    /// The candidate's boot id: the holder's must be the same.
     pub boot: &'a str,
 }
 
-/// Decides a daemon's claim of `node` at `now`, when the store holds `held`
+/// Decides whether a daemon takes the name of `node` at `now`, when the store holds `held`
 /// (its lease, if any) and `epoch` (the node's newest epoch): the epoch the
-/// claimant writes with from now on, or who holds the node. A claim that
+/// candidate writes with from now on, or who holds the node. A take that
 /// takes over (`over`) wins against a live lease only while that lease is
 /// still the epoch it names and was taken on the same boot of the same
-/// machine: the claimant looked, and that daemon is gone.
+/// machine: the candidate looked, and that daemon is gone.
 ///
 /// # Errors
-/// [`ClaimRefused`] while the holder's lease is alive or suspect.
-pub fn claim(
+/// [`NameHeld`] while the holder's lease is alive or suspect.
+pub fn take_name(
     node: &NodeId,
     held: Option<&Lease>,
     epoch: u64,
     now: Timestamp,
     over: Option<TakeOver<'_>>,
-) -> Result<u64, ClaimRefused> {
+) -> Result<u64, NameHeld> {
     match held {
         Some(lease)
             if matches!(lease.state_at(now), NodeState::Alive | NodeState::Suspect)
@@ -192,7 +192,7 @@ pub fn claim(
                     o.epoch == lease.epoch && !o.boot.is_empty() && o.boot == lease.boot
                 }) =>
         {
-            Err(ClaimRefused {
+            Err(NameHeld {
                 node: node.clone(),
                 host: lease.host.clone(),
                 pid: lease.pid,
@@ -213,10 +213,10 @@ pub fn claim(
 /// holder `refused` names, when a bpm program runs as the holder's pid
 /// here (`pid_runs_bpm`) or not: a holder that took the node on this same
 /// boot (the same machine, not restarted since) can be seen, and is
-/// [`Holder::Gone`] (the claimant takes the node over at once) or
+/// [`Holder::Gone`] (the candidate takes the node over at once) or
 /// [`Holder::RunsHere`]; from another machine or boot nothing can be
 /// seen ([`Holder::Elsewhere`]), and the lease must lapse.
-pub fn see_holder(refused: &ClaimRefused, boot_here: &str, pid_runs_bpm: bool) -> Holder {
+pub fn see_holder(refused: &NameHeld, boot_here: &str, pid_runs_bpm: bool) -> Holder {
     match (
         !boot_here.is_empty() && refused.boot == boot_here,
         pid_runs_bpm,
@@ -264,7 +264,7 @@ pub struct Lease {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: NodeLabels,
     /// The kernel's boot id of the holder's machine when it took the node
-    /// (empty if unknown): a claimant on the same boot can see whether the
+    /// (empty if unknown): a candidate on the same boot can see whether the
     /// holder's daemon still runs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub boot: String,
@@ -322,7 +322,7 @@ impl fmt::Display for NodeState {
     }
 }
 
-/// What the refused claimant could see of the holder's daemon.
+/// What the refused candidate could see of the holder's daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Holder {
@@ -339,9 +339,9 @@ pub enum Holder {
     Gone,
 }
 
-/// A claim of a node name another daemon holds.
+/// A take of a node name another daemon holds, refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub struct ClaimRefused {
+pub struct NameHeld {
     /// The node.
     pub node: NodeId,
     /// The holder's machine.
@@ -361,14 +361,14 @@ pub struct ClaimRefused {
     /// The holder's lease.
     #[serde(default)]
     pub ttl: Span,
-    /// What the claimant saw of the holder.
+    /// What the candidate saw of the holder.
     #[serde(default)]
     pub holder: Holder,
 }
 
-impl fmt::Display for ClaimRefused {
+impl fmt::Display for NameHeld {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ClaimRefused {
+        let NameHeld {
             node,
             host,
             pid,

@@ -21,7 +21,7 @@ pub enum LeaseAct {
     Thaw,
     /// The lease lapsed: stop them for good (their signal, then KILL
     /// after their grace), for another node may run them now.
-    Fence,
+    StandDown,
     /// The lease lapsed long before the watch looked (more than
     /// [`OVERSLEPT`]): another node may run them already, so KILL at once.
     KillNow,
@@ -68,7 +68,7 @@ impl LeaseWatch {
             let act = if now.saturating_sub(until) > OVERSLEPT {
                 LeaseAct::KillNow
             } else {
-                LeaseAct::Fence
+                LeaseAct::StandDown
             };
             return (Some(act), NextLook::Done);
         }
@@ -113,8 +113,8 @@ mod tests {
     }
 
     proptest! {
-        /// Nothing is fenced before the latest lapse any renewal set; a
-        /// look past it fences (killing when far past); a freeze comes
+        /// Nothing stands down before the latest lapse any renewal set; a
+        /// look past it stands down (killing when far past); a freeze comes
         /// only after the renewals are late, and a thaw only after a
         /// freeze; the next look is never after the lapse.
         #[test]
@@ -138,7 +138,7 @@ mod tests {
                         now += Duration::from_millis(after);
                         let (act, next) = w.look(now);
                         match (act, lapse) {
-                            (Some(LeaseAct::Fence), Some(l)) => {
+                            (Some(LeaseAct::StandDown), Some(l)) => {
                                 prop_assert!(now >= l && now.saturating_sub(l) <= OVERSLEPT);
                                 lapse = None;
                                 frozen = false;
@@ -169,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn a_late_renewal_freezes_a_lapse_fences_and_a_long_sleep_kills() {
+    fn a_late_renewal_freezes_a_lapse_stops_and_a_long_sleep_kills() {
         let ms = Duration::from_millis;
         let mut w = LeaseWatch::default();
         assert_eq!(w.renewed(ms(0), ms(1_000)), None);
@@ -179,7 +179,10 @@ mod tests {
             (Some(LeaseAct::Freeze), NextLook::At(ms(1_000)))
         );
         assert_eq!(w.renewed(ms(600), ms(1_000)), Some(LeaseAct::Thaw));
-        assert_eq!(w.look(ms(1_600)), (Some(LeaseAct::Fence), NextLook::Done));
+        assert_eq!(
+            w.look(ms(1_600)),
+            (Some(LeaseAct::StandDown), NextLook::Done)
+        );
         assert_eq!(w.look(ms(1_700)), (None, NextLook::Done));
         w.renewed(ms(2_000), ms(1_000));
         assert_eq!(w.look(ms(3_500)), (Some(LeaseAct::KillNow), NextLook::Done));

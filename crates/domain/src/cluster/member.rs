@@ -8,8 +8,8 @@
 //! - **Renew** the lease every [`ClusterTiming::renew_every`], never two
 //!   renewals at once. Each renewal that succeeded moves the store's write
 //!   fence ([`MemberEffect::WriteWith`]) to when it was *sent*.
-//! - **Fence**: a whole lease after the last renewal that succeeded was
-//!   sent ([`ClusterTiming::must_fence`]), the engine is told the lease is
+//! - **Stand down**: a whole lease after the last renewal that succeeded was
+//!   sent ([`ClusterTiming::must_stand_down`]), the engine is told the lease is
 //!   not held ([`MemberEffect::TellEngine`]): it stops this node's failover
 //!   records, which another node may now run. That is the answer to "when
 //!   does a daemon stop its failover records?". A timer is armed for that
@@ -17,8 +17,8 @@
 //!   store's fence refuses writes from the same moment on its own.
 //! - **Keeper**: every renewal is passed on to the keeper, which stops the
 //!   failover records' processes by itself if it is not told in time.
-//! - **Claim again**: a renewal refused because the lease expired or a
-//!   newer epoch holds the node claims the node again; once claimed, the
+//! - **Take again**: a renewal refused because the lease expired or a
+//!   newer epoch holds the node takes the node again; once taken, the
 //!   engine reconciles its records ([`MemberEffect::Reconcile`]) before the
 //!   store writes with the new epoch, and only then is the lease held.
 //! - **Sweep**: once an engine runs, the other nodes' leases are looked at
@@ -44,21 +44,21 @@ pub enum MemberInput {
     },
     /// The renewal failed.
     RenewFailed(RenewFailure),
-    /// The node was claimed again by a call sent at `sent`, for `epoch`.
-    Claimed {
+    /// The node was taken again by a call sent at `sent`, for `epoch`.
+    Taken {
         /// The new epoch.
         epoch: u64,
-        /// When the claim was sent.
+        /// When the take was sent.
         sent: Timestamp,
     },
-    /// Claiming the node again failed.
-    ClaimFailed(String),
+    /// Taking the node again failed.
+    TakeFailed(String),
     /// The engine reconciled its records for `epoch`; the store writes with
     /// it now.
     Reconciled {
         /// The new epoch.
         epoch: u64,
-        /// When the claim that took it was sent.
+        /// When the take that holds it was sent.
         sent: Timestamp,
     },
     /// The engine could not reconcile its records.
@@ -77,7 +77,7 @@ pub enum MemberInput {
     /// The keeper could not be told.
     KeeperFailed(String),
     /// An engine runs: it is told whether the lease holds, reconciles a
-    /// node claimed again, and sweeps.
+    /// node taken again, and sweeps.
     EngineAttached,
     /// The engine took `held`.
     EngineTold {
@@ -95,7 +95,7 @@ pub enum MemberInput {
 pub enum RenewFailure {
     /// The store did not answer.
     Unavailable(String),
-    /// The lease expired, or a newer epoch holds the node: claim it again.
+    /// The lease expired, or a newer epoch holds the node: take it again.
     Lapsed(String),
     /// Another daemon holds the node.
     Held(String),
@@ -110,9 +110,9 @@ pub enum MemberEffect {
         /// The epoch held.
         epoch: u64,
     },
-    /// Claim the node again; answer with [`MemberInput::Claimed`] or
-    /// [`MemberInput::ClaimFailed`].
-    ClaimAgain,
+    /// Take the node again; answer with [`MemberInput::Taken`] or
+    /// [`MemberInput::TakeFailed`].
+    TakeAgain,
     /// Have the engine reconcile its records for `epoch`, and the store
     /// write with `epoch` (renewed at `sent`) once they are reconciled;
     /// answer with [`MemberInput::Reconciled`] or
@@ -120,14 +120,14 @@ pub enum MemberEffect {
     Reconcile {
         /// The new epoch.
         epoch: u64,
-        /// When its claim was sent.
+        /// When its take was sent.
         sent: Timestamp,
     },
     /// The store writes with `epoch`, until a lease after `sent`.
     WriteWith {
         /// The epoch.
         epoch: u64,
-        /// When the renewal (or claim) that holds it was sent.
+        /// When the renewal (or take) that holds it was sent.
         sent: Timestamp,
     },
     /// Tell the keeper the lease holds for `hold` more; answer with
@@ -176,14 +176,14 @@ pub struct Member {
     timing: ClusterTiming,
     /// The epoch held.
     epoch: u64,
-    /// When the last renewal (or claim) that succeeded was sent.
+    /// When the last renewal (or take) that succeeded was sent.
     sent: Timestamp,
-    /// When the next renewal (or claim again) is due.
+    /// When the next renewal (or take again) is due.
     next_renew: Timestamp,
     /// The call about the lease under way, if any: one at a time.
     under_way: Option<Call>,
-    /// The lease lapsed: the next try claims the node again.
-    must_claim: bool,
+    /// The lease lapsed: the next try takes the node again.
+    must_take: bool,
     /// Since when renewals fail, if they do.
     failing_since: Option<Timestamp>,
     /// The lapse was warned of.
@@ -199,7 +199,7 @@ pub struct Member {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
     Renew,
-    Claim,
+    Take,
     Reconcile,
 }
 
@@ -207,7 +207,7 @@ enum Call {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Told {
     /// The engine knows the lease does not hold.
-    fenced: bool,
+    stood_down: bool,
     /// A call is under way.
     telling: bool,
     /// After a failure: not before this.
@@ -226,7 +226,7 @@ struct Keeper {
 }
 
 impl Member {
-    /// A member that joined as `node` for `epoch`, by a claim sent at `sent`.
+    /// A member that joined as `node` for `epoch`, by a take sent at `sent`.
     pub fn joined(node: NodeId, timing: ClusterTiming, epoch: u64, sent: Timestamp) -> Self {
         Member {
             node,
@@ -235,7 +235,7 @@ impl Member {
             sent,
             next_renew: sent.saturating_add(timing.renew_every()),
             under_way: None,
-            must_claim: false,
+            must_take: false,
             failing_since: None,
             lapsed_said: false,
             engine: None,
@@ -267,7 +267,7 @@ impl Member {
     }
 
     /// How long a keeper told at `now` is to hold the processes: until the
-    /// lease lapses, and [`KEEPER_FENCE_LAG`](super::KEEPER_FENCE_LAG) more.
+    /// lease lapses, and [`KEEPER_STAND_DOWN_LAG`](super::KEEPER_STAND_DOWN_LAG) more.
     pub fn keeper_hold(&self, now: Timestamp) -> Duration {
         super::keeper_hold(self.lapses_at().saturating_since(now))
     }
@@ -289,84 +289,41 @@ impl Member {
     fn take(&mut self, input: MemberInput, now: Timestamp, out: &mut Vec<MemberEffect>) {
         match input {
             MemberInput::Tick => {}
-            MemberInput::Renewed { sent } => {
-                self.under_way = None;
-                self.held_since(sent);
-                if self.failing_since.take().is_some() {
-                    out.push(MemberEffect::Log(
-                        Level::Info,
-                        format!(
-                            "the lease of node {} is renewed again (epoch {})",
-                            self.node, self.epoch
-                        ),
-                    ));
-                }
-                self.lapsed_said = false;
-                out.push(MemberEffect::WriteWith {
-                    epoch: self.epoch,
-                    sent: self.sent,
-                });
-                out.push(MemberEffect::Status(self.describe("renewed")));
-            }
+            MemberInput::Renewed { sent } => self.renewed(sent, out),
             MemberInput::RenewFailed(RenewFailure::Unavailable(e)) => {
-                self.under_way = None;
-                let since = *self.failing_since.get_or_insert(now);
-                let secs = now.saturating_since(since).as_secs();
-                let holds = self.holds(now);
-                let how = if holds {
-                    format!("not renewed for {secs} s: {e}")
-                } else {
-                    format!(
-                        "lapsed: not renewed for {secs} s, so this daemon writes nothing until it holds the node again: {e}"
-                    )
-                };
-                out.push(MemberEffect::Status(self.describe(&how)));
-                if !holds && !self.lapsed_said {
-                    self.lapsed_said = true;
-                    out.push(MemberEffect::Warn(format!(
-                        "the lease of node {} (epoch {}) was not renewed for a whole lease_ttl: this daemon writes nothing until it holds the node again",
-                        self.node, self.epoch
-                    )));
-                }
-                out.push(MemberEffect::Log(
-                    Level::Warn,
-                    format!(
-                        "cannot renew the lease of node {} (epoch {}): {e}",
-                        self.node, self.epoch
-                    ),
-                ));
+                self.renew_unavailable(&e, now, out);
             }
             MemberInput::RenewFailed(RenewFailure::Lapsed(e)) => {
                 self.under_way = None;
-                self.must_claim = true;
+                self.must_take = true;
                 self.next_renew = now;
-                out.push(MemberEffect::Warn(format!("{e}; claiming the node again")));
+                out.push(MemberEffect::Warn(format!("{e}; taking the node again")));
             }
             MemberInput::RenewFailed(RenewFailure::Held(e)) => {
                 self.under_way = None;
                 out.push(MemberEffect::Warn(e));
             }
-            MemberInput::Claimed { epoch, sent } => {
+            MemberInput::Taken { epoch, sent } => {
                 if self.engine.is_some() {
                     self.under_way = Some(Call::Reconcile);
                     out.push(MemberEffect::Reconcile { epoch, sent });
                 } else {
                     self.under_way = None;
-                    self.claimed(epoch, sent, out);
+                    self.taken(epoch, sent, out);
                 }
             }
-            MemberInput::ClaimFailed(e) => {
+            MemberInput::TakeFailed(e) => {
                 self.under_way = None;
                 out.push(MemberEffect::Status(self.describe(&format!("lapsed: {e}"))));
             }
             MemberInput::Reconciled { epoch, sent } => {
                 self.under_way = None;
-                self.claimed(epoch, sent, out);
+                self.taken(epoch, sent, out);
             }
             MemberInput::ReconcileFailed(e) => {
                 self.under_way = None;
                 out.push(MemberEffect::Warn(format!(
-                    "claimed node {} again but could not reconcile its records: {e}; trying again",
+                    "took node {} again but could not reconcile its records: {e}; trying again",
                     self.node
                 )));
             }
@@ -386,24 +343,10 @@ impl Member {
                     k.said = false;
                 }
             }
-            MemberInput::KeeperFailed(e) => {
-                if let Some(k) = &mut self.keeper {
-                    k.telling = false;
-                    k.retry_at = Some(now.saturating_add(RETRY_AFTER));
-                    if !k.said {
-                        k.said = true;
-                        out.push(MemberEffect::Log(
-                            Level::Warn,
-                            format!(
-                                "could not tell the keeper the lease holds ({e}); it will stop the failover processes if it is not told in time"
-                            ),
-                        ));
-                    }
-                }
-            }
+            MemberInput::KeeperFailed(e) => self.keeper_failed(&e, now, out),
             MemberInput::EngineAttached => {
                 self.engine = Some(Told {
-                    fenced: false,
+                    stood_down: false,
                     telling: false,
                     retry_at: None,
                 });
@@ -412,7 +355,7 @@ impl Member {
             MemberInput::EngineTold { held } => {
                 if let Some(t) = &mut self.engine {
                     t.telling = false;
-                    t.fenced = !held;
+                    t.stood_down = !held;
                     t.retry_at = None;
                 }
             }
@@ -426,6 +369,74 @@ impl Member {
         }
     }
 
+    /// The renewal sent at `sent` succeeded.
+    fn renewed(&mut self, sent: Timestamp, out: &mut Vec<MemberEffect>) {
+        self.under_way = None;
+        self.held_since(sent);
+        if self.failing_since.take().is_some() {
+            out.push(MemberEffect::Log(
+                Level::Info,
+                format!(
+                    "the lease of node {} is renewed again (epoch {})",
+                    self.node, self.epoch
+                ),
+            ));
+        }
+        self.lapsed_said = false;
+        out.push(MemberEffect::WriteWith {
+            epoch: self.epoch,
+            sent: self.sent,
+        });
+        out.push(MemberEffect::Status(self.describe("renewed")));
+    }
+
+    /// The store did not answer a renewal.
+    fn renew_unavailable(&mut self, e: &str, now: Timestamp, out: &mut Vec<MemberEffect>) {
+        self.under_way = None;
+        let since = *self.failing_since.get_or_insert(now);
+        let secs = now.saturating_since(since).as_secs();
+        let holds = self.holds(now);
+        let how = if holds {
+            format!("not renewed for {secs} s: {e}")
+        } else {
+            format!(
+                "lapsed: not renewed for {secs} s, so this daemon writes nothing until it holds the node again: {e}"
+            )
+        };
+        out.push(MemberEffect::Status(self.describe(&how)));
+        if !holds && !self.lapsed_said {
+            self.lapsed_said = true;
+            out.push(MemberEffect::Warn(format!(
+                "the lease of node {} (epoch {}) was not renewed for a whole lease_ttl: this daemon writes nothing until it holds the node again",
+                self.node, self.epoch
+            )));
+        }
+        out.push(MemberEffect::Log(
+            Level::Warn,
+            format!(
+                "cannot renew the lease of node {} (epoch {}): {e}",
+                self.node, self.epoch
+            ),
+        ));
+    }
+
+    /// The keeper could not be told: try again soon, and say so once.
+    fn keeper_failed(&mut self, e: &str, now: Timestamp, out: &mut Vec<MemberEffect>) {
+        if let Some(k) = &mut self.keeper {
+            k.telling = false;
+            k.retry_at = Some(now.saturating_add(RETRY_AFTER));
+            if !k.said {
+                k.said = true;
+                out.push(MemberEffect::Log(
+                    Level::Warn,
+                    format!(
+                        "could not tell the keeper the lease holds ({e}); it will stop the failover processes if it is not told in time"
+                    ),
+                ));
+            }
+        }
+    }
+
     /// The lease is held by a call sent at `sent` (answers can come out of
     /// order: the latest send counts).
     fn held_since(&mut self, sent: Timestamp) {
@@ -433,10 +444,10 @@ impl Member {
     }
 
     /// The node is held again, for `epoch`.
-    fn claimed(&mut self, epoch: u64, sent: Timestamp, out: &mut Vec<MemberEffect>) {
+    fn taken(&mut self, epoch: u64, sent: Timestamp, out: &mut Vec<MemberEffect>) {
         self.epoch = epoch;
         self.held_since(sent);
-        self.must_claim = false;
+        self.must_take = false;
         self.failing_since = None;
         self.lapsed_said = false;
         out.push(MemberEffect::WriteWith {
@@ -447,7 +458,7 @@ impl Member {
         out.push(MemberEffect::Log(
             Level::Info,
             format!(
-                "claimed node {} again (epoch {epoch}) and reconciled its records",
+                "took node {} again (epoch {epoch}) and reconciled its records",
                 self.node
             ),
         ));
@@ -457,8 +468,8 @@ impl Member {
     fn step(&mut self, now: Timestamp, out: &mut Vec<MemberEffect>) {
         if self.under_way.is_none() && now >= self.next_renew {
             self.next_renew = now.saturating_add(self.timing.renew_every());
-            let (call, effect) = if self.must_claim {
-                (Call::Claim, MemberEffect::ClaimAgain)
+            let (call, effect) = if self.must_take {
+                (Call::Take, MemberEffect::TakeAgain)
             } else {
                 (Call::Renew, MemberEffect::Renew { epoch: self.epoch })
             };
@@ -469,7 +480,7 @@ impl Member {
         let due = |retry_at: Option<Timestamp>| retry_at.is_none_or(|at| now >= at);
         if let Some(t) = &mut self.engine
             && !t.telling
-            && t.fenced == holds
+            && t.stood_down == holds
             && due(t.retry_at)
         {
             t.telling = true;
@@ -522,7 +533,7 @@ impl Member {
         // past with nothing to tell would wake the driver at once, again
         // and again.
         if let Some(t) = &self.engine {
-            if !t.telling && t.fenced == holds {
+            if !t.telling && t.stood_down == holds {
                 at.extend(t.retry_at);
             }
             if !self.looking {
@@ -546,7 +557,7 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::KEEPER_FENCE_LAG;
+    use crate::cluster::KEEPER_STAND_DOWN_LAG;
 
     const TTL_MS: u64 = 3_000;
 
@@ -600,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn the_engine_is_fenced_at_the_lapse_even_while_a_renewal_hangs() {
+    fn the_engine_stands_down_at_the_lapse_even_while_a_renewal_hangs() {
         let mut m = member(0);
         m.handle(MemberInput::EngineAttached, at(0));
         m.handle(MemberInput::EngineTold { held: true }, at(0));
@@ -613,7 +624,7 @@ mod tests {
         let fx = m.handle(MemberInput::Tick, at(TTL_MS));
         assert_eq!(told_engine(&fx), Some(false));
         m.handle(MemberInput::EngineTold { held: false }, at(TTL_MS));
-        // A late answer to a renewal sent before the lapse lifts the fence.
+        // A late answer to a renewal sent before the lapse ends the stand-down.
         let fx = m.handle(MemberInput::Renewed { sent: at(2_900) }, at(3_100));
         assert_eq!(told_engine(&fx), Some(true));
     }
@@ -627,9 +638,9 @@ mod tests {
             MemberInput::RenewFailed(RenewFailure::Lapsed("expired".into())),
             at(1_050),
         );
-        assert!(has(&fx, &MemberEffect::ClaimAgain));
+        assert!(has(&fx, &MemberEffect::TakeAgain));
         let fx = m.handle(
-            MemberInput::Claimed {
+            MemberInput::Taken {
                 epoch: 2,
                 sent: at(1_100),
             },
@@ -675,7 +686,7 @@ mod tests {
             at(1_000),
         );
         m.handle(
-            MemberInput::Claimed {
+            MemberInput::Taken {
                 epoch: 2,
                 sent: at(1_000),
             },
@@ -684,7 +695,7 @@ mod tests {
         m.handle(MemberInput::ReconcileFailed("store".into()), at(1_100));
         assert_eq!(m.epoch(), 1);
         let fx = m.handle(MemberInput::Tick, at(2_000));
-        assert!(has(&fx, &MemberEffect::ClaimAgain));
+        assert!(has(&fx, &MemberEffect::TakeAgain));
     }
 
     #[test]
@@ -705,7 +716,7 @@ mod tests {
         assert!(has(
             &fx,
             &MemberEffect::HoldKeeper {
-                hold: Duration::from_millis(2_800) + KEEPER_FENCE_LAG,
+                hold: Duration::from_millis(2_800) + KEEPER_STAND_DOWN_LAG,
                 lapses: at(4_000)
             }
         ));

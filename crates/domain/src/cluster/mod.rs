@@ -1,6 +1,6 @@
 //! The rules of nodes that share one store: how long a node's lease lasts
 //! and how often it is renewed, what state a node is in from its lease's
-//! age, who may claim a node's name, which writes are fenced, and when a
+//! age, who may take a node's name, which writes are fenced, and when a
 //! daemon must stop writing.
 //!
 //! The store (Redis) holds the leases and the epochs and applies these
@@ -22,9 +22,9 @@ mod sweep;
 
 pub use failover::{failover, fails_over};
 pub use lease::{
-    ClaimRefused, ClusterTiming, DEFAULT_LEASE_TTL, DEFAULT_LOST_AFTER, FAILOVER_MARGIN, Holder,
-    KEEPER_FENCE_LAG, Lease, MIN_LEASE_TTL, NOTICE_WITHIN, NodeState, OVERSLEPT, TakeOver,
-    TimingError, accepts_write, claim, keeper_hold, late_after, see_holder,
+    ClusterTiming, DEFAULT_LEASE_TTL, DEFAULT_LOST_AFTER, FAILOVER_MARGIN, Holder,
+    KEEPER_STAND_DOWN_LAG, Lease, MIN_LEASE_TTL, NOTICE_WITHIN, NameHeld, NodeState, OVERSLEPT,
+    TakeOver, TimingError, accepts_write, keeper_hold, late_after, see_holder, take_name,
 };
 pub use sweep::{Sweep, sweep, sweep_record};
 
@@ -102,15 +102,15 @@ mod tests {
     fn a_claim_of_a_held_node_names_the_holder() {
         let node = NodeId::new("b").expect("node");
         let held = lease(10_000, 9_000);
-        let e = claim(&node, Some(&held), 3, Timestamp::from_millis(12_000), None).unwrap_err();
+        let e = take_name(&node, Some(&held), 3, Timestamp::from_millis(12_000), None).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("machine-b") && text.contains("pid 42") && text.contains("2000 ms ago"),
             "{text}"
         );
-        assert_eq!(claim(&node, None, 0, Timestamp::EPOCH, None), Ok(1));
+        assert_eq!(take_name(&node, None, 0, Timestamp::EPOCH, None), Ok(1));
         assert_eq!(
-            claim(&node, Some(&held), 3, Timestamp::from_millis(30_000), None),
+            take_name(&node, Some(&held), 3, Timestamp::from_millis(30_000), None),
             Ok(4)
         );
     }
@@ -120,7 +120,7 @@ mod tests {
         let node = NodeId::new("b").expect("node");
         let held = lease(10_000, 9_000);
         let now = Timestamp::from_millis(12_000);
-        let refused = claim(&node, Some(&held), 3, now, None).unwrap_err();
+        let refused = take_name(&node, Some(&held), 3, now, None).unwrap_err();
         assert_eq!((refused.epoch, refused.boot.as_str()), (3, "boot-1"));
         assert_eq!(see_holder(&refused, "boot-1", false), Holder::Gone);
         assert_eq!(
@@ -139,22 +139,25 @@ mod tests {
             "a boot unknown"
         );
         let over = |epoch, boot| Some(TakeOver { epoch, boot });
-        assert_eq!(claim(&node, Some(&held), 3, now, over(3, "boot-1")), Ok(4));
+        assert_eq!(
+            take_name(&node, Some(&held), 3, now, over(3, "boot-1")),
+            Ok(4)
+        );
         assert!(
-            claim(&node, Some(&held), 3, now, over(2, "boot-1")).is_err(),
+            take_name(&node, Some(&held), 3, now, over(2, "boot-1")).is_err(),
             "the lease changed hands since it was looked at"
         );
-        assert!(claim(&node, Some(&held), 3, now, over(3, "boot-2")).is_err());
+        assert!(take_name(&node, Some(&held), 3, now, over(3, "boot-2")).is_err());
         let unknown = Lease {
             boot: String::new(),
             ..held
         };
-        assert!(claim(&node, Some(&unknown), 3, now, over(3, "")).is_err());
+        assert!(take_name(&node, Some(&unknown), 3, now, over(3, "")).is_err());
         for (holder, says) in [
             (Holder::Elsewhere, "cannot be seen from here"),
             (Holder::RunsHere, "still runs on this machine"),
         ] {
-            let text = ClaimRefused {
+            let text = NameHeld {
                 holder,
                 ..refused.clone()
             }
@@ -184,7 +187,7 @@ mod tests {
             prop_assert!(rank(l.state_at(Timestamp::from_millis(early))) <= rank(l.state_at(Timestamp::from_millis(late))));
         }
 
-        /// While a daemon may write, no one may claim its node: the claim
+        /// While a daemon may write, no one may take its node: the take
         /// needs its lease lost, which takes longer than the writing lasts.
         /// The renewal was sent at or before the store stamped it.
         #[test]
@@ -193,7 +196,7 @@ mod tests {
             let l = lease(sent + stamped_after, ttl);
             let now = Timestamp::from_millis(sent + now_after);
             if t.may_write(Timestamp::from_millis(sent), now) {
-                prop_assert!(claim(&l.node, Some(&l), l.epoch, now, None).is_err());
+                prop_assert!(take_name(&l.node, Some(&l), l.epoch, now, None).is_err());
             }
         }
 
@@ -201,7 +204,7 @@ mod tests {
         #[test]
         fn a_granted_claim_fences_the_old_epoch(epoch in 0u64..1_000, ttl in 2_000u64..60_000, renewed in 0u64..100_000, now in 0u64..400_000) {
             let l = Lease { epoch, ..lease(renewed, ttl) };
-            if let Ok(new) = claim(&l.node, Some(&l), epoch, Timestamp::from_millis(now), None) {
+            if let Ok(new) = take_name(&l.node, Some(&l), epoch, Timestamp::from_millis(now), None) {
                 prop_assert!(new > epoch && accepts_write(new, new) && !accepts_write(new, epoch));
             }
         }

@@ -25,7 +25,7 @@ impl ClusterTiming {
 }
 
 /// What a surviving node does to a lost node's records. Each sweep of one
-/// lapsed lease (node and epoch) is claimed in the store by exactly one
+/// lapsed lease (node and epoch) is won in the store by exactly one
 /// node, which applies [`sweep`] to each record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,7 +38,7 @@ pub enum Sweep {
 }
 
 impl Sweep {
-    /// The name of the sweep, as its claim in the store spells it.
+    /// The name of the sweep, as its bid in the store spells it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Sweep::Unreach => "unreach",

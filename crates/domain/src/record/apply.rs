@@ -453,7 +453,7 @@ impl Record {
                 killed: true,
             },
             Transition::Requeue { status, not_before }
-                if matches!(cause, StopCause::Fenced | StopCause::Unhealthy { .. }) =>
+                if matches!(cause, StopCause::StoodDown | StopCause::Unhealthy { .. }) =>
             {
                 self.push_attempt(started_at, status, now);
                 Lifecycle::Pending {
@@ -472,9 +472,9 @@ impl Record {
             }
             // Asked to stop (by a caller, a cascade, a replacement or its
             // owner's end), and gone: stopped, though how it ended (its
-            // exit code) is unknown. A fenced stop is no one's request:
+            // exit code) is unknown. A stand-down is no one's request:
             // its record is given up as lost, as it would be had the
-            // fence's write not reached the store.
+            // stand-down's write not reached the store.
             Transition::Lose { reason }
                 if matches!(
                     cause,
@@ -523,7 +523,7 @@ impl Record {
             StopCause::Requested
             | StopCause::Cascade { .. }
             | StopCause::Replaced { .. }
-            | StopCause::Fenced
+            | StopCause::StoodDown
             | StopCause::OwnerGone => Lifecycle::Cancelled {
                 started_at,
                 ended_at: now,

@@ -513,13 +513,13 @@ impl ProcessRecord {
     }
 
     /// Whether no attempt of this record holds a token now: it ended, is
-    /// cut off with its node, or is being stopped by its node's fence.
+    /// cut off with its node, or is being stood down by its node.
     fn holds_no_token(&self) -> bool {
         match &self.0.lifecycle {
             l if l.name().is_terminal() => true,
             Lifecycle::Unreachable { .. }
             | Lifecycle::Stopping {
-                cause: StopCause::Fenced,
+                cause: StopCause::StoodDown,
                 ..
             } => true,
             _ => false,
@@ -534,7 +534,7 @@ impl ProcessRecord {
 
     /// Whether `token` is still the token of this record's current
     /// attempt: the record has not ended, is not cut off with its node,
-    /// is not being stopped by its node's fence, and has had no attempt
+    /// is not being stood down by its node, and has had no attempt
     /// since.
     ///
     /// # Errors

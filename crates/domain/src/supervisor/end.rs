@@ -27,11 +27,11 @@ impl Supervisor {
         if matches!(
             record.lifecycle(),
             Lifecycle::Stopping {
-                cause: StopCause::Fenced,
+                cause: StopCause::StoodDown,
                 ..
             }
         ) {
-            // Stopped by the fence: queued again here, held back until
+            // Stood down: queued again here, held back until
             // the node holds its lease again.
             let requeue = Transition::Requeue {
                 status,

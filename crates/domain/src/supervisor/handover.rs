@@ -47,12 +47,12 @@ impl Supervisor {
             let record = &self.entries[&id].record;
             // A record of a group with a cluster-wide limit must ask the
             // store for a slot first, and a failover record must not start
-            // while the node is fenced: the spawner cannot know either.
+            // while the node stands down: the spawner cannot know either.
             let capped = record
                 .group()
                 .is_some_and(|g| self.limits.cluster_groups.contains_key(g));
-            let fenceable = record.spec().failover;
-            if record.parent().is_some() || record.is_tracked() || capped || fenceable {
+            let fails_over = record.spec().failover;
+            if record.parent().is_some() || record.is_tracked() || capped || fails_over {
                 break;
             }
             if let Some(g) = record.group()

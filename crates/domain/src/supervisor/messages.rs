@@ -223,7 +223,7 @@ pub enum Input {
     /// This node claimed and placed `record`, but cannot take it (the core
     /// refused [`Input::Claimed`] with `reason`): it becomes this node's,
     /// failed with the reason, rather than wait for ever.
-    ClaimRefused {
+    NameHeld {
         /// The record as the store holds it (this node's, pending).
         record: ProcessRecord,
         /// Why it cannot run here.
@@ -435,7 +435,7 @@ pub enum Input {
     },
     /// Whether this node holds its lease ([`crate::cluster`]). When it no
     /// longer does (`held: false`, a whole lease after its last renewal
-    /// that succeeded was sent), it fences itself: its failover records
+    /// that succeeded was sent), it stands down: its failover records
     /// are stopped (TERM, then KILL after their grace; each exit queues it
     /// again here) and none starts until it holds its lease again (`held:
     /// true`), since another node may run them after
@@ -464,7 +464,7 @@ pub enum Input {
         /// The version the store holds, if any.
         stored: Option<u64>,
     },
-    /// This node claimed its name again after its lease lapsed (a
+    /// This node took its name again after its lease lapsed (a
     /// partition, a stall): `stored` is what the shared store holds of its
     /// records now, as id, version and state. Another node may have marked
     /// them `unreachable`, or given them up as `lost`; the core reconciles

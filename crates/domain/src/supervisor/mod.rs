@@ -13,7 +13,6 @@
 //! (`foreign.rs`).
 
 mod end;
-mod fence;
 mod foreign;
 mod handover;
 mod limits;
@@ -26,6 +25,7 @@ mod queue;
 mod reconcile;
 mod restore;
 mod schedule;
+mod stand_down;
 mod start;
 mod timers;
 mod watch;
@@ -130,9 +130,9 @@ pub struct Supervisor {
     /// replaced or forgotten before its `ClusterSlot` timer fires, and the
     /// group must not wait on it (the timer only wakes the core).
     cluster_full: BTreeMap<GroupName, Timestamp>,
-    /// Whether this node lost its lease: see `fence.rs`.
-    fenced: bool,
-    /// Failover records ready to start, held back while the node is fenced.
+    /// Whether this node lost its lease: see `stand_down.rs`.
+    standing_down: bool,
+    /// Failover records ready to start, held back while the node stands down.
     held_back: BTreeSet<ProcessId>,
     /// The newest record of this node given each name: the live one, if
     /// any (see `names.rs`).
@@ -163,7 +163,7 @@ impl Supervisor {
             foreign: HashMap::new(),
             asking: BTreeMap::new(),
             cluster_full: BTreeMap::new(),
-            fenced: false,
+            standing_down: false,
             held_back: BTreeSet::new(),
             names: HashMap::new(),
             owners: owners::Owners::default(),
@@ -387,7 +387,7 @@ impl Supervisor {
                 self.cluster_full.clear();
                 Ok(())
             }
-            Input::ClaimRefused { record, reason } => {
+            Input::NameHeld { record, reason } => {
                 let error = format!("node {} took it but cannot run it: {reason}", self.node);
                 self.adopt_ended(&record, Transition::Fail { error }, now)
             }

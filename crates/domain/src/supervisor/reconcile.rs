@@ -11,7 +11,7 @@
 //!
 //! The one exception is a node's loss. While a node's lease is lapsed,
 //! another node marks its records `unreachable`, and after `lost_after`
-//! gives them up as `lost`. When the node claims its name again
+//! gives them up as `lost`. When the node takes its name again
 //! ([`Input::Rejoined`](crate::Input::Rejoined)), its view wins over
 //! `unreachable`: every record the store holds otherwise is written again.
 //! An end the store holds is final for everyone who saw it, so the node

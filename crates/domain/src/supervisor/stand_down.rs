@@ -1,4 +1,4 @@
-//! The self-fence of a node that lost its lease: a failover record must
+//! A node that lost its lease stands down: a failover record must
 //! never run on two nodes at once, and another node may run it a lease, its
 //! grace and a margin after this node's last renewal
 //! ([`crate::cluster::ClusterTiming::failover_after`]). So once this node
@@ -13,16 +13,16 @@ use super::Supervisor;
 use crate::{ProcessId, StateName, StopCause, Timestamp};
 
 impl Supervisor {
-    /// Whether this node fenced itself.
-    pub fn is_fenced(&self) -> bool {
-        self.fenced
+    /// Whether this node stands down: it does not hold its lease.
+    pub fn stands_down(&self) -> bool {
+        self.standing_down
     }
 
-    /// Whether `id` must wait to start because the node is fenced: it is
+    /// Whether `id` must wait to start because the node stands down: it is
     /// held back until the lease is held again.
     pub(super) fn holds_back(&mut self, id: ProcessId) -> bool {
-        // Every start asks: the record is looked up only while fenced.
-        if !self.fenced {
+        // Every start asks: the record is looked up only while standing down.
+        if !self.standing_down {
             return false;
         }
         let fails_over = self
@@ -38,10 +38,10 @@ impl Supervisor {
     }
 
     pub(super) fn lease(&mut self, held: bool, now: Timestamp) {
-        if held != self.fenced {
+        if held != self.standing_down {
             return;
         }
-        self.fenced = !held;
+        self.standing_down = !held;
         if held {
             for id in std::mem::take(&mut self.held_back) {
                 if self.entries.contains_key(&id) {
@@ -66,7 +66,7 @@ impl Supervisor {
                 continue;
             }
             if state != StateName::Stopping {
-                let _ = self.stop(id, StopCause::Fenced, false, None, now);
+                let _ = self.stop(id, StopCause::StoodDown, false, None, now);
             }
         }
     }

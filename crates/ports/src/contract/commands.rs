@@ -14,7 +14,7 @@ use bpm_domain::{NodeId, ProcessId};
 
 use bpm_domain::Span;
 
-use crate::{Call, Claimant, CommandBus, Delivery, ManagerError, Membership, Reply};
+use crate::{Call, Candidate, CommandBus, Delivery, ManagerError, Membership, Reply};
 
 /// A daemon of node `beta`, started anew.
 pub type StartBeta =
@@ -38,7 +38,7 @@ pub struct Subject {
 pub async fn alpha_and_beta_alive(membership: &dyn Membership) {
     for name in ["alpha", "beta"] {
         membership
-            .join(&Claimant {
+            .join(&Candidate {
                 node: node(name),
                 host: "contract".into(),
                 pid: std::process::id(),

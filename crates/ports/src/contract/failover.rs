@@ -12,7 +12,7 @@ use bpm_domain::{
     Transition,
 };
 
-use crate::{Claimant, FailedOver, Failover, Membership, ProcessStore, StoreError};
+use crate::{Candidate, FailedOver, Failover, Membership, ProcessStore, StoreError};
 
 /// A fresh, empty store with leases and failover on it, all on real time.
 pub struct Subject {
@@ -24,8 +24,8 @@ pub struct Subject {
     pub failover: Arc<dyn Failover>,
 }
 
-fn claimant(node: &str) -> Claimant {
-    Claimant {
+fn candidate(node: &str) -> Candidate {
+    Candidate {
         node: NodeId::new(node).expect("a node name"),
         host: "host".into(),
         pid: 1,
@@ -92,9 +92,9 @@ fn split(record: &ProcessRecord, new: u128) -> (ProcessRecord, ProcessRecord) {
 /// claimed again, or one that left, keeps its record.
 pub async fn a_lost_nodes_record_is_replaced_once_and_only_while_lost(s: Subject) {
     let m = &s.membership;
-    m.join(&claimant("b")).await.expect("join b");
-    let c_epoch = m.join(&claimant("c")).await.expect("join c");
-    let d_epoch = m.join(&claimant("d")).await.expect("join d");
+    m.join(&candidate("b")).await.expect("join b");
+    let c_epoch = m.join(&candidate("c")).await.expect("join c");
+    let d_epoch = m.join(&candidate("d")).await.expect("join d");
     let on_b = running(&s, 1, "b").await;
     let on_c = running(&s, 2, "c").await;
     let on_d = running(&s, 3, "d").await;
@@ -122,7 +122,7 @@ pub async fn a_lost_nodes_record_is_replaced_once_and_only_while_lost(s: Subject
         "lost, but the failover is not due before the margin"
     );
     tokio::time::sleep(FAILOVER_MARGIN + Duration::from_millis(300)).await;
-    let c_again = m.join(&claimant("c")).await.expect("c claimed again");
+    let c_again = m.join(&candidate("c")).await.expect("c taken again");
     assert!(c_again > c_epoch);
     let (old_c, new_c) = split(&on_c, 12);
     assert_eq!(

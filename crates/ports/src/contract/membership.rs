@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use bpm_domain::{NodeId, NodeState, Span, Sweep};
 
-use crate::{Claimant, Membership, MembershipError};
+use crate::{Candidate, Membership, MembershipError};
 
 /// A fresh, empty membership on real time.
 pub type Subject = Arc<dyn Membership>;
 
-fn claimant(node: &str, pid: u32) -> Claimant {
-    Claimant {
+fn candidate(node: &str, pid: u32) -> Candidate {
+    Candidate {
         node: NodeId::new(node).expect("a node name"),
         host: format!("host-of-{pid}"),
         pid,
@@ -41,7 +41,7 @@ async fn state_of(m: &Subject, node: &str) -> NodeState {
 
 /// A join gives an epoch, and the node is listed alive with its holder.
 pub async fn join_gives_an_epoch_and_the_node_is_alive(m: Subject) {
-    let epoch = m.join(&claimant("a", 10)).await.expect("join");
+    let epoch = m.join(&candidate("a", 10)).await.expect("join");
     assert!(epoch >= 1);
     let nodes = m.nodes().await.expect("nodes");
     assert_eq!(nodes.len(), 1, "{nodes:?}");
@@ -55,7 +55,7 @@ pub async fn join_gives_an_epoch_and_the_node_is_alive(m: Subject) {
     assert_eq!(view.lease.slots, 3);
     assert_eq!(
         view.lease.labels,
-        claimant("a", 1).labels,
+        candidate("a", 1).labels,
         "the labels the node carries"
     );
     assert!(view.lease_age_ms < 1_000, "{view:?}");
@@ -63,8 +63,8 @@ pub async fn join_gives_an_epoch_and_the_node_is_alive(m: Subject) {
 
 /// A second claim of a held node is refused, naming the holder.
 pub async fn a_held_node_is_refused_naming_its_holder(m: Subject) {
-    m.join(&claimant("a", 10)).await.expect("join");
-    let e = m.join(&claimant("a", 11)).await.unwrap_err();
+    m.join(&candidate("a", 10)).await.expect("join");
+    let e = m.join(&candidate("a", 11)).await.unwrap_err();
     match &e {
         MembershipError::Held(held) => {
             assert_eq!((held.host.as_str(), held.pid), ("host-of-10", 10));
@@ -72,7 +72,7 @@ pub async fn a_held_node_is_refused_naming_its_holder(m: Subject) {
         other => panic!("expected Held, got {other:?}"),
     }
     assert!(e.to_string().contains("pid 10"), "{e}");
-    m.join(&claimant("b", 12))
+    m.join(&candidate("b", 12))
         .await
         .expect("another node is free");
 }
@@ -83,10 +83,10 @@ pub async fn a_held_node_is_refused_naming_its_holder(m: Subject) {
 /// node, is refused as any other.
 pub async fn a_gone_holder_on_the_same_boot_is_taken_over_at_once(m: Subject) {
     let node = NodeId::new("a").expect("node");
-    let old = m.join(&claimant("a", 10)).await.expect("join");
-    let other_boot = Claimant {
+    let old = m.join(&candidate("a", 10)).await.expect("join");
+    let other_boot = Candidate {
         replaces: Some(old),
-        ..claimant("a", 11)
+        ..candidate("a", 11)
     };
     match m.join(&other_boot).await {
         Err(MembershipError::Held(held)) => {
@@ -94,19 +94,19 @@ pub async fn a_gone_holder_on_the_same_boot_is_taken_over_at_once(m: Subject) {
         }
         other => panic!("expected Held from another boot, got {other:?}"),
     }
-    let stale = Claimant {
+    let stale = Candidate {
         boot: "boot-of-10".into(),
         replaces: Some(old + 7),
-        ..claimant("a", 11)
+        ..candidate("a", 11)
     };
     assert!(
         matches!(m.join(&stale).await, Err(MembershipError::Held(_))),
         "an epoch that does not hold the node takes nothing over"
     );
-    let same_boot = Claimant {
+    let same_boot = Candidate {
         boot: "boot-of-10".into(),
         replaces: Some(old),
-        ..claimant("a", 11)
+        ..candidate("a", 11)
     };
     let new = m.join(&same_boot).await.expect("taken over");
     assert!(new > old);
@@ -125,11 +125,11 @@ pub async fn a_gone_holder_on_the_same_boot_is_taken_over_at_once(m: Subject) {
 /// Leaving frees the name; the next join fences the old epoch.
 pub async fn leaving_frees_the_name_and_the_next_join_fences_the_old_epoch(m: Subject) {
     let node = NodeId::new("a").expect("node");
-    let old = m.join(&claimant("a", 10)).await.expect("join");
+    let old = m.join(&candidate("a", 10)).await.expect("join");
     m.leave(&node, old).await.expect("leave");
     assert_eq!(state_of(&m, "a").await, NodeState::Left);
     let new = m
-        .join(&claimant("a", 11))
+        .join(&candidate("a", 11))
         .await
         .expect("a left node is free");
     assert!(new > old);
@@ -164,7 +164,7 @@ pub async fn renewing_a_node_never_joined_is_fenced(m: Subject) {
 /// taken over, and its renewal is refused as expired (then as fenced).
 pub async fn a_lease_lives_by_renewals_and_expires_without_them(m: Subject) {
     let node = NodeId::new("a").expect("node");
-    let old = m.join(&claimant("a", 10)).await.expect("join");
+    let old = m.join(&candidate("a", 10)).await.expect("join");
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
         m.renew(&node, old).await.expect("renew");
@@ -180,7 +180,7 @@ pub async fn a_lease_lives_by_renewals_and_expires_without_them(m: Subject) {
         })
     );
     let new = m
-        .join(&claimant("a", 11))
+        .join(&candidate("a", 11))
         .await
         .expect("a lost node is taken over");
     assert!(new > old);
@@ -191,8 +191,8 @@ pub async fn a_lease_lives_by_renewals_and_expires_without_them(m: Subject) {
 }
 
 /// A lapsed lease's sweeps: not while the node is alive; then exactly one
-/// of many racing claimants; not again once finished; again by another if
-/// its claimant never finished; the give-up only after `lost_after`; and
+/// of many racing candidates; not again once finished; again by another if
+/// its candidate never finished; the give-up only after `lost_after`; and
 /// never for an epoch the node has moved past.
 pub async fn a_lapsed_lease_is_swept_by_exactly_one_node(m: Subject) {
     let b = NodeId::new("b").expect("node");
@@ -201,17 +201,17 @@ pub async fn a_lapsed_lease_is_swept_by_exactly_one_node(m: Subject) {
         NodeId::new("c").expect("node"),
     );
     let long = Duration::from_mins(1);
-    let epoch = m.join(&claimant("b", 20)).await.expect("join");
-    let claim = |m: Subject, sweep, by: NodeId, lost_after, hold| {
+    let epoch = m.join(&candidate("b", 20)).await.expect("join");
+    let bid = |m: Subject, sweep, by: NodeId, lost_after, hold| {
         let b = b.clone();
         async move {
-            m.claim_sweep(&b, epoch, sweep, &by, lost_after, hold)
+            m.bid_for_sweep(&b, epoch, sweep, &by, lost_after, hold)
                 .await
-                .expect("claim")
+                .expect("bid")
         }
     };
     assert!(
-        !claim(Arc::clone(&m), Sweep::Unreach, a.clone(), long, long).await,
+        !bid(Arc::clone(&m), Sweep::Unreach, a.clone(), long, long).await,
         "alive"
     );
     tokio::time::sleep(Duration::from_millis(2_300)).await;
@@ -219,7 +219,7 @@ pub async fn a_lapsed_lease_is_swept_by_exactly_one_node(m: Subject) {
         let m = Arc::clone(&m);
         let by = NodeId::new(format!("n{i}")).expect("node");
         tokio::spawn(async move {
-            m.claim_sweep(
+            m.bid_for_sweep(
                 &NodeId::new("b").expect("node"),
                 epoch,
                 Sweep::Unreach,
@@ -239,13 +239,13 @@ pub async fn a_lapsed_lease_is_swept_by_exactly_one_node(m: Subject) {
     m.finish_sweep(&b, epoch, Sweep::Unreach)
         .await
         .expect("finish");
-    assert!(!claim(Arc::clone(&m), Sweep::Unreach, a.clone(), long, long).await);
-    // The give-up waits for lost_after; a claimant that never finishes
+    assert!(!bid(Arc::clone(&m), Sweep::Unreach, a.clone(), long, long).await);
+    // The give-up waits for lost_after; a candidate that never finishes
     // lets another take it once its hold is over.
-    assert!(!claim(Arc::clone(&m), Sweep::GiveUp, a.clone(), long, long).await);
+    assert!(!bid(Arc::clone(&m), Sweep::GiveUp, a.clone(), long, long).await);
     let short = Duration::from_millis(1);
     assert!(
-        claim(
+        bid(
             Arc::clone(&m),
             Sweep::GiveUp,
             a.clone(),
@@ -254,19 +254,19 @@ pub async fn a_lapsed_lease_is_swept_by_exactly_one_node(m: Subject) {
         )
         .await
     );
-    assert!(!claim(Arc::clone(&m), Sweep::GiveUp, c.clone(), short, long).await);
+    assert!(!bid(Arc::clone(&m), Sweep::GiveUp, c.clone(), short, long).await);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(claim(Arc::clone(&m), Sweep::GiveUp, c.clone(), short, long).await);
+    assert!(bid(Arc::clone(&m), Sweep::GiveUp, c.clone(), short, long).await);
     // The node is back with a newer epoch: its old lease is swept no more.
-    let new = m.join(&claimant("b", 21)).await.expect("back");
+    let new = m.join(&candidate("b", 21)).await.expect("back");
     assert!(new > epoch);
     let racing = m
-        .claim_sweep(&b, epoch, Sweep::Unreach, &c, short, long)
+        .bid_for_sweep(&b, epoch, Sweep::Unreach, &c, short, long)
         .await
         .expect("claim");
     assert!(!racing);
     assert!(
-        !m.claim_sweep(&b, new, Sweep::Unreach, &c, short, long)
+        !m.bid_for_sweep(&b, new, Sweep::Unreach, &c, short, long)
             .await
             .expect("claim"),
         "alive again"
@@ -277,7 +277,7 @@ pub async fn a_lapsed_lease_is_swept_by_exactly_one_node(m: Subject) {
 pub async fn racing_claims_exactly_one_wins(m: Subject) {
     let claims = (0..8u32).map(|pid| {
         let m = Arc::clone(&m);
-        tokio::spawn(async move { m.join(&claimant("contended", pid)).await })
+        tokio::spawn(async move { m.join(&candidate("contended", pid)).await })
     });
     let mut won = 0;
     for claim in claims {

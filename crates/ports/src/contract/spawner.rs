@@ -45,7 +45,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         readiness: ReadinessCheck::None,
         idle_after: None,
         hands_over: true,
-        fence: None,
+        stand_down: None,
         token: 0,
         leader_only: false,
         port: None,

@@ -95,7 +95,7 @@ async fn a_record_placed_on_any_node_is_taken_here_or_waits_and_is_stopped() {
 #[tokio::test]
 async fn a_lost_nodes_failover_record_runs_here_once() {
     use bpm_adapters::memory::{InMemoryClaims, InMemoryFailover, InMemoryMembership};
-    use bpm_ports::{Claimant, Clock, Membership};
+    use bpm_ports::{Candidate, Clock, Membership};
     let h = harness(Limits::default()).await;
     let here = bpm_domain::NodeId::local();
     let beta = bpm_domain::NodeId::new("beta").expect("a node");
@@ -107,7 +107,7 @@ async fn a_lost_nodes_failover_record_runs_here_once() {
         bpm_domain::cluster::placement::NodeLabels::new(),
     );
     let membership = Arc::new(InMemoryMembership::new(h.clock.clone()));
-    let claimant = |node: &bpm_domain::NodeId| Claimant {
+    let candidate = |node: &bpm_domain::NodeId| Candidate {
         node: node.clone(),
         host: "host".into(),
         pid: 1,
@@ -118,7 +118,10 @@ async fn a_lost_nodes_failover_record_runs_here_once() {
         boot: String::new(),
         replaces: None,
     };
-    membership.join(&claimant(&beta)).await.expect("beta joins");
+    membership
+        .join(&candidate(&beta))
+        .await
+        .expect("beta joins");
     let mut spec = fake(&["forever"]);
     spec.restart.mode = RestartMode::Always;
     spec.failover = true;
