@@ -521,4 +521,14 @@ mod tests {
         let back: Lifecycle = serde_json::from_value(v).unwrap();
         assert_eq!(back, l);
     }
+
+    #[test]
+    fn a_stand_down_written_under_its_first_name_still_reads() {
+        let old: StopCause = serde_json::from_str(r#"{"cause":"fenced"}"#).unwrap();
+        assert_eq!(old, StopCause::StoodDown);
+        assert_eq!(
+            serde_json::to_value(StopCause::StoodDown).unwrap()["cause"],
+            "stood_down"
+        );
+    }
 }
