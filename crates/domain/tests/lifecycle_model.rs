@@ -129,10 +129,6 @@ fn exit_state(status: ExitStatus) -> StateName {
 fn step(m: &Model, op: &Op) -> (Expect, Model) {
     use StateName::*;
     let mut n = m.clone();
-    let end = |n: &mut Model, s: StateName| {
-        n.state = s;
-        n.has_pid = false;
-    };
     if m.state.is_terminal() {
         let e = match op {
             Op::Complete
@@ -146,102 +142,148 @@ fn step(m: &Model, op: &Op) -> (Expect, Model) {
         };
         return (e, n);
     }
-    let expect = match (m.state, op, m.tracked) {
+    let expect = away_or_lost(m, op, &mut n).unwrap_or_else(|| match m.state {
+        Pending => from_pending(m, op, &mut n),
+        Starting => from_starting(op, &mut n),
+        Running | Paused => from_running(m, op, &mut n),
+        Stopping => from_stopping(m, op, &mut n),
+        _ => Expect::Refused,
+    });
+    if expect == Expect::Changed {
+        n.version += 1;
+    } else {
+        n = Model {
+            last: None,
+            ..m.clone()
+        };
+    }
+    (expect, n)
+}
+
+/// The model ended in `s`: its process gone.
+fn end(n: &mut Model, s: StateName) {
+    n.state = s;
+    n.has_pid = false;
+}
+
+/// Stopping for `cause`, not killed yet.
+fn stopping(n: &mut Model, cause: Cause) -> Expect {
+    n.state = StateName::Stopping;
+    n.cause = Some(cause);
+    n.killed = false;
+    Expect::Changed
+}
+
+/// What its node's loss and return do, in any state but a final one;
+/// `None` for any other step.
+fn away_or_lost(m: &Model, op: &Op, n: &mut Model) -> Option<Expect> {
+    use StateName::*;
+    Some(match (m.state, op) {
         // Its node lost: nothing but the node's return or the loss moves it.
-        (Unreachable, Op::Reach, _) => {
+        (Unreachable, Op::Reach) => {
             n.state = m.away.expect("unreachable remembers its state");
             n.away = None;
             Expect::Changed
         }
-        (Unreachable, Op::Lose, _) => {
-            end(&mut n, Lost);
+        (Unreachable, Op::Lose) => {
+            end(n, Lost);
             n.away = None;
             Expect::Changed
         }
-        (Unreachable | Pending, Op::Unreach, _) | (_, Op::Reach, _) => Expect::NoOp,
-        (Unreachable, _, _) => Expect::Refused,
-        (_, Op::Unreach, _) => {
+        (Unreachable | Pending, Op::Unreach) | (_, Op::Reach) => Expect::NoOp,
+        (Unreachable, _) => Expect::Refused,
+        (_, Op::Unreach) => {
             n.away = Some(m.state);
             n.state = Unreachable;
             Expect::Changed
         }
         // Asked to stop and gone: stopped, with its exit code unknown.
-        (Stopping, Op::Lose, _) if matches!(m.cause, Some(Cause::Requested | Cause::OwnerGone)) => {
-            end(&mut n, Cancelled);
+        (Stopping, Op::Lose) if matches!(m.cause, Some(Cause::Requested | Cause::OwnerGone)) => {
+            end(n, Cancelled);
             Expect::Changed
         }
-        (_, Op::Lose, _) => {
-            end(&mut n, Lost);
+        (_, Op::Lose) => {
+            end(n, Lost);
             Expect::Changed
         }
-        (Pending, Op::Start, false) => {
-            n.state = Starting;
+        _ => return None,
+    })
+}
+
+fn from_pending(m: &Model, op: &Op, n: &mut Model) -> Expect {
+    match op {
+        Op::Start if !m.tracked => {
+            n.state = StateName::Starting;
             Expect::Changed
         }
-        (Pending, Op::Stop(_), _) => {
-            end(&mut n, Cancelled);
+        Op::Stop(_) => {
+            end(n, StateName::Cancelled);
             Expect::Changed
         }
-        (Pending, Op::Fail, _) => {
-            end(&mut n, Failed);
+        Op::Fail => {
+            end(n, StateName::Failed);
             Expect::Changed
         }
-        (Starting, Op::Spawned, _) => {
-            n.state = Running;
+        _ => Expect::Refused,
+    }
+}
+
+fn from_starting(op: &Op, n: &mut Model) -> Expect {
+    match op {
+        Op::Spawned => {
+            n.state = StateName::Running;
             n.has_pid = true;
             n.ready = false;
             Expect::Changed
         }
-        (Starting, Op::SpawnFailed, _) => {
-            end(&mut n, Failed);
+        Op::SpawnFailed => {
+            end(n, StateName::Failed);
             Expect::Changed
         }
-        (Starting, Op::Exited(s), _) => {
-            end(&mut n, exit_state(*s));
+        Op::Exited(s) => {
+            end(n, exit_state(*s));
             n.exit = Some(*s);
             Expect::Changed
         }
-        (Starting, Op::Stop(c), _) => {
-            n.state = Stopping;
-            n.cause = Some(*c);
-            n.killed = false;
-            Expect::Changed
-        }
+        Op::Stop(c) => stopping(n, *c),
         // The child reports before its spawn's answer is handled.
-        (Starting, Op::Progress(_), _) => Expect::Changed,
-        (Starting, Op::TimeOut, _) => {
-            n.state = Stopping;
-            n.cause = Some(Cause::Timeout);
-            n.killed = false;
-            Expect::Changed
-        }
-        // A tracked operation: only the caller's reports and stops apply.
+        Op::Progress(_) => Expect::Changed,
+        Op::TimeOut => stopping(n, Cause::Timeout),
+        _ => Expect::Refused,
+    }
+}
+
+/// Running or paused: a tracked operation takes only its caller's
+/// reports and stops.
+fn from_running(m: &Model, op: &Op, n: &mut Model) -> Expect {
+    use StateName::*;
+    match (m.state, op, m.tracked) {
         (Running, Op::Stop(_), true) => {
-            end(&mut n, Cancelled);
+            end(n, Cancelled);
             Expect::Changed
         }
         (Running, Op::TimeOut, true) => {
-            end(&mut n, TimedOut);
+            end(n, TimedOut);
             Expect::Changed
         }
         (Running, Op::Complete, true) => {
-            end(&mut n, Completed);
+            end(n, Completed);
             Expect::Changed
         }
         (Running, Op::Fail, true) => {
-            end(&mut n, Failed);
+            end(n, Failed);
             Expect::Changed
         }
         (Running, Op::Ready, true) => Expect::NoOp,
         (Running, Op::Progress(_), true) => Expect::Changed,
         (Running, _, true) => Expect::Refused,
-        (Running | Paused, Op::Exited(s), false) => {
-            end(&mut n, exit_state(*s));
+        (_, Op::Exited(s), false) => {
+            end(n, exit_state(*s));
             n.exit = Some(*s);
             Expect::Changed
         }
-        (Running | Paused, Op::Requeue(_), false) => {
-            end(&mut n, Pending);
+        (_, Op::Requeue(_), false) => {
+            end(n, Pending);
             n.restarts += 1;
             Expect::Changed
         }
@@ -253,65 +295,47 @@ fn step(m: &Model, op: &Op) -> (Expect, Model) {
             n.state = Running;
             Expect::Changed
         }
-        (Running | Paused, Op::Stop(c), false) => {
-            n.state = Stopping;
-            n.cause = Some(*c);
-            n.killed = false;
+        (_, Op::Stop(c), false) => stopping(n, *c),
+        (_, Op::TimeOut, false) => stopping(n, Cause::Timeout),
+        (_, Op::Ready, false) if m.ready => Expect::NoOp,
+        (_, Op::Ready, false) => {
+            n.ready = true;
             Expect::Changed
         }
-        (Running | Paused, Op::TimeOut, false) => {
-            n.state = Stopping;
-            n.cause = Some(Cause::Timeout);
-            n.killed = false;
-            Expect::Changed
-        }
-        (Running | Paused, Op::Ready, false) => {
-            if m.ready {
-                Expect::NoOp
-            } else {
-                n.ready = true;
-                Expect::Changed
-            }
-        }
-        (Running | Paused | Stopping, Op::Progress(_), _) => Expect::Changed,
-        (Stopping, Op::Stop(_) | Op::TimeOut, _) => Expect::NoOp,
-        (Stopping, Op::Spawned, _) if !m.has_pid => {
+        (_, Op::Progress(_), _) => Expect::Changed,
+        _ => Expect::Refused,
+    }
+}
+
+fn from_stopping(m: &Model, op: &Op, n: &mut Model) -> Expect {
+    match op {
+        Op::Progress(_) => Expect::Changed,
+        Op::Stop(_) | Op::TimeOut => Expect::NoOp,
+        Op::Spawned if !m.has_pid => {
             n.has_pid = true;
             Expect::Changed
         }
-        (Stopping, Op::SpawnFailed, _) if !m.has_pid => {
-            end(&mut n, Cancelled);
+        Op::SpawnFailed if !m.has_pid => {
+            end(n, StateName::Cancelled);
             Expect::Changed
         }
-        (Stopping, Op::Escalate, _) => {
-            if m.killed {
-                Expect::NoOp
-            } else {
-                n.killed = true;
-                Expect::Changed
-            }
+        Op::Escalate if m.killed => Expect::NoOp,
+        Op::Escalate => {
+            n.killed = true;
+            Expect::Changed
         }
-        (Stopping, Op::Exited(s), _) => {
+        Op::Exited(s) => {
             let to = match m.cause.expect("stopping has a cause") {
-                Cause::Requested | Cause::OwnerGone => Cancelled,
-                Cause::Timeout => TimedOut,
-                Cause::NotReady => Failed,
+                Cause::Requested | Cause::OwnerGone => StateName::Cancelled,
+                Cause::Timeout => StateName::TimedOut,
+                Cause::NotReady => StateName::Failed,
             };
-            end(&mut n, to);
+            end(n, to);
             n.exit = Some(*s);
             Expect::Changed
         }
         _ => Expect::Refused,
-    };
-    if expect == Expect::Changed {
-        n.version += 1;
-    } else {
-        n = Model {
-            last: None,
-            ..m.clone()
-        };
     }
-    (expect, n)
 }
 
 struct Reference;
