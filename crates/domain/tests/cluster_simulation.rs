@@ -853,6 +853,48 @@ impl World {
         }
     }
 
+    /// Node `n` submits a failover record, placed on any node if
+    /// `anywhere` (written to the store while `n` reaches it), else its own.
+    fn submit_failover(&mut self, n: usize, anywhere: bool, grace: u64) {
+        let mut spec = ProcessSpec::argv(["server"]);
+        spec.restart.mode = bpm_domain::RestartMode::OnFailure;
+        spec.failover = true;
+        spec.stop.grace = Span::from_secs(grace);
+        let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
+        if anywhere {
+            if self.writes(n) {
+                self.next += 1;
+                spec.node = Some(NodeId::any());
+                let record = unplaced(id, spec, self.now).expect("a valid spec");
+                self.keep(record);
+            }
+        } else {
+            self.next += 1;
+            self.handle(n, Input::Submit { id, spec });
+        }
+    }
+
+    /// Node `n` stops the k-th of its records that has not ended.
+    fn stop_kth_live(&mut self, n: usize, k: usize) {
+        let mut live: Vec<ProcessId> = self.nodes[n]
+            .core
+            .records()
+            .filter(|r| !r.is_terminal())
+            .map(ProcessRecord::id)
+            .collect();
+        live.sort();
+        if let Some(&id) = live.get(k % live.len().max(1)) {
+            self.handle(
+                n,
+                Input::Stop {
+                    id,
+                    force: false,
+                    grace: None,
+                },
+            );
+        }
+    }
+
     fn step(&mut self, op: &Op) {
         match *op {
             Op::Submit(n) => {
@@ -896,25 +938,7 @@ impl World {
                     self.submit_naming(n, &spec);
                 }
             }
-            Op::Stop(n, k) => {
-                let mut live: Vec<ProcessId> = self.nodes[n]
-                    .core
-                    .records()
-                    .filter(|r| !r.is_terminal())
-                    .map(ProcessRecord::id)
-                    .collect();
-                live.sort();
-                if let Some(&id) = live.get(k % live.len().max(1)) {
-                    self.handle(
-                        n,
-                        Input::Stop {
-                            id,
-                            force: false,
-                            grace: None,
-                        },
-                    );
-                }
-            }
+            Op::Stop(n, k) => self.stop_kth_live(n, k),
             Op::SubmitAny(n, agent) => {
                 if self.writes(n) {
                     let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
@@ -939,24 +963,7 @@ impl World {
                 }
             }
             Op::SlotsFreed(n) => self.handle(n, Input::ClusterSlotsFreed),
-            Op::SubmitFailover(n, anywhere, grace) => {
-                let mut spec = ProcessSpec::argv(["server"]);
-                spec.restart.mode = bpm_domain::RestartMode::OnFailure;
-                spec.failover = true;
-                spec.stop.grace = Span::from_secs(grace);
-                let id = ProcessId::from_uuid(uuid::Uuid::from_u128(self.next));
-                if anywhere {
-                    if self.writes(n) {
-                        self.next += 1;
-                        spec.node = Some(NodeId::any());
-                        let record = unplaced(id, spec, self.now).expect("a valid spec");
-                        self.keep(record);
-                    }
-                } else {
-                    self.next += 1;
-                    self.handle(n, Input::Submit { id, spec });
-                }
-            }
+            Op::SubmitFailover(n, anywhere, grace) => self.submit_failover(n, anywhere, grace),
             Op::Cut(n) => self.nodes[n].connected = false,
             Op::Heal(n) => {
                 let was_cut = !self.nodes[n].connected;

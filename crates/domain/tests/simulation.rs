@@ -293,6 +293,59 @@ impl World {
         }
     }
 
+    /// The store's compare-and-set write of `record`, and what must hold
+    /// of every write the core makes.
+    fn persist(&mut self, record: ProcessRecord, expected_version: Option<u64>, durable: bool) {
+        let before = self.store.get(&record.id());
+        let stored = before.map(ProcessRecord::version);
+        if stored != expected_version {
+            // Compare-and-set fails: another writer came between.
+            assert!(
+                self.foreign.contains(&record.id()),
+                "compare-and-set against what the store holds"
+            );
+            self.conflicts.push(record.id());
+            self.refused.insert(record.id());
+            return;
+        }
+        self.refused.remove(&record.id());
+        let between_active_states = before.is_some_and(|b| b.state().is_active())
+            && record.state().is_active()
+            && !record.is_tracked();
+        // After a conflict the core flushes (always safe).
+        if !self.foreign.remove(&record.id()) {
+            assert_eq!(
+                durable, !between_active_states,
+                "only changes between active states of a process may stay unflushed"
+            );
+        }
+        assert!(record.version() > stored.unwrap_or(0), "versions only grow");
+        // Whatever order the notices came in, an exit is handled
+        // as it happened: after the start, so under the restart policy.
+        if let Some(status) = record.lifecycle().exit()
+            && matches!(record.state(), StateName::Completed | StateName::Failed)
+            && !record.is_tracked()
+        {
+            let policy = record.spec().restart;
+            let wants = match policy.mode {
+                RestartMode::Never => false,
+                RestartMode::OnFailure => !status.success(),
+                RestartMode::Always => true,
+            };
+            assert!(
+                !wants || policy.max_restarts.is_some_and(|m| record.restarts() >= m),
+                "{} ended {} on an exit its restart policy restarts",
+                record.id(),
+                record.state()
+            );
+        }
+        // The core has taken the start (or ended the record).
+        if record.pid().is_some() || record.is_terminal() {
+            self.reported.remove(&record.id());
+        }
+        self.store.insert(record.id(), record);
+    }
+
     fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
@@ -300,56 +353,7 @@ impl World {
                     record,
                     expected_version,
                     durable,
-                } => {
-                    let before = self.store.get(&record.id());
-                    let stored = before.map(ProcessRecord::version);
-                    if stored != expected_version {
-                        // Compare-and-set fails: another writer came between.
-                        assert!(
-                            self.foreign.contains(&record.id()),
-                            "compare-and-set against what the store holds"
-                        );
-                        self.conflicts.push(record.id());
-                        self.refused.insert(record.id());
-                        continue;
-                    }
-                    self.refused.remove(&record.id());
-                    let between_active_states = before.is_some_and(|b| b.state().is_active())
-                        && record.state().is_active()
-                        && !record.is_tracked();
-                    // After a conflict the core flushes (always safe).
-                    if !self.foreign.remove(&record.id()) {
-                        assert_eq!(
-                            durable, !between_active_states,
-                            "only changes between active states of a process may stay unflushed"
-                        );
-                    }
-                    assert!(record.version() > stored.unwrap_or(0), "versions only grow");
-                    // Whatever order the notices came in, an exit is handled
-                    // as it happened: after the start, so under the restart policy.
-                    if let Some(status) = record.lifecycle().exit()
-                        && matches!(record.state(), StateName::Completed | StateName::Failed)
-                        && !record.is_tracked()
-                    {
-                        let policy = record.spec().restart;
-                        let wants = match policy.mode {
-                            RestartMode::Never => false,
-                            RestartMode::OnFailure => !status.success(),
-                            RestartMode::Always => true,
-                        };
-                        assert!(
-                            !wants || policy.max_restarts.is_some_and(|m| record.restarts() >= m),
-                            "{} ended {} on an exit its restart policy restarts",
-                            record.id(),
-                            record.state()
-                        );
-                    }
-                    // The core has taken the start (or ended the record).
-                    if record.pid().is_some() || record.is_terminal() {
-                        self.reported.remove(&record.id());
-                    }
-                    self.store.insert(record.id(), record);
-                }
+                } => self.persist(record, expected_version, durable),
                 Effect::Delete { id } => {
                     let gone = self.store.remove(&id);
                     assert!(
@@ -497,71 +501,8 @@ impl World {
             self.withdraw();
         }
         let _ = match op {
-            Op::Submit(s) => {
-                let id = self.fresh_id();
-                let mut spec = if s.tracked {
-                    ProcessSpec::tracked(ProcessName::new("op").expect("valid"))
-                } else {
-                    ProcessSpec::argv(["work"])
-                };
-                spec.group = match s.group {
-                    1 => Some(GroupName::new("g1").expect("valid")),
-                    2 => Some(GroupName::new("g2").expect("valid")),
-                    3 => Some(GroupName::new("g3").expect("valid")),
-                    _ => None,
-                };
-                spec.priority = s.priority;
-                spec.parent = s.parent.and_then(|p| self.pick(p));
-                spec.dependencies = s.deps.iter().filter_map(|d| self.pick(*d)).collect();
-                spec.dependencies.sort();
-                spec.dependencies.dedup();
-                spec.delay = s.delay_ms.map(Span::from_millis);
-                spec.timeout = s.timeout_ms.map(Span::from_millis);
-                if !s.tracked {
-                    spec.restart.mode = [
-                        RestartMode::Never,
-                        RestartMode::OnFailure,
-                        RestartMode::Always,
-                    ][usize::from(s.restart)];
-                    spec.restart.max_restarts = Some(2);
-                }
-                if s.ignores_term {
-                    self.ignores_term.insert(id);
-                }
-                let r = self.input(Input::Submit { id, spec });
-                if r.is_ok() {
-                    self.ids.push(id);
-                }
-                r
-            }
-            Op::ResolveSpawn { pick, ok, now } => {
-                if self.spawning.is_empty() {
-                    return;
-                }
-                let id = self.spawning.remove(pick % self.spawning.len());
-                let answer = if let Some(&pid) = self.started.get(&id) {
-                    // Started already (on an exit): the spawner answers with that process.
-                    Input::Spawned { id, pid }
-                } else if ok {
-                    let pid = self.next_pid;
-                    self.next_pid += 1;
-                    self.alive
-                        .insert(id, (pid, self.ignores_term.contains(&id)));
-                    self.started.insert(id, pid);
-                    Input::Spawned { id, pid }
-                } else {
-                    Input::SpawnFailed {
-                        id,
-                        error: "exec failed".into(),
-                    }
-                };
-                if now {
-                    self.input(answer)
-                } else {
-                    self.results.push(answer);
-                    Ok(())
-                }
-            }
+            Op::Submit(s) => self.submit(s),
+            Op::ResolveSpawn { pick, ok, now } => self.resolve_spawn(pick, ok, now),
             Op::DeliverResult { pick } => {
                 if self.results.is_empty() {
                     return;
@@ -650,89 +591,172 @@ impl World {
                 Some(id) => self.input(Input::Remove { id }),
                 None => return,
             },
-            Op::Advance { ms } => {
-                self.now = Timestamp::from_millis(self.now.as_millis() + ms);
-                loop {
-                    let due = self
-                        .timers
-                        .iter()
-                        .filter(|(_, at)| **at <= self.now)
-                        .min_by_key(|(t, at)| (**at, **t))
-                        .map(|(t, _)| *t);
-                    let Some(timer) = due else { break };
-                    self.timers.remove(&timer);
-                    self.input(Input::TimerFired(timer))
-                        .expect("timers never error");
-                }
-                Ok(())
-            }
-            Op::AnswerSlot { pick } => {
-                if self.asks.is_empty() {
-                    return;
-                }
-                let id = self.asks.remove(pick % self.asks.len());
-                // The store's count: g3's records holding a slot (tracked
-                // operations hold none), and the grants of records still
-                // pending and unchanged since (not queued again after a run).
-                let store = &self.store;
-                let group = GroupName::new("g3").expect("group");
-                let holding = store.values().filter(|r| holds_slot(r, &group)).count();
-                let version = store.get(&id).map(ProcessRecord::version);
-                let granted = self
-                    .grants
-                    .ask(id, CLUSTER_G3, holding, version, (), |g, grant| {
-                        grant_stands(store.get(g), grant.at)
-                    });
-                self.input(Input::ClusterSlot { id, granted })
-            }
+            Op::Advance { ms } => self.advance(ms),
+            Op::AnswerSlot { pick } => self.answer_slot(pick),
             Op::SlotsFreed => self.input(Input::ClusterSlotsFreed),
-            Op::HandOver => {
-                let added = self.core.hand_over();
-                for id in &added {
-                    let r = self
-                        .core
-                        .get(*id)
-                        .expect("the core hands over its own records");
-                    assert_eq!(
-                        r.state(),
-                        StateName::Pending,
-                        "only pending records are handed over"
-                    );
-                    assert!(r.parent().is_none(), "only roots are handed over");
-                }
-                self.queued.extend(added);
-                Ok(())
-            }
-            Op::ForeignWrite { pick, delete } => {
-                let Some(id) = self.pick(pick) else { return };
-                // The store counts cluster-wide slots: another writer that
-                // changes a record holding one miscounts it.
-                if self.store.get(&id).is_some_and(|r| {
-                    r.state().is_active()
-                        && !r.is_tracked()
-                        && r.group().is_some_and(|g| g.as_str() == "g3")
-                }) {
-                    self.miscounted.insert(id);
-                }
-                if delete {
-                    if self.store.remove(&id).is_none() {
-                        return;
-                    }
-                } else if let Some(r) = self.store.get_mut(&id) {
-                    let theirs = r.version() + 1;
-                    r.rebase(theirs);
-                } else {
-                    return;
-                }
-                self.foreign.insert(id);
-                Ok(())
-            }
+            Op::HandOver => self.hand_over(),
+            Op::ForeignWrite { pick, delete } => self.foreign_write(pick, delete),
             Op::DeliverNotice => match self.notices.pop_front() {
                 // Notices come in the order the spawner sent them.
                 Some(n) => self.input(n),
                 None => return,
             },
         };
+    }
+
+    /// Submits a record as `s` describes it.
+    fn submit(&mut self, s: Submit) -> Result<(), CoreError> {
+        let id = self.fresh_id();
+        let mut spec = if s.tracked {
+            ProcessSpec::tracked(ProcessName::new("op").expect("valid"))
+        } else {
+            ProcessSpec::argv(["work"])
+        };
+        spec.group = match s.group {
+            1 => Some(GroupName::new("g1").expect("valid")),
+            2 => Some(GroupName::new("g2").expect("valid")),
+            3 => Some(GroupName::new("g3").expect("valid")),
+            _ => None,
+        };
+        spec.priority = s.priority;
+        spec.parent = s.parent.and_then(|p| self.pick(p));
+        spec.dependencies = s.deps.iter().filter_map(|d| self.pick(*d)).collect();
+        spec.dependencies.sort();
+        spec.dependencies.dedup();
+        spec.delay = s.delay_ms.map(Span::from_millis);
+        spec.timeout = s.timeout_ms.map(Span::from_millis);
+        if !s.tracked {
+            spec.restart.mode = [
+                RestartMode::Never,
+                RestartMode::OnFailure,
+                RestartMode::Always,
+            ][usize::from(s.restart)];
+            spec.restart.max_restarts = Some(2);
+        }
+        if s.ignores_term {
+            self.ignores_term.insert(id);
+        }
+        let r = self.input(Input::Submit { id, spec });
+        if r.is_ok() {
+            self.ids.push(id);
+        }
+        r
+    }
+
+    /// Answers one spawn under way: started, or failed; at once or later.
+    fn resolve_spawn(&mut self, pick: usize, ok: bool, now: bool) -> Result<(), CoreError> {
+        if self.spawning.is_empty() {
+            return Ok(());
+        }
+        let id = self.spawning.remove(pick % self.spawning.len());
+        let answer = if let Some(&pid) = self.started.get(&id) {
+            // Started already (on an exit): the spawner answers with that process.
+            Input::Spawned { id, pid }
+        } else if ok {
+            let pid = self.next_pid;
+            self.next_pid += 1;
+            self.alive
+                .insert(id, (pid, self.ignores_term.contains(&id)));
+            self.started.insert(id, pid);
+            Input::Spawned { id, pid }
+        } else {
+            Input::SpawnFailed {
+                id,
+                error: "exec failed".into(),
+            }
+        };
+        if now {
+            self.input(answer)
+        } else {
+            self.results.push(answer);
+            Ok(())
+        }
+    }
+
+    /// Moves the clock on, firing every timer due, in order.
+    fn advance(&mut self, ms: u64) -> Result<(), CoreError> {
+        self.now = Timestamp::from_millis(self.now.as_millis() + ms);
+        loop {
+            let due = self
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= self.now)
+                .min_by_key(|(t, at)| (**at, **t))
+                .map(|(t, _)| *t);
+            let Some(timer) = due else { break };
+            self.timers.remove(&timer);
+            self.input(Input::TimerFired(timer))
+                .expect("timers never error");
+        }
+        Ok(())
+    }
+
+    /// Answers one ask for a cluster-wide slot as the store would.
+    fn answer_slot(&mut self, pick: usize) -> Result<(), CoreError> {
+        if self.asks.is_empty() {
+            return Ok(());
+        }
+        let id = self.asks.remove(pick % self.asks.len());
+        // The store's count: g3's records holding a slot (tracked
+        // operations hold none), and the grants of records still
+        // pending and unchanged since (not queued again after a run).
+        let store = &self.store;
+        let group = GroupName::new("g3").expect("group");
+        let holding = store.values().filter(|r| holds_slot(r, &group)).count();
+        let version = store.get(&id).map(ProcessRecord::version);
+        let granted = self
+            .grants
+            .ask(id, CLUSTER_G3, holding, version, (), |g, grant| {
+                grant_stands(store.get(g), grant.at)
+            });
+        self.input(Input::ClusterSlot { id, granted })
+    }
+
+    /// Hands the pending roots over, as a daemon that exits does.
+    fn hand_over(&mut self) -> Result<(), CoreError> {
+        let added = self.core.hand_over();
+        for id in &added {
+            let r = self
+                .core
+                .get(*id)
+                .expect("the core hands over its own records");
+            assert_eq!(
+                r.state(),
+                StateName::Pending,
+                "only pending records are handed over"
+            );
+            assert!(r.parent().is_none(), "only roots are handed over");
+        }
+        self.queued.extend(added);
+        Ok(())
+    }
+
+    /// Another writer changes or deletes a record in the store.
+    fn foreign_write(&mut self, pick: usize, delete: bool) -> Result<(), CoreError> {
+        let Some(id) = self.pick(pick) else {
+            return Ok(());
+        };
+        // The store counts cluster-wide slots: another writer that
+        // changes a record holding one miscounts it.
+        if self.store.get(&id).is_some_and(|r| {
+            r.state().is_active()
+                && !r.is_tracked()
+                && r.group().is_some_and(|g| g.as_str() == "g3")
+        }) {
+            self.miscounted.insert(id);
+        }
+        if delete {
+            if self.store.remove(&id).is_none() {
+                return Ok(());
+            }
+        } else if let Some(r) = self.store.get_mut(&id) {
+            let theirs = r.version() + 1;
+            r.rebase(theirs);
+        } else {
+            return Ok(());
+        }
+        self.foreign.insert(id);
+        Ok(())
     }
 
     fn view(&self) -> BTreeMap<ProcessId, ProcessRecord> {
@@ -819,8 +843,14 @@ impl World {
                 );
             }
         }
-        // Never above the cluster-wide limit, in the store and on the OS
-        // (but for records another writer took out of the store's count).
+        self.check_limits(&view);
+        self.check_processes(&view);
+    }
+
+    /// Never above the cluster-wide limit, in the store and on the OS
+    /// (but for records another writer took out of the store's count), and
+    /// the processes that run, counted from the OS, within the limits too.
+    fn check_limits(&mut self, view: &BTreeMap<ProcessId, ProcessRecord>) {
         let alive = &self.alive;
         self.miscounted.retain(|id| {
             alive.contains_key(id) || view.get(id).is_some_and(|r| r.state().is_active())
@@ -832,8 +862,10 @@ impl World {
                 .is_some_and(|x| x.as_str() == "g3")
         };
         let excused = self.miscounted.len();
-        let held = active
-            .iter()
+        let held = self
+            .store
+            .values()
+            .filter(|r| r.state().is_active() && !r.is_tracked())
             .filter(|r| r.group().is_some_and(|g| g.as_str() == "g3"))
             .count();
         assert!(
@@ -860,6 +892,11 @@ impl World {
                 .count();
             assert!(n <= limit, "group {g} runs {n} processes over {limit}");
         }
+    }
+
+    /// Every live process belongs to a record that runs, and no child
+    /// outlives a stopped parent.
+    fn check_processes(&self, view: &BTreeMap<ProcessId, ProcessRecord>) {
         // Every live process belongs to a record that is running, paused or
         // stopping, or was started on an exit the core has not heard of.
         for id in self.alive.keys() {

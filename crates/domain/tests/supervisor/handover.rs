@@ -3,8 +3,9 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-#[test]
-fn records_handed_over_start_on_exits_in_order_and_first() {
+/// A core with two slots that hands over two records ahead: five
+/// records submitted, the first two running.
+fn five_submitted_two_running() -> Supervisor {
     let mut core = core(Limits {
         max_running: 2,
         hand_over_ahead: 2,
@@ -23,6 +24,12 @@ fn records_handed_over_start_on_exits_in_order_and_first() {
         core.handle(Input::Spawned { id: id(n), pid }, t(10))
             .expect("spawned");
     }
+    core
+}
+
+#[test]
+fn records_handed_over_start_on_exits_in_order_and_first() {
+    let mut core = five_submitted_two_running();
     // Nothing is handed over while a slot is free, and at most `max`.
     assert_eq!(core.hand_over(), vec![id(3), id(4)]);
     assert_eq!(core.hand_over(), Vec::<ProcessId>::new());
