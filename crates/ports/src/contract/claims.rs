@@ -371,20 +371,29 @@ pub async fn cluster_slots_count_every_node(s: Subject) {
             .expect("take"),
         "a tracked operation holds no slot"
     );
-    // A grant lapses once its record is written again: a record granted,
-    // started and queued again after a run (pending once more) holds
-    // nothing until it asks anew.
-    let mut rerun = agent(&s, 9, "alpha").await;
+    a_grant_lapses_once_its_record_is_written_again(&s, &agents).await;
+    // Other groups are counted apart.
+    let builds = GroupName::new("builds").expect("a group");
+    assert!(s.beta_slots.take(id(99), &builds, 1).await.expect("take"));
+    step(&s, &mut c, &[Transition::Start]).await;
+}
+
+/// A grant lapses once its record is written again: a record granted,
+/// started and queued again after a run (pending once more) holds nothing
+/// until it asks anew. Five slots; b2, c and d hold grants already.
+async fn a_grant_lapses_once_its_record_is_written_again(s: &Subject, agents: &GroupName) {
+    use bpm_domain::{ExitStatus, Transition};
+    let mut rerun = agent(s, 9, "alpha").await;
     assert!(
         s.alpha_slots
-            .take(rerun.id(), &agents, 5)
+            .take(rerun.id(), agents, 5)
             .await
             .expect("take")
     );
-    let waiting = agent(&s, 10, "beta").await;
+    let waiting = agent(s, 10, "beta").await;
     assert!(
         !s.beta_slots
-            .take(waiting.id(), &agents, 5)
+            .take(waiting.id(), agents, 5)
             .await
             .expect("take"),
         "b2, c, d and the two just granted hold the five"
@@ -394,7 +403,7 @@ pub async fn cluster_slots_count_every_node(s: Subject) {
         not_before: Timestamp::from_millis(3_000),
     };
     step(
-        &s,
+        s,
         &mut rerun,
         &[Transition::Start, Transition::Spawned { pid: 9 }, requeue],
     )
@@ -402,20 +411,16 @@ pub async fn cluster_slots_count_every_node(s: Subject) {
     assert_eq!(rerun.state(), bpm_domain::StateName::Pending);
     assert!(
         s.beta_slots
-            .take(waiting.id(), &agents, 5)
+            .take(waiting.id(), agents, 5)
             .await
             .expect("take"),
         "a record queued again after its run holds no slot"
     );
     assert!(
         !s.alpha_slots
-            .take(rerun.id(), &agents, 5)
+            .take(rerun.id(), agents, 5)
             .await
             .expect("take"),
         "it asks anew, and waits like any other"
     );
-    // Other groups are counted apart.
-    let builds = GroupName::new("builds").expect("a group");
-    assert!(s.beta_slots.take(id(99), &builds, 1).await.expect("take"));
-    step(&s, &mut c, &[Transition::Start]).await;
 }

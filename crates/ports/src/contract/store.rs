@@ -473,7 +473,36 @@ pub async fn list_filters_by_every_field(store: Arc<dyn ProcessStore>) {
         ids(store.list(&f).await.expect("list")),
         expect(&|r| r.spec().labels.get(&k) == Some(&v))
     );
-    // What a person types: the start of an id, its last digits, a name.
+    lists_what_a_person_types(store.as_ref(), &all).await;
+    let f = ListFilter {
+        session: Some(s1.clone()),
+        group: Some(g2.clone()),
+        states: vec![StateName::Pending],
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&f).await.expect("list")),
+        expect(&|r| r.session() == Some(&s1)
+            && r.group() == Some(&g2)
+            && r.state() == StateName::Pending)
+    );
+    let f = ListFilter {
+        session: Some(SessionId::new("nobody").expect("valid")),
+        ..ListFilter::default()
+    };
+    assert!(store.list(&f).await.expect("list").is_empty());
+}
+
+/// What a person types (the start of an id, its last digits, a name)
+/// selects the records it refers to, among `all`.
+async fn lists_what_a_person_types(store: &dyn ProcessStore, all: &[ProcessRecord]) {
+    let ids = |v: Vec<ProcessRecord>| v.iter().map(ProcessRecord::id).collect::<Vec<_>>();
+    let expect = |pred: &dyn Fn(&ProcessRecord) -> bool| -> Vec<ProcessId> {
+        all.iter()
+            .filter(|r| pred(r))
+            .map(ProcessRecord::id)
+            .collect()
+    };
     for text in [
         "00000000-0000",
         "0000000000000000",
@@ -507,23 +536,6 @@ pub async fn list_filters_by_every_field(store: Arc<dyn ProcessStore>) {
     );
     assert_eq!(store.list(&typed("0000")).await.expect("list").len(), 60);
     assert!(store.list(&typed("zz")).await.expect("list").is_empty());
-    let f = ListFilter {
-        session: Some(s1.clone()),
-        group: Some(g2.clone()),
-        states: vec![StateName::Pending],
-        ..ListFilter::default()
-    };
-    assert_eq!(
-        ids(store.list(&f).await.expect("list")),
-        expect(&|r| r.session() == Some(&s1)
-            && r.group() == Some(&g2)
-            && r.state() == StateName::Pending)
-    );
-    let f = ListFilter {
-        session: Some(SessionId::new("nobody").expect("valid")),
-        ..ListFilter::default()
-    };
-    assert!(store.list(&f).await.expect("list").is_empty());
 }
 
 /// Filters follow a record as it changes: it leaves its old state's listing and joins the new one.
