@@ -191,33 +191,7 @@ async fn main() {
         l.as_secs_f64() * 1e3
     );
 
-    let fs: Arc<dyn ProcessStore> =
-        Arc::new(FsStore::open(dir.path().join("records")).expect("open"));
-    fill(&fs, 1, 100).await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let at_100 = transitions(&fs, 5, 2_000).await;
-    fill(&fs, 101, 9_900).await;
-    // Let the burst settle (record files follow the journal within a second;
-    // a turned-over journal is flushed in the background), as at 100.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let at_10k = transitions(&fs, 6, 2_000).await;
-    let l = list_time(&fs).await;
-    println!(
-        "filesystem:  {:>9.0} transitions/s ({:>7.1} µs each at 100 records, {:.1} µs at 10,000: ratio {:.2}, target <= 1.2), list 10,000 in {:.1} ms",
-        per_sec(at_10k),
-        at_100.as_secs_f64() * 1e6,
-        at_10k.as_secs_f64() * 1e6,
-        at_10k.as_secs_f64() / at_100.as_secs_f64(),
-        l.as_secs_f64() * 1e3
-    );
-    drop(fs);
-    let reopen = Instant::now();
-    let reopened = FsStore::open(dir.path().join("records")).expect("reopen");
-    println!(
-        "filesystem:  reopening 10,000 records took {:.0} ms",
-        reopen.elapsed().as_secs_f64() * 1e3
-    );
-    drop(reopened);
+    filesystem(dir.path()).await;
 
     let server = RedisServer::start();
     let port: u16 = server
@@ -250,20 +224,66 @@ async fn main() {
         create.as_secs_f64() * 1e6,
         check.as_secs_f64() / create.as_secs_f64() * 100.0
     );
+    fenced_and_slots(&redis, &server.url()).await;
+    for clients in [1, 50] {
+        if let Some(sets) = redis_benchmark(port, clients) {
+            println!(
+                "redis:       redis-benchmark -t set -c {clients} on the same server: {sets:.0} SET/s; bpm's sequential transitions are {:.2}x that",
+                per_sec(t) / sets
+            );
+        }
+    }
+}
+
+/// The filesystem store: transitions at 100 and 10,000 records, a list,
+/// and reopening 10,000 records, under `dir`.
+async fn filesystem(dir: &std::path::Path) {
+    let fs: Arc<dyn ProcessStore> = Arc::new(FsStore::open(dir.join("records")).expect("open"));
+    fill(&fs, 1, 100).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let at_100 = transitions(&fs, 5, 2_000).await;
+    fill(&fs, 101, 9_900).await;
+    // Let the burst settle (record files follow the journal within a second;
+    // a turned-over journal is flushed in the background), as at 100.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let at_10k = transitions(&fs, 6, 2_000).await;
+    let l = list_time(&fs).await;
+    println!(
+        "filesystem:  {:>9.0} transitions/s ({:>7.1} µs each at 100 records, {:.1} µs at 10,000: ratio {:.2}, target <= 1.2), list 10,000 in {:.1} ms",
+        per_sec(at_10k),
+        at_100.as_secs_f64() * 1e6,
+        at_10k.as_secs_f64() * 1e6,
+        at_10k.as_secs_f64() / at_100.as_secs_f64(),
+        l.as_secs_f64() * 1e3
+    );
+    drop(fs);
+    let reopen = Instant::now();
+    let reopened = FsStore::open(dir.join("records")).expect("reopen");
+    println!(
+        "filesystem:  reopening 10,000 records took {:.0} ms",
+        reopen.elapsed().as_secs_f64() * 1e3
+    );
+    drop(reopened);
+}
+
+/// A daemon in a cluster writes fenced by its node's epoch, and asks for a
+/// cluster-wide slot before a start of a limited group: each beside the
+/// unfenced write and the check before a start, on the server at `url`.
+async fn fenced_and_slots(redis: &Arc<dyn ProcessStore>, url: &str) {
     // A daemon in a cluster writes fenced by its node's epoch: the scripts
     // read the node's newest epoch first, and the check is a GET of it.
     let fence = bpm_redis::Fence::new(bpm_domain::NodeId::local(), 1);
     let fenced: Arc<dyn ProcessStore> = Arc::new(
-        RedisStore::connect(&server.url(), "bench")
+        RedisStore::connect(url, "bench")
             .await
             .expect("connect")
             .fenced(fence),
     );
     for round in 0..2 {
         // Each run of transitions takes a pending record of its own.
-        let plain = transitions(&redis, 7 + round * 2, 2_000).await;
+        let plain = transitions(redis, 7 + round * 2, 2_000).await;
         let by_epoch = transitions(&fenced, 8 + round * 2, 2_000).await;
-        let plain_check = checks(&redis, 2_000).await;
+        let plain_check = checks(redis, 2_000).await;
         let epoch_check = checks(&fenced, 2_000).await;
         println!(
             "redis:       fenced by epoch: a transition {:.1} µs against {:.1} µs unfenced (ratio {:.2}); the check {:.1} µs (GET of the epoch) against {:.1} µs (PING)",
@@ -277,20 +297,20 @@ async fn main() {
     // A record of a group with a cluster-wide limit asks for a slot (one
     // script) before it starts: beside the check, with the group's
     // running records and tracked operations on the store.
-    let slots = RedisClaims::connect(&server.url(), "bench", NodeId::local())
+    let slots = RedisClaims::connect(url, "bench", NodeId::local())
         .await
         .expect("connect");
-    let few = slot_asks(&redis, &slots, 200_000, 5, 0).await;
-    let slots = RedisClaims::connect(&server.url(), "bench-tracked", NodeId::local())
+    let few = slot_asks(redis, &slots, 200_000, 5, 0).await;
+    let slots = RedisClaims::connect(url, "bench-tracked", NodeId::local())
         .await
         .expect("connect");
     let in_tracked: Arc<dyn ProcessStore> = Arc::new(
-        RedisStore::connect(&server.url(), "bench-tracked")
+        RedisStore::connect(url, "bench-tracked")
             .await
             .expect("connect"),
     );
     let with_tracked = slot_asks(&in_tracked, &slots, 300_000, 5, 1_000).await;
-    let check = checks(&redis, 2_000).await;
+    let check = checks(redis, 2_000).await;
     println!(
         "redis:       a cluster-wide slot ask {:.1} µs (ratio {:.2} to the check before a start), {:.1} µs with 1,000 tracked operations of the group running (ratio {:.2})",
         few.as_secs_f64() * 1e6,
@@ -298,12 +318,4 @@ async fn main() {
         with_tracked.as_secs_f64() * 1e6,
         with_tracked.as_secs_f64() / check.as_secs_f64()
     );
-    for clients in [1, 50] {
-        if let Some(sets) = redis_benchmark(port, clients) {
-            println!(
-                "redis:       redis-benchmark -t set -c {clients} on the same server: {sets:.0} SET/s; bpm's sequential transitions are {:.2}x that",
-                per_sec(t) / sets
-            );
-        }
-    }
 }

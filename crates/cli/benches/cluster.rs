@@ -289,10 +289,28 @@ fn main() {
     let gamma = Node::new(&url, &prefix, "gamma");
     println!("three nodes on one loopback redis-server, lease_ttl {LEASE_TTL:?}");
 
+    calls_across_nodes(&alpha, &beta);
+    let one = spread(&alpha, &[None], 999);
+    let three = spread(&alpha, &[None, Some("beta"), Some("gamma")], 999);
+    println!(
+        "999 x true, one run --from - per node from alpha, until all ended: on alpha alone {:.2} s; over three nodes (333 each, 666 sent with --node) {:.2} s; ratio {:.2}",
+        one.as_secs_f64(),
+        three.as_secs_f64(),
+        three.as_secs_f64() / one.as_secs_f64()
+    );
+
+    redis_per_process(&beta, port);
+    placed_on_any_node(&url, port);
+    node_loss_and_failover(&alpha, &gamma);
+}
+
+/// A stop's round trip and an exit noticed by `bpm wait`, on the owning
+/// node and from another.
+fn calls_across_nodes(alpha: &Node, beta: &Node) {
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for _ in 0..SAMPLES {
-        local.push(stop_round_trip(&beta, &beta));
-        remote.push(stop_round_trip(&beta, &alpha));
+        local.push(stop_round_trip(beta, beta));
+        remote.push(stop_round_trip(beta, alpha));
     }
     let (l, r) = (median(local), median(remote));
     println!(
@@ -304,8 +322,8 @@ fn main() {
 
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for _ in 0..SAMPLES {
-        local.push(exit_noticed(&beta, &beta));
-        remote.push(exit_noticed(&beta, &alpha));
+        local.push(exit_noticed(beta, beta));
+        remote.push(exit_noticed(beta, alpha));
     }
     let (l, r) = (median(local), median(remote));
     println!(
@@ -314,20 +332,13 @@ fn main() {
         ms(r),
         r.as_secs_f64() / l.as_secs_f64().max(0.001)
     );
+}
 
-    let one = spread(&alpha, &[None], 999);
-    let three = spread(&alpha, &[None, Some("beta"), Some("gamma")], 999);
-    println!(
-        "999 x true, one run --from - per node from alpha, until all ended: on alpha alone {:.2} s; over three nodes (333 each, 666 sent with --node) {:.2} s; ratio {:.2}",
-        one.as_secs_f64(),
-        three.as_secs_f64(),
-        three.as_secs_f64() / one.as_secs_f64()
-    );
-
-    // Redis commands per started process: the calls while 200 processes
-    // start and end on one node, less those of an idle window as long.
+/// Redis commands per started process: the calls while 200 processes
+/// start and end on one node, less those of an idle window as long.
+fn redis_per_process(beta: &Node, port: u16) {
     let before = redis_calls(port);
-    let batch = spread(&beta, &[None], 200);
+    let batch = spread(beta, &[None], 200);
     let busy = added(&before, &redis_calls(port));
     let idle_start = redis_calls(port);
     std::thread::sleep(batch);
@@ -348,14 +359,16 @@ fn main() {
         total(&idle)
     );
     println!("  by command, per process: {by_command}");
+}
 
-    // Records placed on any node: throughput as nodes are added, against
-    // the same records on one node without the queue, and Redis commands.
-    let (local, local_calls) = placed(&url, port, 1, false);
+/// Records placed on any node: throughput as nodes are added, against
+/// the same records on one node without the queue, and Redis commands.
+fn placed_on_any_node(url: &str, port: u16) {
+    let (local, local_calls) = placed(url, port, 1, false);
     let mut any_calls = BTreeMap::new();
     let mut took = Vec::new();
     for n in 1..=3 {
-        let (t, calls) = placed(&url, port, n, true);
+        let (t, calls) = placed(url, port, n, true);
         if n == 1 {
             any_calls = calls;
         }
@@ -388,10 +401,14 @@ fn main() {
         per(&any_calls, "evalsha") - per(&local_calls, "evalsha"),
         all(&any_calls) - all(&local_calls),
     );
+}
 
+/// Node loss (kill -9 of gamma's daemon, keeper and processes together)
+/// seen from alpha, then the failover of gamma's `--failover` record.
+fn node_loss_and_failover(alpha: &Node, gamma: &Node) {
     // Node loss: kill -9 of gamma's daemon, keeper and processes together.
     let id = gamma.bpm(&["run", "--", "sleep", "300"]);
-    until_state(&alpha, &id, "running");
+    until_state(alpha, &id, "running");
     let moving = gamma.bpm(&[
         "run",
         "--failover",
@@ -403,7 +420,7 @@ fn main() {
         "sleep",
         "300",
     ]);
-    until_state(&alpha, &moving, "running");
+    until_state(alpha, &moving, "running");
     let moving_pid = alpha.show(&moving)["pid"].to_string();
     let status = gamma.bpm(&["daemon", "status"]);
     let keeper = status
@@ -445,7 +462,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(25));
     };
     let given_up = killed.elapsed();
-    until_state(&alpha, &replacement, "running");
+    until_state(alpha, &replacement, "running");
     let moved = killed.elapsed();
     let node = alpha.show(&replacement)["node"].clone();
     let bound = LEASE_TTL + Duration::from_secs(1) + bpm_domain::cluster::FAILOVER_MARGIN;

@@ -98,6 +98,17 @@ pub(super) fn exit_trace() {
     }
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
     let (hops, received) = hop_times(dir.path());
+    print_exits(&rows, &hops);
+    println!();
+    print_starts(&rows, &hops, &received);
+}
+
+/// The samples of each process life: its seconds, and each sample's record
+/// id and nine times (see `EXIT_SAMPLE`).
+type Rows = [(String, Vec<(String, [f64; 9])>)];
+
+/// The table of an exit's way to `bpm wait`, hop by hop.
+fn print_exits(rows: &Rows, hops: &std::collections::HashMap<(String, &'static str), f64>) {
     println!(
         "an exit's way to `bpm wait`, from bash (ms; medians; floor: `P & wait $!`; hop times are from the process's own last moment)"
     );
@@ -105,7 +116,7 @@ pub(super) fn exit_trace() {
         "| lives | samples | excess over the floor | worst | over 5 ms | of it, start side | of it, end side | floor: end to shell | reaped | exit sent | exit received | exit stored | end announced | wait answered | shell has it |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (secs, samples) in &rows {
+    for (secs, samples) in rows {
         let mut excess: Vec<f64> = samples
             .iter()
             .map(|(_, t)| ((t[2] - t[0]) - (t[5] - t[3])) * 1e3)
@@ -149,7 +160,14 @@ pub(super) fn exit_trace() {
         cells.push(format!("{:.2}", median_ms(&mut back)));
         println!("| {} |", cells.join(" | "));
     }
-    println!();
+}
+
+/// The table of a start's way to the process, hop by hop.
+fn print_starts(
+    rows: &Rows,
+    hops: &std::collections::HashMap<(String, &'static str), f64>,
+    received: &[f64],
+) {
     println!(
         "a start's way to the process, from bash (ms; medians; floor: `P &`; hop times are from the shell's start of `bpm run`)"
     );
@@ -157,7 +175,7 @@ pub(super) fn exit_trace() {
         "| lives | floor: to P's first moment | run received | spawn asked | spawned | P's first moment | run answered | shell has the id |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (secs, samples) in &rows {
+    for (secs, samples) in rows {
         let mut floor: Vec<f64> = samples.iter().map(|(_, t)| (t[7] - t[3]) * 1e3).collect();
         let mut cells = vec![format!("{secs} s"), format!("{:.2}", median_ms(&mut floor))];
         let hop = |name: &'static str| -> String {

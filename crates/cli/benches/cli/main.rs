@@ -558,9 +558,14 @@ fn watches() {
     );
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 
-    // An env file read at each start, beside the same variables given inline.
+    env_file_cost(src.path());
+    watch_memory();
+}
+
+/// An env file read at each start, beside the same variables given inline.
+fn env_file_cost(src: &std::path::Path) {
     let dir = home("");
-    let env = src.path().join("app.env");
+    let env = src.join("app.env");
     let vars: String = (0..20).fold(String::new(), |mut all, i| {
         let _ = writeln!(all, "VAR_{i}=value-{i}");
         all
@@ -593,8 +598,11 @@ fn watches() {
         by_file.as_secs_f64() / by_flag.as_secs_f64()
     );
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
+}
 
-    // What a watch costs the daemon: 200 processes, then 200 more watching a directory each.
+/// What a watch costs the daemon: 200 processes, then 200 more watching a
+/// directory each.
+fn watch_memory() {
     let count: usize = 200;
     let dir = home("[limits]\nmax_running = 1000\n");
     let before = daemon_resident(dir.path());
@@ -939,6 +947,16 @@ fn main() {
         _ => {}
     }
     println!("the bpm command and its daemon (fs store, keeper)");
+    let ours = round_trip_costs();
+    ten_thousand_records(ours);
+    queue_of_500_trues();
+    memory_table();
+    ps_with_running_trees();
+}
+
+/// `bpm run`'s round trip against `setsid -f`, and where its time goes; the
+/// round trip, for the ratios that follow.
+fn round_trip_costs() -> Duration {
     let dir = home("");
     let n = 200;
     let ours = round_trips(dir.path(), n);
@@ -961,6 +979,13 @@ fn main() {
     );
     bpm(dir.path(), &["daemon", "stop", "--kill-all"]);
 
+    ours
+}
+
+/// 10,000 records (tracked operations, completed at once): the round trip
+/// beside `ours` with none, `bpm ps --all`, and the daemon's memory.
+fn ten_thousand_records(ours: Duration) {
+    let n = 200;
     // 10,000 records: tracked operations, completed at once, through the client library.
     let big = home("");
     bpm(big.path(), &["ps"]);
@@ -987,7 +1012,11 @@ fn main() {
     );
     report_memory(big.path(), empty, filled, count);
     bpm(big.path(), &["daemon", "stop", "--kill-all"]);
+}
 
+/// 500 `true`s through bpm's queue at parallelism 2 against `xargs -P2`:
+/// one `bpm run` each, then one `bpm run --from -` in alternating rounds.
+fn queue_of_500_trues() {
     let par = home("[limits]\nmax_running = 2\n");
     let t = Instant::now();
     let mut ids = Vec::new();
@@ -1051,7 +1080,10 @@ fn main() {
         ratios[0],
         ratios[ratios.len() - 1]
     );
+}
 
+/// The memory of bpm's own processes with 0 to 1,000 running sleeps.
+fn memory_table() {
     for (n, flags) in [(0, ""), (200, ""), (200, "--clean-env"), (1000, "")] {
         let (kib, procs) = memory_with(n, flags);
         println!(
@@ -1069,5 +1101,4 @@ fn main() {
             }
         );
     }
-    ps_with_running_trees();
 }
