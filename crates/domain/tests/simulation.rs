@@ -501,7 +501,7 @@ impl World {
             self.withdraw();
         }
         let _ = match op {
-            Op::Submit(s) => self.submit(s),
+            Op::Submit(s) => self.submit(&s),
             Op::ResolveSpawn { pick, ok, now } => self.resolve_spawn(pick, ok, now),
             Op::DeliverResult { pick } => {
                 if self.results.is_empty() {
@@ -591,11 +591,20 @@ impl World {
                 Some(id) => self.input(Input::Remove { id }),
                 None => return,
             },
-            Op::Advance { ms } => self.advance(ms),
+            Op::Advance { ms } => {
+                self.advance(ms);
+                Ok(())
+            }
             Op::AnswerSlot { pick } => self.answer_slot(pick),
             Op::SlotsFreed => self.input(Input::ClusterSlotsFreed),
-            Op::HandOver => self.hand_over(),
-            Op::ForeignWrite { pick, delete } => self.foreign_write(pick, delete),
+            Op::HandOver => {
+                self.hand_over();
+                Ok(())
+            }
+            Op::ForeignWrite { pick, delete } => {
+                self.foreign_write(pick, delete);
+                Ok(())
+            }
             Op::DeliverNotice => match self.notices.pop_front() {
                 // Notices come in the order the spawner sent them.
                 Some(n) => self.input(n),
@@ -605,7 +614,7 @@ impl World {
     }
 
     /// Submits a record as `s` describes it.
-    fn submit(&mut self, s: Submit) -> Result<(), CoreError> {
+    fn submit(&mut self, s: &Submit) -> Result<(), CoreError> {
         let id = self.fresh_id();
         let mut spec = if s.tracked {
             ProcessSpec::tracked(ProcessName::new("op").expect("valid"))
@@ -674,7 +683,7 @@ impl World {
     }
 
     /// Moves the clock on, firing every timer due, in order.
-    fn advance(&mut self, ms: u64) -> Result<(), CoreError> {
+    fn advance(&mut self, ms: u64) {
         self.now = Timestamp::from_millis(self.now.as_millis() + ms);
         loop {
             let due = self
@@ -688,7 +697,6 @@ impl World {
             self.input(Input::TimerFired(timer))
                 .expect("timers never error");
         }
-        Ok(())
     }
 
     /// Answers one ask for a cluster-wide slot as the store would.
@@ -713,7 +721,7 @@ impl World {
     }
 
     /// Hands the pending roots over, as a daemon that exits does.
-    fn hand_over(&mut self) -> Result<(), CoreError> {
+    fn hand_over(&mut self) {
         let added = self.core.hand_over();
         for id in &added {
             let r = self
@@ -728,13 +736,12 @@ impl World {
             assert!(r.parent().is_none(), "only roots are handed over");
         }
         self.queued.extend(added);
-        Ok(())
     }
 
     /// Another writer changes or deletes a record in the store.
-    fn foreign_write(&mut self, pick: usize, delete: bool) -> Result<(), CoreError> {
+    fn foreign_write(&mut self, pick: usize, delete: bool) {
         let Some(id) = self.pick(pick) else {
-            return Ok(());
+            return;
         };
         // The store counts cluster-wide slots: another writer that
         // changes a record holding one miscounts it.
@@ -747,16 +754,15 @@ impl World {
         }
         if delete {
             if self.store.remove(&id).is_none() {
-                return Ok(());
+                return;
             }
         } else if let Some(r) = self.store.get_mut(&id) {
             let theirs = r.version() + 1;
             r.rebase(theirs);
         } else {
-            return Ok(());
+            return;
         }
         self.foreign.insert(id);
-        Ok(())
     }
 
     fn view(&self) -> BTreeMap<ProcessId, ProcessRecord> {
