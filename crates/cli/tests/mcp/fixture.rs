@@ -36,7 +36,7 @@ impl ClientHandler for Seen {
     }
 }
 
-type Client = RunningService<RoleClient, Seen>;
+pub(crate) type Client = RunningService<RoleClient, Seen>;
 
 pub(crate) struct World {
     pub(crate) manager: Arc<dyn bpm_ports::ProcessManager>,

@@ -190,73 +190,8 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
     )
     .await;
 
-    // Projects: a probe, a hook, a variable or an env file beyond the
-    // policy refuses the whole project, and starts nothing.
-    let secret = outside.join("shadow");
-    std::fs::write(&secret, "root:$6$salt$hash:19000:0:99999:7:::\n").expect("write");
-    for (what, service) in [
-        ("ready exec", format!("ready = {{ exec = {touch:?} }}")),
-        ("health exec", format!("health = {{ exec = {touch:?} }}")),
-        ("on_exit", format!("on_exit = {touch:?}")),
-        (
-            "LD_PRELOAD",
-            "env = { LD_PRELOAD = \"/tmp/evil.so\" }".to_owned(),
-        ),
-        (
-            "env file outside",
-            format!("env_file = {:?}", secret.display().to_string()),
-        ),
-        (
-            "cwd outside",
-            format!("cwd = {:?}", outside.display().to_string()),
-        ),
-    ] {
-        std::fs::write(
-            inside.join("bpm.toml"),
-            format!("[project]\nname = \"p\"\n[services.a]\ncommand = \"sleep 30\"\n{service}\n"),
-        )
-        .expect("write");
-        let msg = tool_error(
-            &c,
-            "project_up",
-            json!({"file": "work/bpm.toml", "wait": false}),
-        )
-        .await;
-        assert!(
-            msg.contains("not allowed") || msg.contains("is refused"),
-            "{what}: {msg}"
-        );
-        assert!(
-            !msg.contains("root") && !msg.contains("salt"),
-            "{what} quotes the file: {msg}"
-        );
-    }
-    // A project brought up before by someone else, whose file is gone,
-    // is defined by its records: they pass the policy as a file would.
-    let mut outsider = bpm_domain::ProcessSpec::shell(touch.clone());
-    outsider.cwd = Some(inside.clone());
-    outsider.labels.insert(
-        bpm_domain::project::PROJECT_LABEL.parse().expect("key"),
-        "theirs".parse().expect("value"),
-    );
-    outsider.labels.insert(
-        bpm_domain::project::SERVICE_LABEL.parse().expect("key"),
-        "a".parse().expect("value"),
-    );
-    let theirs = w.manager.start(outsider).await.expect("start");
-    w.manager
-        .wait(theirs.id(), Some(Duration::from_secs(10)))
-        .await
-        .expect("wait");
-    std::fs::remove_file(&pwned).expect("their own start ran");
-    let msg = tool_error(
-        &c,
-        "project_up",
-        json!({"project": "theirs", "wait": false}),
-    )
-    .await;
-    assert!(msg.contains("not allowed"), "{msg}");
-    w.manager.remove(theirs.id()).await.expect("remove");
+    let secret = projects_beyond_the_policy_start_nothing(&c, &inside, &outside, &touch).await;
+    their_project_passes_the_policy_as_a_file_would(&w, &c, &inside, &touch, &pwned).await;
     // A project file outside the allowed directories is not read.
     std::fs::write(
         outside.join("bpm.toml"),
@@ -294,18 +229,30 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
         .expect("list");
     assert_eq!(listed.len(), 1, "only the one allowed start made a record");
 
-    // A restart runs the record's spec again: one made outside the policy
-    // (by the CLI, say) is not restarted through it.
-    let mut spec = bpm_domain::ProcessSpec::shell(touch.clone());
-    spec.cwd = Some(inside.clone());
+    a_spec_made_outside_the_policy_is_not_restarted_through_it(&w, &c, &inside, &touch, &pwned)
+        .await;
+}
+
+/// A restart runs the record's spec again: one made outside the policy
+/// (by the CLI, say) is not restarted through it, and nothing the policy
+/// refused ever ran.
+async fn a_spec_made_outside_the_policy_is_not_restarted_through_it(
+    w: &World,
+    c: &Client,
+    inside: &std::path::Path,
+    touch: &str,
+    pwned: &std::path::Path,
+) {
+    let mut spec = bpm_domain::ProcessSpec::shell(touch);
+    spec.cwd = Some(inside.to_path_buf());
     let foreign = w.manager.start(spec).await.expect("start");
     w.manager
         .wait(foreign.id(), Some(Duration::from_secs(10)))
         .await
         .expect("wait");
-    std::fs::remove_file(&pwned).expect("the CLI's own start ran");
+    std::fs::remove_file(pwned).expect("the CLI's own start ran");
     let msg = tool_error(
-        &c,
+        c,
         "restart_background_process",
         json!({"process_id": foreign.id().to_string()}),
     )
@@ -313,4 +260,85 @@ async fn an_allowlist_covers_every_command_variable_and_file_a_request_names() {
     assert!(msg.contains("not allowed"), "{msg}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pwned.exists(), "nothing the policy refused ever ran");
+}
+
+/// Projects: a probe, a hook, a variable or an env file beyond the policy
+/// refuses the whole project, starts nothing, and quotes no file. The
+/// secret file outside, for the checks that follow.
+async fn projects_beyond_the_policy_start_nothing(
+    c: &Client,
+    inside: &std::path::Path,
+    outside: &std::path::Path,
+    touch: &str,
+) -> std::path::PathBuf {
+    let secret = outside.join("shadow");
+    std::fs::write(&secret, "root:$6$salt$hash:19000:0:99999:7:::\n").expect("write");
+    for (what, service) in [
+        ("ready exec", format!("ready = {{ exec = {touch:?} }}")),
+        ("health exec", format!("health = {{ exec = {touch:?} }}")),
+        ("on_exit", format!("on_exit = {touch:?}")),
+        (
+            "LD_PRELOAD",
+            "env = { LD_PRELOAD = \"/tmp/evil.so\" }".to_owned(),
+        ),
+        (
+            "env file outside",
+            format!("env_file = {:?}", secret.display().to_string()),
+        ),
+        (
+            "cwd outside",
+            format!("cwd = {:?}", outside.display().to_string()),
+        ),
+    ] {
+        std::fs::write(
+            inside.join("bpm.toml"),
+            format!("[project]\nname = \"p\"\n[services.a]\ncommand = \"sleep 30\"\n{service}\n"),
+        )
+        .expect("write");
+        let msg = tool_error(
+            c,
+            "project_up",
+            json!({"file": "work/bpm.toml", "wait": false}),
+        )
+        .await;
+        assert!(
+            msg.contains("not allowed") || msg.contains("is refused"),
+            "{what}: {msg}"
+        );
+        assert!(
+            !msg.contains("root") && !msg.contains("salt"),
+            "{what} quotes the file: {msg}"
+        );
+    }
+    secret
+}
+
+/// A project brought up before by someone else, whose file is gone, is
+/// defined by its records: they pass the policy as a file would.
+async fn their_project_passes_the_policy_as_a_file_would(
+    w: &World,
+    c: &Client,
+    inside: &std::path::Path,
+    touch: &str,
+    pwned: &std::path::Path,
+) {
+    let mut outsider = bpm_domain::ProcessSpec::shell(touch);
+    outsider.cwd = Some(inside.to_path_buf());
+    outsider.labels.insert(
+        bpm_domain::project::PROJECT_LABEL.parse().expect("key"),
+        "theirs".parse().expect("value"),
+    );
+    outsider.labels.insert(
+        bpm_domain::project::SERVICE_LABEL.parse().expect("key"),
+        "a".parse().expect("value"),
+    );
+    let theirs = w.manager.start(outsider).await.expect("start");
+    w.manager
+        .wait(theirs.id(), Some(Duration::from_secs(10)))
+        .await
+        .expect("wait");
+    std::fs::remove_file(pwned).expect("their own start ran");
+    let msg = tool_error(c, "project_up", json!({"project": "theirs", "wait": false})).await;
+    assert!(msg.contains("not allowed"), "{msg}");
+    w.manager.remove(theirs.id()).await.expect("remove");
 }
