@@ -341,78 +341,6 @@ fn no_file_is_over_1200_lines() {
 /// The longest a function may be, in lines.
 const MOST_FN_LINES: usize = 120;
 
-/// The functions over [`MOST_FN_LINES`] today, with their length: issue
-/// 61 asks for none. Each may only shrink, and leaves the list when it
-/// fits; no other may join it.
-const LONG_FNS: &[(&str, &str, usize)] = &[
-    ("crates/cli/benches/cli/exit.rs", "exit_trace", 140),
-    ("crates/cli/benches/cli/main.rs", "main", 151),
-    ("crates/cli/benches/cli/main.rs", "watches", 134),
-    ("crates/cli/benches/cluster.rs", "main", 180),
-    (
-        "crates/cli/tests/cluster.rs",
-        "any_nodes_process_is_controlled_read_and_waited_for_from_another",
-        165,
-    ),
-    (
-        "crates/cli/tests/failover.rs",
-        "a_partitioned_node_stops_its_copy_before_another_starts_one",
-        126,
-    ),
-    ("crates/cli/tests/freeze.rs", "trial", 125),
-    (
-        "crates/cli/tests/limits.rs",
-        "resource_limits_hold_a_process_tree_through_its_cgroups",
-        147,
-    ),
-    (
-        "crates/cli/tests/mcp/policy.rs",
-        "an_allowlist_covers_every_command_variable_and_file_a_request_names",
-        189,
-    ),
-    (
-        "crates/cli/tests/projects.rs",
-        "a_project_comes_up_once_and_goes_down_in_order",
-        140,
-    ),
-    (
-        "crates/cli/tests/projects.rs",
-        "a_schedule_runs_each_due_time_once_through_a_daemon_kill",
-        156,
-    ),
-    (
-        "crates/cli/tests/projects.rs",
-        "procfiles_and_process_compose_files_run_as_they_are",
-        127,
-    ),
-    (
-        "crates/cli/tests/scheduling.rs",
-        "a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice",
-        133,
-    ),
-    ("crates/domain/tests/cluster_simulation.rs", "step", 129),
-    ("crates/domain/tests/lifecycle_model.rs", "step", 187),
-    ("crates/domain/tests/simulation.rs", "apply", 249),
-    ("crates/domain/tests/simulation.rs", "carry_out", 133),
-    ("crates/domain/tests/simulation.rs", "check", 153),
-    (
-        "crates/domain/tests/supervisor/handover.rs",
-        "records_handed_over_start_on_exits_in_order_and_first",
-        129,
-    ),
-    (
-        "crates/ports/src/contract/claims.rs",
-        "cluster_slots_count_every_node",
-        131,
-    ),
-    (
-        "crates/ports/src/contract/store.rs",
-        "list_filters_by_every_field",
-        132,
-    ),
-    ("tests/benches/stores.rs", "main", 131),
-];
-
 /// Each function of `text` (a line `fn NAME` and the line closing it at
 /// the same indentation), as its name and its length in lines.
 fn functions(text: &str) -> Vec<(String, usize)> {
@@ -447,7 +375,7 @@ fn functions(text: &str) -> Vec<(String, usize)> {
 }
 
 #[test]
-fn no_function_grows_past_120_lines() {
+fn no_function_is_over_120_lines() {
     let root = workspace_root();
     let files = every_source();
     let mut over = Vec::new();
@@ -458,34 +386,11 @@ fn no_function_grows_past_120_lines() {
             .display()
             .to_string();
         for (name, lines) in functions(text) {
-            if lines <= MOST_FN_LINES {
-                continue;
-            }
-            match LONG_FNS.iter().find(|(p, n, _)| *p == rel && *n == name) {
-                Some((_, _, was)) if lines <= *was => {}
-                Some((_, _, was)) => {
-                    over.push(format!("{rel}: {name} grew from {was} to {lines} lines"));
-                }
-                None => over.push(format!(
+            if lines > MOST_FN_LINES {
+                over.push(format!(
                     "{rel}: {name} is {lines} lines (at most {MOST_FN_LINES})"
-                )),
+                ));
             }
-        }
-    }
-    // A listed function that was split leaves the list, so that it cannot
-    // grow back.
-    for (path, name, _) in LONG_FNS {
-        let still = files.iter().any(|(p, text)| {
-            p.strip_prefix(&root)
-                .is_ok_and(|r| r.display().to_string() == *path)
-                && functions(text)
-                    .iter()
-                    .any(|(n, lines)| n == name && *lines > MOST_FN_LINES)
-        });
-        if !still {
-            over.push(format!(
-                "{path}: {name} is no longer over {MOST_FN_LINES} lines: take it off LONG_FNS"
-            ));
         }
     }
     assert!(over.is_empty(), "{}", over.join("\n"));

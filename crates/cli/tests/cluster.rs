@@ -400,9 +400,44 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // Followed from alpha: new lines come as beta's process writes them.
+    follows_from_another_node(&a, &ticker);
+    // A wait on alpha for a process on beta ends with its exit code.
+    let ends = b.ok(&["run", "--shell", "--", "sleep 1; exit 3"]);
+    let waited = a.bpm(&["wait", "--timeout", "30", &ends]);
+    assert_eq!(waited.status.code(), Some(3), "{}", text(&waited));
+    let events = a.ok(&["events"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains(&ends) && l.contains("\"failed\"") && l.contains("\"beta\"")),
+        "alpha heard beta's end: {events}"
+    );
+
+    stops_a_term_ignoring_tree_on_another_node(&a, &c);
+    // A record no node has.
+    let missing = a.bpm(&["stop", "00000000-0000-7000-8000-000000000000"]);
+    assert!(!missing.status.success());
+
+    starts_on_another_node(&a, &b, &c);
+    // A node that is not there, and a name that cannot be one.
+    let nowhere = a.bpm(&["run", "--node", "nobody", "--", "true"]);
+    assert!(!nowhere.status.success());
+    assert!(
+        text(&nowhere).contains("no node is named nobody: nothing was sent"),
+        "{}",
+        text(&nowhere)
+    );
+    let bad = a.bpm(&["run", "--node", "no such/node", "--", "true"]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("--node"), "{}", text(&bad));
+    a.ok(&["stop", &ticker]);
+    assert_eq!(state(&b.show(&ticker)), "cancelled");
+}
+
+/// Followed from alpha: new lines come as beta's process writes them.
+fn follows_from_another_node(a: &Node, ticker: &str) {
     let mut follow = Command::new(env!("CARGO_BIN_EXE_bpm"))
-        .args(["logs", "-f", &ticker])
+        .args(["logs", "-f", ticker])
         .env("BPM_HOME", a.home())
         .env_remove("BPM_NODE")
         .stdin(Stdio::null())
@@ -436,30 +471,18 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
     }
     let _ = follow.kill();
     let _ = follow.wait();
+}
 
-    // A wait on alpha for a process on beta ends with its exit code.
-    let ends = b.ok(&["run", "--shell", "--", "sleep 1; exit 3"]);
-    let waited = a.bpm(&["wait", "--timeout", "30", &ends]);
-    assert_eq!(waited.status.code(), Some(3), "{}", text(&waited));
-    let events = a.ok(&["events"]);
-    assert!(
-        events
-            .lines()
-            .any(|l| l.contains(&ends) && l.contains("\"failed\"") && l.contains("\"beta\"")),
-        "alpha heard beta's end: {events}"
-    );
-
-    // A tree on gamma that ignores TERM, stopped from alpha: the answer
-    // comes once the whole tree is gone.
+/// A tree on gamma that ignores TERM, stopped from alpha: the answer comes
+/// once the whole tree is gone.
+fn stops_a_term_ignoring_tree_on_another_node(a: &Node, c: &Node) {
     let tree = c.ok(&[
         "run",
         "--shell",
         "--",
         "trap '' TERM; (trap '' TERM; sleep 300) & sleep 300",
     ]);
-    until(&a, &tree, Duration::from_secs(10), |r| {
-        state(r) == "running"
-    });
+    until(a, &tree, Duration::from_secs(10), |r| state(r) == "running");
     let deadline = Instant::now() + Duration::from_secs(5);
     while marked(&tree).len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -473,12 +496,11 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
         Vec::<u32>::new(),
         "nothing of the tree is left"
     );
+}
 
-    // A record no node has.
-    let missing = a.bpm(&["stop", "00000000-0000-7000-8000-000000000000"]);
-    assert!(!missing.status.success());
-
-    // Started from alpha on beta: beta's daemon makes and runs the record.
+/// Started from alpha on beta: beta's daemon makes and runs the record; a
+/// batch placed on gamma: one command, three records there.
+fn starts_on_another_node(a: &Node, b: &Node, c: &Node) {
     let placed = a.ok(&["run", "--node", "beta", "--", "sleep", "300"]);
     let record = b.show(&placed);
     assert_eq!(record["node"], "beta", "{record}");
@@ -517,19 +539,6 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
         );
         assert_eq!(c.show(id)["node"], "gamma");
     }
-    // A node that is not there, and a name that cannot be one.
-    let nowhere = a.bpm(&["run", "--node", "nobody", "--", "true"]);
-    assert!(!nowhere.status.success());
-    assert!(
-        text(&nowhere).contains("no node is named nobody: nothing was sent"),
-        "{}",
-        text(&nowhere)
-    );
-    let bad = a.bpm(&["run", "--node", "no such/node", "--", "true"]);
-    assert!(!bad.status.success());
-    assert!(text(&bad).contains("--node"), "{}", text(&bad));
-    a.ok(&["stop", &ticker]);
-    assert_eq!(state(&b.show(&ticker)), "cancelled");
 }
 
 /// A call about a record whose node is gone gives a clear error at once,

@@ -106,25 +106,7 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
         state(r) == "lost"
     });
     let moved_after = cut_at.elapsed();
-    let replacement = replacement_of(&given_up);
-    let (moved, _) = until(&beta, &replacement, Duration::from_secs(15), |r| {
-        state(r) == "running"
-    });
-    assert_eq!(moved["node"], "beta", "{moved}");
-    assert_eq!(
-        moved["restarted_from"].as_str(),
-        Some(quick.as_str()),
-        "{moved}"
-    );
-    assert_eq!(moved["restarts"], 1, "{moved}");
-    let runs = &moved["earlier_runs"];
-    assert_eq!(runs[0]["node"], "alpha", "{moved}");
-    assert_eq!(runs[0]["state"], "lost", "{moved}");
-    let human = beta.ok(&["show", &replacement]);
-    assert!(
-        human.contains(&format!("earlier runs  {quick} on node alpha: lost")),
-        "{human}"
-    );
+    let replacement = runs_again_on_beta(&beta, &quick, &given_up);
     // Lease 2 s, grace 1 s, margin 2 s: not before 5 s after the last
     // renewal, which came at most a third of a lease before the cut.
     assert!(
@@ -185,6 +167,27 @@ fn a_partitioned_node_stops_its_copy_before_another_starts_one() {
     assert_eq!(live.len(), 2, "{all:?}");
     beta.ok(&["stop", &replacement]);
     alpha.ok(&["stop", &patient]);
+}
+
+/// The replacement of `quick`, given up as `given_up`: running on beta, one
+/// restart on, its earlier run on alpha lost, as `bpm show` says too.
+fn runs_again_on_beta(beta: &Node, quick: &str, given_up: &serde_json::Value) -> String {
+    let replacement = replacement_of(given_up);
+    let (moved, _) = until(beta, &replacement, Duration::from_secs(15), |r| {
+        state(r) == "running"
+    });
+    assert_eq!(moved["node"], "beta", "{moved}");
+    assert_eq!(moved["restarted_from"].as_str(), Some(quick), "{moved}");
+    assert_eq!(moved["restarts"], 1, "{moved}");
+    let runs = &moved["earlier_runs"];
+    assert_eq!(runs[0]["node"], "alpha", "{moved}");
+    assert_eq!(runs[0]["state"], "lost", "{moved}");
+    let human = beta.ok(&["show", &replacement]);
+    assert!(
+        human.contains(&format!("earlier runs  {quick} on node alpha: lost")),
+        "{human}"
+    );
+    replacement
 }
 
 /// kill -9 of node alpha's daemon alone: its keeper, told of every

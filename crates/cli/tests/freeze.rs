@@ -157,23 +157,7 @@ fn trial() -> Trial {
     beta.ok(&["ps"]);
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("lines");
-    let exe = env!("CARGO_BIN_EXE_bpm");
-    // Each node's processes ask their own node's daemon.
-    let home = format!(
-        "case $BPM_NODE in alpha) h={};; *) h={};; esac",
-        alpha.home().display(),
-        beta.home().display()
-    );
-    let unguarded = format!(
-        "while true; do echo \"w ${{EPOCHREALTIME/./}} $BPM_NODE $BPM_PROCESS_ID\" >> {p}; sleep 0.002; done",
-        p = path.display()
-    );
-    let guarded = format!(
-        "{home}; while true; do t=${{EPOCHREALTIME/./}}; \
-         if BPM_HOME=$h {exe} fence check 2>/dev/null; then echo \"g $t $BPM_NODE $BPM_PROCESS_ID\" >> {p}; fi; \
-         sleep 0.002; done",
-        p = path.display()
-    );
+    let (unguarded, guarded) = servers(&alpha, &beta, &path);
     let run = |line: &str| {
         alpha
             .ok(&[
@@ -271,6 +255,30 @@ fn trial() -> Trial {
         stale_us: stale,
         replacement_ran_us: ran,
     }
+}
+
+/// Two servers' command lines, writing a line to `path` every 2 ms: one
+/// that writes unguarded, one that writes only while `bpm fence check`
+/// passes on its own node's daemon.
+fn servers(alpha: &Node, beta: &Node, path: &std::path::Path) -> (String, String) {
+    let exe = env!("CARGO_BIN_EXE_bpm");
+    // Each node's processes ask their own node's daemon.
+    let home = format!(
+        "case $BPM_NODE in alpha) h={};; *) h={};; esac",
+        alpha.home().display(),
+        beta.home().display()
+    );
+    let unguarded = format!(
+        "while true; do echo \"w ${{EPOCHREALTIME/./}} $BPM_NODE $BPM_PROCESS_ID\" >> {p}; sleep 0.002; done",
+        p = path.display()
+    );
+    let guarded = format!(
+        "{home}; while true; do t=${{EPOCHREALTIME/./}}; \
+         if BPM_HOME=$h {exe} fence check 2>/dev/null; then echo \"g $t $BPM_NODE $BPM_PROCESS_ID\" >> {p}; fi; \
+         sleep 0.002; done",
+        p = path.display()
+    );
+    (unguarded, guarded)
 }
 
 #[test]

@@ -135,9 +135,50 @@ fn resource_limits_hold_a_process_tree_through_its_cgroups() {
     );
     bpm.ok(&["stop", holder]);
 
-    // A fork bomb, bounded (2^9 processes at most) should the limit fail:
-    // each process that starts notes itself, then sleeps. Its live
-    // processes are counted by bpm's mark in their environment.
+    a_fork_bomb_is_held_to_its_pids(&bpm);
+
+    let busy = bpm.ok(&[
+        "run",
+        "--cpu-max",
+        "20",
+        "--",
+        "python3",
+        "-c",
+        "import os, time\nt = time.time()\nwhile time.time() - t < 2: pass\nu = os.times()\nprint(u[0] + u[1])",
+    ]);
+    let busy = busy.trim();
+    let ended = ended_within(&bpm, busy, Duration::from_secs(20));
+    assert_eq!(ended["state"], "completed", "{ended}");
+    let used: f64 = bpm.ok(&["logs", busy]).trim().parse().expect("seconds");
+    assert!(
+        used < 1.0,
+        "2 s of a busy loop at 20% of a CPU used {used} s of CPU"
+    );
+    assert!(cgroups_of(busy).is_empty());
+
+    // Bad values name their flag; nothing is created.
+    for (flag, value) in [
+        ("--memory-max", "lots"),
+        ("--memory-max", "100K"),
+        ("--cpu-max", "0"),
+        ("--pids-max", "-1"),
+        ("--nofile", "many"),
+    ] {
+        let err = bpm.fails(&["run", &format!("{flag}={value}"), "--", "true"], 4);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+    assert_eq!(
+        bpm.json(&["ps", "--all", "--json"])
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+}
+
+/// A fork bomb, bounded (2^9 processes at most) should the limit fail:
+/// each process that starts notes itself, then sleeps. Its live processes
+/// are counted by bpm's mark in their environment.
+fn a_fork_bomb_is_held_to_its_pids(bpm: &Bpm) {
     let dir = tempfile::tempdir().expect("dir");
     let started = dir.path().join("started");
     let bomb = format!(
@@ -177,45 +218,8 @@ fn resource_limits_hold_a_process_tree_through_its_cgroups() {
         "the shell says it cannot fork"
     );
     bpm.ok(&["stop", bomb_id]);
-    ended_within(&bpm, bomb_id, Duration::from_secs(20));
+    ended_within(bpm, bomb_id, Duration::from_secs(20));
     assert!(cgroups_of(bomb_id).is_empty());
-
-    let busy = bpm.ok(&[
-        "run",
-        "--cpu-max",
-        "20",
-        "--",
-        "python3",
-        "-c",
-        "import os, time\nt = time.time()\nwhile time.time() - t < 2: pass\nu = os.times()\nprint(u[0] + u[1])",
-    ]);
-    let busy = busy.trim();
-    let ended = ended_within(&bpm, busy, Duration::from_secs(20));
-    assert_eq!(ended["state"], "completed", "{ended}");
-    let used: f64 = bpm.ok(&["logs", busy]).trim().parse().expect("seconds");
-    assert!(
-        used < 1.0,
-        "2 s of a busy loop at 20% of a CPU used {used} s of CPU"
-    );
-    assert!(cgroups_of(busy).is_empty());
-
-    // Bad values name their flag; nothing is created.
-    for (flag, value) in [
-        ("--memory-max", "lots"),
-        ("--memory-max", "100K"),
-        ("--cpu-max", "0"),
-        ("--pids-max", "-1"),
-        ("--nofile", "many"),
-    ] {
-        let err = bpm.fails(&["run", &format!("{flag}={value}"), "--", "true"], 4);
-        assert!(err.contains(flag), "{flag} {value}: {err}");
-    }
-    assert_eq!(
-        bpm.json(&["ps", "--all", "--json"])
-            .as_array()
-            .map(Vec::len),
-        Some(4)
-    );
 }
 
 /// Where bpm may make no cgroup (`BPM_NO_CGROUPS=1` stands in for such a

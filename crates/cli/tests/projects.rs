@@ -93,37 +93,7 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
         api["port"].as_u64().is_some() && !api["ready_at"].is_null(),
         "{api}"
     );
-    // `--project` with no name: the project of the bpm.toml here; and
-    // where there is none, an error that says so.
-    let here = bpm
-        .cmd(&["ps", "--project", "--json"])
-        .current_dir(dir.path())
-        .output()
-        .expect("bpm");
-    assert!(here.status.success(), "{here:?}");
-    let listed: serde_json::Value = serde_json::from_slice(&here.stdout).expect("json");
-    let mut ids: Vec<&str> = listed
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|r| r["id"].as_str().expect("id"))
-        .collect();
-    ids.sort_unstable();
-    let mut want: Vec<&str> = up.values().map(|(id, _)| id.as_str()).collect();
-    want.sort_unstable();
-    assert_eq!(ids, want, "{listed}");
-    let nowhere = bpm
-        .cmd(&["ps", "--project"])
-        .current_dir("/")
-        .output()
-        .expect("bpm");
-    let said = String::from_utf8_lossy(&nowhere.stderr);
-    assert_eq!(nowhere.status.code(), Some(4), "{said}");
-    assert!(said.contains("no bpm.toml in / or a parent"), "{said}");
-    let nowhere = bpm.cmd(&["logs"]).current_dir("/").output().expect("bpm");
-    let said = String::from_utf8_lossy(&nowhere.stderr);
-    assert_eq!(nowhere.status.code(), Some(4), "{said}");
-    assert!(said.contains("(bpm logs ID)"), "{said}");
+    the_project_here_is_found_or_missed_by_name(&bpm, dir.path(), &up);
     let table = bpm.ok(&["ps"]);
     assert!(
         table.lines().next().is_some_and(|h| h.contains("PROJECT")),
@@ -156,32 +126,7 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
         assert_eq!(now[kept], up[kept], "{kept} kept its process");
     }
 
-    // Every service's output, prefixed.
-    let logs = bpm.ok(&["logs", "shop"]);
-    assert!(
-        logs.lines()
-            .any(|l| l.starts_with("db") && l.ends_with("| ready to accept")),
-        "{logs}"
-    );
-    assert!(
-        logs.lines()
-            .any(|l| l.starts_with("migrate") && l.ends_with("| migrated")),
-        "{logs}"
-    );
-    // No id inside the project's directory: the same, for this project.
-    let here = bpm
-        .cmd(&["logs"])
-        .current_dir(dir.path())
-        .output()
-        .expect("bpm");
-    assert!(here.status.success(), "{here:?}");
-    let here = String::from_utf8_lossy(&here.stdout);
-    for line in logs
-        .lines()
-        .filter(|l| l.starts_with("db") || l.starts_with("migrate"))
-    {
-        assert!(here.lines().any(|l| l == line), "{line} in:\n{here}");
-    }
+    logs_of_every_service_are_prefixed(&bpm, dir.path());
 
     // Down: reverse order, every tree gone.
     let down = bpm.ok(&["down", "-f", f]);
@@ -205,6 +150,70 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
         String::from_utf8_lossy(&elsewhere.stdout).lines().count(),
         5
     );
+}
+
+/// `--project` with no name: the project of the bpm.toml here (its
+/// records are `up`'s); and where there is none, an error that says so.
+fn the_project_here_is_found_or_missed_by_name(
+    bpm: &Bpm,
+    dir: &std::path::Path,
+    up: &std::collections::BTreeMap<String, (String, u64)>,
+) {
+    let here = bpm
+        .cmd(&["ps", "--project", "--json"])
+        .current_dir(dir)
+        .output()
+        .expect("bpm");
+    assert!(here.status.success(), "{here:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&here.stdout).expect("json");
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    let mut want: Vec<&str> = up.values().map(|(id, _)| id.as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "{listed}");
+    let nowhere = bpm
+        .cmd(&["ps", "--project"])
+        .current_dir("/")
+        .output()
+        .expect("bpm");
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert_eq!(nowhere.status.code(), Some(4), "{said}");
+    assert!(said.contains("no bpm.toml in / or a parent"), "{said}");
+    let nowhere = bpm.cmd(&["logs"]).current_dir("/").output().expect("bpm");
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert_eq!(nowhere.status.code(), Some(4), "{said}");
+    assert!(said.contains("(bpm logs ID)"), "{said}");
+}
+
+/// Every service's output, prefixed; with no id inside the project's
+/// directory, the same, for this project.
+fn logs_of_every_service_are_prefixed(bpm: &Bpm, dir: &std::path::Path) {
+    let logs = bpm.ok(&["logs", "shop"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("db") && l.ends_with("| ready to accept")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("migrate") && l.ends_with("| migrated")),
+        "{logs}"
+    );
+    // No id inside the project's directory: the same, for this project.
+    let here = bpm.cmd(&["logs"]).current_dir(dir).output().expect("bpm");
+    assert!(here.status.success(), "{here:?}");
+    let here = String::from_utf8_lossy(&here.stdout);
+    for line in logs
+        .lines()
+        .filter(|l| l.starts_with("db") || l.starts_with("migrate"))
+    {
+        assert!(here.lines().any(|l| l == line), "{line} in:\n{here}");
+    }
 }
 
 /// A dependency that fails fails its dependents, naming it, and `up
@@ -418,8 +427,15 @@ fn procfiles_and_process_compose_files_run_as_they_are() {
     }
     bpm.ok(&["down", "-f", procfile.to_str().expect("utf-8")]);
 
-    // From process-compose's documentation (launcher page), unchanged.
-    let compose = dir.path().join("process-compose.yaml");
+    process_compose_files_run_unchanged(&bpm, dir.path(), &project);
+}
+
+/// From process-compose's documentation (launcher page), unchanged, the
+/// keys bpm does not act on named; then a dependency with a readiness
+/// probe, as process-compose writes them. In `dir`, whose project is
+/// `project`.
+fn process_compose_files_run_unchanged(bpm: &Bpm, dir: &std::path::Path, project: &str) {
+    let compose = dir.join("process-compose.yaml");
     std::fs::write(
         &compose,
         r#"processes:
@@ -931,40 +947,7 @@ fn a_schedule_runs_each_due_time_once_through_a_daemon_kill() {
     std::thread::sleep(Duration::from_millis(300));
     bpm.ok(&["ps"]);
     std::thread::sleep(Duration::from_millis(2500));
-    // The count and the runs read between two due times: a run may start
-    // between two reads (one each second), so the reads are taken again
-    // until the runs listed before and after the count are the same.
-    let mut tries = 0;
-    let (ticks, shown) = loop {
-        let before = runs_of(&bpm, tick);
-        let shown = bpm.json(&["show", "tick", "--json"]);
-        if runs_of(&bpm, tick).len() == before.len() {
-            break (before, shown);
-        }
-        tries += 1;
-        assert!(tries < 10, "a run started between every two reads");
-    };
-    let state = &shown["schedule"];
-    assert_eq!(
-        state["runs"].as_u64(),
-        Some(ticks.len() as u64),
-        "every run it counted is a record: {shown:#}"
-    );
-    assert!(ticks.len() > 3, "it ran on after the kill: {ticks:#?}");
-    // A run's id carries its due time (its first 48 bits, in ms): the
-    // due times are distinct and on the schedule's cadence.
-    let due_of = |r: &serde_json::Value| {
-        let id = r["id"].as_str().expect("id").replace('-', "");
-        u64::from_str_radix(&id[..12], 16).expect("hex")
-    };
-    let mut dues: Vec<u64> = ticks.iter().map(due_of).collect();
-    dues.sort_unstable();
-    dues.dedup();
-    assert_eq!(dues.len(), ticks.len(), "one run per due time: {ticks:#?}");
-    assert!(
-        dues.windows(2).all(|w| (w[1] - w[0]) % 1000 == 0),
-        "due times a whole number of periods apart: {dues:?}"
-    );
+    one_run_per_due_time(&bpm, tick);
     // Paused, it starts nothing; resumed, it goes on.
     bpm.ok(&["pause", "tick"]);
     let paused_runs = runs_of(&bpm, tick).len();
@@ -991,7 +974,50 @@ fn a_schedule_runs_each_due_time_once_through_a_daemon_kill() {
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(runs_of(&bpm, tick).len(), stopped, "no run after its stop");
 
-    // What cannot work is refused by name.
+    schedule_mistakes_are_refused_by_name(&bpm);
+}
+
+/// Every run the schedule `tick` counted is a record, and each due time
+/// ran once: a run's id carries its due time.
+fn one_run_per_due_time(bpm: &Bpm, tick: &str) {
+    // The count and the runs read between two due times: a run may start
+    // between two reads (one each second), so the reads are taken again
+    // until the runs listed before and after the count are the same.
+    let mut tries = 0;
+    let (ticks, shown) = loop {
+        let before = runs_of(bpm, tick);
+        let shown = bpm.json(&["show", "tick", "--json"]);
+        if runs_of(bpm, tick).len() == before.len() {
+            break (before, shown);
+        }
+        tries += 1;
+        assert!(tries < 10, "a run started between every two reads");
+    };
+    let state = &shown["schedule"];
+    assert_eq!(
+        state["runs"].as_u64(),
+        Some(ticks.len() as u64),
+        "every run it counted is a record: {shown:#}"
+    );
+    assert!(ticks.len() > 3, "it ran on after the kill: {ticks:#?}");
+    // A run's id carries its due time (its first 48 bits, in ms): the
+    // due times are distinct and on the schedule's cadence.
+    let due_of = |r: &serde_json::Value| {
+        let id = r["id"].as_str().expect("id").replace('-', "");
+        u64::from_str_radix(&id[..12], 16).expect("hex")
+    };
+    let mut dues: Vec<u64> = ticks.iter().map(due_of).collect();
+    dues.sort_unstable();
+    dues.dedup();
+    assert_eq!(dues.len(), ticks.len(), "one run per due time: {ticks:#?}");
+    assert!(
+        dues.windows(2).all(|w| (w[1] - w[0]) % 1000 == 0),
+        "due times a whole number of periods apart: {dues:?}"
+    );
+}
+
+/// What cannot work is refused by name.
+fn schedule_mistakes_are_refused_by_name(bpm: &Bpm) {
     let err = bpm.fails(&["run", "--cron", "*/5 * * *", "--", "true"], 4);
     assert!(err.contains("five standard fields"), "{err}");
     let err = bpm.fails(

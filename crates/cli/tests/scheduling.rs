@@ -408,11 +408,42 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
         text(&out)
     );
 
+    let ends = each_record_ran_at_most_once(&nodes[0], &marks);
+    let lost = nodes[0].show(&doomed);
+    assert_eq!(state(&lost), "lost", "{lost}");
+    let completed: usize = ends
+        .iter()
+        .filter(|((_, st), _)| st == "completed")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        completed >= 200,
+        "the survivors finished the queue: {ends:?}"
+    );
+    eprintln!("after kill -9 of kappa: {ends:?}");
+    failed_over_once(&nodes[0], &moving, &marks);
+    // What kappa ran ended when it was killed, with no end mark of its own.
+    let mut marked = read_marks(&marks);
+    for (starts, ends) in marked.values_mut() {
+        if ends.len() < starts.len() {
+            ends.push(killed_at);
+        }
+    }
+    let most = most_at_once(&marked);
+    assert!(most <= 6, "{most} ran at once");
+}
+
+/// Each of the 300 records of batch `kill` started at most once, and only
+/// the dead node's ended other than completed: how many ended how, by node.
+fn each_record_ran_at_most_once(
+    node: &Node,
+    marks: &std::path::Path,
+) -> BTreeMap<(String, String), usize> {
     let records: Vec<serde_json::Value> =
-        serde_json::from_str(&nodes[0].ok(&["ps", "--all", "--json", "--label", "batch=kill"]))
+        serde_json::from_str(&node.ok(&["ps", "--all", "--json", "--label", "batch=kill"]))
             .expect("JSON");
     assert_eq!(records.len(), 300);
-    let marked = read_marks(&marks);
+    let marked = read_marks(marks);
     let mut ends: BTreeMap<(String, String), usize> = BTreeMap::new();
     for r in &records {
         let (id, node, st) = (
@@ -436,28 +467,7 @@ fn a_node_killed_during_a_run_costs_its_own_records_and_nothing_runs_twice() {
             other => panic!("{id} ended {other}: {r}"),
         }
     }
-    let lost = nodes[0].show(&doomed);
-    assert_eq!(state(&lost), "lost", "{lost}");
-    let completed: usize = ends
-        .iter()
-        .filter(|((_, st), _)| st == "completed")
-        .map(|(_, n)| n)
-        .sum();
-    assert!(
-        completed >= 200,
-        "the survivors finished the queue: {ends:?}"
-    );
-    eprintln!("after kill -9 of kappa: {ends:?}");
-    failed_over_once(&nodes[0], &moving, &marks);
-    // What kappa ran ended when it was killed, with no end mark of its own.
-    let mut marked = read_marks(&marks);
-    for (starts, ends) in marked.values_mut() {
-        if ends.len() < starts.len() {
-            ends.push(killed_at);
-        }
-    }
-    let most = most_at_once(&marked);
-    assert!(most <= 6, "{most} ran at once");
+    ends
 }
 
 /// Checks the `--failover` records `originals` (label `batch=killfo`) once

@@ -511,28 +511,11 @@ impl World {
                 self.input(answer)
             }
             Op::Exit { pick, code } => {
-                // Any process may end, whether or not the core has heard of its start.
-                let mut live: Vec<_> = self.alive.keys().copied().collect();
-                live.sort();
-                if live.is_empty() {
-                    return;
-                }
-                let id = live[pick % live.len()];
-                self.alive.remove(&id);
-                self.dying.retain(|(d, _)| *d != id);
-                self.exit(id, ExitStatus::Code(code));
+                self.end_one(pick, code);
                 Ok(())
             }
             Op::DeliverSignalExit { pick } => {
-                if self.dying.is_empty() {
-                    return;
-                }
-                let (id, status) = self.dying[pick % self.dying.len()];
-                self.dying.retain(|(d, _)| *d != id);
-                if self.alive.remove(&id).is_none() {
-                    return;
-                }
-                self.exit(id, status);
+                self.deliver_signal_exit(pick);
                 Ok(())
             }
             Op::Stop { pick, force } => match self.pick(pick) {
@@ -763,6 +746,32 @@ impl World {
             return;
         }
         self.foreign.insert(id);
+    }
+
+    /// Any process may end, whether or not the core has heard of its start.
+    fn end_one(&mut self, pick: usize, code: i32) {
+        let mut live: Vec<_> = self.alive.keys().copied().collect();
+        live.sort();
+        if live.is_empty() {
+            return;
+        }
+        let id = live[pick % live.len()];
+        self.alive.remove(&id);
+        self.dying.retain(|(d, _)| *d != id);
+        self.exit(id, ExitStatus::Code(code));
+    }
+
+    /// A signal sent earlier takes effect: its process ends.
+    fn deliver_signal_exit(&mut self, pick: usize) {
+        if self.dying.is_empty() {
+            return;
+        }
+        let (id, status) = self.dying[pick % self.dying.len()];
+        self.dying.retain(|(d, _)| *d != id);
+        if self.alive.remove(&id).is_none() {
+            return;
+        }
+        self.exit(id, status);
     }
 
     fn view(&self) -> BTreeMap<ProcessId, ProcessRecord> {
