@@ -39,7 +39,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bpm_domain::cluster::claimer::{Claimer, ClaimerEffect, ClaimerInput};
-use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
+use bpm_domain::cluster::look::{LookEffect, LookInput, SeenLease};
 use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RenewFailure};
 use bpm_domain::cluster::placement::{NodeLabels, Queued, Room, takes, unplaced};
 use bpm_domain::cluster::slots::{Grants, grant_stands, holds_slot};
@@ -294,17 +294,15 @@ impl World {
                         self.handle(n, Input::Lease { held });
                         inputs.push_back(MemberInput::EngineTold { held });
                     }
-                    MemberEffect::LookAtLeases => {
-                        self.look(n);
-                        inputs.push_back(MemberInput::Looked);
-                    }
                     MemberEffect::HoldKeeper { lapses, .. } => {
                         inputs.push_back(MemberInput::KeeperHeld { lapses });
                     }
-                    MemberEffect::Status(_)
+                    MemberEffect::Look(LookEffect::Done(_))
+                    | MemberEffect::Status(_)
                     | MemberEffect::Warn(_)
                     | MemberEffect::Log(..)
                     | MemberEffect::WakeAt(_) => {}
+                    MemberEffect::Look(effect) => inputs.push_back(self.look(n, effect)),
                 }
             }
         }
@@ -549,45 +547,43 @@ impl World {
         }
     }
 
-    /// Node `by` looks at the leases: the domain's [`Look`] says what to
-    /// do, and the world carries each effect out at once, as the
-    /// daemon's sweeper does against the store. A node whose writes do not
-    /// reach the store cannot read the leases: its look ends there.
-    fn look(&mut self, by: usize) {
+    /// Carries out one step of node `by`'s look at the leases, at once,
+    /// as the daemon's sweeper does against the store: the answer for its
+    /// member. A node whose writes do not reach the store cannot read the
+    /// leases: its look fails there.
+    fn look(&mut self, by: usize, effect: LookEffect) -> MemberInput {
         let by_name = self.nodes[by].name.clone();
-        let mut look = Look::new(by_name.clone(), self.timing, true);
-        let mut input = LookInput::Begin;
-        loop {
-            input = match look.handle(input) {
-                LookEffect::Done(_) => return,
-                LookEffect::ReadLeases if !self.writes(by) => return,
-                LookEffect::ReadLeases => {
-                    let mut leases: Vec<SeenLease> = self
-                        .leases
-                        .values()
-                        .map(|lease| SeenLease {
-                            lease: lease.clone(),
-                            now: self.now,
-                        })
-                        .collect();
-                    leases.sort_by(|a, b| a.lease.node.cmp(&b.lease.node));
-                    LookInput::Leases(leases)
+        MemberInput::Look(match effect {
+            LookEffect::ReadLeases if !self.writes(by) => {
+                return MemberInput::LookFailed("cut off".into());
+            }
+            LookEffect::ReadLeases => {
+                let mut leases: Vec<SeenLease> = self
+                    .leases
+                    .values()
+                    .map(|lease| SeenLease {
+                        lease: lease.clone(),
+                        now: self.now,
+                    })
+                    .collect();
+                leases.sort_by(|a, b| a.lease.node.cmp(&b.lease.node));
+                LookInput::Leases(leases)
+            }
+            LookEffect::FailOver { lease, now } => LookInput::FailedOver {
+                records: self.fail_over(&by_name, &lease, now),
+            },
+            LookEffect::BidForSweep { lease, sweep } => LookInput::Bid {
+                won: self.swept.insert((lease.node.clone(), lease.epoch, sweep)),
+            },
+            LookEffect::Sweep { lease, sweep } => {
+                self.give_back(&lease.node);
+                LookInput::Swept {
+                    records: self.sweep(&by_name, &lease, sweep),
                 }
-                LookEffect::FailOver { lease, now } => LookInput::FailedOver {
-                    records: self.fail_over(&by_name, &lease, now),
-                },
-                LookEffect::BidForSweep { lease, sweep } => LookInput::Bid {
-                    won: self.swept.insert((lease.node.clone(), lease.epoch, sweep)),
-                },
-                LookEffect::Sweep { lease, sweep } => {
-                    self.give_back(&lease.node);
-                    LookInput::Swept {
-                        records: self.sweep(&by_name, &lease, sweep),
-                    }
-                }
-                LookEffect::FinishSweep { .. } => LookInput::Finished,
-            };
-        }
+            }
+            LookEffect::FinishSweep { .. } => LookInput::Finished,
+            LookEffect::Done(_) => unreachable!("a look's end wants no answer"),
+        })
     }
 
     /// The store's failover of `lease`'s node's due records for node `by`:

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use bpm_domain::cluster::KEEPER_STAND_DOWN_LAG;
+use bpm_domain::cluster::look::{LookEffect, LookInput};
 use bpm_domain::cluster::member::{Member, MemberEffect, MemberInput, RETRY_AFTER, RenewFailure};
 use bpm_domain::{ClusterTiming, NodeId, Span, Timestamp};
 use proptest::prelude::*;
@@ -109,7 +110,10 @@ impl World {
                         sent: self.now,
                     });
                 }
-                MemberEffect::Status(_) | MemberEffect::Warn(_) | MemberEffect::Log(..) => {}
+                MemberEffect::Status(_)
+                | MemberEffect::Warn(_)
+                | MemberEffect::Log(..)
+                | MemberEffect::Look(LookEffect::Done(_)) => {}
                 other => self.under_way.push(Call {
                     effect: other,
                     sent: self.now,
@@ -155,7 +159,10 @@ impl World {
                 self.engine_failed = Some(self.now);
                 MemberInput::EngineFailed
             }
-            MemberEffect::LookAtLeases => MemberInput::Looked,
+            // The other nodes' leases: none here, so the look ends.
+            MemberEffect::Look(LookEffect::ReadLeases) => {
+                MemberInput::Look(LookInput::Leases(Vec::new()))
+            }
             ref other => panic!("not a call: {other:?}"),
         }
     }

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bpm_domain::cluster::look::LookEffect;
 use bpm_domain::cluster::member::{Level, Member, MemberEffect, MemberInput, RenewFailure};
 use bpm_domain::{ClusterTiming, Holder, NodeId, Timestamp, cluster};
 use bpm_ports::{Candidate, Membership, MembershipError, ProcessSpawner, SpawnError, WriteFence};
@@ -316,16 +317,21 @@ impl Run {
                     }
                 });
             }
-            MemberEffect::LookAtLeases => {
+            MemberEffect::Look(LookEffect::Done(swept)) => crate::sweeper::log_swept(&swept),
+            MemberEffect::Look(effect) => {
                 let Some((_, sweeper)) = &self.engine else {
+                    // The member looks only once an engine runs; should
+                    // that change, its look still ends.
+                    self.tasks
+                        .spawn(async { MemberInput::LookFailed("no engine runs here".into()) });
                     return None;
                 };
                 let sweeper = Arc::clone(sweeper);
                 self.tasks.spawn(async move {
-                    if let Err(e) = sweeper.look().await {
-                        tracing::debug!(error = %e, "could not look at the other nodes' leases");
+                    match sweeper.carry_out(effect).await {
+                        Ok(answer) => MemberInput::Look(answer),
+                        Err(e) => MemberInput::LookFailed(e.to_string()),
                     }
-                    MemberInput::Looked
                 });
             }
             MemberEffect::Status(line) => self.ports.status.set(line),

@@ -1,8 +1,9 @@
 //! The sweep of lost nodes, carried out. Every daemon on a shared store
 //! looks at the leases about once a second (when its
 //! [`Member`](bpm_domain::cluster::member::Member) says); what a look does
-//! is decided by the domain's [`Look`], which this module drives one effect
-//! at a time: read the leases, fail over a lost node's due records, bid for
+//! is decided by the domain's [`Look`], whose effects the daemon's
+//! [`Member`](bpm_domain::cluster::member::Member) passes on and this module
+//! carries out, one at a time: read the leases, fail over a lost node's due records, bid for
 //! a due sweep ([`Membership::bid_for_sweep`] lets exactly one node win it)
 //! and, when won, apply [`cluster::sweep_record`] to each of the node's
 //! records. Writes are compare-and-set: a record that changed meanwhile is
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bpm_domain::cluster::look::Swept;
-use bpm_domain::cluster::look::{Look, LookEffect, LookInput, SeenLease};
+use bpm_domain::cluster::look::{LookEffect, LookInput, SeenLease};
 use bpm_domain::cluster::{self, Lease};
 use bpm_domain::{
     ClusterTiming, Event, EventKind, ListFilter, NodeId, StateName, Sweep, Timestamp,
@@ -59,7 +60,25 @@ impl From<StoreError> for SweepError {
     }
 }
 
-/// Sweeps the nodes that stopped renewing their leases.
+/// Says in the log what a look did to nodes that stopped renewing their
+/// leases.
+pub(crate) fn log_swept(swept: &[Swept]) {
+    for s in swept {
+        if let Some(sweep) = s.sweep {
+            tracing::warn!(
+                node = %s.node, epoch = s.epoch, sweep = sweep.as_str(), records = s.records,
+                "swept a node that stopped renewing its lease"
+            );
+        } else {
+            tracing::warn!(
+                node = %s.node, epoch = s.epoch, records = s.records,
+                "failed over records of a node that stopped renewing its lease"
+            );
+        }
+    }
+}
+
+/// Carries out the looks at the nodes that stopped renewing their leases.
 pub struct Sweeper {
     membership: Arc<dyn Membership>,
     store: Arc<dyn ProcessStore>,
@@ -112,40 +131,15 @@ impl Sweeper {
         }
     }
 
-    /// Looks at every other node's lease once, and carries out each sweep
-    /// that is due and that this node wins, as the domain's [`Look`] says.
+    /// Carries out one of a look's effects (its end excepted); its answer.
     ///
     /// # Errors
     /// The store does not answer; sweeps carried out before stay done, and
     /// one cut short is won again once its hold is over.
-    pub async fn look(&self) -> Result<Vec<Swept>, SweepError> {
-        let mut look = Look::new(self.node.clone(), self.timing, self.failover.is_some());
-        let mut input = LookInput::Begin;
-        loop {
-            input = match look.handle(input) {
-                LookEffect::Done(swept) => {
-                    for s in &swept {
-                        if let Some(sweep) = s.sweep {
-                            tracing::warn!(
-                                node = %s.node, epoch = s.epoch, sweep = sweep.as_str(), records = s.records,
-                                "swept a node that stopped renewing its lease"
-                            );
-                        } else {
-                            tracing::warn!(
-                                node = %s.node, epoch = s.epoch, records = s.records,
-                                "failed over records of a node that stopped renewing its lease"
-                            );
-                        }
-                    }
-                    return Ok(swept);
-                }
-                effect => self.carry_out(effect).await?,
-            };
-        }
-    }
-
-    /// Carries out one of a look's effects; its answer.
-    async fn carry_out(&self, effect: LookEffect) -> Result<LookInput, SweepError> {
+    ///
+    /// # Panics
+    /// Given [`LookEffect::Done`], which wants no answer.
+    pub async fn carry_out(&self, effect: LookEffect) -> Result<LookInput, SweepError> {
         Ok(match effect {
             LookEffect::ReadLeases => LookInput::Leases(
                 self.membership

@@ -21,12 +21,15 @@
 //!   newer epoch holds the node takes the node again; once taken, the
 //!   engine reconciles its records ([`MemberEffect::Reconcile`]) before the
 //!   store writes with the new epoch, and only then is the lease held.
-//! - **Sweep**: once an engine runs, the other nodes' leases are looked at
-//!   every [`ClusterTiming::check_every`], one look at a time.
+//! - **Look**: once an engine runs, the other nodes' leases are looked at
+//!   every [`ClusterTiming::check_every`], one look at a time; what a look
+//!   does (failover, sweeps) is its own core, [`Look`], whose effects the
+//!   member passes on as [`MemberEffect::Look`].
 
 use std::time::Duration;
 
 use super::ClusterTiming;
+use super::look::{Look, LookEffect, LookInput};
 use crate::{NodeId, Span, Timestamp};
 
 /// How soon a call to the keeper or the engine that failed is tried again.
@@ -86,8 +89,11 @@ pub enum MemberInput {
     },
     /// The engine could not be told.
     EngineFailed,
-    /// A look at the other nodes' leases ended.
-    Looked,
+    /// The answer to the look's last effect ([`MemberEffect::Look`]).
+    Look(LookInput),
+    /// The look could not be carried out (the store did not answer); the
+    /// next one comes at its time.
+    LookFailed(String),
 }
 
 /// Why a renewal failed.
@@ -145,9 +151,11 @@ pub enum MemberEffect {
         /// Whether it holds.
         held: bool,
     },
-    /// Look at the other nodes' leases and sweep what is due; answer with
-    /// [`MemberInput::Looked`].
-    LookAtLeases,
+    /// A step of the look at the other nodes' leases ([`Look`]): carry
+    /// it out and answer with [`MemberInput::Look`] (or
+    /// [`MemberInput::LookFailed`]); [`LookEffect::Done`] wants no answer,
+    /// and says what the look did, for the log.
+    Look(LookEffect),
     /// The status's cluster line is now this.
     Status(String),
     /// A warning for the log and the status.
@@ -192,7 +200,7 @@ pub struct Member {
     keeper: Option<Keeper>,
     /// When the next look at the leases is due, and whether one is under way.
     next_look: Timestamp,
-    looking: bool,
+    look: Option<Look>,
 }
 
 /// A call about the lease.
@@ -241,7 +249,7 @@ impl Member {
             engine: None,
             keeper: None,
             next_look: sent,
-            looking: false,
+            look: None,
         }
     }
 
@@ -365,7 +373,22 @@ impl Member {
                     t.retry_at = Some(now.saturating_add(RETRY_AFTER));
                 }
             }
-            MemberInput::Looked => self.looking = false,
+            MemberInput::Look(answer) => {
+                if let Some(look) = &mut self.look {
+                    let effect = look.handle(answer);
+                    if matches!(effect, LookEffect::Done(_)) {
+                        self.look = None;
+                    }
+                    out.push(MemberEffect::Look(effect));
+                }
+            }
+            MemberInput::LookFailed(e) => {
+                self.look = None;
+                out.push(MemberEffect::Log(
+                    Level::Debug,
+                    format!("could not look at the other nodes' leases: {e}"),
+                ));
+            }
         }
     }
 
@@ -511,10 +534,11 @@ impl Member {
             k.telling = true;
             out.push(MemberEffect::HoldKeeper { hold, lapses });
         }
-        if self.engine.is_some() && !self.looking && now >= self.next_look {
-            self.looking = true;
+        if self.engine.is_some() && self.look.is_none() && now >= self.next_look {
             self.next_look = now.saturating_add(self.timing.check_every());
-            out.push(MemberEffect::LookAtLeases);
+            let mut look = Look::new(self.node.clone(), self.timing, true);
+            out.push(MemberEffect::Look(look.handle(LookInput::Begin)));
+            self.look = Some(look);
         }
         out.push(MemberEffect::WakeAt(self.wake(now)));
     }
@@ -536,7 +560,7 @@ impl Member {
             if !t.telling && t.stood_down == holds {
                 at.extend(t.retry_at);
             }
-            if !self.looking {
+            if self.look.is_none() {
                 at.push(self.next_look);
             }
         }
@@ -733,17 +757,17 @@ mod tests {
     #[test]
     fn leases_are_looked_at_once_an_engine_runs_one_look_at_a_time() {
         let mut m = member(0);
-        assert!(!has(
-            &m.handle(MemberInput::Tick, at(500)),
-            &MemberEffect::LookAtLeases
-        ));
+        let read = MemberEffect::Look(LookEffect::ReadLeases);
+        assert!(!has(&m.handle(MemberInput::Tick, at(500)), &read));
         let fx = m.handle(MemberInput::EngineAttached, at(600));
-        assert!(has(&fx, &MemberEffect::LookAtLeases));
-        assert!(!has(
-            &m.handle(MemberInput::Tick, at(5_000)),
-            &MemberEffect::LookAtLeases
-        ));
-        let fx = m.handle(MemberInput::Looked, at(5_001));
-        assert!(has(&fx, &MemberEffect::LookAtLeases));
+        assert!(has(&fx, &read));
+        assert!(!has(&m.handle(MemberInput::Tick, at(5_000)), &read));
+        let fx = m.handle(MemberInput::Look(LookInput::Leases(Vec::new())), at(5_001));
+        assert!(has(&fx, &MemberEffect::Look(LookEffect::Done(Vec::new()))));
+        assert!(has(&fx, &read), "the next look is due already: {fx:?}");
+        // A look the store did not answer ends; the next comes at its time.
+        let fx = m.handle(MemberInput::LookFailed("down".into()), at(5_002));
+        assert!(!has(&fx, &read));
+        assert!(has(&m.handle(MemberInput::Tick, at(7_000)), &read));
     }
 }
