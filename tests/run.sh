@@ -3,8 +3,9 @@
 # README.md gives and .ci/run calls. On a fresh Debian or Ubuntu machine it
 # installs what is missing with apt-get (through sudo when not root): a C
 # toolchain, CA certificates, redis-server, chromium, chromium-driver and
-# python3-venv; makes the Python virtualenvs
-# for the MCP client and the browser test under target/, and then runs
+# python3-venv, nodejs and npm; makes the Python virtualenvs
+# for the MCP client and the browser test and the npm test tools under
+# target/, and then runs
 # `cargo test --workspace` (arguments are passed on to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (apt-get)"
   SUDO=""
@@ -45,6 +47,14 @@ BPM_MCP_PYTHON="$(venv mcp-venv tests/mcp/requirements.txt)"
 BPM_WEB_PYTHON="$(venv web-venv tests/web/requirements.txt)"
 export BPM_MCP_PYTHON BPM_WEB_PYTHON
 "$BPM_WEB_PYTHON" -c "import selenium; print('selenium', selenium.__version__)"
+
+# VS Code's own JSON-with-comments parser reads what `bpm agents setup`
+# writes for it (tests/agents.rs), pinned, under target/npm.
+echo "== npm test tools (under target/npm)"
+[ -d target/npm/node_modules/jsonc-parser ] ||
+  npm install --prefix target/npm --no-audit --no-fund --silent jsonc-parser@3.3.1
+BPM_NODE_MODULES="$PWD/target/npm/node_modules"
+export BPM_NODE_MODULES
 
 echo "== cargo test --workspace"
 # Tests clean up after themselves: they get a temporary folder of their own,

@@ -2,6 +2,7 @@
 //! adapters and starts an engine, and the front ends' entry points (the
 //! command line, the daemon, the keeper, MCP and the web page).
 
+pub mod agents;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -18,6 +18,7 @@ macro_rules! out {
     };
 }
 
+mod agents;
 mod attach;
 mod commands;
 mod error;
@@ -219,6 +220,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: FenceAction,
+    },
+    /// Make an agent tool start `bpm mcp`: Claude Code, Codex, Gemini CLI
+    /// or VS Code (its own MCP configuration file, edited in place).
+    Agents {
+        /// What to do.
+        #[command(subcommand)]
+        action: AgentsAction,
     },
     /// Print a shell completion script.
     Completions {
@@ -659,6 +667,33 @@ pub struct StopArgs {
     /// future runs and leaves the live one to finish).
     #[arg(long)]
     pub all_runs: bool,
+}
+
+/// `bpm agents ACTION`.
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Write bpm into TOOL's MCP configuration, so that it starts `bpm
+    /// mcp`. Every other key and comment stays; setting up again changes
+    /// nothing; the file as it was is kept beside it (FILE.bpm-backup).
+    Setup(AgentsArgs),
+    /// Take bpm out of TOOL's MCP configuration: the backup put back byte
+    /// for byte when nothing else changed since, else bpm's entry alone.
+    Remove(AgentsArgs),
+}
+
+/// Which tool's configuration `bpm agents` edits, and how.
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    /// claude, codex, gemini or vscode.
+    pub tool: crate::agents::Tool,
+    /// The project's configuration in DIR (`.mcp.json`,
+    /// `.codex/config.toml`, `.gemini/settings.json`, `.vscode/mcp.json`)
+    /// instead of the user's.
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Print what would change, as a diff, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `bpm fence ACTION`.

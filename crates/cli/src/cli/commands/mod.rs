@@ -135,6 +135,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Agents { action } => super::agents::agents(&action),
         other => match daemon::connect_or_start(&home).await {
             Ok(client) => command(&home, &(Arc::new(client) as Manager), other).await,
             Err(e) => Err(CliError::from(e)),
@@ -356,6 +357,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         Command::Daemon(_)
         | Command::Ready { .. }
         | Command::Completions { .. }
+        | Command::Agents { .. }
         | Command::Keeper { .. }
         | Command::Nodes { .. }
         | Command::Mcp { .. }
