@@ -61,12 +61,13 @@ echo "== cargo test --workspace"
 # and whatever they leave in it fails the run.
 tmp="$(mktemp -d /tmp/bpm-tests.XXXXXX)"
 status=0
-TMPDIR="$tmp" cargo test --workspace "$@" || status=$?
-if [ "$status" = 0 ] && [ "$#" = 0 ]; then
+# Every test binary runs even when one fails: one failure never hides the rest.
+TMPDIR="$tmp" cargo test --workspace --no-fail-fast "$@" || status=$?
+if [ "$#" = 0 ]; then
   # Built alone, bpm-embed has no file watches (the workspace turns them
   # on for the daemon): its tests check that a watch is then refused.
   echo "== cargo test -p bpm-embed (alone, without its watch feature)"
-  TMPDIR="$tmp" cargo test -p bpm-embed || status=$?
+  TMPDIR="$tmp" cargo test -p bpm-embed --no-fail-fast || status=$((status | $?))
 fi
 left="$(find "$tmp" -mindepth 1 -maxdepth 1 | head -20)"
 rm -rf "$tmp"
