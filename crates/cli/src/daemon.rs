@@ -546,13 +546,13 @@ pub async fn status(home: &Home) -> Result<DaemonStatus, ManagerError> {
 }
 
 /// Stops the daemon of `home` (with `kill_all`, its processes first, and
-/// a daemon started for the purpose when none runs), and returns once it
-/// is gone (or after 5 s).
+/// a daemon started for the purpose when none runs), and returns its pid
+/// once it is gone (or after 5 s).
 ///
 /// # Errors
 /// [`ManagerError::Connection`] if none answers (without `kill_all`), or
 /// none can be started.
-pub async fn stop(home: &Home, kill_all: bool) -> Result<(), ManagerError> {
+pub async fn stop(home: &Home, kill_all: bool) -> Result<u32, ManagerError> {
     // With --kill-all, no process of any record may be left behind: with
     // no daemon running, one is started, which adopts what the keeper
     // (or, with the keeper gone too, the processes' marks) still runs.
@@ -569,7 +569,7 @@ pub async fn stop(home: &Home, kill_all: bool) -> Result<(), ManagerError> {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Ok(())
+    Ok(pid)
 }
 
 /// Connects to the daemon of `home`, starting one in the background when none

@@ -39,7 +39,7 @@ impl std::str::FromStr for StoreChoice {
 
 /// The state directory: `BPM_HOME`, else `$XDG_STATE_HOME/bpm`, else `~/.local/state/bpm`.
 pub fn state_dir() -> std::path::PathBuf {
-    if let Some(home) = std::env::var_os("BPM_HOME") {
+    if let Some(home) = std::env::var_os("BPM_HOME").filter(|v| !v.is_empty()) {
         return home.into();
     }
     if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {

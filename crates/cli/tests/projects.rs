@@ -110,7 +110,7 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
     let plan = bpm.ok(&["up", "-f", f, "--dry-run"]);
     assert!(
         plan.lines()
-            .any(|l| l.starts_with("replaced") && l.contains("api")),
+            .any(|l| l.starts_with("would replace") && l.contains("api")),
         "{plan}"
     );
     let changed = bpm.ok(&["up", "-f", f, "--wait"]);

@@ -43,10 +43,22 @@ type Manager = std::sync::Arc<dyn bpm_ports::ProcessManager>;
 
 /// bpm: run, watch and stop background processes.
 #[derive(Debug, Parser)]
-#[command(name = "bpm", version, about, propagate_version = true)]
+#[command(
+    name = "bpm",
+    version,
+    about = "run commands in the background, keep them under control, and learn at once when they end",
+    long_about = "bpm runs commands in the background, keeps them under control, and says at once when they end.\n\
+                  Start with: bpm run -- CMD ARGS...; then bpm ps, bpm logs ID, bpm wait ID, bpm stop ID.",
+    propagate_version = true
+)]
 pub struct Cli {
-    /// The state directory (default: $`XDG_STATE_HOME/bpm`, else ~/.local/state/bpm).
-    #[arg(long, global = true, env = "BPM_HOME", value_name = "DIR")]
+    /// The state directory. An empty `BPM_HOME` counts as unset.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        help = "The state directory [env: BPM_HOME; default: $XDG_STATE_HOME/bpm, else ~/.local/state/bpm]"
+    )]
     pub home: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
@@ -228,6 +240,8 @@ pub enum Command {
         #[command(subcommand)]
         action: AgentsAction,
     },
+    /// Print bpm's man page (roff): `bpm man > ~/.local/share/man/man1/bpm.1`.
+    Man,
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -752,15 +766,74 @@ pub(crate) fn enough_if_gone<T>(written: std::io::Result<T>) -> Option<T> {
     }
 }
 
+/// Prints clap's error (or the help it was asked for), with a hint where
+/// the mistake is a common one: a command after `bpm run` without `--`.
+fn usage_error(args: &[std::ffi::OsString], e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if let Some(hint) = run_hint(args, e) {
+        eprintln!("\n{hint}");
+    }
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// For `bpm run sleep 5`: the same line with `--` before the command.
+fn run_hint(args: &[std::ffi::OsString], e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(bad)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let words: Vec<String> = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let run = words.iter().position(|w| w == "run")?;
+    if words.iter().any(|w| w == "--") || bad.starts_with('-') {
+        return None;
+    }
+    let at = run + 1 + words[run + 1..].iter().position(|w| w == bad)?;
+    let quote = |w: &String| {
+        if !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+        {
+            w.clone()
+        } else {
+            format!("'{}'", w.replace('\'', r"'\''"))
+        }
+    };
+    let line: Vec<String> = words[..at]
+        .iter()
+        .map(quote)
+        .chain(std::iter::once("--".to_owned()))
+        .chain(words[at..].iter().map(quote))
+        .collect();
+    Some(format!(
+        "tip: the command to run goes after --, so that its own options stay its own:\n  bpm {}",
+        line.join(" ")
+    ))
+}
+
 /// Runs the command line; returns the process's exit code.
 pub fn main() -> ExitCode {
     // The lines scripts type most are read without clap (`fast`), which
     // spares them most of a command's own start; clap reads the rest.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match fast::parse(&args, std::env::var_os("BPM_HOME").as_deref()) {
+    // An empty BPM_HOME is no home: the default one is used.
+    let env_home = std::env::var_os("BPM_HOME").filter(|h| !h.is_empty());
+    let mut cli = match fast::parse(&args, env_home.as_deref()) {
         Some(cli) => cli,
-        None => Cli::parse_from(args),
+        None => match Cli::try_parse_from(&args) {
+            Ok(cli) => cli,
+            Err(e) => return usage_error(&args, &e),
+        },
     };
+    if cli.home.is_none() {
+        cli.home = env_home.map(PathBuf::from);
+    }
     // The daemon and the keeper run on one thread: their work is short
     // steps handed from task to task, and on worker threads each hand-over
     // woke another thread (about a fifth of their CPU time for 500 short

@@ -175,7 +175,14 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
                 | Action::LeaveUnknown(id) => id.short(),
                 Action::Start => "-".into(),
             };
-            out!("{:<9}{:<20}{id}", format!("{action}"), service);
+            let would = match action {
+                Action::Keep(_) => "would keep",
+                Action::Start => "would start",
+                Action::Replace(_) => "would replace",
+                Action::Stop(_) => "would stop",
+                Action::LeaveUnknown(_) => "would leave",
+            };
+            out!("{would:<15}{service:<20}{id}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -233,10 +240,15 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
 pub(super) async fn down(home: &Home, m: &Manager, mut a: DownArgs) -> Outcome {
     let read = loaded(m, a.file.take(), &mut a.services).await?;
     let _lock = lock(home, &read.project.name).await?;
+    let said = std::cell::Cell::new(false);
     let line = |s: &ports_project::Step| {
+        said.set(true);
         out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
     };
     ports_project::down(m.as_ref(), &read.project, &a.services, line).await?;
+    if !said.get() {
+        out!("nothing of project {} is up", read.project.name);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -136,6 +136,19 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents { action } => super::agents::agents(&action),
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map(|()| {
+                    enough_if_gone(std::io::Write::write_all(
+                        &mut std::io::stdout().lock(),
+                        &page,
+                    ));
+                    ExitCode::SUCCESS
+                })
+                .map_err(|e| CliError::failed(format!("cannot render the man page: {e}")))
+        }
         other => match daemon::connect_or_start(&home).await {
             Ok(client) => command(&home, &(Arc::new(client) as Manager), other).await,
             Err(e) => Err(CliError::from(e)),
@@ -196,7 +209,14 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Some(DaemonAction::Stop { kill_all }) => {
-            daemon::stop(home, kill_all).await?;
+            let pid = daemon::stop(home, kill_all).await?;
+            if kill_all {
+                out!("stopped bpm's daemon (pid {pid}) and every process it ran");
+            } else {
+                out!(
+                    "stopped bpm's daemon (pid {pid}); its processes run on, and the next daemon takes them back"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(DaemonAction::Install) => super::unit::install(home),
@@ -358,6 +378,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         | Command::Ready { .. }
         | Command::Completions { .. }
         | Command::Agents { .. }
+        | Command::Man
         | Command::Keeper { .. }
         | Command::Nodes { .. }
         | Command::Mcp { .. }
@@ -649,6 +670,10 @@ async fn ps(m: &Manager, a: PsArgs) -> Outcome {
         text.push('\n');
     }
     print_text(&text);
+    if records.is_empty() && !a.all {
+        // On standard error: a script that reads the table sees the same.
+        eprintln!("nothing live; bpm ps --all lists the ended as well");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
