@@ -28,6 +28,7 @@
 //! read_only = false
 //! redact_env = true
 //! max_output_bytes = 65536
+//! share_tasks = false      # MCP tasks: every session may read and cancel every one
 //!
 //! [web]                    # bpm web (see `WebSettings`)
 //! listen = "127.0.0.1:8787"
@@ -423,6 +424,9 @@ pub struct McpConfig {
     /// How long the processes a client started (unless `persistent`)
     /// outlive its session: 10 minutes unless set.
     pub owner_grace: Option<Span>,
+    /// Whether every client session may read and cancel every MCP task,
+    /// not only its own.
+    pub share_tasks: bool,
 }
 
 /// The `[web]` section of `config.toml`; every key optional.

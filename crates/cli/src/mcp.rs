@@ -37,6 +37,7 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
         read_only: config.read_only || flags.read_only,
         redact_env: config.redact_env.unwrap_or(true) && !flags.show_env,
         redact_vars: config.redact_vars.clone(),
+        share_tasks: config.share_tasks,
         ..Policy::default()
     };
     if let Some(min) = config.redact_min_len {

@@ -13,6 +13,7 @@ mod policy;
 mod projects;
 mod resources;
 mod schemas;
+mod tasks;
 mod tools;
 
 use std::collections::{HashMap, HashSet};
@@ -99,6 +100,11 @@ struct ClientState {
     /// carries out its plan, if this server shares one with other front
     /// ends.
     project_lock: Option<ProjectLock>,
+    /// The tasks this client made or asked about, by record: each one's
+    /// state changes are sent to it as `notifications/tasks`.
+    tasks: Mutex<HashMap<ProcessId, String>>,
+    /// The task sending them, once the first task is made.
+    task_forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for ClientState {
@@ -112,6 +118,14 @@ impl Drop for ClientState {
             task.abort();
         }
         if let Some(task) = self.noting.take() {
+            task.abort();
+        }
+        if let Some(task) = self
+            .task_forwarder
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             task.abort();
         }
     }
@@ -157,6 +171,8 @@ impl McpServer {
                 noting,
                 projects: false,
                 project_lock: None,
+                tasks: Mutex::new(HashMap::new()),
+                task_forwarder: Mutex::new(None),
             }),
         }
     }
@@ -247,6 +263,7 @@ impl ServerHandler for McpServer {
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_subscribe()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("bpm", self.inner.software.clone()))
@@ -277,6 +294,13 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let args = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        let wants_task = tasks::TASK_TOOLS.contains(&name.as_str())
+            && context
+                .client_capabilities()
+                .is_some_and(|caps| caps.supports_tasks());
+        if wants_task {
+            return self.call_as_task(&name, args, &context).await;
+        }
         let result = match self.call(&name, args, &context).await {
             Ok(Reply { structured, text }) => {
                 let mut r = CallToolResult::structured(structured);
@@ -346,6 +370,38 @@ impl ServerHandler for McpServer {
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         resources::listen(self, context).await
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        self.task(&request.task_id, context.peer)
+            .await
+            .map(rmcp::model::GetTaskResult::new)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.cancel(&request.task_id).await
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Err(ErrorData::invalid_params(
+            format!(
+                "task {:?} asks for no input: bpm's tasks take none through tasks/update (send a process input with send_process_input)",
+                request.task_id
+            ),
+            None,
+        ))
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Policy {
     pub redact_min_len: usize,
     /// The most output bytes one answer carries.
     pub max_output_bytes: usize,
+    /// Whether every session may read and cancel every task (MCP Tasks);
+    /// otherwise a session sees only its own.
+    pub share_tasks: bool,
 }
 
 impl Default for Policy {
@@ -47,6 +50,7 @@ impl Default for Policy {
             redact_vars: Vec::new(),
             redact_min_len: DEFAULT_REDACT_MIN_LEN,
             max_output_bytes: 64 * 1024,
+            share_tasks: false,
         }
     }
 }

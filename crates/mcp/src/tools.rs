@@ -193,7 +193,7 @@ impl McpServer {
         }
     }
 
-    async fn id(&self, text: &str) -> Result<ProcessId, String> {
+    pub(crate) async fn id(&self, text: &str) -> Result<ProcessId, String> {
         resolve_id(self.manager(), text).await.map_err(|e| match e {
             ResolveError::NotFound(text) => {
                 format!("unknown process id {text:?}: no process has this id, prefix or name")

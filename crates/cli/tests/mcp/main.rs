@@ -5,6 +5,7 @@
 
 mod fixture;
 mod policy;
+mod tasks;
 
 use std::time::Duration;
 
