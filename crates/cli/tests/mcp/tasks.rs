@@ -302,3 +302,74 @@ async fn a_task_is_its_sessions_alone_comes_back_with_it_and_a_client_without_ta
         "{r:?}"
     );
 }
+
+/// The real `bpm mcp` for session `session` on the daemon of `home`, and a
+/// client of it that declares tasks, over its stdin and stdout.
+async fn real_server(home: &std::path::Path, session: &str) -> (TaskClient, tokio::process::Child) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bpm"))
+        .arg("mcp")
+        .env("BPM_HOME", home)
+        .env("BPM_SESSION", session)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bpm mcp");
+    let io = (
+        child.stdout.take().expect("stdout"),
+        child.stdin.take().expect("stdin"),
+    );
+    let client = Tasker::default().serve(io).await.expect("handshake");
+    (client, child)
+}
+
+/// A task outlives its client, the `bpm mcp` that made it and a `kill -9`
+/// of the daemon: the next server under the same session reads it to its
+/// end; under another session it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_outlives_its_server_and_a_kill_of_the_daemon() {
+    let home = tempfile::tempdir().expect("home");
+    let (first, mut server) = real_server(home.path(), "agent-1").await;
+    let task = task_of(
+        &first,
+        "start_background_process",
+        &json!({"argv": ["sh", "-c", "sleep 2; echo survived"], "persistent": true}),
+    )
+    .await;
+    drop(first);
+    server.kill().await.expect("kill bpm mcp");
+    let pid = std::fs::read_to_string(home.path().join("daemon.pid")).expect("daemon pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+
+    let (again, _server) = real_server(home.path(), "agent-1").await;
+    let ended = until_final(&again, &task).await;
+    let TaskPayload::Completed { result } = &ended.payload else {
+        panic!("{ended:?}")
+    };
+    assert_eq!(result["structuredContent"]["exit_code"], 0, "{result:?}");
+    assert!(
+        result["structuredContent"]["output_tail"]
+            .as_str()
+            .is_some_and(|t| t.contains("survived")),
+        "{result:?}"
+    );
+    let (other, _other_server) = real_server(home.path(), "agent-2").await;
+    let refused = other
+        .get_task(GetTaskParams::new(task.clone()))
+        .await
+        .expect_err("another session's");
+    assert!(
+        refused.to_string().contains("belongs to another session"),
+        "{refused}"
+    );
+    let stop = std::process::Command::new(env!("CARGO_BIN_EXE_bpm"))
+        .args(["daemon", "stop", "--kill-all"])
+        .env("BPM_HOME", home.path())
+        .output()
+        .expect("bpm daemon stop");
+    assert!(stop.status.success());
+}
