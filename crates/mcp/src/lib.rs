@@ -102,7 +102,7 @@ struct ClientState {
     project_lock: Option<ProjectLock>,
     /// The tasks this client made or asked about, by record: each one's
     /// state changes are sent to it as `notifications/tasks`.
-    tasks: Mutex<HashMap<ProcessId, String>>,
+    tasks: Mutex<HashMap<tasks::TaskOf, String>>,
     /// The task sending them, once the first task is made.
     task_forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }

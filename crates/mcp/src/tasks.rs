@@ -1,8 +1,8 @@
 //! MCP Tasks (the `io.modelcontextprotocol/tasks` extension, SEP-2663),
 //! backed by bpm's records. To a client that declared the extension,
-//! `start_background_process`, `restart_background_process` and
-//! `wait_for_process` answer with a task at once: the task *is* the
-//! record, so it lasts as the record does (through the client's reconnect,
+//! `start_background_process`, `restart_background_process`,
+//! `wait_for_process` and `project_up` answer with a task at once: the
+//! task *is* the record (or the project's records), so it lasts as the record does (through the client's reconnect,
 //! this server's restart and the daemon's `kill -9`), and nothing is kept
 //! in this server's memory but which tasks to send `notifications/tasks`
 //! for.
@@ -40,7 +40,20 @@ pub(crate) const TASK_TOOLS: &[&str] = &[
     "start_background_process",
     "restart_background_process",
     "wait_for_process",
+    "project_up",
 ];
+
+/// What a task is: one record, or a project's services.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum TaskOf {
+    /// A record.
+    Record(ProcessId),
+    /// A project, by name: up once every service is.
+    Project(String),
+}
+
+/// How a project's task id begins.
+const PROJECT: &str = "project:";
 
 /// The tag of `session` in its tasks' ids: the first 16 hex digits of a
 /// SHA-256 of its name.
@@ -52,9 +65,12 @@ fn tag(session: &str) -> String {
     })
 }
 
-/// The id of the task that is `record`, made by `session`.
-pub(crate) fn task_id(record: ProcessId, session: &str) -> String {
-    format!("{record}.{}", tag(session))
+/// The id of the task that is `what`, made by `session`.
+pub(crate) fn task_id(what: &TaskOf, session: &str) -> String {
+    match what {
+        TaskOf::Record(record) => format!("{record}.{}", tag(session)),
+        TaskOf::Project(name) => format!("{PROJECT}{name}.{}", tag(session)),
+    }
 }
 
 /// The record a task id names, if `session` may see it (its own, or any
@@ -62,7 +78,7 @@ pub(crate) fn task_id(record: ProcessId, session: &str) -> String {
 ///
 /// # Errors
 /// An id that is not a task id of this server, or another session's.
-pub(crate) fn record_of(task: &str, session: &str, shared: bool) -> Result<ProcessId, ErrorData> {
+pub(crate) fn record_of(task: &str, session: &str, shared: bool) -> Result<TaskOf, ErrorData> {
     let unknown = || {
         ErrorData::invalid_params(
             format!(
@@ -71,8 +87,12 @@ pub(crate) fn record_of(task: &str, session: &str, shared: bool) -> Result<Proce
             None,
         )
     };
-    let (record, tagged) = task.split_once('.').ok_or_else(unknown)?;
-    let record: ProcessId = record.parse().map_err(|_| unknown())?;
+    let (what, tagged) = task.rsplit_once('.').ok_or_else(unknown)?;
+    let what = match what.strip_prefix(PROJECT) {
+        Some(name) if !name.is_empty() => TaskOf::Project(name.to_owned()),
+        Some(_) => return Err(unknown()),
+        None => TaskOf::Record(what.parse().map_err(|_| unknown())?),
+    };
     if !shared && tagged != tag(session) {
         return Err(ErrorData::invalid_params(
             format!(
@@ -81,7 +101,7 @@ pub(crate) fn record_of(task: &str, session: &str, shared: bool) -> Result<Proce
             None,
         ));
     }
-    Ok(record)
+    Ok(what)
 }
 
 /// The task `task` as `record` stands now, its output's tail read from
@@ -190,65 +210,82 @@ impl crate::McpServer {
             .unwrap_or_default()
     }
 
-    /// A tool call answered with a task ([`TASK_TOOLS`]): the start or
-    /// restart carried out, or the record to wait for found, and the task
-    /// that is its record returned at once. A call that fails is a tool
-    /// error, as without tasks.
+    /// A tool call answered with a task ([`TASK_TOOLS`]): the start,
+    /// restart or `up` carried out (an `up` not waited for), or the record
+    /// to wait for found, and the task that is its record (or its project)
+    /// returned at once. A call that fails is a tool error, as without
+    /// tasks.
     pub(crate) async fn call_as_task(
         &self,
         name: &str,
-        args: serde_json::Value,
+        mut args: serde_json::Value,
         ctx: &rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
-        let record = if name == "wait_for_process" {
+        let what = if name == "wait_for_process" {
             match args.get("process_id").and_then(serde_json::Value::as_str) {
-                Some(text) => self.id(text).await,
+                Some(text) => self.id(text).await.map(TaskOf::Record),
                 None => Err("wait_for_process: process_id is required".to_owned()),
             }
         } else {
+            if name == "project_up" {
+                // The task is the wait.
+                args["wait"] = serde_json::Value::Bool(false);
+            }
             self.call(name, args, ctx).await.and_then(|reply| {
-                reply
-                    .structured
-                    .get("id")
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(|id| id.parse::<ProcessId>().ok())
-                    .ok_or_else(|| format!("{name} made no record"))
+                let field = |key: &str| {
+                    reply
+                        .structured
+                        .get(key)
+                        .and_then(serde_json::Value::as_str)
+                };
+                match (field("project"), field("id")) {
+                    (Some(project), _) if name == "project_up" => {
+                        Ok(TaskOf::Project(project.to_owned()))
+                    }
+                    (_, Some(id)) => id
+                        .parse::<ProcessId>()
+                        .map(TaskOf::Record)
+                        .map_err(|e| e.to_string()),
+                    _ => Err(format!("{name} made no record")),
+                }
             })
         };
-        let record = match record {
-            Ok(record) => record,
+        let what = match what {
+            Ok(what) => what,
             Err(message) => {
                 return Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into());
             }
         };
-        let id = task_id(record, &self.task_session());
-        let detailed = match self.manager().get(record).await {
-            Ok(r) => detailed(self.manager(), &id, &r).await,
+        let id = task_id(&what, &self.task_session());
+        let detailed = match self.detailed_of(&what, &id).await {
+            Ok(d) => d,
             Err(e) => {
-                return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into());
+                return Ok(
+                    CallToolResult::error(vec![ContentBlock::text(e.message.to_string())]).into(),
+                );
             }
         };
-        self.follow_task(record, id, ctx.peer.clone());
+        self.follow_task(what, id, ctx.peer.clone());
         Ok(rmcp::model::CallToolResponse::Task(
             rmcp::model::CreateTaskResult::new(detailed.task),
         ))
     }
 
-    /// `tasks/get`: the task as its record stands now.
+    /// `tasks/get`: the task as its record (or its project's) stands now.
     pub(crate) async fn task(
         &self,
         task: &str,
         peer: rmcp::Peer<rmcp::RoleServer>,
     ) -> Result<DetailedTask, ErrorData> {
-        let record = self.record_of_task(task).await?;
-        let detailed = detailed(self.manager(), task, &record).await;
-        self.follow_task(record.id(), task.to_owned(), peer);
+        let what = record_of(task, &self.task_session(), self.inner.policy.share_tasks)?;
+        let detailed = self.detailed_of(&what, task).await?;
+        self.follow_task(what, task.to_owned(), peer);
         Ok(detailed)
     }
 
-    /// `tasks/cancel`: the record's whole tree stopped, with its grace (the
-    /// status says `cancelled` once it is gone); a task that ended already
-    /// stays as it ended.
+    /// `tasks/cancel`: the record's whole tree stopped with its grace, or
+    /// the project brought down (the status says `cancelled` once they are
+    /// gone); a task that ended already stays as it ended.
     pub(crate) async fn cancel(&self, task: &str) -> Result<(), ErrorData> {
         if self.inner.policy.read_only {
             return Err(ErrorData::invalid_params(
@@ -256,42 +293,74 @@ impl crate::McpServer {
                 None,
             ));
         }
-        let record = self.record_of_task(task).await?;
-        if record.is_terminal() {
+        let what = record_of(task, &self.task_session(), self.inner.policy.share_tasks)?;
+        if self.detailed_of(&what, task).await?.status().is_terminal() {
             return Ok(());
         }
-        let manager = std::sync::Arc::clone(&self.inner.manager);
+        let server = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = manager
-                .stop(record.id(), bpm_ports::StopOptions::default())
-                .await
-            {
-                tracing::warn!(error = %e, "could not stop a cancelled task's process");
+            let stopped = match what {
+                TaskOf::Record(id) => server
+                    .manager()
+                    .stop(id, bpm_ports::StopOptions::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                TaskOf::Project(name) => {
+                    match serde_json::from_value(serde_json::json!({ "project": name })) {
+                        Ok(args) => server.project_down(args).await.map(|_| ()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            if let Err(e) = stopped {
+                tracing::warn!(error = %e, "could not stop a cancelled task's processes");
             }
         });
         Ok(())
     }
 
-    /// The record of `task`, if this session may see it and it is kept.
-    async fn record_of_task(&self, task: &str) -> Result<ProcessRecord, ErrorData> {
-        let id = record_of(task, &self.task_session(), self.inner.policy.share_tasks)?;
-        self.manager().get(id).await.map_err(|e| match e {
-            bpm_ports::ManagerError::NotFound(_) => ErrorData::invalid_params(
-                format!("task {task:?} is gone: its record ended longer ago than the daemon keeps records, or was removed"),
+    /// The task `task` that is `what`, as it stands now.
+    async fn detailed_of(&self, what: &TaskOf, task: &str) -> Result<DetailedTask, ErrorData> {
+        let gone = || {
+            ErrorData::invalid_params(
+                format!(
+                    "task {task:?} is gone: its records ended longer ago than the daemon keeps records, or were removed"
+                ),
                 None,
-            ),
+            )
+        };
+        let failed = |e: bpm_ports::ManagerError| match e {
+            bpm_ports::ManagerError::NotFound(_) => gone(),
             other => ErrorData::internal_error(format!("task {task:?}: {other}"), None),
-        })
+        };
+        match what {
+            TaskOf::Record(id) => {
+                let record = self.manager().get(*id).await.map_err(failed)?;
+                Ok(detailed(self.manager(), task, &record).await)
+            }
+            TaskOf::Project(name) => {
+                let records = self
+                    .manager()
+                    .list(bpm_intake::project::of_project(name))
+                    .await
+                    .map_err(failed)?;
+                if records.is_empty() {
+                    return Err(gone());
+                }
+                Ok(project_task(task, name, &records))
+            }
+        }
     }
 
-    /// Sends `notifications/tasks` to `peer` for `record`'s task `task` as
-    /// its record changes, from now on.
-    fn follow_task(&self, record: ProcessId, task: String, peer: rmcp::Peer<rmcp::RoleServer>) {
+    /// Sends `notifications/tasks` to `peer` for task `task`, that is
+    /// `what`, as its records change, from now on.
+    fn follow_task(&self, what: TaskOf, task: String, peer: rmcp::Peer<rmcp::RoleServer>) {
         self.inner
             .tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(record, task);
+            .insert(what, task);
         let mut slot = self
             .inner
             .task_forwarder
@@ -301,15 +370,97 @@ impl crate::McpServer {
             return;
         }
         let events = self.inner.manager.subscribe();
-        let weak = std::sync::Arc::downgrade(&self.inner);
-        *slot = Some(tokio::spawn(forward_tasks(events, weak, peer)));
+        let state = std::sync::Arc::downgrade(&self.inner);
+        *slot = Some(tokio::spawn(forward_tasks(events, state, peer)));
     }
 }
 
-/// What was last said of each task: its status and message.
-type Said = std::collections::HashMap<ProcessId, (TaskStatus, Option<String>)>;
+/// A project's task: completed once every service is up (ready and live,
+/// or completed), an error if one ended otherwise; cancelled once one was
+/// stopped on request (the project brought down); working meanwhile,
+/// saying which it waits for.
+fn project_task(task: &str, name: &str, records: &[ProcessRecord]) -> DetailedTask {
+    use bpm_domain::project;
+    let newest = project::newest_by_service(name, records);
+    let created = records.iter().map(ProcessRecord::created_at).min();
+    let updated = records.iter().map(ProcessRecord::updated_at).max();
+    let services: Vec<serde_json::Value> = newest
+        .iter()
+        .map(|(service, r)| {
+            serde_json::json!({
+                "service": service,
+                "id": r.id().to_string(),
+                "state": r.state().to_string(),
+                "up": project::is_up(r),
+                "error": r.lifecycle().error(),
+            })
+        })
+        .collect();
+    let failed: Vec<&str> = newest
+        .iter()
+        .filter(|(_, r)| project::is_up(r) == Some(false) && r.state() != StateName::Cancelled)
+        .map(|(s, _)| *s)
+        .collect();
+    let waiting: Vec<String> = newest
+        .iter()
+        .filter(|(_, r)| project::is_up(r).is_none())
+        .map(|(s, r)| format!("{s} ({})", r.state()))
+        .collect();
+    let cancelled = newest.values().any(|r| r.state() == StateName::Cancelled);
+    let up = newest.len() - failed.len() - waiting.len();
+    let structured = serde_json::json!({ "project": name, "services": services });
+    let result = |error: bool| {
+        let mut r = if error {
+            CallToolResult::structured_error(structured.clone())
+        } else {
+            CallToolResult::structured(structured.clone())
+        };
+        r.content = vec![ContentBlock::text(structured.to_string())];
+        match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        }
+    };
+    let (payload, message) = if !failed.is_empty() {
+        (
+            TaskPayload::Completed {
+                result: result(true),
+            },
+            format!("project {name}: {} did not come up", failed.join(", ")),
+        )
+    } else if cancelled {
+        (
+            TaskPayload::Cancelled,
+            format!("project {name} was brought down"),
+        )
+    } else if waiting.is_empty() {
+        (
+            TaskPayload::Completed {
+                result: result(false),
+            },
+            format!("project {name}: all {up} services up"),
+        )
+    } else {
+        (
+            TaskPayload::Working,
+            format!(
+                "project {name}: {up} of {} up; waiting for {}",
+                newest.len(),
+                waiting.join(", ")
+            ),
+        )
+    };
+    let at = |t: Option<bpm_domain::Timestamp>| t.map(|t| t.to_string()).unwrap_or_default();
+    let base = Task::new(task, TaskStatus::Working, at(created), at(updated))
+        .with_poll_interval_ms(POLL_INTERVAL_MS)
+        .with_status_message(message);
+    DetailedTask::new(base, payload)
+}
 
-/// Sends each followed task's new status as its record's events come (all
+/// What was last said of each task: its status and message.
+type Said = std::collections::HashMap<String, (TaskStatus, Option<String>)>;
+
+/// Sends each followed task's new status as its records' events come (all
 /// of them again when events were missed), until the client goes.
 async fn forward_tasks(
     mut events: tokio::sync::broadcast::Receiver<bpm_domain::Event>,
@@ -319,38 +470,53 @@ async fn forward_tasks(
     use tokio::sync::broadcast::error::RecvError;
     let mut said = Said::new();
     loop {
-        let changed: Vec<ProcessId> = match events.recv().await {
-            Ok(e) => vec![e.id],
-            Err(RecvError::Lagged(_)) => match state.upgrade() {
-                Some(s) => s
-                    .tasks
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .keys()
-                    .copied()
-                    .collect(),
-                None => return,
-            },
-            Err(RecvError::Closed) => return,
-        };
+        let event = events.recv().await;
+        // The client's state is held only while an event is handled: a
+        // client that went lets it go, and this task ends with it.
         let Some(inner) = state.upgrade() else { return };
-        for record in changed {
-            let task = inner
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&record)
-                .cloned();
-            let Some(task) = task else { continue };
-            let Ok(r) = inner.manager.get(record).await else {
+        let server = crate::McpServer { inner };
+        let followed: Vec<(TaskOf, String)> = server
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(w, t)| (w.clone(), t.clone()))
+            .collect();
+        let touched: Vec<(TaskOf, String)> =
+            match event {
+                Ok(e) => {
+                    let project =
+                        if followed
+                            .iter()
+                            .any(|(w, _)| matches!(w, TaskOf::Project(_)))
+                        {
+                            server.manager().get(e.id).await.ok().and_then(|r| {
+                                bpm_domain::project::project_of(&r).map(str::to_owned)
+                            })
+                        } else {
+                            None
+                        };
+                    followed
+                        .into_iter()
+                        .filter(|(w, _)| match w {
+                            TaskOf::Record(id) => *id == e.id,
+                            TaskOf::Project(name) => project.as_deref() == Some(name.as_str()),
+                        })
+                        .collect()
+                }
+                Err(RecvError::Lagged(_)) => followed,
+                Err(RecvError::Closed) => return,
+            };
+        for (what, task) in touched {
+            let Ok(now) = server.detailed_of(&what, &task).await else {
                 continue;
             };
-            let now = detailed(inner.manager.as_ref(), &task, &r).await;
             let key = (now.task.status, now.task.status_message.clone());
-            if said.get(&record) == Some(&key) {
+            if said.get(&task) == Some(&key) {
                 continue;
             }
-            said.insert(record, key);
+            said.insert(task, key);
             let note = rmcp::model::ServerNotification::TaskStatusNotification(
                 rmcp::model::Notification::new(rmcp::model::TaskStatusNotificationParams::new(now)),
             );
@@ -368,14 +534,25 @@ mod tests {
     #[test]
     fn a_task_id_is_its_record_and_its_sessions_tag() {
         let record: ProcessId = "0192f0a0-0000-7000-8000-000000000001".parse().expect("id");
-        let id = task_id(record, "mcp-a");
-        assert_eq!(record_of(&id, "mcp-a", false).expect("own"), record);
+        let id = task_id(&TaskOf::Record(record), "mcp-a");
+        assert_eq!(
+            record_of(&id, "mcp-a", false).expect("own"),
+            TaskOf::Record(record)
+        );
         let theirs = record_of(&id, "mcp-b", false).expect_err("another session's");
         assert!(
             theirs.message.contains("belongs to another session"),
             "{theirs:?}"
         );
-        assert_eq!(record_of(&id, "mcp-b", true).expect("shared"), record);
+        assert_eq!(
+            record_of(&id, "mcp-b", true).expect("shared"),
+            TaskOf::Record(record)
+        );
+        let project = task_id(&TaskOf::Project("shop.v2".into()), "mcp-a");
+        assert_eq!(
+            record_of(&project, "mcp-a", false).expect("own"),
+            TaskOf::Project("shop.v2".into())
+        );
         assert!(!id.contains("mcp-a"), "the id does not reveal the session");
         let bad = record_of("nothing", "mcp-a", false).expect_err("not a task id");
         assert!(bad.message.contains("\"nothing\""), "{bad:?}");

@@ -52,6 +52,16 @@ type TaskClient = RunningService<RoleClient, Tasker>;
 /// A server for `session` on `w`'s engine, and a client of it that
 /// declares tasks.
 async fn tasker(w: &World, session: &str, policy: Policy) -> (TaskClient, Tasker) {
+    tasker_of(w, session, policy, false).await
+}
+
+/// As [`tasker`], with a server that reads project files when `projects`.
+async fn tasker_of(
+    w: &World,
+    session: &str,
+    policy: Policy,
+    projects: bool,
+) -> (TaskClient, Tasker) {
     let defaults = StartDefaults {
         cwd: w.dir.path().to_path_buf(),
         env: std::collections::BTreeMap::from([(
@@ -65,7 +75,10 @@ async fn tasker(w: &World, session: &str, policy: Policy) -> (TaskClient, Tasker
         time_zone: "UTC".into(),
         machine: Arc::new(bpm_adapters::os::ThisMachine),
     };
-    let server = McpServer::new(w.manager.clone(), policy, defaults, "test");
+    let mut server = McpServer::new(w.manager.clone(), policy, defaults, "test");
+    if projects {
+        server = server.with_projects();
+    }
     let (server_side, client_side) = tokio::io::duplex(1 << 16);
     tokio::spawn(async move {
         if let Ok(running) = server.serve(server_side).await {
@@ -372,4 +385,71 @@ async fn a_task_outlives_its_server_and_a_kill_of_the_daemon() {
         .output()
         .expect("bpm daemon stop");
     assert!(stop.status.success());
+}
+
+/// `project_up` is a task of the project: working until every service is
+/// up, then completed with each one's record; cancelling one still coming
+/// up brings the project down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_up_is_a_task_until_every_service_is_up_and_cancelling_brings_it_down() {
+    let w = world().await;
+    std::fs::write(
+        w.dir.path().join("bpm.toml"),
+        "[project]\nname = \"shop\"\n\
+         [services.db]\ncommand = \"sleep 0.4; echo ready to accept; exec sleep 60\"\n\
+         ready = { log = \"ready to accept\" }\n\
+         [services.web]\ncommand = \"exec sleep 60\"\ndepends_on = [\"db\"]\n",
+    )
+    .expect("bpm.toml");
+    let (c, seen) = tasker_of(&w, "mcp-p", Policy::default(), true).await;
+    let task = task_of(&c, "project_up", &json!({"file": "bpm.toml"})).await;
+    assert!(task.starts_with("project:shop."), "{task}");
+    let up = until_final(&c, &task).await;
+    assert_eq!(up.status(), TaskStatus::Completed, "{up:?}");
+    let TaskPayload::Completed { result } = &up.payload else {
+        panic!("{up:?}")
+    };
+    assert_ne!(result["isError"], true, "{result:?}");
+    let services = result["structuredContent"]["services"]
+        .as_array()
+        .expect("services");
+    assert_eq!(services.len(), 2, "{result:?}");
+    assert!(services.iter().all(|s| s["up"] == true), "{result:?}");
+
+    // A project still coming up, cancelled: brought down.
+    std::fs::create_dir(w.dir.path().join("slow")).expect("dir");
+    std::fs::write(
+        w.dir.path().join("slow/bpm.toml"),
+        "[project]\nname = \"slow\"\n\
+         [services.db]\ncommand = \"sleep 30; echo ready to accept; exec sleep 60\"\n\
+         ready = { log = \"ready to accept\" }\n",
+    )
+    .expect("bpm.toml");
+    let task = task_of(&c, "project_up", &json!({"file": "slow/bpm.toml"})).await;
+    let waiting = c
+        .get_task(GetTaskParams::new(task.clone()))
+        .await
+        .expect("tasks/get")
+        .task;
+    assert_eq!(waiting.status(), TaskStatus::Working, "{waiting:?}");
+    assert!(
+        waiting
+            .task
+            .status_message
+            .as_deref()
+            .is_some_and(|m| m.contains("0 of 1 up; waiting for db")),
+        "{waiting:?}"
+    );
+    c.cancel_task(CancelTaskParams::new(task.clone()))
+        .await
+        .expect("tasks/cancel");
+    let down = until_final(&c, &task).await;
+    assert_eq!(down.status(), TaskStatus::Cancelled, "{down:?}");
+    let heard = seen.heard.lock().expect("lock").clone();
+    assert!(
+        heard
+            .iter()
+            .any(|(id, s)| *id == task && *s == TaskStatus::Cancelled),
+        "{heard:?}"
+    );
 }
