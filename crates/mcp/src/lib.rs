@@ -395,13 +395,8 @@ impl ServerHandler for McpServer {
         request: rmcp::model::UpdateTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        Err(ErrorData::invalid_params(
-            format!(
-                "task {:?} asks for no input: bpm's tasks take none through tasks/update (send a process input with send_process_input)",
-                request.task_id
-            ),
-            None,
-        ))
+        self.update(&request.task_id, &request.input_responses)
+            .await
     }
 }
 

@@ -320,6 +320,66 @@ impl crate::McpServer {
         Ok(())
     }
 
+    /// `tasks/update`: input for a task's process, started with `stdin`
+    /// (or a terminal). The one response it takes is `stdin`: a string,
+    /// written as it is (with the line's end, if it is to end one), or
+    /// `{"text": "...", "newline": true}`, as `send_process_input` takes it.
+    pub(crate) async fn update(
+        &self,
+        task: &str,
+        responses: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), ErrorData> {
+        if self.inner.policy.read_only {
+            return Err(ErrorData::invalid_params(
+                format!("task {task:?}: this server is read-only; no input is sent"),
+                None,
+            ));
+        }
+        let what = record_of(task, &self.task_session(), self.inner.policy.share_tasks)?;
+        let TaskOf::Record(id) = what else {
+            return Err(ErrorData::invalid_params(
+                format!("task {task:?} is a project's: input goes to one service's task"),
+                None,
+            ));
+        };
+        let refused =
+            |why: String| ErrorData::invalid_params(format!("task {task:?}: {why}"), None);
+        if let Some(other) = responses.keys().find(|k| k.as_str() != "stdin") {
+            return Err(refused(format!(
+                "tasks/update takes the response \"stdin\" alone (the process's input), not {other:?}"
+            )));
+        }
+        let Some(input) = responses.get("stdin") else {
+            return Err(refused(
+                "tasks/update without \"stdin\": nothing to send".into(),
+            ));
+        };
+        let data = match input {
+            serde_json::Value::String(text) => text.clone().into_bytes(),
+            serde_json::Value::Object(o) => match o.get("text").and_then(serde_json::Value::as_str)
+            {
+                Some(text) => {
+                    let mut data = text.as_bytes().to_vec();
+                    if o.get("newline").and_then(serde_json::Value::as_bool) != Some(false) {
+                        data.push(b'\n');
+                    }
+                    data
+                }
+                None => return Err(refused("\"stdin\" as an object needs \"text\"".into())),
+            },
+            _ => {
+                return Err(refused(
+                    "\"stdin\" is a string, or {\"text\": ..., \"newline\": ...}".into(),
+                ));
+            }
+        };
+        self.detailed_of(&TaskOf::Record(id), task).await?;
+        self.manager()
+            .send_input(id, data)
+            .await
+            .map_err(|e| refused(e.to_string()))
+    }
+
     /// The task `task` that is `what`, as it stands now.
     async fn detailed_of(&self, what: &TaskOf, task: &str) -> Result<DetailedTask, ErrorData> {
         let gone = || {

@@ -453,3 +453,47 @@ async fn a_project_up_is_a_task_until_every_service_is_up_and_cancelling_brings_
         "{heard:?}"
     );
 }
+
+/// `tasks/update` sends a task's process its input (`stdin`), and names
+/// what it does not take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_is_input_for_the_tasks_process() {
+    let w = world().await;
+    let (c, _) = tasker(&w, "mcp-u", Policy::default()).await;
+    let task = task_of(
+        &c,
+        "start_background_process",
+        &json!({"argv": ["sh", "-c", "read a; read b; echo got $a $b"], "stdin": true}),
+    )
+    .await;
+    let update = |responses: Value| {
+        let responses = serde_json::from_value(responses).expect("responses");
+        rmcp::model::UpdateTaskParams::new(task.clone(), responses)
+    };
+    let refused = c
+        .update_task(update(json!({"answer": "x"})))
+        .await
+        .expect_err("not stdin");
+    assert!(refused.to_string().contains("not \"answer\""), "{refused}");
+    c.update_task(update(json!({"stdin": "one\n"})))
+        .await
+        .expect("a string, as it is");
+    c.update_task(update(json!({"stdin": {"text": "two"}})))
+        .await
+        .expect("text, and the line's end");
+    let ended = until_final(&c, &task).await;
+    let TaskPayload::Completed { result } = &ended.payload else {
+        panic!("{ended:?}")
+    };
+    assert!(
+        result["structuredContent"]["output_tail"]
+            .as_str()
+            .is_some_and(|t| t.contains("got one two")),
+        "{result:?}"
+    );
+    let late = c
+        .update_task(update(json!({"stdin": "three\n"})))
+        .await
+        .expect_err("it ended");
+    assert!(late.to_string().contains(&task), "{late}");
+}
