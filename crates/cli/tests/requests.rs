@@ -684,3 +684,23 @@ fn web_form_leaves_out() {
     .collect();
     assert_eq!(left, expected);
 }
+
+/// A first restart delay longer than the usual longest (a minute) is its
+/// own longest, through every front end: process-compose files ask for
+/// five minutes, and nothing needs restarts sooner than asked.
+#[test]
+fn a_long_first_backoff_is_its_own_longest() {
+    let dir = place();
+    for spec in [
+        by_cli(&["--backoff", "5m"], dir.path()),
+        by_mcp(&json(r#"{"backoff": "5m"}"#), dir.path()),
+        by_toml(r#"backoff = "5m""#, dir.path()),
+    ] {
+        let spec = spec.expect("taken");
+        let backoff = spec.restart.backoff;
+        assert_eq!(backoff.initial, bpm_domain::Span::from_secs(300));
+        assert_eq!(backoff.max, bpm_domain::Span::from_secs(300));
+    }
+    let short = by_cli(&["--backoff", "2s"], dir.path()).expect("taken");
+    assert_eq!(short.restart.backoff.max, bpm_domain::Span::from_secs(60));
+}

@@ -163,7 +163,8 @@ pub struct Asked {
     /// At most this many automatic restarts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,
-    /// The first delay before a restart (doubling up to a minute).
+    /// The first delay before a restart (doubling up to a minute, or up to
+    /// itself when it is longer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Duration>,
     /// Ready when a line of its output matches this regular expression.

@@ -297,6 +297,9 @@ impl Reader<'_, '_> {
         spec.restart.max_restarts = a.max_restarts;
         if let Some(b) = self.span("backoff", a.backoff.as_ref())? {
             spec.restart.backoff.initial = b;
+            // A first delay longer than the usual longest is its own
+            // longest: nothing needs restarts to come sooner than asked.
+            spec.restart.backoff.max = spec.restart.backoff.max.max(b);
         }
         spec.idle_after = self.span("idle_after", a.idle_after.as_ref())?;
         spec.failover = a.failover == Some(true);
