@@ -1096,3 +1096,25 @@ fn a_projects_scheduled_service_comes_up_and_down_with_it() {
         "{err}"
     );
 }
+
+/// `bpm ps` shows a project's services by their whole names (up to 40
+/// characters; longer ones lose their middle), so that services whose
+/// names differ only at the end can be told apart.
+#[test]
+fn ps_shows_services_whose_names_differ_at_the_end_apart() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(
+        &file,
+        "[project]\nname = \"fixtures\"\n[services.process5]\ncommand = \"sleep 30\"\n[services.process6]\ncommand = \"sleep 30\"\n",
+    )
+    .expect("file");
+    let f = file.to_str().expect("utf-8");
+    bpm.ok(&["up", "-f", f]);
+    let table = bpm.ok(&["ps"]);
+    for name in ["fixtures/process5", "fixtures/process6"] {
+        assert!(table.contains(name), "{name} in:\n{table}");
+    }
+    bpm.ok(&["down", "-f", f]);
+}

@@ -64,6 +64,24 @@ fn cut(text: &str, width: usize) -> String {
     s
 }
 
+/// The widest NAME column.
+const MOST_NAME: usize = 40;
+
+/// `text` in `width` characters, its middle left out: a project's
+/// services differ at their ends (`fixtures/process5`).
+fn cut_middle(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        return text.to_owned();
+    }
+    let head = width.saturating_sub(1) / 2;
+    let tail = width.saturating_sub(1) - head;
+    let mut s: String = text.chars().take(head).collect();
+    s.push('…');
+    s.extend(text.chars().skip(count - tail));
+    s
+}
+
 fn paint(state: StateName, text: &str, color: bool) -> String {
     if !color {
         return text.to_owned();
@@ -86,6 +104,8 @@ fn paint(state: StateName, text: &str, color: bool) -> String {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Columns {
     state: usize,
+    /// The NAME column's width: the longest name, from 16 to 40.
+    name: usize,
     node: bool,
     port: bool,
     project: bool,
@@ -101,12 +121,19 @@ impl Columns {
         let node = records
             .first()
             .is_some_and(|first| records.iter().any(|r| r.node() != first.node()));
+        let name = records
+            .iter()
+            .filter_map(|r| r.spec().name.as_ref())
+            .map(|n| n.as_str().chars().count())
+            .fold(16, usize::max)
+            .min(MOST_NAME);
         let port = records.iter().any(|r| r.port().is_some());
         let project = records
             .iter()
             .any(|r| bpm_domain::project::project_of(r).is_some());
         Columns {
             state,
+            name,
             node,
             port,
             project,
@@ -117,7 +144,7 @@ impl Columns {
 /// The table header.
 pub(super) fn header(cols: Columns) -> String {
     let line = format!(
-        "{:<8} {:<16} {:<w$} {:>7} {:>5} {:>5} {:>4} {:>7} {:<10}",
+        "{:<8} {:<n$} {:<w$} {:>7} {:>5} {:>5} {:>4} {:>7} {:<10}",
         "ID",
         "NAME",
         "STATE",
@@ -127,7 +154,8 @@ pub(super) fn header(cols: Columns) -> String {
         "PROG",
         "TIME",
         "SESSION",
-        w = cols.state
+        w = cols.state,
+        n = cols.name
     );
     let line = if cols.port {
         format!("{line} {:>5}", "PORT")
@@ -191,9 +219,9 @@ pub(super) fn row(
         (self::cpu(u.cpu_percent), memory(u.rss_bytes))
     });
     let line = format!(
-        "{:<8} {:<16} {} {:>7} {:>5} {:>5} {:>4} {:>7} {:<10}",
+        "{:<8} {:<n$} {} {:>7} {:>5} {:>5} {:>4} {:>7} {:<10}",
         r.id().short(),
-        cut(&name, 16),
+        cut_middle(&name, cols.name),
         paint(state, &format!("{state_text:<w$}", w = cols.state), color),
         cut(&pid, 7),
         cpu,
@@ -201,6 +229,7 @@ pub(super) fn row(
         progress,
         cut(&time, 7),
         cut(&session, 10),
+        n = cols.name,
     );
     let line = if cols.port {
         let port = r.port().map_or("-".into(), |p| p.to_string());
@@ -306,4 +335,17 @@ pub(super) fn tree<'a>(
         drawer.walk(r, "", true, true);
     }
     drawer.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_middle;
+
+    #[test]
+    fn a_long_name_keeps_its_start_and_its_end() {
+        assert_eq!(cut_middle("fixtures/process5", 40), "fixtures/process5");
+        assert_eq!(cut_middle("abcdefghij", 7), "abc…hij");
+        assert_eq!(cut_middle("abcdefghij", 6), "ab…hij");
+        assert_eq!(cut_middle("", 3), "");
+    }
 }
