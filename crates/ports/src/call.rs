@@ -170,6 +170,13 @@ pub enum Call {
         /// The process that holds it.
         holder: u32,
     },
+    /// [`ProcessManager::release_session`].
+    ReleaseSession {
+        /// The session.
+        session: SessionId,
+        /// The process that held it.
+        holder: u32,
+    },
 }
 
 impl Call {
@@ -197,7 +204,8 @@ impl Call {
             | Call::WaitMany { .. }
             | Call::RecentEvents
             | Call::Usage
-            | Call::HoldSession { .. } => None,
+            | Call::HoldSession { .. }
+            | Call::ReleaseSession { .. } => None,
         }
     }
 
@@ -226,6 +234,7 @@ impl Call {
             Call::Usage => "usage",
             Call::CheckFence { .. } => "check_fence",
             Call::HoldSession { .. } => "hold_session",
+            Call::ReleaseSession { .. } => "release_session",
         }
     }
 }
@@ -631,6 +640,10 @@ pub async fn apply(manager: &dyn ProcessManager, call: Call) -> Result<Reply, Ma
         },
         Call::HoldSession { session, holder } => {
             m.hold_session(session, holder).await?;
+            Reply::Done
+        }
+        Call::ReleaseSession { session, holder } => {
+            m.release_session(session, holder).await?;
             Reply::Done
         }
     })

@@ -457,6 +457,21 @@ pub trait ProcessManager: Send + Sync + 'static {
         holder: u32,
     ) -> Result<(), ManagerError>;
 
+    /// Process `holder` no longer holds `session`, though it lives on (a
+    /// server of many client sessions whose client went): when no other
+    /// process holds it, the records `session` owns start their grace.
+    /// Letting go of a session not held, or not by `holder`, is not an
+    /// error.
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::Connection`] or [`ManagerError::ShutDown`]
+    ///   if the manager cannot be reached.
+    async fn release_session(
+        &self,
+        session: bpm_domain::SessionId,
+        holder: u32,
+    ) -> Result<(), ManagerError>;
+
     /// Every event from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 

@@ -624,6 +624,16 @@ impl ProcessManager for Engine {
         Ok(())
     }
 
+    async fn release_session(&self, session: SessionId, holder: u32) -> Result<(), ManagerError> {
+        // A holder that is gone let go already; one unknown holds nothing.
+        let Some(start) = self.ports.host.start_of(holder) else {
+            return Ok(());
+        };
+        let holder = ProcessRef { pid: holder, start };
+        self.call(Input::ReleaseSession { session, holder }).await?;
+        Ok(())
+    }
+
     async fn check_fence(&self, id: ProcessId, token: u64) -> Result<Option<String>, ManagerError> {
         let record = self.get(id).await?;
         if let Err(stale) = record.check_token(token) {

@@ -710,6 +710,15 @@ impl ProcessManager for DaemonClient {
             .await?
             .into_done()
     }
+    async fn release_session(
+        &self,
+        session: bpm_domain::SessionId,
+        holder: u32,
+    ) -> Result<(), ManagerError> {
+        self.call(Call::ReleaseSession { session, holder })
+            .await?
+            .into_done()
+    }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self
             .inner

@@ -28,8 +28,8 @@ pub struct Reconnecting {
     /// daemon: calls wait for it (a little), so that a subscriber hears
     /// every event of what it starts right after it subscribed.
     subscribing: tokio::sync::watch::Sender<bool>,
-    /// The session this process holds, held again on each new connection.
-    holding: std::sync::Mutex<Option<SessionId>>,
+    /// The sessions this process holds, held again on each new connection.
+    holding: std::sync::Mutex<std::collections::BTreeSet<SessionId>>,
 }
 
 impl Reconnecting {
@@ -46,20 +46,20 @@ impl Reconnecting {
             events: broadcast::channel(1024).0,
             forwarding: std::sync::atomic::AtomicBool::new(false),
             subscribing: tokio::sync::watch::channel(false).0,
-            holding: std::sync::Mutex::new(None),
+            holding: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
     /// Holds `session` for this process, now and on every new connection
-    /// (a daemon that restarted forgot it).
+    /// (a daemon that restarted forgot it), until [`Reconnecting::release`].
     ///
     /// # Errors
     /// As [`ProcessManager::hold_session`].
     pub async fn hold(&self, session: SessionId) -> Result<(), ManagerError> {
-        *self
-            .holding
+        self.holding
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(session.clone());
         self.retried(|c| {
             let s = session.clone();
             async move { c.hold_session(s, std::process::id()).await }
@@ -67,17 +67,37 @@ impl Reconnecting {
         .await
     }
 
-    /// Holds the session again on a new connection `client`.
+    /// Lets go of `session` for this process (its client went, though
+    /// this process lives on): its records start their grace unless
+    /// another process holds it.
+    ///
+    /// # Errors
+    /// As [`ProcessManager::release_session`].
+    pub async fn release(&self, session: SessionId) -> Result<(), ManagerError> {
+        self.holding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&session);
+        self.retried(|c| {
+            let s = session.clone();
+            async move { c.release_session(s, std::process::id()).await }
+        })
+        .await
+    }
+
+    /// Holds the sessions again on a new connection `client`.
     async fn hold_again(&self, client: &DaemonClient) {
-        let held = self
+        let held: Vec<SessionId> = self
             .holding
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(session) = held
-            && let Err(e) = client.hold_session(session, std::process::id()).await
-        {
-            tracing::warn!(error = %e, "cannot hold the client's session again");
+            .iter()
+            .cloned()
+            .collect();
+        for session in held {
+            if let Err(e) = client.hold_session(session, std::process::id()).await {
+                tracing::warn!(error = %e, "cannot hold a client's session again");
+            }
         }
     }
 
@@ -328,6 +348,14 @@ impl ProcessManager for ReconnectingManager {
             .retried(|c| {
                 let s = session.clone();
                 async move { c.hold_session(s, holder).await }
+            })
+            .await
+    }
+    async fn release_session(&self, session: SessionId, holder: u32) -> Result<(), ManagerError> {
+        self.0
+            .retried(|c| {
+                let s = session.clone();
+                async move { c.release_session(s, holder).await }
             })
             .await
     }

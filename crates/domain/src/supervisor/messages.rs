@@ -196,6 +196,15 @@ pub enum Input {
         /// The process that holds it.
         holder: crate::ProcessRef,
     },
+    /// `holder` no longer holds `session`, though it lives on (a server of
+    /// many sessions whose client went): when no other process holds it,
+    /// the session's records start their grace.
+    ReleaseSession {
+        /// The session.
+        session: crate::SessionId,
+        /// The process that held it.
+        holder: crate::ProcessRef,
+    },
     /// Accept a new tracked operation: a record with no command, which the
     /// caller drives with progress, completion and failure. A spec with a
     /// command is refused ([`SpecError::TrackedWithCommand`]).

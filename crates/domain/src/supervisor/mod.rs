@@ -374,6 +374,10 @@ impl Supervisor {
                 self.hold_session(session, holder, now);
                 Ok(())
             }
+            Input::ReleaseSession { session, holder } => {
+                self.release_session(&session, holder, now);
+                Ok(())
+            }
             Input::FilesChanged { id, new_ids } => {
                 self.files_changed(id, new_ids, now);
                 Ok(())

@@ -146,6 +146,33 @@ impl Supervisor {
         }
     }
 
+    /// `holder` lets go of `session`: when no other process holds it, its
+    /// records start their grace. The holder is still watched: it may own
+    /// records, or hold other sessions.
+    pub(super) fn release_session(
+        &mut self,
+        session: &SessionId,
+        holder: ProcessRef,
+        now: Timestamp,
+    ) {
+        let Some(holders) = self.owners.holders.get_mut(session) else {
+            return;
+        };
+        if !holders.remove(&holder) || !holders.is_empty() {
+            return;
+        }
+        self.owners.holders.remove(session);
+        let ids: Vec<ProcessId> = self
+            .owners
+            .owned
+            .get(&Owner::Session(session.clone()))
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.look_at_owners(id, now);
+        }
+    }
+
     /// The grace of `id` ran out: it is stopped if it still has no living
     /// owner and was orphaned that long ago.
     pub(super) fn owner_grace_over(&mut self, id: ProcessId, now: Timestamp) {

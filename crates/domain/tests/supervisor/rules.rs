@@ -812,3 +812,61 @@ fn a_schedule_that_catches_up_runs_the_last_missed_due_time_once() {
         "no second run of that due time"
     );
 }
+
+/// A session held by two processes lives while either holds it: one that
+/// lets go (a server of many sessions whose client went) leaves it to the
+/// other; when the last lets go, its records start their grace, and a
+/// holder that comes back in time keeps them.
+#[test]
+fn a_session_let_go_by_its_last_holder_starts_its_records_grace() {
+    use bpm_domain::{Owner, ProcessRef, SessionId, Span, TimerKind};
+    let mut core = core(Limits::default());
+    let session: SessionId = "http-1".parse().expect("session");
+    let (server, other) = (
+        ProcessRef { pid: 7, start: 70 },
+        ProcessRef { pid: 8, start: 80 },
+    );
+    for holder in [server, other] {
+        core.handle(
+            Input::HoldSession {
+                session: session.clone(),
+                holder,
+            },
+            t(0),
+        )
+        .expect("held");
+    }
+    let mut spec = ProcessSpec::argv(["serve"]);
+    spec.owners = vec![Owner::Session(session.clone())];
+    spec.owner_grace = Some(Span::from_secs(2));
+    submit_at(&mut core, 1, spec, 0);
+    let grace = |e: &[Effect]| {
+        e.iter().find_map(|e| match e {
+            Effect::ArmTimer { timer, at } if timer.kind == TimerKind::OwnerGrace => {
+                Some((*timer, *at))
+            }
+            _ => None,
+        })
+    };
+    let release = |core: &mut Supervisor, holder, at| {
+        core.handle(
+            Input::ReleaseSession {
+                session: session.clone(),
+                holder,
+            },
+            t(at),
+        )
+        .expect("released")
+    };
+    assert_eq!(grace(&release(&mut core, other, 100)), None, "still held");
+    let (timer, at) = grace(&release(&mut core, server, 200)).expect("its grace starts");
+    assert_eq!(at, t(2_200));
+    // Letting go again, or of a session nobody holds, changes nothing.
+    assert_eq!(grace(&release(&mut core, server, 300)), None);
+    core.handle(Input::TimerFired(timer), at).expect("fired");
+    assert_eq!(
+        core.get(id(1)).map(ProcessRecord::state),
+        Some(StateName::Stopping),
+        "no holder came back: stopped"
+    );
+}

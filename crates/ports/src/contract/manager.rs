@@ -680,7 +680,8 @@ pub async fn a_port_goes_to_one_live_record(subject: Subject) {
 
 /// A record whose owning process ends is stopped once its grace ran out,
 /// with the cause `owner gone`; an owner or a session holder that does not
-/// run is refused.
+/// run is refused; a session its last holder lets go of (while it lives
+/// on) ends its records after their grace.
 pub async fn a_record_ends_when_its_owner_is_gone(subject: Subject) {
     let m = &subject.manager;
     let mut owner = std::process::Command::new("sleep")
@@ -709,9 +710,21 @@ pub async fn a_record_ends_when_its_owner_is_gone(subject: Subject) {
         .await
         .expect("held");
     assert_eq!(
-        m.hold_session(session, 999_999_999).await,
+        m.hold_session(session.clone(), 999_999_999).await,
         Err(ManagerError::InvalidSpec(SpecError::OwnerNotRunning(
             999_999_999
         )))
     );
+    let mut spec = sh("exec sleep 30");
+    spec.owners = vec![bpm_domain::Owner::Session(session.clone())];
+    spec.owner_grace = Some(bpm_domain::Span::from_millis(100));
+    let r = running(m, spec).await;
+    m.release_session(session.clone(), std::process::id())
+        .await
+        .expect("let go");
+    let r = ended(m, r.id()).await;
+    assert_eq!(r.lifecycle().error().as_deref(), Some("owner gone"));
+    m.release_session(session, std::process::id())
+        .await
+        .expect("letting go twice is no error");
 }
