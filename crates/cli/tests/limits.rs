@@ -160,12 +160,13 @@ fn resource_limits_hold_a_process_tree_through_its_cgroups() {
         assert!(Instant::now() < deadline, "never held");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let group = cgroups_of(holder)
+    // What the group is charged: `memory.usage_in_bytes` on cgroup v1,
+    // `memory.current` on v2.
+    let charged: u64 = cgroups_of(holder)
         .into_iter()
-        .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
-        .expect("a memory group");
-    let charged: u64 = std::fs::read_to_string(group.join("memory.usage_in_bytes"))
-        .expect("usage")
+        .flat_map(|d| [d.join("memory.usage_in_bytes"), d.join("memory.current")])
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .expect("a memory group")
         .trim()
         .parse()
         .expect("bytes");
@@ -398,9 +399,11 @@ fn a_stop_reaches_through_the_cgroup_what_escaped_the_tree() {
         "(setsid env -i sleep 300 &); exec sleep 300",
     ]);
     let id = id.trim();
+    // The record's pids group: under the v1 pids hierarchy, or its one
+    // group on v2.
     let group = cgroups_of(id)
         .into_iter()
-        .find(|d| d.starts_with("/sys/fs/cgroup/pids"))
+        .find(|d| d.starts_with("/sys/fs/cgroup/pids") || d.join("pids.max").exists())
         .expect("the record's pids group");
     let members = || -> Vec<u32> {
         std::fs::read_to_string(group.join("cgroup.procs"))
