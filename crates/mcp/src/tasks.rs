@@ -185,11 +185,19 @@ async fn completed(
         "error": record.lifecycle().error(),
         "output_tail": tail,
     });
-    let ok = record.state() == StateName::Completed;
-    let mut result = if ok {
-        CallToolResult::structured(structured.clone())
-    } else {
+    tool_result(&structured, record.state() != StateName::Completed)
+}
+
+/// A completed task's `CallToolResult`, as JSON: `structured`, and the
+/// same as text; an error when `error`.
+fn tool_result(
+    structured: &serde_json::Value,
+    error: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut result = if error {
         CallToolResult::structured_error(structured.clone())
+    } else {
+        CallToolResult::structured(structured.clone())
     };
     result.content = vec![ContentBlock::text(structured.to_string())];
     match serde_json::to_value(result) {
@@ -469,18 +477,7 @@ fn project_task(task: &str, name: &str, records: &[ProcessRecord]) -> DetailedTa
     let cancelled = newest.values().any(|r| r.state() == StateName::Cancelled);
     let up = newest.len() - failed.len() - waiting.len();
     let structured = serde_json::json!({ "project": name, "services": services });
-    let result = |error: bool| {
-        let mut r = if error {
-            CallToolResult::structured_error(structured.clone())
-        } else {
-            CallToolResult::structured(structured.clone())
-        };
-        r.content = vec![ContentBlock::text(structured.to_string())];
-        match serde_json::to_value(r) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        }
-    };
+    let result = |error: bool| tool_result(&structured, error);
     let (payload, message) = if !failed.is_empty() {
         (
             TaskPayload::Completed {
