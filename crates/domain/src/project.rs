@@ -458,6 +458,47 @@ pub fn is_up(r: &ProcessRecord) -> Option<bool> {
     }
 }
 
+/// Where a project stands, from its services' newest records
+/// ([`newest_by_service`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing<'a> {
+    /// Every service is up ([`is_up`]).
+    Up,
+    /// These services ended otherwise than completed or stopped on request:
+    /// they will not come up.
+    Failed(Vec<&'a str>),
+    /// A service was stopped on request: the project was brought down.
+    Down,
+    /// These services are not up yet, in these states.
+    Waiting(Vec<(&'a str, StateName)>),
+}
+
+/// Where the project of `newest` (each service's newest record) stands: a
+/// failure first, then a stop on request, then what it waits for.
+pub fn standing<'a>(newest: &BTreeMap<&'a str, &'a ProcessRecord>) -> Standing<'a> {
+    let failed: Vec<&str> = newest
+        .iter()
+        .filter(|(_, r)| is_up(r) == Some(false) && r.state() != StateName::Cancelled)
+        .map(|(s, _)| *s)
+        .collect();
+    if !failed.is_empty() {
+        return Standing::Failed(failed);
+    }
+    if newest.values().any(|r| r.state() == StateName::Cancelled) {
+        return Standing::Down;
+    }
+    let waiting: Vec<(&str, StateName)> = newest
+        .iter()
+        .filter(|(_, r)| is_up(r).is_none())
+        .map(|(s, r)| (*s, r.state()))
+        .collect();
+    if waiting.is_empty() {
+        Standing::Up
+    } else {
+        Standing::Waiting(waiting)
+    }
+}
+
 /// Whether a record of the same definition stands: live, or completed.
 fn kept(r: &ProcessRecord) -> bool {
     !r.is_terminal() || r.state() == StateName::Completed
@@ -685,5 +726,57 @@ mod tests {
                 ("migrate".into(), Action::Keep(m2.id())),
             ]
         );
+    }
+
+    #[test]
+    fn a_project_stands_failed_before_down_before_waiting_before_up() {
+        fn of<'a>(pairs: &[(&'a str, &'a ProcessRecord)]) -> BTreeMap<&'a str, &'a ProcessRecord> {
+            pairs.iter().copied().collect()
+        }
+        let at = Timestamp::from_millis(0);
+        let record = |n: u128, moves: Vec<Transition>| {
+            let mut r = crate::ProcessRecord::new(
+                crate::ProcessId::from_uuid(uuid::Uuid::from_u128(n)),
+                NodeId::local(),
+                ProcessSpec::argv(["x"]),
+                at,
+            );
+            for m in moves {
+                r.apply(m, at).expect("a legal move");
+            }
+            r
+        };
+        let pending = record(1, vec![]);
+        let done = record(
+            2,
+            vec![
+                Transition::Start,
+                Transition::Spawned { pid: 1 },
+                Transition::Exited {
+                    status: crate::ExitStatus::Code(0),
+                    limit: None,
+                },
+            ],
+        );
+        let failed = record(3, vec![Transition::Fail { error: "no".into() }]);
+        let stopped = record(
+            4,
+            vec![Transition::Stop {
+                cause: crate::StopCause::Requested,
+            }],
+        );
+        assert_eq!(
+            standing(&of(&[("a", &failed), ("b", &stopped), ("c", &pending)])),
+            Standing::Failed(vec!["a"])
+        );
+        assert_eq!(
+            standing(&of(&[("b", &stopped), ("c", &pending)])),
+            Standing::Down
+        );
+        assert_eq!(
+            standing(&of(&[("c", &pending), ("d", &done)])),
+            Standing::Waiting(vec![("c", StateName::Pending)])
+        );
+        assert_eq!(standing(&of(&[("d", &done)])), Standing::Up);
     }
 }

@@ -443,10 +443,10 @@ impl crate::McpServer {
     }
 }
 
-/// A project's task: completed once every service is up (ready and live,
-/// or completed), an error if one ended otherwise; cancelled once one was
-/// stopped on request (the project brought down); working meanwhile,
-/// saying which it waits for.
+/// A project's task, as the project stands ([`bpm_domain::project::standing`]):
+/// completed once every service is up, an error if one will not come up;
+/// cancelled once it was brought down; working meanwhile, saying which it
+/// waits for.
 fn project_task(task: &str, name: &str, records: &[ProcessRecord]) -> DetailedTask {
     use bpm_domain::project;
     let newest = project::newest_by_service(name, records);
@@ -464,48 +464,39 @@ fn project_task(task: &str, name: &str, records: &[ProcessRecord]) -> DetailedTa
             })
         })
         .collect();
-    let failed: Vec<&str> = newest
-        .iter()
-        .filter(|(_, r)| project::is_up(r) == Some(false) && r.state() != StateName::Cancelled)
-        .map(|(s, _)| *s)
-        .collect();
-    let waiting: Vec<String> = newest
-        .iter()
-        .filter(|(_, r)| project::is_up(r).is_none())
-        .map(|(s, r)| format!("{s} ({})", r.state()))
-        .collect();
-    let cancelled = newest.values().any(|r| r.state() == StateName::Cancelled);
-    let up = newest.len() - failed.len() - waiting.len();
     let structured = serde_json::json!({ "project": name, "services": services });
-    let result = |error: bool| tool_result(&structured, error);
-    let (payload, message) = if !failed.is_empty() {
-        (
+    let (payload, message) = match project::standing(&newest) {
+        project::Standing::Failed(failed) => (
             TaskPayload::Completed {
-                result: result(true),
+                result: tool_result(&structured, true),
             },
             format!("project {name}: {} did not come up", failed.join(", ")),
-        )
-    } else if cancelled {
-        (
+        ),
+        project::Standing::Down => (
             TaskPayload::Cancelled,
             format!("project {name} was brought down"),
-        )
-    } else if waiting.is_empty() {
-        (
+        ),
+        project::Standing::Up => (
             TaskPayload::Completed {
-                result: result(false),
+                result: tool_result(&structured, false),
             },
-            format!("project {name}: all {up} services up"),
-        )
-    } else {
-        (
-            TaskPayload::Working,
-            format!(
-                "project {name}: {up} of {} up; waiting for {}",
-                newest.len(),
-                waiting.join(", ")
-            ),
-        )
+            format!("project {name}: all {} services up", newest.len()),
+        ),
+        project::Standing::Waiting(waiting) => {
+            let names: Vec<String> = waiting
+                .iter()
+                .map(|(s, state)| format!("{s} ({state})"))
+                .collect();
+            (
+                TaskPayload::Working,
+                format!(
+                    "project {name}: {} of {} up; waiting for {}",
+                    newest.len() - waiting.len(),
+                    newest.len(),
+                    names.join(", ")
+                ),
+            )
+        }
     };
     let at = |t: Option<bpm_domain::Timestamp>| t.map(|t| t.to_string()).unwrap_or_default();
     let base = Task::new(task, TaskStatus::Working, at(created), at(updated))
