@@ -7,8 +7,8 @@
 //! A look, for each other node's lease, in this order:
 //! 1. **Fail over**: once the node is lost and its earliest failover is
 //!    past ([`ClusterTiming::earliest_failover`]), its failover records
-//!    that are due are given up and replaced ([`super::failover`]), if this
-//!    daemon runs failover at all.
+//!    that are due are given up and replaced ([`super::failover`]) (a
+//!    driver without a failover port answers that none was).
 //! 2. **Sweep**: when a sweep is due ([`ClusterTiming::sweep_due`]), this
 //!    node bids for it in the store, which lets exactly one node win it.
 //!    The node that won it gives back the records the lost node claimed
@@ -132,7 +132,6 @@ enum Waiting {
 pub struct Look {
     me: NodeId,
     timing: ClusterTiming,
-    fails_over: bool,
     /// The leases still to look at.
     todo: VecDeque<SeenLease>,
     waiting: Waiting,
@@ -140,13 +139,11 @@ pub struct Look {
 }
 
 impl Look {
-    /// A look by node `me`, under `timing`; `fails_over` if this daemon
-    /// runs lost nodes' failover records. Hand it [`LookInput::Begin`].
-    pub fn new(me: NodeId, timing: ClusterTiming, fails_over: bool) -> Look {
+    /// A look by node `me`, under `timing`. Hand it [`LookInput::Begin`].
+    pub fn new(me: NodeId, timing: ClusterTiming) -> Look {
         Look {
             me,
             timing,
-            fails_over,
             todo: VecDeque::new(),
             waiting: Waiting::Start,
             done: Vec::new(),
@@ -215,7 +212,7 @@ impl Look {
     /// The first effect for the next lease that wants one, or the end.
     fn next(&mut self) -> LookEffect {
         while let Some(seen) = self.todo.pop_front() {
-            if self.fails_over && Self::failover_may_be_due(&seen) {
+            if Self::failover_may_be_due(&seen) {
                 let (lease, now) = (seen.lease.clone(), seen.now);
                 self.waiting = Waiting::FailOver(seen);
                 return LookEffect::FailOver { lease, now };
@@ -278,15 +275,15 @@ mod tests {
         }
     }
 
-    fn look(fails_over: bool) -> Look {
+    fn look() -> Look {
         let timing = ClusterTiming::new(Span::from_millis(2_000), Span::from_millis(60_000))
             .expect("timing");
-        Look::new(NodeId::new("me").expect("node"), timing, fails_over)
+        Look::new(NodeId::new("me").expect("node"), timing)
     }
 
     #[test]
     fn a_look_reads_the_leases_and_leaves_its_own_and_the_living_alone() {
-        let mut l = look(true);
+        let mut l = look();
         assert_eq!(l.handle(LookInput::Begin), LookEffect::ReadLeases);
         let done = l.handle(LookInput::Leases(vec![
             seen("me", 0, 100_000),
@@ -297,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_lost_node_is_failed_over_then_its_sweep_claimed_applied_and_finished() {
-        let mut l = look(true);
+        let mut l = look();
         l.handle(LookInput::Begin);
         let lost = seen("b", 0, 4_500);
         let LookEffect::FailOver { lease, now } = l.handle(LookInput::Leases(vec![lost.clone()]))
@@ -338,10 +335,11 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_another_node_won_is_not_applied_and_without_failover_none_is_asked() {
-        let mut l = look(false);
+    fn a_sweep_another_node_won_is_not_applied() {
+        let mut l = look();
         l.handle(LookInput::Begin);
-        let effect = l.handle(LookInput::Leases(vec![seen("b", 0, 4_500)]));
+        // Lost, and not yet past its earliest failover: the sweep is bid for.
+        let effect = l.handle(LookInput::Leases(vec![seen("b", 0, 2_500)]));
         assert!(
             matches!(effect, LookEffect::BidForSweep { .. }),
             "{effect:?}"
@@ -354,7 +352,7 @@ mod tests {
 
     #[test]
     fn no_failover_is_asked_before_the_earliest_and_a_merely_suspect_node_is_not_swept() {
-        let mut l = look(true);
+        let mut l = look();
         l.handle(LookInput::Begin);
         // Lost at 2 s; the earliest failover is a lease and the margin later.
         let effect = l.handle(LookInput::Leases(vec![
@@ -370,6 +368,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "was answered")]
     fn an_answer_out_of_turn_is_a_drivers_bug() {
-        look(true).handle(LookInput::Finished);
+        look().handle(LookInput::Finished);
     }
 }

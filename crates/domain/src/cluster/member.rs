@@ -536,7 +536,7 @@ impl Member {
         }
         if self.engine.is_some() && self.look.is_none() && now >= self.next_look {
             self.next_look = now.saturating_add(self.timing.check_every());
-            let mut look = Look::new(self.node.clone(), self.timing, true);
+            let mut look = Look::new(self.node.clone(), self.timing);
             out.push(MemberEffect::Look(look.handle(LookInput::Begin)));
             self.look = Some(look);
         }

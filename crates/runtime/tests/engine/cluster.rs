@@ -16,7 +16,7 @@ async fn look(
     timing: bpm_domain::ClusterTiming,
 ) -> Vec<bpm_runtime::Swept> {
     use bpm_domain::cluster::look::{Look, LookEffect, LookInput};
-    let mut look = Look::new(me.clone(), timing, true);
+    let mut look = Look::new(me.clone(), timing);
     let mut input = LookInput::Begin;
     loop {
         input = match look.handle(input) {
