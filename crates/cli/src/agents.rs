@@ -155,6 +155,9 @@ fn servers_key(tool: Tool) -> &'static str {
 }
 
 fn json_with(place: &Place, text: &str, entry: Option<&Entry>) -> Result<String, EditError> {
+    if text.trim().is_empty() && entry.is_none() {
+        return Ok(text.to_owned());
+    }
     let file = place.file.display();
     let source = if text.trim().is_empty() { "{}\n" } else { text };
     let root = CstRootNode::parse(source, &jsonc_parser::ParseOptions::default()).map_err(|e| {
@@ -200,11 +203,7 @@ fn json_with(place: &Place, text: &str, entry: Option<&Entry>) -> Result<String,
             }
         }
     }
-    let out = root.to_string();
-    if text.trim().is_empty() && entry.is_none() {
-        return Ok(text.to_owned());
-    }
-    Ok(out)
+    Ok(root.to_string())
 }
 
 /// The entry as `tool` documents its stdio servers.
