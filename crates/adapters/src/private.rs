@@ -50,3 +50,57 @@ pub fn check_owner(dir: &Path) -> io::Result<()> {
         ),
     ))
 }
+
+/// The secret token kept in the file `path` (mode 0600), made (32 random
+/// bytes, hex) when the file is missing or holds no such token; and
+/// whether it was made now, so that a front end prints it only then.
+///
+/// # Errors
+/// When the file cannot be read or written, or the system gives no
+/// randomness.
+pub fn token_in(path: &Path) -> io::Result<(String, bool)> {
+    use std::io::{Read as _, Write as _};
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let token = text.trim();
+        if token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok((token.to_owned(), false));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let token = bytes.iter().fold(String::with_capacity(64), |mut t, b| {
+        use std::fmt::Write as _;
+        let _ = write!(t, "{b:02x}");
+        t
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = options().write(true).create_new(true).open(&tmp)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok((token, true))
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_kept_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("a-token");
+        let (first, made) = token_in(&path).expect("made");
+        assert!(made);
+        assert_eq!(first.len(), 64);
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(token_in(&path).expect("read"), (first, false));
+        std::fs::write(&path, "short").expect("spoilt");
+        let (again, made) = token_in(&path).expect("made again");
+        assert!(made && again.len() == 64);
+    }
+}

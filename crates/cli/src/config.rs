@@ -400,6 +400,8 @@ mod tests {
 /// redact_min_len = 4                      # the shortest secret value hidden in output text
 /// max_output_bytes = 65536                # the most output one answer carries
 /// owner_grace = "10m"                     # how long what a client started outlives its session
+/// share_tasks = false                     # true: every client session may read and cancel every task
+/// http = "127.0.0.1:8788"                 # the daemon also serves MCP over HTTP here (token in mcp-token)
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -427,6 +429,9 @@ pub struct McpConfig {
     /// Whether every client session may read and cancel every MCP task,
     /// not only its own.
     pub share_tasks: bool,
+    /// Where the daemon serves MCP over Streamable HTTP as well, for
+    /// every agent on the machine (`bpm mcp --http` serves it alone).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// The `[web]` section of `config.toml`; every key optional.

@@ -146,7 +146,7 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         warnings,
         cluster,
     };
-    serve_until_stopped(home, engine, info, on_exit, lease).await?;
+    serve_until_stopped(home, engine, info, on_exit, lease, &config.mcp).await?;
     drop(lock);
     Ok(())
 }
@@ -241,6 +241,7 @@ async fn serve_until_stopped(
     info: ServerInfo,
     on_exit: Option<String>,
     lease: Option<crate::cluster::NodeLease>,
+    mcp: &crate::config::McpConfig,
 ) -> Result<()> {
     let (listener, socket) = listen(home)?;
     tracing::info!(pid = std::process::id(), home = %home.dir.display(), store = %info.store, "bpm daemon started");
@@ -248,9 +249,18 @@ async fn serve_until_stopped(
     tokio::spawn(run_hooks(engine.clone(), on_exit));
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
-    tokio::spawn(serve(listener, manager, info, stop_tx));
+    tokio::spawn(serve(listener, Arc::clone(&manager), info, stop_tx));
+    // `[mcp] http`: one endpoint for every agent on the machine, for as
+    // long as the daemon runs.
+    let stop_mcp = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = mcp.http {
+        crate::mcp::serve_in_daemon(home, mcp, addr, manager, stop_mcp.clone())
+            .await
+            .with_context(|| format!("[mcp] http = \"{addr}\""))?;
+    }
 
     until_asked_to_stop(&mut stop_rx).await?;
+    stop_mcp.cancel();
     // Let the answer to `daemon stop` reach its caller.
     tokio::time::sleep(Duration::from_millis(50)).await;
     engine.shutdown().await;
@@ -286,6 +296,20 @@ async fn until_asked_to_stop(stop: &mut mpsc::UnboundedReceiver<bool>) -> Result
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Returns once SIGTERM or SIGINT comes (at once if they cannot be heard).
+pub(crate) async fn until_signalled() {
+    let (Ok(mut term), Ok(mut int)) = (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 /// This state directory's lock, held while the daemon runs: a second

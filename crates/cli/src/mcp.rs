@@ -1,5 +1,6 @@
 //! `bpm mcp`: the MCP server on stdio, driving the daemon (started when needed).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -58,41 +59,144 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
 /// When the configuration is invalid, no daemon can be reached, or the transport fails.
 pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
-    let policy = policy(&config.mcp, flags);
     let reconnecting = Reconnecting::connect(daemon::connector(home.clone())).await?;
     // This client's session owns what it starts: held by this process
     // while it runs, and again after a daemon restart.
     let session = client_session()?;
     reconnecting.hold(session.clone()).await?;
-    let manager = ReconnectingManager(reconnecting);
-    let mut defaults = StartDefaults {
-        cwd: std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/")),
-        env: bpm_adapters::os::inherited_env(),
-        owner: None,
-        time_zone: bpm_adapters::os::local_time_zone(),
-        machine: Arc::new(bpm_adapters::os::ThisMachine),
-    };
-    defaults.owner = Some(SessionOwner {
-        session,
-        grace: config
-            .mcp
-            .owner_grace
-            .unwrap_or_else(|| Span::from_secs(DEFAULT_MCP_OWNER_GRACE_SECS)),
-    });
-    let server = McpServer::new(
-        Arc::new(manager),
-        policy,
-        defaults,
-        SOFTWARE.trim_start_matches("bpm "),
-    )
-    .with_projects()
-    .with_project_lock(project_lock(home.clone()));
+    let manager = Arc::new(ReconnectingManager(reconnecting));
+    let server = server(home, &config.mcp, flags, manager, session);
     let running = server
         .serve(rmcp::transport::stdio())
         .await
         .context("the MCP handshake failed")?;
     running.waiting().await.context("the MCP session failed")?;
     Ok(())
+}
+
+/// Serves MCP over Streamable HTTP on `addr` until SIGINT or SIGTERM:
+/// prints the endpoint's URL on stdout, and the token on stderr when it is
+/// made.
+///
+/// # Errors
+/// When the configuration is invalid, no daemon can be reached, the token
+/// cannot be kept or `addr` cannot be listened on.
+pub async fn run_http(home: &Home, flags: McpFlags, addr: SocketAddr) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
+    let reconnecting = Reconnecting::connect(daemon::connector(home.clone())).await?;
+    let session = endpoint_session();
+    reconnecting.hold(session.clone()).await?;
+    let manager = Arc::new(ReconnectingManager(reconnecting));
+    let server = server(home, &config.mcp, flags, manager, session);
+    let (endpoint, listener) = listen_http(home, addr).await?;
+    println!("http://{}{}", endpoint.addr, bpm_mcp::MCP_PATH);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        crate::daemon::until_signalled().await;
+        on_signal.cancel();
+    });
+    bpm_mcp::serve_http(server, endpoint, listener, stop)
+        .await
+        .context("the MCP endpoint failed")
+}
+
+/// Serves MCP over HTTP on `addr` inside the daemon (`[mcp] http`), on
+/// `manager`, until `stop`.
+///
+/// # Errors
+/// When the token cannot be kept or `addr` cannot be listened on.
+pub async fn serve_in_daemon(
+    home: &Home,
+    config: &McpConfig,
+    addr: SocketAddr,
+    manager: Arc<dyn bpm_ports::ProcessManager>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let session = endpoint_session();
+    manager
+        .hold_session(session.clone(), std::process::id())
+        .await?;
+    let server = server(home, config, McpFlags::default(), manager, session);
+    let (endpoint, listener) = listen_http(home, addr).await?;
+    tracing::info!(url = %format!("http://{}{}", endpoint.addr, bpm_mcp::MCP_PATH), "serving MCP over HTTP");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = bpm_mcp::serve_http(server, endpoint, listener, stop).await {
+            tracing::error!(error = %e, "the MCP endpoint failed");
+        }
+    }))
+}
+
+/// The endpoint on `addr`, listening, with the token from
+/// `$BPM_HOME/mcp-token` (printed on stderr when it is made now).
+async fn listen_http(
+    home: &Home,
+    addr: SocketAddr,
+) -> anyhow::Result<(bpm_mcp::HttpEndpoint, tokio::net::TcpListener)> {
+    home.prepare()?;
+    let path = home.dir.join(MCP_TOKEN_FILE);
+    let (token, made) = bpm_adapters::private::token_in(&path)
+        .with_context(|| format!("cannot keep the MCP token in {}", path.display()))?;
+    if made {
+        eprintln!(
+            "bpm mcp: clients send \"Authorization: Bearer {token}\" (kept in {})",
+            path.display()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "bpm mcp: warning: listening on {addr}, which other machines may reach; the token is \
+             still required, but it crosses the network unencrypted"
+        );
+    }
+    Ok((bpm_mcp::HttpEndpoint { addr, token }, listener))
+}
+
+/// The file under the state directory that keeps the MCP endpoint's
+/// bearer token (mode 0600).
+pub const MCP_TOKEN_FILE: &str = "mcp-token";
+
+/// The session that owns what the HTTP endpoint's clients without a
+/// session of their own start (2026-07-28 clients): the same name for
+/// every endpoint of a state directory, held while one runs.
+fn endpoint_session() -> SessionId {
+    "mcp-http".parse().expect("a valid session name")
+}
+
+/// The MCP server on `manager` under the configuration and flags, owned
+/// by `session`.
+fn server(
+    home: &Home,
+    config: &McpConfig,
+    flags: McpFlags,
+    manager: Arc<dyn bpm_ports::ProcessManager>,
+    session: SessionId,
+) -> McpServer {
+    let policy = policy(config, flags);
+    let defaults = StartDefaults {
+        cwd: std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/")),
+        env: bpm_adapters::os::inherited_env(),
+        owner: Some(SessionOwner {
+            session,
+            grace: config
+                .owner_grace
+                .unwrap_or_else(|| Span::from_secs(DEFAULT_MCP_OWNER_GRACE_SECS)),
+        }),
+        time_zone: bpm_adapters::os::local_time_zone(),
+        machine: Arc::new(bpm_adapters::os::ThisMachine),
+    };
+    McpServer::new(
+        manager,
+        policy,
+        defaults,
+        SOFTWARE.trim_start_matches("bpm "),
+    )
+    .with_projects()
+    .with_project_lock(project_lock(home.clone()))
 }
 
 /// The lock `bpm up` takes of a project ([`Home::lock_project`]), for the

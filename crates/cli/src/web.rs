@@ -38,12 +38,14 @@ pub async fn run(home: &Home, flags: WebFlags) -> anyhow::Result<()> {
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let reconnecting = Reconnecting::connect(crate::daemon::connector(home.clone())).await?;
     let manager = ReconnectingManager(reconnecting);
-    let token = bpm_web::auth::load_or_create_token(&home.dir).with_context(|| {
-        format!(
-            "cannot keep the page's token in {}",
-            home.dir.join(bpm_web::auth::TOKEN_FILE).display()
-        )
-    })?;
+    let token = bpm_adapters::private::token_in(&home.dir.join(bpm_web::auth::TOKEN_FILE))
+        .map(|(token, _)| token)
+        .with_context(|| {
+            format!(
+                "cannot keep the page's token in {}",
+                home.dir.join(bpm_web::auth::TOKEN_FILE).display()
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -114,3 +114,160 @@ fn the_python_mcp_client_controls_another_nodes_processes() {
     }
     println!("{stdout}");
 }
+
+/// Reads the first line `child` prints on stdout (the endpoint's URL).
+fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a line");
+    line.trim().to_owned()
+}
+
+/// `bpm mcp --http` driven over Streamable HTTP by the Python client and
+/// by plain requests (`tests/mcp/http_scenario.py`): refusals (no token, a
+/// wrong token, another origin, another host), two sessions at once each
+/// the owner of what it starts with its own grace, a 2026-07-28 client
+/// without a session, a cut stream resumed with `Last-Event-ID`, and the
+/// tasks extension's requests (a task polled, refused to another session,
+/// cancelled with its TERM-ignoring tree).
+#[test]
+fn the_python_mcp_client_uses_bpm_over_http() {
+    let python = python();
+    let home = tempfile::tempdir().expect("home");
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[mcp]\nowner_grace = \"2s\"\n",
+    )
+    .expect("config");
+    let bpm = support::BPM;
+    let mut endpoint = Command::new(bpm)
+        .args(["mcp", "--http", "127.0.0.1:0"])
+        .env("BPM_HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bpm mcp --http");
+    let url = first_line(&mut endpoint);
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/mcp"),
+        "the endpoint printed {url:?}"
+    );
+    let out = Command::new(&python)
+        .arg(workspace_root().join("tests/mcp/http_scenario.py"))
+        .arg(bpm)
+        .arg(home.path())
+        .arg(&url)
+        .output()
+        .expect("the scenario runs");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(endpoint.id().cast_signed()).expect("pid"),
+        rustix::process::Signal::TERM,
+    )
+    .expect("TERM");
+    let ended = endpoint.wait_with_output().expect("the endpoint ends");
+    let _ = Command::new(bpm)
+        .args(["daemon", "stop", "--kill-all"])
+        .env("BPM_HOME", home.path())
+        .output();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the MCP HTTP scenario failed:\n{stdout}\n{stderr}"
+    );
+    for step in 1..=6 {
+        assert!(
+            stdout.contains(&format!("{step}. ")),
+            "step {step} did not run:\n{stdout}"
+        );
+    }
+    assert!(ended.status.success(), "the endpoint on TERM: {ended:?}");
+    let log = String::from_utf8_lossy(&ended.stderr);
+    let token = std::fs::read_to_string(home.path().join("mcp-token")).expect("token");
+    assert_eq!(
+        log.matches(token.trim()).count(),
+        1,
+        "the token is printed once, when it is made, and never in a refusal:\n{log}"
+    );
+    for reason in [
+        "no bearer token",
+        "not this endpoint's",
+        "another host",
+        "Origin",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("refused") && l.contains(reason)),
+            "no refusal logged for {reason:?}:\n{log}"
+        );
+    }
+    println!("{stdout}");
+}
+
+/// `[mcp] http` in config.toml: the daemon serves MCP over HTTP itself, for
+/// as long as it runs, to the Python client.
+#[test]
+fn the_daemon_serves_mcp_over_http_when_configured() {
+    let python = python();
+    let home = tempfile::tempdir().expect("home");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!("[mcp]\nhttp = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("config");
+    let bpm = support::BPM;
+    let daemon = |args: &[&str]| {
+        Command::new(bpm)
+            .args(args)
+            .env("BPM_HOME", home.path())
+            .output()
+            .expect("bpm")
+    };
+    assert!(daemon(&["ps"]).status.success(), "the daemon starts");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let script = r#"
+import asyncio, os, sys
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+home, url = sys.argv[1], sys.argv[2]
+token = open(os.path.join(home, "mcp-token")).read().strip()
+async def main():
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    async with Client(streamable_http_client(url, http_client=http)) as c:
+        r = await c.call_tool("start_background_process", {"command": "echo from-http", "name": "via-daemon"})
+        assert not r.is_error, r.content
+        w = await c.call_tool("wait_for_process", {"process_id": "via-daemon", "until": "exit", "timeout_secs": 20})
+        assert w.structured_content["exit_code"] == 0, w.structured_content
+        print("served by the daemon:", w.structured_content["output_tail"].strip())
+asyncio.run(main())
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(home.path())
+        .arg(&url)
+        .output()
+        .expect("the client runs");
+    let stopped = daemon(&["daemon", "stop", "--kill-all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("from-http"),
+        "the client over the daemon's endpoint:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stopped.status.success(), "daemon stop: {stopped:?}");
+    // The endpoint went with the daemon.
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(
+        refused.is_err(),
+        "the daemon's MCP endpoint outlived the daemon"
+    );
+    println!("{stdout}");
+}

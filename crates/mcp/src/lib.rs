@@ -8,6 +8,7 @@
 //! cursor returns what is new to *this* client) and its resource subscriptions.
 
 mod changes;
+mod http;
 mod inputs;
 mod policy;
 mod projects;
@@ -31,6 +32,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 
+pub use http::{HttpEndpoint, HttpSession, MCP_PATH, Refusal, serve_http};
 pub use policy::{DEFAULT_REDACT_MIN_LEN, Policy, RUNNER_VARS, SECRET_WORDS};
 pub use projects::{LoadedProject, MayRead, ProjectLock};
 
@@ -73,6 +75,10 @@ pub struct SessionOwner {
     pub grace: bpm_domain::Span,
 }
 
+/// How long what a client started outlives its session when the server
+/// it was made from names no owner.
+const DEFAULT_SESSION_GRACE_SECS: u64 = 600;
+
 /// The MCP server for one client connection.
 #[derive(Clone)]
 pub struct McpServer {
@@ -105,6 +111,10 @@ struct ClientState {
     tasks: Mutex<HashMap<tasks::TaskOf, String>>,
     /// The task sending them, once the first task is made.
     task_forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The session this server holds for its client (an HTTP session's
+    /// own), let go of when the server goes: its records then start their
+    /// grace.
+    held: Option<bpm_domain::SessionId>,
 }
 
 impl Drop for ClientState {
@@ -119,6 +129,19 @@ impl Drop for ClientState {
         }
         if let Some(task) = self.noting.take() {
             task.abort();
+        }
+        if let (Some(session), Ok(runtime)) =
+            (self.held.take(), tokio::runtime::Handle::try_current())
+        {
+            let manager = Arc::clone(&self.manager);
+            runtime.spawn(async move {
+                if let Err(e) = manager
+                    .release_session(session.clone(), std::process::id())
+                    .await
+                {
+                    tracing::warn!(%session, error = %e, "cannot let go of a client's session");
+                }
+            });
         }
         if let Some(task) = self
             .task_forwarder
@@ -173,8 +196,48 @@ impl McpServer {
                 project_lock: None,
                 tasks: Mutex::new(HashMap::new()),
                 task_forwarder: Mutex::new(None),
+                held: None,
             }),
         }
+    }
+
+    /// A server like this one for a client of its own that `session`
+    /// owns: the session is held for this process until the new server
+    /// goes, then let go of, so that what the client started outlives it
+    /// by the owner's grace, as it does a client on stdio.
+    ///
+    /// # Errors
+    /// When the manager cannot hold the session.
+    pub async fn for_session(
+        &self,
+        session: bpm_domain::SessionId,
+    ) -> Result<McpServer, bpm_ports::ManagerError> {
+        let inner = &self.inner;
+        inner
+            .manager
+            .hold_session(session.clone(), std::process::id())
+            .await?;
+        let mut defaults = inner.defaults.clone();
+        let grace = defaults.owner.as_ref().map_or(
+            bpm_domain::Span::from_secs(DEFAULT_SESSION_GRACE_SECS),
+            |o| o.grace,
+        );
+        defaults.owner = Some(SessionOwner {
+            session: session.clone(),
+            grace,
+        });
+        let mut server = McpServer::new(
+            Arc::clone(&inner.manager),
+            inner.policy.clone(),
+            defaults,
+            inner.software.clone(),
+        );
+        if let Some(own) = Arc::get_mut(&mut server.inner) {
+            own.projects = inner.projects;
+            own.project_lock.clone_from(&inner.project_lock);
+            own.held = Some(session);
+        }
+        Ok(server)
     }
 
     /// This server, reading project files through `loader` (the project

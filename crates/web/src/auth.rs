@@ -3,9 +3,6 @@
 //! request that changes anything, an `Origin` that is the page's own, so a
 //! page from another site cannot act through a logged-in browser.
 
-use std::io::Read as _;
-use std::path::Path;
-
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -15,39 +12,6 @@ use super::Shared;
 
 /// The file under the state directory that keeps the token (mode 0600).
 pub const TOKEN_FILE: &str = "web-token";
-
-/// The token in `home/web-token`, made (32 random bytes, hex) if missing.
-///
-/// # Errors
-/// When the file cannot be read or written, or the system gives no randomness.
-pub fn load_or_create_token(home: &Path) -> std::io::Result<String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = home.join(TOKEN_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let token = text.trim();
-        if token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(token.to_owned());
-        }
-    }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let token = bytes.iter().fold(String::with_capacity(64), |mut t, b| {
-        use std::fmt::Write as _;
-        let _ = write!(t, "{b:02x}");
-        t
-    });
-    let tmp = home.join(format!("{TOKEN_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    std::io::Write::write_all(&mut file, token.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(token)
-}
 
 /// Compares without stopping at the first difference.
 fn same(a: &str, b: &str) -> bool {
@@ -166,20 +130,6 @@ pub(super) async fn guard(State(shared): State<Shared>, request: Request, next: 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_kept_private_and_reused() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().expect("dir");
-        let first = load_or_create_token(dir.path()).expect("made");
-        assert_eq!(first.len(), 64);
-        let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
-            .expect("file")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(load_or_create_token(dir.path()).expect("read"), first);
-    }
 
     #[test]
     fn origins_must_be_the_pages_own() {

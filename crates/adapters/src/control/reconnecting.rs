@@ -344,6 +344,10 @@ impl ProcessManager for ReconnectingManager {
             .await
     }
     async fn hold_session(&self, session: SessionId, holder: u32) -> Result<(), ManagerError> {
+        // What this process holds is held again after a daemon restart.
+        if holder == std::process::id() {
+            return self.0.hold(session).await;
+        }
         self.0
             .retried(|c| {
                 let s = session.clone();
@@ -352,6 +356,9 @@ impl ProcessManager for ReconnectingManager {
             .await
     }
     async fn release_session(&self, session: SessionId, holder: u32) -> Result<(), ManagerError> {
+        if holder == std::process::id() {
+            return self.0.release(session).await;
+        }
         self.0
             .retried(|c| {
                 let s = session.clone();

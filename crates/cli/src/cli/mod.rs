@@ -255,7 +255,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve MCP on stdin/stdout, so AI agents use bpm as tools (see README).
+    /// Serve MCP on stdin/stdout (or HTTP with --http), so AI agents use bpm as tools.
     Mcp {
         /// Refuse every tool that changes anything (start, stop, input, ...).
         #[arg(long)]
@@ -273,6 +273,10 @@ pub enum Command {
         /// Show environment values to the agent instead of redacting them.
         #[arg(long)]
         show_env: bool,
+        /// Serve MCP over Streamable HTTP on ADDR:PORT (at /mcp, for many clients at
+        /// once; the bearer token is in $BPM_HOME/mcp-token) instead of stdio.
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Serve the live dashboard on a local web page; prints its URL (with the token).
     Web {

@@ -100,6 +100,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             allow_dir,
             allow_env,
             show_env,
+            http,
         } => {
             let flags = crate::mcp::McpFlags {
                 read_only,
@@ -108,10 +109,12 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 allow_env,
                 show_env,
             };
-            crate::mcp::run(&home, flags)
-                .await
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(|e| CliError::failed(format!("{e:#}")))
+            match http {
+                Some(addr) => crate::mcp::run_http(&home, flags, addr).await,
+                None => crate::mcp::run(&home, flags).await,
+            }
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| CliError::failed(format!("{e:#}")))
         }
         Command::Web {
             listen,
