@@ -479,6 +479,14 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
         ("keeper.rs", "starts the keeper"),
         ("web.rs", "opens the page with xdg-open"),
         ("cli/unit.rs", "asks systemctl and loginctl for `bpm unit`"),
+        (
+            "mcp_run.rs",
+            "`bpm mcp-pipe` becomes the hosted MCP server (exec), inside its record",
+        ),
+        (
+            "mcp_hub.rs",
+            "`bpm mcp-hub` starts the shared MCP server, inside its record",
+        ),
     ];
     let clocks: &[(&str, &str)] = &[
         (
@@ -494,6 +502,10 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
             "the deadline of `bpm wait --timeout`",
         ),
         ("cli/table.rs", "ages in tables"),
+        (
+            "mcp_hub.rs",
+            "waits at most 30 s for a shared MCP server to listen",
+        ),
     ];
     let spawn_words = ["Command::new(", "posix_spawn", "fork("];
     let clock_words = [

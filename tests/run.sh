@@ -4,8 +4,8 @@
 # installs what is missing with apt-get (through sudo when not root): a C
 # toolchain, CA certificates, redis-server, chromium, chromium-driver and
 # python3-venv, nodejs and npm; makes the Python virtualenvs
-# for the MCP client and the browser test and the npm test tools under
-# target/, and then runs
+# for the MCP client and the browser test and the npm test tools and MCP
+# servers under target/, and then runs
 # `cargo test --workspace` (arguments are passed on to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,10 +49,19 @@ export BPM_MCP_PYTHON BPM_WEB_PYTHON
 "$BPM_WEB_PYTHON" -c "import selenium; print('selenium', selenium.__version__)"
 
 # VS Code's own JSON-with-comments parser reads what `bpm agents setup`
-# writes for it (tests/agents.rs), pinned, under target/npm.
+# writes for it (tests/agents.rs), and real stdio MCP servers run through
+# `bpm mcp-run` (tests/mcp_client.rs): pinned, under target/npm.
 echo "== npm test tools (under target/npm)"
-[ -d target/npm/node_modules/jsonc-parser ] ||
-  npm install --prefix target/npm --no-audit --no-fund --silent jsonc-parser@3.3.1
+npm_packages=(jsonc-parser@3.3.1
+  @modelcontextprotocol/server-filesystem@2026.8.31
+  @modelcontextprotocol/server-memory@2026.8.31
+  @modelcontextprotocol/server-everything@2026.8.31)
+npm_missing=0
+for p in "${npm_packages[@]}"; do
+  [ -d "target/npm/node_modules/${p%@*}" ] || npm_missing=1
+done
+[ "$npm_missing" = 0 ] ||
+  npm install --prefix target/npm --no-audit --no-fund --silent "${npm_packages[@]}"
 BPM_NODE_MODULES="$PWD/target/npm/node_modules"
 export BPM_NODE_MODULES
 

@@ -38,13 +38,30 @@ fn describe(choice: &StoreChoice) -> String {
     }
 }
 
+/// What the daemon serves beside its control socket, on its manager and
+/// under its configuration, until the token is cancelled: started once
+/// the engine runs (a failure stops the daemon's start), wired by the
+/// caller (`[mcp] http` is the MCP endpoint's).
+pub type Beside = Box<
+    dyn FnOnce(
+            &Config,
+            Arc<dyn ProcessManager>,
+            tokio_util::sync::CancellationToken,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>
+        + Send,
+>;
+
 /// Runs the daemon in the foreground until `bpm daemon stop`, SIGTERM or SIGINT.
 /// Processes keep running when it stops.
 ///
 /// # Errors
 /// Another daemon holds this state directory, the configuration is invalid,
 /// or the store or the socket cannot be opened.
-pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()> {
+pub async fn run(
+    home: &Home,
+    store_override: Option<StoreChoice>,
+    beside: Option<Beside>,
+) -> Result<()> {
     bpm_adapters::os::raise_open_files_limit();
     home.prepare()?;
     let lock = take_lock(home)?;
@@ -142,11 +159,11 @@ pub async fn run(home: &Home, store_override: Option<StoreChoice>) -> Result<()>
         started_at: Some(bpm_ports::Clock::now(
             &bpm_adapters::clock::SystemClock::new(),
         )),
-        limits: Some(config.limits),
+        limits: Some(config.limits.clone()),
         warnings,
         cluster,
     };
-    serve_until_stopped(home, engine, info, on_exit, lease, &config.mcp).await?;
+    serve_until_stopped(home, engine, info, on_exit, lease, (&config, beside)).await?;
     drop(lock);
     Ok(())
 }
@@ -241,7 +258,7 @@ async fn serve_until_stopped(
     info: ServerInfo,
     on_exit: Option<String>,
     lease: Option<crate::cluster::NodeLease>,
-    mcp: &crate::config::McpConfig,
+    (config, beside): (&Config, Option<Beside>),
 ) -> Result<()> {
     let (listener, socket) = listen(home)?;
     tracing::info!(pid = std::process::id(), home = %home.dir.display(), store = %info.store, "bpm daemon started");
@@ -250,17 +267,15 @@ async fn serve_until_stopped(
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, Arc::clone(&manager), info, stop_tx));
-    // `[mcp] http`: one endpoint for every agent on the machine, for as
-    // long as the daemon runs.
-    let stop_mcp = tokio_util::sync::CancellationToken::new();
-    if let Some(addr) = mcp.http {
-        crate::mcp::serve_in_daemon(home, mcp, addr, manager, stop_mcp.clone())
-            .await
-            .with_context(|| format!("[mcp] http = \"{addr}\""))?;
+    // What is served beside the socket (`[mcp] http`), for as long as the
+    // daemon runs.
+    let stop_beside = tokio_util::sync::CancellationToken::new();
+    if let Some(beside) = beside {
+        beside(config, manager, stop_beside.clone()).await?;
     }
 
     until_asked_to_stop(&mut stop_rx).await?;
-    stop_mcp.cancel();
+    stop_beside.cancel();
     // Let the answer to `daemon stop` reach its caller.
     tokio::time::sleep(Duration::from_millis(50)).await;
     engine.shutdown().await;

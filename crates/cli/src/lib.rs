@@ -10,6 +10,8 @@ pub mod daemon;
 pub mod home;
 pub mod keeper;
 pub mod mcp;
+pub mod mcp_hub;
+pub mod mcp_run;
 pub use bpm_intake::project;
 pub mod web;
 pub mod wiring;

@@ -101,6 +101,23 @@ pub async fn run_http(home: &Home, flags: McpFlags, addr: SocketAddr) -> anyhow:
         .context("the MCP endpoint failed")
 }
 
+/// What the daemon serves beside its socket: MCP over HTTP where
+/// `[mcp] http` says.
+pub fn beside_the_daemon(home: &Home) -> crate::daemon::Beside {
+    let home = home.clone();
+    Box::new(move |config, manager, stop| {
+        let mcp = config.mcp.clone();
+        Box::pin(async move {
+            if let Some(addr) = mcp.http {
+                serve_in_daemon(&home, &mcp, addr, manager, stop)
+                    .await
+                    .with_context(|| format!("[mcp] http = \"{addr}\""))?;
+            }
+            Ok(())
+        })
+    })
+}
+
 /// Serves MCP over HTTP on `addr` inside the daemon (`[mcp] http`), on
 /// `manager`, until `stop`.
 ///

@@ -271,3 +271,61 @@ asyncio.run(main())
     );
     println!("{stdout}");
 }
+
+/// Where npm put the MCP servers from npm: `BPM_NODE_MODULES`, as
+/// tests/run.sh sets it, else target/npm under the workspace.
+fn node_modules() -> std::path::PathBuf {
+    let dir = std::env::var_os("BPM_NODE_MODULES").map_or_else(
+        || workspace_root().join("target/npm/node_modules"),
+        std::path::PathBuf::from,
+    );
+    for server in ["server-filesystem", "server-memory", "server-everything"] {
+        assert!(
+            dir.join("@modelcontextprotocol").join(server).is_dir(),
+            "@modelcontextprotocol/{server} is not in {}: run tests/run.sh, which installs it with npm",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Real stdio MCP servers from npm (`server-filesystem`, `server-memory`,
+/// `server-everything`) hosted by `bpm mcp-run`, driven by the Python
+/// client (`tests/mcp/mcp_run_scenario.py`): a server as a record of kind
+/// `mcp` with its caller; an agent killed with `kill -9` and its server's
+/// tree stopped after the grace, not before; five clients sharing one
+/// `server-memory` (`--shared`: one process, each call answered under its
+/// caller's id) until the last leaves; progress routed back through the
+/// hub; a missing command, garbage relayed as it is, and garbage ending a
+/// shared server with its reason.
+#[test]
+fn real_mcp_servers_run_hosted_by_bpm_mcp_run() {
+    let python = python();
+    let modules = node_modules();
+    let home = tempfile::tempdir().expect("home");
+    let bpm = support::BPM;
+    let out = Command::new(&python)
+        .arg(workspace_root().join("tests/mcp/mcp_run_scenario.py"))
+        .arg(bpm)
+        .arg(home.path())
+        .arg(&modules)
+        .output()
+        .expect("the scenario runs");
+    let _ = Command::new(bpm)
+        .args(["daemon", "stop", "--kill-all"])
+        .env("BPM_HOME", home.path())
+        .output();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the mcp-run scenario failed:\n{stdout}\n{stderr}"
+    );
+    for step in 1..=5 {
+        assert!(
+            stdout.contains(&format!("{step}. ")),
+            "step {step} did not run:\n{stdout}"
+        );
+    }
+    println!("{stdout}");
+}

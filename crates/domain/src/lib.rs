@@ -18,6 +18,7 @@ mod owner;
 pub mod port;
 pub mod project;
 mod record;
+pub mod relay;
 mod resources;
 mod schedule;
 mod spec;

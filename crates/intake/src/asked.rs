@@ -110,7 +110,7 @@ pub struct Asked {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// What kind of work it is: `agent_session`, `test_suite`, `build`, `server`, `analysis` or `custom`.
-    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["agent_session", "test_suite", "build", "server", "analysis", "custom"])))]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["agent_session", "test_suite", "build", "server", "analysis", "mcp", "custom"])))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Working directory (absolute, or relative to the caller's).

@@ -13,6 +13,7 @@ pub(super) enum KindArg {
     Build,
     Server,
     Analysis,
+    Mcp,
     Custom,
 }
 

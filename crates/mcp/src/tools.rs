@@ -841,6 +841,7 @@ mod tests {
             "build",
             "server",
             "analysis",
+            "mcp",
             "custom",
         ] {
             let arg: KindArg = serde_json::from_value(json!(kind)).expect("mirrored");

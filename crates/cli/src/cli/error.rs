@@ -61,7 +61,7 @@ impl From<ManagerError> for CliError {
 pub(super) type Outcome = Result<ExitCode, CliError>;
 
 /// The process's own exit code, as a shell shows it (128+n for a signal); 1 when there is none.
-pub(super) fn exit_code_of(r: &ProcessRecord) -> ExitCode {
+pub(crate) fn exit_code_of(r: &ProcessRecord) -> ExitCode {
     match r.lifecycle().exit() {
         Some(e) => ExitCode::from(u8::try_from(e.shell_code()).unwrap_or(1)),
         None if r.state() == StateName::Completed => ExitCode::SUCCESS,

@@ -36,6 +36,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub use commands::{asked_of, dispatch};
+pub(crate) use error::exit_code_of;
 
 /// What every command runs on: the port, never a concrete client, so a
 /// command works the same on any manager (the daemon's client today).
@@ -277,6 +278,37 @@ pub enum Command {
         /// once; the bearer token is in $BPM_HOME/mcp-token) instead of stdio.
         #[arg(long, value_name = "ADDR:PORT")]
         http: Option<std::net::SocketAddr>,
+    },
+    /// Host a stdio MCP server for an agent tool: put `bpm mcp-run --` before the
+    /// server's command in the tool's configuration. The server runs as a bpm record
+    /// (kind mcp) owned by the tool, and its whole tree is stopped a grace after the
+    /// tool goes, however it goes.
+    #[command(name = "mcp-run")]
+    McpRun {
+        /// The record's name.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// One server for every caller of the same command, arguments, environment
+        /// and directory (for servers without per-client state); stopped when the last
+        /// caller has been gone for the grace.
+        #[arg(long)]
+        shared: bool,
+        /// How long the server outlives its caller (its last caller, with --shared).
+        #[arg(long, value_name = "DURATION", default_value = crate::mcp_run::DEFAULT_GRACE)]
+        grace: String,
+        /// The server's program and arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// A shared MCP server's record (`bpm mcp-run --shared` starts it).
+    #[command(name = "mcp-hub", hide = true)]
+    McpHub {
+        /// How long the server outlives its last caller.
+        #[arg(long, value_name = "DURATION")]
+        grace: String,
+        /// The server's program and arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
     },
     /// Serve the live dashboard on a local web page; prints its URL (with the token).
     Web {
@@ -826,6 +858,15 @@ pub fn main() -> ExitCode {
     // The lines scripts type most are read without clap (`fast`), which
     // spares them most of a command's own start; clap reads the rest.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A hosted MCP server's first step (`bpm mcp-run`'s): it becomes the
+    // server at once, before anything else is set up.
+    if args.get(1).is_some_and(|a| a == "mcp-pipe") {
+        let command = args
+            .get(2)
+            .filter(|a| *a == "--")
+            .map_or(&args[2..], |_| &args[3..]);
+        return crate::mcp_run::pipe(command);
+    }
     // An empty BPM_HOME is no home: the default one is used.
     let env_home = std::env::var_os("BPM_HOME").filter(|h| !h.is_empty());
     let mut cli = match fast::parse(&args, env_home.as_deref()) {

@@ -102,6 +102,10 @@ fn paint(state: StateName, text: &str, color: bool) -> String {
 /// when a live record holds a port, and STATE widens only for
 /// `unreachable`.
 #[derive(Debug, Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each says whether one optional column is shown"
+)]
 pub(super) struct Columns {
     state: usize,
     /// The NAME column's width: the longest name, from 16 to 40.
@@ -109,6 +113,17 @@ pub(super) struct Columns {
     node: bool,
     port: bool,
     project: bool,
+    /// Whether a hosted MCP server is listed: its caller is shown.
+    caller: bool,
+}
+
+/// A label's value, if the record has it.
+fn label<'a>(r: &'a ProcessRecord, key: &str) -> Option<&'a str> {
+    r.spec()
+        .labels
+        .iter()
+        .find(|(k, _)| k.as_str() == key)
+        .map(|(_, v)| v.as_str())
 }
 
 impl Columns {
@@ -131,12 +146,16 @@ impl Columns {
         let project = records
             .iter()
             .any(|r| bpm_domain::project::project_of(r).is_some());
+        let caller = records
+            .iter()
+            .any(|r| label(r, crate::mcp_run::CALLER_LABEL).is_some());
         Columns {
             state,
             name,
             node,
             port,
             project,
+            caller,
         }
     }
 }
@@ -167,6 +186,11 @@ pub(super) fn header(cols: Columns) -> String {
     } else {
         line
     };
+    let line = if cols.caller {
+        format!("{line} {:<24}", "CALLER")
+    } else {
+        line
+    };
     if cols.node {
         format!("{line} NODE")
     } else {
@@ -186,10 +210,15 @@ pub(super) fn row(
     let name = format!(
         "{indent}{}",
         r.spec().name.as_ref().map_or_else(
-            || r.spec()
-                .command
-                .as_ref()
-                .map_or("-".into(), ToString::to_string),
+            // A hosted MCP server: the server's own command, not the
+            // step in front of it.
+            || label(r, crate::mcp_run::SERVER_LABEL).map_or_else(
+                || r.spec()
+                    .command
+                    .as_ref()
+                    .map_or("-".into(), ToString::to_string),
+                ToOwned::to_owned
+            ),
             std::string::ToString::to_string
         )
     );
@@ -240,6 +269,12 @@ pub(super) fn row(
     let line = if cols.project {
         let project = bpm_domain::project::project_of(r).unwrap_or("-");
         format!("{line} {:<12}", cut(project, 12))
+    } else {
+        line
+    };
+    let line = if cols.caller {
+        let caller = label(r, crate::mcp_run::CALLER_LABEL).unwrap_or("-");
+        format!("{line} {:<24}", cut(caller, 24))
     } else {
         line
     };

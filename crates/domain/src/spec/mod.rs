@@ -79,6 +79,8 @@ pub enum ProcessKind {
     Server,
     /// An analysis job.
     Analysis,
+    /// An agent's own MCP server, hosted by `bpm mcp-run`.
+    Mcp,
     /// Anything else.
     #[default]
     Custom,
@@ -89,7 +91,7 @@ impl FromStr for ProcessKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         serde_json::from_value(serde_json::Value::String(s.replace('-', "_"))).map_err(|_| {
             format!(
-                "invalid kind {s:?}: expected agent_session, test_suite, build, server, analysis or custom"
+                "invalid kind {s:?}: expected agent_session, test_suite, build, server, analysis, mcp or custom"
             )
         })
     }

@@ -116,6 +116,27 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| CliError::failed(format!("{e:#}")))
         }
+        Command::McpRun {
+            name,
+            shared,
+            grace,
+            command,
+        } => {
+            let args = crate::mcp_run::McpRunArgs {
+                name,
+                grace,
+                command,
+            };
+            if shared {
+                crate::mcp_hub::join(&home, args).await
+            } else {
+                crate::mcp_run::run(&home, args).await
+            }
+            .map_err(|e| CliError::failed(format!("{e:#}")))
+        }
+        Command::McpHub { grace, command } => crate::mcp_hub::serve(&grace, &command)
+            .await
+            .map_err(|e| CliError::failed(format!("{e:#}"))),
         Command::Web {
             listen,
             read_only,
@@ -176,7 +197,7 @@ async fn daemon_command(home: &Home, args: DaemonArgs) -> Outcome {
                 .map(|s| s.parse::<StoreChoice>())
                 .transpose()
                 .map_err(CliError::invalid)?;
-            daemon::run(home, store)
+            daemon::run(home, store, Some(crate::mcp::beside_the_daemon(home)))
                 .await
                 .map_err(|e| CliError::failed(format!("{e:#}")))?;
             Ok(ExitCode::SUCCESS)
@@ -385,6 +406,8 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         | Command::Keeper { .. }
         | Command::Nodes { .. }
         | Command::Mcp { .. }
+        | Command::McpRun { .. }
+        | Command::McpHub { .. }
         | Command::Web { .. } => {
             unreachable!("handled before connecting")
         }
