@@ -106,6 +106,63 @@ pub struct Entry {
     pub args: Vec<String>,
     /// The environment it needs (`BPM_HOME`, when setup ran under one).
     pub env: Vec<(String, String)>,
+    /// `--wrap-servers`: the file's other stdio servers run through
+    /// `bpm mcp-run`.
+    pub wrap_servers: bool,
+}
+
+/// The words in front of a hosted server's own command.
+const WRAP: [&str; 2] = ["mcp-run", "--"];
+
+/// Whether `server` (one entry of a tool's list) starts a stdio server:
+/// it has a `command`, and neither a URL nor another `type`.
+fn is_stdio(server: &serde_json::Value) -> bool {
+    server
+        .get("command")
+        .is_some_and(serde_json::Value::is_string)
+        && server.get("url").is_none()
+        && server.get("httpUrl").is_none()
+        && server
+            .get("type")
+            .is_none_or(|t| t.as_str() == Some("stdio"))
+}
+
+/// A server's command and arguments, as words.
+fn words_of(server: &serde_json::Value) -> Option<(String, Vec<String>)> {
+    let command = server.get("command")?.as_str()?.to_owned();
+    let args = match server.get("args") {
+        None => Vec::new(),
+        Some(a) => a
+            .as_array()?
+            .iter()
+            .map(|w| w.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?,
+    };
+    Some((command, args))
+}
+
+/// The command and arguments that run `server` through `bpm mcp-run`
+/// (`bpm` being `exe`), if it is a stdio server not run so already.
+pub fn wrapped(server: &serde_json::Value, exe: &str) -> Option<(String, Vec<String>)> {
+    if !is_stdio(server) || unwrapped(server, exe).is_some() {
+        return None;
+    }
+    let (command, args) = words_of(server)?;
+    let mut words: Vec<String> = WRAP.iter().map(|w| (*w).to_owned()).collect();
+    words.push(command);
+    words.extend(args);
+    Some((exe.to_owned(), words))
+}
+
+/// The server's own command and arguments, if `server` runs through
+/// `bpm mcp-run` (this `exe` or another `bpm`).
+pub fn unwrapped(server: &serde_json::Value, exe: &str) -> Option<(String, Vec<String>)> {
+    let (command, args) = words_of(server)?;
+    let is_bpm = command == exe || Path::new(&command).file_name().is_some_and(|n| n == "bpm");
+    if !is_bpm || args.len() < 3 || args[..2] != WRAP {
+        return None;
+    }
+    Some((args[2].clone(), args[3..].to_vec()))
 }
 
 /// Why a file could not be edited: it names the file and, where it can, the
@@ -187,6 +244,9 @@ fn json_with(place: &Place, text: &str, entry: Option<&Entry>) -> Result<String,
         Some(entry) => {
             let value = json_entry(place.tool, entry);
             let servers = servers.unwrap_or_else(|| top.object_value_or_set(key));
+            if entry.wrap_servers {
+                json_rewrite(&servers, |s| wrapped(s, &entry.command));
+            }
             match servers.get(ENTRY) {
                 Some(prop)
                     if prop.value().and_then(|v| v.to_serde_value())
@@ -198,12 +258,47 @@ fn json_with(place: &Place, text: &str, entry: Option<&Entry>) -> Result<String,
             }
         }
         None => {
-            if let Some(prop) = servers.as_ref().and_then(|s| s.get(ENTRY)) {
-                prop.remove();
+            if let Some(servers) = &servers {
+                json_rewrite(servers, |s| unwrapped(s, ""));
+                if let Some(prop) = servers.get(ENTRY) {
+                    prop.remove();
+                }
             }
         }
     }
     Ok(root.to_string())
+}
+
+/// Gives every server but bpm's the command and arguments `change` says,
+/// in place: its other keys and the file's comments stay.
+fn json_rewrite(
+    servers: &CstObject,
+    change: impl Fn(&serde_json::Value) -> Option<(String, Vec<String>)>,
+) {
+    for prop in servers.properties() {
+        if prop.decoded_name().as_deref() == Some(ENTRY) {
+            continue;
+        }
+        let (Some(value), Some(object)) = (
+            prop.value().and_then(|v| v.to_serde_value()),
+            prop.object_value(),
+        ) else {
+            continue;
+        };
+        let Some((command, args)) = change(&value) else {
+            continue;
+        };
+        if let Some(c) = object.get("command") {
+            c.set_value(CstInputValue::String(command));
+        }
+        let args = CstInputValue::Array(args.into_iter().map(CstInputValue::String).collect());
+        match object.get("args") {
+            Some(a) => a.set_value(args),
+            None => {
+                object.append("args", args);
+            }
+        }
+    }
 }
 
 /// The entry as `tool` documents its stdio servers.
@@ -298,10 +393,15 @@ fn toml_with(place: &Place, text: &str, entry: Option<&Entry>) -> Result<String,
                 .and_then(|s| s.get(ENTRY))
                 .and_then(toml_edit::Item::as_table_like)
                 .is_some_and(|t| toml_equal(t, &table));
-            if same {
+            let had_servers = servers.is_some();
+            let rewrote = match (entry.wrap_servers, servers) {
+                (true, Some(servers)) => toml_rewrite(servers, |s| wrapped(s, &entry.command)),
+                _ => false,
+            };
+            if same && !rewrote {
                 return Ok(text.to_owned());
             }
-            if servers.is_none() {
+            if !had_servers {
                 let mut parent = toml_edit::Table::new();
                 parent.set_implicit(true);
                 doc.insert("mcp_servers", toml_edit::Item::Table(parent));
@@ -313,6 +413,7 @@ fn toml_with(place: &Place, text: &str, entry: Option<&Entry>) -> Result<String,
             servers.insert(ENTRY, toml_edit::Item::Table(table));
         }
         (None, Some(servers)) => {
+            toml_rewrite(servers, |s| unwrapped(s, ""));
             servers.remove(ENTRY);
             let empty_and_implicit = doc
                 .get("mcp_servers")
@@ -325,6 +426,52 @@ fn toml_with(place: &Place, text: &str, entry: Option<&Entry>) -> Result<String,
         (None, None) => return Ok(text.to_owned()),
     }
     Ok(doc.to_string())
+}
+
+/// Gives every server but bpm's the command and arguments `change` says,
+/// in place; whether any changed.
+fn toml_rewrite(
+    servers: &mut dyn toml_edit::TableLike,
+    change: impl Fn(&serde_json::Value) -> Option<(String, Vec<String>)>,
+) -> bool {
+    let mut changed = false;
+    for (name, item) in servers.iter_mut() {
+        if name.get() == ENTRY {
+            continue;
+        }
+        let Some(table) = item.as_table_like_mut() else {
+            continue;
+        };
+        let seen: serde_json::Map<String, serde_json::Value> = table
+            .iter()
+            .filter_map(|(k, v)| {
+                let v = v.as_value()?;
+                let json = match v {
+                    toml_edit::Value::String(s) => serde_json::Value::String(s.value().clone()),
+                    toml_edit::Value::Array(a) => a
+                        .iter()
+                        .map(|w| {
+                            w.as_str()
+                                .map_or(serde_json::Value::Null, |s| s.to_owned().into())
+                        })
+                        .collect(),
+                    _ => serde_json::Value::Bool(true),
+                };
+                Some((k.to_owned(), json))
+            })
+            .collect();
+        let Some((command, args)) = change(&serde_json::Value::Object(seen)) else {
+            continue;
+        };
+        table.insert("command", toml_edit::value(command));
+        let mut words = toml_edit::Array::new();
+        for w in &args {
+            words.push(w.as_str());
+        }
+        table.insert("args", toml_edit::value(words));
+        changed = true;
+    }
+    changed
 }
 
 /// Whether a server's table holds what `want` does.
@@ -394,10 +541,17 @@ pub fn remove(place: &Place, entry: &Entry, dry_run: bool) -> Result<Done, EditE
     };
     let backup = place.backup();
     let before = read(&backup)?;
-    let as_setup_left = match &before {
-        Some(before) => with_entry(place, before, entry).ok().as_ref() == Some(&current),
-        None => with_entry(place, "", entry).ok().as_ref() == Some(&current),
-    };
+    // Setup may have wrapped the other servers or not.
+    let as_setup_left = [false, true].into_iter().any(|wrap_servers| {
+        let entry = Entry {
+            wrap_servers,
+            ..entry.clone()
+        };
+        with_entry(place, before.as_deref().unwrap_or(""), &entry)
+            .ok()
+            .as_ref()
+            == Some(&current)
+    });
     if as_setup_left {
         if dry_run {
             let was = before.as_deref().unwrap_or("");
@@ -474,6 +628,7 @@ mod tests {
             command: "/usr/bin/bpm".into(),
             args: vec!["mcp".into()],
             env: vec![("BPM_HOME".into(), "/h".into())],
+            wrap_servers: false,
         }
     }
 

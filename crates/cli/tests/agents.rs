@@ -325,3 +325,78 @@ fn a_file_that_does_not_parse_is_named_with_its_line_and_left_as_it_was() {
     assert_eq!(out.status.code(), Some(2), "clap names the tools it takes");
     assert!(String::from_utf8_lossy(&out.stderr).contains("claude, codex, gemini, vscode"));
 }
+
+/// `--wrap-servers`: every stdio server the file lists runs through `bpm
+/// mcp-run`, its other keys kept; a remote server is left alone; setting up
+/// again changes nothing; `remove` puts the file back byte for byte, or,
+/// after another edit, unwraps the servers in place.
+#[test]
+fn wrap_servers_runs_each_stdio_server_through_mcp_run_and_remove_unwraps_it() {
+    let home = Home::new();
+    let project = tempfile::tempdir().expect("project");
+    let dir = project.path().display().to_string();
+    let remote = |tool: &str| match tool {
+        "codex" => "\n[mcp_servers.remote]\nurl = \"https://example.com/mcp\"\n".to_owned(),
+        _ => String::new(),
+    };
+    for tool in TOOLS {
+        let (name, original) = existing(tool);
+        let original = format!("{original}{}", remote(tool));
+        let file = project.path().join(name);
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("dir");
+        std::fs::write(&file, &original).expect("write");
+        let before = parsed(tool, &file);
+
+        home.ok(&["agents", "setup", tool, "--project", &dir, "--wrap-servers"]);
+        let after = parsed(tool, &file);
+        let files = &servers(tool, &after)["files"];
+        assert_eq!(files["command"], bpm_path(), "{tool}: {after}");
+        let mut want = vec![json!("mcp-run"), json!("--"), json!("npx")];
+        want.extend(
+            servers(tool, &before)["files"]["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .cloned(),
+        );
+        assert_eq!(files["args"], Value::Array(want), "{tool}");
+        for key in ["type", "trust"] {
+            assert_eq!(
+                files[key],
+                servers(tool, &before)["files"][key],
+                "{tool}: {key}"
+            );
+        }
+        if tool == "codex" {
+            assert_eq!(
+                servers(tool, &after)["remote"],
+                servers(tool, &before)["remote"]
+            );
+        }
+        assert_eq!(servers(tool, &after)["bpm"]["args"], json!(["mcp"]));
+        let said = home.ok(&["agents", "setup", tool, "--project", &dir, "--wrap-servers"]);
+        assert!(said.contains("already"), "{tool}: {said}");
+
+        home.ok(&["agents", "remove", tool, "--project", &dir]);
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("file"),
+            original,
+            "{tool}: restored byte for byte"
+        );
+
+        // Edited after setup: the servers are unwrapped in place.
+        home.ok(&["agents", "setup", tool, "--project", &dir, "--wrap-servers"]);
+        let mut backup = file.clone().into_os_string();
+        backup.push(".bpm-backup");
+        std::fs::remove_file(&backup).expect("backup");
+        home.ok(&["agents", "remove", tool, "--project", &dir]);
+        let unwrapped = parsed(tool, &file);
+        assert_eq!(
+            servers(tool, &unwrapped)["files"],
+            servers(tool, &before)["files"],
+            "{tool}: {unwrapped}"
+        );
+        assert!(servers(tool, &unwrapped).get("bpm").is_none(), "{tool}");
+        std::fs::remove_file(&file).expect("clean");
+    }
+}

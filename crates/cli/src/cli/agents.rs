@@ -15,7 +15,8 @@ pub(super) fn agents(action: &AgentsAction) -> Result<ExitCode, CliError> {
         AgentsAction::Remove(args) => (args, false),
     };
     let place = place(args)?;
-    let entry = entry()?;
+    let mut entry = entry()?;
+    entry.wrap_servers = args.wrap_servers;
     let done = if setting_up {
         crate::agents::setup(&place, &entry, args.dry_run)
     } else {
@@ -78,6 +79,7 @@ fn entry() -> Result<Entry, CliError> {
         command,
         args: vec!["mcp".to_owned()],
         env,
+        wrap_servers: false,
     })
 }
 

@@ -744,6 +744,10 @@ pub struct AgentsArgs {
     /// Print what would change, as a diff, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With setup: also run the file's other stdio MCP servers through `bpm
+    /// mcp-run`, so that they are stopped when the tool goes (remove puts them back).
+    #[arg(long)]
+    pub wrap_servers: bool,
 }
 
 /// `bpm fence ACTION`.
