@@ -201,6 +201,11 @@ pub async fn serve_http(
     let router = axum::Router::new()
         .nest_service(MCP_PATH, service)
         .layer(axum::middleware::from_fn_with_state(endpoint, guard));
+    // Without TCP_NODELAY, a request whose body follows its headers in a
+    // second segment waits out the peer's delayed ACK (40 ms a call).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
