@@ -65,7 +65,13 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
     let session = client_session()?;
     reconnecting.hold(session.clone()).await?;
     let manager = Arc::new(ReconnectingManager(reconnecting));
-    let server = server(home, &config.mcp, flags, manager, session);
+    let server = server(
+        home,
+        (&config.mcp, config.limits.retention),
+        flags,
+        manager,
+        session,
+    );
     let running = server
         .serve(rmcp::transport::stdio())
         .await
@@ -87,7 +93,13 @@ pub async fn run_http(home: &Home, flags: McpFlags, addr: SocketAddr) -> anyhow:
     let session = endpoint_session();
     reconnecting.hold(session.clone()).await?;
     let manager = Arc::new(ReconnectingManager(reconnecting));
-    let server = server(home, &config.mcp, flags, manager, session);
+    let server = server(
+        home,
+        (&config.mcp, config.limits.retention),
+        flags,
+        manager,
+        session,
+    );
     let (endpoint, listener) = listen_http(home, addr).await?;
     println!("http://{}{}", endpoint.addr, bpm_mcp::MCP_PATH);
     let stop = tokio_util::sync::CancellationToken::new();
@@ -107,9 +119,10 @@ pub fn beside_the_daemon(home: &Home) -> crate::daemon::Beside {
     let home = home.clone();
     Box::new(move |config, manager, stop| {
         let mcp = config.mcp.clone();
+        let retention = config.limits.retention;
         Box::pin(async move {
             if let Some(addr) = mcp.http {
-                serve_in_daemon(&home, &mcp, addr, manager, stop)
+                serve_in_daemon(&home, (&mcp, retention), addr, manager, stop)
                     .await
                     .with_context(|| format!("[mcp] http = \"{addr}\""))?;
             }
@@ -125,7 +138,7 @@ pub fn beside_the_daemon(home: &Home) -> crate::daemon::Beside {
 /// When the token cannot be kept or `addr` cannot be listened on.
 pub async fn serve_in_daemon(
     home: &Home,
-    config: &McpConfig,
+    (config, retention): (&McpConfig, Option<Span>),
     addr: SocketAddr,
     manager: Arc<dyn bpm_ports::ProcessManager>,
     stop: tokio_util::sync::CancellationToken,
@@ -134,7 +147,13 @@ pub async fn serve_in_daemon(
     manager
         .hold_session(session.clone(), std::process::id())
         .await?;
-    let server = server(home, config, McpFlags::default(), manager, session);
+    let server = server(
+        home,
+        (config, retention),
+        McpFlags::default(),
+        manager,
+        session,
+    );
     let (endpoint, listener) = listen_http(home, addr).await?;
     tracing::info!(url = %format!("http://{}{}", endpoint.addr, bpm_mcp::MCP_PATH), "serving MCP over HTTP");
     Ok(tokio::spawn(async move {
@@ -188,7 +207,7 @@ fn endpoint_session() -> SessionId {
 /// by `session`.
 fn server(
     home: &Home,
-    config: &McpConfig,
+    (config, retention): (&McpConfig, Option<Span>),
     flags: McpFlags,
     manager: Arc<dyn bpm_ports::ProcessManager>,
     session: SessionId,
@@ -205,6 +224,7 @@ fn server(
         }),
         time_zone: bpm_adapters::os::local_time_zone(),
         machine: Arc::new(bpm_adapters::os::ThisMachine),
+        retention,
     };
     McpServer::new(
         manager,

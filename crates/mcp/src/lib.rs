@@ -54,6 +54,9 @@ pub struct StartDefaults {
     /// What a request's directories, env files, watches and limits are
     /// checked against before it is sent.
     pub machine: Arc<dyn bpm_ports::Machine>,
+    /// How long the daemon keeps a record after it ends (its
+    /// `limits.retention`; `None`: until removed): a task's `ttlMs`.
+    pub retention: Option<bpm_domain::Span>,
 }
 
 impl std::fmt::Debug for StartDefaults {

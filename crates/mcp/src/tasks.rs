@@ -110,15 +110,17 @@ pub(crate) async fn detailed(
     manager: &dyn ProcessManager,
     task: &str,
     record: &ProcessRecord,
+    retention: Option<bpm_domain::Span>,
 ) -> DetailedTask {
     let state = record.state();
-    let base = Task::new(
+    let mut base = Task::new(
         task,
         TaskStatus::Working,
         record.created_at().to_string(),
         record.updated_at().to_string(),
     )
     .with_poll_interval_ms(POLL_INTERVAL_MS);
+    base.ttl_ms = ttl_ms(record, retention);
     let payload = match state {
         StateName::Cancelled => TaskPayload::Cancelled,
         s if s.is_terminal() => TaskPayload::Completed {
@@ -127,6 +129,21 @@ pub(crate) async fn detailed(
         _ => TaskPayload::Working,
     };
     DetailedTask::new(base.with_status_message(status_message(record)), payload)
+}
+
+/// How long from its creation a record's task lasts: its life (so far,
+/// while it runs) and the daemon's retention after it ends; `None`, for
+/// as long as it is not removed, when the daemon keeps records without
+/// a retention.
+fn ttl_ms(record: &ProcessRecord, retention: Option<bpm_domain::Span>) -> Option<u64> {
+    let retention = retention?;
+    let until = record
+        .lifecycle()
+        .ended_at()
+        .unwrap_or_else(|| record.updated_at());
+    let life = until.saturating_since(record.created_at());
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Some(ms(life).saturating_add(retention.as_millis()))
 }
 
 /// What a task's status message says of `record`: its state, and, while it
@@ -405,7 +422,8 @@ impl crate::McpServer {
         match what {
             TaskOf::Record(id) => {
                 let record = self.manager().get(*id).await.map_err(failed)?;
-                Ok(detailed(self.manager(), task, &record).await)
+                let retention = self.inner.defaults.retention;
+                Ok(detailed(self.manager(), task, &record, retention).await)
             }
             TaskOf::Project(name) => {
                 let records = self

@@ -67,6 +67,7 @@ impl World {
             owner: None,
             time_zone: "Europe/Paris".into(),
             machine: Arc::new(bpm_adapters::os::ThisMachine),
+            retention: None,
         };
         let mut server = McpServer::new(self.manager.clone(), policy, defaults, "test");
         if projects {

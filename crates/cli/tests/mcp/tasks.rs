@@ -62,6 +62,17 @@ async fn tasker_of(
     policy: Policy,
     projects: bool,
 ) -> (TaskClient, Tasker) {
+    tasker_kept(w, session, policy, projects, None).await
+}
+
+/// As [`tasker_of`], for a daemon that keeps ended records `retention`.
+async fn tasker_kept(
+    w: &World,
+    session: &str,
+    policy: Policy,
+    projects: bool,
+    retention: Option<bpm_domain::Span>,
+) -> (TaskClient, Tasker) {
     let defaults = StartDefaults {
         cwd: w.dir.path().to_path_buf(),
         env: std::collections::BTreeMap::from([(
@@ -74,6 +85,7 @@ async fn tasker_of(
         }),
         time_zone: "UTC".into(),
         machine: Arc::new(bpm_adapters::os::ThisMachine),
+        retention,
     };
     let mut server = McpServer::new(w.manager.clone(), policy, defaults, "test");
     if projects {
@@ -496,4 +508,29 @@ async fn an_update_is_input_for_the_tasks_process() {
         .await
         .expect_err("it ended");
     assert!(late.to_string().contains(&task), "{late}");
+}
+
+/// `ttlMs` follows the daemon's retention: a task lasts its record's life
+/// and the retention after it; without a retention, `null` (kept until
+/// removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_ttl_is_its_records_life_and_the_retention() {
+    let w = world().await;
+    let hour = bpm_domain::Span::from_secs(3_600);
+    let (kept, _) = tasker_kept(&w, "mcp-ttl", Policy::default(), false, Some(hour)).await;
+    let task = task_of(
+        &kept,
+        "start_background_process",
+        &json!({"argv": ["sleep", "0.3"]}),
+    )
+    .await;
+    let ended = until_final(&kept, &task).await;
+    let ttl = ended.task.ttl_ms.expect("a ttl under a retention");
+    assert!(
+        (3_600_300..3_605_000).contains(&ttl),
+        "life (about 300 ms) and an hour: {ttl}"
+    );
+    let (unkept, _) = tasker(&w, "mcp-ttl", Policy::default()).await;
+    let again = until_final(&unkept, &task).await;
+    assert_eq!(again.task.ttl_ms, None, "no retention: kept until removed");
 }
