@@ -480,6 +480,10 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
         ("web.rs", "opens the page with xdg-open"),
         ("cli/unit.rs", "asks systemctl and loginctl for `bpm unit`"),
         (
+            "cli/tui/mod.rs",
+            "runs `bpm attach` for the tui's attach key, on the terminal it gave back",
+        ),
+        (
             "mcp_run.rs",
             "`bpm mcp-pipe` becomes the hosted MCP server (exec), inside its record",
         ),

@@ -28,6 +28,7 @@ mod project;
 mod resolve;
 mod table;
 mod top;
+mod tui;
 mod unit;
 
 use std::path::PathBuf;
@@ -321,6 +322,13 @@ pub enum Command {
         /// Open the page in a browser (xdg-open).
         #[arg(long)]
         open: bool,
+    },
+    /// The records and their output, live, with keys to stop, restart, pause,
+    /// resume, attach and filter (? lists them).
+    Tui {
+        /// Show, never change: every action key is refused.
+        #[arg(long)]
+        read_only: bool,
     },
     /// A live view of running processes: CPU, memory and ports of each tree.
     Top {

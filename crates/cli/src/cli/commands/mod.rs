@@ -30,6 +30,7 @@ use crate::home::Home;
 use crate::wiring::{StoreChoice, state_dir};
 
 mod run;
+mod serve;
 mod show;
 
 pub use run::asked_of;
@@ -94,49 +95,9 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 .map_err(|e| CliError::failed(format!("{e:#}"))),
             Err(e) => Err(CliError::invalid(e)),
         },
-        Command::Mcp {
-            read_only,
-            allow_command,
-            allow_dir,
-            allow_env,
-            show_env,
-            http,
-        } => {
-            let flags = crate::mcp::McpFlags {
-                read_only,
-                allow_commands: allow_command,
-                allow_dirs: allow_dir,
-                allow_env,
-                show_env,
-            };
-            match http {
-                Some(addr) => crate::mcp::run_http(&home, flags, addr).await,
-                None => crate::mcp::run(&home, flags).await,
-            }
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(|e| CliError::failed(format!("{e:#}")))
+        c @ (Command::Mcp { .. } | Command::McpRun { .. } | Command::McpHub { .. }) => {
+            serve::mcp_command(&home, c).await
         }
-        Command::McpRun {
-            name,
-            shared,
-            grace,
-            command,
-        } => {
-            let args = crate::mcp_run::McpRunArgs {
-                name,
-                grace,
-                command,
-            };
-            if shared {
-                crate::mcp_hub::join(&home, args).await
-            } else {
-                crate::mcp_run::run(&home, args).await
-            }
-            .map_err(|e| CliError::failed(format!("{e:#}")))
-        }
-        Command::McpHub { grace, command } => crate::mcp_hub::serve(&grace, &command)
-            .await
-            .map_err(|e| CliError::failed(format!("{e:#}"))),
         Command::Web {
             listen,
             read_only,
@@ -398,6 +359,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
             interval,
             iterations,
         } => super::top::top(m, interval, iterations).await,
+        Command::Tui { read_only } => super::tui::tui(m, read_only).await,
         Command::Daemon(_)
         | Command::Ready { .. }
         | Command::Completions { .. }
