@@ -268,9 +268,9 @@ impl RedisStore {
         if let Some(name) = &r.spec().name {
             keys.push(self.name_key(name));
         }
-        // Tracked operations hold no slot: the cluster-wide count
-        // (`RedisClaims`' `TAKE_SLOT`) leaves them out.
-        if r.is_tracked() {
+        // What takes no slot (tracked operations, agents' MCP servers): the
+        // cluster-wide count (`RedisClaims`' `TAKE_SLOT`) leaves it out.
+        if !r.takes_a_slot() {
             keys.push(self.key("ix:tracked"));
         }
         for (k, v) in &r.spec().labels {

@@ -23,7 +23,7 @@ use crate::{GroupName, ProcessId, ProcessRecord, StateName};
 /// Whether `record` holds one of `group`'s slots by its state.
 #[must_use]
 pub fn holds_slot(record: &ProcessRecord, group: &GroupName) -> bool {
-    record.state().is_active() && !record.is_tracked() && record.group() == Some(group)
+    record.state().is_active() && record.takes_a_slot() && record.group() == Some(group)
 }
 
 /// Whether a grant made at `granted_at` (the record's version then; `None`

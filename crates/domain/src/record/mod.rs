@@ -477,6 +477,10 @@ impl ProcessRecord {
     pub fn is_tracked(&self) -> bool {
         self.0.spec.is_tracked()
     }
+    /// Whether it holds a slot while it runs ([`ProcessSpec::takes_a_slot`]).
+    pub fn takes_a_slot(&self) -> bool {
+        self.0.spec.takes_a_slot()
+    }
     /// The OS process id, while there is a process.
     pub fn pid(&self) -> Option<u32> {
         self.0.lifecycle.pid()

@@ -436,6 +436,15 @@ impl ProcessSpec {
         self.command.is_none() || self.schedule.is_some()
     }
 
+    /// Whether this record waits for, and holds, one of `limits.max_running`'s
+    /// slots while it runs. A tracked record has no process to count; an
+    /// agent's MCP server (kind `mcp`) is what the agent waits on to go on
+    /// at all, so queueing it behind other work would hang the agent: it
+    /// starts at once and is not counted.
+    pub fn takes_a_slot(&self) -> bool {
+        !self.is_tracked() && self.kind != ProcessKind::Mcp
+    }
+
     fn check_schedule(&self, schedule: &Schedule) -> Result<(), SpecError> {
         schedule.validate()?;
         let refuse = |what: &'static str| Err(SpecError::NotForSchedule(Cow::Borrowed(what)));

@@ -592,8 +592,9 @@ impl Supervisor {
         }
         let after = entry.record.state();
         let depth = entry.depth;
-        // Tracked operations are the caller's own work: they hold no slot.
-        let slotted = !entry.record.is_tracked();
+        // Tracked operations are the caller's own work, and an agent's MCP
+        // server must not wait behind other work: they hold no slot.
+        let slotted = entry.record.takes_a_slot();
         self.dirty.entry(id).or_insert(entry.persisted);
         if before == StateName::Pending && after != StateName::Pending {
             self.ready.remove(id);
@@ -738,7 +739,7 @@ impl Supervisor {
         let active: Vec<_> = self
             .entries
             .values()
-            .filter(|e| e.record.state().is_active() && !e.record.is_tracked())
+            .filter(|e| e.record.state().is_active() && e.record.takes_a_slot())
             .collect();
         if active.len() != self.active_total {
             return Err(format!(

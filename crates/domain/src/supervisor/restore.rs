@@ -131,14 +131,19 @@ impl Supervisor {
     /// A restored record counted again: its slot, its process taken over
     /// (or spawned again), its schedule and timers armed again.
     fn take_back(&mut self, id: ProcessId, now: Timestamp) {
-        let (state, live_depth, tracked) = {
+        let (state, live_depth, tracked, slotted) = {
             let e = &self.entries[&id];
-            (e.record.state(), e.depth, e.record.is_tracked())
+            (
+                e.record.state(),
+                e.depth,
+                e.record.is_tracked(),
+                e.record.takes_a_slot(),
+            )
         };
         if !state.is_terminal() && live_depth > 0 {
             *self.live_per_level.entry(live_depth).or_default() += 1;
         }
-        if state.is_active() && !tracked {
+        if state.is_active() && slotted {
             self.add_active(id);
         }
         if state.is_active() && !tracked {

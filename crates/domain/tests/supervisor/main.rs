@@ -844,3 +844,58 @@ fn a_record_the_store_never_took_is_forgotten_unless_it_started() {
         Some(StateName::Running)
     );
 }
+
+/// An agent's MCP server (kind `mcp`) never waits for a slot: the agent
+/// waits on it to go on at all. It starts at once when every slot is
+/// taken, and holds none while it runs.
+#[test]
+fn an_mcp_server_starts_at_once_and_holds_no_slot() {
+    let mut c = core(Limits {
+        max_running: 1,
+        ..Limits::default()
+    });
+    c.handle(
+        Input::Submit {
+            id: id(1),
+            spec: ProcessSpec::argv(["work"]),
+        },
+        t(1),
+    )
+    .expect("submit");
+    c.handle(Input::Spawned { id: id(1), pid: 10 }, t(2))
+        .expect("spawned");
+    let mut server = ProcessSpec::argv(["mcp-server"]);
+    server.kind = bpm_domain::ProcessKind::Mcp;
+    let effects = c
+        .handle(
+            Input::Submit {
+                id: id(2),
+                spec: server,
+            },
+            t(3),
+        )
+        .expect("submit");
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Spawn { record } if record.id() == id(2))),
+        "the MCP server waited for a slot: {effects:?}"
+    );
+    c.handle(Input::Spawned { id: id(2), pid: 11 }, t(4))
+        .expect("spawned");
+    assert_eq!(c.active(), 1, "only the work holds the slot");
+    // Other work still waits for the one slot.
+    c.handle(
+        Input::Submit {
+            id: id(3),
+            spec: ProcessSpec::argv(["more"]),
+        },
+        t(5),
+    )
+    .expect("submit");
+    assert_eq!(
+        c.get(id(3)).map(ProcessRecord::state),
+        Some(StateName::Pending)
+    );
+    c.check_invariants().expect("consistent");
+}
