@@ -163,6 +163,7 @@ pub struct Reading<'a> {
 use crate::MayRead;
 
 mod compose;
+mod merge;
 
 /// [`load`], asking `may_read` before reading the file and each env file
 /// it names: `bpm mcp`'s allowed directories, so a request never makes
@@ -214,7 +215,7 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
     {
-        compose::read(&text, &default_name, &dir, from).map_err(named)?
+        compose_files(&file, &text, &default_name, &dir, from)?
     } else {
         (
             bpm_toml(&text, &default_name, &dir, from).map_err(named)?,
@@ -230,6 +231,52 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
         file,
         ignored,
     })
+}
+
+/// A process-compose file with what process-compose reads with it: the
+/// files its top-level `extends` names, and `process-compose.override.yaml`
+/// (or `.yml`) beside a `process-compose.yaml`, merged in that order.
+fn compose_files(
+    file: &Path,
+    text: &str,
+    default_name: &str,
+    dir: &Path,
+    from: &Reading<'_>,
+) -> Result<(Project, Vec<String>), String> {
+    let mut files = vec![file.to_path_buf()];
+    let base = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    if base == "process-compose" {
+        let beside = ["yaml", "yml"]
+            .iter()
+            .map(|ext| dir.join(format!("process-compose.override.{ext}")))
+            .find(|f| f.is_file());
+        files.extend(beside);
+    }
+    let main = file.to_path_buf();
+    let read = |f: &Path| -> Result<String, String> {
+        if f == main {
+            return Ok(text.to_owned());
+        }
+        (from.may_read)("project file", f)?;
+        std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read it: {e}", f.display()))
+    };
+    let sources = merge::sources(&files, &read)?;
+    if sources.len() == 1 {
+        let named = |e: String| format!("{}:{e}", file.display());
+        return compose::read(&sources[0].text, default_name, dir, from).map_err(named);
+    }
+    let merged = merge::merge(sources)?;
+    let named = |e: String| {
+        if e.starts_with('/') {
+            e
+        } else {
+            format!("{}:{e}", file.display())
+        }
+    };
+    compose::read_merged(&merged, default_name, dir, from).map_err(named)
 }
 
 /// What `up` could not send: more services than [`MAX_SERVICES`], or one

@@ -21,19 +21,63 @@ pub(crate) fn read(
     dir: &Path,
     from: &super::Reading<'_>,
 ) -> Result<(Project, Vec<String>), String> {
-    let doc: Value = serde_norway::from_str(text).map_err(|e| {
-        let line = e.location().map_or(0, |l| l.line());
-        format!("{line}: {}", super::quoted(&e.to_string()))
-    })?;
-    let Value::Mapping(top) = doc else {
-        return Err(" the file is not a mapping of keys".into());
-    };
+    let mut top = super::merge::parse(text)?;
+    if let Some(Value::Mapping(procs)) = top.get_mut("processes") {
+        super::merge::resolve_extends(procs).map_err(|e| {
+            let name = e.split('.').nth(1).unwrap_or_default();
+            format!(
+                "{}{}",
+                place(super::merge::line_of_key(
+                    text,
+                    &["processes", name, "extends"]
+                )),
+                e.trim_start()
+            )
+        })?;
+    }
+    read_doc(
+        &top,
+        &|path| place(super::merge::line_of_key(text, path)),
+        default_name,
+        dir,
+        from,
+    )
+}
+
+/// Reads several files merged as one ([`super::merge`]); each error
+/// begins with the file (and line) its key came from.
+///
+/// # Errors
+/// What is wrong, naming the file, the process and the key.
+pub(crate) fn read_merged(
+    merged: &super::merge::Merged,
+    default_name: &str,
+    dir: &Path,
+    from: &super::Reading<'_>,
+) -> Result<(Project, Vec<String>), String> {
+    read_doc(
+        &merged.doc,
+        &|path| merged.locate(path),
+        default_name,
+        dir,
+        from,
+    )
+}
+
+/// Reads a document; `locate` begins an error about the key at a path.
+fn read_doc(
+    top: &serde_norway::Mapping,
+    locate: &dyn Fn(&[&str]) -> String,
+    default_name: &str,
+    dir: &Path,
+    from: &super::Reading<'_>,
+) -> Result<(Project, Vec<String>), String> {
     let mut ignored = Vec::new();
     let mut global: BTreeMap<String, String> = BTreeMap::new();
     let mut processes = None;
-    for (k, v) in &top {
+    for (k, v) in top {
         match k.as_str().unwrap_or_default() {
-            "version" | "log_level" | "log_location" | "is_strict" => {
+            "version" | "log_level" | "log_location" | "is_strict" | "extends" => {
                 if k.as_str() == Some("log_location") {
                     ignored.push("log_location (the combined log: bpm keeps each process's output; `bpm logs` interleaves them)".into());
                 }
@@ -53,13 +97,14 @@ pub(crate) fn read(
             super::MAX_SERVICES
         ));
     }
+    let disabled = disabled_processes(processes);
     let mut services = Vec::new();
     for (name, p) in processes {
         let name = name.as_str().unwrap_or_default().to_owned();
         let Value::Mapping(p) = p else {
             return Err(format!(" processes.{name}: expected a mapping"));
         };
-        let line = place(line_of_key(text, &["processes", &name]));
+        let line = locate(&["processes", &name]);
         let at = |e: String| format!("{line}processes.{name}.{e}");
         let mut table = ServiceTable {
             env: global.clone(),
@@ -67,56 +112,9 @@ pub(crate) fn read(
         };
         for (k, v) in p {
             let key = k.as_str().unwrap_or_default();
-            let set = (|| -> Result<(), String> {
-                match key {
-                    "command" => {
-                        table.command = Some(scalar(v).map_err(|e| format!("command: {e}"))?);
-                    }
-                    "working_dir" => {
-                        table.cwd = Some(scalar(v).map_err(|e| format!("working_dir: {e}"))?);
-                    }
-                    "environment" => table
-                        .env
-                        .extend(environment(v).map_err(|e| format!("environment: {e}"))?),
-                    "depends_on" => {
-                        table.depends_on = depends_on(v).map_err(|e| format!("depends_on: {e}"))?;
-                    }
-                    "readiness_probe" => {
-                        table.ready = Some(
-                            probe(v, &mut ignored, &name)
-                                .map_err(|e| format!("readiness_probe: {e}"))?,
-                        );
-                    }
-                    "liveness_probe" => {
-                        table.health = Some(
-                            liveness(v, &mut ignored, &name)
-                                .map_err(|e| format!("liveness_probe: {e}"))?,
-                        );
-                    }
-                    "availability" => availability(v, &mut table, &mut ignored, &name)
-                        .map_err(|e| format!("availability.{e}"))?,
-                    "replicas" => {
-                        let most = u64::from(super::MAX_REPLICAS);
-                        let n = whole(v, 1..=most).map_err(|e| format!("replicas: {e}"))?;
-                        table.replicas = u32::try_from(n).ok();
-                    }
-                    "disabled" => {
-                        table.disabled = Some(v.as_bool().ok_or_else(|| {
-                            format!("disabled: {}: expected true or false", shown(v))
-                        })?);
-                    }
-                    "description" => {}
-                    "shutdown" => shutdown(v, &mut table, &mut ignored, &name)
-                        .map_err(|e| format!("shutdown.{e}"))?,
-                    "log_location" => ignored.push(format!(
-                        "processes.{name}.log_location (bpm keeps the output: `bpm logs {name}`)"
-                    )),
-                    other => ignored.push(format!("processes.{name}.{other}")),
-                }
-                Ok(())
-            })();
+            let set = set_key(&mut table, (&name, key, v), &disabled, &mut ignored);
             if let Err(e) = set {
-                let line = place(line_of_key(text, &["processes", &name, key]));
+                let line = locate(&["processes", &name, key]);
                 return Err(format!("{line}processes.{name}.{e}"));
             }
         }
@@ -130,6 +128,102 @@ pub(crate) fn read(
         },
         ignored,
     ))
+}
+
+/// Sets process `name`'s `key` to `v` in `table`, noting keys not acted on
+/// in `ignored`; the error names the key.
+fn set_key(
+    table: &mut ServiceTable,
+    (name, key, v): (&str, &str, &Value),
+    disabled: &[String],
+    ignored: &mut Vec<String>,
+) -> Result<(), String> {
+    match key {
+        "command" => {
+            table.command = Some(scalar(v).map_err(|e| format!("command: {e}"))?);
+        }
+        "working_dir" => {
+            table.cwd = Some(scalar(v).map_err(|e| format!("working_dir: {e}"))?);
+        }
+        "environment" => table
+            .env
+            .extend(environment(v).map_err(|e| format!("environment: {e}"))?),
+        "depends_on" => {
+            let mut on = depends_on(v).map_err(|e| format!("depends_on: {e}"))?;
+            // process-compose starts a process without waiting
+            // for a disabled one, which never runs.
+            if let DependsOn::Conditions(c) = &mut on {
+                c.retain(|dep, _| {
+                        let keep = !disabled.contains(dep);
+                        if !keep {
+                            ignored.push(format!(
+                                "processes.{name}.depends_on.{dep} ({dep} is disabled, so {name} does not wait for it, as in process-compose)"
+                            ));
+                        }
+                        keep
+                    });
+            }
+            table.depends_on = on;
+        }
+        "readiness_probe" => {
+            table.ready =
+                Some(probe(v, ignored, name).map_err(|e| format!("readiness_probe: {e}"))?);
+        }
+        "liveness_probe" => {
+            table.health =
+                Some(liveness(v, ignored, name).map_err(|e| format!("liveness_probe: {e}"))?);
+        }
+        "availability" => {
+            availability(v, table, ignored, name).map_err(|e| format!("availability.{e}"))?;
+        }
+        "replicas" => {
+            let most = u64::from(super::MAX_REPLICAS);
+            let n = whole(v, 1..=most).map_err(|e| format!("replicas: {e}"))?;
+            table.replicas = u32::try_from(n).ok();
+        }
+        "disabled" => {
+            let said = v
+                .as_bool()
+                .ok_or_else(|| format!("disabled: {}: expected true or false", shown(v)))?;
+            // `is_disabled`, when set, is what counts.
+            table.disabled = table.disabled.or(Some(said));
+        }
+        "is_disabled" => {
+            table.disabled = Some(match v.as_str() {
+                Some("true") => true,
+                Some("false") => false,
+                _ => {
+                    return Err(format!(
+                        "is_disabled: {}: expected \"true\" or \"false\"",
+                        shown(v)
+                    ));
+                }
+            });
+        }
+        "description" => {}
+        "shutdown" => shutdown(v, table, ignored, name).map_err(|e| format!("shutdown.{e}"))?,
+        "log_location" => ignored.push(format!(
+            "processes.{name}.log_location (bpm keeps the output: `bpm logs {name}`)"
+        )),
+        other => ignored.push(format!("processes.{name}.{other}")),
+    }
+    Ok(())
+}
+
+/// The processes that are disabled (`is_disabled: "true"`, else
+/// `disabled: true`).
+fn disabled_processes(processes: &serde_norway::Mapping) -> Vec<String> {
+    processes
+        .iter()
+        .filter(|(_, p)| {
+            let is = p.get("is_disabled").and_then(Value::as_str);
+            match is {
+                Some(text) => text == "true",
+                None => p.get("disabled").and_then(Value::as_bool) == Some(true),
+            }
+        })
+        .filter_map(|(n, _)| n.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// `["K=V", ...]` or `{K: V}`.
@@ -410,38 +504,4 @@ fn shown(v: &Value) -> String {
 /// when the line is not known.
 fn place(line: Option<usize>) -> String {
     line.map_or_else(|| " ".to_owned(), |l| format!("{l}: "))
-}
-
-/// The line (1-based) of the key at `path` (`processes`, a process's
-/// name, one of its keys), found by indentation: process-compose files are
-/// read into values without places, and an error names its line all the
-/// same.
-fn line_of_key(text: &str, path: &[&str]) -> Option<usize> {
-    let mut want = path.iter();
-    let mut next = *want.next()?;
-    let mut deeper_than: Option<usize> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let trimmed = raw.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let indent = raw.len() - trimmed.len();
-        if deeper_than.is_some_and(|d| indent <= d) {
-            // Left the block the last key opened without the next one.
-            return None;
-        }
-        let key = trimmed
-            .split_once(':')
-            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''));
-        if key == Some(next) {
-            match want.next() {
-                Some(more) => {
-                    next = more;
-                    deeper_than = Some(indent);
-                }
-                None => return Some(i + 1),
-            }
-        }
-    }
-    None
 }
