@@ -86,6 +86,13 @@ const ROWS: &[Row] = &[
         form: None,
     },
     Row {
+        field: "at",
+        cli: &["--at", "12:30"],
+        mcp: r#"{"at": "12:30"}"#,
+        toml: None,
+        form: None,
+    },
+    Row {
         field: "idle_after",
         cli: &["--idle-after", "3s"],
         mcp: r#"{"idle_after": "3s"}"#,
@@ -369,6 +376,8 @@ fn spec(asked: Asked, dir: &Path, spelling: Spelling) -> Result<ProcessSpec, bpm
     let mut ctx = Context::new(dir, &env, &machine);
     ctx.spelling = spelling;
     ctx.time_zone = Some("Europe/Paris");
+    // 2026-11-29T10:00:00Z, what `at` counts from.
+    ctx.now = Some(bpm_domain::Timestamp::from_millis(1_795_946_400_000));
     asked.into_spec(&ctx)
 }
 
@@ -613,7 +622,9 @@ fn the_cli_and_mcp_take_every_field_and_each_other_gap_is_named() {
     // project's process outlives no caller (persistent). The other
     // unrowed fields it takes.
     let toml_gaps = gaps(|r| r.toml.is_some(), COMPANIONS);
-    let mut expected: BTreeSet<String> = ["name", "ensure", "replace"]
+    // A start time (`at`) is a request's, counted from when it is made: a
+    // project file says `delay` instead.
+    let mut expected: BTreeSet<String> = ["name", "ensure", "replace", "at"]
         .into_iter()
         .map(str::to_owned)
         .collect();
@@ -630,6 +641,7 @@ fn web_form_leaves_out() {
     let left = gaps(|r| r.form.is_some(), &["command", "argv"]);
     let expected: BTreeSet<String> = [
         "after",
+        "at",
         "backoff",
         "catch_up",
         "clean_env",

@@ -58,4 +58,4 @@ pub use spec::{
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use terminal::TtySize;
-pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError};
+pub use time::{MAX_SPAN, Span, SpanError, Timestamp, TimestampError, until_time};

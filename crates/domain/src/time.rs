@@ -502,3 +502,88 @@ mod tests {
         }
     }
 }
+
+/// How long from `now` until `text`, a start time: an RFC 3339 time
+/// (`2026-11-30T14:30:00+01:00`), or `HH:MM` (or `HH:MM:SS`) today in
+/// `zone` (an IANA name; UTC when none).
+///
+/// # Errors
+/// A time that does not parse, a zone that is not known, or a time that
+/// has passed, each saying what is accepted.
+pub fn until_time(text: &str, now: Timestamp, zone: Option<&str>) -> Result<Span, String> {
+    use chrono::TimeZone as _;
+    let now_utc = i64::try_from(now.as_millis())
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .ok_or_else(|| "the time now is out of range".to_owned())?;
+    let at = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        t.with_timezone(&chrono::Utc)
+    } else {
+        let clock = chrono::NaiveTime::parse_from_str(text, "%H:%M")
+            .or_else(|_| chrono::NaiveTime::parse_from_str(text, "%H:%M:%S"))
+            .map_err(|_| {
+                format!(
+                    "{text:?}: expected HH:MM (today) or an RFC 3339 time such as 2026-11-30T14:30:00+01:00"
+                )
+            })?;
+        let tz: chrono_tz::Tz = match zone {
+            Some(z) => z.parse().map_err(|_| {
+                format!("{z:?} is not a time zone (an IANA name such as Europe/Paris)")
+            })?,
+            None => chrono_tz::UTC,
+        };
+        let today = now_utc.with_timezone(&tz).date_naive();
+        tz.from_local_datetime(&today.and_time(clock))
+            .earliest()
+            .ok_or_else(|| {
+                format!("{text:?} does not occur today in {tz} (a clock change skips it)")
+            })?
+            .with_timezone(&chrono::Utc)
+    };
+    let wait = at.signed_duration_since(now_utc);
+    if wait < chrono::TimeDelta::zero() {
+        return Err(format!(
+            "{text:?} has passed (it is {}): give a later time, or a date and time for another day",
+            now_utc.format("%Y-%m-%dT%H:%M:%SZ")
+        ));
+    }
+    let wait = wait
+        .to_std()
+        .map_err(|_| format!("{text:?}: too far away"))?;
+    Span::new(wait).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod until_tests {
+    use super::*;
+
+    /// 2026-11-29T10:00:00Z.
+    const NOW: Timestamp = Timestamp::from_millis(1_795_946_400_000);
+
+    #[test]
+    fn a_start_time_is_a_wait_from_now() {
+        assert_eq!(until_time("10:30", NOW, None), Ok(Span::from_secs(1_800)));
+        // 10:00 in UTC is 11:00 in Paris in November.
+        assert_eq!(
+            until_time("11:30", NOW, Some("Europe/Paris")),
+            Ok(Span::from_secs(1_800))
+        );
+        assert_eq!(
+            until_time("2026-11-29T12:00:00+01:00", NOW, None),
+            Ok(Span::from_secs(3_600))
+        );
+    }
+
+    #[test]
+    fn a_past_or_unreadable_time_is_refused_saying_what_to_give() {
+        let past = until_time("09:00", NOW, None).unwrap_err();
+        assert!(
+            past.contains("has passed") && past.contains("another day"),
+            "{past}"
+        );
+        let bad = until_time("half past ten", NOW, None).unwrap_err();
+        assert!(bad.contains("expected HH:MM"), "{bad}");
+        let zone = until_time("10:30", NOW, Some("Mars/Olympus")).unwrap_err();
+        assert!(zone.contains("not a time zone"), "{zone}");
+    }
+}

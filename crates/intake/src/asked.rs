@@ -147,6 +147,10 @@ pub struct Asked {
     /// Wait this long after submission before starting.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<Duration>,
+    /// Start at this time instead: `HH:MM` today (in `tz`, else this
+    /// machine's zone), or an RFC 3339 time. Not with `delay`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
     /// Stop it (its stop signal, grace, KILL) once it has run this long; it ends `timed_out`.
     #[serde(alias = "timeout_secs", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,

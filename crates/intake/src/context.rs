@@ -99,6 +99,9 @@ pub struct Context<'a> {
     /// Who owns the process, and for how long it outlives them, unless it
     /// asks for owners of its own or to be `persistent`.
     pub owner: Option<(Owner, Span)>,
+    /// When the request is made: what `at` is counted from (a request
+    /// without it cannot say `at`).
+    pub now: Option<bpm_domain::Timestamp>,
 }
 
 impl<'a> Context<'a> {
@@ -116,6 +119,7 @@ impl<'a> Context<'a> {
             terminal: TtySize::default(),
             ids: BTreeMap::new(),
             owner: None,
+            now: None,
         }
     }
 }

@@ -280,6 +280,22 @@ impl Reader<'_, '_> {
     fn lifecycle(&self, a: &Asked, spec: &mut ProcessSpec) -> Result<(), AskError> {
         spec.timeout = self.span("timeout", a.timeout.as_ref())?;
         spec.delay = self.span("delay", a.delay.as_ref())?;
+        if let Some(at) = &a.at {
+            if spec.delay.is_some() {
+                return Err(self.fail("at", "give delay or at, not both"));
+            }
+            let now = self
+                .ctx
+                .now
+                .ok_or_else(|| self.fail("at", "this front end does not know the time now"))?;
+            let zone =
+                a.tz.clone()
+                    .or_else(|| self.ctx.time_zone.map(str::to_owned))
+                    .unwrap_or_else(|| self.ctx.machine.time_zone());
+            let wait =
+                bpm_domain::until_time(at, now, Some(&zone)).map_err(|e| self.fail("at", e))?;
+            spec.delay = Some(wait);
+        }
         spec.priority = a.priority.unwrap_or(0);
         if let Some(g) = self.span("grace", a.grace.as_ref())? {
             spec.stop.grace = g;

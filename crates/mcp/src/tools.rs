@@ -291,6 +291,7 @@ impl McpServer {
             ctx.files_from_cwd = true;
             ctx.may_read = &may_read;
             ctx.time_zone = Some(&defaults.time_zone);
+            ctx.now = Some(now());
             ctx.owner = defaults
                 .owner
                 .as_ref()
@@ -809,6 +810,15 @@ impl IdleWatch {
             since: Instant::now(),
         }
     }
+}
+
+/// The time now, as the domain counts it: what a request's `at` is
+/// counted from.
+fn now() -> bpm_domain::Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    bpm_domain::Timestamp::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -473,6 +473,10 @@ pub struct RunArgs {
     /// Wait this long before starting.
     #[arg(long)]
     pub delay: Option<String>,
+    /// Start at TIME instead: HH:MM today (in --tz, else this machine's zone), or an
+    /// RFC 3339 time (2026-11-30T14:30:00+01:00).
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub at: Option<String>,
     /// Ready when a line of output matches this regex.
     #[arg(long, value_name = "REGEX")]
     pub ready_pattern: Option<String>,

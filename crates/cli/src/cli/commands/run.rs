@@ -68,6 +68,7 @@ pub(super) fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
         group: a.group,
         priority: a.priority,
         delay: text(a.delay),
+        at: a.at,
         timeout: text(a.timeout),
         grace: text(a.grace),
         stop_signal: a.stop_signal,
@@ -126,6 +127,7 @@ pub(super) async fn spec_from(m: &Manager, a: RunArgs) -> Result<ProcessSpec, Cl
     let machine = bpm_adapters::os::ThisMachine;
     let mut ctx = Context::new(&here, &env, &machine);
     ctx.spelling = Spelling::Flags;
+    ctx.now = Some(now());
     if asked.tty == Some(true) && asked.tty_size.is_none() {
         ctx.terminal = crate::cli::attach::this_terminal_size().unwrap_or_default();
     }
