@@ -86,6 +86,8 @@ pub async fn join(home: &Home, args: McpRunArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     };
+    // From here it only copies: what its start read need not stay resident.
+    bpm_adapters::os::give_back_start_pages();
     let (mut from_hub, mut to_hub) = stream.into_split();
     let upward = async {
         let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut to_hub).await;

@@ -99,6 +99,8 @@ pub async fn run(home: &Home, args: McpRunArgs) -> anyhow::Result<ExitCode> {
         .open("/dev/null")?;
     rustix::stdio::dup2_stdout(&null)?;
     rustix::stdio::dup2_stdin(&null)?;
+    // From here it only waits: what its start read need not stay resident.
+    bpm_adapters::os::give_back_start_pages();
     serve_until_end(&*manager, id).await
 }
 
