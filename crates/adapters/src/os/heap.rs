@@ -20,8 +20,9 @@ pub fn release_free_memory() {
     }
 }
 
-/// Lets go of the pages of this program's own file that its start read
-/// (code and constants, clean copies of the file): a process that then
+/// Lets go of the pages of this program's own file, and of the libraries
+/// it loaded, that its start read (code and constants, clean copies of
+/// the files): a process that then
 /// only waits keeps resident only what it touches while it waits, instead
 /// of everything its start ran. The pages come back from the page cache
 /// if they are needed again. Returns how many bytes of mappings were
@@ -43,7 +44,8 @@ pub fn give_back_start_pages() -> usize {
     given
 }
 
-/// The read-only mappings of `exe` in `smaps` none of whose pages were
+/// The read-only mappings of `exe` and of the other files mapped in
+/// `smaps` none of whose pages were
 /// ever written (no anonymous copy: relocated constants are), as
 /// `(start, end)`.
 fn clean_mappings_of(smaps: &str, exe: &std::path::Path) -> Vec<(usize, usize)> {
@@ -60,8 +62,10 @@ fn clean_mappings_of(smaps: &str, exe: &std::path::Path) -> Vec<(usize, usize)> 
         {
             let perms = fields.next().unwrap_or_default();
             let path = fields.nth(3).unwrap_or_default();
-            let ours =
-                std::path::Path::new(path) == exe && perms.starts_with('r') && !perms.contains('w');
+            // The program's own file and the libraries it loaded.
+            let ours = (std::path::Path::new(path) == exe || path.starts_with('/'))
+                && perms.starts_with('r')
+                && !perms.contains('w');
             current = ours.then_some((start, end));
         } else if first == "Anonymous:"
             && let Some(range) = current.take()
@@ -75,7 +79,8 @@ fn clean_mappings_of(smaps: &str, exe: &std::path::Path) -> Vec<(usize, usize)> 
 
 #[cfg(target_os = "linux")]
 fn give_back(start: usize, len: usize) -> bool {
-    // SAFETY: the range is one whole mapping of this program's file,
+    // SAFETY: the range is one whole mapping of a file (this program's or
+    // a library's),
     // read-only and never written (no anonymous page: `clean_mappings_of`),
     // so its pages hold nothing but the file's bytes: MADV_DONTNEED drops
     // them from memory and the next access reads them again from the
