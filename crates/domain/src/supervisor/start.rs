@@ -356,6 +356,11 @@ impl Supervisor {
             self.arm(id, TimerKind::NotBefore, at);
             return;
         }
+        // What takes no slot (an agent's MCP server) starts at once.
+        if !entry.record.takes_a_slot() {
+            self.start(id, now);
+            return;
+        }
         let (group, priority, seq) = (
             entry.record.group().cloned(),
             entry.record.spec().priority,
@@ -421,18 +426,6 @@ impl Supervisor {
     pub(super) fn schedule(&mut self, now: Timestamp) {
         // Groups refused a cluster-wide slot ask again once their wait is over.
         self.cluster_full.retain(|_, until| now < *until);
-        // What takes no slot (an agent's MCP server) starts at once.
-        let unslotted: Vec<ProcessId> = self
-            .ready
-            .ordered(usize::MAX)
-            .into_iter()
-            .filter(|id| !self.entries[id].record.takes_a_slot())
-            .collect();
-        for id in unslotted {
-            self.ready.remove(id);
-            self.handed.retain(|h| *h != id);
-            self.start(id, now);
-        }
         while self.active_total + self.asking.len() < self.limits.max_running {
             let limits = &self.limits;
             let active = &self.active_by_group;
