@@ -194,7 +194,8 @@ def memory_of(shared):
     callers = [Stdio(args) for _ in range(CALLERS)]
     for c in callers:
         c.request("ping")
-    time.sleep(0.5)
+    # A relay gives back its start's pages once it waits (after 1 s).
+    time.sleep(1.5)
     relays = [c.p.pid for c in callers]
     servers = [q for pid in hosted_pids() for q in tree(pid)]
     every = sorted(set(relays + servers))

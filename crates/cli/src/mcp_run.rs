@@ -108,6 +108,12 @@ pub async fn run(home: &Home, args: McpRunArgs) -> anyhow::Result<ExitCode> {
 /// stop first; the server's exit code.
 async fn serve_until_end(manager: &dyn ProcessManager, id: ProcessId) -> anyhow::Result<ExitCode> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Once the wait is asked and the signals are heard, what set them up
+    // need not stay resident either: only the idle loop runs from here.
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        bpm_adapters::os::give_back_start_pages();
+    });
     let end = tokio::select! {
         end = manager.wait(id, None) => end?,
         () = crate::daemon::until_signalled() => {
