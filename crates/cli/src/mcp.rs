@@ -58,20 +58,9 @@ pub fn policy(config: &McpConfig, flags: McpFlags) -> Policy {
 /// # Errors
 /// When the configuration is invalid, no daemon can be reached, or the transport fails.
 pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
-    let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
-    let reconnecting = Reconnecting::connect(daemon::connector(home.clone())).await?;
     // This client's session owns what it starts: held by this process
     // while it runs, and again after a daemon restart.
-    let session = client_session()?;
-    reconnecting.hold(session.clone()).await?;
-    let manager = Arc::new(ReconnectingManager(reconnecting));
-    let server = server(
-        home,
-        (&config.mcp, config.limits.retention),
-        flags,
-        manager,
-        session,
-    );
+    let server = connected(home, flags, client_session()?).await?;
     let running = server
         .serve(rmcp::transport::stdio())
         .await
@@ -88,18 +77,7 @@ pub async fn run(home: &Home, flags: McpFlags) -> anyhow::Result<()> {
 /// When the configuration is invalid, no daemon can be reached, the token
 /// cannot be kept or `addr` cannot be listened on.
 pub async fn run_http(home: &Home, flags: McpFlags, addr: SocketAddr) -> anyhow::Result<()> {
-    let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
-    let reconnecting = Reconnecting::connect(daemon::connector(home.clone())).await?;
-    let session = endpoint_session();
-    reconnecting.hold(session.clone()).await?;
-    let manager = Arc::new(ReconnectingManager(reconnecting));
-    let server = server(
-        home,
-        (&config.mcp, config.limits.retention),
-        flags,
-        manager,
-        session,
-    );
+    let server = connected(home, flags, endpoint_session()).await?;
     let (endpoint, listener) = listen_http(home, addr).await?;
     println!("http://{}{}", endpoint.addr, bpm_mcp::MCP_PATH);
     let stop = tokio_util::sync::CancellationToken::new();
@@ -129,6 +107,23 @@ pub fn beside_the_daemon(home: &Home) -> crate::daemon::Beside {
             Ok(())
         })
     })
+}
+
+/// The server of a `bpm mcp` process: on the daemon (started when none
+/// runs), under the configuration and `flags`, owned by `session`, which
+/// this process holds (again after a daemon restart).
+async fn connected(home: &Home, flags: McpFlags, session: SessionId) -> anyhow::Result<McpServer> {
+    let config = crate::config::Config::load(&home.dir).map_err(anyhow::Error::msg)?;
+    let reconnecting = Reconnecting::connect(daemon::connector(home.clone())).await?;
+    reconnecting.hold(session.clone()).await?;
+    let manager = Arc::new(ReconnectingManager(reconnecting));
+    Ok(server(
+        home,
+        (&config.mcp, config.limits.retention),
+        flags,
+        manager,
+        session,
+    ))
 }
 
 /// Serves MCP over HTTP on `addr` inside the daemon (`[mcp] http`), on

@@ -22,35 +22,37 @@ fn python() -> std::path::PathBuf {
     )
 }
 
-#[test]
-fn the_python_mcp_client_runs_the_agent_scenario() {
-    let python = python();
-    let home = tempfile::tempdir().expect("home");
-    let bpm = support::BPM;
-    let out = Command::new(&python)
-        .arg(workspace_root().join("tests/mcp/scenario.py"))
-        .arg(bpm)
-        .arg(home.path())
+/// Runs `tests/mcp/SCRIPT` with the pinned client, given bpm and `home`
+/// then `more`; stops `home`'s daemon and every process it ran, whatever
+/// happened; and checks that it succeeded and printed steps 1 to `steps`.
+fn scenario(script: &str, home: &std::path::Path, more: &[&std::ffi::OsStr], steps: usize) {
+    let out = Command::new(python())
+        .arg(workspace_root().join("tests/mcp").join(script))
+        .arg(support::BPM)
+        .arg(home)
+        .args(more)
         .output()
         .expect("the scenario runs");
-    // Whatever happened, leave no daemon or process behind.
-    let _ = Command::new(bpm)
+    let _ = Command::new(support::BPM)
         .args(["daemon", "stop", "--kill-all"])
-        .env("BPM_HOME", home.path())
+        .env("BPM_HOME", home)
         .output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the MCP scenario failed:\n{stdout}\n{stderr}"
-    );
-    for step in 1..=11 {
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    for step in 1..=steps {
         assert!(
             stdout.contains(&format!("{step}. ")),
             "step {step} did not run:\n{stdout}"
         );
     }
     println!("{stdout}");
+}
+
+#[test]
+fn the_python_mcp_client_runs_the_agent_scenario() {
+    let home = tempfile::tempdir().expect("home");
+    scenario("scenario.py", home.path(), &[], 11);
 }
 
 /// `bpm mcp` on node alpha, over processes of node beta (two daemons on
@@ -300,32 +302,12 @@ fn node_modules() -> std::path::PathBuf {
 /// shared server with its reason.
 #[test]
 fn real_mcp_servers_run_hosted_by_bpm_mcp_run() {
-    let python = python();
     let modules = node_modules();
     let home = tempfile::tempdir().expect("home");
-    let bpm = support::BPM;
-    let out = Command::new(&python)
-        .arg(workspace_root().join("tests/mcp/mcp_run_scenario.py"))
-        .arg(bpm)
-        .arg(home.path())
-        .arg(&modules)
-        .output()
-        .expect("the scenario runs");
-    let _ = Command::new(bpm)
-        .args(["daemon", "stop", "--kill-all"])
-        .env("BPM_HOME", home.path())
-        .output();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the mcp-run scenario failed:\n{stdout}\n{stderr}"
+    scenario(
+        "mcp_run_scenario.py",
+        home.path(),
+        &[modules.as_os_str()],
+        5,
     );
-    for step in 1..=5 {
-        assert!(
-            stdout.contains(&format!("{step}. ")),
-            "step {step} did not run:\n{stdout}"
-        );
-    }
-    println!("{stdout}");
 }
