@@ -98,8 +98,15 @@ fn extends_and_disabled_dependencies_read_as_process_compose_reads_them() {
     for service in ["base", "derived", "chain_top"] {
         assert!(plan.contains(service), "{plan}");
     }
-    // The server's file extends the db's: both come up, db first.
+    // The server's file extends the db's: both come up, db first, and
+    // the dry run shows the files read as one.
     let (plan, _) = dry("issues/issue_278/server/process-compose.yaml");
+    assert!(
+        plan.contains("# read as one: ")
+            && plan.contains("issue_278/db/process-compose.yaml, then ")
+            && plan.contains("working_dir: "),
+        "{plan}"
+    );
     let db = plan.find(" db ").expect("db");
     let server = plan.find(" server ").expect("server");
     assert!(db < server, "{plan}");

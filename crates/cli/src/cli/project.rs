@@ -110,6 +110,7 @@ async fn loaded(
                         .unwrap_or_default(),
                 ),
                 ignored: Vec::new(),
+                merged: None,
             });
         }
         return Err(CliError::invalid(format!(
@@ -164,6 +165,14 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
         ..project::UpOptions::default()
     };
     if a.dry_run {
+        if let Some((files, doc)) = &read.merged {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            out!(
+                "# read as one: {}\n{}",
+                names.join(", then "),
+                doc.trim_end()
+            );
+        }
         let records = m.list(ports_project::of_project(&p.name)).await?;
         let steps = project::plan(p, &a.services, &records, &how)
             .map_err(|e| CliError::invalid(e.to_string()))?;

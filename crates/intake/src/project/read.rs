@@ -128,6 +128,10 @@ pub struct Loaded {
     pub file: PathBuf,
     /// Keys of a process-compose file bpm does not act on, by name.
     pub ignored: Vec<String>,
+    /// When several files were read as one (a file's `extends`, an
+    /// override file beside it): the files, in the order merged, and the
+    /// merged document, as `bpm up --dry-run` prints it.
+    pub merged: Option<(Vec<PathBuf>, String)>,
 }
 
 /// Reads the project file `file` (a `bpm.toml`, a Procfile, or a
@@ -205,6 +209,7 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
         .unwrap_or("project")
         .to_owned();
     let named = |e: String| format!("{}:{e}", file.display());
+    let mut merged = None;
     let (project, ignored) = if base.starts_with("Procfile") {
         (
             procfile(&text, &default_name, &dir, from).map_err(named)?,
@@ -215,7 +220,7 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
     {
-        compose_files(&file, &text, &default_name, &dir, from)?
+        compose_files(&file, &text, &default_name, &dir, from, &mut merged)?
     } else {
         (
             bpm_toml(&text, &default_name, &dir, from).map_err(named)?,
@@ -230,6 +235,7 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
         project,
         file,
         ignored,
+        merged,
     })
 }
 
@@ -242,6 +248,7 @@ fn compose_files(
     default_name: &str,
     dir: &Path,
     from: &Reading<'_>,
+    merged_into: &mut Option<(Vec<PathBuf>, String)>,
 ) -> Result<(Project, Vec<String>), String> {
     let mut files = vec![file.to_path_buf()];
     let base = file
@@ -269,6 +276,10 @@ fn compose_files(
         return compose::read(&sources[0].text, default_name, dir, from).map_err(named);
     }
     let merged = merge::merge(sources)?;
+    *merged_into = Some((
+        merged.sources.iter().map(|s| s.file.clone()).collect(),
+        serde_norway::to_string(&merged.doc).unwrap_or_default(),
+    ));
     let named = |e: String| {
         if e.starts_with('/') {
             e

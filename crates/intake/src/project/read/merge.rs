@@ -122,7 +122,8 @@ pub(crate) fn sources(
                     ));
                 };
                 let dir = file.parent().unwrap_or(Path::new("/"));
-                next = Some(dir.join(parent));
+                let joined = dir.join(parent);
+                next = Some(std::fs::canonicalize(&joined).unwrap_or(joined));
             }
             let extended = !chain.is_empty();
             chain.push(Source {
