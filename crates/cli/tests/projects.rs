@@ -1118,3 +1118,34 @@ fn ps_shows_services_whose_names_differ_at_the_end_apart() {
     }
     bpm.ok(&["down", "-f", f]);
 }
+
+/// `bpm logs --grep RE`: only the matching lines, of one process or of
+/// every service of a project (each after its service's name); an
+/// expression that does not parse is refused by name.
+#[test]
+fn logs_grep_keeps_the_matching_lines_of_a_process_or_a_project() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("project");
+    std::fs::write(
+        dir.path().join("bpm.toml"),
+        "[project]\nname = \"greps\"\n[services.a]\ncommand = \"echo one-a; echo two-a\"\n[services.b]\ncommand = \"echo one-b; printf one-last\"\n",
+    )
+    .expect("bpm.toml");
+    let up = bpm
+        .cmd(&["up", "--wait"])
+        .current_dir(dir.path())
+        .output()
+        .expect("up");
+    assert!(up.status.success(), "{up:?}");
+    let project = bpm.ok(&["logs", "greps", "--grep", "^one"]);
+    let mut lines: Vec<&str> = project.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["a | one-a", "b | one-b", "b | one-last"]);
+    let one = bpm.ok(&["logs", "greps/a", "--grep", "two"]);
+    assert_eq!(one, "two-a\n");
+    let bad = bpm.fails(&["logs", "greps/a", "--grep", "("], 4);
+    assert!(
+        bad.contains("--grep \"(\": not a regular expression"),
+        "{bad}"
+    );
+}

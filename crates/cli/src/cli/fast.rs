@@ -273,6 +273,7 @@ fn build(
             lines: None,
             stream: given.one("stream").unwrap_or_else(|| "both".to_owned()),
             since: None,
+            grep: None,
         }),
         _ => return None,
     })

@@ -663,6 +663,10 @@ pub struct LogsArgs {
     /// Start at this cursor (printed by --json reads as `next`).
     #[arg(long, value_name = "CURSOR")]
     pub since: Option<u64>,
+    /// Only the lines that match this regular expression (of one process,
+    /// or of every service of a project).
+    #[arg(long, value_name = "RE", conflicts_with = "since")]
+    pub grep: Option<String>,
 }
 
 /// `bpm up`.

@@ -278,15 +278,12 @@ pub(super) async fn logs(
     m: &Manager,
     project: &str,
     records: &[ProcessRecord],
-    follow: bool,
-    lines: Option<usize>,
-    stream: bpm_ports::StreamSelect,
+    how: &LinesAsked<'_>,
     color: bool,
 ) -> Outcome {
-    use std::io::Write as _;
     let newest = project::newest_by_service(project, records);
     let width = newest.keys().map(|s| s.len()).max().unwrap_or(0);
-    let mut tails: Vec<Tail> = newest
+    let tails: Vec<Tail> = newest
         .iter()
         .enumerate()
         .map(|(i, (service, r))| {
@@ -296,28 +293,68 @@ pub(super) async fn logs(
             } else {
                 name
             };
-            Tail {
-                id: r.id(),
-                prefix,
-                cursor: None,
-                partial: Vec::new(),
-                done: false,
-            }
+            Tail::of(r.id(), prefix)
         })
         .collect();
+    print_lines(m, tails, how).await
+}
+
+/// How output is read line by line: following or not, the last lines,
+/// which streams, and the lines kept (`--grep`).
+pub(super) struct LinesAsked<'a> {
+    /// Until the processes end.
+    pub(super) follow: bool,
+    /// Only the last N lines of each.
+    pub(super) lines: Option<usize>,
+    /// Which streams.
+    pub(super) stream: bpm_ports::StreamSelect,
+    /// Only lines this matches.
+    pub(super) grep: Option<&'a regex::Regex>,
+}
+
+/// `bpm logs ID --grep RE`: one record's lines that match.
+pub(super) async fn grep_one(m: &Manager, id: ProcessId, how: &LinesAsked<'_>) -> Outcome {
+    print_lines(m, vec![Tail::of(id, String::new())], how).await
+}
+
+impl Tail {
+    fn of(id: ProcessId, prefix: String) -> Self {
+        Tail {
+            id,
+            prefix,
+            cursor: None,
+            partial: Vec::new(),
+            done: false,
+        }
+    }
+}
+
+/// Prints the lines of `tails`, each after its prefix, as they come (with
+/// `follow`) until every one has ended.
+async fn print_lines(m: &Manager, mut tails: Vec<Tail>, how: &LinesAsked<'_>) -> Outcome {
+    use std::io::Write as _;
     let mut out = std::io::stdout();
+    let mut print = |prefix: &str, line: &[u8]| {
+        let kept = how
+            .grep
+            .is_none_or(|re| re.is_match(&String::from_utf8_lossy(line)));
+        if kept {
+            super::enough_if_gone(out.write_all(prefix.as_bytes()));
+            super::enough_if_gone(out.write_all(line));
+        }
+    };
     loop {
         let mut all_done = true;
         for t in &mut tails {
             if t.done {
                 continue;
             }
-            let ended = !follow || m.get(t.id).await?.is_terminal();
+            let ended = !how.follow || m.get(t.id).await?.is_terminal();
             let query = OutputQuery {
-                stream,
+                stream: how.stream,
                 cursor: t.cursor,
                 max_bytes: 1 << 20,
-                tail_lines: if t.cursor.is_none() { lines } else { None },
+                tail_lines: if t.cursor.is_none() { how.lines } else { None },
             };
             let chunk = m.read_output(t.id, query).await?;
             for piece in chunk.pieces {
@@ -325,23 +362,21 @@ pub(super) async fn logs(
             }
             while let Some(at) = t.partial.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = t.partial.drain(..=at).collect();
-                super::enough_if_gone(out.write_all(t.prefix.as_bytes()));
-                super::enough_if_gone(out.write_all(&line));
+                print(&t.prefix, &line);
             }
             t.cursor = Some(chunk.next);
             if ended && !chunk.truncated {
                 if !t.partial.is_empty() {
-                    super::enough_if_gone(out.write_all(t.prefix.as_bytes()));
-                    super::enough_if_gone(out.write_all(&t.partial));
-                    super::enough_if_gone(out.write_all(b"\n"));
-                    t.partial.clear();
+                    let mut last = std::mem::take(&mut t.partial);
+                    last.push(b'\n');
+                    print(&t.prefix, &last);
                 }
                 t.done = true;
             } else {
                 all_done = false;
             }
         }
-        super::enough_if_gone(out.flush());
+        super::enough_if_gone(std::io::stdout().flush());
         if all_done {
             return Ok(ExitCode::SUCCESS);
         }

@@ -731,6 +731,15 @@ async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
         Err(e) => return Err(e),
     };
     let stream = stream_of(&a.stream)?;
+    if let Some(grep) = grep_of(&a)? {
+        let how = super::project::LinesAsked {
+            follow: a.follow,
+            lines: a.lines,
+            stream,
+            grep: Some(&grep),
+        };
+        return super::project::grep_one(m, id, &how).await;
+    }
     let mut told = 0;
     let start = if let Some(n) = a.lines {
         let chunk = m
@@ -767,9 +776,27 @@ async fn project_logs(m: &Manager, name: &str, a: &LogsArgs, none: CliError) -> 
     if records.is_empty() {
         return Err(none);
     }
-    let stream = stream_of(&a.stream)?;
+    let grep = grep_of(a)?;
+    let how = super::project::LinesAsked {
+        follow: a.follow,
+        lines: a.lines,
+        stream: stream_of(&a.stream)?,
+        grep: grep.as_ref(),
+    };
     let color = color_on(std::io::stdout().is_terminal());
-    super::project::logs(m, name, &records, a.follow, a.lines, stream, color).await
+    super::project::logs(m, name, &records, &how, color).await
+}
+
+/// `--grep`'s expression, if given.
+fn grep_of(a: &LogsArgs) -> Result<Option<regex::Regex>, CliError> {
+    a.grep
+        .as_deref()
+        .map(|re| {
+            regex::Regex::new(re).map_err(|e| {
+                CliError::invalid(format!("--grep {re:?}: not a regular expression: {e}"))
+            })
+        })
+        .transpose()
 }
 
 /// `--stream`'s value.
