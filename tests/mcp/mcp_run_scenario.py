@@ -213,6 +213,9 @@ def bad_input():
                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
     check(out.returncode != 0 and "/no/such/server" in out.stderr, f"a missing command: {out.returncode} {out.stderr}")
     check(not [r for r in hosted() if "/no/such/server" in (label(r, "mcp.server") or "")], "a record runs on")
+    out = subprocess.run([BPM, "mcp-run", "--grace", "soon", "--", "cat"], env={**os.environ, **ENV},
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    check(out.returncode != 0 and '--grace "soon"' in out.stderr, f"a bad grace: {out.returncode} {out.stderr}")
     # Not JSON-RPC, without --shared: relayed as it is.
     out = subprocess.run([BPM, "mcp-run", "--", "sh", "-c", "echo 'not json'; cat"], env={**os.environ, **ENV},
                          input="passed through\n", capture_output=True, text=True, timeout=20)
@@ -227,7 +230,7 @@ def bad_input():
     garbled = garbled()
     logs = bpm("logs", garbled[0]["id"])
     check("not a JSON-RPC message" in logs and "'not json'" not in logs.split("bpm mcp-hub")[-1], f"its reason: {logs}")
-    print("5. refused: a missing command (its error, no record left running); garbage relayed as it is, or, shared, the server ended with its reason")
+    print("5. refused: a missing command (its error, no record left running), a bad --grace; garbage relayed as it is, or, shared, the server ended with its reason")
 
 
 async def main():

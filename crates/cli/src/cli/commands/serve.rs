@@ -38,6 +38,10 @@ pub(super) async fn mcp_command(home: &Home, command: Command) -> Outcome {
             grace,
             command,
         } => {
+            // Refused here, by its flag, before anything starts.
+            grace
+                .parse::<bpm_domain::Span>()
+                .map_err(|e| CliError::invalid(format!("--grace {grace:?}: {e}")))?;
             let args = crate::mcp_run::McpRunArgs {
                 name,
                 grace,
