@@ -215,7 +215,7 @@ fn server(
             session,
             grace: config
                 .owner_grace
-                .unwrap_or_else(|| Span::from_secs(DEFAULT_MCP_OWNER_GRACE_SECS)),
+                .unwrap_or_else(|| Span::from_secs(bpm_mcp::DEFAULT_OWNER_GRACE_SECS)),
         }),
         time_zone: bpm_adapters::os::local_time_zone(),
         machine: Arc::new(bpm_adapters::os::ThisMachine),
@@ -240,10 +240,6 @@ fn project_lock(home: Home) -> bpm_mcp::ProjectLock {
             .map_err(|e| format!("{e:#}"))
     })
 }
-
-/// How long what an MCP client started outlives its session, unless
-/// `[mcp] owner_grace` says otherwise.
-const DEFAULT_MCP_OWNER_GRACE_SECS: u64 = 600;
 
 /// The client's session: `BPM_SESSION` when set (a client that comes back
 /// under it takes its processes back), otherwise one of this server's own.

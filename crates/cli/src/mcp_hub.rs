@@ -239,7 +239,12 @@ pub async fn serve(grace: &str, command: &[OsString]) -> anyhow::Result<ExitCode
     let mut to_server = server.stdin.take().context("the server's input")?;
     let from_server = server.stdout.take().context("the server's output")?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(read_server(from_server, tx.clone()));
+    tokio::spawn(read_lines(
+        from_server,
+        tx.clone(),
+        Heard::FromServer,
+        Heard::ServerEnded,
+    ));
     tokio::spawn(accept(listener, tx.clone()));
     arm(&tx, grace, 0);
     let mut relay = Relay::new();
@@ -329,22 +334,30 @@ fn arm(tx: &mpsc::UnboundedSender<Heard>, grace: Duration, generation: u64) {
     });
 }
 
-async fn read_server(output: tokio::process::ChildStdout, tx: mpsc::UnboundedSender<Heard>) {
-    let mut lines = BufReader::new(output);
+/// Sends each line `from` writes (without its newline, lossy where not
+/// UTF-8) as `heard(line)`, then `at_end` once it closes; stops early if
+/// the loop is gone.
+async fn read_lines(
+    from: impl tokio::io::AsyncRead + Unpin,
+    tx: mpsc::UnboundedSender<Heard>,
+    heard: impl Fn(String) -> Heard,
+    at_end: Heard,
+) {
+    let mut reader = BufReader::new(from);
     let mut line = Vec::new();
     loop {
         line.clear();
-        match lines.read_until(b'\n', &mut line).await {
+        match reader.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
-                if tx.send(Heard::FromServer(text.into_owned())).is_err() {
+                if tx.send(heard(text.into_owned())).is_err() {
                     return;
                 }
             }
         }
     }
-    let _ = tx.send(Heard::ServerEnded);
+    let _ = tx.send(at_end);
 }
 
 async fn accept(listener: tokio::net::UnixListener, tx: mpsc::UnboundedSender<Heard>) {
@@ -371,24 +384,11 @@ async fn accept(listener: tokio::net::UnixListener, tx: mpsc::UnboundedSender<He
                 }
             }
         });
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(read);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text =
-                            String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
-                        if tx.send(Heard::FromCaller(c, text.into_owned())).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.send(Heard::Left(c));
-        });
+        tokio::spawn(read_lines(
+            read,
+            tx.clone(),
+            move |line| Heard::FromCaller(c, line),
+            Heard::Left(c),
+        ));
     }
 }

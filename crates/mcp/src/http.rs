@@ -442,15 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_never_carries_the_token() {
-        for r in [
-            Refusal::NoToken,
-            Refusal::WrongToken,
-            Refusal::WrongHost,
-            Refusal::WrongOrigin,
-        ] {
-            assert!(!r.reason().contains("s3cret"));
-        }
+    fn hosts_lose_their_ports_and_secrets_compare_whole() {
         assert_eq!(host_name("[::1]:80"), "[::1]");
         assert_eq!(host_name("localhost"), "localhost");
         assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd"));

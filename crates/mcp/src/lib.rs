@@ -78,9 +78,9 @@ pub struct SessionOwner {
     pub grace: bpm_domain::Span,
 }
 
-/// How long what a client started outlives its session when the server
-/// it was made from names no owner.
-const DEFAULT_SESSION_GRACE_SECS: u64 = 600;
+/// How long what an MCP client started outlives its session, unless
+/// `[mcp] owner_grace` says otherwise (and when a server names no owner).
+pub const DEFAULT_OWNER_GRACE_SECS: u64 = 600;
 
 /// The MCP server for one client connection.
 #[derive(Clone)]
@@ -221,10 +221,12 @@ impl McpServer {
             .hold_session(session.clone(), std::process::id())
             .await?;
         let mut defaults = inner.defaults.clone();
-        let grace = defaults.owner.as_ref().map_or(
-            bpm_domain::Span::from_secs(DEFAULT_SESSION_GRACE_SECS),
-            |o| o.grace,
-        );
+        let grace = defaults
+            .owner
+            .as_ref()
+            .map_or(bpm_domain::Span::from_secs(DEFAULT_OWNER_GRACE_SECS), |o| {
+                o.grace
+            });
         defaults.owner = Some(SessionOwner {
             session: session.clone(),
             grace,

@@ -39,7 +39,7 @@ pub(super) async fn tui(m: &Manager, read_only: bool) -> Outcome {
     }
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut app = App::new(read_only, color);
-    app.set_records(list(m, true).await?);
+    app.set_records(list(m).await?);
     loop {
         let mut terminal = ratatui::try_init()
             .map_err(|e| CliError::failed(format!("cannot take the terminal: {e}")))?;
@@ -53,14 +53,9 @@ pub(super) async fn tui(m: &Manager, read_only: bool) -> Outcome {
     }
 }
 
-/// Every record, or the live ones.
-async fn list(m: &Manager, all: bool) -> Result<Vec<bpm_domain::ProcessRecord>, CliError> {
-    let filter = if all {
-        ListFilter::default()
-    } else {
-        ListFilter::holding_slots()
-    };
-    Ok(m.list(filter).await?)
+/// Every record (the view hides the ended ones unless asked).
+async fn list(m: &Manager) -> Result<Vec<bpm_domain::ProcessRecord>, CliError> {
+    Ok(m.list(ListFilter::default()).await?)
 }
 
 /// Where the selected record's output is read from.
@@ -91,7 +86,7 @@ async fn run(
     let mut redraw = true;
     loop {
         if stale {
-            app.set_records(list(m, true).await?);
+            app.set_records(list(m).await?);
             stale = false;
         }
         if redraw {

@@ -42,9 +42,9 @@ pub(crate) struct Merged {
 /// The most files one set may chain through `extends`.
 const MOST_FILES: usize = 16;
 
-/// `path` (a process, then a key) as an error begins it: `FILE:LINE: `
-/// of the file that set it, or `FILE: ` when the line is not found.
 impl Merged {
+    /// `path` (a process, then a key) as an error begins it: `FILE:LINE: `
+    /// of the file that set it, or `FILE: ` when the line is not found.
     pub(crate) fn locate(&self, path: &[&str]) -> String {
         let key = |k: &str| {
             (
