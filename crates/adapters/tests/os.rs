@@ -400,3 +400,105 @@ fn runs_bpm_tells_a_live_bpm_from_a_zombie_and_from_others() {
     let _ = other.kill();
     let _ = other.wait();
 }
+
+/// A paced readiness check waits its initial delay, needs its passes in a
+/// row, and after its failures in a row reports the process unhealthy
+/// with the last failure; a health check's initial delay is kept too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_readiness_check_keeps_its_delay_its_passes_and_its_failures() {
+    use bpm_domain::{Pace, Span};
+    use bpm_ports::ProcessNotice;
+    let output: Arc<dyn OutputStore> = Arc::new(InMemoryOutput::new(1 << 20));
+    let spawner = OsSpawner::new(output, OsSpawnerConfig::default());
+    let mut notices = spawner.notices().expect("notices");
+    let env = Arc::new(bpm_domain::Environment::default());
+    let dir = tempfile::tempdir().expect("dir");
+    let tries = dir.path().join("tries");
+    let paced = |delay_ms, every_ms, successes, failures| Pace {
+        initial_delay: Span::from_millis(delay_ms),
+        every: Span::from_millis(every_ms),
+        timeout: Span::from_secs(2),
+        successes,
+        failures,
+    };
+    // Until a notice about `id`: what it was, and when.
+    let next = async |notices: &mut tokio::sync::mpsc::UnboundedReceiver<ProcessNotice>, id| loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), notices.recv())
+            .await
+            .expect("a notice within 20 s")
+            .expect("notices");
+        match &n {
+            ProcessNotice::Ready { id: r } | ProcessNotice::Health { id: r, .. } if *r == id => {
+                break n;
+            }
+            ProcessNotice::Exited { id: r, .. } if *r == id => panic!("it exited: {n:?}"),
+            _ => {}
+        }
+    };
+
+    // Ready after 600 ms of delay and three passes 200 ms apart: 1 s at
+    // the least; each try is counted in a file.
+    let mut request = common::sh_request("exec sleep 30", &env);
+    request.readiness = bpm_domain::ReadinessCheck::Exec {
+        command: format!("echo x >> {}", tries.display()),
+    };
+    request.ready_pace = Some(paced(600, 200, 3, None));
+    let id = request.id;
+    let began = std::time::Instant::now();
+    spawner.spawn(request).await.expect("spawn");
+    let n = next(&mut notices, id).await;
+    let took = began.elapsed();
+    assert!(matches!(n, ProcessNotice::Ready { .. }), "{n:?}");
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "ready after {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "ready after {took:?}"
+    );
+    let counted = std::fs::read_to_string(&tries).expect("tries");
+    assert_eq!(counted.lines().count(), 3, "tries made: {counted:?}");
+
+    // Never ready: two failures in a row end the wait, naming the check.
+    let mut request = common::sh_request("exec sleep 30", &env);
+    request.readiness = bpm_domain::ReadinessCheck::Exec {
+        command: "echo not yet; exit 3".into(),
+    };
+    request.ready_pace = Some(paced(0, 100, 1, Some(2)));
+    let id = request.id;
+    spawner.spawn(request).await.expect("spawn");
+    match next(&mut notices, id).await {
+        ProcessNotice::Health {
+            healthy: false,
+            detail: Some(d),
+            ..
+        } => assert!(
+            d.starts_with("readiness check failed 2 times in a row: ") && d.contains("exited 3"),
+            "{d}"
+        ),
+        other => panic!("expected unhealthy, got {other:?}"),
+    }
+
+    // A health check's first run waits its initial delay, not `every`.
+    let mut request = common::sh_request("exec sleep 30", &env);
+    let mut check = bpm_domain::HealthCheck::of(bpm_domain::Probe::Exec {
+        command: "true".into(),
+    });
+    check.every = Span::from_secs(10);
+    check.initial_delay = Some(Span::from_millis(100));
+    request.health = Some(check);
+    let id = request.id;
+    let began = std::time::Instant::now();
+    spawner.spawn(request).await.expect("spawn");
+    let n = next(&mut notices, id).await;
+    assert!(
+        matches!(n, ProcessNotice::Health { healthy: true, .. }),
+        "{n:?}"
+    );
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+}

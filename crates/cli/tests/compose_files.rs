@@ -182,3 +182,311 @@ fn an_override_file_beside_the_main_one_is_merged_and_its_errors_name_it() {
         "the override file and its line are named: {said}"
     );
 }
+
+/// A readiness probe's timings run as process-compose runs them: its
+/// first try after the initial delay, its passes in a row before ready,
+/// and its failures in a row stopping a process that never gets ready
+/// (then started again under its restart policy, or failed). bpm.toml's
+/// `ready` table says the same in its own words.
+#[test]
+fn probe_timings_are_kept_as_process_compose_keeps_them() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("process-compose.yaml");
+    std::fs::write(
+        &file,
+        r#"processes:
+  slow:
+    command: "touch ok; exec sleep 300"
+    readiness_probe:
+      exec:
+        command: "echo x >> tries; test -f ok"
+      initial_delay_seconds: 2
+      period_seconds: 1
+      success_threshold: 2
+  never:
+    command: "exec sleep 300"
+    readiness_probe:
+      exec:
+        command: "echo not yet; false"
+      period_seconds: 1
+      failure_threshold: 2
+    availability:
+      restart: "no"
+"#,
+    )
+    .expect("compose");
+    let file_arg = file.display().to_string();
+    bpm.ok(&["up", "-f", &file_arg]);
+    let project = bpm.json(&["ps", "--json"]);
+    let id_of = |name: &str| {
+        project
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|r| r["name"].as_str().is_some_and(|n| n.ends_with(name)))
+            .and_then(|r| r["id"].as_str())
+            .unwrap_or_else(|| panic!("{name} in {project}"))
+            .to_owned()
+    };
+    let (slow, never) = (id_of("/slow"), id_of("/never"));
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..200 {
+        shown = bpm.json(&["show", &slow, "--json"]);
+        if shown["ready_at"].is_string() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let at = |key: &str| {
+        let text = shown[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {shown}"));
+        text.parse::<bpm_domain::Timestamp>()
+            .expect("a time")
+            .as_millis()
+    };
+    let took = std::time::Duration::from_millis(at("ready_at") - at("created_at"));
+    assert!(
+        took >= std::time::Duration::from_millis(2_900)
+            && took < std::time::Duration::from_secs(10),
+        "ready after {took:?}: the 2 s delay and two passes 1 s apart come first"
+    );
+    let tries = std::fs::read_to_string(dir.path().join("tries")).expect("tries");
+    assert_eq!(tries.lines().count(), 2, "{tries:?}");
+    bpm.until_state(&never, "failed");
+    let shown = bpm.json(&["show", &never, "--json"]);
+    let said = shown.to_string();
+    assert!(
+        said.contains("readiness check failed 2 times in a row")
+            && said.contains("exited 1: not yet"),
+        "{shown}"
+    );
+    bpm.ok(&["down", "-f", &file_arg]);
+
+    // bpm.toml: the same keys in the ready table, read into the spec.
+    let toml = dir.path().join("bpm.toml");
+    std::fs::write(
+        &toml,
+        "[project]\nname = \"paced\"\n[services.web]\ncommand = \"exec sleep 300\"\nport = \"auto\"\nready = { http = \"/\", initial_delay = \"2s\", every = \"1s\", timeout = \"1s\", successes = 1, failures = 20 }\n",
+    )
+    .expect("toml");
+    let out = bpm.ok(&["up", "--dry-run", "-f", &toml.display().to_string()]);
+    assert!(out.contains("would start"), "{out}");
+    let toml_arg = toml.display().to_string();
+    bpm.ok(&["up", "-f", &toml_arg]);
+    let web = bpm.json(&["show", "paced/web", "--json"]);
+    let pace = &web["spec"]["readiness"]["pace"];
+    assert_eq!(
+        (
+            pace["initial_delay"].as_str(),
+            pace["every"].as_str(),
+            pace["timeout"].as_str(),
+            pace["successes"].as_u64(),
+            pace["failures"].as_u64()
+        ),
+        (Some("2s"), Some("1s"), Some("1s"), Some(1), Some(20)),
+        "{web}"
+    );
+    assert!(web["spec"]["readiness"]["timeout"].is_null(), "{web}");
+    bpm.ok(&["down", "-f", &toml_arg]);
+}
+
+/// process-compose's own shutdown-order fixture, run for real: `bpm down`
+/// runs each process's `shutdown.command` before its signal, dependents
+/// before what they depend on, and the commands' output is kept in the
+/// processes' logs; `bpm stop` runs it too, and one that hangs is cut at
+/// its timeout.
+#[test]
+fn shutdown_commands_run_in_down_and_stop_in_order() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("shutdown.log");
+    let file = fixtures().join("fixtures-code/process-compose-shutdown-inorder.yaml");
+    let file_arg = file.display().to_string();
+    let run = |args: &[&str]| {
+        let out = bpm
+            .cmd(args)
+            .env("PC_TEST_SHUTDOWN_LOG", &log)
+            .output()
+            .expect("bpm");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["up", "-f", &file_arg, "--wait", "--wait-timeout", "30s"]);
+    let said = run(&["down", "-f", &file_arg]);
+    let order = std::fs::read_to_string(&log).expect("the commands wrote");
+    let order: Vec<&str> = order.lines().collect();
+    assert_eq!(order.len(), 4, "{order:?} ({said})");
+    assert_eq!(order[0], "B: exit", "{order:?}");
+    assert_eq!(order[3], "A: exit", "{order:?}");
+    // Each ended, after its command failed (exit 1), by its signal.
+    let listed = bpm.json(&["ps", "--all", "--json"]);
+    let records = listed.as_array().expect("list");
+    assert_eq!(records.len(), 4, "{listed}");
+    for r in records {
+        assert_eq!(r["state"], "cancelled", "{r}");
+    }
+    let a = records
+        .iter()
+        .find(|r| r["name"].as_str().is_some_and(|n| n.ends_with("/procA")))
+        .expect("procA");
+    let logs = bpm.ok(&["logs", a["id"].as_str().expect("id")]);
+    assert!(
+        logs.contains("A: starting") && logs.contains("the stop command `printf"),
+        "{logs}"
+    );
+
+    // bpm stop runs it too; one that hangs is cut at its timeout, and the
+    // signal follows.
+    let out = bpm.ok(&[
+        "run",
+        "--name",
+        "hangs",
+        "--stop-command",
+        "echo asked to stop; exec sleep 60",
+        "--stop-command-timeout",
+        "1s",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(!out.is_empty());
+    let began = std::time::Instant::now();
+    bpm.ok(&["stop", "hangs"]);
+    bpm.until_state("hangs", "cancelled");
+    let took = began.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(8),
+        "stopped after {took:?}"
+    );
+    let logs = bpm.ok(&["logs", "hangs"]);
+    assert!(
+        logs.contains("asked to stop") && logs.contains("took over 1s"),
+        "{logs}"
+    );
+}
+
+/// Several `-f` files read as one, in order, as process-compose reads
+/// them (a file an earlier one read already is not read twice), and a
+/// `bpm.override.toml` over the `bpm.toml` beside it, its wrong keys named
+/// with its own file and line.
+#[test]
+fn several_files_and_an_override_toml_are_read_as_one() {
+    let bpm = Bpm::new();
+    let root = fixtures();
+    let out = bpm
+        .cmd(&[
+            "up",
+            "--dry-run",
+            "-f",
+            "issues/issue_278/db/process-compose.yaml",
+            "-f",
+            "issues/issue_278/server/process-compose.yaml",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("bpm up");
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let db = plan.find(" db ").expect("db");
+    let server = plan.find(" server ").expect("server");
+    assert!(db < server, "{plan}");
+    assert_eq!(plan.matches("db/process-compose.yaml").count(), 1, "{plan}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let main = dir.path().join("bpm.toml");
+    std::fs::write(
+        &main,
+        "[project]\nname = \"layered\"\n[services.web]\ncommand = \"exec sleep 300\"\nenv = { A = \"1\", B = \"2\" }\n[services.worker]\ncommand = \"exec sleep 301\"\n",
+    )
+    .expect("main");
+    let over = dir.path().join("bpm.override.toml");
+    std::fs::write(
+        &over,
+        "[services.web]\nenv = { B = \"3\" }\n[services.cache]\ncommand = \"exec sleep 302\"\n",
+    )
+    .expect("override");
+    let main_arg = main.display().to_string();
+    let plan = bpm.ok(&["up", "--dry-run", "-f", &main_arg]);
+    assert!(
+        plan.contains("# read as one: ") && plan.contains("bpm.override.toml"),
+        "{plan}"
+    );
+    // Found by `bpm up` in the directory too.
+    let out = bpm
+        .cmd(&["up"])
+        .current_dir(dir.path())
+        .output()
+        .expect("bpm up");
+    assert!(out.status.success(), "{out:?}");
+    let web = bpm.json(&["show", "layered/web", "--json"]);
+    assert_eq!(
+        (
+            web["spec"]["env"]["A"].as_str(),
+            web["spec"]["env"]["B"].as_str()
+        ),
+        (Some("1"), Some("3")),
+        "{web}"
+    );
+    let _ = bpm.json(&["show", "layered/cache", "--json"]);
+    let _ = bpm.json(&["show", "layered/worker", "--json"]);
+    bpm.ok(&["down", "-f", &main_arg]);
+
+    // A third file given with -f: the override beside is not read then.
+    let third = dir.path().join("staging.toml");
+    std::fs::write(&third, "[services.worker]\ncommand = \"exec sleep 303\"\n").expect("third");
+    let plan = bpm.ok(&[
+        "up",
+        "--dry-run",
+        "-f",
+        &main_arg,
+        "-f",
+        &third.display().to_string(),
+    ]);
+    assert!(
+        plan.contains("sleep 303") && !plan.contains("cache"),
+        "{plan}"
+    );
+
+    // A wrong key in the override is named with the override's file and line.
+    std::fs::write(
+        &over,
+        "[services.web]\nenv = { B = \"3\" }\nready = { log = \"(\" }\n",
+    )
+    .expect("override");
+    let out = bpm
+        .cmd(&["up", "--dry-run", "-f", &main_arg])
+        .output()
+        .expect("bpm up");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("bpm.override.toml:1: services.web.ready.log"),
+        "{said}"
+    );
+    std::fs::write(&over, "[services.web]\nreplicas = \"many\"\n").expect("override");
+    let out = bpm
+        .cmd(&["up", "--dry-run", "-f", &main_arg])
+        .output()
+        .expect("bpm up");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("bpm.override.toml:2: replicas"), "{said}");
+    // Files of two kinds are refused by name.
+    let out = bpm
+        .cmd(&[
+            "up",
+            "--dry-run",
+            "-f",
+            &main_arg,
+            "-f",
+            &root
+                .join("issues/issue_278/db/process-compose.yaml")
+                .display()
+                .to_string(),
+        ])
+        .output()
+        .expect("bpm up");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot be read as one"), "{said}");
+}

@@ -478,6 +478,7 @@ processes:
     readiness_probe:
       exec:
         command: "test -f db.ready"
+      period_seconds: 1
   api:
     command: "exec sleep 300"
     environment:

@@ -53,8 +53,9 @@ pub use schedule::{
 };
 pub use spec::{
     Backoff, Command, DEFAULT_WATCH_DEBOUNCE_MS, FileWatch, HealthCheck, LogPattern, NameTaken,
-    Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef, RestartMode,
-    RestartPolicy, Signal, SpecError, StdinMode, StopPolicy, Until, metadata_from_json,
+    Pace, Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef,
+    RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopCommand, StopPolicy, Until,
+    metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use terminal::TtySize;

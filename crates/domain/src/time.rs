@@ -224,6 +224,14 @@ impl Span {
         Ok(Span(d))
     }
 
+    /// No time at all.
+    pub const ZERO: Span = Span(Duration::ZERO);
+
+    /// Whether it is no time at all.
+    pub const fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+
     /// A span of whole milliseconds, clamped to [`MAX_SPAN`].
     pub fn from_millis(ms: u64) -> Self {
         Span(Duration::from_millis(ms).min(MAX_SPAN))

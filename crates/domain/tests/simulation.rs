@@ -376,6 +376,9 @@ impl World {
                     );
                     self.spawning.push(id);
                 }
+                Effect::StopByCommand { .. } => {
+                    unreachable!("the simulation's specs have no stop command")
+                }
                 Effect::Reattach { .. } => {
                     unreachable!(
                         "only a restore re-attaches; the simulation never restarts the core"

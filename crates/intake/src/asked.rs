@@ -83,6 +83,12 @@ pub struct HealthAsked {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// The first check this long after the start (one `every` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<Duration>,
+    /// Passes in a row that make it healthy again after a failure (1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successes: Option<u32>,
 }
 
 /// What someone asks bpm to run: every setting a process can have, as a
@@ -160,6 +166,14 @@ pub struct Asked {
     /// The signal that asks it to stop (TERM by default): a name (`INT`, `SIGHUP`) or a number.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// A command (`sh -c`, in its directory and environment) that asks it
+    /// to stop, run before the stop signal; what it writes goes to the
+    /// process's output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_command: Option<String>,
+    /// How long the stop command may take before the signal follows (10 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_command_timeout: Option<Duration>,
     /// When it restarts by itself: never (the default), on-failure or always.
     #[cfg_attr(feature = "schema", schemars(extend("enum" = ["never", "on-failure", "always"])))]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,6 +204,24 @@ pub struct Asked {
     /// Fail it if it is not ready this long after it started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_timeout: Option<Duration>,
+    /// An HTTP, command or port readiness check's first try this long
+    /// after the start (at once by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_initial_delay: Option<Duration>,
+    /// How long after a failed readiness try the next is made (250 ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_every: Option<Duration>,
+    /// How long one readiness try may take (5 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_check_timeout: Option<Duration>,
+    /// Passes in a row that make it ready (1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_successes: Option<u32>,
+    /// Failed readiness tries in a row after which the process is stopped
+    /// and started again under its restart policy, as an unhealthy one is
+    /// (tried until ready by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_failures: Option<u32>,
     /// A liveness check run while it runs: after its failures in a row
     /// the process is started again under its restart policy.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bpm_domain::{
-    Command, Environment, FileWatch, HealthCheck, LimitsAsked, LogPattern, NameTaken, Owner,
+    Command, Environment, FileWatch, HealthCheck, LimitsAsked, LogPattern, NameTaken, Owner, Pace,
     PortAsk, ProcessId, ProcessKind, ProcessName, ProcessSpec, ReadinessCheck, RestartMode,
-    ScheduleAsked, Signal, Span, StdinMode, TtySize,
+    ScheduleAsked, Signal, Span, StdinMode, StopCommand, TtySize,
 };
 
 use crate::asked::{Amount, Asked, Duration, HealthAsked};
@@ -14,6 +14,10 @@ use crate::context::{AskError, Context};
 
 /// The fields whose value a [`Duration`] gives.
 type Field = &'static str;
+
+/// How long a stop command may take unless asked otherwise, as in
+/// process-compose.
+const DEFAULT_STOP_COMMAND_SECS: u64 = 10;
 
 impl Asked {
     /// The spec this request asks for, every field read and checked: a
@@ -305,6 +309,25 @@ impl Reader<'_, '_> {
                 .parse::<Signal>()
                 .map_err(|e| self.fail("stop_signal", e))?;
         }
+        let stop_timeout = self.span("stop_command_timeout", a.stop_command_timeout.as_ref())?;
+        match (&a.stop_command, stop_timeout) {
+            (Some(command), timeout) => {
+                if command.trim().is_empty() {
+                    return Err(self.fail("stop_command", "is empty".to_owned()));
+                }
+                spec.stop_command = Some(Box::new(StopCommand {
+                    command: command.clone(),
+                    timeout: timeout.unwrap_or(Span::from_secs(DEFAULT_STOP_COMMAND_SECS)),
+                }));
+            }
+            (None, Some(_)) => {
+                return Err(self.fail(
+                    "stop_command_timeout",
+                    format!("times a stop command: give {}", self.name("stop_command")),
+                ));
+            }
+            (None, None) => {}
+        }
         if let Some(r) = &a.restart {
             spec.restart.mode = r
                 .parse::<RestartMode>()
@@ -375,10 +398,62 @@ impl Reader<'_, '_> {
             spec.readiness.check = ReadinessCheck::Notify;
         }
         spec.readiness.timeout = self.span("ready_timeout", a.ready_timeout.as_ref())?;
+        spec.readiness.pace = self.pace(a)?;
         if let Some(h) = &a.health {
             spec.health = Some(Box::new(self.health(h)?));
         }
         Ok(())
+    }
+
+    /// How an HTTP, command or port readiness check is tried, when any
+    /// of its timings is asked for.
+    fn pace(&self, a: &Asked) -> Result<Option<Pace>, AskError> {
+        let given = [
+            ("ready_initial_delay", a.ready_initial_delay.is_some()),
+            ("ready_every", a.ready_every.is_some()),
+            ("ready_check_timeout", a.ready_check_timeout.is_some()),
+            ("ready_successes", a.ready_successes.is_some()),
+            ("ready_failures", a.ready_failures.is_some()),
+        ];
+        let Some((first, _)) = given.iter().find(|(_, g)| *g) else {
+            return Ok(None);
+        };
+        if a.ready_http.is_none() && a.ready_exec.is_none() && a.ready_port.is_none() {
+            return Err(self.fail(
+                first,
+                format!(
+                    "paces an HTTP, command or port readiness check: give {}, {} or {}",
+                    self.name("ready_http"),
+                    self.name("ready_exec"),
+                    self.name("ready_port")
+                ),
+            ));
+        }
+        let mut pace = Pace::until_ready(Span::from_millis(250));
+        if let Some(d) = self.span("ready_initial_delay", a.ready_initial_delay.as_ref())? {
+            pace.initial_delay = d;
+        }
+        if let Some(d) = self.span("ready_every", a.ready_every.as_ref())? {
+            pace.every = d;
+        }
+        if let Some(d) = self.span("ready_check_timeout", a.ready_check_timeout.as_ref())? {
+            pace.timeout = d;
+        }
+        if let Some(n) = a.ready_successes {
+            pace.successes = n;
+        }
+        pace.failures = a.ready_failures;
+        let field = if pace.successes == 0 {
+            "ready_successes"
+        } else if pace.failures == Some(0) {
+            "ready_failures"
+        } else if pace.every.as_duration() < std::time::Duration::from_millis(100) {
+            "ready_every"
+        } else {
+            "ready_check_timeout"
+        };
+        pace.check().map_err(|e| self.fail(field, e))?;
+        Ok(Some(pace))
     }
 
     fn health(&self, h: &HealthAsked) -> Result<HealthCheck, AskError> {
@@ -421,6 +496,16 @@ impl Reader<'_, '_> {
             self.span("health.timeout", h.timeout.as_ref())?,
         )
         .map_err(|e| self.fail("health", e))
+        .and_then(|mut check| {
+            check.initial_delay = self.span("health.initial_delay", h.initial_delay.as_ref())?;
+            if let Some(n) = h.successes {
+                if n == 0 {
+                    return Err(self.fail("health.successes", "must be at least 1".to_owned()));
+                }
+                check.successes = n;
+            }
+            Ok(check)
+        })
     }
 
     /// Port, schedule, limits, terminal and stdin.

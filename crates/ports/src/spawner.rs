@@ -75,6 +75,11 @@ pub struct SpawnRequest {
     /// ([`ProcessSpec::tty`](bpm_domain::ProcessSpec::tty)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<bpm_domain::TtySize>,
+    /// How an HTTP, command or port readiness check is tried
+    /// ([`Readiness::pace`](bpm_domain::Readiness::pace)); its failures in a
+    /// row are reported as [`ProcessNotice::Health`], unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_pace: Option<bpm_domain::Pace>,
 }
 
 impl SpawnRequest {
@@ -100,6 +105,7 @@ impl SpawnRequest {
             health: spec.health.as_deref().cloned(),
             limits: spec.limits.as_deref().copied(),
             tty: spec.tty,
+            ready_pace: spec.readiness.pace,
         })
     }
 }
@@ -296,6 +302,30 @@ pub trait ProcessSpawner: Send + Sync + 'static {
     async fn watch_again(&self, request: SpawnRequest) -> Result<(), SpawnError> {
         let _ = request;
         Ok(())
+    }
+
+    /// Runs `command` to stop the process of `request`'s record (its
+    /// [`StopCommand`](bpm_domain::StopCommand)): `sh -c`, in the
+    /// process's directory and environment (with its `PORT`), cut at
+    /// `within`. What it writes, and how it ended when that was not exit
+    /// 0, goes to the record's output. Answers once it has ended.
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::Os`] if it could not be run, did not
+    ///   exit 0, or was cut; the process is then stopped by its signal all
+    ///   the same.
+    /// - MUST return [`SpawnError::Invalid`] from a spawner that runs no
+    ///   commands (the default).
+    async fn run_stop_command(
+        &self,
+        request: SpawnRequest,
+        command: String,
+        within: std::time::Duration,
+    ) -> Result<(), SpawnError> {
+        let _ = (request, command, within);
+        Err(SpawnError::Invalid(
+            "this spawner runs no stop command".into(),
+        ))
     }
 
     /// The stream of notices. The first call returns it; later calls return `None`.

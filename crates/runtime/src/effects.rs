@@ -107,6 +107,13 @@ impl Driver {
                     tracing::warn!(%id, pid, ?signal, error = %e, "could not signal");
                 }
             }
+            Effect::StopByCommand {
+                id,
+                pid,
+                command,
+                within,
+                signal,
+            } => self.stop_by_command(id, pid, command, within.as_duration(), signal),
             Effect::ArmTimer { timer, at } => self.timers.arm(timer, at),
             Effect::CancelTimer { timer } => self.timers.cancel(timer),
             Effect::Publish(event) => step.announce.push(*event),
@@ -241,6 +248,31 @@ impl Driver {
     }
 
     /// Starts the spawn beside the loop; its answer comes back as a message.
+    /// Runs a record's stop command beside the driver's work, then sends
+    /// the signal (whether the command succeeded or not: it is the stop's
+    /// next step, and KILL follows at the grace the core armed).
+    fn stop_by_command(
+        &self,
+        id: ProcessId,
+        pid: u32,
+        command: String,
+        within: std::time::Duration,
+        signal: bpm_domain::Signal,
+    ) {
+        let request = self.core.get(id).and_then(SpawnRequest::for_record);
+        let spawner = self.ports.spawner.clone();
+        tokio::spawn(async move {
+            if let Some(request) = request
+                && let Err(e) = spawner.run_stop_command(request, command, within).await
+            {
+                tracing::info!(%id, error = %e, "the stop command did not succeed");
+            }
+            if let Err(e) = spawner.signal(id, pid, signal).await {
+                tracing::warn!(%id, pid, ?signal, error = %e, "could not signal");
+            }
+        });
+    }
+
     fn spawn(&mut self, record: &ProcessRecord) -> Option<Vec<Effect>> {
         let id = record.id();
         // Nothing is started that the store does not know.

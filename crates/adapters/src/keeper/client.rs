@@ -472,6 +472,23 @@ impl ProcessSpawner for KeeperSpawner {
             .map(|_| ())
     }
 
+    async fn run_stop_command(
+        &self,
+        request: SpawnRequest,
+        command: String,
+        within: Duration,
+    ) -> Result<(), SpawnError> {
+        let start = Box::new(Start { env: None, request });
+        let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        self.call(Out::Op(Op::StopCommand {
+            start,
+            command,
+            within_ms,
+        }))
+        .await
+        .map(|_| ())
+    }
+
     async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
         if self
             .shared

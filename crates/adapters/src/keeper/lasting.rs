@@ -617,6 +617,18 @@ impl ProcessSpawner for LastingKeeper {
         self.keeper().await?.watch_again(request).await
     }
 
+    async fn run_stop_command(
+        &self,
+        request: SpawnRequest,
+        command: String,
+        within: Duration,
+    ) -> Result<(), SpawnError> {
+        self.keeper()
+            .await?
+            .run_stop_command(request, command, within)
+            .await
+    }
+
     fn hands_over(&self) -> bool {
         true
     }

@@ -125,6 +125,15 @@ enum Op {
     /// its environment inline. A keeper before this op answers that it
     /// cannot read it, and the process's readiness stays unknown.
     WatchAgain(Box<Start>),
+    /// Run a record's stop command for its process
+    /// ([`ProcessSpawner::run_stop_command`](bpm_ports::ProcessSpawner::run_stop_command)).
+    /// A keeper before this op answers that it cannot read it; the
+    /// process is then stopped by its signal alone.
+    StopCommand {
+        start: Box<Start>,
+        command: String,
+        within_ms: u64,
+    },
     HandOver(Vec<Start>),
     Withdraw,
     /// The node's lease is held for `ms` more: unless told again, the

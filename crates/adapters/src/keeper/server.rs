@@ -490,6 +490,15 @@ impl Keeper {
                 .watch_again(start.request)
                 .await
                 .map(|()| KeeperReply::Done),
+            Op::StopCommand {
+                start,
+                command,
+                within_ms,
+            } => self
+                .spawner
+                .run_stop_command(start.request, command, Duration::from_millis(within_ms))
+                .await
+                .map(|()| KeeperReply::Done),
             // A process of a keeper that died is adopted.
             Op::Reattach { id, pid } => Ok(KeeperReply::Held(
                 end_waiting(&self.state, id) || self.spawner.adopt(id, pid),

@@ -164,28 +164,6 @@ fn scan_lines(line: &mut Vec<u8>, data: &[u8], pattern: &LogPattern) -> bool {
     found || (!line.is_empty() && pattern.is_match(&String::from_utf8_lossy(line)))
 }
 
-/// Reports readiness once a TCP connection to the port on the loopback succeeds.
-pub(crate) async fn wait_for_port(
-    port: u16,
-    every: Duration,
-    watcher: Watcher,
-    mut exited: watch::Receiver<bool>,
-) {
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            watcher.ready();
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            _ = exited.wait_for(|e| *e) => return,
-        }
-    }
-}
-
 /// Reports idleness each time the process writes nothing for `idle`.
 pub(crate) async fn watch_idle(
     idle: Duration,

@@ -16,6 +16,27 @@ impl SpawnerShared {
         request: &SpawnRequest,
         within: Duration,
     ) -> Result<(), String> {
+        let (result, out, err) = self.exec_capture(command, request, within).await;
+        result.map_err(|why| {
+            let mut text = String::from_utf8_lossy(&out).into_owned();
+            text.push_str(&String::from_utf8_lossy(&err));
+            let text: String = text.trim().chars().take(1024).collect();
+            if why.starts_with('`') && why.contains(" exited ") {
+                format!("{why}: {text}")
+            } else {
+                why
+            }
+        })
+    }
+
+    /// [`exec_once`](Self::exec_once), with what the command wrote to its
+    /// stdout and its stderr as they are.
+    async fn exec_capture(
+        &self,
+        command: &str,
+        request: &SpawnRequest,
+        within: Duration,
+    ) -> (Result<(), String>, Vec<u8>, Vec<u8>) {
         let child = {
             // No orphan is reaped while it starts, so its pid is known to
             // the reaper before it can end.
@@ -41,7 +62,10 @@ impl SpawnerShared {
             if let Some(cwd) = &request.cwd {
                 c.current_dir(cwd);
             }
-            let child = c.spawn().map_err(|e| format!("{command}: {e}"))?;
+            let child = match c.spawn() {
+                Ok(child) => child,
+                Err(e) => return (Err(format!("{command}: {e}")), Vec::new(), Vec::new()),
+            };
             if let Some(pid) = child.id() {
                 guard(&self.probes).insert(pid);
             }
@@ -53,50 +77,127 @@ impl SpawnerShared {
             guard(&self.probes).remove(&pid);
         }
         match done {
-            Ok(Ok(out)) if out.status.success() => Ok(()),
-            Ok(Ok(out)) => {
-                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-                let text: String = text.trim().chars().take(1024).collect();
-                Err(format!(
-                    "`{command}` exited {}: {text}",
-                    exit_status_of(out.status)
-                ))
-            }
-            Ok(Err(e)) => Err(format!("{command}: {e}")),
-            Err(_) => Err(format!("`{command}` took over {within:?}")),
+            Ok(Ok(out)) if out.status.success() => (Ok(()), out.stdout, out.stderr),
+            Ok(Ok(out)) => (
+                Err(format!("`{command}` exited {}", exit_status_of(out.status))),
+                out.stdout,
+                out.stderr,
+            ),
+            Ok(Err(e)) => (Err(format!("{command}: {e}")), Vec::new(), Vec::new()),
+            Err(_) => (
+                Err(format!("`{command}` took over {within:?}")),
+                Vec::new(),
+                Vec::new(),
+            ),
         }
     }
 
-    /// Runs `command` every [`probe::EVERY`] until it exits 0 (each run cut
-    /// at [`probe::ATTEMPT`]); ready then. Stops when the process exits.
-    pub(super) async fn wait_for_exec(
+    /// [`ProcessSpawner::run_stop_command`]: the command run once, what it
+    /// wrote kept in the record's output, with a line saying how it ended
+    /// when that was not exit 0.
+    pub(super) async fn run_stop_command(
+        &self,
+        request: &SpawnRequest,
+        command: &str,
+        within: Duration,
+    ) -> Result<(), String> {
+        let (result, out, err) = self.exec_capture(command, request, within).await;
+        let id = request.id;
+        for (stream, bytes) in [(Stream::Stdout, out), (Stream::Stderr, err)] {
+            if !bytes.is_empty() {
+                let _ = self.output.append(id, stream, &bytes).await;
+            }
+        }
+        if let Err(why) = &result {
+            let line = format!("bpm: the stop command {why}\n");
+            let _ = self
+                .output
+                .append(id, Stream::Stderr, line.as_bytes())
+                .await;
+        }
+        result
+    }
+
+    /// One try of `probe` on the process of `request`, cut at `within`:
+    /// `Ok`, or why it failed.
+    async fn probe_once(
+        &self,
+        probe: &bpm_domain::Probe,
+        request: &SpawnRequest,
+        within: Duration,
+    ) -> Result<(), String> {
+        match probe {
+            bpm_domain::Probe::Http { target } => match probe::url_of(target, request.port) {
+                Some(url) => probe::http_check(&url, within).await,
+                None => Err(format!("no port for {target}")),
+            },
+            bpm_domain::Probe::Exec { command } => self.exec_once(command, request, within).await,
+            bpm_domain::Probe::Port { port } => {
+                let connect = tokio::net::TcpStream::connect(("127.0.0.1", *port));
+                match tokio::time::timeout(within, connect).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("port {port}: {e}")),
+                    Err(_) => Err(format!("port {port}: no answer within {within:?}")),
+                }
+            }
+        }
+    }
+
+    /// Tries `probe` as `pace` says until it passes `successes` times in a
+    /// row (ready then), or fails `failures` times in a row (reported as
+    /// [`ProcessNotice::Health`], unhealthy, with the last failure), or
+    /// the process exits.
+    pub(super) async fn wait_until_ready(
         self: Arc<Self>,
-        command: String,
+        probe: bpm_domain::Probe,
+        pace: bpm_domain::Pace,
         request: SpawnRequest,
         watcher: capture::Watcher,
         mut exited: watch::Receiver<bool>,
     ) {
+        let mut wait = pace.initial_delay.as_duration();
+        let (mut passed, mut failed) = (0u32, 0u32);
         loop {
-            if self
-                .exec_once(&command, &request, probe::ATTEMPT)
-                .await
-                .is_ok()
-            {
-                watcher.ready();
-                return;
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = exited.wait_for(|e| *e) => return,
+                }
             }
-            tokio::select! {
-                () = tokio::time::sleep(probe::EVERY) => {}
-                _ = exited.wait_for(|e| *e) => return,
+            wait = pace.every.as_duration();
+            match self
+                .probe_once(&probe, &request, pace.timeout.as_duration())
+                .await
+            {
+                Ok(()) => {
+                    (passed, failed) = (passed + 1, 0);
+                    if passed >= pace.successes {
+                        watcher.ready();
+                        return;
+                    }
+                }
+                Err(why) => {
+                    (passed, failed) = (0, failed + 1);
+                    if pace.failures.is_some_and(|most| failed >= most) {
+                        let _ = self.tx.send(ProcessNotice::Health {
+                            id: request.id,
+                            healthy: false,
+                            detail: Some(format!(
+                                "readiness check failed {failed} times in a row: {why}"
+                            )),
+                        });
+                        return;
+                    }
+                }
             }
         }
     }
 
-    /// Runs the process's health check every `every` while it runs, and
-    /// reports [`ProcessNotice::Health`] when it first passes, when it
-    /// passes again after failing, and when it failed `failures` times in
-    /// a row.
+    /// Runs the process's health check every `every` while it runs (the
+    /// first after `initial_delay`, when given), and reports
+    /// [`ProcessNotice::Health`] when it first passes, when it passes
+    /// `successes` times in a row again after failing, and when it failed
+    /// `failures` times in a row.
     pub(super) async fn watch_health(
         self: Arc<Self>,
         check: bpm_domain::HealthCheck,
@@ -104,36 +205,26 @@ impl SpawnerShared {
         mut exited: watch::Receiver<bool>,
     ) {
         let within = check.timeout.as_duration();
-        let (mut told, mut failed) = (None, 0u32);
+        let mut wait = check.initial_delay.unwrap_or(check.every).as_duration();
+        let (mut told, mut passed, mut failed) = (None, 0u32, 0u32);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(check.every.as_duration()) => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = exited.wait_for(|e| *e) => return,
             }
-            let result = match &check.probe {
-                bpm_domain::Probe::Http { target } => match probe::url_of(target, request.port) {
-                    Some(url) => probe::http_check(&url, within).await,
-                    None => Err(format!("no port for {target}")),
-                },
-                bpm_domain::Probe::Exec { command } => {
-                    self.exec_once(command, &request, within).await
-                }
-                bpm_domain::Probe::Port { port } => {
-                    let connect = tokio::net::TcpStream::connect(("127.0.0.1", *port));
-                    match tokio::time::timeout(within, connect).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(format!("port {port}: {e}")),
-                        Err(_) => Err(format!("port {port}: no answer within {within:?}")),
-                    }
-                }
-            };
-            let (healthy, detail) = match result {
+            wait = check.every.as_duration();
+            let (healthy, detail) = match self.probe_once(&check.probe, &request, within).await {
                 Ok(()) => {
-                    failed = 0;
+                    (passed, failed) = (passed + 1, 0);
+                    // The first pass says it is healthy; after a failure,
+                    // `successes` passes in a row do.
+                    if told == Some(false) && passed < check.successes {
+                        continue;
+                    }
                     (true, None)
                 }
                 Err(why) => {
-                    failed += 1;
+                    (passed, failed) = (0, failed + 1);
                     if failed < check.failures {
                         continue;
                     }

@@ -315,29 +315,33 @@ impl SpawnerShared {
         exited_rx: &watch::Receiver<bool>,
         mut notify: Option<(tokio::net::UnixDatagram, std::path::PathBuf)>,
     ) {
-        match &request.readiness {
-            ReadinessCheck::Port { port } => {
-                let (poll, rx) = (self.config.port_poll, exited_rx.clone());
-                tokio::spawn(capture::wait_for_port(*port, poll, watcher.clone(), rx));
-            }
-            ReadinessCheck::Http { target } => {
-                if let Some(url) = probe::url_of(target, request.port) {
-                    let rx = exited_rx.clone();
-                    tokio::spawn(probe::wait_for_http(url, watcher.clone(), rx));
-                }
-            }
-            ReadinessCheck::Exec { command } => {
-                let (rx, inner) = (exited_rx.clone(), self.clone());
-                let (command, request) = (command.clone(), request.clone());
-                tokio::spawn(inner.wait_for_exec(command, request, watcher.clone(), rx));
-            }
-            ReadinessCheck::Notify => {
-                if let Some((socket, path)) = notify.take() {
-                    let rx = exited_rx.clone();
-                    tokio::spawn(probe::wait_for_notify(socket, path, watcher.clone(), rx));
-                }
-            }
-            _ => {}
+        let probe = match &request.readiness {
+            ReadinessCheck::Port { port } => Some(bpm_domain::Probe::Port { port: *port }),
+            ReadinessCheck::Http { target } => Some(bpm_domain::Probe::Http {
+                target: target.clone(),
+            }),
+            ReadinessCheck::Exec { command } => Some(bpm_domain::Probe::Exec {
+                command: command.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(probe) = probe {
+            let pace = request.ready_pace.unwrap_or_else(|| {
+                let every = match probe {
+                    bpm_domain::Probe::Port { .. } => self.config.port_poll,
+                    _ => probe::EVERY,
+                };
+                bpm_domain::Pace::until_ready(bpm_domain::Span::new(every).unwrap_or_default())
+            });
+            let (rx, inner) = (exited_rx.clone(), self.clone());
+            let request = request.clone();
+            tokio::spawn(inner.wait_until_ready(probe, pace, request, watcher.clone(), rx));
+        }
+        if request.readiness == ReadinessCheck::Notify
+            && let Some((socket, path)) = notify.take()
+        {
+            let rx = exited_rx.clone();
+            tokio::spawn(probe::wait_for_notify(socket, path, watcher.clone(), rx));
         }
         if let Some(check) = request.health.clone() {
             let (rx, inner) = (exited_rx.clone(), self.clone());

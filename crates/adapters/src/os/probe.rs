@@ -12,8 +12,6 @@ use super::capture::Watcher;
 
 /// How often a check that failed is tried again.
 pub(crate) const EVERY: Duration = Duration::from_millis(250);
-/// How long one HTTP check or one command may take.
-pub(crate) const ATTEMPT: Duration = Duration::from_secs(5);
 
 /// An `http://host:port/path` URL, split.
 fn split_url(url: &str) -> Option<(String, u16, String)> {
@@ -82,24 +80,6 @@ pub(crate) async fn http_check(url: &str, within: Duration) -> Result<(), String
     tokio::time::timeout(within, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("GET {url}: no answer within {within:?}")))
-}
-
-/// Tries `url` until it answers 2xx or 3xx, or the process exits.
-pub(crate) async fn wait_for_http(
-    url: String,
-    watcher: Watcher,
-    mut exited: watch::Receiver<bool>,
-) {
-    loop {
-        if http_check(&url, ATTEMPT).await.is_ok() {
-            watcher.ready();
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(EVERY) => {}
-            _ = exited.wait_for(|e| *e) => return,
-        }
-    }
 }
 
 /// Where this spawner makes notify sockets: a directory of this user's

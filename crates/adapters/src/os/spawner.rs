@@ -341,6 +341,18 @@ impl ProcessSpawner for OsSpawner {
         Ok(())
     }
 
+    async fn run_stop_command(
+        &self,
+        request: SpawnRequest,
+        command: String,
+        within: Duration,
+    ) -> Result<(), SpawnError> {
+        self.inner
+            .run_stop_command(&request, &command, within)
+            .await
+            .map_err(SpawnError::Os)
+    }
+
     fn hands_over(&self) -> bool {
         true
     }

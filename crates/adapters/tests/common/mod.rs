@@ -68,6 +68,7 @@ pub(crate) fn sh_request(
         health: None,
         limits: None,
         tty: None,
+        ready_pace: None,
     }
 }
 

@@ -455,6 +455,13 @@ pub struct RunArgs {
     /// The signal that asks it to stop (TERM by default): a name (INT, SIGHUP) or a number.
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
+    /// A command (`sh -c`, in its directory and environment) run to stop
+    /// it, before the stop signal; its output goes to the process's.
+    #[arg(long, value_name = "CMD")]
+    pub stop_command: Option<String>,
+    /// How long the stop command may take before the signal follows (10s).
+    #[arg(long, value_name = "DURATION")]
+    pub stop_command_timeout: Option<String>,
     /// The first delay before an automatic restart, doubling up to a minute (1s by default).
     #[arg(long, value_name = "DURATION")]
     pub backoff: Option<String>,
@@ -488,7 +495,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL_OR_PATH")]
     pub ready_http: Option<String>,
     /// Ready when this command (`sh -c`, in the process's directory and
-    /// environment) exits 0; tried every 250 ms.
+    /// environment) exits 0; tried every 250 ms (--ready-every).
     #[arg(long, value_name = "CMD")]
     pub ready_exec: Option<String>,
     /// Liveness: an HTTP GET of this URL (or path on the --port) must
@@ -511,6 +518,13 @@ pub struct RunArgs {
     /// How long one health check may take (default 5s).
     #[arg(long, value_name = "DURATION")]
     pub health_timeout: Option<String>,
+    /// The first health check this long after the start (default: one
+    /// --health-every).
+    #[arg(long, value_name = "DURATION")]
+    pub health_initial_delay: Option<String>,
+    /// Passes in a row that make it healthy again after a failure (default 1).
+    #[arg(long, value_name = "N")]
+    pub health_successes: Option<u32>,
     /// Ready when the process says so: `READY=1` on `NOTIFY_SOCKET`
     /// (systemd's `sd_notify`), or `bpm ready` from a script.
     #[arg(long)]
@@ -518,6 +532,25 @@ pub struct RunArgs {
     /// Fail if not ready within this long.
     #[arg(long)]
     pub ready_timeout: Option<String>,
+    /// With --ready-http, --ready-exec or --ready-port: the first try this
+    /// long after the start (default: at once).
+    #[arg(long, value_name = "DURATION")]
+    pub ready_initial_delay: Option<String>,
+    /// With --ready-http, --ready-exec or --ready-port: how long after a
+    /// failed try the next is made (default 250ms).
+    #[arg(long, value_name = "DURATION")]
+    pub ready_every: Option<String>,
+    /// With --ready-http, --ready-exec or --ready-port: how long one try
+    /// may take (default 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub ready_check_timeout: Option<String>,
+    /// Passes in a row that make it ready (default 1).
+    #[arg(long, value_name = "N")]
+    pub ready_successes: Option<u32>,
+    /// Failed readiness tries in a row after which it is stopped and
+    /// started again under its restart policy (default: tried until ready).
+    #[arg(long, value_name = "N")]
+    pub ready_failures: Option<u32>,
     /// Announce idleness after this long without output.
     #[arg(long)]
     pub idle_after: Option<String>,
@@ -676,9 +709,12 @@ pub struct UpArgs {
     /// Only these services (and what they depend on); a single name may
     /// also name a project brought up before, from any directory.
     pub services: Vec<String>,
-    /// The project file: a bpm.toml, a Procfile or a process-compose.yaml.
+    /// The project file: a bpm.toml, a Procfile or a process-compose.yaml
+    /// (repeatable: the files are read as one, the later winning key by
+    /// key). A single bpm.toml is read with the bpm.override.toml beside
+    /// it, a process-compose.yaml with its process-compose.override.yaml.
     #[arg(short, long, value_name = "FILE")]
-    pub file: Option<PathBuf>,
+    pub file: Vec<PathBuf>,
     /// Return once every service is ready (or completed); otherwise exit
     /// non-zero naming the service that failed, with its last lines.
     #[arg(long)]
@@ -704,9 +740,9 @@ pub struct UpArgs {
 pub struct DownArgs {
     /// Only these services; a single name may also name a project.
     pub services: Vec<String>,
-    /// The project file, as for `up`.
+    /// The project file, as for `up` (repeatable).
     #[arg(short, long, value_name = "FILE")]
-    pub file: Option<PathBuf>,
+    pub file: Vec<PathBuf>,
 }
 
 /// Stop processes (and their descendants); returns when they are gone.

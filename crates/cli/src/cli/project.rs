@@ -16,7 +16,7 @@ use bpm_ports::OutputQuery;
 use super::error::{CliError, Outcome};
 use super::{DownArgs, Manager, UpArgs};
 use crate::home::Home;
-use bpm_intake::project::{FILE_NAME, Loaded, find, load};
+use bpm_intake::project::{FILE_NAME, Loaded, find, load, load_all};
 
 /// The project file to use: `-f FILE`, else the `bpm.toml` of this
 /// directory or the nearest parent, else, when `name` names a project that
@@ -86,15 +86,17 @@ pub(super) fn read_here() -> Result<(PathBuf, Option<Loaded>), CliError> {
     Ok((dir, loaded))
 }
 
-/// Reads the project, or says what to do when there is none.
+/// Reads the project (from `files`, read as one, when given), or says
+/// what to do when there is none.
 async fn loaded(
     m: &Manager,
-    file: Option<PathBuf>,
+    files: Vec<PathBuf>,
     names: &mut Vec<String>,
 ) -> Result<Loaded, CliError> {
     // `bpm up shop` from anywhere: a single name that is no service here
     // may name a project brought up before.
     let by_name = (names.len() == 1).then(|| names[0].clone());
+    let file = files.first().cloned();
     let path = project_file(m, file.clone(), by_name.as_deref()).await?;
     let Some(path) = path.filter(|p| file.is_some() || p.exists()) else {
         // Its file is gone: the store's records define it still.
@@ -118,7 +120,8 @@ async fn loaded(
         )));
     };
     let env = bpm_adapters::os::inherited_env();
-    let l = load(&path, &env, &bpm_adapters::os::ThisMachine).map_err(CliError::invalid)?;
+    let files = if files.is_empty() { vec![path] } else { files };
+    let l = load_all(&files, &env, &bpm_adapters::os::ThisMachine).map_err(CliError::invalid)?;
     if let Some(name) = &by_name
         && file.is_none()
         && *name == l.project.name
@@ -147,7 +150,7 @@ async fn lock(home: &Home, name: &str) -> Result<std::fs::File, CliError> {
 
 /// `bpm up`.
 pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
-    let read = loaded(m, a.file.take(), &mut a.services).await?;
+    let read = loaded(m, std::mem::take(&mut a.file), &mut a.services).await?;
     let p = &read.project;
     // Held while the plan is carried out (not while it is waited for):
     // racing `up`s apply one at a time.
@@ -247,7 +250,7 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
 /// `bpm down`: the project's live records stopped in reverse dependency
 /// order (each whole tree, with its grace); returns when they are gone.
 pub(super) async fn down(home: &Home, m: &Manager, mut a: DownArgs) -> Outcome {
-    let read = loaded(m, a.file.take(), &mut a.services).await?;
+    let read = loaded(m, std::mem::take(&mut a.file), &mut a.services).await?;
     let _lock = lock(home, &read.project.name).await?;
     let said = std::cell::Cell::new(false);
     let line = |s: &ports_project::Step| {

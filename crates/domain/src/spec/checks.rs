@@ -43,10 +43,78 @@ impl FileWatch {
     }
 }
 
+/// How a check that is tried again and again is paced: the first try
+/// `initial_delay` after the start, then one every `every`, each cut at
+/// `timeout`; `successes` passes in a row make it pass, and `failures`
+/// failures in a row (when given) make it fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pace {
+    /// How long after the start the first try is made.
+    #[serde(default, skip_serializing_if = "no_time")]
+    pub initial_delay: Span,
+    /// How long after a try the next is made.
+    pub every: Span,
+    /// How long one try may take.
+    pub timeout: Span,
+    /// How many passes in a row make it pass (at least 1).
+    #[serde(default = "one")]
+    pub successes: u32,
+    /// How many failures in a row make it fail (at least 1); without it,
+    /// it is tried until it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+}
+
+const fn one() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+const fn no_time(s: &Span) -> bool {
+    s.is_zero()
+}
+
+impl Pace {
+    /// How a readiness check is paced unless asked otherwise: tried at
+    /// once, then every `every`, each try cut at 5 s, until it passes.
+    pub fn until_ready(every: Span) -> Self {
+        Pace {
+            initial_delay: Span::ZERO,
+            every,
+            timeout: Span::from_secs(5),
+            successes: 1,
+            failures: None,
+        }
+    }
+
+    /// Why this pace cannot be kept, if it cannot.
+    ///
+    /// # Errors
+    /// A try more often than every 100 ms, a try cut under 10 ms, or a
+    /// count of 0.
+    pub fn check(&self) -> Result<(), String> {
+        if self.successes == 0 {
+            return Err("successes must be at least 1".into());
+        }
+        if self.failures == Some(0) {
+            return Err("failures must be at least 1".into());
+        }
+        if self.every.as_duration() < Duration::from_millis(100) {
+            return Err(format!("every {} is under 100ms", self.every));
+        }
+        if self.timeout.as_duration() < Duration::from_millis(10) {
+            return Err(format!("a timeout of {} is under 10ms", self.timeout));
+        }
+        Ok(())
+    }
+}
+
 /// A liveness check: run every `every` while the process runs; after
 /// `failures` failures in a row the record is unhealthy, and it is
 /// stopped and started again under its restart policy (failed without
-/// one). Each check is cut at `timeout`.
+/// one). Each check is cut at `timeout`. The first runs `initial_delay`
+/// after the start (or `every`, when none is given); after a failure,
+/// `successes` passes in a row make it healthy again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// What is checked.
@@ -57,6 +125,17 @@ pub struct HealthCheck {
     pub failures: u32,
     /// How long one check may take.
     pub timeout: Span,
+    /// How long after the start the first check runs (`every` when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<Span>,
+    /// How many passes in a row make it healthy again (at least 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub successes: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+const fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl HealthCheck {
@@ -68,6 +147,8 @@ impl HealthCheck {
             every: Span::from_secs(2),
             failures: 3,
             timeout: Span::from_secs(5),
+            initial_delay: None,
+            successes: 1,
         }
     }
 

@@ -21,9 +21,12 @@ use crate::{
 mod checks;
 mod policies;
 
-pub use checks::{DEFAULT_WATCH_DEBOUNCE_MS, FileWatch, HealthCheck, NameTaken, Probe, Until};
+pub use checks::{
+    DEFAULT_WATCH_DEBOUNCE_MS, FileWatch, HealthCheck, NameTaken, Pace, Probe, Until,
+};
 pub use policies::{
-    Backoff, LogPattern, Readiness, ReadinessCheck, RestartMode, RestartPolicy, Signal, StopPolicy,
+    Backoff, LogPattern, Readiness, ReadinessCheck, RestartMode, RestartPolicy, Signal,
+    StopCommand, StopPolicy,
 };
 
 /// What a process runs: an argument vector, or one string given to `sh -c`.
@@ -206,6 +209,9 @@ pub enum SpecError {
     /// A readiness check that cannot work.
     #[error("invalid readiness check: {0}")]
     InvalidReadiness(String),
+    /// A stop command that cannot work.
+    #[error("invalid stop command: {0}")]
+    InvalidStop(String),
     /// A dependency condition names a record that is not a dependency.
     #[error("a condition names {0}, which is not among the dependencies")]
     ConditionWithoutDependency(ProcessId),
@@ -277,6 +283,9 @@ pub struct ProcessSpec {
     pub timeout: Option<Span>,
     /// How to stop it.
     pub stop: StopPolicy,
+    /// A command run to stop it, before the stop's signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_command: Option<Box<StopCommand>>,
     /// Whether to restart it when it exits.
     pub restart: RestartPolicy,
     /// When it counts as ready.
@@ -503,6 +512,7 @@ impl ProcessSpec {
         check("stdin", self.stdin == other.stdin);
         check("timeout", self.timeout == other.timeout);
         check("stop", self.stop == other.stop);
+        check("stop_command", self.stop_command == other.stop_command);
         check("restart", self.restart == other.restart);
         check("readiness", self.readiness == other.readiness);
         check("idle_after", self.idle_after == other.idle_after);
@@ -526,6 +536,14 @@ impl ProcessSpec {
     /// # Errors
     /// The first [`SpecError`] found.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(c) = &self.stop_command {
+            if c.command.trim().is_empty() {
+                return Err(SpecError::InvalidStop("the stop command is empty".into()));
+            }
+            if self.command.is_none() {
+                return Err(SpecError::NotForTracked(Cow::Borrowed("a stop command")));
+            }
+        }
         if !self.node_labels.is_empty() && self.placement() != Placement::Any {
             return Err(SpecError::NodeLabelsWithoutAny);
         }
@@ -698,6 +716,9 @@ impl ProcessSpec {
             if h.every.as_duration() < Duration::from_millis(100) {
                 return bad(format!("every {} is under 100ms", h.every));
             }
+            if h.successes == 0 {
+                return bad("successes must be at least 1".into());
+            }
             if self.command.is_none() {
                 return Err(SpecError::NotForTracked(Cow::Borrowed("a health check")));
             }
@@ -727,6 +748,20 @@ impl ProcessSpec {
                 ));
             }
             _ => {}
+        }
+        if let Some(pace) = &self.readiness.pace {
+            if !matches!(
+                self.readiness.check,
+                ReadinessCheck::Http { .. }
+                    | ReadinessCheck::Exec { .. }
+                    | ReadinessCheck::Port { .. }
+            ) {
+                return Err(SpecError::InvalidReadiness(
+                    "initial_delay, every, successes and failures pace an HTTP, command or port check, and none is given".into(),
+                ));
+            }
+            pace.check()
+                .map_err(|e| SpecError::InvalidReadiness(format!("readiness: {e}")))?;
         }
         Ok(())
     }

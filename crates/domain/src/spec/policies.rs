@@ -74,6 +74,19 @@ impl Default for StopPolicy {
     }
 }
 
+/// A command that asks a process to stop, run before its signal
+/// (process-compose's `shutdown.command`): `sh -c`, in the process's
+/// directory and environment, cut at `timeout`; what it writes goes to
+/// the process's output. The signal follows once it has ended (or was
+/// cut), and KILL the stop's grace after that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopCommand {
+    /// The command line.
+    pub command: String,
+    /// How long it may take.
+    pub timeout: Span,
+}
+
 /// When an exited process is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -242,4 +255,10 @@ pub struct Readiness {
     pub check: ReadinessCheck,
     /// A process not ready this long after it started is stopped and fails.
     pub timeout: Option<Span>,
+    /// How an HTTP, command or port check is tried ([`Pace::until_ready`]
+    /// when not given): its `failures` in a row make the process
+    /// unhealthy, and it is stopped and started again under its restart
+    /// policy, as a failed health check does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pace: Option<super::Pace>,
 }

@@ -118,17 +118,36 @@ impl Supervisor {
         if force {
             self.escalate(id, now)?;
         } else {
-            self.signal(id, pid, policy.signal);
-            if was_paused {
-                // A stopped process cannot act on TERM until it is continued.
-                self.signal(id, pid, Signal::Cont);
+            let asked = self.entries[&id]
+                .record
+                .spec()
+                .stop_command
+                .as_deref()
+                .cloned();
+            let mut grace = grace.unwrap_or(policy.grace).as_duration();
+            if let Some(asked) = asked {
+                if was_paused {
+                    // A stopped process cannot act on its stop command either.
+                    self.signal(id, pid, Signal::Cont);
+                }
+                // The command first, then the signal; KILL a grace after
+                // the command's time is up.
+                self.out.push(Effect::StopByCommand {
+                    id,
+                    pid,
+                    command: asked.command,
+                    within: asked.timeout,
+                    signal: policy.signal,
+                });
+                grace = grace.saturating_add(asked.timeout.as_duration());
+            } else {
+                self.signal(id, pid, policy.signal);
+                if was_paused {
+                    // A stopped process cannot act on TERM until it is continued.
+                    self.signal(id, pid, Signal::Cont);
+                }
             }
-            let grace = grace.unwrap_or(policy.grace);
-            self.arm(
-                id,
-                TimerKind::Grace,
-                now.saturating_add(grace.as_duration()),
-            );
+            self.arm(id, TimerKind::Grace, now.saturating_add(grace));
         }
         Ok(())
     }

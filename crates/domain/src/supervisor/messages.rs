@@ -108,6 +108,21 @@ pub enum Effect {
         /// Its process.
         pid: u32,
     },
+    /// Run the record's stop command ([`crate::StopCommand`]) for its
+    /// process `pid`, cut at `within`; then send `signal` to its whole
+    /// tree (KILL is the core's, at the end of the grace it arms).
+    StopByCommand {
+        /// The record.
+        id: ProcessId,
+        /// Its process group leader.
+        pid: u32,
+        /// The command.
+        command: String,
+        /// How long it may take.
+        within: crate::Span,
+        /// The signal after it.
+        signal: Signal,
+    },
     /// Send a signal to the record's whole process tree.
     Signal {
         /// The record.

@@ -899,3 +899,78 @@ fn an_mcp_server_starts_at_once_and_holds_no_slot() {
     );
     c.check_invariants().expect("consistent");
 }
+
+/// A process with a stop command is stopped by the command first (the
+/// signal follows it), and KILL waits the command's time and the grace;
+/// a forced stop sends KILL at once, with no command.
+#[test]
+fn a_stop_command_comes_before_the_signal_and_widens_the_grace() {
+    let mut c = core(Limits::default());
+    let mut spec = ProcessSpec::argv(["a"]);
+    spec.stop_command = Some(Box::new(bpm_domain::StopCommand {
+        command: "kill -INT $PPID".into(),
+        timeout: Span::from_secs(3),
+    }));
+    c.handle(
+        Input::Submit {
+            id: id(1),
+            spec: spec.clone(),
+        },
+        t(1),
+    )
+    .expect("submit");
+    c.handle(Input::Spawned { id: id(1), pid: 77 }, t(2))
+        .expect("spawned");
+    let effects = c
+        .handle(
+            Input::Stop {
+                id: id(1),
+                force: false,
+                grace: Some(Span::from_secs(2)),
+            },
+            t(1_000),
+        )
+        .expect("stop");
+    assert!(effects.contains(&Effect::StopByCommand {
+        id: id(1),
+        pid: 77,
+        command: "kill -INT $PPID".into(),
+        within: Span::from_secs(3),
+        signal: bpm_domain::Signal::Term,
+    }));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Signal { .. })),
+        "the signal is the command's to follow: {effects:?}"
+    );
+    let grace = armed(&effects)
+        .into_iter()
+        .find(|(timer, _)| timer.kind == TimerKind::Grace)
+        .expect("a grace timer");
+    assert_eq!(grace.1, t(6_000), "3 s of command, then 2 s of grace");
+
+    c.handle(Input::Submit { id: id(2), spec }, t(7_000))
+        .expect("submit");
+    c.handle(Input::Spawned { id: id(2), pid: 78 }, t(7_001))
+        .expect("spawned");
+    let effects = c
+        .handle(
+            Input::Stop {
+                id: id(2),
+                force: true,
+                grace: None,
+            },
+            t(7_002),
+        )
+        .expect("stop");
+    assert!(effects.contains(&Effect::Signal {
+        id: id(2),
+        pid: 78,
+        signal: bpm_domain::Signal::Kill
+    }));
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::StopByCommand { .. })),
+        "{effects:?}"
+    );
+}

@@ -19,6 +19,6 @@ pub use client::{
 };
 #[cfg(feature = "files")]
 pub use read::{
-    FILE_NAME, Loaded, MAX_FILE_BYTES, MAX_NESTING, MAX_REPLICAS, MAX_SERVICES, Reading, find,
-    load, load_confined,
+    FILE_NAME, Loaded, MAX_FILE_BYTES, MAX_NESTING, MAX_REPLICAS, MAX_SERVICES, OVERRIDE_FILE_NAME,
+    Reading, find, load, load_all, load_all_confined, load_confined,
 };

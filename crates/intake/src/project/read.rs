@@ -167,6 +167,7 @@ pub struct Reading<'a> {
 use crate::MayRead;
 
 mod compose;
+mod layers;
 mod merge;
 
 /// [`load`], asking `may_read` before reading the file and each env file
@@ -176,10 +177,66 @@ mod merge;
 /// # Errors
 /// Those of [`load`], and `may_read`'s refusal.
 pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> {
-    let may_read = from.may_read;
-    let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    may_read("project file", &file)?;
-    let size = std::fs::metadata(&file)
+    load_all_confined(&[file.to_path_buf()], from)
+}
+
+/// Several project files read as one (`bpm up -f a -f b`), the later
+/// winning key by key: process-compose files as process-compose merges
+/// them, `bpm.toml` files table by table. One file is read with what
+/// goes with it: the `process-compose.override.yaml` beside a
+/// `process-compose.yaml`, the `bpm.override.toml` beside a `bpm.toml`.
+///
+/// # Errors
+/// Those of [`load`], naming the file each wrong key came from; a
+/// Procfile among others, or files of both kinds.
+pub fn load_all(
+    files: &[PathBuf],
+    env: &Environment,
+    machine: &dyn Machine,
+) -> Result<Loaded, String> {
+    load_all_confined(
+        files,
+        &Reading {
+            env,
+            machine,
+            may_read: &crate::may_read_anything,
+        },
+    )
+}
+
+/// What kind of project file a path names, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Procfile,
+    Compose,
+    Toml,
+}
+
+impl Kind {
+    fn of(file: &Path) -> Self {
+        let base = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if base.starts_with("Procfile") {
+            Kind::Procfile
+        } else if file
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+        {
+            Kind::Compose
+        } else {
+            Kind::Toml
+        }
+    }
+}
+
+/// A project file's text, once `may_read` allows it and its size and
+/// nesting are within bounds.
+fn read_text(file: &Path, from: &Reading<'_>) -> Result<String, String> {
+    (from.may_read)("project file", file)?;
+    let size = std::fs::metadata(file)
         .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?
         .len();
     if size > MAX_FILE_BYTES as u64 {
@@ -188,7 +245,7 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
             file.display()
         ));
     }
-    let text = std::fs::read_to_string(&file)
+    let text = std::fs::read_to_string(file)
         .map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
     let depth = nesting(&text);
     if depth > MAX_NESTING {
@@ -197,12 +254,38 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
             file.display()
         ));
     }
+    Ok(text)
+}
+
+/// [`load_all`], asking `may_read` as [`load_confined`] does.
+///
+/// # Errors
+/// Those of [`load_all`], and `may_read`'s refusal.
+pub fn load_all_confined(files: &[PathBuf], from: &Reading<'_>) -> Result<Loaded, String> {
+    let files = files
+        .iter()
+        .map(|f| std::path::absolute(f).map_err(|e| format!("{}: {e}", f.display())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(file) = files.first().cloned() else {
+        return Err("no project file given".into());
+    };
+    let kind = Kind::of(&file);
+    if let Some(other) = files.iter().skip(1).find(|f| Kind::of(f) != kind) {
+        return Err(format!(
+            "{}: {} and {} cannot be read as one: give files of one kind (bpm.toml files, or process-compose files)",
+            other.display(),
+            file.display(),
+            other.display()
+        ));
+    }
+    if kind == Kind::Procfile && files.len() > 1 {
+        return Err(format!(
+            "{}: a Procfile is read alone: give it as the only -f",
+            files[1].display()
+        ));
+    }
+    let text = read_text(&file, from)?;
     let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let base = file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_owned();
     let default_name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -210,22 +293,33 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
         .to_owned();
     let named = |e: String| format!("{}:{e}", file.display());
     let mut merged = None;
-    let (project, ignored) = if base.starts_with("Procfile") {
-        (
+    let (project, ignored) = match kind {
+        Kind::Procfile => (
             procfile(&text, &default_name, &dir, from).map_err(named)?,
             Vec::new(),
-        )
-    } else if file
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
-    {
-        compose_files(&file, &text, &default_name, &dir, from, &mut merged)?
-    } else {
-        (
-            bpm_toml(&text, &default_name, &dir, from).map_err(named)?,
-            Vec::new(),
-        )
+        ),
+        Kind::Compose => compose_files(&files, &text, &default_name, &dir, from, &mut merged)?,
+        Kind::Toml => {
+            let mut all = vec![(file.clone(), text)];
+            let beside = dir.join(OVERRIDE_FILE_NAME);
+            let override_too = files.len() == 1
+                && file.file_name().and_then(|n| n.to_str()) == Some(FILE_NAME)
+                && beside.is_file();
+            let more = files.iter().skip(1).chain(override_too.then_some(&beside));
+            for f in more {
+                all.push((f.clone(), read_text(f, from)?));
+            }
+            if all.len() == 1 {
+                (
+                    bpm_toml(&all[0].1, &default_name, &dir, from).map_err(named)?,
+                    Vec::new(),
+                )
+            } else {
+                let (project, doc) = layers::read(&all, &default_name, &dir, from)?;
+                merged = Some((all.into_iter().map(|(f, _)| f).collect(), doc));
+                (project, Vec::new())
+            }
+        }
     };
     project
         .validate()
@@ -239,36 +333,39 @@ pub fn load_confined(file: &Path, from: &Reading<'_>) -> Result<Loaded, String> 
     })
 }
 
-/// A process-compose file with what process-compose reads with it: the
-/// files its top-level `extends` names, and `process-compose.override.yaml`
-/// (or `.yml`) beside a `process-compose.yaml`, merged in that order.
+/// The file read over a `bpm.toml` beside it, when it is there.
+pub const OVERRIDE_FILE_NAME: &str = "bpm.override.toml";
+
+/// Process-compose files with what process-compose reads with them: the
+/// files each one's top-level `extends` names, and, for a single
+/// `process-compose.yaml`, the `process-compose.override.yaml` (or
+/// `.yml`) beside it, merged in that order.
 fn compose_files(
-    file: &Path,
+    files: &[PathBuf],
     text: &str,
     default_name: &str,
     dir: &Path,
     from: &Reading<'_>,
     merged_into: &mut Option<(Vec<PathBuf>, String)>,
 ) -> Result<(Project, Vec<String>), String> {
-    let mut files = vec![file.to_path_buf()];
+    let file = files[0].clone();
+    let mut files = files.to_vec();
     let base = file
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or_default();
-    if base == "process-compose" {
+    if base == "process-compose" && files.len() == 1 {
         let beside = ["yaml", "yml"]
             .iter()
             .map(|ext| dir.join(format!("process-compose.override.{ext}")))
             .find(|f| f.is_file());
         files.extend(beside);
     }
-    let main = file.to_path_buf();
     let read = |f: &Path| -> Result<String, String> {
-        if f == main {
+        if f == file {
             return Ok(text.to_owned());
         }
-        (from.may_read)("project file", f)?;
-        std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read it: {e}", f.display()))
+        read_text(f, from)
     };
     let sources = merge::sources(&files, &read)?;
     if sources.len() == 1 {
@@ -359,6 +456,8 @@ pub(crate) struct ServiceTable {
     pub(crate) timeout: Option<String>,
     pub(crate) grace: Option<String>,
     pub(crate) stop_signal: Option<String>,
+    pub(crate) stop_command: Option<String>,
+    pub(crate) stop_command_timeout: Option<String>,
     pub(crate) delay: Option<String>,
     pub(crate) idle_after: Option<String>,
     pub(crate) node: Option<String>,
@@ -443,7 +542,16 @@ impl ServiceTable {
             ready_http: ready.and_then(|r| r.http.clone()),
             ready_exec: ready.and_then(|r| r.exec.clone()),
             ready_notify: ready.and_then(|r| r.notify),
-            ready_timeout: ready.and_then(|r| r.timeout.as_deref().map(crate::Duration::from)),
+            ready_timeout: ready
+                .filter(|r| !r.is_probed())
+                .and_then(|r| length(&r.timeout)),
+            ready_check_timeout: ready
+                .filter(|r| r.is_probed())
+                .and_then(|r| length(&r.timeout)),
+            ready_initial_delay: ready.and_then(|r| length(&r.initial_delay)),
+            ready_every: ready.and_then(|r| length(&r.every)),
+            ready_successes: ready.and_then(|r| r.successes),
+            ready_failures: ready.and_then(|r| r.failures),
             port: self.port.as_ref().map(|p| match p {
                 PortValue::Number(n) => Amount::Number(i64::from(*n)),
                 PortValue::Text(t) => Amount::Text(t.clone()),
@@ -458,6 +566,8 @@ impl ServiceTable {
                 every: length(&h.every),
                 failures: h.failures,
                 timeout: length(&h.timeout),
+                initial_delay: length(&h.initial_delay),
+                successes: h.successes,
             }),
             group: self.group.clone(),
             labels: self.labels.clone(),
@@ -466,6 +576,8 @@ impl ServiceTable {
             timeout: length(&self.timeout),
             grace: length(&self.grace),
             stop_signal: self.stop_signal.clone(),
+            stop_command: self.stop_command.clone(),
+            stop_command_timeout: length(&self.stop_command_timeout),
             delay: length(&self.delay),
             idle_after: length(&self.idle_after),
             node: self.node.clone(),
@@ -536,16 +648,41 @@ pub(crate) enum DependsOn {
     Names(Vec<String>),
 }
 
-/// `ready = { log = "..." }` and its siblings, with an optional timeout.
+/// `ready = { log = "..." }` and its siblings, with an optional timeout:
+/// how long one try may take for an HTTP, command or port check (paced
+/// by `initial_delay`, `every`, `successes` and `failures`), how long the
+/// process may take to be ready for the others.
 #[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReadyTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) log: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) http: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) exec: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) notify: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) initial_delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) every: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) successes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failures: Option<u32>,
+}
+
+impl ReadyTable {
+    /// Whether its check is tried again and again (HTTP, a command, a
+    /// port), so that `timeout` cuts one try.
+    fn is_probed(&self) -> bool {
+        self.http.is_some() || self.exec.is_some() || self.port.is_some()
+    }
 }
 
 /// `health = { http = "/", every = "2s", failures = 3 }`.
@@ -558,6 +695,10 @@ pub(crate) struct HealthTable {
     pub(crate) every: Option<String>,
     pub(crate) failures: Option<u32>,
     pub(crate) timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) initial_delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) successes: Option<u32>,
 }
 
 /// The 1-based line of byte `at` in `text`.
@@ -571,7 +712,39 @@ fn bpm_toml(
     dir: &Path,
     from: &Reading<'_>,
 ) -> Result<Project, String> {
-    let file: File = toml::from_str(text).map_err(|e| {
+    let file = parse_toml(text)?;
+    // Counted before anything is resolved: reading a service costs.
+    count_services(&file)?;
+    let name = file.project.name.unwrap_or_else(|| default_name.to_owned());
+    let mut services = Vec::new();
+    for (service, table) in file.services {
+        let line = line_of(text, table.span().start);
+        let table = table.into_inner();
+        let at = |e: String| format!("{line}: services.{service}.{e}");
+        services.extend(resolve(&service, &table, dir, from).map_err(at)?);
+    }
+    expand_replicas(&mut services);
+    Ok(Project { name, services })
+}
+
+/// The services a file asks for, replicas counted, within [`MAX_SERVICES`].
+fn count_services(file: &File) -> Result<(), String> {
+    let asked: u64 = file
+        .services
+        .values()
+        .map(|t| u64::from(t.get_ref().replicas.unwrap_or(1)))
+        .sum();
+    if asked > MAX_SERVICES as u64 {
+        return Err(format!(
+            " {asked} services (replicas counted): a project may have at most {MAX_SERVICES}"
+        ));
+    }
+    Ok(())
+}
+
+/// A `bpm.toml`'s text as its shape; an error begins with the line.
+fn parse_toml(text: &str) -> Result<File, String> {
+    toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(text, s.start));
         let key = text
             .lines()
@@ -586,28 +759,7 @@ fn bpm_toml(
             Some(key) => format!("{line}: {key}: {}", quoted(&message)),
             None => format!("{line}: {}", quoted(&message)),
         }
-    })?;
-    let name = file.project.name.unwrap_or_else(|| default_name.to_owned());
-    // Counted before anything is resolved: reading a service costs.
-    let asked: u64 = file
-        .services
-        .values()
-        .map(|t| u64::from(t.get_ref().replicas.unwrap_or(1)))
-        .sum();
-    if asked > MAX_SERVICES as u64 {
-        return Err(format!(
-            " {asked} services (replicas counted): a project may have at most {MAX_SERVICES}"
-        ));
-    }
-    let mut services = Vec::new();
-    for (service, table) in file.services {
-        let line = line_of(text, table.span().start);
-        let table = table.into_inner();
-        let at = |e: String| format!("{line}: services.{service}.{e}");
-        services.extend(resolve(&service, &table, dir, from).map_err(at)?);
-    }
-    expand_replicas(&mut services);
-    Ok(Project { name, services })
+    })
 }
 
 /// A service's table as specs: one per replica (`NAME.1`, `NAME.2`...),

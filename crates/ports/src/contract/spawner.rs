@@ -52,6 +52,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         health: None,
         limits: None,
         tty: None,
+        ready_pace: None,
     }
 }
 

@@ -41,7 +41,9 @@ pub(super) fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
         || a.health_port.is_some()
         || a.health_every.is_some()
         || a.health_failures.is_some()
-        || a.health_timeout.is_some())
+        || a.health_timeout.is_some()
+        || a.health_initial_delay.is_some()
+        || a.health_successes.is_some())
     .then(|| HealthAsked {
         http: a.health_http,
         exec: a.health_exec,
@@ -49,6 +51,11 @@ pub(super) fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
         every: a.health_every.as_deref().map(bpm_intake::Duration::from),
         failures: a.health_failures,
         timeout: a.health_timeout.as_deref().map(bpm_intake::Duration::from),
+        initial_delay: a
+            .health_initial_delay
+            .as_deref()
+            .map(bpm_intake::Duration::from),
+        successes: a.health_successes,
     });
     let text = |t: Option<String>| t.as_deref().map(bpm_intake::Duration::from);
     let amount = |t: Option<String>| t.as_deref().map(Amount::from);
@@ -72,6 +79,8 @@ pub(super) fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
         timeout: text(a.timeout),
         grace: text(a.grace),
         stop_signal: a.stop_signal,
+        stop_command: a.stop_command,
+        stop_command_timeout: text(a.stop_command_timeout),
         restart: a.restart,
         max_restarts: a.max_restarts,
         backoff: text(a.backoff),
@@ -81,6 +90,11 @@ pub(super) fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
         ready_exec: a.ready_exec,
         ready_notify: yes(a.ready_notify),
         ready_timeout: text(a.ready_timeout),
+        ready_initial_delay: text(a.ready_initial_delay),
+        ready_every: text(a.ready_every),
+        ready_check_timeout: text(a.ready_check_timeout),
+        ready_successes: a.ready_successes,
+        ready_failures: a.ready_failures,
         health,
         idle_after: text(a.idle_after),
         labels: pairs(&a.label, "--label")?,

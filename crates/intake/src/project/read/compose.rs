@@ -166,12 +166,10 @@ fn set_key(
             table.depends_on = on;
         }
         "readiness_probe" => {
-            table.ready =
-                Some(probe(v, ignored, name).map_err(|e| format!("readiness_probe: {e}"))?);
+            table.ready = Some(probe(v).map_err(|e| format!("readiness_probe: {e}"))?);
         }
         "liveness_probe" => {
-            table.health =
-                Some(liveness(v, ignored, name).map_err(|e| format!("liveness_probe: {e}"))?);
+            table.health = Some(liveness(v).map_err(|e| format!("liveness_probe: {e}"))?);
         }
         "availability" => {
             availability(v, table, ignored, name).map_err(|e| format!("availability.{e}"))?;
@@ -292,61 +290,77 @@ fn probe_target(v: &Value) -> Result<(Option<String>, Option<String>), String> {
     }
 }
 
-/// A readiness probe: `exec.command` or `http_get`.
-fn probe(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<ReadyTable, String> {
+/// A readiness probe: `exec.command` or `http_get`, tried as
+/// process-compose tries it: after `initial_delay_seconds` (0), every
+/// `period_seconds` (10), each try cut at `timeout_seconds` (1),
+/// `success_threshold` passes (1) make it ready and `failure_threshold`
+/// failures (3) in a row stop it.
+fn probe(v: &Value) -> Result<ReadyTable, String> {
     let (exec, http) = probe_target(v)?;
-    let ready = ReadyTable {
+    let timing = Timing::of(v)?;
+    Ok(ReadyTable {
         http,
         exec,
+        initial_delay: Some(format!("{}s", timing.initial_delay.unwrap_or(0))),
+        every: Some(format!("{}s", timing.period.unwrap_or(10))),
+        timeout: Some(format!("{}s", timing.timeout.unwrap_or(1))),
+        successes: Some(timing.successes.unwrap_or(1)),
+        failures: Some(timing.failures.unwrap_or(3)),
         ..ReadyTable::default()
-    };
-    for key in [
-        "initial_delay_seconds",
-        "period_seconds",
-        "success_threshold",
-        "failure_threshold",
-        "timeout_seconds",
-    ] {
-        if v.get(key).is_some() {
-            ignored.push(format!(
-                "processes.{name}.readiness_probe.{key} (bpm probes every 250 ms until ready)"
-            ));
-        }
-    }
-    Ok(ready)
+    })
 }
 
-/// A liveness probe: `exec.command` or `http_get`, with
-/// `period_seconds`, `failure_threshold` and `timeout_seconds`.
-fn liveness(v: &Value, ignored: &mut Vec<String>, name: &str) -> Result<HealthTable, String> {
+/// A liveness probe: `exec.command` or `http_get`, with its timings, at
+/// process-compose's defaults where it gives none.
+fn liveness(v: &Value) -> Result<HealthTable, String> {
     let (exec, http) = probe_target(v)?;
-    let mut health = HealthTable {
+    let timing = Timing::of(v)?;
+    Ok(HealthTable {
         http,
         exec,
+        initial_delay: Some(format!("{}s", timing.initial_delay.unwrap_or(0))),
+        every: Some(format!("{}s", timing.period.unwrap_or(10))),
+        timeout: Some(format!("{}s", timing.timeout.unwrap_or(1))),
+        successes: Some(timing.successes.unwrap_or(1)),
+        failures: Some(timing.failures.unwrap_or(3)),
         ..HealthTable::default()
-    };
-    let seconds = |key: &str| -> Result<Option<String>, String> {
-        v.get(key)
-            .map(|s| {
-                whole(s, 0..=SECONDS_MAX)
-                    .map(|n| format!("{n}s"))
-                    .map_err(|e| format!("{key}: {e}"))
-            })
-            .transpose()
-    };
-    health.every = seconds("period_seconds")?;
-    health.timeout = seconds("timeout_seconds")?;
-    health.failures = v
-        .get("failure_threshold")
-        .map(|n| whole(n, 1..=u64::from(u32::MAX)).map_err(|e| format!("failure_threshold: {e}")))
-        .transpose()?
-        .and_then(|n| u32::try_from(n).ok());
-    for key in ["initial_delay_seconds", "success_threshold"] {
-        if v.get(key).is_some() {
-            ignored.push(format!("processes.{name}.liveness_probe.{key}"));
-        }
+    })
+}
+
+/// A probe's timings as its file gives them. process-compose reads a
+/// period, timeout or threshold under 1 (and a delay under 0) as its
+/// default; so does bpm.
+struct Timing {
+    initial_delay: Option<u64>,
+    period: Option<u64>,
+    timeout: Option<u64>,
+    successes: Option<u32>,
+    failures: Option<u32>,
+}
+
+impl Timing {
+    fn of(v: &Value) -> Result<Self, String> {
+        let number = |key: &str, most: u64| -> Result<Option<u64>, String> {
+            let Some(n) = v.get(key) else { return Ok(None) };
+            // A negative number is process-compose's "unset".
+            if n.as_i64().is_some_and(|n| n < 0) {
+                return Ok(None);
+            }
+            whole(n, 0..=most)
+                .map(|n| Some(n).filter(|n| *n > 0 || key == "initial_delay_seconds"))
+                .map_err(|e| format!("{key}: {e}"))
+        };
+        let count = |key: &str| -> Result<Option<u32>, String> {
+            Ok(number(key, u64::from(u32::MAX))?.and_then(|n| u32::try_from(n).ok()))
+        };
+        Ok(Timing {
+            initial_delay: number("initial_delay_seconds", SECONDS_MAX)?,
+            period: number("period_seconds", SECONDS_MAX)?,
+            timeout: number("timeout_seconds", SECONDS_MAX)?,
+            successes: count("success_threshold")?,
+            failures: count("failure_threshold")?,
+        })
     }
-    Ok(health)
 }
 
 /// `http_get`'s `scheme`, `host`, `port` and `path` as a URL.
@@ -424,7 +438,9 @@ fn availability(
     Ok(())
 }
 
-/// `shutdown`: `signal` and `timeout_seconds`.
+/// `shutdown`: `command`, `signal` and `timeout_seconds`. With a command,
+/// the timeout is the command's (10 s by default), as in process-compose;
+/// without one, it is the time between the signal and KILL.
 fn shutdown(
     v: &Value,
     table: &mut ServiceTable,
@@ -434,8 +450,13 @@ fn shutdown(
     let Value::Mapping(m) = v else {
         return Err(format!(" {}: expected a mapping", shown(v)));
     };
+    let has_command = m.get("command").is_some_and(|c| !c.is_null());
     for (k, v) in m {
         match k.as_str().unwrap_or_default() {
+            "command" if v.is_null() => {}
+            "command" => {
+                table.stop_command = Some(scalar(v).map_err(|e| format!("command: {e}"))?);
+            }
             "signal" => {
                 let signal = match v.as_u64() {
                     Some(1) => "HUP",
@@ -456,7 +477,11 @@ fn shutdown(
             }
             "timeout_seconds" => {
                 let n = whole(v, 0..=SECONDS_MAX).map_err(|e| format!("timeout_seconds: {e}"))?;
-                table.grace = Some(format!("{n}s"));
+                if has_command {
+                    table.stop_command_timeout = Some(format!("{n}s"));
+                } else {
+                    table.grace = Some(format!("{n}s"));
+                }
             }
             other => ignored.push(format!("processes.{name}.shutdown.{other}")),
         }

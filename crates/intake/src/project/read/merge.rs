@@ -82,7 +82,8 @@ pub(crate) fn parse(text: &str) -> Result<Mapping, String> {
 }
 
 /// The files `files` are read as, in order: each preceded by the files
-/// its top-level `extends` names (relative to it), recursively.
+/// its top-level `extends` names (relative to it), recursively, but for
+/// those read already.
 ///
 /// # Errors
 /// A file that cannot be read (named), a chain of `extends` that comes
@@ -94,8 +95,19 @@ pub(crate) fn sources(
     let mut out: Vec<Source> = Vec::new();
     for file in files {
         let mut chain: Vec<Source> = Vec::new();
-        let mut next = Some(file.clone());
+        let mut next = Some(std::fs::canonicalize(file).unwrap_or_else(|_| file.clone()));
         while let Some(file) = next.take() {
+            // A file an earlier `-f` read already is not read again, as
+            // in process-compose.
+            if out.iter().any(|s| s.file == file) {
+                if chain.is_empty() {
+                    return Err(format!(
+                        "{}: read already (given twice, or named by an earlier file's extends)",
+                        file.display()
+                    ));
+                }
+                break;
+            }
             if chain.iter().chain(&out).any(|s| s.file == file) {
                 return Err(format!(
                     "{}: extends a file already read ({}): extends may not come back to a file",
