@@ -3,7 +3,7 @@
 # README.md gives and .ci/run calls. On a fresh Debian or Ubuntu machine it
 # installs what is missing with apt-get (through sudo when not root): a C
 # toolchain, CA certificates, redis-server, chromium, chromium-driver and
-# python3-venv, nodejs and npm, tmux; makes the Python virtualenvs
+# python3-venv, nodejs and npm, tmux, openssl; makes the Python virtualenvs
 # for the MCP client and the browser test and the npm test tools and MCP
 # servers under target/, and then runs
 # `cargo test --workspace` (arguments are passed on to it).
@@ -26,6 +26,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+# A self-signed certificate for the HTTPS probe's test server.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (apt-get)"
   SUDO=""

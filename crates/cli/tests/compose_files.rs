@@ -490,3 +490,102 @@ fn several_files_and_an_override_toml_are_read_as_one() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("cannot be read as one"), "{said}");
 }
+
+/// `http_get` with `scheme: https` is checked over TLS: a server with a
+/// self-signed certificate (as a local one usually has) gets ready, and
+/// a plain HTTP server behind an https probe never does.
+#[test]
+fn an_https_probe_is_checked_over_tls() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl (tests/run.sh installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server = format!(
+        "import http.server, ssl\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain('cert.pem', 'key.pem')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n"
+    );
+    std::fs::write(dir.path().join("serve.py"), server).expect("server");
+    let file = dir.path().join("process-compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "processes:\n  web:\n    command: \"exec python3 serve.py\"\n    readiness_probe:\n      http_get:\n        scheme: https\n        host: 127.0.0.1\n        port: {port}\n        path: /\n      period_seconds: 1\n      failure_threshold: 20\n"
+        ),
+    )
+    .expect("compose");
+    let file_arg = file.display().to_string();
+    bpm.ok(&["up", "-f", &file_arg, "--wait", "--wait-timeout", "30s"]);
+    let name = format!(
+        "{}/web",
+        dir.path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+    );
+    let web = bpm.json(&["show", &name, "--json"]);
+    assert!(web["ready_at"].is_string(), "{web}");
+    assert_eq!(
+        web["spec"]["readiness"]["check"]["target"].as_str(),
+        Some(format!("https://127.0.0.1:{port}/").as_str()),
+        "{web}"
+    );
+    bpm.ok(&["down", "-f", &file_arg]);
+
+    // A plain HTTP server is not ready to an https check.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("https://127.0.0.1:{port}/");
+    let serve = format!("exec python3 -m http.server --bind 127.0.0.1 {port}");
+    bpm.ok(&[
+        "run",
+        "--name",
+        "plain",
+        "--ready-http",
+        &url,
+        "--ready-every",
+        "300ms",
+        "--ready-failures",
+        "3",
+        "--ready-initial-delay",
+        "1500ms",
+        "--shell",
+        "--",
+        &serve,
+    ]);
+    bpm.until_state("plain", "failed");
+    let shown = bpm.json(&["show", "plain", "--json"]).to_string();
+    assert!(
+        shown.contains("readiness check failed 3 times in a row") && shown.contains("TLS"),
+        "{shown}"
+    );
+}

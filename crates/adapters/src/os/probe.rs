@@ -13,27 +13,32 @@ use super::capture::Watcher;
 /// How often a check that failed is tried again.
 pub(crate) const EVERY: Duration = Duration::from_millis(250);
 
-/// An `http://host:port/path` URL, split.
-fn split_url(url: &str) -> Option<(String, u16, String)> {
-    let rest = url.strip_prefix("http://")?;
+/// An `http://` or `https://` URL, split: its host, port and path, and
+/// whether it is spoken over TLS.
+fn split_url(url: &str) -> Option<(String, u16, String, bool)> {
+    let (rest, tls) = match url.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (url.strip_prefix("http://")?, false),
+    };
     let (authority, path) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
     };
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (authority, 80),
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+        _ => (authority, if tls { 443 } else { 80 }),
     };
     Some((
         host.trim_matches(['[', ']']).to_owned(),
         port,
         path.to_owned(),
+        tls,
     ))
 }
 
 /// The URL a target names: itself, or a path on `port` of the loopback.
 pub(crate) fn url_of(target: &str, port: Option<u16>) -> Option<String> {
-    if target.starts_with("http://") {
+    if target.starts_with("http://") || target.starts_with("https://") {
         Some(target.to_owned())
     } else {
         port.map(|p| format!("http://127.0.0.1:{p}{target}"))
@@ -41,45 +46,170 @@ pub(crate) fn url_of(target: &str, port: Option<u16>) -> Option<String> {
 }
 
 /// One GET of `url`, cut at `within`: `Ok` for 2xx or 3xx, otherwise what
-/// it answered or why it did not.
+/// it answered or why it did not. An `https://` URL is asked over TLS,
+/// its certificate taken as it is (as Kubernetes' HTTPS probes take it:
+/// a local service's is often its own).
 pub(crate) async fn http_check(url: &str, within: Duration) -> Result<(), String> {
-    let Some((host, port, path)) = split_url(url) else {
-        return Err(format!("not an http:// URL: {url}"));
+    let Some((host, port, path, tls)) = split_url(url) else {
+        return Err(format!("not an http:// or https:// URL: {url}"));
     };
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+        let s = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bpm\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let mut head = [0u8; 16];
-        let mut n = 0;
-        while n < head.len() {
-            match s.read(&mut head[n..]).await {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) => return Err(format!("GET {url}: {e}")),
-            }
-        }
-        let line = String::from_utf8_lossy(&head[..n]).into_owned();
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("GET {url}: not an HTTP answer"))?;
-        if (200..400).contains(&code) {
-            Ok(())
+        let _ = s.set_nodelay(true);
+        if tls {
+            let mut s = tls::connect(s, &host)
+                .await
+                .map_err(|e| format!("GET {url}: TLS: {e}"))?;
+            ask(&mut s, &host, port, &path).await
         } else {
-            Err(format!("GET {url}: HTTP {code}"))
+            let mut s = s;
+            ask(&mut s, &host, port, &path).await
         }
+        .map_err(|e| format!("GET {url}: {e}"))
     };
     tokio::time::timeout(within, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("GET {url}: no answer within {within:?}")))
+}
+
+/// Sends a GET of `path` on `s` and reads the status: `Ok` for 2xx or 3xx.
+async fn ask<S>(s: &mut S, host: &str, port: u16, path: &str) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bpm\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < head.len() {
+        match s.read(&mut head[n..]).await {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..n]).into_owned();
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "not an HTTP answer".to_owned())?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP {code}"))
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    //! TLS for HTTPS checks: any certificate, the handshake's signatures
+    //! checked.
+
+    use std::sync::{Arc, OnceLock};
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Takes the server's certificate as it is.
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// The client's configuration, made once.
+    fn connector() -> Result<tokio_rustls::TlsConnector, String> {
+        static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+        CONFIG
+            .get_or_init(|| {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                    .with_no_client_auth();
+                Ok(Arc::new(config))
+            })
+            .clone()
+            .map(tokio_rustls::TlsConnector::from)
+    }
+
+    /// `s` spoken over TLS to `host`.
+    pub(super) async fn connect(
+        s: tokio::net::TcpStream,
+        host: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+        connector()?
+            .connect(name, s)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+mod tls {
+    /// Without the `tls` feature, no TLS is spoken.
+    #[allow(clippy::unused_async)] // the same shape as with the feature
+    pub(super) async fn connect(
+        _s: tokio::net::TcpStream,
+        _host: &str,
+    ) -> Result<tokio::net::TcpStream, String> {
+        Err("this build checks no https:// URL (bpm-adapters' tls feature)".into())
+    }
 }
 
 /// Where this spawner makes notify sockets: a directory of this user's
@@ -306,10 +436,25 @@ mod tests {
     fn urls_split_and_paths_go_to_the_port() {
         assert_eq!(
             split_url("http://localhost:8080/healthz?x=1"),
-            Some(("localhost".into(), 8080, "/healthz?x=1".into()))
+            Some(("localhost".into(), 8080, "/healthz?x=1".into(), false))
         );
-        assert_eq!(split_url("http://h"), Some(("h".into(), 80, "/".into())));
-        assert_eq!(split_url("https://h/"), None);
+        assert_eq!(
+            split_url("http://h"),
+            Some(("h".into(), 80, "/".into(), false))
+        );
+        assert_eq!(
+            split_url("https://h/"),
+            Some(("h".into(), 443, "/".into(), true))
+        );
+        assert_eq!(
+            split_url("https://[::1]:8443/x"),
+            Some(("::1".into(), 8443, "/x".into(), true))
+        );
+        assert_eq!(
+            split_url("https://[::1]"),
+            Some(("::1".into(), 443, "/".into(), true))
+        );
+        assert_eq!(split_url("ftp://h/"), None);
         assert_eq!(url_of("/ok", Some(9)), Some("http://127.0.0.1:9/ok".into()));
         assert_eq!(url_of("/ok", None), None);
     }

@@ -194,8 +194,9 @@ impl HealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "by")]
 pub enum Probe {
-    /// An HTTP GET answers 2xx or 3xx: a whole `http://` URL, or a path
-    /// on the port handed to the process.
+    /// An HTTP GET answers 2xx or 3xx: a whole `http://` or `https://`
+    /// URL (its certificate taken as it is), or a path on the port handed
+    /// to the process.
     Http {
         /// The URL or the path.
         target: String,

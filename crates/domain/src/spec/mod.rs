@@ -693,11 +693,9 @@ impl ProcessSpec {
             let bad = |why: String| Err(SpecError::InvalidHealth(why));
             match &h.probe {
                 Probe::Port { port: 0 } => return Err(SpecError::InvalidPort),
-                Probe::Http { target }
-                    if !target.starts_with("http://") && !target.starts_with('/') =>
-                {
+                Probe::Http { target } if !is_http_target(target) => {
                     return bad(format!(
-                        "HTTP check {target:?}: give a path (/healthz) or an http:// URL"
+                        "HTTP check {target:?}: give a path (/healthz) or an http:// or https:// URL"
                     ));
                 }
                 Probe::Http { target } if target.starts_with('/') && self.port.is_none() => {
@@ -730,11 +728,9 @@ impl ProcessSpec {
     fn check_readiness(&self) -> Result<(), SpecError> {
         match &self.readiness.check {
             ReadinessCheck::Port { port: 0 } => return Err(SpecError::InvalidPort),
-            ReadinessCheck::Http { target }
-                if !target.starts_with("http://") && !target.starts_with('/') =>
-            {
+            ReadinessCheck::Http { target } if !is_http_target(target) => {
                 return Err(SpecError::InvalidReadiness(format!(
-                    "HTTP readiness {target:?}: give a path (/healthz) or an http:// URL"
+                    "HTTP readiness {target:?}: give a path (/healthz) or an http:// or https:// URL"
                 )));
             }
             ReadinessCheck::Http { target } if target.starts_with('/') && self.port.is_none() => {
@@ -765,6 +761,12 @@ impl ProcessSpec {
         }
         Ok(())
     }
+}
+
+/// Whether an HTTP check's target is one: a path, or an `http://` or
+/// `https://` URL.
+fn is_http_target(target: &str) -> bool {
+    target.starts_with('/') || target.starts_with("http://") || target.starts_with("https://")
 }
 
 /// Turns a JSON value into metadata, refusing anything but an object.

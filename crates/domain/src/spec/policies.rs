@@ -227,7 +227,8 @@ pub enum ReadinessCheck {
         port: u16,
     },
     /// Ready when an HTTP GET answers 2xx or 3xx: `target` is a whole
-    /// `http://` URL, or a path on the port handed to the process.
+    /// `http://` or `https://` URL (its certificate taken as it is), or a path
+    /// on the port handed to the process.
     Http {
         /// The URL or the path.
         target: String,

@@ -370,9 +370,11 @@ fn http_url(h: &Value) -> Result<String, String> {
             .map_or_else(|| Ok(default.to_owned()), scalar)
             .map_err(|e| format!("http_get.{key}: {e}"))
     };
-    let scheme = field("scheme", "http")?;
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(format!("http_get.scheme {scheme:?}: only http is checked"));
+    let scheme = field("scheme", "http")?.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "http_get.scheme {scheme:?}: expected http or https"
+        ));
     }
     let host = field("host", "127.0.0.1")?;
     let port = h.get("port").ok_or("http_get.port: missing")?;
@@ -389,7 +391,7 @@ fn http_url(h: &Value) -> Result<String, String> {
         )
     })?;
     let path = field("path", "/")?;
-    Ok(format!("http://{host}:{port}{path}"))
+    Ok(format!("{scheme}://{host}:{port}{path}"))
 }
 
 /// `availability`: `restart`, `backoff_seconds`, `max_restarts`.
