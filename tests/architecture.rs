@@ -239,7 +239,7 @@ fn layers_depend_only_downwards() {
         "the embedding builder wires the engine to the adapters without a server, and brings projects up through intake"
     );
     let embedded = graph.transitive("bpm-embed");
-    for server in ["axum", "rmcp", "redis", "rustls"] {
+    for server in ["axum", "rmcp", "redis"] {
         assert!(
             !embedded.contains(server),
             "an embedded engine (bpm-embed) pulls in {server}"
@@ -249,10 +249,13 @@ fn layers_depend_only_downwards() {
     // no file watcher (its `watch` feature adds one) and no proc-macro
     // builders, and fewer than 60 crates in all.
     // Built alone, it compiles no schema generator (intake's `schema`
-    // feature, which MCP turns on) and no project-file parser (its
-    // `files` feature, embed's `project-files`).
+    // feature, which MCP turns on), no project-file parser (its `files`
+    // feature, embed's `project-files`) and no TLS (adapters' `tls`
+    // feature, embed's `tls`, which HTTPS checks need).
     let alone = build_closure("bpm-embed");
     for heavy in [
+        "rustls",
+        "ring",
         "notify",
         "inotify",
         "globset",
