@@ -42,6 +42,7 @@ EXPECTED_TOOLS = {
     "what_changed",
     "project_up",
     "project_down",
+    "project_scale",
     "project_status",
 }
 
@@ -352,9 +353,21 @@ async def projects():
             status = await call(client, "project_status", {"project": "dev"})
             states = {s["service"]: (s["state"], s["ready"]) for s in status["services"]}
             check(states == {"db": ("running", True), "api": ("running", True)}, f"status: {status}")
+            api = status["services"][[s["service"] for s in status["services"]].index("api")]["process_id"]
+            wider = await call(client, "project_scale", {"service": "api", "replicas": 3})
+            check([(s["service"], s["action"]) for s in wider["steps"]]
+                  == [("api.2", "started"), ("api.3", "started")], f"scale up: {wider}")
+            status = await call(client, "project_status", {"project": "dev"})
+            running = {s["service"]: s["process_id"] for s in status["services"] if s["state"] == "running"}
+            check(set(running) == {"db", "api", "api.2", "api.3"} and running["api"] == api,
+                  f"scaled, api untouched: {status}")
+            narrower = await call(client, "project_scale", {"project": "dev", "service": "api", "replicas": 1})
+            check([s["service"] for s in narrower["steps"]] == ["api.3", "api.2"], f"scale down: {narrower}")
+            refused = await error_of(client, "project_scale", {"service": "api", "replicas": -1})
+            check("from 1 to 1000" in refused, f"a negative scale: {refused}")
             down = await call(client, "project_down", {})
             check([s["service"] for s in down["steps"]] == ["api", "db"], f"down: {down}")
-        print("11. project_up brought a stack up once, kept it on a repeat, and project_down stopped it")
+        print("11. project_up brought a stack up once, kept it on a repeat, project_scale scaled a service without touching it, and project_down stopped it")
     finally:
         env = {**os.environ, "BPM_HOME": home}
         subprocess.run([BPM, "daemon", "stop", "--kill-all"], env=env, capture_output=True)

@@ -355,6 +355,26 @@ def scenario(d):
         wait(d, "the schedule paused", lambda: state_of(d, ids["every"]) == "paused")
         d.find_element(By.ID, "d-close").click()
 
+    @check("a project's service scales from its detail: a copy more, a copy fewer")
+    def _():
+        stack = tempfile.mkdtemp(prefix="bpm-web-stack-")
+        with open(os.path.join(stack, "bpm.toml"), "w") as f:
+            f.write('[project]\nname = "pagestack"\n[services.w]\ncommand = "exec sleep 300"\n')
+        bpm("up", "-f", os.path.join(stack, "bpm.toml"))
+        first = json.loads(bpm("show", "pagestack/w", "--json"))["id"]
+        wait(d, "the service's row", lambda: state_of(d, first) == "running")
+        click(d, "its row", f'#rows tr[data-id="{first}"]')
+        wait(d, "one copy", lambda: "copies 1" in d.find_element(By.ID, "d-actions").text)
+        click(d, "one copy more", '#d-actions button[data-action="scale-up"]')
+        wait(d, "two copies", lambda: "copies 2" in d.find_element(By.ID, "d-actions").text)
+        second = json.loads(bpm("show", "pagestack/w.2", "--json"))
+        assert second["state"] == "running", second
+        click(d, "one copy fewer", '#d-actions button[data-action="scale-down"]')
+        wait(d, "one copy again", lambda: state_of(d, second["id"]) == "cancelled")
+        assert state_of(d, first) == "running", "the first copy is not touched"
+        bpm("down", "-f", os.path.join(stack, "bpm.toml"))
+        d.find_element(By.ID, "d-close").click()
+
     @check("the keyboard moves, opens and closes")
     def _():
         body = d.find_element(By.TAG_NAME, "body")

@@ -589,3 +589,97 @@ fn an_https_probe_is_checked_over_tls() {
         "{shown}"
     );
 }
+
+/// `bpm scale SERVICE=N` changes how many copies of a running service run
+/// and touches nothing else: the first copy keeps its name and process,
+/// new ones are `web.3`, `web.4` (each told its number), extra ones stop
+/// highest first; a number out of bounds, a service the project lacks,
+/// and a project that is not up are refused with what to do.
+#[test]
+fn scale_changes_a_services_copies_and_nothing_else() {
+    let bpm = Bpm::new();
+    let tmp = tempfile::tempdir().expect("dir");
+    let dir = tmp.path();
+    let project = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    let file = dir.join("process-compose.yaml");
+    std::fs::write(
+        &file,
+        "processes:\n  db:\n    command: exec sleep 300\n  web:\n    command: echo copy $BPM_REPLICA; exec sleep 300\n    replicas: 2\n    depends_on:\n      db:\n        condition: process_started\n",
+    )
+    .expect("compose");
+    let file_arg = file.display().to_string();
+    bpm.ok(&["up", "-f", &file_arg, "--wait", "--wait-timeout", "30s"]);
+    let pids = || -> std::collections::BTreeMap<String, u64> {
+        bpm.json(&["ps", "--json"])
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|r| r["state"] == "running")
+            .map(|r| {
+                let name = r["name"].as_str().expect("name");
+                let service = name.rsplit_once('/').map_or(name, |(_, s)| s);
+                (service.to_owned(), r["pid"].as_u64().expect("pid"))
+            })
+            .collect()
+    };
+    let before = pids();
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["db", "web", "web.2"]);
+
+    let scale = |what: &str| {
+        bpm.cmd(&["scale", "-f", &file_arg, what])
+            .output()
+            .expect("bpm scale")
+    };
+    let out = scale("web=4");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].starts_with("started  web.3")
+            && lines[1].starts_with("started  web.4"),
+        "{said}"
+    );
+    let wider = pids();
+    for kept in ["db", "web", "web.2"] {
+        assert_eq!(wider[kept], before[kept], "{kept} was not touched");
+    }
+    assert_eq!(wider.len(), 5, "{wider:?}");
+    let logs = bpm.ok(&["logs", &format!("{project}/web.4")]);
+    assert!(logs.contains("copy 4"), "{logs}");
+
+    let out = bpm.ok(&["scale", &format!("{project}/web=1")]);
+    let stopped: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(stopped, ["web.4", "web.3", "web.2"], "{out}");
+    let narrower = pids();
+    assert_eq!(narrower.keys().collect::<Vec<_>>(), ["db", "web"]);
+    assert_eq!(narrower["web"], before["web"]);
+    let again = bpm.ok(&["scale", "-f", &file_arg, "web=1"]);
+    assert!(again.contains("already runs 1 copy"), "{again}");
+
+    for (what, says) in [
+        ("web=0", "from 1 to 1000"),
+        ("web=-3", "from 1 to 1000"),
+        ("web=5000", "from 1 to 1000"),
+        ("web=many", "expected SERVICE=N"),
+        ("web", "expected SERVICE=N"),
+        ("cache=2", "no service \"cache\""),
+        ("elsewhere/web=2", "no project \"elsewhere\""),
+    ] {
+        let out = scale(what);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{what}: {said}");
+        assert!(said.contains(says), "{what}: {said}");
+    }
+    bpm.ok(&["down", "-f", &file_arg]);
+    let out = scale("web=2");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("does not run: bring it up first"), "{said}");
+}

@@ -81,11 +81,11 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
         .iter()
         .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
         .collect();
-    assert_eq!(order, ["db", "migrate", "api", "worker.1", "worker.2"]);
+    assert_eq!(order, ["db", "migrate", "api", "worker", "worker.2"]);
     let up = services(&bpm, "shop");
     assert_eq!(
         up.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["api", "db", "worker.1", "worker.2"],
+        ["api", "db", "worker", "worker.2"],
         "migrate completed: {up:?}"
     );
     let api = bpm.json(&["show", &up["api"].0, "--json"]);
@@ -122,7 +122,7 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
     );
     let now = services(&bpm, "shop");
     assert_ne!(now["api"], up["api"]);
-    for kept in ["db", "worker.1", "worker.2"] {
+    for kept in ["db", "worker", "worker.2"] {
         assert_eq!(now[kept], up[kept], "{kept} kept its process");
     }
 
@@ -134,7 +134,7 @@ fn a_project_comes_up_once_and_goes_down_in_order() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
         .collect();
-    assert_eq!(stopped, ["worker.2", "worker.1", "api", "db"], "{down}");
+    assert_eq!(stopped, ["worker.2", "worker", "api", "db"], "{down}");
     for (_, pid) in now.values() {
         until_gone(u32::try_from(*pid).expect("pid"), "bpm down");
     }

@@ -207,6 +207,25 @@ fn each_key_of_the_tui_does_what_its_help_says() {
         "{live}"
     );
 
+    // + and -: a copy more, then fewer, of the selected service.
+    t.keys(&["/"]);
+    t.keys(&["Escape"]);
+    t.keys(&["/"]);
+    t.text("worker");
+    t.keys(&["Enter"]);
+    t.until("the worker alone", |s| {
+        !s.contains("ticker") && s.contains("worker")
+    });
+    t.keys(&["+"]);
+    t.until("scaled up", |s| {
+        s.contains("shop/worker: 2 running") && s.contains("worker.2")
+    });
+    until_state(&bpm, "shop/worker.2", "running");
+    t.keys(&["-"]);
+    t.until("scaled down", |s| s.contains("shop/worker: 1 running"));
+    until_state(&bpm, "shop/worker.2", "cancelled");
+    assert_eq!(state_of(&bpm, "shop/worker"), "running");
+
     t.keys(&["q"]);
     t.text("echo back-at-the-shell");
     t.keys(&["Enter"]);

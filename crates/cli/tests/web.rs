@@ -428,3 +428,42 @@ fn listening_beyond_loopback_warns_and_still_needs_the_token() {
         .env("BPM_HOME", home.path())
         .output();
 }
+
+/// The page's scale call: a copy more of a project's service, refusals
+/// with what to do, and a body it cannot read.
+#[test]
+fn a_projects_service_scales_through_the_api() {
+    let web = Web::start(&[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    std::fs::write(
+        &file,
+        "[project]\nname = \"apistack\"\n[services.w]\ncommand = \"exec sleep 300\"\n",
+    )
+    .expect("bpm.toml");
+    web.bpm(&["up", "-f", &file.display().to_string()]);
+    let path = "/api/projects/apistack/services/w/scale";
+    let r = web.send("POST", path, r#"{"replicas": 2}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["steps"][0]["service"], "w.2", "{}", r.body);
+    assert_eq!(r.json()["steps"][0]["action"], "started", "{}", r.body);
+    for (body, says) in [
+        (r#"{"replicas": 0}"#, "from 1 to 1000"),
+        (r#"{"replicas": "two"}"#, "invalid body"),
+        (r#"{"copies": 2}"#, "invalid body"),
+    ] {
+        let r = web.send("POST", path, body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.body.contains(says), "{body}: {}", r.body);
+    }
+    let r = web.send(
+        "POST",
+        "/api/projects/apistack/services/nope/scale",
+        r#"{"replicas": 2}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("no service"), "{}", r.body);
+    let r = web.send("POST", path, r#"{"replicas": 1}"#);
+    assert_eq!(r.json()["steps"][0]["action"], "stopped", "{}", r.body);
+    web.bpm(&["down", "-f", &file.display().to_string()]);
+}

@@ -22,8 +22,8 @@ pub const SERVICE_LABEL: &str = "bpm.service";
 /// The label holding the digest of the service's definition.
 pub const HASH_LABEL: &str = "bpm.hash";
 
-/// One service of a project (a replica counts as a service of its own,
-/// `worker.1`).
+/// One service of a project (a replica counts as a service of its own:
+/// `worker`, `worker.2`, `worker.3`, [`replica_name`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// Its name in the project.
@@ -86,6 +86,53 @@ pub enum ProjectError {
     /// A service named that the project does not have.
     #[error("no service {0:?} in this project")]
     NoSuchService(String),
+    /// A number of replicas out of bounds.
+    #[error(
+        "{service}={asked}: give a number of replicas from 1 to {MAX_REPLICAS} (`bpm stop` or `bpm down` ends a service)"
+    )]
+    BadScale {
+        /// The service.
+        service: String,
+        /// What was asked.
+        asked: i64,
+    },
+}
+
+/// The most replicas one service may have.
+pub const MAX_REPLICAS: u32 = 1_000;
+
+/// The name of replica `i` (from 1) of `service`: the first keeps the
+/// service's own name, so that scaling a service up or down never renames
+/// (and so never touches) the copy that runs; the others are
+/// `service.2`, `service.3`...
+pub fn replica_name(service: &str, i: u32) -> String {
+    if i <= 1 {
+        service.to_owned()
+    } else {
+        format!("{service}.{i}")
+    }
+}
+
+/// The service and the replica number a name stands for: `worker.3` is
+/// replica 3 of `worker`; any other name is replica 1 of itself.
+pub fn replica_of(name: &str) -> (&str, u32) {
+    match name.rsplit_once('.') {
+        Some((base, i)) if !base.is_empty() => match i.parse::<u32>() {
+            Ok(n) if n >= 2 && i == n.to_string() => (base, n),
+            _ => (name, 1),
+        },
+        _ => (name, 1),
+    }
+}
+
+/// What scaling a service changes: the replicas to start and the ones
+/// to stop (by name), the rest kept as they run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scaling {
+    /// Replicas the scaled project has that do not run.
+    pub start: Vec<String>,
+    /// Replicas beyond the number asked for.
+    pub stop: Vec<String>,
 }
 
 /// Whether `name` is usable for a project or a service.
@@ -98,6 +145,64 @@ fn usable(name: &str) -> bool {
 }
 
 impl Project {
+    /// This project with `service` at `replicas` copies, each a copy of
+    /// its first ([`replica_name`]; `BPM_REPLICA` tells each its number
+    /// once there are several), and what that starts and stops.
+    ///
+    /// # Errors
+    /// [`ProjectError::NoSuchService`] for a service the project does not
+    /// have, [`ProjectError::BadScale`] for a number out of 1 to
+    /// [`MAX_REPLICAS`].
+    pub fn scaled(&self, service: &str, replicas: i64) -> Result<(Project, Scaling), ProjectError> {
+        let bad = || ProjectError::BadScale {
+            service: service.to_owned(),
+            asked: replicas,
+        };
+        let n = u32::try_from(replicas).map_err(|_| bad())?;
+        if n == 0 || n > MAX_REPLICAS {
+            return Err(bad());
+        }
+        let Some(first) = self.service(service).cloned() else {
+            return Err(ProjectError::NoSuchService(service.to_owned()));
+        };
+        let has: BTreeSet<u32> = self
+            .services
+            .iter()
+            .filter_map(|s| match replica_of(&s.name) {
+                (base, i) if base == service => Some(i),
+                _ => None,
+            })
+            .collect();
+        let mut scaling = Scaling::default();
+        let mut services: Vec<Service> = Vec::with_capacity(self.services.len() + n as usize);
+        for s in &self.services {
+            let (base, i) = replica_of(&s.name);
+            if base == service && i > n {
+                scaling.stop.push(s.name.clone());
+                continue;
+            }
+            services.push(s.clone());
+        }
+        for i in 2..=n {
+            if has.contains(&i) {
+                continue;
+            }
+            let mut copy = first.clone();
+            copy.name = replica_name(service, i);
+            std::sync::Arc::make_mut(&mut copy.spec.env)
+                .insert("BPM_REPLICA".into(), i.to_string().into());
+            scaling.start.push(copy.name.clone());
+            services.push(copy);
+        }
+        Ok((
+            Project {
+                name: self.name.clone(),
+                services,
+            },
+            scaling,
+        ))
+    }
+
     /// Checks names, dependencies and cycles.
     ///
     /// # Errors
@@ -202,7 +307,7 @@ impl Project {
             return Ok(self.services.iter().map(|s| s.name.clone()).collect());
         }
         let mut out = BTreeSet::new();
-        let mut todo: Vec<String> = names.to_vec();
+        let mut todo: Vec<String> = names.iter().flat_map(|n| self.replicas_of(n)).collect();
         while let Some(n) = todo.pop() {
             let s = self
                 .service(&n)
@@ -212,6 +317,21 @@ impl Project {
             }
         }
         Ok(out)
+    }
+
+    /// `name` and its further replicas (`name.2`, `name.3`...): what a
+    /// service's name means when someone names it.
+    pub fn replicas_of(&self, name: &str) -> Vec<String> {
+        let mut out = vec![name.to_owned()];
+        out.extend(
+            self.services
+                .iter()
+                .filter(|s| {
+                    replica_of(&s.name) != (s.name.as_str(), 1) && replica_of(&s.name).0 == name
+                })
+                .map(|s| s.name.clone()),
+        );
+        out
     }
 
     /// `names` and every service that depends on them, directly or not.
@@ -528,6 +648,58 @@ mod tests {
                 service("migrate", &[("db", Until::Ready)], "m1"),
             ],
         }
+    }
+
+    #[test]
+    fn a_service_scales_by_copies_of_its_first_and_keeps_its_name() {
+        assert_eq!(replica_name("web", 1), "web");
+        assert_eq!(replica_name("web", 3), "web.3");
+        assert_eq!(replica_of("web.3"), ("web", 3));
+        for alone in ["web", "web.1", "web.03", "v1.2.x", ".2", "web."] {
+            assert_eq!(replica_of(alone), (alone, 1), "{alone}");
+        }
+        let p = shop();
+        let (wider, did) = p.scaled("worker", 3).expect("scaled");
+        assert_eq!(did.start, ["worker.2", "worker.3"]);
+        assert!(did.stop.is_empty());
+        let copy = wider.service("worker.3").expect("a copy");
+        assert_eq!(copy.hash, "w1");
+        assert_eq!(
+            copy.depends_on,
+            p.service("worker").expect("first").depends_on
+        );
+        assert_eq!(
+            copy.spec
+                .env
+                .get(&"BPM_REPLICA".into())
+                .map(ToString::to_string),
+            Some("3".into())
+        );
+        assert_eq!(
+            wider.replicas_of("worker"),
+            ["worker", "worker.2", "worker.3"]
+        );
+        let names = wider.with_dependencies(&["worker".into()]).expect("deps");
+        assert!(
+            names.contains("worker.3") && names.contains("db"),
+            "{names:?}"
+        );
+        let (again, did) = wider.scaled("worker", 3).expect("same");
+        assert_eq!(did, Scaling::default());
+        assert_eq!(again, wider);
+        let (narrower, did) = wider.scaled("worker", 1).expect("down");
+        assert_eq!(did.stop, ["worker.2", "worker.3"]);
+        assert_eq!(narrower, p);
+        for bad in [0, -1, 1_001, i64::MAX] {
+            assert!(
+                matches!(p.scaled("worker", bad), Err(ProjectError::BadScale { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            p.scaled("cache", 2),
+            Err(ProjectError::NoSuchService(_))
+        ));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The project tools: `project_up`, `project_down` and `project_status`,
+//! The project tools: `project_up`, `project_down`, `project_scale` and
+//! `project_status`,
 //! so that an agent says "make sure the dev stack is up" in one call and
 //! may repeat it safely. Reading a project file and bringing it up are
 //! `bpm_intake::project`'s, as they are for `bpm up`.
@@ -55,6 +56,21 @@ pub(super) struct ProjectArgs {
     /// `project_up`: run again a service whose last run was lost (it may
     /// have run to its end unseen); by default it is left (action "left").
     pub(super) rerun_unknown: Option<bool>,
+}
+
+/// `project_scale`'s arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScaleArgs {
+    /// The project's name (or give `file`; by default the bpm.toml in the
+    /// server's directory or the nearest parent).
+    pub(super) project: Option<String>,
+    /// Or its file, as for `project_up`.
+    pub(super) file: Option<String>,
+    /// The service to scale.
+    pub(super) service: String,
+    /// How many copies of it should run: 1 to 1000.
+    pub(super) replicas: i64,
 }
 
 fn step_json(s: &ports_project::Step) -> Value {
@@ -225,6 +241,54 @@ impl McpServer {
             .map_err(|e| e.to_string())?;
         Ok(Reply::json(json!({
             "project": loaded.project.name,
+            "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
+        })))
+    }
+
+    /// `project_scale`: a running service's copies made as many as asked,
+    /// the others left as they run. Each copy to start is checked against
+    /// the server's policy as a start is.
+    pub(super) async fn project_scale(&self, a: ScaleArgs) -> Result<Reply, String> {
+        let name = if let (Some(name), None) = (&a.project, &a.file) {
+            name.clone()
+        } else {
+            let which = ProjectArgs {
+                file: a.file.clone(),
+                project: a.project.clone(),
+                services: None,
+                wait: None,
+                wait_timeout_secs: None,
+                remove_orphans: None,
+                rerun_unknown: None,
+            };
+            self.project_of(&which).await?.project.name
+        };
+        let records = self
+            .manager()
+            .list(ports_project::of_project(&name))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (scaled, scaling) = Project::from_records(&name, &records)
+            .scaled(&a.service, a.replicas)
+            .map_err(|e| e.to_string())?;
+        let (policy, base) = (&self.inner.policy, &self.inner.defaults.env);
+        for s in scaled
+            .services
+            .iter()
+            .filter(|s| scaling.start.contains(&s.name))
+        {
+            policy
+                .check_spec(&s.spec, base)
+                .map_err(|e| format!("service {:?}: {e}", s.name))?;
+        }
+        let _lock = self.lock(&name).await?;
+        let steps = ports_project::scale(self.manager(), &name, &a.service, a.replicas, |_| {})
+            .await
+            .map_err(|(who, e)| format!("{who}: {e}"))?;
+        Ok(Reply::json(json!({
+            "project": name,
+            "service": a.service,
+            "replicas": a.replicas,
             "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
         })))
     }

@@ -257,6 +257,23 @@ pub(super) static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
             true,
         ),
         tool(
+            "project_scale",
+            "Scale a project's service",
+            "Makes a running service of a project run as many copies as asked (1 to 1000): the copies it lacks start (web.2, web.3...), the extra ones stop, and nothing else is touched. The project file is not changed.",
+            schema_for_input::<super::projects::ScaleArgs>(),
+            json!({
+                "type": "object",
+                "properties": {
+                    "project": { "type": "string" },
+                    "service": { "type": "string" },
+                    "replicas": { "type": "integer" },
+                    "steps": { "type": "array", "items": { "type": "object" } }
+                },
+                "required": ["project", "service", "replicas", "steps"]
+            }),
+            true,
+        ),
+        tool(
             "project_status",
             "A project's status",
             "Each service of a project: its newest process's state, whether it is ready, its health, its port, its exit code or error, and its last lines.",

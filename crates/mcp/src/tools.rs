@@ -131,6 +131,7 @@ impl McpServer {
             "what_changed" => self.what_changed(parse(name, args)?).await,
             "project_up" => self.project_up(parse(name, args)?).await,
             "project_down" => self.project_down(parse(name, args)?).await,
+            "project_scale" => self.project_scale(parse(name, args)?).await,
             "project_status" => self.project_status(parse(name, args)?).await,
             "stop_background_process" => self.stop(parse(name, args)?).await,
             "pause_background_process" => {

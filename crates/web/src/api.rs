@@ -366,6 +366,45 @@ pub(super) async fn action(
     Ok(Json(row(&record)))
 }
 
+/// `POST /api/projects/{project}/services/{service}/scale` with
+/// `{"replicas": N}`: the service made to run N copies, as `bpm scale`
+/// does; the steps done, each `{service, action, process_id}`.
+pub(super) async fn scale(
+    State(s): State<Shared>,
+    Path((project, service)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        replicas: i64,
+    }
+    let body: Body = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "invalid body: {e}: expected {{\"replicas\": N}}, N from 1 to 1000"
+        ))
+    })?;
+    let steps = bpm_intake::project::scale(&*s.manager, &project, &service, body.replicas, |_| {})
+        .await
+        .map_err(|(who, e)| match e {
+            bpm_intake::project::ScaleError::Refused(why) => bad(format!("{who}: {why}")),
+            bpm_intake::project::ScaleError::Manager(e) => {
+                let ApiError(status, text) = ApiError::from(e);
+                ApiError(status, format!("{who}: {text}"))
+            }
+        })?;
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|st| json!({ "service": st.service, "action": st.done.to_string(), "process_id": st.id }))
+        .collect();
+    Ok(Json(json!({
+        "project": project,
+        "service": service,
+        "replicas": body.replicas,
+        "steps": steps,
+    })))
+}
+
 pub(super) async fn remove(
     State(s): State<Shared>,
     Path(id): Path<String>,

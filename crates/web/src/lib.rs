@@ -112,6 +112,10 @@ pub fn router(
         .route("/api/processes/{id}/output.txt", get(api::download))
         .route("/api/processes/{id}/output/live", get(live::output))
         .route("/api/processes/{id}/{action}", post(api::action))
+        .route(
+            "/api/projects/{project}/services/{service}/scale",
+            post(api::scale),
+        )
         .route("/api/usage", get(api::usage))
         .route("/api/live", get(live::events))
         .layer(axum::middleware::from_fn_with_state(

@@ -92,6 +92,10 @@ pub enum Command {
     /// Stop a project's services in reverse dependency order; returns when
     /// they are gone.
     Down(DownArgs),
+    /// Change how many copies of a running service run (`bpm scale web=3`):
+    /// the missing copies start (web.2, web.3), the extra ones stop, and
+    /// nothing else is touched. The project file is not changed.
+    Scale(ScaleArgs),
     /// Show one process.
     Show {
         /// Id (full, unique prefix or short form) or unique name.
@@ -733,6 +737,18 @@ pub struct UpArgs {
     /// left, and `up` says so.
     #[arg(long)]
     pub rerun_unknown: bool,
+}
+
+/// `bpm scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// SERVICE=N (or PROJECT/SERVICE=N), one or more.
+    #[arg(required = true, value_name = "SERVICE=N")]
+    pub scales: Vec<String>,
+    /// The project file whose project is meant, as for `up` (by default
+    /// the bpm.toml here or in a parent).
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Vec<PathBuf>,
 }
 
 /// `bpm down`.

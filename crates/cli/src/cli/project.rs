@@ -14,7 +14,7 @@ use bpm_intake::project as ports_project;
 use bpm_ports::OutputQuery;
 
 use super::error::{CliError, Outcome};
-use super::{DownArgs, Manager, UpArgs};
+use super::{DownArgs, Manager, ScaleArgs, UpArgs};
 use crate::home::Home;
 use bpm_intake::project::{FILE_NAME, Loaded, find, load, load_all};
 
@@ -260,6 +260,63 @@ pub(super) async fn down(home: &Home, m: &Manager, mut a: DownArgs) -> Outcome {
     ports_project::down(m.as_ref(), &read.project, &a.services, line).await?;
     if !said.get() {
         out!("nothing of project {} is up", read.project.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bpm scale SERVICE=N...`: each service of the project scaled in turn;
+/// the project is the one `PROJECT/` names, else the file's (`-f`, or the
+/// `bpm.toml` here).
+pub(super) async fn scale(home: &Home, m: &Manager, mut a: ScaleArgs) -> Outcome {
+    let mut asked = Vec::with_capacity(a.scales.len());
+    for text in &a.scales {
+        let bad = || {
+            CliError::invalid(format!(
+                "{text:?}: expected SERVICE=N (or PROJECT/SERVICE=N), N a number of replicas from 1 to {}",
+                bpm_domain::project::MAX_REPLICAS
+            ))
+        };
+        let (who, count) = text.split_once('=').ok_or_else(bad)?;
+        let count: i64 = count.trim().parse().map_err(|_| bad())?;
+        let (project, service) = match who.split_once('/') {
+            Some((p, s)) => (Some(p.to_owned()), s.to_owned()),
+            None => (None, who.to_owned()),
+        };
+        if service.is_empty() {
+            return Err(bad());
+        }
+        asked.push((project, service, count));
+    }
+    let here = if asked.iter().any(|(p, _, _)| p.is_none()) {
+        let mut none = Vec::new();
+        Some(
+            loaded(m, std::mem::take(&mut a.file), &mut none)
+                .await?
+                .project
+                .name,
+        )
+    } else {
+        None
+    };
+    for (project, service, count) in asked {
+        let project = project.or_else(|| here.clone()).unwrap_or_default();
+        let _lock = lock(home, &project).await?;
+        let line = |s: &ports_project::Step| {
+            out!("{:<9}{:<20}{}", s.done.to_string(), s.service, s.id.short());
+        };
+        let done = ports_project::scale(m.as_ref(), &project, &service, count, line)
+            .await
+            .map_err(|(who, e)| {
+                match e {
+                    ports_project::ScaleError::Refused(why) => CliError::invalid(why),
+                    ports_project::ScaleError::Manager(e) => CliError::from(e),
+                }
+                .with_prefix(&who)
+            })?;
+        if done.is_empty() {
+            let copies = if count == 1 { "copy" } else { "copies" };
+            out!("{project}/{service} already runs {count} {copies}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

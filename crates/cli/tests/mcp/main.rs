@@ -573,6 +573,7 @@ async fn any_tool_arguments_get_a_result_or_a_tool_error() {
         "what_changed",
         "project_up",
         "project_down",
+        "project_scale",
         "project_status",
         "no_such_tool",
     ];

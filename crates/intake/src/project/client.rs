@@ -240,6 +240,96 @@ pub async fn up(
     Ok(done)
 }
 
+/// Why [`scale`] did not do all it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    /// Refused before anything was done: what to do instead.
+    #[error("{0}")]
+    Refused(String),
+    /// A stop or a start failed; what was done before it stands.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+/// Scales `service` of the project named `project` to `replicas` copies,
+/// as its records define it ([`Project::from_records`]): the copies it
+/// lacks start (each a copy of the first, after what it depends on), the
+/// ones beyond the number stop, highest first; every other record, the
+/// first copy's among them, is left as it runs. The project file is not
+/// changed: the next `bpm up` brings what it says (copies it does not
+/// have are kept unless `--remove-orphans`).
+///
+/// # Errors
+/// A project with no records, a service it does not have or that does not
+/// run, a number of replicas out of bounds (naming what to do instead),
+/// and what a stop or a start returns (the steps done before it stand).
+pub async fn scale(
+    m: &dyn ProcessManager,
+    project: &str,
+    service: &str,
+    replicas: i64,
+    mut each: impl FnMut(&Step),
+) -> Result<Vec<Step>, (String, ScaleError)> {
+    let whole = format!("{project}/{service}");
+    let failed = |e: ManagerError| (whole.clone(), ScaleError::Manager(e));
+    let refused = |why: String| (whole.clone(), ScaleError::Refused(why));
+    let records = m.list(of_project(project)).await.map_err(failed)?;
+    if records.is_empty() {
+        return Err(refused(format!(
+            "no project {project:?} has run here: bring it up first (bpm up)"
+        )));
+    }
+    let p = Project::from_records(project, &records);
+    let (scaled, scaling) = p
+        .scaled(service, replicas)
+        .map_err(|e| refused(e.to_string()))?;
+    let newest = project::newest_by_service(project, &records);
+    if newest.get(service).is_none_or(|r| r.is_terminal()) {
+        return Err(refused(format!(
+            "it does not run: bring it up first (bpm up {service}), then scale it"
+        )));
+    }
+    let mut done = Vec::new();
+    for name in scaling.stop.iter().rev() {
+        let Some(r) = newest.get(name.as_str()).filter(|r| !r.is_terminal()) else {
+            continue;
+        };
+        match m.stop(r.id(), StopOptions::default()).await {
+            Ok(_) | Err(ManagerError::NotFound(_)) => {}
+            Err(e) => return Err((format!("{project}/{name}"), e.into())),
+        }
+        let step = Step {
+            service: name.clone(),
+            done: Done::Stopped,
+            id: r.id(),
+        };
+        each(&step);
+        done.push(step);
+    }
+    if !scaling.start.is_empty() {
+        let file = file_of(m, project)
+            .await
+            .map_err(failed)?
+            .unwrap_or_default();
+        let started = up(
+            m,
+            &scaled,
+            &file,
+            &scaling.start,
+            &project::UpOptions::default(),
+            |step| {
+                if step.done != Done::Kept {
+                    each(step);
+                }
+            },
+        )
+        .await
+        .map_err(|(who, e)| (who, e.into()))?;
+        done.extend(started.into_iter().filter(|s| s.done != Done::Kept));
+    }
+    Ok(done)
+}
+
 /// Starts `batch` (services of `p` to start or replace, none depending on
 /// another of it) in one request, each with the ids of what it depends
 /// on, and hands `record` each step, in order. A start refused leaves the
@@ -424,6 +514,8 @@ pub async fn down(
             p.name
         )));
     }
+    // A service's name means its replicas too.
+    let only: Vec<String> = only.iter().flat_map(|s| p.replicas_of(s)).collect();
     let records = m.list(of_project(&p.name)).await?;
     let mut live: BTreeMap<String, ProcessId> = BTreeMap::new();
     for r in records.iter().filter(|r| !r.is_terminal()) {

@@ -20,7 +20,7 @@ pub const MAX_FILE_BYTES: usize = 4 << 20;
 /// The most services a project may have, replicas counted.
 pub const MAX_SERVICES: usize = 1_000;
 /// The most replicas one service may ask for.
-pub const MAX_REPLICAS: u32 = 1_000;
+pub const MAX_REPLICAS: u32 = bpm_domain::project::MAX_REPLICAS;
 /// The deepest nesting of lists and tables a project file may have.
 pub const MAX_NESTING: usize = 64;
 /// The longest parser message an error carries whole, in characters (a
@@ -814,12 +814,10 @@ pub(crate) fn resolve(
     Ok((1..=replicas)
         .map(|i| {
             let mut spec = spec.clone();
-            let name = if replicas == 1 {
-                name.to_owned()
-            } else {
+            if replicas > 1 {
                 Arc::make_mut(&mut spec.env).insert("BPM_REPLICA".into(), i.to_string().into());
-                format!("{name}.{i}")
-            };
+            }
+            let name = bpm_domain::project::replica_name(name, i);
             Service {
                 name,
                 spec,
@@ -830,38 +828,30 @@ pub(crate) fn resolve(
         .collect())
 }
 
-/// Replicas depended on by their base name: `worker` means every
-/// `worker.N`.
+/// Replicas depended on by their service's name: `worker` means
+/// `worker` and every `worker.N`.
 pub(crate) fn expand_replicas(services: &mut [Service]) {
-    // Each name once: its replicas by base name (`worker.2` under
-    // `worker`), so that the expansion is linear in the services.
-    let names: std::collections::BTreeSet<String> =
-        services.iter().map(|s| s.name.clone()).collect();
-    let mut replicas: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
-    for n in &names {
-        if let Some((base, i)) = n.rsplit_once('.')
-            && i.parse::<u32>().is_ok()
-        {
-            replicas.entry(base).or_default().push(n);
+    // Each service's further replicas, so that the expansion is linear in
+    // the services.
+    let mut replicas: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in services.iter() {
+        let (base, i) = bpm_domain::project::replica_of(&s.name);
+        if i > 1 {
+            replicas
+                .entry(base.to_owned())
+                .or_default()
+                .push(s.name.clone());
         }
     }
-    let replicas: BTreeMap<String, Vec<String>> = replicas
-        .into_iter()
-        .map(|(b, v)| (b.to_owned(), v.into_iter().cloned().collect()))
-        .collect();
     for s in services.iter_mut() {
         let mut expanded = BTreeMap::new();
         for (dep, until) in std::mem::take(&mut s.depends_on) {
-            match replicas.get(&dep) {
-                Some(each) if !names.contains(&dep) => {
-                    for r in each {
-                        expanded.insert(r.clone(), until);
-                    }
-                }
-                _ => {
-                    expanded.insert(dep, until);
+            if let Some(each) = replicas.get(&dep) {
+                for r in each {
+                    expanded.insert(r.clone(), until);
                 }
             }
+            expanded.insert(dep, until);
         }
         s.depends_on = expanded;
     }

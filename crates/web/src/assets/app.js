@@ -284,6 +284,42 @@ function actionButtons(r, small) {
   return out;
 }
 
+// A project's service scales from its detail: a copy more, a copy fewer
+// (`bpm scale`); web.2, web.3 are copies of web.
+function serviceOf(r) {
+  const s = (r.labels || {})["bpm.service"] || "";
+  const m = /^(.+)\.([0-9]+)$/.exec(s);
+  return m && Number(m[2]) >= 2 ? m[1] : s;
+}
+
+function copiesOf(r) {
+  const project = projectOf(r), service = serviceOf(r);
+  let copies = 0;
+  for (const o of S.rows.values()) {
+    if (isLive(o) && projectOf(o) === project && serviceOf(o) === service) copies++;
+  }
+  return copies;
+}
+
+function scaleControls(r) {
+  const project = projectOf(r), service = serviceOf(r);
+  if (!project || !service || !isLive(r)) return [];
+  const copies = copiesOf(r);
+  const to = (n) => async (e) => {
+    e.stopPropagation();
+    try {
+      await api(`/api/projects/${encodeURIComponent(project)}/services/${encodeURIComponent(service)}/scale`,
+        { method: "POST", body: JSON.stringify({ replicas: n }) });
+      toast(`${project}/${service}: ${n} running`);
+    } catch (err) { toast(err.message, true); }
+  };
+  return [
+    el("span", { class: "copies", text: `copies ${copies}`, title: `copies of ${service} running` }),
+    el("button", { type: "button", text: "−", title: "One copy fewer", "data-action": "scale-down", onclick: to(copies - 1) }),
+    el("button", { type: "button", text: "+", title: "One copy more", "data-action": "scale-up", onclick: to(copies + 1) }),
+  ];
+}
+
 function fillRow(tr, r, depth, hasKids, now) {
   const c = tr.cells;
   const key = [r.version, r.state, depth, hasKids, S.collapsed.has(r.id), S.selected.has(r.id)].join("|");
@@ -580,7 +616,7 @@ function renderDetailHead() {
   if (!r) return;
   setText($("#d-name"), displayName(r));
   const sub = $("#d-sub");
-  const key = `${r.id}|${r.version}|${$("#o-stream").value}`;
+  const key = `${r.id}|${r.version}|${$("#o-stream").value}|${projectOf(r) ? copiesOf(r) : ""}`;
   if (sub.dataset.key !== key) {
     sub.dataset.key = key;
     sub.textContent = "";
@@ -590,6 +626,7 @@ function renderDetailHead() {
     const a = $("#d-actions");
     a.textContent = "";
     for (const b of actionButtons(r, false)) a.append(b);
+    for (const c of scaleControls(r)) a.append(c);
     $("#o-download").href = `/api/processes/${r.id}/output.txt?stream=${$("#o-stream").value}`;
   }
 }

@@ -275,6 +275,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         Command::Logs(args) => logs(m, args).await,
         Command::Up(args) => super::project::up(home, m, args).await,
         Command::Down(args) => super::project::down(home, m, args).await,
+        Command::Scale(args) => super::project::scale(home, m, args).await,
         Command::Stop(args) => stop(m, args).await,
         Command::Pause { id } => {
             let r = m.pause(resolve(m, &id).await?).await?;

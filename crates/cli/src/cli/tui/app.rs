@@ -25,6 +25,15 @@ pub(super) enum Ask {
     Resume(ProcessId),
     /// Leave the screen for the record's terminal, and come back.
     Attach(ProcessId),
+    /// Run this many copies of a project's service (`bpm scale`).
+    Scale {
+        /// The project.
+        project: String,
+        /// The service (its first copy's name).
+        service: String,
+        /// How many copies.
+        to: i64,
+    },
     /// Leave.
     Quit,
 }
@@ -303,6 +312,18 @@ impl App {
             KeyCode::Char('p') => Ask::Pause(id),
             KeyCode::Char('u') => Ask::Resume(id),
             KeyCode::Char('t') => Ask::Attach(id),
+            KeyCode::Char(c @ ('+' | '-')) => {
+                let Some((project, service, now)) = self.copies_of(r) else {
+                    self.message = "only a project's service scales".into();
+                    return None;
+                };
+                let to = if c == '+' { now + 1 } else { now - 1 };
+                Ask::Scale {
+                    project,
+                    service,
+                    to,
+                }
+            }
             _ => return None,
         };
         if self.read_only {
@@ -310,6 +331,24 @@ impl App {
             return None;
         }
         Some(ask)
+    }
+}
+
+impl App {
+    /// The project and service of `r`, and how many copies of that
+    /// service run now.
+    fn copies_of(&self, r: &ProcessRecord) -> Option<(String, String, i64)> {
+        let project = bpm_domain::project::project_of(r)?.to_owned();
+        let name = bpm_domain::project::service_of(&project, r)?;
+        let service = bpm_domain::project::replica_of(name).0.to_owned();
+        let running = self
+            .records
+            .iter()
+            .filter(|o| !o.is_terminal())
+            .filter_map(|o| bpm_domain::project::service_of(&project, o))
+            .filter(|s| bpm_domain::project::replica_of(s).0 == service)
+            .count();
+        Some((project, service, i64::try_from(running).unwrap_or(i64::MAX)))
     }
 }
 
@@ -364,6 +403,10 @@ pub(super) const KEYS: &[(&str, &str)] = &[
     ("s", "start an ended service again"),
     ("p  u", "pause, resume"),
     ("t", "attach to a --tty process (detach key: Ctrl-])"),
+    (
+        "+  -",
+        "one copy more or less of a project's service (bpm scale)",
+    ),
     ("PgUp PgDn", "scroll the output"),
     ("Home End", "its first line; follow the end"),
     ("f  n", "search the output; next match"),

@@ -211,6 +211,18 @@ async fn carry_out(m: &Manager, app: &mut App, ask: Ask) {
             .map(|r| format!("started {name} again ({})", r.id().short())),
         Ask::Pause(id) => m.pause(id).await.map(|_| format!("paused {name}")),
         Ask::Resume(id) => m.resume(id).await.map(|_| format!("resumed {name}")),
+        Ask::Scale {
+            project,
+            service,
+            to,
+        } => {
+            let scaled = bpm_intake::project::scale(m.as_ref(), &project, &service, to, |_| {});
+            app.message = match scaled.await {
+                Ok(_) => format!("{project}/{service}: {to} running"),
+                Err((who, e)) => format!("{who}: {e}"),
+            };
+            return;
+        }
         Ask::Attach(_) | Ask::Quit => return,
     };
     app.message = match result {
