@@ -880,3 +880,81 @@ async fn a_bounded_tail_reads_only_the_newest_segment() {
         "an unbounded tail reads the removed segment"
     );
 }
+
+/// Output pushed out of a capped store is kept, gzip-compressed, when the
+/// process asked for archives: the newest N, oldest first, exactly as
+/// written; without the ask it is deleted as before. The memory store
+/// refuses archives by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_keep_the_newest_pieces_of_old_output_compressed() {
+    use bpm_adapters::fs::FileOutput;
+    use bpm_ports::{OutputStore, Stream};
+    let dir = tempfile::tempdir().expect("dir");
+    let output = FileOutput::new(dir.path(), 1_000).expect("output");
+    let (kept, plain) = (ProcessId::from_uuid(uuid::Uuid::now_v7()), record(9).id());
+    output.keep_archives(kept, 2).await.expect("archives");
+    // 300 lines of 10 bytes each: segments of 500 bytes roll out in turn.
+    let lines: Vec<String> = (0..300).map(|i| format!("line {i:04}\n")).collect();
+    for l in &lines {
+        output
+            .append(kept, Stream::Stdout, l.as_bytes())
+            .await
+            .expect("append");
+        output
+            .append(plain, Stream::Stdout, l.as_bytes())
+            .await
+            .expect("append");
+    }
+    // Compression runs beside the writer: wait for the two newest archives.
+    let archive = dir.path().join(kept.to_string()).join("archive");
+    let done = || {
+        std::fs::read_dir(&archive).map_or(0, |e| {
+            e.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "gz"))
+                .count()
+        })
+    };
+    for _ in 0..200 {
+        if done() == 2 && std::fs::read_dir(&archive).map_or(0, Iterator::count) == 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(done(), 2, "the two newest archives, the older deleted");
+    let mut text = Vec::new();
+    let n = FileOutput::archived(dir.path(), kept, &mut text).expect("read");
+    assert_eq!(n, 2);
+    let text = String::from_utf8(text).expect("utf-8");
+    // The kept output starts where the archives end, with no gap.
+    let all = lines.concat();
+    assert!(
+        all.contains(&text),
+        "archives are contiguous output: {text:?}"
+    );
+    let live = output
+        .read(kept, &bpm_ports::OutputQuery::default())
+        .await
+        .expect("read")
+        .text();
+    assert!(
+        all.ends_with(&format!("{text}{live}")),
+        "{text:?} then {live:?}"
+    );
+    assert_eq!(text.len(), 1_000);
+    let mut none = Vec::new();
+    assert_eq!(
+        FileOutput::archived(dir.path(), plain, &mut none).expect("read"),
+        0
+    );
+    assert!(!dir.path().join(plain.to_string()).join("archive").exists());
+
+    let memory = bpm_adapters::memory::InMemoryOutput::new(1_000);
+    let refused = memory
+        .keep_archives(kept, 2)
+        .await
+        .expect_err("no archives");
+    assert!(
+        refused.to_string().contains("keeps no archives"),
+        "{refused}"
+    );
+}

@@ -1104,3 +1104,77 @@ fn a_terminal_process_sees_a_terminal_takes_input_and_attach_connects_to_it() {
     let err = bpm.fails(&["attach", repl, "--detach-key", "q"], 4);
     assert!(err.contains("--detach-key"), "{err}");
 }
+
+/// `--log-archive N`: output pushed out by newer output is kept, the
+/// newest N pieces compressed, and `bpm logs --archived` prints them in
+/// order, before what `bpm logs` shows; a number out of bounds is refused
+/// by its flag, and a process without archives says how to get them.
+#[test]
+fn old_output_is_archived_when_asked_and_read_back() {
+    let bpm = Bpm::new();
+    std::fs::write(bpm.home().join("config.toml"), "output_cap = 100000\n").expect("config");
+    // Lines of 8 bytes, written a few at a time, 800 kB in all.
+    let id = bpm.ok(&[
+        "run",
+        "--log-archive",
+        "4",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 2000 ]; do seq -f %07g $((i*50+1)) $((i*50+50)); i=$((i+1)); done",
+    ]);
+    bpm.ok(&["wait", &id]);
+    let archive = bpm.home().join("output").join(&id).join("archive");
+    for _ in 0..200 {
+        let gz = std::fs::read_dir(&archive).map_or(0, |e| {
+            e.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "gz"))
+                .count()
+        });
+        if gz == 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let old = bpm.ok(&["logs", "--archived", &id]);
+    let kept = bpm.ok(&["logs", &id]);
+    let numbers =
+        |text: &str| -> Vec<u64> { text.lines().filter_map(|l| l.trim().parse().ok()).collect() };
+    let (old, kept) = (numbers(&old), numbers(&kept));
+    assert!(
+        old.len() > 10_000,
+        "4 archives of about 50 kB: {} lines",
+        old.len()
+    );
+    assert!(
+        old.windows(2).all(|w| w[1] == w[0] + 1),
+        "archives are whole and in order"
+    );
+    assert_eq!(kept.last(), Some(&100_000));
+    assert_eq!(
+        old.last().map(|n| n + 1),
+        kept.first().copied(),
+        "no gap before what is kept"
+    );
+
+    let out = bpm
+        .cmd(&["run", "--log-archive", "0", "--", "true"])
+        .output()
+        .expect("bpm run");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(
+        said.contains("--log-archive: 0: keep from 1 to 100"),
+        "{said}"
+    );
+    let plain = bpm.ok(&["run", "--", "true"]);
+    let out = bpm
+        .cmd(&["logs", "--archived", &plain])
+        .output()
+        .expect("bpm logs");
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no archives of old output"),
+        "{out:?}"
+    );
+}

@@ -683,3 +683,89 @@ fn scale_changes_a_services_copies_and_nothing_else() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("does not run: bring it up first"), "{said}");
 }
+
+/// `bpm up --rolling` replaces a changed service without a moment down:
+/// the new copy (on a port of its own) is ready before the old one is
+/// stopped; a new copy that is never ready is stopped after the wait, and
+/// the old one runs on, said so; `bpm restart --rolling` of a record
+/// without a readiness check is refused with what to do.
+#[test]
+fn a_rolling_replace_keeps_a_copy_answering() {
+    let bpm = Bpm::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bpm.toml");
+    let write = |version: &str, command: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[project]\nname = \"rolled\"\n[services.web]\ncommand = \"echo {version}; {command}\"\nport = \"auto\"\nready = {{ http = \"/\" }}\n"
+            ),
+        )
+        .expect("bpm.toml");
+    };
+    let serve = "exec python3 -m http.server --bind 127.0.0.1 $PORT";
+    write("v1", serve);
+    let f = file.display().to_string();
+    bpm.ok(&["up", "-f", &f, "--wait", "--wait-timeout", "30s"]);
+    let first = bpm.json(&["show", "rolled/web", "--json"]);
+    write("v2", serve);
+    let said = bpm.ok(&["up", "-f", &f, "--rolling"]);
+    assert!(said.starts_with("replaced web"), "{said}");
+    let records = bpm.json(&["ps", "--all", "--json"]);
+    let of = |id: &serde_json::Value| {
+        records
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|r| r["id"] == *id)
+            .cloned()
+            .expect("a record")
+    };
+    let old = of(&first["id"]);
+    let second = bpm.json(&["show", "rolled/web", "--json"]);
+    let at = |r: &serde_json::Value, key: &str| {
+        r[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {r}"))
+            .parse::<bpm_domain::Timestamp>()
+            .expect("a time")
+            .as_millis()
+    };
+    assert_ne!(second["id"], first["id"]);
+    assert_ne!(second["port"], first["port"], "a port of its own");
+    assert_eq!(old["state"], "cancelled", "{old}");
+    assert!(
+        at(&second, "ready_at") <= at(&old, "ended_at"),
+        "the new copy was ready ({}) before the old one ended ({})",
+        second["ready_at"],
+        old["ended_at"]
+    );
+
+    // A new copy never ready: stopped after the wait; the old one runs on.
+    write("v3", "exec sleep 300");
+    let out = bpm
+        .cmd(&["up", "-f", &f, "--rolling", "--wait-timeout", "2s"])
+        .output()
+        .expect("bpm up");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{said}");
+    assert!(
+        said.contains("not up in time") && said.contains("the copy that ran before runs on"),
+        "{said}"
+    );
+    let now = bpm.json(&["show", "rolled/web", "--json"]);
+    assert_eq!(now["id"], second["id"], "the running copy keeps the name");
+    assert_eq!(now["pid"], second["pid"]);
+    assert_eq!(now["state"], "running");
+    bpm.ok(&["down", "-f", &f]);
+
+    bpm.ok(&["run", "--name", "plain", "--", "sleep", "60"]);
+    let out = bpm
+        .cmd(&["restart", "--rolling", "plain"])
+        .output()
+        .expect("bpm restart");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("needs a readiness check"), "{said}");
+    bpm.ok(&["stop", "plain"]);
+}

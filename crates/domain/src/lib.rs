@@ -52,10 +52,10 @@ pub use schedule::{
     Overlap, Schedule, ScheduleAsked, ScheduleError, ScheduleState, known_time_zone, run_id,
 };
 pub use spec::{
-    Backoff, Command, DEFAULT_WATCH_DEBOUNCE_MS, FileWatch, HealthCheck, LogPattern, NameTaken,
-    Pace, Placement, Probe, ProcessKind, ProcessSpec, Readiness, ReadinessCheck, RequestRef,
-    RestartMode, RestartPolicy, Signal, SpecError, StdinMode, StopCommand, StopPolicy, Until,
-    metadata_from_json,
+    Backoff, Command, DEFAULT_WATCH_DEBOUNCE_MS, FileWatch, HealthCheck, LogPattern,
+    MAX_LOG_ARCHIVES, NameTaken, Pace, Placement, Probe, ProcessKind, ProcessSpec, Readiness,
+    ReadinessCheck, RequestRef, RestartMode, RestartPolicy, Signal, SpecError, StdinMode,
+    StopCommand, StopPolicy, Until, metadata_from_json,
 };
 pub use supervisor::{CoreError, Effect, Input, Limits, LimitsError, Supervisor, Timer, TimerKind};
 pub use terminal::TtySize;

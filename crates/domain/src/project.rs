@@ -478,6 +478,10 @@ pub struct UpOptions {
     pub restart: BTreeSet<String>,
     /// Run again a service whose newest record is `lost` (its end unknown).
     pub rerun_unknown: bool,
+    /// Replace a changed service without a moment down: its new record
+    /// starts beside the live one, which stops once the new one is ready
+    /// ([`crate::NameTaken::Roll`]).
+    pub rolling: bool,
 }
 
 impl fmt::Display for Action {

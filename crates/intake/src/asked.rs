@@ -229,6 +229,10 @@ pub struct Asked {
     /// Announce an `idle` event after this long without output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_after: Option<Duration>,
+    /// Keep this many rotated pieces of its old output, gzip-compressed
+    /// (1 to 100; `bpm logs --archived` reads them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_archive: Option<u32>,
     /// Labels, for filtering.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

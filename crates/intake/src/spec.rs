@@ -341,6 +341,18 @@ impl Reader<'_, '_> {
             spec.restart.backoff.max = spec.restart.backoff.max.max(b);
         }
         spec.idle_after = self.span("idle_after", a.idle_after.as_ref())?;
+        if let Some(n) = a.log_archive {
+            if !(1..=bpm_domain::MAX_LOG_ARCHIVES).contains(&n) {
+                return Err(self.fail(
+                    "log_archive",
+                    format!(
+                        "{n}: keep from 1 to {} archives of old output",
+                        bpm_domain::MAX_LOG_ARCHIVES
+                    ),
+                ));
+            }
+            spec.log_archive = Some(n);
+        }
         spec.failover = a.failover == Some(true);
         spec.leader_only = a.leader_only == Some(true);
         spec.if_name_taken = NameTaken::asked(a.ensure == Some(true), a.replace == Some(true))

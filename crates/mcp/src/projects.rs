@@ -56,6 +56,11 @@ pub(super) struct ProjectArgs {
     /// `project_up`: run again a service whose last run was lost (it may
     /// have run to its end unseen); by default it is left (action "left").
     pub(super) rerun_unknown: Option<bool>,
+    /// `project_up`: replace a changed service without a moment down: its
+    /// new copy starts beside the running one, which stops once the new
+    /// one is ready; a new copy not ready in time is stopped, and the old
+    /// one runs on (`failed.rolled_back`). Needs a readiness check.
+    pub(super) rolling: Option<bool>,
 }
 
 /// `project_scale`'s arguments.
@@ -189,6 +194,7 @@ impl McpServer {
             &project::UpOptions {
                 remove_orphans: a.remove_orphans.unwrap_or(false),
                 rerun_unknown: a.rerun_unknown.unwrap_or(false),
+                rolling: a.rolling.unwrap_or(false),
                 ..project::UpOptions::default()
             },
             |_| {},
@@ -218,6 +224,9 @@ impl McpServer {
             answer["up"] = json!(waited.is_ok());
             if let Err(not_up) = waited {
                 let tail = self.tail(&not_up.record).await;
+                let rolled_back = ports_project::give_up_roll(self.manager(), &steps, &not_up)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 answer["failed"] = json!({
                     "service": not_up.service,
                     "process_id": not_up.record.id(),
@@ -225,6 +234,7 @@ impl McpServer {
                     "timed_out": not_up.timed_out,
                     "error": not_up.record.lifecycle().error(),
                     "output_tail": tail,
+                    "rolled_back": rolled_back,
                 });
             }
         }
@@ -260,6 +270,7 @@ impl McpServer {
                 wait_timeout_secs: None,
                 remove_orphans: None,
                 rerun_unknown: None,
+                rolling: None,
             };
             self.project_of(&which).await?.project.name
         };

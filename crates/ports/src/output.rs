@@ -170,6 +170,21 @@ pub trait OutputStore: Send + Sync + 'static {
         (data, result)
     }
 
+    /// Keeps, from now on, the last `archives` pieces of process `id`'s
+    /// output that its newest output pushes out, gzip-compressed (both
+    /// streams as written), instead of deleting them: `bpm logs
+    /// --archived`. Called before the process writes.
+    ///
+    /// # Errors
+    /// - MUST return [`OutputError::Refused`] from a store that keeps no
+    ///   archives (the default: only files are kept as archives).
+    async fn keep_archives(&self, id: ProcessId, archives: u32) -> Result<(), OutputError> {
+        let _ = (id, archives);
+        Err(OutputError::Refused(
+            "this output store keeps no archives of old output (the file store does): start it without log_archive".into(),
+        ))
+    }
+
     /// Output from `query.cursor` on. A process that wrote nothing reads as empty,
     /// with `next` at 0. A cursor past the end reads as empty with `next` unchanged.
     ///

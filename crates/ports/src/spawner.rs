@@ -80,6 +80,12 @@ pub struct SpawnRequest {
     /// row are reported as [`ProcessNotice::Health`], unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_pace: Option<bpm_domain::Pace>,
+    /// How many rotated pieces of its output to keep, compressed
+    /// ([`ProcessSpec::log_archive`](bpm_domain::ProcessSpec::log_archive)):
+    /// the spawner tells its output store before the process writes
+    /// ([`OutputStore::keep_archives`](crate::OutputStore::keep_archives)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_archive: Option<u32>,
 }
 
 impl SpawnRequest {
@@ -106,6 +112,7 @@ impl SpawnRequest {
             limits: spec.limits.as_deref().copied(),
             tty: spec.tty,
             ready_pace: spec.readiness.pace,
+            log_archive: spec.log_archive,
         })
     }
 }

@@ -132,6 +132,15 @@ impl Engine {
             match placement::name_taken(record.spec(), &live) {
                 NameAnswer::Reuse => return Ok(live),
                 NameAnswer::Refuse(e) => return Err(ManagerError::Refused(e)),
+                // Refused when the spec was checked: a record placed on any
+                // node does not roll.
+                NameAnswer::Roll => {
+                    return Err(ManagerError::InvalidSpec(
+                        bpm_domain::SpecError::InvalidRoll(
+                            "is for a record of one node, not one placed on any".into(),
+                        ),
+                    ));
+                }
                 // Stopped and ended (whole tree) before this one is queued:
                 // never both running.
                 NameAnswer::Replace => match self.stop(live.id(), StopOptions::default()).await {

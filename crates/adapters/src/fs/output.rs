@@ -238,8 +238,7 @@ fn write_whole(
         data = &data[drop..];
         log.end += len - segment_max;
         for old in log.segments.drain(..) {
-            let _ = fs::remove_file(seg_path(dir, old.start, "data"));
-            let _ = fs::remove_file(seg_path(dir, old.start, "idx"));
+            retire(dir, old.start);
         }
     }
     let n = data.len() as u64;
@@ -303,10 +302,123 @@ fn write_whole(
     log.end += n;
     while log.end - log.kept_start() > cap && log.segments.len() > 1 {
         let old = log.segments.remove(0);
-        let _ = fs::remove_file(seg_path(dir, old.start, "data"));
-        let _ = fs::remove_file(seg_path(dir, old.start, "idx"));
+        retire(dir, old.start);
     }
     Ok(())
+}
+
+/// Where a process's archives are: `<start>.gz` each (a `<start>.raw` while
+/// it is being compressed), and `keep`, how many to keep.
+const ARCHIVE: &str = "archive";
+const KEEP: &str = "keep";
+
+/// How many archives the process of `dir` keeps, if it asked for any.
+fn archives_kept(dir: &Path) -> Option<usize> {
+    fs::read_to_string(dir.join(ARCHIVE).join(KEEP))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// A segment pushed out by newer output: archived when the process asked
+/// for archives (moved aside at once, compressed beside the writer, the
+/// oldest beyond the number kept deleted), deleted otherwise.
+fn retire(dir: &Path, start: u64) {
+    let data = seg_path(dir, start, "data");
+    let _ = fs::remove_file(seg_path(dir, start, "idx"));
+    let Some(keep) = archives_kept(dir) else {
+        let _ = fs::remove_file(&data);
+        return;
+    };
+    let archive = dir.join(ARCHIVE);
+    let raw = archive.join(format!("{start:016x}.raw"));
+    if fs::rename(&data, &raw).is_err() {
+        let _ = fs::remove_file(&data);
+        return;
+    }
+    let compress = move || {
+        if let Err(e) = compress(&raw) {
+            tracing::warn!(file = %raw.display(), error = %e, "cannot compress old output");
+        }
+        prune(&archive, keep);
+    };
+    if std::thread::Builder::new()
+        .name("bpm-archive".into())
+        .spawn(compress)
+        .is_err()
+    {
+        tracing::warn!("cannot start a thread to compress old output");
+    }
+}
+
+/// `raw` gzip-compressed into `<start>.gz` (whole or not at all), then
+/// removed.
+fn compress(raw: &Path) -> io::Result<()> {
+    let gz = raw.with_extension("gz");
+    let part = raw.with_extension("gz.part");
+    let mut from = io::BufReader::new(File::open(raw)?);
+    let to = crate::private::options()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&part)?;
+    let mut encoder =
+        flate2::write::GzEncoder::new(io::BufWriter::new(to), flate2::Compression::fast());
+    io::copy(&mut from, &mut encoder)?;
+    encoder
+        .finish()?
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?;
+    fs::rename(&part, &gz)?;
+    fs::remove_file(raw)
+}
+
+/// The archives of `archive`, oldest first: each one's start and path.
+fn archive_files(archive: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(archive)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let path = e.ok()?.path();
+                    let name = path.file_name()?.to_str()?;
+                    let start = name
+                        .strip_suffix(".gz")
+                        .or_else(|| name.strip_suffix(".raw"))?;
+                    Some((u64::from_str_radix(start, 16).ok()?, path))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// Deletes the oldest archives beyond `keep`.
+fn prune(archive: &Path, keep: usize) {
+    let found = archive_files(archive);
+    for (_, path) in found.iter().take(found.len().saturating_sub(keep)) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+impl FileOutput {
+    /// Writes process `id`'s archives of old output under `root` to `out`,
+    /// oldest first, decompressed: what `bpm logs --archived` prints.
+    /// Answers how many there were.
+    ///
+    /// # Errors
+    /// An archive that cannot be read.
+    pub fn archived(root: &Path, id: ProcessId, out: &mut dyn io::Write) -> io::Result<usize> {
+        let found = archive_files(&root.join(id.to_string()).join(ARCHIVE));
+        for (_, path) in &found {
+            let file = File::open(path)?;
+            if path.extension().is_some_and(|e| e == "gz") {
+                io::copy(&mut flate2::read::GzDecoder::new(file), out)?;
+            } else {
+                io::copy(&mut io::BufReader::new(file), out)?;
+            }
+        }
+        Ok(found.len())
+    }
 }
 
 fn read_from(dir: &Path, log: &SegmentedLog, query: &OutputQuery) -> io::Result<OutputChunk> {
@@ -384,6 +496,20 @@ fn refused(id: ProcessId, e: &io::Error) -> OutputError {
 
 #[async_trait]
 impl OutputStore for FileOutput {
+    async fn keep_archives(&self, id: ProcessId, archives: u32) -> Result<(), OutputError> {
+        let archive = self.dir(id).join(ARCHIVE);
+        let write = || -> io::Result<()> {
+            crate::private::create_dir_all(&archive)?;
+            let file = crate::private::options()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(archive.join(KEEP))?;
+            file.write_all_at(archives.to_string().as_bytes(), 0)
+        };
+        write().map_err(|e| OutputError::Refused(format!("{}: {e}", archive.display())))
+    }
+
     async fn append(
         &self,
         id: ProcessId,

@@ -265,6 +265,13 @@ impl OsSpawner {
 #[async_trait]
 impl ProcessSpawner for OsSpawner {
     async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SpawnError> {
+        if let Some(n) = request.log_archive {
+            self.inner
+                .output
+                .keep_archives(request.id, n)
+                .await
+                .map_err(|e| SpawnError::Invalid(e.to_string()))?;
+        }
         if request.limits.is_some() {
             // Its child's move into a v1 memory group can take the kernel
             // ten milliseconds and more, which no runtime thread should wait.
@@ -357,8 +364,19 @@ impl ProcessSpawner for OsSpawner {
         true
     }
 
-    async fn hand_over(&self, requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
-        self.accept_handed(requests);
+    async fn hand_over(&self, mut requests: Vec<SpawnRequest>) -> Result<(), SpawnError> {
+        // One whose store keeps no archives is not handed over: its spawn
+        // says why.
+        let mut kept = Vec::with_capacity(requests.len());
+        for r in requests.drain(..) {
+            if let Some(n) = r.log_archive
+                && self.inner.output.keep_archives(r.id, n).await.is_err()
+            {
+                continue;
+            }
+            kept.push(r);
+        }
+        self.accept_handed(kept);
         Ok(())
     }
 

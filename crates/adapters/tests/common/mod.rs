@@ -69,6 +69,7 @@ pub(crate) fn sh_request(
         limits: None,
         tty: None,
         ready_pace: None,
+        log_archive: None,
     }
 }
 

@@ -274,6 +274,7 @@ fn build(
             stream: given.one("stream").unwrap_or_else(|| "both".to_owned()),
             since: None,
             grep: None,
+            archived: false,
         }),
         _ => return None,
     })

@@ -148,6 +148,12 @@ pub enum Command {
         /// once what it waits for is back.
         #[arg(long)]
         with_dependents: bool,
+        /// Without a moment down: the new copy starts beside the running
+        /// one, which stops once the new one is ready (a new copy not
+        /// ready within 2 minutes is stopped, and the old one runs on).
+        /// Needs a name and a readiness check.
+        #[arg(long)]
+        rolling: bool,
     },
     /// Wait for processes to end (with one id, exit with its exit code).
     Wait {
@@ -558,6 +564,10 @@ pub struct RunArgs {
     /// Announce idleness after this long without output.
     #[arg(long)]
     pub idle_after: Option<String>,
+    /// Keep the last N pieces of old output its newest pushes out,
+    /// gzip-compressed (1 to 100): `bpm logs --archived ID` reads them.
+    #[arg(long, value_name = "N")]
+    pub log_archive: Option<u32>,
     /// Label K=V (repeatable).
     #[arg(long, value_name = "K=V")]
     pub label: Vec<String>,
@@ -704,6 +714,10 @@ pub struct LogsArgs {
     /// or of every service of a project).
     #[arg(long, value_name = "RE", conflicts_with = "since")]
     pub grep: Option<String>,
+    /// The archives of old output a process keeps (--log-archive N),
+    /// oldest first, both streams as written.
+    #[arg(long, conflicts_with_all = ["follow", "since", "grep", "lines"])]
+    pub archived: bool,
 }
 
 /// `bpm up`.
@@ -723,8 +737,8 @@ pub struct UpArgs {
     /// non-zero naming the service that failed, with its last lines.
     #[arg(long)]
     pub wait: bool,
-    /// With --wait: give up after this long (exit 124), e.g. 60s.
-    #[arg(long, value_name = "DURATION", requires = "wait")]
+    /// With --wait or --rolling: give up after this long (exit 124), e.g. 60s.
+    #[arg(long, value_name = "DURATION")]
     pub wait_timeout: Option<String>,
     /// Print what would be done, and do nothing.
     #[arg(long)]
@@ -732,6 +746,13 @@ pub struct UpArgs {
     /// Stop the services the file no longer has.
     #[arg(long)]
     pub remove_orphans: bool,
+    /// Replace a changed service without a moment down: the new copy
+    /// starts beside the running one (on a port of its own with port =
+    /// "auto"), and the running one stops once the new one is ready; a
+    /// new copy not ready in time (--wait-timeout, 2m by default) is
+    /// stopped, and the running one runs on. Needs a readiness check.
+    #[arg(long)]
+    pub rolling: bool,
     /// Run again a service whose last run was lost (it may have ended while
     /// bpm could not see it: a migration that succeeded); by default it is
     /// left, and `up` says so.

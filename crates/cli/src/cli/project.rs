@@ -165,6 +165,7 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
     let how = project::UpOptions {
         remove_orphans: a.remove_orphans,
         rerun_unknown: a.rerun_unknown,
+        rolling: a.rolling,
         ..project::UpOptions::default()
     };
     if a.dry_run {
@@ -197,6 +198,11 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
             out!("{would:<15}{service:<20}{id}");
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if a.wait_timeout.is_some() && !a.wait && !a.rolling {
+        return Err(CliError::invalid(
+            "--wait-timeout bounds a wait: give --wait (or --rolling) with it",
+        ));
     }
     let timeout = a
         .wait_timeout
@@ -234,17 +240,89 @@ pub(super) async fn up(home: &Home, m: &Manager, mut a: UpArgs) -> Outcome {
             e
         })?;
     drop(held);
+    if a.rolling && !a.wait {
+        return settle_rolls(m, &steps, events, timeout).await;
+    }
     if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }
     match ports_project::wait_up(m.as_ref(), &steps, events, timeout.map(Span::as_duration)).await?
     {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(not_up) => Err(CliError {
-            code: if not_up.timed_out { 124 } else { 1 },
-            message: not_up.to_string(),
-        }),
+        Err(not_up) => Err(rolled_back(m, &steps, not_up).await),
     }
+}
+
+/// How long a rolling replace waits for its new copies unless told.
+const ROLL_WITHIN: Duration = Duration::from_mins(2);
+
+/// Waits for the new copies of a rolling replace (`steps` replaced) to
+/// be ready, within `timeout` ([`ROLL_WITHIN`] by default).
+async fn settle_rolls(
+    m: &Manager,
+    steps: &[ports_project::Step],
+    events: tokio::sync::broadcast::Receiver<bpm_domain::Event>,
+    timeout: Option<Span>,
+) -> Outcome {
+    let rolled: Vec<ports_project::Step> = steps
+        .iter()
+        .filter(|s| s.done == ports_project::Done::Replaced)
+        .cloned()
+        .collect();
+    if rolled.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let within = timeout.map_or(ROLL_WITHIN, Span::as_duration);
+    match ports_project::wait_up(m.as_ref(), &rolled, events, Some(within)).await? {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(not_up) => Err(rolled_back(m, steps, not_up).await),
+    }
+}
+
+/// The error for a service not up; a new copy of a rolling replace that
+/// was not ready is stopped, and the message says the old one runs on.
+async fn rolled_back(
+    m: &Manager,
+    steps: &[ports_project::Step],
+    not_up: ports_project::NotUp,
+) -> CliError {
+    let code = if not_up.timed_out { 124 } else { 1 };
+    let mut message = not_up.to_string();
+    match ports_project::give_up_roll(m.as_ref(), steps, &not_up).await {
+        Ok(true) => {
+            message = format!(
+                "{message}\nthe rolling replace of {} stopped there: its new copy ({}) is stopped, and the copy that ran before runs on",
+                not_up.service,
+                not_up.record.id().short()
+            );
+        }
+        Ok(false) => {}
+        Err(e) => message = format!("{message}\nits new copy could not be stopped: {e}"),
+    }
+    CliError { code, message }
+}
+
+/// `bpm restart --rolling` of a record that is no project's service: a
+/// copy of its spec started beside it, which it gives way to once ready.
+pub(super) async fn roll(m: &Manager, record: &ProcessRecord) -> Outcome {
+    let mut spec = record.spec().clone();
+    spec.if_name_taken = bpm_domain::NameTaken::Roll;
+    spec.request = None;
+    let name = spec.name.as_ref().map(ToString::to_string).ok_or_else(|| {
+        CliError::invalid(format!(
+            "{}: a rolling restart needs a name (it replaces the live record of its name): restart it without --rolling",
+            record.id().short()
+        ))
+    })?;
+    let events = m.subscribe();
+    let new = m.start(spec).await?;
+    out!("{}", new.id());
+    let step = ports_project::Step {
+        service: name,
+        done: ports_project::Done::Replaced,
+        id: new.id(),
+    };
+    settle_rolls(m, &[step], events, None).await
 }
 
 /// `bpm down`: the project's live records stopped in reverse dependency
@@ -453,6 +531,7 @@ pub(super) async fn restart(
     m: &Manager,
     record: &ProcessRecord,
     with_dependents: bool,
+    rolling: bool,
 ) -> Option<Outcome> {
     let project_name = project::project_of(record)?.to_owned();
     let service = project::service_of(&project_name, record)?.to_owned();
@@ -478,15 +557,21 @@ pub(super) async fn restart(
     };
     let how = project::UpOptions {
         restart,
+        rolling,
         ..project::UpOptions::default()
     };
     let _lock = match lock(home, &p.name).await {
         Ok(l) => l,
         Err(e) => return Some(Err(e)),
     };
+    let events = m.subscribe();
     let done = ports_project::up(m.as_ref(), p, &file, &only, &how, line).await;
-    Some(
-        done.map(|_| ExitCode::SUCCESS)
-            .map_err(|(service, e)| CliError::from(e).with_prefix(&service)),
-    )
+    let steps = match done {
+        Ok(steps) => steps,
+        Err((service, e)) => return Some(Err(CliError::from(e).with_prefix(&service))),
+    };
+    if rolling {
+        return Some(settle_rolls(m, &steps, events, None).await);
+    }
+    Some(Ok(ExitCode::SUCCESS))
 }

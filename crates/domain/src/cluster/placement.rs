@@ -31,6 +31,9 @@ pub enum NameAnswer {
     Reuse,
     /// Stop `live`, and start the new one once it has ended.
     Replace,
+    /// Start the new one beside `live`, and stop `live` once the new one
+    /// is ready ([`crate::NameTaken::Roll`]).
+    Roll,
     /// Refuse it ([`CoreError::NameTaken`]).
     Refuse(CoreError),
 }
@@ -42,6 +45,7 @@ pub fn name_taken(spec: &ProcessSpec, live: &ProcessRecord) -> NameAnswer {
     };
     let differences: Vec<String> = match spec.if_name_taken {
         crate::NameTaken::Replace => return NameAnswer::Replace,
+        crate::NameTaken::Roll => return NameAnswer::Roll,
         crate::NameTaken::Ensure => live
             .spec()
             .differences(spec)

@@ -284,6 +284,11 @@ pub enum NameTaken {
     /// Stop the live record (its whole tree, its grace) and start this one
     /// once it has ended: never both running.
     Replace,
+    /// Start this one beside the live record (on a port of its own) and
+    /// stop the live one once this one is ready: no moment without a
+    /// copy that answers. If this one ends before it is ready, the live
+    /// one runs on. It needs a readiness check, and no fixed port.
+    Roll,
 }
 
 impl NameTaken {

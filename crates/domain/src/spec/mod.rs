@@ -29,6 +29,9 @@ pub use policies::{
     StopCommand, StopPolicy,
 };
 
+/// The most archives of old output a process may keep.
+pub const MAX_LOG_ARCHIVES: u32 = 100;
+
 /// What a process runs: an argument vector, or one string given to `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -212,6 +215,12 @@ pub enum SpecError {
     /// A stop command that cannot work.
     #[error("invalid stop command: {0}")]
     InvalidStop(String),
+    /// A number of output archives out of bounds.
+    #[error("log_archive {0}: keep from 1 to {MAX_LOG_ARCHIVES} archives of old output")]
+    InvalidLogArchive(u32),
+    /// A rolling replace that cannot work.
+    #[error("a rolling replace {0}")]
+    InvalidRoll(String),
     /// A dependency condition names a record that is not a dependency.
     #[error("a condition names {0}, which is not among the dependencies")]
     ConditionWithoutDependency(ProcessId),
@@ -293,6 +302,10 @@ pub struct ProcessSpec {
     /// Announce an `idle` event after this long without output (for agents
     /// that must know when a session waits for input).
     pub idle_after: Option<Span>,
+    /// Keep this many rotated pieces of its output, gzip-compressed, when
+    /// its newest output pushes them out ([`MAX_LOG_ARCHIVES`] at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_archive: Option<u32>,
     /// Labels, for filtering.
     pub labels: BTreeMap<LabelKey, LabelValue>,
     /// Free-form JSON object.
@@ -536,6 +549,14 @@ impl ProcessSpec {
     /// # Errors
     /// The first [`SpecError`] found.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(n) = self.log_archive
+            && !(1..=MAX_LOG_ARCHIVES).contains(&n)
+        {
+            return Err(SpecError::InvalidLogArchive(n));
+        }
+        if self.if_name_taken == NameTaken::Roll {
+            self.check_roll()?;
+        }
         if let Some(c) = &self.stop_command {
             if c.command.trim().is_empty() {
                 return Err(SpecError::InvalidStop("the stop command is empty".into()));
@@ -720,6 +741,39 @@ impl ProcessSpec {
             if self.command.is_none() {
                 return Err(SpecError::NotForTracked(Cow::Borrowed("a health check")));
             }
+        }
+        Ok(())
+    }
+
+    /// What a rolling replace needs: a readiness check (a handed-out
+    /// port is one), no fixed port, one node.
+    fn check_roll(&self) -> Result<(), SpecError> {
+        if self.name.is_none() {
+            return Err(SpecError::InvalidRoll(
+                "needs a name: it replaces the live record of its name".into(),
+            ));
+        }
+        let unready = match self.readiness.check {
+            ReadinessCheck::None => self.port.is_none(),
+            ReadinessCheck::Running => true,
+            _ => false,
+        };
+        if unready {
+            return Err(SpecError::InvalidRoll(
+                "needs a readiness check (--ready-http, --ready-port, --ready-exec, --ready-pattern, --ready-notify, or port = \"auto\"): without one, the new copy counts as ready the moment it starts"
+                    .into(),
+            ));
+        }
+        if matches!(self.port, Some(PortAsk::Fixed(_))) {
+            return Err(SpecError::InvalidRoll(
+                "needs port = \"auto\" or a range: the running copy holds a fixed port until the new one is ready"
+                    .into(),
+            ));
+        }
+        if self.placement() == Placement::Any {
+            return Err(SpecError::InvalidRoll(
+                "is for a record of one node, not one placed on any".into(),
+            ));
         }
         Ok(())
     }

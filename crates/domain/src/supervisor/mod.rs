@@ -24,6 +24,7 @@ mod ports;
 mod queue;
 mod reconcile;
 mod restore;
+mod rolls;
 mod schedule;
 mod stand_down;
 mod start;
@@ -141,6 +142,9 @@ pub struct Supervisor {
     owners: owners::Owners,
     /// Watched records, with the ids of a restart a change asked for: see `watch.rs`.
     watched: HashMap<ProcessId, Vec<ProcessId>>,
+    /// Records rolling over a live one of their name, with that one: see
+    /// `rolls.rs`.
+    rolls: HashMap<ProcessId, ProcessId>,
 }
 
 impl Supervisor {
@@ -168,6 +172,7 @@ impl Supervisor {
             names: HashMap::new(),
             owners: owners::Owners::default(),
             watched: HashMap::new(),
+            rolls: HashMap::new(),
             dirty: BTreeMap::new(),
             out: Vec::new(),
         }
@@ -670,6 +675,10 @@ impl Supervisor {
             self.arm_retention(id);
             self.release_waiters(id, after, now);
             self.unwatch_files(id);
+            self.roll_ended(id);
+        }
+        if kind == TransitionKind::Ready {
+            self.roll_over(id, now)?;
         }
         Ok(applied)
     }

@@ -5,6 +5,17 @@ use super::{CoreError, Supervisor};
 use crate::cluster::placement::NameAnswer;
 use crate::{NameTaken, ProcessId, ProcessName, ProcessSpec};
 
+/// What a submission's name asks of the live record of that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Named {
+    /// No live record carries it.
+    Free,
+    /// Stop it, and start once it has ended.
+    Replaces(ProcessId),
+    /// Start beside it, and stop it once ready ([`NameTaken::Roll`]).
+    Rolls(ProcessId),
+}
+
 impl Supervisor {
     /// Notes that `id` is the newest record of this node named `name`.
     pub(super) fn note_name(&mut self, name: Option<&ProcessName>, id: ProcessId) {
@@ -32,24 +43,26 @@ impl Supervisor {
             .then_some(id)
     }
 
-    /// What `spec`'s name allows: `Ok(None)` when no other live record of
-    /// this node carries it (`restarting`, which a restart replaces, does
-    /// not count); `Ok(Some(live))` when it asked to replace the live one;
-    /// otherwise why not ([`CoreError::NameTaken`], which
-    /// [`CoreError::reused`] reads for a spec that asked to ensure it).
+    /// What `spec`'s name allows: [`Named::Free`] when no other live
+    /// record of this node carries it (`restarting`, which a restart
+    /// replaces, does not count); [`Named::Replaces`] or [`Named::Rolls`]
+    /// when it asked to replace or roll over the live one; otherwise why
+    /// not ([`CoreError::NameTaken`], which [`CoreError::reused`] reads for
+    /// a spec that asked to ensure it).
     pub(super) fn name_rule(
         &self,
         spec: &ProcessSpec,
         restarting: Option<ProcessId>,
-    ) -> Result<Option<ProcessId>, CoreError> {
+    ) -> Result<Named, CoreError> {
         let Some(name) = &spec.name else {
-            return Ok(None);
+            return Ok(Named::Free);
         };
         let Some(live) = self.live_named(name).filter(|l| Some(*l) != restarting) else {
-            return Ok(None);
+            return Ok(Named::Free);
         };
         match crate::cluster::placement::name_taken(spec, &self.entries[&live].record) {
-            NameAnswer::Replace => Ok(Some(live)),
+            NameAnswer::Replace => Ok(Named::Replaces(live)),
+            NameAnswer::Roll => Ok(Named::Rolls(live)),
             // Reused: the caller reads the refusal ([`CoreError::reused`]).
             NameAnswer::Reuse => Err(CoreError::NameTaken {
                 name: name.clone(),

@@ -87,6 +87,7 @@ impl Supervisor {
                 self.children.entry(p).or_default().insert(id);
             }
         }
+        self.find_rolls();
         for &id in &ids {
             self.take_back(id, now);
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::names::Named;
 use super::{Blockers, CoreError, Effect, Entry, Supervisor, TimerKind};
 use crate::{
     EventKind, GroupName, Lifecycle, Placement, ProcessId, ProcessRecord, ProcessSpec,
@@ -43,8 +44,13 @@ impl Supervisor {
         if self.entries.contains_key(&id) {
             return Err(CoreError::AlreadyExists(id));
         }
-        let named = self.name_rule(&spec, replaces)?;
-        // A restart keeps its record's port.
+        let (named, rolls) = match self.name_rule(&spec, replaces)? {
+            Named::Free => (None, None),
+            Named::Replaces(live) => (Some(live), None),
+            Named::Rolls(live) => (None, Some(live)),
+        };
+        // A restart keeps its record's port; a copy that rolls over the
+        // live one gets a port of its own.
         let port = match (spec.port, replaces) {
             (Some(ask), None) => Some(self.hand_out_port(ask, free_ports, named)?),
             _ => None,
@@ -65,6 +71,9 @@ impl Supervisor {
         self.fail_on_ended_dependencies(id, now);
         if let Some(old) = named {
             self.stop(old, StopCause::Replaced { by: id }, false, None, now)?;
+        }
+        if let Some(old) = rolls {
+            self.rolls.insert(id, old);
         }
         Ok(())
     }

@@ -870,3 +870,142 @@ fn a_session_let_go_by_its_last_holder_starts_its_records_grace() {
         "no holder came back: stopped"
     );
 }
+
+/// A rolling replace starts beside the live record and stops it only once
+/// it is ready; one that ends before it is ready leaves the live one
+/// running, with its name.
+#[test]
+fn a_roll_stops_the_live_copy_only_once_the_new_one_is_ready() {
+    use bpm_domain::NameTaken::{Refuse, Roll};
+    let mut c = Supervisor::new(NodeId::local(), Limits::default());
+    let ready_by = |mut spec: ProcessSpec| {
+        spec.readiness.check = ReadinessCheck::Exec {
+            command: "true".into(),
+        };
+        spec
+    };
+    let t = Timestamp::from_millis;
+    let signals = |effects: &[Effect]| -> Vec<(ProcessId, u32)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal { id, pid, .. } => Some((*id, *pid)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (old, new, failed) = (id(1), id(2), id(3));
+    c.handle(
+        Input::Submit {
+            id: old,
+            spec: ready_by(named("web", &["v1"], Refuse)),
+        },
+        t(1),
+    )
+    .expect("old");
+    c.handle(Input::Spawned { id: old, pid: 10 }, t(2))
+        .expect("spawned");
+    c.handle(Input::Ready { id: old }, t(3)).expect("ready");
+
+    let effects = c
+        .handle(
+            Input::Submit {
+                id: new,
+                spec: ready_by(named("web", &["v2"], Roll)),
+            },
+            t(4),
+        )
+        .expect("a roll is taken beside the live copy");
+    assert!(signals(&effects).is_empty(), "{effects:?}");
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Spawn { record } if record.id() == new))
+    );
+    let effects = c
+        .handle(Input::Spawned { id: new, pid: 11 }, t(5))
+        .expect("spawned");
+    assert!(
+        signals(&effects).is_empty(),
+        "started, not ready: {effects:?}"
+    );
+    assert_eq!(
+        c.get(old).map(ProcessRecord::state),
+        Some(StateName::Running)
+    );
+    let effects = c.handle(Input::Ready { id: new }, t(6)).expect("ready");
+    assert_eq!(signals(&effects), [(old, 10)], "{effects:?}");
+    let effects = c
+        .handle(
+            Input::Exited {
+                id: old,
+                status: ExitStatus::Signal(15),
+                limit: None,
+            },
+            t(7),
+        )
+        .expect("exit");
+    assert!(events(&effects).contains(&(old, EventKind::Cancelled)));
+
+    // A roll whose copy ends before it is ready: the live one runs on and
+    // keeps the name.
+    c.handle(
+        Input::Submit {
+            id: failed,
+            spec: ready_by(named("web", &["v3"], Roll)),
+        },
+        t(8),
+    )
+    .expect("a second roll");
+    c.handle(
+        Input::Spawned {
+            id: failed,
+            pid: 12,
+        },
+        t(9),
+    )
+    .expect("spawned");
+    let effects = c
+        .handle(
+            Input::Exited {
+                id: failed,
+                status: ExitStatus::Code(1),
+                limit: None,
+            },
+            t(10),
+        )
+        .expect("exit");
+    assert!(signals(&effects).is_empty(), "{effects:?}");
+    assert_eq!(
+        c.get(new).map(ProcessRecord::state),
+        Some(StateName::Running)
+    );
+    let refused = c.handle(
+        Input::Submit {
+            id: id(4),
+            spec: named("web", &["v4"], Refuse),
+        },
+        t(11),
+    );
+    assert!(
+        matches!(refused, Err(CoreError::NameTaken { id, .. }) if id == new),
+        "the live copy keeps the name: {refused:?}"
+    );
+}
+
+/// A roll without a readiness check is refused, saying why.
+#[test]
+fn a_roll_without_a_readiness_check_is_refused() {
+    let mut c = Supervisor::new(NodeId::local(), Limits::default());
+    let refused = c.handle(
+        Input::Submit {
+            id: id(5),
+            spec: named("web", &["v5"], bpm_domain::NameTaken::Roll),
+        },
+        Timestamp::from_millis(1),
+    );
+    assert!(
+        matches!(&refused, Err(CoreError::InvalidSpec(SpecError::InvalidRoll(why))) if why.contains("needs a readiness check")),
+        "{refused:?}"
+    );
+}

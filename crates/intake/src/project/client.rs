@@ -191,8 +191,7 @@ pub async fn up(
             {
                 start_batch(
                     m,
-                    p,
-                    file,
+                    (p, file, how.rolling),
                     std::mem::take(&mut batch),
                     &mut ids,
                     &mut record,
@@ -204,8 +203,7 @@ pub async fn up(
         }
         start_batch(
             m,
-            p,
-            file,
+            (p, file, how.rolling),
             std::mem::take(&mut batch),
             &mut ids,
             &mut record,
@@ -236,7 +234,7 @@ pub async fn up(
             &mut ids,
         );
     }
-    start_batch(m, p, file, batch, &mut ids, &mut record).await?;
+    start_batch(m, (p, file, how.rolling), batch, &mut ids, &mut record).await?;
     Ok(done)
 }
 
@@ -332,12 +330,12 @@ pub async fn scale(
 
 /// Starts `batch` (services of `p` to start or replace, none depending on
 /// another of it) in one request, each with the ids of what it depends
-/// on, and hands `record` each step, in order. A start refused leaves the
-/// others of the batch started (each recorded), and is the error.
+/// on, and hands `record` each step, in order; a replace rolls when
+/// `rolling`. A start refused leaves the others of the batch started
+/// (each recorded), and is the error.
 async fn start_batch(
     m: &dyn ProcessManager,
-    p: &Project,
-    file: &str,
+    (p, file, rolling): (&Project, &str, bool),
     batch: Vec<(String, Action)>,
     ids: &mut BTreeMap<String, ProcessId>,
     record: &mut impl FnMut(Step, &mut BTreeMap<String, ProcessId>),
@@ -355,6 +353,7 @@ async fn start_batch(
             spec.metadata
                 .insert(FILE_KEY.into(), serde_json::Value::String(file.to_owned()));
             spec.if_name_taken = match action {
+                Action::Replace(_) if rolling => NameTaken::Roll,
                 Action::Replace(_) => NameTaken::Replace,
                 _ => NameTaken::Ensure,
             };
@@ -413,6 +412,31 @@ pub async fn tail(m: &dyn ProcessManager, id: ProcessId, lines: usize) -> String
         String::from_utf8_lossy(&bytes).into_owned()
     })
     .unwrap_or_default()
+}
+
+/// After a wait that `not_up` ended: when the service not up was the new
+/// copy of a rolling replace (`steps` replaced it), that copy is stopped,
+/// and the copy that ran before runs on; says whether it was.
+///
+/// # Errors
+/// The manager's, when the stop fails.
+pub async fn give_up_roll(
+    m: &dyn ProcessManager,
+    steps: &[Step],
+    not_up: &NotUp,
+) -> Result<bool, ManagerError> {
+    let new = not_up.record.id();
+    let rolled = not_up.record.spec().if_name_taken == NameTaken::Roll
+        && steps
+            .iter()
+            .any(|s| s.id == new && s.done == Done::Replaced);
+    if !rolled || not_up.record.is_terminal() {
+        return Ok(rolled);
+    }
+    match m.stop(new, StopOptions::default()).await {
+        Ok(_) | Err(ManagerError::NotFound(_)) => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits until every service of `steps` is up (ready, or completed), in

@@ -15,8 +15,8 @@ mod client;
 mod read;
 
 pub use client::{
-    Done, FILE_KEY, NotUp, ScaleError, Step, down, file_of, from_store, of_project, scale, tail,
-    up, wait_up,
+    Done, FILE_KEY, NotUp, ScaleError, Step, down, file_of, from_store, give_up_roll, of_project,
+    scale, tail, up, wait_up,
 };
 #[cfg(feature = "files")]
 pub use read::{

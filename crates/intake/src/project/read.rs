@@ -460,6 +460,7 @@ pub(crate) struct ServiceTable {
     pub(crate) stop_command_timeout: Option<String>,
     pub(crate) delay: Option<String>,
     pub(crate) idle_after: Option<String>,
+    pub(crate) log_archive: Option<u32>,
     pub(crate) node: Option<String>,
     #[serde(default)]
     pub(crate) node_labels: BTreeMap<String, String>,
@@ -580,6 +581,7 @@ impl ServiceTable {
             stop_command_timeout: length(&self.stop_command_timeout),
             delay: length(&self.delay),
             idle_after: length(&self.idle_after),
+            log_archive: self.log_archive,
             node: self.node.clone(),
             node_labels: self.node_labels.clone(),
             failover: self.failover,

@@ -53,6 +53,7 @@ fn request(argv: Vec<String>) -> SpawnRequest {
         limits: None,
         tty: None,
         ready_pace: None,
+        log_archive: None,
     }
 }
 

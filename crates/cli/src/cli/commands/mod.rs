@@ -29,10 +29,13 @@ use crate::daemon;
 use crate::home::Home;
 use crate::wiring::{StoreChoice, state_dir};
 
+mod logs;
 mod run;
 mod serve;
 mod show;
 
+#[allow(clippy::wildcard_imports)]
+use logs::*;
 pub use run::asked_of;
 #[allow(clippy::wildcard_imports)]
 use run::*;
@@ -272,6 +275,7 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         Command::Run(args) => run(home, m, *args).await,
         Command::Ps(args) => ps(m, args).await,
         Command::Show { id, json: as_json } => show_command(home, m, &id, as_json).await,
+        Command::Logs(args) if args.archived => archived(home, m, &args).await,
         Command::Logs(args) => logs(m, args).await,
         Command::Up(args) => super::project::up(home, m, args).await,
         Command::Down(args) => super::project::down(home, m, args).await,
@@ -298,7 +302,8 @@ async fn command(home: &Home, m: &Manager, command: Command) -> Outcome {
         Command::Restart {
             id,
             with_dependents,
-        } => restart(home, m, &id, with_dependents).await,
+            rolling,
+        } => restart(home, m, &id, with_dependents, rolling).await,
         Command::Wait {
             ids,
             mut label,
@@ -431,12 +436,21 @@ async fn input(m: &Manager, id: &str, text: Option<&str>, no_newline: bool) -> O
 }
 
 /// `bpm restart ID`: a new record; a project's service through its project.
-async fn restart(home: &Home, m: &Manager, id: &str, with_dependents: bool) -> Outcome {
+async fn restart(
+    home: &Home,
+    m: &Manager,
+    id: &str,
+    with_dependents: bool,
+    rolling: bool,
+) -> Outcome {
     let record = resolve_to_record(m, id).await?;
     // A project's service goes through its project, so that what
     // depends on it follows the new record.
-    if let Some(done) = super::project::restart(home, m, &record, with_dependents).await {
+    if let Some(done) = super::project::restart(home, m, &record, with_dependents, rolling).await {
         return done;
+    }
+    if rolling {
+        return super::project::roll(m, &record).await;
     }
     if with_dependents {
         return Err(CliError::invalid(format!(
@@ -768,48 +782,6 @@ async fn logs(m: &Manager, a: LogsArgs) -> Outcome {
         copy_output(m, id, start, stream, a.follow, false, told).await?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Every service's output of project `name`, prefixed with its service;
-/// `none` when the project has no records.
-async fn project_logs(m: &Manager, name: &str, a: &LogsArgs, none: CliError) -> Outcome {
-    let records = m.list(bpm_intake::project::of_project(name)).await?;
-    if records.is_empty() {
-        return Err(none);
-    }
-    let grep = grep_of(a)?;
-    let how = super::project::LinesAsked {
-        follow: a.follow,
-        lines: a.lines,
-        stream: stream_of(&a.stream)?,
-        grep: grep.as_ref(),
-    };
-    let color = color_on(std::io::stdout().is_terminal());
-    super::project::logs(m, name, &records, &how, color).await
-}
-
-/// `--grep`'s expression, if given.
-fn grep_of(a: &LogsArgs) -> Result<Option<regex::Regex>, CliError> {
-    a.grep
-        .as_deref()
-        .map(|re| {
-            regex::Regex::new(re).map_err(|e| {
-                CliError::invalid(format!("--grep {re:?}: not a regular expression: {e}"))
-            })
-        })
-        .transpose()
-}
-
-/// `--stream`'s value.
-fn stream_of(text: &str) -> Result<StreamSelect, CliError> {
-    match text {
-        "stdout" => Ok(StreamSelect::Stdout),
-        "stderr" => Ok(StreamSelect::Stderr),
-        "both" => Ok(StreamSelect::Both),
-        other => Err(CliError::invalid(format!(
-            "invalid --stream {other:?}: expected stdout, stderr or both"
-        ))),
-    }
 }
 
 async fn stop(m: &Manager, a: StopArgs) -> Outcome {

@@ -97,6 +97,7 @@ pub(super) fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
         ready_failures: a.ready_failures,
         health,
         idle_after: text(a.idle_after),
+        log_archive: a.log_archive,
         labels: pairs(&a.label, "--label")?,
         metadata: a.metadata.as_deref().map(parse_metadata).transpose()?,
         on_exit: a.on_exit,
