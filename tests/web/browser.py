@@ -373,6 +373,7 @@ def scenario(d):
         wait(d, "one copy again", lambda: state_of(d, second["id"]) == "cancelled")
         assert state_of(d, first) == "running", "the first copy is not touched"
         bpm("down", "-f", os.path.join(stack, "bpm.toml"))
+        shutil.rmtree(stack, ignore_errors=True)
         d.find_element(By.ID, "d-close").click()
 
     @check("the keyboard moves, opens and closes")
