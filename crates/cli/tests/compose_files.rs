@@ -769,3 +769,136 @@ fn a_rolling_replace_keeps_a_copy_answering() {
     assert!(said.contains("needs a readiness check"), "{said}");
     bpm.ok(&["stop", "plain"]);
 }
+
+/// Brings fixture `file` up in a state directory of its own, and answers
+/// its records once every one has ended or waits, or `most` has passed.
+fn run_fixture(root: &Path, file: &str, most: std::time::Duration) -> Vec<serde_json::Value> {
+    // A state directory each: two fixtures of one folder are one
+    // project by name.
+    let bpm = Bpm::new();
+    let path = root.join(file);
+    let out = bpm
+        .cmd(&["up", "-f", &path.display().to_string()])
+        .current_dir(path.parent().expect("dir"))
+        .output()
+        .expect("bpm up");
+    assert!(out.status.success(), "{file}: {out:?}");
+    let project = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    let mut seen = Vec::new();
+    let began = std::time::Instant::now();
+    while began.elapsed() < most {
+        let all = bpm.json(&["ps", "--all", "--project", &project, "--json"]);
+        seen = all.as_array().cloned().unwrap_or_default();
+        let settled = seen.iter().all(|r| {
+            ["completed", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or(""))
+                || (r["state"] == "pending" && r["waiting"].is_string())
+        });
+        if !seen.is_empty() && settled {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bpm.ok(&["down", "-f", &path.display().to_string()]);
+    seen
+}
+
+/// process-compose's own fixtures whose meaning can be checked, run for
+/// real: a rhombus of dependencies completes in its order; a chain with
+/// errors fails each dependent of a failure and runs one that waits only
+/// for an end; a dependent of a log line that never comes never starts;
+/// an exit code allowed as success completes and is not restarted.
+#[test]
+fn checkable_fixtures_run_as_process_compose_runs_them() {
+    let root = fixtures();
+    let run = |file: &str, most| run_fixture(&root, file, most);
+    let newest = |records: &[serde_json::Value], service: &str| -> serde_json::Value {
+        records
+            .iter()
+            .filter(|r| {
+                r["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(&format!("/{service}")))
+            })
+            .max_by_key(|r| r["created_at"].as_str().unwrap_or("").to_owned())
+            .cloned()
+            .unwrap_or_else(|| panic!("{service} in {records:?}"))
+    };
+    let at = |r: &serde_json::Value, key: &str| r[key].as_str().unwrap_or("").to_owned();
+
+    let long = std::time::Duration::from_secs(30);
+    let rhombus = run("fixtures/process-compose-chain-rhombus.yaml", long);
+    for n in 1..=8 {
+        assert_eq!(
+            newest(&rhombus, &format!("process{n}"))["state"],
+            "completed"
+        );
+    }
+    let ended = |n: u32| at(&newest(&rhombus, &format!("process{n}")), "ended_at");
+    let started = |n: u32| at(&newest(&rhombus, &format!("process{n}")), "started_at");
+    for (before, after) in [
+        (8, 6),
+        (8, 7),
+        (6, 5),
+        (7, 5),
+        (5, 4),
+        (4, 3),
+        (3, 2),
+        (2, 1),
+    ] {
+        assert!(
+            ended(before) <= started(after),
+            "process{before} ends before process{after} starts"
+        );
+    }
+
+    let errors = run("fixtures/process-compose-chain-with-errors.yaml", long);
+    assert_eq!(newest(&errors, "process3")["state"], "failed");
+    assert_eq!(
+        newest(&errors, "process4")["state"],
+        "completed",
+        "it waits only for process5 to end"
+    );
+    let five = newest(&errors, "process5");
+    assert_eq!(five["state"], "failed");
+    assert_eq!(five["restarts"], 1, "max_restarts 1: {five}");
+    for dependent in ["process2", "process1"] {
+        let r = newest(&errors, dependent);
+        assert_eq!(r["state"], "failed", "{r}");
+        assert!(at(&r, "error").contains("dependency"), "{r}");
+    }
+
+    // failer restarts on failure (process-compose ends the project on its
+    // failure instead): either way oblivious never starts.
+    let log_line = run(
+        "fixtures/process-compose-dependent-on-failing-log-line.yml",
+        std::time::Duration::from_secs(3),
+    );
+    let oblivious = newest(&log_line, "oblivious");
+    assert!(
+        oblivious["started_at"].is_null() && oblivious["exit_code"].is_null(),
+        "never started: {oblivious}"
+    );
+    assert!(newest(&log_line, "failer")["restarts"].as_u64() >= Some(1));
+
+    let codes = run(
+        "fixtures-code/process-compose-success-exit-codes.yaml",
+        long,
+    );
+    let allowed = newest(&codes, "allowed");
+    assert_eq!(
+        (allowed["state"].as_str(), allowed["restarts"].as_u64()),
+        (Some("completed"), Some(0)),
+        "{allowed}"
+    );
+    let control = newest(&codes, "control");
+    assert_eq!(
+        (control["state"].as_str(), control["restarts"].as_u64()),
+        (Some("failed"), Some(1)),
+        "{control}"
+    );
+}

@@ -229,6 +229,10 @@ pub struct Asked {
     /// Announce an `idle` event after this long without output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_after: Option<Duration>,
+    /// Exit codes besides 0 that count as success (completed, and not
+    /// restarted on-failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_codes: Option<Vec<i32>>,
     /// Keep this many rotated pieces of its old output, gzip-compressed
     /// (1 to 100; `bpm logs --archived` reads them).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -341,6 +341,7 @@ impl Reader<'_, '_> {
             spec.restart.backoff.max = spec.restart.backoff.max.max(b);
         }
         spec.idle_after = self.span("idle_after", a.idle_after.as_ref())?;
+        spec.success_codes = a.success_codes.clone().unwrap_or_default();
         if let Some(n) = a.log_archive {
             if !(1..=bpm_domain::MAX_LOG_ARCHIVES).contains(&n) {
                 return Err(self.fail(

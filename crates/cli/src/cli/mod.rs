@@ -564,6 +564,14 @@ pub struct RunArgs {
     /// Announce idleness after this long without output.
     #[arg(long)]
     pub idle_after: Option<String>,
+    /// An exit code besides 0 that counts as success: completed, and not
+    /// restarted by --restart on-failure (repeatable).
+    #[arg(
+        long = "success-code",
+        value_name = "CODE",
+        allow_negative_numbers = true
+    )]
+    pub success_codes: Vec<i32>,
     /// Keep the last N pieces of old output its newest pushes out,
     /// gzip-compressed (1 to 100): `bpm logs --archived ID` reads them.
     #[arg(long, value_name = "N")]

@@ -281,7 +281,9 @@ impl Record {
                 pid: Some(pid),
                 ready_at: None,
             },
-            Transition::Exited { status, limit } => Self::exit_state(Some(now), status, limit, now),
+            Transition::Exited { status, limit } => {
+                Self::exit_state(Some(now), (status, self.spec.succeeded(status)), limit, now)
+            }
             Transition::Stop { cause } => Self::begin_stop(None, None, cause, now),
             Transition::TimeOut => Self::begin_stop(None, None, StopCause::Timeout, now),
             Transition::Lose { reason } => Lifecycle::Lost {
@@ -304,9 +306,12 @@ impl Record {
     ) -> Next {
         let tracked = self.is_tracked();
         Next::To(match t {
-            Transition::Exited { status, limit } if !tracked => {
-                Self::exit_state(Some(started_at), status, limit, now)
-            }
+            Transition::Exited { status, limit } if !tracked => Self::exit_state(
+                Some(started_at),
+                (status, self.spec.succeeded(status)),
+                limit,
+                now,
+            ),
             Transition::Requeue { status, not_before } if !tracked => {
                 self.push_attempt(Some(started_at), status, now);
                 Lifecycle::Pending {
@@ -388,9 +393,12 @@ impl Record {
                 exit: None,
                 reason: cause.to_string(),
             },
-            Transition::Exited { status, limit } => {
-                Self::exit_state(Some(started_at), status, limit, now)
-            }
+            Transition::Exited { status, limit } => Self::exit_state(
+                Some(started_at),
+                (status, self.spec.succeeded(status)),
+                limit,
+                now,
+            ),
             Transition::Requeue { status, not_before } => {
                 self.push_attempt(Some(started_at), status, now);
                 Lifecycle::Pending {
@@ -533,15 +541,15 @@ impl Record {
         }
     }
 
+    /// Where an exit with `status` leads: completed when it `succeeded`
+    /// ([`crate::ProcessSpec::succeeded`]), failed otherwise.
     fn exit_state(
         started_at: Option<Timestamp>,
-        status: ExitStatus,
+        (status, succeeded): (ExitStatus, bool),
         limit: Option<crate::LimitHit>,
         now: Timestamp,
     ) -> Lifecycle {
-        if status.success()
-            && let Some(limit) = limit
-        {
+        if succeeded && let Some(limit) = limit {
             // The leader ended well, but a limit killed a process of its
             // tree (a shell's child): work was lost, and the record says so.
             return Lifecycle::Failed {
@@ -551,7 +559,7 @@ impl Record {
                 error: format!("{limit} killed a process of its tree (its leader exited 0)"),
             };
         }
-        if status.success() {
+        if succeeded {
             Lifecycle::Completed {
                 started_at: started_at.unwrap_or(now),
                 ended_at: now,

@@ -302,6 +302,11 @@ pub struct ProcessSpec {
     /// Announce an `idle` event after this long without output (for agents
     /// that must know when a session waits for input).
     pub idle_after: Option<Span>,
+    /// Exit codes besides 0 that count as success: completed, not
+    /// failed, and not restarted `on-failure` (process-compose's
+    /// `success_exit_codes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success_codes: Vec<i32>,
     /// Keep this many rotated pieces of its output, gzip-compressed, when
     /// its newest output pushes them out ([`MAX_LOG_ARCHIVES`] at most).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,6 +445,13 @@ impl ProcessSpec {
         }
     }
 
+    /// Whether an exit with `status` is a success: 0, or one of
+    /// [`success_codes`](Self::success_codes).
+    pub fn succeeded(&self, status: crate::ExitStatus) -> bool {
+        status.success()
+            || matches!(status, crate::ExitStatus::Code(c) if self.success_codes.contains(&c))
+    }
+
     /// How long the record outlives its last owner: its `owner_grace`, or
     /// [`crate::DEFAULT_OWNER_GRACE`].
     pub fn grace_after_owners(&self) -> Duration {
@@ -526,6 +538,7 @@ impl ProcessSpec {
         check("timeout", self.timeout == other.timeout);
         check("stop", self.stop == other.stop);
         check("stop_command", self.stop_command == other.stop_command);
+        check("success_codes", self.success_codes == other.success_codes);
         check("restart", self.restart == other.restart);
         check("readiness", self.readiness == other.readiness);
         check("idle_after", self.idle_after == other.idle_after);

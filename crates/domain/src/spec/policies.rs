@@ -180,6 +180,12 @@ impl LogPattern {
             })
     }
 
+    /// The pattern that matches a line containing `text` as it is (no
+    /// character of it special): process-compose's `ready_log_line`.
+    pub fn escape(text: &str) -> String {
+        regex::escape(text)
+    }
+
     /// The pattern's source text.
     pub fn as_str(&self) -> &str {
         self.0.as_str()

@@ -55,7 +55,7 @@ impl Supervisor {
             // Stopped as unhealthy: a failure, however it exited.
             let wants = match policy.mode {
                 RestartMode::Never => false,
-                RestartMode::OnFailure => unhealthy || !status.success(),
+                RestartMode::OnFailure => unhealthy || !record.spec().succeeded(status),
                 RestartMode::Always => true,
             };
             let budget = policy.max_restarts.is_none_or(|m| record.restarts() < m);

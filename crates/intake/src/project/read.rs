@@ -461,6 +461,7 @@ pub(crate) struct ServiceTable {
     pub(crate) delay: Option<String>,
     pub(crate) idle_after: Option<String>,
     pub(crate) log_archive: Option<u32>,
+    pub(crate) success_codes: Option<Vec<i32>>,
     pub(crate) node: Option<String>,
     #[serde(default)]
     pub(crate) node_labels: BTreeMap<String, String>,
@@ -582,6 +583,7 @@ impl ServiceTable {
             delay: length(&self.delay),
             idle_after: length(&self.idle_after),
             log_archive: self.log_archive,
+            success_codes: self.success_codes.clone(),
             node: self.node.clone(),
             node_labels: self.node_labels.clone(),
             failover: self.failover,

@@ -98,6 +98,7 @@ pub(super) fn asked_of_run(a: RunArgs) -> Result<Asked, CliError> {
         health,
         idle_after: text(a.idle_after),
         log_archive: a.log_archive,
+        success_codes: (!a.success_codes.is_empty()).then_some(a.success_codes),
         labels: pairs(&a.label, "--label")?,
         metadata: a.metadata.as_deref().map(parse_metadata).transpose()?,
         on_exit: a.on_exit,

@@ -166,7 +166,21 @@ fn set_key(
             table.depends_on = on;
         }
         "readiness_probe" => {
+            if table.ready.as_ref().is_some_and(|r| r.log.is_some()) {
+                return Err(BOTH_READY.into());
+            }
             table.ready = Some(probe(v).map_err(|e| format!("readiness_probe: {e}"))?);
+        }
+        "ready_log_line" => {
+            let line = scalar(v).map_err(|e| format!("ready_log_line: {e}"))?;
+            if table.ready.as_ref().is_some_and(|r| r.log.is_none()) {
+                return Err(BOTH_READY.into());
+            }
+            // process-compose looks for the text in a line, as it is.
+            table.ready = Some(ReadyTable {
+                log: Some(bpm_domain::LogPattern::escape(&line)),
+                ..ReadyTable::default()
+            });
         }
         "liveness_probe" => {
             table.health = Some(liveness(v).map_err(|e| format!("liveness_probe: {e}"))?);
@@ -199,6 +213,25 @@ fn set_key(
             });
         }
         "description" => {}
+        "success_exit_codes" => {
+            let Value::Sequence(codes) = v else {
+                return Err(format!(
+                    "success_exit_codes: {}: expected a list of exit codes",
+                    shown(v)
+                ));
+            };
+            let codes = codes
+                .iter()
+                .map(|c| {
+                    c.as_i64()
+                        .and_then(|c| i32::try_from(c).ok())
+                        .ok_or_else(|| {
+                            format!("success_exit_codes: {}: expected an exit code", shown(c))
+                        })
+                })
+                .collect::<Result<Vec<i32>, String>>()?;
+            table.success_codes = Some(codes);
+        }
         "shutdown" => shutdown(v, table, ignored, name).map_err(|e| format!("shutdown.{e}"))?,
         "log_location" => ignored.push(format!(
             "processes.{name}.log_location (bpm keeps the output: `bpm logs {name}`)"
@@ -207,6 +240,10 @@ fn set_key(
     }
     Ok(())
 }
+
+/// Both ways to say when a process is ready, which process-compose
+/// refuses together.
+const BOTH_READY: &str = "ready_log_line: a readiness_probe is given too, and process-compose refuses the two together: keep one";
 
 /// The processes that are disabled (`is_disabled: "true"`, else
 /// `disabled: true`).
