@@ -885,6 +885,36 @@ fn checkable_fixtures_run_as_process_compose_runs_them() {
     );
     assert!(newest(&log_line, "failer")["restarts"].as_u64() >= Some(1));
 
+    // A readiness probe that never passes (exec `false`, 2 failures, 1 s
+    // apart, after 1 s): stopped as unhealthy, and started again (always).
+    let probed = run(
+        "issues/issue_403/process-compose.yaml",
+        std::time::Duration::from_secs(6),
+    );
+    let first = probed
+        .iter()
+        .filter(|r| {
+            r["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("/my-process"))
+        })
+        .min_by_key(|r| r["created_at"].as_str().unwrap_or("").to_owned())
+        .expect("my-process");
+    let attempt = &first["attempts"][0];
+    let ms = |key: &str| {
+        attempt[key]
+            .as_str()
+            .and_then(|t| t.parse::<bpm_domain::Timestamp>().ok())
+            .map_or(0, bpm_domain::Timestamp::as_millis)
+    };
+    assert!(first["restarts"].as_u64() >= Some(1), "{first}");
+    assert_eq!(attempt["exit"]["signal"], 15, "stopped by bpm: {first}");
+    let lasted = ms("ended_at") - ms("started_at");
+    assert!(
+        (1_900..4_000).contains(&lasted),
+        "1 s of delay, then 2 failures 1 s apart: {lasted} ms"
+    );
+
     let codes = run(
         "fixtures-code/process-compose-success-exit-codes.yaml",
         long,
