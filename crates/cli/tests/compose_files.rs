@@ -491,6 +491,15 @@ fn several_files_and_an_override_toml_are_read_as_one() {
     assert!(said.contains("cannot be read as one"), "{said}");
 }
 
+/// A loopback port free now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// `http_get` with `scheme: https` is checked over TLS: a server with a
 /// self-signed certificate (as a local one usually has) gets ready, and
 /// a plain HTTP server behind an https probe never does.
@@ -518,11 +527,7 @@ fn an_https_probe_is_checked_over_tls() {
         .output()
         .expect("openssl (tests/run.sh installs it)");
     assert!(made.status.success(), "{made:?}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let server = format!(
         "import http.server, ssl\n\
          s = http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler)\n\
@@ -559,11 +564,7 @@ fn an_https_probe_is_checked_over_tls() {
     bpm.ok(&["down", "-f", &file_arg]);
 
     // A plain HTTP server is not ready to an https check.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let url = format!("https://127.0.0.1:{port}/");
     let serve = format!("exec python3 -m http.server --bind 127.0.0.1 {port}");
     bpm.ok(&[

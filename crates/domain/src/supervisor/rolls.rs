@@ -26,6 +26,10 @@ impl Supervisor {
     /// `id` ended: if it was rolling over a live record, that roll failed,
     /// and the live record keeps the name.
     pub(super) fn roll_ended(&mut self, id: ProcessId) {
+        // Every end comes here: with no roll under way, nothing to do.
+        if self.rolls.is_empty() {
+            return;
+        }
         if let Some(old) = self.rolls.remove(&id)
             && let Some(entry) = self.entries.get(&old)
             && !entry.record.is_terminal()
