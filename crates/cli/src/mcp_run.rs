@@ -177,12 +177,20 @@ pub(crate) fn command_line(command: &[OsString]) -> String {
         .join(" ")
 }
 
-/// `text` as a label's value: on one line, at most 200 characters.
+/// `text` as a label's value: on one line, at most 200 characters, with no
+/// white space at either end (a label's value may not start or end with it:
+/// a cut can land just after a space, and a caller's command line can be
+/// unreadable), and `-` where nothing is left.
 pub(crate) fn cut(text: &str) -> String {
-    text.chars()
+    let line: String = text
+        .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(200)
-        .collect()
+        .collect();
+    match line.trim() {
+        "" => "-".to_owned(),
+        kept => kept.to_owned(),
+    }
 }
 
 /// This process's caller: its pid, and its command line as `/proc` has it.
@@ -349,5 +357,27 @@ pub(crate) struct RemoveOnDrop(pub PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::cut;
+
+    #[test]
+    fn a_cut_is_always_a_valid_label_value() {
+        // The 200th character a space (a long caller's line cut there), a
+        // caller whose command line could not be read, control characters,
+        // and nothing at all.
+        let long = format!("{} {}", "a".repeat(199), "b".repeat(50));
+        for text in [long.as_str(), "1279 ", "\tpython\n-c\n", "", " \n "] {
+            let value = cut(text);
+            assert!(value.chars().count() <= 200, "{value:?}");
+            bpm_domain::LabelValue::new(value.clone())
+                .unwrap_or_else(|e| panic!("{text:?} gave {value:?}: {e}"));
+        }
+        assert_eq!(cut(&long), "a".repeat(199));
+        assert_eq!(cut("1279 "), "1279");
+        assert_eq!(cut("\tpython\n-c\n"), "python -c");
     }
 }
