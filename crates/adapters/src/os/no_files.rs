@@ -1,5 +1,10 @@
 //! File watches in a build without the `watch` feature: each is refused by
 //! name, after the same check for a missing path as a build with them.
+// Also compiled beside the watching module in test builds, for its tests.
+#![cfg_attr(
+    all(test, feature = "watch"),
+    allow(dead_code, unreachable_pub, clippy::redundant_pub_crate)
+)]
 
 use std::path::PathBuf;
 
@@ -42,5 +47,34 @@ impl Watches {
         _unwatched: &[PathBuf],
     ) -> Result<mpsc::Receiver<()>, WatchError> {
         Err(refuse(spec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Watches, check_watch};
+    use bpm_domain::FileWatch;
+    use bpm_ports::WatchError;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_watch_is_refused_by_name_and_a_missing_path_named_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let there = FileWatch::new(vec![dir.path().to_path_buf()], Vec::new(), None);
+        let e = check_watch(&there).expect_err("a build without watches refuses it");
+        assert!(
+            e.contains("no file watches") && e.contains("`watch`"),
+            "{e}"
+        );
+        match Arc::new(Watches).watch(&there, &[]) {
+            Err(WatchError::Os { path, reason }) => {
+                assert_eq!(path, dir.path());
+                assert!(reason.contains("bpm-embed's `watch`"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(drop)),
+        }
+        let gone = FileWatch::new(vec![dir.path().join("gone")], Vec::new(), None);
+        let e = check_watch(&gone).expect_err("missing");
+        assert!(e.contains("gone") && e.contains("no such file"), "{e}");
     }
 }

@@ -201,7 +201,12 @@ mod tls {
 }
 
 #[cfg(not(feature = "tls"))]
-mod tls {
+use no_tls as tls;
+
+// Also compiled in test builds with TLS, for its test: the test command
+// builds the workspace once, TLS on.
+#[cfg(any(test, not(feature = "tls")))]
+mod no_tls {
     /// Without the `tls` feature, no TLS is spoken.
     #[allow(clippy::unused_async)] // the same shape as with the feature
     pub(super) async fn connect(
@@ -209,6 +214,19 @@ mod tls {
         _host: &str,
     ) -> Result<tokio::net::TcpStream, String> {
         Err("this build checks no https:// URL (bpm-adapters' tls feature)".into())
+    }
+
+    #[cfg(test)]
+    #[tokio::test]
+    async fn an_https_check_fails_saying_the_build_has_no_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let s = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let e = connect(s, "localhost").await.expect_err("no TLS");
+        assert!(e.contains("https://") && e.contains("tls feature"), "{e}");
     }
 }
 
