@@ -267,6 +267,11 @@ async fn serve_until_stopped(
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     let manager: Arc<dyn ProcessManager> = Arc::new(engine.clone());
     tokio::spawn(serve(listener, Arc::clone(&manager), info, stop_tx));
+    // Once quiet, what its start and its last burst of requests ran need
+    // not stay resident: a daemon mostly waits.
+    tokio::spawn(bpm_adapters::os::give_back_when_quiet(Duration::from_secs(
+        1,
+    )));
     // What is served beside the socket (`[mcp] http`), for as long as the
     // daemon runs.
     let stop_beside = tokio_util::sync::CancellationToken::new();

@@ -44,6 +44,47 @@ pub fn give_back_start_pages() -> usize {
     given
 }
 
+/// CPU time under which a period counts as quiet: what waiting costs a
+/// daemon holding hundreds of processes (its timers, a lease's renewal),
+/// well under what one request does.
+const QUIET_CPU: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Gives this process's start pages back ([`give_back_start_pages`]) each
+/// time it falls quiet after work: once a `period` passes in which it used
+/// under 2 ms of CPU, the first such period after any busier one. A daemon
+/// or keeper that served a burst (its start, a project's `up`, 200 `run`s)
+/// and now only waits keeps resident only what its waiting touches; the
+/// next request reads back from the page cache the code it runs (minor
+/// faults, no disk read while the file stays cached). Runs for as long as
+/// the runtime does.
+pub async fn give_back_when_quiet(period: std::time::Duration) {
+    let mut given = false;
+    let mut last = cpu_time();
+    loop {
+        tokio::time::sleep(period).await;
+        let now = cpu_time();
+        let used = now.saturating_sub(last);
+        last = now;
+        if used >= QUIET_CPU {
+            given = false;
+        } else if !given {
+            give_back_start_pages();
+            given = true;
+            // The give-back's own reading of smaps is not work to wake for.
+            last = cpu_time();
+        }
+    }
+}
+
+/// This process's CPU time, all threads.
+fn cpu_time() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// The read-only mappings of `exe` and of the other files mapped in
 /// `smaps` none of whose pages were
 /// ever written (no anonymous copy: relocated constants are), as

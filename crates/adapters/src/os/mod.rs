@@ -77,7 +77,7 @@ pub use facts::{
     boot_id, find_marked, inherited_env, local_time_zone, marked_children, raise_open_files_limit,
     read_start_log, runs_bpm, stop_marked, unknown_end,
 };
-pub use heap::{give_back_start_pages, release_free_memory};
+pub use heap::{give_back_start_pages, give_back_when_quiet, release_free_memory};
 pub use host::OsHost;
 #[allow(clippy::wildcard_imports)]
 use launch::*;
