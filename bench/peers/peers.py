@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = Path(os.environ.get("PEERS_DIR", ROOT / "target" / "peers")).resolve()
-BPM = Path(os.environ.get("BPM_BIN", ROOT / "target" / "release" / "bpm")).resolve()
+BPM = Path(os.environ.get("BPM_BIN", ROOT / "target" / "dist" / "bpm")).resolve()
 PUEUE = PEERS / "cargo" / "bin" / "pueue"
 PUEUED = PEERS / "cargo" / "bin" / "pueued"
 PM2 = PEERS / "npm" / "node_modules" / ".bin" / "pm2"
