@@ -269,9 +269,9 @@ async fn serve_until_stopped(
     tokio::spawn(serve(listener, Arc::clone(&manager), info, stop_tx));
     // Once quiet, what its start and its last burst of requests ran need
     // not stay resident: a daemon mostly waits.
-    tokio::spawn(bpm_adapters::os::give_back_when_quiet(Duration::from_secs(
-        1,
-    )));
+    tokio::spawn(bpm_adapters::os::give_back_when_quiet(
+        Duration::from_millis(250),
+    ));
     // What is served beside the socket (`[mcp] http`), for as long as the
     // daemon runs.
     let stop_beside = tokio_util::sync::CancellationToken::new();

@@ -99,9 +99,9 @@ pub async fn run(home: &Home, store: Option<StoreChoice>) -> Result<()> {
         .and_then(|ms| ms.parse().ok())
         .map_or(IDLE_EXIT, Duration::from_millis);
     // As the daemon: quiet, it keeps resident only what waiting touches.
-    tokio::spawn(bpm_adapters::os::give_back_when_quiet(Duration::from_secs(
-        1,
-    )));
+    tokio::spawn(bpm_adapters::os::give_back_when_quiet(
+        Duration::from_millis(250),
+    ));
     serve_keeper_keeping(listener, spawner, idle, Some(home.dir.join("keeper.exits"))).await;
     let _ = fs::remove_file(&socket);
     drop(lock);
