@@ -49,6 +49,11 @@ pub fn give_back_start_pages() -> usize {
 /// processes (0.2 to 0.3 ms a second), under what a burst of requests does.
 const QUIET_CPU: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// The least time between two give-backs: work that comes back every
+/// second (five schedules `--every 1s`) maps its pages again at most once
+/// in this long, not after every quiet spell.
+const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Gives this process's start pages back ([`give_back_start_pages`]) each
 /// time it falls quiet after work: once a `period` passes in which it used
 /// under 1 ms of CPU, the first such period after any busier one. A daemon
@@ -56,12 +61,14 @@ const QUIET_CPU: std::time::Duration = std::time::Duration::from_millis(1);
 /// and now only waits keeps resident only what its waiting touches; the
 /// next request maps back from the page cache the code it runs (about 80
 /// minor faults for a `bpm run`, no disk read while the file stays
-/// cached), and a lone request after that does not count as work, so
-/// nothing is given back and faulted in over and over. Runs for as long as
-/// the runtime does.
+/// cached). A lone request after that does not count as work, and two
+/// give-backs are at least 5 s apart, so work that comes back often does
+/// not map the same pages over and over. Runs for as long as the runtime
+/// does.
 pub async fn give_back_when_quiet(period: std::time::Duration) {
     let mut given = false;
     let mut last = cpu_time();
+    let mut last_given: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(period).await;
         let now = cpu_time();
@@ -69,9 +76,10 @@ pub async fn give_back_when_quiet(period: std::time::Duration) {
         last = now;
         if used >= QUIET_CPU {
             given = false;
-        } else if !given {
+        } else if !given && last_given.is_none_or(|t| t.elapsed() >= GIVE_BACK_EVERY) {
             give_back_start_pages();
             given = true;
+            last_given = Some(tokio::time::Instant::now());
             // The give-back's own reading of smaps is not work to wake for.
             last = cpu_time();
         }
