@@ -66,23 +66,50 @@ const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// not map the same pages over and over. Runs for as long as the runtime
 /// does.
 pub async fn give_back_when_quiet(period: std::time::Duration) {
-    let mut given = false;
+    let mut quiet = Quiet::default();
     let mut last = cpu_time();
-    let mut last_given: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(period).await;
         let now = cpu_time();
-        let used = now.saturating_sub(last);
-        last = now;
-        if used >= QUIET_CPU {
-            given = false;
-        } else if !given && last_given.is_none_or(|t| t.elapsed() >= GIVE_BACK_EVERY) {
+        if quiet.after(
+            now.saturating_sub(last),
+            tokio::time::Instant::now().into_std(),
+        ) {
             give_back_start_pages();
-            given = true;
-            last_given = Some(tokio::time::Instant::now());
             // The give-back's own reading of smaps is not work to wake for.
             last = cpu_time();
+        } else {
+            last = now;
         }
+    }
+}
+
+/// When to give back: the first quiet period after work, at most once in
+/// [`GIVE_BACK_EVERY`].
+#[derive(Debug, Default)]
+struct Quiet {
+    /// Given back since the last work.
+    given: bool,
+    last_given: Option<std::time::Instant>,
+}
+
+impl Quiet {
+    /// After a period in which the process used `used` of CPU, ending at
+    /// `now`: whether to give back now.
+    fn after(&mut self, used: std::time::Duration, now: std::time::Instant) -> bool {
+        if used >= QUIET_CPU {
+            self.given = false;
+            return false;
+        }
+        let spaced = self
+            .last_given
+            .is_none_or(|t| now.saturating_duration_since(t) >= GIVE_BACK_EVERY);
+        if self.given || !spaced {
+            return false;
+        }
+        self.given = true;
+        self.last_given = Some(now);
+        true
     }
 }
 
@@ -149,6 +176,34 @@ fn give_back(_start: usize, _len: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::Quiet;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn pages_go_back_once_per_quiet_spell_and_at_most_once_in_5_s() {
+        let (idle, busy) = (Duration::from_micros(100), Duration::from_millis(5));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut q = Quiet::default();
+        // Quiet from the start (the daemon's start was the work): given back.
+        assert!(q.after(idle, at(250)));
+        // Still quiet: nothing more to give.
+        assert!(!q.after(idle, at(500)));
+        // A lone light request is not work.
+        assert!(!q.after(Duration::from_micros(900), at(750)));
+        // A burst, then quiet: but under 5 s since the last give-back.
+        assert!(!q.after(busy, at(1_000)));
+        assert!(!q.after(idle, at(1_250)));
+        // Work every second (a schedule): still once in 5 s.
+        for s in 2..5 {
+            assert!(!q.after(busy, at(s * 1_000)));
+            assert!(!q.after(idle, at(s * 1_000 + 250)));
+        }
+        assert!(!q.after(busy, at(5_000)));
+        assert!(q.after(idle, at(5_250)));
+        assert!(!q.after(idle, at(5_500)));
+    }
+
     #[test]
     fn a_program_gives_back_its_start_pages_and_runs_on() {
         let given = super::give_back_start_pages();
