@@ -545,3 +545,67 @@ pub(crate) fn memory_charged() -> std::collections::HashMap<ProcessId, u64> {
     }
     charged
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Controller, find_place, limit_file};
+
+    /// A machine's mounts as `/proc/self/mountinfo` gives them: a v2
+    /// hierarchy at `v2` and a v1 memory hierarchy at `v1`.
+    fn mountinfo(v2: &std::path::Path, v1: &std::path::Path) -> String {
+        format!(
+            "30 25 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+             31 25 0:27 / {} rw,nosuid - cgroup cgroup rw,memory\n",
+            v2.display(),
+            v1.display()
+        )
+    }
+
+    /// On cgroup v2 (the unified hierarchy, today's default), the group
+    /// this process is in is where bpm makes its groups, once the
+    /// controller is delegated to its children (`cgroup.subtree_control`);
+    /// a v1 hierarchy is the fallback, and each writes the limit to its
+    /// own file. Checked on folders laid out as each hierarchy is: the
+    /// machine's own is whichever it has (CI's is v1), and the limit
+    /// tests of crates/cli run there.
+    #[test]
+    fn v2_is_chosen_where_the_controller_is_delegated_else_v1() {
+        let v2 = tempfile::tempdir().expect("v2");
+        let v1 = tempfile::tempdir().expect("v1");
+        let own_group = v2.path().join("user.slice/me");
+        std::fs::create_dir_all(&own_group).expect("group");
+        std::fs::create_dir_all(v1.path().join("bpm")).expect("v1 group");
+        let info = mountinfo(v2.path(), v1.path());
+        // /proc/self/cgroup on a hybrid machine: the v2 line has no controllers.
+        let own = "0::/user.slice/me\n5:memory:/bpm\n";
+
+        // Not delegated: v1.
+        std::fs::write(own_group.join("cgroup.subtree_control"), "pids\n").expect("ctl");
+        let place = find_place(Controller::Memory, &info, own).expect("v1");
+        assert!(!place.v2 && place.dir == v1.path().join("bpm"), "{place:?}");
+        assert_eq!(
+            limit_file(Controller::Memory, place.v2),
+            "memory.limit_in_bytes"
+        );
+
+        // Delegated: v2, in this process's own group.
+        std::fs::write(
+            own_group.join("cgroup.subtree_control"),
+            "cpu memory pids\n",
+        )
+        .expect("ctl");
+        let place = find_place(Controller::Memory, &info, own).expect("v2");
+        assert!(place.v2 && place.dir == own_group, "{place:?}");
+        assert_eq!(limit_file(Controller::Memory, true), "memory.max");
+        assert_eq!(limit_file(Controller::Cpu, true), "cpu.max");
+
+        // No v1 hierarchy and nothing delegated: no place, so the limit is
+        // refused by name rather than silently not applied.
+        let only_v2 = format!(
+            "30 25 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+            v2.path().display()
+        );
+        std::fs::write(own_group.join("cgroup.subtree_control"), "").expect("ctl");
+        assert!(find_place(Controller::Memory, &only_v2, "0::/user.slice/me\n").is_none());
+    }
+}
