@@ -8,7 +8,9 @@ temporary directory; nothing outside it is touched, and every process this
 script starts is stopped (or killed) before it exits.
 
 Operations (medians where a count is given):
-  start    start one long process and return (20 each); floor: `setsid -f`
+  start    start one long process and return (20 each, every tool in turn
+           in each round, so all meet the machine alike); floor: `setsid -f`
+           after each start
   queue    500 short tasks at parallelism 2, submitted one command at a time,
            then waited for; floor: `seq 500 | xargs -P2 -n1 true`
   exit     a 1 s process's end seen through the tool's own wait or status,
@@ -18,7 +20,8 @@ Operations (medians where a count is given):
   kill -9  kill -9 of the manager while a child runs: what the tool says of
            it after its manager is back, how many copies then run, and whether
            the tool can still stop it
-  memory   the manager's resident memory with 200 processes running
+  memory   the manager's resident memory with 200 processes running, 1 s
+           after the last start and 5 s after (bpm settles once quiet)
 """
 
 import json
@@ -404,19 +407,39 @@ def prepare(tool, names_and_argv, parallel=None):
     tool.up(parallel)
 
 
-def op_start(tool, tag):
-    marker = f"30{tag}.7"
-    names = [(f"s{i}", ["sleep", f"{marker}{i:02d}"]) for i in range(STARTS)]
-    prepare(tool, names)
-    samples, floor = [], []
-    # The floor is measured between the tool's starts, as the machine is then.
-    for i, (n, a) in enumerate(names):
-        samples.append(timed(tool.start(n, a), getattr(tool, "env", None)))
-        floor.append(timed(["setsid", "-f", "sleep", f"309.{tag}{i:02d}"]))
-    tool.down()
-    kill_marked(marker)
+def op_start_all(tools):
+    """The start row for every tool at once, round-robin: each round times
+    one start of each tool (in turn, the order reversed every other
+    round), each followed by `setsid -f`, so that every tool and its floor
+    meet the machine as it is then. A tool whose start fails is reported
+    as failed and left out of the later rounds."""
+    plans = {}
+    for i, tool in enumerate(tools):
+        marker = f"30{i + 1}.7"
+        plans[tool.name] = (marker, [(f"s{k}", ["sleep", f"{marker}{k:02d}"]) for k in range(STARTS)])
+        prepare(tool, plans[tool.name][1])
+    samples = {t.name: [] for t in tools}
+    floors = {t.name: [] for t in tools}
+    failed = {}
+    for k in range(STARTS):
+        for tool in tools if k % 2 == 0 else list(reversed(tools)):
+            if tool.name in failed:
+                continue
+            n, a = plans[tool.name][1][k]
+            try:
+                samples[tool.name].append(timed(tool.start(n, a), getattr(tool, "env", None)))
+            except Exception as e:  # reported in the table, as any failed operation
+                failed[tool.name] = e
+                continue
+            floors[tool.name].append(timed(["setsid", "-f", "sleep", f"309.{k:02d}{len(floors[tool.name])}"]))
+    results = {}
+    for tool in tools:
+        tool.down()
+        kill_marked(plans[tool.name][0])
+        results[tool.name] = failed.get(tool.name) or (
+            statistics.median(samples[tool.name]), statistics.median(floors[tool.name]))
     kill_marked("sleep 309\\.")
-    return statistics.median(samples), statistics.median(floor)
+    return results
 
 
 def op_queue(tool):
@@ -496,11 +519,15 @@ def op_memory(tool, tag):
         for n, a in names:
             run(tool.start(n, a), tool.env)
     until(lambda: copies(marker) >= MANY, timeout=120)
+    # Right after the starts, and once the manager has sat idle a while
+    # (bpm gives back the pages its work read once quiet for a second).
     time.sleep(1.0)
-    kib = rss_kib(tool.managers())
+    busy = rss_kib(tool.managers())
+    time.sleep(4.0)
+    settled = rss_kib(tool.managers())
     tool.down()
     kill_marked(marker)
-    return kib
+    return busy, settled
 
 
 def queue_floor():
@@ -517,13 +544,15 @@ def main():
     tools = [t(WORK) for t in (Bpm, Pueue, Pm2, Supervisor)]
     tools = [t for t in tools if t.name in only]
     queue_base = queue_floor()
+    print("start, every tool in turn ...", file=sys.stderr, flush=True)
+    starts = op_start_all(tools)
+    print(f"  start: {starts}", file=sys.stderr, flush=True)
     results = {}
     for i, tool in enumerate(tools):
         tag = str(i + 1)
         print(f"{tool.name} {tool.version()} ...", file=sys.stderr, flush=True)
-        r = results[tool.name] = {}
+        r = results[tool.name] = {"start": starts[tool.name]}
         for op, f in [
-            ("start", lambda: op_start(tool, tag)),
             ("queue", lambda: op_queue(tool)),
             ("exit", lambda: op_exit(tool, tag)),
             ("stop", lambda: op_stop(tool, tag)),
@@ -571,8 +600,8 @@ def report(tools, results, queue_floor):
          lambda r: cell(r["stop"], lambda v: f"{v[0] / 1e3:.2f} s, {v[1]} left")),
         ("kill -9 of the manager, child running: the tool then says; copies running; left after its stop", "",
          lambda r: cell(r["kill9"], lambda v: f"{v[0]}; {v[1]}; {v[2]} left")),
-        (f"manager's memory with {MANY} processes running", "",
-         lambda r: cell(r["memory"], lambda v: f"{v / 1024:.1f} MiB")),
+        (f"manager's memory (RSS) with {MANY} processes running: 1 s after the last start; 5 s after", "",
+         lambda r: cell(r["memory"], lambda v: f"{v[0] / 1024:.1f} MiB; {v[1] / 1024:.1f} MiB")),
     ]
     for name, floor, show in rows:
         print(f"| {name} | {floor} | " + " | ".join(show(results[t.name]) for t in tools) + " |")
