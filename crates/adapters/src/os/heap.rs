@@ -46,7 +46,8 @@ pub fn give_back_start_pages() -> usize {
 
 /// CPU time under which a period of [`give_back_when_quiet`] counts as
 /// quiet: over what waiting costs a daemon or keeper holding hundreds of
-/// processes (0.2 to 0.3 ms a second), under what a burst of requests does.
+/// processes (under 0.5 ms a second each), under what a burst of requests
+/// does.
 const QUIET_CPU: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The least time between two give-backs: work that comes back every
@@ -59,7 +60,7 @@ const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// under 1 ms of CPU, the first such period after any busier one. A daemon
 /// or keeper that served a burst (its start, a project's `up`, 200 `run`s)
 /// and now only waits keeps resident only what its waiting touches; the
-/// next request maps back from the page cache the code it runs (about 80
+/// next request maps back from the page cache the code it runs (about 70
 /// minor faults for a `bpm run`, no disk read while the file stays
 /// cached). A lone request after that does not count as work, and two
 /// give-backs are at least 5 s apart, so work that comes back often does
