@@ -50,6 +50,10 @@ pub fn give_back_start_pages() -> usize {
 /// does.
 const QUIET_CPU: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// How many times less often a process that has given its pages back
+/// looks for work: every 2 s for the daemon's and keeper's quarter second.
+const IDLE_SLOWER: u32 = 8;
+
 /// The least time between two give-backs: work that comes back every
 /// second (five schedules `--every 1s`) maps its pages again at most once
 /// in this long, not after every quiet spell.
@@ -70,10 +74,14 @@ pub async fn give_back_when_quiet(period: std::time::Duration) {
     let mut quiet = Quiet::default();
     let mut last = cpu_time();
     loop {
-        tokio::time::sleep(period).await;
+        // Once given back, only work can change anything: look 8 times
+        // less often, and weigh the CPU used over the longer wait as over
+        // one period.
+        let slower = if quiet.given { IDLE_SLOWER } else { 1 };
+        tokio::time::sleep(period * slower).await;
         let now = cpu_time();
         if quiet.after(
-            now.saturating_sub(last),
+            now.saturating_sub(last) / slower,
             tokio::time::Instant::now().into_std(),
         ) {
             give_back_start_pages();
