@@ -19,7 +19,8 @@ use bpm_domain::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
+    Completion, Cursor, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage,
+    StopOptions,
 };
 
 /// A call to a [`ProcessManager`], one variant per method.
@@ -140,6 +141,15 @@ pub enum Call {
         /// What to read.
         query: OutputQuery,
     },
+    /// [`ProcessManager::wait_output`].
+    WaitOutput {
+        /// The record.
+        id: ProcessId,
+        /// The position past which output is waited for.
+        after: Cursor,
+        /// How long to wait at most.
+        within_ms: u64,
+    },
     /// [`ProcessManager::send_input`].
     SendInput {
         /// The record.
@@ -193,6 +203,7 @@ impl Call {
             | Call::Restart { id }
             | Call::Wait { id, .. }
             | Call::ReadOutput { id, .. }
+            | Call::WaitOutput { id, .. }
             | Call::SendInput { id, .. }
             | Call::Remove { id }
             | Call::CheckFence { id, .. } => Some(*id),
@@ -228,6 +239,7 @@ impl Call {
             Call::Wait { .. } => "wait",
             Call::WaitMany { .. } => "wait_many",
             Call::ReadOutput { .. } => "read_output",
+            Call::WaitOutput { .. } => "wait_output",
             Call::SendInput { .. } => "send_input",
             Call::Remove { .. } => "remove",
             Call::RecentEvents => "recent_events",
@@ -625,6 +637,15 @@ pub async fn apply(manager: &dyn ProcessManager, call: Call) -> Result<Reply, Ma
             Reply::Done
         }
         Call::ReadOutput { id, query } => Reply::Output(m.read_output(id, query).await?),
+        Call::WaitOutput {
+            id,
+            after,
+            within_ms,
+        } => {
+            m.wait_output(id, after, Duration::from_millis(within_ms))
+                .await?;
+            Reply::Done
+        }
         Call::SendInput { id, data } => {
             m.send_input(id, data).await?;
             Reply::Done

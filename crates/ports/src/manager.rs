@@ -8,7 +8,7 @@ use bpm_domain::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::{OutputChunk, OutputError, OutputQuery, ResourceUsage, SpawnError, StoreError};
+use crate::{Cursor, OutputChunk, OutputError, OutputQuery, ResourceUsage, SpawnError, StoreError};
 
 /// How to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -397,6 +397,25 @@ pub trait ProcessManager: Send + Sync + 'static {
         id: ProcessId,
         query: OutputQuery,
     ) -> Result<OutputChunk, ManagerError>;
+
+    /// Returns once the record's process has written past `after` (a
+    /// position in its combined output, as [`OutputChunk::next`] gives
+    /// it), once the record has ended, or once `within` has passed,
+    /// whichever comes first; the caller then reads again. A follower of
+    /// a running record's output waits here rather than looking on a
+    /// timer. Where the process's writes cannot be seen (it runs on
+    /// another node, or has not started), it returns after at most
+    /// [`OUTPUT_LOOK`](crate::OUTPUT_LOOK).
+    ///
+    /// # Errors
+    /// - MUST return [`ManagerError::NotFound`] for an unknown id.
+    /// - MUST return [`ManagerError::Spawner`] if the spawner cannot be reached.
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: Cursor,
+        within: Duration,
+    ) -> Result<(), ManagerError>;
 
     /// Writes to the standard input of a running process started with a stdin pipe.
     ///

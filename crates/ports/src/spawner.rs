@@ -8,6 +8,10 @@ use bpm_domain::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+/// How soon a follower of output looks again where no one can say when
+/// a process writes ([`ProcessSpawner::wait_output`]'s default).
+pub const OUTPUT_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Everything a spawner needs to start one process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpawnRequest {
@@ -333,6 +337,28 @@ pub trait ProcessSpawner: Send + Sync + 'static {
         Err(SpawnError::Invalid(
             "this spawner runs no stop command".into(),
         ))
+    }
+
+    /// Returns once record `id`'s process has written past `after` (a
+    /// position in its combined output), once it has ended, or once
+    /// `within` has passed, whichever comes first: a follower of the
+    /// output waits here and reads again, instead of looking on a timer.
+    /// A spawner that does not run the process, or cannot tell when it
+    /// writes (the default), returns after at most [`OUTPUT_LOOK`], so the
+    /// follower looks again.
+    ///
+    /// # Errors
+    /// - MUST return [`SpawnError::Os`] if the request cannot reach the
+    ///   spawner.
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: crate::Cursor,
+        within: std::time::Duration,
+    ) -> Result<(), SpawnError> {
+        let _ = (id, after);
+        tokio::time::sleep(within.min(OUTPUT_LOOK)).await;
+        Ok(())
     }
 
     /// The stream of notices. The first call returns it; later calls return `None`.

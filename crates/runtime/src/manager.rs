@@ -10,8 +10,8 @@ use bpm_domain::{
     SessionId, SpecError, Timestamp,
 };
 use bpm_ports::{
-    Call, Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, Reply, ResourceUsage,
-    SampleTarget, StopOptions, StoreError,
+    Call, Completion, Cursor, ManagerError, OutputChunk, OutputQuery, ProcessManager, Reply,
+    ResourceUsage, SampleTarget, StopOptions, StoreError,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -580,6 +580,20 @@ impl ProcessManager for Engine {
             .output
             .tail(id, query.stream, lines, query.max_bytes)
             .await?)
+    }
+
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: Cursor,
+        within: Duration,
+    ) -> Result<(), ManagerError> {
+        if self.get(id).await?.is_terminal() {
+            return Ok(());
+        }
+        // A spawner that does not run it (another node's record, one not
+        // started yet) answers after its short look.
+        Ok(self.ports.spawner.wait_output(id, after, within).await?)
     }
 
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {

@@ -95,9 +95,8 @@ pub(super) struct TailParams {
     stream: Option<String>,
 }
 
-/// How often a followed output is read again while its process runs and
-/// nothing else woke the stream.
-const READ_AGAIN: Duration = Duration::from_millis(200);
+/// The longest one wait for more output lasts before it is made again.
+const FOLLOW_WITHIN: Duration = Duration::from_secs(10);
 
 /// `GET /api/processes/{id}/output/live?cursor=N&stream=both`: `output`
 /// (pieces and the next cursor) as the process writes, from `cursor` on,
@@ -152,10 +151,17 @@ pub(super) async fn output(
                 let _ = send(&tx, "end", &json!({ "state": state })).await;
                 return;
             }
-            // Read again after a while, or at once when this record ends;
-            // other records' events do not wake it, and its state is asked
-            // for only if events were missed.
-            let wait = tokio::time::sleep(READ_AGAIN);
+            // Read again once the daemon says it wrote more, or at once
+            // when this record ends; other records' events do not wake it,
+            // and its state is asked for only if events were missed.
+            let after = chunk.next;
+            let manager = s.manager.clone();
+            let wait = async move {
+                if manager.wait_output(id, after, FOLLOW_WITHIN).await.is_err() {
+                    // A daemon that cannot say: look again soon.
+                    tokio::time::sleep(bpm_ports::OUTPUT_LOOK).await;
+                }
+            };
             tokio::pin!(wait);
             loop {
                 tokio::select! {

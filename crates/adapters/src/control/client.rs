@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bpm_domain::{Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec};
 use bpm_ports::{
-    Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
+    Completion, Cursor, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage,
+    StopOptions,
 };
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -686,6 +687,21 @@ impl ProcessManager for DaemonClient {
         self.call(Call::ReadOutput { id, query })
             .await?
             .into_output()
+    }
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: Cursor,
+        within: Duration,
+    ) -> Result<(), ManagerError> {
+        let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        self.call(Call::WaitOutput {
+            id,
+            after,
+            within_ms,
+        })
+        .await?
+        .into_done()
     }
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {
         self.call(Call::SendInput { id, data }).await?.into_done()

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bpm_domain::{Event, ListFilter, Percent, ProcessId, ProcessRecord, ProcessSpec, SessionId};
 use bpm_ports::{
-    Completion, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage, StopOptions,
+    Completion, Cursor, ManagerError, OutputChunk, OutputQuery, ProcessManager, ResourceUsage,
+    StopOptions,
 };
 use tokio::sync::broadcast;
 
@@ -323,6 +324,16 @@ impl ProcessManager for ReconnectingManager {
                 let q = query.clone();
                 async move { c.read_output(id, q).await }
             })
+            .await
+    }
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: Cursor,
+        within: std::time::Duration,
+    ) -> Result<(), ManagerError> {
+        self.0
+            .retried(|c| async move { c.wait_output(id, after, within).await })
             .await
     }
     async fn send_input(&self, id: ProcessId, data: Vec<u8>) -> Result<(), ManagerError> {

@@ -489,6 +489,31 @@ impl ProcessSpawner for KeeperSpawner {
         .map(|_| ())
     }
 
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: bpm_ports::Cursor,
+        within: Duration,
+    ) -> Result<(), SpawnError> {
+        let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        match self
+            .call(Out::Op(Op::WaitOutput {
+                id,
+                after: after.0,
+                within_ms,
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // A keeper before this op cannot read it: look again soon.
+            Err(SpawnError::Invalid(_)) => {
+                tokio::time::sleep(within.min(bpm_ports::OUTPUT_LOOK)).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn reattach(&self, id: ProcessId, pid: u32) -> Result<bool, SpawnError> {
         if self
             .shared

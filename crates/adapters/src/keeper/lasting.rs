@@ -629,6 +629,15 @@ impl ProcessSpawner for LastingKeeper {
             .await
     }
 
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: bpm_ports::Cursor,
+        within: Duration,
+    ) -> Result<(), SpawnError> {
+        self.keeper().await?.wait_output(id, after, within).await
+    }
+
     fn hands_over(&self) -> bool {
         true
     }

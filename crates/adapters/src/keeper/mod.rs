@@ -42,6 +42,12 @@
 //! so that the new keeper stands it down too), which goes on copying the output and watches the process
 //! by pidfd.
 //!
+//! `{"wait_output":{"id":ID,"after":N,"within_ms":MS}}` is answered once
+//! the process has written past position N of its output, has ended, or
+//! MS have passed: a reader following the output waits on it instead of
+//! reading on a timer (a keeper before this op refuses it, and the daemon
+//! then looks again after a short while).
+//!
 //! Starts (`spawn`, `hand_over`) name their environment by a slot number:
 //! `{"env":{"slot":N,"vars":{...}}}` (id 0) defines slot N for the requests
 //! that follow on the connection, so an environment that hundreds of
@@ -132,6 +138,16 @@ enum Op {
     StopCommand {
         start: Box<Start>,
         command: String,
+        within_ms: u64,
+    },
+    /// Answer once record `id`'s process has written past `after`, has
+    /// ended, or `within_ms` has passed
+    /// ([`ProcessSpawner::wait_output`](bpm_ports::ProcessSpawner::wait_output)).
+    /// A keeper before this op answers that it cannot read it; the daemon
+    /// then looks again after a short while.
+    WaitOutput {
+        id: ProcessId,
+        after: u64,
         within_ms: u64,
     },
     HandOver(Vec<Start>),

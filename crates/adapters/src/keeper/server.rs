@@ -499,6 +499,19 @@ impl Keeper {
                 .run_stop_command(start.request, command, Duration::from_millis(within_ms))
                 .await
                 .map(|()| KeeperReply::Done),
+            Op::WaitOutput {
+                id,
+                after,
+                within_ms,
+            } => self
+                .spawner
+                .wait_output(
+                    id,
+                    bpm_ports::Cursor(after),
+                    Duration::from_millis(within_ms),
+                )
+                .await
+                .map(|()| KeeperReply::Done),
             // A process of a keeper that died is adopted.
             Op::Reattach { id, pid } => Ok(KeeperReply::Held(
                 end_waiting(&self.state, id) || self.spawner.adopt(id, pid),

@@ -283,6 +283,7 @@ impl SpawnerShared {
             _ => None,
         };
         let watcher = capture::Watcher::new(id, self.tx.clone(), pattern);
+        guard(&self.written).insert(id, watcher.activity());
         let pumps = self.pumps(stdout, stderr, &watcher);
         self.arm(request, &watcher, &exited_rx, notify.take());
         let inner = self.clone();
@@ -431,6 +432,7 @@ impl SpawnerShared {
             end_rest_of_tree(id, self.config.tree_grace).await;
         }
         drain(pumps, self.config.drain, &watcher, &mut activity).await;
+        guard(&self.written).remove(&id);
         // What a leader-only record's leader left runs on, by its own
         // choice, in the groups that still limit it.
         let limit = if ending.limited {

@@ -17,7 +17,7 @@
 //! Locks (std's, each held briefly and never across an `.await`, which
 //! clippy's `await_holding_lock` checks): `live` maps each record to its process; `handed`, `unrecorded` and
 //! `starting` order the starts handed over by a daemon; `lease` is the
-//! lease watch's state; `running_on` and `taken_over` belong to the
+//! lease watch's state; `written` holds each process's last output time; `running_on` and `taken_over` belong to the
 //! processes adopted after a restart; `composed` caches environments.
 
 mod capture;
@@ -388,6 +388,10 @@ struct SpawnerShared {
     /// are armed again ([`ProcessSpawner::watch_again`]) or they end: the
     /// watcher of their output and a receiver that turns true at their end.
     taken_over: Mutex<HashMap<ProcessId, (capture::Watcher, watch::Receiver<bool>)>>,
+    /// When each process watched here last had output copied: a follower
+    /// of its output waits on it ([`ProcessSpawner::wait_output`]). Held
+    /// from its start (or adoption) until its output is drained.
+    written: Mutex<HashMap<ProcessId, watch::Receiver<tokio::time::Instant>>>,
     /// Readiness commands running now: children of this process that are
     /// not records' leaders, which their own waiters reap.
     probes: Mutex<HashSet<u32>>,

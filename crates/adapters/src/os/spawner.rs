@@ -28,6 +28,7 @@ impl OsSpawner {
                 tx,
                 notify_dir: probe::NotifyDir::new(config.notify_dir.clone()),
                 taken_over: Mutex::default(),
+                written: Mutex::default(),
                 config,
                 start_log,
                 lease: Mutex::new(LeaseHold::default()),
@@ -126,6 +127,7 @@ impl OsSpawner {
         let watcher = capture::Watcher::new(id, self.inner.tx.clone(), None);
         let (exited_tx, exited_rx) = watch::channel(false);
         guard(&self.inner.taken_over).insert(id, (watcher.clone(), exited_rx));
+        guard(&self.inner.written).insert(id, watcher.activity());
         let (kept, pumps) = self.resume_output(id, pid, pipes, &watcher);
         lock(&self.inner.live).insert(
             id,
@@ -161,6 +163,7 @@ impl OsSpawner {
             lock(&inner.live).remove(&id);
             let _ = exited_tx.send(true);
             guard(&inner.taken_over).remove(&id);
+            guard(&inner.written).remove(&id);
             // Its groups, if it was limited, go with it.
             let _ = tokio::task::spawn_blocking(move || limits::finish(id, true)).await;
             inner.forget_starts();
@@ -358,6 +361,40 @@ impl ProcessSpawner for OsSpawner {
             .run_stop_command(&request, &command, within)
             .await
             .map_err(SpawnError::Os)
+    }
+
+    async fn wait_output(
+        &self,
+        id: ProcessId,
+        after: bpm_ports::Cursor,
+        within: Duration,
+    ) -> Result<(), SpawnError> {
+        let written = guard(&self.inner.written).get(&id).cloned();
+        let Some(mut written) = written else {
+            // Not running here: the follower looks again soon.
+            tokio::time::sleep(within.min(bpm_ports::OUTPUT_LOOK)).await;
+            return Ok(());
+        };
+        // Marked seen before the store is asked: a write that lands after
+        // the look below changes it, so none falls between the two.
+        written.borrow_and_update();
+        let look = bpm_ports::OutputQuery {
+            stream: bpm_ports::StreamSelect::Both,
+            cursor: Some(after),
+            max_bytes: 1,
+            tail_lines: None,
+        };
+        let past = self
+            .inner
+            .output
+            .read(id, &look)
+            .await
+            .is_ok_and(|chunk| chunk.next > after);
+        if !past {
+            // A change, the end of its pumps (the sender dropped) or the time.
+            let _ = tokio::time::timeout(within, written.changed()).await;
+        }
+        Ok(())
     }
 
     fn hands_over(&self) -> bool {

@@ -23,6 +23,7 @@ mod attach;
 mod commands;
 mod error;
 mod fast;
+mod follow;
 mod nodes;
 mod project;
 mod resolve;

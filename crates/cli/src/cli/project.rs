@@ -481,9 +481,13 @@ async fn print_lines(m: &Manager, mut tails: Vec<Tail>, how: &LinesAsked<'_>) ->
             super::enough_if_gone(out.write_all(line));
         }
     };
+    // The daemon says when a followed record writes; only those are read again.
+    let mut follow = super::follow::Follow::new(m.clone());
+    let mut due: Vec<usize> = (0..tails.len()).collect();
     loop {
-        let mut all_done = true;
-        for t in &mut tails {
+        let mut again = Vec::new();
+        for i in due.drain(..) {
+            let t = &mut tails[i];
             if t.done {
                 continue;
             }
@@ -510,15 +514,21 @@ async fn print_lines(m: &Manager, mut tails: Vec<Tail>, how: &LinesAsked<'_>) ->
                     print(&t.prefix, &last);
                 }
                 t.done = true;
+                follow.set(i, None, false);
+            } else if chunk.truncated {
+                again.push(i);
             } else {
-                all_done = false;
+                follow.set(i, Some((t.id, chunk.next)), true);
             }
         }
         super::enough_if_gone(std::io::stdout().flush());
-        if all_done {
+        if tails.iter().all(|t| t.done) {
             return Ok(ExitCode::SUCCESS);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        due = again;
+        if due.is_empty() {
+            due.push(follow.next().await);
+        }
     }
 }
 

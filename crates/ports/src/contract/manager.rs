@@ -12,7 +12,7 @@ use bpm_domain::{
     ProcessSpec, RequestRef, SpecError, StateName, StdinMode,
 };
 
-use crate::{ManagerError, OutputQuery, ProcessManager, SpawnError, StopOptions};
+use crate::{Cursor, ManagerError, OutputQuery, ProcessManager, SpawnError, StopOptions};
 
 /// A manager under test, and what must live as long as it (a daemon, its
 /// home directory). Each case gets a fresh one, holding no records.
@@ -134,6 +134,12 @@ pub async fn every_call_on_an_unknown_id_is_not_found(subject: Subject) {
         m.read_output(id, OutputQuery::default())
             .await
             .expect_err("read"),
+    );
+    not_found(
+        "wait_output",
+        m.wait_output(id, Cursor(0), Duration::from_millis(10))
+            .await
+            .expect_err("wait_output"),
     );
     not_found(
         "send_input",
@@ -415,6 +421,73 @@ pub async fn output_reads_the_same_twice(subject: Subject) {
         .await
         .expect("from the end");
     assert!(after.pieces.is_empty(), "{after:?}");
+}
+
+/// A wait for output answers once the process writes past the cursor (the
+/// output is there when it does), runs its time when nothing comes, and
+/// ends with the process.
+pub async fn a_wait_for_output_answers_when_the_process_writes(subject: Subject) {
+    let m = &subject.manager;
+    let r = running(m, sh("echo first; sleep 1; echo late; exec sleep 30")).await;
+    let id = r.id();
+    let read_from = async |cursor: Cursor| {
+        let query = OutputQuery {
+            cursor: Some(cursor),
+            ..OutputQuery::default()
+        };
+        m.read_output(id, query).await.expect("read")
+    };
+    // Past the first line (it may not be kept yet).
+    let mut cursor = Cursor(0);
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"first\n") {
+        m.wait_output(id, cursor, Duration::from_secs(5))
+            .await
+            .expect("wait");
+        let chunk = read_from(cursor).await;
+        seen.extend(chunk.pieces.iter().flat_map(|p| p.data.clone()));
+        cursor = chunk.next;
+        assert!(seen.len() < 64, "{seen:?}");
+    }
+    // "late" comes a second after: the wait answers with it there.
+    let asked = std::time::Instant::now();
+    m.wait_output(id, cursor, Duration::from_secs(20))
+        .await
+        .expect("wait for late");
+    let waited = asked.elapsed();
+    let chunk = read_from(cursor).await;
+    let text: Vec<u8> = chunk.pieces.iter().flat_map(|p| p.data.clone()).collect();
+    assert_eq!(text, b"late\n", "answered after {waited:?} with {chunk:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // Nothing more comes: the wait runs its time.
+    let cursor = chunk.next;
+    let asked = std::time::Instant::now();
+    m.wait_output(id, cursor, Duration::from_millis(400))
+        .await
+        .expect("quiet wait");
+    let waited = asked.elapsed();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(read_from(cursor).await.pieces.is_empty());
+    // A wait under way ends with the process, not at its time.
+    let waiting = async {
+        let asked = std::time::Instant::now();
+        m.wait_output(id, cursor, Duration::from_mins(1))
+            .await
+            .expect("wait through the stop");
+        asked.elapsed()
+    };
+    let stopping = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        m.stop(id, StopOptions::default()).await.expect("stop")
+    };
+    let (waited, _) = tokio::join!(waiting, stopping);
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    // An ended record's wait answers at once.
+    let asked = std::time::Instant::now();
+    m.wait_output(id, cursor, Duration::from_mins(1))
+        .await
+        .expect("wait on an ended record");
+    assert!(asked.elapsed() < Duration::from_secs(5));
 }
 
 /// Input reaches a process started with a pipe; input to a finished one is

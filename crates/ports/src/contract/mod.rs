@@ -166,6 +166,7 @@ macro_rules! manager_contract_tests {
             stopping_a_level_stops_every_record_on_it,
             pause_and_resume_refuse_the_wrong_moves,
             output_reads_the_same_twice,
+            a_wait_for_output_answers_when_the_process_writes,
             input_reaches_a_process_with_a_pipe,
             a_tracked_operation_ends_once,
             remove_refuses_a_live_record,

@@ -512,9 +512,9 @@ fn tell_dropped(told: &mut u64, dropped: u64) {
 
 /// Copies output from `cursor` on: to stdout (and stderr, when `split`), until
 /// the process ends when `follow`, else until what is there now is printed.
-/// Drops past `told` bytes are reported. While following, new output is
-/// looked for every 100 ms, and the record's end wakes the copy at once:
-/// `run --wait` returns as soon as the end is known, not at the next look.
+/// Drops past `told` bytes are reported. While following, the daemon says
+/// when more was written, and the record's end wakes the copy at once:
+/// `run --wait` returns as soon as the end is known.
 async fn copy_output(
     m: &Manager,
     id: ProcessId,
@@ -563,16 +563,28 @@ async fn copy_output(
         if finished {
             return Ok(());
         }
-        let next_look = tokio::time::sleep(Duration::from_millis(100));
+        let more = more_output(m, id, cursor);
         match events.as_mut() {
             Some(events) => {
                 tokio::select! {
-                    () = next_look => {}
+                    () = more => {}
                     () = end_of(events, id) => {}
                 }
             }
-            None => next_look.await,
+            None => more.await,
         }
+    }
+}
+
+/// The longest one wait for more output lasts before it is made again.
+const FOLLOW_WITHIN: Duration = Duration::from_secs(10);
+
+/// Returns once record `id` has written past `cursor` or ended: the daemon
+/// answers when it does ([`ProcessManager::wait_output`]); one that cannot
+/// (an earlier build) is asked again after a short look.
+pub(super) async fn more_output(m: &Manager, id: ProcessId, cursor: Cursor) {
+    if m.wait_output(id, cursor, FOLLOW_WITHIN).await.is_err() {
+        tokio::time::sleep(bpm_ports::OUTPUT_LOOK).await;
     }
 }
 

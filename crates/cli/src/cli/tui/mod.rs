@@ -2,10 +2,10 @@
 //! them (ratatui over crossterm).
 //!
 //! The screen is drawn again when something happens: a key, an event from
-//! the daemon (a record changed), new output of the selected record (read
-//! every 100 ms while it runs), or the usage sample (every 2 s). The
-//! terminal is given back on every way out, a panic included (ratatui's
-//! hook).
+//! the daemon (a record changed), new output of the selected record (the
+//! daemon answers a wait when it writes: nothing is read on a timer), or
+//! the usage sample (every 2 s). The terminal is given back on every way
+//! out, a panic included (ratatui's hook).
 
 mod app;
 mod view;
@@ -21,9 +21,11 @@ use ratatui::crossterm::event::{Event as TermEvent, EventStream};
 use self::app::{App, Ask};
 use super::Manager;
 use super::error::{CliError, Outcome};
+use super::follow::Follow;
 
-/// How often the selected record's output is read while it runs.
-const OUTPUT_EVERY: Duration = Duration::from_millis(100);
+/// The least time between two draws for output: a busy writer's bytes
+/// are shown ten times a second, a quiet one's line at once.
+const FRAME: Duration = Duration::from_millis(100);
 /// How often what the trees use is sampled.
 const USAGE_EVERY: Duration = Duration::from_secs(2);
 /// The most output one read brings; past it, the pane jumps to the end.
@@ -74,7 +76,7 @@ async fn run(
 ) -> Result<Option<ProcessId>, CliError> {
     let mut keys = EventStream::new();
     let mut events = m.subscribe();
-    let mut output_tick = tokio::time::interval(OUTPUT_EVERY);
+    let mut wrote = Follow::new(m.clone());
     let mut usage_tick = tokio::time::interval(USAGE_EVERY);
     let mut following = Following {
         id: None,
@@ -84,6 +86,7 @@ async fn run(
     };
     let mut stale = false;
     let mut redraw = true;
+    let mut drawn = tokio::time::Instant::now();
     loop {
         if stale {
             app.set_records(list(m).await?);
@@ -91,6 +94,8 @@ async fn run(
         }
         if redraw {
             read_output(m, app, &mut following).await?;
+            follow(&mut wrote, app, &following, false);
+            drawn = tokio::time::Instant::now();
             let now = super::table::now();
             terminal
                 .draw(|frame| view::draw(frame, app, now))
@@ -126,10 +131,14 @@ async fn run(
                 // Several events at once make one new list.
                 while events.try_recv().is_ok() {}
             }
-            _ = output_tick.tick() => {
-                // Only a running record writes more.
-                redraw = app.current().is_some_and(|r| !r.is_terminal())
-                    || following.id != app.current().map(bpm_domain::ProcessRecord::id);
+            _ = wrote.next() => {
+                // Drawn only if it brought something, and not sooner than a
+                // frame after the last draw; the wait is made again.
+                tokio::time::sleep_until(drawn + FRAME).await;
+                let before = following.cursor;
+                read_output(m, app, &mut following).await?;
+                redraw = following.cursor != before;
+                follow(&mut wrote, app, &following, true);
             }
             _ = usage_tick.tick() => {
                 app.usage = m
@@ -142,6 +151,17 @@ async fn run(
             }
         }
     }
+}
+
+/// Has the follower wait on the selected record while it runs, from
+/// where its output was read up to: when that changed, or `again` after
+/// it answered.
+fn follow(follow: &mut Follow, app: &App, f: &Following, again: bool) {
+    let now = app
+        .current()
+        .filter(|r| !r.is_terminal() && f.id == Some(r.id()))
+        .map(|r| (r.id(), f.cursor));
+    follow.set(0, now, again);
 }
 
 /// Reads what the selected record wrote since the last read (its tail,
