@@ -1,7 +1,8 @@
 //! The examples in README.md and docs/ run as a reader copies them: every
 //! project file shown is `examples/shop/bpm.toml`, which comes up here
 //! with the scripts beside it; every configuration shown is read by the
-//! daemon's own loader; every JSON shown parses.
+//! daemon's own loader; every JSON shown parses; every `bpm` command shown
+//! in a shell block is taken by bpm's own parser as written.
 
 use std::path::{Path, PathBuf};
 
@@ -193,4 +194,95 @@ fn every_json_shown_parses() {
         }
     }
     assert!(shown >= 2, "agents.md and mcp.md show MCP entries");
+}
+
+/// The `bpm` commands of a shell line: split at `;`, `|`, `&&`, `$(`,
+/// `)` and a redirection outside quotes, after its comment is cut; those
+/// that start with `bpm`.
+fn bpm_commands(line: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '#') if previous.is_whitespace() => break,
+            (None, ';' | '|' | '&' | '(' | ')' | '>' | '<') => {
+                parts.push(String::new());
+                previous = c;
+                continue;
+            }
+            (None, _) => {}
+        }
+        parts.last_mut().expect("a part").push(c);
+        previous = c;
+    }
+    parts
+        .into_iter()
+        .map(|p| p.trim().trim_end_matches('$').trim().to_owned())
+        .filter(|p| p == "bpm" || p.starts_with("bpm "))
+        .collect()
+}
+
+/// Every `bpm` command in a shell block of README.md or docs/ is one the
+/// command line takes as written: its command, flags and values. What it
+/// runs (`cargo test`, `npm run dev`) is the reader's own; bpm's part is
+/// checked here, by bpm's own parser.
+#[test]
+fn every_bpm_command_shown_is_taken_as_written() {
+    use clap::Parser as _;
+    let mut taken = 0;
+    let mut refused = Vec::new();
+    for page in pages() {
+        for (start, body) in blocks(&page, "sh") {
+            // A line ending in `\` goes on on the next.
+            let mut lines: Vec<(usize, String)> = Vec::new();
+            let mut goes_on = false;
+            for (n, line) in body.lines().enumerate() {
+                match lines.last_mut() {
+                    Some((_, joined)) if goes_on => joined.push_str(line),
+                    _ => lines.push((n, line.to_owned())),
+                }
+                goes_on = line.ends_with('\\');
+                if goes_on && let Some((_, joined)) = lines.last_mut() {
+                    joined.pop();
+                }
+            }
+            for (n, line) in lines {
+                for command in bpm_commands(&line) {
+                    let at = format!("{}:{}", page.display(), start + n + 1);
+                    let words = shell_words::split(&command)
+                        .unwrap_or_else(|e| panic!("{at}: `{command}` does not split: {e}"));
+                    match bpm::cli::Cli::try_parse_from(&words) {
+                        Ok(_) => taken += 1,
+                        Err(e) => refused.push(format!("{at}: `{command}`: {}", e.kind())),
+                    }
+                }
+            }
+        }
+    }
+    assert!(refused.is_empty(), "{}", refused.join("\n"));
+    // README's tour alone shows more than twenty.
+    assert!(taken > 40, "only {taken} bpm commands found");
+    eprintln!("NOTE: {taken} bpm commands shown in README.md and docs/ are taken as written");
+}
+
+#[test]
+fn a_shell_line_gives_its_bpm_commands() {
+    assert_eq!(
+        bpm_commands(r#"id=$(bpm track "migrate db"); bpm progress $id 40 "a; b" # c"#),
+        ["bpm track \"migrate db\"", "bpm progress $id 40 \"a; b\""]
+    );
+    assert_eq!(
+        bpm_commands("seq 100 | bpm run --from - -- ./x.sh   # one per line"),
+        ["bpm run --from - -- ./x.sh"]
+    );
+    assert_eq!(
+        bpm_commands("bpm input repl 'print(1)'"),
+        ["bpm input repl 'print(1)'"]
+    );
+    assert_eq!(bpm_commands("bpm man > bpm.1"), ["bpm man"]);
+    assert!(bpm_commands("cargo run -p bpm-cli -- ps").is_empty());
 }
