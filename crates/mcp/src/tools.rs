@@ -616,13 +616,11 @@ impl McpServer {
         let deadline = started + timeout;
         let token = ctx.meta.get_progress_token();
         let mut last_progress: Option<Instant> = None;
-        let poll = if matches!(watch, Watch::Pattern(_) | Watch::Idle(_)) {
-            Duration::from_millis(100)
-        } else {
-            Duration::from_millis(500)
-        };
         // Wake for this process's events (others' do not change the
-        // answer), for the next poll, or at the deadline.
+        // answer), for its output when that is what is watched (the daemon
+        // answers a wait when it writes), at the next look (progress is
+        // told then), or at the deadline.
+        let poll = Duration::from_millis(500);
         let ids = [id];
         let how = bpm_intake::Looking {
             ids: &ids,
@@ -664,9 +662,11 @@ impl McpServer {
                     .with_message(message);
                 let _ = ctx.peer.notify_progress(param).await;
             }
+            let output = more_output(self.manager(), id, &watch, poll);
             tokio::select! {
                 () = ctx.ct.cancelled() => return Err("the wait was cancelled".into()),
                 _ = waiter.next() => {}
+                () = output => {}
             }
         };
         let exit = record.lifecycle().exit();
@@ -750,6 +750,38 @@ impl McpServer {
             .read_output(id, query)
             .await
             .map_err(manager_error)
+    }
+}
+
+/// Returns once what `watch` looks at in record `id`'s output may have
+/// changed: more was written past its cursor, or (for idleness) its quiet
+/// time came; never for a watch that reads no output. Each wait lasts at
+/// most `within`, so one left behind by an earlier wake ends soon.
+async fn more_output(
+    m: &dyn bpm_ports::ProcessManager,
+    id: ProcessId,
+    watch: &Watch,
+    within: Duration,
+) {
+    let (cursor, quiet_at) = match watch {
+        Watch::Pattern(scan) => (scan.cursor, None),
+        Watch::Idle(idle) => (idle.cursor, Some(idle.since + idle.quiet)),
+        Watch::Exit | Watch::Ready => return std::future::pending().await,
+    };
+    let written = async {
+        if m.wait_output(id, cursor, within).await.is_err() {
+            // A daemon that cannot say: look again soon.
+            tokio::time::sleep(bpm_ports::OUTPUT_LOOK).await;
+        }
+    };
+    match quiet_at {
+        Some(at) => {
+            tokio::select! {
+                () = written => {}
+                () = tokio::time::sleep_until(at.into()) => {}
+            }
+        }
+        None => written.await,
     }
 }
 

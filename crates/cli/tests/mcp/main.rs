@@ -120,6 +120,35 @@ async fn waits_end_on_exit_pattern_idle_or_timeout() {
     )
     .await;
     assert_eq!(idle["condition_met"], true, "{idle}");
+    assert!(
+        idle["waited_ms"].as_u64().is_some_and(|ms| ms >= 300),
+        "idle before its quiet time: {idle}"
+    );
+    let late = ok(
+        &c,
+        "start_background_process",
+        sh("sleep 0.6; echo late line; sleep 30"),
+    )
+    .await;
+    let heard = ok(
+        &c,
+        "wait_for_process",
+        json!({"process_id": late["id"], "until": "pattern", "pattern": "^late", "timeout_secs": 10}),
+    )
+    .await;
+    assert_eq!(heard["condition_met"], true, "{heard}");
+    assert!(
+        heard["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("late line")),
+        "{heard}"
+    );
+    ok(
+        &c,
+        "stop_background_process",
+        json!({"process_id": late["id"]}),
+    )
+    .await;
     let timeout = ok(
         &c,
         "wait_for_process",
