@@ -6,7 +6,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState};
 
 use super::app::{App, KEYS, Typing, display_name, stream_name};
 use crate::cli::table::{cpu, memory, short_duration};
@@ -153,21 +153,54 @@ fn draw_output(frame: &mut Frame<'_>, app: &App, area: Rect) {
         ),
         None => " no record selected ".into(),
     };
-    let height = usize::from(area.height.saturating_sub(2));
+    let height = usize::from(area.height.saturating_sub(2)).max(1);
+    let width = usize::from(area.width.saturating_sub(2)).max(1);
     // A newline's end is no line of its own until something follows it.
     let shown = app.lines.len() - usize::from(app.lines.back().is_some_and(String::is_empty));
-    let end = shown.saturating_sub(app.scroll);
-    let start = end.saturating_sub(height.max(1));
-    let lines: Vec<Line<'_>> = app
-        .lines
-        .range(start..end)
-        .map(|l| highlighted(app, l))
-        .collect();
-    let mut pane = Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title));
-    if app.wrap {
-        pane = pane.wrap(Wrap { trim: false });
-    }
+    // Scrolled past the oldest line (Home), the oldest page stays shown.
+    let end = shown.saturating_sub(app.scroll).max(height.min(shown));
+    let lines: Vec<Line<'_>> = if app.wrap {
+        // Cut into rows of the pane's width here, so that the newest row
+        // is the bottom one however long the lines are.
+        let mut rows: Vec<&str> = Vec::new();
+        for line in app.lines.range(..end).rev() {
+            rows.extend(rows_of(line, width).into_iter().rev());
+            if rows.len() >= height {
+                break;
+            }
+        }
+        rows.truncate(height);
+        rows.into_iter()
+            .rev()
+            .map(|r| highlighted(app, r))
+            .collect()
+    } else {
+        let start = end.saturating_sub(height);
+        app.lines
+            .range(start..end)
+            .map(|l| highlighted(app, l))
+            .collect()
+    };
+    let pane = Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title));
     frame.render_widget(pane, area);
+}
+
+/// `line` cut into rows of at most `width` columns; an empty line is one
+/// empty row.
+fn rows_of(line: &str, width: usize) -> Vec<&str> {
+    use unicode_width::UnicodeWidthChar as _;
+    let mut rows = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (at, c) in line.char_indices() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width && at > start {
+            rows.push(&line[start..at]);
+            (start, used) = (at, 0);
+        }
+        used += w;
+    }
+    rows.push(&line[start..]);
+    rows
 }
 
 /// `line`, with the search's matches marked.
@@ -235,4 +268,18 @@ fn draw_help(frame: &mut Frame<'_>, app: &App) {
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" keys ")),
         popup,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_of;
+
+    #[test]
+    fn a_line_is_cut_into_rows_of_the_panes_width() {
+        assert_eq!(rows_of("", 4), [""]);
+        assert_eq!(rows_of("abcd", 4), ["abcd"]);
+        assert_eq!(rows_of("abcdefghij", 4), ["abcd", "efgh", "ij"]);
+        // A wide character takes two columns and is never split.
+        assert_eq!(rows_of("ab漢字", 3), ["ab", "漢", "字"]);
+    }
 }
