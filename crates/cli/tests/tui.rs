@@ -292,3 +292,108 @@ fn attach_leaves_the_screen_and_detach_comes_back() {
     t.keys(&["q"]);
     bpm.ok(&["stop", "--all"]);
 }
+
+/// The keys that move and read: `j`/`k` and the arrows select, `o` picks
+/// the streams, PgUp/PgDn/Home/End scroll, `w` wraps a long line, `n`
+/// goes to the next match, `r` restarts the selected record.
+#[test]
+fn moving_reading_and_restarting_keys_do_what_the_help_says() {
+    let bpm = Bpm::new();
+    bpm.ok(&[
+        "run",
+        "--name",
+        "alpha",
+        "--",
+        "sh",
+        "-c",
+        // Two pipes carry no order between them: stderr first, then
+        // stdout, a pause apart, then one long line.
+        "for i in $(seq 60); do echo \"err $i\" >&2; done; sleep 0.3; \
+         for i in $(seq 60); do echo \"out $i\"; done; sleep 0.3; \
+         printf '%0150d\\n' 7; exec sleep 300",
+    ]);
+    bpm.ok(&["run", "--name", "beta", "--", "sleep", "300"]);
+    let t = Tmux::new(&bpm, 80, 24, &[]);
+    t.text(&format!("{} tui", support::BPM));
+    t.keys(&["Enter"]);
+    t.until("alpha selected, its output to the end", |s| {
+        s.contains(" alpha · stdout and stderr · following ") && s.contains("out 60")
+    });
+
+    // Selection: j and k, Down and Up.
+    t.keys(&["j"]);
+    t.until("beta selected", |s| s.contains(" beta · "));
+    t.keys(&["k"]);
+    t.until("alpha again", |s| s.contains(" alpha · "));
+    t.keys(&["Down"]);
+    t.until("beta by the arrow", |s| s.contains(" beta · "));
+    t.keys(&["Up"]);
+    t.until("alpha by the arrow", |s| {
+        s.contains(" alpha · ") && s.contains("out 60")
+    });
+
+    // Streams: stdout, stderr, both.
+    t.keys(&["o"]);
+    t.until("stdout alone", |s| {
+        s.contains(" alpha · stdout · ") && s.contains("out 60") && !s.contains("err 60")
+    });
+    t.keys(&["o"]);
+    t.until("stderr alone", |s| {
+        s.contains(" alpha · stderr · ") && s.contains("err 60") && !s.contains("out 60")
+    });
+    t.keys(&["o"]);
+    t.until("both again", |s| {
+        s.contains(" alpha · stdout and stderr · ")
+    });
+
+    // Scrolling.
+    t.keys(&["PageUp"]);
+    t.until("ten lines back", |s| s.contains("10 lines back"));
+    t.keys(&["PageDown"]);
+    t.until("following again", |s| s.contains(" · following "));
+    t.keys(&["Home"]);
+    let top = t.until("the oldest line", |s| s.contains("err 1 "));
+    assert!(top.contains("lines back"), "{top}");
+    t.keys(&["End"]);
+    t.until("following from End", |s| s.contains(" · following "));
+
+    // Wrap: the 151-character line's end shows only wrapped.
+    let unwrapped = t.until("the long line, cut", |s| s.contains("0000000000"));
+    assert!(!unwrapped.contains("0007"), "{unwrapped}");
+    t.keys(&["w"]);
+    t.until("wrapped", |s| s.contains("wrap on") && s.contains("0007"));
+    t.keys(&["w"]);
+    t.until("cut again", |s| {
+        s.contains("wrap off") && !s.contains("0007")
+    });
+
+    // The next match is an older line.
+    t.keys(&["f"]);
+    t.text("out 5");
+    t.keys(&["Enter"]);
+    let line_of = |s: &str| -> Option<usize> {
+        let at = s.find("\"out 5\" at line ")? + "\"out 5\" at line ".len();
+        s[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let first = line_of(&t.until("the first match", |s| line_of(s).is_some())).expect("a line");
+    t.keys(&["n"]);
+    let next = line_of(&t.until("the next match", |s| line_of(s).is_some_and(|n| n < first)))
+        .expect("a line");
+    assert!(next < first, "{next} after {first}");
+
+    // r: beta restarted, a new record that points back.
+    let before = bpm.json(&["show", "beta", "--json"])["id"].clone();
+    t.keys(&["j"]);
+    t.until("beta selected again", |s| s.contains(" beta · "));
+    t.keys(&["r"]);
+    t.until("restarted", |s| s.contains("started beta again"));
+    let after = bpm.json(&["show", "beta", "--json"]);
+    assert_ne!(after["id"], before, "{after}");
+    assert_eq!(after["state"], "running", "{after}");
+    t.keys(&["q"]);
+    bpm.ok(&["stop", "--all"]);
+}
