@@ -206,7 +206,6 @@ fn bpm_commands(line: &str) -> Vec<String> {
     for c in line.chars() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
             (None, '\'' | '"') => quote = Some(c),
             (None, '#') if previous.is_whitespace() => break,
             (None, ';' | '|' | '&' | '(' | ')' | '>' | '<') => {
@@ -214,7 +213,7 @@ fn bpm_commands(line: &str) -> Vec<String> {
                 previous = c;
                 continue;
             }
-            (None, _) => {}
+            _ => {}
         }
         parts.last_mut().expect("a part").push(c);
         previous = c;
