@@ -510,6 +510,10 @@ fn the_app_spawns_and_reads_the_clock_only_where_it_says_why() {
         ),
         ("cli/table.rs", "ages in tables"),
         (
+            "cli/tui/mod.rs",
+            "draws a busy writer's output at most once a frame (100 ms) after the last draw",
+        ),
+        (
             "mcp_hub.rs",
             "waits at most 30 s for a shared MCP server to listen",
         ),
