@@ -401,6 +401,7 @@ fn any_nodes_process_is_controlled_read_and_waited_for_from_another() {
     }
 
     follows_from_another_node(&a, &ticker);
+    waits_for_output_on_its_owner(&a, &b, &ticker);
     // A wait on alpha for a process on beta ends with its exit code.
     let ends = b.ok(&["run", "--shell", "--", "sleep 1; exit 3"]);
     let waited = a.bpm(&["wait", "--timeout", "30", &ends]);
@@ -471,6 +472,49 @@ fn follows_from_another_node(a: &Node, ticker: &str) {
     }
     let _ = follow.kill();
     let _ = follow.wait();
+}
+
+/// A wait for output asked of alpha about beta's records is made on
+/// beta, whose keeper sees the process write: it answers with the new
+/// output there, and on a quiet process it runs its time (alpha alone
+/// could only look again after 100 ms).
+fn waits_for_output_on_its_owner(a: &Node, b: &Node, ticker: &str) {
+    use bpm_ports::{Cursor, OutputQuery, ProcessManager as _};
+    let quiet = b.ok(&["run", "--", "sleep", "300"]);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let m = bpm_adapters::control::DaemonClient::connect(&a.home().join("bpm.sock"), "cluster")
+            .await
+            .expect("alpha's daemon");
+        let quiet = quiet.parse().expect("an id");
+        let asked = Instant::now();
+        m.wait_output(quiet, Cursor(0), Duration::from_millis(600))
+            .await
+            .expect("a wait on beta's quiet process");
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500),
+            "answered after {waited:?}"
+        );
+        let ticker = ticker.parse().expect("an id");
+        let end = m
+            .read_output(ticker, OutputQuery::default())
+            .await
+            .expect("read")
+            .next;
+        m.wait_output(ticker, end, Duration::from_secs(10))
+            .await
+            .expect("a wait on beta's ticker");
+        let more = OutputQuery {
+            cursor: Some(end),
+            ..OutputQuery::default()
+        };
+        let chunk = m.read_output(ticker, more).await.expect("read more");
+        assert!(chunk.next > end, "answered with nothing new: {chunk:?}");
+        m.stop(quiet, bpm_ports::StopOptions::default())
+            .await
+            .expect("stop");
+    });
 }
 
 /// A tree on gamma that ignores TERM, stopped from alpha: the answer comes

@@ -170,13 +170,16 @@ pub async fn only_if_alive(
 }
 
 /// How long a sender waits for `call`'s answer: a stop's grace and
-/// the time its tree may take to end, half a minute for a batch, or a few
-/// seconds for the rest.
+/// the time its tree may take to end, half a minute for a batch, a wait
+/// for output's own time and a few seconds, or a few seconds for the rest.
 pub fn answer_within(call: &Call, grace: Duration) -> Duration {
     match call {
         Call::Stop { force: true, .. } => Duration::from_secs(40),
         Call::Stop { grace: g, .. } => g.map_or(grace, Span::as_duration) + Duration::from_secs(40),
         Call::StartMany { .. } => Duration::from_secs(30),
+        Call::WaitOutput { within_ms, .. } => {
+            Duration::from_millis(*within_ms).saturating_add(Duration::from_secs(10))
+        }
         _ => Duration::from_secs(10),
     }
 }

@@ -403,8 +403,9 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// it), once the record has ended, or once `within` has passed,
     /// whichever comes first; the caller then reads again. A follower of
     /// a running record's output waits here rather than looking on a
-    /// timer. Where the process's writes cannot be seen (it runs on
-    /// another node, or has not started), it returns after at most
+    /// timer. A record another node owns is waited for there, by its
+    /// daemon. Where the process's writes cannot be seen (it has not
+    /// started), it returns after at most
     /// [`OUTPUT_LOOK`](crate::OUTPUT_LOOK).
     ///
     /// # Errors

@@ -588,11 +588,22 @@ impl ProcessManager for Engine {
         after: Cursor,
         within: Duration,
     ) -> Result<(), ManagerError> {
-        if self.get(id).await?.is_terminal() {
+        let record = self.get(id).await?;
+        if record.is_terminal() {
             return Ok(());
         }
-        // A spawner that does not run it (another node's record, one not
-        // started yet) answers after its short look.
+        if self.sent_elsewhere(&record) {
+            // Its keeper is that node's: the wait is made there.
+            let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+            let call = Call::WaitOutput {
+                id,
+                after,
+                within_ms,
+            };
+            return self.forward(&record, call).await?.into_done();
+        }
+        // A spawner that does not run it (one not started yet) answers
+        // after its short look.
         Ok(self.ports.spawner.wait_output(id, after, within).await?)
     }
 

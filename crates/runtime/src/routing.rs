@@ -157,6 +157,7 @@ impl Engine {
             | Call::Resume { id }
             | Call::Restart { id }
             | Call::SendInput { id, .. }
+            | Call::WaitOutput { id, .. }
             | Call::Progress { id, .. }
             | Call::Complete { id, .. }
             | Call::Fail { id, .. }
