@@ -25,4 +25,4 @@ pub use asked::{Amount, Asked, Duration, HealthAsked};
 pub use context::{AskError, Context, MayRead, Spelling, may_read_anything};
 pub use resolve::{ResolveError, resolve_id, resolve_record};
 pub use spec::command_of;
-pub use wait::{Looking, Waiter, until};
+pub use wait::{FOLLOW_WITHIN, Looking, Waiter, more_output, until};

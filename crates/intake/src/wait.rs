@@ -2,13 +2,31 @@
 //! condition (ended, ready, up, a line of output): look, and look again
 //! when an event of one of them comes, when events were missed, at the
 //! next look the condition needs without an event, or at the deadline.
+//! [`more_output`]: the one way a follower of output waits for more.
 
 use std::time::Duration;
 
 use bpm_domain::{Event, ProcessId};
-use bpm_ports::ProcessManager;
+use bpm_ports::{Cursor, ProcessManager};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
+
+/// The longest one wait of [`more_output`] should last before its
+/// follower makes it again: what a wait left behind (its follower gone)
+/// holds in the daemon at most.
+pub const FOLLOW_WITHIN: Duration = Duration::from_secs(10);
+
+/// Returns once record `id` has written past `after`, has ended, or
+/// `within` has passed: the daemon answers when it does
+/// ([`ProcessManager::wait_output`]). A daemon that cannot (an earlier
+/// build), or a call that fails, is looked at again after
+/// [`OUTPUT_LOOK`](bpm_ports::OUTPUT_LOOK); the follower reads again
+/// either way.
+pub async fn more_output(m: &dyn ProcessManager, id: ProcessId, after: Cursor, within: Duration) {
+    if m.wait_output(id, after, within).await.is_err() {
+        tokio::time::sleep(bpm_ports::OUTPUT_LOOK.min(within)).await;
+    }
+}
 
 /// When [`until`] looks again.
 #[derive(Debug, Clone, Copy)]

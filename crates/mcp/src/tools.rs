@@ -768,12 +768,7 @@ async fn more_output(
         Watch::Idle(idle) => (idle.cursor, Some(idle.since + idle.quiet)),
         Watch::Exit | Watch::Ready => return std::future::pending().await,
     };
-    let written = async {
-        if m.wait_output(id, cursor, within).await.is_err() {
-            // A daemon that cannot say: look again soon.
-            tokio::time::sleep(bpm_ports::OUTPUT_LOOK).await;
-        }
-    };
+    let written = bpm_intake::more_output(m, id, cursor, within);
     match quiet_at {
         Some(at) => {
             tokio::select! {

@@ -95,9 +95,6 @@ pub(super) struct TailParams {
     stream: Option<String>,
 }
 
-/// The longest one wait for more output lasts before it is made again.
-const FOLLOW_WITHIN: Duration = Duration::from_secs(10);
-
 /// `GET /api/processes/{id}/output/live?cursor=N&stream=both`: `output`
 /// (pieces and the next cursor) as the process writes, from `cursor` on,
 /// then `end` (the final state) once it has finished and all is sent.
@@ -157,10 +154,8 @@ pub(super) async fn output(
             let after = chunk.next;
             let manager = s.manager.clone();
             let wait = async move {
-                if manager.wait_output(id, after, FOLLOW_WITHIN).await.is_err() {
-                    // A daemon that cannot say: look again soon.
-                    tokio::time::sleep(bpm_ports::OUTPUT_LOOK).await;
-                }
+                bpm_intake::more_output(manager.as_ref(), id, after, bpm_intake::FOLLOW_WITHIN)
+                    .await;
             };
             tokio::pin!(wait);
             loop {

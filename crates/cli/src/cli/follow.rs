@@ -5,17 +5,11 @@
 //! made again only once it has answered or its target changed, so a
 //! follower of many records leaves no waits behind in the daemon.
 
-use std::time::Duration;
-
 use bpm_domain::ProcessId;
 use bpm_ports::Cursor;
 use tokio::sync::{mpsc, watch};
 
 use super::Manager;
-
-/// The longest one wait lasts before it is made again: what a wait left
-/// behind (its follower gone) costs the daemon at most.
-const WITHIN: Duration = Duration::from_secs(10);
 
 /// A record and the position its output was read up to.
 pub(super) type Target = Option<(ProcessId, Cursor)>;
@@ -73,12 +67,7 @@ async fn follower(
         let now = *target.borrow_and_update();
         if let Some((id, after)) = now {
             tokio::select! {
-                waited = m.wait_output(id, after, WITHIN) => {
-                    if waited.is_err() {
-                        // A daemon that cannot say (an earlier build): look
-                        // again soon.
-                        tokio::time::sleep(bpm_ports::OUTPUT_LOOK).await;
-                    }
+                () = bpm_intake::more_output(m.as_ref(), id, after, bpm_intake::FOLLOW_WITHIN) => {
                     if woke.send(key).await.is_err() {
                         return;
                     }

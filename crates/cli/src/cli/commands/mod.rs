@@ -563,7 +563,7 @@ async fn copy_output(
         if finished {
             return Ok(());
         }
-        let more = more_output(m, id, cursor);
+        let more = bpm_intake::more_output(m.as_ref(), id, cursor, bpm_intake::FOLLOW_WITHIN);
         match events.as_mut() {
             Some(events) => {
                 tokio::select! {
@@ -573,18 +573,6 @@ async fn copy_output(
             }
             None => more.await,
         }
-    }
-}
-
-/// The longest one wait for more output lasts before it is made again.
-const FOLLOW_WITHIN: Duration = Duration::from_secs(10);
-
-/// Returns once record `id` has written past `cursor` or ended: the daemon
-/// answers when it does ([`ProcessManager::wait_output`]); one that cannot
-/// (an earlier build) is asked again after a short look.
-pub(super) async fn more_output(m: &Manager, id: ProcessId, cursor: Cursor) {
-    if m.wait_output(id, cursor, FOLLOW_WITHIN).await.is_err() {
-        tokio::time::sleep(bpm_ports::OUTPUT_LOOK).await;
     }
 }
 
