@@ -24,7 +24,7 @@ pub const FOLLOW_WITHIN: Duration = Duration::from_secs(10);
 /// either way.
 pub async fn more_output(m: &dyn ProcessManager, id: ProcessId, after: Cursor, within: Duration) {
     if m.wait_output(id, after, within).await.is_err() {
-        tokio::time::sleep(bpm_ports::OUTPUT_LOOK.min(within)).await;
+        bpm_ports::look_again(within).await;
     }
 }
 

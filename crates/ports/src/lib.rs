@@ -41,7 +41,9 @@ pub use membership::{Candidate, Membership, MembershipError, NodeView, WriteFenc
 pub use output::{
     Cursor, OutputChunk, OutputError, OutputPiece, OutputQuery, OutputStore, Stream, StreamSelect,
 };
-pub use spawner::{OUTPUT_LOOK, ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned};
+pub use spawner::{
+    OUTPUT_LOOK, ProcessNotice, ProcessSpawner, SpawnError, SpawnRequest, Spawned, look_again,
+};
 pub use store::{ProcessStore, StoreError, StoreWrite};
 pub use usage::{ResourceSampler, ResourceUsage, SampleTarget};
 

@@ -12,6 +12,13 @@ use tokio::sync::mpsc;
 /// a process writes ([`ProcessSpawner::wait_output`]'s default).
 pub const OUTPUT_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// What a wait for output does where no one can say when the process
+/// writes: it lets [`OUTPUT_LOOK`] pass (or `within`, if shorter), so that
+/// its follower looks again.
+pub async fn look_again(within: std::time::Duration) {
+    tokio::time::sleep(within.min(OUTPUT_LOOK)).await;
+}
+
 /// Everything a spawner needs to start one process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpawnRequest {
@@ -357,7 +364,7 @@ pub trait ProcessSpawner: Send + Sync + 'static {
         within: std::time::Duration,
     ) -> Result<(), SpawnError> {
         let _ = (id, after);
-        tokio::time::sleep(within.min(OUTPUT_LOOK)).await;
+        look_again(within).await;
         Ok(())
     }
 

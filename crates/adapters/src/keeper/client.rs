@@ -507,7 +507,7 @@ impl ProcessSpawner for KeeperSpawner {
             Ok(_) => Ok(()),
             // A keeper before this op cannot read it: look again soon.
             Err(SpawnError::Invalid(_)) => {
-                tokio::time::sleep(within.min(bpm_ports::OUTPUT_LOOK)).await;
+                bpm_ports::look_again(within).await;
                 Ok(())
             }
             Err(e) => Err(e),

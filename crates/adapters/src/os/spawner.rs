@@ -372,7 +372,7 @@ impl ProcessSpawner for OsSpawner {
         let written = guard(&self.inner.written).get(&id).cloned();
         let Some(mut written) = written else {
             // Not running here: the follower looks again soon.
-            tokio::time::sleep(within.min(bpm_ports::OUTPUT_LOOK)).await;
+            bpm_ports::look_again(within).await;
             return Ok(());
         };
         // Marked seen before the store is asked: a write that lands after
